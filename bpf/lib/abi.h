@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * The kernel -> user space ABI: every record written to the ring buffer.
+ *
+ * Every record starts with struct mr_hdr; the opcode picks the body. Strings follow the
+ * fixed part back to back, their lengths (bytes, no NUL) in the fixed part. The one Python
+ * mirror of these structs is agent/bpf/abi.py, checked against the BTF of the built object
+ * by tests/unit/test_abi.py: change both together.
+ */
+#pragma once
+
+enum mr_op {
+	MR_OP_EXEC = 1,
+	MR_OP_FORK = 2,
+	MR_OP_EXIT = 3,
+	MR_OP_OPEN = 4,
+	MR_OP_CONNECT = 5,
+	MR_OP_ACCEPT = 6,
+	MR_OP_LISTEN = 7,
+	MR_OP_SEND = 8,
+	MR_OP_CGROUP_MKDIR = 9,
+	MR_OP_CGROUP_RMDIR = 10,
+};
+
+/* Indexes into mr_stats (per-CPU counters read by the agent's metrics collector). */
+enum mr_stat {
+	MR_STAT_RB_DROP = 0,     /* ring buffer full: record lost in the kernel */
+	MR_STAT_PATH_TRUNC = 1,  /* a path deeper or longer than we resolve */
+	MR_STAT_EVENTS = 2,      /* records written */
+	MR_STAT_MAX = 8,
+};
+
+/* Flags in mr_exec.flags / mr_open.pflags. */
+#define MR_F_ARGS_TRUNC   (1 << 0)
+#define MR_F_BINARY_TRUNC (1 << 1)
+#define MR_F_CWD_TRUNC    (1 << 2)
+#define MR_F_PATH_TRUNC   (1 << 3)
+#define MR_F_PATH_RAW     (1 << 4) /* open: path as the caller wrote it (open failed) */
+
+#define MR_COMM_LEN 16
+
+struct mr_hdr {
+	__u16 op;
+	__u16 size;   /* whole record, header included */
+	__u32 cpu;
+	__u64 ts;     /* bpf_ktime_get_boot_ns() */
+};
+
+/* The task an event is about (for fork: the child). start_ns values are the group
+ * leaders' start_boottime, the same clock /proc/<pid>/stat's starttime counts in ticks, so
+ * (start_ns, pid) identifies a process across pid reuse and matches what /proc shows. */
+struct mr_proc {
+	__u32 pid;   /* tgid */
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 euid;
+	__u32 gid;
+	__u32 mntns;
+	__u32 pad;
+	__u64 cgroup_id;
+	__u64 start_ns;
+	__u64 pstart_ns;
+	char comm[MR_COMM_LEN];
+};
+
+/* data: binary (resolved path of the image that runs) | filename (as passed to execve)
+ *       | args (NUL separated) | cwd */
+struct mr_exec {
+	struct mr_hdr hdr;
+	struct mr_proc proc;
+	__u32 flags;
+	__u32 argc;
+	__u16 binary_len;
+	__u16 filename_len;
+	__u16 args_len;
+	__u16 cwd_len;
+	char data[];
+};
+
+struct mr_fork {
+	struct mr_hdr hdr;
+	struct mr_proc proc;
+};
+
+struct mr_exit {
+	struct mr_hdr hdr;
+	struct mr_proc proc;
+	__u32 status; /* wait(2) status: exit code << 8, or the signal number */
+	__u32 pad;
+};
+
+struct mr_open {
+	struct mr_hdr hdr;
+	struct mr_proc proc;
+	__u32 flags;  /* open(2) flags */
+	__s32 ret;    /* fd, or -errno */
+	__u16 pflags;
+	__u16 path_len;
+	__u32 pad;
+	char data[];  /* path */
+};
+
+/* connect, accept, listen, send: addresses in network byte order, ports in host order. */
+struct mr_net {
+	struct mr_hdr hdr;
+	struct mr_proc proc;
+	__u16 family;
+	__u16 protocol;
+	__u16 sport;
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct mr_cgroup {
+	struct mr_hdr hdr;
+	__u64 id;
+	__u32 level;
+	__u16 path_len;
+	__u16 pad;
+	char data[];
+};
+
+/* Key of mr_watch (LPM trie of watched path prefixes). */
+#define MR_WATCH_LEN 256
+struct mr_watch_key {
+	__u32 prefixlen; /* bits */
+	char path[MR_WATCH_LEN];
+};

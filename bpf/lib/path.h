@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Path resolution without bpf_d_path (not allowed from tracepoints): walk dentries up to
+ * the task's root, crossing mount points, writing names backwards into the first half of a
+ * scratch buffer. Like d_path, the result is the path as the task sees it (a container's
+ * /etc/shadow, not the host's overlay path). Deleted files keep their last name; a walk
+ * deeper than MR_PATH_DEPTH is cut and flagged.
+ */
+#pragma once
+
+#define MR_PATH_DEPTH 64 /* dentries and mount crossings */
+#define MR_NAME_MAX 255
+
+struct mr_path_walk {
+	struct dentry *dentry;
+	struct dentry *root_dentry;
+	struct vfsmount *vfsmnt;
+	struct vfsmount *root_mnt;
+	struct mount *mnt;
+	struct mount *mnt_parent;
+	char *buf;
+	__u32 off;
+	__u32 trunc;
+};
+
+/* One step of the walk (a bpf_loop callback: the verifier checks it once, not per step).
+ * Returns 1 to stop. */
+static long path_step(__u32 i, void *ctx)
+{
+	struct mr_path_walk *w = ctx;
+	struct dentry *dentry = w->dentry;
+	struct vfsmount *vfsmnt = w->vfsmnt;
+	struct mount *mnt = w->mnt;
+	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	struct qstr name;
+	__u32 len, off;
+
+	if (dentry == w->root_dentry && vfsmnt == w->root_mnt) {
+		w->trunc = 0;
+		return 1;
+	}
+	if (dentry == mnt_root || dentry == parent) {
+		if (dentry != mnt_root || mnt == w->mnt_parent) {
+			w->trunc = 0; /* global root, or a detached / pseudo file system */
+			return 1;
+		}
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		mnt = w->mnt_parent;
+		w->mnt = mnt;
+		w->mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+		w->vfsmnt = __builtin_preserve_access_index(&mnt->mnt);
+		return 0;
+	}
+	name = BPF_CORE_READ(dentry, d_name);
+	len = name.len & MR_NAME_MAX;
+	off = w->off;
+	if (len + 1 > off)
+		return 1;
+	off -= len;
+	bpf_probe_read_kernel(&w->buf[off & MR_HALF_MASK], len, name.name);
+	off -= 1;
+	w->buf[off & MR_HALF_MASK] = '/';
+	w->off = off;
+	w->dentry = parent;
+	return 0;
+}
+
+/* Resolves path into buf (size >= 2 * MR_HALF). Returns the offset of the string start in
+ * buf; the string ends at buf[MR_HALF - 1] (a NUL). *trunc set when the walk was cut. */
+static __always_inline __u32 path_resolve(const struct path *path, char *buf, __u32 *trunc)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct mr_path_walk w = {};
+
+	struct vfsmount *vfsmnt = BPF_CORE_READ(path, mnt);
+	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
+
+	w.root_dentry = BPF_CORE_READ(task, fs, root.dentry);
+	w.root_mnt = BPF_CORE_READ(task, fs, root.mnt);
+	w.dentry = BPF_CORE_READ(path, dentry);
+	w.vfsmnt = vfsmnt;
+	w.mnt = mnt;
+	w.mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+	w.buf = buf;
+	w.off = MR_HALF - 1;
+	w.trunc = 1;
+	buf[MR_HALF - 1] = 0;
+	bpf_loop(MR_PATH_DEPTH, path_step, &w, 0);
+	*trunc = w.trunc;
+	if (w.off == MR_HALF - 1) { /* the root itself */
+		w.off -= 1;
+		buf[w.off & MR_HALF_MASK] = '/';
+	}
+	return w.off & MR_HALF_MASK;
+}
+
+/* Copies the resolved string (without NUL) to dst; returns its length. */
+static __always_inline __u32 path_copy(char *dst, const char *buf, __u32 off)
+{
+	__u32 len = (MR_HALF - 1 - off) & MR_HALF_MASK;
+
+	bpf_probe_read_kernel(dst, len, &buf[off & MR_HALF_MASK]);
+	return len;
+}

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* One trivial program per hook kind. The feature probe (agent/bpf/features.py) loads and
+ * attaches each one alone: what loads here is what the agent may rely on. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(probe_lsm, struct linux_binprm *bprm) { return 0; }
+
+SEC("fentry/do_unlinkat")
+int BPF_PROG(probe_fentry, int dfd) { return 0; }
+
+SEC("kprobe/do_unlinkat")
+int probe_kprobe(void *ctx) { return 0; }
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(probe_tp_btf, struct task_struct *p) { return 0; }
+
+SEC("raw_tracepoint/sys_enter")
+int probe_raw_tp(void *ctx) { return 0; }
+
+SEC("tracepoint/syscalls/sys_enter_getpid")
+int probe_tracepoint(void *ctx) { return 0; }
+
+SEC("cgroup/connect4")
+int probe_cgroup_connect4(struct bpf_sock_addr *ctx) { return 1; }
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} probe_ringbuf SEC(".maps");
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(probe_send_signal, struct task_struct *p)
+{
+	if (0)
+		bpf_send_signal(9);
+	bpf_ringbuf_output(&probe_ringbuf, &p, sizeof(p), 0);
+	return 0;
+}
