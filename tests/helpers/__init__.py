@@ -1,0 +1,1 @@
+"""Shared helpers for integration tests (real processes, cgroups and containers)."""
