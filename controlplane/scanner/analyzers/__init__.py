@@ -1,0 +1,37 @@
+"""Package analyzers: each recognises some files by path and turns their content into packages.
+
+An analyzer is pure: ``wants(path, mode, size)`` decides from the tar header alone,
+``analyze(path, data, layer)`` parses bytes already read from the layer. ``ANALYZERS`` is
+the registry the scanner walks; adding an ecosystem means adding one entry.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
+from controlplane.scanner.analyzers.java import JavaArchiveAnalyzer
+from controlplane.scanner.analyzers.lang import CargoLockAnalyzer, NpmAnalyzer, PythonAnalyzer
+from controlplane.scanner.analyzers.ospkg import ApkAnalyzer, DpkgAnalyzer, RpmAnalyzer
+from controlplane.scanner.model import Package
+
+
+class Analyzer(Protocol):
+    name: str
+
+    def wants(self, path: str, mode: int, size: int) -> bool: ...
+
+    def analyze(self, path: str, data: bytes, layer: str) -> list[Package]: ...
+
+
+def registry() -> tuple[Analyzer, ...]:
+    return (
+        DpkgAnalyzer(),
+        ApkAnalyzer(),
+        RpmAnalyzer(),
+        PythonAnalyzer(),
+        NpmAnalyzer(),
+        CargoLockAnalyzer(),
+        JavaArchiveAnalyzer(),
+        GoBinaryAnalyzer(),
+    )

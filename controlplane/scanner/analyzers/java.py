@@ -1,0 +1,95 @@
+"""Java archives (jar/war/ear): Maven pom.properties, else the manifest; nested jars once."""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import zipfile
+
+from controlplane.scanner.model import Ecosystem, Package
+
+log = logging.getLogger(__name__)
+
+_ARCHIVE_EXT = (".jar", ".war", ".ear", ".par")
+MAX_NESTED_BYTES = 64 << 20
+MAX_MEMBERS = 100_000
+
+
+def _properties(text: str) -> dict[str, str]:
+    props = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", "!")) and "=" in line:
+            key, _, value = line.partition("=")
+            props[key.strip()] = value.strip()
+    return props
+
+
+def _manifest(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    key = ""
+    for line in text.splitlines():
+        if line.startswith(" ") and key:
+            fields[key] += line[1:]
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+class JavaArchiveAnalyzer:
+    name = "java"
+
+    def wants(self, path: str, mode: int, size: int) -> bool:
+        return path.lower().endswith(_ARCHIVE_EXT)
+
+    def analyze(self, path: str, data: bytes, layer: str) -> list[Package]:
+        return self._archive(path, data, layer, depth=0)
+
+    def _archive(self, path: str, data: bytes, layer: str, depth: int) -> list[Package]:
+        try:
+            zf = zipfile.ZipFile(io.BytesIO(data))
+        except (zipfile.BadZipFile, OSError):
+            log.debug("not a zip archive", extra={"path": path})
+            return []
+        packages: list[Package] = []
+        with zf:
+            infos = zf.infolist()[:MAX_MEMBERS]
+            for info in infos:
+                if info.filename.startswith("META-INF/maven/") and info.filename.endswith(
+                    "/pom.properties"
+                ) and info.file_size < 1 << 20:
+                    props = _properties(zf.read(info).decode("utf-8", "replace"))
+                    if props.get("groupId") and props.get("artifactId") and props.get("version"):
+                        packages.append(Package(Ecosystem.MAVEN, props["artifactId"],
+                                                props["version"], path, layer,
+                                                namespace=props["groupId"]))
+            if not packages:
+                packages.extend(self._from_manifest(zf, path, layer))
+            if depth == 0:
+                for info in infos:
+                    if info.filename.lower().endswith(_ARCHIVE_EXT) and (
+                        info.file_size <= MAX_NESTED_BYTES
+                    ):
+                        nested = f"{path}!/{info.filename}"
+                        packages.extend(self._archive(nested, zf.read(info), layer, depth + 1))
+        return packages
+
+    def _from_manifest(self, zf: zipfile.ZipFile, path: str, layer: str) -> list[Package]:
+        try:
+            info = zf.getinfo("META-INF/MANIFEST.MF")
+        except KeyError:
+            return []
+        if info.file_size > 1 << 20:
+            return []
+        fields = _manifest(zf.read(info).decode("utf-8", "replace"))
+        version = fields.get("Implementation-Version") or fields.get("Bundle-Version")
+        group = fields.get("Implementation-Vendor-Id") or ""
+        artifact = fields.get("Implementation-Title") or fields.get("Bundle-SymbolicName") or ""
+        if not artifact:
+            artifact = posixpath.basename(path).rsplit(".", 1)[0].rsplit("-", 1)[0]
+        if not version:
+            return []
+        return [Package(Ecosystem.MAVEN, artifact.split(";")[0].strip(), version, path, layer,
+                        namespace=group)]

@@ -1,0 +1,92 @@
+"""Language package metadata: Python dist-info/egg-info, npm package.json, Cargo.lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import re
+import tomllib
+from email.parser import BytesHeaderParser
+
+from controlplane.scanner.model import Ecosystem, Package
+
+log = logging.getLogger(__name__)
+
+_PY_DIRS = ("site-packages/", "dist-packages/")
+
+
+class PythonAnalyzer:
+    """``*.dist-info/METADATA``, ``*.egg-info/PKG-INFO`` and single-file ``*.egg-info``."""
+
+    name = "python"
+
+    def wants(self, path: str, mode: int, size: int) -> bool:
+        if not any(d in path for d in _PY_DIRS):
+            return False
+        parent = posixpath.dirname(path)
+        base = posixpath.basename(path)
+        if base == "METADATA":
+            return parent.endswith(".dist-info")
+        if base == "PKG-INFO":
+            return parent.endswith(".egg-info")
+        return base.endswith(".egg-info")  # a file, not a directory (dirs are not FILE entries)
+
+    def analyze(self, path: str, data: bytes, layer: str) -> list[Package]:
+        headers = BytesHeaderParser().parsebytes(data)
+        name, version = headers.get("Name"), headers.get("Version")
+        if not name or not version:
+            return []
+        lic = headers.get("License-Expression") or headers.get("License") or ""
+        licenses = (lic.strip(),) if lic and len(lic) < 100 and lic != "UNKNOWN" else ()
+        return [Package(Ecosystem.PYPI, str(name).strip(), str(version).strip(), path, layer,
+                        licenses=licenses)]
+
+
+_NPM_PATH = re.compile(r"(?:^|/)node_modules/(@[^/]+/[^/]+|[^@/][^/]*)/package\.json$")
+
+
+class NpmAnalyzer:
+    """``node_modules/<name>/package.json`` (also scoped ``@scope/name``)."""
+
+    name = "npm"
+
+    def wants(self, path: str, mode: int, size: int) -> bool:
+        return path.endswith("/package.json") and _NPM_PATH.search(path) is not None
+
+    def analyze(self, path: str, data: bytes, layer: str) -> list[Package]:
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            log.debug("unparsable package.json", extra={"path": path})
+            return []
+        if not isinstance(doc, dict):
+            return []
+        name, version = doc.get("name"), doc.get("version")
+        if not isinstance(name, str) or not isinstance(version, str) or not name or not version:
+            return []
+        lic = doc.get("license")
+        licenses = (lic,) if isinstance(lic, str) else ()
+        namespace, _, short = name.rpartition("/")
+        return [Package(Ecosystem.NPM, short, version, path, layer, namespace=namespace,
+                        licenses=licenses)]
+
+
+class CargoLockAnalyzer:
+    name = "cargo"
+
+    def wants(self, path: str, mode: int, size: int) -> bool:
+        return posixpath.basename(path) == "Cargo.lock"
+
+    def analyze(self, path: str, data: bytes, layer: str) -> list[Package]:
+        try:
+            doc = tomllib.loads(data.decode("utf-8", "replace"))
+        except tomllib.TOMLDecodeError:
+            log.debug("unparsable Cargo.lock", extra={"path": path})
+            return []
+        packages = []
+        for entry in doc.get("package", []):
+            if isinstance(entry, dict) and entry.get("name") and entry.get("version"):
+                packages.append(Package(Ecosystem.CARGO, str(entry["name"]),
+                                        str(entry["version"]), path, layer))
+        return packages

@@ -1,0 +1,246 @@
+"""Streaming a layer tar: decompress, enforce limits, refuse unsafe entries.
+
+``iter_layer`` turns a blob stream into ``Entry`` records. Nothing is written to disk.
+Entries with absolute or ``..`` paths, links whose target escapes the image root,
+device files and FIFOs are skipped and reported through ``on_warning``; they are never
+followed. Decompressed size, compression ratio and entry count are bounded: a layer that
+exceeds them raises ``LimitExceededError`` (a decompression bomb stops the scan of that
+image, since its remaining content cannot be trusted to be complete).
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import io
+import logging
+import posixpath
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from controlplane.scanner.errors import ImageFormatError, LimitExceededError, UnsafeEntryError
+
+log = logging.getLogger(__name__)
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_layer_bytes: int = 8 << 30  # decompressed bytes per layer
+    max_ratio: int = 200  # decompressed / compressed, checked once past ratio_floor
+    ratio_floor: int = 64 << 20
+    max_entries: int = 2_000_000
+    max_file_bytes: int = 128 << 20  # larger files are listed but not read
+    max_path_len: int = 4096
+
+
+class EntryKind(enum.StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    WHITEOUT = "whiteout"
+    OPAQUE = "opaque"
+
+
+@dataclass(slots=True)
+class Entry:
+    path: str  # normalised, relative to the image root, no leading "/"
+    kind: EntryKind
+    size: int
+    mode: int
+    linkname: str = ""
+    _fileobj: IO[bytes] | None = None
+
+    def read(self, limit: int) -> bytes | None:
+        """The file's content, or None when it is larger than ``limit``."""
+        if self._fileobj is None or self.size > limit:
+            return None
+        return self._fileobj.read(self.size)
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts decompressed bytes and stops a bomb before it is fully inflated."""
+
+    def __init__(self, inner: IO[bytes], compressed: _Counter, limits: Limits, layer: str) -> None:
+        self._inner = inner
+        self._compressed = compressed
+        self._limits = limits
+        self._layer = layer
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        self.count += n
+        if self.count > self._limits.max_layer_bytes:
+            raise LimitExceededError(
+                f"layer inflates past {self._limits.max_layer_bytes} bytes "
+                "(decompression bomb or oversized layer)",
+                layer=self._layer,
+            )
+        if (
+            self.count > self._limits.ratio_floor
+            and self.count > self._limits.max_ratio * max(self._compressed.count, 1)
+        ):
+            raise LimitExceededError(
+                f"layer compression ratio above {self._limits.max_ratio}:1 (decompression bomb)",
+                layer=self._layer,
+            )
+        return n
+
+
+class _Counter:
+    def __init__(self, inner: IO[bytes]) -> None:
+        self._inner = inner
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self.count += len(data)
+        return data
+
+
+def _decompressor(raw: IO[bytes], head: bytes, layer: str) -> IO[bytes]:
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type]
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        try:
+            import zstandard  # noqa: PLC0415 - optional: only zstd layers need it
+        except ImportError as err:
+            raise ImageFormatError("zstd layer and the zstandard module is missing",
+                                   layer=layer) from err
+        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+    return raw
+
+
+class _Prepended:
+    """A stream with some already-read bytes put back in front."""
+
+    def __init__(self, head: bytes, inner: _Counter) -> None:
+        self._head = head
+        self._inner = inner
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n < 0 or n >= len(self._head):
+                head, self._head = self._head, b""
+                return head + self._inner.read(-1 if n < 0 else n - len(head))
+            head, self._head = self._head[:n], self._head[n:]
+            return head
+        return self._inner.read(n)
+
+
+_CORRUPT = (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def normalise(name: str, layer: str) -> str:
+    """The entry's path relative to the root; raises UnsafeEntryError on escape."""
+    if name.startswith("/"):
+        raise UnsafeEntryError("absolute path in layer", layer=layer, path=name)
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeEntryError("path traversal ('..') in layer", layer=layer, path=name)
+    if "\x00" in name:
+        raise UnsafeEntryError("NUL in path", layer=layer, path=name)
+    return "/".join(parts)
+
+
+def link_escapes(path: str, target: str) -> bool:
+    """Whether a relative symlink at ``path`` points above the image root."""
+    if target.startswith("/"):
+        return False  # resolved against the image root, which it cannot leave
+    depth = path.count("/")  # directories above the link
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def iter_layer(
+    blob: IO[bytes],
+    layer: str,
+    limits: Limits,
+    on_warning: Callable[[str, str], None],
+) -> Iterator[Entry]:
+    """Yield the entries of one layer blob (gzip, zstd or plain tar), in tar order."""
+    counter = _Counter(blob)
+    head = counter.read(4)
+    stream = _decompressor(_Prepended(head, counter), head, layer)  # type: ignore[arg-type]
+    counted = io.BufferedReader(_CountingReader(stream, counter, limits, layer), 1 << 16)
+    try:
+        tar = tarfile.open(fileobj=counted, mode="r|")  # noqa: SIM115
+    except _CORRUPT as err:
+        raise ImageFormatError(f"layer is not a readable tar archive: {err}", layer=layer) from err
+    entries = 0
+    try:
+        for member in tar:
+            entries += 1
+            if entries > limits.max_entries:
+                raise LimitExceededError(f"more than {limits.max_entries} entries", layer=layer)
+            entry = _entry(tar, member, layer, limits, on_warning)
+            if entry is not None:
+                yield entry
+    except _CORRUPT as err:
+        raise ImageFormatError(f"corrupt layer: {err}", layer=layer) from err
+    finally:
+        tar.close()
+
+
+def _entry(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    layer: str,
+    limits: Limits,
+    on_warning: Callable[[str, str], None],
+) -> Entry | None:
+    if len(member.name) > limits.max_path_len:
+        on_warning("path too long, skipped", member.name[:200])
+        return None
+    try:
+        path = normalise(member.name, layer)
+    except UnsafeEntryError as err:
+        on_warning(f"refused: {err.message}", member.name)
+        return None
+    if not path:
+        return None
+    base = posixpath.basename(path)
+    parent = posixpath.dirname(path)
+    if base == OPAQUE_MARKER:
+        return Entry(parent, EntryKind.OPAQUE, 0, 0)
+    if base.startswith(WHITEOUT_PREFIX):
+        return Entry(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]), EntryKind.WHITEOUT, 0, 0)
+    if member.isdir():
+        return Entry(path, EntryKind.DIR, 0, member.mode)
+    if member.issym():
+        if link_escapes(path, member.linkname):
+            on_warning(f"refused: symlink escapes the image root -> {member.linkname}", path)
+            return None
+        return Entry(path, EntryKind.SYMLINK, 0, member.mode, member.linkname)
+    if member.islnk():
+        try:
+            target = normalise(member.linkname, layer)
+        except UnsafeEntryError as err:
+            on_warning(f"refused: hard link {err.message} -> {member.linkname}", path)
+            return None
+        return Entry(path, EntryKind.HARDLINK, 0, member.mode, target)
+    if member.ischr() or member.isblk() or member.isfifo():
+        on_warning("refused: device file or FIFO in layer", path)
+        return None
+    if not member.isreg():
+        on_warning(f"skipped: unsupported tar entry type {member.type!r}", path)
+        return None
+    return Entry(path, EntryKind.FILE, member.size, member.mode, "", tar.extractfile(member))

@@ -1,0 +1,198 @@
+"""Records the scanner produces: packages, findings, per-layer results, the scan result.
+
+All records are frozen dataclasses; enums live here so every module shares one set.
+``LayerResult`` is what is cached by layer digest, so it holds only what a layer alone
+determines (never unmasked secret values).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from controlplane.scanner.purl import package_purl
+
+
+class Severity(enum.StrEnum):
+    UNKNOWN = "unknown"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+    @classmethod
+    def parse(cls, text: str | None) -> Severity:
+        """Map vendor spellings (GHSA ``MODERATE``, Debian ``not yet assigned``) to a level."""
+        if not text:
+            return cls.UNKNOWN
+        value = text.strip().lower()
+        value = {"moderate": "medium", "important": "high", "negligible": "low"}.get(value, value)
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+_SEVERITY_RANK = {
+    Severity.UNKNOWN: 0,
+    Severity.LOW: 1,
+    Severity.MEDIUM: 2,
+    Severity.HIGH: 3,
+    Severity.CRITICAL: 4,
+}
+
+
+class Ecosystem(enum.StrEnum):
+    """Package ecosystems, spelled as their package-url type."""
+
+    DEB = "deb"
+    APK = "apk"
+    RPM = "rpm"
+    PYPI = "pypi"
+    NPM = "npm"
+    GOLANG = "golang"
+    MAVEN = "maven"
+    CARGO = "cargo"
+
+
+class FindingKind(enum.StrEnum):
+    VULNERABILITY = "vulnerability"
+    SECRET = "secret"
+    MALWARE = "malware"
+    CONFIG = "config"
+
+
+@dataclass(frozen=True, slots=True)
+class OSRelease:
+    """The distribution of the image, from /etc/os-release or /etc/alpine-release."""
+
+    id: str  # "debian", "alpine", "rhel", ...
+    version_id: str  # "12", "3.18"
+    codename: str = ""  # "bookworm"
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    ecosystem: Ecosystem
+    name: str
+    version: str
+    path: str  # the file the package was found in, inside the image
+    layer: str = ""  # digest of the layer that holds that file
+    source_name: str = ""  # distro source package (dpkg Source, apk origin, rpm SRPM)
+    source_version: str = ""
+    arch: str = ""
+    namespace: str = ""  # maven group id
+    licenses: tuple[str, ...] = ()
+
+    @property
+    def purl(self) -> str:
+        return package_purl(self)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.ecosystem, self.namespace, self.name, self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class VulnFinding:
+    id: str
+    package: Package
+    severity: Severity
+    fixed_version: str = ""
+    aliases: tuple[str, ...] = ()
+    summary: str = ""
+    source: str = ""  # "osv", "debian-tracker", "alpine-secdb"
+    cvss_score: float | None = None
+
+    @property
+    def fixable(self) -> bool:
+        return bool(self.fixed_version)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFinding:
+    rule: str
+    title: str
+    severity: Severity
+    path: str
+    layer: str
+    line: int
+    masked: str  # the matched text with all but a short prefix replaced by '*'
+    deleted_later: bool = False  # the file is removed by a later layer but still in the image
+
+
+@dataclass(frozen=True, slots=True)
+class MalwareFinding:
+    rule: str  # yara rule name or "sha256"
+    path: str
+    layer: str
+    sha256: str
+    severity: Severity = Severity.CRITICAL
+    deleted_later: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFinding:
+    rule: str
+    title: str
+    severity: Severity
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Warning_:
+    """Something the scanner refused or skipped (unsafe entry, oversized file)."""
+
+    reason: str
+    layer: str = ""
+    path: str = ""
+
+
+@dataclass(slots=True)
+class LayerResult:
+    """Everything a single layer determines; cached by layer digest."""
+
+    digest: str
+    files: dict[str, list[Package]] = field(default_factory=dict)  # path -> packages in it
+    whiteouts: list[str] = field(default_factory=list)  # paths deleted (".wh.x" -> "x")
+    opaque_dirs: list[str] = field(default_factory=list)  # ".wh..wh..opq" directories
+    present: set[str] = field(default_factory=set)  # every path this layer writes
+    secrets: list[SecretFinding] = field(default_factory=list)
+    malware: list[MalwareFinding] = field(default_factory=list)
+    warnings: list[Warning_] = field(default_factory=list)
+    os_release: OSRelease | None = None
+    size: int = 0  # uncompressed bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    user: str = ""
+    env: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    exposed_ports: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    os: str = ""
+    architecture: str = ""
+    history: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class ScanResult:
+    image: str  # what the user named
+    digest: str  # manifest digest (sha256:...)
+    config_digest: str
+    layers: list[str]
+    config: ImageConfig
+    os: OSRelease | None
+    packages: list[Package]
+    vulnerabilities: list[VulnFinding] = field(default_factory=list)
+    secrets: list[SecretFinding] = field(default_factory=list)
+    malware: list[MalwareFinding] = field(default_factory=list)
+    config_findings: list[ConfigFinding] = field(default_factory=list)
+    warnings: list[Warning_] = field(default_factory=list)
+    repo_tags: tuple[str, ...] = ()

@@ -1,0 +1,239 @@
+"""Scanning one image: analyse each layer (or take it from the cache), then merge.
+
+Data flow: ``ImageSource.resolve()`` -> for each layer ``analyze_layer`` (streams the blob
+once; every regular file is read at most once and handed to the package analyzers, the
+secret scanner and the malware scanner) -> ``LayerResult`` (cached by layer digest) ->
+``merge_layers`` applies whiteouts in layer order, so packages reflect the final
+filesystem while secrets and malware in files deleted later are still reported, marked
+``deleted_later``) -> vulnerability matching -> config findings -> ``ScanResult``.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from controlplane.scanner.analyzers import Analyzer, registry
+from controlplane.scanner.config import config_findings, image_config
+from controlplane.scanner.errors import ScanError
+from controlplane.scanner.layers import EntryKind, Limits, iter_layer
+from controlplane.scanner.model import (
+    LayerResult,
+    MalwareFinding,
+    OSRelease,
+    Package,
+    ScanResult,
+    SecretFinding,
+    VulnFinding,
+    Warning_,
+)
+from controlplane.scanner.source import ImageSource, LayerRef
+
+log = logging.getLogger(__name__)
+
+ANALYZER_VERSION = "1"  # bump when analyzers change, so cached layer results are redone
+OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
+
+
+class SecretScanner(Protocol):
+    max_bytes: int
+
+    def scan_file(self, path: str, data: bytes, layer: str) -> list[SecretFinding]: ...
+
+
+class MalwareScanner(Protocol):
+    max_bytes: int
+
+    def scan_file(self, path: str, data: bytes, layer: str) -> list[MalwareFinding]: ...
+
+
+class LayerCache(Protocol):
+    def get_layer(self, digest: str, version: str) -> LayerResult | None: ...
+
+    def put_layer(self, result: LayerResult, version: str) -> None: ...
+
+
+class VulnMatcher(Protocol):
+    def match(self, packages: Sequence[Package], os: OSRelease | None) -> list[VulnFinding]: ...
+
+
+@dataclass
+class ScanOptions:
+    limits: Limits = field(default_factory=Limits)
+    analyzers: tuple[Analyzer, ...] = field(default_factory=registry)
+    secrets: SecretScanner | None = None
+    malware: MalwareScanner | None = None
+    cache: LayerCache | None = None
+    matcher: VulnMatcher | None = None
+    progress: Callable[[int, int, str], None] | None = None
+
+    @property
+    def cache_version(self) -> str:
+        parts = [ANALYZER_VERSION, ",".join(a.name for a in self.analyzers)]
+        parts.append("s" if self.secrets else "-")
+        parts.append(getattr(self.malware, "fingerprint", "m") if self.malware else "-")
+        return "/".join(parts)
+
+
+def parse_os_release(data: bytes) -> OSRelease | None:
+    fields = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip().strip("\"'")
+    if not fields.get("ID"):
+        return None
+    version = fields.get("VERSION_ID", "")
+    if fields["ID"] == "alpine":
+        version = ".".join(version.split(".")[:2])
+    return OSRelease(fields["ID"], version, fields.get("VERSION_CODENAME", ""))
+
+
+def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerResult:
+    """Stream one layer blob and collect everything it determines."""
+    result = LayerResult(digest=layer.digest)
+
+    def warn(reason: str, path: str) -> None:
+        log.warning("layer entry skipped", extra={"layer": layer.digest, "path": path,
+                                                  "reason": reason})
+        result.warnings.append(Warning_(reason, layer.digest, path))
+
+    limits = options.limits
+    secret_max = options.secrets.max_bytes if options.secrets else -1
+    malware_max = options.malware.max_bytes if options.malware else -1
+    for entry in iter_layer(blob, layer.digest, limits, warn):  # type: ignore[arg-type]
+        if entry.kind is EntryKind.WHITEOUT:
+            result.whiteouts.append(entry.path)
+            continue
+        if entry.kind is EntryKind.OPAQUE:
+            result.opaque_dirs.append(entry.path)
+            continue
+        result.present.add(entry.path)
+        if entry.kind is not EntryKind.FILE:
+            continue
+        result.size += entry.size
+        wanted = [a for a in options.analyzers if a.wants(entry.path, entry.mode, entry.size)]
+        is_os_release = entry.path in OS_RELEASE_PATHS
+        if not wanted and not is_os_release and entry.size > max(secret_max, malware_max):
+            continue
+        if entry.size > limits.max_file_bytes:
+            if wanted:
+                warn(f"file larger than {limits.max_file_bytes} bytes not analysed", entry.path)
+            continue
+        data = entry.read(limits.max_file_bytes)
+        if data is None:
+            continue
+        if is_os_release:
+            result.os_release = parse_os_release(data) or result.os_release
+        for analyzer in wanted:
+            try:
+                packages = analyzer.analyze(entry.path, data, layer.digest)
+            except (ValueError, UnicodeError, KeyError, IndexError, OSError) as err:
+                warn(f"{analyzer.name} analyzer failed: {err}", entry.path)
+                continue
+            if packages:
+                result.files.setdefault(entry.path, []).extend(packages)
+        if options.secrets and entry.size <= secret_max:
+            result.secrets.extend(options.secrets.scan_file(entry.path, data, layer.digest))
+        if options.malware and entry.size <= malware_max:
+            result.malware.extend(options.malware.scan_file(entry.path, data, layer.digest))
+    return result
+
+
+def _under(path: str, root: str) -> bool:
+    return root in ("", path) or path.startswith(root + "/")
+
+
+def _removed_by(path: str, later: LayerResult) -> bool:
+    if path in later.present and path not in later.files:
+        return True  # overwritten by a file that holds no packages
+    if any(_under(path, w) for w in later.whiteouts):
+        return True
+    return any(_under(path, d) and path != d for d in later.opaque_dirs)
+
+
+def merge_layers(layers: Sequence[LayerResult]) -> tuple[
+    list[Package], list[SecretFinding], list[MalwareFinding], OSRelease | None
+]:
+    """Apply the layers in order: packages of the final filesystem, every secret and malware."""
+    files: dict[str, list[Package]] = {}
+    os_release: OSRelease | None = None
+    for layer in layers:
+        for d in layer.opaque_dirs:
+            for p in [p for p in files if _under(p, d) and p != d]:
+                del files[p]
+        for w in layer.whiteouts:
+            for p in [p for p in files if _under(p, w)]:
+                del files[p]
+        for p in layer.present:
+            files.pop(p, None)
+        files.update(layer.files)
+        os_release = layer.os_release or os_release
+    packages = [pkg for path in sorted(files) for pkg in files[path]]
+    secrets: list[SecretFinding] = []
+    malware: list[MalwareFinding] = []
+    for i, layer in enumerate(layers):
+        later = layers[i + 1:]
+        for s in layer.secrets:
+            gone = any(_removed_by(s.path, nxt) or s.path in nxt.present for nxt in later)
+            secrets.append(replace(s, deleted_later=gone))
+        for m in layer.malware:
+            gone = any(_removed_by(m.path, nxt) or m.path in nxt.present for nxt in later)
+            malware.append(replace(m, deleted_later=gone))
+    return packages, secrets, malware, os_release
+
+
+def scan_image(source: ImageSource, options: ScanOptions | None = None,
+               image_name: str = "") -> ScanResult:
+    options = options or ScanOptions()
+    resolved = source.resolve()
+    results: list[LayerResult] = []
+    version = options.cache_version
+    total = len(resolved.layers)
+    for i, layer in enumerate(resolved.layers):
+        if options.progress:
+            options.progress(i, total, layer.digest)
+        cached = options.cache.get_layer(layer.digest, version) if options.cache else None
+        if cached is not None:
+            log.debug("layer from cache", extra={"layer": layer.digest})
+            results.append(cached)
+            continue
+        with source.open_blob(layer.digest) as blob:
+            try:
+                result = analyze_layer(blob, layer, options)
+                drain = getattr(blob, "drain", None)
+                if drain is not None:
+                    drain()
+            except ScanError as err:
+                err.source = err.source or source.name
+                err.layer = err.layer or layer.digest
+                raise
+        results.append(result)
+        if options.cache:
+            options.cache.put_layer(result, version)
+    if options.progress:
+        options.progress(total, total, "")
+    packages, secrets, malware, os_release = merge_layers(results)
+    packages = [replace(p, path=posixpath.join("/", p.path)) if not p.path.startswith("/")
+                else p for p in packages]
+    cfg = image_config(resolved.config)
+    scan = ScanResult(
+        image=image_name or source.name,
+        digest=resolved.digest,
+        config_digest=resolved.config_digest,
+        layers=[layer.digest for layer in resolved.layers],
+        config=cfg,
+        os=os_release,
+        packages=packages,
+        secrets=secrets,
+        malware=malware,
+        warnings=[w for r in results for w in r.warnings],
+        repo_tags=resolved.repo_tags,
+    )
+    scan.config_findings = config_findings(cfg, options.secrets)
+    if options.matcher is not None:
+        scan.vulnerabilities = options.matcher.match(packages, os_release)
+    return scan

@@ -1,0 +1,71 @@
+"""JSON forms of the records, for the layer cache and the JSON report."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from controlplane.scanner.model import (
+    Ecosystem,
+    LayerResult,
+    MalwareFinding,
+    OSRelease,
+    Package,
+    SecretFinding,
+    Severity,
+    Warning_,
+)
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+               if not f.name.startswith("_")}
+        if isinstance(obj, Package):
+            out["purl"] = obj.purl
+        return out
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, set):
+        return sorted(to_jsonable(v) for v in obj)
+    return obj
+
+
+def layer_to_json(layer: LayerResult) -> dict[str, Any]:
+    return {
+        "digest": layer.digest,
+        "files": {p: [to_jsonable(pkg) for pkg in pkgs] for p, pkgs in layer.files.items()},
+        "whiteouts": layer.whiteouts,
+        "opaque_dirs": layer.opaque_dirs,
+        "present": sorted(layer.present),
+        "secrets": [to_jsonable(s) for s in layer.secrets],
+        "malware": [to_jsonable(m) for m in layer.malware],
+        "warnings": [to_jsonable(w) for w in layer.warnings],
+        "os_release": to_jsonable(layer.os_release) if layer.os_release else None,
+        "size": layer.size,
+    }
+
+
+def _package(d: dict[str, Any]) -> Package:
+    d = {k: v for k, v in d.items() if k != "purl"}
+    d["ecosystem"] = Ecosystem(d["ecosystem"])
+    d["licenses"] = tuple(d.get("licenses", ()))
+    return Package(**d)
+
+
+def layer_from_json(d: dict[str, Any]) -> LayerResult:
+    return LayerResult(
+        digest=d["digest"],
+        files={p: [_package(x) for x in pkgs] for p, pkgs in d["files"].items()},
+        whiteouts=list(d["whiteouts"]),
+        opaque_dirs=list(d["opaque_dirs"]),
+        present=set(d["present"]),
+        secrets=[SecretFinding(**{**s, "severity": Severity(s["severity"])}) for s in d["secrets"]],
+        malware=[MalwareFinding(**{**m, "severity": Severity(m["severity"])})
+                 for m in d["malware"]],
+        warnings=[Warning_(**w) for w in d["warnings"]],
+        os_release=OSRelease(**d["os_release"]) if d.get("os_release") else None,
+        size=int(d.get("size", 0)),
+    )

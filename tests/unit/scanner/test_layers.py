@@ -1,0 +1,111 @@
+"""Layer streaming: whiteouts, and hostile input refused without writing anywhere."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from controlplane.scanner.errors import LimitExceededError
+from controlplane.scanner.layers import EntryKind, Limits, iter_layer, link_escapes
+from controlplane.scanner.scan import ScanOptions, scan_image
+from controlplane.scanner.source import OCILayoutSource
+from tests.fixtures.images.builder import Device, File, Hardlink, Image, Symlink, layer_tar
+
+PY_META = b"Metadata-Version: 2.1\nName: requests\nVersion: 2.19.0\n\n"
+
+
+def _entries(tar: bytes, limits: Limits | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    warnings: list[str] = []
+    out = [
+        (e.path, str(e.kind))
+        for e in iter_layer(io.BytesIO(tar), "sha256:x", limits or Limits(),
+                            lambda reason, path: warnings.append(f"{path}: {reason}"))
+    ]
+    return out, warnings
+
+
+def test_hostile_entries_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    tar = layer_tar([
+        ("../../etc/evil", b"x"),
+        ("/abs/evil", b"x"),
+        ("a/../../b", b"x"),
+        ("ok/link", Symlink("../../../../etc/shadow")),
+        ("ok/abs-link", Symlink("/etc/shadow")),
+        ("ok/hard", Hardlink("../../etc/passwd")),
+        ("dev/sda", Device()),
+        ("ok/file", b"fine"),
+    ])
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        entries, warnings = _entries(tar)
+    finally:
+        os.chdir(cwd)
+    assert entries == [("ok/abs-link", "symlink"), ("ok/file", "file")]
+    reasons = "\n".join(warnings)
+    assert "../../etc/evil: refused: path traversal" in reasons
+    assert "/abs/evil: refused: absolute path" in reasons
+    assert "ok/link: refused: symlink escapes the image root" in reasons
+    assert "ok/hard: refused: hard link path traversal" in reasons
+    assert "dev/sda: refused: device file" in reasons
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_link_escape_rules() -> None:
+    assert link_escapes("a/b", "../../x")
+    assert not link_escapes("a/b", "../x")
+    assert not link_escapes("usr/bin/sh", "/bin/dash")
+    assert link_escapes("x", "..")
+
+
+def test_decompression_bomb_is_refused() -> None:
+    bomb = gzip.compress(layer_tar({"zeros": File(b"\0" * (8 << 20))}), compresslevel=9)
+    assert len(bomb) < 64 << 10
+    with pytest.raises(LimitExceededError, match="decompression bomb"):
+        _entries(bomb, Limits(max_ratio=50, ratio_floor=1 << 20))
+    with pytest.raises(LimitExceededError, match="inflates past"):
+        _entries(bomb, Limits(max_layer_bytes=2 << 20))
+
+
+def test_entry_count_limit() -> None:
+    tar = layer_tar({f"f{i}": b"" for i in range(20)})
+    with pytest.raises(LimitExceededError, match="entries"):
+        _entries(tar, Limits(max_entries=10))
+
+
+def test_oversized_file_listed_not_read(tmp_path: Path) -> None:
+    meta = "usr/lib/python3/site-packages/requests-2.19.0.dist-info/METADATA"
+    Image([{meta: PY_META + b"#" * 5000}]).write_oci_layout(tmp_path)
+    result = scan_image(OCILayoutSource(tmp_path), ScanOptions(limits=Limits(max_file_bytes=1000)))
+    assert result.packages == []
+    assert any("not analysed" in w.reason and w.path == meta for w in result.warnings)
+
+
+def test_whiteouts_and_opaque_dirs_apply_in_order(tmp_path: Path) -> None:
+    sp = "usr/lib/python3/site-packages/"
+    Image([
+        {sp + "requests-2.19.0.dist-info/METADATA": PY_META,
+         sp + "six-1.0.dist-info/METADATA": b"Name: six\nVersion: 1.0\n",
+         "opt/x/y-1.dist-info/METADATA": b"Name: y\nVersion: 1\n"},
+        {sp + ".wh.requests-2.19.0.dist-info": b"",
+         "opt/x/.wh..wh..opq": b""},
+    ]).write_oci_layout(tmp_path)
+    result = scan_image(OCILayoutSource(tmp_path), ScanOptions())
+    assert [p.name for p in result.packages] == ["six"]
+
+
+def test_whiteout_entries_are_reported_as_such() -> None:
+    entries, _ = _entries(layer_tar({"a/.wh.b": b"", "c/.wh..wh..opq": b""}))
+    assert entries == [("a/b", EntryKind.WHITEOUT), ("c", EntryKind.OPAQUE)]
+
+
+def test_hostile_image_scans_with_warnings(tmp_path: Path) -> None:
+    Image([{"../../escape": b"x", "etc/passwd": b"root:x:0:0::/root:/bin/sh\n"}]
+          ).write_oci_layout(tmp_path)
+    result = scan_image(OCILayoutSource(tmp_path), ScanOptions())
+    assert [w.path for w in result.warnings] == ["../../escape"]
+    assert not (tmp_path.parent / "escape").exists()

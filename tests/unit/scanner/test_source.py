@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controlplane.scanner.errors import DigestMismatchError, ImageFormatError
+from controlplane.scanner.scan import ScanOptions, scan_image
+from controlplane.scanner.source import ArchiveSource, OCILayoutSource, open_source
+from tests.fixtures.images.builder import Image, sha
+
+DPKG = b"""Package: zlib1g
+Status: install ok installed
+Architecture: amd64
+Source: zlib
+Version: 1:1.2.13.dfsg-1
+
+"""
+
+
+def _image() -> Image:
+    return Image([
+        {"etc/os-release": b'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n',
+         "var/lib/dpkg/status": DPKG},
+        {"app/hello.txt": b"hi"},
+    ])
+
+
+@pytest.mark.parametrize("kind", ["oci-layout", "oci-archive", "docker-archive"])
+def test_every_source_kind_gives_the_same_packages(tmp_path: Path, kind: str) -> None:
+    img = _image()
+    target = tmp_path / "img"
+    if kind == "oci-layout":
+        target.mkdir()
+        img.write_oci_layout(target)
+    elif kind == "oci-archive":
+        img.write_oci_archive(target)
+    else:
+        img.write_docker_archive(target)
+    result = scan_image(open_source(target), ScanOptions())
+    assert [(p.name, p.version, p.source_name) for p in result.packages] == [
+        ("zlib1g", "1:1.2.13.dfsg-1", "zlib")
+    ]
+    assert result.os is not None and result.os.codename == "bookworm"
+    assert len(result.layers) == 2
+    assert result.packages[0].layer == result.layers[0]
+
+
+def test_docker_archive_tags_and_digest_are_stable(tmp_path: Path) -> None:
+    img = _image()
+    img.write_docker_archive(tmp_path / "a.tar")
+    img.write_docker_archive(tmp_path / "b.tar")
+    a = ArchiveSource(tmp_path / "a.tar").resolve()
+    b = ArchiveSource(tmp_path / "b.tar").resolve()
+    assert a.digest == b.digest
+    assert a.repo_tags == ("example.test/app:1.0",)
+    assert a.layers[0].digest == sha(img.build()[0][0])
+
+
+def test_tampered_blob_is_refused(tmp_path: Path) -> None:
+    img = _image()
+    img.write_oci_layout(tmp_path)
+    blob = tmp_path / "blobs/sha256" / sha(img.build()[1][1])[7:]
+    blob.write_bytes(blob.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises((DigestMismatchError, ImageFormatError)):
+        scan_image(OCILayoutSource(tmp_path), ScanOptions())
+
+
+def test_traversal_digest_in_index_is_refused(tmp_path: Path) -> None:
+    _image().write_oci_layout(tmp_path)
+    index = json.loads((tmp_path / "index.json").read_text())
+    index["manifests"][0]["digest"] = "sha256:../../../../etc/passwd"
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ImageFormatError, match="malformed digest"):
+        OCILayoutSource(tmp_path).resolve()
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    (tmp_path / "x.tar").write_bytes(b"not a tar at all")
+    with pytest.raises(ImageFormatError):
+        open_source(tmp_path / "x.tar")
+    with pytest.raises(ImageFormatError, match="not an OCI layout"):
+        OCILayoutSource(tmp_path).resolve()
