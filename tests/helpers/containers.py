@@ -153,8 +153,9 @@ def run_runc(
         if rootfs is None:
             rootfs = build_rootfs(work / "rootfs")
         gate, state_file = work / "gate", work / "state.json"
+        hook = f"cat > {state_file}; while [ ! -e {gate} ]; do sleep 0.01; done"
         config = _runc_config(bundle, rootfs, argv, env=env, network=network,
-                              cgroups_path=cgroups_path, annotations=annotations, hook=f"cat > {state_file}; while [ ! -e {gate} ]; do sleep 0.01; done")
+                              cgroups_path=cgroups_path, annotations=annotations, hook=hook)
         (bundle / "config.json").write_text(json.dumps(config, indent=2))
         out, err = work / "stdout", work / "stderr"
         root = ["--root", str(state_root)] if state_root else []
