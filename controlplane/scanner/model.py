@@ -87,6 +87,7 @@ class Package:
     arch: str = ""
     namespace: str = ""  # maven group id
     licenses: tuple[str, ...] = ()
+    distro: str = ""  # "debian-12", set on OS packages once the image's OS is known
 
     @property
     def purl(self) -> str:

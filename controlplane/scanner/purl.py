@@ -7,21 +7,21 @@ from typing import TYPE_CHECKING
 from packageurl import PackageURL
 
 if TYPE_CHECKING:
-    from controlplane.scanner.model import OSRelease, Package
+    from controlplane.scanner.model import Package
 
 _DISTRO_NAMESPACE = {"deb": "debian", "apk": "alpine", "rpm": ""}
 
 
-def package_purl(pkg: Package, os: OSRelease | None = None) -> str:
+def package_purl(pkg: Package) -> str:
     qualifiers: dict[str, str] = {}
     namespace = pkg.namespace or None
     eco = str(pkg.ecosystem)
     if eco in _DISTRO_NAMESPACE:
-        namespace = (os.id if os else "") or _DISTRO_NAMESPACE[eco] or None
+        namespace = pkg.distro.split("-")[0] or _DISTRO_NAMESPACE[eco] or None
         if pkg.arch:
             qualifiers["arch"] = pkg.arch
-        if os and os.version_id:
-            qualifiers["distro"] = f"{os.id}-{os.version_id}"
+        if pkg.distro:
+            qualifiers["distro"] = pkg.distro
         if pkg.source_name and pkg.source_name != pkg.name:
             qualifiers["upstream" if eco == "rpm" else "source"] = pkg.source_name
     name = pkg.name

@@ -21,6 +21,7 @@ from controlplane.scanner.config import config_findings, image_config
 from controlplane.scanner.errors import ScanError
 from controlplane.scanner.layers import EntryKind, Limits, iter_layer
 from controlplane.scanner.model import (
+    Ecosystem,
     LayerResult,
     MalwareFinding,
     OSRelease,
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ANALYZER_VERSION = "1"  # bump when analyzers change, so cached layer results are redone
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
+OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
 
 
 class SecretScanner(Protocol):
@@ -217,8 +219,12 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
     if options.progress:
         options.progress(total, total, "")
     packages, secrets, malware, os_release = merge_layers(results)
-    packages = [replace(p, path=posixpath.join("/", p.path)) if not p.path.startswith("/")
-                else p for p in packages]
+    distro = f"{os_release.id}-{os_release.version_id}" if os_release else ""
+    packages = [
+        replace(p, path=posixpath.join("/", p.path),
+                distro=distro if p.ecosystem in OS_ECOSYSTEMS else "")
+        for p in packages
+    ]
     cfg = image_config(resolved.config)
     scan = ScanResult(
         image=image_name or source.name,

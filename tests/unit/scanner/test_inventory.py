@@ -1,0 +1,171 @@
+"""Package inventory per ecosystem, with purls and layer digests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
+from controlplane.scanner.analyzers.ospkg import RpmAnalyzer
+from controlplane.scanner.scan import ScanOptions, scan_image
+from controlplane.scanner.source import OCILayoutSource
+from tests.fixtures.images import rootfs
+from tests.fixtures.images.builder import File, Image, sha
+
+
+def _scan(tmp_path: Path, *layers: dict[str, object]) -> list[tuple[str, str, str, str]]:
+    Image(list(layers)).write_oci_layout(tmp_path)  # type: ignore[arg-type]
+    result = scan_image(OCILayoutSource(tmp_path), ScanOptions())
+    return [(p.ecosystem, p.name, p.version, p.purl) for p in result.packages]
+
+
+def test_dpkg_status_with_sources_and_purls(tmp_path: Path) -> None:
+    pkgs = _scan(tmp_path, {"etc/os-release": rootfs.DEBIAN_OS_RELEASE,
+                            "var/lib/dpkg/status": rootfs.dpkg_status(rootfs.DEBIAN_PACKAGES)})
+    assert ("deb", "libc6", "2.36-9+deb12u1",
+            "pkg:deb/debian/libc6@2.36-9%2Bdeb12u1?arch=amd64&distro=debian-12&source=glibc") in pkgs
+    assert len(pkgs) == 5  # the deinstalled stanza is not listed
+    bash = [p for p in pkgs if p[1] == "bash"][0]
+    assert "source=" not in bash[3]  # "bash (5.2.15-2)" is the same source name
+
+
+def test_dpkg_status_d_distroless(tmp_path: Path) -> None:
+    status = rootfs.dpkg_status([("tzdata", "2024a-0+deb12u1", "")])
+    pkgs = _scan(tmp_path, {"var/lib/dpkg/status.d/tzdata": status,
+                            "var/lib/dpkg/status.d/tzdata.md5sums": b"abc  x\n"})
+    assert [(n, v) for _, n, v, _ in pkgs] == [("tzdata", "2024a-0+deb12u1")]
+
+
+def test_apk_installed(tmp_path: Path) -> None:
+    Image([{"etc/os-release": rootfs.ALPINE_OS_RELEASE,
+            "lib/apk/db/installed": rootfs.apk_installed(rootfs.ALPINE_PACKAGES)}]
+          ).write_oci_layout(tmp_path)
+    result = scan_image(OCILayoutSource(tmp_path), ScanOptions())
+    assert result.os is not None and (result.os.id, result.os.version_id) == ("alpine", "3.18")
+    ssl = [p for p in result.packages if p.name == "libssl3"][0]
+    assert (ssl.source_name, ssl.version, ssl.licenses) == ("openssl", "3.1.2-r0", ("MIT",))
+    assert ssl.purl.startswith("pkg:apk/alpine/libssl3@3.1.2-r0?arch=x86_64&distro=alpine-3.18")
+
+
+def test_rpm_sqlite_database(tmp_path: Path) -> None:
+    db = rootfs.rpmdb_sqlite([
+        {1000: "openssl-libs", 1001: "3.0.7", 1002: "24.el9", 1003: 1, 1022: "x86_64",
+         1044: "openssl-3.0.7-24.el9.src.rpm"},
+        {1000: "bash", 1001: "5.1.8", 1002: "6.el9", 1022: "x86_64",
+         1044: "bash-5.1.8-6.el9.src.rpm"},
+        {1000: "gpg-pubkey", 1001: "fd431d51", 1002: "4ae0493b"},
+    ])
+    pkgs = RpmAnalyzer().analyze("var/lib/rpm/rpmdb.sqlite", db, "sha256:l")
+    assert [(p.name, p.version, p.source_name, p.source_version) for p in pkgs] == [
+        ("openssl-libs", "1:3.0.7-24.el9", "openssl", "1:3.0.7-24.el9"),
+        ("bash", "5.1.8-6.el9", "bash", "5.1.8-6.el9"),
+    ]
+    assert RpmAnalyzer().analyze("x", b"garbage" * 100, "") == []
+
+
+def test_python_dist_info_and_egg_info(tmp_path: Path) -> None:
+    layer = {**rootfs.dist_info("requests", "2.19.0"), **rootfs.dist_info("PyYAML", "5.3"),
+             "usr/lib/python3/dist-packages/six-1.16.0.egg-info":
+                 b"Metadata-Version: 1.1\nName: six\nVersion: 1.16.0\n",
+             "opt/venv/lib/python3.11/site-packages/Jinja2-2.10.egg-info/PKG-INFO":
+                 b"Metadata-Version: 1.1\nName: Jinja2\nVersion: 2.10\n",
+             "home/x/notes/METADATA": b"Name: nope\nVersion: 1\n"}
+    pkgs = _scan(tmp_path, layer)
+    assert sorted((n, v, p) for _, n, v, p in pkgs) == [
+        ("Jinja2", "2.10", "pkg:pypi/jinja2@2.10"),
+        ("PyYAML", "5.3", "pkg:pypi/pyyaml@5.3"),
+        ("requests", "2.19.0", "pkg:pypi/requests@2.19.0"),
+        ("six", "1.16.0", "pkg:pypi/six@1.16.0"),
+    ]
+
+
+def test_npm_node_modules_including_scoped_and_nested(tmp_path: Path) -> None:
+    layer = {**rootfs.npm_package("lodash", "4.17.15"),
+             **rootfs.npm_package("@babel/core", "7.0.0"),
+             **rootfs.npm_package("minimist", "1.2.0", "app/node_modules/mkdirp/node_modules"),
+             "app/package.json": b'{"name": "app", "version": "1.0.0"}',
+             "app/node_modules/lodash/fp/package.json": b'{"main": "../fp.js"}'}
+    pkgs = _scan(tmp_path, layer)
+    assert sorted((n, v, p) for _, n, v, p in pkgs) == [
+        ("core", "7.0.0", "pkg:npm/%40babel/core@7.0.0"),
+        ("lodash", "4.17.15", "pkg:npm/lodash@4.17.15"),
+        ("minimist", "1.2.0", "pkg:npm/minimist@1.2.0"),
+    ]
+
+
+def test_cargo_lock(tmp_path: Path) -> None:
+    lock = b'version = 3\n[[package]]\nname = "smallvec"\nversion = "1.6.0"\n\n' \
+           b'[[package]]\nname = "app"\nversion = "0.1.0"\n'
+    pkgs = _scan(tmp_path, {"src/app/Cargo.lock": lock})
+    assert [(n, v, p) for _, n, v, p in pkgs] == [
+        ("smallvec", "1.6.0", "pkg:cargo/smallvec@1.6.0"), ("app", "0.1.0", "pkg:cargo/app@0.1.0")]
+
+
+def test_java_archives(tmp_path: Path) -> None:
+    pom = b"groupId=com.fasterxml.jackson.core\nartifactId=jackson-databind\nversion=2.9.8\n"
+    inner = rootfs.jar({"META-INF/maven/org.yaml/snakeyaml/pom.properties":
+                        b"#x\ngroupId=org.yaml\nartifactId=snakeyaml\nversion=1.33\n"})
+    layer = {
+        "app/lib/jackson-databind-2.9.8.jar": rootfs.jar(
+            {"META-INF/maven/com.fasterxml.jackson.core/jackson-databind/pom.properties": pom}),
+        "app/lib/plain.jar": rootfs.jar({"META-INF/MANIFEST.MF":
+            b"Manifest-Version: 1.0\nImplementation-Title: plain\n"
+            b"Implementation-Version: 3.1\nImplementation-Vendor-Id: org.example\n"}),
+        "app/app.war": rootfs.jar({"WEB-INF/lib/snakeyaml-1.33.jar": inner}),
+        "app/broken.jar": b"not a zip",
+    }
+    pkgs = _scan(tmp_path, layer)
+    assert sorted(p for _, _, _, p in pkgs) == [
+        "pkg:maven/com.fasterxml.jackson.core/jackson-databind@2.9.8",
+        "pkg:maven/org.example/plain@3.1",
+        "pkg:maven/org.yaml/snakeyaml@1.33",
+    ]
+
+
+MODINFO = ("path\texample.com/app\nmod\texample.com/app\t(devel)\t\n"
+           "dep\tgolang.org/x/net\tv0.7.0\th1:abc=\n"
+           "dep\tgolang.org/x/text\tv0.3.0\th1:def=\n"
+           "=>\tgolang.org/x/text\tv0.3.2\th1:ghi=\n"
+           "build\t-compiler=gc\n")
+
+
+def test_go_buildinfo_inline_format() -> None:
+    blob = rootfs.go_buildinfo_blob("go1.20.5", MODINFO)
+    pkgs = GoBinaryAnalyzer().analyze("app/server", blob, "sha256:l")
+    assert [(p.name, p.version) for p in pkgs] == [
+        ("stdlib", "1.20.5"), ("golang.org/x/net", "v0.7.0"), ("golang.org/x/text", "v0.3.2")]
+    assert pkgs[1].purl == "pkg:golang/golang.org/x/net@v0.7.0"
+    assert GoBinaryAnalyzer().analyze("x", b"\x7fELF" + b"\0" * 5000, "") == []
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="Debian golang-go not installed")
+def test_real_go_binary(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "go.mod").write_text("module example.com/hello\n\ngo 1.19\n")
+    (src / "main.go").write_text('package main\nfunc main() { println("hi") }\n')
+    env = {"HOME": str(tmp_path), "GOCACHE": str(tmp_path / "cache"), "GOFLAGS": "-mod=mod",
+           "GOPROXY": "off", "PATH": "/usr/bin:/bin", "CGO_ENABLED": "0"}
+    subprocess.run(["go", "build", "-o", str(tmp_path / "hello"), "."], cwd=src, env=env,
+                   check=True, timeout=120)
+    go_version = subprocess.run(["go", "env", "GOVERSION"], env=env, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    img = tmp_path / "img"
+    img.mkdir()
+    pkgs = _scan(img, {"usr/local/bin/hello": File((tmp_path / "hello").read_bytes(), 0o755)})
+    assert ("golang", "stdlib", go_version.removeprefix("go"),
+            f"pkg:golang/stdlib@{go_version.removeprefix('go')}") in pkgs
+
+
+def test_package_layer_digest_points_at_the_layer_holding_the_file(tmp_path: Path) -> None:
+    img = Image([rootfs.dist_info("requests", "2.19.0"), rootfs.npm_package("lodash", "4.17.15")])
+    img.write_oci_layout(tmp_path)
+    result = scan_image(OCILayoutSource(tmp_path), ScanOptions())
+    by_name = {p.name: p for p in result.packages}
+    blobs = img.build()[1]
+    assert by_name["requests"].layer == sha(blobs[0])
+    assert by_name["lodash"].layer == sha(blobs[1])
+    assert by_name["lodash"].path == "/app/node_modules/lodash/package.json"
