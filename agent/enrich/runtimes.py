@@ -42,7 +42,9 @@ _SCOPED = re.compile(rf"^(docker|cri-containerd|crio|libpod)-({HEX64})(?:\.scope
 _CONMON = re.compile(r"^(?:(?:libpod|crio)-conmon-[0-9a-f]+(?:\.scope)?|conmon)$")
 _BARE_ID = re.compile(rf"^{HEX64}$")
 _UID = r"[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{12}"
-_POD_SLICE = re.compile(rf"^kubepods(?:-(burstable|besteffort))?-pod({_UID})\.slice$")
+# kind / kubelet-in-docker nest the same slices under a "kubelet-" prefix.
+_POD_SLICE = re.compile(
+    rf"^(?:kubelet-)?kubepods(?:-(burstable|besteffort))?-pod({_UID})\.slice$")
 _POD_DIR = re.compile(rf"^pod({_UID})$")
 # ctr / nerdctl put a container at /<namespace>/<id>; only these parents are trusted.
 DEFAULT_CONTAINERD_NAMESPACES = frozenset({"default", "k8s.io"})
@@ -139,7 +141,7 @@ def _pod_of(parents: Sequence[str]) -> tuple[str | None, QoS | None]:
     for j in range(len(parents) - 1, -1, -1):
         if m := _POD_SLICE.match(parents[j]):
             return m.group(2).replace("_", "-"), QoS(m.group(1) or QoS.GUARANTEED)
-        if (m := _POD_DIR.match(parents[j])) and j and "kubepods" in parents[j - 1]:
+        if (m := _POD_DIR.match(parents[j])) and any("kubepods" in p for p in parents[:j]):
             above = parents[j - 1]
             qos = QoS(above) if above in ("burstable", "besteffort") else QoS.GUARANTEED
             return m.group(1).replace("_", "-"), qos
