@@ -18,10 +18,14 @@
 
 #define PROC_SUPER_MAGIC 0x9fa0
 
+/* Watched when the longest stored prefix has the report bit (0 entries are exceptions). */
 static __always_inline int watch_lookup(struct mr_watch_key *k, __u32 len)
 {
+	__u32 *v;
+
 	k->prefixlen = len * 8;
-	return bpf_map_lookup_elem(&mr_watch, k) != NULL;
+	v = bpf_map_lookup_elem(&mr_watch, k);
+	return v && (*v & 1);
 }
 
 /* "/proc/<something>/mem" as written */

@@ -1,0 +1,63 @@
+# moray: one-command set-up, run and test on a fresh Debian 12 machine (as root).
+#
+#   make run    install what the agent needs, build the BPF objects, start the agent
+#               with its defaults (events as JSON lines on stdout, metrics on :9464)
+#   make test   the same set-up, then the whole test suite (integration tests need root)
+#   make bench  the benchmarks (figures printed, never asserted)
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# build: clang llvm libbpf-dev bpftool; runtime: libbpf1; tests: runc busybox-static docker.io
+APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool runc busybox-static docker.io iproute2 \
+            podman containerd docker-registry golang-go
+
+.PHONY: all deps venv bpf install run test test-unit bench lint clean
+
+all: install
+
+deps: .stamps/apt
+
+.stamps/apt:
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
+	fi
+	@mkdir -p .stamps && touch $@
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+
+bpf: deps
+	$(MAKE) -C bpf
+
+.stamps/pip: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,scanner]'
+	@mkdir -p .stamps && touch $@
+
+install: deps bpf .stamps/pip
+
+run: install
+	$(BIN)/moray-agent run
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: install
+	$(BIN)/python bench/run.py
+
+lint: install
+	$(BIN)/ruff check agent controlplane tests bench
+	$(BIN)/mypy
+
+clean:
+	$(MAKE) -C bpf clean
+	rm -rf $(VENV) .stamps

@@ -1,0 +1,334 @@
+"""The agent's start-up, pipeline and teardown.
+
+Start-up is an ordered list of named steps; each may register a teardown, and teardowns
+always run, in reverse, however the agent stops (SIGTERM, SIGINT, an error in a step):
+
+    check_host -> mount_fs -> probe_kernel -> load_bpf -> fill_watch -> start_reader
+      -> scan_proc -> start_metrics -> (pipeline until stopped)
+
+The BPF programs are attached and the reader is running *before* /proc is scanned, so a
+process that starts during the scan is seen by its fork/exec events; nothing slips between.
+
+Pipeline (one thread, `Pipeline.run`): batches of raw records from the reader's queue ->
+decode -> process tree -> container identity -> JSON sink. Kernel cgroup mkdir/rmdir
+records update the container resolver and are not themselves output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.bpf import abi, watch
+from agent.bpf.abi import Stat
+from agent.bpf.loader import BpfObject, ensure_bpffs, ensure_tracefs, object_path
+from agent.bpf.ringbuf import RingBuffer
+from agent.enrich.proctree import ProcessTree
+from agent.events.decode import DecodeError, decode
+from agent.events.reader import BatchQueue, Reader
+from agent.events.types import CgroupEvent, ExecEvent, ExitEvent, ForkEvent, KernelEvent
+from agent.output.jsonl import EventSink, JsonLines
+from agent.output.metrics import AgentCollector, Stats, serve
+from agent.output.schema import Formatter
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(Exception):
+    """A start-up step failed; the message says what to do about it."""
+
+
+@dataclass
+class Config:
+    output: str = "-"
+    node: str = field(default_factory=socket.gethostname)
+    proc: str = "/proc"
+    host_root: str = "/"
+    btf: str = "/sys/kernel/btf/vmlinux"
+    metrics_port: int | None = 9464
+    metrics_addr: str = "127.0.0.1"
+    ring_size: int = 16 << 20
+    queue_records: int = 262144
+    args_max: int = 1024
+    watch: tuple[str, ...] = ()          # extra watched prefixes
+    default_watch: bool = True
+    containers: bool = True
+    duration: float | None = None        # stop after this many seconds (tests, benchmarks)
+
+
+class Pipeline:
+    """decode -> enrich -> output, for batches from the reader's queue."""
+
+    def __init__(self, tree: ProcessTree, sink: EventSink, formatter: Formatter,
+                 resolver: Any | None, stats: Stats) -> None:
+        self.tree = tree
+        self.sink = sink
+        self.fmt = formatter
+        self.resolver = resolver
+        self.stats = stats
+        self._containers: dict[int, dict[str, Any] | None] = {}  # id(Container) -> json
+
+    def container_json(self, cgroup_id: int, pid: int) -> dict[str, Any] | None:
+        if self.resolver is None or cgroup_id <= 1:
+            return None
+        try:
+            c = self.resolver.lookup(cgroup_id, pid)
+        except Exception:  # the resolver promises not to raise; count it if it does
+            self.stats.enrich_errors += 1
+            log.exception("container lookup raised", extra={"cgroup_id": cgroup_id})
+            return None
+        if c is None:
+            return None
+        key = id(c)
+        j = self._containers.get(key)
+        if j is None:
+            if len(self._containers) > 4096:
+                self._containers.clear()
+            j = self._containers[key] = c.to_json()
+        return j
+
+    def handle(self, rec: bytes) -> dict[str, Any] | None:
+        try:
+            ev = decode(rec)
+        except (DecodeError, ValueError, IndexError) as err:
+            self.stats.decode_errors += 1
+            if self.stats.decode_errors <= 10:
+                log.warning("undecodable record: %s", err)
+            return None
+        if isinstance(ev, CgroupEvent):
+            if self.resolver is not None:
+                if ev.created:
+                    self.resolver.on_cgroup_created(ev.id, ev.path)
+                else:
+                    self.resolver.on_cgroup_removed(ev.id)
+            return None
+        return self.enrich(ev)
+
+    def enrich(self, ev: KernelEvent) -> dict[str, Any]:
+        tree = self.tree
+        if isinstance(ev, ForkEvent):
+            p = tree.on_fork(ev.proc)
+        elif isinstance(ev, ExecEvent):
+            p = tree.on_exec(ev)
+        elif isinstance(ev, ExitEvent):
+            p = tree.ensure(ev.proc)
+            tree.on_exit(ev.proc)
+        else:
+            p = tree.ensure(ev.proc)
+        parent = tree.parent_of(ev.proc)
+        container = self.container_json(ev.proc.cgroup_id, ev.proc.pid)
+        out = self.fmt.event(ev, p, parent, container)
+        self.stats.events[out["type"]] += 1
+        return out
+
+    def run(self, queue: BatchQueue, stop: threading.Event) -> None:
+        sink = self.sink
+        while not (stop.is_set() and queue.depth() == 0):
+            batch = queue.get(0.2)
+            if batch is None:
+                sink.flush()
+                if queue.closed:
+                    break
+                continue
+            for rec in batch:
+                out = self.handle(rec)
+                if out is not None:
+                    sink.write(out)
+        sink.flush()
+
+
+Teardown = Callable[[], None]
+
+
+class Agent:
+    def __init__(self, cfg: Config, sink: EventSink | None = None) -> None:
+        self.cfg = cfg
+        self.stats = Stats()
+        self.stop_event = threading.Event()
+        self._teardowns: list[tuple[str, Teardown]] = []
+        self.sink: EventSink | None = sink
+        self.obj: BpfObject | None = None
+        self.ring: RingBuffer | None = None
+        self.queue = BatchQueue(cfg.queue_records)
+        self.reader: Reader | None = None
+        self.tree = ProcessTree(cfg.proc)
+        self.resolver: Any | None = None
+        self.features: Any | None = None
+        self.steps: list[tuple[str, Callable[[], None]]] = [
+            ("check_host", self.check_host),
+            ("mount_fs", self.mount_fs),
+            ("probe_kernel", self.probe_kernel),
+            ("load_bpf", self.load_bpf),
+            ("fill_watch", self.fill_watch),
+            ("start_reader", self.start_reader),
+            ("scan_proc", self.scan_proc),
+            ("start_enrich", self.start_enrich),
+            ("start_metrics", self.start_metrics),
+        ]
+
+    # --- steps ------------------------------------------------------------------------
+
+    def check_host(self) -> None:
+        if os.geteuid() != 0:
+            raise AgentError("moray-agent needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to "
+                             "load BPF programs: run it with sudo or as the systemd service")
+        if not os.path.exists(self.cfg.btf):
+            raise AgentError(f"kernel BTF not found at {self.cfg.btf}: moray's CO-RE programs "
+                             "need a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8+)")
+        try:
+            object_path("moray.bpf.o")
+        except FileNotFoundError as err:
+            raise AgentError(str(err)) from err
+
+    def mount_fs(self) -> None:
+        if not ensure_tracefs():
+            raise AgentError("tracefs is not mounted and cannot be: tracepoints cannot attach")
+        ensure_bpffs()
+
+    def probe_kernel(self) -> None:
+        from agent.bpf.features import probe
+
+        self.features = probe(self.cfg.proc, self.cfg.btf)
+        tiers = {k: str(v) for k, v in self.features.tiers().items()}
+        log.info("enforcement tiers on this kernel: %s", tiers)
+        if not self.features.cgroup_v2:
+            log.warning("no cgroup v2 mount: network events and container ids are unavailable")
+
+    def load_bpf(self) -> None:
+        obj = BpfObject.open(object_path("moray.bpf.o"))
+        self._teardowns.append(("close_bpf", obj.close))
+        obj.set_rodata({"cfg_self_tgid": os.getpid(), "cfg_args_max": self.cfg.args_max})
+        obj.set_max_entries("mr_events", self.cfg.ring_size)
+        cg = self.features.cgroup_v2 if self.features else None
+        if not cg:
+            obj.disable([n for n, sec, _ in obj.programs() if sec.startswith("cgroup/")])
+        obj.load()
+        obj.attach_all(cg)
+        self.obj = obj
+        log.info("attached %d BPF programs", len(obj.links))
+
+    def fill_watch(self) -> None:
+        assert self.obj is not None
+        prefixes = list(self.cfg.watch)
+        if self.cfg.default_watch:
+            prefixes += list(watch.DEFAULT_WATCH) + watch.ssh_dirs(
+                os.path.join(self.cfg.host_root, "etc/passwd"))
+        rows = watch.build(prefixes, watch.DEFAULT_IGNORE if self.cfg.default_watch else ())
+        watch.apply(self.obj.map("mr_watch"), rows)
+
+    def start_reader(self) -> None:
+        assert self.obj is not None
+        self.ring = RingBuffer(self.obj.map("mr_events").fd, self.cfg.ring_size)
+        self.reader = Reader(self.ring, self.queue)
+        self.reader.start()
+
+        def stop_reader() -> None:
+            assert self.reader is not None and self.ring is not None
+            self.reader.stop()
+            self.reader.join(5)
+            self.queue.close()
+            self.ring.close()
+
+        self._teardowns.append(("stop_reader", stop_reader))
+
+    def scan_proc(self) -> None:
+        n = self.tree.scan_proc()
+        log.info("process tree: %d processes from %s", n, self.cfg.proc)
+
+    def start_enrich(self) -> None:
+        if not self.cfg.containers:
+            return
+        from agent.enrich.containers import ContainerResolver
+
+        cg = self.features.cgroup_v2 if self.features else None
+        self.resolver = ContainerResolver.for_host(self.cfg.proc, self.cfg.host_root, cg)
+
+    def kernel_counters(self) -> dict[str, list[int]]:
+        assert self.obj is not None
+        m = self.obj.map("mr_stats")
+        out = {}
+        for name, idx in (("rb_drop", Stat.RB_DROP), ("events", Stat.EVENTS),
+                          ("path_trunc", Stat.PATH_TRUNC)):
+            out[name] = [int.from_bytes(v, "little") for v in m.lookup_percpu(
+                int(idx).to_bytes(4, "little"))]
+        return out
+
+    def start_metrics(self) -> None:
+        if self.cfg.metrics_port is None:
+            return
+        collector = AgentCollector(self.stats, lambda: self.queue.dropped, self.queue.depth,
+                                   lambda: len(self.tree), self.kernel_counters)
+        try:
+            serve(collector, self.cfg.metrics_port, self.cfg.metrics_addr)
+        except OSError as err:
+            raise AgentError(f"cannot serve metrics on {self.cfg.metrics_addr}:"
+                             f"{self.cfg.metrics_port}: {err.strerror}") from err
+
+    # --- run --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for name, step in self.steps:
+            t0 = time.monotonic()
+            try:
+                step()
+            except AgentError:
+                raise
+            except Exception as err:
+                raise AgentError(f"start-up step {name} failed: {err}") from err
+            log.debug("step %s done in %.3fs", name, time.monotonic() - t0)
+
+    def run(self) -> int:
+        """Start, process events until stopped, tear down. Returns an exit status."""
+        if self.sink is None:
+            self.sink = JsonLines(self.cfg.output)
+        self._teardowns.append(("close_output", self.sink.close))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, lambda *_: self.stop_event.set())
+            except ValueError:  # not the main thread (tests)
+                pass
+        try:
+            self.start()
+            assert self.sink is not None
+            pipeline = Pipeline(self.tree, self.sink, Formatter(self.cfg.node), self.resolver,
+                                self.stats)
+            self.pipeline = pipeline
+            log.info("moray-agent running (node %s)", self.cfg.node)
+            worker = threading.Thread(target=pipeline.run, args=(self.queue, self.stop_event),
+                                      name="moray-pipeline", daemon=True)
+            worker.start()
+            deadline = (time.monotonic() + self.cfg.duration) if self.cfg.duration else None
+            while not self.stop_event.wait(0.5):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+            self.stop_event.set()
+            if self.reader is not None:
+                self.reader.stop()
+                self.reader.join(5)
+            self.queue.close()
+            worker.join(30)
+            return 0
+        finally:
+            self.teardown()
+
+    def teardown(self) -> None:
+        while self._teardowns:
+            name, fn = self._teardowns.pop()
+            try:
+                fn()
+            except Exception:  # teardown must finish: log and continue with the next
+                log.exception("teardown step %s failed", name)
+
+
+def watch_key(path: str) -> bytes:  # re-exported for tests
+    return watch.key(path)
+
+
+__all__ = ["Agent", "AgentError", "Config", "Pipeline", "abi", "watch_key"]

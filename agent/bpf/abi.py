@@ -1,0 +1,121 @@
+"""The one Python mirror of the C records in bpf/lib/abi.h.
+
+Each `Layout` lists the C struct's members in order with a `struct` format code (or a
+nested Layout). From it come a precompiled little-endian `struct.Struct` for the fixed
+part (decoding is one `unpack_from` per record) and member offsets, which
+tests/unit/test_abi.py compares with the BTF of the built object: if the C side changes
+and this file does not, the test fails instead of the agent misreading events.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Union
+
+Code = Union[str, "Layout"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    c_name: str
+    members: tuple[tuple[str, Code], ...]
+    fmt: str = field(init=False)
+    size: int = field(init=False)
+    offsets: dict[str, int] = field(init=False)
+    index: dict[str, int] = field(init=False)  # flat field name -> position in unpack()
+
+    def __post_init__(self) -> None:
+        fmt = ""
+        offsets: dict[str, int] = {}
+        index: dict[str, int] = {}
+        pos = 0
+        for name, code in self.members:
+            offsets[name] = struct.calcsize("<" + fmt)
+            if isinstance(code, Layout):
+                for sub, i in code.index.items():
+                    index[f"{name}.{sub}"] = pos + i
+                pos += len(code.index)
+                fmt += code.fmt
+            else:
+                if not code.endswith("x"):  # padding has no value
+                    index[name] = pos
+                    pos += 1
+                fmt += code
+        object.__setattr__(self, "fmt", fmt)
+        object.__setattr__(self, "size", struct.calcsize("<" + fmt))
+        object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "index", index)
+
+    def compile(self) -> struct.Struct:
+        return struct.Struct("<" + self.fmt)
+
+
+class Op(IntEnum):
+    """enum mr_op"""
+
+    EXEC = 1
+    FORK = 2
+    EXIT = 3
+    OPEN = 4
+    CONNECT = 5
+    ACCEPT = 6
+    LISTEN = 7
+    SEND = 8
+    CGROUP_MKDIR = 9
+    CGROUP_RMDIR = 10
+
+
+class Stat(IntEnum):
+    """enum mr_stat: indexes of the per-CPU counters in mr_stats."""
+
+    RB_DROP = 0
+    PATH_TRUNC = 1
+    EVENTS = 2
+
+
+# flags (MR_F_*)
+F_ARGS_TRUNC = 1 << 0
+F_BINARY_TRUNC = 1 << 1
+F_CWD_TRUNC = 1 << 2
+F_PATH_TRUNC = 1 << 3
+F_PATH_RAW = 1 << 4
+
+COMM_LEN = 16
+WATCH_LEN = 256
+
+HDR = Layout("mr_hdr", (("op", "H"), ("size", "H"), ("cpu", "I"), ("ts", "Q")))
+
+PROC = Layout("mr_proc", (
+    ("pid", "I"), ("tid", "I"), ("ppid", "I"), ("uid", "I"), ("euid", "I"), ("gid", "I"),
+    ("mntns", "I"), ("pad", "4x"), ("cgroup_id", "Q"), ("start_ns", "Q"), ("pstart_ns", "Q"),
+    ("comm", f"{COMM_LEN}s"),
+))
+
+EXEC = Layout("mr_exec", (
+    ("hdr", HDR), ("proc", PROC), ("flags", "I"), ("argc", "I"), ("binary_len", "H"),
+    ("filename_len", "H"), ("args_len", "H"), ("cwd_len", "H"),
+))
+
+FORK = Layout("mr_fork", (("hdr", HDR), ("proc", PROC)))
+
+EXIT = Layout("mr_exit", (("hdr", HDR), ("proc", PROC), ("status", "I"), ("pad", "4x")))
+
+OPEN = Layout("mr_open", (
+    ("hdr", HDR), ("proc", PROC), ("flags", "I"), ("ret", "i"), ("pflags", "H"),
+    ("path_len", "H"), ("pad", "4x"),
+))
+
+NET = Layout("mr_net", (
+    ("hdr", HDR), ("proc", PROC), ("family", "H"), ("protocol", "H"), ("sport", "H"),
+    ("dport", "H"), ("saddr", "16s"), ("daddr", "16s"),
+))
+
+CGROUP = Layout("mr_cgroup", (
+    ("hdr", HDR), ("id", "Q"), ("level", "I"), ("path_len", "H"), ("pad", "2x"),
+))
+
+WATCH_KEY = Layout("mr_watch_key", (("prefixlen", "I"), ("path", f"{WATCH_LEN}s")))
+
+ALL: tuple[Layout, ...] = (HDR, PROC, EXEC, FORK, EXIT, OPEN, NET, CGROUP, WATCH_KEY)

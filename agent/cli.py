@@ -1,0 +1,84 @@
+"""moray-agent command line: `run` (the agent), `probe` (what this kernel offers).
+
+The only place that configures logging and prints to stdout (besides the JSON sink).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from agent.app import Agent, AgentError, Config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = Config(output=args.output, proc=args.proc, host_root=args.host_root,
+                 metrics_port=None if args.metrics_port == 0 else args.metrics_port,
+                 metrics_addr=args.metrics_addr, watch=tuple(args.watch),
+                 default_watch=not args.no_default_watch, containers=not args.no_containers,
+                 duration=args.duration, args_max=args.args_max,
+                 ring_size=args.ring_mb << 20)
+    if args.node:
+        cfg.node = args.node
+    try:
+        return Agent(cfg).run()
+    except AgentError as err:
+        logging.getLogger("moray").error("%s", err)
+        return 2
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from agent.bpf.features import format_text, probe
+
+    f = probe(args.proc)
+    if args.json:
+        print(json.dumps(f.to_json(), indent=2))
+    else:
+        print(format_text(f))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="moray-agent", description="moray host agent")
+    ap.add_argument("--log-level", default="info")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="load the BPF programs and report events as JSON lines")
+    run.add_argument("--output", "-o", default="-", help="file to append events to, - = stdout")
+    run.add_argument("--metrics-port", type=int, default=9464, help="Prometheus port, 0 = off")
+    run.add_argument("--metrics-addr", default="127.0.0.1")
+    run.add_argument("--watch", action="append", default=[], metavar="PREFIX",
+                     help="extra path prefix whose opens are reported (dirs end with /)")
+    run.add_argument("--no-default-watch", action="store_true",
+                     help="watch only the --watch prefixes")
+    run.add_argument("--no-containers", action="store_true", help="skip container identity")
+    run.add_argument("--proc", default="/proc", help="host /proc (/host/proc in a DaemonSet)")
+    run.add_argument("--host-root", default="/", help="host / (/host in a DaemonSet)")
+    run.add_argument("--node", default=None, help="node name in events (default: hostname)")
+    run.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    run.add_argument("--args-max", type=int, default=1024, help="argv bytes per exec (<=4096)")
+    run.add_argument("--ring-mb", type=int, default=16, help="ring buffer size, MiB (power of 2)")
+    run.set_defaults(fn=_cmd_run)
+
+    pr = sub.add_parser("probe", help="what this kernel offers and the enforcement tiers")
+    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--proc", default="/proc")
+    pr.set_defaults(fn=_cmd_probe)
+
+    args = ap.parse_args(argv)
+    _setup_logging(args.log_level)
+    if args.cmd == "probe":
+        logging.getLogger("libbpf").setLevel(logging.CRITICAL)  # failed probes are the answer
+    rc: int = args.fn(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

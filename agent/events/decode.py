@@ -1,0 +1,170 @@
+"""Raw ring-buffer records -> typed events: DECODERS[opcode](record).
+
+Every decoder takes the record's bytes (header included), trusts only the fixed part's
+layout from agent/bpf/abi.py and checks string lengths against the record size, so a
+short or corrupt record raises DecodeError (counted by the caller) instead of producing a
+wrong event.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+
+from agent.bpf import abi
+from agent.bpf.abi import Op
+from agent.events.types import (
+    AnyEvent,
+    CgroupEvent,
+    EventType,
+    ExecEvent,
+    ExitEvent,
+    ForkEvent,
+    NetEvent,
+    OpenEvent,
+    Proc,
+)
+
+AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
+
+
+class DecodeError(ValueError):
+    def __init__(self, op: int, reason: str) -> None:
+        self.op = op
+        super().__init__(f"record op={op}: {reason}")
+
+
+def _s(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _proc(t: tuple[object, ...], i: int) -> Proc:
+    """Proc from a flat unpack() tuple whose mr_proc fields start at index i."""
+    comm = t[i + 10]
+    assert isinstance(comm, bytes)
+    return Proc(t[i], t[i + 1], t[i + 2], t[i + 3], t[i + 4], t[i + 5],  # type: ignore[arg-type]
+                t[i + 6], t[i + 7], t[i + 8], t[i + 9],  # type: ignore[arg-type]
+                comm.split(b"\0", 1)[0].decode("utf-8", "replace"))
+
+
+_PROC_AT = abi.EXEC.index["proc.pid"]  # same in every event with a proc
+_EXEC = abi.EXEC.compile()
+_FORK = abi.FORK.compile()
+_EXIT = abi.EXIT.compile()
+_OPEN = abi.OPEN.compile()
+_NET = abi.NET.compile()
+_CGROUP = abi.CGROUP.compile()
+_HDR = abi.HDR.compile()
+
+
+def _need(rec: bytes, size: int, op: int) -> None:
+    if len(rec) < size:
+        raise DecodeError(op, f"{len(rec)} bytes, need {size}")
+
+
+def decode_exec(rec: bytes) -> ExecEvent:
+    _need(rec, _EXEC.size, Op.EXEC)
+    t = _EXEC.unpack_from(rec)
+    ix = abi.EXEC.index
+    flags, argc = t[ix["flags"]], t[ix["argc"]]
+    lens = (t[ix["binary_len"]], t[ix["filename_len"]], t[ix["args_len"]], t[ix["cwd_len"]])
+    end = _EXEC.size + sum(lens)
+    if end > len(rec):
+        raise DecodeError(Op.EXEC, f"strings end at {end}, record has {len(rec)}")
+    pos = _EXEC.size
+    parts = []
+    for n in lens:
+        parts.append(rec[pos:pos + n])
+        pos += n
+    binary, filename, args_raw, cwd = parts
+    args = tuple(_s(a) for a in args_raw.split(b"\0"))
+    if args and args[-1] == "" and args_raw.endswith(b"\0"):
+        args = args[:-1]
+    return ExecEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), _s(binary), _s(filename), args, argc,
+                     bool(flags & abi.F_ARGS_TRUNC), _s(cwd),
+                     bool(flags & abi.F_BINARY_TRUNC))
+
+
+def decode_fork(rec: bytes) -> ForkEvent:
+    _need(rec, _FORK.size, Op.FORK)
+    t = _FORK.unpack_from(rec)
+    return ForkEvent(t[abi.FORK.index["hdr.ts"]], _proc(t, _PROC_AT))
+
+
+def decode_exit(rec: bytes) -> ExitEvent:
+    _need(rec, _EXIT.size, Op.EXIT)
+    t = _EXIT.unpack_from(rec)
+    return ExitEvent(t[abi.EXIT.index["hdr.ts"]], _proc(t, _PROC_AT), t[abi.EXIT.index["status"]])
+
+
+def decode_open(rec: bytes) -> OpenEvent:
+    _need(rec, _OPEN.size, Op.OPEN)
+    t = _OPEN.unpack_from(rec)
+    ix = abi.OPEN.index
+    n = t[ix["path_len"]]
+    if _OPEN.size + n > len(rec):
+        raise DecodeError(Op.OPEN, f"path of {n} bytes past the record end")
+    pflags = t[ix["pflags"]]
+    return OpenEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), _s(rec[_OPEN.size:_OPEN.size + n]),
+                     t[ix["flags"]], t[ix["ret"]], bool(pflags & abi.F_PATH_RAW),
+                     bool(pflags & abi.F_PATH_TRUNC))
+
+
+def _addr(family: int, raw: bytes) -> str | None:
+    if family == AF_INET:
+        return None if raw[:4] == b"\0\0\0\0" else socket.inet_ntop(AF_INET, raw[:4])
+    if family == AF_INET6:
+        return None if raw == bytes(16) else socket.inet_ntop(AF_INET6, raw)
+    return None
+
+
+_NET_TYPES = {Op.CONNECT: EventType.CONNECT, Op.ACCEPT: EventType.ACCEPT,
+              Op.LISTEN: EventType.LISTEN, Op.SEND: EventType.SEND}
+
+
+def decode_net(rec: bytes) -> NetEvent:
+    _need(rec, _NET.size, Op.CONNECT)
+    t = _NET.unpack_from(rec)
+    ix = abi.NET.index
+    fam = t[ix["family"]]
+    return NetEvent(_NET_TYPES[Op(t[ix["hdr.op"]])], t[ix["hdr.ts"]], _proc(t, _PROC_AT), fam,
+                    t[ix["protocol"]], _addr(fam, t[ix["saddr"]]), t[ix["sport"]],
+                    _addr(fam, t[ix["daddr"]]), t[ix["dport"]])
+
+
+def decode_cgroup(rec: bytes) -> CgroupEvent:
+    _need(rec, _CGROUP.size, Op.CGROUP_MKDIR)
+    t = _CGROUP.unpack_from(rec)
+    ix = abi.CGROUP.index
+    n = t[ix["path_len"]]
+    if _CGROUP.size + n > len(rec):
+        raise DecodeError(Op.CGROUP_MKDIR, f"path of {n} bytes past the record end")
+    return CgroupEvent(t[ix["hdr.op"]] == Op.CGROUP_MKDIR, t[ix["hdr.ts"]], t[ix["id"]],
+                       t[ix["level"]], _s(rec[_CGROUP.size:_CGROUP.size + n]))
+
+
+DECODERS: dict[int, Callable[[bytes], AnyEvent]] = {
+    Op.EXEC: decode_exec,
+    Op.FORK: decode_fork,
+    Op.EXIT: decode_exit,
+    Op.OPEN: decode_open,
+    Op.CONNECT: decode_net,
+    Op.ACCEPT: decode_net,
+    Op.LISTEN: decode_net,
+    Op.SEND: decode_net,
+    Op.CGROUP_MKDIR: decode_cgroup,
+    Op.CGROUP_RMDIR: decode_cgroup,
+}
+
+_OP = struct.Struct("<H")
+
+
+def decode(rec: bytes) -> AnyEvent:
+    if len(rec) < _HDR.size:
+        raise DecodeError(-1, f"{len(rec)} bytes is shorter than the header")
+    op = _OP.unpack_from(rec)[0]
+    fn = DECODERS.get(op)
+    if fn is None:
+        raise DecodeError(op, "unknown opcode")
+    return fn(rec)

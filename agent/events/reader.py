@@ -1,0 +1,87 @@
+"""Ring buffer -> bounded queue, on one thread that does nothing else.
+
+The reader copies records out of the ring buffer in batches (agent/bpf/ringbuf.py) and
+hands each batch to a bounded queue. Decoding, enrichment and output happen on the
+consumer side. When the queue is full the batch is dropped and counted (`dropped`): the
+kernel keeps running and the loss is visible in metrics, never silent. Kernel-side losses
+(ring buffer full) are counted separately in the mr_stats map.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+from agent.bpf.ringbuf import RingBuffer
+
+log = logging.getLogger(__name__)
+
+
+class BatchQueue:
+    """Bounded FIFO of record batches; the bound counts records, not batches."""
+
+    def __init__(self, max_records: int) -> None:
+        self.max_records = max_records
+        self._q: deque[list[bytes]] = deque()
+        self._n = 0
+        self._cv = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, batch: list[bytes]) -> bool:
+        with self._cv:
+            if self._n + len(batch) > self.max_records:
+                self.dropped += len(batch)
+                return False
+            self._q.append(batch)
+            self._n += len(batch)
+            self._cv.notify()
+            return True
+
+    def get(self, timeout: float) -> list[bytes] | None:
+        with self._cv:
+            if not self._q and not self.closed:
+                self._cv.wait(timeout)
+            if not self._q:
+                return None
+            batch = self._q.popleft()
+            self._n -= len(batch)
+            return batch
+
+    def depth(self) -> int:
+        return self._n
+
+    def close(self) -> None:
+        with self._cv:
+            self.closed = True
+            self._cv.notify_all()
+
+
+class Reader(threading.Thread):
+    def __init__(self, ring: RingBuffer, queue: BatchQueue, batch: int = 2048,
+                 poll_timeout: float = 0.1) -> None:
+        super().__init__(name="moray-reader", daemon=True)
+        self.ring = ring
+        self.queue = queue
+        self.batch = batch
+        self.poll_timeout = poll_timeout
+        self.records = 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        ring, queue, stop = self.ring, self.queue, self._stop
+        while not stop.is_set():
+            recs = ring.consume(self.batch)
+            if recs:
+                self.records += len(recs)
+                queue.put(recs)
+                continue
+            ring.wait(self.poll_timeout)
+        # drain what the kernel wrote before we were asked to stop
+        while recs := ring.consume(self.batch):
+            self.records += len(recs)
+            queue.put(recs)
+
+    def stop(self) -> None:
+        self._stop.set()

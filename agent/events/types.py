@@ -1,0 +1,115 @@
+"""Decoded kernel events: frozen records, one per record kind of bpf/lib/abi.h.
+
+These are the kernel's view (pids, cgroup ids, raw times); enrichment (process tree,
+container identity) happens later in agent/enrich and the JSON shape in agent/output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class EventType(StrEnum):
+    EXEC = "exec"
+    FORK = "fork"
+    EXIT = "exit"
+    OPEN = "open"
+    CONNECT = "connect"
+    ACCEPT = "accept"
+    LISTEN = "listen"
+    SEND = "send"
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    """The task an event is about. start_ns: its process's start (boot clock, ns)."""
+
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    euid: int
+    gid: int
+    mntns: int
+    cgroup_id: int
+    start_ns: int
+    pstart_ns: int
+    comm: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecEvent:
+    ts: int
+    proc: Proc
+    binary: str            # resolved path of the image that runs
+    filename: str          # as passed to execve
+    args: tuple[str, ...]
+    argc: int
+    args_truncated: bool
+    cwd: str
+    binary_truncated: bool
+    type: EventType = EventType.EXEC
+
+
+@dataclass(frozen=True, slots=True)
+class ForkEvent:
+    ts: int
+    proc: Proc  # the child
+    type: EventType = EventType.FORK
+
+
+@dataclass(frozen=True, slots=True)
+class ExitEvent:
+    ts: int
+    proc: Proc
+    status: int  # wait(2) status
+
+    @property
+    def exit_code(self) -> int | None:
+        return (self.status >> 8) & 0xFF if self.status & 0x7F == 0 else None
+
+    @property
+    def signal(self) -> int | None:
+        sig = self.status & 0x7F
+        return sig or None
+
+    type: EventType = EventType.EXIT
+
+
+@dataclass(frozen=True, slots=True)
+class OpenEvent:
+    ts: int
+    proc: Proc
+    path: str
+    flags: int
+    ret: int               # fd, or -errno
+    path_as_written: bool  # the open failed: path as the caller wrote it, not resolved
+    truncated: bool
+    type: EventType = EventType.OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class NetEvent:
+    type: EventType  # connect | accept | listen | send
+    ts: int
+    proc: Proc
+    family: int
+    protocol: int
+    saddr: str | None
+    sport: int
+    daddr: str | None
+    dport: int
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupEvent:
+    created: bool
+    ts: int
+    id: int
+    level: int
+    path: str
+
+
+KernelEvent = ExecEvent | ForkEvent | ExitEvent | OpenEvent | NetEvent
+AnyEvent = KernelEvent | CgroupEvent

@@ -1,0 +1,57 @@
+"""JSON lines sink: one event object per line to a file or stdout.
+
+Writes are buffered and flushed at least every `flush_interval` seconds, so `tail -f`
+sees events promptly and a burst costs one write per batch, not per event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import IO, Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    def write(self, event: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonLines:
+    def __init__(self, target: str, flush_interval: float = 0.2) -> None:
+        self.target = target
+        self._f: IO[str] = sys.stdout if target == "-" else open(  # noqa: SIM115
+            target, "a", buffering=1 << 16, encoding="utf-8")
+        self.flush_interval = flush_interval
+        self._last = time.monotonic()
+        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        self.errors = 0
+
+    def write(self, event: dict[str, Any]) -> None:
+        try:
+            self._f.write(self._dumps(event) + "\n")
+        except OSError as err:  # full disk, closed pipe: count and go on
+            self.errors += 1
+            if self.errors == 1 or self.errors % 10000 == 0:
+                log.error("cannot write events to %s: %s (%d lost)", self.target, err.strerror,
+                          self.errors)
+        now = time.monotonic()
+        if now - self._last >= self.flush_interval:
+            self.flush()
+            self._last = now
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as err:
+            self.errors += 1
+            log.error("cannot flush %s: %s", self.target, err.strerror)
+
+    def close(self) -> None:
+        self.flush()
+        if self._f is not sys.stdout:
+            self._f.close()

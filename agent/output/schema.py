@@ -1,0 +1,135 @@
+"""The agent's JSON event: one object per line, the stable shape documented in
+docs/events.md. This module is the only place that shape is built.
+
+    {"type", "time", "node", "process": {...}, "parent": {...} | null,
+     "container": {...} | null, <the type's own object: exec | exit | file | network>}
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from typing import Any
+
+from agent.enrich.proctree import Process, ticks
+from agent.events.types import (
+    EventType,
+    ExecEvent,
+    ExitEvent,
+    ForkEvent,
+    KernelEvent,
+    NetEvent,
+    OpenEvent,
+)
+
+SCHEMA_VERSION = 1
+
+_O_ACCMODE = os.O_ACCMODE
+_OPEN_FLAGS = (("O_CREAT", os.O_CREAT), ("O_EXCL", os.O_EXCL), ("O_TRUNC", os.O_TRUNC),
+               ("O_APPEND", os.O_APPEND), ("O_NONBLOCK", os.O_NONBLOCK),
+               ("O_DIRECTORY", os.O_DIRECTORY), ("O_NOFOLLOW", os.O_NOFOLLOW),
+               ("O_CLOEXEC", os.O_CLOEXEC), ("O_PATH", 0o10000000), ("O_TMPFILE", 0o20200000))
+_PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", 0: "ip",
+          socket.IPPROTO_ICMP: "icmp", 58: "icmpv6"}
+_FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+
+
+class Clock:
+    """Kernel boot-clock ns -> wall time. The offset is re-read every `resync` seconds so
+    NTP steps show up; CLOCK_BOOTTIME keeps counting across suspend, like the kernel's."""
+
+    def __init__(self, resync: float = 60.0) -> None:
+        self.resync = resync
+        self._next = 0.0
+        self._offset = 0
+        self._sync()
+
+    def _sync(self) -> None:
+        self._offset = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        self._next = time.monotonic() + self.resync
+
+    def wall_ns(self, boot_ns: int) -> int:
+        if time.monotonic() >= self._next:
+            self._sync()
+        return boot_ns + self._offset
+
+    def iso(self, boot_ns: int) -> str:
+        ns = self.wall_ns(boot_ns)
+        s, frac = divmod(ns, 1_000_000_000)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{frac:09d}Z"
+
+
+def access_of(flags: int) -> str:
+    mode = flags & _O_ACCMODE
+    if flags & 0o10000000:
+        return "path"
+    return {os.O_RDONLY: "read", os.O_WRONLY: "write", os.O_RDWR: "read-write"}.get(mode, "?")
+
+
+def flag_names(flags: int) -> list[str]:
+    mode = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}.get(
+        flags & _O_ACCMODE, "O_ACCMODE?")
+    return [mode] + [n for n, v in _OPEN_FLAGS if flags & v == v]
+
+
+def _err(ret: int) -> str | None:
+    return errno.errorcode.get(-ret, str(-ret)) if ret < 0 else None
+
+
+class Formatter:
+    def __init__(self, node: str, clock: Clock | None = None) -> None:
+        self.node = node
+        self.clock = clock or Clock()
+        self._boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    def _start_time(self, start_ticks: int) -> str:
+        from agent.enrich.proctree import NS_PER_TICK
+
+        return self.clock.iso(start_ticks * NS_PER_TICK)
+
+    def process(self, e: KernelEvent, p: Process) -> dict[str, Any]:
+        k = e.proc
+        d: dict[str, Any] = {
+            "pid": k.pid, "tid": k.tid, "exec_id": p.exec_id, "binary": p.binary,
+            "args": list(p.args), "cwd": p.cwd, "comm": k.comm, "uid": k.uid, "euid": k.euid,
+            "gid": k.gid, "start_time": self._start_time(ticks(k.start_ns)),
+            "cgroup_id": k.cgroup_id, "mntns": k.mntns,
+        }
+        return d
+
+    def event(self, e: KernelEvent, p: Process, parent: Process | None,
+              container: dict[str, Any] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": str(e.type), "time": self.clock.iso(e.ts), "node": self.node,
+            "process": self.process(e, p),
+            "parent": parent.to_json() if parent is not None else (
+                {"pid": e.proc.ppid, "exec_id": p.parent_exec_id, "binary": None}
+                if e.proc.ppid else None),
+            "container": container,
+        }
+        if isinstance(e, ExecEvent):
+            out["process"]["filename"] = e.filename
+            out["exec"] = {"argc": e.argc, "args_truncated": e.args_truncated,
+                           "binary_truncated": e.binary_truncated}
+        elif isinstance(e, ExitEvent):
+            out["exit"] = {"status": e.status, "code": e.exit_code, "signal": e.signal}
+        elif isinstance(e, OpenEvent):
+            out["file"] = {"path": e.path, "flags": flag_names(e.flags),
+                           "access": access_of(e.flags), "result": e.ret if e.ret < 0 else 0,
+                           "error": _err(e.ret), "fd": e.ret if e.ret >= 0 else None,
+                           "path_as_written": e.path_as_written, "truncated": e.truncated}
+        elif isinstance(e, NetEvent):
+            out["network"] = {
+                "family": _FAMILY.get(e.family, str(e.family)),
+                "protocol": _PROTO.get(e.protocol, str(e.protocol)),
+                "saddr": e.saddr, "sport": e.sport or None,
+                "daddr": e.daddr, "dport": e.dport or None,
+            }
+        elif isinstance(e, ForkEvent):
+            pass
+        return out
+
+
+__all__ = ["SCHEMA_VERSION", "Clock", "EventType", "Formatter", "access_of", "flag_names"]
