@@ -25,10 +25,10 @@ def _scan(tmp_path: Path, *layers: dict[str, object]) -> list[tuple[str, str, st
 def test_dpkg_status_with_sources_and_purls(tmp_path: Path) -> None:
     pkgs = _scan(tmp_path, {"etc/os-release": rootfs.DEBIAN_OS_RELEASE,
                             "var/lib/dpkg/status": rootfs.dpkg_status(rootfs.DEBIAN_PACKAGES)})
-    assert ("deb", "libc6", "2.36-9+deb12u1",
-            "pkg:deb/debian/libc6@2.36-9%2Bdeb12u1?arch=amd64&distro=debian-12&source=glibc") in pkgs
+    purl = "pkg:deb/debian/libc6@2.36-9%2Bdeb12u1?arch=amd64&distro=debian-12&source=glibc"
+    assert ("deb", "libc6", "2.36-9+deb12u1", purl) in pkgs
     assert len(pkgs) == 5  # the deinstalled stanza is not listed
-    bash = [p for p in pkgs if p[1] == "bash"][0]
+    bash = next(p for p in pkgs if p[1] == "bash")
     assert "source=" not in bash[3]  # "bash (5.2.15-2)" is the same source name
 
 
@@ -45,7 +45,7 @@ def test_apk_installed(tmp_path: Path) -> None:
           ).write_oci_layout(tmp_path)
     result = scan_image(OCILayoutSource(tmp_path), ScanOptions())
     assert result.os is not None and (result.os.id, result.os.version_id) == ("alpine", "3.18")
-    ssl = [p for p in result.packages if p.name == "libssl3"][0]
+    ssl = next(p for p in result.packages if p.name == "libssl3")
     assert (ssl.source_name, ssl.version, ssl.licenses) == ("openssl", "3.1.2-r0", ("MIT",))
     assert ssl.purl.startswith("pkg:apk/alpine/libssl3@3.1.2-r0?arch=x86_64&distro=alpine-3.18")
 

@@ -1,0 +1,235 @@
+"""SQLite tables for vulnerability data, the per-layer scan cache and assurance verdicts.
+
+Data owned here and when it changes:
+- ``vuln_advisory`` / ``vuln_affected``: replaced per (source, origin record) on every
+  import; each import bumps ``meta.vulndb_generation``, which marks stored verdicts stale.
+- ``scan_layer_cache``: written once per (layer digest, analyzer version); layers are
+  content-addressed, so entries never go stale, only unused.
+- ``image_verdict``: one row per (image digest, policy), overwritten by each evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = "/var/lib/moray"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vuln_advisory (
+    id TEXT PRIMARY KEY, aliases TEXT NOT NULL, summary TEXT NOT NULL,
+    severity TEXT NOT NULL, cvss_score REAL, modified TEXT NOT NULL, sources TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vuln_affected (
+    advisory_id TEXT NOT NULL, source TEXT NOT NULL, origin TEXT NOT NULL,
+    ecosystem TEXT NOT NULL, release TEXT NOT NULL, package TEXT NOT NULL,
+    status TEXT NOT NULL, ranges TEXT NOT NULL, versions TEXT NOT NULL, fixed TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vuln_affected_pkg ON vuln_affected (ecosystem, package);
+CREATE INDEX IF NOT EXISTS vuln_affected_origin ON vuln_affected (source, origin);
+CREATE TABLE IF NOT EXISTS vuln_import (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, records INTEGER NOT NULL,
+    rows INTEGER NOT NULL, skipped INTEGER NOT NULL, imported_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scan_layer_cache (
+    digest TEXT NOT NULL, version TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (digest, version)
+);
+CREATE TABLE IF NOT EXISTS image_verdict (
+    image_digest TEXT NOT NULL, policy TEXT NOT NULL, passed INTEGER NOT NULL,
+    reasons TEXT NOT NULL, vulndb_generation INTEGER NOT NULL, image TEXT NOT NULL,
+    created REAL NOT NULL, PRIMARY KEY (image_digest, policy)
+);
+"""
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MORAY_DATA_DIR", DEFAULT_DATA_DIR))
+
+
+def default_db_path() -> Path:
+    return data_dir() / "moray.db"
+
+
+@dataclass(frozen=True, slots=True)
+class AffectedRecord:
+    advisory_id: str
+    source: str
+    origin: str  # the record the row came from (DSA id, secdb file), for replacement
+    ecosystem: str
+    release: str  # "" for language ecosystems, "debian:12", "debian:" = every release
+    package: str
+    status: str  # "affected" | "not_affected"
+    ranges: list[dict[str, Any]]
+    versions: list[str]
+    fixed: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdvisoryRecord:
+    id: str
+    aliases: list[str]
+    summary: str
+    severity: str
+    cvss_score: float | None
+    modified: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    image_digest: str
+    policy: str
+    passed: bool
+    reasons: list[str]
+    vulndb_generation: int
+    image: str
+    created: float
+
+
+class ScanStore:
+    def __init__(self, path: Path | str, clock: Any = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- vulnerability data --------------------------------------------------------------
+
+    def replace_origin(self, source: str, origin: str, advisories: Iterable[AdvisoryRecord],
+                       rows: Iterable[AffectedRecord]) -> int:
+        """Replace everything one source record contributed; call inside transaction()."""
+        self._db.execute("DELETE FROM vuln_affected WHERE source = ? AND origin = ?",
+                         (source, origin))
+        for adv in advisories:
+            self._upsert_advisory(adv)
+        n = 0
+        for r in rows:
+            self._db.execute(
+                "INSERT INTO vuln_affected VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (r.advisory_id, r.source, r.origin, r.ecosystem, r.release, r.package, r.status,
+                 json.dumps(r.ranges), json.dumps(r.versions), r.fixed),
+            )
+            n += 1
+        return n
+
+    def _upsert_advisory(self, adv: AdvisoryRecord) -> None:
+        old = self._db.execute("SELECT aliases, summary, severity, cvss_score, sources "
+                               "FROM vuln_advisory WHERE id = ?", (adv.id,)).fetchone()
+        aliases, summary, severity, score, sources = (
+            set(adv.aliases), adv.summary, adv.severity, adv.cvss_score, {adv.source})
+        if old:
+            aliases |= set(json.loads(old[0]))
+            summary = summary or old[1]
+            if severity == "unknown":
+                severity = old[2]
+            score = score if score is not None else old[3]
+            sources |= set(json.loads(old[4]))
+        aliases.discard(adv.id)
+        self._db.execute(
+            "INSERT OR REPLACE INTO vuln_advisory VALUES (?,?,?,?,?,?,?)",
+            (adv.id, json.dumps(sorted(aliases)), summary, severity, score, adv.modified,
+             json.dumps(sorted(sources))),
+        )
+
+    def record_import(self, path: str, records: int, rows: int, skipped: int) -> None:
+        self._db.execute("INSERT INTO vuln_import (path, records, rows, skipped, imported_at) "
+                         "VALUES (?,?,?,?,?)", (path, records, rows, skipped, self._clock()))
+        self._db.execute(
+            "INSERT INTO meta VALUES ('vulndb_generation', '1') ON CONFLICT(key) DO UPDATE "
+            "SET value = CAST(value AS INTEGER) + 1")
+
+    def affected_for(self, ecosystem: str, packages: Iterable[str]) -> list[AffectedRecord]:
+        names = sorted(set(packages))
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        cur = self._db.execute(
+            f"SELECT advisory_id, source, origin, ecosystem, release, package, status, ranges, "
+            f"versions, fixed FROM vuln_affected WHERE ecosystem = ? AND package IN ({marks})",
+            (ecosystem, *names))
+        return [AffectedRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]),
+                               json.loads(r[8]), r[9]) for r in cur]
+
+    def advisory(self, advisory_id: str) -> AdvisoryRecord | None:
+        r = self._db.execute("SELECT id, aliases, summary, severity, cvss_score, modified, "
+                             "sources FROM vuln_advisory WHERE id = ?", (advisory_id,)).fetchone()
+        if r is None:
+            return None
+        return AdvisoryRecord(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5],
+                              ",".join(json.loads(r[6])))
+
+    def generation(self) -> int:
+        r = self._db.execute("SELECT value FROM meta WHERE key = 'vulndb_generation'").fetchone()
+        return int(r[0]) if r else 0
+
+    def status(self) -> dict[str, Any]:
+        q = self._db.execute
+        per_eco = dict(q("SELECT ecosystem || CASE WHEN release != '' THEN ' ' || release "
+                         "ELSE '' END, COUNT(DISTINCT advisory_id) FROM vuln_affected "
+                         "GROUP BY 1 ORDER BY 1").fetchall())
+        last = q("SELECT path, imported_at FROM vuln_import ORDER BY id DESC LIMIT 1").fetchone()
+        return {
+            "path": str(self.path),
+            "advisories": q("SELECT COUNT(*) FROM vuln_advisory").fetchone()[0],
+            "affected_rows": q("SELECT COUNT(*) FROM vuln_affected").fetchone()[0],
+            "by_ecosystem": per_eco,
+            "generation": self.generation(),
+            "last_import": {"path": last[0], "at": last[1]} if last else None,
+            "cached_layers": q("SELECT COUNT(*) FROM scan_layer_cache").fetchone()[0],
+            "verdicts": q("SELECT COUNT(*) FROM image_verdict").fetchone()[0],
+        }
+
+    # -- scan cache ----------------------------------------------------------------------
+
+    def get_layer_json(self, digest: str, version: str) -> dict[str, Any] | None:
+        r = self._db.execute("SELECT result FROM scan_layer_cache WHERE digest = ? AND "
+                             "version = ?", (digest, version)).fetchone()
+        return json.loads(r[0]) if r else None
+
+    def put_layer_json(self, digest: str, version: str, result: dict[str, Any]) -> None:
+        self._db.execute("INSERT OR REPLACE INTO scan_layer_cache VALUES (?,?,?,?)",
+                         (digest, version, json.dumps(result), self._clock()))
+
+    # -- verdicts ------------------------------------------------------------------------
+
+    def put_verdict(self, v: Verdict) -> None:
+        self._db.execute("INSERT OR REPLACE INTO image_verdict VALUES (?,?,?,?,?,?,?)",
+                         (v.image_digest, v.policy, int(v.passed), json.dumps(v.reasons),
+                          v.vulndb_generation, v.image, v.created))
+
+    def verdicts(self, image_digest: str) -> list[Verdict]:
+        cur = self._db.execute("SELECT image_digest, policy, passed, reasons, vulndb_generation,"
+                               " image, created FROM image_verdict WHERE image_digest = ? "
+                               "ORDER BY policy", (image_digest,))
+        return [Verdict(r[0], r[1], bool(r[2]), json.loads(r[3]), r[4], r[5], r[6]) for r in cur]

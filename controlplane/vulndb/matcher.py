@@ -1,0 +1,130 @@
+"""Matching packages against the knowledge base.
+
+For each package the rows of its ecosystem and name (for OS packages also its source
+package name) are fetched; per advisory the rows for the image's own release win over
+distro-wide rows (Debian tracker's unstable state), a ``not_affected`` row clears the
+advisory, and otherwise the version is evaluated with the ecosystem's own order.
+Findings for one package that share an identifier (a DSA and its CVE, a GHSA and its
+PYSEC twin) are merged into one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from controlplane.scanner.model import OSRelease, Package, Severity, VulnFinding
+from controlplane.store.scanstore import AdvisoryRecord, AffectedRecord, ScanStore
+from controlplane.vulndb.names import package_key, release_key
+from controlplane.vulndb.versions import first_fixed, is_affected
+
+log = logging.getLogger(__name__)
+
+OS_ECOSYSTEMS = ("deb", "apk", "rpm")
+
+
+def image_release(os: OSRelease | None) -> str:
+    if os is None:
+        return ""
+    return release_key(os.id, os.version_id or os.codename)
+
+
+class Matcher:
+    def __init__(self, store: ScanStore) -> None:
+        self.store = store
+        self._advisories: dict[str, AdvisoryRecord | None] = {}
+
+    def _advisory(self, advisory_id: str) -> AdvisoryRecord | None:
+        if advisory_id not in self._advisories:
+            self._advisories[advisory_id] = self.store.advisory(advisory_id)
+        return self._advisories[advisory_id]
+
+    def match(self, packages: Sequence[Package], os: OSRelease | None) -> list[VulnFinding]:
+        release = image_release(os)
+        distro_wide = release.split(":")[0] + ":" if release else ""
+        findings: list[VulnFinding] = []
+        for pkg in packages:
+            eco = str(pkg.ecosystem)
+            if eco in OS_ECOSYSTEMS and not release:
+                log.debug("no OS release known; OS package not matched",
+                          extra={"package": pkg.name})
+                continue
+            names = {package_key(eco, pkg.name, pkg.namespace)}
+            if eco in OS_ECOSYSTEMS and pkg.source_name:
+                names.add(pkg.source_name)
+            rows = self.store.affected_for(eco, names)
+            by_advisory: dict[str, list[AffectedRecord]] = defaultdict(list)
+            for row in rows:
+                if eco in OS_ECOSYSTEMS and row.release not in (release, distro_wide):
+                    continue
+                by_advisory[row.advisory_id].append(row)
+            found = []
+            for advisory_id, adv_rows in by_advisory.items():
+                finding = self._evaluate(pkg, advisory_id, adv_rows, release)
+                if finding is not None:
+                    found.append(finding)
+            findings.extend(merge_findings(found))
+        return findings
+
+    def _evaluate(self, pkg: Package, advisory_id: str, rows: list[AffectedRecord],
+                  release: str) -> VulnFinding | None:
+        specific = [r for r in rows if r.release == release]
+        chosen = specific or rows
+        if any(r.status == "not_affected" for r in chosen):
+            return None
+        eco = str(pkg.ecosystem)
+        fixed = ""
+        hit = False
+        for r in chosen:
+            version = (pkg.source_version if r.package == pkg.source_name and pkg.source_version
+                       else pkg.version)
+            if is_affected(eco, version, r.ranges, r.versions):
+                hit = True
+                fixed = fixed or first_fixed(eco, version, r.ranges)
+        if not hit:
+            return None
+        adv = self._advisory(advisory_id)
+        return VulnFinding(
+            id=advisory_id, package=pkg,
+            severity=Severity.parse(adv.severity) if adv else Severity.UNKNOWN,
+            fixed_version=fixed, aliases=tuple(adv.aliases) if adv else (),
+            summary=adv.summary if adv else "", source=chosen[0].source,
+            cvss_score=adv.cvss_score if adv else None,
+        )
+
+
+def _preferred_id(own: set[str], every: set[str]) -> str:
+    """The one CVE id the group shares, else the smallest advisory id of its own."""
+    cves = sorted(i for i in every if i.startswith("CVE-"))
+    return cves[0] if len(cves) == 1 else sorted(own)[0]
+
+
+def merge_findings(found: list[VulnFinding]) -> list[VulnFinding]:
+    """Merge findings of one package that share any identifier (id or alias)."""
+    groups: list[list[VulnFinding]] = []
+    for f in sorted(found, key=lambda f: f.id):
+        ids = {f.id, *f.aliases}
+        match = [g for g in groups if any(ids & {x.id, *x.aliases} for x in g)]
+        merged = [f]
+        for g in match:
+            groups.remove(g)
+            merged.extend(g)
+        groups.append(merged)
+    out = []
+    for g in groups:
+        ids = {x for f in g for x in (f.id, *f.aliases)}
+        primary = _preferred_id({f.id for f in g}, ids)
+        severity = max((f.severity for f in g), key=lambda s: s.rank)
+        fixes = [f.fixed_version for f in g if f.fixed_version]
+        base = next((f for f in g if f.id == primary), g[0])
+        scores = [f.cvss_score for f in g if f.cvss_score is not None]
+        out.append(VulnFinding(
+            id=primary, package=base.package, severity=severity,
+            fixed_version=base.fixed_version or (fixes[0] if fixes else ""),
+            aliases=tuple(sorted(ids - {primary})), summary=next(
+                (f.summary for f in g if f.summary), ""),
+            source=",".join(sorted({f.source for f in g})),
+            cvss_score=max(scores) if scores else None,
+        ))
+    return sorted(out, key=lambda f: (-f.severity.rank, f.id))

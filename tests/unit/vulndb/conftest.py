@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# the repository root, so `controlplane` and `tests.fixtures.images` import without an install
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from controlplane.store.scanstore import ScanStore
+from controlplane.vulndb.importer import import_path
+
+ADVISORIES = Path(os.environ.get("MORAY_ADVISORIES",
+                                 Path(__file__).resolve().parents[4] / "shared" / "advisories"))
+
+
+def advisories_dir() -> Path:
+    for candidate in (ADVISORIES, Path("/work/shared/advisories"),
+                      Path(__file__).resolve().parents[3].parent / "shared" / "advisories"):
+        if candidate.is_dir():
+            return candidate
+    pytest.skip("shared/advisories not found (set MORAY_ADVISORIES)")
+
+
+@pytest.fixture(scope="session")
+def advisories() -> Path:
+    return advisories_dir()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ScanStore:
+    return ScanStore(tmp_path / "moray.db")
+
+
+@pytest.fixture(scope="session")
+def loaded_store(tmp_path_factory: pytest.TempPathFactory, advisories: Path) -> ScanStore:
+    s = ScanStore(tmp_path_factory.mktemp("vulndb") / "moray.db")
+    import_path(advisories, s)
+    return s
