@@ -1,0 +1,93 @@
+"""Secrets (per layer, also when deleted later), malware (YARA + hashes, EICAR), config."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from controlplane.scanner.config import config_findings, image_config
+from controlplane.scanner.malware import MalwareDBError, MalwareScanner
+from controlplane.scanner.scan import ScanOptions, scan_image
+from controlplane.scanner.secrets import SecretScanner, shannon_entropy
+from controlplane.scanner.source import OCILayoutSource
+from tests.fixtures.images import rootfs
+from tests.fixtures.images.builder import Image
+
+SECRETS = (
+    f"aws_access_key_id = {rootfs.AWS_KEY_ID}\n"
+    f"aws_secret_access_key = {rootfs.AWS_SECRET}\n"
+    "DATABASE_URL=postgres://app:S3cr3tPassw0rd@db.internal:5432/app\n"
+    "token: ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8" + "\n"
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIE...\n-----END RSA PRIVATE KEY-----\n"
+)
+
+
+def test_secret_rules_and_masking() -> None:
+    found = SecretScanner().scan_file("app/.env", SECRETS.encode(), "sha256:l")
+    rules = {f.rule: f for f in found}
+    assert set(rules) == {"aws-access-key-id", "aws-secret-access-key", "database-url",
+                          "github-token", "private-key"}
+    assert rules["aws-access-key-id"].masked == "AKIA" + "*" * 16
+    assert rules["database-url"].line == 3
+    for f in found:
+        assert rootfs.AWS_SECRET not in f.masked and "S3cr3tPassw0rd" not in f.masked
+
+
+def test_entropy_filters_placeholders() -> None:
+    s = SecretScanner()
+    assert s.scan_file("a.py", b'password = "changeme_changeme"', "") == []
+    assert [f.rule for f in s.scan_file("a.py", b'api_key = "Zx81KqPw0vL3mT9rYb2N"', "")] == [
+        "generic-secret"]
+    assert shannon_entropy("aaaa") == 0.0
+    assert s.scan_file("bin/x", b"\0" + SECRETS.encode(), "") == []
+
+
+def test_secret_deleted_in_later_layer_is_still_reported(tmp_path: Path) -> None:
+    img = Image([{"root/.aws/credentials": SECRETS.encode(), "app/ok.txt": b"hello"},
+                 {"root/.aws/.wh.credentials": b""}])
+    img.write_oci_layout(tmp_path)
+    result = scan_image(OCILayoutSource(tmp_path), ScanOptions(secrets=SecretScanner()))
+    assert {s.rule for s in result.secrets} >= {"aws-access-key-id", "private-key"}
+    assert all(s.deleted_later and s.layer == result.layers[0] for s in result.secrets)
+
+
+def test_eicar_by_yara_and_hash_and_user_lists(tmp_path: Path) -> None:
+    scanner = MalwareScanner()
+    got = {f.rule for f in scanner.scan_file("tmp/eicar.com", rootfs.EICAR, "sha256:l")}
+    assert got == {"yara:EICAR_Test_File", "sha256:EICAR-Test-File"}
+    assert scanner.scan_file("x", b"harmless", "") == []
+    bad = b"#!/bin/sh\necho pwned\n"
+    (tmp_path / "bad.sha256").write_text(f"# list\n{hashlib.sha256(bad).hexdigest()} dropper\n")
+    (tmp_path / "r.yar").write_text('rule Pwned { strings: $a = "pwned" condition: $a }')
+    custom = MalwareScanner([tmp_path / "r.yar"], [tmp_path / "bad.sha256"])
+    assert {f.rule for f in custom.scan_file("x", bad, "")} == {"sha256:dropper", "yara:Pwned"}
+    (tmp_path / "broken.yar").write_text("rule {")
+    with pytest.raises(MalwareDBError, match="YARA syntax"):
+        MalwareScanner([tmp_path / "broken.yar"])
+
+
+def test_malware_in_image(tmp_path: Path) -> None:
+    Image([{"tmp/eicar.com": rootfs.EICAR}, {"tmp/.wh.eicar.com": b""}]
+          ).write_oci_layout(tmp_path)
+    result = scan_image(OCILayoutSource(tmp_path), ScanOptions(malware=MalwareScanner()))
+    assert {m.rule for m in result.malware} == {"yara:EICAR_Test_File", "sha256:EICAR-Test-File"}
+    assert all(m.deleted_later for m in result.malware)
+
+
+def test_config_findings() -> None:
+    cfg = image_config({"config": {"User": "", "Env": [
+        "PATH=/usr/bin", "DB_PASSWORD=hunter2hunter2", "API_TOKEN=", "HOME=/root",
+        f"KEY_ID={rootfs.AWS_KEY_ID}"], "ExposedPorts": {"22/tcp": {}}},
+        "history": [{"created_by": "RUN curl -sL https://x.example/i.sh | sh"}]})
+    found = config_findings(cfg, SecretScanner())
+    assert [(f.rule, f.detail) for f in found] == [
+        ("CFG001", "no USER set (defaults to root)"),
+        ("CFG002", "DB_PASSWORD=hunt**********"),
+        ("CFG002", "KEY_ID=AKIA****************"),
+        ("CFG003", "22/tcp"),
+        ("CFG004", "RUN curl -sL https://x.example/i.sh | sh"),
+    ]
+    assert config_findings(image_config({"config": {"User": "app"}})) == []
+    assert config_findings(image_config({"config": {"User": "0:0"}}))[0].rule == "CFG001"
