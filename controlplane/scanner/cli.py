@@ -1,0 +1,166 @@
+"""``moray-scan IMAGE``: scan an image from CI or a shell.
+
+IMAGE is an OCI layout directory, a ``docker save`` or OCI archive, or a registry
+reference (``registry.example:5000/team/app:1.0``, ``...@sha256:...``). Exit codes:
+0 the image passed (or no policy was given), 1 it failed ``--fail-on`` / ``--policy``,
+2 the scan could not be done (bad input, refused archive, registry error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from controlplane.scanner.cache import StoreLayerCache
+from controlplane.scanner.errors import ScanError
+from controlplane.scanner.malware import MalwareScanner, discover
+from controlplane.scanner.model import ScanResult, Severity
+from controlplane.scanner.policy import (
+    AssurancePolicy,
+    evaluate,
+    load_policy,
+    record_verdict,
+)
+from controlplane.scanner.registry import RegistrySource, parse_reference
+from controlplane.scanner.report import render
+from controlplane.scanner.scan import ScanOptions, scan_image
+from controlplane.scanner.secrets import SecretScanner
+from controlplane.scanner.source import ImageSource, open_source
+from controlplane.store.scanstore import ScanStore, data_dir, default_db_path
+from controlplane.vulndb.matcher import Matcher
+
+log = logging.getLogger(__name__)
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+SEVERITIES = [str(s) for s in Severity if s is not Severity.UNKNOWN]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moray-scan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", help="OCI layout dir, docker/OCI archive, or registry reference")
+    p.add_argument("-f", "--format", choices=["table", "json", "sarif", "cyclonedx"],
+                   default="table")
+    p.add_argument("-o", "--output", type=Path, help="write the report here (default stdout)")
+    p.add_argument("--fail-on", choices=SEVERITIES,
+                   help="exit 1 if a vulnerability at this severity or above is found")
+    p.add_argument("--fixable-only", action="store_true",
+                   help="with --fail-on: count only vulnerabilities that have a fix")
+    p.add_argument("--policy", type=Path, help="image assurance policy (YAML)")
+    p.add_argument("--db", type=Path, help="vulnerability store (default "
+                   "$MORAY_DATA_DIR/moray.db)")
+    p.add_argument("--no-vulns", action="store_true", help="skip vulnerability matching")
+    p.add_argument("--no-secrets", action="store_true")
+    p.add_argument("--no-malware", action="store_true")
+    p.add_argument("--no-cache", action="store_true", help="do not use the per-layer cache")
+    p.add_argument("--yara-rules", type=Path, action="append", default=[])
+    p.add_argument("--malware-hashes", type=Path, action="append", default=[])
+    p.add_argument("--ref", help="image name inside a multi-image layout or archive")
+    p.add_argument("--insecure-registry", action="store_true",
+                   help="allow plain HTTP, only to a loopback registry")
+    p.add_argument("--username", default=os.environ.get("MORAY_REGISTRY_USERNAME"))
+    p.add_argument("--password", default=os.environ.get("MORAY_REGISTRY_PASSWORD"))
+    p.add_argument("--record-verdict", action="store_true",
+                   help="store the policy verdict for the image digest in the store")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def open_image(args: argparse.Namespace) -> ImageSource:
+    path = Path(args.image)
+    if path.exists():
+        return open_source(path, args.ref)
+    ref = parse_reference(args.image)
+    return RegistrySource(ref, insecure=args.insecure_registry,
+                          username=args.username, password=args.password)
+
+
+def _progress(enabled: bool) -> object:
+    if not enabled:
+        return None
+    from tqdm import tqdm  # noqa: PLC0415 - only for interactive runs
+
+    bar = tqdm(total=0, unit="layer", file=sys.stderr, leave=False)
+
+    def update(done: int, total: int, layer: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_description(layer[7:19] or "done")
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def policy_from_args(args: argparse.Namespace) -> AssurancePolicy | None:
+    if args.policy:
+        return load_policy(args.policy)
+    if args.fail_on:
+        return AssurancePolicy(name="cli", fail_on=Severity(args.fail_on),
+                               fixable_only=args.fixable_only)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = policy_from_args(args)
+    store: ScanStore | None = None
+    db_path = args.db or default_db_path()
+    need_store = not (args.no_vulns and args.no_cache and not args.record_verdict)
+    if need_store:
+        store = ScanStore(db_path)
+    if store is not None and not args.no_vulns and store.status()["advisories"] == 0:
+        log.warning("vulnerability store is empty; run 'moray vulndb import PATH'",
+                    extra={"db": str(db_path)})
+    malware = None
+    if not args.no_malware:
+        rules, hashes = discover(data_dir())
+        malware = MalwareScanner([*rules, *args.yara_rules], [*hashes, *args.malware_hashes])
+    options = ScanOptions(
+        secrets=None if args.no_secrets else SecretScanner(),
+        malware=malware,
+        cache=StoreLayerCache(store) if store is not None and not args.no_cache else None,
+        matcher=Matcher(store) if store is not None and not args.no_vulns else None,
+        progress=_progress(not args.quiet and sys.stderr.isatty()),  # type: ignore[arg-type]
+    )
+    source = open_image(args)
+    try:
+        result: ScanResult = scan_image(source, options, image_name=args.image)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    verdict = evaluate(result, policy) if policy else None
+    if policy and store is not None and args.record_verdict:
+        record_verdict(store, result, policy)
+    text = render(result, args.format, verdict)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    if store is not None:
+        store.close()
+    return EXIT_FAIL if verdict is not None and not verdict[0] else EXIT_PASS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return run(args)
+    except ScanError as err:
+        sys.stderr.write(f"moray-scan: error: {err}\n")
+        return EXIT_ERROR
+    except OSError as err:
+        sys.stderr.write(f"moray-scan: error: {err}\n")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

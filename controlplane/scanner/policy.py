@@ -1,0 +1,131 @@
+"""Image assurance policies and their verdicts.
+
+A policy is YAML/JSON (``kind: ImageAssurancePolicy``); ``evaluate`` is pure: scan result
+in, verdict (pass/fail with reasons) out. ``record_verdict`` stores it per image digest.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.scanner.config import runs_as_root
+from controlplane.scanner.errors import ScanError
+from controlplane.scanner.model import ScanResult, Severity
+from controlplane.store.scanstore import ScanStore, Verdict
+
+
+class PolicyError(ScanError):
+    """A policy document is invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class AssurancePolicy:
+    name: str = "default"
+    fail_on: Severity | None = None  # fail on any finding (of any kind) at least this severe
+    fixable_only: bool = False  # count only vulnerabilities that have a fix
+    no_secrets: bool = False
+    no_malware: bool = False
+    not_root: bool = False
+    allowed_registries: tuple[str, ...] = ()  # glob patterns on the registry host
+    required_labels: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = field(default=())  # vulnerability ids accepted as risk
+
+
+_KEYS = {"failOn", "fixableOnly", "noSecrets", "noMalware", "notRoot", "allowedRegistries",
+         "requiredLabels", "ignore"}
+
+
+def load_policy(path: Path) -> AssurancePolicy:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise PolicyError(f"cannot read policy: {err}", path=str(path)) from err
+    if not isinstance(doc, dict) or doc.get("kind") != "ImageAssurancePolicy":
+        raise PolicyError("not an ImageAssurancePolicy document", path=str(path))
+    return policy_from_dict(doc, str(path))
+
+
+def policy_from_dict(doc: dict[str, Any], where: str = "") -> AssurancePolicy:
+    spec = doc.get("spec") or {}
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise PolicyError(f"unknown spec fields: {', '.join(sorted(unknown))}", path=where)
+    fail_on = None
+    if spec.get("failOn"):
+        fail_on = Severity.parse(str(spec["failOn"]))
+        if fail_on is Severity.UNKNOWN and str(spec["failOn"]).lower() != "unknown":
+            raise PolicyError(f"spec.failOn: bad severity {spec['failOn']!r}", path=where)
+    return AssurancePolicy(
+        name=str((doc.get("metadata") or {}).get("name", "default")),
+        fail_on=fail_on,
+        fixable_only=bool(spec.get("fixableOnly", False)),
+        no_secrets=bool(spec.get("noSecrets", False)),
+        no_malware=bool(spec.get("noMalware", False)),
+        not_root=bool(spec.get("notRoot", False)),
+        allowed_registries=tuple(spec.get("allowedRegistries") or ()),
+        required_labels=tuple(spec.get("requiredLabels") or ()),
+        ignore=tuple(spec.get("ignore") or ()),
+    )
+
+
+def registry_of(image: str) -> str:
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def evaluate(result: ScanResult, policy: AssurancePolicy) -> tuple[bool, list[str]]:
+    reasons: list[str] = []
+    if policy.fail_on is not None:
+        bad = [v for v in result.vulnerabilities
+               if v.severity.rank >= policy.fail_on.rank and v.id not in policy.ignore
+               and not set(v.aliases) & set(policy.ignore)
+               and (v.fixable or not policy.fixable_only)]
+        if bad:
+            worst = sorted(bad, key=lambda v: -v.severity.rank)[:5]
+            reasons.append(
+                f"{len(bad)} {'fixable ' if policy.fixable_only else ''}vulnerabilities at "
+                f"{policy.fail_on} or above (e.g. "
+                + ", ".join(f"{v.id} in {v.package.name} {v.package.version}" for v in worst)
+                + ")")
+        other = [f"{s.title} in /{s.path}" for s in result.secrets
+                 if s.severity.rank >= policy.fail_on.rank]
+        other += [f"{m.rule} in /{m.path}" for m in result.malware
+                  if m.severity.rank >= policy.fail_on.rank]
+        other += [c.title for c in result.config_findings
+                  if c.severity.rank >= policy.fail_on.rank]
+        if other:
+            reasons.append(f"{len(other)} other findings at {policy.fail_on} or above (e.g. "
+                           + ", ".join(sorted(set(other))[:5]) + ")")
+    if policy.no_secrets and result.secrets:
+        reasons.append(f"{len(result.secrets)} secrets in layers")
+    if policy.no_malware and result.malware:
+        reasons.append(f"{len(result.malware)} malware detections: "
+                       + ", ".join(sorted({f"{m.rule} in /{m.path}" for m in result.malware})[:5]))
+    if policy.not_root and runs_as_root(result.config.user):
+        reasons.append("image runs as root")
+    if policy.allowed_registries:
+        refs = [result.image, *result.repo_tags]
+        regs = {registry_of(r) for r in refs if ":" in r or "/" in r}
+        if not any(fnmatch.fnmatch(reg, pat) for reg in regs for pat in policy.allowed_registries):
+            reasons.append(f"registry {', '.join(sorted(regs)) or '(none)'} not allowed")
+    for label in policy.required_labels:
+        if label not in result.config.labels:
+            reasons.append(f"required label {label!r} missing")
+    return (not reasons), reasons
+
+
+def record_verdict(store: ScanStore, result: ScanResult, policy: AssurancePolicy,
+                   clock: Any = time.time) -> Verdict:
+    passed, reasons = evaluate(result, policy)
+    verdict = Verdict(result.digest, policy.name, passed, reasons, store.generation(),
+                      result.image, clock())
+    store.put_verdict(verdict)
+    return verdict

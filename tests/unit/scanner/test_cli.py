@@ -1,0 +1,130 @@
+"""moray-scan end to end on built images: every format, exit codes, cache, verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+
+from controlplane.scanner.cli import main
+from controlplane.scanner.source import ArchiveSource
+from controlplane.store.scanstore import ScanStore
+from controlplane.vulndb.importer import import_path
+from tests.fixtures.images import scenarios
+from tests.unit.vulndb.conftest import advisories_dir
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    db = root / "data" / "moray.db"
+    store = ScanStore(db)
+    import_path(advisories_dir(), store)
+    store.close()
+    debian = root / "debian.tar"
+    scenarios.debian_app().write_docker_archive(debian)
+    alpine = root / "alpine"
+    alpine.mkdir()
+    scenarios.alpine_app().write_oci_layout(alpine)
+    return {"db": db, "debian": debian, "alpine": alpine, "root": root}
+
+
+@pytest.fixture(autouse=True)
+def data_dir(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MORAY_DATA_DIR", str(env["db"].parent))
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["-q", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_table_and_fail_on(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, str(env["debian"]), "--fail-on", "critical")
+    assert code == 1  # EICAR and the AWS key are critical findings
+    for expected in ("CVE-2023-4911", "2.36-9+deb12u3", "CVE-2023-5363", "CVE-2018-18074",
+                     "CVE-2020-8203", "CVE-2023-39325", "aws-access-key-id",
+                     "yara:EICAR_Test_File", "image runs as root", "VERDICT: FAIL"):
+        assert expected in out, expected
+    assert "wJalrXUtnFEMI" not in out  # masked
+    assert "zlib" not in out.split("Secrets:")[0].split("VULNERABILITY")[1]
+    code, _, _ = _run(capsys, str(env["debian"]), "--no-malware", "--no-secrets",
+                      "--fail-on", "critical")
+    assert code == 0
+    code, _, _ = _run(capsys, str(env["debian"]), "--no-malware", "--no-secrets",
+                      "--fail-on", "high")
+    assert code == 1
+
+
+def test_json_report(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, str(env["alpine"]), "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["os"] == {"id": "alpine", "version_id": "3.18", "codename": ""}
+    vulns = {(v["package"]["name"], v["id"]) for v in doc["vulnerabilities"]}
+    assert ("busybox", "CVE-2023-42366") in vulns and ("libssl3", "CVE-2023-5363") in vulns
+    assert doc["config_findings"] == []  # runs as 1000
+
+
+def test_sarif(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, str(env["debian"]), "--format", "sarif")
+    assert code == 0
+    sarif = json.loads(out)
+    assert sarif["version"] == "2.1.0"
+    run = sarif["runs"][0]
+    rule_ids = [r["id"] for r in run["tool"]["driver"]["rules"]]
+    assert len(rule_ids) == len(set(rule_ids))
+    for res in run["results"]:
+        assert rule_ids[res["ruleIndex"]] == res["ruleId"]
+        assert res["level"] in ("error", "warning", "note")
+    assert any(r["ruleId"] == "secret/aws-access-key-id" for r in run["results"])
+    assert "wJalrXUtnFEMI" not in out
+
+
+def test_cyclonedx_is_valid(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                            tmp_path: Path) -> None:
+    target = tmp_path / "sbom.json"
+    code, _, _ = _run(capsys, str(env["debian"]), "--format", "cyclonedx", "-o", str(target))
+    assert code == 0
+    text = target.read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    bom = json.loads(text)
+    purls = {c["purl"] for c in bom["components"]}
+    assert "pkg:pypi/requests@2.19.0" in purls
+    assert "pkg:golang/golang.org/x/net@v0.7.0" in purls
+    assert any(v["id"] == "CVE-2023-4911" for v in bom["vulnerabilities"])
+
+
+def test_errors_exit_2(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                       tmp_path: Path) -> None:
+    code, _, err = _run(capsys, str(tmp_path / "missing.tar"))
+    assert code == 2 and "error" in err
+    (tmp_path / "junk.tar").write_bytes(b"junk")
+    code, _, err = _run(capsys, str(tmp_path / "junk.tar"))
+    assert code == 2 and "cannot read archive" in err
+    code, _, err = _run(capsys, "registry.example.test/app:1", "--insecure-registry")
+    assert code == 2 and "loopback" in err
+
+
+def test_layer_cache_and_recorded_verdict(env: dict[str, Path],
+                                          capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("apiVersion: moray/v1\nkind: ImageAssurancePolicy\n"
+                      "metadata: {name: prod}\nspec:\n  failOn: high\n  fixableOnly: true\n"
+                      "  noMalware: true\n  notRoot: true\n  requiredLabels: [team, owner]\n"
+                      "  allowedRegistries: ['registry.example.test']\n")
+    code, _, _ = _run(capsys, str(env["debian"]), "--policy", str(policy), "--record-verdict")
+    assert code == 1
+    store = ScanStore(env["db"])
+    assert store.status()["cached_layers"] >= 3
+    digest = ArchiveSource(env["debian"]).resolve().digest
+    (verdict,) = store.verdicts(digest)
+    assert verdict.policy == "prod" and not verdict.passed
+    text = "\n".join(verdict.reasons)
+    assert "runs as root" in text and "'owner' missing" in text and "malware" in text
+    assert "registry" not in text  # allowed
