@@ -73,7 +73,7 @@ class Pipeline:
         self.fmt = formatter
         self.resolver = resolver
         self.stats = stats
-        self._containers: dict[int, dict[str, Any] | None] = {}  # id(Container) -> json
+        self._containers: dict[int, tuple[Any, dict[str, Any]]] = {}  # cgroup id -> (c, json)
 
     def container_json(self, cgroup_id: int, pid: int) -> dict[str, Any] | None:
         if self.resolver is None or cgroup_id <= 1:
@@ -86,12 +86,13 @@ class Pipeline:
             return None
         if c is None:
             return None
-        key = id(c)
-        j = self._containers.get(key)
-        if j is None:
-            if len(self._containers) > 4096:
-                self._containers.clear()
-            j = self._containers[key] = c.to_json()
+        cached = self._containers.get(cgroup_id)
+        if cached is not None and cached[0] is c:
+            return cached[1]
+        if len(self._containers) > 4096:
+            self._containers.clear()
+        j = c.to_json()
+        self._containers[cgroup_id] = (c, j)
         return j
 
     def handle(self, rec: bytes) -> dict[str, Any] | None:
@@ -248,7 +249,10 @@ class Agent:
         from agent.enrich.containers import ContainerResolver
 
         cg = self.features.cgroup_v2 if self.features else None
-        self.resolver = ContainerResolver.for_host(self.cfg.proc, self.cfg.host_root, cg)
+        # a runtime writes its state a few ms after the cgroup appears: re-read it often
+        # while a new cgroup is young, so a short-lived container's events are attributed
+        self.resolver = ContainerResolver.for_host(self.cfg.proc, self.cfg.host_root, cg,
+                                                   retry_interval=0.002)
 
     def kernel_counters(self) -> dict[str, list[int]]:
         assert self.obj is not None

@@ -41,8 +41,23 @@ static long path_step(__u32 i, void *ctx)
 		return 1;
 	}
 	if (dentry == mnt_root || dentry == parent) {
-		if (dentry != mnt_root || mnt == w->mnt_parent) {
-			w->trunc = 0; /* global root, or a detached / pseudo file system */
+		if (dentry != mnt_root) {
+			/* a pseudo file (memfd, anon inode, pipe): its own parent; report its name
+			 * as /proc/<pid>/exe would, e.g. "/memfd:x (deleted)" shows as "/memfd:x" */
+			if (w->off == MR_HALF - 1) {
+				name = BPF_CORE_READ(dentry, d_name);
+				len = name.len & MR_NAME_MAX;
+				off = w->off - len;
+				bpf_probe_read_kernel(&w->buf[off & MR_HALF_MASK], len, name.name);
+				off -= 1;
+				w->buf[off & MR_HALF_MASK] = '/';
+				w->off = off;
+			}
+			w->trunc = 0;
+			return 1;
+		}
+		if (mnt == w->mnt_parent) {
+			w->trunc = 0; /* the global root */
 			return 1;
 		}
 		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
