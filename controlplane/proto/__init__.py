@@ -1,0 +1,1 @@
+"""The gRPC contract (moray.proto) and the code generated from it."""
