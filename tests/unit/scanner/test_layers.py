@@ -109,3 +109,11 @@ def test_hostile_image_scans_with_warnings(tmp_path: Path) -> None:
     result = scan_image(OCILayoutSource(tmp_path), ScanOptions())
     assert [w.path for w in result.warnings] == ["../../escape"]
     assert not (tmp_path.parent / "escape").exists()
+
+
+def test_zstd_layer(tmp_path: Path) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    meta = "usr/lib/python3/site-packages/requests-2.19.0.dist-info/METADATA"
+    blob = zstandard.ZstdCompressor().compress(layer_tar({meta: PY_META}))
+    entries, _ = _entries(blob)
+    assert entries == [(meta, "file")]
