@@ -24,7 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  metrics_addr=args.metrics_addr, watch=tuple(args.watch),
                  default_watch=not args.no_default_watch, containers=not args.no_containers,
                  duration=args.duration, args_max=args.args_max,
-                 ring_size=args.ring_mb << 20)
+                 ring_size=args.ring_mb << 20, btf=args.btf)
     if args.node:
         cfg.node = args.node
     try:
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     run.add_argument("--args-max", type=int, default=1024, help="argv bytes per exec (<=4096)")
     run.add_argument("--ring-mb", type=int, default=16, help="ring buffer size, MiB (power of 2)")
+    run.add_argument("--btf", default="/sys/kernel/btf/vmlinux", help="kernel BTF to require")
     run.set_defaults(fn=_cmd_run)
 
     pr = sub.add_parser("probe", help="what this kernel offers and the enforcement tiers")
