@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,19 @@ def test_not_an_image(tmp_path: Path) -> None:
         open_source(tmp_path / "x.tar")
     with pytest.raises(ImageFormatError, match="not an OCI layout"):
         OCILayoutSource(tmp_path).resolve()
+
+
+def test_docker_archive_member_traversal_is_refused(tmp_path: Path) -> None:
+    img = _image()
+    img.write_docker_archive(tmp_path / "ok.tar")
+    with tarfile.open(tmp_path / "ok.tar") as src, tarfile.open(tmp_path / "evil.tar", "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read()  # type: ignore[union-attr]
+            if m.name == "manifest.json":
+                doc = json.loads(data)
+                doc[0]["Layers"][0] = "../../../../etc/passwd"
+                data = json.dumps(doc).encode()
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    with pytest.raises(ImageFormatError, match="escapes"):
+        ArchiveSource(tmp_path / "evil.tar").resolve()

@@ -1,0 +1,139 @@
+"""moray-scan against Debian's docker-registry on 127.0.0.1 (a real OCI distribution server).
+
+Needs the Debian package ``docker-registry`` (/usr/bin/docker-registry); no root.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from controlplane.scanner.cache import StoreLayerCache
+from controlplane.scanner.cli import main
+from controlplane.scanner.registry import RegistrySource, parse_reference
+from controlplane.scanner.scan import ScanOptions, scan_image
+from controlplane.store.scanstore import ScanStore
+from controlplane.vulndb.importer import import_path
+from tests.fixtures.images import scenarios
+from tests.fixtures.images.registry import push_image, push_index
+
+REGISTRY_BIN = shutil.which("docker-registry")
+ADVISORIES = Path(__file__).resolve().parents[3] / "shared" / "advisories"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(REGISTRY_BIN is None, reason="Debian package docker-registry missing"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("registry")
+    port = _free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n")
+    log = (root / "registry.log").open("w")
+    proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(config)], stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/v2/", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
+        time.sleep(0.1)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def pushed(registry: str) -> dict[str, str]:
+    base = f"http://{registry}"
+    app = scenarios.debian_app()
+    digest = push_image(base, "team/app", "1.0", app)
+    index = push_index(base, "team/multi", "1.0", {("linux", "arm64"): scenarios.alpine_app(),
+                                                   ("linux", "amd64"): app})
+    return {"app": digest, "index": index}
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "moray.db"
+    store = ScanStore(path)
+    if ADVISORIES.is_dir():
+        import_path(ADVISORIES, store)
+    store.close()
+    return path
+
+
+def test_scan_by_tag_and_digest(registry: str, pushed: dict[str, str], db: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    ref = f"{registry}/team/app:1.0"
+    code = main(["-q", ref, "--insecure-registry", "--db", str(db), "--format", "json",
+                 "--fail-on", "critical"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1  # EICAR, AWS key
+    assert doc["digest"] == pushed["app"]
+    names = {p["name"] for p in doc["packages"]}
+    assert {"libc6", "requests", "lodash", "golang.org/x/net"} <= names
+    if ADVISORIES.is_dir():
+        assert "CVE-2023-4911" in {v["id"] for v in doc["vulnerabilities"]}
+    assert any(s["deleted_later"] for s in doc["secrets"])
+    code = main(["-q", f"{registry}/team/app@{pushed['app']}", "--insecure-registry",
+                 "--db", str(db), "--format", "json", "--no-malware", "--no-secrets"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["digest"] == pushed["app"]
+
+
+def test_index_picks_linux_amd64(registry: str, pushed: dict[str, str]) -> None:
+    src = RegistrySource(parse_reference(f"{registry}/team/multi:1.0"), insecure=True)
+    result = scan_image(src, ScanOptions())
+    assert result.digest == pushed["app"]
+    arm = RegistrySource(parse_reference(f"{registry}/team/multi:1.0"), insecure=True,
+                         platform=("linux", "arm64"))
+    assert scan_image(arm, ScanOptions()).os.id == "alpine"  # type: ignore[union-attr]
+
+
+def test_layer_cache_shared_across_images(registry: str, pushed: dict[str, str],
+                                          tmp_path: Path) -> None:
+    store = ScanStore(tmp_path / "moray.db")
+    cache = StoreLayerCache(store)
+    for ref in (f"{registry}/team/app:1.0", f"{registry}/team/multi:1.0"):
+        scan_image(RegistrySource(parse_reference(ref), insecure=True), ScanOptions(cache=cache))
+    assert (cache.misses, cache.hits) == (3, 3)  # same layers: scanned once
+
+
+def test_https_is_the_default(registry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["-q", f"{registry}/team/app:1.0", "--no-vulns", "--no-cache"])
+    assert code == 2
+    assert "cannot reach registry" in capsys.readouterr().err
