@@ -19,7 +19,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 from controlplane.scanner.errors import ImageFormatError, LimitExceededError, UnsafeEntryError
 
@@ -112,14 +112,14 @@ class _Counter:
 
 def _decompressor(raw: IO[bytes], head: bytes, layer: str) -> IO[bytes]:
     if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type]
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
     if head.startswith(b"\x28\xb5\x2f\xfd"):
         try:
             import zstandard  # noqa: PLC0415 - optional: only zstd layers need it
         except ImportError as err:
             raise ImageFormatError("zstd layer and the zstandard module is missing",
                                    layer=layer) from err
-        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(raw))
     return raw
 
 

@@ -184,7 +184,7 @@ class RegistrySource:
     def _get_json(self, path: str, accept: str = "") -> tuple[bytes, str]:
         with self._open(path, accept) as resp:
             data = resp.read(MAX_JSON_BYTES + 1)
-            media = resp.headers.get("Content-Type", "")
+            media = str(getattr(resp, "headers", {}).get("Content-Type", ""))
         if len(data) > MAX_JSON_BYTES:
             raise RegistryError("manifest too large", source=self.name)
         return data, media

@@ -79,7 +79,7 @@ def parse_osv(doc: dict[str, Any], source: str = "osv") -> Parsed:
         adv_id, [str(a) for a in doc.get("aliases") or []],
         str(doc.get("summary") or doc.get("details") or "")[:500], str(severity), score,
         str(doc.get("modified", "")), source)
-    rows = []
+    rows: list[AffectedRecord] = []
     for a in doc.get("affected") or []:
         pkg = a.get("package") or {}
         eco = osv_ecosystem(str(pkg.get("ecosystem", "")))
@@ -114,7 +114,7 @@ def parse_debian_tracker(doc: dict[str, Any], source: str = "debian-tracker") ->
     summary = str(header.get("Description", "")).strip("[]() ")
     advisories = [AdvisoryRecord(c, others, summary, str(Severity.UNKNOWN), None, "", source)
                   for c in cves]
-    rows = []
+    rows: list[AffectedRecord] = []
     for a in annotations:
         if a.get("Type") != "package" or not a.get("Package"):
             continue
@@ -145,9 +145,11 @@ def parse_alpine_secdb(doc: dict[str, Any], origin: str, source: str = "alpine-s
     release = release_key("alpine", distro_version)
     pkgs = [p.get("pkg") or {} for p in doc["packages"]] if "packages" in doc else [doc]
     advisories: dict[str, AdvisoryRecord] = {}
-    rows = []
+    rows: list[AffectedRecord] = []
     for pkg in pkgs:
-        name = pkg.get("name")
+        name = str(pkg.get("name") or "")
+        if not name:
+            continue
         for fixed, ids in (pkg.get("secfixes") or {}).items():
             for entry in ids or []:
                 for vid in str(entry).split():

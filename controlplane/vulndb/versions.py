@@ -111,7 +111,7 @@ def _sort_events(keyed: list[tuple[tuple[int, Any], dict[str, str]]]) -> None:
             return ra - rb
         if ra == 0:
             return 0
-        return (va > vb) - (va < vb)
+        return int(va > vb) - int(va < vb)
 
     keyed.sort(key=functools.cmp_to_key(cmp))
 
