@@ -1,0 +1,489 @@
+"""The control plane's data: policies and their versions, agents, acknowledgements, events,
+the audit log and tokens. ``ControlPlaneStore`` is the only code that issues SQL for the
+``cp_*`` tables (controlplane/store/models.py).
+
+Every method is one transaction. Every change made on behalf of a person or an agent is
+audited in the transaction that makes it, so the audit log and the data cannot disagree.
+Policy versions are signed when they are created (``PolicySigner``), so each version's
+bytes are fixed once and every agent receives the same signed payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from controlplane.proto import moray_pb2
+from controlplane.store.models import (
+    Agent,
+    AgentPolicy,
+    ApiToken,
+    Audit,
+    EnrollmentToken,
+    Event,
+    Policy,
+    PolicyVersion,
+)
+
+log = logging.getLogger(__name__)
+
+ROLES = ("admin", "operator", "auditor", "viewer")
+
+
+class StoreError(Exception):
+    """Base of the store's errors; ``status`` is the HTTP status the REST API answers."""
+
+    status = 400
+
+
+class NotFound(StoreError):
+    status = 404
+
+
+class Conflict(StoreError):
+    status = 409
+
+
+class PolicySigner(Protocol):
+    key_id: str
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    tenant: str
+    name: str
+    version: int
+    action: str
+    removed: bool
+    document: dict[str, Any]
+    sha256: str
+    source: str
+    author: str
+    comment: str
+    created_at: float
+    payload: bytes
+    signature: bytes
+    key_id: str
+
+    def signed(self) -> moray_pb2.SignedPolicy:
+        return moray_pb2.SignedPolicy(payload=self.payload, signature=self.signature,
+                                      key_id=self.key_id)
+
+    def summary(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "name": self.name, "version": self.version,
+                "action": self.action, "removed": self.removed, "sha256": self.sha256,
+                "source": self.source, "author": self.author, "comment": self.comment,
+                "created_at": self.created_at}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    id: str
+    tenant: str
+    hostname: str
+    labels: dict[str, str]
+    cert_serial: str
+    cert_sha256: str
+    enrolled_at: float
+    last_seen: float | None
+    status: dict[str, Any]
+    revoked_at: float | None
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "tenant": self.tenant, "hostname": self.hostname,
+                "labels": self.labels, "cert_serial": self.cert_serial,
+                "enrolled_at": self.enrolled_at, "last_seen": self.last_seen,
+                "status": self.status, "revoked": self.revoked_at is not None,
+                "revoked_at": self.revoked_at, "policies": self.policies}
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentGrant:
+    tenant: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    stored: int
+    duplicates: int
+
+
+def sha256_hex(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def canonical_json(document: Any) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _policy_record(policy: Policy, row: PolicyVersion) -> PolicyRecord:
+    return PolicyRecord(tenant=policy.tenant, name=policy.name, version=row.version,
+                        action=row.action, removed=row.removed, document=row.document,
+                        sha256=row.sha256, source=row.source, author=row.author,
+                        comment=row.comment, created_at=row.created_at, payload=row.payload,
+                        signature=row.signature, key_id=row.key_id)
+
+
+def _agent_record(agent: Agent, acks: Sequence[AgentPolicy] = ()) -> AgentRecord:
+    return AgentRecord(id=agent.id, tenant=agent.tenant, hostname=agent.hostname,
+                       labels=dict(agent.labels), cert_serial=agent.cert_serial,
+                       cert_sha256=agent.cert_sha256, enrolled_at=agent.enrolled_at,
+                       last_seen=agent.last_seen, status=dict(agent.status or {}),
+                       revoked_at=agent.revoked_at,
+                       policies={a.policy_name: {"version": a.version, "status": a.status,
+                                                 "error": a.error, "tiers": a.tiers,
+                                                 "acked_at": a.acked_at} for a in acks})
+
+
+class ControlPlaneStore:
+    """All reads and writes of the control plane tables. Thread-safe: SQLite writes are
+    serialized in-process (one writer at a time is SQLite's rule anyway; taking the lock
+    here avoids SQLITE_BUSY on read-to-write upgrades), PostgreSQL writes are not."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = threading.Lock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        if self._sqlite:
+            with self._write_lock, self._sessions.begin() as session:
+                yield session
+        else:
+            with self._sessions.begin() as session:
+                yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    def _audit(self, session: Session, actor: str, action: str, target: str,
+               detail: dict[str, Any] | None = None) -> None:
+        session.add(Audit(at=self.clock(), actor=actor, action=action, target=target,
+                          detail=detail or {}))
+
+    # -- policies ----------------------------------------------------------------------
+
+    def _new_version(self, session: Session, policy: Policy, *, action: str,
+                     document: dict[str, Any], removed: bool, source: str, author: str,
+                     comment: str, signer: PolicySigner) -> PolicyRecord:
+        version = policy.current_version + 1
+        text = canonical_json(document)
+        now = self.clock()
+        payload = moray_pb2.PolicyPayload(
+            name=policy.name, tenant=policy.tenant, version=version, document_json=text,
+            removed=removed, issued_at_ms=int(now * 1000), sha256=sha256_hex(text),
+        ).SerializeToString()
+        row = PolicyVersion(policy_id=policy.id, version=version, action=action,
+                            document=document, sha256=sha256_hex(text), removed=removed,
+                            source=source, author=author, comment=comment, created_at=now,
+                            payload=payload, signature=signer.sign(payload),
+                            key_id=signer.key_id)
+        session.add(row)
+        policy.current_version = version
+        policy.removed = removed
+        policy.updated_at = now
+        self._audit(session, author, f"policy.{action}", f"{policy.tenant}/{policy.name}",
+                    {"version": version, "sha256": row.sha256, "source": source,
+                     "comment": comment})
+        session.flush()
+        return _policy_record(policy, row)
+
+    def apply_policy(self, tenant: str, name: str, document: dict[str, Any], *,
+                     author: str, signer: PolicySigner, source: str = "",
+                     comment: str = "") -> tuple[PolicyRecord, bool]:
+        """Store ``document`` as the policy's next version. Returns (record, changed):
+        applying the document that is already current stores nothing (changed False)."""
+        with self._tx() as session:
+            policy = session.scalars(select(Policy).where(
+                Policy.tenant == tenant, Policy.name == name).with_for_update()).first()
+            if policy is None:
+                policy = Policy(tenant=tenant, name=name, current_version=0, removed=False,
+                                updated_at=self.clock())
+                session.add(policy)
+                session.flush()
+            else:
+                current = session.scalars(select(PolicyVersion).where(
+                    PolicyVersion.policy_id == policy.id,
+                    PolicyVersion.version == policy.current_version)).one()
+                if not current.removed and current.sha256 == sha256_hex(canonical_json(document)):
+                    return _policy_record(policy, current), False
+            record = self._new_version(session, policy, action="apply", document=document,
+                                       removed=False, source=source, author=author,
+                                       comment=comment, signer=signer)
+            return record, True
+
+    def rollback_policy(self, tenant: str, name: str, to_version: int, *, author: str,
+                        signer: PolicySigner, comment: str = "") -> PolicyRecord:
+        """Make the document of ``to_version`` current again, as a new version (history is
+        never rewritten, and agents only ever move forward)."""
+        with self._tx() as session:
+            policy = self._policy(session, tenant, name)
+            target = session.scalars(select(PolicyVersion).where(
+                PolicyVersion.policy_id == policy.id,
+                PolicyVersion.version == to_version)).first()
+            if target is None:
+                raise NotFound(f"policy {tenant}/{name} has no version {to_version}")
+            if target.removed:
+                raise Conflict(f"version {to_version} of {tenant}/{name} is a deletion")
+            return self._new_version(session, policy, action="rollback",
+                                     document=target.document, removed=False,
+                                     source=f"rollback to v{to_version}", author=author,
+                                     comment=comment or f"rollback to version {to_version}",
+                                     signer=signer)
+
+    def delete_policy(self, tenant: str, name: str, *, author: str, signer: PolicySigner,
+                      comment: str = "") -> PolicyRecord:
+        with self._tx() as session:
+            policy = self._policy(session, tenant, name)
+            if policy.removed:
+                raise Conflict(f"policy {tenant}/{name} is already deleted")
+            current = session.scalars(select(PolicyVersion).where(
+                PolicyVersion.policy_id == policy.id,
+                PolicyVersion.version == policy.current_version)).one()
+            return self._new_version(session, policy, action="delete",
+                                     document=current.document, removed=True, source="",
+                                     author=author, comment=comment, signer=signer)
+
+    @staticmethod
+    def _policy(session: Session, tenant: str, name: str) -> Policy:
+        policy = session.scalars(select(Policy).where(
+            Policy.tenant == tenant, Policy.name == name).with_for_update()).first()
+        if policy is None:
+            raise NotFound(f"no policy {tenant}/{name}")
+        return policy
+
+    def current_policies(self, tenant: str | None = None, *,
+                         include_removed: bool = False) -> list[PolicyRecord]:
+        with self._read() as session:
+            query = select(Policy, PolicyVersion).join(
+                PolicyVersion, (PolicyVersion.policy_id == Policy.id)
+                & (PolicyVersion.version == Policy.current_version))
+            if tenant is not None:
+                query = query.where(Policy.tenant == tenant)
+            if not include_removed:
+                query = query.where(Policy.removed.is_(False))
+            rows = session.execute(query.order_by(Policy.tenant, Policy.name)).all()
+            return [_policy_record(p, v) for p, v in rows]
+
+    def policy_history(self, tenant: str, name: str) -> list[PolicyRecord]:
+        with self._read() as session:
+            policy = session.scalars(select(Policy).where(
+                Policy.tenant == tenant, Policy.name == name)).first()
+            if policy is None:
+                raise NotFound(f"no policy {tenant}/{name}")
+            rows = session.scalars(select(PolicyVersion).where(
+                PolicyVersion.policy_id == policy.id).order_by(PolicyVersion.version)).all()
+            return [_policy_record(policy, r) for r in rows]
+
+    def policy_generation(self) -> int:
+        """Grows with every stored policy version: a cheap "did anything change" probe."""
+        with self._read() as session:
+            return int(session.scalar(select(func.coalesce(func.max(PolicyVersion.id), 0)))
+                       or 0)
+
+    # -- agents --------------------------------------------------------------------------
+
+    def create_enrollment_token(self, *, tenant: str, labels: dict[str, str], author: str,
+                                ttl: float = 86400.0) -> str:
+        token = "moray-enroll-" + secrets.token_urlsafe(24)
+        now = self.clock()
+        with self._tx() as session:
+            session.add(EnrollmentToken(token_sha256=sha256_hex(token), tenant=tenant,
+                                        labels=labels, created_by=author, created_at=now,
+                                        expires_at=now + ttl))
+            self._audit(session, author, "enrollment_token.create", tenant,
+                        {"labels": labels, "ttl": ttl})
+        return token
+
+    def enroll_agent(self, token: str, *, hostname: str, labels: dict[str, str],
+                     issue: Callable[[str], tuple[str, str]]) -> AgentRecord:
+        """Consume the one-time ``token`` and register a new agent. ``issue(agent_id)``
+        signs its certificate and returns (serial hex, certificate SHA-256); it runs inside
+        the transaction, so a token is spent only when a certificate was issued."""
+        now = self.clock()
+        with self._tx() as session:
+            spent = session.execute(update(EnrollmentToken).where(
+                EnrollmentToken.token_sha256 == sha256_hex(token),
+                EnrollmentToken.used_at.is_(None),
+                EnrollmentToken.expires_at > now,
+            ).values(used_at=now).returning(EnrollmentToken.id, EnrollmentToken.tenant,
+                                            EnrollmentToken.labels)).first()
+            if spent is None:
+                raise StoreError("enrolment token unknown, expired or already used")
+            agent_id = uuid.uuid4().hex
+            serial, cert_sha = issue(agent_id)
+            merged = {**labels, **dict(spent.labels)}   # the token's labels win
+            agent = Agent(id=agent_id, tenant=spent.tenant, hostname=hostname,
+                          labels=merged, cert_serial=serial, cert_sha256=cert_sha,
+                          enrolled_at=now, last_seen=now, status={}, revoked_at=None)
+            session.add(agent)
+            session.execute(update(EnrollmentToken).where(EnrollmentToken.id == spent.id)
+                            .values(used_by=agent_id))
+            self._audit(session, f"agent:{agent_id}", "agent.enroll", agent_id,
+                        {"hostname": hostname, "labels": merged, "tenant": spent.tenant})
+            session.flush()
+            return _agent_record(agent)
+
+    def agent(self, agent_id: str) -> AgentRecord | None:
+        with self._read() as session:
+            agent = session.get(Agent, agent_id)
+            if agent is None:
+                return None
+            acks = session.scalars(select(AgentPolicy).where(
+                AgentPolicy.agent_id == agent_id)).all()
+            return _agent_record(agent, acks)
+
+    def agents(self, tenant: str | None = None) -> list[AgentRecord]:
+        with self._read() as session:
+            query = select(Agent).order_by(Agent.enrolled_at)
+            if tenant is not None:
+                query = query.where(Agent.tenant == tenant)
+            agents = session.scalars(query).all()
+            acks: dict[str, list[AgentPolicy]] = {}
+            for ack in session.scalars(select(AgentPolicy)).all():
+                acks.setdefault(ack.agent_id, []).append(ack)
+            return [_agent_record(a, acks.get(a.id, ())) for a in agents]
+
+    def revoke_agent(self, agent_id: str, *, author: str) -> AgentRecord:
+        with self._tx() as session:
+            agent = session.get(Agent, agent_id, with_for_update=True)
+            if agent is None:
+                raise NotFound(f"no agent {agent_id}")
+            if agent.revoked_at is None:
+                agent.revoked_at = self.clock()
+                self._audit(session, author, "agent.revoke", agent_id,
+                            {"cert_serial": agent.cert_serial})
+            session.flush()
+            return _agent_record(agent)
+
+    def set_agent_labels(self, agent_id: str, labels: dict[str, str], *,
+                         author: str) -> AgentRecord:
+        with self._tx() as session:
+            agent = session.get(Agent, agent_id, with_for_update=True)
+            if agent is None:
+                raise NotFound(f"no agent {agent_id}")
+            self._audit(session, author, "agent.labels", agent_id,
+                        {"before": agent.labels, "after": labels})
+            agent.labels = dict(labels)
+            session.flush()
+            return _agent_record(agent)
+
+    def heartbeat(self, agent_id: str, status: dict[str, Any]) -> None:
+        with self._tx() as session:
+            session.execute(update(Agent).where(Agent.id == agent_id)
+                            .values(status=status, last_seen=self.clock()))
+
+    def record_ack(self, agent_id: str, name: str, version: int, status: str, error: str,
+                   tiers: dict[str, str]) -> None:
+        with self._tx() as session:
+            row = session.get(AgentPolicy, (agent_id, name), with_for_update=True)
+            if row is None:
+                session.add(AgentPolicy(agent_id=agent_id, policy_name=name, version=version,
+                                        status=status, error=error, tiers=tiers,
+                                        acked_at=self.clock()))
+            else:
+                row.version, row.status, row.error = version, status, error
+                row.tiers, row.acked_at = tiers, self.clock()
+            if status not in ("APPLIED", "REMOVED"):
+                self._audit(session, f"agent:{agent_id}", "policy.reject", name,
+                            {"version": version, "status": status, "error": error})
+
+    # -- events --------------------------------------------------------------------------
+
+    def insert_events(self, agent_id: str, tenant: str,
+                      events: Sequence[tuple[str, int, str, str]]) -> InsertResult:
+        """Store (id, time_ms, type, payload_json) rows; ids already stored are skipped, so
+        a batch delivered twice is stored once. Commits before returning: the caller may
+        acknowledge the batch when this returns."""
+        if not events:
+            return InsertResult(0, 0)
+        unique: dict[str, tuple[str, int, str, str]] = {}
+        for ev in events:
+            unique.setdefault(ev[0], ev)
+        now = self.clock()
+        rows = [{"id": i, "agent_id": agent_id, "tenant": tenant, "type": t,
+                 "time_ms": ms, "received_at": now, "payload": p}
+                for i, (_, ms, t, p) in unique.items()]
+        dialect = sqlite if self._sqlite else postgresql
+        with self._tx() as session:
+            # RETURNING names only the rows this transaction inserted, so the counts stay
+            # right when two deliveries of one batch race (a reconnect during a commit).
+            inserted = session.scalars(
+                dialect.insert(Event).on_conflict_do_nothing(index_elements=["id"])
+                .returning(Event.id), rows).all()
+        return InsertResult(len(inserted), len(events) - len(inserted))
+
+    def query_events(self, *, tenant: str | None = None, agent_id: str | None = None,
+                     type: str | None = None, after_seq: int = 0, since_ms: int | None = None,
+                     limit: int = 100) -> list[dict[str, Any]]:
+        with self._read() as session:
+            query = select(Event).where(Event.seq > after_seq)
+            if tenant is not None:
+                query = query.where(Event.tenant == tenant)
+            if agent_id is not None:
+                query = query.where(Event.agent_id == agent_id)
+            if type is not None:
+                query = query.where(Event.type == type)
+            if since_ms is not None:
+                query = query.where(Event.time_ms >= since_ms)
+            rows = session.scalars(query.order_by(Event.seq).limit(limit)).all()
+            return [{"seq": r.seq, "id": r.id, "agent_id": r.agent_id, "tenant": r.tenant,
+                     "type": r.type, "time_ms": r.time_ms, "received_at": r.received_at,
+                     "event": json.loads(r.payload)} for r in rows]
+
+    def count_events(self) -> int:
+        with self._read() as session:
+            return int(session.scalar(select(func.count()).select_from(Event)) or 0)
+
+    # -- audit and tokens ----------------------------------------------------------------
+
+    def audit_log(self, *, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        with self._read() as session:
+            rows = session.scalars(select(Audit).where(Audit.id > after_id)
+                                   .order_by(Audit.id).limit(limit)).all()
+            return [{"id": r.id, "at": r.at, "actor": r.actor, "action": r.action,
+                     "target": r.target, "detail": r.detail} for r in rows]
+
+    def create_api_token(self, name: str, role: str, *, author: str) -> str:
+        if role not in ROLES:
+            raise StoreError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        token = f"moray-{role}-" + secrets.token_urlsafe(24)
+        with self._tx() as session:
+            session.add(ApiToken(name=name, role=role, token_sha256=sha256_hex(token),
+                                 created_at=self.clock()))
+            self._audit(session, author, "api_token.create", name, {"role": role})
+        return token
+
+    def has_api_tokens(self) -> bool:
+        with self._read() as session:
+            return session.scalar(select(func.count()).select_from(ApiToken)) != 0
+
+    def authenticate(self, token: str) -> tuple[str, str] | None:
+        """(name, role) of a valid API token, else None."""
+        with self._read() as session:
+            row = session.scalars(select(ApiToken).where(
+                ApiToken.token_sha256 == sha256_hex(token),
+                ApiToken.revoked_at.is_(None))).first()
+            return (row.name, row.role) if row else None

@@ -1,0 +1,39 @@
+"""Alembic environment: migrates the connection handed in by controlplane.store.db, or the
+URL in alembic.ini when run from the alembic command line. Only the control plane's own
+tables (``cp_*``) are compared, so tables that share the database (the scanner's) are
+left alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+from controlplane.store.migrations.env_filter import include_object
+from controlplane.store.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run() -> None:
+    connection = config.attributes.get("connection")
+    if connection is None:
+        engine = engine_from_config(config.get_section(config.config_ini_section) or {},
+                                    prefix="sqlalchemy.", poolclass=pool.NullPool)
+        with engine.connect() as conn:
+            _migrate(conn)
+    else:
+        _migrate(connection)
+
+
+def _migrate(connection: Any) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata,
+                      include_object=include_object, render_as_batch=True,
+                      version_table="cp_alembic_version")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+run()

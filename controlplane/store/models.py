@@ -1,0 +1,158 @@
+"""The control plane's tables (SQLAlchemy 2.0 declarative models).
+
+The schema is created and changed only by the alembic migrations in
+``controlplane/store/migrations``; ``tests/unit/controlplane/test_store.py`` checks that
+these models and the migrations agree. Tables, and when their rows change:
+
+- ``cp_policy``: one row per (tenant, name); ``current_version`` moves on every apply,
+  rollback or delete (a delete is a version too, with ``removed`` set).
+- ``cp_policy_version``: append-only; each row carries the signed payload the agents get,
+  so every server replica sends the same bytes.
+- ``cp_agent``: written at enrolment, on every heartbeat (``status``, ``last_seen``) and
+  when an admin revokes it.
+- ``cp_agent_policy``: the agents' acknowledgements, one row per (agent, policy name).
+- ``cp_event``: agents' events, unique by ``id`` (the agent's event id), so a replay
+  stores nothing twice; ``seq`` orders them for paging and following.
+- ``cp_audit``: append-only; written in the same transaction as the change it records.
+- ``cp_api_token`` / ``cp_enrollment_token``: stored as SHA-256 hashes only.
+
+Tables are prefixed ``cp_`` because the SQLite file is shared with the scanner's tables
+(controlplane/store/scanstore.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit column.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Policy(Base):
+    __tablename__ = "cp_policy"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_cp_policy_tenant_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(253))
+    current_version: Mapped[int] = mapped_column(Integer)
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PolicyVersion(Base):
+    __tablename__ = "cp_policy_version"
+    __table_args__ = (
+        UniqueConstraint("policy_id", "version", name="uq_cp_policy_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("cp_policy.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))  # apply | rollback | delete
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sha256: Mapped[str] = mapped_column(String(64))
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(1024), default="")
+    author: Mapped[str] = mapped_column(String(253))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str] = mapped_column(String(64))
+
+
+class Agent(Base):
+    __tablename__ = "cp_agent"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    hostname: Mapped[str] = mapped_column(String(253))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    cert_serial: Mapped[str] = mapped_column(String(64), unique=True)
+    cert_sha256: Mapped[str] = mapped_column(String(64))
+    enrolled_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AgentPolicy(Base):
+    __tablename__ = "cp_agent_policy"
+
+    agent_id: Mapped[str] = mapped_column(ForeignKey("cp_agent.id"), primary_key=True)
+    policy_name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str] = mapped_column(Text, default="")
+    tiers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    acked_at: Mapped[float] = mapped_column(Float)
+
+
+class Event(Base):
+    __tablename__ = "cp_event"
+    __table_args__ = (Index("ix_cp_event_agent_time", "agent_id", "time_ms"),)
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    agent_id: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(32), index=True)
+    time_ms: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[float] = mapped_column(Float)
+    payload: Mapped[str] = mapped_column(Text)
+
+
+class Audit(Base):
+    __tablename__ = "cp_audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    actor: Mapped[str] = mapped_column(String(253))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(512))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ApiToken(Base):
+    __tablename__ = "cp_api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(253))
+    role: Mapped[str] = mapped_column(String(32))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "cp_enrollment_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str] = mapped_column(String(253))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,0 +1,38 @@
+"""The store's unit tests again, against a real PostgreSQL (Debian's postgresql package)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+
+from controlplane.store import db
+from tests.helpers.postgres import create_database, pg_bindir, postgres_server
+from tests.unit.controlplane.conftest import signer, store  # noqa: F401
+from tests.unit.controlplane.test_store import (  # noqa: F401
+    test_concurrent_writers_store_each_event_once,
+    test_enrollment_token_is_one_time,
+    test_events_stored_once,
+    test_expired_token_refused,
+    test_migrations_match_models,
+    test_api_tokens_and_roles,
+    test_versions_rollback_delete_and_audit,
+)
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(pg_bindir() is None, reason="postgresql not installed")]
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[Engine]:
+    eng = db.make_engine(db.database_url(create_database(pg_url)))
+    db.migrate(eng)
+    yield eng
+    eng.dispose()
