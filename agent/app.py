@@ -210,6 +210,10 @@ class Agent:
         cg = self.features.cgroup_v2 if self.features else None
         if not cg:
             obj.disable([n for n, sec, _ in obj.programs() if sec.startswith("cgroup/")])
+        from agent.policy.programs import programs_to_skip
+
+        lsm = bool(self.features and self.features.bpf_lsm)
+        obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm))
         obj.load()
         obj.attach_all(cg)
         self.obj = obj

@@ -65,6 +65,7 @@ class Op(IntEnum):
     SEND = 8
     CGROUP_MKDIR = 9
     CGROUP_RMDIR = 10
+    ENFORCE = 11
 
 
 class Stat(IntEnum):
@@ -118,4 +119,56 @@ CGROUP = Layout("mr_cgroup", (
 
 WATCH_KEY = Layout("mr_watch_key", (("prefixlen", "I"), ("path", f"{WATCH_LEN}s")))
 
-ALL: tuple[Layout, ...] = (HDR, PROC, EXEC, FORK, EXIT, OPEN, NET, CGROUP, WATCH_KEY)
+class EKind(IntEnum):
+    """enum mr_ekind: what an enforcement record is about."""
+
+    EXEC = 1
+    DRIFT = 2
+    FILE = 3
+    NET = 4
+    SYSCALL = 5
+
+
+class EAction(IntEnum):
+    """enum mr_eaction: what was done."""
+
+    BLOCKED = 1
+    KILLED = 2
+    WOULD_BLOCK = 3
+    HELD = 4
+
+
+ENFORCE = Layout("mr_enforce", (
+    ("hdr", HDR), ("proc", PROC), ("policies", "Q"), ("enforced", "Q"), ("kind", "H"),
+    ("action", "H"), ("arg", "I"), ("family", "H"), ("port", "H"), ("path_len", "H"),
+    ("path2_len", "H"), ("addr", "16s"),
+))
+
+# Policy maps (bpf/maps/policy.h): keys and values written by agent/policy/apply.py.
+POL_MAX = 64
+NET_RULES = 16
+SYS_MAX = 512
+PATH_KEY = 256
+PC_HOLD = 1 << 0
+
+PCONF = Layout("mr_pconf", (
+    ("active", "Q"), ("enforce", "Q"), ("host", "Q"), ("exec", "Q"), ("drift", "Q"),
+    ("exec_allow", "Q"), ("files", "Q"), ("net", "Q"), ("net_allow", "Q"), ("syscalls", "Q"),
+    ("gen", "I"), ("flags", "I"),
+))
+PPATH_KEY = Layout("mr_ppath_key", (("prefixlen", "I"), ("path", f"{PATH_KEY}s")))
+PEXEC_VAL = Layout("mr_pexec_val", (("deny", "Q"), ("allow", "Q")))
+PFILE_VAL = Layout("mr_pfile_val", (
+    ("deny_read", "Q"), ("deny_write", "Q"), ("mon_read", "Q"), ("mon_write", "Q")))
+PNET_KEY = Layout("mr_pnet_key", (
+    ("prefixlen", "I"), ("family", "B"), ("pad", "3x"), ("addr", "16s")))
+PNET_RULE = Layout("mr_pnet_rule", (
+    ("deny", "Q"), ("allow", "Q"), ("port_lo", "H"), ("port_hi", "H"), ("proto", "B"),
+    ("pad", "3x")))
+PPEND = Layout("mr_ppend", (("mask", "Q"), ("ts", "Q")))
+PHOLD = Layout("mr_phold", (
+    ("cgroup_id", "Q"), ("start_ns", "Q"), ("exec_deny", "Q"), ("drift", "Q"), ("ts", "Q")))
+
+ALL: tuple[Layout, ...] = (HDR, PROC, EXEC, FORK, EXIT, OPEN, NET, CGROUP, WATCH_KEY, ENFORCE,
+                           PCONF, PPATH_KEY, PEXEC_VAL, PFILE_VAL, PNET_KEY, PNET_RULE, PPEND,
+                           PHOLD)

@@ -17,6 +17,7 @@ from agent.bpf.abi import Op
 from agent.events.types import (
     AnyEvent,
     CgroupEvent,
+    EnforceEvent,
     EventType,
     ExecEvent,
     ExitEvent,
@@ -56,6 +57,7 @@ _OPEN = abi.OPEN.compile()
 _NET = abi.NET.compile()
 _CGROUP = abi.CGROUP.compile()
 _HDR = abi.HDR.compile()
+_ENFORCE = abi.ENFORCE.compile()
 
 
 def _need(rec: bytes, size: int, op: int) -> None:
@@ -144,6 +146,22 @@ def decode_cgroup(rec: bytes) -> CgroupEvent:
                        t[ix["level"]], _s(rec[_CGROUP.size:_CGROUP.size + n]))
 
 
+def decode_enforce(rec: bytes) -> EnforceEvent:
+    _need(rec, _ENFORCE.size, Op.ENFORCE)
+    t = _ENFORCE.unpack_from(rec)
+    ix = abi.ENFORCE.index
+    n1, n2 = t[ix["path_len"]], t[ix["path2_len"]]
+    end = _ENFORCE.size + n1 + n2
+    if end > len(rec):
+        raise DecodeError(Op.ENFORCE, f"paths end at {end}, record has {len(rec)}")
+    fam = t[ix["family"]]
+    p1 = rec[_ENFORCE.size:_ENFORCE.size + n1]
+    p2 = rec[_ENFORCE.size + n1:end]
+    return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), t[ix["kind"]], t[ix["action"]],
+                        t[ix["policies"]], t[ix["enforced"]], t[ix["arg"]], fam,
+                        _addr(fam, t[ix["addr"]]), t[ix["port"]], _s(p1), _s(p2))
+
+
 DECODERS: dict[int, Callable[[bytes], AnyEvent]] = {
     Op.EXEC: decode_exec,
     Op.FORK: decode_fork,
@@ -155,6 +173,7 @@ DECODERS: dict[int, Callable[[bytes], AnyEvent]] = {
     Op.SEND: decode_net,
     Op.CGROUP_MKDIR: decode_cgroup,
     Op.CGROUP_RMDIR: decode_cgroup,
+    Op.ENFORCE: decode_enforce,
 }
 
 _OP = struct.Struct("<H")

@@ -19,6 +19,7 @@ class EventType(StrEnum):
     ACCEPT = "accept"
     LISTEN = "listen"
     SEND = "send"
+    ENFORCE = "enforce"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,5 +112,29 @@ class CgroupEvent:
     path: str
 
 
-KernelEvent = ExecEvent | ForkEvent | ExitEvent | OpenEvent | NetEvent
+@dataclass(frozen=True, slots=True)
+class EnforceEvent:
+    """A policy acted (or, in monitor mode, would have): see bpf/lib/abi.h mr_enforce.
+
+    policies: slots whose rule matched in scope; enforced: the ones that caused `action`.
+    kind / action are agent.bpf.abi.EKind / EAction values. path: exec -> resolved binary,
+    file -> resolved path; path2: exec -> filename as passed to execve. arg: syscall nr,
+    file f_mode bits (1 read, 2 write) or IP protocol."""
+
+    ts: int
+    proc: Proc
+    kind: int
+    action: int
+    policies: int
+    enforced: int
+    arg: int
+    family: int
+    daddr: str | None
+    dport: int
+    path: str
+    path2: str
+    type: EventType = EventType.ENFORCE
+
+
+KernelEvent = ExecEvent | ForkEvent | ExitEvent | OpenEvent | NetEvent | EnforceEvent
 AnyEvent = KernelEvent | CgroupEvent

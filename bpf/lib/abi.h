@@ -20,6 +20,7 @@ enum mr_op {
 	MR_OP_SEND = 8,
 	MR_OP_CGROUP_MKDIR = 9,
 	MR_OP_CGROUP_RMDIR = 10,
+	MR_OP_ENFORCE = 11,
 };
 
 /* Indexes into mr_stats (per-CPU counters read by the agent's metrics collector). */
@@ -127,4 +128,38 @@ struct mr_cgroup {
 struct mr_watch_key {
 	__u32 prefixlen; /* bits */
 	char path[MR_WATCH_LEN];
+};
+
+/* Enforcement (progs/enforce_*.bpf.c, or the agent itself for held tasks it decides on).
+ * policies: slots whose rule matched this task (scope applied); enforced: of those, the
+ * ones in enforce mode, i.e. the policies that caused `action`. */
+enum mr_ekind {
+	MR_EK_EXEC = 1,     /* exec deny or allow-list */
+	MR_EK_DRIFT = 2,    /* exec of a file not in the image */
+	MR_EK_FILE = 3,
+	MR_EK_NET = 4,
+	MR_EK_SYSCALL = 5,
+};
+
+enum mr_eaction {
+	MR_EA_BLOCKED = 1,     /* refused with EPERM: the action did not happen */
+	MR_EA_KILLED = 2,      /* SIGKILL (exec: before the new image ran; file/syscall: after) */
+	MR_EA_WOULD_BLOCK = 3, /* monitor mode */
+	MR_EA_HELD = 4,        /* first exec in an unclassified cgroup: stopped until decided */
+};
+
+struct mr_enforce {
+	struct mr_hdr hdr;
+	struct mr_proc proc;
+	__u64 policies;
+	__u64 enforced;
+	__u16 kind;       /* enum mr_ekind */
+	__u16 action;     /* enum mr_eaction */
+	__u32 arg;        /* syscall nr | file f_mode (1 read, 2 write) | net protocol */
+	__u16 family;     /* net: AF_INET / AF_INET6 */
+	__u16 port;       /* net: destination port, host order */
+	__u16 path_len;   /* exec: resolved binary; file: resolved path */
+	__u16 path2_len;  /* exec: filename as passed to execve */
+	__u8 addr[16];    /* net: destination, network order */
+	char data[];
 };

@@ -1,0 +1,1 @@
+"""Runtime policies: model -> load (file:line errors) -> compile (pure) -> apply (maps)."""

@@ -1,0 +1,37 @@
+"""Which enforcement programs of moray.bpf.o load on this kernel (DESIGN.md §2 tiers).
+
+Exactly one program per enforcement hook is loaded: the BPF LSM one where BPF LSM is usable
+(features.Features.bpf_lsm: the programs load *and* `bpf` is an active LSM), otherwise the
+tracepoint fallback that kills. LSM programs are never loaded where the probe says no: on a
+kernel where they fail with EPERM (this project's machines) loading them would fail the
+whole object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# LSM program -> the fallback programs that do the same job without BPF LSM
+LSM_FALLBACKS: dict[str, tuple[str, ...]] = {
+    "mr_lsm_exec": ("mr_enf_exec",),
+    "mr_lsm_file_open": ("mr_enf_openat", "mr_enf_open", "mr_enf_openat2", "mr_enf_creat"),
+}
+
+ENFORCE_PREFIXES = ("mr_enf_", "mr_lsm_")
+
+
+def is_enforcement(program: str) -> bool:
+    """Programs that enforce policy (pinned so enforcement outlives the agent)."""
+    return program.startswith(ENFORCE_PREFIXES)
+
+
+def programs_to_skip(programs: Iterable[tuple[str, str]], bpf_lsm: bool) -> list[str]:
+    """Names of (name, section) programs that must not load on this kernel."""
+    skip: list[str] = []
+    for name, section in programs:
+        if section.startswith("lsm/"):
+            if not bpf_lsm:
+                skip.append(name)
+            else:
+                skip.extend(LSM_FALLBACKS.get(name, ()))
+    return sorted(set(skip))

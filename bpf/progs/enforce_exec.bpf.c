@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/*
+ * Exec enforcement: deny list, allow-list and drift (maps/policy.h: mr_pexec, mr_pconf).
+ *
+ * Two tiers, one check: lsm/bprm_check_security returns -EPERM (the exec fails, nothing of
+ * the new image runs) where BPF LSM is usable; elsewhere tp_btf/sched_process_exec sends
+ * SIGKILL after the old image is gone and before the new one's first instruction (the
+ * caller sees exit status 137). The agent enables exactly one of the two (features.py).
+ *
+ * Both the resolved binary (symlinks followed: busybox for /bin/sh -> busybox) and the
+ * filename as passed to execve are looked up; a rule matching either applies.
+ *
+ * New containers: the first exec in a cgroup the agent has not classified yet (mr_ppend)
+ * is stopped with SIGSTOP and recorded in mr_phold, with the slots that would deny it in
+ * any scope; the agent intersects them with the cgroup's scope once it knows it and sends
+ * SIGKILL or SIGCONT. Only while the agent's heartbeat is fresh (mr_palive).
+ */
+#include "../lib/common.h"
+#include "../maps/scratch.h"
+#include "../maps/policy.h"
+#include "../lib/task.h"
+#include "../lib/path.h"
+#include "../lib/enforce.h"
+
+#define EPERM 1
+
+static __always_inline int exec_check(struct linux_binprm *bprm, int lsm)
+{
+	struct mr_pheap_buf *h = pheap();
+	struct mr_pconf *c = pconf();
+	struct mr_enforce *ev;
+	struct file *file;
+	const char *filename;
+	__u64 cgid, scope, deny = 0, allow = 0, drift = 0, hit, enf;
+	__u32 off, trunc = 0, len1, len2 = 0, size;
+	int pending, hold;
+	__u16 kind, action;
+
+	if (!h || !c || !c->active)
+		return 0;
+	cgid = bpf_get_current_cgroup_id();
+	scope = scope_of(c, cgid, &pending);
+	hold = pending && (c->flags & MR_PC_HOLD) && agent_alive();
+	if (!hold && !(scope & c->exec))
+		return 0;
+
+	file = BPF_CORE_READ(bprm, file);
+	off = path_resolve(__builtin_preserve_access_index(&file->f_path), h->pbuf, &trunc);
+	key_from_resolved(&h->k1, h->pbuf, off);
+	exec_masks(&h->k1, &deny, &allow);
+	filename = BPF_CORE_READ(bprm, filename);
+	len2 = key_from_kstr(&h->k2, filename);
+	if (len2)
+		exec_masks(&h->k2, &deny, &allow);
+	deny = (deny | (c->exec_allow & ~allow)) & c->active;
+	if ((c->drift & c->active) && is_drift(file))
+		drift = c->drift & c->active;
+
+	ev = (struct mr_enforce *)h->rec;
+	if (hold) {
+		struct mr_phold hd = {};
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		hd.cgroup_id = cgid;
+		hd.start_ns = task_start_ns((struct task_struct *)bpf_get_current_task());
+		hd.exec_deny = deny;
+		hd.drift = drift;
+		hd.ts = bpf_ktime_get_boot_ns();
+		if (bpf_map_update_elem(&mr_phold, &tgid, &hd, BPF_ANY) == 0) {
+			bpf_send_signal(SIGSTOP);
+			enf_init(ev, MR_EK_EXEC, MR_EA_HELD, deny | drift, 0);
+			goto out;
+		}
+		/* hold table full: decide with what the kernel knows now */
+	}
+	hit = (deny | drift) & scope;
+	if (!hit)
+		return 0;
+	enf = hit & c->enforce;
+	kind = (deny & scope) ? MR_EK_EXEC : MR_EK_DRIFT;
+	action = action_of(enf, lsm ? MR_EA_BLOCKED : MR_EA_KILLED);
+	if (enf && !lsm)
+		bpf_send_signal(SIGKILL);
+	enf_init(ev, kind, action, hit, enf);
+out:
+	len1 = path_copy(ev->data, h->pbuf, off);
+	if (len2)
+		bpf_probe_read_kernel(&ev->data[len1 & MR_HALF_MASK], len2 & (MR_PATH_KEY - 1),
+				      h->k2.path);
+	ev->path_len = len1;
+	ev->path2_len = len2 & (MR_PATH_KEY - 1);
+	size = sizeof(*ev) + (len1 & MR_HALF_MASK) + (len2 & (MR_PATH_KEY - 1));
+	hdr_init(&ev->hdr, MR_OP_ENFORCE, size);
+	if (size <= sizeof(h->rec))
+		emit(ev, size);
+	return (ev->action == MR_EA_BLOCKED) ? -EPERM : 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(mr_enf_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	exec_check(bprm, 0);
+	return 0;
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(mr_lsm_exec, struct linux_binprm *bprm, int ret)
+{
+	if (ret)
+		return ret;
+	return exec_check(bprm, 1);
+}
