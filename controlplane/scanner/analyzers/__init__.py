@@ -13,6 +13,7 @@ from controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
 from controlplane.scanner.analyzers.java import JavaArchiveAnalyzer
 from controlplane.scanner.analyzers.lang import CargoLockAnalyzer, NpmAnalyzer, PythonAnalyzer
 from controlplane.scanner.analyzers.ospkg import ApkAnalyzer, DpkgAnalyzer, RpmAnalyzer
+from controlplane.scanner.analyzers.rustbinary import RustAuditableAnalyzer
 from controlplane.scanner.model import Package
 
 
@@ -34,4 +35,5 @@ def registry() -> tuple[Analyzer, ...]:
         CargoLockAnalyzer(),
         JavaArchiveAnalyzer(),
         GoBinaryAnalyzer(),
+        RustAuditableAnalyzer(),
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,14 @@ def test_package_layer_digest_points_at_the_layer_holding_the_file(tmp_path: Pat
     assert by_name["requests"].layer == sha(blobs[0])
     assert by_name["lodash"].layer == sha(blobs[1])
     assert by_name["lodash"].path == "/app/node_modules/lodash/package.json"
+
+
+def test_rust_auditable_binary(tmp_path: Path) -> None:
+    deps = {"packages": [
+        {"name": "app", "version": "0.1.0", "source": "local", "root": True},
+        {"name": "smallvec", "version": "1.6.0", "source": "crates.io"},
+        {"name": "time", "version": "0.1.44", "source": "crates.io", "kind": "build"},
+    ]}
+    binary = rootfs.elf_with_section(".dep-v0", zlib.compress(json.dumps(deps).encode()))
+    pkgs = _scan(tmp_path, {"usr/bin/app": File(binary, 0o755)})
+    assert [(n, v) for _, n, v, _ in pkgs] == [("smallvec", "1.6.0"), ("time", "0.1.44")]
