@@ -25,7 +25,6 @@ from controlplane.scanner.policy import (
     load_policy,
     record_verdict,
 )
-from controlplane.scanner.registry import RegistrySource, parse_reference
 from controlplane.scanner.report import render
 from controlplane.scanner.scan import ScanOptions, scan_image
 from controlplane.scanner.secrets import SecretScanner
@@ -75,6 +74,9 @@ def open_image(args: argparse.Namespace) -> ImageSource:
     path = Path(args.image)
     if path.exists():
         return open_source(path, args.ref)
+    # imported here: urllib.request/http.client/ssl are only needed for registry images
+    from controlplane.scanner.registry import RegistrySource, parse_reference  # noqa: PLC0415
+
     ref = parse_reference(args.image)
     return RegistrySource(ref, insecure=args.insecure_registry,
                           username=args.username, password=args.password)
