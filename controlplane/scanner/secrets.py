@@ -68,6 +68,9 @@ RULES: tuple[SecretRule, ...] = (
 SKIP_PREFIXES = ("usr/share/doc/", "usr/share/man/", "usr/share/locale/", "usr/include/",
                  "usr/share/zoneinfo/", "usr/share/i18n/")
 SKIP_SUFFIXES = (".md5sums", ".pyc", ".so", ".mo", ".gz", ".png", ".jpg", ".svg")
+# package metadata and bundled docs quote example tokens (PyJWT's PKG-INFO holds a JWT)
+SKIP_NAMES = ("METADATA", "PKG-INFO", "README", "README.md", "README.rst", "CHANGELOG.md",
+              "HISTORY.md", "CHANGES.rst")
 
 
 def shannon_entropy(text: str) -> float:
@@ -85,6 +88,9 @@ class SecretScanner:
 
     def scan_file(self, path: str, data: bytes, layer: str) -> list[SecretFinding]:
         if path.startswith(SKIP_PREFIXES) or path.endswith(SKIP_SUFFIXES):
+            return []
+        if path.rsplit("/", 1)[-1] in SKIP_NAMES and ("-info/" in path or "node_modules/" in path
+                                                       or path.endswith(".egg-info")):
             return []
         if b"\x00" in data[:8192]:
             return []

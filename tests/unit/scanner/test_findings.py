@@ -91,3 +91,11 @@ def test_config_findings() -> None:
     ]
     assert config_findings(image_config({"config": {"User": "app"}})) == []
     assert config_findings(image_config({"config": {"User": "0:0"}}))[0].rule == "CFG001"
+
+
+def test_package_metadata_is_not_scanned_for_secrets() -> None:
+    jwt = (b"eyJhbGciOiJIUzI1NiJ9.eyJzb21lIjoicGF5bG9hZCJ9."
+           b"4twFt5NiznN84AWoo1d7KO1T_yoc0Z6XOpOVswacPZg")
+    s = SecretScanner()
+    assert s.scan_file("usr/lib/python3/dist-packages/PyJWT-2.6.0.egg-info/PKG-INFO", jwt, "") == []
+    assert [f.rule for f in s.scan_file("app/config.txt", jwt, "")] == ["jwt"]
