@@ -4,6 +4,9 @@
 security tracker, Alpine secdb) into the store under ``$MORAY_DATA_DIR``;
 ``moray vulndb status`` shows what is there; ``moray malware import FILE...`` installs
 YARA rule files and SHA-256 lists that moray-scan then loads by default.
+``moray scan enqueue IMAGE...`` queues scans, ``moray scan worker`` runs a worker (start
+as many as wanted), ``moray scan jobs`` lists them, ``moray scan rescan-stale`` queues
+images whose verdict predates the current vulnerability data.
 """
 
 from __future__ import annotations
@@ -11,15 +14,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
+import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from controlplane.scanner.cache import StoreLayerCache
 from controlplane.scanner.errors import ScanError
-from controlplane.scanner.malware import MalwareScanner
+from controlplane.scanner.malware import MalwareScanner, discover
+from controlplane.scanner.model import ScanResult
+from controlplane.scanner.registry import RegistrySource, parse_reference
+from controlplane.scanner.scan import ScanOptions, scan_image
+from controlplane.scanner.secrets import SecretScanner
+from controlplane.scanner.source import ImageSource, open_source
+from controlplane.scanner.worker import run_worker
 from controlplane.store.scanstore import ScanStore, data_dir, default_db_path
 from controlplane.vulndb.importer import import_path
+from controlplane.vulndb.matcher import Matcher
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +56,51 @@ def build_parser() -> argparse.ArgumentParser:
     msub = malware.add_subparsers(dest="command", required=True)
     mimp = msub.add_parser("import", help="install .yar/.yara rules or .sha256 lists")
     mimp.add_argument("paths", type=Path, nargs="+")
+    scan = sub.add_parser("scan", help="scan jobs and workers")
+    ssub = scan.add_subparsers(dest="command", required=True)
+    enq = ssub.add_parser("enqueue", help="queue image scans")
+    enq.add_argument("images", nargs="+")
+    enq.add_argument("--policy", type=Path, help="assurance policy to evaluate")
+    wrk = ssub.add_parser("worker", help="take and run scan jobs")
+    wrk.add_argument("--name", default=f"{socket.gethostname()}:{os.getpid()}")
+    wrk.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    wrk.add_argument("--insecure-registry", action="store_true")
+    ssub.add_parser("jobs", help="list scan jobs")
+    ssub.add_parser("rescan-stale", help="queue rescans after new vulnerability data")
     return p
+
+
+def cmd_scan(store: ScanStore, args: argparse.Namespace) -> int:
+    if args.command == "enqueue":
+        policy = args.policy.read_text() if args.policy else ""
+        for image in args.images:
+            sys.stdout.write(f"queued job {store.enqueue_scan(image, policy)} for {image}\n")
+        return 0
+    if args.command == "jobs":
+        for job in store.jobs():
+            sys.stdout.write("{id:>6}  {status:8} {attempts}  {image}  {digest}  {error}\n"
+                             .format(**job))
+        return 0
+    if args.command == "rescan-stale":
+        sys.stdout.write(f"queued {store.enqueue_stale()} rescans\n")
+        return 0
+    options = ScanOptions(secrets=SecretScanner(), malware=MalwareScanner(*discover(data_dir())),
+                          cache=StoreLayerCache(store), matcher=Matcher(store))
+
+    def scan(image: str) -> ScanResult:
+        path = Path(image)
+        if path.exists():
+            source: ImageSource = open_source(path)
+        else:
+            source = RegistrySource(parse_reference(image), insecure=args.insecure_registry)
+        return scan_image(source, options, image_name=image)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stats = run_worker(store, scan, name=args.name, store=store, stop=stop, once=args.once,
+                       clock=time.time)
+    sys.stdout.write(f"done {stats.done}, failed {stats.failed}, lost {stats.lost}\n")
+    return 0
 
 
 def cmd_vulndb_import(store: ScanStore, paths: list[Path]) -> int:
@@ -99,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_malware_import(args.paths)
         store = ScanStore(args.db or default_db_path())
         try:
+            if args.group == "scan":
+                return cmd_scan(store, args)
             if args.command == "import":
                 return cmd_vulndb_import(store, args.paths)
             return cmd_vulndb_status(store, args.json)

@@ -6,6 +6,9 @@ Data owned here and when it changes:
 - ``scan_layer_cache``: written once per (layer digest, analyzer version); layers are
   content-addressed, so entries never go stale, only unused.
 - ``image_verdict``: one row per (image digest, policy), overwritten by each evaluation.
+- ``scan_job``: queued by ``enqueue_scan`` (or ``enqueue_stale`` after a vulndb import),
+  leased to one worker at a time by ``claim_scan`` (an expired lease is claimable again),
+  closed by ``finish_scan``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ CREATE TABLE IF NOT EXISTS scan_layer_cache (
     digest TEXT NOT NULL, version TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (digest, version)
 );
+CREATE TABLE IF NOT EXISTS scan_job (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, image TEXT NOT NULL, policy TEXT NOT NULL,
+    status TEXT NOT NULL, worker TEXT NOT NULL DEFAULT '', lease_until REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, digest TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scan_job_status ON scan_job (status, lease_until);
 CREATE TABLE IF NOT EXISTS image_verdict (
     image_digest TEXT NOT NULL, policy TEXT NOT NULL, passed INTEGER NOT NULL,
     reasons TEXT NOT NULL, vulndb_generation INTEGER NOT NULL, image TEXT NOT NULL,
@@ -86,6 +96,14 @@ class AdvisoryRecord:
     cvss_score: float | None
     modified: str
     source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScanJob:
+    id: int
+    image: str
+    policy: str  # policy document (YAML text), "" for none
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +183,10 @@ class ScanStore:
     def record_import(self, path: str, records: int, rows: int, skipped: int) -> None:
         self._db.execute("INSERT INTO vuln_import (path, records, rows, skipped, imported_at) "
                          "VALUES (?,?,?,?,?)", (path, records, rows, skipped, self._clock()))
-        self._db.execute(
-            "INSERT INTO meta VALUES ('vulndb_generation', '1') ON CONFLICT(key) DO UPDATE "
-            "SET value = CAST(value AS INTEGER) + 1")
+        if records:
+            self._db.execute(
+                "INSERT INTO meta VALUES ('vulndb_generation', '1') ON CONFLICT(key) DO UPDATE "
+                "SET value = CAST(value AS INTEGER) + 1")
 
     def affected_for(self, ecosystem: str, packages: Iterable[str]) -> list[AffectedRecord]:
         names = sorted(set(packages))
@@ -233,3 +252,55 @@ class ScanStore:
                                " image, created FROM image_verdict WHERE image_digest = ? "
                                "ORDER BY policy", (image_digest,))
         return [Verdict(r[0], r[1], bool(r[2]), json.loads(r[3]), r[4], r[5], r[6]) for r in cur]
+
+    # -- scan jobs -----------------------------------------------------------------------
+
+    def enqueue_scan(self, image: str, policy: str = "") -> int:
+        """Queue a scan unless the same image is already queued or running."""
+        with self.transaction():
+            row = self._db.execute("SELECT id FROM scan_job WHERE image = ? AND policy = ? AND "
+                                   "status IN ('queued', 'running')", (image, policy)).fetchone()
+            if row:
+                return int(row[0])
+            now = self._clock()
+            cur = self._db.execute("INSERT INTO scan_job (image, policy, status, created, updated)"
+                                   " VALUES (?, ?, 'queued', ?, ?)", (image, policy, now, now))
+            return int(cur.lastrowid or 0)
+
+    def claim_scan(self, worker: str, lease_seconds: float = 600.0,
+                   max_attempts: int = 3) -> ScanJob | None:
+        """Lease the oldest claimable job to ``worker``; atomic across processes."""
+        now = self._clock()
+        row = self._db.execute(
+            "UPDATE scan_job SET status = 'running', worker = ?, lease_until = ?, "
+            "attempts = attempts + 1, updated = ? WHERE id = (SELECT id FROM scan_job WHERE "
+            "(status = 'queued' OR (status = 'running' AND lease_until < ?)) AND attempts < ? "
+            "ORDER BY id LIMIT 1) RETURNING id, image, policy, attempts",
+            (worker, now + lease_seconds, now, now, max_attempts)).fetchone()
+        return ScanJob(int(row[0]), row[1], row[2], int(row[3])) if row else None
+
+    def finish_scan(self, job_id: int, worker: str, *, digest: str = "",
+                    error: str = "") -> bool:
+        """Close a job this worker holds; False when the lease was lost to another worker."""
+        cur = self._db.execute(
+            "UPDATE scan_job SET status = ?, digest = ?, error = ?, updated = ? "
+            "WHERE id = ? AND worker = ? AND status = 'running'",
+            ("failed" if error else "done", digest, error[:2000], self._clock(), job_id, worker))
+        return cur.rowcount == 1
+
+    def jobs(self) -> list[dict[str, Any]]:
+        cur = self._db.execute("SELECT id, image, status, worker, attempts, digest, error "
+                               "FROM scan_job ORDER BY id")
+        keys = ("id", "image", "status", "worker", "attempts", "digest", "error")
+        return [dict(zip(keys, r, strict=True)) for r in cur]
+
+    def enqueue_stale(self) -> int:
+        """Queue a rescan of every image whose verdict predates the current vulndb data."""
+        gen = self.generation()
+        stale = self._db.execute(
+            "SELECT DISTINCT v.image, COALESCE((SELECT j.policy FROM scan_job j WHERE "
+            "j.image = v.image ORDER BY j.id DESC LIMIT 1), '') FROM image_verdict v "
+            "WHERE v.vulndb_generation < ?", (gen,)).fetchall()
+        for image, policy in stale:
+            self.enqueue_scan(image, policy)
+        return len(stale)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.cli import main
+from tests.fixtures.images.builder import Image
 
 
 def test_vulndb_import_and_status(tmp_path: Path, advisories: Path,
@@ -36,3 +37,23 @@ def test_malware_import(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     (tmp_path / "broken.yar").write_text("rule {")
     assert main(["malware", "import", str(tmp_path / "broken.yar")]) == 2
     assert "YARA syntax" in capsys.readouterr().err
+
+
+def test_scan_enqueue_worker_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch, advisories: Path) -> None:
+    monkeypatch.setenv("MORAY_DATA_DIR", str(tmp_path / "data"))
+    image = tmp_path / "img.tar"
+    Image([{"etc/hello": b"x"}]).write_docker_archive(image)
+    policy = tmp_path / "p.yaml"
+    policy.write_text("kind: ImageAssurancePolicy\nmetadata: {name: p}\nspec: {notRoot: true}\n")
+    assert main(["scan", "enqueue", str(image), "--policy", str(policy)]) == 0
+    assert main(["scan", "worker", "--once", "--name", "w1"]) == 0
+    assert "done 1, failed 0" in capsys.readouterr().out
+    assert main(["scan", "jobs"]) == 0
+    assert "done" in capsys.readouterr().out
+    assert main(["vulndb", "import", str(tmp_path / "p.yaml")]) == 1  # not advisories
+    assert main(["scan", "rescan-stale"]) == 0
+    assert "queued 0 rescans" in capsys.readouterr().out
+    assert main(["vulndb", "import", str(advisories / "GHSA-35jh-r3h4-6jhm.json")]) == 0
+    assert main(["scan", "rescan-stale"]) == 0
+    assert "queued 1 rescans" in capsys.readouterr().out
