@@ -36,7 +36,8 @@ from controlplane.scanner.source import ImageSource, LayerRef
 log = logging.getLogger(__name__)
 
 ANALYZER_VERSION = "1"  # bump when analyzers change, so cached layer results are redone
-OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
+OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release", "etc/alpine-release",
+                    "etc/debian_version")
 OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
 
 
@@ -80,7 +81,13 @@ class ScanOptions:
         return "/".join(parts)
 
 
-def parse_os_release(data: bytes) -> OSRelease | None:
+def parse_os_release(data: bytes, path: str = "etc/os-release") -> OSRelease | None:
+    """os-release fields, or the one-line alpine-release / debian_version files."""
+    if path == "etc/alpine-release":
+        return OSRelease("alpine", ".".join(data.decode().strip().split(".")[:2]))
+    if path == "etc/debian_version":
+        major = data.decode("utf-8", "replace").strip().split(".")[0]
+        return OSRelease("debian", major) if major.isdigit() else None
     fields = {}
     for line in data.decode("utf-8", "replace").splitlines():
         key, sep, value = line.partition("=")
@@ -129,7 +136,10 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         if data is None:
             continue
         if is_os_release:
-            result.os_release = parse_os_release(data) or result.os_release
+            found = parse_os_release(data, entry.path)
+            # os-release wins over the one-line files, whichever comes first in the tar
+            if found and (result.os_release is None or entry.path in OS_RELEASE_PATHS[:2]):
+                result.os_release = found
         for analyzer in wanted:
             try:
                 packages = analyzer.analyze(entry.path, data, layer.digest)

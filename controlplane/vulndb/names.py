@@ -42,6 +42,9 @@ def release_key(distro: str, version: str) -> str:
         v = ".".join(v.split(".")[:2])
     elif distro in ("rhel", "rocky", "almalinux", "centos"):
         v = v.split(".")[0]
+    elif distro == "ubuntu":
+        m = re.search(r"\d+\.\d+", v)  # OSV "Ubuntu:22.04:LTS", "Ubuntu:Pro:18.04:LTS"
+        v = m.group(0) if m else v
     return f"{distro}:{v}"
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
 from controlplane.scanner.analyzers.ospkg import RpmAnalyzer
-from controlplane.scanner.scan import ScanOptions, scan_image
+from controlplane.scanner.model import OSRelease
+from controlplane.scanner.scan import ScanOptions, parse_os_release, scan_image
 from controlplane.scanner.source import OCILayoutSource
 from tests.fixtures.images import rootfs
 from tests.fixtures.images.builder import File, Image, sha
@@ -182,3 +183,11 @@ def test_rust_auditable_binary(tmp_path: Path) -> None:
     binary = rootfs.elf_with_section(".dep-v0", zlib.compress(json.dumps(deps).encode()))
     pkgs = _scan(tmp_path, {"usr/bin/app": File(binary, 0o755)})
     assert [(n, v) for _, n, v, _ in pkgs] == [("smallvec", "1.6.0"), ("time", "0.1.44")]
+
+
+def test_os_release_fallbacks() -> None:
+    assert parse_os_release(b"3.18.4\n", "etc/alpine-release") == OSRelease("alpine", "3.18")
+    assert parse_os_release(b"12.5\n", "etc/debian_version") == OSRelease("debian", "12")
+    assert parse_os_release(b"trixie/sid\n", "etc/debian_version") is None
+    assert parse_os_release(b'ID=ubuntu\nVERSION_ID="22.04"\nVERSION_CODENAME=jammy\n') == \
+        OSRelease("ubuntu", "22.04", "jammy")

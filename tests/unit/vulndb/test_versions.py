@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from controlplane.vulndb.names import osv_ecosystem, release_key
 from controlplane.vulndb.versions import compare, first_fixed, is_affected
 
 LESS = [
@@ -74,3 +75,14 @@ def test_git_ranges_are_ignored_but_versions_lists_count() -> None:
     assert not is_affected("pypi", "2.19.0", git, [])
     assert is_affected("pypi", "2.19.0", git, ["2.18.0", "2.19.0"])
     assert is_affected("golang", "v1.2.3", [], ["1.2.3"])
+
+
+def test_release_keys() -> None:
+    assert osv_ecosystem("Debian:12") == ("deb", "debian:12")
+    assert osv_ecosystem("Alpine:v3.18") == ("apk", "alpine:3.18")
+    assert osv_ecosystem("Ubuntu:22.04:LTS") == ("deb", "ubuntu:22.04")
+    assert osv_ecosystem("Rocky Linux:8") == ("rpm", "rocky:8")
+    assert osv_ecosystem("crates.io") == ("cargo", "")
+    assert osv_ecosystem("Hackage") is None
+    assert release_key("debian", "bookworm") == "debian:12"
+    assert release_key("alpine", "3.18.4") == "alpine:3.18"
