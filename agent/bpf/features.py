@@ -162,8 +162,15 @@ def probe(proc: str = "/proc", btf_path: str = "/sys/kernel/btf/vmlinux") -> Fea
     except OSError as err:
         f.hooks = {k: HookProbe(False, str(err)) for k in _PROBES}
         return f
-    for name, (prog, attach) in _PROBES.items():
-        f.hooks[name] = _probe_one(prog, attach, cg)
+    # a failed probe is an answer, not a problem: keep libbpf's complaints out of the log
+    libbpf_log = logging.getLogger("libbpf")
+    level = libbpf_log.level
+    libbpf_log.setLevel(logging.CRITICAL)
+    try:
+        for name, (prog, attach) in _PROBES.items():
+            f.hooks[name] = _probe_one(prog, attach, cg)
+    finally:
+        libbpf_log.setLevel(level)
     return f
 
 

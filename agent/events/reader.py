@@ -67,10 +67,10 @@ class Reader(threading.Thread):
         self.batch = batch
         self.poll_timeout = poll_timeout
         self.records = 0
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def run(self) -> None:
-        ring, queue, stop = self.ring, self.queue, self._stop
+        ring, queue, stop = self.ring, self.queue, self._stopping
         while not stop.is_set():
             recs = ring.consume(self.batch)
             if recs:
@@ -84,4 +84,4 @@ class Reader(threading.Thread):
             queue.put(recs)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
