@@ -121,6 +121,9 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
             result.opaque_dirs.append(entry.path)
             continue
         result.present.add(entry.path)
+        if entry.kind is EntryKind.HARDLINK and entry.linkname in result.files:
+            result.files[entry.path] = [replace(p, path=entry.path)
+                                        for p in result.files[entry.linkname]]
         if entry.kind is not EntryKind.FILE:
             continue
         result.size += entry.size

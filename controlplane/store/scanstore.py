@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS vuln_advisory (
     id TEXT PRIMARY KEY, aliases TEXT NOT NULL, summary TEXT NOT NULL,
     severity TEXT NOT NULL, cvss_score REAL, modified TEXT NOT NULL, sources TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS vuln_alias (
+    alias TEXT NOT NULL, advisory_id TEXT NOT NULL, PRIMARY KEY (alias, advisory_id)
+);
 CREATE TABLE IF NOT EXISTS vuln_affected (
     advisory_id TEXT NOT NULL, source TEXT NOT NULL, origin TEXT NOT NULL,
     ecosystem TEXT NOT NULL, release TEXT NOT NULL, package TEXT NOT NULL,
@@ -174,6 +177,8 @@ class ScanStore:
             score = score if score is not None else old[3]
             sources |= set(json.loads(old[4]))
         aliases.discard(adv.id)
+        self._db.executemany("INSERT OR IGNORE INTO vuln_alias VALUES (?, ?)",
+                             [(a, adv.id) for a in aliases])
         self._db.execute(
             "INSERT OR REPLACE INTO vuln_advisory VALUES (?,?,?,?,?,?,?)",
             (adv.id, json.dumps(sorted(aliases)), summary, severity, score, adv.modified,
@@ -207,6 +212,13 @@ class ScanStore:
             return None
         return AdvisoryRecord(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5],
                               ",".join(json.loads(r[6])))
+
+    def related_ids(self, advisory_id: str) -> list[str]:
+        """Ids linked to ``advisory_id`` by an alias, in either direction."""
+        cur = self._db.execute(
+            "SELECT advisory_id FROM vuln_alias WHERE alias = ? UNION "
+            "SELECT alias FROM vuln_alias WHERE advisory_id = ?", (advisory_id, advisory_id))
+        return sorted(r[0] for r in cur)
 
     def generation(self) -> int:
         r = self._db.execute("SELECT value FROM meta WHERE key = 'vulndb_generation'").fetchone()

@@ -85,13 +85,27 @@ class Matcher:
         if not hit:
             return None
         adv = self._advisory(advisory_id)
+        severity, score = self._severity(adv)
         return VulnFinding(
             id=advisory_id, package=pkg,
-            severity=Severity.parse(adv.severity) if adv else Severity.UNKNOWN,
+            severity=severity,
             fixed_version=fixed, aliases=tuple(adv.aliases) if adv else (),
             summary=adv.summary if adv else "", source=chosen[0].source,
-            cvss_score=adv.cvss_score if adv else None,
+            cvss_score=score,
         )
+
+    def _severity(self, adv: AdvisoryRecord | None) -> tuple[Severity, float | None]:
+        """The advisory's severity, else the highest one among its aliases in the store."""
+        if adv is None:
+            return Severity.UNKNOWN, None
+        best = (Severity.parse(adv.severity), adv.cvss_score)
+        if best[0] is not Severity.UNKNOWN:
+            return best
+        for alias in self.store.related_ids(adv.id):
+            other = self._advisory(alias)
+            if other is not None and Severity.parse(other.severity).rank > best[0].rank:
+                best = (Severity.parse(other.severity), other.cvss_score)
+        return best
 
 
 def _preferred_id(own: set[str], every: set[str]) -> str:

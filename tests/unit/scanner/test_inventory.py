@@ -16,7 +16,7 @@ from controlplane.scanner.model import OSRelease
 from controlplane.scanner.scan import ScanOptions, parse_os_release, scan_image
 from controlplane.scanner.source import OCILayoutSource
 from tests.fixtures.images import rootfs
-from tests.fixtures.images.builder import File, Image, sha
+from tests.fixtures.images.builder import File, Hardlink, Image, sha
 
 
 def _scan(tmp_path: Path, *layers: dict[str, object]) -> list[tuple[str, str, str, str]]:
@@ -191,3 +191,10 @@ def test_os_release_fallbacks() -> None:
     assert parse_os_release(b"trixie/sid\n", "etc/debian_version") is None
     assert parse_os_release(b'ID=ubuntu\nVERSION_ID="22.04"\nVERSION_CODENAME=jammy\n') == \
         OSRelease("ubuntu", "22.04", "jammy")
+
+
+def test_hard_link_to_an_analysed_file(tmp_path: Path) -> None:
+    meta = "usr/lib/python3/site-packages/six-1.0.dist-info/METADATA"
+    link = "opt/app/site-packages/six-1.0.dist-info/METADATA"
+    pkgs = _scan(tmp_path, [(meta, b"Name: six\nVersion: 1.0\n"), (link, Hardlink(meta))])
+    assert [n for _, n, _, _ in pkgs] == ["six", "six"]

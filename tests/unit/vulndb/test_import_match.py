@@ -138,3 +138,16 @@ def test_withdrawn_and_bad_files(store: ScanStore, tmp_path: Path) -> None:
     report = import_path(tmp_path, store)
     assert report.skipped == 2 and len(report.errors) == 2
     assert Matcher(store).match([_pkg(Ecosystem.PYPI, "a", "1.0")], None) == []
+
+
+def test_severity_from_an_alias_record(store: ScanStore, tmp_path: Path) -> None:
+    osv = {"id": "GHSA-xxxx-yyyy-zzzz", "modified": "2024", "aliases": ["CVE-2099-0001"],
+           "database_specific": {"severity": "CRITICAL"}, "affected": []}
+    tracker = {"Header": {"ID": "CVE-2099-0001", "Description": "x"}, "Annotations": [
+        {"Type": "package", "Package": "zlib", "Kind": "unfixed"}]}
+    (tmp_path / "a.json").write_text(json.dumps(osv))
+    (tmp_path / "b.json").write_text(json.dumps(tracker))
+    import_path(tmp_path, store)
+    (finding,) = Matcher(store).match([_pkg(Ecosystem.DEB, "zlib1g", "1:1.3-1", "zlib")],
+                                      BOOKWORM)
+    assert finding.id == "CVE-2099-0001" and finding.severity is Severity.CRITICAL
