@@ -61,6 +61,9 @@ class Config:
     default_watch: bool = True
     containers: bool = True
     duration: float | None = None        # stop after this many seconds (tests, benchmarks)
+    policy_dir: str = "/etc/moray/policies"  # runtime policies (agent/policy); watched
+    pin_root: str | None = "/sys/fs/bpf/moray"  # None: nothing pinned, nothing adopted
+    policy_status: str | None = "/run/moray/policy-status.json"
 
 
 class Pipeline:
@@ -162,15 +165,19 @@ class Agent:
         self.tree = ProcessTree(cfg.proc)
         self.resolver: Any | None = None
         self.features: Any | None = None
+        self.pins: Any | None = None     # agent.bpf.pins.Pins
+        self.policy: Any | None = None   # agent.policy.engine.PolicyEngine
         self.steps: list[tuple[str, Callable[[], None]]] = [
             ("check_host", self.check_host),
             ("mount_fs", self.mount_fs),
             ("probe_kernel", self.probe_kernel),
+            ("adopt_pins", self.adopt_pins),
             ("load_bpf", self.load_bpf),
             ("fill_watch", self.fill_watch),
             ("start_reader", self.start_reader),
             ("scan_proc", self.scan_proc),
             ("start_enrich", self.start_enrich),
+            ("apply_policies", self.apply_policies),
             ("start_metrics", self.start_metrics),
         ]
 
@@ -214,8 +221,14 @@ class Agent:
 
         lsm = bool(self.features and self.features.bpf_lsm)
         obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm))
+        if self.pins is not None:
+            self.pins.prepare(obj)
         obj.load()
         obj.attach_all(cg)
+        if self.pins is not None:
+            from agent.policy.programs import is_enforcement
+
+            self.pins.commit(obj, {n for n, _s, _p in obj.programs() if is_enforcement(n)})
         self.obj = obj
         log.info("attached %d BPF programs", len(obj.links))
 
@@ -230,7 +243,8 @@ class Agent:
 
     def start_reader(self) -> None:
         assert self.obj is not None
-        self.ring = RingBuffer(self.obj.map("mr_events").fd, self.cfg.ring_size)
+        events = self.obj.map("mr_events")  # a reused (pinned) ring keeps its own size
+        self.ring = RingBuffer(events.fd, events.max_entries)
         self.reader = Reader(self.ring, self.queue)
         self.reader.start()
 
@@ -246,6 +260,36 @@ class Agent:
     def scan_proc(self) -> None:
         n = self.tree.scan_proc()
         log.info("process tree: %d processes from %s", n, self.cfg.proc)
+
+    def adopt_pins(self) -> None:
+        """Open what a previous agent pinned (agent/bpf/pins.py), so load_bpf reuses it."""
+        if self.cfg.pin_root is None:
+            return
+        from agent.bpf.pins import Pins, build_id
+
+        self.pins = Pins(self.cfg.pin_root)
+        self.pins.adopt(build_id(object_path("moray.bpf.o")))
+        self._teardowns.append(("close_pins", self.pins.close))
+
+    def apply_policies(self) -> None:
+        """Publish the policy directory and keep it applied (agent/policy/engine.py)."""
+        assert self.obj is not None
+        from agent.enrich.containers import ContainerResolver
+        from agent.policy.apply import MAP_NAMES, Applier
+        from agent.policy.engine import PolicyEngine
+
+        applier = Applier({n: self.obj.map(n) for n in MAP_NAMES})
+        cg = self.features.cgroup_v2 if self.features else None
+        resolver = ContainerResolver.for_host(self.cfg.proc, self.cfg.host_root, cg,
+                                              retry_window=1.0)
+        tiers = {k: str(v) for k, v in self.features.tiers().items()} if self.features else {}
+        self.policy = PolicyEngine(applier, resolver, self.cfg.policy_dir,
+                                   emit=lambda rec: self.queue.put([rec]), tiers=tiers,
+                                   proc=self.cfg.proc, status_file=self.cfg.policy_status)
+        self.policy.start()
+        self._teardowns.append(("stop_policy", self.policy.stop))
+        if self.pins is not None:
+            self.pins.retire()
 
     def start_enrich(self) -> None:
         if not self.cfg.containers:
@@ -308,6 +352,8 @@ class Agent:
             pipeline = Pipeline(self.tree, self.sink, Formatter(self.cfg.node), self.resolver,
                                 self.stats)
             self.pipeline = pipeline
+            if self.policy is not None:
+                pipeline.fmt.enforcement = self.policy.explain
             log.info("moray-agent running (node %s)", self.cfg.node)
             worker = threading.Thread(target=pipeline.run, args=(self.queue, self.stop_event),
                                       name="moray-pipeline", daemon=True)

@@ -24,7 +24,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  metrics_addr=args.metrics_addr, watch=tuple(args.watch),
                  default_watch=not args.no_default_watch, containers=not args.no_containers,
                  duration=args.duration, args_max=args.args_max,
-                 ring_size=args.ring_mb << 20, btf=args.btf)
+                 ring_size=args.ring_mb << 20, btf=args.btf, policy_dir=args.policy_dir,
+                 pin_root=None if args.no_pin else args.pin_root)
     if args.node:
         cfg.node = args.node
     try:
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--args-max", type=int, default=1024, help="argv bytes per exec (<=4096)")
     run.add_argument("--ring-mb", type=int, default=16, help="ring buffer size, MiB (power of 2)")
     run.add_argument("--btf", default="/sys/kernel/btf/vmlinux", help="kernel BTF to require")
+    run.add_argument("--policy-dir", default="/etc/moray/policies",
+                     help="runtime policies to enforce (watched for changes)")
+    run.add_argument("--pin-root", default="/sys/fs/bpf/moray",
+                     help="bpffs directory: enforcement stays pinned there across restarts")
+    run.add_argument("--no-pin", action="store_true",
+                     help="pin nothing: enforcement ends when the agent stops")
     run.set_defaults(fn=_cmd_run)
 
     pr = sub.add_parser("probe", help="what this kernel offers and the enforcement tiers")
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--proc", default="/proc")
     pr.set_defaults(fn=_cmd_probe)
 
+    from agent.policy.cli import add_commands
+
+    add_commands(sub)
     args = ap.parse_args(argv)
     _setup_logging(args.log_level)
     if args.cmd == "probe":

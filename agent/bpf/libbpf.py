@@ -104,6 +104,7 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "bpf_map_get_next_key": (_I, (_I, _P, _P)),
     "bpf_obj_get": (_I, (_S,)),
     "bpf_obj_pin": (_I, (_I, _S)),
+    "bpf_obj_get_info_by_fd": (_I, (_I, _P, ctypes.POINTER(_U32))),
     "btf__parse": (_P, (_S, _P)),
     "btf__free": (None, (_P,)),
     "btf__find_by_name_kind": (_I, (_P, _S, _U32)),

@@ -210,6 +210,21 @@ class BpfObject:
         for name, _sec, prog in self.programs():
             libbpf.lib().bpf_program__set_autoload(prog, name in wanted)
 
+    def map_def(self, map_name: str) -> tuple[int, int, int, int]:
+        """(type, key size, value size, max entries) as the object will create the map."""
+        lib = libbpf.lib()
+        m = self._map_ptr(map_name)
+        return (lib.bpf_map__type(m), lib.bpf_map__key_size(m), lib.bpf_map__value_size(m),
+                lib.bpf_map__max_entries(m))
+
+    def map_names(self) -> list[str]:
+        return [n for n, _ in self._maps()]
+
+    def reuse_map(self, map_name: str, fd: int) -> None:
+        """Before load: use an existing (pinned) map instead of creating one."""
+        libbpf.check_int(libbpf.lib().bpf_map__reuse_fd(self._map_ptr(map_name), fd),
+                         f"reuse map {map_name}")
+
     def set_max_entries(self, map_name: str, n: int) -> None:
         libbpf.check_int(libbpf.lib().bpf_map__set_max_entries(self._map_ptr(map_name), n),
                          f"resize {map_name}")

@@ -11,10 +11,12 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.enrich.proctree import Process, ticks
 from agent.events.types import (
+    EnforceEvent,
     EventType,
     ExecEvent,
     ExitEvent,
@@ -83,6 +85,9 @@ class Formatter:
         self.node = node
         self.clock = clock or Clock()
         self._boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        # enforcement record -> its JSON object (policy and rule names); set by the agent
+        # from agent/policy/engine.py, which knows which policy holds which slot
+        self.enforcement: Callable[[EnforceEvent], dict[str, Any]] | None = None
 
     def _start_time(self, start_ticks: int) -> str:
         from agent.enrich.proctree import NS_PER_TICK
@@ -127,6 +132,11 @@ class Formatter:
                 "saddr": e.saddr, "sport": e.sport or None,
                 "daddr": e.daddr, "dport": e.dport or None,
             }
+        elif isinstance(e, EnforceEvent):
+            out["enforcement"] = (self.enforcement(e) if self.enforcement is not None else
+                                  {"action": e.action, "kind": e.kind,
+                                   "policies": f"{e.policies:#x}", "enforced": f"{e.enforced:#x}",
+                                   "path": e.path or None, "daddr": e.daddr, "arg": e.arg})
         elif isinstance(e, ForkEvent):
             pass
         return out

@@ -1,0 +1,146 @@
+"""The runtime policy model: what one validated policy document says (docs/policy.md).
+
+Plain frozen records, built only by agent/policy/load.py from a document that passed
+validation; compile.py turns a set of them into map rows. Nothing here touches the kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+API_VERSION = "moray/v1"
+KIND = "RuntimePolicy"
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"   # the kernel blocks / kills
+    MONITOR = "monitor"   # same matching, nothing blocked: events say "would-block"
+
+
+class Access(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    ANY = "any"
+
+
+class Protocol(StrEnum):
+    ANY = "any"
+    TCP = "tcp"
+    UDP = "udp"
+
+
+PROTO_NUMBER = {Protocol.ANY: 0, Protocol.TCP: 6, Protocol.UDP: 17}
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern:
+    """An absolute path (exact) or a prefix (written with a trailing `*` or `/**`)."""
+
+    text: str      # as written in the document
+    path: str      # the path, or the prefix without its wildcard
+    exact: bool
+
+    def matches(self, candidate: str) -> bool:
+        return candidate == self.path if self.exact else candidate.startswith(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSelector:
+    """All given criteria must hold; within one criterion any listed value may match.
+    An empty selector selects every container."""
+
+    images: tuple[str, ...] = ()       # globs on the image reference (or its digest)
+    names: tuple[str, ...] = ()        # globs on the container name
+    labels: tuple[tuple[str, str], ...] = ()
+    namespaces: tuple[str, ...] = ()   # Kubernetes namespaces (globs)
+    pod_labels: tuple[tuple[str, str], ...] = ()
+    runtimes: tuple[str, ...] = ()     # docker, containerd, cri-o, podman, runc
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    host: bool = False
+    containers: ContainerSelector | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRules:
+    deny: tuple[PathPattern, ...] = ()
+    allow: tuple[PathPattern, ...] | None = None   # None: no allow-list
+    drift: bool = False
+
+    @property
+    def used(self) -> bool:
+        return bool(self.deny) or self.allow is not None or self.drift
+
+
+@dataclass(frozen=True, slots=True)
+class FileRule:
+    pattern: PathPattern
+    access: Access
+
+
+@dataclass(frozen=True, slots=True)
+class FileRules:
+    deny: tuple[FileRule, ...] = ()
+    monitor: tuple[FileRule, ...] = ()
+
+    @property
+    def used(self) -> bool:
+        return bool(self.deny or self.monitor)
+
+
+@dataclass(frozen=True, slots=True)
+class NetRule:
+    text: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    port_lo: int = 0
+    port_hi: int = 65535
+    protocol: Protocol = Protocol.ANY
+
+    def matches(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int,
+                proto: int) -> bool:
+        p = PROTO_NUMBER[self.protocol]
+        return (addr.version == self.network.version and addr in self.network
+                and self.port_lo <= port <= self.port_hi and (p == 0 or p == proto))
+
+
+@dataclass(frozen=True, slots=True)
+class NetRules:
+    deny: tuple[NetRule, ...] = ()
+    allow: tuple[NetRule, ...] | None = None
+
+    @property
+    def used(self) -> bool:
+        return bool(self.deny) or self.allow is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallRules:
+    deny: tuple[str, ...] = ()
+
+    @property
+    def used(self) -> bool:
+        return bool(self.deny)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    tenant: str
+    mode: Mode
+    scope: Scope
+    exec: ExecRules = field(default_factory=ExecRules)
+    files: FileRules = field(default_factory=FileRules)
+    network: NetRules = field(default_factory=NetRules)
+    syscalls: SyscallRules = field(default_factory=SyscallRules)
+    source: str = "<memory>"
+    digest: str = ""    # sha256 of the canonical document: unchanged policies keep their slot
+
+    def rule_count(self) -> int:
+        n = len(self.exec.deny) + len(self.exec.allow or ()) + int(self.exec.drift)
+        n += len(self.files.deny) + len(self.files.monitor)
+        n += len(self.network.deny) + len(self.network.allow or ())
+        return n + len(self.syscalls.deny)
