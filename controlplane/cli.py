@@ -28,11 +28,12 @@ from controlplane.scanner.cache import StoreLayerCache
 from controlplane.scanner.errors import ScanError
 from controlplane.scanner.malware import MalwareScanner, discover
 from controlplane.scanner.model import ScanResult
-from controlplane.scanner.registry import RegistrySource, parse_reference
+from controlplane.scanner.registry import RegistrySource, list_images, parse_reference
 from controlplane.scanner.scan import ScanOptions, scan_image
 from controlplane.scanner.secrets import SecretScanner
 from controlplane.scanner.source import ImageSource, open_source
 from controlplane.scanner.worker import run_worker
+from controlplane.server import cli_api
 from controlplane.store.scanstore import ScanStore, data_dir, default_db_path
 from controlplane.vulndb.importer import import_path
 from controlplane.vulndb.matcher import Matcher
@@ -65,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--name", default=f"{socket.gethostname()}:{os.getpid()}")
     wrk.add_argument("--once", action="store_true", help="exit when the queue is empty")
     wrk.add_argument("--insecure-registry", action="store_true")
+    reg = ssub.add_parser("enqueue-registry", help="queue every tag of a registry")
+    reg.add_argument("registry", help="host[:port]")
+    reg.add_argument("--repository", action="append", help="only these repositories")
+    reg.add_argument("--policy", type=Path)
+    reg.add_argument("--insecure-registry", action="store_true")
     ssub.add_parser("jobs", help="list scan jobs")
     ssub.add_parser("rescan-stale", help="queue rescans after new vulnerability data")
+    cli_api.register(sub)   # policy, agents, events, audit, tokens: the REST API
     return p
 
 
@@ -75,6 +82,16 @@ def cmd_scan(store: ScanStore, args: argparse.Namespace) -> int:
         policy = args.policy.read_text() if args.policy else ""
         for image in args.images:
             sys.stdout.write(f"queued job {store.enqueue_scan(image, policy)} for {image}\n")
+        return 0
+    if args.command == "enqueue-registry":
+        policy = args.policy.read_text() if args.policy else ""
+        images = list_images(args.registry, insecure=args.insecure_registry,
+                             username=os.environ.get("MORAY_REGISTRY_USERNAME"),
+                             password=os.environ.get("MORAY_REGISTRY_PASSWORD"),
+                             repositories=args.repository)
+        for image in images:
+            store.enqueue_scan(image, policy)
+        sys.stdout.write(f"queued {len(images)} images from {args.registry}\n")
         return 0
     if args.command == "jobs":
         for job in store.jobs():
@@ -154,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.group in cli_api.GROUPS:
+        return cli_api.run(args)
     try:
         if args.group == "malware":
             return cmd_malware_import(args.paths)

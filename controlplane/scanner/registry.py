@@ -223,3 +223,46 @@ class RegistrySource:
         check_digest(digest, self.name)
         with self._open(f"/v2/{self.ref.repository}/blobs/{digest}") as resp:
             yield HashingReader(resp, digest, self.name, self.max_blob)  # type: ignore[misc]
+
+
+MAX_PAGES = 1000
+
+
+def _next_link(header: str) -> str:
+    """The path of a ``Link: </v2/_catalog?last=x&n=100>; rel="next"`` header, or ''."""
+    m = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', header or "")
+    if not m:
+        return ""
+    parts = urllib.parse.urlsplit(m.group(1))
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _paged(src: RegistrySource, path: str, key: str) -> list[str]:
+    out: list[str] = []
+    for _ in range(MAX_PAGES):
+        with src._open(path) as resp:
+            data = resp.read(MAX_JSON_BYTES)
+            link = str(getattr(resp, "headers", {}).get("Link", ""))
+        try:
+            out.extend(str(x) for x in json.loads(data).get(key) or [])
+        except (ValueError, AttributeError) as err:
+            raise RegistryError(f"bad {key} listing: {err}", source=src.name) from err
+        path = _next_link(link)
+        if not path:
+            break
+    return out
+
+
+def list_images(registry: str, *, insecure: bool = False, username: str | None = None,
+                password: str | None = None, repositories: list[str] | None = None) -> list[str]:
+    """Every ``registry/repo:tag`` in a registry (catalog API), or in the given repositories."""
+    catalog = RegistrySource(Reference(registry, "catalog"), insecure=insecure,
+                             username=username, password=password)
+    repos = repositories or _paged(catalog, "/v2/_catalog?n=1000", "repositories")
+    images = []
+    for repo in repos:
+        src = RegistrySource(Reference(registry, repo), insecure=insecure, username=username,
+                             password=password)
+        images.extend(f"{registry}/{repo}:{tag}"
+                      for tag in _paged(src, f"/v2/{repo}/tags/list?n=1000", "tags"))
+    return images

@@ -19,9 +19,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from controlplane.cli import main as moray
 from controlplane.scanner.cache import StoreLayerCache
 from controlplane.scanner.cli import main
-from controlplane.scanner.registry import RegistrySource, parse_reference
+from controlplane.scanner.registry import RegistrySource, list_images, parse_reference
 from controlplane.scanner.scan import ScanOptions, scan_image
 from controlplane.store.scanstore import ScanStore
 from controlplane.vulndb.importer import import_path
@@ -131,6 +132,20 @@ def test_layer_cache_shared_across_images(registry: str, pushed: dict[str, str],
     for ref in (f"{registry}/team/app:1.0", f"{registry}/team/multi:1.0"):
         scan_image(RegistrySource(parse_reference(ref), insecure=True), ScanOptions(cache=cache))
     assert (cache.misses, cache.hits) == (3, 3)  # same layers: scanned once
+
+
+def test_registry_listing_queues_every_tag(registry: str, pushed: dict[str, str],
+                                           tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert sorted(list_images(registry, insecure=True)) == sorted([
+        f"{registry}/team/app:1.0", f"{registry}/team/multi:1.0",
+        f"{registry}/team/multi:amd64-only", f"{registry}/team/multi:arm64-only"])
+    db = tmp_path / "moray.db"
+    assert moray(["--db", str(db), "scan", "enqueue-registry", registry, "--insecure-registry",
+                  "--repository", "team/app"]) == 0
+    assert "queued 1 images" in capsys.readouterr().out
+    assert moray(["--db", str(db), "scan", "worker", "--once", "--insecure-registry"]) == 0
+    assert "done 1, failed 0" in capsys.readouterr().out
 
 
 def test_https_is_the_default(registry: str, capsys: pytest.CaptureFixture[str]) -> None:

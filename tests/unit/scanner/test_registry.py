@@ -12,7 +12,12 @@ from typing import ClassVar
 import pytest
 
 from controlplane.scanner.errors import ImageFormatError, RegistryError
-from controlplane.scanner.registry import RegistrySource, is_loopback, parse_reference
+from controlplane.scanner.registry import (
+    RegistrySource,
+    _next_link,
+    is_loopback,
+    parse_reference,
+)
 from controlplane.scanner.scan import ScanOptions, scan_image
 from tests.fixtures.images.builder import Image, sha
 
@@ -124,3 +129,10 @@ def test_parse_reference() -> None:
     assert parse_reference(f"localhost:5000/x@{d}").ref == d
     with pytest.raises(ImageFormatError):
         parse_reference("host.test/UPPER/../x:1")
+
+
+def test_pagination_link() -> None:
+    assert _next_link('</v2/_catalog?last=b&n=2>; rel="next"') == "/v2/_catalog?last=b&n=2"
+    assert _next_link('<https://r.test/v2/x/tags/list?n=1&last=a>; rel="next"') == \
+        "/v2/x/tags/list?n=1&last=a"
+    assert _next_link("") == ""
