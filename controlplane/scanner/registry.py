@@ -259,7 +259,7 @@ def list_images(registry: str, *, insecure: bool = False, username: str | None =
     catalog = RegistrySource(Reference(registry, "catalog"), insecure=insecure,
                              username=username, password=password)
     repos = repositories or _paged(catalog, "/v2/_catalog?n=1000", "repositories")
-    images = []
+    images: list[str] = []
     for repo in repos:
         src = RegistrySource(Reference(registry, repo), insecure=insecure, username=username,
                              password=password)
