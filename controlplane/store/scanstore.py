@@ -2,7 +2,8 @@
 
 Data owned here and when it changes:
 - ``vuln_advisory`` / ``vuln_affected``: replaced per (source, origin record) on every
-  import; each import bumps ``meta.vulndb_generation``, which marks stored verdicts stale.
+  import; each import that adds records bumps ``scanstore_meta.vulndb_generation``,
+  which marks stored verdicts stale.
 - ``scan_layer_cache``: written once per (layer digest, analyzer version); layers are
   content-addressed, so entries never go stale, only unused.
 - ``image_verdict``: one row per (image digest, policy), overwritten by each evaluation.
@@ -30,7 +31,7 @@ DEFAULT_DATA_DIR = "/var/lib/moray"
 SCHEMA_VERSION = 1
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scanstore_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vuln_advisory (
     id TEXT PRIMARY KEY, aliases TEXT NOT NULL, summary TEXT NOT NULL,
     severity TEXT NOT NULL, cvss_score REAL, modified TEXT NOT NULL, sources TEXT NOT NULL
@@ -129,7 +130,7 @@ class ScanStore:
         self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+        self._db.execute("INSERT OR IGNORE INTO scanstore_meta VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
@@ -190,8 +191,8 @@ class ScanStore:
                          "VALUES (?,?,?,?,?)", (path, records, rows, skipped, self._clock()))
         if records:
             self._db.execute(
-                "INSERT INTO meta VALUES ('vulndb_generation', '1') ON CONFLICT(key) DO UPDATE "
-                "SET value = CAST(value AS INTEGER) + 1")
+                "INSERT INTO scanstore_meta VALUES ('vulndb_generation', '1') "
+                "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     def affected_for(self, ecosystem: str, packages: Iterable[str]) -> list[AffectedRecord]:
         names = sorted(set(packages))
@@ -221,7 +222,8 @@ class ScanStore:
         return sorted(r[0] for r in cur)
 
     def generation(self) -> int:
-        r = self._db.execute("SELECT value FROM meta WHERE key = 'vulndb_generation'").fetchone()
+        r = self._db.execute(
+            "SELECT value FROM scanstore_meta WHERE key = 'vulndb_generation'").fetchone()
         return int(r[0]) if r else 0
 
     def status(self) -> dict[str, Any]:
