@@ -280,8 +280,7 @@ class Agent:
 
         applier = Applier({n: self.obj.map(n) for n in MAP_NAMES})
         cg = self.features.cgroup_v2 if self.features else None
-        resolver = ContainerResolver.for_host(self.cfg.proc, self.cfg.host_root, cg,
-                                              retry_window=1.0)
+        resolver = ContainerResolver.for_host(self.cfg.proc, self.cfg.host_root, cg)
         tiers = {k: str(v) for k, v in self.features.tiers().items()} if self.features else {}
         self.policy = PolicyEngine(applier, resolver, self.cfg.policy_dir,
                                    emit=lambda rec: self.queue.put([rec]), tiers=tiers,

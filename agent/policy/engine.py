@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_POLICY_DIR = "/etc/moray/policies"
 DEFAULT_STATUS = "/run/moray/policy-status.json"
 HOST_AFTER_NS = 3_000_000_000     # a pending cgroup no runtime claims is a host cgroup
+HELD_HOST_AFTER_NS = 1_000_000_000  # ... and one with a task held at its first exec
 IMAGE_WAIT_NS = 2_000_000_000     # how long a held task waits for the image name
 MAX_HOLD_NS = 10_000_000_000      # a hold is decided by then, classified or not
 
@@ -267,6 +268,8 @@ class PolicyEngine:
             _mask, ts = _PPEND.unpack(raw)
             age = now - ts
             pid = held_pids.get(cg)
+            if pid is None and age < HOST_AFTER_NS:
+                continue  # nothing ran there yet: no hurry, and the runtime may still write
             c = self.resolver.lookup(cg, pid)
             if c is not None:
                 if c.image is None and age < IMAGE_WAIT_NS:
@@ -275,8 +278,8 @@ class PolicyEngine:
                 self.applier.set_scope(cg, slots_for(c, self._slotted()))
                 log.info("container classified", extra={
                     "cgroup_id": cg, "container": c.id, "image": c.image})
-            elif pid is None and age < HOST_AFTER_NS:
-                continue  # maybe a container whose runtime state is not written yet
+            elif age < HELD_HOST_AFTER_NS:
+                continue  # a held task: its runtime's state may lag its first exec a little
             pend.delete(kb)
             done += 1
         return done
@@ -327,9 +330,10 @@ class PolicyEngine:
             return
         kind = abi.EKind.EXEC if h.exec_deny & hit else abi.EKind.DRIFT
         if enforced:
+            # the record goes first: it is then queued before the kernel's exit / rmdir
+            self._emit(h, kind, abi.EAction.KILLED, hit, enforced)
             os.kill(h.pid, signal.SIGKILL)
             self.decisions["killed"] += 1
-            self._emit(h, kind, abi.EAction.KILLED, hit, enforced)
             return
         if hit:
             self._emit(h, kind, abi.EAction.WOULD_BLOCK, hit, 0)

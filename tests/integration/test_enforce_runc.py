@@ -1,0 +1,198 @@
+"""Enforcement against REAL runc containers on this kernel (root only).
+
+One agent (the real CLI, pinned under a private bpffs directory) serves the module. Each
+test applies a policy scoped by container name, *then* creates the container, so every
+test also checks that a container started after apply is covered from its first exec.
+Tiers on this machine: exec -> kill (137), files and syscalls -> kill-after, network ->
+cgroup deny (EPERM).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers.agent_proc import AgentProc, enforcement
+from tests.helpers.containers import SHADOW_MARKER, run_runc
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+]
+
+
+def policy(name: str, names: str, body: str, mode: str = "enforce") -> str:
+    return (f"apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  scope: {{containers: {{names: ['{names}']}}}}\n  mode: {mode}\n"
+            + "".join(f"  {line}\n" for line in body.strip().splitlines()))
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProc]:
+    a = AgentProc()
+    try:
+        a.start()
+        yield a
+    finally:
+        a.cleanup()
+
+
+def _for(ev: dict[str, object], container: str, kind: str, action: str) -> bool:
+    e = enforcement(ev)  # type: ignore[arg-type]
+    c = ev.get("container")
+    return (ev.get("type") == "enforce" and isinstance(c, dict) and c.get("id") == container
+            and e.get("kind") == kind and e.get("action") == action)
+
+
+def test_exec_denied_first_exec_and_later(agent: AgentProc) -> None:
+    agent.apply("exec-deny", policy("exec-deny", "mr-exec-*", """
+exec: {deny: [/bin/nc, /bin/wget]}
+"""))
+    # the denied binary is the container's first exec: held, classified, killed
+    with run_runc("mr-exec-first", ["/bin/nc", "-h"]) as ctr:
+        res = ctr.wait()
+    assert res.exit_code == 137
+    assert res.stdout == "" and "nc" not in res.stderr.lower()
+    ev = agent.wait_event(lambda e: _for(e, "mr-exec-first", "exec", "killed"))
+    assert enforcement(ev)["policy"] == "exec-deny"
+    assert enforcement(ev)["rule"] == "exec.deny: /bin/nc"
+    # later exec from an allowed shell: killed before its first instruction; sh goes on.
+    # (absolute paths: busybox sh runs bare applet names through /proc/self/exe, which a
+    # rule naming the applet's symlink cannot see; docs/policy.md)
+    with run_runc("mr-exec-later", ["sh", "-c", "/bin/wget -h; echo rc=$?; echo allowed"]) as ctr:
+        res = ctr.wait()
+    assert res.exit_code == 0, res
+    assert "rc=137" in res.stdout and "allowed" in res.stdout
+    assert "wget" not in res.stdout.lower() and "usage" not in res.stderr.lower()
+    ev = agent.wait_event(lambda e: _for(e, "mr-exec-later", "exec", "killed"))
+    assert enforcement(ev)["rule"] == "exec.deny: /bin/wget"
+    assert ev["container"]["runtime"] == "runc"
+    # a container the policy does not select runs nc
+    with run_runc("mr-other-1", ["sh", "-c", "/bin/nc -h 2>&1 | head -1; echo done"]) as ctr:
+        res = ctr.wait()
+    assert res.exit_code == 0 and "done" in res.stdout and "rc=137" not in res.stdout
+
+
+def test_file_denied_contents_never_printed(agent: AgentProc) -> None:
+    agent.apply("file-deny", policy("file-deny", "mr-file-*", """
+files: {deny: [{path: /etc/shadow, access: read}]}
+"""))
+    with run_runc("mr-file-1", ["sh", "-c",
+                                "/bin/cat /etc/passwd; /bin/cat /etc/shadow; echo rc=$?"]) as ctr:
+        res = ctr.wait()
+    assert SHADOW_MARKER not in res.stdout + res.stderr
+    assert "root:x:0:0" in res.stdout          # the neighbour file is readable
+    assert "rc=137" in res.stdout              # cat was killed
+    ev = agent.wait_event(lambda e: _for(e, "mr-file-1", "file", "killed"))
+    enf = enforcement(ev)
+    assert enf["path"] == "/etc/shadow" and enf["access"] == "read"
+    assert enf["rule"] == "files.deny: /etc/shadow (read)"
+    assert "open completed" in enf["note"]
+
+
+def test_connect_denied_server_sees_nothing(agent: AgentProc) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    port = srv.getsockname()[1]
+    ok = socket.socket()
+    ok.bind(("127.0.0.1", 0))
+    ok.listen(8)
+    ok_port = ok.getsockname()[1]
+    accepted: list[int] = []
+    stop = threading.Event()
+
+    ok.settimeout(0.2)
+
+    def serve(s: socket.socket, seen: list[int]) -> None:
+        while not stop.is_set():
+            try:
+                c, _ = s.accept()
+            except OSError:
+                continue
+            seen.append(1)
+            c.close()
+
+    ok_seen: list[int] = []
+    t = threading.Thread(target=serve, args=(srv, accepted), daemon=True)
+    t2 = threading.Thread(target=serve, args=(ok, ok_seen), daemon=True)
+    t.start()
+    t2.start()
+    try:
+        agent.apply("net-deny", policy("net-deny", "mr-net-*", f"""
+network: {{egress: {{deny: ["127.0.0.1/32:{port}"]}}}}
+"""))
+        script = (f"echo x | /bin/nc -w 1 127.0.0.1 {port}; echo rc=$?; "
+                  f"echo y | /bin/nc -w 1 127.0.0.1 {ok_port}; echo ok=$?")
+        with run_runc("mr-net-1", ["sh", "-c", script], network="host") as ctr:
+            res = ctr.wait()
+        assert "rc=1" in res.stdout, res
+        assert "ok=0" in res.stdout, res
+        assert "not permitted" in res.stderr.lower(), res
+        ev = agent.wait_event(lambda e: _for(e, "mr-net-1", "network", "blocked"))
+        assert enforcement(ev)["dport"] == port
+        assert enforcement(ev)["rule"] == f"network.egress.deny: 127.0.0.1/32:{port}"
+        assert accepted == []
+        assert ok_seen
+    finally:
+        stop.set()
+        t.join(2)
+        t2.join(2)
+        srv.close()
+        ok.close()
+
+
+def test_syscall_denied(agent: AgentProc) -> None:
+    agent.apply("sys-deny", policy("sys-deny", "mr-sys-*", """
+syscalls: {deny: [unshare, mount]}
+"""))
+    with run_runc("mr-sys-1", ["sh", "-c", "/bin/id -u; /bin/unshare -U true; echo rc=$?"]) as ctr:
+        res = ctr.wait()
+    assert res.stdout.splitlines()[0] == "0"
+    assert "rc=137" in res.stdout
+    ev = agent.wait_event(lambda e: _for(e, "mr-sys-1", "syscall", "killed"))
+    assert enforcement(ev)["syscall"] == "unshare"
+    assert enforcement(ev)["rule"] == "syscalls.deny: unshare"
+
+
+def test_monitor_mode_allows_and_reports(agent: AgentProc) -> None:
+    agent.apply("mon", policy("mon", "mr-mon-*", """
+exec: {deny: [/bin/nc]}
+files: {deny: [{path: /etc/shadow, access: read}]}
+syscalls: {deny: [unshare]}
+""", mode="monitor"))
+    with run_runc("mr-mon-1", ["sh", "-c",
+                               "/bin/nc -h 2>/dev/null; echo nc=$?; /bin/cat /etc/shadow; "
+                               "/bin/unshare -U true; echo un=$?"]) as ctr:
+        res = ctr.wait()
+    assert SHADOW_MARKER in res.stdout
+    assert "nc=137" not in res.stdout and "un=0" in res.stdout
+    for kind in ("exec", "file", "syscall"):
+        ev = agent.wait_event(lambda e, k=kind: _for(e, "mr-mon-1", k, "would-block"))
+        assert enforcement(ev)["policy"] == "mon"
+
+
+def test_most_restrictive_wins(agent: AgentProc) -> None:
+    agent.apply("both-mon", policy("both-mon", "mr-both-*", "exec: {deny: [/bin/ls]}",
+                                   mode="monitor"))
+    agent.apply("both-enf", policy("both-enf", "mr-both-*", "exec: {deny: [/bin/ls]}"))
+    with run_runc("mr-both-1", ["sh", "-c", "/bin/ls /; echo rc=$?"]) as ctr:
+        res = ctr.wait()
+    assert "rc=137" in res.stdout and "bin" not in res.stdout.replace("rc=137", "")
+    ev = agent.wait_event(lambda e: _for(e, "mr-both-1", "exec", "killed"))
+    names = {p["name"]: p["enforced"] for p in enforcement(ev)["policies"]}
+    assert names == {"both-mon": False, "both-enf": True}
+
+
+def test_delete_policy_allows_again(agent: AgentProc) -> None:
+    agent.apply("gone", policy("gone", "mr-gone-*", "exec: {deny: [/bin/ls]}"))
+    with run_runc("mr-gone-1", ["sh", "-c", "/bin/ls / >/dev/null; echo rc=$?"]) as ctr:
+        assert "rc=137" in ctr.wait().stdout
+    agent.delete("gone")
+    with run_runc("mr-gone-2", ["sh", "-c", "/bin/ls / >/dev/null; echo rc=$?"]) as ctr:
+        assert "rc=0" in ctr.wait().stdout
