@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
+import re
 import zipfile
 
 from controlplane.scanner.model import Ecosystem, Package
@@ -12,6 +13,7 @@ from controlplane.scanner.model import Ecosystem, Package
 log = logging.getLogger(__name__)
 
 _ARCHIVE_EXT = (".jar", ".war", ".ear", ".par")
+_NAME_VERSION = re.compile(r"^(.+?)-(\d[\w.+-]*)$")
 MAX_NESTED_BYTES = 64 << 20
 MAX_MEMBERS = 100_000
 
@@ -84,12 +86,16 @@ class JavaArchiveAnalyzer:
         if info.file_size > 1 << 20:
             return []
         fields = _manifest(zf.read(info).decode("utf-8", "replace"))
-        version = fields.get("Implementation-Version") or fields.get("Bundle-Version")
-        group = fields.get("Implementation-Vendor-Id") or ""
-        artifact = fields.get("Implementation-Title") or fields.get("Bundle-SymbolicName") or ""
-        if not artifact:
-            artifact = posixpath.basename(path).rsplit(".", 1)[0].rsplit("-", 1)[0]
-        if not version:
+        # the file name is the most reliable artifact id ("asm-9.2.jar"); titles are prose
+        stem = posixpath.basename(path.rsplit("!/", 1)[-1]).rsplit(".", 1)[0]
+        m = _NAME_VERSION.match(stem)
+        artifact, file_version = (m.group(1), m.group(2)) if m else (stem, "")
+        version = (fields.get("Implementation-Version") or fields.get("Bundle-Version")
+                   or file_version)
+        symbolic = (fields.get("Bundle-SymbolicName") or "").split(";")[0].strip()
+        group = fields.get("Implementation-Vendor-Id") or symbolic
+        if not version.strip() or not artifact:
             return []
-        return [Package(Ecosystem.MAVEN, artifact.split(";")[0].strip(), version, path, layer,
+        # "2.0.8 2003-12-28 11:00:13" (oro): the version is the first word
+        return [Package(Ecosystem.MAVEN, artifact, version.split()[0], path, layer,
                         namespace=group)]

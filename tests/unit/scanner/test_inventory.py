@@ -117,6 +117,10 @@ def test_java_archives(tmp_path: Path) -> None:
         "app/lib/plain.jar": rootfs.jar({"META-INF/MANIFEST.MF":
             b"Manifest-Version: 1.0\nImplementation-Title: plain\n"
             b"Implementation-Version: 3.1\nImplementation-Vendor-Id: org.example\n"}),
+        "app/lib/asm-9.2.jar": rootfs.jar({"META-INF/MANIFEST.MF":
+            b"Manifest-Version: 1.0\nBundle-SymbolicName: org.objectweb.asm\n"
+            b"Implementation-Title: ASM, a very small and fast Java bytecode manipul\n"
+            b" ation framework\nImplementation-Version: 9.2\nBundle-Version: 9.2.0\n"}),
         "app/app.war": rootfs.jar({"WEB-INF/lib/snakeyaml-1.33.jar": inner}),
         "app/broken.jar": b"not a zip",
     }
@@ -124,6 +128,7 @@ def test_java_archives(tmp_path: Path) -> None:
     assert sorted(p for _, _, _, p in pkgs) == [
         "pkg:maven/com.fasterxml.jackson.core/jackson-databind@2.9.8",
         "pkg:maven/org.example/plain@3.1",
+        "pkg:maven/org.objectweb.asm/asm@9.2",
         "pkg:maven/org.yaml/snakeyaml@1.33",
     ]
 
