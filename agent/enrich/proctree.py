@@ -24,6 +24,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -59,6 +60,9 @@ class Process:
     cgroup_id: int
     comm: str
     exited: bool = False
+    version: int = 0  # bumped on exec: cached JSON of this entry is stale
+    json_cache: dict[str, Any] | None = None
+    json_version: int = -1
 
     def to_json(self) -> dict[str, object]:
         return {"pid": self.pid, "exec_id": self.exec_id, "binary": self.binary}
@@ -201,6 +205,7 @@ class ProcessTree:
             entry = Process(eid, p.pid, ticks(p.start_ns), p.ppid, None, "", (), "", p.uid,
                             p.euid, p.gid, p.cgroup_id, p.comm)
             self._add(entry)
+        entry.version += 1
         entry.binary = ev.binary
         entry.args = ev.args
         entry.cwd = ev.cwd

@@ -6,11 +6,12 @@ sees events promptly and a burst costs one write per batch, not per event.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import IO, Any, Protocol
+
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +25,15 @@ class EventSink(Protocol):
 class JsonLines:
     def __init__(self, target: str, flush_interval: float = 0.2) -> None:
         self.target = target
-        self._f: IO[str] = sys.stdout if target == "-" else open(  # noqa: SIM115
-            target, "a", buffering=1 << 16, encoding="utf-8")
+        self._f: IO[bytes] = sys.stdout.buffer if target == "-" else open(  # noqa: SIM115
+            target, "ab", buffering=1 << 16)
         self.flush_interval = flush_interval
         self._last = time.monotonic()
-        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         self.errors = 0
 
     def write(self, event: dict[str, Any]) -> None:
         try:
-            self._f.write(self._dumps(event) + "\n")
+            self._f.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
         except OSError as err:  # full disk, closed pipe: count and go on
             self.errors += 1
             if self.errors == 1 or self.errors % 10000 == 0:
@@ -53,5 +53,5 @@ class JsonLines:
 
     def close(self) -> None:
         self.flush()
-        if self._f is not sys.stdout:
+        if self._f is not sys.stdout.buffer:
             self._f.close()

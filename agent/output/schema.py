@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.enrich.proctree import Process, ticks
+from agent.enrich.proctree import NS_PER_TICK, Process
 from agent.events.types import (
     EnforceEvent,
     EventType,
@@ -46,6 +46,8 @@ class Clock:
         self.resync = resync
         self._next = 0.0
         self._offset = 0
+        self._last_s = -1
+        self._last_prefix = ""
         self._sync()
 
     def _sync(self) -> None:
@@ -60,7 +62,10 @@ class Clock:
     def iso(self, boot_ns: int) -> str:
         ns = self.wall_ns(boot_ns)
         s, frac = divmod(ns, 1_000_000_000)
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{frac:09d}Z"
+        if s != self._last_s:  # events come in bursts within one second: format it once
+            self._last_s = s
+            self._last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(s))
+        return f"{self._last_prefix}{frac:09d}Z"
 
 
 def access_of(flags: int) -> str:
@@ -89,20 +94,18 @@ class Formatter:
         # from agent/policy/engine.py, which knows which policy holds which slot
         self.enforcement: Callable[[EnforceEvent], dict[str, Any]] | None = None
 
-    def _start_time(self, start_ticks: int) -> str:
-        from agent.enrich.proctree import NS_PER_TICK
-
-        return self.clock.iso(start_ticks * NS_PER_TICK)
-
     def process(self, e: KernelEvent, p: Process) -> dict[str, Any]:
+        """The `process` object: what changes only on exec is built once per exec and
+        cached on the tree entry; per-event fields (thread, credentials) are added."""
+        base = p.json_cache
+        if base is None or p.json_version != p.version:
+            base = {"exec_id": p.exec_id, "binary": p.binary, "args": list(p.args),
+                    "cwd": p.cwd,
+                    "start_time": self.clock.iso(p.start_ticks * NS_PER_TICK)}
+            p.json_cache, p.json_version = base, p.version
         k = e.proc
-        d: dict[str, Any] = {
-            "pid": k.pid, "tid": k.tid, "exec_id": p.exec_id, "binary": p.binary,
-            "args": list(p.args), "cwd": p.cwd, "comm": k.comm, "uid": k.uid, "euid": k.euid,
-            "gid": k.gid, "start_time": self._start_time(ticks(k.start_ns)),
-            "cgroup_id": k.cgroup_id, "mntns": k.mntns,
-        }
-        return d
+        return {"pid": k.pid, "tid": k.tid, **base, "comm": k.comm, "uid": k.uid,
+                "euid": k.euid, "gid": k.gid, "cgroup_id": k.cgroup_id, "mntns": k.mntns}
 
     def event(self, e: KernelEvent, p: Process, parent: Process | None,
               container: dict[str, Any] | None) -> dict[str, Any]:
