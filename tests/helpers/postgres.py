@@ -21,6 +21,20 @@ def pg_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+def ensure_postgresql() -> Path | None:
+    """The PostgreSQL bin directory, installing Debian's ``postgresql`` package first when
+    it is missing and we are root (what .ci/run does up front; this keeps the test
+    self-sufficient on a fresh machine)."""
+    if pg_bindir() is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "postgresql"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True,
+                           timeout=600)
+            subprocess.run(install, env=env, capture_output=True, timeout=600)
+    return pg_bindir()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine
 
 from controlplane.store import db
-from tests.helpers.postgres import create_database, pg_bindir, postgres_server
+from tests.helpers.postgres import create_database, ensure_postgresql, postgres_server
 from tests.unit.controlplane.conftest import signer, store  # noqa: F401
 from tests.unit.controlplane.test_store import (  # noqa: F401
     test_concurrent_writers_store_each_event_once,
@@ -20,12 +20,13 @@ from tests.unit.controlplane.test_store import (  # noqa: F401
     test_versions_rollback_delete_and_audit,
 )
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(pg_bindir() is None, reason="postgresql not installed")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
+    if ensure_postgresql() is None:
+        pytest.skip("PostgreSQL is not installed and could not be installed")
     with postgres_server() as url:
         yield url
 

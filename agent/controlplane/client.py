@@ -1,0 +1,353 @@
+"""The agent's connection to the control plane.
+
+    client = ControlPlaneClient("server:7443", "/var/lib/moray-agent", on_policy,
+                                token="moray-enroll-...", ca_pem=Path("ca.pem").read_bytes())
+    client.start()          # re-applies the last verified policies, then connects
+    client.send(event)      # durable in the spool when it returns True
+    client.stop()
+
+Threads (all started by ``start``, all ended by ``stop``):
+- ``cp-policy``: enrols if there is no identity yet, then holds the policy stream open:
+  sends a hello with the versions held, verifies each pushed policy (signature, then
+  version floor), calls ``on_policy``, records it on disk, acknowledges it. Reconnects
+  with capped backoff; a refusal (unknown or revoked certificate) is logged as an error.
+- ``cp-events``: sends spooled events in order, one batch in flight, and commits the
+  spool only after the server's ack (so a cut connection resends, never skips).
+- ``cp-heartbeat``: agent status every ``heartbeat_interval`` seconds.
+
+``on_policy`` runs on the policy thread; it must apply the policy (or the removal, when
+``policy.removed``) through the enforcement pipeline and return an ``ApplyResult``. It is
+also called at ``start`` for each cached policy, before any connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agent.controlplane.identity import EnrollmentError, Identity, enroll, load_identity
+from agent.controlplane.policies import (
+    ApplyResult,
+    PolicyCache,
+    PolicyRejected,
+    PolicyVerifier,
+    VerifiedPolicy,
+)
+from agent.controlplane.spool import EventSpool
+from controlplane.proto import moray_pb2, moray_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+OnPolicy = Callable[[VerifiedPolicy], ApplyResult]
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+_CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 2_000)]
+
+
+def _enroll_target(server: str, port: int = 7444) -> str:
+    host = server.rsplit(":", 1)[0] if ":" in server else server
+    return f"{host}:{port}"
+
+
+class ControlPlaneClient:
+    def __init__(self, server: str, data_dir: str | os.PathLike[str], on_policy: OnPolicy, *,
+                 token: str | None = None, ca_pem: bytes | None = None,
+                 enroll_server: str | None = None, labels: Mapping[str, str] | None = None,
+                 hostname: str | None = None, server_name: str | None = None,
+                 status: Callable[[], Mapping[str, Any]] | None = None,
+                 spool_max_bytes: int = 256 << 20, batch_size: int = 500,
+                 heartbeat_interval: float = 10.0, max_backoff: float = 2.0) -> None:
+        self.server = server
+        self.data_dir = Path(data_dir)
+        self.on_policy = on_policy
+        self.token, self.ca_pem = token, ca_pem
+        self.enroll_server = enroll_server or _enroll_target(server)
+        self.labels = dict(labels or {})
+        self.hostname, self.server_name = hostname, server_name
+        self.status_provider = status
+        self.batch_size = batch_size
+        self.heartbeat_interval = heartbeat_interval
+        self.max_backoff = max_backoff
+        self.spool = EventSpool(self.data_dir / "spool", max_bytes=spool_max_bytes)
+        self.cache = PolicyCache(self.data_dir / "policies")
+        self.identity: Identity | None = load_identity(self.data_dir / "identity")
+        self.verifier: PolicyVerifier | None = None
+        self.rejected = 0                   # policies refused (signature or replay)
+        self.refused: str | None = None     # set while the server refuses this agent
+        self.tiers: dict[str, dict[str, str]] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._calls: set[grpc.Call] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._channel: grpc.Channel | None = None
+        self._batch_id = 0
+
+    # -- public API ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Apply the cached verified policies, then connect in the background."""
+        if self.identity is not None:
+            self._use_identity(self.identity)
+            for policy in self.cache.load(self._verifier()):
+                result = self._apply(policy)
+                log.info("re-applied cached policy", extra={
+                    "policy": policy.name, "version": policy.version, "ok": result.ok})
+        for name, target in (("cp-policy", self._policy_loop), ("cp-events", self._event_loop),
+                             ("cp-heartbeat", self._heartbeat_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            for call in list(self._calls):
+                call.cancel()
+        for thread in self._threads:
+            thread.join(timeout)
+        if self._channel is not None:
+            self._channel.close()
+        self.spool.close()
+
+    def send(self, event: Mapping[str, Any]) -> bool:
+        """Spool one event (fsync'd); False when the spool is full (counted, logged)."""
+        return self.send_many([event]) == 1
+
+    def send_many(self, events: list[Mapping[str, Any]]) -> int:
+        """Spool events with one fsync; returns how many were accepted. Each event gets an
+        ``id`` (kept when it has one): the server stores each id once."""
+        now_ms = int(time.time() * 1000)
+        records = []
+        for event in events:
+            event_id = str(event.get("id") or uuid.uuid4().hex)
+            records.append({"id": event_id, "t": now_ms, "type": str(event.get("type", "")),
+                            "event": {**event, "id": event_id}})
+        return self.spool.append(records)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    # -- identity and channel ------------------------------------------------------------
+
+    def _use_identity(self, identity: Identity) -> None:
+        self.identity = identity
+        self.verifier = PolicyVerifier(identity.policy_public_key, identity.agent_id)
+        options = list(_CHANNEL_OPTIONS)
+        if self.server_name:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        self._channel = grpc.secure_channel(self.server, identity.channel_credentials(),
+                                            options=options)
+
+    def _verifier(self) -> PolicyVerifier:
+        assert self.verifier is not None
+        return self.verifier
+
+    def _ensure_identity(self) -> bool:
+        if self.identity is not None:
+            return True
+        if not self.token or not self.ca_pem:
+            log.error("no identity and no enrolment token/CA: cannot connect",
+                      extra={"data_dir": str(self.data_dir)})
+            self._stop.wait(self.max_backoff)
+            return False
+        try:
+            identity = enroll(self.enroll_server, self.token, self.ca_pem,
+                              self.data_dir / "identity", labels=self.labels,
+                              hostname=self.hostname, server_name=self.server_name)
+        except EnrollmentError as err:
+            log.warning("enrolment failed; retrying", extra={"error": str(err)})
+            self._stop.wait(self.max_backoff)
+            return False
+        self._use_identity(identity)
+        return True
+
+    def _wait_identity(self) -> bool:
+        while not self._stop.is_set():
+            if self._channel is not None:
+                return True
+            self._stop.wait(0.1)
+        return False
+
+    def _backoff(self, attempt: int) -> None:
+        self._stop.wait(min(self.max_backoff, 0.1 * (2 ** min(attempt, 6))))
+
+    def _note_error(self, where: str, err: grpc.RpcError) -> None:
+        code = err.code() if hasattr(err, "code") else None
+        if code in _REFUSED:
+            if self.refused is None:
+                log.error("control plane refused this agent", extra={
+                    "where": where, "code": code.name if code else "", "details": err.details()})
+            self.refused = f"{code.name if code else ''}: {err.details()}"
+        elif code != grpc.StatusCode.CANCELLED or not self._stop.is_set():
+            log.info("control plane stream ended", extra={
+                "where": where, "code": code.name if code else str(err)})
+
+    def _track(self, call: Any) -> None:
+        with self._lock:
+            self._calls.add(call)
+        if self._stop.is_set():
+            call.cancel()
+
+    def _untrack(self, call: Any) -> None:
+        with self._lock:
+            self._calls.discard(call)
+
+    # -- policies ------------------------------------------------------------------------
+
+    def _apply(self, policy: VerifiedPolicy) -> ApplyResult:
+        try:
+            result = self.on_policy(policy)
+        except Exception as err:   # the pipeline's failure is reported, not fatal here
+            log.exception("on_policy raised", extra={"policy": policy.name})
+            return ApplyResult(ok=False, error=f"{type(err).__name__}: {err}")
+        if result.ok:
+            self.tiers[policy.name] = dict(result.tiers)
+        return result
+
+    def _report_rejection(self, err: PolicyRejected) -> None:
+        self.rejected += 1
+        status = moray_pb2.ApplyStatus.Name(err.status)
+        log.error("rejected a policy from the control plane", extra={
+            "policy": err.name, "version": err.version, "status": status, "reason": err.reason})
+        self.send({"type": "policy_rejected", "policy": err.name, "version": err.version,
+                   "status": status, "reason": err.reason})
+
+    def handle_policy(self, signed: moray_pb2.SignedPolicy) -> moray_pb2.PolicyAck:
+        """Verify, apply and record one pushed policy; returns the acknowledgement."""
+        try:
+            policy = self._verifier().verify(signed.SerializeToString())
+            fresh = self.cache.check(policy)
+        except PolicyRejected as err:
+            self._report_rejection(err)
+            return moray_pb2.PolicyAck(name=err.name, version=err.version, status=err.status,
+                                       error=err.reason)
+        done = moray_pb2.REMOVED if policy.removed else moray_pb2.APPLIED
+        if fresh:
+            result = self._apply(policy)
+            if not result.ok:
+                log.error("enforcement pipeline refused a verified policy", extra={
+                    "policy": policy.name, "version": policy.version, "error": result.error})
+                return moray_pb2.PolicyAck(name=policy.name, version=policy.version,
+                                           status=moray_pb2.FAILED, error=result.error)
+            self.cache.accept(policy)
+            log.info("policy applied", extra={"policy": policy.name, "version": policy.version,
+                                              "removed": policy.removed})
+        tiers = {} if policy.removed else self.tiers.get(policy.name, {})
+        return moray_pb2.PolicyAck(name=policy.name, version=policy.version, status=done,
+                                   tiers=[moray_pb2.RuleTier(rule=r, tier=t)
+                                          for r, t in sorted(tiers.items())])
+
+    def _policy_loop(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            if not self._ensure_identity():
+                continue
+            stub = moray_pb2_grpc.AgentServiceStub(self._channel)
+            requests: queue.Queue[moray_pb2.PolicyStreamRequest | None] = queue.Queue()
+            requests.put(moray_pb2.PolicyStreamRequest(
+                hello=moray_pb2.PolicyHello(versions=self.cache.versions())))
+            call = stub.PolicyStream(iter(requests.get, None))
+            self._track(call)
+            try:
+                for response in call:
+                    attempt = 0
+                    self.refused = None
+                    requests.put(moray_pb2.PolicyStreamRequest(
+                        ack=self.handle_policy(response.policy)))
+                    self._ready.set()
+            except grpc.RpcError as err:
+                self._note_error("policy", err)
+            finally:
+                requests.put(None)
+                self._untrack(call)
+            attempt += 1
+            self._backoff(attempt)
+
+    # -- events --------------------------------------------------------------------------
+
+    @staticmethod
+    def _to_proto(record: Mapping[str, Any]) -> moray_pb2.Event:
+        return moray_pb2.Event(id=record["id"], time_ms=int(record.get("t", 0)),
+                               type=record.get("type", ""),
+                               payload_json=json.dumps(record["event"], default=str,
+                                                       separators=(",", ":")).encode())
+
+    def _event_loop(self) -> None:
+        if not self._wait_identity():
+            return
+        attempt = 0
+        while not self._stop.is_set():
+            if not self.spool.wait(0.5):
+                continue
+            stub = moray_pb2_grpc.AgentServiceStub(self._channel)
+            requests: queue.Queue[moray_pb2.EventBatch | None] = queue.Queue()
+            call = stub.Events(iter(requests.get, None))
+            self._track(call)
+            acks: Iterator[moray_pb2.EventAck] = iter(call)
+            try:
+                while not self._stop.is_set():
+                    records, end = self.spool.read(self.batch_size)
+                    if not records:
+                        self.spool.wait(0.5)
+                        continue
+                    self._batch_id += 1
+                    requests.put(moray_pb2.EventBatch(
+                        batch_id=self._batch_id, events=[self._to_proto(r) for r in records]))
+                    ack = next(acks)
+                    if ack.batch_id != self._batch_id:
+                        log.error("event ack for the wrong batch; resending", extra={
+                            "sent": self._batch_id, "acked": ack.batch_id})
+                        break
+                    self.spool.commit(end, len(records))
+                    attempt = 0
+            except grpc.RpcError as err:
+                self._note_error("events", err)
+            except StopIteration:
+                log.info("event stream closed by the server")
+            finally:
+                requests.put(None)
+                call.cancel()
+                self._untrack(call)
+            attempt += 1
+            self._backoff(attempt)
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def status(self) -> moray_pb2.AgentStatus:
+        extra = dict(self.status_provider() if self.status_provider else {})
+        spool = self.spool.stats()
+        drops = {"spool_full": spool.dropped, "spool_torn": spool.torn,
+                 "policy_rejected": self.rejected,
+                 **{k: int(v) for k, v in dict(extra.get("drops", {})).items()}}
+        return moray_pb2.AgentStatus(
+            kernel=str(extra.get("kernel") or os.uname().release),
+            agent_version=str(extra.get("agent_version", "")),
+            features={k: bool(v) for k, v in dict(extra.get("features", {})).items()},
+            tiers={k: str(v) for k, v in dict(extra.get("tiers", {})).items()},
+            policy_versions=self.cache.versions(), drops=drops,
+            spool_bytes=spool.bytes, spool_records=spool.records)
+
+    def _heartbeat_loop(self) -> None:
+        if not self._wait_identity():
+            return
+        while not self._stop.is_set():
+            stub = moray_pb2_grpc.AgentServiceStub(self._channel)
+            try:
+                stub.Heartbeat(moray_pb2.HeartbeatRequest(status=self.status()),
+                               timeout=max(1.0, self.heartbeat_interval))
+            except grpc.RpcError as err:
+                self._note_error("heartbeat", err)
+            self._stop.wait(self.heartbeat_interval)

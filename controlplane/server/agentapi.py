@@ -1,0 +1,235 @@
+"""The gRPC services agents talk to (contract: controlplane/proto/moray.proto).
+
+- ``EnrollmentService`` (enrolment port, server-side TLS): spends a one-time token, signs
+  the agent's CSR, records the agent.
+- ``AgentServiceImpl`` (agent port, mutual TLS): every call is identified by the client
+  certificate's CN (agent id) *and* its SHA-256, checked against the store; unknown or
+  revoked agents get UNAUTHENTICATED / PERMISSION_DENIED.
+
+Policy stream, per connection: the agent says which versions it enforces (hello); the
+server sends each policy its scope selects whose version differs, and a removal (signed
+for this agent only) for each policy the agent has that is deleted or no longer selected;
+then it waits for a wake-up (hub) or polls, and repeats. Every message is acknowledged by
+the agent, and the acknowledgement is stored.
+
+Event stream: each batch is committed to the store (ids stored once) before its ack is
+sent, so an ack means durable, and a batch without an ack is sent again by the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from controlplane.proto import moray_pb2, moray_pb2_grpc
+from controlplane.server.hub import AgentHub
+from controlplane.server.metrics import ServerMetrics
+from controlplane.server.pki import Pki, PkiError, cert_sha256
+from controlplane.server.policydoc import selects_host
+from controlplane.store.cpstore import AgentRecord, ControlPlaneStore, StoreError
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 2.0
+MAX_BATCH = 10_000
+
+
+class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):
+    def __init__(self, store: ControlPlaneStore, pki: Pki, metrics: ServerMetrics) -> None:
+        self.store, self.pki, self.metrics = store, pki, metrics
+
+    async def Enroll(self, request: moray_pb2.EnrollRequest,
+                     context: grpc.aio.ServicerContext) -> moray_pb2.EnrollResponse:
+        issued: dict[str, Any] = {}
+
+        def issue(agent_id: str) -> tuple[str, str]:
+            cert = self.pki.issue_agent_cert(request.csr_pem, agent_id)
+            issued["pem"] = cert.pem
+            return cert.serial, cert.sha256
+
+        try:
+            agent = await asyncio.to_thread(
+                self.store.enroll_agent, request.token, hostname=request.hostname[:253],
+                labels=dict(request.labels), issue=issue)
+        except (StoreError, PkiError) as err:
+            self.metrics.enrollments.labels("refused").inc()
+            log.warning("enrolment refused", extra={"hostname": request.hostname,
+                                                    "reason": str(err)})
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+            raise AssertionError("unreachable") from err
+        self.metrics.enrollments.labels("ok").inc()
+        log.info("agent enrolled", extra={"agent_id": agent.id, "hostname": agent.hostname})
+        return moray_pb2.EnrollResponse(
+            agent_id=agent.id, certificate_pem=issued["pem"], ca_pem=self.pki.ca_pem,
+            policy_public_key=self.pki.policy_key.public_raw,
+            policy_key_id=self.pki.policy_key.key_id, labels=agent.labels, tenant=agent.tenant)
+
+
+class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):
+    def __init__(self, store: ControlPlaneStore, pki: Pki, hub: AgentHub,
+                 metrics: ServerMetrics, poll_seconds: float = POLL_SECONDS) -> None:
+        self.store, self.pki, self.hub, self.metrics = store, pki, hub, metrics
+        self.poll_seconds = poll_seconds
+
+    async def _identify(self, context: grpc.aio.ServicerContext) -> AgentRecord:
+        auth = context.auth_context()
+        names = auth.get("x509_common_name") or []
+        pems = auth.get("x509_pem_cert") or []
+        if not names or not pems:
+            self.metrics.rpc_refused.labels("no_certificate").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+        agent_id = names[0].decode()
+        agent = await asyncio.to_thread(self.store.agent, agent_id)
+        if agent is None or agent.cert_sha256 != cert_sha256(pems[0]):
+            self.metrics.rpc_refused.labels("unknown").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent certificate")
+            raise AssertionError("unreachable")
+        if agent.revoked_at is not None:
+            self.metrics.rpc_refused.labels("revoked").inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "agent revoked")
+        return agent
+
+    # -- policies ------------------------------------------------------------------------
+
+    def _desired(self, agent_id: str) -> tuple[AgentRecord | None, dict[str, Any]]:
+        agent = self.store.agent(agent_id)
+        if agent is None:
+            return None, {}
+        current = self.store.current_policies(agent.tenant, include_removed=True)
+        return agent, {p.name: p for p in current}
+
+    def _removal(self, agent: AgentRecord, name: str, version: int) -> moray_pb2.SignedPolicy:
+        payload = moray_pb2.PolicyPayload(
+            name=name, tenant=agent.tenant, version=version, removed=True, agent_id=agent.id,
+            issued_at_ms=int(time.time() * 1000)).SerializeToString()
+        return moray_pb2.SignedPolicy(payload=payload, signature=self.pki.policy_key.sign(payload),
+                                      key_id=self.pki.policy_key.key_id)
+
+    async def PolicyStream(self, request_iterator: AsyncIterator[moray_pb2.PolicyStreamRequest],
+                           context: grpc.aio.ServicerContext) -> None:
+        agent = await self._identify(context)
+        first = await context.read()
+        if first is grpc.aio.EOF or not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
+        known: dict[str, int] = dict(first.hello.versions)
+        pending: dict[tuple[str, int], float] = {}   # (name, version) -> issued_at
+        handle = self.hub.open(agent.id)
+        self.metrics.agents_connected.set(len(self.hub.streams))
+        log.info("policy stream open", extra={"agent_id": agent.id, "versions": known})
+
+        async def read_acks() -> None:
+            while True:
+                msg = await context.read()
+                if msg is grpc.aio.EOF:
+                    return
+                if not msg.HasField("ack"):
+                    continue
+                ack = msg.ack
+                status = moray_pb2.ApplyStatus.Name(ack.status)
+                self.metrics.policy_acks.labels(status).inc()
+                issued = pending.pop((ack.name, ack.version), None)
+                self.metrics.policy_pushes_pending.dec() if issued is not None else None
+                if issued is not None and status in ("APPLIED", "REMOVED"):
+                    self.metrics.policy_push_latency.observe(max(0.0, time.time() - issued))
+                if status not in ("APPLIED", "REMOVED"):
+                    log.warning("agent rejected a policy", extra={
+                        "agent_id": agent.id, "policy": ack.name, "version": ack.version,
+                        "status": status, "error": ack.error})
+                await asyncio.to_thread(self.store.record_ack, agent.id, ack.name,
+                                        ack.version, status, ack.error,
+                                        {t.rule: t.tier for t in ack.tiers})
+
+        reader = asyncio.create_task(read_acks())
+        generation = -1
+        try:
+            while not reader.done():
+                handle.wake.clear()
+                if handle.revoked:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "agent revoked")
+                generation = await asyncio.to_thread(self.store.policy_generation)
+                fresh, policies = await asyncio.to_thread(self._desired, agent.id)
+                if fresh is None or fresh.revoked_at is not None:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "agent revoked")
+                    return
+                for name, record in policies.items():
+                    wanted = not record.removed and selects_host(record.document, fresh.labels)
+                    if wanted and known.get(name) != record.version:
+                        version, message = record.version, record.signed()
+                        known[name] = record.version
+                    elif not wanted and name in known:
+                        version = max(record.version, known.pop(name))
+                        message = self._removal(fresh, name, version)
+                    else:
+                        continue
+                    await context.write(moray_pb2.PolicyStreamResponse(policy=message))
+                    pending[(name, version)] = record.created_at
+                    self.metrics.policy_pushes_pending.inc()
+                for name in [n for n in known if n not in policies]:
+                    # a policy the agent has that this tenant never had: remove it
+                    await context.write(moray_pb2.PolicyStreamResponse(
+                        policy=self._removal(fresh, name, known.pop(name))))
+                while True:
+                    waker = asyncio.create_task(handle.wake.wait())
+                    done, _ = await asyncio.wait({waker, reader}, timeout=self.poll_seconds,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    waker.cancel()
+                    if done:
+                        break
+                    # timed out: poll the generation (another process may have written)
+                    if await asyncio.to_thread(self.store.policy_generation) != generation:
+                        break
+            await reader
+        finally:
+            reader.cancel()
+            self.metrics.policy_pushes_pending.dec(len(pending))
+            self.hub.close(handle)
+            self.metrics.agents_connected.set(len(self.hub.streams))
+            log.info("policy stream closed", extra={"agent_id": agent.id})
+
+    # -- events --------------------------------------------------------------------------
+
+    async def Events(self, request_iterator: AsyncIterator[moray_pb2.EventBatch],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[moray_pb2.EventAck]:
+        agent = await self._identify(context)
+        async for batch in request_iterator:
+            if len(batch.events) > MAX_BATCH:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"batch larger than {MAX_BATCH} events")
+            rows = [(e.id, e.time_ms, e.type or "unknown",
+                     e.payload_json.decode("utf-8", "replace") or "{}")
+                    for e in batch.events if e.id]
+            self.metrics.event_batches_inflight.inc()
+            try:
+                result = await asyncio.to_thread(self.store.insert_events, agent.id,
+                                                 agent.tenant, rows)
+            finally:
+                self.metrics.event_batches_inflight.dec()
+            self.metrics.events_ingested.inc(result.stored)
+            self.metrics.events_duplicate.inc(result.duplicates)
+            yield moray_pb2.EventAck(batch_id=batch.batch_id, stored=result.stored,
+                                     duplicates=result.duplicates)
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    async def Heartbeat(self, request: moray_pb2.HeartbeatRequest,
+                        context: grpc.aio.ServicerContext) -> moray_pb2.HeartbeatResponse:
+        agent = await self._identify(context)
+        st = request.status
+        status: dict[str, Any] = {
+            "kernel": st.kernel, "agent_version": st.agent_version,
+            "features": dict(st.features), "tiers": dict(st.tiers),
+            "policy_versions": dict(st.policy_versions), "drops": dict(st.drops),
+            "spool_bytes": st.spool_bytes, "spool_records": st.spool_records,
+            "received_at": time.time()}
+        await asyncio.to_thread(self.store.heartbeat, agent.id, status)
+        return moray_pb2.HeartbeatResponse(server_time_ms=int(time.time() * 1000))
+
+
+def json_payload(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), default=str).encode()

@@ -1,0 +1,300 @@
+"""The `moray` CLI's commands that talk to the control plane's REST API:
+
+    moray policy apply FILE...         moray agents list
+    moray policy list                  moray agents revoke AGENT_ID
+    moray policy history NAME          moray agents token [--label k=v] [--tenant T]
+    moray policy rollback NAME VERSION moray events query [--agent ID] [--type T]
+    moray policy delete NAME           moray events follow [--agent ID] [--type T]
+    moray audit                        moray tokens create NAME ROLE
+
+Server: ``--server`` or ``$MORAY_SERVER`` (default http://127.0.0.1:7080). Token:
+``--token``, ``$MORAY_TOKEN``, or ``$MORAY_DATA_DIR/admin.token`` when readable (the
+server writes the first admin token there). Exit codes: 0 done, 1 the server refused
+(the message names the file, line and field for a bad policy), 3 server unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+GROUPS = ("policy", "agents", "events", "audit", "tokens")
+DEFAULT_SERVER = "http://127.0.0.1:7080"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        self.status, self.body = status, body
+        message = body.get("error") or body.get("detail") if isinstance(body, dict) else body
+        super().__init__(f"HTTP {status}: {message}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=None, help="REST API base URL ($MORAY_SERVER)")
+    p.add_argument("--token", default=None, help="API token ($MORAY_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def register(sub: Any) -> None:
+    """Add the API command groups to the `moray` parser's subparsers."""
+    pol = sub.add_parser("policy", help="runtime policies on the control plane")
+    psub = pol.add_subparsers(dest="command", required=True)
+    a = psub.add_parser("apply", help="store policy files as new versions")
+    a.add_argument("files", type=Path, nargs="+")
+    a.add_argument("--comment", default="")
+    ls = psub.add_parser("list", help="current policies")
+    ls.add_argument("--tenant", default=None)
+    h = psub.add_parser("history", help="every version of a policy")
+    h.add_argument("name")
+    rb = psub.add_parser("rollback", help="make an earlier version current (as a new version)")
+    rb.add_argument("name")
+    rb.add_argument("version", type=int)
+    rb.add_argument("--comment", default="")
+    d = psub.add_parser("delete", help="remove a policy from every agent")
+    d.add_argument("name")
+    for p in (a, ls, h, rb, d):
+        _common(p)
+    for p in (h, rb, d):
+        p.add_argument("--tenant", default="default")
+
+    ag = sub.add_parser("agents", help="enrolled agents")
+    asub = ag.add_subparsers(dest="command", required=True)
+    al = asub.add_parser("list", help="agents, their status and policy versions")
+    al.add_argument("--tenant", default=None)
+    ar = asub.add_parser("revoke", help="refuse an agent from now on")
+    ar.add_argument("agent_id")
+    at = asub.add_parser("token", help="create a one-time enrolment token")
+    at.add_argument("--tenant", default="default")
+    at.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    at.add_argument("--ttl", type=float, default=86400.0, help="seconds (default one day)")
+    for p in (al, ar, at):
+        _common(p)
+
+    ev = sub.add_parser("events", help="events the agents reported")
+    esub = ev.add_subparsers(dest="command", required=True)
+    for name, text in (("query", "print stored events"), ("follow", "print new events")):
+        p = esub.add_parser(name, help=text)
+        p.add_argument("--agent", default=None)
+        p.add_argument("--type", default=None)
+        p.add_argument("--after", type=int, default=0, help="events with seq > AFTER")
+        p.add_argument("--limit", type=int, default=100)
+        _common(p)
+        if name == "follow":
+            p.add_argument("--interval", type=float, default=1.0)
+            p.add_argument("--max", type=int, default=0, help="stop after N events")
+            p.add_argument("--timeout", type=float, default=0, help="stop after N seconds")
+
+    au = sub.add_parser("audit", help="who changed what and when")
+    au.add_argument("--after", type=int, default=0)
+    au.add_argument("--limit", type=int, default=100)
+    _common(au)
+
+    tk = sub.add_parser("tokens", help="API tokens")
+    tsub = tk.add_subparsers(dest="command", required=True)
+    tc = tsub.add_parser("create", help="create an API token with a role")
+    tc.add_argument("name")
+    tc.add_argument("role", choices=("admin", "operator", "auditor", "viewer"))
+    _common(tc)
+
+
+def _token(explicit: str | None) -> str | None:
+    if explicit or os.environ.get("MORAY_TOKEN"):
+        return explicit or os.environ["MORAY_TOKEN"]
+    path = Path(os.environ.get("MORAY_DATA_DIR") or "/var/lib/moray") / "admin.token"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+class Api:
+    def __init__(self, server: str | None, token: str | None) -> None:
+        base = server or os.environ.get("MORAY_SERVER") or DEFAULT_SERVER
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=30)
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        response = self.http.request(method, "/api/v1" + path, **kw)
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body)
+        return body
+
+
+def _out(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"moray: --label wants KEY=VALUE, not {pair!r}")
+        out[key] = value
+    return out
+
+
+def _policy(api: Api, args: argparse.Namespace) -> int:
+    if args.command == "apply":
+        failed = 0
+        for path in args.files:
+            try:
+                r = api.call("POST", "/policies", json={
+                    "content": path.read_text(), "source": str(path), "comment": args.comment})
+            except ApiError as err:
+                failed += 1
+                body = err.body if isinstance(err.body, dict) else {}
+                sys.stderr.write(f"moray: {body.get('error') or err}\n")
+                continue
+            if args.json:
+                _out(r)
+            else:
+                state = "applied" if r["changed"] else "unchanged"
+                sys.stdout.write(f"{r['tenant']}/{r['name']}: version {r['version']} "
+                                 f"({state})\n")
+        return 1 if failed else 0
+    if args.command == "list":
+        rows = api.call("GET", "/policies", params={"tenant": args.tenant} if args.tenant
+                        else {})
+        if args.json:
+            _out(rows)
+            return 0
+        sys.stdout.write(f"{'TENANT':12} {'NAME':28} {'VERSION':>7}  {'UPDATED':19}  AUTHOR\n")
+        for r in rows:
+            sys.stdout.write(f"{r['tenant']:12} {r['name']:28} {r['version']:>7}  "
+                             f"{_when(r['created_at']):19}  {r['author']}\n")
+        return 0
+    if args.command == "history":
+        rows = api.call("GET", f"/policies/{args.name}/history",
+                        params={"tenant": args.tenant})
+        if args.json:
+            _out(rows)
+            return 0
+        for r in rows:
+            sys.stdout.write(f"v{r['version']:<4} {r['action']:9} {_when(r['created_at'])}  "
+                             f"{r['author']:24} {r['sha256'][:12]}  {r['comment'] or r['source']}\n")
+        return 0
+    if args.command == "rollback":
+        r = api.call("POST", f"/policies/{args.name}/rollback", params={"tenant": args.tenant},
+                     json={"version": args.version, "comment": args.comment})
+        if args.json:
+            _out(r)
+        else:
+            sys.stdout.write(f"{r['tenant']}/{r['name']}: version {r['version']} "
+                             f"(rollback to v{args.version})\n")
+        return 0
+    r = api.call("DELETE", f"/policies/{args.name}", params={"tenant": args.tenant})
+    if args.json:
+        _out(r)
+    else:
+        sys.stdout.write(f"{r['tenant']}/{r['name']}: deleted (version {r['version']})\n")
+    return 0
+
+
+def _agents(api: Api, args: argparse.Namespace) -> int:
+    if args.command == "list":
+        rows = api.call("GET", "/agents", params={"tenant": args.tenant} if args.tenant else {})
+        if args.json:
+            _out(rows)
+            return 0
+        sys.stdout.write(f"{'AGENT':32} {'HOST':20} {'STATE':9} {'LAST SEEN':19}  "
+                         f"LABELS / POLICIES\n")
+        for r in rows:
+            state = "revoked" if r["revoked"] else ("online" if r["connected"] else "offline")
+            labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
+            pols = ",".join(f"{n}@v{p['version']}:{p['status']}"
+                            for n, p in sorted(r["policies"].items()))
+            sys.stdout.write(f"{r['id']:32} {r['hostname'][:20]:20} {state:9} "
+                             f"{_when(r['last_seen']):19}  {labels} {pols}\n")
+        return 0
+    if args.command == "revoke":
+        r = api.call("POST", f"/agents/{args.agent_id}/revoke")
+        _out(r) if args.json else sys.stdout.write(f"revoked {r['id']}\n")
+        return 0
+    r = api.call("POST", "/enrollment-tokens", json={
+        "tenant": args.tenant, "labels": _labels(args.label), "ttl_seconds": args.ttl})
+    _out(r) if args.json else sys.stdout.write(r["token"] + "\n")
+    return 0
+
+
+def _print_events(rows: list[dict[str, Any]], as_json: bool) -> None:
+    for r in rows:
+        if as_json:
+            sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")
+        else:
+            ev = r["event"]
+            sys.stdout.write(f"{r['seq']:>8} {_when(r['time_ms'] / 1000)} {r['agent_id'][:12]} "
+                             f"{r['type']:10} {json.dumps(ev, sort_keys=True)[:160]}\n")
+    sys.stdout.flush()
+
+
+def _events(api: Api, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"after": args.after, "limit": args.limit}
+    for key in ("agent", "type"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    if args.command == "query":
+        _print_events(api.call("GET", "/events", params=params), args.json)
+        return 0
+    seen = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    while True:
+        rows = api.call("GET", "/events", params=params)
+        if args.max:
+            rows = rows[: args.max - seen]
+        _print_events(rows, args.json)
+        seen += len(rows)
+        if rows:
+            params["after"] = rows[-1]["seq"]
+        if (args.max and seen >= args.max) or (deadline and time.monotonic() > deadline):
+            return 0
+        if len(rows) < args.limit:
+            time.sleep(args.interval)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a command of one of ``GROUPS``; returns the exit code."""
+    api = Api(args.server, _token(args.token))
+    try:
+        if args.group == "policy":
+            return _policy(api, args)
+        if args.group == "agents":
+            return _agents(api, args)
+        if args.group == "events":
+            return _events(api, args)
+        if args.group == "audit":
+            rows = api.call("GET", "/audit", params={"after": args.after, "limit": args.limit})
+            if args.json:
+                _out(rows)
+            else:
+                for r in rows:
+                    sys.stdout.write(f"{r['id']:>6} {_when(r['at'])} {r['actor']:28} "
+                                     f"{r['action']:20} {r['target']} "
+                                     f"{json.dumps(r['detail'], sort_keys=True)}\n")
+            return 0
+        r = api.call("POST", "/tokens", json={"name": args.name, "role": args.role})
+        _out(r) if args.json else sys.stdout.write(r["token"] + "\n")
+        return 0
+    except ApiError as err:
+        sys.stderr.write(f"moray: {err}\n")
+        return 1
+    except httpx.TransportError as err:
+        sys.stderr.write(f"moray: cannot reach the server at {api.http.base_url}: {err}\n")
+        return 3
+    except KeyboardInterrupt:
+        return 130

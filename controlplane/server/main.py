@@ -1,0 +1,170 @@
+"""``moray-server``: start-up as named steps, one asyncio loop for gRPC and HTTP.
+
+    moray-server                       # SQLite under $MORAY_DATA_DIR (/var/lib/moray)
+    moray-server --database-url postgresql://moray@db/moray
+
+Listens on 7443 (agents, mutual TLS), 7444 (enrolment, TLS + one-time token) and 7080
+(REST API, /openapi.json, /metrics). On first start it creates the CA and keys under
+``<data dir>/pki`` and an admin API token in ``<data dir>/admin.token`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import uvicorn
+
+from controlplane.proto import moray_pb2_grpc
+from controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
+from controlplane.server.hub import AgentHub
+from controlplane.server.metrics import ServerMetrics
+from controlplane.server.pki import Pki
+from controlplane.server.rest import create_app
+from controlplane.store import db
+from controlplane.store.cpstore import ControlPlaneStore
+
+log = logging.getLogger(__name__)
+
+GRPC_PORT = 7443
+ENROLL_PORT = 7444
+HTTP_PORT = 7080
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path
+    database_url: str | None = None
+    host: str = "0.0.0.0"
+    grpc_port: int = GRPC_PORT
+    enroll_port: int = ENROLL_PORT
+    http_port: int = HTTP_PORT
+    names: list[str] = field(default_factory=list)
+    poll_seconds: float = POLL_SECONDS
+
+
+class _Formatter(logging.Formatter):
+    """``time level logger message key=value ...``: the structured ``extra`` fields."""
+
+    _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message",
+                                                                         "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extra = " ".join(f"{k}={v!r}" for k, v in vars(record).items() if k not in self._STD)
+        return f"{base} {extra}" if extra else base
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def bootstrap_admin_token(store: ControlPlaneStore, data_dir: Path) -> None:
+    """On a store with no API token, create an admin token and write it where only root
+    can read it; the `moray` CLI finds it there."""
+    if store.has_api_tokens():
+        return
+    token = store.create_api_token("bootstrap-admin", "admin", author="moray-server")
+    path = data_dir / "admin.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.warning("created the first admin API token", extra={"path": str(path)})
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # step: open_store
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = db.make_engine(db.database_url(config.database_url, config.data_dir))
+    db.migrate(engine)
+    store = ControlPlaneStore(engine)
+    # step: load_keys
+    pki = Pki.load_or_create(config.data_dir / "pki", config.names)
+    bootstrap_admin_token(store, config.data_dir)
+    metrics = ServerMetrics()
+    hub = AgentHub(loop)
+    # step: start_grpc
+    server = grpc.aio.server(options=[("grpc.keepalive_time_ms", 20_000),
+                                      ("grpc.keepalive_timeout_ms", 10_000),
+                                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                                      ("grpc.keepalive_permit_without_calls", 1)])
+    moray_pb2_grpc.add_EnrollmentServicer_to_server(
+        EnrollmentService(store, pki, metrics), server)
+    moray_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentServiceImpl(store, pki, hub, metrics, config.poll_seconds), server)
+    key_pair = [(pki.server_key_pem, pki.server_cert_pem)]
+    server.add_secure_port(f"{config.host}:{config.grpc_port}", grpc.ssl_server_credentials(
+        key_pair, root_certificates=pki.ca_pem, require_client_auth=True))
+    server.add_secure_port(f"{config.host}:{config.enroll_port}",
+                           grpc.ssl_server_credentials(key_pair))
+    await server.start()
+    # step: start_http
+    app = create_app(store, hub, pki, metrics, grpc_port=config.grpc_port,
+                     enroll_port=config.enroll_port)
+    http = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.http_port,
+                                         log_config=None, lifespan="off", access_log=False))
+    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    http_task = asyncio.create_task(http.serve())
+    log.info("moray-server ready", extra={
+        "grpc": config.grpc_port, "enroll": config.enroll_port, "http": config.http_port,
+        "database": engine.url.render_as_string(), "data_dir": str(config.data_dir)})
+    # step: serve
+    try:
+        await asyncio.wait({http_task, asyncio.create_task(stop.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        http.should_exit = True
+        await server.stop(grace=2)
+        await asyncio.wait_for(http_task, 10)
+        engine.dispose()
+        log.info("moray-server stopped")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="moray-server", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=None,
+                   help="state directory (default $MORAY_DATA_DIR or /var/lib/moray)")
+    p.add_argument("--database-url", default=None,
+                   help="SQLAlchemy URL (default $MORAY_DATABASE_URL or SQLite in the data dir)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
+    p.add_argument("--enroll-port", type=int, default=ENROLL_PORT)
+    p.add_argument("--http-port", type=int, default=HTTP_PORT)
+    p.add_argument("--name", action="append", default=[],
+                   help="extra DNS name or IP for the server certificate (repeatable)")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    config = ServerConfig(data_dir=db.data_dir(args.data_dir), database_url=args.database_url,
+                          host=args.host, grpc_port=args.grpc_port,
+                          enroll_port=args.enroll_port, http_port=args.http_port,
+                          names=args.name)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

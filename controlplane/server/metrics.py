@@ -1,0 +1,38 @@
+"""The server's Prometheus metrics (served at /metrics on the HTTP port). Label sets are
+closed: statuses and RPC names, never agent ids."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.agents_connected = Gauge("moray_agents_connected",
+                                      "Agents with an open policy stream", registry=r)
+        self.policy_push_latency = Histogram(
+            "moray_policy_push_latency_seconds",
+            "From a policy version's creation to an agent's acknowledgement",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.policy_acks = Counter("moray_policy_acks_total", "Policy acknowledgements",
+                                   ["status"], registry=r)
+        self.policy_pushes_pending = Gauge(
+            "moray_policy_pushes_pending", "Policy messages sent and not yet acknowledged",
+            registry=r)
+        self.events_ingested = Counter("moray_events_ingested_total",
+                                       "Events stored (first delivery)", registry=r)
+        self.events_duplicate = Counter(
+            "moray_events_duplicate_total",
+            "Events received again after a replay and not stored twice", registry=r)
+        self.event_batches_inflight = Gauge(
+            "moray_event_batches_inflight", "Event batches received and not yet committed",
+            registry=r)
+        self.rpc_refused = Counter("moray_agent_rpc_refused_total",
+                                   "Agent RPCs refused (unknown or revoked identity)",
+                                   ["reason"], registry=r)
+        self.enrollments = Counter("moray_enrollments_total", "Enrolment attempts",
+                                   ["result"], registry=r)
+        self.http_requests = Counter("moray_http_requests_total", "REST requests",
+                                     ["method", "status"], registry=r)

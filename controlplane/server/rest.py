@@ -1,0 +1,280 @@
+"""The REST API for people and pipelines (FastAPI; the OpenAPI document is /openapi.json).
+
+Every endpoint under /api/v1 takes a bearer token and checks its role against the
+endpoint's allowed set (``ACCESS`` below is the whole matrix; the tests walk it). Writes
+go through the store, which audits them in the same transaction, and wake the agents'
+policy streams through the hub. /metrics (Prometheus), /healthz, /ca.pem and
+/openapi.json need no token.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at
+# definition time, and they refer to closures (``require``) in ``create_app``.
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from controlplane.server.hub import AgentHub
+from controlplane.server.metrics import ServerMetrics
+from controlplane.server.pki import Pki
+from controlplane.server.policydoc import DEFAULT_TENANT, PolicyError, parse_policy
+from controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
+
+log = logging.getLogger(__name__)
+
+READ = frozenset(ROLES)
+WRITE = frozenset({"admin", "operator"})
+ADMIN = frozenset({"admin"})
+AUDIT = frozenset({"admin", "auditor"})
+
+# (method, path) -> roles allowed. The single source of truth for authorization.
+ACCESS: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/api/v1/whoami"): READ,
+    ("GET", "/api/v1/policies"): READ,
+    ("POST", "/api/v1/policies"): WRITE,
+    ("GET", "/api/v1/policies/{name}"): READ,
+    ("DELETE", "/api/v1/policies/{name}"): WRITE,
+    ("GET", "/api/v1/policies/{name}/history"): READ,
+    ("POST", "/api/v1/policies/{name}/rollback"): WRITE,
+    ("GET", "/api/v1/agents"): READ,
+    ("GET", "/api/v1/agents/{agent_id}"): READ,
+    ("PUT", "/api/v1/agents/{agent_id}/labels"): WRITE,
+    ("POST", "/api/v1/agents/{agent_id}/revoke"): ADMIN,
+    ("POST", "/api/v1/enrollment-tokens"): ADMIN,
+    ("GET", "/api/v1/events"): READ,
+    ("GET", "/api/v1/audit"): AUDIT,
+    ("POST", "/api/v1/tokens"): ADMIN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: str
+
+    @property
+    def actor(self) -> str:
+        return f"{self.role}:{self.name}"
+
+
+class PolicyIn(BaseModel):
+    content: str = Field(description="the policy document, YAML or JSON")
+    source: str = Field("<api>", description="file name, used in error messages and history")
+    comment: str = ""
+
+
+class RollbackIn(BaseModel):
+    version: int = Field(ge=1)
+    comment: str = ""
+
+
+class LabelsIn(BaseModel):
+    labels: dict[str, str]
+
+
+class EnrollmentTokenIn(BaseModel):
+    tenant: str = DEFAULT_TENANT
+    labels: dict[str, str] = {}
+    ttl_seconds: float = Field(86400.0, gt=0, le=30 * 86400)
+
+
+class ApiTokenIn(BaseModel):
+    name: str = Field(min_length=1, max_length=253)
+    role: str
+
+
+def create_app(store: ControlPlaneStore, hub: AgentHub | None, pki: Pki,
+               metrics: ServerMetrics, *, grpc_port: int = 7443,
+               enroll_port: int = 7444) -> FastAPI:
+    app = FastAPI(title="moray control plane", version="1",
+                  description="Policies, agents, events and audit log of moray.")
+    bearer = HTTPBearer(auto_error=False)
+    signer = pki.policy_key
+
+    def notify() -> None:
+        if hub is not None:
+            hub.notify()
+
+    def require(method: str, path: str) -> Callable[..., Principal]:
+        allowed = ACCESS[(method, path)]
+
+        def check(creds: Annotated[HTTPAuthorizationCredentials | None,
+                                   Depends(bearer)]) -> Principal:
+            if creds is None:
+                raise HTTPException(401, "missing bearer token",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            found = store.authenticate(creds.credentials)
+            if found is None:
+                raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+            principal = Principal(*found)
+            if principal.role not in allowed:
+                raise HTTPException(403, f"role {principal.role!r} may not {method} {path}")
+            return principal
+
+        return check
+
+    @app.exception_handler(StoreError)
+    async def store_error(_request: Request, err: StoreError) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=err.status)
+
+    @app.exception_handler(PolicyError)
+    async def policy_error(_request: Request, err: PolicyError) -> JSONResponse:
+        return JSONResponse(err.as_dict(), status_code=422)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[..., Any]) -> Response:
+        response: Response = await call_next(request)
+        metrics.http_requests.labels(request.method, str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "grpc_port": grpc_port, "enroll_port": enroll_port}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/ca.pem", include_in_schema=False)
+    def ca_pem() -> Response:
+        return Response(pki.ca_pem, media_type="application/x-pem-file")
+
+    P = "/api/v1"
+
+    @app.get(P + "/whoami")
+    def whoami(who: Annotated[Principal, Depends(require("GET", P + "/whoami"))]
+               ) -> dict[str, str]:
+        return {"name": who.name, "role": who.role}
+
+    @app.get(P + "/policies")
+    def list_policies(_: Annotated[Principal, Depends(require("GET", P + "/policies"))],
+                      tenant: str | None = None) -> list[dict[str, Any]]:
+        return [p.summary() for p in store.current_policies(tenant)]
+
+    @app.post(P + "/policies", status_code=200)
+    def apply_policy(body: PolicyIn,
+                     who: Annotated[Principal, Depends(require("POST", P + "/policies"))],
+                     response: Response) -> dict[str, Any]:
+        parsed = parse_policy(body.content, body.source)
+        record, changed = store.apply_policy(parsed.tenant, parsed.name, parsed.document,
+                                             author=who.actor, signer=signer,
+                                             source=body.source, comment=body.comment)
+        if changed:
+            response.status_code = 201
+            notify()
+        return {**record.summary(), "changed": changed}
+
+    @app.get(P + "/policies/{name}")
+    def get_policy(name: str,
+                   _: Annotated[Principal, Depends(require("GET", P + "/policies/{name}"))],
+                   tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+        history = store.policy_history(tenant, name)
+        current = history[-1]
+        return {**current.summary(), "document": current.document}
+
+    @app.delete(P + "/policies/{name}")
+    def delete_policy(name: str,
+                      who: Annotated[Principal, Depends(require("DELETE",
+                                                                P + "/policies/{name}"))],
+                      tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+        record = store.delete_policy(tenant, name, author=who.actor, signer=signer)
+        notify()
+        return record.summary()
+
+    @app.get(P + "/policies/{name}/history")
+    def policy_history(name: str,
+                       _: Annotated[Principal, Depends(require(
+                           "GET", P + "/policies/{name}/history"))],
+                       tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
+        return [{**r.summary(), "document": r.document}
+                for r in store.policy_history(tenant, name)]
+
+    @app.post(P + "/policies/{name}/rollback")
+    def rollback_policy(name: str, body: RollbackIn,
+                        who: Annotated[Principal, Depends(require(
+                            "POST", P + "/policies/{name}/rollback"))],
+                        tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+        record = store.rollback_policy(tenant, name, body.version, author=who.actor,
+                                       signer=signer, comment=body.comment)
+        notify()
+        return record.summary()
+
+    @app.get(P + "/agents")
+    def list_agents(_: Annotated[Principal, Depends(require("GET", P + "/agents"))],
+                    tenant: str | None = None) -> list[dict[str, Any]]:
+        online = set(hub.connected()) if hub is not None else set()
+        return [{**a.as_dict(), "connected": a.id in online} for a in store.agents(tenant)]
+
+    @app.get(P + "/agents/{agent_id}")
+    def get_agent(agent_id: str,
+                  _: Annotated[Principal, Depends(require("GET", P + "/agents/{agent_id}"))]
+                  ) -> dict[str, Any]:
+        agent = store.agent(agent_id)
+        if agent is None:
+            raise HTTPException(404, f"no agent {agent_id}")
+        online = set(hub.connected()) if hub is not None else set()
+        return {**agent.as_dict(), "connected": agent.id in online}
+
+    @app.put(P + "/agents/{agent_id}/labels")
+    def set_labels(agent_id: str, body: LabelsIn,
+                   who: Annotated[Principal, Depends(require(
+                       "PUT", P + "/agents/{agent_id}/labels"))]) -> dict[str, Any]:
+        agent = store.set_agent_labels(agent_id, body.labels, author=who.actor)
+        if hub is not None:
+            hub.notify(agent_id)
+        return agent.as_dict()
+
+    @app.post(P + "/agents/{agent_id}/revoke")
+    def revoke(agent_id: str,
+               who: Annotated[Principal, Depends(require(
+                   "POST", P + "/agents/{agent_id}/revoke"))]) -> dict[str, Any]:
+        agent = store.revoke_agent(agent_id, author=who.actor)
+        if hub is not None:
+            hub.revoke(agent_id)
+        return agent.as_dict()
+
+    @app.post(P + "/enrollment-tokens", status_code=201)
+    def enrollment_token(body: EnrollmentTokenIn,
+                         who: Annotated[Principal, Depends(require(
+                             "POST", P + "/enrollment-tokens"))]) -> dict[str, Any]:
+        token = store.create_enrollment_token(tenant=body.tenant, labels=body.labels,
+                                              author=who.actor, ttl=body.ttl_seconds)
+        return {"token": token, "tenant": body.tenant, "labels": body.labels,
+                "expires_at": time.time() + body.ttl_seconds, "ca_sha256": pki_ca_sha256()}
+
+    def pki_ca_sha256() -> str:
+        from controlplane.server.pki import cert_sha256
+        return cert_sha256(pki.ca_pem)
+
+    @app.get(P + "/events")
+    def events(_: Annotated[Principal, Depends(require("GET", P + "/events"))],
+               agent: str | None = None, type: str | None = None,
+               tenant: str | None = None,
+               after: Annotated[int, Query(ge=0, description="return events with seq > after")] = 0,
+               since_ms: int | None = None,
+               limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
+        return store.query_events(tenant=tenant, agent_id=agent, type=type, after_seq=after,
+                                  since_ms=since_ms, limit=limit)
+
+    @app.get(P + "/audit")
+    def audit(_: Annotated[Principal, Depends(require("GET", P + "/audit"))],
+              after: Annotated[int, Query(ge=0)] = 0,
+              limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
+        return store.audit_log(after_id=after, limit=limit)
+
+    @app.post(P + "/tokens", status_code=201)
+    def create_token(body: ApiTokenIn,
+                     who: Annotated[Principal, Depends(require("POST", P + "/tokens"))]
+                     ) -> dict[str, str]:
+        return {"name": body.name, "role": body.role,
+                "token": store.create_api_token(body.name, body.role, author=who.actor)}
+
+    return app

@@ -1,0 +1,226 @@
+"""Helpers for control plane tests: a real ``moray-server`` process on loopback ports,
+an authenticated REST client, and an agent process running ``ControlPlaneClient``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """``python -m controlplane.server.main`` on 127.0.0.1 with fixed ports, so a restart
+    comes back where the agents look for it."""
+
+    def __init__(self, data_dir: Path, database_url: str | None = None,
+                 poll_seconds: float | None = None) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.grpc_port, self.enroll_port, self.http_port = free_port(), free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "server.log"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def enroll_target(self) -> str:
+        return f"127.0.0.1:{self.enroll_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> ServerProcess:
+        cmd = [sys.executable, "-m", "controlplane.server.main", "--data-dir",
+               str(self.data_dir), "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port),
+               "--enroll-port", str(self.enroll_port), "--http-port", str(self.http_port)]
+        if self.database_url:
+            cmd += ["--database-url", self.database_url]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log,
+                                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wait_for(self._healthy, timeout=30, what=f"moray-server (log: {self.log})")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"moray-server exited {self.proc.returncode}: "
+                                 f"{self.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, like a crash or an OOM kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def ca_pem(self) -> bytes:
+        return (self.data_dir / "pki" / "ca.pem").read_bytes()
+
+    def api(self, token: str | None = None) -> Api:
+        return Api(self.url, token or self.admin_token)
+
+
+class Api:
+    def __init__(self, base: str, token: str | None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base, headers=headers, timeout=30)
+
+    def __call__(self, method: str, path: str, expect: int | None = None, **kw: Any) -> Any:
+        r = self.http.request(method, path, **kw)
+        if expect is not None:
+            assert r.status_code == expect, (r.status_code, r.text)
+        return r.json() if r.headers.get("content-type", "").startswith("application/json") \
+            else r.text
+
+    def status(self, method: str, path: str, **kw: Any) -> int:
+        return self.http.request(method, path, **kw).status_code
+
+    def token(self, labels: dict[str, str] | None = None, tenant: str = "default") -> str:
+        return str(self("POST", "/api/v1/enrollment-tokens", expect=201,
+                        json={"labels": labels or {}, "tenant": tenant})["token"])
+
+    def apply(self, text: str, source: str = "policy.yaml") -> dict[str, Any]:
+        r = self.http.post("/api/v1/policies", json={"content": text, "source": source})
+        assert r.status_code in (200, 201), r.text
+        return dict(r.json())
+
+
+def policy_yaml(name: str, *, labels: dict[str, str] | None = None,
+                deny: str = "/bin/sh", mode: str = "enforce") -> str:
+    scope = ""
+    if labels:
+        inner = ", ".join(f"{k}: {v}" for k, v in labels.items())
+        scope = f"  scope: {{hosts: {{labels: {{{inner}}}}}}}\n"
+    return (f"apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\n"
+            f"spec:\n{scope}  mode: {mode}\n  exec: {{deny: [{deny}]}}\n")
+
+
+AGENT_SCRIPT = r'''
+import json, os, sys, time, threading, logging
+from pathlib import Path
+from agent.controlplane import ApplyResult, ControlPlaneClient
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+cfg = json.loads(sys.argv[1])
+out = Path(cfg["data_dir"]) / "applied.jsonl"
+
+def on_policy(policy):
+    with open(out, "a") as f:
+        f.write(json.dumps({"name": policy.name, "version": policy.version,
+                            "removed": policy.removed}) + "\n")
+        f.flush(); os.fsync(f.fileno())
+    return ApplyResult(ok=True, tiers={"exec.deny[0]": "sigkill"})
+
+client = ControlPlaneClient(cfg["server"], cfg["data_dir"], on_policy, token=cfg.get("token"),
+                            ca_pem=cfg["ca_pem"].encode(), enroll_server=cfg["enroll"],
+                            labels=cfg.get("labels"), heartbeat_interval=0.5)
+client.start()
+sys.stdout.write("started\n"); sys.stdout.flush()
+accepted = Path(cfg["data_dir"]) / "accepted.txt"
+start = int(accepted.read_text().split()[-1]) + 1 if accepted.exists() and accepted.read_text().split() else 0
+n = cfg.get("events", 0)
+with open(accepted, "a") as acc:
+    for i in range(start, n):
+        if client.send({"type": "exec", "id": f"{cfg['prefix']}-{i}", "n": i}):
+            acc.write(f"{i}\n"); acc.flush()
+        time.sleep(cfg.get("event_gap", 0))
+while True:
+    time.sleep(1)
+'''
+
+
+class AgentProcess:
+    """A separate process running ControlPlaneClient with a fake ``on_policy`` that
+    records every applied policy in ``applied.jsonl``; optionally sends ``events`` events
+    with ids ``<prefix>-<i>``, writing each accepted index to ``accepted.txt``."""
+
+    def __init__(self, data_dir: Path, server: ServerProcess, token: str | None,
+                 labels: dict[str, str] | None = None, events: int = 0,
+                 prefix: str = "ev", event_gap: float = 0.0) -> None:
+        self.data_dir = data_dir
+        self.cfg = {"server": server.grpc_target, "enroll": server.enroll_target,
+                    "data_dir": str(data_dir), "token": token, "labels": labels or {},
+                    "ca_pem": server.ca_pem.decode(), "events": events, "prefix": prefix,
+                    "event_gap": event_gap}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        import json
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "agent.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, json.dumps(self.cfg)],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line == b"started\n", (line, (self.data_dir / "agent.log").read_text()[-2000:])
+        return self
+
+    def applied(self) -> list[dict[str, Any]]:
+        import json
+        path = self.data_dir / "applied.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def accepted(self) -> list[int]:
+        path = self.data_dir / "accepted.txt"
+        return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def agent_id(self) -> str:
+        import json
+        return str(json.loads((self.data_dir / "identity" / "agent.json").read_text())[
+            "agent_id"])
