@@ -120,9 +120,12 @@ class PolicyEngine:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the loop; the kernel stops holding new first execs (heartbeat 0).
+        A task held right now is decided at the next start (or `unload` continues it)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        self.applier.heartbeat(0)
 
     def _run(self) -> None:
         last_beat = 0.0
@@ -249,6 +252,10 @@ class PolicyEngine:
     def _slotted(self) -> list[tuple[int, Policy]]:
         return sorted(self.active.values(), key=lambda t: t[0])
 
+    def _needs_image(self) -> bool:
+        return any(p.scope.containers is not None and p.scope.containers.images
+                   for _s, p in self.active.values())
+
     def classify_pending(self) -> int:
         """mr_ppend rows -> mr_pscope (containers) or nothing (host). Returns how many."""
         pend = self.applier.maps["mr_ppend"]
@@ -272,7 +279,7 @@ class PolicyEngine:
                 continue  # nothing ran there yet: no hurry, and the runtime may still write
             c = self.resolver.lookup(cg, pid)
             if c is not None:
-                if c.image is None and age < IMAGE_WAIT_NS:
+                if c.image is None and age < IMAGE_WAIT_NS and self._needs_image():
                     continue  # the runtime has not written the image yet
                 self.containers[cg] = c
                 self.applier.set_scope(cg, slots_for(c, self._slotted()))
