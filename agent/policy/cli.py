@@ -8,12 +8,14 @@ Output to stdout is this command's result; diagnostics go to logging.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
+from agent.bpf.pins import unload
 from agent.policy.compile import CompileError, compile_policies
 from agent.policy.engine import DEFAULT_POLICY_DIR, DEFAULT_STATUS
 from agent.policy.load import PolicyError, load_dir, load_file, policy_files
@@ -81,10 +83,8 @@ def _safe_load(f: Path) -> list[Policy]:
 def _list(args: argparse.Namespace) -> int:
     pols, errors = load_dir(args.policy_dir)
     status: dict[str, object] = {}
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no agent has published yet
         status = json.loads(Path(args.status).read_text())
-    except (OSError, ValueError):
-        pass
     live = {p["name"]: p for p in status.get("policies", [])  # type: ignore[attr-defined]
             } if status else {}
     rows = [{"name": p.name, "mode": str(p.mode), "rules": p.rule_count(),
@@ -121,8 +121,6 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _unload(args: argparse.Namespace) -> int:
-    from agent.bpf.pins import unload
-
     removed = unload(args.pin_root)
     print(f"removed {len(removed)} pins under {args.pin_root}" if removed
           else f"nothing pinned under {args.pin_root}")

@@ -203,7 +203,7 @@ def net_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> NetKey:
     return NetKey(fam, network.prefixlen, network.network_address.packed.ljust(16, b"\0"))
 
 
-def compile_policies(slotted: Sequence[tuple[int, Policy]]) -> Compiled:
+def compile_policies(slotted: Sequence[tuple[int, Policy]]) -> Compiled:  # noqa: PLR0915
     """All active policies (slot, policy) -> map rows. Raises CompileError."""
     conf: dict[str, int] = {k: 0 for k in ConfRow.__slots__}
     exec_rows: dict[PathKey, ExecVal] = {}
@@ -280,5 +280,17 @@ def _or(a: Any, b: Any) -> Any:
 Iterator_ = Iterable
 
 
-__all__ = ["Compiled", "CompileError", "ConfRow", "ExecVal", "FileVal", "NetEntry", "NetKey",
-           "PathKey", "compile_policies", "lpm_cover", "merge_lpm", "merge_net"]
+__all__ = [
+    "CompileError",
+    "Compiled",
+    "ConfRow",
+    "ExecVal",
+    "FileVal",
+    "NetEntry",
+    "NetKey",
+    "PathKey",
+    "compile_policies",
+    "lpm_cover",
+    "merge_lpm",
+    "merge_net",
+]

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.bpf import abi
+from agent.enrich.proctree import ticks
 from agent.events.types import EnforceEvent
 from agent.policy.apply import Applier, dec_conf, u32, u64
 from agent.policy.compile import CompileError, compile_policies
@@ -348,8 +349,6 @@ class PolicyEngine:
         self.decisions["continued"] += 1
 
     def _same_process(self, h: Held) -> bool:
-        from agent.enrich.proctree import ticks
-
         try:
             with open(f"{self.proc}/{h.pid}/stat", "rb") as f:
                 stat = f.read()

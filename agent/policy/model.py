@@ -104,7 +104,7 @@ class NetRule:
                 proto: int) -> bool:
         p = PROTO_NUMBER[self.protocol]
         return (addr.version == self.network.version and addr in self.network
-                and self.port_lo <= port <= self.port_hi and (p == 0 or p == proto))
+                and self.port_lo <= port <= self.port_hi and p in (0, proto))
 
 
 @dataclass(frozen=True, slots=True)

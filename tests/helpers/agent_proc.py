@@ -44,8 +44,9 @@ class AgentProc:
     def start(self, timeout: float = 60) -> None:
         logf = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [*AGENT, "--log-level", "info", "run", "--metrics-port", "0", "--policy-dir", str(self.policy_dir),
-             "--pin-root", self.pin_root, "-o", str(self.output)],
+            [*AGENT, "--log-level", "info", "run", "--metrics-port", "0",
+             "--policy-dir", str(self.policy_dir), "--pin-root", self.pin_root,
+             "-o", str(self.output)],
             stdout=subprocess.DEVNULL, stderr=logf, stdin=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parents[2])
         logf.close()
