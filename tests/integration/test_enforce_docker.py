@@ -1,0 +1,55 @@
+"""Drift and image scope against a REAL dockerd (overlay2) container. Root only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers.agent_proc import AgentProc, enforcement
+from tests.helpers.containers import DOCKER_IMAGE, Dockerd
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.docker,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+]
+
+DRIFT = """apiVersion: moray/v1
+kind: RuntimePolicy
+metadata: {name: no-drift}
+spec:
+  scope: {containers: {images: ["moray-test/*"]}}
+  exec: {drift: block}
+"""
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[tuple[AgentProc, Dockerd]]:
+    with Dockerd() as d:
+        a = AgentProc()
+        try:
+            a.start()
+            yield a, d
+        finally:
+            a.cleanup()
+
+
+def test_drift_blocked_image_binaries_run(env: tuple[AgentProc, Dockerd]) -> None:
+    agent, d = env
+    driver = d.docker("info", "--format", "{{.Driver}}").stdout.strip()
+    if driver != "overlay2":
+        pytest.skip(f"dockerd storage driver is {driver}, drift needs overlayfs")
+    agent.apply("no-drift", DRIFT)
+    res = d.docker("run", "--rm", "--network", "none", DOCKER_IMAGE, "sh", "-c",
+                   "/bin/echo image-ok; cp /bin/busybox /tmp/bb; /tmp/bb echo DRIFTED; "
+                   "echo rc=$?", check=False)
+    assert "image-ok" in res.stdout, res
+    assert "DRIFTED" not in res.stdout and "rc=137" in res.stdout, res
+    ev = agent.wait_event(lambda e: e.get("type") == "enforce"
+                          and enforcement(e).get("kind") == "drift"
+                          and enforcement(e).get("action") == "killed")
+    assert enforcement(ev)["binary"] == "/tmp/bb"
+    assert enforcement(ev)["rule"] == "exec.drift: block"
+    assert ev["container"]["image"] == DOCKER_IMAGE
