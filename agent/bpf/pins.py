@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.bpf import libbpf
-from agent.bpf.loader import BpfObject, BpfMap
+from agent.bpf.loader import BpfMap, BpfObject
 
 log = logging.getLogger(__name__)
 
