@@ -20,7 +20,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from controlplane.scanner.errors import ScanError
 from controlplane.scanner.malware import MalwareScanner, discover
 from controlplane.scanner.model import ScanResult
 from controlplane.scanner.registry import RegistrySource, list_images, parse_reference
+from controlplane.scanner.remote import HttpJobQueue
 from controlplane.scanner.scan import ScanOptions, scan_image
 from controlplane.scanner.secrets import SecretScanner
 from controlplane.scanner.source import ImageSource, open_source
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--name", default=f"{socket.gethostname()}:{os.getpid()}")
     wrk.add_argument("--once", action="store_true", help="exit when the queue is empty")
     wrk.add_argument("--insecure-registry", action="store_true")
+    wrk.add_argument("--server", default=os.environ.get("MORAY_SERVER"),
+                     help="take jobs from moray-server's REST API instead of the local store "
+                     "($MORAY_SERVER); vulnerability data still comes from the local store")
+    wrk.add_argument("--token", default=os.environ.get("MORAY_TOKEN"),
+                     help="API token for --server ($MORAY_TOKEN)")
     reg = ssub.add_parser("enqueue-registry", help="queue every tag of a registry")
     reg.add_argument("registry", help="host[:port]")
     reg.add_argument("--repository", action="append", help="only these repositories")
@@ -114,8 +119,15 @@ def cmd_scan(store: ScanStore, args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stats = run_worker(store, scan, name=args.name, store=store, stop=stop, once=args.once,
-                       clock=time.time)
+    if args.server:
+        if not args.token:
+            raise ScanError("--server needs --token or $MORAY_TOKEN")
+        remote = HttpJobQueue(args.server, args.token)
+        stats = run_worker(remote, scan, name=args.name, verdicts=remote, stop=stop,
+                           once=args.once)
+    else:
+        stats = run_worker(store, scan, name=args.name, verdicts=store, stop=stop,
+                           once=args.once)
     sys.stdout.write(f"done {stats.done}, failed {stats.failed}, lost {stats.lost}\n")
     return 0
 

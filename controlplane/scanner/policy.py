@@ -7,7 +7,6 @@ in, verdict (pass/fail with reasons) out. ``record_verdict`` stores it per image
 from __future__ import annotations
 
 import fnmatch
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,10 +121,6 @@ def evaluate(result: ScanResult, policy: AssurancePolicy) -> tuple[bool, list[st
     return (not reasons), reasons
 
 
-def record_verdict(store: ScanStore, result: ScanResult, policy: AssurancePolicy,
-                   clock: Any = time.time) -> Verdict:
+def record_verdict(store: ScanStore, result: ScanResult, policy: AssurancePolicy) -> Verdict:
     passed, reasons = evaluate(result, policy)
-    verdict = Verdict(result.digest, policy.name, passed, reasons, store.generation(),
-                      result.image, clock())
-    store.put_verdict(verdict)
-    return verdict
+    return store.record_verdict(result.digest, result.image, policy.name, passed, reasons)

@@ -20,9 +20,14 @@ import yaml
 from controlplane.scanner.errors import ScanError
 from controlplane.scanner.model import ScanResult
 from controlplane.scanner.policy import AssurancePolicy, evaluate, policy_from_dict
-from controlplane.store.scanstore import ScanJob, ScanStore, Verdict
+from controlplane.store.scanstore import ScanJob
 
 log = logging.getLogger(__name__)
+
+
+class VerdictSink(Protocol):
+    def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
+                       reasons: list[str]) -> object: ...
 
 
 class JobQueue(Protocol):
@@ -50,9 +55,8 @@ def job_policy(job: ScanJob) -> AssurancePolicy | None:
 
 
 def run_worker(queue: JobQueue, scan: Callable[[str], ScanResult], *, name: str,
-               store: ScanStore | None = None, stop: threading.Event | None = None,
-               idle_wait: float = 1.0, once: bool = False, clock: Callable[[], float] | None = None,
-               ) -> WorkerStats:
+               verdicts: VerdictSink | None = None, stop: threading.Event | None = None,
+               idle_wait: float = 1.0, once: bool = False) -> WorkerStats:
     """Process jobs until ``stop`` is set (or the queue is empty, with ``once``)."""
     stop = stop or threading.Event()
     stats = WorkerStats()
@@ -67,11 +71,9 @@ def run_worker(queue: JobQueue, scan: Callable[[str], ScanResult], *, name: str,
         try:
             policy = job_policy(job)
             result = scan(job.image)
-            if policy is not None and store is not None:
+            if policy is not None and verdicts is not None:
                 passed, reasons = evaluate(result, policy)
-                store.put_verdict(Verdict(result.digest, policy.name, passed, reasons,
-                                          store.generation(), job.image,
-                                          clock() if clock else 0.0))
+                verdicts.record_verdict(result.digest, job.image, policy.name, passed, reasons)
         except (ScanError, OSError, yaml.YAMLError) as err:
             log.warning("scan job failed", extra={"job": job.id, "image": job.image,
                                                   "error": str(err)})

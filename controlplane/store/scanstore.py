@@ -14,16 +14,18 @@ Data owned here and when it changes:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -121,33 +123,52 @@ class Verdict:
     created: float
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with args[0]._lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 class ScanStore:
     def __init__(self, path: Path | str, clock: Any = time.time) -> None:
         self.path = Path(path)
         self._clock = clock
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        # one connection shared by threads (a web server's pool), serialised by _lock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None,
+                                   check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO scanstore_meta VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
 
+    @_locked
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- vulnerability data --------------------------------------------------------------
 
+    @_locked
     def replace_origin(self, source: str, origin: str, advisories: Iterable[AdvisoryRecord],
                        rows: Iterable[AffectedRecord]) -> int:
         """Replace everything one source record contributed; call inside transaction()."""
@@ -186,6 +207,7 @@ class ScanStore:
              json.dumps(sorted(sources))),
         )
 
+    @_locked
     def record_import(self, path: str, records: int, rows: int, skipped: int) -> None:
         self._db.execute("INSERT INTO vuln_import (path, records, rows, skipped, imported_at) "
                          "VALUES (?,?,?,?,?)", (path, records, rows, skipped, self._clock()))
@@ -194,6 +216,7 @@ class ScanStore:
                 "INSERT INTO scanstore_meta VALUES ('vulndb_generation', '1') "
                 "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
+    @_locked
     def affected_for(self, ecosystem: str, packages: Iterable[str]) -> list[AffectedRecord]:
         names = sorted(set(packages))
         if not names:
@@ -206,6 +229,7 @@ class ScanStore:
         return [AffectedRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]),
                                json.loads(r[8]), r[9]) for r in cur]
 
+    @_locked
     def advisory(self, advisory_id: str) -> AdvisoryRecord | None:
         r = self._db.execute("SELECT id, aliases, summary, severity, cvss_score, modified, "
                              "sources FROM vuln_advisory WHERE id = ?", (advisory_id,)).fetchone()
@@ -214,6 +238,7 @@ class ScanStore:
         return AdvisoryRecord(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5],
                               ",".join(json.loads(r[6])))
 
+    @_locked
     def related_ids(self, advisory_id: str) -> list[str]:
         """Ids linked to ``advisory_id`` by an alias, in either direction."""
         cur = self._db.execute(
@@ -221,11 +246,13 @@ class ScanStore:
             "SELECT alias FROM vuln_alias WHERE advisory_id = ?", (advisory_id, advisory_id))
         return sorted(r[0] for r in cur)
 
+    @_locked
     def generation(self) -> int:
         r = self._db.execute(
             "SELECT value FROM scanstore_meta WHERE key = 'vulndb_generation'").fetchone()
         return int(r[0]) if r else 0
 
+    @_locked
     def status(self) -> dict[str, Any]:
         q = self._db.execute
         per_eco = dict(q("SELECT ecosystem || CASE WHEN release != '' THEN ' ' || release "
@@ -245,22 +272,35 @@ class ScanStore:
 
     # -- scan cache ----------------------------------------------------------------------
 
+    @_locked
     def get_layer_json(self, digest: str, version: str) -> dict[str, Any] | None:
         r = self._db.execute("SELECT result FROM scan_layer_cache WHERE digest = ? AND "
                              "version = ?", (digest, version)).fetchone()
         return json.loads(r[0]) if r else None
 
+    @_locked
     def put_layer_json(self, digest: str, version: str, result: dict[str, Any]) -> None:
         self._db.execute("INSERT OR REPLACE INTO scan_layer_cache VALUES (?,?,?,?)",
                          (digest, version, json.dumps(result), self._clock()))
 
     # -- verdicts ------------------------------------------------------------------------
 
+    @_locked
     def put_verdict(self, v: Verdict) -> None:
         self._db.execute("INSERT OR REPLACE INTO image_verdict VALUES (?,?,?,?,?,?,?)",
                          (v.image_digest, v.policy, int(v.passed), json.dumps(v.reasons),
                           v.vulndb_generation, v.image, v.created))
 
+    @_locked
+    def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
+                       reasons: list[str]) -> Verdict:
+        """Store a verdict stamped with the current vulndb generation and time."""
+        verdict = Verdict(image_digest, policy, passed, reasons, self.generation(), image,
+                          self._clock())
+        self.put_verdict(verdict)
+        return verdict
+
+    @_locked
     def verdicts(self, image_digest: str) -> list[Verdict]:
         cur = self._db.execute("SELECT image_digest, policy, passed, reasons, vulndb_generation,"
                                " image, created FROM image_verdict WHERE image_digest = ? "
@@ -269,6 +309,7 @@ class ScanStore:
 
     # -- scan jobs -----------------------------------------------------------------------
 
+    @_locked
     def enqueue_scan(self, image: str, policy: str = "") -> int:
         """Queue a scan unless the same image is already queued or running."""
         with self.transaction():
@@ -281,6 +322,7 @@ class ScanStore:
                                    " VALUES (?, ?, 'queued', ?, ?)", (image, policy, now, now))
             return int(cur.lastrowid or 0)
 
+    @_locked
     def claim_scan(self, worker: str, lease_seconds: float = 600.0,
                    max_attempts: int = 3) -> ScanJob | None:
         """Lease the oldest claimable job to ``worker``; atomic across processes."""
@@ -293,6 +335,7 @@ class ScanStore:
             (worker, now + lease_seconds, now, now, max_attempts)).fetchone()
         return ScanJob(int(row[0]), row[1], row[2], int(row[3])) if row else None
 
+    @_locked
     def finish_scan(self, job_id: int, worker: str, *, digest: str = "",
                     error: str = "") -> bool:
         """Close a job this worker holds; False when the lease was lost to another worker."""
@@ -302,12 +345,14 @@ class ScanStore:
             ("failed" if error else "done", digest, error[:2000], self._clock(), job_id, worker))
         return cur.rowcount == 1
 
+    @_locked
     def jobs(self) -> list[dict[str, Any]]:
         cur = self._db.execute("SELECT id, image, status, worker, attempts, digest, error "
                                "FROM scan_job ORDER BY id")
         keys = ("id", "image", "status", "worker", "attempts", "digest", "error")
         return [dict(zip(keys, r, strict=True)) for r in cur]
 
+    @_locked
     def enqueue_stale(self) -> int:
         """Queue a rescan of every image whose verdict predates the current vulndb data."""
         gen = self.generation()

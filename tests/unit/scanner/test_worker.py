@@ -47,7 +47,7 @@ def test_parallel_workers_take_each_job_once(tmp_path: Path) -> None:
 
     def worker(n: int) -> None:
         store = ScanStore(db)  # one connection per worker, as separate processes would have
-        stats.append(run_worker(store, scan, name=f"w{n}", store=store, once=True))
+        stats.append(run_worker(store, scan, name=f"w{n}", verdicts=store, once=True))
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
     for t in threads:
@@ -85,7 +85,7 @@ def test_stale_verdicts_are_requeued_after_import(tmp_path: Path) -> None:
     store = ScanStore(tmp_path / "moray.db")
     (image,) = _images(tmp_path, 1)
     store.enqueue_scan(image, POLICY)
-    run_worker(store, _scan, name="w", store=store, once=True)
+    run_worker(store, _scan, name="w", verdicts=store, once=True)
     assert store.enqueue_stale() == 0
     store.record_import("advisories/", 1, 1, 0)  # new vulnerability data
     assert store.enqueue_stale() == 1

@@ -1,0 +1,116 @@
+"""REST endpoints for scan jobs, verdicts and vulndb status, for moray-server to mount.
+
+``scan_router(store, authorize)`` returns a FastAPI router; ``authorize(method, path)``
+is the server's dependency factory (``require`` in controlplane/server/rest.py) and
+``SCAN_ACCESS`` lists the role class each endpoint needs ("read" or "write"), to merge
+into the server's access matrix. Remote scan workers (``moray scan worker --server``)
+use these endpoints through ``controlplane.scanner.remote.HttpJobQueue``; the admission
+controller reads ``GET /api/v1/images/{digest}/verdicts``.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads endpoint annotations at
+# definition time and they refer to closures.
+
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, Field
+
+from controlplane.store.scanstore import ScanStore
+
+log = logging.getLogger(__name__)
+
+P = "/api/v1"
+SCAN_ACCESS: dict[tuple[str, str], str] = {
+    ("POST", P + "/scan-jobs"): "write",
+    ("GET", P + "/scan-jobs"): "read",
+    ("POST", P + "/scan-jobs/claim"): "write",
+    ("POST", P + "/scan-jobs/{job_id}/finish"): "write",
+    ("POST", P + "/scan-jobs/rescan-stale"): "write",
+    ("GET", P + "/images/{digest}/verdicts"): "read",
+    ("POST", P + "/images/{digest}/verdicts"): "write",
+    ("GET", P + "/vulndb/status"): "read",
+}
+
+
+class JobIn(BaseModel):
+    image: str = Field(min_length=1, max_length=1024)
+    policy: str = Field("", description="ImageAssurancePolicy document (YAML), optional")
+
+
+class ClaimIn(BaseModel):
+    worker: str = Field(min_length=1, max_length=256)
+    lease_seconds: float = Field(600.0, gt=0, le=86400)
+
+
+class FinishIn(BaseModel):
+    worker: str = Field(min_length=1, max_length=256)
+    digest: str = ""
+    error: str = ""
+
+
+class VerdictIn(BaseModel):
+    image: str
+    policy: str
+    passed: bool
+    reasons: list[str] = []
+
+
+def scan_router(store: ScanStore,
+                authorize: Callable[[str, str], Callable[..., Any]]) -> APIRouter:
+    router = APIRouter()
+
+    def dep(method: str, path: str) -> Any:
+        return Depends(authorize(method, path))
+
+    @router.post(P + "/scan-jobs")
+    def enqueue(body: JobIn,
+                _: Annotated[Any, dep("POST", P + "/scan-jobs")]) -> dict[str, int]:
+        return {"id": store.enqueue_scan(body.image, body.policy)}
+
+    @router.get(P + "/scan-jobs")
+    def jobs(_: Annotated[Any, dep("GET", P + "/scan-jobs")]) -> list[dict[str, Any]]:
+        return store.jobs()
+
+    @router.post(P + "/scan-jobs/claim", response_model=None)
+    def claim(body: ClaimIn, _: Annotated[Any, dep("POST", P + "/scan-jobs/claim")]
+              ) -> dict[str, Any] | Response:
+        job = store.claim_scan(body.worker, body.lease_seconds)
+        if job is None:
+            return Response(status_code=204)
+        return {"id": job.id, "image": job.image, "policy": job.policy, "attempts": job.attempts}
+
+    @router.post(P + "/scan-jobs/{job_id}/finish")
+    def finish(job_id: int, body: FinishIn,
+               _: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/finish")]
+               ) -> dict[str, bool]:
+        return {"ok": store.finish_scan(job_id, body.worker, digest=body.digest,
+                                        error=body.error)}
+
+    @router.post(P + "/scan-jobs/rescan-stale")
+    def rescan(_: Annotated[Any, dep("POST", P + "/scan-jobs/rescan-stale")]
+               ) -> dict[str, int]:
+        return {"queued": store.enqueue_stale()}
+
+    @router.get(P + "/images/{digest}/verdicts")
+    def verdicts(digest: str, _: Annotated[Any, dep("GET", P + "/images/{digest}/verdicts")]
+                 ) -> list[dict[str, Any]]:
+        return [{"policy": v.policy, "passed": v.passed, "reasons": v.reasons,
+                 "vulndb_generation": v.vulndb_generation, "image": v.image,
+                 "created": v.created, "stale": v.vulndb_generation < store.generation()}
+                for v in store.verdicts(digest)]
+
+    @router.post(P + "/images/{digest}/verdicts")
+    def put_verdict(digest: str, body: VerdictIn,
+                    _: Annotated[Any, dep("POST", P + "/images/{digest}/verdicts")]
+                    ) -> dict[str, bool]:
+        store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons)
+        return {"ok": True}
+
+    @router.get(P + "/vulndb/status")
+    def status(_: Annotated[Any, dep("GET", P + "/vulndb/status")]) -> dict[str, Any]:
+        return store.status()
+
+    return router

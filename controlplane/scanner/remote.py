@@ -1,0 +1,61 @@
+"""A scan job queue and verdict sink on moray-server's REST API, for workers on other hosts.
+
+Implements ``worker.JobQueue`` and ``worker.VerdictSink`` over the endpoints in
+``controlplane.scanner.api``; the worker matches vulnerabilities against its own local
+store (import the same advisories on each worker host: data stays offline-first).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from controlplane.scanner.errors import ScanError
+from controlplane.store.scanstore import ScanJob
+
+log = logging.getLogger(__name__)
+
+
+class RemoteError(ScanError):
+    """The server refused or failed a scan-job request."""
+
+
+class HttpJobQueue:
+    def __init__(self, base_url: str, token: str, *, client: httpx.Client | None = None,
+                 timeout: float = 30.0, verify: bool | str = True) -> None:
+        self.base = base_url.rstrip("/")
+        self._client = client or httpx.Client(timeout=timeout, verify=verify)
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        try:
+            resp = self._client.post(self.base + path, json=body, headers=self._headers)
+        except httpx.HTTPError as err:
+            raise RemoteError(f"server unreachable: {err}", source=self.base) from err
+        if resp.status_code >= 400:
+            raise RemoteError(f"HTTP {resp.status_code} for {path}: {resp.text[:300]}",
+                              source=self.base)
+        return resp
+
+    def claim_scan(self, worker: str, lease_seconds: float = 600.0,
+                   max_attempts: int = 3) -> ScanJob | None:
+        resp = self._post("/api/v1/scan-jobs/claim",
+                          {"worker": worker, "lease_seconds": lease_seconds})
+        if resp.status_code == 204:
+            return None
+        doc = resp.json()
+        return ScanJob(int(doc["id"]), str(doc["image"]), str(doc.get("policy", "")),
+                       int(doc.get("attempts", 1)))
+
+    def finish_scan(self, job_id: int, worker: str, *, digest: str = "",
+                    error: str = "") -> bool:
+        resp = self._post(f"/api/v1/scan-jobs/{job_id}/finish",
+                          {"worker": worker, "digest": digest, "error": error})
+        return bool(resp.json().get("ok"))
+
+    def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
+                       reasons: list[str]) -> None:
+        self._post(f"/api/v1/images/{image_digest}/verdicts",
+                   {"image": image, "policy": policy, "passed": passed, "reasons": reasons})

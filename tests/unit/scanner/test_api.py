@@ -1,0 +1,67 @@
+"""Scan-job REST endpoints and the remote worker queue, on a bare FastAPI app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi import Header, HTTPException  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from controlplane.scanner.api import SCAN_ACCESS, scan_router  # noqa: E402
+from controlplane.scanner.remote import HttpJobQueue, RemoteError  # noqa: E402
+from controlplane.scanner.scan import ScanOptions, scan_image  # noqa: E402
+from controlplane.scanner.source import open_source  # noqa: E402
+from controlplane.scanner.worker import run_worker  # noqa: E402
+from controlplane.store.scanstore import ScanStore  # noqa: E402
+from tests.fixtures.images.builder import Image  # noqa: E402
+
+POLICY = "kind: ImageAssurancePolicy\nmetadata: {name: p}\nspec: {notRoot: true}\n"
+
+
+def _authorize(method: str, path: str) -> Any:
+    assert (method, path) in SCAN_ACCESS
+
+    def check(authorization: str = Header("")) -> str:
+        if authorization != "Bearer good":
+            raise HTTPException(401, "invalid token")
+        return "ok"
+
+    return check
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> tuple[TestClient, ScanStore]:
+    store = ScanStore(tmp_path / "moray.db")
+    app = fastapi.FastAPI()
+    app.include_router(scan_router(store, _authorize))
+    return TestClient(app), store
+
+
+def test_remote_worker_round_trip(server: tuple[TestClient, ScanStore], tmp_path: Path) -> None:
+    client, _ = server
+    image = tmp_path / "img.tar"
+    Image([{"etc/x": b"1"}]).write_docker_archive(image)
+    auth = {"Authorization": "Bearer good"}
+    assert client.post("/api/v1/scan-jobs", json={"image": str(image), "policy": POLICY},
+                       headers=auth).json() == {"id": 1}
+    queue = HttpJobQueue("http://testserver", "good", client=client)
+    stats = run_worker(queue, lambda ref: scan_image(open_source(Path(ref)), ScanOptions()),
+                       name="remote-1", verdicts=queue, once=True)
+    assert (stats.done, stats.failed) == (1, 0)
+    (job,) = client.get("/api/v1/scan-jobs", headers=auth).json()
+    assert job["status"] == "done" and job["worker"] == "remote-1"
+    (verdict,) = client.get(f"/api/v1/images/{job['digest']}/verdicts", headers=auth).json()
+    assert verdict["policy"] == "p" and verdict["passed"] is False and not verdict["stale"]
+    assert client.get("/api/v1/vulndb/status", headers=auth).json()["verdicts"] == 1
+    assert queue.claim_scan("remote-1") is None  # 204: nothing left
+
+
+def test_auth_is_required(server: tuple[TestClient, ScanStore]) -> None:
+    client, _ = server
+    assert client.get("/api/v1/scan-jobs").status_code == 401
+    with pytest.raises(RemoteError, match="HTTP 401"):
+        HttpJobQueue("http://testserver", "bad", client=client).claim_scan("w")
