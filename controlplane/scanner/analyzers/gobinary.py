@@ -1,14 +1,16 @@
 """Go binaries: module build info embedded by the Go toolchain (``go version -m``).
 
-Reads the Go 1.18+ inline format: the ``\\xff Go buildinf:`` header, then varint-prefixed
-toolchain version and module info strings. Older pointer-based binaries (Go < 1.18) are
-skipped with a debug log: resolving their pointers needs ELF segment mapping.
+Reads the Go 1.18+ inline format (the ``\\xff Go buildinf:`` header, then varint-prefixed
+toolchain version and module info strings) and the older pointer format (Go 1.13-1.17:
+pointers to Go string headers, resolved through the ELF PT_LOAD segments).
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 
+from controlplane.scanner.analyzers.elf import read_va
 from controlplane.scanner.model import Ecosystem, Package
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,39 @@ def read_buildinfo(data: bytes) -> tuple[str, str] | None:
                 mod = mod[16:-16]
             return version, mod.decode("utf-8", "replace")
         if len(header) == 32:
-            log.debug("pre-1.18 Go build info (pointer format) not read")
-            return None
+            return _pointer_buildinfo(data, header)
         start = idx + 1
+
+
+def _pointer_buildinfo(data: bytes, header: bytes) -> tuple[str, str] | None:
+    """Go < 1.18: the header holds pointers to two Go string headers (data ptr, length)."""
+    ptr_size = header[14]
+    end = ">" if header[15] & 1 else "<"
+    if ptr_size not in (4, 8):
+        return None
+    fmt = end + ("Q" if ptr_size == 8 else "I")
+
+    def read_string(ptr_addr: int) -> str | None:
+        head = read_va(data, ptr_addr, 2 * ptr_size)
+        if head is None:
+            return None
+        addr, = struct.unpack_from(fmt, head, 0)
+        length, = struct.unpack_from(fmt, head, ptr_size)
+        if length > 1 << 20:
+            return None
+        raw = read_va(data, addr, length)
+        return raw.decode("utf-8", "replace") if raw is not None else None
+
+    version_ptr, = struct.unpack_from(fmt, header, 16)
+    mod_ptr, = struct.unpack_from(fmt, header, 16 + ptr_size)
+    version = read_string(version_ptr)
+    mod = read_string(mod_ptr)
+    if version is None or mod is None:
+        log.debug("pre-1.18 Go build info pointers do not resolve")
+        return None
+    if len(mod) >= 33 and mod[-17] == "\n":
+        mod = mod[16:-16]
+    return version, mod
 
 
 def parse_modinfo(version: str, modinfo: str) -> list[tuple[str, str]]:

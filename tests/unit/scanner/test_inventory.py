@@ -203,3 +203,13 @@ def test_hard_link_to_an_analysed_file(tmp_path: Path) -> None:
     link = "opt/app/site-packages/six-1.0.dist-info/METADATA"
     pkgs = _scan(tmp_path, [(meta, b"Name: six\nVersion: 1.0\n"), (link, Hardlink(meta))])
     assert [n for _, n, _, _ in pkgs] == ["six", "six"]
+
+
+def test_go_buildinfo_pointer_format_before_go_1_18() -> None:
+    blob = rootfs.go_legacy_buildinfo_elf("go1.16.15", MODINFO)
+    pkgs = GoBinaryAnalyzer().analyze("app/old", blob, "sha256:l")
+    assert [(p.name, p.version) for p in pkgs] == [
+        ("stdlib", "1.16.15"), ("golang.org/x/net", "v0.7.0"), ("golang.org/x/text", "v0.3.2")]
+    broken = bytearray(blob)
+    broken[0x110:0x118] = b"\xff" * 8  # pointer outside every segment
+    assert GoBinaryAnalyzer().analyze("app/old", bytes(broken), "") == []
