@@ -7,6 +7,7 @@ import re
 import sqlite3
 import struct
 
+from controlplane.scanner.analyzers.bdb import BDBError, hash_values, is_bdb_hash
 from controlplane.scanner.model import Ecosystem, Package
 
 log = logging.getLogger(__name__)
@@ -128,25 +129,44 @@ def parse_rpm_header(blob: bytes) -> dict[int, str | int]:
     return tags
 
 
+RPMDB_PATHS = ("var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite",
+               "var/lib/rpm/Packages", "usr/lib/sysimage/rpm/Packages")
+
+
+def _sqlite_blobs(data: bytes) -> list[bytes]:
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.deserialize(data)
+        return [bytes(r[0]) for r in conn.execute("SELECT blob FROM Packages")]
+    finally:
+        conn.close()
+
+
 class RpmAnalyzer:
+    """rpm databases: sqlite (rpm >= 4.16) and Berkeley DB hash (``Packages``, rpm < 4.16)."""
+
     name = "rpm"
 
     def wants(self, path: str, mode: int, size: int) -> bool:
-        return path in ("var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite")
+        return path in RPMDB_PATHS
 
     def analyze(self, path: str, data: bytes, layer: str) -> list[Package]:
-        conn = sqlite3.connect(":memory:")
         try:
-            conn.deserialize(data)
-            rows = conn.execute("SELECT blob FROM Packages").fetchall()
-        except sqlite3.DatabaseError as err:
+            if data.startswith(b"SQLite format 3\0"):
+                blobs = _sqlite_blobs(data)
+            elif is_bdb_hash(data):
+                blobs = list(hash_values(data))
+            else:
+                log.warning("unsupported rpm database format (NDB?)", extra={"path": path})
+                return []
+        except (sqlite3.DatabaseError, BDBError, struct.error) as err:
             log.warning("unreadable rpm database", extra={"path": path, "layer": layer,
                                                           "error": str(err)})
             return []
-        finally:
-            conn.close()
         packages = []
-        for (blob,) in rows:
+        for blob in blobs:
+            if len(blob) < 16:
+                continue  # the Berkeley DB "Packages" keeps a counter record under key 0
             try:
                 tags = parse_rpm_header(bytes(blob))
             except (ValueError, struct.error) as err:

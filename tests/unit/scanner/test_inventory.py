@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import zlib
@@ -213,3 +214,25 @@ def test_go_buildinfo_pointer_format_before_go_1_18() -> None:
     broken = bytearray(blob)
     broken[0x110:0x118] = b"\xff" * 8  # pointer outside every segment
     assert GoBinaryAnalyzer().analyze("app/old", bytes(broken), "") == []
+
+
+def test_rpm_berkeley_db_packages(tmp_path: Path) -> None:
+    pkgs = [
+        {1000: "openssl-libs", 1001: "1.1.1k", 1002: "9.el8_7", 1003: 1, 1022: "x86_64",
+         1044: "openssl-1.1.1k-9.el8_7.src.rpm", 1014: "OpenSSL and ASL 2.0" + " " * 9000},
+        {1000: "bash", 1001: "4.4.20", 1002: "4.el8_6", 1022: "x86_64",
+         1044: "bash-4.4.20-4.el8_6.src.rpm"},
+    ]
+    db = rootfs.rpmdb_bdb(pkgs, tmp_path)
+    if db is None:
+        pytest.skip("db5.3_load (Debian db5.3-util) not installed")
+    found = RpmAnalyzer().analyze("var/lib/rpm/Packages", db, "sha256:l")
+    assert sorted((p.name, p.version, p.source_name) for p in found) == [
+        ("bash", "4.4.20-4.el8_6", "bash"), ("openssl-libs", "1:1.1.1k-9.el8_7", "openssl")]
+    assert RpmAnalyzer().analyze("var/lib/rpm/Packages", b"\0" * 8192, "") == []
+    rng = random.Random(5)
+    for _ in range(200):  # corrupt pages: no crash, at most fewer packages
+        bad = bytearray(db)
+        for _ in range(20):
+            bad[rng.randrange(72, len(bad))] = rng.randrange(256)
+        assert isinstance(RpmAnalyzer().analyze("var/lib/rpm/Packages", bytes(bad), ""), list)
