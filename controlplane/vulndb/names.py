@@ -41,7 +41,8 @@ def release_key(distro: str, version: str) -> str:
     elif distro == "alpine":
         v = ".".join(v.split(".")[:2])
     elif distro in ("rhel", "rocky", "almalinux", "centos"):
-        v = v.split(".")[0]
+        m = re.search(r"\d+", v)  # "8.9", OSV "Red Hat:enterprise_linux:8::appstream"
+        v = m.group(0) if m else v
     elif distro == "ubuntu":
         m = re.search(r"\d+\.\d+", v)  # OSV "Ubuntu:22.04:LTS", "Ubuntu:Pro:18.04:LTS"
         v = m.group(0) if m else v

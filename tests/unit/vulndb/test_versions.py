@@ -82,6 +82,8 @@ def test_release_keys() -> None:
     assert osv_ecosystem("Alpine:v3.18") == ("apk", "alpine:3.18")
     assert osv_ecosystem("Ubuntu:22.04:LTS") == ("deb", "ubuntu:22.04")
     assert osv_ecosystem("Rocky Linux:8") == ("rpm", "rocky:8")
+    assert osv_ecosystem("Red Hat:enterprise_linux:8::appstream") == ("rpm", "rhel:8")
+    assert release_key("rhel", "8.9") == "rhel:8"
     assert osv_ecosystem("crates.io") == ("cargo", "")
     assert osv_ecosystem("Hackage") is None
     assert release_key("debian", "bookworm") == "debian:12"
