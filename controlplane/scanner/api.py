@@ -18,7 +18,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
+from controlplane.scanner.model import Ecosystem, OSRelease, Package
 from controlplane.store.scanstore import ScanStore
+from controlplane.vulndb.matcher import Matcher
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ SCAN_ACCESS: dict[tuple[str, str], str] = {
     ("GET", P + "/images/{digest}/verdicts"): "read",
     ("POST", P + "/images/{digest}/verdicts"): "write",
     ("GET", P + "/vulndb/status"): "read",
+    ("POST", P + "/vulndb/match"): "read",
 }
 
 
@@ -49,6 +52,26 @@ class FinishIn(BaseModel):
     worker: str = Field(min_length=1, max_length=256)
     digest: str = ""
     error: str = ""
+
+
+class PackageIn(BaseModel):
+    ecosystem: Ecosystem
+    name: str = Field(max_length=512)
+    version: str = Field(max_length=256)
+    namespace: str = ""
+    source_name: str = ""
+    source_version: str = ""
+
+
+class OSIn(BaseModel):
+    id: str
+    version_id: str = ""
+    codename: str = ""
+
+
+class MatchIn(BaseModel):
+    os: OSIn | None = None
+    packages: list[PackageIn] = Field(max_length=200_000)
 
 
 class VerdictIn(BaseModel):
@@ -108,6 +131,21 @@ def scan_router(store: ScanStore,
                     ) -> dict[str, bool]:
         store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons)
         return {"ok": True}
+
+    @router.post(P + "/vulndb/match")
+    def match(body: MatchIn, _: Annotated[Any, dep("POST", P + "/vulndb/match")]
+              ) -> dict[str, Any]:
+        packages = [Package(p.ecosystem, p.name, p.version, "", "", source_name=p.source_name,
+                            source_version=p.source_version, namespace=p.namespace)
+                    for p in body.packages]
+        index = {id(p): i for i, p in enumerate(packages)}
+        os = OSRelease(body.os.id, body.os.version_id, body.os.codename) if body.os else None
+        found = Matcher(store).match(packages, os)
+        return {"generation": store.generation(), "vulnerabilities": [
+            {"package": index[id(f.package)], "id": f.id, "severity": str(f.severity),
+             "fixed_version": f.fixed_version, "aliases": list(f.aliases),
+             "summary": f.summary, "source": f.source, "cvss_score": f.cvss_score}
+            for f in found]}
 
     @router.get(P + "/vulndb/status")
     def status(_: Annotated[Any, dep("GET", P + "/vulndb/status")]) -> dict[str, Any]:

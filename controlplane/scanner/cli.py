@@ -25,8 +25,9 @@ from controlplane.scanner.policy import (
     load_policy,
     record_verdict,
 )
+from controlplane.scanner.remote import RemoteMatcher
 from controlplane.scanner.report import render
-from controlplane.scanner.scan import ScanOptions, scan_image
+from controlplane.scanner.scan import ScanOptions, VulnMatcher, scan_image
 from controlplane.scanner.secrets import SecretScanner
 from controlplane.scanner.source import ImageSource, open_source
 from controlplane.store.scanstore import ScanStore, data_dir, default_db_path
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow plain HTTP, only to a loopback registry")
     p.add_argument("--username", default=os.environ.get("MORAY_REGISTRY_USERNAME"))
     p.add_argument("--password", default=os.environ.get("MORAY_REGISTRY_PASSWORD"))
+    p.add_argument("--server", default=os.environ.get("MORAY_SERVER"),
+                   help="match vulnerabilities on moray-server's knowledge base instead of "
+                   "the local store ($MORAY_SERVER); only package names and versions are sent")
+    p.add_argument("--token", default=os.environ.get("MORAY_TOKEN"),
+                   help="API token for --server ($MORAY_TOKEN)")
     p.add_argument("--record-verdict", action="store_true",
                    help="store the policy verdict for the image digest in the store")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -116,7 +122,15 @@ def run(args: argparse.Namespace) -> int:
     need_store = not (args.no_vulns and args.no_cache and not args.record_verdict)
     if need_store:
         store = ScanStore(db_path)
-    if store is not None and not args.no_vulns and store.status()["advisories"] == 0:
+    matcher: VulnMatcher | None = None
+    if args.server and not args.no_vulns:
+        if not args.token:
+            raise ScanError("--server needs --token or $MORAY_TOKEN")
+        matcher = RemoteMatcher(args.server, args.token)
+    elif store is not None and not args.no_vulns:
+        matcher = Matcher(store)
+    if matcher is not None and store is not None and not args.server and \
+            store.status()["advisories"] == 0:
         log.warning("vulnerability store is empty; run 'moray vulndb import PATH'",
                     extra={"db": str(db_path)})
     malware = None
@@ -127,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         secrets=None if args.no_secrets else SecretScanner(),
         malware=malware,
         cache=StoreLayerCache(store) if store is not None and not args.no_cache else None,
-        matcher=Matcher(store) if store is not None and not args.no_vulns else None,
+        matcher=matcher,
         progress=_progress(not args.quiet and sys.stderr.isatty()),  # type: ignore[arg-type]
     )
     source = open_image(args)

@@ -8,11 +8,13 @@ store (import the same advisories on each worker host: data stays offline-first)
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from controlplane.scanner.errors import ScanError
+from controlplane.scanner.model import OSRelease, Package, Severity, VulnFinding
 from controlplane.store.scanstore import ScanJob
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ class RemoteError(ScanError):
     """The server refused or failed a scan-job request."""
 
 
-class HttpJobQueue:
+class _Client:
     def __init__(self, base_url: str, token: str, *, client: httpx.Client | None = None,
                  timeout: float = 30.0, verify: bool | str = True) -> None:
         self.base = base_url.rstrip("/")
@@ -38,6 +40,34 @@ class HttpJobQueue:
             raise RemoteError(f"HTTP {resp.status_code} for {path}: {resp.text[:300]}",
                               source=self.base)
         return resp
+
+
+
+class RemoteMatcher(_Client):
+    """Vulnerability matching on the server's knowledge base (``moray-scan --server``):
+    only package coordinates are sent, never files or findings of other kinds."""
+
+    def match(self, packages: Sequence[Package], os: OSRelease | None) -> list[VulnFinding]:
+        body = {
+            "os": {"id": os.id, "version_id": os.version_id, "codename": os.codename}
+            if os else None,
+            "packages": [{"ecosystem": str(p.ecosystem), "name": p.name, "version": p.version,
+                          "namespace": p.namespace, "source_name": p.source_name,
+                          "source_version": p.source_version} for p in packages],
+        }
+        doc = self._post("/api/v1/vulndb/match", body).json()
+        return [
+            VulnFinding(id=str(v["id"]), package=packages[int(v["package"])],
+                        severity=Severity.parse(v.get("severity")),
+                        fixed_version=str(v.get("fixed_version", "")),
+                        aliases=tuple(v.get("aliases") or ()), summary=str(v.get("summary", "")),
+                        source=str(v.get("source", "")), cvss_score=v.get("cvss_score"))
+            for v in doc.get("vulnerabilities", [])
+        ]
+
+
+class HttpJobQueue(_Client):
+    """Scan jobs leased from the server, verdicts reported to it."""
 
     def claim_scan(self, worker: str, lease_seconds: float = 600.0,
                    max_attempts: int = 3) -> ScanJob | None:

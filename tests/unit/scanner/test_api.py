@@ -12,12 +12,16 @@ from fastapi import Header, HTTPException  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from controlplane.scanner.api import SCAN_ACCESS, scan_router  # noqa: E402
-from controlplane.scanner.remote import HttpJobQueue, RemoteError  # noqa: E402
+from controlplane.scanner.remote import HttpJobQueue, RemoteError, RemoteMatcher  # noqa: E402
 from controlplane.scanner.scan import ScanOptions, scan_image  # noqa: E402
 from controlplane.scanner.source import open_source  # noqa: E402
 from controlplane.scanner.worker import run_worker  # noqa: E402
 from controlplane.store.scanstore import ScanStore  # noqa: E402
+from controlplane.vulndb.importer import import_path  # noqa: E402
+from controlplane.vulndb.matcher import Matcher  # noqa: E402
+from tests.fixtures.images import scenarios  # noqa: E402
 from tests.fixtures.images.builder import Image  # noqa: E402
+from tests.unit.vulndb.conftest import advisories_dir  # noqa: E402
 
 POLICY = "kind: ImageAssurancePolicy\nmetadata: {name: p}\nspec: {notRoot: true}\n"
 
@@ -65,3 +69,20 @@ def test_auth_is_required(server: tuple[TestClient, ScanStore]) -> None:
     assert client.get("/api/v1/scan-jobs").status_code == 401
     with pytest.raises(RemoteError, match="HTTP 401"):
         HttpJobQueue("http://testserver", "bad", client=client).claim_scan("w")
+
+
+def test_remote_matching_equals_local(tmp_path: Path) -> None:
+    store = ScanStore(tmp_path / "moray.db")
+    import_path(advisories_dir(), store)
+    app = fastapi.FastAPI()
+    app.include_router(scan_router(store, _authorize))
+    client = TestClient(app)
+    image = tmp_path / "img.tar"
+    scenarios.debian_app().write_docker_archive(image)
+    local = scan_image(open_source(image), ScanOptions(matcher=Matcher(store)))
+    remote = scan_image(open_source(image), ScanOptions(
+        matcher=RemoteMatcher("http://testserver", "good", client=client)))
+    key = [(v.package.name, v.id, v.fixed_version, v.severity) for v in local.vulnerabilities]
+    assert key and key == [(v.package.name, v.id, v.fixed_version, v.severity)
+                           for v in remote.vulnerabilities]
+    assert remote.vulnerabilities[0].package.path  # mapped back to the scanned package

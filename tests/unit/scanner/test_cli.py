@@ -35,6 +35,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def data_dir(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MORAY_DATA_DIR", str(env["db"].parent))
+    monkeypatch.delenv("MORAY_SERVER", raising=False)
+    monkeypatch.delenv("MORAY_TOKEN", raising=False)
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -108,6 +110,11 @@ def test_errors_exit_2(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
     assert code == 2 and "cannot read archive" in err
     code, _, err = _run(capsys, "registry.example.test/app:1", "--insecure-registry")
     assert code == 2 and "loopback" in err
+    code, _, err = _run(capsys, str(env["alpine"]), "--server", "http://127.0.0.1:9")
+    assert code == 2 and "--token" in err
+    code, _, err = _run(capsys, str(env["alpine"]), "--server", "http://127.0.0.1:9",
+                        "--token", "t")
+    assert code == 2 and "server unreachable" in err
 
 
 def test_layer_cache_and_recorded_verdict(env: dict[str, Path],
