@@ -145,7 +145,7 @@ class ConfigFinding:
 
 
 @dataclass(frozen=True, slots=True)
-class Warning_:
+class ScanWarning:
     """Something the scanner refused or skipped (unsafe entry, oversized file)."""
 
     reason: str
@@ -164,7 +164,7 @@ class LayerResult:
     present: set[str] = field(default_factory=set)  # every path this layer writes
     secrets: list[SecretFinding] = field(default_factory=list)
     malware: list[MalwareFinding] = field(default_factory=list)
-    warnings: list[Warning_] = field(default_factory=list)
+    warnings: list[ScanWarning] = field(default_factory=list)
     os_release: OSRelease | None = None
     size: int = 0  # uncompressed bytes
 
@@ -195,5 +195,5 @@ class ScanResult:
     secrets: list[SecretFinding] = field(default_factory=list)
     malware: list[MalwareFinding] = field(default_factory=list)
     config_findings: list[ConfigFinding] = field(default_factory=list)
-    warnings: list[Warning_] = field(default_factory=list)
+    warnings: list[ScanWarning] = field(default_factory=list)
     repo_tags: tuple[str, ...] = ()

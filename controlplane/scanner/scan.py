@@ -27,9 +27,9 @@ from controlplane.scanner.model import (
     OSRelease,
     Package,
     ScanResult,
+    ScanWarning,
     SecretFinding,
     VulnFinding,
-    Warning_,
 )
 from controlplane.scanner.source import ImageSource, LayerRef
 
@@ -76,7 +76,7 @@ class ScanOptions:
     @property
     def cache_version(self) -> str:
         parts = [ANALYZER_VERSION, ",".join(a.name for a in self.analyzers)]
-        parts.append("s" if self.secrets else "-")
+        parts.append(getattr(self.secrets, "fingerprint", "s") if self.secrets else "-")
         parts.append(getattr(self.malware, "fingerprint", "m") if self.malware else "-")
         return "/".join(parts)
 
@@ -108,7 +108,7 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
     def warn(reason: str, path: str) -> None:
         log.warning("layer entry skipped", extra={"layer": layer.digest, "path": path,
                                                   "reason": reason})
-        result.warnings.append(Warning_(reason, layer.digest, path))
+        result.warnings.append(ScanWarning(reason, layer.digest, path))
 
     limits = options.limits
     secret_max = options.secrets.max_bytes if options.secrets else -1
@@ -163,9 +163,8 @@ def _under(path: str, root: str) -> bool:
 
 
 def _removed_by(path: str, later: LayerResult) -> bool:
-    if path in later.present and path not in later.files:
-        return True  # overwritten by a file that holds no packages
-    if any(_under(path, w) for w in later.whiteouts):
+    """Whether a later layer deletes or overwrites ``path``."""
+    if path in later.present or any(_under(path, w) for w in later.whiteouts):
         return True
     return any(_under(path, d) and path != d for d in later.opaque_dirs)
 
@@ -193,10 +192,10 @@ def merge_layers(layers: Sequence[LayerResult]) -> tuple[
     for i, layer in enumerate(layers):
         later = layers[i + 1:]
         for s in layer.secrets:
-            gone = any(_removed_by(s.path, nxt) or s.path in nxt.present for nxt in later)
+            gone = any(_removed_by(s.path, nxt) for nxt in later)
             secrets.append(replace(s, deleted_later=gone))
         for m in layer.malware:
-            gone = any(_removed_by(m.path, nxt) or m.path in nxt.present for nxt in later)
+            gone = any(_removed_by(m.path, nxt) for nxt in later)
             malware.append(replace(m, deleted_later=gone))
     return packages, secrets, malware, os_release
 

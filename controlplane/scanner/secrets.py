@@ -7,6 +7,7 @@ asterisks. Binary files (a NUL in the first 8 KiB) and paths that are known to b
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -85,6 +86,9 @@ class SecretScanner:
     def __init__(self, rules: tuple[SecretRule, ...] = RULES, max_bytes: int = 2 << 20) -> None:
         self.rules = rules
         self.max_bytes = max_bytes
+        digest = hashlib.sha256(repr([(r.id, r.pattern.pattern, r.min_entropy)
+                                      for r in rules]).encode())
+        self.fingerprint = "s" + digest.hexdigest()[:12]  # part of the layer cache key
 
     def scan_file(self, path: str, data: bytes, layer: str) -> list[SecretFinding]:
         if path.startswith(SKIP_PREFIXES) or path.endswith(SKIP_SUFFIXES):

@@ -11,9 +11,9 @@ from controlplane.scanner.model import (
     MalwareFinding,
     OSRelease,
     Package,
+    ScanWarning,
     SecretFinding,
     Severity,
-    Warning_,
 )
 
 
@@ -65,7 +65,7 @@ def layer_from_json(d: dict[str, Any]) -> LayerResult:
         secrets=[SecretFinding(**{**s, "severity": Severity(s["severity"])}) for s in d["secrets"]],
         malware=[MalwareFinding(**{**m, "severity": Severity(m["severity"])})
                  for m in d["malware"]],
-        warnings=[Warning_(**w) for w in d["warnings"]],
+        warnings=[ScanWarning(**w) for w in d["warnings"]],
         os_release=OSRelease(**d["os_release"]) if d.get("os_release") else None,
         size=int(d.get("size", 0)),
     )
