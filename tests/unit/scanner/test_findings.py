@@ -99,3 +99,18 @@ def test_package_metadata_is_not_scanned_for_secrets() -> None:
     s = SecretScanner()
     assert s.scan_file("usr/lib/python3/dist-packages/PyJWT-2.6.0.egg-info/PKG-INFO", jwt, "") == []
     assert [f.rule for f in s.scan_file("app/config.txt", jwt, "")] == ["jwt"]
+
+
+@pytest.mark.parametrize(("rule", "text"), [
+    ("gcp-service-account", '{"type": "service_account", "private_key_id": "'
+     + "3f" * 20 + '", "private_key": "..."}'),
+    ("azure-storage-key", "DefaultEndpointsProtocol=https;AccountName=x;AccountKey="
+     + "Ab3d" * 21 + "xY==;EndpointSuffix=core.windows.net"),
+    ("sendgrid-key", "SG." + "aB3dE6gH9jK2mN5pQ8sT1v" + "." + "Xy7" * 14 + "Z"),
+    ("huggingface-token", "HF_TOKEN=hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh"),
+    ("npmrc-auth", "//registry.npmjs.org/:_authToken=npm-secret-value-1234"),
+    ("docker-config-auth", '{"auths": {"r.example": {"auth": "dXNlcjpwYXNzd29yZA=="}}}'),
+])
+def test_more_credential_formats(rule: str, text: str) -> None:
+    found = SecretScanner().scan_file("app/conf", text.encode(), "")
+    assert rule in {f.rule for f in found}
