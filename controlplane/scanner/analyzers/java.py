@@ -7,6 +7,7 @@ import logging
 import posixpath
 import re
 import zipfile
+import zlib
 
 from controlplane.scanner.model import Ecosystem, Package
 
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 
 _ARCHIVE_EXT = (".jar", ".war", ".ear", ".par")
 _NAME_VERSION = re.compile(r"^(.+?)-(\d[\w.+-]*)$")
-MAX_NESTED_BYTES = 64 << 20
+MAX_NESTED_BYTES = 64 << 20  # one nested archive
+MAX_NESTED_TOTAL = 512 << 20  # all nested archives of one file (zip-bomb bound)
 MAX_MEMBERS = 100_000
 
 
@@ -70,12 +72,23 @@ class JavaArchiveAnalyzer:
             if not packages:
                 packages.extend(self._from_manifest(zf, path, layer))
             if depth == 0:
+                budget = MAX_NESTED_TOTAL
                 for info in infos:
-                    if info.filename.lower().endswith(_ARCHIVE_EXT) and (
-                        info.file_size <= MAX_NESTED_BYTES
-                    ):
-                        nested = f"{path}!/{info.filename}"
-                        packages.extend(self._archive(nested, zf.read(info), layer, depth + 1))
+                    if not info.filename.lower().endswith(_ARCHIVE_EXT):
+                        continue
+                    if info.file_size > min(MAX_NESTED_BYTES, budget):
+                        log.warning("nested archive skipped: size limit",
+                                    extra={"path": path, "member": info.filename})
+                        continue
+                    budget -= info.file_size
+                    nested = f"{path}!/{info.filename}"
+                    try:
+                        content = zf.read(info)
+                    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+                        log.debug("unreadable nested archive", extra={"path": nested,
+                                                                      "error": str(err)})
+                        continue
+                    packages.extend(self._archive(nested, content, layer, depth + 1))
         return packages
 
     def _from_manifest(self, zf: zipfile.ZipFile, path: str, layer: str) -> list[Package]:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.scanner.analyzers import java
 from controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
+from controlplane.scanner.analyzers.java import JavaArchiveAnalyzer
 from controlplane.scanner.analyzers.ospkg import RpmAnalyzer
 from controlplane.scanner.model import OSRelease
 from controlplane.scanner.scan import ScanOptions, parse_os_release, scan_image
@@ -236,3 +238,12 @@ def test_rpm_berkeley_db_packages(tmp_path: Path) -> None:
         for _ in range(20):
             bad[rng.randrange(72, len(bad))] = rng.randrange(256)
         assert isinstance(RpmAnalyzer().analyze("var/lib/rpm/Packages", bytes(bad), ""), list)
+
+
+def test_nested_jar_bomb_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(java, "MAX_NESTED_TOTAL", 3 << 20)
+    inner = rootfs.jar({"META-INF/maven/g/a/pom.properties": b"groupId=g\nartifactId=a\n"
+                        b"version=1\n", "pad": b"\0" * (1 << 20)})
+    outer = rootfs.jar({f"lib/x{i}.jar": inner for i in range(10)})
+    pkgs = JavaArchiveAnalyzer().analyze("app.jar", outer, "")
+    assert 1 <= len(pkgs) <= 3  # stops after the budget, does not inflate all ten
