@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
+
+import yaml
 
 from controlplane.scanner.model import Ecosystem, OSRelease, Package, Severity, VulnFinding
 from controlplane.store.scanstore import ScanStore
@@ -151,3 +154,17 @@ def test_severity_from_an_alias_record(store: ScanStore, tmp_path: Path) -> None
     (finding,) = Matcher(store).match([_pkg(Ecosystem.DEB, "zlib1g", "1:1.3-1", "zlib")],
                                       BOOKWORM)
     assert finding.id == "CVE-2099-0001" and finding.severity is Severity.CRITICAL
+
+
+def test_osv_zip_export_and_yaml(store: ScanStore, advisories: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "PyPI-all.zip"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        for name in ("PYSEC-2018-28.json", "PYSEC-2023-74.json"):
+            zf.write(advisories / name, name)
+    doc = json.loads((advisories / "PYSEC-2020-96.json").read_text())
+    (tmp_path / "PYSEC-2020-96.yaml").write_text(yaml.safe_dump(doc))
+    report = import_path(tmp_path, store)
+    assert (report.records, report.skipped) == (3, 0)
+    got = Matcher(store).match([_pkg(Ecosystem.PYPI, "requests", "2.19.0"),
+                                _pkg(Ecosystem.PYPI, "PyYAML", "5.3")], None)
+    assert {f.id for f in got} == {"CVE-2018-18074", "CVE-2023-32681", "CVE-2020-1747"}
