@@ -93,14 +93,15 @@ def _progress(enabled: bool) -> object:
         return None
     from tqdm import tqdm  # noqa: PLC0415 - only for interactive runs
 
-    bar = tqdm(total=0, unit="layer", file=sys.stderr, leave=False)
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+               leave=False)
 
     def update(done: int, total: int, layer: str) -> None:
         bar.total = total
         bar.n = done
         bar.set_description(layer[7:19] or "done")
         bar.refresh()
-        if done >= total:
+        if layer == "":
             bar.close()
 
     return update

@@ -10,11 +10,12 @@ filesystem while secrets and malware in files deleted later are still reported, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import IO, Protocol
 
 from controlplane.scanner.analyzers import Analyzer, registry
 from controlplane.scanner.config import config_findings, image_config
@@ -71,6 +72,7 @@ class ScanOptions:
     malware: MalwareScanner | None = None
     cache: LayerCache | None = None
     matcher: VulnMatcher | None = None
+    # called with (bytes done, bytes total, layer digest) as layer blobs are read
     progress: Callable[[int, int, str], None] | None = None
 
     @property
@@ -200,24 +202,51 @@ def merge_layers(layers: Sequence[LayerResult]) -> tuple[
     return packages, secrets, malware, os_release
 
 
+def _layer_progress(report: Callable[[int, int, str], None], base: int, total: int,
+                    digest: str, count: int) -> None:
+    report(min(base + count, total), total, digest)
+
+
+class _ProgressReader:
+    """Passes reads through and reports the running byte count about every MiB."""
+
+    def __init__(self, inner: IO[bytes], report: Callable[[int], None]) -> None:
+        self._inner = inner
+        self._report = report
+        self._count = 0
+        self._last = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self._count += len(data)
+        if self._count - self._last >= 1 << 20:
+            self._last = self._count
+            self._report(self._count)
+        return data
+
+
 def scan_image(source: ImageSource, options: ScanOptions | None = None,
                image_name: str = "") -> ScanResult:
     options = options or ScanOptions()
     resolved = source.resolve()
     results: list[LayerResult] = []
     version = options.cache_version
-    total = len(resolved.layers)
-    for i, layer in enumerate(resolved.layers):
-        if options.progress:
-            options.progress(i, total, layer.digest)
+    total = sum(max(layer.size, 0) for layer in resolved.layers)
+    done = 0
+    for layer in resolved.layers:
         cached = options.cache.get_layer(layer.digest, version) if options.cache else None
         if cached is not None:
             log.debug("layer from cache", extra={"layer": layer.digest})
             results.append(cached)
+            done += layer.size
             continue
         with source.open_blob(layer.digest) as blob:
+            reader: object = blob
+            if options.progress is not None:
+                reader = _ProgressReader(blob, functools.partial(
+                    _layer_progress, options.progress, done, total, layer.digest))
             try:
-                result = analyze_layer(blob, layer, options)
+                result = analyze_layer(reader, layer, options)
                 drain = getattr(blob, "drain", None)
                 if drain is not None:
                     drain()
@@ -226,6 +255,7 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
                 err.layer = err.layer or layer.digest
                 raise
         results.append(result)
+        done += layer.size
         if options.cache:
             options.cache.put_layer(result, version)
     if options.progress:

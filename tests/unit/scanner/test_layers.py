@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,15 @@ def test_zstd_layer(tmp_path: Path) -> None:
     blob = zstandard.ZstdCompressor().compress(layer_tar({meta: PY_META}))
     entries, _ = _entries(blob)
     assert entries == [(meta, "file")]
+
+
+def test_progress_reports_bytes(tmp_path: Path) -> None:
+    noise = random.Random(1).randbytes(3 << 20)  # incompressible
+    img = Image([{"a": b"x"}, {"big": noise}])
+    img.write_oci_layout(tmp_path)
+    seen: list[tuple[int, int, str]] = []
+    scan_image(OCILayoutSource(tmp_path), ScanOptions(progress=lambda *a: seen.append(a)))
+    total = sum(len(b) for b in img.build()[1])
+    assert seen[-1] == (total, total, "")
+    assert len(seen) >= 3 and all(d <= t == total for d, t, _ in seen)
+    assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
