@@ -128,7 +128,8 @@ class RegistrySource:
         raw = f"{self.username}:{self.password or ''}".encode()
         return "Basic " + base64.b64encode(raw).decode()
 
-    def _open(self, path: str, accept: str = "") -> IO[bytes]:
+    def open_path(self, path: str, accept: str = "") -> IO[bytes]:
+        """GET a path under the registry base, authenticating on a 401 challenge."""
         url = self.base + path
         for attempt in range(2):
             req = urllib.request.Request(url)
@@ -182,7 +183,7 @@ class RegistrySource:
         self._auth = f"Bearer {token}"
 
     def _get_json(self, path: str, accept: str = "") -> tuple[bytes, str]:
-        with self._open(path, accept) as resp:
+        with self.open_path(path, accept) as resp:
             data = resp.read(MAX_JSON_BYTES + 1)
             media = str(getattr(resp, "headers", {}).get("Content-Type", ""))
         if len(data) > MAX_JSON_BYTES:
@@ -221,7 +222,7 @@ class RegistrySource:
     @contextlib.contextmanager
     def open_blob(self, digest: str) -> Iterator[IO[bytes]]:
         check_digest(digest, self.name)
-        with self._open(f"/v2/{self.ref.repository}/blobs/{digest}") as resp:
+        with self.open_path(f"/v2/{self.ref.repository}/blobs/{digest}") as resp:
             yield HashingReader(resp, digest, self.name, self.max_blob)  # type: ignore[misc]
 
 
@@ -240,7 +241,7 @@ def _next_link(header: str) -> str:
 def _paged(src: RegistrySource, path: str, key: str) -> list[str]:
     out: list[str] = []
     for _ in range(MAX_PAGES):
-        with src._open(path) as resp:
+        with src.open_path(path) as resp:
             data = resp.read(MAX_JSON_BYTES)
             link = str(getattr(resp, "headers", {}).get("Link", ""))
         try:
