@@ -168,3 +168,13 @@ def test_osv_zip_export_and_yaml(store: ScanStore, advisories: Path, tmp_path: P
     got = Matcher(store).match([_pkg(Ecosystem.PYPI, "requests", "2.19.0"),
                                 _pkg(Ecosystem.PYPI, "PyYAML", "5.3")], None)
     assert {f.id for f in got} == {"CVE-2018-18074", "CVE-2023-32681", "CVE-2020-1747"}
+
+
+def test_alpine_whole_release_secdb(store: ScanStore, advisories: Path, tmp_path: Path) -> None:
+    per_package = json.loads((advisories / "alpine-secdb" / "v3.18-main-busybox.json").read_text())
+    whole = {"distroversion": "v3.18", "reponame": "main", "archs": ["x86_64"],
+             "packages": [{"pkg": {"name": "busybox", "secfixes": per_package["secfixes"]}}]}
+    (tmp_path / "main.json").write_text(json.dumps(whole))
+    assert import_path(tmp_path / "main.json", store).by_format == {"alpine-secdb": 1}
+    got = _ids(Matcher(store).match([_pkg(Ecosystem.APK, "busybox", "1.36.1-r2")], ALPINE318))
+    assert got["CVE-2023-42366"] == "1.36.1-r6" and "CVE-2021-42373" not in got
