@@ -197,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_vulndb_status(store, args.json)
         finally:
             store.close()
+    except BrokenPipeError:
+        return 2  # the reader went away (``| head``)
     except (ScanError, OSError) as err:
         sys.stderr.write(f"moray: error: {err}\n")
         return 2

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controlplane.scanner.cache import StoreLayerCache
-from controlplane.scanner.errors import ScanError
+from controlplane.scanner.errors import ImageFormatError, ScanError
 from controlplane.scanner.malware import MalwareScanner, discover
 from controlplane.scanner.model import ScanResult, Severity
 from controlplane.scanner.policy import (
@@ -36,6 +36,7 @@ from controlplane.vulndb.matcher import Matcher
 log = logging.getLogger(__name__)
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+LOCAL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".oci")
 SEVERITIES = [str(s) for s in Severity if s is not Severity.UNKNOWN]
 
 
@@ -80,6 +81,8 @@ def open_image(args: argparse.Namespace) -> ImageSource:
     path = Path(args.image)
     if path.exists():
         return open_source(path, args.ref)
+    if args.image.startswith(("/", "./", "../")) or args.image.endswith(LOCAL_SUFFIXES):
+        raise ImageFormatError("no such image file or directory", source=args.image)
     # imported here: urllib.request/http.client/ssl are only needed for registry images
     from controlplane.scanner.registry import RegistrySource, parse_reference  # noqa: PLC0415
 
@@ -174,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScanError as err:
         sys.stderr.write(f"moray-scan: error: {err}\n")
         return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_ERROR  # the reader went away (``| head``); nothing left to say
     except OSError as err:
         sys.stderr.write(f"moray-scan: error: {err}\n")
         return EXIT_ERROR

@@ -104,7 +104,7 @@ def test_cyclonedx_is_valid(env: dict[str, Path], capsys: pytest.CaptureFixture[
 def test_errors_exit_2(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
                        tmp_path: Path) -> None:
     code, _, err = _run(capsys, str(tmp_path / "missing.tar"))
-    assert code == 2 and "error" in err
+    assert code == 2 and "no such image file or directory" in err
     (tmp_path / "junk.tar").write_bytes(b"junk")
     code, _, err = _run(capsys, str(tmp_path / "junk.tar"))
     assert code == 2 and "cannot read archive" in err
