@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 OnPolicy = Callable[[VerifiedPolicy], ApplyResult]
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-_CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+                    ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                     ("grpc.keepalive_permit_without_calls", 1),
                     ("grpc.initial_reconnect_backoff_ms", 200),
                     ("grpc.max_reconnect_backoff_ms", 2_000)]
@@ -145,7 +146,7 @@ class ControlPlaneClient:
     def _use_identity(self, identity: Identity) -> None:
         self.identity = identity
         self.verifier = PolicyVerifier(identity.policy_public_key, identity.agent_id)
-        options = list(_CHANNEL_OPTIONS)
+        options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
         self._channel = grpc.secure_channel(self.server, identity.channel_credentials(),

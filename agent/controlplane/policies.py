@@ -5,8 +5,11 @@ restart while the server is unreachable.
 On disk (``<data dir>/policies``):
 - ``<name>.signed``: the SignedPolicy bytes exactly as received, re-verified on load (a
   file edited on disk is refused like a forged message).
-- ``floors.json``: policy name -> the highest version accepted (also for removals), so a
-  replayed older version is rejected across restarts.
+- ``<name>.signed.rejected``: a cached file that no longer verified at load, kept for
+  inspection and never enforced.
+- ``floors.json``: policy name -> the highest version accepted (also for removals), and
+  which floors a removal set, so a replayed older version (or a replay of the version a
+  removal superseded) is rejected across restarts.
 Both are replaced atomically (write, fsync, rename). Changes: ``accept`` after the
 pipeline applied a policy (or removal), never before.
 """
@@ -57,7 +60,8 @@ class ApplyResult:
 
 
 class PolicyRejected(Exception):
-    def __init__(self, status: int, name: str, version: int, reason: str) -> None:
+    def __init__(self, status: moray_pb2.ApplyStatus.ValueType, name: str, version: int,
+                 reason: str) -> None:
         super().__init__(reason)
         self.status, self.name, self.version, self.reason = status, name, version, reason
 
@@ -112,9 +116,11 @@ class PolicyCache:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.floors: dict[str, int] = json.loads((self.dir / "floors.json").read_text())
+            state = json.loads((self.dir / "floors.json").read_text())
         except FileNotFoundError:
-            self.floors = {}
+            state = {}
+        self.floors: dict[str, int] = dict(state.get("floors", {}))
+        self.removed: set[str] = set(state.get("removed", []))   # floor set by a removal
 
     def check(self, policy: VerifiedPolicy) -> bool:
         """True when ``policy`` should be applied, False when it is the version already
@@ -131,6 +137,8 @@ class PolicyCache:
                 current = PolicyCache._payload(held.read_bytes())
                 if current is not None and current.sha256 == policy.sha256:
                     return False                # same version, same document: resend
+            elif policy.name not in self.removed:
+                return True                     # ours, lost or set aside locally: re-fetch
             raise PolicyRejected(moray_pb2.REJECTED_REPLAY, policy.name, policy.version,
                                  f"version {policy.version} was already superseded")
         return True
@@ -151,7 +159,12 @@ class PolicyCache:
         else:
             _atomic_write(path, policy.signed)
         self.floors[policy.name] = max(policy.version, self.floors.get(policy.name, 0))
-        _atomic_write(self.dir / "floors.json", json.dumps(self.floors, sort_keys=True).encode())
+        if policy.removed:
+            self.removed.add(policy.name)
+        else:
+            self.removed.discard(policy.name)
+        _atomic_write(self.dir / "floors.json", json.dumps(
+            {"floors": self.floors, "removed": sorted(self.removed)}, sort_keys=True).encode())
 
     def versions(self) -> dict[str, int]:
         """Policy name -> version held (what the agent enforces)."""
@@ -163,7 +176,9 @@ class PolicyCache:
         return out
 
     def load(self, verifier: PolicyVerifier) -> list[VerifiedPolicy]:
-        """The cached policies whose signatures still verify; others are logged and skipped."""
+        """The cached policies whose signatures still verify. Others are logged and set
+        aside as ``<name>.signed.rejected`` so the hello no longer claims them and the
+        server sends the current version again."""
         good = []
         for path in sorted(self.dir.glob("*.signed")):
             try:
@@ -171,4 +186,5 @@ class PolicyCache:
             except PolicyRejected as err:
                 log.error("cached policy failed verification; not enforcing it",
                           extra={"path": str(path), "reason": err.reason})
+                path.replace(path.with_name(path.name + ".rejected"))
         return good

@@ -21,7 +21,7 @@ GENERATED = ("moray_pb2.py", "moray_pb2.pyi", "moray_pb2_grpc.py")
 def generate(out: Path) -> None:
     """Run protoc (from grpcio-tools) with the repository root as include path, so the
     generated modules import each other as ``controlplane.proto.moray_pb2``."""
-    from grpc_tools import protoc  # build-time only dependency
+    from grpc_tools import protoc  # noqa: PLC0415 - needed only when generating
 
     include = Path(protoc.__file__).parent / "_proto"
     args = ["protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={out}",

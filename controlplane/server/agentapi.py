@@ -19,7 +19,7 @@ sent, so an ack means durable, and a batch without an ack is sent again by the a
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -28,11 +28,16 @@ from typing import Any
 import grpc
 
 from controlplane.proto import moray_pb2, moray_pb2_grpc
-from controlplane.server.hub import AgentHub
+from controlplane.server.hub import AgentHub, StreamHandle
 from controlplane.server.metrics import ServerMetrics
 from controlplane.server.pki import Pki, PkiError, cert_sha256
 from controlplane.server.policydoc import selects_host
-from controlplane.store.cpstore import AgentRecord, ControlPlaneStore, StoreError
+from controlplane.store.cpstore import (
+    AgentRecord,
+    ControlPlaneStore,
+    PolicyRecord,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +102,14 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):
 
     # -- policies ------------------------------------------------------------------------
 
-    def _desired(self, agent_id: str) -> tuple[AgentRecord | None, dict[str, Any]]:
+    def _desired(self, agent_id: str) -> tuple[AgentRecord | None, dict[str, PolicyRecord]]:
         agent = self.store.agent(agent_id)
         if agent is None:
             return None, {}
         current = self.store.current_policies(agent.tenant, include_removed=True)
         return agent, {p.name: p for p in current}
 
-    def _removal(self, agent: AgentRecord, name: str, version: int) -> moray_pb2.SignedPolicy:
+    def removal(self, agent: AgentRecord, name: str, version: int) -> moray_pb2.SignedPolicy:
         payload = moray_pb2.PolicyPayload(
             name=name, tenant=agent.tenant, version=version, removed=True, agent_id=agent.id,
             issued_at_ms=int(time.time() * 1000)).SerializeToString()
@@ -117,80 +122,41 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):
         first = await context.read()
         if first is grpc.aio.EOF or not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
-        known: dict[str, int] = dict(first.hello.versions)
-        pending: dict[tuple[str, int], float] = {}   # (name, version) -> issued_at
+        session = _PolicySession(self, agent, context, dict(first.hello.versions))
         handle = self.hub.open(agent.id)
         self.metrics.agents_connected.set(len(self.hub.streams))
-        log.info("policy stream open", extra={"agent_id": agent.id, "versions": known})
-
-        async def read_acks() -> None:
-            while True:
-                msg = await context.read()
-                if msg is grpc.aio.EOF:
-                    return
-                if not msg.HasField("ack"):
-                    continue
-                ack = msg.ack
-                status = moray_pb2.ApplyStatus.Name(ack.status)
-                self.metrics.policy_acks.labels(status).inc()
-                issued = pending.pop((ack.name, ack.version), None)
-                self.metrics.policy_pushes_pending.dec() if issued is not None else None
-                if issued is not None and status in ("APPLIED", "REMOVED"):
-                    self.metrics.policy_push_latency.observe(max(0.0, time.time() - issued))
-                if status not in ("APPLIED", "REMOVED"):
-                    log.warning("agent rejected a policy", extra={
-                        "agent_id": agent.id, "policy": ack.name, "version": ack.version,
-                        "status": status, "error": ack.error})
-                await asyncio.to_thread(self.store.record_ack, agent.id, ack.name,
-                                        ack.version, status, ack.error,
-                                        {t.rule: t.tier for t in ack.tiers})
-
-        reader = asyncio.create_task(read_acks())
-        generation = -1
+        log.info("policy stream open", extra={"agent_id": agent.id, "versions": session.known})
+        reader = asyncio.create_task(session.read_acks())
         try:
             while not reader.done():
                 handle.wake.clear()
-                if handle.revoked:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "agent revoked")
                 generation = await asyncio.to_thread(self.store.policy_generation)
                 fresh, policies = await asyncio.to_thread(self._desired, agent.id)
-                if fresh is None or fresh.revoked_at is not None:
+                if handle.revoked or fresh is None or fresh.revoked_at is not None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, "agent revoked")
                     return
-                for name, record in policies.items():
-                    wanted = not record.removed and selects_host(record.document, fresh.labels)
-                    if wanted and known.get(name) != record.version:
-                        version, message = record.version, record.signed()
-                        known[name] = record.version
-                    elif not wanted and name in known:
-                        version = max(record.version, known.pop(name))
-                        message = self._removal(fresh, name, version)
-                    else:
-                        continue
-                    await context.write(moray_pb2.PolicyStreamResponse(policy=message))
-                    pending[(name, version)] = record.created_at
-                    self.metrics.policy_pushes_pending.inc()
-                for name in [n for n in known if n not in policies]:
-                    # a policy the agent has that this tenant never had: remove it
-                    await context.write(moray_pb2.PolicyStreamResponse(
-                        policy=self._removal(fresh, name, known.pop(name))))
-                while True:
-                    waker = asyncio.create_task(handle.wake.wait())
-                    done, _ = await asyncio.wait({waker, reader}, timeout=self.poll_seconds,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    waker.cancel()
-                    if done:
-                        break
-                    # timed out: poll the generation (another process may have written)
-                    if await asyncio.to_thread(self.store.policy_generation) != generation:
-                        break
+                await session.push(fresh, policies)
+                await self._wait_change(handle, reader, generation)
             await reader
         finally:
             reader.cancel()
-            self.metrics.policy_pushes_pending.dec(len(pending))
+            self.metrics.policy_pushes_pending.dec(len(session.pending))
             self.hub.close(handle)
             self.metrics.agents_connected.set(len(self.hub.streams))
             log.info("policy stream closed", extra={"agent_id": agent.id})
+
+    async def _wait_change(self, handle: StreamHandle, reader: asyncio.Task[None],
+                           generation: int) -> None:
+        """Return when the hub wakes this stream, the agent hangs up, or (polled every
+        ``poll_seconds``) the store's policy generation moved: another server process
+        may have written it."""
+        while True:
+            waker = asyncio.create_task(handle.wake.wait())
+            done, _ = await asyncio.wait({waker, reader}, timeout=self.poll_seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            if done or await asyncio.to_thread(self.store.policy_generation) != generation:
+                return
 
     # -- events --------------------------------------------------------------------------
 
@@ -231,5 +197,58 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):
         return moray_pb2.HeartbeatResponse(server_time_ms=int(time.time() * 1000))
 
 
-def json_payload(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), default=str).encode()
+class _PolicySession:
+    """One agent's policy stream: what it enforces (``known``, from its hello and updated
+    as messages go out) and what awaits an acknowledgement (``pending``)."""
+
+    def __init__(self, service: AgentServiceImpl, agent: AgentRecord,
+                 context: grpc.aio.ServicerContext, known: dict[str, int]) -> None:
+        self.service, self.agent, self.context = service, agent, context
+        self.metrics, self.store = service.metrics, service.store
+        self.known = known
+        self.pending: dict[tuple[str, int], float] = {}   # (name, version) -> created_at
+
+    async def push(self, agent: AgentRecord, policies: dict[str, PolicyRecord]) -> None:
+        """Send what differs between the agent's policies and the ones selecting it."""
+        for name, record in policies.items():
+            wanted = not record.removed and selects_host(record.document, agent.labels)
+            if wanted and self.known.get(name) != record.version:
+                version, message = record.version, record.signed()
+                self.known[name] = record.version
+            elif not wanted and name in self.known:
+                version = max(record.version, self.known.pop(name))
+                message = self.service.removal(agent, name, version)
+            else:
+                continue
+            await self.context.write(moray_pb2.PolicyStreamResponse(policy=message))
+            self.pending[(name, version)] = record.created_at
+            self.metrics.policy_pushes_pending.inc()
+        for name in [n for n in self.known if n not in policies]:
+            # a policy the agent holds that its tenant never had: remove it
+            await self.context.write(moray_pb2.PolicyStreamResponse(
+                policy=self.service.removal(agent, name, self.known.pop(name))))
+
+    async def read_acks(self) -> None:
+        while True:
+            msg = await self.context.read()
+            if msg is grpc.aio.EOF:
+                return
+            if msg.HasField("ack"):
+                await self._ack(msg.ack)
+
+    async def _ack(self, ack: moray_pb2.PolicyAck) -> None:
+        status = moray_pb2.ApplyStatus.Name(ack.status)
+        ok = status in ("APPLIED", "REMOVED")
+        self.metrics.policy_acks.labels(status).inc()
+        created = self.pending.pop((ack.name, ack.version), None)
+        if created is not None:
+            self.metrics.policy_pushes_pending.dec()
+            if ok:
+                self.metrics.policy_push_latency.observe(max(0.0, time.time() - created))
+        if not ok:
+            log.warning("agent rejected a policy", extra={
+                "agent_id": self.agent.id, "policy": ack.name, "version": ack.version,
+                "status": status, "error": ack.error})
+        await asyncio.to_thread(functools.partial(
+            self.store.record_ack, self.agent.id, ack.name, ack.version, status=status,
+            error=ack.error, tiers={t.rule: t.tier for t in ack.tiers}))

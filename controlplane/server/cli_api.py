@@ -44,6 +44,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the API command groups to the `moray` parser's subparsers."""
+    _register_policy(sub)
+    _register_agents(sub)
+    _register_events(sub)
+    _register_admin(sub)
+
+
+def _register_policy(sub: Any) -> None:
     pol = sub.add_parser("policy", help="runtime policies on the control plane")
     psub = pol.add_subparsers(dest="command", required=True)
     a = psub.add_parser("apply", help="store policy files as new versions")
@@ -64,6 +71,8 @@ def register(sub: Any) -> None:
     for p in (h, rb, d):
         p.add_argument("--tenant", default="default")
 
+
+def _register_agents(sub: Any) -> None:
     ag = sub.add_parser("agents", help="enrolled agents")
     asub = ag.add_subparsers(dest="command", required=True)
     al = asub.add_parser("list", help="agents, their status and policy versions")
@@ -77,6 +86,8 @@ def register(sub: Any) -> None:
     for p in (al, ar, at):
         _common(p)
 
+
+def _register_events(sub: Any) -> None:
     ev = sub.add_parser("events", help="events the agents reported")
     esub = ev.add_subparsers(dest="command", required=True)
     for name, text in (("query", "print stored events"), ("follow", "print new events")):
@@ -91,6 +102,8 @@ def register(sub: Any) -> None:
             p.add_argument("--max", type=int, default=0, help="stop after N events")
             p.add_argument("--timeout", type=float, default=0, help="stop after N seconds")
 
+
+def _register_admin(sub: Any) -> None:
     au = sub.add_parser("audit", help="who changed what and when")
     au.add_argument("--after", type=int, default=0)
     au.add_argument("--limit", type=int, default=100)
@@ -186,8 +199,9 @@ def _policy(api: Api, args: argparse.Namespace) -> int:
             _out(rows)
             return 0
         for r in rows:
+            note = r["comment"] or r["source"]
             sys.stdout.write(f"v{r['version']:<4} {r['action']:9} {_when(r['created_at'])}  "
-                             f"{r['author']:24} {r['sha256'][:12]}  {r['comment'] or r['source']}\n")
+                             f"{r['author']:24} {r['sha256'][:12]}  {note}\n")
         return 0
     if args.command == "rollback":
         r = api.call("POST", f"/policies/{args.name}/rollback", params={"tenant": args.tenant},

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +83,15 @@ def bootstrap_admin_token(store: ControlPlaneStore, data_dir: Path) -> None:
     log.warning("created the first admin API token", extra={"path": str(path)})
 
 
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: ``main`` owns SIGTERM/SIGINT and stops
+    gRPC and HTTP together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,9 +123,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     # step: start_http
     app = create_app(store, hub, pki, metrics, grpc_port=config.grpc_port,
                      enroll_port=config.enroll_port)
-    http = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.http_port,
-                                         log_config=None, lifespan="off", access_log=False))
-    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    http = _HttpServer(uvicorn.Config(app, host=config.host, port=config.http_port,
+                                      log_config=None, lifespan="off", access_log=False))
     http_task = asyncio.create_task(http.serve())
     log.info("moray-server ready", extra={
         "grpc": config.grpc_port, "enroll": config.enroll_port, "http": config.http_port,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class PolicyKey:
 
 
 class Pki:
-    def __init__(self, directory: Path, ca_key: ec.EllipticCurvePrivateKey,
+    def __init__(self, directory: Path, *, ca_key: ec.EllipticCurvePrivateKey,
                  ca_cert: x509.Certificate, server_key_pem: bytes, server_cert_pem: bytes,
                  policy_key: PolicyKey) -> None:
         self.directory = directory
@@ -129,7 +129,8 @@ class Pki:
         if not isinstance(policy_key, ed25519.Ed25519PrivateKey):
             raise PkiError(f"{policy_path}: not an Ed25519 private key")
 
-        pki = cls(directory, ca_key, ca_cert, b"", b"", PolicyKey(policy_key))
+        pki = cls(directory, ca_key=ca_key, ca_cert=ca_cert, server_key_pem=b"",
+                  server_cert_pem=b"", policy_key=PolicyKey(policy_key))
         pki._ensure_server_cert(names or [])
         return pki
 
@@ -183,10 +184,10 @@ class Pki:
         if not csr.is_signature_valid:
             raise PkiError("CSR signature does not verify")
         public_key = csr.public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
-            from cryptography.hazmat.primitives.asymmetric import rsa
-            if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size < 2048:
-                raise PkiError("CSR key must be EC, Ed25519 or RSA >= 2048 bits")
+        strong_rsa = isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048
+        if not (isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
+                or strong_rsa):
+            raise PkiError("CSR key must be EC, Ed25519 or RSA >= 2048 bits")
         serial = x509.random_serial_number()
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME,

@@ -146,6 +146,82 @@ def _syscall(value: str) -> str | None:
     return None if _SYSCALL.match(value) else "must be a syscall name"
 
 
+
+def _check_metadata(c: _Checker, meta: Mapping[str, Any]) -> None:
+    for key in ("name", "tenant"):
+        if key in meta and (not isinstance(meta[key], str) or not _NAME.match(meta[key])):
+            raise c.fail(f"metadata.{key}",
+                         "must be lower-case letters, digits, '.', '_' or '-' (max 253)")
+    if "labels" in meta:
+        c.labels(meta["labels"], "metadata.labels")
+    if "description" in meta and not isinstance(meta["description"], str):
+        raise c.fail("metadata.description", "must be a string")
+
+
+def _check_scope(c: _Checker, value: Any) -> None:
+    scope = c.mapping(value, "spec.scope", {"containers", "hosts"})
+    if "containers" in scope:
+        cont = c.mapping(scope["containers"], "spec.scope.containers",
+                         {"images", "labels", "names"})
+        for key in ("images", "names"):
+            if key in cont:
+                c.string_list(cont[key], f"spec.scope.containers.{key}")
+        if "labels" in cont:
+            c.labels(cont["labels"], "spec.scope.containers.labels")
+    if "hosts" in scope:
+        hosts = c.mapping(scope["hosts"], "spec.scope.hosts", {"labels"})
+        if "labels" in hosts:
+            c.labels(hosts["labels"], "spec.scope.hosts.labels")
+
+
+def _check_exec(c: _Checker, value: Any) -> None:
+    ex = c.mapping(value, "spec.exec", {"deny", "allow", "drift"})
+    for key in ("deny", "allow"):
+        if key in ex:
+            c.string_list(ex[key], f"spec.exec.{key}", _abs_path)
+    if "drift" in ex:
+        c.enum(ex["drift"], "spec.exec.drift", ("block", "monitor", "off"))
+
+
+def _check_files(c: _Checker, value: Any) -> None:
+    files = c.mapping(value, "spec.files", {"deny", "monitor"})
+    for key in ("deny", "monitor"):
+        if key not in files:
+            continue
+        if not isinstance(files[key], list):
+            raise c.fail(f"spec.files.{key}", f"must be a list, not {_kind(files[key])}")
+        for i, item in enumerate(files[key]):
+            field = f"spec.files.{key}[{i}]"
+            rule = c.mapping(item, field, {"path", "prefix", "access"})
+            if ("path" in rule) == ("prefix" in rule):
+                raise c.fail(field, "needs exactly one of 'path' or 'prefix'")
+            which = "path" if "path" in rule else "prefix"
+            if not isinstance(rule[which], str) or _abs_path(rule[which]):
+                raise c.fail(f"{field}.{which}", "must be an absolute path")
+            if "access" in rule:
+                c.enum(rule["access"], f"{field}.access", ("read", "write", "read-write", "any"))
+
+
+def _check_network(c: _Checker, value: Any) -> None:
+    net = c.mapping(value, "spec.network", {"egress"})
+    if "egress" in net:
+        egress = c.mapping(net["egress"], "spec.network.egress", {"deny", "allow"})
+        for key in ("deny", "allow"):
+            if key in egress:
+                c.string_list(egress[key], f"spec.network.egress.{key}", _egress)
+
+
+def _check_syscalls(c: _Checker, value: Any) -> None:
+    sys_ = c.mapping(value, "spec.syscalls", {"deny"})
+    if "deny" in sys_:
+        c.string_list(sys_["deny"], "spec.syscalls.deny", _syscall)
+
+
+_SECTIONS: dict[str, Callable[[_Checker, Any], None]] = {
+    "scope": _check_scope, "exec": _check_exec, "files": _check_files,
+    "network": _check_network, "syscalls": _check_syscalls}
+
+
 def parse_policy(text: str, file: str = "<policy>") -> ParsedPolicy:
     """Parse and validate one policy document; raises PolicyError."""
     try:
@@ -165,70 +241,13 @@ def parse_policy(text: str, file: str = "<policy>") -> ParsedPolicy:
         raise c.fail("kind", f"must be {KIND!r}, not {doc['kind']!r}")
     meta = c.mapping(doc["metadata"], "metadata", {"name", "tenant", "labels", "description"},
                      {"name"})
-    for key in ("name", "tenant"):
-        if key in meta and (not isinstance(meta[key], str) or not _NAME.match(meta[key])):
-            raise c.fail(f"metadata.{key}",
-                         "must be lower-case letters, digits, '.', '_' or '-' (max 253)")
-    if "labels" in meta:
-        c.labels(meta["labels"], "metadata.labels")
-    if "description" in meta and not isinstance(meta["description"], str):
-        raise c.fail("metadata.description", "must be a string")
-
-    spec = c.mapping(doc["spec"], "spec",
-                     {"scope", "mode", "exec", "files", "network", "syscalls"})
+    _check_metadata(c, meta)
+    spec = c.mapping(doc["spec"], "spec", set(_SECTIONS) | {"mode"})
     if "mode" in spec:
         c.enum(spec["mode"], "spec.mode", ("enforce", "monitor"))
-    if "scope" in spec:
-        scope = c.mapping(spec["scope"], "spec.scope", {"containers", "hosts"})
-        if "containers" in scope:
-            cont = c.mapping(scope["containers"], "spec.scope.containers",
-                             {"images", "labels", "names"})
-            for key in ("images", "names"):
-                if key in cont:
-                    c.string_list(cont[key], f"spec.scope.containers.{key}")
-            if "labels" in cont:
-                c.labels(cont["labels"], "spec.scope.containers.labels")
-        if "hosts" in scope:
-            hosts = c.mapping(scope["hosts"], "spec.scope.hosts", {"labels"})
-            if "labels" in hosts:
-                c.labels(hosts["labels"], "spec.scope.hosts.labels")
-    if "exec" in spec:
-        ex = c.mapping(spec["exec"], "spec.exec", {"deny", "allow", "drift"})
-        for key in ("deny", "allow"):
-            if key in ex:
-                c.string_list(ex[key], f"spec.exec.{key}", _abs_path)
-        if "drift" in ex:
-            c.enum(ex["drift"], "spec.exec.drift", ("block", "monitor", "off"))
-    if "files" in spec:
-        files = c.mapping(spec["files"], "spec.files", {"deny", "monitor"})
-        for key in ("deny", "monitor"):
-            if key not in files:
-                continue
-            if not isinstance(files[key], list):
-                raise c.fail(f"spec.files.{key}", f"must be a list, not {_kind(files[key])}")
-            for i, rule in enumerate(files[key]):
-                field = f"spec.files.{key}[{i}]"
-                rule = c.mapping(rule, field, {"path", "prefix", "access"})
-                if ("path" in rule) == ("prefix" in rule):
-                    raise c.fail(field, "needs exactly one of 'path' or 'prefix'")
-                target = rule.get("path", rule.get("prefix"))
-                which = "path" if "path" in rule else "prefix"
-                if not isinstance(target, str) or _abs_path(target):
-                    raise c.fail(f"{field}.{which}", "must be an absolute path")
-                if "access" in rule:
-                    c.enum(rule["access"], f"{field}.access",
-                           ("read", "write", "read-write", "any"))
-    if "network" in spec:
-        net = c.mapping(spec["network"], "spec.network", {"egress"})
-        if "egress" in net:
-            egress = c.mapping(net["egress"], "spec.network.egress", {"deny", "allow"})
-            for key in ("deny", "allow"):
-                if key in egress:
-                    c.string_list(egress[key], f"spec.network.egress.{key}", _egress)
-    if "syscalls" in spec:
-        sys_ = c.mapping(spec["syscalls"], "spec.syscalls", {"deny"})
-        if "deny" in sys_:
-            c.string_list(sys_["deny"], "spec.syscalls.deny", _syscall)
+    for key, check in _SECTIONS.items():
+        if key in spec:
+            check(c, spec[key])
     # Round-trip through JSON: the stored and signed form has JSON types only.
     document = json.loads(json.dumps(doc))
     return ParsedPolicy(name=meta["name"], tenant=meta.get("tenant", DEFAULT_TENANT),

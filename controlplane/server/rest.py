@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from controlplane.server.hub import AgentHub
 from controlplane.server.metrics import ServerMetrics
-from controlplane.server.pki import Pki
+from controlplane.server.pki import Pki, cert_sha256
 from controlplane.server.policydoc import DEFAULT_TENANT, PolicyError, parse_policy
 from controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
 
@@ -91,8 +91,9 @@ class ApiTokenIn(BaseModel):
     role: str
 
 
-def create_app(store: ControlPlaneStore, hub: AgentHub | None, pki: Pki,
-               metrics: ServerMetrics, *, grpc_port: int = 7443,
+def create_app(  # noqa: PLR0915 - the route table: one short function per endpoint
+        store: ControlPlaneStore, hub: AgentHub | None, pki: Pki, metrics: ServerMetrics, *,
+        grpc_port: int = 7443,
                enroll_port: int = 7444) -> FastAPI:
     app = FastAPI(title="moray control plane", version="1",
                   description="Policies, agents, events and audit log of moray.")
@@ -248,17 +249,15 @@ def create_app(store: ControlPlaneStore, hub: AgentHub | None, pki: Pki,
         token = store.create_enrollment_token(tenant=body.tenant, labels=body.labels,
                                               author=who.actor, ttl=body.ttl_seconds)
         return {"token": token, "tenant": body.tenant, "labels": body.labels,
-                "expires_at": time.time() + body.ttl_seconds, "ca_sha256": pki_ca_sha256()}
+                "expires_at": time.time() + body.ttl_seconds, "ca_sha256": cert_sha256(pki.ca_pem)}
 
-    def pki_ca_sha256() -> str:
-        from controlplane.server.pki import cert_sha256
-        return cert_sha256(pki.ca_pem)
 
     @app.get(P + "/events")
-    def events(_: Annotated[Principal, Depends(require("GET", P + "/events"))],
+    def events(  # noqa: PLR0917 - query parameters
+               _: Annotated[Principal, Depends(require("GET", P + "/events"))],
                agent: str | None = None, type: str | None = None,
                tenant: str | None = None,
-               after: Annotated[int, Query(ge=0, description="return events with seq > after")] = 0,
+               after: Annotated[int, Query(ge=0, description="events with seq > after")] = 0,
                since_ms: int | None = None,
                limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
         return store.query_events(tenant=tenant, agent_id=agent, type=type, after_seq=after,

@@ -395,8 +395,8 @@ class ControlPlaneStore:
             session.execute(update(Agent).where(Agent.id == agent_id)
                             .values(status=status, last_seen=self.clock()))
 
-    def record_ack(self, agent_id: str, name: str, version: int, status: str, error: str,
-                   tiers: dict[str, str]) -> None:
+    def record_ack(self, agent_id: str, name: str, version: int, *, status: str,
+                   error: str, tiers: dict[str, str]) -> None:
         with self._tx() as session:
             row = session.get(AgentPolicy, (agent_id, name), with_for_update=True)
             if row is None:

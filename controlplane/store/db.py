@@ -15,6 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": "cp_alembic_version"})
         return ctx.get_current_revision()

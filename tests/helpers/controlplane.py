@@ -3,11 +3,15 @@ an authenticated REST client, and an agent process running ``ControlPlaneClient`
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,7 +169,8 @@ client = ControlPlaneClient(cfg["server"], cfg["data_dir"], on_policy, token=cfg
 client.start()
 sys.stdout.write("started\n"); sys.stdout.flush()
 accepted = Path(cfg["data_dir"]) / "accepted.txt"
-start = int(accepted.read_text().split()[-1]) + 1 if accepted.exists() and accepted.read_text().split() else 0
+done = accepted.read_text().split() if accepted.exists() else []
+start = int(done[-1]) + 1 if done else 0
 n = cfg.get("events", 0)
 with open(accepted, "a") as acc:
     for i in range(start, n):
@@ -182,7 +187,7 @@ class AgentProcess:
     records every applied policy in ``applied.jsonl``; optionally sends ``events`` events
     with ids ``<prefix>-<i>``, writing each accepted index to ``accepted.txt``."""
 
-    def __init__(self, data_dir: Path, server: ServerProcess, token: str | None,
+    def __init__(self, data_dir: Path, server: ServerProcess, token: str | None, *,
                  labels: dict[str, str] | None = None, events: int = 0,
                  prefix: str = "ev", event_gap: float = 0.0) -> None:
         self.data_dir = data_dir
@@ -193,7 +198,6 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
-        import json
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "agent.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, json.dumps(self.cfg)],
@@ -205,7 +209,6 @@ class AgentProcess:
         return self
 
     def applied(self) -> list[dict[str, Any]]:
-        import json
         path = self.data_dir / "applied.jsonl"
         if not path.exists():
             return []
@@ -221,7 +224,6 @@ class AgentProcess:
             self.proc.wait(10)
 
     def agent_id(self) -> str:
-        import json
         return str(json.loads((self.data_dir / "identity" / "agent.json").read_text())[
             "agent_id"])
 
@@ -231,7 +233,6 @@ class TcpProxy:
     network failure between an agent and the server. TLS passes through untouched."""
 
     def __init__(self, target_port: int) -> None:
-        import threading
         self.target_port = target_port
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -249,7 +250,6 @@ class TcpProxy:
         return f"127.0.0.1:{self.port}"
 
     def _accept(self) -> None:
-        import threading
         while not self._closed:
             try:
                 client, _ = self.listener.accept()
@@ -273,10 +273,8 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         """Reset every open connection (new ones are accepted again right away)."""
@@ -285,7 +283,7 @@ class TcpProxy:
             self.cuts += 1
         for s in socks:
             try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 s.close()
             except OSError:
                 pass

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
+
 
 def pg_bindir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -28,10 +30,11 @@ def ensure_postgresql() -> Path | None:
     if pg_bindir() is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         install = ["apt-get", "install", "-y", "-q", "postgresql"]
-        if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode:
+        done = subprocess.run(install, env=env, capture_output=True, timeout=600, check=False)
+        if done.returncode:
             subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True,
-                           timeout=600)
-            subprocess.run(install, env=env, capture_output=True, timeout=600)
+                           timeout=600, check=False)
+            subprocess.run(install, env=env, capture_output=True, timeout=600, check=False)
     return pg_bindir()
 
 
@@ -72,14 +75,12 @@ def postgres_server() -> Iterator[str]:
         yield f"postgresql://moray@127.0.0.1:{port}"
     finally:
         subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                                  "stop"]), capture_output=True)
+                                  "stop"]), capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def create_database(base_url: str) -> str:
     """A new empty database on the server at ``base_url``; returns its URL."""
-    import psycopg
-
     name = "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(base_url + "/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

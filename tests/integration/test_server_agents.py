@@ -4,6 +4,7 @@ The same tests run against SQLite and against a real PostgreSQL."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, text
 
 from agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
+from agent.controlplane.identity import EnrollmentError, enroll
 from controlplane.proto import moray_pb2, moray_pb2_grpc
 from controlplane.store import db
 from tests.helpers.controlplane import ServerProcess, policy_yaml, wait_for
@@ -222,7 +224,6 @@ def _client_cert(ca_key_pem: bytes, ca_pem: bytes, cn: str) -> tuple[bytes, byte
     ca_key = serialization.load_pem_private_key(ca_key_pem, None)
     ca = x509.load_pem_x509_certificate(ca_pem)
     key = ec.generate_private_key(ec.SECP256R1())
-    import datetime as dt
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, cn)])).issuer_name(ca.subject)
@@ -272,7 +273,6 @@ def test_unknown_and_revoked_agents_are_refused(server: ServerProcess,
     ident = tmp_path / "a" / "identity"
     good_key, good_cert = (ident / "agent.key").read_bytes(), (ident / "agent.pem").read_bytes()
     assert _heartbeat(server, good_key, good_cert) == grpc.StatusCode.OK
-    from agent.controlplane.identity import EnrollmentError, enroll
     enroll(server.enroll_target, token, server.ca_pem, tmp_path / "once")
     with pytest.raises(EnrollmentError, match="PERMISSION_DENIED"):
         enroll(server.enroll_target, token, server.ca_pem, tmp_path / "twice")
@@ -288,7 +288,7 @@ def test_unknown_and_revoked_agents_are_refused(server: ServerProcess,
 
 def test_failed_apply_is_acknowledged_as_failed(server: ServerProcess,
                                                 tmp_path: Path) -> None:
-    client, rec = make_client(server, tmp_path / "a", recorder=Recorder(fail={"bad"}))
+    client, _rec = make_client(server, tmp_path / "a", recorder=Recorder(fail={"bad"}))
     try:
         server.api().apply(policy_yaml("bad"))
         agent_id = client.identity.agent_id

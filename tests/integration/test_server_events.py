@@ -178,9 +178,9 @@ def test_agent_killed_mid_push_converges(server: ServerProcess, tmp_path: Path) 
         agent = AgentProcess(tmp_path / "agent", server, None).start()
         wait_for(lambda: {(x["name"], x["version"]) for x in agent.applied()} >= {
             ("p", 4), ("q", 1)}, timeout=5, what="converged to the current versions")
-        versions = wait_for(lambda: api("GET", f"/api/v1/agents/{agent.agent_id()}")[
-            "policies"], what="acks")
-        assert versions["p"]["version"] == 4 and versions["q"]["version"] == 1
+        wait_for(lambda: {n: p["version"] for n, p in api(
+            "GET", f"/api/v1/agents/{agent.agent_id()}")["policies"].items()} == {"p": 4, "q": 1},
+            what="acks for the current versions stored")
     finally:
         agent.kill()
 

@@ -46,7 +46,7 @@ def moray(server: ServerProcess, *args: str, token: str | None = None
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MORAY_SERVER": server.url,
            "MORAY_TOKEN": token or server.admin_token}
     return subprocess.run([sys.executable, "-m", "controlplane.cli", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 def _request(method: str, path: str, agent_id: str) -> tuple[str, dict[str, Any]]:

@@ -11,12 +11,12 @@ from controlplane.store import db
 from tests.helpers.postgres import create_database, ensure_postgresql, postgres_server
 from tests.unit.controlplane.conftest import signer, store  # noqa: F401
 from tests.unit.controlplane.test_store import (  # noqa: F401
+    test_api_tokens_and_roles,
     test_concurrent_writers_store_each_event_once,
     test_enrollment_token_is_one_time,
     test_events_stored_once,
     test_expired_token_refused,
     test_migrations_match_models,
-    test_api_tokens_and_roles,
     test_versions_rollback_delete_and_audit,
 )
 

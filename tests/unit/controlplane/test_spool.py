@@ -84,5 +84,5 @@ def test_segments_are_bounded(tmp_path: Path) -> None:
     spool.append(_events(50))
     sizes = [os.path.getsize(p) for p in tmp_path.glob("seg-*")]
     assert len(sizes) > 3 and max(sizes) < 300 + 100
-    got, pos = spool.read(max_records=1000)
+    got, _pos = spool.read(max_records=1000)
     assert [e["n"] for e in got] == list(range(50))

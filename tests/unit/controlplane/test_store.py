@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -11,8 +13,8 @@ from sqlalchemy import Engine
 from controlplane.proto import moray_pb2
 from controlplane.store import db
 from controlplane.store.cpstore import ControlPlaneStore, NotFound, StoreError
-from controlplane.store.models import Base
 from controlplane.store.migrations.env_filter import include_object
+from controlplane.store.models import Base
 
 from .conftest import FakeSigner
 
@@ -37,9 +39,6 @@ def test_migrations_match_models(engine: Engine) -> None:
 
 
 def test_migrate_leaves_scanner_tables_alone(tmp_path: Path) -> None:
-    from controlplane.store.scanstore import ScanStore  # noqa: F401 - shares moray.db
-
-    import sqlite3
     con = sqlite3.connect(tmp_path / "moray.db")
     con.execute("CREATE TABLE vuln_advisory (id TEXT PRIMARY KEY)")
     con.execute("INSERT INTO vuln_advisory VALUES ('CVE-1')")
@@ -110,9 +109,9 @@ def test_expired_token_refused(engine: Engine) -> None:
 
 
 def test_events_stored_once(store: ControlPlaneStore) -> None:
-    batch = [(f"e{i}", i, "exec", '{"n": %d}' % i) for i in range(10)]
+    batch = [(f"e{i}", i, "exec", json.dumps({"n": i})) for i in range(10)]
     assert store.insert_events("a1", "t", batch).stored == 10
-    again = store.insert_events("a1", "t", batch[5:] + [("e10", 10, "exit", "{}")])
+    again = store.insert_events("a1", "t", [*batch[5:], ("e10", 10, "exit", "{}")])
     assert (again.stored, again.duplicates) == (1, 5)
     dup_in_batch = store.insert_events("a1", "t", [("x", 1, "exec", "{}")] * 3)
     assert (dup_in_batch.stored, dup_in_batch.duplicates) == (1, 2)

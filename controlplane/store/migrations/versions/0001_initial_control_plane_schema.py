@@ -1,7 +1,7 @@
 """initial control plane schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-28
 """
 
@@ -14,6 +14,8 @@ revision = '0001'
 down_revision = None
 branch_labels = None
 depends_on = None
+
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 
 
 def upgrade() -> None:
@@ -46,7 +48,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('token_sha256')
     )
     op.create_table('cp_audit',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('id', BIG_ID, autoincrement=True, nullable=False),
     sa.Column('at', sa.Float(), nullable=False),
     sa.Column('actor', sa.String(length=253), nullable=False),
     sa.Column('action', sa.String(length=64), nullable=False),
@@ -71,7 +73,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('token_sha256')
     )
     op.create_table('cp_event',
-    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('seq', BIG_ID, autoincrement=True, nullable=False),
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('agent_id', sa.String(length=64), nullable=False),
     sa.Column('tenant', sa.String(length=128), nullable=False),
@@ -127,7 +129,8 @@ def upgrade() -> None:
     sa.UniqueConstraint('policy_id', 'version', name='uq_cp_policy_version')
     )
     with op.batch_alter_table('cp_policy_version', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_cp_policy_version_policy_id'), ['policy_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cp_policy_version_policy_id'), ['policy_id'],
+                              unique=False)
 
 
 
