@@ -405,7 +405,7 @@ class DockerRuntime:
     kind = Runtime.DOCKER
 
     def __init__(self, daemons: Sequence[DockerDaemon] | None = None, proc: str = "/proc",
-                 host_root: str = "/", rediscover_s: float = 1.0,
+                 host_root: str = "/", rediscover_s: float = 0.05,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._files = _Files(host_root)
         self._proc = proc

@@ -87,6 +87,11 @@ class AgentProcess:
         self.events_path = self.work / "events.jsonl"
         self.log_path = self.work / "agent.log"
         self.metrics_port = free_port()
+        # private pins and policy dir: agents started by tests never share a ring buffer
+        # (a pinned map is adopted by the next agent) or pick up another test's policies
+        self.pin_root = f"/sys/fs/bpf/moray-test-{os.getpid()}-{id(self):x}"
+        self.policy_dir = self.work / "policies"
+        self.policy_dir.mkdir(exist_ok=True)
         self.args = list(args)
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -94,7 +99,8 @@ class AgentProcess:
 
     def start(self, timeout: float = 30) -> AgentProcess:
         cmd = [*agent_cmd(), "run", "--output", str(self.events_path), "--metrics-port",
-               str(self.metrics_port), *self.args]
+               str(self.metrics_port), "--pin-root", self.pin_root, "--policy-dir",
+               str(self.policy_dir), *self.args]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=REPO,
@@ -147,7 +153,13 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.events.poll()
+        self.unload()
         return self.proc.returncode
+
+    def unload(self) -> None:
+        """Remove what this agent pinned (enforcement outlives the agent by design)."""
+        subprocess.run([*agent_cmd(), "unload", "--pin-root", self.pin_root],
+                       capture_output=True, timeout=60, check=False)
 
     def __enter__(self) -> AgentProcess:
         return self.start()
