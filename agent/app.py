@@ -16,6 +16,7 @@ records update the container resolver and are not themselves output.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -94,7 +95,7 @@ class Pipeline:
             return cached[1]
         if len(self._containers) > 4096:
             self._containers.clear()
-        j = c.to_json()
+        j: dict[str, Any] = c.to_json()
         self._containers[cgroup_id] = (c, j)
         return j
 
@@ -341,10 +342,8 @@ class Agent:
             self.sink = JsonLines(self.cfg.output)
         self._teardowns.append(("close_output", self.sink.close))
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread (tests)
                 signal.signal(sig, lambda *_: self.stop_event.set())
-            except ValueError:  # not the main thread (tests)
-                pass
         try:
             self.start()
             assert self.sink is not None

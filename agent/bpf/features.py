@@ -181,8 +181,10 @@ def format_text(f: Features) -> str:
         f"root            {'yes' if f.root else 'no'}",
         f"bpffs           {f.bpffs or 'not mounted'}",
         f"tracefs         {f.tracefs or 'not mounted'}",
-        f"cgroup v2       {f.cgroup_v2 or 'none'}{' (hybrid: v1 controllers beside it)' if f.cgroup_hybrid else ''}",
-        f"active LSMs     {','.join(f.lsm_active) if f.lsm_active is not None else 'unknown (securityfs unreadable)'}",
+        f"cgroup v2       {f.cgroup_v2 or 'none'}"
+        + (" (hybrid: v1 controllers beside it)" if f.cgroup_hybrid else ""),
+        "active LSMs     " + (",".join(f.lsm_active) if f.lsm_active is not None
+                              else "unknown (securityfs unreadable)"),
         "hooks:",
     ]
     for name, h in f.hooks.items():

@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute  # type: ignore[import-untyped]  # no stubs, no py.typed
+from pyroute2 import IPRoute  # no stubs, no py.typed: see [tool.mypy.overrides]
 
 log = logging.getLogger(__name__)
 

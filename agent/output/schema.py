@@ -35,7 +35,7 @@ _OPEN_FLAGS = (("O_CREAT", os.O_CREAT), ("O_EXCL", os.O_EXCL), ("O_TRUNC", os.O_
                ("O_CLOEXEC", os.O_CLOEXEC), ("O_PATH", 0o10000000), ("O_TMPFILE", 0o20200000))
 _PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", 0: "ip",
           socket.IPPROTO_ICMP: "icmp", 58: "icmpv6"}
-_FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+_FAMILY: dict[int, str] = {int(socket.AF_INET): "ipv4", int(socket.AF_INET6): "ipv6"}
 
 
 class Clock:

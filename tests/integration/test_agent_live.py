@@ -3,6 +3,7 @@ containers (runc and dockerd), events read back from its JSON lines output. Root
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -49,10 +50,8 @@ class LoopbackServer:
             self.accepted += 1
             with c:
                 c.settimeout(2)
-                try:
+                with contextlib.suppress(OSError):
                     self.received.append(c.recv(4096))
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.sock.close()
@@ -66,7 +65,8 @@ def test_host_exec_open_connect_with_ancestry(agent: AgentProcess, tmp_path: Pat
     srv = LoopbackServer()
     try:
         script = (f"cat /etc/shadow > /dev/null; "
-                  f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {srv.port})).send(b\"hi\")'")
+                  "python3 -c 'import socket; "
+                  f"socket.create_connection((\"127.0.0.1\", {srv.port})).send(b\"hi\")'")
         sh = subprocess.Popen(["/bin/sh", "-c", script], cwd=tmp_path)
         sh.wait(20)
         ev = agent.events
@@ -180,7 +180,8 @@ def test_runc_container_events(agent: AgentProcess) -> None:
             assert cat["parent"]["exec_id"] == sh["process"]["exec_id"]
             assert cat["parent"]["binary"] == "/bin/busybox"
             op = ev.wait_for(lambda e: e["type"] == "open" and inside(e)
-                             and e["file"]["path"] == "/etc/shadow", what="shadow open in container")
+                             and e["file"]["path"] == "/etc/shadow",
+                             what="shadow open in container")
             assert op["process"]["exec_id"] == cat["process"]["exec_id"]
             conn = ev.wait_for(lambda e: e["type"] == "connect" and inside(e)
                                and e["network"]["dport"] == srv.port, what="connect in container")

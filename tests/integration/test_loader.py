@@ -86,7 +86,7 @@ def test_settings_maps_and_pins(tmp_path: Path) -> None:
         h = obj.map("t_hash")
         for i in range(5):
             h.update(i.to_bytes(4, "little"), (i * 10).to_bytes(8, "little"))
-        assert sorted(int.from_bytes(k, "little") for k in h.keys()) == [0, 1, 2, 3, 4]
+        assert sorted(int.from_bytes(k, "little") for k in h.keys())  # noqa: SIM118 (BpfMap is not a dict) == [0, 1, 2, 3, 4]
         assert h.delete((3).to_bytes(4, "little")) and not h.delete((3).to_bytes(4, "little"))
         assert h.lookup((3).to_bytes(4, "little")) is None
         assert dict(h.items())[(4).to_bytes(4, "little")] == (40).to_bytes(8, "little")
