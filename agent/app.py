@@ -222,6 +222,9 @@ class Agent:
 
         lsm = bool(self.features and self.features.bpf_lsm)
         obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm))
+        from agent.detect.programs import programs_to_skip as detect_skip
+
+        obj.disable(detect_skip((n, sec) for n, sec, _ in obj.programs()))
         if self.pins is not None:
             self.pins.prepare(obj)
         obj.load()

@@ -66,6 +66,7 @@ class Op(IntEnum):
     CGROUP_MKDIR = 9
     CGROUP_RMDIR = 10
     ENFORCE = 11
+    SYSCALL = 12
 
 
 class Stat(IntEnum):
@@ -169,6 +170,21 @@ PPEND = Layout("mr_ppend", (("mask", "Q"), ("ts", "Q")))
 PHOLD = Layout("mr_phold", (
     ("cgroup_id", "Q"), ("start_ns", "Q"), ("exec_deny", "Q"), ("drift", "Q"), ("ts", "Q")))
 
+# Observed syscalls (progs/syscalls_obs.bpf.c): flags MR_SO_*
+SO_STDIN_SOCK = 1 << 0
+SO_STDOUT_SOCK = 1 << 1
+SO_STDERR_SOCK = 1 << 2
+SO_UPPER = 1 << 3
+SO_PATH_FD = 1 << 4
+SO_PATH_TRUNC = 1 << 5
+SO_TMPFS = 1 << 6
+
+SYSOBS = Layout("mr_sysobs", (
+    ("hdr", HDR), ("proc", PROC), ("ret", "q"), ("arg0", "Q"), ("arg1", "Q"), ("arg2", "Q"),
+    ("arg3", "Q"), ("nr", "I"), ("flags", "H"), ("family", "H"), ("port", "H"),
+    ("path_len", "H"), ("path2_len", "H"), ("path3_len", "H"), ("addr", "16s"),
+))
+
 ALL: tuple[Layout, ...] = (HDR, PROC, EXEC, FORK, EXIT, OPEN, NET, CGROUP, WATCH_KEY, ENFORCE,
                            PCONF, PPATH_KEY, PEXEC_VAL, PFILE_VAL, PNET_KEY, PNET_RULE, PPEND,
-                           PHOLD)
+                           PHOLD, SYSOBS)

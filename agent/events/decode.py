@@ -25,6 +25,7 @@ from agent.events.types import (
     NetEvent,
     OpenEvent,
     Proc,
+    SyscallEvent,
 )
 
 AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
@@ -58,6 +59,7 @@ _NET = abi.NET.compile()
 _CGROUP = abi.CGROUP.compile()
 _HDR = abi.HDR.compile()
 _ENFORCE = abi.ENFORCE.compile()
+_SYSOBS = abi.SYSOBS.compile()
 
 
 def _need(rec: bytes, size: int, op: int) -> None:
@@ -162,6 +164,27 @@ def decode_enforce(rec: bytes) -> EnforceEvent:
                         _addr(fam, t[ix["addr"]]), t[ix["port"]], _s(p1), _s(p2))
 
 
+def decode_syscall(rec: bytes) -> SyscallEvent:
+    _need(rec, _SYSOBS.size, Op.SYSCALL)
+    t = _SYSOBS.unpack_from(rec)
+    ix = abi.SYSOBS.index
+    lens = (t[ix["path_len"]], t[ix["path2_len"]], t[ix["path3_len"]])
+    end = _SYSOBS.size + sum(lens)
+    if end > len(rec):
+        raise DecodeError(Op.SYSCALL, f"strings end at {end}, record has {len(rec)}")
+    pos = _SYSOBS.size
+    parts = []
+    for n in lens:
+        parts.append(_s(rec[pos:pos + n]))
+        pos += n
+    fam = t[ix["family"]]
+    peer = t[ix["flags"]] & (abi.SO_STDIN_SOCK | abi.SO_STDOUT_SOCK | abi.SO_STDERR_SOCK)
+    return SyscallEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), t[ix["nr"]], t[ix["ret"]],
+                        (t[ix["arg0"]], t[ix["arg1"]], t[ix["arg2"]], t[ix["arg3"]]),
+                        t[ix["flags"]], fam, _addr(fam, t[ix["addr"]]) if peer else None,
+                        t[ix["port"]], parts[0], parts[1], parts[2])
+
+
 DECODERS: dict[int, Callable[[bytes], AnyEvent]] = {
     Op.EXEC: decode_exec,
     Op.FORK: decode_fork,
@@ -174,6 +197,7 @@ DECODERS: dict[int, Callable[[bytes], AnyEvent]] = {
     Op.CGROUP_MKDIR: decode_cgroup,
     Op.CGROUP_RMDIR: decode_cgroup,
     Op.ENFORCE: decode_enforce,
+    Op.SYSCALL: decode_syscall,
 }
 
 _OP = struct.Struct("<H")

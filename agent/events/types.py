@@ -20,6 +20,7 @@ class EventType(StrEnum):
     LISTEN = "listen"
     SEND = "send"
     ENFORCE = "enforce"
+    SYSCALL = "syscall"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,5 +137,30 @@ class EnforceEvent:
     type: EventType = EventType.ENFORCE
 
 
-KernelEvent = ExecEvent | ForkEvent | ExitEvent | OpenEvent | NetEvent | EnforceEvent
+@dataclass(frozen=True, slots=True)
+class SyscallEvent:
+    """An observed syscall (bpf/lib/abi.h mr_sysobs), reported at exit with its result.
+
+    nr: native syscall number (59 = execve for the exec-time checks). ret: result or
+    -errno. args: the first four raw arguments. path / path2 / path3: the strings the
+    syscall named (per syscall: docs/events.md). flags: agent.bpf.abi.SO_* bits. peer: the
+    inet socket found on stdio (dup2/dup3, exec), as (family, address, port)."""
+
+    ts: int
+    proc: Proc
+    nr: int
+    ret: int
+    args: tuple[int, int, int, int]
+    flags: int
+    family: int
+    daddr: str | None
+    dport: int
+    path: str
+    path2: str
+    path3: str
+    type: EventType = EventType.SYSCALL
+
+
+KernelEvent = (ExecEvent | ForkEvent | ExitEvent | OpenEvent | NetEvent | EnforceEvent
+               | SyscallEvent)
 AnyEvent = KernelEvent | CgroupEvent

@@ -24,7 +24,9 @@ from agent.events.types import (
     KernelEvent,
     NetEvent,
     OpenEvent,
+    SyscallEvent,
 )
+from agent.output.syscalls_json import syscall_json
 
 SCHEMA_VERSION = 1
 
@@ -140,6 +142,8 @@ class Formatter:
                                   {"action": e.action, "kind": e.kind,
                                    "policies": f"{e.policies:#x}", "enforced": f"{e.enforced:#x}",
                                    "path": e.path or None, "daddr": e.daddr, "arg": e.arg})
+        elif isinstance(e, SyscallEvent):
+            out["syscall"] = syscall_json(e)
         elif isinstance(e, ForkEvent):
             pass
         return out

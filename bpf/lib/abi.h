@@ -21,6 +21,7 @@ enum mr_op {
 	MR_OP_CGROUP_MKDIR = 9,
 	MR_OP_CGROUP_RMDIR = 10,
 	MR_OP_ENFORCE = 11,
+	MR_OP_SYSCALL = 12,  /* progs/syscalls_obs.bpf.c: struct mr_sysobs */
 };
 
 /* Indexes into mr_stats (per-CPU counters read by the agent's metrics collector). */
@@ -161,5 +162,37 @@ struct mr_enforce {
 	__u16 path_len;   /* exec: resolved binary; file: resolved path */
 	__u16 path2_len;  /* exec: filename as passed to execve */
 	__u8 addr[16];    /* net: destination, network order */
+	char data[];
+};
+
+/* Observed syscalls (progs/syscalls_obs.bpf.c), for user-space detection: reported at
+ * sys_exit with the result, so failed attempts (EPERM) are seen too. nr is the native
+ * syscall number (execve = 59 for the exec-time checks: stdio sockets, upper-layer binary).
+ * Strings (lengths below, any may be 0) follow back to back: path | path2 | path3; what
+ * each holds per syscall is listed in docs/events.md. */
+#define MR_SO_STDIN_SOCK  (1 << 0) /* fd 0 is an inet socket (peer in family/port/addr) */
+#define MR_SO_STDOUT_SOCK (1 << 1)
+#define MR_SO_STDERR_SOCK (1 << 2)
+#define MR_SO_UPPER       (1 << 3) /* exec: the binary is on an overlayfs upper layer */
+#define MR_SO_PATH_FD     (1 << 4) /* path resolved from a file descriptor */
+#define MR_SO_PATH_TRUNC  (1 << 5)
+#define MR_SO_TMPFS       (1 << 6) /* exec: the binary is on tmpfs / ramfs (incl. memfd) */
+
+struct mr_sysobs {
+	struct mr_hdr hdr;
+	struct mr_proc proc;
+	__s64 ret;        /* syscall result: >= 0, or -errno */
+	__u64 arg0;       /* raw syscall arguments (pointers are meaningless here) */
+	__u64 arg1;
+	__u64 arg2;
+	__u64 arg3;
+	__u32 nr;
+	__u16 flags;      /* MR_SO_* */
+	__u16 family;     /* socket family (socket(2), stdio sockets) */
+	__u16 port;       /* stdio / dup socket: peer port, host order */
+	__u16 path_len;
+	__u16 path2_len;
+	__u16 path3_len;
+	__u8 addr[16];    /* stdio / dup socket: peer address, network order */
 	char data[];
 };
