@@ -24,8 +24,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.enrich.cgroups import CgroupIndex, find_cgroup2_mount, normalize
@@ -62,11 +62,14 @@ class Container:
     cgroup_path: str
     netns: int | None
     interfaces: Interfaces
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    pod_labels: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def to_json(self) -> dict[str, Any]:
         pod = None
-        if self.pod_uid or self.pod_name or self.pod_namespace:
-            pod = {"namespace": self.pod_namespace, "name": self.pod_name, "uid": self.pod_uid}
+        if self.pod_uid or self.pod_name or self.pod_namespace or self.pod_labels:
+            pod = {"namespace": self.pod_namespace, "name": self.pod_name, "uid": self.pod_uid,
+                   "labels": dict(self.pod_labels)}
         netns = None
         if self.netns is not None:
             netns = {"inode": self.netns,
@@ -74,7 +77,7 @@ class Container:
                                     for name, addrs in self.interfaces]}
         return {"id": self.id, "name": self.name, "runtime": self.runtime,
                 "image": self.image, "image_digest": self.image_digest, "pod": pod,
-                "cgroup_id": self.cgroup_id, "netns": netns}
+                "cgroup_id": self.cgroup_id, "netns": netns, "labels": dict(self.labels)}
 
 
 @dataclass(slots=True)
@@ -217,7 +220,8 @@ class ContainerResolver:
             runtime=str(info.runtime), image=info.image, image_digest=info.image_digest,
             pod_namespace=info.pod_namespace, pod_name=info.pod_name,
             pod_uid=info.pod_uid or match.pod_uid, cgroup_id=cgroup_id,
-            cgroup_path=path, netns=netns[0], interfaces=netns[1])
+            cgroup_path=path, netns=netns[0], interfaces=netns[1],
+            labels=dict(info.labels), pod_labels=dict(info.pod_labels))
 
     def _store(self, cgroup_id: int, entry: _Entry) -> None:
         self._cache[cgroup_id] = entry

@@ -31,9 +31,11 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
+
+from agent.enrich.boltdb import BoltError, BoltFile
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,10 @@ class ContainerInfo:
     pod_namespace: str | None = None
     pod_name: str | None = None
     pod_uid: str | None = None
+    # docker / podman labels, OCI annotations of runc and bundle containers, CRI-O's
+    # container labels; pod_labels: the pod's (CRI-O sandbox, podman pod, dockershim).
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    pod_labels: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 class ContainerRuntime(Protocol):
@@ -183,6 +189,20 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _str_map(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _json_obj(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError as err:
+        raise BoltError(f"not JSON: {err}") from err
+    return doc if isinstance(doc, dict) else {}
+
+
 def _digest(value: str | None) -> str | None:
     if value and re.fullmatch(HEX64, value):
         return f"sha256:{value}"
@@ -202,13 +222,39 @@ def info_from_annotations(
     image = (a.get("io.kubernetes.cri.image-name") or a.get("io.kubernetes.cri-o.ImageName")
              or a.get("org.opencontainers.image.ref.name"))
     digest = a.get("io.kubernetes.cri.image-id") or a.get("io.kubernetes.cri-o.ImageRef")
+    labels = labels_from_annotations(a)
+    sandbox = (a.get("io.kubernetes.cri.container-type") == "sandbox"
+               or a.get("io.kubernetes.cri-o.ContainerType") == "sandbox")
     return ContainerInfo(
         runtime=runtime, name=name, image=image or None, image_digest=_digest(digest),
         pod_namespace=a.get("io.kubernetes.cri.sandbox-namespace")
         or a.get("io.kubernetes.pod.namespace"),
         pod_name=a.get("io.kubernetes.cri.sandbox-name") or a.get("io.kubernetes.pod.name"),
         pod_uid=a.get("io.kubernetes.cri.sandbox-uid") or a.get("io.kubernetes.pod.uid"),
+        labels=labels, pod_labels=labels if sandbox else {},
     )
+
+
+# Annotations a runtime writes for itself, not labels a user gave the container.
+_RUNTIME_ANNOTATIONS = ("io.kubernetes.", "io.container.manager", "io.podman.annotations.",
+                        "org.opencontainers.image.stopSignal")
+
+
+def labels_from_annotations(annotations: Mapping[str, str]) -> dict[str, str]:
+    """Container labels in OCI annotations: CRI-O's ``io.kubernetes.cri-o.Labels`` (JSON,
+    the CRI labels: kubelet's for a container, the pod's for a sandbox) and the user's own
+    annotations (``runc`` bundles, ``ctr run --annotation``). CRI / CRI-O bookkeeping
+    (``io.kubernetes.*``) and podman's are not labels."""
+    out = {k: v for k, v in annotations.items() if not k.startswith(_RUNTIME_ANNOTATIONS)}
+    raw = annotations.get("io.kubernetes.cri-o.Labels")
+    if raw:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            out.update({str(k): str(v) for k, v in doc.items()})
+    return out
 
 
 def _annotations(obj: object) -> dict[str, str]:
@@ -443,18 +489,32 @@ class DockerRuntime:
 
     def _read(self, cid: str) -> ContainerInfo | None:
         for daemon in self.daemons():
-            doc = self._files.json(os.path.join(daemon.data_root, "containers", cid,
-                                                "config.v2.json"))
-            if isinstance(doc, dict):
-                return self._info(doc)
+            doc = self._config(daemon, cid)
+            if doc is None:
+                continue
+            info = self._info(doc)
+            # dockershim / cri-dockerd: the pod's labels are its sandbox container's
+            sandbox = info.labels.get("io.kubernetes.sandbox.id")
+            if sandbox and re.fullmatch(HEX64, sandbox) and sandbox != cid:
+                pod = self._config(daemon, sandbox)
+                if pod is not None:
+                    info = replace(info, pod_labels=self._info(pod).labels)
+            elif info.labels.get("io.kubernetes.docker.type") == "podsandbox":
+                info = replace(info, pod_labels=info.labels)
+            return info
         return None
+
+    def _config(self, daemon: DockerDaemon, cid: str) -> dict[str, Any] | None:
+        doc = self._files.json(os.path.join(daemon.data_root, "containers", cid,
+                                            "config.v2.json"))
+        return doc if isinstance(doc, dict) else None
 
     @staticmethod
     def _info(doc: dict[str, Any]) -> ContainerInfo:
         config = doc.get("Config")
         config = config if isinstance(config, dict) else {}
-        labels = config.get("Labels")
-        labels = labels if isinstance(labels, dict) else {}
+        raw = config.get("Labels")
+        labels = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
         name = _str(doc.get("Name"))
         return ContainerInfo(
             runtime=Runtime.DOCKER, name=name.lstrip("/") if name else None,
@@ -462,6 +522,7 @@ class DockerRuntime:
             pod_namespace=_str(labels.get("io.kubernetes.pod.namespace")),
             pod_name=_str(labels.get("io.kubernetes.pod.name")),
             pod_uid=_str(labels.get("io.kubernetes.pod.uid")),
+            labels=labels,
         )
 
 
@@ -471,7 +532,8 @@ class DockerRuntime:
 class PodmanRuntime:
     """podman (containers/storage): ``<root>/<driver>-containers/containers.json`` for
     the container's names and image id, ``<driver>-images/images.json`` for the image's
-    names.  Both files are re-parsed only when their mtime changes."""
+    names, libpod's ``<root>/libpod/bolt_state.db`` for container and pod labels.  The
+    files are re-parsed only when their mtime changes."""
 
     kind = Runtime.PODMAN
 
@@ -480,6 +542,7 @@ class PodmanRuntime:
         self._files = _Files(host_root)
         self._root = self._files.host(storage_root)
         self._cache: dict[str, tuple[int, dict[str, dict[str, Any]]]] = {}
+        self._bolt: tuple[int, BoltFile] | None = None
 
     def _table(self, kind: str) -> dict[str, dict[str, Any]]:
         """id -> entry of every ``*-<kind>/<kind>.json`` under the storage root."""
@@ -517,8 +580,35 @@ class PodmanRuntime:
         if image is None and image_id:
             img_names = self._table("images").get(image_id, {}).get("names")
             image = _str(img_names[0]) if isinstance(img_names, list) and img_names else None
+        labels = self._labels(match.container_id)
+        if labels is None:
+            return None  # libpod's database caught mid-write: the resolver retries
         return ContainerInfo(Runtime.PODMAN, name=name, image=image,
-                             image_digest=_digest(image_id))
+                             image_digest=_digest(image_id), labels=labels[0],
+                             pod_labels=labels[1])
+
+    def _labels(self, cid: str) -> tuple[dict[str, str], dict[str, str]] | None:
+        """Labels of the container and of its pod, from libpod's bolt database
+        (``<root>/libpod/bolt_state.db``: ``ctr/<id>/config``, ``pod/<id>/config``),
+        re-read when its mtime changes.  No database (another libpod backend): no labels;
+        an inconsistent one (mid-write): None."""
+        path = os.path.join(self._root, "libpod", "bolt_state.db")
+        try:
+            mtime = os.stat(path).st_mtime_ns
+            if self._bolt is None or self._bolt[0] != mtime:
+                self._bolt = (mtime, BoltFile.open(path))
+            db = self._bolt[1]
+            ctr = _json_obj(db.get([b"ctr", cid.encode()], b"config"))
+            pod_id = _str(ctr.get("pod"))
+            pod = _json_obj(db.get([b"pod", pod_id.encode()], b"config")) if pod_id else {}
+        except OSError as err:
+            self._files.note(path, err)
+            return {}, {}
+        except BoltError as err:
+            self._bolt = None
+            self._files.note(path, err)
+            return None
+        return _str_map(ctr.get("labels")), _str_map(pod.get("labels"))
 
 
 # --------------------------------------------------------------------------- OCI bundles
@@ -546,14 +636,26 @@ class OciBundleRuntime:
         return self._kind
 
     def inspect(self, match: CgroupMatch) -> ContainerInfo | None:
+        annotations = self._bundle(match.container_id, match.namespace)
+        if annotations is None:
+            return None
+        info = info_from_annotations(self._kind, annotations, match.container_id)
+        # CRI-O: the pod's labels are its sandbox's CRI labels (another bundle)
+        sandbox = annotations.get("io.kubernetes.cri-o.SandboxID")
+        if sandbox and not info.pod_labels and sandbox != match.container_id:
+            pod = self._bundle(sandbox, match.namespace)
+            if pod is not None:
+                info = replace(info, pod_labels=labels_from_annotations(pod))
+        return info
+
+    def _bundle(self, cid: str, namespace: str | None) -> dict[str, str] | None:
+        """Annotations of the bundle of *cid*, or None when no bundle is there."""
         for pattern in self._patterns:
-            path = self._files.host(pattern.format(id=match.container_id,
-                                                   ns=match.namespace or "*"))
+            path = self._files.host(pattern.format(id=cid, ns=namespace or "*"))
             for candidate in sorted(glob.glob(path)) if "*" in path else (path,):
                 doc = self._files.json(candidate)
                 if isinstance(doc, dict):
-                    return info_from_annotations(self._kind, _annotations(doc),
-                                                 match.container_id)
+                    return _annotations(doc)
         return None
 
 

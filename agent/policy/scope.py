@@ -30,7 +30,8 @@ class ContainerLike(Protocol):
 
 
 def _labels(c: ContainerLike, attr: str) -> Mapping[str, str]:
-    # Container identity may not carry labels (yet): a label selector then matches nothing.
+    # agent.enrich.containers.Container carries labels / pod_labels (empty where the
+    # runtime keeps none in files); a record without them matches no label selector.
     value = getattr(c, attr, None)
     return value if isinstance(value, Mapping) else {}
 

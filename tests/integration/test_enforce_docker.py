@@ -53,3 +53,34 @@ def test_drift_blocked_image_binaries_run(env: tuple[AgentProc, Dockerd]) -> Non
     assert enforcement(ev)["binary"] == "/tmp/bb"
     assert enforcement(ev)["rule"] == "exec.drift: block"
     assert ev["container"]["image"] == DOCKER_IMAGE
+
+
+LABELS = """apiVersion: moray/v1
+kind: RuntimePolicy
+metadata: {name: web-labels}
+spec:
+  scope: {containers: {labels: {app: web}}}
+  exec: {deny: [/bin/ls]}
+"""
+
+
+def test_label_selector(env: tuple[AgentProc, Dockerd]) -> None:
+    """`docker run --label app=web` is covered by a policy selecting labels {app: web}
+    from its first exec; the same container without the label is not."""
+    agent, d = env
+    agent.apply("web-labels", LABELS)
+    script = "/bin/ls / >/dev/null; echo rc=$?"
+    res = d.docker("run", "--rm", "--network", "none", "--label", "app=web",
+                   "--name", "mr-label-web", DOCKER_IMAGE, "sh", "-c", script, check=False)
+    assert "rc=137" in res.stdout, res
+    ev = agent.wait_event(lambda e: e.get("type") == "enforce"
+                          and (e.get("container") or {}).get("name") == "mr-label-web"
+                          and enforcement(e).get("action") == "killed")
+    assert enforcement(ev)["policy"] == "web-labels"
+    assert enforcement(ev)["rule"] == "exec.deny: /bin/ls"
+    assert ev["container"]["labels"] == {"app": "web", "org.moray.test": "1"}
+    for extra in ([], ["--label", "app=db"]):
+        res = d.docker("run", "--rm", "--network", "none", *extra, DOCKER_IMAGE, "sh", "-c",
+                       script, check=False)
+        assert "rc=0" in res.stdout, (extra, res)
+    agent.delete("web-labels")

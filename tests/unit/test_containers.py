@@ -114,14 +114,17 @@ def test_to_json(index: CgroupIndex, clock: Clock) -> None:
     netns.by_pid[5] = NetnsInfo(77, (("lo", ("127.0.0.1/8",)),))
     res = make(index, clock, FakeRuntime(Runtime.CONTAINERD, {H: ContainerInfo(
         Runtime.CONTAINERD, name="app", image="r/app:1", pod_namespace="shop",
-        pod_name="app-1")}), netns=netns)
+        pod_name="app-1", labels={"app": "web"}, pod_labels={"tier": "front"})}), netns=netns)
     ctr = res.lookup(12, 5)
     assert ctr is not None
+    assert (ctr.labels, ctr.pod_labels) == ({"app": "web"}, {"tier": "front"})
     assert ctr.to_json() == {
         "id": H, "name": "app", "runtime": "containerd", "image": "r/app:1",
-        "image_digest": None, "pod": {"namespace": "shop", "name": "app-1", "uid": UID},
+        "image_digest": None,
+        "pod": {"namespace": "shop", "name": "app-1", "uid": UID, "labels": {"tier": "front"}},
         "cgroup_id": 12,
         "netns": {"inode": 77, "interfaces": [{"name": "lo", "addresses": ["127.0.0.1/8"]}]},
+        "labels": {"app": "web"},
     }
 
 
@@ -130,7 +133,7 @@ def test_to_json_no_pod_no_netns(index: CgroupIndex, clock: Clock) -> None:
     ctr = res.lookup(10, None)
     assert ctr is not None
     doc = ctr.to_json()
-    assert doc["pod"] is None and doc["netns"] is None
+    assert doc["pod"] is None and doc["netns"] is None and doc["labels"] == {}
 
 
 def test_host_processes(index: CgroupIndex, clock: Clock) -> None:

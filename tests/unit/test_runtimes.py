@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -316,3 +317,113 @@ def test_bundle_host_root(tmp_path: Path) -> None:
         host_root=str(tmp_path / "host"))
     info = rt.inspect(CgroupMatch(CRIO, CRIO_ID))
     assert info is not None and info.name == "api"
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_docker_labels() -> None:
+    rt = DockerRuntime([DockerDaemon(str(FIX / "docker/data"), str(FIX / "docker/exec"))])
+    info = rt.inspect(CgroupMatch(D, ID))
+    assert info is not None
+    assert info.labels == {"org.moray.test": "1"}  # the image's label, merged by docker
+    assert info.pod_labels == {}
+
+
+def test_docker_pod_labels_from_sandbox(tmp_path: Path) -> None:
+    """dockershim / cri-dockerd: a container names its sandbox, whose labels are the pod's."""
+    src = json.loads((FIX / "docker/data/containers" / ID / "config.v2.json").read_text())
+    sandbox = "d" * 64
+    for cid, labels in ((H, {"io.kubernetes.sandbox.id": sandbox, "app": "web"}),
+                        (sandbox, {"io.kubernetes.docker.type": "podsandbox",
+                                   "tier": "front"})):
+        doc = json.loads(json.dumps(src))
+        doc["Config"]["Labels"] = labels
+        (tmp_path / "containers" / cid).mkdir(parents=True)
+        (tmp_path / "containers" / cid / "config.v2.json").write_text(json.dumps(doc))
+    rt = DockerRuntime([DockerDaemon(str(tmp_path), "/nonexistent")])
+    info = rt.inspect(CgroupMatch(D, H))
+    assert info is not None
+    assert info.labels["app"] == "web"
+    assert info.pod_labels == {"io.kubernetes.docker.type": "podsandbox", "tier": "front"}
+    pod = rt.inspect(CgroupMatch(D, sandbox))
+    assert pod is not None and pod.pod_labels == pod.labels
+
+
+def test_runc_annotations_are_labels() -> None:
+    rt = RuncRuntime([RuncRoot(str(FIX / "runc/run-runc"), Runtime.RUNC)])
+    info = rt.inspect(CgroupMatch(Runtime.RUNC, "moray-fixture"))
+    assert info is not None
+    assert info.labels == {"org.opencontainers.image.ref.name": "moray-test/busybox:1"}
+    # docker's runc state carries only the bundle: no labels from there
+    rt = RuncRuntime([RuncRoot(str(FIX / "docker/exec/runtime-runc/*"), D)])
+    info = rt.inspect(CgroupMatch(D, ID, namespace="moby"))
+    assert info is not None and info.labels == {}
+
+
+def test_crio_labels_and_pod_labels() -> None:
+    pattern = str(FIX / "crio/run/containers/storage/overlay-containers/{id}/userdata"
+                  "/config.json")
+    rt = OciBundleRuntime(CRIO, (pattern,))
+    info = rt.inspect(CgroupMatch(CRIO, CRIO_ID))
+    assert info is not None
+    assert info.labels == {"io.kubernetes.container.name": "api",
+                           "io.kubernetes.pod.name": "api-5c8f7d-pq7ms",
+                           "io.kubernetes.pod.namespace": "billing",
+                           "io.kubernetes.pod.uid": UID}
+    assert info.pod_labels["app"] == "api" and info.pod_labels["tier"] == "back"
+    sandbox = rt.inspect(CgroupMatch(CRIO, SANDBOX_ID))
+    assert sandbox is not None and sandbox.name == "POD"
+    assert sandbox.pod_labels == sandbox.labels == info.pod_labels
+
+
+def test_containerd_cri_has_no_labels_in_files() -> None:
+    """containerd keeps CRI labels in its metadata database, not in the bundle."""
+    info = _containerd().inspect(CgroupMatch(CD, CRI_ID, UID, BURST))
+    assert info is not None and info.labels == {} and info.pod_labels == {}
+
+
+def test_user_annotations_are_labels_runtime_ones_are_not() -> None:
+    from agent.enrich.runtimes import labels_from_annotations
+
+    assert labels_from_annotations({
+        "app": "web", "io.kubernetes.cri.container-type": "container",
+        "io.container.manager": "libpod", "io.podman.annotations.init": "FALSE",
+        "io.kubernetes.cri-o.Labels": '{"k": "v"}'}) == {"app": "web", "k": "v"}
+    assert labels_from_annotations({"io.kubernetes.cri-o.Labels": "{broken"}) == {}
+
+
+PODMAN_LABELS_ID = "1df36739e47b25109cace5075efa55f900e915458e85df14281cd75d066188cd"
+PODMAN_MEMBER_ID = "bcd0b5a61017290c9661136d00914916b641232b28e0069d05275d77b4dd45b7"
+
+
+def test_podman_labels_from_bolt_database() -> None:
+    """Captured from podman 4.3: `podman create --label app=web --label tier=front` and a
+    container in `podman pod create --label team=pay` (libpod/bolt_state.db)."""
+    rt = PodmanRuntime(str(FIX / "podman-labels/storage"))
+    info = rt.inspect(CgroupMatch(POD, PODMAN_LABELS_ID))
+    assert info is not None and info.name == "moray-pod-labels"
+    assert info.labels == {"app": "web", "tier": "front", "org.moray.test": "1"}
+    assert info.pod_labels == {}
+    member = rt.inspect(CgroupMatch(POD, PODMAN_MEMBER_ID))
+    assert member is not None
+    assert member.labels == {"app": "api", "org.moray.test": "1"}
+    assert member.pod_labels == {"team": "pay"}
+
+
+def test_podman_without_bolt_database_has_no_labels() -> None:
+    info = PodmanRuntime(str(FIX / "podman/storage")).inspect(CgroupMatch(POD, PODMAN_ID))
+    assert info is not None and info.labels == {}
+
+
+def test_podman_damaged_bolt_database_is_retried(tmp_path: Path) -> None:
+    shutil.copytree(FIX / "podman-labels/storage", tmp_path / "s")
+    db = tmp_path / "s/libpod/bolt_state.db"
+    good = db.read_bytes()
+    db.write_bytes(good[:4096 * 3])  # truncated mid-write: pages missing
+    rt = PodmanRuntime(str(tmp_path / "s"))
+    assert rt.inspect(CgroupMatch(POD, PODMAN_LABELS_ID)) is None
+    db.write_bytes(good)
+    os.utime(db, ns=(1, 1))  # a new mtime: re-read
+    info = rt.inspect(CgroupMatch(POD, PODMAN_LABELS_ID))
+    assert info is not None and info.labels["app"] == "web"
