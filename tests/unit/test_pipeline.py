@@ -1,0 +1,59 @@
+"""Pipeline: an exec enforcement event names the new image, not the one it replaced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.app import Pipeline
+from agent.bpf import abi
+from agent.enrich.proctree import ProcessTree
+from agent.events.types import EnforceEvent, ExecEvent, Proc
+from agent.output.jsonl import EventSink
+from agent.output.metrics import Stats
+from agent.output.schema import Formatter
+
+PROC = Proc(pid=40, tid=40, ppid=1, uid=0, euid=0, gid=0, mntns=1, cgroup_id=0,
+            start_ns=5_000_000_000, pstart_ns=1_000_000_000, comm="sh")
+
+
+class NullSink:
+    def write(self, event: dict[str, object]) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _pipeline(tmp_path: Path) -> Pipeline:
+    sink: EventSink = NullSink()  # type: ignore[assignment]
+    p = Pipeline(ProcessTree(str(tmp_path), read_proc=lambda _proc, _pid: None), sink,
+                 Formatter("n"), None, Stats())
+    p.enrich(ExecEvent(ts=1, proc=PROC, binary="/bin/sh", filename="/bin/sh",
+                       args=("sh", "-c", "x"), cwd="/", argc=3, args_truncated=False,
+                       binary_truncated=False))
+    return p
+
+
+def _enforce(action: int, kind: int = abi.EKind.EXEC) -> EnforceEvent:
+    return EnforceEvent(ts=2, proc=PROC, kind=kind, action=action, policies=1, enforced=1,
+                        arg=0, family=0, daddr=None, dport=0, path="/usr/bin/nc.real",
+                        path2="/usr/bin/nc")
+
+
+@pytest.mark.parametrize("action", [abi.EAction.KILLED, abi.EAction.WOULD_BLOCK,
+                                    abi.EAction.HELD])
+def test_exec_enforcement_names_new_image(tmp_path: Path, action: int) -> None:
+    p = _pipeline(tmp_path)
+    out = p.enrich(_enforce(action))
+    assert out["process"]["binary"] == "/usr/bin/nc.real"
+    assert out["process"]["filename"] == "/usr/bin/nc"
+    assert out["process"]["args"] == []
+    # the tree itself is updated only by the exec record
+    again = p.enrich(_enforce(abi.EAction.KILLED, abi.EKind.FILE))
+    assert again["process"]["binary"] == "/bin/sh" and again["process"]["args"][0] == "sh"
+
+
+def test_blocked_exec_keeps_old_image(tmp_path: Path) -> None:
+    """LSM tier: the exec failed, the caller goes on as itself."""
+    out = _pipeline(tmp_path).enrich(_enforce(abi.EAction.BLOCKED))
+    assert out["process"]["binary"] == "/bin/sh"
