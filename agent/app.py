@@ -72,6 +72,11 @@ class Config:
     policy_dir: str = "/etc/moray/policies"  # runtime policies (agent/policy); watched
     pin_root: str | None = "/sys/fs/bpf/moray"  # None: nothing pinned, nothing adopted
     policy_status: str | None = "/run/moray/policy-status.json"
+    rules: tuple[str, ...] = ()          # detection rule files (agent/detect), after defaults
+    default_rules: bool = True
+    syslog: tuple[str, ...] = ()         # alert outputs (agent/output/siem.py)
+    cef: tuple[str, ...] = ()
+    webhook: tuple[str, ...] = ()
 
 
 class Pipeline:
@@ -85,6 +90,8 @@ class Pipeline:
         self.resolver = resolver
         self.stats = stats
         self._containers: dict[int, tuple[Any, dict[str, Any]]] = {}  # cgroup id -> (c, json)
+        # detect stage (agent/detect): enriched event -> alerts, written to the same sink
+        self.detect: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     def container_json(self, cgroup_id: int, pid: int) -> dict[str, Any] | None:
         if self.resolver is None or cgroup_id <= 1:
@@ -155,6 +162,9 @@ class Pipeline:
                 out = self.handle(rec)
                 if out is not None:
                     sink.write(out)
+                    if self.detect is not None:
+                        for alert in self.detect(out):
+                            sink.write(alert)
         sink.flush()
 
 
@@ -191,10 +201,12 @@ class Agent:
         self.features: Any | None = None
         self.pins: Any | None = None     # agent.bpf.pins.Pins
         self.policy: Any | None = None   # agent.policy.engine.PolicyEngine
+        self.detector: Any | None = None  # agent.detect.stage.DetectStage
         self.steps: list[tuple[str, Callable[[], None]]] = [
             ("check_host", self.check_host),
             ("mount_fs", self.mount_fs),
             ("probe_kernel", self.probe_kernel),
+            ("load_rules", self.load_rules),
             ("adopt_pins", self.adopt_pins),
             ("load_bpf", self.load_bpf),
             ("fill_watch", self.fill_watch),
@@ -265,6 +277,8 @@ class Agent:
         if self.cfg.default_watch:
             prefixes += list(watch.DEFAULT_WATCH) + watch.ssh_dirs(
                 os.path.join(self.cfg.host_root, "etc/passwd"))
+        if self.detector is not None:
+            prefixes += list(self.detector.watch)  # what the detection rules need reported
         rows = watch.build(prefixes, watch.DEFAULT_IGNORE if self.cfg.default_watch else ())
         watch.apply(self.obj.map("mr_watch"), rows)
 
@@ -287,6 +301,17 @@ class Agent:
     def scan_proc(self) -> None:
         n = self.tree.scan_proc()
         log.info("process tree: %d processes from %s", n, self.cfg.proc)
+
+    def load_rules(self) -> None:
+        """Detection rules and alert outputs (agent/detect/stage.py); errors stop start-up."""
+        from agent.detect.stage import DetectStage, DetectStageError
+
+        try:
+            self.detector = DetectStage.from_config(self.cfg, self.tree)
+        except DetectStageError as err:
+            raise AgentError(str(err)) from err
+        if self.detector is not None:
+            self._teardowns.append(("close_alert_outputs", self.detector.close))
 
     def adopt_pins(self) -> None:
         """Open what a previous agent pinned (agent/bpf/pins.py), so load_bpf reuses it."""
@@ -378,6 +403,8 @@ class Agent:
             self.pipeline = pipeline
             if self.policy is not None:
                 pipeline.fmt.enforcement = self.policy.explain
+            if self.detector is not None:
+                pipeline.detect = self.detector.process
             log.info("moray-agent running (node %s)", self.cfg.node)
             worker = threading.Thread(target=pipeline.run, args=(self.queue, self.stop_event),
                                       name="moray-pipeline", daemon=True)

@@ -25,7 +25,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  default_watch=not args.no_default_watch, containers=not args.no_containers,
                  duration=args.duration, args_max=args.args_max,
                  ring_size=args.ring_mb << 20, btf=args.btf, policy_dir=args.policy_dir,
-                 pin_root=None if args.no_pin else args.pin_root)
+                 pin_root=None if args.no_pin else args.pin_root, rules=tuple(args.rules),
+                 default_rules=not args.no_default_rules, syslog=tuple(args.syslog),
+                 cef=tuple(args.cef), webhook=tuple(args.webhook))
     if args.node:
         cfg.node = args.node
     try:
@@ -73,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
                      help="bpffs directory: enforcement stays pinned there across restarts")
     run.add_argument("--no-pin", action="store_true",
                      help="pin nothing: enforcement ends when the agent stops")
+    run.add_argument("--rules", action="append", default=[], metavar="FILE",
+                     help="detection rule file, applied after the defaults (repeatable)")
+    run.add_argument("--no-default-rules", action="store_true",
+                     help="do not load the default detection ruleset")
+    run.add_argument("--syslog", action="append", default=[], metavar="URL",
+                     help="send alerts as RFC 5424 syslog: udp|tcp|tls://HOST:PORT")
+    run.add_argument("--cef", action="append", default=[], metavar="URL",
+                     help="send alerts as CEF over syslog: udp|tcp|tls://HOST:PORT")
+    run.add_argument("--webhook", action="append", default=[], metavar="URL",
+                     help="POST alerts as JSON to http(s)://HOST/PATH (retried)")
     run.set_defaults(fn=_cmd_run)
 
     pr = sub.add_parser("probe", help="what this kernel offers and the enforcement tiers")

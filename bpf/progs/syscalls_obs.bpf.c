@@ -8,7 +8,9 @@
  * memfd_create. Filtered in the kernel: chmod family only with setuid/setgid bits;
  * setxattr family only for security.capability; link/symlink only to a watched target
  * (mr_watch, as written); unlink/rename only of a watched path; socket only AF_PACKET or
- * inet SOCK_RAW; dup2/dup3 only onto fd 0-2 of an inet socket. At exec (sched_process_exec):
+ * inet SOCK_RAW; dup2/dup3 only onto fd 0-2 of an inet socket; connect only to a unix
+ * socket whose path is watched (runtime sockets); open/openat only for writing a file
+ * named release_agent. At exec (sched_process_exec):
  * a record only when fd 0, 1 or 2 is an inet socket or the binary is on an overlayfs
  * upper layer / tmpfs (not in the image). Observation only: nothing is denied here.
  */
@@ -31,7 +33,9 @@
 #define TMPFS_MAG 0x01021994
 #define RAMFS_MAG 0x858458f6
 
+#define NR_OPEN 2
 #define NR_DUP2 33
+#define NR_CONNECT 42
 #define NR_SOCKET 41
 #define NR_EXECVE 59
 #define NR_RENAME 82
@@ -47,6 +51,7 @@
 #define NR_SETXATTR 188
 #define NR_LSETXATTR 189
 #define NR_FSETXATTR 190
+#define NR_OPENAT 257
 #define NR_UNLINKAT 263
 #define NR_RENAMEAT 264
 #define NR_LINKAT 265
@@ -162,6 +167,42 @@ static __always_inline void obs_emit(struct mr_sysobs *ev, struct task_struct *t
 	emit(ev, n);
 }
 
+/* connect(2) to a unix socket whose path is watched (container runtime sockets). */
+static __always_inline int unix_watched(__u64 uaddr, __u64 len)
+{
+	__u16 fam = 0;
+
+	if (len < 3 || bpf_probe_read_user(&fam, sizeof(fam), (void *)uaddr) || fam != 1)
+		return 0;
+	return watched((const char *)(uaddr + 2));
+}
+
+/* An open for writing of a file named release_agent (any cgroup v1 mount, wherever it
+ * was mounted: the classic escape mounts one under /tmp), as written. */
+static __always_inline int release_agent(__u64 upath, __u64 flags)
+{
+	__u32 zero = 0;
+	struct mr_watch_key *k;
+	const char *p;
+	long r;
+	__u32 n;
+
+	if (!(flags & 3))
+		return 0;
+	k = bpf_map_lookup_elem(&mr_wkey, &zero);
+	if (!k)
+		return 0;
+	r = bpf_probe_read_user_str(k->path, sizeof(k->path), (void *)upath);
+	if (r < 14)
+		return 0;
+	n = r - 1; /* "release_agent" is 13 bytes */
+	p = k->path;
+	return p[(n - 13) & 255] == 'r' && p[(n - 12) & 255] == 'e' && p[(n - 6) & 255] == 'e' &&
+	       p[(n - 5) & 255] == '_' && p[(n - 4) & 255] == 'a' && p[(n - 1) & 255] == 't' &&
+	       p[(n - 11) & 255] == 'l' && p[(n - 3) & 255] == 'g' &&
+	       (n == 13 || p[(n - 14) & 255] == '/');
+}
+
 /* ---- sys_enter: decide and remember ------------------------------------------------- */
 
 static __always_inline int save(__u32 nr, struct trace_event_raw_sys_enter *ctx)
@@ -230,6 +271,9 @@ ENTER_IF(renameat2, NR_RENAMEAT2, watched((const char *)A(1)))
 ENTER_IF(socket, NR_SOCKET, A(0) == AF_PACKET ||
 	 ((A(0) == AF_INET || A(0) == AF_INET6) && (A(1) & 0xf) == SOCK_RAW))
 ENTER_IF(dup2, NR_DUP2, A(1) <= 2)
+ENTER_IF(connect, NR_CONNECT, unix_watched(A(1), A(2)))
+ENTER_IF(openat, NR_OPENAT, release_agent(A(1), A(2)))
+ENTER_IF(open, NR_OPEN, release_agent(A(0), A(1)))
 ENTER_IF(dup3, NR_DUP3, A(1) <= 2)
 
 /* ---- sys_exit: report with the result ------------------------------------------------ */
@@ -276,6 +320,13 @@ static __always_inline int on_exit(long ret)
 	case NR_MEMFD_CREATE: /* memfd: its name */
 		ev->path_len = put_ustr(ev, &pos, a[0]);
 		break;
+	case NR_CONNECT: /* the socket path */
+		ev->path_len = put_ustr(ev, &pos, a[1] + 2);
+		break;
+	case NR_OPEN:
+		ev->path_len = put_ustr(ev, &pos, a[0]);
+		break;
+	case NR_OPENAT:
 	case NR_FCHMODAT:
 	case NR_FCHMODAT2:
 	case NR_UNLINKAT:
@@ -348,6 +399,9 @@ EXIT(renameat2)
 EXIT(socket)
 EXIT(dup2)
 EXIT(dup3)
+EXIT(connect)
+EXIT(openat)
+EXIT(open)
 
 /* ---- exec: stdio sockets (reverse shells) and binaries not in the image --------------- */
 

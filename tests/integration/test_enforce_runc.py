@@ -10,14 +10,20 @@ cgroup deny (EPERM).
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.helpers.agent_proc import AgentProc, enforcement
-from tests.helpers.containers import SHADOW_MARKER, run_runc
+from tests.helpers.containers import BUSYBOX, SHADOW_MARKER, build_rootfs, run_runc
 
 pytestmark = [
     pytest.mark.integration,
@@ -196,3 +202,131 @@ def test_delete_policy_allows_again(agent: AgentProc) -> None:
     agent.delete("gone")
     with run_runc("mr-gone-2", ["sh", "-c", "/bin/ls / >/dev/null; echo rc=$?"]) as ctr:
         assert "rc=0" in ctr.wait().stdout
+
+
+def test_monitor_mode_egress_connects_and_reports(agent: AgentProc) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(10)
+    port = srv.getsockname()[1]
+    got: list[bytes] = []
+
+    def serve() -> None:
+        try:
+            c, _ = srv.accept()
+        except OSError:
+            return
+        with c:
+            c.settimeout(5)
+            got.append(c.recv(64))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        agent.apply("net-mon", policy("net-mon", "mr-netmon-*", f"""
+network: {{egress: {{deny: ["127.0.0.1/32:{port}"]}}}}
+""", mode="monitor"))
+        with run_runc("mr-netmon-1", ["sh", "-c", f"echo hello | /bin/nc -w 1 127.0.0.1 "
+                                      f"{port}; echo rc=$?"], network="host") as ctr:
+            res = ctr.wait()
+        t.join(10)
+        assert "rc=0" in res.stdout, res
+        assert got and got[0].startswith(b"hello")   # the connection did reach the server
+        ev = agent.wait_event(lambda e: _for(e, "mr-netmon-1", "network", "would-block"))
+        enf = enforcement(ev)
+        assert enf["policy"] == "net-mon" and enf["dport"] == port
+        assert enf["rule"] == f"network.egress.deny: 127.0.0.1/32:{port}"
+        assert enf["policies"] == [{"name": "net-mon", "mode": "monitor", "enforced": False,
+                                    "rule": enf["rule"]}]
+    finally:
+        srv.close()
+        t.join(2)
+
+
+def test_monitor_mode_exec_allow_list(agent: AgentProc) -> None:
+    agent.apply("allow-mon", policy("allow-mon", "mr-allowmon-*", """
+exec: {allow: [/bin/sh, /bin/id]}
+""", mode="monitor"))
+    with run_runc("mr-allowmon-1", ["sh", "-c", "/bin/id -u; /bin/ls /; echo rc=$?"]) as ctr:
+        res = ctr.wait()
+    assert res.exit_code == 0, res
+    assert "rc=0" in res.stdout and "etc" in res.stdout  # ls ran and listed /
+    ev = agent.wait_event(lambda e: _for(e, "mr-allowmon-1", "exec", "would-block"))
+    enf = enforcement(ev)
+    assert enf["policy"] == "allow-mon" and enf["rule"] == "exec.allow: not listed"
+    assert enf["filename"] == "/bin/ls"
+    assert ev["process"]["filename"] == "/bin/ls"  # the new image, not the shell
+    events = [e for e in agent.events() if _for(e, "mr-allowmon-1", "exec", "would-block")]
+    assert all(enforcement(e)["filename"] != "/bin/id" for e in events)  # listed: silent
+
+
+def test_host_scoped_policy(agent: AgentProc, tmp_path: Path) -> None:
+    """A host policy kills the copied binary for host processes; a container that has the
+    very same file at the very same path runs it."""
+    bindir = Path(tempfile.mkdtemp(prefix="mr-hostbin-"))
+    try:
+        binary = bindir / "busybox"  # busybox runs applets only under its own name
+        shutil.copy2(BUSYBOX, binary)
+        agent.apply("host-deny", f"""apiVersion: moray/v1
+kind: RuntimePolicy
+metadata: {{name: host-deny}}
+spec:
+  scope: {{host: true}}
+  exec: {{deny: ["{binary}"]}}
+""")
+        res = subprocess.run([str(binary), "echo", "HOST-RAN"], capture_output=True,
+                             text=True, timeout=30, check=False)
+        assert res.returncode == -signal.SIGKILL, res
+        assert "HOST-RAN" not in res.stdout
+        ev = agent.wait_event(lambda e: e.get("type") == "enforce" and not e.get("container")
+                              and enforcement(e).get("binary") == str(binary))
+        enf = enforcement(ev)
+        assert (enf["action"], enf["policy"]) == ("killed", "host-deny")
+        assert enf["rule"] == f"exec.deny: {binary}"
+        assert ev["process"]["binary"] == str(binary)  # the new image, not python
+        # the same path inside a container: not in the host scope
+        rootfs = build_rootfs(tmp_path / "rootfs")
+        inside = rootfs / str(binary).lstrip("/")
+        inside.parent.mkdir(parents=True)
+        shutil.copy2(BUSYBOX, inside)
+        with run_runc("mr-hostpol-1", ["sh", "-c", f"{binary} echo CTR-RAN; echo rc=$?"],
+                      rootfs=rootfs) as ctr:
+            out = ctr.wait()
+        assert "CTR-RAN" in out.stdout and "rc=0" in out.stdout, out
+    finally:
+        agent.delete("host-deny")
+        shutil.rmtree(bindir, ignore_errors=True)
+
+
+STORM = ("n=0; t=0; while [ ! -e /tmp/stop ]; do /bin/echo RAN; "
+         "[ $? = 137 ] && n=$((n+1)); t=$((t+1)); done; echo total=$t killed=$n")
+
+
+def test_replacing_policy_during_exec_storm(agent: AgentProc) -> None:
+    """The container execs /bin/echo in a loop while the policy is replaced again and
+    again by variants that all deny it (new slot each time): not one echo may run."""
+    variants = [
+        "exec: {{deny: [/bin/echo, /bin/nope-{i}]}}",
+        'exec: {{deny: ["/bin/ech*"]}}\nfiles: {{monitor: [{{path: /etc/x{i}, access: read}}]}}',
+        "exec: {{allow: [/bin/sh, /bin/nope-{i}]}}",   # allow-list: echo is not listed
+    ]
+    agent.apply("storm", policy("storm", "mr-storm-*", variants[0].format(i=0)))
+    with run_runc("mr-storm-1", ["sh", "-c", STORM], start=True) as ctr:
+        agent.wait_event(lambda e: _for(e, "mr-storm-1", "exec", "killed"), timeout=20)
+        replaced = 0
+        deadline = time.monotonic() + 180
+        while replaced < 12 or sum(1 for e in agent.events()  # thousands of execs denied
+                                   if _for(e, "mr-storm-1", "exec", "killed")) < 2000:
+            assert time.monotonic() < deadline, f"{replaced} replacements"
+            replaced += 1
+            body = variants[replaced % len(variants)].format(i=replaced)
+            agent.apply("storm", policy("storm", "mr-storm-*", body))
+            assert ctr._proc.poll() is None, "the storm ended early"
+        (ctr.bundle.parent / "rootfs" / "tmp" / "stop").touch()
+        res = ctr.wait(60)
+    assert res.exit_code == 0, res
+    total = int(res.stdout.split("total=")[1].split()[0])
+    killed = int(res.stdout.split("killed=")[1].split()[0])
+    assert res.stdout.count("RAN") == 0, res.stdout[:2000]
+    assert killed == total and total >= 2000, res.stdout[-200:]

@@ -1,0 +1,94 @@
+"""The detection stage: enriched event -> alerts.
+
+`Detector.process(event)` runs after enrichment, on the pipeline thread: it updates the
+detection state (agent/detect/state.py), evaluates only the rules indexed under the
+event's type (each a compiled closure, agent/detect/lang.py), and returns one alert per
+rule that matched, in rule order. An alert is the JSON object written beside the events:
+
+    {"type": "alert", "time", "node", "rule", "priority", "severity", "tags", "mitre",
+     "output", "source", "event": <the triggering event, as written>,
+     "ancestry": [{"pid", "exec_id", "binary", "args", "name"} ...parent first],
+     "response": {"action", "ok", "error", "detect_then_respond": true} | null}
+
+A rule that raises (a bug, a field of an unexpected shape) is counted in `errors` and
+logged once per rule; the event and the other rules go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from agent.detect.fields import Ctx
+from agent.detect.response import Responder
+from agent.detect.rules import Rule, RuleSet
+from agent.detect.state import State
+from agent.enrich.proctree import ProcessTree
+
+log = logging.getLogger(__name__)
+
+CONNECTS = frozenset({"connect", "send"})
+
+
+class Detector:
+    def __init__(self, rules: RuleSet, tree: ProcessTree | None = None, proc: str = "/proc",
+                 responder: Responder | None = None, state: State | None = None) -> None:
+        self.rules = rules
+        self.by_type = rules.by_type
+        self.state = state or State(tree, proc)
+        self.responder = responder or Responder(proc)
+        self.alerts: dict[str, int] = {r.name: 0 for r in rules.rules}
+        self.errors = 0
+        self._erred: set[str] = set()
+        self.evaluated = 0
+
+    def process(self, e: dict[str, Any]) -> list[dict[str, Any]]:
+        t = e["type"]
+        if t == "exec":
+            self.state.observe(e)
+        elif t in CONNECTS:
+            self.state.record_connect(e)
+        rules = self.by_type.get(t)
+        if not rules:
+            return []
+        self.evaluated += 1
+        c = Ctx(e, self.state)
+        out: list[dict[str, Any]] = []
+        for r in rules:
+            try:
+                hit = r.match(c)
+            except Exception:  # a rule bug must not stop detection: count, log once
+                self.errors += 1
+                if r.name not in self._erred:
+                    self._erred.add(r.name)
+                    log.exception("rule %r raised on a %s event", r.name, t)
+                continue
+            if hit and not (r.throttle and self.state.throttled(
+                    r.name, e["process"]["exec_id"], r.throttle)):
+                out.append(self.alert(r, c))
+        return out
+
+    def alert(self, r: Rule, c: Ctx) -> dict[str, Any]:
+        e = c.e
+        self.alerts[r.name] = self.alerts.get(r.name, 0) + 1
+        try:
+            message = r.output(c)
+        except Exception:  # formatting must not lose the alert
+            log.exception("rule %r: output template failed", r.name)
+            message = r.name
+        ancestry = [{"pid": p.pid, "exec_id": p.exec_id, "binary": p.binary,
+                     "args": list(p.args), "name": p.comm} for p in c.ancestors()]
+        response = None
+        if r.response != "none":
+            response = self.responder.act(r.response, e)
+        return {"type": "alert", "time": e.get("time"), "node": e.get("node"),
+                "rule": r.name, "priority": r.priority.name, "severity": int(r.priority),
+                "tags": [*r.tags, *r.mitre], "mitre": list(r.mitre), "output": message,
+                "source": r.source, "event": e, "ancestry": ancestry, "response": response}
+
+    def process_all(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for e in events:
+            out.extend(self.process(e))
+        return out

@@ -1,0 +1,265 @@
+"""The fields a detection rule can name, and how each is read from an enriched event.
+
+An event reaches the engine as the agent's JSON object (agent/output/schema.py, documented
+in docs/events.md) wrapped in a :class:`Ctx`, which also reaches the process tree for
+ancestry and the engine's state (container entrypoints, connection windows). Every field
+has a kind (str, int, bool, list) the rule compiler type-checks operators against, and the
+event types it exists for, from which the compiler indexes rules by event type. A field
+that is absent from an event reads as None: every comparison on it is false except `!=`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.detect.state import State
+    from agent.enrich.proctree import Process
+
+STR, INT, BOOL, LIST = "str", "int", "bool", "list"
+
+EVENT_TYPES = frozenset({"exec", "fork", "exit", "open", "connect", "accept", "listen", "send",
+                         "syscall", "enforce"})
+NET_TYPES = frozenset({"connect", "accept", "listen", "send"})
+
+
+class Ctx:
+    """One event under evaluation. Ancestry and tree lookups are computed once, on demand."""
+
+    __slots__ = ("_ancestors", "_parent", "_proc", "e", "state")
+
+    def __init__(self, e: dict[str, Any], state: State) -> None:
+        self.e = e
+        self.state = state
+        self._proc: Process | None | bool = False
+        self._parent: Process | None | bool = False
+        self._ancestors: list[Process] | None = None
+
+    @property
+    def proc(self) -> Process | None:
+        if self._proc is False:
+            self._proc = self.state.lookup(self.e["process"]["exec_id"])
+        return self._proc  # type: ignore[return-value]
+
+    @property
+    def parent(self) -> Process | None:
+        if self._parent is False:
+            par = self.e.get("parent")
+            self._parent = self.state.lookup(par["exec_id"]) if par and par.get(
+                "exec_id") else None
+        return self._parent  # type: ignore[return-value]
+
+    def ancestors(self) -> list[Process]:
+        """Parent first, up to the first unknown process (bounded)."""
+        if self._ancestors is None:
+            out: list[Process] = []
+            p = self.parent
+            while p is not None and len(out) < 64:
+                out.append(p)
+                p = self.state.lookup(p.parent_exec_id) if p.parent_exec_id else None
+            self._ancestors = out
+        return self._ancestors
+
+
+Getter = Callable[[Ctx], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    kind: str
+    get: Getter
+    types: frozenset[str] | None  # event types it exists for; None: every type
+    doc: str
+
+
+def _sub(section: str, key: str) -> Getter:
+    def get(c: Ctx) -> Any:
+        s = c.e.get(section)
+        return s.get(key) if s else None
+    return get
+
+
+def _sub2(section: str, sub: str, key: str) -> Getter:
+    def get(c: Ctx) -> Any:
+        s = c.e.get(section)
+        if not s:
+            return None
+        t = s.get(sub)
+        return t.get(key) if t else None
+    return get
+
+
+def _proc(key: str) -> Getter:
+    def get(c: Ctx) -> Any:
+        return c.e["process"].get(key)
+    return get
+
+
+def _basename(get: Getter) -> Getter:
+    def g(c: Ctx) -> Any:
+        v = get(c)
+        return os.path.basename(v) if v else v
+    return g
+
+
+def _cmdline(c: Ctx) -> str:
+    return " ".join(c.e["process"].get("args") or ())
+
+
+def _parent_attr(attr: str) -> Getter:
+    def get(c: Ctx) -> Any:
+        p = c.parent
+        return getattr(p, attr) if p is not None else None
+    return get
+
+
+def _parent_cmdline(c: Ctx) -> str | None:
+    p = c.parent
+    return " ".join(p.args) if p is not None else None
+
+
+def _anames(c: Ctx) -> list[str]:
+    return [p.comm for p in c.ancestors()]
+
+
+def _abinaries(c: Ctx) -> list[str]:
+    return [p.binary for p in c.ancestors()]
+
+
+def _file_write(c: Ctx) -> bool | None:
+    f = c.e.get("file")
+    if not f:
+        return None
+    return f["access"] in ("write", "read-write") or "O_TRUNC" in f["flags"] or (
+        "O_CREAT" in f["flags"])
+
+
+def _file_failed(c: Ctx) -> bool | None:
+    f = c.e.get("file")
+    return f["result"] < 0 if f else None
+
+
+def _sys_failed(c: Ctx) -> bool | None:
+    s = c.e.get("syscall")
+    return s["result"] < 0 if s else None
+
+
+def _setid(c: Ctx) -> bool | None:
+    s = c.e.get("syscall")
+    if not s or "mode" not in s:
+        return None
+    return bool(int(s["mode"], 8) & 0o6000)
+
+
+def _evt_path(c: Ctx) -> str | None:
+    f = c.e.get("file") or c.e.get("syscall")
+    return f.get("path") if f else None
+
+
+def _is_entrypoint(c: Ctx) -> bool | None:
+    if not c.e.get("container"):
+        return None
+    return c.state.is_entrypoint(c.proc, c.e["container"])
+
+
+def _parent_is_entrypoint(c: Ctx) -> bool | None:
+    if not c.e.get("container"):
+        return None
+    return c.state.is_entrypoint(c.parent, c.e["container"])
+
+
+def _distinct(kind: str) -> Getter:
+    def get(c: Ctx) -> int | None:
+        return c.state.distinct(c, kind)
+    return get
+
+
+def _build() -> dict[str, Field]:
+    f: list[Field] = []
+
+    def add(name: str, kind: str, get: Getter, types: frozenset[str] | None, doc: str) -> None:
+        f.append(Field(name, kind, get, types, doc))
+
+    add("evt.type", STR, lambda c: c.e["type"], None,
+        "event type: exec, open, connect, syscall, ...")
+    add("proc.name", STR, _proc("comm"), None, "the task name (comm, 15 chars)")
+    add("proc.binary", STR, _proc("binary"), None, "absolute path of the running binary")
+    add("proc.binary_name", STR, _basename(_proc("binary")), None, "basename of proc.binary")
+    add("proc.filename", STR, _proc("filename"), frozenset({"exec"}),
+        "exec: the path as passed to execve")
+    add("proc.args", LIST, _proc("args"), None, "argv, one item per argument")
+    add("proc.cmdline", STR, _cmdline, None, "argv joined with spaces")
+    add("proc.cwd", STR, _proc("cwd"), None, "working directory at exec")
+    add("proc.pid", INT, _proc("pid"), None, "pid (host namespace)")
+    add("proc.uid", INT, _proc("uid"), None, "real uid")
+    add("proc.euid", INT, _proc("euid"), None, "effective uid")
+    add("proc.exec_id", STR, _proc("exec_id"), None, "exec id")
+    add("proc.is_entrypoint", BOOL, _is_entrypoint, None,
+        "in a container: the process is the container's entrypoint (its init, or forked "
+        "from it without exec)")
+    add("parent.name", STR, _parent_attr("comm"), None, "the parent's task name")
+    add("parent.binary", STR, _parent_attr("binary"), None, "the parent's binary")
+    add("parent.cmdline", STR, _parent_cmdline, None, "the parent's argv joined")
+    add("parent.is_entrypoint", BOOL, _parent_is_entrypoint, None,
+        "in a container: the parent is the container's entrypoint")
+    add("proc.anames", LIST, _anames, None, "task names of all known ancestors, parent first")
+    add("proc.abinaries", LIST, _abinaries, None, "binaries of all known ancestors")
+    add("container.id", STR, _sub("container", "id"), None, "container id (absent: host)")
+    add("container.name", STR, _sub("container", "name"), None, "container name")
+    add("container.image", STR, _sub("container", "image"), None, "image reference")
+    add("container.runtime", STR, _sub("container", "runtime"), None, "docker, runc, ...")
+    files = frozenset({"open"})
+    add("evt.path", STR, _evt_path, frozenset({"open", "syscall"}),
+        "open: file.path; syscall: syscall.path")
+    add("file.path", STR, _sub("file", "path"), files, "path opened")
+    add("file.name", STR, _basename(_sub("file", "path")), files, "basename of file.path")
+    add("file.access", STR, _sub("file", "access"), files, "read, write, read-write, path")
+    add("file.flags", LIST, _sub("file", "flags"), files, "open flags (O_CREAT, O_TRUNC, ...)")
+    add("file.write", BOOL, _file_write, files, "opened for writing, creation or truncation")
+    add("file.failed", BOOL, _file_failed, files, "the open failed")
+    add("file.error", STR, _sub("file", "error"), files, "errno name of a failed open")
+    add("net.daddr", STR, _sub("network", "daddr"), NET_TYPES, "destination / peer address")
+    add("net.dport", INT, _sub("network", "dport"), NET_TYPES, "destination / peer port")
+    add("net.saddr", STR, _sub("network", "saddr"), NET_TYPES, "source / local address")
+    add("net.sport", INT, _sub("network", "sport"), NET_TYPES, "source / local port")
+    add("net.protocol", STR, _sub("network", "protocol"), NET_TYPES, "tcp, udp")
+    add("net.family", STR, _sub("network", "family"), NET_TYPES, "ipv4, ipv6")
+    conn = frozenset({"connect", "send"})
+    add("net.distinct_ports", INT, _distinct("ports"), conn,
+        "distinct destination ports this process reached in the scan window")
+    add("net.distinct_hosts", INT, _distinct("hosts"), conn,
+        "distinct destination addresses this process reached in the scan window")
+    sc = frozenset({"syscall"})
+    for key, kind, doc in (
+            ("name", STR, "syscall name (ptrace, mount, ...; execve for exec-time checks)"),
+            ("result", INT, "result, or -errno"), ("error", STR, "errno name when it failed"),
+            ("path", STR, "the path it named (mount: target; link/symlink: the target)"),
+            ("target", STR, "link/symlink: what the new name points to; rename: old path"),
+            ("newpath", STR, "link/symlink/rename: the new name"),
+            ("request", STR, "ptrace request (PTRACE_ATTACH, PTRACE_TRACEME, ...)"),
+            ("target_pid", INT, "ptrace: the target pid"),
+            ("namespaces", LIST, "unshare/setns: namespace kinds (mnt, net, user, ...)"),
+            ("mode", STR, "chmod family: mode in octal (4755)"),
+            ("xattr", STR, "setxattr family: attribute name"),
+            ("family", STR, "socket: family (packet, ipv4, ...)"),
+            ("sock_type", STR, "socket: type (raw, stream, ...)"),
+            ("fstype", STR, "mount: file system type"), ("source", STR, "mount: source"),
+            ("stdio_socket", LIST, "exec/dup2: which of fds 0-2 are inet sockets"),
+            ("upper_layer", BOOL, "execve: binary on an overlayfs upper layer (drift)"),
+            ("tmpfs", BOOL, "execve: binary on tmpfs / ramfs / memfd"),
+            ("memfd_name", STR, "memfd_create: the name")):
+        add(f"syscall.{key}", kind, _sub("syscall", key), sc, doc)
+    add("syscall.failed", BOOL, _sys_failed, sc, "the syscall failed (EPERM, ...)")
+    add("syscall.setid", BOOL, _setid, sc, "chmod family: mode sets setuid or setgid")
+    add("syscall.peer_addr", STR, _sub2("syscall", "peer", "daddr"), sc,
+        "exec/dup2: peer address of the stdio socket")
+    add("syscall.peer_port", INT, _sub2("syscall", "peer", "dport"), sc,
+        "exec/dup2: peer port of the stdio socket")
+    return {x.name: x for x in f}
+
+
+FIELDS: dict[str, Field] = _build()

@@ -1,0 +1,135 @@
+"""What detection remembers between events.
+
+  entrypoints  container cgroup id -> exec id of its entrypoint. Set by the first exec seen
+               in a container whose parent is outside it (the runtime's init becoming the
+               container's pid 1); for containers that started before the agent, from
+               /proc/<pid>/status (NSpid ends in 1). Forgotten when the map outgrows
+               `max_containers` (oldest first).
+  windows      exec id -> recent (time, address, port) connection attempts, for the
+               scanning fields; entries older than `scan_window` seconds are dropped when
+               the process connects again, idle processes are swept every minute.
+  throttle     (rule, exec id) -> last alert time, for rules with `throttle`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.detect.fields import Ctx
+    from agent.enrich.proctree import Process, ProcessTree
+
+
+class State:
+    def __init__(self, tree: ProcessTree | None, proc: str = "/proc",
+                 scan_window: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 max_containers: int = 65536) -> None:
+        self.tree = tree
+        self.proc = proc
+        self.scan_window = scan_window
+        self.clock = clock
+        self.entrypoints: OrderedDict[int, str] = OrderedDict()
+        self.max_containers = max_containers
+        self.windows: dict[str, deque[tuple[float, str | None, int | None]]] = {}
+        self._sweep_at = 0.0
+        self.throttle: dict[tuple[str, str], float] = {}
+
+    def lookup(self, exec_id: str | None) -> Process | None:
+        if self.tree is None or exec_id is None:
+            return None
+        return self.tree.get(exec_id)
+
+    # --- container entrypoints --------------------------------------------------------
+
+    def observe(self, e: dict[str, Any]) -> None:
+        """Called for every event before rules run: records container entrypoints."""
+        if e["type"] != "exec":
+            return
+        c = e.get("container")
+        if not c:
+            return
+        cg = e["process"]["cgroup_id"]
+        if cg in self.entrypoints:
+            return
+        par = e.get("parent")
+        parent = self.lookup(par.get("exec_id")) if par else None
+        if parent is None or parent.cgroup_id != cg:
+            self._set_entry(cg, e["process"]["exec_id"])
+
+    def _set_entry(self, cg: int, exec_id: str) -> None:
+        self.entrypoints[cg] = exec_id
+        while len(self.entrypoints) > self.max_containers:
+            self.entrypoints.popitem(last=False)
+
+    def _nspid_is_init(self, pid: int) -> bool:
+        try:
+            with open(f"{self.proc}/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        return line.split()[-1] == "1"
+        except OSError:
+            pass
+        return False
+
+    def is_entrypoint(self, p: Process | None, container: dict[str, Any]) -> bool:
+        """p runs the container's entrypoint program: it is the init, or was forked from
+        it (or from such a fork) without exec."""
+        cg = container.get("cgroup_id")
+        depth = 0
+        while p is not None and depth < 64:
+            entry = self.entrypoints.get(cg) if cg is not None else None
+            if entry is None and cg is not None and p.cgroup_id == cg and (
+                    self._nspid_is_init(p.pid)):
+                self._set_entry(cg, p.exec_id)
+                entry = p.exec_id
+            if p.exec_id == entry:
+                return True
+            if p.version != 0:  # it exec'd something else
+                return False
+            p = self.lookup(p.parent_exec_id)
+            depth += 1
+        return False
+
+    # --- connection windows (scanning) ------------------------------------------------
+
+    def record_connect(self, e: dict[str, Any]) -> None:
+        net = e.get("network")
+        if not net:
+            return
+        now = self.clock()
+        key = e["process"]["exec_id"]
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = deque(maxlen=4096)
+        w.append((now, net.get("daddr"), net.get("dport")))
+        cut = now - self.scan_window
+        while w and w[0][0] < cut:
+            w.popleft()
+        if now >= self._sweep_at:
+            self._sweep_at = now + 60
+            for k in [k for k, q in self.windows.items() if not q or q[-1][0] < cut]:
+                del self.windows[k]
+            for tk in [k for k, t in self.throttle.items() if t < now - 3600]:
+                del self.throttle[tk]
+
+    def distinct(self, c: Ctx, kind: str) -> int | None:
+        w = self.windows.get(c.e["process"]["exec_id"])
+        if not w:
+            return 0
+        if kind == "ports":
+            return len({(port) for _, _, port in w})
+        return len({addr for _, addr, _ in w})
+
+    def throttled(self, rule: str, exec_id: str, seconds: float) -> bool:
+        if seconds <= 0:
+            return False
+        now = self.clock()
+        key = (rule, exec_id)
+        last = self.throttle.get(key)
+        if last is not None and now - last < seconds:
+            return True
+        self.throttle[key] = now
+        return False
