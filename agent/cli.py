@@ -25,7 +25,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  default_watch=not args.no_default_watch, containers=not args.no_containers,
                  duration=args.duration, args_max=args.args_max,
                  ring_size=args.ring_mb << 20, btf=args.btf, policy_dir=args.policy_dir,
-                 pin_root=None if args.no_pin else args.pin_root, rules=tuple(args.rules),
+                 pin_root=None if args.no_pin else args.pin_root,
+                 policy_status=args.policy_status or None, rules=tuple(args.rules),
                  default_rules=not args.no_default_rules, syslog=tuple(args.syslog),
                  cef=tuple(args.cef), webhook=tuple(args.webhook))
     if args.node:
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="runtime policies to enforce (watched for changes)")
     run.add_argument("--pin-root", default="/sys/fs/bpf/moray",
                      help="bpffs directory: enforcement stays pinned there across restarts")
+    run.add_argument("--policy-status", default="/run/moray/policy-status.json",
+                     help="where the agent writes which policies are live ('' = nowhere); "
+                          "`policy list --policy-status` reads it")
     run.add_argument("--no-pin", action="store_true",
                      help="pin nothing: enforcement ends when the agent stops")
     run.add_argument("--rules", action="append", default=[], metavar="FILE",

@@ -142,7 +142,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ap.set_defaults(fn=_apply)
     ls = psub.add_parser("list", parents=[common], help="policies and whether they are live")
     ls.add_argument("--json", action="store_true")
-    ls.add_argument("--status", default=DEFAULT_STATUS)
+    ls.add_argument("--policy-status", "--status", dest="status", default=DEFAULT_STATUS,
+                    help="the status file the running agent writes (its --policy-status)")
     ls.set_defaults(fn=_list)
     rm = psub.add_parser("delete", parents=[common], help="remove a policy by name")
     rm.add_argument("name")

@@ -92,6 +92,7 @@ class AgentProcess:
         self.pin_root = f"/sys/fs/bpf/moray-test-{os.getpid()}-{id(self):x}"
         self.policy_dir = self.work / "policies"
         self.policy_dir.mkdir(exist_ok=True)
+        self.policy_status = self.work / "policy-status.json"  # not the host's /run/moray
         self.args = list(args)
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -100,7 +101,7 @@ class AgentProcess:
     def start(self, timeout: float = 30) -> AgentProcess:
         cmd = [*agent_cmd(), "run", "--output", str(self.events_path), "--metrics-port",
                str(self.metrics_port), "--pin-root", self.pin_root, "--policy-dir",
-               str(self.policy_dir), *self.args]
+               str(self.policy_dir), "--policy-status", str(self.policy_status), *self.args]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=REPO,

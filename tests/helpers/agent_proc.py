@@ -30,6 +30,7 @@ class AgentProc:
         self.policy_dir.mkdir(parents=True, exist_ok=True)
         self.pin_root = f"/sys/fs/bpf/moray-test-{os.getpid()}-{id(self) & 0xffff:x}"
         self.output = self.work / "events.jsonl"
+        self.status = self.work / "policy-status.json"  # not the host's /run/moray
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.work / "agent.log"
         self._applied_seen = 0
@@ -46,7 +47,7 @@ class AgentProc:
         self.proc = subprocess.Popen(
             [*AGENT, "--log-level", "info", "run", "--metrics-port", "0",
              "--policy-dir", str(self.policy_dir), "--pin-root", self.pin_root,
-             "-o", str(self.output)],
+             "--policy-status", str(self.status), "-o", str(self.output)],
             stdout=subprocess.DEVNULL, stderr=logf, stdin=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parents[2])
         logf.close()

@@ -9,6 +9,7 @@ cgroup deny (EPERM).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -330,3 +331,19 @@ def test_replacing_policy_during_exec_storm(agent: AgentProc) -> None:
     killed = int(res.stdout.split("killed=")[1].split()[0])
     assert res.stdout.count("RAN") == 0, res.stdout[:2000]
     assert killed == total and total >= 2000, res.stdout[-200:]
+
+
+def test_policy_status_file_is_the_agents(agent: AgentProc) -> None:
+    """`run --policy-status` and `policy list --policy-status`: the private file, not
+    /run/moray/policy-status.json, says which policies are live."""
+    agent.apply("status-check", policy("status-check", "mr-status-*", "exec: {deny: [/bin/nc]}"))
+    status = json.loads(agent.status.read_text())
+    assert "status-check" in {p["name"] for p in status["policies"]}
+    res = agent.cli("policy", "list", "--json", "--policy-dir", str(agent.policy_dir),
+                    "--policy-status", str(agent.status))
+    rows = {r["name"]: r for r in json.loads(res.stdout)["policies"]}
+    assert rows["status-check"]["live"] is True and rows["status-check"]["slot"] is not None
+    missing = agent.cli("policy", "list", "--json", "--policy-dir", str(agent.policy_dir),
+                        "--policy-status", str(agent.work / "nope.json"))
+    assert json.loads(missing.stdout)["policies"][0]["live"] is False
+    agent.delete("status-check")
