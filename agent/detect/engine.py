@@ -49,7 +49,10 @@ class Detector:
             self.state.observe(e)
         elif t in CONNECTS:
             self.state.record_connect(e)
-        rules = self.by_type.get(t)
+        if t == "syscall":
+            rules = self.rules.by_syscall.get(e["syscall"]["name"], self.rules.any_syscall)
+        else:
+            rules = self.by_type.get(t)
         if not rules:
             return []
         self.evaluated += 1

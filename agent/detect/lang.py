@@ -287,6 +287,31 @@ def event_types(node: Node) -> frozenset[str] | None:
     return None
 
 
+def field_values(node: Node, name: str) -> frozenset[str] | None:
+    """Values a field must take for the condition to match (None: unconstrained), from
+    positive `=` / `in` tests on it: e.g. syscall.name, to sub-index syscall rules."""
+    if isinstance(node, Cmp):
+        if node.field.name == name and node.op in ("=", "in"):
+            return frozenset(node.values)
+        return None
+    if isinstance(node, And):
+        acc: frozenset[str] | None = None
+        for it in node.items:
+            t = field_values(it, name)
+            if t is not None:
+                acc = t if acc is None else acc & t
+        return acc
+    if isinstance(node, Or):
+        acc2: frozenset[str] = frozenset()
+        for it in node.items:
+            t = field_values(it, name)
+            if t is None:
+                return None
+            acc2 |= t
+        return acc2
+    return None
+
+
 def fields_of(node: Node) -> set[str]:
     if isinstance(node, Cmp):
         return {node.field.name}

@@ -49,6 +49,7 @@ from agent.detect.lang import (
     Pred,
     compile_node,
     event_types,
+    field_values,
 )
 
 DEFAULT_RULES = Path(__file__).with_name("rules") / "default.yaml"
@@ -103,6 +104,7 @@ class Rule:
     tags: tuple[str, ...]
     mitre: tuple[str, ...]
     types: frozenset[str]
+    syscalls: frozenset[str] | None  # syscall rules: the syscall names it can match
     match: Pred
     output: Callable[[Ctx], str]
     response: str
@@ -115,6 +117,9 @@ class RuleSet:
     rules: list[Rule]
     watch: tuple[str, ...]   # extra mr_watch prefixes the enabled rules need
     by_type: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
+    # syscall events: rules by syscall name, in rule order (unrestricted rules in every list)
+    by_syscall: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
+    any_syscall: tuple[Rule, ...] = ()
 
     def __post_init__(self) -> None:
         idx: dict[str, list[Rule]] = {}
@@ -122,6 +127,11 @@ class RuleSet:
             for t in sorted(r.types):
                 idx.setdefault(t, []).append(r)
         self.by_type = {t: tuple(rs) for t, rs in idx.items()}
+        sys_rules = idx.get("syscall", [])
+        names = {n for r in sys_rules if r.syscalls for n in r.syscalls}
+        self.any_syscall = tuple(r for r in sys_rules if r.syscalls is None)
+        self.by_syscall = {n: tuple(r for r in sys_rules if r.syscalls is None or n in
+                                    r.syscalls) for n in names}
 
 
 # --------------------------------------------------------------------------- raw items
@@ -401,6 +411,7 @@ class _Loader:
         full: Node = node if not excs else And((node, Not(Or(tuple(excs)) if len(excs) > 1
                                                           else excs[0])))
         return Rule(raw.name, desc, prio, tuple(tags), tuple(mitre), types,
+                    field_values(node, "syscall.name") if types == {"syscall"} else None,
                     compile_node(full), _formatter(output or raw.name), response,
                     float(throttle), f"{f}:{raw.line}")
 

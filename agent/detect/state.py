@@ -33,9 +33,10 @@ class State:
         self.clock = clock
         self.entrypoints: OrderedDict[int, str] = OrderedDict()
         self.max_containers = max_containers
-        self.windows: dict[str, deque[tuple[float, str | None, int | None]]] = {}
+        self.windows: dict[str, _Window] = {}
         self._sweep_at = 0.0
         self.throttle: dict[tuple[str, str], float] = {}
+        self._not_init: set[str] = set()
 
     def lookup(self, exec_id: str | None) -> Process | None:
         if self.tree is None or exec_id is None:
@@ -76,13 +77,12 @@ class State:
 
     def is_entrypoint(self, p: Process | None, container: dict[str, Any]) -> bool:
         """p runs the container's entrypoint program: it is the init, or was forked from
-        it (or from such a fork) without exec."""
+        it (or from such a fork) without exec. The walk stays inside the container."""
         cg = container.get("cgroup_id")
-        depth = 0
-        while p is not None and depth < 64:
+        seen = 0
+        while p is not None and seen < 64 and p.cgroup_id == cg:
             entry = self.entrypoints.get(cg) if cg is not None else None
-            if entry is None and cg is not None and p.cgroup_id == cg and (
-                    self._nspid_is_init(p.pid)):
+            if entry is None and cg is not None and self._nspid_init(p):
                 self._set_entry(cg, p.exec_id)
                 entry = p.exec_id
             if p.exec_id == entry:
@@ -90,12 +90,24 @@ class State:
             if p.version != 0:  # it exec'd something else
                 return False
             p = self.lookup(p.parent_exec_id)
-            depth += 1
+            seen += 1
+        return False
+
+    def _nspid_init(self, p: Process) -> bool:
+        """/proc says p is pid 1 of its pid namespace; a 'no' is remembered per exec id."""
+        if p.exec_id in self._not_init:
+            return False
+        if self._nspid_is_init(p.pid):
+            return True
+        if len(self._not_init) > 65536:
+            self._not_init.clear()
+        self._not_init.add(p.exec_id)
         return False
 
     # --- connection windows (scanning) ------------------------------------------------
 
     def record_connect(self, e: dict[str, Any]) -> None:
+        """O(1) amortised: per-process counters of ports and hosts in the window."""
         net = e.get("network")
         if not net:
             return
@@ -103,25 +115,22 @@ class State:
         key = e["process"]["exec_id"]
         w = self.windows.get(key)
         if w is None:
-            w = self.windows[key] = deque(maxlen=4096)
-        w.append((now, net.get("daddr"), net.get("dport")))
-        cut = now - self.scan_window
-        while w and w[0][0] < cut:
-            w.popleft()
+            w = self.windows[key] = _Window()
+        w.add(now, net.get("daddr"), net.get("dport"))
+        w.expire(now - self.scan_window)
         if now >= self._sweep_at:
             self._sweep_at = now + 60
-            for k in [k for k, q in self.windows.items() if not q or q[-1][0] < cut]:
+            cut = now - self.scan_window
+            for k in [k for k, q in self.windows.items() if q.last < cut]:
                 del self.windows[k]
             for tk in [k for k, t in self.throttle.items() if t < now - 3600]:
                 del self.throttle[tk]
 
     def distinct(self, c: Ctx, kind: str) -> int | None:
         w = self.windows.get(c.e["process"]["exec_id"])
-        if not w:
+        if w is None:
             return 0
-        if kind == "ports":
-            return len({(port) for _, _, port in w})
-        return len({addr for _, addr, _ in w})
+        return len(w.ports) if kind == "ports" else len(w.hosts)
 
     def throttled(self, rule: str, exec_id: str, seconds: float) -> bool:
         if seconds <= 0:
@@ -133,3 +142,42 @@ class State:
             return True
         self.throttle[key] = now
         return False
+
+
+class _Window:
+    """Connection attempts of one process within the scan window, with live counts of
+    distinct ports and hosts (bounded: at most `cap` attempts are remembered)."""
+
+    __slots__ = ("hosts", "items", "last", "ports")
+
+    def __init__(self, cap: int = 4096) -> None:
+        self.items: deque[tuple[float, str | None, int | None]] = deque()
+        self.ports: dict[int | None, int] = {}
+        self.hosts: dict[str | None, int] = {}
+        self.last = 0.0
+
+    def add(self, t: float, addr: str | None, port: int | None) -> None:
+        self.items.append((t, addr, port))
+        self.ports[port] = self.ports.get(port, 0) + 1
+        self.hosts[addr] = self.hosts.get(addr, 0) + 1
+        self.last = t
+        if len(self.items) > 4096:
+            self._pop()
+
+    def _pop(self) -> None:
+        _, addr, port = self.items.popleft()
+        n = self.ports[port] - 1
+        if n:
+            self.ports[port] = n
+        else:
+            del self.ports[port]
+        m = self.hosts[addr] - 1
+        if m:
+            self.hosts[addr] = m
+        else:
+            del self.hosts[addr]
+
+    def expire(self, cut: float) -> None:
+        items = self.items
+        while items and items[0][0] < cut:
+            self._pop()

@@ -138,13 +138,15 @@ def run_runc(
     annotations: dict[str, str] | None = None,
     start: bool = False,
     timeout: float = 20,
+    mounts: Sequence[dict[str, object]] = (),
 ) -> Iterator[RuncContainer]:
     """Create a runc container running *argv*; always ``runc delete -f`` on exit.
 
     network: ``"none"`` (new netns with only lo), ``"host"`` (share the host's) or a
     netns path such as ``/run/netns/x``.  cgroups_path: OCI ``linux.cgroupsPath``; unset
     means runc uses ``<caller's cgroup>/<id>``.  state_root: runc ``--root`` (default
-    /run/runc).  A fresh busybox rootfs is built when *rootfs* is not given.
+    /run/runc).  A fresh busybox rootfs is built when *rootfs* is not given.  mounts:
+    extra OCI mounts (e.g. a read-only bind of the host's /usr).
     """
     work = Path(tempfile.mkdtemp(prefix=f"moray-runc-{container_id}-"))
     bundle = work / "bundle"
@@ -155,7 +157,8 @@ def run_runc(
         gate, state_file = work / "gate", work / "state.json"
         hook = f"cat > {state_file}; while [ ! -e {gate} ]; do sleep 0.01; done"
         config = _runc_config(bundle, rootfs, argv, env=env, network=network,
-                              cgroups_path=cgroups_path, annotations=annotations, hook=hook)
+                              cgroups_path=cgroups_path, annotations=annotations, hook=hook,
+                              mounts=mounts)
         (bundle / "config.json").write_text(json.dumps(config, indent=2))
         out, err = work / "stdout", work / "stderr"
         root = ["--root", str(state_root)] if state_root else []
@@ -199,7 +202,8 @@ def _json_ok(path: Path) -> bool:
 
 def _runc_config(bundle: Path, rootfs: Path, argv: Sequence[str], *, env: Sequence[str],
                  network: str, cgroups_path: str | None,
-                 annotations: dict[str, str] | None, hook: str) -> dict[str, object]:
+                 annotations: dict[str, str] | None, hook: str,
+                 mounts: Sequence[dict[str, object]] = ()) -> dict[str, object]:
     subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True, capture_output=True)
     config = json.loads((bundle / "config.json").read_text())
     config["process"].update(terminal=False, args=list(argv), env=list(env))
@@ -215,6 +219,7 @@ def _runc_config(bundle: Path, rootfs: Path, argv: Sequence[str], *, env: Sequen
         linux["cgroupsPath"] = cgroups_path
     if annotations:
         config["annotations"] = dict(annotations)
+    config["mounts"] = [*config["mounts"], *mounts]
     config["hooks"] = {"createRuntime": [
         {"path": "/bin/sh", "args": ["sh", "-c", hook], "timeout": 60}]}
     return config
