@@ -43,6 +43,8 @@ class AgentProc:
         return res
 
     def start(self, timeout: float = 60) -> None:
+        # the log is appended across restarts: wait for *this* start's line
+        before = self.log_text().count("moray-agent running")
         logf = self.log.open("ab")
         self.proc = subprocess.Popen(
             [*AGENT, "--log-level", "info", "run", "--metrics-port", "0",
@@ -51,7 +53,7 @@ class AgentProc:
             stdout=subprocess.DEVNULL, stderr=logf, stdin=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parents[2])
         logf.close()
-        self.wait_log("moray-agent running", timeout)
+        self.wait_log("moray-agent running", timeout, before + 1)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
