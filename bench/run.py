@@ -1,0 +1,813 @@
+"""moray agent benchmark: the cost the agent adds to a workload, and what it can ingest.
+
+    python bench/run.py [--quick] [--only NAME[,NAME]] [--json FILE]   (as root)
+
+Each A/B benchmark runs a small C program (bench/c/, built with gcc into a temporary
+directory; Python stand-ins in bench/pyload.py if gcc is missing) with the agent OFF and
+ON, alternated (OFF, ON, OFF, ON, ...) so that drift and other load on the machine fall on
+both sides; medians and the spread (min..max) are reported. Every ON run starts a fresh
+agent and stops it afterwards, so no backlog from one run leaks into the next.
+
+    spawn          fork + execve(/bin/true) + waitpid, 20,000 times
+    open-unwatched open/close of a file outside the watched set (absolute path), 1,000,000x
+    open-relative  the same file opened by a relative path (the kernel resolves these at exit)
+    open-watched   open/close of a file under a watched prefix (--watch DIR), 1,000,000x
+    connect        loopback TCP connect + accept + close, 20,000 times
+    ingest         the event rate the agent's user space sustains with zero drops: a paced
+                   driver of watched opens, first as fast as it can (saturation), then a
+                   search for the highest rate at which nothing is dropped and the agent
+                   keeps up (every event emitted within 1 s of the driver stopping)
+
+The agent's peak RSS (VmHWM, plus VmRSS sampled every 0.25 s) is taken from every agent
+the benchmark starts. Timings are printed, never asserted: the exit status is 0 unless a
+workload or the agent failed to run. See docs/bench.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_AGENT = REPO / ".venv" / "bin" / "moray-agent"
+
+# Targets from issue 2 ("Benchmark"); overhead in percent, rates in events/s, RSS in MB.
+TARGETS = {"spawn": 10.0, "open-unwatched": 5.0, "ingest": 100_000.0, "rss": 80.0}
+
+
+class BenchError(Exception):
+    """A workload or the agent failed to run: the benchmark cannot produce its figures."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int
+    spawn: int
+    opens: int
+    opens_watched: int
+    connect: int
+    sat_seconds: float      # ingest: saturation run
+    trial_seconds: float    # ingest: each paced trial
+    trials: int             # ingest: paced trials in the zero-drop search
+
+
+FULL = Sizes(rounds=3, spawn=20_000, opens=1_000_000, opens_watched=1_000_000, connect=20_000,
+             sat_seconds=10, trial_seconds=8, trials=6)
+QUICK = Sizes(rounds=2, spawn=1_000, opens=200_000, opens_watched=100_000, connect=5_000,
+              sat_seconds=3, trial_seconds=2, trials=2)
+
+AB_BENCHES = ("spawn", "open-unwatched", "open-relative", "open-watched", "connect")
+ALL_BENCHES = (*AB_BENCHES, "ingest")
+
+
+# --- workloads ----------------------------------------------------------------------------
+
+@dataclass
+class Workloads:
+    """The workload programs: C binaries when gcc is available, else bench/pyload.py."""
+
+    bindir: Path
+    kind: str = "c"
+    compiler: str = ""
+
+    def build(self) -> None:
+        gcc = shutil.which("gcc")
+        if gcc is None:
+            self.kind = "python"
+            return
+        for name in ("spawn", "opens", "connstorm"):
+            r = subprocess.run([gcc, "-O2", "-Wall", "-o", str(self.bindir / name),
+                                str(HERE / "c" / f"{name}.c")],
+                               capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                print(f"gcc failed on bench/c/{name}.c, using the Python workloads:\n"
+                      f"{r.stderr}", file=sys.stderr)
+                self.kind = "python"
+                return
+        self.compiler = subprocess.run([gcc, "--version"], capture_output=True, text=True,
+                                       check=False).stdout.splitlines()[0]
+
+    def cmd(self, name: str, *args: object) -> list[str]:
+        if self.kind == "c":
+            return [str(self.bindir / name), *map(str, args)]
+        return [sys.executable, str(HERE / "pyload.py"), name, *map(str, args)]
+
+
+def run_workload(cmd: list[str], cwd: str | None = None) -> tuple[int, float]:
+    """Run one workload program; returns (operations done, elapsed seconds it measured)."""
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
+    if r.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} exited {r.returncode}: {r.stderr.strip()}")
+    try:
+        ops, elapsed = r.stdout.split()
+        return int(ops), float(elapsed)
+    except ValueError as err:
+        raise BenchError(f"{' '.join(cmd)}: unexpected output {r.stdout!r}") from err
+
+
+# --- the agent ----------------------------------------------------------------------------
+
+METRIC_RE = re.compile(r'^(moray_[a-z_]+)(?:\{(\w+)="([^"]*)"\})?\s+(\S+)$')
+
+
+@dataclass
+class Metrics:
+    """One scrape of the agent's /metrics, summed over labels where a total is wanted."""
+
+    events: dict[str, float] = field(default_factory=dict)    # moray_events_total{type}
+    kernel_records: float = 0.0                               # sum over CPUs
+    ringbuf_drops: float = 0.0                                # sum over CPUs
+    queue_drops: float = 0.0
+    queue_depth: float = 0.0
+    decode_errors: float = 0.0
+    tree_size: float = 0.0
+
+    @property
+    def emitted(self) -> float:
+        return sum(self.events.values())
+
+    @property
+    def drops(self) -> float:
+        return self.ringbuf_drops + self.queue_drops
+
+    @classmethod
+    def parse(cls, text: str) -> Metrics:
+        m = cls()
+        for line in text.splitlines():
+            hit = METRIC_RE.match(line)
+            if not hit:
+                continue
+            name, _, label, value = hit.groups()
+            v = float(value)
+            if name == "moray_events_total":
+                m.events[label] = v
+            elif name == "moray_kernel_records_total":
+                m.kernel_records += v
+            elif name == "moray_ringbuf_drops_total":
+                m.ringbuf_drops += v
+            elif name == "moray_queue_drops_total":
+                m.queue_drops = v
+            elif name == "moray_queue_depth":
+                m.queue_depth = v
+            elif name == "moray_decode_errors_total":
+                m.decode_errors = v
+            elif name == "moray_process_tree_size":
+                m.tree_size = v
+        return m
+
+    def delta(self, before: Metrics) -> dict[str, Any]:
+        return {
+            "events": {t: int(n - before.events.get(t, 0)) for t, n in self.events.items()
+                       if n - before.events.get(t, 0)},
+            "emitted": int(self.emitted - before.emitted),
+            "kernel_records": int(self.kernel_records - before.kernel_records),
+            "ringbuf_drops": int(self.ringbuf_drops - before.ringbuf_drops),
+            "queue_drops": int(self.queue_drops - before.queue_drops),
+            "decode_errors": int(self.decode_errors - before.decode_errors),
+        }
+
+
+def other_moray_progs() -> int | None:
+    """BPF programs named mr_* loaded by someone else (other agents, tests); None = unknown.
+
+    Their hooks run in the OFF runs too, so OFF is "without this agent", not "without BPF".
+    """
+    bpftool = shutil.which("bpftool")
+    if bpftool is None:
+        return None
+    r = subprocess.run([bpftool, "-j", "prog", "show"], capture_output=True, text=True, check=False)
+    try:
+        progs = json.loads(r.stdout or "[]")
+    except ValueError:
+        return None
+    return sum(1 for p in progs if str(p.get("name", "")).startswith("mr_"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def isolation_args(exe: str) -> list[str]:
+    """Flags that keep the benchmark's agents to themselves, where this agent has them.
+
+    By default an agent pins its maps under /sys/fs/bpf/moray and adopts what an earlier
+    agent pinned there (ring buffer, counters, enforcement links); another agent on the
+    machine would then share our counters, and pinned links outlive our runs into the OFF
+    runs. --no-pin avoids both. (Policies: the default --policy-dir, /etc/moray/policies,
+    is left as it is; the report says whether it exists.)
+    """
+    r = subprocess.run([exe, "run", "--help"], capture_output=True, text=True, check=False)
+    return ["--no-pin"] if "--no-pin" in r.stdout else []
+
+
+class Agent:
+    """One moray-agent process: started, scraped, sampled for RSS, stopped."""
+
+    def __init__(self, exe: str, workdir: Path, output: str, watch: str,
+                 extra: list[str]) -> None:
+        self.exe = exe
+        self.workdir = workdir
+        self.output_mode = output
+        self.watch = watch
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.out_path = ""
+        self.rss_peak_kb = 0
+        self.hwm_kb = 0
+        self.output_bytes = 0
+        self.exit_status: int | None = None
+        self.stderr_tail = ""
+        self._sampler: threading.Thread | None = None
+        self._stop_sampling = threading.Event()
+        self._n = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._n += 1
+        self.port = free_port()
+        self.out_path = ("/dev/null" if self.output_mode == "devnull"
+                         else str(self.workdir / f"events-{self._n}.jsonl"))
+        self.err_path = self.workdir / f"agent-{self._n}.log"
+        cmd = [self.exe, "--log-level", "warning", "run", "--output", self.out_path,
+               "--metrics-port", str(self.port), "--watch", self.watch, *self.extra]
+        with open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"the agent exited {self.proc.returncode} at start-up:\n"
+                                 f"{self._tail()}")
+            try:
+                self.metrics()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise BenchError(f"the agent's metrics did not come up in {timeout:.0f}s:"
+                                     f"\n{self._tail()}") from None
+                time.sleep(0.1)
+        self.rss_peak_kb = 0
+        self._stop_sampling.clear()
+        self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
+        self._sampler.start()
+        time.sleep(0.3)  # let the start-up burst (the /proc scan's own events) settle
+
+    def _sample_rss(self) -> None:
+        assert self.proc is not None
+        pid = self.proc.pid
+        while not self._stop_sampling.wait(0.25):
+            self.rss_peak_kb = max(self.rss_peak_kb, proc_status_kb(pid, "VmRSS"))
+
+    def _tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.err_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def metrics(self) -> Metrics:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            return Metrics.parse(r.read().decode())
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the user-space queue is empty on two scrapes in a row.
+
+        Not "until the event count stops moving": the machine is shared, and other
+        processes keep the agent busy with their own events.
+        """
+        deadline = time.monotonic() + timeout
+        empty = 0
+        while time.monotonic() < deadline:
+            empty = empty + 1 if self.metrics().queue_depth == 0 else 0
+            if empty >= 2:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        pid = self.proc.pid
+        self.hwm_kb = proc_status_kb(pid, "VmHWM")
+        self.rss_peak_kb = max(self.rss_peak_kb, proc_status_kb(pid, "VmRSS"))
+        self._stop_sampling.set()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.exit_status = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.exit_status = self.proc.wait()
+        if self._sampler is not None:
+            self._sampler.join()
+        self.stderr_tail = self._tail(5) if self.exit_status else ""
+        if self.out_path != "/dev/null":
+            try:
+                self.output_bytes = os.path.getsize(self.out_path)
+                os.unlink(self.out_path)  # 1M watched opens are ~1 GB of JSON
+            except OSError:
+                self.output_bytes = 0
+        self.proc = None
+
+    @contextmanager
+    def running(self) -> Iterator[Agent]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+
+# --- results ------------------------------------------------------------------------------
+
+@dataclass
+class AgentRun:
+    """What one agent instance saw during one ON run."""
+
+    phase: str
+    delta: dict[str, Any]
+    cpu_seconds: float
+    rss_peak_mb: float
+    hwm_mb: float
+    output_bytes: int
+    drained: bool
+    exit_status: int | None
+    stderr_tail: str = ""
+
+
+@dataclass
+class ABResult:
+    name: str
+    what: str
+    ops: int
+    off: list[float] = field(default_factory=list)
+    on: list[float] = field(default_factory=list)
+    agent: list[AgentRun] = field(default_factory=list)
+    target_pct: float | None = None
+    expect: dict[str, int] = field(default_factory=dict)   # event type -> per ON run
+    foreign_progs: list[int] = field(default_factory=list)  # other mr_* progs, OFF runs
+
+    def summary(self) -> dict[str, Any]:
+        off, on = statistics.median(self.off), statistics.median(self.on)
+        paired = [b / a for a, b in zip(self.off, self.on, strict=True)]
+        return {
+            "off_median_s": off, "on_median_s": on,
+            "off_min_s": min(self.off), "off_max_s": max(self.off),
+            "on_min_s": min(self.on), "on_max_s": max(self.on),
+            "ratio": on / off, "overhead_pct": (on / off - 1) * 100,
+            "paired_ratios": paired,
+            "off_us_per_op": off / self.ops * 1e6, "on_us_per_op": on / self.ops * 1e6,
+        }
+
+
+@dataclass
+class IngestTrial:
+    rate_target: float       # 0 = as fast as the driver can
+    ops: int
+    seconds: float
+    delta_at_end: dict[str, Any]     # metrics delta when the driver stopped (+ grace)
+    delta_final: dict[str, Any]      # ... and after the agent drained (or gave up)
+    backlog_at_end: float            # moray_queue_depth when the driver stopped
+    cpu_seconds: float               # agent CPU during the driver's run
+    kept_up: bool                    # no queue drops, every open emitted within the grace
+    passed: bool                     # kept up and no ring-buffer drops either
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class IngestResult:
+    saturation: IngestTrial | None = None
+    sat_processed_rate: float = 0.0   # open events emitted per second while saturated
+    trials: list[IngestTrial] = field(default_factory=list)
+    best_kept_up: float = 0.0         # highest rate user space kept up with (the search)
+    lowest_not_kept_up: float = 0.0
+    best_zero_drop: float = 0.0       # highest rate among the trials with no drop at all
+    agent: list[AgentRun] = field(default_factory=list)
+
+
+# --- the benchmarks -----------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, workdir: Path) -> None:
+        self.args = args
+        self.sizes = sizes
+        self.workdir = workdir
+        self.loads = Workloads(workdir)
+        self.unwatched_dir = workdir / "unwatched"
+        self.watch_dir = workdir / "watched"
+        self.agent = Agent(args.agent, workdir, args.agent_output,
+                           str(self.watch_dir) + "/",
+                           isolation_args(args.agent) + args.agent_arg)
+        self.warnings: list[str] = []
+
+    def setup(self) -> None:
+        self.loads.build()
+        if self.loads.kind != "c":
+            self.warnings.append("gcc unavailable: Python workloads (bench/pyload.py) used; "
+                                 "their own cost dilutes the overhead ratios")
+        for d in (self.unwatched_dir, self.watch_dir):
+            d.mkdir()
+            (d / "file").write_text("moray bench\n")
+
+    def ab_commands(self) -> dict[str, tuple[str, int, list[str], str | None, dict[str, int]]]:
+        s, c = self.sizes, self.loads.cmd
+        unw, wat = str(self.unwatched_dir / "file"), str(self.watch_dir / "file")
+        return {
+            "spawn": ("fork+exec /bin/true", s.spawn, c("spawn", s.spawn, "/bin/true"), None,
+                      {"fork": s.spawn, "exec": s.spawn, "exit": s.spawn}),
+            "open-unwatched": ("open/close, unwatched path", s.opens,
+                               c("opens", unw, s.opens), None, {"open": 0}),
+            "open-relative": ("open/close, unwatched, relative path", s.opens,
+                              c("opens", "file", s.opens), str(self.unwatched_dir), {"open": 0}),
+            "open-watched": ("open/close, watched path", s.opens_watched,
+                             c("opens", wat, s.opens_watched), None, {"open": s.opens_watched}),
+            "connect": ("loopback TCP connect+accept+close", s.connect,
+                        c("connstorm", s.connect), None,
+                        {"connect": s.connect, "accept": s.connect}),
+        }
+
+    def agent_run(self, phase: str, before: Metrics, cpu0: float, drain: float) -> AgentRun:
+        a = self.agent
+        drained = a.drain(drain)
+        after = a.metrics()
+        cpu = a.cpu_seconds() - cpu0
+        a.stop()
+        run = AgentRun(phase=phase, delta=after.delta(before), cpu_seconds=cpu,
+                       rss_peak_mb=a.rss_peak_kb / 1024, hwm_mb=a.hwm_kb / 1024,
+                       output_bytes=a.output_bytes, drained=drained,
+                       exit_status=a.exit_status, stderr_tail=a.stderr_tail)
+        if a.exit_status:
+            msg = (f"agent exited {a.exit_status} on SIGTERM ({phase}): "
+                   f"{a.stderr_tail.splitlines()[-1] if a.stderr_tail else ''}")
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+        return run
+
+    def run_ab(self, name: str) -> ABResult:
+        what, ops, cmd, cwd, expect = self.ab_commands()[name]
+        res = ABResult(name, what, ops, target_pct=TARGETS.get(name), expect=expect)
+        run_workload(cmd, cwd)  # warm-up, agent off: page cache, binaries, allocator
+        for r in range(self.sizes.rounds):
+            foreign = other_moray_progs()
+            if foreign is not None:
+                res.foreign_progs.append(foreign)
+            _, t = run_workload(cmd, cwd)
+            res.off.append(t)
+            self.progress(f"{name} round {r + 1}/{self.sizes.rounds}: off {t:.3f}s")
+            self.agent.start()
+            before, cpu0 = self.agent.metrics(), self.agent.cpu_seconds()
+            _, t = run_workload(cmd, cwd)
+            res.on.append(t)
+            run = self.agent_run(f"{name} on #{r + 1}", before, cpu0, drain=30)
+            res.agent.append(run)
+            self.progress(f"{name} round {r + 1}/{self.sizes.rounds}: on  {t:.3f}s "
+                          f"(emitted {run.delta['emitted']}, drops "
+                          f"{run.delta['ringbuf_drops'] + run.delta['queue_drops']})")
+        return res
+
+    def ingest_trial(self, rate: float, seconds: float, phase: str,
+                     samples: list[tuple[float, float, float]] | None = None) -> IngestTrial:
+        """One driver run against a fresh agent. rate 0 = as fast as the driver can."""
+        a = self.agent
+        count = 10**12 if rate == 0 else int(rate * seconds)
+        limit = seconds if rate == 0 else seconds * 1.5  # paced: only a guard
+        cmd = self.loads.cmd("opens", str(self.watch_dir / "file"), count, rate, limit)
+        a.start()
+        try:
+            before, cpu0 = a.metrics(), a.cpu_seconds()
+            t0 = time.monotonic()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if samples is not None:
+                    m = a.metrics()
+                    samples.append((time.monotonic() - t0, m.events.get("open", 0)
+                                    - before.events.get("open", 0), m.queue_depth))
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}: {err.strip()}")
+            ops_s, el_s = out.split()
+            ops, elapsed = int(ops_s), float(el_s)
+            if samples is None:
+                time.sleep(1.0)  # grace: a keeping-up agent emits the tail within this
+            at_end = a.metrics()
+            cpu = a.cpu_seconds() - cpu0
+            d_end = at_end.delta(before)
+            kept_up = d_end["queue_drops"] == 0 and d_end["events"].get("open", 0) >= ops
+            passed = kept_up and d_end["ringbuf_drops"] == 0
+            run = self.agent_run(phase, before, cpu0,
+                                 drain=3 if self.args.quick else 30)
+        except BaseException:
+            a.stop()
+            raise
+        trial = IngestTrial(rate_target=rate, ops=ops, seconds=elapsed, delta_at_end=d_end,
+                            delta_final=run.delta, backlog_at_end=at_end.queue_depth,
+                            cpu_seconds=cpu, kept_up=kept_up, passed=passed)
+        self.ingest.agent.append(run)
+        return trial
+
+    def run_ingest(self) -> IngestResult:
+        s = self.sizes
+        self.ingest = res = IngestResult()
+        samples: list[tuple[float, float, float]] = []
+        sat = self.ingest_trial(0, s.sat_seconds, "ingest saturation", samples)
+        res.saturation = sat
+        # processed rate while saturated: open events emitted per second over the driver's run
+        res.sat_processed_rate = sat.delta_at_end["events"].get("open", 0) / sat.seconds
+        self.progress(f"ingest saturation: driver {sat.rate:,.0f} opens/s, agent emitted "
+                      f"{res.sat_processed_rate:,.0f} ev/s, drops "
+                      f"{sat.delta_final['ringbuf_drops']}+{sat.delta_final['queue_drops']}")
+        lo, hi = 0.0, 0.0
+        rate = max(1000.0, round(res.sat_processed_rate * 0.8, -3))
+        for i in range(s.trials):
+            t = self.ingest_trial(rate, s.trial_seconds, f"ingest trial {rate:,.0f}/s")
+            res.trials.append(t)
+            if t.kept_up:
+                lo = max(lo, t.rate)
+            else:
+                hi = min(hi, rate) if hi else rate
+            if t.passed:
+                res.best_zero_drop = max(res.best_zero_drop, t.rate)
+            self.progress(f"ingest trial {i + 1}/{s.trials}: {rate:,.0f}/s target, "
+                          f"{t.rate:,.0f}/s driven, {'kept up' if t.kept_up else 'FELL BEHIND'} "
+                          f"(emitted {t.delta_at_end['events'].get('open', 0)}/{t.ops}, "
+                          f"drops {t.delta_at_end['ringbuf_drops']}+"
+                          f"{t.delta_at_end['queue_drops']})")
+            if not hi:
+                rate *= 1.25
+            elif not lo:
+                rate *= 0.6
+            else:
+                rate = (lo + hi) / 2
+            rate = max(1000.0, round(rate, -3))
+        res.best_kept_up, res.lowest_not_kept_up = lo, hi
+        return res
+
+    def progress(self, msg: str) -> None:
+        print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- report -------------------------------------------------------------------------------
+
+def agent_version() -> str:
+    """The commit the agent runs from, and whether agent/ or bpf/ have local changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
+                                "agent", "bpf"],
+                               capture_output=True, text=True, check=False).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes in agent/ or bpf/" if dirty else "")
+
+
+def machine() -> dict[str, Any]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f
+                          if ln.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version(), "loadavg": os.getloadavg(),
+            "mem_total_mb": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20}
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def fmt_s(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def print_report(out: Callable[[str], None], meta: dict[str, Any],
+                 ab: list[ABResult], ingest: IngestResult | None,
+                 rss: tuple[float, float, str]) -> None:
+    out("")
+    out(f"moray agent benchmark  {meta['date']}  ({'quick' if meta['quick'] else 'full'})")
+    m = meta["machine"]
+    out(f"machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_total_mb']} MB, "
+        f"Linux {m['kernel']}; load average at start "
+        f"{' '.join(f'{x:.2f}' for x in m['loadavg'])}")
+    out(f"workloads: {meta['workloads']}; {meta['rounds']} rounds OFF/ON alternated, "
+        f"medians, spread = min..max")
+    out(f"agent: {meta['agent_cmd']}")
+    policies = ("/etc/moray/policies exists" if meta["policies"]
+                else "none (/etc/moray/policies absent)")
+    out(f"agent code: {meta['agent_version']}; policies: {policies}")
+    out(f"agent output: {meta['agent_output']}")
+    out("")
+    if ab:
+        hdr = (f"{'benchmark':<40} {'ops':>9} {'off s (min..max)':>24} {'on s (min..max)':>24} "
+               f"{'overhead':>9} {'target':>8}")
+        out(hdr)
+        out("-" * len(hdr))
+        for r in ab:
+            s = r.summary()
+            tgt = f"<={r.target_pct:.0f} %" if r.target_pct is not None else ""
+            if r.target_pct is not None:
+                tgt += " " + verdict(s["overhead_pct"] <= r.target_pct)
+            off = f"{fmt_s(s['off_median_s'])} ({fmt_s(s['off_min_s'])}..{fmt_s(s['off_max_s'])})"
+            on = f"{fmt_s(s['on_median_s'])} ({fmt_s(s['on_min_s'])}..{fmt_s(s['on_max_s'])})"
+            out(f"{r.what:<40} {r.ops:>9,} {off:>24} {on:>24} {s['overhead_pct']:>+8.1f}% {tgt}")
+        out("")
+        out("per-op cost and what the agent did in the ON runs (summed over rounds):")
+        for r in ab:
+            s = r.summary()
+            emitted = sum(a.delta["emitted"] for a in r.agent)
+            drops = sum(a.delta["ringbuf_drops"] + a.delta["queue_drops"] for a in r.agent)
+            seen = ", ".join(
+                f"{t} {sum(a.delta['events'].get(t, 0) for a in r.agent):,}"
+                f" (workload {n * len(r.agent):,})" for t, n in r.expect.items())
+            cpu = sum(a.cpu_seconds for a in r.agent)
+            per_ev = f"{cpu / emitted * 1e6:.1f} us agent CPU/event" if emitted else ""
+            paired = " ".join(f"{x:.3f}" for x in s["paired_ratios"])
+            out(f"  {r.name:<15} {s['off_us_per_op']:.2f} -> {s['on_us_per_op']:.2f} us/op; "
+                f"paired on/off ratios {paired}")
+            out(f"  {'':<15} events: {seen}; all types {emitted:,} (the rest is other load); "
+                f"drops {drops:,}; agent CPU {cpu:.1f}s, {per_ev}")
+            fp = r.foreign_progs
+            if fp and max(fp) > 0:
+                out(f"  {'':<15} other moray BPF programs loaded during OFF runs: "
+                    f"{min(fp)}..{max(fp)} (someone else's agent/tests)")
+        out("")
+    if ingest is not None and ingest.saturation is not None:
+        sat = ingest.saturation
+        goal = TARGETS["ingest"]
+        out("ingest (watched opens, one driver process):")
+        out(f"  saturation: driver {sat.rate:,.0f} opens/s for {sat.seconds:.1f}s; agent emitted "
+            f"{ingest.sat_processed_rate:,.0f} events/s meanwhile "
+            f"(agent CPU {sat.cpu_seconds / sat.seconds * 100:.0f} % of one core); "
+            f"ring-buffer drops {sat.delta_final['ringbuf_drops']:,}, queue drops "
+            f"{sat.delta_final['queue_drops']:,}, kernel records "
+            f"{sat.delta_final['kernel_records']:,}, emitted {sat.delta_final['emitted']:,}")
+        for t in ingest.trials:
+            out(f"  paced {t.rate_target:>9,.0f}/s: driven {t.rate:>9,.0f}/s x {t.seconds:.1f}s "
+                f"emitted {t.delta_at_end['events'].get('open', 0):>9,}/{t.ops:,} within 1s, "
+                f"drops {t.delta_at_end['ringbuf_drops']}+{t.delta_at_end['queue_drops']}, "
+                f"backlog {t.backlog_at_end:,.0f} -> "
+                + ("zero drops, kept up" if t.passed else
+                   "kept up, ring-buffer drops only" if t.kept_up else "FELL BEHIND"))
+        best = ingest.best_kept_up
+        out(f"  highest rate user space kept up with (no queue drop, no backlog): "
+            f"{best:,.0f} events/s"
+            + (f" (fell behind at {ingest.lowest_not_kept_up:,.0f}/s)"
+               if ingest.lowest_not_kept_up else " (never fell behind)")
+            + f"; target >= {goal:,.0f}/s {verdict(best >= goal)}")
+        out(f"  highest rate with zero drops of any kind: {ingest.best_zero_drop:,.0f} events/s")
+        out("")
+    peak, hwm, where = rss
+    if peak:
+        out(f"agent peak RSS: {max(peak, hwm):.1f} MB (VmHWM {hwm:.1f} MB, sampled VmRSS "
+            f"{peak:.1f} MB) in '{where}'; target <= {TARGETS['rss']:.0f} MB "
+            f"{verdict(max(peak, hwm) <= TARGETS['rss'])}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer iterations (< 2 minutes)")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help=f"run only these ({', '.join(ALL_BENCHES)}); repeat or comma-separate")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--rounds", type=int, help="OFF/ON rounds (default 3, quick 2)")
+    ap.add_argument("--agent", default=str(DEFAULT_AGENT), help="moray-agent executable")
+    ap.add_argument("--agent-version", metavar="TEXT",
+                    help="what to report as the agent's version (default: this repo's commit)")
+    ap.add_argument("--agent-output", choices=("file", "devnull"), default="file",
+                    help="agent events to a file on disk (deleted after each run) or /dev/null")
+    ap.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for `moray-agent run` (repeatable), "
+                         "e.g. --agent-arg=--no-containers")
+    ap.add_argument("--workdir", default="/var/tmp",
+                    help="where the temporary files live (outside the watched set)")
+    args = ap.parse_args(argv)
+    args.names = [n for o in args.only for n in o.split(",") if n] or list(ALL_BENCHES)
+    unknown = [n for n in args.names if n not in ALL_BENCHES]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(ALL_BENCHES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run.py must run as root (the agent loads BPF programs)", file=sys.stderr)
+        return 2
+    if not os.access(args.agent, os.X_OK):
+        print(f"no agent at {args.agent}: run `make install` first", file=sys.stderr)
+        return 2
+    sizes = QUICK if args.quick else FULL
+    if args.rounds:
+        sizes = Sizes(**{**asdict(sizes), "rounds": args.rounds})
+
+    workdir = Path(tempfile.mkdtemp(prefix="moray-bench-", dir=args.workdir))
+    bench = Bench(args, sizes, workdir)
+    ab: list[ABResult] = []
+    ingest: IngestResult | None = None
+    failed: str | None = None
+    t_start = time.monotonic()
+    meta: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "quick": args.quick,
+                            "machine": machine(), "rounds": sizes.rounds, "sizes": asdict(sizes)}
+    try:
+        bench.setup()
+        meta["workloads"] = (f"C ({bench.loads.compiler})" if bench.loads.kind == "c"
+                             else "Python (no gcc)")
+        meta["agent_cmd"] = (f"{args.agent} --log-level warning run --output OUT --metrics-port "
+                             f"PORT --watch {bench.watch_dir}/ {' '.join(bench.agent.extra)}"
+                             ).rstrip()
+        meta["agent_version"] = args.agent_version or agent_version()
+        meta["policies"] = os.path.isdir("/etc/moray/policies")
+        meta["agent_output"] = ("/dev/null" if args.agent_output == "devnull" else
+                                f"file on disk under {workdir} (deleted after each run)")
+        for name in args.names:
+            if name == "ingest":
+                ingest = bench.run_ingest()
+            else:
+                ab.append(bench.run_ab(name))
+    except BenchError as err:
+        failed = str(err)
+    except KeyboardInterrupt:
+        failed = "interrupted"
+    finally:
+        bench.agent.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta["elapsed_s"] = time.monotonic() - t_start
+
+    runs = [a for r in ab for a in r.agent] + (ingest.agent if ingest else [])
+    peak = max(runs, key=lambda a: max(a.hwm_mb, a.rss_peak_mb), default=None)
+    rss = ((peak.rss_peak_mb, peak.hwm_mb, peak.phase) if peak else (0.0, 0.0, ""))
+    if ab or ingest:
+        print_report(print, meta, ab, ingest, rss)
+    for w in bench.warnings:
+        print(f"note: {w}")
+    print(f"(took {meta['elapsed_s']:.0f}s)")
+    if args.json:
+        doc = {"meta": meta, "targets": TARGETS, "warnings": bench.warnings, "failed": failed,
+               "ab": [{**asdict(r), "summary": r.summary()} for r in ab],
+               "ingest": asdict(ingest) if ingest else None,
+               "rss_peak": {"vmrss_sampled_mb": rss[0], "vmhwm_mb": rss[1], "phase": rss[2]}}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    if failed:
+        print(f"benchmark failed: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
