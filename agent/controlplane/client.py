@@ -92,6 +92,7 @@ class ControlPlaneClient:
         self._ready = threading.Event()
         self._calls: set[grpc.Call] = set()
         self._lock = threading.Lock()
+        self._policy_lock = threading.Lock()   # one policy verified + applied at a time
         self._threads: list[threading.Thread] = []
         self._channel: grpc.Channel | None = None
         self._batch_id = 0
@@ -228,6 +229,10 @@ class ControlPlaneClient:
 
     def handle_policy(self, signed: moray_pb2.SignedPolicy) -> moray_pb2.PolicyAck:
         """Verify, apply and record one pushed policy; returns the acknowledgement."""
+        with self._policy_lock:
+            return self._handle_policy(signed)
+
+    def _handle_policy(self, signed: moray_pb2.SignedPolicy) -> moray_pb2.PolicyAck:
         try:
             policy = self._verifier().verify(signed.SerializeToString())
             fresh = self.cache.check(policy)

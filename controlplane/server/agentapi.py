@@ -19,7 +19,6 @@ sent, so an ack means durable, and a batch without an ack is sent again by the a
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from controlplane.server.policydoc import selects_host
 from controlplane.store.cpstore import (
     AgentRecord,
     ControlPlaneStore,
+    PolicyAckRow,
     PolicyRecord,
     StoreError,
 )
@@ -81,6 +81,31 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):
                  metrics: ServerMetrics, poll_seconds: float = POLL_SECONDS) -> None:
         self.store, self.pki, self.hub, self.metrics = store, pki, hub, metrics
         self.poll_seconds = poll_seconds
+        # tenant -> (hub epoch, policies): one store read per change, not one per stream
+        self._snapshots: dict[str, tuple[int, dict[str, PolicyRecord]]] = {}
+        self._snapshot_lock = asyncio.Lock()
+        self._generation = -1
+        self._acks: asyncio.Queue[PolicyAckRow] = asyncio.Queue()
+        self._ack_writer: asyncio.Task[None] | None = None
+
+    async def _write_acks(self) -> None:
+        """One writer for every stream's acknowledgements: takes what has arrived and
+        stores it in one transaction, so 200 agents acking one change cost a few
+        transactions, not 200."""
+        while True:
+            batch = [await self._acks.get()]
+            while not self._acks.empty() and len(batch) < 1000:
+                batch.append(self._acks.get_nowait())
+            try:
+                await asyncio.to_thread(self.store.record_acks, batch)
+            except Exception:   # a failed write must not stop later acks: log and go on
+                log.exception("storing policy acknowledgements failed",
+                              extra={"count": len(batch)})
+
+    def record_ack(self, row: PolicyAckRow) -> None:
+        if self._ack_writer is None or self._ack_writer.done():
+            self._ack_writer = asyncio.create_task(self._write_acks())
+        self._acks.put_nowait(row)
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> AgentRecord:
         auth = context.auth_context()
@@ -102,12 +127,23 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):
 
     # -- policies ------------------------------------------------------------------------
 
-    def _desired(self, agent_id: str) -> tuple[AgentRecord | None, dict[str, PolicyRecord]]:
-        agent = self.store.agent(agent_id)
-        if agent is None:
-            return None, {}
-        current = self.store.current_policies(agent.tenant, include_removed=True)
-        return agent, {p.name: p for p in current}
+    def _read_policies(self, tenant: str) -> tuple[int, dict[str, PolicyRecord]]:
+        generation = self.store.policy_generation()
+        current = self.store.current_policies(tenant, include_removed=True)
+        return generation, {p.name: p for p in current}
+
+    async def _policies(self, tenant: str) -> dict[str, PolicyRecord]:
+        """The tenant's current policies, read once per hub epoch and shared by all the
+        tenant's streams (a change wakes every stream at once)."""
+        async with self._snapshot_lock:
+            epoch = self.hub.epoch
+            cached = self._snapshots.get(tenant)
+            if cached is not None and cached[0] == epoch:
+                return cached[1]
+            generation, policies = await asyncio.to_thread(self._read_policies, tenant)
+            self._generation = max(self._generation, generation)
+            self._snapshots[tenant] = (epoch, policies)
+            return policies
 
     def removal(self, agent: AgentRecord, name: str, version: int) -> moray_pb2.SignedPolicy:
         payload = moray_pb2.PolicyPayload(
@@ -127,16 +163,18 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):
         self.metrics.agents_connected.set(len(self.hub.streams))
         log.info("policy stream open", extra={"agent_id": agent.id, "versions": session.known})
         reader = asyncio.create_task(session.read_acks())
+        fresh: AgentRecord | None = agent
         try:
             while not reader.done():
                 handle.wake.clear()
-                generation = await asyncio.to_thread(self.store.policy_generation)
-                fresh, policies = await asyncio.to_thread(self._desired, agent.id)
+                if handle.refresh:
+                    handle.refresh = False
+                    fresh = await asyncio.to_thread(self.store.agent, agent.id)
                 if handle.revoked or fresh is None or fresh.revoked_at is not None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, "agent revoked")
                     return
-                await session.push(fresh, policies)
-                await self._wait_change(handle, reader, generation)
+                await session.push(fresh, await self._policies(fresh.tenant))
+                await self._wait_change(handle, reader)
             await reader
         finally:
             reader.cancel()
@@ -145,17 +183,25 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):
             self.metrics.agents_connected.set(len(self.hub.streams))
             log.info("policy stream closed", extra={"agent_id": agent.id})
 
-    async def _wait_change(self, handle: StreamHandle, reader: asyncio.Task[None],
-                           generation: int) -> None:
+    async def _wait_change(self, handle: StreamHandle, reader: asyncio.Task[None]) -> None:
         """Return when the hub wakes this stream, the agent hangs up, or (polled every
         ``poll_seconds``) the store's policy generation moved: another server process
-        may have written it."""
+        may have written it. Each poll also re-reads the agent (revoked elsewhere?)."""
         while True:
             waker = asyncio.create_task(handle.wake.wait())
             done, _ = await asyncio.wait({waker, reader}, timeout=self.poll_seconds,
                                          return_when=asyncio.FIRST_COMPLETED)
             waker.cancel()
-            if done or await asyncio.to_thread(self.store.policy_generation) != generation:
+            if done:
+                return
+            handle.refresh = True
+            generation = await asyncio.to_thread(self.store.policy_generation)
+            if generation != self._generation:
+                self._generation = generation
+                self.hub.epoch += 1
+                return
+            fresh = await asyncio.to_thread(self.store.agent, handle.agent_id)
+            if fresh is None or fresh.revoked_at is not None:
                 return
 
     # -- events --------------------------------------------------------------------------
@@ -249,6 +295,6 @@ class _PolicySession:
             log.warning("agent rejected a policy", extra={
                 "agent_id": self.agent.id, "policy": ack.name, "version": ack.version,
                 "status": status, "error": ack.error})
-        await asyncio.to_thread(functools.partial(
-            self.store.record_ack, self.agent.id, ack.name, ack.version, status=status,
-            error=ack.error, tiers={t.rule: t.tier for t in ack.tiers}))
+        self.service.record_ack(PolicyAckRow(
+            self.agent.id, ack.name, ack.version, status, ack.error,
+            {t.rule: t.tier for t in ack.tiers}, time.time()))

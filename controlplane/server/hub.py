@@ -24,12 +24,16 @@ class StreamHandle:
     agent_id: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     revoked: bool = False
+    refresh: bool = True     # re-read the agent (labels, revocation) before the next push
 
 
 class AgentHub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.streams: dict[str, set[StreamHandle]] = {}
+        # Bumped on every policy change seen (notify of all agents, or a poll that found
+        # the store's generation moved): streams share one policy snapshot per epoch.
+        self.epoch = 0
 
     def open(self, agent_id: str) -> StreamHandle:
         handle = StreamHandle(agent_id)
@@ -49,8 +53,11 @@ class AgentHub:
     def _wake_all(self, agent_id: str | None, revoke: bool) -> None:
         targets = ([h for hs in self.streams.values() for h in hs] if agent_id is None
                    else list(self.streams.get(agent_id, ())))
+        if agent_id is None:
+            self.epoch += 1
         for handle in targets:
             handle.revoked = handle.revoked or revoke
+            handle.refresh = handle.refresh or agent_id is not None
             handle.wake.set()
 
     def notify(self, agent_id: str | None = None) -> None:

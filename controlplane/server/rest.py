@@ -253,7 +253,7 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
 
 
     @app.get(P + "/events")
-    def events(  # noqa: PLR0917 - query parameters
+    def events(
                _: Annotated[Principal, Depends(require("GET", P + "/events"))],
                agent: str | None = None, type: str | None = None,
                tenant: str | None = None,

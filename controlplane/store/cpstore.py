@@ -120,6 +120,17 @@ class EnrollmentGrant:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyAckRow:
+    agent_id: str
+    name: str
+    version: int
+    status: str
+    error: str
+    tiers: dict[str, str]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class InsertResult:
     stored: int
     duplicates: int
@@ -397,18 +408,24 @@ class ControlPlaneStore:
 
     def record_ack(self, agent_id: str, name: str, version: int, *, status: str,
                    error: str, tiers: dict[str, str]) -> None:
+        self.record_acks([PolicyAckRow(agent_id, name, version, status, error, tiers,
+                                       self.clock())])
+
+    def record_acks(self, acks: Sequence[PolicyAckRow]) -> None:
+        """Store agents' acknowledgements in one transaction (the server batches the acks
+        that arrive together, e.g. from every agent after one policy change)."""
         with self._tx() as session:
-            row = session.get(AgentPolicy, (agent_id, name), with_for_update=True)
-            if row is None:
-                session.add(AgentPolicy(agent_id=agent_id, policy_name=name, version=version,
-                                        status=status, error=error, tiers=tiers,
-                                        acked_at=self.clock()))
-            else:
-                row.version, row.status, row.error = version, status, error
-                row.tiers, row.acked_at = tiers, self.clock()
-            if status not in ("APPLIED", "REMOVED"):
-                self._audit(session, f"agent:{agent_id}", "policy.reject", name,
-                            {"version": version, "status": status, "error": error})
+            for ack in acks:
+                row = session.get(AgentPolicy, (ack.agent_id, ack.name), with_for_update=True)
+                if row is None:
+                    row = AgentPolicy(agent_id=ack.agent_id, policy_name=ack.name)
+                    session.add(row)
+                row.version, row.status, row.error = ack.version, ack.status, ack.error
+                row.tiers, row.acked_at = ack.tiers, ack.at
+                if ack.status not in ("APPLIED", "REMOVED"):
+                    self._audit(session, f"agent:{ack.agent_id}", "policy.reject", ack.name,
+                                {"version": ack.version, "status": ack.status,
+                                 "error": ack.error})
 
     # -- events --------------------------------------------------------------------------
 
