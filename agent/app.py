@@ -62,8 +62,8 @@ class Config:
     btf: str = "/sys/kernel/btf/vmlinux"
     metrics_port: int | None = 9464
     metrics_addr: str = "127.0.0.1"
-    ring_size: int = 16 << 20
-    queue_records: int = 262144
+    ring_size: int = 8 << 20       # ~50k records; mapped once, so it adds 8 MiB to RSS
+    queue_records: int = 65536     # user-space backlog bound (~15 MiB when full)
     args_max: int = 1024
     watch: tuple[str, ...] = ()          # extra watched prefixes
     default_watch: bool = True

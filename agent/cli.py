@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--node", default=None, help="node name in events (default: hostname)")
     run.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     run.add_argument("--args-max", type=int, default=1024, help="argv bytes per exec (<=4096)")
-    run.add_argument("--ring-mb", type=int, default=16, help="ring buffer size, MiB (power of 2)")
+    run.add_argument("--ring-mb", type=int, default=8, help="ring buffer size, MiB (power of 2)")
     run.add_argument("--btf", default="/sys/kernel/btf/vmlinux", help="kernel BTF to require")
     run.add_argument("--policy-dir", default="/etc/moray/policies",
                      help="runtime policies to enforce (watched for changes)")
