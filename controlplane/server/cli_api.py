@@ -172,13 +172,20 @@ def _policy(api: Api, args: argparse.Namespace) -> int:
             except ApiError as err:
                 failed += 1
                 body = err.body if isinstance(err.body, dict) else {}
-                sys.stderr.write(f"moray: {body.get('error') or err}\n")
+                problems = body.get("problems") or [{}]
+                if problems[0].get("field"):
+                    for p in problems:
+                        sys.stderr.write(f"moray: {p['file']}:{p['line']}: {p['field']}: "
+                                         f"{p['message']}\n")
+                else:
+                    sys.stderr.write(f"moray: {body.get('error') or err}\n")
                 continue
             if args.json:
                 _out(r)
-            else:
-                state = "applied" if r["changed"] else "unchanged"
-                sys.stdout.write(f"{r['tenant']}/{r['name']}: version {r['version']} "
+                continue
+            for p in r["policies"]:
+                state = "applied" if p["changed"] else "unchanged"
+                sys.stdout.write(f"{p['tenant']}/{p['name']}: version {p['version']} "
                                  f"({state})\n")
         return 1 if failed else 0
     if args.command == "list":

@@ -29,6 +29,7 @@ from controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, Enrollm
 from controlplane.server.hub import AgentHub
 from controlplane.server.metrics import ServerMetrics
 from controlplane.server.pki import Pki
+from controlplane.server.policydoc import agent_document
 from controlplane.server.rest import create_app
 from controlplane.store import db
 from controlplane.store.cpstore import ControlPlaneStore
@@ -95,11 +96,13 @@ class _HttpServer(uvicorn.Server):
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    if len({config.grpc_port, config.enroll_port, config.http_port}) != 3:
+        raise SystemExit("moray-server: the gRPC, enrolment and HTTP ports must differ")
     # step: open_store
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = db.make_engine(db.database_url(config.database_url, config.data_dir))
     db.migrate(engine)
-    store = ControlPlaneStore(engine)
+    store = ControlPlaneStore(engine, wire_document=agent_document)
     # step: load_keys
     pki = Pki.load_or_create(config.data_dir / "pki", config.names)
     bootstrap_admin_token(store, config.data_dir)
@@ -115,10 +118,15 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     moray_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentServiceImpl(store, pki, hub, metrics, config.poll_seconds), server)
     key_pair = [(pki.server_key_pem, pki.server_cert_pem)]
-    server.add_secure_port(f"{config.host}:{config.grpc_port}", grpc.ssl_server_credentials(
-        key_pair, root_certificates=pki.ca_pem, require_client_auth=True))
-    server.add_secure_port(f"{config.host}:{config.enroll_port}",
-                           grpc.ssl_server_credentials(key_pair))
+    bound = [server.add_secure_port(f"{config.host}:{config.grpc_port}",
+                                    grpc.ssl_server_credentials(
+                                        key_pair, root_certificates=pki.ca_pem,
+                                        require_client_auth=True)),
+             server.add_secure_port(f"{config.host}:{config.enroll_port}",
+                                    grpc.ssl_server_credentials(key_pair))]
+    if 0 in bound:
+        raise SystemExit(f"moray-server: cannot listen on {config.host}:{config.grpc_port} "
+                         f"and {config.enroll_port}")
     await server.start()
     # step: start_http
     app = create_app(store, hub, pki, metrics, grpc_port=config.grpc_port,

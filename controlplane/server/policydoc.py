@@ -1,40 +1,52 @@
-"""Policy documents as the server sees them: parse YAML or JSON, validate, report errors
-with file, line and field, and decide which agents a policy's scope selects.
+"""Policy documents as the server sees them.
 
-The schema is the sketch in DESIGN.md §4 (``apiVersion: moray/v1``, ``kind:
-RuntimePolicy``). The agent compiles the same document (agent/policy); the server checks
-shape and types so a malformed policy is refused at the API and never stored or pushed.
+The rules are validated by the agent's own loader (``agent.policy.load``, docs/policy.md),
+so the server accepts exactly what agents can enforce and reports errors the same way:
+file, line, field. The control plane adds one field the agent does not know:
+
+    spec:
+      scope:
+        agents: {labels: {zone: a}}   # which agents receive this policy (host labels)
+        host: true                    # ...the agent's own scope: host processes
+        containers: {...}             #    and/or containers on those hosts
+
+``spec.scope.agents`` stays in the stored document (history, rollback) and is removed
+from the document agents receive (``agent_document``). A policy without it goes to every
+agent of its tenant (``metadata.tenant``, default ``default``).
 """
 
 from __future__ import annotations
 
-import ipaddress
+import copy
 import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-API_VERSION = "moray/v1"
-KIND = "RuntimePolicy"
+from agent.policy.load import PolicyError as AgentPolicyError
+from agent.policy.load import load_text
+
 DEFAULT_TENANT = "default"
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
-_SYSCALL = re.compile(r"^[a-z0-9_]{1,64}$")
+SELECTOR = "spec.scope.agents"
 
 
 class PolicyError(ValueError):
-    """A policy document that cannot be stored; names the file, line and field."""
+    """A policy text that cannot be stored; names the file, line and field of the first
+    problem and lists all of them in ``problems``."""
 
-    def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
+    def __init__(self, file: str, line: int | None, field: str, message: str,
+                 problems: list[dict[str, Any]] | None = None) -> None:
         where = f"{file}:{line}" if line else file
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
         self.file, self.line, self.field, self.message = file, line, field, message
+        self.problems = problems or [{"file": file, "line": line, "field": field,
+                                      "message": message}]
 
     def as_dict(self) -> dict[str, Any]:
         return {"error": str(self), "file": self.file, "line": self.line,
-                "field": self.field, "message": self.message}
+                "field": self.field, "message": self.message, "problems": self.problems}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,220 +56,94 @@ class ParsedPolicy:
     document: dict[str, Any]
 
 
-def _line_index(text: str) -> dict[str, int]:
-    """Dotted field path -> 1-based line, from the YAML node tree (JSON is YAML)."""
-    index: dict[str, int] = {}
-
-    def walk(node: yaml.Node, path: str) -> None:
-        index.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                sub = f"{path}.{key.value}" if path else str(key.value)
-                index[sub] = key.start_mark.line + 1
-                walk(value, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, f"{path}[{i}]")
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return index
-    if root is not None:
-        walk(root, "")
-    return index
-
-
-class _Checker:
-    def __init__(self, file: str, lines: dict[str, int]) -> None:
-        self.file, self.lines = file, lines
-
-    def fail(self, field: str, message: str) -> PolicyError:
-        line = self.lines.get(field)
-        probe = field
-        while line is None and probe:
-            probe = probe.rsplit(".", 1)[0] if "." in probe else ""
-            probe = re.sub(r"\[\d+\]$", "", probe) if probe.endswith("]") else probe
-            line = self.lines.get(probe)
-        return PolicyError(self.file, line, field, message)
-
-    def mapping(self, value: Any, field: str, allowed: set[str] | None = None,
-                required: set[str] = frozenset()) -> Mapping[str, Any]:  # type: ignore[assignment]
-        if not isinstance(value, Mapping):
-            raise self.fail(field, f"must be a mapping, not {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise self.fail(field, f"keys must be strings, not {key!r}")
-            if allowed is not None and key not in allowed:
-                raise self.fail(f"{field}.{key}" if field else key,
-                                f"unknown field; expected one of {', '.join(sorted(allowed))}")
-        for key in sorted(required):
-            if key not in value:
-                raise self.fail(field, f"missing required field {key!r}")
-        return value
-
-    def string_list(self, value: Any, field: str,
-                    check: Callable[[str], str | None] | None = None) -> None:
-        if not isinstance(value, list):
-            raise self.fail(field, f"must be a list, not {_kind(value)}")
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or not item:
-                raise self.fail(f"{field}[{i}]", f"must be a non-empty string, not {item!r}")
-            problem = check(item) if check else None
-            if problem:
-                raise self.fail(f"{field}[{i}]", problem)
-
-    def labels(self, value: Any, field: str) -> None:
-        self.mapping(value, field)
-        for key, val in value.items():
-            if not isinstance(val, str):
-                raise self.fail(f"{field}.{key}", f"label values must be strings, not {val!r}")
-
-    def enum(self, value: Any, field: str, choices: tuple[str, ...]) -> None:
-        if value not in choices:
-            raise self.fail(field, f"must be one of {', '.join(choices)}, not {value!r}")
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", int: "a number",
-            float: "a number", bool: "a boolean", type(None): "null"}.get(type(value),
-                                                                        type(value).__name__)
-
-
-def _abs_path(value: str) -> str | None:
-    return None if value.startswith("/") else "must be an absolute path"
-
-
-def _egress(value: str) -> str | None:
-    net, _, port = value.rpartition(":") if value.count(":") == 1 or value.startswith("[") \
-        else (value, "", "")
-    if not net:
-        net, port = value, ""
-    try:
-        ipaddress.ip_network(net.strip("[]"), strict=False)
-    except ValueError:
-        return "must be a CIDR or address, optionally with :port"
-    if port and not (port.isdigit() and 0 < int(port) < 65536):
-        return "port must be 1-65535"
-    return None
-
-
-def _syscall(value: str) -> str | None:
-    return None if _SYSCALL.match(value) else "must be a syscall name"
-
-
-
-def _check_metadata(c: _Checker, meta: Mapping[str, Any]) -> None:
-    for key in ("name", "tenant"):
-        if key in meta and (not isinstance(meta[key], str) or not _NAME.match(meta[key])):
-            raise c.fail(f"metadata.{key}",
-                         "must be lower-case letters, digits, '.', '_' or '-' (max 253)")
-    if "labels" in meta:
-        c.labels(meta["labels"], "metadata.labels")
-    if "description" in meta and not isinstance(meta["description"], str):
-        raise c.fail("metadata.description", "must be a string")
-
-
-def _check_scope(c: _Checker, value: Any) -> None:
-    scope = c.mapping(value, "spec.scope", {"containers", "hosts"})
-    if "containers" in scope:
-        cont = c.mapping(scope["containers"], "spec.scope.containers",
-                         {"images", "labels", "names"})
-        for key in ("images", "names"):
-            if key in cont:
-                c.string_list(cont[key], f"spec.scope.containers.{key}")
-        if "labels" in cont:
-            c.labels(cont["labels"], "spec.scope.containers.labels")
-    if "hosts" in scope:
-        hosts = c.mapping(scope["hosts"], "spec.scope.hosts", {"labels"})
-        if "labels" in hosts:
-            c.labels(hosts["labels"], "spec.scope.hosts.labels")
-
-
-def _check_exec(c: _Checker, value: Any) -> None:
-    ex = c.mapping(value, "spec.exec", {"deny", "allow", "drift"})
-    for key in ("deny", "allow"):
-        if key in ex:
-            c.string_list(ex[key], f"spec.exec.{key}", _abs_path)
-    if "drift" in ex:
-        c.enum(ex["drift"], "spec.exec.drift", ("block", "monitor", "off"))
-
-
-def _check_files(c: _Checker, value: Any) -> None:
-    files = c.mapping(value, "spec.files", {"deny", "monitor"})
-    for key in ("deny", "monitor"):
-        if key not in files:
-            continue
-        if not isinstance(files[key], list):
-            raise c.fail(f"spec.files.{key}", f"must be a list, not {_kind(files[key])}")
-        for i, item in enumerate(files[key]):
-            field = f"spec.files.{key}[{i}]"
-            rule = c.mapping(item, field, {"path", "prefix", "access"})
-            if ("path" in rule) == ("prefix" in rule):
-                raise c.fail(field, "needs exactly one of 'path' or 'prefix'")
-            which = "path" if "path" in rule else "prefix"
-            if not isinstance(rule[which], str) or _abs_path(rule[which]):
-                raise c.fail(f"{field}.{which}", "must be an absolute path")
-            if "access" in rule:
-                c.enum(rule["access"], f"{field}.access", ("read", "write", "read-write", "any"))
-
-
-def _check_network(c: _Checker, value: Any) -> None:
-    net = c.mapping(value, "spec.network", {"egress"})
-    if "egress" in net:
-        egress = c.mapping(net["egress"], "spec.network.egress", {"deny", "allow"})
-        for key in ("deny", "allow"):
-            if key in egress:
-                c.string_list(egress[key], f"spec.network.egress.{key}", _egress)
-
-
-def _check_syscalls(c: _Checker, value: Any) -> None:
-    sys_ = c.mapping(value, "spec.syscalls", {"deny"})
-    if "deny" in sys_:
-        c.string_list(sys_["deny"], "spec.syscalls.deny", _syscall)
-
-
-_SECTIONS: dict[str, Callable[[_Checker, Any], None]] = {
-    "scope": _check_scope, "exec": _check_exec, "files": _check_files,
-    "network": _check_network, "syscalls": _check_syscalls}
-
-
-def parse_policy(text: str, file: str = "<policy>") -> ParsedPolicy:
-    """Parse and validate one policy document; raises PolicyError."""
-    try:
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except json.JSONDecodeError as err:
-        raise PolicyError(file, err.lineno, "", f"not valid JSON: {err.msg}") from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise PolicyError(file, mark.line + 1 if mark else None, "",
-                          f"not valid YAML: {getattr(err, 'problem', err)}") from err
-    c = _Checker(file, _line_index(text))
-    doc = c.mapping(data, "", {"apiVersion", "kind", "metadata", "spec"},
-                    {"apiVersion", "kind", "metadata", "spec"})
-    if doc["apiVersion"] != API_VERSION:
-        raise c.fail("apiVersion", f"must be {API_VERSION!r}, not {doc['apiVersion']!r}")
-    if doc["kind"] != KIND:
-        raise c.fail("kind", f"must be {KIND!r}, not {doc['kind']!r}")
-    meta = c.mapping(doc["metadata"], "metadata", {"name", "tenant", "labels", "description"},
-                     {"name"})
-    _check_metadata(c, meta)
-    spec = c.mapping(doc["spec"], "spec", set(_SECTIONS) | {"mode"})
-    if "mode" in spec:
-        c.enum(spec["mode"], "spec.mode", ("enforce", "monitor"))
-    for key, check in _SECTIONS.items():
-        if key in spec:
-            check(c, spec[key])
-    # Round-trip through JSON: the stored and signed form has JSON types only.
-    document = json.loads(json.dumps(doc))
-    return ParsedPolicy(name=meta["name"], tenant=meta.get("tenant", DEFAULT_TENANT),
-                        document=document)
+def agent_document(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The document as agents receive it: without the control plane's agent selector."""
+    out = copy.deepcopy(dict(document))
+    scope = out.get("spec", {}).get("scope")
+    if isinstance(scope, dict):
+        scope.pop("agents", None)
+    return out
 
 
 def selects_host(document: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """Whether the policy applies to an agent with host ``labels``: every label in
-    ``spec.scope.hosts.labels`` must be present with the same value. A policy with no host
-    selector applies to every agent of its tenant (containers are matched on the agent)."""
-    wanted = (document.get("spec", {}).get("scope", {}).get("hosts", {}) or {}).get(
-        "labels", {}) or {}
+    """Whether an agent with host ``labels`` receives the policy: it has every label in
+    ``spec.scope.agents.labels`` with the same value (no selector: every agent)."""
+    scope = document.get("spec", {}).get("scope", {}) or {}
+    wanted = (scope.get("agents") or {}).get("labels") or {}
     return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _selector_problems(root: yaml.Node, file: str) -> list[dict[str, Any]]:
+    """Check ``spec.scope.agents`` in one composed document."""
+    def child(node: yaml.Node | None, key: str) -> tuple[yaml.Node, yaml.Node] | None:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return k, v
+        return None
+
+    spec = child(root, "spec")
+    scope = child(spec[1], "scope") if spec else None
+    agents = child(scope[1], "agents") if scope else None
+    if agents is None:
+        return []
+    problems = []
+
+    def bad(node: yaml.Node, field: str, message: str) -> None:
+        problems.append({"file": file, "line": node.start_mark.line + 1, "field": field,
+                         "message": message})
+
+    node = agents[1]
+    if not isinstance(node, yaml.MappingNode):
+        bad(node, SELECTOR, "must be a mapping")
+        return problems
+    for k, v in node.value:
+        if k.value != "labels":
+            bad(k, f"{SELECTOR}.{k.value}", "unknown field (expected one of: labels)")
+        elif not isinstance(v, yaml.MappingNode):
+            bad(v, f"{SELECTOR}.labels", "must be a mapping of strings")
+        else:
+            for lk, lv in v.value:
+                if not (isinstance(lv, yaml.ScalarNode) and lv.tag.endswith(":str")):
+                    bad(lv, f"{SELECTOR}.labels.{lk.value}", "must be a string")
+    return problems
+
+
+def parse_policies(text: str, file: str = "<policy>") -> list[ParsedPolicy]:
+    """Every policy document in ``text`` (``---`` separates several); raises PolicyError
+    naming file, line and field, and then nothing of the text may be stored."""
+    problems: list[dict[str, Any]] = []
+    try:
+        load_text(text, file)
+    except AgentPolicyError as err:
+        problems += [{"file": p.file, "line": p.line, "field": p.field, "message": p.message}
+                     for p in err.problems if not p.field.startswith(SELECTOR)]
+    try:
+        roots = [r for r in yaml.compose_all(text, Loader=yaml.SafeLoader) if r is not None]
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError:
+        roots, documents = [], []      # the loader has reported it
+    for root in roots:
+        problems += _selector_problems(root, file)
+    if problems:
+        problems.sort(key=lambda p: (p["line"] or 0))
+        first = problems[0]
+        raise PolicyError(first["file"], first["line"], first["field"], first["message"],
+                          problems)
+    out = []
+    for doc in documents:
+        document = json.loads(json.dumps(doc, default=str))   # JSON types only
+        meta = document["metadata"]
+        out.append(ParsedPolicy(name=meta["name"], tenant=meta.get("tenant") or DEFAULT_TENANT,
+                                document=document))
+    return out
+
+
+def parse_policy(text: str, file: str = "<policy>") -> ParsedPolicy:
+    """The one policy document in ``text``."""
+    policies = parse_policies(text, file)
+    if len(policies) != 1:
+        raise PolicyError(file, 1, "<document>",
+                          f"expected one policy document, found {len(policies)}")
+    return policies[0]

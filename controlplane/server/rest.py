@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from controlplane.server.hub import AgentHub
 from controlplane.server.metrics import ServerMetrics
 from controlplane.server.pki import Pki, cert_sha256
-from controlplane.server.policydoc import DEFAULT_TENANT, PolicyError, parse_policy
+from controlplane.server.policydoc import DEFAULT_TENANT, PolicyError, parse_policies
 from controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class Principal:
 
 
 class PolicyIn(BaseModel):
-    content: str = Field(description="the policy document, YAML or JSON")
+    content: str = Field(description="policy documents, YAML or JSON ('---' between several)")
     source: str = Field("<api>", description="file name, used in error messages and history")
     comment: str = ""
 
@@ -164,14 +164,18 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     def apply_policy(body: PolicyIn,
                      who: Annotated[Principal, Depends(require("POST", P + "/policies"))],
                      response: Response) -> dict[str, Any]:
-        parsed = parse_policy(body.content, body.source)
-        record, changed = store.apply_policy(parsed.tenant, parsed.name, parsed.document,
-                                             author=who.actor, signer=signer,
-                                             source=body.source, comment=body.comment)
-        if changed:
+        """Validate every document first (nothing is stored if one is wrong), then store
+        each as its policy's next version. 201 when any changed, 200 when none did."""
+        out = []
+        for parsed in parse_policies(body.content, body.source):
+            record, changed = store.apply_policy(parsed.tenant, parsed.name, parsed.document,
+                                                 author=who.actor, signer=signer,
+                                                 source=body.source, comment=body.comment)
+            out.append({**record.summary(), "changed": changed})
+        if any(p["changed"] for p in out):
             response.status_code = 201
             notify()
-        return {**record.summary(), "changed": changed}
+        return {"policies": out}
 
     @app.get(P + "/policies/{name}")
     def get_policy(name: str,

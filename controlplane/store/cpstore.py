@@ -168,9 +168,13 @@ class ControlPlaneStore:
     serialized in-process (one writer at a time is SQLite's rule anyway; taking the lock
     here avoids SQLITE_BUSY on read-to-write upgrades), PostgreSQL writes are not."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time,
+                 wire_document: Callable[[dict[str, Any]], dict[str, Any]] = dict) -> None:
+        """``wire_document`` maps a stored document to the one signed for agents (the
+        server drops its agent selector, controlplane/server/policydoc.py)."""
         self.engine = engine
         self.clock = clock
+        self.wire_document = wire_document
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
@@ -200,14 +204,16 @@ class ControlPlaneStore:
                      document: dict[str, Any], removed: bool, source: str, author: str,
                      comment: str, signer: PolicySigner) -> PolicyRecord:
         version = policy.current_version + 1
-        text = canonical_json(document)
+        wire = canonical_json(self.wire_document(document))
         now = self.clock()
         payload = moray_pb2.PolicyPayload(
-            name=policy.name, tenant=policy.tenant, version=version, document_json=text,
-            removed=removed, issued_at_ms=int(now * 1000), sha256=sha256_hex(text),
+            name=policy.name, tenant=policy.tenant, version=version,
+            document_json="" if removed else wire, removed=removed,
+            issued_at_ms=int(now * 1000), sha256=sha256_hex(wire),
         ).SerializeToString()
         row = PolicyVersion(policy_id=policy.id, version=version, action=action,
-                            document=document, sha256=sha256_hex(text), removed=removed,
+                            document=document, sha256=sha256_hex(canonical_json(document)),
+                            removed=removed,
                             source=source, author=author, comment=comment, created_at=now,
                             payload=payload, signature=signer.sign(payload),
                             key_id=signer.key_id)

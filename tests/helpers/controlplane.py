@@ -23,9 +23,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (the sockets are held open together, so the kernel
+    cannot hand the same port out twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
@@ -48,7 +59,7 @@ class ServerProcess:
                  poll_seconds: float | None = None) -> None:
         self.data_dir = data_dir
         self.database_url = database_url
-        self.grpc_port, self.enroll_port, self.http_port = free_port(), free_port(), free_port()
+        self.grpc_port, self.enroll_port, self.http_port = free_ports(3)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"
 
@@ -135,17 +146,19 @@ class Api:
     def apply(self, text: str, source: str = "policy.yaml") -> dict[str, Any]:
         r = self.http.post("/api/v1/policies", json={"content": text, "source": source})
         assert r.status_code in (200, 201), r.text
-        return dict(r.json())
+        return dict(r.json()["policies"][0])
 
 
 def policy_yaml(name: str, *, labels: dict[str, str] | None = None,
                 deny: str = "/bin/sh", mode: str = "enforce") -> str:
-    scope = ""
+    """A policy for host processes; ``labels`` select the agents that receive it."""
+    agents = ""
     if labels:
         inner = ", ".join(f"{k}: {v}" for k, v in labels.items())
-        scope = f"  scope: {{hosts: {{labels: {{{inner}}}}}}}\n"
+        agents = f"agents: {{labels: {{{inner}}}}}, "
     return (f"apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\n"
-            f"spec:\n{scope}  mode: {mode}\n  exec: {{deny: [{deny}]}}\n")
+            f"spec:\n  scope: {{{agents}host: true}}\n  mode: {mode}\n"
+            f"  exec: {{deny: [{deny}]}}\n")
 
 
 AGENT_SCRIPT = r'''

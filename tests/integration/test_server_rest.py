@@ -124,14 +124,14 @@ def test_malformed_policy_is_refused_and_nothing_stored(server: ServerProcess,
     before = server.api()("GET", "/api/v1/audit", params={"limit": 10000})
     result = moray(server, "policy", "apply", str(bad))
     assert result.returncode == 1
-    assert f"{bad}:5: spec.mode: must be one of enforce, monitor" in result.stderr
+    assert f"{bad}:6: spec.mode: must be enforce or monitor" in result.stderr
     r = server.api().http.post("/api/v1/policies", json={"content": "spec: [", "source": "x.yaml"})
     assert r.status_code == 422 and r.json()["file"] == "x.yaml"
     r = server.api().http.post("/api/v1/policies", json={
         "content": policy_yaml("web-bad").replace("deny: [/bin/sh]", "deny: [sh]"),
         "source": "y.yaml"})
     assert r.status_code == 422
-    assert r.json()["field"] == "spec.exec.deny[0]" and r.json()["line"] == 6
+    assert r.json()["field"] == "spec.exec.deny[0]" and r.json()["line"] == 7
     assert server.api().status("GET", "/api/v1/policies/web-bad") == 404
     assert server.api()("GET", "/api/v1/audit", params={"limit": 10000}) == before
 
