@@ -1,0 +1,125 @@
+"""The default rules stay quiet on an ordinary workload in a REAL runc container (root).
+
+The container's entrypoint runs shell scripts (loops, subshells, nested `sh -c`,
+redirections), reads /etc/passwd, writes under /tmp and its workdir, and serves its
+workdir with Python's http.server, answering requests from busybox wget and from Python
+(the host's /usr is bind-mounted read-only for the interpreter). Its network namespace has
+only loopback. No alert may name this container; runc's own set-up (mounts, unshare in
+the container's cgroup before the entrypoint runs) must not alert either.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.agent import AgentProcess, Event
+from tests.helpers.containers import build_rootfs, run_runc
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs /usr/bin/python3"),
+]
+
+JOB = r"""#!/bin/sh
+set -e
+for i in 1 2 3; do echo "line $i" >> /work/out.txt; done
+n=$(grep -c line /work/out.txt)
+echo "$n lines" > /tmp/count
+sh -c 'echo nested; sh -c "echo deeper"' > /tmp/nested
+( cd /tmp && ls > /tmp/listing )
+head -1 /etc/passwd > /tmp/first-user
+mkdir -p /tmp/data /work/cache
+cp /etc/passwd /tmp/data/passwd.copy
+rm -f /tmp/data/passwd.copy
+if [ -s /tmp/count ]; then echo ok > /work/cache/status; fi
+"""
+
+ENTRY = r"""#!/bin/sh
+cd /work
+sh /work/job.sh
+/bin/sh /work/job.sh
+cat /etc/passwd > /dev/null
+while read -r line; do :; done < /etc/passwd
+echo data > /tmp/file
+echo data > /work/file
+python3 -m http.server 8080 --bind 127.0.0.1 --directory /work > /tmp/http.log 2>&1 &
+i=0
+until wget -q -O /tmp/page http://127.0.0.1:8080/file; do
+  i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1
+done
+for i in 1 2 3 4 5; do wget -q -O /tmp/page http://127.0.0.1:8080/out.txt; done
+python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/').status)"
+kill %1
+python3 -c "print('benign-done')"
+exec sleep 600
+"""
+
+
+@pytest.fixture(scope="module")
+def benign() -> Iterator[tuple[AgentProcess, str]]:
+    work = Path(tempfile.mkdtemp(prefix="moray-benign-"))
+    netns = f"mrben{os.getpid()}"
+    try:
+        rootfs = build_rootfs(work / "rootfs")
+        for d in ("work", "usr"):
+            (rootfs / d).mkdir(exist_ok=True)
+        for link in ("lib", "lib64"):
+            (rootfs / link).symlink_to(f"usr/{link}")
+        (rootfs / "work" / "job.sh").write_text(JOB)
+        (rootfs / "entry.sh").write_text(ENTRY)
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        (work / "agent").mkdir()
+        usr = {"destination": "/usr", "type": "bind", "source": "/usr",
+               "options": ["rbind", "ro"]}
+        with AgentProcess(workdir=work / "agent") as agent:
+            cid = f"mr-benign-{os.getpid()}"
+            with run_runc(cid, ["/bin/sh", "/entry.sh"], rootfs=rootfs,
+                          network=f"/run/netns/{netns}", mounts=[usr],
+                          env=("PATH=/bin:/usr/bin", "HOME=/root"), start=True):
+                agent.events.wait_for(
+                    lambda e: e.get("type") == "exec"
+                    and any("benign-done" in a for a in e["process"]["args"]),
+                    timeout=120, what="the benign workload to finish")
+                agent.events.wait_for(lambda e: e.get("type") == "exit"
+                                      and "benign-done" in " ".join(e["process"]["args"]),
+                                      timeout=30, what="the marker to exit")
+                yield agent, cid
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def _mine(agent: AgentProcess, cid: str, kind: str) -> list[Event]:
+    agent.events.poll()
+    out = []
+    for e in agent.events.events:
+        ev = e.get("event", e) if e.get("type") == "alert" else e
+        c = ev.get("container") or {}
+        if c.get("id") == cid and e.get("type") == kind:
+            out.append(e)
+    return out
+
+
+def test_workload_ran(benign: tuple[AgentProcess, str]) -> None:
+    agent, cid = benign
+    execs = [" ".join(e["process"]["args"]) for e in _mine(agent, cid, "exec")]
+    assert any("http.server" in a for a in execs), execs
+    assert any("wget" in a for a in execs), execs
+    opens = {e["file"]["path"] for e in _mine(agent, cid, "open")}
+    assert "/etc/passwd" in opens
+    accepts = _mine(agent, cid, "accept")
+    assert len(accepts) >= 6, "the web server answered the requests"
+
+
+def test_no_alert_for_the_benign_container(benign: tuple[AgentProcess, str]) -> None:
+    agent, cid = benign
+    alerts = _mine(agent, cid, "alert")
+    assert not alerts, "\n".join(f"{a['rule']}: {a['output']}" for a in alerts)
