@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -25,9 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.detect.engine import Detector  # noqa: E402
-from agent.detect.rules import load  # noqa: E402
-from agent.enrich.proctree import Process, ProcessTree  # noqa: E402
+from agent.detect.engine import Detector
+from agent.detect.rules import load
+from agent.enrich.proctree import Process, ProcessTree
 
 
 def _proc(pid: int, binary: str, args: list[str], comm: str) -> dict[str, Any]:
@@ -108,10 +109,8 @@ def tree() -> ProcessTree:
 
 
 def throughput(n: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {0})
-    except OSError:
-        pass
     rules = load([])
     ev = events()
     stream: list[dict[str, Any]] = []
@@ -130,7 +129,8 @@ def throughput(n: int) -> None:
             alerts += len(det.process(e))
     dt = time.perf_counter() - t0
     total = reps * len(stream)
-    print(f"rules: {len(rules.rules)} ({', '.join(f'{t}:{len(r)}' for t, r in sorted(rules.by_type.items()))})")
+    per_type = ", ".join(f"{t}:{len(r)}" for t, r in sorted(rules.by_type.items()))
+    print(f"rules: {len(rules.rules)} ({per_type})")
     print(f"engine, mixed stream: {total / dt:,.0f} events/s on one core "
           f"({dt / total * 1e6:.2f} us/event, {alerts / total:.1%} alerting)")
     for kind in ("fork", "exec", "open", "connect", "syscall", "alerting"):

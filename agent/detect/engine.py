@@ -45,6 +45,7 @@ class Detector:
 
     def process(self, e: dict[str, Any]) -> list[dict[str, Any]]:
         t = e["type"]
+        rules: tuple[Rule, ...] | None
         if t == "exec":
             self.state.observe(e)
         elif t in CONNECTS:

@@ -34,8 +34,8 @@ class Ctx:
     def __init__(self, e: dict[str, Any], state: State) -> None:
         self.e = e
         self.state = state
-        self._proc: Process | None | bool = False
-        self._parent: Process | None | bool = False
+        self._proc: Process | bool | None = False
+        self._parent: Process | bool | None = False
         self._ancestors: list[Process] | None = None
 
     @property

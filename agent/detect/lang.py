@@ -170,8 +170,8 @@ class Parser:
         field = FIELDS.get(t.text)
         if field is None:
             known = list(FIELDS) + list(self.macros)
-            close = difflib.get_close_matches(t.text, known, 1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            similar = difflib.get_close_matches(t.text, known, 1)
+            hint = f" (did you mean {similar[0]}?)" if similar else ""
             raise ConditionError(f"unknown field or macro {t.text!r}{hint}", t.pos)
         op = self._next()
         if op.kind == "word" and op.text == "exists":
@@ -231,7 +231,7 @@ def _check(c: Cmp, pos: int) -> Cmp:
         raise ConditionError(f"{op} needs a text field; {f.name} is {kind}", pos)
     if op in INT_OPS and kind != INT:
         raise ConditionError(f"{op} needs a number field; {f.name} is {kind}", pos)
-    if op in ("=", "!=") + tuple(INT_OPS) and c.is_list:
+    if op in ("=", "!=", *INT_OPS) and c.is_list:
         raise ConditionError(f"{op} takes one value, not a list (use in)", pos)
     if not c.values:
         raise ConditionError(f"{op} on {f.name}: empty list", pos)
@@ -287,9 +287,10 @@ def event_types(node: Node) -> frozenset[str] | None:
     return None
 
 
-def field_values(node: Node, name: str) -> frozenset[str] | None:
-    """Values a field must take for the condition to match (None: unconstrained), from
-    positive `=` / `in` tests on it: e.g. syscall.name, to sub-index syscall rules."""
+def field_values(node: Node, name: str, etype: str) -> frozenset[str] | None:
+    """Values a field must take for the condition to match an event of type etype (None:
+    unconstrained), from positive `=` / `in` tests on it: e.g. syscall.name, to
+    sub-index syscall rules. Or-branches that cannot match etype are ignored."""
     if isinstance(node, Cmp):
         if node.field.name == name and node.op in ("=", "in"):
             return frozenset(node.values)
@@ -297,14 +298,17 @@ def field_values(node: Node, name: str) -> frozenset[str] | None:
     if isinstance(node, And):
         acc: frozenset[str] | None = None
         for it in node.items:
-            t = field_values(it, name)
+            t = field_values(it, name, etype)
             if t is not None:
                 acc = t if acc is None else acc & t
         return acc
     if isinstance(node, Or):
         acc2: frozenset[str] = frozenset()
         for it in node.items:
-            t = field_values(it, name)
+            types = event_types(it)
+            if types is not None and etype not in types:
+                continue
+            t = field_values(it, name, etype)
             if t is None:
                 return None
             acc2 |= t
@@ -422,7 +426,7 @@ def compile_node(node: Node) -> Pred:
         return lambda c: not p(c)
     get = node.field.get
     if node.op == "exists":
-        return lambda c: (v := get(c)) is not None and v != "" and v != []
+        return lambda c: (v := get(c)) is not None and v not in ("", [])
     pred = _value_pred(node.op, node.values, node.field.kind)
     if node.field.name == "evt.type":
         # the engine indexes by type: evt.type tests are still exact but cheap

@@ -40,11 +40,11 @@ import yaml
 
 from agent.detect.fields import FIELDS, Ctx
 from agent.detect.lang import (
+    And,
     ConditionError,
     Node,
     Not,
     Or,
-    And,
     Parser,
     Pred,
     compile_node,
@@ -324,7 +324,7 @@ class _Loader:
             except ConditionError as err:
                 self.problems.append(Problem(file, line, f"macro {name!r}", str(err)))
         out: list[Rule] = []
-        watch: list[str] = []
+        watch: list[list[str]] = []
         for raw in self.rules.values():
             r = self._compile_rule(raw, parsed)
             if r is None:
@@ -337,7 +337,8 @@ class _Loader:
         flat = sorted({p for ps in watch for p in ps})
         return RuleSet(out, tuple(flat))
 
-    def _compile_rule(self, raw: _RawRule, parsed: dict[str, Node]) -> Rule | None:
+    def _compile_rule(self, raw: _RawRule,  # noqa: PLR0915 (one check per key)
+                      parsed: dict[str, Node]) -> Rule | None:
         v, where, f = raw.vals, raw.where, raw.file
         before = len(self.problems)
 
@@ -411,7 +412,8 @@ class _Loader:
         full: Node = node if not excs else And((node, Not(Or(tuple(excs)) if len(excs) > 1
                                                           else excs[0])))
         return Rule(raw.name, desc, prio, tuple(tags), tuple(mitre), types,
-                    field_values(node, "syscall.name") if types == {"syscall"} else None,
+                    field_values(node, "syscall.name", "syscall") if "syscall" in types
+                    else None,
                     compile_node(full), _formatter(output or raw.name), response,
                     float(throttle), f"{f}:{raw.line}")
 

@@ -19,6 +19,7 @@ URLs:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -196,10 +197,8 @@ class _Queued:
     def close(self, timeout: float = 2.0) -> None:
         """Send what is queued for up to `timeout` seconds, then stop."""
         self._stop.set()
-        try:
+        with contextlib.suppress(queue.Full):
             self.q.put(None, timeout=timeout)
-        except queue.Full:
-            pass
         self._thread.join(timeout)
         self._close()
 
@@ -281,10 +280,8 @@ class SyslogOutput(_Queued):
 
     def _drop_conn(self) -> None:
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.close()
-            except OSError:
-                pass
             self._sock = None
 
     def _close(self) -> None:

@@ -22,6 +22,7 @@ CLONE_NS = (("mnt", 0x00020000), ("cgroup", 0x02000000), ("uts", 0x04000000),
             ("ipc", 0x08000000), ("user", 0x10000000), ("pid", 0x20000000),
             ("net", 0x40000000), ("time", 0x00000080))
 FAMILIES = {1: "unix", 2: "ipv4", 10: "ipv6", 16: "netlink", 17: "packet"}
+_INET = {int(socket.AF_INET): "ipv4", int(socket.AF_INET6): "ipv6"}
 SOCK_TYPES = {1: "stream", 2: "dgram", 3: "raw", 4: "rdm", 5: "seqpacket", 10: "packet"}
 
 
@@ -73,8 +74,8 @@ def syscall_json(e: SyscallEvent) -> dict[str, Any]:
     if e.flags & (abi.SO_STDIN_SOCK | abi.SO_STDOUT_SOCK | abi.SO_STDERR_SOCK):
         out["stdio_socket"] = [i for i, bit in enumerate(
             (abi.SO_STDIN_SOCK, abi.SO_STDOUT_SOCK, abi.SO_STDERR_SOCK)) if e.flags & bit]
-        out["peer"] = {"family": {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}.get(
-            e.family, str(e.family)), "daddr": e.daddr, "dport": e.dport}
+        out["peer"] = {"family": _INET.get(e.family, str(e.family)), "daddr": e.daddr,
+                       "dport": e.dport}
     if name == "execve":
         out["upper_layer"] = bool(e.flags & abi.SO_UPPER)
         out["tmpfs"] = bool(e.flags & abi.SO_TMPFS)

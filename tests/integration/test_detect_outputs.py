@@ -145,7 +145,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
     inbox: Inbox
     fail_first: list[bool]
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.fail_first and self.fail_first[0]:
             self.fail_first[0] = False

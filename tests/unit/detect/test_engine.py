@@ -1,0 +1,146 @@
+"""The detector on synthetic enriched events: each family of default rules, exceptions
+that keep ordinary activity quiet, entrypoint tracking, scanning windows, throttling,
+alert shape and the detect-then-respond actions. No privileges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.detect.engine import Detector
+from agent.detect.response import Responder
+from agent.detect.rules import load, load_texts
+from agent.detect.state import State
+from agent.enrich.proctree import Process, ProcessTree
+
+CTR = {"id": "c1", "name": "web", "runtime": "runc", "image": "web:1", "cgroup_id": 77}
+
+
+def tree() -> ProcessTree:
+    t = ProcessTree(proc="/nonexistent")
+    t.live["9:1"] = Process("9:1", 9, 1, 1, None, "/usr/sbin/runc", ("runc",), "/", 0, 0, 0,
+                            1, "runc")
+    t.live["10:1"] = Process("10:1", 10, 1, 9, "9:1", "/usr/bin/python3",
+                             ("python3", "app.py"), "/srv", 0, 0, 0, 77, "python3",
+                             version=1)
+    t.live["11:1"] = Process("11:1", 11, 1, 10, "10:1", "/bin/sh", ("sh", "-c", "x"), "/", 0,
+                             0, 0, 77, "sh", version=1)
+    return t
+
+
+@pytest.fixture()
+def det() -> Detector:
+    d = Detector(load([]), tree(), proc="/nonexistent")
+    d.state.entrypoints[77] = "10:1"
+    return d
+
+
+def ev(t: str, pid: int = 11, comm: str = "sh", binary: str = "/bin/sh",
+       parent: str = "10:1", container: dict[str, Any] | None = CTR,
+       **extra: Any) -> dict[str, Any]:
+    return {"type": t, "time": "2026-01-01T00:00:00.000000001Z", "node": "n",
+            "process": {"pid": pid, "exec_id": f"{pid}:1", "binary": binary,
+                        "args": [comm, "-c", "x"], "comm": comm, "cgroup_id": 77, "uid": 0},
+            "parent": {"pid": int(parent.split(":", maxsplit=1)[0]), "exec_id": parent,
+                       "binary": None},
+            "container": container, **extra}
+
+
+def rules_of(alerts: list[dict[str, Any]]) -> set[str]:
+    return {a["rule"] for a in alerts}
+
+
+def test_shell_rule_entrypoint_child_quiet_exec_from_runtime_alerts(det: Detector) -> None:
+    assert det.process(ev("exec")) == []  # python entrypoint -> sh
+    a = det.process(ev("exec", pid=12, parent="9:1"))  # runc exec -> sh
+    assert rules_of(a) == {"Shell in container not started by the entrypoint"}
+    (alert,) = a
+    assert alert["type"] == "alert" and alert["priority"] == "WARNING"
+    assert "T1059.004" in alert["tags"] and alert["event"]["container"]["id"] == "c1"
+    assert alert["ancestry"][0]["binary"] == "/usr/sbin/runc"
+
+
+def test_sensitive_read_and_exceptions(det: Detector) -> None:
+    def opn(path: str, access: str = "read", comm: str = "cat", ctr: Any = CTR,
+            flags: tuple[str, ...] = ("O_RDONLY",)) -> dict[str, Any]:
+        return ev("open", comm=comm, container=ctr,
+                  file={"path": path, "access": access, "flags": list(flags), "result": 0,
+                        "error": None})
+    assert rules_of(det.process(opn("/etc/shadow"))) == {"Read sensitive file"}
+    assert det.process(opn("/etc/shadow", comm="sshd", ctr=None)) == []
+    assert rules_of(det.process(opn("/etc/shadow", comm="sshd"))) == {"Read sensitive file"}
+    assert det.process(opn("/etc/passwd")) == []
+    assert rules_of(det.process(opn("/home/bob/.aws/credentials"))) == {"Read sensitive file"}
+    w = ("O_WRONLY", "O_CREAT", "O_TRUNC")
+    assert rules_of(det.process(opn("/etc/sudoers", "write", flags=w))) == {"Modify sudoers"}
+    assert rules_of(det.process(opn("/etc/motd", "write", flags=w))) == {"Write below etc"}
+    assert rules_of(det.process(opn("/usr/bin/x", "write", flags=w))) == {
+        "Write below binary directory"}
+    assert det.process(opn("/usr/bin/x", "write", comm="dpkg", flags=w)) == []
+    assert det.process(opn("/tmp/x", "write", flags=w)) == []
+
+
+def syscall(name: str, **kw: Any) -> dict[str, Any]:
+    return ev("syscall", syscall={"name": name, "result": -1, "error": "EPERM", **kw})
+
+
+def test_syscall_rules(det: Detector) -> None:
+    assert rules_of(det.process(syscall("ptrace", request="PTRACE_TRACEME"))) == {
+        "Ptrace attach or traceme"}
+    assert det.process(syscall("ptrace", request="PTRACE_PEEKDATA")) == []
+    assert rules_of(det.process(syscall("mount", path="/mnt"))) == {"Mount in container"}
+    runc_init = syscall("mount", path="/proc")
+    runc_init["process"].update(exec_id="9:1", pid=9, binary="/usr/sbin/runc")
+    assert det.process(runc_init) == []
+    assert rules_of(det.process(syscall("chmod", mode="4755", path="/tmp/x"))) == {
+        "Setuid or setgid bit set"}
+    assert det.process(syscall("chmod", mode="0755", path="/tmp/x")) == []
+    assert rules_of(det.process(syscall("socket", family="packet", sock_type="raw"))) == {
+        "Raw packet socket"}
+    assert rules_of(det.process(syscall("execve", stdio_socket=[0, 1],
+                                        peer={"daddr": "10.0.0.1", "dport": 4444}))) == {
+        "Reverse shell"}
+
+
+def test_network_scan_window_and_throttle() -> None:
+    now = [0.0]
+    d = Detector(load([]), tree(), proc="/nonexistent",
+                 state=State(tree(), "/nonexistent", clock=lambda: now[0]))
+    hits = []
+    for port in range(1000, 1040):
+        now[0] += 0.01
+        hits += d.process(ev("connect", network={"daddr": "10.0.0.2", "dport": port,
+                                                 "protocol": "tcp"}))
+    assert rules_of(hits) == {"Network scanning"} and len(hits) == 1  # throttled
+    now[0] += 120  # window and throttle expired, a few connects are normal
+    assert d.process(ev("connect", network={"daddr": "10.0.0.2", "dport": 80,
+                                            "protocol": "tcp"})) == []
+
+
+def test_metadata_mining(det: Detector) -> None:
+    a = det.process(ev("connect", network={"daddr": "169.254.169.254", "dport": 80,
+                                           "protocol": "tcp"}))
+    assert rules_of(a) == {"Cloud metadata endpoint contacted"}
+    a = det.process(ev("connect", network={"daddr": "10.1.1.1", "dport": 3333,
+                                           "protocol": "tcp"}))
+    assert rules_of(a) == {"Connection to mining pool port"}
+
+
+def test_rule_exception_raised_is_counted_not_fatal() -> None:
+    rs = load_texts([("x.yaml", "- rule: bad\n  condition: evt.type = exec and proc.pid > 3\n"
+                      "- rule: good\n  condition: evt.type = exec\n")])
+    d = Detector(rs, None, proc="/nonexistent")
+    e = ev("exec")
+    e["process"]["pid"] = "not a number"  # a malformed event
+    assert rules_of(d.process(e)) == {"good"} and d.errors == 1
+
+
+def test_response_kill_checks_start_time(tmp_path: Any) -> None:
+    r = Responder(proc=str(tmp_path))
+    out = r.act("kill", {"process": {"pid": 999999, "exec_id": "999999:5"}})
+    assert out == {"action": "kill", "detect_then_respond": True, "ok": False,
+                   "error": "process already gone"}
+    out = r.act("stop_container", {"process": {"pid": 1, "exec_id": "1:1"},
+                                   "container": None})
+    assert out["ok"] is False and out["error"] == "not in a container"
