@@ -35,6 +35,14 @@ pytestmark = [
 ]
 
 RULE = "Read sensitive file"
+RESPOND_RULES = """
+- rule: Kill marked process
+  desc: test rule with a kill response
+  condition: evt.type = exec and proc.cmdline contains moray-respond-kill
+  priority: ALERT
+  mitre: [T1059]
+  response: kill
+"""
 
 
 @dataclass
@@ -190,7 +198,10 @@ def listeners() -> Iterator[Listeners]:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     dead = free_port()
     (work / "agent").mkdir()
-    args = ["--syslog", f"udp://127.0.0.1:{pu}", "--syslog", f"tcp://127.0.0.1:{pt}",
+    custom = work / "respond.yaml"
+    custom.write_text(RESPOND_RULES)
+    args = ["--rules", str(custom),
+            "--syslog", f"udp://127.0.0.1:{pu}", "--syslog", f"tcp://127.0.0.1:{pt}",
             "--syslog", f"tls://127.0.0.1:{ps}?ca={cert}", "--cef", f"udp://127.0.0.1:{pc}",
             "--webhook", f"http://127.0.0.1:{httpd.server_address[1]}/hook",
             "--webhook", f"http://127.0.0.1:{dead}/nobody"]
@@ -265,3 +276,20 @@ def test_dead_webhook_counts_drops_and_agent_goes_on(listeners: Listeners) -> No
     listeners.agent.events.wait_for(lambda e: e.get("type") == "alert"
                                     and e["event"].get("file", {}).get("path") == "/etc/gshadow",
                                     what="a later alert")
+
+
+def test_response_kill_detect_then_respond(listeners: Listeners) -> None:
+    """A rule with `response: kill`: the process is killed after the alert (it ran)."""
+    p = subprocess.Popen(["sh", "-c", "sleep 30", "moray-respond-kill"])
+    try:
+        code = p.wait(15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert code == -9
+    a = listeners.agent.events.wait_for(lambda e: e.get("type") == "alert"
+                                        and e["rule"] == "Kill marked process",
+                                        what="the kill alert")
+    assert a["response"] == {"action": "kill", "detect_then_respond": True, "ok": True,
+                             "error": None}
+    assert a["priority"] == "ALERT" and a["event"]["process"]["pid"] == p.pid
