@@ -3,15 +3,16 @@
 Start-up is an ordered list of named steps; each may register a teardown, and teardowns
 always run, in reverse, however the agent stops (SIGTERM, SIGINT, an error in a step):
 
-    check_host -> mount_fs -> probe_kernel -> load_bpf -> fill_watch -> start_reader
-      -> scan_proc -> start_metrics -> (pipeline until stopped)
+    check_host -> mount_fs -> probe_kernel -> load_rules -> load_bpf -> fill_watch
+      -> start_reader -> scan_proc -> start_metrics -> (pipeline until stopped)
 
 The BPF programs are attached and the reader is running *before* /proc is scanned, so a
 process that starts during the scan is seen by its fork/exec events; nothing slips between.
 
 Pipeline (one thread, `Pipeline.run`): batches of raw records from the reader's queue ->
-decode -> process tree -> container identity -> JSON sink. Kernel cgroup mkdir/rmdir
-records update the container resolver and are not themselves output.
+decode -> process tree -> container identity -> JSON sink, then the detect stage
+(agent/detect: alerts written to the same sink and to the SIEM outputs). Kernel cgroup
+mkdir/rmdir records update the container resolver and are not themselves output.
 """
 
 from __future__ import annotations
