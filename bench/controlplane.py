@@ -116,6 +116,7 @@ def server_events(server: ServerProcess) -> float:
 def propagation(server: ServerProcess, work: Path, agents: int, rounds: int = 10
                 ) -> tuple[list[float], list[float], list[float]]:
     api = server.api()
+    DELIVERED.clear()
     clients = []
     for i in range(agents):
         c = ControlPlaneClient(server.grpc_target, work / f"a{i}", _ok, token=api.token(),
