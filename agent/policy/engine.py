@@ -317,6 +317,15 @@ class PolicyEngine:
             key = u64(h.cgroup_id)
             row = scope_map.lookup(key)
             pending = pend.lookup(key)
+            if row is None and pending is not None and self._runtime_bootstrap(h):
+                # runc's init re-exec'ing its memfd copy after runc moved it into the new
+                # cgroup (a slow or loaded machine: seen under qemu TCG): runc writes the
+                # state that classifies the cgroup only once it runs on. The cgroup stays
+                # pending, so the container's first exec of its own is held in turn.
+                self.applier.maps["mr_phold"].delete(struct.pack("<I", h.pid))
+                if self._same_process(h):
+                    os.kill(h.pid, signal.SIGCONT)
+                continue
             if row is None and pending is not None and now - h.ts < MAX_HOLD_NS:
                 continue
             if row is not None:
@@ -347,6 +356,20 @@ class PolicyEngine:
             self._emit(h, kind, abi.EAction.WOULD_BLOCK, hit, 0)
         os.kill(h.pid, signal.SIGCONT)
         self.decisions["continued"] += 1
+
+    def _runtime_bootstrap(self, h: Held) -> bool:
+        """The held task is runc's init executing its own cloned binary
+        (/memfd:runc_cloned:...), started by a runc process."""
+        try:
+            exe = os.readlink(f"{self.proc}/{h.pid}/exe")
+            with open(f"{self.proc}/{h.pid}/stat", "rb") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+            parent = os.readlink(f"{self.proc}/{ppid}/exe")
+        except (OSError, ValueError, IndexError):
+            return False
+        return (exe.startswith("/memfd:runc_cloned")
+                and os.path.basename(parent).startswith("runc"))
 
     def _same_process(self, h: Held) -> bool:
         try:

@@ -108,7 +108,9 @@ static __always_inline int is_drift(struct file *f)
 
 	if (magic == TMPFS_MAGIC || magic == RAMFS_MAGIC)
 		return 1;
-	if (magic != OVERLAYFS_SUPER_MAGIC)
+	/* overlayfs built as a module (Debian): struct ovl_inode is only known once
+	 * overlay.ko is loaded; without the type, the relocation would make the load fail */
+	if (magic != OVERLAYFS_SUPER_MAGIC || !bpf_core_type_exists(struct ovl_inode))
 		return 0;
 	oi = container_of(inode, struct ovl_inode, vfs_inode);
 	return BPF_CORE_READ(oi, __upperdentry) != 0;

@@ -78,9 +78,12 @@ int BPF_PROG(mr_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 			       MR_F_CWD_TRUNC);
 
 	n = sizeof(*ev) + (pos & (4 * MR_DATA_MAX - 1));
-	hdr_init(&ev->hdr, MR_OP_EXEC, n);
-	if (n > sizeof(*ev) + 4 * MR_DATA_MAX - 1)
+	/* bound n itself, in the register passed to emit(): 6.1 and 6.12 verifiers do not
+	 * carry a bound checked on (n - sizeof(*ev)) over to n (tests/kernels/run-matrix) */
+	barrier_var(n);
+	if (n > MR_HEAP_SIZE)
 		return 0;
+	hdr_init(&ev->hdr, MR_OP_EXEC, n);
 	emit(ev, n);
 	return 0;
 }
