@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.agent import AgentProcess, free_port
+from tests.helpers.containers import run_runc
 
 pytestmark = [
     pytest.mark.integration,
@@ -42,6 +44,11 @@ RESPOND_RULES = """
   priority: ALERT
   mitre: [T1059]
   response: kill
+- rule: Stop marked container
+  desc: test rule with a stop_container response
+  condition: evt.type = exec and container.id exists and proc.cmdline contains moray-respond-stop
+  priority: CRITICAL
+  response: stop_container
 """
 
 
@@ -293,3 +300,31 @@ def test_response_kill_detect_then_respond(listeners: Listeners) -> None:
     assert a["response"] == {"action": "kill", "detect_then_respond": True, "ok": True,
                              "error": None}
     assert a["priority"] == "ALERT" and a["event"]["process"]["pid"] == p.pid
+
+
+def test_response_stop_container(listeners: Listeners) -> None:
+    """`response: stop_container` kills every process of the container (cgroup.kill)."""
+    cid = f"mr-stop-{os.getpid()}"
+    with run_runc(cid, ["/bin/sh", "-c", "sleep 0.5; sh -c 'sleep 60' moray-respond-stop & "
+                                          "sleep 60"]) as ctr:
+        t0 = time.monotonic()
+        res = ctr.wait(30)
+        assert time.monotonic() - t0 < 20, "the container was stopped, not left to finish"
+        assert res.exit_code in (137, -9), res
+    a = listeners.agent.events.wait_for(lambda e: e.get("type") == "alert"
+                                        and e["rule"] == "Stop marked container",
+                                        what="the stop alert")
+    assert a["response"]["action"] == "stop_container" and a["response"]["ok"] is True
+    assert a["event"]["container"]["id"] == cid
+
+
+def test_invalid_rules_refuse_to_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- rule: typo\n  condition: evt.type = exec and proc.nmae = sh\n")
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--no-pin", "--rules",
+                          str(bad), "--metrics-port", "0", "--output", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2], check=False)
+    assert res.returncode == 2
+    assert f"{bad}:2: rule 'typo'.condition: unknown field or macro 'proc.nmae'" in res.stderr
+    assert "did you mean proc.name?" in res.stderr
