@@ -405,6 +405,31 @@ def _value_pred(op: str, vals: tuple[str, ...], kind: str) -> Callable[[Any], bo
     raise ConditionError(f"operator {op} is not supported")
 
 
+def prune_type_tests(node: Node, types: frozenset[str]) -> Node | None:
+    """Drop `evt.type` tests that always hold for a rule evaluated only on `types` (the
+    engine's index already chose them); None means the node is always true."""
+    if isinstance(node, Cmp):
+        if node.field.name == "evt.type" and node.op in ("=", "in") and types <= set(
+                node.values):
+            return None
+        return node
+    if isinstance(node, And):
+        items = tuple(x for x in (prune_type_tests(i, types) for i in node.items)
+                      if x is not None)
+        if not items:
+            return None
+        return items[0] if len(items) == 1 else And(items)
+    if isinstance(node, Or):
+        kept = []
+        for i in node.items:
+            x = prune_type_tests(i, types)
+            if x is None:
+                return None
+            kept.append(x)
+        return kept[0] if len(kept) == 1 else Or(tuple(kept))
+    return node  # under `not`: keep as written
+
+
 def compile_node(node: Node) -> Pred:
     if isinstance(node, And):
         preds = tuple(compile_node(i) for i in node.items)
@@ -428,6 +453,9 @@ def compile_node(node: Node) -> Pred:
     if node.op == "exists":
         return lambda c: (v := get(c)) is not None and v not in ("", [])
     pred = _value_pred(node.op, node.values, node.field.kind)
+    if node.field.kind == BOOL and node.op == "=":
+        want = node.values[0] == "true"
+        return lambda c: get(c) is want
     if node.field.name == "evt.type":
         # the engine indexes by type: evt.type tests are still exact but cheap
         vals = frozenset(node.values)

@@ -50,6 +50,7 @@ from agent.detect.lang import (
     compile_node,
     event_types,
     field_values,
+    prune_type_tests,
 )
 
 DEFAULT_RULES = Path(__file__).with_name("rules") / "default.yaml"
@@ -409,13 +410,20 @@ class _Loader:
         if len(self.problems) > before or enabled is False or node is None:
             return None
         assert prio is not None and types is not None
-        full: Node = node if not excs else And((node, Not(Or(tuple(excs)) if len(excs) > 1
-                                                          else excs[0])))
+        pruned = prune_type_tests(node, types)  # the index already selected the type
+        full: Node | None = pruned if not excs else And((
+            *((pruned,) if pruned is not None else ()),
+            Not(Or(tuple(excs)) if len(excs) > 1 else excs[0])))
+        match = compile_node(full) if full is not None else _always
         return Rule(raw.name, desc, prio, tuple(tags), tuple(mitre), types,
                     field_values(node, "syscall.name", "syscall") if "syscall" in types
                     else None,
-                    compile_node(full), _formatter(output or raw.name), response,
+                    match, _formatter(output or raw.name), response,
                     float(throttle), f"{f}:{raw.line}")
+
+
+def _always(c: Ctx) -> bool:
+    return True
 
 
 def _formatter(template: str) -> Callable[[Ctx], str]:
