@@ -164,8 +164,11 @@ class Pipeline:
                 if out is not None:
                     sink.write(out)
                     if self.detect is not None:
-                        for alert in self.detect(out):
-                            sink.write(alert)
+                        alerts = self.detect(out)
+                        if alerts:
+                            for alert in alerts:
+                                sink.write(alert)
+                            sink.flush()  # alerts are rare and wanted now: no batching
         sink.flush()
 
 

@@ -147,41 +147,38 @@ def throughput(n: int) -> None:
 
 
 def latency(n: int) -> None:
+    """Default ruleset; this process reads /etc/shadow (rule "Read sensitive file")."""
     if os.geteuid() != 0:
         print("latency: needs root (runs the real agent)")
         return
     from tests.helpers.agent import AgentProcess
 
     work = Path(tempfile.mkdtemp(prefix="moray-detect-bench-"))
-    target = work / "secret"
-    target.write_text("x")
-    rules = work / "bench.yaml"
-    rules.write_text(f"- rule: bench read\n  condition: evt.type = open and file.path = "
-                     f"{target}\n  priority: NOTICE\n")
-    with AgentProcess(["--no-default-rules", "--rules", str(rules), "--watch", str(work) + "/"],
-                      workdir=work) as agent:
+    me = os.getpid()
+
+    def mine(e: dict[str, Any]) -> bool:
+        return (e.get("type") == "alert" and e.get("rule") == "Read sensitive file"
+                and e["event"]["process"]["pid"] == me)
+    with AgentProcess(workdir=work) as agent:
         lat: list[float] = []
-        for i in range(n):
-            before = len([1 for e in agent.events.all(lambda e: e.get("type") == "alert")])
+        for _ in range(n):
             t0 = time.time()
-            with open(target):
+            with open("/etc/shadow", "rb"):
                 pass
             deadline = t0 + 10
             while time.time() < deadline:
-                new = agent.events.poll()
-                if any(e.get("type") == "alert" for e in new):
+                if any(mine(e) for e in agent.events.poll()):
                     lat.append(time.time() - t0)
                     break
                 time.sleep(0.0005)
-            _ = before, i
+            time.sleep(0.01)
         if not lat:
             print("latency: no alerts seen")
             return
         lat.sort()
-        print(f"alert latency (syscall -> alert line in the output file, {len(lat)} alerts): "
-              f"p50 {statistics.median(lat) * 1000:.1f} ms, "
-              f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.1f} ms "
-              f"(JSON sink flush interval 0.2 s bounds it)")
+        print(f"alert latency, default rules (open(2) of /etc/shadow -> alert line in the "
+              f"output file, {len(lat)} alerts): p50 {statistics.median(lat) * 1000:.1f} ms, "
+              f"p99 {lat[max(0, int(len(lat) * 0.99) - 1)] * 1000:.1f} ms")
     subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
