@@ -60,8 +60,9 @@ class ApplyResult:
 
 
 class PolicyRejected(Exception):
-    def __init__(self, status: moray_pb2.ApplyStatus.ValueType, name: str, version: int,
+    def __init__(self, status: moray_pb2.ApplyStatus, name: str, version: int,
                  reason: str) -> None:
+        """``status``: a moray_pb2.ApplyStatus value (REJECTED_SIGNATURE, REJECTED_REPLAY)."""
         super().__init__(reason)
         self.status, self.name, self.version, self.reason = status, name, version, reason
 

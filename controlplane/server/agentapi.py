@@ -45,7 +45,7 @@ POLL_SECONDS = 2.0
 MAX_BATCH = 10_000
 
 
-class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):
+class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):  # type: ignore[misc]
     def __init__(self, store: ControlPlaneStore, pki: Pki, metrics: ServerMetrics) -> None:
         self.store, self.pki, self.metrics = store, pki, metrics
 
@@ -76,7 +76,7 @@ class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):
             policy_key_id=self.pki.policy_key.key_id, labels=agent.labels, tenant=agent.tenant)
 
 
-class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):
+class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     def __init__(self, store: ControlPlaneStore, pki: Pki, hub: AgentHub,
                  metrics: ServerMetrics, poll_seconds: float = POLL_SECONDS) -> None:
         self.store, self.pki, self.hub, self.metrics = store, pki, hub, metrics
