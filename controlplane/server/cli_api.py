@@ -7,7 +7,8 @@
     moray policy delete NAME           moray events follow [--agent ID] [--type T]
     moray audit                        moray tokens create NAME ROLE
 
-Server: ``--server`` or ``$MORAY_SERVER`` (default http://127.0.0.1:7080). Token:
+Server: ``--server`` or ``$MORAY_SERVER`` (default http://127.0.0.1:7080); for a server
+run with ``--http-tls``, ``https://...`` and ``--ca``/``$MORAY_CA`` (its pki/ca.pem). Token:
 ``--token``, ``$MORAY_TOKEN``, or ``$MORAY_DATA_DIR/admin.token`` when readable (the
 server writes the first admin token there). Exit codes: 0 done, 1 the server refused
 (the message names the file, line and field for a bad policy), 3 server unreachable.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,8 @@ class ApiError(Exception):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=None, help="REST API base URL ($MORAY_SERVER)")
     p.add_argument("--token", default=None, help="API token ($MORAY_TOKEN)")
+    p.add_argument("--ca", default=None,
+                   help="CA file that signed an HTTPS server's certificate ($MORAY_CA)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -128,10 +132,13 @@ def _token(explicit: str | None) -> str | None:
 
 
 class Api:
-    def __init__(self, server: str | None, token: str | None) -> None:
+    def __init__(self, server: str | None, token: str | None, ca: str | None = None) -> None:
         base = server or os.environ.get("MORAY_SERVER") or DEFAULT_SERVER
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=30)
+        ca = ca or os.environ.get("MORAY_CA")
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
+        self.http = httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=30,
+                                 verify=verify)
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         response = self.http.request(method, "/api/v1" + path, **kw)
@@ -290,7 +297,7 @@ def _events(api: Api, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run a command of one of ``GROUPS``; returns the exit code."""
-    api = Api(args.server, _token(args.token))
+    api = Api(args.server, _token(args.token), args.ca)
     try:
         if args.group == "policy":
             return _policy(api, args)

@@ -50,6 +50,7 @@ class ServerConfig:
     enroll_port: int = ENROLL_PORT
     http_port: int = HTTP_PORT
     names: list[str] = field(default_factory=list)
+    http_tls: bool = False
     poll_seconds: float = POLL_SECONDS
 
 
@@ -131,11 +132,15 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     # step: start_http
     app = create_app(store, hub, pki, metrics, grpc_port=config.grpc_port,
                      enroll_port=config.enroll_port)
+    tls = ({"ssl_certfile": str(pki.directory / "server.pem"),
+            "ssl_keyfile": str(pki.directory / "server.key")} if config.http_tls else {})
     http = _HttpServer(uvicorn.Config(app, host=config.host, port=config.http_port,
-                                      log_config=None, lifespan="off", access_log=False))
+                                      log_config=None, lifespan="off", access_log=False,
+                                      **tls))  # type: ignore[arg-type]
     http_task = asyncio.create_task(http.serve())
     log.info("moray-server ready", extra={
         "grpc": config.grpc_port, "enroll": config.enroll_port, "http": config.http_port,
+        "https": config.http_tls,
         "database": engine.url.render_as_string(), "data_dir": str(config.data_dir)})
     # step: serve
     try:
@@ -161,6 +166,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, default=HTTP_PORT)
     p.add_argument("--name", action="append", default=[],
                    help="extra DNS name or IP for the server certificate (repeatable)")
+    p.add_argument("--http-tls", action="store_true",
+                   help="serve the REST API over HTTPS with the server certificate "
+                        "(clients verify it with <data dir>/pki/ca.pem: moray --ca)")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(data_dir=db.data_dir(args.data_dir), database_url=args.database_url,
                           host=args.host, grpc_port=args.grpc_port,
                           enroll_port=args.enroll_port, http_port=args.http_port,
-                          names=args.name)
+                          names=args.name, http_tls=args.http_tls)
 
     async def run() -> None:
         stop = asyncio.Event()

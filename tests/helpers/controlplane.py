@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -56,9 +57,10 @@ class ServerProcess:
     comes back where the agents look for it."""
 
     def __init__(self, data_dir: Path, database_url: str | None = None,
-                 poll_seconds: float | None = None) -> None:
+                 http_tls: bool = False) -> None:
         self.data_dir = data_dir
         self.database_url = database_url
+        self.http_tls = http_tls
         self.grpc_port, self.enroll_port, self.http_port = free_ports(3)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"
@@ -73,7 +75,8 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.http_tls else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def start(self) -> ServerProcess:
         cmd = [sys.executable, "-m", "controlplane.server.main", "--data-dir",
@@ -81,6 +84,8 @@ class ServerProcess:
                "--enroll-port", str(self.enroll_port), "--http-port", str(self.http_port)]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
+        if self.http_tls:
+            cmd.append("--http-tls")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log,
@@ -94,7 +99,7 @@ class ServerProcess:
             raise AssertionError(f"moray-server exited {self.proc.returncode}: "
                                  f"{self.log.read_text()[-3000:]}")
         try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            return httpx.get(self.url + "/healthz", timeout=1, verify=False).status_code == 200
         except httpx.TransportError:
             return False
 
@@ -121,13 +126,15 @@ class ServerProcess:
         return (self.data_dir / "pki" / "ca.pem").read_bytes()
 
     def api(self, token: str | None = None) -> Api:
-        return Api(self.url, token or self.admin_token)
+        ca = str(self.data_dir / "pki" / "ca.pem") if self.http_tls else None
+        return Api(self.url, token or self.admin_token, ca)
 
 
 class Api:
-    def __init__(self, base: str, token: str | None) -> None:
+    def __init__(self, base: str, token: str | None, ca: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base, headers=headers, timeout=30)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
+        self.http = httpx.Client(base_url=base, headers=headers, timeout=30, verify=verify)
 
     def __call__(self, method: str, path: str, expect: int | None = None, **kw: Any) -> Any:
         r = self.http.request(method, path, **kw)

@@ -196,3 +196,22 @@ def test_cli_policy_lifecycle_agents_and_events(server: ServerProcess, tmp_path:
         wait_for(lambda: applied[-1].removed, timeout=2)
     finally:
         client.stop()
+
+
+def test_rest_over_https_with_the_server_ca(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path / "tls", http_tls=True).start()
+    try:
+        assert srv.url.startswith("https://")
+        assert srv.api()("GET", "/api/v1/whoami", expect=200)["role"] == "admin"
+        ca = str(srv.data_dir / "pki" / "ca.pem")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "MORAY_SERVER": srv.url,
+               "MORAY_TOKEN": srv.admin_token}
+        run = [sys.executable, "-m", "controlplane.cli", "policy", "list"]
+        ok = subprocess.run([*run, "--ca", ca], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+        assert ok.returncode == 0, ok.stderr
+        unverified = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=60, check=False)
+        assert unverified.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
+    finally:
+        srv.stop()
