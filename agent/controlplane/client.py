@@ -2,6 +2,8 @@
 
     client = ControlPlaneClient("server:7443", "/var/lib/moray-agent", on_policy,
                                 token="moray-enroll-...", ca_pem=Path("ca.pem").read_bytes())
+    # or, instead of ca_pem, the fingerprint `moray agents token --json` prints:
+    #   ca_sha256="ab12...", ca_url="http://server:7080/ca.pem" (the default)
     client.start()          # re-applies the last verified policies, then connects
     client.send(event)      # durable in the spool when it returns True
     client.stop()
@@ -35,7 +37,13 @@ from typing import Any
 
 import grpc
 
-from agent.controlplane.identity import EnrollmentError, Identity, enroll, load_identity
+from agent.controlplane.identity import (
+    EnrollmentError,
+    Identity,
+    enroll,
+    fetch_ca,
+    load_identity,
+)
 from agent.controlplane.policies import (
     ApplyResult,
     PolicyCache,
@@ -65,6 +73,7 @@ def _enroll_target(server: str, port: int = 7444) -> str:
 class ControlPlaneClient:
     def __init__(self, server: str, data_dir: str | os.PathLike[str], on_policy: OnPolicy, *,
                  token: str | None = None, ca_pem: bytes | None = None,
+                 ca_sha256: str | None = None, ca_url: str | None = None,
                  enroll_server: str | None = None, labels: Mapping[str, str] | None = None,
                  hostname: str | None = None, server_name: str | None = None,
                  status: Callable[[], Mapping[str, Any]] | None = None,
@@ -74,6 +83,8 @@ class ControlPlaneClient:
         self.data_dir = Path(data_dir)
         self.on_policy = on_policy
         self.token, self.ca_pem = token, ca_pem
+        self.ca_sha256 = ca_sha256
+        self.ca_url = ca_url or f"http://{self.server.rsplit(':', 1)[0]}:7080/ca.pem"
         self.enroll_server = enroll_server or _enroll_target(server)
         self.labels = dict(labels or {})
         self.hostname, self.server_name = hostname, server_name
@@ -160,12 +171,14 @@ class ControlPlaneClient:
     def _ensure_identity(self) -> bool:
         if self.identity is not None:
             return True
-        if not self.token or not self.ca_pem:
+        if not self.token or not (self.ca_pem or self.ca_sha256):
             log.error("no identity and no enrolment token/CA: cannot connect",
                       extra={"data_dir": str(self.data_dir)})
             self._stop.wait(self.max_backoff)
             return False
         try:
+            if self.ca_pem is None and self.ca_sha256:
+                self.ca_pem = fetch_ca(self.ca_url, self.ca_sha256)
             identity = enroll(self.enroll_server, self.token, self.ca_pem,
                               self.data_dir / "identity", labels=self.labels,
                               hostname=self.hostname, server_name=self.server_name)

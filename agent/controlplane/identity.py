@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,6 +61,23 @@ def load_identity(directory: Path) -> Identity | None:
                         policy_key_id=meta["policy_key_id"])
     except FileNotFoundError:
         return None
+
+
+def fetch_ca(url: str, sha256: str, timeout: float = 10.0) -> bytes:
+    """The server's CA from ``url`` (``http://server:7080/ca.pem``), accepted only if its
+    SHA-256 fingerprint is ``sha256`` (printed with the enrolment token): the channel may
+    be plain HTTP because the pin, not the channel, vouches for the certificate."""
+    try:
+        response = httpx.get(url, timeout=timeout, verify=False)  # the pin vouches
+        response.raise_for_status()
+        cert = x509.load_pem_x509_certificate(response.content)
+    except (httpx.HTTPError, ValueError) as err:
+        raise EnrollmentError(f"cannot fetch the CA from {url}: {err}") from err
+    got = cert.fingerprint(hashes.SHA256()).hex()
+    if got != sha256.lower().removeprefix("sha256:"):
+        raise EnrollmentError(f"the CA at {url} has fingerprint {got}, not the pinned "
+                              f"{sha256}: refusing to enrol")
+    return response.content
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:

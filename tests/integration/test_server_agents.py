@@ -297,3 +297,25 @@ def test_failed_apply_is_acknowledged_as_failed(server: ServerProcess,
         assert ack["status"] == "FAILED" and ack["error"] == "pipeline says no"
     finally:
         client.stop()
+
+
+def test_enrol_with_a_pinned_ca_fingerprint(server: ServerProcess, tmp_path: Path) -> None:
+    api = server.api()
+    issued = api("POST", "/api/v1/enrollment-tokens", expect=201, json={"labels": {}})
+    ca_url = f"{server.url}/ca.pem"
+    wrong = ControlPlaneClient(server.grpc_target, tmp_path / "wrong", Recorder(),
+                               token=issued["token"], ca_sha256="00" * 32, ca_url=ca_url,
+                               enroll_server=server.enroll_target)
+    wrong.start()
+    time.sleep(1.0)
+    assert wrong.identity is None            # refused to trust an unpinned CA
+    wrong.stop()
+    client = ControlPlaneClient(server.grpc_target, tmp_path / "pinned", Recorder(),
+                                token=issued["token"], ca_sha256=issued["ca_sha256"],
+                                ca_url=ca_url, enroll_server=server.enroll_target)
+    client.start()
+    try:
+        wait_for(lambda: client.identity is not None, what="enrolment with the pinned CA")
+        assert client.ca_pem == server.ca_pem
+    finally:
+        client.stop()
