@@ -177,9 +177,11 @@ class ControlPlaneClient:
             self._stop.wait(self.max_backoff)
             return False
         try:
-            if self.ca_pem is None and self.ca_sha256:
-                self.ca_pem = fetch_ca(self.ca_url, self.ca_sha256)
-            identity = enroll(self.enroll_server, self.token, self.ca_pem,
+            ca_pem = self.ca_pem
+            if ca_pem is None and self.ca_sha256:
+                ca_pem = self.ca_pem = fetch_ca(self.ca_url, self.ca_sha256)
+            assert ca_pem is not None
+            identity = enroll(self.enroll_server, self.token, ca_pem,
                               self.data_dir / "identity", labels=self.labels,
                               hostname=self.hostname, server_name=self.server_name)
         except EnrollmentError as err:
