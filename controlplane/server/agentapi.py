@@ -19,6 +19,7 @@ sent, so an ack means durable, and a batch without an ack is sent again by the a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -213,9 +214,7 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
             if len(batch.events) > MAX_BATCH:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"batch larger than {MAX_BATCH} events")
-            rows = [(e.id, e.time_ms, e.type or "unknown",
-                     e.payload_json.decode("utf-8", "replace") or "{}")
-                    for e in batch.events if e.id]
+            rows = [_event_row(e) for e in batch.events]
             self.metrics.event_batches_inflight.inc()
             try:
                 result = await asyncio.to_thread(self.store.insert_events, agent.id,
@@ -298,3 +297,15 @@ class _PolicySession:
         self.service.record_ack(PolicyAckRow(
             self.agent.id, ack.name, ack.version, status, ack.error,
             {t.rule: t.tier for t in ack.tiers}, time.time()))
+
+
+def _event_row(event: moray_pb2.Event) -> tuple[str, int, str, str]:
+    """(id, time_ms, type, payload) fitted to the columns, so no event can make a batch
+    fail forever (the agent would resend it for ever): an id longer than the column is
+    replaced by its SHA-256 (still the same for every delivery), an empty one by the
+    payload's, the type is cut to 32 characters."""
+    payload = event.payload_json.decode("utf-8", "replace") or "{}"
+    event_id = event.id
+    if not event_id or len(event_id) > 64:
+        event_id = hashlib.sha256((event_id or payload).encode()).hexdigest()
+    return event_id, event.time_ms, (event.type or "unknown")[:32], payload

@@ -144,3 +144,13 @@ def test_api_tokens_and_roles(store: ControlPlaneStore) -> None:
     assert store.authenticate(token + "x") is None
     with pytest.raises(StoreError):
         store.create_api_token("x", "root", author="admin")
+
+
+def test_event_rows_fit_the_columns() -> None:
+    from controlplane.server.agentapi import _event_row
+
+    long_id = moray_pb2.Event(id="x" * 200, type="t" * 100, payload_json=b'{"a":1}')
+    row = _event_row(long_id)
+    assert len(row[0]) == 64 and row[0] == _event_row(long_id)[0] and len(row[2]) == 32
+    no_id = _event_row(moray_pb2.Event(payload_json=b'{"b":2}'))
+    assert len(no_id[0]) == 64 and no_id[2] == "unknown"
