@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -303,6 +304,16 @@ def test_host_attempts(scene: Scene) -> None:
             subprocess.run([str(attack), *args], capture_output=True, timeout=10, check=False)
         subprocess.run(["python3", "-c", "import ctypes; ctypes.CDLL(None).syscall(313, 0, 0, 0)"],
                        capture_output=True, timeout=10, check=False)
+        # bash's /dev/tcp: the shell itself dup2()s the socket onto stdin/stdout
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen()
+            port = srv.getsockname()[1]
+            subprocess.run(["bash", "-c", f"exec 0<>/dev/tcp/127.0.0.1/{port} 1>&0; true"],
+                           capture_output=True, timeout=10, check=False)
+        alerts(scene.agent, "Reverse shell", None,
+               lambda a: syscall_is("dup2")(a) and a["event"]["syscall"]["peer"]["dport"]
+               == port)
         alerts(scene.agent, "Ptrace attach or traceme", None, syscall_is("ptrace"))
         alerts(scene.agent, "Kernel module load attempt", None, syscall_is("finit_module"))
         alerts(scene.agent, "Execution from temporary or memory file system", None,
