@@ -37,7 +37,7 @@ def _proc(pid: int, binary: str, args: list[str], comm: str) -> dict[str, Any]:
             "comm": comm, "uid": 0, "euid": 0, "gid": 0, "cgroup_id": 4242, "mntns": 1}
 
 
-CONTAINER = {"id": "c0ffee", "name": "web", "runtime": "docker", "image": "web:1",
+CONTAINER: dict[str, Any] = {"id": "c0ffee", "name": "web", "runtime": "docker", "image": "web:1",
              "image_digest": None, "pod": None, "cgroup_id": 4242, "netns": None,
              "labels": {}}
 

@@ -77,7 +77,7 @@ def benign() -> Iterator[tuple[AgentProcess, str]]:
         subprocess.run(["ip", "netns", "add", netns], check=True)
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
         (work / "agent").mkdir()
-        usr = {"destination": "/usr", "type": "bind", "source": "/usr",
+        usr: dict[str, object] = {"destination": "/usr", "type": "bind", "source": "/usr",
                "options": ["rbind", "ro"]}
         with AgentProcess(workdir=work / "agent") as agent:
             cid = f"mr-benign-{os.getpid()}"
