@@ -45,33 +45,43 @@ class Detector:
 
     def process(self, e: dict[str, Any]) -> list[dict[str, Any]]:
         t = e["type"]
-        rules: tuple[Rule, ...] | None
         if t == "exec":
             self.state.observe(e)
         elif t in CONNECTS:
             self.state.record_connect(e)
+        rs = self.rules
         if t == "syscall":
-            rules = self.rules.by_syscall.get(e["syscall"]["name"], self.rules.any_syscall)
+            groups = rs.syscall_plans.get(e["syscall"]["name"], rs.any_syscall_plan)
         else:
-            rules = self.by_type.get(t)
-        if not rules:
+            groups = rs.plans.get(t, ())
+        if not groups:
             return []
         self.evaluated += 1
         c = Ctx(e, self.state)
         out: list[dict[str, Any]] = []
-        for r in rules:
+        for guard, rules in groups:
             try:
-                hit = r.match(c)
+                if guard is not None and not guard(c):
+                    continue
             except Exception:  # a rule bug must not stop detection: count, log once
-                self.errors += 1
-                if r.name not in self._erred:
-                    self._erred.add(r.name)
-                    log.exception("rule %r raised on a %s event", r.name, t)
+                self._failed(rules[0], t)
                 continue
-            if hit and not (r.throttle and self.state.throttled(
-                    r.name, e["process"]["exec_id"], r.throttle)):
-                out.append(self.alert(r, c))
+            for r in rules:
+                try:
+                    hit = r.match(c) if guard is None else r.rest(c)  # type: ignore[misc]
+                except Exception:  # as above
+                    self._failed(r, t)
+                    continue
+                if hit and not (r.throttle and self.state.throttled(
+                        r.name, e["process"]["exec_id"], r.throttle)):
+                    out.append(self.alert(r, c))
         return out
+
+    def _failed(self, r: Rule, t: str) -> None:
+        self.errors += 1
+        if r.name not in self._erred:
+            self._erred.add(r.name)
+            log.exception("rule %r raised on a %s event", r.name, t)
 
     def alert(self, r: Rule, c: Ctx) -> dict[str, Any]:
         e = c.e

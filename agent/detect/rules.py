@@ -111,6 +111,26 @@ class Rule:
     response: str
     throttle: float
     source: str              # file:line
+    # match == guard and rest: rules whose conditions start with the same test (e.g. the
+    # macro open_write) share one evaluation of it per event (RuleSet.plan)
+    guard_key: Node | None = None
+    guard: Pred | None = None
+    rest: Pred | None = None
+
+
+Plan = tuple[tuple["Pred | None", tuple[Rule, ...]], ...]
+
+
+def plan(rules: Iterable[Rule]) -> Plan:
+    """Rules grouped by their leading test, in first-seen order: the engine evaluates a
+    group's guard once per event and each rule's remaining condition only if it held."""
+    groups: dict[object, tuple[Pred | None, list[Rule]]] = {}
+    for r in rules:
+        key: object = r.guard_key if r.guard_key is not None else ("rule", r.name)
+        if key not in groups:
+            groups[key] = (r.guard if r.guard_key is not None else None, [])
+        groups[key][1].append(r)
+    return tuple((g, tuple(rs)) for g, rs in groups.values())
 
 
 @dataclass
@@ -121,6 +141,9 @@ class RuleSet:
     # syscall events: rules by syscall name, in rule order (unrestricted rules in every list)
     by_syscall: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
     any_syscall: tuple[Rule, ...] = ()
+    plans: dict[str, Plan] = field(default_factory=dict)          # by event type
+    syscall_plans: dict[str, Plan] = field(default_factory=dict)  # by syscall name
+    any_syscall_plan: Plan = ()
 
     def __post_init__(self) -> None:
         idx: dict[str, list[Rule]] = {}
@@ -133,6 +156,9 @@ class RuleSet:
         self.any_syscall = tuple(r for r in sys_rules if r.syscalls is None)
         self.by_syscall = {n: tuple(r for r in sys_rules if r.syscalls is None or n in
                                     r.syscalls) for n in names}
+        self.plans = {t: plan(rs) for t, rs in self.by_type.items()}
+        self.syscall_plans = {n: plan(rs) for n, rs in self.by_syscall.items()}
+        self.any_syscall_plan = plan(self.any_syscall)
 
 
 # --------------------------------------------------------------------------- raw items
@@ -415,11 +441,18 @@ class _Loader:
             *((pruned,) if pruned is not None else ()),
             Not(Or(tuple(excs)) if len(excs) > 1 else excs[0])))
         match = compile_node(full) if full is not None else _always
+        guard_key: Node | None = None
+        guard = rest = None
+        if isinstance(full, And) and len(full.items) > 1:
+            guard_key = full.items[0]
+            guard = compile_node(guard_key)
+            tail = full.items[1:]
+            rest = compile_node(tail[0] if len(tail) == 1 else And(tail))
         return Rule(raw.name, desc, prio, tuple(tags), tuple(mitre), types,
                     field_values(node, "syscall.name", "syscall") if "syscall" in types
                     else None,
                     match, _formatter(output or raw.name), response,
-                    float(throttle), f"{f}:{raw.line}")
+                    float(throttle), f"{f}:{raw.line}", guard_key, guard, rest)
 
 
 def _always(c: Ctx) -> bool:
