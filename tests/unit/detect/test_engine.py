@@ -144,3 +144,20 @@ def test_response_kill_checks_start_time(tmp_path: Any) -> None:
     out = r.act("stop_container", {"process": {"pid": 1, "exec_id": "1:1"},
                                    "container": None})
     assert out["ok"] is False and out["error"] == "not in a container"
+
+
+def test_entrypoint_of_a_container_started_before_the_agent(tmp_path: Any) -> None:
+    """No exec was seen for the container: its init is found from /proc (NSpid ends in 1),
+    and processes forked from it without exec count as the entrypoint too."""
+    for pid, nspid in ((10, "10\t1"), (11, "11\t7")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "status").write_text(f"Name:\tx\nNSpid:\t{nspid}\n")
+    t = tree()
+    t.live["12:1"] = Process("12:1", 12, 1, 10, "10:1", "/usr/bin/python3",
+                             ("python3", "app.py"), "/srv", 0, 0, 0, 77, "python3")  # fork
+    st = State(t, str(tmp_path))
+    assert st.is_entrypoint(t.get("10:1"), CTR)
+    assert st.entrypoints[77] == "10:1"
+    assert st.is_entrypoint(t.get("12:1"), CTR)       # forked worker, no exec
+    assert not st.is_entrypoint(t.get("11:1"), CTR)   # sh: exec'd something else
+    assert not st.is_entrypoint(t.get("9:1"), CTR)    # runc, outside the container
