@@ -73,6 +73,14 @@ class Config:
     policy_dir: str = "/etc/moray/policies"  # runtime policies (agent/policy); watched
     pin_root: str | None = "/sys/fs/bpf/moray"  # None: nothing pinned, nothing adopted
     policy_status: str | None = "/run/moray/policy-status.json"
+    # control plane (agent/controlplane): None = local mode
+    server: str | None = None            # host:7443
+    enroll_token: str | None = None      # first start only
+    ca_file: str | None = None           # server CA (PEM), first start only
+    ca_sha256: str | None = None         # or its pinned fingerprint
+    enroll_server: str | None = None     # default: server host, port 7444
+    cp_data_dir: str = "/var/lib/moray-agent"  # identity, policy cache, event spool
+    labels: tuple[tuple[str, str], ...] = ()  # host labels policy scopes select on
     rules: tuple[str, ...] = ()          # detection rule files (agent/detect), after defaults
     default_rules: bool = True
     syslog: tuple[str, ...] = ()         # alert outputs (agent/output/siem.py)
@@ -206,6 +214,7 @@ class Agent:
         self.pins: Any | None = None     # agent.bpf.pins.Pins
         self.policy: Any | None = None   # agent.policy.engine.PolicyEngine
         self.detector: Any | None = None  # agent.detect.stage.DetectStage
+        self.cp_client: Any | None = None  # agent.controlplane.ControlPlaneClient
         self.steps: list[tuple[str, Callable[[], None]]] = [
             ("check_host", self.check_host),
             ("mount_fs", self.mount_fs),
@@ -218,6 +227,7 @@ class Agent:
             ("scan_proc", self.scan_proc),
             ("start_enrich", self.start_enrich),
             ("apply_policies", self.apply_policies),
+            ("connect_control_plane", self.connect_control_plane),
             ("start_metrics", self.start_metrics),
         ]
 
@@ -345,6 +355,51 @@ class Agent:
         self._teardowns.append(("stop_policy", self.policy.stop))
         if self.pins is not None:
             self.pins.retire()
+
+    def connect_control_plane(self) -> None:
+        """Enrol (first start) and stream: pushed policies, verified, go through the policy
+        directory the engine watches; every event is also spooled for the server."""
+        if not self.cfg.server:
+            return
+        from agent.controlplane import ControlPlaneClient
+        from agent.controlplane.policydir import PolicyDirSink
+        from agent.output.cpstream import TeeToControlPlane
+
+        ca_pem = None
+        if self.cfg.ca_file:
+            try:
+                with open(self.cfg.ca_file, "rb") as f:
+                    ca_pem = f.read()
+            except OSError as err:
+                raise AgentError(f"cannot read --ca {self.cfg.ca_file}: {err.strerror}") from err
+        client = ControlPlaneClient(
+            self.cfg.server, self.cfg.cp_data_dir,
+            PolicyDirSink(self.cfg.policy_dir, self.cfg.policy_status),
+            token=self.cfg.enroll_token, ca_pem=ca_pem, ca_sha256=self.cfg.ca_sha256,
+            enroll_server=self.cfg.enroll_server,
+            labels=dict(self.cfg.labels), hostname=self.cfg.node, status=self.cp_status)
+        client.start()
+        self.cp_client = client
+        self._teardowns.append(("stop_control_plane", client.stop))
+        if self.sink is not None:
+            self.sink = TeeToControlPlane(self.sink, client)
+        log.info("control plane: %s (events spooled under %s)", self.cfg.server,
+                 self.cfg.cp_data_dir)
+
+    def cp_status(self) -> dict[str, Any]:
+        """Heartbeat status: kernel, features, tiers, loss counters."""
+        f = self.features
+        drops = {"queue": self.queue.dropped, "decode": self.stats.decode_errors}
+        try:
+            drops["ringbuf"] = sum(self.kernel_counters()["rb_drop"])
+        except (OSError, AssertionError):
+            pass
+        return {
+            "kernel": os.uname().release,
+            "features": {k: v.ok for k, v in f.hooks.items()} if f else {},
+            "tiers": {k: str(v) for k, v in f.tiers().items()} if f else {},
+            "drops": drops,
+        }
 
     def start_enrich(self) -> None:
         if not self.cfg.containers:

@@ -18,6 +18,13 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"moray-agent: --label wants KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = Config(output=args.output, proc=args.proc, host_root=args.host_root,
                  metrics_port=None if args.metrics_port == 0 else args.metrics_port,
@@ -28,7 +35,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  pin_root=None if args.no_pin else args.pin_root,
                  policy_status=args.policy_status or None, rules=tuple(args.rules),
                  default_rules=not args.no_default_rules, syslog=tuple(args.syslog),
-                 cef=tuple(args.cef), webhook=tuple(args.webhook))
+                 cef=tuple(args.cef), webhook=tuple(args.webhook),
+                 server=args.server, enroll_token=args.enroll_token, ca_file=args.ca,
+                 ca_sha256=args.ca_sha256, cp_data_dir=args.data_dir,
+                 enroll_server=args.enroll_server,
+                 labels=tuple(_label(x) for x in args.label))
     if args.node:
         cfg.node = args.node
     try:
@@ -70,6 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--args-max", type=int, default=1024, help="argv bytes per exec (<=4096)")
     run.add_argument("--ring-mb", type=int, default=8, help="ring buffer size, MiB (power of 2)")
     run.add_argument("--btf", default="/sys/kernel/btf/vmlinux", help="kernel BTF to require")
+    cp = run.add_argument_group("control plane (omit --server for local mode)")
+    cp.add_argument("--server", default=None, metavar="HOST:PORT",
+                    help="moray-server agent endpoint (gRPC, mTLS), e.g. server:7443")
+    cp.add_argument("--enroll-token", default=None, help="one-time enrolment token")
+    cp.add_argument("--ca", default=None, help="server CA certificate (PEM) for enrolment")
+    cp.add_argument("--ca-sha256", default=None, help="or the CA's pinned SHA-256")
+    cp.add_argument("--enroll-server", default=None, metavar="HOST:PORT",
+                    help="enrolment endpoint (default: the server's host, port 7444)")
+    cp.add_argument("--data-dir", default="/var/lib/moray-agent",
+                    help="agent identity, policy cache and event spool")
+    cp.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                    help="host label for policy scopes (repeatable)")
     run.add_argument("--policy-dir", default="/etc/moray/policies",
                      help="runtime policies to enforce (watched for changes)")
     run.add_argument("--pin-root", default="/sys/fs/bpf/moray",
