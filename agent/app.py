@@ -390,10 +390,11 @@ class Agent:
         """Heartbeat status: kernel, features, tiers, loss counters."""
         f = self.features
         drops = {"queue": self.queue.dropped, "decode": self.stats.decode_errors}
-        try:
-            drops["ringbuf"] = sum(self.kernel_counters()["rb_drop"])
-        except (OSError, AssertionError):
-            pass
+        if self.obj is not None:
+            try:
+                drops["ringbuf"] = sum(self.kernel_counters()["rb_drop"])
+            except OSError as err:
+                log.debug("kernel counters unreadable for the heartbeat: %s", err)
         return {
             "kernel": os.uname().release,
             "features": {k: v.ok for k, v in f.hooks.items()} if f else {},
