@@ -359,7 +359,7 @@ class PolicyEngine:
 
     def _runtime_bootstrap(self, h: Held) -> bool:
         """The held task is runc's init executing its own cloned binary
-        (/memfd:runc_cloned:...), started by a runc process."""
+        (/memfd:runc_cloned:...), started by runc or by runc's init itself."""
         try:
             exe = os.readlink(f"{self.proc}/{h.pid}/exe")
             with open(f"{self.proc}/{h.pid}/stat", "rb") as f:
@@ -369,7 +369,8 @@ class PolicyEngine:
         except (OSError, ValueError, IndexError):
             return False
         return (exe.startswith("/memfd:runc_cloned")
-                and os.path.basename(parent).startswith("runc"))
+                and (os.path.basename(parent).startswith("runc")
+                     or parent.startswith("/memfd:runc_cloned")))
 
     def _same_process(self, h: Held) -> bool:
         try:
