@@ -358,19 +358,21 @@ class PolicyEngine:
         self.decisions["continued"] += 1
 
     def _runtime_bootstrap(self, h: Held) -> bool:
-        """The held task is runc's init executing its own cloned binary
-        (/memfd:runc_cloned:...), started by runc or by runc's init itself."""
+        """The held task is runc's init (`runc init`, or its cloned binary
+        /memfd:runc_cloned:...) whose parent is runc or runc's init."""
         try:
             exe = os.readlink(f"{self.proc}/{h.pid}/exe")
+            with open(f"{self.proc}/{h.pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
             with open(f"{self.proc}/{h.pid}/stat", "rb") as f:
                 stat = f.read()
             ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
             parent = os.readlink(f"{self.proc}/{ppid}/exe")
         except (OSError, ValueError, IndexError):
             return False
-        return (exe.startswith("/memfd:runc_cloned")
-                and (os.path.basename(parent).startswith("runc")
-                     or parent.startswith("/memfd:runc_cloned")))
+        runc_init = argv[:2] == [b"runc", b"init"] or exe.startswith("/memfd:runc_cloned")
+        return runc_init and (os.path.basename(parent).startswith("runc")
+                              or parent.startswith("/memfd:runc_cloned"))
 
     def _same_process(self, h: Held) -> bool:
         try:
