@@ -19,9 +19,10 @@ import pytest
 
 from agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
 from agent.controlplane.policydir import PolicyDirSink
+from tests.helpers.agent import AgentProcess
 from tests.helpers.agent_proc import AgentProc, enforcement
 from tests.helpers.containers import BUSYBOX, run_runc
-from tests.helpers.controlplane import ROOT, ServerProcess, wait_for
+from tests.helpers.controlplane import ROOT, ServerProcess, policy_yaml, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -120,3 +121,39 @@ spec:
     finally:
         real.stop()
         other.stop()
+
+
+# `moray-agent run --server ...` end to end: the agent enrols with a one-time token, a
+# policy applied on the server is enforced by its BPF programs, and its events (the kill
+# included) are stored by the server.
+def test_agent_enrols_enforces_pushed_policy_and_streams_events(
+        server: ServerProcess, tmp_path: Path) -> None:
+    api = server.api()
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(server.ca_pem)
+    binary = tmp_path / "bin" / "busybox"  # a private copy: the policy kills only it
+    binary.parent.mkdir()
+    shutil.copy2(BUSYBOX, binary)
+    args = ["--no-default-rules", "--server", server.grpc_target, "--enroll-server",
+            server.enroll_target, "--enroll-token", api.token({"zone": "a"}), "--ca", str(ca),
+            "--data-dir", str(tmp_path / "agent-data"), "--label", "zone=a"]
+    with AgentProcess(args) as agent:
+        wait_for(lambda: any(a["connected"] for a in api("GET", "/api/v1/agents")),
+                 timeout=30, what="agent connected")
+        assert subprocess.run([str(binary), "true"], check=False).returncode == 0
+        api.apply(policy_yaml("cp-deny", labels={"zone": "a"}, deny=str(binary)))
+        deadline = time.monotonic() + 20
+        while subprocess.run([str(binary), "true"], check=False).returncode != -9:
+            assert time.monotonic() < deadline, "pushed policy never enforced"
+            time.sleep(0.2)
+        kill = agent.events.wait_for(
+            lambda e: e["type"] == "enforce" and e["enforcement"].get("action") == "killed",
+            timeout=20, what="enforcement event")
+        assert kill["enforcement"]["policy"] == "cp-deny"
+
+        def stored() -> bool:
+            events = api("GET", "/api/v1/events", params={"type": "enforce", "limit": 100})
+            rows = events if isinstance(events, list) else events.get("events", [])
+            return any("cp-deny" in str(r) for r in rows)
+
+        wait_for(stored, timeout=30, what="the kill stored by the server")
