@@ -14,24 +14,23 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from controlplane.scanner.cache import StoreLayerCache
 from controlplane.scanner.errors import ImageFormatError, ScanError
 from controlplane.scanner.malware import MalwareScanner, discover
 from controlplane.scanner.model import ScanResult, Severity
-from controlplane.scanner.policy import (
-    AssurancePolicy,
-    evaluate,
-    load_policy,
-    record_verdict,
-)
-from controlplane.scanner.remote import RemoteMatcher
 from controlplane.scanner.report import render
-from controlplane.scanner.scan import ScanOptions, VulnMatcher, scan_image
+from controlplane.scanner.scan import ScanOptions, scan_image
 from controlplane.scanner.secrets import SecretScanner
 from controlplane.scanner.source import ImageSource, open_source
 from controlplane.store.scanstore import ScanStore, data_dir, default_db_path
-from controlplane.vulndb.matcher import Matcher
+
+# Imported where they are used, so a scan starts faster: httpx (--server only), univers
+# (vulnerability matching only), PyYAML (policies only) cost ~100 ms of start-up together.
+if TYPE_CHECKING:
+    from controlplane.scanner.policy import AssurancePolicy
+    from controlplane.scanner.scan import VulnMatcher
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ def open_image(args: argparse.Namespace) -> ImageSource:
     if args.image.startswith(("/", "./", "../")) or args.image.endswith(LOCAL_SUFFIXES):
         raise ImageFormatError("no such image file or directory", source=args.image)
     # imported here: urllib.request/http.client/ssl are only needed for registry images
-    from controlplane.scanner.registry import RegistrySource, parse_reference  # noqa: PLC0415
+    from controlplane.scanner.registry import RegistrySource, parse_reference
 
     ref = parse_reference(args.image)
     return RegistrySource(ref, insecure=args.insecure_registry,
@@ -94,7 +93,7 @@ def open_image(args: argparse.Namespace) -> ImageSource:
 def _progress(enabled: bool) -> object:
     if not enabled:
         return None
-    from tqdm import tqdm  # noqa: PLC0415 - only for interactive runs
+    from tqdm import tqdm  # only for interactive runs
 
     bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                leave=False)
@@ -111,6 +110,8 @@ def _progress(enabled: bool) -> object:
 
 
 def policy_from_args(args: argparse.Namespace) -> AssurancePolicy | None:
+    from controlplane.scanner.policy import AssurancePolicy, load_policy
+
     if args.policy:
         return load_policy(args.policy)
     if args.fail_on:
@@ -130,8 +131,12 @@ def run(args: argparse.Namespace) -> int:
     if args.server and not args.no_vulns:
         if not args.token:
             raise ScanError("--server needs --token or $MORAY_TOKEN")
+        from controlplane.scanner.remote import RemoteMatcher
+
         matcher = RemoteMatcher(args.server, args.token)
     elif store is not None and not args.no_vulns:
+        from controlplane.vulndb.matcher import Matcher
+
         matcher = Matcher(store)
     if matcher is not None and store is not None and not args.server and \
             store.status()["advisories"] == 0:
@@ -155,9 +160,13 @@ def run(args: argparse.Namespace) -> int:
         close = getattr(source, "close", None)
         if close is not None:
             close()
-    verdict = evaluate(result, policy) if policy else None
-    if policy and store is not None and args.record_verdict:
-        record_verdict(store, result, policy)
+    verdict = None
+    if policy is not None:
+        from controlplane.scanner.policy import evaluate, record_verdict
+
+        verdict = evaluate(result, policy)
+        if store is not None and args.record_verdict:
+            record_verdict(store, result, policy)
     text = render(result, args.format, verdict)
     if args.output:
         args.output.write_text(text)
