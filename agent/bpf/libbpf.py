@@ -164,7 +164,9 @@ _libbpf_log = logging.getLogger("libbpf")
 
 
 def _print(level: int, fmt: bytes, va_list: int | None) -> int:
-    buf = ctypes.create_string_buffer(8192)
+    # the verifier's log arrives as one warning: room for all of it (its reason is at the
+    # end); debug lines are short and many
+    buf = ctypes.create_string_buffer(1 << 20 if level == LIBBPF_WARN else 8192)
     _libc.vsnprintf(buf, len(buf), fmt, va_list)
     text = buf.value.decode("utf-8", "replace").rstrip("\n")
     lines: list[str] | None = getattr(_capture, "lines", None)
