@@ -71,9 +71,11 @@ static __always_inline int file_check(struct file *f, int lsm)
 
 static __always_inline int on_open_exit(long ret)
 {
+	struct mr_pconf *c = pconf();
 	struct file *f;
 
-	if (ret < 0)
+	/* no file rule active: done before touching the fd table (every open pays this) */
+	if (ret < 0 || !c || !(c->active & c->files))
 		return 0;
 	f = task_fd_file((struct task_struct *)bpf_get_current_task(), ret);
 	if (f)

@@ -23,11 +23,12 @@ int mr_enf_sys(struct bpf_raw_tracepoint_args *ctx)
 
 	if (nr >= MR_SYS_MAX)
 		return 0;
-	m = bpf_map_lookup_elem(&mr_psys, &nr);
-	if (!m || !*m)
-		return 0;
+	/* every syscall on the host comes here: with no syscall rule active, stop at once */
 	c = pconf();
-	if (!c || !(c->active & c->syscalls & *m))
+	if (!c || !(c->active & c->syscalls))
+		return 0;
+	m = bpf_map_lookup_elem(&mr_psys, &nr);
+	if (!m || !*m || !(c->active & c->syscalls & *m))
 		return 0;
 	scope = scope_of(c, bpf_get_current_cgroup_id(), &pending);
 	hit = *m & scope & c->active;
