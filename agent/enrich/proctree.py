@@ -68,7 +68,8 @@ class Process:
         return {"pid": self.pid, "exec_id": self.exec_id, "binary": self.binary}
 
 
-def _stat_start_ticks(proc: str, pid: int) -> int | None:
+def stat_start_ticks(proc: str, pid: int) -> int | None:
+    """Start time of <proc>/<pid> in clock ticks (stat field 22), None if it is gone."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
             data = f.read()
@@ -132,7 +133,7 @@ class ProcessTree:
 
     @staticmethod
     def _read_proc_default(proc: str, pid: int) -> Process | None:
-        st = _stat_start_ticks(proc, pid)
+        st = stat_start_ticks(proc, pid)
         if st is None:
             return None
         try:
@@ -170,7 +171,7 @@ class ProcessTree:
             return cur
         self.misses += 1
         entry = None
-        st = _stat_start_ticks(self.proc, p.pid)
+        st = stat_start_ticks(self.proc, p.pid)
         if st == ticks(p.start_ns):
             self.proc_reads += 1
             entry = self._read_proc(self.proc, p.pid)
@@ -236,7 +237,7 @@ class ProcessTree:
     def reap(self) -> int:
         """Remove live entries whose process no longer exists (lost exit events)."""
         gone = [e for e, p in self.live.items()
-                if _stat_start_ticks(self.proc, p.pid) != p.start_ticks]
+                if stat_start_ticks(self.proc, p.pid) != p.start_ticks]
         for e in gone:
             p = self.live.pop(e)
             p.exited = True

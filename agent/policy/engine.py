@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.bpf import abi
-from agent.enrich.proctree import ticks
+from agent.enrich.proctree import stat_start_ticks, ticks
 from agent.events.types import EnforceEvent
 from agent.policy.apply import Applier, dec_conf, u32, u64
 from agent.policy.compile import CompileError, compile_policies
@@ -375,13 +375,7 @@ class PolicyEngine:
                               or parent.startswith("/memfd:runc_cloned"))
 
     def _same_process(self, h: Held) -> bool:
-        try:
-            with open(f"{self.proc}/{h.pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return False
-        fields = stat[stat.rfind(b")") + 2:].split()
-        return int(fields[19]) == ticks(h.start_ns)
+        return stat_start_ticks(self.proc, h.pid) == ticks(h.start_ns)
 
     def _paths_of(self, pid: int) -> tuple[str, str]:
         with self._lock:
