@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,27 +18,8 @@ from tests.helpers.controlplane import (
     policy_yaml,
     wait_for,
 )
-from tests.helpers.postgres import create_database, ensure_postgresql, postgres_server
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pg_base() -> Iterator[str]:
-    if ensure_postgresql() is None:
-        pytest.skip("PostgreSQL is not installed and could not be installed")
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
-    url = None
-    if request.param == "postgresql":
-        url = create_database(request.getfixturevalue("pg_base"))
-    srv = ServerProcess(tmp_path / "server", database_url=url).start()
-    yield srv
-    srv.stop()
 
 
 def _ok(policy: VerifiedPolicy) -> ApplyResult:

@@ -17,17 +17,9 @@ import pytest
 from agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
 from controlplane.server.rest import ACCESS
 from tests.helpers.controlplane import ROOT, ServerProcess, policy_yaml, wait_for
-from tests.helpers.postgres import create_database, ensure_postgresql, postgres_server
+from tests.helpers.postgres import create_database
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pg_base() -> Iterator[str]:
-    if ensure_postgresql() is None:
-        pytest.skip("PostgreSQL is not installed and could not be installed")
-    with postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine
 
 from controlplane.store import db
-from tests.helpers.postgres import create_database, ensure_postgresql, postgres_server
+from tests.helpers.postgres import create_database
 from tests.unit.controlplane.conftest import signer, store  # noqa: F401
 from tests.unit.controlplane.test_store import (  # noqa: F401
     test_api_tokens_and_roles,
@@ -23,17 +23,9 @@ from tests.unit.controlplane.test_store import (  # noqa: F401
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    if ensure_postgresql() is None:
-        pytest.skip("PostgreSQL is not installed and could not be installed")
-    with postgres_server() as url:
-        yield url
-
-
 @pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    eng = db.make_engine(db.database_url(create_database(pg_url)))
+def engine(pg_base: str) -> Iterator[Engine]:
+    eng = db.make_engine(db.database_url(create_database(pg_base)))
     db.migrate(eng)
     yield eng
     eng.dispose()
