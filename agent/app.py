@@ -346,7 +346,10 @@ class Agent:
 
         applier = Applier({n: self.obj.map(n) for n in MAP_NAMES})
         cg = self.features.cgroup_v2 if self.features else None
-        resolver = ContainerResolver.for_host(self.cfg.proc, self.cfg.host_root, cg)
+        # the pipeline's resolver (it also sees the kernel's cgroup mkdir/rmdir records);
+        # a private one only when container identity is off for events
+        resolver = self.resolver or ContainerResolver.for_host(self.cfg.proc,
+                                                               self.cfg.host_root, cg)
         tiers = {k: str(v) for k, v in self.features.tiers().items()} if self.features else {}
         self.policy = PolicyEngine(applier, resolver, self.cfg.policy_dir,
                                    emit=lambda rec: self.queue.put([rec]), tiers=tiers,

@@ -147,8 +147,9 @@ class PolicyCache:
     @staticmethod
     def _payload(signed_bytes: bytes) -> moray_pb2.PolicyPayload | None:
         try:
-            return moray_pb2.PolicyPayload.FromString(
+            payload: moray_pb2.PolicyPayload = moray_pb2.PolicyPayload.FromString(
                 moray_pb2.SignedPolicy.FromString(signed_bytes).payload)
+            return payload
         except DecodeError:
             return None
 

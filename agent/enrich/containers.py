@@ -22,6 +22,7 @@ the enrichment thread.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +114,8 @@ class ContainerResolver:
         self._namespaces = containerd_namespaces
         self._clock = clock
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
+        # one resolver serves the event pipeline and the policy engine (two threads)
+        self._lock = threading.RLock()
         self._created: dict[int, float] = {}  # cgroup id -> mkdir time, within the window
         self.errors = 0
         self.misses = 0
@@ -129,21 +132,27 @@ class ContainerResolver:
     # ----------------------------------------------------------------- kernel events
 
     def on_cgroup_created(self, cgroup_id: int, path: str) -> None:
-        self.cgroups.add(cgroup_id, path)
-        self._cache.pop(cgroup_id, None)  # an id is an inode: never trust an old entry
-        self._created[cgroup_id] = self._clock()
-        if len(self._created) > self.max_entries:
-            self._created.pop(next(iter(self._created)))
+        with self._lock:
+            self.cgroups.add(cgroup_id, path)
+            self._cache.pop(cgroup_id, None)  # an id is an inode: never trust an old entry
+            self._created[cgroup_id] = self._clock()
+            if len(self._created) > self.max_entries:
+                self._created.pop(next(iter(self._created)))
 
     def on_cgroup_removed(self, cgroup_id: int) -> None:
-        self.cgroups.remove(cgroup_id)
-        self._cache.pop(cgroup_id, None)
-        self._created.pop(cgroup_id, None)
+        with self._lock:
+            self.cgroups.remove(cgroup_id)
+            self._cache.pop(cgroup_id, None)
+            self._created.pop(cgroup_id, None)
 
     # ----------------------------------------------------------------- lookup
 
     def lookup(self, cgroup_id: int, pid: int | None = None) -> Container | None:
         """Container of the task in cgroup *cgroup_id* (None: a host process)."""
+        with self._lock:
+            return self._lookup(cgroup_id, pid)
+
+    def _lookup(self, cgroup_id: int, pid: int | None) -> Container | None:
         entry = self._cache.get(cgroup_id)
         if entry is not None:
             self._cache.move_to_end(cgroup_id)
