@@ -234,6 +234,11 @@ class Agent:
     # --- steps ------------------------------------------------------------------------
 
     def check_host(self) -> None:
+        for prefix in self.cfg.watch:  # bad input is refused before anything is loaded
+            try:
+                watch.key(prefix)
+            except ValueError as err:
+                raise AgentError(f"--watch: {err}") from err
         if os.geteuid() != 0:
             raise AgentError("moray-agent needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to "
                              "load BPF programs: run it with sudo or as the systemd service")
