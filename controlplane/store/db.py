@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,14 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
+# alembic's command API keeps its context in module globals: one migration at a time
+_MIGRATE_LOCK = threading.Lock()
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade the schema to ``revision`` (default: the newest)."""
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
+    with _MIGRATE_LOCK, engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     log.info("schema migrated", extra={"revision": revision, "url": engine.url.render_as_string()})

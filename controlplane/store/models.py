@@ -16,8 +16,8 @@ these models and the migrations agree. Tables, and when their rows change:
 - ``cp_audit``: append-only; written in the same transaction as the change it records.
 - ``cp_api_token`` / ``cp_enrollment_token``: stored as SHA-256 hashes only.
 
-Tables are prefixed ``cp_`` because the SQLite file is shared with the scanner's tables
-(controlplane/store/scanstore.py).
+Tables are prefixed ``cp_`` because the database is shared with the scanner's tables
+(controlplane/store/scanmodels.py), which live on the same metadata and migrations.
 """
 
 from __future__ import annotations

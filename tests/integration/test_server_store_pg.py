@@ -10,6 +10,13 @@ from sqlalchemy import Engine
 from controlplane.store import db
 from tests.helpers.postgres import create_database
 from tests.unit.controlplane.conftest import signer, store  # noqa: F401
+from tests.unit.controlplane.test_scanstore import (  # noqa: F401
+    test_exhausted_lease_fails_the_job,
+    test_one_active_job_per_key_and_leases,
+    test_parallel_claims_take_each_job_once,
+    test_registered_registries_and_images,
+    test_stale_rescans_are_tried_once_per_generation,
+)
 from tests.unit.controlplane.test_store import (  # noqa: F401
     test_api_tokens_and_roles,
     test_concurrent_writers_store_each_event_once,

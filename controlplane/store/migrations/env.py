@@ -1,7 +1,7 @@
 """Alembic environment: migrates the connection handed in by controlplane.store.db, or the
-URL in alembic.ini when run from the alembic command line. Only the control plane's own
-tables (``cp_*``) are compared, so tables that share the database (the scanner's) are
-left alone."""
+URL in alembic.ini when run from the alembic command line. Only the control plane's
+tables (``cp_*``) and the scanner's (``scanmodels``) are compared; anything else that
+shares the database is left alone."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from controlplane.store import scanmodels  # noqa: F401 - registers the scanner's tables
 from controlplane.store.migrations.env_filter import include_object
 from controlplane.store.models import Base
 

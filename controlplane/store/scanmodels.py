@@ -1,0 +1,159 @@
+"""The scanner's tables (SQLAlchemy Core), on the control plane's metadata so that the
+alembic migrations in ``controlplane/store/migrations`` create and change them.
+
+``controlplane/store/scanstore.py`` is the only code that issues SQL for them; the data
+each table owns, and when it changes, is listed in that module's docstring. Before
+revision 0002 these tables were created by ``ScanStore`` itself (plain sqlite3,
+``CREATE TABLE IF NOT EXISTS``); 0002 adopts such tables instead of recreating them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+from controlplane.store.models import Base, BigId
+
+metadata = Base.metadata
+
+# Jobs that hold their (image, policy, registry options) key: a second enqueue of the
+# same key is refused by this partial unique index, in SQLite and in PostgreSQL alike.
+ACTIVE_JOB = "status IN ('queued', 'running')"
+
+scanstore_meta = Table(
+    "scanstore_meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+vuln_advisory = Table(
+    "vuln_advisory", metadata,
+    Column("id", String(256), primary_key=True),
+    Column("aliases", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("severity", String(32), nullable=False),
+    Column("cvss_score", Float, nullable=True),
+    Column("modified", String(64), nullable=False),
+    Column("sources", Text, nullable=False),
+)
+
+vuln_alias = Table(
+    "vuln_alias", metadata,
+    Column("alias", String(256), nullable=False),
+    Column("advisory_id", String(256), nullable=False),
+    PrimaryKeyConstraint("alias", "advisory_id"),
+)
+
+vuln_affected = Table(
+    "vuln_affected", metadata,
+    Column("advisory_id", String(256), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("ecosystem", String(64), nullable=False),
+    Column("release", String(128), nullable=False),
+    Column("package", Text, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("ranges", Text, nullable=False),
+    Column("versions", Text, nullable=False),
+    Column("fixed", Text, nullable=False),
+    Index("vuln_affected_pkg", "ecosystem", "package"),
+    Index("vuln_affected_origin", "source", "origin"),
+)
+
+vuln_import = Table(
+    "vuln_import", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", Text, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("skipped", Integer, nullable=False),
+    Column("imported_at", Float, nullable=False),
+)
+
+scan_layer_cache = Table(
+    "scan_layer_cache", metadata,
+    Column("digest", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("result", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    PrimaryKeyConstraint("digest", "version"),
+)
+
+scan_job = Table(
+    "scan_job", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("image", Text, nullable=False),
+    Column("policy", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("worker", Text, nullable=False, server_default=""),
+    Column("lease_until", Float, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("digest", Text, nullable=False, server_default=""),
+    Column("error", Text, nullable=False, server_default=""),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("insecure", Boolean, nullable=False, server_default=text("false")),
+    Column("credentials", Text, nullable=False, server_default=""),
+    Column("job_key", String(64), nullable=False, server_default=""),
+    Column("generation", Integer, nullable=False, server_default="0"),
+    Index("scan_job_status", "status", "lease_until"),
+    Index("scan_job_image", "image"),
+    Index("uq_scan_job_active", "job_key", unique=True,
+          sqlite_where=text(ACTIVE_JOB), postgresql_where=text(ACTIVE_JOB)),
+)
+
+image_verdict = Table(
+    "image_verdict", metadata,
+    Column("image_digest", String(128), nullable=False),
+    Column("policy", String(253), nullable=False),
+    Column("passed", Boolean, nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("vulndb_generation", Integer, nullable=False),
+    Column("image", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    PrimaryKeyConstraint("image_digest", "policy"),
+)
+
+scan_registry = Table(
+    "scan_registry", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("registry", String(300), nullable=False),
+    Column("repositories", JSON, nullable=False),
+    Column("credentials", Text, nullable=False),
+    Column("insecure", Boolean, nullable=False),
+    Column("interval_seconds", Float, nullable=False),
+    Column("policy", Text, nullable=False),
+    Column("next_run", Float, nullable=False),
+    Column("last_run", Float, nullable=True),
+    Column("last_images", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+scan_image = Table(
+    "scan_image", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("image", Text, nullable=False),
+    Column("credentials", Text, nullable=False),
+    Column("insecure", Boolean, nullable=False),
+    Column("interval_seconds", Float, nullable=False),
+    Column("policy", Text, nullable=False),
+    Column("next_run", Float, nullable=False),
+    Column("last_run", Float, nullable=True),
+    Column("created", Float, nullable=False),
+)
+
+SCANNER_TABLES = frozenset({
+    "scanstore_meta", "vuln_advisory", "vuln_alias", "vuln_affected", "vuln_import",
+    "scan_layer_cache", "scan_job", "image_verdict", "scan_registry", "scan_image"})
