@@ -5,8 +5,13 @@ security tracker, Alpine secdb) into the store under ``$MORAY_DATA_DIR``;
 ``moray vulndb status`` shows what is there; ``moray malware import FILE...`` installs
 YARA rule files and SHA-256 lists that moray-scan then loads by default.
 ``moray scan enqueue IMAGE...`` queues scans, ``moray scan worker`` runs a worker (start
-as many as wanted), ``moray scan jobs`` lists them, ``moray scan rescan-stale`` queues
-images whose verdict predates the current vulnerability data.
+as many as wanted; the same as ``moray-scanner-worker``), ``moray scan jobs`` lists them,
+``moray scan rescan-stale`` queues images whose verdict predates the current
+vulnerability data; ``moray scan registry|image add|list|remove`` registers what
+moray-server scans on its own schedule (controlplane/scanner/targets_cli.py).
+
+The store is ``--db PATH``, ``--database-url URL`` / ``$MORAY_DATABASE_URL`` (the
+server's PostgreSQL), or ``$MORAY_DATA_DIR/moray.db``.
 """
 
 from __future__ import annotations
@@ -16,27 +21,19 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from controlplane.scanner.cache import StoreLayerCache
-from controlplane.scanner.errors import ScanError
-from controlplane.scanner.malware import MalwareScanner, discover
-from controlplane.scanner.model import ScanResult
-from controlplane.scanner.registry import RegistrySource, list_images, parse_reference
-from controlplane.scanner.remote import HttpJobQueue
-from controlplane.scanner.scan import ScanOptions, scan_image
-from controlplane.scanner.secrets import SecretScanner
-from controlplane.scanner.source import ImageSource, open_source
-from controlplane.scanner.worker import run_worker
+import httpx
+
+from controlplane.scanner import targets_cli, workercli
+from controlplane.scanner.errors import AccessDenied, ScanError
+from controlplane.scanner.malware import MalwareScanner
+from controlplane.scanner.registry import list_images
 from controlplane.server import cli_api
 from controlplane.store.scanstore import ScanStore, data_dir, default_db_path
 from controlplane.vulndb.importer import import_path
-from controlplane.vulndb.matcher import Matcher
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moray", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", type=Path, help="store path (default $MORAY_DATA_DIR/moray.db)")
+    p.add_argument("--database-url", default=None,
+                   help="store URL, e.g. the server's postgresql://... ($MORAY_DATABASE_URL)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     sub = p.add_subparsers(dest="group", required=True)
     vulndb = sub.add_parser("vulndb", help="vulnerability knowledge base")
     vsub = vulndb.add_subparsers(dest="command", required=True)
     imp = vsub.add_parser("import", help="import advisory files or directories")
     imp.add_argument("paths", type=Path, nargs="+")
+    targets_cli.server_options(imp)
     st = vsub.add_parser("status", help="what the knowledge base holds")
     st.add_argument("--json", action="store_true")
     malware = sub.add_parser("malware", help="malware rules and hash lists")
@@ -62,15 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     enq = ssub.add_parser("enqueue", help="queue image scans")
     enq.add_argument("images", nargs="+")
     enq.add_argument("--policy", type=Path, help="assurance policy to evaluate")
-    wrk = ssub.add_parser("worker", help="take and run scan jobs")
-    wrk.add_argument("--name", default=f"{socket.gethostname()}:{os.getpid()}")
-    wrk.add_argument("--once", action="store_true", help="exit when the queue is empty")
-    wrk.add_argument("--insecure-registry", action="store_true")
-    wrk.add_argument("--server", default=os.environ.get("MORAY_SERVER"),
-                     help="take jobs from moray-server's REST API instead of the local store "
-                     "($MORAY_SERVER); vulnerability data still comes from the local store")
-    wrk.add_argument("--token", default=os.environ.get("MORAY_TOKEN"),
-                     help="API token for --server ($MORAY_TOKEN)")
+    wrk = ssub.add_parser("worker", help="take and run scan jobs (= moray-scanner-worker)")
+    workercli.add_worker_arguments(wrk, with_db=False)
     reg = ssub.add_parser("enqueue-registry", help="queue every tag of a registry")
     reg.add_argument("registry", help="host[:port]")
     reg.add_argument("--repository", action="append", help="only these repositories")
@@ -78,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--insecure-registry", action="store_true")
     ssub.add_parser("jobs", help="list scan jobs")
     ssub.add_parser("rescan-stale", help="queue rescans after new vulnerability data")
+    targets_cli.register(ssub)
     cli_api.register(sub)   # policy, agents, events, audit, tokens: the REST API
     return p
 
@@ -95,7 +89,7 @@ def cmd_scan(store: ScanStore, args: argparse.Namespace) -> int:
                              password=os.environ.get("MORAY_REGISTRY_PASSWORD"),
                              repositories=args.repository)
         for image in images:
-            store.enqueue_scan(image, policy)
+            store.enqueue_scan(image, policy, insecure=args.insecure_registry)
         sys.stdout.write(f"queued {len(images)} images from {args.registry}\n")
         return 0
     if args.command == "jobs":
@@ -106,30 +100,9 @@ def cmd_scan(store: ScanStore, args: argparse.Namespace) -> int:
     if args.command == "rescan-stale":
         sys.stdout.write(f"queued {store.enqueue_stale()} rescans\n")
         return 0
-    options = ScanOptions(secrets=SecretScanner(), malware=MalwareScanner(*discover(data_dir())),
-                          cache=StoreLayerCache(store), matcher=Matcher(store))
-
-    def scan(image: str) -> ScanResult:
-        path = Path(image)
-        if path.exists():
-            source: ImageSource = open_source(path)
-        else:
-            source = RegistrySource(parse_reference(image), insecure=args.insecure_registry)
-        return scan_image(source, options, image_name=image)
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if args.server:
-        if not args.token:
-            raise ScanError("--server needs --token or $MORAY_TOKEN")
-        remote = HttpJobQueue(args.server, args.token)
-        stats = run_worker(remote, scan, name=args.name, verdicts=remote, stop=stop,
-                           once=args.once)
-    else:
-        stats = run_worker(store, scan, name=args.name, verdicts=store, stop=stop,
-                           once=args.once)
-    sys.stdout.write(f"done {stats.done}, failed {stats.failed}, lost {stats.lost}\n")
-    return 0
+    if args.command in ("registry", "image"):
+        return targets_cli.run(targets_cli.LocalTargets(store), args)
+    return workercli.run(args, store)
 
 
 def cmd_vulndb_import(store: ScanStore, paths: list[Path]) -> int:
@@ -179,6 +152,38 @@ def cmd_malware_import(paths: list[Path]) -> int:
     return 0
 
 
+def _via_server(args: argparse.Namespace) -> int:
+    """``moray scan registry|image ...`` and ``moray vulndb import`` with ``--server``."""
+    api = cli_api.Api(args.server, cli_api._token(args.token), args.ca)
+    try:
+        if args.group == "vulndb":
+            r = api.call("POST", "/vulndb/import",
+                         json={"files": targets_cli.advisory_files(args.paths)})
+            sys.stdout.write(f"{args.server}: {r['records']} records, {r['rows']} affected "
+                             f"rows, {r['skipped']} skipped, generation {r['generation']}\n")
+            for err in r["errors"][:20]:
+                sys.stdout.write(f"  skipped {err}\n")
+            return 1 if r["skipped"] else 0
+
+        class Remote:
+            def call(self, method: str, path: str, body: dict[str, object] | None = None
+                     ) -> object:
+                return api.call(method, path, json=body)
+
+        return targets_cli.run(Remote(), args)
+    except cli_api.ApiError as err:
+        sys.stderr.write(f"moray: {err}\n")
+        return 1
+    except httpx.TransportError as err:
+        sys.stderr.write(f"moray: cannot reach the server at {api.http.base_url}: {err}\n")
+        return 3
+
+
+def open_store(args: argparse.Namespace) -> ScanStore:
+    url = args.database_url or (None if args.db else os.environ.get("MORAY_DATABASE_URL"))
+    return ScanStore(url or args.db or default_db_path())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
@@ -188,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.group == "malware":
             return cmd_malware_import(args.paths)
-        store = ScanStore(args.db or default_db_path())
+        if getattr(args, "server", None) and (
+                args.group == "vulndb" or getattr(args, "command", "") in ("registry", "image")):
+            return _via_server(args)
+        store = open_store(args)
         try:
             if args.group == "scan":
                 return cmd_scan(store, args)
@@ -199,6 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             store.close()
     except BrokenPipeError:
         return 2  # the reader went away (``| head``)
+    except AccessDenied as err:
+        sys.stderr.write(f"moray: refused: {err}\n")
+        return 1
+    except LookupError as err:
+        sys.stderr.write(f"moray: {err}\n")
+        return 1
     except (ScanError, OSError) as err:
         sys.stderr.write(f"moray: error: {err}\n")
         return 2

@@ -1,25 +1,34 @@
-"""REST endpoints for scan jobs, verdicts and vulndb status, for moray-server to mount.
+"""REST endpoints for scan jobs, verdicts, scheduled registries and images, and the
+vulnerability knowledge base; moray-server mounts them (controlplane/server/rest.py).
 
-``scan_router(store, authorize)`` returns a FastAPI router; ``authorize(method, path)``
-is the server's dependency factory (``require`` in controlplane/server/rest.py) and
-``SCAN_ACCESS`` lists the role class each endpoint needs ("read" or "write"), to merge
-into the server's access matrix. Remote scan workers (``moray scan worker --server``)
-use these endpoints through ``controlplane.scanner.remote.HttpJobQueue``; the admission
-controller reads ``GET /api/v1/images/{digest}/verdicts``.
+``scan_router(store, authorize, on_change)`` returns a FastAPI router; ``authorize(method,
+path)`` is the server's dependency factory (``require`` in controlplane/server/rest.py)
+and ``SCAN_ACCESS`` lists the role class each endpoint needs ("read" or "write"), which
+the server merges into its access matrix. ``on_change`` is called after a registration
+or an import (the server wakes its scan scheduler). Scan workers
+(``moray-scanner-worker --server``) use these endpoints through
+``controlplane.scanner.remote.HttpJobQueue``; the admission controller reads
+``GET /api/v1/images/{digest}/verdicts``.
 """
 
 # No `from __future__ import annotations`: FastAPI reads endpoint annotations at
 # definition time and they refer to closures.
 
 import logging
+import tempfile
 from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
+from controlplane.scanner import credentials
+from controlplane.scanner.errors import ScanError
 from controlplane.scanner.model import Ecosystem, OSRelease, Package
+from controlplane.scanner.scheduler import check_image, check_policy, check_registry
 from controlplane.store.scanstore import ScanStore
+from controlplane.vulndb.importer import import_path
 from controlplane.vulndb.matcher import Matcher
 
 log = logging.getLogger(__name__)
@@ -30,17 +39,65 @@ SCAN_ACCESS: dict[tuple[str, str], str] = {
     ("GET", P + "/scan-jobs"): "read",
     ("POST", P + "/scan-jobs/claim"): "write",
     ("POST", P + "/scan-jobs/{job_id}/finish"): "write",
+    ("POST", P + "/scan-jobs/{job_id}/extend"): "write",
+    ("POST", P + "/scan-jobs/{job_id}/release"): "write",
     ("POST", P + "/scan-jobs/rescan-stale"): "write",
     ("GET", P + "/images/{digest}/verdicts"): "read",
     ("POST", P + "/images/{digest}/verdicts"): "write",
     ("GET", P + "/vulndb/status"): "read",
     ("POST", P + "/vulndb/match"): "read",
+    ("POST", P + "/vulndb/import"): "write",
+    ("GET", P + "/scan-registries"): "read",
+    ("POST", P + "/scan-registries"): "write",
+    ("DELETE", P + "/scan-registries/{registry_id}"): "write",
+    ("POST", P + "/scan-registries/{registry_id}/run"): "write",
+    ("GET", P + "/scan-images"): "read",
+    ("POST", P + "/scan-images"): "write",
+    ("DELETE", P + "/scan-images/{image_id}"): "write",
 }
+
+MAX_IMPORT_BYTES = 64 << 20
 
 
 class JobIn(BaseModel):
     image: str = Field(min_length=1, max_length=1024)
     policy: str = Field("", description="ImageAssurancePolicy document (YAML), optional")
+    insecure: bool = Field(False, description="plain HTTP (loopback registries only)")
+    credentials: str = Field("", max_length=1024,
+                             description="'', env:NAME or file:/path, resolved by the worker")
+
+
+class LeaseIn(BaseModel):
+    worker: str = Field(min_length=1, max_length=256)
+    lease_seconds: float = Field(600.0, gt=0, le=86400)
+
+
+class ReleaseIn(BaseModel):
+    worker: str = Field(min_length=1, max_length=256)
+
+
+class RegistryIn(BaseModel):
+    registry: str = Field(min_length=1, max_length=300, description="host[:port]")
+    repositories: list[str] = Field([], max_length=10000,
+                                    description="only these repositories ([]: the catalog)")
+    credentials: str = Field("", max_length=1024,
+                             description="'', env:NAME or file:/path (never the secret)")
+    insecure: bool = Field(False, description="plain HTTP (loopback registries only)")
+    interval_seconds: float = Field(3600.0, ge=1, le=30 * 86400)
+    policy: str = Field("", description="ImageAssurancePolicy document (YAML), optional")
+
+
+class ImageIn(BaseModel):
+    image: str = Field(min_length=1, max_length=1024)
+    credentials: str = Field("", max_length=1024)
+    insecure: bool = False
+    interval_seconds: float = Field(86400.0, ge=1, le=30 * 86400)
+    policy: str = ""
+
+
+class ImportIn(BaseModel):
+    files: dict[str, str] = Field(description="file name -> content (OSV, Debian tracker or "
+                                              "Alpine secdb JSON/YAML)", max_length=100_000)
 
 
 class ClaimIn(BaseModel):
@@ -79,23 +136,48 @@ class VerdictIn(BaseModel):
     policy: str
     passed: bool
     reasons: list[str] = []
+    vulndb_generation: int | None = Field(
+        None, description="generation the scan was matched against (default: current)")
 
 
-def scan_router(store: ScanStore,
-                authorize: Callable[[str, str], Callable[..., Any]]) -> APIRouter:
+def _checked(check: Callable[[], object]) -> None:
+    try:
+        check()
+    except ScanError as err:
+        raise HTTPException(422, str(err)) from err
+
+
+Audit = Callable[[Any, str, str, dict[str, Any]], None]
+
+
+def scan_router(  # noqa: PLR0915 - the route table: one short function per endpoint
+        store: ScanStore, authorize: Callable[[str, str], Callable[..., Any]],
+        on_change: Callable[[], None] | None = None, audit: Audit | None = None) -> APIRouter:
+    """``audit(principal, action, target, detail)`` records registrations and imports;
+    ``principal`` is what ``authorize``'s dependency returned."""
     router = APIRouter()
 
     def dep(method: str, path: str) -> Any:
         return Depends(authorize(method, path))
 
+    def changed(who: Any, action: str, target: str, detail: dict[str, Any]) -> None:
+        if audit is not None:
+            audit(who, action, target, detail)
+        if on_change is not None:
+            on_change()
+
     @router.post(P + "/scan-jobs")
     def enqueue(body: JobIn,
                 _: Annotated[Any, dep("POST", P + "/scan-jobs")]) -> dict[str, int]:
-        return {"id": store.enqueue_scan(body.image, body.policy)}
+        _checked(lambda: (check_policy(body.policy),
+                          credentials.check_reference(body.credentials)))
+        return {"id": store.enqueue_scan(body.image, body.policy, insecure=body.insecure,
+                                         credentials=body.credentials)}
 
     @router.get(P + "/scan-jobs")
-    def jobs(_: Annotated[Any, dep("GET", P + "/scan-jobs")]) -> list[dict[str, Any]]:
-        return store.jobs()
+    def jobs(_: Annotated[Any, dep("GET", P + "/scan-jobs")], status: str | None = None,
+             limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> list[dict[str, Any]]:
+        return store.jobs(status=status, limit=limit)
 
     @router.post(P + "/scan-jobs/claim", response_model=None)
     def claim(body: ClaimIn, _: Annotated[Any, dep("POST", P + "/scan-jobs/claim")]
@@ -103,7 +185,20 @@ def scan_router(store: ScanStore,
         job = store.claim_scan(body.worker, body.lease_seconds)
         if job is None:
             return Response(status_code=204)
-        return {"id": job.id, "image": job.image, "policy": job.policy, "attempts": job.attempts}
+        return {"id": job.id, "image": job.image, "policy": job.policy, "attempts": job.attempts,
+                "insecure": job.insecure, "credentials": job.credentials}
+
+    @router.post(P + "/scan-jobs/{job_id}/extend")
+    def extend(job_id: int, body: LeaseIn,
+               _: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/extend")]
+               ) -> dict[str, bool]:
+        return {"ok": store.extend_scan(job_id, body.worker, body.lease_seconds)}
+
+    @router.post(P + "/scan-jobs/{job_id}/release")
+    def release(job_id: int, body: ReleaseIn,
+                _: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/release")]
+                ) -> dict[str, bool]:
+        return {"ok": store.release_scan(job_id, body.worker)}
 
     @router.post(P + "/scan-jobs/{job_id}/finish")
     def finish(job_id: int, body: FinishIn,
@@ -129,7 +224,8 @@ def scan_router(store: ScanStore,
     def put_verdict(digest: str, body: VerdictIn,
                     _: Annotated[Any, dep("POST", P + "/images/{digest}/verdicts")]
                     ) -> dict[str, bool]:
-        store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons)
+        store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons,
+                             body.vulndb_generation)
         return {"ok": True}
 
     @router.post(P + "/vulndb/match")
@@ -150,5 +246,81 @@ def scan_router(store: ScanStore,
     @router.get(P + "/vulndb/status")
     def status(_: Annotated[Any, dep("GET", P + "/vulndb/status")]) -> dict[str, Any]:
         return store.status()
+
+    @router.post(P + "/vulndb/import")
+    def import_files(body: ImportIn, who: Annotated[Any, dep("POST", P + "/vulndb/import")]
+                     ) -> dict[str, Any]:
+        """Import advisory files sent in the request (the server reads no path it is
+        given); the scheduler then queues rescans of images with stale verdicts."""
+        if sum(len(c) for c in body.files.values()) > MAX_IMPORT_BYTES:
+            raise HTTPException(413, f"more than {MAX_IMPORT_BYTES} bytes")
+        with tempfile.TemporaryDirectory(prefix="moray-import-") as tmp:
+            for n, (name, content) in enumerate(sorted(body.files.items())):
+                base = PurePosixPath(name).name
+                if not base.endswith((".json", ".yaml", ".yml")):
+                    raise HTTPException(422, f"{name}: expected .json, .yaml or .yml")
+                (Path(tmp) / f"{n:06d}-{base}").write_text(content)
+            report = import_path(Path(tmp), store)
+        changed(who, "vulndb.import", f"{len(body.files)} files",
+                {"records": report.records, "skipped": report.skipped})
+        return {"records": report.records, "rows": report.rows, "skipped": report.skipped,
+                "errors": [e.replace(tmp, "") for e in report.errors[:100]],
+                "generation": store.generation()}
+
+    @router.get(P + "/scan-registries")
+    def registries(_: Annotated[Any, dep("GET", P + "/scan-registries")]
+                   ) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in store.registries()]
+
+    @router.post(P + "/scan-registries", status_code=201)
+    def add_registry(body: RegistryIn,
+                     who: Annotated[Any, dep("POST", P + "/scan-registries")]
+                     ) -> dict[str, Any]:
+        _checked(lambda: (check_registry(body.registry, body.insecure),
+                          check_policy(body.policy),
+                          credentials.check_reference(body.credentials)))
+        reg = store.add_registry(body.registry, repositories=body.repositories,
+                                 credentials=body.credentials, insecure=body.insecure,
+                                 interval_seconds=body.interval_seconds, policy=body.policy)
+        changed(who, "scan_registry.add", reg.registry, reg.as_dict())
+        return reg.as_dict()
+
+    @router.delete(P + "/scan-registries/{registry_id}")
+    def remove_registry(registry_id: int, who: Annotated[Any, dep(
+            "DELETE", P + "/scan-registries/{registry_id}")]) -> dict[str, bool]:
+        if not store.remove_registry(registry_id):
+            raise HTTPException(404, f"no registry {registry_id}")
+        changed(who, "scan_registry.remove", str(registry_id), {})
+        return {"ok": True}
+
+    @router.post(P + "/scan-registries/{registry_id}/run")
+    def run_registry(registry_id: int, who: Annotated[Any, dep(
+            "POST", P + "/scan-registries/{registry_id}/run")]) -> dict[str, bool]:
+        if not store.run_registry_now(registry_id):
+            raise HTTPException(404, f"no registry {registry_id}")
+        changed(who, "scan_registry.run", str(registry_id), {})
+        return {"ok": True}
+
+    @router.get(P + "/scan-images")
+    def images(_: Annotated[Any, dep("GET", P + "/scan-images")]) -> list[dict[str, Any]]:
+        return [i.as_dict() for i in store.images()]
+
+    @router.post(P + "/scan-images", status_code=201)
+    def add_image(body: ImageIn,
+                  who: Annotated[Any, dep("POST", P + "/scan-images")]) -> dict[str, Any]:
+        _checked(lambda: (check_image(body.image, body.insecure), check_policy(body.policy),
+                          credentials.check_reference(body.credentials)))
+        img = store.add_image(body.image, credentials=body.credentials, insecure=body.insecure,
+                              interval_seconds=body.interval_seconds, policy=body.policy)
+        changed(who, "scan_image.add", img.image, img.as_dict())
+        return img.as_dict()
+
+    @router.delete(P + "/scan-images/{image_id}")
+    def remove_image(image_id: int, who: Annotated[Any, dep(
+            "DELETE", P + "/scan-images/{image_id}")]) -> dict[str, bool]:
+        if not store.remove_image(image_id):
+            raise HTTPException(404, f"no image {image_id}")
+        changed(who, "scan_image.remove", str(image_id), {})
+        return {"ok": True}
 
     return router

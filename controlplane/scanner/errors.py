@@ -48,3 +48,7 @@ class RegistryError(ScanError):
 
 class VulnDBError(ScanError):
     """A vulnerability data file could not be imported."""
+
+
+class AccessDenied(ScanError):
+    """A server refused the token (HTTP 401/403): retrying cannot help."""

@@ -1,19 +1,22 @@
-"""A scan job queue and verdict sink on moray-server's REST API, for workers on other hosts.
+"""A scan job queue and verdict sink on moray-server's REST API, for workers on any host.
 
 Implements ``worker.JobQueue`` and ``worker.VerdictSink`` over the endpoints in
-``controlplane.scanner.api``; the worker matches vulnerabilities against its own local
-store (import the same advisories on each worker host: data stays offline-first).
+``controlplane.scanner.api``; ``RemoteMatcher`` matches package coordinates against the
+server's knowledge base, so advisories are imported once, on the server, and a worker
+needs no vulnerability data of its own. 401/403 raise ``AccessDenied`` (retrying cannot
+help); other failures ``RemoteError`` (the worker retries).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from controlplane.scanner.errors import ScanError
+from controlplane.scanner.errors import AccessDenied, ScanError
 from controlplane.scanner.model import OSRelease, Package, Severity, VulnFinding
 from controlplane.store.scanstore import ScanJob
 
@@ -21,25 +24,46 @@ log = logging.getLogger(__name__)
 
 
 class RemoteError(ScanError):
-    """The server refused or failed a scan-job request."""
+    """The server refused or failed a scan-job request (``status`` 0: unreachable)."""
+
+    def __init__(self, message: str, *, source: str = "", status: int = 0) -> None:
+        self.status = status
+        super().__init__(message, source=source)
+
+
+class RemoteAccessDenied(RemoteError, AccessDenied):
+    """HTTP 401 or 403: the token is wrong, revoked, or its role may not do this."""
 
 
 class _Client:
     def __init__(self, base_url: str, token: str, *, client: httpx.Client | None = None,
-                 timeout: float = 30.0, verify: bool | str = True) -> None:
+                 timeout: float = 30.0, verify: bool | str | ssl.SSLContext = True) -> None:
         self.base = base_url.rstrip("/")
         self._client = client or httpx.Client(timeout=timeout, verify=verify)
         self._headers = {"Authorization": f"Bearer {token}"}
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None
+                 ) -> httpx.Response:
         try:
-            resp = self._client.post(self.base + path, json=body, headers=self._headers)
+            resp = self._client.request(method, self.base + path, json=body,
+                                        headers=self._headers)
         except httpx.HTTPError as err:
             raise RemoteError(f"server unreachable: {err}", source=self.base) from err
+        if resp.status_code in (401, 403):
+            raise RemoteAccessDenied(f"HTTP {resp.status_code} for {path}: "
+                                     f"{resp.text[:300]}", source=self.base,
+                                     status=resp.status_code)
         if resp.status_code >= 400:
             raise RemoteError(f"HTTP {resp.status_code} for {path}: {resp.text[:300]}",
-                              source=self.base)
+                              source=self.base, status=resp.status_code)
         return resp
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return self._request("POST", path, body)
+
+    def generation(self) -> int:
+        """The server's vulnerability data generation."""
+        return int(self._request("GET", "/api/v1/vulndb/status").json()["generation"])
 
 
 
@@ -77,7 +101,17 @@ class HttpJobQueue(_Client):
             return None
         doc = resp.json()
         return ScanJob(int(doc["id"]), str(doc["image"]), str(doc.get("policy", "")),
-                       int(doc.get("attempts", 1)))
+                       int(doc.get("attempts", 1)), bool(doc.get("insecure", False)),
+                       str(doc.get("credentials", "")))
+
+    def extend_scan(self, job_id: int, worker: str, lease_seconds: float = 600.0) -> bool:
+        resp = self._post(f"/api/v1/scan-jobs/{job_id}/extend",
+                          {"worker": worker, "lease_seconds": lease_seconds})
+        return bool(resp.json().get("ok"))
+
+    def release_scan(self, job_id: int, worker: str) -> bool:
+        resp = self._post(f"/api/v1/scan-jobs/{job_id}/release", {"worker": worker})
+        return bool(resp.json().get("ok"))
 
     def finish_scan(self, job_id: int, worker: str, *, digest: str = "",
                     error: str = "") -> bool:
@@ -86,6 +120,7 @@ class HttpJobQueue(_Client):
         return bool(resp.json().get("ok"))
 
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
-                       reasons: list[str]) -> None:
+                       reasons: list[str], generation: int | None = None) -> None:
         self._post(f"/api/v1/images/{image_digest}/verdicts",
-                   {"image": image, "policy": policy, "passed": passed, "reasons": reasons})
+                   {"image": image, "policy": policy, "passed": passed, "reasons": reasons,
+                    "vulndb_generation": generation})

@@ -1,23 +1,31 @@
 """Scan workers: take jobs from a queue, scan, store verdicts, close the job.
 
 ``JobQueue`` is the seam: the local implementation is the store's ``scan_job`` table
-(workers on one host, or sharing the database file); a server-backed queue for workers on
-other hosts implements the same three methods. Any number of workers run in parallel;
-a job is leased to one worker, and a worker that dies loses its lease, so the job is
-claimed again after ``lease_seconds`` (up to three attempts).
+(workers sharing the database), ``controlplane.scanner.remote.HttpJobQueue`` the one on
+moray-server's REST API (workers on any host). Any number of workers run in parallel; a
+job is leased to one worker at a time. While a scan runs the worker extends its lease
+every third of ``lease_seconds``, so a short lease is safe for long scans; a worker that
+dies stops extending, and once the lease expires the job is claimed again (up to three
+attempts). When ``stop`` is set (SIGTERM) the running scan gets ``grace`` seconds to
+finish; after that, or at once when ``abort`` is set, the job is given back to the
+queue unfinished (``release_scan``) and the worker returns.
+
+A verdict is stamped with the vulnerability data generation read *before* the scan, so
+an import that lands during a scan leaves the verdict stale and the image is rescanned.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import yaml
 
-from controlplane.scanner.errors import ScanError
+from controlplane.scanner.errors import AccessDenied, ScanError
 from controlplane.scanner.model import ScanResult
 from controlplane.scanner.policy import AssurancePolicy, evaluate, policy_from_dict
 from controlplane.store.scanstore import ScanJob
@@ -27,12 +35,16 @@ log = logging.getLogger(__name__)
 
 class VerdictSink(Protocol):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
-                       reasons: list[str]) -> object: ...
+                       reasons: list[str], generation: int | None = None) -> object: ...
 
 
 class JobQueue(Protocol):
     def claim_scan(self, worker: str, lease_seconds: float = 600.0,
                    max_attempts: int = 3) -> ScanJob | None: ...
+
+    def extend_scan(self, job_id: int, worker: str, lease_seconds: float = 600.0) -> bool: ...
+
+    def release_scan(self, job_id: int, worker: str) -> bool: ...
 
     def finish_scan(self, job_id: int, worker: str, *, digest: str = "",
                     error: str = "") -> bool: ...
@@ -42,7 +54,9 @@ class JobQueue(Protocol):
 class WorkerStats:
     done: int = 0
     failed: int = 0
-    lost: int = 0
+    lost: int = 0       # finished after the lease had gone to another worker
+    released: int = 0   # given back unfinished at shutdown
+    queue_errors: int = 0
 
 
 def job_policy(job: ScanJob) -> AssurancePolicy | None:
@@ -54,36 +68,146 @@ def job_policy(job: ScanJob) -> AssurancePolicy | None:
     return policy_from_dict(doc, f"job {job.id}")
 
 
-def run_worker(queue: JobQueue, scan: Callable[[str], ScanResult], *, name: str,
-               verdicts: VerdictSink | None = None, stop: threading.Event | None = None,
-               idle_wait: float = 1.0, once: bool = False) -> WorkerStats:
-    """Process jobs until ``stop`` is set (or the queue is empty, with ``once``)."""
-    stop = stop or threading.Event()
-    stats = WorkerStats()
-    while not stop.is_set():
-        job = queue.claim_scan(name)
-        if job is None:
-            if once:
-                break
-            stop.wait(idle_wait)
-            continue
-        log.info("scan job claimed", extra={"job": job.id, "image": job.image, "worker": name})
+@dataclass
+class _Outcome:
+    digest: str = ""
+    error: str = ""
+
+
+class Worker:
+    """One worker loop; ``run()`` processes jobs until ``stop`` is set (or the queue is
+    empty, with ``once``)."""
+
+    def __init__(self, queue: JobQueue, scan: Callable[[ScanJob], ScanResult], *, name: str,
+                 verdicts: VerdictSink | None = None, stop: threading.Event | None = None,
+                 abort: threading.Event | None = None, idle_wait: float = 1.0,
+                 lease_seconds: float = 600.0, grace: float = 30.0,
+                 generation: Callable[[], int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.queue, self.scan, self.name, self.verdicts = queue, scan, name, verdicts
+        self.stop = stop or threading.Event()
+        self.abort = abort or threading.Event()
+        self.idle_wait, self.lease_seconds, self.grace = idle_wait, lease_seconds, grace
+        self.generation = generation
+        self.clock = clock
+        self.stats = WorkerStats()
+
+    def run(self, *, once: bool = False) -> WorkerStats:
+        while not self.stop.is_set():
+            try:
+                job = self.queue.claim_scan(self.name, self.lease_seconds)
+            except AccessDenied:
+                raise
+            except ScanError as err:  # server away: count, log, try again
+                self.stats.queue_errors += 1
+                log.warning("cannot claim a scan job", extra={"worker": self.name,
+                                                              "error": str(err)})
+                self.stop.wait(self.idle_wait)
+                continue
+            if job is None:
+                if once:
+                    break
+                self.stop.wait(self.idle_wait)
+                continue
+            self._run_job(job)
+        return self.stats
+
+    def _evaluate(self, job: ScanJob, generation: int | None) -> _Outcome:
         try:
             policy = job_policy(job)
-            result = scan(job.image)
-            if policy is not None and verdicts is not None:
+            result = self.scan(job)
+            if policy is not None and self.verdicts is not None:
                 passed, reasons = evaluate(result, policy)
-                verdicts.record_verdict(result.digest, job.image, policy.name, passed, reasons)
+                self.verdicts.record_verdict(result.digest, job.image, policy.name, passed,
+                                             reasons, generation)
+            return _Outcome(digest=result.digest)
         except (ScanError, OSError, yaml.YAMLError) as err:
             log.warning("scan job failed", extra={"job": job.id, "image": job.image,
                                                   "error": str(err)})
-            stats.failed += 1
-            if not queue.finish_scan(job.id, name, error=str(err) or type(err).__name__):
-                stats.lost += 1
-            continue
-        if queue.finish_scan(job.id, name, digest=result.digest):
-            stats.done += 1
-        else:
-            stats.lost += 1
+            return _Outcome(error=str(err) or type(err).__name__)
+        except Exception as err:  # a bug in an analyzer must not kill the worker
+            log.exception("scan job crashed", extra={"job": job.id, "image": job.image})
+            return _Outcome(error=f"internal error: {type(err).__name__}: {err}")
+
+    def _run_job(self, job: ScanJob) -> None:
+        log.info("scan job claimed", extra={"job": job.id, "image": job.image,
+                                            "worker": self.name, "attempt": job.attempts})
+        try:
+            generation = self.generation() if self.generation else None
+        except ScanError as err:
+            log.warning("cannot read the vulndb generation", extra={"error": str(err)})
+            generation = 0  # the verdict will count as stale: rescanned, never wrongly fresh
+        box: list[_Outcome] = []
+        done = threading.Event()
+
+        def body() -> None:
+            try:
+                box.append(self._evaluate(job, generation))
+            finally:
+                done.set()
+
+        threading.Thread(target=body, name=f"scan-job-{job.id}", daemon=True).start()
+        renew_every = self.lease_seconds / 3
+        next_renew = self.clock() + renew_every
+        deadline: float | None = None
+        while not done.wait(min(0.1, renew_every)):
+            now = self.clock()
+            if self.stop.is_set() and deadline is None:
+                deadline = now + self.grace
+                log.info("stopping: waiting for the running scan",
+                         extra={"job": job.id, "grace": self.grace})
+            if self.abort.is_set() or (deadline is not None and now >= deadline):
+                self._release(job)
+                return
+            if now >= next_renew:
+                next_renew = now + renew_every
+                self._extend(job)
+        self._finish(job, box[0] if box else _Outcome(error="scan thread ended without result"))
+
+    def _extend(self, job: ScanJob) -> None:
+        try:
+            if not self.queue.extend_scan(job.id, self.name, self.lease_seconds):
+                log.warning("scan job lease lost while scanning", extra={"job": job.id})
+        except ScanError as err:
+            self.stats.queue_errors += 1
+            log.warning("cannot extend a lease", extra={"job": job.id, "error": str(err)})
+
+    def _release(self, job: ScanJob) -> None:
+        try:
+            given_back = self.queue.release_scan(job.id, self.name)
+        except ScanError as err:
+            self.stats.queue_errors += 1
+            log.warning("cannot give a job back; its lease will expire",
+                        extra={"job": job.id, "error": str(err)})
+            return
+        self.stats.released += given_back
+        log.info("scan job given back unfinished", extra={"job": job.id, "ok": given_back})
+
+    def _finish(self, job: ScanJob, outcome: _Outcome) -> None:
+        try:
+            closed = self.queue.finish_scan(job.id, self.name, digest=outcome.digest,
+                                            error=outcome.error)
+        except ScanError as err:
+            self.stats.queue_errors += 1
+            log.warning("cannot close a scan job; its lease will expire",
+                        extra={"job": job.id, "error": str(err)})
+            return
+        if outcome.error:
+            self.stats.failed += 1
+        if not closed:
+            self.stats.lost += 1
             log.warning("scan job lease lost before completion", extra={"job": job.id})
-    return stats
+        elif not outcome.error:
+            self.stats.done += 1
+            log.info("scan job done", extra={"job": job.id, "digest": outcome.digest})
+
+
+def run_worker(queue: JobQueue, scan: Callable[[ScanJob], ScanResult], *, name: str,
+               verdicts: VerdictSink | None = None, stop: threading.Event | None = None,
+               idle_wait: float = 1.0, once: bool = False, lease_seconds: float = 600.0,
+               grace: float = 30.0, generation: Callable[[], int] | None = None,
+               abort: threading.Event | None = None) -> WorkerStats:
+    """Process jobs until ``stop`` is set (or the queue is empty, with ``once``)."""
+    return Worker(queue, scan, name=name, verdicts=verdicts, stop=stop, abort=abort,
+                  idle_wait=idle_wait, lease_seconds=lease_seconds, grace=grace,
+                  generation=generation).run(once=once)

@@ -6,6 +6,9 @@
 Listens on 7443 (agents, mutual TLS), 7444 (enrolment, TLS + one-time token) and 7080
 (REST API, /openapi.json, /metrics). On first start it creates the CA and keys under
 ``<data dir>/pki`` and an admin API token in ``<data dir>/admin.token`` (mode 0600).
+A scheduler thread queues scans of the registered registries and images and rescans
+after new vulnerability data (controlplane/scanner/scheduler.py); scanner workers take
+the jobs through the REST API.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from pathlib import Path
 import grpc
 import uvicorn
 
+from controlplane.logfmt import configure_logging
 from controlplane.proto import moray_pb2_grpc
+from controlplane.scanner.scheduler import Scheduler
 from controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
 from controlplane.server.hub import AgentHub
 from controlplane.server.metrics import ServerMetrics
@@ -33,6 +38,7 @@ from controlplane.server.policydoc import agent_document
 from controlplane.server.rest import create_app
 from controlplane.store import db
 from controlplane.store.cpstore import ControlPlaneStore
+from controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +58,7 @@ class ServerConfig:
     names: list[str] = field(default_factory=list)
     http_tls: bool = False
     poll_seconds: float = POLL_SECONDS
-
-
-class _Formatter(logging.Formatter):
-    """``time level logger message key=value ...``: the structured ``extra`` fields."""
-
-    _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message",
-                                                                         "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
-        extra = " ".join(f"{k}={v!r}" for k, v in vars(record).items() if k not in self._STD)
-        return f"{base} {extra}" if extra else base
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    scan_poll_seconds: float = 5.0
 
 
 def bootstrap_admin_token(store: ControlPlaneStore, data_dir: Path) -> None:
@@ -104,6 +93,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     engine = db.make_engine(db.database_url(config.database_url, config.data_dir))
     db.migrate(engine)
     store = ControlPlaneStore(engine, wire_document=agent_document)
+    scans = ScanStore(engine)
     # step: load_keys
     pki = Pki.load_or_create(config.data_dir / "pki", config.names)
     bootstrap_admin_token(store, config.data_dir)
@@ -129,9 +119,13 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         raise SystemExit(f"moray-server: cannot listen on {config.host}:{config.grpc_port} "
                          f"and {config.enroll_port}")
     await server.start()
+    # step: start_scheduler
+    scheduler = Scheduler(scans, poll_seconds=config.scan_poll_seconds)
+    scheduler.start()
     # step: start_http
     app = create_app(store, hub, pki, metrics, grpc_port=config.grpc_port,
-                     enroll_port=config.enroll_port)
+                     enroll_port=config.enroll_port, scans=scans,
+                     on_scan_change=scheduler.wake)
     tls = ({"ssl_certfile": str(pki.directory / "server.pem"),
             "ssl_keyfile": str(pki.directory / "server.key")} if config.http_tls else {})
     http = _HttpServer(uvicorn.Config(app, host=config.host, port=config.http_port,
@@ -150,6 +144,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         http.should_exit = True
         await server.stop(grace=2)
         await asyncio.wait_for(http_task, 10)
+        await asyncio.to_thread(scheduler.stop)
         engine.dispose()
         log.info("moray-server stopped")
 
@@ -169,6 +164,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--http-tls", action="store_true",
                    help="serve the REST API over HTTPS with the server certificate "
                         "(clients verify it with <data dir>/pki/ca.pem: moray --ca)")
+    p.add_argument("--scan-poll-seconds", type=float, default=5.0,
+                   help="how often the scan scheduler looks for due registries and images "
+                        "and for new vulnerability data (default 5)")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -179,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(data_dir=db.data_dir(args.data_dir), database_url=args.database_url,
                           host=args.host, grpc_port=args.grpc_port,
                           enroll_port=args.enroll_port, http_port=args.http_port,
-                          names=args.name, http_tls=args.http_tls)
+                          names=args.name, http_tls=args.http_tls,
+                          scan_poll_seconds=args.scan_poll_seconds)
 
     async def run() -> None:
         stop = asyncio.Event()

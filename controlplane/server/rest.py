@@ -4,7 +4,10 @@ Every endpoint under /api/v1 takes a bearer token and checks its role against th
 endpoint's allowed set (``ACCESS`` below is the whole matrix; the tests walk it). Writes
 go through the store, which audits them in the same transaction, and wake the agents'
 policy streams through the hub. /metrics (Prometheus), /healthz, /ca.pem and
-/openapi.json need no token.
+/openapi.json need no token. The scanner's endpoints (scan jobs for the workers,
+verdicts, scheduled registries and images, vulnerability data) are
+``controlplane.scanner.api``'s router, mounted here with the same token check; its
+"read"/"write" classes map to the READ/WRITE role sets below.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at
@@ -22,11 +25,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from controlplane.scanner.api import SCAN_ACCESS, scan_router
 from controlplane.server.hub import AgentHub
 from controlplane.server.metrics import ServerMetrics
 from controlplane.server.pki import Pki, cert_sha256
 from controlplane.server.policydoc import DEFAULT_TENANT, PolicyError, parse_policies
 from controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
+from controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/events"): READ,
     ("GET", "/api/v1/audit"): AUDIT,
     ("POST", "/api/v1/tokens"): ADMIN,
+    **{key: {"read": READ, "write": WRITE}[cls] for key, cls in SCAN_ACCESS.items()},
 }
 
 
@@ -93,8 +99,8 @@ class ApiTokenIn(BaseModel):
 
 def create_app(  # noqa: PLR0915 - the route table: one short function per endpoint
         store: ControlPlaneStore, hub: AgentHub | None, pki: Pki, metrics: ServerMetrics, *,
-        grpc_port: int = 7443,
-               enroll_port: int = 7444) -> FastAPI:
+        grpc_port: int = 7443, enroll_port: int = 7444, scans: ScanStore | None = None,
+        on_scan_change: Callable[[], None] | None = None) -> FastAPI:
     app = FastAPI(title="moray control plane", version="1",
                   description="Policies, agents, events and audit log of moray.")
     bearer = HTTPBearer(auto_error=False)
@@ -280,4 +286,10 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
         return {"name": body.name, "role": body.role,
                 "token": store.create_api_token(body.name, body.role, author=who.actor)}
 
+    def audit_scan_change(who: Principal, action: str, target: str,
+                          detail: dict[str, Any]) -> None:
+        store.record_audit(who.actor, action, target, detail)
+
+    if scans is not None:
+        app.include_router(scan_router(scans, require, on_scan_change, audit_scan_change))
     return app

@@ -198,6 +198,13 @@ class ControlPlaneStore:
         session.add(Audit(at=self.clock(), actor=actor, action=action, target=target,
                           detail=detail or {}))
 
+    def record_audit(self, actor: str, action: str, target: str,
+                     detail: dict[str, Any] | None = None) -> None:
+        """Audit a change made in another store (the scanner's registrations and imports),
+        right after it was committed there."""
+        with self._tx() as session:
+            self._audit(session, actor, action, target, detail)
+
     # -- policies ----------------------------------------------------------------------
 
     def _new_version(self, session: Session, policy: Policy, *, action: str,

@@ -53,7 +53,7 @@ def test_remote_worker_round_trip(server: tuple[TestClient, ScanStore], tmp_path
     assert client.post("/api/v1/scan-jobs", json={"image": str(image), "policy": POLICY},
                        headers=auth).json() == {"id": 1}
     queue = HttpJobQueue("http://testserver", "good", client=client)
-    stats = run_worker(queue, lambda ref: scan_image(open_source(Path(ref)), ScanOptions()),
+    stats = run_worker(queue, lambda job: scan_image(open_source(Path(job.image)), ScanOptions()),
                        name="remote-1", verdicts=queue, once=True)
     assert (stats.done, stats.failed) == (1, 0)
     (job,) = client.get("/api/v1/scan-jobs", headers=auth).json()

@@ -9,7 +9,7 @@ from controlplane.scanner.model import ScanResult
 from controlplane.scanner.scan import ScanOptions, scan_image
 from controlplane.scanner.source import open_source
 from controlplane.scanner.worker import run_worker
-from controlplane.store.scanstore import ScanStore
+from controlplane.store.scanstore import ScanJob, ScanStore
 from tests.fixtures.images.builder import Image
 
 POLICY = ("apiVersion: moray/v1\nkind: ImageAssurancePolicy\nmetadata: {name: p}\n"
@@ -25,8 +25,8 @@ def _images(tmp_path: Path, n: int) -> list[str]:
     return paths
 
 
-def _scan(image: str) -> ScanResult:
-    return scan_image(open_source(Path(image)), ScanOptions())
+def _scan(job: ScanJob) -> ScanResult:
+    return scan_image(open_source(Path(job.image)), ScanOptions())
 
 
 def test_parallel_workers_take_each_job_once(tmp_path: Path) -> None:
@@ -38,10 +38,10 @@ def test_parallel_workers_take_each_job_once(tmp_path: Path) -> None:
     seen: list[str] = []
     lock = threading.Lock()
 
-    def scan(image: str) -> ScanResult:
+    def scan(job: ScanJob) -> ScanResult:
         with lock:
-            seen.append(image)
-        return _scan(image)
+            seen.append(job.image)
+        return _scan(job)
 
     stats = []
 

@@ -1,0 +1,151 @@
+"""``moray scan registry|image ...`` and ``moray vulndb import --server``: what
+moray-server scans on its schedule, registered through its REST API (``--server`` or
+``$MORAY_SERVER``) or straight in a store the server uses (``--db`` / ``--database-url``).
+
+    moray scan registry add 127.0.0.1:5000 --repository team/app --insecure-registry \\
+        --interval 3600 --policy prod.yaml --credentials env:REGISTRY
+    moray scan registry list | run ID | remove ID
+    moray scan image add registry.example.com/team/app:1.0 --interval 86400
+    moray scan image list | remove ID
+
+Credentials are a reference (``env:NAME`` -> ``$NAME_USERNAME``/``$NAME_PASSWORD``,
+``file:/path``) that the server resolves when it lists and each worker when it pulls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+from controlplane.scanner import credentials
+from controlplane.scanner.scheduler import check_image, check_policy, check_registry
+from controlplane.store.scanstore import ScanStore
+
+
+class Targets(Protocol):
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any: ...
+
+
+def register(ssub: Any) -> None:
+    """Add ``registry`` and ``image`` to ``moray scan``'s subcommands."""
+    for kind in ("registry", "image"):
+        p = ssub.add_parser(kind, help=f"{kind}s moray-server scans on a schedule")
+        sub = p.add_subparsers(dest="target_command", required=True)
+        add = sub.add_parser("add", help=f"register a {kind}")
+        if kind == "registry":
+            add.add_argument("target", metavar="HOST[:PORT]")
+            add.add_argument("--repository", action="append", default=[],
+                             help="only this repository (repeatable; default: the catalog)")
+            add.add_argument("--interval", type=float, default=3600.0,
+                             help="seconds between listings (default 3600)")
+        else:
+            add.add_argument("target", metavar="IMAGE")
+            add.add_argument("--interval", type=float, default=86400.0,
+                             help="seconds between scans (default 86400)")
+        add.add_argument("--credentials", default="",
+                         help="env:NAME or file:/path, resolved where it is used")
+        add.add_argument("--insecure-registry", action="store_true",
+                         help="plain HTTP (loopback registries only)")
+        add.add_argument("--policy", type=Path, help="ImageAssurancePolicy for the verdicts")
+        ls = sub.add_parser("list", help=f"registered {kind}s")
+        ls.add_argument("--json", action="store_true")
+        rm = sub.add_parser("remove", help=f"unregister a {kind}")
+        rm.add_argument("id", type=int)
+        commands = [add, ls, rm]
+        if kind == "registry":
+            run = sub.add_parser("run", help="list the registry at the next scheduler tick")
+            run.add_argument("id", type=int)
+            commands.append(run)
+        for c in commands:
+            server_options(c)
+
+
+def server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=os.environ.get("MORAY_SERVER"),
+                   help="moray-server's REST API ($MORAY_SERVER); default: the local store")
+    p.add_argument("--token", default=None, help="API token ($MORAY_TOKEN)")
+    p.add_argument("--ca", default=None, help="CA of an HTTPS server ($MORAY_CA)")
+
+
+class LocalTargets:
+    """The REST endpoints' behaviour on a local store (the same checks, the same shapes)."""
+
+    def __init__(self, store: ScanStore) -> None:
+        self.store = store
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        s, b = self.store, body or {}
+        kind, _, rest = path.strip("/").partition("/")
+        if (method, kind) == ("POST", "scan-registries") and not rest:
+            check_registry(b["registry"], b["insecure"])
+            return s.add_registry(b["registry"], repositories=b["repositories"],
+                                  credentials=b["credentials"], insecure=b["insecure"],
+                                  interval_seconds=b["interval_seconds"],
+                                  policy=b["policy"]).as_dict()
+        if (method, kind) == ("POST", "scan-images"):
+            check_image(b["image"], b["insecure"])
+            return s.add_image(b["image"], credentials=b["credentials"],
+                               insecure=b["insecure"], interval_seconds=b["interval_seconds"],
+                               policy=b["policy"]).as_dict()
+        if method == "GET":
+            rows = s.registries() if kind == "scan-registries" else s.images()
+            return [r.as_dict() for r in rows]
+        row_id = int(rest.split("/")[0])
+        if method == "DELETE":
+            ok = s.remove_registry(row_id) if kind == "scan-registries" else s.remove_image(
+                row_id)
+        else:
+            ok = s.run_registry_now(row_id)
+        if not ok:
+            raise LookupError(f"no {kind.removeprefix('scan-')[:-1]} {row_id}")
+        return {"ok": True}
+
+
+def run(targets: Targets, args: argparse.Namespace) -> int:
+    base = "/scan-registries" if args.command == "registry" else "/scan-images"
+    cmd = args.target_command
+    if cmd == "add":
+        policy = check_policy(args.policy.read_text()) if args.policy else ""
+        credentials.check_reference(args.credentials)
+        body: dict[str, Any] = {"credentials": args.credentials,
+                                "insecure": args.insecure_registry,
+                                "interval_seconds": args.interval, "policy": policy}
+        if args.command == "registry":
+            body |= {"registry": args.target, "repositories": args.repository}
+        else:
+            body |= {"image": args.target}
+        row = targets.call("POST", base, body)
+        sys.stdout.write(f"registered {args.command} {row['id']}: {args.target}\n")
+        return 0
+    if cmd == "list":
+        rows = targets.call("GET", base)
+        if args.json:
+            sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+            return 0
+        for r in rows:
+            name = r.get("registry") or r.get("image")
+            extra = (f" repositories={','.join(r['repositories']) or '*'} "
+                     f"images={r['last_images']}" if "registry" in r else "")
+            error = f" error={r['last_error']!r}" if r.get("last_error") else ""
+            sys.stdout.write(f"{r['id']:>4}  {name}  every {r['interval_seconds']:g}s"
+                             f"{extra}{' insecure' if r['insecure'] else ''}{error}\n")
+        return 0
+    targets.call("DELETE" if cmd == "remove" else "POST",
+                 f"{base}/{args.id}" + ("/run" if cmd == "run" else ""))
+    sys.stdout.write(f"{cmd} {args.command} {args.id}: ok\n")
+    return 0
+
+
+def advisory_files(paths: list[Path]) -> dict[str, str]:
+    """name -> content of every advisory file under ``paths`` (for a REST import)."""
+    files: dict[str, str] = {}
+    for root in paths:
+        found = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for p in found:
+            if p.is_file() and not p.is_symlink() and p.suffix in (".json", ".yaml", ".yml"):
+                files[str(p)] = p.read_text()
+    return files

@@ -1,0 +1,160 @@
+"""``moray-scanner-worker``: take scan jobs from moray-server (or a local store), run them.
+
+    moray-scanner-worker --server https://moray.example:7080 --token TOKEN --ca ca.pem
+    moray-scanner-worker --db /var/lib/moray/moray.db      # jobs from a store on this host
+
+Start any number, on any host. With ``--server`` (or ``$MORAY_SERVER``) jobs are leased
+and verdicts reported through the REST API, and vulnerabilities are matched against the
+server's knowledge base (only package coordinates are sent), so a worker host needs no
+advisories; the local store under ``$MORAY_DATA_DIR`` (or ``--db``) only holds the
+per-layer cache (``--no-cache``: none). Without ``--server`` the local store is the queue.
+
+SIGTERM or SIGINT: the running scan gets ``--grace`` seconds to finish, then its job is
+given back to the queue; a second signal gives it back at once. A worker that is killed
+outright stops extending its lease, and the job is claimed again when the lease expires.
+Exit codes: 0 stopped, 2 refused (bad token or role, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from controlplane.scanner import credentials
+from controlplane.scanner.errors import AccessDenied, ScanError
+from controlplane.scanner.model import ScanResult
+from controlplane.store.scanstore import ScanJob, ScanStore, data_dir, default_db_path
+
+DEFAULT_LEASE = 600.0
+
+
+def add_worker_arguments(p: argparse.ArgumentParser, *, with_db: bool = True) -> None:
+    """The worker's options; ``moray scan worker`` has the same (its ``--db`` is global)."""
+    p.add_argument("--server", default=os.environ.get("MORAY_SERVER"),
+                   help="take jobs from moray-server's REST API ($MORAY_SERVER)")
+    p.add_argument("--token", default=os.environ.get("MORAY_TOKEN"),
+                   help="API token for --server, role operator or admin ($MORAY_TOKEN)")
+    p.add_argument("--ca", default=os.environ.get("MORAY_CA"),
+                   help="CA file of an HTTPS server (its pki/ca.pem; $MORAY_CA)")
+    if with_db:
+        p.add_argument("--db", type=Path, default=None,
+                       help="local store: the queue without --server, else the layer cache "
+                            "(default $MORAY_DATA_DIR/moray.db)")
+    p.add_argument("--no-cache", action="store_true", help="no per-layer cache")
+    p.add_argument("--name", default=f"{socket.gethostname()}:{os.getpid()}",
+                   help="worker name in the job list (default host:pid)")
+    p.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--insecure-registry", action="store_true",
+                   help="plain HTTP to loopback registries for every job (a job registered "
+                        "as insecure asks for it by itself)")
+    p.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE,
+                   help="lease per job, extended every third of it while scanning "
+                        "(default 600)")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds a running scan may take after SIGTERM before its job is "
+                        "given back (default 30)")
+    p.add_argument("--idle-wait", type=float, default=1.0,
+                   help="seconds between polls of an empty queue (default 1)")
+
+
+def job_scanner(options: Any, *, allow_paths: bool, insecure: bool
+                ) -> Callable[[ScanJob], ScanResult]:
+    """Scan one job's image with ``options`` (a ``ScanOptions``). A job from a server is
+    always a registry reference: a path on the worker's host is never opened for it."""
+    from controlplane.scanner.registry import RegistrySource, parse_reference
+    from controlplane.scanner.scan import scan_image
+    from controlplane.scanner.source import ImageSource, open_source
+
+    def scan(job: ScanJob) -> ScanResult:
+        path = Path(job.image)
+        if allow_paths and path.exists():
+            source: ImageSource = open_source(path)
+        else:
+            username, password = credentials.resolve(job.credentials)
+            source = RegistrySource(parse_reference(job.image),
+                                    insecure=job.insecure or insecure,
+                                    username=username, password=password)
+        return scan_image(source, options, image_name=job.image)
+
+    return scan
+
+
+def _signals(stop: threading.Event, abort: threading.Event) -> None:
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            abort.set()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def run(args: argparse.Namespace, store: ScanStore | None = None) -> int:
+    """Run one worker until stopped; ``store`` is an already open local store."""
+    from controlplane.scanner.cache import StoreLayerCache
+    from controlplane.scanner.malware import MalwareScanner, discover
+    from controlplane.scanner.remote import HttpJobQueue, RemoteMatcher
+    from controlplane.scanner.scan import ScanOptions
+    from controlplane.scanner.secrets import SecretScanner
+    from controlplane.scanner.worker import run_worker
+    from controlplane.vulndb.matcher import Matcher
+
+    need_local = not args.server or not args.no_cache
+    if store is None and need_local:
+        store = ScanStore(args.db or default_db_path())
+    matcher: Any
+    if args.server:
+        if not args.token:
+            raise ScanError("--server needs --token or $MORAY_TOKEN")
+        verify: bool | ssl.SSLContext = (ssl.create_default_context(cafile=args.ca)
+                                         if args.ca else True)
+        queue: Any = HttpJobQueue(args.server, args.token, verify=verify)
+        matcher = RemoteMatcher(args.server, args.token, verify=verify)
+        generation = queue.generation
+    else:
+        assert store is not None
+        queue, matcher, generation = store, Matcher(store), store.generation
+    cache = StoreLayerCache(store) if store is not None and not args.no_cache else None
+    options = ScanOptions(secrets=SecretScanner(), malware=MalwareScanner(*discover(data_dir())),
+                          cache=cache, matcher=matcher)
+    scan = job_scanner(options, allow_paths=not args.server, insecure=args.insecure_registry)
+    stop, abort = threading.Event(), threading.Event()
+    _signals(stop, abort)
+    stats = run_worker(queue, scan, name=args.name, verdicts=queue, stop=stop, abort=abort,
+                       once=args.once, lease_seconds=args.lease_seconds, grace=args.grace,
+                       idle_wait=args.idle_wait, generation=generation)
+    sys.stdout.write(f"done {stats.done}, failed {stats.failed}, lost {stats.lost}, "
+                     f"released {stats.released}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from controlplane.logfmt import configure_logging
+
+    p = argparse.ArgumentParser(prog="moray-scanner-worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_worker_arguments(p)
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return run(args)
+    except AccessDenied as err:
+        sys.stderr.write(f"moray-scanner-worker: refused: {err}\n")
+        return 2
+    except (ScanError, OSError) as err:
+        sys.stderr.write(f"moray-scanner-worker: error: {err}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
