@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "$MORAY_DATA_DIR/moray.db)")
     p.add_argument("--no-vulns", action="store_true", help="skip vulnerability matching")
     p.add_argument("--no-secrets", action="store_true")
+    p.add_argument("--secret-config", type=Path, metavar="FILE",
+                   help="YAML file adding secret rules and allow rules, or turning built-in "
+                   "ones off (see docs/scanner.md)")
     p.add_argument("--no-malware", action="store_true")
     p.add_argument("--no-cache", action="store_true", help="do not use the per-layer cache")
     p.add_argument("--yara-rules", type=Path, action="append", default=[])
@@ -146,8 +149,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_malware:
         rules, hashes = discover(data_dir())
         malware = MalwareScanner([*rules, *args.yara_rules], [*hashes, *args.malware_hashes])
+    secrets = None
+    if not args.no_secrets:
+        if args.secret_config:
+            from controlplane.scanner.secretconfig import load_secret_config
+
+            secrets = load_secret_config(args.secret_config)
+        else:
+            secrets = SecretScanner()
     options = ScanOptions(
-        secrets=None if args.no_secrets else SecretScanner(),
+        secrets=secrets,
         malware=malware,
         cache=StoreLayerCache(store) if store is not None and not args.no_cache else None,
         matcher=matcher,

@@ -57,11 +57,19 @@ class Entry:
     linkname: str = ""
     _fileobj: IO[bytes] | None = None
 
+    _head: bytes = b""
+
     def read(self, limit: int) -> bytes | None:
         """The file's content, or None when it is larger than ``limit``."""
         if self._fileobj is None or self.size > limit:
             return None
-        return self._fileobj.read(self.size)
+        return self._head + self._fileobj.read(self.size - len(self._head))
+
+    def peek(self, n: int) -> bytes:
+        """The first ``n`` bytes (fewer for a shorter file); ``read`` still returns all."""
+        if self._fileobj is not None and len(self._head) < min(n, self.size):
+            self._head += self._fileobj.read(min(n, self.size) - len(self._head))
+        return self._head[:n]
 
 
 class _CountingReader(io.RawIOBase):
@@ -115,7 +123,7 @@ def _decompressor(raw: IO[bytes], head: bytes, layer: str) -> IO[bytes]:
         return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
     if head.startswith(b"\x28\xb5\x2f\xfd"):
         try:
-            import zstandard  # noqa: PLC0415 - optional: only zstd layers need it
+            import zstandard  # optional: only zstd layers need it
         except ImportError as err:
             raise ImageFormatError("zstd layer and the zstandard module is missing",
                                    layer=layer) from err

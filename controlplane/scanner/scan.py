@@ -40,10 +40,13 @@ ANALYZER_VERSION = "1"  # bump when analyzers change, so cached layer results ar
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release", "etc/alpine-release",
                     "etc/debian_version")
 OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
+BINARY_PROBE = 8192  # a file with a NUL in this many leading bytes is binary
 
 
 class SecretScanner(Protocol):
     max_bytes: int
+
+    def wants(self, path: str) -> bool: ...
 
     def scan_file(self, path: str, data: bytes, layer: str) -> list[SecretFinding]: ...
 
@@ -131,6 +134,9 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         result.size += entry.size
         wanted = [a for a in options.analyzers if a.wants(entry.path, entry.mode, entry.size)]
         is_os_release = entry.path in OS_RELEASE_PATHS
+        if options.secrets and entry.size > secret_max and options.secrets.wants(entry.path) \
+                and b"\x00" not in entry.peek(BINARY_PROBE):
+            warn(f"text file larger than {secret_max} bytes not scanned for secrets", entry.path)
         if not wanted and not is_os_release and entry.size > max(secret_max, malware_max):
             continue
         if entry.size > limits.max_file_bytes:

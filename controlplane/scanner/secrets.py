@@ -1,8 +1,23 @@
 """Secret detection: rules for known credential formats plus an entropy check.
 
 Values never leave this module unmasked: a finding holds the first four characters and
-asterisks. Binary files (a NUL in the first 8 KiB) and paths that are known to be noise
-(documentation, test suites of language runtimes) are skipped.
+asterisks.
+
+How a file is scanned (the order matters for speed; most files stop at step 2 or 3):
+
+1. a path allow rule matches (system docs, test suites and docs inside installed language
+   packages, package metadata): skipped;
+2. a NUL in the first 8 KiB: a binary file, skipped;
+3. the content is searched once, ASCII case ignored, for the keywords of every rule at
+   once (``KeywordIndex``); only the rules with a keyword present run their regex. A
+   keyword is a string that every match of its rule contains (a superset condition, so
+   the prefilter never loses a hit); a rule without keywords runs on every text file;
+4. a match is dropped when its value has too little entropy (``min_entropy``) or when an
+   allow rule's ``regex`` matches the value (placeholders such as ``user:pass@``).
+
+Rules match the file's bytes (``re`` on bytes: ``\\w``, ``\\b``, ``\\s`` and ``(?i)`` are
+ASCII), so nothing is decoded unless a rule fires. Users add rules, allow rules and
+disable built-in ones with a YAML file (``controlplane.scanner.secretconfig``).
 """
 
 from __future__ import annotations
@@ -12,12 +27,29 @@ import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from controlplane.scanner.config import mask
 from controlplane.scanner.model import SecretFinding, Severity
 
+if TYPE_CHECKING:
+    from ahocorasick_rs import BytesAhoCorasick
+
 log = logging.getLogger(__name__)
+
+BINARY_PROBE = 8192  # a NUL in this many leading bytes makes a file binary
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRule:
+    """Drops findings: in files whose path matches ``path``, or whose value matches ``regex``."""
+
+    id: str
+    description: str = ""
+    path: re.Pattern[str] | None = None  # searched in the path inside the image (no leading /)
+    regex: re.Pattern[str] | None = None  # searched in the secret's value
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,71 +57,119 @@ class SecretRule:
     id: str
     title: str
     severity: Severity
-    pattern: re.Pattern[str]
-    group: int = 0  # which group holds the secret value
+    pattern: re.Pattern[bytes]
+    group: int | str = 0  # which group holds the secret value
     min_entropy: float = 0.0
+    # lowercase ASCII strings, one of which every match contains (ASCII case ignored);
+    # the rule runs only on content holding one; () runs it on every text file
+    keywords: tuple[str, ...] = ()
+    path: re.Pattern[str] | None = None  # only files whose path matches
+    allow: tuple[AllowRule, ...] = ()  # allow rules of this rule alone
 
 
-def _r(p: str, flags: int = 0) -> re.Pattern[str]:
-    return re.compile(p, flags)
+def _r(p: str) -> re.Pattern[bytes]:
+    return re.compile(p.encode())
+
+
+def _word(literal: str) -> str:
+    """``(`` + ``literal`` at the start of a word: what ``\\b(literal`` means, written so
+    that the pattern starts with the literal. ``re`` then finds candidates with a fast
+    substring search instead of trying every position (the Twilio rule: 0.42 s -> 0.01 s
+    on 42 MB). The literal must start with a word character.
+    """
+    lit = re.escape(literal)
+    return f"({lit}(?<![A-Za-z0-9_]{lit})"
 
 
 RULES: tuple[SecretRule, ...] = (
     SecretRule("aws-access-key-id", "AWS access key ID", Severity.CRITICAL,
-               _r(r"\b((?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b"), 1),
+               _r(r"\b((?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b"), 1,
+               keywords=("akia", "asia", "abia", "acca")),
     SecretRule("aws-secret-access-key", "AWS secret access key", Severity.CRITICAL,
                _r(r"(?i)aws_?secret_?access_?key\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})\b"), 1,
-               3.5),
+               3.5, keywords=("aws_secret", "awssecret")),
+    # the header alone is not a key (libraries hold it as a constant): a body must follow,
+    # after optional armor headers (Proc-Type:, Version:), real or JSON-escaped newlines
     SecretRule("private-key", "private key", Severity.HIGH,
                _r(r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY"
-                  r"(?: BLOCK)?-----")),
+                  r"(?: BLOCK)?-----(?:\s|\\[nr])*(?:[A-Za-z-]+: [^\n]*\n\s*)*"
+                  r"([A-Za-z0-9+/=]{4,})"), 1,
+               keywords=("private key",)),
     SecretRule("github-token", "GitHub token", Severity.CRITICAL,
                _r(r"\b((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b"),
-               1),
+               1, keywords=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
     SecretRule("gitlab-token", "GitLab personal access token", Severity.CRITICAL,
-               _r(r"\b(glpat-[A-Za-z0-9_-]{20})\b"), 1),
+               _r(_word("glpat-") + r"[A-Za-z0-9_-]{20})\b"), 1, keywords=("glpat-",)),
     SecretRule("slack-token", "Slack token", Severity.HIGH,
-               _r(r"\b(xox[baprs]-[0-9A-Za-z-]{10,72})\b"), 1),
+               _r(r"\b(xox[baprs]-[0-9A-Za-z-]{10,72})\b"), 1,
+               keywords=("xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-")),
     SecretRule("stripe-key", "Stripe secret key", Severity.CRITICAL,
-               _r(r"\b((?:sk|rk)_live_[0-9a-zA-Z]{24,99})\b"), 1),
+               _r(r"\b((?:sk|rk)_live_[0-9a-zA-Z]{24,99})\b"), 1, keywords=("_live_",)),
     SecretRule("google-api-key", "Google API key", Severity.HIGH,
-               _r(r"\b(AIza[0-9A-Za-z_-]{35})\b"), 1),
+               _r(_word("AIza") + r"[0-9A-Za-z_-]{35})\b"), 1, keywords=("aiza",)),
     SecretRule("npm-token", "npm access token", Severity.HIGH,
-               _r(r"\b(npm_[A-Za-z0-9]{36})\b"), 1),
+               _r(_word("npm_") + r"[A-Za-z0-9]{36})\b"), 1, keywords=("npm_",)),
     SecretRule("database-url", "database URL with password", Severity.HIGH,
                _r(r"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|amqps?|mssql)"
-                  r"://[^\s:/@\"']+:([^\s@/\"']{3,})@[^\s\"']+"), 1),
+                  r"://[^\s:/@\"']+:([^\s@/\"']{3,})@[^\s\"']+"), 1,
+               keywords=("postgres://", "postgresql://", "mysql://", "mariadb://",
+                         "mongodb://", "mongodb+srv://", "redis://", "amqp://", "amqps://",
+                         "mssql://")),
     SecretRule("gcp-service-account", "Google Cloud service account key", Severity.CRITICAL,
-               _r(r'"private_key_id"\s*:\s*"([0-9a-f]{40})"'), 1),
+               _r(r'"private_key_id"\s*:\s*"([0-9a-f]{40})"'), 1,
+               keywords=('"private_key_id"',)),
     SecretRule("azure-storage-key", "Azure storage account key", Severity.CRITICAL,
-               _r(r"AccountKey=([A-Za-z0-9+/]{86}==)"), 1),
+               _r(r"AccountKey=([A-Za-z0-9+/]{86}==)"), 1, keywords=("accountkey=",)),
     SecretRule("sendgrid-key", "SendGrid API key", Severity.HIGH,
-               _r(r"\b(SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})\b"), 1),
+               _r(_word("SG.") + r"[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})\b"), 1, keywords=("sg.",)),
     SecretRule("twilio-key", "Twilio API key", Severity.HIGH,
-               _r(r"\b(SK[0-9a-fA-F]{32})\b"), 1, 3.0),
+               _r(_word("SK") + r"[0-9a-fA-F]{32})\b"), 1, 3.0, keywords=("sk",)),
     SecretRule("huggingface-token", "Hugging Face access token", Severity.HIGH,
-               _r(r"\b(hf_[A-Za-z]{34})\b"), 1),
+               _r(_word("hf_") + r"[A-Za-z]{34})\b"), 1, keywords=("hf_",)),
     SecretRule("openai-key", "OpenAI API key", Severity.HIGH,
-               _r(r"\b(sk-(?:proj-)?[A-Za-z0-9_-]{20,}T3BlbkFJ[A-Za-z0-9_-]{20,})\b"), 1),
+               _r(r"\b(sk-(?:proj-)?[A-Za-z0-9_-]{20,}T3BlbkFJ[A-Za-z0-9_-]{20,})\b"), 1,
+               keywords=("t3blbkfj",)),
     SecretRule("pypi-token", "PyPI upload token", Severity.HIGH,
-               _r(r"\b(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,})"), 1),
+               _r(_word("pypi-AgEIcHlwaS5vcmc") + r"[A-Za-z0-9_-]{50,})"), 1,
+               keywords=("pypi-ageichlwas5vcmc",)),
     SecretRule("npmrc-auth", "npm registry credential in .npmrc", Severity.HIGH,
-               _r(r"(?m)^\s*(?://[^\s]+:)?_(?:authToken|auth|password)\s*=\s*(\S{8,})"), 1),
+               _r(r"(?m)^\s*(?://[^\s]+:)?_(?:authToken|auth|password)\s*=\s*(\S{8,})"), 1,
+               keywords=("_auth", "_password")),
     SecretRule("docker-config-auth", "registry credential in docker config.json", Severity.HIGH,
-               _r(r'"auth"\s*:\s*"([A-Za-z0-9+/=]{12,})"'), 1),
+               _r(r'"auth"\s*:\s*"([A-Za-z0-9+/=]{12,})"'), 1, keywords=('"auth"',)),
     SecretRule("jwt", "JSON Web Token", Severity.MEDIUM,
-               _r(r"\b(eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,})"), 1),
+               _r(_word("eyJ") + r"[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}"
+                  r"\.[A-Za-z0-9_-]{16,})"), 1, keywords=("eyj",)),
     SecretRule("generic-secret", "high-entropy secret assignment", Severity.MEDIUM,
                _r(r"(?i)\b(?:password|passwd|secret|api_?key|access_?token|auth_?token)"
-                  r"[\"']?\s*[:=]\s*[\"']([^\s\"']{12,})[\"']"), 1, 3.5),
+                  r"[\"']?\s*[:=]\s*[\"']([^\s\"']{12,})[\"']"), 1, 3.5,
+               keywords=("passw", "secret", "apikey", "api_key", "accesstoken", "access_token",
+                         "authtoken", "auth_token")),
 )
 
-SKIP_PREFIXES = ("usr/share/doc/", "usr/share/man/", "usr/share/locale/", "usr/include/",
-                 "usr/share/zoneinfo/", "usr/share/i18n/")
-SKIP_SUFFIXES = (".md5sums", ".pyc", ".so", ".mo", ".gz", ".png", ".jpg", ".svg")
-# package metadata and bundled docs quote example tokens (PyJWT's PKG-INFO holds a JWT)
-SKIP_NAMES = ("METADATA", "PKG-INFO", "README", "README.md", "README.rst", "CHANGELOG.md",
-              "HISTORY.md", "CHANGES.rst")
+# Installed language packages: their test suites, docs and metadata quote example
+# credentials (SQLAlchemy's scott:tiger, npm's docs on .npmrc tokens). Only these trees:
+# an application's own tests/ or docs/ elsewhere are scanned.
+_PKG_TREE = r"(?:^|/)(?:site-packages|dist-packages|node_modules)/(?:.*/)?"
+
+ALLOW_RULES: tuple[AllowRule, ...] = (
+    AllowRule("system-docs", "documentation, headers, locales and time zones of the OS",
+              path=re.compile(r"^usr/(?:include|share/(?:doc|man|locale|zoneinfo|i18n))/")),
+    AllowRule("non-text-files", "files of kinds that do not hold configuration",
+              path=re.compile(r"\.(?:md5sums|pyc|so|mo|gz|png|jpg|svg)$")),
+    AllowRule("package-metadata", "package metadata and bundled READMEs and changelogs "
+              "(PyJWT's PKG-INFO quotes a JWT)",
+              path=re.compile(r"(?:-info/|node_modules/)(?:.*/)?(?:METADATA|PKG-INFO|README"
+                              r"|README\.md|README\.rst|CHANGELOG\.md|HISTORY\.md|CHANGES\.rst)$")),
+    AllowRule("package-tests", "test suites and fixtures inside installed language packages",
+              path=re.compile(_PKG_TREE + r"(?:tests?|testing|__tests__|spec|fixtures|testdata)/")),
+    AllowRule("package-docs", "documentation and examples inside installed language packages",
+              path=re.compile(_PKG_TREE + r"(?:(?:docs?|man|examples?)/|[^/]+\.(?:md|rst)$)")),
+    AllowRule("placeholders", "well-known example values (user:pass@, scott:tiger, XXXX, "
+              "${VAR}, <password>)",
+              regex=re.compile(r"(?i)^(?:pass(?:word|wd)?|pwd|tiger|changeme|x{3,}|\*{3,}"
+                               r"|<[^>]*>|\{[^}]*\}|\$\{[^}]*\}|\$[a-z_]\w*|%s|%\([^)]*\)s)$")),
+)
 
 
 def shannon_entropy(text: str) -> float:
@@ -100,34 +180,115 @@ def shannon_entropy(text: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
+def check_keyword(keyword: str) -> str:
+    """The keyword as the index uses it (lowercase); ValueError if it cannot be used."""
+    if not keyword:
+        raise ValueError("empty keyword (it would match every file)")
+    if not keyword.isascii():
+        raise ValueError(f"keyword {keyword!r} is not ASCII (only ASCII case is ignored)")
+    return keyword.lower()
+
+
+class KeywordIndex:
+    """Which rules can match some content: every rule's keywords looked up in one pass.
+
+    With ahocorasick-rs (an Aho-Corasick automaton in Rust, ~0.15 s for the 72 MB of text
+    in a 378 MB image) the lowercased content is read once for all keywords; without it,
+    each keyword is a ``bytes.__contains__`` pass (~2.4 s for the same text). Both report
+    every keyword present, overlapping ones included.
+    """
+
+    def __init__(self, rules: Sequence[SecretRule], use_automaton: bool = True) -> None:
+        ids: dict[bytes, int] = {}
+        by_keyword: list[list[int]] = []
+        self.always: tuple[int, ...] = tuple(i for i, r in enumerate(rules) if not r.keywords)
+        for i, rule in enumerate(rules):
+            for kw in rule.keywords:
+                key = check_keyword(kw).encode()
+                if key not in ids:
+                    ids[key] = len(by_keyword)
+                    by_keyword.append([])
+                by_keyword[ids[key]].append(i)
+        self.keywords = list(ids)
+        self.rules_of = [tuple(r) for r in by_keyword]
+        self._automaton: BytesAhoCorasick | None = None
+        if self.keywords and use_automaton:
+            try:
+                import ahocorasick_rs
+            except ImportError:
+                log.info("ahocorasick-rs is not installed; keyword prefilter in pure Python")
+            else:
+                self._automaton = ahocorasick_rs.BytesAhoCorasick(self.keywords)
+
+    def found(self, lowered: bytes) -> set[int]:
+        """Ids (positions in ``keywords``) of the keywords in ``lowered`` (lowercase content)."""
+        if self._automaton is not None:
+            return {k for k, _, _ in self._automaton.find_matches_as_indexes(
+                lowered, overlapping=True)}
+        return {k for k, kw in enumerate(self.keywords) if kw in lowered}
+
+    def candidates(self, data: bytes) -> list[int]:
+        """Positions of the rules that can match ``data``, in rule order."""
+        hit = set(self.always)
+        for k in self.found(data.lower()):
+            hit.update(self.rules_of[k])
+        return sorted(hit)
+
+
 class SecretScanner:
-    def __init__(self, rules: tuple[SecretRule, ...] = RULES, max_bytes: int = 2 << 20) -> None:
-        self.rules = rules
+    def __init__(self, rules: Sequence[SecretRule] = RULES,
+                 allow_rules: Sequence[AllowRule] = ALLOW_RULES,
+                 max_bytes: int = 2 << 20) -> None:
+        self.rules = tuple(rules)
+        self.allow_rules = tuple(allow_rules)
         self.max_bytes = max_bytes
-        digest = hashlib.sha256(repr([(r.id, r.pattern.pattern, r.min_entropy)
-                                      for r in rules]).encode())
+        self._index = KeywordIndex(self.rules)
+        self._allow_paths = [a.path for a in self.allow_rules if a.path is not None]
+        self._allow_values = [a.regex for a in self.allow_rules if a.regex is not None]
+        for rule in self.rules:
+            if not rule.keywords:
+                log.info("secret rule without keywords runs on every text file",
+                         extra={"rule": rule.id})
+        digest = hashlib.sha256(repr((
+            [(r.id, r.title, str(r.severity), r.pattern.pattern, r.group, r.min_entropy,
+              r.keywords, _allow_key(r.allow), r.path and r.path.pattern) for r in self.rules],
+            _allow_key(self.allow_rules), max_bytes)).encode())
         self.fingerprint = "s" + digest.hexdigest()[:12]  # part of the layer cache key
 
+    def wants(self, path: str) -> bool:
+        """False when an allow rule takes the whole file out of the scan."""
+        return not any(p.search(path) for p in self._allow_paths)
+
     def scan_file(self, path: str, data: bytes, layer: str) -> list[SecretFinding]:
-        if path.startswith(SKIP_PREFIXES) or path.endswith(SKIP_SUFFIXES):
+        if not self.wants(path) or b"\x00" in data[:BINARY_PROBE]:
             return []
-        if path.rsplit("/", 1)[-1] in SKIP_NAMES and ("-info/" in path or "node_modules/" in path
-                                                       or path.endswith(".egg-info")):
-            return []
-        if b"\x00" in data[:8192]:
-            return []
-        text = data.decode("utf-8", "replace")
-        findings = []
-        seen: set[tuple[str, int]] = set()
-        for rule in self.rules:
-            for m in rule.pattern.finditer(text):
-                value = m.group(rule.group)
+        findings: list[SecretFinding] = []
+        for i in self._index.candidates(data):
+            rule = self.rules[i]
+            if rule.path is not None and not rule.path.search(path):
+                continue
+            if any(a.path is not None and a.path.search(path) for a in rule.allow):
+                continue
+            seen: set[int] = set()
+            for m in rule.pattern.finditer(data):
+                value = m.group(rule.group).decode("utf-8", "replace")
                 if rule.min_entropy and shannon_entropy(value) < rule.min_entropy:
                     continue
-                line = text.count("\n", 0, m.start()) + 1
-                if (rule.id, line) in seen:
+                if self._allowed_value(rule, value):
                     continue
-                seen.add((rule.id, line))
+                line = data.count(b"\n", 0, m.start()) + 1
+                if line in seen:
+                    continue
+                seen.add(line)
                 findings.append(SecretFinding(rule.id, rule.title, rule.severity, path, layer,
                                               line, mask(value)))
         return findings
+
+    def _allowed_value(self, rule: SecretRule, value: str) -> bool:
+        if any(r.search(value) for r in self._allow_values):
+            return True
+        return any(a.regex is not None and a.regex.search(value) for a in rule.allow)
+
+
+def _allow_key(rules: Sequence[AllowRule]) -> list[tuple[str, str | None, str | None]]:
+    return [(a.id, a.path and a.path.pattern, a.regex and a.regex.pattern) for a in rules]

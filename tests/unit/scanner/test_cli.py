@@ -117,6 +117,24 @@ def test_errors_exit_2(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
     assert code == 2 and "server unreachable" in err
 
 
+def test_secret_config(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                       tmp_path: Path) -> None:
+    base = ["--format", "json", "--no-vulns", "--no-malware", "--no-cache"]
+    code, out, _ = _run(capsys, str(env["debian"]), *base)
+    assert {"aws-access-key-id", "aws-secret-access-key"} <= {
+        s["rule"] for s in json.loads(out)["secrets"]}
+    cfg = tmp_path / "secrets.yaml"
+    cfg.write_text("disable-rules: [aws-access-key-id, aws-secret-access-key]\n")
+    code, out, _ = _run(capsys, str(env["debian"]), *base, "--secret-config", str(cfg))
+    assert code == 0
+    assert not {"aws-access-key-id", "aws-secret-access-key"} & {
+        s["rule"] for s in json.loads(out)["secrets"]}
+    cfg.write_text("disable-rules: [aws-key]\n")
+    code, _, err = _run(capsys, str(env["debian"]), *base, "--secret-config", str(cfg))
+    assert code == 2
+    assert f"{cfg}:1: disable-rules: no rule with id 'aws-key'" in err
+
+
 def test_layer_cache_and_recorded_verdict(env: dict[str, Path],
                                           capsys: pytest.CaptureFixture[str],
                                           tmp_path: Path) -> None:
