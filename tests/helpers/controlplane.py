@@ -57,10 +57,11 @@ class ServerProcess:
     comes back where the agents look for it."""
 
     def __init__(self, data_dir: Path, database_url: str | None = None,
-                 http_tls: bool = False) -> None:
+                 http_tls: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.database_url = database_url
         self.http_tls = http_tls
+        self.extra_args = extra_args
         self.grpc_port, self.enroll_port, self.http_port = free_ports(3)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"
@@ -86,6 +87,7 @@ class ServerProcess:
             cmd += ["--database-url", self.database_url]
         if self.http_tls:
             cmd.append("--http-tls")
+        cmd += self.extra_args
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log,
