@@ -18,6 +18,7 @@ Exit codes: 0 stopped, 2 refused (bad token or role, bad arguments).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -146,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     configure_logging(args.log_level)
+    for chatty in ("httpx", "alembic"):  # a line per request / per migration step
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return run(args)
     except AccessDenied as err:

@@ -174,7 +174,8 @@ def open_engine(location: Path | str) -> Engine:
                                connect_args={"check_same_thread": False})
     else:
         engine = db.make_engine(db.database_url(url))
-    db.migrate(engine)
+    if not db.at_head(engine):
+        db.migrate(engine)
     return engine
 
 

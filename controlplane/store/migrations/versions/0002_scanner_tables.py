@@ -13,6 +13,8 @@ for duplicates) and its new indexes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -25,7 +27,7 @@ BIG_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 ACTIVE_JOB = "status IN ('queued', 'running')"
 
 
-def _tables() -> list[tuple[str, list[sa.SchemaItem]]]:
+def _tables() -> list[tuple[str, list[Any]]]:
     return [
         ('scanstore_meta', [
             sa.Column('key', sa.String(64), nullable=False),
@@ -129,7 +131,7 @@ def _job_columns() -> list[sa.Column[object]]:
     ]
 
 
-INDEXES = [
+INDEXES: list[tuple[str, str, list[str], dict[str, Any]]] = [
     ('vuln_affected_pkg', 'vuln_affected', ['ecosystem', 'package'], {}),
     ('vuln_affected_origin', 'vuln_affected', ['source', 'origin'], {}),
     ('scan_job_status', 'scan_job', ['status', 'lease_until'], {}),
