@@ -1,14 +1,83 @@
-"""The per-layer result cache, kept in the store and keyed by layer digest + analyzer version."""
+"""Per-layer result caches, keyed by layer digest + analyzer version.
+
+- ``FileLayerCache``: what ``moray-scan`` uses, a SQLite file of its own
+  (``$MORAY_DATA_DIR/layer-cache.sqlite``) through the stdlib ``sqlite3``. Rows are
+  written once per (digest, version) and never change (layers are content-addressed), so
+  the file needs no migrations, and a scan that matches no vulnerabilities locally does not
+  open the store at all (SQLAlchemy, alembic and the migrations cost ~0.4 s of start-up,
+  Trivy keeps its layer cache apart from its vulnerability database for the same reason).
+  Deleting the file only costs rescans.
+- ``StoreLayerCache``: the store's ``scan_layer_cache`` table, shared by the scan workers
+  of one moray-server.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
 
 from controlplane.scanner.model import LayerResult
 from controlplane.scanner.serialize import layer_from_json, layer_to_json
-from controlplane.store.scanstore import ScanStore
+
+if TYPE_CHECKING:
+    from controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
+
+# controlplane.store.scanstore.data_dir() says the same; not imported from there because
+# that module imports SQLAlchemy
+DEFAULT_DATA_DIR = "/var/lib/moray"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MORAY_DATA_DIR", DEFAULT_DATA_DIR))
+
+
+def default_cache_path() -> Path:
+    return data_dir() / "layer-cache.sqlite"
+
+
+class FileLayerCache:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # autocommit; concurrent scans on one host wait for each other's writes
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self._db.execute("CREATE TABLE IF NOT EXISTS layer_cache (digest TEXT NOT NULL, "
+                         "version TEXT NOT NULL, result BLOB NOT NULL, created REAL NOT NULL, "
+                         "PRIMARY KEY (digest, version))")
+        self.hits = 0
+        self.misses = 0
+
+    def get_layer(self, digest: str, version: str) -> LayerResult | None:
+        row = self._db.execute("SELECT result FROM layer_cache WHERE digest = ? AND "
+                               "version = ?", (digest, version)).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        try:
+            result = layer_from_json(orjson.loads(row[0]))
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("unreadable cached layer, rescanning",
+                        extra={"layer": digest, "error": str(err)})
+            self.misses += 1
+            return None
+        self.hits += 1
+        return result
+
+    def put_layer(self, result: LayerResult, version: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO layer_cache VALUES (?, ?, ?, ?)",
+                         (result.digest, version, orjson.dumps(layer_to_json(result)),
+                          time.time()))
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class StoreLayerCache:

@@ -16,21 +16,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controlplane.scanner.cache import StoreLayerCache
+from controlplane.scanner.cache import FileLayerCache, data_dir, default_cache_path
 from controlplane.scanner.errors import ImageFormatError, ScanError
-from controlplane.scanner.malware import MalwareScanner, discover
 from controlplane.scanner.model import ScanResult, Severity
 from controlplane.scanner.report import render
 from controlplane.scanner.scan import ScanOptions, scan_image
 from controlplane.scanner.secrets import SecretScanner
 from controlplane.scanner.source import ImageSource, open_source
-from controlplane.store.scanstore import ScanStore, data_dir, default_db_path
 
-# Imported where they are used, so a scan starts faster: httpx (--server only), univers
-# (vulnerability matching only), PyYAML (policies only) cost ~100 ms of start-up together.
+# Imported where they are used, so a scan starts faster: the store (SQLAlchemy, alembic:
+# ~0.4 s with its migrations; only for local vulnerability matching and --record-verdict),
+# httpx (--server only), univers (matching only), PyYAML (policy files only), yara-python
+# (malware only).
 if TYPE_CHECKING:
     from controlplane.scanner.policy import AssurancePolicy
     from controlplane.scanner.scan import VulnMatcher
+    from controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
 
@@ -113,40 +114,51 @@ def _progress(enabled: bool) -> object:
 
 
 def policy_from_args(args: argparse.Namespace) -> AssurancePolicy | None:
+    if not args.policy and not args.fail_on:
+        return None
     from controlplane.scanner.policy import AssurancePolicy, load_policy
 
     if args.policy:
         return load_policy(args.policy)
-    if args.fail_on:
-        return AssurancePolicy(name="cli", fail_on=Severity(args.fail_on),
-                               fixable_only=args.fixable_only)
-    return None
+    return AssurancePolicy(name="cli", fail_on=Severity(args.fail_on),
+                           fixable_only=args.fixable_only)
 
 
-def run(args: argparse.Namespace) -> int:
-    policy = policy_from_args(args)
-    store: ScanStore | None = None
-    db_path = args.db or default_db_path()
-    need_store = not (args.no_vulns and args.no_cache and not args.record_verdict)
-    if need_store:
-        store = ScanStore(db_path)
-    matcher: VulnMatcher | None = None
-    if args.server and not args.no_vulns:
+def open_store(args: argparse.Namespace) -> ScanStore | None:
+    """The store, when this scan needs it: local vulnerability matching or --record-verdict.
+    The layer cache is a file of its own (controlplane.scanner.cache), so a scan without
+    either never opens the store."""
+    if (args.no_vulns or args.server) and not args.record_verdict:
+        return None
+    from controlplane.store.scanstore import ScanStore, default_db_path
+
+    return ScanStore(args.db or default_db_path())
+
+
+def vuln_matcher(args: argparse.Namespace, store: ScanStore | None) -> VulnMatcher | None:
+    if args.no_vulns:
+        return None
+    if args.server:
         if not args.token:
             raise ScanError("--server needs --token or $MORAY_TOKEN")
         from controlplane.scanner.remote import RemoteMatcher
 
-        matcher = RemoteMatcher(args.server, args.token)
-    elif store is not None and not args.no_vulns:
-        from controlplane.vulndb.matcher import Matcher
+        return RemoteMatcher(args.server, args.token)
+    if store is None:
+        return None
+    from controlplane.vulndb.matcher import Matcher
 
-        matcher = Matcher(store)
-    if matcher is not None and store is not None and not args.server and \
-            store.status()["advisories"] == 0:
+    if store.status()["advisories"] == 0:
         log.warning("vulnerability store is empty; run 'moray vulndb import PATH'",
-                    extra={"db": str(db_path)})
+                    extra={"db": str(store.path)})
+    return Matcher(store)
+
+
+def scan_options(args: argparse.Namespace, matcher: VulnMatcher | None) -> ScanOptions:
     malware = None
     if not args.no_malware:
+        from controlplane.scanner.malware import MalwareScanner, discover
+
         rules, hashes = discover(data_dir())
         malware = MalwareScanner([*rules, *args.yara_rules], [*hashes, *args.malware_hashes])
     secrets = None
@@ -157,13 +169,19 @@ def run(args: argparse.Namespace) -> int:
             secrets = load_secret_config(args.secret_config)
         else:
             secrets = SecretScanner()
-    options = ScanOptions(
+    return ScanOptions(
         secrets=secrets,
         malware=malware,
-        cache=StoreLayerCache(store) if store is not None and not args.no_cache else None,
+        cache=None if args.no_cache else FileLayerCache(default_cache_path()),
         matcher=matcher,
         progress=_progress(not args.quiet and sys.stderr.isatty()),  # type: ignore[arg-type]
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = policy_from_args(args)
+    store = open_store(args)
+    options = scan_options(args, vuln_matcher(args, store))
     source = open_image(args)
     try:
         result: ScanResult = scan_image(source, options, image_name=args.image)
@@ -171,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         close = getattr(source, "close", None)
         if close is not None:
             close()
+        if isinstance(options.cache, FileLayerCache):
+            options.cache.close()
     verdict = None
     if policy is not None:
         from controlplane.scanner.policy import evaluate, record_verdict

@@ -9,14 +9,16 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from controlplane.scanner.config import runs_as_root
 from controlplane.scanner.errors import ScanError
 from controlplane.scanner.model import ScanResult, Severity
-from controlplane.store.scanstore import ScanStore, Verdict
+
+# PyYAML (policy files) and the store (SQLAlchemy) are imported where they are used:
+# `moray-scan --fail-on` evaluates a policy without either (~0.2 s less start-up)
+if TYPE_CHECKING:
+    from controlplane.store.scanstore import ScanStore, Verdict
 
 
 class PolicyError(ScanError):
@@ -41,6 +43,8 @@ _KEYS = {"failOn", "fixableOnly", "noSecrets", "noMalware", "notRoot", "allowedR
 
 
 def load_policy(path: Path) -> AssurancePolicy:
+    import yaml
+
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:

@@ -9,9 +9,14 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
+from controlplane.scanner.cache import FileLayerCache, default_cache_path
 from controlplane.scanner.cli import main
+from controlplane.scanner.malware import MalwareScanner
+from controlplane.scanner.scan import ScanOptions
+from controlplane.scanner.secrets import SecretScanner
 from controlplane.scanner.source import ArchiveSource
 from controlplane.store.scanstore import ScanStore
+from controlplane.store.scanstore import data_dir as store_data_dir
 from controlplane.vulndb.importer import import_path
 from tests.fixtures.images import scenarios
 from tests.unit.vulndb.conftest import advisories_dir
@@ -145,8 +150,13 @@ def test_layer_cache_and_recorded_verdict(env: dict[str, Path],
                       "  allowedRegistries: ['registry.example.test']\n")
     code, _, _ = _run(capsys, str(env["debian"]), "--policy", str(policy), "--record-verdict")
     assert code == 1
+    cache = FileLayerCache(default_cache_path())
+    layers = ArchiveSource(env["debian"]).resolve().layers
+    assert all(cache.get_layer(layer.digest, ScanOptions(secrets=SecretScanner(),
+                                                         malware=MalwareScanner()).cache_version)
+               for layer in layers)
+    assert default_cache_path().parent == store_data_dir()  # the store's data dir too
     store = ScanStore(env["db"])
-    assert store.status()["cached_layers"] >= 3
     digest = ArchiveSource(env["debian"]).resolve().digest
     (verdict,) = store.verdicts(digest)
     assert verdict.policy == "prod" and not verdict.passed
