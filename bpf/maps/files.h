@@ -15,10 +15,14 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mr_watch SEC(".maps") __weak;
 
+#define MR_OI_MATCHED 1 /* the absolute path as written matched mr_watch */
+#define MR_OI_RESOLVE 2 /* relative: resolve from the new fd at exit, then look up */
+#define MR_OI_SYSOBS 4  /* a write to release_agent: a detection record (lib/sysobs.h) */
+
 struct mr_open_inflight {
 	__u64 fname;  /* user pointer */
 	__u32 flags;
-	__u32 matched; /* 1: the raw absolute path matched mr_watch; 0: resolve at exit */
+	__u32 matched; /* MR_OI_* */
 };
 
 struct {

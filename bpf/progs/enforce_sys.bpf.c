@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
 /*
- * Syscall deny list (mr_psys: syscall nr -> slots): raw_syscalls/sys_enter, SIGKILL. The
+ * Syscall deny list (mr_psys: syscall nr -> slots): tp_btf raw_syscalls/sys_enter, SIGKILL. The
  * signal is delivered when the syscall returns: the syscall itself runs (kill-after tier),
  * nothing after it does. Native (64-bit) syscall numbers only; the array lookup comes
  * first so a syscall no policy names costs one array read.
@@ -12,10 +12,10 @@
 #include "../lib/path.h"
 #include "../lib/enforce.h"
 
-SEC("raw_tracepoint/sys_enter")
-int mr_enf_sys(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/sys_enter")
+int BPF_PROG(mr_enf_sys, struct pt_regs *regs, long id)
 {
-	__u32 nr = ctx->args[1];
+	__u32 nr = id;
 	struct mr_pconf *c;
 	struct mr_enforce ev;
 	__u64 *m, scope, hit, enf;

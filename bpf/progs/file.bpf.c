@@ -15,6 +15,7 @@
 #include "../maps/files.h"
 #include "../lib/task.h"
 #include "../lib/path.h"
+#include "../lib/sysobs.h"
 
 #define PROC_SUPER_MAGIC 0x9fa0
 
@@ -39,7 +40,10 @@ static __always_inline int is_proc_mem(const char *p, __u32 len)
 	       p[(len - 1) & (MR_WATCH_LEN - 1)] == 'm';
 }
 
-static __always_inline int on_enter(const char *fname, __u32 flags)
+/* nr: NR_OPEN / NR_OPENAT when a write to release_agent is a detection record (sysobs.h),
+ * 0 for the other open calls. */
+static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, const char *fname,
+				    __u32 flags, __u32 nr)
 {
 	__u32 zero = 0, tid;
 	struct mr_watch_key *k;
@@ -54,10 +58,17 @@ static __always_inline int on_enter(const char *fname, __u32 flags)
 	r = bpf_probe_read_user_str(k->path, sizeof(k->path), fname);
 	if (r <= 1)
 		return 0;
+	if (nr && (flags & 3) && is_release_agent(k->path, r - 1)) {
+		save(nr, ctx);
+		in.matched |= MR_OI_SYSOBS;
+	}
 	if (k->path[0] == '/') {
-		if (!watch_lookup(k, r - 1) && !is_proc_mem(k->path, r - 1))
+		if (watch_lookup(k, r - 1) || is_proc_mem(k->path, r - 1))
+			in.matched |= MR_OI_MATCHED;
+		else if (!in.matched)
 			return 0;
-		in.matched = 1;
+	} else {
+		in.matched |= MR_OI_RESOLVE;
 	}
 	in.fname = (__u64)fname;
 	in.flags = flags;
@@ -92,6 +103,10 @@ static __always_inline int on_exit(long ret)
 
 	if (!in)
 		return 0;
+	if (in->matched & MR_OI_SYSOBS)
+		sysobs_exit(ret);
+	if (!(in->matched & (MR_OI_MATCHED | MR_OI_RESOLVE)))
+		goto out;
 	ev = heap_slot(0);
 	pbuf = heap_slot(1);
 	k = bpf_map_lookup_elem(&mr_wkey, &zero);
@@ -111,7 +126,7 @@ static __always_inline int on_exit(long ret)
 			ev->pflags |= MR_F_PATH_TRUNC;
 			stat_inc(MR_STAT_PATH_TRUNC);
 		}
-		if (!in->matched) {
+		if (!(in->matched & MR_OI_MATCHED)) {
 			/* relative open: decide on the resolved path */
 			len = (MR_HALF - 1 - off) & MR_HALF_MASK;
 			if (len >= MR_WATCH_LEN)
@@ -123,7 +138,7 @@ static __always_inline int on_exit(long ret)
 		}
 		len = path_copy(ev->data, pbuf, off);
 	} else {
-		if (!in->matched)
+		if (!(in->matched & MR_OI_MATCHED))
 			goto out; /* a failed relative open cannot be placed */
 		r = bpf_probe_read_user_str(ev->data, MR_HALF, (void *)in->fname);
 		len = r > 0 ? (r - 1) & MR_HALF_MASK : 0;
@@ -143,7 +158,7 @@ out:
 SEC("tracepoint/syscalls/sys_enter_openat")
 int mr_enter_openat(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_enter((const char *)ctx->args[1], ctx->args[2]);
+	return on_enter(ctx, (const char *)ctx->args[1], ctx->args[2], NR_OPENAT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat")
@@ -155,7 +170,7 @@ int mr_exit_openat(struct trace_event_raw_sys_exit *ctx)
 SEC("tracepoint/syscalls/sys_enter_open")
 int mr_enter_open(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_enter((const char *)ctx->args[0], ctx->args[1]);
+	return on_enter(ctx, (const char *)ctx->args[0], ctx->args[1], NR_OPEN);
 }
 
 SEC("tracepoint/syscalls/sys_exit_open")
@@ -168,7 +183,7 @@ SEC("tracepoint/syscalls/sys_enter_creat")
 int mr_enter_creat(struct trace_event_raw_sys_enter *ctx)
 {
 	/* creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode) */
-	return on_enter((const char *)ctx->args[0], 01 | 0100 | 01000);
+	return on_enter(ctx, (const char *)ctx->args[0], 01 | 0100 | 01000, 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_creat")
@@ -183,7 +198,7 @@ int mr_enter_openat2(struct trace_event_raw_sys_enter *ctx)
 	struct open_how how = {};
 
 	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
-	return on_enter((const char *)ctx->args[1], how.flags);
+	return on_enter(ctx, (const char *)ctx->args[1], how.flags, 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
