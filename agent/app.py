@@ -267,14 +267,15 @@ class Agent:
     def load_bpf(self) -> None:
         obj = BpfObject.open(object_path("moray.bpf.o"))
         self._teardowns.append(("close_bpf", obj.close))
-        obj.set_rodata({"cfg_self_tgid": os.getpid(), "cfg_args_max": self.cfg.args_max})
+        lsm = bool(self.features and self.features.bpf_lsm)
+        obj.set_rodata({"cfg_self_tgid": os.getpid(), "cfg_args_max": self.cfg.args_max,
+                        "cfg_exec_lsm": int(lsm)})
         obj.set_max_entries("mr_events", self.cfg.ring_size)
         cg = self.features.cgroup_v2 if self.features else None
         if not cg:
             obj.disable([n for n, sec, _ in obj.programs() if sec.startswith("cgroup/")])
         from agent.policy.programs import programs_to_skip
 
-        lsm = bool(self.features and self.features.bpf_lsm)
         obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm))
         from agent.detect.programs import programs_to_skip as detect_skip
 

@@ -13,9 +13,24 @@ import sys
 from agent.app import Agent, AgentError, Config
 
 
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class _Formatter(logging.Formatter):
+    """The message, then the record's `extra={...}` context as key=value pairs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extra = [f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}"
+                 for k, v in vars(record).items() if k not in _RECORD_FIELDS]
+        return f"{text} {' '.join(extra)}" if extra else text
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        handlers=[handler])
 
 
 def _label(text: str) -> tuple[str, str]:

@@ -288,6 +288,8 @@ class PolicyEngine:
                     "cgroup_id": cg, "container": c.id, "image": c.image})
             elif age < HELD_HOST_AFTER_NS:
                 continue  # a held task: its runtime's state may lag its first exec a little
+            else:
+                log.info("pending cgroup is a host cgroup", extra={"cgroup_id": cg})
             pend.delete(kb)
             done += 1
         return done
@@ -323,6 +325,8 @@ class PolicyEngine:
                 # state that classifies the cgroup only once it runs on. The cgroup stays
                 # pending, so the container's first exec of its own is held in turn.
                 self.applier.maps["mr_phold"].delete(struct.pack("<I", h.pid))
+                log.info("held runtime bootstrap continued", extra={
+                    "pid": h.pid, "cgroup_id": h.cgroup_id})
                 if self._same_process(h):
                     os.kill(h.pid, signal.SIGCONT)
                 continue
@@ -336,6 +340,11 @@ class PolicyEngine:
                 mask = conf.host
             hit = (h.exec_deny | h.drift) & mask & conf.active
             enforced = hit & conf.enforce
+            log.info("held task decided", extra={
+                "pid": h.pid, "cgroup_id": h.cgroup_id, "held_ms": (now - h.ts) // 1_000_000,
+                "scope": "container" if row is not None else
+                         "pending" if pending is not None else "host",
+                "verdict": "kill" if enforced else "continue"})
             self._release(h, hit, enforced)
             self.applier.maps["mr_phold"].delete(struct.pack("<I", h.pid))
             n += 1

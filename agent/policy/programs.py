@@ -2,7 +2,9 @@
 
 Exactly one program per enforcement hook is loaded: the BPF LSM one where BPF LSM is usable
 (features.Features.bpf_lsm: the programs load *and* `bpf` is an active LSM), otherwise the
-tracepoint fallback that kills. LSM programs are never loaded where the probe says no: on a
+tracepoint fallback that kills. One exception: the exec tracepoint program loads on both
+tiers, because a new container's first exec is held (SIGSTOP) after exec, never in the LSM
+hook (bpf/progs/enforce_exec.bpf.c explains why); with `cfg_exec_lsm` set it only holds. LSM programs are never loaded where the probe says no: on a
 kernel where they fail with EPERM (this project's machines) loading them would fail the
 whole object.
 """
@@ -13,7 +15,7 @@ from collections.abc import Iterable
 
 # LSM program -> the fallback programs that do the same job without BPF LSM
 LSM_FALLBACKS: dict[str, tuple[str, ...]] = {
-    "mr_lsm_exec": ("mr_enf_exec",),
+    "mr_lsm_exec": (),   # mr_enf_exec stays: it takes the holds (cfg_exec_lsm)
     "mr_lsm_file_open": ("mr_enf_openat", "mr_enf_open", "mr_enf_openat2", "mr_enf_creat"),
 }
 

@@ -19,6 +19,7 @@ char LICENSE[] SEC("license") __weak = "GPL";
 __weak const volatile __u32 cfg_self_tgid = 0;    /* the agent: its own activity is not reported */
 __weak const volatile __u32 cfg_args_max = 1024;  /* bytes of argv copied per exec (<= 4096) */
 __weak const volatile __u32 cfg_watch_proc_mem = 1; /* report opens of /proc/<pid>/mem */
+__weak const volatile __u32 cfg_exec_lsm = 0;      /* exec denials by BPF LSM (holds stay at exec) */
 
 static __always_inline void stat_inc(__u32 idx)
 {

@@ -13,7 +13,12 @@
  * New containers: the first exec in a cgroup the agent has not classified yet (mr_ppend)
  * is stopped with SIGSTOP and recorded in mr_phold, with the slots that would deny it in
  * any scope; the agent intersects them with the cgroup's scope once it knows it and sends
- * SIGKILL or SIGCONT. Only while the agent's heartbeat is fresh (mr_palive).
+ * SIGKILL or SIGCONT. Only while the agent's heartbeat is fresh (mr_palive). The hold is
+ * always taken at sched_process_exec, on the LSM tier too (cfg_exec_lsm: the tracepoint
+ * program then holds and does nothing else): at bprm_check_security the execing process
+ * may still have other threads (runc init is a Go program), one of them can dequeue the
+ * group SIGSTOP, and de_thread() then cancels that group stop: the hold is lost (seen on
+ * Debian 6.12 under qemu). After exec the process has one thread and the stop holds.
  */
 #include "../lib/common.h"
 #include "../maps/scratch.h"
@@ -41,6 +46,9 @@ static __always_inline int exec_check(struct linux_binprm *bprm, int lsm)
 	cgid = bpf_get_current_cgroup_id();
 	scope = scope_of(c, cgid, &pending);
 	hold = pending && (c->flags & MR_PC_HOLD) && agent_alive();
+	/* LSM tier: the LSM hook denies, the sched_process_exec program only holds */
+	if (cfg_exec_lsm && (lsm ? hold : !hold))
+		return 0;
 	if (!hold && !(scope & c->exec))
 		return 0;
 

@@ -121,6 +121,18 @@ def for_policy(name: str, kind: str, action: str) -> Callable[[dict[str, Any]], 
     return pred
 
 
+def _trail(agent: AgentProc, container: str) -> str:
+    """What the agent did about *container*: its exec/enforce events and the engine's log
+    lines (for a failure message)."""
+    evs = [f"{e['type']} {e.get('process', {}).get('binary')} {enforcement(e)}"
+           for e in agent.events()
+           if (e.get("container") or {}).get("id") == container
+           and e.get("type") in ("exec", "enforce")]
+    logs = [line for line in agent.log_text().splitlines()
+            if any(w in line for w in ("held", "classif", "pending", "container"))]
+    return "\n".join(["events:", *evs, "agent log:", *logs[-40:]])
+
+
 def expected_action(tier: str) -> str:
     return {"lsm-deny": "blocked", "cgroup-deny": "blocked"}.get(tier, "killed")
 
@@ -284,16 +296,18 @@ files: {deny: [{path: /etc/shadow, access: read}]}
         with run_runc("mr-tier-1", ["sh", "-c", script]) as ctr:
             res = ctr.wait()
         out = res.stdout + res.stderr
-        assert SHADOW_MARKER not in out and "RAN" not in res.stdout, res
-        assert "ok=0" in res.stdout, res
+        why = (res, _trail(agent, "mr-tier-1"))
+        print(why[1])  # shown with a failure (pytest truncates long assertion messages)
+        assert SHADOW_MARKER not in out and "RAN" not in res.stdout, why
+        assert "ok=0" in res.stdout, why
         if tiers["exec"] == "lsm-deny":
-            assert "exec=126" in res.stdout and "not permitted" in res.stderr.lower(), res
+            assert "exec=126" in res.stdout and "not permitted" in res.stderr.lower(), why
         else:
-            assert "exec=137" in res.stdout, res
+            assert "exec=137" in res.stdout, why
         if tiers["file"] == "lsm-deny":
-            assert "file=1" in res.stdout, res
+            assert "file=1" in res.stdout, why
         else:
-            assert "file=137" in res.stdout, res
+            assert "file=137" in res.stdout, why
         for kind, tier in (("exec", tiers["exec"]), ("file", tiers["file"])):
             ev = agent.wait_event(for_policy("t-ctr", kind, expected_action(tier)))
             assert enforcement(ev)["tier"] == tier
