@@ -304,6 +304,11 @@ STORM = ("n=0; t=0; while [ ! -e /tmp/stop ]; do /bin/echo RAN; "
          "[ $? = 137 ] && n=$((n+1)); t=$((t+1)); done; echo total=$t killed=$n")
 
 
+# Under qemu's TCG emulation (tests/kernels/run-matrix sets MORAY_EMULATED=1) an exec and a
+# policy apply are ~20x slower: the storm asserts the same thing over fewer rounds there.
+STORM_ROUNDS, STORM_KILLS = (6, 300) if os.environ.get("MORAY_EMULATED") else (12, 2000)
+
+
 def test_replacing_policy_during_exec_storm(agent: AgentProc) -> None:
     """The container execs /bin/echo in a loop while the policy is replaced again and
     again by variants that all deny it (new slot each time): not one echo may run."""
@@ -317,8 +322,9 @@ def test_replacing_policy_during_exec_storm(agent: AgentProc) -> None:
         agent.wait_event(lambda e: _for(e, "mr-storm-1", "exec", "killed"), timeout=20)
         replaced = 0
         deadline = time.monotonic() + 180
-        while replaced < 12 or sum(1 for e in agent.events()  # thousands of execs denied
-                                   if _for(e, "mr-storm-1", "exec", "killed")) < 2000:
+        while replaced < STORM_ROUNDS or sum(1 for e in agent.events()  # many execs denied
+                                             if _for(e, "mr-storm-1", "exec", "killed")
+                                             ) < STORM_KILLS:
             assert time.monotonic() < deadline, f"{replaced} replacements"
             replaced += 1
             body = variants[replaced % len(variants)].format(i=replaced)
@@ -330,7 +336,7 @@ def test_replacing_policy_during_exec_storm(agent: AgentProc) -> None:
     total = int(res.stdout.split("total=")[1].split()[0])
     killed = int(res.stdout.split("killed=")[1].split()[0])
     assert res.stdout.count("RAN") == 0, res.stdout[:2000]
-    assert killed == total and total >= 2000, res.stdout[-200:]
+    assert killed == total and total >= STORM_KILLS, res.stdout[-200:]
 
 
 def test_policy_status_file_is_the_agents(agent: AgentProc) -> None:
