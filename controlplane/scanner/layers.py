@@ -72,24 +72,33 @@ class Entry:
         return self._head[:n]
 
 
-class _CountingReader(io.RawIOBase):
-    """Counts decompressed bytes and stops a bomb before it is fully inflated."""
+class _ForwardReader:
+    """The decompressed layer as a forward-only seekable file, for ``tarfile``'s random-access
+    mode: reads come from a 1 MiB buffer and skipping a file's data is a seek.
+
+    ``tarfile``'s stream mode (``r|``) pulls 10 KiB at a time through several Python
+    layers and copies its leftover buffer on every read; on a 378 MB image that was ~0.4 s
+    of a 1.4 s scan. A seek backwards raises ``io.UnsupportedOperation`` (tarfile seeks
+    backwards only when a caller goes back to an earlier member, which the scanner never
+    does). Counts decompressed bytes and stops a bomb before it is fully inflated.
+    """
+
+    CHUNK = 1 << 20
 
     def __init__(self, inner: IO[bytes], compressed: _Counter, limits: Limits, layer: str) -> None:
         self._inner = inner
         self._compressed = compressed
         self._limits = limits
         self._layer = layer
-        self.count = 0
+        self._buf = b""
+        self._at = 0  # read position inside _buf
+        self._base = 0  # stream offset of _buf[0]
+        self.count = 0  # decompressed bytes pulled from inner
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._inner.read(len(buf))
-        n = len(data)
-        buf[:n] = data
-        self.count += n
+    def _pull(self) -> bytes:
+        """The next chunk of the decompressed stream (b"" at its end), limits checked."""
+        data = self._inner.read(self.CHUNK)
+        self.count += len(data)
         if self.count > self._limits.max_layer_bytes:
             raise LimitExceededError(
                 f"layer inflates past {self._limits.max_layer_bytes} bytes "
@@ -104,7 +113,68 @@ class _CountingReader(io.RawIOBase):
                 f"layer compression ratio above {self._limits.max_ratio}:1 (decompression bomb)",
                 layer=self._layer,
             )
-        return n
+        return data
+
+    def _drop_buffer(self) -> None:
+        self._base += len(self._buf)
+        self._buf = b""
+        self._at = 0
+
+    def read(self, n: int = -1) -> bytes:
+        avail = len(self._buf) - self._at
+        if 0 <= n <= avail:
+            out = self._buf[self._at:self._at + n]
+            self._at += n
+            return out
+        parts = [self._buf[self._at:]]
+        got = avail
+        self._drop_buffer()
+        while n < 0 or got < n:
+            data = self._pull()
+            if not data:
+                break
+            if n >= 0 and len(data) > n - got:
+                parts.append(data[:n - got])  # the rest stays buffered
+                self._buf, self._at = data, n - got
+                break
+            parts.append(data)
+            got += len(data)
+            self._base += len(data)
+        return b"".join(parts)
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def tell(self) -> int:
+        return self._base + self._at
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            pos += self.tell()
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("layer stream: seek from the end")
+        if pos < self.tell():
+            raise io.UnsupportedOperation("layer stream: seek backwards")
+        if pos > self._base + len(self._buf):
+            self._drop_buffer()
+            while True:
+                data = self._pull()
+                if not data:
+                    return self.tell()  # past the end: the next read returns b""
+                if pos <= self._base + len(data):
+                    self._buf = data
+                    break
+                self._base += len(data)
+        self._at = pos - self._base
+        return pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
 
 
 class _Counter:
@@ -188,9 +258,9 @@ def iter_layer(
     counter = _Counter(blob)
     head = counter.read(4)
     stream = _decompressor(_Prepended(head, counter), head, layer)  # type: ignore[arg-type]
-    counted = io.BufferedReader(_CountingReader(stream, counter, limits, layer), 1 << 16)
+    counted = _ForwardReader(stream, counter, limits, layer)
     try:
-        tar = tarfile.open(fileobj=counted, mode="r|")  # noqa: SIM115
+        tar = tarfile.open(fileobj=counted, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
     except _CORRUPT as err:
         raise ImageFormatError(f"layer is not a readable tar archive: {err}", layer=layer) from err
     entries = 0

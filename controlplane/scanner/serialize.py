@@ -16,11 +16,22 @@ from controlplane.scanner.model import (
     Severity,
 )
 
+_FIELDS: dict[type, tuple[str, ...]] = {}  # public field names per dataclass
+
+
+def _fields(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls)
+                                     if not f.name.startswith("_"))
+    return names
+
 
 def to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-               if not f.name.startswith("_")}
+        out = {name: to_jsonable(getattr(obj, name)) for name in _fields(type(obj))}
         if isinstance(obj, Package):
             out["purl"] = obj.purl
         return out
@@ -36,7 +47,9 @@ def to_jsonable(obj: Any) -> Any:
 def layer_to_json(layer: LayerResult) -> dict[str, Any]:
     return {
         "digest": layer.digest,
-        "files": {p: [to_jsonable(pkg) for pkg in pkgs] for p, pkgs in layer.files.items()},
+        # no purl: it is dropped on load, and the distro it names is known only after merging
+        "files": {p: [{name: to_jsonable(getattr(pkg, name)) for name in _fields(Package)}
+                      for pkg in pkgs] for p, pkgs in layer.files.items()},
         "whiteouts": layer.whiteouts,
         "opaque_dirs": layer.opaque_dirs,
         "present": sorted(layer.present),

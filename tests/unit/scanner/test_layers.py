@@ -130,3 +130,21 @@ def test_progress_reports_bytes(tmp_path: Path) -> None:
     assert seen[-1] == (total, total, "")
     assert len(seen) >= 3 and all(d <= t == total for d, t, _ in seen)
     assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_files_across_buffer_boundaries_read_or_skipped(compress: bool) -> None:
+    """Files around the 1 MiB read buffer's size, some read, some skipped (seeks), in a
+    plain and a gzip layer: every read file has exactly its content."""
+    rng = random.Random(7)
+    sizes = [0, 1, 511, 512, (1 << 20) - 700, 1 << 20, (1 << 20) + 1, 3 << 20, 5, 2 << 20]
+    files = {f"f/{i}": rng.randbytes(n) for i, n in enumerate(sizes)}
+    tar = layer_tar(list(files.items()))
+    blob = gzip.compress(tar, compresslevel=1) if compress else tar
+    got = {}
+    for i, e in enumerate(iter_layer(io.BytesIO(blob), "sha256:x", Limits(), lambda r, p: None)):
+        if e.kind is EntryKind.FILE and i % 2 == 0:
+            if i % 4 == 0:
+                assert e.peek(100) == files[e.path][:100]
+            got[e.path] = e.read(Limits().max_file_bytes)
+    assert got == {p: d for i, (p, d) in enumerate(files.items()) if i % 2 == 0}
