@@ -19,7 +19,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, cast
+from typing import IO, Protocol, cast
 
 from controlplane.scanner.errors import ImageFormatError, LimitExceededError, UnsafeEntryError
 
@@ -48,6 +48,10 @@ class EntryKind(enum.StrEnum):
     OPAQUE = "opaque"
 
 
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 @dataclass(slots=True)
 class Entry:
     path: str  # normalised, relative to the image root, no leading "/"
@@ -55,7 +59,7 @@ class Entry:
     size: int
     mode: int
     linkname: str = ""
-    _fileobj: IO[bytes] | None = None
+    _fileobj: Readable | None = None
 
     _head: bytes = b""
 
@@ -175,6 +179,27 @@ class _ForwardReader:
 
     def readable(self) -> bool:
         return True
+
+
+class _MemberData:
+    """A file's data in the layer, read straight from the layer reader (tarfile's own file
+    object costs a buffered reader and a copy per file)."""
+
+    __slots__ = ("_end", "_pos", "_reader")
+
+    def __init__(self, reader: _ForwardReader, offset: int, size: int) -> None:
+        self._reader = reader
+        self._pos = offset
+        self._end = offset + size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._end - self._pos if n < 0 else min(n, self._end - self._pos)
+        if n <= 0:
+            return b""
+        self._reader.seek(self._pos)
+        data = self._reader.read(n)
+        self._pos += len(data)
+        return data
 
 
 class _Counter:
@@ -321,4 +346,9 @@ def _entry(
     if not member.isreg():
         on_warning(f"skipped: unsupported tar entry type {member.type!r}", path)
         return None
-    return Entry(path, EntryKind.FILE, member.size, member.mode, "", tar.extractfile(member))
+    data: Readable | None
+    if isinstance(tar.fileobj, _ForwardReader) and not member.sparse:
+        data = _MemberData(tar.fileobj, member.offset_data, member.size)
+    else:
+        data = tar.extractfile(member)
+    return Entry(path, EntryKind.FILE, member.size, member.mode, "", data)
