@@ -89,6 +89,48 @@ def job_scanner(options: Any, *, allow_paths: bool, insecure: bool
     return scan
 
 
+class InProcessWorkers:
+    """``n`` worker threads on a store (moray-server's own, ``--scan-workers``): the same
+    loop as a worker process, with the store as queue, verdict sink and knowledge base.
+    ``stop()`` gives running jobs ``grace`` seconds, then gives them back."""
+
+    def __init__(self, store: ScanStore, n: int, *, name: str, grace: float = 5.0,
+                 lease_seconds: float = DEFAULT_LEASE) -> None:
+        self.store, self.n, self.name = store, n, name
+        self.grace, self.lease_seconds = grace, lease_seconds
+        self._stop, self._abort = threading.Event(), threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if self.n <= 0:
+            return
+        from controlplane.scanner.cache import StoreLayerCache
+        from controlplane.scanner.malware import MalwareScanner, discover
+        from controlplane.scanner.scan import ScanOptions
+        from controlplane.scanner.secrets import SecretScanner
+        from controlplane.scanner.worker import run_worker
+        from controlplane.vulndb.matcher import Matcher
+
+        for i in range(self.n):
+            # one ScanOptions per thread: the matcher and the scanners keep per-scan state
+            options = ScanOptions(secrets=SecretScanner(),
+                                  malware=MalwareScanner(*discover(data_dir())),
+                                  cache=StoreLayerCache(self.store), matcher=Matcher(self.store))
+            scan = job_scanner(options, allow_paths=False, insecure=False)
+            kwargs = {"name": f"{self.name}-{i}", "verdicts": self.store, "stop": self._stop,
+                      "abort": self._abort, "lease_seconds": self.lease_seconds,
+                      "grace": self.grace, "generation": self.store.generation}
+            thread = threading.Thread(target=run_worker, args=(self.store, scan),
+                                      kwargs=kwargs, name=f"scan-worker-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+
 def _signals(stop: threading.Event, abort: threading.Event) -> None:
     def handler(_signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():

@@ -7,8 +7,9 @@ Listens on 7443 (agents, mutual TLS), 7444 (enrolment, TLS + one-time token) and
 (REST API, /openapi.json, /metrics). On first start it creates the CA and keys under
 ``<data dir>/pki`` and an admin API token in ``<data dir>/admin.token`` (mode 0600).
 A scheduler thread queues scans of the registered registries and images and rescans
-after new vulnerability data (controlplane/scanner/scheduler.py); scanner workers take
-the jobs through the REST API.
+after new vulnerability data (controlplane/scanner/scheduler.py); ``--scan-workers N``
+threads (default 1) scan in the server, and any number of ``moray-scanner-worker``
+processes take jobs through the REST API (``--scan-workers 0``: only they do).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ import uvicorn
 from controlplane.logfmt import configure_logging
 from controlplane.proto import moray_pb2_grpc
 from controlplane.scanner.scheduler import Scheduler
+from controlplane.scanner.workercli import InProcessWorkers
 from controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
 from controlplane.server.hub import AgentHub
 from controlplane.server.metrics import ServerMetrics
@@ -59,6 +62,7 @@ class ServerConfig:
     http_tls: bool = False
     poll_seconds: float = POLL_SECONDS
     scan_poll_seconds: float = 5.0
+    scan_workers: int = 1
 
 
 def bootstrap_admin_token(store: ControlPlaneStore, data_dir: Path) -> None:
@@ -122,6 +126,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     # step: start_scheduler
     scheduler = Scheduler(scans, poll_seconds=config.scan_poll_seconds)
     scheduler.start()
+    # step: start_scan_workers
+    workers = InProcessWorkers(scans, config.scan_workers, name=f"{socket.gethostname()}:server")
+    workers.start()
     # step: start_http
     app = create_app(store, hub, pki, metrics, grpc_port=config.grpc_port,
                      enroll_port=config.enroll_port, scans=scans,
@@ -144,6 +151,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         http.should_exit = True
         await server.stop(grace=2)
         await asyncio.wait_for(http_task, 10)
+        await asyncio.to_thread(workers.stop)
         await asyncio.to_thread(scheduler.stop)
         engine.dispose()
         log.info("moray-server stopped")
@@ -167,6 +175,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scan-poll-seconds", type=float, default=5.0,
                    help="how often the scan scheduler looks for due registries and images "
                         "and for new vulnerability data (default 5)")
+    p.add_argument("--scan-workers", type=int, default=1,
+                   help="scan worker threads in the server (default 1; 0: only external "
+                        "moray-scanner-worker processes scan)")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -178,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                           host=args.host, grpc_port=args.grpc_port,
                           enroll_port=args.enroll_port, http_port=args.http_port,
                           names=args.name, http_tls=args.http_tls,
-                          scan_poll_seconds=args.scan_poll_seconds)
+                          scan_poll_seconds=args.scan_poll_seconds,
+                          scan_workers=args.scan_workers)
 
     async def run() -> None:
         stop = asyncio.Event()

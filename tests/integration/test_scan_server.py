@@ -62,7 +62,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerPro
 
         url = create_database(request.getfixturevalue("pg_base"))
     srv = ServerProcess(tmp_path / "server", database_url=url,
-                        extra_args=("--scan-poll-seconds", "0.3")).start()
+                        extra_args=("--scan-poll-seconds", "0.3", "--scan-workers", "0")).start()
     yield srv
     srv.stop()
 
@@ -189,6 +189,25 @@ def test_registry_scanned_by_workers_and_rescanned_after_import(
     bad = Worker(server, "not-a-token", tmp_path, "bad")
     assert bad.proc.wait(60) == 2 and "refused: HTTP 401" in bad.output()
     assert len([j for j in _jobs(admin) if j["status"] == "queued"]) == 2  # nothing taken
+
+
+def test_server_scans_by_itself_by_default(registry: str, images: dict[str, str],
+                                           tmp_path: Path) -> None:
+    """No worker process: the server's own worker thread (--scan-workers 1) scans."""
+    srv = ServerProcess(tmp_path / "server", extra_args=("--scan-poll-seconds", "0.3")).start()
+    try:
+        admin = srv.api()
+        admin("POST", "/api/v1/scan-images", expect=201, json={
+            "image": f"{registry}/sched/clean:1.0", "insecure": True, "policy": POLICY})
+        (job,) = wait_for(lambda: _all_done(admin, 1), timeout=60, what="scanned in-server")
+        assert job["digest"] == images["clean"] and ":server-0" in job["worker"]
+        verdict = _verdict(admin, images["clean"])
+        assert verdict is not None and verdict["passed"]
+        refused = admin.http.post("/api/v1/scan-images", json={
+            "image": "registry.example.com/x:1", "insecure": True})
+        assert refused.status_code == 422 and "loopback" in refused.text
+    finally:
+        srv.stop()
 
 
 @pytest.fixture
