@@ -86,3 +86,52 @@ def test_remote_matching_equals_local(tmp_path: Path) -> None:
     assert key and key == [(v.package.name, v.id, v.fixed_version, v.severity)
                            for v in remote.vulnerabilities]
     assert remote.vulnerabilities[0].package.path  # mapped back to the scanned package
+
+
+def test_registration_import_and_lease_endpoints(tmp_path: Path) -> None:
+    store = ScanStore(tmp_path / "moray.db")
+    woken: list[str] = []
+    audited: list[tuple[str, str]] = []
+    app = fastapi.FastAPI()
+    app.include_router(scan_router(store, _authorize, on_change=lambda: woken.append("x"),
+                                   audit=lambda who, action, target, _d: audited.append(
+                                       (action, target))))
+    client = TestClient(app)
+    auth = {"Authorization": "Bearer good"}
+    r = client.post("/api/v1/scan-registries", headers=auth, json={
+        "registry": "127.0.0.1:5000", "repositories": ["team/app"], "insecure": True,
+        "credentials": "env:REG", "interval_seconds": 60, "policy": POLICY})
+    assert r.status_code == 201 and r.json()["has_policy"] and r.json()["repositories"] == [
+        "team/app"]
+    assert "password" not in r.text
+    for bad in ({"registry": "registry.example.com", "insecure": True},
+                {"registry": "127.0.0.1:5000", "credentials": "hunter2"},
+                {"registry": "127.0.0.1:5000", "policy": "kind: Other"}):
+        assert client.post("/api/v1/scan-registries", headers=auth, json=bad
+                           ).status_code == 422, bad
+    assert client.post("/api/v1/scan-images", headers=auth, json={
+        "image": "127.0.0.1:5000/team/db:1", "insecure": True}).status_code == 201
+    assert [i["image"] for i in client.get("/api/v1/scan-images", headers=auth).json()] == [
+        "127.0.0.1:5000/team/db:1"]
+    (reg,) = client.get("/api/v1/scan-registries", headers=auth).json()
+    assert client.post(f"/api/v1/scan-registries/{reg['id']}/run", headers=auth).json() == {
+        "ok": True}
+    assert client.delete("/api/v1/scan-registries/99", headers=auth).status_code == 404
+    assert client.delete(f"/api/v1/scan-registries/{reg['id']}", headers=auth).status_code == 200
+    files = {p.name: p.read_text() for p in sorted(advisories_dir().glob("PYSEC-*.json"))}
+    r = client.post("/api/v1/vulndb/import", headers=auth, json={"files": files})
+    assert r.json()["records"] == len(files) and r.json()["generation"] == 1
+    assert client.post("/api/v1/vulndb/import", headers=auth, json={
+        "files": {"../../etc/x.sh": "x"}}).status_code == 422
+    assert [a for a, _ in audited] == ["scan_registry.add", "scan_image.add",
+                                       "scan_registry.run", "scan_registry.remove",
+                                       "vulndb.import"]
+    assert len(woken) == 5
+    queue = HttpJobQueue("http://testserver", "good", client=client)
+    store.enqueue_scan("127.0.0.1:5000/team/db:1", insecure=True, credentials="env:REG")
+    job = queue.claim_scan("w", lease_seconds=60)
+    assert job is not None and job.insecure and job.credentials == "env:REG"
+    assert queue.extend_scan(job.id, "w", 60) and not queue.extend_scan(job.id, "x", 60)
+    assert queue.generation() == 1
+    assert queue.release_scan(job.id, "w")
+    assert store.jobs()[0]["status"] == "queued"
