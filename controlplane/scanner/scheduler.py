@@ -95,8 +95,9 @@ class Scheduler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.ticks = 0
-        self.failures = 0
+        # counters for /metrics (closed label sets)
+        self.queued = {"registry": 0, "image": 0, "rescan": 0}
+        self.errors = {"listing": 0, "tick": 0}
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class Scheduler:
             if self.store.claim_due("scan_image", img.id, img.next_run, img.interval_seconds):
                 self._queue_image(img, report)
         report.rescans = self.store.enqueue_stale()
+        self.queued["rescan"] += report.rescans
         if report.rescans:
             log.info("queued rescans after new vulnerability data",
                      extra={"images": report.rescans, "generation": self.store.generation()})
@@ -124,12 +126,14 @@ class Scheduler:
             log.warning("cannot list a registered registry", extra={
                 "registry": reg.registry, "id": reg.id, "error": str(err)})
             report.errors.append(f"{reg.registry}: {err}")
+            self.errors["listing"] += 1
             self.store.registry_listed(reg.id, 0, str(err))
             return
         for image in images:
             self.store.enqueue_scan(image, reg.policy, insecure=reg.insecure,
                                     credentials=reg.credentials)
         report.queued += len(images)
+        self.queued["registry"] += len(images)
         self.store.registry_listed(reg.id, len(images))
         log.info("registry listed", extra={"registry": reg.registry, "images": len(images)})
 
@@ -138,6 +142,10 @@ class Scheduler:
         self.store.enqueue_scan(img.image, img.policy, insecure=img.insecure,
                                 credentials=img.credentials)
         report.queued += 1
+        self.queued["image"] += 1
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {"queued": dict(self.queued), "errors": dict(self.errors)}
 
     # -- the server's thread -------------------------------------------------------------
 
@@ -150,9 +158,8 @@ class Scheduler:
             self._wake.clear()
             try:
                 self.tick()
-                self.ticks += 1
             except SQLAlchemyError as err:  # database away for a moment: count, log, go on
-                self.failures += 1
+                self.errors["tick"] += 1
                 log.warning("scan scheduler tick failed", extra={"error": str(err)})
             self._wake.wait(self.poll_seconds)
 

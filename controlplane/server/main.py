@@ -35,7 +35,7 @@ from controlplane.scanner.scheduler import Scheduler
 from controlplane.scanner.workercli import InProcessWorkers
 from controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
 from controlplane.server.hub import AgentHub
-from controlplane.server.metrics import ServerMetrics
+from controlplane.server.metrics import ScanCollector, ServerMetrics
 from controlplane.server.pki import Pki
 from controlplane.server.policydoc import agent_document
 from controlplane.server.rest import create_app
@@ -126,6 +126,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     # step: start_scheduler
     scheduler = Scheduler(scans, poll_seconds=config.scan_poll_seconds)
     scheduler.start()
+    metrics.registry.register(ScanCollector(scans.job_counts, scheduler.stats))
     # step: start_scan_workers
     workers = InProcessWorkers(scans, config.scan_workers, name=f"{socket.gethostname()}:server")
     workers.start()

@@ -3,7 +3,13 @@ closed: statuses and RPC names, never agent ids."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+JOB_STATUSES = ("queued", "running", "done", "failed")
 
 
 class ServerMetrics:
@@ -36,3 +42,35 @@ class ServerMetrics:
                                    ["result"], registry=r)
         self.http_requests = Counter("moray_http_requests_total", "REST requests",
                                      ["method", "status"], registry=r)
+
+
+class ScanCollector(Collector):
+    """Scan jobs per status, read from the store at scrape time, and the scan scheduler's
+    counters (``queued`` per reason: registry, image, rescan; ``errors``: failed listings
+    and failed ticks)."""
+
+    def __init__(self, job_counts: Callable[[], Mapping[str, int]],
+                 scheduler: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        self.job_counts = job_counts
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.job_counts()
+        jobs = GaugeMetricFamily("moray_scan_jobs", "Scan jobs in the store by status",
+                                 labels=["status"])
+        for status in JOB_STATUSES:
+            jobs.add_metric([status], counts.get(status, 0))
+        yield jobs
+        stats = self.scheduler()
+        queued = CounterMetricFamily("moray_scan_jobs_queued",
+                                     "Scan jobs queued by the server's scheduler",
+                                     labels=["reason"])
+        for reason, n in sorted(stats["queued"].items()):
+            queued.add_metric([reason], n)
+        yield queued
+        errors = CounterMetricFamily("moray_scan_scheduler_errors",
+                                     "Registry listings and scheduler ticks that failed",
+                                     labels=["kind"])
+        for kind, n in sorted(stats["errors"].items()):
+            errors.add_metric([kind], n)
+        yield errors

@@ -493,6 +493,11 @@ class ScanStore:
         return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
 
     @_locked
+    def job_counts(self) -> dict[str, int]:
+        return {str(status): int(n) for status, n in self._all(
+            "SELECT status, COUNT(*) FROM scan_job GROUP BY status")}
+
+    @_locked
     def enqueue_stale(self) -> int:
         """Queue a rescan of every image whose verdict predates the current vulndb data and
         that has not been tried at the current data yet (a job enqueued at this generation,

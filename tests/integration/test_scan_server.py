@@ -165,6 +165,10 @@ def test_registry_scanned_by_workers_and_rescanned_after_import(
         assert after["clean"]["passed"] is True and after["clean"]["vulndb_generation"] >= 1
         jobs = wait_for(lambda: _all_done(admin, 4), timeout=30, what="rescan jobs closed")
         assert {j["worker"] for j in jobs} <= {"w1", "w2"}
+        metrics = admin.http.get("/metrics").text
+        assert 'moray_scan_jobs{status="done"} 4.0' in metrics
+        assert 'moray_scan_jobs_queued_total{reason="registry"} 2.0' in metrics
+        assert 'moray_scan_jobs_queued_total{reason="rescan"} 2.0' in metrics
     finally:
         codes = [w.stop() for w in workers]
     assert codes == [0, 0], [w.output()[-2000:] for w in workers]
