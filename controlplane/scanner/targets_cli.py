@@ -15,6 +15,7 @@ Credentials are a reference (``env:NAME`` -> ``$NAME_USERNAME``/``$NAME_PASSWORD
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -72,36 +73,49 @@ def server_options(p: argparse.ArgumentParser) -> None:
 
 
 class LocalTargets:
-    """The REST endpoints' behaviour on a local store (the same checks, the same shapes)."""
+    """The REST endpoints' behaviour on a local store (the same checks, the same shapes,
+    audited as ``local:<user>``; the server's scheduler sees the change at its next tick)."""
 
     def __init__(self, store: ScanStore) -> None:
         self.store = store
+        self.actor = f"local:{getpass.getuser()}"
+
+    def _audit(self, action: str, target: str, detail: dict[str, Any]) -> None:
+        from controlplane.store.cpstore import ControlPlaneStore
+
+        ControlPlaneStore(self.store.engine).record_audit(self.actor, action, target, detail)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         s, b = self.store, body or {}
         kind, _, rest = path.strip("/").partition("/")
         if (method, kind) == ("POST", "scan-registries") and not rest:
             check_registry(b["registry"], b["insecure"])
-            return s.add_registry(b["registry"], repositories=b["repositories"],
-                                  credentials=b["credentials"], insecure=b["insecure"],
-                                  interval_seconds=b["interval_seconds"],
-                                  policy=b["policy"]).as_dict()
+            row = s.add_registry(b["registry"], repositories=b["repositories"],
+                                 credentials=b["credentials"], insecure=b["insecure"],
+                                 interval_seconds=b["interval_seconds"],
+                                 policy=b["policy"]).as_dict()
+            self._audit("scan_registry.add", b["registry"], row)
+            return row
         if (method, kind) == ("POST", "scan-images"):
             check_image(b["image"], b["insecure"])
-            return s.add_image(b["image"], credentials=b["credentials"],
-                               insecure=b["insecure"], interval_seconds=b["interval_seconds"],
-                               policy=b["policy"]).as_dict()
+            row = s.add_image(b["image"], credentials=b["credentials"],
+                              insecure=b["insecure"], interval_seconds=b["interval_seconds"],
+                              policy=b["policy"]).as_dict()
+            self._audit("scan_image.add", b["image"], row)
+            return row
         if method == "GET":
             rows = s.registries() if kind == "scan-registries" else s.images()
             return [r.as_dict() for r in rows]
         row_id = int(rest.split("/")[0])
+        registry = kind == "scan-registries"
         if method == "DELETE":
-            ok = s.remove_registry(row_id) if kind == "scan-registries" else s.remove_image(
-                row_id)
+            ok = s.remove_registry(row_id) if registry else s.remove_image(row_id)
+            action = "scan_registry.remove" if registry else "scan_image.remove"
         else:
-            ok = s.run_registry_now(row_id)
+            ok, action = s.run_registry_now(row_id), "scan_registry.run"
         if not ok:
-            raise LookupError(f"no {kind.removeprefix('scan-')[:-1]} {row_id}")
+            raise LookupError(f"no {'registry' if registry else 'image'} {row_id}")
+        self._audit(action, str(row_id), {})
         return {"ok": True}
 
 

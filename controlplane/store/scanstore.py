@@ -196,6 +196,10 @@ class ScanStore:
         self._tx: Connection | None = None
 
     @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
     def url(self) -> str:
         return self._engine.url.render_as_string(hide_password=True)
 

@@ -160,3 +160,35 @@ def test_stopped_worker_gives_its_job_back(tmp_path: Path) -> None:
     assert stats.released == 1 and stats.done == 0      # type: ignore[attr-defined]
     (job,) = store.jobs()
     assert (job["status"], job["attempts"]) == ("queued", 0)
+
+
+def test_moray_cli_registers_in_a_local_store(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from controlplane.cli import main as moray
+    from controlplane.store.cpstore import ControlPlaneStore
+
+    monkeypatch.delenv("MORAY_SERVER", raising=False)
+    db = tmp_path / "moray.db"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    assert moray(["--db", str(db), "scan", "registry", "add", "127.0.0.1:5000",
+                  "--repository", "team/app", "--insecure-registry", "--interval", "60",
+                  "--policy", str(policy), "--credentials", "env:REG"]) == 0
+    assert moray(["--db", str(db), "scan", "image", "add", "127.0.0.1:5000/team/db:1",
+                  "--insecure-registry"]) == 0
+    assert moray(["--db", str(db), "scan", "registry", "add", "registry.example.com",
+                  "--insecure-registry"]) == 2
+    assert "loopback" in capsys.readouterr().err
+    assert moray(["--db", str(db), "scan", "registry", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "127.0.0.1:5000  every 60s repositories=team/app images=0 insecure" in listed
+    assert moray(["--db", str(db), "scan", "registry", "run", "1"]) == 0
+    assert moray(["--db", str(db), "scan", "image", "remove", "7"]) == 1
+    assert moray(["--db", str(db), "scan", "image", "remove", "1"]) == 0
+    store = ScanStore(db)
+    assert [r.repositories for r in store.registries()] == [["team/app"]]
+    assert store.images() == []
+    actions = [a["action"] for a in ControlPlaneStore(store.engine).audit_log()]
+    assert actions == ["scan_registry.add", "scan_image.add", "scan_registry.run",
+                       "scan_image.remove"]
