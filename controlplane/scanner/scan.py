@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import posixpath
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import IO, Protocol
 
@@ -77,6 +79,10 @@ class ScanOptions:
     matcher: VulnMatcher | None = None
     # called with (bytes done, bytes total, layer digest) as layer blobs are read
     progress: Callable[[int, int, str], None] | None = None
+    # processes reading layers at once (None: one per available CPU; 1: no worker
+    # processes), counting only layers of at least parallel_min_layer bytes
+    workers: int | None = None
+    parallel_min_layer: int = 8 << 20
 
     @property
     def cache_version(self) -> str:
@@ -231,39 +237,122 @@ class _ProgressReader:
         return data
 
 
+def _scan_layer(source: ImageSource, layer: LayerRef, options: ScanOptions,
+                progress: Callable[[int], None] | None = None) -> LayerResult:
+    with source.open_blob(layer.digest) as blob:
+        reader: object = blob if progress is None else _ProgressReader(blob, progress)
+        try:
+            result = analyze_layer(reader, layer, options)
+            drain = getattr(blob, "drain", None)
+            if drain is not None:
+                drain()
+        except ScanError as err:
+            err.source = err.source or source.name
+            err.layer = err.layer or layer.digest
+            raise
+    return result
+
+
+# Layers are independent, so an image with several big layers is read by forked worker
+# processes at once, as Trivy analyses layers in parallel (a 378 MB image with a 270 MB
+# and a 107 MB layer: ~1.0 s -> ~0.75 s on 2 cores). Only for sources whose blobs each
+# get a file handle of their own (``fork_safe``), and only from a single-threaded process
+# (a fork copies no other thread, so a lock one of them held would never be released).
+_FORKED: tuple[ImageSource, ScanOptions] | None = None  # inherited by the workers
+
+
+@dataclass(frozen=True, slots=True)
+class _LayerFailure:
+    """A ScanError raised in a worker, sent back with its fields (exceptions pickle badly)."""
+
+    kind: type[ScanError]
+    message: str
+    source: str
+    layer: str
+    path: str
+
+
+def _scan_layer_forked(layer: LayerRef) -> LayerResult | _LayerFailure:
+    assert _FORKED is not None
+    source, options = _FORKED
+    try:
+        return _scan_layer(source, layer, options)
+    except ScanError as err:
+        return _LayerFailure(type(err), err.message, err.source, err.layer, err.path)
+
+
+def _workers(source: ImageSource, layers: Sequence[LayerRef], options: ScanOptions) -> int:
+    big = sum(1 for layer in layers if layer.size >= options.parallel_min_layer)
+    if big < 2 or not getattr(source, "fork_safe", False) or threading.active_count() > 1:
+        return 1
+    return min(big, options.workers or len(os.sched_getaffinity(0)))
+
+
+def _scan_sequential(source: ImageSource, layers: Sequence[LayerRef], options: ScanOptions,
+                     done: int, total: int) -> Iterator[tuple[LayerRef, LayerResult]]:
+    for layer in layers:
+        progress = None
+        if options.progress is not None:
+            progress = functools.partial(_layer_progress, options.progress, done, total,
+                                         layer.digest)
+        yield layer, _scan_layer(source, layer, options, progress)
+        done += layer.size
+
+
+def _scan_parallel(source: ImageSource, layers: Sequence[LayerRef], options: ScanOptions,
+                   workers: int) -> Iterator[tuple[LayerRef, LayerResult]]:
+    """(layer, result) as workers finish them, biggest layers first."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    global _FORKED
+    _FORKED = (source, options)
+    try:
+        with ProcessPoolExecutor(workers, multiprocessing.get_context("fork")) as pool:
+            futures = {pool.submit(_scan_layer_forked, layer): layer
+                       for layer in sorted(layers, key=lambda x: -x.size)}
+            for future in as_completed(futures):
+                result = future.result()
+                if isinstance(result, _LayerFailure):
+                    for other in futures:
+                        other.cancel()
+                    raise result.kind(result.message, source=result.source,
+                                      layer=result.layer, path=result.path)
+                yield futures[future], result
+    finally:
+        _FORKED = None
+
+
 def scan_image(source: ImageSource, options: ScanOptions | None = None,
                image_name: str = "") -> ScanResult:
     options = options or ScanOptions()
     resolved = source.resolve()
-    results: list[LayerResult] = []
     version = options.cache_version
     total = sum(max(layer.size, 0) for layer in resolved.layers)
     done = 0
+    found: dict[str, LayerResult] = {}
+    pending: list[LayerRef] = []
     for layer in resolved.layers:
         cached = options.cache.get_layer(layer.digest, version) if options.cache else None
         if cached is not None:
             log.debug("layer from cache", extra={"layer": layer.digest})
-            results.append(cached)
+            found[layer.digest] = cached
             done += layer.size
-            continue
-        with source.open_blob(layer.digest) as blob:
-            reader: object = blob
-            if options.progress is not None:
-                reader = _ProgressReader(blob, functools.partial(
-                    _layer_progress, options.progress, done, total, layer.digest))
-            try:
-                result = analyze_layer(reader, layer, options)
-                drain = getattr(blob, "drain", None)
-                if drain is not None:
-                    drain()
-            except ScanError as err:
-                err.source = err.source or source.name
-                err.layer = err.layer or layer.digest
-                raise
-        results.append(result)
+        elif layer.digest not in found:
+            pending.append(layer)
+    workers = _workers(source, pending, options)
+    if workers > 1:
+        scanned = _scan_parallel(source, pending, options, workers)
+    else:
+        scanned = _scan_sequential(source, pending, options, done, total)
+    for layer, result in scanned:
+        found[layer.digest] = result
         done += layer.size
         if options.cache:
             options.cache.put_layer(result, version)
+        if options.progress is not None and workers > 1:
+            options.progress(min(done, total), total, layer.digest)
+    results = [found[layer.digest] for layer in resolved.layers]
     if options.progress:
         options.progress(total, total, "")
     packages, secrets, malware, os_release = merge_layers(results)

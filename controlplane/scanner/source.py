@@ -227,6 +227,9 @@ def manifest_to_image(
 class OCILayoutSource:
     """An OCI image layout directory (``oci-layout``, ``index.json``, ``blobs/sha256/``)."""
 
+    # open_blob opens a file of its own each time: forked processes can read layers at once
+    fork_safe = True
+
     def __init__(self, path: Path, ref: str | None = None, max_blob: int = 1 << 36) -> None:
         self.path = path
         self.name = str(path)
@@ -287,6 +290,13 @@ class ArchiveSource:
 
     def close(self) -> None:
         self._tar.close()
+
+    @property
+    def fork_safe(self) -> bool:
+        """Whether forked processes can read layers at once: an uncompressed archive's
+        layers are read through a file handle of their own (see open_blob); a compressed
+        one's through the shared tarfile."""
+        return isinstance(self._tar.fileobj, io.BufferedReader)
 
     def __enter__(self) -> ArchiveSource:
         return self

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.scanner.errors import LimitExceededError
+from controlplane.scanner.errors import DigestMismatchError, LimitExceededError
 from controlplane.scanner.layers import EntryKind, Limits, iter_layer, link_escapes
-from controlplane.scanner.scan import ScanOptions, scan_image
-from controlplane.scanner.source import OCILayoutSource
+from controlplane.scanner.model import ScanResult
+from controlplane.scanner.scan import ScanOptions, _workers, scan_image
+from controlplane.scanner.secrets import SecretScanner
+from controlplane.scanner.source import ArchiveSource, OCILayoutSource
+from tests.fixtures.images import scenarios
 from tests.fixtures.images.builder import Device, File, Hardlink, Image, Symlink, layer_tar
 
 PY_META = b"Metadata-Version: 2.1\nName: requests\nVersion: 2.19.0\n\n"
@@ -148,3 +151,32 @@ def test_files_across_buffer_boundaries_read_or_skipped(compress: bool) -> None:
                 assert e.peek(100) == files[e.path][:100]
             got[e.path] = e.read(Limits().max_file_bytes)
     assert got == {p: d for i, (p, d) in enumerate(files.items()) if i % 2 == 0}
+
+
+def _comparable(result: ScanResult) -> tuple[object, ...]:
+    return (result.packages, sorted(result.secrets, key=str), result.warnings, result.os,
+            result.layers)
+
+
+def test_layers_read_by_worker_processes_give_the_same_result(tmp_path: Path) -> None:
+    img = scenarios.debian_app()
+    img.write_oci_layout(tmp_path / "oci")
+    img.write_docker_archive(tmp_path / "app.tar")
+    for src in (OCILayoutSource(tmp_path / "oci"), ArchiveSource(tmp_path / "app.tar")):
+        assert getattr(src, "fork_safe", False)
+        one = scan_image(src, ScanOptions(secrets=SecretScanner(), workers=1))
+        options = ScanOptions(secrets=SecretScanner(), workers=2, parallel_min_layer=1)
+        assert _workers(src, src.resolve().layers, options) == 2
+        forked = scan_image(src, options)
+        assert _comparable(forked) == _comparable(one)
+        assert any(s.deleted_later for s in forked.secrets)  # still seen per layer
+
+
+def test_worker_process_errors_name_the_layer(tmp_path: Path) -> None:
+    Image([{"a": b"x" * 100}, {"b": b"y" * 100}]).write_oci_layout(tmp_path)
+    digest = OCILayoutSource(tmp_path).resolve().layers[1].digest
+    blob = tmp_path / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    blob.write_bytes(blob.read_bytes() + b"\0" * 512)  # same content, another digest
+    with pytest.raises(DigestMismatchError) as err:
+        scan_image(OCILayoutSource(tmp_path), ScanOptions(workers=2, parallel_min_layer=1))
+    assert err.value.layer == digest and err.value.source == str(tmp_path)
