@@ -508,14 +508,15 @@ class ScanStore:
         whatever came of it, counts as tried; a job still queued or leased is not doubled).
         The rescan repeats the image's last job (policy, registry options)."""
         gen = self.generation()
-        stale = self._all("SELECT DISTINCT image FROM image_verdict "
-                          "WHERE vulndb_generation < :g", g=gen)
+        # one query for the images to queue (the scheduler runs this every few seconds)
+        stale = self._all(
+            "SELECT DISTINCT v.image FROM image_verdict v WHERE v.vulndb_generation < :g "
+            "AND NOT EXISTS (SELECT 1 FROM scan_job j WHERE j.image = v.image AND "
+            "(j.generation >= :g OR j.status IN ('queued', 'running')))", g=gen)
         queued = 0
         for (image,) in stale:
-            last = self._one("SELECT policy, insecure, credentials, generation, status FROM "
-                             "scan_job WHERE image = :i ORDER BY id DESC LIMIT 1", i=image)
-            if last is not None and (last[3] >= gen or last[4] in ("queued", "running")):
-                continue
+            last = self._one("SELECT policy, insecure, credentials FROM scan_job "
+                             "WHERE image = :i ORDER BY id DESC LIMIT 1", i=image)
             policy, insecure, creds = (last[0], bool(last[1]), last[2]) if last else ("", False,
                                                                                       "")
             self.enqueue_scan(image, policy, insecure=insecure, credentials=creds)
