@@ -173,7 +173,12 @@ def test_registry_scanned_by_workers_and_rescanned_after_import(
         codes = [w.stop() for w in workers]
     assert codes == [0, 0], [w.output()[-2000:] for w in workers]
     assert all("done " in w.output() for w in workers)
+    _no_duplicates_and_refused_tokens(server, registry, viewer, tmp_path)
 
+
+def _no_duplicates_and_refused_tokens(server: ServerProcess, registry: str, viewer: str,
+                                      tmp_path: Path) -> None:
+    admin = server.api()
     # no duplicates: listed again twice while nothing takes jobs -> two queued jobs
     (reg,) = admin("GET", "/api/v1/scan-registries", expect=200)
     for _ in range(2):
