@@ -15,6 +15,7 @@ import gzip
 import io
 import logging
 import posixpath
+import struct
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -273,6 +274,125 @@ def link_escapes(path: str, target: str) -> bool:
     return False
 
 
+# A ustar header: name mode uid gid size mtime chksum typeflag linkname magic version
+# uname gname devmajor devminor prefix (tarfile.TarInfo.frombuf reads the same fields)
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+_MAX_META = 1 << 20  # bytes of one pax header or GNU long name
+_REGULAR = (b"0", b"\0", b"7")  # regular, old-style regular, contiguous
+_NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # their size field is not followed by data
+_META = (b"x", b"g", b"L", b"K")
+
+
+@dataclass(slots=True)
+class _Member:
+    name: str
+    linkname: str
+    type: bytes
+    mode: int
+    size: int
+    offset: int  # of the data in the layer stream
+    sparse: bool = False
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _number(field: bytes) -> int:
+    if field[:1] == b"\x80":  # base-256 (GNU, for values past the octal field's range)
+        return int.from_bytes(field[1:], "big")
+    if field[:1] == b"\xff":
+        raise ValueError("negative number")
+    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+def _checksum_ok(buf: bytes, stored: int) -> bool:
+    unsigned = 256 + sum(buf[:148]) + sum(buf[156:])
+    if stored == unsigned:
+        return True
+    signed = struct.unpack_from("148b8x356b", buf)  # some old tars sum signed bytes
+    return stored == 256 + int(sum(signed))
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """``LEN key=value\\n`` records of a pax extended header."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos:pos + 1] != b"\0":
+        space = data.find(b" ", pos)
+        length = int(data[pos:space]) if space > pos else 0
+        record = data[space + 1:pos + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            raise ValueError("malformed pax record")
+        key, _, value = record[:-1].partition(b"=")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _members(reader: _ForwardReader) -> Iterator[_Member]:
+    """The members of a tar stream, read forwards only (ustar, GNU and pax formats).
+
+    Replaces ``tarfile``'s member loop, which spent ~0.3 s of CPU on the headers of a
+    378 MB image. Headers that fail their checksum, malformed pax records and oversized
+    long names raise ValueError. Long names and pax ``path``/``linkpath``/``size`` apply
+    to the next member; global pax headers are read and ignored.
+    """
+    pending: dict[str, str] = {}
+    while True:
+        buf = reader.read(_BLOCK)
+        if len(buf) < _BLOCK or buf == _ZERO_BLOCK:
+            if buf and buf != _ZERO_BLOCK:
+                raise ValueError("truncated header")
+            if pending:
+                raise ValueError("extended header without a member")
+            return
+        (name, mode, _uid, _gid, size, _mtime, chksum, typ, linkname, _magic, _version,
+         _uname, _gname, _major, _minor, prefix) = _HEADER.unpack(buf)
+        if not _checksum_ok(buf, _number(chksum)):
+            raise ValueError("bad header checksum")
+        size_n = _number(size)
+        offset = reader.tell()
+        if typ in _META:
+            if size_n > _MAX_META:
+                raise ValueError(f"extended header of {size_n} bytes")
+            data = reader.read(size_n)
+            reader.seek(offset + -(-size_n // _BLOCK) * _BLOCK)
+            if len(data) < size_n:
+                raise ValueError("truncated extended header")
+            if typ == b"x":
+                pending.update(_pax_records(data))
+            elif typ == b"L":
+                pending["path"] = _text(data)
+            elif typ == b"K":
+                pending["linkpath"] = _text(data)
+            continue
+        sparse = typ == b"S" or any(k.startswith("GNU.sparse.") for k in pending)
+        if typ == b"S":  # old GNU sparse: extension headers precede the data
+            extended = buf[482]
+            while extended:
+                ext = reader.read(_BLOCK)
+                if len(ext) < _BLOCK:
+                    raise ValueError("truncated sparse header")
+                extended = ext[504]
+            offset = reader.tell()
+        path = pending.get("path") or _text(name)
+        if "path" not in pending and prefix[:1] not in (b"\0", b""):
+            path = _text(prefix) + "/" + path
+        if typ == b"\0" and path.endswith("/"):
+            typ = b"5"
+        if "size" in pending:
+            size_n = int(pending["size"])
+        member = _Member(path, pending.get("linkpath") or _text(linkname), typ,
+                         _number(mode), size_n, offset, sparse)
+        pending = {}
+        yield member
+        if typ not in _NO_DATA:
+            reader.seek(offset + -(-size_n // _BLOCK) * _BLOCK)
+
+
 def iter_layer(
     blob: IO[bytes],
     layer: str,
@@ -283,29 +403,28 @@ def iter_layer(
     counter = _Counter(blob)
     head = counter.read(4)
     stream = _decompressor(_Prepended(head, counter), head, layer)  # type: ignore[arg-type]
-    counted = _ForwardReader(stream, counter, limits, layer)
-    try:
-        tar = tarfile.open(fileobj=counted, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
-    except _CORRUPT as err:
-        raise ImageFormatError(f"layer is not a readable tar archive: {err}", layer=layer) from err
+    reader = _ForwardReader(stream, counter, limits, layer)
     entries = 0
     try:
-        for member in tar:
+        for member in _members(reader):
             entries += 1
             if entries > limits.max_entries:
                 raise LimitExceededError(f"more than {limits.max_entries} entries", layer=layer)
-            entry = _entry(tar, member, layer, limits, on_warning)
+            entry = _entry(reader, member, layer, limits, on_warning)
             if entry is not None:
                 yield entry
-    except _CORRUPT as err:
+    except (ValueError, *_CORRUPT) as err:
+        if entries == 0:
+            raise ImageFormatError(f"layer is not a readable tar archive: {err}",
+                                   layer=layer) from err
         raise ImageFormatError(f"corrupt layer: {err}", layer=layer) from err
-    finally:
-        tar.close()
+    if entries == 0 and reader.tell() == 0:
+        raise ImageFormatError("layer is not a readable tar archive: empty file", layer=layer)
 
 
 def _entry(
-    tar: tarfile.TarFile,
-    member: tarfile.TarInfo,
+    reader: _ForwardReader,
+    member: _Member,
     layer: str,
     limits: Limits,
     on_warning: Callable[[str, str], None],
@@ -320,35 +439,32 @@ def _entry(
         return None
     if not path:
         return None
-    base = posixpath.basename(path)
-    parent = posixpath.dirname(path)
+    parent, _, base = path.rpartition("/")
     if base == OPAQUE_MARKER:
         return Entry(parent, EntryKind.OPAQUE, 0, 0)
     if base.startswith(WHITEOUT_PREFIX):
         return Entry(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]), EntryKind.WHITEOUT, 0, 0)
-    if member.isdir():
+    typ = member.type
+    if typ == b"5":
         return Entry(path, EntryKind.DIR, 0, member.mode)
-    if member.issym():
+    if typ == b"2":
         if link_escapes(path, member.linkname):
             on_warning(f"refused: symlink escapes the image root -> {member.linkname}", path)
             return None
         return Entry(path, EntryKind.SYMLINK, 0, member.mode, member.linkname)
-    if member.islnk():
+    if typ == b"1":
         try:
             target = normalise(member.linkname, layer)
         except UnsafeEntryError as err:
             on_warning(f"refused: hard link {err.message} -> {member.linkname}", path)
             return None
         return Entry(path, EntryKind.HARDLINK, 0, member.mode, target)
-    if member.ischr() or member.isblk() or member.isfifo():
+    if typ in (b"3", b"4", b"6"):
         on_warning("refused: device file or FIFO in layer", path)
         return None
-    if not member.isreg():
-        on_warning(f"skipped: unsupported tar entry type {member.type!r}", path)
+    if typ not in _REGULAR or member.sparse:
+        on_warning(f"skipped: unsupported tar entry type {typ!r}"
+                   + (" (sparse file)" if member.sparse else ""), path)
         return None
-    data: Readable | None
-    if isinstance(tar.fileobj, _ForwardReader) and not member.sparse:
-        data = _MemberData(tar.fileobj, member.offset_data, member.size)
-    else:
-        data = tar.extractfile(member)
-    return Entry(path, EntryKind.FILE, member.size, member.mode, "", data)
+    return Entry(path, EntryKind.FILE, member.size, member.mode, "",
+                 _MemberData(reader, member.offset, member.size))

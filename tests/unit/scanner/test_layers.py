@@ -6,11 +6,12 @@ import gzip
 import io
 import os
 import random
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from controlplane.scanner.errors import DigestMismatchError, LimitExceededError
+from controlplane.scanner.errors import DigestMismatchError, ImageFormatError, LimitExceededError
 from controlplane.scanner.layers import EntryKind, Limits, iter_layer, link_escapes
 from controlplane.scanner.model import ScanResult
 from controlplane.scanner.scan import ScanOptions, _workers, scan_image
@@ -180,3 +181,60 @@ def test_worker_process_errors_name_the_layer(tmp_path: Path) -> None:
     with pytest.raises(DigestMismatchError) as err:
         scan_image(OCILayoutSource(tmp_path), ScanOptions(workers=2, parallel_min_layer=1))
     assert err.value.layer == digest and err.value.source == str(tmp_path)
+
+
+def _tar(fmt: int, members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_formats_read_like_tarfile(fmt: int) -> None:
+    """Long names (ustar prefix, GNU ././@LongLink, pax path), links, modes and sizes come
+    out as tarfile itself reads them."""
+    rng = random.Random(fmt)
+    deep = "/".join(f"dir{i:02d}" for i in range(15))  # 89 characters
+    members = []
+    for i, name in enumerate([f"{deep}/file-{'x' * 60}.txt", "etc/short", f"{deep}/dir/",
+                              "usr/bin/tool", f"{deep}/link", f"{deep}/hard"]):
+        info = tarfile.TarInfo(name)
+        data = b""
+        if name.endswith("/"):
+            info.type = tarfile.DIRTYPE
+        elif name.endswith("/link"):
+            info.type, info.linkname = tarfile.SYMTYPE, "../" + "y" * 120
+        elif name.endswith("/hard"):
+            info.type, info.linkname = tarfile.LNKTYPE, "etc/short"
+        else:
+            data = rng.randbytes(rng.randrange(0, 3000))
+            info.size = len(data)
+        info.mode = 0o640 + i
+        if fmt == tarfile.PAX_FORMAT and name == "etc/short":
+            info.name = "etc/größe"  # non-ASCII: a pax path record
+        members.append((info, data))
+    if fmt == tarfile.USTAR_FORMAT:  # ustar cannot hold the 120-character link target
+        members = [(i, d) for i, d in members if not i.name.endswith("/link")]
+    blob = _tar(fmt, members)
+    want = [(i.name.rstrip("/"), i.mode, d) for i, d in members]
+    got = [(e.path, e.mode, e.read(1 << 20) or b"") for e in iter_layer(
+        io.BytesIO(blob), "sha256:x", Limits(), lambda r, p: None)]
+    assert [(p, m) for p, m, _ in got] == [(p, m) for p, m, _ in want]
+    assert [d for _, _, d in got] == [d for _, _, d in want]
+
+
+def test_corrupt_tar_headers_are_refused() -> None:
+    blob = bytearray(layer_tar([("a", b"x" * 10), ("b", b"y")]))
+    bad_first = bytes(blob[:148]) + b"0000000\0" + bytes(blob[156:])
+    with pytest.raises(ImageFormatError, match="not a readable tar archive: bad header"):
+        list(iter_layer(io.BytesIO(bad_first), "sha256:x", Limits(), lambda r, p: None))
+    second = 1024  # header, one data block
+    blob[second + 148:second + 156] = b"0000000\0"
+    with pytest.raises(ImageFormatError, match="corrupt layer: bad header checksum"):
+        list(iter_layer(io.BytesIO(bytes(blob)), "sha256:x", Limits(), lambda r, p: None))
+    with pytest.raises(ImageFormatError, match="empty file"):
+        list(iter_layer(io.BytesIO(b""), "sha256:x", Limits(), lambda r, p: None))
+    assert list(iter_layer(io.BytesIO(bytes(1024)), "sha256:x", Limits(),
+                           lambda r, p: None)) == []  # an empty layer
