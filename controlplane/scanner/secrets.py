@@ -27,7 +27,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,6 +65,9 @@ class SecretRule:
     keywords: tuple[str, ...] = ()
     path: re.Pattern[str] | None = None  # only files whose path matches
     allow: tuple[AllowRule, ...] = ()  # allow rules of this rule alone
+    # every match starts where one of the keywords starts: the regex is tried only there
+    # (re.match at each keyword) instead of searching the whole file
+    anchored: bool = False
 
 
 def _r(p: str) -> re.Pattern[bytes]:
@@ -144,7 +147,7 @@ RULES: tuple[SecretRule, ...] = (
                _r(r"(?i)\b(?:password|passwd|secret|api_?key|access_?token|auth_?token)"
                   r"[\"']?\s*[:=]\s*[\"']([^\s\"']{12,})[\"']"), 1, 3.5,
                keywords=("passw", "secret", "apikey", "api_key", "accesstoken", "access_token",
-                         "authtoken", "auth_token")),
+                         "authtoken", "auth_token"), anchored=True),
 )
 
 # Installed language packages: their test suites, docs and metadata quote example
@@ -211,6 +214,9 @@ class KeywordIndex:
                 by_keyword[ids[key]].append(i)
         self.keywords = list(ids)
         self.rules_of = [tuple(r) for r in by_keyword]
+        self.anchored_rules = {i for i, r in enumerate(rules) if r.anchored and r.keywords}
+        self.anchored_keywords = {k for k, of in enumerate(self.rules_of)
+                                  if self.anchored_rules.intersection(of)}
         self._automaton: BytesAhoCorasick | None = None
         if self.keywords and use_automaton:
             try:
@@ -220,19 +226,49 @@ class KeywordIndex:
             else:
                 self._automaton = ahocorasick_rs.BytesAhoCorasick(self.keywords)
 
-    def found(self, lowered: bytes) -> set[int]:
-        """Ids (positions in ``keywords``) of the keywords in ``lowered`` (lowercase content)."""
+    def lookup(self, data: bytes) -> tuple[list[int], dict[int, list[int]]]:
+        """Positions of the rules that can match ``data`` (in rule order), and for those
+        that are ``anchored``, where their keywords start."""
+        lowered = data.lower()
+        found: set[int] = set()
+        starts: dict[int, set[int]] = {}
         if self._automaton is not None:
-            return {k for k, _, _ in self._automaton.find_matches_as_indexes(
-                lowered, overlapping=True)}
-        return {k for k, kw in enumerate(self.keywords) if kw in lowered}
-
-    def candidates(self, data: bytes) -> list[int]:
-        """Positions of the rules that can match ``data``, in rule order."""
+            for k, start, _ in self._automaton.find_matches_as_indexes(lowered,
+                                                                        overlapping=True):
+                found.add(k)
+                if k in self.anchored_keywords:
+                    starts.setdefault(k, set()).add(start)
+        else:
+            for k, kw in enumerate(self.keywords):
+                at = lowered.find(kw)
+                if at >= 0:
+                    found.add(k)
+                while at >= 0 and k in self.anchored_keywords:
+                    starts.setdefault(k, set()).add(at)
+                    at = lowered.find(kw, at + 1)
         hit = set(self.always)
-        for k in self.found(data.lower()):
+        for k in found:
             hit.update(self.rules_of[k])
-        return sorted(hit)
+        anchored: dict[int, list[int]] = {}
+        for k, positions in starts.items():
+            for i in self.rules_of[k]:
+                if i in self.anchored_rules:
+                    anchored.setdefault(i, []).extend(positions)
+        return sorted(hit), {i: sorted(set(p)) for i, p in anchored.items()}
+
+
+def _matches_at(pattern: re.Pattern[bytes], data: bytes,
+                starts: list[int]) -> Iterator[re.Match[bytes]]:
+    """What ``pattern.finditer(data)`` yields for a pattern whose matches all begin at one
+    of ``starts``: tried there only, each past the end of the previous match."""
+    end = 0
+    for pos in starts:
+        if pos < end:
+            continue
+        m = pattern.match(data, pos)
+        if m is not None:
+            end = max(m.end(), pos + 1)
+            yield m
 
 
 class SecretScanner:
@@ -243,7 +279,8 @@ class SecretScanner:
         self.allow_rules = tuple(allow_rules)
         self.max_bytes = max_bytes
         self._index = KeywordIndex(self.rules)
-        self._allow_paths = [a.path for a in self.allow_rules if a.path is not None]
+        self._allow_paths = self._one_pattern(
+            [a.path for a in self.allow_rules if a.path is not None])
         self._allow_values = [a.regex for a in self.allow_rules if a.regex is not None]
         for rule in self.rules:
             if not rule.keywords:
@@ -259,18 +296,31 @@ class SecretScanner:
         """False when an allow rule takes the whole file out of the scan."""
         return not any(p.search(path) for p in self._allow_paths)
 
+    @staticmethod
+    def _one_pattern(patterns: list[re.Pattern[str]]) -> list[re.Pattern[str]]:
+        """The path allow rules as one alternation (one search per file), when they combine."""
+        if len(patterns) < 2 or any(p.flags != re.UNICODE for p in patterns):
+            return patterns
+        try:
+            return [re.compile("|".join(f"(?:{p.pattern})" for p in patterns))]
+        except re.error:
+            return patterns
+
     def scan_file(self, path: str, data: bytes, layer: str) -> list[SecretFinding]:
         if not self.wants(path) or b"\x00" in data[:BINARY_PROBE]:
             return []
         findings: list[SecretFinding] = []
-        for i in self._index.candidates(data):
+        candidates, starts = self._index.lookup(data)
+        for i in candidates:
             rule = self.rules[i]
             if rule.path is not None and not rule.path.search(path):
                 continue
             if any(a.path is not None and a.path.search(path) for a in rule.allow):
                 continue
             seen: set[int] = set()
-            for m in rule.pattern.finditer(data):
+            matches = (_matches_at(rule.pattern, data, starts[i]) if i in starts
+                       else rule.pattern.finditer(data))
+            for m in matches:
                 value = m.group(rule.group).decode("utf-8", "replace")
                 if rule.min_entropy and shannon_entropy(value) < rule.min_entropy:
                     continue

@@ -106,9 +106,9 @@ def test_every_match_holds_a_keyword_of_its_rule() -> None:
 
 def test_keyword_index_reports_overlapping_keywords() -> None:
     idx = KeywordIndex(RULES)
-    ids = {r.id for i, r in enumerate(RULES) if i in idx.candidates(b"x AWS_SECRET_access_key")}
+    ids = {r.id for i, r in enumerate(RULES) if i in idx.lookup(b"x AWS_SECRET_access_key")[0]}
     assert {"aws-secret-access-key", "generic-secret"} <= ids
-    assert idx.candidates(b"nothing to see here") == []
+    assert idx.lookup(b"nothing to see here") == ([], {})
 
 
 def test_binary_files_are_skipped() -> None:
@@ -244,3 +244,15 @@ def test_bad_rules_file_names_file_line_and_field(tmp_path: Path, text: str, whe
         load_secret_config(cfg)
     assert str(err.value).startswith(str(cfg))
     assert where in str(err.value)
+
+
+@pytest.mark.parametrize("use_automaton", [True, False])
+def test_anchored_rule_is_tried_at_its_keywords(use_automaton: bool) -> None:
+    idx = KeywordIndex(RULES, use_automaton)
+    generic = next(i for i, r in enumerate(RULES) if r.id == "generic-secret")
+    data = b'x = 1\nPASSWORD = "Zx81KqPw0vL3mT9rYb2N"\nmy_secret: "a"\nsecret: 1\n'
+    _, starts = idx.lookup(data)
+    # PASSWORD, the secret in my_secret, secret
+    assert starts[generic] == [6, data.find(b"secret"), data.find(b"secret: 1")]
+    found = SecretScanner().scan_file("app/x.py", data, "")
+    assert [(f.rule, f.line) for f in found] == [("generic-secret", 2)]
