@@ -47,8 +47,13 @@ class FileLayerCache:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # autocommit; concurrent scans on one host wait for each other's writes
+        # autocommit; concurrent scans on one host wait for each other's writes. WAL with
+        # synchronous=NORMAL: a commit does not wait for fsync (one per layer and one to
+        # create the table cost 10-80 ms of a 150 ms scan), and a crash loses at most the
+        # last rows, never the file's consistency
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS layer_cache (digest TEXT NOT NULL, "
                          "version TEXT NOT NULL, result BLOB NOT NULL, created REAL NOT NULL, "
                          "PRIMARY KEY (digest, version))")

@@ -21,13 +21,12 @@ from controlplane.scanner.errors import ImageFormatError, ScanError
 from controlplane.scanner.model import ScanResult, Severity
 from controlplane.scanner.report import render
 from controlplane.scanner.scan import ScanOptions, scan_image
-from controlplane.scanner.secrets import SecretScanner
 from controlplane.scanner.source import ImageSource, open_source
 
 # Imported where they are used, so a scan starts faster: the store (SQLAlchemy, alembic:
 # ~0.4 s with its migrations; only for local vulnerability matching and --record-verdict),
 # httpx (--server only), univers (matching only), PyYAML (policy files only), yara-python
-# (malware only).
+# (malware only), the secret rules (compiled at import).
 if TYPE_CHECKING:
     from controlplane.scanner.policy import AssurancePolicy
     from controlplane.scanner.scan import VulnMatcher
@@ -168,6 +167,8 @@ def scan_options(args: argparse.Namespace, matcher: VulnMatcher | None) -> ScanO
 
             secrets = load_secret_config(args.secret_config)
         else:
+            from controlplane.scanner.secrets import SecretScanner
+
             secrets = SecretScanner()
     return ScanOptions(
         secrets=secrets,

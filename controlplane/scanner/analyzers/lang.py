@@ -6,8 +6,6 @@ import json
 import logging
 import posixpath
 import re
-import tomllib
-from email.parser import BytesHeaderParser
 
 from controlplane.scanner.model import Ecosystem, Package
 
@@ -33,6 +31,10 @@ class PythonAnalyzer:
         return base.endswith(".egg-info")  # a file, not a directory (dirs are not FILE entries)
 
     def analyze(self, path: str, data: bytes, layer: str) -> list[Package]:
+        # imported here: email.parser pulls in socket, calendar and more (~8 ms of start-up
+        # for every scan, most of which have no Python package)
+        from email.parser import BytesHeaderParser
+
         headers = BytesHeaderParser().parsebytes(data)
         name, version = headers.get("Name"), headers.get("Version")
         if not name or not version:
@@ -79,6 +81,8 @@ class CargoLockAnalyzer:
         return posixpath.basename(path) == "Cargo.lock"
 
     def analyze(self, path: str, data: bytes, layer: str) -> list[Package]:
+        import tomllib  # only images with a Cargo.lock need it
+
         try:
             doc = tomllib.loads(data.decode("utf-8", "replace"))
         except tomllib.TOMLDecodeError:
