@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -67,7 +68,7 @@ class FileLayerCache:
             self.misses += 1
             return None
         try:
-            result = layer_from_json(orjson.loads(row[0]))
+            result = layer_from_json(_loads(row[0]))
         except (KeyError, TypeError, ValueError) as err:
             log.warning("unreadable cached layer, rescanning",
                         extra={"layer": digest, "error": str(err)})
@@ -78,11 +79,24 @@ class FileLayerCache:
 
     def put_layer(self, result: LayerResult, version: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO layer_cache VALUES (?, ?, ?, ?)",
-                         (result.digest, version, orjson.dumps(layer_to_json(result)),
-                          time.time()))
+                         (result.digest, version, _dumps(layer_to_json(result)), time.time()))
 
     def close(self) -> None:
         self._db.close()
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(doc)
+    except TypeError:  # a path that is not UTF-8 (kept as surrogate escapes): stdlib json
+        return json.dumps(doc).encode()
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:  # what _dumps wrote with the stdlib
+        return json.loads(raw)
 
 
 class StoreLayerCache:

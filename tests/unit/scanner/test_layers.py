@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.scanner.cache import FileLayerCache
 from controlplane.scanner.errors import DigestMismatchError, ImageFormatError, LimitExceededError
 from controlplane.scanner.layers import EntryKind, Limits, iter_layer, link_escapes
-from controlplane.scanner.model import ScanResult
+from controlplane.scanner.model import LayerResult, ScanResult
 from controlplane.scanner.scan import ScanOptions, _workers, scan_image
 from controlplane.scanner.secrets import SecretScanner
 from controlplane.scanner.source import ArchiveSource, OCILayoutSource
@@ -238,3 +239,19 @@ def test_corrupt_tar_headers_are_refused() -> None:
         list(iter_layer(io.BytesIO(b""), "sha256:x", Limits(), lambda r, p: None))
     assert list(iter_layer(io.BytesIO(bytes(1024)), "sha256:x", Limits(),
                            lambda r, p: None)) == []  # an empty layer
+
+
+def test_path_that_is_not_utf8_survives_the_layer_cache(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("app/caf\xe9.txt")  # written as latin-1 by the ustar format
+    blob = io.BytesIO()
+    with tarfile.open(fileobj=blob, mode="w", format=tarfile.USTAR_FORMAT,
+                      encoding="latin-1") as tf:
+        tf.addfile(info, io.BytesIO(b""))
+    paths = [e.path for e in iter_layer(io.BytesIO(blob.getvalue()), "sha256:x", Limits(),
+                                        lambda r, p: None)]
+    assert paths == ["app/caf\udce9.txt"]
+    cache = FileLayerCache(tmp_path / "cache.sqlite")
+    result = LayerResult(digest="sha256:x", present={paths[0]})
+    cache.put_layer(result, "v")
+    got = cache.get_layer("sha256:x", "v")
+    assert got is not None and got.present == {paths[0]}
