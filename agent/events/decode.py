@@ -41,13 +41,26 @@ def _s(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+_COMMS: dict[bytes, str] = {}  # raw 16-byte comm -> name: a host has few distinct ones
+_new_tuple = tuple.__new__
+
+
+def _comm(raw: bytes) -> str:
+    name = _COMMS.get(raw)
+    if name is None:
+        if len(_COMMS) >= 4096:
+            _COMMS.clear()
+        name = _COMMS[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return name
+
+
 def _proc(t: tuple[object, ...], i: int) -> Proc:
     """Proc from a flat unpack() tuple whose mr_proc fields start at index i."""
     comm = t[i + 10]
     assert isinstance(comm, bytes)
-    return Proc(t[i], t[i + 1], t[i + 2], t[i + 3], t[i + 4], t[i + 5],  # type: ignore[arg-type]
-                t[i + 6], t[i + 7], t[i + 8], t[i + 9],  # type: ignore[arg-type]
-                comm.split(b"\0", 1)[0].decode("utf-8", "replace"))
+    # tuple.__new__ directly: NamedTuple's own __new__ is a Python-level call (hot path)
+    p: Proc = _new_tuple(Proc, (*t[i:i + 10], _comm(comm)))
+    return p
 
 
 _PROC_AT = abi.EXEC.index["proc.pid"]  # same in every event with a proc
@@ -102,17 +115,25 @@ def decode_exit(rec: bytes) -> ExitEvent:
     return ExitEvent(t[abi.EXIT.index["hdr.ts"]], _proc(t, _PROC_AT), t[abi.EXIT.index["status"]])
 
 
+_O_TS, _O_LEN, _O_PFLAGS, _O_FLAGS, _O_RET = (
+    abi.OPEN.index[k] for k in ("hdr.ts", "path_len", "pflags", "flags", "ret"))
+
+
 def decode_open(rec: bytes) -> OpenEvent:
-    _need(rec, _OPEN.size, Op.OPEN)
+    # the most frequent record: field indexes resolved once, at import
+    size = _OPEN.size
+    if len(rec) < size:
+        raise DecodeError(Op.OPEN, f"{len(rec)} bytes, need {size}")
     t = _OPEN.unpack_from(rec)
-    ix = abi.OPEN.index
-    n = t[ix["path_len"]]
-    if _OPEN.size + n > len(rec):
+    n = t[_O_LEN]
+    if size + n > len(rec):
         raise DecodeError(Op.OPEN, f"path of {n} bytes past the record end")
-    pflags = t[ix["pflags"]]
-    return OpenEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), _s(rec[_OPEN.size:_OPEN.size + n]),
-                     t[ix["flags"]], t[ix["ret"]], bool(pflags & abi.F_PATH_RAW),
-                     bool(pflags & abi.F_PATH_TRUNC))
+    pflags = t[_O_PFLAGS]
+    ev: OpenEvent = _new_tuple(OpenEvent, (
+        t[_O_TS], _proc(t, _PROC_AT), rec[size:size + n].decode("utf-8", "backslashreplace"),
+        t[_O_FLAGS], t[_O_RET], bool(pflags & abi.F_PATH_RAW), bool(pflags & abi.F_PATH_TRUNC),
+        EventType.OPEN))
+    return ev
 
 
 def _addr(family: int, raw: bytes) -> str | None:
