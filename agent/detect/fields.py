@@ -29,7 +29,7 @@ NET_TYPES = frozenset({"connect", "accept", "listen", "send"})
 class Ctx:
     """One event under evaluation. Ancestry and tree lookups are computed once, on demand."""
 
-    __slots__ = ("_ancestors", "_parent", "_proc", "e", "state")
+    __slots__ = ("_ancestors", "_fkey", "_parent", "_proc", "e", "state")
 
     def __init__(self, e: dict[str, Any], state: State) -> None:
         self.e = e
@@ -37,6 +37,16 @@ class Ctx:
         self._proc: Process | bool | None = False
         self._parent: Process | bool | None = False
         self._ancestors: list[Process] | None = None
+        self._fkey: tuple[Any, ...] | bool | None = False
+
+    @property
+    def file_key(self) -> tuple[Any, ...] | None:
+        """Everything the FILE_PURE fields read, as a dict key (None: not a file event)."""
+        k = self._fkey
+        if k is False:
+            f = self.e.get("file")
+            k = self._fkey = (f["path"], f["access"], f["error"], *f["flags"]) if f else None
+        return k  # type: ignore[return-value]
 
     @property
     def proc(self) -> Process | None:
@@ -74,6 +84,13 @@ class Field:
     get: Getter
     types: frozenset[str] | None  # event types it exists for; None: every type
     doc: str
+
+
+# Fields that are a function of Ctx.file_key alone: a condition reading only these has the
+# same value for every open of the same path with the same flags and result, so its value
+# is memoized (agent/detect/rules.py memo_on_file). Keep in step with file_key.
+FILE_PURE = frozenset({"evt.type", "file.path", "file.name", "file.access", "file.flags",
+                       "file.write", "file.failed", "file.error"})
 
 
 def _sub(section: str, key: str) -> Getter:

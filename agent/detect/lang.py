@@ -287,6 +287,18 @@ def event_types(node: Node) -> frozenset[str] | None:
     return None
 
 
+def node_fields(node: Node) -> frozenset[str]:
+    """Names of every field a condition reads."""
+    if isinstance(node, Cmp):
+        return frozenset((node.field.name,))
+    if isinstance(node, Not):
+        return node_fields(node.item)
+    out: frozenset[str] = frozenset()
+    for it in node.items:
+        out |= node_fields(it)
+    return out
+
+
 def field_values(node: Node, name: str, etype: str) -> frozenset[str] | None:
     """Values a field must take for the condition to match an event of type etype (None:
     unconstrained), from positive `=` / `in` tests on it: e.g. syscall.name, to
