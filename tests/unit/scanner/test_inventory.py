@@ -247,3 +247,17 @@ def test_nested_jar_bomb_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     outer = rootfs.jar({f"lib/x{i}.jar": inner for i in range(10)})
     pkgs = JavaArchiveAnalyzer().analyze("app.jar", outer, "")
     assert 1 <= len(pkgs) <= 3  # stops after the budget, does not inflate all ten
+
+
+def test_metadata_headers_read_like_email_parser() -> None:
+    from email.parser import BytesHeaderParser
+
+    from controlplane.scanner.analyzers.lang import metadata_headers
+
+    data = (b"Metadata-Version: 2.1\nName: Foo-Bar\nVersion:  1.0\nLicense: MIT or\n"
+            b"  Apache-2.0\nName: ignored\nSummary: s\n\nVersion: 9 (the body)\n")
+    ours = metadata_headers(data)
+    theirs = BytesHeaderParser().parsebytes(data)
+    for key in ("Name", "Version", "License", "Summary"):
+        assert ours[key.lower()].strip() == str(theirs[key]).strip()
+    assert ours["version"] == "1.0" and "license-expression" not in ours
