@@ -6,10 +6,13 @@ import io
 import logging
 import posixpath
 import re
-import zipfile
 import zlib
+from typing import TYPE_CHECKING
 
 from controlplane.scanner.model import Ecosystem, Package
+
+if TYPE_CHECKING:
+    import zipfile
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ class JavaArchiveAnalyzer:
         return self._archive(path, data, layer, depth=0)
 
     def _archive(self, path: str, data: bytes, layer: str, depth: int) -> list[Package]:
+        import zipfile  # only images with archives need it (~4 ms of start-up)
+
         try:
             zf = zipfile.ZipFile(io.BytesIO(data))
         except (zipfile.BadZipFile, OSError):
