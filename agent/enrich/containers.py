@@ -147,19 +147,23 @@ class ContainerResolver:
 
     # ----------------------------------------------------------------- lookup
 
-    def lookup(self, cgroup_id: int, pid: int | None = None) -> Container | None:
-        """Container of the task in cgroup *cgroup_id* (None: a host process)."""
+    def lookup(self, cgroup_id: int, pid: int | None = None,
+               retry_now: bool = False) -> Container | None:
+        """Container of the task in cgroup *cgroup_id* (None: a host process).
+        retry_now: an incomplete entry is re-read even within retry_interval (an exec:
+        the runtime has written its state by the time the container's process runs)."""
         with self._lock:
-            return self._lookup(cgroup_id, pid)
+            return self._lookup(cgroup_id, pid, retry_now)
 
-    def _lookup(self, cgroup_id: int, pid: int | None) -> Container | None:
+    def _lookup(self, cgroup_id: int, pid: int | None, retry_now: bool = False
+                ) -> Container | None:
         entry = self._cache.get(cgroup_id)
         if entry is not None:
             self._cache.move_to_end(cgroup_id)
             if entry.complete:
                 return entry.container
             now = self._clock()
-            if now - entry.last_try < self.retry_interval:
+            if not retry_now and now - entry.last_try < self.retry_interval:
                 return entry.container
         self.misses += 1
         try:
@@ -176,6 +180,11 @@ class ContainerResolver:
         within = now - first < self.retry_window
         path = self.cgroups.resolve(cgroup_id, pid)
         match = self._match(path) if path is not None else None
+        if match is None and old is not None and old.container is not None:
+            # found before, gone now (the runtime removed its state when the container
+            # exited, before its last events were enriched): keep what was found
+            self._store(cgroup_id, _Entry(old.container, first, now, complete=True))
+            return old.container
         if match is None:
             # runc writes state.json only after the container's cgroup exists: a cgroup
             # that looks like the host's may still turn out to be a container.

@@ -12,6 +12,7 @@
 #include <bpf/bpf_endian.h>
 #include "abi.h"
 #include "../maps/events.h"
+#include "../maps/policy.h"
 
 char LICENSE[] SEC("license") __weak = "GPL";
 
@@ -19,6 +20,7 @@ char LICENSE[] SEC("license") __weak = "GPL";
 __weak const volatile __u32 cfg_self_tgid = 0;    /* the agent: its own activity is not reported */
 __weak const volatile __u32 cfg_args_max = 1024;  /* bytes of argv copied per exec (<= 4096) */
 __weak const volatile __u32 cfg_watch_proc_mem = 1; /* report opens of /proc/<pid>/mem */
+__weak const volatile __u32 cfg_wakeup_bytes = 0;  /* 0: wake the reader on every record */
 __weak const volatile __u32 cfg_exec_lsm = 0;      /* exec denials by BPF LSM (holds stay at exec) */
 
 static __always_inline void stat_inc(__u32 idx)
@@ -37,12 +39,46 @@ static __always_inline void hdr_init(struct mr_hdr *h, __u16 op, __u16 size)
 }
 
 /* The only writer to the ring buffer; failures are counted per CPU. */
-static __always_inline void emit(void *rec, __u64 size)
+static __always_inline void emit_flags(void *rec, __u64 size, __u64 flags)
 {
-	if (bpf_ringbuf_output(&mr_events, rec, size, 0))
+	if (bpf_ringbuf_output(&mr_events, rec, size, flags))
 		stat_inc(MR_STAT_RB_DROP);
 	else
 		stat_inc(MR_STAT_EVENTS);
+}
+
+/* Wake-up flags for a record nobody waits for. With cfg_wakeup_bytes set, it wakes the
+ * reader only once that much data is waiting: the reader otherwise collects on its own
+ * short timer (agent/events/reader.py), so a trickle of events costs a few wake-ups per
+ * second instead of one (and two thread switches in the agent) per record. Except from a
+ * cgroup created moments ago and not yet classified (mr_ppend): a new container's
+ * identity must be read while its runtime's state exists, which for a short-lived one is
+ * a few milliseconds, so its records wake the reader at once. (Forced: the kernel's
+ * default wakes only when no earlier record is still unread, and batched ones may be.) */
+static __always_inline __u64 wake_flags(void)
+{
+	__u64 cg;
+
+	if (!cfg_wakeup_bytes)
+		return 0;
+	cg = bpf_get_current_cgroup_id();
+	if (bpf_map_lookup_elem(&mr_ppend, &cg))
+		return BPF_RB_FORCE_WAKEUP;
+	return bpf_ringbuf_query(&mr_events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes ?
+		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+/* fork, exit, open, network, exec: batched wake-ups */
+static __always_inline void emit(void *rec, __u64 size)
+{
+	emit_flags(rec, size, wake_flags());
+}
+
+/* Records wanted at once (enforcement, observed syscalls, cgroups): a forced wake-up
+ * when batching is on (see wake_flags), else the kernel's default. */
+static __always_inline void emit_now(void *rec, __u64 size)
+{
+	emit_flags(rec, size, cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : 0);
 }
 
 static __always_inline int is_self(void)

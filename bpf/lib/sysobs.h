@@ -155,7 +155,7 @@ static __always_inline void obs_emit(struct mr_sysobs *ev, struct task_struct *t
 	hdr_init(&ev->hdr, MR_OP_SYSCALL, n);
 	if (n > sizeof(*ev) + DATA_MASK)
 		return;
-	emit(ev, n);
+	emit_now(ev, n);
 }
 
 /* connect(2) to a unix socket whose path is watched (container runtime sockets). */

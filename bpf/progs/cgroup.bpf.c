@@ -21,7 +21,7 @@ static __always_inline int on_cgroup(struct cgroup *cgrp, const char *path, __u1
 	ev->path_len = len;
 	len += sizeof(*ev);
 	hdr_init(&ev->hdr, op, len);
-	emit(ev, len);
+	emit_now(ev, len);
 	return 0;
 }
 

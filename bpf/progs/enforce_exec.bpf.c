@@ -100,7 +100,7 @@ out:
 	size = sizeof(*ev) + (len1 & MR_HALF_MASK) + (len2 & (MR_PATH_KEY - 1));
 	hdr_init(&ev->hdr, MR_OP_ENFORCE, size);
 	if (size <= sizeof(h->rec))
-		emit(ev, size);
+		emit_now(ev, size);
 	return (ev->action == MR_EA_BLOCKED) ? -EPERM : 0;
 }
 

@@ -65,7 +65,7 @@ static __always_inline int file_check(struct file *f, int lsm)
 	size = sizeof(*ev) + (len & MR_HALF_MASK);
 	hdr_init(&ev->hdr, MR_OP_ENFORCE, size);
 	if (size <= sizeof(h->rec))
-		emit(ev, size);
+		emit_now(ev, size);
 	return (enf && lsm) ? -EPERM : 0;
 }
 

@@ -80,7 +80,7 @@ static __always_inline int net_check(struct bpf_sock_addr *ctx, int v6)
 	ev.port = port;
 	__builtin_memcpy(ev.addr, k.addr, 16);
 	hdr_init(&ev.hdr, MR_OP_ENFORCE, sizeof(ev));
-	emit(&ev, sizeof(ev));
+	emit_now(&ev, sizeof(ev));
 	return enf ? 0 : 1;
 }
 

@@ -40,6 +40,6 @@ int BPF_PROG(mr_enf_sys, struct pt_regs *regs, long id)
 	enf_init(&ev, MR_EK_SYSCALL, action_of(enf, MR_EA_KILLED), hit, enf);
 	ev.arg = nr;
 	hdr_init(&ev.hdr, MR_OP_ENFORCE, sizeof(ev));
-	emit(&ev, sizeof(ev));
+	emit_now(&ev, sizeof(ev));
 	return 0;
 }
