@@ -12,7 +12,6 @@ import sys
 
 from agent.app import Agent, AgentError, Config
 
-
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 

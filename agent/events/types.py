@@ -11,8 +11,8 @@ container identity) happens later in agent/enrich and the JSON shape in agent/ou
 
 from __future__ import annotations
 
-from typing import NamedTuple
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class EventType(StrEnum):

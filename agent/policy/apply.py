@@ -269,7 +269,7 @@ class Applier:
             "staged": st.staged, "deleted": st.deleted, "seconds": round(st.seconds, 4)})
         return st
 
-    def _stage_lpm(self, name: str, new: Mapping[KT, VT],  # noqa: PLR0917
+    def _stage_lpm(self, name: str, new: Mapping[KT, VT],
                    cur: Mapping[KT, VT],
                    ek: Callable[[KT], bytes], ev: Callable[[VT], bytes],
                    combine: Callable[[VT, VT], VT], keep_live: Callable[[VT], VT],

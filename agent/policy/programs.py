@@ -4,9 +4,9 @@ Exactly one program per enforcement hook is loaded: the BPF LSM one where BPF LS
 (features.Features.bpf_lsm: the programs load *and* `bpf` is an active LSM), otherwise the
 tracepoint fallback that kills. One exception: the exec tracepoint program loads on both
 tiers, because a new container's first exec is held (SIGSTOP) after exec, never in the LSM
-hook (bpf/progs/enforce_exec.bpf.c explains why); with `cfg_exec_lsm` set it only holds. LSM programs are never loaded where the probe says no: on a
-kernel where they fail with EPERM (this project's machines) loading them would fail the
-whole object.
+hook (bpf/progs/enforce_exec.bpf.c explains why); with `cfg_exec_lsm` set it only holds.
+LSM programs are never loaded where the probe says no: on a kernel where they fail with
+EPERM (this project's machines) loading them would fail the whole object.
 """
 
 from __future__ import annotations
