@@ -160,7 +160,12 @@ def _comparable(result: ScanResult) -> tuple[object, ...]:
             result.layers)
 
 
-def test_layers_read_by_worker_processes_give_the_same_result(tmp_path: Path) -> None:
+def test_layers_read_by_worker_processes_give_the_same_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # forked workers are used only from a single-threaded process; earlier tests in a full
+    # run may leave daemon threads behind in this one (the suite is one process)
+    import controlplane.scanner.scan as scan_mod
+    monkeypatch.setattr(scan_mod.threading, "active_count", lambda: 1)
     img = scenarios.debian_app()
     img.write_oci_layout(tmp_path / "oci")
     img.write_docker_archive(tmp_path / "app.tar")
