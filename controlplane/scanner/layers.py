@@ -63,6 +63,23 @@ class Entry:
     _fileobj: Readable | None = None
 
     _head: bytes = b""
+    # positioned reads of the layer blob (uncompressed layers whose source offers them),
+    # and where this file's data starts in it
+    _pread: Callable[[int, int], bytes] | None = None
+    _offset: int = 0
+
+    @property
+    def random_access(self) -> bool:
+        """Whether ``read_at`` works: the layer is uncompressed and its blob is a file."""
+        return self._pread is not None
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` in the file, never past its end, without moving
+        the layer stream (which still reads, and hashes, every byte in order)."""
+        n = min(n, self.size - offset)
+        if self._pread is None or offset < 0 or n <= 0:
+            return b""
+        return self._pread(self._offset + offset, n)
 
     def read(self, limit: int) -> bytes | None:
         """The file's content, or None when it is larger than ``limit``."""
@@ -404,6 +421,8 @@ def iter_layer(
     head = counter.read(4)
     stream = _decompressor(_Prepended(head, counter), head, layer)  # type: ignore[arg-type]
     reader = _ForwardReader(stream, counter, limits, layer)
+    # an uncompressed layer's offsets are the blob's: files can be read where they lie
+    pread = getattr(blob, "pread", None) if isinstance(stream, _Prepended) else None
     entries = 0
     try:
         for member in _members(reader):
@@ -411,6 +430,8 @@ def iter_layer(
             if entries > limits.max_entries:
                 raise LimitExceededError(f"more than {limits.max_entries} entries", layer=layer)
             entry = _entry(reader, member, layer, limits, on_warning)
+            if entry is not None and pread is not None and entry.kind is EntryKind.FILE:
+                entry._pread, entry._offset = pread, member.offset
             if entry is not None:
                 yield entry
     except (ValueError, *_CORRUPT) as err:

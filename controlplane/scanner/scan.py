@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import IO, Protocol
 
-from controlplane.scanner.analyzers import Analyzer, registry
+from controlplane.scanner.analyzers import Analyzer, FileAnalyzer, registry
 from controlplane.scanner.config import config_findings, image_config
 from controlplane.scanner.errors import ScanError
-from controlplane.scanner.layers import EntryKind, Limits, iter_layer
+from controlplane.scanner.layers import Entry, EntryKind, Limits, iter_layer
 from controlplane.scanner.model import (
     Ecosystem,
     LayerResult,
@@ -38,7 +38,7 @@ from controlplane.scanner.source import ImageSource, LayerRef
 
 log = logging.getLogger(__name__)
 
-ANALYZER_VERSION = "1"  # bump when analyzers change, so cached layer results are redone
+ANALYZER_VERSION = "2"  # bump when analyzers change, so cached layer results are redone
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release", "etc/alpine-release",
                     "etc/debian_version")
 OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
@@ -124,6 +124,7 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
     limits = options.limits
     secret_max = options.secrets.max_bytes if options.secrets else -1
     malware_max = options.malware.max_bytes if options.malware else -1
+    by_file = {id(a): a for a in options.analyzers if isinstance(a, FileAnalyzer)}
     for entry in iter_layer(blob, layer.digest, limits, warn):  # type: ignore[arg-type]
         if entry.kind is EntryKind.WHITEOUT:
             result.whiteouts.append(entry.path)
@@ -149,6 +150,12 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
             if wanted:
                 warn(f"file larger than {limits.max_file_bytes} bytes not analysed", entry.path)
             continue
+        needs_data = is_os_release or (options.secrets is not None and entry.size <= secret_max) \
+            or (options.malware is not None and entry.size <= malware_max)
+        binary = [by_file[id(a)] for a in wanted if id(a) in by_file]
+        if not needs_data and binary and len(binary) == len(wanted) \
+                and _binary_only(result, warn, binary, entry, layer.digest):
+            continue
         data = entry.read(limits.max_file_bytes)
         if data is None:
             continue
@@ -158,18 +165,40 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
             if found and (result.os_release is None or entry.path in OS_RELEASE_PATHS[:2]):
                 result.os_release = found
         for analyzer in wanted:
-            try:
-                packages = analyzer.analyze(entry.path, data, layer.digest)
-            except (ValueError, UnicodeError, KeyError, IndexError, OSError) as err:
-                warn(f"{analyzer.name} analyzer failed: {err}", entry.path)
-                continue
-            if packages:
-                result.files.setdefault(entry.path, []).extend(packages)
+            _analyze(result, warn, analyzer, entry.path, layer.digest,
+                     functools.partial(analyzer.analyze, entry.path, data, layer.digest))
         if options.secrets and entry.size <= secret_max:
             result.secrets.extend(options.secrets.scan_file(entry.path, data, layer.digest))
         if options.malware and entry.size <= malware_max:
             result.malware.extend(options.malware.scan_file(entry.path, data, layer.digest))
     return result
+
+
+def _analyze(result: LayerResult, warn: Callable[[str, str], None], analyzer: Analyzer,
+             path: str, layer: str, run: Callable[[], list[Package]]) -> None:
+    try:
+        packages = run()
+    except (ValueError, UnicodeError, KeyError, IndexError, OSError) as err:
+        warn(f"{analyzer.name} analyzer failed: {err}", path)
+        return
+    if packages:
+        result.files.setdefault(path, []).extend(packages)
+
+
+def _binary_only(result: LayerResult, warn: Callable[[str, str], None],
+                 analyzers: Sequence[FileAnalyzer], entry: Entry, layer: str) -> bool:
+    """A file only binary analyzers want: nothing past its first bytes unless they match,
+    then (uncompressed layers) just the headers and sections the analyzers read. False
+    when the file must be read whole after all (a compressed layer's ELF file)."""
+    if not any(entry.peek(len(a.magic)) == a.magic for a in analyzers):
+        return True
+    if not entry.random_access:
+        return False
+    for analyzer in analyzers:
+        _analyze(result, warn, analyzer, entry.path, layer,
+                 functools.partial(analyzer.analyze_file, entry.path, entry.read_at,
+                                   entry.size, layer))
+    return True
 
 
 def _under(path: str, root: str) -> bool:
@@ -227,6 +256,10 @@ class _ProgressReader:
         self._report = report
         self._count = 0
         self._last = 0
+
+        pread = getattr(inner, "pread", None)
+        if pread is not None:
+            self.pread = pread
 
     def read(self, n: int = -1) -> bytes:
         data = self._inner.read(n)

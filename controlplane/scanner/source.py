@@ -10,17 +10,19 @@ against their digest at end of stream.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import logging
+import os
 import posixpath
 import queue
 import re
 import tarfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -105,8 +107,13 @@ class BackgroundHash:
 class HashingReader:
     """Wraps a blob stream: hashes what is read, checks the digest at end of stream."""
 
-    def __init__(self, raw: IO[bytes], digest: str, source: str, limit: int) -> None:
+    def __init__(self, raw: IO[bytes], digest: str, source: str, limit: int,
+                 pread: Callable[[int, int], bytes] | None = None) -> None:
         self._raw = raw
+        if pread is not None:
+            # positioned reads of the blob for the binary analyzers; the stream still
+            # reads and hashes every byte, so a changed blob still fails the scan
+            self.pread = pread
         self._digest = digest
         self._hash = BackgroundHash()
         self._source = source
@@ -264,7 +271,8 @@ class OCILayoutSource:
         except OSError as err:
             raise ImageFormatError(f"missing blob: {err.strerror}", source=self.name) from err
         with raw:
-            yield HashingReader(raw, digest, self.name, self.max_blob)  # type: ignore[misc]
+            yield HashingReader(raw, digest, self.name, self.max_blob,  # type: ignore[misc]
+                                functools.partial(_pread, raw.fileno()))
 
 
 class ArchiveSource:
@@ -406,8 +414,9 @@ class ArchiveSource:
             # without tarfile's reader (one Python layer and one copy less per chunk)
             with self.path.open("rb", buffering=0) as raw:
                 raw.seek(member.offset_data)
-                yield HashingReader(_Slice(raw, member.size), digest,  # type: ignore[misc,arg-type]
-                                    self.name, self.max_blob)
+                piece = _Slice(raw, member.size)
+                yield HashingReader(piece, digest,  # type: ignore[misc,arg-type]
+                                    self.name, self.max_blob, piece.pread)
             return
         f = self._tar.extractfile(member)
         assert f is not None
@@ -420,12 +429,23 @@ class _Slice:
     def __init__(self, raw: IO[bytes], size: int) -> None:
         self._raw = raw
         self._left = size
+        self._start = raw.tell()
+        self._size = size
+
+    def pread(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` in the slice, never past its end."""
+        n = min(n, self._size - offset)
+        return _pread(self._raw.fileno(), self._start + offset, n) if offset >= 0 else b""
 
     def read(self, n: int = -1) -> bytes:
         n = self._left if n < 0 else min(n, self._left)
         data = self._raw.read(n) if n > 0 else b""
         self._left -= len(data)
         return data
+
+
+def _pread(fd: int, offset: int, n: int) -> bytes:
+    return os.pread(fd, n, offset) if n > 0 else b""
 
 
 def open_source(path: Path, ref: str | None = None) -> ImageSource:

@@ -2,13 +2,15 @@
 
 An analyzer is pure: ``wants(path, mode, size)`` decides from the tar header alone,
 ``analyze(path, data, layer)`` parses bytes already read from the layer. ``ANALYZERS`` is
-the registry the scanner walks; adding an ecosystem means adding one entry.
+the registry the scanner walks; adding an ecosystem means adding one entry. A
+``FileAnalyzer`` can also be handed positioned reads of the file instead of its bytes.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from controlplane.scanner.analyzers.elf import ReadAt
 from controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
 from controlplane.scanner.analyzers.java import JavaArchiveAnalyzer
 from controlplane.scanner.analyzers.lang import CargoLockAnalyzer, NpmAnalyzer, PythonAnalyzer
@@ -23,6 +25,18 @@ class Analyzer(Protocol):
     def wants(self, path: str, mode: int, size: int) -> bool: ...
 
     def analyze(self, path: str, data: bytes, layer: str) -> list[Package]: ...
+
+
+@runtime_checkable
+class FileAnalyzer(Analyzer, Protocol):
+    """An analyzer that can read just the parts of a file it needs (the ELF binaries'):
+    ``read_at(offset, size)`` returns bytes of the file, never past ``size``. Files not
+    starting with ``magic`` give it nothing."""
+
+    magic: bytes
+
+    def analyze_file(self, path: str, read_at: ReadAt, size: int,
+                     layer: str) -> list[Package]: ...
 
 
 def registry() -> tuple[Analyzer, ...]:

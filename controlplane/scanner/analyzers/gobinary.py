@@ -3,6 +3,13 @@
 Reads the Go 1.18+ inline format (the ``\\xff Go buildinf:`` header, then varint-prefixed
 toolchain version and module info strings) and the older pointer format (Go 1.13-1.17:
 pointers to Go string headers, resolved through the ELF PT_LOAD segments).
+
+``analyze_file`` reads only what it needs: the ELF header, the section header table and
+the ``.go.buildinfo`` section (the Go linker has written it since Go 1.13; 1.18+ holds the
+whole build info inline). An ELF with a section table but no such section is not a Go
+binary and costs nothing more. Files without a usable section table (odd or stripped ELFs,
+section tables past the end) and the pointer format are read whole and searched for the
+build-info magic, as ``analyze`` does with bytes.
 """
 
 from __future__ import annotations
@@ -10,14 +17,22 @@ from __future__ import annotations
 import logging
 import struct
 
-from controlplane.scanner.analyzers.elf import read_va
+from controlplane.scanner.analyzers.elf import (
+    ELF_MAGIC,
+    ReadAt,
+    bytes_reader,
+    find_sections,
+    parse_header,
+    read_va,
+)
 from controlplane.scanner.model import Ecosystem, Package
 
 log = logging.getLogger(__name__)
 
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
 FLAG_INLINE = 0x2
-ELF_MAGIC = b"\x7fELF"
+SECTION = b".go.buildinfo"
+MAX_SECTION = 16 << 20
 
 
 def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
@@ -55,6 +70,44 @@ def read_buildinfo(data: bytes) -> tuple[str, str] | None:
         if len(header) == 32:
             return _pointer_buildinfo(data, header)
         start = idx + 1
+
+
+def _inline_section(data: bytes) -> tuple[str, str] | None:
+    """Inline build info at the start of a ``.go.buildinfo`` section; None unless the
+    section starts with an inline header and holds both strings whole."""
+    if len(data) < 32 or not data.startswith(BUILDINFO_MAGIC) or not data[15] & FLAG_INLINE:
+        return None
+    try:
+        vlen, pos = _uvarint(data, 32)
+        version = data[pos:pos + vlen]
+        pos += vlen
+        mlen, pos = _uvarint(data, pos)
+    except ValueError:
+        return None
+    if pos + mlen > len(data):
+        return None
+    mod = data[pos:pos + mlen]
+    if len(mod) >= 33 and mod[-17:-16] == b"\n":
+        mod = mod[16:-16]
+    return version.decode("utf-8", "replace"), mod.decode("utf-8", "replace")
+
+
+def buildinfo_at(read_at: ReadAt, size: int) -> tuple[str, str] | None:
+    """(go version, module info text) of an ELF file read through ``read_at``, or None."""
+    head = read_at(0, min(64, size))
+    if not head.startswith(ELF_MAGIC):
+        return None
+    header = parse_header(head)
+    sections = find_sections(read_at, size, header, (SECTION,)) if header else None
+    if sections is not None:
+        section = sections.get(SECTION)
+        if section is None:
+            return None  # a section table without .go.buildinfo: not a Go 1.13+ binary
+        info = _inline_section(read_at(section.offset, min(section.size, MAX_SECTION)))
+        if info is not None:
+            return info
+    # no usable section table, or pre-1.18 pointers into other sections: the whole file
+    return read_buildinfo(read_at(0, size))
 
 
 def _pointer_buildinfo(data: bytes, header: bytes) -> tuple[str, str] | None:
@@ -104,14 +157,16 @@ def parse_modinfo(version: str, modinfo: str) -> list[tuple[str, str]]:
 
 class GoBinaryAnalyzer:
     name = "gobinary"
+    magic = ELF_MAGIC
 
     def wants(self, path: str, mode: int, size: int) -> bool:
         return bool(mode & 0o111) and size > 1024
 
     def analyze(self, path: str, data: bytes, layer: str) -> list[Package]:
-        if not data.startswith(ELF_MAGIC):
-            return []
-        info = read_buildinfo(data)
+        return self.analyze_file(path, bytes_reader(data), len(data), layer)
+
+    def analyze_file(self, path: str, read_at: ReadAt, size: int, layer: str) -> list[Package]:
+        info = buildinfo_at(read_at, size)
         if info is None:
             return []
         return [
