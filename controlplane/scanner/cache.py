@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +45,33 @@ def default_cache_path() -> Path:
     return data_dir() / "layer-cache.sqlite"
 
 
-class FileLayerCache:
+class _Counting:
+    """hits / misses, and a cached document turned back into a LayerResult (an unreadable
+    one is a miss: the layer is scanned again)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+
+    def _result(self, digest: str, raw: Any | None,
+                decode: Callable[[Any], Any]) -> LayerResult | None:
+        if raw is None:
+            self.misses += 1
+            return None
+        try:
+            result = layer_from_json(decode(raw))
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("unreadable cached layer, rescanning",
+                        extra={"layer": digest, "error": str(err)})
+            self.misses += 1
+            return None
+        self.hits += 1
+        return result
+
+
+class FileLayerCache(_Counting):
     def __init__(self, path: Path) -> None:
+        super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # autocommit; concurrent scans on one host wait for each other's writes. WAL with
@@ -58,24 +84,11 @@ class FileLayerCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS layer_cache (digest TEXT NOT NULL, "
                          "version TEXT NOT NULL, result BLOB NOT NULL, created REAL NOT NULL, "
                          "PRIMARY KEY (digest, version))")
-        self.hits = 0
-        self.misses = 0
 
     def get_layer(self, digest: str, version: str) -> LayerResult | None:
         row = self._db.execute("SELECT result FROM layer_cache WHERE digest = ? AND "
                                "version = ?", (digest, version)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        try:
-            result = layer_from_json(_loads(row[0]))
-        except (KeyError, TypeError, ValueError) as err:
-            log.warning("unreadable cached layer, rescanning",
-                        extra={"layer": digest, "error": str(err)})
-            self.misses += 1
-            return None
-        self.hits += 1
-        return result
+        return self._result(digest, None if row is None else row[0], _loads)
 
     def put_layer(self, result: LayerResult, version: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO layer_cache VALUES (?, ?, ?, ?)",
@@ -99,26 +112,14 @@ def _loads(raw: bytes) -> Any:
         return json.loads(raw)
 
 
-class StoreLayerCache:
+class StoreLayerCache(_Counting):
     def __init__(self, store: ScanStore) -> None:
+        super().__init__()
         self.store = store
-        self.hits = 0
-        self.misses = 0
 
     def get_layer(self, digest: str, version: str) -> LayerResult | None:
-        doc = self.store.get_layer_json(digest, version)
-        if doc is None:
-            self.misses += 1
-            return None
-        try:
-            result = layer_from_json(doc)
-        except (KeyError, TypeError, ValueError) as err:
-            log.warning("unreadable cached layer, rescanning",
-                        extra={"layer": digest, "error": str(err)})
-            self.misses += 1
-            return None
-        self.hits += 1
-        return result
+        return self._result(digest, self.store.get_layer_json(digest, version),
+                            lambda doc: doc)
 
     def put_layer(self, result: LayerResult, version: str) -> None:
         self.store.put_layer_json(result.digest, version, layer_to_json(result))
