@@ -28,9 +28,9 @@ from controlplane.store.scanstore import ScanStore
 from controlplane.vulndb.importer import import_path
 from tests.fixtures.images import scenarios
 from tests.fixtures.images.registry import push_image, push_index
+from tests.helpers.advisories import ADVISORIES
 
 REGISTRY_BIN = shutil.which("docker-registry")
-ADVISORIES = Path(__file__).resolve().parents[3] / "shared" / "advisories"
 
 pytestmark = [
     pytest.mark.integration,

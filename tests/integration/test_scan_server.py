@@ -34,7 +34,7 @@ __all__ = ["registry"]  # the module-scoped docker-registry fixture, shared
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(REGISTRY_BIN is None, reason="Debian package docker-registry missing"),
-    pytest.mark.skipif(not ADVISORIES.is_dir(), reason="shared/advisories missing"),
+    pytest.mark.skipif(not ADVISORIES.is_dir(), reason="no advisories (MORAY_ADVISORIES)"),
 ]
 
 # every finding fails it: before the import neither image has one, after it the image

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,17 +10,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from controlplane.store.scanstore import ScanStore
 from controlplane.vulndb.importer import import_path
-
-ADVISORIES = Path(os.environ.get("MORAY_ADVISORIES",
-                                 Path(__file__).resolve().parents[4] / "shared" / "advisories"))
+from tests.helpers.advisories import ADVISORIES
 
 
 def advisories_dir() -> Path:
-    for candidate in (ADVISORIES, Path("/work/shared/advisories"),
-                      Path(__file__).resolve().parents[3].parent / "shared" / "advisories"):
-        if candidate.is_dir():
-            return candidate
-    pytest.skip("shared/advisories not found (set MORAY_ADVISORIES)")
+    if ADVISORIES.is_dir():
+        return ADVISORIES
+    pytest.skip(f"no advisories at {ADVISORIES} (MORAY_ADVISORIES)")
 
 
 @pytest.fixture(scope="session")
