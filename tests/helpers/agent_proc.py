@@ -128,6 +128,19 @@ class AgentProc:
             self.unload()
         shutil.rmtree(self.work, ignore_errors=True)
 
+    def __enter__(self) -> AgentProc:
+        """`with AgentProc() as a`: started; stopped, unloaded and removed on the way out
+        (also when start() fails)."""
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
 
 def enforcement(ev: dict[str, Any]) -> dict[str, Any]:
     e = ev.get("enforcement")

@@ -27,13 +27,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[tuple[AgentProc, Dockerd]]:
-    with Dockerd() as d:
-        a = AgentProc()
-        try:
-            a.start()
-            yield a, d
-        finally:
-            a.cleanup()
+    with Dockerd() as d, AgentProc() as a:
+        yield a, d
 
 
 def test_drift_blocked_image_binaries_run(env: tuple[AgentProc, Dockerd]) -> None:

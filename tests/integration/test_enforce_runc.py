@@ -40,12 +40,8 @@ def policy(name: str, names: str, body: str, mode: str = "enforce") -> str:
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[AgentProc]:
-    a = AgentProc()
-    try:
-        a.start()
+    with AgentProc() as a:
         yield a
-    finally:
-        a.cleanup()
 
 
 def _for(ev: dict[str, object], container: str, kind: str, action: str) -> bool:

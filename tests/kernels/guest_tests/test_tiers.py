@@ -59,12 +59,8 @@ def ctr_policy(name: str, names: str, body: str, mode: str = "enforce") -> str:
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[AgentProc]:
-    a = AgentProc()
-    try:
-        a.start()
+    with AgentProc() as a:
         yield a
-    finally:
-        a.cleanup()
 
 
 @pytest.fixture(scope="module")
