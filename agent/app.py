@@ -110,12 +110,11 @@ class Pipeline:
         # detect stage (agent/detect): enriched event -> alerts, written to the same sink
         self.detect: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
 
-    def container_json(self, cgroup_id: int, pid: int,
-                       retry_now: bool = False) -> dict[str, Any] | None:
+    def container_json(self, cgroup_id: int, pid: int) -> dict[str, Any] | None:
         if self.resolver is None or cgroup_id <= 1:
             return None
         try:
-            c = self.resolver.lookup(cgroup_id, pid, retry_now)
+            c = self.resolver.lookup(cgroup_id, pid)
         except Exception:  # the resolver promises not to raise; count it if it does
             self.stats.enrich_errors += 1
             log.exception("container lookup raised", extra={"cgroup_id": cgroup_id})
@@ -160,8 +159,7 @@ class Pipeline:
         else:
             p = tree.ensure(ev.proc)
         parent = tree.parent_of(ev.proc)
-        container = self.container_json(ev.proc.cgroup_id, ev.proc.pid,
-                                        isinstance(ev, ExecEvent))
+        container = self.container_json(ev.proc.cgroup_id, ev.proc.pid)
         out = self.fmt.event(ev, p, parent, container)
         if isinstance(ev, EnforceEvent):
             _new_image(out, ev)

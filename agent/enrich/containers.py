@@ -147,23 +147,19 @@ class ContainerResolver:
 
     # ----------------------------------------------------------------- lookup
 
-    def lookup(self, cgroup_id: int, pid: int | None = None,
-               retry_now: bool = False) -> Container | None:
-        """Container of the task in cgroup *cgroup_id* (None: a host process).
-        retry_now: an incomplete entry is re-read even within retry_interval (an exec:
-        the runtime has written its state by the time the container's process runs)."""
+    def lookup(self, cgroup_id: int, pid: int | None = None) -> Container | None:
+        """Container of the task in cgroup *cgroup_id* (None: a host process)."""
         with self._lock:
-            return self._lookup(cgroup_id, pid, retry_now)
+            return self._lookup(cgroup_id, pid)
 
-    def _lookup(self, cgroup_id: int, pid: int | None, retry_now: bool = False
-                ) -> Container | None:
+    def _lookup(self, cgroup_id: int, pid: int | None) -> Container | None:
         entry = self._cache.get(cgroup_id)
         if entry is not None:
             self._cache.move_to_end(cgroup_id)
             if entry.complete:
                 return entry.container
             now = self._clock()
-            if not retry_now and now - entry.last_try < self.retry_interval:
+            if now - entry.last_try < self.retry_interval:
                 return entry.container
         self.misses += 1
         try:
