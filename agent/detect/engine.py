@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.detect.fields import Ctx
 from agent.detect.response import Responder
-from agent.detect.rules import Rule, RuleSet
+from agent.detect.rules import FilePlan, Rule, RuleSet
 from agent.detect.state import State
 from agent.enrich.proctree import ProcessTree
 
@@ -50,6 +50,9 @@ class Detector:
         elif t in CONNECTS:
             self.state.record_connect(e)
         rs = self.rules
+        fplan = rs.file_plans.get(t)
+        if fplan is not None:
+            return self._process_file(e, fplan)
         if t == "syscall":
             groups = rs.syscall_plans.get(e["syscall"]["name"], rs.any_syscall_plan)
         else:
@@ -75,6 +78,26 @@ class Detector:
                 if hit and not (r.throttle and self.state.throttled(
                         r.name, e["process"]["exec_id"], r.throttle)):
                     out.append(self.alert(r, c))
+        return out
+
+    def _process_file(self, e: dict[str, Any], fplan: FilePlan) -> list[dict[str, Any]]:
+        """An event with a file (open): only the rules whose file-only tests hold for its
+        path and flags (remembered per path and flags) run their other tests."""
+        self.evaluated += 1
+        c = Ctx(e, self.state)
+        cands = fplan.candidates(c, self._failed)
+        if not cands:
+            return []
+        out: list[dict[str, Any]] = []
+        for r, rest in cands:
+            try:
+                hit = rest is None or rest(c)
+            except Exception:  # a rule bug must not stop detection: count, log once
+                self._failed(r, e["type"])
+                continue
+            if hit and not (r.throttle and self.state.throttled(
+                    r.name, e["process"]["exec_id"], r.throttle)):
+                out.append(self.alert(r, c))
         return out
 
     def _failed(self, r: Rule, t: str) -> None:

@@ -442,6 +442,43 @@ def prune_type_tests(node: Node, types: frozenset[str]) -> Node | None:
     return node  # under `not`: keep as written
 
 
+def specialize(node: Node, etype: str) -> Node | bool:
+    """The condition as evaluated on events of type `etype` only: `evt.type` tests become
+    constants and are folded away (True: always holds; False: never). A rule written for
+    several types (`(evt.type = open and ...) or (evt.type = syscall and ...)`) keeps, per
+    type, only the branch that can hold, so its file-only tests can be told apart."""
+    if isinstance(node, Cmp):
+        if node.field.name != "evt.type":
+            return node
+        if node.op in ("=", "in"):
+            return etype in node.values
+        if node.op == "!=":
+            return etype != node.values[0]
+        return node
+    if isinstance(node, Not):
+        x = specialize(node.item, etype)
+        return (not x) if isinstance(x, bool) else Not(x)
+    is_and = isinstance(node, And)
+    kept: list[Node] = []
+    for it in node.items:
+        x = specialize(it, etype)
+        if isinstance(x, bool):
+            if x is not is_and:   # False in an And, True in an Or: decides the whole node
+                return x
+            continue
+        kept.append(x)
+    if not kept:
+        return is_and
+    if len(kept) == 1:
+        return kept[0]
+    return And(tuple(kept)) if is_and else Or(tuple(kept))
+
+
+def conjuncts(node: Node) -> tuple[Node, ...]:
+    """The top-level `and` items of a condition (the node itself when it is not an and)."""
+    return node.items if isinstance(node, And) else (node,)
+
+
 def compile_node(node: Node) -> Pred:
     if isinstance(node, And):
         preds = tuple(compile_node(i) for i in node.items)

@@ -51,7 +51,9 @@ from agent.detect.lang import (
     event_types,
     field_values,
     node_fields,
+    conjuncts,
     prune_type_tests,
+    specialize,
 )
 
 DEFAULT_RULES = Path(__file__).with_name("rules") / "default.yaml"
@@ -117,6 +119,7 @@ class Rule:
     guard_key: Node | None = None
     guard: Pred | None = None
     rest: Pred | None = None
+    cond: Node | None = None  # the whole condition, exceptions included (None: always)
 
 
 Plan = tuple[tuple["Pred | None", tuple[Rule, ...]], ...]
@@ -134,6 +137,67 @@ def plan(rules: Iterable[Rule]) -> Plan:
     return tuple((g, tuple(rs)) for g, rs in groups.values())
 
 
+class FilePlan:
+    """The rules for one event type that carries a file (open), split per rule into the
+    tests that read only FILE_PURE fields and the rest. Which rules' file tests hold is
+    remembered per Ctx.file_key (bounded), so an open of an already seen path and flags
+    costs one dict lookup plus the remaining tests of the rules it could still match;
+    for an open no rule cares about (most of them), nothing else.
+
+    `candidates(c)` -> ((rule, rest or None) ...) in rule order; `failed(rule, etype)` is
+    called for a rule whose file tests raised (such a key is not remembered, so it is
+    counted again)."""
+
+    def __init__(self, etype: str, rules: Iterable[Rule], size: int = 8192) -> None:
+        self.etype = etype
+        self.size = size
+        self._cache: dict[tuple[Any, ...], tuple[tuple[Rule, Pred | None], ...]] = {}
+        self.rules: list[tuple[Rule, Pred | None, Pred | None]] = []
+        for r in rules:
+            spec = specialize(r.cond, etype) if r.cond is not None else True
+            if spec is False:
+                continue
+            items = () if spec is True else conjuncts(spec)
+            pure = [i for i in items if node_fields(i) <= FILE_PURE]
+            rest = [i for i in items if not node_fields(i) <= FILE_PURE]
+            self.rules.append((r, _compile_all(pure), _compile_all(rest)))
+
+    def candidates(self, c: Ctx, failed: Callable[[Rule, str], None]) -> tuple[
+            tuple[Rule, Pred | None], ...]:
+        try:
+            k = c.file_key
+            got = self._cache.get(k) if k is not None else None
+        except TypeError:  # a malformed event (an unhashable path): no memo for it
+            k = got = None
+        if got is not None:
+            return got
+        out = []
+        ok = k is not None
+        for r, pure, rest in self.rules:
+            try:
+                if pure is None or pure(c):
+                    out.append((r, rest))
+            except Exception:  # a rule bug: counted by the engine, the other rules go on
+                failed(r, self.etype)
+                ok = False
+        got = tuple(out)
+        if ok:
+            if len(self._cache) >= self.size:
+                self._cache.clear()
+            self._cache[k] = got  # type: ignore[index]
+        return got
+
+
+def _compile_all(items: list[Node]) -> Pred | None:
+    if not items:
+        return None
+    return compile_node(items[0] if len(items) == 1 else And(tuple(items)))
+
+
+# event types whose rules go through a FilePlan (their events carry Ctx.file_key)
+FILE_TYPES = ("open",)
+
+
 @dataclass
 class RuleSet:
     rules: list[Rule]
@@ -145,6 +209,7 @@ class RuleSet:
     plans: dict[str, Plan] = field(default_factory=dict)          # by event type
     syscall_plans: dict[str, Plan] = field(default_factory=dict)  # by syscall name
     any_syscall_plan: Plan = ()
+    file_plans: dict[str, FilePlan] = field(default_factory=dict)  # FILE_TYPES only
 
     def __post_init__(self) -> None:
         idx: dict[str, list[Rule]] = {}
@@ -160,6 +225,8 @@ class RuleSet:
         self.plans = {t: plan(rs) for t, rs in self.by_type.items()}
         self.syscall_plans = {n: plan(rs) for n, rs in self.by_syscall.items()}
         self.any_syscall_plan = plan(self.any_syscall)
+        self.file_plans = {t: FilePlan(t, self.by_type[t]) for t in FILE_TYPES
+                           if t in self.by_type}
 
 
 # --------------------------------------------------------------------------- raw items
@@ -457,7 +524,7 @@ class _Loader:
                     field_values(node, "syscall.name", "syscall") if "syscall" in types
                     else None,
                     match, _formatter(output or raw.name), response,
-                    float(throttle), f"{f}:{raw.line}", guard_key, guard, rest)
+                    float(throttle), f"{f}:{raw.line}", guard_key, guard, rest, full)
 
 
 def _always(c: Ctx) -> bool:

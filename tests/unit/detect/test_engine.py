@@ -136,6 +136,49 @@ def test_rule_exception_raised_is_counted_not_fatal() -> None:
     assert rules_of(d.process(e)) == {"good"} and d.errors == 1
 
 
+def test_open_rules_split_by_file_tests_keep_every_rule_semantics() -> None:
+    """Open events go through a FilePlan: file-only tests remembered per path and flags, the
+    rest evaluated per event; a rule written for two types keeps only its open branch."""
+    rs = load_texts([("x.yaml", """
+- rule: trunc log
+  condition: >
+    (evt.type = open and file.flags = O_TRUNC and file.path pmatch (/var/log))
+    or (evt.type = syscall and syscall.name = unlink and syscall.path pmatch (/var/log))
+- rule: shadow by non-sshd
+  condition: evt.type = open and file.path = /etc/shadow and not proc.name = sshd
+- rule: any open in container
+  condition: evt.type = open and container.id exists
+""")])
+    d = Detector(rs, tree(), proc="/nonexistent")
+
+    def opn(path: str, comm: str = "cat", flags: tuple[str, ...] = ("O_RDONLY",),
+            ctr: Any = CTR) -> dict[str, Any]:
+        return ev("open", comm=comm, container=ctr,
+                  file={"path": path, "access": "read", "flags": list(flags), "result": 0,
+                        "error": None})
+    for _ in range(2):  # second round: file tests come from the memo
+        assert rules_of(d.process(opn("/var/log/x", flags=("O_WRONLY", "O_TRUNC")))) == {
+            "trunc log", "any open in container"}
+        assert rules_of(d.process(opn("/etc/shadow", ctr=None))) == {"shadow by non-sshd"}
+        assert d.process(opn("/etc/shadow", comm="sshd", ctr=None)) == []
+        assert d.process(opn("/var/log/x", ctr=None)) == []
+    assert rules_of(d.process(syscall("unlink", path="/var/log/x"))) == {"trunc log"}
+    assert "open" in rs.file_plans and len(rs.file_plans["open"].rules) == 3
+
+
+def test_open_rule_whose_file_test_raises_is_counted_each_time() -> None:
+    rs = load_texts([("x.yaml", "- rule: bad\n  condition: evt.type = open and file.name "
+                      "= x\n- rule: good\n  condition: evt.type = open\n")])
+    d = Detector(rs, None, proc="/nonexistent")
+    e = ev("open", file={"path": 5, "access": "read", "flags": ["O_RDONLY"], "result": 0,
+                         "error": None})  # a malformed event: path is not a string
+    assert rules_of(d.process(e)) == {"good"} and d.errors == 1
+    e["file"]["path"] = ["/etc/x"]  # nor hashable
+    d.errors = 0
+    assert rules_of(d.process(e)) == {"good"} and d.errors == 1
+    assert rules_of(d.process(e)) == {"good"} and d.errors == 2  # not remembered
+
+
 def test_response_kill_checks_start_time(tmp_path: Any) -> None:
     r = Responder(proc=str(tmp_path))
     out = r.act("kill", {"process": {"pid": 999999, "exec_id": "999999:5"}})
