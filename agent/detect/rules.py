@@ -48,10 +48,10 @@ from agent.detect.lang import (
     Parser,
     Pred,
     compile_node,
+    conjuncts,
     event_types,
     field_values,
     node_fields,
-    conjuncts,
     prune_type_tests,
     specialize,
 )
