@@ -109,6 +109,8 @@ class Pipeline:
         self._containers: dict[int, tuple[Any, dict[str, Any]]] = {}  # cgroup id -> (c, json)
         # detect stage (agent/detect): enriched event -> alerts, written to the same sink
         self.detect: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
+        self._last_key: tuple[int, int, int, int] | None = None  # enrich(): the last lookup
+        self._last: tuple[Any, Any] = (None, None)
 
     def container_json(self, cgroup_id: int, pid: int) -> dict[str, Any] | None:
         if self.resolver is None or cgroup_id <= 1:
@@ -149,17 +151,26 @@ class Pipeline:
 
     def enrich(self, ev: KernelEvent) -> dict[str, Any]:
         tree = self.tree
+        k = ev.proc
         if isinstance(ev, ForkEvent):
-            p = tree.on_fork(ev.proc)
+            p = tree.on_fork(k)
+            parent = tree.parent_of(k)
         elif isinstance(ev, ExecEvent):
             p = tree.on_exec(ev)
+            parent = tree.parent_of(k)
         elif isinstance(ev, ExitEvent):
-            p = tree.ensure(ev.proc)
-            tree.on_exit(ev.proc)
+            p = tree.ensure(k)
+            tree.on_exit(k)
+            parent = tree.parent_of(k)
+        elif (k.pid, k.start_ns, k.pstart_ns, tree.gen) == self._last_key:
+            # events come in bursts from one process: its entries were just looked up and
+            # no entry has been added or removed since (tree.gen), so they are still these
+            p, parent = self._last
         else:
-            p = tree.ensure(ev.proc)
-        parent = tree.parent_of(ev.proc)
-        container = self.container_json(ev.proc.cgroup_id, ev.proc.pid)
+            p = tree.ensure(k)
+            parent = tree.parent_of(k)
+            self._last_key, self._last = (k.pid, k.start_ns, k.pstart_ns, tree.gen), (p, parent)
+        container = self.container_json(k.cgroup_id, k.pid)
         out = self.fmt.event(ev, p, parent, container)
         if isinstance(ev, EnforceEvent):
             _new_image(out, ev)
@@ -195,7 +206,7 @@ def _new_image(out: dict[str, Any], ev: EnforceEvent) -> None:
     it from the enforcement record; its argv comes with the exec event that follows."""
     if ev.kind not in (abi.EKind.EXEC, abi.EKind.DRIFT) or ev.action == abi.EAction.BLOCKED:
         return
-    proc = out["process"]
+    proc = out["process"] = dict(out["process"])  # the formatter's is shared: copy
     if ev.path:
         proc["binary"] = ev.path
     proc["filename"] = ev.path2 or None

@@ -61,11 +61,21 @@ class Process:
     comm: str
     exited: bool = False
     version: int = 0  # bumped on exec: cached JSON of this entry is stale
+    # JSON caches (agent/output/schema.py), valid while json_version == version
     json_cache: dict[str, Any] | None = None
     json_version: int = -1
+    event_key: tuple[Any, ...] | None = None  # the kernel's task view the next one is for
+    event_json: dict[str, Any] | None = None  # `process` object, shared by events: read-only
+    event_version: int = -1
+    ref_json: dict[str, Any] | None = None  # to_json(), as other events' `parent`
+    ref_version: int = -1
 
-    def to_json(self) -> dict[str, object]:
-        return {"pid": self.pid, "exec_id": self.exec_id, "binary": self.binary}
+    def to_json(self) -> dict[str, Any]:
+        """This process as another event's `parent` (cached per exec: do not modify)."""
+        if self.ref_version != self.version or self.ref_json is None:
+            self.ref_json = {"pid": self.pid, "exec_id": self.exec_id, "binary": self.binary}
+            self.ref_version = self.version
+        return self.ref_json
 
 
 def stat_start_ticks(proc: str, pid: int) -> int | None:
@@ -95,6 +105,7 @@ class ProcessTree:
         self._read_proc = read_proc or self._read_proc_default
         self.proc_reads = 0
         self.misses = 0
+        self.gen = 0  # bumped whenever an entry is added, exits or is reaped
 
     def __len__(self) -> int:
         return len(self.live) + len(self.exited)
@@ -222,6 +233,7 @@ class ProcessTree:
         entry = self.live.pop(eid, None)
         if entry is None:
             return self.exited.get(eid)
+        self.gen += 1
         entry.exited = True
         self.exited[eid] = entry
         while len(self.exited) > self.exited_keep:
@@ -229,6 +241,7 @@ class ProcessTree:
         return entry
 
     def _add(self, entry: Process) -> None:
+        self.gen += 1
         self.live[entry.exec_id] = entry
         if len(self.live) > self.max_live:
             # a lost exit (ring buffer overflow) would otherwise leak: drop dead entries
@@ -238,6 +251,7 @@ class ProcessTree:
         """Remove live entries whose process no longer exists (lost exit events)."""
         gone = [e for e, p in self.live.items()
                 if stat_start_ticks(self.proc, p.pid) != p.start_ticks]
+        self.gen += 1
         for e in gone:
             p = self.live.pop(e)
             p.exited = True

@@ -109,19 +109,44 @@ class Formatter:
         # enforcement record -> its JSON object (policy and rule names); set by the agent
         # from agent/policy/engine.py, which knows which policy holds which slot
         self.enforcement: Callable[[EnforceEvent], dict[str, Any]] | None = None
+        self._files: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def process(self, e: KernelEvent, p: Process) -> dict[str, Any]:
         """The `process` object: what changes only on exec is built once per exec and
-        cached on the tree entry; per-event fields (thread, credentials) are added."""
+        cached on the tree entry; per-event fields (thread, credentials) are added.
+
+        The whole object is cached too, for the kernel's last task view of this entry:
+        a burst of events from one thread shares one dict (read-only; the caller copies
+        it before changing it)."""
+        k = e.proc
+        if p.event_version == p.version and p.event_key == k:
+            return p.event_json  # type: ignore[return-value]
         base = p.json_cache
         if base is None or p.json_version != p.version:
             base = {"exec_id": p.exec_id, "binary": p.binary, "args": list(p.args),
                     "cwd": p.cwd,
                     "start_time": self.clock.iso(p.start_ticks * NS_PER_TICK)}
             p.json_cache, p.json_version = base, p.version
-        k = e.proc
-        return {"pid": k.pid, "tid": k.tid, **base, "comm": k.comm, "uid": k.uid,
-                "euid": k.euid, "gid": k.gid, "cgroup_id": k.cgroup_id, "mntns": k.mntns}
+        out = {"pid": k.pid, "tid": k.tid, **base, "comm": k.comm, "uid": k.uid,
+               "euid": k.euid, "gid": k.gid, "cgroup_id": k.cgroup_id, "mntns": k.mntns}
+        p.event_key, p.event_json, p.event_version = k, out, p.version
+        return out
+
+    def _file(self, e: OpenEvent) -> dict[str, Any]:
+        """The `file` object, shared by the events of one path, flags and result
+        (read-only): a program opening the same file again and again costs one lookup."""
+        key = (e.path, e.flags, e.ret, e.path_as_written, e.truncated)
+        got = self._files.get(key)
+        if got is None:
+            if len(self._files) >= 4096:
+                self._files.clear()
+            names, access = _open_flags(e.flags)
+            got = self._files[key] = {
+                "path": e.path, "flags": names, "access": access,
+                "result": e.ret if e.ret < 0 else 0, "error": _err(e.ret),
+                "fd": e.ret if e.ret >= 0 else None,
+                "path_as_written": e.path_as_written, "truncated": e.truncated}
+        return got
 
     def event(self, e: KernelEvent, p: Process, parent: Process | None,
               container: dict[str, Any] | None) -> dict[str, Any]:
@@ -134,17 +159,13 @@ class Formatter:
             "container": container,
         }
         if isinstance(e, ExecEvent):
-            out["process"]["filename"] = e.filename
+            out["process"] = {**out["process"], "filename": e.filename}  # the cached one: copy
             out["exec"] = {"argc": e.argc, "args_truncated": e.args_truncated,
                            "binary_truncated": e.binary_truncated}
         elif isinstance(e, ExitEvent):
             out["exit"] = {"status": e.status, "code": e.exit_code, "signal": e.signal}
         elif isinstance(e, OpenEvent):
-            names, access = _open_flags(e.flags)
-            out["file"] = {"path": e.path, "flags": names,
-                           "access": access, "result": e.ret if e.ret < 0 else 0,
-                           "error": _err(e.ret), "fd": e.ret if e.ret >= 0 else None,
-                           "path_as_written": e.path_as_written, "truncated": e.truncated}
+            out["file"] = self._file(e)
         elif isinstance(e, NetEvent):
             out["network"] = {
                 "family": _FAMILY.get(e.family, str(e.family)),
