@@ -21,6 +21,7 @@ class FakeRing(RingBuffer):
         self._cons = mmap.mmap(-1, page)
         self._prod = mmap.mmap(-1, page + SIZE)
         self._view = memoryview(self._prod)
+        self._map_positions()
         self.size = SIZE
         self.prod_pos = 0
 
@@ -33,7 +34,20 @@ class FakeRing(RingBuffer):
         struct.pack_into("<Q", self._prod, 0, self.prod_pos)
 
     def close(self) -> None:
-        self._view.release()
+        self._release_positions()
+
+
+def test_positions_are_whole_words() -> None:
+    """The kernel reads the consumer position while we write it: it must be one aligned
+    8-byte store, not struct's byte-at-a-time "<Q" (a half-written position looked up to
+    16 MiB behind, and the kernel dropped records as if the ring were full)."""
+    r = FakeRing()
+    assert r._cons_pos.format == "Q" and r._cons_pos.itemsize == 8
+    assert r._prod_pos.format == "Q" and r._prod_pos.itemsize == 8
+    r.write(b"z" * 16)
+    r.consume()
+    assert struct.unpack_from("<Q", r._cons, 0)[0] == r.prod_pos == 24
+    r.close()
 
 
 def test_batches_and_limits() -> None:
