@@ -235,6 +235,7 @@ class ProcessTree:
             return self.exited.get(eid)
         self.gen += 1
         entry.exited = True
+        entry.event_key = entry.event_json = None  # few events follow an exit: free it
         self.exited[eid] = entry
         while len(self.exited) > self.exited_keep:
             self.exited.popitem(last=False)
