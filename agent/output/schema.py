@@ -3,6 +3,11 @@ docs/events.md. This module is the only place that shape is built.
 
     {"type", "time", "node", "process": {...}, "parent": {...} | null,
      "container": {...} | null, <the type's own object: exec | exit | file | network>}
+
+Nested objects are shared between events (a process's `process` object across its burst
+of events, a tree entry's `parent` object, one path's `file` object): sinks, detection
+and outputs read them and never change them in place; code that must change one copies
+it first (exec's `filename`, agent/app.py `_new_image`).
 """
 
 from __future__ import annotations
