@@ -231,6 +231,7 @@ class Agent:
         self.resolver: Any | None = None
         self.features: Any | None = None
         self.pins: Any | None = None     # agent.bpf.pins.Pins
+        self.syscall_link: Any | None = None  # agent.bpf.pins.OnDemandLink (mr_enf_sys)
         self.policy: Any | None = None   # agent.policy.engine.PolicyEngine
         self.detector: Any | None = None  # agent.detect.stage.DetectStage
         self.cp_client: Any | None = None  # agent.controlplane.ControlPlaneClient
@@ -300,14 +301,21 @@ class Agent:
         from agent.detect.programs import programs_to_skip as detect_skip
 
         obj.disable(detect_skip((n, sec) for n, sec, _ in obj.programs()))
+        from agent.policy.programs import ON_DEMAND, SYSCALL_PROGRAM
+
         if self.pins is not None:
-            self.pins.prepare(obj)
+            self.pins.prepare(obj, ON_DEMAND)
         obj.load()
-        obj.attach_all(cg)
+        obj.attach_all(cg, skip=ON_DEMAND)
         if self.pins is not None:
             from agent.policy.programs import is_enforcement
 
             self.pins.commit(obj, {n for n, _s, _p in obj.programs() if is_enforcement(n)})
+        from agent.bpf.pins import OnDemandLink
+
+        links_dir = (os.path.join(self.pins.root, f"links-{self.pins.build}")
+                     if self.pins is not None else None)
+        self.syscall_link = OnDemandLink(obj, SYSCALL_PROGRAM, links_dir)
         self.obj = obj
         log.info("attached %d BPF programs", len(obj.links))
 
@@ -370,7 +378,8 @@ class Agent:
         from agent.policy.apply import MAP_NAMES, Applier
         from agent.policy.engine import PolicyEngine
 
-        applier = Applier({n: self.obj.map(n) for n in MAP_NAMES})
+        applier = Applier({n: self.obj.map(n) for n in MAP_NAMES},
+                          syscall_hook=self.syscall_link.set if self.syscall_link else None)
         cg = self.features.cgroup_v2 if self.features else None
         # the pipeline's resolver (it also sees the kernel's cgroup mkdir/rmdir records);
         # a private one only when container identity is off for events

@@ -272,13 +272,15 @@ class BpfObject:
                       lib.bpf_map__value_size(m), lib.bpf_map__type(m),
                       lib.bpf_map__max_entries(m))
 
-    def attach_all(self, cgroup_path: str | None) -> list[Link]:
-        """Attach every loaded program: by section name, cgroup hooks to cgroup_path."""
+    def attach_all(self, cgroup_path: str | None, skip: Iterable[str] = ()) -> list[Link]:
+        """Attach every loaded program: by section name, cgroup hooks to cgroup_path.
+        Programs named in `skip` stay loaded but unattached (see attach())."""
         lib = libbpf.lib()
         cg_fd = -1
+        skipped = set(skip)
         try:
             for name, sec, prog in self.programs():
-                if not lib.bpf_program__autoload(prog):
+                if not lib.bpf_program__autoload(prog) or name in skipped:
                     continue
                 try:
                     if sec.startswith("cgroup/"):
@@ -298,6 +300,25 @@ class BpfObject:
             if cg_fd >= 0:
                 os.close(cg_fd)
         return self.links
+
+    def attach(self, name: str) -> Link:
+        """Attach one loaded, non-cgroup program by its section name (a program attach_all
+        skipped); the link is kept in `links` until detach()."""
+        for n, sec, prog in self.programs():
+            if n == name:
+                try:
+                    ptr = libbpf.check_ptr(libbpf.lib().bpf_program__attach(prog), name)
+                except OSError as err:
+                    raise BpfAttachError(name, sec, err) from err
+                link = Link(name, sec, ptr)
+                self.links.append(link)
+                return link
+        raise KeyError(f"no program {name!r} in {self.path}")
+
+    def detach(self, link: Link) -> None:
+        """Destroy a link attach() made (its pin, if any, is the caller's to remove)."""
+        self.links.remove(link)
+        libbpf.lib().bpf_link__destroy(link.ptr)
 
     def pin_links(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)

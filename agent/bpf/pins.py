@@ -5,7 +5,9 @@ Layout under ``/sys/fs/bpf/moray``::
     maps/<map name>          every map of moray.bpf.o (policy maps, the ring buffer the
                              enforcement programs write, counters, scratch)
     links-<build>/<program>  links of the enforcement programs of one object build
-                             (<build> = first 12 hex digits of the object's sha256)
+                             (<build> = first 12 hex digits of the object's sha256);
+                             an on-demand program's link only while it is attached
+                             (:class:`OnDemandLink`)
 
 What changes it, and when:
 
@@ -33,11 +35,12 @@ import os
 import shutil
 import signal
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.bpf import libbpf
-from agent.bpf.loader import BpfMap, BpfObject
+from agent.bpf.loader import BpfMap, BpfObject, Link
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +121,10 @@ class Pins:
                 "maps": len(self.map_fds), "links_kept": len(self.kept_links),
                 "old_builds": len(self.old_link_dirs)})
 
-    def prepare(self, obj: BpfObject) -> None:
+    def prepare(self, obj: BpfObject, on_demand: Iterable[str] = ()) -> None:
         """Before load: reuse pinned maps (all or none) and skip pinned enforcement
-        programs of this build."""
+        programs of this build (except `on_demand` ones: OnDemandLink attaches this
+        agent's own and replaces the pin)."""
         names = [n for n in obj.map_names() if not _is_internal(n)]
         compatible = True
         for n in names:
@@ -143,7 +147,7 @@ class Pins:
                 obj.reuse_map(n, fd)
                 self.reused.append(n)
         if self.kept_links:
-            obj.disable(self.kept_links)
+            obj.disable(self.kept_links - set(on_demand))
 
     def commit(self, obj: BpfObject, enforcement: set[str]) -> None:
         """After attach: pin maps that are not pinned yet and this build's new links."""
@@ -185,6 +189,49 @@ class Pins:
         for fd in self.map_fds.values():
             os.close(fd)
         self.map_fds.clear()
+
+
+class OnDemandLink:
+    """One loaded program attached only while something needs it (mr_enf_sys: a program
+    on every syscall of the host costs every task, rule or not), its link pinned like the
+    other enforcement links so that enforcement outlives the agent.
+
+    `set(True)` attaches it (and pins the link, replacing a previous agent's pin of it:
+    attached first, so there is no gap); `set(False)` removes the pin, ours or adopted, and
+    destroys our link. The policy applier calls it around its publishing flip
+    (agent/policy/apply.py): on before rules that need it go live, off after the last
+    such rule went."""
+
+    def __init__(self, obj: BpfObject, program: str, pin_dir: str | None) -> None:
+        self.obj = obj
+        self.program = program
+        self.pin_path = os.path.join(pin_dir, program) if pin_dir else None
+        self.link: Link | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self.link is not None or bool(self.pin_path and os.path.exists(self.pin_path))
+
+    def set(self, on: bool) -> None:
+        if on and self.link is None:
+            link = self.obj.attach(self.program)
+            if self.pin_path:
+                os.makedirs(os.path.dirname(self.pin_path), exist_ok=True)
+                if os.path.exists(self.pin_path):
+                    os.unlink(self.pin_path)  # a previous agent's link: ours runs already
+                libbpf.check_int(libbpf.lib().bpf_link__pin(link.ptr,
+                                                            self.pin_path.encode()),
+                                 f"pin link {self.program}")
+                link.pinned = self.pin_path
+            self.link = link
+            log.info("on-demand program attached", extra={"program": self.program})
+        elif not on and self.attached:
+            if self.pin_path and os.path.exists(self.pin_path):
+                os.unlink(self.pin_path)
+            if self.link is not None:
+                self.obj.detach(self.link)
+                self.link = None
+            log.info("on-demand program detached", extra={"program": self.program})
 
 
 _HOLD = struct.Struct("<I")

@@ -159,13 +159,17 @@ class Applier:
     """Owns the writes to the policy maps. Call from one thread."""
 
     def __init__(self, maps: Mapping[str, MapLike], grace: float = 0.05,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 syscall_hook: Callable[[bool], None] | None = None) -> None:
         missing = [n for n in MAP_NAMES if n not in maps]
         if missing:
             raise KeyError(f"policy maps missing: {missing}")
         self.maps = maps
         self.grace = grace
         self._sleep = sleep
+        # attaches (True) / detaches (False) the syscall enforcement program, which is
+        # attached only while a live policy has a syscall rule (agent/policy/programs.py)
+        self.syscall_hook = syscall_hook
 
     # --- reading the kernel's state --------------------------------------------------
 
@@ -243,7 +247,11 @@ class Applier:
                 self.maps["mr_pscope"].update(u64(cg), u64(val))
                 st.staged += 1
 
-        # 2. publish: the idle configuration entry, then one write of mr_pgen
+        # 2. publish: the idle configuration entry, then one write of mr_pgen; the syscall
+        # program is attached before rules that need it go live (no gap), detached after
+        syscalls = bool(new.conf.active & new.conf.syscalls)
+        if syscalls and self.syscall_hook is not None:
+            self.syscall_hook(True)
         idle = idx ^ 1
         self.maps["mr_pconf"].update(u32(idle), enc_conf(new.conf, gen + 1))
         self.maps["mr_pgen"].update(u32(0), u32(idle))
@@ -263,6 +271,8 @@ class Applier:
             self.maps["mr_psys"].update(u32(nr), u64(new.syscalls.get(nr, 0)))
         for cg in set(scope) | set(cur_scope):
             self.maps["mr_pscope"].update(u64(cg), u64(scope.get(cg, 0)))
+        if not syscalls and self.syscall_hook is not None:
+            self.syscall_hook(False)
         st.seconds = time.monotonic() - t0
         log.info("policy maps published", extra={
             "generation": gen + 1, "active": f"{new.conf.active:#x}", "rows": new.rows(),

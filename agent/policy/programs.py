@@ -21,6 +21,14 @@ LSM_FALLBACKS: dict[str, tuple[str, ...]] = {
 
 ENFORCE_PREFIXES = ("mr_enf_", "mr_lsm_")
 
+# Loaded always, attached only while a live policy has a rule of their kind (the policy
+# applier switches them, agent/bpf/pins.py OnDemandLink): mr_enf_sys runs on every syscall
+# of the host, and merely being attached cost ~20 points on an open/close loop (measured
+# 2026-12-06, no syscall rule anywhere: 1.13 us per open+close attached, 0.96-0.99 us not,
+# 0.59-0.65 us without the agent; docs/policy.md).
+SYSCALL_PROGRAM = "mr_enf_sys"
+ON_DEMAND = (SYSCALL_PROGRAM,)
+
 
 def is_enforcement(program: str) -> bool:
     """Programs that enforce policy (pinned so enforcement outlives the agent)."""

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +59,53 @@ def test_kill_restart_unload() -> None:
             assert "rc=0" in ctr.wait().stdout
     finally:
         agent.cleanup()
+
+
+SYS_POLICY = """apiVersion: moray/v1
+kind: RuntimePolicy
+metadata: {name: pin-sys}
+spec:
+  scope: {containers: {names: ['mr-pinsys-*']}}
+  syscalls: {deny: [unshare]}
+"""
+
+UNSHARE = "/bin/unshare -U true; echo rc=$?"
+
+
+def enf_sys_links() -> int:
+    """BPF links whose program is mr_enf_sys (any agent's), from bpftool."""
+    def show(kind: str) -> list[dict[str, object]]:
+        r = subprocess.run(["bpftool", "-j", kind, "show"], capture_output=True, text=True,
+                           check=True)
+        return json.loads(r.stdout or "[]")  # type: ignore[no-any-return]
+    names = {p["id"]: p.get("name") for p in show("prog")}
+    return sum(1 for link in show("link") if names.get(link.get("prog_id")) == "mr_enf_sys")
+
+
+def test_syscall_program_attached_only_while_a_syscall_rule_is_live() -> None:
+    """mr_enf_sys runs on every syscall of the host: it is attached (and pinned) only while
+    a policy has a syscall rule, stays attached across an agent SIGKILL and restart, and
+    goes when the last such rule goes."""
+    base = enf_sys_links()
+    with AgentProc() as agent:
+        assert enf_sys_links() == base  # no policy: not attached
+        agent.apply("pin-sys", SYS_POLICY)
+        assert enf_sys_links() == base + 1
+        pins = list(Path(agent.pin_root).glob("links-*/mr_enf_sys"))
+        assert len(pins) == 1
+        with run_runc("mr-pinsys-1", ["sh", "-c", UNSHARE]) as ctr:
+            assert "rc=137" in ctr.wait().stdout
+
+        agent.kill()  # SIGKILL: the pinned link keeps enforcing
+        assert enf_sys_links() == base + 1
+        agent.start()  # returns once its policies are applied
+        agent.wait_log("on-demand program attached", count=2)
+        assert enf_sys_links() == base + 1  # the restarted agent's own link replaced it
+        with run_runc("mr-pinsys-2", ["sh", "-c", UNSHARE]) as ctr:
+            assert "rc=137" in ctr.wait().stdout
+
+        agent.delete("pin-sys")
+        assert enf_sys_links() == base
+        assert not list(Path(agent.pin_root).glob("links-*/mr_enf_sys"))
+        with run_runc("mr-pinsys-3", ["sh", "-c", UNSHARE]) as ctr:
+            assert "rc=0" in ctr.wait().stdout

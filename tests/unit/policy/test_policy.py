@@ -138,3 +138,23 @@ def test_publish_is_one_final_write_and_leaves_nothing_stale() -> None:
     for v in maps["mr_pexec"].d.values():
         assert dec_exec(v).deny & 1 == 0
     assert maps["mr_pscope"].d[(42).to_bytes(8, "little")] == (2).to_bytes(8, "little")
+
+
+def test_syscall_program_attached_before_its_rules_go_live_detached_after() -> None:
+    """mr_enf_sys runs on every syscall of the host, so it is attached only while a live
+    policy has a syscall rule: switched on before the flip that makes such rules live (no
+    gap), off after the flip that removes the last one."""
+    log: list[tuple[str, str, bytes]] = []
+    maps = {n: FakeMap(log, n) for n in MAP_NAMES}
+    ap = Applier(maps, grace=0,  # type: ignore[arg-type]
+                 syscall_hook=lambda on: log.append(("hook", "on" if on else "off", b"")))
+    ap.publish(compile_policies([(0, load_text(HOST, "h")[0])]), {})  # no syscall rule
+    assert ("hook", "on", b"") not in log and log[-1] == ("hook", "off", b"")
+    log.clear()
+    ap.publish(compile_policies([(1, load_text(WEB, "w")[0])]), {})
+    flip = log.index(("mr_pgen", "update", u32(0)))
+    assert log.index(("hook", "on", b"")) < flip and ("hook", "off", b"") not in log
+    log.clear()
+    ap.publish(compile_policies([(0, load_text(HOST, "h")[0])]), {})
+    flip = log.index(("mr_pgen", "update", u32(0)))
+    assert log.index(("hook", "off", b"")) > flip and ("hook", "on", b"") not in log
