@@ -112,11 +112,12 @@ class Pipeline:
         self._last_key: tuple[int, int, int, int] | None = None  # enrich(): the last lookup
         self._last: tuple[Any, Any] = (None, None)
 
-    def container_json(self, cgroup_id: int, pid: int) -> dict[str, Any] | None:
+    def container_json(self, cgroup_id: int, pid: int,
+                       retry_now: bool = False) -> dict[str, Any] | None:
         if self.resolver is None or cgroup_id <= 1:
             return None
         try:
-            c = self.resolver.lookup(cgroup_id, pid)
+            c = self.resolver.lookup(cgroup_id, pid, retry_now)
         except Exception:  # the resolver promises not to raise; count it if it does
             self.stats.enrich_errors += 1
             log.exception("container lookup raised", extra={"cgroup_id": cgroup_id})
@@ -170,7 +171,9 @@ class Pipeline:
             p = tree.ensure(k)
             parent = tree.parent_of(k)
             self._last_key, self._last = (k.pid, k.start_ns, k.pstart_ns, tree.gen), (p, parent)
-        container = self.container_json(k.cgroup_id, k.pid)
+        # an exec may be a new container's first process: its runtime state may have
+        # appeared since the last look, however recent (ContainerResolver.lookup)
+        container = self.container_json(k.cgroup_id, k.pid, isinstance(ev, ExecEvent))
         out = self.fmt.event(ev, p, parent, container)
         if isinstance(ev, EnforceEvent):
             _new_image(out, ev)

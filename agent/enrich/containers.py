@@ -87,6 +87,7 @@ class _Entry:
     first_try: float
     last_try: float
     complete: bool
+    urgent: int = 0  # immediate re-reads spent on it (lookup's retry_now)
 
 
 class ContainerResolver:
@@ -147,30 +148,47 @@ class ContainerResolver:
 
     # ----------------------------------------------------------------- lookup
 
-    def lookup(self, cgroup_id: int, pid: int | None = None) -> Container | None:
-        """Container of the task in cgroup *cgroup_id* (None: a host process)."""
-        with self._lock:
-            return self._lookup(cgroup_id, pid)
+    def lookup(self, cgroup_id: int, pid: int | None = None,
+               retry_now: bool = False) -> Container | None:
+        """Container of the task in cgroup *cgroup_id* (None: a host process).
 
-    def _lookup(self, cgroup_id: int, pid: int | None) -> Container | None:
+        retry_now (an exec): a young cgroup not matched to a container yet is re-read even
+        within retry_interval, at most URGENT_MAX times per cgroup. The runtime writes its
+        state between the cgroup's first events (runc init) and the container process's
+        exec, often well under retry_interval apart; the bound keeps an exec storm in a new
+        *host* cgroup from re-scanning runtime state on every exec."""
+        with self._lock:
+            return self._lookup(cgroup_id, pid, retry_now)
+
+    URGENT_MAX = 4
+
+    def _lookup(self, cgroup_id: int, pid: int | None, retry_now: bool = False
+                ) -> Container | None:
         entry = self._cache.get(cgroup_id)
+        urgent = 0
         if entry is not None:
             self._cache.move_to_end(cgroup_id)
             if entry.complete:
                 return entry.container
             now = self._clock()
             if now - entry.last_try < self.retry_interval:
-                return entry.container
+                if not (retry_now and entry.container is None
+                        and entry.urgent < self.URGENT_MAX):
+                    return entry.container
+                urgent = entry.urgent + 1
+            else:
+                urgent = entry.urgent
         self.misses += 1
         try:
-            return self._resolve(cgroup_id, pid, entry)
+            return self._resolve(cgroup_id, pid, entry, urgent)
         except Exception:  # the event path must go on: counted and logged
             self.errors += 1
             log.exception("container lookup failed", extra={"cgroup_id": cgroup_id,
                                                            "pid": pid})
             return entry.container if entry is not None else None
 
-    def _resolve(self, cgroup_id: int, pid: int | None, old: _Entry | None) -> Container | None:
+    def _resolve(self, cgroup_id: int, pid: int | None, old: _Entry | None,
+                 urgent: int = 0) -> Container | None:
         now = self._clock()
         first = old.first_try if old is not None else now
         within = now - first < self.retry_window
@@ -186,7 +204,8 @@ class ContainerResolver:
             # that looks like the host's may still turn out to be a container.
             created = self._created.get(cgroup_id)
             retry = path != "/" or (created is not None and now - created < self.retry_window)
-            self._store(cgroup_id, _Entry(None, first, now, complete=not (retry and within)))
+            self._store(cgroup_id, _Entry(None, first, now, complete=not (retry and within),
+                                          urgent=urgent))
             return None
         info = self._inspect(match)
         prev = old.container if old is not None else None

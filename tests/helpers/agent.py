@@ -71,7 +71,7 @@ class EventLog:
                     return e
             checked = len(self.events)
             if time.monotonic() > deadline:
-                tail = "\n".join(json.dumps(e)[:300] for e in self.events[-15:])
+                tail = "\n".join(_brief(e) for e in self.events[-15:])
                 raise AssertionError(f"no {what} within {timeout}s; last events:\n{tail}")
             time.sleep(0.05)
 
@@ -171,3 +171,15 @@ class AgentProcess:
 
 def is_type(t: str) -> Callable[[Event], bool]:
     return lambda e: e.get("type") == t
+
+
+def _brief(e: Event) -> str:
+    """One event for a failure message: what tests match on, the container in full."""
+    p = e.get("process") or {}
+    brief = {"type": e.get("type"), "pid": p.get("pid"), "exec_id": p.get("exec_id"),
+             "args": p.get("args"), "parent": (e.get("parent") or {}).get("exec_id"),
+             "container": e.get("container")}
+    for k in ("file", "network", "exec", "exit", "enforcement", "syscall", "rule"):
+        if k in e:
+            brief[k] = e[k]
+    return json.dumps(brief)[:600]

@@ -213,6 +213,29 @@ def test_runc_state_late(index: CgroupIndex, clock: Clock, tmp_path: Path) -> No
     assert ctr is not None and ctr.runtime == "runc"
 
 
+def test_exec_rereads_a_young_unmatched_cgroup_at_once_a_bounded_number_of_times(
+        index: CgroupIndex, clock: Clock, tmp_path: Path) -> None:
+    """runc writes state.json between runc init's first events and the container process's
+    exec, often within retry_interval: an exec re-reads at once (retry_now), at most
+    URGENT_MAX times per cgroup, so an exec storm in a new host cgroup stays cheap."""
+    runc = RuncRuntime([RuncRoot(str(tmp_path), Runtime.RUNC)])
+    res = make(index, clock, runc)
+    assert res.lookup(13, None) is None  # runc init's events: no state yet
+    (tmp_path / "moray-fixture").mkdir()
+    shutil.copy(FIX / "runc/run-runc/moray-fixture/state.json",
+                tmp_path / "moray-fixture" / "state.json")
+    assert res.lookup(13, None) is None  # not an exec: within retry_interval, cached
+    ctr = res.lookup(13, None, retry_now=True)  # the container's first exec, same instant
+    assert ctr is not None and ctr.runtime == "runc"
+
+    host = make(index, clock, runc)
+    host.lookup(11, None)
+    misses = host.misses
+    for _ in range(100):  # an exec storm in a young host cgroup, all within the interval
+        assert host.lookup(11, None, retry_now=True) is None
+    assert host.misses - misses == ContainerResolver.URGENT_MAX
+
+
 def test_cgroup_events(index: CgroupIndex, clock: Clock) -> None:
     docker = FakeRuntime(Runtime.DOCKER, {"d" * 64: _docker_info()})
     res = make(index, clock, docker)
