@@ -167,7 +167,7 @@ class FilePlan:
         try:
             k = c.file_key
             got = self._cache.get(k) if k is not None else None
-        except TypeError:  # a malformed event (an unhashable path): no memo for it
+        except Exception:  # a malformed event (no flags, an unhashable path): no memo
             k = got = None
         if got is not None:
             return got

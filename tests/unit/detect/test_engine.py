@@ -176,6 +176,9 @@ def test_open_rule_whose_file_test_raises_is_counted_each_time() -> None:
     e["file"]["path"] = ["/etc/x"]  # nor hashable
     d.errors = 0
     assert rules_of(d.process(e)) == {"good"} and d.errors == 1
+    del e["file"]["flags"]  # nor complete
+    d.errors = 0
+    assert rules_of(d.process(e)) == {"good"} and d.errors == 1
     assert rules_of(d.process(e)) == {"good"} and d.errors == 2  # not remembered
 
 
