@@ -190,15 +190,22 @@ class Pipeline:
                     break
                 continue
             for rec in batch:
-                out = self.handle(rec)
-                if out is not None:
-                    sink.write(out)
-                    if self.detect is not None:
-                        alerts = self.detect(out)
-                        if alerts:
-                            for alert in alerts:
-                                sink.write(alert)
-                            sink.flush()  # alerts are rare and wanted now: no batching
+                try:
+                    out = self.handle(rec)
+                    if out is not None:
+                        sink.write(out)
+                        if self.detect is not None:
+                            alerts = self.detect(out)
+                            if alerts:
+                                for alert in alerts:
+                                    sink.write(alert)
+                                sink.flush()  # alerts are rare and wanted now: no batching
+                except Exception:  # a bug on one record must not stop the pipeline thread
+                    self.stats.enrich_errors += 1
+                    if self.stats.enrich_errors <= 10 or self.stats.enrich_errors % 10000 == 0:
+                        log.exception("record %d bytes op %d: enrichment failed (%d so far)",
+                                      len(rec), int.from_bytes(rec[:2], "little"),
+                                      self.stats.enrich_errors)
         sink.flush()
 
 

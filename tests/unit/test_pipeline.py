@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from agent.app import Pipeline
 from agent.bpf import abi
 from agent.enrich.proctree import ProcessTree
+from agent.events.reader import BatchQueue
 from agent.events.types import EnforceEvent, ExecEvent, Proc
 from agent.output.jsonl import EventSink
 from agent.output.metrics import Stats
@@ -57,3 +59,30 @@ def test_blocked_exec_keeps_old_image(tmp_path: Path) -> None:
     """LSM tier: the exec failed, the caller goes on as itself."""
     out = _pipeline(tmp_path).enrich(_enforce(abi.EAction.BLOCKED))
     assert out["process"]["binary"] == "/bin/sh"
+
+
+def test_a_failing_record_is_counted_and_the_pipeline_goes_on(tmp_path: Path) -> None:
+    """A bug on one record (here: the detect stage raising) must not stop the pipeline
+    thread, which would silently stop all output."""
+    written: list[dict[str, object]] = []
+
+    class ListSink(NullSink):
+        def write(self, event: dict[str, object]) -> None:
+            written.append(event)
+
+    rec = (Path(__file__).parents[1] / "fixtures" / "records" / "fork.bin").read_bytes()
+    p = Pipeline(ProcessTree(str(tmp_path), read_proc=lambda _proc, _pid: None),
+                 ListSink(), Formatter("n"), None, Stats())  # type: ignore[arg-type]
+    calls = []
+
+    def detect(e: dict[str, object]) -> list[dict[str, object]]:
+        calls.append(e)
+        if len(calls) == 1:
+            raise RuntimeError("a rule-engine bug")
+        return []
+    p.detect = detect
+    q = BatchQueue(16)
+    q.put([rec, rec])
+    q.close()
+    p.run(q, threading.Event())
+    assert len(calls) == 2 and len(written) == 2 and p.stats.enrich_errors == 1
