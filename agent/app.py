@@ -323,9 +323,8 @@ class Agent:
             self.pins.commit(obj, {n for n, _s, _p in obj.programs() if is_enforcement(n)})
         from agent.bpf.pins import OnDemandLink
 
-        links_dir = (os.path.join(self.pins.root, f"links-{self.pins.build}")
-                     if self.pins is not None else None)
-        self.syscall_link = OnDemandLink(obj, SYSCALL_PROGRAM, links_dir)
+        self.syscall_link = OnDemandLink(
+            obj, SYSCALL_PROGRAM, self.pins.links_dir if self.pins is not None else None)
         self.obj = obj
         log.info("attached %d BPF programs", len(obj.links))
 

@@ -91,6 +91,11 @@ class Pins:
     stale_maps: bool = False   # the pinned maps could not be reused (definition changed)
 
     @property
+    def links_dir(self) -> str:
+        """Where this build's enforcement links are pinned."""
+        return os.path.join(self.root, f"links-{self.build}")
+
+    @property
     def adopted(self) -> bool:
         return bool(self.map_fds)
 
@@ -161,7 +166,7 @@ class Pins:
             path = os.path.join(maps_dir, n)
             if not os.path.exists(path):
                 obj.map(n).pin(path)
-        links_dir = os.path.join(self.root, f"links-{self.build}")
+        links_dir = self.links_dir
         os.makedirs(links_dir, exist_ok=True)
         for link in obj.links:
             if link.program in enforcement and not link.pinned:

@@ -222,7 +222,8 @@ class RuleSet:
         self.any_syscall = tuple(r for r in sys_rules if r.syscalls is None)
         self.by_syscall = {n: tuple(r for r in sys_rules if r.syscalls is None or n in
                                     r.syscalls) for n in names}
-        self.plans = {t: plan(rs) for t, rs in self.by_type.items()}
+        # open events go through file_plans instead (FilePlan)
+        self.plans = {t: plan(rs) for t, rs in self.by_type.items() if t not in FILE_TYPES}
         self.syscall_plans = {n: plan(rs) for n, rs in self.by_syscall.items()}
         self.any_syscall_plan = plan(self.any_syscall)
         self.file_plans = {t: FilePlan(t, self.by_type[t]) for t in FILE_TYPES
@@ -509,15 +510,11 @@ class _Loader:
             *((pruned,) if pruned is not None else ()),
             Not(Or(tuple(excs)) if len(excs) > 1 else excs[0])))
         match = compile_node(full) if full is not None else _always
-        if full is not None and node_fields(full) <= FILE_PURE:
-            match = memo_on_file(match)
         guard_key: Node | None = None
         guard = rest = None
         if isinstance(full, And) and len(full.items) > 1:
             guard_key = full.items[0]
             guard = compile_node(guard_key)
-            if node_fields(guard_key) <= FILE_PURE:
-                guard = memo_on_file(guard)
             tail = full.items[1:]
             rest = compile_node(tail[0] if len(tail) == 1 else And(tail))
         return Rule(raw.name, desc, prio, tuple(tags), tuple(mitre), types,
@@ -529,26 +526,6 @@ class _Loader:
 
 def _always(c: Ctx) -> bool:
     return True
-
-
-def memo_on_file(pred: Pred) -> Pred:
-    """pred, remembered per Ctx.file_key (bounded): for conditions reading only FILE_PURE
-    fields, which then cost one dict lookup per open of an already seen path and flags.
-    Each plan group shares one memo (the guard is built once per rule, and rules sharing
-    a guard share the first one's)."""
-    cache: dict[tuple[Any, ...], bool] = {}
-
-    def run(c: Ctx) -> bool:
-        k = c.file_key
-        if k is None:
-            return bool(pred(c))
-        hit = cache.get(k)
-        if hit is None:
-            if len(cache) >= 8192:
-                cache.clear()
-            hit = cache[k] = bool(pred(c))
-        return hit
-    return run
 
 
 def _formatter(template: str) -> Callable[[Ctx], str]:

@@ -88,20 +88,6 @@ def flag_names(flags: int) -> list[str]:
     return [mode] + [n for n, v in _OPEN_FLAGS if flags & v == v]
 
 
-# open flags -> (names, access): programs open with a handful of flag sets; the names list
-# is shared between events (serialized, never modified)
-_FLAGS_MEMO: dict[int, tuple[list[str], str]] = {}
-
-
-def _open_flags(flags: int) -> tuple[list[str], str]:
-    got = _FLAGS_MEMO.get(flags)
-    if got is None:
-        if len(_FLAGS_MEMO) >= 1024:
-            _FLAGS_MEMO.clear()
-        got = _FLAGS_MEMO[flags] = (flag_names(flags), access_of(flags))
-    return got
-
-
 def _err(ret: int) -> str | None:
     return errno.errorcode.get(-ret, str(-ret)) if ret < 0 else None
 
@@ -145,9 +131,8 @@ class Formatter:
         if got is None:
             if len(self._files) >= 4096:
                 self._files.clear()
-            names, access = _open_flags(e.flags)
             got = self._files[key] = {
-                "path": e.path, "flags": names, "access": access,
+                "path": e.path, "flags": flag_names(e.flags), "access": access_of(e.flags),
                 "result": e.ret if e.ret < 0 else 0, "error": _err(e.ret),
                 "fd": e.ret if e.ret >= 0 else None,
                 "path_as_written": e.path_as_written, "truncated": e.truncated}
