@@ -212,8 +212,9 @@ class PolicyEngine:
         self.applier.publish(compiled, scope)
         self.active = new
         self.generation += 1
-        log.info("policies applied", extra={"policies": {n: s for n, (s, _) in new.items()}})
+        # the status file first: "policies applied" in the log then means the file says so
         self._write_status()
+        log.info("policies applied", extra={"policies": {n: s for n, (s, _) in new.items()}})
         return True
 
     @staticmethod

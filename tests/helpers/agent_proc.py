@@ -82,6 +82,24 @@ class AgentProc:
         if self.proc is not None and self.proc.poll() is None:
             self.wait_log("policies applied", timeout, before + 1)
 
+    def wait_status(self, pred: Callable[[dict[str, Any]], bool],
+                    timeout: float = 15) -> dict[str, Any]:
+        """The agent's policy-status file once ``pred`` holds for it. The file is
+        replaced atomically after each publish; a read between the publish and the
+        replace sees the previous document (or none), so callers wait, not read once."""
+        deadline = time.monotonic() + timeout
+        doc: dict[str, Any] = {}
+        while True:
+            try:
+                doc = json.loads(self.status.read_text())
+            except (OSError, ValueError):
+                doc = {}
+            if pred(doc):
+                return doc
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"policy status never matched; last: {doc}")
+            time.sleep(0.05)
+
     def events(self) -> list[dict[str, Any]]:
         if not self.output.exists():
             return []

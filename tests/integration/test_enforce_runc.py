@@ -339,7 +339,10 @@ def test_policy_status_file_is_the_agents(agent: AgentProc) -> None:
     """`run --policy-status` and `policy list --policy-status`: the private file, not
     /run/moray/policy-status.json, says which policies are live."""
     agent.apply("status-check", policy("status-check", "mr-status-*", "exec: {deny: [/bin/nc]}"))
-    status = json.loads(agent.status.read_text())
+    # wait for the file to say so: "policies applied" in the log and the status file's
+    # replacement are two steps, and a read between them sees the previous document
+    status = agent.wait_status(
+        lambda d: "status-check" in {p["name"] for p in d.get("policies", [])})
     assert "status-check" in {p["name"] for p in status["policies"]}
     res = agent.cli("policy", "list", "--json", "--policy-dir", str(agent.policy_dir),
                     "--policy-status", str(agent.status))
