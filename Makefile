@@ -58,7 +58,7 @@ bench: install
 	$(BIN)/python bench/run.py
 
 lint: install
-	$(BIN)/ruff check agent controlplane tests bench
+	$(BIN)/ruff check moray agent api controlplane tests bench
 	$(BIN)/mypy
 
 clean:

@@ -28,14 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.bpf import abi, watch
-from agent.bpf.abi import Stat
-from agent.bpf.loader import BpfObject, ensure_bpffs, ensure_tracefs, object_path
-from agent.bpf.ringbuf import RingBuffer
-from agent.enrich.proctree import ProcessTree
-from agent.events.decode import DecodeError, decode
-from agent.events.reader import BatchQueue, Reader
-from agent.events.types import (
+from moray.agent.bpf import abi, watch
+from moray.agent.bpf.abi import Stat
+from moray.agent.bpf.loader import BpfObject, ensure_bpffs, ensure_tracefs, object_path
+from moray.agent.bpf.ringbuf import RingBuffer
+from moray.agent.enrich.proctree import ProcessTree
+from moray.agent.events.decode import DecodeError, decode
+from moray.agent.events.reader import BatchQueue, Reader
+from moray.agent.events.types import (
     CgroupEvent,
     EnforceEvent,
     ExecEvent,
@@ -43,9 +43,9 @@ from agent.events.types import (
     ForkEvent,
     KernelEvent,
 )
-from agent.output.jsonl import EventSink, JsonLines
-from agent.output.metrics import AgentCollector, Stats, serve
-from agent.output.schema import Formatter
+from moray.agent.output.jsonl import EventSink, JsonLines
+from moray.agent.output.metrics import AgentCollector, Stats, serve
+from moray.agent.output.schema import Formatter
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ class Agent:
         ensure_bpffs()
 
     def probe_kernel(self) -> None:
-        from agent.bpf.features import probe
+        from moray.agent.bpf.features import probe
 
         self.features = probe(self.cfg.proc, self.cfg.btf)
         tiers = {k: str(v) for k, v in self.features.tiers().items()}
@@ -305,23 +305,23 @@ class Agent:
         cg = self.features.cgroup_v2 if self.features else None
         if not cg:
             obj.disable([n for n, sec, _ in obj.programs() if sec.startswith("cgroup/")])
-        from agent.policy.programs import programs_to_skip
+        from moray.agent.policy.programs import programs_to_skip
 
         obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm))
-        from agent.detect.programs import programs_to_skip as detect_skip
+        from moray.agent.detect.programs import programs_to_skip as detect_skip
 
         obj.disable(detect_skip((n, sec) for n, sec, _ in obj.programs()))
-        from agent.policy.programs import ON_DEMAND, SYSCALL_PROGRAM
+        from moray.agent.policy.programs import ON_DEMAND, SYSCALL_PROGRAM
 
         if self.pins is not None:
             self.pins.prepare(obj, ON_DEMAND)
         obj.load()
         obj.attach_all(cg, skip=ON_DEMAND)
         if self.pins is not None:
-            from agent.policy.programs import is_enforcement
+            from moray.agent.policy.programs import is_enforcement
 
             self.pins.commit(obj, {n for n, _s, _p in obj.programs() if is_enforcement(n)})
-        from agent.bpf.pins import OnDemandLink
+        from moray.agent.bpf.pins import OnDemandLink
 
         self.syscall_link = OnDemandLink(
             obj, SYSCALL_PROGRAM, self.pins.links_dir if self.pins is not None else None)
@@ -361,7 +361,7 @@ class Agent:
 
     def load_rules(self) -> None:
         """Detection rules and alert outputs (agent/detect/stage.py); errors stop start-up."""
-        from agent.detect.stage import DetectStage, DetectStageError
+        from moray.agent.detect.stage import DetectStage, DetectStageError
 
         try:
             self.detector = DetectStage.from_config(self.cfg, self.tree)
@@ -374,7 +374,7 @@ class Agent:
         """Open what a previous agent pinned (agent/bpf/pins.py), so load_bpf reuses it."""
         if self.cfg.pin_root is None:
             return
-        from agent.bpf.pins import Pins, build_id
+        from moray.agent.bpf.pins import Pins, build_id
 
         self.pins = Pins(self.cfg.pin_root)
         self.pins.adopt(build_id(object_path("moray.bpf.o")))
@@ -383,9 +383,9 @@ class Agent:
     def apply_policies(self) -> None:
         """Publish the policy directory and keep it applied (agent/policy/engine.py)."""
         assert self.obj is not None
-        from agent.enrich.containers import ContainerResolver
-        from agent.policy.apply import MAP_NAMES, Applier
-        from agent.policy.engine import PolicyEngine
+        from moray.agent.enrich.containers import ContainerResolver
+        from moray.agent.policy.apply import MAP_NAMES, Applier
+        from moray.agent.policy.engine import PolicyEngine
 
         applier = Applier({n: self.obj.map(n) for n in MAP_NAMES},
                           syscall_hook=self.syscall_link.set if self.syscall_link else None)
@@ -408,9 +408,9 @@ class Agent:
         directory the engine watches; every event is also spooled for the server."""
         if not self.cfg.server:
             return
-        from agent.controlplane import ControlPlaneClient
-        from agent.controlplane.policydir import PolicyDirSink
-        from agent.output.cpstream import TeeToControlPlane
+        from moray.agent.controlplane import ControlPlaneClient
+        from moray.agent.controlplane.policydir import PolicyDirSink
+        from moray.agent.output.cpstream import TeeToControlPlane
 
         ca_pem = None
         if self.cfg.ca_file:
@@ -452,7 +452,7 @@ class Agent:
     def start_enrich(self) -> None:
         if not self.cfg.containers:
             return
-        from agent.enrich.containers import ContainerResolver
+        from moray.agent.enrich.containers import ContainerResolver
 
         cg = self.features.cgroup_v2 if self.features else None
         # a runtime writes its state a few ms after the cgroup appears: re-read it often

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from agent.app import Agent, AgentError, Config
+from moray.agent.app import Agent, AgentError, Config
 
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -64,7 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from agent.bpf.features import format_text, probe
+    from moray.agent.bpf.features import format_text, probe
 
     f = probe(args.proc)
     if args.json:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--proc", default="/proc")
     pr.set_defaults(fn=_cmd_probe)
 
-    from agent.policy.cli import add_commands
+    from moray.agent.policy.cli import add_commands
 
     add_commands(sub)
     args = ap.parse_args(argv)

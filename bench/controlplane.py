@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
-from agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy  # noqa: E402
-from agent.controlplane.identity import enroll  # noqa: E402
-from controlplane.proto import moray_pb2, moray_pb2_grpc  # noqa: E402
+from moray.agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy  # noqa: E402
+from moray.agent.controlplane.identity import enroll  # noqa: E402
+from moray.api.proto import moray_pb2, moray_pb2_grpc  # noqa: E402
 from tests.helpers.controlplane import ServerProcess, policy_yaml, wait_for  # noqa: E402
 from tests.helpers.postgres import (  # noqa: E402
     create_database,
@@ -135,7 +135,8 @@ def propagation(server: ServerProcess, work: Path, agents: int, rounds: int = 10
     for r in range(rounds):
         path.write_text(policy_yaml("bench", deny=f"/usr/bin/tool{r}"))
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "controlplane.cli", "policy", "apply", str(path)],
+        subprocess.run([sys.executable, "-m", "moray.controlplane.cli", "policy", "apply",
+                        str(path)],
                        cwd=ROOT, env=env, check=True, capture_output=True)
         version = r + 1
         ids = {c.identity.agent_id for c in clients if c.identity}

@@ -26,9 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.detect.engine import Detector
-from agent.detect.rules import load
-from agent.enrich.proctree import Process, ProcessTree
+from moray.agent.detect.engine import Detector
+from moray.agent.detect.rules import load
+from moray.agent.enrich.proctree import Process, ProcessTree
 
 
 def _proc(pid: int, binary: str, args: list[str], comm: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from agent.bpf.loader import BpfObject  # noqa: E402
+from moray.agent.bpf.loader import BpfObject  # noqa: E402
 
 CONDITIONS: dict[str, tuple[str, ...]] = {
     "nothing attached": (),

@@ -200,18 +200,18 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def apply_replace(rules: int) -> dict[str, Any]:
-    from agent.bpf.loader import BpfObject, object_path
-    from agent.policy.apply import MAP_NAMES, Applier
-    from agent.policy.compile import compile_policies
-    from agent.policy.load import load_text
-    from agent.policy.programs import programs_to_skip
+    from moray.agent.bpf.loader import BpfObject, object_path
+    from moray.agent.policy.apply import MAP_NAMES, Applier
+    from moray.agent.policy.compile import compile_policies
+    from moray.agent.policy.programs import programs_to_skip
+    from moray.api.policy.load import load_text
 
     obj = BpfObject.open(object_path("moray.bpf.o"))
     try:
         obj.set_max_entries("mr_events", 1 << 20)
         obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), False))
         try:
-            from agent.detect.programs import programs_to_skip as detect_skip
+            from moray.agent.detect.programs import programs_to_skip as detect_skip
 
             obj.disable(detect_skip((n, sec) for n, sec, _ in obj.programs()))
         except ImportError:

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import httpx
 
-from controlplane.scanner import targets_cli, workercli
-from controlplane.scanner.errors import AccessDenied, ScanError
-from controlplane.scanner.malware import MalwareScanner
-from controlplane.scanner.registry import list_images
-from controlplane.server import cli_api
-from controlplane.store.scanstore import ScanStore, data_dir, default_db_path
-from controlplane.vulndb.importer import import_path
+from moray.controlplane.scanner import targets_cli, workercli
+from moray.controlplane.scanner.errors import AccessDenied, ScanError
+from moray.controlplane.scanner.malware import MalwareScanner
+from moray.controlplane.scanner.registry import list_images
+from moray.controlplane.server import cli_api
+from moray.controlplane.store.scanstore import ScanStore, data_dir, default_db_path
+from moray.controlplane.vulndb.importer import import_path
 
 log = logging.getLogger(__name__)
 

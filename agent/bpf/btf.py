@@ -10,8 +10,8 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-from agent.bpf import libbpf
-from agent.bpf.libbpf import BTF_KIND_DATASEC, BTF_KIND_STRUCT, BTF_KIND_UNION
+from moray.agent.bpf import libbpf
+from moray.agent.bpf.libbpf import BTF_KIND_DATASEC, BTF_KIND_STRUCT, BTF_KIND_UNION
 
 
 @dataclass(frozen=True, slots=True)

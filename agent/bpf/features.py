@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from agent.bpf import libbpf
-from agent.bpf.loader import BpfAttachError, BpfError, BpfObject, ensure_mount, object_path
+from moray.agent.bpf import libbpf
+from moray.agent.bpf.loader import BpfAttachError, BpfError, BpfObject, ensure_mount, object_path
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _probe_one(prog: str, attach: bool, cgroup: str | None) -> HookProbe:
 def probe(proc: str = "/proc", btf_path: str = "/sys/kernel/btf/vmlinux") -> Features:
     """Probe the running kernel. Needs root for the load probes; without root they report
     the permission error rather than guessing."""
-    from agent.bpf.loader import BPFFS, TRACEFS, ensure_bpffs, ensure_tracefs
+    from moray.agent.bpf.loader import BPFFS, TRACEFS, ensure_bpffs, ensure_tracefs
 
     root = os.geteuid() == 0
     cg, hybrid = find_cgroup_v2(proc)

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.bpf import libbpf
-from agent.bpf.btf import Btf
+from moray.agent.bpf import libbpf
+from moray.agent.bpf.btf import Btf
 
 log = logging.getLogger(__name__)
 

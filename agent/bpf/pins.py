@@ -39,8 +39,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.bpf import libbpf
-from agent.bpf.loader import BpfMap, BpfObject, Link
+from moray.agent.bpf import libbpf
+from moray.agent.bpf.loader import BpfMap, BpfObject, Link
 
 log = logging.getLogger(__name__)
 

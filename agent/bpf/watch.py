@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from agent.bpf import abi
-from agent.bpf.loader import BpfMap
+from moray.agent.bpf import abi
+from moray.agent.bpf.loader import BpfMap
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The agent side of the control plane: enrolment, the signed policy stream, the event
 spool. The running agent wires it with three calls:
 
-    from agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
+    from moray.agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
 
     def on_policy(policy: VerifiedPolicy) -> ApplyResult:   # policy.removed -> remove it
         ...compile + apply through agent/policy...
@@ -14,8 +14,8 @@ spool. The running agent wires it with three calls:
 See docs/controlplane.md.
 """
 
-from agent.controlplane.client import ControlPlaneClient
-from agent.controlplane.policies import ApplyResult, PolicyCache, VerifiedPolicy
-from agent.controlplane.spool import EventSpool
+from moray.agent.controlplane.client import ControlPlaneClient
+from moray.agent.controlplane.policies import ApplyResult, PolicyCache, VerifiedPolicy
+from moray.agent.controlplane.spool import EventSpool
 
 __all__ = ["ApplyResult", "ControlPlaneClient", "EventSpool", "PolicyCache", "VerifiedPolicy"]

@@ -37,22 +37,22 @@ from typing import Any
 
 import grpc
 
-from agent.controlplane.identity import (
+from moray.agent.controlplane.identity import (
     EnrollmentError,
     Identity,
     enroll,
     fetch_ca,
     load_identity,
 )
-from agent.controlplane.policies import (
+from moray.agent.controlplane.policies import (
     ApplyResult,
     PolicyCache,
     PolicyRejected,
     PolicyVerifier,
     VerifiedPolicy,
 )
-from agent.controlplane.spool import EventSpool
-from controlplane.proto import moray_pb2, moray_pb2_grpc
+from moray.agent.controlplane.spool import EventSpool
+from moray.api.proto import moray_pb2, moray_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from controlplane.proto import moray_pb2, moray_pb2_grpc
+from moray.api.proto import moray_pb2, moray_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
-from controlplane.proto import moray_pb2
+from moray.api.proto import moray_pb2
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.controlplane.policies import ApplyResult, VerifiedPolicy
+from moray.agent.controlplane.policies import ApplyResult, VerifiedPolicy
 
 PREFIX = "cp-"
 
 
 def digest(document: dict[str, Any]) -> str:
-    """The agent's digest of a document (agent/policy/load.py hashes its canonical JSON)."""
+    """The agent's digest of a document (api/policy/load.py hashes its canonical JSON)."""
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()
                           ).hexdigest()
 

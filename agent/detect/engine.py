@@ -20,11 +20,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from agent.detect.fields import Ctx
-from agent.detect.response import Responder
-from agent.detect.rules import FilePlan, Rule, RuleSet
-from agent.detect.state import State
-from agent.enrich.proctree import ProcessTree
+from moray.agent.detect.fields import Ctx
+from moray.agent.detect.response import Responder
+from moray.agent.detect.rules import FilePlan, Rule, RuleSet
+from moray.agent.detect.state import State
+from moray.agent.enrich.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
 

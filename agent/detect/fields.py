@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.detect.state import State
-    from agent.enrich.proctree import Process
+    from moray.agent.detect.state import State
+    from moray.agent.enrich.proctree import Process
 
 STR, INT, BOOL, LIST = "str", "int", "bool", "list"
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.detect.fields import BOOL, EVENT_TYPES, FIELDS, INT, LIST, STR, Ctx, Field
+from moray.agent.detect.fields import BOOL, EVENT_TYPES, FIELDS, INT, LIST, STR, Ctx, Field
 
 Pred = Callable[[Ctx], bool]
 

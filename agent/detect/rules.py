@@ -38,8 +38,8 @@ from typing import Any
 
 import yaml
 
-from agent.detect.fields import FIELDS, FILE_PURE, Ctx
-from agent.detect.lang import (
+from moray.agent.detect.fields import FIELDS, FILE_PURE, Ctx
+from moray.agent.detect.lang import (
     And,
     ConditionError,
     Node,

@@ -17,10 +17,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.detect.engine import Detector
-from agent.detect.rules import RuleError, load
-from agent.enrich.proctree import ProcessTree
-from agent.output.siem import AlertOutput, OutputError, build
+from moray.agent.detect.engine import Detector
+from moray.agent.detect.rules import RuleError, load
+from moray.agent.enrich.proctree import ProcessTree
+from moray.agent.output.siem import AlertOutput, OutputError, build
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.detect.fields import Ctx
-    from agent.enrich.proctree import Process, ProcessTree
+    from moray.agent.detect.fields import Ctx
+    from moray.agent.enrich.proctree import Process, ProcessTree
 
 
 class State:

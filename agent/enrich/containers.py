@@ -29,9 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.enrich.cgroups import CgroupIndex, find_cgroup2_mount, normalize
-from agent.enrich.netns import Interfaces, NetnsError, NetnsReader
-from agent.enrich.runtimes import (
+from moray.agent.enrich.cgroups import CgroupIndex, find_cgroup2_mount, normalize
+from moray.agent.enrich.netns import Interfaces, NetnsError, NetnsReader
+from moray.agent.enrich.runtimes import (
     DEFAULT_CONTAINERD_NAMESPACES,
     CgroupMatch,
     ContainerInfo,

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from agent.events.types import ExecEvent, Proc
+from moray.agent.events.types import ExecEvent, Proc
 
 log = logging.getLogger(__name__)
 

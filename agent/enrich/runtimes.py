@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
-from agent.enrich.boltdb import BoltError, BoltFile
+from moray.agent.enrich.boltdb import BoltError, BoltFile
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import socket
 import struct
 from collections.abc import Callable
 
-from agent.bpf import abi
-from agent.bpf.abi import Op
-from agent.events.types import (
+from moray.agent.bpf import abi
+from moray.agent.bpf.abi import Op
+from moray.agent.events.types import (
     AnyEvent,
     CgroupEvent,
     EnforceEvent,

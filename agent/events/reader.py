@@ -13,7 +13,7 @@ import logging
 import threading
 from collections import deque
 
-from agent.bpf.ringbuf import RingBuffer
+from moray.agent.bpf.ringbuf import RingBuffer
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from agent.output.jsonl import EventSink
+from moray.agent.output.jsonl import EventSink
 
 log = logging.getLogger(__name__)
 

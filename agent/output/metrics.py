@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.events.types import EventType
+from moray.agent.events.types import EventType
 
 log = logging.getLogger(__name__)
 

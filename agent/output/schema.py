@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.enrich.proctree import NS_PER_TICK, Process
-from agent.events.types import (
+from moray.agent.enrich.proctree import NS_PER_TICK, Process
+from moray.agent.events.types import (
     EnforceEvent,
     EventType,
     ExecEvent,
@@ -31,7 +31,7 @@ from agent.events.types import (
     OpenEvent,
     SyscallEvent,
 )
-from agent.output.syscalls_json import syscall_json
+from moray.agent.output.syscalls_json import syscall_json
 
 SCHEMA_VERSION = 1
 

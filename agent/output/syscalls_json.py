@@ -7,9 +7,9 @@ import errno
 import socket
 from typing import Any
 
-from agent.bpf import abi
-from agent.events.types import SyscallEvent
-from agent.policy.syscalls import X86_64
+from moray.agent.bpf import abi
+from moray.agent.events.types import SyscallEvent
+from moray.api.policy.syscalls import X86_64
 
 NAMES: dict[int, str] = {nr: name for name, nr in X86_64.items()}
 

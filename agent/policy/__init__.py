@@ -1,1 +1,2 @@
-"""Runtime policies: model -> load (file:line errors) -> compile (pure) -> apply (maps)."""
+"""Runtime policies in the agent: the schema (moray.api.policy: model, load with file:line
+errors) -> compile (pure) -> apply (maps) -> engine (keeps them applied)."""

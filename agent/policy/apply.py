@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from agent.bpf import abi
-from agent.policy.compile import (
+from moray.agent.bpf import abi
+from moray.agent.policy.compile import (
     Compiled,
     ConfRow,
     ExecVal,

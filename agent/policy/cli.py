@@ -15,11 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agent.bpf.pins import unload
-from agent.policy.compile import CompileError, compile_policies
-from agent.policy.engine import DEFAULT_POLICY_DIR, DEFAULT_STATUS
-from agent.policy.load import PolicyError, load_dir, load_file, policy_files
-from agent.policy.model import Policy
+from moray.agent.bpf.pins import unload
+from moray.agent.policy.compile import CompileError, compile_policies
+from moray.agent.policy.engine import DEFAULT_POLICY_DIR, DEFAULT_STATUS
+from moray.api.policy.load import PolicyError, load_dir, load_file, policy_files
+from moray.api.policy.model import Policy
 
 
 def _lint(args: argparse.Namespace) -> int:

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agent.bpf import abi
-from agent.policy.model import PROTO_NUMBER, Access, Mode, Policy
-from agent.policy.syscalls import X86_64
+from moray.agent.bpf import abi
+from moray.api.policy.model import PROTO_NUMBER, Access, Mode, Policy
+from moray.api.policy.syscalls import X86_64
 
 
 class CompileError(ValueError):

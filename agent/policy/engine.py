@@ -33,15 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.bpf import abi
-from agent.enrich.proctree import stat_start_ticks, ticks
-from agent.events.types import EnforceEvent
-from agent.policy.apply import Applier, dec_conf, u32, u64
-from agent.policy.compile import CompileError, compile_policies
-from agent.policy.load import load_dir
-from agent.policy.model import Access, Mode, Policy
-from agent.policy.scope import ContainerLike, slots_for
-from agent.policy.syscalls import X86_64
+from moray.agent.bpf import abi
+from moray.agent.enrich.proctree import stat_start_ticks, ticks
+from moray.agent.events.types import EnforceEvent
+from moray.agent.policy.apply import Applier, dec_conf, u32, u64
+from moray.agent.policy.compile import CompileError, compile_policies
+from moray.agent.policy.scope import ContainerLike, slots_for
+from moray.api.policy.load import load_dir
+from moray.api.policy.model import Access, Mode, Policy
+from moray.api.policy.syscalls import X86_64
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Protocol
 
-from agent.policy.model import ContainerSelector, Policy
+from moray.api.policy.model import ContainerSelector, Policy
 
 
 class ContainerLike(Protocol):

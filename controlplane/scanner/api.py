@@ -23,13 +23,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
-from controlplane.scanner import credentials
-from controlplane.scanner.errors import ScanError
-from controlplane.scanner.model import Ecosystem, OSRelease, Package
-from controlplane.scanner.scheduler import check_image, check_policy, check_registry
-from controlplane.store.scanstore import ScanStore
-from controlplane.vulndb.importer import import_path
-from controlplane.vulndb.matcher import Matcher
+from moray.controlplane.scanner import credentials
+from moray.controlplane.scanner.errors import ScanError
+from moray.controlplane.scanner.model import Ecosystem, OSRelease, Package
+from moray.controlplane.scanner.scheduler import check_image, check_policy, check_registry
+from moray.controlplane.store.scanstore import ScanStore
+from moray.controlplane.vulndb.importer import import_path
+from moray.controlplane.vulndb.matcher import Matcher
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from controlplane.scanner.model import LayerResult
-from controlplane.scanner.serialize import layer_from_json, layer_to_json
+from moray.controlplane.scanner.model import LayerResult
+from moray.controlplane.scanner.serialize import layer_from_json, layer_to_json
 
 if TYPE_CHECKING:
-    from controlplane.store.scanstore import ScanStore
+    from moray.controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol, cast
 
-from controlplane.scanner.errors import ImageFormatError, LimitExceededError, UnsafeEntryError
+from moray.controlplane.scanner.errors import ImageFormatError, LimitExceededError, UnsafeEntryError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from controlplane.scanner.purl import package_purl
+from moray.controlplane.scanner.purl import package_purl
 
 
 class Severity(enum.StrEnum):

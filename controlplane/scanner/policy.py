@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controlplane.scanner.config import runs_as_root
-from controlplane.scanner.errors import ScanError
-from controlplane.scanner.model import ScanResult, Severity
+from moray.controlplane.scanner.config import runs_as_root
+from moray.controlplane.scanner.errors import ScanError
+from moray.controlplane.scanner.model import ScanResult, Severity
 
 # PyYAML (policy files) and the store (SQLAlchemy) are imported where they are used:
 # `moray-scan --fail-on` evaluates a policy without either (~0.2 s less start-up)
 if TYPE_CHECKING:
-    from controlplane.store.scanstore import ScanStore, Verdict
+    from moray.controlplane.store.scanstore import ScanStore, Verdict
 
 
 class PolicyError(ScanError):

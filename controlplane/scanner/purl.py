@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from packageurl import PackageURL
 
 if TYPE_CHECKING:
-    from controlplane.scanner.model import Package
+    from moray.controlplane.scanner.model import Package
 
 _DISTRO_NAMESPACE = {"deb": "debian", "apk": "alpine", "rpm": ""}
 

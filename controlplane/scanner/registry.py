@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from controlplane.scanner.errors import DigestMismatchError, ImageFormatError, RegistryError
-from controlplane.scanner.source import (
+from moray.controlplane.scanner.errors import DigestMismatchError, ImageFormatError, RegistryError
+from moray.controlplane.scanner.source import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_JSON_BYTES,
@@ -93,7 +93,7 @@ def is_loopback(host: str) -> bool:
 class _NoAuthRedirect(urllib.request.HTTPRedirectHandler):
     """Follow redirects (blob storage) but drop credentials when the host changes."""
 
-    def redirect_request(  # noqa: PLR0917 - urllib's signature
+    def redirect_request(
         self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
                          headers: Any, newurl: str) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)

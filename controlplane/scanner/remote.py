@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from controlplane.scanner.errors import AccessDenied, ScanError
-from controlplane.scanner.model import OSRelease, Package, Severity, VulnFinding
-from controlplane.store.scanstore import ScanJob
+from moray.controlplane.scanner.errors import AccessDenied, ScanError
+from moray.controlplane.scanner.model import OSRelease, Package, Severity, VulnFinding
+from moray.controlplane.store.scanstore import ScanJob
 
 log = logging.getLogger(__name__)
 

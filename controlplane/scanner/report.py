@@ -9,8 +9,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from controlplane.scanner.model import ScanResult, Severity
-from controlplane.scanner.serialize import to_jsonable
+from moray.controlplane.scanner.model import ScanResult, Severity
+from moray.controlplane.scanner.serialize import to_jsonable
 
 TOOL_NAME = "moray-scan"
 TOOL_VERSION = "0.1.0"
@@ -142,16 +142,16 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
 
 def to_cyclonedx(result: ScanResult) -> str:
     # imported here: cyclonedx-python-lib costs ~60 ms of start-up that other formats skip
-    from cyclonedx.model.bom import Bom  # noqa: PLC0415
-    from cyclonedx.model.component import Component, ComponentType  # noqa: PLC0415
-    from cyclonedx.model.vulnerability import (  # noqa: PLC0415
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.model.vulnerability import (
         BomTarget,
         Vulnerability,
         VulnerabilityRating,
         VulnerabilitySeverity,
     )
-    from cyclonedx.output.json import JsonV1Dot6  # noqa: PLC0415
-    from packageurl import PackageURL  # noqa: PLC0415
+    from cyclonedx.output.json import JsonV1Dot6
+    from packageurl import PackageURL
 
     bom = Bom()
     root = Component(name=result.image, version=result.digest, type=ComponentType.CONTAINER,

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import IO, Protocol
 
-from controlplane.scanner.analyzers import Analyzer, FileAnalyzer, registry
-from controlplane.scanner.config import config_findings, image_config
-from controlplane.scanner.errors import ScanError
-from controlplane.scanner.layers import Entry, EntryKind, Limits, iter_layer
-from controlplane.scanner.model import (
+from moray.controlplane.scanner.analyzers import Analyzer, FileAnalyzer, registry
+from moray.controlplane.scanner.config import config_findings, image_config
+from moray.controlplane.scanner.errors import ScanError
+from moray.controlplane.scanner.layers import Entry, EntryKind, Limits, iter_layer
+from moray.controlplane.scanner.model import (
     Ecosystem,
     LayerResult,
     MalwareFinding,
@@ -34,7 +34,7 @@ from controlplane.scanner.model import (
     SecretFinding,
     VulnFinding,
 )
-from controlplane.scanner.source import ImageSource, LayerRef
+from moray.controlplane.scanner.source import ImageSource, LayerRef
 
 log = logging.getLogger(__name__)
 

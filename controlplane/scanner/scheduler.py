@@ -28,11 +28,11 @@ from typing import Protocol
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
-from controlplane.scanner import credentials
-from controlplane.scanner.errors import ScanError
-from controlplane.scanner.policy import PolicyError, policy_from_dict
-from controlplane.scanner.registry import is_loopback, list_images, parse_reference
-from controlplane.store.scanstore import RegisteredImage, RegisteredRegistry, ScanStore
+from moray.controlplane.scanner import credentials
+from moray.controlplane.scanner.errors import ScanError
+from moray.controlplane.scanner.policy import PolicyError, policy_from_dict
+from moray.controlplane.scanner.registry import is_loopback, list_images, parse_reference
+from moray.controlplane.store.scanstore import RegisteredImage, RegisteredRegistry, ScanStore
 
 log = logging.getLogger(__name__)
 

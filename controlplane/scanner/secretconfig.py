@@ -34,9 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controlplane.scanner.errors import ScanError
-from controlplane.scanner.model import Severity
-from controlplane.scanner.secrets import (
+from moray.controlplane.scanner.errors import ScanError
+from moray.controlplane.scanner.model import Severity
+from moray.controlplane.scanner.secrets import (
     ALLOW_RULES,
     RULES,
     AllowRule,

@@ -32,8 +32,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from controlplane.scanner.config import mask
-from controlplane.scanner.model import SecretFinding, Severity
+from moray.controlplane.scanner.config import mask
+from moray.controlplane.scanner.model import SecretFinding, Severity
 
 if TYPE_CHECKING:
     from ahocorasick_rs import BytesAhoCorasick

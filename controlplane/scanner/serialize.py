@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from controlplane.scanner.model import (
+from moray.controlplane.scanner.model import (
     Ecosystem,
     LayerResult,
     MalwareFinding,

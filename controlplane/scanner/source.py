@@ -27,7 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from controlplane.scanner.errors import DigestMismatchError, ImageFormatError, LimitExceededError
+from moray.controlplane.scanner.errors import (
+    DigestMismatchError,
+    ImageFormatError,
+    LimitExceededError,
+)
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
-from controlplane.scanner import credentials
-from controlplane.scanner.scheduler import check_image, check_policy, check_registry
-from controlplane.store.scanstore import ScanStore
+from moray.controlplane.scanner import credentials
+from moray.controlplane.scanner.scheduler import check_image, check_policy, check_registry
+from moray.controlplane.store.scanstore import ScanStore
 
 
 class Targets(Protocol):
@@ -81,7 +81,7 @@ class LocalTargets:
         self.actor = f"local:{getpass.getuser()}"
 
     def _audit(self, action: str, target: str, detail: dict[str, Any]) -> None:
-        from controlplane.store.cpstore import ControlPlaneStore
+        from moray.controlplane.store.cpstore import ControlPlaneStore
 
         ControlPlaneStore(self.store.engine).record_audit(self.actor, action, target, detail)
 

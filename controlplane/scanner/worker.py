@@ -25,10 +25,10 @@ from typing import Protocol
 
 import yaml
 
-from controlplane.scanner.errors import AccessDenied, ScanError
-from controlplane.scanner.model import ScanResult
-from controlplane.scanner.policy import AssurancePolicy, evaluate, policy_from_dict
-from controlplane.store.scanstore import ScanJob
+from moray.controlplane.scanner.errors import AccessDenied, ScanError
+from moray.controlplane.scanner.model import ScanResult
+from moray.controlplane.scanner.policy import AssurancePolicy, evaluate, policy_from_dict
+from moray.controlplane.store.scanstore import ScanJob
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from controlplane.scanner import credentials
-from controlplane.scanner.errors import AccessDenied, ScanError
-from controlplane.scanner.model import ScanResult
-from controlplane.store.scanstore import ScanJob, ScanStore, data_dir, default_db_path
+from moray.controlplane.scanner import credentials
+from moray.controlplane.scanner.errors import AccessDenied, ScanError
+from moray.controlplane.scanner.model import ScanResult
+from moray.controlplane.store.scanstore import ScanJob, ScanStore, data_dir, default_db_path
 
 DEFAULT_LEASE = 600.0
 
@@ -71,9 +71,9 @@ def job_scanner(options: Any, *, allow_paths: bool, insecure: bool
                 ) -> Callable[[ScanJob], ScanResult]:
     """Scan one job's image with ``options`` (a ``ScanOptions``). A job from a server is
     always a registry reference: a path on the worker's host is never opened for it."""
-    from controlplane.scanner.registry import RegistrySource, parse_reference
-    from controlplane.scanner.scan import scan_image
-    from controlplane.scanner.source import ImageSource, open_source
+    from moray.controlplane.scanner.registry import RegistrySource, parse_reference
+    from moray.controlplane.scanner.scan import scan_image
+    from moray.controlplane.scanner.source import ImageSource, open_source
 
     def scan(job: ScanJob) -> ScanResult:
         path = Path(job.image)
@@ -104,12 +104,12 @@ class InProcessWorkers:
     def start(self) -> None:
         if self.n <= 0:
             return
-        from controlplane.scanner.cache import StoreLayerCache
-        from controlplane.scanner.malware import MalwareScanner, discover
-        from controlplane.scanner.scan import ScanOptions
-        from controlplane.scanner.secrets import SecretScanner
-        from controlplane.scanner.worker import run_worker
-        from controlplane.vulndb.matcher import Matcher
+        from moray.controlplane.scanner.cache import StoreLayerCache
+        from moray.controlplane.scanner.malware import MalwareScanner, discover
+        from moray.controlplane.scanner.scan import ScanOptions
+        from moray.controlplane.scanner.secrets import SecretScanner
+        from moray.controlplane.scanner.worker import run_worker
+        from moray.controlplane.vulndb.matcher import Matcher
 
         for i in range(self.n):
             # one ScanOptions per thread: the matcher and the scanners keep per-scan state
@@ -143,13 +143,13 @@ def _signals(stop: threading.Event, abort: threading.Event) -> None:
 
 def run(args: argparse.Namespace, store: ScanStore | None = None) -> int:
     """Run one worker until stopped; ``store`` is an already open local store."""
-    from controlplane.scanner.cache import StoreLayerCache
-    from controlplane.scanner.malware import MalwareScanner, discover
-    from controlplane.scanner.remote import HttpJobQueue, RemoteMatcher
-    from controlplane.scanner.scan import ScanOptions
-    from controlplane.scanner.secrets import SecretScanner
-    from controlplane.scanner.worker import run_worker
-    from controlplane.vulndb.matcher import Matcher
+    from moray.controlplane.scanner.cache import StoreLayerCache
+    from moray.controlplane.scanner.malware import MalwareScanner, discover
+    from moray.controlplane.scanner.remote import HttpJobQueue, RemoteMatcher
+    from moray.controlplane.scanner.scan import ScanOptions
+    from moray.controlplane.scanner.secrets import SecretScanner
+    from moray.controlplane.scanner.worker import run_worker
+    from moray.controlplane.vulndb.matcher import Matcher
 
     need_local = not args.server or not args.no_cache
     if store is None and need_local:
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace, store: ScanStore | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from controlplane.logfmt import configure_logging
+    from moray.controlplane.logfmt import configure_logging
 
     p = argparse.ArgumentParser(prog="moray-scanner-worker", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

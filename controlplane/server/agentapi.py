@@ -1,4 +1,4 @@
-"""The gRPC services agents talk to (contract: controlplane/proto/moray.proto).
+"""The gRPC services agents talk to (contract: api/proto/moray.proto).
 
 - ``EnrollmentService`` (enrolment port, server-side TLS): spends a one-time token, signs
   the agent's CSR, records the agent.
@@ -27,12 +27,12 @@ from typing import Any
 
 import grpc
 
-from controlplane.proto import moray_pb2, moray_pb2_grpc
-from controlplane.server.hub import AgentHub, StreamHandle
-from controlplane.server.metrics import ServerMetrics
-from controlplane.server.pki import Pki, PkiError, cert_sha256
-from controlplane.server.policydoc import selects_host
-from controlplane.store.cpstore import (
+from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.controlplane.server.hub import AgentHub, StreamHandle
+from moray.controlplane.server.metrics import ServerMetrics
+from moray.controlplane.server.pki import Pki, PkiError, cert_sha256
+from moray.controlplane.server.policydoc import selects_host
+from moray.controlplane.store.cpstore import (
     AgentRecord,
     ControlPlaneStore,
     PolicyAckRow,

@@ -29,19 +29,19 @@ from pathlib import Path
 import grpc
 import uvicorn
 
-from controlplane.logfmt import configure_logging
-from controlplane.proto import moray_pb2_grpc
-from controlplane.scanner.scheduler import Scheduler
-from controlplane.scanner.workercli import InProcessWorkers
-from controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
-from controlplane.server.hub import AgentHub
-from controlplane.server.metrics import ScanCollector, ServerMetrics
-from controlplane.server.pki import Pki
-from controlplane.server.policydoc import agent_document
-from controlplane.server.rest import create_app
-from controlplane.store import db
-from controlplane.store.cpstore import ControlPlaneStore
-from controlplane.store.scanstore import ScanStore
+from moray.api.proto import moray_pb2_grpc
+from moray.controlplane.logfmt import configure_logging
+from moray.controlplane.scanner.scheduler import Scheduler
+from moray.controlplane.scanner.workercli import InProcessWorkers
+from moray.controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
+from moray.controlplane.server.hub import AgentHub
+from moray.controlplane.server.metrics import ScanCollector, ServerMetrics
+from moray.controlplane.server.pki import Pki
+from moray.controlplane.server.policydoc import agent_document
+from moray.controlplane.server.rest import create_app
+from moray.controlplane.store import db
+from moray.controlplane.store.cpstore import ControlPlaneStore
+from moray.controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Policy documents as the server sees them.
 
-The rules are validated by the agent's own loader (``agent.policy.load``, docs/policy.md),
+The rules are validated by the agent's own loader (``moray.api.policy.load``, docs/policy.md),
 so the server accepts exactly what agents can enforce and reports errors the same way:
 file, line, field. The control plane adds one field the agent does not know:
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from agent.policy.load import PolicyError as AgentPolicyError
-from agent.policy.load import load_text
+from moray.api.policy.load import PolicyError as AgentPolicyError
+from moray.api.policy.load import load_text
 
 DEFAULT_TENANT = "default"
 SELECTOR = "spec.scope.agents"

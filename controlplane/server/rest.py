@@ -25,13 +25,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from controlplane.scanner.api import SCAN_ACCESS, scan_router
-from controlplane.server.hub import AgentHub
-from controlplane.server.metrics import ServerMetrics
-from controlplane.server.pki import Pki, cert_sha256
-from controlplane.server.policydoc import DEFAULT_TENANT, PolicyError, parse_policies
-from controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
-from controlplane.store.scanstore import ScanStore
+from moray.controlplane.scanner.api import SCAN_ACCESS, scan_router
+from moray.controlplane.server.hub import AgentHub
+from moray.controlplane.server.metrics import ServerMetrics
+from moray.controlplane.server.pki import Pki, cert_sha256
+from moray.controlplane.server.policydoc import DEFAULT_TENANT, PolicyError, parse_policies
+from moray.controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
+from moray.controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
 

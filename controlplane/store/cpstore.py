@@ -26,8 +26,8 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from controlplane.proto import moray_pb2
-from controlplane.store.models import (
+from moray.api.proto import moray_pb2
+from moray.controlplane.store.models import (
     Agent,
     AgentPolicy,
     ApiToken,

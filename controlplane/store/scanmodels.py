@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
 )
 
-from controlplane.store.models import Base, BigId
+from moray.controlplane.store.models import Base, BigId
 
 metadata = Base.metadata
 

@@ -161,7 +161,7 @@ def _locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
 
 def open_engine(location: Path | str) -> Engine:
     """An engine for a SQLAlchemy URL or a SQLite file path, migrated to the newest schema."""
-    from controlplane.store import db
+    from moray.controlplane.store import db
 
     url = str(location)
     if "://" not in url:

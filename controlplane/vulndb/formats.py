@@ -18,9 +18,9 @@ from typing import Any
 from cvss import CVSS3, CVSS4
 from cvss.exceptions import CVSSError
 
-from controlplane.scanner.model import Severity
-from controlplane.store.scanstore import AdvisoryRecord, AffectedRecord
-from controlplane.vulndb.names import osv_ecosystem, package_key, release_key
+from moray.controlplane.scanner.model import Severity
+from moray.controlplane.store.scanstore import AdvisoryRecord, AffectedRecord
+from moray.controlplane.vulndb.names import osv_ecosystem, package_key, release_key
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from controlplane.scanner.errors import VulnDBError
-from controlplane.store.scanstore import ScanStore
-from controlplane.vulndb.formats import (
+from moray.controlplane.scanner.errors import VulnDBError
+from moray.controlplane.store.scanstore import ScanStore
+from moray.controlplane.vulndb.formats import (
     Parsed,
     parse_alpine_secdb,
     parse_debian_tracker,

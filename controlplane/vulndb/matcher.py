@@ -14,10 +14,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
-from controlplane.scanner.model import OSRelease, Package, Severity, VulnFinding
-from controlplane.store.scanstore import AdvisoryRecord, AffectedRecord, ScanStore
-from controlplane.vulndb.names import package_key, release_key
-from controlplane.vulndb.versions import first_fixed, is_affected
+from moray.controlplane.scanner.model import OSRelease, Package, Severity, VulnFinding
+from moray.controlplane.store.scanstore import AdvisoryRecord, AffectedRecord, ScanStore
+from moray.controlplane.vulndb.names import package_key, release_key
+from moray.controlplane.vulndb.versions import first_fixed, is_affected
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ def agent_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "moray-agent"
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-m", "agent.cli"]
+    return [sys.executable, "-m", "moray.agent.cli"]
 
 
 def free_port() -> int:

@@ -53,7 +53,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 class ServerProcess:
-    """``python -m controlplane.server.main`` on 127.0.0.1 with fixed ports, so a restart
+    """``python -m moray.controlplane.server.main`` on 127.0.0.1 with fixed ports, so a restart
     comes back where the agents look for it."""
 
     def __init__(self, data_dir: Path, database_url: str | None = None,
@@ -80,7 +80,7 @@ class ServerProcess:
         return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def start(self) -> ServerProcess:
-        cmd = [sys.executable, "-m", "controlplane.server.main", "--data-dir",
+        cmd = [sys.executable, "-m", "moray.controlplane.server.main", "--data-dir",
                str(self.data_dir), "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port),
                "--enroll-port", str(self.enroll_port), "--http-port", str(self.http_port)]
         if self.database_url:
@@ -173,7 +173,7 @@ def policy_yaml(name: str, *, labels: dict[str, str] | None = None,
 AGENT_SCRIPT = r'''
 import json, os, sys, time, threading, logging
 from pathlib import Path
-from agent.controlplane import ApplyResult, ControlPlaneClient
+from moray.agent.controlplane import ApplyResult, ControlPlaneClient
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 cfg = json.loads(sys.argv[1])
 out = Path(cfg["data_dir"]) / "applied.jsonl"

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.enrich.cgroups import find_cgroup2_mount
-from agent.enrich.containers import ContainerResolver
-from agent.enrich.runtimes import DockerDaemon, DockerRuntime, default_runtimes
+from moray.agent.enrich.cgroups import find_cgroup2_mount
+from moray.agent.enrich.containers import ContainerResolver
+from moray.agent.enrich.runtimes import DockerDaemon, DockerRuntime, default_runtimes
 from tests.helpers.containers import DOCKER_IMAGE, Dockerd, cgroup_of, run_runc
 
 pytestmark = [

@@ -321,7 +321,7 @@ def test_response_stop_container(listeners: Listeners) -> None:
 def test_invalid_rules_refuse_to_start(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("- rule: typo\n  condition: evt.type = exec and proc.nmae = sh\n")
-    res = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--no-pin", "--rules",
+    res = subprocess.run([sys.executable, "-m", "moray.agent.cli", "run", "--no-pin", "--rules",
                           str(bad), "--metrics-port", "0", "--output", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[2], check=False)

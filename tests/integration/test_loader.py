@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.bpf.loader import BpfLoadError, BpfObject, ensure_bpffs
+from moray.agent.bpf.loader import BpfLoadError, BpfObject, ensure_bpffs
 
 pytestmark = [
     pytest.mark.integration,

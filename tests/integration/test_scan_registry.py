@@ -19,13 +19,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from controlplane.cli import main as moray
-from controlplane.scanner.cache import StoreLayerCache
-from controlplane.scanner.cli import main
-from controlplane.scanner.registry import RegistrySource, list_images, parse_reference
-from controlplane.scanner.scan import ScanOptions, scan_image
-from controlplane.store.scanstore import ScanStore
-from controlplane.vulndb.importer import import_path
+from moray.controlplane.cli import main as moray
+from moray.controlplane.scanner.cache import StoreLayerCache
+from moray.controlplane.scanner.cli import main
+from moray.controlplane.scanner.registry import RegistrySource, list_images, parse_reference
+from moray.controlplane.scanner.scan import ScanOptions, scan_image
+from moray.controlplane.store.scanstore import ScanStore
+from moray.controlplane.vulndb.importer import import_path
 from tests.fixtures.images import scenarios
 from tests.fixtures.images.registry import push_image, push_index
 from tests.helpers.advisories import ADVISORIES

@@ -74,7 +74,7 @@ def _env(server: ServerProcess, token: str, data: Path) -> dict[str, str]:
 
 
 def moray(server: ServerProcess, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controlplane.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "moray.controlplane.cli", *args], cwd=ROOT,
                           env=_env(server, server.admin_token, tmp / "cli"),
                           capture_output=True, text=True, timeout=120, check=False)
 
@@ -85,7 +85,7 @@ class Worker:
     def __init__(self, server: ServerProcess, token: str, tmp: Path, name: str,
                  *args: str) -> None:
         cmd = ([str(WORKER_BIN)] if WORKER_BIN.exists()
-               else [sys.executable, "-m", "controlplane.scanner.workercli"])
+               else [sys.executable, "-m", "moray.controlplane.scanner.workercli"])
         self.log = tmp / f"{name}.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, text
 
-from agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
-from agent.controlplane.identity import EnrollmentError, enroll
-from controlplane.proto import moray_pb2, moray_pb2_grpc
-from controlplane.store import db
+from moray.agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
+from moray.agent.controlplane.identity import EnrollmentError, enroll
+from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.controlplane.store import db
 from tests.helpers.controlplane import ServerProcess, policy_yaml, wait_for
 
 pytestmark = pytest.mark.integration

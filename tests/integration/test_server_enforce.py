@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
-from agent.controlplane.policydir import PolicyDirSink
+from moray.agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
+from moray.agent.controlplane.policydir import PolicyDirSink
 from tests.helpers.agent import AgentProcess
 from tests.helpers.agent_proc import AgentProc, enforcement
 from tests.helpers.containers import BUSYBOX, run_runc
@@ -50,7 +50,7 @@ def agent(tmp_path: Path) -> Iterator[AgentProc]:
 def moray(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MORAY_SERVER": server.url,
            "MORAY_TOKEN": server.admin_token}
-    return subprocess.run([sys.executable, "-m", "controlplane.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "moray.controlplane.cli", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=60, check=True)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
+from moray.agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
 from tests.helpers.controlplane import (
     AgentProcess,
     ServerProcess,

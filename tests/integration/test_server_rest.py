@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
-from controlplane.server.rest import ACCESS
+from moray.agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
+from moray.controlplane.server.rest import ACCESS
 from tests.helpers.controlplane import ROOT, ServerProcess, policy_yaml, wait_for
 from tests.helpers.postgres import create_database
 
@@ -37,7 +37,7 @@ def moray(server: ServerProcess, *args: str, token: str | None = None
           ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MORAY_SERVER": server.url,
            "MORAY_TOKEN": token or server.admin_token}
-    return subprocess.run([sys.executable, "-m", "controlplane.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "moray.controlplane.cli", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -171,7 +171,7 @@ def test_cli_policy_lifecycle_agents_and_events(server: ServerProcess, tmp_path:
         assert [r["id"] for r in rows] == [f"cli-{i}" for i in range(5)]
         last = rows[-1]["seq"]
         follower = subprocess.Popen(
-            [sys.executable, "-m", "controlplane.cli", "events", "follow", "--json",
+            [sys.executable, "-m", "moray.controlplane.cli", "events", "follow", "--json",
              "--after", str(last), "--max", "3", "--interval", "0.1", "--timeout", "20"],
             cwd=ROOT, stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), "MORAY_SERVER": server.url,
@@ -198,7 +198,7 @@ def test_rest_over_https_with_the_server_ca(tmp_path: Path) -> None:
         ca = str(srv.data_dir / "pki" / "ca.pem")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "MORAY_SERVER": srv.url,
                "MORAY_TOKEN": srv.admin_token}
-        run = [sys.executable, "-m", "controlplane.cli", "policy", "list"]
+        run = [sys.executable, "-m", "moray.controlplane.cli", "policy", "list"]
         ok = subprocess.run([*run, "--ca", ca], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=60, check=False)
         assert ok.returncode == 0, ok.stderr

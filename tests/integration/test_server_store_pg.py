@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
-from controlplane.store import db
+from moray.controlplane.store import db
 from tests.helpers.postgres import create_database
 from tests.unit.controlplane.conftest import signer, store  # noqa: F401
 from tests.unit.controlplane.test_scanstore import (  # noqa: F401

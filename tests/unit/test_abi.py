@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.bpf import abi
-from agent.bpf.btf import Btf
-from agent.bpf.loader import object_path
+from moray.agent.bpf import abi
+from moray.agent.bpf.btf import Btf
+from moray.agent.bpf.loader import object_path
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.enrich.boltdb import BoltError, BoltFile
+from moray.agent.enrich.boltdb import BoltError, BoltFile
 
 DB = Path(__file__).parent.parent / "fixtures/runtimes/podman-labels/storage/libpod" \
     / "bolt_state.db"

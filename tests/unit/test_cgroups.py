@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.enrich.cgroups import CgroupIndex, find_cgroup2_mount, normalize
+from moray.agent.enrich.cgroups import CgroupIndex, find_cgroup2_mount, normalize
 
 HYBRID = """\
 22 28 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw

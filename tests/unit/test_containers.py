@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.enrich.cgroups import CgroupIndex
-from agent.enrich.containers import Container, ContainerResolver
-from agent.enrich.netns import NetnsInfo, NetnsReader
-from agent.enrich.runtimes import (
+from moray.agent.enrich.cgroups import CgroupIndex
+from moray.agent.enrich.containers import Container, ContainerResolver
+from moray.agent.enrich.netns import NetnsInfo, NetnsReader
+from moray.agent.enrich.runtimes import (
     CgroupMatch,
     ContainerInfo,
     RuncRoot,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.events.decode import DecodeError, decode
-from agent.events.types import (
+from moray.agent.events.decode import DecodeError, decode
+from moray.agent.events.types import (
     CgroupEvent,
     EventType,
     ExecEvent,

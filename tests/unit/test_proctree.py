@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.enrich.proctree import NS_PER_TICK, Process, ProcessTree, exec_id, ticks
-from agent.events.types import EventType, ExecEvent, Proc
+from moray.agent.enrich.proctree import NS_PER_TICK, Process, ProcessTree, exec_id, ticks
+from moray.agent.events.types import EventType, ExecEvent, Proc
 
 
 def write_stat(proc: Path, pid: int, start_ticks: int, comm: str = "x y) z") -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import mmap
 import struct
 
-from agent.bpf import ringbuf
-from agent.bpf.ringbuf import BUSY_BIT, DISCARD_BIT, RingBuffer
+from moray.agent.bpf import ringbuf
+from moray.agent.bpf.ringbuf import BUSY_BIT, DISCARD_BIT, RingBuffer
 
 SIZE = 4096
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.enrich.runtimes import (
+from moray.agent.enrich.runtimes import (
     CgroupMatch,
     DockerDaemon,
     DockerRuntime,
@@ -384,7 +384,7 @@ def test_containerd_cri_has_no_labels_in_files() -> None:
 
 
 def test_user_annotations_are_labels_runtime_ones_are_not() -> None:
-    from agent.enrich.runtimes import labels_from_annotations
+    from moray.agent.enrich.runtimes import labels_from_annotations
 
     assert labels_from_annotations({
         "app": "web", "io.kubernetes.cri.container-type": "container",

@@ -6,9 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from agent.enrich.proctree import ProcessTree
-from agent.events.decode import decode
-from agent.output.schema import Formatter, access_of, flag_names
+from moray.agent.enrich.proctree import ProcessTree
+from moray.agent.events.decode import decode
+from moray.agent.output.schema import Formatter, access_of, flag_names
 
 REC = Path(__file__).resolve().parents[1] / "fixtures" / "records"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.bpf import watch
+from moray.agent.bpf import watch
 
 
 def test_key_layout() -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from controlplane.scanner.analyzers.elf import ReadAt
-from controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
-from controlplane.scanner.analyzers.java import JavaArchiveAnalyzer
-from controlplane.scanner.analyzers.lang import CargoLockAnalyzer, NpmAnalyzer, PythonAnalyzer
-from controlplane.scanner.analyzers.ospkg import ApkAnalyzer, DpkgAnalyzer, RpmAnalyzer
-from controlplane.scanner.analyzers.rustbinary import RustAuditableAnalyzer
-from controlplane.scanner.model import Package
+from moray.controlplane.scanner.analyzers.elf import ReadAt
+from moray.controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
+from moray.controlplane.scanner.analyzers.java import JavaArchiveAnalyzer
+from moray.controlplane.scanner.analyzers.lang import CargoLockAnalyzer, NpmAnalyzer, PythonAnalyzer
+from moray.controlplane.scanner.analyzers.ospkg import ApkAnalyzer, DpkgAnalyzer, RpmAnalyzer
+from moray.controlplane.scanner.analyzers.rustbinary import RustAuditableAnalyzer
+from moray.controlplane.scanner.model import Package
 
 
 class Analyzer(Protocol):

@@ -10,9 +10,9 @@ from typing import Any
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from controlplane.store import scanmodels  # noqa: F401 - registers the scanner's tables
-from controlplane.store.migrations.env_filter import include_object
-from controlplane.store.models import Base
+from moray.controlplane.store import scanmodels  # noqa: F401 - registers the scanner's tables
+from moray.controlplane.store.migrations.env_filter import include_object
+from moray.controlplane.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.store.scanmodels import SCANNER_TABLES
+from moray.controlplane.store.scanmodels import SCANNER_TABLES
 
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool,

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from controlplane.store import db
-from controlplane.store.cpstore import ControlPlaneStore
+from moray.controlplane.store import db
+from moray.controlplane.store.cpstore import ControlPlaneStore
 
 
 class FakeSigner:

@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.controlplane.policies import PolicyCache, PolicyRejected, PolicyVerifier
-from controlplane.proto import moray_pb2
+from moray.agent.controlplane.policies import PolicyCache, PolicyRejected, PolicyVerifier
+from moray.api.proto import moray_pb2
 
 KEY = Ed25519PrivateKey.generate()
 PUB = KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

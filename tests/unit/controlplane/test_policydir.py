@@ -5,8 +5,8 @@ import threading
 import time
 from pathlib import Path
 
-from agent.controlplane.policies import VerifiedPolicy
-from agent.controlplane.policydir import PolicyDirSink, digest, rule_tiers
+from moray.agent.controlplane.policies import VerifiedPolicy
+from moray.agent.controlplane.policydir import PolicyDirSink, digest, rule_tiers
 
 DOC = {"apiVersion": "moray/v1", "kind": "RuntimePolicy", "metadata": {"name": "p"},
        "spec": {"scope": {"host": True}, "exec": {"deny": ["/bin/nc"], "drift": "block"},

@@ -1,12 +1,12 @@
-"""The server validates policies with the agent's loader (agent/policy/load.py) plus its
+"""The server validates policies with the agent's loader (api/policy/load.py) plus its
 own agent selector, ``spec.scope.agents``."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.policy.load import load_text
-from controlplane.server.policydoc import (
+from moray.api.policy.load import load_text
+from moray.controlplane.server.policydoc import (
     PolicyError,
     agent_document,
     parse_policies,

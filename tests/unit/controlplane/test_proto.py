@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from controlplane.proto import generate, moray_pb2
+from moray.api.proto import generate, moray_pb2
 
 
 def test_generated_code_is_current() -> None:
-    assert generate.stale() == [], "run: python -m controlplane.proto.generate"
+    assert generate.stale() == [], "run: python -m moray.api.proto.generate"
 
 
 def test_signed_policy_round_trip() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from controlplane.store import db
-from controlplane.store.scanstore import ScanStore
+from moray.controlplane.store import db
+from moray.controlplane.store.scanstore import ScanStore
 
 
 class Clock:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.controlplane.spool import EventSpool
+from moray.agent.controlplane.spool import EventSpool
 
 
 def _events(n: int, start: int = 0) -> list[dict[str, object]]:

@@ -10,11 +10,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
-from controlplane.proto import moray_pb2
-from controlplane.store import db
-from controlplane.store.cpstore import ControlPlaneStore, NotFound, StoreError
-from controlplane.store.migrations.env_filter import include_object
-from controlplane.store.models import Base
+from moray.api.proto import moray_pb2
+from moray.controlplane.store import db
+from moray.controlplane.store.cpstore import ControlPlaneStore, NotFound, StoreError
+from moray.controlplane.store.migrations.env_filter import include_object
+from moray.controlplane.store.models import Base
 
 from .conftest import FakeSigner
 
@@ -148,7 +148,7 @@ def test_api_tokens_and_roles(store: ControlPlaneStore) -> None:
 
 
 def test_event_rows_fit_the_columns() -> None:
-    from controlplane.server.agentapi import _event_row
+    from moray.controlplane.server.agentapi import _event_row
 
     long_id = moray_pb2.Event(id="x" * 200, type="t" * 100, payload_json=b'{"a":1}')
     row = _event_row(long_id)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from agent.detect.engine import Detector
-from agent.detect.response import Responder
-from agent.detect.rules import load, load_texts
-from agent.detect.state import State
-from agent.enrich.proctree import Process, ProcessTree
+from moray.agent.detect.engine import Detector
+from moray.agent.detect.response import Responder
+from moray.agent.detect.rules import load, load_texts
+from moray.agent.detect.state import State
+from moray.agent.enrich.proctree import Process, ProcessTree
 
 CTR = {"id": "c1", "name": "web", "runtime": "runc", "image": "web:1", "cgroup_id": 77}
 

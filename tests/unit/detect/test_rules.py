@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.detect.rules import Priority, RuleError, load, load_texts
+from moray.agent.detect.rules import Priority, RuleError, load, load_texts
 
 
 def one(text: str) -> RuleError:
@@ -96,8 +96,8 @@ def test_lists_macros_exceptions_append() -> None:
 """)])
     (r,) = rs.rules
     assert r.priority is Priority.CRITICAL and r.types == {"exec"}
-    from agent.detect.fields import Ctx
-    from agent.detect.state import State
+    from moray.agent.detect.fields import Ctx
+    from moray.agent.detect.state import State
 
     def ev(name: str, image: str) -> Ctx:
         return Ctx({"type": "exec", "process": {"comm": name, "exec_id": "1:1"},

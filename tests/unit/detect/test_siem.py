@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from agent.output.siem import (
+from moray.agent.output.siem import (
     CefOutput,
     OutputError,
     SyslogOutput,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.bpf import abi
-from agent.detect.programs import programs_to_skip
-from agent.events.decode import DecodeError, decode
-from agent.events.types import SyscallEvent
-from agent.output.syscalls_json import syscall_json
+from moray.agent.bpf import abi
+from moray.agent.detect.programs import programs_to_skip
+from moray.agent.events.decode import DecodeError, decode
+from moray.agent.events.types import SyscallEvent
+from moray.agent.output.syscalls_json import syscall_json
 
 _S = abi.SYSOBS.compile()
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy.apply import MAP_NAMES, Applier, dec_conf, dec_exec, enc_path_key, u32
-from agent.policy.compile import ExecVal, PathKey, compile_policies
-from agent.policy.load import PolicyError, load_text
-from agent.policy.scope import slots_for
+from moray.agent.policy.apply import MAP_NAMES, Applier, dec_conf, dec_exec, enc_path_key, u32
+from moray.agent.policy.compile import ExecVal, PathKey, compile_policies
+from moray.agent.policy.scope import slots_for
+from moray.api.policy.load import PolicyError, load_text
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -11,14 +11,14 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi import Header, HTTPException  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from controlplane.scanner.api import SCAN_ACCESS, scan_router  # noqa: E402
-from controlplane.scanner.remote import HttpJobQueue, RemoteError, RemoteMatcher  # noqa: E402
-from controlplane.scanner.scan import ScanOptions, scan_image  # noqa: E402
-from controlplane.scanner.source import open_source  # noqa: E402
-from controlplane.scanner.worker import run_worker  # noqa: E402
-from controlplane.store.scanstore import ScanStore  # noqa: E402
-from controlplane.vulndb.importer import import_path  # noqa: E402
-from controlplane.vulndb.matcher import Matcher  # noqa: E402
+from moray.controlplane.scanner.api import SCAN_ACCESS, scan_router  # noqa: E402
+from moray.controlplane.scanner.remote import HttpJobQueue, RemoteError, RemoteMatcher  # noqa: E402
+from moray.controlplane.scanner.scan import ScanOptions, scan_image  # noqa: E402
+from moray.controlplane.scanner.source import open_source  # noqa: E402
+from moray.controlplane.scanner.worker import run_worker  # noqa: E402
+from moray.controlplane.store.scanstore import ScanStore  # noqa: E402
+from moray.controlplane.vulndb.importer import import_path  # noqa: E402
+from moray.controlplane.vulndb.matcher import Matcher  # noqa: E402
 from tests.fixtures.images import scenarios  # noqa: E402
 from tests.fixtures.images.builder import Image  # noqa: E402
 from tests.unit.vulndb.conftest import advisories_dir  # noqa: E402

@@ -9,15 +9,15 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from controlplane.scanner.cache import FileLayerCache, default_cache_path
-from controlplane.scanner.cli import main
-from controlplane.scanner.malware import MalwareScanner
-from controlplane.scanner.scan import ScanOptions
-from controlplane.scanner.secrets import SecretScanner
-from controlplane.scanner.source import ArchiveSource
-from controlplane.store.scanstore import ScanStore
-from controlplane.store.scanstore import data_dir as store_data_dir
-from controlplane.vulndb.importer import import_path
+from moray.controlplane.scanner.cache import FileLayerCache, default_cache_path
+from moray.controlplane.scanner.cli import main
+from moray.controlplane.scanner.malware import MalwareScanner
+from moray.controlplane.scanner.scan import ScanOptions
+from moray.controlplane.scanner.secrets import SecretScanner
+from moray.controlplane.scanner.source import ArchiveSource
+from moray.controlplane.store.scanstore import ScanStore
+from moray.controlplane.store.scanstore import data_dir as store_data_dir
+from moray.controlplane.vulndb.importer import import_path
 from tests.fixtures.images import scenarios
 from tests.unit.vulndb.conftest import advisories_dir
 

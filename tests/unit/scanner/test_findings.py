@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.scanner.config import config_findings, image_config
-from controlplane.scanner.malware import MalwareDBError, MalwareScanner
-from controlplane.scanner.scan import ScanOptions, scan_image
-from controlplane.scanner.secrets import SecretScanner, shannon_entropy
-from controlplane.scanner.source import OCILayoutSource
+from moray.controlplane.scanner.config import config_findings, image_config
+from moray.controlplane.scanner.malware import MalwareDBError, MalwareScanner
+from moray.controlplane.scanner.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.secrets import SecretScanner, shannon_entropy
+from moray.controlplane.scanner.source import OCILayoutSource
 from tests.fixtures.images import rootfs
 from tests.fixtures.images.builder import Image
 

@@ -11,13 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.scanner.cache import FileLayerCache
-from controlplane.scanner.errors import DigestMismatchError, ImageFormatError, LimitExceededError
-from controlplane.scanner.layers import EntryKind, Limits, iter_layer, link_escapes
-from controlplane.scanner.model import LayerResult, ScanResult
-from controlplane.scanner.scan import ScanOptions, _workers, scan_image
-from controlplane.scanner.secrets import SecretScanner
-from controlplane.scanner.source import ArchiveSource, OCILayoutSource
+from moray.controlplane.scanner.cache import FileLayerCache
+from moray.controlplane.scanner.errors import (
+    DigestMismatchError,
+    ImageFormatError,
+    LimitExceededError,
+)
+from moray.controlplane.scanner.layers import EntryKind, Limits, iter_layer, link_escapes
+from moray.controlplane.scanner.model import LayerResult, ScanResult
+from moray.controlplane.scanner.scan import ScanOptions, _workers, scan_image
+from moray.controlplane.scanner.secrets import SecretScanner
+from moray.controlplane.scanner.source import ArchiveSource, OCILayoutSource
 from tests.fixtures.images import scenarios
 from tests.fixtures.images.builder import Device, File, Hardlink, Image, Symlink, layer_tar
 
@@ -164,7 +168,7 @@ def test_layers_read_by_worker_processes_give_the_same_result(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # forked workers are used only from a single-threaded process; earlier tests in a full
     # run may leave daemon threads behind in this one (the suite is one process)
-    import controlplane.scanner.scan as scan_mod
+    import moray.controlplane.scanner.scan as scan_mod
     monkeypatch.setattr(scan_mod.threading, "active_count", lambda: 1)
     img = scenarios.debian_app()
     img.write_oci_layout(tmp_path / "oci")

@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.scanner.credentials import check_reference, resolve
-from controlplane.scanner.errors import RegistryError, ScanError
-from controlplane.scanner.model import ScanResult
-from controlplane.scanner.scheduler import Scheduler, check_image, check_policy, check_registry
-from controlplane.scanner.worker import run_worker
-from controlplane.store.scanstore import ScanJob, ScanStore
+from moray.controlplane.scanner.credentials import check_reference, resolve
+from moray.controlplane.scanner.errors import RegistryError, ScanError
+from moray.controlplane.scanner.model import ScanResult
+from moray.controlplane.scanner.scheduler import (
+    Scheduler,
+    check_image,
+    check_policy,
+    check_registry,
+)
+from moray.controlplane.scanner.worker import run_worker
+from moray.controlplane.store.scanstore import ScanJob, ScanStore
 
 POLICY = "kind: ImageAssurancePolicy\nmetadata: {name: p}\nspec: {notRoot: true}\n"
 
@@ -165,8 +170,8 @@ def test_stopped_worker_gives_its_job_back(tmp_path: Path) -> None:
 def test_moray_cli_registers_in_a_local_store(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from controlplane.cli import main as moray
-    from controlplane.store.cpstore import ControlPlaneStore
+    from moray.controlplane.cli import main as moray
+    from moray.controlplane.store.cpstore import ControlPlaneStore
 
     monkeypatch.delenv("MORAY_SERVER", raising=False)
     db = tmp_path / "moray.db"

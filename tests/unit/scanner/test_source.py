@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.scanner.errors import DigestMismatchError, ImageFormatError
-from controlplane.scanner.scan import ScanOptions, scan_image
-from controlplane.scanner.source import ArchiveSource, OCILayoutSource, open_source
+from moray.controlplane.scanner.errors import DigestMismatchError, ImageFormatError
+from moray.controlplane.scanner.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.source import ArchiveSource, OCILayoutSource, open_source
 from tests.fixtures.images.builder import Image, sha
 
 DPKG = b"""Package: zlib1g

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from controlplane.scanner.model import ScanResult
-from controlplane.scanner.scan import ScanOptions, scan_image
-from controlplane.scanner.source import open_source
-from controlplane.scanner.worker import run_worker
-from controlplane.store.scanstore import ScanJob, ScanStore
+from moray.controlplane.scanner.model import ScanResult
+from moray.controlplane.scanner.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.source import open_source
+from moray.controlplane.scanner.worker import run_worker
+from moray.controlplane.store.scanstore import ScanJob, ScanStore
 from tests.fixtures.images.builder import Image
 
 POLICY = ("apiVersion: moray/v1\nkind: ImageAssurancePolicy\nmetadata: {name: p}\n"

@@ -8,8 +8,8 @@ import pytest
 # the repository root, so `controlplane` and `tests.fixtures.images` import without an install
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from controlplane.store.scanstore import ScanStore
-from controlplane.vulndb.importer import import_path
+from moray.controlplane.store.scanstore import ScanStore
+from moray.controlplane.vulndb.importer import import_path
 from tests.helpers.advisories import ADVISORIES
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from controlplane.scanner.model import Ecosystem, OSRelease, Package, Severity, VulnFinding
-from controlplane.store.scanstore import ScanStore
-from controlplane.vulndb.importer import import_path
-from controlplane.vulndb.matcher import Matcher
+from moray.controlplane.scanner.model import Ecosystem, OSRelease, Package, Severity, VulnFinding
+from moray.controlplane.store.scanstore import ScanStore
+from moray.controlplane.vulndb.importer import import_path
+from moray.controlplane.vulndb.matcher import Matcher
 
 BOOKWORM = OSRelease("debian", "12", "bookworm")
 BULLSEYE = OSRelease("debian", "11", "bullseye")

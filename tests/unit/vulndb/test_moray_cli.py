@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.cli import main
+from moray.controlplane.cli import main
 from tests.fixtures.images.builder import Image
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.vulndb.names import osv_ecosystem, release_key
-from controlplane.vulndb.versions import compare, first_fixed, is_affected
+from moray.controlplane.vulndb.names import osv_ecosystem, release_key
+from moray.controlplane.vulndb.versions import compare, first_fixed, is_affected
 
 LESS = [
     ("deb", "1:1.0-1", "2:0.1-1"),  # epoch wins

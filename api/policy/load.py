@@ -1,4 +1,4 @@
-"""Policy documents (YAML or JSON) -> validated :class:`~agent.policy.model.Policy`.
+"""Policy documents (YAML or JSON) -> validated :class:`~moray.api.policy.model.Policy`.
 
 YAML is composed into nodes (PyYAML keeps each node's line), so every error names the
 file, the line and the field (``web.yaml:12: spec.exec.deny[1]: ...``). All errors of a
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from agent.policy.model import (
+from moray.api.policy.model import (
     API_VERSION,
     KIND,
     Access,
@@ -38,7 +38,7 @@ from agent.policy.model import (
     Scope,
     SyscallRules,
 )
-from agent.policy.syscalls import X86_64
+from moray.api.policy.syscalls import X86_64
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The runtime policy model: what one validated policy document says (docs/policy.md).
 
-Plain frozen records, built only by agent/policy/load.py from a document that passed
+Plain frozen records, built only by api/policy/load.py from a document that passed
 validation; compile.py turns a set of them into map rows. Nothing here touches the kernel.
 """
 

@@ -1,4 +1,4 @@
-"""Regenerate the Python code for moray.proto (``python -m controlplane.proto.generate``).
+"""Regenerate the Python code for moray.proto (``python -m moray.api.proto.generate``).
 
 The generated modules are committed so that installing moray needs no protoc;
 ``check()`` regenerates into a temporary directory and compares, and the unit test
@@ -14,13 +14,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-PROTO = "controlplane/proto/moray.proto"
+PROTO = "moray/api/proto/moray.proto"  # through the moray/api link: the import name
 GENERATED = ("moray_pb2.py", "moray_pb2.pyi", "moray_pb2_grpc.py")
 
 
 def generate(out: Path) -> None:
     """Run protoc (from grpcio-tools) with the repository root as include path, so the
-    generated modules import each other as ``controlplane.proto.moray_pb2``."""
+    generated modules import each other as ``moray.api.proto.moray_pb2``."""
     from grpc_tools import protoc
 
     include = Path(protoc.__file__).parent / "_proto"
@@ -30,7 +30,7 @@ def generate(out: Path) -> None:
     if rc != 0:
         raise RuntimeError(f"protoc failed with exit code {rc}")
     for name in GENERATED:
-        path = out / "controlplane" / "proto" / name
+        path = out / "moray" / "api" / "proto" / name
         path.write_text(_HEADER + path.read_text())
 
 
@@ -57,7 +57,7 @@ def stale() -> list[str]:
     """Names of committed generated files that differ from a fresh generation."""
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
-        fresh = Path(tmp) / "controlplane" / "proto"
+        fresh = Path(tmp) / "moray" / "api" / "proto"
         return [name for name in GENERATED
                 if not (HERE / name).exists()
                 or _normalized((HERE / name).read_text()) != _normalized(
@@ -68,7 +68,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         for name in GENERATED:
-            (HERE / name).write_bytes((Path(tmp) / "controlplane" / "proto" / name).read_bytes())
+            (HERE / name).write_bytes((Path(tmp) / "moray" / "api" / "proto" / name).read_bytes())
     print("generated", ", ".join(GENERATED))
     return 0
 

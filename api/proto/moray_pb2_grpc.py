@@ -5,9 +5,9 @@
 import grpc
 import warnings
 
-from controlplane.proto import moray_pb2 as controlplane_dot_proto_dot_moray__pb2
+from moray.api.proto import moray_pb2 as moray_dot_api_dot_proto_dot_moray__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -20,7 +20,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in controlplane/proto/moray_pb2_grpc.py depends on'
+        + ' but the generated code in moray/api/proto/moray_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,8 +38,8 @@ class EnrollmentStub:
         """
         self.Enroll = channel.unary_unary(
                 '/moray.v1.Enrollment/Enroll',
-                request_serializer=controlplane_dot_proto_dot_moray__pb2.EnrollRequest.SerializeToString,
-                response_deserializer=controlplane_dot_proto_dot_moray__pb2.EnrollResponse.FromString,
+                request_serializer=moray_dot_api_dot_proto_dot_moray__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.EnrollResponse.FromString,
                 _registered_method=True)
 
 
@@ -57,8 +57,8 @@ def add_EnrollmentServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Enroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Enroll,
-                    request_deserializer=controlplane_dot_proto_dot_moray__pb2.EnrollRequest.FromString,
-                    response_serializer=controlplane_dot_proto_dot_moray__pb2.EnrollResponse.SerializeToString,
+                    request_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.EnrollRequest.FromString,
+                    response_serializer=moray_dot_api_dot_proto_dot_moray__pb2.EnrollResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,8 +86,8 @@ class Enrollment:
             request,
             target,
             '/moray.v1.Enrollment/Enroll',
-            controlplane_dot_proto_dot_moray__pb2.EnrollRequest.SerializeToString,
-            controlplane_dot_proto_dot_moray__pb2.EnrollResponse.FromString,
+            moray_dot_api_dot_proto_dot_moray__pb2.EnrollRequest.SerializeToString,
+            moray_dot_api_dot_proto_dot_moray__pb2.EnrollResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -110,18 +110,18 @@ class AgentServiceStub:
         """
         self.PolicyStream = channel.stream_stream(
                 '/moray.v1.AgentService/PolicyStream',
-                request_serializer=controlplane_dot_proto_dot_moray__pb2.PolicyStreamRequest.SerializeToString,
-                response_deserializer=controlplane_dot_proto_dot_moray__pb2.PolicyStreamResponse.FromString,
+                request_serializer=moray_dot_api_dot_proto_dot_moray__pb2.PolicyStreamRequest.SerializeToString,
+                response_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.PolicyStreamResponse.FromString,
                 _registered_method=True)
         self.Events = channel.stream_stream(
                 '/moray.v1.AgentService/Events',
-                request_serializer=controlplane_dot_proto_dot_moray__pb2.EventBatch.SerializeToString,
-                response_deserializer=controlplane_dot_proto_dot_moray__pb2.EventAck.FromString,
+                request_serializer=moray_dot_api_dot_proto_dot_moray__pb2.EventBatch.SerializeToString,
+                response_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.EventAck.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/moray.v1.AgentService/Heartbeat',
-                request_serializer=controlplane_dot_proto_dot_moray__pb2.HeartbeatRequest.SerializeToString,
-                response_deserializer=controlplane_dot_proto_dot_moray__pb2.HeartbeatResponse.FromString,
+                request_serializer=moray_dot_api_dot_proto_dot_moray__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
 
 
@@ -153,18 +153,18 @@ def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PolicyStream': grpc.stream_stream_rpc_method_handler(
                     servicer.PolicyStream,
-                    request_deserializer=controlplane_dot_proto_dot_moray__pb2.PolicyStreamRequest.FromString,
-                    response_serializer=controlplane_dot_proto_dot_moray__pb2.PolicyStreamResponse.SerializeToString,
+                    request_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.PolicyStreamRequest.FromString,
+                    response_serializer=moray_dot_api_dot_proto_dot_moray__pb2.PolicyStreamResponse.SerializeToString,
             ),
             'Events': grpc.stream_stream_rpc_method_handler(
                     servicer.Events,
-                    request_deserializer=controlplane_dot_proto_dot_moray__pb2.EventBatch.FromString,
-                    response_serializer=controlplane_dot_proto_dot_moray__pb2.EventAck.SerializeToString,
+                    request_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.EventBatch.FromString,
+                    response_serializer=moray_dot_api_dot_proto_dot_moray__pb2.EventAck.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
-                    request_deserializer=controlplane_dot_proto_dot_moray__pb2.HeartbeatRequest.FromString,
-                    response_serializer=controlplane_dot_proto_dot_moray__pb2.HeartbeatResponse.SerializeToString,
+                    request_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.HeartbeatRequest.FromString,
+                    response_serializer=moray_dot_api_dot_proto_dot_moray__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -192,8 +192,8 @@ class AgentService:
             request_iterator,
             target,
             '/moray.v1.AgentService/PolicyStream',
-            controlplane_dot_proto_dot_moray__pb2.PolicyStreamRequest.SerializeToString,
-            controlplane_dot_proto_dot_moray__pb2.PolicyStreamResponse.FromString,
+            moray_dot_api_dot_proto_dot_moray__pb2.PolicyStreamRequest.SerializeToString,
+            moray_dot_api_dot_proto_dot_moray__pb2.PolicyStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -219,8 +219,8 @@ class AgentService:
             request_iterator,
             target,
             '/moray.v1.AgentService/Events',
-            controlplane_dot_proto_dot_moray__pb2.EventBatch.SerializeToString,
-            controlplane_dot_proto_dot_moray__pb2.EventAck.FromString,
+            moray_dot_api_dot_proto_dot_moray__pb2.EventBatch.SerializeToString,
+            moray_dot_api_dot_proto_dot_moray__pb2.EventAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -246,8 +246,8 @@ class AgentService:
             request,
             target,
             '/moray.v1.AgentService/Heartbeat',
-            controlplane_dot_proto_dot_moray__pb2.HeartbeatRequest.SerializeToString,
-            controlplane_dot_proto_dot_moray__pb2.HeartbeatResponse.FromString,
+            moray_dot_api_dot_proto_dot_moray__pb2.HeartbeatRequest.SerializeToString,
+            moray_dot_api_dot_proto_dot_moray__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,
