@@ -57,7 +57,7 @@ test-unit: install
 bench: install
 	$(BIN)/python bench/run.py
 
-lint: install
+lint: install  # ruff: the code, tests and benchmarks; mypy --strict: the moray packages
 	$(BIN)/ruff check moray agent api controlplane tests bench
 	$(BIN)/mypy
 
