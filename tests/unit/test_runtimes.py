@@ -19,10 +19,10 @@ from moray.agent.enrich.runtimes import (
     RuncRoot,
     RuncRuntime,
     Runtime,
-    _dockerd_options,
     find_dockerds,
     parse_cgroup_path,
 )
+from moray.agent.enrich.runtimes.docker import _dockerd_options
 
 FIX = Path(__file__).parent.parent / "fixtures" / "runtimes"
 ID = "4c0c108d278e11bdb3e508179146194f99f92df2b2d227d616c982f430d08ad7"  # docker fixture
