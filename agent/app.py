@@ -46,6 +46,7 @@ from moray.agent.events.types import (
 from moray.agent.output.jsonl import EventSink, JsonLines
 from moray.agent.output.metrics import AgentCollector, Stats, serve
 from moray.agent.output.schema import Formatter
+from moray.errors import KernelError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ WAKEUP_BYTES = 256 << 10
 READ_INTERVAL = 0.02
 
 
-class AgentError(Exception):
+class AgentError(KernelError):
     """A start-up step failed; the message says what to do about it."""
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from moray.agent.bpf import libbpf
 from moray.agent.bpf.libbpf import BTF_KIND_DATASEC, BTF_KIND_STRUCT, BTF_KIND_UNION
+from moray.errors import KernelError
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +22,7 @@ class Member:
     size: int    # bytes (0 for a flexible array)
 
 
-class BtfError(LookupError):
+class BtfError(KernelError, LookupError):
     """A type or section the caller expected is not in the BTF."""
 
 

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from moray.errors import KernelError
+
 log = logging.getLogger(__name__)
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
@@ -116,7 +118,7 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
 }
 
 
-class LibbpfMissingError(OSError):
+class LibbpfMissingError(KernelError, OSError):
     """libbpf.so.1 is not installed (Debian: apt-get install libbpf1)."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from moray.agent.bpf import libbpf
 from moray.agent.bpf.btf import Btf
+from moray.errors import KernelError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ _PERCPU_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
                  BPF_MAP_TYPE_LRU_PERCPU_HASH}
 
 
-class BpfError(Exception):
+class BpfError(KernelError):
     """Base of errors raised by the BPF layer."""
 
 

@@ -25,11 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.errors import ControlPlaneError
 
 log = logging.getLogger(__name__)
 
 
-class EnrollmentError(Exception):
+class EnrollmentError(ControlPlaneError):
     pass
 
 

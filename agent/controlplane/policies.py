@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from moray.api.proto import moray_pb2
+from moray.errors import ControlPlaneError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class ApplyResult:
     tiers: dict[str, str] = field(default_factory=dict)
 
 
-class PolicyRejected(Exception):
+class PolicyRejected(ControlPlaneError):
     def __init__(self, status: moray_pb2.ApplyStatus, name: str, version: int,
                  reason: str) -> None:
         """``status``: a moray_pb2.ApplyStatus value (REJECTED_SIGNATURE, REJECTED_REPLAY)."""

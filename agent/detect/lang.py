@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moray.agent.detect.fields import BOOL, EVENT_TYPES, FIELDS, INT, LIST, STR, Ctx, Field
+from moray.errors import ConfigError
 
 Pred = Callable[[Ctx], bool]
 
@@ -37,7 +38,7 @@ STR_OPS = frozenset({"startswith", "endswith", "contains", "icontains", "glob", 
 INT_OPS = frozenset({"<", "<=", ">", ">="})
 
 
-class ConditionError(ValueError):
+class ConditionError(ConfigError, ValueError):
     def __init__(self, message: str, pos: int | None = None) -> None:
         self.pos = pos
         super().__init__(message if pos is None else f"{message} (at column {pos + 1})")

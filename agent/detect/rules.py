@@ -55,6 +55,7 @@ from moray.agent.detect.lang import (
     prune_type_tests,
     specialize,
 )
+from moray.errors import Problem, ValidationError
 
 DEFAULT_RULES = Path(__file__).with_name("rules") / "default.yaml"
 
@@ -81,23 +82,8 @@ RULE_KEYS = ("rule", "desc", "condition", "output", "priority", "tags", "mitre",
              "throttle", "response", "watch", "enabled", "append")
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    file: str
-    line: int
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.where}: {self.message}"
-
-
-class RuleError(ValueError):
+class RuleError(ValidationError, ValueError):
     """The ruleset is invalid; `problems` lists every error found."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 @dataclass(frozen=True, slots=True)

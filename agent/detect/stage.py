@@ -21,11 +21,12 @@ from moray.agent.detect.engine import Detector
 from moray.agent.detect.rules import RuleError, load
 from moray.agent.enrich.proctree import ProcessTree
 from moray.agent.output.siem import AlertOutput, OutputError, build
+from moray.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class DetectStageError(ValueError):
+class DetectStageError(ConfigError, ValueError):
     pass
 
 

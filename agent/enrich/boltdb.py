@@ -20,6 +20,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 
+from moray.errors import KernelError
+
 MAGIC = 0xED0CDAED
 _PAGE = struct.Struct("<QHHI")
 _META = struct.Struct("<IIII QQ QQQ Q")
@@ -31,7 +33,7 @@ BUCKET_LEAF = 0x01
 MAX_DEPTH = 64
 
 
-class BoltError(ValueError):
+class BoltError(KernelError, ValueError):
     """The bytes are not a consistent bolt database (or not one at all)."""
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute  # no stubs, no py.typed: see [tool.mypy.overrides]
 
+from moray.errors import KernelError
+
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
@@ -31,7 +33,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 Interfaces = tuple[tuple[str, tuple[str, ...]], ...]
 
 
-class NetnsError(OSError):
+class NetnsError(KernelError, OSError):
     """A namespace could not be entered or read."""
 
 

@@ -27,11 +27,12 @@ from moray.agent.events.types import (
     Proc,
     SyscallEvent,
 )
+from moray.errors import KernelError
 
 AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
 
 
-class DecodeError(ValueError):
+class DecodeError(KernelError, ValueError):
     def __init__(self, op: int, reason: str) -> None:
         self.op = op
         super().__init__(f"record op={op}: {reason}")

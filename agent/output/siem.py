@@ -36,6 +36,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import orjson
 
+from moray.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
@@ -44,7 +46,7 @@ FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog":
 SD_ID = "moray@32473"  # enterprise number 32473 is reserved for documentation (RFC 5612)
 
 
-class OutputError(ValueError):
+class OutputError(ConfigError, ValueError):
     """A bad output URL; the message says what is wrong."""
 
 

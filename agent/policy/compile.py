@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 from moray.agent.bpf import abi
 from moray.api.policy.model import PROTO_NUMBER, Access, Mode, Policy
 from moray.api.policy.syscalls import X86_64
+from moray.errors import ConfigError
 
 
-class CompileError(ValueError):
+class CompileError(ConfigError, ValueError):
     pass
 
 

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from moray.api.policy.model import (
     SyscallRules,
 )
 from moray.api.policy.syscalls import X86_64
+from moray.errors import Problem, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +46,11 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 MAX_PATH = 255  # bytes of a path rule (the kernel's LPM key holds 255 + NUL)
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    file: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+class PolicyValidationError(ValidationError, ValueError):
+    """A policy document failed validation; `problems` lists every error found."""
 
 
-class PolicyError(ValueError):
-    """A document failed validation; `problems` lists every error found."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+PolicyError = PolicyValidationError  # the name callers used before the shared error root
 
 
 class _Doc:

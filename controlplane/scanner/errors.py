@@ -1,4 +1,4 @@
-"""The scanner's one error hierarchy.
+"""The scanner's error kinds, under ``moray.errors.ScanError``.
 
 Every error carries the image path or reference, and where it applies the layer digest
 and the path inside the layer, so a message names exactly what was refused.
@@ -6,24 +6,18 @@ and the path inside the layer, so a message names exactly what was refused.
 
 from __future__ import annotations
 
+from moray.errors import ScanError  # the base, one of moray's error kinds
 
-class ScanError(Exception):
-    """Base class of every error the scanner raises on purpose."""
-
-    def __init__(self, message: str, *, source: str = "", layer: str = "", path: str = "") -> None:
-        self.message = message
-        self.source = source
-        self.layer = layer
-        self.path = path
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = [
-            f"{name}={value}"
-            for name, value in (("source", self.source), ("layer", self.layer), ("path", self.path))
-            if value
-        ]
-        return f"{self.message} ({', '.join(where)})" if where else self.message
+__all__ = [
+    "AccessDenied",
+    "DigestMismatchError",
+    "ImageFormatError",
+    "LimitExceededError",
+    "RegistryError",
+    "ScanError",
+    "UnsafeEntryError",
+    "VulnDBError",
+]
 
 
 class ImageFormatError(ScanError):

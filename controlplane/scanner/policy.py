@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from moray.controlplane.store.scanstore import ScanStore, Verdict
 
 
-class PolicyError(ScanError):
+class ScanPolicyError(ScanError):
     """A policy document is invalid."""
 
 
@@ -48,9 +48,9 @@ def load_policy(path: Path) -> AssurancePolicy:
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise PolicyError(f"cannot read policy: {err}", path=str(path)) from err
+        raise ScanPolicyError(f"cannot read policy: {err}", path=str(path)) from err
     if not isinstance(doc, dict) or doc.get("kind") != "ImageAssurancePolicy":
-        raise PolicyError("not an ImageAssurancePolicy document", path=str(path))
+        raise ScanPolicyError("not an ImageAssurancePolicy document", path=str(path))
     return policy_from_dict(doc, str(path))
 
 
@@ -58,12 +58,12 @@ def policy_from_dict(doc: dict[str, Any], where: str = "") -> AssurancePolicy:
     spec = doc.get("spec") or {}
     unknown = set(spec) - _KEYS
     if unknown:
-        raise PolicyError(f"unknown spec fields: {', '.join(sorted(unknown))}", path=where)
+        raise ScanPolicyError(f"unknown spec fields: {', '.join(sorted(unknown))}", path=where)
     fail_on = None
     if spec.get("failOn"):
         fail_on = Severity.parse(str(spec["failOn"]))
         if fail_on is Severity.UNKNOWN and str(spec["failOn"]).lower() != "unknown":
-            raise PolicyError(f"spec.failOn: bad severity {spec['failOn']!r}", path=where)
+            raise ScanPolicyError(f"spec.failOn: bad severity {spec['failOn']!r}", path=where)
     return AssurancePolicy(
         name=str((doc.get("metadata") or {}).get("name", "default")),
         fail_on=fail_on,

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from moray.controlplane.scanner import credentials
 from moray.controlplane.scanner.errors import ScanError
-from moray.controlplane.scanner.policy import PolicyError, policy_from_dict
+from moray.controlplane.scanner.policy import ScanPolicyError, policy_from_dict
 from moray.controlplane.scanner.registry import is_loopback, list_images, parse_reference
 from moray.controlplane.store.scanstore import RegisteredImage, RegisteredRegistry, ScanStore
 
@@ -68,9 +68,9 @@ def check_policy(text: str) -> str:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise PolicyError(f"policy is not YAML: {err}") from err
+        raise ScanPolicyError(f"policy is not YAML: {err}") from err
     if not isinstance(doc, dict) or doc.get("kind") != "ImageAssurancePolicy":
-        raise PolicyError("not an ImageAssurancePolicy document")
+        raise ScanPolicyError("not an ImageAssurancePolicy document")
     policy_from_dict(doc, "policy")
     return text
 

@@ -27,11 +27,13 @@ from typing import Any
 
 import httpx
 
+from moray.errors import ControlPlaneError
+
 GROUPS = ("policy", "agents", "events", "audit", "tokens")
 DEFAULT_SERVER = "http://127.0.0.1:7080"
 
 
-class ApiError(Exception):
+class ApiError(ControlPlaneError):
     def __init__(self, status: int, body: Any) -> None:
         self.status, self.body = status, body
         message = body.get("error") or body.get("detail") if isinstance(body, dict) else body

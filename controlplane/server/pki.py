@@ -23,12 +23,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from moray.errors import ControlPlaneError
+
 log = logging.getLogger(__name__)
 
 _DAY = dt.timedelta(days=1)
 
 
-class PkiError(Exception):
+class PkiError(ControlPlaneError):
     pass
 
 

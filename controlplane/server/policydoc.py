@@ -25,14 +25,14 @@ from typing import Any
 
 import yaml
 
-from moray.api.policy.load import PolicyError as AgentPolicyError
-from moray.api.policy.load import load_text
+from moray.api.policy.load import PolicyValidationError, load_text
+from moray.errors import ControlPlaneError
 
 DEFAULT_TENANT = "default"
 SELECTOR = "spec.scope.agents"
 
 
-class PolicyError(ValueError):
+class PolicyDocError(ControlPlaneError, ValueError):
     """A policy text that cannot be stored; names the file, line and field of the first
     problem and lists all of them in ``problems``."""
 
@@ -47,6 +47,9 @@ class PolicyError(ValueError):
     def as_dict(self) -> dict[str, Any]:
         return {"error": str(self), "file": self.file, "line": self.line,
                 "field": self.field, "message": self.message, "problems": self.problems}
+
+
+PolicyError = PolicyDocError  # the name callers used before the shared error root
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +114,12 @@ def _selector_problems(root: yaml.Node, file: str) -> list[dict[str, Any]]:
 
 
 def parse_policies(text: str, file: str = "<policy>") -> list[ParsedPolicy]:
-    """Every policy document in ``text`` (``---`` separates several); raises PolicyError
+    """Every policy document in ``text`` (``---`` separates several); raises PolicyDocError
     naming file, line and field, and then nothing of the text may be stored."""
     problems: list[dict[str, Any]] = []
     try:
         load_text(text, file)
-    except AgentPolicyError as err:
+    except PolicyValidationError as err:
         problems += [{"file": p.file, "line": p.line, "field": p.field, "message": p.message}
                      for p in err.problems if not p.field.startswith(SELECTOR)]
     try:
@@ -129,7 +132,7 @@ def parse_policies(text: str, file: str = "<policy>") -> list[ParsedPolicy]:
     if problems:
         problems.sort(key=lambda p: (p["line"] or 0))
         first = problems[0]
-        raise PolicyError(first["file"], first["line"], first["field"], first["message"],
+        raise PolicyDocError(first["file"], first["line"], first["field"], first["message"],
                           problems)
     out = []
     for doc in documents:
@@ -144,6 +147,6 @@ def parse_policy(text: str, file: str = "<policy>") -> ParsedPolicy:
     """The one policy document in ``text``."""
     policies = parse_policies(text, file)
     if len(policies) != 1:
-        raise PolicyError(file, 1, "<document>",
+        raise PolicyDocError(file, 1, "<document>",
                           f"expected one policy document, found {len(policies)}")
     return policies[0]

@@ -29,7 +29,7 @@ from moray.controlplane.scanner.api import SCAN_ACCESS, scan_router
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.metrics import ServerMetrics
 from moray.controlplane.server.pki import Pki, cert_sha256
-from moray.controlplane.server.policydoc import DEFAULT_TENANT, PolicyError, parse_policies
+from moray.controlplane.server.policydoc import DEFAULT_TENANT, PolicyDocError, parse_policies
 from moray.controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
 from moray.controlplane.store.scanstore import ScanStore
 
@@ -132,8 +132,8 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     async def store_error(_request: Request, err: StoreError) -> JSONResponse:
         return JSONResponse({"error": str(err)}, status_code=err.status)
 
-    @app.exception_handler(PolicyError)
-    async def policy_error(_request: Request, err: PolicyError) -> JSONResponse:
+    @app.exception_handler(PolicyDocError)
+    async def policy_error(_request: Request, err: PolicyDocError) -> JSONResponse:
         return JSONResponse(err.as_dict(), status_code=422)
 
     @app.middleware("http")

@@ -37,13 +37,14 @@ from moray.controlplane.store.models import (
     Policy,
     PolicyVersion,
 )
+from moray.errors import ControlPlaneError
 
 log = logging.getLogger(__name__)
 
 ROLES = ("admin", "operator", "auditor", "viewer")
 
 
-class StoreError(Exception):
+class StoreError(ControlPlaneError):
     """Base of the store's errors; ``status`` is the HTTP status the REST API answers."""
 
     status = 400

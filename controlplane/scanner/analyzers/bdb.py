@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+from moray.errors import ScanError
+
 HASH_MAGIC = 0x061561
 PAGE_HEADER = 26
 P_HASH_UNSORTED, P_OVERFLOW, P_HASH = 2, 7, 13
@@ -19,7 +21,7 @@ H_KEYDATA, H_OFFPAGE = 1, 3
 MAX_VALUE = 64 << 20
 
 
-class BDBError(ValueError):
+class BDBError(ScanError, ValueError):
     """Not a Berkeley DB hash file, or a corrupt one."""
 
 
