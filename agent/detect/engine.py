@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from moray.agent.detect.fields import Ctx
+from moray.agent.detect.ctx import Ctx
 from moray.agent.detect.response import Responder
 from moray.agent.detect.rules import FilePlan, Rule, RuleSet
 from moray.agent.detect.state import State

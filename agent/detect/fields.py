@@ -1,11 +1,12 @@
 """The fields a detection rule can name, and how each is read from an enriched event.
 
 An event reaches the engine as the agent's JSON object (agent/output/schema.py, documented
-in docs/events.md) wrapped in a :class:`Ctx`, which also reaches the process tree for
-ancestry and the engine's state (container entrypoints, connection windows). Every field
-has a kind (str, int, bool, list) the rule compiler type-checks operators against, and the
-event types it exists for, from which the compiler indexes rules by event type. A field
-that is absent from an event reads as None: every comparison on it is false except `!=`.
+in docs/events.md) wrapped in a :class:`~moray.agent.detect.ctx.Ctx`, which also reaches
+the process tree for ancestry and the engine's state (container entrypoints, connection
+windows). Every field has a kind (str, int, bool, list) the rule compiler type-checks
+operators against, and the event types it exists for, from which the compiler indexes
+rules by event type. A field that is absent from an event reads as None: every comparison
+on it is false except `!=`.
 """
 
 from __future__ import annotations
@@ -13,65 +14,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from moray.agent.detect.state import State
-    from moray.agent.enrich.proctree import Process
+from moray.agent.detect.ctx import Ctx
 
 STR, INT, BOOL, LIST = "str", "int", "bool", "list"
 
 EVENT_TYPES = frozenset({"exec", "fork", "exit", "open", "connect", "accept", "listen", "send",
                          "syscall", "enforce"})
 NET_TYPES = frozenset({"connect", "accept", "listen", "send"})
-
-
-class Ctx:
-    """One event under evaluation. Ancestry and tree lookups are computed once, on demand."""
-
-    __slots__ = ("_ancestors", "_fkey", "_parent", "_proc", "e", "state")
-
-    def __init__(self, e: dict[str, Any], state: State) -> None:
-        self.e = e
-        self.state = state
-        self._proc: Process | bool | None = False
-        self._parent: Process | bool | None = False
-        self._ancestors: list[Process] | None = None
-        self._fkey: tuple[Any, ...] | bool | None = False
-
-    @property
-    def file_key(self) -> tuple[Any, ...] | None:
-        """Everything the FILE_PURE fields read, as a dict key (None: not a file event)."""
-        k = self._fkey
-        if k is False:
-            f = self.e.get("file")
-            k = self._fkey = (f["path"], f["access"], f["error"], *f["flags"]) if f else None
-        return k  # type: ignore[return-value]
-
-    @property
-    def proc(self) -> Process | None:
-        if self._proc is False:
-            self._proc = self.state.lookup(self.e["process"]["exec_id"])
-        return self._proc  # type: ignore[return-value]
-
-    @property
-    def parent(self) -> Process | None:
-        if self._parent is False:
-            par = self.e.get("parent")
-            self._parent = self.state.lookup(par["exec_id"]) if par and par.get(
-                "exec_id") else None
-        return self._parent  # type: ignore[return-value]
-
-    def ancestors(self) -> list[Process]:
-        """Parent first, up to the first unknown process (bounded)."""
-        if self._ancestors is None:
-            out: list[Process] = []
-            p = self.parent
-            while p is not None and len(out) < 64:
-                out.append(p)
-                p = self.state.lookup(p.parent_exec_id) if p.parent_exec_id else None
-            self._ancestors = out
-        return self._ancestors
 
 
 Getter = Callable[[Ctx], Any]
@@ -191,7 +142,7 @@ def _parent_is_entrypoint(c: Ctx) -> bool | None:
 
 def _distinct(kind: str) -> Getter:
     def get(c: Ctx) -> int | None:
-        return c.state.distinct(c, kind)
+        return c.state.distinct(c.e["process"]["exec_id"], kind)
     return get
 
 

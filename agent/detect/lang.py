@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from moray.agent.detect.fields import BOOL, EVENT_TYPES, FIELDS, INT, LIST, STR, Ctx, Field
+from moray.agent.detect.ctx import Ctx
+from moray.agent.detect.fields import BOOL, EVENT_TYPES, FIELDS, INT, LIST, STR, Field
 from moray.errors import ConfigError
 
 Pred = Callable[[Ctx], bool]

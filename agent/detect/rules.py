@@ -38,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from moray.agent.detect.fields import FIELDS, FILE_PURE, Ctx
+from moray.agent.detect.ctx import Ctx
+from moray.agent.detect.fields import FIELDS, FILE_PURE
 from moray.agent.detect.lang import (
     And,
     ConditionError,

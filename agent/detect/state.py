@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moray.agent.detect.fields import Ctx
     from moray.agent.enrich.proctree import Process, ProcessTree
 
 
@@ -126,8 +125,9 @@ class State:
             for tk in [k for k, t in self.throttle.items() if t < now - 3600]:
                 del self.throttle[tk]
 
-    def distinct(self, c: Ctx, kind: str) -> int | None:
-        w = self.windows.get(c.e["process"]["exec_id"])
+    def distinct(self, exec_id: str, kind: str) -> int | None:
+        """Distinct ports (kind "ports") or hosts this process reached in the window."""
+        w = self.windows.get(exec_id)
         if w is None:
             return 0
         return len(w.ports) if kind == "ports" else len(w.hosts)

@@ -96,7 +96,7 @@ def test_lists_macros_exceptions_append() -> None:
 """)])
     (r,) = rs.rules
     assert r.priority is Priority.CRITICAL and r.types == {"exec"}
-    from moray.agent.detect.fields import Ctx
+    from moray.agent.detect.ctx import Ctx
     from moray.agent.detect.state import State
 
     def ev(name: str, image: str) -> Ctx:
