@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moray.agent.detect.engine import Detector
-from moray.agent.detect.rules import load
+from moray.agent.detect.load import load
 from moray.agent.enrich.proctree import Process, ProcessTree
 
 

@@ -21,8 +21,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from moray.agent.detect.ctx import Ctx
+from moray.agent.detect.model import Rule
+from moray.agent.detect.plan import FilePlan, RuleSet
 from moray.agent.detect.response import Responder
-from moray.agent.detect.rules import FilePlan, Rule, RuleSet
 from moray.agent.detect.state import State
 from moray.agent.enrich.proctree import ProcessTree
 

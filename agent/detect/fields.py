@@ -39,7 +39,7 @@ class Field:
 
 # Fields that are a function of Ctx.file_key alone: a condition reading only these has the
 # same value for every open of the same path with the same flags and result, so its value
-# is memoized (agent/detect/rules.py FilePlan). Keep in step with file_key.
+# is memoized (agent/detect/plan.py FilePlan). Keep in step with file_key.
 FILE_PURE = frozenset({"evt.type", "file.path", "file.name", "file.access", "file.flags",
                        "file.write", "file.failed", "file.error"})
 

@@ -18,7 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from moray.agent.detect.engine import Detector
-from moray.agent.detect.rules import RuleError, load
+from moray.agent.detect.load import load
+from moray.agent.detect.model import RuleError
 from moray.agent.enrich.proctree import ProcessTree
 from moray.agent.output.siem import AlertOutput, OutputError, build
 from moray.errors import ConfigError

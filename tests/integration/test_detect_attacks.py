@@ -272,7 +272,7 @@ def test_shell_started_by_exec_not_entrypoint(scene: Scene) -> None:
 
 
 def test_every_default_rule_is_exercised(scene: Scene) -> None:
-    from moray.agent.detect.rules import load
+    from moray.agent.detect.load import load
 
     names = {r.name for r in load([]).rules}
     tested = {r for r, _ in EXPECTED} | {"Shell in container not started by the entrypoint"}

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from moray.agent.detect.engine import Detector
+from moray.agent.detect.load import load, load_texts
 from moray.agent.detect.response import Responder
-from moray.agent.detect.rules import load, load_texts
 from moray.agent.detect.state import State
 from moray.agent.enrich.proctree import Process, ProcessTree
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from moray.agent.detect.rules import Priority, RuleError, load, load_texts
+from moray.agent.detect.load import load, load_texts
+from moray.agent.detect.model import Priority, RuleError
 
 
 def one(text: str) -> RuleError:
