@@ -7,6 +7,7 @@ alembic migrations in ``migrations/``:
 - ``scanstore`` / ``scanmodels``: the vulnerability knowledge base, the scanner's
   per-layer cache, scan jobs, image assurance verdicts and the registries and images
   the server scans on a schedule (``vuln_*``, ``scan_*``, ``image_verdict``,
-  ``scanstore_meta``), on SQLAlchemy Core; ``scanstore`` is the only code that issues SQL
-  for them.
+  ``scanstore_meta``), on SQLAlchemy Core tables; ``scanstore.ScanStore`` puts together
+  one store per aggregate from ``scan/`` (vulns, layercache, verdicts, jobs, targets over
+  ``scan/base.py``), the only code that issues SQL for them.
 """

@@ -1,8 +1,8 @@
 """The scanner's tables (SQLAlchemy Core), on the control plane's metadata so that the
 alembic migrations in ``controlplane/store/migrations`` create and change them.
 
-``controlplane/store/scanstore.py`` is the only code that issues SQL for them; the data
-each table owns, and when it changes, is listed in that module's docstring. Before
+The stores in ``controlplane/store/scan/`` are the only code that issues SQL for them;
+the data each table owns, and when it changes, is listed in their docstrings. Before
 revision 0002 these tables were created by ``ScanStore`` itself (plain sqlite3,
 ``CREATE TABLE IF NOT EXISTS``); 0002 adopts such tables instead of recreating them.
 """

@@ -1,0 +1,143 @@
+"""What the scanner's stores share: where the database is by default, opening (and
+migrating) an engine, one connection at a time per store object, transactions that
+nest, and the ``scanstore_meta`` counters (``vulndb_generation``: bumped by each vulndb
+import that adds records; a verdict stamped with an older generation is stale).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from sqlalchemy import Connection, Engine, Integer, Table, Text, cast, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.elements import ColumnElement
+
+from moray.controlplane.store.scanmodels import scanstore_meta
+
+DEFAULT_DATA_DIR = "/var/lib/moray"
+GENERATION = "vulndb_generation"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MORAY_DATA_DIR", DEFAULT_DATA_DIR))
+
+
+def default_db_path() -> Path:
+    return data_dir() / "moray.db"
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run the method holding its store's lock (one connection at a time per store)."""
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with args[0]._lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+def open_engine(location: Path | str) -> Engine:
+    """An engine for a SQLAlchemy URL or a SQLite file path, migrated to the newest schema."""
+    from moray.controlplane.store import db
+
+    url = str(location)
+    if "://" not in url:
+        url = "sqlite:///:memory:" if url == ":memory:" else f"sqlite:///{Path(url)}"
+    if url == "sqlite:///:memory:":
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import StaticPool
+
+        engine = create_engine(url, poolclass=StaticPool,
+                               connect_args={"check_same_thread": False})
+    else:
+        engine = db.make_engine(db.database_url(url))
+    if not db.at_head(engine):
+        db.migrate(engine)
+    return engine
+
+
+def generation_value() -> ColumnElement[int]:
+    """The current vulndb generation as an SQL expression (0 before the first import)."""
+    return (select(func.coalesce(func.max(cast(scanstore_meta.c.value, Integer)), 0))
+            .where(scanstore_meta.c.key == GENERATION).scalar_subquery())
+
+
+class ScanStoreBase:
+    """``Store(path_or_url)`` opens (and migrates) its own engine; ``Store(engine)``
+    shares one that is already migrated (moray-server's)."""
+
+    def __init__(self, location: Path | str | Engine, clock: Callable[[], float] = time.time
+                 ) -> None:
+        self._own_engine = not isinstance(location, Engine)
+        self._engine = location if isinstance(location, Engine) else open_engine(location)
+        self._postgres = self._engine.dialect.name == "postgresql"
+        self.path = (Path(str(location)) if self._own_engine and "://" not in str(location)
+                     else Path(self._engine.url.database or ""))
+        self._clock = clock
+        # one connection at a time per store (a web server's thread pool shares it)
+        self._lock = threading.RLock()
+        self._tx: Connection | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def url(self) -> str:
+        return self._engine.url.render_as_string(hide_password=True)
+
+    @locked
+    def close(self) -> None:
+        if self._own_engine:
+            self._engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything in the block is one transaction (nested blocks join it)."""
+        with self._lock:
+            if self._tx is not None:
+                yield
+                return
+            with self._engine.begin() as conn:
+                self._tx = conn
+                try:
+                    yield
+                finally:
+                    self._tx = None
+
+    @contextmanager
+    def _conn(self) -> Iterator[Connection]:
+        if self._tx is not None:
+            yield self._tx
+            return
+        with self._engine.begin() as conn:
+            yield conn
+
+    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT that can say ON CONFLICT (both dialects spell it the same)."""
+        return postgresql.insert(table) if self._postgres else sqlite.insert(table)
+
+    def _bump(self, c: Connection, key: str) -> None:
+        value = cast(cast(scanstore_meta.c.value, Integer) + 1, Text)
+        c.execute(self._insert(scanstore_meta).values(key=key, value="1")
+                  .on_conflict_do_update(index_elements=["key"], set_={"value": value}))
+
+    def _meta_int(self, key: str) -> int:
+        with self._conn() as c:
+            value = c.scalar(select(scanstore_meta.c.value).where(scanstore_meta.c.key == key))
+        return int(value) if value is not None else 0
+
+    @locked
+    def generation(self) -> int:
+        return self._meta_int(GENERATION)
