@@ -1,18 +1,18 @@
-"""The agent's start-up, pipeline and teardown.
+"""The agent's start-up and teardown.
 
-Start-up is an ordered list of named steps; each may register a teardown, and teardowns
-always run, in reverse, however the agent stops (SIGTERM, SIGINT, an error in a step):
+Start-up is an ordered list of named steps (`Agent.steps`, the one list; docs/notes.md
+repeats it and tests/unit/test_app.py checks that it does); each may register a
+teardown, and teardowns always run, in reverse, however the agent stops (SIGTERM,
+SIGINT, an error in a step):
 
-    check_host -> mount_fs -> probe_kernel -> load_rules -> load_bpf -> fill_watch
-      -> start_reader -> scan_proc -> start_metrics -> (pipeline until stopped)
+    check_host, mount_fs, probe_kernel, load_rules, adopt_pins, load_bpf, fill_watch,
+    start_reader, scan_proc, start_enrich, apply_policies, connect_control_plane,
+    start_metrics, start_pipeline
 
 The BPF programs are attached and the reader is running *before* /proc is scanned, so a
 process that starts during the scan is seen by its fork/exec events; nothing slips between.
-
-Pipeline (one thread, `Pipeline.run`): batches of raw records from the reader's queue ->
-decode -> process tree -> container identity -> JSON sink, then the detect stage
-(agent/detect: alerts written to the same sink and to the SIEM outputs). Kernel cgroup
-mkdir/rmdir records update the container resolver and are not themselves output.
+What happens to a record after the reader is agent/pipeline's (decode -> process tree ->
+container identity -> format -> detect -> route).
 """
 
 from __future__ import annotations
@@ -33,19 +33,11 @@ from moray.agent.bpf.abi import Stat
 from moray.agent.bpf.loader import BpfObject, ensure_bpffs, ensure_tracefs, object_path
 from moray.agent.bpf.ringbuf import RingBuffer
 from moray.agent.enrich.proctree import ProcessTree
-from moray.agent.events.decode import DecodeError, decode
 from moray.agent.events.reader import BatchQueue, Reader
-from moray.agent.events.types import (
-    CgroupEvent,
-    EnforceEvent,
-    ExecEvent,
-    ExitEvent,
-    ForkEvent,
-    KernelEvent,
-)
 from moray.agent.output.jsonl import EventSink, JsonLines
 from moray.agent.output.metrics import AgentCollector, Stats, serve
 from moray.agent.output.schema import Formatter
+from moray.agent.pipeline import Pipeline
 from moray.errors import KernelError
 
 log = logging.getLogger(__name__)
@@ -97,133 +89,6 @@ class Config:
     webhook: tuple[str, ...] = ()
 
 
-class Pipeline:
-    """decode -> enrich -> output, for batches from the reader's queue."""
-
-    def __init__(self, tree: ProcessTree, sink: EventSink, formatter: Formatter,
-                 resolver: Any | None, stats: Stats) -> None:
-        self.tree = tree
-        self.sink = sink
-        self.fmt = formatter
-        self.resolver = resolver
-        self.stats = stats
-        self._containers: dict[int, tuple[Any, dict[str, Any]]] = {}  # cgroup id -> (c, json)
-        # detect stage (agent/detect): enriched event -> alerts, written to the same sink
-        self.detect: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
-        self._last_key: tuple[int, int, int, int] | None = None  # enrich(): the last lookup
-        self._last: tuple[Any, Any] = (None, None)
-
-    def container_json(self, cgroup_id: int, pid: int,
-                       retry_now: bool = False) -> dict[str, Any] | None:
-        if self.resolver is None or cgroup_id <= 1:
-            return None
-        try:
-            c = self.resolver.lookup(cgroup_id, pid, retry_now)
-        except Exception:  # the resolver promises not to raise; count it if it does
-            self.stats.enrich_errors += 1
-            log.exception("container lookup raised", extra={"cgroup_id": cgroup_id})
-            return None
-        if c is None:
-            return None
-        cached = self._containers.get(cgroup_id)
-        if cached is not None and cached[0] is c:
-            return cached[1]
-        if len(self._containers) > 4096:
-            self._containers.clear()
-        j: dict[str, Any] = c.to_json()
-        self._containers[cgroup_id] = (c, j)
-        return j
-
-    def handle(self, rec: bytes) -> dict[str, Any] | None:
-        try:
-            ev = decode(rec)
-        except (DecodeError, ValueError, IndexError) as err:
-            self.stats.decode_errors += 1
-            if self.stats.decode_errors <= 10:
-                log.warning("undecodable record: %s", err)
-            return None
-        if isinstance(ev, CgroupEvent):
-            if self.resolver is not None:
-                if ev.created:
-                    self.resolver.on_cgroup_created(ev.id, ev.path)
-                else:
-                    self.resolver.on_cgroup_removed(ev.id)
-            return None
-        return self.enrich(ev)
-
-    def enrich(self, ev: KernelEvent) -> dict[str, Any]:
-        tree = self.tree
-        k = ev.proc
-        if isinstance(ev, ForkEvent):
-            p = tree.on_fork(k)
-            parent = tree.parent_of(k)
-        elif isinstance(ev, ExecEvent):
-            p = tree.on_exec(ev)
-            parent = tree.parent_of(k)
-        elif isinstance(ev, ExitEvent):
-            p = tree.ensure(k)
-            tree.on_exit(k)
-            parent = tree.parent_of(k)
-        elif (k.pid, k.start_ns, k.pstart_ns, tree.gen) == self._last_key:
-            # events come in bursts from one process: its entries were just looked up and
-            # no entry has been added or removed since (tree.gen), so they are still these
-            p, parent = self._last
-        else:
-            p = tree.ensure(k)
-            parent = tree.parent_of(k)
-            self._last_key, self._last = (k.pid, k.start_ns, k.pstart_ns, tree.gen), (p, parent)
-        # an exec may be a new container's first process: its runtime state may have
-        # appeared since the last look, however recent (ContainerResolver.lookup)
-        container = self.container_json(k.cgroup_id, k.pid, isinstance(ev, ExecEvent))
-        out = self.fmt.event(ev, p, parent, container)
-        if isinstance(ev, EnforceEvent):
-            _new_image(out, ev)
-        self.stats.events[out["type"]] += 1
-        return out
-
-    def run(self, queue: BatchQueue, stop: threading.Event) -> None:
-        sink = self.sink
-        while not (stop.is_set() and queue.depth() == 0):
-            batch = queue.get(0.2)
-            if batch is None:
-                sink.flush()
-                if queue.closed:
-                    break
-                continue
-            for rec in batch:
-                try:
-                    out = self.handle(rec)
-                    if out is not None:
-                        sink.write(out)
-                        if self.detect is not None:
-                            alerts = self.detect(out)
-                            if alerts:
-                                for alert in alerts:
-                                    sink.write(alert)
-                                sink.flush()  # alerts are rare and wanted now: no batching
-                except Exception:  # a bug on one record must not stop the pipeline thread
-                    self.stats.enrich_errors += 1
-                    if self.stats.enrich_errors <= 10 or self.stats.enrich_errors % 10000 == 0:
-                        log.exception("record %d bytes op %d: enrichment failed (%d so far)",
-                                      len(rec), int.from_bytes(rec[:2], "little"),
-                                      self.stats.enrich_errors)
-        sink.flush()
-
-
-def _new_image(out: dict[str, Any], ev: EnforceEvent) -> None:
-    """An exec decision is recorded at the exec, before the exec record updates the
-    process tree: unless the exec failed (LSM tier, old image goes on), the process is the
-    new image (killed before its first instruction, held, or run in monitor mode), so name
-    it from the enforcement record; its argv comes with the exec event that follows."""
-    if ev.kind not in (abi.EKind.EXEC, abi.EKind.DRIFT) or ev.action == abi.EAction.BLOCKED:
-        return
-    proc = out["process"] = dict(out["process"])  # the formatter's is shared: copy
-    if ev.path:
-        proc["binary"] = ev.path
-    proc["filename"] = ev.path2 or None
-    proc["args"] = []
-
-
 Teardown = Callable[[], None]
 
 
@@ -246,6 +111,7 @@ class Agent:
         self.policy: Any | None = None   # agent.policy.engine.PolicyEngine
         self.detector: Any | None = None  # agent.detect.stage.DetectStage
         self.cp_client: Any | None = None  # agent.controlplane.ControlPlaneClient
+        self.pipeline: Pipeline | None = None
         self.steps: list[tuple[str, Callable[[], None]]] = [
             ("check_host", self.check_host),
             ("mount_fs", self.mount_fs),
@@ -260,6 +126,7 @@ class Agent:
             ("apply_policies", self.apply_policies),
             ("connect_control_plane", self.connect_control_plane),
             ("start_metrics", self.start_metrics),
+            ("start_pipeline", self.start_pipeline),
         ]
 
     # --- steps ------------------------------------------------------------------------
@@ -482,6 +349,30 @@ class Agent:
             raise AgentError(f"cannot serve metrics on {self.cfg.metrics_addr}:"
                              f"{self.cfg.metrics_port}: {err.strerror}") from err
 
+    def start_pipeline(self) -> None:
+        """The pipeline thread (agent/pipeline) on the reader's queue; its teardown stops
+        the reader first, so the pipeline drains what was read before it ends."""
+        assert self.sink is not None
+        pipeline = Pipeline(self.tree, self.sink, Formatter(self.cfg.node), self.resolver,
+                            self.stats,
+                            detect=self.detector.process if self.detector is not None else None)
+        if self.policy is not None:
+            pipeline.format.fmt.enforcement = self.policy.explain
+        self.pipeline = pipeline
+        worker = threading.Thread(target=pipeline.run, args=(self.queue, self.stop_event),
+                                  name="moray-pipeline", daemon=True)
+        worker.start()
+
+        def stop_pipeline() -> None:
+            self.stop_event.set()
+            if self.reader is not None:
+                self.reader.stop()
+                self.reader.join(5)
+            self.queue.close()
+            worker.join(30)
+
+        self._teardowns.append(("stop_pipeline", stop_pipeline))
+
     # --- run --------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -505,28 +396,12 @@ class Agent:
                 signal.signal(sig, lambda *_: self.stop_event.set())
         try:
             self.start()
-            assert self.sink is not None
-            pipeline = Pipeline(self.tree, self.sink, Formatter(self.cfg.node), self.resolver,
-                                self.stats)
-            self.pipeline = pipeline
-            if self.policy is not None:
-                pipeline.fmt.enforcement = self.policy.explain
-            if self.detector is not None:
-                pipeline.detect = self.detector.process
             log.info("moray-agent running (node %s)", self.cfg.node)
-            worker = threading.Thread(target=pipeline.run, args=(self.queue, self.stop_event),
-                                      name="moray-pipeline", daemon=True)
-            worker.start()
             deadline = (time.monotonic() + self.cfg.duration) if self.cfg.duration else None
             while not self.stop_event.wait(0.5):
                 if deadline is not None and time.monotonic() >= deadline:
                     break
             self.stop_event.set()
-            if self.reader is not None:
-                self.reader.stop()
-                self.reader.join(5)
-            self.queue.close()
-            worker.join(30)
             return 0
         finally:
             self.teardown()
@@ -544,4 +419,4 @@ def watch_key(path: str) -> bytes:  # re-exported for tests
     return watch.key(path)
 
 
-__all__ = ["Agent", "AgentError", "Config", "Pipeline", "abi", "watch_key"]
+__all__ = ["Agent", "AgentError", "Config", "abi", "watch_key"]

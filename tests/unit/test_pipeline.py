@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from moray.agent.app import Pipeline
 from moray.agent.bpf import abi
 from moray.agent.enrich.proctree import ProcessTree
 from moray.agent.events.reader import BatchQueue
@@ -15,6 +14,7 @@ from moray.agent.events.types import EnforceEvent, ExecEvent, Proc
 from moray.agent.output.jsonl import EventSink
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
+from moray.agent.pipeline import Pipeline
 
 PROC = Proc(pid=40, tid=40, ppid=1, uid=0, euid=0, gid=0, mntns=1, cgroup_id=0,
             start_ns=5_000_000_000, pstart_ns=1_000_000_000, comm="sh")

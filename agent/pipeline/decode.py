@@ -1,0 +1,40 @@
+"""Stage 1, decode: a queued record -> a typed kernel event, or None.
+
+Kernel records are bytes (agent/events/decode.py `DECODERS[op]`). Cgroup mkdir/rmdir
+records update the container resolver here and go no further. An undecodable record is
+counted in `Stats.decode_errors` (the first ten are logged) and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from moray.agent.events.decode import DecodeError, decode
+from moray.agent.events.types import CgroupEvent, KernelEvent
+from moray.agent.output.metrics import Stats
+from moray.agent.pipeline.identity import Resolver
+
+log = logging.getLogger(__name__)
+
+
+class Decode:
+    def __init__(self, resolver: Resolver | None, stats: Stats) -> None:
+        self.resolver = resolver
+        self.stats = stats
+
+    def __call__(self, rec: bytes) -> KernelEvent | None:
+        try:
+            ev = decode(rec)
+        except (DecodeError, ValueError, IndexError) as err:
+            self.stats.decode_errors += 1
+            if self.stats.decode_errors <= 10:
+                log.warning("undecodable record: %s", err)
+            return None
+        if isinstance(ev, CgroupEvent):
+            if self.resolver is not None:
+                if ev.created:
+                    self.resolver.on_cgroup_created(ev.id, ev.path)
+                else:
+                    self.resolver.on_cgroup_removed(ev.id)
+            return None
+        return ev

@@ -1,0 +1,84 @@
+"""`Pipeline`: the thread that runs every queued record through the stages.
+
+    decode (decode.py) -> process tree (tree.py) -> container identity (identity.py)
+      -> format (format.py) -> route (route.py); detect (agent/detect) -> route
+
+An exception on one record (an enrichment or detection bug) is counted in
+`Stats.enrich_errors` and logged (the first 10, then every 10,000th); the thread goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from moray.agent.enrich.proctree import ProcessTree
+from moray.agent.events.reader import BatchQueue
+from moray.agent.events.types import ExecEvent, KernelEvent
+from moray.agent.output.jsonl import EventSink
+from moray.agent.output.metrics import Stats
+from moray.agent.output.schema import Formatter
+from moray.agent.pipeline.decode import Decode
+from moray.agent.pipeline.format import Format
+from moray.agent.pipeline.identity import Identity, Resolver
+from moray.agent.pipeline.route import Router
+from moray.agent.pipeline.tree import Lineage
+
+log = logging.getLogger(__name__)
+
+Detect = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+class Pipeline:
+    def __init__(self, tree: ProcessTree, out: Router | EventSink, formatter: Formatter,
+                 resolver: Resolver | None, stats: Stats, detect: Detect | None = None
+                 ) -> None:
+        self.stats = stats
+        self.decode = Decode(resolver, stats)
+        self.lineage = Lineage(tree)
+        self.identity = Identity(resolver, stats)
+        self.format = Format(formatter)
+        # detect stage (agent/detect/stage.py): enriched event -> alerts
+        self.detect = detect
+        self.route = out if isinstance(out, Router) else Router(out)
+
+    def handle(self, rec: bytes) -> dict[str, Any] | None:
+        """One queued record -> its JSON event (None: nothing to output)."""
+        ev = self.decode(rec)
+        return None if ev is None else self.enrich(ev)
+
+    def enrich(self, ev: KernelEvent) -> dict[str, Any]:
+        p, parent = self.lineage(ev)
+        k = ev.proc
+        container = self.identity(k.cgroup_id, k.pid, isinstance(ev, ExecEvent))
+        out = self.format(ev, p, parent, container)
+        self.stats.events[out["type"]] += 1
+        return out
+
+    def run(self, queue: BatchQueue, stop: threading.Event) -> None:
+        route = self.route
+        while not (stop.is_set() and queue.depth() == 0):
+            batch = queue.get(0.2)
+            if batch is None:
+                route.flush()
+                if queue.closed:
+                    break
+                continue
+            for rec in batch:
+                try:
+                    out = self.handle(rec)
+                    if out is not None:
+                        route.event(out)
+                        if self.detect is not None:
+                            alerts = self.detect(out)
+                            if alerts:
+                                route.alerts(alerts)
+                except Exception:  # a bug on one record must not stop the pipeline thread
+                    self.stats.enrich_errors += 1
+                    if self.stats.enrich_errors <= 10 or self.stats.enrich_errors % 10000 == 0:
+                        log.exception("record %d bytes op %d: enrichment failed (%d so far)",
+                                      len(rec), int.from_bytes(rec[:2], "little"),
+                                      self.stats.enrich_errors)
+        route.flush()
