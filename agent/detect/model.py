@@ -53,7 +53,7 @@ class Rule:
     throttle: float
     source: str              # file:line
     # match == guard and rest: rules whose conditions start with the same test (e.g. the
-    # macro open_write) share one evaluation of it per event (RuleSet.plan)
+    # macro open_write) share one evaluation of it per event (plan.py: RuleSet.plans)
     guard_key: Node | None = None
     guard: Pred | None = None
     rest: Pred | None = None
