@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 
 from moray.controlplane.scanner import targets_cli, workercli
+from moray.controlplane.scanner.engine.malware import MalwareScanner
+from moray.controlplane.scanner.engine.registry import list_images
 from moray.controlplane.scanner.errors import AccessDenied, ScanError
-from moray.controlplane.scanner.malware import MalwareScanner
-from moray.controlplane.scanner.registry import list_images
 from moray.controlplane.server import cli_api
 from moray.controlplane.store.scanstore import ScanStore, data_dir, default_db_path
 from moray.controlplane.vulndb.importer import import_path

@@ -16,20 +16,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moray.controlplane.scanner.cache import FileLayerCache, data_dir, default_cache_path
+from moray.controlplane.scanner.engine.cache import FileLayerCache, data_dir, default_cache_path
+from moray.controlplane.scanner.engine.model import ScanResult, Severity
+from moray.controlplane.scanner.engine.report import render
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.engine.source import ImageSource, open_source
 from moray.controlplane.scanner.errors import ImageFormatError, ScanError
-from moray.controlplane.scanner.model import ScanResult, Severity
-from moray.controlplane.scanner.report import render
-from moray.controlplane.scanner.scan import ScanOptions, scan_image
-from moray.controlplane.scanner.source import ImageSource, open_source
 
 # Imported where they are used, so a scan starts faster: the store (SQLAlchemy, alembic:
 # ~0.4 s with its migrations; only for local vulnerability matching and --record-verdict),
 # httpx (--server only), univers (matching only), PyYAML (policy files only), yara-python
 # (malware only), the secret rules (compiled at import).
 if TYPE_CHECKING:
-    from moray.controlplane.scanner.policy import AssurancePolicy
-    from moray.controlplane.scanner.scan import VulnMatcher
+    from moray.controlplane.scanner.engine.policy import AssurancePolicy
+    from moray.controlplane.scanner.engine.protocols import VulnMatcher
     from moray.controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def open_image(args: argparse.Namespace) -> ImageSource:
     if args.image.startswith(("/", "./", "../")) or args.image.endswith(LOCAL_SUFFIXES):
         raise ImageFormatError("no such image file or directory", source=args.image)
     # imported here: urllib.request/http.client/ssl are only needed for registry images
-    from moray.controlplane.scanner.registry import RegistrySource, parse_reference
+    from moray.controlplane.scanner.engine.registry import RegistrySource, parse_reference
 
     ref = parse_reference(args.image)
     return RegistrySource(ref, insecure=args.insecure_registry,
@@ -115,7 +115,7 @@ def _progress(enabled: bool) -> object:
 def policy_from_args(args: argparse.Namespace) -> AssurancePolicy | None:
     if not args.policy and not args.fail_on:
         return None
-    from moray.controlplane.scanner.policy import AssurancePolicy, load_policy
+    from moray.controlplane.scanner.engine.policy import AssurancePolicy, load_policy
 
     if args.policy:
         return load_policy(args.policy)
@@ -140,7 +140,7 @@ def vuln_matcher(args: argparse.Namespace, store: ScanStore | None) -> VulnMatch
     if args.server:
         if not args.token:
             raise ScanError("--server needs --token or $MORAY_TOKEN")
-        from moray.controlplane.scanner.remote import RemoteMatcher
+        from moray.controlplane.scanner.service.remote import RemoteMatcher
 
         return RemoteMatcher(args.server, args.token)
     if store is None:
@@ -156,18 +156,18 @@ def vuln_matcher(args: argparse.Namespace, store: ScanStore | None) -> VulnMatch
 def scan_options(args: argparse.Namespace, matcher: VulnMatcher | None) -> ScanOptions:
     malware = None
     if not args.no_malware:
-        from moray.controlplane.scanner.malware import MalwareScanner, discover
+        from moray.controlplane.scanner.engine.malware import MalwareScanner, discover
 
         rules, hashes = discover(data_dir())
         malware = MalwareScanner([*rules, *args.yara_rules], [*hashes, *args.malware_hashes])
     secrets = None
     if not args.no_secrets:
         if args.secret_config:
-            from moray.controlplane.scanner.secretconfig import load_secret_config
+            from moray.controlplane.scanner.engine.secretconfig import load_secret_config
 
             secrets = load_secret_config(args.secret_config)
         else:
-            from moray.controlplane.scanner.secrets import SecretScanner
+            from moray.controlplane.scanner.engine.secrets import SecretScanner
 
             secrets = SecretScanner()
     return ScanOptions(
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             options.cache.close()
     verdict = None
     if policy is not None:
-        from moray.controlplane.scanner.policy import evaluate, record_verdict
+        from moray.controlplane.scanner.engine.policy import evaluate, record_verdict
 
         verdict = evaluate(result, policy)
         if store is not None and args.record_verdict:

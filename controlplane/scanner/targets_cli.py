@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
-from moray.controlplane.scanner import credentials
-from moray.controlplane.scanner.scheduler import check_image, check_policy, check_registry
+from moray.controlplane.scanner.service import credentials
+from moray.controlplane.scanner.service.scheduler import check_image, check_policy, check_registry
 from moray.controlplane.store.scanstore import ScanStore
 
 

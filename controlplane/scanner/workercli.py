@@ -30,9 +30,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from moray.controlplane.scanner import credentials
+from moray.controlplane.scanner.engine.model import ScanResult
 from moray.controlplane.scanner.errors import AccessDenied, ScanError
-from moray.controlplane.scanner.model import ScanResult
+from moray.controlplane.scanner.service import credentials
 from moray.controlplane.store.scanstore import ScanJob, ScanStore, data_dir, default_db_path
 
 DEFAULT_LEASE = 600.0
@@ -71,9 +71,9 @@ def job_scanner(options: Any, *, allow_paths: bool, insecure: bool
                 ) -> Callable[[ScanJob], ScanResult]:
     """Scan one job's image with ``options`` (a ``ScanOptions``). A job from a server is
     always a registry reference: a path on the worker's host is never opened for it."""
-    from moray.controlplane.scanner.registry import RegistrySource, parse_reference
-    from moray.controlplane.scanner.scan import scan_image
-    from moray.controlplane.scanner.source import ImageSource, open_source
+    from moray.controlplane.scanner.engine.registry import RegistrySource, parse_reference
+    from moray.controlplane.scanner.engine.scan import scan_image
+    from moray.controlplane.scanner.engine.source import ImageSource, open_source
 
     def scan(job: ScanJob) -> ScanResult:
         path = Path(job.image)
@@ -104,11 +104,11 @@ class InProcessWorkers:
     def start(self) -> None:
         if self.n <= 0:
             return
-        from moray.controlplane.scanner.cache import StoreLayerCache
-        from moray.controlplane.scanner.malware import MalwareScanner, discover
-        from moray.controlplane.scanner.scan import ScanOptions
-        from moray.controlplane.scanner.secrets import SecretScanner
-        from moray.controlplane.scanner.worker import run_worker
+        from moray.controlplane.scanner.engine.cache import StoreLayerCache
+        from moray.controlplane.scanner.engine.malware import MalwareScanner, discover
+        from moray.controlplane.scanner.engine.scan import ScanOptions
+        from moray.controlplane.scanner.engine.secrets import SecretScanner
+        from moray.controlplane.scanner.service.worker import run_worker
         from moray.controlplane.vulndb.matcher import Matcher
 
         for i in range(self.n):
@@ -143,12 +143,12 @@ def _signals(stop: threading.Event, abort: threading.Event) -> None:
 
 def run(args: argparse.Namespace, store: ScanStore | None = None) -> int:
     """Run one worker until stopped; ``store`` is an already open local store."""
-    from moray.controlplane.scanner.cache import StoreLayerCache
-    from moray.controlplane.scanner.malware import MalwareScanner, discover
-    from moray.controlplane.scanner.remote import HttpJobQueue, RemoteMatcher
-    from moray.controlplane.scanner.scan import ScanOptions
-    from moray.controlplane.scanner.secrets import SecretScanner
-    from moray.controlplane.scanner.worker import run_worker
+    from moray.controlplane.scanner.engine.cache import StoreLayerCache
+    from moray.controlplane.scanner.engine.malware import MalwareScanner, discover
+    from moray.controlplane.scanner.engine.scan import ScanOptions
+    from moray.controlplane.scanner.engine.secrets import SecretScanner
+    from moray.controlplane.scanner.service.remote import HttpJobQueue, RemoteMatcher
+    from moray.controlplane.scanner.service.worker import run_worker
     from moray.controlplane.vulndb.matcher import Matcher
 
     need_local = not args.server or not args.no_cache

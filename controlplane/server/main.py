@@ -31,7 +31,7 @@ import uvicorn
 
 from moray.api.proto import moray_pb2_grpc
 from moray.controlplane.logfmt import configure_logging
-from moray.controlplane.scanner.scheduler import Scheduler
+from moray.controlplane.scanner.service.scheduler import Scheduler
 from moray.controlplane.scanner.workercli import InProcessWorkers
 from moray.controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
 from moray.controlplane.server.hub import AgentHub

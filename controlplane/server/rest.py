@@ -6,7 +6,7 @@ go through the store, which audits them in the same transaction, and wake the ag
 policy streams through the hub. /metrics (Prometheus), /healthz, /ca.pem and
 /openapi.json need no token. The scanner's endpoints (scan jobs for the workers,
 verdicts, scheduled registries and images, vulnerability data) are
-``controlplane.scanner.api``'s router, mounted here with the same token check; its
+``controlplane.scanner.service.api``'s router, mounted here with the same token check; its
 "read"/"write" classes map to the READ/WRITE role sets below.
 """
 
@@ -25,7 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from moray.controlplane.scanner.api import SCAN_ACCESS, scan_router
+from moray.controlplane.scanner.service.api import SCAN_ACCESS, scan_router
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.metrics import ServerMetrics
 from moray.controlplane.server.pki import Pki, cert_sha256

@@ -18,7 +18,7 @@ from typing import Any
 from cvss import CVSS3, CVSS4
 from cvss.exceptions import CVSSError
 
-from moray.controlplane.scanner.model import Severity
+from moray.controlplane.scanner.engine.model import Severity
 from moray.controlplane.store.scanstore import AdvisoryRecord, AffectedRecord
 from moray.controlplane.vulndb.names import osv_ecosystem, package_key, release_key
 

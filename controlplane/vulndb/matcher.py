@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
-from moray.controlplane.scanner.model import OSRelease, Package, Severity, VulnFinding
+from moray.controlplane.scanner.engine.model import OSRelease, Package, Severity, VulnFinding
 from moray.controlplane.store.scanstore import AdvisoryRecord, AffectedRecord, ScanStore
 from moray.controlplane.vulndb.names import package_key, release_key
 from moray.controlplane.vulndb.versions import first_fixed, is_affected

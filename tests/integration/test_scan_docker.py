@@ -13,10 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from moray.controlplane.scanner.malware import MalwareScanner
-from moray.controlplane.scanner.scan import ScanOptions, scan_image
-from moray.controlplane.scanner.secrets import SecretScanner
-from moray.controlplane.scanner.source import ArchiveSource, open_source
+from moray.controlplane.scanner.engine.malware import MalwareScanner
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.engine.secrets import SecretScanner
+from moray.controlplane.scanner.engine.source import ArchiveSource, open_source
 from tests.fixtures.images import scenarios
 from tests.helpers.containers import Dockerd
 

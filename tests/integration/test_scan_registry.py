@@ -20,10 +20,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from moray.controlplane.cli import main as moray
-from moray.controlplane.scanner.cache import StoreLayerCache
 from moray.controlplane.scanner.cli import main
-from moray.controlplane.scanner.registry import RegistrySource, list_images, parse_reference
-from moray.controlplane.scanner.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.engine.cache import StoreLayerCache
+from moray.controlplane.scanner.engine.registry import RegistrySource, list_images, parse_reference
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
 from moray.controlplane.store.scanstore import ScanStore
 from moray.controlplane.vulndb.importer import import_path
 from tests.fixtures.images import scenarios

@@ -30,7 +30,7 @@ class ScanJob:
     policy: str  # policy document (YAML text), "" for none
     attempts: int
     insecure: bool = False  # plain HTTP to a loopback registry
-    credentials: str = ""   # a reference the worker resolves (controlplane.scanner.credentials)
+    credentials: str = ""   # a reference the worker resolves (scanner.service.credentials)
 
 
 def job_key(image: str, policy: str, insecure: bool, credentials: str) -> str:

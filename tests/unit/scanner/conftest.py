@@ -8,8 +8,8 @@ import pytest
 # the repository root, so `controlplane` and `tests.fixtures.images` import without an install
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from moray.controlplane.scanner.scan import ScanOptions
-from moray.controlplane.scanner.secrets import SecretScanner
+from moray.controlplane.scanner.engine.scan import ScanOptions
+from moray.controlplane.scanner.engine.secrets import SecretScanner
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi import Header, HTTPException  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from moray.controlplane.scanner.api import SCAN_ACCESS, scan_router  # noqa: E402
-from moray.controlplane.scanner.remote import HttpJobQueue, RemoteError, RemoteMatcher  # noqa: E402
-from moray.controlplane.scanner.scan import ScanOptions, scan_image  # noqa: E402
-from moray.controlplane.scanner.source import open_source  # noqa: E402
-from moray.controlplane.scanner.worker import run_worker  # noqa: E402
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image  # noqa: E402
+from moray.controlplane.scanner.engine.source import open_source  # noqa: E402
+from moray.controlplane.scanner.service.api import SCAN_ACCESS, scan_router  # noqa: E402
+from moray.controlplane.scanner.service.remote import HttpJobQueue, RemoteError, RemoteMatcher  # noqa: E402
+from moray.controlplane.scanner.service.worker import run_worker  # noqa: E402
 from moray.controlplane.store.scanstore import ScanStore  # noqa: E402
 from moray.controlplane.vulndb.importer import import_path  # noqa: E402
 from moray.controlplane.vulndb.matcher import Matcher  # noqa: E402

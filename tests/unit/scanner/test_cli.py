@@ -9,12 +9,12 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from moray.controlplane.scanner.cache import FileLayerCache, default_cache_path
 from moray.controlplane.scanner.cli import main
-from moray.controlplane.scanner.malware import MalwareScanner
-from moray.controlplane.scanner.scan import ScanOptions
-from moray.controlplane.scanner.secrets import SecretScanner
-from moray.controlplane.scanner.source import ArchiveSource
+from moray.controlplane.scanner.engine.cache import FileLayerCache, default_cache_path
+from moray.controlplane.scanner.engine.malware import MalwareScanner
+from moray.controlplane.scanner.engine.scan import ScanOptions
+from moray.controlplane.scanner.engine.secrets import SecretScanner
+from moray.controlplane.scanner.engine.source import ArchiveSource
 from moray.controlplane.store.scanstore import ScanStore
 from moray.controlplane.store.scanstore import data_dir as store_data_dir
 from moray.controlplane.vulndb.importer import import_path

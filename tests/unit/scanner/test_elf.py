@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from moray.controlplane.scanner.analyzers.elf import bytes_reader, parse_header
-from moray.controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer, read_buildinfo
-from moray.controlplane.scanner.analyzers.rustbinary import RustAuditableAnalyzer
-from moray.controlplane.scanner.layers import Entry
-from moray.controlplane.scanner.scan import ScanOptions, scan_image
-from moray.controlplane.scanner.source import ArchiveSource, OCILayoutSource
+from moray.controlplane.scanner.engine.analyzers.elf import bytes_reader, parse_header
+from moray.controlplane.scanner.engine.analyzers.gobinary import GoBinaryAnalyzer, read_buildinfo
+from moray.controlplane.scanner.engine.analyzers.rustbinary import RustAuditableAnalyzer
+from moray.controlplane.scanner.engine.layers import Entry
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.engine.source import ArchiveSource, OCILayoutSource
 from tests.fixtures.images import rootfs
 from tests.fixtures.images.builder import File, Image, Spec
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from moray.controlplane.scanner.config import config_findings, image_config
-from moray.controlplane.scanner.malware import MalwareDBError, MalwareScanner
-from moray.controlplane.scanner.scan import ScanOptions, scan_image
-from moray.controlplane.scanner.secrets import SecretScanner, shannon_entropy
-from moray.controlplane.scanner.source import OCILayoutSource
+from moray.controlplane.scanner.engine.config import config_findings, image_config
+from moray.controlplane.scanner.engine.malware import MalwareDBError, MalwareScanner
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.engine.secrets import SecretScanner, shannon_entropy
+from moray.controlplane.scanner.engine.source import OCILayoutSource
 from tests.fixtures.images import rootfs
 from tests.fixtures.images.builder import Image
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from moray.controlplane.scanner.analyzers import java
-from moray.controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
-from moray.controlplane.scanner.analyzers.java import JavaArchiveAnalyzer
-from moray.controlplane.scanner.analyzers.ospkg import RpmAnalyzer
-from moray.controlplane.scanner.model import OSRelease
-from moray.controlplane.scanner.scan import ScanOptions, parse_os_release, scan_image
-from moray.controlplane.scanner.source import OCILayoutSource
+from moray.controlplane.scanner.engine.analyzers import java
+from moray.controlplane.scanner.engine.analyzers.gobinary import GoBinaryAnalyzer
+from moray.controlplane.scanner.engine.analyzers.java import JavaArchiveAnalyzer
+from moray.controlplane.scanner.engine.analyzers.ospkg import RpmAnalyzer
+from moray.controlplane.scanner.engine.model import OSRelease
+from moray.controlplane.scanner.engine.scan import ScanOptions, parse_os_release, scan_image
+from moray.controlplane.scanner.engine.source import OCILayoutSource
 from tests.fixtures.images import rootfs
 from tests.fixtures.images.builder import File, Hardlink, Image, sha
 
@@ -252,7 +252,7 @@ def test_nested_jar_bomb_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_metadata_headers_read_like_email_parser() -> None:
     from email.parser import BytesHeaderParser
 
-    from moray.controlplane.scanner.analyzers.lang import metadata_headers
+    from moray.controlplane.scanner.engine.analyzers.lang import metadata_headers
 
     data = (b"Metadata-Version: 2.1\nName: Foo-Bar\nVersion:  1.0\nLicense: MIT or\n"
             b"  Apache-2.0\nName: ignored\nSummary: s\n\nVersion: 9 (the body)\n")

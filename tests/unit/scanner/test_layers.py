@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from moray.controlplane.scanner.cache import FileLayerCache
+from moray.controlplane.scanner.engine.cache import FileLayerCache
+from moray.controlplane.scanner.engine.layers import EntryKind, Limits, iter_layer, link_escapes
+from moray.controlplane.scanner.engine.model import LayerResult, ScanResult
+from moray.controlplane.scanner.engine.scan import ScanOptions, _workers, scan_image
+from moray.controlplane.scanner.engine.secrets import SecretScanner
+from moray.controlplane.scanner.engine.source import ArchiveSource, OCILayoutSource
 from moray.controlplane.scanner.errors import (
     DigestMismatchError,
     ImageFormatError,
     LimitExceededError,
 )
-from moray.controlplane.scanner.layers import EntryKind, Limits, iter_layer, link_escapes
-from moray.controlplane.scanner.model import LayerResult, ScanResult
-from moray.controlplane.scanner.scan import ScanOptions, _workers, scan_image
-from moray.controlplane.scanner.secrets import SecretScanner
-from moray.controlplane.scanner.source import ArchiveSource, OCILayoutSource
 from tests.fixtures.images import scenarios
 from tests.fixtures.images.builder import Device, File, Hardlink, Image, Symlink, layer_tar
 
@@ -168,7 +168,7 @@ def test_layers_read_by_worker_processes_give_the_same_result(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # forked workers are used only from a single-threaded process; earlier tests in a full
     # run may leave daemon threads behind in this one (the suite is one process)
-    import moray.controlplane.scanner.scan as scan_mod
+    import moray.controlplane.scanner.engine.scan as scan_mod
     monkeypatch.setattr(scan_mod.threading, "active_count", lambda: 1)
     img = scenarios.debian_app()
     img.write_oci_layout(tmp_path / "oci")

@@ -11,14 +11,14 @@ from typing import ClassVar
 
 import pytest
 
-from moray.controlplane.scanner.errors import ImageFormatError, RegistryError
-from moray.controlplane.scanner.registry import (
+from moray.controlplane.scanner.engine.registry import (
     RegistrySource,
     _next_link,
     is_loopback,
     parse_reference,
 )
-from moray.controlplane.scanner.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.errors import ImageFormatError, RegistryError
 from tests.fixtures.images.builder import Image, sha
 
 IMAGE = Image([{"usr/lib/python3/site-packages/requests-2.19.0.dist-info/METADATA":

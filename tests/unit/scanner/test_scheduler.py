@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from moray.controlplane.scanner.credentials import check_reference, resolve
+from moray.controlplane.scanner.engine.model import ScanResult
 from moray.controlplane.scanner.errors import RegistryError, ScanError
-from moray.controlplane.scanner.model import ScanResult
-from moray.controlplane.scanner.scheduler import (
+from moray.controlplane.scanner.service.credentials import check_reference, resolve
+from moray.controlplane.scanner.service.scheduler import (
     Scheduler,
     check_image,
     check_policy,
     check_registry,
 )
-from moray.controlplane.scanner.worker import run_worker
+from moray.controlplane.scanner.service.worker import run_worker
 from moray.controlplane.store.scanstore import ScanJob, ScanStore
 
 POLICY = "kind: ImageAssurancePolicy\nmetadata: {name: p}\nspec: {notRoot: true}\n"

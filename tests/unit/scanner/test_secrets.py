@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from moray.controlplane.scanner.scan import ScanOptions, scan_image
-from moray.controlplane.scanner.secretconfig import SecretConfigError, load_secret_config
-from moray.controlplane.scanner.secrets import RULES, KeywordIndex, SecretScanner
-from moray.controlplane.scanner.source import OCILayoutSource
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.engine.secretconfig import SecretConfigError, load_secret_config
+from moray.controlplane.scanner.engine.secrets import RULES, KeywordIndex, SecretScanner
+from moray.controlplane.scanner.engine.source import OCILayoutSource
 from tests.fixtures.images import rootfs
 from tests.fixtures.images.builder import Image
 

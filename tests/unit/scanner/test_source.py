@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.engine.source import ArchiveSource, OCILayoutSource, open_source
 from moray.controlplane.scanner.errors import DigestMismatchError, ImageFormatError
-from moray.controlplane.scanner.scan import ScanOptions, scan_image
-from moray.controlplane.scanner.source import ArchiveSource, OCILayoutSource, open_source
 from tests.fixtures.images.builder import Image, sha
 
 DPKG = b"""Package: zlib1g

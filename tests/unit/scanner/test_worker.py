@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from moray.controlplane.scanner.model import ScanResult
-from moray.controlplane.scanner.scan import ScanOptions, scan_image
-from moray.controlplane.scanner.source import open_source
-from moray.controlplane.scanner.worker import run_worker
+from moray.controlplane.scanner.engine.model import ScanResult
+from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
+from moray.controlplane.scanner.engine.source import open_source
+from moray.controlplane.scanner.service.worker import run_worker
 from moray.controlplane.store.scanstore import ScanJob, ScanStore
 from tests.fixtures.images.builder import Image
 

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import yaml
 
-from moray.controlplane.scanner.model import Ecosystem, OSRelease, Package, Severity, VulnFinding
+from moray.controlplane.scanner.engine.model import (
+    Ecosystem,
+    OSRelease,
+    Package,
+    Severity,
+    VulnFinding,
+)
 from moray.controlplane.store.scanstore import ScanStore
 from moray.controlplane.vulndb.importer import import_path
 from moray.controlplane.vulndb.matcher import Matcher

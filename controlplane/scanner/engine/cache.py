@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from moray.controlplane.scanner.model import LayerResult
-from moray.controlplane.scanner.serialize import layer_from_json, layer_to_json
+from moray.controlplane.scanner.engine.model import LayerResult
+from moray.controlplane.scanner.engine.serialize import layer_from_json, layer_to_json
 
 if TYPE_CHECKING:
     from moray.controlplane.store.scanstore import ScanStore

@@ -7,7 +7,7 @@ and ``SCAN_ACCESS`` lists the role class each endpoint needs ("read" or "write")
 the server merges into its access matrix. ``on_change`` is called after a registration
 or an import (the server wakes its scan scheduler). Scan workers
 (``moray-scanner-worker --server``) use these endpoints through
-``controlplane.scanner.remote.HttpJobQueue``; the admission controller reads
+``controlplane.scanner.service.remote.HttpJobQueue``; the admission controller reads
 ``GET /api/v1/images/{digest}/verdicts``.
 """
 
@@ -23,10 +23,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
-from moray.controlplane.scanner import credentials
+from moray.controlplane.scanner.engine.model import Ecosystem, OSRelease, Package
 from moray.controlplane.scanner.errors import ScanError
-from moray.controlplane.scanner.model import Ecosystem, OSRelease, Package
-from moray.controlplane.scanner.scheduler import check_image, check_policy, check_registry
+from moray.controlplane.scanner.service import credentials
+from moray.controlplane.scanner.service.scheduler import check_image, check_policy, check_registry
 from moray.controlplane.store.scanstore import ScanStore
 from moray.controlplane.vulndb.importer import import_path
 from moray.controlplane.vulndb.matcher import Matcher

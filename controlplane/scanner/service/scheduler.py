@@ -28,10 +28,10 @@ from typing import Protocol
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
-from moray.controlplane.scanner import credentials
+from moray.controlplane.scanner.engine.policy import ScanPolicyError, policy_from_dict
+from moray.controlplane.scanner.engine.registry import is_loopback, list_images, parse_reference
 from moray.controlplane.scanner.errors import ScanError
-from moray.controlplane.scanner.policy import ScanPolicyError, policy_from_dict
-from moray.controlplane.scanner.registry import is_loopback, list_images, parse_reference
+from moray.controlplane.scanner.service import credentials
 from moray.controlplane.store.scanstore import RegisteredImage, RegisteredRegistry, ScanStore
 
 log = logging.getLogger(__name__)

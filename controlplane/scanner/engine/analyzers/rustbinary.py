@@ -10,14 +10,14 @@ import json
 import logging
 import zlib
 
-from moray.controlplane.scanner.analyzers.elf import (
+from moray.controlplane.scanner.engine.analyzers.elf import (
     ELF_MAGIC,
     ReadAt,
     bytes_reader,
     find_sections,
     parse_header,
 )
-from moray.controlplane.scanner.model import Ecosystem, Package
+from moray.controlplane.scanner.engine.model import Ecosystem, Package
 
 log = logging.getLogger(__name__)
 

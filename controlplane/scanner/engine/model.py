@@ -2,7 +2,8 @@
 
 All records are frozen dataclasses; enums live here so every module shares one set.
 ``LayerResult`` is what is cached by layer digest, so it holds only what a layer alone
-determines (never unmasked secret values).
+determines (never unmasked secret values). A package's URL (``Package.purl``, purl spec)
+is built here too, from the record alone.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from moray.controlplane.scanner.purl import package_purl
+from packageurl import PackageURL
 
 
 class Severity(enum.StrEnum):
@@ -96,6 +97,31 @@ class Package:
     @property
     def key(self) -> tuple[str, str, str, str]:
         return (self.ecosystem, self.namespace, self.name, self.version)
+
+
+# Package URLs (purl spec), built with packageurl-python
+_DISTRO_NAMESPACE = {"deb": "debian", "apk": "alpine", "rpm": ""}
+
+
+def package_purl(pkg: Package) -> str:
+    qualifiers: dict[str, str] = {}
+    namespace = pkg.namespace or None
+    eco = str(pkg.ecosystem)
+    if eco in _DISTRO_NAMESPACE:
+        namespace = pkg.distro.split("-")[0] or _DISTRO_NAMESPACE[eco] or None
+        if pkg.arch:
+            qualifiers["arch"] = pkg.arch
+        if pkg.distro:
+            qualifiers["distro"] = pkg.distro
+        if pkg.source_name and pkg.source_name != pkg.name:
+            qualifiers["upstream" if eco == "rpm" else "source"] = pkg.source_name
+    name = pkg.name
+    if eco == "golang" and "/" in name:
+        namespace, _, name = name.rpartition("/")
+    if eco == "pypi":
+        name = name.lower().replace("_", "-")
+    return PackageURL(type=eco, namespace=namespace, name=name, version=pkg.version,
+                      qualifiers=qualifiers or None).to_string()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from moray.controlplane.scanner.model import ScanResult, Severity
-from moray.controlplane.scanner.serialize import to_jsonable
+from moray.controlplane.scanner.engine.model import ScanResult, Severity
+from moray.controlplane.scanner.engine.serialize import to_jsonable
 
 TOOL_NAME = "moray-scan"
 TOOL_VERSION = "0.1.0"

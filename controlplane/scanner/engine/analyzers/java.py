@@ -9,7 +9,7 @@ import re
 import zlib
 from typing import TYPE_CHECKING
 
-from moray.controlplane.scanner.model import Ecosystem, Package
+from moray.controlplane.scanner.engine.model import Ecosystem, Package
 
 if TYPE_CHECKING:
     import zipfile

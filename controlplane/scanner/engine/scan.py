@@ -17,13 +17,12 @@ import posixpath
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import IO, Protocol
+from typing import IO
 
-from moray.controlplane.scanner.analyzers import Analyzer, FileAnalyzer, registry
-from moray.controlplane.scanner.config import config_findings, image_config
-from moray.controlplane.scanner.errors import ScanError
-from moray.controlplane.scanner.layers import Entry, EntryKind, Limits, iter_layer
-from moray.controlplane.scanner.model import (
+from moray.controlplane.scanner.engine.analyzers import Analyzer, FileAnalyzer, registry
+from moray.controlplane.scanner.engine.config import config_findings, image_config
+from moray.controlplane.scanner.engine.layers import Entry, EntryKind, Limits, iter_layer
+from moray.controlplane.scanner.engine.model import (
     Ecosystem,
     LayerResult,
     MalwareFinding,
@@ -32,9 +31,15 @@ from moray.controlplane.scanner.model import (
     ScanResult,
     ScanWarning,
     SecretFinding,
-    VulnFinding,
 )
-from moray.controlplane.scanner.source import ImageSource, LayerRef
+from moray.controlplane.scanner.engine.protocols import (
+    LayerCache,
+    MalwareScanner,
+    SecretScanner,
+    VulnMatcher,
+)
+from moray.controlplane.scanner.engine.source import ImageSource, LayerRef
+from moray.controlplane.scanner.errors import ScanError
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +48,6 @@ OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release", "etc/alpine-release"
                     "etc/debian_version")
 OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
 BINARY_PROBE = 8192  # a file with a NUL in this many leading bytes is binary
-
-
-class SecretScanner(Protocol):
-    max_bytes: int
-
-    def wants(self, path: str) -> bool: ...
-
-    def scan_file(self, path: str, data: bytes, layer: str) -> list[SecretFinding]: ...
-
-
-class MalwareScanner(Protocol):
-    max_bytes: int
-
-    def scan_file(self, path: str, data: bytes, layer: str) -> list[MalwareFinding]: ...
-
-
-class LayerCache(Protocol):
-    def get_layer(self, digest: str, version: str) -> LayerResult | None: ...
-
-    def put_layer(self, result: LayerResult, version: str) -> None: ...
-
-
-class VulnMatcher(Protocol):
-    def match(self, packages: Sequence[Package], os: OSRelease | None) -> list[VulnFinding]: ...
 
 
 @dataclass

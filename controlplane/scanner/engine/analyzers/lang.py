@@ -7,7 +7,7 @@ import logging
 import posixpath
 import re
 
-from moray.controlplane.scanner.model import Ecosystem, Package
+from moray.controlplane.scanner.engine.model import Ecosystem, Package
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from moray.controlplane.scanner.analyzers.elf import ReadAt
-from moray.controlplane.scanner.analyzers.gobinary import GoBinaryAnalyzer
-from moray.controlplane.scanner.analyzers.java import JavaArchiveAnalyzer
-from moray.controlplane.scanner.analyzers.lang import CargoLockAnalyzer, NpmAnalyzer, PythonAnalyzer
-from moray.controlplane.scanner.analyzers.ospkg import ApkAnalyzer, DpkgAnalyzer, RpmAnalyzer
-from moray.controlplane.scanner.analyzers.rustbinary import RustAuditableAnalyzer
-from moray.controlplane.scanner.model import Package
+from moray.controlplane.scanner.engine.analyzers.elf import ReadAt
+from moray.controlplane.scanner.engine.analyzers.gobinary import GoBinaryAnalyzer
+from moray.controlplane.scanner.engine.analyzers.java import JavaArchiveAnalyzer
+from moray.controlplane.scanner.engine.analyzers.lang import (
+    CargoLockAnalyzer,
+    NpmAnalyzer,
+    PythonAnalyzer,
+)
+from moray.controlplane.scanner.engine.analyzers.ospkg import ApkAnalyzer, DpkgAnalyzer, RpmAnalyzer
+from moray.controlplane.scanner.engine.analyzers.rustbinary import RustAuditableAnalyzer
+from moray.controlplane.scanner.engine.model import Package
 
 
 class Analyzer(Protocol):

@@ -18,7 +18,7 @@ How a file is scanned (the order matters for speed; most files stop at step 2 or
 
 Rules match the file's bytes (``re`` on bytes: ``\\w``, ``\\b``, ``\\s`` and ``(?i)`` are
 ASCII), so nothing is decoded unless a rule fires. Users add rules, allow rules and
-disable built-in ones with a YAML file (``controlplane.scanner.secretconfig``).
+disable built-in ones with a YAML file (``controlplane.scanner.engine.secretconfig``).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from moray.controlplane.scanner.config import mask
-from moray.controlplane.scanner.model import SecretFinding, Severity
+from moray.controlplane.scanner.engine.config import mask
+from moray.controlplane.scanner.engine.model import SecretFinding, Severity
 
 if TYPE_CHECKING:
     from ahocorasick_rs import BytesAhoCorasick

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 
-from moray.controlplane.scanner.analyzers.elf import (
+from moray.controlplane.scanner.engine.analyzers.elf import (
     ELF_MAGIC,
     ReadAt,
     bytes_reader,
@@ -25,7 +25,7 @@ from moray.controlplane.scanner.analyzers.elf import (
     parse_header,
     read_va,
 )
-from moray.controlplane.scanner.model import Ecosystem, Package
+from moray.controlplane.scanner.engine.model import Ecosystem, Package
 
 log = logging.getLogger(__name__)
 

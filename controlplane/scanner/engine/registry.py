@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from moray.controlplane.scanner.errors import DigestMismatchError, ImageFormatError, RegistryError
-from moray.controlplane.scanner.source import (
+from moray.controlplane.scanner.engine.source import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_JSON_BYTES,
@@ -34,6 +33,7 @@ from moray.controlplane.scanner.source import (
     manifest_to_image,
     pick_manifest,
 )
+from moray.controlplane.scanner.errors import DigestMismatchError, ImageFormatError, RegistryError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from moray.controlplane.scanner.model import (
+from moray.controlplane.scanner.engine.model import (
     Ecosystem,
     LayerResult,
     MalwareFinding,

@@ -34,9 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from moray.controlplane.scanner.errors import ScanError
-from moray.controlplane.scanner.model import Severity
-from moray.controlplane.scanner.secrets import (
+from moray.controlplane.scanner.engine.model import Severity
+from moray.controlplane.scanner.engine.secrets import (
     ALLOW_RULES,
     RULES,
     AllowRule,
@@ -44,6 +43,7 @@ from moray.controlplane.scanner.secrets import (
     SecretScanner,
     check_keyword,
 )
+from moray.controlplane.scanner.errors import ScanError
 
 TOP_KEYS = {"rules", "allow-rules", "enable-builtin-rules", "disable-rules",
             "disable-allow-rules"}

@@ -7,8 +7,8 @@ import re
 import sqlite3
 import struct
 
-from moray.controlplane.scanner.analyzers.bdb import BDBError, hash_values, is_bdb_hash
-from moray.controlplane.scanner.model import Ecosystem, Package
+from moray.controlplane.scanner.engine.analyzers.bdb import BDBError, hash_values, is_bdb_hash
+from moray.controlplane.scanner.engine.model import Ecosystem, Package
 
 log = logging.getLogger(__name__)
 

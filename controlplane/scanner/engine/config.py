@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from moray.controlplane.scanner.model import ConfigFinding, ImageConfig, Severity
+from moray.controlplane.scanner.engine.model import ConfigFinding, ImageConfig, Severity
 
 if TYPE_CHECKING:
-    from moray.controlplane.scanner.scan import SecretScanner
+    from moray.controlplane.scanner.engine.protocols import SecretScanner
 
 SECRET_ENV_NAME = re.compile(
     r"(PASSW(OR)?D|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY|CREDENTIALS?)", re.I

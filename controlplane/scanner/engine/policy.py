@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moray.controlplane.scanner.config import runs_as_root
+from moray.controlplane.scanner.engine.config import runs_as_root
+from moray.controlplane.scanner.engine.model import ScanResult, Severity
 from moray.controlplane.scanner.errors import ScanError
-from moray.controlplane.scanner.model import ScanResult, Severity
 
 # PyYAML (policy files) and the store (SQLAlchemy) are imported where they are used:
 # `moray-scan --fail-on` evaluates a policy without either (~0.2 s less start-up)

@@ -1,7 +1,7 @@
 """Scan workers: take jobs from a queue, scan, store verdicts, close the job.
 
 ``JobQueue`` is the seam: the local implementation is the store's ``scan_job`` table
-(workers sharing the database), ``controlplane.scanner.remote.HttpJobQueue`` the one on
+(workers sharing the database), ``controlplane.scanner.service.remote.HttpJobQueue`` the one on
 moray-server's REST API (workers on any host). Any number of workers run in parallel; a
 job is leased to one worker at a time. While a scan runs the worker extends its lease
 every third of ``lease_seconds``, so a short lease is safe for long scans; a worker that
@@ -25,9 +25,9 @@ from typing import Protocol
 
 import yaml
 
+from moray.controlplane.scanner.engine.model import ScanResult
+from moray.controlplane.scanner.engine.policy import AssurancePolicy, evaluate, policy_from_dict
 from moray.controlplane.scanner.errors import AccessDenied, ScanError
-from moray.controlplane.scanner.model import ScanResult
-from moray.controlplane.scanner.policy import AssurancePolicy, evaluate, policy_from_dict
 from moray.controlplane.store.scanstore import ScanJob
 
 log = logging.getLogger(__name__)

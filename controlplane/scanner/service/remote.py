@@ -1,7 +1,7 @@
 """A scan job queue and verdict sink on moray-server's REST API, for workers on any host.
 
 Implements ``worker.JobQueue`` and ``worker.VerdictSink`` over the endpoints in
-``controlplane.scanner.api``; ``RemoteMatcher`` matches package coordinates against the
+``controlplane.scanner.service.api``; ``RemoteMatcher`` matches package coordinates against the
 server's knowledge base, so advisories are imported once, on the server, and a worker
 needs no vulnerability data of its own. 401/403 raise ``AccessDenied`` (retrying cannot
 help); other failures ``RemoteError`` (the worker retries).
@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from moray.controlplane.scanner.engine.model import OSRelease, Package, Severity, VulnFinding
 from moray.controlplane.scanner.errors import AccessDenied, ScanError
-from moray.controlplane.scanner.model import OSRelease, Package, Severity, VulnFinding
 from moray.controlplane.store.scanstore import ScanJob
 
 log = logging.getLogger(__name__)
