@@ -148,14 +148,14 @@ class Formatter:
                 if e.proc.ppid else None),
             "container": container,
         }
-        if isinstance(e, ExecEvent):
+        if isinstance(e, OpenEvent):  # the most frequent: tested first
+            out["file"] = self._file(e)
+        elif isinstance(e, ExecEvent):
             out["process"] = {**out["process"], "filename": e.filename}  # the cached one: copy
             out["exec"] = {"argc": e.argc, "args_truncated": e.args_truncated,
                            "binary_truncated": e.binary_truncated}
         elif isinstance(e, ExitEvent):
             out["exit"] = {"status": e.status, "code": e.exit_code, "signal": e.signal}
-        elif isinstance(e, OpenEvent):
-            out["file"] = self._file(e)
         elif isinstance(e, NetEvent):
             out["network"] = {
                 "family": _FAMILY.get(e.family, str(e.family)),

@@ -22,7 +22,7 @@ class Decode:
         self.resolver = resolver
         self.stats = stats
 
-    def __call__(self, rec: bytes) -> KernelEvent | None:
+    def record(self, rec: bytes) -> KernelEvent | None:
         try:
             ev = decode(rec)
         except (DecodeError, ValueError, IndexError) as err:

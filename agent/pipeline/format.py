@@ -17,13 +17,17 @@ from moray.agent.output.schema import Formatter
 class Format:
     def __init__(self, formatter: Formatter) -> None:
         self.fmt = formatter
+        self.event = formatter.event  # then enforcement() for an EnforceEvent
 
     def __call__(self, ev: KernelEvent, p: Process, parent: Process | None,
                  container: dict[str, Any] | None) -> dict[str, Any]:
-        out = self.fmt.event(ev, p, parent, container)
+        out = self.event(ev, p, parent, container)
         if isinstance(ev, EnforceEvent):
-            new_image(out, ev)
+            self.enforcement(out, ev)
         return out
+
+    def enforcement(self, out: dict[str, Any], ev: EnforceEvent) -> None:
+        new_image(out, ev)
 
 
 def new_image(out: dict[str, Any], ev: EnforceEvent) -> None:

@@ -30,7 +30,7 @@ class Identity:
         self.stats = stats
         self._containers: dict[int, tuple[Any, dict[str, Any]]] = {}  # cgroup id -> (c, json)
 
-    def __call__(self, cgroup_id: int, pid: int,
+    def container(self, cgroup_id: int, pid: int,
                  retry_now: bool = False) -> dict[str, Any] | None:
         """The `container` object, or None for a host process (or one not identified
         yet). `retry_now`: the event is an exec, maybe a new container's first process,

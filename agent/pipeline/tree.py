@@ -10,6 +10,8 @@ from __future__ import annotations
 from moray.agent.enrich.proctree import Process, ProcessTree
 from moray.agent.events.types import ExecEvent, ExitEvent, ForkEvent, KernelEvent
 
+_CHANGES = frozenset({ForkEvent, ExecEvent, ExitEvent})  # the records that change the tree
+
 
 class Lineage:
     def __init__(self, tree: ProcessTree) -> None:
@@ -17,14 +19,15 @@ class Lineage:
         self._last_key: tuple[int, int, int, int] | None = None  # the last lookup's key
         self._last: tuple[Process, Process | None] | None = None
 
-    def __call__(self, ev: KernelEvent) -> tuple[Process, Process | None]:
+    def lookup(self, ev: KernelEvent) -> tuple[Process, Process | None]:
         tree = self.tree
         k = ev.proc
-        if isinstance(ev, ForkEvent):
-            return tree.on_fork(k), tree.parent_of(k)
-        if isinstance(ev, ExecEvent):
-            return tree.on_exec(ev), tree.parent_of(k)
-        if isinstance(ev, ExitEvent):
+        t = type(ev)
+        if t in _CHANGES:  # one lookup, not three isinstance tests, for the other events
+            if t is ForkEvent:
+                return tree.on_fork(k), tree.parent_of(k)
+            if t is ExecEvent:
+                return tree.on_exec(ev), tree.parent_of(k)  # type: ignore[arg-type]
             p = tree.ensure(k)
             tree.on_exit(k)
             return p, tree.parent_of(k)
