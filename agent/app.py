@@ -38,6 +38,7 @@ from moray.agent.output.jsonl import EventSink, JsonLines
 from moray.agent.output.metrics import AgentCollector, Stats, serve
 from moray.agent.output.schema import Formatter
 from moray.agent.pipeline import Pipeline
+from moray.agent.pipeline.route import Router
 from moray.errors import KernelError
 
 log = logging.getLogger(__name__)
@@ -273,12 +274,12 @@ class Agent:
 
     def connect_control_plane(self) -> None:
         """Enrol (first start) and stream: pushed policies, verified, go through the policy
-        directory the engine watches; every event is also spooled for the server."""
+        directory the engine watches; the pipeline's router (start_pipeline) spools every
+        event and alert for the server through this client."""
         if not self.cfg.server:
             return
         from moray.agent.controlplane import ControlPlaneClient
         from moray.agent.controlplane.policydir import PolicyDirSink
-        from moray.agent.output.cpstream import TeeToControlPlane
 
         ca_pem = None
         if self.cfg.ca_file:
@@ -296,8 +297,6 @@ class Agent:
         client.start()
         self.cp_client = client
         self._teardowns.append(("stop_control_plane", client.stop))
-        if self.sink is not None:
-            self.sink = TeeToControlPlane(self.sink, client)
         log.info("control plane: %s (events spooled under %s)", self.cfg.server,
                  self.cfg.cp_data_dir)
 
@@ -353,7 +352,11 @@ class Agent:
         """The pipeline thread (agent/pipeline) on the reader's queue; its teardown stops
         the reader first, so the pipeline drains what was read before it ends."""
         assert self.sink is not None
-        pipeline = Pipeline(self.tree, self.sink, Formatter(self.cfg.node), self.resolver,
+        # the one exit: events and alerts to the JSON sink, alerts to the SIEM outputs,
+        # both to the control plane's spool when enrolled
+        router = Router(self.sink, self.detector.outputs if self.detector is not None else (),
+                        self.cp_client)
+        pipeline = Pipeline(self.tree, router, Formatter(self.cfg.node), self.resolver,
                             self.stats,
                             detect=self.detector.process if self.detector is not None else None)
         if self.policy is not None:

@@ -2,8 +2,9 @@
 
 Built at start-up (step load_rules in agent/app.py) from the config: the default ruleset
 unless --no-default-rules, then every --rules FILE; the --syslog / --cef / --webhook
-outputs. `process(event)` returns the alerts for the pipeline's JSON sink and hands each
-to the SIEM outputs (non-blocking). `watch` is what the rules need the kernel to report.
+outputs. `process(event)` returns the alerts; the pipeline's router
+(agent/pipeline/route.py) sends them to the JSON sink and to `outputs`, which this stage
+builds and closes but does not publish to. `watch` is what the rules need the kernel to report.
 Its counters are exported by a Prometheus collector registered here.
 """
 
@@ -64,12 +65,7 @@ class DetectStage:
         return st
 
     def process(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        alerts = self.detector.process(event)
-        if alerts and self.outputs:
-            for a in alerts:
-                for o in self.outputs:
-                    o.publish(a)
-        return alerts
+        return self.detector.process(event)
 
     def close(self) -> None:
         for o in self.outputs:

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class EventSink(Protocol):
+    """Where the router (agent/pipeline/route.py) writes events and alerts. A sink may
+    also offer `write_encoded(line)`: an object already encoded as one JSON line."""
+
     def write(self, event: dict[str, Any]) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
@@ -35,14 +38,24 @@ class JsonLines:
         try:
             self._f.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
         except OSError as err:  # full disk, closed pipe: count and go on
-            self.errors += 1
-            if self.errors == 1 or self.errors % 10000 == 0:
-                log.error("cannot write events to %s: %s (%d lost)", self.target, err.strerror,
-                          self.errors)
+            self._lost(err)
         now = time.monotonic()
         if now - self._last >= self.flush_interval:
             self.flush()
             self._last = now
+
+    def write_encoded(self, line: bytes) -> None:
+        """`line`: one object's JSON and its newline (the router encoded it already)."""
+        try:
+            self._f.write(line)
+        except OSError as err:
+            self._lost(err)
+
+    def _lost(self, err: OSError) -> None:
+        self.errors += 1
+        if self.errors == 1 or self.errors % 10000 == 0:
+            log.error("cannot write events to %s: %s (%d lost)", self.target, err.strerror,
+                      self.errors)
 
     def flush(self) -> None:
         try:

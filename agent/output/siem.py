@@ -6,7 +6,9 @@ the queue is full the alert is dropped and counted (`moray_alert_output_drops_to
 so a slow or dead SIEM costs the agent nothing but those alerts. Senders reconnect with
 backoff (stream transports) or retry (webhook: `retries` attempts, exponential backoff,
 then the alert is dropped and counted). Alerts also go to the agent's JSON output, which
-these do not replace.
+these do not replace: the pipeline's router (agent/pipeline/route.py) publishes each
+alert to every output with its JSON encoding (`encoded`, made once for the JSON sink),
+which syslog and the webhook send as they are instead of encoding the alert again.
 
 URLs:
     syslog / cef:  udp://HOST:PORT | tcp://HOST:PORT | tls://HOST:PORT
@@ -55,8 +57,11 @@ class AlertOutput(Protocol):
     sent: int
     dropped: int
 
-    def publish(self, alert: dict[str, Any]) -> None: ...
+    def publish(self, alert: dict[str, Any], encoded: bytes | None = None) -> None: ...
     def close(self, timeout: float = 2.0) -> None: ...
+
+
+Format = Callable[[dict[str, Any], int, str, bytes | None], bytes]
 
 
 # --------------------------------------------------------------------------- formats
@@ -81,8 +86,10 @@ def _hdr(alert: dict[str, Any], facility: int, app: str, msgid: str) -> str:
     return f"<{pri}>1 {_ts(alert)} {host} {app} {pid if pid else '-'} {msgid}"
 
 
-def rfc5424(alert: dict[str, Any], facility: int = 16, app: str = "moray") -> bytes:
-    """`<PRI>1 TIME HOST APP PROCID alert [moray@32473 ...] <alert JSON>`."""
+def rfc5424(alert: dict[str, Any], facility: int = 16, app: str = "moray",
+            encoded: bytes | None = None) -> bytes:
+    """`<PRI>1 TIME HOST APP PROCID alert [moray@32473 ...] <alert JSON>`; `encoded`: the
+    alert's JSON if it is at hand already."""
     ev = alert.get("event") or {}
     c = ev.get("container") or {}
     p = ev.get("process") or {}
@@ -91,7 +98,8 @@ def rfc5424(alert: dict[str, Any], facility: int = 16, app: str = "moray") -> by
           "image": c.get("image"), "exec_id": p.get("exec_id"), "binary": p.get("binary")}
     params = " ".join(f'{k}="{_sd_escape(str(v))}"' for k, v in sd.items() if v)
     head = _hdr(alert, facility, app, "alert")
-    return f"{head} [{SD_ID} {params}] ".encode() + orjson.dumps(alert)
+    return f"{head} [{SD_ID} {params}] ".encode() + (
+        encoded if encoded is not None else orjson.dumps(alert))
 
 
 def _cef_hdr(v: object) -> str:
@@ -136,7 +144,9 @@ def cef(alert: dict[str, Any], version: str = "1") -> str:
             f"{cef_sev}|{body}")
 
 
-def cef_syslog(alert: dict[str, Any], facility: int = 16, app: str = "moray") -> bytes:
+def cef_syslog(alert: dict[str, Any], facility: int = 16, app: str = "moray",
+               encoded: bytes | None = None) -> bytes:
+    del encoded  # CEF is not JSON
     return f"{_hdr(alert, facility, app, 'alert')} - {cef(alert)}".encode()
 
 
@@ -153,14 +163,14 @@ def _epoch_ms(alert: dict[str, Any]) -> int:
 # --------------------------------------------------------------------------- plumbing
 
 class _Queued:
-    """Bounded queue + sender thread. Subclasses implement `_send(alert)`, which may
-    raise OSError (the alert is then dropped and counted after its retries)."""
+    """Bounded queue + sender thread. Subclasses implement `_send(alert, encoded)`, which
+    may raise OSError (the alert is then dropped and counted after its retries)."""
 
     kind = "output"
 
     def __init__(self, target: str, buffer: int = 10000) -> None:
         self.target = target
-        self.q: queue.Queue[dict[str, Any] | None] = queue.Queue(buffer)
+        self.q: queue.Queue[tuple[dict[str, Any], bytes | None] | None] = queue.Queue(buffer)
         self.sent = 0
         self.dropped = 0
         self.errors = 0
@@ -169,9 +179,9 @@ class _Queued:
                                         daemon=True)
         self._thread.start()
 
-    def publish(self, alert: dict[str, Any]) -> None:
+    def publish(self, alert: dict[str, Any], encoded: bytes | None = None) -> None:
         try:
-            self.q.put_nowait(alert)
+            self.q.put_nowait((alert, encoded))
         except queue.Full:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -180,11 +190,11 @@ class _Queued:
 
     def _run(self) -> None:
         while True:
-            alert = self.q.get()
-            if alert is None:
+            item = self.q.get()
+            if item is None:
                 return
             try:
-                self._send(alert)
+                self._send(*item)
                 self.sent += 1
             except OSError as err:
                 self.dropped += 1
@@ -193,7 +203,7 @@ class _Queued:
                     log.warning("%s output %s: %s (%d alerts dropped)", self.kind,
                                 self.target, err, self.dropped)
 
-    def _send(self, alert: dict[str, Any]) -> None:
+    def _send(self, alert: dict[str, Any], encoded: bytes | None) -> None:
         raise NotImplementedError
 
     def close(self, timeout: float = 2.0) -> None:
@@ -214,7 +224,7 @@ class SyslogOutput(_Queued):
     kind = "syslog"
 
     def __init__(self, url: str, buffer: int = 10000,
-                 fmt: Callable[[dict[str, Any], int, str], bytes] = rfc5424,
+                 fmt: Format = rfc5424,
                  connect_timeout: float = 3.0) -> None:
         u = urlsplit(url)
         if u.scheme not in ("udp", "tcp", "tls") or not u.hostname or not u.port:
@@ -265,8 +275,8 @@ class SyslogOutput(_Queued):
         self._sock = s
         return s
 
-    def _send(self, alert: dict[str, Any]) -> None:
-        msg = self.fmt(alert, self.facility, self.app)
+    def _send(self, alert: dict[str, Any], encoded: bytes | None) -> None:
+        msg = self.fmt(alert, self.facility, self.app, encoded)
         for attempt in (0, 1):  # one reconnect for a stream the peer closed
             s = self._connect()
             try:
@@ -316,8 +326,8 @@ class WebhookOutput(_Queued):
         self.auth = os.environ.get("MORAY_WEBHOOK_AUTH")
         super().__init__(url, buffer)
 
-    def _send(self, alert: dict[str, Any]) -> None:
-        body = orjson.dumps(alert)
+    def _send(self, alert: dict[str, Any], encoded: bytes | None) -> None:
+        body = encoded if encoded is not None else orjson.dumps(alert)
         headers = {"Content-Type": "application/json", "User-Agent": "moray-agent"}
         if self.auth:
             headers["Authorization"] = self.auth

@@ -1,0 +1,73 @@
+"""Router: the pipeline's one exit for events and alerts (agent/pipeline/route.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from moray.agent.output.jsonl import JsonLines
+from moray.agent.pipeline.route import Router
+
+
+class Spool:
+    def __init__(self, room: int = 1 << 30) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.room = room
+
+    def send_many(self, events: list[Any]) -> int:
+        self.batches.append(events)
+        n = min(self.room, len(events))
+        self.room -= n
+        return n
+
+
+class Output:
+    kind = "webhook"
+    sent = 0
+    dropped = 0
+
+    def __init__(self) -> None:
+        self.got: list[tuple[dict[str, Any], bytes | None]] = []
+
+    def publish(self, alert: dict[str, Any], encoded: bytes | None = None) -> None:
+        self.got.append((alert, encoded))
+
+    def close(self, timeout: float = 2.0) -> None: ...
+
+
+ALERT = {"type": "alert", "rule": "r", "event": {"type": "open", "n": 1}}
+
+
+def test_events_and_alerts_leave_by_one_exit(tmp_path: Path) -> None:
+    sink = JsonLines(str(tmp_path / "out.jsonl"))
+    spool, siem = Spool(), Output()
+    r = Router(sink, [siem], spool, batch=2)
+    r.event({"type": "open", "n": 1})
+    r.event({"type": "open", "n": 2})             # a full batch is handed to the spool
+    assert [len(b) for b in spool.batches] == [2]
+    r.event({"type": "open", "n": 3})
+    r.alerts([ALERT])                             # alerts are wanted now: flushed
+    assert [e["n"] if e["type"] == "open" else e["type"] for e in spool.batches[1]] == [
+        3, "alert"]
+    assert siem.got == [(ALERT, orjson.dumps(ALERT))]   # one encoding, shared
+    lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(x) for x in lines] == [
+        {"type": "open", "n": 1}, {"type": "open", "n": 2}, {"type": "open", "n": 3}, ALERT]
+    assert lines[-1] == siem.got[0][1]
+    r.close()
+
+
+def test_spool_refusals_are_counted(tmp_path: Path) -> None:
+    r = Router(JsonLines(str(tmp_path / "out.jsonl")), (), Spool(room=1), batch=10)
+    for i in range(3):
+        r.event({"type": "open", "n": i})
+    r.flush()
+    assert r.refused == 2
+    r.close()
+
+
+def test_without_spool_events_go_straight_to_the_sink(tmp_path: Path) -> None:
+    sink = JsonLines(str(tmp_path / "out.jsonl"))
+    assert Router(sink).event == sink.write
