@@ -1,6 +1,9 @@
-"""moray-agent command line: `run` (the agent), `probe` (what this kernel offers).
+"""`moray agent` (= `moray-agent`): `run` (the agent), `probe` (what this kernel offers),
+`policy lint|apply|list|delete` and `unload` (agent/policy/cli.py).
 
-The only place that configures logging and prints to stdout (besides the JSON sink).
+Output to stdout is the command's result (besides the JSON sink); logging is set up by
+moray.cli, at INFO with timestamps. A start-up step that fails (AgentError) is logged and
+the command exits 2 (moray.exitcodes).
 """
 
 from __future__ import annotations
@@ -9,27 +12,6 @@ import argparse
 import json
 import logging
 import sys
-
-from moray.agent.app import Agent, AgentError, Config
-
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class _Formatter(logging.Formatter):
-    """The message, then the record's `extra={...}` context as key=value pairs."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        extra = [f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}"
-                 for k, v in vars(record).items() if k not in _RECORD_FIELDS]
-        return f"{text} {' '.join(extra)}" if extra else text
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        handlers=[handler])
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -40,6 +22,8 @@ def _label(text: str) -> tuple[str, str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from moray.agent.app import Agent, Config
+
     cfg = Config(output=args.output, proc=args.proc, host_root=args.host_root,
                  metrics_port=None if args.metrics_port == 0 else args.metrics_port,
                  metrics_addr=args.metrics_addr, watch=tuple(args.watch),
@@ -56,16 +40,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  labels=tuple(_label(x) for x in args.label))
     if args.node:
         cfg.node = args.node
-    try:
-        return Agent(cfg).run()
-    except AgentError as err:
-        logging.getLogger("moray").error("%s", err)
-        return 2
+    return Agent(cfg).run()
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     from moray.agent.bpf.features import format_text, probe
 
+    logging.getLogger("libbpf").setLevel(logging.CRITICAL)  # failed probes are the answer
     f = probe(args.proc)
     if args.json:
         print(json.dumps(f.to_json(), indent=2))
@@ -74,9 +55,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="moray-agent", description="moray host agent")
-    ap.add_argument("--log-level", default="info")
+def add_group(name: str, ap: argparse.ArgumentParser) -> None:
+    """Fill ``moray``'s ``agent`` parser."""
+    ap.add_argument("--log-level", default=argparse.SUPPRESS, help="default info")
+    ap.set_defaults(daemon=True, log_errors=True)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     run = sub.add_parser("run", help="load the BPF programs and report events as JSON lines")
@@ -126,22 +108,24 @@ def main(argv: list[str] | None = None) -> int:
                      help="send alerts as CEF over syslog: udp|tcp|tls://HOST:PORT")
     run.add_argument("--webhook", action="append", default=[], metavar="URL",
                      help="POST alerts as JSON to http(s)://HOST/PATH (retried)")
-    run.set_defaults(fn=_cmd_run)
+    run.set_defaults(handler=_cmd_run)
 
     pr = sub.add_parser("probe", help="what this kernel offers and the enforcement tiers")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--proc", default="/proc")
-    pr.set_defaults(fn=_cmd_probe)
+    pr.set_defaults(handler=_cmd_probe)
 
     from moray.agent.policy.cli import add_commands
 
     add_commands(sub)
-    args = ap.parse_args(argv)
-    _setup_logging(args.log_level)
-    if args.cmd == "probe":
-        logging.getLogger("libbpf").setLevel(logging.CRITICAL)  # failed probes are the answer
-    rc: int = args.fn(args)
-    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``moray-agent`` (and ``python -m moray.agent.cli``): ``moray agent`` under its own
+    name (moray.cli)."""
+    from moray.cli import main as moray
+
+    return moray(argv, alias="moray-agent")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ prints the message and exits with the code ``moray.exitcodes`` gives the kind):
 - :class:`KernelError`: the kernel or the host refused or returned something unusable (a BPF
   program or attachment, BTF, libbpf, a namespace, a ring-buffer record, a runtime's state);
 - :class:`ControlPlaneError`: the control plane refused or failed (enrollment, the REST API,
-  the store, a policy the server cannot accept, certificates);
+  the store, a policy the server cannot accept, certificates); :class:`ServerUnreachable`:
+  a client could not reach the server at all;
 - :class:`ScanError`: the image scanner refused an input; it carries the image, the layer
   digest and the path inside the layer (``controlplane/scanner/errors.py`` holds its kinds).
 
@@ -67,6 +68,10 @@ class KernelError(MorayError):
 
 class ControlPlaneError(MorayError):
     """The control plane (server, store, REST API, enrollment) refused or failed."""
+
+
+class ServerUnreachable(ControlPlaneError):
+    """A client could not reach moray-server at all (connection, TLS, timeout)."""
 
 
 class ScanError(MorayError):

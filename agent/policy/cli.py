@@ -1,4 +1,5 @@
-"""`moray-agent policy lint|apply|list|delete` and `moray-agent unload` (local mode).
+"""`moray agent policy lint|apply|list|delete` and `moray agent unload` (local mode; the
+same as `moray-agent policy ...`, `moray-agent unload`).
 
 The running agent watches its policy directory (engine.py); these commands validate and
 place files there atomically, and read the status the agent writes after each publish.
@@ -135,20 +136,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     lint = psub.add_parser("lint", help="validate and compile policy files")
     lint.add_argument("files", nargs="+")
     lint.add_argument("--rows", action="store_true", help="print the compiled map rows")
-    lint.set_defaults(fn=_lint)
+    lint.set_defaults(handler=_lint)
     ap = psub.add_parser("apply", parents=[common], help="validate, then place in the "
                          "policy directory (the running agent publishes it)")
     ap.add_argument("file")
-    ap.set_defaults(fn=_apply)
+    ap.set_defaults(handler=_apply)
     ls = psub.add_parser("list", parents=[common], help="policies and whether they are live")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--policy-status", "--status", dest="status", default=DEFAULT_STATUS,
                     help="the status file the running agent writes (its --policy-status)")
-    ls.set_defaults(fn=_list)
+    ls.set_defaults(handler=_list)
     rm = psub.add_parser("delete", parents=[common], help="remove a policy by name")
     rm.add_argument("name")
-    rm.set_defaults(fn=_delete)
+    rm.set_defaults(handler=_delete)
     un = sub.add_parser("unload", help="remove every pinned program and map (stop the "
                         "agent first): enforcement ends")
     un.add_argument("--pin-root", default="/sys/fs/bpf/moray")
-    un.set_defaults(fn=_unload)
+    un.set_defaults(handler=_unload)

@@ -1,9 +1,11 @@
-"""``moray-scan IMAGE``: scan an image from CI or a shell.
+"""``moray scan IMAGE`` (= ``moray-scan IMAGE``): scan an image from CI or a shell.
 
 IMAGE is an OCI layout directory, a ``docker save`` or OCI archive, or a registry
 reference (``registry.example:5000/team/app:1.0``, ``...@sha256:...``). Exit codes:
 0 the image passed (or no policy was given), 1 it failed ``--fail-on`` / ``--policy``,
 2 the scan could not be done (bad input, refused archive, registry error).
+``--server``/``--token``/``--ca`` (or ``$MORAY_SERVER``..., or the config file: see
+moray.clientconfig): match vulnerabilities on moray-server instead of the local store.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moray.clientconfig import ClientConfig, add_client_options, from_args
 from moray.controlplane.scanner.engine.cache import FileLayerCache, data_dir, default_cache_path
 from moray.controlplane.scanner.engine.model import ScanResult, Severity
 from moray.controlplane.scanner.engine.report import render
 from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
 from moray.controlplane.scanner.engine.source import ImageSource, open_source
 from moray.controlplane.scanner.errors import ImageFormatError, ScanError
+from moray.exitcodes import FAILED, OK
 
 # Imported where they are used, so a scan starts faster: the store (SQLAlchemy, alembic:
 # ~0.4 s with its migrations; only for local vulnerability matching and --record-verdict),
@@ -34,14 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 LOCAL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".oci")
 SEVERITIES = [str(s) for s in Severity if s is not Severity.UNKNOWN]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moray-scan", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``moray scan IMAGE``."""
     p.add_argument("image", help="OCI layout dir, docker/OCI archive, or registry reference")
     p.add_argument("-f", "--format", choices=["table", "json", "sarif", "cyclonedx"],
                    default="table")
@@ -51,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixable-only", action="store_true",
                    help="with --fail-on: count only vulnerabilities that have a fix")
     p.add_argument("--policy", type=Path, help="image assurance policy (YAML)")
-    p.add_argument("--db", type=Path, help="vulnerability store (default "
-                   "$MORAY_DATA_DIR/moray.db)")
+    p.add_argument("--db", type=Path, default=argparse.SUPPRESS,
+                   help="vulnerability store (default $MORAY_DATA_DIR/moray.db)")
     p.add_argument("--no-vulns", action="store_true", help="skip vulnerability matching")
     p.add_argument("--no-secrets", action="store_true")
     p.add_argument("--secret-config", type=Path, metavar="FILE",
@@ -67,16 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow plain HTTP, only to a loopback registry")
     p.add_argument("--username", default=os.environ.get("MORAY_REGISTRY_USERNAME"))
     p.add_argument("--password", default=os.environ.get("MORAY_REGISTRY_PASSWORD"))
-    p.add_argument("--server", default=os.environ.get("MORAY_SERVER"),
-                   help="match vulnerabilities on moray-server's knowledge base instead of "
-                   "the local store ($MORAY_SERVER); only package names and versions are sent")
-    p.add_argument("--token", default=os.environ.get("MORAY_TOKEN"),
-                   help="API token for --server ($MORAY_TOKEN)")
+    add_client_options(p, server_help="match vulnerabilities on moray-server's knowledge "
+                       "base instead of the local store ($MORAY_SERVER); only package names "
+                       "and versions are sent")
     p.add_argument("--record-verdict", action="store_true",
                    help="store the policy verdict for the image digest in the store")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    return p
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
 
 
 def open_image(args: argparse.Namespace) -> ImageSource:
@@ -123,26 +122,27 @@ def policy_from_args(args: argparse.Namespace) -> AssurancePolicy | None:
                            fixable_only=args.fixable_only)
 
 
-def open_store(args: argparse.Namespace) -> ScanStore | None:
+def open_store(args: argparse.Namespace, config: ClientConfig) -> ScanStore | None:
     """The store, when this scan needs it: local vulnerability matching or --record-verdict.
     The layer cache is a file of its own (controlplane.scanner.cache), so a scan without
     either never opens the store."""
-    if (args.no_vulns or args.server) and not args.record_verdict:
+    if (args.no_vulns or config.server) and not args.record_verdict:
         return None
     from moray.controlplane.store.scanstore import ScanStore, default_db_path
 
     return ScanStore(args.db or default_db_path())
 
 
-def vuln_matcher(args: argparse.Namespace, store: ScanStore | None) -> VulnMatcher | None:
+def vuln_matcher(args: argparse.Namespace, config: ClientConfig, store: ScanStore | None
+                 ) -> VulnMatcher | None:
     if args.no_vulns:
         return None
-    if args.server:
-        if not args.token:
+    if config.server:
+        if not config.token:
             raise ScanError("--server needs --token or $MORAY_TOKEN")
         from moray.controlplane.scanner.service.remote import RemoteMatcher
 
-        return RemoteMatcher(args.server, args.token)
+        return RemoteMatcher(config.server, config.token, client=config.http_client())
     if store is None:
         return None
     from moray.controlplane.vulndb.matcher import Matcher
@@ -179,10 +179,15 @@ def scan_options(args: argparse.Namespace, matcher: VulnMatcher | None) -> ScanO
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
+    """The handler of ``moray scan IMAGE``: 0 passed, 1 failed the policy; errors raise."""
+    return run(args, from_args(args))
+
+
+def run(args: argparse.Namespace, config: ClientConfig) -> int:
     policy = policy_from_args(args)
-    store = open_store(args)
-    options = scan_options(args, vuln_matcher(args, store))
+    store = open_store(args, config)
+    options = scan_options(args, vuln_matcher(args, config, store))
     source = open_image(args)
     try:
         result: ScanResult = scan_image(source, options, image_name=args.image)
@@ -206,23 +211,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     if store is not None:
         store.close()
-    return EXIT_FAIL if verdict is not None and not verdict[0] else EXIT_PASS
+    return FAILED if verdict is not None and not verdict[0] else OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return run(args)
-    except ScanError as err:
-        sys.stderr.write(f"moray-scan: error: {err}\n")
-        return EXIT_ERROR
-    except BrokenPipeError:
-        return EXIT_ERROR  # the reader went away (``| head``); nothing left to say
-    except OSError as err:
-        sys.stderr.write(f"moray-scan: error: {err}\n")
-        return EXIT_ERROR
+    """``moray-scan``: ``moray scan IMAGE`` under its own name (moray.cli)."""
+    from moray.cli import main as moray
+
+    return moray(argv, alias="moray-scan")
 
 
 if __name__ == "__main__":

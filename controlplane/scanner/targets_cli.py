@@ -1,6 +1,7 @@
 """``moray scan registry|image ...`` and ``moray vulndb import --server``: what
-moray-server scans on its schedule, registered through its REST API (``--server`` or
-``$MORAY_SERVER``) or straight in a store the server uses (``--db`` / ``--database-url``).
+moray-server scans on its schedule, registered through its REST API (when a server is
+configured: ``--server``, ``$MORAY_SERVER`` or the config file, see moray.clientconfig) or
+straight in a store the server uses (``--db`` / ``--database-url``).
 
     moray scan registry add 127.0.0.1:5000 --repository team/app --insecure-registry \\
         --interval 3600 --policy prod.yaml --credentials env:REGISTRY
@@ -17,14 +18,19 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from moray.controlplane.scanner.service import credentials
-from moray.controlplane.scanner.service.scheduler import check_image, check_policy, check_registry
-from moray.controlplane.store.scanstore import ScanStore
+from moray.clientconfig import add_client_options
+from moray.errors import ControlPlaneError
+
+if TYPE_CHECKING:
+    from moray.controlplane.store.scanstore import ScanStore
+
+
+class TargetNotFound(ControlPlaneError, LookupError):
+    """No registered registry or image has this id."""
 
 
 class Targets(Protocol):
@@ -66,10 +72,8 @@ def register(ssub: Any) -> None:
 
 
 def server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=os.environ.get("MORAY_SERVER"),
-                   help="moray-server's REST API ($MORAY_SERVER); default: the local store")
-    p.add_argument("--token", default=None, help="API token ($MORAY_TOKEN)")
-    p.add_argument("--ca", default=None, help="CA of an HTTPS server ($MORAY_CA)")
+    add_client_options(p, server_help="moray-server's REST API ($MORAY_SERVER); default: "
+                       "the local store")
 
 
 class LocalTargets:
@@ -86,6 +90,8 @@ class LocalTargets:
         ControlPlaneStore(self.store.engine).record_audit(self.actor, action, target, detail)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        from moray.controlplane.scanner.service.scheduler import check_image, check_registry
+
         s, b = self.store, body or {}
         kind, _, rest = path.strip("/").partition("/")
         if (method, kind) == ("POST", "scan-registries") and not rest:
@@ -114,7 +120,7 @@ class LocalTargets:
         else:
             ok, action = s.run_registry_now(row_id), "scan_registry.run"
         if not ok:
-            raise LookupError(f"no {'registry' if registry else 'image'} {row_id}")
+            raise TargetNotFound(f"no {'registry' if registry else 'image'} {row_id}")
         self._audit(action, str(row_id), {})
         return {"ok": True}
 
@@ -123,6 +129,9 @@ def run(targets: Targets, args: argparse.Namespace) -> int:
     base = "/scan-registries" if args.command == "registry" else "/scan-images"
     cmd = args.target_command
     if cmd == "add":
+        from moray.controlplane.scanner.service import credentials
+        from moray.controlplane.scanner.service.scheduler import check_policy
+
         policy = check_policy(args.policy.read_text()) if args.policy else ""
         credentials.check_reference(args.credentials)
         body: dict[str, Any] = {"credentials": args.credentials,

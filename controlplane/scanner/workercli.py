@@ -1,9 +1,11 @@
-"""``moray-scanner-worker``: take scan jobs from moray-server (or a local store), run them.
+"""``moray scan worker`` (= ``moray-scanner-worker``): take scan jobs from moray-server (or
+a local store), run them.
 
     moray-scanner-worker --server https://moray.example:7080 --token TOKEN --ca ca.pem
     moray-scanner-worker --db /var/lib/moray/moray.db      # jobs from a store on this host
 
-Start any number, on any host. With ``--server`` (or ``$MORAY_SERVER``) jobs are leased
+Start any number, on any host. With a server (``--server``, ``$MORAY_SERVER`` or the
+config file: moray.clientconfig) jobs are leased
 and verdicts reported through the REST API, and vulnerabilities are matched against the
 server's knowledge base (only package coordinates are sent), so a worker host needs no
 advisories; the local store under ``$MORAY_DATA_DIR`` (or ``--db``) only holds the
@@ -18,38 +20,35 @@ Exit codes: 0 stopped, 2 refused (bad token or role, bad arguments).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import socket
-import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from moray.clientconfig import ClientConfig, add_client_options
 from moray.controlplane.scanner.engine.model import ScanResult
-from moray.controlplane.scanner.errors import AccessDenied, ScanError
+from moray.controlplane.scanner.errors import ScanError
 from moray.controlplane.scanner.service import credentials
-from moray.controlplane.store.scanstore import ScanJob, ScanStore, data_dir, default_db_path
+
+if TYPE_CHECKING:
+    from moray.controlplane.store.scanstore import ScanJob, ScanStore
 
 DEFAULT_LEASE = 600.0
 
 
-def add_worker_arguments(p: argparse.ArgumentParser, *, with_db: bool = True) -> None:
-    """The worker's options; ``moray scan worker`` has the same (its ``--db`` is global)."""
-    p.add_argument("--server", default=os.environ.get("MORAY_SERVER"),
-                   help="take jobs from moray-server's REST API ($MORAY_SERVER)")
-    p.add_argument("--token", default=os.environ.get("MORAY_TOKEN"),
-                   help="API token for --server, role operator or admin ($MORAY_TOKEN)")
-    p.add_argument("--ca", default=os.environ.get("MORAY_CA"),
-                   help="CA file of an HTTPS server (its pki/ca.pem; $MORAY_CA)")
-    if with_db:
-        p.add_argument("--db", type=Path, default=None,
-                       help="local store: the queue without --server, else the layer cache "
-                            "(default $MORAY_DATA_DIR/moray.db)")
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``moray scan worker`` (= ``moray-scanner-worker``)."""
+    add_client_options(p, server_help="take jobs from moray-server's REST API "
+                       "($MORAY_SERVER); the token needs role operator or admin")
+    p.add_argument("--db", type=Path, default=argparse.SUPPRESS,
+                   help="local store: the queue without --server, else the layer cache "
+                        "(default $MORAY_DATA_DIR/moray.db)")
+    p.add_argument("--log-level", default=argparse.SUPPRESS, help="default info")
     p.add_argument("--no-cache", action="store_true", help="no per-layer cache")
     p.add_argument("--name", default=f"{socket.gethostname()}:{os.getpid()}",
                    help="worker name in the job list (default host:pid)")
@@ -104,7 +103,7 @@ class InProcessWorkers:
     def start(self) -> None:
         if self.n <= 0:
             return
-        from moray.controlplane.scanner.engine.cache import StoreLayerCache
+        from moray.controlplane.scanner.engine.cache import StoreLayerCache, data_dir
         from moray.controlplane.scanner.engine.malware import MalwareScanner, discover
         from moray.controlplane.scanner.engine.scan import ScanOptions
         from moray.controlplane.scanner.engine.secrets import SecretScanner
@@ -141,9 +140,10 @@ def _signals(stop: threading.Event, abort: threading.Event) -> None:
         signal.signal(sig, handler)
 
 
-def run(args: argparse.Namespace, store: ScanStore | None = None) -> int:
-    """Run one worker until stopped; ``store`` is an already open local store."""
-    from moray.controlplane.scanner.engine.cache import StoreLayerCache
+def run(args: argparse.Namespace, config: ClientConfig, store: ScanStore | None) -> int:
+    """Run one worker until stopped. ``store``: the open local store, the queue without a
+    server, else the layer cache (None: no cache)."""
+    from moray.controlplane.scanner.engine.cache import StoreLayerCache, data_dir
     from moray.controlplane.scanner.engine.malware import MalwareScanner, discover
     from moray.controlplane.scanner.engine.scan import ScanOptions
     from moray.controlplane.scanner.engine.secrets import SecretScanner
@@ -151,17 +151,12 @@ def run(args: argparse.Namespace, store: ScanStore | None = None) -> int:
     from moray.controlplane.scanner.service.worker import run_worker
     from moray.controlplane.vulndb.matcher import Matcher
 
-    need_local = not args.server or not args.no_cache
-    if store is None and need_local:
-        store = ScanStore(args.db or default_db_path())
     matcher: Any
-    if args.server:
-        if not args.token:
+    if config.server:
+        if not config.token:
             raise ScanError("--server needs --token or $MORAY_TOKEN")
-        verify: bool | ssl.SSLContext = (ssl.create_default_context(cafile=args.ca)
-                                         if args.ca else True)
-        queue: Any = HttpJobQueue(args.server, args.token, verify=verify)
-        matcher = RemoteMatcher(args.server, args.token, verify=verify)
+        queue: Any = HttpJobQueue(config.server, config.token, client=config.http_client())
+        matcher = RemoteMatcher(config.server, config.token, client=config.http_client())
         generation = queue.generation
     else:
         assert store is not None
@@ -169,7 +164,8 @@ def run(args: argparse.Namespace, store: ScanStore | None = None) -> int:
     cache = StoreLayerCache(store) if store is not None and not args.no_cache else None
     options = ScanOptions(secrets=SecretScanner(), malware=MalwareScanner(*discover(data_dir())),
                           cache=cache, matcher=matcher)
-    scan = job_scanner(options, allow_paths=not args.server, insecure=args.insecure_registry)
+    scan = job_scanner(options, allow_paths=not config.server,
+                       insecure=args.insecure_registry)
     stop, abort = threading.Event(), threading.Event()
     _signals(stop, abort)
     stats = run_worker(queue, scan, name=args.name, verdicts=queue, stop=stop, abort=abort,
@@ -181,24 +177,10 @@ def run(args: argparse.Namespace, store: ScanStore | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from moray.controlplane.logfmt import configure_logging
+    """``moray-scanner-worker``: ``moray scan worker`` under its own name (moray.cli)."""
+    from moray.cli import main as moray
 
-    p = argparse.ArgumentParser(prog="moray-scanner-worker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_worker_arguments(p)
-    p.add_argument("--log-level", default="info")
-    args = p.parse_args(argv)
-    configure_logging(args.log_level)
-    for chatty in ("httpx", "alembic"):  # a line per request / per migration step
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
-    try:
-        return run(args)
-    except AccessDenied as err:
-        sys.stderr.write(f"moray-scanner-worker: refused: {err}\n")
-        return 2
-    except (ScanError, OSError) as err:
-        sys.stderr.write(f"moray-scanner-worker: error: {err}\n")
-        return 2
+    return moray(argv, alias="moray-scanner-worker")
 
 
 if __name__ == "__main__":

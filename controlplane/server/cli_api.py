@@ -7,57 +7,43 @@
     moray policy delete NAME           moray events follow [--agent ID] [--type T]
     moray audit                        moray tokens create NAME ROLE
 
-Server: ``--server`` or ``$MORAY_SERVER`` (default http://127.0.0.1:7080); for a server
-run with ``--http-tls``, ``https://...`` and ``--ca``/``$MORAY_CA`` (its pki/ca.pem). Token:
-``--token``, ``$MORAY_TOKEN``, or ``$MORAY_DATA_DIR/admin.token`` when readable (the
-server writes the first admin token there). Exit codes: 0 done, 1 the server refused
-(the message names the file, line and field for a bad policy), 3 server unreachable.
+Server, token and CA: moray.clientconfig (``--server``/``--token``/``--ca``, then
+``$MORAY_SERVER``/``$MORAY_TOKEN``/``$MORAY_CA``, then the config file); the server defaults
+to http://127.0.0.1:7080 (a server run with ``--http-tls``: ``https://...`` and its
+pki/ca.pem as CA), the token to ``$MORAY_DATA_DIR/admin.token`` when readable (the server
+writes the first admin token there). Exit codes (moray.exitcodes): 0 done, 1 the server
+refused (the message names the file, line and field for a bad policy), 3 server
+unreachable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import ssl
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from moray.errors import ControlPlaneError
+from moray.clientconfig import Api, ApiError, add_client_options, from_args
+from moray.exitcodes import FAILED, OK
 
 GROUPS = ("policy", "agents", "events", "audit", "tokens")
-DEFAULT_SERVER = "http://127.0.0.1:7080"
-
-
-class ApiError(ControlPlaneError):
-    def __init__(self, status: int, body: Any) -> None:
-        self.status, self.body = status, body
-        message = body.get("error") or body.get("detail") if isinstance(body, dict) else body
-        super().__init__(f"HTTP {status}: {message}")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=None, help="REST API base URL ($MORAY_SERVER)")
-    p.add_argument("--token", default=None, help="API token ($MORAY_TOKEN)")
-    p.add_argument("--ca", default=None,
-                   help="CA file that signed an HTTPS server's certificate ($MORAY_CA)")
+    add_client_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def register(sub: Any) -> None:
-    """Add the API command groups to the `moray` parser's subparsers."""
-    _register_policy(sub)
-    _register_agents(sub)
-    _register_events(sub)
-    _register_admin(sub)
+def add_group(name: str, p: argparse.ArgumentParser) -> None:
+    """Fill ``moray``'s parser of one of ``GROUPS``."""
+    {"policy": _register_policy, "agents": _register_agents, "events": _register_events,
+     "audit": _register_audit, "tokens": _register_tokens}[name](p)
+    p.set_defaults(handler=run)
 
 
-def _register_policy(sub: Any) -> None:
-    pol = sub.add_parser("policy", help="runtime policies on the control plane")
+def _register_policy(pol: argparse.ArgumentParser) -> None:
     psub = pol.add_subparsers(dest="command", required=True)
     a = psub.add_parser("apply", help="store policy files as new versions")
     a.add_argument("files", type=Path, nargs="+")
@@ -78,8 +64,7 @@ def _register_policy(sub: Any) -> None:
         p.add_argument("--tenant", default="default")
 
 
-def _register_agents(sub: Any) -> None:
-    ag = sub.add_parser("agents", help="enrolled agents")
+def _register_agents(ag: argparse.ArgumentParser) -> None:
     asub = ag.add_subparsers(dest="command", required=True)
     al = asub.add_parser("list", help="agents, their status and policy versions")
     al.add_argument("--tenant", default=None)
@@ -93,8 +78,7 @@ def _register_agents(sub: Any) -> None:
         _common(p)
 
 
-def _register_events(sub: Any) -> None:
-    ev = sub.add_parser("events", help="events the agents reported")
+def _register_events(ev: argparse.ArgumentParser) -> None:
     esub = ev.add_subparsers(dest="command", required=True)
     for name, text in (("query", "print stored events"), ("follow", "print new events")):
         p = esub.add_parser(name, help=text)
@@ -109,48 +93,18 @@ def _register_events(sub: Any) -> None:
             p.add_argument("--timeout", type=float, default=0, help="stop after N seconds")
 
 
-def _register_admin(sub: Any) -> None:
-    au = sub.add_parser("audit", help="who changed what and when")
+def _register_audit(au: argparse.ArgumentParser) -> None:
     au.add_argument("--after", type=int, default=0)
     au.add_argument("--limit", type=int, default=100)
     _common(au)
 
-    tk = sub.add_parser("tokens", help="API tokens")
+
+def _register_tokens(tk: argparse.ArgumentParser) -> None:
     tsub = tk.add_subparsers(dest="command", required=True)
     tc = tsub.add_parser("create", help="create an API token with a role")
     tc.add_argument("name")
     tc.add_argument("role", choices=("admin", "operator", "auditor", "viewer"))
     _common(tc)
-
-
-def _token(explicit: str | None) -> str | None:
-    if explicit or os.environ.get("MORAY_TOKEN"):
-        return explicit or os.environ["MORAY_TOKEN"]
-    path = Path(os.environ.get("MORAY_DATA_DIR") or "/var/lib/moray") / "admin.token"
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-class Api:
-    def __init__(self, server: str | None, token: str | None, ca: str | None = None) -> None:
-        base = server or os.environ.get("MORAY_SERVER") or DEFAULT_SERVER
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        ca = ca or os.environ.get("MORAY_CA")
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
-        self.http = httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=30,
-                                 verify=verify)
-
-    def call(self, method: str, path: str, **kw: Any) -> Any:
-        response = self.http.request(method, "/api/v1" + path, **kw)
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
-        if response.status_code >= 400:
-            raise ApiError(response.status_code, body)
-        return body
 
 
 def _out(data: Any) -> None:
@@ -196,7 +150,7 @@ def _policy(api: Api, args: argparse.Namespace) -> int:
                 state = "applied" if p["changed"] else "unchanged"
                 sys.stdout.write(f"{p['tenant']}/{p['name']}: version {p['version']} "
                                  f"({state})\n")
-        return 1 if failed else 0
+        return FAILED if failed else OK
     if args.command == "list":
         rows = api.call("GET", "/policies", params={"tenant": args.tenant} if args.tenant
                         else {})
@@ -298,33 +252,26 @@ def _events(api: Api, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a command of one of ``GROUPS``; returns the exit code."""
-    api = Api(args.server, _token(args.token), args.ca)
-    try:
-        if args.group == "policy":
-            return _policy(api, args)
-        if args.group == "agents":
-            return _agents(api, args)
-        if args.group == "events":
-            return _events(api, args)
-        if args.group == "audit":
-            rows = api.call("GET", "/audit", params={"after": args.after, "limit": args.limit})
-            if args.json:
-                _out(rows)
-            else:
-                for r in rows:
-                    sys.stdout.write(f"{r['id']:>6} {_when(r['at'])} {r['actor']:28} "
-                                     f"{r['action']:20} {r['target']} "
-                                     f"{json.dumps(r['detail'], sort_keys=True)}\n")
-            return 0
-        r = api.call("POST", "/tokens", json={"name": args.name, "role": args.role})
-        _out(r) if args.json else sys.stdout.write(r["token"] + "\n")
-        return 0
-    except ApiError as err:
-        sys.stderr.write(f"moray: {err}\n")
-        return 1
-    except httpx.TransportError as err:
-        sys.stderr.write(f"moray: cannot reach the server at {api.http.base_url}: {err}\n")
-        return 3
-    except KeyboardInterrupt:
-        return 130
+    """Run a command of one of ``GROUPS``: 0 done, 1 a policy file was refused; the
+    server's other refusals (ApiError) and an unreachable server raise."""
+    config = from_args(args)
+    api = Api(config, config.api_token())
+    if args.group == "policy":
+        return _policy(api, args)
+    if args.group == "agents":
+        return _agents(api, args)
+    if args.group == "events":
+        return _events(api, args)
+    if args.group == "audit":
+        rows = api.call("GET", "/audit", params={"after": args.after, "limit": args.limit})
+        if args.json:
+            _out(rows)
+        else:
+            for r in rows:
+                sys.stdout.write(f"{r['id']:>6} {_when(r['at'])} {r['actor']:28} "
+                                 f"{r['action']:20} {r['target']} "
+                                 f"{json.dumps(r['detail'], sort_keys=True)}\n")
+        return OK
+    r = api.call("POST", "/tokens", json={"name": args.name, "role": args.role})
+    _out(r) if args.json else sys.stdout.write(r["token"] + "\n")
+    return OK

@@ -1,4 +1,5 @@
-"""``moray-server``: start-up as named steps, one asyncio loop for gRPC and HTTP.
+"""``moray server`` (= ``moray-server``): start-up as named steps, one asyncio loop for
+gRPC and HTTP.
 
     moray-server                       # SQLite under $MORAY_DATA_DIR (/var/lib/moray)
     moray-server --database-url postgresql://moray@db/moray
@@ -30,7 +31,6 @@ import grpc
 import uvicorn
 
 from moray.api.proto import moray_pb2_grpc
-from moray.controlplane.logfmt import configure_logging
 from moray.controlplane.scanner.service.scheduler import Scheduler
 from moray.controlplane.scanner.workercli import InProcessWorkers
 from moray.controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
@@ -158,11 +158,13 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         log.info("moray-server stopped")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="moray-server", description=__doc__.split("\n\n")[0])
+def add_group(name: str, p: argparse.ArgumentParser) -> None:
+    """Fill ``moray``'s ``server`` parser (moray.cli)."""
+    p.description = __doc__.split("\n\n")[0] if __doc__ else None
+    p.set_defaults(handler=run_command, daemon=True)
     p.add_argument("--data-dir", default=None,
                    help="state directory (default $MORAY_DATA_DIR or /var/lib/moray)")
-    p.add_argument("--database-url", default=None,
+    p.add_argument("--database-url", default=argparse.SUPPRESS,
                    help="SQLAlchemy URL (default $MORAY_DATABASE_URL or SQLite in the data dir)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
@@ -179,13 +181,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scan-workers", type=int, default=1,
                    help="scan worker threads in the server (default 1; 0: only external "
                         "moray-scanner-worker processes scan)")
-    p.add_argument("--log-level", default="info")
-    return p.parse_args(argv)
+    p.add_argument("--log-level", default=argparse.SUPPRESS, help="default info")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging(args.log_level)
+def run_command(args: argparse.Namespace) -> int:
+    """The handler of ``moray server``: serve until SIGTERM or SIGINT."""
     config = ServerConfig(data_dir=db.data_dir(args.data_dir), database_url=args.database_url,
                           host=args.host, grpc_port=args.grpc_port,
                           enroll_port=args.enroll_port, http_port=args.http_port,
@@ -202,6 +202,14 @@ def main(argv: list[str] | None = None) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``moray-server`` (and ``python -m moray.controlplane.server.main``): ``moray server``
+    under its own name (moray.cli)."""
+    from moray.cli import main as moray
+
+    return moray(argv, alias="moray-server")
 
 
 if __name__ == "__main__":
