@@ -255,6 +255,7 @@ class Agent:
         from moray.agent.enrich.containers import ContainerResolver
         from moray.agent.policy.apply import MAP_NAMES, Applier
         from moray.agent.policy.engine import PolicyEngine
+        from moray.agent.policy.hold import HeldPaths
 
         applier = Applier({n: self.obj.map(n) for n in MAP_NAMES},
                           syscall_hook=self.syscall_link.set if self.syscall_link else None)
@@ -264,8 +265,11 @@ class Agent:
         resolver = self.resolver or ContainerResolver.for_host(self.cfg.proc,
                                                                self.cfg.host_root, cg)
         tiers = {k: str(v) for k, v in self.features.tiers().items()} if self.features else {}
+        # a decision on a held exec enters the pipeline as a typed event, queued after
+        # the kernel records already read; the pipeline notes held execs' paths for it
         self.policy = PolicyEngine(applier, resolver, self.cfg.policy_dir,
-                                   emit=lambda rec: self.queue.put([rec]), tiers=tiers,
+                                   emit=lambda ev: self.queue.put((ev,)),
+                                   held_paths=HeldPaths(), tiers=tiers,
                                    proc=self.cfg.proc, status_file=self.cfg.policy_status)
         self.policy.start()
         self._teardowns.append(("stop_policy", self.policy.stop))
@@ -359,8 +363,9 @@ class Agent:
         pipeline = Pipeline(self.tree, router, Formatter(self.cfg.node), self.resolver,
                             self.stats,
                             detect=self.detector.process if self.detector is not None else None)
-        if self.policy is not None:
-            pipeline.format.fmt.enforcement = self.policy.explain
+        if self.policy is not None:  # enforcement events are explained by the format stage
+            pipeline.format.explain_with(self.policy, self.policy.tiers,
+                                         self.policy.hold.paths)
         self.pipeline = pipeline
         worker = threading.Thread(target=pipeline.run, args=(self.queue, self.stop_event),
                                   name="moray-pipeline", daemon=True)

@@ -2,9 +2,11 @@
 
 The reader copies records out of the ring buffer in batches (agent/bpf/ringbuf.py) and
 hands each batch to a bounded queue. Decoding, enrichment and output happen on the
-consumer side. When the queue is full the batch is dropped and counted (`dropped`): the
-kernel keeps running and the loss is visible in metrics, never silent. Kernel-side losses
-(ring buffer full) are counted separately in the mr_stats map.
+consumer side. The queue also carries typed events from user space, each batch a tuple
+(`Batch`): enforcement decisions made by the agent (agent/policy/hold.py), queued in
+order with the kernel's records. When the queue is full the batch is dropped and counted
+(`dropped`): the kernel keeps running and the loss is visible in metrics, never silent.
+Kernel-side losses (ring buffer full) are counted separately in the mr_stats map.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import threading
 from collections import deque
 
 from moray.agent.bpf.ringbuf import RingBuffer
+from moray.agent.events.types import EnforceEvent
 
 log = logging.getLogger(__name__)
+
+# kernel records (a list of bytes, as read) or typed events from user space (a tuple)
+Batch = list[bytes] | tuple[EnforceEvent, ...]
 
 
 class BatchQueue:
@@ -23,13 +29,13 @@ class BatchQueue:
 
     def __init__(self, max_records: int) -> None:
         self.max_records = max_records
-        self._q: deque[list[bytes]] = deque()
+        self._q: deque[Batch] = deque()
         self._n = 0
         self._cv = threading.Condition()
         self.dropped = 0
         self.closed = False
 
-    def put(self, batch: list[bytes]) -> bool:
+    def put(self, batch: Batch) -> bool:
         with self._cv:
             if self._n + len(batch) > self.max_records:
                 self.dropped += len(batch)
@@ -39,7 +45,7 @@ class BatchQueue:
             self._cv.notify()
             return True
 
-    def get(self, timeout: float) -> list[bytes] | None:
+    def get(self, timeout: float) -> Batch | None:
         with self._cv:
             if not self._q and not self.closed:
                 self._cv.wait(timeout)

@@ -7,7 +7,7 @@ docs/events.md. This module is the only place that shape is built.
 Nested objects are shared between events (a process's `process` object across its burst
 of events, a tree entry's `parent` object, one path's `file` object): sinks, detection
 and outputs read them and never change them in place; code that must change one copies
-it first (exec's `filename`, agent/app.py `_new_image`).
+it first (exec's `filename`, agent/pipeline/format.py `new_image`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 from moray.agent.enrich.proctree import NS_PER_TICK, Process
@@ -97,9 +96,6 @@ class Formatter:
         self.node = node
         self.clock = clock or Clock()
         self._boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        # enforcement record -> its JSON object (policy and rule names); set by the agent
-        # from agent/policy/engine.py, which knows which policy holds which slot
-        self.enforcement: Callable[[EnforceEvent], dict[str, Any]] | None = None
         self._files: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def process(self, e: KernelEvent, p: Process) -> dict[str, Any]:
@@ -164,10 +160,11 @@ class Formatter:
                 "daddr": e.daddr, "dport": e.dport or None,
             }
         elif isinstance(e, EnforceEvent):
-            out["enforcement"] = (self.enforcement(e) if self.enforcement is not None else
-                                  {"action": e.action, "kind": e.kind,
-                                   "policies": f"{e.policies:#x}", "enforced": f"{e.enforced:#x}",
-                                   "path": e.path or None, "daddr": e.daddr, "arg": e.arg})
+            # the raw decision; the pipeline's format stage replaces it with the
+            # explanation (agent/policy/explain.py) when the agent enforces policies
+            out["enforcement"] = {"action": e.action, "kind": e.kind,
+                                  "policies": f"{e.policies:#x}", "enforced": f"{e.enforced:#x}",
+                                  "path": e.path or None, "daddr": e.daddr, "arg": e.arg}
         elif isinstance(e, SyscallEvent):
             out["syscall"] = syscall_json(e)
         elif isinstance(e, ForkEvent):

@@ -1,23 +1,47 @@
 """Stage 4, format: a kernel event with its processes and container -> the JSON event.
 
 The shape is built by agent/output/schema.py `Formatter` (docs/events.md). Enforcement
-events get one more step here: an exec decision names the new image (`new_image`).
+events (from the kernel, or typed decisions from agent/policy/hold.py) get one more
+step, `enforcement`: the decision's explanation (which policy, which rule: the pure
+agent/policy/explain.py, over the policies by slot the engine last published) replaces
+the raw masks, and an exec decision names the new image (`new_image`). A HELD exec's
+paths are noted for the decision that follows it (agent/policy/hold.py `HeldPaths`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from moray.agent.bpf import abi
 from moray.agent.enrich.proctree import Process
 from moray.agent.events.types import EnforceEvent, KernelEvent
 from moray.agent.output.schema import Formatter
+from moray.agent.policy.explain import explain
+from moray.agent.policy.hold import HeldPaths
+from moray.api.policy.model import Policy
+
+
+class PolicyTable(Protocol):
+    """agent/policy/engine.py PolicyEngine: the policies by slot, replaced (never changed
+    in place) at each publish."""
+
+    @property
+    def by_slot(self) -> Mapping[int, Policy]: ...
 
 
 class Format:
     def __init__(self, formatter: Formatter) -> None:
         self.fmt = formatter
         self.event = formatter.event  # then enforcement() for an EnforceEvent
+        self._table: PolicyTable | None = None
+        self._tiers: Mapping[str, str] = {}
+        self._held: HeldPaths | None = None
+
+    def explain_with(self, table: PolicyTable, tiers: Mapping[str, str],
+                     held: HeldPaths | None = None) -> None:
+        """Explain enforcement events by `table`'s policies (without: the raw masks)."""
+        self._table, self._tiers, self._held = table, tiers, held
 
     def __call__(self, ev: KernelEvent, p: Process, parent: Process | None,
                  container: dict[str, Any] | None) -> dict[str, Any]:
@@ -27,6 +51,10 @@ class Format:
         return out
 
     def enforcement(self, out: dict[str, Any], ev: EnforceEvent) -> None:
+        if self._table is not None:
+            if self._held is not None:
+                self._held.note(ev)
+            out["enforcement"] = explain(ev, self._table.by_slot, self._tiers)
         new_image(out, ev)
 
 

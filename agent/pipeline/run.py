@@ -20,7 +20,7 @@ from moray.agent.events.types import EnforceEvent, ExecEvent, KernelEvent
 from moray.agent.output.jsonl import EventSink
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
-from moray.agent.pipeline.decode import Decode
+from moray.agent.pipeline.decode import Decode, describe, typed
 from moray.agent.pipeline.format import Format
 from moray.agent.pipeline.identity import Identity, Resolver
 from moray.agent.pipeline.route import Router
@@ -44,9 +44,9 @@ class Pipeline:
         self.detect = detect
         self.route = out if isinstance(out, Router) else Router(out)
 
-    def handle(self, rec: bytes) -> dict[str, Any] | None:
+    def handle(self, rec: bytes | EnforceEvent) -> dict[str, Any] | None:
         """One queued record -> its JSON event (None: nothing to output)."""
-        ev = self.decode.record(rec)
+        ev = self.decode.record(rec) if isinstance(rec, bytes) else typed(rec)
         return None if ev is None else self.enrich(ev)
 
     def enrich(self, ev: KernelEvent) -> dict[str, Any]:
@@ -72,9 +72,10 @@ class Pipeline:
                 if queue.closed:
                     break
                 continue
+            dec = decode if type(batch) is list else typed  # a tuple: typed, user space
             for rec in batch:
                 try:
-                    ev = decode(rec)
+                    ev = dec(rec)  # type: ignore[arg-type]
                     if ev is None:
                         continue
                     p, parent = lineage(ev)
@@ -92,7 +93,6 @@ class Pipeline:
                 except Exception:  # a bug on one record must not stop the pipeline thread
                     stats.enrich_errors += 1
                     if stats.enrich_errors <= 10 or stats.enrich_errors % 10000 == 0:
-                        log.exception("record %d bytes op %d: enrichment failed (%d so far)",
-                                      len(rec), int.from_bytes(rec[:2], "little"),
+                        log.exception("%s: enrichment failed (%d so far)", describe(rec),
                                       stats.enrich_errors)
         route.flush()

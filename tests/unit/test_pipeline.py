@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -86,3 +87,39 @@ def test_a_failing_record_is_counted_and_the_pipeline_goes_on(tmp_path: Path) ->
     q.close()
     p.run(q, threading.Event())
     assert len(calls) == 2 and len(written) == 2 and p.stats.enrich_errors == 1
+
+
+def test_decisions_enter_typed_and_are_explained(tmp_path: Path) -> None:
+    """A held exec's decision (agent/policy/hold.py) is queued as a typed event, after
+    the kernel records already read, and the format stage explains it; a HELD record's
+    paths are noted for the decision that follows."""
+    from moray.agent.policy.hold import HeldPaths
+    from moray.api.policy.load import load_text
+
+    from .policy.test_policy import WEB
+
+    written: list[dict[str, object]] = []
+
+    class ListSink(NullSink):
+        def write(self, event: dict[str, object]) -> None:
+            written.append(event)
+
+    table = SimpleNamespace(by_slot={0: load_text(WEB, "web.yaml")[0]})
+    held = HeldPaths()
+    rec = (Path(__file__).parents[1] / "fixtures" / "records" / "fork.bin").read_bytes()
+    p = Pipeline(ProcessTree(str(tmp_path), read_proc=lambda _proc, _pid: None),
+                 ListSink(), Formatter("n"), None, Stats())  # type: ignore[arg-type]
+    p.format.explain_with(table, {"exec": "lsm"}, held)
+    q = BatchQueue(16)
+    q.put([rec])
+    q.put((_enforce(abi.EAction.HELD),))
+    q.put((_enforce(abi.EAction.KILLED),))
+    q.close()
+    p.run(q, threading.Event())
+    assert [e["type"] for e in written] == ["fork", "enforce", "enforce"]
+    enf = written[2]["enforcement"]
+    assert isinstance(enf, dict)
+    assert (enf["action"], enf["policy"], enf["rule"], enf["tier"]) == (
+        "killed", "web-lockdown", "exec.deny: /usr/bin/*", "lsm")
+    assert held.pop(PROC.pid) == ("/usr/bin/nc.real", "/usr/bin/nc")
+    assert p.stats.enrich_errors == 0

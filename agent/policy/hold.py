@@ -1,0 +1,279 @@
+"""Held execs and pending cgroups: classified and decided in user space.
+
+State it reads and writes (the policy maps, agent/policy/apply.py), and what changes it:
+
+* mr_ppend (a cgroup the kernel saw created, not classified yet): :meth:`Holds.classify`
+  turns a row into an mr_pscope row (a container: the slots of the policies whose scope
+  selects it) or nothing (a host cgroup: no runtime claims it after HOST_AFTER_NS, or
+  HELD_HOST_AFTER_NS with a task held in it), then deletes the row.
+* mr_phold (a task stopped at its first exec in a pending cgroup): :meth:`Holds.decide`
+  sends SIGKILL when an enforcing policy in scope denies the exec, else SIGCONT, once the
+  cgroup is classified (or MAX_HOLD_NS passed), then deletes the row. A kill, or a
+  monitor-mode hit, is reported as a typed EnforceEvent handed to ``emit`` (the agent puts
+  it on the pipeline's queue, after the kernel records already there).
+* ``paths`` (`HeldPaths`): the kernel's HELD record names the held exec's binary and the
+  filename passed to execve; the pipeline notes them (agent/pipeline/format.py), so the
+  decision's event names the same paths (a deny on /usr/bin/nc, a link to nc.real).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from moray.agent.bpf import abi
+from moray.agent.enrich.proctree import stat_start_ticks, ticks
+from moray.agent.events.types import EnforceEvent, Proc
+from moray.agent.policy.apply import Applier, u64
+from moray.agent.policy.scope import ContainerLike, slots_for
+from moray.api.policy.model import Policy
+
+log = logging.getLogger(__name__)
+
+HOST_AFTER_NS = 3_000_000_000     # a pending cgroup no runtime claims is a host cgroup
+HELD_HOST_AFTER_NS = 1_000_000_000  # ... and one with a task held at its first exec
+IMAGE_WAIT_NS = 2_000_000_000     # how long a held task waits for the image name
+MAX_HOLD_NS = 10_000_000_000      # a hold is decided by then, classified or not
+
+_PPEND = abi.PPEND.compile()
+_PHOLD = abi.PHOLD.compile()
+_U64 = struct.Struct("<Q")
+PATH_MAX, NAME_MAX = 4095, 255    # the kernel record's path bounds (bpf/lib/abi.h)
+
+
+class Resolver(Protocol):
+    def lookup(self, cgroup_id: int, pid: int | None = None) -> Any: ...
+
+
+def boot_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    pid: int
+    cgroup_id: int
+    start_ns: int
+    exec_deny: int
+    drift: int
+    ts: int
+
+
+class HeldPaths:
+    """pid -> (binary, filename) of held execs, from the kernel's HELD records; bounded
+    (4096, oldest out). Written by the pipeline thread, read by the policy thread."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._paths: dict[int, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def note(self, ev: EnforceEvent) -> None:
+        if ev.action != abi.EAction.HELD:
+            return
+        with self._lock:
+            self._paths[ev.proc.pid] = (ev.path, ev.path2)
+            if len(self._paths) > self.limit:
+                self._paths.pop(next(iter(self._paths)))
+
+    def pop(self, pid: int) -> tuple[str, str] | None:
+        with self._lock:
+            return self._paths.pop(pid, None)
+
+
+def _clip(s: str, limit: int) -> str:
+    """As the kernel record would carry it: at most `limit` bytes."""
+    raw = s.encode()
+    return s if len(raw) <= limit else raw[:limit].decode("utf-8", "backslashreplace")
+
+
+class Holds:
+    def __init__(self, applier: Applier, resolver: Resolver, *, proc: str = "/proc",
+                 emit: Callable[[EnforceEvent], object] | None = None,
+                 paths: HeldPaths | None = None) -> None:
+        self.applier = applier
+        self.resolver = resolver
+        self.proc = proc
+        self.emit = emit
+        self.paths = paths or HeldPaths()
+        self.decisions = {"killed": 0, "continued": 0}
+
+    # ------------------------------------------------------------------ pending cgroups
+
+    def classify(self, containers: dict[int, ContainerLike],
+                 slotted: list[tuple[int, Policy]]) -> int:
+        """mr_ppend rows -> mr_pscope (containers, added to ``containers``) or nothing
+        (host). Returns how many were classified."""
+        pend = self.applier.maps["mr_ppend"]
+        keys = list(pend.keys())
+        if not keys:
+            return 0
+        held_pids: dict[int, int] = {}
+        for h in self.held():
+            held_pids.setdefault(h.cgroup_id, h.pid)
+        needs_image = any(p.scope.containers is not None and p.scope.containers.images
+                          for _s, p in slotted)
+        now = boot_ns()
+        done = 0
+        for kb in keys:
+            cg = _U64.unpack(kb)[0]
+            raw = pend.lookup(kb)
+            if raw is None:
+                continue
+            _mask, ts = _PPEND.unpack(raw)
+            age = now - ts
+            pid = held_pids.get(cg)
+            if pid is None and age < HOST_AFTER_NS:
+                continue  # nothing ran there yet: no hurry, and the runtime may still write
+            c = self.resolver.lookup(cg, pid)
+            if c is not None:
+                if c.image is None and age < IMAGE_WAIT_NS and needs_image:
+                    continue  # the runtime has not written the image yet
+                containers[cg] = c
+                self.applier.set_scope(cg, slots_for(c, slotted))
+                log.info("container classified", extra={
+                    "cgroup_id": cg, "container": c.id, "image": c.image})
+            elif age < HELD_HOST_AFTER_NS:
+                continue  # a held task: its runtime's state may lag its first exec a little
+            else:
+                log.info("pending cgroup is a host cgroup", extra={"cgroup_id": cg})
+            pend.delete(kb)
+            done += 1
+        return done
+
+    # ------------------------------------------------------------------ held tasks
+
+    def held(self) -> list[Held]:
+        m = self.applier.maps["mr_phold"]
+        out = []
+        for kb in list(m.keys()):
+            raw = m.lookup(kb)
+            if raw is not None:
+                out.append(Held(struct.unpack("<I", kb)[0], *_PHOLD.unpack(raw)))
+        return out
+
+    def decide(self) -> int:
+        held = self.held()
+        if not held:
+            return 0
+        conf = self.applier.live()[0]
+        scope_map = self.applier.maps["mr_pscope"]
+        pend = self.applier.maps["mr_ppend"]
+        now = boot_ns()
+        n = 0
+        for h in held:
+            key = u64(h.cgroup_id)
+            row = scope_map.lookup(key)
+            pending = pend.lookup(key)
+            if row is None and pending is not None and self._runtime_bootstrap(h):
+                # runc's init re-exec'ing its memfd copy after runc moved it into the new
+                # cgroup (a slow or loaded machine: seen under qemu TCG): runc writes the
+                # state that classifies the cgroup only once it runs on. The cgroup stays
+                # pending, so the container's first exec of its own is held in turn.
+                self.applier.maps["mr_phold"].delete(struct.pack("<I", h.pid))
+                log.info("held runtime bootstrap continued", extra={
+                    "pid": h.pid, "cgroup_id": h.cgroup_id})
+                if self._same_process(h):
+                    os.kill(h.pid, signal.SIGCONT)
+                continue
+            if row is None and pending is not None and now - h.ts < MAX_HOLD_NS:
+                continue
+            if row is not None:
+                mask = _U64.unpack(row)[0]
+            elif pending is not None:
+                mask = _PPEND.unpack(pending)[0]
+            else:
+                mask = conf.host
+            hit = (h.exec_deny | h.drift) & mask & conf.active
+            enforced = hit & conf.enforce
+            log.info("held task decided", extra={
+                "pid": h.pid, "cgroup_id": h.cgroup_id, "held_ms": (now - h.ts) // 1_000_000,
+                "scope": "container" if row is not None else
+                         "pending" if pending is not None else "host",
+                "verdict": "kill" if enforced else "continue"})
+            self._release(h, hit, enforced)
+            self.applier.maps["mr_phold"].delete(struct.pack("<I", h.pid))
+            n += 1
+        return n
+
+    def _release(self, h: Held, hit: int, enforced: int) -> None:
+        if not self._same_process(h):
+            log.warning("held task gone or pid reused", extra={"pid": h.pid})
+            return
+        kind = abi.EKind.EXEC if h.exec_deny & hit else abi.EKind.DRIFT
+        if enforced:
+            # the event goes first: it is then queued before the kernel's exit / rmdir
+            self._emit(h, kind, abi.EAction.KILLED, hit, enforced)
+            os.kill(h.pid, signal.SIGKILL)
+            self.decisions["killed"] += 1
+            return
+        if hit:
+            self._emit(h, kind, abi.EAction.WOULD_BLOCK, hit, 0)
+        os.kill(h.pid, signal.SIGCONT)
+        self.decisions["continued"] += 1
+
+    def _runtime_bootstrap(self, h: Held) -> bool:
+        """The held task is runc's init (`runc init`, or its cloned binary
+        /memfd:runc_cloned:...) whose parent is runc or runc's init."""
+        try:
+            exe = os.readlink(f"{self.proc}/{h.pid}/exe")
+            with open(f"{self.proc}/{h.pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"{self.proc}/{h.pid}/stat", "rb") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+            parent = os.readlink(f"{self.proc}/{ppid}/exe")
+        except (OSError, ValueError, IndexError):
+            return False
+        runc_init = argv[:2] == [b"runc", b"init"] or exe.startswith("/memfd:runc_cloned")
+        return runc_init and (os.path.basename(parent).startswith("runc")
+                              or parent.startswith("/memfd:runc_cloned"))
+
+    def _same_process(self, h: Held) -> bool:
+        return stat_start_ticks(self.proc, h.pid) == ticks(h.start_ns)
+
+    def _paths_of(self, pid: int) -> tuple[str, str]:
+        known = self.paths.pop(pid)
+        if known is not None:
+            return known
+        try:
+            exe = os.readlink(f"{self.proc}/{pid}/exe")
+            root = os.readlink(f"{self.proc}/{pid}/root")
+        except OSError:
+            return "", ""
+        if root != "/" and exe.startswith(root + "/"):
+            exe = exe[len(root):]
+        return exe, ""
+
+    def _emit(self, h: Held, kind: int, action: int, hit: int, enforced: int) -> None:
+        if self.emit is None:
+            return
+        path, path2 = self._paths_of(h.pid)
+        comm = b""
+        ids = [0, 0, 0]
+        ppid = 0
+        try:
+            comm = Path(f"{self.proc}/{h.pid}/comm").read_bytes().strip()[:15]
+            for line in Path(f"{self.proc}/{h.pid}/status").read_text().splitlines():
+                if line.startswith("PPid:"):
+                    ppid = int(line.split()[1])
+                elif line.startswith("Uid:"):
+                    ids[0], ids[1] = int(line.split()[1]), int(line.split()[2])
+                elif line.startswith("Gid:"):
+                    ids[2] = int(line.split()[1])
+        except OSError:
+            pass  # killed meanwhile: the event still names the pid and the policy
+        proc = Proc(pid=h.pid, tid=h.pid, ppid=ppid, uid=ids[0], euid=ids[1], gid=ids[2],
+                    mntns=0, cgroup_id=h.cgroup_id, start_ns=h.start_ns, pstart_ns=0,
+                    comm=comm.decode("utf-8", "replace"))
+        self.emit(EnforceEvent(ts=boot_ns(), proc=proc, kind=kind, action=action,
+                               policies=hit, enforced=enforced, arg=0, family=0, daddr=None,
+                               dport=0, path=_clip(path, PATH_MAX), path2=_clip(path2, NAME_MAX)))
