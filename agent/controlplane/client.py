@@ -51,7 +51,7 @@ from moray.agent.controlplane.policies import (
     PolicyVerifier,
     VerifiedPolicy,
 )
-from moray.agent.controlplane.spool import EventSpool
+from moray.agent.controlplane.spool import EventSpool, SpoolWriter
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class ControlPlaneClient:
         self.heartbeat_interval = heartbeat_interval
         self.max_backoff = max_backoff
         self.spool = EventSpool(self.data_dir / "spool", max_bytes=spool_max_bytes)
+        self.writer = SpoolWriter(self.spool, self._records)  # submit(): off the caller
         self.cache = PolicyCache(self.data_dir / "policies")
         self.identity: Identity | None = load_identity(self.data_dir / "identity")
         self.verifier: PolicyVerifier | None = None
@@ -133,6 +134,7 @@ class ControlPlaneClient:
             thread.join(timeout)
         if self._channel is not None:
             self._channel.close()
+        self.writer.close()
         self.spool.close()
 
     def send(self, event: Mapping[str, Any]) -> bool:
@@ -142,13 +144,23 @@ class ControlPlaneClient:
     def send_many(self, events: list[Mapping[str, Any]]) -> int:
         """Spool events with one fsync; returns how many were accepted. Each event gets an
         ``id`` (kept when it has one): the server stores each id once."""
+        return self.spool.append(self._records(events))
+
+    def submit(self, events: list[Mapping[str, Any]]) -> None:
+        """Spool events as send_many does, on the spool writer's thread (the agent's
+        pipeline: it goes on while the batch is encoded and fsync'd); a full spool's
+        refusals are counted by the spool (heartbeat ``spool_full``)."""
+        self.writer.submit(events)
+
+    @staticmethod
+    def _records(events: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
         now_ms = int(time.time() * 1000)
         records = []
         for event in events:
             event_id = str(event.get("id") or uuid.uuid4().hex)
             records.append({"id": event_id, "t": now_ms, "type": str(event.get("type", "")),
                             "event": {**event, "id": event_id}})
-        return self.spool.append(records)
+        return records
 
     def wait_connected(self, timeout: float) -> bool:
         return self._ready.wait(timeout)

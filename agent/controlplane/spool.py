@@ -14,16 +14,24 @@ it; ``open`` truncates a torn record at the end of the last segment (a crash mid
 and counts it. The spool is bounded by ``max_bytes`` of unacknowledged data: what does
 not fit is refused, counted in ``dropped`` and logged (once per full period) — never
 silently.
+
+`SpoolWriter` runs ``append`` on a thread of its own for the agent's pipeline: the
+pipeline hands a batch over (`submit`) and goes on; the records are encoded, written and
+fsync'd there, in the order handed over. `close` writes every batch handed over before
+it returns (the agent stops its pipeline, then the control-plane client, which closes
+the writer, then the spool). A writer ``max_batches`` behind makes `submit` wait: the
+back-pressure the fsync applied when it ran on the pipeline thread.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import struct
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,3 +268,39 @@ class EventSpool:
     def close(self) -> None:
         with self._lock:
             self._fh.close()
+
+
+class SpoolWriter:
+    """Appends to an EventSpool off the caller's thread (see the module's docstring).
+    ``prepare`` turns a batch of events into the spool's records (on the writer thread)."""
+
+    def __init__(self, spool: EventSpool,
+                 prepare: Callable[[list[Mapping[str, Any]]], list[dict[str, Any]]],
+                 max_batches: int = 8) -> None:
+        self.spool = spool
+        self.prepare = prepare
+        self.errors = 0
+        self._q: queue.Queue[list[Mapping[str, Any]] | None] = queue.Queue(max_batches)
+        self._thread = threading.Thread(target=self._run, name="moray-spool", daemon=True)
+        self._thread.start()
+
+    def submit(self, events: list[Mapping[str, Any]]) -> None:
+        """Hand a batch over; it is written and fsync'd on the writer's thread."""
+        if events:
+            self._q.put(events)
+
+    def _run(self) -> None:
+        while (batch := self._q.get()) is not None:
+            try:
+                self.spool.append(self.prepare(batch))
+            except (OSError, ValueError, TypeError) as err:  # disk error, unencodable
+                self.errors += 1
+                log.error("event spool: cannot write %d events: %s (%d batches so far)",
+                          len(batch), err, self.errors)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what was handed over, then stop the thread."""
+        self._q.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("event spool: writer still busy after %.0fs at close", timeout)

@@ -7,8 +7,9 @@
 Each format is encoded once: an alert's JSON is made here and handed, as bytes, to the
 sink and to the SIEM outputs (syslog carries it, the webhook posts it). Events bound for
 the server are handed to the spool in batches (`batch` events, or at every flush), so
-one spool write covers many events; the spool (agent/controlplane/spool.py) encodes them
-once, as msgpack, and counts what it refuses (full) — so does `refused` here.
+one spool write covers many events; the spool's writer thread (agent/controlplane/
+spool.py `SpoolWriter`) encodes them once, as msgpack, writes and fsyncs them off the
+pipeline thread, and the spool counts what it refuses (full).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from moray.agent.output.siem import AlertOutput
 
 
 class Spooler(Protocol):
-    """agent/controlplane ControlPlaneClient, as the router uses it."""
+    """agent/controlplane ControlPlaneClient, as the router uses it: `submit` hands a
+    batch to the spool's writer thread and returns at once."""
 
-    def send_many(self, events: list[Any]) -> int: ...
+    def submit(self, events: list[Any]) -> None: ...
 
 
 class Router:
@@ -35,7 +37,6 @@ class Router:
         self.outputs = list(alert_outputs)
         self.spool = spool
         self.batch = batch
-        self.refused = 0  # events the spool did not accept (full)
         self._pending: list[dict[str, Any]] = []
         self._write_encoded: Callable[[bytes], None] | None = getattr(
             sink, "write_encoded", None)
@@ -65,9 +66,7 @@ class Router:
     def _hand_over(self) -> None:
         assert self.spool is not None
         events, self._pending = self._pending, []
-        accepted = self.spool.send_many(events)
-        if accepted < len(events):
-            self.refused += len(events) - accepted
+        self.spool.submit(events)
 
     def flush(self) -> None:
         if self._pending:

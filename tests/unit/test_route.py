@@ -12,15 +12,11 @@ from moray.agent.pipeline.route import Router
 
 
 class Spool:
-    def __init__(self, room: int = 1 << 30) -> None:
+    def __init__(self) -> None:
         self.batches: list[list[dict[str, Any]]] = []
-        self.room = room
 
-    def send_many(self, events: list[Any]) -> int:
+    def submit(self, events: list[Any]) -> None:
         self.batches.append(events)
-        n = min(self.room, len(events))
-        self.room -= n
-        return n
 
 
 class Output:
@@ -59,12 +55,14 @@ def test_events_and_alerts_leave_by_one_exit(tmp_path: Path) -> None:
     r.close()
 
 
-def test_spool_refusals_are_counted(tmp_path: Path) -> None:
-    r = Router(JsonLines(str(tmp_path / "out.jsonl")), (), Spool(room=1), batch=10)
+def test_flush_hands_a_partial_batch_over(tmp_path: Path) -> None:
+    spool = Spool()
+    r = Router(JsonLines(str(tmp_path / "out.jsonl")), (), spool, batch=10)
     for i in range(3):
         r.event({"type": "open", "n": i})
+    assert spool.batches == []
     r.flush()
-    assert r.refused == 2
+    assert [[e["n"] for e in b] for b in spool.batches] == [[0, 1, 2]]
     r.close()
 
 

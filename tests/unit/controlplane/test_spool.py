@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from moray.agent.controlplane.spool import EventSpool
 
@@ -86,3 +87,29 @@ def test_segments_are_bounded(tmp_path: Path) -> None:
     assert len(sizes) > 3 and max(sizes) < 300 + 100
     got, _pos = spool.read(max_records=1000)
     assert [e["n"] for e in got] == list(range(50))
+
+
+def test_writer_appends_off_the_callers_thread_and_loses_nothing_at_close(
+        tmp_path: Path) -> None:
+    """SpoolWriter: batches handed over are written (fsync'd) on the writer's thread, in
+    order; close() writes every batch handed over before it returns."""
+    import threading
+
+    from moray.agent.controlplane.spool import SpoolWriter
+
+    spool = EventSpool(tmp_path, segment_bytes=300)
+    threads: set[str] = set()
+
+    def prepare(batch: list[Any]) -> list[dict[str, Any]]:
+        threads.add(threading.current_thread().name)
+        return list(batch)
+
+    w = SpoolWriter(spool, prepare, max_batches=2)
+    for i in range(0, 50, 5):
+        w.submit(_events(5, i))
+    w.close()
+    assert threads == {"moray-spool"}
+    got, _ = spool.read(max_records=100)
+    assert [e["n"] for e in got] == list(range(50))
+    spool.close()
+    assert [e["n"] for e in EventSpool(tmp_path).read(max_records=100)[0]] == list(range(50))
