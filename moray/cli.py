@@ -183,6 +183,8 @@ def parse(argv: Sequence[str], alias: str | None = None) -> argparse.Namespace:
 
 def report(err: BaseException, args: argparse.Namespace) -> int:
     """One line for an error that ended a command; its exit code."""
+    from moray.controlplane.scanner.errors import AccessDenied
+
     code = exitcodes.for_error(err)
     if isinstance(err, BrokenPipeError) or code == exitcodes.INTERRUPTED:
         return code  # the reader went away (``| head``) / Ctrl-C: nothing left to say
@@ -190,7 +192,7 @@ def report(err: BaseException, args: argparse.Namespace) -> int:
         log.error("%s", err)
     elif isinstance(err, ControlPlaneError):
         sys.stderr.write(f"{args.prog}: {err}\n")
-    elif getattr(err, "refused", False):
+    elif isinstance(err, AccessDenied):  # a token refused: retrying cannot help
         sys.stderr.write(f"{args.prog}: refused: {err}\n")
     else:
         sys.stderr.write(f"{args.prog}: error: {err}\n")

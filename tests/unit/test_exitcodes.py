@@ -3,6 +3,7 @@ shows the same table."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -72,3 +73,9 @@ def test_entry_point_prints_one_line(capsys: pytest.CaptureFixture[str],
     assert capsys.readouterr().err.startswith("moray: cannot reach the server at ")
     assert cli.main(["-q", str(tmp_path / "missing.tar"), "--no-vulns"], alias="moray-scan") == 2
     assert "moray-scan: error: no such image file or directory" in capsys.readouterr().err
+
+
+def test_refused_token_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(prog="moray-scanner-worker", log_errors=False)
+    assert cli.report(AccessDenied("HTTP 401 for /claim"), args) == 2
+    assert capsys.readouterr().err == "moray-scanner-worker: refused: HTTP 401 for /claim\n"
