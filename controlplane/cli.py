@@ -32,6 +32,7 @@ from moray import clientconfig
 from moray.controlplane.scanner import cli as scan_cli
 from moray.controlplane.scanner import targets_cli, workercli
 from moray.errors import ScanError
+from moray.exitcodes import FAILED, OK
 
 if TYPE_CHECKING:
     from moray.controlplane.store.scanstore import ScanStore
@@ -191,7 +192,7 @@ def cmd_vulndb_import(args: argparse.Namespace) -> int:
                          f"rows, {r['skipped']} skipped, generation {r['generation']}\n")
         for err in r["errors"][:20]:
             sys.stdout.write(f"  skipped {err}\n")
-        return 1 if r["skipped"] else 0
+        return FAILED if r["skipped"] else OK
     from moray.controlplane.vulndb.importer import import_path
 
     store = open_store(args)
@@ -205,7 +206,7 @@ def cmd_vulndb_import(args: argparse.Namespace) -> int:
             for err in report.errors[:20]:
                 sys.stdout.write(f"  skipped {err}\n")
             failed += report.skipped
-        return 1 if failed else 0
+        return FAILED if failed else OK
     finally:
         store.close()
 

@@ -21,6 +21,7 @@ from moray.agent.policy.compile import CompileError, compile_policies
 from moray.agent.policy.engine import DEFAULT_POLICY_DIR, DEFAULT_STATUS
 from moray.api.policy.load import PolicyError, load_dir, load_file, policy_files
 from moray.api.policy.model import Policy
+from moray.exitcodes import FAILED
 
 
 def _lint(args: argparse.Namespace) -> int:
@@ -31,11 +32,11 @@ def _lint(args: argparse.Namespace) -> int:
             compiled = compile_policies(list(enumerate(pols)))
         except PolicyError as err:
             print(err, file=sys.stderr)
-            rc = 1
+            rc = FAILED
             continue
         except CompileError as err:
             print(f"{f}: {err}", file=sys.stderr)
-            rc = 1
+            rc = FAILED
             continue
         for p in pols:
             print(f"{f}: {p.name}: ok ({p.mode}, {p.rule_count()} rules)")
@@ -54,10 +55,10 @@ def _apply(args: argparse.Namespace) -> int:
         compile_policies(list(enumerate(others + pols)))
     except PolicyError as err:
         print(err, file=sys.stderr)
-        return 1
+        return FAILED
     except CompileError as err:
         print(f"{src}: {err}", file=sys.stderr)
-        return 1
+        return FAILED
     dest_dir = Path(args.policy_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     # one file per policy name: replacing a policy replaces its file
@@ -111,13 +112,13 @@ def _delete(args: argparse.Namespace) -> int:
         if args.name in names:
             if len(names) > 1:
                 print(f"{f} holds {len(names)} policies: edit it instead", file=sys.stderr)
-                return 1
+                return FAILED
             f.unlink()
             found = True
             print(f"{args.name}: deleted ({f})")
     if not found:
         print(f"no policy named {args.name!r} in {args.policy_dir}", file=sys.stderr)
-        return 1
+        return FAILED
     return 0
 
 
