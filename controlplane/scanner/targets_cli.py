@@ -39,8 +39,8 @@ class Targets(Protocol):
 
 def register(ssub: Any) -> None:
     """Add ``registry`` and ``image`` to ``moray scan``'s subcommands."""
-    for kind in ("registry", "image"):
-        p = ssub.add_parser(kind, help=f"{kind}s moray-server scans on a schedule")
+    for kind, kinds in (("registry", "registries"), ("image", "images")):
+        p = ssub.add_parser(kind, help=f"{kinds} moray-server scans on a schedule")
         sub = p.add_subparsers(dest="target_command", required=True)
         add = sub.add_parser("add", help=f"register a {kind}")
         if kind == "registry":
@@ -58,7 +58,7 @@ def register(ssub: Any) -> None:
         add.add_argument("--insecure-registry", action="store_true",
                          help="plain HTTP (loopback registries only)")
         add.add_argument("--policy", type=Path, help="ImageAssurancePolicy for the verdicts")
-        ls = sub.add_parser("list", help=f"registered {kind}s")
+        ls = sub.add_parser("list", help=f"registered {kinds}")
         ls.add_argument("--json", action="store_true")
         rm = sub.add_parser("remove", help=f"unregister a {kind}")
         rm.add_argument("id", type=int)
