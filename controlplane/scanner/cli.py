@@ -124,7 +124,7 @@ def policy_from_args(args: argparse.Namespace) -> AssurancePolicy | None:
 
 def open_store(args: argparse.Namespace, config: ClientConfig) -> ScanStore | None:
     """The store, when this scan needs it: local vulnerability matching or --record-verdict.
-    The layer cache is a file of its own (controlplane.scanner.cache), so a scan without
+    The layer cache is a file of its own (controlplane.scanner.engine.cache), so a scan without
     either never opens the store."""
     if (args.no_vulns or config.server) and not args.record_verdict:
         return None

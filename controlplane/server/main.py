@@ -8,7 +8,7 @@ Listens on 7443 (agents, mutual TLS), 7444 (enrolment, TLS + one-time token) and
 (REST API, /openapi.json, /metrics). On first start it creates the CA and keys under
 ``<data dir>/pki`` and an admin API token in ``<data dir>/admin.token`` (mode 0600).
 A scheduler thread queues scans of the registered registries and images and rescans
-after new vulnerability data (controlplane/scanner/scheduler.py); ``--scan-workers N``
+after new vulnerability data (controlplane/scanner/service/scheduler.py); ``--scan-workers N``
 threads (default 1) scan in the server, and any number of ``moray-scanner-worker``
 processes take jobs through the REST API (``--scan-workers 0``: only they do).
 """
