@@ -255,7 +255,6 @@ class Agent:
         from moray.agent.enrich.containers import ContainerResolver
         from moray.agent.policy.apply import MAP_NAMES, Applier
         from moray.agent.policy.engine import PolicyEngine
-        from moray.agent.policy.hold import HeldPaths
 
         applier = Applier({n: self.obj.map(n) for n in MAP_NAMES},
                           syscall_hook=self.syscall_link.set if self.syscall_link else None)
@@ -265,11 +264,10 @@ class Agent:
         resolver = self.resolver or ContainerResolver.for_host(self.cfg.proc,
                                                                self.cfg.host_root, cg)
         tiers = {k: str(v) for k, v in self.features.tiers().items()} if self.features else {}
-        # a decision on a held exec enters the pipeline as a typed event, queued after
-        # the kernel records already read; the pipeline notes held execs' paths for it
+        # a decision on a held exec enters the pipeline typed (agent/events/types.py
+        # Decision), queued behind the kernel records already read
         self.policy = PolicyEngine(applier, resolver, self.cfg.policy_dir,
-                                   emit=lambda ev: self.queue.put((ev,)),
-                                   held_paths=HeldPaths(), tiers=tiers,
+                                   emit=lambda d: self.queue.put((d,)), tiers=tiers,
                                    proc=self.cfg.proc, status_file=self.cfg.policy_status)
         self.policy.start()
         self._teardowns.append(("stop_policy", self.policy.stop))
@@ -364,8 +362,7 @@ class Agent:
                             self.stats,
                             detect=self.detector.process if self.detector is not None else None)
         if self.policy is not None:  # enforcement events are explained by the format stage
-            pipeline.format.explain_with(self.policy, self.policy.tiers,
-                                         self.policy.hold.paths)
+            pipeline.format.explain_with(self.policy, self.policy.tiers)
         self.pipeline = pipeline
         worker = threading.Thread(target=pipeline.run, args=(self.queue, self.stop_event),
                                   name="moray-pipeline", daemon=True)

@@ -3,8 +3,8 @@
 The reader copies records out of the ring buffer in batches (agent/bpf/ringbuf.py) and
 hands each batch to a bounded queue. Decoding, enrichment and output happen on the
 consumer side. The queue also carries typed events from user space, each batch a tuple
-(`Batch`): enforcement decisions made by the agent (agent/policy/hold.py), queued in
-order with the kernel's records. When the queue is full the batch is dropped and counted
+(`Batch`): enforcement decisions made by the agent (`Decision`, agent/policy/hold.py),
+queued in order with the kernel's records. When the queue is full the batch is dropped and counted
 (`dropped`): the kernel keeps running and the loss is visible in metrics, never silent.
 Kernel-side losses (ring buffer full) are counted separately in the mr_stats map.
 """
@@ -16,12 +16,12 @@ import threading
 from collections import deque
 
 from moray.agent.bpf.ringbuf import RingBuffer
-from moray.agent.events.types import EnforceEvent
+from moray.agent.events.types import Decision
 
 log = logging.getLogger(__name__)
 
 # kernel records (a list of bytes, as read) or typed events from user space (a tuple)
-Batch = list[bytes] | tuple[EnforceEvent, ...]
+Batch = list[bytes] | tuple[Decision, ...]
 
 
 class BatchQueue:

@@ -11,6 +11,7 @@ container identity) happens later in agent/enrich and the JSON shape in agent/ou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -160,3 +161,16 @@ class SyscallEvent(NamedTuple):
 KernelEvent = (ExecEvent | ForkEvent | ExitEvent | OpenEvent | NetEvent | EnforceEvent
                | SyscallEvent)
 AnyEvent = KernelEvent | CgroupEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An enforcement decision made in user space: a task held at its first exec, killed
+    or continued by agent/policy/hold.py. Queued typed (never as kernel bytes) behind the
+    kernel records already read; the pipeline's decode stage turns it into the event.
+
+    `event.path`/`path2` are what /proc showed at the decision; the kernel's HELD record
+    of the same exec names the binary and the filename passed to execve, and replaces
+    them when the pipeline has seen it (agent/pipeline/decode.py `HeldExecs`)."""
+
+    event: EnforceEvent

@@ -1,8 +1,10 @@
 """Stage 1, decode: a queued record -> a typed kernel event, or None.
 
-Kernel records are bytes (agent/events/decode.py `DECODERS[op]`). Events made in user
-space (a held exec's decision, agent/policy/hold.py) are queued typed, in batches of
-their own (a tuple, agent/events/reader.py `Batch`), and pass through `typed`. Cgroup mkdir/rmdir
+Kernel records are bytes (agent/events/decode.py `DECODERS[op]`). A decision made in user
+space on a held exec (agent/policy/hold.py) is queued typed (`Decision`), in a batch of
+its own (a tuple, agent/events/reader.py `Batch`): `decision` makes it the event, naming
+the paths of the kernel's HELD record of that exec when the pipeline saw it (`HeldExecs`,
+filled by the format stage, which sees every enforcement event). Cgroup mkdir/rmdir
 records update the container resolver here and go no further. An undecodable record is
 counted in `Stats.decode_errors` (the first ten are logged) and dropped.
 """
@@ -11,18 +13,39 @@ from __future__ import annotations
 
 import logging
 
+from moray.agent.bpf import abi
 from moray.agent.events.decode import DecodeError, decode
-from moray.agent.events.types import CgroupEvent, EnforceEvent, KernelEvent
+from moray.agent.events.types import CgroupEvent, Decision, EnforceEvent, KernelEvent
 from moray.agent.output.metrics import Stats
 from moray.agent.pipeline.identity import Resolver
 
 log = logging.getLogger(__name__)
 
 
+class HeldExecs:
+    """pid -> (binary, filename) of the execs the kernel held (HELD records), until the
+    decision on them; the oldest go first beyond `limit`. Pipeline thread only."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._paths: dict[int, tuple[str, str]] = {}
+
+    def note(self, ev: EnforceEvent) -> None:
+        if ev.action != abi.EAction.HELD:
+            return
+        self._paths[ev.proc.pid] = (ev.path, ev.path2)
+        if len(self._paths) > self.limit:
+            self._paths.pop(next(iter(self._paths)))
+
+    def pop(self, pid: int) -> tuple[str, str] | None:
+        return self._paths.pop(pid, None)
+
+
 class Decode:
     def __init__(self, resolver: Resolver | None, stats: Stats) -> None:
         self.resolver = resolver
         self.stats = stats
+        self.held = HeldExecs()
 
     def record(self, rec: bytes) -> KernelEvent | None:
         try:
@@ -42,13 +65,17 @@ class Decode:
         return ev
 
 
-def typed(ev: EnforceEvent) -> KernelEvent:
-    """A typed event from user space: nothing to decode."""
-    return ev
+    def decision(self, d: Decision) -> KernelEvent:
+        """A held exec's decision -> its event, with the HELD record's paths if seen."""
+        ev = d.event
+        paths = self.held.pop(ev.proc.pid)
+        if paths is not None:
+            ev = ev._replace(path=paths[0], path2=paths[1])
+        return ev
 
 
-def describe(rec: bytes | EnforceEvent) -> str:
+def describe(rec: bytes | Decision) -> str:
     """A queued record, for a log line."""
     if isinstance(rec, bytes):
         return f"record {len(rec)} bytes op {int.from_bytes(rec[:2], 'little')}"
-    return f"{type(rec).__name__} pid {rec.proc.pid}"
+    return f"{type(rec).__name__} pid {rec.event.proc.pid}"

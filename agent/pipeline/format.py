@@ -5,7 +5,7 @@ events (from the kernel, or typed decisions from agent/policy/hold.py) get one m
 step, `enforcement`: the decision's explanation (which policy, which rule: the pure
 agent/policy/explain.py, over the policies by slot the engine last published) replaces
 the raw masks, and an exec decision names the new image (`new_image`). A HELD exec's
-paths are noted for the decision that follows it (agent/policy/hold.py `HeldPaths`).
+paths are noted for the decision that follows it (decode.py `HeldExecs`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from moray.agent.bpf import abi
 from moray.agent.enrich.proctree import Process
 from moray.agent.events.types import EnforceEvent, KernelEvent
 from moray.agent.output.schema import Formatter
+from moray.agent.pipeline.decode import HeldExecs
 from moray.agent.policy.explain import explain
-from moray.agent.policy.hold import HeldPaths
 from moray.api.policy.model import Policy
 
 
@@ -31,17 +31,16 @@ class PolicyTable(Protocol):
 
 
 class Format:
-    def __init__(self, formatter: Formatter) -> None:
+    def __init__(self, formatter: Formatter, held: HeldExecs | None = None) -> None:
         self.fmt = formatter
         self.event = formatter.event  # then enforcement() for an EnforceEvent
+        self.held = held if held is not None else HeldExecs()
         self._table: PolicyTable | None = None
         self._tiers: Mapping[str, str] = {}
-        self._held: HeldPaths | None = None
 
-    def explain_with(self, table: PolicyTable, tiers: Mapping[str, str],
-                     held: HeldPaths | None = None) -> None:
+    def explain_with(self, table: PolicyTable, tiers: Mapping[str, str]) -> None:
         """Explain enforcement events by `table`'s policies (without: the raw masks)."""
-        self._table, self._tiers, self._held = table, tiers, held
+        self._table, self._tiers = table, tiers
 
     def __call__(self, ev: KernelEvent, p: Process, parent: Process | None,
                  container: dict[str, Any] | None) -> dict[str, Any]:
@@ -51,9 +50,8 @@ class Format:
         return out
 
     def enforcement(self, out: dict[str, Any], ev: EnforceEvent) -> None:
+        self.held.note(ev)
         if self._table is not None:
-            if self._held is not None:
-                self._held.note(ev)
             out["enforcement"] = explain(ev, self._table.by_slot, self._tiers)
         new_image(out, ev)
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from moray.agent.enrich.proctree import ProcessTree
 from moray.agent.events.reader import BatchQueue
-from moray.agent.events.types import EnforceEvent, ExecEvent, KernelEvent
+from moray.agent.events.types import Decision, EnforceEvent, ExecEvent, KernelEvent
 from moray.agent.output.jsonl import EventSink
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
-from moray.agent.pipeline.decode import Decode, describe, typed
+from moray.agent.pipeline.decode import Decode, describe
 from moray.agent.pipeline.format import Format
 from moray.agent.pipeline.identity import Identity, Resolver
 from moray.agent.pipeline.route import Router
@@ -39,14 +39,14 @@ class Pipeline:
         self.decode = Decode(resolver, stats)
         self.lineage = Lineage(tree)
         self.identity = Identity(resolver, stats)
-        self.format = Format(formatter)
+        self.format = Format(formatter, self.decode.held)
         # detect stage (agent/detect/stage.py): enriched event -> alerts
         self.detect = detect
         self.route = out if isinstance(out, Router) else Router(out)
 
-    def handle(self, rec: bytes | EnforceEvent) -> dict[str, Any] | None:
+    def handle(self, rec: bytes | Decision) -> dict[str, Any] | None:
         """One queued record -> its JSON event (None: nothing to output)."""
-        ev = self.decode.record(rec) if isinstance(rec, bytes) else typed(rec)
+        ev = self.decode.record(rec) if isinstance(rec, bytes) else self.decode.decision(rec)
         return None if ev is None else self.enrich(ev)
 
     def enrich(self, ev: KernelEvent) -> dict[str, Any]:
@@ -61,7 +61,8 @@ class Pipeline:
         # the stages of handle() and enrich(), called here directly: one record costs a
         # few microseconds, and two calls per record are a few percent of that
         route, stats, events = self.route, self.stats, self.stats.events
-        decode, lineage = self.decode.record, self.lineage.lookup
+        decode, decision, lineage = self.decode.record, self.decode.decision, \
+            self.lineage.lookup
         identity, fmt, enforcement = self.identity.container, self.format.event, \
             self.format.enforcement
         detect = self.detect
@@ -72,7 +73,7 @@ class Pipeline:
                 if queue.closed:
                     break
                 continue
-            dec = decode if type(batch) is list else typed  # a tuple: typed, user space
+            dec = decode if type(batch) is list else decision  # a tuple: typed decisions
             for rec in batch:
                 try:
                     ev = dec(rec)  # type: ignore[arg-type]

@@ -30,10 +30,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from moray.agent.bpf import abi
-from moray.agent.events.types import EnforceEvent
+from moray.agent.events.types import Decision
 from moray.agent.policy.apply import Applier, dec_conf, u32
 from moray.agent.policy.compile import CompileError, compile_policies
-from moray.agent.policy.hold import HeldPaths, Holds, Resolver, boot_ns
+from moray.agent.policy.hold import Holds, Resolver, boot_ns
 from moray.agent.policy.scope import ContainerLike, slots_for
 from moray.api.policy.load import load_dir
 from moray.api.policy.model import Mode, Policy
@@ -46,8 +46,7 @@ DEFAULT_STATUS = "/run/moray/policy-status.json"
 
 class PolicyEngine:
     def __init__(self, applier: Applier, resolver: Resolver, policy_dir: str,
-                 *, emit: Callable[[EnforceEvent], object] | None = None,
-                 held_paths: HeldPaths | None = None,
+                 *, emit: Callable[[Decision], object] | None = None,
                  tiers: dict[str, str] | None = None,
                  proc: str = "/proc", status_file: str | None = DEFAULT_STATUS,
                  poll: float = 0.5, tick: float = 0.01) -> None:
@@ -57,7 +56,7 @@ class PolicyEngine:
         self.tiers = tiers or {}
         self.proc = proc
         # held execs and pending cgroups; decisions leave as typed events through emit
-        self.hold = Holds(applier, resolver, proc=proc, emit=emit, paths=held_paths)
+        self.hold = Holds(applier, resolver, proc=proc, emit=emit)
         self.status_file = status_file
         self.poll = poll
         self.tick_s = tick

@@ -9,11 +9,11 @@ State it reads and writes (the policy maps, agent/policy/apply.py), and what cha
 * mr_phold (a task stopped at its first exec in a pending cgroup): :meth:`Holds.decide`
   sends SIGKILL when an enforcing policy in scope denies the exec, else SIGCONT, once the
   cgroup is classified (or MAX_HOLD_NS passed), then deletes the row. A kill, or a
-  monitor-mode hit, is reported as a typed EnforceEvent handed to ``emit`` (the agent puts
-  it on the pipeline's queue, after the kernel records already there).
-* ``paths`` (`HeldPaths`): the kernel's HELD record names the held exec's binary and the
-  filename passed to execve; the pipeline notes them (agent/pipeline/format.py), so the
-  decision's event names the same paths (a deny on /usr/bin/nc, a link to nc.real).
+  monitor-mode hit, is reported as a typed `Decision` (agent/events/types.py) handed to
+  ``emit`` before the signal: the agent queues it for the pipeline behind the kernel
+  records already read, so it comes before the kernel's exit record. Its paths are what
+  /proc shows; the pipeline replaces them with the kernel's HELD record's (the binary and
+  the filename passed to execve: a deny on /usr/bin/nc, a link to nc.real) when it saw it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any, Protocol
 
 from moray.agent.bpf import abi
 from moray.agent.enrich.proctree import stat_start_ticks, ticks
-from moray.agent.events.types import EnforceEvent, Proc
+from moray.agent.events.types import Decision, EnforceEvent, Proc
 from moray.agent.policy.apply import Applier, u64
 from moray.agent.policy.scope import ContainerLike, slots_for
 from moray.api.policy.model import Policy
@@ -67,28 +66,6 @@ class Held:
     ts: int
 
 
-class HeldPaths:
-    """pid -> (binary, filename) of held execs, from the kernel's HELD records; bounded
-    (4096, oldest out). Written by the pipeline thread, read by the policy thread."""
-
-    def __init__(self, limit: int = 4096) -> None:
-        self.limit = limit
-        self._paths: dict[int, tuple[str, str]] = {}
-        self._lock = threading.Lock()
-
-    def note(self, ev: EnforceEvent) -> None:
-        if ev.action != abi.EAction.HELD:
-            return
-        with self._lock:
-            self._paths[ev.proc.pid] = (ev.path, ev.path2)
-            if len(self._paths) > self.limit:
-                self._paths.pop(next(iter(self._paths)))
-
-    def pop(self, pid: int) -> tuple[str, str] | None:
-        with self._lock:
-            return self._paths.pop(pid, None)
-
-
 def _clip(s: str, limit: int) -> str:
     """As the kernel record would carry it: at most `limit` bytes."""
     raw = s.encode()
@@ -97,13 +74,11 @@ def _clip(s: str, limit: int) -> str:
 
 class Holds:
     def __init__(self, applier: Applier, resolver: Resolver, *, proc: str = "/proc",
-                 emit: Callable[[EnforceEvent], object] | None = None,
-                 paths: HeldPaths | None = None) -> None:
+                 emit: Callable[[Decision], object] | None = None) -> None:
         self.applier = applier
         self.resolver = resolver
         self.proc = proc
         self.emit = emit
-        self.paths = paths or HeldPaths()
         self.decisions = {"killed": 0, "continued": 0}
 
     # ------------------------------------------------------------------ pending cgroups
@@ -241,9 +216,7 @@ class Holds:
         return stat_start_ticks(self.proc, h.pid) == ticks(h.start_ns)
 
     def _paths_of(self, pid: int) -> tuple[str, str]:
-        known = self.paths.pop(pid)
-        if known is not None:
-            return known
+        """The held task's binary as the task sees it (no filename: /proc has none)."""
         try:
             exe = os.readlink(f"{self.proc}/{pid}/exe")
             root = os.readlink(f"{self.proc}/{pid}/root")
@@ -274,6 +247,7 @@ class Holds:
         proc = Proc(pid=h.pid, tid=h.pid, ppid=ppid, uid=ids[0], euid=ids[1], gid=ids[2],
                     mntns=0, cgroup_id=h.cgroup_id, start_ns=h.start_ns, pstart_ns=0,
                     comm=comm.decode("utf-8", "replace"))
-        self.emit(EnforceEvent(ts=boot_ns(), proc=proc, kind=kind, action=action,
-                               policies=hit, enforced=enforced, arg=0, family=0, daddr=None,
-                               dport=0, path=_clip(path, PATH_MAX), path2=_clip(path2, NAME_MAX)))
+        self.emit(Decision(EnforceEvent(
+            ts=boot_ns(), proc=proc, kind=kind, action=action, policies=hit,
+            enforced=enforced, arg=0, family=0, daddr=None, dport=0,
+            path=_clip(path, PATH_MAX), path2=_clip(path2, NAME_MAX))))

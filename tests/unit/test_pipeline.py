@@ -11,7 +11,7 @@ import pytest
 from moray.agent.bpf import abi
 from moray.agent.enrich.proctree import ProcessTree
 from moray.agent.events.reader import BatchQueue
-from moray.agent.events.types import EnforceEvent, ExecEvent, Proc
+from moray.agent.events.types import Decision, EnforceEvent, ExecEvent, Proc
 from moray.agent.output.jsonl import EventSink
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
@@ -90,10 +90,10 @@ def test_a_failing_record_is_counted_and_the_pipeline_goes_on(tmp_path: Path) ->
 
 
 def test_decisions_enter_typed_and_are_explained(tmp_path: Path) -> None:
-    """A held exec's decision (agent/policy/hold.py) is queued as a typed event, after
-    the kernel records already read, and the format stage explains it; a HELD record's
-    paths are noted for the decision that follows."""
-    from moray.agent.policy.hold import HeldPaths
+    """A held exec's decision (agent/policy/hold.py) is queued typed, behind the kernel
+    records already read, and explained by the format stage; it names the paths of the
+    kernel's HELD record of that exec (the filename passed to execve: /usr/bin/nc),
+    not the ones /proc showed at the decision."""
     from moray.api.policy.load import load_text
 
     from .policy.test_policy import WEB
@@ -105,21 +105,23 @@ def test_decisions_enter_typed_and_are_explained(tmp_path: Path) -> None:
             written.append(event)
 
     table = SimpleNamespace(by_slot={0: load_text(WEB, "web.yaml")[0]})
-    held = HeldPaths()
     rec = (Path(__file__).parents[1] / "fixtures" / "records" / "fork.bin").read_bytes()
     p = Pipeline(ProcessTree(str(tmp_path), read_proc=lambda _proc, _pid: None),
                  ListSink(), Formatter("n"), None, Stats())  # type: ignore[arg-type]
-    p.format.explain_with(table, {"exec": "lsm"}, held)
+    p.format.explain_with(table, {"exec": "lsm"})
+    from_proc = _enforce(abi.EAction.KILLED)._replace(path="/usr/bin/busybox", path2="")
     q = BatchQueue(16)
     q.put([rec])
-    q.put((_enforce(abi.EAction.HELD),))
-    q.put((_enforce(abi.EAction.KILLED),))
+    q.put((Decision(from_proc),))   # its HELD record seen (noted below): the kernel's paths
+    q.put((Decision(from_proc),))   # none seen: /proc's
     q.close()
+    p.format.held.note(_enforce(abi.EAction.HELD))
     p.run(q, threading.Event())
     assert [e["type"] for e in written] == ["fork", "enforce", "enforce"]
-    enf = written[2]["enforcement"]
-    assert isinstance(enf, dict)
-    assert (enf["action"], enf["policy"], enf["rule"], enf["tier"]) == (
+    first, second = (e["enforcement"] for e in written[1:])
+    assert isinstance(first, dict) and isinstance(second, dict)
+    assert (first["action"], first["policy"], first["rule"], first["tier"]) == (
         "killed", "web-lockdown", "exec.deny: /usr/bin/*", "lsm")
-    assert held.pop(PROC.pid) == ("/usr/bin/nc.real", "/usr/bin/nc")
+    assert (first["binary"], first["filename"]) == ("/usr/bin/nc.real", "/usr/bin/nc")
+    assert second["binary"] == "/usr/bin/busybox" and "filename" not in second
     assert p.stats.enrich_errors == 0
