@@ -1,7 +1,9 @@
 """One event under evaluation: :class:`Ctx` wraps the enriched event (the agent's JSON
 object) with the detection state, and computes what several fields need at most once per
-event, on demand: the process and parent from the process tree, the ancestry, and the
-file key that FilePlan memoizes on (agent/detect/plan.py). Lives as long as one event's
+event, on demand: the ancestry and the file key that FilePlan memoizes on
+(agent/detect/plan.py). The process and its parent are the pipeline's own objects (its
+tree stage found them, agent/pipeline/tree.py); only a caller without them (tests, offline
+tools) has them looked up in the tree by the event's exec ids. Lives as long as one event's
 evaluation; owns no state between events (that is agent/detect/state.py)."""
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ class Ctx:
 
     __slots__ = ("_ancestors", "_fkey", "_parent", "_proc", "e", "state")
 
-    def __init__(self, e: dict[str, Any], state: State) -> None:
+    def __init__(self, e: dict[str, Any], state: State, proc: Process | None = None,
+                 parent: Process | None = None) -> None:
+        """``proc`` given: the event's process and ``parent`` its parent (None: none), as
+        the pipeline enriched the event with them; else both are looked up on demand."""
         self.e = e
         self.state = state
-        self._proc: Process | bool | None = False
-        self._parent: Process | bool | None = False
+        self._proc: Process | bool | None = False if proc is None else proc
+        self._parent: Process | bool | None = False if proc is None else parent
         self._ancestors: list[Process] | None = None
         self._fkey: tuple[Any, ...] | bool | None = False
 

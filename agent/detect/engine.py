@@ -1,6 +1,9 @@
 """The detection stage: enriched event -> alerts.
 
-`Detector.process(event)` runs after enrichment, on the pipeline thread: it updates the
+`Detector.process(event, proc, parent)` runs after enrichment, on the pipeline thread, with
+the event and the process objects the pipeline enriched it from (its process and that
+process's parent, agent/enrich/proctree.py; rules read them, never look them up again;
+without them, e.g. in tests, they are looked up by the event's exec ids). It updates the
 detection state (agent/detect/state.py), evaluates only the rules indexed under the
 event's type (each a compiled closure, agent/detect/lang.py), and returns one alert per
 rule that matched, in rule order. An alert is the JSON object written beside the events:
@@ -25,7 +28,7 @@ from moray.agent.detect.model import Rule
 from moray.agent.detect.plan import FilePlan, RuleSet
 from moray.agent.detect.response import Responder
 from moray.agent.detect.state import State
-from moray.agent.enrich.proctree import ProcessTree
+from moray.agent.enrich.proctree import Process, ProcessTree
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +47,19 @@ class Detector:
         self._erred: set[str] = set()
         self.evaluated = 0
 
-    def process(self, e: dict[str, Any]) -> list[dict[str, Any]]:
+    def process(self, e: dict[str, Any], proc: Process | None = None,
+                parent: Process | None = None) -> list[dict[str, Any]]:
+        """Alerts for one enriched event. ``proc``: the event's process and ``parent`` its
+        parent (None: none), as the pipeline has them; ``proc`` None: look both up."""
         t = e["type"]
         if t == "exec":
-            self.state.observe(e)
+            self.state.observe(e, parent if proc is not None else Ctx(e, self.state).parent)
         elif t in CONNECTS:
             self.state.record_connect(e)
         rs = self.rules
         fplan = rs.file_plans.get(t)
         if fplan is not None:
-            return self._process_file(e, fplan)
+            return self._process_file(e, fplan, proc, parent)
         if t == "syscall":
             groups = rs.syscall_plans.get(e["syscall"]["name"], rs.any_syscall_plan)
         else:
@@ -61,7 +67,7 @@ class Detector:
         if not groups:
             return []
         self.evaluated += 1
-        c = Ctx(e, self.state)
+        c = Ctx(e, self.state, proc, parent)
         out: list[dict[str, Any]] = []
         for guard, rules in groups:
             try:
@@ -81,11 +87,12 @@ class Detector:
                     out.append(self.alert(r, c))
         return out
 
-    def _process_file(self, e: dict[str, Any], fplan: FilePlan) -> list[dict[str, Any]]:
+    def _process_file(self, e: dict[str, Any], fplan: FilePlan, proc: Process | None,
+                      parent: Process | None) -> list[dict[str, Any]]:
         """An event with a file (open): only the rules whose file-only tests hold for its
         path and flags (remembered per path and flags) run their other tests."""
         self.evaluated += 1
-        c = Ctx(e, self.state)
+        c = Ctx(e, self.state, proc, parent)
         cands = fplan.candidates(c, self._failed)
         if not cands:
             return []

@@ -2,7 +2,7 @@
 
 Built at start-up (step load_rules in agent/app.py) from the config: the default ruleset
 unless --no-default-rules, then every --rules FILE; the --syslog / --cef / --webhook
-outputs. `process(event)` returns the alerts; the pipeline's router
+outputs. `process(event, proc, parent)` returns the alerts; the pipeline's router
 (agent/pipeline/route.py) sends them to the JSON sink and to `outputs`, which this stage
 builds and closes but does not publish to. `watch` is what the rules need the kernel to report.
 Its counters are exported by a Prometheus collector registered here.
@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from moray.agent.detect.engine import Detector
 from moray.agent.detect.load import load
 from moray.agent.detect.model import RuleError
-from moray.agent.enrich.proctree import ProcessTree
+from moray.agent.enrich.proctree import Process, ProcessTree
 from moray.agent.output.siem import AlertOutput, OutputError, build
 from moray.errors import ConfigError
 
@@ -64,8 +64,9 @@ class DetectStage:
             st._collector = None
         return st
 
-    def process(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.detector.process(event)
+    def process(self, event: dict[str, Any], proc: Process | None = None,
+                parent: Process | None = None) -> list[dict[str, Any]]:
+        return self.detector.process(event, proc, parent)
 
     def close(self) -> None:
         for o in self.outputs:

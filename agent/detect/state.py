@@ -44,18 +44,16 @@ class State:
 
     # --- container entrypoints --------------------------------------------------------
 
-    def observe(self, e: dict[str, Any]) -> None:
-        """Called for every event before rules run: records container entrypoints."""
+    def observe(self, e: dict[str, Any], parent: Process | None) -> None:
+        """Called for every exec event before rules run, with the process's parent (None:
+        not known): records container entrypoints."""
         if e["type"] != "exec":
             return
-        c = e.get("container")
-        if not c:
+        if not e.get("container"):
             return
         cg = e["process"]["cgroup_id"]
         if cg in self.entrypoints:
             return
-        par = e.get("parent")
-        parent = self.lookup(par.get("exec_id")) if par else None
         if parent is None or parent.cgroup_id != cg:
             self._set_entry(cg, e["process"]["exec_id"])
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from moray.agent.enrich.proctree import ProcessTree
+from moray.agent.enrich.proctree import Process, ProcessTree
 from moray.agent.events.reader import BatchQueue
 from moray.agent.events.types import Decision, EnforceEvent, ExecEvent, KernelEvent
 from moray.agent.output.jsonl import EventSink
@@ -28,7 +28,8 @@ from moray.agent.pipeline.tree import Lineage
 
 log = logging.getLogger(__name__)
 
-Detect = Callable[[dict[str, Any]], list[dict[str, Any]]]
+# the enriched event, its process and that process's parent (agent/detect/engine.py)
+Detect = Callable[[dict[str, Any], Process, Process | None], list[dict[str, Any]]]
 
 
 class Pipeline:
@@ -88,7 +89,7 @@ class Pipeline:
                     events[out["type"]] += 1
                     route.event(out)
                     if detect is not None:
-                        alerts = detect(out)
+                        alerts = detect(out, p, parent)
                         if alerts:
                             route.alerts(alerts)
                 except Exception:  # a bug on one record must not stop the pipeline thread

@@ -76,7 +76,8 @@ def test_a_failing_record_is_counted_and_the_pipeline_goes_on(tmp_path: Path) ->
                  ListSink(), Formatter("n"), None, Stats())  # type: ignore[arg-type]
     calls = []
 
-    def detect(e: dict[str, object]) -> list[dict[str, object]]:
+    def detect(e: dict[str, object], proc: object = None,
+               parent: object = None) -> list[dict[str, object]]:
         calls.append(e)
         if len(calls) == 1:
             raise RuntimeError("a rule-engine bug")

@@ -51,6 +51,23 @@ def rules_of(alerts: list[dict[str, Any]]) -> set[str]:
     return {a["rule"] for a in alerts}
 
 
+def test_the_pipelines_process_objects_are_used_not_looked_up() -> None:
+    """The pipeline hands the detector the process and parent it enriched the event from:
+    rules read those (here a tree that knows none of them); the ancestry goes on from
+    the parent through the tree."""
+    t = tree()
+    d = Detector(load([]), t, proc="/nonexistent")
+    d.state.entrypoints[77] = "10:1"
+    sh = Process("12:1", 12, 1, 9, "9:1", "/bin/sh", ("sh",), "/", 0, 0, 0, 77, "sh")
+    runc = t.live.pop("9:1")  # not in the tree: only the pipeline's object names it
+    a = d.process(ev("exec", pid=12, parent="9:1"), sh, runc)
+    assert rules_of(a) == {"Shell in container not started by the entrypoint"}
+    assert [p["exec_id"] for p in a[0]["ancestry"]] == ["9:1"]
+    # without the objects the detector looks the parent up, and this tree has none
+    (b,) = d.process(ev("exec", pid=13, parent="9:1"))
+    assert b["ancestry"] == []
+
+
 def test_shell_rule_entrypoint_child_quiet_exec_from_runtime_alerts(det: Detector) -> None:
     assert det.process(ev("exec")) == []  # python entrypoint -> sh
     a = det.process(ev("exec", pid=12, parent="9:1"))  # runc exec -> sh
