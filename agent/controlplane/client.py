@@ -15,6 +15,11 @@ Threads (all started by ``start``, all ended by ``stop``):
   with capped backoff; a refusal (unknown or revoked certificate) is logged as an error.
 - ``cp-events``: sends spooled events in order, one batch in flight, and commits the
   spool only after the server's ack (so a cut connection resends, never skips).
+
+An event is encoded once per format: its JSON once (by the pipeline's router, the line
+the JSON sink wrote; by ``send_many`` for events handed over as dicts), with ``"id"``
+added on the spool writer's thread; msgpack once, a spool record carrying those bytes
+(agent/controlplane/spool.py); the sender puts them in ``payload_json`` as they are.
 - ``cp-heartbeat``: agent status every ``heartbeat_interval`` seconds.
 
 ``on_policy`` runs on the policy thread; it must apply the policy (or the removal, when
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 
 from moray.agent.controlplane.identity import (
     EnrollmentError,
@@ -93,7 +99,9 @@ class ControlPlaneClient:
         self.heartbeat_interval = heartbeat_interval
         self.max_backoff = max_backoff
         self.spool = EventSpool(self.data_dir / "spool", max_bytes=spool_max_bytes)
-        self.writer = SpoolWriter(self.spool, self._records)  # submit(): off the caller
+        # submit(): records built, encoded and fsync'd off the caller's thread
+        self.writer: SpoolWriter[tuple[list[Mapping[str, Any]], list[bytes]]] = SpoolWriter(
+            self.spool, self._line_records)
         self.cache = PolicyCache(self.data_dir / "policies")
         self.identity: Identity | None = load_identity(self.data_dir / "identity")
         self.verifier: PolicyVerifier | None = None
@@ -146,20 +154,42 @@ class ControlPlaneClient:
         ``id`` (kept when it has one): the server stores each id once."""
         return self.spool.append(self._records(events))
 
-    def submit(self, events: list[Mapping[str, Any]]) -> None:
+    def submit(self, events: list[Mapping[str, Any]], lines: list[bytes]) -> None:
         """Spool events as send_many does, on the spool writer's thread (the agent's
-        pipeline: it goes on while the batch is encoded and fsync'd); a full spool's
-        refusals are counted by the spool (heartbeat ``spool_full``)."""
-        self.writer.submit(events)
+        pipeline: it goes on while the batch is written and fsync'd); ``lines[i]`` is
+        ``events[i]`` already encoded, its JSON and a newline (the JSON sink's line, see
+        agent/pipeline/route.py), sent as the event's payload with its id added. A full
+        spool's refusals are counted by the spool (heartbeat ``spool_full``)."""
+        if events:
+            self.writer.submit((events, lines))
 
     @staticmethod
-    def _records(events: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def _line_records(batch: tuple[list[Mapping[str, Any]], list[bytes]]
+                      ) -> list[dict[str, Any]]:
+        return ControlPlaneClient._records(*batch)
+
+    @staticmethod
+    def _records(events: list[Mapping[str, Any]], lines: list[bytes] | None = None
+                 ) -> list[dict[str, Any]]:
+        """The spool's records (see agent/controlplane/spool.py): ``json`` is what the
+        server stores, the event's JSON with its ``id`` (the event's own when it has one,
+        else a new one, placed last as ``{**event, "id": id}`` places it)."""
         now_ms = int(time.time() * 1000)
         records = []
-        for event in events:
-            event_id = str(event.get("id") or uuid.uuid4().hex)
+        for i, event in enumerate(events):
+            given = event.get("id")
+            event_id = str(given or uuid.uuid4().hex)
+            line = lines[i] if lines is not None else b""
+            if "id" not in event and len(line) > 3 and line.endswith(b"}\n"):
+                payload = b"".join((memoryview(line)[:-2], b',"id":', orjson.dumps(event_id),
+                                    b"}"))
+            elif type(given) is str and given and line.endswith(b"\n"):
+                payload = line[:-1]         # it carries its id already
+            else:                           # handed over as a dict (send_many), or odd
+                payload = orjson.dumps({**event, "id": event_id}, default=str,
+                                       option=orjson.OPT_NON_STR_KEYS)
             records.append({"id": event_id, "t": now_ms, "type": str(event.get("type", "")),
-                            "event": {**event, "id": event_id}})
+                            "json": payload})
         return records
 
     def wait_connected(self, timeout: float) -> bool:
@@ -313,10 +343,11 @@ class ControlPlaneClient:
 
     @staticmethod
     def _to_proto(record: Mapping[str, Any]) -> moray_pb2.Event:
+        payload = record.get("json")
+        if payload is None:   # spooled by an agent before 2026-12: {"event": <dict>}
+            payload = json.dumps(record["event"], default=str, separators=(",", ":")).encode()
         return moray_pb2.Event(id=record["id"], time_ms=int(record.get("t", 0)),
-                               type=record.get("type", ""),
-                               payload_json=json.dumps(record["event"], default=str,
-                                                       separators=(",", ":")).encode())
+                               type=record.get("type", ""), payload_json=payload)
 
     def _event_loop(self) -> None:
         if not self._wait_identity():

@@ -4,7 +4,8 @@ written here first, and leaves only when the server has acknowledged it.
 On disk (``<dir>``):
 - ``seg-<16 digits>.spool``: append-only segments of records. A record is an 8-byte
   header (payload length, CRC-32 of the payload; both little-endian u32) followed by
-  the msgpack encoding of the event. Segments roll over at ``segment_bytes``.
+  the msgpack encoding of a dict (``append``'s argument, returned as is by ``read``).
+  Segments roll over at ``segment_bytes``.
 - ``cursor``: ``<segment> <offset>`` of the first record not yet acknowledged, replaced
   atomically (write, fsync, rename) on every ``commit``.
 
@@ -21,6 +22,13 @@ fsync'd there, in the order handed over. `close` writes every batch handed over 
 it returns (the agent stops its pipeline, then the control-plane client, which closes
 the writer, then the spool). A writer ``max_batches`` behind makes `submit` wait: the
 back-pressure the fsync applied when it ran on the pipeline thread.
+
+The agent's records (agent/controlplane/client.py ``ControlPlaneClient``) are
+``{"id", "t", "type", "json"}``: the event's id, the time it was spooled (ms), its type
+and ``json``, the bytes the server stores (the event's JSON as the pipeline encoded it
+for the JSON sink, with ``"id"`` added). The spool never looks inside them. Until
+2026-12 the record was ``{"id", "t", "type", "event": <the event as a dict>}``; a spool
+written then is still read and sent (the sender encodes ``event`` to JSON).
 """
 
 from __future__ import annotations
@@ -31,16 +39,17 @@ import queue
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgpack
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
+B = TypeVar("B")      # a batch as SpoolWriter's caller hands it over
 _PREFIX, _SUFFIX = "seg-", ".spool"
 
 
@@ -270,24 +279,23 @@ class EventSpool:
             self._fh.close()
 
 
-class SpoolWriter:
+class SpoolWriter(Generic[B]):
     """Appends to an EventSpool off the caller's thread (see the module's docstring).
-    ``prepare`` turns a batch of events into the spool's records (on the writer thread)."""
+    ``prepare`` turns a batch into the spool's records (on the writer thread)."""
 
-    def __init__(self, spool: EventSpool,
-                 prepare: Callable[[list[Mapping[str, Any]]], list[dict[str, Any]]],
+    def __init__(self, spool: EventSpool, prepare: Callable[[B], list[dict[str, Any]]],
                  max_batches: int = 8) -> None:
         self.spool = spool
         self.prepare = prepare
         self.errors = 0
-        self._q: queue.Queue[list[Mapping[str, Any]] | None] = queue.Queue(max_batches)
+        self._q: queue.Queue[B | None] = queue.Queue(max_batches)
         self._thread = threading.Thread(target=self._run, name="moray-spool", daemon=True)
         self._thread.start()
 
-    def submit(self, events: list[Mapping[str, Any]]) -> None:
+    def submit(self, batch: B) -> None:
         """Hand a batch over; it is written and fsync'd on the writer's thread."""
-        if events:
-            self._q.put(events)
+        if batch:
+            self._q.put(batch)
 
     def _run(self) -> None:
         while (batch := self._q.get()) is not None:
@@ -295,8 +303,8 @@ class SpoolWriter:
                 self.spool.append(self.prepare(batch))
             except (OSError, ValueError, TypeError) as err:  # disk error, unencodable
                 self.errors += 1
-                log.error("event spool: cannot write %d events: %s (%d batches so far)",
-                          len(batch), err, self.errors)
+                log.error("event spool: cannot write a batch: %s (%d batches so far)",
+                          err, self.errors)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what was handed over, then stop the thread."""

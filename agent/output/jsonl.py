@@ -45,11 +45,16 @@ class JsonLines:
             self._last = now
 
     def write_encoded(self, line: bytes) -> None:
-        """`line`: one object's JSON and its newline (the router encoded it already)."""
+        """`line`: one object's JSON and its newline, encoded by the router, which hands
+        the same bytes to the control-plane spool (agent/pipeline/route.py)."""
         try:
             self._f.write(line)
         except OSError as err:
             self._lost(err)
+        now = time.monotonic()
+        if now - self._last >= self.flush_interval:
+            self.flush()
+            self._last = now
 
     def _lost(self, err: OSError) -> None:
         self.errors += 1

@@ -4,12 +4,17 @@
     alert -> JSON sink, flushed at once (alerts are rare and wanted now); every SIEM
              output (agent/output/siem.py); control-plane spool
 
-Each format is encoded once: an alert's JSON is made here and handed, as bytes, to the
-sink and to the SIEM outputs (syslog carries it, the webhook posts it). Events bound for
-the server are handed to the spool in batches (`batch` events, or at every flush), so
-one spool write covers many events; the spool's writer thread (agent/controlplane/
-spool.py `SpoolWriter`) encodes them once, as msgpack, writes and fsyncs them off the
-pipeline thread, and the spool counts what it refuses (full).
+Each format is encoded once. An alert's JSON is made here and handed, as bytes, to the
+sink, to the SIEM outputs (syslog carries it, the webhook posts it) and to the spool.
+An event bound for the server (enrolled) is encoded here too, on the pipeline thread,
+and the same line goes to the sink (`write_encoded`) and to the spool; with no spool an
+event goes to the sink's `write` (one call, the sink encodes). Events and their lines
+are handed to the spool in batches (`batch` events, or at every flush), so one spool
+write covers many events; the spool's writer thread (agent/controlplane/spool.py
+`SpoolWriter`) wraps each line in a msgpack record, writes and fsyncs them off the
+pipeline thread, the sender puts the JSON in the server's message as it is (agent/
+controlplane/client.py), and the spool counts what it refuses (full). A sink without
+`write_encoded` (a test's fake) gets `write(event)`; the spool still gets the line.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from moray.agent.output.siem import AlertOutput
 
 class Spooler(Protocol):
     """agent/controlplane ControlPlaneClient, as the router uses it: `submit` hands a
-    batch to the spool's writer thread and returns at once."""
+    batch to the spool's writer thread and returns at once. ``lines[i]`` is
+    ``events[i]``'s JSON and a newline, the bytes the sink got."""
 
-    def submit(self, events: list[Any]) -> None: ...
+    def submit(self, events: list[Any], lines: list[bytes]) -> None: ...
 
 
 class Router:
@@ -38,6 +44,7 @@ class Router:
         self.spool = spool
         self.batch = batch
         self._pending: list[dict[str, Any]] = []
+        self._lines: list[bytes] = []       # the JSON line of each pending event
         self._write_encoded: Callable[[bytes], None] | None = getattr(
             sink, "write_encoded", None)
         # an event with one destination goes to the sink's write, with no call between
@@ -45,28 +52,36 @@ class Router:
             sink.write if spool is None else self._event_and_spool)
 
     def _event_and_spool(self, event: dict[str, Any]) -> None:
-        self.sink.write(event)
+        line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+        if self._write_encoded is not None:
+            self._write_encoded(line)
+        else:
+            self.sink.write(event)
         self._pending.append(event)
+        self._lines.append(line)
         if len(self._pending) >= self.batch:
             self._hand_over()
 
     def alerts(self, alerts: list[dict[str, Any]]) -> None:
         for alert in alerts:
             encoded = orjson.dumps(alert)
+            line = encoded + b"\n"
             if self._write_encoded is not None:
-                self._write_encoded(encoded + b"\n")
+                self._write_encoded(line)
             else:
                 self.sink.write(alert)
             for o in self.outputs:
                 o.publish(alert, encoded)
             if self.spool is not None:
                 self._pending.append(alert)
+                self._lines.append(line)
         self.flush()
 
     def _hand_over(self) -> None:
         assert self.spool is not None
-        events, self._pending = self._pending, []
-        self.spool.submit(events)
+        events, lines = self._pending, self._lines
+        self._pending, self._lines = [], []
+        self.spool.submit(events, lines)
 
     def flush(self) -> None:
         if self._pending:

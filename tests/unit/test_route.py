@@ -14,9 +14,25 @@ from moray.agent.pipeline.route import Router
 class Spool:
     def __init__(self) -> None:
         self.batches: list[list[dict[str, Any]]] = []
+        self.lines: list[list[bytes]] = []
 
-    def submit(self, events: list[Any]) -> None:
+    def submit(self, events: list[Any], lines: list[bytes]) -> None:
+        assert len(events) == len(lines)
         self.batches.append(events)
+        self.lines.append(lines)
+
+
+class FakeSink:
+    """A sink with `write` only (no `write_encoded`)."""
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+
+    def write(self, event: dict[str, Any]) -> None:
+        self.got.append(event)
+
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class Output:
@@ -52,6 +68,9 @@ def test_events_and_alerts_leave_by_one_exit(tmp_path: Path) -> None:
     assert [orjson.loads(x) for x in lines] == [
         {"type": "open", "n": 1}, {"type": "open", "n": 2}, {"type": "open", "n": 3}, ALERT]
     assert lines[-1] == siem.got[0][1]
+    # encoded once: the spool got the very lines the sink wrote
+    assert b"".join(x for b in spool.lines for x in b) == (
+        tmp_path / "out.jsonl").read_bytes()
     r.close()
 
 
@@ -64,6 +83,16 @@ def test_flush_hands_a_partial_batch_over(tmp_path: Path) -> None:
     r.flush()
     assert [[e["n"] for e in b] for b in spool.batches] == [[0, 1, 2]]
     r.close()
+
+
+def test_a_sink_without_write_encoded_gets_dicts_and_the_spool_still_gets_lines() -> None:
+    sink, spool = FakeSink(), Spool()
+    r = Router(sink, (), spool, batch=10)
+    r.event({"type": "open", "n": 1})
+    r.alerts([ALERT])
+    assert sink.got == [{"type": "open", "n": 1}, ALERT]
+    assert spool.lines == [[orjson.dumps({"type": "open", "n": 1}) + b"\n",
+                            orjson.dumps(ALERT) + b"\n"]]
 
 
 def test_without_spool_events_go_straight_to_the_sink(tmp_path: Path) -> None:
