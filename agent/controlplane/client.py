@@ -100,7 +100,7 @@ class ControlPlaneClient:
         self.max_backoff = max_backoff
         self.spool = EventSpool(self.data_dir / "spool", max_bytes=spool_max_bytes)
         # submit(): records built, encoded and fsync'd off the caller's thread
-        self.writer: SpoolWriter[tuple[list[Mapping[str, Any]], list[bytes]]] = SpoolWriter(
+        self.writer: SpoolWriter[tuple[list[Mapping[str, Any]], bytearray]] = SpoolWriter(
             self.spool, self._line_records)
         self.cache = PolicyCache(self.data_dir / "policies")
         self.identity: Identity | None = load_identity(self.data_dir / "identity")
@@ -154,37 +154,45 @@ class ControlPlaneClient:
         ``id`` (kept when it has one): the server stores each id once."""
         return self.spool.append(self._records(events))
 
-    def submit(self, events: list[Mapping[str, Any]], lines: list[bytes]) -> None:
+    def submit(self, events: list[Mapping[str, Any]], lines: bytearray) -> None:
         """Spool events as send_many does, on the spool writer's thread (the agent's
-        pipeline: it goes on while the batch is written and fsync'd); ``lines[i]`` is
-        ``events[i]`` already encoded, its JSON and a newline (the JSON sink's line, see
-        agent/pipeline/route.py), sent as the event's payload with its id added. A full
-        spool's refusals are counted by the spool (heartbeat ``spool_full``)."""
+        pipeline: it goes on while the batch is written and fsync'd). ``lines`` is the
+        events already encoded, their JSON lines as the JSON sink got them (line i is
+        ``events[i]``'s; agent/pipeline/route.py), each sent as its event's payload with
+        the id added. A full spool's refusals are counted by the spool (heartbeat
+        ``spool_full``)."""
         if events:
             self.writer.submit((events, lines))
 
     @staticmethod
-    def _line_records(batch: tuple[list[Mapping[str, Any]], list[bytes]]
+    def _line_records(batch: tuple[list[Mapping[str, Any]], bytearray]
                       ) -> list[dict[str, Any]]:
-        return ControlPlaneClient._records(*batch)
+        events, lines = batch
+        return ControlPlaneClient._records(events, bytes(lines))
 
     @staticmethod
-    def _records(events: list[Mapping[str, Any]], lines: list[bytes] | None = None
+    def _records(events: list[Mapping[str, Any]], lines: bytes | None = None
                  ) -> list[dict[str, Any]]:
-        """The spool's records (see agent/controlplane/spool.py): ``json`` is what the
-        server stores, the event's JSON with its ``id`` (the event's own when it has one,
-        else a new one, placed last as ``{**event, "id": id}`` places it)."""
+        """The spool's records (see agent/controlplane/spool.py) of ``events``, encoded
+        from the dicts or, given ``lines`` (their JSON lines), from those. ``json`` is what
+        the server stores, the event's JSON with its ``id`` (the event's own when it has
+        one, else a new one, placed last as ``{**event, "id": id}`` places it)."""
         now_ms = int(time.time() * 1000)
+        split = lines.split(b"\n") if lines is not None else []
+        if len(split) != len(events) + 1:   # no lines, or not one per event: from dicts
+            if lines is not None:
+                log.error("event spool: %d JSON lines for %d events; encoding the events",
+                          len(split) - 1, len(events))
+            split = [b""] * len(events)
         records = []
-        for i, event in enumerate(events):
+        for event, line in zip(events, split, strict=False):
             given = event.get("id")
             event_id = str(given or uuid.uuid4().hex)
-            line = lines[i] if lines is not None else b""
-            if "id" not in event and len(line) > 3 and line.endswith(b"}\n"):
-                payload = b"".join((memoryview(line)[:-2], b',"id":', orjson.dumps(event_id),
+            if "id" not in event and len(line) > 2 and line.endswith(b"}"):
+                payload = b"".join((memoryview(line)[:-1], b',"id":', orjson.dumps(event_id),
                                     b"}"))
-            elif type(given) is str and given and line.endswith(b"\n"):
-                payload = line[:-1]         # it carries its id already
+            elif type(given) is str and given and line:
+                payload = line              # it carries its id already
             else:                           # handed over as a dict (send_many), or odd
                 payload = orjson.dumps({**event, "id": event_id}, default=str,
                                        option=orjson.OPT_NON_STR_KEYS)

@@ -15,6 +15,12 @@ write covers many events; the spool's writer thread (agent/controlplane/spool.py
 pipeline thread, the sender puts the JSON in the server's message as it is (agent/
 controlplane/client.py), and the spool counts what it refuses (full). A sink without
 `write_encoded` (a test's fake) gets `write(event)`; the spool still gets the line.
+
+A batch's lines are copied into one buffer as they are made, not kept one object each:
+holding 500 encoded lines (each over pymalloc's 512 bytes) and freeing them together
+made glibc give the heap's top back to the kernel and fault it in again: +0.7 us per
+open event on the pipeline thread offline (+1.6 on the main thread), where a copy of a
+line costs ~0.05 us.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from moray.agent.output.siem import AlertOutput
 
 class Spooler(Protocol):
     """agent/controlplane ControlPlaneClient, as the router uses it: `submit` hands a
-    batch to the spool's writer thread and returns at once. ``lines[i]`` is
-    ``events[i]``'s JSON and a newline, the bytes the sink got."""
+    batch to the spool's writer thread and returns at once. ``lines`` is the events'
+    JSON lines, the bytes the sink got: line i (newline-terminated; orjson never writes
+    a newline inside one) is ``events[i]``'s."""
 
-    def submit(self, events: list[Any], lines: list[bytes]) -> None: ...
+    def submit(self, events: list[Any], lines: bytearray) -> None: ...
 
 
 class Router:
@@ -44,23 +51,32 @@ class Router:
         self.spool = spool
         self.batch = batch
         self._pending: list[dict[str, Any]] = []
-        self._lines: list[bytes] = []       # the JSON line of each pending event
+        self._lines = bytearray()           # the JSON lines of the pending events
         self._write_encoded: Callable[[bytes], None] | None = getattr(
             sink, "write_encoded", None)
         # an event with one destination goes to the sink's write, with no call between
         self.event: Callable[[dict[str, Any]], None] = (
-            sink.write if spool is None else self._event_and_spool)
+            sink.write if spool is None else self._event_and_spool())
 
-    def _event_and_spool(self, event: dict[str, Any]) -> None:
-        line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
-        if self._write_encoded is not None:
-            self._write_encoded(line)
-        else:
-            self.sink.write(event)
-        self._pending.append(event)
-        self._lines.append(line)
-        if len(self._pending) >= self.batch:
-            self._hand_over()
+    def _event_and_spool(self) -> Callable[[dict[str, Any]], None]:
+        """The enrolled event path, its names bound once (a few percent of an event's
+        cost): encode; the line to the sink and, with the event, to the pending batch."""
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        pending, add = self._pending, self._pending.append
+        write_line, write, batch = self._write_encoded, self.sink.write, self.batch
+        hand_over = self._hand_over
+
+        def event(event: dict[str, Any]) -> None:
+            line = dumps(event, option=newline)
+            if write_line is not None:
+                write_line(line)
+            else:
+                write(event)
+            add(event)
+            self._lines += line
+            if len(pending) >= batch:
+                hand_over()
+        return event
 
     def alerts(self, alerts: list[dict[str, Any]]) -> None:
         for alert in alerts:
@@ -74,13 +90,14 @@ class Router:
                 o.publish(alert, encoded)
             if self.spool is not None:
                 self._pending.append(alert)
-                self._lines.append(line)
+                self._lines += line
         self.flush()
 
     def _hand_over(self) -> None:
         assert self.spool is not None
-        events, lines = self._pending, self._lines
-        self._pending, self._lines = [], []
+        events, lines = self._pending[:], self._lines
+        self._pending.clear()           # cleared in place: the event path holds it
+        self._lines = bytearray()
         self.spool.submit(events, lines)
 
     def flush(self) -> None:

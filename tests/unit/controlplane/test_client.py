@@ -17,6 +17,11 @@ def _line(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
 
 
+def _lines(events: list[dict[str, Any]]) -> bytearray:
+    """The router's hand-over: the events' JSON lines in one buffer."""
+    return bytearray(b"".join(_line(e) for e in events))
+
+
 def _ok(_policy: VerifiedPolicy) -> ApplyResult:
     return ApplyResult(ok=True)
 
@@ -29,7 +34,7 @@ def _old_payload(event: dict[str, Any], event_id: str) -> bytes:
 def test_a_line_becomes_the_payload_with_its_id() -> None:
     plain = {"type": "open", "n": 1, "file": {"path": "/etc/é"}}
     named = {"type": "exec", "id": "e-7", "n": 2}
-    records = ControlPlaneClient._records([plain, named], [_line(plain), _line(named)])
+    records = ControlPlaneClient._records([plain, named], bytes(_lines([plain, named])))
     first, second = records
     assert set(first) == {"id", "t", "type", "json"} and first["type"] == "open"
     assert len(first["id"]) == 32                            # a new id, as before
@@ -48,14 +53,19 @@ def test_events_handed_over_as_dicts_are_encoded_once_with_their_id() -> None:
         assert json.loads(rec["json"]) == json.loads(_old_payload(event, rec["id"]))
     # an id that is there but is not a non-empty string is replaced, never duplicated
     odd = {"type": "exec", "id": None, "n": 1}
-    rec = ControlPlaneClient._records([odd], [_line(odd)])[0]
+    rec = ControlPlaneClient._records([odd], _line(odd))[0]
     assert rec["json"].count(b'"id"') == 1 and json.loads(rec["json"])["id"] == rec["id"]
+    # lines that do not match the events (never from the router): encoded from the dicts
+    two = [{"type": "open", "n": 1}, {"type": "open", "n": 2}]
+    recs = ControlPlaneClient._records(two, _line(two[0]))
+    assert [json.loads(r["json"]) for r in recs] == [{**e, "id": r["id"]}
+                                                     for e, r in zip(two, recs, strict=True)]
 
 
 def test_spooled_records_are_sent_as_they_were_encoded(tmp_path: Path) -> None:
     client = ControlPlaneClient("127.0.0.1:9", tmp_path, _ok)
     events = [{"type": "open", "n": i} for i in range(3)] + [{"type": "exec", "id": "x"}]
-    client.submit(events, [_line(e) for e in events])
+    client.submit(events, _lines(events))
     client.writer.close()                         # the writer thread wrote the batch
     records, _ = client.spool.read()
     sent = [ControlPlaneClient._to_proto(r) for r in records]
@@ -74,7 +84,7 @@ def test_records_spooled_by_the_previous_version_are_still_sent(tmp_path: Path) 
     spool.append([{"id": "old-1", "t": 1234, "type": "exec", "event": event}])
     spool.close()
     client = ControlPlaneClient("127.0.0.1:9", tmp_path, _ok)
-    client.submit([{"type": "open", "n": 2}], [_line({"type": "open", "n": 2})])
+    client.submit([{"type": "open", "n": 2}], _lines([{"type": "open", "n": 2}]))
     client.writer.close()
     records, _ = client.spool.read()
     old, new = (ControlPlaneClient._to_proto(r) for r in records)
