@@ -335,6 +335,59 @@ def test_replacing_policy_during_exec_storm(agent: AgentProc) -> None:
     assert killed == total and total >= STORM_KILLS, res.stdout[-200:]
 
 
+def test_connect_denied_through_alias_addresses(agent: AgentProc) -> None:
+    """A deny on 127.0.0.1:PORT holds for the other spellings of the same destination:
+    the unspecified address (the kernel routes 0.0.0.0 to this host) and the IPv4-mapped
+    IPv6 forms of 127.0.0.1 and of 0.0.0.0. Each is blocked with EPERM, the listener sees
+    nothing, and the enforce event names the address really reached (127.0.0.1)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    port = srv.getsockname()[1]
+    accepted: list[int] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            accepted.append(1)
+            c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        agent.apply("net-alias", policy("net-alias", "mr-alias-*", f"""
+network: {{egress: {{deny: ["127.0.0.1/32:{port}"]}}}}
+"""))
+        forms = ("0.0.0.0", "::ffff:127.0.0.1", "::ffff:0.0.0.0")
+        script = "".join(f"echo x | /bin/nc -w 1 {a} {port}; echo rc{i}=$?; "
+                         for i, a in enumerate(forms))
+        with run_runc("mr-alias-1", ["sh", "-c", script], network="host") as ctr:
+            res = ctr.wait()
+        for i in range(len(forms)):
+            assert f"rc{i}=1" in res.stdout, (forms[i], res)
+        assert res.stderr.lower().count("not permitted") == len(forms), res
+        assert accepted == []
+        evs = [e for e in agent.events() if _for(e, "mr-alias-1", "network", "blocked")]
+        deadline = time.monotonic() + 10
+        while len(evs) < len(forms) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            evs = [e for e in agent.events() if _for(e, "mr-alias-1", "network", "blocked")]
+        assert len(evs) == len(forms), evs
+        for ev in evs:
+            assert enforcement(ev)["daddr"] == "127.0.0.1" and enforcement(ev)["dport"] == port
+            assert enforcement(ev)["rule"] == f"network.egress.deny: 127.0.0.1/32:{port}"
+    finally:
+        stop.set()
+        t.join(2)
+        srv.close()
+        agent.delete("net-alias")
+
+
 def test_policy_status_file_is_the_agents(agent: AgentProc) -> None:
     """`run --policy-status` and `policy list --policy-status`: the private file, not
     /run/moray/policy-status.json, says which policies are live."""
