@@ -1,7 +1,11 @@
 """Syscall names -> numbers for the agent's architecture (x86_64 only for now).
 
-Generated once from Debian's linux-libc-dev asm/unistd_64.h; policies name syscalls, the
-kernel side (progs/enforce_sys.bpf.c) indexes mr_psys by number.
+The whole x86_64 table of Linux (arch/x86/entry/syscalls/syscall_64.tbl) up to 6.18: 0-334
+and 424-450 generated once from Debian's linux-libc-dev asm/unistd_64.h (6.1), then the
+numbers later kernels added (uretprobe 335; 451-469, fchmodat2 to file_setattr). A policy
+may name a syscall this kernel lacks: the rule then never fires, because the call cannot
+be made. Policies name syscalls, the kernel side (progs/enforce_sys.bpf.c) indexes mr_psys
+by number (MR_SYS_MAX 512).
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ X86_64: dict[str, int] = {
     "memfd_create": 319, "kexec_file_load": 320, "bpf": 321, "execveat": 322,
     "userfaultfd": 323, "membarrier": 324, "mlock2": 325, "copy_file_range": 326,
     "preadv2": 327, "pwritev2": 328, "pkey_mprotect": 329, "pkey_alloc": 330, "pkey_free": 331,
-    "statx": 332, "io_pgetevents": 333, "rseq": 334, "pidfd_send_signal": 424,
+    "statx": 332, "io_pgetevents": 333, "rseq": 334, "uretprobe": 335, "pidfd_send_signal": 424,
     "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428,
     "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
     "pidfd_open": 434, "clone3": 435, "close_range": 436, "openat2": 437, "pidfd_getfd": 438,
@@ -83,5 +87,11 @@ X86_64: dict[str, int] = {
     "quotactl_fd": 443, "landlock_create_ruleset": 444, "landlock_add_rule": 445,
     "landlock_restrict_self": 446, "memfd_secret": 447, "process_mrelease": 448,
     "futex_waitv": 449, "set_mempolicy_home_node": 450,
+    # after Debian 12's headers (Linux 6.5-6.17)
+    "cachestat": 451, "fchmodat2": 452, "map_shadow_stack": 453, "futex_wake": 454,
+    "futex_wait": 455, "futex_requeue": 456, "statmount": 457, "listmount": 458,
+    "lsm_get_self_attr": 459, "lsm_set_self_attr": 460, "lsm_list_modules": 461, "mseal": 462,
+    "setxattrat": 463, "getxattrat": 464, "listxattrat": 465, "removexattrat": 466,
+    "open_tree_attr": 467, "file_getattr": 468, "file_setattr": 469,
 }
 

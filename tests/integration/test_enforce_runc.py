@@ -163,6 +163,38 @@ syscalls: {deny: [unshare, mount]}
     assert enforcement(ev)["rule"] == "syscalls.deny: unshare"
 
 
+FCHMODAT2_C = r"""
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) {
+    /* fchmodat2 (452, Linux 6.6): the call a table that stopped at 6.1 could not name */
+    return syscall(452, AT_FDCWD, argv[1], 04755, 0) == 0 ? 0 : 1;
+}
+"""
+
+
+def test_syscall_denied_newer_than_the_build_headers(agent: AgentProc, tmp_path: Path) -> None:
+    """A syscall newer than Debian 12's headers (fchmodat2, which can set the setuid bit)
+    can be named in a policy and is enforced like any other."""
+    src, exe = tmp_path / "fchmodat2.c", tmp_path / "fchmodat2"
+    src.write_text(FCHMODAT2_C)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(exe), str(src)], check=True)
+    rootfs = build_rootfs(tmp_path / "rootfs")
+    shutil.copy2(exe, rootfs / "bin" / "fchmodat2")
+    agent.apply("sys-new", policy("sys-new", "mr-sysnew-*", """
+syscalls: {deny: [fchmodat2]}
+"""))
+    script = "touch /tmp/f; /bin/fchmodat2 /tmp/f; echo rc=$?"
+    with run_runc("mr-sysnew-1", ["sh", "-c", script], rootfs=rootfs) as ctr:
+        res = ctr.wait()
+    assert "rc=137" in res.stdout, res
+    ev = agent.wait_event(lambda e: _for(e, "mr-sysnew-1", "syscall", "killed"))
+    assert enforcement(ev)["syscall"] == "fchmodat2"
+    assert enforcement(ev)["rule"] == "syscalls.deny: fchmodat2"
+    agent.delete("sys-new")
+
+
 def test_monitor_mode_allows_and_reports(agent: AgentProc) -> None:
     agent.apply("mon", policy("mon", "mr-mon-*", """
 exec: {deny: [/bin/nc]}
