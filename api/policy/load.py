@@ -151,7 +151,45 @@ def parse_path(text: str) -> tuple[PathPattern | None, str | None]:
         return None, f"longer than {MAX_PATH} bytes"
     if exact and len(body) > 1 and body.endswith("/"):
         return None, "a directory: write a prefix (dir/*) to cover what is under it"
+    never = never_matches(body, exact)
+    if never:
+        return None, never
     return PathPattern(text, body, exact), None
+
+
+# Names the kernel never reports: a process's own /proc entry is /proc/<pid>/... in the
+# dentry walk, and these fd and stdio names are symbolic links into it.
+_SELF_ALIASES = ("/proc/self", "/proc/thread-self", "/dev/fd", "/dev/stdin", "/dev/stdout",
+                 "/dev/stderr")
+
+
+def never_matches(body: str, exact: bool) -> str | None:
+    """Why a path rule can never match (None: it can), with the form that would. The
+    kernel compares the path it resolved (symbolic links, `.` and `..` followed, one `/`
+    between names), so a rule spelled any other way never fires."""
+    if body == "/":
+        return None
+    names = body.split("/")[1:]
+    if not exact and names and names[-1] == "":
+        names = names[:-1]  # a prefix's trailing slash
+    if any(n in ("", ".", "..") for n in names):
+        norm = os.path.normpath(body) if body != "/" else "/"
+        if not exact:
+            norm = norm.rstrip("/") + ("/" if body.endswith("/") else "")
+        suggestion = norm if exact else norm + "*"
+        return (f"never matches: the kernel sees the resolved path (no '.', '..' or '//'); "
+                f"write {suggestion!r}")
+    for alias in _SELF_ALIASES:
+        if body == alias or body.startswith(alias + "/"):
+            if alias.startswith("/proc/"):
+                return ("never matches: the kernel sees a process's own entry as "
+                        "/proc/<pid>/..., not /proc/self; a rule can name one pid's entry "
+                        "or the prefix '/proc/*' (a trailing * is the only wildcard); for "
+                        "another process's memory, deny the syscalls (ptrace, "
+                        "process_vm_writev)")
+            return (f"never matches: {alias} is a link to /proc/self/fd, and the kernel "
+                    f"sees the file the descriptor refers to: name that file")
+    return None
 
 
 def parse_net(text: str) -> tuple[NetRule | None, str | None]:

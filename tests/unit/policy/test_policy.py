@@ -158,3 +158,31 @@ def test_syscall_program_attached_before_its_rules_go_live_detached_after() -> N
     ap.publish(compile_policies([(0, load_text(HOST, "h")[0])]), {})
     flip = log.index(("mr_pgen", "update", u32(0)))
     assert log.index(("hook", "off", b"")) > flip and ("hook", "on", b"") not in log
+
+
+@pytest.mark.parametrize(("path", "suggests"), [
+    ("/proc/self/mem", "/proc/<pid>/"),
+    ("/proc/thread-self/environ", "/proc/<pid>/"),
+    ("/proc/self/*", "/proc/<pid>/"),
+    ("/dev/fd/3", "name that file"),
+    ("/dev/stdin", "name that file"),
+    ("/etc/../etc/shadow", "'/etc/shadow'"),
+    ("/etc//shadow", "'/etc/shadow'"),
+    ("/etc/./ssh/*", "'/etc/ssh/*'"),
+])
+def test_lint_refuses_rules_that_can_never_match(path: str, suggests: str) -> None:
+    """The kernel compares resolved paths: a rule spelled another way never fires, so lint
+    refuses it, naming file, line and field and the form that would match."""
+    text = WEB.replace("/bin/sh", path)
+    with pytest.raises(PolicyError) as err:
+        load_text(text, "web.yaml")
+    msg = str(err.value)
+    assert "web.yaml:7: spec.exec.deny[0]" in msg and "never matches" in msg, msg
+    assert suggests in msg, msg
+
+
+@pytest.mark.parametrize("path", ["/proc/selinux*", "/proc/sys/kernel/*", "/dev/fdx",
+                                  "/usr/bin/", "/opt/app*"])
+def test_lint_keeps_rules_that_can_match(path: str) -> None:
+    load_text(WEB.replace("/bin/sh", path.rstrip("/") + ("/*" if path.endswith("/") else "")),
+              "web.yaml")
