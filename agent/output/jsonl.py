@@ -35,6 +35,8 @@ class JsonLines:
         self.errors = 0
 
     def write(self, event: dict[str, Any]) -> None:
+        # write and write_encoded repeat their few lines on purpose: each is called once
+        # per event on the pipeline thread, and a shared helper would be one call more
         try:
             self._f.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
         except OSError as err:  # full disk, closed pipe: count and go on
