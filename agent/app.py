@@ -174,9 +174,14 @@ class Agent:
         cg = self.features.cgroup_v2 if self.features else None
         if not cg:
             obj.disable([n for n, sec, _ in obj.programs() if sec.startswith("cgroup/")])
+        from moray.agent.bpf.btf import Btf
+        from moray.agent.bpf.libbpf import BTF_KIND_TYPEDEF
         from moray.agent.policy.programs import programs_to_skip
 
-        obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm))
+        btf_path = self.features.btf_path if self.features else "/sys/kernel/btf/vmlinux"
+        with Btf(btf_path) as kbtf:
+            obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm,
+                                         has_btf=lambda n: kbtf.has(n, BTF_KIND_TYPEDEF)))
         from moray.agent.detect.programs import programs_to_skip as detect_skip
 
         obj.disable(detect_skip((n, sec) for n, sec, _ in obj.programs()))
@@ -256,7 +261,7 @@ class Agent:
         from moray.agent.policy.apply import MAP_NAMES, Applier
         from moray.agent.policy.engine import PolicyEngine
 
-        applier = Applier({n: self.obj.map(n) for n in MAP_NAMES},
+        applier = Applier({n: self.obj.map(n) for n in (*MAP_NAMES, "mr_pino")},
                           syscall_hook=self.syscall_link.set if self.syscall_link else None)
         cg = self.features.cgroup_v2 if self.features else None
         # the pipeline's resolver (it also sees the kernel's cgroup mkdir/rmdir records);

@@ -128,6 +128,7 @@ class EKind(IntEnum):
     FILE = 3
     NET = 4
     SYSCALL = 5
+    LINK = 9     # a covered file or directory changed by identity (arg: syscall nr)
 
 
 class EAction(IntEnum):
@@ -167,6 +168,8 @@ PNET_RULE = Layout("mr_pnet_rule", (
     ("deny", "Q"), ("allow", "Q"), ("port_lo", "H"), ("port_hi", "H"), ("proto", "B"),
     ("pad", "3x")))
 PPEND = Layout("mr_ppend", (("mask", "Q"), ("ts", "Q")))
+PINO_KEY = Layout("mr_pino_key", (("dev", "Q"), ("ino", "Q")))
+EF_IDENT = 1 << 8  # mr_enforce.arg (file): matched by identity; (dev, ino) in addr
 PHOLD = Layout("mr_phold", (
     ("cgroup_id", "Q"), ("start_ns", "Q"), ("exec_deny", "Q"), ("drift", "Q"), ("ts", "Q")))
 
@@ -187,4 +190,4 @@ SYSOBS = Layout("mr_sysobs", (
 
 ALL: tuple[Layout, ...] = (HDR, PROC, EXEC, FORK, EXIT, OPEN, NET, CGROUP, WATCH_KEY, ENFORCE,
                            PCONF, PPATH_KEY, PEXEC_VAL, PFILE_VAL, PNET_KEY, PNET_RULE, PPEND,
-                           PHOLD, SYSOBS)
+                           PHOLD, SYSOBS, PINO_KEY)

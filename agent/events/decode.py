@@ -170,6 +170,9 @@ def decode_cgroup(rec: bytes) -> CgroupEvent:
                        t[ix["level"]], _s(rec[_CGROUP.size:_CGROUP.size + n]))
 
 
+_IDENT = struct.Struct("<QQ")
+
+
 def decode_enforce(rec: bytes) -> EnforceEvent:
     _need(rec, _ENFORCE.size, Op.ENFORCE)
     t = _ENFORCE.unpack_from(rec)
@@ -181,9 +184,14 @@ def decode_enforce(rec: bytes) -> EnforceEvent:
     fam = t[ix["family"]]
     p1 = rec[_ENFORCE.size:_ENFORCE.size + n1]
     p2 = rec[_ENFORCE.size + n1:end]
-    return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), t[ix["kind"]], t[ix["action"]],
-                        t[ix["policies"]], t[ix["enforced"]], t[ix["arg"]], fam,
-                        _addr(fam, t[ix["addr"]]), t[ix["port"]], _s(p1), _s(p2))
+    kind, arg = t[ix["kind"]], t[ix["arg"]]
+    ident = None
+    if kind == abi.EKind.LINK or (kind == abi.EKind.FILE and arg & abi.EF_IDENT):
+        ident = _IDENT.unpack(t[ix["addr"]])
+    return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), kind, t[ix["action"]],
+                        t[ix["policies"]], t[ix["enforced"]], arg, fam,
+                        _addr(fam, t[ix["addr"]]), t[ix["port"]], _s(p1), _s(p2),
+                        ident=ident)
 
 
 def decode_syscall(rec: bytes) -> SyscallEvent:

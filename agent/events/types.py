@@ -118,7 +118,8 @@ class EnforceEvent(NamedTuple):
     policies: slots whose rule matched in scope; enforced: the ones that caused `action`.
     kind / action are agent.bpf.abi.EKind / EAction values. path: exec -> resolved binary,
     file -> resolved path; path2: exec -> filename as passed to execve. arg: syscall nr,
-    file f_mode bits (1 read, 2 write) or IP protocol."""
+    file f_mode bits (1 read, 2 write) or IP protocol. ident: (dev, ino) of the file when the
+    kernel matched it by identity (file, link kinds); dev in the kernel's encoding."""
 
     ts: int
     proc: Proc
@@ -133,6 +134,7 @@ class EnforceEvent(NamedTuple):
     path: str
     path2: str
     type: EventType = EventType.ENFORCE
+    ident: tuple[int, int] | None = None  # (dev, ino) of a file matched by identity
 
 
 class SyscallEvent(NamedTuple):

@@ -5,7 +5,9 @@ events (from the kernel, or typed decisions from agent/policy/hold.py) get one m
 step, `enforcement`: the decision's explanation (which policy, which rule: the pure
 agent/policy/explain.py, over the policies by slot the engine last published) replaces
 the raw masks, and an exec decision names the new image (`new_image`). A HELD exec's
-paths are noted for the decision that follows it (decode.py `HeldExecs`).
+paths are noted for the decision that follows it (decode.py `HeldExecs`). A change to a
+covered file that the kill-after tier could not prevent gets `residue`: what it left and
+what the agent undid (agent/policy/identity.py).
 """
 
 from __future__ import annotations
@@ -52,7 +54,14 @@ class Format:
     def enforcement(self, out: dict[str, Any], ev: EnforceEvent) -> None:
         self.held.note(ev)
         if self._table is not None:
-            out["enforcement"] = explain(ev, self._table.by_slot, self._tiers)
+            ident = getattr(self._table, "identity", None)  # agent/policy/identity.py
+            enf = out["enforcement"] = explain(
+                ev, self._table.by_slot, self._tiers,
+                name_of=ident.name_of if ident is not None else None)
+            if (ident is not None and ev.ident is not None and ev.kind == abi.EKind.LINK
+                    and ev.action == abi.EAction.KILLED):
+                # kill-after: the change was made; say what is left and undo what is safe
+                enf["residue"] = ident.residue(ev.ident, ev.proc.pid)
         new_image(out, ev)
 
 

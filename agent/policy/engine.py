@@ -15,6 +15,9 @@ State it owns, and what changes it:
   at start from mr_pscope (a restarted agent re-resolves what the kernel already knows),
   then by ``Holds.classify`` as mr_ppend rows appear (kernel cgroup mkdir).
 * held tasks (mr_phold): decided by ``Holds.decide`` once their cgroup is classified.
+* ``identity``: the (device, inode) of every file the file rules cover (mr_pino,
+  agent/policy/identity.py), refreshed after a publication, when containers are
+  classified and periodically.
 
 Runs on its own thread; it is the only writer of the policy maps while the agent runs.
 """
@@ -34,6 +37,7 @@ from moray.agent.events.types import Decision
 from moray.agent.policy.apply import Applier, dec_conf, u32
 from moray.agent.policy.compile import CompileError, compile_policies
 from moray.agent.policy.hold import Holds, Resolver, boot_ns
+from moray.agent.policy.identity import Identities
 from moray.agent.policy.scope import ContainerLike, slots_for
 from moray.api.policy.load import load_dir
 from moray.api.policy.model import Mode, Policy
@@ -57,6 +61,7 @@ class PolicyEngine:
         self.proc = proc
         # held execs and pending cgroups; decisions leave as typed events through emit
         self.hold = Holds(applier, resolver, proc=proc, emit=emit)
+        self.identity = Identities(applier.maps, proc=proc)
         self.status_file = status_file
         self.poll = poll
         self.tick_s = tick
@@ -76,7 +81,8 @@ class PolicyEngine:
         self.heartbeat()
         self.sync_from_kernel()
         self.reload(force=True)
-        self.classify_pending()
+        if self.classify_pending():
+            self.refresh_identities()
         self.hold.decide()
         self._thread = threading.Thread(target=self._run, name="moray-policy", daemon=True)
         self._thread.start()
@@ -100,7 +106,8 @@ class PolicyEngine:
                 if now >= self._next_poll:
                     self._next_poll = now + self.poll
                     self.reload()
-                self.classify_pending()
+                if self.classify_pending() or self.identity.due():
+                    self.refresh_identities()
                 self.hold.decide()
             except (OSError, ValueError, KeyError, CompileError) as err:
                 # the loop must go on: the kernel keeps enforcing the last published state
@@ -170,11 +177,18 @@ class PolicyEngine:
         self.by_slot = {**self.by_slot, **dict(slotted)}  # a new mapping: read without a lock
         self.applier.publish(compiled, scope)
         self.active = new
+        self.refresh_identities()
         self.generation += 1
         # the status file first: "policies applied" in the log then means the file says so
         self._write_status()
         log.info("policies applied", extra={"policies": {n: s for n, (s, _) in new.items()}})
         return True
+
+    def refresh_identities(self) -> None:
+        """mr_pino <- the identity of every file the live file rules cover."""
+        slotted = [(s, p) for s, p in self._slotted() if p.files.deny or p.files.monitor]
+        if slotted or self.identity.snap.rows:
+            self.identity.refresh(slotted, self.containers)
 
     @staticmethod
     def _mask(active: dict[str, tuple[int, Policy]]) -> int:

@@ -13,7 +13,7 @@ The kernel decides on slot masks; the rule named here is attributed in user spac
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from moray.agent.bpf import abi
@@ -23,16 +23,24 @@ from moray.api.policy.syscalls import X86_64
 
 _SYSCALL_NAMES = {v: k for k, v in X86_64.items()}
 _KINDS = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "drift", abi.EKind.FILE: "file",
-          abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall"}
+          abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall",
+          abi.EKind.LINK: "file-change"}
 _ACTIONS = {abi.EAction.BLOCKED: "blocked", abi.EAction.KILLED: "killed",
             abi.EAction.WOULD_BLOCK: "would-block", abi.EAction.HELD: "held"}
 _TIER_OF = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "exec", abi.EKind.FILE: "file",
-            abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall"}
+            abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall",
+            abi.EKind.LINK: "file"}
+
+
+NameOf = Callable[[tuple[int, int] | None], str | None]
 
 
 def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
-            tiers: Mapping[str, str]) -> dict[str, Any]:
-    """The `enforcement` object of an event: what was done, by which policy and rule."""
+            tiers: Mapping[str, str], name_of: NameOf | None = None) -> dict[str, Any]:
+    """The `enforcement` object of an event: what was done, by which policy and rule.
+    *name_of* maps the identity of a file the kernel matched by identity to the covered
+    path it was found at (agent/policy/identity.py)."""
+    covered = name_of(ev.ident) if name_of is not None and ev.ident is not None else None
     kind = _KINDS.get(abi.EKind(ev.kind), str(ev.kind)) if ev.kind in _KINDS else str(
         ev.kind)
     action = _ACTIONS.get(abi.EAction(ev.action), str(ev.action)) if ev.action in \
@@ -46,7 +54,7 @@ def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
             "name": p.name if p else f"slot-{s}",
             "mode": str(p.mode) if p else None,
             "enforced": bool((ev.enforced >> s) & 1),
-            "rule": rule_of(p, ev) if p else None,
+            "rule": rule_of(p, ev, covered) if p else None,
         })
     first = next((m for m in matched if m["enforced"]), matched[0] if matched else None)
     out: dict[str, Any] = {
@@ -66,6 +74,14 @@ def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
     elif ev.kind == abi.EKind.FILE:
         out["path"] = ev.path
         out["access"] = {1: "read", 2: "write", 3: "read-write"}.get(ev.arg & 3, "?")
+        if ev.ident is not None:  # matched by identity: the covered name of that file
+            out["file"] = {"dev": ev.ident[0], "ino": ev.ident[1], "covered_path": covered}
+    elif ev.kind == abi.EKind.LINK:
+        out["path"] = covered
+        out["syscall"] = _SYSCALL_NAMES.get(ev.arg, str(ev.arg)) if ev.arg else None
+        out["access"] = "link" if ev.arg in _LINKS else "write"
+        if ev.ident is not None:
+            out["file"] = {"dev": ev.ident[0], "ino": ev.ident[1], "covered_path": covered}
     elif ev.kind == abi.EKind.NET:
         out["daddr"] = ev.daddr
         out["dport"] = ev.dport
@@ -92,12 +108,19 @@ def _note(ev: EnforceEvent) -> str | None:
                 "user space, so nothing was read or written through the descriptor")
     if ev.kind == abi.EKind.SYSCALL:
         return "the syscall ran; the process was killed (SIGKILL) when it returned"
+    if ev.kind == abi.EKind.LINK:
+        return ("the change was made; the process was killed (SIGKILL) before it returned: "
+                "see residue for what it left and what was undone")
     return "killed (SIGKILL) before the new image's first instruction"
 
 
-def rule_of(p: Policy, ev: EnforceEvent) -> str | None:
+_LINKS = {X86_64["link"], X86_64["linkat"]}
+
+
+def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | None:
     """The rule of *p* that matches the event's object (user-space attribution of a
-    decision the kernel made on masks)."""
+    decision the kernel made on masks). *covered*: the covered path of a file matched by
+    identity (the name the task used may be one no rule names)."""
     if ev.kind == abi.EKind.DRIFT:
         return "exec.drift: block"
     if ev.kind == abi.EKind.EXEC:
@@ -112,10 +135,12 @@ def rule_of(p: Policy, ev: EnforceEvent) -> str | None:
         if p.exec.allow is not None:
             return "exec.allow: not listed"
         return "exec.drift: block" if p.exec.drift else None
-    if ev.kind == abi.EKind.FILE:
-        acc = ev.arg & 3
+    if ev.kind in (abi.EKind.FILE, abi.EKind.LINK):
+        acc = ev.arg & 3 if ev.kind == abi.EKind.FILE else (3 if ev.arg in _LINKS else 2)
+        names = [n for n in (ev.path if ev.kind == abi.EKind.FILE else None, covered) if n]
+        names += [n.rstrip("/") + "/" for n in names]  # a covered directory itself
         for label, rules in (("files.deny", p.files.deny), ("files.monitor", p.files.monitor)):
-            hits = [r for r in rules if r.pattern.matches(ev.path) and (
+            hits = [r for r in rules if any(r.pattern.matches(n) for n in names) and (
                 r.access is Access.ANY or (r.access is Access.READ and acc & 1)
                 or (r.access is Access.WRITE and acc & 2))]
             if hits:

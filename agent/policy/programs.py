@@ -11,12 +11,21 @@ EPERM (this project's machines) loading them would fail the whole object.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 # LSM program -> the fallback programs that do the same job without BPF LSM
 LSM_FALLBACKS: dict[str, tuple[str, ...]] = {
     "mr_lsm_exec": (),   # mr_enf_exec stays: it takes the holds (cfg_exec_lsm)
     "mr_lsm_file_open": ("mr_enf_openat", "mr_enf_open", "mr_enf_openat2", "mr_enf_creat"),
+    "mr_lsm_ident_perm": ("mr_enf_ctime", "mr_enf_ctime_mg"),
+}
+
+# Programs on tracepoints that not every kernel has -> the BTF type naming the tracepoint
+# (timestamp/* since 6.13: a covered file changed by identity, bpf/progs/enforce_ident.bpf.c).
+# Where the type is missing the program is not loaded (it would fail the whole object).
+NEEDS_BTF: dict[str, str] = {
+    "mr_enf_ctime": "btf_trace_inode_set_ctime_to_ts",
+    "mr_enf_ctime_mg": "btf_trace_ctime_ns_xchg",
 }
 
 ENFORCE_PREFIXES = ("mr_enf_", "mr_lsm_")
@@ -35,10 +44,15 @@ def is_enforcement(program: str) -> bool:
     return program.startswith(ENFORCE_PREFIXES)
 
 
-def programs_to_skip(programs: Iterable[tuple[str, str]], bpf_lsm: bool) -> list[str]:
-    """Names of (name, section) programs that must not load on this kernel."""
+def programs_to_skip(programs: Iterable[tuple[str, str]], bpf_lsm: bool,
+                     has_btf: Callable[[str], bool] = lambda _n: True) -> list[str]:
+    """Names of (name, section) programs that must not load on this kernel. *has_btf*:
+    whether the kernel's BTF has a type (typedef) of that name."""
     skip: list[str] = []
     for name, section in programs:
+        need = NEEDS_BTF.get(name)
+        if need is not None and not has_btf(need):
+            skip.append(name)
         if section.startswith("lsm/"):
             if not bpf_lsm:
                 skip.append(name)

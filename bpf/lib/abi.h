@@ -140,7 +140,14 @@ enum mr_ekind {
 	MR_EK_FILE = 3,
 	MR_EK_NET = 4,
 	MR_EK_SYSCALL = 5,
+	/* 6-8: taken by other rule kinds */
+	MR_EK_LINK = 9,     /* a covered file or directory changed by identity, whatever its
+			     * name (link, rename, unlink, chmod, truncate ...): arg = syscall nr */
 };
+
+/* mr_enforce.arg flag for MR_EK_FILE: the file matched by identity (mr_pino), not only by
+ * name; MR_EK_FILE with it and MR_EK_LINK carry (dev u64, ino u64) in addr. */
+#define MR_EF_IDENT (1 << 8)
 
 enum mr_eaction {
 	MR_EA_BLOCKED = 1,     /* refused with EPERM: the action did not happen */

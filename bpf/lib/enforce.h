@@ -116,6 +116,14 @@ static __always_inline int is_drift(struct file *f)
 	return BPF_CORE_READ(oi, __upperdentry) != 0;
 }
 
+/* The identity of an inode as mr_pino keys it (what stat() reports as st_dev/st_ino,
+ * st_dev in the kernel's encoding). */
+static __always_inline void inode_key(struct mr_pino_key *k, struct inode *inode)
+{
+	k->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	k->ino = BPF_CORE_READ(inode, i_ino);
+}
+
 /* The fixed part of an enforcement record for the current task. */
 static __always_inline void enf_init(struct mr_enforce *ev, __u16 kind, __u16 action,
 				     __u64 policies, __u64 enforced)

@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
 /*
  * Path resolution without bpf_d_path (not allowed from tracepoints): walk dentries up to
- * the task's root, crossing mount points, writing names backwards into the first half of a
- * scratch buffer. Like d_path, the result is the path as the task sees it (a container's
- * /etc/shadow, not the host's overlay path). Deleted files keep their last name; a walk
- * deeper than MR_PATH_DEPTH is cut and flagged.
+ * the root of the task's mount namespace, crossing mount points, writing names backwards
+ * into the first half of a scratch buffer. The result is the path in the task's mount
+ * namespace: a container's /etc/shadow (its root is its namespace's root after
+ * pivot_root), not the host's overlay path; and for a chrooted task the path from its
+ * namespace's root, not from the chroot (a host process chrooted into /srv/jail that opens
+ * /etc/passwd is seen opening /srv/jail/etc/passwd, so host rules neither fire on a
+ * chroot's own /etc nor miss the host's files; d_path would stop at the chroot). Deleted
+ * files keep their last name; a walk deeper than MR_PATH_DEPTH is cut and flagged.
  */
 #pragma once
 
@@ -13,9 +17,7 @@
 
 struct mr_path_walk {
 	struct dentry *dentry;
-	struct dentry *root_dentry;
 	struct vfsmount *vfsmnt;
-	struct vfsmount *root_mnt;
 	struct mount *mnt;
 	struct mount *mnt_parent;
 	char *buf;
@@ -36,10 +38,6 @@ static long path_step(__u32 i, void *ctx)
 	struct qstr name;
 	__u32 len, off;
 
-	if (dentry == w->root_dentry && vfsmnt == w->root_mnt) {
-		w->trunc = 0;
-		return 1;
-	}
 	if (dentry == mnt_root || dentry == parent) {
 		if (dentry != mnt_root) {
 			/* a pseudo file (memfd, anon inode, pipe): its own parent; report its name
@@ -57,7 +55,7 @@ static long path_step(__u32 i, void *ctx)
 			return 1;
 		}
 		if (mnt == w->mnt_parent) {
-			w->trunc = 0; /* the global root */
+			w->trunc = 0; /* the namespace's root mount: its own parent */
 			return 1;
 		}
 		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
@@ -85,14 +83,11 @@ static long path_step(__u32 i, void *ctx)
  * buf; the string ends at buf[MR_HALF - 1] (a NUL). *trunc set when the walk was cut. */
 static __always_inline __u32 path_resolve(const struct path *path, char *buf, __u32 *trunc)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct mr_path_walk w = {};
 
 	struct vfsmount *vfsmnt = BPF_CORE_READ(path, mnt);
 	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
 
-	w.root_dentry = BPF_CORE_READ(task, fs, root.dentry);
-	w.root_mnt = BPF_CORE_READ(task, fs, root.mnt);
 	w.dentry = BPF_CORE_READ(path, dentry);
 	w.vfsmnt = vfsmnt;
 	w.mnt = mnt;

@@ -27,6 +27,12 @@
  *   mr_pnet    LPM (family, address) -> struct mr_pnet_val: up to MR_NET_RULES port/protocol
  *              rules per prefix, merged like mr_pexec.
  *   mr_psys    ARRAY[MR_SYS_MAX] syscall nr -> u64 slots denying it.
+ *   mr_pino    HASH (device, inode) -> struct mr_pfile_val: the identity of the files and
+ *              directories that file rules cover, so a rule holds through every other name
+ *              of the same file (hard links, renames, bind mounts, chroots). Writers: the
+ *              agent (agent/policy/identity.py: stat of every covered path in every root in
+ *              scope, refreshed) and progs/enforce_file.bpf.c (a file opened by a covered
+ *              name is remembered at once).
  *   mr_pheap   per-CPU scratch for the enforcement programs.
  */
 #pragma once
@@ -191,3 +197,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct mr_pheap_buf);
 } mr_pheap SEC(".maps") __weak;
+
+/* ---- file identity (issue 13: a rule holds through other names of the same file) ---- */
+
+struct mr_pino_key {
+	__u64 dev; /* the kernel's dev_t of the inode's superblock: (major << 20) | minor */
+	__u64 ino;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct mr_pino_key);
+	__type(value, struct mr_pfile_val);
+} mr_pino SEC(".maps") __weak;
+

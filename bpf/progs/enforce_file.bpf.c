@@ -9,6 +9,11 @@
  * SIGKILL before it returns to user space: it never reads a byte through that fd, but
  * the open itself completed (O_CREAT / O_TRUNC took effect). Access is the file's f_mode
  * (FMODE_READ / FMODE_WRITE). Not seen on the fallback tier: opens through io_uring.
+ *
+ * A file is matched by its resolved path (mr_pfile) and by its identity (mr_pino: device
+ * and inode), so a rule holds however the file is named: a hard link, a renamed file, a
+ * bind mount, a chroot. A file opened by a name a deny rule covers is added to mr_pino at
+ * once (the agent adds the ones nobody opened yet, agent/policy/identity.py).
  */
 #include "../lib/common.h"
 #include "../maps/scratch.h"
@@ -23,7 +28,8 @@ static __always_inline int file_check(struct file *f, int lsm)
 {
 	struct mr_pheap_buf *h = pheap();
 	struct mr_pconf *c = pconf();
-	struct mr_pfile_val *v;
+	struct mr_pfile_val *v, *vi;
+	struct mr_pino_key ik;
 	struct mr_enforce *ev;
 	__u64 cgid, scope, deny = 0, mon = 0, hit, enf;
 	__u32 off, trunc = 0, len, size, mode;
@@ -41,15 +47,29 @@ static __always_inline int file_check(struct file *f, int lsm)
 	off = path_resolve(__builtin_preserve_access_index(&f->f_path), h->pbuf, &trunc);
 	key_from_resolved(&h->k1, h->pbuf, off);
 	v = bpf_map_lookup_elem(&mr_pfile, &h->k1);
-	if (!v)
-		return 0;
-	if (mode & FMODE_READ) {
-		deny |= v->deny_read;
-		mon |= v->mon_read;
+	inode_key(&ik, BPF_CORE_READ(f, f_inode));
+	vi = bpf_map_lookup_elem(&mr_pino, &ik);
+	if (v) {
+		if (!vi && (v->deny_read | v->deny_write)) /* full: the agent's rows stay */
+			bpf_map_update_elem(&mr_pino, &ik, v, BPF_NOEXIST);
+		if (mode & FMODE_READ) {
+			deny |= v->deny_read;
+			mon |= v->mon_read;
+		}
+		if (mode & FMODE_WRITE) {
+			deny |= v->deny_write;
+			mon |= v->mon_write;
+		}
 	}
-	if (mode & FMODE_WRITE) {
-		deny |= v->deny_write;
-		mon |= v->mon_write;
+	if (vi) {
+		if (mode & FMODE_READ) {
+			deny |= vi->deny_read;
+			mon |= vi->mon_read;
+		}
+		if (mode & FMODE_WRITE) {
+			deny |= vi->deny_write;
+			mon |= vi->mon_write;
+		}
 	}
 	hit = (deny | mon) & scope;
 	if (!hit)
@@ -60,6 +80,10 @@ static __always_inline int file_check(struct file *f, int lsm)
 	ev = (struct mr_enforce *)h->rec;
 	enf_init(ev, MR_EK_FILE, action_of(enf, lsm ? MR_EA_BLOCKED : MR_EA_KILLED), hit, enf);
 	ev->arg = mode;
+	if (vi) { /* say which file it is: the name used may be one no rule names */
+		ev->arg |= MR_EF_IDENT;
+		__builtin_memcpy(ev->addr, &ik, sizeof(ik));
+	}
 	len = path_copy(ev->data, h->pbuf, off);
 	ev->path_len = len;
 	size = sizeof(*ev) + (len & MR_HALF_MASK);

@@ -1,0 +1,340 @@
+"""File rules by identity: the (device, inode) of every file and directory a file rule
+covers, in every root the rule's policy applies to (mr_pino, bpf/maps/policy.h).
+
+A path rule alone is walked around by another name for the same file: a hard link, a
+rename, a bind mount, a chroot. The kernel therefore also checks a file's identity, at
+open (bpf/progs/enforce_file.bpf.c) and at any change of a covered file or directory
+(bpf/progs/enforce_ident.bpf.c: link, rename, unlink, chmod ... in a covered directory or
+on a covered file). This module keeps mr_pino current:
+
+* :meth:`Identities.refresh` stats every covered path in every root in scope (the host's
+  root; a container's root through /proc/<pid>/root of one of its processes), walking the
+  directories of prefix rules (at most ``cap`` entries per rule and root: what is beyond
+  is added by the kernel when it is opened by a covered name), and rewrites mr_pino to
+  exactly that. Called after each publication, when new containers are classified and
+  every ``period`` seconds (a replaced file gets its new identity; a deleted file's inode
+  number, which the filesystem may reuse, leaves the map).
+* it keeps what it saw of each file (mode, owner, links, the names in each covered
+  directory), so a change the kill-after tier could not prevent is reported exactly and,
+  where it is safe, undone (:meth:`Identities.residue`).
+
+Identity is what stat() reports: st_dev in the kernel's encoding ((major << 20) | minor,
+what inode->i_sb->s_dev holds) and st_ino.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from moray.agent.bpf import abi
+from moray.agent.policy.apply import MapLike
+from moray.agent.policy.compile import FileVal
+from moray.agent.policy.scope import ContainerLike, covers
+from moray.api.policy.model import Access, FileRule, Policy
+
+log = logging.getLogger(__name__)
+
+_KEY = abi.PINO_KEY.compile()
+_VAL = abi.PFILE_VAL.compile()
+
+Ident = tuple[int, int]  # (dev in the kernel's encoding, ino)
+
+
+def kdev(st_dev: int) -> int:
+    """stat()'s st_dev -> the kernel's dev_t (what the BPF programs read)."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One covered file or directory as the last refresh saw it."""
+
+    path: str          # as the rule sees it (inside the root)
+    root: str          # the root it was found in ("/" or /proc/<pid>/root)
+    where: str         # "host" or the container id
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    names: frozenset[str] | None = None  # a directory's entries (None: a file)
+
+
+@dataclass
+class Snapshot:
+    rows: dict[Ident, FileVal] = field(default_factory=dict)
+    seen: dict[Ident, Seen] = field(default_factory=dict)
+    capped: list[str] = field(default_factory=list)
+
+
+def _val(rule: FileRule, monitor: bool, bit: int) -> FileVal:
+    read = rule.access in (Access.READ, Access.ANY)
+    write = rule.access in (Access.WRITE, Access.ANY)
+    if monitor:
+        return FileVal(mon_read=bit if read else 0, mon_write=bit if write else 0)
+    return FileVal(deny_read=bit if read else 0, deny_write=bit if write else 0)
+
+
+class Identities:
+    def __init__(self, maps: Mapping[str, MapLike], *, proc: str = "/proc",
+                 cgroup_root: str = "/sys/fs/cgroup", host_root: str = "/", cap: int = 4096,
+                 period: float = 10.0) -> None:
+        self.maps = maps
+        self.host_root = host_root  # the host's / as the agent reaches it (a DaemonSet: a mount)
+        self.proc = proc
+        self.cgroup_root = cgroup_root
+        self.cap = cap
+        self.period = period
+        self.snap = Snapshot()  # replaced whole: read by the pipeline thread without a lock
+        self._written: set[Ident] = set()
+        self._next = 0.0
+        self._lock = threading.Lock()  # refresh (policy thread) vs residue (pipeline)
+
+    # ------------------------------------------------------------------ roots
+
+    def _host_root(self) -> str:
+        return self.host_root
+
+    def container_root(self, c: ContainerLike) -> str | None:
+        """/proc/<pid>/root of a live process of *c* (None: none found)."""
+        path = getattr(c, "cgroup_path", None)
+        if not path:
+            return None
+        try:
+            with open(os.path.join(self.cgroup_root, path.lstrip("/"), "cgroup.procs")) as f:
+                for line in f:
+                    pid = line.strip()
+                    if pid and os.path.exists(f"{self.proc}/{pid}/root/"):
+                        return f"{self.proc}/{pid}/root"
+        except OSError:
+            return None
+        return None
+
+    def roots(self, p: Policy, containers: Mapping[int, ContainerLike]) -> list[tuple[str, str]]:
+        """(root, where) pairs the policy applies to."""
+        out = []
+        if covers(p, None):
+            out.append((self._host_root(), "host"))
+        for c in containers.values():
+            if covers(p, c):
+                r = self.container_root(c)
+                if r is not None:
+                    out.append((r, c.id))
+        return out
+
+    # ------------------------------------------------------------------ refresh
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next
+
+    def refresh(self, slotted: Iterable[tuple[int, Policy]],
+                containers: Mapping[int, ContainerLike]) -> Snapshot:
+        """Stat every covered path in every root in scope; rewrite mr_pino to match."""
+        snap = Snapshot()
+        for slot, p in slotted:
+            rules = [(r, False) for r in p.files.deny] + [(r, True) for r in p.files.monitor]
+            if not rules:
+                continue
+            for root, where in self.roots(p, containers):
+                for rule, monitor in rules:
+                    self._cover(snap, root, where, rule, _val(rule, monitor, 1 << slot))
+        with self._lock:
+            self._write(snap.rows)
+            self.snap = snap
+        self._next = time.monotonic() + self.period
+        for c in snap.capped:
+            log.warning("file identity: %s has more than %d entries; the rest are covered "
+                        "by identity once opened by a covered name", c, self.cap)
+        return snap
+
+    def _cover(self, snap: Snapshot, root: str, where: str, rule: FileRule,
+               val: FileVal) -> None:
+        base = root.rstrip("/")
+        top = rule.pattern.path
+        if rule.pattern.exact:
+            self._add(snap, base, where, top, val, walk=False)
+            return
+        # a prefix rule: "/etc/" covers the directory and what is under it; "/etc/ssh_"
+        # covers the names in /etc that start with it
+        d, _, start = top.rpartition("/")
+        d = d or "/"
+        todo: list[str] = []
+        try:
+            with os.scandir(base + d) as it:
+                for e in it:
+                    if e.name.startswith(start):
+                        todo.append(os.path.join(d, e.name))
+        except OSError:
+            return
+        if not start:  # the directory itself: a name added to or removed from it
+            self._add(snap, base, where, d, val, walk=False)
+        count = 0
+        while todo:
+            path = todo.pop()
+            count += 1
+            if count > self.cap:
+                snap.capped.append(f"{rule.pattern.text} in {where}")
+                return
+            if self._add(snap, base, where, path, val, walk=True):
+                try:
+                    with os.scandir(base + path) as it:
+                        todo.extend(os.path.join(path, e.name) for e in it)
+                except OSError:
+                    pass
+
+    def _add(self, snap: Snapshot, base: str, where: str, path: str, val: FileVal,
+             walk: bool) -> bool:
+        """Adds *path* (inside root *base*); True if it is a directory to walk into."""
+        try:
+            st = os.lstat(base + path)
+        except OSError:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            return False  # opens resolve it: the rule sees the target's path
+        ident = (kdev(st.st_dev), st.st_ino)
+        snap.rows[ident] = snap.rows.get(ident, FileVal()) | val
+        names = None
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                names = frozenset(os.listdir(base + path))
+            except OSError:
+                names = frozenset()
+        if ident not in snap.seen:
+            snap.seen[ident] = Seen(path, base or "/", where, st.st_mode, st.st_uid,
+                                    st.st_gid, st.st_nlink, names)
+        return walk and stat.S_ISDIR(st.st_mode)
+
+    def _write(self, rows: Mapping[Ident, FileVal]) -> None:
+        m = self.maps.get("mr_pino")
+        if m is None:
+            return
+        for (dev, ino), v in rows.items():
+            m.update(_KEY.pack(dev, ino),
+                     _VAL.pack(v.deny_read, v.deny_write, v.mon_read, v.mon_write))
+        want = {_KEY.pack(d, i) for d, i in rows}
+        # what the kernel added (opens by a covered name) is re-derived above; whatever is
+        # not covered now (a deleted file whose inode number may be reused) goes
+        for k in list(m.keys()):
+            if k not in want:
+                m.delete(k)
+        self._written = set(rows)
+
+    # ------------------------------------------------------------------ names
+
+    def name_of(self, ident: tuple[int, int] | None) -> str | None:
+        """The covered path of a file the kernel matched by identity."""
+        if ident is None:
+            return None
+        s = self.snap.seen.get(ident)
+        return s.path if s else None
+
+    # ------------------------------------------------------------------ kill-after residue
+
+    def residue(self, ident: tuple[int, int], pid: int, wait: float = 0.5) -> dict[str, list[str]]:
+        """What a change killed after the fact left on a covered file or directory, and what
+        was undone: the owner and mode are put back; a name added to a covered directory is
+        removed when it is another name of a file that still has one (a hard link) and moved
+        aside otherwise; names removed from it are reported (their file is still covered by
+        identity wherever it went)."""
+        left: list[str] = []
+        undone: list[str] = []
+        seen = self.snap.seen.get(ident)
+        if seen is None:
+            return {"left": ["unknown: the file is no longer covered"], "undone": []}
+        _wait_gone(self.proc, pid, wait)  # the call finishes before the kill lands
+        full = seen.root.rstrip("/") + seen.path
+        with self._lock:
+            try:
+                st = os.lstat(full)
+            except OSError:
+                return {"left": [f"{seen.path} no longer exists (renamed or removed)"],
+                        "undone": []}
+            if (kdev(st.st_dev), st.st_ino) != ident:
+                left.append(f"{seen.path} is now another file (replaced)")
+                return {"left": left, "undone": undone}
+            if stat.S_IMODE(st.st_mode) != stat.S_IMODE(seen.mode):
+                left.append(f"{seen.path}: mode {stat.S_IMODE(seen.mode):o} -> "
+                            f"{stat.S_IMODE(st.st_mode):o}")
+                try:
+                    os.chmod(full, stat.S_IMODE(seen.mode), follow_symlinks=False)
+                    undone.append(f"{seen.path}: mode {stat.S_IMODE(seen.mode):o} restored")
+                except OSError as err:
+                    left.append(f"cannot restore the mode: {err.strerror}")
+            if (st.st_uid, st.st_gid) != (seen.uid, seen.gid):
+                left.append(f"{seen.path}: owner {seen.uid}:{seen.gid} -> {st.st_uid}:{st.st_gid}")
+                try:
+                    os.chown(full, seen.uid, seen.gid, follow_symlinks=False)
+                    undone.append(f"{seen.path}: owner {seen.uid}:{seen.gid} restored")
+                except OSError as err:
+                    left.append(f"cannot restore the owner: {err.strerror}")
+            if seen.names is None:
+                if st.st_nlink > seen.nlink:
+                    left.append(f"{seen.path}: a new name (hard link) was made, links "
+                                f"{seen.nlink} -> {st.st_nlink}; the file stays covered by "
+                                "identity under every name")
+                return {"left": left, "undone": undone}
+            try:
+                now = set(os.listdir(full))
+            except OSError:
+                now = set(seen.names)
+            for name in sorted(now - seen.names):
+                self._undo_added(seen.root, seen.path, name, left, undone)
+            for name in sorted(seen.names - now):
+                left.append(f"{os.path.join(seen.path, name)} removed or moved away")
+        return {"left": left, "undone": undone}
+
+    def _undo_added(self, root: str, path: str, name: str, left: list[str],
+                    undone: list[str]) -> None:
+        p = os.path.join(path, name)
+        target = root.rstrip("/") + p
+        left.append(f"{p} added")
+        try:
+            st = os.lstat(target)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                os.unlink(target)  # another name of a file that keeps its other names
+                undone.append(f"{p} removed (a hard link; the file keeps its other names)")
+                return
+            # out of the covered directory (a name there may be read by what the rule
+            # protects, e.g. /etc/cron.d/*), kept for inspection at the top of the same
+            # filesystem (a rename: no copy, nothing lost)
+            top = _fs_top(root.rstrip("/"), path)
+            qdir = top.rstrip("/") + "/.moray-quarantine"
+            os.makedirs(root.rstrip("/") + qdir, mode=0o700, exist_ok=True)
+            aside = f"{qdir}/{int(time.time())}-{name}"
+            os.rename(target, root.rstrip("/") + aside)
+            undone.append(f"{p} moved to {aside}")
+        except OSError as err:
+            left.append(f"cannot undo {p}: {err.strerror}")
+
+
+def _fs_top(base: str, path: str) -> str:
+    """The highest directory above *path* (inside root *base*) on the same filesystem."""
+    top = path
+    dev = os.lstat(base + path).st_dev
+    while top not in ("", "/"):
+        up = os.path.dirname(top)
+        try:
+            if os.lstat(base + (up or "/")).st_dev != dev:
+                break
+        except OSError:
+            break
+        top = up
+    return top or "/"
+
+
+def _wait_gone(proc: str, pid: int, wait: float) -> None:
+    """Until *pid* is gone or a zombie (its syscall has finished), at most *wait* s."""
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        try:
+            with open(f"{proc}/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    return
+        except OSError:
+            return
+        time.sleep(0.005)
