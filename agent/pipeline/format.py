@@ -58,8 +58,9 @@ class Format:
             enf = out["enforcement"] = explain(
                 ev, self._table.by_slot, self._tiers,
                 name_of=ident.name_of if ident is not None else None)
-            if (ident is not None and ev.ident is not None and ev.kind == abi.EKind.LINK
-                    and ev.action == abi.EAction.KILLED):
+            if (ident is not None and ev.ident is not None and ev.action == abi.EAction.KILLED
+                    and (ev.kind == abi.EKind.LINK
+                         or (ev.kind == abi.EKind.FILE and ev.arg & 2))):
                 # kill-after: the change was made; say what is left and undo what is safe
                 enf["residue"] = ident.residue(ev.ident, ev.proc.pid)
         new_image(out, ev)

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from moray.agent.bpf import abi
+from moray.agent.bpf.features import find_cgroup_v2
 from moray.agent.policy.apply import MapLike
 from moray.agent.policy.compile import FileVal
 from moray.agent.policy.scope import ContainerLike, covers
@@ -63,6 +64,7 @@ class Seen:
     gid: int
     nlink: int
     names: frozenset[str] | None = None  # a directory's entries (None: a file)
+    size: int = 0
 
 
 @dataclass
@@ -82,18 +84,20 @@ def _val(rule: FileRule, monitor: bool, bit: int) -> FileVal:
 
 class Identities:
     def __init__(self, maps: Mapping[str, MapLike], *, proc: str = "/proc",
-                 cgroup_root: str = "/sys/fs/cgroup", host_root: str = "/", cap: int = 4096,
+                 cgroup_root: str | None = None, host_root: str = "/", cap: int = 4096,
                  period: float = 10.0) -> None:
         self.maps = maps
         self.host_root = host_root  # the host's / as the agent reaches it (a DaemonSet: a mount)
         self.proc = proc
-        self.cgroup_root = cgroup_root
+        # where cgroup v2 is mounted (a hybrid host: /sys/fs/cgroup/unified)
+        self.cgroup_root = cgroup_root or find_cgroup_v2(proc)[0] or "/sys/fs/cgroup"
         self.cap = cap
         self.period = period
         self.snap = Snapshot()  # replaced whole: read by the pipeline thread without a lock
         self._written: set[Ident] = set()
         self._next = 0.0
         self._lock = threading.Lock()  # refresh (policy thread) vs residue (pipeline)
+        self._containers: dict[str, ContainerLike] = {}  # id -> container, to find a root
 
     # ------------------------------------------------------------------ roots
 
@@ -125,6 +129,7 @@ class Identities:
                 r = self.container_root(c)
                 if r is not None:
                     out.append((r, c.id))
+                    self._containers[c.id] = c
         return out
 
     # ------------------------------------------------------------------ refresh
@@ -147,6 +152,8 @@ class Identities:
             self._write(snap.rows)
             self.snap = snap
         self._next = time.monotonic() + self.period
+        log.debug("file identity: %d files and directories covered", len(snap.rows),
+                 extra={"roots": sorted({s.where for s in snap.seen.values()})})
         for c in snap.capped:
             log.warning("file identity: %s has more than %d entries; the rest are covered "
                         "by identity once opened by a covered name", c, self.cap)
@@ -206,7 +213,7 @@ class Identities:
                 names = frozenset()
         if ident not in snap.seen:
             snap.seen[ident] = Seen(path, base or "/", where, st.st_mode, st.st_uid,
-                                    st.st_gid, st.st_nlink, names)
+                                    st.st_gid, st.st_nlink, names, st.st_size)
         return walk and stat.S_ISDIR(st.st_mode)
 
     def _write(self, rows: Mapping[Ident, FileVal]) -> None:
@@ -247,7 +254,17 @@ class Identities:
         if seen is None:
             return {"left": ["unknown: the file is no longer covered"], "undone": []}
         _wait_gone(self.proc, pid, wait)  # the call finishes before the kill lands
-        full = seen.root.rstrip("/") + seen.path
+        root = seen.root
+        if not os.path.exists(root.rstrip("/") + "/"):  # that process is gone: another one
+            c = self._containers.get(seen.where)
+            found = self.container_root(c) if c is not None else None
+            if found is None:
+                return {"left": [f"{seen.path}: unknown, no process of {seen.where} is left "
+                                 "to reach its files"], "undone": []}
+            root = found
+            seen = Seen(seen.path, root, seen.where, seen.mode, seen.uid, seen.gid,
+                        seen.nlink, seen.names, seen.size)
+        full = root.rstrip("/") + seen.path
         with self._lock:
             try:
                 st = os.lstat(full)
@@ -273,6 +290,9 @@ class Identities:
                 except OSError as err:
                     left.append(f"cannot restore the owner: {err.strerror}")
             if seen.names is None:
+                if st.st_size != seen.size:
+                    left.append(f"{seen.path}: size {seen.size} -> {st.st_size} bytes "
+                                "(content is not restored)")
                 if st.st_nlink > seen.nlink:
                     left.append(f"{seen.path}: a new name (hard link) was made, links "
                                 f"{seen.nlink} -> {st.st_nlink}; the file stays covered by "

@@ -304,3 +304,24 @@ def test_monitor_mode_reports_and_allows(agent: AgentProc, tiers: dict[str, str]
         assert enforcement(ev)["file"]["covered_path"] == str(secret)
     finally:
         agent.delete("id-mon")
+
+
+def test_truncating_open_is_reported(agent: AgentProc, tiers: dict[str, str],
+                                     work: Path) -> None:
+    """`: > passwd` under a write rule: refused at open (LSM), or killed at the open's exit
+    with the truncation it already made reported (kill-after: the content is not back)."""
+    etc = work / "etc"
+    etc.mkdir()
+    passwd = etc / "passwd"
+    passwd.write_text("root:x:0:0\n")
+    applied(agent, "id-trunc", f"files: {{deny: [{{path: '{etc}/*', access: write}}]}}")
+    try:
+        refused(tiers, in_child(lambda: os.close(os.open(passwd, os.O_WRONLY | os.O_TRUNC))))
+        ev = agent.wait_event(for_policy("id-trunc", "file", expected_action(tiers["file"])))
+        if tiers["file"] == "lsm-deny":
+            assert passwd.read_text() == "root:x:0:0\n"
+        else:
+            left = enforcement(ev)["residue"]["left"]
+            assert left == [f"{passwd}: size 11 -> 0 bytes (content is not restored)"], left
+    finally:
+        agent.delete("id-trunc")
