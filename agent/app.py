@@ -261,7 +261,7 @@ class Agent:
         from moray.agent.policy.apply import MAP_NAMES, Applier
         from moray.agent.policy.engine import PolicyEngine
 
-        applier = Applier({n: self.obj.map(n) for n in (*MAP_NAMES, "mr_pino")},
+        applier = Applier({n: self.obj.map(n) for n in (*MAP_NAMES, "mr_pino", "mr_pagent")},
                           syscall_hook=self.syscall_link.set if self.syscall_link else None)
         cg = self.features.cgroup_v2 if self.features else None
         # the pipeline's resolver (it also sees the kernel's cgroup mkdir/rmdir records);

@@ -78,6 +78,7 @@ class PolicyEngine:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        self.identity.claim()
         self.heartbeat()
         self.sync_from_kernel()
         self.reload(force=True)

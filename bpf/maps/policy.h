@@ -212,3 +212,14 @@ struct {
 	__type(value, struct mr_pfile_val);
 } mr_pino SEC(".maps") __weak;
 
+/* mr_pagent ARRAY[1] u32: the running agent's tgid, written by it at start. Its own repairs
+ * of what a killed task left (agent/policy/identity.py) change covered files: they must
+ * not be taken for an attack. A map, not a rodata constant: enforcement programs pinned by
+ * an earlier agent keep running after a restart with the earlier agent's constants. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} mr_pagent SEC(".maps") __weak;
+

@@ -34,6 +34,13 @@
 #define NR_linkat 265
 #define NR_openat2 437
 
+static __always_inline int is_agent(void)
+{
+	__u32 zero = 0, *tgid = bpf_map_lookup_elem(&mr_pagent, &zero);
+
+	return tgid && *tgid && *tgid == (bpf_get_current_pid_tgid() >> 32);
+}
+
 static __always_inline __u32 current_syscall(void)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
@@ -57,7 +64,7 @@ static __always_inline int ident_check(struct inode *inode, __u32 op, int lsm)
 	v = bpf_map_lookup_elem(&mr_pino, &ik);
 	if (!v)
 		return 0;
-	if (is_self())
+	if (is_agent())
 		return 0; /* the agent undoing what a killed task left */
 	deny = v->deny_write;
 	mon = v->mon_write;

@@ -142,3 +142,32 @@ files: {deny: [{path: /etc/*, access: write}, {path: /etc/shadow, access: read}]
                     or _for(e, "mr-id-benign", "file", "killed")]
     finally:
         agent.delete("id-benign")
+
+
+def test_repair_after_a_restart_does_not_kill_the_agent(agent: AgentProc) -> None:
+    """A restarted agent adopts the pinned enforcement programs of the previous one: its
+    own repairs of a covered file (here: a mode put back) must not be refused as a change
+    (the agent's pid reaches the kernel through a map, not a load-time constant)."""
+    import signal
+
+    from tests.kernels.guest_tests.test_tiers import host_policy, in_child
+
+    work = Path(tempfile.mkdtemp(prefix="moray-ident-restart-"))
+    etc = work / "etc"
+    etc.mkdir()
+    target = etc / "conf"
+    target.write_text("x")
+    target.chmod(0o644)
+    agent.apply("id-restart", host_policy("id-restart",
+                                          f"files: {{deny: [{{path: '{etc}/*', access: write}}]}}"))
+    try:
+        agent.kill()   # SIGKILL: the pinned programs keep enforcing
+        agent.start()  # adopts them (same build)
+        assert in_child(lambda: os.chmod(target, 0o4755)) == ("signal", signal.SIGKILL)
+        ev = agent.wait_event(lambda e: enforcement(e).get("policy") == "id-restart"
+                              and enforcement(e).get("kind") == "file-change")
+        assert enforcement(ev)["residue"]["undone"] == [f"{target}: mode 644 restored"]
+        assert target.stat().st_mode & 0o7777 == 0o644
+        assert agent.proc is not None and agent.proc.poll() is None, "the agent was killed"
+    finally:
+        agent.delete("id-restart")
