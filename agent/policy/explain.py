@@ -26,6 +26,8 @@ _KINDS = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "drift", abi.EKind.FILE: "fil
           abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall"}
 _ACTIONS = {abi.EAction.BLOCKED: "blocked", abi.EAction.KILLED: "killed",
             abi.EAction.WOULD_BLOCK: "would-block", abi.EAction.HELD: "held"}
+_VIA: dict[int, str] = {abi.ExecVia.MMAP: "mmap", abi.ExecVia.MPROTECT: "mprotect",
+                        abi.ExecVia.SCRIPT: "script"}
 _TIER_OF = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "exec", abi.EKind.FILE: "file",
             abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall"}
 
@@ -63,6 +65,8 @@ def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
         out["binary"] = ev.path
         if ev.path2:
             out["filename"] = ev.path2
+        if ev.arg:  # not an exec of the file itself: how its code was reached
+            out["via"] = _VIA.get(ev.arg, str(ev.arg))
     elif ev.kind == abi.EKind.FILE:
         out["path"] = ev.path
         out["access"] = {1: "read", 2: "write", 3: "read-write"}.get(ev.arg & 3, "?")
@@ -92,6 +96,12 @@ def _note(ev: EnforceEvent) -> str | None:
                 "user space, so nothing was read or written through the descriptor")
     if ev.kind == abi.EKind.SYSCALL:
         return "the syscall ran; the process was killed (SIGKILL) when it returned"
+    if ev.arg in (abi.ExecVia.MMAP, abi.ExecVia.MPROTECT):
+        return ("the mapping was made; the process was killed (SIGKILL) before it returned "
+                "to user space, so none of the mapped code ran")
+    if ev.arg == abi.ExecVia.SCRIPT:
+        return ("the interpreter opened the script; it was killed (SIGKILL) before it "
+                "returned to user space, so no line of the script ran")
     return "killed (SIGKILL) before the new image's first instruction"
 
 
@@ -109,7 +119,8 @@ def rule_of(p: Policy, ev: EnforceEvent) -> str | None:
                     best = pat
         if best is not None:
             return f"exec.deny: {best.text}"
-        if p.exec.allow is not None:
+        if p.exec.allow is not None and ev.arg not in (abi.ExecVia.MMAP,
+                                                       abi.ExecVia.MPROTECT):
             return "exec.allow: not listed"
         return "exec.drift: block" if p.exec.drift else None
     if ev.kind == abi.EKind.FILE:
