@@ -162,7 +162,8 @@ int BPF_PROG(mr_lsm_mmap, struct file *file, unsigned long reqprot, unsigned lon
 		return ret;
 	if (!file || !(prot & PROT_EXEC))
 		return 0;
-	return mr_map_check((__u64)file, MR_EX_MMAP, 1);
+	/* a constant: the verifier checks an LSM program's return range */
+	return mr_map_check((__u64)file, MR_EX_MMAP, 1) < 0 ? -EPERM : 0;
 }
 
 SEC("lsm/file_mprotect")
@@ -178,7 +179,7 @@ int BPF_PROG(mr_lsm_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
 	file = BPF_CORE_READ(vma, vm_file);
 	if (!file)
 		return 0;
-	return mr_map_check((__u64)file, MR_EX_MPROTECT, 1);
+	return mr_map_check((__u64)file, MR_EX_MPROTECT, 1) < 0 ? -EPERM : 0;
 }
 
 /* ------------------------------------------------------------------ kill tier: mappings */
