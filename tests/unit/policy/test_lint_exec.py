@@ -119,3 +119,31 @@ def test_explain_says_how_the_code_was_reached() -> None:
     # an exec of the file itself has no `via`
     e = explain(_ev(abi.EKind.EXEC, abi.ExecVia.EXEC, "/usr/bin/head"), {0: p}, tiers)
     assert "via" not in e
+
+
+def test_exec_map_programs_attached_only_while_an_exec_rule_is_live() -> None:
+    """The kill tier's mmap / mprotect / script programs follow exec rules like the syscall
+    program follows syscall rules: on before the flip that makes one live, off after the
+    flip that removes the last."""
+    from moray.agent.policy.apply import MAP_NAMES, Applier, u32
+    from moray.agent.policy.compile import compile_policies
+
+    from .test_policy import FakeMap
+
+    log: list[tuple[str, str, bytes]] = []
+    maps = {n: FakeMap(log, n) for n in MAP_NAMES}
+    ap = Applier(maps, grace=0,  # type: ignore[arg-type]
+                 exec_hook=lambda on: log.append(("hook", "on" if on else "off", b"")))
+    net_only = load_text(pol("{}").replace("  exec: {}\n",
+                                           "  network: {egress: {deny: [10.0.0.0/8]}}\n"))[0]
+    with_exec = load_text(pol("{drift: block}"))[0]
+    ap.publish(compile_policies([(0, net_only)]), {})
+    assert ("hook", "on", b"") not in log and log[-1] == ("hook", "off", b"")
+    log.clear()
+    ap.publish(compile_policies([(1, with_exec)]), {})
+    flip = log.index(("mr_pgen", "update", u32(0)))
+    assert log.index(("hook", "on", b"")) < flip and ("hook", "off", b"") not in log
+    log.clear()
+    ap.publish(compile_policies([(0, net_only)]), {})
+    flip = log.index(("mr_pgen", "update", u32(0)))
+    assert log.index(("hook", "off", b"")) > flip and ("hook", "on", b"") not in log
