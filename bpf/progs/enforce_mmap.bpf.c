@@ -16,7 +16,7 @@
  *
  * Kill tier (attached only while an exec rule is live, agent/policy/programs.py):
  *  - sys_enter of mmap with PROT_EXEC on a file descriptor, and of mprotect / pkey_mprotect
- *    adding PROT_EXEC (each VMA of the range, bpf_find_vma, up to MR_VMA_MAX): SIGKILL is
+ *    adding PROT_EXEC (PROT_READ counts as PROT_EXEC under personality READ_IMPLIES_EXEC) (each VMA of the range, bpf_find_vma, up to MR_VMA_MAX): SIGKILL is
  *    sent before the call runs; the call then creates the mapping and the task dies on its
  *    way back to user space: no instruction of the mapped file runs.
  *  - scripts: at sched_process_exec bprm->file is already the interpreter and the script's
@@ -38,7 +38,9 @@
 
 #define EPERM 1
 #define PROT_EXEC 0x4
+#define PROT_READ 0x1
 #define MAP_ANONYMOUS 0x20
+#define READ_IMPLIES_EXEC 0x0400000 /* personality(2): PROT_READ mappings get PROT_EXEC */
 #define MR_VMA_MAX 16 /* VMAs of one mprotect range looked at (kill tier) */
 
 /* Drift of an inode (enforce.h is_drift, for an inode rather than a file: a mapping's file
@@ -145,6 +147,17 @@ __noinline int mr_map_check(__u64 file, __u32 via, int lsm)
 	return lsm ? -EPERM : 1;
 }
 
+/* The protection the kernel will really give (mmap_prot(), do_mprotect_pkey()): with
+ * READ_IMPLIES_EXEC in the task's personality, PROT_READ means PROT_EXEC too. */
+static __always_inline unsigned long real_prot(unsigned long prot)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	if ((prot & PROT_READ) && (BPF_CORE_READ(t, personality) & READ_IMPLIES_EXEC))
+		prot |= PROT_EXEC;
+	return prot;
+}
+
 static __always_inline int exec_rules_live(void)
 {
 	struct mr_pconf *c = pconf();
@@ -158,12 +171,16 @@ SEC("lsm/mmap_file")
 int BPF_PROG(mr_lsm_mmap, struct file *file, unsigned long reqprot, unsigned long prot,
 	     unsigned long flags, int ret)
 {
+	__u64 f = 0;
+
 	if (ret)
 		return ret;
 	if (!file || !(prot & PROT_EXEC))
 		return 0;
+	/* a global function takes numbers, not the trusted pointer: copy it out */
+	bpf_probe_read_kernel(&f, sizeof(f), &ctx[0]);
 	/* a constant: the verifier checks an LSM program's return range */
-	return mr_map_check((__u64)file, MR_EX_MMAP, 1) < 0 ? -EPERM : 0;
+	return mr_map_check(f, MR_EX_MMAP, 1) < 0 ? -EPERM : 0;
 }
 
 SEC("lsm/file_mprotect")
@@ -190,7 +207,7 @@ int mr_enf_mmap(struct trace_event_raw_sys_enter *ctx)
 	unsigned long prot = ctx->args[2], flags = ctx->args[3];
 	struct file *f;
 
-	if (!(prot & PROT_EXEC) || (flags & MAP_ANONYMOUS) || !exec_rules_live())
+	if ((flags & MAP_ANONYMOUS) || !(real_prot(prot) & PROT_EXEC) || !exec_rules_live())
 		return 0;
 	f = task_fd_file((struct task_struct *)bpf_get_current_task(), (__u32)ctx->args[4]);
 	if (f)
@@ -220,7 +237,7 @@ static __always_inline int on_mprotect(unsigned long start, unsigned long len,
 	__u64 addr = start, end = start + len;
 	int i;
 
-	if (!(prot & PROT_EXEC) || !exec_rules_live())
+	if (!(real_prot(prot) & PROT_EXEC) || !exec_rules_live())
 		return 0;
 	task = bpf_get_current_task_btf();
 	for (i = 0; i < MR_VMA_MAX && addr < end; i++) {
@@ -266,7 +283,9 @@ int BPF_PROG(mr_enf_script, struct task_struct *task, pid_t old_pid, struct linu
 	bpf_map_delete_elem(&mr_pscript, &tgid); /* a new image: an older row is stale */
 	if (interp == fname || !h || !c || !(c->active & c->exec))
 		return 0;
-	if (!(scope_of(c, bpf_get_current_cgroup_id(), &pending) & c->exec))
+	/* a pending cgroup (a held first exec) is decided later: keep the row, the open is
+	 * checked with the scope known by then */
+	if (!(scope_of(c, bpf_get_current_cgroup_id(), &pending) & c->exec) && !pending)
 		return 0;
 	s = (struct mr_pscript *)h->rec;
 	s->start_ns = task_start_ns(task);

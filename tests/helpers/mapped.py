@@ -4,8 +4,9 @@ tests/kernels/guest_tests/test_exec_mapped.py (every matrix row).
 
 * :func:`build_programs` -- gcc-built helpers (dynamic, glibc): ``mapx`` (mmap PROT_EXEC
   of a file; mmap PROT_READ then mprotect PROT_EXEC; one mprotect spanning an anonymous
-  page and the file's page), ``dl`` (dlopen), ``fexec`` (fexecve / execveat of a file
-  descriptor), and ``evil.so`` whose constructor writes a marker.
+  page and the file's page; mmap PROT_READ under personality READ_IMPLIES_EXEC), ``dl``
+  (dlopen), ``fexec`` (fexecve / execveat of a file descriptor), and ``evil.so`` whose
+  constructor writes a marker.
 * :func:`glibc_image` -- a busybox rootfs plus the host's glibc loader and libc, its
   /usr/bin/head, the helpers in /usr/local/bin, evil.so in /usr/local/lib and an image
   script /usr/local/bin/tool.sh.
@@ -33,8 +34,9 @@ MAPX_C = r"""
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/personality.h>
 #include <unistd.h>
-/* mapx mmap|mprotect|span FILE: map FILE's first page executable, then say so */
+/* mapx mmap|mprotect|span|readexec FILE: map FILE's first page executable, then say so */
 int main(int argc, char **argv) {
     int fd = open(argv[2], O_RDONLY);
     char *p, *a;
@@ -46,6 +48,10 @@ int main(int argc, char **argv) {
         p = mmap(0, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) { perror("mmap"); return 3; }
         if (mprotect(p, 4096, PROT_READ | PROT_EXEC)) { perror("mprotect"); return 4; }
+    } else if (!strcmp(argv[1], "readexec")) { /* PROT_READ is PROT_EXEC under this */
+        personality(READ_IMPLIES_EXEC);
+        p = mmap(0, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) { perror("mmap"); return 3; }
     } else { /* an anonymous page, the file's page right after it, one mprotect over both */
         a = mmap(0, 8192, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (a == MAP_FAILED) { perror("mmap anon"); return 3; }

@@ -5,9 +5,10 @@ Exec deny and drift must also hold when a file's code is mapped executable witho
 exec of it: the dynamic loader run as a program (`ld.so /usr/bin/head`, by either of its
 paths, with `--library-path`), LD_PRELOAD and dlopen of a drifted library, mmap(PROT_EXEC)
 of a file, mmap(PROT_READ) then mprotect(PROT_EXEC) (one VMA, and one mprotect spanning an
-anonymous page and the file's page); and drift must hold for scripts written in the
-container and run directly (`#!`: by absolute and relative path, an image script modified
-in the container so it is copied up, through fexecve and execveat). Each check: (a) it did
+anonymous page and the file's page), mmap(PROT_READ) under personality READ_IMPLIES_EXEC;
+and drift must hold for scripts written in the container and run directly (`#!`: by
+absolute and relative path, an image script modified in the container so it is copied
+up, through fexecve and execveat). Each check: (a) it did
 not run (exit 137, no marker, no output of the code), (b) nothing is left (the process
 died before returning to user space: the mapping and the open die with it), (c) an
 `enforce` event names the mapped or script file, the rule and how (`via`). Monitor mode:
@@ -132,6 +133,7 @@ LD_PRELOAD=/tmp/evil.so /usr/bin/head -c 4 /etc/passwd; echo preload=$?
 /usr/local/bin/mapx mmap /tmp/evil.so; echo mmap=$?
 /usr/local/bin/mapx mprotect /tmp/evil.so; echo mprotect=$?
 /usr/local/bin/mapx span /tmp/evil.so; echo span=$?
+/usr/local/bin/mapx readexec /tmp/evil.so; echo readexec=$?
 cp /usr/bin/head /tmp/h; /lib64/ld-linux-x86-64.so.2 /tmp/h -c 4 /etc/passwd; echo loader=$?
 [ -e /tmp/lib-ran ]; echo marker=$?
 /usr/bin/head -c 4 /etc/passwd >/dev/null; echo image=$?
@@ -147,8 +149,8 @@ def test_drifted_code_mapped(agent: AgentProc, image: Path) -> None:
             upper_left = sorted(p.name for p in (rootfs / "tmp").iterdir())
         rc = rcs(res)
         assert rc == {"preload": "137", "dlopen": "137", "mmap": "137", "mprotect": "137",
-                      "span": "137", "loader": "137", "marker": "1", "image": "0",
-                      "imagemap": "0"}, res
+                      "span": "137", "readexec": "137", "loader": "137", "marker": "1",
+                      "image": "0", "imagemap": "0"}, res
         assert "LIB-RAN" not in res.stdout and "MAPPED-EXEC\n" * 2 not in res.stdout, res
         assert res.stdout.count("MAPPED-EXEC") == 1, res  # the image file's mapping only
         assert "lib-ran" not in upper_left, upper_left
@@ -157,9 +159,9 @@ def test_drifted_code_mapped(agent: AgentProc, image: Path) -> None:
                             ("/tmp/h", "mmap")):
             ev = agent.wait_event(want(c, "drift", "killed", binary, via))
             assert enforcement(ev)["rule"] == "exec.drift: block"
-        # every killed run has its event: preload, dlopen, mmap (3 mmap of evil.so), the
-        # two mprotect variants, the loader
-        agent.wait_event(lambda e: len(enforces(agent, c)) >= 6)
+        # every killed run has its event: preload, dlopen, mmap, readexec (4 mmap of
+        # evil.so), the two mprotect variants, the loader
+        agent.wait_event(lambda e: len(enforces(agent, c)) >= 7)
     finally:
         agent.delete("xm-drift")
 
@@ -185,6 +187,14 @@ def test_drifted_scripts_run_directly(agent: AgentProc, image: Path) -> None:
     try:
         with overlay(image) as rootfs:
             res = run("mr-xm-script-1", SCRIPTS, rootfs)
+            # a dropped script as the container's first exec (held until classified)
+            entry = rootfs / "tmp" / "entry.sh"
+            entry.write_text("#!/bin/sh\necho entry-ran\n")
+            entry.chmod(0o755)
+            with run_runc("mr-xm-script-2", ["/tmp/entry.sh"], rootfs=rootfs, env=ENV) as ctr:
+                first = ctr.wait()
+        assert first.exit_code == 137 and "entry-ran" not in first.stdout, first
+        agent.wait_event(want("mr-xm-script-2", "drift", "killed", "/tmp/entry.sh", "script"))
         rc = rcs(res)
         assert rc == {"direct": "137", "relative": "137", "image": "0", "copiedup": "137",
                       "fexecve": "137", "execveat": "137", "marker": "1"}, res

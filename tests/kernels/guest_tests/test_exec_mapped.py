@@ -120,6 +120,15 @@ def _mprotect_exec(path: Path) -> str:
     return "mprotected"
 
 
+def _read_implies_exec(path: Path) -> str:
+    """mmap(PROT_READ) under personality READ_IMPLIES_EXEC: the kernel adds PROT_EXEC."""
+    ctypes.CDLL(None, use_errno=True).personality(0x0400000)
+    with path.open("rb") as f:
+        m = mmap.mmap(f.fileno(), 4096, mmap.MAP_PRIVATE, PROT_READ)
+        m.close()
+    return "mapped"
+
+
 def _dlopen(path: Path) -> str:
     try:
         ctypes.CDLL(str(path))
@@ -145,6 +154,7 @@ def test_denied_file_mapped_executable(agent: AgentProc, tiers: dict[str, str],
         assert in_child(lambda: _mmap_exec(lib)) == want
         assert in_child(lambda: _mprotect_exec(lib)) == want
         assert in_child(lambda: _dlopen(lib)) == want
+        assert in_child(lambda: _read_implies_exec(lib)) == want
         action = expected_action(tiers["exec"])
         for via in ("mmap", "mprotect"):
             ev = agent.wait_event(via_event("xm-map", "exec", action, str(lib), via))
