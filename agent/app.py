@@ -109,6 +109,7 @@ class Agent:
         self.features: Any | None = None
         self.pins: Any | None = None     # agent.bpf.pins.Pins
         self.syscall_link: Any | None = None  # agent.bpf.pins.OnDemandLink (mr_enf_sys)
+        self.exec_map_links: list[Any] = []  # OnDemandLinks of EXEC_MAP_PROGRAMS (kill tier)
         self.policy: Any | None = None   # agent.policy.engine.PolicyEngine
         self.detector: Any | None = None  # agent.detect.stage.DetectStage
         self.cp_client: Any | None = None  # agent.controlplane.ControlPlaneClient
@@ -180,8 +181,9 @@ class Agent:
 
         btf_path = self.features.btf_path if self.features else "/sys/kernel/btf/vmlinux"
         with Btf(btf_path) as kbtf:
-            obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm,
-                                         has_btf=lambda n: kbtf.has(n, BTF_KIND_TYPEDEF)))
+            skipped = programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm,
+                                       has_btf=lambda n: kbtf.has(n, BTF_KIND_TYPEDEF))
+        obj.disable(skipped)
         from moray.agent.detect.programs import programs_to_skip as detect_skip
 
         obj.disable(detect_skip((n, sec) for n, sec, _ in obj.programs()))
@@ -199,8 +201,18 @@ class Agent:
 
         self.syscall_link = OnDemandLink(
             obj, SYSCALL_PROGRAM, self.pins.links_dir if self.pins is not None else None)
+        from moray.agent.policy.programs import EXEC_MAP_PROGRAMS
+
+        self.exec_map_links = [
+            OnDemandLink(obj, p, self.pins.links_dir if self.pins is not None else None)
+            for p in EXEC_MAP_PROGRAMS if p not in skipped]
         self.obj = obj
         log.info("attached %d BPF programs", len(obj.links))
+
+    def _exec_map_hook(self, on: bool) -> None:
+        """Attach / detach the kill tier's mapping and script programs (enforce_mmap)."""
+        for link in self.exec_map_links:
+            link.set(on)
 
     def fill_watch(self) -> None:
         assert self.obj is not None
@@ -262,7 +274,8 @@ class Agent:
         from moray.agent.policy.engine import PolicyEngine
 
         applier = Applier({n: self.obj.map(n) for n in (*MAP_NAMES, "mr_pino", "mr_pagent")},
-                          syscall_hook=self.syscall_link.set if self.syscall_link else None)
+                          syscall_hook=self.syscall_link.set if self.syscall_link else None,
+                          exec_hook=self._exec_map_hook if self.exec_map_links else None)
         cg = self.features.cgroup_v2 if self.features else None
         # the pipeline's resolver (it also sees the kernel's cgroup mkdir/rmdir records);
         # a private one only when container identity is off for events

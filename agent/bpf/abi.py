@@ -191,3 +191,13 @@ SYSOBS = Layout("mr_sysobs", (
 ALL: tuple[Layout, ...] = (HDR, PROC, EXEC, FORK, EXIT, OPEN, NET, CGROUP, WATCH_KEY, ENFORCE,
                            PCONF, PPATH_KEY, PEXEC_VAL, PFILE_VAL, PNET_KEY, PNET_RULE, PPEND,
                            PHOLD, SYSOBS, PINO_KEY)
+
+
+class ExecVia(IntEnum):
+    """MR_EX_* (bpf/lib/abi.h): mr_enforce.arg of exec / drift records, how the file's code
+    was reached (issue 13, bpf/progs/enforce_mmap.bpf.c)."""
+
+    EXEC = 0      # execve / execveat of the file
+    MMAP = 1      # mmap(PROT_EXEC): the dynamic loader, dlopen, LD_PRELOAD...
+    MPROTECT = 2  # mprotect / pkey_mprotect adding PROT_EXEC to the file's mapping
+    SCRIPT = 3    # kill tier: the interpreter of a `#!` exec opened the script

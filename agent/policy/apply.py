@@ -160,7 +160,8 @@ class Applier:
 
     def __init__(self, maps: Mapping[str, MapLike], grace: float = 0.05,
                  sleep: Callable[[float], None] = time.sleep,
-                 syscall_hook: Callable[[bool], None] | None = None) -> None:
+                 syscall_hook: Callable[[bool], None] | None = None,
+                 exec_hook: Callable[[bool], None] | None = None) -> None:
         missing = [n for n in MAP_NAMES if n not in maps]
         if missing:
             raise KeyError(f"policy maps missing: {missing}")
@@ -170,6 +171,9 @@ class Applier:
         # attaches (True) / detaches (False) the syscall enforcement program, which is
         # attached only while a live policy has a syscall rule (agent/policy/programs.py)
         self.syscall_hook = syscall_hook
+        # the same for the kill tier's programs on mmap / mprotect / script opens, attached
+        # only while a live policy has an exec rule (bpf/progs/enforce_mmap.bpf.c)
+        self.exec_hook = exec_hook
 
     # --- reading the kernel's state --------------------------------------------------
 
@@ -252,6 +256,9 @@ class Applier:
         syscalls = bool(new.conf.active & new.conf.syscalls)
         if syscalls and self.syscall_hook is not None:
             self.syscall_hook(True)
+        execs = bool(new.conf.active & new.conf.exec)
+        if execs and self.exec_hook is not None:
+            self.exec_hook(True)
         idle = idx ^ 1
         self.maps["mr_pconf"].update(u32(idle), enc_conf(new.conf, gen + 1))
         self.maps["mr_pgen"].update(u32(0), u32(idle))
@@ -273,6 +280,8 @@ class Applier:
             self.maps["mr_pscope"].update(u64(cg), u64(scope.get(cg, 0)))
         if not syscalls and self.syscall_hook is not None:
             self.syscall_hook(False)
+        if not execs and self.exec_hook is not None:
+            self.exec_hook(False)
         st.seconds = time.monotonic() - t0
         log.info("policy maps published", extra={
             "generation": gen + 1, "active": f"{new.conf.active:#x}", "rows": new.rows(),

@@ -40,9 +40,25 @@ def _lint(args: argparse.Namespace) -> int:
             continue
         for p in pols:
             print(f"{f}: {p.name}: ok ({p.mode}, {p.rule_count()} rules)")
+        _exec_warnings(f, pols, ["/", *(args.image_root or [])])
         if args.rows:
             print(json.dumps(compiled.to_json(), indent=2))
     return rc
+
+
+def _exec_warnings(f: str, pols: list[Policy], roots: list[str]) -> None:
+    """Warnings about exec rules (agent/policy/lint_exec.py): printed, never a failure."""
+    from moray.agent.policy.lint_exec import exec_warnings, line_of
+
+    try:
+        lines = Path(f).read_text().splitlines()
+    except OSError:
+        lines = []
+    for p in pols:
+        for w in exec_warnings(p, roots):
+            n = line_of(lines, w.text)
+            print(f"{f}:{n or '?'}: warning: {p.name}: {w.field}: {w.text}: {w.message}",
+                  file=sys.stderr)
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -137,6 +153,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     lint = psub.add_parser("lint", help="validate and compile policy files")
     lint.add_argument("files", nargs="+")
     lint.add_argument("--rows", action="store_true", help="print the compiled map rows")
+    lint.add_argument("--image-root", action="append", metavar="DIR",
+                      help="an unpacked image rootfs to look denied exec paths up in "
+                           "(multi-call binaries), besides this host; repeatable")
     lint.set_defaults(handler=_lint)
     ap = psub.add_parser("apply", parents=[common], help="validate, then place in the "
                          "policy directory (the running agent publishes it)")

@@ -27,6 +27,8 @@ _KINDS = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "drift", abi.EKind.FILE: "fil
           abi.EKind.LINK: "file-change"}
 _ACTIONS = {abi.EAction.BLOCKED: "blocked", abi.EAction.KILLED: "killed",
             abi.EAction.WOULD_BLOCK: "would-block", abi.EAction.HELD: "held"}
+_VIA: dict[int, str] = {abi.ExecVia.MMAP: "mmap", abi.ExecVia.MPROTECT: "mprotect",
+                        abi.ExecVia.SCRIPT: "script"}
 _TIER_OF = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "exec", abi.EKind.FILE: "file",
             abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall",
             abi.EKind.LINK: "file"}
@@ -71,6 +73,8 @@ def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
         out["binary"] = ev.path
         if ev.path2:
             out["filename"] = ev.path2
+        if ev.arg:  # not an exec of the file itself: how its code was reached
+            out["via"] = _VIA.get(ev.arg, str(ev.arg))
     elif ev.kind == abi.EKind.FILE:
         out["path"] = ev.path
         out["access"] = {1: "read", 2: "write", 3: "read-write"}.get(ev.arg & 3, "?")
@@ -111,6 +115,12 @@ def _note(ev: EnforceEvent) -> str | None:
     if ev.kind == abi.EKind.LINK:
         return ("the change was made; the process was killed (SIGKILL) before it returned: "
                 "see residue for what it left and what was undone")
+    if ev.arg in (abi.ExecVia.MMAP, abi.ExecVia.MPROTECT):
+        return ("the mapping was made; the process was killed (SIGKILL) before it returned "
+                "to user space, so none of the mapped code ran")
+    if ev.arg == abi.ExecVia.SCRIPT:
+        return ("the interpreter opened the script; it was killed (SIGKILL) before it "
+                "returned to user space, so no line of the script ran")
     return "killed (SIGKILL) before the new image's first instruction"
 
 
@@ -132,7 +142,8 @@ def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | No
                     best = pat
         if best is not None:
             return f"exec.deny: {best.text}"
-        if p.exec.allow is not None:
+        if p.exec.allow is not None and ev.arg not in (abi.ExecVia.MMAP,
+                                                       abi.ExecVia.MPROTECT):
             return "exec.allow: not listed"
         return "exec.drift: block" if p.exec.drift else None
     if ev.kind in (abi.EKind.FILE, abi.EKind.LINK):

@@ -17,6 +17,12 @@ from collections.abc import Callable, Iterable
 LSM_FALLBACKS: dict[str, tuple[str, ...]] = {
     "mr_lsm_exec": (),   # mr_enf_exec stays: it takes the holds (cfg_exec_lsm)
     "mr_lsm_file_open": ("mr_enf_openat", "mr_enf_open", "mr_enf_openat2", "mr_enf_creat"),
+    # issue 13, code mapped executable (bpf/progs/enforce_mmap.bpf.c): the LSM tier needs
+    # none of the kill tier's mapping and script programs (bprm_check_security sees scripts)
+    "mr_lsm_mmap": ("mr_enf_mmap", "mr_enf_mprotect", "mr_enf_pkeyprot", "mr_enf_script",
+                    "mr_enf_sc_open", "mr_enf_sc_oat", "mr_enf_sc_oat2", "mr_enf_sx_open",
+                    "mr_enf_sx_oat", "mr_enf_sx_oat2"),
+    "mr_lsm_mprotect": (),
     "mr_lsm_ident_perm": ("mr_enf_ctime", "mr_enf_ctime_mg"),
 }
 
@@ -36,7 +42,13 @@ ENFORCE_PREFIXES = ("mr_enf_", "mr_lsm_")
 # 2026-12-06, no syscall rule anywhere: 1.13 us per open+close attached, 0.96-0.99 us not,
 # 0.59-0.65 us without the agent; docs/policy.md).
 SYSCALL_PROGRAM = "mr_enf_sys"
-ON_DEMAND = (SYSCALL_PROGRAM,)
+# Kill tier of exec rules for code mapped executable and scripts (enforce_mmap.bpf.c):
+# tracepoints on mmap, mprotect and the opens, attached only while a live policy has an
+# exec rule (deny, allow-list or drift), like mr_enf_sys.
+EXEC_MAP_PROGRAMS = ("mr_enf_mmap", "mr_enf_mprotect", "mr_enf_pkeyprot", "mr_enf_script",
+                     "mr_enf_sc_open", "mr_enf_sc_oat", "mr_enf_sc_oat2", "mr_enf_sx_open",
+                     "mr_enf_sx_oat", "mr_enf_sx_oat2")
+ON_DEMAND = (SYSCALL_PROGRAM, *EXEC_MAP_PROGRAMS)
 
 
 def is_enforcement(program: str) -> bool:

@@ -203,3 +203,11 @@ struct mr_sysobs {
 	__u8 addr[16];    /* stdio / dup socket: peer address, network order */
 	char data[];
 };
+
+/* ---- issue 13, exec however the code is mapped (progs/enforce_mmap.bpf.c) ----
+ * mr_enforce.arg of MR_EK_EXEC / MR_EK_DRIFT records: how the file's code was reached.
+ * path is then the mapped (or script) file; path2 is empty. Mirror: abi.ExecVia. */
+#define MR_EX_EXEC     0 /* execve / execveat of the file (bprm) */
+#define MR_EX_MMAP     1 /* mmap(PROT_EXEC) of the file (the dynamic loader, dlopen...) */
+#define MR_EX_MPROTECT 2 /* mprotect / pkey_mprotect adding PROT_EXEC to its mapping */
+#define MR_EX_SCRIPT   3 /* kill tier: the interpreter of a `#!` exec opened the script */
