@@ -131,6 +131,15 @@ def multi_call(root: str, path: str) -> str | None:
     return None
 
 
+def _symlink_target(root: str, path: str) -> str | None:
+    """The real path of *path* in *root* when it is reached through a symlink."""
+    host = resolve_in(root, path)
+    if host is None:
+        return None
+    real = "/" + os.path.relpath(host, root) if root != "/" else host
+    return real if real != path else None
+
+
 def _loader_matches(p: PathPattern) -> list[str]:
     return [ld for ld in LOADERS if p.matches(ld)]
 
@@ -149,6 +158,16 @@ def exec_warnings(policy: Policy, roots: Sequence[str] = ("/",)) -> list[LintWar
                         "names run the same code; deny the binary itself or use an "
                         "allow-list (docs/policy.md, multi-call binaries)")))
                     break
+            else:
+                for root in roots:
+                    target = _symlink_target(root, p.path)
+                    if target:
+                        label = "this host" if root == "/" else f"image {root}"
+                        out.append(LintWarning(where, p.text, (
+                            f"{p.path} is a symlink to {target} ({label}): an exec by this "
+                            "name is denied, but a mapping (ld.so, mmap) is matched by the "
+                            f"file's real path only; deny {target} too")))
+                        break
         lds = _loader_matches(p)
         if lds:
             out.append(LintWarning(where, p.text, (

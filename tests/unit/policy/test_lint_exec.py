@@ -36,6 +36,8 @@ def image(root: Path) -> Path:
     for name in ("cat", "head", "tail"):
         (root / "usr/bin" / name).symlink_to("coreutils")
     (root / "usr/bin/bash").write_bytes(b"\x7fELF bash")
+    (root / "usr/bin/python3.11").write_bytes(b"\x7fELF python")
+    (root / "usr/bin/python3").symlink_to("python3.11")
     (root / "usr/bin/gzip").write_bytes(b"\x7fELF gzip")
     os.link(root / "usr/bin/gzip", root / "usr/bin/gunzip")
     (root / "usr/bin/tool").write_bytes(b"\x7fELF tool")
@@ -73,6 +75,12 @@ def test_warnings_name_the_rule(tmp_path: Path) -> None:
                                               ("spec.exec.allow[0]", "/lib/*")]
     assert "image " + root in ws[0].message
     assert "ld.so PROGRAM" in ws[1].message
+
+
+def test_denying_a_symlink_name_warns_mappings_see_the_target(tmp_path: Path) -> None:
+    root = str(image(tmp_path))
+    ws = exec_warnings(load_text(pol("{deny: [/usr/bin/python3]}"))[0], [root])
+    assert len(ws) == 1 and "deny /usr/bin/python3.11 too" in ws[0].message
 
 
 def test_denying_the_loader_warns() -> None:
