@@ -169,6 +169,9 @@ PNET_RULE = Layout("mr_pnet_rule", (
     ("pad", "3x")))
 PPEND = Layout("mr_ppend", (("mask", "Q"), ("ts", "Q")))
 PINO_KEY = Layout("mr_pino_key", (("dev", "Q"), ("ino", "Q")))
+PINO_VAL = Layout("mr_pino_val", (
+    ("deny_read", "Q"), ("deny_write", "Q"), ("mon_read", "Q"), ("mon_write", "Q"),
+    ("exec_deny", "Q")))
 EF_IDENT = 1 << 8  # mr_enforce.arg (file): matched by identity; (dev, ino) in addr
 PHOLD = Layout("mr_phold", (
     ("cgroup_id", "Q"), ("start_ns", "Q"), ("exec_deny", "Q"), ("drift", "Q"), ("ts", "Q")))
@@ -190,7 +193,7 @@ SYSOBS = Layout("mr_sysobs", (
 
 ALL: tuple[Layout, ...] = (HDR, PROC, EXEC, FORK, EXIT, OPEN, NET, CGROUP, WATCH_KEY, ENFORCE,
                            PCONF, PPATH_KEY, PEXEC_VAL, PFILE_VAL, PNET_KEY, PNET_RULE, PPEND,
-                           PHOLD, SYSOBS, PINO_KEY)
+                           PHOLD, SYSOBS, PINO_KEY, PINO_VAL)
 
 
 class ExecVia(IntEnum):

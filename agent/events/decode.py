@@ -186,8 +186,11 @@ def decode_enforce(rec: bytes) -> EnforceEvent:
     p2 = rec[_ENFORCE.size + n1:end]
     kind, arg = t[ix["kind"]], t[ix["arg"]]
     ident = None
-    if kind == abi.EKind.LINK or (kind == abi.EKind.FILE and arg & abi.EF_IDENT):
+    if kind in (abi.EKind.LINK, abi.EKind.EXEC, abi.EKind.DRIFT) or (
+            kind == abi.EKind.FILE and arg & abi.EF_IDENT):
         ident = _IDENT.unpack(t[ix["addr"]])
+        if ident == (0, 0):  # a record made in user space (a held exec's decision)
+            ident = None
     return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), kind, t[ix["action"]],
                         t[ix["policies"]], t[ix["enforced"]], arg, fam,
                         _addr(fam, t[ix["addr"]]), t[ix["port"]], _s(p1), _s(p2),

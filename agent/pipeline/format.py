@@ -62,7 +62,7 @@ class Format:
                     and (ev.kind == abi.EKind.LINK
                          or (ev.kind == abi.EKind.FILE and ev.arg & 2))):
                 # kill-after: the change was made; say what is left and undo what is safe
-                enf["residue"] = ident.residue(ev.ident, ev.proc.pid)
+                enf["residue"] = ident.residue(ev.ident, ev.proc.pid, ev.ts)
         new_image(out, ev)
 
 

@@ -187,7 +187,8 @@ class PolicyEngine:
 
     def refresh_identities(self) -> None:
         """mr_pino <- the identity of every file the live file rules cover."""
-        slotted = [(s, p) for s, p in self._slotted() if p.files.deny or p.files.monitor]
+        slotted = [(s, p) for s, p in self._slotted()
+                   if p.files.deny or p.files.monitor or p.exec.deny]
         if slotted or self.identity.snap.rows:
             self.identity.refresh(slotted, self.containers)
 

@@ -75,6 +75,9 @@ def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
             out["filename"] = ev.path2
         if ev.arg:  # not an exec of the file itself: how its code was reached
             out["via"] = _VIA.get(ev.arg, str(ev.arg))
+        if covered is not None and ev.ident is not None and covered != ev.path:
+            # denied by identity: the name a deny rule covers (a hard link of it ran)
+            out["file"] = {"dev": ev.ident[0], "ino": ev.ident[1], "covered_path": covered}
     elif ev.kind == abi.EKind.FILE:
         out["path"] = ev.path
         out["access"] = {1: "read", 2: "write", 3: "read-write"}.get(ev.arg & 3, "?")
@@ -135,7 +138,7 @@ def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | No
         return "exec.drift: block"
     if ev.kind == abi.EKind.EXEC:
         best = None
-        for cand in (ev.path, ev.path2):
+        for cand in (ev.path, ev.path2, covered):  # covered: denied by another name
             for pat in p.exec.deny:
                 if cand and pat.matches(cand) and (best is None or len(pat.path) > len(
                         best.path)):

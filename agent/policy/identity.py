@@ -1,5 +1,7 @@
-"""File rules by identity: the (device, inode) of every file and directory a file rule
-covers, in every root the rule's policy applies to (mr_pino, bpf/maps/policy.h).
+"""Rules by identity: the (device, inode) of every file and directory a file rule or an
+exec deny rule covers, in every root the rule's policy applies to (mr_pino,
+bpf/maps/policy.h). An exec deny matched by identity refuses a hard link of the denied
+binary run or mapped by another name.
 
 A path rule alone is walked around by another name for the same file: a hard link, a
 rename, a bind mount, a chroot. The kernel therefore also checks a file's identity, at
@@ -38,12 +40,12 @@ from moray.agent.bpf.features import find_cgroup_v2
 from moray.agent.policy.apply import MapLike
 from moray.agent.policy.compile import FileVal
 from moray.agent.policy.scope import ContainerLike, covers
-from moray.api.policy.model import Access, FileRule, Policy
+from moray.api.policy.model import Access, FileRule, PathPattern, Policy
 
 log = logging.getLogger(__name__)
 
 _KEY = abi.PINO_KEY.compile()
-_VAL = abi.PFILE_VAL.compile()
+_VAL = abi.PINO_VAL.compile()
 
 Ident = tuple[int, int]  # (dev in the kernel's encoding, ino)
 
@@ -68,19 +70,31 @@ class Seen:
     size: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Row:
+    """mr_pino_val: file rule masks and the exec deny mask of one identity."""
+
+    file: FileVal = field(default_factory=FileVal)
+    exec_deny: int = 0
+
+    def __or__(self, o: Row) -> Row:
+        return Row(self.file | o.file, self.exec_deny | o.exec_deny)
+
+
 @dataclass
 class Snapshot:
-    rows: dict[Ident, FileVal] = field(default_factory=dict)
+    taken_ns: int = 0  # boot clock when the walk started (records carry the same clock)
+    rows: dict[Ident, Row] = field(default_factory=dict)
     seen: dict[Ident, Seen] = field(default_factory=dict)
     capped: list[str] = field(default_factory=list)
 
 
-def _val(rule: FileRule, monitor: bool, bit: int) -> FileVal:
+def _val(rule: FileRule, monitor: bool, bit: int) -> Row:
     read = rule.access in (Access.READ, Access.ANY)
     write = rule.access in (Access.WRITE, Access.ANY)
     if monitor:
-        return FileVal(mon_read=bit if read else 0, mon_write=bit if write else 0)
-    return FileVal(deny_read=bit if read else 0, deny_write=bit if write else 0)
+        return Row(FileVal(mon_read=bit if read else 0, mon_write=bit if write else 0))
+    return Row(FileVal(deny_read=bit if read else 0, deny_write=bit if write else 0))
 
 
 class Identities:
@@ -99,6 +113,7 @@ class Identities:
         self._next = 0.0
         self._lock = threading.Lock()  # refresh (policy thread) vs residue (pipeline)
         self._containers: dict[str, ContainerLike] = {}  # id -> container, to find a root
+        self._history: list[Snapshot] = []
 
     # ------------------------------------------------------------------ roots
 
@@ -148,17 +163,22 @@ class Identities:
     def refresh(self, slotted: Iterable[tuple[int, Policy]],
                 containers: Mapping[int, ContainerLike]) -> Snapshot:
         """Stat every covered path in every root in scope; rewrite mr_pino to match."""
-        snap = Snapshot()
+        snap = Snapshot(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         for slot, p in slotted:
             rules = [(r, False) for r in p.files.deny] + [(r, True) for r in p.files.monitor]
-            if not rules:
+            if not rules and not p.exec.deny:
                 continue
             for root, where in self.roots(p, containers):
                 for rule, monitor in rules:
-                    self._cover(snap, root, where, rule, _val(rule, monitor, 1 << slot))
+                    self._cover(snap, root, where, rule.pattern, _val(rule, monitor, 1 << slot))
+                for pat in p.exec.deny:  # a hard link of a denied binary is that binary
+                    self._cover(snap, root, where, pat, Row(exec_deny=1 << slot))
         with self._lock:
             self._write(snap.rows)
             self.snap = snap
+            # a change is judged against what was seen before it: keep a few walks, a
+            # refresh may run between the change and its residue
+            self._history = [*self._history[-3:], snap]
         self._next = time.monotonic() + self.period
         log.debug("file identity: %d files and directories covered", len(snap.rows),
                  extra={"roots": sorted({s.where for s in snap.seen.values()})})
@@ -167,11 +187,11 @@ class Identities:
                         "by identity once opened by a covered name", c, self.cap)
         return snap
 
-    def _cover(self, snap: Snapshot, root: str, where: str, rule: FileRule,
-               val: FileVal) -> None:
+    def _cover(self, snap: Snapshot, root: str, where: str, pattern: PathPattern,
+               val: Row) -> None:
         base = root.rstrip("/")
-        top = rule.pattern.path
-        if rule.pattern.exact:
+        top = pattern.path
+        if pattern.exact:
             self._add(snap, base, where, top, val, walk=False)
             return
         # a prefix rule: "/etc/" covers the directory and what is under it; "/etc/ssh_"
@@ -193,7 +213,7 @@ class Identities:
             path = todo.pop()
             count += 1
             if count > self.cap:
-                snap.capped.append(f"{rule.pattern.text} in {where}")
+                snap.capped.append(f"{pattern.text} in {where}")
                 return
             if self._add(snap, base, where, path, val, walk=True):
                 try:
@@ -202,7 +222,7 @@ class Identities:
                 except OSError:
                     pass
 
-    def _add(self, snap: Snapshot, base: str, where: str, path: str, val: FileVal,
+    def _add(self, snap: Snapshot, base: str, where: str, path: str, val: Row,
              walk: bool) -> bool:
         """Adds *path* (inside root *base*); True if it is a directory to walk into."""
         try:
@@ -212,7 +232,7 @@ class Identities:
         if stat.S_ISLNK(st.st_mode):
             return False  # opens resolve it: the rule sees the target's path
         ident = (kdev(st.st_dev), st.st_ino)
-        snap.rows[ident] = snap.rows.get(ident, FileVal()) | val
+        snap.rows[ident] = snap.rows.get(ident, Row()) | val
         names = None
         if stat.S_ISDIR(st.st_mode):
             try:
@@ -224,13 +244,14 @@ class Identities:
                                     st.st_gid, st.st_nlink, names, st.st_size)
         return walk and stat.S_ISDIR(st.st_mode)
 
-    def _write(self, rows: Mapping[Ident, FileVal]) -> None:
+    def _write(self, rows: Mapping[Ident, Row]) -> None:
         m = self.maps.get("mr_pino")
         if m is None:
             return
-        for (dev, ino), v in rows.items():
-            m.update(_KEY.pack(dev, ino),
-                     _VAL.pack(v.deny_read, v.deny_write, v.mon_read, v.mon_write))
+        for (dev, ino), r in rows.items():
+            v = r.file
+            m.update(_KEY.pack(dev, ino), _VAL.pack(v.deny_read, v.deny_write, v.mon_read,
+                                                   v.mon_write, r.exec_deny))
         want = {_KEY.pack(d, i) for d, i in rows}
         # what the kernel added (opens by a covered name) is re-derived above; whatever is
         # not covered now (a deleted file whose inode number may be reused) goes
@@ -250,7 +271,15 @@ class Identities:
 
     # ------------------------------------------------------------------ kill-after residue
 
-    def residue(self, ident: tuple[int, int], pid: int, wait: float = 0.5) -> dict[str, list[str]]:
+    def _before(self, ident: Ident, ts: int) -> Seen | None:
+        """What the newest walk taken before boot time *ts* saw of *ident*."""
+        for snap in reversed(self._history):
+            if snap.taken_ns < ts and ident in snap.seen:
+                return snap.seen[ident]
+        return self.snap.seen.get(ident)
+
+    def residue(self, ident: tuple[int, int], pid: int, ts: int = 0,
+                wait: float = 2.0) -> dict[str, list[str]]:
         """What a change killed after the fact left on a covered file or directory, and what
         was undone: the owner and mode are put back; a name added to a covered directory is
         removed when it is another name of a file that still has one (a hard link) and moved
@@ -258,7 +287,7 @@ class Identities:
         identity wherever it went)."""
         left: list[str] = []
         undone: list[str] = []
-        seen = self.snap.seen.get(ident)
+        seen = self._before(ident, ts) if ts else self.snap.seen.get(ident)
         if seen is None:
             return {"left": ["unknown: the file is no longer covered"], "undone": []}
         _wait_gone(self.proc, pid, wait)  # the call finishes before the kill lands

@@ -146,7 +146,8 @@ enum mr_ekind {
 };
 
 /* mr_enforce.arg flag for MR_EK_FILE: the file matched by identity (mr_pino), not only by
- * name; MR_EK_FILE with it and MR_EK_LINK carry (dev u64, ino u64) in addr. */
+ * name; MR_EK_FILE with it, MR_EK_LINK, MR_EK_EXEC and MR_EK_DRIFT carry (dev u64, ino u64)
+ * in addr. */
 #define MR_EF_IDENT (1 << 8)
 
 enum mr_eaction {

@@ -124,6 +124,18 @@ static __always_inline void inode_key(struct mr_pino_key *k, struct inode *inode
 	k->ino = BPF_CORE_READ(inode, i_ino);
 }
 
+/* Exec deny by identity: the slots whose exec deny rules name this inode by any name. */
+static __always_inline void exec_ident_masks(struct inode *inode, __u64 *deny)
+{
+	struct mr_pino_key k;
+	struct mr_pino_val *v;
+
+	inode_key(&k, inode);
+	v = bpf_map_lookup_elem(&mr_pino, &k);
+	if (v)
+		*deny |= v->exec_deny;
+}
+
 /* The fixed part of an enforcement record for the current task. */
 static __always_inline void enf_init(struct mr_enforce *ev, __u16 kind, __u16 action,
 				     __u64 policies, __u64 enforced)

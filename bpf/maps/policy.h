@@ -27,8 +27,8 @@
  *   mr_pnet    LPM (family, address) -> struct mr_pnet_val: up to MR_NET_RULES port/protocol
  *              rules per prefix, merged like mr_pexec.
  *   mr_psys    ARRAY[MR_SYS_MAX] syscall nr -> u64 slots denying it.
- *   mr_pino    HASH (device, inode) -> struct mr_pfile_val: the identity of the files and
- *              directories that file rules cover, so a rule holds through every other name
+ *   mr_pino    HASH (device, inode) -> struct mr_pino_val: the identity of the files and
+ *              directories that file rules and exec deny rules cover, so a rule holds through every other name
  *              of the same file (hard links, renames, bind mounts, chroots). Writers: the
  *              agent (agent/policy/identity.py: stat of every covered path in every root in
  *              scope, refreshed) and progs/enforce_file.bpf.c (a file opened by a covered
@@ -205,11 +205,20 @@ struct mr_pino_key {
 	__u64 ino;
 };
 
+struct mr_pino_val {
+	__u64 deny_read;  /* as mr_pfile_val */
+	__u64 deny_write;
+	__u64 mon_read;
+	__u64 mon_write;
+	__u64 exec_deny;  /* slots whose exec deny rules name this file: a hard link of a denied
+			   * binary, run or mapped by another name, is the same binary */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct mr_pino_key);
-	__type(value, struct mr_pfile_val);
+	__type(value, struct mr_pino_val);
 } mr_pino SEC(".maps") __weak;
 
 /* mr_pagent ARRAY[1] u32: the running agent's tgid, written by it at start. Its own repairs

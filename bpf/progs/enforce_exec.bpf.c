@@ -8,7 +8,8 @@
  * caller sees exit status 137). The agent enables exactly one of the two (features.py).
  *
  * Both the resolved binary (symlinks followed: busybox for /bin/sh -> busybox) and the
- * filename as passed to execve are looked up; a rule matching either applies.
+ * filename as passed to execve are looked up; a rule matching either applies. A deny rule
+ * also matches the binary's identity (mr_pino): a hard link of it by another name.
  *
  * New containers: the first exec in a cgroup the agent has not classified yet (mr_ppend)
  * is stopped with SIGSTOP and recorded in mr_phold, with the slots that would deny it in
@@ -60,6 +61,7 @@ static __always_inline int exec_check(struct linux_binprm *bprm, int lsm)
 	len2 = key_from_kstr(&h->k2, filename);
 	if (len2)
 		exec_masks(&h->k2, &deny, &allow);
+	exec_ident_masks(BPF_CORE_READ(file, f_inode), &deny);
 	deny = (deny | (c->exec_allow & ~allow)) & c->active;
 	if ((c->drift & c->active) && is_drift(file))
 		drift = c->drift & c->active;
@@ -91,6 +93,12 @@ static __always_inline int exec_check(struct linux_binprm *bprm, int lsm)
 		bpf_send_signal(SIGKILL);
 	enf_init(ev, kind, action, hit, enf);
 out:
+	{ /* the binary's identity: names the rule when it was denied by another name */
+		struct mr_pino_key ik;
+
+		inode_key(&ik, BPF_CORE_READ(file, f_inode));
+		__builtin_memcpy(ev->addr, &ik, sizeof(ik));
+	}
 	len1 = path_copy(ev->data, h->pbuf, off);
 	if (len2)
 		bpf_probe_read_kernel(&ev->data[len1 & MR_HALF_MASK], len2 & (MR_PATH_KEY - 1),

@@ -28,7 +28,8 @@ static __always_inline int file_check(struct file *f, int lsm)
 {
 	struct mr_pheap_buf *h = pheap();
 	struct mr_pconf *c = pconf();
-	struct mr_pfile_val *v, *vi;
+	struct mr_pfile_val *v;
+	struct mr_pino_val *vi;
 	struct mr_pino_key ik;
 	struct mr_enforce *ev;
 	__u64 cgid, scope, deny = 0, mon = 0, hit, enf;
@@ -50,8 +51,12 @@ static __always_inline int file_check(struct file *f, int lsm)
 	inode_key(&ik, BPF_CORE_READ(f, f_inode));
 	vi = bpf_map_lookup_elem(&mr_pino, &ik);
 	if (v) {
-		if (!vi && (v->deny_read | v->deny_write)) /* full: the agent's rows stay */
-			bpf_map_update_elem(&mr_pino, &ik, v, BPF_NOEXIST);
+		if (!vi && (v->deny_read | v->deny_write)) { /* full: the agent's rows stay */
+			struct mr_pino_val nv = {v->deny_read, v->deny_write, v->mon_read,
+						 v->mon_write, 0};
+
+			bpf_map_update_elem(&mr_pino, &ik, &nv, BPF_NOEXIST);
+		}
 		if (mode & FMODE_READ) {
 			deny |= v->deny_read;
 			mon |= v->mon_read;

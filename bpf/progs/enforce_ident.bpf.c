@@ -52,7 +52,7 @@ static __always_inline __u32 current_syscall(void)
 static __always_inline int ident_check(struct inode *inode, __u32 op, int lsm)
 {
 	struct mr_pconf *c = pconf();
-	struct mr_pfile_val *v;
+	struct mr_pino_val *v;
 	struct mr_pino_key ik;
 	struct mr_enforce ev;
 	__u64 scope, deny, mon, hit, enf;

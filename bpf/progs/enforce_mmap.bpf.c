@@ -121,6 +121,7 @@ __noinline int mr_map_check(__u64 file, __u32 via, int lsm)
 	off = path_resolve(up, h->pbuf, &trunc);
 	key_from_resolved(&h->k1, h->pbuf, off);
 	exec_masks(&h->k1, &deny, &allow);
+	exec_ident_masks(BPF_CORE_READ(up, dentry, d_inode), &deny);
 	if (via == MR_EX_SCRIPT) /* a script is exec'd: the allow-list applies to it */
 		deny |= c->exec_allow & ~allow;
 	deny &= c->active;
@@ -136,6 +137,12 @@ __noinline int mr_map_check(__u64 file, __u32 via, int lsm)
 	ev = (struct mr_enforce *)h->rec;
 	enf_init(ev, kind, action_of(enf, lsm ? MR_EA_BLOCKED : MR_EA_KILLED), hit, enf);
 	ev->arg = via;
+	{ /* the file's identity: names the rule when it was denied by another name */
+		struct mr_pino_key ik;
+
+		inode_key(&ik, BPF_CORE_READ(up, dentry, d_inode));
+		__builtin_memcpy(ev->addr, &ik, sizeof(ik));
+	}
 	len = path_copy(ev->data, h->pbuf, off);
 	ev->path_len = len;
 	size = sizeof(*ev) + (len & MR_HALF_MASK);

@@ -325,3 +325,36 @@ def test_truncating_open_is_reported(agent: AgentProc, tiers: dict[str, str],
             assert left == [f"{passwd}: size 11 -> 0 bytes (content is not restored)"], left
     finally:
         agent.delete("id-trunc")
+
+
+def test_hard_link_of_a_denied_binary(agent: AgentProc, tiers: dict[str, str],
+                                      work: Path) -> None:
+    """An exec deny holds for a hard link of the binary, made before or after the policy,
+    whatever its name (`ln /usr/bin/nc /tmp/x; /tmp/x`)."""
+    from tests.helpers.containers import BUSYBOX
+
+    denied = work / "denied-touch"
+    shutil.copy2(BUSYBOX, denied)
+    before = work / "innocent-before"
+    os.link(denied, before)
+    agent.apply("id-exec", host_policy("id-exec", f"exec: {{deny: ['{denied}']}}"))
+    agent.wait_status(lambda st: any(p["name"] == "id-exec" for p in st.get("policies", [])))
+    try:
+        after = work / "innocent-after"
+        os.link(denied, after)
+        for link in (before, after):
+            ran = work / f"ran-{link.name}"
+            out = in_child(lambda link=link, ran=ran: os.execv(link, ["touch", str(ran)]))
+            if tiers["exec"] == "lsm-deny":
+                assert out == ("errno", errno.EPERM), (link, out)
+            else:
+                assert out == ("signal", signal.SIGKILL), (link, out)
+            assert not ran.exists(), f"{link.name} ran"
+        ev = agent.wait_event(lambda e: for_policy("id-exec", "exec",
+                                                   expected_action(tiers["exec"]))(e)
+                              and enforcement(e).get("binary") == str(after))
+        enf = enforcement(ev)
+        assert enf["rule"] == f"exec.deny: {denied}"
+        assert enf["file"]["covered_path"] == str(denied)
+    finally:
+        agent.delete("id-exec")
