@@ -3,9 +3,10 @@
 `explain(event, policies, tiers)` is the `enforcement` object of an enforcement event
 (docs/events.md): a pure function of the decision (an EnforceEvent, from the kernel or
 from a held exec decided in user space, agent/policy/hold.py), the policies by slot at
-the time (PolicyEngine.by_slot, which keeps a replaced slot's policy so late events
-still name it) and the kernel's enforcement tiers. The pipeline's format stage
-(agent/pipeline/format.py) calls it; golden-tested in tests/unit/policy/test_explain.py.
+the time the record was made (PolicyEngine.policies_at: agent/policy/slots.py, which
+survives replacements and agent restarts) and the kernel's enforcement tiers. The
+pipeline's format stage (agent/pipeline/format.py) calls it; golden-tested in
+tests/unit/policy/test_explain.py.
 The kernel decides on slot masks; the rule named here is attributed in user space
 (`rule_of`).
 """

@@ -14,6 +14,9 @@ State it reads and writes (the policy maps, agent/policy/apply.py), and what cha
   records already read, so it comes before the kernel's exit record. Its paths are what
   /proc shows; the pipeline replaces them with the kernel's HELD record's (the binary and
   the filename passed to execve: a deny on /usr/bin/nc, a link to nc.real) when it saw it.
+  The row's slot masks are those of the configuration live at the hold; ``translate``
+  (PolicyEngine: agent/policy/slots.py) maps them to the slots the same policies hold at
+  the decision, so a publish (or an agent restart) between the two changes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import signal
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,11 +77,13 @@ def _clip(s: str, limit: int) -> str:
 
 class Holds:
     def __init__(self, applier: Applier, resolver: Resolver, *, proc: str = "/proc",
-                 emit: Callable[[Decision], object] | None = None) -> None:
+                 emit: Callable[[Decision], object] | None = None,
+                 translate: Callable[[int, int], int] | None = None) -> None:
         self.applier = applier
         self.resolver = resolver
         self.proc = proc
         self.emit = emit
+        self.translate = translate
         self.decisions = {"killed": 0, "continued": 0}
 
     # ------------------------------------------------------------------ pending cgroups
@@ -144,7 +149,8 @@ class Holds:
         pend = self.applier.maps["mr_ppend"]
         now = boot_ns()
         n = 0
-        for h in held:
+        for row_h in held:
+            h = row_h
             key = u64(h.cgroup_id)
             row = scope_map.lookup(key)
             pending = pend.lookup(key)
@@ -167,6 +173,9 @@ class Holds:
                 mask = _PPEND.unpack(pending)[0]
             else:
                 mask = conf.host
+            if self.translate is not None:  # slots at the hold -> slots now
+                h = replace(h, exec_deny=self.translate(h.exec_deny, h.ts),
+                            drift=self.translate(h.drift, h.ts))
             hit = (h.exec_deny | h.drift) & mask & conf.active
             enforced = hit & conf.enforce
             log.info("held task decided", extra={

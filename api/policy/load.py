@@ -447,9 +447,9 @@ def _policy(doc: _Doc, root: yaml.Node) -> Policy | None:
           else SyscallRules())
     if not (ex.used or fi.used or ne.used or sy.used) and not doc.problems:
         doc.err(top["spec"][1], "spec", "has no rules (exec, files, network or syscalls)")
-    digest = hashlib.sha256(json.dumps(_canonical(root), sort_keys=True,
-                                       default=str).encode()).hexdigest()
-    return Policy(name, tenant, mode, scope, ex, fi, ne, sy, doc.file, digest)
+    document = json.dumps(_canonical(root), sort_keys=True, default=str)
+    digest = hashlib.sha256(document.encode()).hexdigest()
+    return Policy(name, tenant, mode, scope, ex, fi, ne, sy, doc.file, digest, document)
 
 
 def load_text(text: str, file: str = "<text>") -> list[Policy]:

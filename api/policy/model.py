@@ -138,6 +138,9 @@ class Policy:
     syscalls: SyscallRules = field(default_factory=SyscallRules)
     source: str = "<memory>"
     digest: str = ""    # sha256 of the canonical document: unchanged policies keep their slot
+    # --- issue 13 (names after a restart): the canonical document (JSON) the digest is
+    # over; agent/policy/slots.py persists it so a restarted agent can rebuild the policy
+    document: str = field(default="", compare=False, repr=False)
 
     def rule_count(self) -> int:
         n = len(self.exec.deny) + len(self.exec.allow or ()) + int(self.exec.drift)
