@@ -273,11 +273,23 @@ class Agent:
         self.policy = PolicyEngine(applier, resolver, self.cfg.policy_dir,
                                    emit=lambda d: self.queue.put((d,)), tiers=tiers,
                                    proc=self.cfg.proc, status_file=self.cfg.policy_status,
-                                   slots=slots)
+                                   slots=slots, guard_journal=self._guard_journal())
         self.policy.start()
+        if self.cfg.pin_root is not None:
+            # decides held tasks if this agent dies and none comes back (agent/policy/guard.py)
+            from moray.agent.policy.guard import ensure_running
+
+            pid = ensure_running(self.cfg.pin_root, self.cfg.proc)
+            if pid:
+                log.info("guard started", extra={"pid": pid, "pin_root": self.cfg.pin_root})
         self._teardowns.append(("stop_policy", self.policy.stop))
         if self.pins is not None:
             self.pins.retire()
+
+    def _guard_journal(self) -> str | None:
+        from moray.agent.policy.guard import journal_path
+
+        return journal_path(self.cfg.pin_root) if self.cfg.pin_root is not None else None
 
     def _slot_history(self) -> Any:
         """The slot table that outlives the agent with the pins (names of records made

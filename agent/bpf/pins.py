@@ -288,9 +288,11 @@ def unload(root: str = PIN_ROOT) -> list[str]:
         for d in dirnames:
             os.rmdir(os.path.join(dirpath, d))
     os.rmdir(root)
+    from moray.agent.policy.guard import journal_path  # its guard exits by itself
     from moray.agent.policy.slots import default_path  # the names of its slots go too
 
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(default_path(root))
-        removed.append(default_path(root))
+    for state in (default_path(root), journal_path(root)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state)
+            removed.append(state)
     return removed

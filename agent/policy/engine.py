@@ -55,7 +55,8 @@ class PolicyEngine:
                  tiers: dict[str, str] | None = None,
                  proc: str = "/proc", status_file: str | None = DEFAULT_STATUS,
                  poll: float = 0.5, tick: float = 0.01,
-                 slots: SlotHistory | None = None) -> None:
+                 slots: SlotHistory | None = None,
+                 guard_journal: str | None = None) -> None:
         self.applier = applier
         self.resolver = resolver
         self.policy_dir = policy_dir
@@ -68,6 +69,7 @@ class PolicyEngine:
         self.tick_s = tick
         self.active: dict[str, tuple[int, Policy]] = {}
         self.slots = slots if slots is not None else SlotHistory()
+        self.guard_journal = guard_journal  # agent/policy/guard.py's decisions, reported
         self.containers: dict[int, ContainerLike] = {}
         self.errors: list[str] = []
         self.generation = 0
@@ -83,18 +85,24 @@ class PolicyEngine:
         self.adopt_slots()
         self.sync_from_kernel()
         self.reload(force=True)
+        # agent down: what the guard decided, and containers made before this start
+        if self.guard_journal:
+            self.hold.report_journal(self.guard_journal)
+        self.hold.uncovered_before = boot_ns()
         self.classify_pending()
         self.hold.decide()
         self._thread = threading.Thread(target=self._run, name="moray-policy", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the loop; the kernel stops holding new first execs (heartbeat 0).
-        A task held right now is decided at the next start (or `unload` continues it)."""
+        """Stop the loop; the heartbeat is made stale at once, so the kernel treats the
+        agent as down from now on (docs/policy.md "Agent down"). A task held right now is
+        decided at the next start, by the guard (agent/policy/guard.py), or continued by
+        `unload`."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        self.applier.heartbeat(0)
+        self.applier.heartbeat(max(1, boot_ns() - abi.ALIVE_NS))
 
     def _run(self) -> None:
         last_beat = 0.0
@@ -216,6 +224,7 @@ class PolicyEngine:
                     os.unlink(self.slots.path or "")  # never adopt a stale table
         self.applier.publish(compiled, scope)
         self.active = new
+        self.hold.closed_enforcing = compiled.conf.down_closed & compiled.conf.enforce
         self.generation += 1
         # the status file first: "policies applied" in the log then means the file says so
         self._write_status()

@@ -19,14 +19,15 @@ from typing import Any
 
 from moray.agent.bpf import abi
 from moray.agent.events.types import EnforceEvent
-from moray.api.policy.model import Access, Policy
+from moray.api.policy.model import Access, AgentDown, Policy
 from moray.api.policy.syscalls import X86_64
 
 _SYSCALL_NAMES = {v: k for k, v in X86_64.items()}
 _KINDS = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "drift", abi.EKind.FILE: "file",
           abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall"}
 _ACTIONS = {abi.EAction.BLOCKED: "blocked", abi.EAction.KILLED: "killed",
-            abi.EAction.WOULD_BLOCK: "would-block", abi.EAction.HELD: "held"}
+            abi.EAction.WOULD_BLOCK: "would-block", abi.EAction.HELD: "held",
+            abi.EAction.UNCOVERED: "uncovered"}
 _TIER_OF = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "exec", abi.EKind.FILE: "file",
             abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall"}
 
@@ -82,7 +83,20 @@ def _tier(ev: EnforceEvent, tiers: Mapping[str, str]) -> str | None:
     return tiers.get(key) if key else None
 
 
+def _agent_down(ev: EnforceEvent) -> bool:
+    return ev.kind in (abi.EKind.EXEC, abi.EKind.DRIFT) and bool(ev.arg & abi.ARG_AGENT_DOWN)
+
+
 def _note(ev: EnforceEvent) -> str | None:
+    if ev.action == abi.EAction.UNCOVERED:
+        return ("started while the agent was down: ran without these policies (agentDown: "
+                "open) until the agent was back and applied them")
+    if _agent_down(ev):
+        if ev.action == abi.EAction.HELD:
+            return ("the agent was down: first exec in a new cgroup stopped (SIGSTOP) until "
+                    "the agent is back to decide it, or agentDownHold passes (then killed)")
+        return ("the agent had been down longer than agentDownHold: the first exec in a new "
+                "cgroup was refused (agentDown: closed)")
     if ev.action == abi.EAction.HELD:
         return ("first exec in a container not yet classified: stopped (SIGSTOP) before its "
                 "first instruction until its policies were applied")
@@ -99,6 +113,10 @@ def _note(ev: EnforceEvent) -> str | None:
 def rule_of(p: Policy, ev: EnforceEvent) -> str | None:
     """The rule of *p* that matches the event's object (user-space attribution of a
     decision the kernel made on masks)."""
+    if ev.action == abi.EAction.UNCOVERED:
+        return f"agentDown: {p.agent_down}"
+    if _agent_down(ev) and p.agent_down is AgentDown.CLOSED:
+        return f"agentDown: closed (agentDownHold: {p.agent_down_hold}s)"
     if ev.kind == abi.EKind.DRIFT:
         return "exec.drift: block"
     if ev.kind == abi.EKind.EXEC:
