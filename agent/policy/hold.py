@@ -18,7 +18,8 @@ State it reads and writes (the policy maps, agent/policy/apply.py), and what cha
   (PolicyEngine: agent/policy/slots.py) maps them to the slots the same policies hold at
   the decision, so a publish (or an agent restart) between the two changes nothing.
 * agent down (issue 13, spec.agentDown): a pending cgroup made before this agent started
-  (``uncovered_before``) and classified as a container with no task held in it ran
+  (``uncovered_before``), classified as a container, with a task in it and none held
+  since before this start (a task held by this agent meanwhile does not count), ran
   without its policies while no agent was there: reported once as an `uncovered`
   decision naming the policies in its scope (those with agentDown: open, or closed ones
   in monitor mode: closed enforcing ones held or refused its first exec).
@@ -105,8 +106,11 @@ class Holds:
         if not keys:
             return 0
         held_pids: dict[int, int] = {}
+        held_before: set[int] = set()  # cgroups with a task held before this agent started
         for h in self.held():
             held_pids.setdefault(h.cgroup_id, h.pid)
+            if h.ts < self.uncovered_before:
+                held_before.add(h.cgroup_id)
         needs_image = any(p.scope.containers is not None and p.scope.containers.images
                           for _s, p in slotted)
         now = boot_ns()
@@ -129,7 +133,7 @@ class Holds:
                 self.applier.set_scope(cg, slots_for(c, slotted))
                 log.info("container classified", extra={
                     "cgroup_id": cg, "container": c.id, "image": c.image})
-                if ts < self.uncovered_before and pid is None:
+                if ts < self.uncovered_before and cg not in held_before:
                     self._uncovered(cg, c, slots_for(c, slotted) & ~self.closed_enforcing)
             elif age < HELD_HOST_AFTER_NS:
                 continue  # a held task: its runtime's state may lag its first exec a little
