@@ -81,6 +81,7 @@ class PolicyEngine:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        started = boot_ns()  # before the first heartbeat: from then on new execs are held
         self.heartbeat()
         self.adopt_slots()
         self.sync_from_kernel()
@@ -88,7 +89,7 @@ class PolicyEngine:
         # agent down: what the guard decided, and containers made before this start
         if self.guard_journal:
             self.hold.report_journal(self.guard_journal)
-        self.hold.uncovered_before = boot_ns()
+        self.hold.uncovered_before = started
         self.classify_pending()
         self.hold.decide()
         self._thread = threading.Thread(target=self._run, name="moray-policy", daemon=True)
