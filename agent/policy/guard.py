@@ -13,8 +13,9 @@ stale, every held task (mr_phold) is decided when its bound has passed:
 * an active enforcing policy has ``agentDown: closed``: once the agent has been silent
   for mr_pconf.down_hold_ns (the longest agentDownHold), SIGKILL: the exec is refused,
   as the kernel refuses new ones from then on;
-* otherwise (``agentDown: open``, the default): once the agent has been silent for
-  OPEN_AFTER_NS, SIGCONT: the task runs uncovered, as open says.
+* otherwise (``agentDown: open``, the default), or when the task's cgroup inherited slots
+  from a classified container (nested: covered by those): once the agent has been silent
+  for OPEN_AFTER_NS, SIGCONT: the task runs (uncovered, as open says, or as inherited).
 
 Each decision is appended to the journal (JSON lines, :func:`journal_path`) before the
 signal; the next agent reports every line as an `enforce` event with the policy names
@@ -45,6 +46,7 @@ OPEN_AFTER_NS = 5_000_000_000   # open: continue a held task after this much sil
 TICK = 0.25                     # seconds between looks
 _PHOLD = abi.PHOLD.compile()
 _CONF = abi.PCONF.compile()
+_PPEND = abi.PPEND.compile()
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -120,7 +122,7 @@ class Guard:
 
         maps: dict[str, BpfMap] = {}
         try:
-            for name in ("mr_palive", "mr_pgen", "mr_pconf", "mr_phold"):
+            for name in ("mr_palive", "mr_pgen", "mr_pconf", "mr_phold", "mr_ppend"):
                 m = self._map(name)
                 if not isinstance(m, BpfMap):
                     return 0
@@ -137,7 +139,8 @@ class Guard:
                 if conf_raw else {}
             closed = conf.get("down_closed", 0) & conf.get("active", 0) & conf.get("enforce", 0)
             v = verdict(silent, closed, conf.get("down_hold_ns", 0))
-            if v is None:
+            nested = verdict(silent, 0, 0)  # inherited a container's slots: as open
+            if v is None and nested is None:
                 return 0
             n = 0
             hold = maps["mr_phold"]
@@ -147,7 +150,12 @@ class Guard:
                     continue
                 pid = _U32.unpack(key)[0]
                 cg, start_ns, exec_deny, drift, ts = _PHOLD.unpack(row)
-                self._decide(pid, cg, start_ns, exec_deny | drift, ts, v, now)
+                pend = maps["mr_ppend"].lookup(_U64.pack(cg))
+                inherited = _PPEND.unpack(pend)[0] & conf.get("active", 0) if pend else 0
+                w = nested if inherited else v
+                if w is None:
+                    continue
+                self._decide(pid, cg, start_ns, exec_deny | drift, ts, w, now)
                 hold.delete(key)
                 n += 1
             return n

@@ -16,7 +16,8 @@
  * SIGKILL or SIGCONT. Only while the agent's heartbeat is fresh (mr_palive). The hold is
  * Agent down (issue 13, spec.agentDown): while the heartbeat is stale and an active
  * policy has agentDown: closed, the first exec in a pending cgroup is held for a dead agent
- * (as above, record arg MR_ARG_AGENT_DOWN) while the agent has been silent for less than
+ * (as above, record arg MR_ARG_AGENT_DOWN) unless it inherited slots from a classified
+ * container (a nested cgroup: covered by those), while the agent has been silent for less than
  * mr_pconf.down_hold_ns, and refused after that (SIGKILL, or EPERM on the LSM tier); the
  * agent decides the held ones when it is back, or its guard (agent/policy/guard.py) once
  * the bound has passed. With only agentDown: open policies nothing is held (the cgroup
@@ -57,11 +58,12 @@ static __always_inline int exec_check(struct linux_binprm *bprm, int lsm)
 	closed = c->down_closed & c->active;
 	if (pending) {
 		silent = agent_silent_ns();
+		/* a cgroup nested in a classified container keeps the policies it inherited */
 		if (silent < MR_ALIVE_NS)
 			hold = (c->flags & MR_PC_HOLD) != 0;
-		else if ((closed & c->enforce) && silent < c->down_hold_ns)
+		else if (!scope && (closed & c->enforce) && silent < c->down_hold_ns)
 			hold = down = 1;
-		else if (closed)
+		else if (!scope && closed)
 			down = 2;
 	}
 	/* LSM tier: the LSM hook denies, the sched_process_exec program only holds */
