@@ -75,6 +75,9 @@ class Config:
     policy_dir: str = "/etc/moray/policies"  # runtime policies (agent/policy); watched
     pin_root: str | None = "/sys/fs/bpf/moray"  # None: nothing pinned, nothing adopted
     policy_status: str | None = "/run/moray/policy-status.json"
+    # which policy each slot held (agent/policy/slots.py); None: beside the pins'
+    # run-time state (slots.default_path of pin_root); nothing when nothing is pinned
+    slot_table: str | None = None
     # control plane (agent/controlplane): None = local mode
     server: str | None = None            # host:7443
     enroll_token: str | None = None      # first start only
@@ -282,15 +285,41 @@ class Agent:
         resolver = self.resolver or ContainerResolver.for_host(self.cfg.proc,
                                                                self.cfg.host_root, cg)
         tiers = {k: str(v) for k, v in self.features.tiers().items()} if self.features else {}
+        slots = self._slot_history()
         # a decision on a held exec enters the pipeline typed (agent/events/types.py
         # Decision), queued behind the kernel records already read
         self.policy = PolicyEngine(applier, resolver, self.cfg.policy_dir,
                                    emit=lambda d: self.queue.put((d,)), tiers=tiers,
-                                   proc=self.cfg.proc, status_file=self.cfg.policy_status)
+                                   proc=self.cfg.proc, status_file=self.cfg.policy_status,
+                                   slots=slots, guard_journal=self._guard_journal())
         self.policy.start()
+        if self.cfg.pin_root is not None:
+            # decides held tasks if this agent dies and none comes back (agent/policy/guard.py)
+            from moray.agent.policy.guard import ensure_running
+
+            pid = ensure_running(self.cfg.pin_root, self.cfg.proc)
+            if pid:
+                log.info("guard started", extra={"pid": pid, "pin_root": self.cfg.pin_root})
         self._teardowns.append(("stop_policy", self.policy.stop))
         if self.pins is not None:
             self.pins.retire()
+
+    def _guard_journal(self) -> str | None:
+        from moray.agent.policy.guard import journal_path
+
+        return journal_path(self.cfg.pin_root) if self.cfg.pin_root is not None else None
+
+    def _slot_history(self) -> Any:
+        """The slot table that outlives the agent with the pins (names of records made
+        while it was down), keyed to the pinned mr_pconf map it describes."""
+        from moray.agent.bpf.pins import map_id
+        from moray.agent.policy.slots import SlotHistory, default_path
+
+        assert self.obj is not None
+        if self.cfg.pin_root is None:
+            return SlotHistory()
+        path = self.cfg.slot_table or default_path(self.cfg.pin_root)
+        return SlotHistory(path, f"mr_pconf#{map_id(self.obj.map('mr_pconf').fd)}")
 
     def connect_control_plane(self) -> None:
         """Enrol (first start) and stream: pushed policies, verified, go through the policy

@@ -43,6 +43,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return Agent(cfg).run()
 
 
+def _cmd_guard(args: argparse.Namespace) -> int:
+    from moray.agent.policy.guard import Guard
+
+    return Guard(args.pin_root, proc=args.proc).run()
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from moray.agent.bpf.features import format_text, probe
 
@@ -114,6 +120,12 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--proc", default="/proc")
     pr.set_defaults(handler=_cmd_probe)
+
+    gd = sub.add_parser("guard", help="(started by `run`) decide tasks held at their first "
+                        "exec when the agent is gone (docs/policy.md, Agent down)")
+    gd.add_argument("--pin-root", default="/sys/fs/bpf/moray")
+    gd.add_argument("--proc", default="/proc")
+    gd.set_defaults(handler=_cmd_guard)
 
     from moray.agent.policy.cli import add_commands
 

@@ -138,6 +138,8 @@ class EAction(IntEnum):
     KILLED = 2
     WOULD_BLOCK = 3
     HELD = 4
+    # --- issue 13, agent down: made in user space only (never by the kernel)
+    UNCOVERED = 16  # a new container ran without its policies while the agent was down
 
 
 ENFORCE = Layout("mr_enforce", (
@@ -152,11 +154,17 @@ NET_RULES = 16
 SYS_MAX = 512
 PATH_KEY = 256
 PC_HOLD = 1 << 0
+# mr_enforce.arg of an exec record (issue 13, agent down): the exec was held or refused
+# because the agent was down and an agentDown: closed policy could cover the new cgroup
+ARG_AGENT_DOWN = 1 << 8  # above ExecVia (the low byte of an exec record's arg)
+ALIVE_NS = 2_000_000_000  # MR_ALIVE_NS: a heartbeat older than this: the agent is gone
 
 PCONF = Layout("mr_pconf", (
     ("active", "Q"), ("enforce", "Q"), ("host", "Q"), ("exec", "Q"), ("drift", "Q"),
     ("exec_allow", "Q"), ("files", "Q"), ("net", "Q"), ("net_allow", "Q"), ("syscalls", "Q"),
     ("gen", "I"), ("flags", "I"),
+    # --- issue 13, agent down (spec.agentDown): slots with agentDown: closed; the hold bound
+    ("down_closed", "Q"), ("down_hold_ns", "Q"),
 ))
 PPATH_KEY = Layout("mr_ppath_key", (("prefixlen", "I"), ("path", f"{PATH_KEY}s")))
 PEXEC_VAL = Layout("mr_pexec_val", (("deny", "Q"), ("allow", "Q")))

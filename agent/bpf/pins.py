@@ -28,6 +28,7 @@ What changes it, and when:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -60,6 +61,15 @@ def map_info(fd: int) -> tuple[int, int, int, int]:
     libbpf.check_int(libbpf.lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info),
                                                          ctypes.byref(size)), "map info")
     return info.type, info.key_size, info.value_size, info.max_entries
+
+
+def map_id(fd: int) -> int:
+    """The kernel's id of a map (unique while the map exists)."""
+    info = _MapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    libbpf.check_int(libbpf.lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info),
+                                                         ctypes.byref(size)), "map info")
+    return int(info.id)
 
 
 def build_id(path: str | os.PathLike[str]) -> str:
@@ -278,4 +288,11 @@ def unload(root: str = PIN_ROOT) -> list[str]:
         for d in dirnames:
             os.rmdir(os.path.join(dirpath, d))
     os.rmdir(root)
+    from moray.agent.policy.guard import journal_path  # its guard exits by itself
+    from moray.agent.policy.slots import default_path  # the names of its slots go too
+
+    for state in (default_path(root), journal_path(root)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state)
+            removed.append(state)
     return removed

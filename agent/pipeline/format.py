@@ -3,7 +3,7 @@
 The shape is built by agent/output/schema.py `Formatter` (docs/events.md). Enforcement
 events (from the kernel, or typed decisions from agent/policy/hold.py) get one more
 step, `enforcement`: the decision's explanation (which policy, which rule: the pure
-agent/policy/explain.py, over the policies by slot the engine last published) replaces
+agent/policy/explain.py, over the policies each slot held when the record was made) replaces
 the raw masks, and an exec decision names the new image (`new_image`). A HELD exec's
 paths are noted for the decision that follows it (decode.py `HeldExecs`). A change to a
 covered file that the kill-after tier could not prevent gets `residue`: what it left and
@@ -25,11 +25,11 @@ from moray.api.policy.model import Policy
 
 
 class PolicyTable(Protocol):
-    """agent/policy/engine.py PolicyEngine: the policies by slot, replaced (never changed
-    in place) at each publish."""
+    """agent/policy/engine.py PolicyEngine: the policies by slot as they were when the
+    kernel made a record (boot-clock ns; agent/policy/slots.py), also for records made
+    before a restart or a replacement."""
 
-    @property
-    def by_slot(self) -> Mapping[int, Policy]: ...
+    def policies_at(self, ts: int) -> Mapping[int, Policy]: ...
 
 
 class Format:
@@ -56,7 +56,7 @@ class Format:
         if self._table is not None:
             ident = getattr(self._table, "identity", None)  # agent/policy/identity.py
             enf = out["enforcement"] = explain(
-                ev, self._table.by_slot, self._tiers,
+                ev, self._table.policies_at(ev.ts), self._tiers,
                 name_of=ident.name_of if ident is not None else None)
             if (ident is not None and ev.ident is not None and ev.action == abi.EAction.KILLED
                     and (ev.kind == abi.EKind.LINK

@@ -131,13 +131,16 @@ def dec_net(b: bytes) -> NetVal:
 
 
 def enc_conf(c: ConfRow, gen: int) -> bytes:
-    return _CONF.pack(c.active, c.enforce, c.host, c.exec, c.drift, c.exec_allow, c.files,
-                      c.net, c.net_allow, c.syscalls, gen & 0xFFFFFFFF, c.flags)
+    """By field name: ConfRow's fields are mr_pconf's, plus `gen` (the counter)."""
+    vals = {k: getattr(c, k) for k in ConfRow.__slots__}
+    vals["gen"] = gen & 0xFFFFFFFF
+    return _CONF.pack(*(vals[k] for k in abi.PCONF.index))
 
 
 def dec_conf(b: bytes) -> tuple[ConfRow, int]:
-    t = _CONF.unpack(b)
-    return ConfRow(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[11]), t[10]
+    t = dict(zip(abi.PCONF.index, _CONF.unpack(b), strict=True))
+    gen = t.pop("gen")
+    return ConfRow(**t), gen
 
 
 # --------------------------------------------------------------------------- applier

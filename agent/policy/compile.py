@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from moray.agent.bpf import abi
-from moray.api.policy.model import PROTO_NUMBER, Access, Mode, Policy
+from moray.api.policy.model import PROTO_NUMBER, Access, AgentDown, Mode, Policy
 from moray.api.policy.syscalls import X86_64
 from moray.errors import ConfigError
 
@@ -37,6 +37,9 @@ class ConfRow:
     net_allow: int = 0
     syscalls: int = 0
     flags: int = 0
+    # --- issue 13, agent down: slots with agentDown: closed; the longest agentDownHold (ns)
+    down_closed: int = 0
+    down_hold_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -226,6 +229,9 @@ def compile_policies(slotted: Sequence[tuple[int, Policy]]) -> Compiled:  # noqa
             conf["host"] |= bit
         if p.scope.containers is not None:
             conf["flags"] |= abi.PC_HOLD
+        if p.agent_down is AgentDown.CLOSED:
+            conf["down_closed"] |= bit
+            conf["down_hold_ns"] = max(conf["down_hold_ns"], p.agent_down_hold * 1_000_000_000)
         if p.exec.used:
             conf["exec"] |= bit
         if p.exec.drift:

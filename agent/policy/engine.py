@@ -8,9 +8,12 @@ State it owns, and what changes it:
   (same digest) keeps its slot; a new or changed one gets a free slot, so old and new
   versions are both complete in the maps around the publishing write (apply.py). Invalid
   files change nothing (their previous version stays if it was valid).
-* ``by_slot``: slot -> Policy, including slots just replaced, so an event that names a
-  replaced slot is still explained (agent/policy/explain.py). Replaced as a whole on each
-  publish, never changed in place: the pipeline thread reads it without a lock.
+* ``slots``: per slot, which policy it held since when (agent/policy/slots.py), so an
+  event is explained by the policy its slot held when the kernel made it, also after a
+  restart or a replacement (agent/policy/explain.py). Recorded and saved to the slot
+  table file at each publish, *before* the flip; loaded at :meth:`start`, before any
+  record is explained. At start the live slots whose policy is unchanged are adopted
+  (they keep their slot: no second copy of every policy is needed across a restart).
 * ``containers``: cgroup id -> container, for every container cgroup in mr_pscope. Filled
   at start from mr_pscope (a restarted agent re-resolves what the kernel already knows),
   then by ``Holds.classify`` as mr_ppend rows appear (kernel cgroup mkdir).
@@ -24,6 +27,7 @@ Runs on its own thread; it is the only writer of the policy maps while the agent
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,6 +43,7 @@ from moray.agent.policy.compile import CompileError, compile_policies
 from moray.agent.policy.hold import Holds, Resolver, boot_ns
 from moray.agent.policy.identity import Identities
 from moray.agent.policy.scope import ContainerLike, slots_for
+from moray.agent.policy.slots import SlotHistory, SlotView
 from moray.api.policy.load import load_dir
 from moray.api.policy.model import Mode, Policy
 
@@ -53,20 +58,23 @@ class PolicyEngine:
                  *, emit: Callable[[Decision], object] | None = None,
                  tiers: dict[str, str] | None = None,
                  proc: str = "/proc", status_file: str | None = DEFAULT_STATUS,
-                 poll: float = 0.5, tick: float = 0.01) -> None:
+                 poll: float = 0.5, tick: float = 0.01,
+                 slots: SlotHistory | None = None,
+                 guard_journal: str | None = None) -> None:
         self.applier = applier
         self.resolver = resolver
         self.policy_dir = policy_dir
         self.tiers = tiers or {}
         self.proc = proc
         # held execs and pending cgroups; decisions leave as typed events through emit
-        self.hold = Holds(applier, resolver, proc=proc, emit=emit)
+        self.hold = Holds(applier, resolver, proc=proc, emit=emit, translate=self._translate)
         self.identity = Identities(applier.maps, proc=proc)
         self.status_file = status_file
         self.poll = poll
         self.tick_s = tick
         self.active: dict[str, tuple[int, Policy]] = {}
-        self.by_slot: Mapping[int, Policy] = {}  # also slots just replaced: names in events
+        self.slots = slots if slots is not None else SlotHistory()
+        self.guard_journal = guard_journal  # agent/policy/guard.py's decisions, reported
         self.containers: dict[int, ContainerLike] = {}
         self.errors: list[str] = []
         self.generation = 0
@@ -79,9 +87,15 @@ class PolicyEngine:
 
     def start(self) -> None:
         self.identity.claim()
+        started = boot_ns()  # before the first heartbeat: from then on new execs are held
         self.heartbeat()
+        self.adopt_slots()
         self.sync_from_kernel()
         self.reload(force=True)
+        # agent down: what the guard decided, and containers made before this start
+        if self.guard_journal:
+            self.hold.report_journal(self.guard_journal)
+        self.hold.uncovered_before = started
         if self.classify_pending():
             self.refresh_identities()
         self.hold.decide()
@@ -89,12 +103,14 @@ class PolicyEngine:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the loop; the kernel stops holding new first execs (heartbeat 0).
-        A task held right now is decided at the next start (or `unload` continues it)."""
+        """Stop the loop; the heartbeat is made stale at once, so the kernel treats the
+        agent as down from now on (docs/policy.md "Agent down"). A task held right now is
+        decided at the next start, by the guard (agent/policy/guard.py), or continued by
+        `unload`."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        self.applier.heartbeat(0)
+        self.applier.heartbeat(max(1, boot_ns() - abi.ALIVE_NS))
 
     def _run(self) -> None:
         last_beat = 0.0
@@ -116,6 +132,36 @@ class PolicyEngine:
 
     def heartbeat(self) -> None:
         self.applier.heartbeat(boot_ns())
+
+    # ------------------------------------------------------------------ slot names
+
+    def adopt_slots(self) -> int:
+        """Load the slot table a previous agent saved with these maps; the live slots it
+        names keep their policy (an unchanged policy keeps its slot at the next publish).
+        Returns how many slots were adopted."""
+        n = self.slots.load()
+        live = self.applier.live()[0].active
+        adopted = 0
+        for s, p in sorted(self.slots.latest().items()):
+            if (live >> s) & 1 and p.document and p.name not in self.active:
+                self.active[p.name] = (s, p)
+                adopted += 1
+        if n:
+            log.info("slot table loaded", extra={
+                "entries": n, "adopted": {n_: s for n_, (s, _) in self.active.items()}})
+        return adopted
+
+    def policies_at(self, ts: int) -> Mapping[int, Policy]:
+        """The policies by slot when the kernel made a record at boot-clock *ts*."""
+        return SlotView(self.slots, ts)
+
+    @property
+    def by_slot(self) -> Mapping[int, Policy]:
+        """The policies by slot now (the latest entry of each slot)."""
+        return self.slots.latest()
+
+    def _translate(self, mask: int, ts: int) -> int:
+        return self.slots.translate(mask, ts, self.active)
 
     # ------------------------------------------------------------------ policies
 
@@ -175,9 +221,19 @@ class PolicyEngine:
         slotted = sorted(new.values(), key=lambda t: t[0])
         compiled = compile_policies(slotted)
         scope = {cg: slots_for(c, slotted) for cg, c in self.containers.items()}
-        self.by_slot = {**self.by_slot, **dict(slotted)}  # a new mapping: read without a lock
+        # names first: the slot table is on disk before any record can carry a new slot
+        if self.slots.record(slotted, boot_ns()):
+            try:
+                self.slots.save()
+            except OSError as err:
+                log.error("cannot write the slot table: records made before a restart "
+                          "may be named slot-N", extra={"path": self.slots.path,
+                                                        "error": str(err)})
+                with contextlib.suppress(OSError):
+                    os.unlink(self.slots.path or "")  # never adopt a stale table
         self.applier.publish(compiled, scope)
         self.active = new
+        self.hold.closed_enforcing = compiled.conf.down_closed & compiled.conf.enforce
         self.refresh_identities()
         self.generation += 1
         # the status file first: "policies applied" in the log then means the file says so

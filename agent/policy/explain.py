@@ -3,9 +3,10 @@
 `explain(event, policies, tiers)` is the `enforcement` object of an enforcement event
 (docs/events.md): a pure function of the decision (an EnforceEvent, from the kernel or
 from a held exec decided in user space, agent/policy/hold.py), the policies by slot at
-the time (PolicyEngine.by_slot, which keeps a replaced slot's policy so late events
-still name it) and the kernel's enforcement tiers. The pipeline's format stage
-(agent/pipeline/format.py) calls it; golden-tested in tests/unit/policy/test_explain.py.
+the time the record was made (PolicyEngine.policies_at: agent/policy/slots.py, which
+survives replacements and agent restarts) and the kernel's enforcement tiers. The
+pipeline's format stage (agent/pipeline/format.py) calls it; golden-tested in
+tests/unit/policy/test_explain.py.
 The kernel decides on slot masks; the rule named here is attributed in user space
 (`rule_of`).
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from moray.agent.bpf import abi
 from moray.agent.events.types import EnforceEvent
-from moray.api.policy.model import Access, Policy
+from moray.api.policy.model import Access, AgentDown, Policy
 from moray.api.policy.syscalls import X86_64
 
 _SYSCALL_NAMES = {v: k for k, v in X86_64.items()}
@@ -26,7 +27,8 @@ _KINDS = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "drift", abi.EKind.FILE: "fil
           abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall",
           abi.EKind.LINK: "file-change"}
 _ACTIONS = {abi.EAction.BLOCKED: "blocked", abi.EAction.KILLED: "killed",
-            abi.EAction.WOULD_BLOCK: "would-block", abi.EAction.HELD: "held"}
+            abi.EAction.WOULD_BLOCK: "would-block", abi.EAction.HELD: "held",
+            abi.EAction.UNCOVERED: "uncovered"}
 _VIA: dict[int, str] = {abi.ExecVia.MMAP: "mmap", abi.ExecVia.MPROTECT: "mprotect",
                         abi.ExecVia.SCRIPT: "script"}
 _TIER_OF = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "exec", abi.EKind.FILE: "file",
@@ -73,8 +75,8 @@ def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
         out["binary"] = ev.path
         if ev.path2:
             out["filename"] = ev.path2
-        if ev.arg:  # not an exec of the file itself: how its code was reached
-            out["via"] = _VIA.get(ev.arg, str(ev.arg))
+        if ev.arg & 0xFF:  # not an exec of the file itself: how its code was reached
+            out["via"] = _VIA.get(ev.arg & 0xFF, str(ev.arg & 0xFF))
         if covered is not None and ev.ident is not None and covered != ev.path:
             # denied by identity: the name a deny rule covers (a hard link of it ran)
             out["file"] = {"dev": ev.ident[0], "ino": ev.ident[1], "covered_path": covered}
@@ -104,7 +106,20 @@ def _tier(ev: EnforceEvent, tiers: Mapping[str, str]) -> str | None:
     return tiers.get(key) if key else None
 
 
+def _agent_down(ev: EnforceEvent) -> bool:
+    return ev.kind in (abi.EKind.EXEC, abi.EKind.DRIFT) and bool(ev.arg & abi.ARG_AGENT_DOWN)
+
+
 def _note(ev: EnforceEvent) -> str | None:
+    if ev.action == abi.EAction.UNCOVERED:
+        return ("started while the agent was down: ran without these policies (agentDown: "
+                "open) until the agent was back and applied them")
+    if _agent_down(ev):
+        if ev.action == abi.EAction.HELD:
+            return ("the agent was down: first exec in a new cgroup stopped (SIGSTOP) until "
+                    "the agent is back to decide it, or agentDownHold passes (then killed)")
+        return ("the agent had been down longer than agentDownHold: the first exec in a new "
+                "cgroup was refused (agentDown: closed)")
     if ev.action == abi.EAction.HELD:
         return ("first exec in a container not yet classified: stopped (SIGSTOP) before its "
                 "first instruction until its policies were applied")
@@ -118,10 +133,10 @@ def _note(ev: EnforceEvent) -> str | None:
     if ev.kind == abi.EKind.LINK:
         return ("the change was made; the process was killed (SIGKILL) before it returned: "
                 "see residue for what it left and what was undone")
-    if ev.arg in (abi.ExecVia.MMAP, abi.ExecVia.MPROTECT):
+    if ev.arg & 0xFF in (abi.ExecVia.MMAP, abi.ExecVia.MPROTECT):
         return ("the mapping was made; the process was killed (SIGKILL) before it returned "
                 "to user space, so none of the mapped code ran")
-    if ev.arg == abi.ExecVia.SCRIPT:
+    if ev.arg & 0xFF == abi.ExecVia.SCRIPT:
         return ("the interpreter opened the script; it was killed (SIGKILL) before it "
                 "returned to user space, so no line of the script ran")
     return "killed (SIGKILL) before the new image's first instruction"
@@ -134,6 +149,10 @@ def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | No
     """The rule of *p* that matches the event's object (user-space attribution of a
     decision the kernel made on masks). *covered*: the covered path of a file matched by
     identity (the name the task used may be one no rule names)."""
+    if ev.action == abi.EAction.UNCOVERED:
+        return f"agentDown: {p.agent_down}"
+    if _agent_down(ev) and p.agent_down is AgentDown.CLOSED:
+        return f"agentDown: closed (agentDownHold: {p.agent_down_hold}s)"
     if ev.kind == abi.EKind.DRIFT:
         return "exec.drift: block"
     if ev.kind == abi.EKind.EXEC:
@@ -145,7 +164,7 @@ def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | No
                     best = pat
         if best is not None:
             return f"exec.deny: {best.text}"
-        if p.exec.allow is not None and ev.arg not in (abi.ExecVia.MMAP,
+        if p.exec.allow is not None and ev.arg & 0xFF not in (abi.ExecVia.MMAP,
                                                        abi.ExecVia.MPROTECT):
             return "exec.allow: not listed"
         return "exec.drift: block" if p.exec.drift else None

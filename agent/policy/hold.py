@@ -14,22 +14,32 @@ State it reads and writes (the policy maps, agent/policy/apply.py), and what cha
   records already read, so it comes before the kernel's exit record. Its paths are what
   /proc shows; the pipeline replaces them with the kernel's HELD record's (the binary and
   the filename passed to execve: a deny on /usr/bin/nc, a link to nc.real) when it saw it.
+  The row's slot masks are those of the configuration live at the hold; ``translate``
+  (PolicyEngine: agent/policy/slots.py) maps them to the slots the same policies hold at
+  the decision, so a publish (or an agent restart) between the two changes nothing.
+* agent down (issue 13, spec.agentDown): a pending cgroup made before this agent started
+  (``uncovered_before``), classified as a container, with a task in it and none held
+  since before this start (a task held by this agent meanwhile does not count), ran
+  without its policies while no agent was there: reported once as an `uncovered`
+  decision naming the policies in its scope (those with agentDown: open, or closed ones
+  in monitor mode: closed enforcing ones held or refused its first exec).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from moray.agent.bpf import abi
-from moray.agent.enrich.proctree import stat_start_ticks, ticks
+from moray.agent.enrich.proctree import NS_PER_TICK, stat_start_ticks, ticks
 from moray.agent.events.types import Decision, EnforceEvent, Proc
 from moray.agent.policy.apply import Applier, u64
 from moray.agent.policy.scope import ContainerLike, slots_for
@@ -74,11 +84,15 @@ def _clip(s: str, limit: int) -> str:
 
 class Holds:
     def __init__(self, applier: Applier, resolver: Resolver, *, proc: str = "/proc",
-                 emit: Callable[[Decision], object] | None = None) -> None:
+                 emit: Callable[[Decision], object] | None = None,
+                 translate: Callable[[int, int], int] | None = None) -> None:
         self.applier = applier
         self.resolver = resolver
         self.proc = proc
         self.emit = emit
+        self.translate = translate
+        self.uncovered_before = 0  # boot ns: pending cgroups older than this ran unwatched
+        self.closed_enforcing = 0  # slots with agentDown: closed in enforce mode (engine)
         self.decisions = {"killed": 0, "continued": 0}
 
     # ------------------------------------------------------------------ pending cgroups
@@ -92,8 +106,11 @@ class Holds:
         if not keys:
             return 0
         held_pids: dict[int, int] = {}
+        held_before: set[int] = set()  # cgroups with a task held before this agent started
         for h in self.held():
             held_pids.setdefault(h.cgroup_id, h.pid)
+            if h.ts < self.uncovered_before:
+                held_before.add(h.cgroup_id)
         needs_image = any(p.scope.containers is not None and p.scope.containers.images
                           for _s, p in slotted)
         now = boot_ns()
@@ -116,6 +133,8 @@ class Holds:
                 self.applier.set_scope(cg, slots_for(c, slotted))
                 log.info("container classified", extra={
                     "cgroup_id": cg, "container": c.id, "image": c.image})
+                if ts < self.uncovered_before and cg not in held_before:
+                    self._uncovered(cg, c, slots_for(c, slotted) & ~self.closed_enforcing)
             elif age < HELD_HOST_AFTER_NS:
                 continue  # a held task: its runtime's state may lag its first exec a little
             else:
@@ -123,6 +142,63 @@ class Holds:
             pend.delete(kb)
             done += 1
         return done
+
+    def _uncovered(self, cg: int, c: ContainerLike, mask: int) -> None:
+        """A container that ran while the agent was down: say so, naming its policies."""
+        if not mask:
+            return
+        pid = self._a_pid(c)
+        if pid is None:
+            return  # nothing ran in it yet: it is covered from its first exec on
+        start = stat_start_ticks(self.proc, pid)
+        log.warning("container ran without its policies while the agent was down", extra={
+            "cgroup_id": cg, "container": c.id, "slots": f"{mask:#x}"})
+        self._emit(Held(pid, cg, (start or 0) * NS_PER_TICK, 0, 0, boot_ns()),
+                   abi.EKind.EXEC, abi.EAction.UNCOVERED, mask, 0)
+
+    def report_journal(self, path: str) -> int:
+        """The guard's decisions while no agent was there (agent/policy/guard.py): each
+        refusal becomes a `killed` decision (named by the policies that were closed then,
+        at the guard's time); continued tasks are reported when their container is
+        classified (`uncovered`). Empties the journal; returns how many were reported."""
+        try:
+            lines = Path(path).read_text().splitlines()
+            os.unlink(path)
+        except FileNotFoundError:
+            return 0
+        n = 0
+        for line in lines:
+            try:
+                e = json.loads(line)
+                pid, cg, ts = int(e["pid"]), int(e["cgroup_id"]), int(e["ts"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("guard journal: bad line skipped", extra={"line": line[:200]})
+                continue
+            log.info("held task decided by the guard while the agent was down", extra=e)
+            if e.get("action") != "killed" or self.emit is None:
+                continue
+            proc = Proc(pid=pid, tid=pid, ppid=0, uid=0, euid=0, gid=0, mntns=0,
+                        cgroup_id=cg, start_ns=int(e.get("start_ns", 0)), pstart_ns=0,
+                        comm=str(e.get("comm", ""))[:15])
+            slots = int(e.get("slots", 0))
+            self.emit(Decision(EnforceEvent(
+                ts=ts, proc=proc, kind=abi.EKind.EXEC, action=abi.EAction.KILLED,
+                policies=slots, enforced=slots, arg=abi.ARG_AGENT_DOWN, family=0,
+                daddr=None, dport=0, path=_clip(str(e.get("exe", "")), PATH_MAX), path2="")))
+            n += 1
+        return n
+
+    def _a_pid(self, c: ContainerLike) -> int | None:
+        """The oldest task of the container's cgroup (cgroup.procs), if any."""
+        root = getattr(getattr(self.resolver, "cgroups", None), "cgroup_root", None)
+        rel = getattr(c, "cgroup_path", None)
+        if not root or not rel:
+            return None
+        try:
+            procs = Path(root, rel.lstrip("/"), "cgroup.procs").read_text().split()
+        except OSError:
+            return None
+        return min((int(p) for p in procs), default=None)
 
     # ------------------------------------------------------------------ held tasks
 
@@ -144,7 +220,8 @@ class Holds:
         pend = self.applier.maps["mr_ppend"]
         now = boot_ns()
         n = 0
-        for h in held:
+        for row_h in held:
+            h = row_h
             key = u64(h.cgroup_id)
             row = scope_map.lookup(key)
             pending = pend.lookup(key)
@@ -167,6 +244,9 @@ class Holds:
                 mask = _PPEND.unpack(pending)[0]
             else:
                 mask = conf.host
+            if self.translate is not None:  # slots at the hold -> slots now
+                h = replace(h, exec_deny=self.translate(h.exec_deny, h.ts),
+                            drift=self.translate(h.drift, h.ts))
             hit = (h.exec_deny | h.drift) & mask & conf.active
             enforced = hit & conf.enforce
             log.info("held task decided", extra={
@@ -226,7 +306,8 @@ class Holds:
             exe = exe[len(root):]
         return exe, ""
 
-    def _emit(self, h: Held, kind: int, action: int, hit: int, enforced: int) -> None:
+    def _emit(self, h: Held, kind: int, action: int, hit: int, enforced: int,
+              arg: int = 0) -> None:
         if self.emit is None:
             return
         path, path2 = self._paths_of(h.pid)
@@ -249,5 +330,5 @@ class Holds:
                     comm=comm.decode("utf-8", "replace"))
         self.emit(Decision(EnforceEvent(
             ts=boot_ns(), proc=proc, kind=kind, action=action, policies=hit,
-            enforced=enforced, arg=0, family=0, daddr=None, dport=0,
+            enforced=enforced, arg=arg, family=0, daddr=None, dport=0,
             path=_clip(path, PATH_MAX), path2=_clip(path2, NAME_MAX))))

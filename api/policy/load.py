@@ -22,8 +22,11 @@ import yaml
 
 from moray.api.policy.model import (
     API_VERSION,
+    DEFAULT_AGENT_DOWN_HOLD,
     KIND,
+    MAX_AGENT_DOWN_HOLD,
     Access,
+    AgentDown,
     ContainerSelector,
     ExecRules,
     FileRule,
@@ -424,7 +427,7 @@ def _policy(doc: _Doc, root: yaml.Node) -> Policy | None:
         doc.err(root, "spec", "is required")
         return None
     spec = doc.mapping(top["spec"][1], "spec", ("scope", "mode", "exec", "files", "network",
-                                               "syscalls"))
+                                               "syscalls", "agentDown", "agentDownHold"))
     if spec is None:
         return None
     b = _Builder(doc)
@@ -447,9 +450,40 @@ def _policy(doc: _Doc, root: yaml.Node) -> Policy | None:
           else SyscallRules())
     if not (ex.used or fi.used or ne.used or sy.used) and not doc.problems:
         doc.err(top["spec"][1], "spec", "has no rules (exec, files, network or syscalls)")
-    digest = hashlib.sha256(json.dumps(_canonical(root), sort_keys=True,
-                                       default=str).encode()).hexdigest()
-    return Policy(name, tenant, mode, scope, ex, fi, ne, sy, doc.file, digest)
+    down, hold = _agent_down(doc, spec)
+    document = json.dumps(_canonical(root), sort_keys=True, default=str)
+    digest = hashlib.sha256(document.encode()).hexdigest()
+    return Policy(name, tenant, mode, scope, ex, fi, ne, sy, doc.file, digest, document,
+                  down, hold)
+
+
+_DURATION = re.compile(r"^(\d+)(s|m)?$")
+
+
+def _agent_down(doc: _Doc, spec: dict[str, tuple[yaml.Node, yaml.Node]]
+                ) -> tuple[AgentDown, int]:
+    """spec.agentDown (open | closed) and spec.agentDownHold (seconds: 30, "30s", "2m";
+    only with closed)."""
+    down = AgentDown.OPEN
+    if "agentDown" in spec:
+        v = doc.string(spec["agentDown"][1], "spec.agentDown")
+        if v not in {x.value for x in AgentDown}:
+            doc.err(spec["agentDown"][1], "spec.agentDown", "must be open or closed")
+        else:
+            down = AgentDown(v)
+    hold = DEFAULT_AGENT_DOWN_HOLD
+    if "agentDownHold" in spec:
+        node = spec["agentDownHold"][1]
+        m = _DURATION.match(str(node.value)) if isinstance(node, yaml.ScalarNode) else None
+        if m is None:
+            doc.err(node, "spec.agentDownHold", "seconds, e.g. 30, 30s or 2m")
+        else:
+            hold = int(m.group(1)) * (60 if m.group(2) == "m" else 1)
+            if hold > MAX_AGENT_DOWN_HOLD:
+                doc.err(node, "spec.agentDownHold", f"at most {MAX_AGENT_DOWN_HOLD}s")
+            elif down is not AgentDown.CLOSED:
+                doc.err(node, "spec.agentDownHold", "only with agentDown: closed")
+    return down, hold
 
 
 def load_text(text: str, file: str = "<text>") -> list[Policy]:

@@ -19,6 +19,17 @@ class Mode(StrEnum):
     MONITOR = "monitor"   # same matching, nothing blocked: events say "would-block"
 
 
+class AgentDown(StrEnum):
+    """What a new container gets while the agent is down (docs/policy.md)."""
+
+    OPEN = "open"      # runs uncovered until the agent is back (reported then)
+    CLOSED = "closed"  # first exec held up to agentDownHold, then refused
+
+
+DEFAULT_AGENT_DOWN_HOLD = 30  # seconds
+MAX_AGENT_DOWN_HOLD = 3600
+
+
 class Access(StrEnum):
     READ = "read"
     WRITE = "write"
@@ -138,6 +149,12 @@ class Policy:
     syscalls: SyscallRules = field(default_factory=SyscallRules)
     source: str = "<memory>"
     digest: str = ""    # sha256 of the canonical document: unchanged policies keep their slot
+    # --- issue 13 (names after a restart): the canonical document (JSON) the digest is
+    # over; agent/policy/slots.py persists it so a restarted agent can rebuild the policy
+    document: str = field(default="", compare=False, repr=False)
+    # --- issue 13 (agent down, new container): spec.agentDown, spec.agentDownHold (s)
+    agent_down: AgentDown = AgentDown.OPEN
+    agent_down_hold: int = DEFAULT_AGENT_DOWN_HOLD
 
     def rule_count(self) -> int:
         n = len(self.exec.deny) + len(self.exec.allow or ()) + int(self.exec.drift)

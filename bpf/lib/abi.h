@@ -155,6 +155,8 @@ enum mr_eaction {
 	MR_EA_KILLED = 2,      /* SIGKILL (exec: before the new image ran; file/syscall: after) */
 	MR_EA_WOULD_BLOCK = 3, /* monitor mode */
 	MR_EA_HELD = 4,        /* first exec in an unclassified cgroup: stopped until decided */
+	/* --- issue 13, agent down: user space only (agent/policy/hold.py), never emitted here */
+	MR_EA_UNCOVERED = 16,  /* a new container ran without its policies: agent was down */
 };
 
 struct mr_enforce {

@@ -48,12 +48,18 @@ static __always_inline __u64 scope_of(struct mr_pconf *c, __u64 cgid, int *pendi
 	return c->host & c->active;
 }
 
-static __always_inline int agent_alive(void)
+/* ns since the agent's last heartbeat (~0: never, or unknown) */
+static __always_inline __u64 agent_silent_ns(void)
 {
 	__u32 zero = 0;
 	__u64 *t = bpf_map_lookup_elem(&mr_palive, &zero);
 
-	return t && *t && bpf_ktime_get_boot_ns() - *t < MR_ALIVE_NS;
+	return (t && *t) ? bpf_ktime_get_boot_ns() - *t : ~0ULL;
+}
+
+static __always_inline int agent_alive(void)
+{
+	return agent_silent_ns() < MR_ALIVE_NS;
 }
 
 static __always_inline struct mr_pheap_buf *pheap(void)

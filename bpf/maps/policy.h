@@ -59,7 +59,14 @@ struct mr_pconf {
 	__u64 syscalls;   /* slots with syscall rules */
 	__u32 gen;        /* publication counter (for user space) */
 	__u32 flags;      /* MR_PC_* */
+	/* --- issue 13, agent down (spec.agentDown, docs/policy.md "Agent down") */
+	__u64 down_closed;  /* slots with agentDown: closed */
+	__u64 down_hold_ns; /* the longest agentDownHold of those: how long a new cgroup's
+			     * first exec waits for a dead agent before it is refused */
 };
+
+/* mr_enforce.arg of an exec record: held / refused because the agent was down */
+#define MR_ARG_AGENT_DOWN (1 << 8) /* above MR_EX_* (the low byte of an exec record's arg) */
 
 struct mr_ppath_key {
 	__u32 prefixlen; /* bits */

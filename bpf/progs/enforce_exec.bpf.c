@@ -15,7 +15,16 @@
  * is stopped with SIGSTOP and recorded in mr_phold, with the slots that would deny it in
  * any scope; the agent intersects them with the cgroup's scope once it knows it and sends
  * SIGKILL or SIGCONT. Only while the agent's heartbeat is fresh (mr_palive). The hold is
- * always taken at sched_process_exec, on the LSM tier too (cfg_exec_lsm: the tracepoint
+ * Agent down (issue 13, spec.agentDown): while the heartbeat is stale and an active
+ * policy has agentDown: closed, the first exec in a pending cgroup is held for a dead agent
+ * (as above, record arg MR_ARG_AGENT_DOWN) unless it inherited slots from a classified
+ * container (a nested cgroup: covered by those), while the agent has been silent for less than
+ * mr_pconf.down_hold_ns, and refused after that (SIGKILL, or EPERM on the LSM tier); the
+ * agent decides the held ones when it is back, or its guard (agent/policy/guard.py) once
+ * the bound has passed. With only agentDown: open policies nothing is held (the cgroup
+ * runs with what it inherited until the agent is back and classifies it).
+ *
+ * The hold is always taken at sched_process_exec, on the LSM tier too (cfg_exec_lsm: the tracepoint
  * program then holds and does nothing else): at bprm_check_security the execing process
  * may still have other threads (runc init is a Go program), one of them can dequeue the
  * group SIGSTOP, and de_thread() then cancels that group stop: the hold is lost (seen on
@@ -39,18 +48,29 @@ static __always_inline int exec_check(struct linux_binprm *bprm, int lsm)
 	const char *filename;
 	__u64 cgid, scope, deny = 0, allow = 0, drift = 0, hit, enf;
 	__u32 off, trunc = 0, len1, len2 = 0, size;
-	int pending, hold;
+	int pending, hold = 0, down = 0; /* down: 1 held for a dead agent, 2 refused */
+	__u64 closed, silent;
 	__u16 kind, action;
 
 	if (!h || !c || !c->active)
 		return 0;
 	cgid = bpf_get_current_cgroup_id();
 	scope = scope_of(c, cgid, &pending);
-	hold = pending && (c->flags & MR_PC_HOLD) && agent_alive();
+	closed = c->down_closed & c->active;
+	if (pending) {
+		silent = agent_silent_ns();
+		/* a cgroup nested in a classified container keeps the policies it inherited */
+		if (silent < MR_ALIVE_NS)
+			hold = (c->flags & MR_PC_HOLD) != 0;
+		else if (!scope && (closed & c->enforce) && silent < c->down_hold_ns)
+			hold = down = 1;
+		else if (!scope && closed)
+			down = 2;
+	}
 	/* LSM tier: the LSM hook denies, the sched_process_exec program only holds */
 	if (cfg_exec_lsm && (lsm ? hold : !hold))
 		return 0;
-	if (!hold && !(scope & c->exec))
+	if (!hold && !down && !(scope & c->exec))
 		return 0;
 
 	file = BPF_CORE_READ(bprm, file);
@@ -78,10 +98,25 @@ static __always_inline int exec_check(struct linux_binprm *bprm, int lsm)
 		hd.ts = bpf_ktime_get_boot_ns();
 		if (bpf_map_update_elem(&mr_phold, &tgid, &hd, BPF_ANY) == 0) {
 			bpf_send_signal(SIGSTOP);
-			enf_init(ev, MR_EK_EXEC, MR_EA_HELD, deny | drift, 0);
+			enf_init(ev, MR_EK_EXEC, MR_EA_HELD,
+				 deny | drift | (down ? closed & c->enforce : 0), 0);
+			if (down)
+				ev->arg = MR_ARG_AGENT_DOWN;
 			goto out;
 		}
-		/* hold table full: decide with what the kernel knows now */
+		/* hold table full: decide with what the kernel knows now (fail closed) */
+		if (down)
+			down = 2;
+	}
+	if (down == 2) { /* the agent is gone for longer than the closed policies wait */
+		hit = closed | ((deny | drift) & scope);
+		enf = hit & c->enforce;
+		action = action_of(enf, lsm ? MR_EA_BLOCKED : MR_EA_KILLED);
+		if (enf && !lsm)
+			bpf_send_signal(SIGKILL);
+		enf_init(ev, MR_EK_EXEC, action, hit, enf);
+		ev->arg = MR_ARG_AGENT_DOWN;
+		goto out;
 	}
 	hit = (deny | drift) & scope;
 	if (!hit)

@@ -105,7 +105,8 @@ def test_decisions_enter_typed_and_are_explained(tmp_path: Path) -> None:
         def write(self, event: dict[str, object]) -> None:
             written.append(event)
 
-    table = SimpleNamespace(by_slot={0: load_text(WEB, "web.yaml")[0]})
+    web = load_text(WEB, "web.yaml")[0]
+    table = SimpleNamespace(policies_at=lambda _ts: {0: web})
     rec = (Path(__file__).parents[1] / "fixtures" / "records" / "fork.bin").read_bytes()
     p = Pipeline(ProcessTree(str(tmp_path), read_proc=lambda _proc, _pid: None),
                  ListSink(), Formatter("n"), None, Stats())  # type: ignore[arg-type]
