@@ -62,9 +62,12 @@ spec:
 
 
 def _is(binary: str, pid: int | None = None) -> Any:
+    """A decision on *binary* (not the hold of a container's first exec, which names the
+    same binary, has no policy yet, and may or may not reach the output before a SIGKILL)."""
     def pred(ev: dict[str, Any]) -> bool:
         e = enforcement(ev)
         return (ev["type"] == "enforce" and e.get("binary") == binary
+                and e.get("action") != "held"
                 and (pid is None or ev["process"]["pid"] == pid))
     return pred
 
