@@ -128,6 +128,8 @@ class EKind(IntEnum):
     FILE = 3
     NET = 4
     SYSCALL = 5
+    NS = 6        # issue 13: namespace creation / entry (progs/enforce_args.bpf.c)
+    SETID = 7     # issue 13: setuid / setgid bit or file capabilities set
 
 
 class EAction(IntEnum):
@@ -151,11 +153,16 @@ NET_RULES = 16
 SYS_MAX = 512
 PATH_KEY = 256
 PC_HOLD = 1 << 0
+NS_MAX = 8      # issue 13: mr_pconf.ns[] (MR_NS_*)
+SETID_MAX = 4   # issue 13: mr_pconf.setid[] (MR_SETID_*)
+SETID_UID, SETID_GID, SETID_CAPS = 0, 1, 2
 
 PCONF = Layout("mr_pconf", (
     ("active", "Q"), ("enforce", "Q"), ("host", "Q"), ("exec", "Q"), ("drift", "Q"),
     ("exec_allow", "Q"), ("files", "Q"), ("net", "Q"), ("net_allow", "Q"), ("syscalls", "Q"),
     ("gen", "I"), ("flags", "I"),
+    # issue 13: arrays as raw bytes (u64 each, little-endian): apply.py packs them
+    ("args", "Q"), ("ns", f"{8 * NS_MAX}s"), ("setid", f"{8 * SETID_MAX}s"),
 ))
 PPATH_KEY = Layout("mr_ppath_key", (("prefixlen", "I"), ("path", f"{PATH_KEY}s")))
 PEXEC_VAL = Layout("mr_pexec_val", (("deny", "Q"), ("allow", "Q")))

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable
 
 from moray.agent.bpf import abi
-from moray.agent.bpf.abi import Op
+from moray.agent.bpf.abi import EKind, Op
 from moray.agent.events.types import (
     AnyEvent,
     CgroupEvent,
@@ -181,9 +181,14 @@ def decode_enforce(rec: bytes) -> EnforceEvent:
     fam = t[ix["family"]]
     p1 = rec[_ENFORCE.size:_ENFORCE.size + n1]
     p2 = rec[_ENFORCE.size + n1:end]
-    return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), t[ix["kind"]], t[ix["action"]],
+    kind, raw = t[ix["kind"]], t[ix["addr"]]
+    if kind in (EKind.NS, EKind.SETID):  # issue 13: a u64 in addr, family = setid bits
+        return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), kind, t[ix["action"]],
+                            t[ix["policies"]], t[ix["enforced"]], t[ix["arg"]], fam, None,
+                            0, _s(p1), _s(p2), value=int.from_bytes(raw[:8], "little"))
+    return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), kind, t[ix["action"]],
                         t[ix["policies"]], t[ix["enforced"]], t[ix["arg"]], fam,
-                        _addr(fam, t[ix["addr"]]), t[ix["port"]], _s(p1), _s(p2))
+                        _addr(fam, raw), t[ix["port"]], _s(p1), _s(p2))
 
 
 def decode_syscall(rec: bytes) -> SyscallEvent:

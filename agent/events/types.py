@@ -133,6 +133,7 @@ class EnforceEvent(NamedTuple):
     path: str
     path2: str
     type: EventType = EventType.ENFORCE
+    value: int = 0   # issue 13: ns -> CLONE_NEW* flags asked for; setid -> the mode asked for
 
 
 class SyscallEvent(NamedTuple):

@@ -10,7 +10,7 @@ paths are noted for the decision that follows it (decode.py `HeldExecs`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from moray.agent.bpf import abi
@@ -37,10 +37,16 @@ class Format:
         self.held = held if held is not None else HeldExecs()
         self._table: PolicyTable | None = None
         self._tiers: Mapping[str, str] = {}
+        # issue 13: what a killed call left behind, undone where safe (policy/residue.py)
+        self._residue: Callable[[EnforceEvent, dict[str, Any]], None] | None = None
 
     def explain_with(self, table: PolicyTable, tiers: Mapping[str, str]) -> None:
         """Explain enforcement events by `table`'s policies (without: the raw masks)."""
         self._table, self._tiers = table, tiers
+
+    def repair_with(self, residue: Callable[[EnforceEvent, dict[str, Any]], None]) -> None:
+        """Report (and undo) what killed namespace / setid calls left (issue 13)."""
+        self._residue = residue
 
     def __call__(self, ev: KernelEvent, p: Process, parent: Process | None,
                  container: dict[str, Any] | None) -> dict[str, Any]:
@@ -53,6 +59,8 @@ class Format:
         self.held.note(ev)
         if self._table is not None:
             out["enforcement"] = explain(ev, self._table.by_slot, self._tiers)
+            if self._residue is not None and ev.kind in (abi.EKind.NS, abi.EKind.SETID):
+                self._residue(ev, out["enforcement"])
         new_image(out, ev)
 
 

@@ -130,14 +130,20 @@ def dec_net(b: bytes) -> NetVal:
     return tuple(out)
 
 
+_NS = struct.Struct(f"<{abi.NS_MAX}Q")
+_SETID = struct.Struct(f"<{abi.SETID_MAX}Q")
+
+
 def enc_conf(c: ConfRow, gen: int) -> bytes:
     return _CONF.pack(c.active, c.enforce, c.host, c.exec, c.drift, c.exec_allow, c.files,
-                      c.net, c.net_allow, c.syscalls, gen & 0xFFFFFFFF, c.flags)
+                      c.net, c.net_allow, c.syscalls, gen & 0xFFFFFFFF, c.flags,
+                      c.args, _NS.pack(*c.ns), _SETID.pack(*c.setid))
 
 
 def dec_conf(b: bytes) -> tuple[ConfRow, int]:
     t = _CONF.unpack(b)
-    return ConfRow(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[11]), t[10]
+    return ConfRow(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[11],
+                   t[12], _NS.unpack(t[13]), _SETID.unpack(t[14])), t[10]
 
 
 # --------------------------------------------------------------------------- applier
@@ -160,7 +166,8 @@ class Applier:
 
     def __init__(self, maps: Mapping[str, MapLike], grace: float = 0.05,
                  sleep: Callable[[float], None] = time.sleep,
-                 syscall_hook: Callable[[bool], None] | None = None) -> None:
+                 syscall_hook: Callable[[bool], None] | None = None,
+                 args_hook: Callable[[bool], None] | None = None) -> None:
         missing = [n for n in MAP_NAMES if n not in maps]
         if missing:
             raise KeyError(f"policy maps missing: {missing}")
@@ -170,6 +177,8 @@ class Applier:
         # attaches (True) / detaches (False) the syscall enforcement program, which is
         # attached only while a live policy has a syscall rule (agent/policy/programs.py)
         self.syscall_hook = syscall_hook
+        # the same for the namespace / setid program (mr_enf_args, issue 13)
+        self.args_hook = args_hook
 
     # --- reading the kernel's state --------------------------------------------------
 
@@ -252,6 +261,9 @@ class Applier:
         syscalls = bool(new.conf.active & new.conf.syscalls)
         if syscalls and self.syscall_hook is not None:
             self.syscall_hook(True)
+        args = bool(new.conf.active & new.conf.args)
+        if args and self.args_hook is not None:
+            self.args_hook(True)
         idle = idx ^ 1
         self.maps["mr_pconf"].update(u32(idle), enc_conf(new.conf, gen + 1))
         self.maps["mr_pgen"].update(u32(0), u32(idle))
@@ -273,6 +285,8 @@ class Applier:
             self.maps["mr_pscope"].update(u64(cg), u64(scope.get(cg, 0)))
         if not syscalls and self.syscall_hook is not None:
             self.syscall_hook(False)
+        if not args and self.args_hook is not None:
+            self.args_hook(False)
         st.seconds = time.monotonic() - t0
         log.info("policy maps published", extra={
             "generation": gen + 1, "active": f"{new.conf.active:#x}", "rows": new.rows(),

@@ -11,12 +11,22 @@ EPERM (this project's machines) loading them would fail the whole object.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
 
 # LSM program -> the fallback programs that do the same job without BPF LSM
 LSM_FALLBACKS: dict[str, tuple[str, ...]] = {
     "mr_lsm_exec": (),   # mr_enf_exec stays: it takes the holds (cfg_exec_lsm)
     "mr_lsm_file_open": ("mr_enf_openat", "mr_enf_open", "mr_enf_openat2", "mr_enf_creat"),
+    # issue 13: mr_enf_args stays on the LSM tier for what has no LSM hook (namespaces
+    # other than user ones, setns); with cfg_exec_lsm it leaves the rest to these
+    "mr_lsm_userns": (),
+    "mr_lsm_chmod": (),
+    "mr_lsm_mknod": (),
+    "mr_lsm_setxattr": (),
 }
 
 ENFORCE_PREFIXES = ("mr_enf_", "mr_lsm_")
@@ -27,7 +37,9 @@ ENFORCE_PREFIXES = ("mr_enf_", "mr_lsm_")
 # 2026-12-06, no syscall rule anywhere: 1.13 us per open+close attached, 0.96-0.99 us not,
 # 0.59-0.65 us without the agent; docs/policy.md).
 SYSCALL_PROGRAM = "mr_enf_sys"
-ON_DEMAND = (SYSCALL_PROGRAM,)
+# issue 13: the namespace / setid program is on raw sys_enter too
+ARGS_PROGRAM = "mr_enf_args"
+ON_DEMAND = (SYSCALL_PROGRAM, ARGS_PROGRAM)
 
 
 def is_enforcement(program: str) -> bool:
@@ -45,3 +57,18 @@ def programs_to_skip(programs: Iterable[tuple[str, str]], bpf_lsm: bool) -> list
             else:
                 skip.extend(LSM_FALLBACKS.get(name, ()))
     return sorted(set(skip))
+
+
+def host_root(proc: str = "/proc") -> dict[str, int]:
+    """Load-time settings of mr_enf_args (issue 13): the host's root directory (pid 1's),
+    by which the kernel tells a container runtime setting up namespaces inside the
+    container's cgroup (its root is still the host's) from the workload (pivoted into the
+    container's root). Kernel dev_t = major << 20 | minor."""
+    try:
+        st = os.stat(f"{proc}/1/root/")
+    except OSError as err:
+        log.warning("host root unreadable (%s): namespace rules apply to container "
+                    "runtimes setting containers up too", err)
+        return {}
+    return {"cfg_host_root_ino": st.st_ino,
+            "cfg_host_root_dev": (os.major(st.st_dev) << 20) | os.minor(st.st_dev)}
