@@ -180,6 +180,11 @@ class Agent:
         from moray.agent.policy.programs import programs_to_skip
 
         obj.disable(programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm))
+        from moray.agent.policy.programs import args_lsm
+
+        args_bits, args_skip = args_lsm(lsm, self.cfg.btf)
+        obj.set_rodata({"cfg_args_lsm": args_bits})
+        obj.disable(args_skip)
         from moray.agent.detect.programs import programs_to_skip as detect_skip
 
         obj.disable(detect_skip((n, sec) for n, sec, _ in obj.programs()))

@@ -72,3 +72,36 @@ def host_root(proc: str = "/proc") -> dict[str, int]:
         return {}
     return {"cfg_host_root_ino": st.st_ino,
             "cfg_host_root_dev": (os.major(st.st_dev) << 20) | os.minor(st.st_dev)}
+
+
+# issue 13: LSM programs of the namespace / setid rules, by group; a group loads only where
+# BPF LSM is usable and the kernel has every hook of it (userns_create is 6.1+, path_chmod
+# and path_mknod need CONFIG_SECURITY_PATH), else mr_enf_args does its job (kill tier)
+ARGS_LSM_GROUPS: dict[int, tuple[str, ...]] = {
+    1: ("mr_lsm_userns",),                                     # MR_ARGS_LSM_USERNS
+    2: ("mr_lsm_chmod", "mr_lsm_mknod", "mr_lsm_setxattr"),    # MR_ARGS_LSM_SETID
+}
+_HOOK_OF = {"mr_lsm_userns": "userns_create", "mr_lsm_chmod": "path_chmod",
+            "mr_lsm_mknod": "path_mknod", "mr_lsm_setxattr": "inode_setxattr"}
+
+
+def args_lsm(bpf_lsm: bool, btf_path: str = "/sys/kernel/btf/vmlinux") -> tuple[int, list[str]]:
+    """(cfg_args_lsm bits, programs not to load): a group whose hooks the kernel's BTF
+    does not list (no bpf_lsm_<hook> function) is left to the tracepoint program."""
+    every = [p for g in ARGS_LSM_GROUPS.values() for p in g]
+    if not bpf_lsm:
+        return 0, every
+    try:
+        with open(btf_path, "rb") as f:
+            names = f.read()
+    except OSError as err:
+        log.warning("kernel BTF unreadable (%s): namespace / setid rules on the kill tier", err)
+        return 0, every
+    bits = 0
+    skip: list[str] = []
+    for bit, progs in ARGS_LSM_GROUPS.items():
+        if all(f"\0bpf_lsm_{_HOOK_OF[p]}\0".encode() in names for p in progs):
+            bits |= bit
+        else:
+            skip.extend(progs)
+    return bits, skip

@@ -22,7 +22,8 @@
  *   - chmod & co run, then the task dies: the bit IS set. The record names the file (a
  *     descriptor's file resolved here; a relative path with the directory it starts from)
  *     so the agent clears it again (agent/policy/residue.py).
- * LSM tier (where BPF LSM is usable, cfg_exec_lsm): lsm/userns_create, lsm/path_chmod,
+ * LSM tier (where BPF LSM is usable and the kernel has the hooks, cfg_args_lsm):
+ * lsm/userns_create, lsm/path_chmod,
  * lsm/path_mknod and lsm/inode_setxattr return -EPERM before anything happens; the
  * tracepoint program then handles only what has no LSM hook: namespaces other than user
  * ones, and setns (kill-after as above).
@@ -88,6 +89,12 @@
 /* The host's root directory (stat of /proc/1/root), written by the agent before load. */
 __weak const volatile __u64 cfg_host_root_ino = 0;
 __weak const volatile __u32 cfg_host_root_dev = 0; /* kernel dev_t: major << 20 | minor */
+
+/* Which checks the LSM programs do (the agent loads them only where BPF LSM is usable and
+ * the kernel has their hooks: userns_create is 6.1+, path_* need CONFIG_SECURITY_PATH). */
+#define MR_ARGS_LSM_USERNS 1 /* mr_lsm_userns */
+#define MR_ARGS_LSM_SETID 2  /* mr_lsm_chmod, mr_lsm_mknod, mr_lsm_setxattr */
+__weak const volatile __u32 cfg_args_lsm = 0;
 
 /* the namespace type of an nsfs inode: ns_common.ns_type since 6.18, ops->type before */
 struct ns_common___v618 {
@@ -357,7 +364,7 @@ int BPF_PROG(mr_enf_args, struct pt_regs *regs, long id)
 	a2 = BPF_CORE_READ(regs, dx);
 	a3 = BPF_CORE_READ(regs, r10);
 	/* LSM tier: lsm/userns_create refuses user namespaces before they exist */
-	fl = cfg_exec_lsm ? ~(__u64)MR_CLONE_NEWUSER : ~(__u64)0;
+	fl = (cfg_args_lsm & MR_ARGS_LSM_USERNS) ? ~(__u64)MR_CLONE_NEWUSER : ~(__u64)0;
 	switch (id) {
 	case NR_unshare:
 		return ns_check(c, id, a0 & fl, 0);
@@ -372,7 +379,7 @@ int BPF_PROG(mr_enf_args, struct pt_regs *regs, long id)
 	case NR_setns:
 		return ns_check(c, id, setns_flags(a0, a1), 0);
 	}
-	if (cfg_exec_lsm) /* path_chmod, path_mknod, inode_setxattr refuse these */
+	if (cfg_args_lsm & MR_ARGS_LSM_SETID) /* path_chmod, path_mknod, inode_setxattr do */
 		return 0;
 	/* one call of setid_check below (it walks a path: the verifier checks each call) */
 	switch (id) {

@@ -277,3 +277,44 @@ def test_setid_only_setuid_leaves_setgid_dirs(agent: AgentProc, rootfs: Path) ->
         assert not (rootfs / "tmp" / "a").stat().st_mode & stat.S_ISUID
     finally:
         agent.delete("setuid-only")
+
+
+# ------------------------------------------------------------------ benign
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs /usr/bin/python3")
+def test_benign_workload_not_blocked(agent: AgentProc, tmp_path: Path) -> None:
+    """test_detect_benign.py's workload (shell scripts, files, a Python web server and its
+    clients) under namespaces [all] + setid [all] in enforce mode: it runs to its end, no
+    enforce event names the container, and runc's own set-up is not stopped."""
+    import subprocess
+
+    from tests.integration.test_detect_benign import ENTRY, JOB
+
+    rootfs = build_rootfs(tmp_path / "rootfs")
+    for d in ("work", "usr"):
+        (rootfs / d).mkdir(exist_ok=True)
+    for link in ("lib", "lib64"):
+        (rootfs / link).symlink_to(f"usr/{link}")
+    (rootfs / "work" / "job.sh").write_text(JOB)
+    (rootfs / "entry.sh").write_text(ENTRY.replace("exec sleep 600", "echo benign-exit=0"))
+    netns = f"mrsa{os.getpid()}"
+    usr: dict[str, object] = {"destination": "/usr", "type": "bind", "source": "/usr",
+                              "options": ["rbind", "ro"]}
+    agent.apply("benign", policy("benign", "mr-sabenign-*",
+                                 "namespaces: {deny: [all]}\nsetid: {deny: [all]}"))
+    try:
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        with run_runc("mr-sabenign-1", ["/bin/sh", "/entry.sh"], rootfs=rootfs,
+                      network=f"/run/netns/{netns}", mounts=[usr],
+                      env=("PATH=/bin:/usr/bin", "HOME=/root")) as ctr:
+            res = ctr.wait(120)
+        assert "benign-done" in res.stdout and "benign-exit=0" in res.stdout, res
+        assert (rootfs / "work" / "cache" / "status").read_text().strip() == "ok"
+        blocked = [enforcement(e) for e in agent.events() if e.get("type") == "enforce"
+                   and (e.get("container") or {}).get("id") == "mr-sabenign-1"]
+        assert blocked == [], blocked
+    finally:
+        agent.delete("benign")
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)

@@ -199,3 +199,17 @@ def test_residue_without_a_live_process_says_so() -> None:
     enf: dict[str, object] = {}
     Residue()(_ev(E.SETID, A.KILLED, 90, 0o4755, 1, "", "/x")._replace(proc=proc), enf)
     assert enf["left"] == [] and "no live process" in str(enf["unchecked"])
+
+
+def test_lsm_groups_load_only_where_the_kernel_has_their_hooks(tmp_path: Path) -> None:
+    """A kernel with BPF LSM but without userns_create (before 6.1) keeps the setid LSM
+    programs and leaves user namespaces to the tracepoint program (cfg_args_lsm bit 1
+    clear), instead of failing the whole object's load."""
+    from moray.agent.policy.programs import args_lsm
+
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"\0bpf_lsm_path_chmod\0bpf_lsm_path_mknod\0bpf_lsm_inode_setxattr\0")
+    assert args_lsm(True, str(btf)) == (2, ["mr_lsm_userns"])
+    btf.write_bytes(btf.read_bytes() + b"bpf_lsm_userns_create\0")
+    assert args_lsm(True, str(btf)) == (3, [])
+    assert args_lsm(False, str(btf))[0] == 0 and len(args_lsm(False, str(btf))[1]) == 4
