@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,16 @@ def ours(agent: AgentProc, cid: str, kind: str) -> list[dict[str, Any]]:
 
 
 def wait_n(agent: AgentProc, cid: str, kind: str, n: int,
-           timeout: float = 20) -> list[dict[str, Any]]:
-    agent.wait_event(lambda _e: len(ours(agent, cid, kind)) >= n, timeout)
-    return ours(agent, cid, kind)
+           timeout: float = 30) -> list[dict[str, Any]]:
+    """The container's enforce events of *kind* once there are *n* (reads the output
+    once per poll: it grows large on a slow guest)."""
+    deadline = time.monotonic() + timeout
+    while len(got := ours(agent, cid, kind)) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(got)} of {n} {kind} events: "
+                               f"{[enforcement(e) for e in got]}")
+        time.sleep(0.1)
+    return got
 
 
 def rcs(stdout: str) -> dict[str, str]:
