@@ -113,6 +113,7 @@ class Agent:
         self.pins: Any | None = None     # agent.bpf.pins.Pins
         self.syscall_link: Any | None = None  # agent.bpf.pins.OnDemandLink (mr_enf_sys)
         self.exec_map_links: list[Any] = []  # OnDemandLinks of EXEC_MAP_PROGRAMS (kill tier)
+        self.args_link: Any | None = None  # the same for mr_enf_args (issue 13)
         self.policy: Any | None = None   # agent.policy.engine.PolicyEngine
         self.detector: Any | None = None  # agent.detect.stage.DetectStage
         self.cp_client: Any | None = None  # agent.controlplane.ControlPlaneClient
@@ -171,8 +172,10 @@ class Agent:
         obj = BpfObject.open(object_path("moray.bpf.o"))
         self._teardowns.append(("close_bpf", obj.close))
         lsm = bool(self.features and self.features.bpf_lsm)
+        from moray.agent.policy.programs import host_root as host_root_settings
+
         obj.set_rodata({"cfg_self_tgid": os.getpid(), "cfg_args_max": self.cfg.args_max,
-                        "cfg_exec_lsm": int(lsm),
+                        "cfg_exec_lsm": int(lsm), **host_root_settings(self.cfg.proc),
                         "cfg_wakeup_bytes": min(self.cfg.ring_size // 16, WAKEUP_BYTES)})
         obj.set_max_entries("mr_events", self.cfg.ring_size)
         cg = self.features.cgroup_v2 if self.features else None
@@ -187,10 +190,15 @@ class Agent:
             skipped = programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm,
                                        has_btf=lambda n: kbtf.has(n, BTF_KIND_TYPEDEF))
         obj.disable(skipped)
+        from moray.agent.policy.programs import args_lsm
+
+        args_bits, args_skip = args_lsm(lsm, self.cfg.btf)
+        obj.set_rodata({"cfg_args_lsm": args_bits})
+        obj.disable(args_skip)
         from moray.agent.detect.programs import programs_to_skip as detect_skip
 
         obj.disable(detect_skip((n, sec) for n, sec, _ in obj.programs()))
-        from moray.agent.policy.programs import ON_DEMAND, SYSCALL_PROGRAM
+        from moray.agent.policy.programs import ARGS_PROGRAM, ON_DEMAND, SYSCALL_PROGRAM
 
         if self.pins is not None:
             self.pins.prepare(obj, ON_DEMAND)
@@ -209,6 +217,8 @@ class Agent:
         self.exec_map_links = [
             OnDemandLink(obj, p, self.pins.links_dir if self.pins is not None else None)
             for p in EXEC_MAP_PROGRAMS if p not in skipped]
+        self.args_link = OnDemandLink(
+            obj, ARGS_PROGRAM, self.pins.links_dir if self.pins is not None else None)
         self.obj = obj
         log.info("attached %d BPF programs", len(obj.links))
 
@@ -278,7 +288,8 @@ class Agent:
 
         applier = Applier({n: self.obj.map(n) for n in (*MAP_NAMES, "mr_pino", "mr_pagent")},
                           syscall_hook=self.syscall_link.set if self.syscall_link else None,
-                          exec_hook=self._exec_map_hook if self.exec_map_links else None)
+                          exec_hook=self._exec_map_hook if self.exec_map_links else None,
+                          args_hook=self.args_link.set if self.args_link else None)
         cg = self.features.cgroup_v2 if self.features else None
         # the pipeline's resolver (it also sees the kernel's cgroup mkdir/rmdir records);
         # a private one only when container identity is off for events
@@ -410,6 +421,9 @@ class Agent:
                             detect=self.detector.process if self.detector is not None else None)
         if self.policy is not None:  # enforcement events are explained by the format stage
             pipeline.format.explain_with(self.policy, self.policy.tiers)
+            from moray.agent.policy.residue import Residue
+
+            pipeline.format.repair_with(Residue(self.cfg.proc))
         self.pipeline = pipeline
         worker = threading.Thread(target=pipeline.run, args=(self.queue, self.stop_event),
                                   name="moray-pipeline", daemon=True)

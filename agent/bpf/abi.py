@@ -128,6 +128,8 @@ class EKind(IntEnum):
     FILE = 3
     NET = 4
     SYSCALL = 5
+    NS = 6        # issue 13: namespace creation / entry (progs/enforce_args.bpf.c)
+    SETID = 7     # issue 13: setuid / setgid bit or file capabilities set
     LINK = 9     # a covered file or directory changed by identity (arg: syscall nr)
 
 
@@ -158,6 +160,9 @@ PC_HOLD = 1 << 0
 # because the agent was down and an agentDown: closed policy could cover the new cgroup
 ARG_AGENT_DOWN = 1 << 8  # above ExecVia (the low byte of an exec record's arg)
 ALIVE_NS = 2_000_000_000  # MR_ALIVE_NS: a heartbeat older than this: the agent is gone
+NS_MAX = 8      # issue 13: mr_pconf.ns[] (MR_NS_*)
+SETID_MAX = 4   # issue 13: mr_pconf.setid[] (MR_SETID_*)
+SETID_UID, SETID_GID, SETID_CAPS = 0, 1, 2
 
 PCONF = Layout("mr_pconf", (
     ("active", "Q"), ("enforce", "Q"), ("host", "Q"), ("exec", "Q"), ("drift", "Q"),
@@ -165,6 +170,8 @@ PCONF = Layout("mr_pconf", (
     ("gen", "I"), ("flags", "I"),
     # --- issue 13, agent down (spec.agentDown): slots with agentDown: closed; the hold bound
     ("down_closed", "Q"), ("down_hold_ns", "Q"),
+    # issue 13: arrays as raw bytes (u64 each, little-endian): apply.py packs them
+    ("args", "Q"), ("ns", f"{8 * NS_MAX}s"), ("setid", f"{8 * SETID_MAX}s"),
 ))
 PPATH_KEY = Layout("mr_ppath_key", (("prefixlen", "I"), ("path", f"{PATH_KEY}s")))
 PEXEC_VAL = Layout("mr_pexec_val", (("deny", "Q"), ("allow", "Q")))

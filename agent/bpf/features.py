@@ -68,7 +68,14 @@ class Features:
             Tier.KILL_AFTER if ok.get("tracepoint") and ok.get("send_signal") else Tier.NONE)
         net_t = Tier.CGROUP_DENY if ok.get("cgroup_connect4") and self.cgroup_v2 else Tier.NONE
         sys_t = Tier.KILL_AFTER if ok.get("raw_tracepoint") and ok.get("send_signal") else Tier.NONE
-        return {"exec": exec_t, "file": file_t, "network": net_t, "syscall": sys_t}
+        # issue 13: namespaces: kill-after (tp_btf sys_enter); on the LSM tier user
+        # namespaces are refused by lsm/userns_create (events say lsm-deny), the others
+        # stay kill-after. setid: lsm-deny (path_chmod, path_mknod, inode_setxattr) or
+        # kill-after
+        args_t = Tier.KILL_AFTER if ok.get("tp_btf") and ok.get("send_signal") else Tier.NONE
+        setid_t = Tier.LSM_DENY if self.bpf_lsm else args_t
+        return {"exec": exec_t, "file": file_t, "network": net_t, "syscall": sys_t,
+                "namespaces": args_t, "setid": setid_t}
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

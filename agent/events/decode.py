@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable
 
 from moray.agent.bpf import abi
-from moray.agent.bpf.abi import Op
+from moray.agent.bpf.abi import EKind, Op
 from moray.agent.events.types import (
     AnyEvent,
     CgroupEvent,
@@ -184,17 +184,20 @@ def decode_enforce(rec: bytes) -> EnforceEvent:
     fam = t[ix["family"]]
     p1 = rec[_ENFORCE.size:_ENFORCE.size + n1]
     p2 = rec[_ENFORCE.size + n1:end]
-    kind, arg = t[ix["kind"]], t[ix["arg"]]
+    kind, raw, arg = t[ix["kind"]], t[ix["addr"]], t[ix["arg"]]
+    if kind in (EKind.NS, EKind.SETID):  # issue 13: a u64 in addr, family = setid bits
+        return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), kind, t[ix["action"]],
+                            t[ix["policies"]], t[ix["enforced"]], arg, fam, None,
+                            0, _s(p1), _s(p2), value=int.from_bytes(raw[:8], "little"))
     ident = None
     if kind in (abi.EKind.LINK, abi.EKind.EXEC, abi.EKind.DRIFT) or (
             kind == abi.EKind.FILE and arg & abi.EF_IDENT):
-        ident = _IDENT.unpack(t[ix["addr"]])
+        ident = _IDENT.unpack(raw)
         if ident == (0, 0):  # a record made in user space (a held exec's decision)
             ident = None
     return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), kind, t[ix["action"]],
                         t[ix["policies"]], t[ix["enforced"]], arg, fam,
-                        _addr(fam, t[ix["addr"]]), t[ix["port"]], _s(p1), _s(p2),
-                        ident=ident)
+                        _addr(fam, raw), t[ix["port"]], _s(p1), _s(p2), ident=ident)
 
 
 def decode_syscall(rec: bytes) -> SyscallEvent:

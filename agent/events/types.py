@@ -135,6 +135,7 @@ class EnforceEvent(NamedTuple):
     path2: str
     type: EventType = EventType.ENFORCE
     ident: tuple[int, int] | None = None  # (dev, ino) of a file matched by identity
+    value: int = 0   # issue 13: ns -> CLONE_NEW* flags asked for; setid -> the mode asked for
 
 
 class SyscallEvent(NamedTuple):

@@ -12,7 +12,7 @@ what the agent undid (agent/policy/identity.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from moray.agent.bpf import abi
@@ -39,10 +39,16 @@ class Format:
         self.held = held if held is not None else HeldExecs()
         self._table: PolicyTable | None = None
         self._tiers: Mapping[str, str] = {}
+        # issue 13: what a killed call left behind, undone where safe (policy/residue.py)
+        self._residue: Callable[[EnforceEvent, dict[str, Any]], None] | None = None
 
     def explain_with(self, table: PolicyTable, tiers: Mapping[str, str]) -> None:
         """Explain enforcement events by `table`'s policies (without: the raw masks)."""
         self._table, self._tiers = table, tiers
+
+    def repair_with(self, residue: Callable[[EnforceEvent, dict[str, Any]], None]) -> None:
+        """Report (and undo) what killed namespace / setid calls left (issue 13)."""
+        self._residue = residue
 
     def __call__(self, ev: KernelEvent, p: Process, parent: Process | None,
                  container: dict[str, Any] | None) -> dict[str, Any]:
@@ -63,6 +69,8 @@ class Format:
                          or (ev.kind == abi.EKind.FILE and ev.arg & 2))):
                 # kill-after: the change was made; say what is left and undo what is safe
                 enf["residue"] = ident.residue(ev.ident, ev.proc.pid, ev.ts)
+            if self._residue is not None and ev.kind in (abi.EKind.NS, abi.EKind.SETID):
+                self._residue(ev, enf)
         new_image(out, ev)
 
 

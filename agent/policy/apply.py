@@ -130,16 +130,25 @@ def dec_net(b: bytes) -> NetVal:
     return tuple(out)
 
 
+_NS = struct.Struct(f"<{abi.NS_MAX}Q")
+_SETID = struct.Struct(f"<{abi.SETID_MAX}Q")
+
+
 def enc_conf(c: ConfRow, gen: int) -> bytes:
-    """By field name: ConfRow's fields are mr_pconf's, plus `gen` (the counter)."""
-    vals = {k: getattr(c, k) for k in ConfRow.__slots__}
+    """By field name: ConfRow's fields are mr_pconf's, plus `gen` (the counter); the
+    namespace and setid arrays are packed as their bytes."""
+    vals: dict[str, object] = {k: getattr(c, k) for k in ConfRow.__slots__}
     vals["gen"] = gen & 0xFFFFFFFF
+    vals["ns"] = _NS.pack(*c.ns)
+    vals["setid"] = _SETID.pack(*c.setid)
     return _CONF.pack(*(vals[k] for k in abi.PCONF.index))
 
 
 def dec_conf(b: bytes) -> tuple[ConfRow, int]:
     t = dict(zip(abi.PCONF.index, _CONF.unpack(b), strict=True))
     gen = t.pop("gen")
+    t["ns"] = _NS.unpack(t["ns"])
+    t["setid"] = _SETID.unpack(t["setid"])
     return ConfRow(**t), gen
 
 
@@ -164,7 +173,8 @@ class Applier:
     def __init__(self, maps: Mapping[str, MapLike], grace: float = 0.05,
                  sleep: Callable[[float], None] = time.sleep,
                  syscall_hook: Callable[[bool], None] | None = None,
-                 exec_hook: Callable[[bool], None] | None = None) -> None:
+                 exec_hook: Callable[[bool], None] | None = None,
+                 args_hook: Callable[[bool], None] | None = None) -> None:
         missing = [n for n in MAP_NAMES if n not in maps]
         if missing:
             raise KeyError(f"policy maps missing: {missing}")
@@ -177,6 +187,8 @@ class Applier:
         # the same for the kill tier's programs on mmap / mprotect / script opens, attached
         # only while a live policy has an exec rule (bpf/progs/enforce_mmap.bpf.c)
         self.exec_hook = exec_hook
+        # the same for the namespace / setid program (mr_enf_args, issue 13)
+        self.args_hook = args_hook
 
     # --- reading the kernel's state --------------------------------------------------
 
@@ -220,6 +232,15 @@ class Applier:
     def heartbeat(self, boot_ns: int) -> None:
         self.maps["mr_palive"].update(u32(0), u64(boot_ns))
 
+    def _switch(self, conf: ConfRow, *, attach: bool) -> None:
+        """On-demand programs: attach (before the flip) those the new rules need, detach
+        (after the clean) those no live rule needs: syscall, mapped-exec, namespace/setid."""
+        for hook, needed in ((self.syscall_hook, conf.active & conf.syscalls),
+                             (self.exec_hook, conf.active & conf.exec),
+                             (self.args_hook, conf.active & conf.args)):
+            if hook is not None and bool(needed) == attach:
+                hook(attach)
+
     def publish(self, new: Compiled, scope: Mapping[int, int]) -> PublishStats:
         """Make *new* (rows) and *scope* (container cgroup id -> slots) live."""
         t0 = time.monotonic()
@@ -256,12 +277,7 @@ class Applier:
 
         # 2. publish: the idle configuration entry, then one write of mr_pgen; the syscall
         # program is attached before rules that need it go live (no gap), detached after
-        syscalls = bool(new.conf.active & new.conf.syscalls)
-        if syscalls and self.syscall_hook is not None:
-            self.syscall_hook(True)
-        execs = bool(new.conf.active & new.conf.exec)
-        if execs and self.exec_hook is not None:
-            self.exec_hook(True)
+        self._switch(new.conf, attach=True)
         idle = idx ^ 1
         self.maps["mr_pconf"].update(u32(idle), enc_conf(new.conf, gen + 1))
         self.maps["mr_pgen"].update(u32(0), u32(idle))
@@ -281,10 +297,7 @@ class Applier:
             self.maps["mr_psys"].update(u32(nr), u64(new.syscalls.get(nr, 0)))
         for cg in set(scope) | set(cur_scope):
             self.maps["mr_pscope"].update(u64(cg), u64(scope.get(cg, 0)))
-        if not syscalls and self.syscall_hook is not None:
-            self.syscall_hook(False)
-        if not execs and self.exec_hook is not None:
-            self.exec_hook(False)
+        self._switch(new.conf, attach=False)
         st.seconds = time.monotonic() - t0
         log.info("policy maps published", extra={
             "generation": gen + 1, "active": f"{new.conf.active:#x}", "rows": new.rows(),

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from moray.agent.bpf import abi
-from moray.api.policy.model import PROTO_NUMBER, Access, AgentDown, Mode, Policy
+from moray.api.policy.model import (
+    NAMESPACES,
+    PROTO_NUMBER,
+    SETID_KINDS,
+    Access,
+    AgentDown,
+    Mode,
+    Policy,
+)
 from moray.api.policy.syscalls import X86_64
 from moray.errors import ConfigError
 
@@ -40,6 +48,13 @@ class ConfRow:
     # --- issue 13, agent down: slots with agentDown: closed; the longest agentDownHold (ns)
     down_closed: int = 0
     down_hold_ns: int = 0
+    # issue 13: namespace and setid rules (bpf/progs/enforce_args.bpf.c)
+    args: int = 0                             # slots with either
+    ns: tuple[int, ...] = (0,) * abi.NS_MAX   # per namespace type (model.NAMESPACES order)
+    setid: tuple[int, ...] = (0,) * abi.SETID_MAX  # per model.SETID_KINDS (+ unused)
+
+
+ARG_FIELDS = ("args", "ns", "setid")  # not plain masks: built and rendered apart
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -155,8 +170,15 @@ class Compiled:
     def to_json(self) -> dict[str, Any]:
         """Stable rendering for golden tests and `policy list --rows`."""
         c = self.conf
+        conf = {k: f"{getattr(c, k):#x}" for k in ConfRow.__slots__ if k not in ARG_FIELDS}
+        if c.args:  # only when used: golden files of policies without them stay as they are
+            conf["args"] = f"{c.args:#x}"
+            conf.update({f"ns.{n}": f"{v:#x}" for n, v in zip(NAMESPACES, c.ns, strict=True)
+                         if v})
+            conf.update({f"setid.{n}": f"{v:#x}" for n, v in zip(SETID_KINDS, c.setid[:3],
+                                                                    strict=True) if v})
         return {
-            "conf": {k: f"{getattr(c, k):#x}" for k in ConfRow.__slots__},
+            "conf": conf,
             "slots": {str(s): p.name for s, p in sorted(self.slots.items())},
             "exec": {str(k): [f"{v.deny:#x}", f"{v.allow:#x}"]
                      for k, v in sorted(self.exec.items())},
@@ -209,7 +231,8 @@ def net_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> NetKey:
 
 def compile_policies(slotted: Sequence[tuple[int, Policy]]) -> Compiled:  # noqa: PLR0915
     """All active policies (slot, policy) -> map rows. Raises CompileError."""
-    conf: dict[str, int] = {k: 0 for k in ConfRow.__slots__}
+    conf: dict[str, int] = {k: 0 for k in ConfRow.__slots__ if k not in ARG_FIELDS}
+    args, ns, setid = 0, [0] * abi.NS_MAX, [0] * abi.SETID_MAX
     exec_rows: dict[PathKey, ExecVal] = {}
     file_rows: dict[PathKey, FileVal] = {}
     net_rows: dict[NetKey, list[NetEntry]] = {}
@@ -269,13 +292,20 @@ def compile_policies(slotted: Sequence[tuple[int, Policy]]) -> Compiled:  # noqa
             if num >= abi.SYS_MAX:
                 raise CompileError(f"{p.name}: syscall {name} ({num}) >= {abi.SYS_MAX}")
             sys_rows[num] = sys_rows.get(num, 0) | bit
+        for ns_name in p.namespaces.deny:
+            ns[NAMESPACES.index(ns_name)] |= bit
+        for setid_name in p.setid.deny:
+            setid[SETID_KINDS.index(setid_name)] |= bit
+        if p.namespaces.used or p.setid.used:
+            args |= bit
 
     net_merged = merge_lpm({k: merge_net(tuple(v)) for k, v in net_rows.items()}, merge_net)
     for nkey, nval in net_merged.items():
         if len(nval) > abi.NET_RULES:
             raise CompileError(f"{len(nval)} port/protocol rules apply to {nkey} (with the "
                                f"prefixes covering it); the kernel holds {abi.NET_RULES}")
-    return Compiled(ConfRow(**conf), merge_lpm(exec_rows, _or), merge_lpm(file_rows, _or),
+    row = ConfRow(**conf, args=args, ns=tuple(ns), setid=tuple(setid))
+    return Compiled(row, merge_lpm(exec_rows, _or), merge_lpm(file_rows, _or),
                     net_merged, sys_rows, slots)
 
 

@@ -19,13 +19,14 @@ from typing import Any
 
 from moray.agent.bpf import abi
 from moray.agent.events.types import EnforceEvent
-from moray.api.policy.model import Access, AgentDown, Policy
+from moray.api.policy.model import CLONE_FLAGS, NAMESPACES, Access, AgentDown, Policy
 from moray.api.policy.syscalls import X86_64
 
 _SYSCALL_NAMES = {v: k for k, v in X86_64.items()}
 _KINDS = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "drift", abi.EKind.FILE: "file",
           abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall",
-          abi.EKind.LINK: "file-change"}
+          abi.EKind.LINK: "file-change",
+          abi.EKind.NS: "namespaces", abi.EKind.SETID: "setid"}
 _ACTIONS = {abi.EAction.BLOCKED: "blocked", abi.EAction.KILLED: "killed",
             abi.EAction.WOULD_BLOCK: "would-block", abi.EAction.HELD: "held",
             abi.EAction.UNCOVERED: "uncovered"}
@@ -33,7 +34,8 @@ _VIA: dict[int, str] = {abi.ExecVia.MMAP: "mmap", abi.ExecVia.MPROTECT: "mprotec
                         abi.ExecVia.SCRIPT: "script"}
 _TIER_OF = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "exec", abi.EKind.FILE: "file",
             abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall",
-            abi.EKind.LINK: "file"}
+            abi.EKind.LINK: "file",
+            abi.EKind.NS: "namespaces", abi.EKind.SETID: "setid"}
 
 
 NameOf = Callable[[tuple[int, int] | None], str | None]
@@ -98,10 +100,47 @@ def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
     elif ev.kind == abi.EKind.SYSCALL:
         out["syscall"] = _SYSCALL_NAMES.get(ev.arg, str(ev.arg))
         out["nr"] = ev.arg
+    elif ev.kind in (abi.EKind.NS, abi.EKind.SETID):
+        _args(out, ev)
     return out
 
 
+# --- issue 13: namespace and setid records ---------------------------------------------
+
+def ns_names(flags: int) -> list[str]:
+    return [n for n in NAMESPACES if flags & CLONE_FLAGS[n]]
+
+
+def _args(out: dict[str, Any], ev: EnforceEvent) -> None:
+    from moray.agent.policy.residue import target_of, wanted
+
+    out["syscall"] = _SYSCALL_NAMES.get(ev.arg, str(ev.arg))
+    out["nr"] = ev.arg
+    if ev.kind == abi.EKind.NS:
+        out["namespaces"] = ns_names(ev.value)
+        out["flags"] = f"{ev.value:#x}"
+    else:
+        out["setid"] = wanted(ev)
+        out["path"] = target_of(ev)
+        if ev.value:
+            out["mode"] = f"{ev.value & 0o7777:04o}"
+
+
+_NS_NOTES = {
+    "clone": ("the process was killed (SIGKILL) before the fork completed: the kernel "
+              "aborts a fork whose caller has a fatal signal pending, so no child and no "
+              "namespace was created"),
+    "unshare": ("unshare ran; the process was killed (SIGKILL) when it returned: its new "
+                "namespaces were held by it alone and were freed with it (unless another "
+                "process had opened /proc/<pid>/ns/ meanwhile)"),
+    "setns": ("setns ran; the process was killed (SIGKILL) when it returned: it had "
+              "joined the namespace, nothing new was created"),
+}
+
+
 def _tier(ev: EnforceEvent, tiers: Mapping[str, str]) -> str | None:
+    if ev.kind in (abi.EKind.NS, abi.EKind.SETID) and ev.action != abi.EAction.WOULD_BLOCK:
+        return "lsm-deny" if ev.action == abi.EAction.BLOCKED else "kill-after"
     key = _TIER_OF.get(abi.EKind(ev.kind)) if ev.kind in _KINDS else None
     return tiers.get(key) if key else None
 
@@ -139,6 +178,13 @@ def _note(ev: EnforceEvent) -> str | None:
     if ev.arg & 0xFF == abi.ExecVia.SCRIPT:
         return ("the interpreter opened the script; it was killed (SIGKILL) before it "
                 "returned to user space, so no line of the script ran")
+    if ev.kind == abi.EKind.NS:
+        name = _SYSCALL_NAMES.get(ev.arg, "")
+        return _NS_NOTES.get(name.removesuffix("3"), _NS_NOTES["unshare"])
+    if ev.kind == abi.EKind.SETID:
+        return ("the call ran (the bit or capability was set); the process was killed "
+                "(SIGKILL) when it returned; `left` is what the agent found afterwards, "
+                "`undone` what it changed back")
     return "killed (SIGKILL) before the new image's first instruction"
 
 
@@ -194,4 +240,12 @@ def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | No
     if ev.kind == abi.EKind.SYSCALL:
         name = _SYSCALL_NAMES.get(ev.arg)
         return f"syscalls.deny: {name}" if name in p.syscalls.deny else None
+    if ev.kind == abi.EKind.NS:
+        hit = [n for n in ns_names(ev.value) if n in p.namespaces.deny]
+        return f"namespaces.deny: {', '.join(hit)}" if hit else None
+    if ev.kind == abi.EKind.SETID:
+        from moray.agent.policy.residue import wanted
+
+        hit = [k for k in wanted(ev) if k in p.setid.deny]
+        return f"setid.deny: {', '.join(hit)}" if hit else None
     return None

@@ -26,6 +26,7 @@ what inode->i_sb->s_dev holds) and st_ino.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -39,6 +40,7 @@ from moray.agent.bpf import abi
 from moray.agent.bpf.features import find_cgroup_v2
 from moray.agent.policy.apply import MapLike
 from moray.agent.policy.compile import FileVal
+from moray.agent.policy.residue import open_in_root
 from moray.agent.policy.scope import ContainerLike, covers
 from moray.api.policy.model import Access, FileRule, PathPattern, Policy
 
@@ -301,82 +303,106 @@ class Identities:
             root = found
             seen = Seen(seen.path, root, seen.where, seen.mode, seen.uid, seen.gid,
                         seen.nlink, seen.names, seen.size)
-        full = root.rstrip("/") + seen.path
+        # every path is resolved inside the root (openat2 RESOLVE_IN_ROOT): a symlink the
+        # container planted cannot point the agent's repairs at one of the host's files
         with self._lock:
             try:
-                st = os.lstat(full)
+                fd = open_in_root(root, seen.path, follow=False)
             except OSError:
                 return {"left": [f"{seen.path} no longer exists (renamed or removed)"],
                         "undone": []}
-            if (kdev(st.st_dev), st.st_ino) != ident:
-                left.append(f"{seen.path} is now another file (replaced)")
-                return {"left": left, "undone": undone}
-            if stat.S_IMODE(st.st_mode) != stat.S_IMODE(seen.mode):
-                left.append(f"{seen.path}: mode {stat.S_IMODE(seen.mode):o} -> "
-                            f"{stat.S_IMODE(st.st_mode):o}")
-                try:
-                    os.chmod(full, stat.S_IMODE(seen.mode), follow_symlinks=False)
-                    undone.append(f"{seen.path}: mode {stat.S_IMODE(seen.mode):o} restored")
-                except OSError as err:
-                    left.append(f"cannot restore the mode: {err.strerror}")
-            if (st.st_uid, st.st_gid) != (seen.uid, seen.gid):
-                left.append(f"{seen.path}: owner {seen.uid}:{seen.gid} -> {st.st_uid}:{st.st_gid}")
-                try:
-                    os.chown(full, seen.uid, seen.gid, follow_symlinks=False)
-                    undone.append(f"{seen.path}: owner {seen.uid}:{seen.gid} restored")
-                except OSError as err:
-                    left.append(f"cannot restore the owner: {err.strerror}")
-            if seen.names is None:
-                if st.st_size != seen.size:
-                    left.append(f"{seen.path}: size {seen.size} -> {st.st_size} bytes "
-                                "(content is not restored)")
-                if st.st_nlink > seen.nlink:
-                    left.append(f"{seen.path}: a new name (hard link) was made, links "
-                                f"{seen.nlink} -> {st.st_nlink}; the file stays covered by "
-                                "identity under every name")
-                return {"left": left, "undone": undone}
             try:
-                now = set(os.listdir(full))
-            except OSError:
-                now = set(seen.names)
-            for name in sorted(now - seen.names):
-                self._undo_added(seen.root, seen.path, name, left, undone)
-            for name in sorted(seen.names - now):
-                left.append(f"{os.path.join(seen.path, name)} removed or moved away")
+                self._repair(fd, root, seen, ident, left, undone)
+            finally:
+                os.close(fd)
         return {"left": left, "undone": undone}
 
-    def _undo_added(self, root: str, path: str, name: str, left: list[str],
+    def _repair(self, fd: int, root: str, seen: Seen, ident: Ident, left: list[str],
+                undone: list[str]) -> None:
+        st = os.fstat(fd)
+        if (kdev(st.st_dev), st.st_ino) != ident:
+            left.append(f"{seen.path} is now another file (replaced)")
+            return
+        via = f"/proc/self/fd/{fd}"  # that very inode, whatever its name now
+        if stat.S_IMODE(st.st_mode) != stat.S_IMODE(seen.mode):
+            left.append(f"{seen.path}: mode {stat.S_IMODE(seen.mode):o} -> "
+                        f"{stat.S_IMODE(st.st_mode):o}")
+            try:
+                os.chmod(via, stat.S_IMODE(seen.mode))
+                undone.append(f"{seen.path}: mode {stat.S_IMODE(seen.mode):o} restored")
+            except OSError as err:
+                left.append(f"cannot restore the mode: {err.strerror}")
+        if (st.st_uid, st.st_gid) != (seen.uid, seen.gid):
+            left.append(f"{seen.path}: owner {seen.uid}:{seen.gid} -> {st.st_uid}:{st.st_gid}")
+            try:
+                os.chown(via, seen.uid, seen.gid)
+                undone.append(f"{seen.path}: owner {seen.uid}:{seen.gid} restored")
+            except OSError as err:
+                left.append(f"cannot restore the owner: {err.strerror}")
+        if seen.names is None:
+            if st.st_size != seen.size:
+                left.append(f"{seen.path}: size {seen.size} -> {st.st_size} bytes "
+                            "(content is not restored)")
+            if st.st_nlink > seen.nlink:
+                left.append(f"{seen.path}: a new name (hard link) was made, links "
+                            f"{seen.nlink} -> {st.st_nlink}; the file stays covered by "
+                            "identity under every name")
+            return
+        try:
+            now = set(os.listdir(via))
+        except OSError:
+            now = set(seen.names)
+        for name in sorted(now - seen.names):
+            self._undo_added(fd, root, seen.path, name, left, undone)
+        for name in sorted(seen.names - now):
+            left.append(f"{os.path.join(seen.path, name)} removed or moved away")
+
+    def _undo_added(self, dfd: int, root: str, path: str, name: str, left: list[str],
                     undone: list[str]) -> None:
         p = os.path.join(path, name)
-        target = root.rstrip("/") + p
         left.append(f"{p} added")
         try:
-            st = os.lstat(target)
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                os.unlink(target)  # another name of a file that keeps its other names
+                os.unlink(name, dir_fd=dfd)  # another name of a file that keeps its others
                 undone.append(f"{p} removed (a hard link; the file keeps its other names)")
                 return
             # out of the covered directory (a name there may be read by what the rule
             # protects, e.g. /etc/cron.d/*), kept for inspection at the top of the same
             # filesystem (a rename: no copy, nothing lost)
-            top = _fs_top(root.rstrip("/"), path)
-            qdir = top.rstrip("/") + "/.moray-quarantine"
-            os.makedirs(root.rstrip("/") + qdir, mode=0o700, exist_ok=True)
-            aside = f"{qdir}/{int(time.time())}-{name}"
-            os.rename(target, root.rstrip("/") + aside)
-            undone.append(f"{p} moved to {aside}")
+            top = _fs_top(root, path)
+            tfd = open_in_root(root, top)
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(".moray-quarantine", 0o700, dir_fd=tfd)
+                qfd = open_in_root(root, os.path.join(top, ".moray-quarantine"), follow=False)
+            finally:
+                os.close(tfd)
+            try:
+                aside = f"{int(time.time())}-{name}"
+                os.rename(name, aside, src_dir_fd=dfd, dst_dir_fd=qfd)
+            finally:
+                os.close(qfd)
+            undone.append(f"{p} moved to {os.path.join(top, '.moray-quarantine', aside)}")
         except OSError as err:
             left.append(f"cannot undo {p}: {err.strerror}")
 
 
-def _fs_top(base: str, path: str) -> str:
-    """The highest directory above *path* (inside root *base*) on the same filesystem."""
+def _fs_top(root: str, path: str) -> str:
+    """The highest directory above *path* (inside *root*) on the same filesystem."""
+    def dev(p: str) -> int:
+        fd = open_in_root(root, p or "/", follow=False)
+        try:
+            return os.fstat(fd).st_dev
+        finally:
+            os.close(fd)
+
     top = path
-    dev = os.lstat(base + path).st_dev
+    mine = dev(path)
     while top not in ("", "/"):
         up = os.path.dirname(top)
         try:
-            if os.lstat(base + (up or "/")).st_dev != dev:
+            if dev(up) != mine:
                 break
         except OSError:
             break

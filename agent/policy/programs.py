@@ -11,7 +11,11 @@ EPERM (this project's machines) loading them would fail the whole object.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterable
+
+log = logging.getLogger(__name__)
 
 # LSM program -> the fallback programs that do the same job without BPF LSM
 LSM_FALLBACKS: dict[str, tuple[str, ...]] = {
@@ -24,6 +28,12 @@ LSM_FALLBACKS: dict[str, tuple[str, ...]] = {
                     "mr_enf_sx_oat", "mr_enf_sx_oat2"),
     "mr_lsm_mprotect": (),
     "mr_lsm_ident_perm": ("mr_enf_ctime", "mr_enf_ctime_mg"),
+    # issue 13: mr_enf_args stays on the LSM tier for what has no LSM hook (namespaces
+    # other than user ones, setns); with cfg_exec_lsm it leaves the rest to these
+    "mr_lsm_userns": (),
+    "mr_lsm_chmod": (),
+    "mr_lsm_mknod": (),
+    "mr_lsm_setxattr": (),
 }
 
 # Programs on tracepoints that not every kernel has -> the BTF type naming the tracepoint
@@ -48,7 +58,10 @@ SYSCALL_PROGRAM = "mr_enf_sys"
 EXEC_MAP_PROGRAMS = ("mr_enf_mmap", "mr_enf_mprotect", "mr_enf_pkeyprot", "mr_enf_script",
                      "mr_enf_sc_open", "mr_enf_sc_oat", "mr_enf_sc_oat2", "mr_enf_sx_open",
                      "mr_enf_sx_oat", "mr_enf_sx_oat2")
-ON_DEMAND = (SYSCALL_PROGRAM, *EXEC_MAP_PROGRAMS)
+
+# issue 13: the namespace / setid program is on raw sys_enter too
+ARGS_PROGRAM = "mr_enf_args"
+ON_DEMAND = (SYSCALL_PROGRAM, *EXEC_MAP_PROGRAMS, ARGS_PROGRAM)
 
 
 def is_enforcement(program: str) -> bool:
@@ -71,3 +84,51 @@ def programs_to_skip(programs: Iterable[tuple[str, str]], bpf_lsm: bool,
             else:
                 skip.extend(LSM_FALLBACKS.get(name, ()))
     return sorted(set(skip))
+
+
+def host_root(proc: str = "/proc") -> dict[str, int]:
+    """Load-time settings of mr_enf_args (issue 13): the host's root directory (pid 1's),
+    by which the kernel tells a container runtime setting up namespaces inside the
+    container's cgroup (its root is still the host's) from the workload (pivoted into the
+    container's root). Kernel dev_t = major << 20 | minor."""
+    try:
+        st = os.stat(f"{proc}/1/root/")
+    except OSError as err:
+        log.warning("host root unreadable (%s): namespace rules apply to container "
+                    "runtimes setting containers up too", err)
+        return {}
+    return {"cfg_host_root_ino": st.st_ino,
+            "cfg_host_root_dev": (os.major(st.st_dev) << 20) | os.minor(st.st_dev)}
+
+
+# issue 13: LSM programs of the namespace / setid rules, by group; a group loads only where
+# BPF LSM is usable and the kernel has every hook of it (userns_create is 6.1+, path_chmod
+# and path_mknod need CONFIG_SECURITY_PATH), else mr_enf_args does its job (kill tier)
+ARGS_LSM_GROUPS: dict[int, tuple[str, ...]] = {
+    1: ("mr_lsm_userns",),                                     # MR_ARGS_LSM_USERNS
+    2: ("mr_lsm_chmod", "mr_lsm_mknod", "mr_lsm_setxattr"),    # MR_ARGS_LSM_SETID
+}
+_HOOK_OF = {"mr_lsm_userns": "userns_create", "mr_lsm_chmod": "path_chmod",
+            "mr_lsm_mknod": "path_mknod", "mr_lsm_setxattr": "inode_setxattr"}
+
+
+def args_lsm(bpf_lsm: bool, btf_path: str = "/sys/kernel/btf/vmlinux") -> tuple[int, list[str]]:
+    """(cfg_args_lsm bits, programs not to load): a group whose hooks the kernel's BTF
+    does not list (no bpf_lsm_<hook> function) is left to the tracepoint program."""
+    every = [p for g in ARGS_LSM_GROUPS.values() for p in g]
+    if not bpf_lsm:
+        return 0, every
+    try:
+        with open(btf_path, "rb") as f:
+            names = f.read()
+    except OSError as err:
+        log.warning("kernel BTF unreadable (%s): namespace / setid rules on the kill tier", err)
+        return 0, every
+    bits = 0
+    skip: list[str] = []
+    for bit, progs in ARGS_LSM_GROUPS.items():
+        if all(f"\0bpf_lsm_{_HOOK_OF[p]}\0".encode() in names for p in progs):
+            bits |= bit
+        else:
+            skip.extend(progs)
+    return bits, skip

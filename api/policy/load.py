@@ -20,11 +20,13 @@ from typing import Any
 
 import yaml
 
-from moray.api.policy.model import (
+from moray.api.policy.model import (  # issue 13
     API_VERSION,
     DEFAULT_AGENT_DOWN_HOLD,
     KIND,
     MAX_AGENT_DOWN_HOLD,
+    NAMESPACES,
+    SETID_KINDS,
     Access,
     AgentDown,
     ContainerSelector,
@@ -32,12 +34,14 @@ from moray.api.policy.model import (
     FileRule,
     FileRules,
     Mode,
+    NamespaceRules,
     NetRule,
     NetRules,
     PathPattern,
     Policy,
     Protocol,
     Scope,
+    SetidRules,
     SyscallRules,
 )
 from moray.api.policy.syscalls import X86_64
@@ -394,6 +398,27 @@ class _Builder:
         return SyscallRules(tuple(sorted(set(out))))
 
 
+    # --- issue 13 ---
+    def name_rules(self, node: yaml.Node, where: str, names: tuple[str, ...]) -> tuple[str, ...]:
+        """`{deny: [name, ...]}` over *names*, or `all`."""
+        m = self.d.mapping(node, where, ("deny",))
+        if m is None or "deny" not in m:
+            return ()
+        out: set[str] = set()
+        for i, item in enumerate(self.d.seq(m["deny"][1], f"{where}.deny") or []):
+            s = self.d.string(item, f"{where}.deny[{i}]")
+            if s is None:
+                continue
+            if s == "all":
+                out.update(names)
+            elif s in names:
+                out.add(s)
+            else:
+                self.d.err(item, f"{where}.deny[{i}]",
+                           f"{s!r}: expected one of: {', '.join(names)}, all")
+        return tuple(n for n in names if n in out)
+
+
 def _canonical(node: yaml.Node) -> Any:
     return yaml.safe_load(yaml.serialize(node))
 
@@ -427,7 +452,8 @@ def _policy(doc: _Doc, root: yaml.Node) -> Policy | None:
         doc.err(root, "spec", "is required")
         return None
     spec = doc.mapping(top["spec"][1], "spec", ("scope", "mode", "exec", "files", "network",
-                                               "syscalls", "agentDown", "agentDownHold"))
+                                               "syscalls", "agentDown", "agentDownHold",
+                                               "namespaces", "setid"))
     if spec is None:
         return None
     b = _Builder(doc)
@@ -448,13 +474,19 @@ def _policy(doc: _Doc, root: yaml.Node) -> Policy | None:
     ne = b.net_rules(spec["network"][1], "spec.network") if "network" in spec else NetRules()
     sy = (b.syscall_rules(spec["syscalls"][1], "spec.syscalls") if "syscalls" in spec
           else SyscallRules())
-    if not (ex.used or fi.used or ne.used or sy.used) and not doc.problems:
-        doc.err(top["spec"][1], "spec", "has no rules (exec, files, network or syscalls)")
+    ns = NamespaceRules(b.name_rules(spec["namespaces"][1], "spec.namespaces", NAMESPACES)
+                        if "namespaces" in spec else ())
+    si = SetidRules(b.name_rules(spec["setid"][1], "spec.setid", SETID_KINDS)
+                    if "setid" in spec else ())
+    if not (ex.used or fi.used or ne.used or sy.used or ns.used or si.used) \
+            and not doc.problems:
+        doc.err(top["spec"][1], "spec", "has no rules (exec, files, network, syscalls, "
+                                        "namespaces or setid)")
     down, hold = _agent_down(doc, spec)
     document = json.dumps(_canonical(root), sort_keys=True, default=str)
     digest = hashlib.sha256(document.encode()).hexdigest()
     return Policy(name, tenant, mode, scope, ex, fi, ne, sy, doc.file, digest, document,
-                  down, hold)
+                  down, hold, namespaces=ns, setid=si)
 
 
 _DURATION = re.compile(r"^(\d+)(s|m)?$")

@@ -137,6 +137,39 @@ class SyscallRules:
         return bool(self.deny)
 
 
+# --- issue 13: namespace and setid rule kinds (bpf/progs/enforce_args.bpf.c) ---
+
+# namespace types a policy may name, in the kernel's index order (bpf/maps/policy.h MR_NS_*)
+NAMESPACES = ("user", "mount", "net", "pid", "ipc", "uts", "cgroup", "time")
+CLONE_FLAGS = {"user": 0x10000000, "mount": 0x00020000, "net": 0x40000000,
+               "pid": 0x20000000, "ipc": 0x08000000, "uts": 0x04000000,
+               "cgroup": 0x02000000, "time": 0x00000080}
+# what a setid rule may deny, in the kernel's index order (MR_SETID_*)
+SETID_KINDS = ("setuid", "setgid", "caps")
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceRules:
+    """Namespace types whose creation (unshare, clone, clone3) or entry (setns) is denied."""
+
+    deny: tuple[str, ...] = ()   # names from NAMESPACES, sorted ("all" expanded)
+
+    @property
+    def used(self) -> bool:
+        return bool(self.deny)
+
+
+@dataclass(frozen=True, slots=True)
+class SetidRules:
+    """Setting the setuid / setgid bit or file capabilities on a file, by any syscall."""
+
+    deny: tuple[str, ...] = ()   # names from SETID_KINDS ("all" expanded)
+
+    @property
+    def used(self) -> bool:
+        return bool(self.deny)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     name: str
@@ -155,9 +188,12 @@ class Policy:
     # --- issue 13 (agent down, new container): spec.agentDown, spec.agentDownHold (s)
     agent_down: AgentDown = AgentDown.OPEN
     agent_down_hold: int = DEFAULT_AGENT_DOWN_HOLD
+    namespaces: NamespaceRules = field(default_factory=NamespaceRules)   # issue 13
+    setid: SetidRules = field(default_factory=SetidRules)                # issue 13
 
     def rule_count(self) -> int:
         n = len(self.exec.deny) + len(self.exec.allow or ()) + int(self.exec.drift)
         n += len(self.files.deny) + len(self.files.monitor)
         n += len(self.network.deny) + len(self.network.allow or ())
+        n += len(self.namespaces.deny) + len(self.setid.deny)
         return n + len(self.syscalls.deny)

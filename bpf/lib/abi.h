@@ -140,7 +140,13 @@ enum mr_ekind {
 	MR_EK_FILE = 3,
 	MR_EK_NET = 4,
 	MR_EK_SYSCALL = 5,
-	/* 6-8: taken by other rule kinds */
+	/* issue 13 (progs/enforce_args.bpf.c): arg = syscall nr; the u64 at addr[0..8] = the
+	 * CLONE_NEW* flags asked for (NS) or the mode asked for (SETID); family = MR_SETID_*
+	 * bits asked for (SETID); path = the file, or the directory a relative path2 starts
+	 * from; path2 = the path as passed (empty for a descriptor) */
+	MR_EK_NS = 6,       /* namespace creation (unshare, clone, clone3) or entry (setns) */
+	MR_EK_SETID = 7,    /* setuid / setgid bit or file capabilities set on a file */
+	/* 8: not used (mapped code is reported as exec / drift with a `via`) */
 	MR_EK_LINK = 9,     /* a covered file or directory changed by identity, whatever its
 			     * name (link, rename, unlink, chmod, truncate ...): arg = syscall nr */
 };

@@ -43,6 +43,21 @@
 #define MR_PATH_KEY 256
 #define MR_ALIVE_NS (2ULL * 1000000000ULL) /* heartbeat older than this: agent is gone */
 
+/* issue 13: namespace types (index into mr_pconf.ns) and setid kinds (mr_pconf.setid) */
+#define MR_NS_USER 0
+#define MR_NS_MNT 1
+#define MR_NS_NET 2
+#define MR_NS_PID 3
+#define MR_NS_IPC 4
+#define MR_NS_UTS 5
+#define MR_NS_CGROUP 6
+#define MR_NS_TIME 7
+#define MR_NS_MAX 8
+#define MR_SETID_UID 0   /* S_ISUID */
+#define MR_SETID_GID 1   /* S_ISGID */
+#define MR_SETID_CAPS 2  /* security.capability xattr */
+#define MR_SETID_MAX 4
+
 /* mr_pconf.flags */
 #define MR_PC_HOLD (1 << 0) /* hold the first exec of a pending cgroup (agent alive) */
 
@@ -63,6 +78,10 @@ struct mr_pconf {
 	__u64 down_closed;  /* slots with agentDown: closed */
 	__u64 down_hold_ns; /* the longest agentDownHold of those: how long a new cgroup's
 			     * first exec waits for a dead agent before it is refused */
+	/* --- issue 13: namespace and setid rules (progs/enforce_args.bpf.c) --- */
+	__u64 args;       /* slots with namespace or setid rules (mr_enf_args attached) */
+	__u64 ns[MR_NS_MAX];       /* per namespace type (MR_NS_*): slots denying it */
+	__u64 setid[MR_SETID_MAX]; /* MR_SETID_UID / _GID / _CAPS index: slots denying it */
 };
 
 /* mr_enforce.arg of an exec record: held / refused because the agent was down */

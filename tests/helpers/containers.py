@@ -139,6 +139,7 @@ def run_runc(
     start: bool = False,
     timeout: float = 20,
     mounts: Sequence[dict[str, object]] = (),
+    caps: Sequence[str] = (),
 ) -> Iterator[RuncContainer]:
     """Create a runc container running *argv*; always ``runc delete -f`` on exit.
 
@@ -146,7 +147,8 @@ def run_runc(
     netns path such as ``/run/netns/x``.  cgroups_path: OCI ``linux.cgroupsPath``; unset
     means runc uses ``<caller's cgroup>/<id>``.  state_root: runc ``--root`` (default
     /run/runc).  A fresh busybox rootfs is built when *rootfs* is not given.  mounts:
-    extra OCI mounts (e.g. a read-only bind of the host's /usr).
+    extra OCI mounts (e.g. a read-only bind of the host's /usr). caps: capabilities added
+    to runc's default set (e.g. ``CAP_SETFCAP``).
     """
     work = Path(tempfile.mkdtemp(prefix=f"moray-runc-{container_id}-"))
     bundle = work / "bundle"
@@ -158,7 +160,7 @@ def run_runc(
         hook = f"cat > {state_file}; while [ ! -e {gate} ]; do sleep 0.01; done"
         config = _runc_config(bundle, rootfs, argv, env=env, network=network,
                               cgroups_path=cgroups_path, annotations=annotations, hook=hook,
-                              mounts=mounts)
+                              mounts=mounts, caps=caps)
         (bundle / "config.json").write_text(json.dumps(config, indent=2))
         out, err = work / "stdout", work / "stderr"
         root = ["--root", str(state_root)] if state_root else []
@@ -203,10 +205,13 @@ def _json_ok(path: Path) -> bool:
 def _runc_config(bundle: Path, rootfs: Path, argv: Sequence[str], *, env: Sequence[str],
                  network: str, cgroups_path: str | None,
                  annotations: dict[str, str] | None, hook: str,
-                 mounts: Sequence[dict[str, object]] = ()) -> dict[str, object]:
+                 mounts: Sequence[dict[str, object]] = (),
+                 caps: Sequence[str] = ()) -> dict[str, object]:
     subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True, capture_output=True)
     config = json.loads((bundle / "config.json").read_text())
     config["process"].update(terminal=False, args=list(argv), env=list(env))
+    for kind, have in config["process"].get("capabilities", {}).items():
+        config["process"]["capabilities"][kind] = [*have, *(c for c in caps if c not in have)]
     config["root"] = {"path": str(rootfs), "readonly": False}
     linux = config["linux"]
     namespaces = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
