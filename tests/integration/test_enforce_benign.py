@@ -35,7 +35,7 @@ metadata: {name: benign-all}
 spec:
   scope: {containers: {names: ['mr-enf-benign-*']}}
   mode: enforce
-  exec: {deny: [/bin/nc, /usr/bin/gdb], drift: true}
+  exec: {deny: [/bin/nc, /usr/bin/gdb], drift: block}
   files:
     deny:
       - {path: /etc/*, access: write}
