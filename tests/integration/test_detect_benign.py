@@ -62,23 +62,32 @@ exec sleep 600
 """
 
 
+def prepare(work: Path, netns: str) -> tuple[Path, dict[str, object]]:
+    """The workload's busybox rootfs under *work* (job and entry scripts, /lib links into
+    the host's /usr) and a network namespace *netns* with loopback up; returns the rootfs
+    and the OCI mount of the host's /usr (read-only) for run_runc. Used by
+    test_enforce_benign.py too."""
+    rootfs = build_rootfs(work / "rootfs")
+    for d in ("work", "usr"):
+        (rootfs / d).mkdir(exist_ok=True)
+    for link in ("lib", "lib64"):
+        (rootfs / link).symlink_to(f"usr/{link}")
+    (rootfs / "work" / "job.sh").write_text(JOB)
+    (rootfs / "entry.sh").write_text(ENTRY)
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+    usr: dict[str, object] = {"destination": "/usr", "type": "bind", "source": "/usr",
+                              "options": ["rbind", "ro"]}
+    return rootfs, usr
+
+
 @pytest.fixture(scope="module")
 def benign() -> Iterator[tuple[AgentProcess, str]]:
     work = Path(tempfile.mkdtemp(prefix="moray-benign-"))
     netns = f"mrben{os.getpid()}"
     try:
-        rootfs = build_rootfs(work / "rootfs")
-        for d in ("work", "usr"):
-            (rootfs / d).mkdir(exist_ok=True)
-        for link in ("lib", "lib64"):
-            (rootfs / link).symlink_to(f"usr/{link}")
-        (rootfs / "work" / "job.sh").write_text(JOB)
-        (rootfs / "entry.sh").write_text(ENTRY)
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        rootfs, usr = prepare(work, netns)
         (work / "agent").mkdir()
-        usr: dict[str, object] = {"destination": "/usr", "type": "bind", "source": "/usr",
-               "options": ["rbind", "ro"]}
         with AgentProcess(workdir=work / "agent") as agent:
             cid = f"mr-benign-{os.getpid()}"
             with run_runc(cid, ["/bin/sh", "/entry.sh"], rootfs=rootfs,

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.agent_proc import AgentProc, enforcement
-from tests.helpers.containers import build_rootfs, run_runc
-from tests.integration.test_detect_benign import ENTRY, JOB
+from tests.helpers.containers import run_runc
+from tests.integration.test_detect_benign import prepare
 
 pytestmark = [
     pytest.mark.integration,
@@ -50,17 +50,7 @@ def run() -> Iterator[tuple[AgentProc, str]]:
     work = Path(tempfile.mkdtemp(prefix="moray-enf-benign-"))
     netns = f"mrenb{os.getpid()}"
     try:
-        rootfs = build_rootfs(work / "rootfs")
-        for d in ("work", "usr"):
-            (rootfs / d).mkdir(exist_ok=True)
-        for link in ("lib", "lib64"):
-            (rootfs / link).symlink_to(f"usr/{link}")
-        (rootfs / "work" / "job.sh").write_text(JOB)
-        (rootfs / "entry.sh").write_text(ENTRY)
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-        usr: dict[str, object] = {"destination": "/usr", "type": "bind", "source": "/usr",
-                                  "options": ["rbind", "ro"]}
+        rootfs, usr = prepare(work, netns)
         with AgentProc(work / "agent") as agent:
             agent.apply("benign-all", POLICY)
             cid = f"mr-enf-benign-{os.getpid()}"

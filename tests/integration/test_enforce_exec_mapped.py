@@ -30,6 +30,7 @@ import pytest
 from tests.helpers.agent_proc import AgentProc, enforcement
 from tests.helpers.containers import RunResult, build_rootfs, run_runc
 from tests.helpers.mapped import build_programs, glibc_image, overlay
+from tests.helpers.policies import ctr_policy as policy
 
 pytestmark = [
     pytest.mark.integration,
@@ -37,12 +38,6 @@ pytestmark = [
 ]
 
 ENV = ("PATH=/bin:/usr/bin:/usr/local/bin",)
-
-
-def policy(name: str, names: str, body: str, mode: str = "enforce") -> str:
-    return (f"apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\n"
-            f"spec:\n  scope: {{containers: {{names: ['{names}']}}}}\n  mode: {mode}\n"
-            + "".join(f"  {line}\n" for line in body.strip().splitlines()))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ import pytest
 
 from tests.helpers.agent_proc import AgentProc, enforcement
 from tests.helpers.containers import BUSYBOX, SHADOW_MARKER, build_rootfs, run_runc
+from tests.helpers.policies import ctr_policy as policy
+from tests.helpers.policies import for_container as _for
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,23 +34,10 @@ pytestmark = [
 ]
 
 
-def policy(name: str, names: str, body: str, mode: str = "enforce") -> str:
-    return (f"apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\n"
-            f"spec:\n  scope: {{containers: {{names: ['{names}']}}}}\n  mode: {mode}\n"
-            + "".join(f"  {line}\n" for line in body.strip().splitlines()))
-
-
 @pytest.fixture(scope="module")
 def agent() -> Iterator[AgentProc]:
     with AgentProc() as a:
         yield a
-
-
-def _for(ev: dict[str, object], container: str, kind: str, action: str) -> bool:
-    e = enforcement(ev)  # type: ignore[arg-type]
-    c = ev.get("container")
-    return (ev.get("type") == "enforce" and isinstance(c, dict) and c.get("id") == container
-            and e.get("kind") == kind and e.get("action") == action)
 
 
 def test_exec_denied_first_exec_and_later(agent: AgentProc) -> None:

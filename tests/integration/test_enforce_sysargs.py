@@ -28,6 +28,7 @@ import pytest
 
 from tests.helpers.agent_proc import AgentProc, enforcement
 from tests.helpers.containers import build_rootfs, run_runc
+from tests.helpers.policies import ctr_policy as policy
 from tests.helpers.sysargs import sysargs_binary
 
 pytestmark = [
@@ -37,12 +38,6 @@ pytestmark = [
 
 WAIT_GO = ("i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; "
            "echo end")
-
-
-def policy(name: str, names: str, body: str, mode: str = "enforce") -> str:
-    return (f"apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\n"
-            f"spec:\n  scope: {{containers: {{names: ['{names}']}}}}\n  mode: {mode}\n"
-            + "".join(f"  {line}\n" for line in body.strip().splitlines()))
 
 
 @pytest.fixture(scope="module")

@@ -50,20 +50,6 @@ LIBDIR = "/lib/x86_64-linux-gnu"
 PROT_READ, PROT_EXEC = 1, 4
 
 
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProc]:
-    with AgentProc() as a:
-        yield a
-
-
-@pytest.fixture(scope="module")
-def tiers(agent: AgentProc) -> dict[str, str]:
-    import json
-
-    t: dict[str, str] = json.loads(agent.cli("probe", "--json").stdout)["tiers"]
-    return t
-
-
 @pytest.fixture()
 def work() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="moray-xmap-"))

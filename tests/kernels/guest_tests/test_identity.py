@@ -40,20 +40,6 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProc]:
-    with AgentProc() as a:
-        yield a
-
-
-@pytest.fixture(scope="module")
-def tiers(agent: AgentProc) -> dict[str, str]:
-    import json
-
-    t: dict[str, str] = json.loads(agent.cli("probe", "--json").stdout)["tiers"]
-    return t
-
-
-@pytest.fixture(scope="module")
 def changes_seen(agent: AgentProc, tiers: dict[str, str]) -> bool:
     """Whether this kernel lets moray see a change by identity: BPF LSM, or the
     timestamp tracepoints (6.13+) on the kill-after tier."""

@@ -21,7 +21,6 @@ tests/integration/test_enforce_sysargs.py); the matrix copies it into its guests
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -51,19 +50,6 @@ def ctr_policy(name: str, names: str, body: str, mode: str = "enforce") -> str:
     return (f"apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\n"
             f"spec:\n  scope: {{containers: {{names: ['{names}']}}}}\n  mode: {mode}\n"
             + "".join(f"  {line}\n" for line in body.strip().splitlines()))
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProc]:
-    with AgentProc() as a:
-        yield a
-
-
-@pytest.fixture(scope="module")
-def tiers(agent: AgentProc) -> dict[str, str]:
-    probe = json.loads(agent.cli("probe", "--json").stdout)
-    t: dict[str, str] = probe["tiers"]
-    return t
 
 
 @pytest.fixture()

@@ -57,19 +57,6 @@ def ctr_policy(name: str, names: str, body: str, mode: str = "enforce") -> str:
     return policy(name, f"{{containers: {{names: ['{names}']}}}}", body, mode)
 
 
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProc]:
-    with AgentProc() as a:
-        yield a
-
-
-@pytest.fixture(scope="module")
-def tiers(agent: AgentProc) -> dict[str, str]:
-    probe = json.loads(agent.cli("probe", "--json").stdout)
-    t: dict[str, str] = probe["tiers"]
-    return t
-
-
 @pytest.fixture()
 def work() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="moray-tier-"))
