@@ -69,6 +69,11 @@ class Format:
                          or (ev.kind == abi.EKind.FILE and ev.arg & 2))):
                 # kill-after: the change was made; say what is left and undo what is safe
                 enf["residue"] = ident.residue(ev.ident, ev.proc.pid, ev.ts)
+            elif (ident is not None and ev.kind == abi.EKind.FILE and ev.arg & 2
+                  and ev.action == abi.EAction.KILLED):
+                # a write open by a covered name of a file no walk saw: O_CREAT made it
+                where = (out.get("container") or {}).get("id") or "host"
+                enf["residue"] = ident.residue_created(ev.path, where, ev.proc.pid, ev.ts)
             if self._residue is not None and ev.kind in (abi.EKind.NS, abi.EKind.SETID):
                 self._residue(ev, enf)
         new_image(out, ev)

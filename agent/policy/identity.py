@@ -317,6 +317,47 @@ class Identities:
                 os.close(fd)
         return {"left": left, "undone": undone}
 
+    def residue_created(self, path: str, where: str, pid: int, ts: int,
+                        wait: float = 2.0) -> dict[str, list[str]]:
+        """A write open killed at its exit on a file no walk had seen: if the name was not
+        in its covered directory before and the file is empty (O_CREAT made it and the kill
+        came before any write), remove it."""
+        d, name = os.path.split(path)
+        before = next((s for snap in reversed(self._history) if snap.taken_ns < ts
+                       for s in snap.seen.values()
+                       if s.where == where and s.path == d and s.names is not None), None)
+        if before is None or name in before.names:  # type: ignore[operator]
+            return {"left": [], "undone": []}
+        _wait_gone(self.proc, pid, wait)
+        root = self._root_of(before)
+        if root is None:
+            return {"left": [f"{path} created; no process of {where} is left to remove it"],
+                    "undone": []}
+        with self._lock:
+            try:
+                dfd = open_in_root(root, d, follow=False)
+            except OSError:
+                return {"left": [f"{path} created"], "undone": []}
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or st.st_size:
+                    return {"left": [f"{path} created"], "undone": []}
+                os.unlink(name, dir_fd=dfd)
+                return {"left": [f"{path} created (empty)"],
+                        "undone": [f"{path} removed (created by the killed call)"]}
+            except OSError as err:
+                return {"left": [f"{path} created"],
+                        "undone": [] if err.errno != 2 else [f"{path} already gone"]}
+            finally:
+                os.close(dfd)
+
+    def _root_of(self, seen: Seen) -> str | None:
+        """A root through which *seen*'s files are reachable now."""
+        if os.path.exists(seen.root.rstrip("/") + "/"):
+            return seen.root
+        c = self._containers.get(seen.where)
+        return self.container_root(c) if c is not None else None
+
     def _repair(self, fd: int, root: str, seen: Seen, ident: Ident, left: list[str],
                 undone: list[str]) -> None:
         st = os.fstat(fd)

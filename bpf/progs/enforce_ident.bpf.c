@@ -26,6 +26,7 @@
 #define EPERM 1
 #define PF_KTHREAD 0x00200000
 #define MAY_WRITE 0x2
+#define MAY_OPEN 0x20
 /* x86_64 syscall numbers the check treats specially */
 #define NR_open 2
 #define NR_creat 85
@@ -114,14 +115,16 @@ int BPF_PROG(mr_enf_ctime_mg, struct inode *inode, u32 old, u32 new, u32 cur)
 }
 
 /* LSM tier: writing to a covered directory (create, unlink, rename on either side, link's
- * new directory, mkdir, rmdir, symlink, mknod) asks for MAY_WRITE on it; so does opening a
- * covered file for writing (file_open checks that too, by path). */
+ * new directory, mkdir, rmdir, symlink, mknod) asks for MAY_WRITE on it; so does
+ * truncate(2) of a covered file. Opens (MAY_OPEN) are lsm/file_open's. */
 SEC("lsm/inode_permission")
 int BPF_PROG(mr_lsm_ident_perm, struct inode *inode, int mask, int ret)
 {
 	if (ret)
 		return ret;
-	if (!(mask & MAY_WRITE))
+	/* an open is left to lsm/file_open, which checks the path and the identity of the
+	 * file opened and reports it as a file decision */
+	if (!(mask & MAY_WRITE) || (mask & MAY_OPEN))
 		return 0;
 	return ident_check(inode, 0, 1);
 }

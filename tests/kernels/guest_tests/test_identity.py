@@ -344,3 +344,23 @@ def test_hard_link_of_a_denied_binary(agent: AgentProc, tiers: dict[str, str],
         assert enf["file"]["covered_path"] == str(denied)
     finally:
         agent.delete("id-exec")
+
+
+def test_file_created_in_a_protected_dir_is_removed(agent: AgentProc, tiers: dict[str, str],
+                                                    work: Path) -> None:
+    """`: > etc/new` under a write rule on etc/*: refused (LSM), or killed at the open's
+    exit with the empty file the call created removed by the agent (kill-after)."""
+    etc = work / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0\n")
+    applied(agent, "id-creat", f"files: {{deny: [{{path: '{etc}/*', access: write}}]}}")
+    try:
+        new = etc / "ld.so.preload"
+        refused(tiers, in_child(lambda: os.close(os.open(new, os.O_WRONLY | os.O_CREAT))))
+        ev = agent.wait_event(for_policy("id-creat", "file", expected_action(tiers["file"])))
+        if tiers["file"] != "lsm-deny":
+            assert enforcement(ev)["residue"]["undone"] == [
+                f"{new} removed (created by the killed call)"], enforcement(ev)
+        assert sorted(os.listdir(etc)) == ["passwd"]
+    finally:
+        agent.delete("id-creat")
