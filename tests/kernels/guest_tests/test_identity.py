@@ -45,9 +45,10 @@ def changes_seen(agent: AgentProc, tiers: dict[str, str]) -> bool:
     timestamp tracepoints (6.13+) on the kill-after tier."""
     if tiers["file"] == "lsm-deny":
         return True
-    return Path("/sys/kernel/tracing/events/timestamp/inode_set_ctime_to_ts").exists() or \
-        Path("/sys/kernel/debug/tracing/events/timestamp/inode_set_ctime_to_ts").exists() or \
-        _btf_has("btf_trace_inode_set_ctime_to_ts")
+    # the kill-after tier needs the timestamp tracepoints of 6.13+ (on the Debian 6.12 row
+    # without BPF LSM the BTF probe said yes and the changes were not seen: to look into)
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 13) and _btf_has("btf_trace_inode_set_ctime_to_ts")
 
 
 def _btf_has(name: str) -> bool:
