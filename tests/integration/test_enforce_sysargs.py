@@ -172,9 +172,11 @@ SETID_VARIANTS = {  # name -> (shell command, file it changes, what it asks for)
 
 
 def setid_script() -> str:
-    lines = ["for f in a b c d e h i; do cp /bin/busybox /tmp/$f; chmod 755 /tmp/$f; done"]
+    lines = ["for f in a b c d e h i k; do cp /bin/busybox /tmp/$f; chmod 755 /tmp/$f; done"]
     lines += [f"{cmd}; echo {name}=$?" for name, (cmd, _f, _w) in SETID_VARIANTS.items()]
-    lines += ["chmod 700 /tmp/a; echo plain-chmod=$?",
+    # the plain chmod is of its own file: of /tmp/a it would clear the bit before a
+    # pipeline running behind looks for it (`left` empty)
+    lines += ["chmod 700 /tmp/k; echo plain-chmod=$?",
               "/bin/sysargs creat /tmp/j 0644; echo plain-creat=$?", WAIT_GO]
     return "\n".join(lines)
 
