@@ -182,13 +182,15 @@ class Agent:
         if not cg:
             obj.disable([n for n, sec, _ in obj.programs() if sec.startswith("cgroup/")])
         from moray.agent.bpf.btf import Btf
-        from moray.agent.bpf.libbpf import BTF_KIND_TYPEDEF
+        from moray.agent.bpf.libbpf import BTF_KIND_FUNC, BTF_KIND_TYPEDEF
         from moray.agent.policy.programs import programs_to_skip
 
         btf_path = self.features.btf_path if self.features else "/sys/kernel/btf/vmlinux"
         with Btf(btf_path) as kbtf:
             skipped = programs_to_skip(((n, sec) for n, sec, _ in obj.programs()), lsm,
-                                       has_btf=lambda n: kbtf.has(n, BTF_KIND_TYPEDEF))
+                                       has_btf=lambda n: kbtf.has(n, BTF_KIND_TYPEDEF),
+                                       fmod_ret=bool(self.features and self.features.fmod_ret),
+                                       has_func=lambda n: kbtf.has(n, BTF_KIND_FUNC))
         obj.disable(skipped)
         from moray.agent.policy.programs import args_lsm
 

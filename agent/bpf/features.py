@@ -12,6 +12,12 @@ Tiers (DESIGN.md §2):
            the open itself completes)
   network  cgroup-deny (cgroup/connect4|6, sendmsg4|6 -> EPERM) everywhere
   syscall  kill-after (raw_syscalls/sys_enter + SIGKILL; the syscall is not prevented)
+  file-change  a covered file changed by identity (link, rename, chmod, ... whatever name;
+           bpf/progs/enforce_ident.bpf.c): lsm-deny (inode_permission, inode_link,
+           path_chmod, path_chown -> EPERM)  else  fmodret-deny (fmod_ret on the
+           security_* functions of those hooks -> EPERM, where BPF trampolines work but
+           `bpf` is not an active LSM)  else  kill-after (timestamp/* tracepoints of 6.13+)
+           else  none (opens are still checked by identity, changes are not seen)
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class Tier(StrEnum):
     LSM_DENY = "lsm-deny"        # the action is refused with EPERM before it happens
     KILL = "kill"                # the process is killed before the denied image runs
     KILL_AFTER = "kill-after"    # the process is killed; the syscall itself completed
+    FMODRET_DENY = "fmodret-deny"  # refused with EPERM by fmod_ret on a security_* function
     CGROUP_DENY = "cgroup-deny"  # connect()/sendmsg() fail with EPERM
     NONE = "none"                # cannot be enforced here; events only
 
@@ -54,6 +61,13 @@ class Features:
     cgroup_hybrid: bool
     lsm_active: list[str] | None  # None: securityfs unreadable
     hooks: dict[str, HookProbe] = field(default_factory=dict)
+    # the kernel's BTF names the timestamp/inode_set_ctime_to_ts tracepoint (6.13+)
+    ctime_tracepoint: bool = False
+
+    @property
+    def fmod_ret(self) -> bool:
+        """fmod_ret on security_* functions attaches: the file-change tier without BPF LSM."""
+        return self.hooks.get("fmod_ret", HookProbe(False)).ok
 
     @property
     def bpf_lsm(self) -> bool:
@@ -74,8 +88,16 @@ class Features:
         # kill-after
         args_t = Tier.KILL_AFTER if ok.get("tp_btf") and ok.get("send_signal") else Tier.NONE
         setid_t = Tier.LSM_DENY if self.bpf_lsm else args_t
+        if self.bpf_lsm:
+            change_t = Tier.LSM_DENY
+        elif self.fmod_ret:
+            change_t = Tier.FMODRET_DENY
+        elif self.ctime_tracepoint and ok.get("tp_btf") and ok.get("send_signal"):
+            change_t = Tier.KILL_AFTER
+        else:
+            change_t = Tier.NONE
         return {"exec": exec_t, "file": file_t, "network": net_t, "syscall": sys_t,
-                "namespaces": args_t, "setid": setid_t}
+                "namespaces": args_t, "setid": setid_t, "file-change": change_t}
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -95,6 +117,7 @@ _PROBES: dict[str, tuple[str, bool]] = {
     "send_signal": ("probe_send_signal", False),
     "lsm": ("probe_lsm", True),
     "fentry": ("probe_fentry", True),
+    "fmod_ret": ("probe_fmod_ret", True),
     "kprobe": ("probe_kprobe", True),
 }
 
@@ -166,6 +189,7 @@ def probe(proc: str = "/proc", btf_path: str = "/sys/kernel/btf/vmlinux") -> Fea
                  lsm_active=read_lsm_list())
     try:
         libbpf.lib()
+        f.ctime_tracepoint = has_btf_type(btf_path, "btf_trace_inode_set_ctime_to_ts")
     except OSError as err:
         f.hooks = {k: HookProbe(False, str(err)) for k in _PROBES}
         return f
@@ -179,6 +203,18 @@ def probe(proc: str = "/proc", btf_path: str = "/sys/kernel/btf/vmlinux") -> Fea
     finally:
         libbpf_log.setLevel(level)
     return f
+
+
+def has_btf_type(btf_path: str, name: str) -> bool:
+    """The kernel's BTF has a typedef of this name (a tracepoint's btf_trace_<name>)."""
+    from moray.agent.bpf.btf import Btf
+    from moray.agent.bpf.libbpf import BTF_KIND_TYPEDEF
+
+    try:
+        with Btf(btf_path) as kbtf:
+            return kbtf.has(name, BTF_KIND_TYPEDEF)
+    except OSError:
+        return False
 
 
 def format_text(f: Features) -> str:
@@ -202,6 +238,7 @@ def format_text(f: Features) -> str:
         Tier.LSM_DENY: "denied with EPERM before it happens",
         Tier.KILL: "process killed (SIGKILL) before the new image runs",
         Tier.KILL_AFTER: "process killed (SIGKILL) after the syscall completed",
+        Tier.FMODRET_DENY: "denied with EPERM before it happens (fmod_ret, no BPF LSM)",
         Tier.CGROUP_DENY: "connect/sendmsg fail with EPERM",
         Tier.NONE: "not enforceable here: events only",
     }

@@ -34,7 +34,7 @@ _VIA: dict[int, str] = {abi.ExecVia.MMAP: "mmap", abi.ExecVia.MPROTECT: "mprotec
                         abi.ExecVia.SCRIPT: "script"}
 _TIER_OF = {abi.EKind.EXEC: "exec", abi.EKind.DRIFT: "exec", abi.EKind.FILE: "file",
             abi.EKind.NET: "network", abi.EKind.SYSCALL: "syscall",
-            abi.EKind.LINK: "file",
+            abi.EKind.LINK: "file-change",
             abi.EKind.NS: "namespaces", abi.EKind.SETID: "setid"}
 
 

@@ -44,7 +44,15 @@ NEEDS_BTF: dict[str, str] = {
     "mr_enf_ctime_mg": "btf_trace_ctime_ns_xchg",
 }
 
-ENFORCE_PREFIXES = ("mr_enf_", "mr_lsm_")
+# fmod_ret programs on security_* functions (bpf/progs/enforce_ident.bpf.c): the
+# file-change tier where BPF LSM is not usable but BPF trampolines are (features.fmod_ret);
+# they replace the kill tier's ctime tracepoints. Each needs its function in the kernel's
+# BTF (security_path_* only exist with CONFIG_SECURITY_PATH).
+FMOD_RET_FALLBACKS: dict[str, tuple[str, ...]] = {
+    "mr_fmr_ident_perm": ("mr_enf_ctime", "mr_enf_ctime_mg"),
+}
+
+ENFORCE_PREFIXES = ("mr_enf_", "mr_lsm_", "mr_fmr_")
 
 # Loaded always, attached only while a live policy has a rule of their kind (the policy
 # applier switches them, agent/bpf/pins.py OnDemandLink): mr_enf_sys runs on every syscall
@@ -70,14 +78,22 @@ def is_enforcement(program: str) -> bool:
 
 
 def programs_to_skip(programs: Iterable[tuple[str, str]], bpf_lsm: bool,
-                     has_btf: Callable[[str], bool] = lambda _n: True) -> list[str]:
+                     has_btf: Callable[[str], bool] = lambda _n: True,
+                     fmod_ret: bool = False,
+                     has_func: Callable[[str], bool] = lambda _n: True) -> list[str]:
     """Names of (name, section) programs that must not load on this kernel. *has_btf*:
-    whether the kernel's BTF has a type (typedef) of that name."""
+    whether the kernel's BTF has a type (typedef) of that name; *fmod_ret*: fmod_ret on
+    security_* functions attaches here; *has_func*: the kernel's BTF has that function."""
     skip: list[str] = []
     for name, section in programs:
         need = NEEDS_BTF.get(name)
         if need is not None and not has_btf(need):
             skip.append(name)
+        if section.startswith("fmod_ret/"):
+            if bpf_lsm or not fmod_ret or not has_func(section.partition("/")[2]):
+                skip.append(name)
+            else:
+                skip.extend(FMOD_RET_FALLBACKS.get(name, ()))
         if section.startswith("lsm/"):
             if not bpf_lsm:
                 skip.append(name)

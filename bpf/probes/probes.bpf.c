@@ -13,6 +13,12 @@ int BPF_PROG(probe_lsm, struct linux_binprm *bprm) { return 0; }
 SEC("fentry/do_unlinkat")
 int BPF_PROG(probe_fentry, int dfd) { return 0; }
 
+/* fmod_ret on a security_* function: the verifier allows it for that prefix whether or not
+ * BPF LSM is active, so a nonzero return refuses the call (EPERM) on kernels with BPF
+ * trampolines but without `bpf` in the LSM list (most distribution kernels) */
+SEC("fmod_ret/security_inode_permission")
+int BPF_PROG(probe_fmod_ret, struct inode *inode, int mask, int ret) { return 0; }
+
 SEC("kprobe/do_unlinkat")
 int probe_kprobe(void *ctx) { return 0; }
 

@@ -14,7 +14,11 @@
  * rule's path. Opens are left to enforce_file.bpf.c (the same identity, checked at open).
  * On kernels without the tracepoints (before 6.13) these programs are not loaded
  * (agent/policy/programs.py); where BPF LSM is usable, the lsm programs below refuse the
- * same changes with EPERM before they happen.
+ * same changes with EPERM before they happen. Where BPF LSM is not active but BPF
+ * trampolines work (most distribution kernels: fentry loads, `bpf` is not in the LSM
+ * list), the fmod_ret programs at the end do the same on the security_* functions those
+ * hooks are called from: a nonzero return skips the function and is the call's error.
+ * Tier "fmodret-deny" (agent/bpf/features.py, key "file-change").
  */
 #include "../lib/common.h"
 #include "../maps/scratch.h"
@@ -116,43 +120,77 @@ int BPF_PROG(mr_enf_ctime_mg, struct inode *inode, u32 old, u32 new, u32 cur)
 
 /* LSM tier: writing to a covered directory (create, unlink, rename on either side, link's
  * new directory, mkdir, rmdir, symlink, mknod) asks for MAY_WRITE on it; so does
- * truncate(2) of a covered file. Opens (MAY_OPEN) are lsm/file_open's. */
-SEC("lsm/inode_permission")
-int BPF_PROG(mr_lsm_ident_perm, struct inode *inode, int mask, int ret)
+ * truncate(2) of a covered file. An open (MAY_OPEN) is left to lsm/file_open, which checks
+ * the path and the identity of the file opened and reports it as a file decision. */
+static __always_inline int deny_perm(struct inode *inode, int mask)
 {
-	if (ret)
-		return ret;
-	/* an open is left to lsm/file_open, which checks the path and the identity of the
-	 * file opened and reports it as a file decision */
 	if (!(mask & MAY_WRITE) || (mask & MAY_OPEN))
 		return 0;
 	return ident_check(inode, 0, 1);
 }
 
 /* a new name for a covered file: refused for read rules too */
-SEC("lsm/inode_link")
-int BPF_PROG(mr_lsm_ident_link, struct dentry *old_dentry, struct inode *dir,
-	     struct dentry *new_dentry, int ret)
+static __always_inline int deny_link(struct dentry *old_dentry)
 {
-	if (ret)
-		return ret;
 	return ident_check(BPF_CORE_READ(old_dentry, d_inode), NR_link, 1);
 }
 
 /* chmod and chown of a covered file (truncate asks for MAY_WRITE above). path_* hooks:
  * their signatures are the same on every kernel this supports. */
+static __always_inline int deny_attr(const struct path *path)
+{
+	return ident_check(BPF_CORE_READ(path, dentry, d_inode), 0, 1);
+}
+
+SEC("lsm/inode_permission")
+int BPF_PROG(mr_lsm_ident_perm, struct inode *inode, int mask, int ret)
+{
+	return ret ? ret : deny_perm(inode, mask);
+}
+
+SEC("lsm/inode_link")
+int BPF_PROG(mr_lsm_ident_link, struct dentry *old_dentry, struct inode *dir,
+	     struct dentry *new_dentry, int ret)
+{
+	return ret ? ret : deny_link(old_dentry);
+}
+
 SEC("lsm/path_chmod")
 int BPF_PROG(mr_lsm_ident_chmod, const struct path *path, umode_t mode, int ret)
 {
-	if (ret)
-		return ret;
-	return ident_check(BPF_CORE_READ(path, dentry, d_inode), 0, 1);
+	return ret ? ret : deny_attr(path);
 }
 
 SEC("lsm/path_chown")
 int BPF_PROG(mr_lsm_ident_chown, const struct path *path, __u32 uid, __u32 gid, int ret)
 {
-	if (ret)
-		return ret;
-	return ident_check(BPF_CORE_READ(path, dentry, d_inode), 0, 1);
+	return ret ? ret : deny_attr(path);
+}
+
+/* fmod_ret tier: the same checks on the security_* functions the LSM hooks are called
+ * from (same arguments, plus the return of earlier fmod_ret programs). Loaded only where
+ * BPF LSM is not usable and fmod_ret attaches (agent/policy/programs.py). */
+SEC("fmod_ret/security_inode_permission")
+int BPF_PROG(mr_fmr_ident_perm, struct inode *inode, int mask, int ret)
+{
+	return ret ? ret : deny_perm(inode, mask);
+}
+
+SEC("fmod_ret/security_inode_link")
+int BPF_PROG(mr_fmr_ident_link, struct dentry *old_dentry, struct inode *dir,
+	     struct dentry *new_dentry, int ret)
+{
+	return ret ? ret : deny_link(old_dentry);
+}
+
+SEC("fmod_ret/security_path_chmod")
+int BPF_PROG(mr_fmr_ident_chmod, const struct path *path, umode_t mode, int ret)
+{
+	return ret ? ret : deny_attr(path);
+}
+
+SEC("fmod_ret/security_path_chown")
+int BPF_PROG(mr_fmr_ident_chown, const struct path *path, __u32 uid, __u32 gid, int ret)
+{
+	return ret ? ret : deny_attr(path);
 }

@@ -40,23 +40,19 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def changes_seen(agent: AgentProc, tiers: dict[str, str]) -> bool:
-    """Whether this kernel lets moray see a change by identity: BPF LSM, or the
-    timestamp tracepoints (6.13+) on the kill-after tier."""
-    if tiers["file"] == "lsm-deny":
-        return True
-    # the kill-after tier needs the timestamp tracepoints of 6.13+ (on the Debian 6.12 row
-    # without BPF LSM the BTF probe said yes and the changes were not seen: to look into)
-    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    return (major, minor) >= (6, 13) and _btf_has("btf_trace_inode_set_ctime_to_ts")
+def changes_seen(tiers: dict[str, str]) -> bool:
+    """Whether this kernel lets moray see a change by identity (`probe`'s file-change
+    tier): BPF LSM, fmod_ret on the security_* functions (no BPF LSM, trampolines work), or
+    the timestamp tracepoints of 6.13+ (kill-after)."""
+    return tiers["file-change"] != "none"
 
 
-def _btf_has(name: str) -> bool:
-    from moray.agent.bpf.btf import Btf
-    from moray.agent.bpf.libbpf import BTF_KIND_TYPEDEF
+DENY_TIERS = ("lsm-deny", "fmodret-deny")
 
-    with Btf("/sys/kernel/btf/vmlinux") as b:
-        return b.has(name, BTF_KIND_TYPEDEF)
+
+def change_refused(tiers: dict[str, str]) -> bool:
+    """A change by identity is refused before it happens (EPERM) on this kernel."""
+    return tiers["file-change"] in DENY_TIERS
 
 
 @pytest.fixture()
@@ -79,7 +75,7 @@ def read(p: Path | str) -> str:
 
 def refused(tiers: dict[str, str], outcome: tuple[str, object], kind: str = "file") -> None:
     """The child was refused the way the tier promises."""
-    if tiers[kind] == "lsm-deny":
+    if tiers[kind] in DENY_TIERS:
         assert outcome == ("errno", errno.EPERM), outcome
     else:
         assert outcome == ("signal", signal.SIGKILL), outcome
@@ -93,7 +89,7 @@ def applied(agent: AgentProc, name: str, body: str, mode: str = "enforce") -> No
 
 def change_event(agent: AgentProc, name: str, tiers: dict[str, str],
                  pred: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any]:
-    action = expected_action(tiers["file"])
+    action = expected_action(tiers["file-change"])
     ev = agent.wait_event(lambda e: for_policy(name, "file-change", action)(e)
                           and pred(enforcement(e)))
     return enforcement(ev)
@@ -190,17 +186,17 @@ def test_chroot_sees_host_paths(agent: AgentProc, tiers: dict[str, str], work: P
 def test_new_name_for_a_protected_file(agent: AgentProc, tiers: dict[str, str],
                                        changes_seen: bool, work: Path) -> None:
     if not changes_seen:
-        pytest.skip("no hook sees a change by identity on this kernel (before 6.13, no BPF LSM)")
+        pytest.skip("no hook sees a change by identity on this kernel (probe: file-change none)")
     secret = work / "secret"
     secret.write_text(SECRET)
     applied(agent, "id-link-new", f"files: {{deny: [{{path: '{secret}', access: read}}]}}")
     try:
         link = work / "l"
-        refused(tiers, in_child(lambda: os.link(secret, link)))
+        refused(tiers, in_child(lambda: os.link(secret, link)), "file-change")
         enf = change_event(agent, "id-link-new", tiers)
         assert enf["path"] == str(secret) and enf["access"] == "link"
         assert enf["rule"] == f"files.deny: {secret} (read)"
-        if tiers["file"] == "lsm-deny":
+        if change_refused(tiers):
             assert not link.exists()
         else:
             assert enf["syscall"] == "link"
@@ -215,7 +211,7 @@ def test_new_name_for_a_protected_file(agent: AgentProc, tiers: dict[str, str],
 def test_move_into_a_protected_dir(agent: AgentProc, tiers: dict[str, str],
                                    changes_seen: bool, work: Path, how: str) -> None:
     if not changes_seen:
-        pytest.skip("no hook sees a change by identity on this kernel (before 6.13, no BPF LSM)")
+        pytest.skip("no hook sees a change by identity on this kernel (probe: file-change none)")
     etc = work / "etc"
     etc.mkdir()
     (etc / "passwd").write_text("root:x:0:0")
@@ -234,10 +230,10 @@ def test_move_into_a_protected_dir(agent: AgentProc, tiers: dict[str, str],
                 os.chdir(etc)
                 os.rename(payload, "ld.so.preload")
 
-        refused(tiers, in_child(move))
+        refused(tiers, in_child(move), "file-change")
         enf = change_event(agent, name, tiers)
         assert enf["path"] == str(etc) and enf["rule"] == f"files.deny: {etc}/* (write)"
-        if tiers["file"] != "lsm-deny":
+        if not change_refused(tiers):
             assert enf["syscall"] in ("rename", "renameat", "renameat2")
             assert f"{etc}/ld.so.preload added" in enf["residue"]["left"], enf
             assert any("moved to" in x for x in enf["residue"]["undone"]), enf
@@ -250,7 +246,7 @@ def test_move_into_a_protected_dir(agent: AgentProc, tiers: dict[str, str],
 def test_chmod_and_unlink_of_a_protected_file(agent: AgentProc, tiers: dict[str, str],
                                               changes_seen: bool, work: Path) -> None:
     if not changes_seen:
-        pytest.skip("no hook sees a change by identity on this kernel (before 6.13, no BPF LSM)")
+        pytest.skip("no hook sees a change by identity on this kernel (probe: file-change none)")
     etc = work / "etc"
     etc.mkdir()
     passwd = etc / "passwd"
@@ -258,14 +254,14 @@ def test_chmod_and_unlink_of_a_protected_file(agent: AgentProc, tiers: dict[str,
     passwd.chmod(0o644)
     applied(agent, "id-chmod", f"files: {{deny: [{{path: '{etc}/*', access: write}}]}}")
     try:
-        refused(tiers, in_child(lambda: os.chmod(passwd, 0o4777)))
+        refused(tiers, in_child(lambda: os.chmod(passwd, 0o4777)), "file-change")
         enf = change_event(agent, "id-chmod", tiers, lambda e: e.get("path") == str(passwd))
         assert passwd.stat().st_mode & 0o7777 == 0o644   # refused, or put back
-        if tiers["file"] != "lsm-deny":
+        if not change_refused(tiers):
             assert enf["residue"]["undone"] == [f"{passwd}: mode 644 restored"], enf
-        refused(tiers, in_child(lambda: os.unlink(passwd)))
+        refused(tiers, in_child(lambda: os.unlink(passwd)), "file-change")
         enf = change_event(agent, "id-chmod", tiers, lambda e: e.get("path") == str(etc))
-        if tiers["file"] == "lsm-deny":
+        if change_refused(tiers):
             assert passwd.exists()
         else:
             assert f"{passwd} removed or moved away" in enf["residue"]["left"], enf
@@ -276,7 +272,7 @@ def test_chmod_and_unlink_of_a_protected_file(agent: AgentProc, tiers: dict[str,
 def test_monitor_mode_reports_and_allows(agent: AgentProc, tiers: dict[str, str],
                                          changes_seen: bool, work: Path) -> None:
     if not changes_seen:
-        pytest.skip("no hook sees a change by identity on this kernel (before 6.13, no BPF LSM)")
+        pytest.skip("no hook sees a change by identity on this kernel (probe: file-change none)")
     secret = work / "secret"
     secret.write_text(SECRET)
     applied(agent, "id-mon", f"files: {{deny: [{{path: '{secret}', access: read}}]}}",
@@ -349,20 +345,22 @@ def test_hard_link_of_a_denied_binary(agent: AgentProc, tiers: dict[str, str],
 
 def test_file_created_in_a_protected_dir_is_removed(agent: AgentProc, tiers: dict[str, str],
                                                     work: Path) -> None:
-    """`: > etc/new` under a write rule on etc/*: refused (LSM), or killed at the open's
-    exit with the empty file the call created removed by the agent (kill-after)."""
+    """`: > etc/new` under a write rule on etc/*: refused (LSM, fmod_ret), or killed at the
+    open's exit with the empty file the call created removed by the agent (kill-after)."""
     etc = work / "etc"
     etc.mkdir()
     (etc / "passwd").write_text("root:x:0:0\n")
     applied(agent, "id-creat", f"files: {{deny: [{{path: '{etc}/*', access: write}}]}}")
     try:
         new = etc / "ld.so.preload"
-        refused(tiers, in_child(lambda: os.close(os.open(new, os.O_WRONLY | os.O_CREAT))))
-        # LSM: refused at the covered directory's write permission (a change of it); kill
-        # tier: the open is checked at its exit, by the new file's covered path
-        kind = "file-change" if tiers["file"] == "lsm-deny" else "file"
-        ev = agent.wait_event(for_policy("id-creat", kind, expected_action(tiers["file"])))
-        if tiers["file"] == "lsm-deny":
+        # LSM and fmod_ret tiers: refused at the covered directory's write permission (a
+        # change of it); kill tier: the open is checked at its exit, by the new file's
+        # covered path
+        kind = "file-change" if change_refused(tiers) else "file"
+        refused(tiers, in_child(lambda: os.close(os.open(new, os.O_WRONLY | os.O_CREAT))),
+                kind)
+        ev = agent.wait_event(for_policy("id-creat", kind, expected_action(tiers[kind])))
+        if change_refused(tiers):
             assert enforcement(ev)["path"] == str(etc)
         else:
             assert enforcement(ev)["residue"]["undone"] == [

@@ -117,7 +117,8 @@ def _trail(agent: AgentProc, container: str) -> str:
 
 
 def expected_action(tier: str) -> str:
-    return {"lsm-deny": "blocked", "cgroup-deny": "blocked"}.get(tier, "killed")
+    return {"lsm-deny": "blocked", "cgroup-deny": "blocked",
+            "fmodret-deny": "blocked"}.get(tier, "killed")
 
 
 # ------------------------------------------------------------------ what the kernel offers
