@@ -68,12 +68,13 @@ class PolicyValidationError(ValidationError, ValueError):
 PolicyError = PolicyValidationError  # the name callers used before the shared error root
 
 
-class YamlLimitError(yaml.YAMLError):
-    """A text over one of the limits above; ``mark`` and ``field`` say where."""
+class YamlLimitError(ValidationError, yaml.YAMLError):
+    """A text over one of the limits above, raised while composing; ``problem_mark`` and
+    ``field`` say where (``compose_all`` turns it into a PolicyError naming the file)."""
 
     def __init__(self, mark: Any, field: str, message: str) -> None:
-        super().__init__(message)
         self.problem_mark, self.field, self.message = mark, field, message
+        super().__init__([Problem("<text>", mark.line + 1, field, message)])
 
 
 class LimitedLoader(yaml.SafeLoader):
