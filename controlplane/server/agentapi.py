@@ -52,6 +52,8 @@ POLL_SECONDS = 2.0
 MAX_BATCH = 10_000
 MAX_EVENT_BYTES = 256 << 10    # one event's JSON payload
 MAX_QUEUED_ACKS = 100_000      # acknowledgements waiting for the ack writer
+MAX_STATUS_ENTRIES = 256       # entries kept of each map of a heartbeat's status
+MAX_STATUS_TEXT = 256          # characters kept of each string in it
 
 
 class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):  # type: ignore[misc]
@@ -280,9 +282,10 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
         agent = await self._identify(context)
         st = request.status
         status: dict[str, Any] = {
-            "kernel": st.kernel, "agent_version": st.agent_version,
-            "features": dict(st.features), "tiers": dict(st.tiers),
-            "policy_versions": dict(st.policy_versions), "drops": dict(st.drops),
+            "kernel": st.kernel[:MAX_STATUS_TEXT],
+            "agent_version": st.agent_version[:MAX_STATUS_TEXT],
+            "features": _bounded(st.features), "tiers": _bounded(st.tiers),
+            "policy_versions": _bounded(st.policy_versions), "drops": _bounded(st.drops),
             "spool_bytes": st.spool_bytes, "spool_records": st.spool_records,
             "received_at": time.time()}
         await asyncio.to_thread(self.store.heartbeat, agent.id, status)
@@ -367,3 +370,15 @@ def _event_row(event: moray_pb2.Event) -> tuple[str, int, str, str] | str:
         event_id = hashlib.sha256((event_id or payload).encode()).hexdigest()
     kind = event.type.replace("\x00", "") or "unknown"
     return event_id, event.time_ms, kind[:32], payload
+
+
+def _bounded(entries: Any) -> dict[str, Any]:
+    """A heartbeat map as stored: at most MAX_STATUS_ENTRIES entries, strings cut (an
+    agent's status is shown to every reader of GET /api/v1/agents)."""
+    out: dict[str, Any] = {}
+    for key, value in entries.items():
+        if len(out) >= MAX_STATUS_ENTRIES:
+            break
+        out[key[:MAX_STATUS_TEXT]] = value[:MAX_STATUS_TEXT] if isinstance(value, str) \
+            else value
+    return out

@@ -225,6 +225,14 @@ def test_bad_events_and_shared_ids_hurt_no_one(server: ServerProcess, tmp_path: 
         assert [(a.stored, a.duplicates, a.rejected) for a in acks] == [(2, 0, 0), (1, 0, 0)]
         assert sorted(e["id"] for e in stored(server, good.id)) == ["b-1", "g-1", "shared-1"]
         assert sorted(e["id"] for e in stored(server, bad.id)) == ["b-1", "shared-1"]
+        # an agent clock at the end of time, and a heartbeat with a huge status
+        far = moray_pb2.Event(id="far", time_ms=INT64 - 1, type="exec", payload_json=b"{}")
+        assert [a.stored for a in bad.events([far])] == [1]
+        bad.stub.Heartbeat(moray_pb2.HeartbeatRequest(status=moray_pb2.AgentStatus(
+            kernel="k" * 100_000, features={f"f{i}": True for i in range(20_000)})),
+            timeout=30)
+        status = server.api()("GET", f"/api/v1/agents/{bad.id}", expect=200)["status"]
+        assert len(status["features"]) == 256 and len(status["kernel"]) == 256
         rows = server.api()("GET", "/api/v1/events", params={"limit": 10000}, expect=200)
         assert all(isinstance(r["event"], dict) for r in rows)
         metrics = server.api()("GET", "/metrics")

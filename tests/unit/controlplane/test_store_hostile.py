@@ -11,6 +11,7 @@ import time
 import pytest
 from sqlalchemy import Engine, text
 
+from moray.controlplane.server.cli_api import _when
 from moray.controlplane.store import db
 from moray.controlplane.store.cpstore import AgentRevoked, ControlPlaneStore, PolicyAckRow
 
@@ -93,3 +94,10 @@ def test_revision_0003_keeps_events_and_frees_ids_per_agent(engine: Engine) -> N
                           "received_at, payload) VALUES ('e1', 'b', 't', 'exec', 1, 1, '{}')"))
         assert conn.execute(text("SELECT agent_id FROM cp_event WHERE id = 'e1' "
                                  "ORDER BY seq")).scalars().all() == ["a", "b"]
+
+
+def test_cli_shows_times_out_of_range() -> None:
+    """`moray events` prints an agent's event whatever its clock said."""
+    assert _when((2**63 - 1) / 1000).startswith("292278994-")
+    assert _when(1e300).startswith("@")
+    assert _when(None) == "-" and _when(0) == "-"
