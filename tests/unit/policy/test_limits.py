@@ -38,7 +38,7 @@ def test_billion_laughs_refused_at_the_alias_that_crosses_the_limit() -> None:
     file, line, field, message = problem(text)
     assert file == "hostile.yaml"
     assert f"more than {load.MAX_YAML_NODES} nodes" in message
-    assert line > 4 and field.startswith(("f", "g", "h", "i"))   # a late anchor's list
+    assert line > 4 and field[0] in "defghi"   # a late anchor's list
 
 
 def test_too_many_aliases() -> None:
