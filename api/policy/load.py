@@ -52,12 +52,99 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 MAX_PATH = 255  # bytes of a path rule (the kernel's LPM key holds 255 + NUL)
 
+# Limits on a policy text, so that no text (a file, an API request, a pushed document) can
+# make its reader compose or expand without bound ("billion laughs": nine anchors of nine
+# aliases each are 10^9 nodes once expanded). Real policies are a few hundred nodes.
+MAX_POLICY_BYTES = 1 << 20   # bytes of one text (a file or one API request's content)
+MAX_YAML_DEPTH = 64          # nesting of mappings and lists
+MAX_YAML_ALIASES = 256       # uses of anchors (``*name``) in one text
+MAX_YAML_NODES = 50_000      # nodes of one text with aliases expanded (~4 s to read at most)
+
 
 class PolicyValidationError(ValidationError, ValueError):
     """A policy document failed validation; `problems` lists every error found."""
 
 
 PolicyError = PolicyValidationError  # the name callers used before the shared error root
+
+
+class YamlLimitError(ValidationError, yaml.YAMLError):
+    """A text over one of the limits above, raised while composing; ``problem_mark`` and
+    ``field`` say where (``compose_all`` turns it into a PolicyError naming the file)."""
+
+    def __init__(self, mark: Any, field: str, message: str) -> None:
+        self.problem_mark, self.field, self.message = mark, field, message
+        super().__init__([Problem("<text>", mark.line + 1, field, message)])
+
+
+class LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with depth, alias and expanded-size limits checked while the
+    text is composed, before anything is built from it. Use it for every policy text
+    (``yaml.compose_all(text, Loader=LimitedLoader)``); the field path of the node being
+    composed (``spec.exec.deny[1]``) names where a limit was hit."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._path: list[str] = []
+        self._aliases = 0
+        self._nodes = 0
+        self._weights: dict[str, int] = {}   # anchor -> nodes under it, expanded
+
+    def _field(self) -> str:
+        field = "".join(self._path).lstrip(".") or "<document>"
+        return field if len(field) <= 200 else field[:200] + "..."
+
+    def _count(self, nodes: int, mark: Any) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_YAML_NODES:
+            raise YamlLimitError(mark, self._field(),
+                                 f"more than {MAX_YAML_NODES} nodes with aliases expanded")
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if isinstance(index, int):
+            self._path.append(f"[{index}]")
+        elif isinstance(index, yaml.ScalarNode):
+            self._path.append(f".{index.value}")
+        else:
+            self._path.append("")
+        try:
+            event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+            if isinstance(event, yaml.AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_YAML_ALIASES:
+                    raise YamlLimitError(event.start_mark, self._field(),
+                                         f"more than {MAX_YAML_ALIASES} aliases")
+                self._count(self._weights.get(event.anchor or "", 1), event.start_mark)
+                return super().compose_node(parent, index)
+            if len(self._path) > MAX_YAML_DEPTH:
+                raise YamlLimitError(event.start_mark, self._field(),
+                                     f"nested deeper than {MAX_YAML_DEPTH} levels")
+            before = self._nodes
+            self._count(1, event.start_mark)
+            node = super().compose_node(parent, index)
+            anchor = getattr(event, "anchor", None)
+            if anchor is not None:
+                self._weights[anchor] = self._nodes - before
+            return node
+        finally:
+            self._path.pop()
+
+
+def compose_all(text: str, file: str) -> list[yaml.Node | None]:
+    """The composed documents of a policy text, within the limits above; raises
+    PolicyError (file, line, field) for a text over them or not YAML/JSON at all."""
+    if len(text) > MAX_POLICY_BYTES or len(text.encode("utf-8", "replace")) > MAX_POLICY_BYTES:
+        raise PolicyError([Problem(file, 1, "<document>",
+                                   f"larger than {MAX_POLICY_BYTES} bytes")])
+    try:
+        return list(yaml.compose_all(text, Loader=LimitedLoader))
+    except YamlLimitError as err:
+        raise PolicyError([Problem(file, err.problem_mark.line + 1, err.field,
+                                   err.message)]) from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        raise PolicyError([Problem(file, line, "<document>", f"not YAML/JSON: {err}")]) from err
 
 
 class _Doc:
@@ -522,13 +609,7 @@ def load_text(text: str, file: str = "<text>") -> list[Policy]:
     """Every policy document in *text*; raises PolicyError listing every problem."""
     doc = _Doc(file)
     out: list[Policy] = []
-    try:
-        roots = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        raise PolicyError([Problem(file, line, "<document>", f"not YAML/JSON: {err}")]) from err
-    for root in roots:
+    for root in compose_all(text, file):
         if root is None:
             continue
         before = len(doc.problems)
@@ -550,6 +631,9 @@ def load_text(text: str, file: str = "<text>") -> list[Policy]:
 def load_file(path: str | os.PathLike[str]) -> list[Policy]:
     p = Path(path)
     try:
+        if p.stat().st_size > MAX_POLICY_BYTES:
+            raise PolicyError([Problem(str(p), 1, "<file>",
+                                       f"larger than {MAX_POLICY_BYTES} bytes")])
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise PolicyError([Problem(str(p), 0, "<file>", f"cannot read: {err}")]) from err

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmoray/api/proto/moray.proto\x12\x08moray.v1\"\xa5\x01\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.moray.v1.EnrollRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf2\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x19\n\x11policy_public_key\x18\x04 \x01(\x0c\x12\x15\n\rpolicy_key_id\x18\x05 \x01(\t\x12\x34\n\x06labels\x18\x06 \x03(\x0b\x32$.moray.v1.EnrollResponse.LabelsEntry\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\rPolicyPayload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x15\n\rdocument_json\x18\x04 \x01(\t\x12\x0f\n\x07removed\x18\x05 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\"B\n\x0cSignedPolicy\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"h\n\x13PolicyStreamRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.moray.v1.PolicyHelloH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.moray.v1.PolicyAckH\x00\x42\x05\n\x03msg\"u\n\x0bPolicyHello\x12\x35\n\x08versions\x18\x01 \x03(\x0b\x32#.moray.v1.PolicyHello.VersionsEntry\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"&\n\x08RuleTier\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\"\x83\x01\n\tPolicyAck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.moray.v1.ApplyStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12!\n\x05tiers\x18\x05 \x03(\x0b\x32\x12.moray.v1.RuleTier\">\n\x14PolicyStreamResponse\x12&\n\x06policy\x18\x01 \x01(\x0b\x32\x16.moray.v1.SignedPolicy\"H\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07time_ms\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\x0c\"?\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x1f\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x0f.moray.v1.Event\"@\n\x08\x45ventAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\"\x81\x04\n\x0b\x41gentStatus\x12\x0e\n\x06kernel\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x35\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32#.moray.v1.AgentStatus.FeaturesEntry\x12/\n\x05tiers\x18\x04 \x03(\x0b\x32 .moray.v1.AgentStatus.TiersEntry\x12\x42\n\x0fpolicy_versions\x18\x05 \x03(\x0b\x32).moray.v1.AgentStatus.PolicyVersionsEntry\x12/\n\x05\x64rops\x18\x06 \x03(\x0b\x32 .moray.v1.AgentStatus.DropsEntry\x12\x13\n\x0bspool_bytes\x18\x07 \x01(\x04\x12\x15\n\rspool_records\x18\x08 \x01(\x04\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x1a,\n\nTiersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13PolicyVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"9\n\x10HeartbeatRequest\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.moray.v1.AgentStatus\"+\n\x11HeartbeatResponse\x12\x16\n\x0eserver_time_ms\x18\x01 \x01(\x03*~\n\x0b\x41pplyStatus\x12\x1c\n\x18\x41PPLY_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\x16\n\x12REJECTED_SIGNATURE\x10\x02\x12\x13\n\x0fREJECTED_REPLAY\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x0b\n\x07REMOVED\x10\x05\x32I\n\nEnrollment\x12;\n\x06\x45nroll\x12\x17.moray.v1.EnrollRequest\x1a\x18.moray.v1.EnrollResponse2\xdf\x01\n\x0c\x41gentService\x12Q\n\x0cPolicyStream\x12\x1d.moray.v1.PolicyStreamRequest\x1a\x1e.moray.v1.PolicyStreamResponse(\x01\x30\x01\x12\x36\n\x06\x45vents\x12\x14.moray.v1.EventBatch\x1a\x12.moray.v1.EventAck(\x01\x30\x01\x12\x44\n\tHeartbeat\x12\x1a.moray.v1.HeartbeatRequest\x1a\x1b.moray.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmoray/api/proto/moray.proto\x12\x08moray.v1\"\xa5\x01\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.moray.v1.EnrollRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf2\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x19\n\x11policy_public_key\x18\x04 \x01(\x0c\x12\x15\n\rpolicy_key_id\x18\x05 \x01(\t\x12\x34\n\x06labels\x18\x06 \x03(\x0b\x32$.moray.v1.EnrollResponse.LabelsEntry\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\rPolicyPayload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x15\n\rdocument_json\x18\x04 \x01(\t\x12\x0f\n\x07removed\x18\x05 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\"B\n\x0cSignedPolicy\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"h\n\x13PolicyStreamRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.moray.v1.PolicyHelloH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.moray.v1.PolicyAckH\x00\x42\x05\n\x03msg\"u\n\x0bPolicyHello\x12\x35\n\x08versions\x18\x01 \x03(\x0b\x32#.moray.v1.PolicyHello.VersionsEntry\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"&\n\x08RuleTier\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\"\x83\x01\n\tPolicyAck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.moray.v1.ApplyStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12!\n\x05tiers\x18\x05 \x03(\x0b\x32\x12.moray.v1.RuleTier\">\n\x14PolicyStreamResponse\x12&\n\x06policy\x18\x01 \x01(\x0b\x32\x16.moray.v1.SignedPolicy\"H\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07time_ms\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\x0c\"?\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x1f\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x0f.moray.v1.Event\"R\n\x08\x45ventAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\x10\n\x08rejected\x18\x04 \x01(\r\"\x81\x04\n\x0b\x41gentStatus\x12\x0e\n\x06kernel\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x35\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32#.moray.v1.AgentStatus.FeaturesEntry\x12/\n\x05tiers\x18\x04 \x03(\x0b\x32 .moray.v1.AgentStatus.TiersEntry\x12\x42\n\x0fpolicy_versions\x18\x05 \x03(\x0b\x32).moray.v1.AgentStatus.PolicyVersionsEntry\x12/\n\x05\x64rops\x18\x06 \x03(\x0b\x32 .moray.v1.AgentStatus.DropsEntry\x12\x13\n\x0bspool_bytes\x18\x07 \x01(\x04\x12\x15\n\rspool_records\x18\x08 \x01(\x04\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x1a,\n\nTiersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13PolicyVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"9\n\x10HeartbeatRequest\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.moray.v1.AgentStatus\"+\n\x11HeartbeatResponse\x12\x16\n\x0eserver_time_ms\x18\x01 \x01(\x03*~\n\x0b\x41pplyStatus\x12\x1c\n\x18\x41PPLY_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\x16\n\x12REJECTED_SIGNATURE\x10\x02\x12\x13\n\x0fREJECTED_REPLAY\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x0b\n\x07REMOVED\x10\x05\x32I\n\nEnrollment\x12;\n\x06\x45nroll\x12\x17.moray.v1.EnrollRequest\x1a\x18.moray.v1.EnrollResponse2\xdf\x01\n\x0c\x41gentService\x12Q\n\x0cPolicyStream\x12\x1d.moray.v1.PolicyStreamRequest\x1a\x1e.moray.v1.PolicyStreamResponse(\x01\x30\x01\x12\x36\n\x06\x45vents\x12\x14.moray.v1.EventBatch\x1a\x12.moray.v1.EventAck(\x01\x30\x01\x12\x44\n\tHeartbeat\x12\x1a.moray.v1.HeartbeatRequest\x1a\x1b.moray.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,8 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTSTATUS_POLICYVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTSTATUS_DROPSENTRY']._loaded_options = None
   _globals['_AGENTSTATUS_DROPSENTRY']._serialized_options = b'8\001'
-  _globals['_APPLYSTATUS']._serialized_start=1971
-  _globals['_APPLYSTATUS']._serialized_end=2097
+  _globals['_APPLYSTATUS']._serialized_start=1989
+  _globals['_APPLYSTATUS']._serialized_end=2115
   _globals['_ENROLLREQUEST']._serialized_start=42
   _globals['_ENROLLREQUEST']._serialized_end=207
   _globals['_ENROLLREQUEST_LABELSENTRY']._serialized_start=162
@@ -78,23 +78,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTBATCH']._serialized_start=1220
   _globals['_EVENTBATCH']._serialized_end=1283
   _globals['_EVENTACK']._serialized_start=1285
-  _globals['_EVENTACK']._serialized_end=1349
-  _globals['_AGENTSTATUS']._serialized_start=1352
-  _globals['_AGENTSTATUS']._serialized_end=1865
-  _globals['_AGENTSTATUS_FEATURESENTRY']._serialized_start=1671
-  _globals['_AGENTSTATUS_FEATURESENTRY']._serialized_end=1718
-  _globals['_AGENTSTATUS_TIERSENTRY']._serialized_start=1720
-  _globals['_AGENTSTATUS_TIERSENTRY']._serialized_end=1764
-  _globals['_AGENTSTATUS_POLICYVERSIONSENTRY']._serialized_start=1766
-  _globals['_AGENTSTATUS_POLICYVERSIONSENTRY']._serialized_end=1819
-  _globals['_AGENTSTATUS_DROPSENTRY']._serialized_start=1821
-  _globals['_AGENTSTATUS_DROPSENTRY']._serialized_end=1865
-  _globals['_HEARTBEATREQUEST']._serialized_start=1867
-  _globals['_HEARTBEATREQUEST']._serialized_end=1924
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1926
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1969
-  _globals['_ENROLLMENT']._serialized_start=2099
-  _globals['_ENROLLMENT']._serialized_end=2172
-  _globals['_AGENTSERVICE']._serialized_start=2175
-  _globals['_AGENTSERVICE']._serialized_end=2398
+  _globals['_EVENTACK']._serialized_end=1367
+  _globals['_AGENTSTATUS']._serialized_start=1370
+  _globals['_AGENTSTATUS']._serialized_end=1883
+  _globals['_AGENTSTATUS_FEATURESENTRY']._serialized_start=1689
+  _globals['_AGENTSTATUS_FEATURESENTRY']._serialized_end=1736
+  _globals['_AGENTSTATUS_TIERSENTRY']._serialized_start=1738
+  _globals['_AGENTSTATUS_TIERSENTRY']._serialized_end=1782
+  _globals['_AGENTSTATUS_POLICYVERSIONSENTRY']._serialized_start=1784
+  _globals['_AGENTSTATUS_POLICYVERSIONSENTRY']._serialized_end=1837
+  _globals['_AGENTSTATUS_DROPSENTRY']._serialized_start=1839
+  _globals['_AGENTSTATUS_DROPSENTRY']._serialized_end=1883
+  _globals['_HEARTBEATREQUEST']._serialized_start=1885
+  _globals['_HEARTBEATREQUEST']._serialized_end=1942
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1944
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1987
+  _globals['_ENROLLMENT']._serialized_start=2117
+  _globals['_ENROLLMENT']._serialized_end=2190
+  _globals['_AGENTSERVICE']._serialized_start=2193
+  _globals['_AGENTSERVICE']._serialized_end=2416
 # @@protoc_insertion_point(module_scope)

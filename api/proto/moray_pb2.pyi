@@ -168,14 +168,16 @@ class EventBatch(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class EventAck(_message.Message):
-    __slots__ = ("batch_id", "stored", "duplicates")
+    __slots__ = ("batch_id", "stored", "duplicates", "rejected")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     stored: int
     duplicates: int
-    def __init__(self, batch_id: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+    rejected: int
+    def __init__(self, batch_id: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
     __slots__ = ("kernel", "agent_version", "features", "tiers", "policy_versions", "drops", "spool_bytes", "spool_records")

@@ -12,8 +12,12 @@ for this agent only) for each policy the agent has that is deleted or no longer 
 then it waits for a wake-up (hub) or polls, and repeats. Every message is acknowledged by
 the agent, and the acknowledgement is stored.
 
-Event stream: each batch is committed to the store (ids stored once) before its ack is
-sent, so an ack means durable, and a batch without an ack is sent again by the agent.
+Event stream: each batch is committed to the store (ids stored once per agent) before its
+ack is sent, so an ack means durable, and a batch without an ack is sent again by the
+agent. An event whose payload is not a JSON object or is larger than MAX_EVENT_BYTES is
+refused alone (counted in the ack's ``rejected``), the rest of its batch is stored.
+Revoking the agent ends its open event streams with PERMISSION_DENIED, and the store
+refuses its batches from the moment the revocation commits (``insert_events``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import orjson
 
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.server.hub import AgentHub, StreamHandle
@@ -34,6 +39,7 @@ from moray.controlplane.server.pki import Pki, PkiError, cert_sha256
 from moray.controlplane.server.policydoc import selects_host
 from moray.controlplane.store.cpstore import (
     AgentRecord,
+    AgentRevoked,
     ControlPlaneStore,
     PolicyAckRow,
     PolicyRecord,
@@ -44,6 +50,10 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
 MAX_BATCH = 10_000
+MAX_EVENT_BYTES = 256 << 10    # one event's JSON payload
+MAX_QUEUED_ACKS = 100_000      # acknowledgements waiting for the ack writer
+MAX_STATUS_ENTRIES = 256       # entries kept of each map of a heartbeat's status
+MAX_STATUS_TEXT = 256          # characters kept of each string in it
 
 
 class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):  # type: ignore[misc]
@@ -98,7 +108,8 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
             while not self._acks.empty() and len(batch) < 1000:
                 batch.append(self._acks.get_nowait())
             try:
-                await asyncio.to_thread(self.store.record_acks, batch)
+                refused = await asyncio.to_thread(self.store.record_acks, batch)
+                self.metrics.policy_acks_refused.inc(refused)
             except Exception:   # a failed write must not stop later acks: log and go on
                 log.exception("storing policy acknowledgements failed",
                               extra={"count": len(batch)})
@@ -106,6 +117,9 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
     def record_ack(self, row: PolicyAckRow) -> None:
         if self._ack_writer is None or self._ack_writer.done():
             self._ack_writer = asyncio.create_task(self._write_acks())
+        if self._acks.qsize() >= MAX_QUEUED_ACKS:   # a flood (acks cost the sender nothing)
+            self.metrics.policy_acks_refused.inc()
+            return
         self._acks.put_nowait(row)
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> AgentRecord:
@@ -208,23 +222,58 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
     # -- events --------------------------------------------------------------------------
 
     async def Events(self, request_iterator: AsyncIterator[moray_pb2.EventBatch],
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[moray_pb2.EventAck]:
+                     context: grpc.aio.ServicerContext) -> None:
         agent = await self._identify(context)
-        async for batch in request_iterator:
-            if len(batch.events) > MAX_BATCH:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"batch larger than {MAX_BATCH} events")
-            rows = [_event_row(e) for e in batch.events]
-            self.metrics.event_batches_inflight.inc()
-            try:
-                result = await asyncio.to_thread(self.store.insert_events, agent.id,
-                                                 agent.tenant, rows)
-            finally:
-                self.metrics.event_batches_inflight.dec()
-            self.metrics.events_ingested.inc(result.stored)
-            self.metrics.events_duplicate.inc(result.duplicates)
-            yield moray_pb2.EventAck(batch_id=batch.batch_id, stored=result.stored,
-                                     duplicates=result.duplicates)
+        revoked = self.hub.watch_revocation(agent.id)
+        stop = asyncio.ensure_future(revoked.wait())
+        try:
+            while True:
+                read = asyncio.ensure_future(context.read())
+                await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    await self._refuse_revoked(context)
+                batch = read.result()
+                if batch is grpc.aio.EOF:
+                    return
+                await context.write(await self._store_batch(agent, batch, context))
+        finally:
+            stop.cancel()
+            self.hub.unwatch_revocation(agent.id, revoked)
+
+    async def _store_batch(self, agent: AgentRecord, batch: moray_pb2.EventBatch,
+                           context: grpc.aio.ServicerContext) -> moray_pb2.EventAck:
+        if len(batch.events) > MAX_BATCH:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"batch larger than {MAX_BATCH} events")
+        rows, rejected = [], 0
+        for event in batch.events:
+            row = _event_row(event)
+            if isinstance(row, str):
+                rejected += 1
+                self.metrics.events_rejected.labels(row).inc()
+            else:
+                rows.append(row)
+        if rejected:
+            log.warning("events refused at ingest", extra={
+                "agent_id": agent.id, "rejected": rejected, "batch": len(batch.events)})
+        self.metrics.event_batches_inflight.inc()
+        try:
+            result = await asyncio.to_thread(self.store.insert_events, agent.id,
+                                             agent.tenant, rows)
+        except AgentRevoked:
+            await self._refuse_revoked(context)
+            raise
+        finally:
+            self.metrics.event_batches_inflight.dec()
+        self.metrics.events_ingested.inc(result.stored)
+        self.metrics.events_duplicate.inc(result.duplicates)
+        return moray_pb2.EventAck(batch_id=batch.batch_id, stored=result.stored,
+                                  duplicates=result.duplicates, rejected=rejected)
+
+    async def _refuse_revoked(self, context: grpc.aio.ServicerContext) -> None:
+        self.metrics.rpc_refused.labels("revoked").inc()
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "agent revoked")
 
     # -- heartbeats ----------------------------------------------------------------------
 
@@ -233,9 +282,10 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
         agent = await self._identify(context)
         st = request.status
         status: dict[str, Any] = {
-            "kernel": st.kernel, "agent_version": st.agent_version,
-            "features": dict(st.features), "tiers": dict(st.tiers),
-            "policy_versions": dict(st.policy_versions), "drops": dict(st.drops),
+            "kernel": st.kernel[:MAX_STATUS_TEXT],
+            "agent_version": st.agent_version[:MAX_STATUS_TEXT],
+            "features": _bounded(st.features), "tiers": _bounded(st.tiers),
+            "policy_versions": _bounded(st.policy_versions), "drops": _bounded(st.drops),
             "spool_bytes": st.spool_bytes, "spool_records": st.spool_records,
             "received_at": time.time()}
         await asyncio.to_thread(self.store.heartbeat, agent.id, status)
@@ -299,13 +349,36 @@ class _PolicySession:
             {t.rule: t.tier for t in ack.tiers}, time.time()))
 
 
-def _event_row(event: moray_pb2.Event) -> tuple[str, int, str, str]:
+def _event_row(event: moray_pb2.Event) -> tuple[str, int, str, str] | str:
     """(id, time_ms, type, payload) fitted to the columns, so no event can make a batch
     fail forever (the agent would resend it for ever): an id longer than the column is
     replaced by its SHA-256 (still the same for every delivery), an empty one by the
-    payload's, the type is cut to 32 characters."""
-    payload = event.payload_json.decode("utf-8", "replace") or "{}"
+    payload's, the type is cut to 32 characters. An event that cannot be stored as it is
+    (the reason, a metric label, is returned instead): a payload larger than
+    MAX_EVENT_BYTES, or one that is not a JSON object in UTF-8."""
+    raw = event.payload_json or b"{}"
+    if len(raw) > MAX_EVENT_BYTES:
+        return "payload_too_large"
+    try:
+        if not isinstance(orjson.loads(raw), dict):
+            return "payload_not_json"
+    except orjson.JSONDecodeError:     # also invalid UTF-8
+        return "payload_not_json"
+    payload = raw.decode()
     event_id = event.id
-    if not event_id or len(event_id) > 64:
+    if not event_id or len(event_id) > 64 or "\x00" in event_id:   # PostgreSQL text: no NUL
         event_id = hashlib.sha256((event_id or payload).encode()).hexdigest()
-    return event_id, event.time_ms, (event.type or "unknown")[:32], payload
+    kind = event.type.replace("\x00", "") or "unknown"
+    return event_id, event.time_ms, kind[:32], payload
+
+
+def _bounded(entries: Any) -> dict[str, Any]:
+    """A heartbeat map as stored: at most MAX_STATUS_ENTRIES entries, strings cut (an
+    agent's status is shown to every reader of GET /api/v1/agents)."""
+    out: dict[str, Any] = {}
+    for key, value in entries.items():
+        if len(out) >= MAX_STATUS_ENTRIES:
+            break
+        out[key[:MAX_STATUS_TEXT]] = value[:MAX_STATUS_TEXT] if isinstance(value, str) \
+            else value
+    return out

@@ -112,7 +112,12 @@ def _out(data: Any) -> None:
 
 
 def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+    if not ts:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):   # an agent's clock (or lie) out of range
+        return f"@{ts:.0f}"
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -221,7 +226,8 @@ def _print_events(rows: list[dict[str, Any]], as_json: bool) -> None:
         if as_json:
             sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")
         else:
-            ev = r["event"]
+            ev = r["event"] if r["event"] is not None else {
+                "invalid_payload": r.get("invalid_payload")}
             sys.stdout.write(f"{r['seq']:>8} {_when(r['time_ms'] / 1000)} {r['agent_id'][:12]} "
                              f"{r['type']:10} {json.dumps(ev, sort_keys=True)[:160]}\n")
     sys.stdout.flush()

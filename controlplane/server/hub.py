@@ -3,9 +3,11 @@
 State owned here (in memory, one server process):
 - ``streams``: agent id -> the wake-up events of its open policy streams; added when a
   stream starts, removed when it ends.
+- ``revocations``: agent id -> an asyncio.Event per open event stream of that agent, set
+  by ``revoke`` (the event stream then ends with PERMISSION_DENIED).
 - Changes that wake streams: a policy version stored (``notify``), an agent's labels
-  changed (``notify``), an agent revoked (``revoke``: its streams end with
-  PERMISSION_DENIED). Streams also poll the store's policy generation every few seconds,
+  changed (``notify``), an agent revoked (``revoke``: its policy and event streams end
+  with PERMISSION_DENIED). Streams also poll the store's policy generation every few seconds,
   so a change made by another server process reaches them too.
 ``notify`` and ``revoke`` may be called from any thread (REST handlers run in a pool).
 """
@@ -31,6 +33,7 @@ class AgentHub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.streams: dict[str, set[StreamHandle]] = {}
+        self.revocations: dict[str, set[asyncio.Event]] = {}
         # Bumped on every policy change seen (notify of all agents, or a poll that found
         # the store's generation moved): streams share one policy snapshot per epoch.
         self.epoch = 0
@@ -46,6 +49,19 @@ class AgentHub:
             handles.discard(handle)
             if not handles:
                 del self.streams[handle.agent_id]
+
+    def watch_revocation(self, agent_id: str) -> asyncio.Event:
+        """An event set when ``agent_id`` is revoked (for its open event streams)."""
+        revoked = asyncio.Event()
+        self.revocations.setdefault(agent_id, set()).add(revoked)
+        return revoked
+
+    def unwatch_revocation(self, agent_id: str, revoked: asyncio.Event) -> None:
+        watchers = self.revocations.get(agent_id)
+        if watchers is not None:
+            watchers.discard(revoked)
+            if not watchers:
+                del self.revocations[agent_id]
 
     def connected(self) -> list[str]:
         return sorted(self.streams)
@@ -64,5 +80,10 @@ class AgentHub:
         """Wake the policy streams of ``agent_id`` (all agents when None)."""
         self.loop.call_soon_threadsafe(self._wake_all, agent_id, False)
 
+    def _revoke(self, agent_id: str) -> None:
+        self._wake_all(agent_id, True)
+        for revoked in self.revocations.get(agent_id, ()):
+            revoked.set()
+
     def revoke(self, agent_id: str) -> None:
-        self.loop.call_soon_threadsafe(self._wake_all, agent_id, True)
+        self.loop.call_soon_threadsafe(self._revoke, agent_id)

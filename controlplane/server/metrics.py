@@ -32,6 +32,14 @@ class ServerMetrics:
         self.events_duplicate = Counter(
             "moray_events_duplicate_total",
             "Events received again after a replay and not stored twice", registry=r)
+        self.events_rejected = Counter(
+            "moray_events_rejected_total",
+            "Events refused at ingest and not stored (reason: payload_not_json, "
+            "payload_too_large)", ["reason"], registry=r)
+        self.policy_acks_refused = Counter(
+            "moray_policy_acks_refused_total",
+            "Policy acknowledgements not stored (unknown agent or policy, a version never "
+            "issued, an unknown status)", registry=r)
         self.event_batches_inflight = Gauge(
             "moray_event_batches_inflight", "Event batches received and not yet committed",
             registry=r)

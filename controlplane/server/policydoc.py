@@ -25,7 +25,12 @@ from typing import Any
 
 import yaml
 
-from moray.api.policy.load import PolicyValidationError, load_text
+from moray.api.policy.load import (
+    MAX_POLICY_BYTES,
+    LimitedLoader,
+    PolicyValidationError,
+    load_text,
+)
 from moray.errors import ControlPlaneError
 
 DEFAULT_TENANT = "default"
@@ -123,10 +128,12 @@ def parse_policies(text: str, file: str = "<policy>") -> list[ParsedPolicy]:
         problems += [{"file": p.file, "line": p.line, "field": p.field, "message": p.message}
                      for p in err.problems if not p.field.startswith(SELECTOR)]
     try:
-        roots = [r for r in yaml.compose_all(text, Loader=yaml.SafeLoader) if r is not None]
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        if len(text) > MAX_POLICY_BYTES:
+            raise yaml.YAMLError("over the size limit")
+        roots = [r for r in yaml.compose_all(text, Loader=LimitedLoader) if r is not None]
+        documents = [d for d in yaml.load_all(text, Loader=LimitedLoader) if d is not None]
     except yaml.YAMLError:
-        roots, documents = [], []      # the loader has reported it
+        roots, documents = [], []      # the loader has reported it (not YAML, over a limit)
     for root in roots:
         problems += _selector_problems(root, file)
     if problems:
@@ -136,7 +143,11 @@ def parse_policies(text: str, file: str = "<policy>") -> list[ParsedPolicy]:
                           problems)
     out = []
     for doc in documents:
-        document = json.loads(json.dumps(doc, default=str))   # JSON types only
+        wire = json.dumps(doc, default=str)
+        if len(wire) > MAX_POLICY_BYTES:     # what agents load must be within their limit
+            raise PolicyDocError(file, 1, "<document>",
+                                 f"larger than {MAX_POLICY_BYTES} bytes as JSON")
+        document = json.loads(wire)   # JSON types only
         meta = document["metadata"]
         out.append(ParsedPolicy(name=meta["name"], tenant=meta.get("tenant") or DEFAULT_TENANT,
                                 document=document))

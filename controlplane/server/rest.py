@@ -24,9 +24,12 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError
+from starlette.concurrency import run_in_threadpool
 
-from moray.controlplane.scanner.service.api import SCAN_ACCESS, scan_router
+from moray.controlplane.scanner.service.api import MAX_IMPORT_BYTES, SCAN_ACCESS, scan_router
 from moray.controlplane.server.hub import AgentHub
+from moray.controlplane.server.limits import PRINCIPAL, Refused, RequestLimits
 from moray.controlplane.server.metrics import ServerMetrics
 from moray.controlplane.server.pki import Pki, cert_sha256
 from moray.controlplane.server.policydoc import DEFAULT_TENANT, PolicyDocError, parse_policies
@@ -61,6 +64,14 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
 }
 
 
+INT64_MAX = 2**63 - 1      # BIGINT columns (event seq and time, audit ids)
+INT32_MAX = 2**31 - 1      # INTEGER columns (policy versions)
+
+# Bodies larger than limits.MAX_BODY (8 MiB): advisory files sent for import (their JSON
+# strings may be up to twice the files' size once escaped).
+BODY_LIMITS = {("POST", "/api/v1/vulndb/import"): 2 * MAX_IMPORT_BYTES + (1 << 20)}
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     name: str
@@ -73,12 +84,13 @@ class Principal:
 
 class PolicyIn(BaseModel):
     content: str = Field(description="policy documents, YAML or JSON ('---' between several)")
-    source: str = Field("<api>", description="file name, used in error messages and history")
+    source: str = Field("<api>", max_length=1024,
+                        description="file name, used in error messages and history")
     comment: str = ""
 
 
 class RollbackIn(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=INT32_MAX)
     comment: str = ""
 
 
@@ -87,7 +99,7 @@ class LabelsIn(BaseModel):
 
 
 class EnrollmentTokenIn(BaseModel):
-    tenant: str = DEFAULT_TENANT
+    tenant: str = Field(DEFAULT_TENANT, min_length=1, max_length=128)
     labels: dict[str, str] = {}
     ttl_seconds: float = Field(86400.0, gt=0, le=30 * 86400)
 
@@ -110,23 +122,45 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
         if hub is not None:
             hub.notify()
 
-    def require(method: str, path: str) -> Callable[..., Principal]:
-        allowed = ACCESS[(method, path)]
+    def decide(method: str, path: str, token: str | None) -> Principal | Refused:
+        if not token:
+            return Refused(401, "missing bearer token")
+        found = store.authenticate(token)
+        if found is None:
+            return Refused(401, "invalid token")
+        principal = Principal(*found)
+        if principal.role not in ACCESS[(method, path)]:
+            return Refused(403, f"role {principal.role!r} may not {method} {path}")
+        return principal
 
-        def check(creds: Annotated[HTTPAuthorizationCredentials | None,
-                                   Depends(bearer)]) -> Principal:
-            if creds is None:
-                raise HTTPException(401, "missing bearer token",
-                                    headers={"WWW-Authenticate": "Bearer"})
-            found = store.authenticate(creds.credentials)
-            if found is None:
-                raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-            principal = Principal(*found)
-            if principal.role not in allowed:
-                raise HTTPException(403, f"role {principal.role!r} may not {method} {path}")
-            return principal
+    def require(method: str, path: str) -> Callable[..., Principal]:
+        def check(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
+                                                     Depends(bearer)]) -> Principal:
+            early = request.scope.get(PRINCIPAL)    # checked before the body was read
+            found = early if isinstance(early, Principal) else decide(
+                method, path, creds.credentials if creds else None)
+            if isinstance(found, Refused):
+                raise HTTPException(found.status, found.message, headers={
+                    "WWW-Authenticate": "Bearer"} if found.status == 401 else None)
+            return found
 
         return check
+
+    async def authorize(method: str, path: str, header: str | None) -> Principal | Refused:
+        scheme, _, token = (header or "").partition(" ")
+        return await run_in_threadpool(decide, method, path,
+                                       token.strip() if scheme.lower() == "bearer" else None)
+
+    app.add_middleware(RequestLimits, routes=lambda: app.router.routes, authorize=authorize,
+                       access=ACCESS, body_limits=BODY_LIMITS)
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def out_of_range(_request: Request, err: Exception) -> JSONResponse:
+        # a number or string the database cannot hold (a path id >= 2^63, ...): the
+        # client's input, not a server fault
+        log.info("request refused by the database", extra={"error": str(err)[:200]})
+        return JSONResponse({"detail": "a value is out of range"}, status_code=422)
 
     @app.exception_handler(StoreError)
     async def store_error(_request: Request, err: StoreError) -> JSONResponse:
@@ -267,15 +301,16 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
                _: Annotated[Principal, Depends(require("GET", P + "/events"))],
                agent: str | None = None, type: str | None = None,
                tenant: str | None = None,
-               after: Annotated[int, Query(ge=0, description="events with seq > after")] = 0,
-               since_ms: int | None = None,
+               after: Annotated[int, Query(ge=0, le=INT64_MAX,
+                                           description="events with seq > after")] = 0,
+               since_ms: Annotated[int | None, Query(ge=-INT64_MAX, le=INT64_MAX)] = None,
                limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
         return store.query_events(tenant=tenant, agent_id=agent, type=type, after_seq=after,
                                   since_ms=since_ms, limit=limit)
 
     @app.get(P + "/audit")
     def audit(_: Annotated[Principal, Depends(require("GET", P + "/audit"))],
-              after: Annotated[int, Query(ge=0)] = 0,
+              after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
               limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
         return store.audit_log(after_id=after, limit=limit)
 

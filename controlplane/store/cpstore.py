@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from moray.api.proto import moray_pb2
@@ -56,6 +57,17 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     status = 409
+
+
+class AgentRevoked(StoreError):
+    """The agent is revoked (or unknown): nothing from it is stored."""
+
+    status = 403
+
+
+ACK_STATUSES = frozenset(moray_pb2.ApplyStatus.keys())
+MAX_ACK_ERROR = 4096        # characters of an ack's error kept
+MAX_ACK_TIERS = 1024        # rule -> tier entries of one ack kept
 
 
 class PolicySigner(Protocol):
@@ -162,6 +174,21 @@ def _agent_record(agent: Agent, acks: Sequence[AgentPolicy] = ()) -> AgentRecord
                        policies={a.policy_name: {"version": a.version, "status": a.status,
                                                  "error": a.error, "tiers": a.tiers,
                                                  "acked_at": a.acked_at} for a in acks})
+
+
+def _payload(row: Event) -> dict[str, Any]:
+    """``{"event": the payload}``; a payload stored before ingest validated them that is
+    not a JSON object is shown as ``{"event": null, "invalid_payload": the first 1024
+    characters}``, so one bad row cannot fail a whole page of events."""
+    try:
+        event = json.loads(row.payload)
+    except ValueError:
+        event = None
+    if isinstance(event, dict):
+        return {"event": event}
+    log.warning("stored event payload is not a JSON object",
+                extra={"seq": row.seq, "agent_id": row.agent_id})
+    return {"event": None, "invalid_payload": row.payload[:1024]}
 
 
 class ControlPlaneStore:
@@ -416,8 +443,11 @@ class ControlPlaneStore:
             return _agent_record(agent)
 
     def heartbeat(self, agent_id: str, status: dict[str, Any]) -> None:
+        """Store an agent's status; nothing once it is revoked (a heartbeat that raced the
+        revocation changes nothing)."""
         with self._tx() as session:
-            session.execute(update(Agent).where(Agent.id == agent_id)
+            session.execute(update(Agent).where(Agent.id == agent_id,
+                                                Agent.revoked_at.is_(None))
                             .values(status=status, last_seen=self.clock()))
 
     def record_ack(self, agent_id: str, name: str, version: int, *, status: str,
@@ -425,29 +455,84 @@ class ControlPlaneStore:
         self.record_acks([PolicyAckRow(agent_id, name, version, status, error, tiers,
                                        self.clock())])
 
-    def record_acks(self, acks: Sequence[PolicyAckRow]) -> None:
+    def record_acks(self, acks: Sequence[PolicyAckRow]) -> int:
         """Store agents' acknowledgements in one transaction (the server batches the acks
-        that arrive together, e.g. from every agent after one policy change)."""
+        that arrive together, e.g. from every agent after one policy change). An ack is
+        stored only if its agent is enrolled and not revoked, it names a policy of the
+        agent's tenant, its version is one that policy has had, and its status is known;
+        the others are refused (logged, counted in the result). Should the batch fail
+        anyway, each ack is tried alone, so one bad row never drops the others. Returns
+        how many were refused."""
+        try:
+            return self._record_acks(acks)
+        except SQLAlchemyError:
+            if len(acks) <= 1:
+                raise
+            log.exception("storing a batch of acknowledgements failed; one by one",
+                          extra={"count": len(acks)})
+        refused = 0
+        for ack in acks:
+            try:
+                refused += self._record_acks([ack])
+            except SQLAlchemyError:
+                refused += 1
+                log.exception("acknowledgement not stored", extra={
+                    "agent_id": ack.agent_id, "policy": ack.name[:253], "version": ack.version})
+        return refused
+
+    def _record_acks(self, acks: Sequence[PolicyAckRow]) -> int:
+        refused = 0
         with self._tx() as session:
+            tenants: dict[str, str] = {
+                agent_id: tenant for agent_id, tenant in session.execute(
+                    select(Agent.id, Agent.tenant).where(
+                        Agent.id.in_({a.agent_id for a in acks}), Agent.revoked_at.is_(None)))}
+            names = {a.name for a in acks if a.agent_id in tenants and len(a.name) <= 253}
+            versions: dict[tuple[str, str], int] = {
+                (tenant, name): version for tenant, name, version in session.execute(
+                    select(Policy.tenant, Policy.name, Policy.current_version).where(
+                        Policy.name.in_(names), Policy.tenant.in_(set(tenants.values()))))
+            } if names else {}
             for ack in acks:
+                tenant = tenants.get(ack.agent_id)
+                known = versions.get((tenant, ack.name)) if tenant is not None else None
+                why = ("unknown or revoked agent" if tenant is None
+                       else "unknown policy" if known is None
+                       else "version never issued" if not 0 <= ack.version <= known
+                       else "unknown status" if ack.status not in ACK_STATUSES
+                       else None)
+                if why is not None:
+                    refused += 1
+                    log.warning("acknowledgement refused", extra={
+                        "agent_id": ack.agent_id, "policy": ack.name[:253],
+                        "version": ack.version, "reason": why})
+                    continue
                 row = session.get(AgentPolicy, (ack.agent_id, ack.name), with_for_update=True)
                 if row is None:
                     row = AgentPolicy(agent_id=ack.agent_id, policy_name=ack.name)
                     session.add(row)
-                row.version, row.status, row.error = ack.version, ack.status, ack.error
-                row.tiers, row.acked_at = ack.tiers, ack.at
+                tiers = dict(list(ack.tiers.items())[:MAX_ACK_TIERS])
+                row.version, row.status, row.error = ack.version, ack.status, \
+                    ack.error[:MAX_ACK_ERROR]
+                row.tiers, row.acked_at = tiers, ack.at
                 if ack.status not in ("APPLIED", "REMOVED"):
                     self._audit(session, f"agent:{ack.agent_id}", "policy.reject", ack.name,
                                 {"version": ack.version, "status": ack.status,
-                                 "error": ack.error})
+                                 "error": ack.error[:MAX_ACK_ERROR]})
+        return refused
 
     # -- events --------------------------------------------------------------------------
 
     def insert_events(self, agent_id: str, tenant: str,
                       events: Sequence[tuple[str, int, str, str]]) -> InsertResult:
-        """Store (id, time_ms, type, payload_json) rows; ids already stored are skipped, so
-        a batch delivered twice is stored once. Commits before returning: the caller may
-        acknowledge the batch when this returns."""
+        """Store (id, time_ms, type, payload_json) rows; ids the agent already stored are
+        skipped, so a batch delivered twice is stored once (ids are unique per agent, not
+        across agents: another agent's event with the same id is stored too). Commits
+        before returning: the caller may acknowledge the batch when this returns. Raises
+        AgentRevoked when the agent is revoked or unknown; the check and the insert are
+        one transaction, and the agent's row is locked against a concurrent revocation
+        (PostgreSQL ``FOR KEY SHARE``; SQLite writes are serial), so nothing is stored
+        once a revocation has committed."""
         if not events:
             return InsertResult(0, 0)
         unique: dict[str, tuple[str, int, str, str]] = {}
@@ -459,11 +544,15 @@ class ControlPlaneStore:
                 for i, (_, ms, t, p) in unique.items()]
         dialect = sqlite if self._sqlite else postgresql
         with self._tx() as session:
+            alive = session.execute(select(Agent.revoked_at).where(Agent.id == agent_id)
+                                    .with_for_update(read=True, key_share=True)).first()
+            if alive is None or alive[0] is not None:
+                raise AgentRevoked(f"agent {agent_id} is revoked")
             # RETURNING names only the rows this transaction inserted, so the counts stay
             # right when two deliveries of one batch race (a reconnect during a commit).
             inserted = session.scalars(
-                dialect.insert(Event).on_conflict_do_nothing(index_elements=["id"])
-                .returning(Event.id), rows).all()
+                dialect.insert(Event).on_conflict_do_nothing(
+                    index_elements=["agent_id", "id"]).returning(Event.id), rows).all()
         return InsertResult(len(inserted), len(events) - len(inserted))
 
     def query_events(self, *, tenant: str | None = None, agent_id: str | None = None,
@@ -482,7 +571,7 @@ class ControlPlaneStore:
             rows = session.scalars(query.order_by(Event.seq).limit(limit)).all()
             return [{"seq": r.seq, "id": r.id, "agent_id": r.agent_id, "tenant": r.tenant,
                      "type": r.type, "time_ms": r.time_ms, "received_at": r.received_at,
-                     "event": json.loads(r.payload)} for r in rows]
+                     **_payload(r)} for r in rows]
 
     def count_events(self) -> int:
         with self._read() as session:

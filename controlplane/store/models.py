@@ -11,8 +11,10 @@ these models and the migrations agree. Tables, and when their rows change:
 - ``cp_agent``: written at enrolment, on every heartbeat (``status``, ``last_seen``) and
   when an admin revokes it.
 - ``cp_agent_policy``: the agents' acknowledgements, one row per (agent, policy name).
-- ``cp_event``: agents' events, unique by ``id`` (the agent's event id), so a replay
-  stores nothing twice; ``seq`` orders them for paging and following.
+- ``cp_event``: agents' events, unique by (``agent_id``, ``id``): an agent's event id is
+  stored once, so a replay stores nothing twice, and agents cannot collide with each other
+  (an agent belongs to one tenant, so ids are unique per tenant too); ``seq`` orders them
+  for paging and following.
 - ``cp_audit``: append-only; written in the same transaction as the change it records.
 - ``cp_api_token`` / ``cp_enrollment_token``: stored as SHA-256 hashes only.
 
@@ -110,10 +112,11 @@ class AgentPolicy(Base):
 
 class Event(Base):
     __tablename__ = "cp_event"
-    __table_args__ = (Index("ix_cp_event_agent_time", "agent_id", "time_ms"),)
+    __table_args__ = (Index("ix_cp_event_agent_time", "agent_id", "time_ms"),
+                      UniqueConstraint("agent_id", "id", name="uq_cp_event_agent_id"))
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(64), unique=True)
+    id: Mapped[str] = mapped_column(String(64))
     agent_id: Mapped[str] = mapped_column(String(64))
     tenant: Mapped[str] = mapped_column(String(128))
     type: Mapped[str] = mapped_column(String(32), index=True)

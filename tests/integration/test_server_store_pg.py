@@ -26,6 +26,13 @@ from tests.unit.controlplane.test_store import (  # noqa: F401
     test_migrations_match_models,
     test_versions_rollback_delete_and_audit,
 )
+from tests.unit.controlplane.test_store_hostile import (  # noqa: F401
+    test_bad_acks_are_refused_one_by_one,
+    test_event_ids_are_unique_per_agent,
+    test_nothing_stored_for_revoked_or_unknown_agents,
+    test_revision_0003_keeps_events_and_frees_ids_per_agent,
+    test_stored_payload_that_is_not_json_does_not_break_reading,
+)
 
 pytestmark = pytest.mark.integration
 

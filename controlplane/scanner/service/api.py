@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from moray.controlplane.scanner.engine.model import Ecosystem, OSRelease, Package
@@ -32,6 +33,9 @@ from moray.controlplane.vulndb.importer import import_path
 from moray.controlplane.vulndb.matcher import Matcher
 
 log = logging.getLogger(__name__)
+
+# ids in paths are checked against the database's 64-bit range (beyond it: 422, not 500)
+Id = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
 
 P = "/api/v1"
 SCAN_ACCESS: dict[tuple[str, str], str] = {
@@ -137,7 +141,8 @@ class VerdictIn(BaseModel):
     passed: bool
     reasons: list[str] = []
     vulndb_generation: int | None = Field(
-        None, description="generation the scan was matched against (default: current)")
+        None, ge=0, le=2**31 - 1,
+        description="generation the scan was matched against (default: current)")
 
 
 def _checked(check: Callable[[], object]) -> None:
@@ -189,19 +194,19 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
                 "insecure": job.insecure, "credentials": job.credentials}
 
     @router.post(P + "/scan-jobs/{job_id}/extend")
-    def extend(job_id: int, body: LeaseIn,
+    def extend(job_id: Id, body: LeaseIn,
                _: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/extend")]
                ) -> dict[str, bool]:
         return {"ok": store.extend_scan(job_id, body.worker, body.lease_seconds)}
 
     @router.post(P + "/scan-jobs/{job_id}/release")
-    def release(job_id: int, body: ReleaseIn,
+    def release(job_id: Id, body: ReleaseIn,
                 _: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/release")]
                 ) -> dict[str, bool]:
         return {"ok": store.release_scan(job_id, body.worker)}
 
     @router.post(P + "/scan-jobs/{job_id}/finish")
-    def finish(job_id: int, body: FinishIn,
+    def finish(job_id: Id, body: FinishIn,
                _: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/finish")]
                ) -> dict[str, bool]:
         return {"ok": store.finish_scan(job_id, body.worker, digest=body.digest,
@@ -286,7 +291,7 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
         return reg.as_dict()
 
     @router.delete(P + "/scan-registries/{registry_id}")
-    def remove_registry(registry_id: int, who: Annotated[Any, dep(
+    def remove_registry(registry_id: Id, who: Annotated[Any, dep(
             "DELETE", P + "/scan-registries/{registry_id}")]) -> dict[str, bool]:
         if not store.remove_registry(registry_id):
             raise HTTPException(404, f"no registry {registry_id}")
@@ -294,7 +299,7 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
         return {"ok": True}
 
     @router.post(P + "/scan-registries/{registry_id}/run")
-    def run_registry(registry_id: int, who: Annotated[Any, dep(
+    def run_registry(registry_id: Id, who: Annotated[Any, dep(
             "POST", P + "/scan-registries/{registry_id}/run")]) -> dict[str, bool]:
         if not store.run_registry_now(registry_id):
             raise HTTPException(404, f"no registry {registry_id}")
@@ -316,7 +321,7 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
         return img.as_dict()
 
     @router.delete(P + "/scan-images/{image_id}")
-    def remove_image(image_id: int, who: Annotated[Any, dep(
+    def remove_image(image_id: Id, who: Annotated[Any, dep(
             "DELETE", P + "/scan-images/{image_id}")]) -> dict[str, bool]:
         if not store.remove_image(image_id):
             raise HTTPException(404, f"no image {image_id}")

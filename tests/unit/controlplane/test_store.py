@@ -32,7 +32,7 @@ def test_default_url_is_sqlite_under_data_dir(tmp_path: Path,
 
 
 def test_migrations_match_models(engine: Engine) -> None:
-    assert db.current_revision(engine) == db.HEAD == "0002"
+    assert db.current_revision(engine) == db.HEAD == "0003"
     assert db.at_head(engine)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"include_object": include_object})
@@ -109,12 +109,19 @@ def test_expired_token_refused(engine: Engine) -> None:
         store.enroll_agent(token, hostname="h", labels={}, issue=lambda a: ("s", "x"))
 
 
+def enrolled(store: ControlPlaneStore, tenant: str = "t") -> str:
+    token = store.create_enrollment_token(tenant=tenant, labels={}, author="admin")
+    return store.enroll_agent(token, hostname="h", labels={},
+                              issue=lambda agent_id: (f"serial-{agent_id}", "sha")).id
+
+
 def test_events_stored_once(store: ControlPlaneStore) -> None:
+    a1 = enrolled(store)
     batch = [(f"e{i}", i, "exec", json.dumps({"n": i})) for i in range(10)]
-    assert store.insert_events("a1", "t", batch).stored == 10
-    again = store.insert_events("a1", "t", [*batch[5:], ("e10", 10, "exit", "{}")])
+    assert store.insert_events(a1, "t", batch).stored == 10
+    again = store.insert_events(a1, "t", [*batch[5:], ("e10", 10, "exit", "{}")])
     assert (again.stored, again.duplicates) == (1, 5)
-    dup_in_batch = store.insert_events("a1", "t", [("x", 1, "exec", "{}")] * 3)
+    dup_in_batch = store.insert_events(a1, "t", [("x", 1, "exec", "{}")] * 3)
     assert (dup_in_batch.stored, dup_in_batch.duplicates) == (1, 2)
     rows = store.query_events(limit=1000)
     assert [r["id"] for r in rows] == [f"e{i}" for i in range(11)] + ["x"]
@@ -125,9 +132,10 @@ def test_events_stored_once(store: ControlPlaneStore) -> None:
 def test_concurrent_writers_store_each_event_once(store: ControlPlaneStore) -> None:
     batch = [(f"c{i}", i, "exec", "{}") for i in range(200)]
     results = []
+    agent = enrolled(store)
 
     def write() -> None:
-        results.append(store.insert_events("a", "t", batch))
+        results.append(store.insert_events(agent, "t", batch))
 
     threads = [threading.Thread(target=write) for _ in range(4)]
     for t in threads:
