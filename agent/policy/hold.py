@@ -5,7 +5,10 @@ State it reads and writes (the policy maps, agent/policy/apply.py), and what cha
 * mr_ppend (a cgroup the kernel saw created, not classified yet): :meth:`Holds.classify`
   turns a row into an mr_pscope row (a container: the slots of the policies whose scope
   selects it) or nothing (a host cgroup: no runtime claims it after HOST_AFTER_NS, or
-  HELD_HOST_AFTER_NS with a task held in it), then deletes the row.
+  HELD_HOST_AFTER_NS with a task held in it), then deletes the row. A cgroup where runc's
+  init was seen (``runtime_made``) is a container whose state runc has not written yet:
+  it stays pending up to MAX_HOLD_NS (a loaded machine: runc's state came > 1 s after the
+  container's first exec, which then ran as a host task).
 * mr_phold (a task stopped at its first exec in a pending cgroup): :meth:`Holds.decide`
   sends SIGKILL when an enforcing policy in scope denies the exec, else SIGCONT, once the
   cgroup is classified (or MAX_HOLD_NS passed), then deletes the row. A kill, or a
@@ -94,6 +97,8 @@ class Holds:
         self.uncovered_before = 0  # boot ns: pending cgroups older than this ran unwatched
         self.closed_enforcing = 0  # slots with agentDown: closed in enforce mode (engine)
         self.decisions = {"killed": 0, "continued": 0}
+        # cgroups where runc's init was held: made by a runtime, a container for sure
+        self.runtime_made: dict[int, int] = {}
 
     # ------------------------------------------------------------------ pending cgroups
 
@@ -123,7 +128,8 @@ class Holds:
             _mask, ts = _PPEND.unpack(raw)
             age = now - ts
             pid = held_pids.get(cg)
-            if pid is None and age < HOST_AFTER_NS:
+            runtime_made = cg in self.runtime_made
+            if pid is None and age < (MAX_HOLD_NS if runtime_made else HOST_AFTER_NS):
                 continue  # nothing ran there yet: no hurry, and the runtime may still write
             c = self.resolver.lookup(cg, pid)
             if c is not None:
@@ -135,10 +141,14 @@ class Holds:
                     "cgroup_id": cg, "container": c.id, "image": c.image})
                 if ts < self.uncovered_before and cg not in held_before:
                     self._uncovered(cg, c, slots_for(c, slotted) & ~self.closed_enforcing)
-            elif age < HELD_HOST_AFTER_NS:
+            elif age < (MAX_HOLD_NS if runtime_made else HELD_HOST_AFTER_NS):
                 continue  # a held task: its runtime's state may lag its first exec a little
+            elif runtime_made:
+                log.warning("runc made this cgroup but wrote no state matching it in time: "
+                            "treated as a host cgroup", extra={"cgroup_id": cg})
             else:
                 log.info("pending cgroup is a host cgroup", extra={"cgroup_id": cg})
+            self.runtime_made.pop(cg, None)
             pend.delete(kb)
             done += 1
         return done
@@ -231,6 +241,9 @@ class Holds:
                 # state that classifies the cgroup only once it runs on. The cgroup stays
                 # pending, so the container's first exec of its own is held in turn.
                 self.applier.maps["mr_phold"].delete(struct.pack("<I", h.pid))
+                self.runtime_made[h.cgroup_id] = now
+                if len(self.runtime_made) > 4096:   # rows of cgroups gone without a decision
+                    self.runtime_made.pop(next(iter(self.runtime_made)))
                 log.info("held runtime bootstrap continued", extra={
                     "pid": h.pid, "cgroup_id": h.cgroup_id})
                 if self._same_process(h):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from moray.agent.bpf import abi
 from moray.agent.events.types import Decision, Proc
@@ -32,3 +35,53 @@ def test_a_decision_is_a_typed_event(tmp_path: Path) -> None:
     assert {k: getattr(ev, k) for k in want} == want
     assert ev.proc == Proc(pid=77, tid=77, ppid=12, uid=1000, euid=1001, gid=50, mntns=0,
                            cgroup_id=9, start_ns=5, pstart_ns=0, comm="nc")
+
+
+class _Map:
+    def __init__(self) -> None:
+        self.rows: dict[bytes, bytes] = {}
+
+    def keys(self) -> list[bytes]:
+        return list(self.rows)
+
+    def lookup(self, k: bytes) -> bytes | None:
+        return self.rows.get(k)
+
+    def delete(self, k: bytes) -> None:
+        self.rows.pop(k, None)
+
+    def update(self, k: bytes, v: bytes) -> None:
+        self.rows[k] = v
+
+
+class _Applier:
+    def __init__(self) -> None:
+        self.maps = {"mr_ppend": _Map(), "mr_phold": _Map(), "mr_pscope": _Map()}
+
+    def set_scope(self, cg: int, mask: int) -> None:
+        self.maps["mr_pscope"].update(struct.pack("<Q", cg), struct.pack("<Q", mask))
+
+
+class _NoContainer:
+    def lookup(self, cgroup_id: int, pid: int | None = None) -> None:
+        return None
+
+
+def test_a_cgroup_runc_made_stays_pending_until_its_state_is_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cgroup where runc's init was seen is not declared a host cgroup when its state is
+    late (seen under heavy load: the container's first exec then ran as a host task)."""
+    from moray.agent.policy import hold
+
+    ap = _Applier()
+    h = Holds(applier=ap, resolver=_NoContainer())  # type: ignore[arg-type]
+    now = 100 * 10**9
+    monkeypatch.setattr(hold, "boot_ns", lambda: now)
+    for cg in (7, 8):   # both pending for 5 s, nothing held there now
+        ap.maps["mr_ppend"].update(struct.pack("<Q", cg),
+                                    abi.PPEND.compile().pack(0, now - 5 * 10**9))
+    h.runtime_made[7] = now - 5 * 10**9
+    assert h.classify({}, []) == 1                       # 8: a host cgroup
+    assert ap.maps["mr_ppend"].keys() == [struct.pack("<Q", 7)]
+    now += hold.MAX_HOLD_NS                              # 7: runc never wrote its state
+    assert h.classify({}, []) == 1 and not h.runtime_made
