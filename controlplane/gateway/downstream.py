@@ -10,7 +10,10 @@ stored under the certificate they came with, and the server checks it again on d
 - ``PolicyStream``: hello, then the gateway's per-agent diff of its tenant's policies
   (``PolicySession``) after every change the server sends; acks go upstream.
 - ``Events``: each batch acknowledged once durable (forwarder.py).
-- ``Heartbeat``: passed upstream (queued while the server is unreachable), answered here.
+- ``Heartbeat``: answered here; passed upstream (queued while the server is unreachable)
+  when the status changed, else at most every ``HEARTBEAT_EVERY`` seconds: an idle fleet's
+  heartbeats are most of the server's idle work, and the agent's "connected" comes from
+  its attach, not from heartbeats.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ from moray.controlplane.server.pki import cert_sha256
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 10_000   # as the server's
+HEARTBEAT_EVERY = 60.0   # an unchanged status goes up at most this often (last_seen)
 
 
 class GatewayAgentService(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     def __init__(self, upstream: Upstream, forwarder: Forwarder) -> None:
         self.upstream, self.forwarder = upstream, forwarder
         self.fanout = upstream.fanout
+        self._beats: dict[str, tuple[bytes, float]] = {}   # agent -> (status sent, when)
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> tuple[str, str]:
         auth = context.auth_context()
@@ -84,6 +89,8 @@ class GatewayAgentService(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[
             reader.cancel()
             state.wakes.discard(session.wake)
             self.fanout.close(state)
+            if agent_id not in self.fanout.agents:
+                self._beats.pop(agent_id, None)
 
     async def Events(self, request_iterator: AsyncIterator[moray_pb2.EventBatch],
                      context: grpc.aio.ServicerContext) -> None:
@@ -112,6 +119,11 @@ class GatewayAgentService(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[
         agent_id, sha = await self._identify(context)
         state = self.fanout.agents.get(agent_id)
         if state is not None and state.cert_sha256 == sha:
-            self.upstream.send(moray_pb2.GatewayUp(heartbeat=moray_pb2.GatewayHeartbeat(
-                agent_id=agent_id, status=request.status)))
+            status = request.status.SerializeToString(deterministic=True)
+            last = self._beats.get(agent_id)
+            now = time.monotonic()
+            if last is None or last[0] != status or now - last[1] >= HEARTBEAT_EVERY:
+                self._beats[agent_id] = (status, now)
+                self.upstream.send(moray_pb2.GatewayUp(heartbeat=moray_pb2.GatewayHeartbeat(
+                    agent_id=agent_id, status=request.status)))
         return moray_pb2.HeartbeatResponse(server_time_ms=int(time.time() * 1000))

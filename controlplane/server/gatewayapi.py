@@ -84,7 +84,7 @@ class GatewayServiceImpl(moray_pb2_grpc.GatewayServiceServicer):  # type: ignore
         self.agents = agents
         self.store, self.pki, self.hub = agents.store, agents.pki, agents.hub
         self.metrics = agents.metrics
-        self.links = 0
+        self.links: dict[str, _Link] = {}     # gateway name -> its current link
 
     async def _gateway(self, context: grpc.aio.ServicerContext) -> str:
         pems = context.auth_context().get("x509_pem_cert") or []
@@ -100,12 +100,13 @@ class GatewayServiceImpl(moray_pb2_grpc.GatewayServiceServicer):  # type: ignore
                    context: grpc.aio.ServicerContext) -> None:
         name = await self._gateway(context)
         link = _Link(self, name, context)
-        self.links += 1
+        self.links[name] = link
         log.info("gateway linked", extra={"gateway": name})
         try:
             await link.run()
         finally:
-            self.links -= 1
+            if self.links.get(name) is link:
+                del self.links[name]
             link.close()
             log.info("gateway link closed", extra={"gateway": name,
                                                    "agents": len(link.attached)})
@@ -119,9 +120,15 @@ class GatewayServiceImpl(moray_pb2_grpc.GatewayServiceServicer):  # type: ignore
                                     f"batch larger than {MAX_GATEWAY_BATCH} events")
             groups = [(a.agent_id, a.cert_sha256, [_event_row(e) for e in a.events])
                       for a in batch.agents]
+            # the agents attached on this gateway's link (records the hub keeps fresh:
+            # a revocation marks the handle at once) spare a store read per agent
+            link = self.links.get(name)
+            known = {} if link is None else {
+                aid: rec for aid, (rec, handle) in link.attached.items() if not handle.revoked}
             self.metrics.event_batches_inflight.inc()
             try:
-                stored, duplicates = await asyncio.to_thread(self._store_events, name, groups)
+                stored, duplicates = await asyncio.to_thread(self._store_events, name, groups,
+                                                             known)
             finally:
                 self.metrics.event_batches_inflight.dec()
             self.metrics.events_ingested.inc(stored)
@@ -130,11 +137,13 @@ class GatewayServiceImpl(moray_pb2_grpc.GatewayServiceServicer):  # type: ignore
                                      duplicates=duplicates)
 
     def _store_events(self, gateway: str,
-                      groups: list[tuple[str, str, list[tuple[str, int, str, str]]]]
-                      ) -> tuple[int, int]:
+                      groups: list[tuple[str, str, list[tuple[str, int, str, str]]]],
+                      known: dict[str, AgentRecord]) -> tuple[int, int]:
         stored = duplicates = 0
         for agent_id, sha, rows in groups:
-            agent = self.store.agent(agent_id)
+            agent = known.get(agent_id)
+            if agent is None or agent.cert_sha256 != sha:
+                agent = self.store.agent(agent_id)
             why = refusal(agent, sha)
             if why or agent is None:
                 # acked all the same (the gateway must not resend them for ever): counted

@@ -215,13 +215,14 @@ class Pki:
     def issue_gateway_cert(self, name: str, hosts: list[str], days: int = 825
                            ) -> tuple[bytes, bytes]:
         """A key and certificate for gateway ``name`` (O = moray gateways, CN = name),
-        valid as a TLS server for ``hosts`` (agents connect to it) and as a client (it
-        links to this server); recorded under ``gateways/`` so the server trusts it."""
+        valid as a TLS server for ``hosts`` (agents connect to it; none given: localhost and
+        127.0.0.1) and as a client (it links to this server); recorded under ``gateways/``
+        so the server trusts it."""
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise PkiError(f"gateway name {name!r}: letters, digits, '-', '_', '.' only")
         key = ec.generate_private_key(ec.SECP256R1())
         alt: list[x509.GeneralName] = []
-        for n in sorted({"localhost", "127.0.0.1", *hosts}):
+        for n in sorted(set(hosts or ["localhost", "127.0.0.1"])):
             try:
                 alt.append(x509.IPAddress(ipaddress.ip_address(n)))
             except ValueError:
