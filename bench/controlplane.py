@@ -281,11 +281,14 @@ def _fleet_mode(server: ServerProcess, sims: _Sims, endpoints: list[str], pids: 
             "SELECT acked_at FROM cp_agent_policy WHERE policy_name='fleet' AND version=?",
             (version,))]
         time.sleep(1)
+    print(f"  ({label}: idle and push done: p50 {statistics.median(lat) * 1000:.0f} ms, "
+          f"p99 {pct(lat, 99) * 1000:.0f} ms; idle {idle})", flush=True)
     count0 = conn.execute("SELECT count(*) FROM cp_event").fetchone()[0]
     t0 = time.perf_counter()
     done = sims.command(f"events {args.events_per_agent // args.batch} {args.batch}",
                         "events-done")
     sent = sum(int(d.split()[1]) for d in done)
+    retries = "+".join(d.split()[3] for d in done)
     wait_for(lambda: conn.execute("SELECT count(*) FROM cp_event").fetchone()[0] - count0
              >= sent, timeout=300, interval=0.1, what="every event stored")
     rate = sent / (time.perf_counter() - t0)
@@ -299,12 +302,15 @@ def _fleet_mode(server: ServerProcess, sims: _Sims, endpoints: list[str], pids: 
           f"push apply->every ack stored ({len(lat)} acks): p50 "
           f"{statistics.median(lat) * 1000:.0f} ms  p99 {pct(lat, 99) * 1000:.0f} ms  max "
           f"{max(lat) * 1000:.0f} ms | events {rate:.0f}/s stored, {sent} sent, {stored} "
-          f"stored (lost {sent - stored})")
+          f"stored (lost {sent - stored}) | failed calls retried by the agents, "
+          f"policy/heartbeat/events per simulator: {retries}")
     sys.stdout.flush()
 
 
 def fleet(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    # --work: the run's files (logs of server, gateways) are kept there
+    with (contextlib.nullcontext(tempfile.mkdtemp(dir=args.work)) if args.work
+          else tempfile.TemporaryDirectory()) as tmp:
         work = Path(tmp)
         server = ServerProcess(work / "server", extra_args=("--scan-workers", "0")).start()
         sims = None
@@ -352,6 +358,7 @@ def main() -> int:
     p.add_argument("--idle", type=float, default=10.0)
     p.add_argument("--events-per-agent", type=int, default=100)
     p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--work", default=None, help="--fleet: directory for the run's files")
     args = p.parse_args()
     if args.fleet:
         fleet(args)

@@ -54,7 +54,8 @@ class SimAgent:
         self.versions: dict[str, int] = {}
         self.channel: grpc.aio.Channel | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.errors = 0      # streams and heartbeats that failed (reconnected)
+        # failed calls (retried), by kind: policy stream, heartbeat, event batch
+        self.errors = {"policy": 0, "heartbeat": 0, "events": 0}
 
     async def connect(self, endpoint: str) -> None:
         self.channel = grpc.aio.secure_channel(endpoint, self.creds, options=[
@@ -80,7 +81,7 @@ class SimAgent:
                     await call.write(moray_pb2.PolicyStreamRequest(ack=moray_pb2.PolicyAck(
                         name=payload.name, version=payload.version, status=status)))
             except grpc.RpcError:
-                self.errors += 1
+                self.errors["policy"] += 1
             await asyncio.sleep(1 + random.random())
 
     async def _heartbeats(self, stub: Any) -> None:
@@ -91,22 +92,35 @@ class SimAgent:
                     kernel="6.1.0-sim", agent_version="sim", policy_versions=self.versions)),
                     timeout=30)
             except grpc.RpcError:
-                self.errors += 1
+                self.errors["heartbeat"] += 1
             await asyncio.sleep(self.heartbeat * (0.9 + 0.2 * random.random()))
 
     async def events(self, batches: int, size: int) -> int:
+        """Send ``batches`` batches one at a time, each acked; a broken stream is opened
+        again and the unacked batch resent (same ids: stored once)."""
         assert self.channel is not None
         stub = moray_pb2_grpc.AgentServiceStub(self.channel)
         call = stub.Events()
         sent = 0
         for b in range(batches):
             now = int(time.time() * 1000)
-            await call.write(moray_pb2.EventBatch(batch_id=b + 1, events=[
+            batch = moray_pb2.EventBatch(batch_id=b + 1, events=[
                 moray_pb2.Event(id=uuid.uuid4().hex, time_ms=now, type="exec",
-                                payload_json=PAYLOAD) for _ in range(size)]))
-            ack = await call.read()
-            if ack is grpc.aio.EOF or ack.batch_id != b + 1:
-                raise RuntimeError(f"{self.agent_id}: event stream broke")
+                                payload_json=PAYLOAD) for _ in range(size)])
+            for _attempt in range(20):
+                try:
+                    await call.write(batch)
+                    ack = await call.read()
+                    if ack is not grpc.aio.EOF and ack.batch_id == b + 1:
+                        break
+                except grpc.RpcError:
+                    pass
+                self.errors["events"] += 1
+                call.cancel()
+                await asyncio.sleep(0.5 + random.random())
+                call = stub.Events()
+            else:
+                raise RuntimeError(f"{self.agent_id}: event stream keeps breaking")
             sent += size
         await call.done_writing()
         return sent
@@ -174,7 +188,10 @@ async def main() -> None:
             start = time.perf_counter()
             sent = await asyncio.gather(*(a.events(int(line[1]), int(line[2]))
                                           for a in agents))
-            print(f"events-done {sum(sent)} {time.perf_counter() - start:.3f}", flush=True)
+            errors = "/".join(str(sum(a.errors[k] for a in agents))
+                              for k in ("policy", "heartbeat", "events"))
+            print(f"events-done {sum(sent)} {time.perf_counter() - start:.3f} {errors}",
+                  flush=True)
         elif line[0] == "disconnect":
             await asyncio.gather(*(a.disconnect() for a in agents))
             print("disconnected", flush=True)

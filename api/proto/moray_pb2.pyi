@@ -317,6 +317,12 @@ class GatewayPolicyAck(_message.Message):
     ack: PolicyAck
     def __init__(self, agent_id: _Optional[str] = ..., ack: _Optional[_Union[PolicyAck, _Mapping]] = ...) -> None: ...
 
+class GatewayPolicyAcks(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[GatewayPolicyAck]
+    def __init__(self, acks: _Optional[_Iterable[_Union[GatewayPolicyAck, _Mapping]]] = ...) -> None: ...
+
 class GatewayHeartbeat(_message.Message):
     __slots__ = ("agent_id", "status")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -326,18 +332,20 @@ class GatewayHeartbeat(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ...) -> None: ...
 
 class GatewayUp(_message.Message):
-    __slots__ = ("attach", "detach", "removal", "ack", "heartbeat")
+    __slots__ = ("attach", "detach", "removal", "ack", "heartbeat", "acks")
     ATTACH_FIELD_NUMBER: _ClassVar[int]
     DETACH_FIELD_NUMBER: _ClassVar[int]
     REMOVAL_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     attach: GatewayAttach
     detach: str
     removal: GatewayRemoval
     ack: GatewayPolicyAck
     heartbeat: GatewayHeartbeat
-    def __init__(self, attach: _Optional[_Union[GatewayAttach, _Mapping]] = ..., detach: _Optional[str] = ..., removal: _Optional[_Union[GatewayRemoval, _Mapping]] = ..., ack: _Optional[_Union[GatewayPolicyAck, _Mapping]] = ..., heartbeat: _Optional[_Union[GatewayHeartbeat, _Mapping]] = ...) -> None: ...
+    acks: GatewayPolicyAcks
+    def __init__(self, attach: _Optional[_Union[GatewayAttach, _Mapping]] = ..., detach: _Optional[str] = ..., removal: _Optional[_Union[GatewayRemoval, _Mapping]] = ..., ack: _Optional[_Union[GatewayPolicyAck, _Mapping]] = ..., heartbeat: _Optional[_Union[GatewayHeartbeat, _Mapping]] = ..., acks: _Optional[_Union[GatewayPolicyAcks, _Mapping]] = ...) -> None: ...
 
 class GatewayDown(_message.Message):
     __slots__ = ("policies", "agent", "removal")

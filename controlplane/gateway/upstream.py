@@ -24,6 +24,7 @@ from moray.controlplane.gateway.fanout import Fanout
 log = logging.getLogger(__name__)
 
 QUEUE_MAX = 200_000
+ACK_BATCH = 1000
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -109,8 +110,21 @@ class Upstream:
             await asyncio.sleep(min(self.max_backoff, 0.1 * 2 ** min(attempt, 5)))
 
     async def _write(self, call: Any) -> None:
+        """Send the queue in order; acks queued together go as one message."""
+        held: moray_pb2.GatewayUp | None = None
         while True:
-            msg = await self._queue.get()
+            msg = held or await self._queue.get()
+            held = None
+            if msg.WhichOneof("msg") == "ack":
+                acks = [msg.ack]
+                while not self._queue.empty() and len(acks) < ACK_BATCH:
+                    nxt = self._queue.get_nowait()
+                    if nxt.WhichOneof("msg") != "ack":
+                        held = nxt
+                        break
+                    acks.append(nxt.ack)
+                if len(acks) > 1:
+                    msg = moray_pb2.GatewayUp(acks=moray_pb2.GatewayPolicyAcks(acks=acks))
             await call.write(msg)
 
     def _dispatch(self, down: moray_pb2.GatewayDown) -> None:

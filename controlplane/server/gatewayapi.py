@@ -235,6 +235,9 @@ class _Link:
                 await self.removal(msg.removal)
             elif kind == "ack":
                 self.ack(msg.ack)
+            elif kind == "acks":
+                for ack in msg.acks.acks:
+                    self.ack(ack)
             elif kind == "heartbeat":   # stored off the reader: acks must not queue behind
                 task = asyncio.create_task(self.heartbeat(msg.heartbeat))
                 self._tasks.add(task)
