@@ -91,7 +91,8 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
     cp.add_argument("--ca", default=None, help="server CA certificate (PEM) for enrolment")
     cp.add_argument("--ca-sha256", default=None, help="or the CA's pinned SHA-256")
     cp.add_argument("--enroll-server", default=None, metavar="HOST:PORT",
-                    help="enrolment endpoint (default: the server's host, port 7444)")
+                    help="enrolment endpoint (default: the server's host, port 7444; with "
+                         "gateways: the server's, as gateways do not enrol)")
     cp.add_argument("--data-dir", default="/var/lib/moray-agent",
                     help="agent identity, policy cache and event spool")
     cp.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",

@@ -94,8 +94,10 @@ class ControlPlaneClient:
         self.on_policy = on_policy
         self.token, self.ca_pem = token, ca_pem
         self.ca_sha256 = ca_sha256
-        self.ca_url = ca_url or f"http://{self.server.rsplit(':', 1)[0]}:7080/ca.pem"
-        self.enroll_server = enroll_server or _enroll_target(server)
+        # the CA comes from the server that enrols (gateways serve neither)
+        ca_host = (enroll_server or self.server).rsplit(":", 1)[0]
+        self.ca_url = ca_url or f"http://{ca_host}:7080/ca.pem"
+        self.enroll_server = enroll_server or _enroll_target(self.server)
         self.labels = dict(labels or {})
         self.hostname, self.server_name = hostname, server_name
         self.status_provider = status
