@@ -11,6 +11,8 @@ gateway."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,12 +32,23 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory
+def siem() -> Iterator[socket.socket]:
+    """A syslog receiver (UDP on loopback) both gateways forward alerts to."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, siem: socket.socket
             ) -> Iterator[tuple[ServerProcess, GatewayProcess, GatewayProcess]]:
     base = tmp_path_factory.mktemp("gw")
     server = ServerProcess(base / "server").start()
-    gw1 = GatewayProcess(base / "gw1", server, "gw1").start()
-    gw2 = GatewayProcess(base / "gw2", server, "gw2").start()
+    syslog = ("--syslog", f"udp://127.0.0.1:{siem.getsockname()[1]}")
+    gw1 = GatewayProcess(base / "gw1", server, "gw1", syslog).start()
+    gw2 = GatewayProcess(base / "gw2", server, "gw2", syslog).start()
     yield server, gw1, gw2
     for proc in (gw1, gw2, server):
         proc.stop()
@@ -77,7 +90,8 @@ Clients = list[tuple[ControlPlaneClient, Recorder]]
 
 
 def test_gateways_carry_policies_events_and_failover(
-        cluster: tuple[ServerProcess, GatewayProcess, GatewayProcess], tmp_path: Path) -> None:
+        cluster: tuple[ServerProcess, GatewayProcess, GatewayProcess], siem: socket.socket,
+        tmp_path: Path) -> None:
     server, gw1, gw2 = cluster
     engine = _engine(server)
     clients = []
@@ -91,6 +105,7 @@ def test_gateways_carry_policies_events_and_failover(
         wait_for(lambda: _connected(server, ids), timeout=20,
                  what="every agent connected through a gateway")
         _policies_fan_out(server, clients, ids)
+        _alerts_reach_the_siem(clients, siem)
         _gateway_killed_mid_stream(server, gw1, clients, engine, ids)
         _server_outage_spooled(server, gw2, clients, engine)
         _revocation_ends_streams(server, clients, ids)
@@ -120,6 +135,23 @@ def _policies_fan_out(server: ServerProcess, clients: Clients, ids: set[str]) ->
     api("DELETE", "/api/v1/policies/everyone", expect=200)
     wait_for(lambda: all("everyone" not in r.versions() for _c, r in clients), timeout=10,
              what="removal reached every agent")
+
+
+def _alerts_reach_the_siem(clients: Clients, siem: socket.socket) -> None:
+    """Alerts (not other events) go from the gateways to their syslog output."""
+    for n, (c, _r) in enumerate(clients):
+        assert c.send_many([{"type": "exec", "id": f"plain-{n}"},
+                            {"type": "alert", "id": f"alert-{n}", "rule": f"gw-siem-{n}",
+                             "priority": "high"}]) == 2
+    seen: set[str] = set()
+
+    def received() -> bool:
+        with contextlib.suppress(TimeoutError):
+            data = siem.recv(65536).decode()
+            assert "plain-" not in data
+            seen.update(f"gw-siem-{n}" for n in range(len(clients)) if f"gw-siem-{n}" in data)
+        return len(seen) == len(clients)
+    wait_for(received, timeout=15, what="every agent's alert at the SIEM")
 
 
 def _gateway_killed_mid_stream(server: ServerProcess, gw1: GatewayProcess, clients: Clients,
