@@ -28,7 +28,7 @@ import grpc
 
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.gateway.fanout import AgentState, PolicySession
-from moray.controlplane.gateway.forwarder import Forwarder
+from moray.controlplane.gateway.forwarder import Forwarder, SpoolFull
 from moray.controlplane.gateway.upstream import Upstream
 from moray.controlplane.server.pki import cert_sha256
 
@@ -108,7 +108,12 @@ class GatewayAgentService(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[
                 if len(batch.events) > MAX_BATCH:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         f"batch larger than {MAX_BATCH} events")
-                await self.forwarder.submit(agent_id, sha, batch.events)
+                try:
+                    await self.forwarder.submit(agent_id, sha, batch.events)
+                except SpoolFull:
+                    # the agent keeps the batch and tries the next endpoint
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        "server unreachable and the gateway's spool is full")
                 await context.write(moray_pb2.EventAck(batch_id=batch.batch_id,
                                                        stored=len(batch.events)))
         finally:

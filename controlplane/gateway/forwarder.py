@@ -8,7 +8,8 @@ agent's events under its own id), or, when the server does not answer within
 spool code, agent/controlplane/spool.py). While the spool holds anything, new batches go
 there too and the spool is drained first, oldest first, committed after the server's ack.
 A batch the server stored but whose ack was lost is sent again and counted as duplicates
-there, never stored twice (the server stores each event id once per agent).
+there, never stored twice (the server stores each event id once per agent). A full spool
+acknowledges nothing: ``submit`` raises ``SpoolFull`` and the agent keeps the batch.
 
 What survives what: a gateway killed with an empty spool loses nothing (everything acked
 is at the server; unacked batches are resent by the agents to another gateway); what a
@@ -38,12 +39,17 @@ import orjson
 from moray.agent.controlplane.spool import EventSpool
 from moray.agent.output.siem import AlertOutput
 from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.errors import ControlPlaneError
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 10_000    # events per upstream batch
 # a call that failed, ended, timed out, or was already finished by grpc (write after end)
 SEND_ERRORS = (grpc.RpcError, ConnectionError, TimeoutError, asyncio.InvalidStateError)
+
+
+class SpoolFull(ControlPlaneError):
+    """The server is not taking events and the gateway's spool is full."""
 
 
 class Forwarder:
@@ -85,17 +91,23 @@ class Forwarder:
             if not items:
                 continue
             groups = [g for g, _f in items]
+            full = False
             if self.spooled() or time.monotonic() < self._retry_at:
-                await self._to_spool(groups)
+                full = not await self._to_spool(groups)
             else:
                 try:
                     await self._send(groups)
                 except SEND_ERRORS as err:
                     self._failed(err)
-                    await self._to_spool(groups)
-            self._publish(groups)
+                    full = not await self._to_spool(groups)
+            if not full:
+                self._publish(groups)
             for _g, future in items:
-                if not future.done():
+                if future.done():
+                    continue
+                if full:   # not acked: the agents keep them in their own spools and resend
+                    future.set_exception(SpoolFull("gateway spool full"))
+                else:
                     future.set_result(None)
 
     def _take_ready(self) -> list[tuple[moray_pb2.AgentEvents, asyncio.Future[None]]]:
@@ -141,12 +153,16 @@ class Forwarder:
             log.info("server taking events again")
         self._attempt = 0
 
-    async def _to_spool(self, groups: list[moray_pb2.AgentEvents]) -> None:
+    async def _to_spool(self, groups: list[moray_pb2.AgentEvents]) -> bool:
+        """Spool the groups; False when the spool did not take all of them (what it took
+        is sent later, what it refused is counted there; the agents resend the lot, and
+        the server stores each event once)."""
         records = [{"a": g.agent_id, "s": g.cert_sha256, "id": e.id, "t": e.time_ms,
                     "type": e.type, "json": e.payload_json}
                    for g in groups for e in g.events]
         accepted = await asyncio.to_thread(self.spool.append, records)
         self.spooled_total += accepted
+        return accepted == len(records)
 
     async def _drain_once(self) -> None:
         records, end = await asyncio.to_thread(self.spool.read, MAX_EVENTS)

@@ -79,11 +79,14 @@ class Upstream:
                     msg = self._queue.get_nowait()
                     if msg.WhichOneof("msg") in ("ack", "removal", "heartbeat"):
                         pending.append(msg)
-                for state in list(self.fanout.agents.values()):
+                attached = list(self.fanout.agents.values())
+                for state in attached:
                     await call.write(Fanout.attach_message(state))
                 for msg in pending:
                     await call.write(msg)
                 self.up = True
+                for state in set(self.fanout.agents.values()) - set(attached):
+                    self.send(Fanout.attach_message(state))   # connected meanwhile
                 self.links += 1
                 log.info("linked to the server", extra={"server": self.server,
                                                         "agents": len(self.fanout.agents)})

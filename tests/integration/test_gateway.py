@@ -3,11 +3,11 @@ ControlPlaneClient, real mTLS, no BPF): two gateways, each agent given both endp
 
 Checked: a policy applied (and a relabel, a delete) reaches every agent through the
 gateways with the acks stored at the server; alerts (only alerts) reach the gateways'
-syslog output; events through a gateway are stored once, under their agent; a gateway SIGKILLed while agents stream events -> its agents move to
-the other gateway, nothing lost or duplicated, and later policies still arrive; the server
-down -> the gateway takes and spools the agents' events, server back -> delivered;
-revoking an agent ends its streams at the gateway; an agent certificate cannot link as a
-gateway."""
+syslog output; events through a gateway are stored once, under their agent; a gateway
+SIGKILLed while agents stream events -> its agents move to the other gateway, nothing
+lost or duplicated, and later policies still arrive; the server down -> the gateway takes
+and spools the agents' events, server back -> delivered; revoking an agent ends its
+streams at the gateway; an agent certificate cannot link as a gateway."""
 
 from __future__ import annotations
 
