@@ -8,6 +8,11 @@
     client.send(event)      # durable in the spool when it returns True
     client.stop()
 
+``server`` may be a comma-separated list of endpoints (servers or gateways, which speak
+the same protocol): a policy or event stream that breaks (not a refusal) moves the
+client to the next one. Enrolment and the CA's URL default to the first endpoint's host;
+behind gateways give ``enroll_server`` (the server's enrolment port).
+
 Threads (all started by ``start``, all ended by ``stop``):
 - ``cp-policy``: enrols if there is no identity yet, then holds the policy stream open:
   sends a hello with the versions held, verifies each pushed policy (signature, then
