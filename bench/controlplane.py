@@ -183,12 +183,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _sqlite(server: ServerProcess) -> Any:
-    import sqlite3
+class _Db:
+    """Read-only queries on the server's database (SQLite file or PostgreSQL)."""
 
-    conn = sqlite3.connect(f"file:{server.data_dir / 'moray.db'}?mode=ro", uri=True,
-                           timeout=30)
-    return conn
+    def __init__(self, server: ServerProcess) -> None:
+        from moray.controlplane.store import db
+
+        self.engine = db.make_engine(db.database_url(server.database_url, server.data_dir))
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql), params).all())
+
+    def scalar(self, sql: str, **params: Any) -> int:
+        return int(self.rows(sql, **params)[0][0])
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 class _Sims:
@@ -265,7 +278,7 @@ def _fleet_mode(server: ServerProcess, sims: _Sims, endpoints: list[str], pids: 
     time.sleep(args.idle)
     idle = {k: 100 * (_cpu_seconds(p) - before[k]) / args.idle for k, p in pids.items()}
     api = server.api()
-    conn = _sqlite(server)
+    conn = _Db(server)
     lat: list[float] = []
     for _ in range(args.rounds):
         rnd[0] += 1
@@ -273,32 +286,31 @@ def _fleet_mode(server: ServerProcess, sims: _Sims, endpoints: list[str], pids: 
         version = api.apply(policy_yaml("fleet", deny=f"/usr/bin/tool{rnd[0]}"))["version"]
 
         def acked(v: int = version) -> bool:
-            return bool(conn.execute(
-                "SELECT count(*) FROM cp_agent_policy WHERE policy_name='fleet' AND version=?",
-                (v,)).fetchone()[0] >= agents)
+            return conn.scalar("SELECT count(*) FROM cp_agent_policy WHERE "
+                               "policy_name='fleet' AND version=:v", v=v) >= agents
         wait_for(acked, timeout=300, interval=0.05, what="every ack stored")
-        lat += [r[0] - t0 for r in conn.execute(
-            "SELECT acked_at FROM cp_agent_policy WHERE policy_name='fleet' AND version=?",
-            (version,))]
+        lat += [r[0] - t0 for r in conn.rows(
+            "SELECT acked_at FROM cp_agent_policy WHERE policy_name='fleet' AND version=:v",
+            v=version)]
         time.sleep(1)
     print(f"  ({label}: idle and push done: p50 {statistics.median(lat) * 1000:.0f} ms, "
           f"p99 {pct(lat, 99) * 1000:.0f} ms; idle {idle})", flush=True)
-    count0 = conn.execute("SELECT count(*) FROM cp_event").fetchone()[0]
+    count0 = conn.scalar("SELECT count(*) FROM cp_event")
     t0 = time.perf_counter()
     done = sims.command(f"events {args.events_per_agent // args.batch} {args.batch}",
                         "events-done")
     sent = sum(int(d.split()[1]) for d in done)
     retries = "+".join(d.split()[3] for d in done)
-    wait_for(lambda: conn.execute("SELECT count(*) FROM cp_event").fetchone()[0] - count0
+    wait_for(lambda: conn.scalar("SELECT count(*) FROM cp_event") - count0
              >= sent, timeout=300, interval=0.1, what="every event stored")
     rate = sent / (time.perf_counter() - t0)
-    stored = conn.execute("SELECT count(*) FROM cp_event").fetchone()[0] - count0
+    stored = conn.scalar("SELECT count(*) FROM cp_event") - count0
     conn.close()
     sims.command("disconnect", "disconnected")
     wait_for(lambda: _metric(server, "moray_agents_connected") == 0, timeout=120,
              interval=0.5, what="agents gone")
     cpu = "  ".join(f"{k} {v:.1f} %" for k, v in idle.items())
-    print(f"fleet-{label:14} {agents} agents: connect {connect_s:.0f} s | idle CPU {cpu} | "
+    print(f"fleet-{label:22} {agents} agents: connect {connect_s:.0f} s | idle CPU {cpu} | "
           f"push apply->every ack stored ({len(lat)} acks): p50 "
           f"{statistics.median(lat) * 1000:.0f} ms  p99 {pct(lat, 99) * 1000:.0f} ms  max "
           f"{max(lat) * 1000:.0f} ms | events {rate:.0f}/s stored, {sent} sent, {stored} "
@@ -308,31 +320,45 @@ def _fleet_mode(server: ServerProcess, sims: _Sims, endpoints: list[str], pids: 
 
 
 def fleet(args: argparse.Namespace) -> None:
+    for backend in args.fleet_db.split(","):
+        if backend == "postgresql":
+            if ensure_postgresql() is None:
+                print("fleet-postgresql: PostgreSQL not available, skipped")
+                continue
+            with postgres_server() as base:
+                _fleet_backend(args, backend, create_database(base))
+        else:
+            _fleet_backend(args, backend, None)
+
+
+def _fleet_backend(args: argparse.Namespace, backend: str, url: str | None) -> None:
     # --work: the run's files (logs of server, gateways) are kept there
     with (contextlib.nullcontext(tempfile.mkdtemp(dir=args.work)) if args.work
           else tempfile.TemporaryDirectory()) as tmp:
         work = Path(tmp)
-        server = ServerProcess(work / "server", extra_args=("--scan-workers", "0")).start()
+        server = ServerProcess(work / "server", database_url=url,
+                               extra_args=("--scan-workers", "0")).start()
         sims = None
         gateways: list[GatewayProcess] = []
         try:
             t0 = time.perf_counter()
             sims = _Sims(server, work, args.agents, args.sims)
-            print(f"fleet: {args.agents} agents enrolled in {time.perf_counter() - t0:.0f} s "
-                  f"({args.sims} simulator processes, {os.cpu_count()} cores)")
+            print(f"fleet-{backend}: {args.agents} agents enrolled in "
+                  f"{time.perf_counter() - t0:.0f} s ({args.sims} simulator processes, "
+                  f"{os.cpu_count()} cores)")
             assert server.proc is not None
             rnd = [0]
             for mode in args.modes.split(","):
                 if mode == "direct":
                     _fleet_mode(server, sims, [server.grpc_target], {"server": server.proc.pid},
-                                args.agents, args, "direct", rnd)
+                                args.agents, args, f"{backend}-direct", rnd)
                     continue
                 gateways = [GatewayProcess(work / f"gw{i}", server, f"gw{i}").start()
                             for i in range(args.gateways)]
                 pids = {"server": server.proc.pid,
                         **{f"gw{i}": g.proc.pid for i, g in enumerate(gateways) if g.proc}}
                 _fleet_mode(server, sims, [g.target for g in gateways], pids, args.agents,
-                            args, f"{args.gateways}-gateways", rnd)
+                            args, f"{backend}-{args.gateways}-gateways", rnd)
                 for g in gateways:
                     g.stop()
                 gateways = []
@@ -359,6 +385,7 @@ def main() -> int:
     p.add_argument("--events-per-agent", type=int, default=100)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--work", default=None, help="--fleet: directory for the run's files")
+    p.add_argument("--fleet-db", default="sqlite", help="--fleet: sqlite,postgresql")
     args = p.parse_args()
     if args.fleet:
         fleet(args)
