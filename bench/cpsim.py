@@ -41,6 +41,12 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 from moray.api.proto import moray_pb2, moray_pb2_grpc  # noqa: E402
 
 PAYLOAD = b'{"type":"exec","process":{"pid":1234,"binary":"/usr/bin/true"}}'
+CODES: dict[str, int] = {}   # "kind:STATUS" -> failed calls, written to DIR/errors.json
+
+
+def _code(err: grpc.RpcError) -> str:
+    code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
+    return code.name if code is not None else type(err).__name__
 
 
 class SimAgent:
@@ -80,8 +86,9 @@ class SimAgent:
                         status = moray_pb2.APPLIED
                     await call.write(moray_pb2.PolicyStreamRequest(ack=moray_pb2.PolicyAck(
                         name=payload.name, version=payload.version, status=status)))
-            except grpc.RpcError:
+            except grpc.RpcError as err:
                 self.errors["policy"] += 1
+                CODES[f"policy:{_code(err)}"] = CODES.get(f"policy:{_code(err)}", 0) + 1
             await asyncio.sleep(1 + random.random())
 
     async def _heartbeats(self, stub: Any) -> None:
@@ -91,8 +98,9 @@ class SimAgent:
                 await stub.Heartbeat(moray_pb2.HeartbeatRequest(status=moray_pb2.AgentStatus(
                     kernel="6.1.0-sim", agent_version="sim", policy_versions=self.versions)),
                     timeout=30)
-            except grpc.RpcError:
+            except grpc.RpcError as err:
                 self.errors["heartbeat"] += 1
+                CODES[f"heartbeat:{_code(err)}"] = CODES.get(f"heartbeat:{_code(err)}", 0) + 1
             await asyncio.sleep(self.heartbeat * (0.9 + 0.2 * random.random()))
 
     async def events(self, batches: int, size: int) -> int:
@@ -190,6 +198,7 @@ async def main() -> None:
                                           for a in agents))
             errors = "/".join(str(sum(a.errors[k] for a in agents))
                               for k in ("policy", "heartbeat", "events"))
+            (args.dir / "errors.json").write_text(json.dumps(CODES, indent=1))
             print(f"events-done {sum(sent)} {time.perf_counter() - start:.3f} {errors}",
                   flush=True)
         elif line[0] == "disconnect":
