@@ -84,13 +84,15 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
     run.add_argument("--ring-mb", type=int, default=8, help="ring buffer size, MiB (power of 2)")
     run.add_argument("--btf", default="/sys/kernel/btf/vmlinux", help="kernel BTF to require")
     cp = run.add_argument_group("control plane (omit --server for local mode)")
-    cp.add_argument("--server", default=None, metavar="HOST:PORT",
-                    help="moray-server agent endpoint (gRPC, mTLS), e.g. server:7443")
+    cp.add_argument("--server", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+                    help="moray-server (or moray-gateway) agent endpoint (gRPC, mTLS), e.g. "
+                         "server:7443; a comma-separated list fails over in turn")
     cp.add_argument("--enroll-token", default=None, help="one-time enrolment token")
     cp.add_argument("--ca", default=None, help="server CA certificate (PEM) for enrolment")
     cp.add_argument("--ca-sha256", default=None, help="or the CA's pinned SHA-256")
     cp.add_argument("--enroll-server", default=None, metavar="HOST:PORT",
-                    help="enrolment endpoint (default: the server's host, port 7444)")
+                    help="enrolment endpoint (default: the server's host, port 7444; with "
+                         "gateways: the server's, as gateways do not enrol)")
     cp.add_argument("--data-dir", default="/var/lib/moray-agent",
                     help="agent identity, policy cache and event spool")
     cp.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",

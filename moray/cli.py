@@ -2,15 +2,17 @@
 
     moray agent run|probe|policy ...|unload     the host agent          (= moray-agent)
     moray server                                the control plane       (= moray-server)
+    moray gateway run|cert                      agents' gateway tier    (= moray-gateway)
     moray scan IMAGE                            scan an image for CI    (= moray-scan)
     moray scan worker                           take and run scan jobs  (= moray-scanner-worker)
     moray scan enqueue|jobs|registry|image|...  scan jobs, scheduled targets
     moray vulndb import|status, moray malware import
     moray policy|agents|events|audit|tokens ... the control plane's REST API
 
-``moray-agent``, ``moray-server``, ``moray-scan`` and ``moray-scanner-worker`` are aliases:
-the same parser and handlers with the subcommand put in front (``moray-scan ARGS`` is
-``moray scan IMAGE-form ARGS``, so an image path named like a subcommand still scans).
+``moray-agent``, ``moray-server``, ``moray-gateway``, ``moray-scan`` and
+``moray-scanner-worker`` are aliases: the same parser and handlers with the subcommand put
+in front (``moray-scan ARGS`` is ``moray scan IMAGE-form ARGS``, so an image path named
+like a subcommand still scans).
 
 ``moray scan X``: X is a subcommand when it is one of ``SCAN_COMMANDS``, else the image
 (``./jobs`` scans a local folder called ``jobs``).
@@ -40,6 +42,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "agent": ("moray.agent.cli", "the host agent: run, probe, policy, unload (= moray-agent)"),
     "server": ("moray.controlplane.server.main", "run the control plane server "
                "(= moray-server)"),
+    "gateway": ("moray.controlplane.gateway.main", "run a gateway between agents and the "
+                "server; issue its certificate (= moray-gateway)"),
     "scan": ("moray.controlplane.cli", "scan an image (= moray-scan); scan jobs, workers "
              "(= moray-scanner-worker) and scheduled targets"),
     "vulndb": ("moray.controlplane.cli", "vulnerability knowledge base"),
@@ -58,6 +62,7 @@ SCAN_IMAGE = "IMAGE"
 ALIASES: dict[str, tuple[str, ...]] = {
     "moray-agent": ("agent",),
     "moray-server": ("server",),
+    "moray-gateway": ("gateway",),
     "moray-scan": ("scan", SCAN_IMAGE),
     "moray-scanner-worker": ("scan", "worker"),
 }
@@ -217,6 +222,10 @@ def agent_main() -> int:
 
 def server_main() -> int:
     return main(alias="moray-server")
+
+
+def gateway_main() -> int:
+    return main(alias="moray-gateway")
 
 
 def scan_main() -> int:

@@ -8,6 +8,11 @@
     client.send(event)      # durable in the spool when it returns True
     client.stop()
 
+``server`` may be a comma-separated list of endpoints (servers or gateways, which speak
+the same protocol): a policy or event stream that breaks (not a refusal) moves the
+client to the next one. Enrolment and the CA's URL default to the first endpoint's host;
+behind gateways give ``enroll_server`` (the server's enrolment port).
+
 Threads (all started by ``start``, all ended by ``stop``):
 - ``cp-policy``: enrols if there is no identity yet, then holds the policy stream open:
   sends a hello with the versions held, verifies each pushed policy (signature, then
@@ -85,13 +90,19 @@ class ControlPlaneClient:
                  status: Callable[[], Mapping[str, Any]] | None = None,
                  spool_max_bytes: int = 256 << 20, batch_size: int = 500,
                  heartbeat_interval: float = 10.0, max_backoff: float = 2.0) -> None:
-        self.server = server
+        # "gw1:7443,gw2:7443": endpoints tried in turn (a stream that fails moves every
+        # call to the next one); the first one also names the enrolment and CA defaults
+        self.servers = [s.strip() for s in server.split(",") if s.strip()] or [server]
+        self.server = self.servers[0]
+        self._endpoint = 0
         self.data_dir = Path(data_dir)
         self.on_policy = on_policy
         self.token, self.ca_pem = token, ca_pem
         self.ca_sha256 = ca_sha256
-        self.ca_url = ca_url or f"http://{self.server.rsplit(':', 1)[0]}:7080/ca.pem"
-        self.enroll_server = enroll_server or _enroll_target(server)
+        # the CA comes from the server that enrols (gateways serve neither)
+        ca_host = (enroll_server or self.server).rsplit(":", 1)[0]
+        self.ca_url = ca_url or f"http://{ca_host}:7080/ca.pem"
+        self.enroll_server = enroll_server or _enroll_target(self.server)
         self.labels = dict(labels or {})
         self.hostname, self.server_name = hostname, server_name
         self.status_provider = status
@@ -208,11 +219,31 @@ class ControlPlaneClient:
     def _use_identity(self, identity: Identity) -> None:
         self.identity = identity
         self.verifier = PolicyVerifier(identity.policy_public_key, identity.agent_id)
+        self._channel = self._connect(identity)
+
+    def _connect(self, identity: Identity) -> grpc.Channel:
         options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
-        self._channel = grpc.secure_channel(self.server, identity.channel_credentials(),
-                                            options=options)
+        return grpc.secure_channel(self.servers[self._endpoint],
+                                   identity.channel_credentials(), options=options)
+
+    def _failover(self, failed: grpc.Channel | None) -> None:
+        """After a stream on ``failed`` broke: move to the next endpoint (once, whichever
+        of the three loops saw it first); the others' calls on the old channel end and
+        reconnect to the new one."""
+        if (failed is None or len(self.servers) < 2 or self.identity is None
+                or self._stop.is_set()):
+            return
+        old: grpc.Channel = failed
+        with self._lock:
+            if id(self._channel) != id(old):     # another loop moved on already
+                return
+            self._endpoint = (self._endpoint + 1) % len(self.servers)
+            self._channel = self._connect(self.identity)
+        log.info("control plane: trying the next endpoint",
+                 extra={"endpoint": self.servers[self._endpoint]})
+        old.close()
 
     def _verifier(self) -> PolicyVerifier:
         assert self.verifier is not None
@@ -326,7 +357,8 @@ class ControlPlaneClient:
         while not self._stop.is_set():
             if not self._ensure_identity():
                 continue
-            stub = moray_pb2_grpc.AgentServiceStub(self._channel)
+            channel = self._channel
+            stub = moray_pb2_grpc.AgentServiceStub(channel)
             requests: queue.Queue[moray_pb2.PolicyStreamRequest | None] = queue.Queue()
             requests.put(moray_pb2.PolicyStreamRequest(
                 hello=moray_pb2.PolicyHello(versions=self.cache.versions())))
@@ -341,6 +373,8 @@ class ControlPlaneClient:
                     self._ready.set()
             except grpc.RpcError as err:
                 self._note_error("policy", err)
+                if getattr(err, "code", lambda: None)() not in _REFUSED:
+                    self._failover(channel)
             finally:
                 requests.put(None)
                 self._untrack(call)
@@ -364,7 +398,8 @@ class ControlPlaneClient:
         while not self._stop.is_set():
             if not self.spool.wait(0.5):
                 continue
-            stub = moray_pb2_grpc.AgentServiceStub(self._channel)
+            channel = self._channel
+            stub = moray_pb2_grpc.AgentServiceStub(channel)
             requests: queue.Queue[moray_pb2.EventBatch | None] = queue.Queue()
             call = stub.Events(iter(requests.get, None))
             self._track(call)
@@ -387,6 +422,8 @@ class ControlPlaneClient:
                     attempt = 0
             except grpc.RpcError as err:
                 self._note_error("events", err)
+                if getattr(err, "code", lambda: None)() not in _REFUSED:
+                    self._failover(channel)
             except StopIteration:
                 log.info("event stream closed by the server")
             finally:

@@ -238,3 +238,141 @@ class HeartbeatResponse(_message.Message):
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     server_time_ms: int
     def __init__(self, server_time_ms: _Optional[int] = ...) -> None: ...
+
+class GatewayPolicy(_message.Message):
+    __slots__ = ("name", "version", "removed", "policy", "selector")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    removed: bool
+    policy: SignedPolicy
+    selector: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., removed: _Optional[bool] = ..., policy: _Optional[_Union[SignedPolicy, _Mapping]] = ..., selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GatewayPolicySet(_message.Message):
+    __slots__ = ("tenant", "policies")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    policies: _containers.RepeatedCompositeFieldContainer[GatewayPolicy]
+    def __init__(self, tenant: _Optional[str] = ..., policies: _Optional[_Iterable[_Union[GatewayPolicy, _Mapping]]] = ...) -> None: ...
+
+class GatewayAgent(_message.Message):
+    __slots__ = ("agent_id", "tenant", "labels", "refused", "error")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    tenant: str
+    labels: _containers.ScalarMap[str, str]
+    refused: bool
+    error: str
+    def __init__(self, agent_id: _Optional[str] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., refused: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class GatewayAttach(_message.Message):
+    __slots__ = ("agent_id", "cert_sha256")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    cert_sha256: str
+    def __init__(self, agent_id: _Optional[str] = ..., cert_sha256: _Optional[str] = ...) -> None: ...
+
+class GatewayRemoval(_message.Message):
+    __slots__ = ("agent_id", "name", "version", "policy", "error")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    name: str
+    version: int
+    policy: SignedPolicy
+    error: str
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., policy: _Optional[_Union[SignedPolicy, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class GatewayPolicyAck(_message.Message):
+    __slots__ = ("agent_id", "ack")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    ack: PolicyAck
+    def __init__(self, agent_id: _Optional[str] = ..., ack: _Optional[_Union[PolicyAck, _Mapping]] = ...) -> None: ...
+
+class GatewayPolicyAcks(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[GatewayPolicyAck]
+    def __init__(self, acks: _Optional[_Iterable[_Union[GatewayPolicyAck, _Mapping]]] = ...) -> None: ...
+
+class GatewayHeartbeat(_message.Message):
+    __slots__ = ("agent_id", "status")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    status: AgentStatus
+    def __init__(self, agent_id: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ...) -> None: ...
+
+class GatewayUp(_message.Message):
+    __slots__ = ("attach", "detach", "removal", "ack", "heartbeat", "acks")
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
+    REMOVAL_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    attach: GatewayAttach
+    detach: str
+    removal: GatewayRemoval
+    ack: GatewayPolicyAck
+    heartbeat: GatewayHeartbeat
+    acks: GatewayPolicyAcks
+    def __init__(self, attach: _Optional[_Union[GatewayAttach, _Mapping]] = ..., detach: _Optional[str] = ..., removal: _Optional[_Union[GatewayRemoval, _Mapping]] = ..., ack: _Optional[_Union[GatewayPolicyAck, _Mapping]] = ..., heartbeat: _Optional[_Union[GatewayHeartbeat, _Mapping]] = ..., acks: _Optional[_Union[GatewayPolicyAcks, _Mapping]] = ...) -> None: ...
+
+class GatewayDown(_message.Message):
+    __slots__ = ("policies", "agent", "removal")
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    REMOVAL_FIELD_NUMBER: _ClassVar[int]
+    policies: GatewayPolicySet
+    agent: GatewayAgent
+    removal: GatewayRemoval
+    def __init__(self, policies: _Optional[_Union[GatewayPolicySet, _Mapping]] = ..., agent: _Optional[_Union[GatewayAgent, _Mapping]] = ..., removal: _Optional[_Union[GatewayRemoval, _Mapping]] = ...) -> None: ...
+
+class AgentEvents(_message.Message):
+    __slots__ = ("agent_id", "cert_sha256", "events")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    cert_sha256: str
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, agent_id: _Optional[str] = ..., cert_sha256: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class GatewayEventBatch(_message.Message):
+    __slots__ = ("batch_id", "agents")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    agents: _containers.RepeatedCompositeFieldContainer[AgentEvents]
+    def __init__(self, batch_id: _Optional[int] = ..., agents: _Optional[_Iterable[_Union[AgentEvents, _Mapping]]] = ...) -> None: ...

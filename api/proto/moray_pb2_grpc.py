@@ -257,3 +257,119 @@ class AgentService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class GatewayServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Link = channel.stream_stream(
+                '/moray.v1.GatewayService/Link',
+                request_serializer=moray_dot_api_dot_proto_dot_moray__pb2.GatewayUp.SerializeToString,
+                response_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.GatewayDown.FromString,
+                _registered_method=True)
+        self.Events = channel.stream_stream(
+                '/moray.v1.GatewayService/Events',
+                request_serializer=moray_dot_api_dot_proto_dot_moray__pb2.GatewayEventBatch.SerializeToString,
+                response_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.EventAck.FromString,
+                _registered_method=True)
+
+
+class GatewayServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Link(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Events(self, request_iterator, context):
+        """Events of many agents per batch; the ack (summed counts) follows the commit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GatewayServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Link': grpc.stream_stream_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.GatewayUp.FromString,
+                    response_serializer=moray_dot_api_dot_proto_dot_moray__pb2.GatewayDown.SerializeToString,
+            ),
+            'Events': grpc.stream_stream_rpc_method_handler(
+                    servicer.Events,
+                    request_deserializer=moray_dot_api_dot_proto_dot_moray__pb2.GatewayEventBatch.FromString,
+                    response_serializer=moray_dot_api_dot_proto_dot_moray__pb2.EventAck.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'moray.v1.GatewayService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('moray.v1.GatewayService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class GatewayService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Link(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/moray.v1.GatewayService/Link',
+            moray_dot_api_dot_proto_dot_moray__pb2.GatewayUp.SerializeToString,
+            moray_dot_api_dot_proto_dot_moray__pb2.GatewayDown.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Events(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/moray.v1.GatewayService/Events',
+            moray_dot_api_dot_proto_dot_moray__pb2.GatewayEventBatch.SerializeToString,
+            moray_dot_api_dot_proto_dot_moray__pb2.EventAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -26,7 +26,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -246,14 +246,7 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
         if len(batch.events) > MAX_BATCH:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"batch larger than {MAX_BATCH} events")
-        rows, rejected = [], 0
-        for event in batch.events:
-            row = _event_row(event)
-            if isinstance(row, str):
-                rejected += 1
-                self.metrics.events_rejected.labels(row).inc()
-            else:
-                rows.append(row)
+        rows, rejected = event_rows(batch.events, self.metrics)
         if rejected:
             log.warning("events refused at ingest", extra={
                 "agent_id": agent.id, "rejected": rejected, "batch": len(batch.events)})
@@ -347,6 +340,22 @@ class _PolicySession:
         self.service.record_ack(PolicyAckRow(
             self.agent.id, ack.name, ack.version, status, ack.error,
             {t.rule: t.tier for t in ack.tiers}, time.time()))
+
+
+def event_rows(events: Iterable[moray_pb2.Event], metrics: ServerMetrics
+               ) -> tuple[list[tuple[str, int, str, str]], int]:
+    """The rows of a batch that can be stored, and how many were refused (counted by
+    reason in ``events_rejected``): the agent's stream and a gateway's share this."""
+    rows: list[tuple[str, int, str, str]] = []
+    rejected = 0
+    for event in events:
+        row = _event_row(event)
+        if isinstance(row, str):
+            rejected += 1
+            metrics.events_rejected.labels(row).inc()
+        else:
+            rows.append(row)
+    return rows, rejected
 
 
 def _event_row(event: moray_pb2.Event) -> tuple[str, int, str, str] | str:

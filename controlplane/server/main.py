@@ -34,6 +34,7 @@ from moray.api.proto import moray_pb2_grpc
 from moray.controlplane.scanner.service.scheduler import Scheduler
 from moray.controlplane.scanner.workercli import InProcessWorkers
 from moray.controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
+from moray.controlplane.server.gatewayapi import GatewayServiceImpl
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.metrics import ScanCollector, ServerMetrics
 from moray.controlplane.server.pki import Pki
@@ -110,8 +111,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
                                       ("grpc.keepalive_permit_without_calls", 1)])
     moray_pb2_grpc.add_EnrollmentServicer_to_server(
         EnrollmentService(store, pki, metrics), server)
-    moray_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServiceImpl(store, pki, hub, metrics, config.poll_seconds), server)
+    agent_service = AgentServiceImpl(store, pki, hub, metrics, config.poll_seconds)
+    moray_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
+    # gateways (moray gateway) link on the same mTLS port with a gateway certificate
+    moray_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServiceImpl(agent_service),
+                                                        server)
     key_pair = [(pki.server_key_pem, pki.server_cert_pem)]
     bound = [server.add_secure_port(f"{config.host}:{config.grpc_port}",
                                     grpc.ssl_server_credentials(

@@ -5,6 +5,9 @@ Files under ``<data dir>/pki`` (created on first start, private keys mode 0600):
 ``ca.key``/``ca.pem`` (ECDSA P-256, 10 years), ``server.key``/``server.pem`` (issued by
 the CA for the names the server is reached by; re-issued when the names change) and
 ``policy.key`` (Ed25519). Agents get ``ca.pem`` and the policy public key at enrolment.
+``gateways/<name>.pem``: the certificates issued to gateways (``moray gateway cert``);
+the server trusts a gateway certificate only while its file is there (delete it to
+revoke the gateway: its next link is refused).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from moray.errors import ControlPlaneError
 log = logging.getLogger(__name__)
 
 _DAY = dt.timedelta(days=1)
+GATEWAY_ORG = "moray gateways"   # subject O of gateway certificates
 
 
 class PkiError(ControlPlaneError):
@@ -205,3 +209,56 @@ class Pki:
         pem = cert.public_bytes(serialization.Encoding.PEM)
         return IssuedCert(pem=pem, serial=format(serial, "x"),
                           sha256=cert.fingerprint(hashes.SHA256()).hex())
+
+    # -- gateways ------------------------------------------------------------------------
+
+    def issue_gateway_cert(self, name: str, hosts: list[str], days: int = 825
+                           ) -> tuple[bytes, bytes]:
+        """A key and certificate for gateway ``name`` (O = moray gateways, CN = name),
+        valid as a TLS server for ``hosts`` (agents connect to it; none given: localhost and
+        127.0.0.1) and as a client (it links to this server); recorded under ``gateways/``
+        so the server trusts it."""
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise PkiError(f"gateway name {name!r}: letters, digits, '-', '_', '.' only")
+        key = ec.generate_private_key(ec.SECP256R1())
+        alt: list[x509.GeneralName] = []
+        for n in sorted(set(hosts or ["localhost", "127.0.0.1"])):
+            try:
+                alt.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                alt.append(x509.DNSName(n))
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME,
+                                                            GATEWAY_ORG),
+                                         x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(self.ca_cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(_now() - _DAY).not_valid_after(_now() + days * _DAY)
+                .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]),
+                               critical=False)
+                .sign(self._ca_key, hashes.SHA256()))
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        gateways = self.directory / "gateways"
+        gateways.mkdir(mode=0o700, exist_ok=True)
+        (gateways / f"{name}.pem").write_bytes(pem)
+        return _pem_key(key), pem
+
+    def gateway_name(self, cert_pem: bytes) -> str | None:
+        """The gateway a client certificate belongs to, or None: it must be a gateway
+        certificate (O = moray gateways) whose file is still under ``gateways/``."""
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not orgs or orgs[0].value != GATEWAY_ORG or not names:
+            return None
+        name = str(names[0].value)
+        path = self.directory / "gateways" / f"{name}.pem"
+        try:
+            known = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        return name if known.fingerprint(hashes.SHA256()) == cert.fingerprint(
+            hashes.SHA256()) else None

@@ -132,6 +132,66 @@ class ServerProcess:
         return Api(self.url, token or self.admin_token, ca)
 
 
+class GatewayProcess:
+    """``python -m moray.controlplane.gateway.main run`` on 127.0.0.1, linked to ``server``,
+    with a certificate issued by ``moray gateway cert`` from the server's data dir. The
+    port and the spool directory stay the same across restarts."""
+
+    def __init__(self, data_dir: Path, server: ServerProcess, name: str,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.data_dir, self.server, self.name = data_dir, server, name
+        self.extra_args = extra_args
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "gateway.log"
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def issue_cert(self) -> None:
+        subprocess.run([sys.executable, "-m", "moray.cli", "gateway", "cert", "--data-dir",
+                        str(self.server.data_dir), "--name", self.name, "--out",
+                        str(self.data_dir / "pki")], cwd=ROOT, env=self.env, check=True,
+                       capture_output=True)
+
+    def start(self) -> GatewayProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.data_dir / "pki" / "gateway.pem").exists():
+            self.issue_cert()
+        cmd = [sys.executable, "-m", "moray.controlplane.gateway.main", "run", "--server",
+               self.server.grpc_target, "--data-dir", str(self.data_dir), "--host",
+               "127.0.0.1", "--port", str(self.port), *self.extra_args]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, env=self.env)
+        wait_for(self._listening, timeout=30, what=f"moray-gateway (log: {self.log})")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"moray-gateway exited {self.proc.returncode}: "
+                                 f"{self.log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
+                                                                    timeout=0.5):
+            return True
+        return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 class Api:
     def __init__(self, base: str, token: str | None, ca: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

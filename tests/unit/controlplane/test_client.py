@@ -93,3 +93,17 @@ def test_records_spooled_by_the_previous_version_are_still_sent(tmp_path: Path) 
     assert json.loads(old.payload_json) == event
     assert json.loads(new.payload_json) == {"type": "open", "n": 2, "id": new.id}
     client.spool.close()
+
+
+def test_a_list_of_endpoints_enrols_and_fetches_the_ca_at_the_server(tmp_path: Path) -> None:
+    """Gateways serve neither enrolment nor the CA: with a list, the defaults come from the
+    first endpoint, and an explicit enrolment server also names the CA's host."""
+    listed = ControlPlaneClient("gw1:7443, gw2:7443", tmp_path / "a", _ok)
+    assert listed.servers == ["gw1:7443", "gw2:7443"] and listed.server == "gw1:7443"
+    assert listed.enroll_server == "gw1:7444"
+    behind = ControlPlaneClient("gw1:7443,gw2:7443", tmp_path / "b", _ok,
+                                enroll_server="server:7444")
+    assert behind.ca_url == "http://server:7080/ca.pem"
+    for client in (listed, behind):
+        client.writer.close()
+        client.spool.close()

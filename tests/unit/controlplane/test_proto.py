@@ -18,6 +18,7 @@ def test_signed_policy_round_trip() -> None:
 
 def test_services_are_in_the_contract() -> None:
     services = moray_pb2.DESCRIPTOR.services_by_name
-    assert set(services) == {"Enrollment", "AgentService"}
+    assert set(services) == {"Enrollment", "AgentService", "GatewayService"}
     assert set(services["AgentService"].methods_by_name) == {"PolicyStream", "Events",
                                                               "Heartbeat"}
+    assert set(services["GatewayService"].methods_by_name) == {"Link", "Events"}
