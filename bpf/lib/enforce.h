@@ -105,10 +105,11 @@ static __always_inline void exec_masks(struct mr_ppath_key *k, __u64 *deny, __u6
 }
 
 /* Drift: the file is not part of the image: on an overlayfs upper layer (written or
- * copied up after the container started), or on tmpfs / ramfs (incl. memfd). */
-static __always_inline int is_drift(struct file *f)
+ * copied up after the container started), or on tmpfs / ramfs (incl. memfd). For a
+ * mapping's file pass the path's dentry's inode: its f_inode may be overlayfs's real file,
+ * the layer's (progs/enforce_mmap.bpf.c). */
+static __always_inline int inode_drift(struct inode *inode)
 {
-	struct inode *inode = BPF_CORE_READ(f, f_inode);
 	unsigned long magic = BPF_CORE_READ(inode, i_sb, s_magic);
 	struct ovl_inode *oi;
 
@@ -120,6 +121,11 @@ static __always_inline int is_drift(struct file *f)
 		return 0;
 	oi = container_of(inode, struct ovl_inode, vfs_inode);
 	return BPF_CORE_READ(oi, __upperdentry) != 0;
+}
+
+static __always_inline int is_drift(struct file *f)
+{
+	return inode_drift(BPF_CORE_READ(f, f_inode));
 }
 
 /* The identity of an inode as mr_pino keys it (what stat() reports as st_dev/st_ino,

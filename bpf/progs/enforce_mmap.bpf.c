@@ -43,21 +43,6 @@
 #define READ_IMPLIES_EXEC 0x0400000 /* personality(2): PROT_READ mappings get PROT_EXEC */
 #define MR_VMA_MAX 16 /* VMAs of one mprotect range looked at (kill tier) */
 
-/* Drift of an inode (enforce.h is_drift, for an inode rather than a file: a mapping's file
- * may be overlayfs's real file, whose f_inode is the layer's). */
-static __always_inline int inode_drift(struct inode *inode)
-{
-	unsigned long magic = BPF_CORE_READ(inode, i_sb, s_magic);
-	struct ovl_inode *oi;
-
-	if (magic == TMPFS_MAGIC || magic == RAMFS_MAGIC)
-		return 1;
-	if (magic != OVERLAYFS_SUPER_MAGIC || !bpf_core_type_exists(struct ovl_inode))
-		return 0;
-	oi = container_of(inode, struct ovl_inode, vfs_inode);
-	return BPF_CORE_READ(oi, __upperdentry) != 0;
-}
-
 /* The path the task knows a mapping's file by. overlayfs puts its *real* file (the
  * layer's) into the VMA: up to 6.5 with the overlay path as a fake f_path (f_path is
  * right, f_inode is the layer's: inode_drift() of the path's dentry), from 6.6 as a
