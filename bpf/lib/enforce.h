@@ -149,6 +149,25 @@ static __always_inline void exec_ident_masks(struct inode *inode, __u64 *deny)
 }
 
 /* The fixed part of an enforcement record for the current task. */
+/* A record's tail, then the record out: path2 (h->k2.path, len2 bytes) after the len1
+ * bytes of path already in ev->data, both lengths and the header. A record larger than
+ * the scratch buffer is not sent (cannot happen with the masks below). */
+static __always_inline void emit_paths(struct mr_pheap_buf *h, struct mr_enforce *ev,
+				       __u32 len1, __u32 len2)
+{
+	__u32 size;
+
+	if (len2)
+		bpf_probe_read_kernel(&ev->data[len1 & MR_HALF_MASK], len2 & (MR_PATH_KEY - 1),
+				      h->k2.path);
+	ev->path_len = len1;
+	ev->path2_len = len2 & (MR_PATH_KEY - 1);
+	size = sizeof(*ev) + (len1 & MR_HALF_MASK) + (len2 & (MR_PATH_KEY - 1));
+	hdr_init(&ev->hdr, MR_OP_ENFORCE, size);
+	if (size <= sizeof(h->rec))
+		emit_now(ev, size);
+}
+
 static __always_inline void enf_init(struct mr_enforce *ev, __u16 kind, __u16 action,
 				     __u64 policies, __u64 enforced)
 {

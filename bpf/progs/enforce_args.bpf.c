@@ -263,7 +263,7 @@ static __always_inline int setid_check(struct mr_pconf *c, __u32 nr, __u32 bits,
 	const struct path *dir = 0;
 	struct file *df;
 	__u64 cgid, scope, hit, enf;
-	__u32 off = 0, trunc = 0, len1 = 0, len2 = 0, size;
+	__u32 off = 0, trunc = 0, len1 = 0, len2 = 0;
 	int pending;
 	long r;
 
@@ -310,15 +310,7 @@ static __always_inline int setid_check(struct mr_pconf *c, __u32 nr, __u32 bits,
 		off = path_resolve(dir, h->pbuf, &trunc);
 		len1 = path_copy(ev->data, h->pbuf, off);
 	}
-	if (len2)
-		bpf_probe_read_kernel(&ev->data[len1 & MR_HALF_MASK], len2 & (MR_PATH_KEY - 1),
-				      h->k2.path);
-	ev->path_len = len1;
-	ev->path2_len = len2 & (MR_PATH_KEY - 1);
-	size = sizeof(*ev) + (len1 & MR_HALF_MASK) + (len2 & (MR_PATH_KEY - 1));
-	hdr_init(&ev->hdr, MR_OP_ENFORCE, size);
-	if (size <= sizeof(h->rec))
-		emit_now(ev, size);
+	emit_paths(h, ev, len1, len2);
 	return enf ? -EPERM : 0;
 }
 

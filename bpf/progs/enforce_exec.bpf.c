@@ -47,7 +47,7 @@ static __always_inline int exec_check(struct linux_binprm *bprm, int lsm)
 	struct file *file;
 	const char *filename;
 	__u64 cgid, scope, deny = 0, allow = 0, drift = 0, hit, enf;
-	__u32 off, trunc = 0, len1, len2 = 0, size;
+	__u32 off, trunc = 0, len1, len2 = 0;
 	int pending, hold = 0, down = 0; /* down: 1 held for a dead agent, 2 refused */
 	__u64 closed, silent;
 	__u16 kind, action;
@@ -135,15 +135,7 @@ out:
 		__builtin_memcpy(ev->addr, &ik, sizeof(ik));
 	}
 	len1 = path_copy(ev->data, h->pbuf, off);
-	if (len2)
-		bpf_probe_read_kernel(&ev->data[len1 & MR_HALF_MASK], len2 & (MR_PATH_KEY - 1),
-				      h->k2.path);
-	ev->path_len = len1;
-	ev->path2_len = len2 & (MR_PATH_KEY - 1);
-	size = sizeof(*ev) + (len1 & MR_HALF_MASK) + (len2 & (MR_PATH_KEY - 1));
-	hdr_init(&ev->hdr, MR_OP_ENFORCE, size);
-	if (size <= sizeof(h->rec))
-		emit_now(ev, size);
+	emit_paths(h, ev, len1, len2);
 	return (ev->action == MR_EA_BLOCKED) ? -EPERM : 0;
 }
 
