@@ -141,6 +141,8 @@ _NS_NOTES = {
 
 
 def _tier(ev: EnforceEvent, tiers: Mapping[str, str]) -> str | None:
+    if ev.kind == abi.EKind.SYSCALL and ev.action == abi.EAction.BLOCKED:
+        return "lsm-deny"  # issue 13: lsm/sb_mount, move_mount, sb_umount
     if ev.kind in (abi.EKind.NS, abi.EKind.SETID) and ev.action != abi.EAction.WOULD_BLOCK:
         return "lsm-deny" if ev.action == abi.EAction.BLOCKED else "kill-after"
     key = _TIER_OF.get(abi.EKind(ev.kind)) if ev.kind in _KINDS else None

@@ -34,10 +34,15 @@
 #define MR_AT_EMPTY_PATH 0x1000
 #define MR_MOVE_MOUNT_T_EMPTY_PATH 0x40
 
-/* LSM tier (set by the agent where BPF LSM is usable): mount, move_mount and umount2 are
- * refused by the LSM programs below, not killed here */
-#define MR_SYS_LSM_MOUNT 1
-__weak const volatile __u32 cfg_sys_lsm = 0;
+/* LSM tier: the agent sets this bit of cfg_args_lsm (agent/policy/programs.py
+ * ARGS_LSM_GROUPS) where BPF LSM is usable and the kernel has sb_mount, move_mount and
+ * sb_umount: enforcing rules on mount, move_mount and umount2 are then the LSM programs'
+ * (EPERM, nothing mounted); monitor-mode ones stay here (would-block with the result) */
+#define MR_ARGS_LSM_MOUNT 4
+__weak const volatile __u32 cfg_args_lsm = 0;
+/* The host's root directory (stat of /proc/1/root), written by the agent before load. */
+__weak const volatile __u64 cfg_host_root_ino = 0;
+__weak const volatile __u32 cfg_host_root_dev = 0; /* kernel dev_t: major << 20 | minor */
 
 static __always_inline int mount_nr(__u32 nr)
 {
@@ -47,8 +52,23 @@ static __always_inline int mount_nr(__u32 nr)
 
 static __always_inline int lsm_mount_nr(__u32 nr)
 {
-	return (cfg_sys_lsm & MR_SYS_LSM_MOUNT) &&
+	return (cfg_args_lsm & MR_ARGS_LSM_MOUNT) &&
 	       (nr == NR_mount || nr == NR_umount2 || nr == NR_move_mount);
+}
+
+/* A container runtime setting the container up: a task of a container cgroup whose root
+ * is still the host's (as in enforce_args.bpf.c: runc mounts the container's /proc, /dev
+ * ... from inside its cgroup before it pivots into the container's root). */
+static __always_inline int runtime_setup(__u64 cgid, int pending)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct dentry *root;
+
+	if (!cfg_host_root_ino || (!pending && !bpf_map_lookup_elem(&mr_pscope, &cgid)))
+		return 0;
+	root = BPF_CORE_READ(t, fs, root.dentry);
+	return BPF_CORE_READ(root, d_inode, i_ino) == cfg_host_root_ino &&
+	       BPF_CORE_READ(root, d_sb, s_dev) == cfg_host_root_dev;
 }
 
 static __always_inline void put_u64(__u8 *dst, __u64 v)
@@ -92,12 +112,14 @@ int BPF_PROG(mr_enf_sys, struct pt_regs *regs, long id)
 	m = bpf_map_lookup_elem(&mr_psys, &nr);
 	if (!m || !*m || !(c->active & c->syscalls & *m))
 		return 0;
-	if (lsm_mount_nr(nr))
-		return 0;
 	scope = scope_of(c, bpf_get_current_cgroup_id(), &pending);
 	hit = *m & scope & c->active;
 	if (!hit)
 		return 0;
+	if (mount_nr(nr) && runtime_setup(bpf_get_current_cgroup_id(), pending))
+		return 0;
+	if (lsm_mount_nr(nr) && (hit & c->enforce))
+		return 0; /* refused by the LSM program below */
 	enf = hit & c->enforce;
 	if (enf)
 		bpf_send_signal(SIGKILL);
@@ -204,3 +226,77 @@ MOUNT_EXIT(open_tree)
 MOUNT_EXIT(move_mount)
 MOUNT_EXIT(fsmount)
 MOUNT_EXIT(mount_setattr)
+
+/* LSM tier: refuse a mount-family call an enforcing syscall rule denies, before anything
+ * is mounted, moved or unmounted. target: where (resolved by the kernel). */
+static __always_inline int mount_lsm(__u32 nr, const struct path *target, __u64 flags)
+{
+	struct mr_pconf *c = pconf();
+	struct mr_pheap_buf *h;
+	struct mr_enforce *ev;
+	__u64 *m, cgid, scope, hit, enf;
+	__u32 off, trunc = 0, len, size;
+	int pending;
+
+	if (!c || !(c->active & c->syscalls))
+		return 0;
+	m = bpf_map_lookup_elem(&mr_psys, &nr);
+	if (!m || !(*m & c->active & c->syscalls))
+		return 0;
+	cgid = bpf_get_current_cgroup_id();
+	scope = scope_of(c, cgid, &pending);
+	hit = *m & scope;
+	enf = hit & c->enforce;
+	if (!enf || runtime_setup(cgid, pending))
+		return 0; /* monitor mode: mr_enf_sys reports it with its result */
+	h = pheap();
+	if (!h)
+		return -EPERM;
+	ev = (struct mr_enforce *)h->rec;
+	enf_init(ev, MR_EK_SYSCALL, MR_EA_BLOCKED, hit, enf);
+	ev->arg = nr;
+	ev->family = MR_ES_RESULT;
+	put_u64(ev->addr, flags);
+	put_u64(ev->addr + 8, (__u64)(__s64)-EPERM);
+	off = path_resolve(target, h->pbuf, &trunc);
+	len = path_copy(ev->data, h->pbuf, off);
+	ev->path_len = len;
+	size = sizeof(*ev) + (len & MR_HALF_MASK);
+	hdr_init(&ev->hdr, MR_OP_ENFORCE, size);
+	if (size <= sizeof(h->rec))
+		emit_now(ev, size);
+	return -EPERM;
+}
+
+SEC("lsm/sb_mount")
+int BPF_PROG(mr_lsm_mount, const char *dev_name, const struct path *path, const char *type,
+	     unsigned long flags, void *data, int ret)
+{
+	if (ret)
+		return ret;
+	return mount_lsm(NR_mount, path, flags);
+}
+
+/* move_mount(2); mount(2) with MS_MOVE comes here too, after sb_mount decided it */
+SEC("lsm/move_mount")
+int BPF_PROG(mr_lsm_move_mount, const struct path *from_path, const struct path *to_path,
+	     int ret)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	if (ret || BPF_CORE_READ(regs, orig_ax) != NR_move_mount)
+		return ret;
+	return mount_lsm(NR_move_mount, to_path, 0);
+}
+
+SEC("lsm/sb_umount")
+int BPF_PROG(mr_lsm_umount, struct vfsmount *mnt, int flags, int ret)
+{
+	struct path p = {};
+
+	if (ret)
+		return ret;
+	p.mnt = mnt;
+	p.dentry = BPF_CORE_READ(mnt, mnt_root);
+	return mount_lsm(NR_umount2, &p, flags);
+}
