@@ -344,9 +344,13 @@ MOUNT_VARIANTS = {  # name -> (command, syscall, target as passed, where it land
     "symlink": ("busybox ln -s /run /mnt/e; mount -t tmpfs none /mnt/e", "mount", "/mnt/e", "/run"),
     "fsmount": ("/bin/sysargs fsmount /mnt/b", "move_mount", "/mnt/b", "/mnt/b"),
     "clonetree": ("/bin/sysargs clonetree /tmp /mnt/c", "move_mount", "/mnt/c", "/mnt/c"),
+    # over runc's own mount at /vol: the new one (on top) is detached, runc's stays
+    "stacked": ("mount -t tmpfs -o size=2m none /vol", "mount", "/vol", ""),
 }
 DATA_TMPFS: dict[str, object] = {"destination": "/data", "type": "tmpfs", "source": "tmpfs",
                                  "options": ["nosuid", "size=1m"]}
+VOL_TMPFS: dict[str, object] = {"destination": "/vol", "type": "tmpfs", "source": "runcvol",
+                                "options": ["nosuid", "size=1m"]}
 
 
 def mount_script(variants: dict[str, tuple[str, str, str, str]], failing: bool = True) -> str:
@@ -372,7 +376,7 @@ def test_mount_killed_and_detached(agent: AgentProc, rootfs: Path) -> None:
     agent.apply("mnt", policy("mnt", "mr-mnt-*", "syscalls: {deny: [mount, move_mount]}"))
     try:
         with run_runc("mr-mnt-1", ["sh", "-c", mount_script(MOUNT_VARIANTS)], rootfs=rootfs,
-                      caps=["CAP_SYS_ADMIN"], mounts=[DATA_TMPFS]) as ctr:
+                      caps=["CAP_SYS_ADMIN"], mounts=[DATA_TMPFS, VOL_TMPFS]) as ctr:
             ctr.start()
             evs = wait_n(agent, "mr-mnt-1", "syscall", len(MOUNT_VARIANTS) + 1)
             (rootfs / "tmp" / "go").touch()
@@ -401,7 +405,11 @@ def test_mount_killed_and_detached(agent: AgentProc, rootfs: Path) -> None:
         points = mountpoints(res.stdout)
         assert "/data" in points, res.stdout
         for _cmd, _s, _target, where in MOUNT_VARIANTS.values():
-            assert where not in points, (where, points)
+            assert not where or where not in points, (where, points)
+        assert by_path["/vol"]["left"][0]["source"] == "none", by_path["/vol"]  # the new one
+        assert points.count("/vol") == 1, points  # runc's, under the detached one
+        info = res.stdout.split("MOUNTINFO", 1)[1]
+        assert " /vol " in info and "runcvol" in info, info
         assert by_path["/mnt/e"]["left"][0]["fstype"] == "tmpfs", by_path["/mnt/e"]
         assert (rootfs / "etc" / "passwd").read_text().startswith("root:"), "bind undone"
     finally:
