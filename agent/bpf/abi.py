@@ -219,3 +219,8 @@ class ExecVia(IntEnum):
     MMAP = 1      # mmap(PROT_EXEC): the dynamic loader, dlopen, LD_PRELOAD...
     MPROTECT = 2  # mprotect / pkey_mprotect adding PROT_EXEC to the file's mapping
     SCRIPT = 3    # kill tier: the interpreter of a `#!` exec opened the script
+
+
+# issue 13, mount calls under a syscall rule (bpf/progs/enforce_sys.bpf.c): mr_enforce.family
+# of a syscall record written at the call's exit; addr holds (flags u64, return value s64)
+ES_RESULT = 1

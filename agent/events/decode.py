@@ -189,6 +189,11 @@ def decode_enforce(rec: bytes) -> EnforceEvent:
         return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), kind, t[ix["action"]],
                             t[ix["policies"]], t[ix["enforced"]], arg, fam, None,
                             0, _s(p1), _s(p2), value=int.from_bytes(raw[:8], "little"))
+    if kind == EKind.SYSCALL and fam & abi.ES_RESULT:  # issue 13: a mount call's exit
+        return EnforceEvent(t[ix["hdr.ts"]], _proc(t, _PROC_AT), kind, t[ix["action"]],
+                            t[ix["policies"]], t[ix["enforced"]], arg, fam, None, 0,
+                            _s(p1), _s(p2), value=int.from_bytes(raw[:8], "little"),
+                            ret=int.from_bytes(raw[8:16], "little", signed=True))
     ident = None
     if kind in (abi.EKind.LINK, abi.EKind.EXEC, abi.EKind.DRIFT) or (
             kind == abi.EKind.FILE and arg & abi.EF_IDENT):

@@ -135,7 +135,9 @@ class EnforceEvent(NamedTuple):
     path2: str
     type: EventType = EventType.ENFORCE
     ident: tuple[int, int] | None = None  # (dev, ino) of a file matched by identity
-    value: int = 0   # issue 13: ns -> CLONE_NEW* flags asked for; setid -> the mode asked for
+    value: int = 0   # issue 13: ns -> CLONE_NEW* flags asked for; setid -> the mode asked for;
+    #                  mount-family syscall -> the call's flags
+    ret: int | None = None  # issue 13: a mount-family syscall's return value (abi.ES_RESULT)
 
 
 class SyscallEvent(NamedTuple):

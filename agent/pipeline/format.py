@@ -74,7 +74,8 @@ class Format:
                 # a write open by a covered name of a file no walk saw: O_CREAT made it
                 where = (out.get("container") or {}).get("id") or "host"
                 enf["residue"] = ident.residue_created(ev.path, where, ev.proc.pid, ev.ts)
-            if self._residue is not None and ev.kind in (abi.EKind.NS, abi.EKind.SETID):
+            if self._residue is not None and ev.kind in (abi.EKind.NS, abi.EKind.SETID,
+                                                         abi.EKind.SYSCALL):
                 self._residue(ev, enf)
         new_image(out, ev)
 

@@ -100,6 +100,8 @@ def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
     elif ev.kind == abi.EKind.SYSCALL:
         out["syscall"] = _SYSCALL_NAMES.get(ev.arg, str(ev.arg))
         out["nr"] = ev.arg
+        if ev.ret is not None:  # a mount call, recorded at its exit
+            _mount_call(out, ev)
     elif ev.kind in (abi.EKind.NS, abi.EKind.SETID):
         _args(out, ev)
     return out
@@ -139,6 +141,8 @@ _NS_NOTES = {
 
 
 def _tier(ev: EnforceEvent, tiers: Mapping[str, str]) -> str | None:
+    if ev.kind == abi.EKind.SYSCALL and ev.action == abi.EAction.BLOCKED:
+        return "lsm-deny"  # issue 13: lsm/sb_mount, move_mount, sb_umount
     if ev.kind in (abi.EKind.NS, abi.EKind.SETID) and ev.action != abi.EAction.WOULD_BLOCK:
         return "lsm-deny" if ev.action == abi.EAction.BLOCKED else "kill-after"
     key = _TIER_OF.get(abi.EKind(ev.kind)) if ev.kind in _KINDS else None
@@ -167,6 +171,12 @@ def _note(ev: EnforceEvent) -> str | None:
     if ev.kind == abi.EKind.FILE:
         return ("the open completed; the process was killed (SIGKILL) before it returned to "
                 "user space, so nothing was read or written through the descriptor")
+    if ev.kind == abi.EKind.SYSCALL and ev.ret is not None and ev.ret < 0:
+        return ("the call failed (nothing was changed); the process was killed (SIGKILL) "
+                "when it returned")
+    if ev.kind == abi.EKind.SYSCALL and ev.ret is not None:
+        return ("the call ran; the process was killed (SIGKILL) when it returned; `left` is "
+                "what it mounted (found afterwards), `undone` what the agent detached")
     if ev.kind == abi.EKind.SYSCALL:
         return "the syscall ran; the process was killed (SIGKILL) when it returned"
     if ev.kind == abi.EKind.LINK:
@@ -249,3 +259,18 @@ def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | No
         hit = [k for k in wanted(ev) if k in p.setid.deny]
         return f"setid.deny: {', '.join(hit)}" if hit else None
     return None
+
+
+# --- issue 13: mount calls under a syscall rule (agent/policy/mount_residue.py) ---------
+
+def _mount_call(out: dict[str, Any], ev: EnforceEvent) -> None:
+    import errno
+
+    from moray.agent.policy.mount_residue import target_of
+
+    assert ev.ret is not None
+    out["result"] = "ok" if ev.ret >= 0 else errno.errorcode.get(-ev.ret, str(ev.ret))
+    out["flags"] = f"{ev.value:#x}"
+    path = target_of(ev)
+    if path:
+        out["path"] = path

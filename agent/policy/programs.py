@@ -148,3 +148,11 @@ def args_lsm(bpf_lsm: bool, btf_path: str = "/sys/kernel/btf/vmlinux") -> tuple[
         else:
             skip.extend(progs)
     return bits, skip
+
+
+# issue 13, mount calls under a syscall rule (bpf/progs/enforce_sys.bpf.c): where BPF LSM
+# is usable and the kernel has these hooks, enforcing rules on mount, move_mount and
+# umount2 refuse the call (EPERM) before anything is mounted; else mr_enf_sys kills after
+ARGS_LSM_GROUPS[4] = ("mr_lsm_mount", "mr_lsm_move_mount", "mr_lsm_umount")  # MOUNT
+_HOOK_OF.update({"mr_lsm_mount": "sb_mount", "mr_lsm_move_mount": "move_mount",
+                 "mr_lsm_umount": "sb_umount"})

@@ -18,6 +18,8 @@ written before the call runs), then opens the path inside the process's root as 
 process of the same mount namespace sees it (/proc/<pid>/root, `openat2` with
 RESOLVE_IN_ROOT, so a symlink in the container cannot point the agent at a host file),
 checks the file is a regular file and changes only the bits the call asked for.
+Mount-family syscalls under a syscall rule: agent/policy/mount_residue.py (the mount the
+killed call made is detached inside the container's mount namespace).
 Namespace records (kind ns) need nothing: a fork with a fatal signal pending is aborted
 (no child, no namespace); unshare's new namespaces were held by the killed process only.
 """
@@ -36,6 +38,7 @@ from typing import Any
 
 from moray.agent.bpf import abi
 from moray.agent.events.types import EnforceEvent
+from moray.agent.policy.mount_residue import MOUNT_NRS, mount_residue
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,8 @@ class Residue:
             enf["left"], enf["undone"] = [], []
         elif ev.kind == abi.EKind.SETID:
             self.setid(ev, enf)
+        elif ev.kind == abi.EKind.SYSCALL and ev.arg in MOUNT_NRS:
+            mount_residue(self, ev, enf)  # a mount the killed call made: detached
 
     # --- setid ------------------------------------------------------------------------
 

@@ -220,3 +220,10 @@ struct mr_sysobs {
 #define MR_EX_MMAP     1 /* mmap(PROT_EXEC) of the file (the dynamic loader, dlopen...) */
 #define MR_EX_MPROTECT 2 /* mprotect / pkey_mprotect adding PROT_EXEC to its mapping */
 #define MR_EX_SCRIPT   3 /* kill tier: the interpreter of a `#!` exec opened the script */
+
+/* ---- issue 13, mount calls under a syscall rule (progs/enforce_sys.bpf.c) ----
+ * mr_enforce.family of an MR_EK_SYSCALL record written at the call's exit: addr[0..8] =
+ * the call's flags (u64), addr[8..16] = its return value (s64); path = the directory a
+ * relative path2 starts from (or the descriptor's file), path2 = the target as passed
+ * (mount, umount2, move_mount's to_path; open_tree's and mount_setattr's path). */
+#define MR_ES_RESULT 1

@@ -325,3 +325,115 @@ def test_benign_workload_not_blocked(agent: AgentProc, tmp_path: Path) -> None:
     finally:
         agent.delete("benign")
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+
+
+# ------------------------------------------------------------------ mount (issue 13, 5)
+# A mount-family syscall under a syscall deny is killed after it ran (kill-after): the
+# mount IS made. The enforce event is written at the call's exit with its result and
+# target; the agent finds the mount the call made, lists it under `left` and detaches it
+# inside the container's mount namespace (`undone`). A call that failed leaves nothing
+# and nothing is detached: a mount made before it at the same place (here a tmpfs runc
+# mounted at /data) stays.
+
+MOUNT_VARIANTS = {  # name -> (command, syscall, target as passed, where it lands)
+    "tmpfs": ("mount -t tmpfs none /mnt/a", "mount", "/mnt/a", "/mnt/a"),
+    "bind-file": ("mount --bind /tmp/x /etc/passwd", "mount", "/etc/passwd", "/etc/passwd"),
+    "rel-bind": ("cd /mnt; mount --bind /tmp d", "mount", "/mnt/d", "/mnt/d"),
+    # a symlink in the container to a path that exists on the host too: the kernel and
+    # the agent both resolve it inside the container's root
+    "symlink": ("busybox ln -s /run /mnt/e; mount -t tmpfs none /mnt/e", "mount", "/mnt/e", "/run"),
+    "fsmount": ("/bin/sysargs fsmount /mnt/b", "move_mount", "/mnt/b", "/mnt/b"),
+    "clonetree": ("/bin/sysargs clonetree /tmp /mnt/c", "move_mount", "/mnt/c", "/mnt/c"),
+    # over runc's own mount at /vol: the new one (on top) is detached, runc's stays
+    "stacked": ("mount -t tmpfs -o size=2m none /vol", "mount", "/vol", ""),
+}
+DATA_TMPFS: dict[str, object] = {"destination": "/data", "type": "tmpfs", "source": "tmpfs",
+                                 "options": ["nosuid", "size=1m"]}
+VOL_TMPFS: dict[str, object] = {"destination": "/vol", "type": "tmpfs", "source": "runcvol",
+                                "options": ["nosuid", "size=1m"]}
+
+
+def mount_script(variants: dict[str, tuple[str, str, str, str]], failing: bool = True) -> str:
+    lines = ["mkdir -p /mnt/a /mnt/b /mnt/c /mnt/d; echo secret > /tmp/x"]
+    lines += [f"{cmd}; echo {name}=$?" for name, (cmd, _s, _t, _w) in variants.items()]
+    if failing:  # fails (no such file system type): killed, nothing to detach
+        lines += ["mount -t nosuchfs none /data; echo failed=$?"]
+    lines += [WAIT_GO, "echo MOUNTINFO; cat /proc/self/mountinfo"]
+    return "\n".join(lines)
+
+
+def mountpoints(stdout: str) -> list[str]:
+    """Mount points of the container's mountinfo printed after MOUNTINFO."""
+    info = stdout.split("MOUNTINFO", 1)[1] if "MOUNTINFO" in stdout else ""
+    return [line.split()[4] for line in info.splitlines() if len(line.split()) > 4]
+
+
+def test_mount_killed_and_detached(agent: AgentProc, rootfs: Path) -> None:
+    """syscalls deny [mount, move_mount]: every variant (mount(2) of a tmpfs, a bind over a
+    file, a relative target, the new API through fsmount and through open_tree's clone) is
+    killed; the mount it made is reported and detached; a failed mount is killed and
+    leaves runc's legitimate /data mount alone."""
+    agent.apply("mnt", policy("mnt", "mr-mnt-*", "syscalls: {deny: [mount, move_mount]}"))
+    try:
+        with run_runc("mr-mnt-1", ["sh", "-c", mount_script(MOUNT_VARIANTS)], rootfs=rootfs,
+                      caps=["CAP_SYS_ADMIN"], mounts=[DATA_TMPFS, VOL_TMPFS]) as ctr:
+            ctr.start()
+            evs = wait_n(agent, "mr-mnt-1", "syscall", len(MOUNT_VARIANTS) + 1)
+            (rootfs / "tmp" / "go").touch()
+            res = ctr.wait()
+        rc = rcs(res.stdout)
+        details = [enforcement(e) for e in evs]
+        why = (res, details)
+        for name in (*MOUNT_VARIANTS, "failed"):
+            assert rc.get(name) == "137", (name, why)
+        by_path = {d["path"]: d for d in details}
+        for name, (_cmd, syscall, target, _where) in MOUNT_VARIANTS.items():
+            d = by_path.get(target)
+            assert d is not None, (name, sorted(by_path), why)
+            assert d["syscall"] == syscall and d["result"] == "ok", (name, d)
+            assert d["action"] == "killed" and d["tier"] == "kill-after", (name, d)
+            assert d["rule"] == f"syscalls.deny: {syscall}", (name, d)
+            assert "unchecked" not in d, (name, d)
+            assert [x["what"] for x in d["left"]] == ["mount"], (name, d)
+            assert [x["what"] for x in d["undone"]] == ["mount detached"], (name, d)
+            assert d["left"][0]["mount_id"] == d["undone"][0]["mount_id"], (name, d)
+        assert by_path["/mnt/a"]["left"][0]["fstype"] == "tmpfs", by_path["/mnt/a"]
+        failed = by_path["/data"]
+        assert failed["result"] == "ENODEV" and failed["left"] == [], failed
+        assert failed["undone"] == [], failed
+        # (b) after the events the container's mount table has none of them, /data stays
+        points = mountpoints(res.stdout)
+        assert "/data" in points, res.stdout
+        for _cmd, _s, _target, where in MOUNT_VARIANTS.values():
+            assert not where or where not in points, (where, points)
+        assert by_path["/vol"]["left"][0]["source"] == "none", by_path["/vol"]  # the new one
+        assert points.count("/vol") == 1, points  # runc's, under the detached one
+        info = res.stdout.split("MOUNTINFO", 1)[1]
+        assert " /vol " in info and "runcvol" in info, info
+        assert by_path["/mnt/e"]["left"][0]["fstype"] == "tmpfs", by_path["/mnt/e"]
+        assert (rootfs / "etc" / "passwd").read_text().startswith("root:"), "bind undone"
+    finally:
+        agent.delete("mnt")
+
+
+def test_mount_monitor_allows_nothing_undone(agent: AgentProc, rootfs: Path) -> None:
+    agent.apply("mnt-mon", policy("mnt-mon", "mr-mntm-*", "syscalls: {deny: [mount, move_mount]}",
+                                  mode="monitor"))
+    variants = {k: MOUNT_VARIANTS[k] for k in ("tmpfs", "fsmount")}
+    try:
+        with run_runc("mr-mntm-1", ["sh", "-c", mount_script(variants, failing=False)],
+                      rootfs=rootfs, caps=["CAP_SYS_ADMIN"]) as ctr:
+            ctr.start()
+            evs = wait_n(agent, "mr-mntm-1", "syscall", 2)
+            (rootfs / "tmp" / "go").touch()
+            res = ctr.wait()
+        rc = rcs(res.stdout)
+        assert rc.get("tmpfs") == "0" and rc.get("fsmount") == "0", res
+        points = mountpoints(res.stdout)
+        assert "/mnt/a" in points and "/mnt/b" in points, points
+        for e in evs:
+            d = enforcement(e)
+            assert d["action"] == "would-block" and "undone" not in d, d
+            assert d["result"] == "ok", d
+    finally:
+        agent.delete("mnt-mon")

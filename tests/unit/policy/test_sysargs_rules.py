@@ -209,7 +209,12 @@ def test_lsm_groups_load_only_where_the_kernel_has_their_hooks(tmp_path: Path) -
 
     btf = tmp_path / "vmlinux"
     btf.write_bytes(b"\0bpf_lsm_path_chmod\0bpf_lsm_path_mknod\0bpf_lsm_inode_setxattr\0")
-    assert args_lsm(True, str(btf)) == (2, ["mr_lsm_userns"])
+    mount = ["mr_lsm_mount", "mr_lsm_move_mount", "mr_lsm_umount"]
+    assert args_lsm(True, str(btf)) == (2, ["mr_lsm_userns", *mount])
     btf.write_bytes(btf.read_bytes() + b"bpf_lsm_userns_create\0")
-    assert args_lsm(True, str(btf)) == (3, [])
-    assert args_lsm(False, str(btf))[0] == 0 and len(args_lsm(False, str(btf))[1]) == 4
+    assert args_lsm(True, str(btf)) == (3, mount)
+    # issue 13, mount calls (bpf/progs/enforce_sys.bpf.c): a group of their own
+    btf.write_bytes(btf.read_bytes() + b"bpf_lsm_sb_mount\0bpf_lsm_move_mount\0"
+                    b"bpf_lsm_sb_umount\0")
+    assert args_lsm(True, str(btf)) == (7, [])
+    assert args_lsm(False, str(btf))[0] == 0 and len(args_lsm(False, str(btf))[1]) == 7
