@@ -149,6 +149,32 @@ static __always_inline void exec_ident_masks(struct inode *inode, __u64 *deny)
 }
 
 /* The fixed part of an enforcement record for the current task. */
+/* The host's root directory (stat of /proc/1/root), written by the agent before load. */
+__weak const volatile __u64 cfg_host_root_ino = 0;
+__weak const volatile __u32 cfg_host_root_dev = 0; /* kernel dev_t: major << 20 | minor */
+
+/* A container runtime setting the container up: a task of a container cgroup (in scope,
+ * or pending) whose root is still the host's. runc creates the namespaces and mounts the
+ * container's /proc, /dev ... from inside its cgroup before it pivots into the container's
+ * root; the workload never has the host's root (progs/enforce_args.bpf.c,
+ * progs/enforce_sys.bpf.c). Host tasks: 0 (host-scoped rules apply to them as they are). */
+static __always_inline int runtime_setup(__u64 cgid, int pending)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct dentry *root;
+
+	if (!cfg_host_root_ino || (!pending && !bpf_map_lookup_elem(&mr_pscope, &cgid)))
+		return 0;
+	root = BPF_CORE_READ(t, fs, root.dentry);
+	return BPF_CORE_READ(root, d_inode, i_ino) == cfg_host_root_ino &&
+	       BPF_CORE_READ(root, d_sb, s_dev) == cfg_host_root_dev;
+}
+
+static __always_inline void put_u64(__u8 *dst, __u64 v)
+{
+	__builtin_memcpy(dst, &v, sizeof(v));
+}
+
 /* A record's tail, then the record out: path2 (h->k2.path, len2 bytes) after the len1
  * bytes of path already in ev->data, both lengths and the header. A record larger than
  * the scratch buffer is not sent (cannot happen with the masks below). */

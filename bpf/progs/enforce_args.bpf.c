@@ -86,10 +86,6 @@
 #define NR_fchmodat2 452
 #define NR_setxattrat 463
 
-/* The host's root directory (stat of /proc/1/root), written by the agent before load. */
-__weak const volatile __u64 cfg_host_root_ino = 0;
-__weak const volatile __u32 cfg_host_root_dev = 0; /* kernel dev_t: major << 20 | minor */
-
 /* Which checks the LSM programs do (the agent loads them only where BPF LSM is usable and
  * the kernel has their hooks: userns_create is 6.1+, path_* need CONFIG_SECURITY_PATH). */
 #define MR_ARGS_LSM_USERNS 1 /* mr_lsm_userns */
@@ -168,19 +164,6 @@ static __always_inline __u32 mode_bits(__u64 mode)
 	return b;
 }
 
-/* The container's runtime setting it up (see the header comment). */
-static __always_inline int runtime_setup(__u64 cgid, int pending)
-{
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct dentry *root;
-
-	if (!cfg_host_root_ino || (!pending && !bpf_map_lookup_elem(&mr_pscope, &cgid)))
-		return 0; /* a host task: host-scoped rules apply to it as they are */
-	root = BPF_CORE_READ(t, fs, root.dentry);
-	return BPF_CORE_READ(root, d_inode, i_ino) == cfg_host_root_ino &&
-	       BPF_CORE_READ(root, d_sb, s_dev) == cfg_host_root_dev;
-}
-
 /* The namespace types setns(fd, 0) enters: resolved from an nsfs fd, else "any". */
 static __always_inline __u64 setns_flags(__u64 fd, __u64 nstype)
 {
@@ -204,11 +187,6 @@ static __always_inline __u64 setns_flags(__u64 fd, __u64 nstype)
 		return BPF_CORE_READ(n, ns_type);
 	ops = (const struct proc_ns_operations___old *)BPF_CORE_READ(ns, ops);
 	return BPF_CORE_READ(ops, type);
-}
-
-static __always_inline void put_u64(__u8 *dst, __u64 v)
-{
-	__builtin_memcpy(dst, &v, sizeof(v));
 }
 
 /* The syscall the current task is in (for the LSM hooks' records). */

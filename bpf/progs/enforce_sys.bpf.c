@@ -40,10 +40,6 @@
  * (EPERM, nothing mounted); monitor-mode ones stay here (would-block with the result) */
 #define MR_ARGS_LSM_MOUNT 4
 __weak const volatile __u32 cfg_args_lsm = 0;
-/* The host's root directory (stat of /proc/1/root), written by the agent before load. */
-__weak const volatile __u64 cfg_host_root_ino = 0;
-__weak const volatile __u32 cfg_host_root_dev = 0; /* kernel dev_t: major << 20 | minor */
-
 static __always_inline int mount_nr(__u32 nr)
 {
 	return nr == NR_mount || nr == NR_umount2 || nr == NR_open_tree ||
@@ -54,26 +50,6 @@ static __always_inline int lsm_mount_nr(__u32 nr)
 {
 	return (cfg_args_lsm & MR_ARGS_LSM_MOUNT) &&
 	       (nr == NR_mount || nr == NR_umount2 || nr == NR_move_mount);
-}
-
-/* A container runtime setting the container up: a task of a container cgroup whose root
- * is still the host's (as in enforce_args.bpf.c: runc mounts the container's /proc, /dev
- * ... from inside its cgroup before it pivots into the container's root). */
-static __always_inline int runtime_setup(__u64 cgid, int pending)
-{
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct dentry *root;
-
-	if (!cfg_host_root_ino || (!pending && !bpf_map_lookup_elem(&mr_pscope, &cgid)))
-		return 0;
-	root = BPF_CORE_READ(t, fs, root.dentry);
-	return BPF_CORE_READ(root, d_inode, i_ino) == cfg_host_root_ino &&
-	       BPF_CORE_READ(root, d_sb, s_dev) == cfg_host_root_dev;
-}
-
-static __always_inline void put_u64(__u8 *dst, __u64 v)
-{
-	__builtin_memcpy(dst, &v, sizeof(v));
 }
 
 /* Keep a mount call's verdict and arguments for its exit; 0 when there is no room. */
