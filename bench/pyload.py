@@ -48,6 +48,14 @@ def opens(path: str, n: int, rate: float = 0.0, limit: float = 0.0) -> int:
     return 0
 
 
+def changes(path: str, n: int) -> int:
+    t0 = time.monotonic()
+    for i in range(n):
+        os.chmod(path, 0o744 if i & 1 else 0o644)
+    print(n, f"{time.monotonic() - t0:.9f}")
+    return 0
+
+
 def connstorm(n: int) -> int:
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -75,9 +83,12 @@ def main(argv: list[str]) -> int:
         rate = float(argv[3]) if len(argv) > 3 else 0.0
         limit = float(argv[4]) if len(argv) > 4 else 0.0
         return opens(argv[1], int(argv[2]), rate, limit)
+    if len(argv) == 3 and argv[0] == "changes":
+        return changes(argv[1], int(argv[2]))
     if len(argv) == 2 and argv[0] == "connstorm":
         return connstorm(int(argv[1]))
-    print("usage: pyload.py spawn N PATH | opens PATH N [RATE [SECONDS]] | connstorm N",
+    print("usage: pyload.py spawn N PATH | opens PATH N [RATE [SECONDS]] | changes PATH N | "
+          "connstorm N",
           file=sys.stderr)
     return 2
 

@@ -13,6 +13,9 @@ agent and stops it afterwards, so no backlog from one run leaks into the next.
     open-relative  the same file opened by a relative path (the kernel resolves these at exit)
     open-watched   open/close of a file under a watched prefix (--watch DIR), 1,000,000x
     connect        loopback TCP connect + accept + close, 20,000 times
+    change         chmod of a file outside the watched set, 1,000,000x: the ctime hook of
+                   file rules by identity runs on each (with a file rule live, give the
+                   agent a policy: --agent-arg=--policy-dir=DIR)
     ingest         the event rate the agent's user space sustains with zero drops: a paced
                    driver of watched opens, first as fast as it can (saturation), then a
                    search for the highest rate at which nothing is dropped and the agent
@@ -75,7 +78,7 @@ FULL = Sizes(rounds=3, spawn=20_000, opens=1_000_000, opens_watched=1_000_000, c
 QUICK = Sizes(rounds=2, spawn=1_000, opens=200_000, opens_watched=100_000, connect=5_000,
               sat_seconds=3, trial_seconds=2, trials=2)
 
-AB_BENCHES = ("spawn", "open-unwatched", "open-relative", "open-watched", "connect")
+AB_BENCHES = ("spawn", "open-unwatched", "open-relative", "open-watched", "connect", "change")
 ALL_BENCHES = (*AB_BENCHES, "ingest")
 
 
@@ -94,7 +97,7 @@ class Workloads:
         if gcc is None:
             self.kind = "python"
             return
-        for name in ("spawn", "opens", "connstorm"):
+        for name in ("spawn", "opens", "connstorm", "changes"):
             r = subprocess.run([gcc, "-O2", "-Wall", "-o", str(self.bindir / name),
                                 str(HERE / "c" / f"{name}.c")],
                                capture_output=True, text=True, check=False)
@@ -476,6 +479,7 @@ class Bench:
             "connect": ("loopback TCP connect+accept+close", s.connect,
                         c("connstorm", s.connect), None,
                         {"connect": s.connect, "accept": s.connect}),
+            "change": ("chmod, unwatched file", s.opens, c("changes", unw, s.opens), None, {}),
         }
 
     def agent_run(self, phase: str, before: Metrics, cpu0: float, drain: float) -> AgentRun:
