@@ -45,6 +45,12 @@ APPLETS = (
 )
 
 
+# A container script's last line: wait (up to 30 s) until the test touches <rootfs>/tmp/go,
+# so the container is still there while the test looks at what the agent did.
+WAIT_GO = ("i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; "
+           "echo end")
+
+
 # --------------------------------------------------------------------------- rootfs
 
 

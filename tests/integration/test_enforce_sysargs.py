@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.agent_proc import AgentProc, enforcement
-from tests.helpers.containers import build_rootfs, run_runc
+from tests.helpers.containers import WAIT_GO, build_rootfs, run_runc
 from tests.helpers.policies import ctr_policy as policy
 from tests.helpers.sysargs import sysargs_binary
 
@@ -36,8 +36,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
 ]
 
-WAIT_GO = ("i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; "
-           "echo end")
 
 
 @pytest.fixture(scope="module")

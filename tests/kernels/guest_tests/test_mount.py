@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.agent_proc import AgentProc, enforcement
-from tests.helpers.containers import build_rootfs, run_runc
+from tests.helpers.containers import WAIT_GO, build_rootfs, run_runc
 from tests.helpers.sysargs import sysargs_binary
-from tests.kernels.guest_tests.test_sysargs import WAIT_GO, ctr_policy, lsm, rcs, wait_n
+from tests.kernels.guest_tests.test_sysargs import ctr_policy, lsm, rcs, wait_n
 
 pytestmark = [
     pytest.mark.integration,

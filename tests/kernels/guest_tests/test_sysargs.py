@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.agent_proc import AgentProc, enforcement
-from tests.helpers.containers import build_rootfs, run_runc
+from tests.helpers.containers import WAIT_GO, build_rootfs, run_runc
 from tests.helpers.sysargs import sysargs_binary
 
 pytestmark = [
@@ -41,8 +41,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
 ]
 
-WAIT_GO = ("i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; "
-           "echo end")
 CAPS = "security.capability"
 
 
