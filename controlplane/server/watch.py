@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 30.0
 BACKOFF_MAX = 30.0
+LISTENER_NAME = "moray-server change watcher"    # pg_stat_activity.application_name
 
 PolicyCallback = Callable[["PolicySnapshot"], None]
 AgentCallback = Callable[[str | None, bool], None]
@@ -219,6 +220,7 @@ class PolicyWatcher:
             try:
                 conn = await psycopg.AsyncConnection.connect(
                     self.listen_url, autocommit=True, connect_timeout=10, keepalives=1,
+                    application_name=LISTENER_NAME,
                     keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
             except psycopg.Error as err:
                 log.warning("cannot listen for changes, retrying", extra={
