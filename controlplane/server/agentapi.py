@@ -150,7 +150,8 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
         session = _PolicySession(self, agent, context, dict(first.hello.versions))
         handle = self.hub.open(agent.id)
-        handle.refresh = False       # just read by _identify
+        # handle.refresh starts True: the agent is read again now that the handle is
+        # registered, so a revocation or relabelling since _identify is not missed
         self.sessions.add(session)
         self.metrics.agents_connected.set(len(self.hub.streams))
         log.info("policy stream open", extra={"agent_id": agent.id, "versions": session.known})
