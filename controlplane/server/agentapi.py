@@ -9,7 +9,8 @@
 Policy stream, per connection: the agent says which versions it enforces (hello); the
 server sends each policy its scope selects whose version differs, and a removal (signed
 for this agent only) for each policy the agent has that is deleted or no longer selected;
-then it waits for a wake-up (hub) or polls, and repeats. Every message is acknowledged by
+then it waits for a wake-up (hub: a new policy snapshot from the watcher, or its agent
+changed) and repeats; it never polls the store. Every message is acknowledged by
 the agent, and the acknowledgement is stored.
 
 Event stream: each batch is committed to the store (ids stored once per agent) before its
@@ -26,7 +27,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -48,7 +49,6 @@ from moray.controlplane.store.cpstore import (
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 2.0
 MAX_BATCH = 10_000
 MAX_EVENT_BYTES = 256 << 10    # one event's JSON payload
 MAX_QUEUED_ACKS = 100_000      # acknowledgements waiting for the ack writer
@@ -89,15 +89,22 @@ class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):  # type: ignore[misc
 
 class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     def __init__(self, store: ControlPlaneStore, pki: Pki, hub: AgentHub,
-                 metrics: ServerMetrics, poll_seconds: float = POLL_SECONDS) -> None:
+                 metrics: ServerMetrics) -> None:
         self.store, self.pki, self.hub, self.metrics = store, pki, hub, metrics
-        self.poll_seconds = poll_seconds
-        # tenant -> (hub epoch, policies): one store read per change, not one per stream
-        self._snapshots: dict[str, tuple[int, dict[str, PolicyRecord]]] = {}
-        self._snapshot_lock = asyncio.Lock()
-        self._generation = -1
+        self.sessions: set[_PolicySession] = set()
+        metrics.policy_pushes_pending.set_function(self._pending_pushes)
         self._acks: asyncio.Queue[PolicyAckRow] = asyncio.Queue()
         self._ack_writer: asyncio.Task[None] | None = None
+
+    def _pending_pushes(self) -> float:
+        """Messages sent and not yet acknowledged, over every open stream (read at scrape
+        time, from the HTTP thread pool while the loop may open or close a stream)."""
+        for _ in range(5):
+            try:
+                return float(sum(len(s.pending) for s in list(self.sessions)))
+            except RuntimeError:     # the set or a dict changed size while we counted
+                continue
+        return float("nan")
 
     async def _write_acks(self) -> None:
         """One writer for every stream's acknowledgements: takes what has arrived and
@@ -142,24 +149,6 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
 
     # -- policies ------------------------------------------------------------------------
 
-    def _read_policies(self, tenant: str) -> tuple[int, dict[str, PolicyRecord]]:
-        generation = self.store.policy_generation()
-        current = self.store.current_policies(tenant, include_removed=True)
-        return generation, {p.name: p for p in current}
-
-    async def _policies(self, tenant: str) -> dict[str, PolicyRecord]:
-        """The tenant's current policies, read once per hub epoch and shared by all the
-        tenant's streams (a change wakes every stream at once)."""
-        async with self._snapshot_lock:
-            epoch = self.hub.epoch
-            cached = self._snapshots.get(tenant)
-            if cached is not None and cached[0] == epoch:
-                return cached[1]
-            generation, policies = await asyncio.to_thread(self._read_policies, tenant)
-            self._generation = max(self._generation, generation)
-            self._snapshots[tenant] = (epoch, policies)
-            return policies
-
     def removal(self, agent: AgentRecord, name: str, version: int) -> moray_pb2.SignedPolicy:
         payload = moray_pb2.PolicyPayload(
             name=name, tenant=agent.tenant, version=version, removed=True, agent_id=agent.id,
@@ -175,6 +164,9 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
         session = _PolicySession(self, agent, context, dict(first.hello.versions))
         handle = self.hub.open(agent.id)
+        # handle.refresh starts True: the agent is read again now that the handle is
+        # registered, so a revocation or relabelling since _identify is not missed
+        self.sessions.add(session)
         self.metrics.agents_connected.set(len(self.hub.streams))
         log.info("policy stream open", extra={"agent_id": agent.id, "versions": session.known})
         reader = asyncio.create_task(session.read_acks())
@@ -188,36 +180,29 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
                 if handle.revoked or fresh is None or fresh.revoked_at is not None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, "agent revoked")
                     return
-                await session.push(fresh, await self._policies(fresh.tenant))
+                snapshot = self.hub.snapshot
+                if snapshot.serial:          # 0: the watcher has not read the store yet
+                    await session.push(fresh, snapshot.tenant(fresh.tenant))
                 await self._wait_change(handle, reader)
             await reader
         finally:
             reader.cancel()
-            self.metrics.policy_pushes_pending.dec(len(session.pending))
+            self.sessions.discard(session)
             self.hub.close(handle)
             self.metrics.agents_connected.set(len(self.hub.streams))
             log.info("policy stream closed", extra={"agent_id": agent.id})
 
-    async def _wait_change(self, handle: StreamHandle, reader: asyncio.Task[None]) -> None:
-        """Return when the hub wakes this stream, the agent hangs up, or (polled every
-        ``poll_seconds``) the store's policy generation moved: another server process
-        may have written it. Each poll also re-reads the agent (revoked elsewhere?)."""
-        while True:
-            waker = asyncio.create_task(handle.wake.wait())
-            done, _ = await asyncio.wait({waker, reader}, timeout=self.poll_seconds,
-                                         return_when=asyncio.FIRST_COMPLETED)
+    @staticmethod
+    async def _wait_change(handle: StreamHandle, reader: asyncio.Task[None]) -> None:
+        """Return when the hub wakes this stream (a new policy snapshot, the agent
+        changed) or the agent hangs up. No timer: an idle stream costs nothing."""
+        if handle.wake.is_set():
+            return
+        waker = asyncio.create_task(handle.wake.wait())
+        try:
+            await asyncio.wait({waker, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
             waker.cancel()
-            if done:
-                return
-            handle.refresh = True
-            generation = await asyncio.to_thread(self.store.policy_generation)
-            if generation != self._generation:
-                self._generation = generation
-                self.hub.epoch += 1
-                return
-            fresh = await asyncio.to_thread(self.store.agent, handle.agent_id)
-            if fresh is None or fresh.revoked_at is not None:
-                return
 
     # -- events --------------------------------------------------------------------------
 
@@ -294,23 +279,29 @@ class _PolicySession:
         self.service, self.agent, self.context = service, agent, context
         self.metrics, self.store = service.metrics, service.store
         self.known = known
-        self.pending: dict[tuple[str, int], float] = {}   # (name, version) -> created_at
+        self.opened = time.time()
+        # (name, version) -> when the push became due: the version's creation, or the
+        # stream's opening if later (an agent connecting hours after a change has not
+        # waited hours), or the send (a removal because the agent's labels changed)
+        self.pending: dict[tuple[str, int], float] = {}
 
-    async def push(self, agent: AgentRecord, policies: dict[str, PolicyRecord]) -> None:
+    async def push(self, agent: AgentRecord, policies: Mapping[str, PolicyRecord]) -> None:
         """Send what differs between the agent's policies and the ones selecting it."""
         for name, record in policies.items():
             wanted = not record.removed and selects_host(record.document, agent.labels)
+            due = max(record.created_at, self.opened)
             if wanted and self.known.get(name) != record.version:
                 version, message = record.version, record.signed()
                 self.known[name] = record.version
             elif not wanted and name in self.known:
                 version = max(record.version, self.known.pop(name))
                 message = self.service.removal(agent, name, version)
+                due = due if record.removed else time.time()
             else:
                 continue
+            # pending before the write: the ack may be read before write() returns
+            self.pending.setdefault((name, version), due)
             await self.context.write(moray_pb2.PolicyStreamResponse(policy=message))
-            self.pending[(name, version)] = record.created_at
-            self.metrics.policy_pushes_pending.inc()
         for name in [n for n in self.known if n not in policies]:
             # a policy the agent holds that its tenant never had: remove it
             await self.context.write(moray_pb2.PolicyStreamResponse(
@@ -328,11 +319,9 @@ class _PolicySession:
         status = moray_pb2.ApplyStatus.Name(ack.status)
         ok = status in ("APPLIED", "REMOVED")
         self.metrics.policy_acks.labels(status).inc()
-        created = self.pending.pop((ack.name, ack.version), None)
-        if created is not None:
-            self.metrics.policy_pushes_pending.dec()
-            if ok:
-                self.metrics.policy_push_latency.observe(max(0.0, time.time() - created))
+        due = self.pending.pop((ack.name, ack.version), None)
+        if due is not None and ok:
+            self.metrics.policy_push_latency.observe(max(0.0, time.time() - due))
         if not ok:
             log.warning("agent rejected a policy", extra={
                 "agent_id": self.agent.id, "policy": ack.name, "version": ack.version,

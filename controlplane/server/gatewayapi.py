@@ -10,9 +10,10 @@ State of one ``Link`` (one per gateway connection, in memory):
 - ``attached``: agent id -> (agent record, hub handle). Added by an attach the store
   confirms; removed by a detach, a revocation or the link's end. The hub handle makes the
   agent "connected" and lets ``AgentHub.notify``/``revoke`` wake the link.
-- ``sent``: tenant -> hub epoch of the policy set last sent. A tenant's set is sent before
-  its first agent is confirmed and again after every change (hub epoch moved, or the
-  store's policy generation moved: polled every ``poll_seconds`` per link, not per agent).
+- ``sent``: tenant -> serial of the hub's policy snapshot whose set was last sent. A
+  tenant's set is sent before its first agent is confirmed and again after every change
+  (the server's change watcher publishes a new snapshot and wakes the link through its
+  agents' hub handles: controlplane/server/watch.py; no polling).
 What the link changes in the store: acknowledgements (through the agent service's one
 ack writer), heartbeats, and events (``Events``: stored per agent, under that agent's id
 and tenant, after the same certificate check).
@@ -193,15 +194,9 @@ class _Link:
         try:
             while not reader.done():
                 waker = asyncio.create_task(self.wake.wait())
-                done, _ = await asyncio.wait({waker, reader}, timeout=self.agents.poll_seconds,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waker, reader}, return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
                 self.wake.clear()
-                if not done:      # poll: another server process may have changed policies
-                    generation = await asyncio.to_thread(self.store.policy_generation)
-                    if generation != self.agents._generation:
-                        self.agents._generation = generation
-                        self.hub.epoch += 1
                 await self.refresh()
             await reader
         finally:
@@ -209,7 +204,7 @@ class _Link:
 
     async def refresh(self) -> None:
         """Send what changed: agents woken by the hub (labels, revocation), then the
-        policy set of every tenant whose set predates the hub's epoch."""
+        policy set of every tenant whose set predates the hub's snapshot."""
         for agent_id, (_agent, handle) in list(self.attached.items()):
             if not (handle.revoked or handle.refresh):
                 continue
@@ -226,12 +221,11 @@ class _Link:
             await self.send_tenant(tenant)
 
     async def send_tenant(self, tenant: str) -> None:
-        epoch = self.hub.epoch
-        if self.sent.get(tenant) == epoch:
-            return
-        policies = await self.agents._policies(tenant)
-        self.sent[tenant] = epoch
-        await self.send(policy_set(tenant, policies))
+        snapshot = self.hub.snapshot
+        if not snapshot.serial or self.sent.get(tenant) == snapshot.serial:
+            return   # serial 0: the watcher has not read the store yet (it wakes us then)
+        self.sent[tenant] = snapshot.serial
+        await self.send(policy_set(tenant, dict(snapshot.tenant(tenant))))
 
     async def read(self) -> None:
         while True:
@@ -294,7 +288,7 @@ class _Link:
             answer.error = "agent not attached"
         else:
             agent = entry[0]
-            record = (await self.agents._policies(agent.tenant)).get(req.name)
+            record = self.hub.snapshot.tenant(agent.tenant).get(req.name)
             if record is not None and not record.removed and selects_host(record.document,
                                                                           agent.labels):
                 answer.error = "policy still selects this agent"

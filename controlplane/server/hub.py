@@ -1,14 +1,22 @@
 """Which agents are connected right now, and waking their policy streams.
 
 State owned here (in memory, one server process):
-- ``streams``: agent id -> the wake-up events of its open policy streams; added when a
+- ``streams``: agent id -> the wake-up handles of its open policy streams; added when a
   stream starts, removed when it ends.
 - ``revocations``: agent id -> an asyncio.Event per open event stream of that agent, set
-  by ``revoke`` (the event stream then ends with PERMISSION_DENIED).
-- Changes that wake streams: a policy version stored (``notify``), an agent's labels
-  changed (``notify``), an agent revoked (``revoke``: its policy and event streams end
-  with PERMISSION_DENIED). Streams also poll the store's policy generation every few seconds,
-  so a change made by another server process reaches them too.
+  when the agent is revoked (here or in another server process): the event stream then
+  ends with PERMISSION_DENIED.
+- ``snapshot``: the policy set every stream pushes from (controlplane/server/watch.py
+  publishes it; one per change, shared by all streams).
+Changes that wake streams:
+- a new policy snapshot (``policies_changed``, from the watcher): every stream;
+- an agent's labels changed or it was revoked, here (``notify(agent_id)``,
+  ``revoke``) or in another server process (``agent_changed``, from the watcher's
+  notifications): that agent's streams re-read the agent, a revoked one ends with
+  PERMISSION_DENIED; ``agent_changed(None)`` (the watcher may have missed
+  notifications): every stream re-reads its agent.
+``notify(None)`` (a policy stored in this process) asks the watcher to re-read now
+(``on_policy_change``). Streams do not poll: an idle stream costs no database query.
 ``notify`` and ``revoke`` may be called from any thread (REST handlers run in a pool).
 """
 
@@ -16,7 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from moray.controlplane.server.watch import PolicySnapshot
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +41,13 @@ class StreamHandle:
 
 
 class AgentHub:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 on_policy_change: Callable[[], None] | None = None) -> None:
         self.loop = loop
         self.streams: dict[str, set[StreamHandle]] = {}
         self.revocations: dict[str, set[asyncio.Event]] = {}
-        # Bumped on every policy change seen (notify of all agents, or a poll that found
-        # the store's generation moved): streams share one policy snapshot per epoch.
-        self.epoch = 0
+        self.snapshot = PolicySnapshot(0)
+        self.on_policy_change = on_policy_change
 
     def open(self, agent_id: str) -> StreamHandle:
         handle = StreamHandle(agent_id)
@@ -66,24 +77,37 @@ class AgentHub:
     def connected(self) -> list[str]:
         return sorted(self.streams)
 
-    def _wake_all(self, agent_id: str | None, revoke: bool) -> None:
+    # -- from the watcher (on the loop) --------------------------------------------------
+
+    def policies_changed(self, snapshot: PolicySnapshot) -> None:
+        self.snapshot = snapshot
+        for handles in self.streams.values():
+            for handle in handles:
+                handle.wake.set()
+
+    def agent_changed(self, agent_id: str | None, revoked: bool = False) -> None:
         targets = ([h for hs in self.streams.values() for h in hs] if agent_id is None
                    else list(self.streams.get(agent_id, ())))
-        if agent_id is None:
-            self.epoch += 1
         for handle in targets:
-            handle.revoked = handle.revoked or revoke
-            handle.refresh = handle.refresh or agent_id is not None
+            handle.revoked = handle.revoked or revoked
+            handle.refresh = True
             handle.wake.set()
+        if revoked and agent_id is not None:
+            for event in self.revocations.get(agent_id, ()):
+                event.set()
+
+    # -- from anywhere ---------------------------------------------------------------------
+
+    def _notify(self, agent_id: str | None) -> None:
+        if agent_id is not None:
+            self.agent_changed(agent_id)
+        elif self.on_policy_change is not None:
+            self.on_policy_change()
 
     def notify(self, agent_id: str | None = None) -> None:
-        """Wake the policy streams of ``agent_id`` (all agents when None)."""
-        self.loop.call_soon_threadsafe(self._wake_all, agent_id, False)
-
-    def _revoke(self, agent_id: str) -> None:
-        self._wake_all(agent_id, True)
-        for revoked in self.revocations.get(agent_id, ()):
-            revoked.set()
+        """A change made in this process: the agent ``agent_id``'s labels, or (None) the
+        policy set."""
+        self.loop.call_soon_threadsafe(self._notify, agent_id)
 
     def revoke(self, agent_id: str) -> None:
-        self.loop.call_soon_threadsafe(self._revoke, agent_id)
+        self.loop.call_soon_threadsafe(self.agent_changed, agent_id, True)

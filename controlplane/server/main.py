@@ -4,9 +4,11 @@ gRPC and HTTP.
     moray-server                       # SQLite under $MORAY_DATA_DIR (/var/lib/moray)
     moray-server --database-url postgresql://moray@db/moray
 
-Listens on 7443 (agents, mutual TLS), 7444 (enrolment, TLS + one-time token) and 7080
-(REST API, /openapi.json, /metrics). On first start it creates the CA and keys under
-``<data dir>/pki`` and an admin API token in ``<data dir>/admin.token`` (mode 0600).
+Listens on 7443 (agents, mutual TLS) and 7444 (enrolment, TLS + one-time token) on every
+address, and on 7080 (REST API, /openapi.json, /metrics, /readyz) on loopback only
+unless ``--http-tls`` or ``--insecure-http`` (docs/controlplane.md). On first start it
+creates the CA and keys under ``<data dir>/pki`` and an admin API token in
+``<data dir>/admin.token`` (mode 0600).
 A scheduler thread queues scans of the registered registries and images and rescans
 after new vulnerability data (controlplane/scanner/service/scheduler.py); ``--scan-workers N``
 threads (default 1) scan in the server, and any number of ``moray-scanner-worker``
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -29,17 +32,21 @@ from pathlib import Path
 
 import grpc
 import uvicorn
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import SQLAlchemyError
 
 from moray.api.proto import moray_pb2_grpc
 from moray.controlplane.scanner.service.scheduler import Scheduler
 from moray.controlplane.scanner.workercli import InProcessWorkers
-from moray.controlplane.server.agentapi import POLL_SECONDS, AgentServiceImpl, EnrollmentService
+from moray.controlplane.server.agentapi import AgentServiceImpl, EnrollmentService
 from moray.controlplane.server.gatewayapi import GatewayServiceImpl
 from moray.controlplane.server.hub import AgentHub
-from moray.controlplane.server.metrics import ScanCollector, ServerMetrics
+from moray.controlplane.server.metrics import GrpcTimer, ScanCollector, ServerMetrics
 from moray.controlplane.server.pki import Pki
 from moray.controlplane.server.policydoc import agent_document
 from moray.controlplane.server.rest import create_app
+from moray.controlplane.server.watch import POLL_SECONDS as WATCH_POLL_SECONDS
+from moray.controlplane.server.watch import PolicyWatcher, libpq_url, one_line
 from moray.controlplane.store import db
 from moray.controlplane.store.cpstore import ControlPlaneStore
 from moray.controlplane.store.scanstore import ScanStore
@@ -51,19 +58,116 @@ ENROLL_PORT = 7444
 HTTP_PORT = 7080
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+RETENTION_DAYS = 30.0
+RETENTION_EVENTS = 10_000_000
+RETENTION_INTERVAL = 300.0
+
+
 @dataclass
 class ServerConfig:
     data_dir: Path
     database_url: str | None = None
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"               # gRPC: agents and enrolment (always TLS)
+    http_host: str | None = None        # REST: loopback unless TLS or insecure_http
+    insecure_http: bool = False
     grpc_port: int = GRPC_PORT
     enroll_port: int = ENROLL_PORT
     http_port: int = HTTP_PORT
     names: list[str] = field(default_factory=list)
     http_tls: bool = False
-    poll_seconds: float = POLL_SECONDS
+    watch_poll_seconds: float = WATCH_POLL_SECONDS
     scan_poll_seconds: float = 5.0
     scan_workers: int = 1
+    event_max_age: float | None = RETENTION_DAYS * 86400
+    event_max_per_tenant: int | None = RETENTION_EVENTS
+    retention_interval: float = RETENTION_INTERVAL
+
+    def rest_host(self) -> str:
+        """Where the REST API listens: ``http_host``, else the gRPC host with TLS, else
+        loopback. Plain HTTP (bearer tokens in clear) elsewhere than loopback only with
+        ``insecure_http``."""
+        host = self.http_host or (self.host if self.http_tls else "127.0.0.1")
+        if not self.http_tls and not self.insecure_http and not is_loopback(host):
+            raise SystemExit(f"moray-server: refusing plain HTTP on {host} (API tokens would "
+                             "travel in clear): use --http-tls, or --insecure-http to allow it")
+        return host
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` readable by its owner only, or take away the others' access to an
+    existing one (an older server left moray.db 0644)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+
+
+def sqlite_private(url: str) -> None:
+    """Make the SQLite file (and its WAL and shared-memory files) owner-only."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.split("///", 1)[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if f == path or f.exists():
+                private_file(f)
+
+
+async def open_engine(config: ServerConfig, metrics: ServerMetrics,
+                      stop: asyncio.Event) -> Engine:
+    """The migrated engine. An unreachable database is logged as one line and retried
+    with back-off (0.5 s doubling to 30 s) until it answers or ``stop`` is set."""
+    url = db.database_url(config.database_url, config.data_dir)
+    sqlite_private(url)
+    delay = 0.5
+    while True:
+        engine = db.make_engine(url)
+        try:
+            await asyncio.to_thread(db.migrate, engine)
+        except (SQLAlchemyError, OSError) as err:
+            engine.dispose()
+            log.error("database unreachable, retrying", extra={
+                "database": engine.url.render_as_string(), "error": one_line(err),
+                "retry_in": delay})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                raise SystemExit("moray-server: stopped while waiting for the database") from None
+            delay = min(30.0, delay * 2)
+            continue
+        sqlite_private(url)      # -wal and -shm exist now
+        event.listen(engine, "before_cursor_execute",
+                     lambda *_args: metrics.db_statements.inc())
+        return engine
+
+
+async def retention(store: ControlPlaneStore, config: ServerConfig,
+                    metrics: ServerMetrics) -> None:
+    """Every ``retention_interval`` seconds: drop the events beyond the age and size
+    limits (oldest first, per tenant), count them and log one line per tenant."""
+    while True:
+        await asyncio.sleep(config.retention_interval)
+        try:
+            dropped = await asyncio.to_thread(
+                store.prune_events, max_age=config.event_max_age,
+                max_per_tenant=config.event_max_per_tenant)
+        except Exception as err:   # the database may be away: next round
+            log.warning("event retention failed", extra={"error": one_line(err)})
+            continue
+        for tenant, (by_age, by_size) in sorted(dropped.items()):
+            metrics.events_dropped.labels("age").inc(by_age)
+            metrics.events_dropped.labels("size").inc(by_size)
+            log.warning("events dropped by retention", extra={
+                "tenant": tenant, "age": by_age, "size": by_size})
 
 
 def bootstrap_admin_token(store: ControlPlaneStore, data_dir: Path) -> None:
@@ -88,30 +192,32 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    if len({config.grpc_port, config.enroll_port, config.http_port}) != 3:
-        raise SystemExit("moray-server: the gRPC, enrolment and HTTP ports must differ")
-    # step: open_store
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = db.make_engine(db.database_url(config.database_url, config.data_dir))
-    db.migrate(engine)
-    store = ControlPlaneStore(engine, wire_document=agent_document)
-    scans = ScanStore(engine)
-    # step: load_keys
-    pki = Pki.load_or_create(config.data_dir / "pki", config.names)
-    bootstrap_admin_token(store, config.data_dir)
-    metrics = ServerMetrics()
-    hub = AgentHub(loop)
-    # step: start_grpc
-    server = grpc.aio.server(options=[("grpc.keepalive_time_ms", 20_000),
+async def watch_changes(store: ControlPlaneStore, engine: Engine, config: ServerConfig,
+                        metrics: ServerMetrics) -> tuple[PolicyWatcher, AgentHub]:
+    """The process's one change watcher, feeding the hub of policy streams."""
+    watcher = PolicyWatcher(store, listen_url=libpq_url(engine.url),
+                            poll_seconds=config.watch_poll_seconds)
+    hub = AgentHub(asyncio.get_running_loop(), on_policy_change=watcher.poke)
+    watcher.subscribe(hub.policies_changed)
+    watcher.subscribe(lambda _snapshot: metrics.policy_snapshots.inc())
+    watcher.subscribe_agents(hub.agent_changed)
+    metrics.change_listener_up.set_function(lambda: float(watcher.listening))
+    await watcher.start()
+    return watcher, hub
+
+
+async def start_grpc(store: ControlPlaneStore, pki: Pki, hub: AgentHub,
+                     metrics: ServerMetrics, config: ServerConfig) -> grpc.aio.Server | None:
+    """The agent (mutual TLS) and enrolment (TLS) ports, started; None if either port
+    cannot be bound."""
+    server = grpc.aio.server(interceptors=[GrpcTimer(metrics.grpc_duration)],
+                             options=[("grpc.keepalive_time_ms", 20_000),
                                       ("grpc.keepalive_timeout_ms", 10_000),
                                       ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                                       ("grpc.keepalive_permit_without_calls", 1)])
     moray_pb2_grpc.add_EnrollmentServicer_to_server(
         EnrollmentService(store, pki, metrics), server)
-    agent_service = AgentServiceImpl(store, pki, hub, metrics, config.poll_seconds)
+    agent_service = AgentServiceImpl(store, pki, hub, metrics)
     moray_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
     # gateways (moray gateway) link on the same mTLS port with a gateway certificate
     moray_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServiceImpl(agent_service),
@@ -124,9 +230,33 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
              server.add_secure_port(f"{config.host}:{config.enroll_port}",
                                     grpc.ssl_server_credentials(key_pair))]
     if 0 in bound:
+        return None
+    await server.start()
+    return server
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    if len({config.grpc_port, config.enroll_port, config.http_port}) != 3:
+        raise SystemExit("moray-server: the gRPC, enrolment and HTTP ports must differ")
+    http_host = config.rest_host()
+    metrics = ServerMetrics()
+    # step: open_store
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = await open_engine(config, metrics, stop)
+    store = ControlPlaneStore(engine, wire_document=agent_document)
+    scans = ScanStore(engine)
+    # step: load_keys
+    pki = Pki.load_or_create(config.data_dir / "pki", config.names)
+    bootstrap_admin_token(store, config.data_dir)
+    # step: watch_changes (before any stream opens: streams push from its snapshot)
+    watcher, hub = await watch_changes(store, engine, config, metrics)
+    # step: start_grpc
+    server = await start_grpc(store, pki, hub, metrics, config)
+    if server is None:
+        await watcher.stop()
         raise SystemExit(f"moray-server: cannot listen on {config.host}:{config.grpc_port} "
                          f"and {config.enroll_port}")
-    await server.start()
     # step: start_scheduler
     scheduler = Scheduler(scans, poll_seconds=config.scan_poll_seconds)
     scheduler.start()
@@ -134,28 +264,44 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     # step: start_scan_workers
     workers = InProcessWorkers(scans, config.scan_workers, name=f"{socket.gethostname()}:server")
     workers.start()
+    # step: start_retention
+    retainer = asyncio.create_task(retention(store, config, metrics))
     # step: start_http
     app = create_app(store, hub, pki, metrics, grpc_port=config.grpc_port,
                      enroll_port=config.enroll_port, scans=scans,
                      on_scan_change=scheduler.wake)
     tls = ({"ssl_certfile": str(pki.directory / "server.pem"),
             "ssl_keyfile": str(pki.directory / "server.key")} if config.http_tls else {})
-    http = _HttpServer(uvicorn.Config(app, host=config.host, port=config.http_port,
+    http = _HttpServer(uvicorn.Config(app, host=http_host, port=config.http_port,
                                       log_config=None, lifespan="off", access_log=False,
                                       **tls))  # type: ignore[arg-type]
     http_task = asyncio.create_task(http.serve())
-    log.info("moray-server ready", extra={
-        "grpc": config.grpc_port, "enroll": config.enroll_port, "http": config.http_port,
-        "https": config.http_tls,
-        "database": engine.url.render_as_string(), "data_dir": str(config.data_dir)})
-    # step: serve
+    stopper = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({http_task, asyncio.create_task(stop.wait())},
-                           return_when=asyncio.FIRST_COMPLETED)
+        # step: ready (every port bound: gRPC's by server.start, HTTP's once uvicorn
+        # has started)
+        while not http.started and not http_task.done() and not stop.is_set():
+            await asyncio.wait({http_task, stopper}, timeout=0.02,
+                               return_when=asyncio.FIRST_COMPLETED)
+        if http_task.done():
+            raise SystemExit(f"moray-server: cannot listen on {http_host}:{config.http_port}")
+        app.state.ready = True
+        log.info("moray-server ready", extra={
+            "grpc": config.grpc_port, "enroll": config.enroll_port, "http": config.http_port,
+            "http_host": http_host, "https": config.http_tls,
+            "database": engine.url.render_as_string(), "data_dir": str(config.data_dir),
+            "listen": watcher.listen_url is not None})
+        # step: serve
+        await asyncio.wait({http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        app.state.ready = False
         http.should_exit = True
+        stopper.cancel()
+        retainer.cancel()
         await server.stop(grace=2)
-        await asyncio.wait_for(http_task, 10)
+        await watcher.stop()
+        if not http_task.done():
+            await asyncio.wait_for(http_task, 10)
         await asyncio.to_thread(workers.stop)
         await asyncio.to_thread(scheduler.stop)
         engine.dispose()
@@ -170,7 +316,15 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                    help="state directory (default $MORAY_DATA_DIR or /var/lib/moray)")
     p.add_argument("--database-url", default=argparse.SUPPRESS,
                    help="SQLAlchemy URL (default $MORAY_DATABASE_URL or SQLite in the data dir)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address of the agent and enrolment ports (TLS; default 0.0.0.0)")
+    p.add_argument("--http-host", default=None,
+                   help="address of the REST API (default: 127.0.0.1, or --host with "
+                        "--http-tls); plain HTTP elsewhere than loopback needs "
+                        "--insecure-http")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="allow the REST API over plain HTTP on a non-loopback address "
+                        "(bearer tokens travel in clear: only behind a TLS proxy)")
     p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     p.add_argument("--enroll-port", type=int, default=ENROLL_PORT)
     p.add_argument("--http-port", type=int, default=HTTP_PORT)
@@ -185,17 +339,32 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-workers", type=int, default=1,
                    help="scan worker threads in the server (default 1; 0: only external "
                         "moray-scanner-worker processes scan)")
+    p.add_argument("--watch-poll-seconds", type=float, default=WATCH_POLL_SECONDS,
+                   help="safety-net poll of the policy set by the one change watcher "
+                        "(default 30; changes arrive by notification, see docs/controlplane.md)")
+    p.add_argument("--event-retention-days", type=float, default=RETENTION_DAYS,
+                   help="drop events received longer ago (default 30; 0: keep forever)")
+    p.add_argument("--event-max-per-tenant", type=int, default=RETENTION_EVENTS,
+                   help="keep at most this many events per tenant, dropping the oldest "
+                        "(default 10,000,000; 0: no limit)")
+    p.add_argument("--retention-interval", type=float, default=RETENTION_INTERVAL,
+                   help="seconds between retention sweeps (default 300)")
     p.add_argument("--log-level", default=argparse.SUPPRESS, help="default info")
 
 
 def run_command(args: argparse.Namespace) -> int:
     """The handler of ``moray server``: serve until SIGTERM or SIGINT."""
     config = ServerConfig(data_dir=db.data_dir(args.data_dir), database_url=args.database_url,
-                          host=args.host, grpc_port=args.grpc_port,
+                          host=args.host, http_host=args.http_host,
+                          insecure_http=args.insecure_http, grpc_port=args.grpc_port,
                           enroll_port=args.enroll_port, http_port=args.http_port,
                           names=args.name, http_tls=args.http_tls,
+                          watch_poll_seconds=args.watch_poll_seconds,
                           scan_poll_seconds=args.scan_poll_seconds,
-                          scan_workers=args.scan_workers)
+                          scan_workers=args.scan_workers,
+                          event_max_age=args.event_retention_days * 86400 or None,
+                          event_max_per_tenant=args.event_max_per_tenant or None,
+                          retention_interval=args.retention_interval)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -1,21 +1,39 @@
 """The server's Prometheus metrics (served at /metrics on the HTTP port). Label sets are
-closed: statuses and RPC names, never agent ids."""
+closed: statuses, route templates and RPC names, never agent ids or raw paths. The
+process collector (CPU seconds, resident memory, open fds, start time: ``process_*``)
+is registered on the server's own registry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 JOB_STATUSES = ("queued", "running", "done", "failed")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                    30, 120, 600, 3600)
 
 
 class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.agents_connected = Gauge("moray_agents_connected",
                                       "Agents with an open policy stream", registry=r)
         self.policy_push_latency = Histogram(
@@ -50,6 +68,30 @@ class ServerMetrics:
                                    ["result"], registry=r)
         self.http_requests = Counter("moray_http_requests_total", "REST requests",
                                      ["method", "status"], registry=r)
+        self.http_duration = Histogram(
+            "moray_http_request_duration_seconds",
+            "REST request duration by route template (unmatched paths: route \"other\")",
+            ["method", "route"], buckets=DURATION_BUCKETS, registry=r)
+        self.grpc_duration = Histogram(
+            "moray_grpc_request_duration_seconds",
+            "gRPC call duration by method (a stream: its whole life) and status code",
+            ["method", "code"], buckets=DURATION_BUCKETS, registry=r)
+        self.db_statements = Counter(
+            "moray_db_statements_total", "SQL statements this process sent to the database",
+            registry=r)
+        self.policy_snapshots = Counter(
+            "moray_policy_snapshots_total",
+            "Policy sets read by the watcher and pushed to every stream (one per change)",
+            registry=r)
+        self.change_listener_up = Gauge(
+            "moray_change_listener_up",
+            "1 while the PostgreSQL LISTEN connection of the change watcher is up", registry=r)
+        self.events_dropped = Counter(
+            "moray_events_dropped_total",
+            "Stored events deleted by retention, oldest first (reason: age or size)",
+            ["reason"], registry=r)
+        for reason in ("age", "size"):
+            self.events_dropped.labels(reason)
 
 
 class ScanCollector(Collector):
@@ -82,3 +124,53 @@ class ScanCollector(Collector):
         for kind, n in sorted(stats["errors"].items()):
             errors.add_metric([kind], n)
         yield errors
+
+
+class GrpcTimer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Times every gRPC call into ``histogram`` by method name (the handler's own: a call
+    to an unknown method has no handler and is not counted) and final status code."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+
+    async def intercept_service(
+            self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler | None]],
+            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = str(details.method).rsplit("/", 1)[-1]
+        kind = ("stream" if handler.request_streaming else "unary") + "_" + (
+            "stream" if handler.response_streaming else "unary")
+        behavior = getattr(handler, kind)
+        timed = self._wrap(behavior, method)
+        make = getattr(grpc, f"{kind}_rpc_method_handler")
+        return make(timed, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+    def _observe(self, method: str, context: Any, start: float, failed: bool) -> None:
+        code = context.code() if hasattr(context, "code") else None
+        name = getattr(code, "name", None) or ("UNKNOWN" if failed else "OK")
+        self.histogram.labels(method, name).observe(time.perf_counter() - start)
+
+    def _wrap(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                start, failed = time.perf_counter(), True
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                    failed = False
+                finally:
+                    self._observe(method, context, start, failed)
+            return stream
+
+        async def call(request: Any, context: Any) -> Any:
+            start, failed = time.perf_counter(), True
+            try:
+                result = await behavior(request, context)
+                failed = False
+                return result
+            finally:
+                self._observe(method, context, start, failed)
+        return call

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from moray.controlplane.scanner.service.api import MAX_IMPORT_BYTES, SCAN_ACCESS, scan_router
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.limits import PRINCIPAL, Refused, RequestLimits
-from moray.controlplane.server.metrics import ServerMetrics
+from moray.controlplane.server.metrics import HTTP_METHODS, ServerMetrics
 from moray.controlplane.server.pki import Pki, cert_sha256
 from moray.controlplane.server.policydoc import DEFAULT_TENANT, PolicyDocError, parse_policies
 from moray.controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
@@ -172,13 +172,23 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[..., Any]) -> Response:
+        start = time.perf_counter()
         response: Response = await call_next(request)
-        metrics.http_requests.labels(request.method, str(response.status_code)).inc()
+        route = getattr(request.scope.get("route"), "path", None) or "other"
+        method = request.method if request.method in HTTP_METHODS else "other"
+        metrics.http_requests.labels(method, str(response.status_code)).inc()
+        metrics.http_duration.labels(method, route).observe(time.perf_counter() - start)
         return response
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, Any]:
         return {"ok": True, "grpc_port": grpc_port, "enroll_port": enroll_port}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        """200 once every port (gRPC, enrolment, HTTP) is bound and the server serves."""
+        ready = bool(getattr(app.state, "ready", False))
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,6 +43,10 @@ from moray.errors import ControlPlaneError
 log = logging.getLogger(__name__)
 
 ROLES = ("admin", "operator", "auditor", "viewer")
+
+# PostgreSQL NOTIFY channel of the changes that policy streams must see (payloads:
+# "policy", "agent:<id>", "revoke:<id>"); controlplane/server/watch.py listens on it.
+NOTIFY_CHANNEL = "moray_cp"
 
 
 class StoreError(ControlPlaneError):
@@ -221,6 +225,13 @@ class ControlPlaneStore:
         with self._sessions() as session:
             yield session
 
+    def _notify(self, session: Session, payload: str) -> None:
+        """Tell every server process on this database, at commit (PostgreSQL delivers a
+        NOTIFY only if its transaction commits; SQLite has one server process: the
+        server tells its watcher itself)."""
+        if not self._sqlite:
+            session.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
+
     def _audit(self, session: Session, actor: str, action: str, target: str,
                detail: dict[str, Any] | None = None) -> None:
         session.add(Audit(at=self.clock(), actor=actor, action=action, target=target,
@@ -260,6 +271,7 @@ class ControlPlaneStore:
                     {"version": version, "sha256": row.sha256, "source": source,
                      "comment": comment})
         session.flush()
+        self._notify(session, "policy")
         return _policy_record(policy, row)
 
     def apply_policy(self, tenant: str, name: str, document: dict[str, Any], *,
@@ -349,6 +361,13 @@ class ControlPlaneStore:
                 PolicyVersion.policy_id == policy.id).order_by(PolicyVersion.version)).all()
             return [_policy_record(policy, r) for r in rows]
 
+    def policy_versions(self) -> dict[tuple[str, str], int]:
+        """(tenant, name) -> current version of every policy: the watcher's cheap
+        safety-net probe (one small query, no documents)."""
+        with self._read() as session:
+            rows = session.execute(select(Policy.tenant, Policy.name, Policy.current_version))
+            return {(t, n): int(v) for t, n, v in rows}
+
     def policy_generation(self) -> int:
         """Grows with every stored policy version: a cheap "did anything change" probe."""
         with self._read() as session:
@@ -427,6 +446,7 @@ class ControlPlaneStore:
                 agent.revoked_at = self.clock()
                 self._audit(session, author, "agent.revoke", agent_id,
                             {"cert_serial": agent.cert_serial})
+            self._notify(session, f"revoke:{agent_id}")
             session.flush()
             return _agent_record(agent)
 
@@ -439,6 +459,7 @@ class ControlPlaneStore:
             self._audit(session, author, "agent.labels", agent_id,
                         {"before": agent.labels, "after": labels})
             agent.labels = dict(labels)
+            self._notify(session, f"agent:{agent_id}")
             session.flush()
             return _agent_record(agent)
 
@@ -572,6 +593,55 @@ class ControlPlaneStore:
             return [{"seq": r.seq, "id": r.id, "agent_id": r.agent_id, "tenant": r.tenant,
                      "type": r.type, "time_ms": r.time_ms, "received_at": r.received_at,
                      **_payload(r)} for r in rows]
+
+    def prune_events(self, *, max_age: float | None, max_per_tenant: int | None,
+                     batch: int = 5000) -> dict[str, tuple[int, int]]:
+        """Event retention, per tenant, oldest first (by ``seq``, the order of arrival):
+        events received more than ``max_age`` seconds ago, then the oldest beyond
+        ``max_per_tenant`` rows. Deletes in transactions of at most ``batch`` rows (so
+        ingest is not held up). Returns tenant -> (dropped for age, dropped for size) for
+        the tenants where anything was dropped. Safe to run from several server processes
+        at once: each row is counted by the one that deleted it."""
+        out: dict[str, tuple[int, int]] = {}
+        with self._read() as session:
+            tenants = [t for (t,) in session.execute(select(Agent.tenant).distinct())]
+        for tenant in tenants:
+            by_age = by_size = 0
+            if max_age is not None:
+                cutoff = self.clock() - max_age
+                while True:
+                    with self._read() as session:
+                        rows = session.execute(
+                            select(Event.seq, Event.received_at).where(Event.tenant == tenant)
+                            .order_by(Event.seq).limit(batch)).all()
+                    old = [seq for seq, at in rows if at < cutoff]
+                    by_age += self._delete_events(old)
+                    if len(old) < batch:
+                        break
+            if max_per_tenant is not None:
+                with self._read() as session:
+                    total = int(session.scalar(select(func.count()).select_from(Event).where(
+                        Event.tenant == tenant)) or 0)
+                excess = total - max_per_tenant
+                while excess > 0:
+                    with self._read() as session:
+                        seqs = list(session.scalars(
+                            select(Event.seq).where(Event.tenant == tenant)
+                            .order_by(Event.seq).limit(min(batch, excess))))
+                    if not seqs:
+                        break
+                    by_size += self._delete_events(seqs)
+                    excess -= len(seqs)
+            if by_age or by_size:
+                out[tenant] = (by_age, by_size)
+        return out
+
+    def _delete_events(self, seqs: Sequence[int]) -> int:
+        if not seqs:
+            return 0
+        with self._tx() as session:
+            result = session.execute(delete(Event).where(Event.seq.in_(seqs)))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def count_events(self) -> int:
         with self._read() as session:

@@ -101,7 +101,7 @@ class ServerProcess:
             raise AssertionError(f"moray-server exited {self.proc.returncode}: "
                                  f"{self.log.read_text()[-3000:]}")
         try:
-            return httpx.get(self.url + "/healthz", timeout=1, verify=False).status_code == 200
+            return httpx.get(self.url + "/readyz", timeout=1, verify=False).status_code == 200
         except httpx.TransportError:
             return False
 

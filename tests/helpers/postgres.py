@@ -51,8 +51,9 @@ def _as_owner(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yields a base URL ``postgresql://moray@127.0.0.1:PORT``; stops and removes the cluster."""
+def postgres_server(port: int | None = None) -> Iterator[str]:
+    """Yields a base URL ``postgresql://moray@127.0.0.1:PORT`` (``port``: a chosen one,
+    default a free one); stops and removes the cluster."""
     bindir = pg_bindir()
     if bindir is None:
         raise FileNotFoundError("PostgreSQL is not installed (apt-get install -y postgresql)")
@@ -62,7 +63,7 @@ def postgres_server() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         shutil.chown(sock, "postgres")
-    port = _free_port()
+    port = port or _free_port()
     try:
         subprocess.run(_as_owner([str(bindir / "initdb"), "-D", str(data), "-U", "moray",
                                   "--auth=trust", "-E", "UTF8", "--no-sync"]),
@@ -79,9 +80,9 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def create_database(base_url: str) -> str:
+def create_database(base_url: str, name: str | None = None) -> str:
     """A new empty database on the server at ``base_url``; returns its URL."""
-    name = "t_" + uuid.uuid4().hex[:12]
+    name = name or "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(base_url + "/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{base_url}/{name}"
