@@ -114,7 +114,8 @@ def ns_names(flags: int) -> list[str]:
 
 
 def _args(out: dict[str, Any], ev: EnforceEvent) -> None:
-    from moray.agent.policy.residue import target_of, wanted
+    from moray.agent.policy.inroot import target_of
+    from moray.agent.policy.residue import wanted
 
     out["syscall"] = _SYSCALL_NAMES.get(ev.arg, str(ev.arg))
     out["nr"] = ev.arg
@@ -266,7 +267,7 @@ def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | No
 def _mount_call(out: dict[str, Any], ev: EnforceEvent) -> None:
     import errno
 
-    from moray.agent.policy.mount_residue import target_of
+    from moray.agent.policy.inroot import target_of
 
     assert ev.ret is not None
     out["result"] = "ok" if ev.ret >= 0 else errno.errorcode.get(-ev.ret, str(ev.ret))

@@ -40,7 +40,7 @@ from moray.agent.bpf import abi
 from moray.agent.bpf.features import find_cgroup_v2
 from moray.agent.policy.apply import MapLike
 from moray.agent.policy.compile import FileVal
-from moray.agent.policy.residue import open_in_root
+from moray.agent.policy.inroot import open_in_root
 from moray.agent.policy.scope import ContainerLike, covers
 from moray.api.policy.model import Access, FileRule, PathPattern, Policy
 

@@ -47,6 +47,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from moray.agent.events.types import EnforceEvent
+from moray.agent.policy.inroot import open_in_root, target_of
 
 if TYPE_CHECKING:
     from moray.agent.policy.residue import Residue
@@ -81,16 +82,6 @@ if libc.umount2(("self/fd/%d" % fd).encode(), 2) != 0:
 
 def is_mount_call(ev: EnforceEvent) -> bool:
     return ev.arg in MOUNT_NRS
-
-
-def target_of(ev: EnforceEvent) -> str:
-    """The path a mount record is about: path2 as passed (absolute), else joined to the
-    directory it is relative to, else the descriptor's file (path)."""
-    if ev.path2.startswith("/"):
-        return ev.path2
-    if ev.path2:
-        return ev.path.rstrip("/") + "/" + ev.path2
-    return ev.path
 
 
 def makes_mount(ev: EnforceEvent) -> bool:
@@ -211,7 +202,6 @@ def mount_residue(res: Residue, ev: EnforceEvent, enf: dict[str, Any]) -> None:
                             "namespace and its mounts go with its last process)")
         return
     try:
-        from moray.agent.policy.residue import open_in_root
 
         fd = open_in_root(f"{res.proc}/{pid}/root", path, follow=True)
     except OSError as err:

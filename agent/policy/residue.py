@@ -27,7 +27,6 @@ Namespace records (kind ns) need nothing: a fork with a fatal signal pending is 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -38,52 +37,13 @@ from typing import Any
 
 from moray.agent.bpf import abi
 from moray.agent.events.types import EnforceEvent
+from moray.agent.policy.inroot import open_in_root, target_of
 from moray.agent.policy.mount_residue import MOUNT_NRS, mount_residue
 
 log = logging.getLogger(__name__)
 
 CAPS_XATTR = "security.capability"
 NR_LSETXATTR = 189
-_SYS_OPENAT2 = 437
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def open_in_root(root: str, path: str, follow: bool = True) -> int:
-    """An O_PATH descriptor of *path* resolved inside *root* (symlinks and `..` stay in
-    it). Raises OSError."""
-    rfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        how = _OpenHow(os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW), 0,
-                       _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-        fd = _libc.syscall(_SYS_OPENAT2, rfd, os.fsencode(path), ctypes.byref(how),
-                           ctypes.c_size_t(ctypes.sizeof(how)))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-        return int(fd)
-    finally:
-        os.close(rfd)
-
-
-def target_of(ev: EnforceEvent) -> str:
-    """The file a setid record is about: path2 as passed (absolute), else joined to the
-    directory it is relative to, else the descriptor's file (path)."""
-    if ev.path2.startswith("/"):
-        return ev.path2
-    if ev.path2:
-        return ev.path.rstrip("/") + "/" + ev.path2
-    return ev.path
-
-
 def wanted(ev: EnforceEvent) -> list[str]:
     """The MR_SETID_* kinds the call asked for, by name."""
     return [n for i, n in enumerate(("setuid", "setgid", "caps")) if ev.family >> i & 1]

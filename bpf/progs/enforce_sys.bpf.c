@@ -120,7 +120,7 @@ static __always_inline int mount_exit(long id, long ret)
 	const char *upath = 0;
 	struct file *df;
 	__u64 flags = 0, dfd = MR_AT_FDCWD;
-	__u32 off = 0, trunc = 0, len1 = 0, len2 = 0, size, nr;
+	__u32 off = 0, trunc = 0, len1 = 0, len2 = 0, nr;
 	int by_fd = 0;
 	long r;
 
@@ -177,15 +177,7 @@ static __always_inline int mount_exit(long id, long ret)
 		off = path_resolve(dir, h->pbuf, &trunc);
 		len1 = path_copy(ev->data, h->pbuf, off);
 	}
-	if (len2)
-		bpf_probe_read_kernel(&ev->data[len1 & MR_HALF_MASK], len2 & (MR_PATH_KEY - 1),
-				      h->k2.path);
-	ev->path_len = len1;
-	ev->path2_len = len2 & (MR_PATH_KEY - 1);
-	size = sizeof(*ev) + (len1 & MR_HALF_MASK) + (len2 & (MR_PATH_KEY - 1));
-	hdr_init(&ev->hdr, MR_OP_ENFORCE, size);
-	if (size <= sizeof(h->rec))
-		emit_now(ev, size);
+	emit_paths(h, ev, len1, len2);
 	return 0;
 }
 

@@ -11,7 +11,8 @@ from typing import Any
 from moray.agent.bpf import abi
 from moray.agent.events.types import EnforceEvent, Proc
 from moray.agent.policy.explain import explain
-from moray.agent.policy.mount_residue import makes_mount, mountinfo, target_of
+from moray.agent.policy.inroot import target_of
+from moray.agent.policy.mount_residue import makes_mount, mountinfo
 from moray.agent.policy.residue import Residue
 from moray.api.policy.load import load_text
 

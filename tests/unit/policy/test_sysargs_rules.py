@@ -17,7 +17,8 @@ from moray.agent.events.types import EnforceEvent, Proc
 from moray.agent.policy.apply import MAP_NAMES, Applier, dec_conf, enc_conf, u32
 from moray.agent.policy.compile import compile_policies
 from moray.agent.policy.explain import explain
-from moray.agent.policy.residue import Residue, open_in_root, target_of
+from moray.agent.policy.inroot import open_in_root, target_of
+from moray.agent.policy.residue import Residue
 from moray.api.policy.load import PolicyError, load_text
 from moray.api.policy.model import NAMESPACES, SETID_KINDS
 
