@@ -52,7 +52,27 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
-class ServerProcess:
+class _Child:
+    """A moray process a test started: stop it (SIGTERM, then SIGKILL after 15 s) or kill
+    it (SIGKILL: no clean shutdown, like a crash or an OOM kill)."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class ServerProcess(_Child):
     """``python -m moray.controlplane.server.main`` on 127.0.0.1 with fixed ports, so a restart
     comes back where the agents look for it."""
 
@@ -105,19 +125,6 @@ class ServerProcess:
         except httpx.TransportError:
             return False
 
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown, like a crash or an OOM kill."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     @property
     def admin_token(self) -> str:
@@ -132,7 +139,7 @@ class ServerProcess:
         return Api(self.url, token or self.admin_token, ca)
 
 
-class GatewayProcess:
+class GatewayProcess(_Child):
     """``python -m moray.controlplane.gateway.main run`` on 127.0.0.1, linked to ``server``,
     with a certificate issued by ``moray gateway cert`` from the server's data dir. The
     port and the spool directory stay the same across restarts."""
@@ -178,18 +185,6 @@ class GatewayProcess:
             return True
         return False
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 class Api:
