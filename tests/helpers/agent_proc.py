@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,10 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.procs import Child
+
 AGENT = [sys.executable, "-m", "moray.agent.cli"]
 
 
-class AgentProc:
+class AgentProc(Child):
+    stop_timeout = 30
+
     def __init__(self, work: Path | None = None) -> None:
         self.work = work or Path(tempfile.mkdtemp(prefix="moray-enforce-"))
         self.policy_dir = self.work / "policies"
@@ -122,20 +125,6 @@ class AgentProc:
                 kinds = [e.get("enforcement") for e in self.events() if e["type"] == "enforce"]
                 raise TimeoutError(f"no matching event; enforcement events: {kinds}")
             time.sleep(0.1)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
     def unload(self) -> None:
         self.cli("unload", "--pin-root", self.pin_root)

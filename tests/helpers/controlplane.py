@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from tests.helpers.procs import Child
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,27 +54,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
-class _Child:
-    """A moray process a test started: stop it (SIGTERM, then SIGKILL after 15 s) or kill
-    it (SIGKILL: no clean shutdown, like a crash or an OOM kill)."""
-
-    proc: subprocess.Popen[bytes] | None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-class ServerProcess(_Child):
+class ServerProcess(Child):
     """``python -m moray.controlplane.server.main`` on 127.0.0.1 with fixed ports, so a restart
     comes back where the agents look for it."""
 
@@ -139,7 +121,7 @@ class ServerProcess(_Child):
         return Api(self.url, token or self.admin_token, ca)
 
 
-class GatewayProcess(_Child):
+class GatewayProcess(Child):
     """``python -m moray.controlplane.gateway.main run`` on 127.0.0.1, linked to ``server``,
     with a certificate issued by ``moray gateway cert`` from the server's data dir. The
     port and the spool directory stay the same across restarts."""

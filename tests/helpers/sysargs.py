@@ -26,5 +26,26 @@ def sysargs_binary() -> Path | None:
     return BIN if BIN.exists() else None
 
 
+def sysargs_rootfs(dest: Path) -> Path:
+    """A busybox rootfs in *dest* with the program as /bin/sysargs (the test is skipped
+    where it cannot be built)."""
+    import pytest
+
+    from tests.helpers.containers import build_rootfs
+
+    exe = sysargs_binary()
+    if exe is None:
+        pytest.skip("tests/fixtures/c/bin/sysargs not built (needs gcc on the host)")
+    root = build_rootfs(dest)
+    shutil.copy2(exe, root / "bin" / "sysargs")
+    return root
+
+
+def mountpoints(stdout: str) -> list[str]:
+    """Mount points of the container's mountinfo a script printed after MOUNTINFO."""
+    info = stdout.split("MOUNTINFO", 1)[1] if "MOUNTINFO" in stdout else ""
+    return [line.split()[4] for line in info.splitlines() if len(line.split()) > 4]
+
+
 if __name__ == "__main__":
     print(sysargs_binary())

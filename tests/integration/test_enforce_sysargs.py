@@ -17,7 +17,6 @@ rootfs) once it has the events, then reads the files from the host.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ import pytest
 from tests.helpers.agent_proc import AgentProc, enforcement
 from tests.helpers.containers import WAIT_GO, build_rootfs, run_runc
 from tests.helpers.policies import ctr_policy as policy
-from tests.helpers.sysargs import sysargs_binary
+from tests.helpers.sysargs import mountpoints, sysargs_rootfs
 
 pytestmark = [
     pytest.mark.integration,
@@ -46,12 +45,7 @@ def agent() -> Iterator[AgentProc]:
 
 @pytest.fixture()
 def rootfs(tmp_path: Path) -> Path:
-    exe = sysargs_binary()
-    if exe is None:
-        pytest.skip("needs gcc (static) for tests/fixtures/c/sysargs.c")
-    root = build_rootfs(tmp_path / "rootfs")
-    shutil.copy2(exe, root / "bin" / "sysargs")
-    return root
+    return sysargs_rootfs(tmp_path / "rootfs")
 
 
 def ours(agent: AgentProc, cid: str, kind: str) -> list[dict[str, Any]]:
@@ -360,12 +354,6 @@ def mount_script(variants: dict[str, tuple[str, str, str, str]], failing: bool =
     return "\n".join(lines)
 
 
-def mountpoints(stdout: str) -> list[str]:
-    """Mount points of the container's mountinfo printed after MOUNTINFO."""
-    info = stdout.split("MOUNTINFO", 1)[1] if "MOUNTINFO" in stdout else ""
-    return [line.split()[4] for line in info.splitlines() if len(line.split()) > 4]
-
-
 def test_mount_killed_and_detached(agent: AgentProc, rootfs: Path) -> None:
     """syscalls deny [mount, move_mount]: every variant (mount(2) of a tmpfs, a bind over a
     file, a relative target, the new API through fsmount and through open_tree's clone) is
@@ -412,26 +400,3 @@ def test_mount_killed_and_detached(agent: AgentProc, rootfs: Path) -> None:
         assert (rootfs / "etc" / "passwd").read_text().startswith("root:"), "bind undone"
     finally:
         agent.delete("mnt")
-
-
-def test_mount_monitor_allows_nothing_undone(agent: AgentProc, rootfs: Path) -> None:
-    agent.apply("mnt-mon", policy("mnt-mon", "mr-mntm-*", "syscalls: {deny: [mount, move_mount]}",
-                                  mode="monitor"))
-    variants = {k: MOUNT_VARIANTS[k] for k in ("tmpfs", "fsmount")}
-    try:
-        with run_runc("mr-mntm-1", ["sh", "-c", mount_script(variants, failing=False)],
-                      rootfs=rootfs, caps=["CAP_SYS_ADMIN"]) as ctr:
-            ctr.start()
-            evs = wait_n(agent, "mr-mntm-1", "syscall", 2)
-            (rootfs / "tmp" / "go").touch()
-            res = ctr.wait()
-        rc = rcs(res.stdout)
-        assert rc.get("tmpfs") == "0" and rc.get("fsmount") == "0", res
-        points = mountpoints(res.stdout)
-        assert "/mnt/a" in points and "/mnt/b" in points, points
-        for e in evs:
-            d = enforcement(e)
-            assert d["action"] == "would-block" and "undone" not in d, d
-            assert d["result"] == "ok", d
-    finally:
-        agent.delete("mnt-mon")

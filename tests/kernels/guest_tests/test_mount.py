@@ -21,16 +21,13 @@ tests/helpers/sysargs.py; the matrix copies it into its guests.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.agent_proc import AgentProc, enforcement
-from tests.helpers.containers import WAIT_GO, build_rootfs, run_runc
-from tests.helpers.sysargs import sysargs_binary
+from tests.helpers.containers import WAIT_GO, run_runc
+from tests.helpers.sysargs import mountpoints
 from tests.kernels.guest_tests.test_sysargs import ctr_policy, lsm, rcs, wait_n
 
 pytestmark = [
@@ -48,20 +45,6 @@ DATA_TMPFS: dict[str, object] = {"destination": "/data", "type": "tmpfs", "sourc
                                  "options": ["nosuid", "size=1m"]}
 
 
-@pytest.fixture()
-def rootfs() -> Iterator[Path]:
-    exe = sysargs_binary()
-    if exe is None:
-        pytest.skip("tests/fixtures/c/bin/sysargs not built (needs gcc on the host)")
-    d = Path(tempfile.mkdtemp(prefix="moray-mount-"))
-    try:
-        root = build_rootfs(d / "rootfs")
-        shutil.copy2(exe, root / "bin" / "sysargs")
-        yield root
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def script(variants: dict[str, tuple[str, str, str]], failing: bool = True) -> str:
     lines = ["mkdir -p /mnt/a /mnt/b /mnt/c; echo secret > /tmp/x"]
     lines += [f"{cmd}; echo {n}=$?" for n, (cmd, _s, _t) in variants.items()]
@@ -69,11 +52,6 @@ def script(variants: dict[str, tuple[str, str, str]], failing: bool = True) -> s
         lines += ["mount -t nosuchfs none /data; echo failed=$?"]
     lines += [WAIT_GO, "echo MOUNTINFO; cat /proc/self/mountinfo"]
     return "\n".join(lines)
-
-
-def mountpoints(stdout: str) -> list[str]:
-    info = stdout.split("MOUNTINFO", 1)[1] if "MOUNTINFO" in stdout else ""
-    return [line.split()[4] for line in info.splitlines() if len(line.split()) > 4]
 
 
 def test_mount(agent: AgentProc, tiers: dict[str, str], rootfs: Path) -> None:

@@ -22,19 +22,15 @@ tests/integration/test_enforce_sysargs.py); the matrix copies it into its guests
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers.agent_proc import AgentProc, enforcement
-from tests.helpers.containers import WAIT_GO, build_rootfs, run_runc
-from tests.helpers.sysargs import sysargs_binary
+from tests.helpers.containers import WAIT_GO, run_runc
 
 pytestmark = [
     pytest.mark.integration,
@@ -48,20 +44,6 @@ def ctr_policy(name: str, names: str, body: str, mode: str = "enforce") -> str:
     return (f"apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\n"
             f"spec:\n  scope: {{containers: {{names: ['{names}']}}}}\n  mode: {mode}\n"
             + "".join(f"  {line}\n" for line in body.strip().splitlines()))
-
-
-@pytest.fixture()
-def rootfs() -> Iterator[Path]:
-    exe = sysargs_binary()
-    if exe is None:
-        pytest.skip("tests/fixtures/c/bin/sysargs not built (needs gcc on the host)")
-    d = Path(tempfile.mkdtemp(prefix="moray-sysargs-"))
-    try:
-        root = build_rootfs(d / "rootfs")
-        shutil.copy2(exe, root / "bin" / "sysargs")
-        yield root
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def ours(agent: AgentProc, cid: str, kind: str) -> list[dict[str, Any]]:
