@@ -7,7 +7,8 @@ policy streams through the hub. /metrics (Prometheus), /healthz, /ca.pem and
 /openapi.json need no token. The scanner's endpoints (scan jobs for the workers,
 verdicts, scheduled registries and images, vulnerability data) are
 ``controlplane.scanner.service.api``'s router, mounted here with the same token check; its
-"read"/"write" classes map to the READ/WRITE role sets below.
+"read"/"write" classes map to the READ/WRITE role sets below. So do the admission
+webhook's (decisions, workload inventory): ``controlplane.server.admissionapi``.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at
@@ -28,6 +29,7 @@ from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from moray.controlplane.scanner.service.api import MAX_IMPORT_BYTES, SCAN_ACCESS, scan_router
+from moray.controlplane.server.admissionapi import ADMISSION_ACCESS, admission_router
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.limits import PRINCIPAL, Refused, RequestLimits
 from moray.controlplane.server.metrics import HTTP_METHODS, ServerMetrics
@@ -61,6 +63,7 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/audit"): AUDIT,
     ("POST", "/api/v1/tokens"): ADMIN,
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in SCAN_ACCESS.items()},
+    **{key: {"read": READ, "write": WRITE}[cls] for key, cls in ADMISSION_ACCESS.items()},
 }
 
 
@@ -337,4 +340,5 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
 
     if scans is not None:
         app.include_router(scan_router(scans, require, on_scan_change, audit_scan_change))
+        app.include_router(admission_router(store, scans, require))
     return app

@@ -244,6 +244,14 @@ class ControlPlaneStore:
         with self._tx() as session:
             self._audit(session, actor, action, target, detail)
 
+    def record_audits(self, actor: str,
+                      entries: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """Many audit entries (action, target, detail) in one transaction (the admission
+        webhook's decisions, sent in batches)."""
+        with self._tx() as session:
+            for action, target, detail in entries:
+                self._audit(session, actor, action, target, detail)
+
     # -- policies ----------------------------------------------------------------------
 
     def _new_version(self, session: Session, policy: Policy, *, action: str,

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -154,6 +155,56 @@ scan_image = Table(
     Column("created", Float, nullable=False),
 )
 
+# The vulnerabilities found in an image at its last verdict, one row per id: a finding's
+# own id and each of its aliases (``advisory`` is the finding's id), so "which images have
+# CVE-X" is one indexed lookup whatever name the advisory gave it (revision 0004).
+image_vuln = Table(
+    "image_vuln", metadata,
+    Column("image_digest", String(128), nullable=False),
+    Column("vuln_id", String(256), nullable=False),
+    Column("advisory", String(256), nullable=False),
+    Column("severity", String(32), nullable=False),
+    Column("package", String(512), nullable=False),
+    Column("version", String(256), nullable=False),
+    Column("fixed_version", String(256), nullable=False),
+    PrimaryKeyConstraint("image_digest", "vuln_id", "package", "version"),
+    Index("image_vuln_id", "vuln_id"),
+)
+
+# Workloads the admission webhook has seen (revision 0004): one row per (cluster,
+# namespace, kind, name), updated by each admission review of it, removed by a DELETE.
+kube_workload = Table(
+    "kube_workload", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("cluster", String(253), nullable=False),
+    Column("namespace", String(253), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("name", String(253), nullable=False),
+    Column("uid", String(64), nullable=False),
+    Column("operation", String(16), nullable=False),
+    Column("allowed", Boolean, nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    UniqueConstraint("cluster", "namespace", "kind", "name", name="uq_kube_workload"),
+)
+
+# The containers of each workload at its last review, with the image's digest and the
+# verdict the webhook decided on.
+kube_workload_image = Table(
+    "kube_workload_image", metadata,
+    Column("workload_id", BigId, nullable=False),
+    Column("container_type", String(16), nullable=False),
+    Column("container", String(253), nullable=False),
+    Column("image", Text, nullable=False),
+    Column("digest", String(128), nullable=False),
+    Column("verdict", String(32), nullable=False),
+    Column("reasons", Text, nullable=False),
+    PrimaryKeyConstraint("workload_id", "container_type", "container"),
+    Index("kube_workload_image_digest", "digest"),
+)
+
 SCANNER_TABLES = frozenset({
     "scanstore_meta", "vuln_advisory", "vuln_alias", "vuln_affected", "vuln_import",
-    "scan_layer_cache", "scan_job", "image_verdict", "scan_registry", "scan_image"})
+    "scan_layer_cache", "scan_job", "image_verdict", "scan_registry", "scan_image",
+    "image_vuln", "kube_workload", "kube_workload_image"})

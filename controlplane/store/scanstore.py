@@ -10,6 +10,8 @@ module of ``controlplane/store/scan/``:
   with the vulndb generation they were matched against.
 - ``scan.jobs.ScanJobs``: the scan job queue and its leases.
 - ``scan.targets.ScanTargets``: the registries and images scanned on a schedule.
+- ``scan.inventory.Inventory``: the workloads the admission webhook has seen, and which
+  of them run an image with a given vulnerability.
 
 The tables are ``controlplane/store/scanmodels.py``, created and changed by the alembic
 migrations; they live in the control plane's database (the SQLite file
@@ -32,6 +34,7 @@ from moray.controlplane.store.scan.base import (
     locked,
     open_engine,
 )
+from moray.controlplane.store.scan.inventory import Inventory, WorkloadImage, WorkloadReview
 from moray.controlplane.store.scan.jobs import ScanJob, ScanJobs, job_key
 from moray.controlplane.store.scan.layercache import LayerCache
 from moray.controlplane.store.scan.targets import (
@@ -39,7 +42,7 @@ from moray.controlplane.store.scan.targets import (
     RegisteredRegistry,
     ScanTargets,
 )
-from moray.controlplane.store.scan.verdicts import Verdict, Verdicts
+from moray.controlplane.store.scan.verdicts import ImageVuln, Verdict, Verdicts, image_vulns
 from moray.controlplane.store.scan.vulns import AdvisoryRecord, AffectedRecord, VulnData
 from moray.controlplane.store.scanmodels import (
     image_verdict,
@@ -50,13 +53,14 @@ from moray.controlplane.store.scanmodels import (
 )
 
 __all__ = [
-    "DEFAULT_DATA_DIR", "AdvisoryRecord", "AffectedRecord", "RegisteredImage",
-    "RegisteredRegistry", "ScanJob", "ScanStore", "Verdict", "data_dir", "default_db_path",
-    "job_key", "open_engine",
+    "DEFAULT_DATA_DIR", "AdvisoryRecord", "AffectedRecord", "ImageVuln", "RegisteredImage",
+    "RegisteredRegistry", "ScanJob", "ScanStore", "Verdict", "WorkloadImage", "WorkloadReview",
+    "data_dir", "default_db_path",
+    "image_vulns", "job_key", "open_engine",
 ]
 
 
-class ScanStore(VulnData, LayerCache, Verdicts, ScanJobs, ScanTargets):
+class ScanStore(VulnData, LayerCache, Verdicts, ScanJobs, ScanTargets, Inventory):
     """``ScanStore(path_or_url)`` opens (and migrates) its own engine; ``ScanStore(engine)``
     shares one that is already migrated (moray-server's)."""
 

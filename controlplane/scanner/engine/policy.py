@@ -126,5 +126,8 @@ def evaluate(result: ScanResult, policy: AssurancePolicy) -> tuple[bool, list[st
 
 
 def record_verdict(store: ScanStore, result: ScanResult, policy: AssurancePolicy) -> Verdict:
+    from moray.controlplane.store.scanstore import image_vulns
+
     passed, reasons = evaluate(result, policy)
-    return store.record_verdict(result.digest, result.image, policy.name, passed, reasons)
+    return store.record_verdict(result.digest, result.image, policy.name, passed, reasons,
+                                vulnerabilities=image_vulns(result))

@@ -28,7 +28,7 @@ from moray.controlplane.scanner.engine.model import Ecosystem, OSRelease, Packag
 from moray.controlplane.scanner.errors import ScanError
 from moray.controlplane.scanner.service import credentials
 from moray.controlplane.scanner.service.scheduler import check_image, check_policy, check_registry
-from moray.controlplane.store.scanstore import ScanStore
+from moray.controlplane.store.scanstore import ImageVuln, ScanStore
 from moray.controlplane.vulndb.importer import import_path
 from moray.controlplane.vulndb.matcher import Matcher
 
@@ -135,6 +135,15 @@ class MatchIn(BaseModel):
     packages: list[PackageIn] = Field(max_length=200_000)
 
 
+class VulnIn(BaseModel):
+    id: str = Field(min_length=1, max_length=256)
+    severity: str = Field("unknown", max_length=32)
+    package: str = Field("", max_length=512)
+    version: str = Field("", max_length=256)
+    fixed_version: str = Field("", max_length=256)
+    aliases: list[str] = Field([], max_length=64)
+
+
 class VerdictIn(BaseModel):
     image: str
     policy: str
@@ -143,6 +152,9 @@ class VerdictIn(BaseModel):
     vulndb_generation: int | None = Field(
         None, ge=0, le=2**31 - 1,
         description="generation the scan was matched against (default: current)")
+    vulnerabilities: list[VulnIn] | None = Field(
+        None, max_length=200_000,
+        description="the image's findings (replace those stored for the digest)")
 
 
 def _checked(check: Callable[[], object]) -> None:
@@ -229,8 +241,11 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
     def put_verdict(digest: str, body: VerdictIn,
                     _: Annotated[Any, dep("POST", P + "/images/{digest}/verdicts")]
                     ) -> dict[str, bool]:
+        vulns = None if body.vulnerabilities is None else [
+            ImageVuln(v.id, v.severity, v.package, v.version, v.fixed_version,
+                      tuple(a[:256] for a in v.aliases)) for v in body.vulnerabilities]
         store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons,
-                             body.vulndb_generation)
+                             body.vulndb_generation, vulnerabilities=vulns)
         return {"ok": True}
 
     @router.post(P + "/vulndb/match")

@@ -18,7 +18,7 @@ import httpx
 
 from moray.controlplane.scanner.engine.model import OSRelease, Package, Severity, VulnFinding
 from moray.controlplane.scanner.errors import AccessDenied, ScanError
-from moray.controlplane.store.scanstore import ScanJob
+from moray.controlplane.store.scanstore import ImageVuln, ScanJob
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,10 @@ class HttpJobQueue(_Client):
         return bool(resp.json().get("ok"))
 
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
-                       reasons: list[str], generation: int | None = None) -> None:
+                       reasons: list[str], generation: int | None = None, *,
+                       vulnerabilities: Sequence[ImageVuln] | None = None) -> None:
         self._post(f"/api/v1/images/{image_digest}/verdicts",
                    {"image": image, "policy": policy, "passed": passed, "reasons": reasons,
-                    "vulndb_generation": generation})
+                    "vulndb_generation": generation,
+                    "vulnerabilities": None if vulnerabilities is None
+                    else [v.as_dict() for v in vulnerabilities]})

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,14 +28,15 @@ import yaml
 from moray.controlplane.scanner.engine.model import ScanResult
 from moray.controlplane.scanner.engine.policy import AssurancePolicy, evaluate, policy_from_dict
 from moray.controlplane.scanner.errors import AccessDenied, ScanError
-from moray.controlplane.store.scanstore import ScanJob
+from moray.controlplane.store.scanstore import ImageVuln, ScanJob, image_vulns
 
 log = logging.getLogger(__name__)
 
 
 class VerdictSink(Protocol):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
-                       reasons: list[str], generation: int | None = None) -> object: ...
+                       reasons: list[str], generation: int | None = None, *,
+                       vulnerabilities: Sequence[ImageVuln] | None = None) -> object: ...
 
 
 class JobQueue(Protocol):
@@ -119,7 +120,8 @@ class Worker:
             if policy is not None and self.verdicts is not None:
                 passed, reasons = evaluate(result, policy)
                 self.verdicts.record_verdict(result.digest, job.image, policy.name, passed,
-                                             reasons, generation)
+                                             reasons, generation,
+                                             vulnerabilities=image_vulns(result))
             return _Outcome(digest=result.digest)
         except (ScanError, OSError, yaml.YAMLError) as err:
             log.warning("scan job failed", extra={"job": job.id, "image": job.image,
