@@ -8,11 +8,13 @@
     moray scan enqueue|jobs|registry|image|...  scan jobs, scheduled targets
     moray vulndb import|status, moray malware import
     moray policy|agents|events|audit|tokens ... the control plane's REST API
+    moray workloads [--vulnerability CVE-X]     what the admission webhook has seen
+    moray kube-enforcer --server URL ...        admission webhook  (= moray-kube-enforcer)
 
-``moray-agent``, ``moray-server``, ``moray-gateway``, ``moray-scan`` and
-``moray-scanner-worker`` are aliases: the same parser and handlers with the subcommand put
-in front (``moray-scan ARGS`` is ``moray scan IMAGE-form ARGS``, so an image path named
-like a subcommand still scans).
+``moray-agent``, ``moray-server``, ``moray-gateway``, ``moray-scan``,
+``moray-scanner-worker`` and ``moray-kube-enforcer`` are aliases: the same parser and
+handlers with the subcommand put in front (``moray-scan ARGS`` is ``moray scan IMAGE-form
+ARGS``, so an image path named like a subcommand still scans).
 
 ``moray scan X``: X is a subcommand when it is one of ``SCAN_COMMANDS``, else the image
 (``./jobs`` scans a local folder called ``jobs``).
@@ -53,6 +55,11 @@ GROUPS: dict[str, tuple[str, str]] = {
     "events": ("moray.controlplane.server.cli_api", "events the agents reported"),
     "audit": ("moray.controlplane.server.cli_api", "who changed what and when"),
     "tokens": ("moray.controlplane.server.cli_api", "API tokens"),
+    "workloads": ("moray.controlplane.server.cli_api", "workloads the admission webhook has "
+                  "seen; which run an image with a vulnerability"),
+    "kube-enforcer": ("moray.controlplane.kubeenforcer.main", "Kubernetes validating "
+                      "admission webhook: image assurance before pods start "
+                      "(= moray-kube-enforcer)"),
 }
 # ``moray scan``'s subcommands; anything else after ``scan`` is an image (SCAN_IMAGE form)
 SCAN_COMMANDS = ("enqueue", "enqueue-registry", "worker", "jobs", "rescan-stale", "registry",
@@ -65,6 +72,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "moray-gateway": ("gateway",),
     "moray-scan": ("scan", SCAN_IMAGE),
     "moray-scanner-worker": ("scan", "worker"),
+    "moray-kube-enforcer": ("kube-enforcer",),
 }
 
 Handler = Callable[[argparse.Namespace], int]
@@ -234,6 +242,10 @@ def scan_main() -> int:
 
 def worker_main() -> int:
     return main(alias="moray-scanner-worker")
+
+
+def kube_enforcer_main() -> int:
+    return main(alias="moray-kube-enforcer")
 
 
 if __name__ == "__main__":

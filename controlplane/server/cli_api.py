@@ -6,6 +6,7 @@
     moray policy rollback NAME VERSION moray events query [--agent ID] [--type T]
     moray policy delete NAME           moray events follow [--agent ID] [--type T]
     moray audit                        moray tokens create NAME ROLE
+    moray workloads [--vulnerability CVE-X] [--namespace NS] [--include-denied]
 
 Server, token and CA: moray.clientconfig (``--server``/``--token``/``--ca``, then
 ``$MORAY_SERVER``/``$MORAY_TOKEN``/``$MORAY_CA``, then the config file); the server defaults
@@ -28,7 +29,7 @@ from typing import Any
 from moray.clientconfig import Api, ApiError, add_client_options, from_args
 from moray.exitcodes import FAILED, OK
 
-GROUPS = ("policy", "agents", "events", "audit", "tokens")
+GROUPS = ("policy", "agents", "events", "audit", "tokens", "workloads")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -39,7 +40,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_group(name: str, p: argparse.ArgumentParser) -> None:
     """Fill ``moray``'s parser of one of ``GROUPS``."""
     {"policy": _register_policy, "agents": _register_agents, "events": _register_events,
-     "audit": _register_audit, "tokens": _register_tokens}[name](p)
+     "audit": _register_audit, "tokens": _register_tokens,
+     "workloads": _register_workloads}[name](p)
     p.set_defaults(handler=run)
 
 
@@ -105,6 +107,39 @@ def _register_tokens(tk: argparse.ArgumentParser) -> None:
     tc.add_argument("name")
     tc.add_argument("role", choices=("admin", "operator", "auditor", "viewer"))
     _common(tc)
+
+
+def _register_workloads(wl: argparse.ArgumentParser) -> None:
+    wl.add_argument("--vulnerability", metavar="ID",
+                    help="only workloads running an image with this vulnerability (CVE, GHSA, "
+                         "... or any alias)")
+    wl.add_argument("--namespace", default=None)
+    wl.add_argument("--cluster", default=None)
+    wl.add_argument("--include-denied", action="store_true",
+                    help="also workloads the webhook refused (never ran)")
+    wl.add_argument("--limit", type=int, default=1000)
+    _common(wl)
+
+
+def _workloads(api: Api, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit, "include_denied": args.include_denied}
+    for key in ("vulnerability", "namespace", "cluster"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    rows = api.call("GET", "/workloads", params=params)
+    if args.json:
+        _out(rows)
+        return OK
+    for w in rows:
+        sys.stdout.write(f"{w['namespace']}/{w['kind']}/{w['name']}  {w['decision']}  "
+                         f"seen {_when(w['last_seen'])}\n")
+        for i in w["images"]:
+            found = ", ".join(f"{m['id']} in {m['package']} {m['version']}"
+                              for m in i.get("matched", []))
+            sys.stdout.write(f"    {i['container_type']:9} {i['container']:20} {i['image']}  "
+                             f"{i['digest'][:19] or '-'}  {i['verdict']}  "
+                             f"{i['vulnerabilities']} vulns{'  ' + found if found else ''}\n")
+    return OK
 
 
 def _out(data: Any) -> None:
@@ -268,6 +303,8 @@ def run(args: argparse.Namespace) -> int:
         return _agents(api, args)
     if args.group == "events":
         return _events(api, args)
+    if args.group == "workloads":
+        return _workloads(api, args)
     if args.group == "audit":
         rows = api.call("GET", "/audit", params={"after": args.after, "limit": args.limit})
         if args.json:

@@ -210,6 +210,35 @@ class Pki:
         return IssuedCert(pem=pem, serial=format(serial, "x"),
                           sha256=cert.fingerprint(hashes.SHA256()).hex())
 
+    # -- serving certificates (the admission webhook) -------------------------------------
+
+    def issue_serving_cert(self, name: str, hosts: list[str], days: int = 90
+                           ) -> tuple[bytes, bytes]:
+        """A key and a TLS server certificate (CN = ``name``) for ``hosts``, such as the
+        admission webhook's Service names (``moray-kube-enforcer.moray.svc``); the API
+        server verifies it with this CA (the webhook configuration's ``caBundle``).
+        Nothing is recorded: it authenticates a server to clients, never a client here."""
+        if not hosts:
+            raise PkiError("a serving certificate needs at least one host name or IP")
+        key = ec.generate_private_key(ec.SECP256R1())
+        alt: list[x509.GeneralName] = []
+        for n in sorted(set(hosts)):
+            try:
+                alt.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                alt.append(x509.DNSName(n))
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(self.ca_cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(_now() - _DAY).not_valid_after(_now() + days * _DAY)
+                .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                               critical=False)
+                .sign(self._ca_key, hashes.SHA256()))
+        return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
+
     # -- gateways ------------------------------------------------------------------------
 
     def issue_gateway_cert(self, name: str, hosts: list[str], days: int = 825

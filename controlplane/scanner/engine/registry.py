@@ -210,6 +210,16 @@ class RegistrySource:
             raise ImageFormatError(f"manifest is not JSON: {err}", source=self.name) from err
         return doc, digest, doc.get("mediaType") or media.split(";")[0]
 
+    def manifest_digest(self) -> str:
+        """The digest of the image manifest the reference names (an index: the manifest of
+        ``platform`` in it), which is what a scan's verdict is stored under; reads the
+        manifest (and an index) only, never the config or layers."""
+        doc, digest, media = self._manifest(self.ref.ref)
+        if media in INDEX_TYPES or "manifests" in doc:
+            desc = pick_manifest(doc, self.name, None, self.platform)
+            return check_digest(str(desc.get("digest")), self.name)
+        return digest
+
     def resolve(self) -> ResolvedImage:
         doc, digest, media = self._manifest(self.ref.ref)
         if media in INDEX_TYPES or "manifests" in doc:

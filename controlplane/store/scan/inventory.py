@@ -1,10 +1,10 @@
 """The workloads the admission webhook has seen (``kube_workload``, ``kube_workload_image``):
 each admission review of a workload (``record_reviews``, in batches from `moray
 kube-enforcer`) replaces its row and its containers' images, digests and verdicts; a
-DELETE review removes it; a refused update of a known workload leaves it as it runs. ``workloads`` answers "which workloads run an image with
-CVE-X" by joining the images' digests with the findings stored beside their verdicts
-(``image_vuln``), so a rescan after new advisories changes the answer without another
-review.
+DELETE review removes it; a refused update of a known workload leaves it as it runs.
+``workloads`` answers "which workloads run an image with CVE-X" by joining the images'
+digests with the findings stored beside their verdicts (``image_vuln``), so a rescan
+after new advisories changes the answer without another review.
 """
 
 from __future__ import annotations

@@ -1,0 +1,343 @@
+"""The webhook's HTTPS app and the work behind one request.
+
+``POST /validate``: AdmissionReview v1 in, AdmissionReview v1 out (HTTP 200 with
+``response.allowed``; a body that is not an AdmissionReview the webhook can read: 400 with
+``{"error": ...}`` naming the field; over ``MAX_BODY``: 413). ``GET /healthz``: 200 while
+serving (probes); ``GET /metrics``: Prometheus.
+
+``Enforcer.review`` runs the modules in order: ``review.parse`` -> exclusions ->
+per distinct image, concurrently: ``resolve`` (registry, off the event loop) ->
+``verdicts`` (cached) -> scan on admission if configured -> ``decide`` -> the response;
+the decision is queued for the server's audit log and inventory (``Reporter``), never
+waited for. Requests for the same uncached tag or digest share one lookup.
+
+TLS: the certificate and key files are read again when they change on disk (checked every
+``CERT_CHECK`` seconds), so a rotated certificate is served without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from moray.controlplane.kubeenforcer.config import EnforcerConfig, Unregistered
+from moray.controlplane.kubeenforcer.decide import (
+    Decision,
+    Outcome,
+    Verdict,
+    decide,
+    exclusion,
+    judge,
+    runs_images,
+)
+from moray.controlplane.kubeenforcer.resolve import Resolved, ResolveError, Resolver
+from moray.controlplane.kubeenforcer.review import API_VERSION, Container, Review, ReviewError
+from moray.controlplane.kubeenforcer.review import parse as parse_review
+from moray.controlplane.kubeenforcer.verdicts import (
+    Reporter,
+    Server,
+    ServerUnavailable,
+    VerdictSource,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 8 << 20      # an AdmissionReview carries the object and the old object
+SCAN_POLL = 0.2         # seconds between verdict reads while a scan on admission runs
+CERT_CHECK = 30.0
+
+
+class Enforcer:
+    def __init__(self, config: EnforcerConfig, *, server: Server | None = None,
+                 resolver: Resolver | None = None) -> None:
+        self.config = config
+        self.server = server or Server(config)
+        self.verdicts = VerdictSource(self.server, config)
+        self.resolver = resolver or Resolver(config)
+        self.reporter = Reporter(self.server)
+        self._resolving: dict[str, asyncio.Future[Resolved]] = {}
+        self.registry = CollectorRegistry()
+        self.decisions = Counter("moray_kube_decisions", "admission decisions",
+                                 ["decision"], registry=self.registry)
+        self.images = Counter("moray_kube_images", "images judged, by verdict", ["verdict"],
+                              registry=self.registry)
+        self.malformed = Counter("moray_kube_malformed_requests",
+                                 "requests answered 400 or 413", registry=self.registry)
+        self.seconds = Histogram("moray_kube_decision_seconds", "time to decide",
+                                 registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
+                                          2.5, 5, 10))
+        self.registry.register(_Collector(self))
+
+    # -- one image -------------------------------------------------------------------------
+
+    async def resolve(self, image: str) -> Resolved:
+        found = self.resolver.cached(image)
+        if found is not None:
+            return found
+        pending = self._resolving.get(image)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Resolved] = asyncio.get_running_loop().create_future()
+        self._resolving[image] = future
+        try:
+            resolved = await asyncio.to_thread(self.resolver.resolve, image)
+            future.set_result(resolved)
+            return resolved
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()
+            raise
+        finally:
+            del self._resolving[image]
+
+    async def judge_image(self, container: Container, deadline: float) -> Outcome:
+        try:
+            resolved = await self.resolve(container.image)
+        except ResolveError as err:
+            return Outcome(container, Verdict.UNRESOLVED, detail=str(err))
+        digest, pinned = resolved.digest, resolved.pinned
+        try:
+            found = await self.verdicts.get(digest)
+        except ServerUnavailable as err:
+            return Outcome(container, Verdict.UNKNOWN, digest, detail=str(err), pinned=pinned)
+        verdict, reasons = judge(found, self.config.policies)
+        if verdict is Verdict.UNREGISTERED and self.config.unregistered is Unregistered.SCAN:
+            return await self._scan(container, resolved, deadline, reasons)
+        return Outcome(container, verdict, digest, reasons, pinned=pinned)
+
+    async def _scan(self, container: Container, resolved: Resolved, deadline: float,
+                    reasons: tuple[str, ...]) -> Outcome:
+        """Ask the server to scan the image (the exact digest), then read its verdict
+        until one comes or the budget is spent."""
+        settings = self.config.registry(resolved.reference.registry)
+        digest, pinned = resolved.digest, resolved.pinned
+        try:
+            await self.server.enqueue_scan(pinned, insecure=settings.insecure,
+                                           credentials=settings.credentials)
+        except ServerUnavailable as err:
+            return Outcome(container, Verdict.UNKNOWN, digest, detail=str(err), pinned=pinned)
+        log.info("scan on admission queued", extra={"image": container.image,
+                                                    "digest": digest})
+        while time.monotonic() + SCAN_POLL < deadline:
+            await asyncio.sleep(SCAN_POLL)
+            try:
+                found = await self.verdicts.get(digest, fresh=True)
+            except ServerUnavailable:
+                continue
+            verdict, reasons = judge(found, self.config.policies)
+            if verdict is not Verdict.UNREGISTERED:
+                return Outcome(container, verdict, digest, reasons, scan_queued=True,
+                               pinned=pinned)
+        return Outcome(container, Verdict.UNREGISTERED, digest, reasons, scan_queued=True,
+                       pinned=pinned)
+
+    # -- one request -----------------------------------------------------------------------
+
+    async def review(self, body: bytes) -> dict[str, Any]:
+        """The AdmissionReview answer to ``body``; ``ReviewError`` if it cannot be read."""
+        start = time.monotonic()
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            raise ReviewError(f"body: not JSON: {err}") from err
+        review = parse_review(doc)
+        excluded = exclusion(review, self.config)
+        if excluded or not runs_images(review):
+            decision = Decision(True, "allow", "", (), (), excluded=excluded)
+        else:
+            deadline = start + self.config.scan_budget
+            checks: dict[str, asyncio.Task[Outcome]] = {}
+            for c in review.containers:
+                if c not in review.previous and c.image not in checks:
+                    checks[c.image] = asyncio.create_task(self.judge_image(c, deadline))
+            judged = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+            outcomes = [Outcome(c, Verdict.UNCHANGED) if c in review.previous else
+                        _for(judged[c.image], c) for c in review.containers]
+            decision = decide(review, outcomes, self.config)
+        self.decisions.labels(decision.decision).inc()
+        for o in decision.outcomes:
+            self.images.labels(str(o.verdict)).inc()
+        self.reporter.report(_report(review, decision, self.config))
+        self.seconds.observe(time.monotonic() - start)
+        if decision.decision != "allow" or decision.warnings:
+            log.info("admission decision", extra={
+                "decision": decision.decision, "namespace": review.namespace,
+                "kind": review.kind, "workload": review.name,
+                "reason": decision.message[:500]})
+        return response(review.uid, decision)
+
+
+def _for(o: Outcome, c: Container) -> Outcome:
+    """The outcome judged for an image, for another container that runs the same image."""
+    return o if o.container == c else Outcome(c, o.verdict, o.digest, o.reasons, o.detail,
+                                              o.scan_queued, o.pinned)
+
+
+def response(uid: str, decision: Decision) -> dict[str, Any]:
+    answer: dict[str, Any] = {"uid": uid, "allowed": decision.allowed}
+    if not decision.allowed:
+        answer["status"] = {"code": 403, "reason": "Forbidden",
+                            "message": f"moray: {decision.message}"}
+    if decision.warnings:
+        answer["warnings"] = list(decision.warnings)
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": answer}
+
+
+def _report(review: Review, decision: Decision, config: EnforcerConfig) -> dict[str, Any]:
+    return {
+        "uid": review.uid, "namespace": review.namespace, "kind": review.kind,
+        "name": review.name, "operation": review.operation, "user": review.user,
+        "allowed": decision.allowed, "decision": decision.decision, "mode": str(config.mode),
+        "message": decision.message[:8192], "dry_run": review.dry_run,
+        "excluded": decision.excluded, "inventory": review.checked and not review.controlled,
+        "images": [{"container_type": o.container.type, "container": o.container.name,
+                    "image": o.container.image, "digest": o.digest, "verdict": str(o.verdict),
+                    "reasons": [r[:4096] for r in o.reasons[:64]] or
+                    ([o.detail[:4096]] if o.detail else [])}
+                   for o in decision.outcomes]}
+
+
+class _Collector:
+    """Cache and reporter figures, read at scrape time."""
+
+    def __init__(self, enforcer: Enforcer) -> None:
+        self.e = enforcer
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        v, r = self.e.verdicts, self.e.reporter
+        c = CounterMetricFamily("moray_kube_verdict_cache", "verdict lookups", labels=["result"])
+        c.add_metric(["hit"], v.hits)
+        c.add_metric(["miss"], v.misses)
+        c.add_metric(["offline"], v.offline_answers)
+        yield c
+        yield CounterMetricFamily("moray_kube_registry_lookups", "registry round trips",
+                                  value=self.e.resolver.lookups)
+        rep = CounterMetricFamily("moray_kube_reports", "decisions reported", labels=["result"])
+        rep.add_metric(["sent"], r.sent)
+        rep.add_metric(["dropped"], r.dropped)
+        yield rep
+        yield GaugeMetricFamily("moray_kube_reports_queued", "decisions waiting to be "
+                                "reported", value=len(r.queue))
+
+
+def create_app(enforcer: Enforcer) -> Starlette:
+    async def validate(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+            enforcer.malformed.inc()
+            return JSONResponse({"error": f"body over {MAX_BODY} bytes"}, status_code=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                enforcer.malformed.inc()
+                return JSONResponse({"error": f"body over {MAX_BODY} bytes"}, status_code=413)
+            chunks.append(chunk)
+        try:
+            answer = await enforcer.review(b"".join(chunks))
+        except ReviewError as err:
+            enforcer.malformed.inc()
+            log.warning("malformed admission review", extra={"error": str(err)[:300]})
+            return JSONResponse({"error": str(err)}, status_code=400)
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(enforcer.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        enforcer.reporter.start()
+        try:
+            yield
+        finally:
+            await enforcer.reporter.stop()
+            await enforcer.server.close()
+
+    return Starlette(routes=[Route("/validate", validate, methods=["POST"]),
+                             Route("/healthz", healthz, methods=["GET"]),
+                             Route("/metrics", metrics, methods=["GET"])],
+                     lifespan=lifespan)
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve`` owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _reload_certs(config: uvicorn.Config, cert: Path, key: Path) -> None:
+    def stamp() -> tuple[float, float]:
+        return cert.stat().st_mtime, key.stat().st_mtime
+
+    seen = stamp()
+    while True:
+        await asyncio.sleep(CERT_CHECK)
+        try:
+            now = stamp()
+            if now != seen and config.ssl is not None:
+                config.ssl.load_cert_chain(str(cert), str(key))
+                seen = now
+                log.info("TLS certificate reloaded", extra={"cert": str(cert)})
+        except (OSError, ValueError) as err:   # half-written during rotation: next round
+            log.warning("cannot reload the TLS certificate", extra={"error": str(err)})
+
+
+async def serve(config: EnforcerConfig, stop: asyncio.Event | None = None,
+                enforcer: Enforcer | None = None) -> None:
+    """Serve until ``stop`` is set."""
+    stop = stop or asyncio.Event()
+    enforcer = enforcer or Enforcer(config)
+    app = create_app(enforcer)
+    assert config.tls_cert is not None and config.tls_key is not None
+    uconfig = uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
+                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                             ssl_certfile=str(config.tls_cert), ssl_keyfile=str(config.tls_key))
+    http = _HttpServer(uconfig)
+    task = asyncio.create_task(http.serve())
+    stopper = asyncio.create_task(stop.wait())
+    reload = asyncio.create_task(_reload_certs(uconfig, config.tls_cert, config.tls_key))
+    try:
+        while not http.started and not task.done() and not stop.is_set():
+            await asyncio.wait({task, stopper}, timeout=0.02,
+                               return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            raise SystemExit(f"moray-kube-enforcer: cannot listen on {config.host}:"
+                             f"{config.port}")
+        log.info("moray-kube-enforcer ready", extra={
+            "port": config.port, "server": config.server, "mode": str(config.mode),
+            "unregistered": str(config.unregistered), "failurePolicy": str(config.failure),
+            "excluded": sorted(config.excluded_namespaces)})
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        http.should_exit = True
+        stopper.cancel()
+        reload.cancel()
+        if not task.done():
+            await asyncio.wait_for(task, 15)
+        log.info("moray-kube-enforcer stopped")
