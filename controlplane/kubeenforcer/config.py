@@ -103,49 +103,69 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def load(path: Path | None, **flags: Any) -> EnforcerConfig:
-    """The settings of ``path`` (None: defaults) under the command line's ``flags``."""
-    doc: dict[str, Any] = {}
-    where = str(path) if path else "config"
-    if path is not None:
-        import yaml
+def _read(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not YAML: {err}") from err
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: must be a mapping")
+    return loaded or {}
+
+
+def _scan_policy(scan: Any, where: str) -> str:
+    if not isinstance(scan, dict) or set(scan) - {"policy", "policyFile", "budget"}:
+        raise ConfigError(f"{where}: scan: a mapping of policy, policyFile, budget")
+    text = str(scan.get("policy") or "")
+    if scan.get("policyFile"):
+        try:
+            text = Path(str(scan["policyFile"])).read_text()
+        except OSError as err:
+            raise ConfigError(f"{where}: scan.policyFile: {err}") from err
+    if text:
+        from moray.controlplane.scanner.service.scheduler import check_policy
+        from moray.errors import ScanError
 
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not YAML: {err}") from err
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: must be a mapping")
-        doc = loaded or {}
+            check_policy(text)
+        except ScanError as err:
+            raise ConfigError(f"{where}: scan.policy: {err}") from err
+    return text
+
+
+def _registries(raw: Any, where: str) -> dict[str, RegistrySettings]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: registries: a mapping of host[:port] to settings")
+    out: dict[str, RegistrySettings] = {}
+    for host, settings in raw.items():
+        s = settings or {}
+        if not isinstance(s, dict) or set(s) - {"insecure", "credentials"}:
+            raise ConfigError(f"{where}: registries.{host}: insecure and credentials only")
+        out[str(host)] = RegistrySettings(bool(s.get("insecure", False)),
+                                          str(s.get("credentials") or ""))
+    return out
+
+
+def load(path: Path | None, **flags: Any) -> EnforcerConfig:
+    """The settings of ``path`` (None: defaults) under the command line's ``flags``."""
+    doc = _read(path)
+    where = str(path) if path else "config"
     unknown = set(doc) - _KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown keys: {', '.join(sorted(unknown))} "
                           f"(known: {', '.join(sorted(_KEYS))})")
     scan = doc.get("scan") or {}
-    if not isinstance(scan, dict) or set(scan) - {"policy", "policyFile", "budget"}:
-        raise ConfigError(f"{where}: scan: a mapping of policy, policyFile, budget")
-    scan_policy = str(scan.get("policy") or "")
-    if scan.get("policyFile"):
-        try:
-            scan_policy = Path(str(scan["policyFile"])).read_text()
-        except OSError as err:
-            raise ConfigError(f"{where}: scan.policyFile: {err}") from err
+    scan_policy = _scan_policy(scan, where)
     labels = doc.get("excludeLabels") or {}
     if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise ConfigError(f"{where}: excludeLabels: a mapping of label names to values")
-    registries: dict[str, RegistrySettings] = {}
-    raw = doc.get("registries") or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: registries: a mapping of host[:port] to settings")
-    for host, settings in raw.items():
-        s = settings or {}
-        if not isinstance(s, dict) or set(s) - {"insecure", "credentials"}:
-            raise ConfigError(f"{where}: registries.{host}: insecure and credentials only")
-        registries[str(host)] = RegistrySettings(bool(s.get("insecure", False)),
-                                                 str(s.get("credentials") or ""))
     platform = str(doc.get("platform", "linux/amd64"))
     os_name, _, arch = platform.partition("/")
     if not os_name or not arch:
@@ -163,7 +183,8 @@ def load(path: Path | None, **flags: Any) -> EnforcerConfig:
         scan_budget=_seconds(scan, "budget", 7.0, f"{where}: scan"),
         exclude_namespaces=_strings(doc.get("excludeNamespaces", ["kube-system"]),
                                     f"{where}: excludeNamespaces"),
-        exclude_labels=dict(labels), registries=registries, platform=(os_name, arch),
+        exclude_labels=dict(labels), registries=_registries(doc.get("registries") or {}, where),
+        platform=(os_name, arch),
         verdict_ttl=_seconds(doc, "verdictTTL", 30.0, where),
         unregistered_ttl=_seconds(doc, "unregisteredTTL", 3.0, where),
         tag_ttl=_seconds(doc, "tagTTL", 30.0, where),
@@ -174,12 +195,4 @@ def load(path: Path | None, **flags: Any) -> EnforcerConfig:
     if config.unregistered is Unregistered.SCAN and not config.scan_policy:
         raise ConfigError(f"{where}: unregistered: scan needs scan.policy or scan.policyFile "
                           "(the ImageAssurancePolicy the scan is judged by)")
-    if config.scan_policy:
-        from moray.controlplane.scanner.service.scheduler import check_policy
-        from moray.errors import ScanError
-
-        try:
-            check_policy(config.scan_policy)
-        except ScanError as err:
-            raise ConfigError(f"{where}: scan.policy: {err}") from err
     return config
