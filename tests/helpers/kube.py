@@ -180,7 +180,8 @@ class Webhook(Child):
                     "--tls-cert", str(self.cert), "--tls-key", str(self.key),
                     "--host", "127.0.0.1", "--port", str(self.port),
                     "--config", str(self.dir / "config.yaml")]
-        self.ca = ssl.create_default_context(cafile=str(server.data_dir / "pki" / "ca.pem"))
+        self.ca_file = server.data_dir / "pki" / "ca.pem"
+        self.ca = ssl.create_default_context(cafile=str(self.ca_file))
         self.http = httpx.Client(base_url=f"https://127.0.0.1:{self.port}", verify=self.ca,
                                  timeout=30)
         self.proc: subprocess.Popen[bytes] | None = None

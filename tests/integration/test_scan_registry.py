@@ -6,12 +6,7 @@ Needs the Debian package ``docker-registry`` (/usr/bin/docker-registry); no root
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +24,7 @@ from moray.controlplane.vulndb.importer import import_path
 from tests.fixtures.images import scenarios
 from tests.fixtures.images.registry import push_image, push_index
 from tests.helpers.advisories import ADVISORIES
-
-REGISTRY_BIN = shutil.which("docker-registry")
+from tests.helpers.registry import REGISTRY_BIN, docker_registry
 
 pytestmark = [
     pytest.mark.integration,
@@ -38,43 +32,10 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n")
-    log = (root / "registry.log").open("w")
-    proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/v2/", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
-        time.sleep(0.1)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+    with docker_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
