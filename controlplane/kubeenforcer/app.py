@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -63,6 +64,7 @@ from moray.controlplane.kubeenforcer.verdicts import (
 log = logging.getLogger(__name__)
 
 MAX_BODY = 8 << 20      # an AdmissionReview carries the object and the old object
+MAX_IMAGES = 64         # distinct images per request (each may cost a registry round trip)
 SCAN_POLL = 0.2         # seconds between verdict reads while a scan on admission runs
 CERT_CHECK = 30.0
 
@@ -167,6 +169,10 @@ class Enforcer:
             decision = Decision(True, "allow", "", (), (), excluded=excluded)
         else:
             deadline = start + self.config.scan_budget
+            images = {c.image for c in review.containers if c not in review.previous}
+            if len(images) > MAX_IMAGES:
+                raise ReviewError(f"request.object: {len(images)} distinct images, more than "
+                                  f"{MAX_IMAGES}")
             checks: dict[str, asyncio.Task[Outcome]] = {}
             for c in review.containers:
                 if c not in review.previous and c.image not in checks:
@@ -315,9 +321,13 @@ async def serve(config: EnforcerConfig, stop: asyncio.Event | None = None,
     enforcer = enforcer or Enforcer(config)
     app = create_app(enforcer)
     assert config.tls_cert is not None and config.tls_key is not None
+    client_auth: dict[str, Any] = {}
+    if config.client_ca is not None:
+        client_auth = {"ssl_ca_certs": str(config.client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     uconfig = uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
                              access_log=False, lifespan="on", timeout_graceful_shutdown=5,
-                             ssl_certfile=str(config.tls_cert), ssl_keyfile=str(config.tls_key))
+                             ssl_certfile=str(config.tls_cert), ssl_keyfile=str(config.tls_key),
+                             **client_auth)
     http = _HttpServer(uconfig)
     task = asyncio.create_task(http.serve())
     stopper = asyncio.create_task(stop.wait())

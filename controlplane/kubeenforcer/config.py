@@ -48,6 +48,7 @@ class EnforcerConfig:
     ca: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    client_ca: Path | None = None         # require API server client certificates from it
     host: str = "0.0.0.0"
     port: int = 8443
     cluster: str = "default"

@@ -31,6 +31,9 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                    help="the webhook's serving certificate (PEM; reloaded when it changes)")
     p.add_argument("--tls-key", type=Path, required=True, metavar="FILE",
                    help="its private key (PEM)")
+    p.add_argument("--client-ca", type=Path, default=None, metavar="FILE",
+                   help="accept only clients with a certificate from this CA (the API "
+                        "server's admission client certificate; default: any client)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8443, help="HTTPS port (default 8443)")
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
@@ -48,11 +51,12 @@ def run_command(args: argparse.Namespace) -> int:
     if not client.server or not token:
         raise ConfigError("moray-kube-enforcer: --server and --token are required "
                           "(or $MORAY_SERVER and $MORAY_TOKEN)")
-    for path in (args.tls_cert, args.tls_key):
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such file (--tls-cert / --tls-key)")
+    for path in (args.tls_cert, args.tls_key, args.client_ca):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{path}: no such file (--tls-cert / --tls-key / --client-ca)")
     config = settings.load(args.config, server=client.server, token=token, ca=client.ca,
-                           tls_cert=args.tls_cert, tls_key=args.tls_key, host=args.host,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key,
+                           client_ca=args.client_ca, host=args.host,
                            port=args.port)
 
     async def run() -> None:

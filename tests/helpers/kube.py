@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -168,7 +169,8 @@ class Webhook(Child):
     YAML file's keys); ``server_url``: another address than the server's (unreachable)."""
 
     def __init__(self, tmp: Path, server: ServerProcess, token: str, name: str,
-                 settings: dict[str, Any], server_url: str | None = None) -> None:
+                 settings: dict[str, Any], server_url: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cert, self.key = issue_webhook_cert(server, self.dir)
@@ -179,7 +181,7 @@ class Webhook(Child):
                     "--server", server_url or server.url, "--token", token,
                     "--tls-cert", str(self.cert), "--tls-key", str(self.key),
                     "--host", "127.0.0.1", "--port", str(self.port),
-                    "--config", str(self.dir / "config.yaml")]
+                    "--config", str(self.dir / "config.yaml"), *extra_args]
         self.ca_file = server.data_dir / "pki" / "ca.pem"
         self.ca = ssl.create_default_context(cafile=str(self.ca_file))
         self.http = httpx.Client(base_url=f"https://127.0.0.1:{self.port}", verify=self.ca,
@@ -202,6 +204,11 @@ class Webhook(Child):
         if self.proc.poll() is not None:
             raise AssertionError(f"kube-enforcer exited {self.proc.returncode}: "
                                  f"{self.log.read_text()[-3000:]}")
+        if "--client-ca" in self.cmd:   # no client certificate here: a TCP probe
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.5):
+                return True
+            return False
         with contextlib.suppress(httpx.TransportError):
             return self.http.get("/healthz").status_code == 200
         return False

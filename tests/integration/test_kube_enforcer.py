@@ -113,6 +113,8 @@ def env(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env
                 ("open", {"failurePolicy": "open"}, down)):
             hooks[name] = Webhook(tmp, server, operator, name, {**common, **settings},
                                   server_url=url).spawn()
+        hooks["mtls"] = Webhook(tmp, server, operator, "mtls", common, extra_args=(
+            "--client-ca", str(server.data_dir / "pki" / "ca.pem"))).spawn()
         for hook in hooks.values():
             hook.wait_ready()
         for name in ("good", "bad"):
@@ -334,11 +336,35 @@ def test_malformed_requests_get_a_clear_400(env: Env) -> None:
         r = hook.http.post("/validate", content=body)
         assert r.status_code == 400, (body[:80], r.status_code, r.text)
         assert expected in r.json()["error"], (expected, r.text)
+    many = review(workload("Pod", "many", NS, [f"r.example/app{i}:1" for i in range(65)]))
+    r = hook.http.post("/validate", content=json.dumps(many))
+    assert r.status_code == 400 and "65 distinct images, more than 64" in r.json()["error"]
     huge = hook.http.post("/validate", content=b" " * (9 << 20))
     assert huge.status_code == 413
     assert hook.http.get("/healthz").status_code == 200
     assert hook.validate(good)["allowed"] is True      # still serving
-    assert "moray_kube_malformed_requests_total 9.0" in hook.http.get("/metrics").text
+    assert "moray_kube_malformed_requests_total 10.0" in hook.http.get("/metrics").text
+
+
+def test_client_certificates_when_asked_for(env: Env, tmp_path: Path) -> None:
+    """--client-ca: only a client with a certificate from that CA gets an answer (the API
+    server's admission client certificate); others fail the TLS handshake."""
+    import httpx
+
+    from moray.controlplane.server.pki import Pki
+
+    hook = env.hooks["mtls"]
+    body = review(workload("Pod", "web", NS, [env.ref("good")]))
+    with pytest.raises(httpx.TransportError):
+        hook.http.post("/validate", json=body)
+    key, cert = Pki.load_or_create(env.server.data_dir / "pki").issue_gateway_cert(
+        "kube-apiserver", [])
+    (tmp_path / "c.key").write_bytes(key)
+    (tmp_path / "c.pem").write_bytes(cert)
+    hook.ca.load_cert_chain(str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
+    with httpx.Client(base_url=f"https://127.0.0.1:{hook.port}", verify=hook.ca) as client:
+        r = client.post("/validate", json=body)
+    assert r.status_code == 200 and r.json()["response"]["allowed"] is True
 
 
 def test_a_changed_verdict_changes_the_next_decision_without_a_restart(env: Env) -> None:
