@@ -163,6 +163,12 @@ def test_registry_scanned_by_workers_and_rescanned_after_import(
         assert after["vuln"]["passed"] is False
         assert "CVE-2018-18074" in " ".join(after["vuln"]["reasons"])
         assert after["clean"]["passed"] is True and after["clean"]["vulndb_generation"] >= 1
+        # the worker sent the findings with the verdict (the admission inventory joins them)
+        found = admin("GET", f"/api/v1/images/{images['vuln']}/vulnerabilities", expect=200)
+        assert any("CVE-2018-18074" in (v["id"], *v["aliases"]) and v["package"] == "requests"
+                   for v in found), found
+        assert admin("GET", f"/api/v1/images/{images['clean']}/vulnerabilities",
+                     expect=200) == []
         jobs = wait_for(lambda: _all_done(admin, 4), timeout=30, what="rescan jobs closed")
         assert {j["worker"] for j in jobs} <= {"w1", "w2"}
         metrics = admin.http.get("/metrics").text
