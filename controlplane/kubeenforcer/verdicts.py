@@ -92,13 +92,19 @@ class Server:
         if resp.status_code >= 400:
             raise ServerUnavailable(f"server answered HTTP {resp.status_code} for {path}: "
                                     f"{resp.text[:200]}", resp.status_code)
-        return resp.json()
+        try:
+            return resp.json()
+        except ValueError as err:
+            raise ServerUnavailable(f"server answered {path} with no JSON: {err}") from err
 
     async def verdicts(self, digest: str) -> tuple[StoredVerdict, ...]:
         rows = await self._call("GET", f"/images/{digest}/verdicts")
-        return tuple(StoredVerdict(str(v["policy"]), bool(v["passed"]),
-                                   tuple(str(r) for r in v.get("reasons") or ()),
-                                   bool(v.get("stale"))) for v in rows)
+        try:
+            return tuple(StoredVerdict(str(v["policy"]), bool(v["passed"]),
+                                       tuple(str(r) for r in v.get("reasons") or ()),
+                                       bool(v.get("stale"))) for v in rows)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ServerUnavailable(f"unexpected verdicts answer: {err!r}") from err
 
     async def enqueue_scan(self, image: str, *, insecure: bool, credentials: str) -> int:
         doc = await self._call("POST", "/scan-jobs", {

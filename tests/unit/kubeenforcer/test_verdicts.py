@@ -95,3 +95,20 @@ def test_reporter_keeps_what_the_server_missed_and_bounds_it() -> None:
         assert rep.sent == 5 and not rep.queue
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (200, b"not json"), (200, b'[{"passed": true}]'), (200, b"[1]"), (503, b"busy"),
+    (401, b'{"detail": "invalid token"}')])
+def test_odd_server_answers_are_unavailable_not_crashes(status: int, body: bytes) -> None:
+    import httpx
+
+    async def run() -> None:
+        transport = httpx.MockTransport(lambda _req: httpx.Response(status, content=body))
+        client = httpx.AsyncClient(transport=transport, base_url="http://s")
+        server = Server(CONFIG, client)
+        with pytest.raises(ServerUnavailable):
+            await server.verdicts("sha256:" + "0" * 64)
+        await server.close()
+
+    asyncio.run(run())
