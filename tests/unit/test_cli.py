@@ -15,6 +15,7 @@ from moray import cli
 from moray.agent import cli as agent_cli
 from moray.agent.policy import cli as policy_cli
 from moray.controlplane import cli as admin
+from moray.controlplane.kubeenforcer import main as kube_main
 from moray.controlplane.scanner import cli as scan_cli
 from moray.controlplane.server import cli_api
 from moray.controlplane.server import main as server_main
@@ -69,6 +70,10 @@ DOCUMENTED: list[tuple[str, Callable[[argparse.Namespace], int]]] = [
     ("events follow --max 1", cli_api.run),
     ("audit", cli_api.run),
     ("tokens create ci operator", cli_api.run),
+    ("workloads --vulnerability CVE-2023-32681", cli_api.run),
+    ("workloads --namespace shop --include-denied --json", cli_api.run),
+    ("kube-enforcer --server https://moray:7080 --token T --ca ca.pem --tls-cert w.pem "
+     "--tls-key w.key --port 8443 --config k.yaml", kube_main.run_command),
 ]
 
 
@@ -97,6 +102,7 @@ def _same(a: argparse.Namespace, b: argparse.Namespace) -> dict[str, Any]:
     ("moray-scan", "-q image.tar --fail-on critical -f sarif"),
     ("moray-scan", "registry.example.com/team/app:1 --server http://s --token T"),
     ("moray-scanner-worker", "--server http://h:7080 --token T --once --db /tmp/m.db"),
+    ("moray-kube-enforcer", "--server http://h:7080 --token T --tls-cert c --tls-key k"),
 ])
 def test_aliases_are_the_same_command(alias: str, args: str) -> None:
     via_alias = _parse(args, alias)
@@ -149,7 +155,8 @@ def test_alias_help_names_the_alias(capsys: pytest.CaptureFixture[str]) -> None:
     for alias, usage in (("moray-scan", "usage: moray-scan "),
                          ("moray-scanner-worker", "usage: moray-scanner-worker "),
                          ("moray-server", "usage: moray-server "),
-                         ("moray-agent", "usage: moray-agent ")):
+                         ("moray-agent", "usage: moray-agent "),
+                         ("moray-kube-enforcer", "usage: moray-kube-enforcer ")):
         with pytest.raises(SystemExit):
             cli.main(["--help"], alias=alias)
         assert capsys.readouterr().out.startswith(usage), alias
