@@ -149,7 +149,7 @@ def run(args: argparse.Namespace, tmp: Path, registry: str) -> int:
     try:
         admin = server.api()
         token = admin("POST", "/api/v1/tokens", expect=201,
-                      json={"name": "kube-enforcer", "role": "operator"})["token"]
+                      json={"name": "kube-enforcer", "role": "admission"})["token"]
         admin("POST", "/api/v1/scan-jobs", expect=200, json={
             "image": f"{registry}/bench/app:1.0", "policy": POLICY, "insecure": True})
         wait_for(lambda: admin("GET", f"/api/v1/images/{digest}/verdicts", expect=200),

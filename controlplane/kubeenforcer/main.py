@@ -3,8 +3,9 @@
     moray kube-enforcer --server https://moray:7080 --token TOKEN --ca ca.pem \\
         --tls-cert webhook.pem --tls-key webhook.key --port 8443 [--config FILE]
 
-The token needs role operator (verdicts are read; decisions are written to the audit log
-and the inventory; scans on admission are queued). Settings beyond these flags are in
+The token needs role admission (``moray tokens create kube-enforcer admission``: verdicts
+are read, decisions written to the audit log and the inventory, scans on admission
+queued, and nothing else). Settings beyond these flags are in
 the YAML file (docs/kube-enforcer.md lists every key). Serves ``POST /validate``,
 ``GET /healthz`` and ``GET /metrics`` over HTTPS until SIGTERM or SIGINT.
 """

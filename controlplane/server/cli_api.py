@@ -105,7 +105,7 @@ def _register_tokens(tk: argparse.ArgumentParser) -> None:
     tsub = tk.add_subparsers(dest="command", required=True)
     tc = tsub.add_parser("create", help="create an API token with a role")
     tc.add_argument("name")
-    tc.add_argument("role", choices=("admin", "operator", "auditor", "viewer"))
+    tc.add_argument("role", choices=("admin", "operator", "auditor", "viewer", "admission"))
     _common(tc)
 
 

@@ -40,14 +40,17 @@ from moray.controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
 
-READ = frozenset(ROLES)
+READ = frozenset(ROLES) - {"admission"}
 WRITE = frozenset({"admin", "operator"})
+# the admission webhook (moray kube-enforcer) reads verdicts, queues scans on admission
+# and reports its decisions: a token of role "admission" can do that and nothing else
+ADMISSION = frozenset({"admission"})
 ADMIN = frozenset({"admin"})
 AUDIT = frozenset({"admin", "auditor"})
 
 # (method, path) -> roles allowed. The single source of truth for authorization.
 ACCESS: dict[tuple[str, str], frozenset[str]] = {
-    ("GET", "/api/v1/whoami"): READ,
+    ("GET", "/api/v1/whoami"): READ | ADMISSION,
     ("GET", "/api/v1/policies"): READ,
     ("POST", "/api/v1/policies"): WRITE,
     ("GET", "/api/v1/policies/{name}"): READ,
@@ -65,6 +68,9 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in SCAN_ACCESS.items()},
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in ADMISSION_ACCESS.items()},
 }
+for _key in (("GET", "/api/v1/images/{digest}/verdicts"), ("POST", "/api/v1/scan-jobs"),
+             ("POST", "/api/v1/admission/reviews")):
+    ACCESS[_key] = ACCESS[_key] | ADMISSION
 
 
 INT64_MAX = 2**63 - 1      # BIGINT columns (event seq and time, audit ids)

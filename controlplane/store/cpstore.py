@@ -42,7 +42,8 @@ from moray.errors import ControlPlaneError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("admin", "operator", "auditor", "viewer")
+# "admission": the admission webhook's token, nothing else (controlplane/server/rest.py)
+ROLES = ("admin", "operator", "auditor", "viewer", "admission")
 
 # PostgreSQL NOTIFY channel of the changes that policy streams must see (payloads:
 # "policy", "agent:<id>", "revoke:<id>"); controlplane/server/watch.py listens on it.

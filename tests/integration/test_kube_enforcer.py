@@ -96,7 +96,7 @@ def env(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env
         imported = _moray(server, tmp, "vulndb", "import", str(ADVISORIES))
         assert imported.returncode in (0, 1), imported.stderr   # 1: some files skipped
         operator = admin("POST", "/api/v1/tokens", expect=201,
-                         json={"name": "kube-enforcer", "role": "operator"})["token"]
+                         json={"name": "kube-enforcer", "role": "admission"})["token"]
         for name in ("good", "bad"):
             admin("POST", "/api/v1/scan-jobs", expect=200, json={
                 "image": f"{registry}/kube/{name}:1.0", "policy": POLICY, "insecure": True})
@@ -281,7 +281,7 @@ def test_every_decision_is_audited(env: Env) -> None:
         return None
 
     row = wait_for(entry, timeout=30, interval=0.1, what="the audit entry")
-    assert row["action"] == "admission.deny" and row["actor"] == "operator:kube-enforcer"
+    assert row["action"] == "admission.deny" and row["actor"] == "admission:kube-enforcer"
     assert row["target"] == f"test/{NS}/CronJob/nightly"
     d = row["detail"]
     assert d["user"] == "kubernetes-admin" and d["operation"] == "CREATE"
@@ -372,7 +372,7 @@ def test_a_changed_verdict_changes_the_next_decision_without_a_restart(env: Env)
     pod = workload("Pod", "flip", NS, [env.ref("good")])
     assert hook.validate(review(pod))["allowed"] is True
     digest = env.images["good"]
-    operator = Api(env.server.url, env.operator)
+    operator = Api(env.server.url, env.server.admin_token)
 
     def verdict(passed: bool, reasons: list[str]) -> None:
         operator("POST", f"/api/v1/images/{digest}/verdicts", expect=200, json={
@@ -443,5 +443,14 @@ def test_inventory_on_postgresql(pg_base: str, tmp_path: Path) -> None:
         assert server.api(viewer).status("GET", "/api/v1/workloads") == 200
         assert server.api(viewer).status("POST", "/api/v1/admission/reviews",
                                          json={"reviews": []}) == 403
+        # the webhook's own role: its three calls, nothing else
+        hook = server.api(api("POST", "/api/v1/tokens", expect=201,
+                              json={"name": "k", "role": "admission"})["token"])
+        assert hook.status("POST", "/api/v1/admission/reviews", json={"reviews": []}) == 200
+        assert hook.status("GET", f"/api/v1/images/{digest}/verdicts") == 200
+        for method, path in (("GET", "/api/v1/policies"), ("GET", "/api/v1/events"),
+                             ("GET", "/api/v1/workloads"), ("POST", "/api/v1/tokens"),
+                             ("GET", "/api/v1/agents")):
+            assert hook.status(method, path) == 403, path
     finally:
         server.stop()

@@ -62,7 +62,7 @@ def test_every_role_against_every_endpoint(server: ServerProcess) -> None:
     admin.apply(policy_yaml("matrix"))
     tokens = {role: admin("POST", "/api/v1/tokens", expect=201,
                           json={"name": f"t-{role}", "role": role})["token"]
-              for role in ("admin", "operator", "auditor", "viewer")}
+              for role in ("admin", "operator", "auditor", "viewer", "admission")}
     agent_id = "0" * 32
     denied, allowed = 0, 0
     for (method, path), roles in ACCESS.items():
