@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, tmp: Path, registry: str) -> int:
         common = {"registries": {registry: {"insecure": True}}}
         cached = Webhook(tmp, server, token, "cached", common).spawn()
         scan = Webhook(tmp, server, token, "scan", {**common, "unregistered": "scan", "scan": {
-            "policy": POLICY, "budget": 25}}).spawn()
+            "policy": POLICY, "budget": 25}, "requestTimeout": 28}).spawn()
         hooks += [cached, scan]
         for hook in hooks:
             hook.wait_ready()

@@ -168,7 +168,7 @@ class Enforcer:
         if excluded or not runs_images(review):
             decision = Decision(True, "allow", "", (), (), excluded=excluded)
         else:
-            deadline = start + self.config.scan_budget
+            deadline = start + min(self.config.scan_budget, self.config.request_timeout - 0.5)
             images = {c.image for c in review.containers if c not in review.previous}
             if len(images) > MAX_IMAGES:
                 raise ReviewError(f"request.object: {len(images)} distinct images, more than "
@@ -177,7 +177,7 @@ class Enforcer:
             for c in review.containers:
                 if c not in review.previous and c.image not in checks:
                     checks[c.image] = asyncio.create_task(self.judge_image(c, deadline))
-            judged = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+            judged = await self._collect(checks, start + self.config.request_timeout)
             outcomes = [Outcome(c, Verdict.UNCHANGED) if c in review.previous else
                         _for(judged[c.image], c) for c in review.containers]
             decision = decide(review, outcomes, self.config)
@@ -192,6 +192,24 @@ class Enforcer:
                 "kind": review.kind, "workload": review.name,
                 "reason": decision.message[:500]})
         return response(review.uid, decision)
+
+
+    @staticmethod
+    async def _collect(checks: dict[str, asyncio.Task[Outcome]], until: float
+                       ) -> dict[str, Outcome]:
+        """The outcomes known by ``until``; the others are unknown (the failure policy
+        decides) and their lookups go on, filling the caches for the next request."""
+        if checks:
+            await asyncio.wait(checks.values(), timeout=max(0.0, until - time.monotonic()))
+        out: dict[str, Outcome] = {}
+        for image, task in checks.items():
+            if task.done():
+                out[image] = task.result()
+                continue
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            out[image] = Outcome(Container("container", "", image), Verdict.UNKNOWN,
+                                 detail="no answer within requestTimeout")
+        return out
 
 
 def _for(o: Outcome, c: Container) -> Outcome:

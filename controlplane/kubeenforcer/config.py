@@ -68,6 +68,7 @@ class EnforcerConfig:
     tag_ttl: float = 30.0                 # a tag is resolved again after this long
     max_stale: float = 600.0              # server away: verdicts up to this old still count
     server_timeout: float = 2.0           # per request to the server
+    request_timeout: float = 8.0          # a whole review; what is not known by then: unknown
     registry_timeout: float = 3.0         # per request to a registry
 
     @property
@@ -80,7 +81,8 @@ class EnforcerConfig:
 
 _KEYS = {"cluster", "namespace", "mode", "unregistered", "failurePolicy", "policies", "scan",
          "excludeNamespaces", "excludeLabels", "registries", "platform", "verdictTTL",
-         "unregisteredTTL", "tagTTL", "maxStale", "serverTimeout", "registryTimeout"}
+         "unregisteredTTL", "tagTTL", "maxStale", "serverTimeout", "registryTimeout",
+         "requestTimeout"}
 
 
 def _enum(kind: type[enum.StrEnum], value: Any, where: str) -> Any:
@@ -192,7 +194,12 @@ def load(path: Path | None, **flags: Any) -> EnforcerConfig:
         max_stale=_seconds(doc, "maxStale", 600.0, where),
         server_timeout=_seconds(doc, "serverTimeout", 2.0, where),
         registry_timeout=_seconds(doc, "registryTimeout", 3.0, where),
+        request_timeout=_seconds(doc, "requestTimeout", 8.0, where),
         **flags)
+    if config.scan_budget >= config.request_timeout and config.unregistered is \
+            Unregistered.SCAN:
+        raise ConfigError(f"{where}: scan.budget ({config.scan_budget:g}) must be below "
+                          f"requestTimeout ({config.request_timeout:g})")
     if config.unregistered is Unregistered.SCAN and not config.scan_policy:
         raise ConfigError(f"{where}: unregistered: scan needs scan.policy or scan.policyFile "
                           "(the ImageAssurancePolicy the scan is judged by)")

@@ -12,7 +12,8 @@ non-compliant   one failed                                           denied: ima
 unregistered    no verdict (of a required policy) for the digest     ``unregistered``:
                 (scan on admission: not within the budget)           deny / allow+warning
 unresolved      the registry could not say what the reference is     ``failurePolicy``
-unknown         the server could not be asked, nothing cached        ``failurePolicy``
+unknown         the server could not be asked, nothing cached; or    ``failurePolicy``
+                no answer within ``requestTimeout``
 unchanged       UPDATE: the same container and image as before       allowed (judged when
                                                                      it was admitted)
 ==============  ===================================================  ====================
@@ -139,7 +140,7 @@ def decide(review: Review, outcomes: Iterable[Outcome], config: EnforcerConfig) 
                 problems.append(text)
         elif o.verdict in (Verdict.UNRESOLVED, Verdict.UNKNOWN):
             what = ("cannot be resolved to a digest" if o.verdict is Verdict.UNRESOLVED
-                    else "could not be checked, the control plane is unreachable")
+                    else "could not be checked")
             text = f"{_what(o)} {what}: {o.detail}"
             if config.failure is Failure.OPEN:
                 warnings.append(_cut(f"allowed (failurePolicy: open): {text}"))

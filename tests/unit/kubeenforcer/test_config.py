@@ -65,6 +65,7 @@ registryTimeout: 2
     ("mode: block", "mode: 'block' is not one of enforce, monitor"),
     ("failurePolicy: Fail", "failurePolicy: 'Fail' is not one of closed, open"),
     ("unregistered: scan", "unregistered: scan needs scan.policy"),
+    ("{unregistered: scan, scan: {budget: 9}}", "scan.budget (9) must be below requestTimeout"),
     ("scan: {policy: 'kind: X'}", "scan.policy: not an ImageAssurancePolicy"),
     ("verdictTTL: -1", "verdictTTL: a number of seconds >= 0"),
     ("excludeNamespaces: kube-system", "excludeNamespaces: a list of non-empty strings"),

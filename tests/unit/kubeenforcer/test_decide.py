@@ -106,3 +106,27 @@ def test_exclusions() -> None:
     pod = workload("Pod", "d-x", "shop", ["a"], labels={"moray.io/skip": "true", "app": "d"})
     assert exclusion(parse(review(pod)), labelled) == "labels moray.io/skip=true"
     assert exclusion(parse(review(workload("Pod", "p", "shop", ["a"]))), labelled) == ""
+
+
+def test_lookups_not_done_by_the_request_timeout_are_unknown() -> None:
+    import asyncio
+    import time
+
+    from moray.controlplane.kubeenforcer.app import Enforcer
+
+    async def run() -> None:
+        async def slow() -> Outcome:
+            await asyncio.sleep(5)
+            raise AssertionError("not waited for")
+
+        async def quick() -> Outcome:
+            return Outcome(C, Verdict.COMPLIANT, D)
+
+        checks = {"slow:1": asyncio.create_task(slow()), C.image: asyncio.create_task(quick())}
+        out = await Enforcer._collect(checks, time.monotonic() + 0.1)
+        assert out[C.image].verdict is Verdict.COMPLIANT
+        assert out["slow:1"].verdict is Verdict.UNKNOWN
+        assert out["slow:1"].detail == "no answer within requestTimeout"
+        checks["slow:1"].cancel()
+
+    asyncio.run(run())
