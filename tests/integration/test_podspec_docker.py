@@ -1,4 +1,5 @@
-"""The agent DaemonSet's pod spec, translated by tests/helpers/podspec.py, run for real on
+"""The chart's pod specs, translated by tests/helpers/podspec.py, run for real on
+a private dockerd. The agent DaemonSet's:
 a private dockerd: docker accepts every argument, and the container gets what the
 manifest asks for (host pid namespace, privileges, the host mounts with their
 propagation, the token in its environment and nowhere on a command line, the CA file)
@@ -21,7 +22,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.chart import one, render
-from tests.helpers.containers import DOCKER_CLI, DOCKER_IMAGE, Dockerd
+from tests.helpers.containers import (
+    DOCKER_CLI,
+    DOCKER_IMAGE,
+    Dockerd,
+    build_rootfs,
+    docker_save_tarball,
+)
 from tests.helpers.podspec import privileged_options, translate
 
 pytestmark = [
@@ -135,3 +142,57 @@ def test_agent_pod_spec_runs_on_docker(dockerd: Dockerd, host: Path, tmp_path: P
     state = json.loads(dockerd.docker("inspect", run.name).stdout)[0]["State"]
     assert state["ExitCode"] == 0
     assert "stopping" in dockerd.docker("logs", run.name).stdout
+
+
+# the server image is Debian's coreutils; the init container's script needs these besides
+PKI_APPLETS = ("cmp", "mv")
+
+
+def test_server_pki_init_container(dockerd: Dockerd, tmp_path: Path) -> None:
+    """The server's init container (server.pki.existingSecret) as the chart writes it, run
+    as the server's non-root user: the shared CA and policy key into the data volume's
+    pki/, the trusted gateways into pki/gateways/, a server certificate of another CA
+    dropped so the server issues itself one from the shared CA."""
+    rootfs = build_rootfs(tmp_path / "rootfs")
+    for applet in PKI_APPLETS:
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    image = "moray-test/busybox-pki:1"
+    docker_save_tarball(rootfs, tmp_path / "pki.tar", tag=image)
+    dockerd.docker("load", "-i", str(tmp_path / "pki.tar"))
+
+    values = {"server": {"pki": {"existingSecret": "moray-pki"}}}
+    pod = one(render(values), "StatefulSet")["spec"]["template"]["spec"]
+    data = tmp_path / "data"                 # the PVC; owned by the pod's user (fsGroup)
+    (data / "pki").mkdir(parents=True)
+    (data / "pki" / "ca.pem").write_text("old CA")
+    (data / "pki" / "server.pem").write_text("issued by the old CA")
+    (data / "pki" / "server.key").write_text("old key")
+    for path in (data, data / "pki", *(data / "pki").iterdir()):
+        os.chown(path, 10001, 10001)
+    pod["volumes"].append({"name": "data", "hostPath": {"path": str(data), "type": "Directory"}})
+    secret = {"ca.key": "CA KEY", "ca.pem": "CA", "policy.key": "POLICY KEY",
+              "gateways.gw1.pem": "GW1"}
+    run = translate(pod, "pki", init=True, workdir=tmp_path / "files", image=image,
+                    pod_name="moray-server-0", secrets={"moray-pki": secret})
+    run.prepare()
+    for path in run.files:                   # the secret volume, readable by the pod's group
+        os.chown(path, 0, 10001)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "DOCKER_CONFIG": str(dockerd.work / "cli"), **run.environ}
+    argv = run.argv(docker=[DOCKER_CLI, "-H", f"unix://{dockerd.sock}"], detach=False)
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    pki = data / "pki"
+    assert {p.name: p.read_text() for p in pki.iterdir() if p.is_file()} == {
+        "ca.key": "CA KEY", "ca.pem": "CA", "policy.key": "POLICY KEY"}
+    assert (pki / "gateways" / "gw1.pem").read_text() == "GW1"
+    for path in (pki / "ca.key", pki / "policy.key"):     # the server's own, no one else's
+        st = path.stat()
+        assert st.st_uid == 10001 and st.st_mode & 0o077 == 0
+    # the next start (a rolled pod) replaces them again, over the owner-only copies
+    (pki / "server.pem").write_text("issued by the shared CA")
+    dockerd.docker("rm", run.name)
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert (pki / "ca.key").read_text() == "CA KEY"
+    assert (pki / "server.pem").read_text() == "issued by the shared CA"   # same CA: kept

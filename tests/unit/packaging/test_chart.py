@@ -294,3 +294,14 @@ def test_images() -> None:
         "registry.example.com/moray/agent@sha256:" + "0" * 64
     assert _container(docs, "StatefulSet", "server")["image"] == \
         "registry.example.com/moray/server:9.9.9"
+
+
+def test_rest_clients_in_the_server_pod_need_no_flags() -> None:
+    env = {e["name"]: e.get("value") for e in
+           _container(render(), "StatefulSet", "server")["env"]}
+    assert env["MORAY_SERVER"] == "https://127.0.0.1:7080"
+    assert env["MORAY_CA"] == "/var/lib/moray/pki/ca.pem"
+    assert env["MORAY_DATA_DIR"] == "/var/lib/moray"     # admin.token
+    env = {e["name"]: e.get("value") for e in _container(
+        render(VALUE_SETS["plain-http-pinned-ca"]), "StatefulSet", "server")["env"]}
+    assert env["MORAY_SERVER"] == "http://127.0.0.1:7080" and "MORAY_CA" not in env
