@@ -305,3 +305,20 @@ def test_rest_clients_in_the_server_pod_need_no_flags() -> None:
     env = {e["name"]: e.get("value") for e in _container(
         render(VALUE_SETS["plain-http-pinned-ca"]), "StatefulSet", "server")["env"]}
     assert env["MORAY_SERVER"] == "http://127.0.0.1:7080" and "MORAY_CA" not in env
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_arg_is_the_commands_own(name: str) -> None:
+    """Each container's args parse with moray's own parser under the command's name (an
+    unknown or misspelt flag would stop the pod at start)."""
+    from moray.cli import parse
+
+    for kind in ("DaemonSet", "StatefulSet", "Deployment"):
+        for doc in kinds(render(VALUE_SETS[name]), kind):
+            pod = doc["spec"]["template"]["spec"]
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
+                if not c.get("command", [""])[0].startswith("moray"):
+                    continue          # sh (the pki copy), sleep (unloadOnly)
+                args = [a.replace("$(NODE_NAME)", "node-1") for a in c["args"]]
+                parsed = parse(args, alias=c["command"][0])
+                assert callable(parsed.handler), (kind, c["name"])
