@@ -38,7 +38,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                              "agent": {"enrollment": {"caSha256": "ab" * 32}},
                              "networkPolicy": {"serverEgressAll": True}},
     "agent-only-local": {"server": {"enabled": False},
-                         "agent": {"enrollment": {"enabled": False}}},
+                         "agent": {"enrollment": {"enabled": False}, "output": "/dev/null"}},
     "agent-external-server": {"server": {"enabled": False}, "agent": {"enrollment": {
         "serverAddress": "moray.example.com:7443", "existingSecret": "enrol"}}},
     "unload": {"agent": {"unloadOnly": True}},
@@ -83,6 +83,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "bad digest": {"agent": {"image": {"repository": "moray/agent", "digest": "latest"}}},
     "pull policy": {"image": {"pullPolicy": "Sometimes"}},
     "volume size": {"server": {"persistence": {"size": "ten gigs"}}},
+    "relative output path": {"agent": {"output": "events.json"}},
 }
 
 
