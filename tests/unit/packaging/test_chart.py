@@ -71,6 +71,8 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "metrics port out of range": {"agent": {"metricsPort": 70000}},
     "surge: two agents on a node": {"agent": {"updateStrategy": {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}}}},
+    "nothing may be unavailable, nothing may surge": {"agent": {"updateStrategy": {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 0}}}},
     "database type": {"server": {"database": {"type": "mysql"}}},
     "server as root": {"server": {"runAsUser": 0}},
     "negative replicas": {"server": {"replicas": -1}},
