@@ -3,7 +3,10 @@
 IMAGE is an OCI layout directory, a ``docker save`` or OCI archive, or a registry
 reference (``registry.example:5000/team/app:1.0``, ``...@sha256:...``). Exit codes:
 0 the image passed (or no policy was given), 1 it failed ``--fail-on`` / ``--policy``,
-2 the scan could not be done (bad input, refused archive, registry error).
+2 the scan could not be done (bad input, refused archive, registry error, or vulnerabilities
+asked for with no vulnerability data or data older than ``--max-vulndb-age``: a gate must
+never pass because the store was empty; ``--allow-stale-vulndb`` scans anyway, with a
+warning). Reading the store never creates it (nor its directory).
 ``--server``/``--token``/``--ca`` (or ``$MORAY_SERVER``..., or the config file: see
 moray.clientconfig): match vulnerabilities on moray-server instead of the local store.
 """
@@ -14,7 +17,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +28,7 @@ from moray.controlplane.scanner.engine.model import ScanResult, Severity
 from moray.controlplane.scanner.engine.report import render
 from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
 from moray.controlplane.scanner.engine.source import ImageSource, open_source
-from moray.controlplane.scanner.errors import ImageFormatError, ScanError
+from moray.controlplane.scanner.errors import ImageFormatError, ScanError, VulnDataError
 from moray.exitcodes import FAILED, OK
 
 # Imported where they are used, so a scan starts faster: the store (SQLAlchemy, alembic:
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".oci")
 SEVERITIES = [str(s) for s in Severity if s is not Severity.UNKNOWN]
+DEFAULT_MAX_AGE_DAYS = 7.0
+IMPORT_HINT = "import advisories with 'moray vulndb import PATH' (docs/scanner.md)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, default=argparse.SUPPRESS,
                    help="vulnerability store (default $MORAY_DATA_DIR/moray.db)")
     p.add_argument("--no-vulns", action="store_true", help="skip vulnerability matching")
+    p.add_argument("--max-vulndb-age", type=float, metavar="DAYS",
+                   default=float(os.environ.get("MORAY_VULNDB_MAX_AGE", DEFAULT_MAX_AGE_DAYS)),
+                   help="exit 2 when the last vulnerability import is older than this "
+                   f"($MORAY_VULNDB_MAX_AGE, default {DEFAULT_MAX_AGE_DAYS:g}; 0: no limit)")
+    p.add_argument("--allow-stale-vulndb", action="store_true",
+                   help="scan even with a missing, empty or stale vulnerability store "
+                   "(a warning instead of exit 2)")
     p.add_argument("--no-secrets", action="store_true")
     p.add_argument("--secret-config", type=Path, metavar="FILE",
                    help="YAML file adding secret rules and allow rules, or turning built-in "
@@ -130,7 +143,37 @@ def open_store(args: argparse.Namespace, config: ClientConfig) -> ScanStore | No
         return None
     from moray.controlplane.store.scanstore import ScanStore, default_db_path
 
-    return ScanStore(args.db or default_db_path())
+    path = args.db or default_db_path()
+    if not args.record_verdict and not path.exists():
+        # a read: opening would create the file and its directory (and migrate an empty
+        # schema into it)
+        _no_vulndb(args, f"no vulnerability store at {path}")
+        return None
+    return ScanStore(path)
+
+
+def _no_vulndb(args: argparse.Namespace, why: str) -> None:
+    """Exit 2 (ScanError) unless --allow-stale-vulndb, which only warns."""
+    if not args.allow_stale_vulndb:
+        raise VulnDataError(f"{why}; {IMPORT_HINT}, or scan with --no-vulns or "
+                            "--allow-stale-vulndb")
+    log.warning("%s; vulnerabilities may be missed (--allow-stale-vulndb)", why)
+
+
+def check_vulndb(args: argparse.Namespace, store: ScanStore,
+                 clock: Callable[[], float] = time.time) -> None:
+    """Fail (exit 2) on an empty store or one whose last import is older than
+    --max-vulndb-age days."""
+    status = store.status()
+    if status["advisories"] == 0:
+        _no_vulndb(args, f"the vulnerability store {status['path']} is empty")
+        return
+    last = status["last_import"]
+    age = args.max_vulndb_age
+    if age > 0 and last is not None and clock() - float(last["at"]) > age * 86400:
+        days = (clock() - float(last["at"])) / 86400
+        _no_vulndb(args, f"the vulnerability data in {status['path']} was last imported "
+                   f"{days:.1f} days ago (--max-vulndb-age {age:g})")
 
 
 def vuln_matcher(args: argparse.Namespace, config: ClientConfig, store: ScanStore | None
@@ -147,9 +190,7 @@ def vuln_matcher(args: argparse.Namespace, config: ClientConfig, store: ScanStor
         return None
     from moray.controlplane.vulndb.matcher import Matcher
 
-    if store.status()["advisories"] == 0:
-        log.warning("vulnerability store is empty; run 'moray vulndb import PATH'",
-                    extra={"db": str(store.path)})
+    check_vulndb(args, store)
     return Matcher(store)
 
 
@@ -187,6 +228,15 @@ def run_command(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace, config: ClientConfig) -> int:
     policy = policy_from_args(args)
     store = open_store(args, config)
+    try:
+        return _run(args, config, policy, store)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _run(args: argparse.Namespace, config: ClientConfig, policy: AssurancePolicy | None,
+         store: ScanStore | None) -> int:
     options = scan_options(args, vuln_matcher(args, config, store))
     source = open_image(args)
     try:
@@ -209,8 +259,6 @@ def run(args: argparse.Namespace, config: ClientConfig) -> int:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
-    if store is not None:
-        store.close()
     return FAILED if verdict is not None and not verdict[0] else OK
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "ScanError",
     "UnsafeEntryError",
     "VulnDBError",
+    "VulnDataError",
 ]
 
 
@@ -42,6 +43,10 @@ class RegistryError(ScanError):
 
 class VulnDBError(ScanError):
     """A vulnerability data file could not be imported."""
+
+
+class VulnDataError(ScanError):
+    """Vulnerabilities were asked for but the store is missing, empty or too old."""
 
 
 class AccessDenied(ScanError):

@@ -163,3 +163,41 @@ def test_layer_cache_and_recorded_verdict(env: dict[str, Path],
     text = "\n".join(verdict.reasons)
     assert "runs as root" in text and "'owner' missing" in text and "malware" in text
     assert "registry" not in text  # allowed
+
+
+def test_no_vulnerability_data_fails(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A fresh install, an empty store and a stale one fail with 2 and the import hint; a
+    read creates nothing; --allow-stale-vulndb scans with a warning."""
+    fresh = tmp_path / "fresh" / "moray"
+    monkeypatch.setenv("MORAY_DATA_DIR", str(fresh))
+    code, out, err = _run(capsys, str(env["alpine"]), "--fail-on", "critical", "-f", "sarif")
+    assert code == 2 and out == ""
+    assert "no vulnerability store" in err and "moray vulndb import" in err
+    assert not fresh.exists() and not fresh.parent.exists()
+    code, out, err = _run(capsys, str(env["alpine"]), "--no-cache", "--allow-stale-vulndb",
+                          "-f", "json")
+    assert code == 0 and json.loads(out)["vulnerabilities"] == []
+    assert "--allow-stale-vulndb" in caplog.text and not fresh.exists()
+
+    empty = tmp_path / "empty.db"
+    ScanStore(empty).close()
+    code, _, err = _run(capsys, str(env["alpine"]), "--db", str(empty), "--no-cache")
+    assert code == 2 and "is empty" in err and "moray vulndb import" in err
+
+    stale = tmp_path / "stale.db"
+    store = ScanStore(stale, clock=lambda: 1_000_000.0)  # imported in 1970
+    import_path(advisories_dir(), store)
+    store.close()
+    code, _, err = _run(capsys, str(env["alpine"]), "--db", str(stale), "--no-cache")
+    assert code == 2 and "days ago (--max-vulndb-age 7)" in err
+    code, out, _ = _run(capsys, str(env["alpine"]), "--db", str(stale), "--no-cache",
+                        "--max-vulndb-age", "0", "-f", "json")
+    assert code == 0 and json.loads(out)["vulnerabilities"]
+    code, out, err = _run(capsys, str(env["alpine"]), "--db", str(stale), "--no-cache",
+                          "--allow-stale-vulndb", "-f", "json")
+    assert code == 0 and json.loads(out)["vulnerabilities"] and "days ago" in caplog.text
+    code, _, _ = _run(capsys, str(env["alpine"]), "--db", str(empty), "--no-cache",
+                      "--no-vulns")
+    assert code == 0
