@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".oci")
-SEVERITIES = [str(s) for s in Severity if s is not Severity.UNKNOWN]
+SEVERITIES = [str(s) for s in Severity]  # unknown < low < ... < critical
 DEFAULT_MAX_AGE_DAYS = 7.0
 IMPORT_HINT = "import advisories with 'moray vulndb import PATH' (docs/scanner.md)"
 
@@ -55,7 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default="table")
     p.add_argument("-o", "--output", type=Path, help="write the report here (default stdout)")
     p.add_argument("--fail-on", choices=SEVERITIES,
-                   help="exit 1 if a vulnerability at this severity or above is found")
+                   help="exit 1 if a finding at this severity or above is found: "
+                   "vulnerabilities, secrets, malware, hostile layer entries, configuration "
+                   "('unknown' counts vulnerabilities no source rates, i.e. every finding)")
     p.add_argument("--fixable-only", action="store_true",
                    help="with --fail-on: count only vulnerabilities that have a fix")
     p.add_argument("--policy", type=Path, help="image assurance policy (YAML)")
@@ -254,12 +256,27 @@ def _run(args: argparse.Namespace, config: ClientConfig, policy: AssurancePolicy
         verdict = evaluate(result, policy)
         if store is not None and args.record_verdict:
             record_verdict(store, result, policy)
+        _note_unrated(result, policy)
     text = render(result, args.format, verdict)
     if args.output:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
     return FAILED if verdict is not None and not verdict[0] else OK
+
+
+def _note_unrated(result: ScanResult, policy: AssurancePolicy) -> None:
+    """Say so when vulnerabilities no source rates were not counted by the gate."""
+    if policy.fail_on is None or policy.fail_on is Severity.UNKNOWN:
+        return
+    unrated = sorted({v.id for v in result.vulnerabilities if v.severity is Severity.UNKNOWN
+                      and v.id not in policy.ignore and (v.fixable or not policy.fixable_only)})
+    if unrated:
+        sys.stderr.write(
+            f"note: {len(unrated)} vulnerabilities have no severity from any source and were "
+            f"not counted by fail-on {policy.fail_on} ({', '.join(unrated[:5])}"
+            f"{', ...' if len(unrated) > 5 else ''}); fail-on unknown counts them, and "
+            "importing NVD records rates most (docs/scanner.md)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

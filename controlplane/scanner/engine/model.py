@@ -134,6 +134,7 @@ class VulnFinding:
     summary: str = ""
     source: str = ""  # "osv", "debian-tracker", "alpine-secdb"
     cvss_score: float | None = None
+    severity_source: str = ""  # who rated it: the vendor's source(s), or "nvd"; "" unrated
 
     @property
     def fixable(self) -> bool:

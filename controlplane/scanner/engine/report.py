@@ -95,14 +95,18 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
 
     def add(rule_id: str, title: str, sev: Severity, message: str, uri: str, *, line: int = 1,
-            help_uri: str = "") -> None:
+            help_uri: str = "", score: float | None = None) -> None:
         if rule_id not in rules:
             rules[rule_id] = {
                 "id": rule_id, "name": rule_id.replace("-", "_"),
                 "shortDescription": {"text": title[:200] or rule_id},
                 "fullDescription": {"text": title or rule_id},
                 "defaultConfiguration": {"level": _SARIF_LEVEL[sev]},
-                "properties": {"security-severity": _SARIF_SCORE[sev], "tags": ["security"]},
+                # GitHub code scanning reads the CVSS score here; the label's midpoint
+                # only when no source gives a score
+                "properties": {"security-severity": (f"{score:.1f}" if score is not None
+                                                     else _SARIF_SCORE[sev]),
+                               "tags": ["security"]},
             }
             if help_uri:
                 rules[rule_id]["helpUri"] = help_uri
@@ -118,7 +122,8 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
         add(v.id, v.summary or v.id, v.severity,
             f"{v.package.name} {v.package.version} is affected by {v.id} ({v.severity})"
             + (f"; fixed in {v.fixed_version}" if v.fixed_version else "; no fix yet"),
-            v.package.path, help_uri=f"https://osv.dev/vulnerability/{v.id}")
+            v.package.path, help_uri=f"https://osv.dev/vulnerability/{v.id}",
+            score=v.cvss_score)
     for s in result.secrets:
         add(f"secret/{s.rule}", s.title, s.severity,
             f"{s.title}: {s.masked}" + (" (deleted in a later layer, still in the image)"

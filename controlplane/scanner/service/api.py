@@ -245,7 +245,8 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
         return {"generation": store.generation(), "vulnerabilities": [
             {"package": index[id(f.package)], "id": f.id, "severity": str(f.severity),
              "fixed_version": f.fixed_version, "aliases": list(f.aliases),
-             "summary": f.summary, "source": f.source, "cvss_score": f.cvss_score}
+             "summary": f.summary, "source": f.source, "cvss_score": f.cvss_score,
+             "severity_source": f.severity_source}
             for f in found]}
 
     @router.get(P + "/vulndb/status")

@@ -85,7 +85,8 @@ class RemoteMatcher(_Client):
                         severity=Severity.parse(v.get("severity")),
                         fixed_version=str(v.get("fixed_version", "")),
                         aliases=tuple(v.get("aliases") or ()), summary=str(v.get("summary", "")),
-                        source=str(v.get("source", "")), cvss_score=v.get("cvss_score"))
+                        source=str(v.get("source", "")), cvss_score=v.get("cvss_score"),
+                        severity_source=str(v.get("severity_source", "")))
             for v in doc.get("vulnerabilities", [])
         ]
 

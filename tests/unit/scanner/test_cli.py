@@ -90,6 +90,8 @@ def test_sarif(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None
         assert res["level"] in ("error", "warning", "note")
     assert any(r["ruleId"] == "secret/aws-access-key-id" for r in run["results"])
     assert "wJalrXUtnFEMI" not in out
+    by_id = {r["id"]: r["properties"]["security-severity"] for r in run["tool"]["driver"]["rules"]}
+    assert by_id["CVE-2021-23337"] == "7.2" and by_id["CVE-2019-10906"] == "8.6"  # CVSS
 
 
 def test_cyclonedx_is_valid(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
@@ -201,3 +203,15 @@ def test_no_vulnerability_data_fails(env: dict[str, Path], capsys: pytest.Captur
     code, _, _ = _run(capsys, str(env["alpine"]), "--db", str(empty), "--no-cache",
                       "--no-vulns")
     assert code == 0
+
+
+def test_fail_on_unknown(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Alpine secdb rates nothing: fail-on low passes but says what it did not count;
+    fail-on unknown counts every vulnerability."""
+    base = [str(env["alpine"]), "--no-malware", "--no-secrets"]
+    code, _, err = _run(capsys, *base, "--fail-on", "low")
+    assert code == 0
+    assert "vulnerabilities have no severity from any source and were not counted by " \
+           "fail-on low (CVE-2023-42363" in err and "fail-on unknown counts them" in err
+    code, out, err = _run(capsys, *base, "--fail-on", "unknown")
+    assert code == 1 and "vulnerabilities at unknown or above" in out and "note:" not in err

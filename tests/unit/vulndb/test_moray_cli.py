@@ -17,7 +17,7 @@ def test_vulndb_import_and_status(tmp_path: Path, advisories: Path,
     monkeypatch.setenv("MORAY_DATA_DIR", str(tmp_path))
     assert main(["vulndb", "import", str(advisories)]) == 0
     out = capsys.readouterr().out
-    assert "31 records (alpine-secdb 2, debian-tracker 5, osv 24)" in out
+    assert "38 records (alpine-secdb 2, debian-tracker 5, nvd 7, osv 24)" in out
     assert main(["vulndb", "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["generation"] == 1 and status["by_ecosystem"]["pypi"] == 12
