@@ -223,8 +223,17 @@ def scan_options(args: argparse.Namespace, matcher: VulnMatcher | None) -> ScanO
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """The handler of ``moray scan IMAGE``: 0 passed, 1 failed the policy; errors raise."""
-    return run(args, from_args(args))
+    """The handler of ``moray scan IMAGE``: 0 passed, 1 failed the policy; errors raise.
+    With -q the engine's warnings (skipped entries, hostile entries: both in the report)
+    are not logged; the gate's own notes still are."""
+    engine = logging.getLogger("moray.controlplane.scanner.engine")
+    level = engine.level
+    if args.quiet:
+        engine.setLevel(logging.ERROR)
+    try:
+        return run(args, from_args(args))
+    finally:
+        engine.setLevel(level)
 
 
 def run(args: argparse.Namespace, config: ClientConfig) -> int:

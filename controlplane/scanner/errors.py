@@ -30,7 +30,10 @@ class DigestMismatchError(ImageFormatError):
 
 
 class UnsafeEntryError(ScanError):
-    """A layer entry that must not be used: traversal, escaping link, device file."""
+    """A layer entry that must not be used: traversal, escaping link, device file.
+    ``rule`` names the kind (the layer-entry finding's rule id)."""
+
+    rule = "unsafe-entry"
 
 
 class LimitExceededError(ScanError):

@@ -32,14 +32,15 @@ class AssurancePolicy:
     fixable_only: bool = False  # count only vulnerabilities that have a fix
     no_secrets: bool = False
     no_malware: bool = False
+    no_unsafe_entries: bool = False  # any refused hostile layer entry fails, whatever its level
     not_root: bool = False
     allowed_registries: tuple[str, ...] = ()  # glob patterns on the registry host
     required_labels: tuple[str, ...] = ()
     ignore: tuple[str, ...] = field(default=())  # vulnerability ids accepted as risk
 
 
-_KEYS = {"failOn", "fixableOnly", "noSecrets", "noMalware", "notRoot", "allowedRegistries",
-         "requiredLabels", "ignore"}
+_KEYS = {"failOn", "fixableOnly", "noSecrets", "noMalware", "noUnsafeEntries", "notRoot",
+         "allowedRegistries", "requiredLabels", "ignore"}
 
 
 def load_policy(path: Path) -> AssurancePolicy:
@@ -70,6 +71,7 @@ def policy_from_dict(doc: dict[str, Any], where: str = "") -> AssurancePolicy:
         fixable_only=bool(spec.get("fixableOnly", False)),
         no_secrets=bool(spec.get("noSecrets", False)),
         no_malware=bool(spec.get("noMalware", False)),
+        no_unsafe_entries=bool(spec.get("noUnsafeEntries", False)),
         not_root=bool(spec.get("notRoot", False)),
         allowed_registries=tuple(spec.get("allowedRegistries") or ()),
         required_labels=tuple(spec.get("requiredLabels") or ()),
@@ -104,6 +106,8 @@ def evaluate(result: ScanResult, policy: AssurancePolicy) -> tuple[bool, list[st
                   if m.severity.rank >= policy.fail_on.rank]
         other += [c.title for c in result.config_findings
                   if c.severity.rank >= policy.fail_on.rank]
+        other += [f"{e.title}: {e.path}" for e in result.unsafe_entries
+                  if e.severity.rank >= policy.fail_on.rank]
         if other:
             reasons.append(f"{len(other)} other findings at {policy.fail_on} or above (e.g. "
                            + ", ".join(sorted(set(other))[:5]) + ")")
@@ -112,6 +116,9 @@ def evaluate(result: ScanResult, policy: AssurancePolicy) -> tuple[bool, list[st
     if policy.no_malware and result.malware:
         reasons.append(f"{len(result.malware)} malware detections: "
                        + ", ".join(sorted({f"{m.rule} in /{m.path}" for m in result.malware})[:5]))
+    if policy.no_unsafe_entries and result.unsafe_entries:
+        reasons.append(f"{len(result.unsafe_entries)} hostile layer entries: " + ", ".join(
+            sorted({f"{e.rule} {e.path}" for e in result.unsafe_entries})[:5]))
     if policy.not_root and runs_as_root(result.config.user):
         reasons.append("image runs as root")
     if policy.allowed_registries:

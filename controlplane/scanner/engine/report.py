@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from moray.controlplane.scanner.engine.model import ScanResult, Severity
 from moray.controlplane.scanner.engine.serialize import to_jsonable
@@ -38,6 +39,7 @@ def to_json(result: ScanResult, verdict: tuple[bool, list[str]] | None = None) -
         "secrets": to_jsonable(result.secrets),
         "malware": to_jsonable(result.malware),
         "config_findings": to_jsonable(result.config_findings),
+        "unsafe_entries": [{**to_jsonable(e), "title": e.title} for e in result.unsafe_entries],
         "warnings": to_jsonable(result.warnings),
     }
     if verdict is not None:
@@ -49,8 +51,11 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     if not rows:
         return ""
     widths = [min(max(len(h), *(len(r[i]) for r in rows)), 60) for i, h in enumerate(headers)]
+    def cut(cell: str, width: int) -> str:  # a cut cell ends with an ellipsis
+        return cell if len(cell) <= width else cell[:width - 1] + "\u2026"
+
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c[:w].ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        return "  ".join(cut(c, w).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
     return "\n".join([fmt(headers), fmt(["-" * w for w in widths]), *map(fmt, rows)])
 
 
@@ -81,9 +86,13 @@ def to_table(result: ScanResult, verdict: tuple[bool, list[str]] | None = None) 
     crows = [[c.rule, str(c.severity).upper(), c.title, c.detail] for c in result.config_findings]
     if crows:
         out += ["Configuration:", _table(["RULE", "SEVERITY", "TITLE", "DETAIL"], crows), ""]
+    erows = [[e.rule, str(e.severity).upper(), e.path, e.detail.removeprefix("refused: "),
+              e.layer[7:19]] for e in result.unsafe_entries]
+    if erows:
+        out += ["Hostile layer entries (refused):",
+                _table(["RULE", "SEVERITY", "PATH", "DETAIL", "LAYER"], erows), ""]
     if result.warnings:
-        out += [f"{len(result.warnings)} layer entries refused or skipped (see --format json)",
-                ""]
+        out += [f"{len(result.warnings)} layer entries skipped (see --format json)", ""]
     if verdict is not None:
         out.append("VERDICT: " + ("PASS" if verdict[0] else "FAIL"))
         out += [f"  - {r}" for r in verdict[1]]
@@ -133,6 +142,10 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
             f"malware {m.rule} (sha256 {m.sha256})", m.path)
     for c in result.config_findings:
         add(f"config/{c.rule}", c.title, c.severity, f"{c.title}: {c.detail}", "Dockerfile")
+    for e in result.unsafe_entries:
+        add(f"layer/{e.rule}", e.title, e.severity,
+            f"{e.title}: {e.path!r} in layer {e.layer} ({e.detail})",
+            quote(e.path.lstrip("/"), safe="/") or "layer")
     return {
         "$schema": SARIF_SCHEMA, "version": "2.1.0",
         "runs": [{

@@ -23,7 +23,9 @@ from moray.controlplane.scanner.engine.analyzers import Analyzer, FileAnalyzer, 
 from moray.controlplane.scanner.engine.config import config_findings, image_config
 from moray.controlplane.scanner.engine.layers import Entry, EntryKind, Limits, iter_layer
 from moray.controlplane.scanner.engine.model import (
+    UNSAFE_ENTRY_RULES,
     Ecosystem,
+    EntryFinding,
     LayerResult,
     MalwareFinding,
     OSRelease,
@@ -43,7 +45,7 @@ from moray.controlplane.scanner.errors import ScanError
 
 log = logging.getLogger(__name__)
 
-ANALYZER_VERSION = "2"  # bump when analyzers change, so cached layer results are redone
+ANALYZER_VERSION = "3"  # bump when analyzers change, so cached layer results are redone
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release", "etc/alpine-release",
                     "etc/debian_version")
 OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
@@ -93,25 +95,47 @@ def parse_os_release(data: bytes, path: str = "etc/os-release") -> OSRelease | N
     return OSRelease(fields["ID"], version, fields.get("VERSION_CODENAME", ""))
 
 
+class _Refusals:
+    """Where a layer's skipped entries (warnings) and hostile ones (findings) go."""
+
+    def __init__(self, result: LayerResult) -> None:
+        self.result = result
+
+    def warn(self, reason: str, path: str) -> None:
+        log.warning("layer entry skipped", extra={"layer": self.result.digest, "path": path,
+                                                  "reason": reason})
+        self.result.warnings.append(ScanWarning(reason, self.result.digest, path))
+
+    def unsafe(self, rule: str, reason: str, path: str) -> None:
+        log.warning("hostile layer entry refused", extra={
+            "layer": self.result.digest, "path": path, "reason": reason})
+        severity = UNSAFE_ENTRY_RULES.get(rule, UNSAFE_ENTRY_RULES["unsafe-entry"])[0]
+        self.result.unsafe_entries.append(
+            EntryFinding(rule, severity, path, self.result.digest, reason))
+
+
 def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerResult:
     """Stream one layer blob and collect everything it determines."""
     result = LayerResult(digest=layer.digest)
-
-    def warn(reason: str, path: str) -> None:
-        log.warning("layer entry skipped", extra={"layer": layer.digest, "path": path,
-                                                  "reason": reason})
-        result.warnings.append(ScanWarning(reason, layer.digest, path))
+    refusals = _Refusals(result)
+    warn, unsafe = refusals.warn, refusals.unsafe
 
     limits = options.limits
     secret_max = options.secrets.max_bytes if options.secrets else -1
     malware_max = options.malware.max_bytes if options.malware else -1
     by_file = {id(a): a for a in options.analyzers if isinstance(a, FileAnalyzer)}
-    for entry in iter_layer(blob, layer.digest, limits, warn):  # type: ignore[arg-type]
+    for entry in iter_layer(blob, layer.digest, limits, warn, unsafe):  # type: ignore[arg-type]
         if entry.kind is EntryKind.WHITEOUT:
             result.whiteouts.append(entry.path)
             continue
         if entry.kind is EntryKind.OPAQUE:
             result.opaque_dirs.append(entry.path)
+            continue
+        if entry.kind is EntryKind.HARDLINK and entry.linkname not in result.present:
+            # a valid tar names an earlier member; anything else would link to whatever
+            # the extractor finds there (a lower layer's file, the host's if it escapes)
+            unsafe("hardlink-dangling", f"refused: hard link to {entry.linkname}, not an "
+                   "earlier entry of this layer", entry.path)
             continue
         result.present.add(entry.path)
         if entry.kind is EntryKind.HARDLINK and entry.linkname in result.files:
@@ -388,6 +412,7 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
         secrets=secrets,
         malware=malware,
         warnings=[w for r in results for w in r.warnings],
+        unsafe_entries=[e for r in results for e in r.unsafe_entries],
         repo_tags=resolved.repo_tags,
     )
     scan.config_findings = config_findings(cfg, options.secrets)

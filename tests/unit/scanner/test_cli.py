@@ -19,6 +19,7 @@ from moray.controlplane.store.scanstore import ScanStore
 from moray.controlplane.store.scanstore import data_dir as store_data_dir
 from moray.controlplane.vulndb.importer import import_path
 from tests.fixtures.images import scenarios
+from tests.fixtures.images.builder import Device, Hardlink, Image, Symlink
 from tests.unit.vulndb.conftest import advisories_dir
 
 
@@ -215,3 +216,48 @@ def test_fail_on_unknown(env: dict[str, Path], capsys: pytest.CaptureFixture[str
            "fail-on low (CVE-2023-42363" in err and "fail-on unknown counts them" in err
     code, out, err = _run(capsys, *base, "--fail-on", "unknown")
     assert code == 1 and "vulnerabilities at unknown or above" in out and "note:" not in err
+
+
+def test_hostile_entries_count_towards_the_gate(env: dict[str, Path],
+                                                capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    image = tmp_path / "hostile.tar"
+    Image([{"etc/os-release": b"ID=alpine\nVERSION_ID=3.18.4\n"},
+           [("../../../tmp/pwn", b"x"), ("etc/shadow-link", Hardlink("/etc/shadow")),
+            ("app/out", Symlink("../../../../../etc")), ("dev/mem", Device())]],
+          config={"User": "1000"}).write_docker_archive(image)
+    base = [str(image), "--no-malware", "--no-secrets"]
+    code, out, _ = _run(capsys, *base, "--fail-on", "high")
+    assert code == 1 and "4 other findings at high or above" in out
+    assert "Hostile layer entries (refused):" in out and "path-traversal" in out
+    assert _run(capsys, *base, "--fail-on", "critical")[0] == 0
+    code, out, _ = _run(capsys, *base, "-f", "sarif")
+    rules = {r["ruleId"]: r for r in json.loads(out)["runs"][0]["results"]}
+    assert {"layer/path-traversal", "layer/hardlink-escape", "layer/symlink-escape",
+            "layer/device-file"} <= set(rules)
+    assert rules["layer/path-traversal"]["level"] == "error"
+    code, out, _ = _run(capsys, *base, "-f", "json")
+    assert {e["rule"] for e in json.loads(out)["unsafe_entries"]} == {
+        "path-traversal", "hardlink-escape", "symlink-escape", "device-file"}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("apiVersion: moray/v1\nkind: ImageAssurancePolicy\n"
+                      "metadata: {name: p}\nspec:\n  noUnsafeEntries: true\n")
+    code, out, _ = _run(capsys, *base, "--policy", str(policy))
+    assert code == 1 and "4 hostile layer entries" in out
+
+
+def test_quiet_silences_engine_warnings(env: dict[str, Path], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str],
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """-q: nothing on stderr for a hostile entry (it is in the report); without -q, logged."""
+    import subprocess
+    import sys
+
+    image = tmp_path / "h.tar"
+    Image([{"../escape": b"x"}]).write_docker_archive(image)
+    argv = [str(image), "--no-vulns", "--no-cache", "--no-malware", "--no-secrets"]
+    quiet = subprocess.run([sys.executable, "-m", "moray.controlplane.scanner.cli", *argv,
+                            "-q"], capture_output=True, text=True, check=True)
+    assert quiet.stderr == "" and "path-traversal" in quiet.stdout
+    assert main(argv) == 0
+    assert "hostile layer entry refused" in caplog.text
