@@ -38,6 +38,7 @@ from moray.exitcodes import FAILED, OK
 if TYPE_CHECKING:
     from moray.controlplane.scanner.engine.policy import AssurancePolicy
     from moray.controlplane.scanner.engine.protocols import VulnMatcher
+    from moray.controlplane.scanner.progress import TerminalProgress
     from moray.controlplane.store.scanstore import ScanStore
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        "and versions are sent")
     p.add_argument("--record-verdict", action="store_true",
                    help="store the policy verdict for the image digest in the store")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress line (drawn on a terminal for scans over 2 s) and no "
+                   "scanner warnings on stderr")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
 
 
@@ -107,23 +110,13 @@ def open_image(args: argparse.Namespace) -> ImageSource:
                           username=args.username, password=args.password)
 
 
-def _progress(enabled: bool) -> object:
+def _progress(enabled: bool) -> TerminalProgress | None:
     if not enabled:
         return None
-    from tqdm import tqdm  # only for interactive runs
+    from moray.controlplane.scanner.progress import TerminalProgress
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-               leave=False)
-
-    def update(done: int, total: int, layer: str) -> None:
-        bar.total = total
-        bar.n = done
-        bar.set_description(layer[7:19] or "done")
-        bar.refresh()
-        if layer == "":
-            bar.close()
-
-    return update
+    delay = float(os.environ.get("MORAY_PROGRESS_DELAY", "2"))
+    return TerminalProgress(sys.stderr, delay=delay)
 
 
 def policy_from_args(args: argparse.Namespace) -> AssurancePolicy | None:
@@ -218,7 +211,7 @@ def scan_options(args: argparse.Namespace, matcher: VulnMatcher | None) -> ScanO
         malware=malware,
         cache=None if args.no_cache else FileLayerCache(default_cache_path()),
         matcher=matcher,
-        progress=_progress(not args.quiet and sys.stderr.isatty()),  # type: ignore[arg-type]
+        progress=_progress(not args.quiet and sys.stderr.isatty()),
     )
 
 
@@ -253,6 +246,9 @@ def _run(args: argparse.Namespace, config: ClientConfig, policy: AssurancePolicy
     try:
         result: ScanResult = scan_image(source, options, image_name=args.image)
     finally:
+        finish = getattr(options.progress, "finish", None)
+        if finish is not None:
+            finish()  # the progress line is erased before the report is written
         close = getattr(source, "close", None)
         if close is not None:
             close()

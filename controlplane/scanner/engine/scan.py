@@ -60,7 +60,10 @@ class ScanOptions:
     malware: MalwareScanner | None = None
     cache: LayerCache | None = None
     matcher: VulnMatcher | None = None
-    # called with (bytes done, bytes total, layer digest) as layer blobs are read
+    # called with (bytes done, bytes total, layer digest) as layer blobs are read; if it
+    # also has start(layers, cached, total, scanners) and stage(name) (the CLI's
+    # progress.TerminalProgress), those are called when the layers are known and as the
+    # scan moves past them
     progress: Callable[[int, int, str], None] | None = None
     # processes reading layers at once (None: one per available CPU; 1: no worker
     # processes), counting only layers of at least parallel_min_layer bytes
@@ -331,6 +334,7 @@ def _scan_sequential(source: ImageSource, layers: Sequence[LayerRef], options: S
     for layer in layers:
         progress = None
         if options.progress is not None:
+            options.progress(min(done, total), total, layer.digest)
             progress = functools.partial(_layer_progress, options.progress, done, total,
                                          layer.digest)
         yield layer, _scan_layer(source, layer, options, progress)
@@ -378,6 +382,8 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
             done += layer.size
         elif layer.digest not in found:
             pending.append(layer)
+    _notify(options, "start", len(resolved.layers), len(resolved.layers) - len(pending), total,
+            _scanners(options))
     workers = _workers(source, pending, options)
     if workers > 1:
         scanned = _scan_parallel(source, pending, options, workers)
@@ -388,11 +394,12 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
         done += layer.size
         if options.cache:
             options.cache.put_layer(result, version)
-        if options.progress is not None and workers > 1:
+        if options.progress is not None:
             options.progress(min(done, total), total, layer.digest)
     results = [found[layer.digest] for layer in resolved.layers]
     if options.progress:
         options.progress(total, total, "")
+    _notify(options, "stage", "merging layers")
     packages, secrets, malware, os_release = merge_layers(results)
     distro = f"{os_release.id}-{os_release.version_id}" if os_release else ""
     packages = [
@@ -417,5 +424,22 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
     )
     scan.config_findings = config_findings(cfg, options.secrets)
     if options.matcher is not None:
+        _notify(options, "stage", f"matching {len(packages)} packages against vulnerabilities")
         scan.vulnerabilities = options.matcher.match(packages, os_release)
     return scan
+
+
+def _scanners(options: ScanOptions) -> list[str]:
+    names = ["packages"]
+    if options.secrets:
+        names.append("secrets")
+    if options.malware:
+        names.append("malware")
+    return names
+
+
+def _notify(options: ScanOptions, event: str, *args: object) -> None:
+    """Call progress.start/stage when the progress object has them."""
+    method = getattr(options.progress, event, None)
+    if callable(method):
+        method(*args)
