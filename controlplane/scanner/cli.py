@@ -52,7 +52,8 @@ IMPORT_HINT = "import advisories with 'moray vulndb import PATH' (docs/scanner.m
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``moray scan IMAGE``."""
     p.add_argument("image", help="OCI layout dir, docker/OCI archive, or registry reference")
-    p.add_argument("-f", "--format", choices=["table", "json", "sarif", "cyclonedx"],
+    p.add_argument("-f", "--format",
+                   choices=["table", "json", "sarif", "cyclonedx", "spdx-json"],
                    default="table")
     p.add_argument("-o", "--output", type=Path, help="write the report here (default stdout)")
     p.add_argument("--fail-on", choices=SEVERITIES,

@@ -88,6 +88,8 @@ class Package:
     source_version: str = ""
     arch: str = ""
     namespace: str = ""  # maven group id
+    # as declared while a layer is analysed (and cached); SPDX expressions in a ScanResult
+    # (engine.licenses.normalise)
     licenses: tuple[str, ...] = ()
     distro: str = ""  # "debian-12", set on OS packages once the image's OS is known
 
@@ -226,6 +228,9 @@ class LayerResult:
     malware: list[MalwareFinding] = field(default_factory=list)
     warnings: list[ScanWarning] = field(default_factory=list)
     unsafe_entries: list[EntryFinding] = field(default_factory=list)
+    # declared licenses found outside package databases: path -> raw license names
+    # (Debian's usr/share/doc/<package>/copyright), applied to packages after merging
+    license_files: dict[str, list[str]] = field(default_factory=dict)
     os_release: OSRelease | None = None
     size: int = 0  # uncompressed bytes
 

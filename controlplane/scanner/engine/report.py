@@ -1,4 +1,5 @@
-"""Report formats: human table, JSON, SARIF 2.1.0, CycloneDX 1.6 (cyclonedx-python-lib).
+"""Report formats: human table, JSON, SARIF 2.1.0, CycloneDX 1.6 (cyclonedx-python-lib),
+SPDX 2.3 JSON.
 
 Secrets appear only masked in every format (the records never hold the raw value).
 """
@@ -91,6 +92,12 @@ def to_table(result: ScanResult, verdict: tuple[bool, list[str]] | None = None) 
     if erows:
         out += ["Hostile layer entries (refused):",
                 _table(["RULE", "SEVERITY", "PATH", "DETAIL", "LAYER"], erows), ""]
+    if result.packages:
+        per_license, unknown = license_summary(result)
+        shown = ", ".join(f"{e} {n}" for e, n in list(per_license.items())[:8])
+        more = f", {len(per_license) - 8} more" if len(per_license) > 8 else ""
+        out += [f"Licenses: {shown or '-'}{more}; no or unknown license: {unknown} packages "
+                "(per package: --format json, cyclonedx, spdx-json)", ""]
     if result.warnings:
         out += [f"{len(result.warnings)} layer entries skipped (see --format json)", ""]
     if verdict is not None:
@@ -183,7 +190,8 @@ def to_cyclonedx(result: ScanResult) -> str:
         comp = Component(name=p.name, version=p.version, group=p.namespace or None,
                          type=ComponentType.LIBRARY if p.ecosystem not in ("deb", "apk", "rpm")
                          else ComponentType.APPLICATION,
-                         purl=PackageURL.from_string(purl), bom_ref=purl)
+                         purl=PackageURL.from_string(purl), bom_ref=purl,
+                         licenses=_cdx_licenses(p.licenses))
         refs[purl] = comp
         bom.components.add(comp)
     bom.register_dependency(root, list(refs.values()))
@@ -201,6 +209,34 @@ def to_cyclonedx(result: ScanResult) -> str:
     return str(JsonV1Dot6(bom).output_as_string(indent=2))
 
 
+def _cdx_licenses(expressions: tuple[str, ...]) -> list[Any]:
+    """CycloneDX allows a list of licenses (an SPDX id or a name each) or one expression:
+    single ids stay a list, anything compound is joined into one expression."""
+    if not expressions:
+        return []
+    from cyclonedx.contrib.license.factories import LicenseFactory
+    from cyclonedx.model.license import DisjunctiveLicense, LicenseExpression
+
+    made = [LicenseFactory().make_from_string(e) for e in expressions]
+    if all(isinstance(m, DisjunctiveLicense) for m in made):
+        return made
+    return [LicenseExpression(" AND ".join(
+        f"({e})" if " " in e and len(expressions) > 1 else e for e in expressions))]
+
+
+def license_summary(result: ScanResult) -> tuple[dict[str, int], int]:
+    """(packages per license expression, packages with no or an unknown license)."""
+    from moray.controlplane.scanner.engine.licenses import is_unknown
+
+    counts: dict[str, int] = {}
+    unknown = 0
+    for p in result.packages:
+        for e in p.licenses:
+            counts[e] = counts.get(e, 0) + 1
+        unknown += is_unknown(p.licenses)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), unknown
+
+
 def render(result: ScanResult, fmt: str, verdict: tuple[bool, list[str]] | None = None) -> str:
     if fmt == "table":
         return to_table(result, verdict)
@@ -210,4 +246,8 @@ def render(result: ScanResult, fmt: str, verdict: tuple[bool, list[str]] | None 
         return json.dumps(to_sarif(result), indent=2) + "\n"
     if fmt == "cyclonedx":
         return to_cyclonedx(result) + "\n"
+    if fmt == "spdx-json":
+        from moray.controlplane.scanner.engine.spdx import to_spdx
+
+        return json.dumps(to_spdx(result), indent=2) + "\n"
     raise ValueError(f"unknown format {fmt!r}")

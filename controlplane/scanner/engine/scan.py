@@ -17,9 +17,10 @@ import posixpath
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import IO
+from typing import IO, TypeVar
 
 from moray.controlplane.scanner.engine.analyzers import Analyzer, FileAnalyzer, registry
+from moray.controlplane.scanner.engine.analyzers.ospkg import DEB_COPYRIGHT, copyright_licenses
 from moray.controlplane.scanner.engine.config import config_findings, image_config
 from moray.controlplane.scanner.engine.layers import Entry, EntryKind, Limits, iter_layer
 from moray.controlplane.scanner.engine.model import (
@@ -148,17 +149,17 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
             continue
         result.size += entry.size
         wanted = [a for a in options.analyzers if a.wants(entry.path, entry.mode, entry.size)]
-        is_os_release = entry.path in OS_RELEASE_PATHS
+        is_metadata = entry.path in OS_RELEASE_PATHS or _is_copyright(entry.path)
         if options.secrets and entry.size > secret_max and options.secrets.wants(entry.path) \
                 and b"\x00" not in entry.peek(BINARY_PROBE):
             warn(f"text file larger than {secret_max} bytes not scanned for secrets", entry.path)
-        if not wanted and not is_os_release and entry.size > max(secret_max, malware_max):
+        if not wanted and not is_metadata and entry.size > max(secret_max, malware_max):
             continue
         if entry.size > limits.max_file_bytes:
             if wanted:
                 warn(f"file larger than {limits.max_file_bytes} bytes not analysed", entry.path)
             continue
-        needs_data = is_os_release or (options.secrets is not None and entry.size <= secret_max) \
+        needs_data = is_metadata or (options.secrets is not None and entry.size <= secret_max) \
             or (options.malware is not None and entry.size <= malware_max)
         binary = [by_file[id(a)] for a in wanted if id(a) in by_file]
         if not needs_data and binary and len(binary) == len(wanted) \
@@ -167,11 +168,8 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         data = entry.read(limits.max_file_bytes)
         if data is None:
             continue
-        if is_os_release:
-            found = parse_os_release(data, entry.path)
-            # os-release wins over the one-line files, whichever comes first in the tar
-            if found and (result.os_release is None or entry.path in OS_RELEASE_PATHS[:2]):
-                result.os_release = found
+        if is_metadata:
+            _metadata_file(result, entry.path, data)
         for analyzer in wanted:
             _analyze(result, warn, analyzer, entry.path, layer.digest,
                      functools.partial(analyzer.analyze, entry.path, data, layer.digest))
@@ -180,6 +178,21 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         if options.malware and entry.size <= malware_max:
             result.malware.extend(options.malware.scan_file(entry.path, data, layer.digest))
     return result
+
+
+def _is_copyright(path: str) -> bool:
+    return path.startswith("usr/share/doc/") and DEB_COPYRIGHT.match(path) is not None
+
+
+def _metadata_file(result: LayerResult, path: str, data: bytes) -> None:
+    """os-release and its one-line cousins, Debian copyright files."""
+    if _is_copyright(path):
+        result.license_files[path] = copyright_licenses(data)
+        return
+    found = parse_os_release(data, path)
+    # os-release wins over the one-line files, whichever comes first in the tar
+    if found and (result.os_release is None or path in OS_RELEASE_PATHS[:2]):
+        result.os_release = found
 
 
 def _analyze(result: LayerResult, warn: Callable[[str, str], None], analyzer: Analyzer,
@@ -220,6 +233,47 @@ def _removed_by(path: str, later: LayerResult) -> bool:
     return any(_under(path, d) and path != d for d in later.opaque_dirs)
 
 
+_V = TypeVar("_V")
+
+
+def _apply(files: dict[str, _V], layer: LayerResult, new: dict[str, _V]) -> None:
+    """One layer over the files of those below: its deletions, then its own files."""
+    for d in layer.opaque_dirs:
+        for p in [p for p in files if _under(p, d) and p != d]:
+            del files[p]
+    for w in layer.whiteouts:
+        for p in [p for p in files if _under(p, w)]:
+            del files[p]
+    for p in layer.present:
+        files.pop(p, None)
+    files.update(new)
+
+
+def merge_license_files(layers: Sequence[LayerResult]) -> dict[str, list[str]]:
+    """The license files (Debian copyright) of the final filesystem."""
+    found: dict[str, list[str]] = {}
+    for layer in layers:
+        _apply(found, layer, layer.license_files)
+    return found
+
+
+def attach_licenses(packages: list[Package], license_files: dict[str, list[str]]
+                    ) -> list[Package]:
+    """Debian packages get their copyright file's licenses; every package's declared
+    licenses become SPDX expressions."""
+    from moray.controlplane.scanner.engine.licenses import normalise_all
+
+    out = []
+    for p in packages:
+        declared = p.licenses
+        if p.ecosystem is Ecosystem.DEB and not declared:
+            declared = tuple(license_files.get(f"usr/share/doc/{p.name.split(':')[0]}/copyright")
+                             or license_files.get(f"usr/share/doc/{p.source_name}/copyright")
+                             or ())
+        out.append(replace(p, licenses=normalise_all(declared)) if declared else p)
+    return out
+
+
 def merge_layers(layers: Sequence[LayerResult]) -> tuple[
     list[Package], list[SecretFinding], list[MalwareFinding], OSRelease | None
 ]:
@@ -227,15 +281,7 @@ def merge_layers(layers: Sequence[LayerResult]) -> tuple[
     files: dict[str, list[Package]] = {}
     os_release: OSRelease | None = None
     for layer in layers:
-        for d in layer.opaque_dirs:
-            for p in [p for p in files if _under(p, d) and p != d]:
-                del files[p]
-        for w in layer.whiteouts:
-            for p in [p for p in files if _under(p, w)]:
-                del files[p]
-        for p in layer.present:
-            files.pop(p, None)
-        files.update(layer.files)
+        _apply(files, layer, layer.files)
         os_release = layer.os_release or os_release
     packages = [pkg for path in sorted(files) for pkg in files[path]]
     secrets: list[SecretFinding] = []
@@ -405,7 +451,7 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
     packages = [
         replace(p, path=posixpath.join("/", p.path),
                 distro=distro if p.ecosystem in OS_ECOSYSTEMS else "")
-        for p in packages
+        for p in attach_licenses(packages, merge_license_files(results))
     ]
     cfg = image_config(resolved.config)
     scan = ScanResult(

@@ -58,6 +58,7 @@ def layer_to_json(layer: LayerResult) -> dict[str, Any]:
         "malware": [to_jsonable(m) for m in layer.malware],
         "warnings": [to_jsonable(w) for w in layer.warnings],
         "unsafe_entries": [to_jsonable(e) for e in layer.unsafe_entries],
+        "license_files": layer.license_files,
         "os_release": to_jsonable(layer.os_release) if layer.os_release else None,
         "size": layer.size,
     }
@@ -83,6 +84,7 @@ def layer_from_json(d: dict[str, Any]) -> LayerResult:
         warnings=[ScanWarning(**w) for w in d["warnings"]],
         unsafe_entries=[EntryFinding(**{**e, "severity": Severity(e["severity"])})
                         for e in d.get("unsafe_entries", ())],
+        license_files={p: list(v) for p, v in d.get("license_files", {}).items()},
         os_release=OSRelease(**d["os_release"]) if d.get("os_release") else None,
         size=int(d.get("size", 0)),
     )
