@@ -78,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="YAML file adding secret rules and allow rules, or turning built-in "
                    "ones off (see docs/scanner.md)")
     p.add_argument("--no-malware", action="store_true")
+    p.add_argument("--malware-all-files", action="store_true",
+                   help="run the malware rules and hashes over every file, not only those "
+                   "that can carry malware (executables, scripts, start-up files; "
+                   "docs/scanner.md)")
     p.add_argument("--no-cache", action="store_true", help="do not use the per-layer cache")
     p.add_argument("--yara-rules", type=Path, action="append", default=[])
     p.add_argument("--malware-hashes", type=Path, action="append", default=[])
@@ -196,7 +200,8 @@ def scan_options(args: argparse.Namespace, matcher: VulnMatcher | None) -> ScanO
         from moray.controlplane.scanner.engine.malware import MalwareScanner, discover
 
         rules, hashes = discover(data_dir())
-        malware = MalwareScanner([*rules, *args.yara_rules], [*hashes, *args.malware_hashes])
+        malware = MalwareScanner([*rules, *args.yara_rules], [*hashes, *args.malware_hashes],
+                                 all_files=args.malware_all_files)
     secrets = None
     if not args.no_secrets:
         if args.secret_config:

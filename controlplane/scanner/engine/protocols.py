@@ -31,6 +31,8 @@ class SecretScanner(Protocol):
 class MalwareScanner(Protocol):
     max_bytes: int
 
+    def wants(self, path: str, mode: int, head: bytes) -> bool: ...
+
     def scan_file(self, path: str, data: bytes, layer: str) -> list[MalwareFinding]: ...
 
 

@@ -51,6 +51,7 @@ OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release", "etc/alpine-release"
                     "etc/debian_version")
 OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
 BINARY_PROBE = 8192  # a file with a NUL in this many leading bytes is binary
+MAGIC_BYTES = 4  # what the malware scanner looks at to tell an executable
 
 
 @dataclass
@@ -126,7 +127,8 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
 
     limits = options.limits
     secret_max = options.secrets.max_bytes if options.secrets else -1
-    malware_max = options.malware.max_bytes if options.malware else -1
+    mscan = options.malware
+    malware_max = mscan.max_bytes if mscan else -1
     by_file = {id(a): a for a in options.analyzers if isinstance(a, FileAnalyzer)}
     for entry in iter_layer(blob, layer.digest, limits, warn, unsafe):  # type: ignore[arg-type]
         if entry.kind is EntryKind.WHITEOUT:
@@ -153,14 +155,16 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         if options.secrets and entry.size > secret_max and options.secrets.wants(entry.path) \
                 and b"\x00" not in entry.peek(BINARY_PROBE):
             warn(f"text file larger than {secret_max} bytes not scanned for secrets", entry.path)
-        if not wanted and not is_metadata and entry.size > max(secret_max, malware_max):
+        malware = mscan is not None and entry.size <= malware_max and \
+            mscan.wants(entry.path, entry.mode, entry.peek(MAGIC_BYTES))
+        if not wanted and not is_metadata and not malware and entry.size > secret_max:
             continue
         if entry.size > limits.max_file_bytes:
             if wanted:
                 warn(f"file larger than {limits.max_file_bytes} bytes not analysed", entry.path)
             continue
-        needs_data = is_metadata or (options.secrets is not None and entry.size <= secret_max) \
-            or (options.malware is not None and entry.size <= malware_max)
+        needs_data = malware or is_metadata or (
+            options.secrets is not None and entry.size <= secret_max)
         binary = [by_file[id(a)] for a in wanted if id(a) in by_file]
         if not needs_data and binary and len(binary) == len(wanted) \
                 and _binary_only(result, warn, binary, entry, layer.digest):
@@ -175,8 +179,8 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
                      functools.partial(analyzer.analyze, entry.path, data, layer.digest))
         if options.secrets and entry.size <= secret_max:
             result.secrets.extend(options.secrets.scan_file(entry.path, data, layer.digest))
-        if options.malware and entry.size <= malware_max:
-            result.malware.extend(options.malware.scan_file(entry.path, data, layer.digest))
+        if malware and mscan is not None:
+            result.malware.extend(mscan.scan_file(entry.path, data, layer.digest))
     return result
 
 

@@ -13,7 +13,7 @@ from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
 from moray.controlplane.scanner.engine.secrets import SecretScanner, shannon_entropy
 from moray.controlplane.scanner.engine.source import OCILayoutSource
 from tests.fixtures.images import rootfs
-from tests.fixtures.images.builder import Image
+from tests.fixtures.images.builder import File, Image
 
 SECRETS = (
     f"aws_access_key_id = {rootfs.AWS_KEY_ID}\n"
@@ -74,6 +74,31 @@ def test_malware_in_image(tmp_path: Path) -> None:
     result = scan_image(OCILayoutSource(tmp_path), ScanOptions(malware=MalwareScanner()))
     assert {m.rule for m in result.malware} == {"yara:EICAR_Test_File", "sha256:EICAR-Test-File"}
     assert all(m.deleted_later for m in result.malware)
+
+
+def test_malware_only_where_it_can_be(tmp_path: Path) -> None:
+    """Executables (exec bit or magic), scripts, start-up files and configs outside package
+    trees are scanned; documentation and package sources are not, unless all_files."""
+    miner = b'{"url": "stratum+tcp://pool.example:3333", "randomx": {}}'
+    elf = b"\x7fELF" + rootfs.EICAR  # an executable by its magic, no exec bit
+    Image([{
+        "opt/x/run": File(rootfs.EICAR, 0o755), "usr/local/lib/libx": elf,
+        "etc/cron.d/job": rootfs.EICAR, "root/.bashrc": rootfs.EICAR,
+        "opt/miner/config.json": miner,
+        "usr/share/doc/eicar/README": rootfs.EICAR, "srv/data/eicar.txt": rootfs.EICAR,
+        "app/node_modules/x/config.json": miner,
+    }]).write_oci_layout(tmp_path)
+    default = scan_image(OCILayoutSource(tmp_path), ScanOptions(malware=MalwareScanner()))
+    assert {m.path for m in default.malware} == {
+        "opt/x/run", "usr/local/lib/libx", "etc/cron.d/job", "root/.bashrc",
+        "opt/miner/config.json"}
+    every = scan_image(OCILayoutSource(tmp_path),
+                       ScanOptions(malware=MalwareScanner(all_files=True)))
+    assert {m.path for m in every.malware} >= {"usr/share/doc/eicar/README",
+                                               "srv/data/eicar.txt",
+                                               "app/node_modules/x/config.json"}
+    assert MalwareScanner().fingerprint != MalwareScanner(all_files=True).fingerprint
+    assert MalwareScanner().rules is MalwareScanner().rules  # compiled once
 
 
 def test_config_findings() -> None:
