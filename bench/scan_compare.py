@@ -577,7 +577,11 @@ def main() -> int:  # noqa: PLR0915
     ap.add_argument("--diffs", type=int, default=12, help="differences listed per ecosystem")
     args = ap.parse_args()
 
-    moray = shutil.which("moray-scan") or str(ROOT / ".venv/bin/moray-scan")
+    # the console script beside this interpreter (a venv not on $PATH), else $PATH, else
+    # the checkout's .venv; with PYTHONPATH=<checkout> it runs that checkout's code
+    beside = Path(sys.executable).parent / "moray-scan"
+    moray = (str(beside) if os.access(beside, os.X_OK) else None) \
+        or shutil.which("moray-scan") or str(ROOT / ".venv/bin/moray-scan")
     wanted = set(args.tools.split(","))
     tools = {"moray": moray if os.access(moray, os.X_OK) else None,
              "trivy": find_tool("trivy"), "syft": find_tool("syft")}
@@ -585,10 +589,10 @@ def main() -> int:  # noqa: PLR0915
     for name, path in tools.items():
         print(f"{name}: {path or 'NOT FOUND'}")
     versions = {}
-    if tools["trivy"]:
+    if tools.get("trivy"):
         versions["trivy"] = subprocess.run([tools["trivy"], "--version"], capture_output=True,
                                            text=True, check=False).stdout.split("\n")[0]
-    if tools["syft"]:
+    if tools.get("syft"):
         versions["syft"] = next((line for line in subprocess.run(
             [tools["syft"], "version"], capture_output=True, text=True, check=False
         ).stdout.splitlines() if line.startswith("Version")), "")

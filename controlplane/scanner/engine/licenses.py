@@ -114,8 +114,38 @@ def _licensing() -> Any:
 
 def _spdx(text: str) -> str | None:
     """``text`` as a valid SPDX expression rendered canonically, or None."""
-    info = _licensing().validate(text)
+    from license_expression import ExpressionError
+
+    try:
+        info = _licensing().validate(text)
+    # validate() itself fails on some inputs (a URL: an ExpressionError without the
+    # token_string it reads)
+    except (ExpressionError, AttributeError, TypeError, ValueError):
+        return None
     return str(info.normalized_expression) if not info.errors else None
+
+
+# license URLs (Maven's Bundle-License and <url>-like names): host/path -> SPDX id
+_URLS = [
+    (re.compile(r"apache\.org/licenses/LICENSE-2\.0"), "Apache-2.0"),
+    (re.compile(r"opensource\.org/licenses?/([A-Za-z0-9.+-]+?)(?:\.php|\.html)?/?$"), ""),
+    (re.compile(r"eclipse\.org/legal/epl-v10"), "EPL-1.0"),
+    (re.compile(r"eclipse\.org/(legal/epl-2\.0|org/documents/epl-2\.0)"), "EPL-2.0"),
+    (re.compile(r"gnu\.org/licenses/(old-licenses/)?lgpl-2\.1"), "LGPL-2.1-only"),
+    (re.compile(r"gnu\.org/licenses/(old-licenses/)?gpl-2\.0"), "GPL-2.0-only"),
+    (re.compile(r"gnu\.org/licenses/lgpl(-3\.0)?(\.html|\.txt)?$"), "LGPL-3.0-only"),
+    (re.compile(r"gnu\.org/licenses/gpl(-3\.0)?(\.html|\.txt)?$"), "GPL-3.0-only"),
+    (re.compile(r"mozilla\.org/(en-US/)?MPL/2\.0"), "MPL-2.0"),
+    (re.compile(r"spdx\.org/licenses/([A-Za-z0-9.+-]+?)(?:\.html|\.json)?$"), ""),
+]
+
+
+def _from_url(url: str) -> str:
+    for pattern, spdx_id in _URLS:
+        m = pattern.search(url)
+        if m:
+            return spdx_id or _spdx(m.group(1)) or _ALIASES.get(m.group(1).lower(), "")
+    return ""
 
 
 def license_ref(text: str) -> str:
@@ -136,6 +166,8 @@ def normalise(raw: str) -> str:
         return alias
     if text.startswith(UNKNOWN_PREFIX):
         return license_ref(text.removeprefix(UNKNOWN_PREFIX))
+    if text.startswith(("http://", "https://")):
+        return _from_url(text) or license_ref(text.split("://", 1)[1])
     parsed = _spdx(text)
     if parsed:
         return parsed
@@ -201,12 +233,19 @@ def forbidden_in(expressions: Sequence[str], patterns: Sequence[str]) -> list[st
     """The licenses of ``patterns`` (fnmatch on SPDX ids, ``AGPL-*``) a package cannot
     avoid: every declared expression must be satisfiable without them (``A OR B`` is fine
     when either is allowed; ``A AND B`` needs both)."""
+    from license_expression import ExpressionError
+
     found: list[str] = []
     for e in expressions:
         if e.startswith(UNKNOWN_PREFIX) and " " not in e:
             hits = [e] if any(fnmatch.fnmatch(e, p) for p in patterns) else []
         else:
-            hits = _unavoidable(_licensing().parse(e, validate=False), patterns)
+            try:
+                tree = _licensing().parse(e, validate=False)
+            except (ExpressionError, AttributeError, TypeError, ValueError):
+                tree = None
+            hits = _unavoidable(tree, patterns) if tree is not None else sorted(
+                {sym for sym in _symbols(e) if any(fnmatch.fnmatch(sym, p) for p in patterns)})
         found.extend(h for h in hits if h not in found)
     return found
 

@@ -124,11 +124,22 @@ def test_normalise() -> None:
     assert n("GPL-2.0+") == "GPL-2.0-or-later"
     assert n("UNKNOWN") == n("see LICENSE") == ""
     assert n("Some Weird License") == "LicenseRef-Some-Weird-License"
+    # URLs (Maven Bundle-License); license-expression's validate() raises on them
+    assert n("http://www.apache.org/licenses/LICENSE-2.0.txt") == "Apache-2.0"
+    assert n("https://opensource.org/licenses/MIT") == "MIT"
+    assert n("https://github.com/diffplug/durian/blob/v1.2.0/LICENSE") == \
+        "LicenseRef-github.com-diffplug-durian-blob-v1.2.0-LICENSE"
     assert licenses.forbidden_in(["MIT OR GPL-3.0-only"], ["GPL-3.0*"]) == []
     assert licenses.forbidden_in(["MIT AND GPL-3.0-only"], ["GPL-3.0*"]) == ["GPL-3.0-only"]
     assert licenses.forbidden_in(["GPL-2.0-only WITH Classpath-exception-2.0"], ["GPL-*"]) \
         == ["GPL-2.0-only"]
     assert licenses.is_unknown([]) and licenses.is_unknown(["LicenseRef-BSD"])
+    # whatever an image declares, normalising and checking it never raises
+    for hostile in ("(", ")", "MIT AND", "OR OR", "((MIT)", "MIT WITH", "a" * 400, "\x00",
+                    "MIT AND (GPL-2.0 OR", "WITH WITH", "http://", "LicenseRef-"):
+        got = n(hostile)
+        licenses.forbidden_in([got] if got else [], ["GPL-*"])
+        licenses.is_unknown([got] if got else [])
     assert not licenses.is_unknown(["LicenseRef-public-domain", "MIT"])
 
 
