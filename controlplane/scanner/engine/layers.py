@@ -87,6 +87,27 @@ class Entry:
             return None
         return self._head + self._fileobj.read(self.size - len(self._head))
 
+    def chunks(self, n: int) -> Iterator[bytes]:
+        """The file's content in pieces of at most ``n`` bytes, in order: by positioned
+        reads when the layer allows them (the stream is left alone), else from the stream
+        (then ``read`` returns nothing more)."""
+        if self._pread is not None:
+            for offset in range(0, self.size, n):
+                yield self.read_at(offset, n)
+            return
+        if self._fileobj is None:
+            return
+        left = self.size - len(self._head)
+        if self._head:
+            yield self._head
+            self._head = b""
+        while left > 0:
+            data = self._fileobj.read(min(n, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
+
     def peek(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer for a shorter file); ``read`` still returns all."""
         if self._fileobj is not None and len(self._head) < min(n, self.size):

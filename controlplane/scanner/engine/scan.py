@@ -156,7 +156,8 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
                 and b"\x00" not in entry.peek(BINARY_PROBE):
             warn(f"text file larger than {secret_max} bytes not scanned for secrets", entry.path)
         malware = mscan is not None and entry.size <= malware_max and \
-            mscan.wants(entry.path, entry.mode, entry.peek(MAGIC_BYTES))
+            mscan.wants(entry.path, entry.mode, entry.peek(MAGIC_BYTES)) and \
+            not _malware_in_pieces(result, mscan, entry, bool(wanted))
         if not wanted and not is_metadata and not malware and entry.size > secret_max:
             continue
         if entry.size > limits.max_file_bytes:
@@ -182,6 +183,18 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         if malware and mscan is not None:
             result.malware.extend(mscan.scan_file(entry.path, data, layer.digest))
     return result
+
+
+def _malware_in_pieces(result: LayerResult, mscan: MalwareScanner | None, entry: Entry,
+                       wanted: bool) -> bool:
+    """A file over the malware window is hashed and matched piece by piece (never held
+    whole) when nothing else needs it whole: always in an uncompressed layer (positioned
+    reads), in a compressed one when no analyzer wants it. True when that was done."""
+    if mscan is None or entry.size <= mscan.window or (wanted and not entry.random_access):
+        return False
+    result.malware.extend(mscan.scan_chunks(entry.path, entry.chunks(mscan.window),
+                                            result.digest))
+    return True
 
 
 def _is_copyright(path: str) -> bool:

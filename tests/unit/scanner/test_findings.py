@@ -11,7 +11,7 @@ from moray.controlplane.scanner.engine.config import config_findings, image_conf
 from moray.controlplane.scanner.engine.malware import MalwareDBError, MalwareScanner
 from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
 from moray.controlplane.scanner.engine.secrets import SecretScanner, shannon_entropy
-from moray.controlplane.scanner.engine.source import OCILayoutSource
+from moray.controlplane.scanner.engine.source import ArchiveSource, OCILayoutSource
 from tests.fixtures.images import rootfs
 from tests.fixtures.images.builder import File, Image
 
@@ -99,6 +99,29 @@ def test_malware_only_where_it_can_be(tmp_path: Path) -> None:
                                                "app/node_modules/x/config.json"}
     assert MalwareScanner().fingerprint != MalwareScanner(all_files=True).fingerprint
     assert MalwareScanner().rules is MalwareScanner().rules  # compiled once
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_large_executable_in_windows(tmp_path: Path, compress: bool) -> None:
+    """A file over the window is hashed whole and matched window by window, a string
+    across a window boundary included, by positioned reads or from the stream."""
+    from moray.controlplane.scanner.engine import malware
+
+    marker = b"MORAY-WINDOW-BOUNDARY-MARKER"
+    big = bytearray(b"\x7fELF" + bytes(malware.WINDOW + (1 << 20)))
+    big[malware.WINDOW - 10:malware.WINDOW - 10 + len(marker)] = marker
+    (tmp_path / "r.yar").write_text(f'rule Boundary {{ strings: $m = "{marker.decode()}" '
+                                    "condition: $m }")
+    (tmp_path / "h.sha256").write_text(hashlib.sha256(big).hexdigest() + " big-dropper\n")
+    Image([{"usr/local/bin/big": File(bytes(big), 0o755)}], compress=compress
+          ).write_docker_archive(tmp_path / "img.tar")
+    scanner = MalwareScanner([tmp_path / "r.yar"], [tmp_path / "h.sha256"])
+    seen: list[int] = []
+    whole = scanner.scan_file
+    scanner.scan_file = lambda p, d, layer: seen.append(len(d)) or whole(p, d, layer)  # type: ignore
+    result = scan_image(ArchiveSource(tmp_path / "img.tar"), ScanOptions(malware=scanner))
+    assert {m.rule for m in result.malware} == {"yara:Boundary", "sha256:big-dropper"}
+    assert seen == []  # never read whole
 
 
 def test_config_findings() -> None:
