@@ -113,6 +113,11 @@ def test_registration_import_and_lease_endpoints(tmp_path: Path) -> None:
         "image": "127.0.0.1:5000/team/db:1", "insecure": True}).status_code == 201
     assert [i["image"] for i in client.get("/api/v1/scan-images", headers=auth).json()] == [
         "127.0.0.1:5000/team/db:1"]
+    again = client.post("/api/v1/scan-registries", headers=auth, json={
+        "registry": "127.0.0.1:5000", "repositories": ["team/app"], "insecure": True})
+    assert again.status_code == 409 and "registered already" in again.text
+    assert client.post("/api/v1/scan-images", headers=auth, json={
+        "image": "127.0.0.1:5000/team/db:1", "insecure": True}).status_code == 409
     (reg,) = client.get("/api/v1/scan-registries", headers=auth).json()
     assert client.post(f"/api/v1/scan-registries/{reg['id']}/run", headers=auth).json() == {
         "ok": True}
