@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moray.clientconfig import ClientConfig, add_client_options, from_args
 from moray.controlplane.scanner.engine.cache import FileLayerCache, data_dir, default_cache_path
@@ -160,19 +160,19 @@ def _no_vulndb(args: argparse.Namespace, why: str) -> None:
     log.warning("%s; vulnerabilities may be missed (--allow-stale-vulndb)", why)
 
 
-def check_vulndb(args: argparse.Namespace, store: ScanStore,
+def check_vulndb(args: argparse.Namespace, status: dict[str, Any], where: str,
                  clock: Callable[[], float] = time.time) -> None:
     """Fail (exit 2) on an empty store or one whose last import is older than
-    --max-vulndb-age days."""
-    status = store.status()
-    if status["advisories"] == 0:
-        _no_vulndb(args, f"the vulnerability store {status['path']} is empty")
+    --max-vulndb-age days. ``status``: ``moray vulndb status`` of the local store or of
+    the server (``--server``)."""
+    if not status.get("advisories"):
+        _no_vulndb(args, f"the vulnerability store {where} is empty")
         return
-    last = status["last_import"]
+    last = status.get("last_import")
     age = args.max_vulndb_age
     if age > 0 and last is not None and clock() - float(last["at"]) > age * 86400:
         days = (clock() - float(last["at"])) / 86400
-        _no_vulndb(args, f"the vulnerability data in {status['path']} was last imported "
+        _no_vulndb(args, f"the vulnerability data in {where} was last imported "
                    f"{days:.1f} days ago (--max-vulndb-age {age:g})")
 
 
@@ -185,12 +185,15 @@ def vuln_matcher(args: argparse.Namespace, config: ClientConfig, store: ScanStor
             raise ScanError("--server needs --token or $MORAY_TOKEN")
         from moray.controlplane.scanner.service.remote import RemoteMatcher
 
-        return RemoteMatcher(config.server, config.token, client=config.http_client())
+        remote = RemoteMatcher(config.server, config.token, client=config.http_client())
+        check_vulndb(args, remote.status(), f"of {config.server}")
+        return remote
     if store is None:
         return None
     from moray.controlplane.vulndb.matcher import Matcher
 
-    check_vulndb(args, store)
+    status = store.status()
+    check_vulndb(args, status, str(status["path"]))
     return Matcher(store)
 
 

@@ -63,7 +63,12 @@ class _Client:
 
     def generation(self) -> int:
         """The server's vulnerability data generation."""
-        return int(self._request("GET", "/api/v1/vulndb/status").json()["generation"])
+        return int(self.status()["generation"])
+
+    def status(self) -> dict[str, Any]:
+        """The server's ``moray vulndb status`` (advisories, last import, generation)."""
+        doc = self._request("GET", "/api/v1/vulndb/status").json()
+        return doc if isinstance(doc, dict) else {}
 
 
 

@@ -71,6 +71,23 @@ def test_auth_is_required(server: tuple[TestClient, ScanStore]) -> None:
         HttpJobQueue("http://testserver", "bad", client=client).claim_scan("w")
 
 
+def test_scan_against_an_empty_server_store_fails(server: tuple[TestClient, ScanStore]
+                                                  ) -> None:
+    """moray-scan --server: the server's knowledge base is checked like a local one."""
+    import argparse
+
+    from moray.controlplane.scanner.cli import check_vulndb
+    from moray.controlplane.scanner.errors import VulnDataError
+
+    client, _ = server
+    status = RemoteMatcher("http://testserver", "good", client=client).status()
+    args = argparse.Namespace(allow_stale_vulndb=False, max_vulndb_age=7.0)
+    with pytest.raises(VulnDataError, match="vulnerability store of http://s is empty"):
+        check_vulndb(args, status, "of http://s")
+    check_vulndb(argparse.Namespace(allow_stale_vulndb=True, max_vulndb_age=7.0), status,
+                 "of http://s")  # only a warning
+
+
 def test_remote_matching_equals_local(tmp_path: Path) -> None:
     store = ScanStore(tmp_path / "moray.db")
     import_path(advisories_dir(), store)
