@@ -48,6 +48,10 @@ def test_scan_enqueue_worker_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[
     policy.write_text("kind: ImageAssurancePolicy\nmetadata: {name: p}\nspec: {notRoot: true}\n")
     assert main(["scan", "enqueue", str(image), "--policy", str(policy)]) == 0
     assert main(["scan", "worker", "--once", "--name", "w1"]) == 0
+    assert "done 0, failed 1" in capsys.readouterr().out  # no vulnerability data yet
+    assert main(["vulndb", "import", str(advisories / "GO-2020-0015.json")]) == 0
+    assert main(["scan", "enqueue", str(image), "--policy", str(policy)]) == 0
+    assert main(["scan", "worker", "--once", "--name", "w1"]) == 0
     assert "done 1, failed 0" in capsys.readouterr().out
     assert main(["scan", "jobs"]) == 0
     assert "done" in capsys.readouterr().out
