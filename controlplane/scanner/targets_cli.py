@@ -33,6 +33,10 @@ class TargetNotFound(ControlPlaneError, LookupError):
     """No registered registry or image has this id."""
 
 
+class AlreadyRegistered(ControlPlaneError):
+    """The same registry and repositories (or the same image) are registered already."""
+
+
 class Targets(Protocol):
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any: ...
 
@@ -90,12 +94,20 @@ class LocalTargets:
         ControlPlaneStore(self.store.engine).record_audit(self.actor, action, target, detail)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        from moray.controlplane.scanner.service.scheduler import check_image, check_registry
+        from moray.controlplane.scanner.service.scheduler import (
+            already_registered,
+            check_image,
+            check_registry,
+        )
 
         s, b = self.store, body or {}
         kind, _, rest = path.strip("/").partition("/")
         if (method, kind) == ("POST", "scan-registries") and not rest:
             check_registry(b["registry"], b["insecure"])
+            same = already_registered(s, b["registry"], b["repositories"])
+            if same is not None:
+                raise AlreadyRegistered(f"{b['registry']} with these repositories is "
+                                        f"registered already (id {same})")
             row = s.add_registry(b["registry"], repositories=b["repositories"],
                                  credentials=b["credentials"], insecure=b["insecure"],
                                  interval_seconds=b["interval_seconds"],
@@ -104,6 +116,9 @@ class LocalTargets:
             return row
         if (method, kind) == ("POST", "scan-images"):
             check_image(b["image"], b["insecure"])
+            same = already_registered(s, image=b["image"])
+            if same is not None:
+                raise AlreadyRegistered(f"{b['image']} is registered already (id {same})")
             row = s.add_image(b["image"], credentials=b["credentials"],
                               insecure=b["insecure"], interval_seconds=b["interval_seconds"],
                               policy=b["policy"]).as_dict()

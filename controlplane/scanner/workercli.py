@@ -75,6 +75,7 @@ def job_scanner(options: Any, *, allow_paths: bool, insecure: bool
     from moray.controlplane.scanner.engine.source import ImageSource, open_source
 
     def scan(job: ScanJob) -> ScanResult:
+        _require_vulndata(options)
         path = Path(job.image)
         if allow_paths and path.exists():
             source: ImageSource = open_source(path)
@@ -86,6 +87,23 @@ def job_scanner(options: Any, *, allow_paths: bool, insecure: bool
         return scan_image(source, options, image_name=job.image)
 
     return scan
+
+
+def _require_vulndata(options: Any) -> None:
+    """A job matched against a knowledge base that never received an advisory fails
+    (no verdict is recorded): a policy gate must not pass because the data was missing.
+    The generation (bumped by every import that adds records) is one small query."""
+    matcher = getattr(options, "matcher", None)
+    if matcher is None:
+        return
+    store = getattr(matcher, "store", None)
+    generation = store.generation() if store is not None else matcher.generation()
+    if generation == 0:
+        from moray.controlplane.scanner.errors import VulnDataError
+
+        raise VulnDataError("no vulnerability data to match against: import advisories "
+                            "with 'moray vulndb import PATH' (docs/scanner.md); no verdict "
+                            "recorded")
 
 
 class InProcessWorkers:

@@ -8,6 +8,11 @@
   CVE file's release-less (unstable) state combine as in the tracker itself.
 - Alpine secdb: whole-release (``packages[].pkg``) or per-package files; fixed version
   ``0`` means the release was never affected.
+- NVD CVE JSON 2.0 (one ``cve`` object of the API's or the feeds' ``vulnerabilities[]``):
+  severity only. Stored as the advisory ``nvd:CVE-...`` (``names.nvd_id``) with no
+  affected rows (NVD's CPE ranges name products, not packages), so it never adds a
+  finding and never overrides a vendor's severity: the matcher reads it only for
+  findings whose own sources give none.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from cvss.exceptions import CVSSError
 
 from moray.controlplane.scanner.engine.model import Severity
 from moray.controlplane.store.scanstore import AdvisoryRecord, AffectedRecord
-from moray.controlplane.vulndb.names import osv_ecosystem, package_key, release_key
+from moray.controlplane.vulndb.names import nvd_id, osv_ecosystem, package_key, release_key
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +172,44 @@ def parse_alpine_secdb(doc: dict[str, Any], origin: str, source: str = "alpine-s
                               "events": [{"introduced": "0"}, {"fixed": str(fixed)}]}],
                             [], str(fixed)))
     return list(advisories.values()), rows
+
+
+# NVD metric lists in the order they are trusted: CVSS v3.1, v3.0, v4.0, then v2 (v2 has
+# no "critical"; its own label is kept). Within a version NVD's own analysis ("Primary")
+# comes before the CNA's ("Secondary").
+NVD_METRICS = ("cvssMetricV31", "cvssMetricV30", "cvssMetricV40", "cvssMetricV2")
+
+
+def nvd_severity(metrics: dict[str, Any]) -> tuple[Severity, float | None]:
+    for key in NVD_METRICS:
+        entries = [m for m in metrics.get(key) or [] if isinstance(m, dict)]
+        entries.sort(key=lambda m: m.get("type") != "Primary")
+        for m in entries:
+            data = m.get("cvssData") or {}
+            vector = str(data.get("vectorString", ""))
+            if key == "cvssMetricV2":
+                label = Severity.parse(str(m.get("baseSeverity") or ""))
+                score = data.get("baseScore")
+                if label is not Severity.UNKNOWN:
+                    return label, float(score) if isinstance(score, int | float) else None
+                continue
+            score = cvss_score(vector)
+            if score is None and isinstance(data.get("baseScore"), int | float):
+                score = float(data["baseScore"])
+            if score is not None:
+                return severity_from_score(score), score
+    return Severity.UNKNOWN, None
+
+
+def parse_nvd(doc: dict[str, Any], source: str = "nvd") -> Parsed:
+    """One NVD CVE record -> the ``nvd:CVE-...`` advisory (severity, score, summary)."""
+    cve = str(doc["id"])
+    if not cve.startswith("CVE-"):
+        raise ValueError(f"NVD record id {cve!r} is not a CVE id")
+    if str(doc.get("vulnStatus", "")).lower() == "rejected":
+        return [], []
+    severity, score = nvd_severity(doc.get("metrics") or {})
+    summary = next((str(d.get("value", "")) for d in doc.get("descriptions") or []
+                    if isinstance(d, dict) and d.get("lang") == "en"), "")
+    return [AdvisoryRecord(nvd_id(cve), [], summary[:500], str(severity), score,
+                           str(doc.get("lastModified", "")), source)], []

@@ -24,6 +24,7 @@ from moray.controlplane.vulndb.formats import (
     Parsed,
     parse_alpine_secdb,
     parse_debian_tracker,
+    parse_nvd,
     parse_osv,
 )
 
@@ -55,9 +56,24 @@ def detect_and_parse(doc: Any, name: str) -> tuple[str, str, Parsed]:
         origin = f"{doc.get('distroversion', hint)}/{doc.get('reponame', '')}/" + (
             str(doc.get("name", "")) or Path(name).stem)
         return "alpine-secdb", origin, parse_alpine_secdb(doc, origin, release_hint=hint)
+    if isinstance(doc, dict) and str(doc.get("id", "")).startswith("CVE-") and (
+            "metrics" in doc or "vulnStatus" in doc):
+        return "nvd", str(doc["id"]), parse_nvd(doc)
     if isinstance(doc, dict) and "id" in doc and ("affected" in doc or "modified" in doc):
         return "osv", str(doc["id"]), parse_osv(doc)
     raise ValueError("unrecognised advisory format")
+
+
+def _records(decoded: Any) -> list[Any]:
+    """The records of one file: a JSON list, an NVD API answer or feed file
+    (``{"vulnerabilities": [{"cve": {...}}, ...]}``), or one record."""
+    if isinstance(decoded, list):
+        return decoded
+    if isinstance(decoded, dict) and isinstance(decoded.get("vulnerabilities"), list) \
+            and "id" not in decoded:
+        return [v["cve"] if isinstance(v, dict) and "cve" in v else v
+                for v in decoded["vulnerabilities"]]
+    return [decoded]
 
 
 def _documents(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -90,7 +106,7 @@ def import_path(path: Path, store: ScanStore) -> ImportReport:
             try:
                 decoded = (yaml.safe_load(data) if name.endswith((".yaml", ".yml"))
                            else json.loads(data))
-                docs = decoded if isinstance(decoded, list) else [decoded]
+                docs = _records(decoded)
                 for doc in docs:
                     fmt, origin, (advisories, rows) = detect_and_parse(doc, name)
                     source = rows[0].source if rows else fmt

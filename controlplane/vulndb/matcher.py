@@ -6,6 +6,10 @@ distro-wide rows (Debian tracker's unstable state), a ``not_affected`` row clear
 advisory, and otherwise the version is evaluated with the ecosystem's own order.
 Findings for one package that share an identifier (a DSA and its CVE, a GHSA and its
 PYSEC twin) are merged into one.
+
+Severity precedence: the vendor first (the advisory's own source, then the advisories
+linked to it by an alias: a DSA's CVE, a PYSEC's GHSA), then NVD (``nvd:CVE-...``, for the
+advisory's CVE ids), else ``unknown``. ``VulnFinding.severity_source`` says which.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 
 from moray.controlplane.scanner.engine.model import OSRelease, Package, Severity, VulnFinding
 from moray.controlplane.store.scanstore import AdvisoryRecord, AffectedRecord, ScanStore
-from moray.controlplane.vulndb.names import package_key, release_key
+from moray.controlplane.vulndb.names import NVD_PREFIX, nvd_id, package_key, release_key
 from moray.controlplane.vulndb.versions import first_fixed, is_affected
 
 log = logging.getLogger(__name__)
@@ -85,27 +89,40 @@ class Matcher:
         if not hit:
             return None
         adv = self._advisory(advisory_id)
-        severity, score = self._severity(adv)
+        severity, score, severity_source = self._severity(adv)
         return VulnFinding(
             id=advisory_id, package=pkg,
             severity=severity,
             fixed_version=fixed, aliases=tuple(adv.aliases) if adv else (),
             summary=adv.summary if adv else "", source=chosen[0].source,
-            cvss_score=score,
+            cvss_score=score, severity_source=severity_source,
         )
 
-    def _severity(self, adv: AdvisoryRecord | None) -> tuple[Severity, float | None]:
-        """The advisory's severity, else the highest one among its aliases in the store."""
+    def _severity(self, adv: AdvisoryRecord | None) -> tuple[Severity, float | None, str]:
+        """(severity, score, where it came from): the advisory's own, else the highest
+        among its aliases in the store (the vendor's), else NVD's for its CVE ids."""
         if adv is None:
-            return Severity.UNKNOWN, None
-        best = (Severity.parse(adv.severity), adv.cvss_score)
+            return Severity.UNKNOWN, None, ""
+        best = (Severity.parse(adv.severity), adv.cvss_score, _vendor(adv))
         if best[0] is not Severity.UNKNOWN:
             return best
-        for alias in self.store.related_ids(adv.id):
+        related = [i for i in self.store.related_ids(adv.id) if not i.startswith(NVD_PREFIX)]
+        for alias in related:
             other = self._advisory(alias)
             if other is not None and Severity.parse(other.severity).rank > best[0].rank:
-                best = (Severity.parse(other.severity), other.cvss_score)
+                best = (Severity.parse(other.severity), other.cvss_score, _vendor(other))
+        if best[0] is not Severity.UNKNOWN:
+            return best
+        for cve in sorted({i for i in (adv.id, *adv.aliases, *related) if i.startswith("CVE-")}):
+            nvd = self._advisory(nvd_id(cve))
+            if nvd is not None and Severity.parse(nvd.severity).rank > best[0].rank:
+                best = (Severity.parse(nvd.severity), nvd.cvss_score, "nvd")
         return best
+
+
+def _vendor(adv: AdvisoryRecord) -> str:
+    """The advisory's sources other than NVD (a record may have been seen in several)."""
+    return ",".join(s for s in adv.source.split(",") if s and s != "nvd")
 
 
 def _preferred_id(own: set[str], every: set[str]) -> str:
@@ -129,16 +146,20 @@ def merge_findings(found: list[VulnFinding]) -> list[VulnFinding]:
     for g in groups:
         ids = {x for f in g for x in (f.id, *f.aliases)}
         primary = _preferred_id({f.id for f in g}, ids)
-        severity = max((f.severity for f in g), key=lambda s: s.rank)
+        # a vendor's severity wins over NVD's, whichever is higher
+        rated = [f for f in g if f.severity is not Severity.UNKNOWN]
+        rated = [f for f in rated if f.severity_source != "nvd"] or rated
+        top = max(rated, key=lambda f: (f.severity.rank, f.cvss_score or 0.0), default=None)
+        severity = top.severity if top else Severity.UNKNOWN
         fixes = [f.fixed_version for f in g if f.fixed_version]
         base = next((f for f in g if f.id == primary), g[0])
-        scores = [f.cvss_score for f in g if f.cvss_score is not None]
         out.append(VulnFinding(
             id=primary, package=base.package, severity=severity,
             fixed_version=base.fixed_version or (fixes[0] if fixes else ""),
             aliases=tuple(sorted(ids - {primary})), summary=next(
                 (f.summary for f in g if f.summary), ""),
             source=",".join(sorted({f.source for f in g})),
-            cvss_score=max(scores) if scores else None,
+            cvss_score=top.cvss_score if top else None,
+            severity_source=top.severity_source if top else "",
         ))
     return sorted(out, key=lambda f: (-f.severity.rank, f.id))

@@ -57,3 +57,11 @@ def package_key(ecosystem: str, name: str, namespace: str = "") -> str:
     if ecosystem == "maven" and namespace:
         return f"{namespace}:{name}"
     return name
+
+
+NVD_PREFIX = "nvd:"
+
+
+def nvd_id(cve: str) -> str:
+    """The advisory id NVD's record of ``cve`` is stored under (severity only)."""
+    return NVD_PREFIX + cve

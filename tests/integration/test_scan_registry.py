@@ -105,6 +105,14 @@ def test_registry_listing_queues_every_tag(registry: str, pushed: dict[str, str]
     assert moray(["--db", str(db), "scan", "enqueue-registry", registry, "--insecure-registry",
                   "--repository", "team/app"]) == 0
     assert "queued 1 images" in capsys.readouterr().out
+    # no vulnerability data yet: the job fails rather than record a verdict on nothing
+    assert moray(["--db", str(db), "scan", "worker", "--once", "--insecure-registry"]) == 0
+    assert "done 0, failed 1" in capsys.readouterr().out
+    store = ScanStore(db)
+    import_path(ADVISORIES, store)
+    store.close()
+    assert moray(["--db", str(db), "scan", "enqueue-registry", registry, "--insecure-registry",
+                  "--repository", "team/app"]) == 0
     assert moray(["--db", str(db), "scan", "worker", "--once", "--insecure-registry"]) == 0
     assert "done 1, failed 0" in capsys.readouterr().out
 

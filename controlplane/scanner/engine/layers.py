@@ -87,6 +87,27 @@ class Entry:
             return None
         return self._head + self._fileobj.read(self.size - len(self._head))
 
+    def chunks(self, n: int) -> Iterator[bytes]:
+        """The file's content in pieces of at most ``n`` bytes, in order: by positioned
+        reads when the layer allows them (the stream is left alone), else from the stream
+        (then ``read`` returns nothing more)."""
+        if self._pread is not None:
+            for offset in range(0, self.size, n):
+                yield self.read_at(offset, n)
+            return
+        if self._fileobj is None:
+            return
+        left = self.size - len(self._head)
+        if self._head:
+            yield self._head
+            self._head = b""
+        while left > 0:
+            data = self._fileobj.read(min(n, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
+
     def peek(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer for a shorter file); ``read`` still returns all."""
         if self._fileobj is not None and len(self._head) < min(n, self.size):
@@ -264,15 +285,22 @@ class _Prepended:
 _CORRUPT = (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error)
 
 
+def _unsafe(message: str, rule: str, layer: str, path: str) -> UnsafeEntryError:
+    err = UnsafeEntryError(message, layer=layer, path=path)
+    err.rule = rule
+    return err
+
+
 def normalise(name: str, layer: str) -> str:
-    """The entry's path relative to the root; raises UnsafeEntryError on escape."""
-    if name.startswith("/"):
-        raise UnsafeEntryError("absolute path in layer", layer=layer, path=name)
+    """The entry's path relative to the root ("" for the root itself, which umoci and
+    skopeo write as "/"); raises UnsafeEntryError on escape."""
+    if name.startswith("/") and name.strip("/"):
+        raise _unsafe("absolute path in layer", "absolute-path", layer, name)
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeEntryError("path traversal ('..') in layer", layer=layer, path=name)
+        raise _unsafe("path traversal ('..') in layer", "path-traversal", layer, name)
     if "\x00" in name:
-        raise UnsafeEntryError("NUL in path", layer=layer, path=name)
+        raise _unsafe("NUL in path", "nul-in-path", layer, name)
     return "/".join(parts)
 
 
@@ -415,8 +443,13 @@ def iter_layer(
     layer: str,
     limits: Limits,
     on_warning: Callable[[str, str], None],
+    on_unsafe: Callable[[str, str, str], None] | None = None,
 ) -> Iterator[Entry]:
-    """Yield the entries of one layer blob (gzip, zstd or plain tar), in tar order."""
+    """Yield the entries of one layer blob (gzip, zstd or plain tar), in tar order.
+    ``on_warning(reason, path)``: an entry skipped; ``on_unsafe(rule, reason, path)``: a
+    hostile entry refused (traversal, absolute path, escaping link, device), reported as
+    a warning when not given."""
+    unsafe = on_unsafe or (lambda rule, reason, path: on_warning(reason, path))
     counter = _Counter(blob)
     head = counter.read(4)
     stream = _decompressor(_Prepended(head, counter), head, layer)  # type: ignore[arg-type]
@@ -429,7 +462,7 @@ def iter_layer(
             entries += 1
             if entries > limits.max_entries:
                 raise LimitExceededError(f"more than {limits.max_entries} entries", layer=layer)
-            entry = _entry(reader, member, layer, limits, on_warning)
+            entry = _entry(reader, member, layer, limits, on_warning, unsafe)
             if entry is not None and pread is not None and entry.kind is EntryKind.FILE:
                 entry._pread, entry._offset = pread, member.offset
             if entry is not None:
@@ -449,6 +482,7 @@ def _entry(
     layer: str,
     limits: Limits,
     on_warning: Callable[[str, str], None],
+    on_unsafe: Callable[[str, str, str], None],
 ) -> Entry | None:
     if len(member.name) > limits.max_path_len:
         on_warning("path too long, skipped", member.name[:200])
@@ -456,7 +490,7 @@ def _entry(
     try:
         path = normalise(member.name, layer)
     except UnsafeEntryError as err:
-        on_warning(f"refused: {err.message}", member.name)
+        on_unsafe(err.rule, f"refused: {err.message}", member.name)
         return None
     if not path:
         return None
@@ -470,18 +504,23 @@ def _entry(
         return Entry(path, EntryKind.DIR, 0, member.mode)
     if typ == b"2":
         if link_escapes(path, member.linkname):
-            on_warning(f"refused: symlink escapes the image root -> {member.linkname}", path)
+            on_unsafe("symlink-escape",
+                      f"refused: symlink escapes the image root -> {member.linkname}", path)
             return None
         return Entry(path, EntryKind.SYMLINK, 0, member.mode, member.linkname)
     if typ == b"1":
         try:
             target = normalise(member.linkname, layer)
         except UnsafeEntryError as err:
-            on_warning(f"refused: hard link {err.message} -> {member.linkname}", path)
+            on_unsafe("hardlink-escape", f"refused: hard link {err.message} -> "
+                      f"{member.linkname}", path)
             return None
         return Entry(path, EntryKind.HARDLINK, 0, member.mode, target)
-    if typ in (b"3", b"4", b"6"):
-        on_warning("refused: device file or FIFO in layer", path)
+    if typ in (b"3", b"4"):
+        on_unsafe("device-file", "refused: device file in layer", path)
+        return None
+    if typ == b"6":
+        on_unsafe("fifo", "refused: FIFO in layer", path)
         return None
     if typ not in _REGULAR or member.sparse:
         on_warning(f"skipped: unsupported tar entry type {typ!r}"

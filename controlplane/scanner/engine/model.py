@@ -65,6 +65,7 @@ class FindingKind(enum.StrEnum):
     SECRET = "secret"
     MALWARE = "malware"
     CONFIG = "config"
+    LAYER_ENTRY = "layer-entry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,8 @@ class Package:
     source_version: str = ""
     arch: str = ""
     namespace: str = ""  # maven group id
+    # as declared while a layer is analysed (and cached); SPDX expressions in a ScanResult
+    # (engine.licenses.normalise)
     licenses: tuple[str, ...] = ()
     distro: str = ""  # "debian-12", set on OS packages once the image's OS is known
 
@@ -134,6 +137,7 @@ class VulnFinding:
     summary: str = ""
     source: str = ""  # "osv", "debian-tracker", "alpine-secdb"
     cvss_score: float | None = None
+    severity_source: str = ""  # who rated it: the vendor's source(s), or "nvd"; "" unrated
 
     @property
     def fixable(self) -> bool:
@@ -170,6 +174,38 @@ class ConfigFinding:
     detail: str = ""
 
 
+# Hostile layer entries (refused, never used): rule -> (severity, title). An entry that
+# only a crafted image holds and that attacks whoever extracts it (a runtime, a CI step
+# running `tar x`) is high; an absolute path (some old tools wrote them) is medium; a
+# FIFO is harmless to an extractor but has no place in an image: low.
+UNSAFE_ENTRY_RULES: dict[str, tuple[Severity, str]] = {
+    "path-traversal": (Severity.HIGH, "path traversal ('..') in a layer entry"),
+    "nul-in-path": (Severity.HIGH, "NUL byte in a layer entry's path"),
+    "symlink-escape": (Severity.HIGH, "symlink pointing outside the image root"),
+    "hardlink-escape": (Severity.HIGH, "hard link to a path outside the image root"),
+    "hardlink-dangling": (Severity.MEDIUM, "hard link to a path not earlier in its layer"),
+    "device-file": (Severity.HIGH, "character or block device in a layer"),
+    "absolute-path": (Severity.MEDIUM, "absolute path in a layer entry"),
+    "fifo": (Severity.LOW, "FIFO in a layer"),
+    "unsafe-entry": (Severity.HIGH, "unsafe layer entry"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFinding:
+    """A hostile layer entry the scanner refused (docs/scanner.md "How layers are read")."""
+
+    rule: str  # a key of UNSAFE_ENTRY_RULES
+    severity: Severity
+    path: str  # as written in the tar header (may be absolute, hold "..")
+    layer: str
+    detail: str = ""  # the refusal, with the link target where there is one
+
+    @property
+    def title(self) -> str:
+        return UNSAFE_ENTRY_RULES.get(self.rule, UNSAFE_ENTRY_RULES["unsafe-entry"])[1]
+
+
 @dataclass(frozen=True, slots=True)
 class ScanWarning:
     """Something the scanner refused or skipped (unsafe entry, oversized file)."""
@@ -191,6 +227,10 @@ class LayerResult:
     secrets: list[SecretFinding] = field(default_factory=list)
     malware: list[MalwareFinding] = field(default_factory=list)
     warnings: list[ScanWarning] = field(default_factory=list)
+    unsafe_entries: list[EntryFinding] = field(default_factory=list)
+    # declared licenses found outside package databases: path -> raw license names
+    # (Debian's usr/share/doc/<package>/copyright), applied to packages after merging
+    license_files: dict[str, list[str]] = field(default_factory=dict)
     os_release: OSRelease | None = None
     size: int = 0  # uncompressed bytes
 
@@ -222,4 +262,5 @@ class ScanResult:
     malware: list[MalwareFinding] = field(default_factory=list)
     config_findings: list[ConfigFinding] = field(default_factory=list)
     warnings: list[ScanWarning] = field(default_factory=list)
+    unsafe_entries: list[EntryFinding] = field(default_factory=list)
     repo_tags: tuple[str, ...] = ()

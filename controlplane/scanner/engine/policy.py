@@ -32,14 +32,22 @@ class AssurancePolicy:
     fixable_only: bool = False  # count only vulnerabilities that have a fix
     no_secrets: bool = False
     no_malware: bool = False
+    no_unsafe_entries: bool = False  # any refused hostile layer entry fails, whatever its level
     not_root: bool = False
     allowed_registries: tuple[str, ...] = ()  # glob patterns on the registry host
     required_labels: tuple[str, ...] = ()
     ignore: tuple[str, ...] = field(default=())  # vulnerability ids accepted as risk
+    # SPDX ids (fnmatch: "AGPL-*", "LicenseRef-*") no package may be bound by
+    forbidden_licenses: tuple[str, ...] = ()
+    # fail on packages with no license or one not on the SPDX list, of these ecosystems
+    # ("*" for all; OS packages of distroless images often carry no copyright file)
+    unknown_licenses: tuple[str, ...] = ()
+    license_exceptions: tuple[str, ...] = ()  # package names (fnmatch) exempt from both
 
 
-_KEYS = {"failOn", "fixableOnly", "noSecrets", "noMalware", "notRoot", "allowedRegistries",
-         "requiredLabels", "ignore"}
+_KEYS = {"failOn", "fixableOnly", "noSecrets", "noMalware", "noUnsafeEntries", "notRoot",
+         "allowedRegistries", "requiredLabels", "ignore", "licenses"}
+_LICENSE_KEYS = {"forbidden", "failOnUnknown", "exceptions"}
 
 
 def load_policy(path: Path) -> AssurancePolicy:
@@ -64,12 +72,28 @@ def policy_from_dict(doc: dict[str, Any], where: str = "") -> AssurancePolicy:
         fail_on = Severity.parse(str(spec["failOn"]))
         if fail_on is Severity.UNKNOWN and str(spec["failOn"]).lower() != "unknown":
             raise ScanPolicyError(f"spec.failOn: bad severity {spec['failOn']!r}", path=where)
+    licenses = spec.get("licenses") or {}
+    if not isinstance(licenses, dict) or set(licenses) - _LICENSE_KEYS:
+        raise ScanPolicyError("spec.licenses: a mapping of forbidden, failOnUnknown, "
+                              "exceptions", path=where)
+    unrecognised = licenses.get("failOnUnknown", False)
+    if unrecognised is True:
+        unrecognised = ["*"]
+    elif unrecognised is False or unrecognised is None:
+        unrecognised = []
+    if not isinstance(unrecognised, list) or not all(isinstance(u, str) for u in unrecognised):
+        raise ScanPolicyError("spec.licenses.failOnUnknown: true, false or a list of "
+                              "ecosystems (deb, apk, rpm, pypi, npm, maven, ...)", path=where)
     return AssurancePolicy(
+        forbidden_licenses=tuple(str(x) for x in licenses.get("forbidden") or ()),
+        unknown_licenses=tuple(unrecognised),
+        license_exceptions=tuple(str(x) for x in licenses.get("exceptions") or ()),
         name=str((doc.get("metadata") or {}).get("name", "default")),
         fail_on=fail_on,
         fixable_only=bool(spec.get("fixableOnly", False)),
         no_secrets=bool(spec.get("noSecrets", False)),
         no_malware=bool(spec.get("noMalware", False)),
+        no_unsafe_entries=bool(spec.get("noUnsafeEntries", False)),
         not_root=bool(spec.get("notRoot", False)),
         allowed_registries=tuple(spec.get("allowedRegistries") or ()),
         required_labels=tuple(spec.get("requiredLabels") or ()),
@@ -104,6 +128,8 @@ def evaluate(result: ScanResult, policy: AssurancePolicy) -> tuple[bool, list[st
                   if m.severity.rank >= policy.fail_on.rank]
         other += [c.title for c in result.config_findings
                   if c.severity.rank >= policy.fail_on.rank]
+        other += [f"{e.title}: {e.path}" for e in result.unsafe_entries
+                  if e.severity.rank >= policy.fail_on.rank]
         if other:
             reasons.append(f"{len(other)} other findings at {policy.fail_on} or above (e.g. "
                            + ", ".join(sorted(set(other))[:5]) + ")")
@@ -112,6 +138,9 @@ def evaluate(result: ScanResult, policy: AssurancePolicy) -> tuple[bool, list[st
     if policy.no_malware and result.malware:
         reasons.append(f"{len(result.malware)} malware detections: "
                        + ", ".join(sorted({f"{m.rule} in /{m.path}" for m in result.malware})[:5]))
+    if policy.no_unsafe_entries and result.unsafe_entries:
+        reasons.append(f"{len(result.unsafe_entries)} hostile layer entries: " + ", ".join(
+            sorted({f"{e.rule} {e.path}" for e in result.unsafe_entries})[:5]))
     if policy.not_root and runs_as_root(result.config.user):
         reasons.append("image runs as root")
     if policy.allowed_registries:
@@ -122,7 +151,36 @@ def evaluate(result: ScanResult, policy: AssurancePolicy) -> tuple[bool, list[st
     for label in policy.required_labels:
         if label not in result.config.labels:
             reasons.append(f"required label {label!r} missing")
+    reasons.extend(license_reasons(result, policy))
     return (not reasons), reasons
+
+
+def license_reasons(result: ScanResult, policy: AssurancePolicy) -> list[str]:
+    if not policy.forbidden_licenses and not policy.unknown_licenses:
+        return []
+    from moray.controlplane.scanner.engine.licenses import forbidden_in, is_unknown
+
+    forbidden: list[str] = []
+    unknown: list[str] = []
+    for p in result.packages:
+        if any(fnmatch.fnmatch(p.name, x) for x in policy.license_exceptions):
+            continue
+        if policy.forbidden_licenses:
+            hits = forbidden_in(p.licenses, policy.forbidden_licenses)
+            if hits:
+                forbidden.append(f"{p.name} {p.version} ({' AND '.join(hits)})")
+        if policy.unknown_licenses and is_unknown(p.licenses) and (
+                "*" in policy.unknown_licenses or str(p.ecosystem) in policy.unknown_licenses):
+            unknown.append(f"{p.name} {p.version}"
+                           + (f" ({', '.join(p.licenses)})" if p.licenses else ""))
+    reasons = []
+    if forbidden:
+        reasons.append(f"{len(forbidden)} packages under forbidden licenses (e.g. "
+                       + ", ".join(sorted(set(forbidden))[:5]) + ")")
+    if unknown:
+        reasons.append(f"{len(unknown)} packages with no or an unknown license (e.g. "
+                       + ", ".join(sorted(set(unknown))[:5]) + ")")
+    return reasons
 
 
 def record_verdict(store: ScanStore, result: ScanResult, policy: AssurancePolicy) -> Verdict:

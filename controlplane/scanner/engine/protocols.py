@@ -7,7 +7,7 @@ fakes. Depends on the records (``model``) only, so any engine module can name th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from moray.controlplane.scanner.engine.model import (
@@ -30,6 +30,12 @@ class SecretScanner(Protocol):
 
 class MalwareScanner(Protocol):
     max_bytes: int
+    window: int  # files larger than this go to scan_chunks
+
+    def scan_chunks(self, path: str, chunks: Iterable[bytes], layer: str
+                    ) -> list[MalwareFinding]: ...
+
+    def wants(self, path: str, mode: int, head: bytes) -> bool: ...
 
     def scan_file(self, path: str, data: bytes, layer: str) -> list[MalwareFinding]: ...
 

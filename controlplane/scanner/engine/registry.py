@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import re
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -147,7 +148,8 @@ class RegistrySource:
                 raise RegistryError(f"HTTP {err.code} for {path}: {body.strip()[:300]}",
                                     source=self.name) from err
             except (TimeoutError, urllib.error.URLError, OSError) as err:
-                raise RegistryError(f"cannot reach registry: {err}", source=self.name) from err
+                raise RegistryError(f"cannot reach registry: {err}{_hint(err, url)}",
+                                    source=self.name) from err
         raise RegistryError("authentication failed", source=self.name)
 
     def _authenticate(self, challenge: str) -> None:
@@ -277,3 +279,13 @@ def list_images(registry: str, *, insecure: bool = False, username: str | None =
         images.extend(f"{registry}/{repo}:{tag}"
                       for tag in _paged(src, f"/v2/{repo}/tags/list?n=1000", "tags"))
     return images
+
+
+def _hint(err: BaseException, url: str) -> str:
+    """What to try when HTTPS met a plain-HTTP registry (the TLS handshake reads an HTTP
+    answer: "wrong version number", "record layer failure")."""
+    reason = getattr(err, "reason", err)
+    if url.startswith("https://") and isinstance(reason, ssl.SSLError):
+        return ("; if this registry speaks plain HTTP, scan with --insecure-registry "
+                "(allowed only for a loopback registry)")
+    return ""

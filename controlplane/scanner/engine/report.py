@@ -1,4 +1,5 @@
-"""Report formats: human table, JSON, SARIF 2.1.0, CycloneDX 1.6 (cyclonedx-python-lib).
+"""Report formats: human table, JSON, SARIF 2.1.0, CycloneDX 1.6 (cyclonedx-python-lib),
+SPDX 2.3 JSON.
 
 Secrets appear only masked in every format (the records never hold the raw value).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from moray.controlplane.scanner.engine.model import ScanResult, Severity
 from moray.controlplane.scanner.engine.serialize import to_jsonable
@@ -38,6 +40,7 @@ def to_json(result: ScanResult, verdict: tuple[bool, list[str]] | None = None) -
         "secrets": to_jsonable(result.secrets),
         "malware": to_jsonable(result.malware),
         "config_findings": to_jsonable(result.config_findings),
+        "unsafe_entries": [{**to_jsonable(e), "title": e.title} for e in result.unsafe_entries],
         "warnings": to_jsonable(result.warnings),
     }
     if verdict is not None:
@@ -49,8 +52,11 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     if not rows:
         return ""
     widths = [min(max(len(h), *(len(r[i]) for r in rows)), 60) for i, h in enumerate(headers)]
+    def cut(cell: str, width: int) -> str:  # a cut cell ends with an ellipsis
+        return cell if len(cell) <= width else cell[:width - 1] + "\u2026"
+
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c[:w].ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        return "  ".join(cut(c, w).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
     return "\n".join([fmt(headers), fmt(["-" * w for w in widths]), *map(fmt, rows)])
 
 
@@ -81,9 +87,19 @@ def to_table(result: ScanResult, verdict: tuple[bool, list[str]] | None = None) 
     crows = [[c.rule, str(c.severity).upper(), c.title, c.detail] for c in result.config_findings]
     if crows:
         out += ["Configuration:", _table(["RULE", "SEVERITY", "TITLE", "DETAIL"], crows), ""]
+    erows = [[e.rule, str(e.severity).upper(), e.path, e.detail.removeprefix("refused: "),
+              e.layer[7:19]] for e in result.unsafe_entries]
+    if erows:
+        out += ["Hostile layer entries (refused):",
+                _table(["RULE", "SEVERITY", "PATH", "DETAIL", "LAYER"], erows), ""]
+    if result.packages:
+        per_license, unknown = license_summary(result)
+        shown = ", ".join(f"{e} {n}" for e, n in list(per_license.items())[:8])
+        more = f", {len(per_license) - 8} more" if len(per_license) > 8 else ""
+        out += [f"Licenses: {shown or '-'}{more}; no or unknown license: {unknown} packages "
+                "(per package: --format json, cyclonedx, spdx-json)", ""]
     if result.warnings:
-        out += [f"{len(result.warnings)} layer entries refused or skipped (see --format json)",
-                ""]
+        out += [f"{len(result.warnings)} layer entries skipped (see --format json)", ""]
     if verdict is not None:
         out.append("VERDICT: " + ("PASS" if verdict[0] else "FAIL"))
         out += [f"  - {r}" for r in verdict[1]]
@@ -95,14 +111,18 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
 
     def add(rule_id: str, title: str, sev: Severity, message: str, uri: str, *, line: int = 1,
-            help_uri: str = "") -> None:
+            help_uri: str = "", score: float | None = None) -> None:
         if rule_id not in rules:
             rules[rule_id] = {
                 "id": rule_id, "name": rule_id.replace("-", "_"),
                 "shortDescription": {"text": title[:200] or rule_id},
                 "fullDescription": {"text": title or rule_id},
                 "defaultConfiguration": {"level": _SARIF_LEVEL[sev]},
-                "properties": {"security-severity": _SARIF_SCORE[sev], "tags": ["security"]},
+                # GitHub code scanning reads the CVSS score here; the label's midpoint
+                # only when no source gives a score
+                "properties": {"security-severity": (f"{score:.1f}" if score is not None
+                                                     else _SARIF_SCORE[sev]),
+                               "tags": ["security"]},
             }
             if help_uri:
                 rules[rule_id]["helpUri"] = help_uri
@@ -118,7 +138,8 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
         add(v.id, v.summary or v.id, v.severity,
             f"{v.package.name} {v.package.version} is affected by {v.id} ({v.severity})"
             + (f"; fixed in {v.fixed_version}" if v.fixed_version else "; no fix yet"),
-            v.package.path, help_uri=f"https://osv.dev/vulnerability/{v.id}")
+            v.package.path, help_uri=f"https://osv.dev/vulnerability/{v.id}",
+            score=v.cvss_score)
     for s in result.secrets:
         add(f"secret/{s.rule}", s.title, s.severity,
             f"{s.title}: {s.masked}" + (" (deleted in a later layer, still in the image)"
@@ -128,6 +149,10 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
             f"malware {m.rule} (sha256 {m.sha256})", m.path)
     for c in result.config_findings:
         add(f"config/{c.rule}", c.title, c.severity, f"{c.title}: {c.detail}", "Dockerfile")
+    for e in result.unsafe_entries:
+        add(f"layer/{e.rule}", e.title, e.severity,
+            f"{e.title}: {e.path!r} in layer {e.layer} ({e.detail})",
+            quote(e.path.lstrip("/"), safe="/") or "layer")
     return {
         "$schema": SARIF_SCHEMA, "version": "2.1.0",
         "runs": [{
@@ -165,7 +190,8 @@ def to_cyclonedx(result: ScanResult) -> str:
         comp = Component(name=p.name, version=p.version, group=p.namespace or None,
                          type=ComponentType.LIBRARY if p.ecosystem not in ("deb", "apk", "rpm")
                          else ComponentType.APPLICATION,
-                         purl=PackageURL.from_string(purl), bom_ref=purl)
+                         purl=PackageURL.from_string(purl), bom_ref=purl,
+                         licenses=_cdx_licenses(p.licenses))
         refs[purl] = comp
         bom.components.add(comp)
     bom.register_dependency(root, list(refs.values()))
@@ -183,6 +209,34 @@ def to_cyclonedx(result: ScanResult) -> str:
     return str(JsonV1Dot6(bom).output_as_string(indent=2))
 
 
+def _cdx_licenses(expressions: tuple[str, ...]) -> list[Any]:
+    """CycloneDX allows a list of licenses (an SPDX id or a name each) or one expression:
+    single ids stay a list, anything compound is joined into one expression."""
+    if not expressions:
+        return []
+    from cyclonedx.contrib.license.factories import LicenseFactory
+    from cyclonedx.model.license import DisjunctiveLicense, LicenseExpression
+
+    made = [LicenseFactory().make_from_string(e) for e in expressions]
+    if all(isinstance(m, DisjunctiveLicense) for m in made):
+        return made
+    return [LicenseExpression(" AND ".join(
+        f"({e})" if " " in e and len(expressions) > 1 else e for e in expressions))]
+
+
+def license_summary(result: ScanResult) -> tuple[dict[str, int], int]:
+    """(packages per license expression, packages with no or an unknown license)."""
+    from moray.controlplane.scanner.engine.licenses import is_unknown
+
+    counts: dict[str, int] = {}
+    unknown = 0
+    for p in result.packages:
+        for e in p.licenses:
+            counts[e] = counts.get(e, 0) + 1
+        unknown += is_unknown(p.licenses)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), unknown
+
+
 def render(result: ScanResult, fmt: str, verdict: tuple[bool, list[str]] | None = None) -> str:
     if fmt == "table":
         return to_table(result, verdict)
@@ -192,4 +246,8 @@ def render(result: ScanResult, fmt: str, verdict: tuple[bool, list[str]] | None 
         return json.dumps(to_sarif(result), indent=2) + "\n"
     if fmt == "cyclonedx":
         return to_cyclonedx(result) + "\n"
+    if fmt == "spdx-json":
+        from moray.controlplane.scanner.engine.spdx import to_spdx
+
+        return json.dumps(to_spdx(result), indent=2) + "\n"
     raise ValueError(f"unknown format {fmt!r}")

@@ -17,13 +17,16 @@ import posixpath
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import IO
+from typing import IO, TypeVar
 
 from moray.controlplane.scanner.engine.analyzers import Analyzer, FileAnalyzer, registry
+from moray.controlplane.scanner.engine.analyzers.ospkg import DEB_COPYRIGHT, copyright_licenses
 from moray.controlplane.scanner.engine.config import config_findings, image_config
 from moray.controlplane.scanner.engine.layers import Entry, EntryKind, Limits, iter_layer
 from moray.controlplane.scanner.engine.model import (
+    UNSAFE_ENTRY_RULES,
     Ecosystem,
+    EntryFinding,
     LayerResult,
     MalwareFinding,
     OSRelease,
@@ -43,11 +46,12 @@ from moray.controlplane.scanner.errors import ScanError
 
 log = logging.getLogger(__name__)
 
-ANALYZER_VERSION = "2"  # bump when analyzers change, so cached layer results are redone
+ANALYZER_VERSION = "3"  # bump when analyzers change, so cached layer results are redone
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release", "etc/alpine-release",
                     "etc/debian_version")
 OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
 BINARY_PROBE = 8192  # a file with a NUL in this many leading bytes is binary
+MAGIC_BYTES = 4  # what the malware scanner looks at to tell an executable
 
 
 @dataclass
@@ -58,7 +62,10 @@ class ScanOptions:
     malware: MalwareScanner | None = None
     cache: LayerCache | None = None
     matcher: VulnMatcher | None = None
-    # called with (bytes done, bytes total, layer digest) as layer blobs are read
+    # called with (bytes done, bytes total, layer digest) as layer blobs are read; if it
+    # also has start(layers, cached, total, scanners) and stage(name) (the CLI's
+    # progress.TerminalProgress), those are called when the layers are known and as the
+    # scan moves past them
     progress: Callable[[int, int, str], None] | None = None
     # processes reading layers at once (None: one per available CPU; 1: no worker
     # processes), counting only layers of at least parallel_min_layer bytes
@@ -93,25 +100,48 @@ def parse_os_release(data: bytes, path: str = "etc/os-release") -> OSRelease | N
     return OSRelease(fields["ID"], version, fields.get("VERSION_CODENAME", ""))
 
 
+class _Refusals:
+    """Where a layer's skipped entries (warnings) and hostile ones (findings) go."""
+
+    def __init__(self, result: LayerResult) -> None:
+        self.result = result
+
+    def warn(self, reason: str, path: str) -> None:
+        log.warning("layer entry skipped", extra={"layer": self.result.digest, "path": path,
+                                                  "reason": reason})
+        self.result.warnings.append(ScanWarning(reason, self.result.digest, path))
+
+    def unsafe(self, rule: str, reason: str, path: str) -> None:
+        log.warning("hostile layer entry refused", extra={
+            "layer": self.result.digest, "path": path, "reason": reason})
+        severity = UNSAFE_ENTRY_RULES.get(rule, UNSAFE_ENTRY_RULES["unsafe-entry"])[0]
+        self.result.unsafe_entries.append(
+            EntryFinding(rule, severity, path, self.result.digest, reason))
+
+
 def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerResult:
     """Stream one layer blob and collect everything it determines."""
     result = LayerResult(digest=layer.digest)
-
-    def warn(reason: str, path: str) -> None:
-        log.warning("layer entry skipped", extra={"layer": layer.digest, "path": path,
-                                                  "reason": reason})
-        result.warnings.append(ScanWarning(reason, layer.digest, path))
+    refusals = _Refusals(result)
+    warn, unsafe = refusals.warn, refusals.unsafe
 
     limits = options.limits
     secret_max = options.secrets.max_bytes if options.secrets else -1
-    malware_max = options.malware.max_bytes if options.malware else -1
+    mscan = options.malware
+    malware_max = mscan.max_bytes if mscan else -1
     by_file = {id(a): a for a in options.analyzers if isinstance(a, FileAnalyzer)}
-    for entry in iter_layer(blob, layer.digest, limits, warn):  # type: ignore[arg-type]
+    for entry in iter_layer(blob, layer.digest, limits, warn, unsafe):  # type: ignore[arg-type]
         if entry.kind is EntryKind.WHITEOUT:
             result.whiteouts.append(entry.path)
             continue
         if entry.kind is EntryKind.OPAQUE:
             result.opaque_dirs.append(entry.path)
+            continue
+        if entry.kind is EntryKind.HARDLINK and entry.linkname not in result.present:
+            # a valid tar names an earlier member; anything else would link to whatever
+            # the extractor finds there (a lower layer's file, the host's if it escapes)
+            unsafe("hardlink-dangling", f"refused: hard link to {entry.linkname}, not an "
+                   "earlier entry of this layer", entry.path)
             continue
         result.present.add(entry.path)
         if entry.kind is EntryKind.HARDLINK and entry.linkname in result.files:
@@ -121,18 +151,21 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
             continue
         result.size += entry.size
         wanted = [a for a in options.analyzers if a.wants(entry.path, entry.mode, entry.size)]
-        is_os_release = entry.path in OS_RELEASE_PATHS
+        is_metadata = entry.path in OS_RELEASE_PATHS or _is_copyright(entry.path)
         if options.secrets and entry.size > secret_max and options.secrets.wants(entry.path) \
                 and b"\x00" not in entry.peek(BINARY_PROBE):
             warn(f"text file larger than {secret_max} bytes not scanned for secrets", entry.path)
-        if not wanted and not is_os_release and entry.size > max(secret_max, malware_max):
+        malware = mscan is not None and entry.size <= malware_max and \
+            mscan.wants(entry.path, entry.mode, entry.peek(MAGIC_BYTES)) and \
+            not _malware_in_pieces(result, mscan, entry, bool(wanted))
+        if not wanted and not is_metadata and not malware and entry.size > secret_max:
             continue
         if entry.size > limits.max_file_bytes:
             if wanted:
                 warn(f"file larger than {limits.max_file_bytes} bytes not analysed", entry.path)
             continue
-        needs_data = is_os_release or (options.secrets is not None and entry.size <= secret_max) \
-            or (options.malware is not None and entry.size <= malware_max)
+        needs_data = malware or is_metadata or (
+            options.secrets is not None and entry.size <= secret_max)
         binary = [by_file[id(a)] for a in wanted if id(a) in by_file]
         if not needs_data and binary and len(binary) == len(wanted) \
                 and _binary_only(result, warn, binary, entry, layer.digest):
@@ -140,19 +173,43 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         data = entry.read(limits.max_file_bytes)
         if data is None:
             continue
-        if is_os_release:
-            found = parse_os_release(data, entry.path)
-            # os-release wins over the one-line files, whichever comes first in the tar
-            if found and (result.os_release is None or entry.path in OS_RELEASE_PATHS[:2]):
-                result.os_release = found
+        if is_metadata:
+            _metadata_file(result, entry.path, data)
         for analyzer in wanted:
             _analyze(result, warn, analyzer, entry.path, layer.digest,
                      functools.partial(analyzer.analyze, entry.path, data, layer.digest))
         if options.secrets and entry.size <= secret_max:
             result.secrets.extend(options.secrets.scan_file(entry.path, data, layer.digest))
-        if options.malware and entry.size <= malware_max:
-            result.malware.extend(options.malware.scan_file(entry.path, data, layer.digest))
+        if malware and mscan is not None:
+            result.malware.extend(mscan.scan_file(entry.path, data, layer.digest))
     return result
+
+
+def _malware_in_pieces(result: LayerResult, mscan: MalwareScanner | None, entry: Entry,
+                       wanted: bool) -> bool:
+    """A file over the malware window is hashed and matched piece by piece (never held
+    whole) when nothing else needs it whole: always in an uncompressed layer (positioned
+    reads), in a compressed one when no analyzer wants it. True when that was done."""
+    if mscan is None or entry.size <= mscan.window or (wanted and not entry.random_access):
+        return False
+    result.malware.extend(mscan.scan_chunks(entry.path, entry.chunks(mscan.window),
+                                            result.digest))
+    return True
+
+
+def _is_copyright(path: str) -> bool:
+    return path.startswith("usr/share/doc/") and DEB_COPYRIGHT.match(path) is not None
+
+
+def _metadata_file(result: LayerResult, path: str, data: bytes) -> None:
+    """os-release and its one-line cousins, Debian copyright files."""
+    if _is_copyright(path):
+        result.license_files[path] = copyright_licenses(data)
+        return
+    found = parse_os_release(data, path)
+    # os-release wins over the one-line files, whichever comes first in the tar
+    if found and (result.os_release is None or path in OS_RELEASE_PATHS[:2]):
+        result.os_release = found
 
 
 def _analyze(result: LayerResult, warn: Callable[[str, str], None], analyzer: Analyzer,
@@ -193,6 +250,47 @@ def _removed_by(path: str, later: LayerResult) -> bool:
     return any(_under(path, d) and path != d for d in later.opaque_dirs)
 
 
+_V = TypeVar("_V")
+
+
+def _apply(files: dict[str, _V], layer: LayerResult, new: dict[str, _V]) -> None:
+    """One layer over the files of those below: its deletions, then its own files."""
+    for d in layer.opaque_dirs:
+        for p in [p for p in files if _under(p, d) and p != d]:
+            del files[p]
+    for w in layer.whiteouts:
+        for p in [p for p in files if _under(p, w)]:
+            del files[p]
+    for p in layer.present:
+        files.pop(p, None)
+    files.update(new)
+
+
+def merge_license_files(layers: Sequence[LayerResult]) -> dict[str, list[str]]:
+    """The license files (Debian copyright) of the final filesystem."""
+    found: dict[str, list[str]] = {}
+    for layer in layers:
+        _apply(found, layer, layer.license_files)
+    return found
+
+
+def attach_licenses(packages: list[Package], license_files: dict[str, list[str]]
+                    ) -> list[Package]:
+    """Debian packages get their copyright file's licenses; every package's declared
+    licenses become SPDX expressions."""
+    from moray.controlplane.scanner.engine.licenses import normalise_all
+
+    out = []
+    for p in packages:
+        declared = p.licenses
+        if p.ecosystem is Ecosystem.DEB and not declared:
+            declared = tuple(license_files.get(f"usr/share/doc/{p.name.split(':')[0]}/copyright")
+                             or license_files.get(f"usr/share/doc/{p.source_name}/copyright")
+                             or ())
+        out.append(replace(p, licenses=normalise_all(declared)) if declared else p)
+    return out
+
+
 def merge_layers(layers: Sequence[LayerResult]) -> tuple[
     list[Package], list[SecretFinding], list[MalwareFinding], OSRelease | None
 ]:
@@ -200,15 +298,7 @@ def merge_layers(layers: Sequence[LayerResult]) -> tuple[
     files: dict[str, list[Package]] = {}
     os_release: OSRelease | None = None
     for layer in layers:
-        for d in layer.opaque_dirs:
-            for p in [p for p in files if _under(p, d) and p != d]:
-                del files[p]
-        for w in layer.whiteouts:
-            for p in [p for p in files if _under(p, w)]:
-                del files[p]
-        for p in layer.present:
-            files.pop(p, None)
-        files.update(layer.files)
+        _apply(files, layer, layer.files)
         os_release = layer.os_release or os_release
     packages = [pkg for path in sorted(files) for pkg in files[path]]
     secrets: list[SecretFinding] = []
@@ -307,6 +397,7 @@ def _scan_sequential(source: ImageSource, layers: Sequence[LayerRef], options: S
     for layer in layers:
         progress = None
         if options.progress is not None:
+            options.progress(min(done, total), total, layer.digest)
             progress = functools.partial(_layer_progress, options.progress, done, total,
                                          layer.digest)
         yield layer, _scan_layer(source, layer, options, progress)
@@ -354,6 +445,8 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
             done += layer.size
         elif layer.digest not in found:
             pending.append(layer)
+    _notify(options, "start", len(resolved.layers), len(resolved.layers) - len(pending), total,
+            _scanners(options))
     workers = _workers(source, pending, options)
     if workers > 1:
         scanned = _scan_parallel(source, pending, options, workers)
@@ -364,17 +457,18 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
         done += layer.size
         if options.cache:
             options.cache.put_layer(result, version)
-        if options.progress is not None and workers > 1:
+        if options.progress is not None:
             options.progress(min(done, total), total, layer.digest)
     results = [found[layer.digest] for layer in resolved.layers]
     if options.progress:
         options.progress(total, total, "")
+    _notify(options, "stage", "merging layers")
     packages, secrets, malware, os_release = merge_layers(results)
     distro = f"{os_release.id}-{os_release.version_id}" if os_release else ""
     packages = [
         replace(p, path=posixpath.join("/", p.path),
                 distro=distro if p.ecosystem in OS_ECOSYSTEMS else "")
-        for p in packages
+        for p in attach_licenses(packages, merge_license_files(results))
     ]
     cfg = image_config(resolved.config)
     scan = ScanResult(
@@ -388,9 +482,27 @@ def scan_image(source: ImageSource, options: ScanOptions | None = None,
         secrets=secrets,
         malware=malware,
         warnings=[w for r in results for w in r.warnings],
+        unsafe_entries=[e for r in results for e in r.unsafe_entries],
         repo_tags=resolved.repo_tags,
     )
     scan.config_findings = config_findings(cfg, options.secrets)
     if options.matcher is not None:
+        _notify(options, "stage", f"matching {len(packages)} packages against vulnerabilities")
         scan.vulnerabilities = options.matcher.match(packages, os_release)
     return scan
+
+
+def _scanners(options: ScanOptions) -> list[str]:
+    names = ["packages"]
+    if options.secrets:
+        names.append("secrets")
+    if options.malware:
+        names.append("malware")
+    return names
+
+
+def _notify(options: ScanOptions, event: str, *args: object) -> None:
+    """Call progress.start/stage when the progress object has them."""
+    method = getattr(options.progress, event, None)
+    if callable(method):
+        method(*args)

@@ -169,6 +169,10 @@ ALLOW_RULES: tuple[AllowRule, ...] = (
               path=re.compile(_PKG_TREE + r"(?:tests?|testing|__tests__|spec|fixtures|testdata)/")),
     AllowRule("package-docs", "documentation and examples inside installed language packages",
               path=re.compile(_PKG_TREE + r"(?:(?:docs?|man|examples?)/|[^/]+\.(?:md|rst)$)")),
+    AllowRule("rfc-examples", "example tokens of the OAuth 2.0 RFC 6749 (access, refresh "
+              "token, code, client secret), quoted by oauthlib and other OAuth libraries",
+              regex=re.compile(r"2YotnFZFEjr1zCsicMWpAA|tGzv3JOkF0XG5Qx2TlKWIA"
+                               r"|SplxlOBeZQQYbYS6WxSbIA|7Fjfp0ZBr1KtDRbnfVdmIw")),
     AllowRule("placeholders", "well-known example values (user:pass@, scott:tiger, XXXX, "
               "${VAR}, <password>)",
               regex=re.compile(r"(?i)^(?:pass(?:word|wd)?|pwd|tiger|changeme|x{3,}|\*{3,}"

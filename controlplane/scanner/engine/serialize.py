@@ -7,6 +7,7 @@ from typing import Any
 
 from moray.controlplane.scanner.engine.model import (
     Ecosystem,
+    EntryFinding,
     LayerResult,
     MalwareFinding,
     OSRelease,
@@ -56,6 +57,8 @@ def layer_to_json(layer: LayerResult) -> dict[str, Any]:
         "secrets": [to_jsonable(s) for s in layer.secrets],
         "malware": [to_jsonable(m) for m in layer.malware],
         "warnings": [to_jsonable(w) for w in layer.warnings],
+        "unsafe_entries": [to_jsonable(e) for e in layer.unsafe_entries],
+        "license_files": layer.license_files,
         "os_release": to_jsonable(layer.os_release) if layer.os_release else None,
         "size": layer.size,
     }
@@ -79,6 +82,9 @@ def layer_from_json(d: dict[str, Any]) -> LayerResult:
         malware=[MalwareFinding(**{**m, "severity": Severity(m["severity"])})
                  for m in d["malware"]],
         warnings=[ScanWarning(**w) for w in d["warnings"]],
+        unsafe_entries=[EntryFinding(**{**e, "severity": Severity(e["severity"])})
+                        for e in d.get("unsafe_entries", ())],
+        license_files={p: list(v) for p, v in d.get("license_files", {}).items()},
         os_release=OSRelease(**d["os_release"]) if d.get("os_release") else None,
         size=int(d.get("size", 0)),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import hashlib
 import io
 import json
@@ -413,6 +414,14 @@ class ArchiveSource:
         check_digest(digest, self.name)
         name = self._docker_layers.get(digest) or "blobs/" + digest.replace(":", "/")
         member = self._member(name)
+        if digest in self._docker_layers:
+            compressed = self._decompressed(member)
+            if compressed is not None:
+                # a docker-save layout whose layer is compressed (containerd's image
+                # store, crane, an anonymous "<id>.tar.gz"): its digest is the diff_id,
+                # the hash of the uncompressed tar, so that is what is hashed and read
+                yield HashingReader(compressed, digest, self.name, self.max_blob)  # type: ignore[misc]
+                return
         if isinstance(self._tar.fileobj, io.BufferedReader) and not member.sparse:
             # an uncompressed archive: read the member's bytes straight from the file,
             # without tarfile's reader (one Python layer and one copy less per chunk)
@@ -425,6 +434,22 @@ class ArchiveSource:
         f = self._tar.extractfile(member)
         assert f is not None
         yield HashingReader(f, digest, self.name, self.max_blob)  # type: ignore[misc]
+
+
+    def _decompressed(self, member: tarfile.TarInfo) -> IO[bytes] | None:
+        """The member as an uncompressed stream if it is gzip or zstd, else None."""
+        f = self._tar.extractfile(member)
+        if f is None:
+            return None
+        head = f.read(4)
+        f.seek(0)
+        if head[:2] == b"\x1f\x8b":
+            return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
+        if head == b"\x28\xb5\x2f\xfd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().stream_reader(f)
+        return None
 
 
 class _Slice:

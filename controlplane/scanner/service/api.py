@@ -27,7 +27,12 @@ from pydantic import BaseModel, Field
 from moray.controlplane.scanner.engine.model import Ecosystem, OSRelease, Package
 from moray.controlplane.scanner.errors import ScanError
 from moray.controlplane.scanner.service import credentials
-from moray.controlplane.scanner.service.scheduler import check_image, check_policy, check_registry
+from moray.controlplane.scanner.service.scheduler import (
+    already_registered,
+    check_image,
+    check_policy,
+    check_registry,
+)
 from moray.controlplane.store.scanstore import ImageVuln, ScanStore
 from moray.controlplane.vulndb.importer import import_path
 from moray.controlplane.vulndb.matcher import Matcher
@@ -260,7 +265,8 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
         return {"generation": store.generation(), "vulnerabilities": [
             {"package": index[id(f.package)], "id": f.id, "severity": str(f.severity),
              "fixed_version": f.fixed_version, "aliases": list(f.aliases),
-             "summary": f.summary, "source": f.source, "cvss_score": f.cvss_score}
+             "summary": f.summary, "source": f.source, "cvss_score": f.cvss_score,
+             "severity_source": f.severity_source}
             for f in found]}
 
     @router.get(P + "/vulndb/status")
@@ -299,6 +305,10 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
         _checked(lambda: (check_registry(body.registry, body.insecure),
                           check_policy(body.policy),
                           credentials.check_reference(body.credentials)))
+        same = already_registered(store, body.registry, body.repositories)
+        if same is not None:
+            raise HTTPException(409, f"{body.registry} with these repositories is registered "
+                                f"already (id {same})")
         reg = store.add_registry(body.registry, repositories=body.repositories,
                                  credentials=body.credentials, insecure=body.insecure,
                                  interval_seconds=body.interval_seconds, policy=body.policy)
@@ -330,6 +340,9 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
                   who: Annotated[Any, dep("POST", P + "/scan-images")]) -> dict[str, Any]:
         _checked(lambda: (check_image(body.image, body.insecure), check_policy(body.policy),
                           credentials.check_reference(body.credentials)))
+        same = already_registered(store, image=body.image)
+        if same is not None:
+            raise HTTPException(409, f"{body.image} is registered already (id {same})")
         img = store.add_image(body.image, credentials=body.credentials, insecure=body.insecure,
                               interval_seconds=body.interval_seconds, policy=body.policy)
         changed(who, "scan_image.add", img.image, img.as_dict())

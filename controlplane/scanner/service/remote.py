@@ -63,7 +63,12 @@ class _Client:
 
     def generation(self) -> int:
         """The server's vulnerability data generation."""
-        return int(self._request("GET", "/api/v1/vulndb/status").json()["generation"])
+        return int(self.status()["generation"])
+
+    def status(self) -> dict[str, Any]:
+        """The server's ``moray vulndb status`` (advisories, last import, generation)."""
+        doc = self._request("GET", "/api/v1/vulndb/status").json()
+        return doc if isinstance(doc, dict) else {}
 
 
 
@@ -85,7 +90,8 @@ class RemoteMatcher(_Client):
                         severity=Severity.parse(v.get("severity")),
                         fixed_version=str(v.get("fixed_version", "")),
                         aliases=tuple(v.get("aliases") or ()), summary=str(v.get("summary", "")),
-                        source=str(v.get("source", "")), cvss_score=v.get("cvss_score"))
+                        source=str(v.get("source", "")), cvss_score=v.get("cvss_score"),
+                        severity_source=str(v.get("severity_source", "")))
             for v in doc.get("vulnerabilities", [])
         ]
 

@@ -23,7 +23,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
@@ -53,6 +53,19 @@ def check_registry(registry: str, insecure: bool) -> str:
     if insecure and not is_loopback(registry):
         raise ScanError("plain HTTP is allowed only for a loopback registry", source=registry)
     return registry
+
+
+def already_registered(store: Any, registry: str | None = None,
+                       repositories: list[str] | None = None,
+                       image: str | None = None) -> int | None:
+    """The id of a registration of the same registry and repositories (or the same
+    image), so adding it again is refused rather than scanned twice on every interval.
+    A check before the insert: two adds racing each other can still both land."""
+    if image is not None:
+        return next((i.id for i in store.images() if i.image == image), None)
+    wanted = sorted(set(repositories or []))
+    return next((r.id for r in store.registries()
+                 if r.registry == registry and sorted(r.repositories) == wanted), None)
 
 
 def check_image(image: str, insecure: bool) -> str:

@@ -71,6 +71,23 @@ def test_auth_is_required(server: tuple[TestClient, ScanStore]) -> None:
         HttpJobQueue("http://testserver", "bad", client=client).claim_scan("w")
 
 
+def test_scan_against_an_empty_server_store_fails(server: tuple[TestClient, ScanStore]
+                                                  ) -> None:
+    """moray-scan --server: the server's knowledge base is checked like a local one."""
+    import argparse
+
+    from moray.controlplane.scanner.cli import check_vulndb
+    from moray.controlplane.scanner.errors import VulnDataError
+
+    client, _ = server
+    status = RemoteMatcher("http://testserver", "good", client=client).status()
+    args = argparse.Namespace(allow_stale_vulndb=False, max_vulndb_age=7.0)
+    with pytest.raises(VulnDataError, match="vulnerability store of http://s is empty"):
+        check_vulndb(args, status, "of http://s")
+    check_vulndb(argparse.Namespace(allow_stale_vulndb=True, max_vulndb_age=7.0), status,
+                 "of http://s")  # only a warning
+
+
 def test_remote_matching_equals_local(tmp_path: Path) -> None:
     store = ScanStore(tmp_path / "moray.db")
     import_path(advisories_dir(), store)
@@ -113,6 +130,11 @@ def test_registration_import_and_lease_endpoints(tmp_path: Path) -> None:
         "image": "127.0.0.1:5000/team/db:1", "insecure": True}).status_code == 201
     assert [i["image"] for i in client.get("/api/v1/scan-images", headers=auth).json()] == [
         "127.0.0.1:5000/team/db:1"]
+    again = client.post("/api/v1/scan-registries", headers=auth, json={
+        "registry": "127.0.0.1:5000", "repositories": ["team/app"], "insecure": True})
+    assert again.status_code == 409 and "registered already" in again.text
+    assert client.post("/api/v1/scan-images", headers=auth, json={
+        "image": "127.0.0.1:5000/team/db:1", "insecure": True}).status_code == 409
     (reg,) = client.get("/api/v1/scan-registries", headers=auth).json()
     assert client.post(f"/api/v1/scan-registries/{reg['id']}/run", headers=auth).json() == {
         "ok": True}

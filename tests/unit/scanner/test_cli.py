@@ -19,6 +19,7 @@ from moray.controlplane.store.scanstore import ScanStore
 from moray.controlplane.store.scanstore import data_dir as store_data_dir
 from moray.controlplane.vulndb.importer import import_path
 from tests.fixtures.images import scenarios
+from tests.fixtures.images.builder import Device, Hardlink, Image, Symlink
 from tests.unit.vulndb.conftest import advisories_dir
 
 
@@ -90,6 +91,8 @@ def test_sarif(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None
         assert res["level"] in ("error", "warning", "note")
     assert any(r["ruleId"] == "secret/aws-access-key-id" for r in run["results"])
     assert "wJalrXUtnFEMI" not in out
+    by_id = {r["id"]: r["properties"]["security-severity"] for r in run["tool"]["driver"]["rules"]}
+    assert by_id["CVE-2021-23337"] == "7.2" and by_id["CVE-2019-10906"] == "8.6"  # CVSS
 
 
 def test_cyclonedx_is_valid(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
@@ -163,3 +166,98 @@ def test_layer_cache_and_recorded_verdict(env: dict[str, Path],
     text = "\n".join(verdict.reasons)
     assert "runs as root" in text and "'owner' missing" in text and "malware" in text
     assert "registry" not in text  # allowed
+
+
+def test_no_vulnerability_data_fails(env: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A fresh install, an empty store and a stale one fail with 2 and the import hint; a
+    read creates nothing; --allow-stale-vulndb scans with a warning."""
+    fresh = tmp_path / "fresh" / "moray"
+    monkeypatch.setenv("MORAY_DATA_DIR", str(fresh))
+    code, out, err = _run(capsys, str(env["alpine"]), "--fail-on", "critical", "-f", "sarif")
+    assert code == 2 and out == ""
+    assert "no vulnerability store" in err and "moray vulndb import" in err
+    assert not fresh.exists() and not fresh.parent.exists()
+    code, out, err = _run(capsys, str(env["alpine"]), "--no-cache", "--allow-stale-vulndb",
+                          "-f", "json")
+    assert code == 0 and json.loads(out)["vulnerabilities"] == []
+    assert "--allow-stale-vulndb" in caplog.text and not fresh.exists()
+
+    empty = tmp_path / "empty.db"
+    ScanStore(empty).close()
+    code, _, err = _run(capsys, str(env["alpine"]), "--db", str(empty), "--no-cache")
+    assert code == 2 and "is empty" in err and "moray vulndb import" in err
+
+    stale = tmp_path / "stale.db"
+    store = ScanStore(stale, clock=lambda: 1_000_000.0)  # imported in 1970
+    import_path(advisories_dir(), store)
+    store.close()
+    code, _, err = _run(capsys, str(env["alpine"]), "--db", str(stale), "--no-cache")
+    assert code == 2 and "days ago (--max-vulndb-age 7)" in err
+    code, out, _ = _run(capsys, str(env["alpine"]), "--db", str(stale), "--no-cache",
+                        "--max-vulndb-age", "0", "-f", "json")
+    assert code == 0 and json.loads(out)["vulnerabilities"]
+    code, out, err = _run(capsys, str(env["alpine"]), "--db", str(stale), "--no-cache",
+                          "--allow-stale-vulndb", "-f", "json")
+    assert code == 0 and json.loads(out)["vulnerabilities"] and "days ago" in caplog.text
+    code, _, _ = _run(capsys, str(env["alpine"]), "--db", str(empty), "--no-cache",
+                      "--no-vulns")
+    assert code == 0
+
+
+def test_fail_on_unknown(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Alpine secdb rates nothing: fail-on low passes but says what it did not count;
+    fail-on unknown counts every vulnerability."""
+    base = [str(env["alpine"]), "--no-malware", "--no-secrets"]
+    code, _, err = _run(capsys, *base, "--fail-on", "low")
+    assert code == 0
+    assert "vulnerabilities have no severity from any source and were not counted by " \
+           "fail-on low (CVE-2023-42363" in err and "fail-on unknown counts them" in err
+    code, out, err = _run(capsys, *base, "--fail-on", "unknown")
+    assert code == 1 and "vulnerabilities at unknown or above" in out and "note:" not in err
+
+
+def test_hostile_entries_count_towards_the_gate(env: dict[str, Path],
+                                                capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    image = tmp_path / "hostile.tar"
+    Image([{"etc/os-release": b"ID=alpine\nVERSION_ID=3.18.4\n"},
+           [("../../../tmp/pwn", b"x"), ("etc/shadow-link", Hardlink("/etc/shadow")),
+            ("app/out", Symlink("../../../../../etc")), ("dev/mem", Device())]],
+          config={"User": "1000"}).write_docker_archive(image)
+    base = [str(image), "--no-malware", "--no-secrets"]
+    code, out, _ = _run(capsys, *base, "--fail-on", "high")
+    assert code == 1 and "4 other findings at high or above" in out
+    assert "Hostile layer entries (refused):" in out and "path-traversal" in out
+    assert _run(capsys, *base, "--fail-on", "critical")[0] == 0
+    code, out, _ = _run(capsys, *base, "-f", "sarif")
+    rules = {r["ruleId"]: r for r in json.loads(out)["runs"][0]["results"]}
+    assert {"layer/path-traversal", "layer/hardlink-escape", "layer/symlink-escape",
+            "layer/device-file"} <= set(rules)
+    assert rules["layer/path-traversal"]["level"] == "error"
+    code, out, _ = _run(capsys, *base, "-f", "json")
+    assert {e["rule"] for e in json.loads(out)["unsafe_entries"]} == {
+        "path-traversal", "hardlink-escape", "symlink-escape", "device-file"}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("apiVersion: moray/v1\nkind: ImageAssurancePolicy\n"
+                      "metadata: {name: p}\nspec:\n  noUnsafeEntries: true\n")
+    code, out, _ = _run(capsys, *base, "--policy", str(policy))
+    assert code == 1 and "4 hostile layer entries" in out
+
+
+def test_quiet_silences_engine_warnings(env: dict[str, Path], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str],
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """-q: nothing on stderr for a hostile entry (it is in the report); without -q, logged."""
+    import subprocess
+    import sys
+
+    image = tmp_path / "h.tar"
+    Image([{"../escape": b"x"}]).write_docker_archive(image)
+    argv = [str(image), "--no-vulns", "--no-cache", "--no-malware", "--no-secrets"]
+    quiet = subprocess.run([sys.executable, "-m", "moray.controlplane.scanner.cli", *argv,
+                            "-q"], capture_output=True, text=True, check=True)
+    assert quiet.stderr == "" and "path-traversal" in quiet.stdout
+    assert main(argv) == 0
+    assert "hostile layer entry refused" in caplog.text

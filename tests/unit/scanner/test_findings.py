@@ -11,9 +11,9 @@ from moray.controlplane.scanner.engine.config import config_findings, image_conf
 from moray.controlplane.scanner.engine.malware import MalwareDBError, MalwareScanner
 from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
 from moray.controlplane.scanner.engine.secrets import SecretScanner, shannon_entropy
-from moray.controlplane.scanner.engine.source import OCILayoutSource
+from moray.controlplane.scanner.engine.source import ArchiveSource, OCILayoutSource
 from tests.fixtures.images import rootfs
-from tests.fixtures.images.builder import Image
+from tests.fixtures.images.builder import File, Image
 
 SECRETS = (
     f"aws_access_key_id = {rootfs.AWS_KEY_ID}\n"
@@ -74,6 +74,54 @@ def test_malware_in_image(tmp_path: Path) -> None:
     result = scan_image(OCILayoutSource(tmp_path), ScanOptions(malware=MalwareScanner()))
     assert {m.rule for m in result.malware} == {"yara:EICAR_Test_File", "sha256:EICAR-Test-File"}
     assert all(m.deleted_later for m in result.malware)
+
+
+def test_malware_only_where_it_can_be(tmp_path: Path) -> None:
+    """Executables (exec bit or magic), scripts, start-up files and configs outside package
+    trees are scanned; documentation and package sources are not, unless all_files."""
+    miner = b'{"url": "stratum+tcp://pool.example:3333", "randomx": {}}'
+    elf = b"\x7fELF" + rootfs.EICAR  # an executable by its magic, no exec bit
+    Image([{
+        "opt/x/run": File(rootfs.EICAR, 0o755), "usr/local/lib/libx": elf,
+        "etc/cron.d/job": rootfs.EICAR, "root/.bashrc": rootfs.EICAR,
+        "opt/miner/config.json": miner,
+        "usr/share/doc/eicar/README": rootfs.EICAR, "srv/data/eicar.txt": rootfs.EICAR,
+        "app/node_modules/x/config.json": miner,
+    }]).write_oci_layout(tmp_path)
+    default = scan_image(OCILayoutSource(tmp_path), ScanOptions(malware=MalwareScanner()))
+    assert {m.path for m in default.malware} == {
+        "opt/x/run", "usr/local/lib/libx", "etc/cron.d/job", "root/.bashrc",
+        "opt/miner/config.json"}
+    every = scan_image(OCILayoutSource(tmp_path),
+                       ScanOptions(malware=MalwareScanner(all_files=True)))
+    assert {m.path for m in every.malware} >= {"usr/share/doc/eicar/README",
+                                               "srv/data/eicar.txt",
+                                               "app/node_modules/x/config.json"}
+    assert MalwareScanner().fingerprint != MalwareScanner(all_files=True).fingerprint
+    assert MalwareScanner().rules is MalwareScanner().rules  # compiled once
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_large_executable_in_windows(tmp_path: Path, compress: bool) -> None:
+    """A file over the window is hashed whole and matched window by window, a string
+    across a window boundary included, by positioned reads or from the stream."""
+    from moray.controlplane.scanner.engine import malware
+
+    marker = b"MORAY-WINDOW-BOUNDARY-MARKER"
+    big = bytearray(b"\x7fELF" + bytes(malware.WINDOW + (1 << 20)))
+    big[malware.WINDOW - 10:malware.WINDOW - 10 + len(marker)] = marker
+    (tmp_path / "r.yar").write_text(f'rule Boundary {{ strings: $m = "{marker.decode()}" '
+                                    "condition: $m }")
+    (tmp_path / "h.sha256").write_text(hashlib.sha256(big).hexdigest() + " big-dropper\n")
+    Image([{"usr/local/bin/big": File(bytes(big), 0o755)}], compress=compress
+          ).write_docker_archive(tmp_path / "img.tar")
+    scanner = MalwareScanner([tmp_path / "r.yar"], [tmp_path / "h.sha256"])
+    seen: list[int] = []
+    whole = scanner.scan_file
+    scanner.scan_file = lambda p, d, layer: seen.append(len(d)) or whole(p, d, layer)  # type: ignore
+    result = scan_image(ArchiveSource(tmp_path / "img.tar"), ScanOptions(malware=scanner))
+    assert {m.rule for m in result.malware} == {"yara:Boundary", "sha256:big-dropper"}
+    assert seen == []  # never read whole
 
 
 def test_config_findings() -> None:

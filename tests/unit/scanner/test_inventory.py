@@ -136,6 +136,68 @@ def test_java_archives(tmp_path: Path) -> None:
     ]
 
 
+def _manifest(*lines: str) -> bytes:
+    return rootfs.jar({"META-INF/MANIFEST.MF": ("Manifest-Version: 1.0\n" + "\n".join(lines)
+                                                + "\n").encode()})
+
+
+POM_XML = b"""<?xml version="1.0"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <parent><groupId>org.ow2</groupId><artifactId>ow2</artifactId><version>1.5</version></parent>
+  <artifactId>asm-tree</artifactId><version>9.6</version>
+  <licenses><license><name>BSD-3-Clause</name></license></licenses>
+</project>"""
+
+
+def test_java_coordinates_cleaned(tmp_path: Path) -> None:
+    """The issue's manifests: quoted, prose and build-tagged versions; pom.properties over
+    the manifest; pom.xml alone; a shaded jar; groupIds from a Maven repository path."""
+    lib = "app/lib/"
+    m2 = "root/.m2/repository/org/apache/commons/commons-text/1.10.0/commons-text-1.10.0.jar"
+    shaded_pom = b"groupId=com.google.guava\nartifactId=guava\nversion=31.1-jre\n"
+    layer = {
+        lib + "commons-digester-1.6.jar": _manifest('Implementation-Version: "1.6"',
+                                                    "Implementation-Vendor-Id: commons-digester"),
+        lib + "json-path-2.7.0.jar": _manifest("Implementation-Version: task",
+                                               "Bundle-SymbolicName: com.jayway.jsonpath"),
+        lib + "kotlin-stdlib-1.8.21.jar": _manifest(
+            "Implementation-Version: 1.8.21-release-380(1.8.21)",
+            "Implementation-Vendor-Id: org.jetbrains.kotlin"),
+        lib + "renamed.jar": _manifest("Implementation-Version: ${project.version}"),
+        # the manifest says 2.1 (a re-packaged jar); the embedded coordinates win
+        lib + "jackson-core-2.15.2.jar": rootfs.jar({
+            "META-INF/MANIFEST.MF": b"Implementation-Version: 2.1\n",
+            "META-INF/maven/com.fasterxml.jackson.core/jackson-core/pom.properties":
+                b"groupId=com.fasterxml.jackson.core\nartifactId=jackson-core\n"
+                b"version=2.15.2\n"}),
+        lib + "asm-tree-9.6.jar": rootfs.jar({"META-INF/maven/org.ow2.asm/asm-tree/pom.xml":
+                                              POM_XML}),
+        lib + "tool-3.0.jar": rootfs.jar({
+            "META-INF/MANIFEST.MF": b"Implementation-Version: 3.0\n"
+                                    b"Implementation-Vendor-Id: org.example\n",
+            "META-INF/maven/com.google.guava/guava/pom.properties": shaded_pom}),
+        m2: _manifest("Implementation-Version: 1.10.0"),
+    }
+    pkgs = _scan(tmp_path, layer)
+    assert sorted(p for _, _, _, p in pkgs) == [
+        "pkg:maven/com.fasterxml.jackson.core/jackson-core@2.15.2",
+        "pkg:maven/com.google.guava/guava@31.1-jre",
+        "pkg:maven/com.jayway.jsonpath/json-path@2.7.0",
+        "pkg:maven/commons-digester/commons-digester@1.6",
+        "pkg:maven/org.apache.commons/commons-text@1.10.0",
+        "pkg:maven/org.example/tool@3.0",
+        "pkg:maven/org.jetbrains.kotlin/kotlin-stdlib@1.8.21",
+        "pkg:maven/org.ow2.asm/asm-tree@9.6",
+    ]
+
+
+def test_clean_version() -> None:
+    assert java.clean_version('"1.6"') == "1.6"
+    assert java.clean_version("2.0.8 2003-12-28 11:00:13") == "2.0.8"
+    assert java.clean_version("1.8.21-release-380(1.8.21)") == "1.8.21-release-380"
+    assert java.clean_version("task") == java.clean_version("${project.version}") == ""
+
+
 MODINFO = ("path\texample.com/app\nmod\texample.com/app\t(devel)\t\n"
            "dep\tgolang.org/x/net\tv0.7.0\th1:abc=\n"
            "dep\tgolang.org/x/text\tv0.3.0\th1:def=\n"

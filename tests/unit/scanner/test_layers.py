@@ -23,7 +23,7 @@ from moray.controlplane.scanner.errors import (
     LimitExceededError,
 )
 from tests.fixtures.images import scenarios
-from tests.fixtures.images.builder import Device, File, Hardlink, Image, Symlink, layer_tar
+from tests.fixtures.images.builder import Device, Dir, File, Hardlink, Image, Symlink, layer_tar
 
 PY_META = b"Metadata-Version: 2.1\nName: requests\nVersion: 2.19.0\n\n"
 
@@ -113,11 +113,27 @@ def test_whiteout_entries_are_reported_as_such() -> None:
     assert entries == [("a/b", EntryKind.WHITEOUT), ("c", EntryKind.OPAQUE)]
 
 
-def test_hostile_image_scans_with_warnings(tmp_path: Path) -> None:
-    Image([{"../../escape": b"x", "etc/passwd": b"root:x:0:0::/root:/bin/sh\n"}]
+def test_hostile_image_scans_with_findings(tmp_path: Path) -> None:
+    """Each hostile entry is a finding with its rule and severity; the root entry "/"
+    (umoci, skopeo) is not one."""
+    Image([[("/", Dir()), ("./", Dir()),
+            ("../../escape", b"x"), ("/abs/evil", b"x"),
+            ("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),
+            ("ok/link", Symlink("../../../../etc/shadow")),
+            ("ok/hard", Hardlink("/etc/shadow")),
+            ("ok/hard2", Hardlink("etc/shadow")),  # not in this layer
+            ("ok/hard3", Hardlink("etc/passwd")),  # fine: an earlier entry
+            ("dev/sda", Device()), ("dev/pipe", Device(tarfile.FIFOTYPE))]]
           ).write_oci_layout(tmp_path)
     result = scan_image(OCILayoutSource(tmp_path), ScanOptions())
-    assert [w.path for w in result.warnings] == ["../../escape"]
+    got = {(e.path, e.rule, str(e.severity)) for e in result.unsafe_entries}
+    assert got == {
+        ("../../escape", "path-traversal", "high"), ("/abs/evil", "absolute-path", "medium"),
+        ("ok/link", "symlink-escape", "high"), ("ok/hard", "hardlink-escape", "high"),
+        ("ok/hard2", "hardlink-dangling", "medium"), ("dev/sda", "device-file", "high"),
+        ("dev/pipe", "fifo", "low")}
+    assert result.warnings == []
+    assert all(e.layer.startswith("sha256:") for e in result.unsafe_entries)
     assert not (tmp_path.parent / "escape").exists()
 
 

@@ -119,6 +119,14 @@ def test_plain_http_only_for_loopback() -> None:
     assert src.base == "https://registry.example.test"
 
 
+def test_plain_http_registry_without_the_flag_says_which(registry: str) -> None:
+    """HTTPS against a plain-HTTP registry fails in the TLS handshake; the error names
+    --insecure-registry."""
+    src = RegistrySource(parse_reference(f"{registry}/team/app:1.0"))
+    with pytest.raises(RegistryError, match="scan with --insecure-registry"):
+        src.resolve()
+
+
 def test_parse_reference() -> None:
     r = parse_reference("127.0.0.1:5000/team/app:1.0")
     assert (r.registry, r.repository, r.tag) == ("127.0.0.1:5000", "team/app", "1.0")

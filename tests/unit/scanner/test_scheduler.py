@@ -185,6 +185,13 @@ def test_moray_cli_registers_in_a_local_store(tmp_path: Path,
     assert moray(["--db", str(db), "scan", "registry", "add", "registry.example.com",
                   "--insecure-registry"]) == 2
     assert "loopback" in capsys.readouterr().err
+    # the same registration twice: refused, one row stays
+    assert moray(["--db", str(db), "scan", "registry", "add", "127.0.0.1:5000",
+                  "--repository", "team/app", "--insecure-registry"]) == 1
+    assert "registered already (id 1)" in capsys.readouterr().err
+    assert moray(["--db", str(db), "scan", "image", "add", "127.0.0.1:5000/team/db:1",
+                  "--insecure-registry"]) == 1
+    assert "registered already (id 1)" in capsys.readouterr().err
     assert moray(["--db", str(db), "scan", "registry", "list"]) == 0
     listed = capsys.readouterr().out
     assert "127.0.0.1:5000  every 60s repositories=team/app images=0 insecure" in listed

@@ -256,3 +256,14 @@ def test_anchored_rule_is_tried_at_its_keywords(use_automaton: bool) -> None:
     assert starts[generic] == [6, data.find(b"secret"), data.find(b"secret: 1")]
     found = SecretScanner().scan_file("app/x.py", data, "")
     assert [(f.rule, f.line) for f in found] == [("generic-secret", 2)]
+
+
+def test_rfc6749_example_tokens_are_not_secrets() -> None:
+    """oauthlib quotes the RFC's example tokens; a real-looking token beside them is kept."""
+    src = (b'def example():\n    access_token = "2YotnFZFEjr1zCsicMWpAA"\n'
+           b'    refresh_token = "tGzv3JOkF0XG5Qx2TlKWIA"\n')
+    path = "usr/lib/python3/dist-packages/oauthlib/oauth2/rfc6749/tokens.py"
+    assert SecretScanner().scan_file(path, src, "l") == []
+    real = src.replace(b"2YotnFZFEjr1zCsicMWpAA", b"9ZqotnFZFkjr1zCxicMWpQB")
+    assert [f.rule for f in SecretScanner().scan_file("app/settings.py", real, "l")] == [
+        "generic-secret"]

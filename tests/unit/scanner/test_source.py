@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -100,3 +102,33 @@ def test_docker_archive_member_traversal_is_refused(tmp_path: Path) -> None:
             dst.addfile(m, io.BytesIO(data))
     with pytest.raises(ImageFormatError, match="escapes"):
         ArchiveSource(tmp_path / "evil.tar").resolve()
+
+
+def test_docker_archive_with_anonymous_gzip_layers(tmp_path: Path) -> None:
+    """containerd / crane write docker-save archives whose layers are compressed and named
+    anything; the diff_id is checked against the uncompressed tar."""
+    img = Image([{"etc/os-release": b"ID=alpine\nVERSION_ID=3.18.4\n"},
+                 {"usr/lib/python3/site-packages/a-1.dist-info/METADATA":
+                  b"Name: a\nVersion: 1\n"}])
+    tars, _, config, _ = img.build()
+
+    def write(path: Path, layers: list[bytes]) -> None:
+        files = {"cfg.json": config, "manifest.json": json.dumps([{
+            "Config": "cfg.json", "RepoTags": ["x:1"],
+            "Layers": [f"blob-{i}" for i in range(len(layers))]}]).encode()}
+        files.update({f"blob-{i}": data for i, data in enumerate(layers)})
+        with tarfile.open(path, "w") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+    write(tmp_path / "a.tar", [gzip.compress(t) for t in tars])
+    result = scan_image(ArchiveSource(tmp_path / "a.tar"), ScanOptions())
+    assert [p.name for p in result.packages] == ["a"] and result.os is not None
+    assert result.layers == ["sha256:" + hashlib.sha256(t).hexdigest() for t in tars]
+    bad = bytearray(tars[1])
+    bad[600] ^= 1  # a changed byte of the uncompressed layer: its diff_id no longer holds
+    write(tmp_path / "b.tar", [gzip.compress(tars[0]), gzip.compress(bytes(bad))])
+    with pytest.raises(DigestMismatchError):
+        scan_image(ArchiveSource(tmp_path / "b.tar"), ScanOptions())

@@ -92,3 +92,22 @@ def test_stale_verdicts_are_requeued_after_import(tmp_path: Path) -> None:
     assert [j["status"] for j in store.jobs()] == ["done", "queued"]
     job = store.claim_scan("w")
     assert job is not None and job.policy == POLICY  # requeued with its policy
+
+
+def test_jobs_fail_without_vulnerability_data(tmp_path: Path) -> None:
+    """A worker whose knowledge base never received an advisory records no verdict."""
+    from moray.controlplane.scanner.workercli import job_scanner
+    from moray.controlplane.vulndb.importer import import_path
+    from moray.controlplane.vulndb.matcher import Matcher
+    from tests.unit.vulndb.conftest import advisories_dir
+
+    store = ScanStore(tmp_path / "moray.db")
+    (image,) = _images(tmp_path, 1)
+    store.enqueue_scan(image, policy=POLICY)
+    scan = job_scanner(ScanOptions(matcher=Matcher(store)), allow_paths=True, insecure=False)
+    stats = run_worker(store, scan, name="w", verdicts=store, once=True)
+    assert stats.failed == 1 and "no vulnerability data" in store.jobs()[0]["error"]
+    assert store.verdicts(store.jobs()[0]["digest"] or "x") == []
+    import_path(advisories_dir(), store)
+    store.enqueue_scan(image, policy=POLICY)
+    assert run_worker(store, scan, name="w", verdicts=store, once=True).done == 1

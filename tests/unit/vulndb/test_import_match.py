@@ -38,7 +38,7 @@ def _ids(findings: list[VulnFinding]) -> dict[str, str]:
 def test_import_counts_and_is_idempotent(store: ScanStore, advisories: Path) -> None:
     first = import_path(advisories, store)
     assert first.skipped == 0, first.errors
-    assert first.by_format == {"osv": 24, "debian-tracker": 5, "alpine-secdb": 2}
+    assert first.by_format == {"osv": 24, "debian-tracker": 5, "alpine-secdb": 2, "nvd": 7}
     rows = store.status()["affected_rows"]
     second = import_path(advisories, store)
     assert store.status()["affected_rows"] == rows
@@ -184,3 +184,65 @@ def test_alpine_whole_release_secdb(store: ScanStore, advisories: Path, tmp_path
     assert import_path(tmp_path / "main.json", store).by_format == {"alpine-secdb": 1}
     got = _ids(Matcher(store).match([_pkg(Ecosystem.APK, "busybox", "1.36.1-r2")], ALPINE318))
     assert got["CVE-2023-42366"] == "1.36.1-r6" and "CVE-2021-42373" not in got
+
+
+def test_nvd_severity_when_the_vendor_gives_none(loaded_store: ScanStore) -> None:
+    """Alpine secdb and PYSEC carry no severity: NVD's CVSS v3.1 (real records) rates them."""
+    m = Matcher(loaded_store)
+    got = {f.id: f for f in m.match([_pkg(Ecosystem.APK, "busybox", "1.33.0-r0")], ALPINE318)}
+    assert (got["CVE-2021-28831"].severity, got["CVE-2021-28831"].cvss_score) == (
+        Severity.HIGH, 7.5)
+    assert (got["CVE-2021-42374"].severity, got["CVE-2021-42374"].cvss_score) == (
+        Severity.MEDIUM, 5.3)
+    assert {got["CVE-2021-28831"].severity_source, got["CVE-2021-42374"].severity_source} == {
+        "nvd"}
+    (jinja,) = [f for f in m.match([_pkg(Ecosystem.PYPI, "jinja2", "2.10")], None)
+                if f.id == "CVE-2019-10906"]
+    assert (jinja.severity, jinja.cvss_score, jinja.severity_source) == (
+        Severity.HIGH, 8.6, "nvd")
+    # a vendor rating stays the vendor's (GHSA's 7.2 for lodash)
+    lodash = {f.id: f for f in m.match([_pkg(Ecosystem.NPM, "lodash", "4.17.20")], None)}
+    assert lodash["CVE-2021-23337"].severity_source == "osv"
+    # every finding of these images has a severity now
+    assert all(f.severity is not Severity.UNKNOWN for f in got.values()
+               if f.id in ("CVE-2021-28831", "CVE-2021-42374"))
+
+
+def test_vendor_severity_wins_over_nvd_in_any_import_order(tmp_path: Path,
+                                                           advisories: Path) -> None:
+    """OSV says LOW, NVD says CRITICAL (real CVE-2021-3711): LOW, whichever came first."""
+    vendor = {"id": "VENDOR-1", "modified": "2024", "aliases": ["CVE-2021-3711"],
+              "database_specific": {"severity": "LOW"},
+              "affected": [{"package": {"ecosystem": "PyPI", "name": "sm2"},
+                            "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}]}]}
+    unrated = {**vendor, "id": "VENDOR-2", "database_specific": {},
+               "affected": [{**vendor["affected"][0], "package": {"ecosystem": "PyPI",
+                                                                  "name": "other"}}]}
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "vendor.json").write_text(json.dumps([vendor, unrated]))
+    nvd = advisories / "nvd" / "CVE-2021-3711.json"
+    for order in ([tmp_path / "v", nvd], [nvd, tmp_path / "v"]):
+        store = ScanStore(tmp_path / f"{order[0].name}.db")
+        for path in order:
+            assert import_path(path, store).skipped == 0
+        m = Matcher(store)
+        (f,) = m.match([_pkg(Ecosystem.PYPI, "sm2", "1.0")], None)
+        assert (f.severity, f.severity_source) == (Severity.LOW, "osv"), order
+        (g,) = m.match([_pkg(Ecosystem.PYPI, "other", "1.0")], None)
+        assert (g.severity, g.cvss_score, g.severity_source) == (Severity.CRITICAL, 9.8, "nvd")
+        store.close()
+
+
+def test_nvd_api_answer_and_rejected(store: ScanStore, advisories: Path, tmp_path: Path
+                                     ) -> None:
+    """The API's (and the yearly feeds') wrapper is read; a rejected CVE is skipped."""
+    record = json.loads((advisories / "nvd" / "CVE-2020-1967.json").read_text())
+    rejected = {**record, "id": "CVE-2099-0002", "vulnStatus": "Rejected"}
+    (tmp_path / "api.json").write_text(json.dumps({
+        "format": "NVD_CVE", "version": "2.0",
+        "vulnerabilities": [{"cve": record}, {"cve": rejected}]}))
+    report = import_path(tmp_path / "api.json", store)
+    assert report.by_format == {"nvd": 2} and report.skipped == 0
+    adv = store.advisory("nvd:CVE-2020-1967")
+    assert adv is not None and (adv.severity, adv.cvss_score) == ("high", 7.5)
+    assert store.advisory("nvd:CVE-2099-0002") is None

@@ -17,7 +17,7 @@ def test_vulndb_import_and_status(tmp_path: Path, advisories: Path,
     monkeypatch.setenv("MORAY_DATA_DIR", str(tmp_path))
     assert main(["vulndb", "import", str(advisories)]) == 0
     out = capsys.readouterr().out
-    assert "31 records (alpine-secdb 2, debian-tracker 5, osv 24)" in out
+    assert "38 records (alpine-secdb 2, debian-tracker 5, nvd 7, osv 24)" in out
     assert main(["vulndb", "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["generation"] == 1 and status["by_ecosystem"]["pypi"] == 12
@@ -46,6 +46,10 @@ def test_scan_enqueue_worker_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[
     Image([{"etc/hello": b"x"}]).write_docker_archive(image)
     policy = tmp_path / "p.yaml"
     policy.write_text("kind: ImageAssurancePolicy\nmetadata: {name: p}\nspec: {notRoot: true}\n")
+    assert main(["scan", "enqueue", str(image), "--policy", str(policy)]) == 0
+    assert main(["scan", "worker", "--once", "--name", "w1"]) == 0
+    assert "done 0, failed 1" in capsys.readouterr().out  # no vulnerability data yet
+    assert main(["vulndb", "import", str(advisories / "GO-2020-0015.json")]) == 0
     assert main(["scan", "enqueue", str(image), "--policy", str(policy)]) == 0
     assert main(["scan", "worker", "--once", "--name", "w1"]) == 0
     assert "done 1, failed 0" in capsys.readouterr().out

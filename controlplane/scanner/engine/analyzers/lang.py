@@ -35,10 +35,37 @@ class PythonAnalyzer:
         name, version = headers.get("name"), headers.get("version")
         if not name or not version:
             return []
-        lic = headers.get("license-expression") or headers.get("license") or ""
-        licenses = (lic.strip(),) if lic and len(lic) < 100 and lic != "UNKNOWN" else ()
         return [Package(Ecosystem.PYPI, name.strip(), version.strip(), path, layer,
-                        licenses=licenses)]
+                        licenses=python_licenses(data, headers))]
+
+
+def python_licenses(data: bytes, headers: dict[str, str]) -> tuple[str, ...]:
+    """PEP 639 ``License-Expression``, else the ``License ::`` trove classifiers (their
+    last segment), else a short one-line ``License`` field (often it holds the whole
+    license text, which names nothing)."""
+    expression = headers.get("license-expression", "").strip()
+    if expression:
+        return (expression,)
+    classifiers = tuple(
+        line.split("::")[-1].strip() for line in _header_lines(data, "classifier")
+        if line.startswith("License ::") and line.count("::") >= 2
+        and line.split("::")[-1].strip() != "OSI Approved")
+    if classifiers:
+        return classifiers
+    lic = headers.get("license", "").strip()
+    return (lic,) if lic and "\n" not in lic and len(lic) < 100 else ()
+
+
+def _header_lines(data: bytes, key: str) -> list[str]:
+    """Every value of a repeated header (``Classifier``) in the header block."""
+    out = []
+    prefix = key + ":"
+    for line in data.decode("utf-8", "surrogateescape").splitlines():
+        if not line.strip():
+            break
+        if line[:len(prefix)].lower() == prefix:
+            out.append(line[len(prefix):].strip())
+    return out
 
 
 def metadata_headers(data: bytes) -> dict[str, str]:
@@ -89,11 +116,23 @@ class NpmAnalyzer:
         name, version = doc.get("name"), doc.get("version")
         if not isinstance(name, str) or not isinstance(version, str) or not name or not version:
             return []
-        lic = doc.get("license")
-        licenses = (lic,) if isinstance(lic, str) else ()
+        licenses = npm_licenses(doc)
         namespace, _, short = name.rpartition("/")
         return [Package(Ecosystem.NPM, short, version, path, layer, namespace=namespace,
                         licenses=licenses)]
+
+
+def npm_licenses(doc: dict[str, object]) -> tuple[str, ...]:
+    """``license``: an SPDX expression, or (deprecated) ``{"type": ...}``; ``licenses``:
+    a list of those."""
+    given = doc.get("license") or doc.get("licenses")
+    items = given if isinstance(given, list) else [given]
+    out = []
+    for item in items:
+        value = item.get("type") if isinstance(item, dict) else item
+        if isinstance(value, str) and value.strip() and len(value) < 200:
+            out.append(value.strip())
+    return tuple(out)
 
 
 class CargoLockAnalyzer:

@@ -73,6 +73,26 @@ class DpkgAnalyzer:
         return packages
 
 
+# Debian: the licenses of package P are declared in usr/share/doc/P/copyright, in the
+# machine-readable format (DEP-5: "License: <short name>" in each paragraph) or as prose
+# that points at /usr/share/common-licenses/<name>
+DEB_COPYRIGHT = re.compile(r"^usr/share/doc/([^/]+)/copyright$")
+_DEP5_LICENSE = re.compile(r"^License:[ \t]*(\S.*?)\s*$", re.MULTILINE)
+_COMMON_LICENSE = re.compile(
+    r"/usr/share/common-licenses/(GPL-[123]|LGPL-2\.1|LGPL-[23]|Apache-2\.0|Artistic|"
+    r"BSD|MPL-1\.1|MPL-2\.0|GFDL-1\.[23]|CC0-1\.0)\b")
+
+
+def copyright_licenses(data: bytes) -> list[str]:
+    """The license short names a Debian copyright file declares, in order, distinct."""
+    text = data.decode("utf-8", "replace")
+    found = [m.group(1) for m in _DEP5_LICENSE.finditer(text)]
+    if not found:
+        found = ["BSD-3" if m.group(1) == "BSD" else m.group(1)
+                 for m in _COMMON_LICENSE.finditer(text)]
+    return list(dict.fromkeys(f for f in found if len(f) < 200))
+
+
 class ApkAnalyzer:
     name = "apk"
 
