@@ -31,6 +31,7 @@ import grpc
 
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.server.agentapi import AgentServiceImpl, event_rows
+from moray.controlplane.server.heartbeats import status_of
 from moray.controlplane.server.hub import StreamHandle
 from moray.controlplane.server.policydoc import selects_host
 from moray.controlplane.store.cpstore import (
@@ -183,7 +184,6 @@ class _Link:
         self.sent: dict[str, int] = {}
         self.wake = asyncio.Event()
         self._write = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, msg: moray_pb2.GatewayDown) -> None:
         async with self._write:
@@ -244,10 +244,8 @@ class _Link:
             elif kind == "acks":
                 for ack in msg.acks.acks:
                     self.ack(ack)
-            elif kind == "heartbeat":   # stored off the reader: acks must not queue behind
-                task = asyncio.create_task(self.heartbeat(msg.heartbeat))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            elif kind == "heartbeat":   # queued for the batched writer (heartbeats.py)
+                self.heartbeat(msg.heartbeat)
 
     async def attach(self, req: moray_pb2.GatewayAttach) -> None:
         agent = await asyncio.to_thread(self.store.agent, req.agent_id)
@@ -313,14 +311,7 @@ class _Link:
             msg.agent_id, ack.name, ack.version, status, ack.error,
             {t.rule: t.tier for t in ack.tiers}, time.time()))
 
-    async def heartbeat(self, msg: moray_pb2.GatewayHeartbeat) -> None:
+    def heartbeat(self, msg: moray_pb2.GatewayHeartbeat) -> None:
         if msg.agent_id not in self.attached:
             return
-        st = msg.status
-        status: dict[str, Any] = {
-            "kernel": st.kernel, "agent_version": st.agent_version,
-            "features": dict(st.features), "tiers": dict(st.tiers),
-            "policy_versions": dict(st.policy_versions), "drops": dict(st.drops),
-            "spool_bytes": st.spool_bytes, "spool_records": st.spool_records,
-            "received_at": time.time(), "gateway": self.name}
-        await asyncio.to_thread(self.store.heartbeat, msg.agent_id, status)
+        self.agents.heartbeats.record(msg.agent_id, status_of(msg.status, gateway=self.name))

@@ -20,9 +20,9 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -463,13 +463,16 @@ class ControlPlaneStore:
             session.flush()
             return _agent_record(agent)
 
-    def heartbeat(self, agent_id: str, status: dict[str, Any]) -> None:
-        """Store an agent's status; nothing once it is revoked (a heartbeat that raced the
-        revocation changes nothing)."""
+    def heartbeats(self, beats: Sequence[tuple[str, dict[str, Any], float]]) -> None:
+        """Store several agents' (agent id, status, seen at) in one transaction; revoked
+        agents' are skipped."""
+        table = cast(Table, Agent.__table__)
+        stmt = (update(table).where(table.c.id == bindparam("b_id"),
+                                    table.c.revoked_at.is_(None))
+                .values(status=bindparam("b_status"), last_seen=bindparam("b_seen")))
         with self._tx() as session:
-            session.execute(update(Agent).where(Agent.id == agent_id,
-                                                Agent.revoked_at.is_(None))
-                            .values(status=status, last_seen=self.clock()))
+            session.connection().execute(stmt, [
+                {"b_id": a, "b_status": st, "b_seen": seen} for a, st, seen in beats])
 
     def record_ack(self, agent_id: str, name: str, version: int, *, status: str,
                    error: str, tiers: dict[str, str]) -> None:

@@ -34,13 +34,13 @@ def test_event_ids_are_unique_per_agent(store: ControlPlaneStore) -> None:
 def test_nothing_stored_for_revoked_or_unknown_agents(store: ControlPlaneStore) -> None:
     agent = enrolled(store)
     store.insert_events(agent, "t", [("before", 1, "exec", "{}")])
-    store.heartbeat(agent, {"kernel": "before"})
+    store.heartbeats([(agent, {"kernel": "before"}, 1.0)])
     store.revoke_agent(agent, author="admin")
     with pytest.raises(AgentRevoked):
         store.insert_events(agent, "t", [("after", 2, "exec", "{}")])
     with pytest.raises(AgentRevoked):
         store.insert_events("no-such-agent", "t", [("x", 2, "exec", "{}")])
-    store.heartbeat(agent, {"kernel": "after"})
+    store.heartbeats([(agent, {"kernel": "after"}, 2.0)])
     record = store.agent(agent)
     assert record is not None and record.status == {"kernel": "before"}
     assert [r["id"] for r in store.query_events()] == ["before"]
