@@ -36,12 +36,12 @@ import orjson
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.server.heartbeats import HeartbeatWriter, status_of
 from moray.controlplane.server.hub import AgentHub, StreamHandle
+from moray.controlplane.server.ingest import IngestWriter
 from moray.controlplane.server.metrics import ServerMetrics
 from moray.controlplane.server.pki import Pki, PkiError, cert_sha256
 from moray.controlplane.server.policydoc import selects_host
 from moray.controlplane.store.cpstore import (
     AgentRecord,
-    AgentRevoked,
     ControlPlaneStore,
     PolicyAckRow,
     PolicyRecord,
@@ -95,6 +95,7 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
         self._acks: asyncio.Queue[PolicyAckRow] = asyncio.Queue()
         self._ack_writer: asyncio.Task[None] | None = None
         self.heartbeats = HeartbeatWriter(store)
+        self.ingest = IngestWriter(store)
 
     def _pending_pushes(self) -> float:
         """Messages sent and not yet acknowledged, over every open stream (read at scrape
@@ -242,13 +243,12 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
                 "agent_id": agent.id, "rejected": rejected, "batch": len(batch.events)})
         self.metrics.event_batches_inflight.inc()
         try:
-            result = await asyncio.to_thread(self.store.insert_events, agent.id,
-                                             agent.tenant, rows)
-        except AgentRevoked:
-            await self._refuse_revoked(context)
-            raise
+            result = (await self.ingest.store_groups([(agent.id, agent.tenant, rows)]))[0]
         finally:
             self.metrics.event_batches_inflight.dec()
+        if result is None:
+            await self._refuse_revoked(context)
+            raise AssertionError("unreachable")
         self.metrics.events_ingested.inc(result.stored)
         self.metrics.events_duplicate.inc(result.duplicates)
         return moray_pb2.EventAck(batch_id=batch.batch_id, stored=result.stored,

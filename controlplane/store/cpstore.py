@@ -549,35 +549,59 @@ class ControlPlaneStore:
 
     def insert_events(self, agent_id: str, tenant: str,
                       events: Sequence[tuple[str, int, str, str]]) -> InsertResult:
-        """Store (id, time_ms, type, payload_json) rows; ids the agent already stored are
-        skipped, so a batch delivered twice is stored once (ids are unique per agent, not
-        across agents: another agent's event with the same id is stored too). Commits
-        before returning: the caller may acknowledge the batch when this returns. Raises
-        AgentRevoked when the agent is revoked or unknown; the check and the insert are
-        one transaction, and the agent's row is locked against a concurrent revocation
-        (PostgreSQL ``FOR KEY SHARE``; SQLite writes are serial), so nothing is stored
-        once a revocation has committed."""
-        if not events:
-            return InsertResult(0, 0)
-        unique: dict[str, tuple[str, int, str, str]] = {}
-        for ev in events:
-            unique.setdefault(ev[0], ev)
-        now = self.clock()
-        rows = [{"id": i, "agent_id": agent_id, "tenant": tenant, "type": t,
-                 "time_ms": ms, "received_at": now, "payload": p}
-                for i, (_, ms, t, p) in unique.items()]
+        """Store one agent's (id, time_ms, type, payload_json) rows (``insert_groups``);
+        raises AgentRevoked when the agent is revoked or unknown."""
+        result = self.insert_groups([(agent_id, tenant, events)])[0]
+        if result is None:
+            raise AgentRevoked(f"agent {agent_id} is revoked")
+        return result
+
+    def insert_groups(self, groups: Sequence[tuple[str, str, Sequence[tuple[str, int, str, str]]]]
+                      ) -> list[InsertResult | None]:
+        """Store several agents' events, (agent id, tenant, rows of (id, time_ms, type,
+        payload_json)), in one transaction: the server commits together the batches that
+        arrive together, from many agents or from a gateway. Ids an agent already stored
+        are skipped, so a batch delivered twice is stored once (ids are unique per agent,
+        not across agents: another agent's event with the same id is stored too). Commits
+        before returning: the caller may acknowledge the batches when this returns. One
+        result per group, in order; None for a group whose agent is revoked or unknown
+        (nothing of it stored). The check and the insert are one transaction, and the
+        agents' rows are locked against a concurrent revocation (PostgreSQL ``FOR KEY
+        SHARE``; SQLite writes are serial), so nothing is stored once a revocation has
+        committed."""
+        if not any(rows for _, _, rows in groups):
+            return [InsertResult(0, 0) for _ in groups]
+        ids = sorted({agent_id for agent_id, _, rows in groups if rows})
         dialect = sqlite if self._sqlite else postgresql
+        now = self.clock()
         with self._tx() as session:
-            alive = session.execute(select(Agent.revoked_at).where(Agent.id == agent_id)
-                                    .with_for_update(read=True, key_share=True)).first()
-            if alive is None or alive[0] is not None:
-                raise AgentRevoked(f"agent {agent_id} is revoked")
+            alive = {a for a, revoked in session.execute(
+                select(Agent.id, Agent.revoked_at).where(Agent.id.in_(ids))
+                .with_for_update(read=True, key_share=True)) if revoked is None}
+            unique: dict[tuple[str, str], dict[str, Any]] = {}
+            for agent_id, tenant, rows in groups:
+                if agent_id in alive:
+                    for i, ms, t, p in rows:
+                        unique.setdefault((agent_id, i), {
+                            "id": i, "agent_id": agent_id, "tenant": tenant, "type": t,
+                            "time_ms": ms, "received_at": now, "payload": p})
             # RETURNING names only the rows this transaction inserted, so the counts stay
             # right when two deliveries of one batch race (a reconnect during a commit).
-            inserted = session.scalars(
-                dialect.insert(Event).on_conflict_do_nothing(
-                    index_elements=["agent_id", "id"]).returning(Event.id), rows).all()
-        return InsertResult(len(inserted), len(events) - len(inserted))
+            inserted: set[tuple[str, str]] = set()
+            if unique:
+                inserted.update((a, i) for a, i in session.execute(
+                    dialect.insert(Event).on_conflict_do_nothing(
+                        index_elements=["agent_id", "id"])
+                    .returning(Event.agent_id, Event.id), list(unique.values())))
+        results: list[InsertResult | None] = []
+        for agent_id, _, rows in groups:
+            if rows and agent_id not in alive:
+                results.append(None)
+                continue
+            mine = {(agent_id, row[0]) for row in rows} & inserted
+            inserted -= mine      # a row stored is counted once, in its first group
+            results.append(InsertResult(len(mine), len(rows) - len(mine)))
+        return results
 
     def query_events(self, *, tenant: str | None = None, agent_id: str | None = None,
                      type: str | None = None, after_seq: int = 0, since_ms: int | None = None,
