@@ -16,23 +16,22 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from moray.controlplane.store.cpstore import ControlPlaneStore, InsertResult
+from moray.controlplane.store.cpstore import ControlPlaneStore, EventGroup, InsertResult
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 20_000      # events stored in one transaction (more wait for the next)
 
-Group = tuple[str, str, Sequence[tuple[str, int, str, str]]]   # agent, tenant, rows
+Answer = asyncio.Future[list[InsertResult | None]]
 
 
 class IngestWriter:
     def __init__(self, store: ControlPlaneStore) -> None:
         self.store = store
-        self._waiting: list[tuple[Sequence[Group], asyncio.Future[list[InsertResult | None]]]] \
-            = []
+        self._waiting: list[tuple[Sequence[EventGroup], Answer]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def store_groups(self, groups: Sequence[Group]) -> list[InsertResult | None]:
+    async def store_groups(self, groups: Sequence[EventGroup]) -> list[InsertResult | None]:
         """Store ``groups`` (see ``insert_groups``) with whatever else is waiting; the
         result once committed."""
         future: asyncio.Future[list[InsertResult | None]] = \
@@ -53,9 +52,7 @@ class IngestWriter:
             batch, self._waiting = self._waiting[:take], self._waiting[take:]
             await self._write(batch)
 
-    async def _write(self, batch: list[tuple[Sequence[Group],
-                                             asyncio.Future[list[InsertResult | None]]]]
-                     ) -> None:
+    async def _write(self, batch: list[tuple[Sequence[EventGroup], Answer]]) -> None:
         flat = [g for groups, _ in batch for g in groups]
         try:
             results = await asyncio.to_thread(self.store.insert_groups, flat)

@@ -22,8 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Engine, Table, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, Table, bindparam, delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -151,6 +150,10 @@ class PolicyAckRow:
 class InsertResult:
     stored: int
     duplicates: int
+
+
+# one agent's events to store: (agent id, tenant, rows of (id, time_ms, type, payload))
+EventGroup = tuple[str, str, Sequence[tuple[str, int, str, str]]]
 
 
 def sha256_hex(data: bytes | str) -> str:
@@ -556,8 +559,7 @@ class ControlPlaneStore:
             raise AgentRevoked(f"agent {agent_id} is revoked")
         return result
 
-    def insert_groups(self, groups: Sequence[tuple[str, str, Sequence[tuple[str, int, str, str]]]]
-                      ) -> list[InsertResult | None]:
+    def insert_groups(self, groups: Sequence[EventGroup]) -> list[InsertResult | None]:
         """Store several agents' events, (agent id, tenant, rows of (id, time_ms, type,
         payload_json)), in one transaction: the server commits together the batches that
         arrive together, from many agents or from a gateway. Ids an agent already stored
@@ -572,27 +574,67 @@ class ControlPlaneStore:
         if not any(rows for _, _, rows in groups):
             return [InsertResult(0, 0) for _ in groups]
         ids = sorted({agent_id for agent_id, _, rows in groups if rows})
-        dialect = sqlite if self._sqlite else postgresql
         now = self.clock()
         with self._tx() as session:
             alive = {a for a, revoked in session.execute(
                 select(Agent.id, Agent.revoked_at).where(Agent.id.in_(ids))
                 .with_for_update(read=True, key_share=True)) if revoked is None}
-            unique: dict[tuple[str, str], dict[str, Any]] = {}
+            insert = self._insert_sqlite if self._sqlite else self._insert_postgresql
+            results = insert(session, groups, alive, now)
+        return results
+
+    # One statement of a fixed shape, whatever the number of rows: built by SQLAlchemy
+    # (insertmanyvalues) the statement's text changed with every batch and parsing it
+    # was most of the ingest's time.
+    _SQLITE_INSERT = (
+        "INSERT INTO cp_event (id, agent_id, tenant, type, time_ms, received_at, payload) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, id) DO NOTHING")
+    _PG_INSERT = text(
+        "INSERT INTO cp_event (id, agent_id, tenant, type, time_ms, received_at, payload) "
+        "SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:agents AS text[]), "
+        "CAST(:tenants AS text[]), CAST(:types AS text[]), CAST(:times AS bigint[]), "
+        "CAST(:received AS double precision[]), CAST(:payloads AS text[])) "
+        "ON CONFLICT (agent_id, id) DO NOTHING RETURNING agent_id, id")
+
+    def _insert_sqlite(self, session: Session, groups: Sequence[EventGroup],
+                       alive: set[str], now: float) -> list[InsertResult | None]:
+        """Each group by executemany, its row count its stored events (the server is
+        SQLite's one writer: a group that repeats rows already stored, in this call or
+        before, counts them as duplicates)."""
+        cursor = session.connection().connection.cursor()
+        results: list[InsertResult | None] = []
+        try:
             for agent_id, tenant, rows in groups:
-                if agent_id in alive:
-                    for i, ms, t, p in rows:
-                        unique.setdefault((agent_id, i), {
-                            "id": i, "agent_id": agent_id, "tenant": tenant, "type": t,
-                            "time_ms": ms, "received_at": now, "payload": p})
-            # RETURNING names only the rows this transaction inserted, so the counts stay
-            # right when two deliveries of one batch race (a reconnect during a commit).
-            inserted: set[tuple[str, str]] = set()
-            if unique:
-                inserted.update((a, i) for a, i in session.execute(
-                    dialect.insert(Event).on_conflict_do_nothing(
-                        index_elements=["agent_id", "id"])
-                    .returning(Event.agent_id, Event.id), list(unique.values())))
+                if not rows:
+                    results.append(InsertResult(0, 0))
+                elif agent_id not in alive:
+                    results.append(None)
+                else:
+                    cursor.executemany(self._SQLITE_INSERT, [
+                        (i, agent_id, tenant, t, ms, now, p) for i, ms, t, p in rows])
+                    results.append(InsertResult(cursor.rowcount, len(rows) - cursor.rowcount))
+        finally:
+            cursor.close()
+        return results
+
+    def _insert_postgresql(self, session: Session, groups: Sequence[EventGroup],
+                           alive: set[str], now: float) -> list[InsertResult | None]:
+        """One statement for every group; RETURNING names only the rows this transaction
+        inserted, so the counts stay right when two deliveries of one batch race (a
+        reconnect during a commit, possibly to another server process)."""
+        unique: dict[tuple[str, str], tuple[str, int, str, str, str]] = {}
+        for agent_id, tenant, rows in groups:
+            if agent_id in alive:
+                for i, ms, t, p in rows:
+                    unique.setdefault((agent_id, i), (tenant, ms, t, p, i))
+        inserted: set[tuple[str, str]] = set()
+        if unique:
+            keys, values = list(unique), list(unique.values())
+            inserted.update((a, i) for a, i in session.execute(self._PG_INSERT, {
+                "ids": [k[1] for k in keys], "agents": [k[0] for k in keys],
+                "tenants": [v[0] for v in values], "types": [v[2] for v in values],
+                "times": [v[1] for v in values], "received": [now] * len(keys),
+                "payloads": [v[3] for v in values]}))
         results: list[InsertResult | None] = []
         for agent_id, _, rows in groups:
             if rows and agent_id not in alive:
