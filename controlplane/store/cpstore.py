@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Engine, Table, bindparam, delete, func, select, text, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -589,11 +589,12 @@ class ControlPlaneStore:
     _SQLITE_INSERT = (
         "INSERT INTO cp_event (id, agent_id, tenant, type, time_ms, received_at, payload) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, id) DO NOTHING")
-    _PG_INSERT = text(
+    # %b: the arrays go in binary, each element as its length and bytes (in text, every
+    # quote of every JSON payload was escaped by a regular expression)
+    _PG_INSERT = (
         "INSERT INTO cp_event (id, agent_id, tenant, type, time_ms, received_at, payload) "
-        "SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:agents AS text[]), "
-        "CAST(:tenants AS text[]), CAST(:types AS text[]), CAST(:times AS bigint[]), "
-        "CAST(:received AS double precision[]), CAST(:payloads AS text[])) "
+        "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
+        "%b::double precision[], %b::text[]) "
         "ON CONFLICT (agent_id, id) DO NOTHING RETURNING agent_id, id")
 
     def _insert_sqlite(self, session: Session, groups: Sequence[EventGroup],
@@ -630,11 +631,14 @@ class ControlPlaneStore:
         inserted: set[tuple[str, str]] = set()
         if unique:
             keys, values = list(unique), list(unique.values())
-            inserted.update((a, i) for a, i in session.execute(self._PG_INSERT, {
-                "ids": [k[1] for k in keys], "agents": [k[0] for k in keys],
-                "tenants": [v[0] for v in values], "types": [v[2] for v in values],
-                "times": [v[1] for v in values], "received": [now] * len(keys),
-                "payloads": [v[3] for v in values]}))
+            connection = session.connection().connection.driver_connection
+            assert connection is not None
+            with connection.cursor() as cursor:
+                cursor.execute(self._PG_INSERT, (
+                    [k[1] for k in keys], [k[0] for k in keys], [v[0] for v in values],
+                    [v[2] for v in values], [v[1] for v in values], [now] * len(keys),
+                    [v[3] for v in values]))
+                inserted.update((a, i) for a, i in cursor.fetchall())
         results: list[InsertResult | None] = []
         for agent_id, _, rows in groups:
             if rows and agent_id not in alive:
