@@ -17,7 +17,8 @@ propagation latency to many agents.
                     side direct and through --gateways moray-gateway processes: push
                     latency (apply -> every ack stored, p50/p99 over --rounds applies),
                     idle CPU of the server and of each gateway (% of one core over
-                    --idle seconds, every agent connected, heartbeats every 10 s), events
+                    --idle seconds, every agent connected, heartbeats as an idle agent
+                    sends them: its unchanged status every 60 s), events
                     stored/s from every agent at once (--events-per-agent, --batch) and
                     that none was lost
 

@@ -7,8 +7,8 @@ does not dominate the measurement: no policy signature check (the agent's Ed2551
     python bench/cpsim.py --dir DIR --count N --enroll HOST:PORT --ca CA --tokens FILE
 
 Per agent: a policy stream (hello with the versions it holds, one APPLIED/REMOVED ack per
-message), a heartbeat every ``--heartbeat`` seconds (jittered), and on command an event
-stream. Commands on stdin, one per line; answers on stdout:
+message), a heartbeat every ``--heartbeat`` seconds (jittered; default: an idle agent's,
+60 s), and on command an event stream. Commands on stdin, one per line; answers on stdout:
     connect EP[,EP...]   agents connect, agent i to EP[i % n] ("connecting N")
     events K B           every agent sends K batches of B events, one batch in flight,
                          each acked ("events-done SENT SECONDS")
@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
+from moray.agent.controlplane.client import CHANNEL_OPTIONS, HEARTBEAT_EVERY  # noqa: E402
 from moray.api.proto import moray_pb2, moray_pb2_grpc  # noqa: E402
 
 PAYLOAD = b'{"type":"exec","process":{"pid":1234,"binary":"/usr/bin/true"}}'
@@ -64,8 +65,7 @@ class SimAgent:
         self.errors = {"policy": 0, "heartbeat": 0, "events": 0}
 
     async def connect(self, endpoint: str) -> None:
-        self.channel = grpc.aio.secure_channel(endpoint, self.creds, options=[
-            ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1)])
+        self.channel = grpc.aio.secure_channel(endpoint, self.creds, options=CHANNEL_OPTIONS)
         stub = moray_pb2_grpc.AgentServiceStub(self.channel)
         self.tasks = [asyncio.create_task(self._policies(stub)),
                       asyncio.create_task(self._heartbeats(stub))]
@@ -164,7 +164,9 @@ async def main() -> None:
     p.add_argument("--enroll", required=True)
     p.add_argument("--ca", type=Path, required=True)
     p.add_argument("--tokens", type=Path, required=True)
-    p.add_argument("--heartbeat", type=float, default=10.0)
+    p.add_argument("--heartbeat", type=float, default=HEARTBEAT_EVERY,
+                   help="seconds between heartbeats (default: an idle agent's, whose status "
+                        "does not change)")
     args = p.parse_args()
     ca_pem = args.ca.read_bytes()
     ids_file = args.dir / "identities.json"

@@ -4,8 +4,10 @@
 
 N agents are enrolled for real and each keeps its own mutual-TLS gRPC channel and
 policy stream (tests/helpers/simagents.py: one asyncio loop in this process, which is
-not the server's), and sends a heartbeat every ``--heartbeat`` seconds (default 10, the
-agent's default) at a random phase (``--heartbeat 0``: none). Then:
+not the server's), with the agent's channel options (keepalive), and sends a heartbeat
+every ``--heartbeat`` seconds at a random phase (default 60: an idle agent sends its
+unchanged status every HEARTBEAT_EVERY s, agent/controlplane/client.py; ``--heartbeat
+10``: every time the agent looks, as agents did before; ``--heartbeat 0``: none). Then:
 
     idle        the server process's CPU (user + system, % of one core) over ``--idle``
                 seconds with every stream open and nothing changing, and its SQL
@@ -38,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from moray.agent.controlplane.client import HEARTBEAT_EVERY  # noqa: E402
 from moray.agent.controlplane.identity import enroll  # noqa: E402
 from tests.helpers.controlplane import ServerProcess, policy_yaml, wait_for  # noqa: E402
 from tests.helpers.postgres import (  # noqa: E402
@@ -187,7 +190,7 @@ def main() -> int:
     p.add_argument("--servers", type=int, choices=(1, 2), default=1)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--idle", type=float, default=20.0)
-    p.add_argument("--heartbeat", type=float, default=10.0,
+    p.add_argument("--heartbeat", type=float, default=HEARTBEAT_EVERY,
                    help="seconds between an agent's heartbeats (0: none, to see the cost "
                         "of the streams alone)")
     args = p.parse_args()

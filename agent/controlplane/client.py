@@ -25,7 +25,10 @@ An event is encoded once per format: its JSON once (by the pipeline's router, th
 the JSON sink wrote; by ``send_many`` for events handed over as dicts), with ``"id"``
 added on the spool writer's thread; msgpack once, a spool record carrying those bytes
 (agent/controlplane/spool.py); the sender puts them in ``payload_json`` as they are.
-- ``cp-heartbeat``: agent status every ``heartbeat_interval`` seconds.
+- ``cp-heartbeat``: agent status, looked at every ``heartbeat_interval`` seconds and sent
+  when it changed, else every ``HEARTBEAT_EVERY`` seconds (the server's "last seen"): an
+  idle fleet's unchanged heartbeats were most of an idle server's work, and whether the
+  agent is connected is its policy stream, not its heartbeats.
 
 ``on_policy`` runs on the policy thread; it must apply the policy (or the removal, when
 ``policy.removed``) through the enforcement pipeline and return an ``ApplyResult``. It is
@@ -69,7 +72,9 @@ log = logging.getLogger(__name__)
 
 OnPolicy = Callable[[VerifiedPolicy], ApplyResult]
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+HEARTBEAT_EVERY = 60.0    # an unchanged status is sent at most this often
+# every agent channel (simulated agents in tests and benchmarks use the same)
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
                     ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                     ("grpc.keepalive_permit_without_calls", 1),
                     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -222,7 +227,7 @@ class ControlPlaneClient:
         self._channel = self._connect(identity)
 
     def _connect(self, identity: Identity) -> grpc.Channel:
-        options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
+        options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
         return grpc.secure_channel(self.servers[self._endpoint],
@@ -452,11 +457,17 @@ class ControlPlaneClient:
     def _heartbeat_loop(self) -> None:
         if not self._wait_identity():
             return
+        sent: tuple[bytes, float] | None = None     # the status last sent, and when
         while not self._stop.is_set():
-            stub = moray_pb2_grpc.AgentServiceStub(self._channel)
-            try:
-                stub.Heartbeat(moray_pb2.HeartbeatRequest(status=self.status()),
-                               timeout=max(1.0, self.heartbeat_interval))
-            except grpc.RpcError as err:
-                self._note_error("heartbeat", err)
+            status = self.status()
+            raw = status.SerializeToString(deterministic=True)
+            now = time.monotonic()
+            if sent is None or sent[0] != raw or now - sent[1] >= HEARTBEAT_EVERY:
+                stub = moray_pb2_grpc.AgentServiceStub(self._channel)
+                try:
+                    stub.Heartbeat(moray_pb2.HeartbeatRequest(status=status),
+                                   timeout=max(1.0, self.heartbeat_interval))
+                    sent = (raw, now)
+                except grpc.RpcError as err:
+                    self._note_error("heartbeat", err)
             self._stop.wait(self.heartbeat_interval)

@@ -34,13 +34,14 @@ import grpc
 import orjson
 
 from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.controlplane.server.heartbeats import HeartbeatWriter, status_of
 from moray.controlplane.server.hub import AgentHub, StreamHandle
+from moray.controlplane.server.ingest import IngestWriter
 from moray.controlplane.server.metrics import ServerMetrics
 from moray.controlplane.server.pki import Pki, PkiError, cert_sha256
 from moray.controlplane.server.policydoc import selects_host
 from moray.controlplane.store.cpstore import (
     AgentRecord,
-    AgentRevoked,
     ControlPlaneStore,
     PolicyAckRow,
     PolicyRecord,
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 10_000
 MAX_EVENT_BYTES = 256 << 10    # one event's JSON payload
 MAX_QUEUED_ACKS = 100_000      # acknowledgements waiting for the ack writer
-MAX_STATUS_ENTRIES = 256       # entries kept of each map of a heartbeat's status
-MAX_STATUS_TEXT = 256          # characters kept of each string in it
 
 
 class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):  # type: ignore[misc]
@@ -95,6 +94,8 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
         metrics.policy_pushes_pending.set_function(self._pending_pushes)
         self._acks: asyncio.Queue[PolicyAckRow] = asyncio.Queue()
         self._ack_writer: asyncio.Task[None] | None = None
+        self.heartbeats = HeartbeatWriter(store)
+        self.ingest = IngestWriter(store)
 
     def _pending_pushes(self) -> float:
         """Messages sent and not yet acknowledged, over every open stream (read at scrape
@@ -136,15 +137,20 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
         if not names or not pems:
             self.metrics.rpc_refused.labels("no_certificate").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
-        agent_id = names[0].decode()
+        agent_id, pem = names[0].decode(), pems[0]
+        cached = self.hub.identity(agent_id, pem)
+        if cached is not None:
+            return cached
+        epoch = self.hub.identity_epoch
         agent = await asyncio.to_thread(self.store.agent, agent_id)
-        if agent is None or agent.cert_sha256 != cert_sha256(pems[0]):
+        if agent is None or agent.cert_sha256 != cert_sha256(pem):
             self.metrics.rpc_refused.labels("unknown").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent certificate")
             raise AssertionError("unreachable")
         if agent.revoked_at is not None:
             self.metrics.rpc_refused.labels("revoked").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "agent revoked")
+        self.hub.remember(pem, agent, epoch)
         return agent
 
     # -- policies ------------------------------------------------------------------------
@@ -237,13 +243,12 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
                 "agent_id": agent.id, "rejected": rejected, "batch": len(batch.events)})
         self.metrics.event_batches_inflight.inc()
         try:
-            result = await asyncio.to_thread(self.store.insert_events, agent.id,
-                                             agent.tenant, rows)
-        except AgentRevoked:
-            await self._refuse_revoked(context)
-            raise
+            result = (await self.ingest.store_groups([(agent.id, agent.tenant, rows)]))[0]
         finally:
             self.metrics.event_batches_inflight.dec()
+        if result is None:
+            await self._refuse_revoked(context)
+            raise AssertionError("unreachable")
         self.metrics.events_ingested.inc(result.stored)
         self.metrics.events_duplicate.inc(result.duplicates)
         return moray_pb2.EventAck(batch_id=batch.batch_id, stored=result.stored,
@@ -258,15 +263,7 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
     async def Heartbeat(self, request: moray_pb2.HeartbeatRequest,
                         context: grpc.aio.ServicerContext) -> moray_pb2.HeartbeatResponse:
         agent = await self._identify(context)
-        st = request.status
-        status: dict[str, Any] = {
-            "kernel": st.kernel[:MAX_STATUS_TEXT],
-            "agent_version": st.agent_version[:MAX_STATUS_TEXT],
-            "features": _bounded(st.features), "tiers": _bounded(st.tiers),
-            "policy_versions": _bounded(st.policy_versions), "drops": _bounded(st.drops),
-            "spool_bytes": st.spool_bytes, "spool_records": st.spool_records,
-            "received_at": time.time()}
-        await asyncio.to_thread(self.store.heartbeat, agent.id, status)
+        self.heartbeats.record(agent.id, status_of(request.status))
         return moray_pb2.HeartbeatResponse(server_time_ms=int(time.time() * 1000))
 
 
@@ -368,15 +365,3 @@ def _event_row(event: moray_pb2.Event) -> tuple[str, int, str, str] | str:
         event_id = hashlib.sha256((event_id or payload).encode()).hexdigest()
     kind = event.type.replace("\x00", "") or "unknown"
     return event_id, event.time_ms, kind[:32], payload
-
-
-def _bounded(entries: Any) -> dict[str, Any]:
-    """A heartbeat map as stored: at most MAX_STATUS_ENTRIES entries, strings cut (an
-    agent's status is shown to every reader of GET /api/v1/agents)."""
-    out: dict[str, Any] = {}
-    for key, value in entries.items():
-        if len(out) >= MAX_STATUS_ENTRIES:
-            break
-        out[key[:MAX_STATUS_TEXT]] = value[:MAX_STATUS_TEXT] if isinstance(value, str) \
-            else value
-    return out

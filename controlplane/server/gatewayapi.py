@@ -31,11 +31,11 @@ import grpc
 
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.server.agentapi import AgentServiceImpl, event_rows
+from moray.controlplane.server.heartbeats import status_of
 from moray.controlplane.server.hub import StreamHandle
 from moray.controlplane.server.policydoc import selects_host
 from moray.controlplane.store.cpstore import (
     AgentRecord,
-    AgentRevoked,
     PolicyAckRow,
     PolicyRecord,
 )
@@ -136,8 +136,7 @@ class GatewayServiceImpl(moray_pb2_grpc.GatewayServiceServicer):  # type: ignore
                 aid: rec for aid, (rec, handle) in link.attached.items() if not handle.revoked}
             self.metrics.event_batches_inflight.inc()
             try:
-                stored, duplicates = await asyncio.to_thread(self._store_events, name, groups,
-                                                             known)
+                stored, duplicates = await self._store_events(name, groups, known)
             finally:
                 self.metrics.event_batches_inflight.dec()
             self.metrics.events_ingested.inc(stored)
@@ -145,30 +144,42 @@ class GatewayServiceImpl(moray_pb2_grpc.GatewayServiceServicer):  # type: ignore
             yield moray_pb2.EventAck(batch_id=batch.batch_id, stored=stored,
                                      duplicates=duplicates, rejected=rejected)
 
-    def _store_events(self, gateway: str,
-                      groups: list[tuple[str, str, list[tuple[str, int, str, str]]]],
-                      known: dict[str, AgentRecord]) -> tuple[int, int]:
-        stored = duplicates = 0
+    async def _store_events(self, gateway: str,
+                            groups: list[tuple[str, str, list[tuple[str, int, str, str]]]],
+                            known: dict[str, AgentRecord]) -> tuple[int, int]:
+        """Store a gateway batch's groups of events, each under its agent's id and tenant,
+        with the other batches waiting (agentapi's IngestWriter). A group whose agent
+        is unknown, revoked or presented another certificate is refused alone: acked all
+        the same (the gateway must not resend it for ever), logged and counted."""
+        unknown = [a for a, sha, _ in groups if (rec := known.get(a)) is None
+                   or rec.cert_sha256 != sha]
+        if unknown:
+            known = {**known, **await asyncio.to_thread(self._agents, unknown)}
+        accepted: list[tuple[str, str, list[tuple[str, int, str, str]]]] = []
         for agent_id, sha, rows in groups:
             agent = known.get(agent_id)
-            if agent is None or agent.cert_sha256 != sha:
-                agent = self.store.agent(agent_id)
             why = refusal(agent, sha)
             if why or agent is None:
-                # acked all the same (the gateway must not resend them for ever): counted
-                self.metrics.rpc_refused.labels("gateway_events").inc()
-                log.warning("gateway events refused", extra={
-                    "gateway": gateway, "agent_id": agent_id, "events": len(rows),
-                    "reason": why})
+                self._refused(gateway, agent_id, len(rows), why)
                 continue
-            try:
-                result = self.store.insert_events(agent.id, agent.tenant, rows)
-            except AgentRevoked:   # revoked since the check: nothing of it was stored
-                self.metrics.rpc_refused.labels("gateway_events").inc()
+            accepted.append((agent.id, agent.tenant, rows))
+        stored = duplicates = 0
+        results = await self.agents.ingest.store_groups(accepted) if accepted else []
+        for (agent_id, _, rows), result in zip(accepted, results, strict=True):
+            if result is None:   # revoked since the check: nothing of it was stored
+                self._refused(gateway, agent_id, len(rows), "agent revoked")
                 continue
             stored += result.stored
             duplicates += result.duplicates
         return stored, duplicates
+
+    def _agents(self, ids: list[str]) -> dict[str, AgentRecord]:
+        return {a: rec for a in ids if (rec := self.store.agent(a)) is not None}
+
+    def _refused(self, gateway: str, agent_id: str, events: int, why: str) -> None:
+        self.metrics.rpc_refused.labels("gateway_events").inc()
+        log.warning("gateway events refused", extra={
+            "gateway": gateway, "agent_id": agent_id, "events": events, "reason": why})
 
 
 class _Link:
@@ -183,7 +194,6 @@ class _Link:
         self.sent: dict[str, int] = {}
         self.wake = asyncio.Event()
         self._write = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, msg: moray_pb2.GatewayDown) -> None:
         async with self._write:
@@ -244,10 +254,8 @@ class _Link:
             elif kind == "acks":
                 for ack in msg.acks.acks:
                     self.ack(ack)
-            elif kind == "heartbeat":   # stored off the reader: acks must not queue behind
-                task = asyncio.create_task(self.heartbeat(msg.heartbeat))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            elif kind == "heartbeat":   # queued for the batched writer (heartbeats.py)
+                self.heartbeat(msg.heartbeat)
 
     async def attach(self, req: moray_pb2.GatewayAttach) -> None:
         agent = await asyncio.to_thread(self.store.agent, req.agent_id)
@@ -313,14 +321,7 @@ class _Link:
             msg.agent_id, ack.name, ack.version, status, ack.error,
             {t.rule: t.tier for t in ack.tiers}, time.time()))
 
-    async def heartbeat(self, msg: moray_pb2.GatewayHeartbeat) -> None:
+    def heartbeat(self, msg: moray_pb2.GatewayHeartbeat) -> None:
         if msg.agent_id not in self.attached:
             return
-        st = msg.status
-        status: dict[str, Any] = {
-            "kernel": st.kernel, "agent_version": st.agent_version,
-            "features": dict(st.features), "tiers": dict(st.tiers),
-            "policy_versions": dict(st.policy_versions), "drops": dict(st.drops),
-            "spool_bytes": st.spool_bytes, "spool_records": st.spool_records,
-            "received_at": time.time(), "gateway": self.name}
-        await asyncio.to_thread(self.store.heartbeat, msg.agent_id, status)
+        self.agents.heartbeats.record(msg.agent_id, status_of(msg.status, gateway=self.name))

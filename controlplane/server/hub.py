@@ -17,6 +17,11 @@ Changes that wake streams:
   notifications): every stream re-reads its agent.
 ``notify(None)`` (a policy stored in this process) asks the watcher to re-read now
 (``on_policy_change``). Streams do not poll: an idle stream costs no database query.
+- ``identities``: agent id -> (its certificate as presented, its record) of the calls
+  identified lately, so a heartbeat or a new stream of a known agent costs no query.
+  Every agent change above drops the agent's entry (``agent_changed(None)``: all of
+  them); an entry read from the store is kept only if no change arrived while it was
+  read (``identity_epoch``), so a revocation is never hidden by a read it raced.
 ``notify`` and ``revoke`` may be called from any thread (REST handlers run in a pool).
 """
 
@@ -28,8 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from moray.controlplane.server.watch import PolicySnapshot
+from moray.controlplane.store.cpstore import AgentRecord
 
 log = logging.getLogger(__name__)
+
+MAX_IDENTITIES = 100_000     # cached identities; beyond, the cache starts again
 
 
 @dataclass(eq=False)
@@ -48,6 +56,21 @@ class AgentHub:
         self.revocations: dict[str, set[asyncio.Event]] = {}
         self.snapshot = PolicySnapshot(0)
         self.on_policy_change = on_policy_change
+        self.identities: dict[str, tuple[bytes, AgentRecord]] = {}
+        self.identity_epoch = 0
+
+    def identity(self, agent_id: str, cert_pem: bytes) -> AgentRecord | None:
+        """The cached record of ``agent_id`` if it was identified with this certificate."""
+        entry = self.identities.get(agent_id)
+        return entry[1] if entry is not None and entry[0] == cert_pem else None
+
+    def remember(self, cert_pem: bytes, agent: AgentRecord, epoch: int) -> None:
+        """Cache ``agent`` read from the store when ``identity_epoch`` was ``epoch``."""
+        if epoch != self.identity_epoch or agent.revoked_at is not None:
+            return
+        if len(self.identities) >= MAX_IDENTITIES:
+            self.identities.clear()
+        self.identities[agent.id] = (cert_pem, agent)
 
     def open(self, agent_id: str) -> StreamHandle:
         handle = StreamHandle(agent_id)
@@ -86,6 +109,11 @@ class AgentHub:
                 handle.wake.set()
 
     def agent_changed(self, agent_id: str | None, revoked: bool = False) -> None:
+        self.identity_epoch += 1
+        if agent_id is None:
+            self.identities.clear()
+        else:
+            self.identities.pop(agent_id, None)
         targets = ([h for hs in self.streams.values() for h in hs] if agent_id is None
                    else list(self.streams.get(agent_id, ())))
         for handle in targets:

@@ -105,21 +105,28 @@ def is_loopback(host: str) -> bool:
 
 def private_file(path: Path) -> None:
     """Create ``path`` readable by its owner only, or take away the others' access to an
-    existing one (an older server left moray.db 0644)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.close(fd)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
+    existing one (an older server left moray.db 0644). An existing file is never opened:
+    closing a descriptor of a SQLite file drops every POSIX lock this process holds on
+    it, and another process (``moray token create``, a second reader) would then take
+    itself for the last user, checkpoint and delete the WAL under the server's feet."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
 
 
 def sqlite_private(url: str) -> None:
-    """Make the SQLite file (and its WAL and shared-memory files) owner-only."""
+    """Make the SQLite file (and its WAL and shared-memory files, which SQLite creates
+    with the database file's mode) owner-only."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         path = Path(url.split("///", 1)[1])
         path.parent.mkdir(parents=True, exist_ok=True)
-        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            if f == path or f.exists():
-                private_file(f)
+        private_file(path)
+        for f in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                if f.stat().st_mode & 0o077:
+                    f.chmod(0o600)
 
 
 async def open_engine(config: ServerConfig, metrics: ServerMetrics,

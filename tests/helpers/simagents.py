@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from moray.agent.controlplane.client import CHANNEL_OPTIONS
 from moray.agent.controlplane.identity import Identity, enroll
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 
@@ -50,7 +51,8 @@ class SimAgent:
         return dict(self.held)
 
     async def run(self) -> None:
-        self.channel = grpc.aio.secure_channel(self.target, self.identity.channel_credentials())
+        self.channel = grpc.aio.secure_channel(self.target, self.identity.channel_credentials(),
+                                               options=CHANNEL_OPTIONS)
         stub = moray_pb2_grpc.AgentServiceStub(self.channel)
         out: asyncio.Queue[moray_pb2.PolicyStreamRequest | None] = asyncio.Queue()
         out.put_nowait(moray_pb2.PolicyStreamRequest(

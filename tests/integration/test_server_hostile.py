@@ -231,7 +231,10 @@ def test_bad_events_and_shared_ids_hurt_no_one(server: ServerProcess, tmp_path: 
         bad.stub.Heartbeat(moray_pb2.HeartbeatRequest(status=moray_pb2.AgentStatus(
             kernel="k" * 100_000, features={f"f{i}": True for i in range(20_000)})),
             timeout=30)
-        status = server.api()("GET", f"/api/v1/agents/{bad.id}", expect=200)["status"]
+        # heartbeats are written in batches (controlplane/server/heartbeats.py)
+        status = wait_for(lambda: "features" in (st := server.api()(
+            "GET", f"/api/v1/agents/{bad.id}", expect=200)["status"]) and st,
+            what="the heartbeat's status stored")
         assert len(status["features"]) == 256 and len(status["kernel"]) == 256
         rows = server.api()("GET", "/api/v1/events", params={"limit": 10000}, expect=200)
         assert all(isinstance(r["event"], dict) for r in rows)

@@ -233,6 +233,16 @@ def test_data_files_are_private_and_plain_http_stays_on_loopback(tmp_path: Path)
         for f in files:
             assert f.exists(), f
             assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, (f, oct(f.stat().st_mode))
+        # another process on the same file (moray token create, a reader) comes and goes:
+        # it must not take itself for the last user and delete the server's WAL (the
+        # server's own file-mode fix once dropped the server's locks by closing an fd)
+        subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect("
+                        "sys.argv[1]); c.execute('select count(*) from cp_policy').fetchall(); "
+                        "c.close()", str(data / "moray.db")], check=True, timeout=60)
+        assert (data / "moray.db-wal").exists()
+        for i in range(2, 6):
+            server.api().apply(policy_yaml(f"p{i}"))
+        assert "disk I/O error" not in server.log.read_text()
     finally:
         server.stop()
     # the REST API over plain HTTP on a non-loopback address needs an explicit flag

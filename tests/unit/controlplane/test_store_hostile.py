@@ -31,16 +31,31 @@ def test_event_ids_are_unique_per_agent(store: ControlPlaneStore) -> None:
         [(a, f"same-{i}") for i in range(5)] + [(b, f"same-{i}") for i in range(5)])
 
 
+def test_several_agents_in_one_transaction(store: ControlPlaneStore) -> None:
+    """insert_groups (the server's group commit): each group counted on its own, a revoked
+    or unknown agent's group refused alone, an agent twice in one call counted once."""
+    a, b, gone = enrolled(store), enrolled(store, tenant="other"), enrolled(store)
+    store.revoke_agent(gone, author="admin")
+    ev = [(f"e-{i}", i, "exec", "{}") for i in range(4)]
+    results = store.insert_groups([(a, "t", ev[:2]), (gone, "t", ev), (b, "other", ev),
+                                   ("no-such-agent", "t", ev), (a, "t", ev[1:]), (b, "other", [])])
+    assert [(r.stored, r.duplicates) if r else None for r in results] == [
+        (2, 0), None, (4, 0), None, (2, 1), (0, 0)]
+    assert sorted(r["id"] for r in store.query_events(agent_id=a, limit=10)) == \
+        [f"e-{i}" for i in range(4)]
+    assert store.query_events(agent_id=gone, limit=10) == []
+
+
 def test_nothing_stored_for_revoked_or_unknown_agents(store: ControlPlaneStore) -> None:
     agent = enrolled(store)
     store.insert_events(agent, "t", [("before", 1, "exec", "{}")])
-    store.heartbeat(agent, {"kernel": "before"})
+    store.heartbeats([(agent, {"kernel": "before"}, 1.0)])
     store.revoke_agent(agent, author="admin")
     with pytest.raises(AgentRevoked):
         store.insert_events(agent, "t", [("after", 2, "exec", "{}")])
     with pytest.raises(AgentRevoked):
         store.insert_events("no-such-agent", "t", [("x", 2, "exec", "{}")])
-    store.heartbeat(agent, {"kernel": "after"})
+    store.heartbeats([(agent, {"kernel": "after"}, 2.0)])
     record = store.agent(agent)
     assert record is not None and record.status == {"kernel": "before"}
     assert [r["id"] for r in store.query_events()] == ["before"]
