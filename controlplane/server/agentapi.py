@@ -313,7 +313,10 @@ class _PolicySession:
                 await self._ack(msg.ack)
 
     async def _ack(self, ack: moray_pb2.PolicyAck) -> None:
-        status = moray_pb2.ApplyStatus.Name(ack.status)
+        status = ack_status(ack.status)
+        if status is None:          # not a status this server knows: refused, counted
+            self.metrics.policy_acks_refused.inc()
+            return
         ok = status in ("APPLIED", "REMOVED")
         self.metrics.policy_acks.labels(status).inc()
         due = self.pending.pop((ack.name, ack.version), None)
@@ -365,3 +368,12 @@ def _event_row(event: moray_pb2.Event) -> tuple[str, int, str, str] | str:
         event_id = hashlib.sha256((event_id or payload).encode()).hexdigest()
     kind = event.type.replace("\x00", "") or "unknown"
     return event_id, event.time_ms, kind[:32], payload
+
+
+def ack_status(value: int) -> str | None:
+    """The name of an acknowledgement's status; None for a number the protocol does not
+    define (proto3 enums are open: a hostile or newer agent can send any)."""
+    try:
+        return str(moray_pb2.ApplyStatus.Name(value))
+    except ValueError:
+        return None

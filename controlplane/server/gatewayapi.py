@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 
 from moray.api.proto import moray_pb2, moray_pb2_grpc
-from moray.controlplane.server.agentapi import AgentServiceImpl, event_rows
+from moray.controlplane.server.agentapi import AgentServiceImpl, ack_status, event_rows
 from moray.controlplane.server.heartbeats import status_of
 from moray.controlplane.server.hub import StreamHandle
 from moray.controlplane.server.policydoc import selects_host
@@ -315,7 +315,10 @@ class _Link:
             self.service.metrics.rpc_refused.labels("gateway_ack").inc()
             return
         ack = msg.ack
-        status = moray_pb2.ApplyStatus.Name(ack.status)
+        status = ack_status(ack.status)
+        if status is None:
+            self.service.metrics.policy_acks_refused.inc()
+            return
         self.service.metrics.policy_acks.labels(status).inc()
         self.agents.record_ack(PolicyAckRow(
             msg.agent_id, ack.name, ack.version, status, ack.error,

@@ -268,6 +268,8 @@ def test_bad_acks_do_not_drop_good_ones(server: ServerProcess, tmp_path: Path) -
             streams[1].send(ack(f"made-up-{i}", 1))
         streams[1].send(ack("web", 2**64 - 1))
         streams[1].send(ack("web", INT64))
+        streams[1].send(moray_pb2.PolicyStreamRequest(ack=moray_pb2.PolicyAck(
+            name="web", version=1, status=12345)))     # no such status: not the stream's end
         streams[0].send(ack("web", 1))
 
         def acked(agent_id: str) -> dict[str, Any]:
@@ -276,10 +278,13 @@ def test_bad_acks_do_not_drop_good_ones(server: ServerProcess, tmp_path: Path) -
         wait_for(lambda: acked(good.id).get("web", {}).get("version") == 1,
                  what="the good agent's ack stored")
         metric = "moray_policy_acks_refused_total "
-        wait_for(lambda: any(line.startswith(metric) and float(line.split()[1]) >= 302
+        wait_for(lambda: any(line.startswith(metric) and float(line.split()[1]) >= 303
                              for line in server.api()("GET", "/metrics").splitlines()),
                  what="the hostile acks refused")
         assert acked(bad.id) == {}
+        streams[1].send(ack("web", 1))                  # the bad agent's stream still works
+        wait_for(lambda: acked(bad.id).get("web", {}).get("version") == 1,
+                 what="a good ack after the bad ones")
         assert good.heartbeat() == grpc.StatusCode.OK and healthy(server)
     finally:
         for s in streams:
