@@ -67,6 +67,7 @@ from moray.agent.controlplane.policies import (
 )
 from moray.agent.controlplane.spool import EventSpool, SpoolWriter
 from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.api.wire import BATCH_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +412,7 @@ class ControlPlaneClient:
             acks: Iterator[moray_pb2.EventAck] = iter(call)
             try:
                 while not self._stop.is_set():
-                    records, end = self.spool.read(self.batch_size)
+                    records, end = self.spool.read(self.batch_size, max_bytes=BATCH_BYTES)
                     if not records:
                         self.spool.wait(0.5)
                         continue

@@ -228,14 +228,17 @@ class EventSpool:
         with self._data:
             return self._data.wait_for(lambda: self._pending > 0, timeout)
 
-    def read(self, max_records: int = 500, start: Position | None = None
-             ) -> tuple[list[dict[str, Any]], Position]:
+    def read(self, max_records: int = 500, start: Position | None = None,
+             max_bytes: int | None = None) -> tuple[list[dict[str, Any]], Position]:
         """Up to ``max_records`` records from ``start`` (default: the cursor), oldest first,
-        and the position after the last one (pass it to ``commit`` once acknowledged)."""
+        and the position after the last one (pass it to ``commit`` once acknowledged).
+        With ``max_bytes``, the records stop before their encoded sizes pass it (at least
+        one record is read)."""
         with self._lock:
             pos = start or self._cursor
             segments = [s for s in sorted(self._sizes) if s >= pos.segment]
             out: list[dict[str, Any]] = []
+            budget = max_bytes if max_bytes is not None else 1 << 62
             for seg in segments:
                 off = pos.offset if seg == pos.segment else 0
                 end = self._sizes[seg]
@@ -249,6 +252,10 @@ class EventSpool:
                 i = 0
                 while i < len(data) and len(out) < max_records:
                     size, _crc = _HEADER.unpack_from(data, i)
+                    if out and size > budget:
+                        max_records = len(out)      # full: stop here
+                        break
+                    budget -= size
                     out.append(msgpack.unpackb(data[i + _HEADER.size: i + _HEADER.size + size],
                                                raw=False))
                     i += _HEADER.size + size

@@ -39,6 +39,7 @@ import orjson
 from moray.agent.controlplane.spool import EventSpool
 from moray.agent.output.siem import AlertOutput
 from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.api.wire import BATCH_BYTES
 from moray.errors import ControlPlaneError
 
 log = logging.getLogger(__name__)
@@ -112,11 +113,12 @@ class Forwarder:
 
     def _take_ready(self) -> list[tuple[moray_pb2.AgentEvents, asyncio.Future[None]]]:
         items: list[tuple[moray_pb2.AgentEvents, asyncio.Future[None]]] = []
-        count = 0
-        while not self._queue.empty() and count < MAX_EVENTS:
+        count = size = 0
+        while not self._queue.empty() and count < MAX_EVENTS and size < BATCH_BYTES:
             item = self._queue.get_nowait()
             items.append(item)
             count += len(item[0].events)
+            size += item[0].ByteSize()
         return items
 
     async def _take(self, timeout: float | None
@@ -165,7 +167,7 @@ class Forwarder:
         return accepted == len(records)
 
     async def _drain_once(self) -> None:
-        records, end = await asyncio.to_thread(self.spool.read, MAX_EVENTS)
+        records, end = await asyncio.to_thread(self.spool.read, MAX_EVENTS, None, BATCH_BYTES)
         if not records:
             return
         groups: dict[tuple[str, str], moray_pb2.AgentEvents] = {}

@@ -30,6 +30,7 @@ import grpc
 from moray.agent.controlplane.spool import EventSpool
 from moray.agent.output import siem
 from moray.api.proto import moray_pb2_grpc
+from moray.api.wire import SERVER_OPTIONS
 from moray.controlplane.gateway.downstream import GatewayAgentService
 from moray.controlplane.gateway.forwarder import Forwarder
 from moray.controlplane.gateway.upstream import Upstream, client_credentials
@@ -78,10 +79,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     tasks = [asyncio.create_task(upstream.run(), name="upstream"),
              asyncio.create_task(forwarder.run(), name="forwarder")]
     # step: serve
-    server = grpc.aio.server(options=[("grpc.keepalive_time_ms", 20_000),
-                                      ("grpc.keepalive_timeout_ms", 10_000),
-                                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                                      ("grpc.keepalive_permit_without_calls", 1)])
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     moray_pb2_grpc.add_AgentServiceServicer_to_server(GatewayAgentService(upstream, forwarder),
                                                       server)
     port = server.add_secure_port(f"{config.host}:{config.port}", grpc.ssl_server_credentials(

@@ -18,18 +18,19 @@ from typing import Any
 
 import grpc
 
+from moray.agent.controlplane.client import CHANNEL_OPTIONS as AGENT_CHANNEL_OPTIONS
 from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.api.wire import MAX_MESSAGE_BYTES
 from moray.controlplane.gateway.fanout import Fanout
 
 log = logging.getLogger(__name__)
 
 QUEUE_MAX = 200_000
 ACK_BATCH = 1000
+# the agent's channel options, and room for policy snapshots of every agent downwards
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2_000),
-    ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    *AGENT_CHANNEL_OPTIONS, ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
 
 
 def client_credentials(pki_dir: Path) -> grpc.ChannelCredentials:

@@ -36,6 +36,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from moray.api.proto import moray_pb2_grpc
+from moray.api.wire import SERVER_OPTIONS
 from moray.controlplane.scanner.service.scheduler import Scheduler
 from moray.controlplane.scanner.workercli import InProcessWorkers
 from moray.controlplane.server.agentapi import AgentServiceImpl, EnrollmentService
@@ -218,10 +219,7 @@ async def start_grpc(store: ControlPlaneStore, pki: Pki, hub: AgentHub,
     """The agent (mutual TLS) and enrolment (TLS) ports, started; None if either port
     cannot be bound."""
     server = grpc.aio.server(interceptors=[GrpcTimer(metrics.grpc_duration)],
-                             options=[("grpc.keepalive_time_ms", 20_000),
-                                      ("grpc.keepalive_timeout_ms", 10_000),
-                                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                                      ("grpc.keepalive_permit_without_calls", 1)])
+                             options=SERVER_OPTIONS)
     moray_pb2_grpc.add_EnrollmentServicer_to_server(
         EnrollmentService(store, pki, metrics), server)
     agent_service = AgentServiceImpl(store, pki, hub, metrics)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from moray.agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
+from moray.api.wire import MAX_MESSAGE_BYTES
 from tests.helpers.controlplane import (
     AgentProcess,
     ServerProcess,
@@ -186,5 +187,19 @@ def test_spool_full_is_counted_and_reported(server: ServerProcess, tmp_path: Pat
         drops = wait_for(lambda: server.api()("GET", f"/api/v1/agents/{agent_id}")[
             "status"].get("drops", {}).get("spool_full"), what="drops reported")
         assert drops == 1000 - accepted
+    finally:
+        client.stop()
+
+
+def test_batches_stay_under_the_message_limit(server: ServerProcess, tmp_path: Path) -> None:
+    """More events of 200 KiB than one message may carry (the agent may put 200 in a
+    batch): sent as batches of at most BATCH_BYTES, all stored. One batch over the
+    receiver's limit was refused, and the agent resent it for ever."""
+    count = MAX_MESSAGE_BYTES // (200 << 10) + 20
+    client = _client(server, tmp_path / "agent")
+    try:
+        client.send_many([{"type": "exec", "id": f"big-{i}", "pad": "x" * (200 << 10)}
+                          for i in range(count)])
+        assert_exactly_once(server, "big-", {f"big-{i}" for i in range(count)})
     finally:
         client.stop()
