@@ -516,8 +516,16 @@ class ControlPlaneStore:
                     "agent_id": ack.agent_id, "policy": ack.name[:253], "version": ack.version})
         return refused
 
+    _ACK_UPSERT = (
+        "INSERT INTO cp_agent_policy (agent_id, policy_name, version, status, error, tiers, "
+        "acked_at) VALUES ({0}, {0}, {0}, {0}, {0}, {1}, {0}) "
+        "ON CONFLICT (agent_id, policy_name) DO UPDATE SET version = excluded.version, "
+        "status = excluded.status, error = excluded.error, tiers = excluded.tiers, "
+        "acked_at = excluded.acked_at")
+
     def _record_acks(self, acks: Sequence[PolicyAckRow]) -> int:
         refused = 0
+        rows: dict[tuple[str, str], tuple[str, str, int, str, str, str, float]] = {}
         with self._tx() as session:
             tenants: dict[str, str] = {
                 agent_id: tenant for agent_id, tenant in session.execute(
@@ -543,18 +551,23 @@ class ControlPlaneStore:
                         "agent_id": ack.agent_id, "policy": ack.name[:253],
                         "version": ack.version, "reason": why})
                     continue
-                row = session.get(AgentPolicy, (ack.agent_id, ack.name), with_for_update=True)
-                if row is None:
-                    row = AgentPolicy(agent_id=ack.agent_id, policy_name=ack.name)
-                    session.add(row)
-                tiers = dict(list(ack.tiers.items())[:MAX_ACK_TIERS])
-                row.version, row.status, row.error = ack.version, ack.status, \
-                    ack.error[:MAX_ACK_ERROR]
-                row.tiers, row.acked_at = tiers, ack.at
+                # the last acknowledgement of an agent's policy in the batch wins
+                rows[(ack.agent_id, ack.name)] = (
+                    ack.agent_id, ack.name, ack.version, ack.status, ack.error[:MAX_ACK_ERROR],
+                    json.dumps(dict(list(ack.tiers.items())[:MAX_ACK_TIERS])), ack.at)
                 if ack.status not in ("APPLIED", "REMOVED"):
                     self._audit(session, f"agent:{ack.agent_id}", "policy.reject", ack.name,
                                 {"version": ack.version, "status": ack.status,
                                  "error": ack.error[:MAX_ACK_ERROR]})
+            if rows:
+                # one statement of a fixed shape per ack (executemany): an ORM read and
+                # write per ack was most of a push to thousands of agents
+                sql = self._ACK_UPSERT.format(*(("?", "?") if self._sqlite else ("%s", "%s::json")))
+                cursor = session.connection().connection.cursor()
+                try:
+                    cursor.executemany(sql, list(rows.values()))
+                finally:
+                    cursor.close()
         return refused
 
     # -- events --------------------------------------------------------------------------
