@@ -41,6 +41,12 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 from moray.agent.controlplane.client import CHANNEL_OPTIONS, HEARTBEAT_EVERY  # noqa: E402
 from moray.api.proto import moray_pb2, moray_pb2_grpc  # noqa: E402
 
+# the agent's channel options, but 20 s for a keepalive ping's answer (the agent: 5 s):
+# thousands of simulated agents share one Python loop, which a push keeps busy for
+# seconds, and a ping unanswered in time drops the connection
+SIM_OPTIONS = [*(o for o in CHANNEL_OPTIONS if o[0] != "grpc.keepalive_timeout_ms"),
+               ("grpc.keepalive_timeout_ms", 20_000)]
+
 PAYLOAD = b'{"type":"exec","process":{"pid":1234,"binary":"/usr/bin/true"}}'
 CODES: dict[str, int] = {}   # "kind:STATUS" -> failed calls, written to DIR/errors.json
 
@@ -65,7 +71,7 @@ class SimAgent:
         self.errors = {"policy": 0, "heartbeat": 0, "events": 0}
 
     async def connect(self, endpoint: str) -> None:
-        self.channel = grpc.aio.secure_channel(endpoint, self.creds, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.secure_channel(endpoint, self.creds, options=SIM_OPTIONS)
         stub = moray_pb2_grpc.AgentServiceStub(self.channel)
         self.tasks = [asyncio.create_task(self._policies(stub)),
                       asyncio.create_task(self._heartbeats(stub))]
