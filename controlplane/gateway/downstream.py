@@ -71,6 +71,10 @@ class GatewayAgentService(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[
         session = PolicySession(self.fanout, state, context, dict(first.hello.versions))
         state.wakes.add(session.wake)
         reader = asyncio.ensure_future(session.read_acks())
+        # one event wakes the stream: a policy change or a refusal (state.wake) and the
+        # agent hanging up (below); no task per wait, so a push to thousands of streams
+        # costs one wake-up each
+        reader.add_done_callback(lambda _r: session.wake.set())
         try:
             while not reader.done():
                 session.wake.clear()
@@ -78,12 +82,7 @@ class GatewayAgentService(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[
                     reason = state.info.error if state.info else "refused"
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
                 await session.push()
-                waker = asyncio.ensure_future(session.wake.wait())
-                refused = asyncio.ensure_future(state.refused.wait())
-                await asyncio.wait({waker, refused, reader},
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
-                refused.cancel()
+                await session.wake.wait()
             await reader
         finally:
             reader.cancel()

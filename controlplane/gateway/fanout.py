@@ -66,6 +66,7 @@ class Fanout:
         if state is not None and state.cert_sha256 != cert_sha256:
             # a new certificate for the same id (re-enrolled): ask the server again
             state.refused.set()
+            state.wake()
             state = None
         if state is None:
             state = self.agents[agent_id] = AgentState(agent_id, cert_sha256)

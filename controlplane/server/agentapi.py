@@ -35,7 +35,7 @@ import orjson
 
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.server.heartbeats import HeartbeatWriter, status_of
-from moray.controlplane.server.hub import AgentHub, StreamHandle
+from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.ingest import IngestWriter
 from moray.controlplane.server.metrics import ServerMetrics
 from moray.controlplane.server.pki import Pki, PkiError, cert_sha256
@@ -176,6 +176,7 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
         self.metrics.agents_connected.set(len(self.hub.streams))
         log.info("policy stream open", extra={"agent_id": agent.id, "versions": session.known})
         reader = asyncio.create_task(session.read_acks())
+        reader.add_done_callback(lambda _r: handle.wake.set())   # the agent hung up
         fresh: AgentRecord | None = agent
         try:
             while not reader.done():
@@ -189,7 +190,7 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
                 snapshot = self.hub.snapshot
                 if snapshot.serial:          # 0: the watcher has not read the store yet
                     await session.push(fresh, snapshot.tenant(fresh.tenant))
-                await self._wait_change(handle, reader)
+                await handle.wake.wait()
             await reader
         finally:
             reader.cancel()
@@ -197,18 +198,6 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
             self.hub.close(handle)
             self.metrics.agents_connected.set(len(self.hub.streams))
             log.info("policy stream closed", extra={"agent_id": agent.id})
-
-    @staticmethod
-    async def _wait_change(handle: StreamHandle, reader: asyncio.Task[None]) -> None:
-        """Return when the hub wakes this stream (a new policy snapshot, the agent
-        changed) or the agent hangs up. No timer: an idle stream costs nothing."""
-        if handle.wake.is_set():
-            return
-        waker = asyncio.create_task(handle.wake.wait())
-        try:
-            await asyncio.wait({waker, reader}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waker.cancel()
 
     # -- events --------------------------------------------------------------------------
 
