@@ -49,6 +49,7 @@ SIM_OPTIONS = [*(o for o in CHANNEL_OPTIONS if o[0] != "grpc.keepalive_timeout_m
 
 PAYLOAD = b'{"type":"exec","process":{"pid":1234,"binary":"/usr/bin/true"}}'
 CODES: dict[str, int] = {}   # "kind:STATUS" -> failed calls, written to DIR/errors.json
+DETAILS: dict[str, float] = {}   # "kind:STATUS: details" -> when first seen (errors.json)
 
 
 def _code(err: grpc.RpcError) -> str:
@@ -95,6 +96,8 @@ class SimAgent:
             except grpc.RpcError as err:
                 self.errors["policy"] += 1
                 CODES[f"policy:{_code(err)}"] = CODES.get(f"policy:{_code(err)}", 0) + 1
+                detail = err.details() if isinstance(err, grpc.aio.AioRpcError) else ""
+                DETAILS.setdefault(f"policy:{_code(err)}: {detail}"[:200], time.time())
             await asyncio.sleep(1 + random.random())
 
     async def _heartbeats(self, stub: Any) -> None:
@@ -206,7 +209,8 @@ async def main() -> None:
                                           for a in agents))
             errors = "/".join(str(sum(a.errors[k] for a in agents))
                               for k in ("policy", "heartbeat", "events"))
-            (args.dir / "errors.json").write_text(json.dumps(CODES, indent=1))
+            (args.dir / "errors.json").write_text(json.dumps(
+                {"codes": CODES, "first_seen": DETAILS}, indent=1))
             print(f"events-done {sum(sent)} {time.perf_counter() - start:.3f} {errors}",
                   flush=True)
         elif line[0] == "disconnect":
