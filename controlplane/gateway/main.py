@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grpc
 
+from moray import sdnotify
 from moray.agent.controlplane.spool import EventSpool
 from moray.agent.output import siem
 from moray.api.proto import moray_pb2_grpc
@@ -91,6 +92,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     await server.start()
     log.info("moray-gateway ready", extra={"port": port, "server": config.server,
                                            "spooled": spool.stats().records})
+    sdnotify.ready(f"serving agents on {config.host}:{port}")  # the one port is bound
     try:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
@@ -99,6 +101,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
                 log.error("gateway task failed", exc_info=task.exception(),
                           extra={"task": task.get_name()})
     finally:
+        sdnotify.stopping()
         await server.stop(grace=2)
         for task in tasks:
             task.cancel()
