@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from moray import sdnotify
+from moray import daemonconfig, sdnotify
 from moray.agent.controlplane.spool import EventSpool
 from moray.agent.output import siem
 from moray.api.proto import moray_pb2_grpc
@@ -122,8 +122,10 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="serve agents and link to the server (= moray-gateway run)",
                          description=__doc__.split("\n\n")[0] if __doc__ else None)
     run.set_defaults(handler=run_command, daemon=True)
-    run.add_argument("--server", required=True, metavar="HOST:PORT",
-                     help="the server's agent port (mutual TLS), e.g. server:7443")
+    daemonconfig.add_option(run)
+    run.add_argument("--server", default=None, metavar="HOST:PORT",
+                     help="(required, here or in --config) the server's agent port "
+                          "(mutual TLS), e.g. server:7443")
     run.add_argument("--server-name", default=None,
                      help="name to verify the server's certificate against (default: HOST)")
     run.add_argument("--pki", type=Path, default=None,
@@ -160,6 +162,9 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if not args.server:
+        raise ConfigError("moray-gateway run: --server HOST:PORT is required (or server: in "
+                          "--config)")
     data_dir = args.data_dir or Path(os.environ.get("MORAY_GATEWAY_DIR",
                                                     "/var/lib/moray-gateway"))
     types = frozenset() if args.siem_types.strip() == "all" else frozenset(

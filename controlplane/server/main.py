@@ -35,7 +35,7 @@ import uvicorn
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
-from moray import sdnotify
+from moray import daemonconfig, sdnotify
 from moray.api.proto import moray_pb2_grpc
 from moray.controlplane.scanner.service.scheduler import Scheduler
 from moray.controlplane.scanner.workercli import InProcessWorkers
@@ -321,6 +321,7 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
     """Fill ``moray``'s ``server`` parser (moray.cli)."""
     p.description = __doc__.split("\n\n")[0] if __doc__ else None
     p.set_defaults(handler=run_command, daemon=True)
+    daemonconfig.add_option(p)
     p.add_argument("--data-dir", default=None,
                    help="state directory (default $MORAY_DATA_DIR or /var/lib/moray)")
     p.add_argument("--database-url", default=argparse.SUPPRESS,
