@@ -4,6 +4,8 @@
 #               with its defaults (events as JSON lines on stdout, metrics on :9464)
 #   make test   the same set-up, then the whole test suite (integration tests need root)
 #   make bench  the benchmarks (figures printed, never asserted)
+#   make dist   the wheel with the prebuilt CO-RE objects (dist/moray-*.whl; target hosts
+#               need python3 and libbpf1, no clang: docs/install.md)
 
 PY ?= python3
 VENV := .venv
@@ -15,7 +17,7 @@ BIN := $(VENV)/bin
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool runc busybox-static docker.io iproute2 \
             docker-registry golang-go db5.3-util gcc postgresql qemu-system-x86 zstd
 
-.PHONY: all deps venv bpf install run test test-unit bench lint clean
+.PHONY: all deps venv bpf install run test test-unit bench lint dist clean
 
 all: install
 
@@ -61,6 +63,13 @@ lint: install  # ruff: the code, tests and benchmarks; mypy --strict: the moray 
 	$(BIN)/ruff check moray agent api controlplane tests bench
 	$(BIN)/mypy
 
+# the BPF objects are built once here (setup.py's build hook runs make -C bpf); the
+# venv's setuptools builds the wheel (no build isolation: nothing fetched)
+dist: deps bpf | $(BIN)/python
+	rm -rf build dist/moray-*.whl
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	@ls -l dist/moray-*.whl
+
 clean:
 	$(MAKE) -C bpf clean
-	rm -rf $(VENV) .stamps
+	rm -rf $(VENV) .stamps build dist
