@@ -6,6 +6,7 @@
 #   make bench  the benchmarks (figures printed, never asserted)
 #   make dist   the wheel with the prebuilt CO-RE objects (dist/moray-*.whl; target hosts
 #               need python3 and libbpf1, no clang: docs/install.md)
+#   make deb    the Debian packages moray (venv), moray-agent, moray-server (dist/*.deb)
 
 PY ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ BIN := $(VENV)/bin
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool runc busybox-static docker.io iproute2 \
             docker-registry golang-go db5.3-util gcc postgresql qemu-system-x86 zstd
 
-.PHONY: all deps venv bpf install run test test-unit bench lint dist clean
+.PHONY: all deps venv bpf install run test test-unit bench lint dist deb clean
 
 all: install
 
@@ -69,6 +70,24 @@ dist: deps bpf | $(BIN)/python
 	rm -rf build dist/moray-*.whl
 	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
 	@ls -l dist/moray-*.whl
+
+# dh-virtualenv builds /opt/venvs/moray from a clean copy of the tree (tracked and new
+# files, not the developer's .venv or build output), packaging/debian as debian/
+DEB_PKGS := debhelper dh-virtualenv python3-venv
+DEB_STAGE := build/deb/moray-0.1.0
+deb: deps
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get install -y -q $$missing; fi
+	rm -rf build/deb && mkdir -p $(DEB_STAGE) dist
+	git ls-files -z --cached --others --exclude-standard | \
+	  tar --null --ignore-failed-read --no-recursion -cf - -T - | tar -C $(DEB_STAGE) -xf -
+	cp -r packaging/debian $(DEB_STAGE)/debian
+	cp packaging/systemd/moray-agent.service $(DEB_STAGE)/debian/moray-agent.moray-agent.service
+	cp packaging/systemd/moray-server.service $(DEB_STAGE)/debian/moray-server.moray-server.service
+	cp packaging/systemd/moray-gateway.service $(DEB_STAGE)/debian/moray-server.moray-gateway.service
+	cd $(DEB_STAGE) && dpkg-buildpackage -us -uc -b
+	mv build/deb/*.deb dist/
+	@ls -l dist/*.deb
 
 clean:
 	$(MAKE) -C bpf clean
