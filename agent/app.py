@@ -499,8 +499,12 @@ class Agent:
             self.start()
             log.info("moray-agent running (node %s)", self.cfg.node)
             deadline = (time.monotonic() + self.cfg.duration) if self.cfg.duration else None
+            watchdog = sdnotify.watchdog_enabled()
             while not self.stop_event.wait(0.5):
                 self.health.beat()
+                # systemd's watchdog (WatchdogSec=) hears what /healthz says
+                if watchdog and self.health.healthz()[0] == 200:
+                    sdnotify.notify("WATCHDOG=1")
                 if deadline is not None and time.monotonic() >= deadline:
                     break
             self.stop_event.set()

@@ -93,8 +93,10 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
 
     run = sub.add_parser("run", help="load the BPF programs and report events as JSON lines")
     run.add_argument("--output", "-o", default="-", help="file to append events to, - = stdout")
-    run.add_argument("--metrics-port", type=int, default=9464, help="Prometheus port, 0 = off")
-    run.add_argument("--metrics-addr", default="127.0.0.1")
+    run.add_argument("--metrics-port", type=int, default=9464,
+                     help="port of /metrics, /healthz and /readyz (0 = off)")
+    run.add_argument("--metrics-addr", default="127.0.0.1",
+                     help="address of that port")
     run.add_argument("--watch", action="append", default=[], metavar="PREFIX",
                      help="extra path prefix whose opens are reported (dirs end with /)")
     run.add_argument("--no-default-watch", action="store_true",

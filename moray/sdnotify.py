@@ -3,8 +3,9 @@
 A unit with ``Type=notify`` sets ``NOTIFY_SOCKET`` to an AF_UNIX datagram socket (a path,
 or ``@name`` in the abstract namespace); the service sends newline-separated ``KEY=value``
 assignments to it, one datagram per call: ``READY=1`` when start-up is done, ``STATUS=...``
-for ``systemctl status``, ``STOPPING=1`` when it begins to stop. Without ``NOTIFY_SOCKET``
-(a shell, a container, a test) every call does nothing.
+for ``systemctl status``, ``STOPPING=1`` when it begins to stop, ``WATCHDOG=1`` while it is
+healthy when the unit has ``WatchdogSec=`` (the agent, from its main loop). Without
+``NOTIFY_SOCKET`` (a shell, a container, a test) every call does nothing.
 
 A dozen lines of protocol, so no library: systemd-python (or sdnotify) would be one more
 dependency, a C extension for the former, for one ``sendto``. A failure to notify is logged
@@ -41,6 +42,14 @@ def notify(*assignments: str, env: Mapping[str, str] | None = None) -> bool:
         log.warning("cannot notify systemd at %s: %s", addr.lstrip("\0"), err)
         return False
     return True
+
+
+def watchdog_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """``WatchdogSec=`` is set for this process: it should send ``WATCHDOG=1`` more often
+    than ``$WATCHDOG_USEC`` (systemd arms the watchdog once READY=1 is sent)."""
+    e = os.environ if env is None else env
+    pid = e.get("WATCHDOG_PID")
+    return bool(e.get("WATCHDOG_USEC")) and (not pid or pid == str(os.getpid()))
 
 
 def ready(status: str = "") -> bool:

@@ -1,6 +1,7 @@
 """The agent's readiness as systemd and Kubernetes see it: NOTIFY_SOCKET (a real AF_UNIX
 datagram socket) gets a STATUS= line per start-up step, READY=1 when /readyz has turned
-200, STOPPING=1 on SIGTERM; /healthz answers; each step's duration is logged. Root only."""
+200, WATCHDOG=1 after it, STOPPING=1 on SIGTERM; /healthz answers; each step's duration is
+logged. Root only."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,6 +50,14 @@ class Notifications(threading.Thread):
         self.ready = threading.Event()
         self.stopping = threading.Event()
 
+    def wait_for(self, message: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while message not in self.messages:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def run(self) -> None:
         while not self.done.is_set():
             try:
@@ -64,7 +74,8 @@ class Notifications(threading.Thread):
 
 def test_ready_when_attached_and_applied(tmp_path: Path) -> None:
     notes = Notifications(tmp_path / "notify")
-    agent = AgentProcess(env={"NOTIFY_SOCKET": str(tmp_path / "notify")}, workdir=tmp_path)
+    agent = AgentProcess(env={"NOTIFY_SOCKET": str(tmp_path / "notify"),
+                              "WATCHDOG_USEC": "30000000"}, workdir=tmp_path)
     notes.port = agent.metrics_port
     notes.start()
     try:
@@ -88,6 +99,11 @@ def test_ready_when_attached_and_applied(tmp_path: Path) -> None:
         os.waitpid(p, 0)
         agent.events.wait_for(lambda e: e["type"] == "exec" and e["process"]["pid"] == p,
                               timeout=15, what="the exec of /bin/true")
+        # WatchdogSec=: WATCHDOG=1 from the main loop while healthy, only after READY=1
+        first = notes.wait_for("WATCHDOG=1", timeout=15)
+        assert notes.messages.index("WATCHDOG=1") > min(
+            i for i, m in enumerate(notes.messages) if "READY=1" in m.split("\n"))
+        assert first
     finally:
         agent.stop()
         stopped = notes.stopping.wait(10)
