@@ -14,9 +14,10 @@ BIN := $(VENV)/bin
 # build: clang llvm libbpf-dev bpftool; runtime: libbpf1; tests: runc busybox-static docker.io
 # scanner tests: docker-registry (OCI distribution API), golang-go (Go build info),
 # db5.3-util (rpm Berkeley DB); control plane: postgresql (the PostgreSQL store tests);
-# benchmarks: gcc (C load generators); the qemu kernel matrix: qemu-system-x86, zstd
+# benchmarks: gcc (C load generators); the qemu kernel matrix: qemu-system-x86, zstd; the
+# systemd guest (tests/kernels/run-systemd-guest): mmdebstrap
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool runc busybox-static docker.io iproute2 \
-            docker-registry golang-go db5.3-util gcc postgresql qemu-system-x86 zstd
+            docker-registry golang-go db5.3-util gcc postgresql qemu-system-x86 zstd mmdebstrap
 
 .PHONY: all deps venv bpf install run test test-unit bench lint dist deb clean
 
