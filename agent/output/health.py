@@ -13,8 +13,9 @@ State owned here (`Health`), changed by the agent's main thread only:
   reader, the pipeline) has died.
 - `stopping()` when teardown starts: /readyz 503 {"reason": "stopping"}.
 
-The server is a `ThreadingHTTPServer` on a daemon thread: a scrape never waits for the
-agent's threads, and a hung client holds only its own connection thread.
+The server is a `ThreadingHTTPServer` on a daemon thread (as prometheus_client's own):
+a scrape never waits for the agent's threads, and a client that sends nothing holds its
+connection thread for 10 s at most.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class Health:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = 10  # a client that sends nothing loses its connection (and thread) after 10 s
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
