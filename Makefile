@@ -4,6 +4,9 @@
 #               with its defaults (events as JSON lines on stdout, metrics on :9464)
 #   make test   the same set-up, then the whole test suite (integration tests need root)
 #   make bench  the benchmarks (figures printed, never asserted)
+#   make dist   the wheel with the prebuilt CO-RE objects (dist/moray-*.whl; target hosts
+#               need python3 and libbpf1, no clang: docs/install.md)
+#   make deb    the Debian packages moray (venv), moray-agent, moray-server (dist/*.deb)
 
 PY ?= python3
 VENV := .venv
@@ -11,11 +14,12 @@ BIN := $(VENV)/bin
 # build: clang llvm libbpf-dev bpftool; runtime: libbpf1; tests: runc busybox-static docker.io
 # scanner tests: docker-registry (OCI distribution API), golang-go (Go build info),
 # db5.3-util (rpm Berkeley DB); control plane: postgresql (the PostgreSQL store tests);
-# benchmarks: gcc (C load generators); the qemu kernel matrix: qemu-system-x86, zstd
+# benchmarks: gcc (C load generators); the qemu kernel matrix: qemu-system-x86, zstd; the
+# systemd guest (tests/kernels/run-systemd-guest): mmdebstrap
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool runc busybox-static docker.io iproute2 \
-            docker-registry golang-go db5.3-util gcc postgresql qemu-system-x86 zstd
+            docker-registry golang-go db5.3-util gcc postgresql qemu-system-x86 zstd mmdebstrap
 
-.PHONY: all deps venv bpf install run test test-unit bench lint clean
+.PHONY: all deps venv bpf install run test test-unit bench lint dist deb clean
 
 all: install
 
@@ -61,6 +65,31 @@ lint: install  # ruff: the code, tests and benchmarks; mypy --strict: the moray 
 	$(BIN)/ruff check moray agent api controlplane tests bench
 	$(BIN)/mypy
 
+# the BPF objects are built once here (setup.py's build hook runs make -C bpf); the
+# venv's setuptools builds the wheel (no build isolation: nothing fetched)
+dist: deps bpf | $(BIN)/python
+	rm -rf build dist/moray-*.whl
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	@ls -l dist/moray-*.whl
+
+# dh-virtualenv builds /opt/venvs/moray from a clean copy of the tree (tracked and new
+# files, not the developer's .venv or build output), packaging/debian as debian/
+DEB_PKGS := debhelper dh-virtualenv python3-venv
+DEB_STAGE := build/deb/moray-0.1.0
+deb: deps
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get install -y -q $$missing; fi
+	rm -rf build/deb && mkdir -p $(DEB_STAGE) dist
+	git ls-files -z --cached --others --exclude-standard | \
+	  tar --null --ignore-failed-read --no-recursion -cf - -T - | tar -C $(DEB_STAGE) -xf -
+	cp -r packaging/debian $(DEB_STAGE)/debian
+	cp packaging/systemd/moray-agent.service $(DEB_STAGE)/debian/moray-agent.moray-agent.service
+	cp packaging/systemd/moray-server.service $(DEB_STAGE)/debian/moray-server.moray-server.service
+	cp packaging/systemd/moray-gateway.service $(DEB_STAGE)/debian/moray-server.moray-gateway.service
+	cd $(DEB_STAGE) && dpkg-buildpackage -us -uc -b
+	mv build/deb/*.deb dist/
+	@ls -l dist/*.deb
+
 clean:
 	$(MAKE) -C bpf clean
-	rm -rf $(VENV) .stamps
+	rm -rf $(VENV) .stamps build dist

@@ -5,9 +5,14 @@ repeats it and tests/unit/test_app.py checks that it does); each may register a
 teardown, and teardowns always run, in reverse, however the agent stops (SIGTERM,
 SIGINT, an error in a step):
 
-    check_host, mount_fs, probe_kernel, load_rules, adopt_pins, load_bpf, fill_watch,
-    start_reader, scan_proc, start_enrich, apply_policies, connect_control_plane,
-    start_metrics, start_pipeline
+    check_host, start_metrics, mount_fs, probe_kernel, load_rules, adopt_pins, load_bpf,
+    fill_watch, start_reader, scan_proc, start_enrich, apply_policies,
+    connect_control_plane, start_pipeline
+
+The metrics port answers from the second step on: /readyz says 503 and which step runs
+until every step is done (BPF programs attached, policies applied, the pipeline running),
+then 200; systemd gets READY=1 at the same moment (agent/output/health.py,
+moray/sdnotify.py). Each step's duration is logged, and the total.
 
 The BPF programs are attached and the reader is running *before* /proc is scanned, so a
 process that starts during the scan is seen by its fork/exec events; nothing slips between.
@@ -28,14 +33,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from moray import sdnotify
 from moray.agent.bpf import abi, watch
 from moray.agent.bpf.abi import Stat
 from moray.agent.bpf.loader import BpfObject, ensure_bpffs, ensure_tracefs, object_path
 from moray.agent.bpf.ringbuf import RingBuffer
 from moray.agent.enrich.proctree import ProcessTree
 from moray.agent.events.reader import BatchQueue, Reader
+from moray.agent.output.health import Health, HealthServer
 from moray.agent.output.jsonl import EventSink, JsonLines
-from moray.agent.output.metrics import AgentCollector, Stats, serve
+from moray.agent.output.metrics import AgentCollector, Stats
 from moray.agent.output.schema import Formatter
 from moray.agent.pipeline import Pipeline
 from moray.agent.pipeline.route import Router
@@ -118,8 +125,11 @@ class Agent:
         self.detector: Any | None = None  # agent.detect.stage.DetectStage
         self.cp_client: Any | None = None  # agent.controlplane.ControlPlaneClient
         self.pipeline: Pipeline | None = None
+        self.health = Health()
+        self.http: HealthServer | None = None
         self.steps: list[tuple[str, Callable[[], None]]] = [
             ("check_host", self.check_host),
+            ("start_metrics", self.start_metrics),
             ("mount_fs", self.mount_fs),
             ("probe_kernel", self.probe_kernel),
             ("load_rules", self.load_rules),
@@ -131,7 +141,6 @@ class Agent:
             ("start_enrich", self.start_enrich),
             ("apply_policies", self.apply_policies),
             ("connect_control_plane", self.connect_control_plane),
-            ("start_metrics", self.start_metrics),
             ("start_pipeline", self.start_pipeline),
         ]
 
@@ -246,6 +255,7 @@ class Agent:
         self.ring = RingBuffer(events.fd, events.max_entries)
         self.reader = Reader(self.ring, self.queue, poll_timeout=READ_INTERVAL)
         self.reader.start()
+        self.health.watch_thread("reader", self.reader)
 
         def stop_reader() -> None:
             assert self.reader is not None and self.ring is not None
@@ -390,7 +400,8 @@ class Agent:
                                                    retry_interval=0.002)
 
     def kernel_counters(self) -> dict[str, list[int]]:
-        assert self.obj is not None
+        if self.obj is None:  # a scrape before load_bpf
+            return {}
         m = self.obj.map("mr_stats")
         out = {}
         for name, idx in (("rb_drop", Stat.RB_DROP), ("events", Stat.EVENTS),
@@ -400,15 +411,27 @@ class Agent:
         return out
 
     def start_metrics(self) -> None:
+        """/metrics, /healthz, /readyz (agent/output/health.py), early: a probe sees the
+        start-up's progress, and a taken port stops the agent before anything is loaded."""
         if self.cfg.metrics_port is None:
             return
+        from prometheus_client import REGISTRY
+
         collector = AgentCollector(self.stats, lambda: self.queue.dropped, self.queue.depth,
                                    lambda: len(self.tree), self.kernel_counters)
         try:
-            serve(collector, self.cfg.metrics_port, self.cfg.metrics_addr)
+            self.http = HealthServer(self.health, self.cfg.metrics_port, self.cfg.metrics_addr)
         except OSError as err:
             raise AgentError(f"cannot serve metrics on {self.cfg.metrics_addr}:"
                              f"{self.cfg.metrics_port}: {err.strerror}") from err
+        REGISTRY.register(collector)
+
+        def stop_metrics() -> None:
+            REGISTRY.unregister(collector)
+            if self.http is not None:
+                self.http.close()
+
+        self._teardowns.append(("stop_metrics", stop_metrics))
 
     def start_pipeline(self) -> None:
         """The pipeline thread (agent/pipeline) on the reader's queue; its teardown stops
@@ -430,6 +453,7 @@ class Agent:
         worker = threading.Thread(target=pipeline.run, args=(self.queue, self.stop_event),
                                   name="moray-pipeline", daemon=True)
         worker.start()
+        self.health.watch_thread("pipeline", worker)
 
         def stop_pipeline() -> None:
             self.stop_event.set()
@@ -444,7 +468,11 @@ class Agent:
     # --- run --------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Run the steps in order, one log line each with its duration, and the total."""
+        t_start = time.monotonic()
         for name, step in self.steps:
+            self.health.step(name)
+            sdnotify.status(f"starting: {name}")
             t0 = time.monotonic()
             try:
                 step()
@@ -452,7 +480,12 @@ class Agent:
                 raise
             except Exception as err:
                 raise AgentError(f"start-up step {name} failed: {err}") from err
-            log.debug("step %s done in %.3fs", name, time.monotonic() - t0)
+            log.info("start-up step %s: %d ms", name, round((time.monotonic() - t0) * 1000),
+                     extra={"step": name})
+        total = round((time.monotonic() - t_start) * 1000)
+        self.health.ready()  # /readyz 200 and READY=1 together
+        sdnotify.ready(f"running: BPF attached, policies applied (start-up {total} ms)")
+        log.info("start-up done: %d ms, ready", total, extra={"startup_ms": total})
 
     def run(self) -> int:
         """Start, process events until stopped, tear down. Returns an exit status."""
@@ -466,12 +499,20 @@ class Agent:
             self.start()
             log.info("moray-agent running (node %s)", self.cfg.node)
             deadline = (time.monotonic() + self.cfg.duration) if self.cfg.duration else None
+            watchdog = sdnotify.watchdog_enabled()
             while not self.stop_event.wait(0.5):
+                self.health.beat()
+                # systemd's watchdog (WatchdogSec=) hears what /healthz says
+                if watchdog and self.health.healthz()[0] == 200:
+                    sdnotify.notify("WATCHDOG=1")
                 if deadline is not None and time.monotonic() >= deadline:
                     break
             self.stop_event.set()
             return 0
         finally:
+            self.health.stopping()
+            pinned = ": enforcement stays pinned" if self.cfg.pin_root else ""
+            sdnotify.stopping(f"stopping{pinned}")
             self.teardown()
 
     def teardown(self) -> None:

@@ -11,7 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from moray import daemonconfig
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -19,6 +24,24 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise SystemExit(f"moray-agent: --label wants KEY=VALUE, got {text!r}")
     return key, value
+
+
+def enroll_token(flag: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The enrolment token: --enroll-token, else $MORAY_ENROLL_TOKEN (an EnvironmentFile),
+    else the systemd credential ``enroll-token`` (LoadCredential=, read from
+    $CREDENTIALS_DIRECTORY). Only the first start needs one."""
+    env = os.environ if environ is None else environ
+    if flag:
+        return flag
+    if env.get("MORAY_ENROLL_TOKEN"):
+        return env["MORAY_ENROLL_TOKEN"].strip()
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        try:
+            return (Path(creds) / "enroll-token").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+    return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -34,7 +57,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  policy_status=args.policy_status or None, rules=tuple(args.rules),
                  default_rules=not args.no_default_rules, syslog=tuple(args.syslog),
                  cef=tuple(args.cef), webhook=tuple(args.webhook),
-                 server=args.server, enroll_token=args.enroll_token, ca_file=args.ca,
+                 server=args.server, enroll_token=enroll_token(args.enroll_token),
+                 ca_file=args.ca,
                  ca_sha256=args.ca_sha256, cp_data_dir=args.data_dir,
                  enroll_server=args.enroll_server,
                  labels=tuple(_label(x) for x in args.label))
@@ -69,8 +93,10 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
 
     run = sub.add_parser("run", help="load the BPF programs and report events as JSON lines")
     run.add_argument("--output", "-o", default="-", help="file to append events to, - = stdout")
-    run.add_argument("--metrics-port", type=int, default=9464, help="Prometheus port, 0 = off")
-    run.add_argument("--metrics-addr", default="127.0.0.1")
+    run.add_argument("--metrics-port", type=int, default=9464,
+                     help="port of /metrics, /healthz and /readyz (0 = off)")
+    run.add_argument("--metrics-addr", default="127.0.0.1",
+                     help="address of that port")
     run.add_argument("--watch", action="append", default=[], metavar="PREFIX",
                      help="extra path prefix whose opens are reported (dirs end with /)")
     run.add_argument("--no-default-watch", action="store_true",
@@ -87,7 +113,9 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
     cp.add_argument("--server", default=None, metavar="HOST:PORT[,HOST:PORT...]",
                     help="moray-server (or moray-gateway) agent endpoint (gRPC, mTLS), e.g. "
                          "server:7443; a comma-separated list fails over in turn")
-    cp.add_argument("--enroll-token", default=None, help="one-time enrolment token")
+    cp.add_argument("--enroll-token", default=None,
+                    help="one-time enrolment token (better: $MORAY_ENROLL_TOKEN, or the "
+                         "systemd credential enroll-token; never visible in ps)")
     cp.add_argument("--ca", default=None, help="server CA certificate (PEM) for enrolment")
     cp.add_argument("--ca-sha256", default=None, help="or the CA's pinned SHA-256")
     cp.add_argument("--enroll-server", default=None, metavar="HOST:PORT",
@@ -117,6 +145,7 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
     run.add_argument("--webhook", action="append", default=[], metavar="URL",
                      help="POST alerts as JSON to http(s)://HOST/PATH (retried)")
     run.set_defaults(handler=_cmd_run)
+    daemonconfig.add_option(run)
 
     pr = sub.add_parser("probe", help="what this kernel offers and the enforcement tiers")
     pr.add_argument("--json", action="store_true")

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from moray import __version__, exitcodes, logs
-from moray.errors import ControlPlaneError, MorayError
+from moray.errors import ConfigError, ControlPlaneError, MorayError
 
 log = logging.getLogger("moray")
 
@@ -190,6 +190,16 @@ def parse(argv: Sequence[str], alias: str | None = None) -> argparse.Namespace:
     if alias:
         rename(parser, words, alias)
     args = parser.parse_args(full)
+    own = vars(args).pop("config_parser", None)  # a daemon's --config (moray/daemonconfig.py)
+    if getattr(args, "config", None) and own is not None:
+        from moray import daemonconfig
+
+        try:
+            own.set_defaults(**daemonconfig.defaults(args.config, own))
+        except ConfigError as err:
+            own.error(str(err))
+        args = parser.parse_args(full)
+        vars(args).pop("config_parser", None)
     args.prog = alias or "moray"
     return args
 

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -74,8 +73,3 @@ class AgentCollector(Collector):
                                   "Paths deeper than the kernel-side walk resolves",
                                   value=sum(counters.get("path_trunc", [])))
 
-
-def serve(collector: AgentCollector, port: int, addr: str = "127.0.0.1") -> None:
-    REGISTRY.register(collector)
-    start_http_server(port, addr=addr)
-    log.info("metrics on http://%s:%d/metrics", addr, port)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grpc
 
+from moray import daemonconfig, sdnotify
 from moray.agent.controlplane.spool import EventSpool
 from moray.agent.output import siem
 from moray.api.proto import moray_pb2_grpc
@@ -89,6 +90,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     await server.start()
     log.info("moray-gateway ready", extra={"port": port, "server": config.server,
                                            "spooled": spool.stats().records})
+    sdnotify.ready(f"serving agents on {config.host}:{port}")  # the one port is bound
     try:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
@@ -97,6 +99,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
                 log.error("gateway task failed", exc_info=task.exception(),
                           extra={"task": task.get_name()})
     finally:
+        sdnotify.stopping()
         await server.stop(grace=2)
         for task in tasks:
             task.cancel()
@@ -117,8 +120,10 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="serve agents and link to the server (= moray-gateway run)",
                          description=__doc__.split("\n\n")[0] if __doc__ else None)
     run.set_defaults(handler=run_command, daemon=True)
-    run.add_argument("--server", required=True, metavar="HOST:PORT",
-                     help="the server's agent port (mutual TLS), e.g. server:7443")
+    daemonconfig.add_option(run)
+    run.add_argument("--server", default=None, metavar="HOST:PORT",
+                     help="(required, here or in --config) the server's agent port "
+                          "(mutual TLS), e.g. server:7443")
     run.add_argument("--server-name", default=None,
                      help="name to verify the server's certificate against (default: HOST)")
     run.add_argument("--pki", type=Path, default=None,
@@ -155,6 +160,9 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if not args.server:
+        raise ConfigError("moray-gateway run: --server HOST:PORT is required (or server: in "
+                          "--config)")
     data_dir = args.data_dir or Path(os.environ.get("MORAY_GATEWAY_DIR",
                                                     "/var/lib/moray-gateway"))
     types = frozenset() if args.siem_types.strip() == "all" else frozenset(

@@ -35,6 +35,7 @@ import uvicorn
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
+from moray import daemonconfig, sdnotify
 from moray.api.proto import moray_pb2_grpc
 from moray.api.wire import SERVER_OPTIONS
 from moray.controlplane.scanner.service.scheduler import Scheduler
@@ -240,6 +241,16 @@ async def start_grpc(store: ControlPlaneStore, pki: Pki, hub: AgentHub,
     return server
 
 
+def _announce_ready(config: ServerConfig, http_host: str, database: str, listen: bool) -> None:
+    """Every port is bound: the log line, and READY=1 to systemd (moray/sdnotify.py)."""
+    log.info("moray-server ready", extra={
+        "grpc": config.grpc_port, "enroll": config.enroll_port, "http": config.http_port,
+        "http_host": http_host, "https": config.http_tls, "database": database,
+        "data_dir": str(config.data_dir), "listen": listen})
+    sdnotify.ready(f"serving: gRPC :{config.grpc_port}, enrolment :{config.enroll_port}, "
+                   f"HTTP :{config.http_port}")
+
+
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     if len({config.grpc_port, config.enroll_port, config.http_port}) != 3:
@@ -291,15 +302,13 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         if http_task.done():
             raise SystemExit(f"moray-server: cannot listen on {http_host}:{config.http_port}")
         app.state.ready = True
-        log.info("moray-server ready", extra={
-            "grpc": config.grpc_port, "enroll": config.enroll_port, "http": config.http_port,
-            "http_host": http_host, "https": config.http_tls,
-            "database": engine.url.render_as_string(), "data_dir": str(config.data_dir),
-            "listen": watcher.listen_url is not None})
+        _announce_ready(config, http_host, engine.url.render_as_string(),
+                        watcher.listen_url is not None)
         # step: serve
         await asyncio.wait({http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         app.state.ready = False
+        sdnotify.stopping()
         http.should_exit = True
         stopper.cancel()
         retainer.cancel()
@@ -317,6 +326,7 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
     """Fill ``moray``'s ``server`` parser (moray.cli)."""
     p.description = __doc__.split("\n\n")[0] if __doc__ else None
     p.set_defaults(handler=run_command, daemon=True)
+    daemonconfig.add_option(p)
     p.add_argument("--data-dir", default=None,
                    help="state directory (default $MORAY_DATA_DIR or /var/lib/moray)")
     p.add_argument("--database-url", default=argparse.SUPPRESS,
