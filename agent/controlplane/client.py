@@ -82,7 +82,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
                     ("grpc.max_reconnect_backoff_ms", 2_000)]
 
 
-def _enroll_target(server: str, port: int = 7444) -> str:
+def enroll_target(server: str, port: int = 7444) -> str:
     host = server.rsplit(":", 1)[0] if ":" in server else server
     return f"{host}:{port}"
 
@@ -108,7 +108,7 @@ class ControlPlaneClient:
         # the CA comes from the server that enrols (gateways serve neither)
         ca_host = (enroll_server or self.server).rsplit(":", 1)[0]
         self.ca_url = ca_url or f"http://{ca_host}:7080/ca.pem"
-        self.enroll_server = enroll_server or _enroll_target(self.server)
+        self.enroll_server = enroll_server or enroll_target(self.server)
         self.labels = dict(labels or {})
         self.hostname, self.server_name = hostname, server_name
         self.status_provider = status

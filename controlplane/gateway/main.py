@@ -26,13 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from prometheus_client.registry import CollectorRegistry
 
 from moray import daemonconfig, sdnotify
+from moray.agent.controlplane.client import enroll_target
 from moray.agent.controlplane.spool import EventSpool
 from moray.agent.output import siem
+from moray.agent.output.health import Health, HealthServer
 from moray.api.proto import moray_pb2_grpc
 from moray.api.wire import SERVER_OPTIONS
+from moray.controlplane.gateway import metrics as gateway_metrics
 from moray.controlplane.gateway.downstream import GatewayAgentService
+from moray.controlplane.gateway.enroll import EnrollmentProxy
 from moray.controlplane.gateway.forwarder import Forwarder
 from moray.controlplane.gateway.upstream import Upstream, client_credentials
 from moray.errors import ConfigError
@@ -40,6 +45,8 @@ from moray.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PORT = 7443
+ENROLL_PORT = 7444
+METRICS_PORT = 9465
 
 
 @dataclass
@@ -55,6 +62,10 @@ class GatewayConfig:
     cef: tuple[str, ...] = ()
     webhook: tuple[str, ...] = ()
     siem_types: frozenset[str] = field(default_factory=lambda: frozenset({"alert"}))
+    enroll_port: int = ENROLL_PORT          # 0: no enrolment here
+    server_enroll: str | None = None        # the server's enrolment port (default HOST:7444)
+    metrics_port: int = METRICS_PORT        # 0: no /metrics, /healthz, /readyz
+    metrics_host: str = "127.0.0.1"
 
 
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
@@ -80,17 +91,19 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     tasks = [asyncio.create_task(upstream.run(), name="upstream"),
              asyncio.create_task(forwarder.run(), name="forwarder")]
     # step: serve
+    health = Health()
+    http = _http(config, health, gateway_metrics.registry(upstream, forwarder, spool))
     server = grpc.aio.server(options=SERVER_OPTIONS)
     moray_pb2_grpc.add_AgentServiceServicer_to_server(GatewayAgentService(upstream, forwarder),
                                                       server)
-    port = server.add_secure_port(f"{config.host}:{config.port}", grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True))
-    if port == 0:
-        raise SystemExit(f"moray-gateway: cannot listen on {config.host}:{config.port}")
+    port, enroll = _listen(config, server, (key, cert), ca)
     await server.start()
-    log.info("moray-gateway ready", extra={"port": port, "server": config.server,
+    log.info("moray-gateway ready", extra={"port": port, "enroll_port": config.enroll_port,
+                                           "server": config.server,
                                            "spooled": spool.stats().records})
-    sdnotify.ready(f"serving agents on {config.host}:{port}")  # the one port is bound
+    health.ready()
+    sdnotify.ready(f"serving agents on {config.host}:{port}")  # every port is bound
+    tasks.append(asyncio.create_task(_beat(health), name="health"))
     try:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
@@ -99,8 +112,13 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
                 log.error("gateway task failed", exc_info=task.exception(),
                           extra={"task": task.get_name()})
     finally:
+        health.stopping()
         sdnotify.stopping()
         await server.stop(grace=2)
+        if enroll is not None:
+            await enroll.close()
+        if http is not None:
+            http.close()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -112,6 +130,44 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         for out in outputs:
             out.close()
         log.info("moray-gateway stopped")
+
+
+def _http(config: GatewayConfig, health: Health, registry: CollectorRegistry
+          ) -> HealthServer | None:
+    if not config.metrics_port:
+        return None
+    try:
+        return HealthServer(health, config.metrics_port, config.metrics_host, registry)
+    except OSError as err:
+        raise SystemExit(f"moray-gateway: cannot serve metrics on {config.metrics_host}:"
+                         f"{config.metrics_port}: {err.strerror}") from err
+
+
+def _listen(config: GatewayConfig, server: grpc.aio.Server, pair: tuple[bytes, bytes],
+            ca: bytes) -> tuple[int, EnrollmentProxy | None]:
+    """The agent port (mutual TLS against the server's CA) and the enrolment port (TLS,
+    no client certificate: the agent has none yet; the agent port's service refuses
+    calls without one, as on the server)."""
+    port = server.add_secure_port(f"{config.host}:{config.port}", grpc.ssl_server_credentials(
+        [pair], root_certificates=ca, require_client_auth=True))
+    if port == 0:
+        raise SystemExit(f"moray-gateway: cannot listen on {config.host}:{config.port}")
+    if not config.enroll_port:
+        return port, None
+    enroll = EnrollmentProxy(config.server_enroll or enroll_target(config.server), ca,
+                             config.server_name)
+    moray_pb2_grpc.add_EnrollmentServicer_to_server(enroll, server)
+    if server.add_secure_port(f"{config.host}:{config.enroll_port}",
+                              grpc.ssl_server_credentials([pair])) == 0:
+        raise SystemExit(f"moray-gateway: cannot listen on {config.host}:{config.enroll_port}")
+    return port, enroll
+
+
+async def _beat(health: Health) -> None:
+    """/healthz: the loop turns (it fails when no beat came for 30 s)."""
+    while True:
+        health.beat()
+        await asyncio.sleep(1.0)
 
 
 def add_group(name: str, p: argparse.ArgumentParser) -> None:
@@ -134,6 +190,16 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                           "/var/lib/moray-gateway)")
     run.add_argument("--host", default="0.0.0.0", help="address agents connect to")
     run.add_argument("--port", type=int, default=PORT, help=f"agent port (default {PORT})")
+    run.add_argument("--enroll-port", type=int, default=ENROLL_PORT,
+                     help=f"enrolment port agents enrol through, passed to the server's "
+                          f"(default {ENROLL_PORT}; 0: none)")
+    run.add_argument("--server-enroll", default=None, metavar="HOST:PORT",
+                     help="the server's enrolment port (default: --server's host, port 7444)")
+    run.add_argument("--metrics-port", type=int, default=METRICS_PORT,
+                     help=f"/metrics, /healthz and /readyz over HTTP (default {METRICS_PORT}; "
+                          "0: none)")
+    run.add_argument("--metrics-host", default="127.0.0.1",
+                     help="address of the metrics port (default 127.0.0.1)")
     run.add_argument("--spool-max-bytes", type=int, default=1 << 30,
                      help="events kept while the server is unreachable (default 1 GiB)")
     run.add_argument("--syslog", action="append", default=[], metavar="URL",
@@ -171,7 +237,9 @@ def run_command(args: argparse.Namespace) -> int:
                            data_dir=data_dir, host=args.host, port=args.port,
                            server_name=args.server_name, spool_max_bytes=args.spool_max_bytes,
                            syslog=tuple(args.syslog), cef=tuple(args.cef),
-                           webhook=tuple(args.webhook), siem_types=types)
+                           webhook=tuple(args.webhook), siem_types=types,
+                           enroll_port=args.enroll_port, server_enroll=args.server_enroll,
+                           metrics_port=args.metrics_port, metrics_host=args.metrics_host)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -142,7 +142,7 @@ class GatewayProcess(Child):
                  extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir, self.server, self.name = data_dir, server, name
         self.extra_args = extra_args
-        self.port = free_port()
+        self.port, self.enroll_port, self.metrics_port = free_ports(3)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "gateway.log"
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -150,6 +150,14 @@ class GatewayProcess(Child):
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def enroll_target(self) -> str:
+        return f"127.0.0.1:{self.enroll_port}"
+
+    def http(self, path: str) -> httpx.Response:
+        """GET ``path`` on the metrics port (/metrics, /healthz, /readyz)."""
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5)
 
     def issue_cert(self) -> None:
         subprocess.run([sys.executable, "-m", "moray.cli", "gateway", "cert", "--data-dir",
@@ -163,7 +171,9 @@ class GatewayProcess(Child):
             self.issue_cert()
         cmd = [sys.executable, "-m", "moray.controlplane.gateway.main", "run", "--server",
                self.server.grpc_target, "--data-dir", str(self.data_dir), "--host",
-               "127.0.0.1", "--port", str(self.port), *self.extra_args]
+               "127.0.0.1", "--port", str(self.port), "--enroll-port", str(self.enroll_port),
+               "--server-enroll", self.server.enroll_target,
+               "--metrics-port", str(self.metrics_port), *self.extra_args]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, env=self.env)
         wait_for(self._listening, timeout=30, what=f"moray-gateway (log: {self.log})")
@@ -319,6 +329,14 @@ class TcpProxy:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def enroll_target(self) -> str:
+        return f"127.0.0.1:{self.enroll_port}"
+
+    def http(self, path: str) -> httpx.Response:
+        """GET ``path`` on the metrics port (/metrics, /healthz, /readyz)."""
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5)
 
     def _accept(self) -> None:
         while not self._closed:

@@ -109,10 +109,45 @@ def test_gateways_carry_policies_events_and_failover(
         _gateway_killed_mid_stream(server, gw1, clients, engine, ids)
         _server_outage_spooled(server, gw2, clients, engine)
         _revocation_ends_streams(server, clients, ids)
+        _enrolment_and_health(server, gw2, tmp_path)
     finally:
         for c, _r in clients:
             c.stop()
         engine.dispose()
+
+
+def _enrolment_and_health(server: ServerProcess, gw: GatewayProcess, tmp_path: Path) -> None:
+    """An agent that reaches only the gateway enrols through it (the server spends the
+    token) and connects; a spent token is refused through it as by the server; the
+    enrolment port serves no agent calls without a certificate; /readyz, /healthz and
+    /metrics on the gateway's metrics port."""
+    token = server.api().token()
+    client = ControlPlaneClient(gw.target, tmp_path / "via-gw", Recorder(), token=token,
+                                ca_pem=server.ca_pem, enroll_server=gw.enroll_target,
+                                heartbeat_interval=0.5, max_backoff=0.5)
+    client.start()
+    try:
+        wait_for(lambda: client.identity is not None, timeout=20, what="enrolment via gateway")
+        assert client.identity is not None
+        wait_for(lambda: _connected(server, {client.identity.agent_id}) if client.identity
+                 else False, timeout=20, what="the agent enrolled through the gateway connected")
+        metrics = gw.http("/metrics").text
+        assert "moray_gateway_linked 1.0" in metrics and "process_cpu_seconds_total" in metrics
+        assert any(line.startswith("moray_gateway_agents ") and float(line.split()[1]) >= 1
+                   for line in metrics.splitlines())
+    finally:
+        client.stop()
+    assert gw.http("/readyz").status_code == 200 and gw.http("/healthz").status_code == 200
+    creds = grpc.ssl_channel_credentials(root_certificates=server.ca_pem)
+    with grpc.secure_channel(gw.enroll_target, creds) as channel:
+        with pytest.raises(grpc.RpcError) as spent:
+            moray_pb2_grpc.EnrollmentStub(channel).Enroll(moray_pb2.EnrollRequest(
+                token=token, hostname="again"), timeout=10)
+        assert spent.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as anonymous:
+            moray_pb2_grpc.AgentServiceStub(channel).Heartbeat(
+                moray_pb2.HeartbeatRequest(), timeout=10)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def _policies_fan_out(server: ServerProcess, clients: Clients, ids: set[str]) -> None:
