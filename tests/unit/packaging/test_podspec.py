@@ -145,7 +145,7 @@ def test_non_root_gateway(tmp_path: Path) -> None:
     assert _mounts(opts)["/var/lib/moray-gateway"]["tmpfs-size"] == str(1200 * 2**20)
     assert {p.name: m for p, (_, m) in run.files.items()} == {
         "gateway.key": 0o440, "gateway.pem": 0o440, "ca.pem": 0o440}
-    assert run.probes["readiness"] == Probe("tcp", 7443, period=5)
+    assert run.probes["readiness"] == Probe("http", 9465, "/readyz", period=5)
 
 
 def test_expand_and_quantity() -> None:
