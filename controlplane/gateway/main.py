@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from moray.controlplane.gateway.downstream import GatewayAgentService
 from moray.controlplane.gateway.enroll import EnrollmentProxy
 from moray.controlplane.gateway.forwarder import Forwarder
 from moray.controlplane.gateway.upstream import Upstream, client_credentials
+from moray.daemon import run_until_stopped
 from moray.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -240,16 +240,7 @@ def run_command(args: argparse.Namespace) -> int:
                            webhook=tuple(args.webhook), siem_types=types,
                            enroll_port=args.enroll_port, server_enroll=args.server_enroll,
                            metrics_port=args.metrics_port, metrics_host=args.metrics_host)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
-
-    asyncio.run(run())
-    return 0
+    return run_until_stopped(serve, config)
 
 
 def cert_command(args: argparse.Namespace) -> int:

@@ -13,12 +13,11 @@ the YAML file (docs/kube-enforcer.md lists every key). Serves ``POST /validate``
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 from pathlib import Path
 
 from moray import clientconfig
+from moray.daemon import run_until_stopped
 from moray.errors import ConfigError
 
 
@@ -59,16 +58,7 @@ def run_command(args: argparse.Namespace) -> int:
                            tls_cert=args.tls_cert, tls_key=args.tls_key,
                            client_ca=args.client_ca, host=args.host,
                            port=args.port)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
-
-    asyncio.run(run())
-    return 0
+    return run_until_stopped(serve, config)
 
 
 def main(argv: list[str] | None = None) -> int:

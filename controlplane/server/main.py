@@ -23,7 +23,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -52,6 +51,7 @@ from moray.controlplane.server.watch import PolicyWatcher, libpq_url, one_line
 from moray.controlplane.store import db
 from moray.controlplane.store.cpstore import ControlPlaneStore
 from moray.controlplane.store.scanstore import ScanStore
+from moray.daemon import run_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -380,16 +380,7 @@ def run_command(args: argparse.Namespace) -> int:
                           event_max_age=args.event_retention_days * 86400 or None,
                           event_max_per_tenant=args.event_max_per_tenant or None,
                           retention_interval=args.retention_interval)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
-
-    asyncio.run(run())
-    return 0
+    return run_until_stopped(serve, config)
 
 
 def main(argv: list[str] | None = None) -> int:
