@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from moray.agent.controlplane.client import HEARTBEAT_EVERY  # the agent's cadence
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.gateway.fanout import AgentState, PolicySession
 from moray.controlplane.gateway.forwarder import Forwarder, SpoolFull
@@ -35,7 +36,6 @@ from moray.controlplane.server.pki import cert_sha256
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 10_000   # as the server's
-HEARTBEAT_EVERY = 60.0   # an unchanged status goes up at most this often (last_seen)
 
 
 class GatewayAgentService(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
