@@ -208,7 +208,8 @@ class _Db:
 class _Sims:
     """The simulated agents: ``n`` processes of bench/cpsim.py."""
 
-    def __init__(self, server: ServerProcess, work: Path, agents: int, procs: int) -> None:
+    def __init__(self, server: ServerProcess, work: Path, agents: int, procs: int,
+                 kind: str = "python") -> None:
         from moray.controlplane.store import db
         from moray.controlplane.store.cpstore import ControlPlaneStore
 
@@ -230,6 +231,17 @@ class _Sims:
                 env={**os.environ, "PYTHONPATH": str(ROOT)}))
         engine.dispose()
         self.answers("enrolled")
+        if kind == "go":
+            # the same identities, the same commands, grpc-go's cost per message
+            binary = subprocess.run([str(ROOT / "bench" / "cpsim_go" / "build")], check=True,
+                                    capture_output=True, text=True).stdout.split()[-1]
+            self.stop()
+            self.procs = [subprocess.Popen(
+                [binary, "--dir", str(work / f"sim{i}"), "--ca",
+                 str(server.data_dir / "pki" / "ca.pem")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                for i in range(len(per))]
+            self.answers("enrolled")
 
     def command(self, line: str, answer: str) -> list[str]:
         for proc in self.procs:
@@ -281,10 +293,15 @@ def _fleet_mode(server: ServerProcess, sims: _Sims, endpoints: list[str], pids: 
     api = server.api()
     conn = _Db(server)
     lat: list[float] = []
+    answered: list[float] = []   # apply -> the REST answer (version stored and signed)
+    # CPU seconds per push of each process, the simulators' included (the client side)
+    everyone = {**pids, **{f"sim{i}": p.pid for i, p in enumerate(sims.procs)}}
+    before = {k: _cpu_seconds(p) for k, p in everyone.items()}
     for _ in range(args.rounds):
         rnd[0] += 1
         t0 = time.time()
         version = api.apply(policy_yaml("fleet", deny=f"/usr/bin/tool{rnd[0]}"))["version"]
+        answered.append(time.time() - t0)
 
         def acked(v: int = version) -> bool:
             return conn.scalar("SELECT count(*) FROM cp_agent_policy WHERE "
@@ -294,6 +311,8 @@ def _fleet_mode(server: ServerProcess, sims: _Sims, endpoints: list[str], pids: 
             "SELECT acked_at FROM cp_agent_policy WHERE policy_name='fleet' AND version=:v",
             v=version)]
         time.sleep(1)
+    push_cpu = "  ".join(f"{k} {(_cpu_seconds(p) - before[k]) / args.rounds:.2f} s"
+                         for k, p in everyone.items())
     print(f"  ({label}: idle and push done: p50 {statistics.median(lat) * 1000:.0f} ms, "
           f"p99 {pct(lat, 99) * 1000:.0f} ms; idle {idle})", flush=True)
     count0 = conn.scalar("SELECT count(*) FROM cp_event")
@@ -314,9 +333,11 @@ def _fleet_mode(server: ServerProcess, sims: _Sims, endpoints: list[str], pids: 
     print(f"fleet-{label:22} {agents} agents: connect {connect_s:.0f} s | idle CPU {cpu} | "
           f"push apply->every ack stored ({len(lat)} acks): p50 "
           f"{statistics.median(lat) * 1000:.0f} ms  p99 {pct(lat, 99) * 1000:.0f} ms  max "
-          f"{max(lat) * 1000:.0f} ms | events {rate:.0f}/s stored, {sent} sent, {stored} "
-          f"stored (lost {sent - stored}) | failed calls retried by the agents, "
-          f"policy/heartbeat/events per simulator: {retries}")
+          f"{max(lat) * 1000:.0f} ms (apply answered: p50 "
+          f"{statistics.median(answered) * 1000:.0f} ms), CPU per push {push_cpu} | "
+          f"events {rate:.0f}/s stored, {sent} sent, {stored} stored (lost {sent - stored}) | "
+          f"failed calls retried by the agents, policy/heartbeat/events per simulator: "
+          f"{retries}")
     sys.stdout.flush()
 
 
@@ -343,9 +364,9 @@ def _fleet_backend(args: argparse.Namespace, backend: str, url: str | None) -> N
         gateways: list[GatewayProcess] = []
         try:
             t0 = time.perf_counter()
-            sims = _Sims(server, work, args.agents, args.sims)
+            sims = _Sims(server, work, args.agents, args.sims, args.sim)
             print(f"fleet-{backend}: {args.agents} agents enrolled in "
-                  f"{time.perf_counter() - t0:.0f} s ({args.sims} simulator processes, "
+                  f"{time.perf_counter() - t0:.0f} s ({args.sims} {args.sim} simulator processes, "
                   f"{os.cpu_count()} cores)")
             assert server.proc is not None
             rnd = [0]
@@ -381,6 +402,9 @@ def main() -> int:
     p.add_argument("--modes", default="direct,gateways", help="--fleet: direct,gateways")
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--sims", type=int, default=2, help="--fleet: simulator processes")
+    p.add_argument("--sim", choices=("go", "python"), default="go",
+                   help="--fleet: simulated agents in Go (bench/cpsim_go, built from Debian's "
+                        "packages) or in Python (bench/cpsim.py)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--idle", type=float, default=10.0)
     p.add_argument("--events-per-agent", type=int, default=100)
