@@ -5,10 +5,11 @@ serves. What changes it:
 
 - the files change on disk (another tool rotated them: cert-manager, a Secret update):
   checked every ``CERT_CHECK`` seconds, loaded when both parse and match;
-- with ``--cert-from-server``: at start, when the files are missing, unreadable or due,
-  a new key is made here and the server signs its CSR (``POST
+- with ``--cert-from-server``: at start, when the files are missing, unreadable or
+  expired, a new key is made here and the server signs its CSR (``POST
   /api/v1/admission/serving-cert``, names from ``moray server --webhook-name``); then
-  again when less than a third of the certificate's lifetime is left (day 60 of 90);
+  when less than a third of the certificate's lifetime is left (day 60 of 90), checked
+  as soon as it serves and every ``CERT_CHECK`` seconds;
 - SIGHUP: renew now (with ``--cert-from-server``), else read the files now.
 
 A new certificate is written next to the old files and renamed over them (key first),
@@ -131,11 +132,12 @@ class CertKeeper:
                 self.expires, dt.UTC).isoformat()})
 
     async def first(self, stop: asyncio.Event) -> None:
-        """Before listening: the files as they are if usable (and, from the server, not
-        due), else a certificate from the server, retried with back-off until ``stop``."""
+        """Before listening: the files as they are while they have not expired (a due
+        renewal is the first thing ``run`` does), else a certificate from the server,
+        retried with back-off until ``stop``."""
         try:
             self.load()
-            if self.server is None or not self.due():
+            if self.server is None or self.clock() < self.expires:
                 return
         except (OSError, ValueError) as err:
             if self.server is None:
@@ -162,11 +164,11 @@ class CertKeeper:
 
     async def run(self) -> None:
         while True:
+            force, self._force = self._force, False
+            await self.check(force=force)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), CERT_CHECK)
             self._wake.clear()
-            force, self._force = self._force, False
-            await self.check(force=force)
 
     async def check(self, *, force: bool = False) -> None:
         if self.server is not None and (force or self.due()):
