@@ -11,8 +11,9 @@ per distinct image, concurrently: ``resolve`` (registry, off the event loop) ->
 the decision is queued for the server's audit log and inventory (``Reporter``), never
 waited for. Requests for the same uncached tag or digest share one lookup.
 
-TLS: the certificate and key files are read again when they change on disk (checked every
-``CERT_CHECK`` seconds), so a rotated certificate is served without a restart.
+TLS: ``certs.CertKeeper`` keeps the served certificate: the files read again when they
+change on disk, or (``--cert-from-server``) renewed from the server before expiry; either
+way loaded into the live TLS context, without a restart.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from moray.controlplane.kubeenforcer.certs import CertKeeper
 from moray.controlplane.kubeenforcer.config import EnforcerConfig, Unregistered
 from moray.controlplane.kubeenforcer.decide import (
     Decision,
@@ -66,7 +68,6 @@ log = logging.getLogger(__name__)
 MAX_BODY = 8 << 20      # an AdmissionReview carries the object and the old object
 MAX_IMAGES = 64         # distinct images per request (each may cost a registry round trip)
 SCAN_POLL = 0.2         # seconds between verdict reads while a scan on admission runs
-CERT_CHECK = 30.0
 
 
 class Enforcer:
@@ -89,6 +90,7 @@ class Enforcer:
                                  registry=self.registry,
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
                                           2.5, 5, 10))
+        self.certs: CertKeeper | None = None    # set by serve
         self.registry.register(_Collector(self))
 
     # -- one image -------------------------------------------------------------------------
@@ -263,6 +265,16 @@ class _Collector:
         yield rep
         yield GaugeMetricFamily("moray_kube_reports_queued", "decisions waiting to be "
                                 "reported", value=len(r.queue))
+        certs = self.e.certs
+        if certs is not None:
+            yield GaugeMetricFamily("moray_kube_tls_cert_expiry_timestamp_seconds",
+                                    "when the served TLS certificate expires (unix time)",
+                                    value=certs.expires)
+            ren = CounterMetricFamily("moray_kube_tls_renewals", "serving certificates "
+                                      "obtained from the server", labels=["result"])
+            ren.add_metric(["ok"], certs.renewed)
+            ren.add_metric(["failed"], certs.failed)
+            yield ren
 
 
 def create_app(enforcer: Enforcer) -> Starlette:
@@ -287,7 +299,13 @@ def create_app(enforcer: Enforcer) -> Starlette:
         return Response(orjson.dumps(answer), media_type="application/json")
 
     async def healthz(_request: Request) -> Response:
-        return JSONResponse({"ok": True})
+        certs = enforcer.certs
+        if certs is None:
+            return JSONResponse({"ok": True})
+        return JSONResponse({"ok": True, "cert_serial": certs.serial,
+                             "cert_expires_in": int(certs.expires - time.time()),
+                             "cert_renewals": certs.renewed,
+                             "cert_renewal_failures": certs.failed})
 
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(enforcer.registry), media_type=CONTENT_TYPE_LATEST)
@@ -315,30 +333,19 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-async def _reload_certs(config: uvicorn.Config, cert: Path, key: Path) -> None:
-    def stamp() -> tuple[float, float]:
-        return cert.stat().st_mtime, key.stat().st_mtime
-
-    seen = stamp()
-    while True:
-        await asyncio.sleep(CERT_CHECK)
-        try:
-            now = stamp()
-            if now != seen and config.ssl is not None:
-                config.ssl.load_cert_chain(str(cert), str(key))
-                seen = now
-                log.info("TLS certificate reloaded", extra={"cert": str(cert)})
-        except (OSError, ValueError) as err:   # half-written during rotation: next round
-            log.warning("cannot reload the TLS certificate", extra={"error": str(err)})
-
-
 async def serve(config: EnforcerConfig, stop: asyncio.Event | None = None,
                 enforcer: Enforcer | None = None) -> None:
     """Serve until ``stop`` is set."""
     stop = stop or asyncio.Event()
     enforcer = enforcer or Enforcer(config)
-    app = create_app(enforcer)
     assert config.tls_cert is not None and config.tls_key is not None
+    certs = CertKeeper(config.tls_cert, config.tls_key,
+                       server=enforcer.server if config.cert_from_server else None)
+    enforcer.certs = certs
+    await certs.first(stop)           # step: serving certificate (from the server if asked)
+    if stop.is_set():
+        return
+    app = create_app(enforcer)
     client_auth: dict[str, Any] = {}
     if config.client_ca is not None:
         client_auth = {"ssl_ca_certs": str(config.client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
@@ -349,7 +356,8 @@ async def serve(config: EnforcerConfig, stop: asyncio.Event | None = None,
     http = _HttpServer(uconfig)
     task = asyncio.create_task(http.serve())
     stopper = asyncio.create_task(stop.wait())
-    reload = asyncio.create_task(_reload_certs(uconfig, config.tls_cert, config.tls_key))
+    keeper: asyncio.Task[None] | None = None
+    loop = asyncio.get_running_loop()
     try:
         while not http.started and not task.done() and not stop.is_set():
             await asyncio.wait({task, stopper}, timeout=0.02,
@@ -357,15 +365,24 @@ async def serve(config: EnforcerConfig, stop: asyncio.Event | None = None,
         if task.done():
             raise SystemExit(f"moray-kube-enforcer: cannot listen on {config.host}:"
                              f"{config.port}")
+        assert uconfig.ssl is not None
+        certs.attach(uconfig.ssl)
+        keeper = asyncio.create_task(certs.run())
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, certs.wake)
         log.info("moray-kube-enforcer ready", extra={
             "port": config.port, "server": config.server, "mode": str(config.mode),
             "unregistered": str(config.unregistered), "failurePolicy": str(config.failure),
-            "excluded": sorted(config.excluded_namespaces)})
+            "excluded": sorted(config.excluded_namespaces), "cert_serial": certs.serial,
+            "cert_from_server": config.cert_from_server})
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
         http.should_exit = True
         stopper.cancel()
-        reload.cancel()
+        if keeper is not None:
+            keeper.cancel()
         if not task.done():
             await asyncio.wait_for(task, 15)
         log.info("moray-kube-enforcer stopped")

@@ -49,6 +49,7 @@ class EnforcerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None         # require API server client certificates from it
+    cert_from_server: bool = False        # tls_cert/tls_key issued and renewed by the server
     host: str = "0.0.0.0"
     port: int = 8443
     cluster: str = "default"

@@ -28,9 +28,15 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
     clientconfig.add_client_options(p, server_help="moray-server's REST API URL "
                                     "($MORAY_SERVER)")
     p.add_argument("--tls-cert", type=Path, required=True, metavar="FILE",
-                   help="the webhook's serving certificate (PEM; reloaded when it changes)")
+                   help="the webhook's serving certificate (PEM; reloaded when it changes; "
+                        "SIGHUP: now)")
     p.add_argument("--tls-key", type=Path, required=True, metavar="FILE",
                    help="its private key (PEM)")
+    p.add_argument("--cert-from-server", action="store_true",
+                   help="get the serving certificate from the server (its CA signs a key "
+                        "made here, for the names of `moray server --webhook-name`), write "
+                        "it to --tls-cert/--tls-key and renew it before expiry (SIGHUP: "
+                        "now)")
     p.add_argument("--client-ca", type=Path, default=None, metavar="FILE",
                    help="accept only clients with a certificate from this CA (the API "
                         "server's admission client certificate; default: any client)")
@@ -51,12 +57,15 @@ def run_command(args: argparse.Namespace) -> int:
     if not client.server or not token:
         raise ConfigError("moray-kube-enforcer: --server and --token are required "
                           "(or $MORAY_SERVER and $MORAY_TOKEN)")
-    for path in (args.tls_cert, args.tls_key, args.client_ca):
+    checked = (args.client_ca,) if args.cert_from_server else (
+        args.tls_cert, args.tls_key, args.client_ca)
+    for path in checked:
         if path is not None and not path.is_file():
             raise ConfigError(f"{path}: no such file (--tls-cert / --tls-key / --client-ca)")
     config = settings.load(args.config, server=client.server, token=token, ca=client.ca,
                            tls_cert=args.tls_cert, tls_key=args.tls_key,
                            client_ca=args.client_ca, host=args.host,
+                           cert_from_server=args.cert_from_server,
                            port=args.port)
     return run_until_stopped(serve, config)
 

@@ -112,6 +112,15 @@ class Server:
             "credentials": credentials})
         return int(doc["id"])
 
+    async def serving_cert(self, csr_pem: bytes) -> dict[str, str]:
+        """``{"cert", "ca", "not_after"}``: a serving certificate for ``csr_pem``'s key,
+        for the webhook names the server was started with."""
+        doc = await self._call("POST", "/admission/serving-cert", {"csr": csr_pem.decode()},
+                               timeout=10.0)
+        if not isinstance(doc, dict) or not isinstance(doc.get("cert"), str):
+            raise ServerUnavailable(f"unexpected serving-cert answer: {str(doc)[:200]}")
+        return {k: str(v) for k, v in doc.items()}
+
     async def report(self, reviews: list[dict[str, Any]]) -> None:
         await self._call("POST", "/admission/reviews",
                          {"cluster": self.config.cluster, "reviews": reviews}, timeout=10.0)

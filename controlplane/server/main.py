@@ -84,6 +84,7 @@ class ServerConfig:
     event_max_age: float | None = RETENTION_DAYS * 86400
     event_max_per_tenant: int | None = RETENTION_EVENTS
     retention_interval: float = RETENTION_INTERVAL
+    webhook_names: list[str] = field(default_factory=list)
 
     def rest_host(self) -> str:
         """Where the REST API listens: ``http_host``, else the gRPC host with TLS, else
@@ -129,6 +130,18 @@ def sqlite_private(url: str) -> None:
             with contextlib.suppress(FileNotFoundError):
                 if f.stat().st_mode & 0o077:
                     f.chmod(0o600)
+
+
+def load_keys(config: ServerConfig) -> Pki:
+    """The CA, server certificate and policy key; ``webhook_names`` must not name the
+    server (loopback aside: a certificate for it stands in for nothing beyond its pod)."""
+    pki = Pki.load_or_create(config.data_dir / "pki", config.names)
+    shared = {n for n in set(config.webhook_names) & pki.server_names() if not is_loopback(n)}
+    if shared:
+        raise SystemExit(f"moray-server: --webhook-name {', '.join(sorted(shared))}: the "
+                         "server's own name (a webhook certificate for it could stand in "
+                         "for the server)")
+    return pki
 
 
 async def open_engine(config: ServerConfig, metrics: ServerMetrics,
@@ -263,7 +276,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     store = ControlPlaneStore(engine, wire_document=agent_document)
     scans = ScanStore(engine)
     # step: load_keys
-    pki = Pki.load_or_create(config.data_dir / "pki", config.names)
+    pki = load_keys(config)
     bootstrap_admin_token(store, config.data_dir)
     # step: watch_changes (before any stream opens: streams push from its snapshot)
     watcher, hub = await watch_changes(store, engine, config, metrics)
@@ -285,7 +298,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     # step: start_http
     app = create_app(store, hub, pki, metrics, grpc_port=config.grpc_port,
                      enroll_port=config.enroll_port, scans=scans,
-                     on_scan_change=scheduler.wake)
+                     on_scan_change=scheduler.wake,
+                     webhook_names=tuple(config.webhook_names))
     tls = ({"ssl_certfile": str(pki.directory / "server.pem"),
             "ssl_keyfile": str(pki.directory / "server.key")} if config.http_tls else {})
     http = _HttpServer(uvicorn.Config(app, host=http_host, port=config.http_port,
@@ -345,6 +359,10 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, default=HTTP_PORT)
     p.add_argument("--name", action="append", default=[],
                    help="extra DNS name or IP for the server certificate (repeatable)")
+    p.add_argument("--webhook-name", action="append", default=[], metavar="NAME",
+                   help="DNS name or IP of the admission webhook (moray kube-enforcer), "
+                        "repeatable: admission tokens may get a serving certificate for "
+                        "these names from POST /api/v1/admission/serving-cert")
     p.add_argument("--http-tls", action="store_true",
                    help="serve the REST API over HTTPS with the server certificate "
                         "(clients verify it with <data dir>/pki/ca.pem: moray --ca)")
@@ -379,7 +397,8 @@ def run_command(args: argparse.Namespace) -> int:
                           scan_workers=args.scan_workers,
                           event_max_age=args.event_retention_days * 86400 or None,
                           event_max_per_tenant=args.event_max_per_tenant or None,
-                          retention_interval=args.retention_interval)
+                          retention_interval=args.retention_interval,
+                          webhook_names=args.webhook_name)
     return run_until_stopped(serve, config)
 
 

@@ -62,6 +62,27 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+CsrKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+
+def _csr_key(csr_pem: bytes) -> CsrKey:
+    """The public key of a CSR whose self-signature verifies (EC, Ed25519 or RSA >= 2048)."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as err:
+        raise PkiError(f"malformed CSR: {err}") from err
+    if not csr.is_signature_valid:
+        raise PkiError("CSR signature does not verify")
+    public_key = csr.public_key()
+    strong_rsa = isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048
+    if not (isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
+            or strong_rsa):
+        raise PkiError("CSR key must be EC, Ed25519 or RSA >= 2048 bits")
+    assert isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey |
+                      rsa.RSAPublicKey)
+    return public_key
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedCert:
     pem: bytes
@@ -183,17 +204,7 @@ class Pki:
                          days: int = 365) -> IssuedCert:
         """Sign an agent's CSR. The subject is set here (CN = agent id); only the CSR's
         public key is used, after its self-signature is checked."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as err:
-            raise PkiError(f"malformed CSR: {err}") from err
-        if not csr.is_signature_valid:
-            raise PkiError("CSR signature does not verify")
-        public_key = csr.public_key()
-        strong_rsa = isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048
-        if not (isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
-                or strong_rsa):
-            raise PkiError("CSR key must be EC, Ed25519 or RSA >= 2048 bits")
+        public_key = _csr_key(csr_pem)
         serial = x509.random_serial_number()
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME,
@@ -218,9 +229,21 @@ class Pki:
         admission webhook's Service names (``moray-kube-enforcer.moray.svc``); the API
         server verifies it with this CA (the webhook configuration's ``caBundle``).
         Nothing is recorded: it authenticates a server to clients, never a client here."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        return _pem_key(key), self._serving_cert(name, hosts, key.public_key(), days)
+
+    def sign_serving_csr(self, csr_pem: bytes, name: str, hosts: list[str], days: int = 90
+                         ) -> bytes:
+        """``issue_serving_cert`` for a key the caller holds (the webhook renewing its
+        certificate over the REST API: its key never leaves its pod). Only the CSR's
+        public key is used, after its self-signature is checked: the names are
+        ``hosts``, whatever the CSR asks for."""
+        return self._serving_cert(name, hosts, _csr_key(csr_pem), days)
+
+    def _serving_cert(self, name: str, hosts: list[str], public_key: CsrKey,
+                      days: int) -> bytes:
         if not hosts:
             raise PkiError("a serving certificate needs at least one host name or IP")
-        key = ec.generate_private_key(ec.SECP256R1())
         alt: list[x509.GeneralName] = []
         for n in sorted(set(hosts)):
             try:
@@ -229,7 +252,7 @@ class Pki:
                 alt.append(x509.DNSName(n))
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                .issuer_name(self.ca_cert.subject).public_key(key.public_key())
+                .issuer_name(self.ca_cert.subject).public_key(public_key)
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(_now() - _DAY).not_valid_after(_now() + days * _DAY)
                 .add_extension(x509.SubjectAlternativeName(alt), critical=False)
@@ -237,7 +260,17 @@ class Pki:
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                                critical=False)
                 .sign(self._ca_key, hashes.SHA256()))
-        return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def server_names(self) -> set[str]:
+        """The DNS names and IPs the server's own certificate covers."""
+        cert = x509.load_pem_x509_certificate(self.server_cert_pem)
+        try:
+            alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return set()
+        return {*alt.get_values_for_type(x509.DNSName),
+                *(str(a) for a in alt.get_values_for_type(x509.IPAddress))}
 
     # -- gateways ------------------------------------------------------------------------
 

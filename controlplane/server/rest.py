@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from cryptography import x509
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,7 +34,7 @@ from moray.controlplane.server.admissionapi import ADMISSION_ACCESS, admission_r
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.limits import PRINCIPAL, Refused, RequestLimits
 from moray.controlplane.server.metrics import HTTP_METHODS, ServerMetrics
-from moray.controlplane.server.pki import Pki, cert_sha256
+from moray.controlplane.server.pki import Pki, PkiError, cert_sha256
 from moray.controlplane.server.policydoc import DEFAULT_TENANT, PolicyDocError, parse_policies
 from moray.controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
 from moray.controlplane.store.scanstore import ScanStore
@@ -71,6 +72,9 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
 for _key in (("GET", "/api/v1/images/{digest}/verdicts"), ("POST", "/api/v1/scan-jobs"),
              ("POST", "/api/v1/admission/reviews")):
     ACCESS[_key] = ACCESS[_key] | ADMISSION
+# the webhook's serving certificate, for the names given by `moray server --webhook-name`
+ACCESS[("POST", "/api/v1/admission/serving-cert")] = ADMIN | ADMISSION
+WEBHOOK_CERT_DAYS = 90
 
 
 INT64_MAX = 2**63 - 1      # BIGINT columns (event seq and time, audit ids)
@@ -113,6 +117,11 @@ class EnrollmentTokenIn(BaseModel):
     ttl_seconds: float = Field(86400.0, gt=0, le=30 * 86400)
 
 
+class ServingCertIn(BaseModel):
+    csr: str = Field(max_length=16384, description="PEM certificate signing request: only "
+                     "its public key is used; the names are the server's --webhook-name")
+
+
 class ApiTokenIn(BaseModel):
     name: str = Field(min_length=1, max_length=253)
     role: str
@@ -121,7 +130,8 @@ class ApiTokenIn(BaseModel):
 def create_app(  # noqa: PLR0915 - the route table: one short function per endpoint
         store: ControlPlaneStore, hub: AgentHub | None, pki: Pki, metrics: ServerMetrics, *,
         grpc_port: int = 7443, enroll_port: int = 7444, scans: ScanStore | None = None,
-        on_scan_change: Callable[[], None] | None = None) -> FastAPI:
+        on_scan_change: Callable[[], None] | None = None,
+        webhook_names: tuple[str, ...] = ()) -> FastAPI:
     app = FastAPI(title="moray control plane", version="1",
                   description="Policies, agents, events and audit log of moray.")
     bearer = HTTPBearer(auto_error=False)
@@ -339,6 +349,28 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
                      ) -> dict[str, str]:
         return {"name": body.name, "role": body.role,
                 "token": store.create_api_token(body.name, body.role, author=who.actor)}
+
+    @app.post(P + "/admission/serving-cert")
+    def serving_cert(body: ServingCertIn, who: Annotated[Principal, Depends(
+            require("POST", P + "/admission/serving-cert"))]) -> dict[str, Any]:
+        """The admission webhook's TLS certificate, signed by the CA for the names this
+        server was started with (``--webhook-name``), never for names the caller picks:
+        a token taken from the webhook's pod cannot get a certificate for the server's
+        own names (agents trust this CA)."""
+        if not webhook_names:
+            raise HTTPException(404, "this server issues no webhook certificates: start it "
+                                "with --webhook-name NAME (the webhook Service's DNS names)")
+        try:
+            pem = pki.sign_serving_csr(body.csr.encode(), "moray-kube-enforcer",
+                                       list(webhook_names), days=WEBHOOK_CERT_DAYS)
+        except PkiError as err:
+            raise HTTPException(422, str(err)) from err
+        cert = x509.load_pem_x509_certificate(pem)
+        not_after = cert.not_valid_after_utc.isoformat()
+        store.record_audit(who.actor, "admission.serving_cert", "moray-kube-enforcer",
+                           {"names": list(webhook_names), "serial": format(cert.serial_number, "x"),
+                            "not_after": not_after})
+        return {"cert": pem.decode(), "ca": pki.ca_pem.decode(), "not_after": not_after}
 
     def audit_scan_change(who: Principal, action: str, target: str,
                           detail: dict[str, Any]) -> None:

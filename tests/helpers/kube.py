@@ -173,7 +173,11 @@ class Webhook(Child):
                  extra_args: tuple[str, ...] = ()) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.cert, self.key = issue_webhook_cert(server, self.dir)
+        if "--cert-from-server" in extra_args:      # the webhook writes them itself
+            self.cert, self.key = self.dir / "tls" / "tls.crt", self.dir / "tls" / "tls.key"
+            self.cert.parent.mkdir(exist_ok=True)
+        else:
+            self.cert, self.key = issue_webhook_cert(server, self.dir)
         (self.dir / "config.yaml").write_text(yaml.safe_dump(settings))
         self.port = free_port()
         self.log = self.dir / "webhook.log"

@@ -4,6 +4,7 @@ valid against the Kubernetes API schemas (offline)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -19,6 +20,20 @@ POSTGRES = {"server": {"replicas": 3, "pki": {"existingSecret": "moray-pki"},
                        "persistence": {"enabled": False},
                        "database": {"type": "postgresql",
                                     "postgresql": {"existingSecret": "moray-db"}}}}
+
+KUBE_ENFORCER = {"kubeEnforcer": {"enabled": True, "caPem": CA,
+                                  "token": {"existingSecret": "moray-admission"}}}
+KUBE_ENFORCER_VARIANT = {"kubeEnforcer": {
+    "enabled": True, "caPem": CA, "token": {"value": "moray-api-abc"}, "replicas": 1,
+    "certificate": {"source": "secret", "existingSecret": "webhook-tls"},
+    "mode": "monitor", "failurePolicy": "open", "unregistered": "scan", "timeoutSeconds": 30,
+    "excludeNamespaces": ["monitoring"], "inventoryDeletes": False,
+    "settings": {"cluster": "prod", "policies": ["strict"],
+                 "scan": {"policy": "kind: ImageAssurancePolicy\n", "budget": 20},
+                 "excludeLabels": {"moray.io/skip": "true"},
+                 "registries": {"registry.example.com": {"credentials": "env:REG"}}}},
+    "server": {"http": {"tls": False}}, "agent": {"enrollment": {"caSha256": "ab" * 32}},
+    "networkPolicy": {"kubeEnforcerFrom": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -42,6 +57,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "agent-external-server": {"server": {"enabled": False}, "agent": {"enrollment": {
         "serverAddress": "moray.example.com:7443", "existingSecret": "enrol"}}},
     "unload": {"agent": {"unloadOnly": True}},
+    "kube-enforcer": KUBE_ENFORCER,
+    "kube-enforcer-variant": KUBE_ENFORCER_VARIANT,
+    "kube-enforcer-external-server": {"server": {"enabled": False}, "agent": {"enabled": False},
+                                      "kubeEnforcer": {**KUBE_ENFORCER["kubeEnforcer"],
+                                                       "serverUrl": "https://moray.example.com"}},
     "digest-and-registry": {"image": {"registry": "registry.example.com", "tag": "9.9.9"},
                             "agent": {"image": {"repository": "moray/agent",
                                                 "digest": "sha256:" + "0" * 64}}},
@@ -55,7 +75,8 @@ def test_renders_valid_kubernetes_objects(name: str) -> None:
     validate(docs)
 
 
-@pytest.mark.parametrize("name", ["defaults", "gateway", "postgres", "unload"])
+@pytest.mark.parametrize("name", ["defaults", "gateway", "postgres", "unload", "kube-enforcer",
+                                  "kube-enforcer-variant"])
 def test_lint_is_clean(name: str) -> None:
     report = helm.lint(CHART, VALUE_SETS[name], strict=True, namespace="moray-system",
                        kube_version="v1.25.0")
@@ -86,6 +107,11 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "pull policy": {"image": {"pullPolicy": "Sometimes"}},
     "volume size": {"server": {"persistence": {"size": "ten gigs"}}},
     "relative output path": {"agent": {"output": "events.json"}},
+    "webhook timeout over 30 s": {"kubeEnforcer": {"timeoutSeconds": 31}},
+    "failure policy in the API server's words": {"kubeEnforcer": {"failurePolicy": "Fail"}},
+    "certificate source": {"kubeEnforcer": {"certificate": {"source": "cert-manager"}}},
+    "unknown kube-enforcer key": {"kubeEnforcer": {"caBundle": "x"}},
+    "excluded namespace name": {"kubeEnforcer": {"excludeNamespaces": ["Kube System"]}},
 }
 
 
@@ -111,6 +137,24 @@ REFUSED_COMBINATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "agents with nowhere to enrol": ({"server": {"enabled": False}}, "serverAddress"),
     "token without CA": ({"agent": {"enrollment": {"token": "t"}}}, "caPem"),
     "pinned CA over HTTPS": ({"agent": {"enrollment": {"caSha256": "ab" * 32}}}, "plain HTTP"),
+    "kube-enforcer without CA": ({"kubeEnforcer": {"enabled": True, "token": {
+        "value": "t"}}}, "caPem"),
+    "kube-enforcer without token": ({"kubeEnforcer": {"enabled": True, "caPem": CA}},
+                                    "admission token"),
+    "kube-enforcer with nowhere to ask": (
+        {"server": {"enabled": False}, "agent": {"enabled": False},
+         "kubeEnforcer": KUBE_ENFORCER["kubeEnforcer"]}, "serverUrl"),
+    "kube-enforcer TLS Secret unnamed": ({"kubeEnforcer": {
+        **KUBE_ENFORCER["kubeEnforcer"], "certificate": {"source": "secret"}}},
+        "certificate.existingSecret"),
+    "kube-enforcer setting the chart owns": ({"kubeEnforcer": {
+        **KUBE_ENFORCER["kubeEnforcer"], "settings": {"failurePolicy": "open"}}},
+        "settings.failurePolicy"),
+    "scan on admission without a policy": ({"kubeEnforcer": {
+        **KUBE_ENFORCER["kubeEnforcer"], "unregistered": "scan"}}, "scan.policy"),
+    "scan budget beyond the request's": ({"kubeEnforcer": {
+        **KUBE_ENFORCER["kubeEnforcer"], "unregistered": "scan", "settings": {
+            "scan": {"policy": "p", "budget": 9}}}}, "scan.budget"),
 }
 
 
@@ -325,3 +369,136 @@ def test_every_arg_is_the_commands_own(name: str) -> None:
                 args = [a.replace("$(NODE_NAME)", "node-1") for a in c["args"]]
                 parsed = parse(args, alias=c["command"][0])
                 assert callable(parsed.handler), (kind, c["name"])
+
+
+def test_kube_enforcer_is_optional() -> None:
+    docs = render()
+    assert [d["metadata"]["name"] for d in docs if "kube-enforcer" in d["metadata"]["name"]
+            ] == []
+    server = _container(docs, "StatefulSet", "server")
+    assert not any(a.startswith("--webhook-name") for a in server["args"])
+
+
+def test_kube_enforcer() -> None:
+    import base64
+
+    import yaml
+
+    docs = render(KUBE_ENFORCER)
+    deploy = one(docs, "Deployment", "moray-kube-enforcer")
+    assert deploy["spec"]["replicas"] == 2
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert "podAntiAffinity" in pod["affinity"]
+    c = _container(docs, "Deployment", "kube-enforcer")
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert c["args"][:2] == ["--server=https://moray-server.moray-system.svc:7080",
+                             "--ca=/etc/moray-kube-enforcer/ca.pem"]
+    assert "--cert-from-server" in c["args"] and "--port=8443" in c["args"]
+    assert not any("token" in a for a in c["args"])
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MORAY_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "moray-admission",
+                                                               "key": "token"}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "webhook", "scheme": "HTTPS"}
+    assert c["resources"]["limits"]["memory"] == "384Mi"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["emptyDir"]["medium"] == "Memory"
+    assert kinds(docs, "Secret") == []          # the token Secret is the user's
+    config = yaml.safe_load(one(docs, "ConfigMap", "moray-kube-enforcer")["data"]["config.yaml"])
+    assert config == {"namespace": "moray-system", "mode": "enforce", "unregistered": "deny",
+                      "failurePolicy": "closed", "requestTimeout": 8,
+                      "excludeNamespaces": ["kube-system", "moray-system"]}
+    svc = one(docs, "Service", "moray-kube-enforcer")
+    assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "webhook",
+                                     "protocol": "TCP"}]
+    pdb = one(docs, "PodDisruptionBudget", "moray-kube-enforcer")
+    assert pdb["spec"]["minAvailable"] == 1
+
+    vwc = one(docs, "ValidatingWebhookConfiguration", "moray-kube-enforcer")
+    images, deletes = vwc["webhooks"]
+    assert base64.b64decode(images["clientConfig"]["caBundle"]).decode() == CA
+    assert images["clientConfig"]["service"] == {"name": "moray-kube-enforcer",
+                                                 "namespace": "moray-system",
+                                                 "path": "/validate", "port": 443}
+    assert images["failurePolicy"] == "Fail" and images["timeoutSeconds"] == 10
+    assert images["sideEffects"] == "None" and images["admissionReviewVersions"] == ["v1"]
+    assert images["namespaceSelector"]["matchExpressions"] == [{
+        "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+        "values": ["kube-system", "moray-system"]}]
+    covered = {(g, r) for rule in images["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"]}
+    assert covered == {("", "pods"), ("", "pods/ephemeralcontainers"),
+                       ("", "replicationcontrollers"), ("apps", "deployments"),
+                       ("apps", "replicasets"), ("apps", "statefulsets"),
+                       ("apps", "daemonsets"), ("batch", "jobs"), ("batch", "cronjobs")}
+    assert {op for rule in images["rules"] for op in rule["operations"]} == {"CREATE", "UPDATE"}
+    # deletes feed the inventory and are never blocked by a webhook outage
+    assert deletes["failurePolicy"] == "Ignore"
+    assert {op for rule in deletes["rules"] for op in rule["operations"]} == {"DELETE"}
+
+    # the server issues the webhook's certificate for the Service's names only
+    server = _container(docs, "StatefulSet", "server")
+    assert [a for a in server["args"] if a.startswith("--webhook-name")] == [
+        f"--webhook-name={n}" for n in (
+            "moray-kube-enforcer", "moray-kube-enforcer.moray-system",
+            "moray-kube-enforcer.moray-system.svc",
+            "moray-kube-enforcer.moray-system.svc.cluster.local")]
+    # network: the webhook port open (the API server is no pod), the server's REST API
+    # open to the webhook
+    np = one(docs, "NetworkPolicy", "moray-kube-enforcer")["spec"]
+    assert np["ingress"] == [{"ports": [{"port": "webhook", "protocol": "TCP"}]}]
+    assert [c for r in np["egress"] for c in _peers(r)] == ["server"]
+    server_np = one(docs, "NetworkPolicy", "moray-server")["spec"]
+    assert "kube-enforcer" in [c for r in server_np["ingress"] for c in _peers(r)]
+
+
+def test_kube_enforcer_variant(tmp_path: Path) -> None:
+    import yaml
+
+    docs = render(KUBE_ENFORCER_VARIANT)
+    c = _container(docs, "Deployment", "kube-enforcer")
+    assert c["args"][0] == "--server=http://moray-server.moray-system.svc:7080"
+    assert not any(a.startswith(("--ca=", "--cert-from-server")) for a in c["args"])
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "webhook-tls"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["tls"]["readOnly"] is True
+    assert kinds(docs, "PodDisruptionBudget") == []            # one replica
+    secret = one(docs, "Secret", "moray-kube-enforcer-token")
+    assert secret["stringData"] == {"token": "moray-api-abc"}
+    config = yaml.safe_load(one(docs, "ConfigMap", "moray-kube-enforcer")["data"]["config.yaml"])
+    assert config["mode"] == "monitor" and config["failurePolicy"] == "open"
+    assert config["requestTimeout"] == 28 and config["cluster"] == "prod"
+    assert config["scan"]["budget"] == 20
+    assert config["excludeNamespaces"] == ["kube-system", "moray-system", "monitoring"]
+    (images,) = one(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    assert images["failurePolicy"] == "Ignore" and images["timeoutSeconds"] == 30
+    assert images["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "kube-system", "moray-system", "monitoring"]
+    np = one(docs, "NetworkPolicy", "moray-kube-enforcer")["spec"]
+    assert np["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    # a certificate kept in a Secret: the server issues none
+    server = _container(docs, "StatefulSet", "server")
+    assert not any(a.startswith("--webhook-name") for a in server["args"])
+    # the config file the chart renders is one the webhook accepts
+    from moray.controlplane.kubeenforcer import config as settings
+
+    for values in (KUBE_ENFORCER, KUBE_ENFORCER_VARIANT):
+        text = one(render(values), "ConfigMap", "moray-kube-enforcer")["data"]["config.yaml"]
+        doc = yaml.safe_load(text)
+        if "scan" in doc:
+            doc["scan"]["policy"] = POLICY
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        assert settings.load(path, server="https://s", token="t").request_timeout == \
+            doc["requestTimeout"]
+
+
+POLICY = ("apiVersion: moray/v1\nkind: ImageAssurancePolicy\nmetadata: {name: strict}\n"
+          "spec: {failOn: unknown}\n")
+

@@ -21,6 +21,7 @@
 {{- define "moray.agent.fullname" -}}{{ include "moray.fullname" . }}-agent{{- end }}
 {{- define "moray.server.fullname" -}}{{ include "moray.fullname" . }}-server{{- end }}
 {{- define "moray.gateway.fullname" -}}{{ include "moray.fullname" . }}-gateway{{- end }}
+{{- define "moray.kubeEnforcer.fullname" -}}{{ include "moray.fullname" . }}-kube-enforcer{{- end }}
 
 {{- define "moray.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
@@ -60,6 +61,38 @@ app.kubernetes.io/component: {{ .component }}
 {{- $svc := include "moray.server.fullname" . -}}
 {{- $ns := .Release.Namespace -}}
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) | toJson -}}
+{{- end }}
+
+{{/* the kube-enforcer Service's DNS names: its serving certificate covers each (the API
+server calls <svc>.<ns>.svc) */}}
+{{- define "moray.kubeEnforcer.dnsNames" -}}
+{{- $svc := include "moray.kubeEnforcer.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) | toJson -}}
+{{- end }}
+
+{{/* the kube-enforcer's --server: kubeEnforcer.serverUrl or this release's REST API */}}
+{{- define "moray.kubeEnforcer.serverUrl" -}}
+{{- with .Values.kubeEnforcer.serverUrl }}{{ . }}
+{{- else }}
+{{- printf "%s://%s:%v" (ternary "https" "http" .Values.server.http.tls) (include "moray.server.host" .) .Values.server.ports.http }}
+{{- end }}
+{{- end }}
+
+{{- define "moray.kubeEnforcer.tokenSecret" -}}
+{{- .Values.kubeEnforcer.token.existingSecret | default (printf "%s-token" (include "moray.kubeEnforcer.fullname" .)) -}}
+{{- end }}
+
+{{/* the webhook's config file: kubeEnforcer.settings plus the keys the chart owns (they
+must agree with the webhook configuration) */}}
+{{- define "moray.kubeEnforcer.config" -}}
+{{- $k := .Values.kubeEnforcer -}}
+{{- $owned := dict "namespace" .Release.Namespace "mode" $k.mode "unregistered" $k.unregistered "failurePolicy" $k.failurePolicy "requestTimeout" (sub (int $k.timeoutSeconds) 2) "excludeNamespaces" (include "moray.kubeEnforcer.excluded" . | fromJsonArray) -}}
+{{- toYaml (merge $owned (deepCopy $k.settings)) -}}
+{{- end }}
+
+{{- define "moray.kubeEnforcer.excluded" -}}
+{{- concat (list "kube-system" .Release.Namespace) .Values.kubeEnforcer.excludeNamespaces | uniq | toJson -}}
 {{- end }}
 
 {{- define "moray.server.host" -}}
@@ -118,6 +151,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- if and .Values.gateway.enabled (not .Values.gateway.pki.existingSecret) -}}
 {{- fail "gateway.enabled needs gateway.pki.existingSecret (gateway.key, gateway.pem, ca.pem from `moray gateway cert`)" -}}
+{{- end -}}
+{{- $k := .Values.kubeEnforcer -}}
+{{- if $k.enabled -}}
+{{- if not $k.caPem -}}
+{{- fail "kubeEnforcer.enabled needs kubeEnforcer.caPem: the server's CA (<server data dir>/pki/ca.pem), the webhook configuration's caBundle" -}}
+{{- end -}}
+{{- if and (not $k.token.existingSecret) (not $k.token.value) -}}
+{{- fail "kubeEnforcer.enabled needs kubeEnforcer.token.existingSecret (or .value): an admission token, `moray tokens create kube-enforcer admission`" -}}
+{{- end -}}
+{{- if and (not .Values.server.enabled) (not $k.serverUrl) -}}
+{{- fail "kubeEnforcer needs this release's server (server.enabled) or kubeEnforcer.serverUrl" -}}
+{{- end -}}
+{{- if and (eq $k.certificate.source "secret") (not $k.certificate.existingSecret) -}}
+{{- fail "kubeEnforcer.certificate.source=secret needs kubeEnforcer.certificate.existingSecret (a kubernetes.io/tls Secret)" -}}
+{{- end -}}
+{{- range $key := list "namespace" "mode" "unregistered" "failurePolicy" "requestTimeout" "excludeNamespaces" -}}
+{{- if hasKey $k.settings $key -}}
+{{- fail (printf "kubeEnforcer.settings.%s: set by the chart (kubeEnforcer.mode, .unregistered, .failurePolicy, .timeoutSeconds, .excludeNamespaces)" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $k.unregistered "scan") (not (and $k.settings.scan (or $k.settings.scan.policy $k.settings.scan.policyFile))) -}}
+{{- fail "kubeEnforcer.unregistered=scan needs kubeEnforcer.settings.scan.policy (the ImageAssurancePolicy scans are judged by)" -}}
+{{- end -}}
+{{- if and $k.settings.scan $k.settings.scan.budget (ge (float64 $k.settings.scan.budget) (float64 (sub (int $k.timeoutSeconds) 2))) -}}
+{{- fail "kubeEnforcer.settings.scan.budget must be below kubeEnforcer.timeoutSeconds - 2 (the webhook's requestTimeout)" -}}
+{{- end -}}
 {{- end -}}
 {{- $e := .Values.agent.enrollment -}}
 {{- if and .Values.agent.enabled $e.enabled (not .Values.server.enabled) (not $e.serverAddress) -}}
