@@ -287,15 +287,15 @@ def _fleet_mode(server: ServerProcess, sims: _Sims, endpoints: list[str], pids: 
              interval=1.0, what="every simulated agent connected")
     connect_s = time.perf_counter() - t_conn
     time.sleep(3)
-    before = {k: _cpu_seconds(p) for k, p in pids.items()}
+    # every process, the simulators' included (the client side)
+    everyone = {**pids, **{f"sim{i}": p.pid for i, p in enumerate(sims.procs)}}
+    before = {k: _cpu_seconds(p) for k, p in everyone.items()}
     time.sleep(args.idle)
-    idle = {k: 100 * (_cpu_seconds(p) - before[k]) / args.idle for k, p in pids.items()}
+    idle = {k: 100 * (_cpu_seconds(p) - before[k]) / args.idle for k, p in everyone.items()}
     api = server.api()
     conn = _Db(server)
     lat: list[float] = []
     answered: list[float] = []   # apply -> the REST answer (version stored and signed)
-    # CPU seconds per push of each process, the simulators' included (the client side)
-    everyone = {**pids, **{f"sim{i}": p.pid for i, p in enumerate(sims.procs)}}
     before = {k: _cpu_seconds(p) for k, p in everyone.items()}
     for _ in range(args.rounds):
         rnd[0] += 1

@@ -32,6 +32,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,6 +113,9 @@ func (a *agent) snapshot() map[string]uint64 {
 func (a *agent) connect(endpoint string) error {
 	conn, err := grpc.Dial(endpoint,
 		grpc.WithTransportCredentials(a.creds),
+		// 8 KiB buffers (grpc-go's default: 32 KiB each way): thousands of connections in
+		// one process, each message a few hundred bytes
+		grpc.WithReadBufferSize(8<<10), grpc.WithWriteBufferSize(8<<10),
 		// the agent's channel options (agent/controlplane/client.py CHANNEL_OPTIONS), with
 		// 20 s for a ping's answer as cpsim.py
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
@@ -267,6 +271,9 @@ func main() {
 	heartbeat := flag.Float64("heartbeat", 60, "seconds between heartbeats")
 	pace := flag.Duration("pace", 2500*time.Microsecond, "time between two agents' connects")
 	flag.Parse()
+	// a heap of a few hundred MB that lives as long as the process (connections, their
+	// buffers): collect at 4x (Go's default: 2x), the harness's CPU is not the measurement
+	debug.SetGCPercent(300)
 	raw, err := os.ReadFile(filepath.Join(*dir, "identities.json"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cpsim-go:", err)
