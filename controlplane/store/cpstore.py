@@ -485,8 +485,19 @@ class ControlPlaneStore:
         ``uses < max_uses``): on PostgreSQL a second transaction updating the same row
         waits for the first and re-checks the condition on the row it committed, on
         SQLite writers are serialized; either way two enrolments racing for a token's
-        last use cannot both win."""
+        last use cannot both win. A token that cannot enrol (unknown, revoked, expired,
+        used up) is refused by a read first, without taking SQLite's write lock: bad
+        tokens cost no writer its turn."""
         now = self.clock()
+        with self._read() as session:
+            usable = session.scalar(select(EnrollmentToken.id).where(
+                EnrollmentToken.token_sha256 == sha256_hex(token),
+                EnrollmentToken.revoked_at.is_(None),
+                EnrollmentToken.expires_at > now,
+                (EnrollmentToken.max_uses.is_(None))
+                | (EnrollmentToken.uses < EnrollmentToken.max_uses)))
+        if usable is None:
+            raise StoreError("enrolment token unknown, expired, revoked or used up")
         with self._tx() as session:
             spent = session.execute(update(EnrollmentToken).where(
                 EnrollmentToken.token_sha256 == sha256_hex(token),
