@@ -176,6 +176,8 @@ def test_cli_daemonset_token_lifecycle(server: ServerProcess, tmp_path: Path) ->
     assert [r["target"] for r in audit if r["action"] == "enrollment_token.revoke"] == [
         f"token:{token_id}"]
     assert token not in json.dumps(audit)
+    for bad in ({"uses": 0}, {"uses": -1}, {"ttl_seconds": 367 * 86400}, {"ttl_seconds": 0}):
+        assert server.api().status("POST", "/api/v1/enrollment-tokens", json=bad) == 422, bad
     # one-time stays the default (`moray agents token` = `moray token create`)
     one = _cli(server, "agents", "token").strip()
     enroll(server.enroll_target, one, server.ca_pem, tmp_path / "one")
