@@ -114,8 +114,8 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
                     help="moray-server (or moray-gateway) agent endpoint (gRPC, mTLS), e.g. "
                          "server:7443; a comma-separated list fails over in turn")
     cp.add_argument("--enroll-token", default=None,
-                    help="one-time enrolment token (better: $MORAY_ENROLL_TOKEN, or the "
-                         "systemd credential enroll-token; never visible in ps)")
+                    help="enrolment token, used once per host (better: $MORAY_ENROLL_TOKEN, "
+                         "or the systemd credential enroll-token; never visible in ps)")
     cp.add_argument("--ca", default=None, help="server CA certificate (PEM) for enrolment")
     cp.add_argument("--ca-sha256", default=None, help="or the CA's pinned SHA-256")
     cp.add_argument("--enroll-server", default=None, metavar="HOST:PORT",

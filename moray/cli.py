@@ -8,6 +8,7 @@
     moray scan enqueue|jobs|registry|image|...  scan jobs, scheduled targets
     moray vulndb import|status, moray malware import
     moray policy|agents|events|audit|tokens ... the control plane's REST API
+    moray token create|list|revoke              enrolment tokens
     moray workloads [--vulnerability CVE-X]     what the admission webhook has seen
     moray kube-enforcer --server URL ...        admission webhook  (= moray-kube-enforcer)
 
@@ -55,6 +56,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "events": ("moray.controlplane.server.cli_api", "events the agents reported"),
     "audit": ("moray.controlplane.server.cli_api", "who changed what and when"),
     "tokens": ("moray.controlplane.server.cli_api", "API tokens"),
+    "token": ("moray.controlplane.server.cli_api", "enrolment tokens: create (one-time or "
+              "multi-use), list, revoke"),
     "workloads": ("moray.controlplane.server.cli_api", "workloads the admission webhook has "
                   "seen; which run an image with a vulnerability"),
     "kube-enforcer": ("moray.controlplane.kubeenforcer.main", "Kubernetes validating "

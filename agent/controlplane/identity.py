@@ -1,11 +1,13 @@
 """The agent's identity with the control plane: its key, its certificate, the server's CA
 and the policy-signing public key, all under ``<data dir>/identity`` and obtained once by
-enrolling with a one-time token.
+enrolling with a token (one-time, or a multi-use token shared by a DaemonSet's nodes).
 
 Files: ``agent.key`` (ECDSA P-256, 0600, never leaves the host), ``agent.pem`` (issued by
 the server CA, CN = agent id), ``ca.pem``, ``policy.pub`` (raw Ed25519 key) and
-``agent.json`` (agent id, tenant, labels, key id). Written once at enrolment; deleting the
-directory makes the agent enrol again (it then needs a new token).
+``agent.json`` (agent id, tenant, labels, key id). Written once at enrolment, and kept
+across restarts (the chart mounts the data dir from the host), so a restarted agent never
+enrols again; deleting the directory makes it enrol again as a new agent (with a token
+that still has a use: docs/controlplane.md "Enrolment tokens").
 """
 
 from __future__ import annotations

@@ -39,6 +39,12 @@ from moray.controlplane.gateway.downstream import GatewayAgentService
 from moray.controlplane.gateway.enroll import EnrollmentProxy
 from moray.controlplane.gateway.forwarder import Forwarder
 from moray.controlplane.gateway.upstream import Upstream, client_credentials
+from moray.controlplane.server.limits import (
+    ENROLL_PER_SOURCE,
+    ENROLL_PER_TOKEN,
+    EnrollLimits,
+    rate_arg,
+)
 from moray.daemon import run_until_stopped
 from moray.errors import ConfigError
 
@@ -66,6 +72,8 @@ class GatewayConfig:
     server_enroll: str | None = None        # the server's enrolment port (default HOST:7444)
     metrics_port: int = METRICS_PORT        # 0: no /metrics, /healthz, /readyz
     metrics_host: str = "127.0.0.1"
+    enroll_per_source: str = ENROLL_PER_SOURCE   # RATE[/BURST] per second; "0": no limit
+    enroll_per_token: str = ENROLL_PER_TOKEN
 
 
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
@@ -155,7 +163,8 @@ def _listen(config: GatewayConfig, server: grpc.aio.Server, pair: tuple[bytes, b
     if not config.enroll_port:
         return port, None
     enroll = EnrollmentProxy(config.server_enroll or enroll_target(config.server), ca,
-                             config.server_name)
+                             config.server_name,
+                             EnrollLimits(config.enroll_per_source, config.enroll_per_token))
     moray_pb2_grpc.add_EnrollmentServicer_to_server(enroll, server)
     if server.add_secure_port(f"{config.host}:{config.enroll_port}",
                               grpc.ssl_server_credentials([pair])) == 0:
@@ -195,6 +204,14 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                           f"(default {ENROLL_PORT}; 0: none)")
     run.add_argument("--server-enroll", default=None, metavar="HOST:PORT",
                      help="the server's enrolment port (default: --server's host, port 7444)")
+    run.add_argument("--enroll-rate-per-source", default=ENROLL_PER_SOURCE, type=rate_arg,
+                     metavar="RATE[/BURST]",
+                     help=f"enrolments a second from one address, and at once (default "
+                          f"{ENROLL_PER_SOURCE}; 0: no limit)")
+    run.add_argument("--enroll-rate-per-token", default=ENROLL_PER_TOKEN, type=rate_arg,
+                     metavar="RATE[/BURST]",
+                     help=f"enrolments a second with one token (default {ENROLL_PER_TOKEN}; "
+                          "0: no limit)")
     run.add_argument("--metrics-port", type=int, default=METRICS_PORT,
                      help=f"/metrics, /healthz and /readyz over HTTP (default {METRICS_PORT}; "
                           "0: none)")
@@ -239,7 +256,9 @@ def run_command(args: argparse.Namespace) -> int:
                            syslog=tuple(args.syslog), cef=tuple(args.cef),
                            webhook=tuple(args.webhook), siem_types=types,
                            enroll_port=args.enroll_port, server_enroll=args.server_enroll,
-                           metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+                           metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                           enroll_per_source=args.enroll_rate_per_source,
+                           enroll_per_token=args.enroll_rate_per_token)
     return run_until_stopped(serve, config)
 
 

@@ -1,7 +1,9 @@
 """The gRPC services agents talk to (contract: api/proto/moray.proto).
 
-- ``EnrollmentService`` (enrolment port, server-side TLS): spends a one-time token, signs
-  the agent's CSR, records the agent.
+- ``EnrollmentService`` (enrolment port, server-side TLS): refuses a request over its
+  source address's or its token's rate (RESOURCE_EXHAUSTED, before any database work:
+  controlplane/server/limits.py ``EnrollLimits``), then spends one use of the token, signs
+  the agent's CSR, records the agent (one transaction, controlplane/store/cpstore.py).
 - ``AgentServiceImpl`` (agent port, mutual TLS): every call is identified by the client
   certificate's CN (agent id) *and* its SHA-256, checked against the store; unknown or
   revoked agents get UNAUTHENTICATED / PERMISSION_DENIED.
@@ -37,6 +39,7 @@ from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.server.heartbeats import HeartbeatWriter, status_of
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.ingest import IngestWriter
+from moray.controlplane.server.limits import EnrollLimits
 from moray.controlplane.server.metrics import ServerMetrics
 from moray.controlplane.server.pki import Pki, PkiError, cert_sha256
 from moray.controlplane.server.policydoc import selects_host
@@ -56,11 +59,21 @@ MAX_QUEUED_ACKS = 100_000      # acknowledgements waiting for the ack writer
 
 
 class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):  # type: ignore[misc]
-    def __init__(self, store: ControlPlaneStore, pki: Pki, metrics: ServerMetrics) -> None:
+    def __init__(self, store: ControlPlaneStore, pki: Pki, metrics: ServerMetrics,
+                 limits: EnrollLimits | None = None) -> None:
         self.store, self.pki, self.metrics = store, pki, metrics
+        self.limits = limits or EnrollLimits()
 
     async def Enroll(self, request: moray_pb2.EnrollRequest,
                      context: grpc.aio.ServicerContext) -> moray_pb2.EnrollResponse:
+        refused = self.limits.check(context.peer(), request.token)
+        if refused is not None:
+            self.metrics.enrollments.labels("limited").inc()
+            log.warning("enrolment rate-limited", extra={
+                "peer": context.peer(), "hostname": request.hostname[:253],
+                "scope": refused.scope})
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused.message())
+            raise AssertionError("unreachable")
         issued: dict[str, Any] = {}
 
         def issue(agent_id: str) -> tuple[str, str]:
@@ -74,12 +87,15 @@ class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):  # type: ignore[misc
                 labels=dict(request.labels), issue=issue)
         except (StoreError, PkiError) as err:
             self.metrics.enrollments.labels("refused").inc()
-            log.warning("enrolment refused", extra={"hostname": request.hostname,
+            log.warning("enrolment refused", extra={"hostname": request.hostname[:253],
+                                                    "peer": context.peer(),
                                                     "reason": str(err)})
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
             raise AssertionError("unreachable") from err
         self.metrics.enrollments.labels("ok").inc()
-        log.info("agent enrolled", extra={"agent_id": agent.id, "hostname": agent.hostname})
+        log.info("agent enrolled", extra={"agent_id": agent.id, "hostname": agent.hostname,
+                                          "peer": context.peer(),
+                                          "token": agent.enrollment_token_id})
         return moray_pb2.EnrollResponse(
             agent_id=agent.id, certificate_pem=issued["pem"], ca_pem=self.pki.ca_pem,
             policy_public_key=self.pki.policy_key.public_raw,

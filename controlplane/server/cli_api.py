@@ -7,6 +7,11 @@
     moray policy delete NAME           moray events follow [--agent ID] [--type T]
     moray audit                        moray tokens create NAME ROLE
     moray workloads [--vulnerability CVE-X] [--namespace NS] [--include-denied]
+    moray token create [--uses N | --unlimited] [--expires 30d] [--label k=v] [--tenant T]
+    moray token list [--all]           moray token revoke ID
+
+``moray token``: enrolment tokens (``moray agents token`` is ``moray token create``);
+``moray tokens``: API tokens.
 
 Server, token and CA: moray.clientconfig (``--server``/``--token``/``--ca``, then
 ``$MORAY_SERVER``/``$MORAY_TOKEN``/``$MORAY_CA``, then the config file); the server defaults
@@ -29,7 +34,8 @@ from typing import Any
 from moray.clientconfig import Api, ApiError, add_client_options, from_args
 from moray.exitcodes import FAILED, OK
 
-GROUPS = ("policy", "agents", "events", "audit", "tokens", "workloads")
+GROUPS = ("policy", "agents", "events", "audit", "tokens", "token", "workloads")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -40,7 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_group(name: str, p: argparse.ArgumentParser) -> None:
     """Fill ``moray``'s parser of one of ``GROUPS``."""
     {"policy": _register_policy, "agents": _register_agents, "events": _register_events,
-     "audit": _register_audit, "tokens": _register_tokens,
+     "audit": _register_audit, "tokens": _register_tokens, "token": _register_token,
      "workloads": _register_workloads}[name](p)
     p.set_defaults(handler=run)
 
@@ -70,13 +76,60 @@ def _register_agents(ag: argparse.ArgumentParser) -> None:
     asub = ag.add_subparsers(dest="command", required=True)
     al = asub.add_parser("list", help="agents, their status and policy versions")
     al.add_argument("--tenant", default=None)
+    al.add_argument("--enrollment-token", type=int, default=None, metavar="TOKEN_ID",
+                    dest="enrollment_token", help="only agents enrolled with this token")
     ar = asub.add_parser("revoke", help="refuse an agent from now on")
     ar.add_argument("agent_id")
-    at = asub.add_parser("token", help="create a one-time enrolment token")
-    at.add_argument("--tenant", default="default")
-    at.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    at.add_argument("--ttl", type=float, default=86400.0, help="seconds (default one day)")
+    at = asub.add_parser("token", help="create an enrolment token (= moray token create)")
+    _token_create_options(at)
     for p in (al, ar, at):
+        _common(p)
+
+
+def _token_create_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label every agent enrolled with it gets (repeatable)")
+    uses = p.add_mutually_exclusive_group()
+    uses.add_argument("--uses", type=int, default=1, metavar="N",
+                      help="enrolments it allows (default 1: one-time)")
+    uses.add_argument("--unlimited", action="store_true",
+                      help="any number of enrolments until it expires or is revoked (a "
+                           "DaemonSet's token)")
+    p.add_argument("--expires", "--ttl", type=duration, default=86400.0, dest="ttl",
+                   metavar="DURATION",
+                   help="lifetime: 3600, 90m, 12h, 30d, 8w (default 1d, at most 366d)")
+    p.add_argument("--comment", default="", help="what it is for (shown by moray token list)")
+
+
+def duration(text: str) -> float:
+    """``3600``, ``3600s``, ``90m``, ``12h``, ``30d``, ``8w`` -> seconds."""
+    unit = text[-1:].lower()
+    number = text[:-1] if unit in DURATION_UNITS else text
+    try:
+        seconds = float(number) * DURATION_UNITS.get(unit, 1)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: e.g. 3600, 12h, 30d") \
+            from err
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: must be positive")
+    return seconds
+
+
+def _register_token(tk: argparse.ArgumentParser) -> None:
+    tsub = tk.add_subparsers(dest="command", required=True)
+    tc = tsub.add_parser("create", help="create an enrolment token (printed once: only its "
+                                        "hash is stored)")
+    _token_create_options(tc)
+    tl = tsub.add_parser("list", help="enrolment tokens: uses left, expiry, agents enrolled "
+                                      "(never the token)")
+    tl.add_argument("--tenant", default=None)
+    tl.add_argument("--all", action="store_true",
+                    help="also expired, revoked and used-up tokens")
+    tr = tsub.add_parser("revoke", help="refuse every later enrolment with a token (its "
+                                        "agents stay enrolled)")
+    tr.add_argument("token_id", type=int)
+    for p in (tc, tl, tr):
         _common(p)
 
 
@@ -232,7 +285,9 @@ def _policy(api: Api, args: argparse.Namespace) -> int:
 
 def _agents(api: Api, args: argparse.Namespace) -> int:
     if args.command == "list":
-        rows = api.call("GET", "/agents", params={"tenant": args.tenant} if args.tenant else {})
+        params = {k: getattr(args, k) for k in ("tenant", "enrollment_token")
+                  if getattr(args, k) is not None}
+        rows = api.call("GET", "/agents", params=params)
         if args.json:
             _out(rows)
             return 0
@@ -250,10 +305,39 @@ def _agents(api: Api, args: argparse.Namespace) -> int:
         r = api.call("POST", f"/agents/{args.agent_id}/revoke")
         _out(r) if args.json else sys.stdout.write(f"revoked {r['id']}\n")
         return 0
-    r = api.call("POST", "/enrollment-tokens", json={
-        "tenant": args.tenant, "labels": _labels(args.label), "ttl_seconds": args.ttl})
-    _out(r) if args.json else sys.stdout.write(r["token"] + "\n")
-    return 0
+    return _token(api, args)
+
+
+def _token(api: Api, args: argparse.Namespace) -> int:
+    """``moray token create|list|revoke`` (and ``moray agents token``)."""
+    if args.command in ("create", "token"):
+        r = api.call("POST", "/enrollment-tokens", json={
+            "tenant": args.tenant, "labels": _labels(args.label), "ttl_seconds": args.ttl,
+            "uses": None if args.unlimited else args.uses, "comment": args.comment})
+        _out(r) if args.json else sys.stdout.write(r["token"] + "\n")
+        return OK
+    if args.command == "revoke":
+        r = api.call("POST", f"/enrollment-tokens/{args.token_id}/revoke")
+        _out(r) if args.json else sys.stdout.write(
+            f"revoked enrolment token {r['id']} ({r['agents']} agents enrolled with it stay "
+            f"enrolled: moray agents list --enrollment-token {r['id']})\n")
+        return OK
+    params: dict[str, Any] = {"all": args.all}
+    if args.tenant:
+        params["tenant"] = args.tenant
+    rows = api.call("GET", "/enrollment-tokens", params=params)
+    if args.json:
+        _out(rows)
+        return OK
+    sys.stdout.write(f"{'ID':>5} {'TENANT':12} {'STATE':8} {'USES LEFT':>9} {'USED':>6} "
+                     f"{'AGENTS':>6}  {'EXPIRES':19}  LABELS / COMMENT\n")
+    for r in rows:
+        left = "unlimited" if r["unlimited"] else str(r["uses_left"])
+        labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
+        sys.stdout.write(f"{r['id']:>5} {r['tenant'][:12]:12} {r['state']:8} {left:>9} "
+                         f"{r['uses']:>6} {r['agents']:>6}  {_when(r['expires_at']):19}  "
+                         f"{labels} {r['comment']}\n")
+    return OK
 
 
 def _print_events(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -305,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
         return _events(api, args)
     if args.group == "workloads":
         return _workloads(api, args)
+    if args.group == "token":
+        return _token(api, args)
     if args.group == "audit":
         rows = api.call("GET", "/audit", params={"after": args.after, "limit": args.limit})
         if args.json:

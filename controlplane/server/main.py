@@ -42,6 +42,12 @@ from moray.controlplane.scanner.workercli import InProcessWorkers
 from moray.controlplane.server.agentapi import AgentServiceImpl, EnrollmentService
 from moray.controlplane.server.gatewayapi import GatewayServiceImpl
 from moray.controlplane.server.hub import AgentHub
+from moray.controlplane.server.limits import (
+    ENROLL_PER_SOURCE,
+    ENROLL_PER_TOKEN,
+    EnrollLimits,
+    rate_arg,
+)
 from moray.controlplane.server.metrics import GrpcTimer, ScanCollector, ServerMetrics
 from moray.controlplane.server.pki import Pki
 from moray.controlplane.server.policydoc import agent_document
@@ -85,6 +91,8 @@ class ServerConfig:
     event_max_per_tenant: int | None = RETENTION_EVENTS
     retention_interval: float = RETENTION_INTERVAL
     webhook_names: list[str] = field(default_factory=list)
+    enroll_per_source: str = ENROLL_PER_SOURCE   # RATE[/BURST] per second; "0": no limit
+    enroll_per_token: str = ENROLL_PER_TOKEN
 
     def rest_host(self) -> str:
         """Where the REST API listens: ``http_host``, else the gRPC host with TLS, else
@@ -235,7 +243,9 @@ async def start_grpc(store: ControlPlaneStore, pki: Pki, hub: AgentHub,
     server = grpc.aio.server(interceptors=[GrpcTimer(metrics.grpc_duration)],
                              options=SERVER_OPTIONS)
     moray_pb2_grpc.add_EnrollmentServicer_to_server(
-        EnrollmentService(store, pki, metrics), server)
+        EnrollmentService(store, pki, metrics,
+                          EnrollLimits(config.enroll_per_source, config.enroll_per_token)),
+        server)
     agent_service = AgentServiceImpl(store, pki, hub, metrics)
     moray_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
     # gateways (moray gateway) link on the same mTLS port with a gateway certificate
@@ -382,6 +392,15 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                         "(default 10,000,000; 0: no limit)")
     p.add_argument("--retention-interval", type=float, default=RETENTION_INTERVAL,
                    help="seconds between retention sweeps (default 300)")
+    p.add_argument("--enroll-rate-per-source", default=ENROLL_PER_SOURCE, type=rate_arg,
+                   metavar="RATE[/BURST]",
+                   help="enrolments a second from one address, and at once (default "
+                        f"{ENROLL_PER_SOURCE}; 0: no limit); behind gateways every "
+                        "enrolment comes from a gateway's address")
+    p.add_argument("--enroll-rate-per-token", default=ENROLL_PER_TOKEN, type=rate_arg,
+                   metavar="RATE[/BURST]",
+                   help=f"enrolments a second with one token (default {ENROLL_PER_TOKEN}; "
+                        "0: no limit)")
     p.add_argument("--log-level", default=argparse.SUPPRESS, help="default info")
 
 
@@ -398,7 +417,9 @@ def run_command(args: argparse.Namespace) -> int:
                           event_max_age=args.event_retention_days * 86400 or None,
                           event_max_per_tenant=args.event_max_per_tenant or None,
                           retention_interval=args.retention_interval,
-                          webhook_names=args.webhook_name)
+                          webhook_names=args.webhook_name,
+                          enroll_per_source=args.enroll_rate_per_source,
+                          enroll_per_token=args.enroll_rate_per_token)
     return run_until_stopped(serve, config)
 
 

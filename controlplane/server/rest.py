@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from cryptography import x509
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -63,6 +63,8 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("PUT", "/api/v1/agents/{agent_id}/labels"): WRITE,
     ("POST", "/api/v1/agents/{agent_id}/revoke"): ADMIN,
     ("POST", "/api/v1/enrollment-tokens"): ADMIN,
+    ("GET", "/api/v1/enrollment-tokens"): ADMIN,
+    ("POST", "/api/v1/enrollment-tokens/{token_id}/revoke"): ADMIN,
     ("GET", "/api/v1/events"): READ,
     ("GET", "/api/v1/audit"): AUDIT,
     ("POST", "/api/v1/tokens"): ADMIN,
@@ -79,6 +81,7 @@ WEBHOOK_CERT_DAYS = 90
 
 INT64_MAX = 2**63 - 1      # BIGINT columns (event seq and time, audit ids)
 INT32_MAX = 2**31 - 1      # INTEGER columns (policy versions)
+MAX_TOKEN_TTL = 366 * 86400  # an enrolment token's longest life (a DaemonSet's token: months)
 
 # Bodies larger than limits.MAX_BODY (8 MiB): advisory files sent for import (their JSON
 # strings may be up to twice the files' size once escaped).
@@ -114,7 +117,10 @@ class LabelsIn(BaseModel):
 class EnrollmentTokenIn(BaseModel):
     tenant: str = Field(DEFAULT_TENANT, min_length=1, max_length=128)
     labels: dict[str, str] = {}
-    ttl_seconds: float = Field(86400.0, gt=0, le=30 * 86400)
+    ttl_seconds: float = Field(86400.0, gt=0, le=MAX_TOKEN_TTL)
+    # enrolments it allows; null: unlimited until it expires or is revoked
+    uses: int | None = Field(1, ge=1, le=INT32_MAX)
+    comment: str = Field("", max_length=253)
 
 
 class ServingCertIn(BaseModel):
@@ -283,9 +289,12 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
 
     @app.get(P + "/agents")
     def list_agents(_: Annotated[Principal, Depends(require("GET", P + "/agents"))],
-                    tenant: str | None = None) -> list[dict[str, Any]]:
+                    tenant: str | None = None,
+                    enrollment_token: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
+                    ) -> list[dict[str, Any]]:
         online = set(hub.connected()) if hub is not None else set()
-        return [{**a.as_dict(), "connected": a.id in online} for a in store.agents(tenant)]
+        return [{**a.as_dict(), "connected": a.id in online}
+                for a in store.agents(tenant, enrollment_token=enrollment_token)]
 
     @app.get(P + "/agents/{agent_id}")
     def get_agent(agent_id: str,
@@ -319,10 +328,24 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     def enrollment_token(body: EnrollmentTokenIn,
                          who: Annotated[Principal, Depends(require(
                              "POST", P + "/enrollment-tokens"))]) -> dict[str, Any]:
-        token = store.create_enrollment_token(tenant=body.tenant, labels=body.labels,
-                                              author=who.actor, ttl=body.ttl_seconds)
-        return {"token": token, "tenant": body.tenant, "labels": body.labels,
-                "expires_at": time.time() + body.ttl_seconds, "ca_sha256": cert_sha256(pki.ca_pem)}
+        record = store.issue_enrollment_token(
+            tenant=body.tenant, labels=body.labels, author=who.actor, ttl=body.ttl_seconds,
+            uses=body.uses, comment=body.comment)
+        return {**record.as_dict(), "ca_sha256": cert_sha256(pki.ca_pem)}
+
+    @app.get(P + "/enrollment-tokens")
+    def enrollment_tokens(_: Annotated[Principal, Depends(require(
+                              "GET", P + "/enrollment-tokens"))],
+                          tenant: str | None = None, all: bool = False) -> list[dict[str, Any]]:
+        now = time.time()
+        return [r.as_dict(now) for r in store.enrollment_tokens(tenant, include_inactive=all)]
+
+    @app.post(P + "/enrollment-tokens/{token_id}/revoke")
+    def revoke_enrollment_token(
+            token_id: Annotated[int, Path(ge=1, le=INT32_MAX)],
+            who: Annotated[Principal, Depends(require(
+                "POST", P + "/enrollment-tokens/{token_id}/revoke"))]) -> dict[str, Any]:
+        return store.revoke_enrollment_token(token_id, author=who.actor).as_dict()
 
 
     @app.get(P + "/events")

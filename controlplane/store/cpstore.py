@@ -121,13 +121,57 @@ class AgentRecord:
     status: dict[str, Any]
     revoked_at: float | None
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    enrollment_token_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "tenant": self.tenant, "hostname": self.hostname,
                 "labels": self.labels, "cert_serial": self.cert_serial,
                 "enrolled_at": self.enrolled_at, "last_seen": self.last_seen,
                 "status": self.status, "revoked": self.revoked_at is not None,
-                "revoked_at": self.revoked_at, "policies": self.policies}
+                "revoked_at": self.revoked_at, "policies": self.policies,
+                "enrollment_token": self.enrollment_token_id}
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentTokenRecord:
+    """An enrolment token as listed: ``token`` is set only in the answer to its creation
+    (the store keeps its SHA-256 alone)."""
+    id: int
+    tenant: str
+    labels: dict[str, str]
+    comment: str
+    created_by: str
+    created_at: float
+    expires_at: float
+    max_uses: int | None
+    uses: int
+    last_used_at: float | None
+    revoked_at: float | None
+    agents: int
+    token: str | None = None
+
+    @property
+    def uses_left(self) -> int | None:
+        return None if self.max_uses is None else max(0, self.max_uses - self.uses)
+
+    def state(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        return "used-up" if self.uses_left == 0 else "active"
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        found = {"id": self.id, "tenant": self.tenant, "labels": self.labels,
+                 "comment": self.comment, "created_by": self.created_by,
+                 "created_at": self.created_at, "expires_at": self.expires_at,
+                 "max_uses": self.max_uses, "uses": self.uses, "uses_left": self.uses_left,
+                 "unlimited": self.max_uses is None, "last_used_at": self.last_used_at,
+                 "revoked_at": self.revoked_at, "agents": self.agents,
+                 "state": self.state(time.time() if now is None else now)}
+        if self.token is not None:
+            found["token"] = self.token
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +223,19 @@ def _agent_record(agent: Agent, acks: Sequence[AgentPolicy] = ()) -> AgentRecord
                        cert_sha256=agent.cert_sha256, enrolled_at=agent.enrolled_at,
                        last_seen=agent.last_seen, status=dict(agent.status or {}),
                        revoked_at=agent.revoked_at,
+                       enrollment_token_id=agent.enrollment_token_id,
                        policies={a.policy_name: {"version": a.version, "status": a.status,
                                                  "error": a.error, "tiers": a.tiers,
                                                  "acked_at": a.acked_at} for a in acks})
+
+
+def _token_record(row: EnrollmentToken, agents: int,
+                  token: str | None = None) -> EnrollmentTokenRecord:
+    return EnrollmentTokenRecord(
+        id=row.id, tenant=row.tenant, labels=dict(row.labels), comment=row.comment or "",
+        created_by=row.created_by, created_at=row.created_at, expires_at=row.expires_at,
+        max_uses=row.max_uses, uses=row.uses or 0, last_used_at=row.used_at,
+        revoked_at=row.revoked_at, agents=agents, token=token)
 
 
 def _payload(row: Event) -> dict[str, Any]:
@@ -389,45 +443,130 @@ class ControlPlaneStore:
     # -- agents --------------------------------------------------------------------------
 
     def create_enrollment_token(self, *, tenant: str, labels: dict[str, str], author: str,
-                                ttl: float = 86400.0) -> str:
+                                ttl: float = 86400.0, uses: int | None = 1) -> str:
+        """The token of ``issue_enrollment_token`` (one-time by default)."""
+        record = self.issue_enrollment_token(tenant=tenant, labels=labels, author=author,
+                                             ttl=ttl, uses=uses)
+        assert record.token is not None
+        return record.token
+
+    def issue_enrollment_token(self, *, tenant: str, labels: dict[str, str], author: str,
+                               ttl: float = 86400.0, uses: int | None = 1,
+                               comment: str = "") -> EnrollmentTokenRecord:
+        """A new enrolment token for ``tenant``: at most ``uses`` enrolments (None:
+        unlimited) until ``ttl`` seconds from now or until it is revoked; every agent
+        enrolled with it gets ``labels`` (over the labels it asks for). Only the token's
+        SHA-256 is stored: the token itself is in the record returned, and nowhere else."""
+        if uses is not None and uses < 1:
+            raise StoreError("an enrolment token needs at least one use")
+        if ttl <= 0:
+            raise StoreError("an enrolment token needs a positive lifetime")
         token = "moray-enroll-" + secrets.token_urlsafe(24)
         now = self.clock()
         with self._tx() as session:
-            session.add(EnrollmentToken(token_sha256=sha256_hex(token), tenant=tenant,
-                                        labels=labels, created_by=author, created_at=now,
-                                        expires_at=now + ttl))
-            self._audit(session, author, "enrollment_token.create", tenant,
-                        {"labels": labels, "ttl": ttl})
-        return token
+            row = EnrollmentToken(token_sha256=sha256_hex(token), tenant=tenant,
+                                  labels=labels, created_by=author, created_at=now,
+                                  expires_at=now + ttl, max_uses=uses, uses=0,
+                                  comment=comment[:253])
+            session.add(row)
+            session.flush()
+            self._audit(session, author, "enrollment_token.create", f"token:{row.id}",
+                        {"tenant": tenant, "labels": labels, "ttl": ttl, "uses": uses,
+                         "comment": row.comment})
+            return _token_record(row, 0, token)
 
     def enroll_agent(self, token: str, *, hostname: str, labels: dict[str, str],
                      issue: Callable[[str], tuple[str, str]]) -> AgentRecord:
-        """Consume the one-time ``token`` and register a new agent. ``issue(agent_id)``
-        signs its certificate and returns (serial hex, certificate SHA-256); it runs inside
-        the transaction, so a token is spent only when a certificate was issued."""
+        """Spend one use of ``token`` and register a new agent. ``issue(agent_id)`` signs
+        its certificate and returns (serial hex, certificate SHA-256); it runs inside the
+        transaction, so a use is spent only when a certificate was issued.
+
+        The use is checked and counted by one conditional UPDATE (unrevoked, unexpired,
+        ``uses < max_uses``): on PostgreSQL a second transaction updating the same row
+        waits for the first and re-checks the condition on the row it committed, on
+        SQLite writers are serialized; either way two enrolments racing for a token's
+        last use cannot both win. A token that cannot enrol (unknown, revoked, expired,
+        used up) is refused by a read first, without taking SQLite's write lock: bad
+        tokens cost no writer its turn."""
         now = self.clock()
+        with self._read() as session:
+            usable = session.scalar(select(EnrollmentToken.id).where(
+                EnrollmentToken.token_sha256 == sha256_hex(token),
+                EnrollmentToken.revoked_at.is_(None),
+                EnrollmentToken.expires_at > now,
+                (EnrollmentToken.max_uses.is_(None))
+                | (EnrollmentToken.uses < EnrollmentToken.max_uses)))
+        if usable is None:
+            raise StoreError("enrolment token unknown, expired, revoked or used up")
         with self._tx() as session:
             spent = session.execute(update(EnrollmentToken).where(
                 EnrollmentToken.token_sha256 == sha256_hex(token),
-                EnrollmentToken.used_at.is_(None),
+                EnrollmentToken.revoked_at.is_(None),
                 EnrollmentToken.expires_at > now,
-            ).values(used_at=now).returning(EnrollmentToken.id, EnrollmentToken.tenant,
-                                            EnrollmentToken.labels)).first()
+                (EnrollmentToken.max_uses.is_(None))
+                | (EnrollmentToken.uses < EnrollmentToken.max_uses),
+            ).values(uses=EnrollmentToken.uses + 1, used_at=now).returning(
+                EnrollmentToken.id, EnrollmentToken.tenant, EnrollmentToken.labels,
+                EnrollmentToken.uses, EnrollmentToken.max_uses)).first()
             if spent is None:
-                raise StoreError("enrolment token unknown, expired or already used")
+                raise StoreError("enrolment token unknown, expired, revoked or used up")
             agent_id = uuid.uuid4().hex
             serial, cert_sha = issue(agent_id)
             merged = {**labels, **dict(spent.labels)}   # the token's labels win
             agent = Agent(id=agent_id, tenant=spent.tenant, hostname=hostname,
                           labels=merged, cert_serial=serial, cert_sha256=cert_sha,
-                          enrolled_at=now, last_seen=now, status={}, revoked_at=None)
+                          enrolled_at=now, last_seen=now, status={}, revoked_at=None,
+                          enrollment_token_id=spent.id)
             session.add(agent)
             session.execute(update(EnrollmentToken).where(EnrollmentToken.id == spent.id)
                             .values(used_by=agent_id))
             self._audit(session, f"agent:{agent_id}", "agent.enroll", agent_id,
-                        {"hostname": hostname, "labels": merged, "tenant": spent.tenant})
+                        {"hostname": hostname, "labels": merged, "tenant": spent.tenant,
+                         "token": spent.id, "use": spent.uses,
+                         "uses_left": None if spent.max_uses is None
+                         else spent.max_uses - spent.uses})
             session.flush()
             return _agent_record(agent)
+
+    def enrollment_tokens(self, tenant: str | None = None, *,
+                          include_inactive: bool = False) -> list[EnrollmentTokenRecord]:
+        """The enrolment tokens (never the tokens themselves), oldest first, each with the
+        number of agents enrolled with it; ``include_inactive``: also the expired, revoked
+        and used-up ones."""
+        now = self.clock()
+        with self._read() as session:
+            query = select(EnrollmentToken).order_by(EnrollmentToken.id)
+            if tenant is not None:
+                query = query.where(EnrollmentToken.tenant == tenant)
+            if not include_inactive:
+                query = query.where(
+                    EnrollmentToken.revoked_at.is_(None), EnrollmentToken.expires_at > now,
+                    (EnrollmentToken.max_uses.is_(None))
+                    | (EnrollmentToken.uses < EnrollmentToken.max_uses))
+            rows = session.scalars(query).all()
+            counts: dict[int | None, int] = {}
+            if rows:
+                counts = {token_id: int(n) for token_id, n in session.execute(
+                    select(Agent.enrollment_token_id, func.count())
+                    .where(Agent.enrollment_token_id.in_([r.id for r in rows]))
+                    .group_by(Agent.enrollment_token_id))}
+            return [_token_record(r, counts.get(r.id, 0)) for r in rows]
+
+    def revoke_enrollment_token(self, token_id: int, *, author: str) -> EnrollmentTokenRecord:
+        """Refuse every later enrolment with the token; agents it enrolled stay enrolled
+        (revoke them with ``revoke_agent``)."""
+        with self._tx() as session:
+            row = session.get(EnrollmentToken, token_id, with_for_update=not self._sqlite)
+            if row is None:
+                raise NotFound(f"no enrolment token {token_id}")
+            if row.revoked_at is None:
+                row.revoked_at, row.revoked_by = self.clock(), author
+                self._audit(session, author, "enrollment_token.revoke", f"token:{token_id}",
+                            {"tenant": row.tenant, "uses": row.uses})
+            session.flush()
+            count = session.scalar(select(func.count()).select_from(Agent).where(
+                Agent.enrollment_token_id == token_id)) or 0
+            return _token_record(row, int(count))
 
     def agent(self, agent_id: str) -> AgentRecord | None:
         with self._read() as session:
@@ -438,11 +577,14 @@ class ControlPlaneStore:
                 AgentPolicy.agent_id == agent_id)).all()
             return _agent_record(agent, acks)
 
-    def agents(self, tenant: str | None = None) -> list[AgentRecord]:
+    def agents(self, tenant: str | None = None, *,
+               enrollment_token: int | None = None) -> list[AgentRecord]:
         with self._read() as session:
             query = select(Agent).order_by(Agent.enrolled_at)
             if tenant is not None:
                 query = query.where(Agent.tenant == tenant)
+            if enrollment_token is not None:
+                query = query.where(Agent.enrollment_token_id == enrollment_token)
             agents = session.scalars(query).all()
             acks: dict[str, list[AgentPolicy]] = {}
             for ack in session.scalars(select(AgentPolicy)).all():

@@ -16,7 +16,9 @@ these models and the migrations agree. Tables, and when their rows change:
   (an agent belongs to one tenant, so ids are unique per tenant too); ``seq`` orders them
   for paging and following.
 - ``cp_audit``: append-only; written in the same transaction as the change it records.
-- ``cp_api_token`` / ``cp_enrollment_token``: stored as SHA-256 hashes only.
+- ``cp_api_token`` / ``cp_enrollment_token``: stored as SHA-256 hashes only. An enrolment
+  token row changes on each use (``uses`` + 1 in the enrolling transaction, refused once
+  ``uses`` reaches ``max_uses``; NULL ``max_uses``: unlimited) and when it is revoked.
 
 Tables are prefixed ``cp_`` because the database is shared with the scanner's tables
 (controlplane/store/scanmodels.py), which live on the same metadata and migrations.
@@ -96,6 +98,8 @@ class Agent(Base):
     last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
     status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    enrollment_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True,
+                                                           index=True)
 
 
 class AgentPolicy(Base):
@@ -157,5 +161,10 @@ class EnrollmentToken(Base):
     created_by: Mapped[str] = mapped_column(String(253))
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
-    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    used_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)    # the last use
+    used_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its agent
+    max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)   # None: unlimited
+    uses: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    comment: Mapped[str] = mapped_column(String(253), server_default="", default="")

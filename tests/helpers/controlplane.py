@@ -54,6 +54,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+# tests and benchmarks enrol hundreds of agents from one address (loopback) at once: the
+# servers and gateways they start have no enrolment rate limits unless a test sets them
+# (tests/integration/test_enrollment_tokens.py does)
+NO_ENROLL_LIMITS = ("--enroll-rate-per-source", "0", "--enroll-rate-per-token", "0")
+
+
+def _sets_enroll_limits(args: tuple[str, ...]) -> bool:
+    return any(a.startswith("--enroll-rate-") for a in args)
+
+
 class ServerProcess(Child):
     """``python -m moray.controlplane.server.main`` on 127.0.0.1 with fixed ports, so a restart
     comes back where the agents look for it."""
@@ -89,6 +99,7 @@ class ServerProcess(Child):
             cmd += ["--database-url", self.database_url]
         if self.http_tls:
             cmd.append("--http-tls")
+        cmd += [*NO_ENROLL_LIMITS] if not _sets_enroll_limits(self.extra_args) else []
         cmd += self.extra_args
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
@@ -173,7 +184,9 @@ class GatewayProcess(Child):
                self.server.grpc_target, "--data-dir", str(self.data_dir), "--host",
                "127.0.0.1", "--port", str(self.port), "--enroll-port", str(self.enroll_port),
                "--server-enroll", self.server.enroll_target,
-               "--metrics-port", str(self.metrics_port), *self.extra_args]
+               "--metrics-port", str(self.metrics_port),
+               *(NO_ENROLL_LIMITS if not _sets_enroll_limits(self.extra_args) else ()),
+               *self.extra_args]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, env=self.env)
         wait_for(self._listening, timeout=30, what=f"moray-gateway (log: {self.log})")

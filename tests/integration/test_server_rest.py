@@ -42,7 +42,8 @@ def moray(server: ServerProcess, *args: str, token: str | None = None
 
 
 def _request(method: str, path: str, agent_id: str) -> tuple[str, dict[str, Any]]:
-    concrete = path.replace("{name}", "matrix").replace("{agent_id}", agent_id)
+    concrete = path.replace("{name}", "matrix").replace("{agent_id}", agent_id) \
+        .replace("{token_id}", "999999")
     body: dict[str, Any] = {}
     if (method, path) == ("POST", "/api/v1/policies"):
         body = {"json": {"content": policy_yaml("matrix"), "source": "m.yaml"}}
@@ -81,6 +82,7 @@ def test_every_role_against_every_endpoint(server: ServerProcess) -> None:
                 denied += 1
                 assert status == 403, (role, method, path, status)
     for method, path in (("POST", "/api/v1/agents/{agent_id}/revoke"),
+                         ("POST", "/api/v1/enrollment-tokens/{token_id}/revoke"),
                          ("DELETE", "/api/v1/policies/{name}")):
         concrete, _ = _request(method, path, agent_id)
         for role in ("viewer", "auditor", "operator", "admin"):

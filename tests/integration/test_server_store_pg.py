@@ -10,6 +10,14 @@ from sqlalchemy import Engine
 from moray.controlplane.store import db
 from tests.helpers.postgres import create_database
 from tests.unit.controlplane.conftest import signer, store  # noqa: F401
+from tests.unit.controlplane.test_enrollment_tokens import (  # noqa: F401
+    test_every_use_is_audited_with_its_token,
+    test_expired_multi_use_token_refused,
+    test_failed_certificate_spends_no_use,
+    test_multi_use_token_enrols_its_uses_and_no_more,
+    test_revision_0005_keeps_one_time_tokens_one_time,
+    test_unlimited_token_until_revoked,
+)
 from tests.unit.controlplane.test_scanstore import (  # noqa: F401
     test_exhausted_lease_fails_the_job,
     test_one_active_job_per_key_and_leases,
