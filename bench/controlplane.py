@@ -12,13 +12,16 @@ propagation latency to many agents.
                     command (includes the CLI's start-up) and from the version's
                     creation in the store: p50 / p99 / max
 
-    --fleet         simulated agents (bench/cpsim.py: asyncio gRPC, one channel and real
-                    mTLS per agent, in --sims processes apart from the server), side by
-                    side direct and through --gateways moray-gateway processes: push
-                    latency (apply -> every ack stored, p50/p99 over --rounds applies),
-                    idle CPU of the server and of each gateway (% of one core over
-                    --idle seconds, every agent connected, heartbeats as an idle agent
-                    sends them: its unchanged status every 60 s), events
+    --fleet         simulated agents (one connection and real mTLS per agent, in --sims
+                    processes apart from the server; --sim go: bench/cpsim_go, grpc-go,
+                    the default; --sim python: bench/cpsim.py, asyncio gRPC, whose client
+                    side costs 2.4x the CPU per push at 5,000 agents), side by side direct and
+                    through --gateways moray-gateway processes: push latency (apply ->
+                    every ack stored, p50/p99 over --rounds applies) and the CPU seconds
+                    each process spent per push, idle CPU of the server, each gateway and
+                    each simulator (% of one core over --idle seconds, every agent
+                    connected, heartbeats as an idle agent sends them: its unchanged
+                    status every 60 s), events
                     stored/s from every agent at once (--events-per-agent, --batch) and
                     that none was lost
 
