@@ -13,6 +13,7 @@ revoke the gateway: its next link is refused).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -53,7 +54,11 @@ def _pem_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> byt
                              serialization.NoEncryption())
 
 
+@functools.lru_cache(maxsize=1 << 15)
 def cert_sha256(cert_pem: bytes) -> str:
+    """SHA-256 of the certificate's DER. Remembered per PEM: every call of every agent
+    stream names its peer's certificate this way (a parse costs ~30 us; a fleet's
+    heartbeats and streams ask for the same few thousand certificates all day)."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.fingerprint(hashes.SHA256()).hex()
 
