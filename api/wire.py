@@ -20,6 +20,7 @@ from typing import Any
 
 BATCH_BYTES = 4 << 20
 MAX_MESSAGE_BYTES = 16 << 20
+MAX_EVENT_BYTES = 256 << 10    # one event's JSON payload: larger ones are refused, acked
 
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),

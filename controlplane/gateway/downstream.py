@@ -28,6 +28,7 @@ import grpc
 
 from moray.agent.controlplane.client import HEARTBEAT_EVERY  # the agent's cadence
 from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.api.wire import MAX_EVENT_BYTES
 from moray.controlplane.gateway.fanout import AgentState, PolicySession
 from moray.controlplane.gateway.forwarder import Forwarder, SpoolFull
 from moray.controlplane.gateway.upstream import Upstream
@@ -107,14 +108,18 @@ class GatewayAgentService(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[
                 if len(batch.events) > MAX_BATCH:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         f"batch larger than {MAX_BATCH} events")
+                # what the server would refuse anyway is refused here, so no event can
+                # make an upstream batch too large to send (it would be retried forever)
+                events = [e for e in batch.events if len(e.payload_json) <= MAX_EVENT_BYTES]
                 try:
-                    await self.forwarder.submit(agent_id, sha, batch.events)
+                    await self.forwarder.submit(agent_id, sha, events)
                 except SpoolFull:
                     # the agent keeps the batch and tries the next endpoint
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         "server unreachable and the gateway's spool is full")
-                await context.write(moray_pb2.EventAck(batch_id=batch.batch_id,
-                                                       stored=len(batch.events)))
+                await context.write(moray_pb2.EventAck(
+                    batch_id=batch.batch_id, stored=len(events),
+                    rejected=len(batch.events) - len(events)))
         finally:
             self.fanout.close(state)
 

@@ -36,6 +36,7 @@ import grpc
 import orjson
 
 from moray.api.proto import moray_pb2, moray_pb2_grpc
+from moray.api.wire import MAX_EVENT_BYTES
 from moray.controlplane.server.heartbeats import HeartbeatWriter, status_of
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.ingest import IngestWriter
@@ -54,7 +55,6 @@ from moray.controlplane.store.cpstore import (
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 10_000
-MAX_EVENT_BYTES = 256 << 10    # one event's JSON payload
 MAX_QUEUED_ACKS = 100_000      # acknowledgements waiting for the ack writer
 
 

@@ -271,3 +271,28 @@ def test_agent_certificate_cannot_link_as_a_gateway(
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Events(iter([moray_pb2.GatewayEventBatch(batch_id=1)]), timeout=10))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_event_over_the_servers_limit_is_refused_at_the_gateway(
+        cluster: tuple[ServerProcess, GatewayProcess, GatewayProcess], tmp_path: Path) -> None:
+    """An event the server would refuse (payload over MAX_EVENT_BYTES) is refused by the
+    gateway, counted in the ack; the rest of its batch is stored under the agent."""
+    from moray.agent.controlplane.identity import enroll
+    from moray.api.wire import MAX_EVENT_BYTES
+
+    server, gw1, _ = cluster
+    ident = enroll(server.enroll_target, server.api().token(), server.ca_pem, tmp_path / "x")
+    prefix = f"big-{ident.agent_id[:8]}-"
+    batch = moray_pb2.EventBatch(batch_id=7, events=[
+        moray_pb2.Event(id=prefix + "small", time_ms=1, type="exec", payload_json=b'{"a":1}'),
+        moray_pb2.Event(id=prefix + "large", time_ms=1, type="exec",
+                        payload_json=b'{"a":"' + b"x" * MAX_EVENT_BYTES + b'"}')])
+    with grpc.secure_channel(gw1.target, ident.channel_credentials()) as channel:
+        stub = moray_pb2_grpc.AgentServiceStub(channel)
+        acks = list(stub.Events(iter([batch]), timeout=30))
+    assert [(a.batch_id, a.stored, a.rejected) for a in acks] == [(7, 1, 1)]
+    engine = _engine(server)
+    wait_for(lambda: prefix + "small" in _stored(engine, prefix), timeout=30,
+             what="the small event stored")
+    assert _stored(engine, prefix) == {prefix + "small": ident.agent_id}
+    engine.dispose()
