@@ -28,7 +28,7 @@ all: install
 
 deps: .stamps/apt
 
-.stamps/apt:
+.stamps/apt: Makefile  # re-checked when the package list changes
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \

@@ -164,6 +164,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             try:
                 yield n
             finally:
+                # a failed test may leave an agent running: gone before the pins are
+                ids = d.docker("ps", "-aq", check=False).stdout.split()
+                if ids:
+                    d.docker("rm", "-f", *ids, check=False, timeout=120)
                 n.unload()
                 assert not list(bpffs.iterdir()) or not list((bpffs / "moray").rglob("*"))
     finally:
@@ -175,8 +179,13 @@ def _container(name: str) -> Callable[[dict[str, Any]], bool]:
     return lambda e: (e.get("container") or {}).get("name") == name
 
 
-def test_daemonset_agent_sees_enforces_probes_stops(node: Node) -> None:
-    agent = node.start_agent(1)
+@pytest.fixture(scope="module")
+def agent(node: Node) -> DockerRun:
+    """The DaemonSet's pod on the node, ready (the roll test replaces it)."""
+    return node.start_agent(1)
+
+
+def test_daemonset_agent_sees_enforces_and_answers_probes(node: Node, agent: DockerRun) -> None:
     assert node.probe(agent, "liveness") and node.probe(agent, "startup")
     # hostPID: the agent is a process of the host's pid namespace
     assert os.readlink(f"/proc/{node.pid(agent.name)}/ns/pid") == os.readlink("/proc/self/ns/pid")
@@ -203,37 +212,33 @@ def test_daemonset_agent_sees_enforces_probes_stops(node: Node) -> None:
     assert deny["enforcement"]["policy"] == "ds-deny"
     assert deny["enforcement"]["rule"] == "exec.deny: /bin/ls"
 
-    # SIGTERM (docker stop = the kubelet's), a clean exit within the grace period
-    state = node.stop(agent)
-    assert state["ExitCode"] == 0 and not state["OOMKilled"], state
-    node.d.docker("rm", agent.name)
 
-
-def test_daemonset_roll_has_no_enforcement_gap(node: Node) -> None:
-    """The DaemonSet's roll on one node (maxSurge 0): the old pod stopped, the new one
-    started; the pins outlive the old agent and the new one adopts them. A sibling runs the
-    denied binary in a loop all along: it never runs."""
-    old = node.start_agent(2)
+def test_daemonset_roll_stops_cleanly_with_no_enforcement_gap(node: Node,
+                                                               agent: DockerRun) -> None:
+    """The DaemonSet's roll on one node (maxSurge 0): the old pod stopped (SIGTERM, as the
+    kubelet: a clean exit within the grace period), the new one started; the pins outlive
+    the old agent and the new one adopts them. A sibling runs the denied binary in a loop
+    all along: it never runs."""
     loop = ("i=0; while [ ! -e /tmp/go ]; do /bin/ls / >/dev/null 2>&1; echo rc=$?; "
             "i=$((i+1)); done; echo runs=$i")
     c = node.d.run("/bin/sh", "-c", loop, name="moray-ds-roll")
     _wait("the loop's first denials", lambda: node.d.docker("logs", c.id).stdout.count(
         "rc=137") >= 3)
-    state = node.stop(old)
-    assert state["ExitCode"] == 0, state
-    node.d.docker("rm", old.name)
+    # docker stop = the kubelet's SIGTERM, then SIGKILL after the grace period (exit 137)
+    state = node.stop(agent)
+    assert state["ExitCode"] == 0 and not state["OOMKilled"], state
+    node.d.docker("rm", agent.name)
     assert list((node.root / "bpffs" / "moray").iterdir())     # enforcement stays pinned
     gap_start = node.d.docker("logs", c.id).stdout.count("rc=")
-    new = node.start_agent(3)
+    new = node.start_agent(2)
     # the loop ran between the two agents and while the new one started
     _wait("denials after the new agent's readiness", lambda: node.d.docker(
         "logs", c.id).stdout.count("rc=") > gap_start + 3)
     node.d.docker("exec", c.id, "touch", "/tmp/go")
     node.d.docker("wait", c.id, timeout=60)
-    out = node.d.docker("logs", c.id).stdout.split()
-    rcs = [x for x in out if x.startswith("rc=")]
+    rcs = [x for x in node.d.docker("logs", c.id).stdout.split() if x.startswith("rc=")]
     print(f"roll: {len(rcs)} runs of the denied binary, {len(rcs) - gap_start} from the old "
-          f"agent's stop to after the new one's readiness")
+          f"agent's exit to after the new one's readiness")
     assert rcs and set(rcs) == {"rc=137"}, sorted(set(rcs))
     state = node.stop(new)
     assert state["ExitCode"] == 0, state
