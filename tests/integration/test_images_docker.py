@@ -61,8 +61,8 @@ def test_images_named_as_the_chart_with_their_users(images: tuple[Dockerd, dict[
         res = d.docker("run", "--rm", "--network", "none", "--entrypoint", "sh", ref, "-c",
                        "id -u; for c in gcc cc clang ld protoc pip apt-get; do "
                        "command -v $c; done; find /usr/share/doc /usr/share/man -mindepth 1 "
-                       "| wc -l", check=False)
-        assert res.stdout.split() == [str(SERVER_UID), "0"], res
+                       "| wc -l; find / -xdev -type f -perm /6000 | wc -l", check=False)
+        assert res.stdout.split() == [str(SERVER_UID), "0", "0"], res
         res = d.docker("run", "--rm", "--network", "none", ref, "--help", check=False)
         assert res.returncode == 0 and "usage" in res.stdout.lower(), res
 
