@@ -7,6 +7,8 @@
 #   make dist   the wheel with the prebuilt CO-RE objects (dist/moray-*.whl; target hosts
 #               need python3 and libbpf1, no clang: docs/install.md)
 #   make deb    the Debian packages moray (venv), moray-agent, moray-server (dist/*.deb)
+#   make images the OCI images agent, server, gateway from those debs (dist/images: an OCI
+#               layout and `docker load` archives; packaging/images/build)
 
 PY ?= python3
 VENV := .venv
@@ -15,17 +17,18 @@ BIN := $(VENV)/bin
 # scanner tests: docker-registry (OCI distribution API), golang-go (Go build info),
 # db5.3-util (rpm Berkeley DB); control plane: postgresql (the PostgreSQL store tests);
 # benchmarks: gcc (C load generators); the qemu kernel matrix: qemu-system-x86, zstd; the
-# systemd guest (tests/kernels/run-systemd-guest): mmdebstrap
+# systemd guest (tests/kernels/run-systemd-guest): mmdebstrap; images: umoci skopeo
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool runc busybox-static docker.io iproute2 \
-            docker-registry golang-go db5.3-util gcc postgresql qemu-system-x86 zstd mmdebstrap
+            docker-registry golang-go db5.3-util gcc postgresql qemu-system-x86 zstd mmdebstrap \
+            umoci skopeo
 
-.PHONY: all deps venv bpf install run test test-unit bench lint dist deb clean
+.PHONY: all deps venv bpf install run test test-unit bench lint dist deb images clean
 
 all: install
 
 deps: .stamps/apt
 
-.stamps/apt:
+.stamps/apt: Makefile  # re-checked when the package list changes
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
@@ -89,6 +92,11 @@ deb: deps
 	cd $(DEB_STAGE) && dpkg-buildpackage -us -uc -b
 	mv build/deb/*.deb dist/
 	@ls -l dist/*.deb
+
+# the images from the debs of `make deb` (run it first) and Debian's packages, offline
+# but for Debian's mirror: mmdebstrap, umoci, skopeo (docs/install-kubernetes.md, Images)
+images: deps
+	packaging/images/build dist dist/images
 
 clean:
 	$(MAKE) -C bpf clean

@@ -46,9 +46,9 @@ affinity, priorityClassName), the service account (no API here), image pull sett
 :class:`Unsupported`, so a chart change this module cannot honour fails the test instead
 of being dropped silently. Not emulated: fsGroup's ownership change of volumes.
 
-The agent image is built later from the Debian packages: until then the chart's image
-(:data:`IMAGE_PLACEHOLDER`) names nothing that exists, and a test passes ``image=`` (and
-may pass ``command=``) to run something else under the same spec.
+The chart's image is the one `make images` builds (:data:`IMAGE_DEFAULT`,
+tests/helpers/images.py); a test may pass ``image=`` (and ``command=``) to run something
+else under the same spec.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# the chart's default agent image (packaging/helm/moray values.yaml): a placeholder until
-# moray's images are built from its Debian packages and pushed somewhere
-IMAGE_PLACEHOLDER = "registry.local/moray/agent"
+# the chart's default agent image (packaging/helm/moray values.yaml) without its tag: the
+# name `make images` gives the agent image (packaging/images/build)
+IMAGE_DEFAULT = "registry.local/moray/agent"
 
 PROPAGATION = {None: None, "None": None, "HostToContainer": "rslave", "Bidirectional": "rshared"}
 FIELD_REFS = ("spec.nodeName", "metadata.name", "metadata.namespace", "spec.serviceAccountName")
@@ -418,7 +418,7 @@ def translate(pod: Mapping[str, Any], container: str, *, workdir: Path,
               privileged: Sequence[str] = ("--privileged",)) -> DockerRun:
     """``docker run`` for the (init) container named ``container`` of the pod spec ``pod``.
 
-    ``image`` replaces the spec's (see :data:`IMAGE_PLACEHOLDER`), ``command`` its
+    ``image`` replaces the spec's (see :data:`IMAGE_DEFAULT`), ``command`` its
     command (the args stay). ``workdir`` holds the files of secret and configMap volumes.
     ``host_path`` maps each hostPath to the path bound (a test may move them);
     ``privileged`` is what ``privileged: true`` becomes (:func:`privileged_options` for

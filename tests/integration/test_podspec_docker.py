@@ -3,8 +3,9 @@ a private dockerd. The agent DaemonSet's:
 a private dockerd: docker accepts every argument, and the container gets what the
 manifest asks for (host pid namespace, privileges, the host mounts with their
 propagation, the token in its environment and nowhere on a command line, the CA file)
-and stops on SIGTERM. The agent image does not exist yet: a busybox image stands in, with
-a shell as entry point before the manifest's own args. The host paths are moved under a
+and stops on SIGTERM. A busybox image stands in for the agent image (the built one runs in
+test_agent_daemonset_image.py, with BPF), with a shell as entry point before the manifest's
+own args. The host paths are moved under a
 shared mount of a temp dir: this host's mounts are private (no systemd), and docker, like
 the kubelet, refuses rshared/rslave binds of a private mount. Where this host cannot grant
 every capability (a sandboxed CI), ``privileged`` runs as every capability it can
@@ -144,7 +145,7 @@ def test_agent_pod_spec_runs_on_docker(dockerd: Dockerd, host: Path, tmp_path: P
     assert "stopping" in dockerd.docker("logs", run.name).stdout
 
 
-# the server image is Debian's coreutils; the init container's script needs these besides
+# the server image has Debian's coreutils; the init container's script needs these besides
 PKI_APPLETS = ("cmp", "mv")
 
 

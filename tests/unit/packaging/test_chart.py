@@ -336,6 +336,9 @@ def test_images() -> None:
     assert _container(docs, "DaemonSet", "agent")["image"] == "registry.local/moray/agent:0.1.0"
     assert _container(docs, "StatefulSet", "server")["image"] == \
         "registry.local/moray/server:0.1.0"
+    # the names `make images` gives them (packaging/images/build)
+    assert _container(render(GATEWAY), "Deployment", "gateway")["image"] == \
+        "registry.local/moray/gateway:0.1.0"
     docs = render(VALUE_SETS["digest-and-registry"])
     assert _container(docs, "DaemonSet", "agent")["image"] == \
         "registry.example.com/moray/agent@sha256:" + "0" * 64

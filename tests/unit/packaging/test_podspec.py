@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers.chart import one, render
 from tests.helpers.podspec import (
-    IMAGE_PLACEHOLDER,
+    IMAGE_DEFAULT,
     Missing,
     Probe,
     Unsupported,
@@ -44,7 +44,7 @@ def _mounts(options: list[str]) -> dict[str, dict[str, str]]:
 
 def test_agent_daemonset_as_docker_run(tmp_path: Path) -> None:
     run = translate(_pod(), "agent", workdir=tmp_path, secrets=SECRETS, node_name="node-7")
-    assert run.image == IMAGE_PLACEHOLDER + ":0.1.0"
+    assert run.image == IMAGE_DEFAULT + ":0.1.0"
     opts = run.options
     assert "--privileged" in opts and "--pid=host" in opts
     assert "--network=host" not in opts          # the pod network, not the node's
