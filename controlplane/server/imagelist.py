@@ -1,0 +1,103 @@
+"""The image-verdict list the server pushes to agents (moray.api.imageverdicts).
+
+State owned here: the last list built (its document per verdict version, and the signed
+record per tenant), so a re-read with nothing new neither rebuilds nor re-signs.
+
+``add(policies)`` is called by the change watcher (watch.py) on each re-read of the policy
+set: every tenant with a live policy that says ``spec.images.block`` gets one more
+record, ``_image-verdicts``, in its policy set; the policy streams and the gateways then
+push it like a policy (same signature key, same acks, same version floors on the agent).
+Its version is the newest of: the newest stored verdict's time (ms; the store keeps it
+growing, scan/verdicts.py) and the newest version time of the tenant's images policies
+(a policy re-added after a removal gets the list again above the removal's floor). A
+tenant without such a policy gets no list (its agents holding one get a removal).
+
+What moves it: a verdict stored (a scan, a rescan after new advisories, a verdict posted
+by ``moray-scan --record-verdict``): the store calls the watcher's ``poke`` (this
+process) or sends a ``verdicts`` notification (PostgreSQL: the other processes); the
+watcher's safety-net poll compares ``version()`` too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from moray.api.imageverdicts import (
+    VERDICTS_KIND,
+    VERDICTS_NAME,
+    ListedImage,
+    StoredVerdict,
+    list_json,
+)
+from moray.api.proto import moray_pb2
+from moray.controlplane.server.pki import PolicyKey
+from moray.controlplane.store.cpstore import PolicyRecord
+from moray.controlplane.store.scanstore import ScanStore
+
+log = logging.getLogger(__name__)
+
+
+def uses_images(document: Mapping[str, Any]) -> bool:
+    spec = document.get("spec") or {}
+    images = spec.get("images") if isinstance(spec, Mapping) else None
+    return isinstance(images, Mapping) and bool(images.get("block"))
+
+
+class ImageListSource:
+    def __init__(self, scans: ScanStore, key: PolicyKey) -> None:
+        self.scans, self.key = scans, key
+        self._built: tuple[int, str, str] | None = None     # (version, json, sha256)
+        self._signed: dict[tuple[str, int], PolicyRecord] = {}
+
+    def version(self) -> tuple[int, int]:
+        """What the watcher's safety-net poll compares (blocking: a query)."""
+        return self.scans.verdicts_version()
+
+    def _document(self) -> tuple[int, str, str]:
+        version, _count = self.scans.verdicts_version()
+        if self._built is None or self._built[0] != version:
+            images: dict[str, list[Any]] = {}
+            for v in self.scans.all_verdicts():
+                entry = images.setdefault(v.image_digest, [v.config_digest, v.image, []])
+                entry[0] = entry[0] or v.config_digest
+                entry[2].append(StoredVerdict(v.policy, v.passed, tuple(v.reasons), False))
+            text = list_json(version, [ListedImage(d, c, i, tuple(vs))
+                                       for d, (c, i, vs) in images.items()])
+            self._built = (version, text, hashlib.sha256(text.encode()).hexdigest())
+            log.info("image-verdict list built", extra={
+                "version": version, "images": len(images), "bytes": len(text)})
+        return self._built
+
+    def add(self, policies: dict[str, dict[str, PolicyRecord]]) -> None:
+        """Put the list into each tenant's set that needs it (blocking: queries)."""
+        wanted = {t: max(int(r.created_at * 1000) for r in ps.values()
+                         if not r.removed and uses_images(r.document))
+                  for t, ps in policies.items()
+                  if any(not r.removed and uses_images(r.document) for r in ps.values())}
+        if not wanted:
+            return
+        base, text, sha = self._document()
+        keep: dict[tuple[str, int], PolicyRecord] = {}
+        for tenant, since in wanted.items():
+            version = max(base, since, 1)
+            record = self._signed.get((tenant, version))
+            if record is None or record.sha256 != sha:
+                record = self._sign(tenant, version, text, sha)
+            keep[(tenant, version)] = record
+            policies[tenant][VERDICTS_NAME] = record
+        self._signed = keep
+
+    def _sign(self, tenant: str, version: int, text: str, sha: str) -> PolicyRecord:
+        now = time.time()
+        payload = moray_pb2.PolicyPayload(
+            name=VERDICTS_NAME, tenant=tenant, version=version, document_json=text,
+            issued_at_ms=int(now * 1000), sha256=sha, kind=VERDICTS_KIND).SerializeToString()
+        return PolicyRecord(
+            tenant=tenant, name=VERDICTS_NAME, version=version, action="apply",
+            removed=False, document={}, sha256=sha, source="image verdicts",
+            author="moray-server", comment="", created_at=version / 1000, payload=payload,
+            signature=self.key.sign(payload), key_id=self.key.key_id)
