@@ -145,8 +145,10 @@ class PolicyCache:
                 current = PolicyCache._payload(held.read_bytes())
                 if current is not None and current.sha256 == policy.sha256:
                     return False                # same version, same document: resend
-            elif policy.name not in self.removed:
-                return True                     # ours, lost or set aside locally: re-fetch
+            elif policy.name not in self.removed or policy.kind == VERDICTS_KIND:
+                # ours, lost or set aside locally: re-fetch; or the image-verdict list
+                # again after a removal (its version moves only with the verdicts)
+                return True
             raise PolicyRejected(moray_pb2.REJECTED_REPLAY, policy.name, policy.version,
                                  f"version {policy.version} was already superseded")
         return True

@@ -7,10 +7,11 @@ record per tenant), so a re-read with nothing new neither rebuilds nor re-signs.
 set: every tenant with a live policy that says ``spec.images.block`` gets one more
 record, ``_image-verdicts``, in its policy set; the policy streams and the gateways then
 push it like a policy (same signature key, same acks, same version floors on the agent).
-Its version is the newest of: the newest stored verdict's time (ms; the store keeps it
-growing, scan/verdicts.py) and the newest version time of the tenant's images policies
-(a policy re-added after a removal gets the list again above the removal's floor). A
-tenant without such a policy gets no list (its agents holding one get a removal).
+Its version is the store's count of verdict writes (``scanstore_meta``
+``verdicts_serial``, bumped in each verdict's transaction, so every server process on the
+database gives one content one version). A tenant without such a policy gets no list
+(its agents holding one get a removal; the agent accepts the same version again after a
+removal of the list, agent/controlplane/policies.py).
 
 What moves it: a verdict stored (a scan, a rescan after new advisories, a verdict posted
 by ``moray-scan --record-verdict``): the store calls the watcher's ``poke`` (this
@@ -74,16 +75,14 @@ class ImageListSource:
 
     def add(self, policies: dict[str, dict[str, PolicyRecord]]) -> None:
         """Put the list into each tenant's set that needs it (blocking: queries)."""
-        wanted = {t: max(int(r.created_at * 1000) for r in ps.values()
-                         if not r.removed and uses_images(r.document))
-                  for t, ps in policies.items()
-                  if any(not r.removed and uses_images(r.document) for r in ps.values())}
+        wanted = [t for t, ps in policies.items()
+                  if any(not r.removed and uses_images(r.document) for r in ps.values())]
         if not wanted:
             return
         base, text, sha = self._document()
         keep: dict[tuple[str, int], PolicyRecord] = {}
-        for tenant, since in wanted.items():
-            version = max(base, since, 1)
+        for tenant in wanted:
+            version = max(base, 1)
             record = self._signed.get((tenant, version))
             if record is None or record.sha256 != sha:
                 record = self._sign(tenant, version, text, sha)
@@ -99,5 +98,5 @@ class ImageListSource:
         return PolicyRecord(
             tenant=tenant, name=VERDICTS_NAME, version=version, action="apply",
             removed=False, document={}, sha256=sha, source="image verdicts",
-            author="moray-server", comment="", created_at=version / 1000, payload=payload,
+            author="moray-server", comment="", created_at=now, payload=payload,
             signature=self.key.sign(payload), key_id=self.key.key_id)

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from moray.controlplane.scanner.engine.model import ScanResult
 
 
+VERDICTS_SERIAL = "verdicts_serial"   # scanstore_meta: bumped by each verdict written
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     image_digest: str
@@ -112,12 +115,11 @@ class Verdicts(ScanStoreBase):
             gen = current if generation is None else min(generation, current)
             if not config_digest:
                 config_digest = self._config_digest(image_digest)
-            # never older than the newest stored verdict: the list's version only grows
-            newest = self.verdicts_version()[0] / 1000
-            created = max(self._clock(), newest + 0.001)
-            verdict = Verdict(image_digest, policy, passed, reasons, gen, image, created,
+            verdict = Verdict(image_digest, policy, passed, reasons, gen, image, self._clock(),
                               config_digest[:128])
             self.put_verdict(verdict)
+            with self._conn() as c:     # the image-verdict list's version: one per write
+                self._bump(c, VERDICTS_SERIAL)
             if vulnerabilities is not None:
                 self.put_vulnerabilities(image_digest, vulnerabilities)
             self._notify_verdicts()
@@ -142,12 +144,12 @@ class Verdicts(ScanStoreBase):
 
     @locked
     def verdicts_version(self) -> tuple[int, int]:
-        """(the newest verdict's time in ms, how many verdicts): it moves whenever a
-        verdict is written (the image-verdict list's version is the first)."""
+        """(verdict writes so far, how many verdicts): it moves whenever a verdict is
+        written, in the verdict's transaction (the image-verdict list's version is the
+        first: the same in every server process on the database)."""
         with self._conn() as c:
-            row = c.execute(select(func.max(_V.created), func.count())
-                            .select_from(image_verdict)).one()
-        return int((row[0] or 0) * 1000), int(row[1])
+            count = c.scalar(select(func.count()).select_from(image_verdict))
+        return self._meta_int(VERDICTS_SERIAL), int(count or 0)
 
     @locked
     def put_vulnerabilities(self, image_digest: str, vulns: Sequence[ImageVuln]) -> None:
