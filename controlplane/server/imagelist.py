@@ -87,7 +87,8 @@ class ImageListSource:
             if record is None or record.sha256 != sha:
                 record = self._sign(tenant, version, text, sha)
             keep[(tenant, version)] = record
-            policies[tenant][VERDICTS_NAME] = record
+            # first: a stream sends the list before the policies that use it
+            policies[tenant] = {VERDICTS_NAME: record, **policies[tenant]}
         self._signed = keep
 
     def _sign(self, tenant: str, version: int, text: str, sha: str) -> PolicyRecord:

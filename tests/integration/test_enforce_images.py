@@ -174,6 +174,11 @@ def test_compliant_runs_non_compliant_and_unscanned_killed_then_flips(env: Env) 
     unscanned = _killed(env, "unscanned")
     assert unscanned["rule"] == "images.block: unregistered"
     assert "not in the image-verdict list" in unscanned["image"]["reasons"][0]
+    # retagged under the compliant image's name: judged by what it is
+    env.docker.docker("tag", "moray-img/bad:1", "moray-img/good:2")
+    res = env.docker.docker("run", "--rm", "--network", "none", "moray-img/good:2", "sh",
+                            "-c", "echo first-instruction-ran", check=False)
+    assert res.returncode == 137 and "first-instruction-ran" not in res.stdout, res
 
     # a verdict that changes (here: stored by hand, as a rescan under a laxer assurance
     # policy would) reaches the agent without a restart

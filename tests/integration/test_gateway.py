@@ -22,7 +22,8 @@ import grpc
 import pytest
 from sqlalchemy import Engine, text
 
-from moray.agent.controlplane import ControlPlaneClient
+from moray.agent.controlplane import ControlPlaneClient, VerifiedPolicy
+from moray.api.imageverdicts import VERDICTS_KIND, VERDICTS_NAME, ImageVerdictList
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.store import db
 from tests.helpers.controlplane import GatewayProcess, ServerProcess, policy_yaml, wait_for
@@ -271,3 +272,56 @@ def test_agent_certificate_cannot_link_as_a_gateway(
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Events(iter([moray_pb2.GatewayEventBatch(batch_id=1)]), timeout=10))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+IMAGES_POLICY = """apiVersion: moray/v1
+kind: RuntimePolicy
+metadata: {name: gw-image-gate}
+spec:
+  scope: {containers: {}}
+  images: {block: [non-compliant]}
+"""
+
+
+def test_image_verdict_list_passes_through_gateways(
+        cluster: tuple[ServerProcess, GatewayProcess, GatewayProcess], tmp_path: Path) -> None:
+    """The signed image-verdict list (issue 16) reaches an agent behind a gateway with the
+    server's signature (the client verifies it), a new verdict brings a new version, and
+    deleting the last policy that uses images removes it."""
+    server, gw1, gw2 = cluster
+    api = server.api()
+    live = [gw.target for gw in (gw1, gw2)   # an earlier test kills gw1
+            if gw.proc is not None and gw.proc.poll() is None]
+    client, rec = _client(server, tmp_path / "images", live)
+    digest, config = "sha256:" + "d" * 64, "sha256:" + "c" * 64
+    try:
+        wait_for(lambda: client.identity is not None, timeout=20, what="enrolment")
+        api("POST", f"/api/v1/images/{digest}/verdicts", expect=200, json={
+            "image": "r.test/app:1", "policy": "strict", "passed": False,
+            "reasons": ["CVE-1 (high)"], "config_digest": config})
+        api.apply(IMAGES_POLICY)
+
+        def the_list() -> VerifiedPolicy | None:
+            got = [p for p in rec.applied if p.name == VERDICTS_NAME and not p.removed]
+            return got[-1] if got else None
+
+        first = wait_for(the_list, timeout=15, what="the list through the gateway")
+        assert first.kind == VERDICTS_KIND
+        listed = ImageVerdictList.from_document(first.document)
+        found = listed.lookup(config)
+        assert found is not None and found.digest == digest
+        assert [(v.policy, v.passed, v.reasons) for v in found.verdicts] == [
+            ("strict", False, ("CVE-1 (high)",))]
+        api("POST", f"/api/v1/images/{digest}/verdicts", expect=200, json={
+            "image": "r.test/app:1", "policy": "strict", "passed": True, "reasons": []})
+        wait_for(lambda: (the_list() or first).version > first.version, timeout=15,
+                 what="the new list through the gateway")
+        assert client.identity is not None
+        agent_id = client.identity.agent_id
+        wait_for(lambda: _acked(server, {agent_id}, VERDICTS_NAME,
+                                rec.versions()[VERDICTS_NAME]), timeout=10, what="ack")
+        api("DELETE", "/api/v1/policies/gw-image-gate", expect=200)
+        wait_for(lambda: VERDICTS_NAME not in rec.versions(), timeout=15,
+                 what="the list removed")
+    finally:
+        client.stop()
