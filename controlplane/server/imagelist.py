@@ -7,7 +7,7 @@ record per tenant), so a re-read with nothing new neither rebuilds nor re-signs.
 set: every tenant with a live policy that says ``spec.images.block`` gets one more
 record, ``_image-verdicts``, in its policy set; the policy streams and the gateways then
 push it like a policy (same signature key, same acks, same version floors on the agent).
-Its version is the store's count of verdict writes (``scanstore_meta``
+Its version is one more than the store's count of verdict writes (``scanstore_meta``
 ``verdicts_serial``, bumped in each verdict's transaction, so every server process on the
 database gives one content one version). A tenant without such a policy gets no list
 (its agents holding one get a removal; the agent accepts the same version again after a
@@ -82,7 +82,7 @@ class ImageListSource:
         base, text, sha = self._document()
         keep: dict[tuple[str, int], PolicyRecord] = {}
         for tenant in wanted:
-            version = max(base, 1)
+            version = base + 1      # 1: no verdict stored yet (an empty list)
             record = self._signed.get((tenant, version))
             if record is None or record.sha256 != sha:
                 record = self._sign(tenant, version, text, sha)
