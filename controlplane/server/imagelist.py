@@ -13,6 +13,12 @@ database gives one content one version). A tenant without such a policy gets no 
 (its agents holding one get a removal; the agent accepts the same version again after a
 removal of the list, agent/controlplane/policies.py).
 
+Rate: a list is rebuilt at most once per ``min_interval`` (2 s): a registry scan storing
+a verdict per image would otherwise push a new list to every agent per image. A newer
+verdict within the interval leaves the previous list in place and sets ``retry_in``; the
+watcher re-reads then (watch.py), so the last verdict of a burst is pushed at most
+``min_interval`` late.
+
 What moves it: a verdict stored (a scan, a rescan after new advisories, a verdict posted
 by ``moray-scan --record-verdict``): the store calls the watcher's ``poke`` (this
 process) or sends a ``verdicts`` notification (PostgreSQL: the other processes); the
@@ -24,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from moray.api.imageverdicts import (
@@ -49,9 +55,13 @@ def uses_images(document: Mapping[str, Any]) -> bool:
 
 
 class ImageListSource:
-    def __init__(self, scans: ScanStore, key: PolicyKey) -> None:
+    def __init__(self, scans: ScanStore, key: PolicyKey, *, min_interval: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.scans, self.key = scans, key
+        self.min_interval, self.clock = min_interval, clock
+        self.retry_in = 0.0      # > 0: a newer list waits; read again after this long
         self._built: tuple[int, str, str] | None = None     # (version, json, sha256)
+        self._built_at = 0.0
         self._signed: dict[tuple[str, int], PolicyRecord] = {}
 
     def version(self) -> tuple[int, int]:
@@ -60,7 +70,14 @@ class ImageListSource:
 
     def _document(self) -> tuple[int, str, str]:
         version, _count = self.scans.verdicts_version()
+        self.retry_in = 0.0
+        if self._built is not None and self._built[0] != version:
+            wait = self.min_interval - (self.clock() - self._built_at)
+            if wait > 0:
+                self.retry_in = wait
+                return self._built
         if self._built is None or self._built[0] != version:
+            self._built_at = self.clock()
             images: dict[str, list[Any]] = {}
             for v in self.scans.all_verdicts():
                 entry = images.setdefault(v.image_digest, [v.config_digest, v.image, []])
@@ -78,6 +95,7 @@ class ImageListSource:
         wanted = [t for t, ps in policies.items()
                   if any(not r.removed and uses_images(r.document) for r in ps.values())]
         if not wanted:
+            self.retry_in = 0.0
             return
         base, text, sha = self._document()
         keep: dict[tuple[str, int], PolicyRecord] = {}

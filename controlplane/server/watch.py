@@ -56,6 +56,8 @@ PolicyCallback = Callable[["PolicySnapshot"], None]
 class ExtraRecords(Protocol):
     """Records the watcher adds to the policy set it read (imagelist.ImageListSource)."""
 
+    retry_in: float     # > 0 after ``add``: newer records wait; read again after this long
+
     def add(self, policies: dict[str, dict[str, PolicyRecord]]) -> None: ...
 
     def version(self) -> tuple[int, int]: ...
@@ -174,6 +176,8 @@ class PolicyWatcher:
     async def _reload(self) -> bool:
         """Re-read the policy set; publish it if any version differs. True if published."""
         policies = await asyncio.to_thread(self._read)
+        if self.extra is not None and self.extra.retry_in > 0 and self._dirty is not None:
+            asyncio.get_running_loop().call_later(self.extra.retry_in, self._dirty.set)
         old = self.snapshot
         fresh = PolicySnapshot(old.serial + 1, policies, time.time())
         if old.serial and fresh.versions() == old.versions():

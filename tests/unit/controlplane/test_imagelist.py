@@ -140,13 +140,35 @@ def test_a_stored_verdict_wakes_the_watcher(engine: Engine, key: PolicyKey) -> N
         await watcher.start()
         assert watcher.snapshot.tenant("t1")[VERDICTS_NAME].version == 1   # empty list
         await asyncio.to_thread(scans.record_verdict, M1, "r/app:1", "strict", True, [])
-        deadline = asyncio.get_running_loop().time() + 5
+        deadline = asyncio.get_running_loop().time() + 10   # within min_interval (2 s)
         while watcher.snapshot.tenant("t1")[VERDICTS_NAME].version != 2:
             assert asyncio.get_running_loop().time() < deadline, "not re-read"
             await asyncio.sleep(0.01)
         await watcher.stop()
 
     asyncio.run(main())
+
+
+def test_lists_rebuilt_at_most_once_per_interval(engine: Engine, key: PolicyKey) -> None:
+    """A burst of verdicts: the list in place stays until min_interval has passed since
+    it was built (retry_in says when to read again), then the newest is built."""
+    store, scans = ControlPlaneStore(engine), ScanStore(engine)
+    store.apply_policy("t1", "gate", IMAGES, author="a", signer=FakeSigner())
+    now = [100.0]
+    source = ImageListSource(scans, key, min_interval=10, clock=lambda: now[0])
+
+    def version() -> int:
+        policies = {"t1": {r.name: r for r in store.current_policies()}}
+        source.add(policies)
+        return policies["t1"][VERDICTS_NAME].version
+
+    assert version() == 1 and source.retry_in == 0
+    scans.record_verdict(M1, "r/app:1", "strict", True, [])
+    scans.record_verdict(M2, "r/b:1", "strict", True, [])
+    now[0] += 4
+    assert version() == 1 and source.retry_in == pytest.approx(6)
+    now[0] += 6
+    assert version() == 3 and source.retry_in == 0
 
 
 def test_safety_net_poll_finds_a_verdict_written_elsewhere(engine: Engine,
