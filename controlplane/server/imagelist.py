@@ -83,7 +83,7 @@ class ImageListSource:
                 entry = images.setdefault(v.image_digest, [v.config_digest, v.image, []])
                 entry[0] = entry[0] or v.config_digest
                 entry[2].append(StoredVerdict(v.policy, v.passed, tuple(v.reasons), False))
-            text = list_json(version, [ListedImage(d, c, i, tuple(vs))
+            text = list_json(version + 1, [ListedImage(d, c, i, tuple(vs))
                                        for d, (c, i, vs) in images.items()])
             self._built = (version, text, hashlib.sha256(text.encode()).hexdigest())
             log.info("image-verdict list built", extra={
@@ -100,7 +100,7 @@ class ImageListSource:
         base, text, sha = self._document()
         keep: dict[tuple[str, int], PolicyRecord] = {}
         for tenant in wanted:
-            version = base + 1      # 1: no verdict stored yet (an empty list)
+            version = base + 1      # 1: no verdict stored yet (an empty list); = document's
             record = self._signed.get((tenant, version))
             if record is None or record.sha256 != sha:
                 record = self._sign(tenant, version, text, sha)

@@ -325,3 +325,44 @@ def test_image_verdict_list_passes_through_gateways(
                  what="the list removed")
     finally:
         client.stop()
+
+
+def test_a_list_over_grpcs_default_limit_reaches_the_agent(
+        cluster: tuple[ServerProcess, GatewayProcess, GatewayProcess], tmp_path: Path) -> None:
+    """An image-verdict list of 16,000 images (~5 MB, over gRPC's default 4 MiB) reaches
+    an agent through a gateway."""
+    import hashlib
+    import json
+
+    from sqlalchemy import insert
+
+    from moray.controlplane.store.scanmodels import image_verdict
+
+    server, gw1, gw2 = cluster
+    api = server.api()
+    engine = _engine(server)
+    n = 16_000
+    with engine.begin() as conn:
+        conn.execute(insert(image_verdict), [{
+            "image_digest": "sha256:" + hashlib.sha256(b"big%d" % i).hexdigest(),
+            "policy": "strict", "passed": i % 3 != 0, "vulndb_generation": 0,
+            "reasons": json.dumps([] if i % 3 else [
+                "3 vulnerabilities at high or above (e.g. CVE-2023-32681 in requests)"]),
+            "image": f"registry.example.com/team/app-{i}:1.0", "created": 1.0,
+            "config_digest": "sha256:" + hashlib.sha256(b"cfg%d" % i).hexdigest()}
+            for i in range(n)])
+    engine.dispose()
+    api("POST", "/api/v1/images/sha256:" + "e" * 64 + "/verdicts", expect=200, json={
+        "image": "r.test/last:1", "policy": "strict", "passed": True, "reasons": []})
+    api.apply(IMAGES_POLICY.replace("gw-image-gate", "gw-big"))
+    live = [gw.target for gw in (gw1, gw2) if gw.proc is not None and gw.proc.poll() is None]
+    client, rec = _client(server, tmp_path / "big", live)
+    try:
+        # (an earlier list may come first: lists are rebuilt at most once per 2 s)
+        got = wait_for(lambda: next((p for p in rec.applied if p.name == VERDICTS_NAME
+                                     and len(p.signed) > 4 << 20), None), timeout=30,
+                       what="the big list through the gateway")
+        assert len(ImageVerdictList.from_document(got.document)) > n
+    finally:
+        client.stop()
+        api("DELETE", "/api/v1/policies/gw-big", expect=200)
