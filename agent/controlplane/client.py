@@ -67,7 +67,7 @@ from moray.agent.controlplane.policies import (
 )
 from moray.agent.controlplane.spool import EventSpool, SpoolWriter
 from moray.api.proto import moray_pb2, moray_pb2_grpc
-from moray.api.wire import BATCH_BYTES
+from moray.api.wire import BATCH_BYTES, MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,11 @@ class ControlPlaneClient:
         self._channel = self._connect(identity)
 
     def _connect(self, identity: Identity) -> grpc.Channel:
-        options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
+        # the image-verdict list grows with the images scanned (~300 bytes each): accept
+        # what servers and gateways accept, not gRPC's default 4 MiB
+        options: list[tuple[str, Any]] = [*CHANNEL_OPTIONS,
+                                          ("grpc.max_receive_message_length",
+                                           MAX_MESSAGE_BYTES)]
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
         return grpc.secure_channel(self.servers[self._endpoint],

@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
+from moray.api.imageverdicts import VERDICTS_KIND, VERDICTS_NAME
 from moray.api.proto import moray_pb2
 from moray.errors import ControlPlaneError
 
@@ -48,6 +49,7 @@ class VerifiedPolicy:
     removed: bool
     sha256: str
     signed: bytes = field(repr=False)   # serialized SignedPolicy, for the cache
+    kind: str = ""                      # "" a policy; "image-verdicts" the verdict list
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,10 @@ class PolicyVerifier:
         if not _SAFE.match(payload.name):
             raise PolicyRejected(moray_pb2.REJECTED_SIGNATURE, payload.name, payload.version,
                                  "policy name not allowed")
+        if payload.kind not in ("", VERDICTS_KIND) or (
+                (payload.kind == VERDICTS_KIND) != (payload.name == VERDICTS_NAME)):
+            raise PolicyRejected(moray_pb2.REJECTED_SIGNATURE, payload.name, payload.version,
+                                 f"payload kind {payload.kind!r} not allowed for this name")
         if payload.removed and payload.agent_id != self.agent_id:
             raise PolicyRejected(moray_pb2.REJECTED_REPLAY, payload.name, payload.version,
                                  "removal addressed to another agent")
@@ -108,7 +114,7 @@ class PolicyVerifier:
         return VerifiedPolicy(name=payload.name, tenant=payload.tenant,
                               version=payload.version, document=document,
                               removed=payload.removed, sha256=payload.sha256,
-                              signed=signed_bytes)
+                              signed=signed_bytes, kind=payload.kind)
 
 
 class PolicyCache:
@@ -139,8 +145,10 @@ class PolicyCache:
                 current = PolicyCache._payload(held.read_bytes())
                 if current is not None and current.sha256 == policy.sha256:
                     return False                # same version, same document: resend
-            elif policy.name not in self.removed:
-                return True                     # ours, lost or set aside locally: re-fetch
+            elif policy.name not in self.removed or policy.kind == VERDICTS_KIND:
+                # ours, lost or set aside locally: re-fetch; or the image-verdict list
+                # again after a removal (its version moves only with the verdicts)
+                return True
             raise PolicyRejected(moray_pb2.REJECTED_REPLAY, policy.name, policy.version,
                                  f"version {policy.version} was already superseded")
         return True

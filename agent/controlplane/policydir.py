@@ -6,7 +6,10 @@ digest, or an error for the file. Per-rule tiers come from the tiers the agent r
 per rule kind (monitor-mode policies and ``files.monitor`` rules are ``monitor``).
 
 Files written here belong to the control plane (``cp-`` prefix); policies written by hand
-beside them are left alone.
+beside them are left alone. The image-verdict list (issue 16, payload kind
+``image-verdicts``) is written to ``DIR/.image-verdicts.json`` (a dot file: not a policy),
+and the hook waits until the status file shows that list (its SHA-256) loaded, or gone
+after a removal.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from moray.agent.controlplane.policies import ApplyResult, VerifiedPolicy
+from moray.agent.policy.engine import IMAGE_LIST_FILE
+from moray.api.imageverdicts import VERDICTS_KIND
 
 PREFIX = "cp-"
 
@@ -76,6 +81,8 @@ class PolicyDirSink:
         return self.dir / f"{PREFIX}{name}.json"
 
     def __call__(self, policy: VerifiedPolicy) -> ApplyResult:
+        if policy.kind == VERDICTS_KIND:
+            return self._image_list(policy)
         target = self.path(policy.name)
         self.dir.mkdir(parents=True, exist_ok=True)
         if policy.removed:
@@ -108,6 +115,37 @@ class PolicyDirSink:
                         policy.document, dict(status.get("tiers", {}))))
             time.sleep(0.02)
         return ApplyResult(ok=False, error=f"the agent did not publish {policy.name} "
+                                           f"v{policy.version} within {self.timeout:.0f}s")
+
+    def _image_list(self, policy: VerifiedPolicy) -> ApplyResult:
+        target = self.dir / IMAGE_LIST_FILE
+        self.dir.mkdir(parents=True, exist_ok=True)
+        want: str | None = None
+        if policy.removed:
+            target.unlink(missing_ok=True)
+        else:
+            data = json.dumps(policy.document, sort_keys=True).encode()
+            want = hashlib.sha256(data).hexdigest()
+            tmp = target.with_name(f"{target.name}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        if self.status_file is None:
+            return ApplyResult(ok=True)
+        deadline = self.clock() + self.timeout
+        while self.clock() < deadline:
+            status = self._status()
+            if status is not None:
+                errors = [str(e) for e in status.get("errors", []) if str(target) in str(e)]
+                if errors:
+                    return ApplyResult(ok=False, error="; ".join(errors))
+                live = status.get("image_verdicts")
+                if (live or {}).get("sha256") == want or (want is None and live is None):
+                    return ApplyResult(ok=True)
+            time.sleep(0.02)
+        return ApplyResult(ok=False, error=f"the agent did not load the image-verdict list "
                                            f"v{policy.version} within {self.timeout:.0f}s")
 
     def _status(self) -> dict[str, Any] | None:

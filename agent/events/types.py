@@ -112,6 +112,16 @@ class CgroupEvent(NamedTuple):
     path: str
 
 
+class ImageHit(NamedTuple):
+    """Why a new container's image is blocked (issue 16, agent/policy/images.py): the
+    image as its runtime names it, the digest looked up, the verdict and its reasons."""
+
+    image: str
+    digest: str
+    verdict: str           # non-compliant | unregistered
+    reasons: tuple[str, ...]
+
+
 class EnforceEvent(NamedTuple):
     """A policy acted (or, in monitor mode, would have): see bpf/lib/abi.h mr_enforce.
 
@@ -138,6 +148,7 @@ class EnforceEvent(NamedTuple):
     value: int = 0   # issue 13: ns -> CLONE_NEW* flags asked for; setid -> the mode asked for;
     #                  mount-family syscall -> the call's flags
     ret: int | None = None  # issue 13: a mount-family syscall's return value (abi.ES_RESULT)
+    image: ImageHit | None = None  # issue 16: a held exec killed for its image's verdict
 
 
 class SyscallEvent(NamedTuple):

@@ -18,6 +18,11 @@ State it owns, and what changes it:
   at start from mr_pscope (a restarted agent re-resolves what the kernel already knows),
   then by ``Holds.classify`` as mr_ppend rows appear (kernel cgroup mkdir).
 * held tasks (mr_phold): decided by ``Holds.decide`` once their cgroup is classified.
+* ``image_list``: the image-verdict list (issue 16, moray.api.imageverdicts) read from
+  ``<policy dir>/.image-verdicts.json`` (written by the control-plane hook,
+  agent/controlplane/policydir.py, after the signature verified) when the directory
+  changes; a file that cannot be read keeps the previous list (error in the status).
+  Held first execs of new containers are judged against it (agent/policy/images.py).
 * ``identity``: the (device, inode) of every file the file rules cover (mr_pino,
   agent/policy/identity.py), refreshed after a publication, when containers are
   classified and periodically.
@@ -28,6 +33,7 @@ Runs on its own thread; it is the only writer of the policy maps while the agent
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -37,13 +43,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from moray.agent.bpf import abi
-from moray.agent.events.types import Decision
+from moray.agent.events.types import Decision, ImageHit
 from moray.agent.policy.apply import Applier, dec_conf, u32
 from moray.agent.policy.compile import CompileError, compile_policies
 from moray.agent.policy.hold import Holds, Resolver, boot_ns
 from moray.agent.policy.identity import Identities
+from moray.agent.policy.images import image_block
 from moray.agent.policy.scope import ContainerLike, slots_for
 from moray.agent.policy.slots import SlotHistory, SlotView
+from moray.api.imageverdicts import ImageVerdictList, ListError
 from moray.api.policy.load import load_dir
 from moray.api.policy.model import Mode, Policy
 
@@ -51,6 +59,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_POLICY_DIR = "/etc/moray/policies"
 DEFAULT_STATUS = "/run/moray/policy-status.json"
+IMAGE_LIST_FILE = ".image-verdicts.json"   # a dot file: load_dir does not read it
 
 
 class PolicyEngine:
@@ -67,7 +76,11 @@ class PolicyEngine:
         self.tiers = tiers or {}
         self.proc = proc
         # held execs and pending cgroups; decisions leave as typed events through emit
-        self.hold = Holds(applier, resolver, proc=proc, emit=emit, translate=self._translate)
+        self.hold = Holds(applier, resolver, proc=proc, emit=emit, translate=self._translate,
+                          image_check=self._image_check)
+        self.image_list: ImageVerdictList | None = None
+        self.image_list_sha = ""
+        self.image_list_error = ""
         self.identity = Identities(applier.maps, proc=proc)
         self.status_file = status_file
         self.poll = poll
@@ -184,8 +197,11 @@ class PolicyEngine:
         if not force and sig == self._dir_sig:
             return False
         self._dir_sig = sig
+        list_changed = self._load_image_list()
         policies, errors = load_dir(self.policy_dir)
         self.errors = [str(e) for e in errors]
+        if self.image_list_error:
+            self.errors.append(self.image_list_error)
         for e in errors:
             log.error("invalid policy (ignored, previous version kept): %s", e)
         by_name = {p.name: p for p in policies}
@@ -194,7 +210,43 @@ class PolicyEngine:
                 for name, (_slot, old) in self.active.items():
                     if old.source == prob.file and name not in by_name:
                         by_name[name] = old
-        return self.apply(list(by_name.values()), force=force)
+        applied = self.apply(list(by_name.values()), force=force)
+        if list_changed and not applied:
+            self._write_status()
+        return applied
+
+    # ------------------------------------------------------------------ image verdicts
+
+    def _load_image_list(self) -> bool:
+        """Read the image-verdict list file if it changed; True if the list changed."""
+        path = Path(self.policy_dir, IMAGE_LIST_FILE)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            changed = self.image_list is not None
+            self.image_list, self.image_list_sha, self.image_list_error = None, "", ""
+            return changed
+        except OSError as err:
+            self.image_list_error = f"{path}: {err}"
+            return False
+        sha = hashlib.sha256(raw).hexdigest()
+        if sha == self.image_list_sha:
+            return False
+        try:
+            vlist = ImageVerdictList.from_document(json.loads(raw))
+        except (ValueError, ListError) as err:
+            self.image_list_error = f"{path}: {err}"
+            log.error("image-verdict list not readable (previous one kept)", extra={
+                "path": str(path), "error": str(err)})
+            return False
+        self.image_list, self.image_list_sha, self.image_list_error = vlist, sha, ""
+        log.info("image-verdict list loaded", extra={"version": vlist.version,
+                                                     "images": len(vlist)})
+        return True
+
+    def _image_check(self, cgroup_id: int, mask: int) -> tuple[int, ImageHit | None]:
+        return image_block(self.containers.get(cgroup_id), self._slotted(), mask,
+                           self.image_list)
 
     def apply(self, policies: list[Policy], force: bool = False) -> bool:
         live, _gen, _idx = self.applier.live()
@@ -263,7 +315,10 @@ class PolicyEngine:
                              "source": p.source, "rules": p.rule_count(),
                              "digest": p.digest[:12]}
                             for s, p in sorted(self.active.values(), key=lambda t: t[0])],
-               "containers": len(self.containers), "tiers": self.tiers}
+               "containers": len(self.containers), "tiers": self.tiers,
+               "image_verdicts": None if self.image_list is None else {
+                   "version": self.image_list.version, "images": len(self.image_list),
+                   "sha256": self.image_list_sha}}
         try:
             os.makedirs(os.path.dirname(self.status_file), exist_ok=True)
             tmp = self.status_file + ".tmp"

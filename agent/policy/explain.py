@@ -73,6 +73,9 @@ def explain(ev: EnforceEvent, policies: Mapping[int, Policy],
     note = _note(ev)
     if note:
         out["note"] = note
+    if ev.image is not None:
+        out["image"] = {"image": ev.image.image, "digest": ev.image.digest,
+                        "verdict": ev.image.verdict, "reasons": list(ev.image.reasons)}
     if ev.kind in (abi.EKind.EXEC, abi.EKind.DRIFT):
         out["binary"] = ev.path
         if ev.path2:
@@ -169,6 +172,9 @@ def _note(ev: EnforceEvent) -> str | None:
                 "first instruction until its policies were applied")
     if ev.action != abi.EAction.KILLED:
         return None
+    if ev.image is not None:
+        return ("the container's image is blocked by its assurance verdict: its first exec "
+                "was held (SIGSTOP) and killed (SIGKILL) before its first instruction")
     if ev.kind == abi.EKind.FILE:
         return ("the open completed; the process was killed (SIGKILL) before it returned to "
                 "user space, so nothing was read or written through the descriptor")
@@ -210,6 +216,8 @@ def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | No
         return f"agentDown: {p.agent_down}"
     if _agent_down(ev) and p.agent_down is AgentDown.CLOSED:
         return f"agentDown: closed (agentDownHold: {p.agent_down_hold}s)"
+    if ev.image is not None and ev.image.verdict in p.images.block:
+        return f"images.block: {ev.image.verdict}"
     if ev.kind == abi.EKind.DRIFT:
         return "exec.drift: block"
     if ev.kind == abi.EKind.EXEC:

@@ -20,6 +20,11 @@ State it reads and writes (the policy maps, agent/policy/apply.py), and what cha
   The row's slot masks are those of the configuration live at the hold; ``translate``
   (PolicyEngine: agent/policy/slots.py) maps them to the slots the same policies hold at
   the decision, so a publish (or an agent restart) between the two changes nothing.
+* images (issue 16, spec.images.block): a held task in a classified container is also
+  killed when ``image_check`` (the engine: agent/policy/images.py over the image-verdict
+  list) says a policy in its scope blocks the container's image; the event names the
+  image, the digest and the reasons. Classification waits up to IMAGE_WAIT_NS for the
+  runtime to give the image digest when such a policy is live.
 * agent down (issue 13, spec.agentDown): a pending cgroup made before this agent started
   (``uncovered_before``), classified as a container, with a task in it and none held
   since before this start (a task held by this agent meanwhile does not count), ran
@@ -43,7 +48,7 @@ from typing import Any, Protocol
 
 from moray.agent.bpf import abi
 from moray.agent.enrich.proctree import NS_PER_TICK, stat_start_ticks, ticks
-from moray.agent.events.types import Decision, EnforceEvent, Proc
+from moray.agent.events.types import Decision, EnforceEvent, ImageHit, Proc
 from moray.agent.policy.apply import Applier, u64
 from moray.agent.policy.scope import ContainerLike, slots_for
 from moray.api.policy.model import Policy
@@ -85,11 +90,16 @@ def _clip(s: str, limit: int) -> str:
     return s if len(raw) <= limit else raw[:limit].decode("utf-8", "backslashreplace")
 
 
+ImageCheck = Callable[[int, int], tuple[int, ImageHit | None]]   # (cgroup, slots) -> hit
+
+
 class Holds:
     def __init__(self, applier: Applier, resolver: Resolver, *, proc: str = "/proc",
                  emit: Callable[[Decision], object] | None = None,
-                 translate: Callable[[int, int], int] | None = None) -> None:
+                 translate: Callable[[int, int], int] | None = None,
+                 image_check: ImageCheck | None = None) -> None:
         self.applier = applier
+        self.image_check = image_check
         self.resolver = resolver
         self.proc = proc
         self.emit = emit
@@ -118,6 +128,7 @@ class Holds:
                 held_before.add(h.cgroup_id)
         needs_image = any(p.scope.containers is not None and p.scope.containers.images
                           for _s, p in slotted)
+        needs_digest = any(p.images.used for _s, p in slotted)
         now = boot_ns()
         done = 0
         for kb in keys:
@@ -133,7 +144,8 @@ class Holds:
                 continue  # nothing ran there yet: no hurry, and the runtime may still write
             c = self.resolver.lookup(cg, pid)
             if c is not None:
-                if c.image is None and age < IMAGE_WAIT_NS and needs_image:
+                if age < IMAGE_WAIT_NS and ((needs_image and c.image is None)
+                                            or (needs_digest and c.image_digest is None)):
                     continue  # the runtime has not written the image yet
                 containers[cg] = c
                 self.applier.set_scope(cg, slots_for(c, slotted))
@@ -261,30 +273,40 @@ class Holds:
                 h = replace(h, exec_deny=self.translate(h.exec_deny, h.ts),
                             drift=self.translate(h.drift, h.ts))
             hit = (h.exec_deny | h.drift) & mask & conf.active
+            image = None
+            if row is not None and self.image_check is not None:
+                image_hit, image = self.image_check(h.cgroup_id, mask & conf.active)
+                hit |= image_hit
             enforced = hit & conf.enforce
             log.info("held task decided", extra={
                 "pid": h.pid, "cgroup_id": h.cgroup_id, "held_ms": (now - h.ts) // 1_000_000,
                 "scope": "container" if row is not None else
                          "pending" if pending is not None else "host",
                 "verdict": "kill" if enforced else "continue"})
-            self._release(h, hit, enforced)
+            self._release(h, hit, enforced, image if hit else None)
             self.applier.maps["mr_phold"].delete(struct.pack("<I", h.pid))
             n += 1
         return n
 
-    def _release(self, h: Held, hit: int, enforced: int) -> None:
+    def _release(self, h: Held, hit: int, enforced: int, image: ImageHit | None = None
+                 ) -> None:
         if not self._same_process(h):
             log.warning("held task gone or pid reused", extra={"pid": h.pid})
             return
-        kind = abi.EKind.EXEC if h.exec_deny & hit else abi.EKind.DRIFT
+        kind = abi.EKind.EXEC if h.exec_deny & hit or image else abi.EKind.DRIFT
+        if image is not None:
+            log.info("container image blocked" if enforced else "container image would be "
+                     "blocked", extra={"pid": h.pid, "cgroup_id": h.cgroup_id,
+                                       "image": image.image, "digest": image.digest,
+                                       "verdict": image.verdict})
         if enforced:
             # the event goes first: it is then queued before the kernel's exit / rmdir
-            self._emit(h, kind, abi.EAction.KILLED, hit, enforced)
+            self._emit(h, kind, abi.EAction.KILLED, hit, enforced, image=image)
             os.kill(h.pid, signal.SIGKILL)
             self.decisions["killed"] += 1
             return
         if hit:
-            self._emit(h, kind, abi.EAction.WOULD_BLOCK, hit, 0)
+            self._emit(h, kind, abi.EAction.WOULD_BLOCK, hit, 0, image=image)
         os.kill(h.pid, signal.SIGCONT)
         self.decisions["continued"] += 1
 
@@ -320,7 +342,7 @@ class Holds:
         return exe, ""
 
     def _emit(self, h: Held, kind: int, action: int, hit: int, enforced: int,
-              arg: int = 0) -> None:
+              arg: int = 0, image: ImageHit | None = None) -> None:
         if self.emit is None:
             return
         path, path2 = self._paths_of(h.pid)
@@ -344,4 +366,4 @@ class Holds:
         self.emit(Decision(EnforceEvent(
             ts=boot_ns(), proc=proc, kind=kind, action=action, policies=hit,
             enforced=enforced, arg=arg, family=0, daddr=None, dport=0,
-            path=_clip(path, PATH_MAX), path2=_clip(path2, NAME_MAX))))
+            path=_clip(path, PATH_MAX), path2=_clip(path2, NAME_MAX), image=image)))

@@ -23,6 +23,7 @@ import yaml
 from moray.api.policy.model import (  # issue 13
     API_VERSION,
     DEFAULT_AGENT_DOWN_HOLD,
+    IMAGE_BLOCKS,
     KIND,
     MAX_AGENT_DOWN_HOLD,
     NAMESPACES,
@@ -33,6 +34,7 @@ from moray.api.policy.model import (  # issue 13
     ExecRules,
     FileRule,
     FileRules,
+    ImageRules,
     Mode,
     NamespaceRules,
     NetRule,
@@ -506,6 +508,32 @@ class _Builder:
         return tuple(n for n in names if n in out)
 
 
+    def image_rules(self, node: yaml.Node, where: str) -> ImageRules:
+        """`{block: [non-compliant, unregistered], policies: [name, ...]}`."""
+        m = self.d.mapping(node, where, ("block", "policies"))
+        if m is None:
+            return ImageRules()
+        block: set[str] = set()
+        if "block" not in m:
+            self.d.err(node, f"{where}.block", "is required (non-compliant, unregistered)")
+        else:
+            for i, item in enumerate(self.d.seq(m["block"][1], f"{where}.block") or []):
+                s = self.d.string(item, f"{where}.block[{i}]")
+                if s is None:
+                    continue
+                if s not in IMAGE_BLOCKS:
+                    self.d.err(item, f"{where}.block[{i}]",
+                               f"{s!r}: expected one of: {', '.join(IMAGE_BLOCKS)}")
+                block.add(s)
+        policies: list[str] = []
+        if "policies" in m:
+            for i, item in enumerate(self.d.seq(m["policies"][1], f"{where}.policies") or []):
+                s = self.d.string(item, f"{where}.policies[{i}]")
+                if s is not None and s not in policies:
+                    policies.append(s)
+        return ImageRules(tuple(b for b in IMAGE_BLOCKS if b in block), tuple(policies))
+
+
 def _canonical(node: yaml.Node) -> Any:
     return yaml.safe_load(yaml.serialize(node))
 
@@ -540,7 +568,7 @@ def _policy(doc: _Doc, root: yaml.Node) -> Policy | None:
         return None
     spec = doc.mapping(top["spec"][1], "spec", ("scope", "mode", "exec", "files", "network",
                                                "syscalls", "agentDown", "agentDownHold",
-                                               "namespaces", "setid"))
+                                               "namespaces", "setid", "images"))
     if spec is None:
         return None
     b = _Builder(doc)
@@ -565,15 +593,28 @@ def _policy(doc: _Doc, root: yaml.Node) -> Policy | None:
                         if "namespaces" in spec else ())
     si = SetidRules(b.name_rules(spec["setid"][1], "spec.setid", SETID_KINDS)
                     if "setid" in spec else ())
-    if not (ex.used or fi.used or ne.used or sy.used or ns.used or si.used) \
+    im = _images(doc, b, spec, scope)
+    if not (ex.used or fi.used or ne.used or sy.used or ns.used or si.used or im.used) \
             and not doc.problems:
         doc.err(top["spec"][1], "spec", "has no rules (exec, files, network, syscalls, "
-                                        "namespaces or setid)")
+                                        "namespaces, setid or images)")
     down, hold = _agent_down(doc, spec)
     document = json.dumps(_canonical(root), sort_keys=True, default=str)
     digest = hashlib.sha256(document.encode()).hexdigest()
     return Policy(name, tenant, mode, scope, ex, fi, ne, sy, doc.file, digest, document,
-                  down, hold, namespaces=ns, setid=si)
+                  down, hold, namespaces=ns, setid=si, images=im)
+
+
+def _images(doc: _Doc, b: _Builder, spec: dict[str, tuple[yaml.Node, yaml.Node]],
+            scope: Scope) -> ImageRules:
+    """spec.images (issue 16): only for policies that scope containers."""
+    if "images" not in spec:
+        return ImageRules()
+    im = b.image_rules(spec["images"][1], "spec.images")
+    if im.used and scope.containers is None and not doc.problems:
+        doc.err(spec["images"][1], "spec.images",
+                "applies to containers: the policy needs spec.scope.containers")
+    return im
 
 
 _DURATION = re.compile(r"^(\d+)(s|m)?$")

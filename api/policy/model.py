@@ -170,6 +170,25 @@ class SetidRules:
         return bool(self.deny)
 
 
+# --- issue 16: image assurance verdicts at runtime (agent/policy/images.py) ---
+
+IMAGE_BLOCKS = ("non-compliant", "unregistered")   # what spec.images.block may name
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRules:
+    """New containers whose image's assurance verdict (moray.api.imageverdicts.judge over
+    the server's image-verdict list) is in ``block`` are killed at their first exec.
+    ``policies``: the assurance policies that must pass (empty: every stored verdict)."""
+
+    block: tuple[str, ...] = ()      # names from IMAGE_BLOCKS
+    policies: tuple[str, ...] = ()
+
+    @property
+    def used(self) -> bool:
+        return bool(self.block)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     name: str
@@ -190,10 +209,11 @@ class Policy:
     agent_down_hold: int = DEFAULT_AGENT_DOWN_HOLD
     namespaces: NamespaceRules = field(default_factory=NamespaceRules)   # issue 13
     setid: SetidRules = field(default_factory=SetidRules)                # issue 13
+    images: ImageRules = field(default_factory=ImageRules)               # issue 16
 
     def rule_count(self) -> int:
         n = len(self.exec.deny) + len(self.exec.allow or ()) + int(self.exec.drift)
         n += len(self.files.deny) + len(self.files.monitor)
         n += len(self.network.deny) + len(self.network.allow or ())
-        n += len(self.namespaces.deny) + len(self.setid.deny)
+        n += len(self.namespaces.deny) + len(self.setid.deny) + len(self.images.block)
         return n + len(self.syscalls.deny)

@@ -69,7 +69,7 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., policy_public_key: _Optional[bytes] = ..., policy_key_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class PolicyPayload(_message.Message):
-    __slots__ = ("name", "tenant", "version", "document_json", "removed", "agent_id", "issued_at_ms", "sha256")
+    __slots__ = ("name", "tenant", "version", "document_json", "removed", "agent_id", "issued_at_ms", "sha256", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class PolicyPayload(_message.Message):
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     tenant: str
     version: int
@@ -86,7 +87,8 @@ class PolicyPayload(_message.Message):
     agent_id: str
     issued_at_ms: int
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., version: _Optional[int] = ..., document_json: _Optional[str] = ..., removed: _Optional[bool] = ..., agent_id: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., version: _Optional[int] = ..., document_json: _Optional[str] = ..., removed: _Optional[bool] = ..., agent_id: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., sha256: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class SignedPolicy(_message.Message):
     __slots__ = ("payload", "signature", "key_id")

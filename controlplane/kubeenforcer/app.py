@@ -42,12 +42,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from moray.api.imageverdicts import Verdict
 from moray.controlplane.kubeenforcer.certs import CertKeeper
 from moray.controlplane.kubeenforcer.config import EnforcerConfig, Unregistered
 from moray.controlplane.kubeenforcer.decide import (
     Decision,
     Outcome,
-    Verdict,
     decide,
     exclusion,
     judge,

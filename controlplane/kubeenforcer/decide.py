@@ -25,24 +25,16 @@ in an excluded namespace, or whose object (or pod template) carries every
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from moray.api.imageverdicts import Verdict
+from moray.api.imageverdicts import judge as judge_verdicts
 from moray.controlplane.kubeenforcer.config import EnforcerConfig, Failure, Mode, Unregistered
 from moray.controlplane.kubeenforcer.review import Container, Review
 from moray.controlplane.kubeenforcer.verdicts import ImageVerdicts
 
 MAX_WARNING = 256   # the API server may cut longer warnings
-
-
-class Verdict(enum.StrEnum):
-    COMPLIANT = "compliant"
-    NON_COMPLIANT = "non-compliant"
-    UNREGISTERED = "unregistered"
-    UNRESOLVED = "unresolved"
-    UNKNOWN = "unknown"
-    UNCHANGED = "unchanged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +59,9 @@ class Decision:
 
 
 def judge(found: ImageVerdicts, policies: Iterable[str]) -> tuple[Verdict, tuple[str, ...]]:
-    """A digest's stored verdicts -> its verdict and reasons."""
-    required = tuple(policies)
-    relevant = [v for v in found.verdicts if not required or v.policy in required]
-    failed = [v for v in relevant if not v.passed]
-    if failed:
-        return Verdict.NON_COMPLIANT, tuple(
-            f"{v.policy}: {r}" for v in failed for r in (v.reasons or ("failed",)))
-    missing = sorted(set(required) - {v.policy for v in relevant})
-    if not relevant or missing:
-        return Verdict.UNREGISTERED, tuple(f"no verdict for policy {p}" for p in missing)
-    return Verdict.COMPLIANT, ()
+    """A digest's stored verdicts -> its verdict and reasons (the agents judge the pushed
+    image-verdict list with the same function: moray.api.imageverdicts.judge)."""
+    return judge_verdicts(found.verdicts, policies)
 
 
 def _matches(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from moray.api.imageverdicts import StoredVerdict
 from moray.controlplane.kubeenforcer.config import EnforcerConfig
 from moray.errors import ServerUnreachable
 
@@ -43,14 +44,6 @@ class ServerUnavailable(ServerUnreachable):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class StoredVerdict:
-    policy: str
-    passed: bool
-    reasons: tuple[str, ...]
-    stale: bool          # made on older vulnerability data (a rescan is queued by the server)
 
 
 @dataclass(frozen=True, slots=True)

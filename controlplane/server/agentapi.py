@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 import orjson
 
+from moray.api.imageverdicts import VERDICTS_KIND, VERDICTS_NAME
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.api.wire import MAX_EVENT_BYTES
 from moray.controlplane.server.heartbeats import HeartbeatWriter, status_of
@@ -174,7 +175,8 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
     def removal(self, agent: AgentRecord, name: str, version: int) -> moray_pb2.SignedPolicy:
         payload = moray_pb2.PolicyPayload(
             name=name, tenant=agent.tenant, version=version, removed=True, agent_id=agent.id,
-            issued_at_ms=int(time.time() * 1000)).SerializeToString()
+            issued_at_ms=int(time.time() * 1000),
+            kind=VERDICTS_KIND if name == VERDICTS_NAME else "").SerializeToString()
         return moray_pb2.SignedPolicy(payload=payload, signature=self.pki.policy_key.sign(payload),
                                       key_id=self.pki.policy_key.key_id)
 

@@ -42,6 +42,7 @@ from moray.controlplane.scanner.workercli import InProcessWorkers
 from moray.controlplane.server.agentapi import AgentServiceImpl, EnrollmentService
 from moray.controlplane.server.gatewayapi import GatewayServiceImpl
 from moray.controlplane.server.hub import AgentHub
+from moray.controlplane.server.imagelist import ImageListSource
 from moray.controlplane.server.limits import (
     ENROLL_PER_SOURCE,
     ENROLL_PER_TOKEN,
@@ -223,10 +224,16 @@ class _HttpServer(uvicorn.Server):
 
 
 async def watch_changes(store: ControlPlaneStore, engine: Engine, config: ServerConfig,
-                        metrics: ServerMetrics) -> tuple[PolicyWatcher, AgentHub]:
-    """The process's one change watcher, feeding the hub of policy streams."""
+                        metrics: ServerMetrics, scans: ScanStore | None = None,
+                        pki: Pki | None = None) -> tuple[PolicyWatcher, AgentHub]:
+    """The process's one change watcher, feeding the hub of policy streams (and, with
+    ``scans`` and ``pki``, the image-verdict list: imagelist.py)."""
+    extra = (ImageListSource(scans, pki.policy_key)
+             if scans is not None and pki is not None else None)
     watcher = PolicyWatcher(store, listen_url=libpq_url(engine.url),
-                            poll_seconds=config.watch_poll_seconds)
+                            poll_seconds=config.watch_poll_seconds, extra=extra)
+    if scans is not None:
+        scans.on_verdict = watcher.poke
     hub = AgentHub(asyncio.get_running_loop(), on_policy_change=watcher.poke)
     watcher.subscribe(hub.policies_changed)
     watcher.subscribe(lambda _snapshot: metrics.policy_snapshots.inc())
@@ -289,7 +296,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     pki = load_keys(config)
     bootstrap_admin_token(store, config.data_dir)
     # step: watch_changes (before any stream opens: streams push from its snapshot)
-    watcher, hub = await watch_changes(store, engine, config, metrics)
+    watcher, hub = await watch_changes(store, engine, config, metrics, scans, pki)
     # step: start_grpc
     server = await start_grpc(store, pki, hub, metrics, config)
     if server is None:

@@ -17,8 +17,12 @@ Changes that move it, and what each does:
 - the listener reconnects (with back-off, after the database or the network failed):
   notifications may have been lost, so everything is re-read and every agent subscriber
   told to re-read its agent (``agent_id`` None).
+- ``verdicts`` (PostgreSQL notification sent with each stored image verdict), or a poke
+  from the scan store (this process): re-read, with the image-verdict list
+  (``extra``: imagelist.py adds it to the policy set of the tenants that use it).
 - the safety-net poll (``poll_seconds``, default 30 s, one light query by this watcher,
-  not per stream): the policy versions differ from the snapshot's -> re-read. On SQLite
+  not per stream): the policy versions (or the verdicts' version) differ from the
+  snapshot's -> re-read. On SQLite
   (one server process per database file) it is the only cross-process path, for writers
   other than the server.
 
@@ -35,8 +39,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from moray.api.imageverdicts import VERDICTS_NAME
 from moray.controlplane.store.cpstore import NOTIFY_CHANNEL, ControlPlaneStore, PolicyRecord
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,17 @@ BACKOFF_MAX = 30.0
 LISTENER_NAME = "moray-server change watcher"    # pg_stat_activity.application_name
 
 PolicyCallback = Callable[["PolicySnapshot"], None]
+
+
+class ExtraRecords(Protocol):
+    """Records the watcher adds to the policy set it read (imagelist.ImageListSource)."""
+
+    retry_in: float     # > 0 after ``add``: newer records wait; read again after this long
+
+    def add(self, policies: dict[str, dict[str, PolicyRecord]]) -> None: ...
+
+    def version(self) -> tuple[int, int]: ...
+
 AgentCallback = Callable[[str | None, bool], None]
 
 
@@ -76,8 +92,11 @@ class PolicyWatcher:
 
     def __init__(self, store: ControlPlaneStore, *, listen_url: str | None = None,
                  poll_seconds: float = POLL_SECONDS,
-                 on_query: Callable[[str], None] | None = None) -> None:
+                 on_query: Callable[[str], None] | None = None,
+                 extra: ExtraRecords | None = None) -> None:
         self.store = store
+        self.extra = extra
+        self._extra_version: tuple[int, int] | None = None
         self.listen_url = listen_url
         self.poll_seconds = poll_seconds
         self.snapshot = PolicySnapshot(0)
@@ -149,11 +168,16 @@ class PolicyWatcher:
         out: dict[str, dict[str, PolicyRecord]] = {}
         for record in self.store.current_policies(include_removed=True):
             out.setdefault(record.tenant, {})[record.name] = record
+        if self.extra is not None:
+            self._extra_version = self.extra.version()
+            self.extra.add(out)
         return out
 
     async def _reload(self) -> bool:
         """Re-read the policy set; publish it if any version differs. True if published."""
         policies = await asyncio.to_thread(self._read)
+        if self.extra is not None and self.extra.retry_in > 0 and self._dirty is not None:
+            asyncio.get_running_loop().call_later(self.extra.retry_in, self._dirty.set)
         old = self.snapshot
         fresh = PolicySnapshot(old.serial + 1, policies, time.time())
         if old.serial and fresh.versions() == old.versions():
@@ -192,17 +216,21 @@ class PolicyWatcher:
             try:
                 self._on_query("versions")
                 versions = await asyncio.to_thread(self.store.policy_versions)
+                extra = (await asyncio.to_thread(self.extra.version)
+                         if self.extra is not None else None)
             except Exception as err:
                 log.warning("policy safety-net poll failed", extra={"error": one_line(err)})
                 continue
-            if versions != self.snapshot.versions():
+            snap = {k: v for k, v in self.snapshot.versions().items()
+                    if k[1] != VERDICTS_NAME}
+            if versions != snap or extra != self._extra_version:
                 log.info("policy change found by the safety-net poll")
                 assert self._dirty is not None
                 self._dirty.set()
 
     def _dispatch(self, payload: str) -> None:
         kind, _, key = payload.partition(":")
-        if kind == "policy":
+        if kind in ("policy", "verdicts"):
             assert self._dirty is not None
             self._dirty.set()
         elif kind in ("agent", "revoke") and key:

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, Table, bindparam, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from moray.api.imageverdicts import VERDICTS_NAME
 from moray.api.proto import moray_pb2
 from moray.controlplane.store.models import (
     Agent,
@@ -71,6 +72,7 @@ class AgentRevoked(StoreError):
 
 ACK_STATUSES = frozenset(moray_pb2.ApplyStatus.keys())
 MAX_ACK_ERROR = 4096        # characters of an ack's error kept
+MAX_VERDICTS_VERSION = 2**31 - 1   # acks of the image-verdict list (cp_agent_policy.version)
 MAX_ACK_TIERS = 1024        # rule -> tier entries of one ack kept
 
 
@@ -682,6 +684,8 @@ class ControlPlaneStore:
             for ack in acks:
                 tenant = tenants.get(ack.agent_id)
                 known = versions.get((tenant, ack.name)) if tenant is not None else None
+                if ack.name == VERDICTS_NAME and tenant is not None:
+                    known = MAX_VERDICTS_VERSION    # the image-verdict list: not a policy
                 why = ("unknown or revoked agent" if tenant is None
                        else "unknown policy" if known is None
                        else "version never issued" if not 0 <= ack.version <= known

@@ -123,6 +123,8 @@ image_verdict = Table(
     Column("vulndb_generation", Integer, nullable=False),
     Column("image", Text, nullable=False),
     Column("created", Float, nullable=False),
+    # revision 0006: the image's config digest (docker's image ID), '' when not known
+    Column("config_digest", String(128), nullable=False, server_default=""),
     PrimaryKeyConstraint("image_digest", "policy"),
 )
 

@@ -22,7 +22,8 @@ import grpc
 import pytest
 from sqlalchemy import Engine, text
 
-from moray.agent.controlplane import ControlPlaneClient
+from moray.agent.controlplane import ControlPlaneClient, VerifiedPolicy
+from moray.api.imageverdicts import VERDICTS_KIND, VERDICTS_NAME, ImageVerdictList
 from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.store import db
 from tests.helpers.controlplane import GatewayProcess, ServerProcess, policy_yaml, wait_for
@@ -296,3 +297,97 @@ def test_event_over_the_servers_limit_is_refused_at_the_gateway(
              what="the small event stored")
     assert _stored(engine, prefix) == {prefix + "small": ident.agent_id}
     engine.dispose()
+
+
+IMAGES_POLICY = """apiVersion: moray/v1
+kind: RuntimePolicy
+metadata: {name: gw-image-gate}
+spec:
+  scope: {containers: {}}
+  images: {block: [non-compliant]}
+"""
+
+
+def test_image_verdict_list_passes_through_gateways(
+        cluster: tuple[ServerProcess, GatewayProcess, GatewayProcess], tmp_path: Path) -> None:
+    """The signed image-verdict list (issue 16) reaches an agent behind a gateway with the
+    server's signature (the client verifies it), a new verdict brings a new version, and
+    deleting the last policy that uses images removes it."""
+    server, gw1, gw2 = cluster
+    api = server.api()
+    live = [gw.target for gw in (gw1, gw2)   # an earlier test kills gw1
+            if gw.proc is not None and gw.proc.poll() is None]
+    client, rec = _client(server, tmp_path / "images", live)
+    digest, config = "sha256:" + "d" * 64, "sha256:" + "c" * 64
+    try:
+        wait_for(lambda: client.identity is not None, timeout=20, what="enrolment")
+        api("POST", f"/api/v1/images/{digest}/verdicts", expect=200, json={
+            "image": "r.test/app:1", "policy": "strict", "passed": False,
+            "reasons": ["CVE-1 (high)"], "config_digest": config})
+        api.apply(IMAGES_POLICY)
+
+        def the_list() -> VerifiedPolicy | None:
+            got = [p for p in rec.applied if p.name == VERDICTS_NAME and not p.removed]
+            return got[-1] if got else None
+
+        first = wait_for(the_list, timeout=15, what="the list through the gateway")
+        assert first.kind == VERDICTS_KIND
+        listed = ImageVerdictList.from_document(first.document)
+        found = listed.lookup(config)
+        assert found is not None and found.digest == digest
+        assert [(v.policy, v.passed, v.reasons) for v in found.verdicts] == [
+            ("strict", False, ("CVE-1 (high)",))]
+        api("POST", f"/api/v1/images/{digest}/verdicts", expect=200, json={
+            "image": "r.test/app:1", "policy": "strict", "passed": True, "reasons": []})
+        wait_for(lambda: (the_list() or first).version > first.version, timeout=15,
+                 what="the new list through the gateway")
+        assert client.identity is not None
+        agent_id = client.identity.agent_id
+        wait_for(lambda: _acked(server, {agent_id}, VERDICTS_NAME,
+                                rec.versions()[VERDICTS_NAME]), timeout=10, what="ack")
+        api("DELETE", "/api/v1/policies/gw-image-gate", expect=200)
+        wait_for(lambda: VERDICTS_NAME not in rec.versions(), timeout=15,
+                 what="the list removed")
+    finally:
+        client.stop()
+
+
+def test_a_list_over_grpcs_default_limit_reaches_the_agent(
+        cluster: tuple[ServerProcess, GatewayProcess, GatewayProcess], tmp_path: Path) -> None:
+    """An image-verdict list of 16,000 images (~5 MB, over gRPC's default 4 MiB) reaches
+    an agent through a gateway."""
+    import hashlib
+    import json
+
+    from sqlalchemy import insert
+
+    from moray.controlplane.store.scanmodels import image_verdict
+
+    server, gw1, gw2 = cluster
+    api = server.api()
+    engine = _engine(server)
+    n = 16_000
+    with engine.begin() as conn:
+        conn.execute(insert(image_verdict), [{
+            "image_digest": "sha256:" + hashlib.sha256(b"big%d" % i).hexdigest(),
+            "policy": "strict", "passed": i % 3 != 0, "vulndb_generation": 0,
+            "reasons": json.dumps([] if i % 3 else [
+                "3 vulnerabilities at high or above (e.g. CVE-2023-32681 in requests)"]),
+            "image": f"registry.example.com/team/app-{i}:1.0", "created": 1.0,
+            "config_digest": "sha256:" + hashlib.sha256(b"cfg%d" % i).hexdigest()}
+            for i in range(n)])
+    engine.dispose()
+    api("POST", "/api/v1/images/sha256:" + "e" * 64 + "/verdicts", expect=200, json={
+        "image": "r.test/last:1", "policy": "strict", "passed": True, "reasons": []})
+    api.apply(IMAGES_POLICY.replace("gw-image-gate", "gw-big"))
+    live = [gw.target for gw in (gw1, gw2) if gw.proc is not None and gw.proc.poll() is None]
+    client, rec = _client(server, tmp_path / "big", live)
+    try:
+        # (an earlier list may come first: lists are rebuilt at most once per 2 s)
+        got = wait_for(lambda: next((p for p in rec.applied if p.name == VERDICTS_NAME
+                                     and len(p.signed) > 4 << 20), None), timeout=30,
+                       what="the big list through the gateway")
+        assert len(ImageVerdictList.from_document(got.document)) > n
+    finally:
+        client.stop()
+        api("DELETE", "/api/v1/policies/gw-big", expect=200)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
 
+from moray.api.imageverdicts import VERDICTS_NAME
+from moray.controlplane.server.imagelist import ImageListSource
+from moray.controlplane.server.pki import PolicyKey
+from moray.controlplane.server.watch import PolicyWatcher, libpq_url
 from moray.controlplane.store import db
+from moray.controlplane.store.cpstore import ControlPlaneStore
+from moray.controlplane.store.scanstore import ScanStore
 from tests.helpers.postgres import create_database
-from tests.unit.controlplane.conftest import signer, store  # noqa: F401
+from tests.unit.controlplane.conftest import FakeSigner, signer, store  # noqa: F401
 from tests.unit.controlplane.test_enrollment_tokens import (  # noqa: F401
     test_every_use_is_audited_with_its_token,
     test_expired_multi_use_token_refused,
@@ -17,6 +24,14 @@ from tests.unit.controlplane.test_enrollment_tokens import (  # noqa: F401
     test_multi_use_token_enrols_its_uses_and_no_more,
     test_revision_0005_keeps_one_time_tokens_one_time,
     test_unlimited_token_until_revoked,
+)
+from tests.unit.controlplane.test_imagelist import (  # noqa: F401
+    IMAGES,
+    M1,
+    key,
+    test_a_stored_verdict_wakes_the_watcher,
+    test_list_per_tenant_signed_and_verified_by_the_agent,
+    test_safety_net_poll_finds_a_verdict_written_elsewhere,
 )
 from tests.unit.controlplane.test_scanstore import (  # noqa: F401
     test_exhausted_lease_fails_the_job,
@@ -51,3 +66,28 @@ def engine(pg_base: str) -> Iterator[Engine]:
     db.migrate(eng)
     yield eng
     eng.dispose()
+
+
+def test_a_verdict_stored_by_another_process_is_heard(engine: Engine,
+                                                      key: PolicyKey) -> None:  # noqa: F811
+    """PostgreSQL: a verdict stored through another store object (another server process,
+    no poke) reaches the watcher by its ``verdicts`` notification, not by the poll."""
+    cp = ControlPlaneStore(engine)
+    cp.apply_policy("t1", "gate", IMAGES, author="a", signer=FakeSigner())
+
+    async def main() -> None:
+        watcher = PolicyWatcher(cp, listen_url=libpq_url(engine.url), poll_seconds=3600,
+                                extra=ImageListSource(ScanStore(engine), key))
+        await watcher.start()
+        deadline = asyncio.get_running_loop().time() + 10
+        while not watcher.listening:
+            assert asyncio.get_running_loop().time() < deadline, "not listening"
+            await asyncio.sleep(0.01)
+        assert watcher.snapshot.tenant("t1")[VERDICTS_NAME].version == 1
+        await asyncio.to_thread(ScanStore(engine).record_verdict, M1, "r/app:1", "s", True, [])
+        while watcher.snapshot.tenant("t1")[VERDICTS_NAME].version != 2:
+            assert asyncio.get_running_loop().time() < deadline, "notification not heard"
+            await asyncio.sleep(0.01)
+        await watcher.stop()
+
+    asyncio.run(main())

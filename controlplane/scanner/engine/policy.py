@@ -188,4 +188,5 @@ def record_verdict(store: ScanStore, result: ScanResult, policy: AssurancePolicy
 
     passed, reasons = evaluate(result, policy)
     return store.record_verdict(result.digest, result.image, policy.name, passed, reasons,
-                                vulnerabilities=image_vulns(result))
+                                vulnerabilities=image_vulns(result),
+                                config_digest=result.config_digest)

@@ -160,6 +160,9 @@ class VerdictIn(BaseModel):
     vulnerabilities: list[VulnIn] | None = Field(
         None, max_length=200_000,
         description="the image's findings (replace those stored for the digest)")
+    config_digest: str = Field(
+        "", max_length=128, pattern=r"^(sha256:[0-9a-f]{64})?$",
+        description="the image's config digest (docker's image ID), for the agents' list")
 
 
 def _checked(check: Callable[[], object]) -> None:
@@ -250,7 +253,8 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
             ImageVuln(v.id, v.severity, v.package, v.version, v.fixed_version,
                       tuple(a[:256] for a in v.aliases)) for v in body.vulnerabilities]
         store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons,
-                             body.vulndb_generation, vulnerabilities=vulns)
+                             body.vulndb_generation, vulnerabilities=vulns,
+                             config_digest=body.config_digest)
         return {"ok": True}
 
     @router.post(P + "/vulndb/match")

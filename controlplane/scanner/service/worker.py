@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 class VerdictSink(Protocol):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
-                       vulnerabilities: Sequence[ImageVuln] | None = None) -> object: ...
+                       vulnerabilities: Sequence[ImageVuln] | None = None,
+                       config_digest: str = "") -> object: ...
 
 
 class JobQueue(Protocol):
@@ -121,7 +122,8 @@ class Worker:
                 passed, reasons = evaluate(result, policy)
                 self.verdicts.record_verdict(result.digest, job.image, policy.name, passed,
                                              reasons, generation,
-                                             vulnerabilities=image_vulns(result))
+                                             vulnerabilities=image_vulns(result),
+                                             config_digest=result.config_digest)
             return _Outcome(digest=result.digest)
         except (ScanError, OSError, yaml.YAMLError) as err:
             log.warning("scan job failed", extra={"job": job.id, "image": job.image,

@@ -88,6 +88,8 @@ class ScanStoreBase:
         # one connection at a time per store (a web server's thread pool shares it)
         self._lock = threading.RLock()
         self._tx: Connection | None = None
+        # called after each verdict is stored (scan/verdicts.py): the server's watcher
+        self.on_verdict: Callable[[], None] | None = None
 
     @property
     def engine(self) -> Engine:

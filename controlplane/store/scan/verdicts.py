@@ -14,13 +14,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, delete, insert, select
+from sqlalchemy import Select, delete, func, insert, select
 
 from moray.controlplane.store.scan.base import ScanStoreBase, locked
 from moray.controlplane.store.scanmodels import image_verdict, image_vuln
 
 if TYPE_CHECKING:
     from moray.controlplane.scanner.engine.model import ScanResult
+
+
+VERDICTS_SERIAL = "verdicts_serial"   # scanstore_meta: bumped by each verdict written
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,7 @@ class Verdict:
     vulndb_generation: int
     image: str
     created: float
+    config_digest: str = ""     # the image's config digest (docker/podman image ID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +79,11 @@ _U = image_vuln.c
 
 def _select() -> Select[Any]:
     return select(_V.image_digest, _V.policy, _V.passed, _V.reasons, _V.vulndb_generation,
-                  _V.image, _V.created)
+                  _V.image, _V.created, _V.config_digest)
 
 
 def _verdict(r: Any) -> Verdict:
-    return Verdict(r[0], r[1], bool(r[2]), json.loads(r[3]), r[4], r[5], r[6])
+    return Verdict(r[0], r[1], bool(r[2]), json.loads(r[3]), r[4], r[5], r[6], r[7])
 
 
 class Verdicts(ScanStoreBase):
@@ -87,7 +91,7 @@ class Verdicts(ScanStoreBase):
     def put_verdict(self, v: Verdict) -> None:
         row = {"passed": v.passed, "reasons": json.dumps(v.reasons),
                "vulndb_generation": v.vulndb_generation, "image": v.image,
-               "created": v.created}
+               "created": v.created, "config_digest": v.config_digest}
         with self._conn() as c:
             c.execute(self._insert(image_verdict)
                       .values(image_digest=v.image_digest, policy=v.policy, **row)
@@ -97,18 +101,55 @@ class Verdicts(ScanStoreBase):
     @locked
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
-                       vulnerabilities: Sequence[ImageVuln] | None = None) -> Verdict:
+                       vulnerabilities: Sequence[ImageVuln] | None = None,
+                       config_digest: str = "") -> Verdict:
         """Store a verdict stamped with the vulndb generation it was matched against
         (``generation``, e.g. read before the scan began; default: the current one);
-        with ``vulnerabilities``, the image's findings replace those stored before."""
+        with ``vulnerabilities``, the image's findings replace those stored before.
+        ``config_digest``: the image's config digest (kept if '' and one is stored).
+        Then ``on_verdict`` is called (the server's change watcher: the image-verdict
+        list agents hold), after the commit; on PostgreSQL a ``verdicts`` notification
+        goes out in the transaction for the other server processes."""
         with self.transaction():
             current = self.generation()
             gen = current if generation is None else min(generation, current)
-            verdict = Verdict(image_digest, policy, passed, reasons, gen, image, self._clock())
+            if not config_digest:
+                config_digest = self._config_digest(image_digest)
+            verdict = Verdict(image_digest, policy, passed, reasons, gen, image, self._clock(),
+                              config_digest[:128])
             self.put_verdict(verdict)
+            with self._conn() as c:     # the image-verdict list's version: one per write
+                self._bump(c, VERDICTS_SERIAL)
             if vulnerabilities is not None:
                 self.put_vulnerabilities(image_digest, vulnerabilities)
+            self._notify_verdicts()
+        if self.on_verdict is not None:
+            self.on_verdict()
         return verdict
+
+    @locked
+    def _config_digest(self, image_digest: str) -> str:
+        with self._conn() as c:
+            row = c.execute(select(_V.config_digest).where(
+                _V.image_digest == image_digest, _V.config_digest != "").limit(1)).first()
+        return str(row[0]) if row else ""
+
+    @locked
+    def _notify_verdicts(self) -> None:
+        if self._postgres:
+            from moray.controlplane.store.cpstore import NOTIFY_CHANNEL
+
+            with self._conn() as c:
+                c.execute(select(func.pg_notify(NOTIFY_CHANNEL, "verdicts")))
+
+    @locked
+    def verdicts_version(self) -> tuple[int, int]:
+        """(verdict writes so far, how many verdicts): it moves whenever a verdict is
+        written, in the verdict's transaction (the image-verdict list's version is the
+        first: the same in every server process on the database)."""
+        with self._conn() as c:
+            count = c.scalar(select(func.count()).select_from(image_verdict))
+        return self._meta_int(VERDICTS_SERIAL), int(count or 0)
 
     @locked
     def put_vulnerabilities(self, image_digest: str, vulns: Sequence[ImageVuln]) -> None:

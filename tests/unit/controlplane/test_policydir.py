@@ -59,3 +59,35 @@ def test_agent_error_or_silence_fails(tmp_path: Path) -> None:
     status.write_text(json.dumps({"policies": [], "errors": []}))
     slow = PolicyDirSink(tmp_path / "policies", status, timeout=0.3)(_policy())
     assert not slow.ok and "did not publish" in slow.error
+
+
+def test_image_verdict_list_written_beside_policies_and_waited_for(tmp_path: Path) -> None:
+    """The list goes to DIR/.image-verdicts.json (never read as a policy); the hook returns
+    once the agent's status shows that list (its SHA-256); a removal deletes it."""
+    import hashlib
+
+    from moray.api.imageverdicts import VERDICTS_KIND, VERDICTS_NAME
+
+    doc = {"apiVersion": "moray/v1", "kind": "ImageVerdictList", "version": 3, "images": []}
+    status = tmp_path / "status.json"
+    sink = PolicyDirSink(tmp_path / "p", status, timeout=5)
+    target = tmp_path / "p" / ".image-verdicts.json"
+
+    def agent() -> None:       # the engine's side: read the file, say so in the status
+        while not target.exists():
+            time.sleep(0.01)
+        sha = hashlib.sha256(target.read_bytes()).hexdigest()
+        status.write_text(json.dumps({"image_verdicts": {"version": 3, "sha256": sha}}))
+
+    t = threading.Thread(target=agent)
+    t.start()
+    got = sink(VerifiedPolicy(VERDICTS_NAME, "default", 4, doc, False, "x", b"",
+                              kind=VERDICTS_KIND))
+    t.join()
+    assert got.ok, got.error
+    assert json.loads(target.read_text()) == doc
+    assert not (tmp_path / "p" / f"cp-{VERDICTS_NAME}.json").exists()
+    status.write_text(json.dumps({"image_verdicts": None}))
+    gone = sink(VerifiedPolicy(VERDICTS_NAME, "default", 4, {}, True, "", b"",
+                               kind=VERDICTS_KIND))
+    assert gone.ok and not target.exists()
