@@ -442,7 +442,8 @@ class Agent:
         # the one exit: events and alerts to the JSON sink, alerts to the SIEM outputs,
         # both to the control plane's spool when enrolled
         router = Router(self.sink, self.detector.outputs if self.detector is not None else (),
-                        self.cp_client, alert_format=self.cfg.alert_format)
+                        self.cp_client, alert_format=self.cfg.alert_format,
+                        host_root=self.cfg.host_root)
         pipeline = Pipeline(self.tree, router, Formatter(self.cfg.node), self.resolver,
                             self.stats,
                             detect=self.detector.process if self.detector is not None else None)

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from moray.agent.output.falco import FORMATS, to_falco
+from moray.agent.output.falco import FORMATS, UserNames, to_falco
 from moray.agent.output.jsonl import EventSink
 from moray.agent.output.siem import AlertOutput
 
@@ -51,11 +51,12 @@ class Spooler(Protocol):
 class Router:
     def __init__(self, sink: EventSink, alert_outputs: Sequence[AlertOutput] = (),
                  spool: Spooler | None = None, batch: int = 500,
-                 alert_format: str = "moray") -> None:
+                 alert_format: str = "moray", host_root: str = "/") -> None:
         if alert_format not in FORMATS:
             raise ValueError(f"alert format {alert_format!r}: one of {', '.join(FORMATS)}")
         self.sink = sink
         self.falco = alert_format == "falco"
+        self._users = UserNames(host_root)  # user.name of Falco's alerts: the host's passwd
         self.outputs = list(alert_outputs)
         self.spool = spool
         self.batch = batch
@@ -93,7 +94,7 @@ class Router:
             line = encoded + b"\n"
             shown, shown_encoded, shown_line = alert, encoded, line
             if self.falco:
-                shown = to_falco(alert)
+                shown = to_falco(alert, self._users)
                 shown_encoded = orjson.dumps(shown)
                 shown_line = shown_encoded + b"\n"
             if self._write_encoded is not None:

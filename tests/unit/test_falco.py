@@ -5,6 +5,7 @@ source); the router's falco mode. No privileges."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from moray.agent.detect.load import load_texts
 from moray.agent.detect.model import Priority
 from moray.agent.enrich.proctree import Process, ProcessTree
 from moray.agent.events.decode import decode
-from moray.agent.output.falco import PRIORITIES, epoch_ns, split_image, to_falco
+from moray.agent.output.falco import PRIORITIES, UserNames, epoch_ns, split_image, to_falco
 from moray.agent.output.jsonl import JsonLines
 from moray.agent.output.schema import Formatter
 from moray.agent.pipeline.route import Router
@@ -229,3 +230,21 @@ def test_router_default_is_morays_alert(tmp_path: Path) -> None:
     r.alerts([a])
     r.close()
     assert orjson.loads((tmp_path / "o.jsonl").read_bytes()) == orjson.loads(orjson.dumps(a))
+
+
+def test_user_names_from_the_host_roots_passwd(tmp_path: Path) -> None:
+    """From <host-root>/etc/passwd (not NSS, not the agent's own container), re-read when
+    it changes; uid 0 is root anywhere; other uids in containers are not named."""
+    (tmp_path / "etc").mkdir()
+    pw = tmp_path / "etc" / "passwd"
+    pw.write_text("root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/a:/bin/sh\nbad line\n")
+    users = UserNames(str(tmp_path), recheck=0)
+    assert users(1000, False) == "alice" and users(1001, False) is None
+    assert users(0, True) == "root" and users(1000, True) is None and users(None, False) is None
+    pw.write_text("bob:x:1000:1000::/home/b:/bin/sh\n")
+    os.utime(pw, (1, 1))  # a new mtime even within the file system's granularity
+    assert users(1000, False) == "bob"
+    a = alert_from("open")
+    a["event"]["process"] = {**a["event"]["process"], "uid": 1000}
+    assert to_falco(a, users)["output_fields"]["user.name"] == "bob"
+    assert UserNames(str(tmp_path / "nowhere"))(1000, False) is None
