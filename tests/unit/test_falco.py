@@ -248,3 +248,24 @@ def test_user_names_from_the_host_roots_passwd(tmp_path: Path) -> None:
     a["event"]["process"] = {**a["event"]["process"], "uid": 1000}
     assert to_falco(a, users)["output_fields"]["user.name"] == "bob"
     assert UserNames(str(tmp_path / "nowhere"))(1000, False) is None
+
+
+def test_config_key_and_bad_values(tmp_path: Path) -> None:
+    """`alert-format: falco` in agent.yaml; a value argparse's choices did not see (a
+    config file's) stops start-up with the key named."""
+    from moray.agent.detect.stage import DetectStage, DetectStageError
+    from moray.cli import parse
+
+    f = tmp_path / "agent.yaml"
+    f.write_text("alert-format: falco\n")
+    assert parse(["run", "--config", str(f)], "moray-agent").alert_format == "falco"
+    assert parse(["run"], "moray-agent").alert_format == "moray"
+    with pytest.raises(SystemExit):
+        parse(["run", "--alert-format", "falcon"], "moray-agent")
+
+    class Cfg:
+        alert_format = "falcon"
+        default_rules = True
+        rules: tuple[str, ...] = ()
+    with pytest.raises(DetectStageError, match="alert-format 'falcon'"):
+        DetectStage.from_config(Cfg(), ProcessTree(proc="/nonexistent"))
