@@ -98,6 +98,8 @@ class Config:
     syslog: tuple[str, ...] = ()         # alert outputs (agent/output/siem.py)
     cef: tuple[str, ...] = ()
     webhook: tuple[str, ...] = ()
+    alert_format: str = "moray"          # moray | falco: alerts in the JSON output and
+    #                                      the syslog/webhook bodies (agent/output/falco.py)
 
 
 Teardown = Callable[[], None]
@@ -440,7 +442,8 @@ class Agent:
         # the one exit: events and alerts to the JSON sink, alerts to the SIEM outputs,
         # both to the control plane's spool when enrolled
         router = Router(self.sink, self.detector.outputs if self.detector is not None else (),
-                        self.cp_client)
+                        self.cp_client, alert_format=self.cfg.alert_format,
+                        host_root=self.cfg.host_root)
         pipeline = Pipeline(self.tree, router, Formatter(self.cfg.node), self.resolver,
                             self.stats,
                             detect=self.detector.process if self.detector is not None else None)

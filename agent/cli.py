@@ -57,6 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  policy_status=args.policy_status or None, rules=tuple(args.rules),
                  default_rules=not args.no_default_rules, syslog=tuple(args.syslog),
                  cef=tuple(args.cef), webhook=tuple(args.webhook),
+                 alert_format=args.alert_format,
                  server=args.server, enroll_token=enroll_token(args.enroll_token),
                  ca_file=args.ca,
                  ca_sha256=args.ca_sha256, cp_data_dir=args.data_dir,
@@ -144,6 +145,10 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
                      help="send alerts as CEF over syslog: udp|tcp|tls://HOST:PORT")
     run.add_argument("--webhook", action="append", default=[], metavar="URL",
                      help="POST alerts as JSON to http(s)://HOST/PATH (retried)")
+    run.add_argument("--alert-format", choices=("moray", "falco"), default="moray",
+                     help="alerts in the JSON output and the --webhook / --syslog bodies: "
+                          "moray's own object (default) or Falco's JSON, for falcosidekick "
+                          "(docs/falco.md); the control plane always gets moray's")
     run.set_defaults(handler=_cmd_run)
     daemonconfig.add_option(run)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from moray.agent.detect.ctx import Ctx
-from moray.agent.detect.fields import FIELDS
+from moray.agent.detect.fields import FIELDS, absent_text
 from moray.agent.detect.lang import (
     And,
     ConditionError,
@@ -162,11 +162,14 @@ def _always(c: Ctx) -> bool:
 
 
 def _formatter(template: str) -> Callable[[Ctx], str]:
-    parts: list[str | Callable[[Ctx], Any]] = []
+    """A rule's output: `%field` replaced by the event's value; a field the event lacks
+    by the reason (fields.absent_text: "success" for the error of a call that succeeded,
+    "host" for a host process's container, ...), never a bare placeholder."""
+    parts: list[str | tuple[str, Callable[[Ctx], Any]]] = []
     pos = 0
     for m in _OUT_FIELD.finditer(template):
         parts.append(template[pos:m.start()])
-        parts.append(FIELDS[m.group(1)].get)
+        parts.append((m.group(1), FIELDS[m.group(1)].get))
         pos = m.end()
     parts.append(template[pos:])
 
@@ -176,12 +179,15 @@ def _formatter(template: str) -> Callable[[Ctx], str]:
             if isinstance(p, str):
                 out.append(p)
             else:
+                name, get = p
                 try:
-                    val = p(c)
+                    val = get(c)
                 except (KeyError, TypeError, AttributeError):
                     val = None
-                out.append("<NA>" if val is None else
-                           " ".join(map(str, val)) if isinstance(val, list) else str(val))
+                if val is None or val in ([], ""):  # 0 and False are values
+                    out.append(absent_text(name, c))
+                else:
+                    out.append(" ".join(map(str, val)) if isinstance(val, list) else str(val))
         return "".join(out)
     return fmt
 

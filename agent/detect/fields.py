@@ -231,3 +231,77 @@ def _build() -> dict[str, Field]:
 
 
 FIELDS: dict[str, Field] = _build()
+
+
+# What an output template prints for a field the event does not have (`%field` read as
+# None): the reason, never a bare placeholder. Fields not listed print "no <field>".
+Absent = Callable[[Ctx], str]
+
+
+def _result_ok(c: Ctx) -> str:
+    return "success"  # file.error / syscall.error are None exactly when the call succeeded
+
+
+def _host_or(text: str) -> Absent:
+    def get(c: Ctx) -> str:
+        return "host" if not c.e.get("container") else text
+    return get
+
+
+def _container_name(c: Ctx) -> str:
+    ctr = c.e.get("container")
+    if not ctr:
+        return "host"
+    cid = ctr.get("id")
+    return str(cid)[:12] if cid else "unnamed container"
+
+
+def _syscall_path(c: Ctx) -> str:
+    s = c.e.get("syscall") or {}
+    name = s.get("name")
+    if name == "init_module":
+        return "module image from memory, no file"
+    if s.get("path_from_fd"):
+        return "its fd's path not resolved"
+    return f"{name or 'the syscall'} names no path"
+
+
+def _parent(what: str) -> Absent:
+    def get(c: Ctx) -> str:
+        par = c.e.get("parent")
+        if not par:
+            return "no parent"
+        return f"parent pid {par.get('pid')}: {what} unknown (its exec was not seen)"
+    return get
+
+
+ABSENT: dict[str, Absent] = {
+    "file.error": _result_ok,
+    "syscall.error": _result_ok,
+    "container.id": _host_or("unknown container"),
+    "container.name": _container_name,
+    "container.image": _host_or("image unknown"),
+    "container.runtime": _host_or("runtime unknown"),
+    "parent.name": _parent("name"),
+    "parent.binary": _parent("binary"),
+    "parent.cmdline": _parent("command line"),
+    "syscall.path": _syscall_path,
+    "evt.path": _syscall_path,
+    "syscall.peer_addr": lambda c: "no inet peer",
+    "syscall.peer_port": lambda c: "no inet peer",
+    "syscall.target_pid": lambda c: "no target pid",
+    "syscall.fstype": lambda c: "fstype not given",
+    "syscall.namespaces": lambda c: "no namespace flags",
+    "proc.cwd": lambda c: "cwd unknown (process older than the agent)",
+}
+
+
+def absent_text(name: str, c: Ctx) -> str:
+    """Why `%name` has no value in this event (ABSENT; default "no <name>")."""
+    f = ABSENT.get(name)
+    if f is None:
+        return f"no {name}"
+    try:
+        return f(c)
+    except (KeyError, TypeError, AttributeError):
+        return f"no {name}"

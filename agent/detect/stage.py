@@ -22,6 +22,7 @@ from moray.agent.detect.engine import Detector
 from moray.agent.detect.load import load
 from moray.agent.detect.model import RuleError
 from moray.agent.enrich.proctree import Process, ProcessTree
+from moray.agent.output.falco import FORMATS
 from moray.agent.output.siem import AlertOutput, OutputError, build
 from moray.errors import ConfigError
 
@@ -41,6 +42,9 @@ class DetectStage:
 
     @classmethod
     def from_config(cls, cfg: Any, tree: ProcessTree) -> DetectStage | None:
+        fmt = getattr(cfg, "alert_format", "moray")
+        if fmt not in FORMATS:  # a config file's value is not checked by argparse's choices
+            raise DetectStageError(f"alert-format {fmt!r}: one of {', '.join(FORMATS)}")
         if not cfg.default_rules and not cfg.rules:
             if cfg.syslog or cfg.cef or cfg.webhook:
                 raise DetectStageError("alert outputs given but no rules: drop "

@@ -4,6 +4,10 @@
     alert -> JSON sink, flushed at once (alerts are rare and wanted now); every SIEM
              output (agent/output/siem.py); control-plane spool
 
+`alert_format` "falco" (--alert-format falco): the sink and the SIEM outputs get each
+alert as Falco's JSON (agent/output/falco.py) instead of moray's; the control-plane spool
+always gets moray's own alert, which the server stores and indexes.
+
 Each format is encoded once. An alert's JSON is made here and handed, as bytes, to the
 sink, to the SIEM outputs (syslog carries it, the webhook posts it) and to the spool.
 An event bound for the server (enrolled) is encoded here too, on the pipeline thread,
@@ -30,6 +34,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from moray.agent.output.falco import FORMATS, UserNames, to_falco
 from moray.agent.output.jsonl import EventSink
 from moray.agent.output.siem import AlertOutput
 
@@ -45,8 +50,13 @@ class Spooler(Protocol):
 
 class Router:
     def __init__(self, sink: EventSink, alert_outputs: Sequence[AlertOutput] = (),
-                 spool: Spooler | None = None, batch: int = 500) -> None:
+                 spool: Spooler | None = None, batch: int = 500,
+                 alert_format: str = "moray", host_root: str = "/") -> None:
+        if alert_format not in FORMATS:
+            raise ValueError(f"alert format {alert_format!r}: one of {', '.join(FORMATS)}")
         self.sink = sink
+        self.falco = alert_format == "falco"
+        self._users = UserNames(host_root)  # user.name of Falco's alerts: the host's passwd
         self.outputs = list(alert_outputs)
         self.spool = spool
         self.batch = batch
@@ -82,12 +92,17 @@ class Router:
         for alert in alerts:
             encoded = orjson.dumps(alert)
             line = encoded + b"\n"
+            shown, shown_encoded, shown_line = alert, encoded, line
+            if self.falco:
+                shown = to_falco(alert, self._users)
+                shown_encoded = orjson.dumps(shown)
+                shown_line = shown_encoded + b"\n"
             if self._write_encoded is not None:
-                self._write_encoded(line)
+                self._write_encoded(shown_line)
             else:
-                self.sink.write(alert)
+                self.sink.write(shown)
             for o in self.outputs:
-                o.publish(alert, encoded)
+                o.publish(alert, shown_encoded)
             if self.spool is not None:
                 self._pending.append(alert)
                 self._lines += line
