@@ -43,8 +43,10 @@ class AgentCollector(Collector):
                  queue_depth: Callable[[], int], tree_size: Callable[[], int],
                  kernel_counters: Callable[[], dict[str, list[int]]],
                  tiers: Callable[[], Mapping[str, str]] = dict,
-                 spool: Callable[[], SpoolFigures | None] = lambda: None) -> None:
+                 spool: Callable[[], SpoolFigures | None] = lambda: None,
+                 queue_capacity: int = 0) -> None:
         self.stats = stats
+        self.queue_capacity = queue_capacity
         self.tiers = tiers
         self.spool = spool
         self.queue_drops = queue_drops
@@ -66,6 +68,10 @@ class AgentCollector(Collector):
                                   value=self.queue_drops())
         yield GaugeMetricFamily("moray_queue_depth", "Records waiting in the user-space queue",
                                 value=self.queue_depth())
+        if self.queue_capacity:
+            yield GaugeMetricFamily("moray_queue_capacity",
+                                    "Records the user-space queue holds before it drops",
+                                    value=self.queue_capacity)
         yield GaugeMetricFamily("moray_process_tree_size",
                                 "Processes in the tree (live and recently exited)",
                                 value=self.tree_size())

@@ -1,7 +1,9 @@
 """packaging/monitoring: the Grafana dashboard and the Prometheus alerting rules use only
 metrics the code exports (a renamed metric fails here), every expression parses as PromQL
 (promql-parser: the Rust promql-parser crate, the Prometheus grammar), the rules have the
-shape Prometheus loads, and the dashboard the fields Grafana's import needs.
+shape Prometheus loads, and the dashboard the fields Grafana's import needs. Where promtool
+is on the PATH, `promtool check rules` and `promtool test rules` (the alerts firing on
+exported series, moray-alerts.test.yaml) run too.
 
 The exported names come from the collectors the code itself registers (the agent's, the
 detection stage's, the server's, the gateway's, the kube-enforcer's), rendered through
@@ -36,6 +38,7 @@ from moray.controlplane.server.metrics import ScanCollector, ServerMetrics
 ROOT = Path(__file__).resolve().parents[3]
 MONITORING = ROOT / "packaging" / "monitoring"
 RULES = MONITORING / "moray-alerts.yaml"
+RULES_TEST = MONITORING / "moray-alerts.test.yaml"  # promtool test rules
 DASHBOARD = MONITORING / "moray-dashboard.json"
 # series Prometheus itself adds to every target
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
@@ -66,7 +69,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     agent = AgentCollector(Stats(), lambda: 0, lambda: 0, lambda: 0,
                            lambda: {"rb_drop": [0], "events": [0], "path_trunc": [0]},
                            tiers=lambda: {"exec": "lsm-deny", "file": "none"},
-                           spool=spool.stats)
+                           spool=spool.stats, queue_capacity=4096)
     stage = SimpleNamespace(
         detector=SimpleNamespace(alerts={"r": 1}, errors=0, rules=SimpleNamespace(rules=[])),
         outputs=[])
@@ -219,12 +222,27 @@ def test_rules_have_the_shape_prometheus_loads() -> None:
     assert len(seen) >= 10
 
 
-def test_rules_check_with_promtool() -> None:
+def test_rule_tests_feed_exported_series(exported: dict[str, set[str]]) -> None:
+    """The promtool unit tests' input series are named as the code exports them, and every
+    alert they test exists."""
+    doc = yaml.safe_load(RULES_TEST.read_text())
+    assert doc["rule_files"] == [RULES.name]
+    alerts = {r["alert"] for r in rules()}
+    for t in doc["tests"]:
+        for s in t["input_series"]:
+            assert selectors(s["series"]) <= all_names(exported), s["series"]
+        for a in t["alert_rule_test"]:
+            assert a["alertname"] in alerts
+
+
+@pytest.mark.parametrize("args", [["check", "rules", str(RULES)],
+                                  ["test", "rules", str(RULES_TEST)]], ids=["check", "test"])
+def test_rules_with_promtool(args: list[str]) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (optional; promql-parser checks the syntax)")
-    out = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
-                         text=True, timeout=60)
+        pytest.skip("promtool not installed (optional: Debian's prometheus package)")
+    out = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120,
+                         cwd=MONITORING)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -268,7 +286,8 @@ def test_agent_tiers_and_spool(tmp_path: Path) -> None:
         reg = CollectorRegistry()
         tiers = {"exec": "lsm-deny", "network": "none"}
         reg.register(AgentCollector(Stats(), lambda: 3, lambda: 0, lambda: 0, lambda: {},
-                                    tiers=lambda: tiers, spool=spool.stats))
+                                    tiers=lambda: tiers, spool=spool.stats,
+                                    queue_capacity=4096))
         text = generate_latest(reg).decode()
     finally:
         spool.close()
@@ -277,6 +296,7 @@ def test_agent_tiers_and_spool(tmp_path: Path) -> None:
     assert "moray_spool_records 0.0" in text
     assert 'moray_spool_drops_total{reason="full"} 0.0' in text
     assert "moray_queue_drops_total 3.0" in text
+    assert "moray_queue_capacity 4096.0" in text
     # before the kernel probe and without a control plane: neither family
     bare = CollectorRegistry()
     bare.register(AgentCollector(Stats(), lambda: 0, lambda: 0, lambda: 0, lambda: {}))
