@@ -302,3 +302,10 @@ def test_agent_tiers_and_spool(tmp_path: Path) -> None:
     bare.register(AgentCollector(Stats(), lambda: 0, lambda: 0, lambda: 0, lambda: {}))
     text = generate_latest(bare).decode()
     assert "moray_enforcement_tier" not in text and "moray_spool" not in text
+
+
+def test_agent_metrics_are_documented(exported: dict[str, set[str]]) -> None:
+    text = (ROOT / "docs" / "monitoring.md").read_text()
+    undocumented = {n for n in exported["agent"] if n.startswith("moray_")
+                    and not n.endswith("_created") and f"`{n}" not in text}
+    assert not undocumented, f"add to docs/monitoring.md: {sorted(undocumented)}"
