@@ -419,8 +419,13 @@ class Agent:
             return
         from prometheus_client import REGISTRY
 
-        collector = AgentCollector(self.stats, lambda: self.queue.dropped, self.queue.depth,
-                                   lambda: len(self.tree), self.kernel_counters)
+        collector = AgentCollector(
+            self.stats, lambda: self.queue.dropped, self.queue.depth, lambda: len(self.tree),
+            self.kernel_counters,
+            tiers=lambda: {k: str(v) for k, v in self.features.tiers().items()}
+            if self.features else {},
+            spool=lambda: self.cp_client.spool.stats() if self.cp_client else None,
+            queue_capacity=self.queue.max_records)
         try:
             self.http = HealthServer(self.health, self.cfg.metrics_port, self.cfg.metrics_addr)
         except OSError as err:

@@ -8,8 +8,9 @@ sets are closed: event type and CPU number, never pids or paths.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -17,6 +18,16 @@ from prometheus_client.registry import Collector
 from moray.agent.events.types import EventType
 
 log = logging.getLogger(__name__)
+
+
+class SpoolFigures(Protocol):
+    """What the collector reads of the control-plane client's event spool
+    (agent/controlplane/spool.py ``SpoolStats``)."""
+
+    records: int
+    bytes: int
+    dropped: int
+    torn: int
 
 
 @dataclass
@@ -30,8 +41,14 @@ class Stats:
 class AgentCollector(Collector):
     def __init__(self, stats: Stats, queue_drops: Callable[[], int],
                  queue_depth: Callable[[], int], tree_size: Callable[[], int],
-                 kernel_counters: Callable[[], dict[str, list[int]]]) -> None:
+                 kernel_counters: Callable[[], dict[str, list[int]]],
+                 tiers: Callable[[], Mapping[str, str]] = dict,
+                 spool: Callable[[], SpoolFigures | None] = lambda: None,
+                 queue_capacity: int = 0) -> None:
         self.stats = stats
+        self.queue_capacity = queue_capacity
+        self.tiers = tiers
+        self.spool = spool
         self.queue_drops = queue_drops
         self.queue_depth = queue_depth
         self.tree_size = tree_size
@@ -51,9 +68,35 @@ class AgentCollector(Collector):
                                   value=self.queue_drops())
         yield GaugeMetricFamily("moray_queue_depth", "Records waiting in the user-space queue",
                                 value=self.queue_depth())
+        if self.queue_capacity:
+            yield GaugeMetricFamily("moray_queue_capacity",
+                                    "Records the user-space queue holds before it drops",
+                                    value=self.queue_capacity)
         yield GaugeMetricFamily("moray_process_tree_size",
                                 "Processes in the tree (live and recently exited)",
                                 value=self.tree_size())
+        tiers = self.tiers()
+        if tiers:  # none before the kernel's features are probed
+            tier = GaugeMetricFamily("moray_enforcement_tier",
+                                     "Enforcement tier per hook kind on this kernel (1 for the "
+                                     "tier in use; tier \"none\": events only)",
+                                     labels=["hook", "tier"])
+            for hook, name in sorted(tiers.items()):
+                tier.add_metric([hook, name], 1)
+            yield tier
+        spool = self.spool()
+        if spool is not None:  # only with a control plane (--server)
+            yield GaugeMetricFamily("moray_spool_records",
+                                    "Events kept on disk for the control plane",
+                                    value=spool.records)
+            yield GaugeMetricFamily("moray_spool_bytes", "Bytes of the event spool",
+                                    value=spool.bytes)
+            sd = CounterMetricFamily("moray_spool_drops", "Events the spool lost (full: "
+                                     "refused at its size cap; torn: unreadable records)",
+                                     labels=["reason"])
+            sd.add_metric(["full"], spool.dropped)
+            sd.add_metric(["torn"], spool.torn)
+            yield sd
         try:
             counters = self.kernel_counters()
         except OSError as err:

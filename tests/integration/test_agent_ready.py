@@ -84,6 +84,15 @@ def test_ready_when_attached_and_applied(tmp_path: Path) -> None:
         # READY=1 is sent only after /readyz turned 200
         assert notes.readyz_at_ready is not None and notes.readyz_at_ready[0] == 200
         assert get(agent.metrics_port, "/healthz")[0] == 200
+        # /metrics names the enforcement tier of every hook kind (the dashboard's table and
+        # the tier alerts of packaging/monitoring read it), exactly one tier per hook
+        figures = agent.metrics()
+        tiers = [re.fullmatch(r'moray_enforcement_tier\{hook="([\w-]+)",tier="([\w-]+)"\}', k)
+                 for k, v in figures.items()
+                 if k.startswith("moray_enforcement_tier{") and v == 1]
+        hooks = [m.group(1) for m in tiers if m]
+        assert len(hooks) == len(tiers) == len(set(hooks)) and {"exec", "file"} <= set(hooks)
+        assert figures["moray_queue_capacity"] > 0  # the queue fill ratio's denominator
         steps = [name for name, _fn in Agent(Config(proc=str(tmp_path))).steps]
         status = [m.removeprefix("STATUS=starting: ") for m in notes.messages
                   if m.startswith("STATUS=starting: ")]

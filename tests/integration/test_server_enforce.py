@@ -157,3 +157,8 @@ def test_agent_enrols_enforces_pushed_policy_and_streams_events(
             return any("cp-deny" in str(r) for r in rows)
 
         wait_for(stored, timeout=30, what="the kill stored by the server")
+        # the spool the control-plane client keeps is on the agent's /metrics (the
+        # dashboard's spool panels and the spool alerts of packaging/monitoring)
+        figures = agent.metrics()
+        assert "moray_spool_records" in figures and "moray_spool_bytes" in figures
+        assert figures['moray_spool_drops_total{reason="full"}'] == 0
