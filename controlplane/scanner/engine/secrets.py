@@ -23,6 +23,7 @@ disable built-in ones with a YAML file (``controlplane.scanner.engine.secretconf
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import math
@@ -30,7 +31,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moray.controlplane.scanner.engine.config import mask
 from moray.controlplane.scanner.engine.model import SecretFinding, Severity
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BINARY_PROBE = 8192  # a NUL in this many leading bytes makes a file binary
+DIR_CACHE = 1 << 16  # directories whose allow-rule verdict is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,10 @@ class AllowRule:
     description: str = ""
     path: re.Pattern[str] | None = None  # searched in the path inside the image (no leading /)
     regex: re.Pattern[str] | None = None  # searched in the secret's value
+    # every match of ``path`` ends with "/" and needs nothing after it (no lookahead, no
+    # $): it is then searched in the file's directory (with its trailing slash) once per
+    # directory, with the same result as in the whole path
+    directory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +93,9 @@ def _word(literal: str) -> str:
 
 RULES: tuple[SecretRule, ...] = (
     SecretRule("aws-access-key-id", "AWS access key ID", Severity.CRITICAL,
-               _r(r"\b((?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b"), 1,
+               # \b before the A, written after it (a lookbehind over the 4 letters) so
+               # that the pattern starts with a literal: re skips to each "A"
+               _r(r"(A(?:KIA|SIA|BIA|CCA)(?<![A-Za-z0-9_]....)[0-9A-Z]{16})\b"), 1,
                keywords=("akia", "asia", "abia", "acca")),
     SecretRule("aws-secret-access-key", "AWS secret access key", Severity.CRITICAL,
                _r(r"(?i)aws_?secret_?access_?key\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})\b"), 1,
@@ -158,7 +166,8 @@ _PKG_TREE = r"(?:^|/)(?:site-packages|dist-packages|node_modules)/(?:.*/)?"
 
 ALLOW_RULES: tuple[AllowRule, ...] = (
     AllowRule("system-docs", "documentation, headers, locales and time zones of the OS",
-              path=re.compile(r"^usr/(?:include|share/(?:doc|man|locale|zoneinfo|i18n))/")),
+              path=re.compile(r"^usr/(?:include|share/(?:doc|man|locale|zoneinfo|i18n))/"),
+              directory=True),
     AllowRule("non-text-files", "files of kinds that do not hold configuration",
               path=re.compile(r"\.(?:md5sums|pyc|so|mo|gz|png|jpg|svg)$")),
     AllowRule("package-metadata", "package metadata and bundled READMEs and changelogs "
@@ -166,7 +175,8 @@ ALLOW_RULES: tuple[AllowRule, ...] = (
               path=re.compile(r"(?:-info/|node_modules/)(?:.*/)?(?:METADATA|PKG-INFO|README"
                               r"|README\.md|README\.rst|CHANGELOG\.md|HISTORY\.md|CHANGES\.rst)$")),
     AllowRule("package-tests", "test suites and fixtures inside installed language packages",
-              path=re.compile(_PKG_TREE + r"(?:tests?|testing|__tests__|spec|fixtures|testdata)/")),
+              path=re.compile(_PKG_TREE + r"(?:tests?|testing|__tests__|spec|fixtures|testdata)/"),
+              directory=True),
     AllowRule("package-docs", "documentation and examples inside installed language packages",
               path=re.compile(_PKG_TREE + r"(?:(?:docs?|man|examples?)/|[^/]+\.(?:md|rst)$)")),
     AllowRule("rfc-examples", "example tokens of the OAuth 2.0 RFC 6749 (access, refresh "
@@ -194,17 +204,38 @@ def check_keyword(keyword: str) -> str:
         raise ValueError("empty keyword (it would match every file)")
     if not keyword.isascii():
         raise ValueError(f"keyword {keyword!r} is not ASCII (only ASCII case is ignored)")
+    if "\x00" in keyword:
+        raise ValueError(f"keyword {keyword!r} holds a NUL (files are joined by NULs)")
     return keyword.lower()
 
 
-class KeywordIndex:
-    """Which rules can match some content: every rule's keywords looked up in one pass.
+SHORT_KEYWORD = 4  # keywords shorter than this get a searcher each (see KeywordIndex)
 
-    With ahocorasick-rs (an Aho-Corasick automaton in Rust, ~0.12 s for the 72 MB of text
-    in a 378 MB image) the lowercased content is read once for all keywords; without it,
-    each keyword is a ``bytes.find`` pass (~2.4 s for the same text). Both report every
-    keyword present, overlapping ones included, and where the keywords of ``anchored``
-    rules start.
+
+def hidden_by(pattern: bytes, keywords: Sequence[bytes]) -> list[tuple[int, int]]:
+    """What an occurrence of ``pattern`` can hide from a non-overlapping search: (index
+    of a keyword not inside ``pattern``, offset in ``pattern`` where it would start) for
+    every proper suffix of ``pattern`` that is a proper prefix of that keyword."""
+    return [(k, len(pattern) - n) for k, kw in enumerate(keywords) if kw not in pattern
+            for n in range(1, min(len(pattern), len(kw))) if pattern[-n:] == kw[:n]]
+
+
+class KeywordIndex:
+    """Which rules can match some content: every rule's keywords looked up at once.
+
+    With ahocorasick-rs (Aho-Corasick and SIMD substring search in Rust) the lowercased
+    content is searched by a few automatons: one leftmost-longest automaton for the
+    keywords of at least SHORT_KEYWORD bytes (see ``present`` for why it misses none),
+    and one single-pattern searcher per shorter keyword (``sk``, ``eyj``: a short
+    keyword among many disables the automaton's prefilter and makes it visit every
+    byte; alone it is a vectorised substring search). On the 146 MB of text of the
+    501 MB ``host`` image: ~60 ms of CPU, against ~230 ms for one overlapping automaton
+    over all keywords. Without ahocorasick-rs each keyword is a ``bytes.find`` pass
+    (~40x slower). Files are looked up many at a time (``present``): joined by NULs,
+    which no keyword holds, so one call covers them all.
+
+    Where the keywords of ``anchored`` rules start is found afterwards, with
+    ``bytes.find`` in the files that hold them.
     """
 
     def __init__(self, rules: Sequence[SecretRule], use_automaton: bool = True) -> None:
@@ -223,44 +254,91 @@ class KeywordIndex:
         self.anchored_rules = {i for i, r in enumerate(rules) if r.anchored and r.keywords}
         self.anchored_keywords = {k for k, of in enumerate(self.rules_of)
                                   if self.anchored_rules.intersection(of)}
-        self._automaton: BytesAhoCorasick | None = None
+        # (automaton, keywords each pattern implies, (keyword, offset) each can hide)
+        self._searchers: list[tuple[BytesAhoCorasick, list[tuple[int, ...]],
+                                    list[tuple[tuple[int, int], ...]]]] = []
         if self.keywords and use_automaton:
             try:
                 import ahocorasick_rs
             except ImportError:
                 log.info("ahocorasick-rs is not installed; keyword prefilter in pure Python")
             else:
-                self._automaton = ahocorasick_rs.BytesAhoCorasick(self.keywords)
+                self._build(ahocorasick_rs)
+
+    def _build(self, ac: Any) -> None:
+        short = [k for k, kw in enumerate(self.keywords) if len(kw) < SHORT_KEYWORD]
+        long = [k for k, kw in enumerate(self.keywords) if len(kw) >= SHORT_KEYWORD]
+        for group in [long, *([k] for k in short)]:
+            if not group:
+                continue
+            words = [self.keywords[k] for k in group]
+            implied = [tuple(group[j] for j, kw in enumerate(words) if kw in pat)
+                       for pat in words]
+            hides = [tuple((group[j], at) for j, at in hidden_by(pat, words))
+                     for pat in words]
+            automaton = ac.BytesAhoCorasick(words, matchkind=ac.MATCHKIND_LEFTMOST_LONGEST)
+            self._searchers.append((automaton, implied, hides))
+
+    def present(self, lowered: bytes, bounds: Sequence[int]) -> list[set[int]]:
+        """The keywords found in each file of ``lowered`` (lowercased files joined by
+        NULs; file ``n`` spans ``bounds[n]`` to ``bounds[n + 1] - 1``).
+
+        Each automaton's search is leftmost-longest and non-overlapping, so it reports
+        some occurrences only: a keyword inside a reported one is implied by it
+        (``secret`` by ``aws_secret``), and one that starts inside a reported one and
+        ends past it (``t3blbkfj`` after ``secret``) is checked for where it would start
+        (``hidden_by``). No keyword holds a NUL, so no match spans two files.
+        """
+        found: list[set[int]] = [set() for _ in range(len(bounds) - 1)]
+        if not self._searchers:
+            for n in range(len(found)):
+                lo, hi = bounds[n], bounds[n + 1] - 1
+                found[n].update(k for k, kw in enumerate(self.keywords)
+                                if lowered.find(kw, lo, hi) >= 0)
+            return found
+        keywords = self.keywords
+        for automaton, implied, hides in self._searchers:
+            reported: list[set[int]] = [set() for _ in range(len(bounds) - 1)]
+            n, hi = 0, bounds[1]
+            for pat, start, _ in automaton.find_matches_as_indexes(lowered):
+                if start >= hi:
+                    n = bisect.bisect_right(bounds, start) - 1
+                    hi = bounds[n + 1]
+                reported[n].add(pat)
+                for k, at in hides[pat]:
+                    if lowered.startswith(keywords[k], start + at):
+                        found[n].add(k)
+            for n, pats in enumerate(reported):
+                for pat in pats:
+                    found[n].update(implied[pat])
+        return found
+
+    def rules_for(self, keywords: set[int], lowered: bytes, lo: int, hi: int
+                  ) -> tuple[list[int], dict[int, list[int]]]:
+        """The rules the ``keywords`` present in ``lowered[lo:hi]`` call for (in rule
+        order), and for the ``anchored`` ones, where their keywords start (from ``lo``)."""
+        hit = set(self.always)
+        anchored: dict[int, set[int]] = {}
+        for k in keywords:
+            hit.update(self.rules_of[k])
+            if k not in self.anchored_keywords:
+                continue
+            kw, positions = self.keywords[k], set()
+            at = lowered.find(kw, lo, hi)
+            while at >= 0:
+                positions.add(at - lo)
+                at = lowered.find(kw, at + 1, hi)
+            for i in self.rules_of[k]:
+                if i in self.anchored_rules:
+                    anchored.setdefault(i, set()).update(positions)
+        return sorted(hit), {i: sorted(p) for i, p in anchored.items()}
 
     def lookup(self, data: bytes) -> tuple[list[int], dict[int, list[int]]]:
         """Positions of the rules that can match ``data`` (in rule order), and for those
         that are ``anchored``, where their keywords start."""
         lowered = data.lower()
-        found: set[int] = set()
-        starts: dict[int, set[int]] = {}
-        if self._automaton is not None:
-            for k, start, _ in self._automaton.find_matches_as_indexes(lowered,
-                                                                        overlapping=True):
-                found.add(k)
-                if k in self.anchored_keywords:
-                    starts.setdefault(k, set()).add(start)
-        else:
-            for k, kw in enumerate(self.keywords):
-                at = lowered.find(kw)
-                if at >= 0:
-                    found.add(k)
-                while at >= 0 and k in self.anchored_keywords:
-                    starts.setdefault(k, set()).add(at)
-                    at = lowered.find(kw, at + 1)
-        hit = set(self.always)
-        for k in found:
-            hit.update(self.rules_of[k])
-        anchored: dict[int, list[int]] = {}
-        for k, positions in starts.items():
-            for i in self.rules_of[k]:
-                if i in self.anchored_rules:
-                    anchored.setdefault(i, []).extend(positions)
-        return sorted(hit), {i: sorted(set(p)) for i, p in anchored.items()}
+        keywords = self.present(lowered, (0, len(lowered) + 1))[0]
+        return self.rules_for(keywords, lowered, 0, len(lowered))
 
 
 def _matches_at(pattern: re.Pattern[bytes], data: bytes,
@@ -286,7 +364,10 @@ class SecretScanner:
         self.max_bytes = max_bytes
         self._index = KeywordIndex(self.rules)
         self._allow_paths = self._one_pattern(
-            [a.path for a in self.allow_rules if a.path is not None])
+            [a.path for a in self.allow_rules if a.path is not None and not a.directory])
+        self._allow_dirs = self._one_pattern(
+            [a.path for a in self.allow_rules if a.path is not None and a.directory])
+        self._dir_allowed: dict[str, bool] = {}  # directory -> a directory rule matches
         self._allow_values = [a.regex for a in self.allow_rules if a.regex is not None]
         for rule in self.rules:
             if not rule.keywords:
@@ -300,6 +381,16 @@ class SecretScanner:
 
     def wants(self, path: str) -> bool:
         """False when an allow rule takes the whole file out of the scan."""
+        if self._allow_dirs:
+            directory = path[:path.rfind("/") + 1]
+            allowed = self._dir_allowed.get(directory)
+            if allowed is None:
+                if len(self._dir_allowed) >= DIR_CACHE:
+                    self._dir_allowed.clear()
+                allowed = any(p.search(directory) for p in self._allow_dirs)
+                self._dir_allowed[directory] = allowed
+            if allowed:
+                return False
         return not any(p.search(path) for p in self._allow_paths)
 
     @staticmethod
@@ -312,11 +403,40 @@ class SecretScanner:
         except re.error:
             return patterns
 
+    def is_text(self, data: bytes) -> bool:
+        """Not a binary file: no NUL in the first BINARY_PROBE bytes."""
+        return b"\x00" not in data[:BINARY_PROBE]
+
     def scan_file(self, path: str, data: bytes, layer: str) -> list[SecretFinding]:
-        if not self.wants(path) or b"\x00" in data[:BINARY_PROBE]:
+        if not self.wants(path) or not self.is_text(data):
             return []
+        return self.scan_texts([(path, data)], layer)
+
+    def scan_texts(self, files: Sequence[tuple[str, bytes]], layer: str
+                   ) -> list[SecretFinding]:
+        """Findings in text files the caller already passed through ``wants`` and
+        ``is_text``, in the order of the files: what ``scan_file`` on each would give, but
+        with one keyword lookup for all of them (the layer scan hands files over about
+        a MiB at a time)."""
+        if not files:
+            return []
+        lowered = b"\x00".join(data for _, data in files).lower()
+        bounds = [0]
+        for _, data in files:
+            bounds.append(bounds[-1] + len(data) + 1)
+        present = self._index.present(lowered, bounds)
+        always = bool(self._index.always)
         findings: list[SecretFinding] = []
-        candidates, starts = self._index.lookup(data)
+        for n, (path, data) in enumerate(files):
+            if present[n] or always:
+                candidates, starts = self._index.rules_for(present[n], lowered, bounds[n],
+                                                           bounds[n + 1] - 1)
+                findings.extend(self._match(path, data, layer, candidates, starts))
+        return findings
+
+    def _match(self, path: str, data: bytes, layer: str, candidates: list[int],
+               starts: dict[int, list[int]]) -> list[SecretFinding]:
+        findings: list[SecretFinding] = []
         for i in candidates:
             rule = self.rules[i]
             if rule.path is not None and not rule.path.search(path):

@@ -10,7 +10,12 @@ import pytest
 
 from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
 from moray.controlplane.scanner.engine.secretconfig import SecretConfigError, load_secret_config
-from moray.controlplane.scanner.engine.secrets import RULES, KeywordIndex, SecretScanner
+from moray.controlplane.scanner.engine.secrets import (
+    RULES,
+    KeywordIndex,
+    SecretScanner,
+    hidden_by,
+)
 from moray.controlplane.scanner.engine.source import OCILayoutSource
 from tests.fixtures.images import rootfs
 from tests.fixtures.images.builder import Image
@@ -93,6 +98,49 @@ def test_keyword_prefilter_loses_no_hit(use_automaton: bool) -> None:
         assert got == brute.scan_file(path, data, "l"), path
         hits += len(got)
     assert hits > len(SAMPLES)
+
+
+@pytest.mark.parametrize("use_automaton", [True, False])
+def test_files_scanned_together_give_what_each_gives_alone(use_automaton: bool) -> None:
+    """The layer scan hands text files over in batches (one keyword lookup for many):
+    same findings, in the same order, as file by file."""
+    scanner = SecretScanner()
+    scanner._index = KeywordIndex(scanner.rules, use_automaton)
+    texts = [(p, d) for p, d in _corpus() if scanner.wants(p) and scanner.is_text(d)]
+    alone = [f for p, d in texts for f in scanner.scan_file(p, d, "l")]
+    assert len(alone) > len(SAMPLES)
+    for size in (1, 7, len(texts)):
+        together = [f for i in range(0, len(texts), size)
+                    for f in scanner.scan_texts(texts[i:i + size], "l")]
+        assert together == alone
+
+
+def test_keyword_hidden_by_an_overlapping_one_is_found() -> None:
+    """The search reports non-overlapping keywords: one that starts inside a reported
+    keyword and ends past it (``t3blbkfj`` after ``secret``, ``asia`` after ``akia``) is
+    still found, and one inside another (``secret`` in ``aws_secret``) is implied."""
+    assert hidden_by(b"secret", [b"t3blbkfj", b"secret", b"cret"]) == [(0, 5)]
+    idx = KeywordIndex(RULES)
+    rule = {r.id: i for i, r in enumerate(RULES)}
+    for text, wanted in ((b"x mysecret3blbkfj", {"openai-key", "generic-secret"}),
+                         (b"akiasia", {"aws-access-key-id"}),
+                         (b"aws_secret", {"aws-secret-access-key", "generic-secret"}),
+                         (b"gho_auth", {"github-token", "npmrc-auth"})):
+        assert {rule[r] for r in wanted} <= set(idx.lookup(text)[0]), text
+    kws = {kw: k for k, kw in enumerate(idx.keywords)}
+    low = b"akiasia\x00x\x00secret3blbkfj"
+    found = idx.present(low, [0, 8, 10, len(low) + 1])
+    assert found[0] == {kws[b"akia"], kws[b"asia"]} and found[1] == set()
+    assert found[2] == {kws[b"secret"], kws[b"t3blbkfj"]}
+
+
+def test_aws_key_id_starts_at_a_word_boundary() -> None:
+    key = "AKIAIOSFODNN7EXAMPL3"
+    s = SecretScanner()
+    for text, found in ((key, True), (f"-{key}", True), (f"\n{key} ", True),
+                        (f"x{key}", False), (f"_{key}", False), (f"9{key}", False),
+                        (f"{key}X", False)):
+        assert bool(s.scan_file("app/conf", text.encode(), "")) is found, text
 
 
 def test_every_match_holds_a_keyword_of_its_rule() -> None:
