@@ -428,6 +428,7 @@ class Run:
     rc: int
     out: bytes
     err: bytes
+    cpu: float = 0.0  # user + system seconds of the tool and the processes it waited for
 
 
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
@@ -460,7 +461,8 @@ def measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float =
         if TIME:
             lines = [x for x in tfile.read().splitlines() if x.strip().isdigit()]
             rss_kb = int(lines[-1]) if lines else 0
-        return Run(wall, rss_kb / 1024, proc.returncode, out.read(), err.read())
+        return Run(wall, rss_kb / 1024, proc.returncode, out.read(), err.read(),
+                   usage.ru_utime + usage.ru_stime)
 
 
 def find_tool(name: str) -> str | None:
@@ -666,7 +668,9 @@ def main() -> int:  # noqa: PLR0915
             for mode in modes:
                 rec = {phase: {"wall_s": statistics.median(r.wall for r in runs),
                                "rss_mb": statistics.median(r.rss_mb for r in runs),
-                               "walls": [r.wall for r in runs], "rss": [r.rss_mb for r in runs]}
+                               "cpu_s": statistics.median(r.cpu for r in runs),
+                               "walls": [r.wall for r in runs], "rss": [r.rss_mb for r in runs],
+                               "cpus": [r.cpu for r in runs]}
                        for phase, runs in timing[mode].items()}
                 run = last[mode]
                 if run is None or run.rc != 0:
@@ -790,7 +794,7 @@ def report(results: dict, images: list[TestImage], ndiff: int) -> None:  # noqa:
                   + "".join(f"{c:>30}" for c in cells))
 
     print("\n== moray: each scan against packages only (median of the per-repetition ratios; "
-          "time, peak RSS) ==")
+          "wall time, CPU time, peak RSS) ==")
     for ti in images:
         row = results["images"][ti.name]["tools"].get("moray", {})
         base = row.get("packages")
@@ -805,8 +809,11 @@ def report(results: dict, images: list[TestImage], ndiff: int) -> None:  # noqa:
                 m = statistics.median([a / b for a, b in zip(rec[phase]["rss"],
                                                              base[phase]["rss"], strict=True)
                                        if b] or [0.0])
-                rec.setdefault("ratio", {})[phase] = {"wall": t, "rss": m}
-                cells.append(f"{phase} {t:.2f}x time, {m:.2f}x RSS")
+                c = statistics.median([a / b for a, b in zip(rec[phase]["cpus"],
+                                                             base[phase]["cpus"], strict=True)
+                                       if b] or [0.0])
+                rec.setdefault("ratio", {})[phase] = {"wall": t, "cpu": c, "rss": m}
+                cells.append(f"{phase} {t:.2f}x wall, {c:.2f}x CPU, {m:.2f}x RSS")
             print(f"{ti.name:<12}{mode:<9}" + "   ".join(cells))
 
 

@@ -59,7 +59,8 @@ SAMPLES = {
 
 def _brute_force(scanner: SecretScanner) -> SecretScanner:
     """The same rules without keywords: every rule runs on every text file."""
-    return SecretScanner([replace(r, keywords=()) for r in scanner.rules], scanner.allow_rules)
+    return SecretScanner([replace(r, keywords=(), literals=()) for r in scanner.rules],
+                         scanner.allow_rules)
 
 
 def _corpus() -> list[tuple[str, bytes]]:
@@ -150,6 +151,7 @@ def test_every_match_holds_a_keyword_of_its_rule() -> None:
             for m in rule.pattern.finditer(data):
                 text = m.group(0).lower()
                 assert any(k.encode() in text for k in rule.keywords), (rule.id, path)
+                assert not rule.literals or any(lit in m.group(0) for lit in rule.literals)
 
 
 def test_keyword_index_reports_overlapping_keywords() -> None:
