@@ -57,6 +57,9 @@ class AllowRule:
     # $): it is then searched in the file's directory (with its trailing slash) once per
     # directory, with the same result as in the whole path
     directory: bool = False
+    # strings one of which the path holds whenever ``path`` matches: the regex runs only
+    # on paths holding one (a plain substring test is a fraction of a search)
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,16 +177,20 @@ ALLOW_RULES: tuple[AllowRule, ...] = (
               path=re.compile(r"^usr/(?:include|share/(?:doc|man|locale|zoneinfo|i18n))/"),
               directory=True),
     AllowRule("non-text-files", "files of kinds that do not hold configuration",
-              path=re.compile(r"\.(?:md5sums|pyc|so|mo|gz|png|jpg|svg)$")),
+              path=re.compile(r"\.(?:md5sums|pyc|so|mo|gz|png|jpg|svg)$"),
+              needs=(".md5sums", ".pyc", ".so", ".mo", ".gz", ".png", ".jpg", ".svg")),
     AllowRule("package-metadata", "package metadata and bundled READMEs and changelogs "
               "(PyJWT's PKG-INFO quotes a JWT)",
               path=re.compile(r"(?:-info/|node_modules/)(?:.*/)?(?:METADATA|PKG-INFO|README"
-                              r"|README\.md|README\.rst|CHANGELOG\.md|HISTORY\.md|CHANGES\.rst)$")),
+                              r"|README\.md|README\.rst|CHANGELOG\.md|HISTORY\.md|CHANGES\.rst)$"),
+              needs=("METADATA", "PKG-INFO", "README", "CHANGELOG.md", "HISTORY.md",
+                     "CHANGES.rst")),
     AllowRule("package-tests", "test suites and fixtures inside installed language packages",
               path=re.compile(_PKG_TREE + r"(?:tests?|testing|__tests__|spec|fixtures|testdata)/"),
               directory=True),
     AllowRule("package-docs", "documentation and examples inside installed language packages",
-              path=re.compile(_PKG_TREE + r"(?:(?:docs?|man|examples?)/|[^/]+\.(?:md|rst)$)")),
+              path=re.compile(_PKG_TREE + r"(?:(?:docs?|man|examples?)/|[^/]+\.(?:md|rst)$)"),
+              needs=("doc/", "docs/", "man/", "example/", "examples/", ".md", ".rst")),
     AllowRule("rfc-examples", "example tokens of the OAuth 2.0 RFC 6749 (access, refresh "
               "token, code, client secret), quoted by oauthlib and other OAuth libraries",
               regex=re.compile(r"2YotnFZFEjr1zCsicMWpAA|tGzv3JOkF0XG5Qx2TlKWIA"
@@ -393,8 +400,11 @@ class SecretScanner:
         self.allow_rules = tuple(allow_rules)
         self.max_bytes = max_bytes
         self._index = KeywordIndex(self.rules)
+        self._allow_needs = [(a.needs, a.path) for a in self.allow_rules
+                             if a.path is not None and not a.directory and a.needs]
         self._allow_paths = self._one_pattern(
-            [a.path for a in self.allow_rules if a.path is not None and not a.directory])
+            [a.path for a in self.allow_rules
+             if a.path is not None and not a.directory and not a.needs])
         self._allow_dirs = self._one_pattern(
             [a.path for a in self.allow_rules if a.path is not None and a.directory])
         self._dir_allowed: dict[str, bool] = {}  # directory -> a directory rule matches
@@ -422,10 +432,10 @@ class SecretScanner:
                 self._dir_allowed[directory] = allowed
             if allowed:
                 return False
-        patterns = self._allow_paths
-        if len(patterns) == 1:  # the usual case: the rules as one alternation
-            return patterns[0].search(path) is None
-        return not any(p.search(path) for p in patterns)
+        for needs, pattern in self._allow_needs:
+            if any(n in path for n in needs) and pattern.search(path):
+                return False
+        return not any(p.search(path) for p in self._allow_paths)
 
     @staticmethod
     def _one_pattern(patterns: list[re.Pattern[str]]) -> list[re.Pattern[str]]:

@@ -144,6 +144,23 @@ def test_aws_key_id_starts_at_a_word_boundary() -> None:
         assert bool(s.scan_file("app/conf", text.encode(), "")) is found, text
 
 
+def test_path_allow_rules_judged_as_their_regexes() -> None:
+    """Directory rules (judged once per directory) and the substrings a rule's path
+    needs (tested before its regex) decide as the regexes alone would."""
+    paths = [str(p.relative_to(ROOT)) for p in sorted(ROOT.rglob("*"))[:3000]]
+    for tree in ("usr/lib/python3/dist-packages", "app/node_modules/@x", "site-packages"):
+        for rest in ("a/tests/t.py", "docs/x.txt", "a/README", "b/README.rst", "a.md",
+                     "man/x.1", "examples/ex.py", "m-1.0.dist-info/METADATA", "a/b.so",
+                     "pkg/testing/x", "x/doc/y", "y/example/z", "lib.pyc", "x"):
+            paths.append(f"{tree}/{rest}")
+    paths += ["usr/share/doc/x/copyright", "usr/share/docs", "usr/include/a.h", "README",
+              "x/y.md5sums", "", "docs/", "node_modules/", "opt/app/docs/x.md"]
+    s = SecretScanner()
+    plain = [a.path for a in s.allow_rules if a.path is not None]
+    for path in paths:
+        assert s.wants(path) is not any(p.search(path) for p in plain), path
+
+
 def test_every_match_holds_a_keyword_of_its_rule() -> None:
     """The superset condition itself: each rule's keywords occur in each of its matches."""
     for path, data in _corpus():
