@@ -78,6 +78,11 @@ class SecretRule:
     # every match starts where one of the keywords starts: the regex is tried only there
     # (re.match at each keyword) instead of searching the whole file
     anchored: bool = False
+    # every match starts at a line start and reaches one of its keywords through
+    # whitespace and at most one run of non-space bytes ending where the keyword starts
+    # (.npmrc's "//host/:_authToken="): the regex is tried only at the first line start
+    # of the whitespace before each keyword's run (its matches start nowhere else)
+    from_line: bool = False
     # byte strings, exact case, one of which every match contains: checked (in the
     # original bytes) before the regex runs, for a case-sensitive rule whose keyword is
     # common in lowercase text (Twilio's "sk": in 1 text file of 9; "SK": far fewer)
@@ -154,7 +159,7 @@ RULES: tuple[SecretRule, ...] = (
                keywords=("pypi-ageichlwas5vcmc",)),
     SecretRule("npmrc-auth", "npm registry credential in .npmrc", Severity.HIGH,
                _r(r"(?m)^\s*(?://[^\s]+:)?_(?:authToken|auth|password)\s*=\s*(\S{8,})"), 1,
-               keywords=("_auth", "_password")),
+               keywords=("_auth", "_password"), from_line=True),
     SecretRule("docker-config-auth", "registry credential in docker config.json", Severity.HIGH,
                _r(r'"auth"\s*:\s*"([A-Za-z0-9+/=]{12,})"'), 1, keywords=('"auth"',)),
     SecretRule("jwt", "JSON Web Token", Severity.MEDIUM,
@@ -263,7 +268,9 @@ class KeywordIndex:
                 by_keyword[ids[key]].append(i)
         self.keywords = list(ids)
         self.rules_of = [tuple(r) for r in by_keyword]
-        self.anchored_rules = {i for i, r in enumerate(rules) if r.anchored and r.keywords}
+        self.anchored_rules = {i for i, r in enumerate(rules)
+                               if (r.anchored or r.from_line) and r.keywords}
+        self.line_rules = {i for i, r in enumerate(rules) if r.from_line and r.keywords}
         self.anchored_keywords = {k for k, of in enumerate(self.rules_of)
                                   if self.anchored_rules.intersection(of)}
         # (automaton, keywords each pattern implies, (keyword, offset) each can hide)
@@ -368,6 +375,8 @@ class KeywordIndex:
             for i in self.rules_of[k]:
                 if i in self.anchored_rules:
                     anchored.setdefault(i, set()).update(positions)
+        for i in self.line_rules.intersection(anchored):
+            anchored[i] = {_line_start(lowered, lo, lo + at) - lo for at in anchored[i]}
         return sorted(hit), {i: sorted(p) for i, p in anchored.items()}
 
     def lookup(self, data: bytes) -> tuple[list[int], dict[int, list[int]]]:
@@ -376,6 +385,26 @@ class KeywordIndex:
         lowered = data.lower()
         keywords = self.present(lowered, (0, len(lowered) + 1))[0]
         return self.rules_for(keywords, lowered, 0, len(lowered))
+
+
+_SPACE = frozenset(b" \t\n\r\f\v")  # what \s means in a bytes pattern
+
+
+def _line_start(data: bytes, lo: int, at: int) -> int:
+    """For a ``from_line`` rule's keyword at ``at``: the one place a match through it can
+    start, the first line start in the whitespace before the run of non-space bytes
+    holding the keyword (``at`` itself when no line starts there: the regex then fails,
+    as it would)."""
+    run = at
+    while run > lo and data[run - 1] not in _SPACE:
+        run -= 1
+    space = run
+    while space > lo and data[space - 1] in _SPACE:
+        space -= 1
+    if space == lo:
+        return lo
+    newline = data.find(b"\n", space, run)
+    return at if newline < 0 else newline + 1
 
 
 def _matches_at(pattern: re.Pattern[bytes], data: bytes,
@@ -415,7 +444,8 @@ class SecretScanner:
                          extra={"rule": rule.id})
         digest = hashlib.sha256(repr((
             [(r.id, r.title, str(r.severity), r.pattern.pattern, r.group, r.min_entropy,
-              r.keywords, _allow_key(r.allow), r.path and r.path.pattern, r.literals)
+              r.keywords, _allow_key(r.allow), r.path and r.path.pattern, r.literals,
+              r.from_line)
              for r in self.rules],
             _allow_key(self.allow_rules), max_bytes)).encode())
         self.fingerprint = "s" + digest.hexdigest()[:12]  # part of the layer cache key

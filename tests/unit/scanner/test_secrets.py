@@ -161,6 +161,24 @@ def test_path_allow_rules_judged_as_their_regexes() -> None:
         assert s.wants(path) is not any(p.search(path) for p in plain), path
 
 
+def test_npmrc_rule_tried_at_line_starts_finds_what_a_search_finds() -> None:
+    """``from_line``: the regex is tried at one line start per keyword; the findings and
+    their lines equal a plain search, with blank lines, indentation, tokens, CRLF and
+    keywords inside values."""
+    tok = "npm-secret-value-1234"
+    texts = [f"_authToken={tok}", f"\n\n  \n//r.example/:_authToken={tok}\n",
+             f"x //r/:_auth={tok}\n_password = {tok}2\r\n\t_auth={tok}_auth=x{tok}",
+             f"a_auth={tok}\n  b //r/:_password={tok}\n\x0b\x0c_auth= {tok}",
+             f"//r/:_authToken={tok} _auth={tok}3\n_AUTH={tok}\n_auth={tok}_password={tok}"]
+    s = SecretScanner()
+    brute = _brute_force(s)
+    for text in texts:
+        for data in (text.encode(), ("x\n" * 3 + text).encode()):
+            got = s.scan_file("app/.npmrc", data, "")
+            assert got == brute.scan_file("app/.npmrc", data, ""), data
+            assert got or "_auth" not in text.lower()
+
+
 def test_every_match_holds_a_keyword_of_its_rule() -> None:
     """The superset condition itself: each rule's keywords occur in each of its matches."""
     for path, data in _corpus():
