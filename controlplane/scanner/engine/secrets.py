@@ -3,16 +3,20 @@
 Values never leave this module unmasked: a finding holds the first four characters and
 asterisks.
 
-How a file is scanned (the order matters for speed; most files stop at step 2 or 3):
+How a file is scanned (the order matters for speed; most files stop at step 1, 2 or 3):
 
 1. a path allow rule matches (system docs, test suites and docs inside installed language
-   packages, package metadata): skipped;
-2. a NUL in the first 8 KiB: a binary file, skipped;
-3. the content is searched once, ASCII case ignored, for the keywords of every rule at
-   once (``KeywordIndex``); only the rules with a keyword present run their regex. A
-   keyword is a string that every match of its rule contains (a superset condition, so
-   the prefilter never loses a hit); a rule without keywords runs on every text file; an
-   ``anchored`` rule is tried only where its keywords start;
+   packages, package metadata): skipped, judged from the path before the layer scan reads
+   the file (``wants``);
+2. a NUL in the first 8 KiB: a binary file, skipped (``is_text``);
+3. the content is searched, ASCII case ignored, for the keywords of every rule at once
+   (``KeywordIndex``; the layer scan hands text files over about a MiB at a time,
+   ``scan_texts``); only the rules with a keyword present (and, for a rule with
+   ``literals``, one of those in exact case) run their regex. A keyword is a string that
+   every match of its rule contains (a superset condition, so the prefilter never loses
+   a hit); a rule without keywords runs on every text file; an ``anchored`` rule is
+   tried only where its keywords start, a ``from_line`` rule only at the line start
+   before each keyword;
 4. a match is dropped when its value has too little entropy (``min_entropy``) or when an
    allow rule's ``regex`` matches the value (placeholders such as ``user:pass@``).
 
