@@ -312,6 +312,8 @@ def test_rules_file_enable_builtin_rules(tmp_path: Path) -> None:
      ":5: rules[0].keywords: empty keyword"),
     ("rules:\n  - id: a\n    severity: high\n    regex: x\n    keywords: [clé]\n",
      ":5: rules[0].keywords: keyword 'clé' is not ASCII"),
+    ("rules:\n  - id: a\n    severity: high\n    regex: x\n    keywords: [\"a\\x00b\"]\n",
+     ":5: rules[0].keywords: keyword 'a\\x00b' holds a NUL"),
     ("rules:\n  - id: a\n    severity: high\n    regex: x\n    secret-group: 2\n",
      ":5: rules[0].secret-group: the regex has 0 groups"),
     ("rules:\n  - id: jwt\n    severity: high\n    regex: x\n",
