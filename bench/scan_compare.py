@@ -697,6 +697,8 @@ def main() -> int:  # noqa: PLR0915
                 entry["tools"].setdefault(tool, {})[mode] = rec
 
     report(results, images, args.diffs)
+    if not args.keep:  # the images (~0.5 GB for host) and tool outputs
+        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
         print(f"figures written to {args.json}")
