@@ -428,6 +428,7 @@ class Run:
     rc: int
     out: bytes
     err: bytes
+    cpu: float = 0.0  # user + system seconds of the tool and the processes it waited for
 
 
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
@@ -460,7 +461,8 @@ def measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float =
         if TIME:
             lines = [x for x in tfile.read().splitlines() if x.strip().isdigit()]
             rss_kb = int(lines[-1]) if lines else 0
-        return Run(wall, rss_kb / 1024, proc.returncode, out.read(), err.read())
+        return Run(wall, rss_kb / 1024, proc.returncode, out.read(), err.read(),
+                   usage.ru_utime + usage.ru_stime)
 
 
 def find_tool(name: str) -> str | None:
@@ -647,45 +649,56 @@ def main() -> int:  # noqa: PLR0915
                 continue
             modes = {"moray": ["packages", "secrets", "default"], "trivy": ["packages", "secrets"],
                      "syft": ["packages"]}[tool]
-            for mode in modes:
-                timing: dict[str, list[Run]] = {"cold": [], "warm": []}
-                last: Run | None = None
-                for _ in range(args.repeat):
+            # the modes take turns within each repetition, so a change in the machine's
+            # load hits them alike and the ratios between them hold
+            timing = {m: {"cold": [], "warm": []} for m in modes}
+            last: dict[str, Run | None] = dict.fromkeys(modes)
+            for _ in range(args.repeat):
+                for mode in modes:
                     cache = Path(tempfile.mkdtemp(prefix=f"{tool}-cache-", dir=work))
                     for phase in ("cold", "warm"):
                         cmd, env = cmd_for(tool, mode, ti.path, cache)
                         r = measured(cmd, env)
-                        timing[phase].append(r)
-                        last = r
+                        timing[mode][phase].append(r)
+                        last[mode] = r
                         if r.rc != 0:
                             failed.append(f"{tool} {mode} {ti.name}: rc={r.rc}: "
                                           f"{r.err.decode(errors='replace')[-500:]}")
                     shutil.rmtree(cache, ignore_errors=True)
+            for mode in modes:
                 rec = {phase: {"wall_s": statistics.median(r.wall for r in runs),
-                               "rss_mb": statistics.median(r.rss_mb for r in runs)}
-                       for phase, runs in timing.items()}
-                if last is None or last.rc != 0:
+                               "rss_mb": statistics.median(r.rss_mb for r in runs),
+                               "cpu_s": statistics.median(r.cpu for r in runs),
+                               "walls": [r.wall for r in runs], "rss": [r.rss_mb for r in runs],
+                               "cpus": [r.cpu for r in runs]}
+                       for phase, runs in timing[mode].items()}
+                run = last[mode]
+                if run is None or run.rc != 0:
                     entry["tools"].setdefault(tool, {})[mode] = {**rec, "error": True}
                     continue
                 if args.keep:
-                    (work / f"{ti.name}.{tool}.{mode}.json").write_bytes(last.out)
-                doc = json.loads(last.out or b"{}")
+                    (work / f"{ti.name}.{tool}.{mode}.json").write_bytes(run.out)
+                doc = json.loads(run.out or b"{}")
                 if mode == "default":
                     rec["malware"] = len(doc.get("malware", []))
+                    rec["secrets"] = secret_hits(ti.secrets, [(x["path"], x["rule"])
+                                                              for x in doc.get("secrets", [])])
                 elif mode == "packages":
                     found = {"moray": moray_packages, "trivy": trivy_packages,
                              "syft": syft_packages}[tool](doc)
                     rec["score"] = score(ti.expected, found)
                 else:
                     if tool == "moray":
-                        hits = [(s["path"], s["rule"]) for s in doc.get("secrets", [])]
+                        hits = [(x["path"], x["rule"]) for x in doc.get("secrets", [])]
                     else:
-                        hits = [(r.get("Target", ""), s.get("RuleID", ""))
-                                for r in doc.get("Results") or [] for s in r.get("Secrets") or []]
+                        hits = [(r.get("Target", ""), x.get("RuleID", ""))
+                                for r in doc.get("Results") or [] for x in r.get("Secrets") or []]
                     rec["secrets"] = secret_hits(ti.secrets, hits)
                 entry["tools"].setdefault(tool, {})[mode] = rec
 
     report(results, images, args.diffs)
+    if not args.keep:  # the images (~0.5 GB for host) and tool outputs
+        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
         print(f"figures written to {args.json}")
@@ -781,6 +794,29 @@ def report(results: dict, images: list[TestImage], ndiff: int) -> None:  # noqa:
                              + (" ERR" if rec.get("error") else ""))
             print(f"{ti.name:<12}{ti.size / 1e6:>8.1f}  {mode:<9}"
                   + "".join(f"{c:>30}" for c in cells))
+
+    print("\n== moray: each scan against packages only (median of the per-repetition ratios; "
+          "wall time, CPU time, peak RSS) ==")
+    for ti in images:
+        row = results["images"][ti.name]["tools"].get("moray", {})
+        base = row.get("packages")
+        for mode in ("secrets", "default"):
+            rec = row.get(mode)
+            if base is None or rec is None:
+                continue
+            cells = []
+            for phase in ("cold", "warm"):
+                t = statistics.median(a / b for a, b in zip(rec[phase]["walls"],
+                                                            base[phase]["walls"], strict=True))
+                m = statistics.median([a / b for a, b in zip(rec[phase]["rss"],
+                                                             base[phase]["rss"], strict=True)
+                                       if b] or [0.0])
+                c = statistics.median([a / b for a, b in zip(rec[phase]["cpus"],
+                                                             base[phase]["cpus"], strict=True)
+                                       if b] or [0.0])
+                rec.setdefault("ratio", {})[phase] = {"wall": t, "cpu": c, "rss": m}
+                cells.append(f"{phase} {t:.2f}x wall, {c:.2f}x CPU, {m:.2f}x RSS")
+            print(f"{ti.name:<12}{mode:<9}" + "   ".join(cells))
 
 
 if __name__ == "__main__":

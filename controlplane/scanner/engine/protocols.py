@@ -27,6 +27,9 @@ class SecretScanner(Protocol):
 
     def scan_file(self, path: str, data: bytes, layer: str) -> list[SecretFinding]: ...
 
+    def scan_texts(self, files: Sequence[tuple[str, bytes]], layer: str
+                   ) -> list[SecretFinding]: ...
+
 
 class MalwareScanner(Protocol):
     max_bytes: int

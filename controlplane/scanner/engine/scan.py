@@ -52,6 +52,7 @@ OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release", "etc/alpine-release"
 OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
 BINARY_PROBE = 8192  # a file with a NUL in this many leading bytes is binary
 MAGIC_BYTES = 4  # what the malware scanner looks at to tell an executable
+SECRET_BATCH = 1 << 20  # bytes of text files handed to the secret scanner at once
 
 
 @dataclass
@@ -126,7 +127,8 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
     warn, unsafe = refusals.warn, refusals.unsafe
 
     limits = options.limits
-    secret_max = options.secrets.max_bytes if options.secrets else -1
+    secrets = options.secrets
+    texts = _SecretBatch(result, secrets)
     mscan = options.malware
     malware_max = mscan.max_bytes if mscan else -1
     by_file = {id(a): a for a in options.analyzers if isinstance(a, FileAnalyzer)}
@@ -152,22 +154,19 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         result.size += entry.size
         wanted = [a for a in options.analyzers if a.wants(entry.path, entry.mode, entry.size)]
         is_metadata = entry.path in OS_RELEASE_PATHS or _is_copyright(entry.path)
-        if options.secrets and entry.size > secret_max and options.secrets.wants(entry.path) \
-                and b"\x00" not in entry.peek(BINARY_PROBE):
-            warn(f"text file larger than {secret_max} bytes not scanned for secrets", entry.path)
+        secret = secrets is not None and _secret_candidate(secrets, entry, warn)
         malware = mscan is not None and entry.size <= malware_max and \
             mscan.wants(entry.path, entry.mode, entry.peek(MAGIC_BYTES)) and \
             not _malware_in_pieces(result, mscan, entry, bool(wanted))
-        if not wanted and not is_metadata and not malware and entry.size > secret_max:
-            continue
+        if not wanted and not is_metadata and not malware and not secret:
+            continue  # nothing reads it
         if entry.size > limits.max_file_bytes:
             if wanted:
                 warn(f"file larger than {limits.max_file_bytes} bytes not analysed", entry.path)
             continue
-        needs_data = malware or is_metadata or (
-            options.secrets is not None and entry.size <= secret_max)
         binary = [by_file[id(a)] for a in wanted if id(a) in by_file]
-        if not needs_data and binary and len(binary) == len(wanted) \
+        if binary and len(binary) == len(wanted) and not malware and not is_metadata \
+                and (not secret or b"\x00" in entry.peek(BINARY_PROBE)) \
                 and _binary_only(result, warn, binary, entry, layer.digest):
             continue
         data = entry.read(limits.max_file_bytes)
@@ -178,11 +177,51 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         for analyzer in wanted:
             _analyze(result, warn, analyzer, entry.path, layer.digest,
                      functools.partial(analyzer.analyze, entry.path, data, layer.digest))
-        if options.secrets and entry.size <= secret_max:
-            result.secrets.extend(options.secrets.scan_file(entry.path, data, layer.digest))
+        if secret and b"\x00" not in data[:BINARY_PROBE]:
+            texts.add(entry.path, data)
         if malware and mscan is not None:
             result.malware.extend(mscan.scan_file(entry.path, data, layer.digest))
+    texts.flush()
     return result
+
+
+class _SecretBatch:
+    """Text files on their way to the secret scanner, handed over about SECRET_BATCH
+    bytes at a time (one keyword lookup for many small files; the findings come out in
+    the files' order, as file by file)."""
+
+    def __init__(self, result: LayerResult, secrets: SecretScanner | None) -> None:
+        self._result = result
+        self._secrets = secrets
+        self._files: list[tuple[str, bytes]] = []
+        self._bytes = 0
+
+    def add(self, path: str, data: bytes) -> None:
+        self._files.append((path, data))
+        self._bytes += len(data)
+        if self._bytes >= SECRET_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._files and self._secrets is not None:
+            self._result.secrets.extend(self._secrets.scan_texts(self._files,
+                                                                 self._result.digest))
+        self._files, self._bytes = [], 0
+
+
+def _secret_candidate(secrets: SecretScanner, entry: Entry,
+                      warn: Callable[[str, str], None]) -> bool:
+    """Whether the secret rules want the file (no path allow rule takes it out, not over
+    their size limit), judged before anything is read; the caller still skips it if it
+    turns out binary. A text file over the limit gets a warning."""
+    if not secrets.wants(entry.path):
+        return False
+    if entry.size > secrets.max_bytes:
+        if b"\x00" not in entry.peek(BINARY_PROBE):
+            warn(f"text file larger than {secrets.max_bytes} bytes not scanned for secrets",
+                 entry.path)
+        return False
+    return True
 
 
 def _malware_in_pieces(result: LayerResult, mscan: MalwareScanner | None, entry: Entry,

@@ -10,7 +10,12 @@ import pytest
 
 from moray.controlplane.scanner.engine.scan import ScanOptions, scan_image
 from moray.controlplane.scanner.engine.secretconfig import SecretConfigError, load_secret_config
-from moray.controlplane.scanner.engine.secrets import RULES, KeywordIndex, SecretScanner
+from moray.controlplane.scanner.engine.secrets import (
+    RULES,
+    KeywordIndex,
+    SecretScanner,
+    hidden_by,
+)
 from moray.controlplane.scanner.engine.source import OCILayoutSource
 from tests.fixtures.images import rootfs
 from tests.fixtures.images.builder import Image
@@ -54,7 +59,8 @@ SAMPLES = {
 
 def _brute_force(scanner: SecretScanner) -> SecretScanner:
     """The same rules without keywords: every rule runs on every text file."""
-    return SecretScanner([replace(r, keywords=()) for r in scanner.rules], scanner.allow_rules)
+    return SecretScanner([replace(r, keywords=(), literals=()) for r in scanner.rules],
+                         scanner.allow_rules)
 
 
 def _corpus() -> list[tuple[str, bytes]]:
@@ -95,6 +101,84 @@ def test_keyword_prefilter_loses_no_hit(use_automaton: bool) -> None:
     assert hits > len(SAMPLES)
 
 
+@pytest.mark.parametrize("use_automaton", [True, False])
+def test_files_scanned_together_give_what_each_gives_alone(use_automaton: bool) -> None:
+    """The layer scan hands text files over in batches (one keyword lookup for many):
+    same findings, in the same order, as file by file."""
+    scanner = SecretScanner()
+    scanner._index = KeywordIndex(scanner.rules, use_automaton)
+    texts = [(p, d) for p, d in _corpus() if scanner.wants(p) and scanner.is_text(d)]
+    alone = [f for p, d in texts for f in scanner.scan_file(p, d, "l")]
+    assert len(alone) > len(SAMPLES)
+    for size in (1, 7, len(texts)):
+        together = [f for i in range(0, len(texts), size)
+                    for f in scanner.scan_texts(texts[i:i + size], "l")]
+        assert together == alone
+
+
+def test_keyword_hidden_by_an_overlapping_one_is_found() -> None:
+    """The search reports non-overlapping keywords: one that starts inside a reported
+    keyword and ends past it (``t3blbkfj`` after ``secret``, ``asia`` after ``akia``) is
+    still found, and one inside another (``secret`` in ``aws_secret``) is implied."""
+    assert hidden_by(b"secret", [b"t3blbkfj", b"secret", b"cret"]) == [(0, 5)]
+    idx = KeywordIndex(RULES)
+    rule = {r.id: i for i, r in enumerate(RULES)}
+    for text, wanted in ((b"x mysecret3blbkfj", {"openai-key", "generic-secret"}),
+                         (b"akiasia", {"aws-access-key-id"}),
+                         (b"aws_secret", {"aws-secret-access-key", "generic-secret"}),
+                         (b"gho_auth", {"github-token", "npmrc-auth"})):
+        assert {rule[r] for r in wanted} <= set(idx.lookup(text)[0]), text
+    kws = {kw: k for k, kw in enumerate(idx.keywords)}
+    low = b"akiasia\x00x\x00secret3blbkfj"
+    found = idx.present(low, [0, 8, 10, len(low) + 1])
+    assert found[0] == {kws[b"akia"], kws[b"asia"]} and found[1] == set()
+    assert found[2] == {kws[b"secret"], kws[b"t3blbkfj"]}
+
+
+def test_aws_key_id_starts_at_a_word_boundary() -> None:
+    key = "AKIAIOSFODNN7EXAMPL3"
+    s = SecretScanner()
+    for text, found in ((key, True), (f"-{key}", True), (f"\n{key} ", True),
+                        (f"x{key}", False), (f"_{key}", False), (f"9{key}", False),
+                        (f"{key}X", False)):
+        assert bool(s.scan_file("app/conf", text.encode(), "")) is found, text
+
+
+def test_path_allow_rules_judged_as_their_regexes() -> None:
+    """Directory rules (judged once per directory) and the substrings a rule's path
+    needs (tested before its regex) decide as the regexes alone would."""
+    paths = [str(p.relative_to(ROOT)) for p in sorted(ROOT.rglob("*"))[:3000]]
+    for tree in ("usr/lib/python3/dist-packages", "app/node_modules/@x", "site-packages"):
+        for rest in ("a/tests/t.py", "docs/x.txt", "a/README", "b/README.rst", "a.md",
+                     "man/x.1", "examples/ex.py", "m-1.0.dist-info/METADATA", "a/b.so",
+                     "pkg/testing/x", "x/doc/y", "y/example/z", "lib.pyc", "x"):
+            paths.append(f"{tree}/{rest}")
+    paths += ["usr/share/doc/x/copyright", "usr/share/docs", "usr/include/a.h", "README",
+              "x/y.md5sums", "", "docs/", "node_modules/", "opt/app/docs/x.md"]
+    s = SecretScanner()
+    plain = [a.path for a in s.allow_rules if a.path is not None]
+    for path in paths:
+        assert s.wants(path) is not any(p.search(path) for p in plain), path
+
+
+def test_npmrc_rule_tried_at_line_starts_finds_what_a_search_finds() -> None:
+    """``from_line``: the regex is tried at one line start per keyword; the findings and
+    their lines equal a plain search, with blank lines, indentation, tokens, CRLF and
+    keywords inside values."""
+    tok = "npm-secret-value-1234"
+    texts = [f"_authToken={tok}", f"\n\n  \n//r.example/:_authToken={tok}\n",
+             f"x //r/:_auth={tok}\n_password = {tok}2\r\n\t_auth={tok}_auth=x{tok}",
+             f"a_auth={tok}\n  b //r/:_password={tok}\n\x0b\x0c_auth= {tok}",
+             f"//r/:_authToken={tok} _auth={tok}3\n_AUTH={tok}\n_auth={tok}_password={tok}"]
+    s = SecretScanner()
+    brute = _brute_force(s)
+    for text in texts:
+        for data in (text.encode(), ("x\n" * 3 + text).encode()):
+            got = s.scan_file("app/.npmrc", data, "")
+            assert got == brute.scan_file("app/.npmrc", data, ""), data
+            assert got or "_auth" not in text.lower()
+
+
 def test_every_match_holds_a_keyword_of_its_rule() -> None:
     """The superset condition itself: each rule's keywords occur in each of its matches."""
     for path, data in _corpus():
@@ -102,6 +186,7 @@ def test_every_match_holds_a_keyword_of_its_rule() -> None:
             for m in rule.pattern.finditer(data):
                 text = m.group(0).lower()
                 assert any(k.encode() in text for k in rule.keywords), (rule.id, path)
+                assert not rule.literals or any(lit in m.group(0) for lit in rule.literals)
 
 
 def test_keyword_index_reports_overlapping_keywords() -> None:
@@ -227,6 +312,8 @@ def test_rules_file_enable_builtin_rules(tmp_path: Path) -> None:
      ":5: rules[0].keywords: empty keyword"),
     ("rules:\n  - id: a\n    severity: high\n    regex: x\n    keywords: [clé]\n",
      ":5: rules[0].keywords: keyword 'clé' is not ASCII"),
+    ("rules:\n  - id: a\n    severity: high\n    regex: x\n    keywords: [\"a\\x00b\"]\n",
+     ":5: rules[0].keywords: keyword 'a\\x00b' holds a NUL"),
     ("rules:\n  - id: a\n    severity: high\n    regex: x\n    secret-group: 2\n",
      ":5: rules[0].secret-group: the regex has 0 groups"),
     ("rules:\n  - id: jwt\n    severity: high\n    regex: x\n",
