@@ -22,6 +22,7 @@ from moray.agent.output.falco import PRIORITIES, UserNames, epoch_ns, split_imag
 from moray.agent.output.jsonl import JsonLines
 from moray.agent.output.schema import Formatter
 from moray.agent.pipeline.route import Router
+from tests.unit.test_route import Output
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 FALCO_FIELDS = frozenset(
@@ -185,18 +186,6 @@ def test_image_references() -> None:
     assert split_image(None) == (None, None)
 
 
-class Out:
-    kind = "webhook"
-    sent = 0
-    dropped = 0
-
-    def __init__(self) -> None:
-        self.got: list[tuple[dict[str, Any], bytes | None]] = []
-
-    def publish(self, alert: dict[str, Any], encoded: bytes | None = None) -> None:
-        self.got.append((alert, encoded))
-
-    def close(self, timeout: float = 2.0) -> None: ...
 
 
 class Spool:
@@ -210,7 +199,7 @@ class Spool:
 def test_router_falco_mode(tmp_path: Path) -> None:
     """The JSON output and the webhook get Falco's JSON; the control plane moray's."""
     a = alert_from("open")
-    out, spool = Out(), Spool()
+    out, spool = Output(), Spool()
     r = Router(JsonLines(str(tmp_path / "o.jsonl")), [out], spool,  # type: ignore[arg-type]
                alert_format="falco")
     r.alerts([a])

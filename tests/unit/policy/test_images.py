@@ -21,6 +21,7 @@ from moray.agent.policy.hold import Holds
 from moray.agent.policy.images import digests_of, image_block, verdict_of
 from moray.api.imageverdicts import ImageVerdictList, ListedImage, StoredVerdict, Verdict
 from moray.api.policy.load import PolicyError, load_text
+from tests.unit.policy.test_hold import _Map
 
 M, C = "sha256:" + "1" * 64, "sha256:" + "c" * 64
 GATE = """apiVersion: moray/v1
@@ -109,20 +110,6 @@ def test_image_block_per_slot() -> None:
     hit, why = image_block(Ctr(), slotted, 0b111, None)            # no list
     assert hit == 0b100 and why is not None and why.verdict == "unregistered"
     assert image_block(None, slotted, 0b111, LIST) == (0, None)    # not a container
-
-
-class _Map:
-    def __init__(self) -> None:
-        self.rows: dict[bytes, bytes] = {}
-
-    def keys(self) -> list[bytes]:
-        return list(self.rows)
-
-    def lookup(self, k: bytes) -> bytes | None:
-        return self.rows.get(k)
-
-    def delete(self, k: bytes) -> None:
-        self.rows.pop(k, None)
 
 
 @dataclass
