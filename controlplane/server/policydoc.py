@@ -31,9 +31,9 @@ from moray.api.policy.load import (
     PolicyValidationError,
     load_text,
 )
+from moray.api.tenants import DEFAULT_TENANT, TenantNameError, check_tenant
 from moray.errors import ControlPlaneError
 
-DEFAULT_TENANT = "default"
 SELECTOR = "spec.scope.agents"
 
 
@@ -118,6 +118,18 @@ def _selector_problems(root: yaml.Node, file: str) -> list[dict[str, Any]]:
     return problems
 
 
+def _line_of(roots: list[yaml.Node], index: int, key: str) -> int | None:
+    """1-based line of ``metadata.<key>`` in the index-th document, if it can be found."""
+    if index >= len(roots) or not isinstance(roots[index], yaml.MappingNode):
+        return None
+    for k, v in roots[index].value:
+        if k.value == "metadata" and isinstance(v, yaml.MappingNode):
+            for k2, v2 in v.value:
+                if k2.value == key:
+                    return int(v2.start_mark.line) + 1
+    return int(roots[index].start_mark.line) + 1
+
+
 def parse_policies(text: str, file: str = "<policy>") -> list[ParsedPolicy]:
     """Every policy document in ``text`` (``---`` separates several); raises PolicyDocError
     naming file, line and field, and then nothing of the text may be stored."""
@@ -141,7 +153,7 @@ def parse_policies(text: str, file: str = "<policy>") -> list[ParsedPolicy]:
         first = problems[0]
         raise PolicyDocError(first["file"], first["line"], first["field"], first["message"],
                           problems)
-    out = []
+    out: list[ParsedPolicy] = []
     for doc in documents:
         wire = json.dumps(doc, default=str)
         if len(wire) > MAX_POLICY_BYTES:     # what agents load must be within their limit
@@ -149,8 +161,13 @@ def parse_policies(text: str, file: str = "<policy>") -> list[ParsedPolicy]:
                                  f"larger than {MAX_POLICY_BYTES} bytes as JSON")
         document = json.loads(wire)   # JSON types only
         meta = document["metadata"]
-        out.append(ParsedPolicy(name=meta["name"], tenant=meta.get("tenant") or DEFAULT_TENANT,
-                                document=document))
+        tenant = meta.get("tenant") or DEFAULT_TENANT
+        try:
+            check_tenant(tenant)
+        except TenantNameError as err:
+            raise PolicyDocError(file, _line_of(roots, len(out), "tenant"),
+                                 "metadata.tenant", str(err)) from err
+        out.append(ParsedPolicy(name=meta["name"], tenant=tenant, document=document))
     return out
 
 

@@ -29,13 +29,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
+from moray.api.tenants import DEFAULT_TENANT
 from moray.controlplane.scanner.service.api import MAX_IMPORT_BYTES, SCAN_ACCESS, scan_router
 from moray.controlplane.server.admissionapi import ADMISSION_ACCESS, admission_router
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.limits import PRINCIPAL, Refused, RequestLimits
 from moray.controlplane.server.metrics import HTTP_METHODS, ServerMetrics
 from moray.controlplane.server.pki import Pki, PkiError, cert_sha256
-from moray.controlplane.server.policydoc import DEFAULT_TENANT, PolicyDocError, parse_policies
+from moray.controlplane.server.policydoc import PolicyDocError, parse_policies
 from moray.controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
 from moray.controlplane.store.scanstore import ScanStore
 
@@ -90,8 +91,12 @@ BODY_LIMITS = {("POST", "/api/v1/vulndb/import"): 2 * MAX_IMPORT_BYTES + (1 << 2
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who is calling: a token's or a user's name, role, and the one tenant it may see and
+    change (None: every tenant, a global principal)."""
+
     name: str
     role: str
+    tenant: str | None = None
 
     @property
     def actor(self) -> str:
@@ -131,6 +136,10 @@ class ServingCertIn(BaseModel):
 class ApiTokenIn(BaseModel):
     name: str = Field(min_length=1, max_length=253)
     role: str
+    tenant: str | None = Field(None, description="the one tenant the token may use; "
+                               "null: every tenant")
+    ttl_seconds: float | None = Field(None, gt=0, le=10 * 366 * 86400,
+                                      description="null: valid until revoked")
 
 
 def create_app(  # noqa: PLR0915 - the route table: one short function per endpoint
@@ -227,8 +236,8 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
 
     @app.get(P + "/whoami")
     def whoami(who: Annotated[Principal, Depends(require("GET", P + "/whoami"))]
-               ) -> dict[str, str]:
-        return {"name": who.name, "role": who.role}
+               ) -> dict[str, str | None]:
+        return {"name": who.name, "role": who.role, "tenant": who.tenant}
 
     @app.get(P + "/policies")
     def list_policies(_: Annotated[Principal, Depends(require("GET", P + "/policies"))],
@@ -369,9 +378,10 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     @app.post(P + "/tokens", status_code=201)
     def create_token(body: ApiTokenIn,
                      who: Annotated[Principal, Depends(require("POST", P + "/tokens"))]
-                     ) -> dict[str, str]:
-        return {"name": body.name, "role": body.role,
-                "token": store.create_api_token(body.name, body.role, author=who.actor)}
+                     ) -> dict[str, str | None]:
+        return {"name": body.name, "role": body.role, "tenant": body.tenant,
+                "token": store.create_api_token(body.name, body.role, author=who.actor,
+                                                tenant=body.tenant, ttl=body.ttl_seconds)}
 
     @app.post(P + "/admission/serving-cert")
     def serving_cert(body: ServingCertIn, who: Annotated[Principal, Depends(

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from moray.api.imageverdicts import VERDICTS_NAME
 from moray.api.proto import moray_pb2
+from moray.api.tenants import TenantNameError, check_tenant
 from moray.controlplane.store.models import (
     Agent,
     AgentPolicy,
@@ -897,24 +898,38 @@ class ControlPlaneStore:
             return [{"id": r.id, "at": r.at, "actor": r.actor, "action": r.action,
                      "target": r.target, "detail": r.detail} for r in rows]
 
-    def create_api_token(self, name: str, role: str, *, author: str) -> str:
+    def create_api_token(self, name: str, role: str, *, author: str,
+                         tenant: str | None = None, ttl: float | None = None) -> str:
+        """A new API token of *role*, scoped to *tenant* (None: every tenant), valid for
+        *ttl* seconds (None: until revoked). Only its SHA-256 is stored."""
         if role not in ROLES:
             raise StoreError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        if tenant is not None:
+            try:
+                check_tenant(tenant)
+            except TenantNameError as err:
+                raise StoreError(str(err)) from err
         token = f"moray-{role}-" + secrets.token_urlsafe(24)
+        now = self.clock()
         with self._tx() as session:
             session.add(ApiToken(name=name, role=role, token_sha256=sha256_hex(token),
-                                 created_at=self.clock()))
-            self._audit(session, author, "api_token.create", name, {"role": role})
+                                 created_at=now, tenant=tenant,
+                                 expires_at=None if ttl is None else now + ttl))
+            self._audit(session, author, "api_token.create", name,
+                        {"role": role, "tenant": tenant, "ttl": ttl})
         return token
 
     def has_api_tokens(self) -> bool:
         with self._read() as session:
             return session.scalar(select(func.count()).select_from(ApiToken)) != 0
 
-    def authenticate(self, token: str) -> tuple[str, str] | None:
-        """(name, role) of a valid API token, else None."""
+    def authenticate(self, token: str) -> tuple[str, str, str | None] | None:
+        """(name, role, tenant) of a valid API token (not revoked, not expired), else
+        None. tenant None: the token sees every tenant."""
         with self._read() as session:
             row = session.scalars(select(ApiToken).where(
                 ApiToken.token_sha256 == sha256_hex(token),
                 ApiToken.revoked_at.is_(None))).first()
-            return (row.name, row.role) if row else None
+            if row is None or (row.expires_at is not None and row.expires_at <= self.clock()):
+                return None
+            return (row.name, row.role, row.tenant)

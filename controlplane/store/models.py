@@ -149,6 +149,9 @@ class ApiToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the one tenant the token may see and change; None: every tenant (a global token)
+    tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: never
 
 
 class EnrollmentToken(Base):

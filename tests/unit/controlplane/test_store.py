@@ -32,7 +32,7 @@ def test_default_url_is_sqlite_under_data_dir(tmp_path: Path,
 
 
 def test_migrations_match_models(engine: Engine) -> None:
-    assert db.current_revision(engine) == db.HEAD == "0006"
+    assert db.current_revision(engine) == db.HEAD == "0007"
     assert db.at_head(engine)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"include_object": include_object})
@@ -149,7 +149,7 @@ def test_concurrent_writers_store_each_event_once(store: ControlPlaneStore) -> N
 def test_api_tokens_and_roles(store: ControlPlaneStore) -> None:
     assert not store.has_api_tokens()
     token = store.create_api_token("ci", "operator", author="admin")
-    assert store.authenticate(token) == ("ci", "operator")
+    assert store.authenticate(token) == ("ci", "operator", None)
     assert store.authenticate(token + "x") is None
     with pytest.raises(StoreError):
         store.create_api_token("x", "root", author="admin")
