@@ -2,9 +2,12 @@
 
 One agent with the default rules writes its alerts as Falco's JSON to its output and
 POSTs them to a webhook on loopback (where falcosidekick would listen). A runc container
-reads its /etc/shadow: the alert, in both places, parses, has every key Falco writes, and
-its `output_fields` are Falco field names (tests/fixtures/falco/fields.txt) carrying the
-container's and the process's values. Events stay in moray's schema beside it.
+reads its /etc/shadow once the agent has identified the container (an agent still
+draining its start-up backlog can reach a container's events after runc has deleted its
+state, and a plain runc container is named only by that state): the alert, in both
+places, parses, has every key Falco writes, and its `output_fields` are Falco field names
+(tests/fixtures/falco/fields.txt) carrying the container's and the process's values.
+Events stay in moray's schema beside it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.agent import AgentProcess
-from tests.helpers.containers import run_runc
+from tests.helpers.containers import build_rootfs, run_runc
 
 pytestmark = [
     pytest.mark.integration,
@@ -67,7 +70,12 @@ def test_agent_writes_falco_alerts(tmp_path: Path) -> None:
         with AgentProcess(["--alert-format", "falco", "--webhook",
                            f"http://127.0.0.1:{httpd.server_address[1]}/falco"],
                           workdir=tmp_path) as agent:
-            with run_runc(cid, ["/bin/cat", "/etc/shadow"]) as ctr:
+            rootfs = build_rootfs(tmp_path / "rootfs")
+            script = ("while [ ! -e /tmp/go ]; do /bin/sleep 0.1; done; /bin/cat /etc/shadow")
+            with run_runc(cid, ["/bin/sh", "-c", script], rootfs=rootfs, start=True) as ctr:
+                agent.events.wait_for(lambda e: (e.get("container") or {}).get("id") == cid,
+                                      timeout=30, what="an event of the identified container")
+                (rootfs / "tmp" / "go").touch()
                 ctr.wait(30)
 
             def ours(e: dict[str, Any]) -> bool:
