@@ -400,6 +400,8 @@ class Agent:
         # while a new cgroup is young, so a short-lived container's events are attributed
         self.resolver = ContainerResolver.for_host(self.cfg.proc, self.cfg.host_root, cg,
                                                    retry_interval=0.002)
+        self.resolver.start_watch()
+        self._teardowns.append(("stop_runtime_watch", self.resolver.stop_watch))
 
     def kernel_counters(self) -> dict[str, list[int]]:
         if self.obj is None:  # a scrape before load_bpf

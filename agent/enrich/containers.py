@@ -130,6 +130,16 @@ class ContainerResolver:
         index.scan()
         return cls(index, default_runtimes(proc, host_root), NetnsReader(proc), **kwargs)
 
+    def start_watch(self) -> None:
+        """Read runtime state as it is written (runc's inotify watcher), so containers
+        that live less than the pipeline's lag are still named."""
+        if self._runc is not None:
+            self._runc.start_watch()
+
+    def stop_watch(self) -> None:
+        if self._runc is not None:
+            self._runc.stop_watch()
+
     # ----------------------------------------------------------------- kernel events
 
     def on_cgroup_created(self, cgroup_id: int, path: str) -> None:

@@ -97,3 +97,21 @@ def test_docker_container_explicit_data_root(dockerd: Dockerd) -> None:
     found = resolver.lookup(ctr.cgroup_id, ctr.pid)
     assert found is not None and found.runtime == "docker"
     assert found.name == ctr.name and found.image == DOCKER_IMAGE
+
+
+def test_short_lived_runc_container_named_after_delete() -> None:
+    """A container that ran and was deleted (`runc delete`) before its events were
+    enriched (an agent behind on its queue) is still named: with the watcher, runc's
+    state was read when runc wrote it."""
+    resolver = ContainerResolver.for_host()
+    resolver.start_watch()
+    try:
+        with run_runc("moray-live-brief", ["true"]) as ctr:
+            # the kernel's cgroup mkdir record, as the pipeline would feed it
+            resolver.on_cgroup_created(ctr.cgroup_id, ctr.cgroup_path)
+            assert ctr.wait(30).exit_code == 0
+        assert not os.path.exists("/run/runc/moray-live-brief")   # deleted
+        found = resolver.lookup(ctr.cgroup_id, None)
+        assert found is not None and (found.runtime, found.id) == ("runc", ctr.id)
+    finally:
+        resolver.stop_watch()

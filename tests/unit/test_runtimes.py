@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -215,8 +216,56 @@ def test_runc_roots_of_docker_and_podman() -> None:
     assert podman == CgroupMatch(Runtime.RUNC, PODMAN_ID)
 
 
+def _runc_state(tmp_path: Path, cid: str) -> None:
+    state = json.loads((FIX / "runc/run-runc/moray-fixture/state.json").read_text())
+    state["cgroup_paths"] = {"": f"/sys/fs/cgroup/unified/{cid}"}
+    (tmp_path / cid).mkdir(exist_ok=True)
+    tmp = tmp_path / cid / "state-tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.rename(tmp_path / cid / "state.json")   # as runc writes it
+
+
+def test_runc_state_kept_a_while_after_delete(tmp_path: Path) -> None:
+    """Events still queued after `runc delete` are still named, for keep_gone seconds."""
+    now = [100.0]
+    rt = RuncRuntime([RuncRoot(str(tmp_path), Runtime.RUNC)], keep_gone=60,
+                     clock=lambda: now[0])
+    _runc_state(tmp_path, "short")
+    match = rt.find("/short")
+    assert match == CgroupMatch(Runtime.RUNC, "short")
+    shutil.rmtree(tmp_path / "short")
+    rt.rescan()
+    assert rt.find("/short") == match
+    info = rt.inspect(match)
+    assert info is not None and info.image == "moray-test/busybox:1"   # read back then
+    now[0] += 61
+    rt.rescan()
+    assert rt.find("/short") is None and rt.inspect(match) is None
+
+
+def test_runc_watch_reads_state_when_written(tmp_path: Path) -> None:
+    """With the watcher, a container's state is indexed when runc writes it: a container
+    created and deleted before anyone asked is still found afterwards."""
+    root = tmp_path / "runc"
+    root.mkdir()
+    rt = RuncRuntime([RuncRoot(str(root), Runtime.RUNC)])
+    assert rt.start_watch()
+    try:
+        (root / "brief").mkdir()       # the watcher adds this directory's watch, or its
+        _runc_state(root, "brief")
+        deadline = time.monotonic() + 5   # rescan after that reads the state
+
+        while "/brief" not in rt._by_cgroup and time.monotonic() < deadline:
+            time.sleep(0.01)
+        shutil.rmtree(root / "brief")
+        # asked only now, after the state is gone: still named
+        assert rt.find("/brief") == CgroupMatch(Runtime.RUNC, "brief")
+    finally:
+        rt.stop_watch()
+
+
 def test_runc_state_appears_later(tmp_path: Path) -> None:
-    rt = RuncRuntime([RuncRoot(str(tmp_path), Runtime.RUNC)])
+    rt = RuncRuntime([RuncRoot(str(tmp_path), Runtime.RUNC)], keep_gone=0)
     (tmp_path / "late").mkdir()  # runc made the dir (exec.fifo), state not yet written
     assert rt.find("/late") is None
     state = json.loads((FIX / "runc/run-runc/moray-fixture/state.json").read_text())
