@@ -184,9 +184,11 @@ class Agent:
         self._teardowns.append(("close_bpf", obj.close))
         lsm = bool(self.features and self.features.bpf_lsm)
         from moray.agent.policy.programs import host_root as host_root_settings
+        from moray.agent.policy.programs import path_root
 
         obj.set_rodata({"cfg_self_tgid": os.getpid(), "cfg_args_max": self.cfg.args_max,
                         "cfg_exec_lsm": int(lsm), **host_root_settings(self.cfg.proc),
+                        **path_root(self.cfg.proc, self.cfg.host_root),
                         "cfg_wakeup_bytes": min(self.cfg.ring_size // 16, WAKEUP_BYTES)})
         obj.set_max_entries("mr_events", self.cfg.ring_size)
         cg = self.features.cgroup_v2 if self.features else None

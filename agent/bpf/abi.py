@@ -83,6 +83,7 @@ F_BINARY_TRUNC = 1 << 1
 F_CWD_TRUNC = 1 << 2
 F_PATH_TRUNC = 1 << 3
 F_PATH_RAW = 1 << 4
+F_ROOT_PRIVATE = 1 << 5   # open: path from a root other than the host's
 
 COMM_LEN = 16
 WATCH_LEN = 256

@@ -37,7 +37,8 @@ class Ctx:
         k = self._fkey
         if k is False:
             f = self.e.get("file")
-            k = self._fkey = (f["path"], f["access"], f["error"], *f["flags"]) if f else None
+            k = self._fkey = (f["path"], f["access"], f["error"], f.get("root"),
+                              *f["flags"]) if f else None
         return k  # type: ignore[return-value]
 
     @property

@@ -41,7 +41,7 @@ class Field:
 # same value for every open of the same path with the same flags and result, so its value
 # is memoized (agent/detect/plan.py FilePlan). Keep in step with file_key.
 FILE_PURE = frozenset({"evt.type", "file.path", "file.name", "file.access", "file.flags",
-                       "file.write", "file.failed", "file.error"})
+                       "file.write", "file.failed", "file.error", "file.root"})
 
 
 def _sub(section: str, key: str) -> Getter:
@@ -146,7 +146,7 @@ def _distinct(kind: str) -> Getter:
     return get
 
 
-def _build() -> dict[str, Field]:
+def _build() -> dict[str, Field]:  # noqa: PLR0915 - the field table, one line per field
     f: list[Field] = []
 
     def add(name: str, kind: str, get: Getter, types: frozenset[str] | None, doc: str) -> None:
@@ -190,6 +190,10 @@ def _build() -> dict[str, Field]:
     add("file.write", BOOL, _file_write, files, "opened for writing, creation or truncation")
     add("file.failed", BOOL, _file_failed, files, "the open failed")
     add("file.error", STR, _sub("file", "error"), files, "errno name of a failed open")
+    add("file.root", STR, _sub("file", "root"), files,
+        "host: file.path is the host's path (or a container's, from its rootfs: see "
+        "container); private: a host process that pivoted into another root (an image "
+        "layer being extracted, a build); absent for a failed open")
     add("net.daddr", STR, _sub("network", "daddr"), NET_TYPES, "destination / peer address")
     add("net.dport", INT, _sub("network", "dport"), NET_TYPES, "destination / peer port")
     add("net.saddr", STR, _sub("network", "saddr"), NET_TYPES, "source / local address")
@@ -277,6 +281,7 @@ def _parent(what: str) -> Absent:
 
 ABSENT: dict[str, Absent] = {
     "file.error": _result_ok,
+    "file.root": lambda c: "root unknown (the open failed: path as written)",
     "syscall.error": _result_ok,
     "container.id": _host_or("unknown container"),
     "container.name": _container_name,

@@ -133,7 +133,7 @@ def decode_open(rec: bytes) -> OpenEvent:
     ev: OpenEvent = _new_tuple(OpenEvent, (
         t[_O_TS], _proc(t, _PROC_AT), rec[size:size + n].decode("utf-8", "backslashreplace"),
         t[_O_FLAGS], t[_O_RET], bool(pflags & abi.F_PATH_RAW), bool(pflags & abi.F_PATH_TRUNC),
-        EventType.OPEN))
+        bool(pflags & abi.F_ROOT_PRIVATE), EventType.OPEN))
     return ev
 
 

@@ -89,6 +89,7 @@ class OpenEvent(NamedTuple):
     ret: int               # fd, or -errno
     path_as_written: bool  # the open failed: path as the caller wrote it, not resolved
     truncated: bool
+    private_root: bool = False  # resolved from a root other than the host's (bpf/lib/path.h)
     type: EventType = EventType.OPEN
 
 

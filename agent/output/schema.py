@@ -122,7 +122,7 @@ class Formatter:
     def _file(self, e: OpenEvent) -> dict[str, Any]:
         """The `file` object, shared by the events of one path, flags and result
         (read-only): a program opening the same file again and again costs one lookup."""
-        key = (e.path, e.flags, e.ret, e.path_as_written, e.truncated)
+        key = (e.path, e.flags, e.ret, e.path_as_written, e.truncated, e.private_root)
         got = self._files.get(key)
         if got is None:
             if len(self._files) >= 4096:
@@ -131,7 +131,10 @@ class Formatter:
                 "path": e.path, "flags": flag_names(e.flags), "access": access_of(e.flags),
                 "result": e.ret if e.ret < 0 else 0, "error": _err(e.ret),
                 "fd": e.ret if e.ret >= 0 else None,
-                "path_as_written": e.path_as_written, "truncated": e.truncated}
+                "path_as_written": e.path_as_written, "truncated": e.truncated,
+                # the root the path is relative to: a failed open's path is as written
+                "root": None if e.path_as_written else (
+                    "private" if e.private_root else "host")}
         return got
 
     def event(self, e: KernelEvent, p: Process, parent: Process | None,

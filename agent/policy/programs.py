@@ -117,6 +117,23 @@ def host_root(proc: str = "/proc") -> dict[str, int]:
             "cfg_host_root_dev": (os.major(st.st_dev) << 20) | os.minor(st.st_dev)}
 
 
+def path_root(proc: str = "/proc", host_root: str = "/") -> dict[str, int]:
+    """Load-time settings of the path walk (bpf/lib/path.h): the root a file event's path
+    is "host" for. pid 1's root; where that is unreadable (pid 1 of another user
+    namespace), the host root the agent was given (``--host-root``: "/" when it runs on
+    the host, the host's / mounted into its container otherwise: a bind mount has the same
+    inode and device)."""
+    for where in (f"{proc}/1/root/", host_root):
+        try:
+            st = os.stat(where)
+        except OSError:
+            continue
+        return {"cfg_path_root_ino": st.st_ino,
+                "cfg_path_root_dev": (os.major(st.st_dev) << 20) | os.minor(st.st_dev)}
+    log.warning("no root readable: file events do not tell private roots from the host's")
+    return {}
+
+
 # issue 13: LSM programs of the namespace / setid rules, by group; a group loads only where
 # BPF LSM is usable and the kernel has every hook of it (userns_create is 6.1+, path_chmod
 # and path_mknod need CONFIG_SECURITY_PATH), else mr_enf_args does its job (kill tier)

@@ -38,6 +38,7 @@ enum mr_stat {
 #define MR_F_CWD_TRUNC    (1 << 2)
 #define MR_F_PATH_TRUNC   (1 << 3)
 #define MR_F_PATH_RAW     (1 << 4) /* open: path as the caller wrote it (open failed) */
+#define MR_F_ROOT_PRIVATE (1 << 5) /* open: path from a root other than the host's */
 
 #define MR_COMM_LEN 16
 

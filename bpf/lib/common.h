@@ -22,6 +22,13 @@ __weak const volatile __u32 cfg_args_max = 1024;  /* bytes of argv copied per ex
 __weak const volatile __u32 cfg_watch_proc_mem = 1; /* report opens of /proc/<pid>/mem */
 __weak const volatile __u32 cfg_wakeup_bytes = 0;  /* 0: wake the reader on every record */
 __weak const volatile __u32 cfg_exec_lsm = 0;      /* exec denials by BPF LSM (holds stay at exec) */
+/* The host's root directory (stat of /proc/1/root); 0: unknown. */
+__weak const volatile __u64 cfg_host_root_ino = 0;
+__weak const volatile __u32 cfg_host_root_dev = 0; /* kernel dev_t: major << 20 | minor */
+/* The root file events' paths are told apart by (path.h): pid 1's, else the host root the
+ * agent was given (--host-root, "/" on a host); 0: unknown, no path is called private. */
+__weak const volatile __u64 cfg_path_root_ino = 0;
+__weak const volatile __u32 cfg_path_root_dev = 0;
 
 /* Atomic although the counters are per CPU: where a program can be preempted (faultable
  * syscall tracepoints on recent kernels), two programs may interleave on one CPU, and a

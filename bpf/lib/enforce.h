@@ -149,10 +149,6 @@ static __always_inline void exec_ident_masks(struct inode *inode, __u64 *deny)
 }
 
 /* The fixed part of an enforcement record for the current task. */
-/* The host's root directory (stat of /proc/1/root), written by the agent before load. */
-__weak const volatile __u64 cfg_host_root_ino = 0;
-__weak const volatile __u32 cfg_host_root_dev = 0; /* kernel dev_t: major << 20 | minor */
-
 /* A container runtime setting the container up: a task of a container cgroup (in scope,
  * or pending) whose root is still the host's. runc creates the namespaces and mounts the
  * container's /proc, /dev ... from inside its cgroup before it pivots into the container's

@@ -92,7 +92,7 @@ static __always_inline int file_is_proc_mem(struct file *f)
 
 static __always_inline int on_exit(long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid(), trunc = 0, off, len, zero = 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), trunc = 0, priv = 0, off, len, zero = 0;
 	struct mr_open_inflight *in = bpf_map_lookup_elem(&mr_open_args, &tid);
 	struct mr_open *ev;
 	struct mr_watch_key *k;
@@ -121,7 +121,10 @@ static __always_inline int on_exit(long ret)
 		f = task_fd_file(task, ret);
 		if (!f)
 			goto out;
-		off = path_resolve(__builtin_preserve_access_index(&f->f_path), pbuf, &trunc);
+		off = path_resolve_root(__builtin_preserve_access_index(&f->f_path), pbuf, &trunc,
+					&priv);
+		if (priv)
+			ev->pflags |= MR_F_ROOT_PRIVATE;
 		if (trunc) {
 			ev->pflags |= MR_F_PATH_TRUNC;
 			stat_inc(MR_STAT_PATH_TRUNC);

@@ -37,7 +37,7 @@ def test_open_fields() -> None:
     f = build("open_failed")["file"]
     assert f == {"path": "/etc/moray-missing", "flags": ["O_RDONLY", "O_CLOEXEC"],
                  "access": "read", "result": -2, "error": "ENOENT", "fd": None,
-                 "path_as_written": True, "truncated": False}
+                 "path_as_written": True, "truncated": False, "root": None}
 
 
 def test_network_and_exit_fields() -> None:

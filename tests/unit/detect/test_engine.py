@@ -98,6 +98,31 @@ def test_sensitive_read_and_exceptions(det: Detector) -> None:
     assert det.process(opn("/tmp/x", "write", flags=w)) == []
 
 
+def test_layer_extraction_and_registry_credentials(det: Detector) -> None:
+    """dockerd unpacking a layer into the root it pivoted into writes the layer's
+    /etc/passwd, not the host's: quiet. Another host process in a private root still
+    alerts, and says so. A registry client reading its own user's docker config: quiet."""
+    w = ["O_WRONLY", "O_CREAT", "O_TRUNC"]
+
+    def opn(path: str, binary: str, root: str | None, access: str = "write",
+            flags: list[str] = w, error: str | None = None) -> dict[str, Any]:
+        return ev("open", comm=binary.rsplit("/", 1)[-1][:15], binary=binary, container=None,
+                  file={"path": path, "access": access, "flags": flags,
+                        "result": -2 if error else 0, "error": error, "root": root})
+    assert det.process(opn("/etc/passwd", "/usr/sbin/dockerd", "private")) == []
+    assert det.process(opn("/usr/bin/env", "/usr/sbin/dockerd", "private")) == []
+    a = det.process(opn("/etc/passwd", "/usr/bin/dash", "private"))
+    assert rules_of(a) == {"Write below etc"} and "root private" in a[0]["output"]
+    a = det.process(opn("/etc/motd", "/usr/sbin/dockerd", "host"))
+    assert rules_of(a) == {"Write below etc"} and "root host" in a[0]["output"]
+    cfg = "/root/.docker/config.json"
+    assert det.process(opn(cfg, "/usr/bin/docker", None, "read", ["O_RDONLY"],
+                           "ENOENT")) == []
+    assert det.process(opn(cfg, "/usr/bin/docker", "host", "read", ["O_RDONLY"])) == []
+    assert rules_of(det.process(opn(cfg, "/usr/bin/cat", "host", "read", ["O_RDONLY"]))) == {
+        "Read sensitive file"}
+
+
 def syscall(name: str, **kw: Any) -> dict[str, Any]:
     return ev("syscall", syscall={"name": name, "result": -1, "error": "EPERM", **kw})
 
