@@ -75,15 +75,13 @@ class Passwords:
 
     def __init__(self, hasher: PasswordHasher | None = None) -> None:
         self.hasher = hasher or PasswordHasher()
-        self._dummy: str | None = None
+        self._dummy = self.hasher.hash(secrets.token_urlsafe(16))   # now, not at a login
 
     def hash(self, password: str) -> str:
         return self.hasher.hash(password)
 
     def verify(self, hashed: str | None, password: str) -> bool:
         if hashed is None:
-            if self._dummy is None:
-                self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
             hashed = self._dummy
             password = "\0" + password      # never the dummy's password
         try:
