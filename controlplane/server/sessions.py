@@ -24,6 +24,7 @@ user or token answers 404, as if it did not exist.
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations.
 
+import logging
 import math
 import threading
 import time
@@ -39,6 +40,8 @@ from starlette.requests import cookie_parser
 
 from moray.controlplane.store.cpstore import ControlPlaneStore
 from moray.controlplane.store.users import MAX_PASSWORD, SessionInfo, UserStore
+
+log = logging.getLogger(__name__)
 
 COOKIE = "moray_session"
 CSRF_HEADER = "x-csrf-token"
@@ -193,6 +196,8 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
         keys = LoginLimits.keys(source, name)
         store.record_audit(f"anonymous:{source}", action, name, {"source": source})
         for key in limits.failed(*keys):
+            log.warning("sign-in locked after failures", extra={
+                "key": key, "source": source, "seconds": limits.lockout})
             store.record_audit("moray-server", "session.lockout", key,
                                {"source": source, "user": name, "seconds": limits.lockout})
 
@@ -257,10 +262,14 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
 
     # -- users (admin) -------------------------------------------------------------------
 
-    def target(who: Any, name: str) -> None:
+    def target(who: Any, name: str, *, own: str = "") -> None:
+        """404 for a user ``who`` may not see; 409 when a signed-in admin would lock
+        itself out (``own``: what it tries)."""
         user = users.user(name)
         if user is None or not visible(who, user.tenant):
             raise HTTPException(404, f"no user {name!r}")
+        if own and who.user and who.name == name:
+            raise HTTPException(409, f"you may not {own} yourself (another admin may)")
 
     @router.get(P + "/users")
     def list_users(who: Annotated[Any, Depends(require("GET", P + "/users"))]
@@ -278,7 +287,9 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
     def update_user(name: str, body: UserPatch,
                     who: Annotated[Any, Depends(require("PATCH", P + "/users/{name}"))]
                     ) -> dict[str, Any]:
-        target(who, name)
+        own = "disable" if body.disabled else ("change the role of"
+                                                if body.role not in (None, who.role) else "")
+        target(who, name, own=own)
         return users.update_user(name, author=who.actor, role=body.role,
                                  disabled=body.disabled, password=body.password).as_dict()
 
@@ -286,7 +297,7 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
     def delete_user(name: str,
                     who: Annotated[Any, Depends(require("DELETE", P + "/users/{name}"))]
                     ) -> Response:
-        target(who, name)
+        target(who, name, own="delete")
         users.delete_user(name, author=who.actor)
         return Response(status_code=204)
 

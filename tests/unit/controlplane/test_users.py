@@ -303,3 +303,27 @@ def test_own_password_change_keeps_this_session_only(
     assert client.get("/api/v1/session").status_code == 200
     assert other.get("/api/v1/session").status_code == 401
     assert users.check_login("root", "a new password") is not None
+
+
+def test_an_admin_cannot_lock_itself_out(app: tuple[TestClient, UserStore]) -> None:
+    client, _ = app
+    h = {"X-CSRF-Token": login(client, "root")}
+    assert client.delete("/api/v1/users/root", headers=h).status_code == 409
+    assert client.patch("/api/v1/users/root", headers=h,
+                        json={"disabled": True}).status_code == 409
+    assert client.patch("/api/v1/users/root", headers=h,
+                        json={"role": "viewer"}).status_code == 409
+    assert client.patch("/api/v1/users/root", headers=h,
+                        json={"password": "a new root password"}).status_code == 200
+    assert client.get("/api/v1/session").status_code == 401     # a password change ends all
+
+
+def test_sessions_per_user_are_bounded(users: UserStore) -> None:
+    from moray.controlplane.store.users import MAX_SESSIONS
+
+    alice = users.create_user("alice", PW, "viewer", None, author="t")
+    first, _ = users.open_session(alice, source="a")
+    for _ in range(MAX_SESSIONS):
+        users.open_session(alice, source="a")
+    assert users.count_sessions("alice") == MAX_SESSIONS
+    assert users.session(first) is None
