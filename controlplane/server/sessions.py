@@ -15,7 +15,10 @@ rest.py's ``decide``. Sign-in is limited per user name and per source address
 from one address: a proxy or NAT carries many people) within ``lockout`` seconds, that
 name or address is locked for ``lockout`` seconds (429 + Retry-After), whether the
 name exists or not. The counters live in the server process (several servers on one
-PostgreSQL count apart).
+PostgreSQL count apart). A password check costs ~0.1-0.3 s of CPU (argon2id), and the
+endpoints share one thread pool: at most ``CONCURRENT_LOGINS`` checks run at once, a
+sign-in beyond that is answered 503 + Retry-After at once, so a flood of sign-ins (from
+many addresses) cannot take every thread from the rest of the API.
 
 A tenant's admin (``Principal.tenant`` set) sees and changes only the users and tokens
 of its tenant, and creates only those (a missing tenant is its own); another tenant's
@@ -50,6 +53,7 @@ BAD_LOGIN = "invalid username or password"
 BAD_CSRF = "missing or wrong CSRF token"
 MAX_FAILURES = 5
 SOURCE_FAILURES = 20
+CONCURRENT_LOGINS = 4
 LOCKOUT_SECONDS = 15 * 60.0
 INT32_MAX = 2**31 - 1
 
@@ -182,6 +186,17 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
                    principal: Callable[[SessionInfo], Any]) -> APIRouter:
     router = APIRouter()
     P = "/api/v1"
+    gate = threading.BoundedSemaphore(CONCURRENT_LOGINS)
+
+    def check_password(name: str, password: str) -> Any:
+        """``users.check_login`` through the gate; 503 when it is full."""
+        if not gate.acquire(blocking=False):
+            raise HTTPException(503, "too many sign-ins at once; try again",
+                                headers={"Retry-After": "1"})
+        try:
+            return users.check_login(name, password)
+        finally:
+            gate.release()
 
     def live(request: Request) -> tuple[str, SessionInfo] | None:
         cookie = session_cookie(request.headers.get("cookie"))
@@ -208,7 +223,7 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
         wait = limits.retry_after(*keys)
         if wait:
             raise too_many(wait)
-        user = users.check_login(body.username, body.password)
+        user = check_password(body.username, body.password)
         if user is None:
             failure(source, body.username, "session.login_failed")
             return JSONResponse({"detail": BAD_LOGIN}, status_code=401)
@@ -252,7 +267,7 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
         wait = limits.retry_after(*keys)
         if wait:
             raise too_many(wait)
-        if users.check_login(info.user, body.current) is None:
+        if check_password(info.user, body.current) is None:
             failure(source, info.user, "user.password_failed")
             return JSONResponse({"detail": "the current password is wrong"},
                                 status_code=403)

@@ -327,3 +327,45 @@ def test_sessions_per_user_are_bounded(users: UserStore) -> None:
         users.open_session(alice, source="a")
     assert users.count_sessions("alice") == MAX_SESSIONS
     assert users.session(first) is None
+
+
+def test_sign_ins_beyond_the_gate_are_answered_503(engine: Engine, tmp_path: Any) -> None:
+    """Password checks that block (a hasher stuck in a gate of our own) fill the gate;
+    the next sign-in is refused at once, and the rest of the API still answers."""
+    import threading
+
+    from moray.controlplane.server.sessions import CONCURRENT_LOGINS
+
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    class Stuck(Passwords):
+        def verify(self, hashed: str | None, password: str) -> bool:
+            entered.release()
+            release.wait(30)
+            return False
+
+    store = ControlPlaneStore(engine)
+    users = UserStore(store, passwords=Stuck(FAST))
+    token = store.create_api_token("t", "viewer", author="t")
+    client = TestClient(create_app(store, None, Pki.load_or_create(tmp_path / "pki", []),
+                                   ServerMetrics(), users=users))
+    results: list[int] = []
+
+    def attempt() -> None:
+        results.append(client.post("/api/v1/session", json={
+            "username": "x", "password": "y" * 12}).status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(CONCURRENT_LOGINS)]
+    for t in threads:
+        t.start()
+    for _ in range(CONCURRENT_LOGINS):
+        assert entered.acquire(timeout=30)
+    r = client.post("/api/v1/session", json={"username": "x", "password": "y" * 12})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert client.get("/api/v1/whoami", headers={
+        "Authorization": f"Bearer {token}"}).status_code == 200
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert results == [401] * CONCURRENT_LOGINS
