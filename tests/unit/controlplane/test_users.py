@@ -369,3 +369,30 @@ def test_sign_ins_beyond_the_gate_are_answered_503(engine: Engine, tmp_path: Any
     for t in threads:
         t.join(30)
     assert results == [401] * CONCURRENT_LOGINS
+
+
+def test_first_admin_made_once_when_two_servers_race(engine: Engine, tmp_path: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two servers start on one empty database: the one that loses the race to create
+    ``admin`` carries on (and writes no password file)."""
+    from moray.controlplane.server import main
+
+    store = ControlPlaneStore(engine)
+
+    class Raced(UserStore):
+        calls = 0
+
+        def has_users(self) -> bool:
+            Raced.calls += 1
+            if Raced.calls == 1:      # the other server creates it right after we looked
+                UserStore(store, passwords=Passwords(FAST)).create_user(
+                    "admin", PW, "admin", None, author="other")
+                return False
+            return super().has_users()
+
+    monkeypatch.setattr(main, "UserStore", Raced)
+    config = main.ServerConfig(data_dir=tmp_path)
+    users = main.bootstrap_admin_user(store, config)
+    assert [u.name for u in users.users()] == ["admin"]
+    assert not (tmp_path / "admin.password").exists()
+    assert (tmp_path / "admin.token").exists()
