@@ -3,4 +3,8 @@
 // A page whose module fails to load is left out of the navigation (the error is logged).
 export const PAGES = [
   'overview',
+  'agents',
+  'policies',
+  'events',
+  'alerts',
 ];
