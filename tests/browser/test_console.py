@@ -7,6 +7,8 @@ violation in the browser's console (checked after every test by the fixture)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from selenium.webdriver.common.by import By
 
@@ -61,7 +63,7 @@ def test_core_pages_show_the_real_data(console: Console, console_env: ConsoleEnv
     # events: newest first, a row opens the detail
     console.visit("events", "#events-list tbody tr[data-seq]")
     rows = console.all("#events-list tbody tr[data-seq]")
-    assert len(rows) == 12
+    assert len(rows) >= 12          # the follow test adds one
     seqs = [int(r.get_attribute("data-seq")) for r in rows]
     assert seqs == sorted(seqs, reverse=True)
     console.wait_text("#events-list", "web-1")
@@ -188,3 +190,17 @@ def test_the_csp_blocks_inline_script_and_the_harness_sees_it(console: Console) 
     console.until(lambda: any("Content Security Policy" in p for p in console.problems()),
                   "the CSP violation in the browser log")
     console.logs.clear()          # seen: not a failure of this test
+
+
+def test_live_follow_shows_new_events(console: Console, console_env: ConsoleEnv) -> None:
+    console.login("view", PASSWORD)
+    console.visit("events?follow=1", "#events-list tbody tr[data-seq]")
+    before = len(console.all("#events-list tbody tr[data-seq]"))
+    agent = console_env.agents[1]
+    payload = json.dumps({"type": "exec", "node": "node-c", "container": {
+        "name": "follow-me", "image": "busybox"}, "process": {"args": ["/bin/true"]}}).encode()
+    assert console_env.fleet.call(agent.send_events([("follow-1", "exec", payload)],
+                                                    batch_id=7)) == 1
+    console.wait_text("#events-list tbody tr:first-child", "follow-me", timeout=20)
+    assert len(console.all("#events-list tbody tr[data-seq]")) == before + 1
+    console.screenshot("followed")
