@@ -56,6 +56,14 @@ from tests.unit.controlplane.test_store_hostile import (  # noqa: F401
     test_revision_0003_keeps_events_and_frees_ids_per_agent,
     test_stored_payload_that_is_not_json_does_not_break_reading,
 )
+from tests.unit.controlplane.test_users import (  # noqa: F401
+    clock,
+    test_every_change_of_a_user_ends_its_sessions,
+    test_login_checks,
+    test_rehash_when_parameters_change,
+    test_session_idle_and_absolute_expiry,
+    users,
+)
 
 pytestmark = pytest.mark.integration
 
