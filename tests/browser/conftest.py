@@ -60,6 +60,8 @@ def _status(i: int) -> Any:
 
 def _events(now_ms: int) -> list[tuple[str, str, bytes]]:
     web = {"name": "web-1", "id": "c0ffee" * 4, "image": "nginx:1.27", "runtime": "docker"}
+    # the agent's shapes (docs/events.md, docs/detections.md): an alert carries the
+    # triggering event, with its container, under "event"
     out: list[dict[str, Any]] = []
     for i in range(6):
         out.append({"type": "exec", "node": "node-a", "container": web,
@@ -67,13 +69,14 @@ def _events(now_ms: int) -> list[tuple[str, str, bytes]]:
     for rule, n in (("Shell in container", 3), ("Read sensitive file", 2)):
         for i in range(n):
             out.append({"type": "alert", "node": "node-a", "rule": rule, "priority": "WARNING",
-                        "output": f"{rule} #{i}", "container": web,
+                        "output": f"{rule} #{i}",
                         "event": {"type": "exec", "container": web, "process": {
                             "pid": 200 + i, "args": ["/bin/sh", "-c", "id"]}}})
     out.append({"type": "alert", "node": "node-b", "rule": "Shell in container",
                 "priority": "CRITICAL", "output": "shell in a hostile container",
-                "container": {"name": XSS_CONTAINER, "id": "bad", "image": XSS_CONTAINER},
-                "event": {"type": "exec", "process": {"pid": 666, "args": [XSS_CONTAINER]}}})
+                "event": {"type": "exec", "process": {"pid": 666, "args": [XSS_CONTAINER]},
+                          "container": {"name": XSS_CONTAINER, "id": "bad",
+                                        "image": XSS_CONTAINER}}})
     return [(f"ui-{i}", e["type"], json.dumps({**e, "time_ms": now_ms}).encode())
             for i, e in enumerate(out)]
 

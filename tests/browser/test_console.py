@@ -204,3 +204,23 @@ def test_live_follow_shows_new_events(console: Console, console_env: ConsoleEnv)
     console.wait_text("#events-list tbody tr:first-child", "follow-me", timeout=20)
     assert len(console.all("#events-list tbody tr[data-seq]")) == before + 1
     console.screenshot("followed")
+
+
+def test_events_pages_follow_next(console: Console, console_env: ConsoleEnv) -> None:
+    agent = console_env.agents[1]
+    payload = json.dumps({"type": "exec", "node": "node-p", "process": {
+        "args": ["/bin/date"]}}).encode()
+    assert console_env.fleet.call(agent.send_events(
+        [(f"page-{i}", "exec", payload) for i in range(60)], batch_id=8)) == 60
+    console.login("view", PASSWORD)
+    console.visit("events", "#events-list tbody tr[data-seq]")
+    first = [int(r.get_attribute("data-seq")) for r in
+             console.all("#events-list tbody tr[data-seq]")]
+    assert len(first) == 50
+    console.css("#page-older").click()
+    console.until(lambda: console.all("#page-newest"), "the second page")
+    console.screenshot("events-page-2")
+    second = [int(r.get_attribute("data-seq")) for r in
+              console.all("#events-list tbody tr[data-seq]")]
+    assert second and max(second) < min(first)
+    assert second == sorted(second, reverse=True)
