@@ -63,15 +63,19 @@ def _events(now_ms: int) -> list[tuple[str, str, bytes]]:
     # the agent's shapes (docs/events.md, docs/detections.md): an alert carries the
     # triggering event, with its container, under "event"
     out: list[dict[str, Any]] = []
-    for i in range(6):
+    for i in range(6):          # a process chain: each exec the parent of the next
         out.append({"type": "exec", "node": "node-a", "container": web,
-                    "process": {"pid": 100 + i, "args": ["/bin/ls", f"/tmp/{i}"]}})
+                    "process": {"pid": 100 + i, "exec_id": f"x{i}",
+                                "args": ["/bin/ls", f"/tmp/{i}"]},
+                    "parent": {"exec_id": f"x{i - 1}"} if i else {}})
     for rule, n in (("Shell in container", 3), ("Read sensitive file", 2)):
         for i in range(n):
             out.append({"type": "alert", "node": "node-a", "rule": rule, "priority": "WARNING",
                         "output": f"{rule} #{i}",
-                        "event": {"type": "exec", "container": web, "process": {
-                            "pid": 200 + i, "args": ["/bin/sh", "-c", "id"]}}})
+                        "event": {"type": "exec", "container": web,
+                                  "process": {"pid": 105, "exec_id": "x5",
+                                              "args": ["/bin/ls", "/tmp/5"]},
+                                  "parent": {"exec_id": "x4"}}})
     out.append({"type": "alert", "node": "node-b", "rule": "Shell in container",
                 "priority": "CRITICAL", "output": "shell in a hostile container",
                 "event": {"type": "exec", "process": {"pid": 666, "args": [XSS_CONTAINER]},
@@ -228,7 +232,9 @@ def console(browser: Any, console_env: ConsoleEnv, request: pytest.FixtureReques
     browser.delete_all_cookies()
     browser.get("about:blank")
     browser.get_log("browser")        # what earlier tests left
-    c = Console(browser, console_env.server.url, ARTIFACTS / request.node.name)
+    artifacts = ARTIFACTS / request.node.name
+    shutil.rmtree(artifacts, ignore_errors=True)      # only this run's screenshots
+    c = Console(browser, console_env.server.url, artifacts)
     yield c
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:

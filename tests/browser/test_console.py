@@ -44,6 +44,11 @@ def test_core_pages_show_the_real_data(console: Console, console_env: ConsoleEnv
     console.wait_text("#stat-alerts", "6")
     console.wait_text("#overview-rules", "Shell in container")
     assert console.all("svg.chart rect.bar")
+    # a top rule links to its alerts
+    console.css("#overview-rules a").click()
+    console.until(lambda: len(console.all("#page-alerts #events-list tbody tr[data-seq]")) == 4,
+                  "the 4 alerts of the top rule")
+    console.screenshot("top-rule-alerts")
     # agents: hostnames, labels, version and tiers from the agents' status
     console.visit("agents", "#agents-list table")
     for agent in console_env.agents:
@@ -68,11 +73,18 @@ def test_core_pages_show_the_real_data(console: Console, console_env: ConsoleEnv
     assert seqs == sorted(seqs, reverse=True)
     console.wait_text("#events-list", "web-1")
     rows[-1].click()
+    console.wait_text("#event-detail h2", f"Event {seqs[-1]}: exec")
     console.wait_text("#event-detail", "/bin/ls")
     console.screenshot("event-detail")
     # alerts: only alerts, filtered by rule through the form
     console.visit("alerts", "#events-list tbody tr[data-seq]")
     assert len(console.all("#events-list tbody tr[data-seq]")) == 6
+    # an alert's detail: the process ancestry, from its process up to the oldest exec
+    console.all("#events-list tbody tr[data-seq]")[-1].click()
+    ancestry = console.wait_css("#event-ancestry")
+    steps = [li.text for li in ancestry.find_elements(By.TAG_NAME, "li")]
+    assert [s.split(" pid")[0] for s in steps] == [f"/bin/ls /tmp/{i}" for i in range(5, -1, -1)]
+    console.screenshot("alert-ancestry")
     console.css("#filter-rule").send_keys("Read sensitive file")
     console.css("#filter-apply").click()
     console.until(lambda: len(console.all("#events-list tbody tr[data-seq]")) == 2,

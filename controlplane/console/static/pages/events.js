@@ -86,21 +86,26 @@ async function showDetail(box, api, seq, fallback) {
   let ancestry = null;
   try {
     const found = await api.get(`/api/v1/events/${encodeURIComponent(seq)}`);
-    event = found.event ? normalizeEvent(found.event) : fallback;
+    // the row's own fields, as the list gave them, win over what the detail's payload says
+    event = {...(found.event ? normalizeEvent(found.event) : {})};
+    for (const [k, v] of Object.entries(fallback || {})) {
+      if (v !== null && v !== undefined) event[k] = v;
+    }
     ancestry = found.ancestry || [];
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 404) throw err;
   }
   clear(box).append(el('section', {class: 'card', id: 'event-detail'},
     el('h2', {}, `Event ${event.seq}: ${event.type}`, event.rule ? ` · ${event.rule}` : ''),
-    el('table', {class: 'grid kv'}, el('tbody', {}, fieldRows(event).map(([k, v]) =>
-      el('tr', {}, el('th', {}, k), el('td', {class: 'mono'}, v))))),
-    el('h2', {}, 'Process ancestry'),
+    el('h3', {}, 'Process ancestry'),
     ancestry === null ? el('p', {class: 'muted'}, 'not available from this server')
       : ancestry.length === 0 ? el('p', {class: 'muted'}, 'no known ancestor')
         : el('ol', {class: 'ancestry', id: 'event-ancestry'}, ancestry.map((p) => el('li', {},
           el('span', {class: 'mono'}, args(p.args)),
-          ' ', el('span', {class: 'muted'}, `pid ${p.pid} · ${fmtTime(p.time_ms)} · ${p.exec_id}`))))));
+          ' ', el('span', {class: 'muted'}, `pid ${p.pid} · ${fmtTime(p.time_ms)} · ${p.exec_id}`)))),
+    el('h3', {}, 'Fields'),
+    el('table', {class: 'grid kv'}, el('tbody', {}, fieldRows(event).map(([k, v]) =>
+      el('tr', {}, el('th', {}, k), el('td', {class: 'mono'}, v)))))));
 }
 
 export async function renderEvents(root, ctx, {fixed = {}} = {}) {
