@@ -236,3 +236,32 @@ def test_events_pages_follow_next(console: Console, console_env: ConsoleEnv) -> 
               console.all("#events-list tbody tr[data-seq]")]
     assert second and max(second) < min(first)
     assert second == sorted(second, reverse=True)
+
+
+TRICKY = {
+    "apiVersion": "moray/v1", "kind": "RuntimePolicy",
+    "metadata": {"name": "t", "labels": {"a.b/c": "yes", "n": "1.0", "e": ""}},
+    "spec": {"exec": {"deny": ["/bin/sh", "*/nc", "a: b", "#x", " lead", "trail ", "~",
+                               "null", "2024-01-01", "0x1f", "é ünï", "line\nbreak",
+                               "'q'", '"dq"', "[x]", "{y}", "-", "- x", "@at", "%p"],
+                      "allow": []},
+             "n": [1, 2.5, -3, True, False, None, {}, [], [["nested"]],
+                   {"k": "v", "list": [{"deep": 1}]}],
+             "key with space": "v", "1": "numeric key", "true": "bool key"},
+}
+
+
+def test_policy_yaml_writer_round_trips_in_the_browser(console: Console) -> None:
+    """text.js's toYaml, run in the browser, read back by PyYAML (the server's loader):
+    the same document, for values that need quoting."""
+    import yaml
+
+    console.open()
+    console.wait_css("#login-username")
+    out = console.driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('/ui/text.js').then((m) => done({yaml: m.toYaml(arguments[0]),
+          diff: m.lineDiff(['a', 'b', 'c'], ['a', 'x', 'c', 'd'])}));""", TRICKY)
+    assert yaml.safe_load(out["yaml"]) == TRICKY
+    assert [(d["op"], d["line"]) for d in out["diff"]] == [
+        (" ", "a"), ("-", "b"), ("+", "x"), (" ", "c"), ("+", "d")]
