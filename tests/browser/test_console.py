@@ -265,3 +265,21 @@ def test_policy_yaml_writer_round_trips_in_the_browser(console: Console) -> None
     assert yaml.safe_load(out["yaml"]) == TRICKY
     assert [(d["op"], d["line"]) for d in out["diff"]] == [
         (" ", "a"), ("-", "b"), ("+", "x"), (" ", "c"), ("+", "d")]
+
+
+def test_a_session_ended_elsewhere_brings_back_the_sign_in_form(
+        console: Console, console_env: ConsoleEnv) -> None:
+    import httpx
+
+    console.login("view", PASSWORD)
+    console.visit("agents", "#agents-list table")
+    cookie = console.driver.get_cookie("moray_session")
+    assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    with httpx.Client(base_url=console_env.server.url,
+                      cookies={"moray_session": cookie["value"]}) as other:
+        csrf = other.get("/api/v1/session").json()["csrf_token"]
+        assert other.delete("/api/v1/session",
+                            headers={"X-CSRF-Token": csrf}).status_code == 204
+    console.driver.execute_script("location.hash = '#/policies'")
+    console.wait_text("#login-status", "Your session has ended")
+    console.screenshot("session-ended")
