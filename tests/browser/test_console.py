@@ -8,6 +8,7 @@ violation in the browser's console (checked after every test by the fixture)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -283,3 +284,19 @@ def test_a_session_ended_elsewhere_brings_back_the_sign_in_form(
     console.driver.execute_script("location.hash = '#/policies'")
     console.wait_text("#login-status", "Your session has ended")
     console.screenshot("session-ended")
+
+
+def test_admin_revokes_an_agent(console: Console, console_env: ConsoleEnv,
+                                tmp_path: Path) -> None:
+    agent = console_env.fleet.enroll_many(console_env.server, tmp_path, 1, prefix="r",
+                                          labels={"env": "doomed"})[0]
+    wait_for(lambda: agent.connected, timeout=20, what="the extra agent's stream")
+    console.login("admin", console_env.passwords["admin"])
+    console.visit(f"agents?id={agent.agent_id}", "#agent-revoke")
+    console.css("#agent-revoke").click()
+    console.wait_text("#agent-revoke", "Confirm")             # a second click revokes
+    console.css("#agent-revoke").click()
+    console.wait_text("#agent-detail h2", "revoked")
+    console.screenshot("agent-revoked")
+    assert console_env.admin("GET", f"/api/v1/agents/{agent.agent_id}")["revoked"] is True
+    assert not console.all("#agent-revoke")
