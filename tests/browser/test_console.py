@@ -14,7 +14,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from tests.browser.conftest import PASSWORD, XSS_CONTAINER, Console, ConsoleEnv
-from tests.helpers.controlplane import wait_for
+from tests.helpers.controlplane import policy_yaml, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -300,3 +300,22 @@ def test_admin_revokes_an_agent(console: Console, console_env: ConsoleEnv,
     console.screenshot("agent-revoked")
     assert console_env.admin("GET", f"/api/v1/agents/{agent.agent_id}")["revoked"] is True
     assert not console.all("#agent-revoke")
+
+
+def test_operator_rolls_back_a_policy(console: Console, console_env: ConsoleEnv) -> None:
+    admin = console_env.admin
+    admin.apply(policy_yaml("rb", labels={"env": "prod"}, deny="/bin/one"), source="rb.yaml")
+    admin.apply(policy_yaml("rb", labels={"env": "prod"}, deny="/bin/two"), source="rb.yaml")
+    console.login("oper", PASSWORD)
+    console.visit("policies?name=rb&tenant=default", "#policy-history")
+    console.wait_text("#policy-diff .del", "/bin/one")     # v1 -> v2 by default
+    console.wait_text("#policy-diff .add", "/bin/two")
+    console.css('#policy-history button[data-version="1"]').click()
+    console.wait_text("#policy-title", "v3")
+    console.screenshot("policy-rolled-back")
+    current = admin("GET", "/api/v1/policies/rb")
+    assert current["version"] == 3
+    assert current["document"]["spec"]["exec"]["deny"] == ["/bin/one"]
+    for agent in console_env.agents:
+        wait_for(lambda a=agent: a.versions().get("rb") == 3, timeout=30,
+                 what=f"agent {agent.agent_id} to hold rb v3")
