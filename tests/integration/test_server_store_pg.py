@@ -17,6 +17,16 @@ from moray.controlplane.store.cpstore import ControlPlaneStore
 from moray.controlplane.store.scanstore import ScanStore
 from tests.helpers.postgres import create_database
 from tests.unit.controlplane.conftest import FakeSigner, signer, store  # noqa: F401
+from tests.unit.controlplane.test_cpevents import (  # noqa: F401
+    test_ancestry_ends_on_cycles_and_at_the_bound,
+    test_ancestry_walks_the_agents_exec_and_fork_events,
+    test_filters_come_from_the_payload,
+    test_images_by_verdict,
+    test_overview_counts,
+    test_pages_have_no_gaps_or_duplicates_while_events_arrive,
+    test_payload_cannot_pose_as_another_row,
+    test_time_window,
+)
 from tests.unit.controlplane.test_enrollment_tokens import (  # noqa: F401
     test_every_use_is_audited_with_its_token,
     test_expired_multi_use_token_refused,
