@@ -107,6 +107,7 @@ class Config:
     otlp_headers: tuple[str, ...] = ()
     otlp_insecure: bool = False
     otlp_metrics_interval: float = 60.0
+    otlp_body: str = "json"              # json | map (agent/output/otlp.py)
 
 
 Teardown = Callable[[], None]
@@ -318,7 +319,7 @@ class Agent:
             try:
                 self.otlp = OtlpExport(settings_from(
                     cfg.otlp_endpoint, cfg.otlp_protocol, cfg.otlp_headers, cfg.otlp_insecure,
-                    cfg.otlp_metrics_interval), cfg.node, REGISTRY)
+                    cfg.otlp_metrics_interval, cfg.otlp_body), cfg.node, REGISTRY)
             except ConfigError as err:
                 raise AgentError(str(err)) from err
             self.otlp.start()

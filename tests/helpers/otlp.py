@@ -5,6 +5,7 @@ received, decoded, and let a test wait for what it expects (no sleeps)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,12 @@ class Log:
     severity_number: int
     severity_text: str
     time_unix_nano: int
+
+    @property
+    def obj(self) -> Any:
+        """The body as the event's object: a map as is, JSON text (--otlp-body json)
+        parsed."""
+        return json.loads(self.body) if isinstance(self.body, str) else self.body
 
 
 @dataclass

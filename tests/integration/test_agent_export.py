@@ -51,7 +51,7 @@ def test_events_alerts_and_metrics_over_grpc(tmp_path: Path) -> None:
         pid = _shadow_reader()
         ev = _log(got, lambda x: x.attributes.get("moray.type") == "open"
                   and x.attributes.get("process.pid") == pid
-                  and x.body["file"]["path"] == "/etc/shadow", "the open event")
+                  and x.obj["file"]["path"] == "/etc/shadow", "the open event")
         al = _log(got, lambda x: x.attributes.get("moray.type") == "alert"
                   and x.attributes.get("process.pid") == pid, "the alert")
         metrics = got.wait(lambda g: "moray_events" in g.metrics
@@ -59,13 +59,13 @@ def test_events_alerts_and_metrics_over_grpc(tmp_path: Path) -> None:
         written = agent.events.wait_for(
             lambda e: e.get("type") == "open" and e["process"]["pid"] == pid
             and e["file"]["path"] == "/etc/shadow", timeout=10, what="the JSON event")
-    assert ev.body == written                       # the same object as the JSON output
+    assert ev.obj == written                        # the same object as the JSON output
     assert ev.attributes["process.executable.path"] == "/usr/bin/cat"
     assert ev.severity_text == "INFO" and ev.resource["host.name"] == "otlp-node"
     assert ev.resource["service.name"] == "moray-agent"
     assert al.attributes["moray.rule"] == RULE and al.attributes["moray.priority"] == "WARNING"
     assert (al.severity_number, al.severity_text) == (13, "WARNING")
-    assert al.body["event"]["process"]["pid"] == pid
+    assert al.obj["event"]["process"]["pid"] == pid
     types = {kv.value.string_value for p in metrics["moray_events"].sum.data_points
              for kv in p.attributes if kv.key == "type"}
     assert "open" in types and metrics["moray_events"].sum.is_monotonic
@@ -94,7 +94,7 @@ def test_deny_filters_over_http(tmp_path: Path) -> None:
             return e.get("type") == "open" and e["process"]["pid"] == last and \
                 e["file"]["path"] == f"{work}/keep/a"
         agent.events.wait_for(kept, timeout=30, what="the last kept open")
-        _log(got, lambda x: x.body.get("type") == "open" and kept(x.body), "it over OTLP")
+        _log(got, lambda x: x.obj.get("type") == "open" and kept(x.obj), "it over OTLP")
         alert = agent.events.wait_for(
             lambda e: e.get("type") == "alert" and e["event"]["process"]["pid"] == shadow,
             timeout=30, what="the alert on the denied /etc/shadow open")
@@ -107,7 +107,7 @@ def test_deny_filters_over_http(tmp_path: Path) -> None:
     assert paths.count(f"{work}/keep/a") >= 3 and f"{work}/drop/b" not in paths
     assert "/etc/shadow" not in paths and alert["rule"] == RULE
     assert not [e for e in events if e.get("type") == "fork"]
-    exported = [x.body for x in got.logs]
+    exported = [x.obj for x in got.logs]
     assert not [b for b in exported if b.get("type") == "fork"
                 or (b.get("file") or {}).get("path") in (f"{work}/drop/b", "/etc/shadow")]
 

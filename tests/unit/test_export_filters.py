@@ -175,7 +175,7 @@ def test_options_and_config_file(tmp_path: Any) -> None:
     cfg.write_text("export-deny: ['type:fork', 'evt.type = open and file.path startswith "
                    "/proc/']\nexport-allow: type:open\notlp-endpoint: grpc://c:4317\n"
                    "otlp-insecure: true\notlp-metrics-interval: 15\n"
-                   "otlp-headers: [authorization=Bearer x]\n")
+                   "otlp-headers: [authorization=Bearer x]\notlp-body: map\n")
     a = parse(["run", "--config", str(cfg), "--export-deny", "container:db"], "moray-agent")
     assert a.export_deny == ["type:fork", "evt.type = open and file.path startswith /proc/",
                              "container:db"]
@@ -183,3 +183,4 @@ def test_options_and_config_file(tmp_path: Any) -> None:
     assert (a.otlp_endpoint, a.otlp_insecure, a.otlp_metrics_interval, a.otlp_headers,
             a.otlp_protocol) == ("grpc://c:4317", True, 15.0, ["authorization=Bearer x"],
                                  None)
+    assert a.otlp_body == "map"

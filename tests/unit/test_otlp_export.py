@@ -3,6 +3,7 @@ tests/helpers/otlp.py on 127.0.0.1; needs the otlp extra (skipped without it).""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -18,7 +19,7 @@ pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
 from moray.agent.output import otlp
 from moray.agent.output.metrics import ExportCollector
 from tests.helpers.otlp import Received, grpc_receiver, http_receiver
-from tests.unit.test_otlp import ALERT, EVENT
+from tests.unit.test_otlp import ALERT, EVENT, WEB
 
 Receiver = Callable[[], AbstractContextManager[tuple[str, Received]]]
 
@@ -38,12 +39,13 @@ def receiver(request: pytest.FixtureRequest) -> Iterator[tuple[str, Received]]:
         yield got
 
 
+@pytest.mark.parametrize("body", ["json", "map"])
 def test_events_alerts_and_metrics_reach_a_real_receiver(
-        receiver: tuple[str, Received], registry: CollectorRegistry) -> None:
+        receiver: tuple[str, Received], registry: CollectorRegistry, body: str) -> None:
     url, got = receiver
     x = otlp.OtlpExport(otlp.OtlpSettings(url, headers=("x-scope-orgid=tenant1",),
                                           insecure=url.startswith("grpc"),
-                                          metrics_interval=0.2, delay=0.05),
+                                          metrics_interval=0.2, delay=0.05, body=body),
                         "node-a", registry, version="9.9.9")
     x.start()
     try:
@@ -55,13 +57,18 @@ def test_events_alerts_and_metrics_reach_a_real_receiver(
     finally:
         x.close()
     ev, al = got.logs[0], got.logs[1]
-    assert ev.body == otlp.body(EVENT)                  # the object, as a map
+    if body == "map":
+        assert ev.body == otlp.body(EVENT)              # the object, as a map
+    else:
+        assert ev.body == json.dumps(EVENT, separators=(",", ":"))  # its JSON text
+    assert ev.obj == {**EVENT, "container": {**WEB, "cgroup_id": ev.obj["container"][
+        "cgroup_id"]}}
     assert ev.time_unix_nano == otlp.time_ns(EVENT["time"])
     assert (ev.severity_number, ev.severity_text) == (9, "INFO")
     assert ev.attributes == otlp.attributes(EVENT)
     assert (al.severity_number, al.severity_text) == (13, "WARNING")
     assert al.attributes["moray.rule"] == "Read sensitive file"
-    assert al.body["event"]["file"]["path"] == "/etc/shadow"
+    assert al.obj["event"]["file"]["path"] == "/etc/shadow"
     for r in (ev.resource, got.metric_resource):
         assert (r["service.name"], r["service.version"], r["host.name"]) == (
             "moray-agent", "9.9.9", "node-a")
