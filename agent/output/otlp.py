@@ -23,15 +23,17 @@ One LogRecord per event or alert:
     resource    service.name=moray-agent, service.version, host.name (--node)
 
 Never blocks the pipeline: ``event``/``alert`` append to a bounded queue (a deque
-check and append); a full queue drops the object, counts it (``dropped``, exported as
-``moray_otlp_dropped_total``) and logs at most every 10 s. One thread batches the queue
-(``batch`` records or every ``delay`` seconds) into the SDK exporter, which retries
-transient failures with backoff within its timeout, as the SDK specifies; a batch the
-exporter gives up on is counted in ``failed``. (The SDK's own BatchLogRecordProcessor is
-not used: it logs a warning per dropped record and counts drops only in OpenTelemetry's
-own meter.) A second thread exports the Prometheus registry every ``metrics_interval``
-seconds: counters as cumulative monotonic sums since the agent started, gauges as gauges
-(histograms and summaries are skipped; the agent has none).
+check and append; alerts have ``ALERT_HEADROOM`` places beyond the bound that events
+cannot take, so an event flood does not crowd them out); a full queue drops the object,
+counts it (``dropped``, exported as ``moray_otlp_dropped_total``) and logs at most every
+10 s. One thread batches the queue (``batch`` records or every ``delay`` seconds) into
+the SDK exporter, which retries transient failures with backoff within its timeout, as
+the SDK specifies; a batch the exporter gives up on is counted in ``failed``. (The SDK's
+own BatchLogRecordProcessor is not used: it logs a warning per dropped record and counts
+drops only in OpenTelemetry's own meter.) A second thread exports the Prometheus
+registry every ``metrics_interval`` seconds: counters as cumulative monotonic sums since
+the agent started, gauges as gauges (histograms and summaries are skipped; the agent has
+none).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ SEVERITY = {"EMERGENCY": 21, "ALERT": 19, "CRITICAL": 18, "ERROR": 17, "WARNING"
             "NOTICE": 10, "INFORMATIONAL": 9, "DEBUG": 5}
 SEVERITY_INFO, SEVERITY_WARN = 9, 13
 INT64 = 1 << 63
+ALERT_HEADROOM = 1024  # queue places only alerts may take
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,7 @@ class OtlpSettings:
     insecure: bool = False              # gRPC without TLS
     metrics_interval: float = 60.0      # seconds; 0: no metrics
     body: str = "json"                  # json: the object's JSON text; map: AnyValue map
-    queue_records: int = 16384
+    queue_records: int = 4096          # the events themselves: ~3-5 KB each, ~20 MB full
     batch: int = 512
     delay: float = 1.0
     timeout: float = 10.0
@@ -314,7 +317,16 @@ class OtlpExport:
         if len(self._queue) >= self.settings.batch:
             self._wake.set()
 
-    alert = event
+    def alert(self, a: dict[str, Any]) -> None:
+        """As `event`, with headroom: a flood of events (a process opening files in a
+        loop) fills the queue to its bound, and an alert still gets in, up to
+        ``ALERT_HEADROOM`` more."""
+        if len(self._queue) >= self._max + ALERT_HEADROOM:
+            self._drop()
+            return
+        self._queue.append((time.time_ns(), a))
+        self.queued += 1
+        self._wake.set()
 
     def _drop(self) -> None:
         self.dropped += 1

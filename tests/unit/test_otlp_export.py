@@ -93,6 +93,10 @@ def test_a_full_queue_drops_counts_and_never_blocks(registry: CollectorRegistry)
         for i in range(1000):                # returns at once whatever the collector does
             x.event({**EVENT, "n": i})
         assert x.queued + x.dropped == 1000 and x.dropped >= 800
+        dropped = x.dropped
+        for _ in range(5):                   # alerts still get in beyond the bound
+            x.alert(ALERT)
+        assert x.dropped == dropped
         x.close(timeout=0.5)
     reg = CollectorRegistry()
     reg.register(ExportCollector(None, x))
