@@ -59,6 +59,9 @@ def test_events_alerts_and_metrics_over_grpc(tmp_path: Path) -> None:
         written = agent.events.wait_for(
             lambda e: e.get("type") == "open" and e["process"]["pid"] == pid
             and e["file"]["path"] == "/etc/shadow", timeout=10, what="the JSON event")
+    log = agent.log()                               # its shutdown exported cleanly too
+    assert "OTLP" not in log.split("moray-agent running", 1)[1].replace("OTLP export to", "")
+    assert "Traceback" not in log, log[-3000:]
     assert ev.obj == written                        # the same object as the JSON output
     assert ev.attributes["process.executable.path"] == "/usr/bin/cat"
     assert ev.severity_text == "INFO" and ev.resource["host.name"] == "otlp-node"
