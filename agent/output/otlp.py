@@ -461,22 +461,35 @@ class OtlpExport:
                 scope=self.scope, metrics=metrics, schema_url="")], schema_url="")])
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop; export what is queued (within ``timeout``, not after a failed export) and
-        the metrics once more (if their last export went through)."""
+        """Stop in about ``timeout`` seconds: export what is queued, and the metrics once
+        more, unless the collector is failing (an export still retrying when the threads
+        are told to stop, or the last one failed). Then the exporters are shut down at
+        once, which ends their retries, and what is left is counted as dropped."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
         for t in self._threads:
-            t.join(timeout)
-        deadline = time.monotonic() + timeout
-        while self._queue and self._logs_ok and time.monotonic() < deadline:
-            self._export_batch()
-        if self._queue:
-            self.dropped += len(self._queue)
-            log.warning("OTLP export: %d records not sent at shutdown", len(self._queue))
-            self._queue.clear()
-        if self.registry is not None and self.settings.metrics_interval > 0 and \
-                self._threads and self._metrics_ok and self.metric_exports:
-            self.export_metrics()
+            t.join(max(0.0, deadline - time.monotonic()))
+        stuck = any(t.is_alive() for t in self._threads)
+        if stuck:  # an export retrying against a collector that is down
+            self._shutdown_exporters()
+            for t in self._threads:
+                t.join(1.0)
+        else:
+            while self._queue and self._logs_ok and time.monotonic() < deadline:
+                self._export_batch()
+            if self.registry is not None and self.settings.metrics_interval > 0 and \
+                    self._threads and self._metrics_ok and self.metric_exports:
+                self.export_metrics()
+        left = len(self._queue)
+        self._queue.clear()
+        if left:
+            self.dropped += left
+            log.warning("OTLP export: %d records not sent at shutdown", left)
+        if not stuck:
+            self._shutdown_exporters()
+
+    def _shutdown_exporters(self) -> None:
         for exp in (self.log_exporter, self.metric_exporter):
             try:
                 exp.shutdown()
