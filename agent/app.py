@@ -466,8 +466,10 @@ class Agent:
 
     def start_metrics(self) -> None:
         """/metrics, /healthz, /readyz (agent/output/health.py), early: a probe sees the
-        start-up's progress, and a taken port stops the agent before anything is loaded."""
-        if self.cfg.metrics_port is None:
+        start-up's progress, and a taken port stops the agent before anything is loaded.
+        Without the port (--metrics-port 0) the collector is still registered for OTLP's
+        metrics export (--otlp-endpoint), which reads the same registry."""
+        if self.cfg.metrics_port is None and not self.cfg.otlp_endpoint:
             return
         from prometheus_client import REGISTRY
 
@@ -478,11 +480,13 @@ class Agent:
             if self.features else {},
             spool=lambda: self.cp_client.spool.stats() if self.cp_client else None,
             queue_capacity=self.queue.max_records)
-        try:
-            self.http = HealthServer(self.health, self.cfg.metrics_port, self.cfg.metrics_addr)
-        except OSError as err:
-            raise AgentError(f"cannot serve metrics on {self.cfg.metrics_addr}:"
-                             f"{self.cfg.metrics_port}: {err.strerror}") from err
+        if self.cfg.metrics_port is not None:
+            try:
+                self.http = HealthServer(self.health, self.cfg.metrics_port,
+                                         self.cfg.metrics_addr)
+            except OSError as err:
+                raise AgentError(f"cannot serve metrics on {self.cfg.metrics_addr}:"
+                                 f"{self.cfg.metrics_port}: {err.strerror}") from err
         REGISTRY.register(collector)
 
         def stop_metrics() -> None:

@@ -4,7 +4,7 @@ lock; needs the otlp extra).
 1. An agent exports to the gRPC receiver of tests/helpers/otlp.py (plaintext, 127.0.0.1):
    a host process reading /etc/shadow arrives as the open event's LogRecord and the
    "Read sensitive file" alert's, with the process's pid and the rule in the attributes,
-   and the agent's metrics arrive as OTLP metrics.
+   and the agent's metrics arrive as OTLP metrics (with the metrics port off: OTLP only).
 2. An agent with deny filters exports over HTTP/protobuf: the opens a condition denies are
    in neither the JSON output nor OTLP while the others are, the fork events are gone, the
    alert on a denied event is still raised and exported (filters never reach detection),
@@ -47,7 +47,8 @@ def _log(got: Received, pred: Any, what: str) -> Log:
 def test_events_alerts_and_metrics_over_grpc(tmp_path: Path) -> None:
     with grpc_receiver() as (url, got), AgentProcess(
             ["--otlp-endpoint", url, "--otlp-insecure", "--otlp-metrics-interval", "1",
-             "--node", "otlp-node"], workdir=tmp_path) as agent:
+             "--node", "otlp-node", "--metrics-port", "0"],   # OTLP only: no metrics port
+            workdir=tmp_path) as agent:
         pid = _shadow_reader()
         ev = _log(got, lambda x: x.attributes.get("moray.type") == "open"
                   and x.attributes.get("process.pid") == pid
