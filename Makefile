@@ -48,7 +48,7 @@ bpf: deps
 	$(MAKE) -C bpf
 
 .stamps/pip: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,scanner]'
+	$(BIN)/pip install -q -e '.[test,scanner,otlp]'
 	@mkdir -p .stamps && touch $@
 
 install: deps bpf .stamps/pip

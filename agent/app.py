@@ -5,8 +5,8 @@ repeats it and tests/unit/test_app.py checks that it does); each may register a
 teardown, and teardowns always run, in reverse, however the agent stops (SIGTERM,
 SIGINT, an error in a step):
 
-    check_host, start_metrics, mount_fs, probe_kernel, load_rules, adopt_pins, load_bpf,
-    fill_watch, start_reader, scan_proc, start_enrich, apply_policies,
+    check_host, start_metrics, mount_fs, probe_kernel, load_rules, load_export, adopt_pins,
+    load_bpf, fill_watch, start_reader, scan_proc, start_enrich, apply_policies,
     connect_control_plane, start_pipeline
 
 The metrics port answers from the second step on: /readyz says 503 and which step runs
@@ -46,7 +46,7 @@ from moray.agent.output.metrics import AgentCollector, Stats
 from moray.agent.output.schema import Formatter
 from moray.agent.pipeline import Pipeline
 from moray.agent.pipeline.route import Router
-from moray.errors import KernelError
+from moray.errors import ConfigError, KernelError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,14 @@ class Config:
     webhook: tuple[str, ...] = ()
     alert_format: str = "moray"          # moray | falco: alerts in the JSON output and
     #                                      the syslog/webhook bodies (agent/output/falco.py)
+    export_allow: tuple[str, ...] = ()   # export filters (agent/output/filters.py)
+    export_deny: tuple[str, ...] = ()
+    otlp_endpoint: str | None = None     # OpenTelemetry export (agent/output/otlp.py)
+    otlp_protocol: str | None = None
+    otlp_headers: tuple[str, ...] = ()
+    otlp_insecure: bool = False
+    otlp_metrics_interval: float = 60.0
+    otlp_body: str = "json"              # json | map (agent/output/otlp.py)
 
 
 Teardown = Callable[[], None]
@@ -127,6 +135,8 @@ class Agent:
         self.detector: Any | None = None  # agent.detect.stage.DetectStage
         self.cp_client: Any | None = None  # agent.controlplane.ControlPlaneClient
         self.pipeline: Pipeline | None = None
+        self.export_filter: Any | None = None  # agent.output.filters.ExportFilter
+        self.otlp: Any | None = None     # agent.output.otlp.OtlpExport
         self.health = Health()
         self.http: HealthServer | None = None
         self.steps: list[tuple[str, Callable[[], None]]] = [
@@ -135,6 +145,7 @@ class Agent:
             ("mount_fs", self.mount_fs),
             ("probe_kernel", self.probe_kernel),
             ("load_rules", self.load_rules),
+            ("load_export", self.load_export),
             ("adopt_pins", self.adopt_pins),
             ("load_bpf", self.load_bpf),
             ("fill_watch", self.fill_watch),
@@ -285,6 +296,45 @@ class Agent:
         if self.detector is not None:
             self._teardowns.append(("close_alert_outputs", self.detector.close))
 
+    def load_export(self) -> None:
+        """Export filters and the OTLP exporter (docs/export.md): an invalid filter or
+        endpoint, or --otlp-endpoint without the otlp extra, stops start-up here."""
+        from moray.agent.output.filters import ExportFilter
+        from moray.agent.output.metrics import ExportCollector
+
+        cfg = self.cfg
+        state = getattr(getattr(self.detector, "detector", None), "state", None)
+        if state is None:
+            from moray.agent.detect.state import State
+
+            state = State(self.tree, cfg.proc)
+        try:
+            flt = ExportFilter(cfg.export_allow, cfg.export_deny, state)
+        except ConfigError as err:
+            raise AgentError(str(err)) from err
+        self.export_filter = flt if flt else None
+        if cfg.otlp_endpoint:
+            from prometheus_client import REGISTRY
+
+            from moray.agent.output.otlp import OtlpExport, settings_from
+
+            try:
+                self.otlp = OtlpExport(settings_from(
+                    cfg.otlp_endpoint, cfg.otlp_protocol, cfg.otlp_headers, cfg.otlp_insecure,
+                    cfg.otlp_metrics_interval, cfg.otlp_body), cfg.node, REGISTRY)
+            except ConfigError as err:
+                raise AgentError(str(err)) from err
+            self.otlp.start()
+            self._teardowns.append(("close_otlp", self.otlp.close))
+        if self.export_filter is None and self.otlp is None:
+            return
+        from prometheus_client import REGISTRY
+
+        collector = ExportCollector(self.export_filter, self.otlp)
+        REGISTRY.register(collector)
+        self._teardowns.append(("unregister_export_metrics",
+                                lambda: REGISTRY.unregister(collector)))
+
     def adopt_pins(self) -> None:
         """Open what a previous agent pinned (agent/bpf/pins.py), so load_bpf reuses it."""
         if self.cfg.pin_root is None:
@@ -418,8 +468,10 @@ class Agent:
 
     def start_metrics(self) -> None:
         """/metrics, /healthz, /readyz (agent/output/health.py), early: a probe sees the
-        start-up's progress, and a taken port stops the agent before anything is loaded."""
-        if self.cfg.metrics_port is None:
+        start-up's progress, and a taken port stops the agent before anything is loaded.
+        Without the port (--metrics-port 0) the collector is still registered for OTLP's
+        metrics export (--otlp-endpoint), which reads the same registry."""
+        if self.cfg.metrics_port is None and not self.cfg.otlp_endpoint:
             return
         from prometheus_client import REGISTRY
 
@@ -430,11 +482,13 @@ class Agent:
             if self.features else {},
             spool=lambda: self.cp_client.spool.stats() if self.cp_client else None,
             queue_capacity=self.queue.max_records)
-        try:
-            self.http = HealthServer(self.health, self.cfg.metrics_port, self.cfg.metrics_addr)
-        except OSError as err:
-            raise AgentError(f"cannot serve metrics on {self.cfg.metrics_addr}:"
-                             f"{self.cfg.metrics_port}: {err.strerror}") from err
+        if self.cfg.metrics_port is not None:
+            try:
+                self.http = HealthServer(self.health, self.cfg.metrics_port,
+                                         self.cfg.metrics_addr)
+            except OSError as err:
+                raise AgentError(f"cannot serve metrics on {self.cfg.metrics_addr}:"
+                                 f"{self.cfg.metrics_port}: {err.strerror}") from err
         REGISTRY.register(collector)
 
         def stop_metrics() -> None:
@@ -452,7 +506,9 @@ class Agent:
         # both to the control plane's spool when enrolled
         router = Router(self.sink, self.detector.outputs if self.detector is not None else (),
                         self.cp_client, alert_format=self.cfg.alert_format,
-                        host_root=self.cfg.host_root)
+                        host_root=self.cfg.host_root,
+                        keep=self.export_filter.keep if self.export_filter else None,
+                        exports=(self.otlp,) if self.otlp is not None else ())
         pipeline = Pipeline(self.tree, router, Formatter(self.cfg.node), self.resolver,
                             self.stats,
                             detect=self.detector.process if self.detector is not None else None)

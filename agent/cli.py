@@ -58,6 +58,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  default_rules=not args.no_default_rules, syslog=tuple(args.syslog),
                  cef=tuple(args.cef), webhook=tuple(args.webhook),
                  alert_format=args.alert_format,
+                 export_allow=tuple(args.export_allow), export_deny=tuple(args.export_deny),
+                 otlp_endpoint=args.otlp_endpoint, otlp_protocol=args.otlp_protocol,
+                 otlp_headers=tuple(args.otlp_headers), otlp_insecure=args.otlp_insecure,
+                 otlp_metrics_interval=args.otlp_metrics_interval, otlp_body=args.otlp_body,
                  server=args.server, enroll_token=enroll_token(args.enroll_token),
                  ca_file=args.ca,
                  ca_sha256=args.ca_sha256, cp_data_dir=args.data_dir,
@@ -84,6 +88,34 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     else:
         print(format_text(f))
     return 0
+
+
+def _export_options(run: argparse.ArgumentParser) -> None:
+    ex = run.add_argument_group("export filters and OpenTelemetry (docs/export.md)")
+    ex.add_argument("--export-allow", action="append", default=[], metavar="FILTER",
+                    help="export only events and alerts that match one of these (repeatable):"
+                         " type:open,exec | rule:NAME | priority:P,.. | min-priority:P | "
+                         "container:ID-OR-NAME | image:GLOB | namespace:NS | label:K=V | a "
+                         "rule condition on events, e.g. 'evt.type = open and file.path "
+                         "startswith /proc/'; applies to every output, never to detection")
+    ex.add_argument("--export-deny", action="append", default=[], metavar="FILTER",
+                    help="do not export what matches (repeatable; same forms; deny wins)")
+    ex.add_argument("--otlp-endpoint", default=None, metavar="URL",
+                    help="send events and alerts as OTLP logs and the metrics as OTLP "
+                         "metrics: grpc://HOST:4317 or http(s)://HOST:4318 (needs "
+                         "pip install 'moray[otlp]')")
+    ex.add_argument("--otlp-protocol", choices=("grpc", "http"), default=None,
+                    help="default: grpc for grpc://, HTTP/protobuf for http(s)://")
+    ex.add_argument("--otlp-headers", action="append", default=[], metavar="K=V[,K=V]",
+                    help="headers on every export (e.g. authorization=Bearer ...)")
+    ex.add_argument("--otlp-insecure", action="store_true",
+                    help="gRPC without TLS (grpc:// endpoints are TLS by default)")
+    ex.add_argument("--otlp-metrics-interval", type=float, default=60.0, metavar="SECONDS",
+                    help="metrics export period (default 60; 0: logs only)")
+    ex.add_argument("--otlp-body", choices=("json", "map"), default="json",
+                    help="a LogRecord's body: the event's JSON text (default; Loki's log "
+                         "line) or an OTLP map (Elastic indexes its fields; ~6x the "
+                         "export CPU)")
 
 
 def add_group(name: str, ap: argparse.ArgumentParser) -> None:
@@ -149,6 +181,7 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
                      help="alerts in the JSON output and the --webhook / --syslog bodies: "
                           "moray's own object (default) or Falco's JSON, for falcosidekick "
                           "(docs/falco.md); the control plane always gets moray's")
+    _export_options(run)
     run.set_defaults(handler=_cmd_run)
     daemonconfig.add_option(run)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -116,3 +116,39 @@ class AgentCollector(Collector):
                                   "Paths deeper than the kernel-side walk resolves",
                                   value=sum(counters.get("path_trunc", [])))
 
+
+
+class ExportCollector(Collector):
+    """The export filters' and the OTLP exporter's counters (agent/output/filters.py,
+    agent/output/otlp.py); registered only when the agent has either. The filter label
+    is the deny item's text as configured, or ``allow`` (closed: the configuration's)."""
+
+    def __init__(self, filters: Any | None, otlp: Any | None) -> None:
+        self.filters = filters
+        self.otlp = otlp
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        if self.filters is not None:
+            f = CounterMetricFamily("moray_export_filtered",
+                                    "Events and alerts an export filter kept from every "
+                                    "output", labels=["filter"])
+            for name, n in sorted(self.filters.dropped.items()):
+                f.add_metric([name], n)
+            yield f
+        o = self.otlp
+        if o is not None:
+            yield CounterMetricFamily("moray_otlp_exported",
+                                      "Events and alerts the OTLP collector accepted",
+                                      value=o.exported)
+            d = CounterMetricFamily("moray_otlp_dropped",
+                                    "Events and alerts not sent over OTLP (queue: full "
+                                    "queue or left at shutdown; failed: the exporter gave "
+                                    "up after its retries)", labels=["reason"])
+            d.add_metric(["queue"], o.dropped)
+            d.add_metric(["failed"], o.failed)
+            yield d
+            m = CounterMetricFamily("moray_otlp_metric_exports",
+                                    "OTLP metric exports, by result", labels=["result"])
+            m.add_metric(["ok"], o.metric_exports)
+            m.add_metric(["failed"], o.metric_failures)
+            yield m

@@ -4,6 +4,12 @@
     alert -> JSON sink, flushed at once (alerts are rare and wanted now); every SIEM
              output (agent/output/siem.py); control-plane spool
 
+Export filters (agent/output/filters.py, `keep`) judge each event and alert first: one
+they drop goes to no output at all (sink, SIEM, spool, OTLP); detection and enforcement
+still see every event (the pipeline hands each event to detect itself, run.py).
+Exports (`exports`: agent/output/otlp.py) get every event and moray's own alert object
+after the sink; each only queues it for its own thread.
+
 `alert_format` "falco" (--alert-format falco): the sink and the SIEM outputs get each
 alert as Falco's JSON (agent/output/falco.py) instead of moray's; the control-plane spool
 always gets moray's own alert, which the server stores and indexes.
@@ -48,10 +54,20 @@ class Spooler(Protocol):
     def submit(self, events: list[Any], lines: bytearray) -> None: ...
 
 
+class Export(Protocol):
+    """An output beside the sink that takes events and alerts as objects and queues them
+    (agent/output/otlp.py OtlpExport); it must return at once."""
+
+    def event(self, e: dict[str, Any]) -> None: ...
+    def alert(self, a: dict[str, Any]) -> None: ...
+
+
 class Router:
     def __init__(self, sink: EventSink, alert_outputs: Sequence[AlertOutput] = (),
                  spool: Spooler | None = None, batch: int = 500,
-                 alert_format: str = "moray", host_root: str = "/") -> None:
+                 alert_format: str = "moray", host_root: str = "/",
+                 keep: Callable[[dict[str, Any]], bool] | None = None,
+                 exports: Sequence[Export] = ()) -> None:
         if alert_format not in FORMATS:
             raise ValueError(f"alert format {alert_format!r}: one of {', '.join(FORMATS)}")
         self.sink = sink
@@ -64,9 +80,26 @@ class Router:
         self._lines = bytearray()           # the JSON lines of the pending events
         self._write_encoded: Callable[[bytes], None] | None = getattr(
             sink, "write_encoded", None)
+        self.keep = keep
+        self.exports = list(exports)
         # an event with one destination goes to the sink's write, with no call between
         self.event: Callable[[dict[str, Any]], None] = (
             sink.write if spool is None else self._event_and_spool())
+        if keep is not None or self.exports:
+            self.event = self._filtered(self.event)
+
+    def _filtered(self, inner: Callable[[dict[str, Any]], None]
+                  ) -> Callable[[dict[str, Any]], None]:
+        """The event path with the export filters before it and the exports after."""
+        keep, exports = self.keep, [x.event for x in self.exports]
+
+        def event(event: dict[str, Any]) -> None:
+            if keep is not None and not keep(event):
+                return
+            inner(event)
+            for x in exports:
+                x(event)
+        return event
 
     def _event_and_spool(self) -> Callable[[dict[str, Any]], None]:
         """The enrolled event path, its names bound once (a few percent of an event's
@@ -90,6 +123,8 @@ class Router:
 
     def alerts(self, alerts: list[dict[str, Any]]) -> None:
         for alert in alerts:
+            if self.keep is not None and not self.keep(alert):
+                continue
             encoded = orjson.dumps(alert)
             line = encoded + b"\n"
             shown, shown_encoded, shown_line = alert, encoded, line
@@ -106,6 +141,8 @@ class Router:
             if self.spool is not None:
                 self._pending.append(alert)
                 self._lines += line
+            for x in self.exports:
+                x.alert(alert)
         self.flush()
 
     def _hand_over(self) -> None:

@@ -29,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from moray.agent.controlplane.spool import EventSpool
 from moray.agent.detect.stage import _Collector as DetectCollector
-from moray.agent.output.metrics import AgentCollector, Stats
+from moray.agent.output.filters import ExportFilter
+from moray.agent.output.metrics import AgentCollector, ExportCollector, Stats
 from moray.controlplane.gateway import metrics as gateway_metrics
 from moray.controlplane.kubeenforcer.app import Enforcer
 from moray.controlplane.kubeenforcer.config import EnforcerConfig
@@ -74,13 +75,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
         detector=SimpleNamespace(alerts={"r": 1}, errors=0, rules=SimpleNamespace(rules=[])),
         outputs=[])
     detect = DetectCollector(stage)  # type: ignore[arg-type]
+    # with export filters and OTLP export (agent/output/filters.py, otlp.py)
+    otlp = SimpleNamespace(exported=0, dropped=0, failed=0, metric_exports=0,
+                           metric_failures=0)
+    export = ExportCollector(ExportFilter(deny=["type:fork"]), otlp)
     REGISTRY.register(agent)
     REGISTRY.register(detect)
+    REGISTRY.register(export)
     try:
         agent_names = rendered(REGISTRY)
     finally:
         REGISTRY.unregister(agent)
         REGISTRY.unregister(detect)
+        REGISTRY.unregister(export)
 
     server = ServerMetrics()
     server.registry.register(ScanCollector(lambda: {}, lambda: {"queued": {}, "errors": {}}))
