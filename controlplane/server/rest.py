@@ -372,8 +372,21 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     @app.get(P + "/audit")
     def audit(_: Annotated[Principal, Depends(require("GET", P + "/audit"))],
               after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
-              limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
-        return store.audit_log(after_id=after, limit=limit)
+              before: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
+              actor: Annotated[str | None, Query(max_length=300)] = None,
+              action: Annotated[str | None, Query(max_length=100)] = None,
+              page: Annotated[int, Query(ge=0, le=1)] = 0,
+              limit: Annotated[int, Query(ge=1, le=10000)] = 100
+              ) -> list[dict[str, Any]] | dict[str, Any]:
+        """Oldest first after ``after`` (a list); with ``page=1`` or ``before``, newest
+        first: ``{"entries": [...], "next": <id to pass as before> | null}``."""
+        if not page and before is None:
+            return store.audit_log(after_id=after, limit=limit, actor=actor, action=action)
+        rows = store.audit_log(after_id=after, limit=limit + 1, before_id=before or INT64_MAX,
+                               actor=actor, action=action)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"entries": rows, "next": rows[-1]["id"] if more else None}
 
     @app.post(P + "/tokens", status_code=201)
     def create_token(body: ApiTokenIn,

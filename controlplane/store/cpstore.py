@@ -891,10 +891,25 @@ class ControlPlaneStore:
 
     # -- audit and tokens ----------------------------------------------------------------
 
-    def audit_log(self, *, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def audit_log(self, *, after_id: int = 0, limit: int = 100, before_id: int | None = None,
+                  actor: str | None = None, action: str | None = None
+                  ) -> list[dict[str, Any]]:
+        """Entries oldest first after ``after_id``; with ``before_id``, newest first below
+        it (the console's pages). ``actor`` matches exactly or as the name after the role
+        (``admin:alice`` and ``alice``); ``action`` exactly or as a prefix ending in '.'
+        (``policy.`` for every policy change)."""
+        q = select(Audit).where(Audit.id > after_id)
+        if before_id is not None:
+            q = q.where(Audit.id < before_id)
+        if actor:
+            q = q.where((Audit.actor == actor) | Audit.actor.endswith(":" + actor,
+                                                                      autoescape=True))
+        if action:
+            q = q.where(Audit.action.startswith(action, autoescape=True) if action.endswith(".")
+                        else Audit.action == action)
+        q = q.order_by(Audit.id.desc() if before_id is not None else Audit.id)
         with self._read() as session:
-            rows = session.scalars(select(Audit).where(Audit.id > after_id)
-                                   .order_by(Audit.id).limit(limit)).all()
+            rows = session.scalars(q.limit(limit)).all()
             return [{"id": r.id, "at": r.at, "actor": r.actor, "action": r.action,
                      "target": r.target, "detail": r.detail} for r in rows]
 

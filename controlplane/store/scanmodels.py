@@ -210,3 +210,17 @@ SCANNER_TABLES = frozenset({
     "scanstore_meta", "vuln_advisory", "vuln_alias", "vuln_affected", "vuln_import",
     "scan_layer_cache", "scan_job", "image_verdict", "scan_registry", "scan_image",
     "image_vuln", "kube_workload", "kube_workload_image"})
+
+# What an image's last scan found besides vulnerabilities, for the console (revision 0011):
+# ``findings`` is JSON {"secrets": [{rule, title, severity, path, line, layer,
+# deleted_later}], "malware": [{rule, path, layer, sha256, severity, deleted_later}]}
+# (never a secret's matched text, not even masked: the worker does not send it), ``sbom``
+# the image's CycloneDX JSON ('' when too large to keep). Replaced by each verdict written
+# with a report.
+image_report = Table(
+    "image_report", metadata,
+    Column("image_digest", String(128), primary_key=True),
+    Column("findings", Text, nullable=False),
+    Column("sbom", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)

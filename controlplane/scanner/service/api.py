@@ -33,7 +33,13 @@ from moray.controlplane.scanner.service.scheduler import (
     check_policy,
     check_registry,
 )
-from moray.controlplane.store.scanstore import ImageVuln, ScanStore
+from moray.controlplane.store.scan.verdicts import (
+    MALWARE_FIELDS,
+    MAX_SBOM,
+    SECRET_FIELDS,
+    clean_findings,
+)
+from moray.controlplane.store.scanstore import ImageReport, ImageVuln, ScanStore
 from moray.controlplane.vulndb.importer import import_path
 from moray.controlplane.vulndb.matcher import Matcher
 
@@ -51,6 +57,10 @@ SCAN_ACCESS: dict[tuple[str, str], str] = {
     ("POST", P + "/scan-jobs/{job_id}/extend"): "write",
     ("POST", P + "/scan-jobs/{job_id}/release"): "write",
     ("POST", P + "/scan-jobs/rescan-stale"): "write",
+    ("GET", P + "/images"): "read",
+    ("GET", P + "/images/{digest}/vulnerabilities"): "read",
+    ("GET", P + "/images/{digest}/findings"): "read",
+    ("GET", P + "/images/{digest}/sbom"): "read",
     ("GET", P + "/images/{digest}/verdicts"): "read",
     ("POST", P + "/images/{digest}/verdicts"): "write",
     ("GET", P + "/vulndb/status"): "read",
@@ -149,6 +159,14 @@ class VulnIn(BaseModel):
     aliases: list[str] = Field([], max_length=64)
 
 
+class ReportIn(BaseModel):
+    secrets: list[dict[str, Any]] = Field([], max_length=100_000,
+                                          description="rule, title, severity, path, line, "
+                                          "layer, deleted_later (any matched text is dropped)")
+    malware: list[dict[str, Any]] = Field([], max_length=100_000)
+    sbom: str = Field("", max_length=MAX_SBOM, description="CycloneDX JSON")
+
+
 class VerdictIn(BaseModel):
     image: str
     policy: str
@@ -163,6 +181,8 @@ class VerdictIn(BaseModel):
     config_digest: str = Field(
         "", max_length=128, pattern=r"^(sha256:[0-9a-f]{64})?$",
         description="the image's config digest (docker's image ID), for the agents' list")
+    report: ReportIn | None = Field(
+        None, description="secrets, malware and SBOM (replace those stored for the digest)")
 
 
 def _checked(check: Callable[[], object]) -> None:
@@ -252,10 +272,46 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
         vulns = None if body.vulnerabilities is None else [
             ImageVuln(v.id, v.severity, v.package, v.version, v.fixed_version,
                       tuple(a[:256] for a in v.aliases)) for v in body.vulnerabilities]
+        report = None if body.report is None else ImageReport(
+            clean_findings(body.report.secrets, SECRET_FIELDS),
+            clean_findings(body.report.malware, MALWARE_FIELDS), body.report.sbom)
         store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons,
                              body.vulndb_generation, vulnerabilities=vulns,
-                             config_digest=body.config_digest)
+                             config_digest=body.config_digest, report=report)
         return {"ok": True}
+
+    @router.get(P + "/images")
+    def image_list(_: Annotated[Any, dep("GET", P + "/images")]) -> list[dict[str, Any]]:
+        """Every image with a verdict, with its verdicts and finding counts (the console's
+        images page)."""
+        return store.image_summaries()
+
+    @router.get(P + "/images/{digest}/vulnerabilities")
+    def image_vulnerabilities(digest: str, _: Annotated[Any, dep(
+            "GET", P + "/images/{digest}/vulnerabilities")]) -> list[dict[str, Any]]:
+        return [v.as_dict() for v in store.vulnerabilities(digest)]
+
+    @router.get(P + "/images/{digest}/findings")
+    def image_findings(digest: str, _: Annotated[Any, dep(
+            "GET", P + "/images/{digest}/findings")]) -> dict[str, Any]:
+        """Secret findings (rule, file, line: never the matched text) and malware findings
+        of the image's last scan with a report; 404 when it has none."""
+        report = store.report(digest)
+        if report is None:
+            raise HTTPException(404, f"no report for {digest}")
+        return {**report.findings(), "sbom": bool(report.sbom)}
+
+    @router.get(P + "/images/{digest}/sbom")
+    def image_sbom(digest: str, _: Annotated[Any, dep("GET", P + "/images/{digest}/sbom")]
+                   ) -> Response:
+        """The image's CycloneDX SBOM (JSON, as an attachment)."""
+        report = store.report(digest)
+        if report is None or not report.sbom:
+            raise HTTPException(404, f"no SBOM for {digest}")
+        name = digest.replace(":", "-")[:80]
+        return Response(report.sbom, media_type="application/vnd.cyclonedx+json",
+                        headers={"Content-Disposition":
+                                 f'attachment; filename="{name}.cdx.json"'})
 
     @router.post(P + "/vulndb/match")
     def match(body: MatchIn, _: Annotated[Any, dep("POST", P + "/vulndb/match")]
