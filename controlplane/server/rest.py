@@ -30,6 +30,7 @@ from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from moray.api.tenants import DEFAULT_TENANT
+from moray.controlplane.console.app import mount_console
 from moray.controlplane.scanner.service.api import MAX_IMPORT_BYTES, SCAN_ACCESS, scan_router
 from moray.controlplane.server.admissionapi import ADMISSION_ACCESS, admission_router
 from moray.controlplane.server.hub import AgentHub
@@ -425,4 +426,5 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     if scans is not None:
         app.include_router(scan_router(scans, require, on_scan_change, audit_scan_change))
         app.include_router(admission_router(store, scans, require))
+    mount_console(app)   # the web console: / and /ui/ (controlplane/console)
     return app
