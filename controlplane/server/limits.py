@@ -3,7 +3,8 @@ nothing buffers the body first):
 
 - auth before body: a request that may carry a body (POST, PUT, PATCH, DELETE) to a route
   in the access matrix is authenticated and its role checked from its headers alone; a
-  missing or wrong token gets 401, a wrong role 403, and the body is never read;
+  missing or wrong token (or session cookie) gets 401, a wrong role or a missing CSRF
+  header with a cookie 403, and the body is never read;
 - size: then a body longer than its route's limit is refused with 413: at once when
   ``Content-Length`` says so, else (chunked) when the bytes read cross the limit.
 
@@ -38,8 +39,9 @@ MAX_BODY = 8 << 20            # bytes of a request body, unless the route says o
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 PRINCIPAL = "moray.principal"
 
-# (method, route path, Authorization header) -> the principal, or Refused
-Authorize = Callable[[str, str, str | None], Awaitable[Any]]
+# (method, route path, the request's headers, names in lower case) -> the principal, or
+# Refused (a bearer token, or the console's session cookie and CSRF header)
+Authorize = Callable[[str, str, Mapping[str, str]], Awaitable[Any]]
 
 
 class Refused(ControlPlaneError):
@@ -83,7 +85,7 @@ class RequestLimits:
         limit = self.body_limits.get((method, template or ""), self.max_body)
         if method in BODY_METHODS and template is not None \
                 and (method, template) in self.access:
-            found = await self.authorize(method, template, headers.get("authorization"))
+            found = await self.authorize(method, template, headers)
             if isinstance(found, Refused):
                 extra = {"WWW-Authenticate": "Bearer"} if found.status == 401 else {}
                 await _answer(send, found.status, found.message, extra)

@@ -7,8 +7,9 @@ gRPC and HTTP.
 Listens on 7443 (agents, mutual TLS) and 7444 (enrolment, TLS + one-time token) on every
 address, and on 7080 (REST API, /openapi.json, /metrics, /readyz) on loopback only
 unless ``--http-tls`` or ``--insecure-http`` (docs/controlplane.md). On first start it
-creates the CA and keys under ``<data dir>/pki`` and an admin API token in
-``<data dir>/admin.token`` (mode 0600).
+creates the CA and keys under ``<data dir>/pki``, an admin API token in
+``<data dir>/admin.token`` and, on a store with no user, the console user ``admin`` with
+a random password in ``<data dir>/admin.password`` (both mode 0600).
 A scheduler thread queues scans of the registered registries and images and rescans
 after new vulnerability data (controlplane/scanner/service/scheduler.py); ``--scan-workers N``
 threads (default 1) scan in the server, and any number of ``moray-scanner-worker``
@@ -53,11 +54,18 @@ from moray.controlplane.server.metrics import GrpcTimer, ScanCollector, ServerMe
 from moray.controlplane.server.pki import Pki
 from moray.controlplane.server.policydoc import agent_document
 from moray.controlplane.server.rest import create_app
+from moray.controlplane.server.sessions import (
+    LOCKOUT_SECONDS,
+    MAX_FAILURES,
+    LoginLimits,
+    SessionSettings,
+)
 from moray.controlplane.server.watch import POLL_SECONDS as WATCH_POLL_SECONDS
 from moray.controlplane.server.watch import PolicyWatcher, libpq_url, one_line
 from moray.controlplane.store import db
 from moray.controlplane.store.cpstore import ControlPlaneStore
 from moray.controlplane.store.scanstore import ScanStore
+from moray.controlplane.store.users import IDLE_SECONDS, LIFETIME_SECONDS, UserStore
 from moray.daemon import run_until_stopped
 
 log = logging.getLogger(__name__)
@@ -94,6 +102,10 @@ class ServerConfig:
     webhook_names: list[str] = field(default_factory=list)
     enroll_per_source: str = ENROLL_PER_SOURCE   # RATE[/BURST] per second; "0": no limit
     enroll_per_token: str = ENROLL_PER_TOKEN
+    session_idle: float = IDLE_SECONDS         # a console session ends unused this long
+    session_lifetime: float = LIFETIME_SECONDS  # ... and this long after sign-in anyway
+    login_max_failures: int = MAX_FAILURES     # failed sign-ins (per address, per user)
+    login_lockout: float = LOCKOUT_SECONDS     # ... within this, lock it this long
 
     def rest_host(self) -> str:
         """Where the REST API listens: ``http_host``, else the gRPC host with TLS, else
@@ -214,6 +226,27 @@ def bootstrap_admin_token(store: ControlPlaneStore, data_dir: Path) -> None:
     log.warning("created the first admin API token", extra={"path": str(path)})
 
 
+def bootstrap_admin_user(store: ControlPlaneStore, config: ServerConfig) -> UserStore:
+    """The users of ``store``. On a store with no user, create the global user ``admin``
+    with a random password, written once where only root can read it (``moray user
+    passwd admin`` changes it). The first admin API token too (``bootstrap_admin_token``)."""
+    bootstrap_admin_token(store, config.data_dir)
+    users = UserStore(store, idle=config.session_idle, lifetime=config.session_lifetime)
+    if users.has_users():
+        return users
+    import secrets
+
+    password = secrets.token_urlsafe(18)
+    users.create_user("admin", password, "admin", None, author="moray-server")
+    path = config.data_dir / "admin.password"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    log.warning("created the first console user 'admin'; its password is in the file",
+                extra={"path": str(path)})
+    return users
+
+
 class _HttpServer(uvicorn.Server):
     """uvicorn without its own signal handling: ``main`` owns SIGTERM/SIGINT and stops
     gRPC and HTTP together."""
@@ -294,7 +327,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     scans = ScanStore(engine)
     # step: load_keys
     pki = load_keys(config)
-    bootstrap_admin_token(store, config.data_dir)
+    users = await asyncio.to_thread(bootstrap_admin_user, store, config)
     # step: watch_changes (before any stream opens: streams push from its snapshot)
     watcher, hub = await watch_changes(store, engine, config, metrics, scans, pki)
     # step: start_grpc
@@ -316,7 +349,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     app = create_app(store, hub, pki, metrics, grpc_port=config.grpc_port,
                      enroll_port=config.enroll_port, scans=scans,
                      on_scan_change=scheduler.wake,
-                     webhook_names=tuple(config.webhook_names))
+                     webhook_names=tuple(config.webhook_names), users=users,
+                     login_limits=LoginLimits(config.login_max_failures, config.login_lockout),
+                     sessions=SessionSettings(secure=config.http_tls))
     tls = ({"ssl_certfile": str(pki.directory / "server.pem"),
             "ssl_keyfile": str(pki.directory / "server.key")} if config.http_tls else {})
     http = _HttpServer(uvicorn.Config(app, host=http_host, port=config.http_port,
@@ -408,6 +443,18 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                    metavar="RATE[/BURST]",
                    help=f"enrolments a second with one token (default {ENROLL_PER_TOKEN}; "
                         "0: no limit)")
+    p.add_argument("--session-idle-timeout", type=float, default=IDLE_SECONDS,
+                   metavar="SECONDS", help="a console session unused this long ends "
+                   f"(default {IDLE_SECONDS:.0f})")
+    p.add_argument("--session-lifetime", type=float, default=LIFETIME_SECONDS,
+                   metavar="SECONDS", help="a console session ends this long after sign-in "
+                   f"(default {LIFETIME_SECONDS:.0f})")
+    p.add_argument("--login-max-failures", type=int, default=MAX_FAILURES,
+                   help="failed sign-ins from one address, or for one user name, that lock "
+                   f"it (default {MAX_FAILURES}; 0: never)")
+    p.add_argument("--login-lockout", type=float, default=LOCKOUT_SECONDS, metavar="SECONDS",
+                   help="the window those failures are counted in, and how long the lock "
+                   f"lasts (default {LOCKOUT_SECONDS:.0f})")
     p.add_argument("--log-level", default=argparse.SUPPRESS, help="default info")
 
 
@@ -426,7 +473,11 @@ def run_command(args: argparse.Namespace) -> int:
                           retention_interval=args.retention_interval,
                           webhook_names=args.webhook_name,
                           enroll_per_source=args.enroll_rate_per_source,
-                          enroll_per_token=args.enroll_rate_per_token)
+                          enroll_per_token=args.enroll_rate_per_token,
+                          session_idle=args.session_idle_timeout,
+                          session_lifetime=args.session_lifetime,
+                          login_max_failures=args.login_max_failures,
+                          login_lockout=args.login_lockout)
     return run_until_stopped(serve, config)
 
 

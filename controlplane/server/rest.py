@@ -1,7 +1,9 @@
 """The REST API for people and pipelines (FastAPI; the OpenAPI document is /openapi.json).
 
-Every endpoint under /api/v1 takes a bearer token and checks its role against the
-endpoint's allowed set (``ACCESS`` below is the whole matrix; the tests walk it). Writes
+Every endpoint under /api/v1 takes a bearer token, or the console's session cookie (with
+``X-CSRF-Token`` on unsafe methods: controlplane/server/sessions.py, which also serves
+sign-in, users and the API-token list), and checks its role against the endpoint's
+allowed set (``ACCESS`` below is the whole matrix; the tests walk it). Writes
 go through the store, which audits them in the same transaction, and wake the agents'
 policy streams through the hub. /metrics (Prometheus), /healthz, /ca.pem and
 /openapi.json need no token. The scanner's endpoints (scan jobs for the workers,
@@ -16,7 +18,7 @@ webhook's (decisions, workload inventory): ``controlplane.server.admissionapi``.
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -38,8 +40,19 @@ from moray.controlplane.server.limits import PRINCIPAL, Refused, RequestLimits
 from moray.controlplane.server.metrics import HTTP_METHODS, ServerMetrics
 from moray.controlplane.server.pki import Pki, PkiError, cert_sha256
 from moray.controlplane.server.policydoc import PolicyDocError, parse_policies
+from moray.controlplane.server.sessions import (
+    BAD_CSRF,
+    CSRF_HEADER,
+    UNSAFE,
+    LoginLimits,
+    SessionSettings,
+    account_router,
+    scoped_tenant,
+    session_cookie,
+)
 from moray.controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
 from moray.controlplane.store.scanstore import ScanStore
+from moray.controlplane.store.users import SessionInfo, UserStore
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +83,12 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/events"): READ,
     ("GET", "/api/v1/audit"): AUDIT,
     ("POST", "/api/v1/tokens"): ADMIN,
+    ("GET", "/api/v1/tokens"): ADMIN,
+    ("POST", "/api/v1/tokens/{token_id}/revoke"): ADMIN,
+    ("GET", "/api/v1/users"): ADMIN,
+    ("POST", "/api/v1/users"): ADMIN,
+    ("PATCH", "/api/v1/users/{name}"): ADMIN,
+    ("DELETE", "/api/v1/users/{name}"): ADMIN,
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in SCAN_ACCESS.items()},
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in ADMISSION_ACCESS.items()},
 }
@@ -87,7 +106,10 @@ MAX_TOKEN_TTL = 366 * 86400  # an enrolment token's longest life (a DaemonSet's 
 
 # Bodies larger than limits.MAX_BODY (8 MiB): advisory files sent for import (their JSON
 # strings may be up to twice the files' size once escaped).
-BODY_LIMITS = {("POST", "/api/v1/vulndb/import"): 2 * MAX_IMPORT_BYTES + (1 << 20)}
+BODY_LIMITS = {("POST", "/api/v1/vulndb/import"): 2 * MAX_IMPORT_BYTES + (1 << 20),
+               # read before any authentication: small
+               ("POST", "/api/v1/session"): 16 << 10,
+               ("POST", "/api/v1/session/password"): 16 << 10}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +120,15 @@ class Principal:
     name: str
     role: str
     tenant: str | None = None
+    user: bool = False        # a signed-in user (session cookie), not an API token
 
     @property
     def actor(self) -> str:
-        return f"{self.role}:{self.name}"
+        return f"{self.role}:user:{self.name}" if self.user else f"{self.role}:{self.name}"
+
+    @classmethod
+    def of_session(cls, info: SessionInfo) -> "Principal":
+        return cls(info.user, info.role, info.tenant, user=True)
 
 
 class PolicyIn(BaseModel):
@@ -147,7 +174,11 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
         store: ControlPlaneStore, hub: AgentHub | None, pki: Pki, metrics: ServerMetrics, *,
         grpc_port: int = 7443, enroll_port: int = 7444, scans: ScanStore | None = None,
         on_scan_change: Callable[[], None] | None = None,
-        webhook_names: tuple[str, ...] = ()) -> FastAPI:
+        webhook_names: tuple[str, ...] = (), users: UserStore | None = None,
+        login_limits: LoginLimits | None = None,
+        sessions: SessionSettings | None = None) -> FastAPI:
+    users = users or UserStore(store)
+    login_limits = login_limits or LoginLimits()
     app = FastAPI(title="moray control plane", version="1",
                   description="Policies, agents, events and audit log of moray.")
     bearer = HTTPBearer(auto_error=False)
@@ -157,23 +188,36 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
         if hub is not None:
             hub.notify()
 
-    def decide(method: str, path: str, token: str | None) -> Principal | Refused:
-        if not token:
-            return Refused(401, "missing bearer token")
-        found = store.authenticate(token)
-        if found is None:
-            return Refused(401, "invalid token")
-        principal = Principal(*found)
+    def decide(method: str, path: str, headers: Mapping[str, str]) -> Principal | Refused:
+        """Who calls, from its headers: a bearer token, else the session cookie (which
+        needs the session's CSRF token on unsafe methods), and whether its role may."""
+        scheme, _, token = (headers.get("authorization") or "").partition(" ")
+        principal: Principal
+        if scheme.lower() == "bearer" and token.strip():
+            found = store.authenticate(token.strip())
+            if found is None:
+                return Refused(401, "invalid token")
+            principal = Principal(*found)
+        else:
+            cookie = session_cookie(headers.get("cookie"))
+            if cookie is None:
+                return Refused(401, "missing bearer token")
+            info = users.session(cookie)
+            if info is None:
+                return Refused(401, "session ended: sign in again")
+            if method in UNSAFE and not info.csrf_ok(headers.get(CSRF_HEADER)):
+                return Refused(403, BAD_CSRF)
+            principal = Principal.of_session(info)
         if principal.role not in ACCESS[(method, path)]:
             return Refused(403, f"role {principal.role!r} may not {method} {path}")
         return principal
 
     def require(method: str, path: str) -> Callable[..., Principal]:
-        def check(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
-                                                     Depends(bearer)]) -> Principal:
+        def check(request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None,
+                                                      Depends(bearer)]) -> Principal:
             early = request.scope.get(PRINCIPAL)    # checked before the body was read
             found = early if isinstance(early, Principal) else decide(
-                method, path, creds.credentials if creds else None)
+                method, path, request.headers)
             if isinstance(found, Refused):
                 raise HTTPException(found.status, found.message, headers={
                     "WWW-Authenticate": "Bearer"} if found.status == 401 else None)
@@ -181,10 +225,9 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
 
         return check
 
-    async def authorize(method: str, path: str, header: str | None) -> Principal | Refused:
-        scheme, _, token = (header or "").partition(" ")
-        return await run_in_threadpool(decide, method, path,
-                                       token.strip() if scheme.lower() == "bearer" else None)
+    async def authorize(method: str, path: str,
+                        headers: Mapping[str, str]) -> Principal | Refused:
+        return await run_in_threadpool(decide, method, path, headers)
 
     app.add_middleware(RequestLimits, routes=lambda: app.router.routes, authorize=authorize,
                        access=ACCESS, body_limits=BODY_LIMITS)
@@ -393,9 +436,11 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     def create_token(body: ApiTokenIn,
                      who: Annotated[Principal, Depends(require("POST", P + "/tokens"))]
                      ) -> dict[str, str | None]:
-        return {"name": body.name, "role": body.role, "tenant": body.tenant,
+        """A tenant's admin makes tokens of its tenant only (a missing tenant is its own)."""
+        tenant = scoped_tenant(who, body.tenant)
+        return {"name": body.name, "role": body.role, "tenant": tenant,
                 "token": store.create_api_token(body.name, body.role, author=who.actor,
-                                                tenant=body.tenant, ttl=body.ttl_seconds)}
+                                                tenant=tenant, ttl=body.ttl_seconds)}
 
     @app.post(P + "/admission/serving-cert")
     def serving_cert(body: ServingCertIn, who: Annotated[Principal, Depends(
@@ -423,6 +468,9 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
                           detail: dict[str, Any]) -> None:
         store.record_audit(who.actor, action, target, detail)
 
+    app.include_router(account_router(store, users, login_limits,
+                                      sessions or SessionSettings(), require,
+                                      Principal.of_session))
     if scans is not None:
         app.include_router(scan_router(scans, require, on_scan_change, audit_scan_change))
         app.include_router(admission_router(store, scans, require))

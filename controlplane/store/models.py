@@ -19,6 +19,13 @@ these models and the migrations agree. Tables, and when their rows change:
 - ``cp_api_token`` / ``cp_enrollment_token``: stored as SHA-256 hashes only. An enrolment
   token row changes on each use (``uses`` + 1 in the enrolling transaction, refused once
   ``uses`` reaches ``max_uses``; NULL ``max_uses``: unlimited) and when it is revoked.
+- ``cp_user``: people who sign in to the console (argon2 password hash only); changed by
+  an admin (role, disabled, password) or by the user (password), and rehashed at sign-in
+  when the hashing parameters changed.
+- ``cp_session``: one row per signed-in browser, keyed by the SHA-256 of its cookie;
+  ``last_seen`` moves (at most once a minute) while it is used; rows are deleted on
+  sign-out and whenever their user's password, role or state changes or the user is
+  deleted (controlplane/store/users.py).
 
 Tables are prefixed ``cp_`` because the database is shared with the scanner's tables
 (controlplane/store/scanmodels.py), which live on the same metadata and migrations.
@@ -152,6 +159,33 @@ class ApiToken(Base):
     # the one tenant the token may see and change; None: every tenant (a global token)
     tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: never
+
+
+class User(Base):
+    __tablename__ = "cp_user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(512))
+    role: Mapped[str] = mapped_column(String(32))
+    # the one tenant the user may see and change; None: every tenant (a global user)
+    tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    password_changed_at: Mapped[float] = mapped_column(Float)
+
+
+class UserSession(Base):
+    __tablename__ = "cp_session"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("cp_user.id", ondelete="CASCADE"),
+                                         index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)   # the absolute end, whatever the use
 
 
 class EnrollmentToken(Base):

@@ -23,6 +23,8 @@ import httpx
 from tests.helpers.procs import Child
 
 ROOT = Path(__file__).resolve().parents[2]
+# the children import moray from this tree, and whatever else the test run was given
+CHILD_PYTHONPATH = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def free_port() -> int:
@@ -104,7 +106,7 @@ class ServerProcess(Child):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log,
-                                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                         env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH})
         wait_for(self._healthy, timeout=30, what=f"moray-server (log: {self.log})")
         return self
 
@@ -135,7 +137,7 @@ class ServerProcess(Child):
         """``moray vulndb import PATH`` through the REST API (a scan needs vulnerability
         data: workers fail jobs on a knowledge base that never received any); its
         output."""
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "MORAY_SERVER": self.url,
+        env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, "MORAY_SERVER": self.url,
                "MORAY_TOKEN": self.admin_token, "MORAY_DATA_DIR": str(self.data_dir / "cli")}
         done = subprocess.run([sys.executable, "-m", "moray.cli", "vulndb", "import", str(path)],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -156,7 +158,7 @@ class GatewayProcess(Child):
         self.port, self.enroll_port, self.metrics_port = free_ports(3)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "gateway.log"
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
 
     @property
     def target(self) -> str:
@@ -296,7 +298,7 @@ class AgentProcess:
         log = open(self.data_dir / "agent.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, json.dumps(self.cfg)],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                     env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH})
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line == b"started\n", (line, (self.data_dir / "agent.log").read_text()[-2000:])
