@@ -3,7 +3,10 @@
 // A page whose module fails to load is left out of the navigation (the error is logged).
 export const PAGES = [
   'overview',
-  // issue 17's pages of branch i-uipages
+  'agents',
+  'policies',
+  'events',
+  'alerts',
   'images',
   'registries',
   'audit',
