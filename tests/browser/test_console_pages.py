@@ -3,9 +3,10 @@ headless chromium against a real moray server (SQLite), a real docker-registry o
 127.0.0.1 and the server's own scan worker scanning a real image.
 
 The image (tests/fixtures/images/scenarios.debian_app) has vulnerable Debian and Python
-packages, an AWS key in /root/.aws/credentials (deleted by a later layer) and EICAR: the
-images page shows its vulnerabilities, its secret by rule, file and line and never the
-key, EICAR, the failed controls and an SBOM link. A token created on the tokens page is
+packages, an AWS key in /root/.aws/credentials (deleted by a later layer) and EICAR, plus
+a layer with a key in a file whose name is markup: the images page shows its
+vulnerabilities, its secrets by rule, file and line and never the key, the hostile file
+name as text, EICAR, the failed controls and an SBOM link. A token created on the tokens page is
 shown once, works, and is then listed without its secret; the change is in the audit log.
 Screenshots go to $MORAY_ARTIFACTS/browser (tests/browser/uipages_harness.py).
 """
@@ -44,6 +45,8 @@ pytestmark = [
 POLICY = ("apiVersion: moray/v1\nkind: ImageAssurancePolicy\nmetadata: {name: strict}\n"
           "spec: {failOn: high, notRoot: true}\n")
 REPO = "team/app"
+# a file name the image's author chose: markup in it must be shown as text, never run
+HOSTILE_PATH = "srv/<img src=x onerror=window.__xss=1>/<script>window.__xss=2</script>.ini"
 
 
 class Console:
@@ -62,7 +65,10 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     tmp = tmp_path_factory.mktemp("console-pages")
     (tmp / "registry").mkdir()
     with docker_registry(tmp / "registry") as registry:
-        digest = push_image(f"http://{registry}", REPO, "1.0", scenarios.debian_app())
+        image = scenarios.debian_app()
+        image.layers.append({HOSTILE_PATH: (f"[default]\naws_access_key_id = "
+                                            f"{rootfs.AWS_KEY_ID}\n").encode()})
+        digest = push_image(f"http://{registry}", REPO, "1.0", image)
         server = ServerProcess(tmp / "server", extra_args=(
             "--scan-poll-seconds", "0.3", "--scan-workers", "1")).start()
         try:
@@ -113,6 +119,10 @@ def test_images_page_shows_the_scan_without_secret_values(console: Console) -> N
                   rootfs.AWS_KEY_ID[4:12]):
         assert value not in source
     assert "eicar" in d.find_element(By.ID, "malware").text.lower()
+    # the hostile file name is text in the page, and nothing of it ran
+    assert f"/{HOSTILE_PATH}" in secrets
+    assert d.execute_script("return window.__xss === undefined")
+    assert not d.find_elements(By.CSS_SELECTOR, "#secrets img, #secrets script")
     href = d.find_element(By.ID, "sbom-download").get_attribute("href")
     assert href.endswith(f"/api/v1/images/{console.digest.replace(':', '%3A')}/sbom")
     assert console.api("GET", f"/api/v1/images/{console.digest}/sbom").json()["bomFormat"] \
@@ -190,6 +200,19 @@ def test_users_page_and_a_viewer_sees_no_edit_controls(console: Console) -> None
     shot(d, "viewer-registries")
     d.find_element(By.ID, "sign-out").click()
     signed_in(d, console.url, "admin", console.password)
+    # change the role, then disable: both reach the server
+
+    def vera() -> dict[str, Any]:
+        return next(u for u in console.api("GET", "/api/v1/users").json() if u["name"] == "vera")
+
+    go(d, console.url, "users", "tr.user-row[data-name='vera'] select.user-role")
+    d.find_element(By.CSS_SELECTOR,
+                   "tr.user-row[data-name='vera'] select.user-role option[value='auditor']").click()
+    wait_for(lambda: vera()["role"] == "auditor", what="vera's new role")
+    wait_css(d, "tr.user-row[data-name='vera'] button.toggle-user").click()
+    wait_for(lambda: vera()["disabled"] is True, what="vera disabled")
+    wait(d, lambda dd: "disabled" in dd.find_element(
+        By.CSS_SELECTOR, "tr.user-row[data-name='vera']").text, "the disabled state")
 
 
 def test_tenant_manager_distributes_and_a_tenants_admin_sees_only_its_own(

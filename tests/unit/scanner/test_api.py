@@ -199,6 +199,7 @@ def test_image_report_endpoints(tmp_path: Path) -> None:
     assert found.json()["sbom"] is True and found.json()["malware"][0]["path"]
     sbom = client.get(f"/api/v1/images/{digest}/sbom", headers=auth)
     assert sbom.status_code == 200 and "attachment" in sbom.headers["content-disposition"]
+    assert sbom.headers["x-content-type-options"] == "nosniff"
     assert sbom.json()["bomFormat"] == "CycloneDX"
     assert client.get("/api/v1/images/sha256:none/findings", headers=auth).status_code == 404
     assert client.get("/api/v1/images/sha256:none/sbom", headers=auth).status_code == 404
