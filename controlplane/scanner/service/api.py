@@ -58,7 +58,6 @@ SCAN_ACCESS: dict[tuple[str, str], str] = {
     ("POST", P + "/scan-jobs/{job_id}/release"): "write",
     ("POST", P + "/scan-jobs/rescan-stale"): "write",
     ("GET", P + "/images"): "read",
-    ("GET", P + "/images/{digest}/vulnerabilities"): "read",
     ("GET", P + "/images/{digest}/findings"): "read",
     ("GET", P + "/images/{digest}/sbom"): "read",
     ("GET", P + "/images/{digest}/verdicts"): "read",
@@ -285,11 +284,6 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
         """Every image with a verdict, with its verdicts and finding counts (the console's
         images page)."""
         return store.image_summaries()
-
-    @router.get(P + "/images/{digest}/vulnerabilities")
-    def image_vulnerabilities(digest: str, _: Annotated[Any, dep(
-            "GET", P + "/images/{digest}/vulnerabilities")]) -> list[dict[str, Any]]:
-        return [v.as_dict() for v in store.vulnerabilities(digest)]
 
     @router.get(P + "/images/{digest}/findings")
     def image_findings(digest: str, _: Annotated[Any, dep(
