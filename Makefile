@@ -17,10 +17,11 @@ BIN := $(VENV)/bin
 # scanner tests: docker-registry (OCI distribution API), golang-go (Go build info),
 # db5.3-util (rpm Berkeley DB); control plane: postgresql (the PostgreSQL store tests);
 # benchmarks: gcc (C load generators); the qemu kernel matrix: qemu-system-x86, zstd; the
-# systemd guest (tests/kernels/run-systemd-guest): mmdebstrap; images: umoci skopeo
+# systemd guest (tests/kernels/run-systemd-guest): mmdebstrap; images: umoci skopeo; the
+# console's browser tests (tests/browser): chromium chromium-driver
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool runc busybox-static docker.io iproute2 \
             docker-registry golang-go db5.3-util gcc postgresql qemu-system-x86 zstd mmdebstrap \
-            umoci skopeo
+            umoci skopeo chromium chromium-driver
 
 .PHONY: all deps venv bpf install run test test-unit bench lint dist deb images clean
 

@@ -9,6 +9,8 @@
     moray vulndb import|status, moray malware import
     moray policy|agents|events|audit|tokens ... the control plane's REST API
     moray token create|list|revoke              enrolment tokens
+    moray user create|list|passwd|disable|...   console users
+    moray api-token create|list|revoke          API tokens (moray tokens create: old name)
     moray workloads [--vulnerability CVE-X]     what the admission webhook has seen
     moray kube-enforcer --server URL ...        admission webhook  (= moray-kube-enforcer)
 
@@ -55,7 +57,11 @@ GROUPS: dict[str, tuple[str, str]] = {
     "agents": ("moray.controlplane.server.cli_api", "enrolled agents"),
     "events": ("moray.controlplane.server.cli_api", "events the agents reported"),
     "audit": ("moray.controlplane.server.cli_api", "who changed what and when"),
-    "tokens": ("moray.controlplane.server.cli_api", "API tokens"),
+    "tokens": ("moray.controlplane.server.cli_api", "API tokens (old name of api-token)"),
+    "api-token": ("moray.controlplane.server.cli_accounts", "API tokens: create, list, "
+                  "revoke"),
+    "user": ("moray.controlplane.server.cli_accounts", "console users: create, list, "
+             "passwd, disable, enable, delete"),
     "token": ("moray.controlplane.server.cli_api", "enrolment tokens: create (one-time or "
               "multi-use), list, revoke"),
     "workloads": ("moray.controlplane.server.cli_api", "workloads the admission webhook has "

@@ -57,6 +57,7 @@ from moray.controlplane.server.rest import create_app
 from moray.controlplane.server.sessions import (
     LOCKOUT_SECONDS,
     MAX_FAILURES,
+    SOURCE_FAILURES,
     LoginLimits,
     SessionSettings,
 )
@@ -104,7 +105,8 @@ class ServerConfig:
     enroll_per_token: str = ENROLL_PER_TOKEN
     session_idle: float = IDLE_SECONDS         # a console session ends unused this long
     session_lifetime: float = LIFETIME_SECONDS  # ... and this long after sign-in anyway
-    login_max_failures: int = MAX_FAILURES     # failed sign-ins (per address, per user)
+    login_max_failures: int = MAX_FAILURES     # failed sign-ins for one user name
+    login_source_failures: int = SOURCE_FAILURES  # ... from one address
     login_lockout: float = LOCKOUT_SECONDS     # ... within this, lock it this long
 
     def rest_host(self) -> str:
@@ -350,7 +352,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
                      enroll_port=config.enroll_port, scans=scans,
                      on_scan_change=scheduler.wake,
                      webhook_names=tuple(config.webhook_names), users=users,
-                     login_limits=LoginLimits(config.login_max_failures, config.login_lockout),
+                     login_limits=LoginLimits(
+                         config.login_max_failures, config.login_lockout,
+                         source_failures=config.login_source_failures),
                      sessions=SessionSettings(secure=config.http_tls))
     tls = ({"ssl_certfile": str(pki.directory / "server.pem"),
             "ssl_keyfile": str(pki.directory / "server.key")} if config.http_tls else {})
@@ -450,8 +454,12 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                    metavar="SECONDS", help="a console session ends this long after sign-in "
                    f"(default {LIFETIME_SECONDS:.0f})")
     p.add_argument("--login-max-failures", type=int, default=MAX_FAILURES,
-                   help="failed sign-ins from one address, or for one user name, that lock "
-                   f"it (default {MAX_FAILURES}; 0: never)")
+                   help="failed sign-ins for one user name (known or not) that lock it "
+                   f"(default {MAX_FAILURES}; 0: never)")
+    p.add_argument("--login-max-failures-per-source", type=int, default=SOURCE_FAILURES,
+                   help="failed sign-ins from one address that lock it (default "
+                   f"{SOURCE_FAILURES}: behind a proxy every sign-in comes from its "
+                   "address; 0: never)")
     p.add_argument("--login-lockout", type=float, default=LOCKOUT_SECONDS, metavar="SECONDS",
                    help="the window those failures are counted in, and how long the lock "
                    f"lasts (default {LOCKOUT_SECONDS:.0f})")
@@ -477,6 +485,7 @@ def run_command(args: argparse.Namespace) -> int:
                           session_idle=args.session_idle_timeout,
                           session_lifetime=args.session_lifetime,
                           login_max_failures=args.login_max_failures,
+                          login_source_failures=args.login_max_failures_per_source,
                           login_lockout=args.login_lockout)
     return run_until_stopped(serve, config)
 

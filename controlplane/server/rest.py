@@ -10,7 +10,9 @@ policy streams through the hub. /metrics (Prometheus), /healthz, /ca.pem and
 verdicts, scheduled registries and images, vulnerability data) are
 ``controlplane.scanner.service.api``'s router, mounted here with the same token check; its
 "read"/"write" classes map to the READ/WRITE role sets below. So do the admission
-webhook's (decisions, workload inventory): ``controlplane.server.admissionapi``.
+webhook's (decisions, workload inventory): ``controlplane.server.admissionapi``, and the
+console's data endpoints (events and alerts, event detail, overview):
+``controlplane.server.eventsapi``.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at
@@ -36,6 +38,7 @@ from moray.api.tenants import DEFAULT_TENANT, TenantNameError, check_tenant
 from moray.controlplane.console.app import mount_console
 from moray.controlplane.scanner.service.api import MAX_IMPORT_BYTES, SCAN_ACCESS, scan_router
 from moray.controlplane.server.admissionapi import ADMISSION_ACCESS, admission_router
+from moray.controlplane.server.eventsapi import EVENTS_ACCESS, events_router
 from moray.controlplane.server.hub import AgentHub
 from moray.controlplane.server.limits import PRINCIPAL, Refused, RequestLimits
 from moray.controlplane.server.metrics import HTTP_METHODS, ServerMetrics
@@ -88,7 +91,6 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/enrollment-tokens"): ADMIN,
     ("GET", "/api/v1/enrollment-tokens"): ADMIN,
     ("POST", "/api/v1/enrollment-tokens/{token_id}/revoke"): ADMIN,
-    ("GET", "/api/v1/events"): READ,
     ("GET", "/api/v1/audit"): AUDIT,
     ("POST", "/api/v1/tokens"): ADMIN,
     ("GET", "/api/v1/tokens"): ADMIN,
@@ -103,6 +105,7 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/policies/distribute"): WRITE,
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in SCAN_ACCESS.items()},
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in ADMISSION_ACCESS.items()},
+    **{key: {"read": READ, "write": WRITE}[cls] for key, cls in EVENTS_ACCESS.items()},
 }
 for _key in (("GET", "/api/v1/images/{digest}/verdicts"), ("POST", "/api/v1/scan-jobs"),
              ("POST", "/api/v1/admission/reviews")):
@@ -462,18 +465,6 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
                                              tenant=who.tenant).as_dict()
 
 
-    @app.get(P + "/events")
-    def events(
-               who: Annotated[Principal, Depends(require("GET", P + "/events"))],
-               agent: str | None = None, type: str | None = None,
-               tenant: str | None = None,
-               after: Annotated[int, Query(ge=0, le=INT64_MAX,
-                                           description="events with seq > after")] = 0,
-               since_ms: Annotated[int | None, Query(ge=-INT64_MAX, le=INT64_MAX)] = None,
-               limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
-        return store.query_events(tenant=scope(who, tenant), agent_id=agent, type=type,
-                                  after_seq=after, since_ms=since_ms, limit=limit)
-
     @app.get(P + "/audit")
     def audit(who: Annotated[Principal, Depends(require("GET", P + "/audit"))],
               after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
@@ -592,6 +583,7 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     app.include_router(account_router(store, users, login_limits,
                                       sessions or SessionSettings(), require,
                                       Principal.of_session))
+    app.include_router(events_router(store, hub, scans, require))
     if scans is not None:
         app.include_router(scan_router(scans, require, on_scan_change, audit_scan_change))
         app.include_router(admission_router(store, scans, require))

@@ -10,10 +10,12 @@ tokens endpoints like every other).
 A session is an opaque random cookie (``moray_session``; HttpOnly, SameSite=Strict,
 Path=/, Secure over HTTPS); the store keeps only its SHA-256. With the cookie, every
 unsafe method needs ``X-CSRF-Token`` (the ``csrf_token`` of the session), checked in
-rest.py's ``decide``. Sign-in is limited per source address and per user name
-(``LoginLimits``): after ``max_failures`` failures within ``lockout`` seconds the key is
-locked for ``lockout`` seconds (429 + Retry-After). The counters live in the server
-process (several servers on one PostgreSQL count apart).
+rest.py's ``decide``. Sign-in is limited per user name and per source address
+(``LoginLimits``): after ``max_failures`` failures for one name (``source_failures``
+from one address: a proxy or NAT carries many people) within ``lockout`` seconds, that
+name or address is locked for ``lockout`` seconds (429 + Retry-After), whether the
+name exists or not. The counters live in the server process (several servers on one
+PostgreSQL count apart).
 
 A tenant's admin (``Principal.tenant`` set) sees and changes only the users and tokens
 of its tenant, and creates only those (a missing tenant is its own); another tenant's
@@ -44,6 +46,7 @@ UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BAD_LOGIN = "invalid username or password"
 BAD_CSRF = "missing or wrong CSRF token"
 MAX_FAILURES = 5
+SOURCE_FAILURES = 20
 LOCKOUT_SECONDS = 15 * 60.0
 INT32_MAX = 2**31 - 1
 
@@ -67,14 +70,15 @@ def clear_cookie(response: Response, *, secure: bool) -> None:
 
 class LoginLimits:
     """Failed sign-ins per key (``source:ADDR``, ``user:NAME``) within ``lockout``
-    seconds; at ``max_failures`` the key is locked for ``lockout`` seconds. At most
-    ``max_keys`` keys are kept (least recently failed dropped first). Thread-safe;
-    ``max_failures`` 0 turns it off."""
+    seconds; at ``max_failures`` (``source_failures`` for an address) the key is locked
+    for ``lockout`` seconds. At most ``max_keys`` keys are kept (least recently failed
+    dropped first). Thread-safe; a limit of 0 turns it off."""
 
     def __init__(self, max_failures: int = MAX_FAILURES, lockout: float = LOCKOUT_SECONDS,
-                 *, max_keys: int = 100_000,
+                 *, source_failures: int = SOURCE_FAILURES, max_keys: int = 100_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_failures, self.lockout = max_failures, lockout
+        self.source_failures = source_failures
         self.max_keys, self.clock = max_keys, clock
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
         self._locked: dict[str, float] = {}
@@ -99,15 +103,17 @@ class LoginLimits:
 
     def failed(self, *keys: str) -> list[str]:
         """Count a failure against each key; the keys this failure locked."""
-        if self.max_failures <= 0:
-            return []
         now = self.clock()
         locked = []
         with self._lock:
             for key in keys:
+                limit = self.source_failures if key.startswith("source:") \
+                    else self.max_failures
+                if limit <= 0:
+                    continue
                 times = [t for t in self._failures.pop(key, []) if t > now - self.lockout]
                 times.append(now)
-                if len(times) >= self.max_failures:
+                if len(times) >= limit:
                     self._locked[key] = now + self.lockout
                     locked.append(key)
                     times = []

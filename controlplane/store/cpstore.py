@@ -29,6 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from moray.api.imageverdicts import VERDICTS_NAME
 from moray.api.proto import moray_pb2
 from moray.api.tenants import TenantNameError, check_tenant
+from moray.controlplane.store import cpevents
+from moray.controlplane.store.cpevents import EventFilter
+from moray.controlplane.store.eventcols import event_columns
 from moray.controlplane.store.models import (
     Agent,
     AgentPolicy,
@@ -786,15 +789,18 @@ class ControlPlaneStore:
     # One statement of a fixed shape, whatever the number of rows: built by SQLAlchemy
     # (insertmanyvalues) the statement's text changed with every batch and parsing it
     # was most of the ingest's time.
+    _COLUMNS = ("id, agent_id, tenant, type, time_ms, received_at, payload, rule, priority, "
+                "container, container_id, image, node, action, exec_id")
     _SQLITE_INSERT = (
-        "INSERT INTO cp_event (id, agent_id, tenant, type, time_ms, received_at, payload) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, id) DO NOTHING")
+        f"INSERT INTO cp_event ({_COLUMNS}) "
+        f"VALUES ({', '.join('?' * 15)}) ON CONFLICT (agent_id, id) DO NOTHING")
     # %b: the arrays go in binary, each element as its length and bytes (in text, every
     # quote of every JSON payload was escaped by a regular expression)
     _PG_INSERT = (
-        "INSERT INTO cp_event (id, agent_id, tenant, type, time_ms, received_at, payload) "
+        f"INSERT INTO cp_event ({_COLUMNS}) "
         "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
-        "%b::double precision[], %b::text[]) "
+        "%b::double precision[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], "
+        "%b::text[], %b::text[], %b::text[], %b::text[]) "
         "ON CONFLICT (agent_id, id) DO NOTHING RETURNING agent_id, id")
 
     def _insert_sqlite(self, session: Session, groups: Sequence[EventGroup],
@@ -812,7 +818,8 @@ class ControlPlaneStore:
                     results.append(None)
                 else:
                     cursor.executemany(self._SQLITE_INSERT, [
-                        (i, agent_id, tenant, t, ms, now, p) for i, ms, t, p in rows])
+                        (i, agent_id, tenant, t, ms, now, p, *event_columns(t, p))
+                        for i, ms, t, p in rows])
                     results.append(InsertResult(cursor.rowcount, len(rows) - cursor.rowcount))
         finally:
             cursor.close()
@@ -831,13 +838,14 @@ class ControlPlaneStore:
         inserted: set[tuple[str, str]] = set()
         if unique:
             keys, values = list(unique), list(unique.values())
+            columns = list(zip(*(event_columns(v[2], v[3]) for v in values), strict=True))
             connection = session.connection().connection.driver_connection
             assert connection is not None
             with connection.cursor() as cursor:
                 cursor.execute(self._PG_INSERT, (
                     [k[1] for k in keys], [k[0] for k in keys], [v[0] for v in values],
                     [v[2] for v in values], [v[1] for v in values], [now] * len(keys),
-                    [v[3] for v in values]))
+                    [v[3] for v in values], *(list(c) for c in columns)))
                 inserted.update((a, i) for a, i in cursor.fetchall())
         results: list[InsertResult | None] = []
         for agent_id, _, rows in groups:
@@ -851,21 +859,49 @@ class ControlPlaneStore:
 
     def query_events(self, *, tenant: str | None = None, agent_id: str | None = None,
                      type: str | None = None, after_seq: int = 0, since_ms: int | None = None,
-                     limit: int = 100) -> list[dict[str, Any]]:
+                     limit: int = 100, where: EventFilter | None = None
+                     ) -> list[dict[str, Any]]:
+        """Events after ``after_seq``, oldest first, the payload under ``event`` (the list
+        shape of GET /api/v1/events without ``page``; the CLI follows with it). ``where``,
+        when given, replaces the other filters."""
+        if where is None:
+            where = EventFilter(tenant=tenant, agent_id=agent_id, type=type,
+                                since_ms=since_ms)
         with self._read() as session:
-            query = select(Event).where(Event.seq > after_seq)
-            if tenant is not None:
-                query = query.where(Event.tenant == tenant)
-            if agent_id is not None:
-                query = query.where(Event.agent_id == agent_id)
-            if type is not None:
-                query = query.where(Event.type == type)
-            if since_ms is not None:
-                query = query.where(Event.time_ms >= since_ms)
-            rows = session.scalars(query.order_by(Event.seq).limit(limit)).all()
+            rows = cpevents.page(session, where, after=after_seq, limit=limit,
+                                 newest_first=False)
             return [{"seq": r.seq, "id": r.id, "agent_id": r.agent_id, "tenant": r.tenant,
                      "type": r.type, "time_ms": r.time_ms, "received_at": r.received_at,
                      **_payload(r)} for r in rows]
+
+    def event_page(self, where: EventFilter, *, before: int | None = None, after: int = 0,
+                   limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the events that match, newest first, and the ``before`` of the next
+        page (None: this was the last). ``after`` bounds the page from below (the newest
+        events since a ``seq`` the client has: a live view's poll)."""
+        with self._read() as session:
+            rows = cpevents.page(session, where, before=before, after=after, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [cpevents.event_item(r) for r in rows], rows[-1].seq if more else None
+
+    def event_detail(self, seq: int, *, tenant: str | None = None) -> dict[str, Any] | None:
+        """``{"event", "payload", "ancestry"}`` of one stored event; None when there is
+        none (or it is another tenant's than ``tenant``)."""
+        with self._read() as session:
+            row = session.get(Event, seq)
+            if row is None or (tenant is not None and row.tenant != tenant):
+                return None
+            return {"event": cpevents.event_item(row), **_payload(row),
+                    "ancestry": cpevents.ancestry(session, row)}
+
+    def overview(self, *, tenant: str | None = None, hours: int = 24,
+                 connected: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Agents online/offline/revoked, hourly alert counts over the last ``hours``, the
+        top rules and the enforcement decisions that stopped something (cpevents)."""
+        with self._read() as session:
+            return cpevents.overview(session, tenant=tenant, hours=hours, now=self.clock(),
+                                     connected=set(connected))
 
     def prune_events(self, *, max_age: float | None, max_per_tenant: int | None,
                      batch: int = 5000) -> dict[str, tuple[int, int]]:

@@ -14,7 +14,8 @@ these models and the migrations agree. Tables, and when their rows change:
 - ``cp_event``: agents' events, unique by (``agent_id``, ``id``): an agent's event id is
   stored once, so a replay stores nothing twice, and agents cannot collide with each other
   (an agent belongs to one tenant, so ids are unique per tenant too); ``seq`` orders them
-  for paging and following.
+  for paging and following. The console's filter columns are set once, when a row is
+  stored (revision 0010).
 - ``cp_audit``: append-only; written in the same transaction as the change it records,
   with the tenant the change belongs to (NULL: global, seen by global auditors only).
 - ``cp_tenant``: the tenants that exist; created and deleted by a global admin (a tenant
@@ -50,6 +51,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -124,19 +126,55 @@ class AgentPolicy(Base):
     acked_at: Mapped[float] = mapped_column(Float)
 
 
+def _partial(name: str, *columns: str, where: str) -> Index:
+    """An index of the rows that match ``where`` only, on SQLite and PostgreSQL alike."""
+    return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
+
+
+# The console's filters (revision 0010): each serves "the newest events of a tenant with
+# this value, page by page" as one backward range scan of (tenant, value, seq); columns
+# most events leave NULL are indexed where set only. A global reader's page is a union of
+# the tenants' scans (controlplane/store/cpevents.py). The overview's counts scan the two
+# partial (time_ms, ...) indexes of alerts and enforcement decisions without reading rows.
+EVENT_FILTERS = ("type", "rule", "priority", "container", "container_id", "image", "node")
+
+
 class Event(Base):
     __tablename__ = "cp_event"
-    __table_args__ = (Index("ix_cp_event_agent_time", "agent_id", "time_ms"),
-                      UniqueConstraint("agent_id", "id", name="uq_cp_event_agent_id"))
+    __table_args__ = (
+        Index("ix_cp_event_agent_time", "agent_id", "time_ms"),
+        UniqueConstraint("agent_id", "id", name="uq_cp_event_agent_id"),
+        Index("ix_cp_event_tenant_seq", "tenant", "seq"),
+        Index("ix_cp_event_agent_seq", "agent_id", "seq"),
+        Index("ix_cp_event_tenant_type", "tenant", "type", "seq"),
+        Index("ix_cp_event_tenant_node", "tenant", "node", "seq"),
+        *(_partial(f"ix_cp_event_tenant_{c}", "tenant", c, "seq", where=f"{c} IS NOT NULL")
+          for c in ("rule", "priority", "container", "container_id", "image")),
+        _partial("ix_cp_event_exec", "agent_id", "exec_id", where="exec_id IS NOT NULL"),
+        _partial("ix_cp_event_alert_time", "time_ms", "tenant", "rule",
+                 where="type = 'alert'"),
+        _partial("ix_cp_event_enforce_time", "time_ms", "tenant", "action",
+                 where="type = 'enforce'"),
+    )
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64))
     agent_id: Mapped[str] = mapped_column(String(64))
     tenant: Mapped[str] = mapped_column(String(128))
-    type: Mapped[str] = mapped_column(String(32), index=True)
+    type: Mapped[str] = mapped_column(String(32))
     time_ms: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[float] = mapped_column(Float)
     payload: Mapped[str] = mapped_column(Text)
+    # taken from the payload when stored (controlplane/store/eventcols.py); NULL where the
+    # event has none, and for rows stored before revision 0010
+    rule: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    priority: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    container: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    container_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    image: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    node: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    action: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    exec_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # exec, fork
 
 
 class Audit(Base):

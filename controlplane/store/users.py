@@ -7,7 +7,8 @@ Data owned here, and when it changes:
   role, ``disabled`` flag or password changed by an admin, its password by the user, its
   hash rewritten at sign-in when the argon2 parameters changed, deleted by an admin;
 - a session row: created at sign-in (only the SHA-256 of the cookie is kept), its
-  ``last_seen`` moved at most once a ``TOUCH_SECONDS`` while it is used, deleted at
+  ``last_seen`` moved at most once a ``TOUCH_SECONDS`` (a tenth of the idle timeout
+  if shorter) while it is used, deleted at
   sign-out, when it is found idle or past its absolute end, and with every session of its
   user when that user's password, role or state changes or the user is deleted (in the
   same transaction as the change: no request can pass with the old rights after it).
@@ -74,15 +75,13 @@ class Passwords:
 
     def __init__(self, hasher: PasswordHasher | None = None) -> None:
         self.hasher = hasher or PasswordHasher()
-        self._dummy: str | None = None
+        self._dummy = self.hasher.hash(secrets.token_urlsafe(16))   # now, not at a login
 
     def hash(self, password: str) -> str:
         return self.hasher.hash(password)
 
     def verify(self, hashed: str | None, password: str) -> bool:
         if hashed is None:
-            if self._dummy is None:
-                self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
             hashed = self._dummy
             password = "\0" + password      # never the dummy's password
         try:
@@ -292,7 +291,7 @@ class UserStore:
                 .where(UserSession.token_sha256 == digest)).first()
             if found is None:
                 return None
-            row, user = found.tuple()
+            row, user = found
             sid, last_seen, end = row.id, row.last_seen, row.expires_at
             info = SessionInfo(row.id, user.name, user.role, user.tenant, row.csrf_token,
                                min(end, now + self.idle))
@@ -301,7 +300,7 @@ class UserStore:
             with self.store._tx() as session:
                 session.execute(delete(UserSession).where(UserSession.id == sid))
             return None
-        if now - last_seen >= TOUCH_SECONDS:
+        if now - last_seen >= min(TOUCH_SECONDS, self.idle / 10):
             with self.store._tx() as session:
                 session.execute(update(UserSession).where(UserSession.id == sid)
                                 .values(last_seen=now))

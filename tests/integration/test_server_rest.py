@@ -83,6 +83,8 @@ def test_every_role_against_every_endpoint(server: ServerProcess) -> None:
                 assert status == 403, (role, method, path, status)
     for method, path in (("POST", "/api/v1/agents/{agent_id}/revoke"),
                          ("POST", "/api/v1/enrollment-tokens/{token_id}/revoke"),
+                         ("POST", "/api/v1/tokens/{token_id}/revoke"),
+                         ("DELETE", "/api/v1/users/{name}"),
                          ("DELETE", "/api/v1/policies/{name}")):
         concrete, _ = _request(method, path, agent_id)
         for role in ("viewer", "auditor", "operator", "admin"):

@@ -17,6 +17,16 @@ from moray.controlplane.store.cpstore import ControlPlaneStore
 from moray.controlplane.store.scanstore import ScanStore
 from tests.helpers.postgres import create_database
 from tests.unit.controlplane.conftest import FakeSigner, signer, store  # noqa: F401
+from tests.unit.controlplane.test_cpevents import (  # noqa: F401
+    test_ancestry_ends_on_cycles_and_at_the_bound,
+    test_ancestry_walks_the_agents_exec_and_fork_events,
+    test_filters_come_from_the_payload,
+    test_images_by_verdict,
+    test_overview_counts,
+    test_pages_have_no_gaps_or_duplicates_while_events_arrive,
+    test_payload_cannot_pose_as_another_row,
+    test_time_window,
+)
 from tests.unit.controlplane.test_enrollment_tokens import (  # noqa: F401
     test_every_use_is_audited_with_its_token,
     test_expired_multi_use_token_refused,
@@ -55,6 +65,14 @@ from tests.unit.controlplane.test_store_hostile import (  # noqa: F401
     test_nothing_stored_for_revoked_or_unknown_agents,
     test_revision_0003_keeps_events_and_frees_ids_per_agent,
     test_stored_payload_that_is_not_json_does_not_break_reading,
+)
+from tests.unit.controlplane.test_users import (  # noqa: F401
+    clock,
+    test_every_change_of_a_user_ends_its_sessions,
+    test_login_checks,
+    test_rehash_when_parameters_change,
+    test_session_idle_and_absolute_expiry,
+    users,
 )
 
 pytestmark = pytest.mark.integration

@@ -33,13 +33,14 @@ export function barChart(points, {width = 720, height = 180, label = 'alerts'} =
   return root;
 }
 
-// items: [{label, count}] -> horizontal bars as HTML (a <meter>-like bar per row)
+// items: [{label, count, href?}] -> horizontal bars as HTML (a <meter>-like bar per row)
 export function hbars(items, {empty = 'none'} = {}) {
   if (!items.length) return el('p', {class: 'muted'}, empty);
   const max = Math.max(1, ...items.map((i) => Number(i.count) || 0));
   const width = 300;
   return el('ul', {class: 'hbars'}, items.map((item) => el('li', {},
-    el('span', {class: 'hbar-label', title: item.label}, item.label),
+    el('span', {class: 'hbar-label', title: item.label},
+      item.href ? el('a', {href: item.href}, item.label) : item.label),
     svg('svg', {class: 'hbar', viewBox: `0 0 ${width} 12`, preserveAspectRatio: 'none'},
       svg('rect', {x: 0, y: 0, height: 12, width: (Number(item.count) / max) * width,
         class: 'bar'})),

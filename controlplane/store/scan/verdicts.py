@@ -16,11 +16,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy import Select, case, delete, distinct, func, insert, select
 
 from moray.controlplane.store.scan.base import ScanStoreBase, locked
 from moray.controlplane.store.scanmodels import image_report as image_report_table
-from moray.controlplane.store.scanmodels import image_verdict, image_vuln
+from moray.controlplane.store.scanmodels import (
+    image_verdict,
+    image_vuln,
+    kube_workload_image,
+    scan_image,
+)
 
 if TYPE_CHECKING:
     from moray.controlplane.scanner.engine.model import ScanResult
@@ -294,3 +299,22 @@ class Verdicts(ScanStoreBase):
                     images[digest]["secrets"] = len(found.get("secrets", []))
                     images[digest]["malware"] = len(found.get("malware", []))
         return sorted(images.values(), key=lambda i: (i["image"], i["digest"]))
+
+    def verdict_counts(self) -> dict[str, int]:
+        """Images by verdict, for the console's overview: ``compliant`` (every policy's
+        verdict passed), ``non-compliant`` (one failed), ``unscanned`` (a digest the
+        admission webhook saw running with no verdict, or a scheduled image not scanned
+        yet). One grouped scan of ``image_verdict`` (its primary key), whatever the number
+        of events."""
+        per_image = (select(func.min(case((_V.passed, 1), else_=0)).label("ok"))
+                     .group_by(_V.image_digest).subquery())
+        with self._conn() as c:
+            counts = {int(ok): int(n) for ok, n in c.execute(
+                select(per_image.c.ok, func.count()).group_by(per_image.c.ok))}
+            seen = c.scalar(select(func.count(distinct(kube_workload_image.c.digest))).where(
+                kube_workload_image.c.digest != "",
+                kube_workload_image.c.digest.not_in(select(_V.image_digest)))) or 0
+            waiting = c.scalar(select(func.count()).select_from(scan_image).where(
+                scan_image.c.last_run.is_(None))) or 0
+        return {"compliant": int(counts.get(1, 0)), "non-compliant": int(counts.get(0, 0)),
+                "unscanned": int(seen) + int(waiting)}

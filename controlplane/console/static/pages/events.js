@@ -5,6 +5,7 @@
 // (GET /api/v1/events/{seq}). Every field is agent-derived: rendered as text only.
 import {el, table, badge, fmtTime, clear, errorBox} from '../dom.js';
 import {ApiError} from '../api.js';
+import {normalizeEvent} from '../model.js';
 
 export const title = 'Events';
 export const roles = ['admin', 'operator', 'auditor', 'viewer'];
@@ -12,8 +13,8 @@ export const roles = ['admin', 'operator', 'auditor', 'viewer'];
 const PAGE = 50;
 const FOLLOW_MS = 2000;
 const FILTERS = ['type', 'rule', 'priority', 'container', 'image', 'node', 'agent'];
-const PRIORITIES = ['', 'emergency', 'alert', 'critical', 'error', 'warning', 'notice',
-  'informational', 'debug'];
+const PRIORITIES = ['', 'EMERGENCY', 'ALERT', 'CRITICAL', 'ERROR', 'WARNING', 'NOTICE',
+  'INFORMATIONAL', 'DEBUG'];
 const PRIORITY_KIND = {emergency: 'bad', alert: 'bad', critical: 'bad', error: 'bad',
   warning: 'warn', notice: 'warn'};
 
@@ -33,18 +34,40 @@ function toLocal(ms) {
 
 // the list answer of an old server (no page=1 support) or the paged one
 function paged(answer) {
-  if (Array.isArray(answer)) return {events: [...answer].reverse(), next: null};
-  return {events: answer.events || [], next: answer.next ?? null};
+  if (Array.isArray(answer)) return {events: answer.map(normalizeEvent).reverse(), next: null};
+  return {events: (answer.events || []).map(normalizeEvent), next: answer.next ?? null};
+}
+
+// the agent's event shapes (docs/events.md): an alert carries its triggering event in
+// `event`; `container` is an object (name, id, image) or, from the data endpoints, a name
+function origin(e) {
+  return e.event && typeof e.event === 'object' ? e.event : e;
+}
+
+export function containerName(e) {
+  const c = e.container ?? origin(e).container;
+  if (c && typeof c === 'object') return String(c.name || c.id || '');
+  return c ? String(c) : '';
+}
+
+export function imageOf(e) {
+  if (e.image && typeof e.image === 'string') return e.image;
+  const c = e.container ?? origin(e).container;
+  return c && typeof c === 'object' && c.image ? String(c.image) : '';
+}
+
+function args(value) {
+  return Array.isArray(value) ? value.join(' ') : String(value ?? '');
 }
 
 function summary(e) {
+  if (e.output) return String(e.output);
+  const o = origin(e);
   const parts = [];
-  if (e.output) parts.push(e.output);
-  else {
-    if (e.args) parts.push(Array.isArray(e.args) ? e.args.join(' ') : String(e.args));
-    else if (e.path || e.filename) parts.push(e.path || e.filename);
-    if (e.daddr || e.dst) parts.push(`→ ${e.daddr || e.dst}${e.dport ? `:${e.dport}` : ''}`);
-  }
+  if (o.process && o.process.args) parts.push(args(o.process.args));
+  else if (o.args) parts.push(args(o.args));
+  if (o.path || o.filename) parts.push(String(o.path || o.filename));
+  if (o.daddr || o.dst) parts.push(`→ ${o.daddr || o.dst}${o.dport ? `:${o.dport}` : ''}`);
   return parts.join(' ');
 }
 
@@ -63,21 +86,26 @@ async function showDetail(box, api, seq, fallback) {
   let ancestry = null;
   try {
     const found = await api.get(`/api/v1/events/${encodeURIComponent(seq)}`);
-    event = found.event || fallback;
+    // the row's own fields, as the list gave them, win over what the detail's payload says
+    event = {...(found.event ? normalizeEvent(found.event) : {})};
+    for (const [k, v] of Object.entries(fallback || {})) {
+      if (v !== null && v !== undefined) event[k] = v;
+    }
     ancestry = found.ancestry || [];
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 404) throw err;
   }
   clear(box).append(el('section', {class: 'card', id: 'event-detail'},
     el('h2', {}, `Event ${event.seq}: ${event.type}`, event.rule ? ` · ${event.rule}` : ''),
-    el('table', {class: 'grid kv'}, el('tbody', {}, fieldRows(event).map(([k, v]) =>
-      el('tr', {}, el('th', {}, k), el('td', {class: 'mono'}, v))))),
-    el('h2', {}, 'Process ancestry'),
+    el('h3', {}, 'Process ancestry'),
     ancestry === null ? el('p', {class: 'muted'}, 'not available from this server')
       : ancestry.length === 0 ? el('p', {class: 'muted'}, 'no known ancestor')
         : el('ol', {class: 'ancestry', id: 'event-ancestry'}, ancestry.map((p) => el('li', {},
-          el('span', {class: 'mono'}, Array.isArray(p.args) ? p.args.join(' ') : String(p.args ?? '')),
-          ' ', el('span', {class: 'muted'}, `pid ${p.pid} · ${fmtTime(p.time_ms)} · ${p.exec_id}`))))));
+          el('span', {class: 'mono'}, args(p.args)),
+          ' ', el('span', {class: 'muted'}, `pid ${p.pid} · ${fmtTime(p.time_ms)} · ${p.exec_id}`)))),
+    el('h3', {}, 'Fields'),
+    el('table', {class: 'grid kv'}, el('tbody', {}, fieldRows(event).map(([k, v]) =>
+      el('tr', {}, el('th', {}, k), el('td', {class: 'mono'}, v)))))));
 }
 
 export async function renderEvents(root, ctx, {fixed = {}} = {}) {
@@ -125,13 +153,13 @@ export async function renderEvents(root, ctx, {fixed = {}} = {}) {
   const columns = [
     {title: 'seq', value: (e) => String(e.seq), class: 'mono'},
     {title: 'time', value: (e) => fmtTime(e.time_ms)},
-    {title: 'type', value: (e) => e.type},
+    {title: 'type', value: (e) => String(e.type ?? '')},
     {title: 'priority', value: (e) => (e.priority ? badge(e.priority,
       PRIORITY_KIND[String(e.priority).toLowerCase()] || '') : '')},
-    {title: 'rule', value: (e) => e.rule || ''},
-    {title: 'container', value: (e) => e.container || '', class: 'container'},
-    {title: 'image', value: (e) => e.image || '', class: 'mono'},
-    {title: 'node', value: (e) => e.node || ''},
+    {title: 'rule', value: (e) => String(e.rule || '')},
+    {title: 'container', value: containerName, class: 'container'},
+    {title: 'image', value: imageOf, class: 'mono'},
+    {title: 'node', value: (e) => String(e.node || origin(e).node || '')},
     {title: 'what', value: summary, class: 'mono'},
   ];
   function draw() {
@@ -176,7 +204,7 @@ export async function renderEvents(root, ctx, {fixed = {}} = {}) {
         const fresh = await api.get('/api/v1/events', {...query, after: newest, limit: 500});
         if (signal.aborted || !Array.isArray(fresh) || fresh.length === 0) return;
         newest = fresh.reduce((m, e) => Math.max(m, Number(e.seq) || 0), newest);
-        shown = [...[...fresh].reverse(), ...shown].slice(0, 1000);
+        shown = [...fresh.map(normalizeEvent).reverse(), ...shown].slice(0, 1000);
         status.textContent = `${shown.length} shown, following (newest #${newest})`;
         draw();
       } catch { /* next tick */ } finally {

@@ -5,6 +5,7 @@
 import {el, badge} from '../dom.js';
 import {ApiError} from '../api.js';
 import {barChart, hbars} from '../chart.js';
+import {normalizeEvent} from '../model.js';
 
 export const title = 'Overview';
 export const roles = ['admin', 'operator', 'auditor', 'viewer'];
@@ -36,7 +37,7 @@ async function computed(api) {
   }
   const rules = new Map();
   let blocks = 0;
-  for (const e of alerts) {
+  for (const e of alerts.map(normalizeEvent)) {
     rules.set(e.rule || '(none)', (rules.get(e.rule || '(none)') || 0) + 1);
     if (e.action === 'block' || e.blocked === true || e.enforced === true) blocks += 1;
   }
@@ -81,7 +82,8 @@ export async function render(root, {api}) {
     el('div', {class: 'columns'},
       el('section', {class: 'card', id: 'overview-rules'},
         el('h2', {}, 'Top rules'),
-        hbars((data.top_rules || []).map((r) => ({label: r.rule, count: r.count})),
+        hbars((data.top_rules || []).map((r) => ({label: String(r.rule), count: r.count,
+          href: `#/alerts?rule=${encodeURIComponent(r.rule)}`})),
           {empty: 'no alerts'})),
       el('section', {class: 'card', id: 'overview-images'},
         el('h2', {}, 'Images by verdict'),

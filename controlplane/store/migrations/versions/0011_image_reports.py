@@ -1,7 +1,7 @@
 """an image's secrets, malware and SBOM beside its verdict
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-07
 
 ``image_report``: per image digest, what its last scan found besides vulnerabilities
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0011'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
