@@ -231,13 +231,16 @@ image_tenant = Table(
 # What an image's last scan found besides vulnerabilities, for the console (revision 0011):
 # ``findings`` is JSON {"secrets": [{rule, title, severity, path, line, layer,
 # deleted_later}], "malware": [{rule, path, layer, sha256, severity, deleted_later}]}
-# (never a secret's matched text, not even masked: the worker does not send it), ``sbom``
+# (never a secret's matched text, not even masked: the worker does not send it), their
+# counts (``secrets``, ``malware``: the images list reads no JSON), ``sbom``
 # the image's CycloneDX JSON ('' when too large to keep). Replaced by each verdict written
 # with a report.
 image_report = Table(
     "image_report", metadata,
     Column("image_digest", String(128), primary_key=True),
     Column("findings", Text, nullable=False),
+    Column("secrets", Integer, nullable=False),     # how many, for the images list
+    Column("malware", Integer, nullable=False),
     Column("sbom", Text, nullable=False),
     Column("created", Float, nullable=False),
 )

@@ -253,8 +253,8 @@ class Verdicts(ScanStoreBase):
 
     @locked
     def put_report(self, image_digest: str, report: ImageReport) -> None:
-        row = {"findings": json.dumps(report.findings()), "sbom": report.sbom,
-               "created": self._clock()}
+        row = {"findings": json.dumps(report.findings()), "secrets": len(report.secrets),
+               "malware": len(report.malware), "sbom": report.sbom, "created": self._clock()}
         with self._conn() as c:
             c.execute(self._insert(image_report_table).values(image_digest=image_digest, **row)
                       .on_conflict_do_update(index_elements=["image_digest"], set_=row))
@@ -292,12 +292,12 @@ class Verdicts(ScanStoreBase):
                     .group_by(_U.image_digest, _U.severity)):
                 if digest in images:
                     images[digest]["severities"][severity] = int(n)
-            for digest, findings in c.execute(select(image_report_table.c.image_digest,
-                                                     image_report_table.c.findings)):
+            r = image_report_table.c
+            for digest, secrets, malware in c.execute(select(r.image_digest, r.secrets,
+                                                             r.malware)):
                 if digest in images:
-                    found = json.loads(findings)
-                    images[digest]["secrets"] = len(found.get("secrets", []))
-                    images[digest]["malware"] = len(found.get("malware", []))
+                    images[digest]["secrets"] = int(secrets)
+                    images[digest]["malware"] = int(malware)
         return sorted(images.values(), key=lambda i: (i["image"], i["digest"]))
 
     def verdict_counts(self) -> dict[str, int]:

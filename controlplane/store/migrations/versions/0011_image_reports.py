@@ -25,6 +25,8 @@ def upgrade() -> None:
         'image_report',
         sa.Column('image_digest', sa.String(128), primary_key=True),
         sa.Column('findings', sa.Text(), nullable=False),
+        sa.Column('secrets', sa.Integer(), nullable=False),
+        sa.Column('malware', sa.Integer(), nullable=False),
         sa.Column('sbom', sa.Text(), nullable=False),
         sa.Column('created', sa.Float(), nullable=False),
     )
