@@ -13,6 +13,9 @@ enrolled mTLS agents (tests/helpers/simagents.py):
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Any
 import pytest
 
 from moray.controlplane.server.rest import ACCESS
-from tests.helpers.controlplane import Api, ServerProcess, wait_for
+from tests.helpers.controlplane import ROOT, Api, ServerProcess, wait_for
 from tests.helpers.simagents import SimAgent, SimFleet
 
 pytestmark = pytest.mark.integration
@@ -377,3 +380,27 @@ def test_tenant_registry(world: World) -> None:
     admin("DELETE", P + "/tenants/short-lived", expect=200)
     assert admin.status("DELETE", P + "/tenants/short-lived") == 404
     assert admin.status("POST", P + "/enrollment-tokens", json={"tenant": "short-lived"}) == 422
+
+
+def test_cli_tenant_and_distribute(world: World, tmp_path: Path) -> None:
+    def moray(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "MORAY_SERVER": world.server.url,
+               "MORAY_TOKEN": world.server.admin_token}
+        return subprocess.run([sys.executable, "-m", "moray.cli", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    made = moray("tenant", "create", "cli-made", "--comment", "from the CLI")
+    assert made.returncode == 0 and "tenant cli-made created" in made.stdout, made.stderr
+    listed = moray("tenant", "list")
+    assert listed.returncode == 0 and "cli-made" in listed.stdout
+    assert moray("tenant", "create", "cli-made").returncode == 1     # exists already
+    file = tmp_path / "shared.yaml"
+    file.write_text(policy("cli-shared"))
+    out = moray("policy", "distribute", str(file), "--tenants", f"cli-made,{B}")
+    assert out.returncode == 0, out.stderr
+    assert "cli-made/cli-shared: version 1 (applied)" in out.stdout
+    assert f"{B}/cli-shared: version 1 (applied)" in out.stdout
+    refused = moray("policy", "distribute", str(file), "--tenants", "cli-made,nowhere")
+    assert refused.returncode == 1 and "moray tenant create nowhere" in refused.stderr
+    assert moray("tenant", "delete", "cli-made").returncode == 0
+    assert "cli-made" not in moray("tenant", "list").stdout
