@@ -23,9 +23,11 @@ from typing import Any
 
 import pytest
 
+from moray.agent.controlplane import ControlPlaneClient
 from moray.controlplane.server.rest import ACCESS
-from tests.helpers.controlplane import ROOT, Api, ServerProcess, wait_for
+from tests.helpers.controlplane import ROOT, Api, GatewayProcess, ServerProcess, wait_for
 from tests.helpers.simagents import SimAgent, SimFleet
+from tests.integration.test_server_agents import Recorder
 
 pytestmark = pytest.mark.integration
 
@@ -404,3 +406,40 @@ def test_cli_tenant_and_distribute(world: World, tmp_path: Path) -> None:
     assert refused.returncode == 1 and "moray tenant create nowhere" in refused.stderr
     assert moray("tenant", "delete", "cli-made").returncode == 0
     assert "cli-made" not in moray("tenant", "list").stdout
+
+
+def test_a_gateway_keeps_tenants_apart(world: World, tmp_path: Path) -> None:
+    """Agents of two tenants behind one gateway: each gets its tenant's policies only,
+    and an event is stored under its agent's tenant whatever its payload says."""
+    gw = GatewayProcess(tmp_path / "gw", world.server, "gw-tenants").start()
+    clients: dict[str, tuple[ControlPlaneClient, Recorder]] = {}
+    try:
+        for tenant in (A, B):
+            rec = Recorder()
+            client = ControlPlaneClient(
+                gw.target, tmp_path / tenant, rec, token=world.admin.token(tenant=tenant),
+                ca_pem=world.server.ca_pem, enroll_server=gw.enroll_target,
+                heartbeat_interval=0.5, max_backoff=0.5)
+            client.start()
+            clients[tenant] = (client, rec)
+        wait_for(lambda: "secret-a" in clients[A][1].versions()
+                 and "own-b" in clients[B][1].versions(), timeout=30,
+                 what="each tenant's policy through the gateway")
+        assert "own-b" not in clients[A][1].versions()
+        assert "secret-a" not in clients[B][1].versions()
+        agent_a = clients[A][0].identity
+        assert agent_a is not None
+        assert clients[A][0].send_many([{"type": "exec", "id": "via-gw-1", "tenant": B}]) == 1
+
+        def stored() -> list[dict[str, Any]]:
+            return [e for e in world.admin("GET", P + "/events", params={"limit": 10000})
+                    if e["id"] == "via-gw-1"]
+
+        wait_for(stored, timeout=30, what="the event through the gateway")
+        assert [(e["agent_id"], e["tenant"]) for e in stored()] == [(agent_a.agent_id, A)]
+        assert not [e for e in world.b["viewer"]("GET", P + "/events")
+                    if e["id"] == "via-gw-1"]
+    finally:
+        for client, _ in clients.values():
+            client.stop()
+        gw.stop()
