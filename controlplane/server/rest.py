@@ -55,7 +55,6 @@ from moray.controlplane.server.sessions import (
 )
 from moray.controlplane.server.tenancy import (
     CREATE_HINT,
-    TenantAccessError,
     check_owner,
     require_global,
     scope,
@@ -272,10 +271,6 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     @app.exception_handler(StoreError)
     async def store_error(_request: Request, err: StoreError) -> JSONResponse:
         return JSONResponse({"error": str(err)}, status_code=err.status)
-
-    @app.exception_handler(TenantAccessError)
-    async def tenant_refused(_request: Request, err: TenantAccessError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=err.status)
 
     @app.exception_handler(PolicyDocError)
     async def policy_error(_request: Request, err: PolicyDocError) -> JSONResponse:
@@ -578,7 +573,9 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
 
     def audit_scan_change(who: Principal, action: str, target: str,
                           detail: dict[str, Any]) -> None:
-        store.record_audit(who.actor, action, target, detail, tenant=who.tenant)
+        # a registration's audit entry belongs to its tenant (a global admin's too)
+        tenant = detail.get("tenant") if isinstance(detail.get("tenant"), str) else who.tenant
+        store.record_audit(who.actor, action, target, detail, tenant=tenant)
 
     app.include_router(account_router(store, users, login_limits,
                                       sessions or SessionSettings(), require,

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from fastapi import HTTPException
+
 from moray.api.tenants import DEFAULT_TENANT
-from moray.errors import ControlPlaneError
 
 CREATE_HINT = "create it first: moray tenant create {name} (POST /api/v1/tenants)"
 
@@ -30,12 +31,12 @@ class HasTenant(Protocol):
     def tenant(self) -> str | None: ...
 
 
-class TenantAccessError(ControlPlaneError):
-    """Refused by the tenant rule; ``status`` is the HTTP answer (403 or 404)."""
+class TenantAccessError(HTTPException):
+    """Refused by the tenant rule: 403 (a tenant named that the principal may not use)
+    or 404 (an object of another tenant, as if it did not exist)."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(status, message)
 
 
 def owns(who: HasTenant, tenant: str | None) -> bool:

@@ -997,13 +997,12 @@ class ControlPlaneStore:
             if name is not None:
                 query = query.where(Tenant.name == name)
             rows = session.scalars(query).all()
-            # .all(): dict() of a Result takes its keys() for a mapping's and fails
-            agents = dict(session.execute(
+            agents = {t: n for t, n in session.execute(
                 select(Agent.tenant, func.count()).where(Agent.revoked_at.is_(None))
-                .group_by(Agent.tenant)).tuples().all())
-            policies = dict(session.execute(
+                .group_by(Agent.tenant))}
+            policies = {t: n for t, n in session.execute(
                 select(Policy.tenant, func.count()).where(Policy.removed.is_(False))
-                .group_by(Policy.tenant)).tuples().all())
+                .group_by(Policy.tenant))}
             return [{"name": r.name, "created_at": r.created_at, "created_by": r.created_by,
                      "comment": r.comment, "agents": int(agents.get(r.name, 0)),
                      "policies": int(policies.get(r.name, 0))} for r in rows]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, case, delete, distinct, func, insert, select
 
+from moray.api.tenants import DEFAULT_TENANT
 from moray.controlplane.store.scan.base import ScanStoreBase, locked
 from moray.controlplane.store.scanmodels import image_report as image_report_table
 from moray.controlplane.store.scanmodels import (
@@ -270,12 +271,23 @@ class Verdicts(ScanStoreBase):
         return ImageReport(found.get("secrets", []), found.get("malware", []), row[1])
 
     @locked
-    def image_summaries(self) -> list[dict[str, Any]]:
-        """Every image with a verdict: digest, image, config digest, its verdicts, how many
-        vulnerabilities of each severity, secret and malware findings (counts)."""
+    def image_summaries(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every image with a verdict (``tenant``: of that tenant only, as ``has_image``
+        decides): digest, image, config digest, its verdicts, how many vulnerabilities of
+        each severity, secret and malware findings (counts)."""
         images: dict[str, dict[str, Any]] = {}
         current = self.generation()
+        owners = self.image_tenants() if tenant is not None else {}
+        mine: set[str] = owners.get(tenant or "", set())
+        owned: set[str] = set().union(*owners.values())
+
+        def seen(digest: str) -> bool:
+            return tenant is None or digest in mine or (
+                digest not in owned and tenant == DEFAULT_TENANT)
+
         for v in self.all_verdicts():
+            if not seen(v.image_digest):
+                continue
             img = images.setdefault(v.image_digest, {
                 "digest": v.image_digest, "image": v.image, "config_digest": v.config_digest,
                 "scanned": v.created, "passed": True, "verdicts": [],

@@ -16,6 +16,7 @@ from moray.controlplane.scanner.engine.source import open_source  # noqa: E402
 from moray.controlplane.scanner.service.api import SCAN_ACCESS, scan_router  # noqa: E402
 from moray.controlplane.scanner.service.remote import HttpJobQueue, RemoteError, RemoteMatcher  # noqa: E402
 from moray.controlplane.scanner.service.worker import run_worker  # noqa: E402
+from moray.controlplane.server.rest import Principal  # noqa: E402
 from moray.controlplane.store.scanstore import ScanStore  # noqa: E402
 from moray.controlplane.vulndb.importer import import_path  # noqa: E402
 from moray.controlplane.vulndb.matcher import Matcher  # noqa: E402
@@ -29,10 +30,10 @@ POLICY = "kind: ImageAssurancePolicy\nmetadata: {name: p}\nspec: {notRoot: true}
 def _authorize(method: str, path: str) -> Any:
     assert (method, path) in SCAN_ACCESS
 
-    def check(authorization: str = Header("")) -> str:
+    def check(authorization: str = Header("")) -> Principal:
         if authorization != "Bearer good":
             raise HTTPException(401, "invalid token")
-        return "ok"
+        return Principal("test", "admin")
 
     return check
 
