@@ -104,6 +104,11 @@ async function renderDetail(root, ctx, digest) {
   ]);
   const image = images.find((i) => i.digest === digest);
   root.append(el('p', {}, el('a', {href: '#/images', id: 'back'}, '← all images')));
+  if (!image && verdicts.length === 0) {
+    // never scanned, or another tenant's image: the server answers alike
+    root.append(el('p', {class: 'empty', id: 'image-missing'}, `No scanned image ${digest}.`));
+    return;
+  }
   root.append(el('h2', {id: 'image-name'}, image ? image.image : digest),
     el('p', {}, el('code', {id: 'image-digest'}, digest)));
   const passed = verdicts.length > 0 && verdicts.every((v) => v.passed);
