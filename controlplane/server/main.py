@@ -64,7 +64,7 @@ from moray.controlplane.server.sessions import (
 from moray.controlplane.server.watch import POLL_SECONDS as WATCH_POLL_SECONDS
 from moray.controlplane.server.watch import PolicyWatcher, libpq_url, one_line
 from moray.controlplane.store import db
-from moray.controlplane.store.cpstore import ControlPlaneStore
+from moray.controlplane.store.cpstore import ControlPlaneStore, StoreError
 from moray.controlplane.store.scanstore import ScanStore
 from moray.controlplane.store.users import IDLE_SECONDS, LIFETIME_SECONDS, UserStore
 from moray.daemon import run_until_stopped
@@ -239,7 +239,16 @@ def bootstrap_admin_user(store: ControlPlaneStore, config: ServerConfig) -> User
     import secrets
 
     password = secrets.token_urlsafe(18)
-    users.create_user("admin", password, "admin", None, author="moray-server")
+    try:
+        users.create_user("admin", password, "admin", None, author="moray-server")
+    except (StoreError, SQLAlchemyError) as err:
+        # another server on the same database made it first (a Conflict, or the unique
+        # name refused at commit): its data directory has the password
+        if not users.has_users():
+            raise
+        log.info("the first console user was created by another server",
+                 extra={"error": one_line(err)})
+        return users
     path = config.data_dir / "admin.password"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -15,7 +15,10 @@ rest.py's ``decide``. Sign-in is limited per user name and per source address
 from one address: a proxy or NAT carries many people) within ``lockout`` seconds, that
 name or address is locked for ``lockout`` seconds (429 + Retry-After), whether the
 name exists or not. The counters live in the server process (several servers on one
-PostgreSQL count apart).
+PostgreSQL count apart). A password check costs ~0.1-0.3 s of CPU (argon2id), and the
+endpoints share one thread pool: at most ``CONCURRENT_LOGINS`` checks run at once, a
+sign-in beyond that is answered 503 + Retry-After at once, so a flood of sign-ins (from
+many addresses) cannot take every thread from the rest of the API.
 
 A tenant's admin (``Principal.tenant`` set) sees and changes only the users and tokens
 of its tenant, and creates only those (a missing tenant is its own); another tenant's
@@ -24,6 +27,7 @@ user or token answers 404, as if it did not exist.
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations.
 
+import logging
 import math
 import threading
 import time
@@ -40,6 +44,8 @@ from starlette.requests import cookie_parser
 from moray.controlplane.store.cpstore import ControlPlaneStore
 from moray.controlplane.store.users import MAX_PASSWORD, SessionInfo, UserStore
 
+log = logging.getLogger(__name__)
+
 COOKIE = "moray_session"
 CSRF_HEADER = "x-csrf-token"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -47,6 +53,7 @@ BAD_LOGIN = "invalid username or password"
 BAD_CSRF = "missing or wrong CSRF token"
 MAX_FAILURES = 5
 SOURCE_FAILURES = 20
+CONCURRENT_LOGINS = 4
 LOCKOUT_SECONDS = 15 * 60.0
 INT32_MAX = 2**31 - 1
 
@@ -179,6 +186,17 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
                    principal: Callable[[SessionInfo], Any]) -> APIRouter:
     router = APIRouter()
     P = "/api/v1"
+    gate = threading.BoundedSemaphore(CONCURRENT_LOGINS)
+
+    def check_password(name: str, password: str) -> Any:
+        """``users.check_login`` through the gate; 503 when it is full."""
+        if not gate.acquire(blocking=False):
+            raise HTTPException(503, "too many sign-ins at once; try again",
+                                headers={"Retry-After": "1"})
+        try:
+            return users.check_login(name, password)
+        finally:
+            gate.release()
 
     def live(request: Request) -> tuple[str, SessionInfo] | None:
         cookie = session_cookie(request.headers.get("cookie"))
@@ -193,6 +211,8 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
         keys = LoginLimits.keys(source, name)
         store.record_audit(f"anonymous:{source}", action, name, {"source": source})
         for key in limits.failed(*keys):
+            log.warning("sign-in locked after failures", extra={
+                "key": key, "source": source, "seconds": limits.lockout})
             store.record_audit("moray-server", "session.lockout", key,
                                {"source": source, "user": name, "seconds": limits.lockout})
 
@@ -203,7 +223,7 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
         wait = limits.retry_after(*keys)
         if wait:
             raise too_many(wait)
-        user = users.check_login(body.username, body.password)
+        user = check_password(body.username, body.password)
         if user is None:
             failure(source, body.username, "session.login_failed")
             return JSONResponse({"detail": BAD_LOGIN}, status_code=401)
@@ -247,7 +267,7 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
         wait = limits.retry_after(*keys)
         if wait:
             raise too_many(wait)
-        if users.check_login(info.user, body.current) is None:
+        if check_password(info.user, body.current) is None:
             failure(source, info.user, "user.password_failed")
             return JSONResponse({"detail": "the current password is wrong"},
                                 status_code=403)
@@ -257,10 +277,14 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
 
     # -- users (admin) -------------------------------------------------------------------
 
-    def target(who: Any, name: str) -> None:
+    def target(who: Any, name: str, *, own: str = "") -> None:
+        """404 for a user ``who`` may not see; 409 when a signed-in admin would lock
+        itself out (``own``: what it tries)."""
         user = users.user(name)
         if user is None or not visible(who, user.tenant):
             raise HTTPException(404, f"no user {name!r}")
+        if own and who.user and who.name == name:
+            raise HTTPException(409, f"you may not {own} yourself (another admin may)")
 
     @router.get(P + "/users")
     def list_users(who: Annotated[Any, Depends(require("GET", P + "/users"))]
@@ -278,7 +302,9 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
     def update_user(name: str, body: UserPatch,
                     who: Annotated[Any, Depends(require("PATCH", P + "/users/{name}"))]
                     ) -> dict[str, Any]:
-        target(who, name)
+        own = "disable" if body.disabled else ("change the role of"
+                                                if body.role not in (None, who.role) else "")
+        target(who, name, own=own)
         return users.update_user(name, author=who.actor, role=body.role,
                                  disabled=body.disabled, password=body.password).as_dict()
 
@@ -286,7 +312,7 @@ def account_router(  # noqa: PLR0915 - the route table: one short function per e
     def delete_user(name: str,
                     who: Annotated[Any, Depends(require("DELETE", P + "/users/{name}"))]
                     ) -> Response:
-        target(who, name)
+        target(who, name, own="delete")
         users.delete_user(name, author=who.actor)
         return Response(status_code=204)
 

@@ -46,6 +46,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,252}")
 IDLE_SECONDS = 30 * 60.0
 LIFETIME_SECONDS = 12 * 3600.0
 TOUCH_SECONDS = 60.0         # how stale last_seen may get (the idle timeout's precision)
+MAX_SESSIONS = 50            # per user; a sign-in beyond ends its oldest
 
 
 class PasswordRejected(StoreError):
@@ -275,6 +276,11 @@ class UserStore:
                               csrf_token=csrf, created_at=now, last_seen=now, expires_at=end)
             session.add(row)
             session.flush()
+            older = session.scalars(select(UserSession.id).where(
+                UserSession.user_id == user.id).order_by(UserSession.id.desc())
+                .offset(MAX_SESSIONS)).all()
+            if older:
+                session.execute(delete(UserSession).where(UserSession.id.in_(older)))
             self.store._audit(session, f"{user.role}:user:{user.name}", "session.login",
                               user.name, {"source": source}, tenant=user.tenant)
             return cookie, SessionInfo(row.id, user.name, user.role, user.tenant, csrf,

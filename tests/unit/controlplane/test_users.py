@@ -305,3 +305,96 @@ def test_own_password_change_keeps_this_session_only(
     assert client.get("/api/v1/session").status_code == 200
     assert other.get("/api/v1/session").status_code == 401
     assert users.check_login("root", "a new password") is not None
+
+
+def test_an_admin_cannot_lock_itself_out(app: tuple[TestClient, UserStore]) -> None:
+    client, _ = app
+    h = {"X-CSRF-Token": login(client, "root")}
+    assert client.delete("/api/v1/users/root", headers=h).status_code == 409
+    assert client.patch("/api/v1/users/root", headers=h,
+                        json={"disabled": True}).status_code == 409
+    assert client.patch("/api/v1/users/root", headers=h,
+                        json={"role": "viewer"}).status_code == 409
+    assert client.patch("/api/v1/users/root", headers=h,
+                        json={"password": "a new root password"}).status_code == 200
+    assert client.get("/api/v1/session").status_code == 401     # a password change ends all
+
+
+def test_sessions_per_user_are_bounded(users: UserStore) -> None:
+    from moray.controlplane.store.users import MAX_SESSIONS
+
+    alice = users.create_user("alice", PW, "viewer", None, author="t")
+    first, _ = users.open_session(alice, source="a")
+    for _ in range(MAX_SESSIONS):
+        users.open_session(alice, source="a")
+    assert users.count_sessions("alice") == MAX_SESSIONS
+    assert users.session(first) is None
+
+
+def test_sign_ins_beyond_the_gate_are_answered_503(engine: Engine, tmp_path: Any) -> None:
+    """Password checks that block (a hasher stuck in a gate of our own) fill the gate;
+    the next sign-in is refused at once, and the rest of the API still answers."""
+    import threading
+
+    from moray.controlplane.server.sessions import CONCURRENT_LOGINS
+
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    class Stuck(Passwords):
+        def verify(self, hashed: str | None, password: str) -> bool:
+            entered.release()
+            release.wait(30)
+            return False
+
+    store = ControlPlaneStore(engine)
+    users = UserStore(store, passwords=Stuck(FAST))
+    token = store.create_api_token("t", "viewer", author="t")
+    client = TestClient(create_app(store, None, Pki.load_or_create(tmp_path / "pki", []),
+                                   ServerMetrics(), users=users))
+    results: list[int] = []
+
+    def attempt() -> None:
+        results.append(client.post("/api/v1/session", json={
+            "username": "x", "password": "y" * 12}).status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(CONCURRENT_LOGINS)]
+    for t in threads:
+        t.start()
+    for _ in range(CONCURRENT_LOGINS):
+        assert entered.acquire(timeout=30)
+    r = client.post("/api/v1/session", json={"username": "x", "password": "y" * 12})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert client.get("/api/v1/whoami", headers={
+        "Authorization": f"Bearer {token}"}).status_code == 200
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert results == [401] * CONCURRENT_LOGINS
+
+
+def test_first_admin_made_once_when_two_servers_race(engine: Engine, tmp_path: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two servers start on one empty database: the one that loses the race to create
+    ``admin`` carries on (and writes no password file)."""
+    from moray.controlplane.server import main
+
+    store = ControlPlaneStore(engine)
+
+    class Raced(UserStore):
+        calls = 0
+
+        def has_users(self) -> bool:
+            Raced.calls += 1
+            if Raced.calls == 1:      # the other server creates it right after we looked
+                UserStore(store, passwords=Passwords(FAST)).create_user(
+                    "admin", PW, "admin", None, author="other")
+                return False
+            return super().has_users()
+
+    monkeypatch.setattr(main, "UserStore", Raced)
+    config = main.ServerConfig(data_dir=tmp_path)
+    users = main.bootstrap_admin_user(store, config)
+    assert [u.name for u in users.users()] == ["admin"]
+    assert not (tmp_path / "admin.password").exists()
+    assert (tmp_path / "admin.token").exists()
