@@ -96,9 +96,11 @@ def _tenants(session: Session) -> list[str]:
     return sorted(t for (t,) in session.execute(select(Agent.tenant).distinct()))
 
 
-def page_seqs(session: Session, where: EventFilter, *, before: int | None, after: int,
-              limit: int, newest_first: bool) -> list[int]:
-    """The ``seq`` of the page's rows, in page order."""
+def page_statement(where: EventFilter, tenants: Sequence[str | None], *,
+                   before: int | None, after: int, limit: int,
+                   newest_first: bool) -> Select[Any]:
+    """The query of a page's ``seq`` values: one index scan, or with several ``tenants``
+    the union of one scan per tenant, merged."""
     order = Event.seq.desc() if newest_first else Event.seq.asc()
     bounds = [*where.conditions(), Event.seq > after]
     if before is not None:
@@ -110,17 +112,29 @@ def page_seqs(session: Session, where: EventFilter, *, before: int | None, after
             query = query.where(Event.tenant == tenant)
         return query.order_by(order).limit(limit)
 
-    tenants: Sequence[str | None] = [where.tenant]
-    if where.tenant is None and where.agent_id is None:
-        found = _tenants(session)
-        if 1 <= len(found) <= MAX_UNION_TENANTS:
-            tenants = found
     if len(tenants) == 1:
-        return list(session.scalars(scan(tenants[0])))
+        return scan(tenants[0])
     arms = union_all(*(select(scan(t).subquery().c.seq) for t in tenants)).subquery()
-    merged = select(arms.c.seq).order_by(
+    return select(arms.c.seq).order_by(
         arms.c.seq.desc() if newest_first else arms.c.seq.asc()).limit(limit)
-    return list(session.scalars(merged))
+
+
+def scan_tenants(session: Session, where: EventFilter) -> list[str | None]:
+    """The tenants a page scans one by one: the filter's; for a reader of every tenant
+    each tenant that has agents (None: one scan without a tenant, when there are more
+    than MAX_UNION_TENANTS or the filter names an agent, whose events are one tenant's)."""
+    if where.tenant is not None or where.agent_id is not None:
+        return [where.tenant]
+    found = _tenants(session)
+    return list(found) if 1 <= len(found) <= MAX_UNION_TENANTS else [None]
+
+
+def page_seqs(session: Session, where: EventFilter, *, before: int | None, after: int,
+              limit: int, newest_first: bool) -> list[int]:
+    """The ``seq`` of the page's rows, in page order."""
+    return list(session.scalars(page_statement(
+        where, scan_tenants(session, where), before=before, after=after, limit=limit,
+        newest_first=newest_first)))
 
 
 def page(session: Session, where: EventFilter, *, before: int | None = None,

@@ -8,12 +8,13 @@ violation in the browser's console (checked after every test by the fixture)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
 
 from tests.browser.conftest import PASSWORD, XSS_CONTAINER, Console, ConsoleEnv
-from tests.helpers.controlplane import wait_for
+from tests.helpers.controlplane import policy_yaml, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -236,3 +237,85 @@ def test_events_pages_follow_next(console: Console, console_env: ConsoleEnv) -> 
               console.all("#events-list tbody tr[data-seq]")]
     assert second and max(second) < min(first)
     assert second == sorted(second, reverse=True)
+
+
+TRICKY = {
+    "apiVersion": "moray/v1", "kind": "RuntimePolicy",
+    "metadata": {"name": "t", "labels": {"a.b/c": "yes", "n": "1.0", "e": ""}},
+    "spec": {"exec": {"deny": ["/bin/sh", "*/nc", "a: b", "#x", " lead", "trail ", "~",
+                               "null", "2024-01-01", "0x1f", "é ünï", "line\nbreak",
+                               "'q'", '"dq"', "[x]", "{y}", "-", "- x", "@at", "%p"],
+                      "allow": []},
+             "n": [1, 2.5, -3, True, False, None, {}, [], [["nested"]],
+                   {"k": "v", "list": [{"deep": 1}]}],
+             "key with space": "v", "1": "numeric key", "true": "bool key"},
+}
+
+
+def test_policy_yaml_writer_round_trips_in_the_browser(console: Console) -> None:
+    """text.js's toYaml, run in the browser, read back by PyYAML (the server's loader):
+    the same document, for values that need quoting."""
+    import yaml
+
+    console.open()
+    console.wait_css("#login-username")
+    out = console.driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('/ui/text.js').then((m) => done({yaml: m.toYaml(arguments[0]),
+          diff: m.lineDiff(['a', 'b', 'c'], ['a', 'x', 'c', 'd'])}));""", TRICKY)
+    assert yaml.safe_load(out["yaml"]) == TRICKY
+    assert [(d["op"], d["line"]) for d in out["diff"]] == [
+        (" ", "a"), ("-", "b"), ("+", "x"), (" ", "c"), ("+", "d")]
+
+
+def test_a_session_ended_elsewhere_brings_back_the_sign_in_form(
+        console: Console, console_env: ConsoleEnv) -> None:
+    import httpx
+
+    console.login("view", PASSWORD)
+    console.visit("agents", "#agents-list table")
+    cookie = console.driver.get_cookie("moray_session")
+    assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    with httpx.Client(base_url=console_env.server.url,
+                      cookies={"moray_session": cookie["value"]}) as other:
+        csrf = other.get("/api/v1/session").json()["csrf_token"]
+        assert other.delete("/api/v1/session",
+                            headers={"X-CSRF-Token": csrf}).status_code == 204
+    console.driver.execute_script("location.hash = '#/policies'")
+    console.wait_text("#login-status", "Your session has ended")
+    console.screenshot("session-ended")
+
+
+def test_admin_revokes_an_agent(console: Console, console_env: ConsoleEnv,
+                                tmp_path: Path) -> None:
+    agent = console_env.fleet.enroll_many(console_env.server, tmp_path, 1, prefix="r",
+                                          labels={"env": "doomed"})[0]
+    wait_for(lambda: agent.connected, timeout=20, what="the extra agent's stream")
+    console.login("admin", console_env.passwords["admin"])
+    console.visit(f"agents?id={agent.agent_id}", "#agent-revoke")
+    console.css("#agent-revoke").click()
+    console.wait_text("#agent-revoke", "Confirm")             # a second click revokes
+    console.css("#agent-revoke").click()
+    console.wait_text("#agent-detail h2", "revoked")
+    console.screenshot("agent-revoked")
+    assert console_env.admin("GET", f"/api/v1/agents/{agent.agent_id}")["revoked"] is True
+    assert not console.all("#agent-revoke")
+
+
+def test_operator_rolls_back_a_policy(console: Console, console_env: ConsoleEnv) -> None:
+    admin = console_env.admin
+    admin.apply(policy_yaml("rb", labels={"env": "prod"}, deny="/bin/one"), source="rb.yaml")
+    admin.apply(policy_yaml("rb", labels={"env": "prod"}, deny="/bin/two"), source="rb.yaml")
+    console.login("oper", PASSWORD)
+    console.visit("policies?name=rb&tenant=default", "#policy-history")
+    console.wait_text("#policy-diff .del", "/bin/one")     # v1 -> v2 by default
+    console.wait_text("#policy-diff .add", "/bin/two")
+    console.css('#policy-history button[data-version="1"]').click()
+    console.wait_text("#policy-title", "v3")
+    console.screenshot("policy-rolled-back")
+    current = admin("GET", "/api/v1/policies/rb")
+    assert current["version"] == 3
+    assert current["document"]["spec"]["exec"]["deny"] == ["/bin/one"]
+    for agent in console_env.agents:
+        wait_for(lambda a=agent: a.versions().get("rb") == 3, timeout=30,
+                 what=f"agent {agent.agent_id} to hold rb v3")

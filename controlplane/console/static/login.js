@@ -26,10 +26,11 @@ export function renderLogin(root, {api, onLogin, message = ''}) {
     } catch (err) {
       password.value = '';
       status.className = 'login-message error';
-      if (err instanceof ApiError && err.status === 429) {
-        const after = err.headers && err.headers.get('Retry-After');
-        status.textContent = after ? `Too many attempts: try again in ${after} s.`
-          : 'Too many attempts: try again later.';
+      const after = err instanceof ApiError && err.headers ? err.headers.get('Retry-After') : null;
+      if (err instanceof ApiError && (err.status === 429 || err.status === 503)) {
+        const why = err.status === 429 ? 'Too many attempts' : 'The server is busy';
+        status.textContent = after ? `${why}: try again in ${after} s.`
+          : `${why}: try again later.`;
       } else if (err instanceof ApiError && err.status === 401) {
         status.textContent = 'Invalid username or password.';
       } else {

@@ -139,7 +139,8 @@ export async function render(root, ctx) {
       .some((s) => String(s).toLowerCase().includes(q)));
     clear(list).append(el('p', {class: 'muted'}, `${shown.length} of ${agents.length} agents`),
       table([
-        {title: 'host', value: (a) => a.hostname},
+        {title: 'host', value: (a) => [a.hostname, ' ',
+          el('span', {class: 'muted mono'}, String(a.id).slice(0, 8))]},
         {title: 'state', value: (a) => badge(...state(a))},
         {title: 'tenant', value: (a) => a.tenant},
         {title: 'labels', value: (a) => labelBadges(a.labels)},

@@ -2,7 +2,7 @@
 // images by verdict, from GET /api/v1/overview (i-events' statistics endpoint). A server
 // without it (404) gets the figures computed here from /api/v1/agents and the newest
 // alerts of /api/v1/events.
-import {el, badge} from '../dom.js';
+import {el, badge, clear} from '../dom.js';
 import {ApiError} from '../api.js';
 import {barChart, hbars} from '../chart.js';
 import {normalizeEvent} from '../model.js';
@@ -12,6 +12,7 @@ export const roles = ['admin', 'operator', 'auditor', 'viewer'];
 
 const HOURS = 24;
 const HOUR = 3600 * 1000;
+const REFRESH_MS = 30000;
 
 function buckets(events, now, hours) {
   const start = Math.floor(now / HOUR) * HOUR - (hours - 1) * HOUR;
@@ -57,14 +58,25 @@ function stat(label, value, kind = '', id = '') {
     el('div', {class: 'stat-label'}, label));
 }
 
-export async function render(root, {api}) {
-  let data;
+async function load(api) {
   try {
-    data = await api.get('/api/v1/overview', {hours: HOURS});
+    return await api.get('/api/v1/overview', {hours: HOURS});
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 404) throw err;
-    data = await computed(api);
+    return computed(api);
   }
+}
+
+export async function render(root, {api, signal}) {
+  draw(root, await load(api));
+  const timer = setInterval(() => {      // refreshed while shown
+    load(api).then((data) => { if (!signal.aborted) draw(clear(root), data); })
+      .catch(() => {});
+  }, REFRESH_MS);
+  signal.addEventListener('abort', () => clearInterval(timer));
+}
+
+function draw(root, data) {
   const agents = data.agents || {};
   const alerts = data.alerts_over_time || [];
   const total = alerts.reduce((n, p) => n + (Number(p.count) || 0), 0);

@@ -124,7 +124,8 @@ function acksTable(agents, name, tenant, current) {
   const rows = agents.filter((a) => a.tenant === tenant && !a.revoked)
     .map((a) => ({agent: a, ack: (a.policies || {})[name] || null}));
   return table([
-    {title: 'agent', value: (r) => r.agent.hostname},
+    {title: 'agent', value: (r) => [r.agent.hostname, ' ',
+      el('span', {class: 'muted mono'}, String(r.agent.id).slice(0, 8))]},
     {title: 'state', value: (r) => (r.agent.connected ? badge('online', 'ok')
       : badge('offline', 'warn'))},
     {title: 'acknowledged version', value: (r) => (r.ack ? `v${r.ack.version}` : '—')},
