@@ -96,7 +96,8 @@ def _register_agents(ag: argparse.ArgumentParser) -> None:
 
 
 def _token_create_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tenant", default="default")
+    p.add_argument("--tenant", default=None,
+                   help="the agents' tenant (default: the API token's, else 'default')")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    help="a label every agent enrolled with it gets (repeatable)")
     uses = p.add_mutually_exclusive_group()

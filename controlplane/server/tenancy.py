@@ -22,6 +22,7 @@ from typing import Protocol
 from fastapi import HTTPException
 
 from moray.api.tenants import DEFAULT_TENANT
+from moray.errors import ControlPlaneError
 
 CREATE_HINT = "create it first: moray tenant create {name} (POST /api/v1/tenants)"
 
@@ -31,12 +32,13 @@ class HasTenant(Protocol):
     def tenant(self) -> str | None: ...
 
 
-class TenantAccessError(HTTPException):
+class TenantAccessError(ControlPlaneError, HTTPException):
     """Refused by the tenant rule: 403 (a tenant named that the principal may not use)
-    or 404 (an object of another tenant, as if it did not exist)."""
+    or 404 (an object of another tenant, as if it did not exist). An HTTPException, so
+    FastAPI answers it wherever a router raises it."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(status, message)
+        HTTPException.__init__(self, status, message)
 
 
 def owns(who: HasTenant, tenant: str | None) -> bool:

@@ -1022,9 +1022,10 @@ class ControlPlaneStore:
         return self.tenants(name)[0]
 
     def delete_tenant(self, name: str, *, author: str) -> None:
-        """Remove a tenant from the registry: refused while an agent (not revoked) belongs
-        to it. Its policies, events and audit entries stay (a tenant created again with
-        the name sees them); no new policy or enrolment token can name it."""
+        """Remove a tenant from the registry: refused while an agent (not revoked) or an
+        enrolment token that can still enrol belongs to it. Its policies, events and audit
+        entries stay (a tenant created again with the name sees them); no new policy or
+        enrolment token can name it."""
         with self._tx() as session:
             row = session.get(Tenant, name, with_for_update=not self._sqlite)
             if row is None:
@@ -1034,6 +1035,19 @@ class ControlPlaneStore:
             if live:
                 raise Conflict(f"tenant {name} has {live} agents: revoke them first "
                                "(moray agents revoke ID)")
+            # a token still usable would enrol agents into a tenant that is gone
+            now = self.clock()
+            usable = int(session.scalar(select(func.count()).select_from(EnrollmentToken)
+                                        .where(EnrollmentToken.tenant == name,
+                                               EnrollmentToken.revoked_at.is_(None),
+                                               EnrollmentToken.expires_at > now,
+                                               (EnrollmentToken.max_uses.is_(None))
+                                               | (EnrollmentToken.uses
+                                                  < EnrollmentToken.max_uses))) or 0)
+            if usable:
+                raise Conflict(f"tenant {name} has {usable} usable enrolment tokens: revoke "
+                               f"them first (moray token list --tenant {name}; "
+                               "moray token revoke ID)")
             session.delete(row)
             self._audit(session, author, "tenant.delete", name, {}, tenant=name)
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from moray.agent.controlplane import ControlPlaneClient
+from moray.api.imageverdicts import VERDICTS_NAME
 from moray.controlplane.server.rest import ACCESS
 from tests.helpers.controlplane import ROOT, Api, GatewayProcess, ServerProcess, wait_for
 from tests.helpers.simagents import SimAgent, SimFleet
@@ -464,3 +465,28 @@ def test_a_gateway_keeps_tenants_apart(world: World, tmp_path: Path) -> None:
         for client, _ in clients.values():
             client.stop()
         gw.stop()
+
+
+def test_each_tenants_agents_get_its_image_verdict_list(world: World) -> None:
+    """Verdicts are shared by digest, lists are not: A's agent's list has A's image and
+    not B's, B's agent's has B's and not A's."""
+    admin = world.admin
+    digest_b = "sha256:" + "b3" * 32
+    admin("POST", P + "/scan-jobs", json={"image": "b/img:3", "tenant": B})
+    admin("POST", f"{P}/images/{digest_b}/verdicts", expect=200,
+          json={"image": "b/img:3", "policy": "b-gate", "passed": True})
+    gate = json.dumps({"apiVersion": "moray/v1", "kind": "RuntimePolicy",
+                       "metadata": {"name": "gate"},
+                       "spec": {"scope": {"containers": {}},
+                                "images": {"block": ["non-compliant"]}}})
+    admin("POST", P + "/policies/distribute", expect=200,
+          json={"tenants": [A, B], "content": gate})
+
+    def listed(agent: SimAgent) -> set[str]:
+        doc = agent.documents.get(VERDICTS_NAME)
+        return {i["digest"] for i in json.loads(doc)["images"]} if doc else set()
+
+    wait_for(lambda: DIGEST_A in listed(world.agent_a) and digest_b in listed(world.agent_b),
+             timeout=30, what="each tenant's image-verdict list")
+    assert digest_b not in listed(world.agent_a)
+    assert DIGEST_A not in listed(world.agent_b)

@@ -37,6 +37,10 @@ def test_registry_create_list_delete(store: ControlPlaneStore) -> None:
     with pytest.raises(Conflict, match="revoke them first"):
         store.delete_tenant("shop", author="admin:x")
     store.revoke_agent(agent.id, author="admin:x")
+    spare = store.issue_enrollment_token(tenant="shop", labels={}, author="admin:x")
+    with pytest.raises(Conflict, match="usable enrolment tokens"):
+        store.delete_tenant("shop", author="admin:x")
+    store.revoke_enrollment_token(spare.id, author="admin:x")
     store.delete_tenant("shop", author="admin:x")
     assert not store.tenant_exists("shop")
     with pytest.raises(NotFound):
