@@ -3,12 +3,25 @@
 // progress (GET /api/v1/scan-jobs, polled while the page is shown). Credentials are a
 // reference ('env:NAME' or 'file:/path' read by the workers), never a secret.
 import {el, clear, table, fmtUnix, ago, errorBox} from '../dom.js';
-import {WRITERS, can, status, field, button, act, every, fmtSeconds, useStyles} from './uikit.js';
+import {WRITERS, can, isGlobal, status, field, button, act, every, fmtSeconds, useStyles}
+  from './uikit.js';
 
 export const title = 'Registries';
 export const roles = ['admin', 'operator', 'auditor', 'viewer'];
 
 const POLL_MS = 2000;
+
+// The tenant a new target belongs to: a global principal names one (empty: 'default');
+// a tenant's principal makes its own tenant's (the server decides, the field is shown
+// disabled).
+function tenantInput(ctx, id) {
+  return el('input', {id, placeholder: 'default', value: ctx.session.tenant || '',
+    disabled: !isGlobal(ctx)});
+}
+
+function tenantOf(ctx, input) {
+  return isGlobal(ctx) ? (input.value.trim() || null) : null;
+}
 
 function addRegistryForm(ctx, reload) {
   const st = status();
@@ -23,12 +36,14 @@ function addRegistryForm(ctx, reload) {
   const insecure = el('input', {type: 'checkbox', id: 'reg-insecure'});
   const policy = el('textarea', {id: 'reg-policy', class: 'yaml',
     placeholder: 'ImageAssurancePolicy (YAML), optional'});
+  const tenant = tenantInput(ctx, 'reg-tenant');
   const add = button('Add registry', async () => {
     st.clear();
     const body = {registry: registry.value.trim(),
       repositories: repos.value.split(',').map((s) => s.trim()).filter(Boolean),
       credentials: creds.value.trim(), insecure: insecure.checked,
-      interval_seconds: Number(interval.value) || 3600, policy: policy.value};
+      interval_seconds: Number(interval.value) || 3600, policy: policy.value,
+      tenant: tenantOf(ctx, tenant)};
     const reg = await act(add, st, () => ctx.api.send('POST', '/api/v1/scan-registries', body));
     if (reg) {
       st.ok(`Registry ${reg.registry} added (id ${reg.id}); its first scan is due now.`);
@@ -40,7 +55,7 @@ function addRegistryForm(ctx, reload) {
     el('h2', {}, 'Add a registry'),
     el('div', {class: 'toolbar'}, field('Registry (host[:port])', registry),
       field('Repositories', repos), field('Credentials reference', creds),
-      field('Every (seconds)', interval),
+      field('Every (seconds)', interval), field('Tenant', tenant),
       el('label', {class: 'field'}, el('span', {}, 'Plain HTTP (loopback only)'), insecure)),
     field('Policy', policy), el('div', {}, add), st.node);
 }
@@ -51,16 +66,18 @@ function addImageForm(ctx, reload) {
   const interval = el('input', {id: 'img-interval', type: 'number', min: 1, value: 86400});
   const policy = el('textarea', {id: 'img-policy', class: 'yaml',
     placeholder: 'ImageAssurancePolicy (YAML), optional'});
+  const tenant = tenantInput(ctx, 'img-tenant');
   const add = button('Add image', async () => {
     st.clear();
     const img = await act(add, st, () => ctx.api.send('POST', '/api/v1/scan-images', {
       image: image.value.trim(), interval_seconds: Number(interval.value) || 86400,
-      policy: policy.value}));
+      policy: policy.value, tenant: tenantOf(ctx, tenant)}));
     if (img) { st.ok(`Image ${img.image} added (id ${img.id}).`); image.value = ''; reload(); }
   }, {id: 'img-add'});
   return el('form', {class: 'form-card', onsubmit: (e) => e.preventDefault()},
     el('h2', {}, 'Add an image'),
-    el('div', {class: 'toolbar'}, field('Image', image), field('Every (seconds)', interval)),
+    el('div', {class: 'toolbar'}, field('Image', image), field('Every (seconds)', interval),
+      field('Tenant', tenant)),
     field('Policy', policy), el('div', {}, add), st.node);
 }
 
@@ -90,6 +107,7 @@ export async function render(root, ctx) {
         ctx.api.get('/api/v1/scan-images')]);
       const regCols = [
         {title: 'Registry', value: (r) => r.registry},
+        {title: 'Tenant', value: (r) => r.tenant || 'default'},
         {title: 'Repositories', value: (r) => (r.repositories.length
           ? r.repositories.join(', ') : el('span', {class: 'muted'}, 'catalog'))},
         {title: 'Schedule', value: (r) => `every ${fmtSeconds(r.interval_seconds)}`},
@@ -117,6 +135,7 @@ export async function render(root, ctx) {
       clear(regHolder).append(table(regCols, regs, {empty: 'no registry registered'}));
       const imgCols = [
         {title: 'Image', value: (i) => i.image},
+        {title: 'Tenant', value: (i) => i.tenant || 'default'},
         {title: 'Schedule', value: (i) => `every ${fmtSeconds(i.interval_seconds)}`},
         {title: 'Next run', value: (i) => fmtUnix(i.next_run)},
         {title: 'Last run', value: (i) => ago(i.last_run)},
@@ -145,6 +164,7 @@ export async function render(root, ctx) {
         {title: 'Image', value: (j) => (j.digest
           ? el('a', {href: `#/images?digest=${encodeURIComponent(j.digest)}`}, j.image) : j.image)},
         {title: 'Status', value: (j) => el('span', {class: `job-${j.status}`}, j.status)},
+        {title: 'Tenant', value: (j) => j.tenant || 'default'},
         {title: 'Worker', value: (j) => j.worker || '—'},
         {title: 'Attempts', value: (j) => String(j.attempts)},
         {title: 'Updated', value: (j) => ago(j.updated)},
