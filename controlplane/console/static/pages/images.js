@@ -9,6 +9,7 @@ export const title = 'Images';
 export const roles = ['admin', 'operator', 'auditor', 'viewer'];
 
 const RANK = Object.fromEntries(SEVERITIES.map((s, i) => [s, i]));
+const PAGE = 50;      // images a page (the list comes whole; the page draws 50 rows)
 
 function short(digest) {
   return String(digest || '').replace(/^sha256:/, '').slice(0, 12);
@@ -26,11 +27,21 @@ async function renderList(root, ctx) {
   const verdict = select('verdict-filter', [['', 'any verdict'], ['pass', 'compliant'],
     ['fail', 'non-compliant']]);
   const holder = el('div', {id: 'image-list'});
+  let page = 0;
   function draw() {
     const q = filter.value.trim().toLowerCase();
-    const rows = images.filter((i) => (!q || i.image.toLowerCase().includes(q))
+    const all = images.filter((i) => (!q || i.image.toLowerCase().includes(q))
       && (!verdict.value || (verdict.value === 'pass') === Boolean(i.passed)));
-    clear(holder).append(table([
+    const pages = Math.max(1, Math.ceil(all.length / PAGE));
+    page = Math.min(page, pages - 1);
+    const rows = all.slice(page * PAGE, (page + 1) * PAGE);
+    const pager = el('div', {class: 'pager'},
+      el('button', {type: 'button', id: 'images-prev', disabled: page === 0,
+        onclick: () => { page -= 1; draw(); }}, '← Previous'),
+      el('span', {class: 'muted'}, `${all.length} images · page ${page + 1} of ${pages}`),
+      el('button', {type: 'button', id: 'images-next', disabled: page >= pages - 1,
+        onclick: () => { page += 1; draw(); }}, 'Next →'));
+    clear(holder).append(pager, table([
       {title: 'Image', value: (i) => el('a', {href: `#/images?digest=${encodeURIComponent(i.digest)}`,
         class: 'image-link'}, i.image)},
       {title: 'Digest', value: (i) => el('code', {title: i.digest}, short(i.digest))},
@@ -41,8 +52,8 @@ async function renderList(root, ctx) {
       {title: 'Scanned', value: (i) => fmtUnix(i.scanned)},
     ], rows, {empty: 'no scanned image yet (register a registry or image to scan)'}));
   }
-  filter.addEventListener('input', draw);
-  verdict.addEventListener('change', draw);
+  filter.addEventListener('input', () => { page = 0; draw(); });
+  verdict.addEventListener('change', () => { page = 0; draw(); });
   root.append(el('div', {class: 'toolbar'}, field('Filter', filter), field('Verdict', verdict)),
     holder);
   draw();
