@@ -170,6 +170,10 @@ class VerdictIn(BaseModel):
     config_digest: str = Field(
         "", max_length=128, pattern=r"^(sha256:[0-9a-f]{64})?$",
         description="the image's config digest (docker's image ID), for the agents' list")
+    job_id: int | None = Field(
+        None, ge=0, le=2**63 - 1,
+        description="the scan job it is the verdict of: the image becomes its tenant's "
+        "(null: the tenants with a job of this image queued or leased)")
 
 
 def _checked(check: Callable[[], object]) -> None:
@@ -270,15 +274,12 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
                     who: Annotated[Any, dep("POST", P + "/images/{digest}/verdicts")]
                     ) -> dict[str, bool]:
         require_global(who, "recording a verdict")
-        # the image becomes an image of the tenants that queued its scan, before its
-        # verdict is stored (their agents' lists and their users see it from then on)
-        store.link_images_for(body.image, digest)
         vulns = None if body.vulnerabilities is None else [
             ImageVuln(v.id, v.severity, v.package, v.version, v.fixed_version,
                       tuple(a[:256] for a in v.aliases)) for v in body.vulnerabilities]
         store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons,
                              body.vulndb_generation, vulnerabilities=vulns,
-                             config_digest=body.config_digest)
+                             config_digest=body.config_digest, job_id=body.job_id)
         return {"ok": True}
 
     @router.post(P + "/vulndb/match")

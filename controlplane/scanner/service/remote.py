@@ -128,9 +128,10 @@ class HttpJobQueue(_Client):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
                        vulnerabilities: Sequence[ImageVuln] | None = None,
-                       config_digest: str = "") -> None:
+                       config_digest: str = "", job_id: int | None = None) -> None:
         self._post(f"/api/v1/images/{image_digest}/verdicts",
                    {"image": image, "policy": policy, "passed": passed, "reasons": reasons,
+                    "job_id": job_id,
                     "vulndb_generation": generation, "config_digest": config_digest,
                     "vulnerabilities": None if vulnerabilities is None
                     else [v.as_dict() for v in vulnerabilities]})

@@ -37,7 +37,7 @@ class VerdictSink(Protocol):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
                        vulnerabilities: Sequence[ImageVuln] | None = None,
-                       config_digest: str = "") -> object: ...
+                       config_digest: str = "", job_id: int | None = None) -> object: ...
 
 
 class JobQueue(Protocol):
@@ -123,7 +123,8 @@ class Worker:
                 self.verdicts.record_verdict(result.digest, job.image, policy.name, passed,
                                              reasons, generation,
                                              vulnerabilities=image_vulns(result),
-                                             config_digest=result.config_digest)
+                                             config_digest=result.config_digest,
+                                             job_id=job.id)
             return _Outcome(digest=result.digest)
         except (ScanError, OSError, yaml.YAMLError) as err:
             log.warning("scan job failed", extra={"job": job.id, "image": job.image,
