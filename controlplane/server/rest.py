@@ -440,7 +440,7 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
         existing({tenant})
         record = store.issue_enrollment_token(
             tenant=tenant, labels=body.labels, author=who.actor, ttl=body.ttl_seconds,
-            uses=body.uses, comment=body.comment)
+            uses=body.uses, comment=body.comment, registered=True)
         return {**record.as_dict(), "ca_sha256": cert_sha256(pki.ca_pem)}
 
     @app.get(P + "/enrollment-tokens")

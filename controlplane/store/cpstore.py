@@ -69,6 +69,12 @@ class Conflict(StoreError):
     status = 409
 
 
+class UnknownTenant(StoreError):
+    """A tenant that is not in the registry (``cp_tenant``)."""
+
+    status = 422
+
+
 class AgentRevoked(StoreError):
     """The agent is revoked (or unknown): nothing from it is stored."""
 
@@ -484,11 +490,15 @@ class ControlPlaneStore:
 
     def issue_enrollment_token(self, *, tenant: str, labels: dict[str, str], author: str,
                                ttl: float = 86400.0, uses: int | None = 1,
-                               comment: str = "") -> EnrollmentTokenRecord:
+                               comment: str = "",
+                               registered: bool = False) -> EnrollmentTokenRecord:
         """A new enrolment token for ``tenant``: at most ``uses`` enrolments (None:
         unlimited) until ``ttl`` seconds from now or until it is revoked; every agent
         enrolled with it gets ``labels`` (over the labels it asks for). Only the token's
-        SHA-256 is stored: the token itself is in the record returned, and nowhere else."""
+        SHA-256 is stored: the token itself is in the record returned, and nowhere else.
+        ``registered``: only for a tenant in the registry, checked under a share lock of
+        its row, so a deletion of the tenant cannot commit between the check and the
+        token (the REST API's tokens; the store's own callers may name any tenant)."""
         if uses is not None and uses < 1:
             raise StoreError("an enrolment token needs at least one use")
         if ttl <= 0:
@@ -496,6 +506,10 @@ class ControlPlaneStore:
         token = "moray-enroll-" + secrets.token_urlsafe(24)
         now = self.clock()
         with self._tx() as session:
+            if registered and session.get(Tenant, tenant, with_for_update=(
+                    None if self._sqlite else {"read": True})) is None:
+                raise UnknownTenant(f"no tenant {tenant!r}: create it first: moray tenant "
+                                    f"create {tenant}")
             row = EnrollmentToken(token_sha256=sha256_hex(token), tenant=tenant,
                                   labels=labels, created_by=author, created_at=now,
                                   expires_at=now + ttl, max_uses=uses, uses=0,

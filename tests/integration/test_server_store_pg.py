@@ -70,6 +70,7 @@ from tests.unit.controlplane.test_store_hostile import (  # noqa: F401
 from tests.unit.controlplane.test_tenants import (  # noqa: F401
     test_distribution_is_all_or_nothing,
     test_objects_of_another_tenant_are_not_found,
+    test_registered_tokens_need_a_registered_tenant,
     test_registry_create_list_delete,
 )
 from tests.unit.controlplane.test_users import (  # noqa: F401

@@ -189,6 +189,10 @@ class VerdictIn(BaseModel):
         description="the image's config digest (docker's image ID), for the agents' list")
     report: ReportIn | None = Field(
         None, description="secrets, malware and SBOM (replace those stored for the digest)")
+    job_id: int | None = Field(
+        None, ge=0, le=2**63 - 1,
+        description="the scan job it is the verdict of: the image becomes its tenant's "
+        "(null: the tenants with a job of this image queued or leased)")
 
 
 def _checked(check: Callable[[], object]) -> None:
@@ -289,9 +293,6 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
                     who: Annotated[Any, dep("POST", P + "/images/{digest}/verdicts")]
                     ) -> dict[str, bool]:
         require_global(who, "recording a verdict")
-        # the image becomes an image of the tenants that queued its scan, before its
-        # verdict is stored (their agents' lists and their users see it from then on)
-        store.link_images_for(body.image, digest)
         vulns = None if body.vulnerabilities is None else [
             ImageVuln(v.id, v.severity, v.package, v.version, v.fixed_version,
                       tuple(a[:256] for a in v.aliases)) for v in body.vulnerabilities]
@@ -300,7 +301,8 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
             clean_findings(body.report.malware, MALWARE_FIELDS), body.report.sbom)
         store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons,
                              body.vulndb_generation, vulnerabilities=vulns,
-                             config_digest=body.config_digest, report=report)
+                             config_digest=body.config_digest, job_id=body.job_id,
+                             report=report)
         return {"ok": True}
 
     @router.get(P + "/images")

@@ -128,9 +128,11 @@ class HttpJobQueue(_Client):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
                        vulnerabilities: Sequence[ImageVuln] | None = None,
-                       config_digest: str = "", report: ImageReport | None = None) -> None:
+                       config_digest: str = "", job_id: int | None = None,
+                       report: ImageReport | None = None) -> None:
         self._post(f"/api/v1/images/{image_digest}/verdicts",
                    {"image": image, "policy": policy, "passed": passed, "reasons": reasons,
+                    "job_id": job_id,
                     "vulndb_generation": generation, "config_digest": config_digest,
                     "report": None if report is None else {**report.findings(),
                                                             "sbom": report.sbom},

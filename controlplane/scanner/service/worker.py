@@ -43,8 +43,8 @@ class VerdictSink(Protocol):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
                        vulnerabilities: Sequence[ImageVuln] | None = None,
-                       config_digest: str = "", report: ImageReport | None = None
-                       ) -> object: ...
+                       config_digest: str = "", job_id: int | None = None,
+                       report: ImageReport | None = None) -> object: ...
 
 
 class JobQueue(Protocol):
@@ -131,7 +131,7 @@ class Worker:
                                              reasons, generation,
                                              vulnerabilities=image_vulns(result),
                                              config_digest=result.config_digest,
-                                             report=image_report(result))
+                                             job_id=job.id, report=image_report(result))
             return _Outcome(digest=result.digest)
         except (ScanError, OSError, yaml.YAMLError) as err:
             log.warning("scan job failed", extra={"job": job.id, "image": job.image,

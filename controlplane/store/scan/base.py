@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from moray.api.tenants import DEFAULT_TENANT
-from moray.controlplane.store.scanmodels import image_tenant, scanstore_meta
+from moray.controlplane.store.scanmodels import image_tenant, scan_job, scanstore_meta
 
 DEFAULT_DATA_DIR = "/var/lib/moray"
 GENERATION = "vulndb_generation"
@@ -151,6 +151,20 @@ class ScanStoreBase:
                 for d in sorted(set(digests)) if d]
         if rows:
             c.execute(self._insert(image_tenant).on_conflict_do_nothing(), rows)
+
+    def _link_scanned(self, image: str, digest: str, job_id: int | None) -> set[str]:
+        """Make ``digest`` an image of the tenant of job ``job_id`` (None: of each tenant
+        with a job of ``image`` queued or leased), a worker reporting the verdict of its
+        scan; returns those tenants."""
+        j = scan_job.c
+        query = (select(j.tenant).where(j.id == job_id) if job_id is not None
+                 else select(j.tenant).distinct().where(
+                     j.image == image, j.status.in_(("queued", "running"))))
+        with self._conn() as c:
+            tenants = set(c.scalars(query))
+            for tenant in tenants:
+                self._link_images(c, tenant, [digest])
+        return tenants
 
     @locked
     def link_images(self, tenant: str, digests: Iterable[str]) -> None:

@@ -148,17 +148,6 @@ class ScanJobs(ScanStoreBase):
         return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
 
     @locked
-    def link_images_for(self, image: str, digest: str) -> set[str]:
-        """Make ``digest`` an image of each tenant with a job of ``image`` queued or
-        leased (a worker reporting the verdict of its scan); returns those tenants."""
-        with self.transaction(), self._conn() as c:
-            tenants = set(c.scalars(select(_J.tenant).distinct().where(
-                _J.image == image, _J.status.in_(ACTIVE))))
-            for tenant in tenants:
-                self._link_images(c, tenant, [digest])
-        return tenants
-
-    @locked
     def job_counts(self) -> dict[str, int]:
         with self._conn() as c:
             return {str(status): int(n) for status, n in c.execute(

@@ -162,8 +162,8 @@ class Verdicts(ScanStoreBase):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
                        vulnerabilities: Sequence[ImageVuln] | None = None,
-                       config_digest: str = "", report: ImageReport | None = None
-                       ) -> Verdict:
+                       config_digest: str = "", job_id: int | None = None,
+                       report: ImageReport | None = None) -> Verdict:
         """Store a verdict stamped with the vulndb generation it was matched against
         (``generation``, e.g. read before the scan began; default: the current one);
         with ``vulnerabilities``, the image's findings replace those stored before.
@@ -171,8 +171,14 @@ class Verdicts(ScanStoreBase):
         ``report`` (secrets, malware, SBOM) replaces the one stored before.
         Then ``on_verdict`` is called (the server's change watcher: the image-verdict
         list agents hold), after the commit; on PostgreSQL a ``verdicts`` notification
-        goes out in the transaction for the other server processes."""
+        goes out in the transaction for the other server processes.
+
+        The image becomes an image of the tenant of the scan job ``job_id`` (without
+        one: of the tenants with a job of ``image`` queued or leased) in the same
+        transaction, before any tenant's image-verdict list can carry it: until then it
+        would count as nobody's, the default tenant's."""
         with self.transaction():
+            self._link_scanned(image, image_digest, job_id)
             current = self.generation()
             gen = current if generation is None else min(generation, current)
             if not config_digest:

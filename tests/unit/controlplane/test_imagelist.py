@@ -226,3 +226,18 @@ def test_safety_net_poll_finds_a_verdict_written_elsewhere(engine: Engine,
 
     asyncio.run(main())
 
+
+
+def test_a_scans_verdict_links_the_image_to_its_jobs_tenant(engine: Engine) -> None:
+    """The verdict a worker reports for a job makes the image that job's tenant's, in the
+    verdict's own transaction (never nobody's, the default tenant's, in between); another
+    tenant's job of the same reference does not get it (it may lack the credentials)."""
+    scans = ScanStore(engine)
+    job_a = scans.enqueue_scan("reg/private:1", tenant="a")
+    scans.enqueue_scan("reg/private:1", tenant="b")
+    scans.record_verdict(M1, "reg/private:1", "p", True, [], job_id=job_a)
+    assert scans.has_image("a", M1) and not scans.has_image("b", M1)
+    assert not scans.has_image("default", M1)
+    # a verdict without its job (an older worker): every tenant with a job of the image
+    scans.record_verdict(M2, "reg/private:1", "p", True, [])
+    assert scans.has_image("a", M2) and scans.has_image("b", M2)

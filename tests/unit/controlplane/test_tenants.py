@@ -9,7 +9,13 @@ import pytest
 from sqlalchemy import Engine, text
 
 from moray.controlplane.store import db
-from moray.controlplane.store.cpstore import Conflict, ControlPlaneStore, NotFound, StoreError
+from moray.controlplane.store.cpstore import (
+    Conflict,
+    ControlPlaneStore,
+    NotFound,
+    StoreError,
+    UnknownTenant,
+)
 from tests.unit.controlplane.conftest import FakeSigner
 
 DOC = {"apiVersion": "moray/v1", "kind": "RuntimePolicy", "metadata": {"name": "p"},
@@ -51,6 +57,13 @@ def test_registry_create_list_delete(store: ControlPlaneStore) -> None:
                                               "agent.revoke", "tenant.delete"}
     assert all(e["tenant"] == "shop" for e in entries)
     assert not store.audit_log(tenant="default", limit=1000)
+
+
+def test_registered_tokens_need_a_registered_tenant(store: ControlPlaneStore) -> None:
+    with pytest.raises(UnknownTenant, match="moray tenant create gone"):
+        store.issue_enrollment_token(tenant="gone", labels={}, author="a", registered=True)
+    assert store.issue_enrollment_token(tenant="default", labels={}, author="a",
+                                        registered=True).tenant == "default"
 
 
 def test_objects_of_another_tenant_are_not_found(store: ControlPlaneStore) -> None:
