@@ -12,6 +12,7 @@
     moray user create|list|passwd|disable|...   console users
     moray api-token create|list|revoke          API tokens (moray tokens create: old name)
     moray workloads [--vulnerability CVE-X]     what the admission webhook has seen
+    moray tenant list|create|delete             tenants (isolation domains)
     moray kube-enforcer --server URL ...        admission webhook  (= moray-kube-enforcer)
 
 ``moray-agent``, ``moray-server``, ``moray-gateway``, ``moray-scan``,
@@ -66,6 +67,8 @@ GROUPS: dict[str, tuple[str, str]] = {
               "multi-use), list, revoke"),
     "workloads": ("moray.controlplane.server.cli_api", "workloads the admission webhook has "
                   "seen; which run an image with a vulnerability"),
+    "tenant": ("moray.controlplane.server.cli_tenants", "tenants (isolation domains): list, "
+               "create, delete"),
     "kube-enforcer": ("moray.controlplane.kubeenforcer.main", "Kubernetes validating "
                       "admission webhook: image assurance before pods start "
                       "(= moray-kube-enforcer)"),

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from moray.api.tenants import DEFAULT_TENANT
 from moray.clientconfig import add_client_options
 from moray.errors import ControlPlaneError
 
@@ -62,6 +63,9 @@ def register(ssub: Any) -> None:
         add.add_argument("--insecure-registry", action="store_true",
                          help="plain HTTP (loopback registries only)")
         add.add_argument("--policy", type=Path, help="ImageAssurancePolicy for the verdicts")
+        add.add_argument("--tenant", default=None,
+                         help="whose it is (its images are that tenant's; default: the API "
+                         "token's tenant, else 'default')")
         ls = sub.add_parser("list", help=f"registered {kinds}")
         ls.add_argument("--json", action="store_true")
         rm = sub.add_parser("remove", help=f"unregister a {kind}")
@@ -91,7 +95,8 @@ class LocalTargets:
     def _audit(self, action: str, target: str, detail: dict[str, Any]) -> None:
         from moray.controlplane.store.cpstore import ControlPlaneStore
 
-        ControlPlaneStore(self.store.engine).record_audit(self.actor, action, target, detail)
+        ControlPlaneStore(self.store.engine).record_audit(self.actor, action, target, detail,
+                                                          tenant=detail.get("tenant"))
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         from moray.controlplane.scanner.service.scheduler import (
@@ -104,24 +109,26 @@ class LocalTargets:
         kind, _, rest = path.strip("/").partition("/")
         if (method, kind) == ("POST", "scan-registries") and not rest:
             check_registry(b["registry"], b["insecure"])
-            same = already_registered(s, b["registry"], b["repositories"])
+            tenant = b.get("tenant") or DEFAULT_TENANT
+            same = already_registered(s, b["registry"], b["repositories"], tenant=tenant)
             if same is not None:
                 raise AlreadyRegistered(f"{b['registry']} with these repositories is "
                                         f"registered already (id {same})")
             row = s.add_registry(b["registry"], repositories=b["repositories"],
                                  credentials=b["credentials"], insecure=b["insecure"],
                                  interval_seconds=b["interval_seconds"],
-                                 policy=b["policy"]).as_dict()
+                                 policy=b["policy"], tenant=tenant).as_dict()
             self._audit("scan_registry.add", b["registry"], row)
             return row
         if (method, kind) == ("POST", "scan-images"):
             check_image(b["image"], b["insecure"])
-            same = already_registered(s, image=b["image"])
+            tenant = b.get("tenant") or DEFAULT_TENANT
+            same = already_registered(s, image=b["image"], tenant=tenant)
             if same is not None:
                 raise AlreadyRegistered(f"{b['image']} is registered already (id {same})")
             row = s.add_image(b["image"], credentials=b["credentials"],
                               insecure=b["insecure"], interval_seconds=b["interval_seconds"],
-                              policy=b["policy"]).as_dict()
+                              policy=b["policy"], tenant=tenant).as_dict()
             self._audit("scan_image.add", b["image"], row)
             return row
         if method == "GET":
@@ -152,6 +159,8 @@ def run(targets: Targets, args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"credentials": args.credentials,
                                 "insecure": args.insecure_registry,
                                 "interval_seconds": args.interval, "policy": policy}
+        if args.tenant:
+            body["tenant"] = args.tenant
         if args.command == "registry":
             body |= {"registry": args.target, "repositories": args.repository}
         else:
@@ -169,7 +178,8 @@ def run(targets: Targets, args: argparse.Namespace) -> int:
             extra = (f" repositories={','.join(r['repositories']) or '*'} "
                      f"images={r['last_images']}" if "registry" in r else "")
             error = f" error={r['last_error']!r}" if r.get("last_error") else ""
-            sys.stdout.write(f"{r['id']:>4}  {name}  every {r['interval_seconds']:g}s"
+            sys.stdout.write(f"{r['id']:>4}  {r.get('tenant', '-')}  {name}  "
+                             f"every {r['interval_seconds']:g}s"
                              f"{extra}{' insecure' if r['insecure'] else ''}{error}\n")
         return 0
     targets.call("DELETE" if cmd == "remove" else "POST",

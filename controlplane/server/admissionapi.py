@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
+from moray.controlplane.server.tenancy import scope, target
 from moray.controlplane.store.cpstore import ControlPlaneStore
 from moray.controlplane.store.scanstore import ScanStore, WorkloadImage, WorkloadReview
 
@@ -87,23 +88,28 @@ def admission_router(store: ControlPlaneStore, scans: ScanStore,
                     r.decision, tuple(WorkloadImage(i.container_type, i.container, i.image,
                                                     i.digest, i.verdict, tuple(i.reasons))
                                       for i in r.images)))
-        store.record_audits(who.actor, audits)
-        scans.record_reviews(inventory)
+        # a global token's reviews are the default tenant's cluster
+        tenant = target(who)
+        store.record_audits(who.actor, audits, tenant=tenant)
+        scans.record_reviews(inventory, tenant)
         return {"audited": len(audits), "inventoried": len(inventory)}
 
     @router.get(P + "/workloads")
-    def workloads(_: Annotated[Any, dep("GET", P + "/workloads")],
+    def workloads(who: Annotated[Any, dep("GET", P + "/workloads")],
                   vulnerability: Annotated[str | None, Query(max_length=256)] = None,
                   namespace: Annotated[str | None, Query(max_length=253)] = None,
                   cluster: Annotated[str | None, Query(max_length=253)] = None,
-                  include_denied: bool = False,
+                  include_denied: bool = False, tenant: str | None = None,
                   limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> list[dict[str, Any]]:
         return scans.workloads(vulnerability=vulnerability, namespace=namespace,
-                               cluster=cluster, include_denied=include_denied, limit=limit)
+                               cluster=cluster, include_denied=include_denied, limit=limit,
+                               tenant=scope(who, tenant))
 
     @router.get(P + "/images/{digest}/vulnerabilities")
-    def vulnerabilities(digest: str, _: Annotated[Any, dep(
+    def vulnerabilities(digest: str, who: Annotated[Any, dep(
             "GET", P + "/images/{digest}/vulnerabilities")]) -> list[dict[str, Any]]:
+        if not scans.has_image(who.tenant, digest):
+            return []       # as for an image nobody has scanned
         return [v.as_dict() for v in scans.vulnerabilities(digest)]
 
     return router

@@ -5,6 +5,7 @@
     moray policy history NAME          moray agents token [--label k=v] [--tenant T]
     moray policy rollback NAME VERSION moray events query [--agent ID] [--type T]
     moray policy delete NAME           moray events follow [--agent ID] [--type T]
+    moray policy distribute FILE --tenants a,b | --all-tenants   (the Tenant Manager)
     moray audit                        moray tokens create NAME ROLE
     moray workloads [--vulnerability CVE-X] [--namespace NS] [--include-denied]
     moray token create [--uses N | --unlimited] [--expires 30d] [--label k=v] [--tenant T]
@@ -66,10 +67,18 @@ def _register_policy(pol: argparse.ArgumentParser) -> None:
     rb.add_argument("--comment", default="")
     d = psub.add_parser("delete", help="remove a policy from every agent")
     d.add_argument("name")
-    for p in (a, ls, h, rb, d):
+    dist = psub.add_parser("distribute", help="store a policy file in several tenants at "
+                           "once, all or nothing (a global admin or operator)")
+    dist.add_argument("file", type=Path)
+    which = dist.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tenants", help="comma-separated tenant names")
+    which.add_argument("--all-tenants", action="store_true", help="every tenant")
+    dist.add_argument("--comment", default="")
+    for p in (a, ls, h, rb, d, dist):
         _common(p)
     for p in (h, rb, d):
-        p.add_argument("--tenant", default="default")
+        p.add_argument("--tenant", default=None,
+                       help="default: the token's tenant, else 'default'")
 
 
 def _register_agents(ag: argparse.ArgumentParser) -> None:
@@ -87,7 +96,8 @@ def _register_agents(ag: argparse.ArgumentParser) -> None:
 
 
 def _token_create_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tenant", default="default")
+    p.add_argument("--tenant", default=None,
+                   help="the agents' tenant (default: the API token's, else 'default')")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    help="a label every agent enrolled with it gets (repeatable)")
     uses = p.add_mutually_exclusive_group()
@@ -255,9 +265,11 @@ def _policy(api: Api, args: argparse.Namespace) -> int:
             sys.stdout.write(f"{r['tenant']:12} {r['name']:28} {r['version']:>7}  "
                              f"{_when(r['created_at']):19}  {r['author']}\n")
         return 0
+    if args.command == "distribute":
+        return _distribute(api, args)
+    tenant = {"tenant": args.tenant} if getattr(args, "tenant", None) else {}
     if args.command == "history":
-        rows = api.call("GET", f"/policies/{args.name}/history",
-                        params={"tenant": args.tenant})
+        rows = api.call("GET", f"/policies/{args.name}/history", params=tenant)
         if args.json:
             _out(rows)
             return 0
@@ -267,7 +279,7 @@ def _policy(api: Api, args: argparse.Namespace) -> int:
                              f"{r['author']:24} {r['sha256'][:12]}  {note}\n")
         return 0
     if args.command == "rollback":
-        r = api.call("POST", f"/policies/{args.name}/rollback", params={"tenant": args.tenant},
+        r = api.call("POST", f"/policies/{args.name}/rollback", params=tenant,
                      json={"version": args.version, "comment": args.comment})
         if args.json:
             _out(r)
@@ -275,12 +287,28 @@ def _policy(api: Api, args: argparse.Namespace) -> int:
             sys.stdout.write(f"{r['tenant']}/{r['name']}: version {r['version']} "
                              f"(rollback to v{args.version})\n")
         return 0
-    r = api.call("DELETE", f"/policies/{args.name}", params={"tenant": args.tenant})
+    r = api.call("DELETE", f"/policies/{args.name}", params=tenant)
     if args.json:
         _out(r)
     else:
         sys.stdout.write(f"{r['tenant']}/{r['name']}: deleted (version {r['version']})\n")
     return 0
+
+
+def _distribute(api: Api, args: argparse.Namespace) -> int:
+    tenants = ["*"] if args.all_tenants else [t.strip() for t in args.tenants.split(",")
+                                              if t.strip()]
+    r = api.call("POST", "/policies/distribute", json={
+        "tenants": tenants, "content": args.file.read_text(), "source": str(args.file),
+        "comment": args.comment})
+    if args.json:
+        _out(r)
+        return OK
+    for tenant, got in sorted(r["tenants"].items()):
+        for p in got["policies"]:
+            state = "applied" if p["changed"] else "unchanged"
+            sys.stdout.write(f"{tenant}/{p['name']}: version {p['version']} ({state})\n")
+    return OK
 
 
 def _agents(api: Api, args: argparse.Namespace) -> int:

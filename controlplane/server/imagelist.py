@@ -1,7 +1,12 @@
 """The image-verdict list the server pushes to agents (moray.api.imageverdicts).
 
-State owned here: the last list built (its document per verdict version, and the signed
-record per tenant), so a re-read with nothing new neither rebuilds nor re-signs.
+State owned here: the last lists built (each tenant's document at one verdict version,
+and its signed record), so a re-read with nothing new neither rebuilds nor re-signs.
+
+A tenant's list holds the verdicts of its images only (``image_tenant``: the digests its
+scan jobs and admission reviews brought in; the default tenant also gets the images no
+tenant brought in, verdicts recorded by hand): verdicts are shared by digest, but a
+tenant's agents never learn which images another tenant has.
 
 ``add(policies)`` is called by the change watcher (watch.py) on each re-read of the policy
 set: every tenant with a live policy that says ``spec.images.block`` gets one more
@@ -41,6 +46,7 @@ from moray.api.imageverdicts import (
     list_json,
 )
 from moray.api.proto import moray_pb2
+from moray.api.tenants import DEFAULT_TENANT
 from moray.controlplane.server.pki import PolicyKey
 from moray.controlplane.store.cpstore import PolicyRecord
 from moray.controlplane.store.scanstore import ScanStore
@@ -60,7 +66,9 @@ class ImageListSource:
         self.scans, self.key = scans, key
         self.min_interval, self.clock = min_interval, clock
         self.retry_in = 0.0      # > 0: a newer list waits; read again after this long
-        self._built: tuple[int, str, str] | None = None     # (version, json, sha256)
+        # tenant -> (version, json, sha256), all built at verdict version _built_version
+        self._built: dict[str, tuple[int, str, str]] = {}
+        self._built_version: int | None = None
         self._built_at = 0.0
         self._signed: dict[tuple[str, int], PolicyRecord] = {}
 
@@ -68,26 +76,38 @@ class ImageListSource:
         """What the watcher's safety-net poll compares (blocking: a query)."""
         return self.scans.verdicts_version()
 
-    def _document(self) -> tuple[int, str, str]:
+    def _documents(self, wanted: list[str]) -> dict[str, tuple[int, str, str]]:
         version, _count = self.scans.verdicts_version()
         self.retry_in = 0.0
-        if self._built is not None and self._built[0] != version:
+        have = all(t in self._built for t in wanted)
+        if self._built_version is not None and self._built_version != version and have:
             wait = self.min_interval - (self.clock() - self._built_at)
             if wait > 0:
                 self.retry_in = wait
                 return self._built
-        if self._built is None or self._built[0] != version:
+        if self._built_version != version or not have:
             self._built_at = self.clock()
             images: dict[str, list[Any]] = {}
             for v in self.scans.all_verdicts():
                 entry = images.setdefault(v.image_digest, [v.config_digest, v.image, []])
                 entry[0] = entry[0] or v.config_digest
                 entry[2].append(StoredVerdict(v.policy, v.passed, tuple(v.reasons), False))
-            text = list_json(version + 1, [ListedImage(d, c, i, tuple(vs))
-                                       for d, (c, i, vs) in images.items()])
-            self._built = (version, text, hashlib.sha256(text.encode()).hexdigest())
-            log.info("image-verdict list built", extra={
-                "version": version, "images": len(images), "bytes": len(text)})
+            owned = self.scans.image_tenants()
+            nobodys = set(images).difference(*owned.values())
+            built = {}
+            for tenant in wanted:
+                mine = images.keys() & (owned.get(tenant, set())
+                                        | (nobodys if tenant == DEFAULT_TENANT else set()))
+                # the tenant's digests only (a tenant with few images costs little, however
+                # many the others have), in digest order (one content, one text)
+                text = list_json(version + 1, [
+                    ListedImage(d, images[d][0], images[d][1], tuple(images[d][2]))
+                    for d in sorted(mine)])
+                built[tenant] = (version, text, hashlib.sha256(text.encode()).hexdigest())
+                log.info("image-verdict list built", extra={
+                    "version": version, "tenant": tenant, "images": len(mine),
+                    "bytes": len(text)})
+            self._built, self._built_version = built, version
         return self._built
 
     def add(self, policies: dict[str, dict[str, PolicyRecord]]) -> None:
@@ -97,9 +117,10 @@ class ImageListSource:
         if not wanted:
             self.retry_in = 0.0
             return
-        base, text, sha = self._document()
+        documents = self._documents(wanted)
         keep: dict[tuple[str, int], PolicyRecord] = {}
         for tenant in wanted:
+            base, text, sha = documents[tenant]
             version = base + 1      # 1: no verdict stored yet (an empty list); = document's
             record = self._signed.get((tenant, version))
             if record is None or record.sha256 != sha:

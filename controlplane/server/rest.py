@@ -18,6 +18,7 @@ console's data endpoints (events and alerts, event detail, overview):
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at
 # definition time, and they refer to closures (``require``) in ``create_app``.
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,7 +34,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
-from moray.api.tenants import DEFAULT_TENANT
+from moray.api.tenants import DEFAULT_TENANT, TenantNameError, check_tenant
 from moray.controlplane.console.app import mount_console
 from moray.controlplane.scanner.service.api import MAX_IMPORT_BYTES, SCAN_ACCESS, scan_router
 from moray.controlplane.server.admissionapi import ADMISSION_ACCESS, admission_router
@@ -50,8 +51,14 @@ from moray.controlplane.server.sessions import (
     LoginLimits,
     SessionSettings,
     account_router,
-    scoped_tenant,
     session_cookie,
+)
+from moray.controlplane.server.tenancy import (
+    CREATE_HINT,
+    check_owner,
+    require_global,
+    scope,
+    target,
 )
 from moray.controlplane.store.cpstore import ROLES, ControlPlaneStore, StoreError
 from moray.controlplane.store.scanstore import ScanStore
@@ -91,6 +98,10 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/users"): ADMIN,
     ("PATCH", "/api/v1/users/{name}"): ADMIN,
     ("DELETE", "/api/v1/users/{name}"): ADMIN,
+    ("GET", "/api/v1/tenants"): READ,
+    ("POST", "/api/v1/tenants"): ADMIN,
+    ("DELETE", "/api/v1/tenants/{name}"): ADMIN,
+    ("POST", "/api/v1/policies/distribute"): WRITE,
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in SCAN_ACCESS.items()},
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in ADMISSION_ACCESS.items()},
     **{key: {"read": READ, "write": WRITE}[cls] for key, cls in EVENTS_ACCESS.items()},
@@ -151,12 +162,26 @@ class LabelsIn(BaseModel):
 
 
 class EnrollmentTokenIn(BaseModel):
-    tenant: str = Field(DEFAULT_TENANT, min_length=1, max_length=128)
+    tenant: str | None = Field(None, min_length=1, max_length=128,
+                               description="default: the caller's tenant, else 'default'")
     labels: dict[str, str] = {}
     ttl_seconds: float = Field(86400.0, gt=0, le=MAX_TOKEN_TTL)
     # enrolments it allows; null: unlimited until it expires or is revoked
     uses: int | None = Field(1, ge=1, le=INT32_MAX)
     comment: str = Field("", max_length=253)
+
+
+class TenantIn(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    comment: str = Field("", max_length=1024)
+
+
+class DistributeIn(BaseModel):
+    tenants: list[str] = Field(min_length=1, max_length=10000,
+                               description='tenant names, or ["*"]: every tenant')
+    content: str = Field(description="policy documents, YAML or JSON ('---' between several)")
+    source: str = Field("<distribute>", max_length=1024)
+    comment: str = ""
 
 
 class ServingCertIn(BaseModel):
@@ -287,9 +312,23 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
         return {"name": who.name, "role": who.role, "tenant": who.tenant}
 
     @app.get(P + "/policies")
-    def list_policies(_: Annotated[Principal, Depends(require("GET", P + "/policies"))],
+    def list_policies(who: Annotated[Principal, Depends(require("GET", P + "/policies"))],
                       tenant: str | None = None) -> list[dict[str, Any]]:
-        return [p.summary() for p in store.current_policies(tenant)]
+        return [p.summary() for p in store.current_policies(scope(who, tenant))]
+
+    def existing(tenants: set[str]) -> None:
+        for name in sorted(tenants):
+            if not store.tenant_exists(name):
+                raise HTTPException(422, f"no tenant {name!r}: " + CREATE_HINT.format(name=name))
+
+    def placed(document: dict[str, Any], tenant: str) -> dict[str, Any]:
+        """The document as stored in ``tenant``: its metadata.tenant says so."""
+        meta = document.get("metadata")
+        if not isinstance(meta, dict) or meta.get("tenant", DEFAULT_TENANT) == tenant:
+            return document
+        out = copy.deepcopy(document)
+        out["metadata"]["tenant"] = tenant
+        return out
 
     @app.post(P + "/policies", status_code=200)
     def apply_policy(body: PolicyIn,
@@ -298,8 +337,17 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
         """Validate every document first (nothing is stored if one is wrong), then store
         each as its policy's next version. 201 when any changed, 200 when none did."""
         out = []
-        for parsed in parse_policies(body.content, body.source):
-            record, changed = store.apply_policy(parsed.tenant, parsed.name, parsed.document,
+        parsed_all = parse_policies(body.content, body.source)
+        # a document without metadata.tenant goes to the caller's tenant; one naming
+        # another tenant than a scoped caller's is refused (403) before anything is stored
+        items = []
+        for parsed in parsed_all:
+            named = (parsed.document.get("metadata") or {}).get("tenant")
+            tenant = target(who, named)
+            items.append((tenant, parsed.name, placed(parsed.document, tenant)))
+        existing({t for t, _, _ in items})
+        for tenant, name, document in items:
+            record, changed = store.apply_policy(tenant, name, document,
                                                  author=who.actor, signer=signer,
                                                  source=body.source, comment=body.comment)
             out.append({**record.summary(), "changed": changed})
@@ -310,9 +358,9 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
 
     @app.get(P + "/policies/{name}")
     def get_policy(name: str,
-                   _: Annotated[Principal, Depends(require("GET", P + "/policies/{name}"))],
-                   tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
-        history = store.policy_history(tenant, name)
+                   who: Annotated[Principal, Depends(require("GET", P + "/policies/{name}"))],
+                   tenant: str | None = None) -> dict[str, Any]:
+        history = store.policy_history(target(who, tenant), name)
         current = history[-1]
         return {**current.summary(), "document": current.document}
 
@@ -320,45 +368,48 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     def delete_policy(name: str,
                       who: Annotated[Principal, Depends(require("DELETE",
                                                                 P + "/policies/{name}"))],
-                      tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
-        record = store.delete_policy(tenant, name, author=who.actor, signer=signer)
+                      tenant: str | None = None) -> dict[str, Any]:
+        record = store.delete_policy(target(who, tenant), name, author=who.actor,
+                                     signer=signer)
         notify()
         return record.summary()
 
     @app.get(P + "/policies/{name}/history")
     def policy_history(name: str,
-                       _: Annotated[Principal, Depends(require(
+                       who: Annotated[Principal, Depends(require(
                            "GET", P + "/policies/{name}/history"))],
-                       tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
+                       tenant: str | None = None) -> list[dict[str, Any]]:
         return [{**r.summary(), "document": r.document}
-                for r in store.policy_history(tenant, name)]
+                for r in store.policy_history(target(who, tenant), name)]
 
     @app.post(P + "/policies/{name}/rollback")
     def rollback_policy(name: str, body: RollbackIn,
                         who: Annotated[Principal, Depends(require(
                             "POST", P + "/policies/{name}/rollback"))],
-                        tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
-        record = store.rollback_policy(tenant, name, body.version, author=who.actor,
+                        tenant: str | None = None) -> dict[str, Any]:
+        record = store.rollback_policy(target(who, tenant), name, body.version,
+                                       author=who.actor,
                                        signer=signer, comment=body.comment)
         notify()
         return record.summary()
 
     @app.get(P + "/agents")
-    def list_agents(_: Annotated[Principal, Depends(require("GET", P + "/agents"))],
+    def list_agents(who: Annotated[Principal, Depends(require("GET", P + "/agents"))],
                     tenant: str | None = None,
                     enrollment_token: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
                     ) -> list[dict[str, Any]]:
         online = set(hub.connected()) if hub is not None else set()
         return [{**a.as_dict(), "connected": a.id in online}
-                for a in store.agents(tenant, enrollment_token=enrollment_token)]
+                for a in store.agents(scope(who, tenant), enrollment_token=enrollment_token)]
 
     @app.get(P + "/agents/{agent_id}")
     def get_agent(agent_id: str,
-                  _: Annotated[Principal, Depends(require("GET", P + "/agents/{agent_id}"))]
+                  who: Annotated[Principal, Depends(require("GET", P + "/agents/{agent_id}"))]
                   ) -> dict[str, Any]:
         agent = store.agent(agent_id)
         if agent is None:
             raise HTTPException(404, f"no agent {agent_id}")
+        check_owner(who, agent.tenant, f"agent {agent_id}")
         online = set(hub.connected()) if hub is not None else set()
         return {**agent.as_dict(), "connected": agent.id in online}
 
@@ -366,7 +417,8 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     def set_labels(agent_id: str, body: LabelsIn,
                    who: Annotated[Principal, Depends(require(
                        "PUT", P + "/agents/{agent_id}/labels"))]) -> dict[str, Any]:
-        agent = store.set_agent_labels(agent_id, body.labels, author=who.actor)
+        agent = store.set_agent_labels(agent_id, body.labels, author=who.actor,
+                                       tenant=who.tenant)
         if hub is not None:
             hub.notify(agent_id)
         return agent.as_dict()
@@ -375,7 +427,7 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     def revoke(agent_id: str,
                who: Annotated[Principal, Depends(require(
                    "POST", P + "/agents/{agent_id}/revoke"))]) -> dict[str, Any]:
-        agent = store.revoke_agent(agent_id, author=who.actor)
+        agent = store.revoke_agent(agent_id, author=who.actor, tenant=who.tenant)
         if hub is not None:
             hub.revoke(agent_id)
         return agent.as_dict()
@@ -384,41 +436,118 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     def enrollment_token(body: EnrollmentTokenIn,
                          who: Annotated[Principal, Depends(require(
                              "POST", P + "/enrollment-tokens"))]) -> dict[str, Any]:
+        tenant = target(who, body.tenant)
+        existing({tenant})
         record = store.issue_enrollment_token(
-            tenant=body.tenant, labels=body.labels, author=who.actor, ttl=body.ttl_seconds,
-            uses=body.uses, comment=body.comment)
+            tenant=tenant, labels=body.labels, author=who.actor, ttl=body.ttl_seconds,
+            uses=body.uses, comment=body.comment, registered=True)
         return {**record.as_dict(), "ca_sha256": cert_sha256(pki.ca_pem)}
 
     @app.get(P + "/enrollment-tokens")
-    def enrollment_tokens(_: Annotated[Principal, Depends(require(
+    def enrollment_tokens(who: Annotated[Principal, Depends(require(
                               "GET", P + "/enrollment-tokens"))],
                           tenant: str | None = None, all: bool = False) -> list[dict[str, Any]]:
         now = time.time()
-        return [r.as_dict(now) for r in store.enrollment_tokens(tenant, include_inactive=all)]
+        return [r.as_dict(now) for r in store.enrollment_tokens(scope(who, tenant),
+                                                                include_inactive=all)]
 
     @app.post(P + "/enrollment-tokens/{token_id}/revoke")
     def revoke_enrollment_token(
             token_id: Annotated[int, Path(ge=1, le=INT32_MAX)],
             who: Annotated[Principal, Depends(require(
                 "POST", P + "/enrollment-tokens/{token_id}/revoke"))]) -> dict[str, Any]:
-        return store.revoke_enrollment_token(token_id, author=who.actor).as_dict()
+        return store.revoke_enrollment_token(token_id, author=who.actor,
+                                             tenant=who.tenant).as_dict()
 
 
     @app.get(P + "/audit")
-    def audit(_: Annotated[Principal, Depends(require("GET", P + "/audit"))],
+    def audit(who: Annotated[Principal, Depends(require("GET", P + "/audit"))],
               after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
-              limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
-        return store.audit_log(after_id=after, limit=limit)
+              before: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
+              actor: Annotated[str | None, Query(max_length=300)] = None,
+              action: Annotated[str | None, Query(max_length=100)] = None,
+              tenant: str | None = None,
+              page: Annotated[int, Query(ge=0, le=1)] = 0,
+              limit: Annotated[int, Query(ge=1, le=10000)] = 100
+              ) -> list[dict[str, Any]] | dict[str, Any]:
+        """Oldest first after ``after`` (a list); with ``page=1`` or ``before``, newest
+        first: ``{"entries": [...], "next": <id to pass as before> | null}``."""
+        scoped = scope(who, tenant)
+        if not page and before is None:
+            return store.audit_log(after_id=after, limit=limit, actor=actor, action=action,
+                                   tenant=scoped)
+        rows = store.audit_log(after_id=after, limit=limit + 1, before_id=before or INT64_MAX,
+                               actor=actor, action=action, tenant=scoped)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"entries": rows, "next": rows[-1]["id"] if more else None}
 
     @app.post(P + "/tokens", status_code=201)
     def create_token(body: ApiTokenIn,
                      who: Annotated[Principal, Depends(require("POST", P + "/tokens"))]
                      ) -> dict[str, str | None]:
-        """A tenant's admin makes tokens of its tenant only (a missing tenant is its own)."""
-        tenant = scoped_tenant(who, body.tenant)
+        # a tenant's admin makes tokens of its tenant only (never a global one)
+        tenant = scope(who, body.tenant)
+        if tenant is not None:
+            existing({tenant})
         return {"name": body.name, "role": body.role, "tenant": tenant,
                 "token": store.create_api_token(body.name, body.role, author=who.actor,
                                                 tenant=tenant, ttl=body.ttl_seconds)}
+
+    @app.get(P + "/tenants")
+    def tenants(who: Annotated[Principal, Depends(require("GET", P + "/tenants"))]
+                ) -> list[dict[str, Any]]:
+        return store.tenants(who.tenant)
+
+    @app.post(P + "/tenants", status_code=201)
+    def create_tenant(body: TenantIn,
+                      who: Annotated[Principal, Depends(require("POST", P + "/tenants"))]
+                      ) -> dict[str, Any]:
+        require_global(who, "creating a tenant")
+        try:
+            check_tenant(body.name)
+        except TenantNameError as err:
+            raise HTTPException(422, str(err)) from err
+        return store.create_tenant(body.name, author=who.actor, comment=body.comment)
+
+    @app.delete(P + "/tenants/{name}")
+    def delete_tenant(name: str, who: Annotated[Principal, Depends(require(
+            "DELETE", P + "/tenants/{name}"))]) -> dict[str, Any]:
+        require_global(who, "deleting a tenant")
+        store.delete_tenant(name, author=who.actor)
+        notify()
+        return {"name": name, "deleted": True}
+
+    @app.post(P + "/policies/distribute")
+    def distribute(body: DistributeIn, who: Annotated[Principal, Depends(require(
+            "POST", P + "/policies/distribute"))]) -> dict[str, Any]:
+        """The Tenant Manager: every document of ``content`` stored in each tenant named
+        (``["*"]``: every tenant) as that tenant's policy, in one transaction: all of it
+        is stored or nothing is (a bad document, an unknown tenant, a database error)."""
+        require_global(who, "distributing policies to tenants")
+        if body.tenants == ["*"]:
+            names = [t["name"] for t in store.tenants()]
+        elif "*" in body.tenants:
+            raise HTTPException(422, 'tenants: ["*"] alone, or tenant names')
+        else:
+            names = list(dict.fromkeys(body.tenants))
+            for name in names:
+                try:
+                    check_tenant(name)
+                except TenantNameError as err:
+                    raise HTTPException(422, str(err)) from err
+            existing(set(names))
+        parsed_all = parse_policies(body.content, body.source)
+        items = [(tenant, p.name, placed(p.document, tenant))
+                 for tenant in names for p in parsed_all]
+        results = store.apply_policies(items, author=who.actor, signer=signer,
+                                       source=body.source, comment=body.comment)
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {n: {"policies": []} for n in names}
+        for (tenant, _, _), (record, changed) in zip(items, results, strict=True):
+            out[tenant]["policies"].append({**record.summary(), "changed": changed})
+        if any(changed for _, changed in results):
+            notify()
+        return {"tenants": out}
 
     @app.post(P + "/admission/serving-cert")
     def serving_cert(body: ServingCertIn, who: Annotated[Principal, Depends(
@@ -439,12 +568,14 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
         not_after = cert.not_valid_after_utc.isoformat()
         store.record_audit(who.actor, "admission.serving_cert", "moray-kube-enforcer",
                            {"names": list(webhook_names), "serial": format(cert.serial_number, "x"),
-                            "not_after": not_after})
+                            "not_after": not_after}, tenant=who.tenant)
         return {"cert": pem.decode(), "ca": pki.ca_pem.decode(), "not_after": not_after}
 
     def audit_scan_change(who: Principal, action: str, target: str,
                           detail: dict[str, Any]) -> None:
-        store.record_audit(who.actor, action, target, detail)
+        # a registration's audit entry belongs to its tenant (a global admin's too)
+        tenant = detail.get("tenant") if isinstance(detail.get("tenant"), str) else who.tenant
+        store.record_audit(who.actor, action, target, detail, tenant=tenant)
 
     app.include_router(account_router(store, users, login_limits,
                                       sessions or SessionSettings(), require,

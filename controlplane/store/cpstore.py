@@ -41,6 +41,7 @@ from moray.controlplane.store.models import (
     Event,
     Policy,
     PolicyVersion,
+    Tenant,
 )
 from moray.errors import ControlPlaneError
 
@@ -66,6 +67,12 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     status = 409
+
+
+class UnknownTenant(StoreError):
+    """A tenant that is not in the registry (``cp_tenant``)."""
+
+    status = 422
 
 
 class AgentRevoked(StoreError):
@@ -297,24 +304,28 @@ class ControlPlaneStore:
             session.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
 
     def _audit(self, session: Session, actor: str, action: str, target: str,
-               detail: dict[str, Any] | None = None) -> None:
+               detail: dict[str, Any] | None = None, *, tenant: str | None) -> None:
+        """One audit entry; ``tenant``: the tenant the change belongs to (its auditors see
+        the entry), None for a global change (global auditors only)."""
         session.add(Audit(at=self.clock(), actor=actor, action=action, target=target,
-                          detail=detail or {}))
+                          detail=detail or {}, tenant=tenant))
 
     def record_audit(self, actor: str, action: str, target: str,
-                     detail: dict[str, Any] | None = None) -> None:
+                     detail: dict[str, Any] | None = None, *,
+                     tenant: str | None = None) -> None:
         """Audit a change made in another store (the scanner's registrations and imports),
         right after it was committed there."""
         with self._tx() as session:
-            self._audit(session, actor, action, target, detail)
+            self._audit(session, actor, action, target, detail, tenant=tenant)
 
     def record_audits(self, actor: str,
-                      entries: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+                      entries: Sequence[tuple[str, str, dict[str, Any]]], *,
+                      tenant: str | None = None) -> None:
         """Many audit entries (action, target, detail) in one transaction (the admission
         webhook's decisions, sent in batches)."""
         with self._tx() as session:
             for action, target, detail in entries:
-                self._audit(session, actor, action, target, detail)
+                self._audit(session, actor, action, target, detail, tenant=tenant)
 
     # -- policies ----------------------------------------------------------------------
 
@@ -341,7 +352,7 @@ class ControlPlaneStore:
         policy.updated_at = now
         self._audit(session, author, f"policy.{action}", f"{policy.tenant}/{policy.name}",
                     {"version": version, "sha256": row.sha256, "source": source,
-                     "comment": comment})
+                     "comment": comment}, tenant=policy.tenant)
         session.flush()
         self._notify(session, "policy")
         return _policy_record(policy, row)
@@ -352,23 +363,44 @@ class ControlPlaneStore:
         """Store ``document`` as the policy's next version. Returns (record, changed):
         applying the document that is already current stores nothing (changed False)."""
         with self._tx() as session:
-            policy = session.scalars(select(Policy).where(
-                Policy.tenant == tenant, Policy.name == name).with_for_update()).first()
-            if policy is None:
-                policy = Policy(tenant=tenant, name=name, current_version=0, removed=False,
-                                updated_at=self.clock())
-                session.add(policy)
-                session.flush()
-            else:
-                current = session.scalars(select(PolicyVersion).where(
-                    PolicyVersion.policy_id == policy.id,
-                    PolicyVersion.version == policy.current_version)).one()
-                if not current.removed and current.sha256 == sha256_hex(canonical_json(document)):
-                    return _policy_record(policy, current), False
-            record = self._new_version(session, policy, action="apply", document=document,
-                                       removed=False, source=source, author=author,
-                                       comment=comment, signer=signer)
-            return record, True
+            return self._apply(session, tenant, name, document, author=author, signer=signer,
+                               source=source, comment=comment)
+
+    def apply_policies(self, items: Sequence[tuple[str, str, dict[str, Any]]], *,
+                       author: str, signer: PolicySigner, source: str = "",
+                       comment: str = "") -> list[tuple[PolicyRecord, bool]]:
+        """``apply_policy`` of each (tenant, name, document), all in one transaction: every
+        one is stored or none is (the Tenant Manager's distribution to several tenants).
+        Rows are locked in (tenant, name) order, so two distributions cannot deadlock."""
+        order = sorted(range(len(items)), key=lambda i: items[i][:2])
+        out: dict[int, tuple[PolicyRecord, bool]] = {}
+        with self._tx() as session:
+            for i in order:
+                tenant, name, document = items[i]
+                out[i] = self._apply(session, tenant, name, document, author=author,
+                                     signer=signer, source=source, comment=comment)
+        return [out[i] for i in range(len(items))]
+
+    def _apply(self, session: Session, tenant: str, name: str, document: dict[str, Any], *,
+               author: str, signer: PolicySigner, source: str,
+               comment: str) -> tuple[PolicyRecord, bool]:
+        policy = session.scalars(select(Policy).where(
+            Policy.tenant == tenant, Policy.name == name).with_for_update()).first()
+        if policy is None:
+            policy = Policy(tenant=tenant, name=name, current_version=0, removed=False,
+                            updated_at=self.clock())
+            session.add(policy)
+            session.flush()
+        else:
+            current = session.scalars(select(PolicyVersion).where(
+                PolicyVersion.policy_id == policy.id,
+                PolicyVersion.version == policy.current_version)).one()
+            if not current.removed and current.sha256 == sha256_hex(canonical_json(document)):
+                return _policy_record(policy, current), False
+        record = self._new_version(session, policy, action="apply", document=document,
+                                   removed=False, source=source, author=author,
+                                   comment=comment, signer=signer)
+        return record, True
 
     def rollback_policy(self, tenant: str, name: str, to_version: int, *, author: str,
                         signer: PolicySigner, comment: str = "") -> PolicyRecord:
@@ -458,11 +490,15 @@ class ControlPlaneStore:
 
     def issue_enrollment_token(self, *, tenant: str, labels: dict[str, str], author: str,
                                ttl: float = 86400.0, uses: int | None = 1,
-                               comment: str = "") -> EnrollmentTokenRecord:
+                               comment: str = "",
+                               registered: bool = False) -> EnrollmentTokenRecord:
         """A new enrolment token for ``tenant``: at most ``uses`` enrolments (None:
         unlimited) until ``ttl`` seconds from now or until it is revoked; every agent
         enrolled with it gets ``labels`` (over the labels it asks for). Only the token's
-        SHA-256 is stored: the token itself is in the record returned, and nowhere else."""
+        SHA-256 is stored: the token itself is in the record returned, and nowhere else.
+        ``registered``: only for a tenant in the registry, checked under a share lock of
+        its row, so a deletion of the tenant cannot commit between the check and the
+        token (the REST API's tokens; the store's own callers may name any tenant)."""
         if uses is not None and uses < 1:
             raise StoreError("an enrolment token needs at least one use")
         if ttl <= 0:
@@ -470,6 +506,10 @@ class ControlPlaneStore:
         token = "moray-enroll-" + secrets.token_urlsafe(24)
         now = self.clock()
         with self._tx() as session:
+            if registered and session.get(Tenant, tenant, with_for_update=(
+                    None if self._sqlite else {"read": True})) is None:
+                raise UnknownTenant(f"no tenant {tenant!r}: create it first: moray tenant "
+                                    f"create {tenant}")
             row = EnrollmentToken(token_sha256=sha256_hex(token), tenant=tenant,
                                   labels=labels, created_by=author, created_at=now,
                                   expires_at=now + ttl, max_uses=uses, uses=0,
@@ -478,7 +518,7 @@ class ControlPlaneStore:
             session.flush()
             self._audit(session, author, "enrollment_token.create", f"token:{row.id}",
                         {"tenant": tenant, "labels": labels, "ttl": ttl, "uses": uses,
-                         "comment": row.comment})
+                         "comment": row.comment}, tenant=tenant)
             return _token_record(row, 0, token)
 
     def enroll_agent(self, token: str, *, hostname: str, labels: dict[str, str],
@@ -530,7 +570,7 @@ class ControlPlaneStore:
                         {"hostname": hostname, "labels": merged, "tenant": spent.tenant,
                          "token": spent.id, "use": spent.uses,
                          "uses_left": None if spent.max_uses is None
-                         else spent.max_uses - spent.uses})
+                         else spent.max_uses - spent.uses}, tenant=spent.tenant)
             session.flush()
             return _agent_record(agent)
 
@@ -558,17 +598,19 @@ class ControlPlaneStore:
                     .group_by(Agent.enrollment_token_id))}
             return [_token_record(r, counts.get(r.id, 0)) for r in rows]
 
-    def revoke_enrollment_token(self, token_id: int, *, author: str) -> EnrollmentTokenRecord:
+    def revoke_enrollment_token(self, token_id: int, *, author: str,
+                                tenant: str | None = None) -> EnrollmentTokenRecord:
         """Refuse every later enrolment with the token; agents it enrolled stay enrolled
-        (revoke them with ``revoke_agent``)."""
+        (revoke them with ``revoke_agent``). ``tenant``: only a token of that tenant (one
+        of another is not found)."""
         with self._tx() as session:
             row = session.get(EnrollmentToken, token_id, with_for_update=not self._sqlite)
-            if row is None:
+            if row is None or (tenant is not None and row.tenant != tenant):
                 raise NotFound(f"no enrolment token {token_id}")
             if row.revoked_at is None:
                 row.revoked_at, row.revoked_by = self.clock(), author
                 self._audit(session, author, "enrollment_token.revoke", f"token:{token_id}",
-                            {"tenant": row.tenant, "uses": row.uses})
+                            {"tenant": row.tenant, "uses": row.uses}, tenant=row.tenant)
             session.flush()
             count = session.scalar(select(func.count()).select_from(Agent).where(
                 Agent.enrollment_token_id == token_id)) or 0
@@ -597,27 +639,30 @@ class ControlPlaneStore:
                 acks.setdefault(ack.agent_id, []).append(ack)
             return [_agent_record(a, acks.get(a.id, ())) for a in agents]
 
-    def revoke_agent(self, agent_id: str, *, author: str) -> AgentRecord:
+    def revoke_agent(self, agent_id: str, *, author: str,
+                     tenant: str | None = None) -> AgentRecord:
+        """``tenant``: only an agent of that tenant (one of another is not found)."""
         with self._tx() as session:
             agent = session.get(Agent, agent_id, with_for_update=True)
-            if agent is None:
+            if agent is None or (tenant is not None and agent.tenant != tenant):
                 raise NotFound(f"no agent {agent_id}")
             if agent.revoked_at is None:
                 agent.revoked_at = self.clock()
                 self._audit(session, author, "agent.revoke", agent_id,
-                            {"cert_serial": agent.cert_serial})
+                            {"cert_serial": agent.cert_serial}, tenant=agent.tenant)
             self._notify(session, f"revoke:{agent_id}")
             session.flush()
             return _agent_record(agent)
 
     def set_agent_labels(self, agent_id: str, labels: dict[str, str], *,
-                         author: str) -> AgentRecord:
+                         author: str, tenant: str | None = None) -> AgentRecord:
+        """``tenant``: only an agent of that tenant (one of another is not found)."""
         with self._tx() as session:
             agent = session.get(Agent, agent_id, with_for_update=True)
-            if agent is None:
+            if agent is None or (tenant is not None and agent.tenant != tenant):
                 raise NotFound(f"no agent {agent_id}")
             self._audit(session, author, "agent.labels", agent_id,
-                        {"before": agent.labels, "after": labels})
+                        {"before": agent.labels, "after": labels}, tenant=agent.tenant)
             agent.labels = dict(labels)
             self._notify(session, f"agent:{agent_id}")
             session.flush()
@@ -708,7 +753,7 @@ class ControlPlaneStore:
                 if ack.status not in ("APPLIED", "REMOVED"):
                     self._audit(session, f"agent:{ack.agent_id}", "policy.reject", ack.name,
                                 {"version": ack.version, "status": ack.status,
-                                 "error": ack.error[:MAX_ACK_ERROR]})
+                                 "error": ack.error[:MAX_ACK_ERROR]}, tenant=tenant)
             if rows:
                 # one statement of a fixed shape per ack (executemany): an ORM read and
                 # write per ack was most of a push to thousands of agents
@@ -927,12 +972,98 @@ class ControlPlaneStore:
 
     # -- audit and tokens ----------------------------------------------------------------
 
-    def audit_log(self, *, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def audit_log(self, *, after_id: int = 0, limit: int = 100, before_id: int | None = None,
+                  actor: str | None = None, action: str | None = None,
+                  tenant: str | None = None) -> list[dict[str, Any]]:
+        """Entries oldest first after ``after_id``; with ``before_id``, newest first below
+        it (the console's pages). ``actor`` matches exactly or as the name after the role
+        (``admin:alice`` and ``alice``); ``action`` exactly or as a prefix ending in '.'
+        (``policy.`` for every policy change); ``tenant``: only that tenant's."""
+        q = select(Audit).where(Audit.id > after_id)
+        if before_id is not None:
+            q = q.where(Audit.id < before_id)
+        if tenant is not None:
+            q = q.where(Audit.tenant == tenant)
+        if actor:
+            q = q.where((Audit.actor == actor) | Audit.actor.endswith(":" + actor,
+                                                                      autoescape=True))
+        if action:
+            q = q.where(Audit.action.startswith(action, autoescape=True) if action.endswith(".")
+                        else Audit.action == action)
+        q = q.order_by(Audit.id.desc() if before_id is not None else Audit.id)
         with self._read() as session:
-            rows = session.scalars(select(Audit).where(Audit.id > after_id)
-                                   .order_by(Audit.id).limit(limit)).all()
+            rows = session.scalars(q.limit(limit)).all()
             return [{"id": r.id, "at": r.at, "actor": r.actor, "action": r.action,
-                     "target": r.target, "detail": r.detail} for r in rows]
+                     "target": r.target, "tenant": r.tenant, "detail": r.detail}
+                    for r in rows]
+
+    # -- tenants -------------------------------------------------------------------------
+
+    def tenant_exists(self, name: str) -> bool:
+        with self._read() as session:
+            return session.get(Tenant, name) is not None
+
+    def tenants(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The tenants (``name``: that one only), each with its number of agents (not
+        revoked) and of live policies."""
+        with self._read() as session:
+            query = select(Tenant).order_by(Tenant.name)
+            if name is not None:
+                query = query.where(Tenant.name == name)
+            rows = session.scalars(query).all()
+            agents = {t: n for t, n in session.execute(
+                select(Agent.tenant, func.count()).where(Agent.revoked_at.is_(None))
+                .group_by(Agent.tenant))}
+            policies = {t: n for t, n in session.execute(
+                select(Policy.tenant, func.count()).where(Policy.removed.is_(False))
+                .group_by(Policy.tenant))}
+            return [{"name": r.name, "created_at": r.created_at, "created_by": r.created_by,
+                     "comment": r.comment, "agents": int(agents.get(r.name, 0)),
+                     "policies": int(policies.get(r.name, 0))} for r in rows]
+
+    def create_tenant(self, name: str, *, author: str, comment: str = "") -> dict[str, Any]:
+        try:
+            check_tenant(name)
+        except TenantNameError as err:
+            raise StoreError(str(err)) from err
+        with self._tx() as session:
+            if session.get(Tenant, name) is not None:
+                raise Conflict(f"tenant {name} exists already")
+            session.add(Tenant(name=name, created_at=self.clock(), created_by=author,
+                               comment=comment))
+            self._audit(session, author, "tenant.create", name, {"comment": comment},
+                        tenant=name)
+        return self.tenants(name)[0]
+
+    def delete_tenant(self, name: str, *, author: str) -> None:
+        """Remove a tenant from the registry: refused while an agent (not revoked) or an
+        enrolment token that can still enrol belongs to it. Its policies, events and audit
+        entries stay (a tenant created again with the name sees them); no new policy or
+        enrolment token can name it."""
+        with self._tx() as session:
+            row = session.get(Tenant, name, with_for_update=not self._sqlite)
+            if row is None:
+                raise NotFound(f"no tenant {name}")
+            live = int(session.scalar(select(func.count()).select_from(Agent).where(
+                Agent.tenant == name, Agent.revoked_at.is_(None))) or 0)
+            if live:
+                raise Conflict(f"tenant {name} has {live} agents: revoke them first "
+                               "(moray agents revoke ID)")
+            # a token still usable would enrol agents into a tenant that is gone
+            now = self.clock()
+            usable = int(session.scalar(select(func.count()).select_from(EnrollmentToken)
+                                        .where(EnrollmentToken.tenant == name,
+                                               EnrollmentToken.revoked_at.is_(None),
+                                               EnrollmentToken.expires_at > now,
+                                               (EnrollmentToken.max_uses.is_(None))
+                                               | (EnrollmentToken.uses
+                                                  < EnrollmentToken.max_uses))) or 0)
+            if usable:
+                raise Conflict(f"tenant {name} has {usable} usable enrolment tokens: revoke "
+                               f"them first (moray token list --tenant {name}; "
+                               "moray token revoke ID)")
+            session.delete(row)
+            self._audit(session, author, "tenant.delete", name, {}, tenant=name)
 
     def create_api_token(self, name: str, role: str, *, author: str,
                          tenant: str | None = None, ttl: float | None = None) -> str:
@@ -952,7 +1083,7 @@ class ControlPlaneStore:
                                  created_at=now, tenant=tenant,
                                  expires_at=None if ttl is None else now + ttl))
             self._audit(session, author, "api_token.create", name,
-                        {"role": role, "tenant": tenant, "ttl": ttl})
+                        {"role": role, "tenant": tenant, "ttl": ttl}, tenant=tenant)
         return token
 
     def has_api_tokens(self) -> bool:

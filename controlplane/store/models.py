@@ -16,7 +16,10 @@ these models and the migrations agree. Tables, and when their rows change:
   (an agent belongs to one tenant, so ids are unique per tenant too); ``seq`` orders them
   for paging and following. The console's filter columns are set once, when a row is
   stored (revision 0010).
-- ``cp_audit``: append-only; written in the same transaction as the change it records.
+- ``cp_audit``: append-only; written in the same transaction as the change it records,
+  with the tenant the change belongs to (NULL: global, seen by global auditors only).
+- ``cp_tenant``: the tenants that exist; created and deleted by a global admin (a tenant
+  is deleted only while no agent belongs to it).
 - ``cp_api_token`` / ``cp_enrollment_token``: stored as SHA-256 hashes only. An enrolment
   token row changes on each use (``uses`` + 1 in the enrolling transaction, refused once
   ``uses`` reaches ``max_uses``; NULL ``max_uses``: unlimited) and when it is revoked.
@@ -176,6 +179,7 @@ class Event(Base):
 
 class Audit(Base):
     __tablename__ = "cp_audit"
+    __table_args__ = (Index("ix_cp_audit_tenant", "tenant", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float, index=True)
@@ -183,6 +187,17 @@ class Audit(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(512))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the tenant the entry belongs to (its auditors see it); None: a global change
+    tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class Tenant(Base):
+    __tablename__ = "cp_tenant"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(253))
+    comment: Mapped[str] = mapped_column(Text, server_default="", default="")
 
 
 class ApiToken(Base):

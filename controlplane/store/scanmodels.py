@@ -93,6 +93,8 @@ scan_layer_cache = Table(
 
 scan_job = Table(
     "scan_job", metadata,
+    # revision 0009: the tenant that registered or queued it
+    Column("tenant", String(128), nullable=False, server_default="default"),
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("image", Text, nullable=False),
     Column("policy", Text, nullable=False),
@@ -130,6 +132,8 @@ image_verdict = Table(
 
 scan_registry = Table(
     "scan_registry", metadata,
+    # revision 0009: the tenant that registered or queued it
+    Column("tenant", String(128), nullable=False, server_default="default"),
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("registry", String(300), nullable=False),
     Column("repositories", JSON, nullable=False),
@@ -146,6 +150,8 @@ scan_registry = Table(
 
 scan_image = Table(
     "scan_image", metadata,
+    # revision 0009: the tenant that registered or queued it
+    Column("tenant", String(128), nullable=False, server_default="default"),
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("image", Text, nullable=False),
     Column("credentials", Text, nullable=False),
@@ -188,7 +194,10 @@ kube_workload = Table(
     Column("decision", String(16), nullable=False),
     Column("first_seen", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
-    UniqueConstraint("cluster", "namespace", "kind", "name", name="uq_kube_workload"),
+    # revision 0009: the tenant of the admission token that reported it
+    Column("tenant", String(128), nullable=False, server_default="default"),
+    UniqueConstraint("tenant", "cluster", "namespace", "kind", "name",
+                     name="uq_kube_workload"),
 )
 
 # The containers of each workload at its last review, with the image's digest and the
@@ -206,7 +215,37 @@ kube_workload_image = Table(
     Index("kube_workload_image_digest", "digest"),
 )
 
+# Which tenant brought in which image (revision 0009): a scan job it queued (or its
+# registries' and images' schedules queued) that found the digest, an admission review of
+# its clusters. Verdicts and findings are stored once per digest and shown to a tenant
+# only for its digests: a tenant never learns that another tenant has an image.
+image_tenant = Table(
+    "image_tenant", metadata,
+    Column("tenant", String(128), nullable=False),
+    Column("image_digest", String(128), nullable=False),
+    Column("first_seen", Float, nullable=False),
+    PrimaryKeyConstraint("tenant", "image_digest"),
+    Index("image_tenant_digest", "image_digest"),
+)
+
+# What an image's last scan found besides vulnerabilities, for the console (revision 0011):
+# ``findings`` is JSON {"secrets": [{rule, title, severity, path, line, layer,
+# deleted_later}], "malware": [{rule, path, layer, sha256, severity, deleted_later}]}
+# (never a secret's matched text, not even masked: the worker does not send it), their
+# counts (``secrets``, ``malware``: the images list reads no JSON), ``sbom``
+# the image's CycloneDX JSON ('' when too large to keep). Replaced by each verdict written
+# with a report.
+image_report = Table(
+    "image_report", metadata,
+    Column("image_digest", String(128), primary_key=True),
+    Column("findings", Text, nullable=False),
+    Column("secrets", Integer, nullable=False),     # how many, for the images list
+    Column("malware", Integer, nullable=False),
+    Column("sbom", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
 SCANNER_TABLES = frozenset({
     "scanstore_meta", "vuln_advisory", "vuln_alias", "vuln_affected", "vuln_import",
     "scan_layer_cache", "scan_job", "image_verdict", "scan_registry", "scan_image",
-    "image_vuln", "kube_workload", "kube_workload_image"})
+    "image_vuln", "kube_workload", "kube_workload_image", "image_tenant", "image_report"})

@@ -42,7 +42,14 @@ from moray.controlplane.store.scan.targets import (
     RegisteredRegistry,
     ScanTargets,
 )
-from moray.controlplane.store.scan.verdicts import ImageVuln, Verdict, Verdicts, image_vulns
+from moray.controlplane.store.scan.verdicts import (
+    ImageReport,
+    ImageVuln,
+    Verdict,
+    Verdicts,
+    image_report,
+    image_vulns,
+)
 from moray.controlplane.store.scan.vulns import AdvisoryRecord, AffectedRecord, VulnData
 from moray.controlplane.store.scanmodels import (
     image_verdict,
@@ -53,10 +60,11 @@ from moray.controlplane.store.scanmodels import (
 )
 
 __all__ = [
-    "DEFAULT_DATA_DIR", "AdvisoryRecord", "AffectedRecord", "ImageVuln", "RegisteredImage",
+    "DEFAULT_DATA_DIR", "AdvisoryRecord", "AffectedRecord", "ImageReport", "ImageVuln",
+    "RegisteredImage",
     "RegisteredRegistry", "ScanJob", "ScanStore", "Verdict", "WorkloadImage", "WorkloadReview",
     "data_dir", "default_db_path",
-    "image_vulns", "job_key", "open_engine",
+    "image_report", "image_vulns", "job_key", "open_engine",
 ]
 
 

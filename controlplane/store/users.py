@@ -184,7 +184,7 @@ class UserStore:
             session.add(row)
             session.flush()
             self.store._audit(session, author, "user.create", name,
-                              {"role": role, "tenant": tenant})
+                              {"role": role, "tenant": tenant}, tenant=tenant)
             return UserRecord.of(row)
 
     def users(self, tenant: str | None = None) -> list[UserRecord]:
@@ -230,7 +230,7 @@ class UserStore:
                     ended = ended.where(UserSession.id != keep_session)
                 session.execute(ended)
                 action = "user.password" if list(detail) == ["password"] else "user.update"
-                self.store._audit(session, author, action, name, detail)
+                self.store._audit(session, author, action, name, detail, tenant=row.tenant)
             return UserRecord.of(row)
 
     def delete_user(self, name: str, *, author: str) -> None:
@@ -241,7 +241,7 @@ class UserStore:
             session.execute(delete(UserSession).where(UserSession.user_id == row.id))
             session.delete(row)
             self.store._audit(session, author, "user.delete", name,
-                              {"role": row.role, "tenant": row.tenant})
+                              {"role": row.role, "tenant": row.tenant}, tenant=row.tenant)
 
     def check_login(self, name: str, password: str) -> UserRecord | None:
         """The user if ``password`` is its password and it is enabled, else None, in the
@@ -282,7 +282,7 @@ class UserStore:
             if older:
                 session.execute(delete(UserSession).where(UserSession.id.in_(older)))
             self.store._audit(session, f"{user.role}:user:{user.name}", "session.login",
-                              user.name, {"source": source})
+                              user.name, {"source": source}, tenant=user.tenant)
             return cookie, SessionInfo(row.id, user.name, user.role, user.tenant, csrf,
                                        min(end, now + self.idle))
 
@@ -320,7 +320,7 @@ class UserStore:
         with self.store._tx() as session:
             session.execute(delete(UserSession).where(UserSession.id == info.id))
             self.store._audit(session, f"{info.role}:user:{info.user}", "session.logout",
-                              info.user)
+                              info.user, tenant=info.tenant)
         return info
 
     def count_sessions(self, name: str) -> int:
@@ -354,7 +354,8 @@ class UserStore:
             if row.revoked_at is None:
                 row.revoked_at = now
                 self.store._audit(session, author, "api_token.revoke", row.name,
-                                  {"id": row.id, "role": row.role, "tenant": row.tenant})
+                                  {"id": row.id, "role": row.role, "tenant": row.tenant},
+                                  tenant=row.tenant)
             return token_dict(row, now)
 
 

@@ -38,6 +38,7 @@ class SimAgent:
         self.identity = identity
         self.held: dict[str, int] = {}
         self.received: list[tuple[str, int, bool, float]] = []   # name, version, removed, at
+        self.documents: dict[str, str] = {}     # name -> document_json of the last payload
         self.ended: grpc.StatusCode | None = None
         self.connected = False
         self.channel: grpc.aio.Channel | None = None
@@ -69,8 +70,10 @@ class SimAgent:
                 payload = moray_pb2.PolicyPayload.FromString(response.policy.payload)
                 if payload.removed:
                     self.held.pop(payload.name, None)
+                    self.documents.pop(payload.name, None)
                 else:
                     self.held[payload.name] = payload.version
+                    self.documents[payload.name] = payload.document_json
                 self.received.append((payload.name, payload.version, payload.removed,
                                       time.time()))
                 status = moray_pb2.REMOVED if payload.removed else moray_pb2.APPLIED

@@ -262,6 +262,7 @@ def test_retention_drops_the_oldest_events_per_tenant(tmp_path: Path, fleet: Sim
         "--event-max-per-tenant", "50", "--event-retention-days", "0")).start()
     try:
         big = fleet.enroll_many(server, tmp_path / "big", 1, prefix="big")[0]
+        server.api()("POST", "/api/v1/tenants", expect=201, json={"name": "other"})
         small = fleet.enroll_many(server, tmp_path / "small", 1, prefix="small",
                                   tenant="other")[0]
         payload = b'{"type":"exec"}'

@@ -152,6 +152,8 @@ def test_expired_and_revoked_api_tokens_refused(server: ServerProcess) -> None:
 
 
 def test_user_and_api_token_cli(server: ServerProcess) -> None:
+    # tokens are made in tenants of the registry (i-tenancy): t1 exists first
+    server.api()("POST", "/api/v1/tenants", expect=201, json={"name": "t1"})
     r = moray(server, "user", "create", "carla", "--role", "operator", "--tenant", "t1",
               "--password-stdin", stdin=PW + "\n")
     assert r.returncode == 0, r.stderr

@@ -40,6 +40,7 @@ from tests.unit.controlplane.test_imagelist import (  # noqa: F401
     M1,
     key,
     test_a_stored_verdict_wakes_the_watcher,
+    test_each_tenant_lists_its_own_images,
     test_list_per_tenant_signed_and_verified_by_the_agent,
     test_safety_net_poll_finds_a_verdict_written_elsewhere,
 )
@@ -65,6 +66,12 @@ from tests.unit.controlplane.test_store_hostile import (  # noqa: F401
     test_nothing_stored_for_revoked_or_unknown_agents,
     test_revision_0003_keeps_events_and_frees_ids_per_agent,
     test_stored_payload_that_is_not_json_does_not_break_reading,
+)
+from tests.unit.controlplane.test_tenants import (  # noqa: F401
+    test_distribution_is_all_or_nothing,
+    test_objects_of_another_tenant_are_not_found,
+    test_registered_tokens_need_a_registered_tenant,
+    test_registry_create_list_delete,
 )
 from tests.unit.controlplane.test_users import (  # noqa: F401
     clock,

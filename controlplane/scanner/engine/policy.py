@@ -184,9 +184,10 @@ def license_reasons(result: ScanResult, policy: AssurancePolicy) -> list[str]:
 
 
 def record_verdict(store: ScanStore, result: ScanResult, policy: AssurancePolicy) -> Verdict:
-    from moray.controlplane.store.scanstore import image_vulns
+    from moray.controlplane.store.scanstore import image_report, image_vulns
 
     passed, reasons = evaluate(result, policy)
     return store.record_verdict(result.digest, result.image, policy.name, passed, reasons,
                                 vulnerabilities=image_vulns(result),
-                                config_digest=result.config_digest)
+                                config_digest=result.config_digest,
+                                report=image_report(result))

@@ -33,7 +33,14 @@ from moray.controlplane.scanner.service.scheduler import (
     check_policy,
     check_registry,
 )
-from moray.controlplane.store.scanstore import ImageVuln, ScanStore
+from moray.controlplane.server.tenancy import hidden, require_global, scope, target
+from moray.controlplane.store.scan.verdicts import (
+    MALWARE_FIELDS,
+    MAX_SBOM,
+    SECRET_FIELDS,
+    clean_findings,
+)
+from moray.controlplane.store.scanstore import ImageReport, ImageVuln, ScanStore
 from moray.controlplane.vulndb.importer import import_path
 from moray.controlplane.vulndb.matcher import Matcher
 
@@ -51,6 +58,9 @@ SCAN_ACCESS: dict[tuple[str, str], str] = {
     ("POST", P + "/scan-jobs/{job_id}/extend"): "write",
     ("POST", P + "/scan-jobs/{job_id}/release"): "write",
     ("POST", P + "/scan-jobs/rescan-stale"): "write",
+    ("GET", P + "/images"): "read",
+    ("GET", P + "/images/{digest}/findings"): "read",
+    ("GET", P + "/images/{digest}/sbom"): "read",
     ("GET", P + "/images/{digest}/verdicts"): "read",
     ("POST", P + "/images/{digest}/verdicts"): "write",
     ("GET", P + "/vulndb/status"): "read",
@@ -70,6 +80,9 @@ MAX_IMPORT_BYTES = 64 << 20
 
 class JobIn(BaseModel):
     image: str = Field(min_length=1, max_length=1024)
+    tenant: str | None = Field(None, min_length=1, max_length=128,
+                               description="whose scan (default: the caller's tenant, else "
+                               "'default'); the image found becomes that tenant's")
     policy: str = Field("", description="ImageAssurancePolicy document (YAML), optional")
     insecure: bool = Field(False, description="plain HTTP (loopback registries only)")
     credentials: str = Field("", max_length=1024,
@@ -87,6 +100,8 @@ class ReleaseIn(BaseModel):
 
 class RegistryIn(BaseModel):
     registry: str = Field(min_length=1, max_length=300, description="host[:port]")
+    tenant: str | None = Field(None, min_length=1, max_length=128,
+                               description="default: the caller's tenant, else 'default'")
     repositories: list[str] = Field([], max_length=10000,
                                     description="only these repositories ([]: the catalog)")
     credentials: str = Field("", max_length=1024,
@@ -98,6 +113,7 @@ class RegistryIn(BaseModel):
 
 class ImageIn(BaseModel):
     image: str = Field(min_length=1, max_length=1024)
+    tenant: str | None = Field(None, min_length=1, max_length=128)
     credentials: str = Field("", max_length=1024)
     insecure: bool = False
     interval_seconds: float = Field(86400.0, ge=1, le=30 * 86400)
@@ -149,6 +165,14 @@ class VulnIn(BaseModel):
     aliases: list[str] = Field([], max_length=64)
 
 
+class ReportIn(BaseModel):
+    secrets: list[dict[str, Any]] = Field([], max_length=100_000,
+                                          description="rule, title, severity, path, line, "
+                                          "layer, deleted_later (any matched text is dropped)")
+    malware: list[dict[str, Any]] = Field([], max_length=100_000)
+    sbom: str = Field("", max_length=MAX_SBOM, description="CycloneDX JSON")
+
+
 class VerdictIn(BaseModel):
     image: str
     policy: str
@@ -163,6 +187,12 @@ class VerdictIn(BaseModel):
     config_digest: str = Field(
         "", max_length=128, pattern=r"^(sha256:[0-9a-f]{64})?$",
         description="the image's config digest (docker's image ID), for the agents' list")
+    report: ReportIn | None = Field(
+        None, description="secrets, malware and SBOM (replace those stored for the digest)")
+    job_id: int | None = Field(
+        None, ge=0, le=2**63 - 1,
+        description="the scan job it is the verdict of: the image becomes its tenant's "
+        "(null: the tenants with a job of this image queued or leased)")
 
 
 def _checked(check: Callable[[], object]) -> None:
@@ -193,20 +223,27 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
 
     @router.post(P + "/scan-jobs")
     def enqueue(body: JobIn,
-                _: Annotated[Any, dep("POST", P + "/scan-jobs")]) -> dict[str, int]:
+                who: Annotated[Any, dep("POST", P + "/scan-jobs")]) -> dict[str, int]:
+        tenant = target(who, body.tenant)
         _checked(lambda: (check_policy(body.policy),
                           credentials.check_reference(body.credentials)))
         return {"id": store.enqueue_scan(body.image, body.policy, insecure=body.insecure,
-                                         credentials=body.credentials)}
+                                         credentials=body.credentials, tenant=tenant)}
 
     @router.get(P + "/scan-jobs")
-    def jobs(_: Annotated[Any, dep("GET", P + "/scan-jobs")], status: str | None = None,
+    def jobs(who: Annotated[Any, dep("GET", P + "/scan-jobs")], status: str | None = None,
+             tenant: str | None = None,
              limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> list[dict[str, Any]]:
-        return store.jobs(status=status, limit=limit)
+        return store.jobs(status=status, limit=limit, tenant=scope(who, tenant))
 
+    # The scan workers' endpoints (claim, extend, release, finish, verdicts, rescans) and
+    # the import of the shared vulnerability data need a global principal: a job carries
+    # its tenant's image names and credential references, and a verdict is shared by
+    # every tenant that has the image (a tenant's token must not write another's).
     @router.post(P + "/scan-jobs/claim", response_model=None)
-    def claim(body: ClaimIn, _: Annotated[Any, dep("POST", P + "/scan-jobs/claim")]
+    def claim(body: ClaimIn, who: Annotated[Any, dep("POST", P + "/scan-jobs/claim")]
               ) -> dict[str, Any] | Response:
+        require_global(who, "claiming scan jobs")
         job = store.claim_scan(body.worker, body.lease_seconds)
         if job is None:
             return Response(status_code=204)
@@ -215,31 +252,37 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
 
     @router.post(P + "/scan-jobs/{job_id}/extend")
     def extend(job_id: Id, body: LeaseIn,
-               _: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/extend")]
+               who: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/extend")]
                ) -> dict[str, bool]:
+        require_global(who, "a scan worker's lease")
         return {"ok": store.extend_scan(job_id, body.worker, body.lease_seconds)}
 
     @router.post(P + "/scan-jobs/{job_id}/release")
     def release(job_id: Id, body: ReleaseIn,
-                _: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/release")]
+                who: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/release")]
                 ) -> dict[str, bool]:
+        require_global(who, "a scan worker's lease")
         return {"ok": store.release_scan(job_id, body.worker)}
 
     @router.post(P + "/scan-jobs/{job_id}/finish")
     def finish(job_id: Id, body: FinishIn,
-               _: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/finish")]
+               who: Annotated[Any, dep("POST", P + "/scan-jobs/{job_id}/finish")]
                ) -> dict[str, bool]:
+        require_global(who, "finishing a scan job")
         return {"ok": store.finish_scan(job_id, body.worker, digest=body.digest,
                                         error=body.error)}
 
     @router.post(P + "/scan-jobs/rescan-stale")
-    def rescan(_: Annotated[Any, dep("POST", P + "/scan-jobs/rescan-stale")]
+    def rescan(who: Annotated[Any, dep("POST", P + "/scan-jobs/rescan-stale")]
                ) -> dict[str, int]:
+        require_global(who, "queueing every tenant's rescans")
         return {"queued": store.enqueue_stale()}
 
     @router.get(P + "/images/{digest}/verdicts")
-    def verdicts(digest: str, _: Annotated[Any, dep("GET", P + "/images/{digest}/verdicts")]
+    def verdicts(digest: str, who: Annotated[Any, dep("GET", P + "/images/{digest}/verdicts")]
                  ) -> list[dict[str, Any]]:
+        if not store.has_image(who.tenant, digest):
+            return []       # as for an image nobody has scanned
         return [{"policy": v.policy, "passed": v.passed, "reasons": v.reasons,
                  "vulndb_generation": v.vulndb_generation, "image": v.image,
                  "created": v.created, "stale": v.vulndb_generation < store.generation()}
@@ -247,15 +290,55 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
 
     @router.post(P + "/images/{digest}/verdicts")
     def put_verdict(digest: str, body: VerdictIn,
-                    _: Annotated[Any, dep("POST", P + "/images/{digest}/verdicts")]
+                    who: Annotated[Any, dep("POST", P + "/images/{digest}/verdicts")]
                     ) -> dict[str, bool]:
+        require_global(who, "recording a verdict")
         vulns = None if body.vulnerabilities is None else [
             ImageVuln(v.id, v.severity, v.package, v.version, v.fixed_version,
                       tuple(a[:256] for a in v.aliases)) for v in body.vulnerabilities]
+        report = None if body.report is None else ImageReport(
+            clean_findings(body.report.secrets, SECRET_FIELDS),
+            clean_findings(body.report.malware, MALWARE_FIELDS), body.report.sbom)
         store.record_verdict(digest, body.image, body.policy, body.passed, body.reasons,
                              body.vulndb_generation, vulnerabilities=vulns,
-                             config_digest=body.config_digest)
+                             config_digest=body.config_digest, job_id=body.job_id,
+                             report=report)
         return {"ok": True}
+
+    @router.get(P + "/images")
+    def image_list(who: Annotated[Any, dep("GET", P + "/images")],
+                   tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every image with a verdict that the principal's tenant (or ``tenant``) brought
+        in, with its verdicts and finding counts (the console's images page)."""
+        return store.image_summaries(scope(who, tenant))
+
+    @router.get(P + "/images/{digest}/findings")
+    def image_findings(digest: str, who: Annotated[Any, dep(
+            "GET", P + "/images/{digest}/findings")]) -> dict[str, Any]:
+        """Secret findings (rule, file, line: never the matched text) and malware findings
+        of the image's last scan with a report; 404 when it has none (or it is another
+        tenant's)."""
+        report = store.report(digest) if store.has_image(who.tenant, digest) else None
+        if report is None:
+            raise hidden(f"report for {digest}")
+        return {**report.findings(), "sbom": bool(report.sbom)}
+
+    @router.get(P + "/images/{digest}/sbom")
+    def image_sbom(digest: str, who: Annotated[Any, dep("GET", P + "/images/{digest}/sbom")]
+                   ) -> Response:
+        """The image's CycloneDX SBOM (JSON, as an attachment)."""
+        report = store.report(digest) if store.has_image(who.tenant, digest) else None
+        if report is None or not report.sbom:
+            raise hidden(f"SBOM for {digest}")
+        name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-"
+                       for c in digest)[:80]
+        # the SBOM holds the image's package names (its author's strings): a download,
+        # never a document the browser would render or sniff
+        return Response(report.sbom, media_type="application/vnd.cyclonedx+json",
+                        headers={"Content-Disposition":
+                                 f'attachment; filename="{name}.cdx.json"',
+                                 "X-Content-Type-Options": "nosniff",
+                                 "Content-Security-Policy": "default-src 'none'; sandbox"})
 
     @router.post(P + "/vulndb/match")
     def match(body: MatchIn, _: Annotated[Any, dep("POST", P + "/vulndb/match")]
@@ -282,6 +365,7 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
                      ) -> dict[str, Any]:
         """Import advisory files sent in the request (the server reads no path it is
         given); the scheduler then queues rescans of images with stale verdicts."""
+        require_global(who, "importing vulnerability data")
         if sum(len(c) for c in body.files.values()) > MAX_IMPORT_BYTES:
             raise HTTPException(413, f"more than {MAX_IMPORT_BYTES} bytes")
         with tempfile.TemporaryDirectory(prefix="moray-import-") as tmp:
@@ -298,65 +382,70 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
                 "generation": store.generation()}
 
     @router.get(P + "/scan-registries")
-    def registries(_: Annotated[Any, dep("GET", P + "/scan-registries")]
-                   ) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in store.registries()]
+    def registries(who: Annotated[Any, dep("GET", P + "/scan-registries")],
+                   tenant: str | None = None) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in store.registries(scope(who, tenant))]
 
     @router.post(P + "/scan-registries", status_code=201)
     def add_registry(body: RegistryIn,
                      who: Annotated[Any, dep("POST", P + "/scan-registries")]
                      ) -> dict[str, Any]:
+        tenant = target(who, body.tenant)
         _checked(lambda: (check_registry(body.registry, body.insecure),
                           check_policy(body.policy),
                           credentials.check_reference(body.credentials)))
-        same = already_registered(store, body.registry, body.repositories)
+        same = already_registered(store, body.registry, body.repositories, tenant=tenant)
         if same is not None:
             raise HTTPException(409, f"{body.registry} with these repositories is registered "
                                 f"already (id {same})")
         reg = store.add_registry(body.registry, repositories=body.repositories,
                                  credentials=body.credentials, insecure=body.insecure,
-                                 interval_seconds=body.interval_seconds, policy=body.policy)
+                                 interval_seconds=body.interval_seconds, policy=body.policy,
+                                 tenant=tenant)
         changed(who, "scan_registry.add", reg.registry, reg.as_dict())
         return reg.as_dict()
 
     @router.delete(P + "/scan-registries/{registry_id}")
     def remove_registry(registry_id: Id, who: Annotated[Any, dep(
             "DELETE", P + "/scan-registries/{registry_id}")]) -> dict[str, bool]:
-        if not store.remove_registry(registry_id):
-            raise HTTPException(404, f"no registry {registry_id}")
+        if not store.remove_registry(registry_id, who.tenant):
+            raise hidden(f"registry {registry_id}")
         changed(who, "scan_registry.remove", str(registry_id), {})
         return {"ok": True}
 
     @router.post(P + "/scan-registries/{registry_id}/run")
     def run_registry(registry_id: Id, who: Annotated[Any, dep(
             "POST", P + "/scan-registries/{registry_id}/run")]) -> dict[str, bool]:
-        if not store.run_registry_now(registry_id):
-            raise HTTPException(404, f"no registry {registry_id}")
+        if not store.run_registry_now(registry_id, who.tenant):
+            raise hidden(f"registry {registry_id}")
         changed(who, "scan_registry.run", str(registry_id), {})
         return {"ok": True}
 
     @router.get(P + "/scan-images")
-    def images(_: Annotated[Any, dep("GET", P + "/scan-images")]) -> list[dict[str, Any]]:
-        return [i.as_dict() for i in store.images()]
+    def images(who: Annotated[Any, dep("GET", P + "/scan-images")],
+               tenant: str | None = None) -> list[dict[str, Any]]:
+        return [i.as_dict() for i in store.images(scope(who, tenant))]
 
     @router.post(P + "/scan-images", status_code=201)
     def add_image(body: ImageIn,
                   who: Annotated[Any, dep("POST", P + "/scan-images")]) -> dict[str, Any]:
+        tenant = target(who, body.tenant)
         _checked(lambda: (check_image(body.image, body.insecure), check_policy(body.policy),
                           credentials.check_reference(body.credentials)))
-        same = already_registered(store, image=body.image)
+        same = already_registered(store, image=body.image, tenant=tenant)
         if same is not None:
             raise HTTPException(409, f"{body.image} is registered already (id {same})")
         img = store.add_image(body.image, credentials=body.credentials, insecure=body.insecure,
-                              interval_seconds=body.interval_seconds, policy=body.policy)
+                              interval_seconds=body.interval_seconds, policy=body.policy,
+                              tenant=tenant)
         changed(who, "scan_image.add", img.image, img.as_dict())
         return img.as_dict()
 
     @router.delete(P + "/scan-images/{image_id}")
     def remove_image(image_id: Id, who: Annotated[Any, dep(
             "DELETE", P + "/scan-images/{image_id}")]) -> dict[str, bool]:
-        if not store.remove_image(image_id):
-            raise HTTPException(404, f"no image {image_id}")
+        if not store.remove_image(image_id, who.tenant):
+            raise hidden(f"image {image_id}")
         changed(who, "scan_image.remove", str(image_id), {})
         return {"ok": True}
 

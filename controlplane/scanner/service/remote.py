@@ -18,7 +18,7 @@ import httpx
 
 from moray.controlplane.scanner.engine.model import OSRelease, Package, Severity, VulnFinding
 from moray.controlplane.scanner.errors import AccessDenied, ScanError
-from moray.controlplane.store.scanstore import ImageVuln, ScanJob
+from moray.controlplane.store.scanstore import ImageReport, ImageVuln, ScanJob
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,13 @@ class HttpJobQueue(_Client):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
                        vulnerabilities: Sequence[ImageVuln] | None = None,
-                       config_digest: str = "") -> None:
+                       config_digest: str = "", job_id: int | None = None,
+                       report: ImageReport | None = None) -> None:
         self._post(f"/api/v1/images/{image_digest}/verdicts",
                    {"image": image, "policy": policy, "passed": passed, "reasons": reasons,
+                    "job_id": job_id,
                     "vulndb_generation": generation, "config_digest": config_digest,
+                    "report": None if report is None else {**report.findings(),
+                                                            "sbom": report.sbom},
                     "vulnerabilities": None if vulnerabilities is None
                     else [v.as_dict() for v in vulnerabilities]})

@@ -57,14 +57,15 @@ def check_registry(registry: str, insecure: bool) -> str:
 
 def already_registered(store: Any, registry: str | None = None,
                        repositories: list[str] | None = None,
-                       image: str | None = None) -> int | None:
+                       image: str | None = None, tenant: str | None = None) -> int | None:
     """The id of a registration of the same registry and repositories (or the same
-    image), so adding it again is refused rather than scanned twice on every interval.
-    A check before the insert: two adds racing each other can still both land."""
+    image) by ``tenant`` (None: by anyone), so adding it again is refused rather than
+    scanned twice on every interval. A check before the insert: two adds racing each
+    other can still both land."""
     if image is not None:
-        return next((i.id for i in store.images() if i.image == image), None)
+        return next((i.id for i in store.images(tenant) if i.image == image), None)
     wanted = sorted(set(repositories or []))
-    return next((r.id for r in store.registries()
+    return next((r.id for r in store.registries(tenant)
                  if r.registry == registry and sorted(r.repositories) == wanted), None)
 
 
@@ -144,7 +145,7 @@ class Scheduler:
             return
         for image in images:
             self.store.enqueue_scan(image, reg.policy, insecure=reg.insecure,
-                                    credentials=reg.credentials)
+                                    credentials=reg.credentials, tenant=reg.tenant)
         report.queued += len(images)
         self.queued["registry"] += len(images)
         self.store.registry_listed(reg.id, len(images))
@@ -153,7 +154,7 @@ class Scheduler:
     def _queue_image(self, img: RegisteredImage, report: TickReport) -> None:
         report.images += 1
         self.store.enqueue_scan(img.image, img.policy, insecure=img.insecure,
-                                credentials=img.credentials)
+                                credentials=img.credentials, tenant=img.tenant)
         report.queued += 1
         self.queued["image"] += 1
 

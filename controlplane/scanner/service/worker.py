@@ -28,7 +28,13 @@ import yaml
 from moray.controlplane.scanner.engine.model import ScanResult
 from moray.controlplane.scanner.engine.policy import AssurancePolicy, evaluate, policy_from_dict
 from moray.controlplane.scanner.errors import AccessDenied, ScanError
-from moray.controlplane.store.scanstore import ImageVuln, ScanJob, image_vulns
+from moray.controlplane.store.scanstore import (
+    ImageReport,
+    ImageVuln,
+    ScanJob,
+    image_report,
+    image_vulns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,8 @@ class VerdictSink(Protocol):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
                        vulnerabilities: Sequence[ImageVuln] | None = None,
-                       config_digest: str = "") -> object: ...
+                       config_digest: str = "", job_id: int | None = None,
+                       report: ImageReport | None = None) -> object: ...
 
 
 class JobQueue(Protocol):
@@ -123,7 +130,8 @@ class Worker:
                 self.verdicts.record_verdict(result.digest, job.image, policy.name, passed,
                                              reasons, generation,
                                              vulnerabilities=image_vulns(result),
-                                             config_digest=result.config_digest)
+                                             config_digest=result.config_digest,
+                                             job_id=job.id, report=image_report(result))
             return _Outcome(digest=result.digest)
         except (ScanError, OSError, yaml.YAMLError) as err:
             log.warning("scan job failed", extra={"job": job.id, "image": job.image,

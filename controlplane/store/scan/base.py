@@ -1,7 +1,8 @@
 """What the scanner's stores share: where the database is by default, opening (and
 migrating) an engine, one connection at a time per store object, transactions that
 nest, and the ``scanstore_meta`` counters (``vulndb_generation``: bumped by each vulndb
-import that adds records; a verdict stamped with an older generation is stale).
+import that adds records; a verdict stamped with an older generation is stale), and
+``image_tenant``: which tenant may see which image digest (``link_images``, ``has_image``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -19,7 +20,8 @@ from sqlalchemy import Connection, Engine, Integer, Table, Text, cast, func, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from moray.controlplane.store.scanmodels import scanstore_meta
+from moray.api.tenants import DEFAULT_TENANT
+from moray.controlplane.store.scanmodels import image_tenant, scan_job, scanstore_meta
 
 DEFAULT_DATA_DIR = "/var/lib/moray"
 GENERATION = "vulndb_generation"
@@ -143,3 +145,50 @@ class ScanStoreBase:
     @locked
     def generation(self) -> int:
         return self._meta_int(GENERATION)
+
+    def _link_images(self, c: Connection, tenant: str, digests: Iterable[str]) -> None:
+        rows = [{"tenant": tenant, "image_digest": d[:128], "first_seen": self._clock()}
+                for d in sorted(set(digests)) if d]
+        if rows:
+            c.execute(self._insert(image_tenant).on_conflict_do_nothing(), rows)
+
+    def _link_scanned(self, image: str, digest: str, job_id: int | None) -> set[str]:
+        """Make ``digest`` an image of the tenant of job ``job_id`` (None: of each tenant
+        with a job of ``image`` queued or leased), a worker reporting the verdict of its
+        scan; returns those tenants."""
+        j = scan_job.c
+        query = (select(j.tenant).where(j.id == job_id) if job_id is not None
+                 else select(j.tenant).distinct().where(
+                     j.image == image, j.status.in_(("queued", "running"))))
+        with self._conn() as c:
+            tenants = set(c.scalars(query))
+            for tenant in tenants:
+                self._link_images(c, tenant, [digest])
+        return tenants
+
+    @locked
+    def link_images(self, tenant: str, digests: Iterable[str]) -> None:
+        """Make ``digests`` images of ``tenant`` (it may see their verdicts, findings)."""
+        with self._conn() as c:
+            self._link_images(c, tenant, digests)
+
+    @locked
+    def has_image(self, tenant: str | None, digest: str) -> bool:
+        """May ``tenant`` see the image ``digest`` (None: every tenant may). An image no
+        tenant brought in (a verdict recorded by hand) is the default tenant's."""
+        if tenant is None:
+            return True
+        t = image_tenant.c
+        with self._conn() as c:
+            owners = set(c.scalars(select(t.tenant).where(t.image_digest == digest)))
+        return tenant in owners or (not owners and tenant == DEFAULT_TENANT)
+
+    @locked
+    def image_tenants(self) -> dict[str, set[str]]:
+        """tenant -> its image digests."""
+        out: dict[str, set[str]] = {}
+        with self._conn() as c:
+            for tenant, digest in c.execute(select(image_tenant.c.tenant,
+                                                   image_tenant.c.image_digest)):
+                out.setdefault(tenant, set()).add(digest)
+        return out

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
 
+from moray.api.tenants import DEFAULT_TENANT
 from moray.controlplane.store.scan.base import ScanStoreBase, locked
 from moray.controlplane.store.scanmodels import image_vuln, kube_workload, kube_workload_image
 
@@ -50,13 +51,17 @@ _U = image_vuln.c
 
 class Inventory(ScanStoreBase):
     @locked
-    def record_reviews(self, reviews: Sequence[WorkloadReview]) -> None:
-        """Apply a batch of reviews in one transaction, in order."""
+    def record_reviews(self, reviews: Sequence[WorkloadReview],
+                       tenant: str = DEFAULT_TENANT) -> None:
+        """Apply a batch of reviews of ``tenant``'s clusters in one transaction, in order;
+        the images' digests become the tenant's images."""
         now = self._clock()
         with self.transaction(), self._conn() as c:
+            self._link_images(c, tenant, [i.digest for r in reviews for i in r.images
+                                          if r.operation != "DELETE"])
             for r in reviews:
-                key = and_(_W.cluster == r.cluster, _W.namespace == r.namespace,
-                           _W.kind == r.kind, _W.name == r.name)
+                key = and_(_W.tenant == tenant, _W.cluster == r.cluster,
+                           _W.namespace == r.namespace, _W.kind == r.kind, _W.name == r.name)
                 wid = c.scalar(select(_W.id).where(key))
                 if r.operation == "DELETE":
                     if wid is not None:
@@ -69,7 +74,8 @@ class Inventory(ScanStoreBase):
                        "decision": r.decision[:16], "last_seen": now}
                 if wid is None:
                     wid = c.execute(insert(kube_workload).values(
-                        cluster=r.cluster, namespace=r.namespace, kind=r.kind, name=r.name,
+                        tenant=tenant, cluster=r.cluster, namespace=r.namespace,
+                        kind=r.kind, name=r.name,
                         first_seen=now, **row).returning(_W.id)).scalar_one()
                 else:
                     c.execute(update(kube_workload).where(_W.id == wid).values(**row))
@@ -85,7 +91,7 @@ class Inventory(ScanStoreBase):
     @locked
     def workloads(self, *, vulnerability: str | None = None, namespace: str | None = None,
                   cluster: str | None = None, include_denied: bool = False,
-                  limit: int = 1000) -> list[dict[str, Any]]:
+                  limit: int = 1000, tenant: str | None = None) -> list[dict[str, Any]]:
         """Workloads (allowed ones unless ``include_denied``), each with its images; with
         ``vulnerability``, only those running an image with that id (or alias), each
         image with the findings that matched."""
@@ -93,6 +99,8 @@ class Inventory(ScanStoreBase):
                    _W.allowed, _W.decision, _W.first_seen, _W.last_seen)
         if not include_denied:
             q = q.where(_W.allowed.is_(True))
+        if tenant is not None:
+            q = q.where(_W.tenant == tenant)
         if namespace is not None:
             q = q.where(_W.namespace == namespace)
         if cluster is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Text, and_, cast, exists, func, literal, or_, select, update
 
+from moray.api.tenants import DEFAULT_TENANT
 from moray.controlplane.store.scan.base import ScanStoreBase, generation_value, locked
 from moray.controlplane.store.scanmodels import image_verdict, scan_job
 
@@ -33,9 +34,12 @@ class ScanJob:
     credentials: str = ""   # a reference the worker resolves (scanner.service.credentials)
 
 
-def job_key(image: str, policy: str, insecure: bool, credentials: str) -> str:
-    """What makes two jobs the same job (at most one of them queued or leased)."""
-    raw = "\0".join((image, policy, "1" if insecure else "0", credentials))
+def job_key(image: str, policy: str, insecure: bool, credentials: str,
+            tenant: str = DEFAULT_TENANT) -> str:
+    """What makes two jobs the same job (at most one of them queued or leased): two
+    tenants' jobs are never the same (one tenant must not learn another queued it)."""
+    parts = (image, policy, "1" if insecure else "0", credentials)
+    raw = "\0".join(parts if tenant == DEFAULT_TENANT else (*parts, tenant))
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -45,21 +49,24 @@ _J = scan_job.c
 class ScanJobs(ScanStoreBase):
     @locked
     def enqueue_scan(self, image: str, policy: str = "", *, insecure: bool = False,
-                     credentials: str = "") -> int:
+                     credentials: str = "", tenant: str = DEFAULT_TENANT) -> int:
         """Queue a scan unless the same job is already queued or leased (its id is returned
-        then); atomic across processes and servers (partial unique index on job_key)."""
-        key = job_key(image, policy, insecure, credentials)
+        then); atomic across processes and servers (partial unique index on job_key).
+        ``tenant``: whose job it is (the digest it finds becomes that tenant's image)."""
+        key = job_key(image, policy, insecure, credentials, tenant)
         now = self._clock()
         with self._conn() as c:
             job_id = c.scalar(self._insert(scan_job).values(
-                image=image, policy=policy, status="queued", created=now, updated=now,
+                tenant=tenant, image=image, policy=policy, status="queued", created=now,
+                updated=now,
                 insecure=insecure, credentials=credentials, job_key=key,
                 generation=generation_value()).on_conflict_do_nothing().returning(_J.id))
             if job_id is None:
                 job_id = c.scalar(select(_J.id).where(_J.job_key == key,
                                                       _J.status.in_(ACTIVE)))
         if job_id is None:  # the other job closed between the two statements: queue again
-            return self.enqueue_scan(image, policy, insecure=insecure, credentials=credentials)
+            return self.enqueue_scan(image, policy, insecure=insecure, credentials=credentials,
+                                     tenant=tenant)
         return int(job_id)
 
     @locked
@@ -112,20 +119,32 @@ class ScanJobs(ScanStoreBase):
     @locked
     def finish_scan(self, job_id: int, worker: str, *, digest: str = "",
                     error: str = "") -> bool:
-        """Close a job this worker holds; False when the lease was lost to another worker."""
-        return self._update_held(job_id, worker, {
-            "status": "failed" if error else "done", "digest": digest,
-            "error": error[:2000], "updated": self._clock()})
+        """Close a job this worker holds; False when the lease was lost to another worker.
+        The digest it found becomes an image of the job's tenant (``image_tenant``)."""
+        with self.transaction():
+            done = self._update_held(job_id, worker, {
+                "status": "failed" if error else "done", "digest": digest,
+                "error": error[:2000], "updated": self._clock()})
+            if done and digest and not error:
+                with self._conn() as c:
+                    tenant = c.scalar(select(_J.tenant).where(_J.id == job_id))
+                    if tenant is not None:
+                        self._link_images(c, tenant, [digest])
+            return done
 
     @locked
-    def jobs(self, *, status: str | None = None, limit: int = 10000) -> list[dict[str, Any]]:
+    def jobs(self, *, status: str | None = None, limit: int = 10000,
+             tenant: str | None = None) -> list[dict[str, Any]]:
         query = select(_J.id, _J.image, _J.status, _J.worker, _J.attempts, _J.digest,
-                       _J.error, _J.updated)
+                       _J.error, _J.updated, _J.tenant)
         if status:
             query = query.where(_J.status == status)
+        if tenant is not None:
+            query = query.where(_J.tenant == tenant)
         with self._conn() as c:
             rows = list(c.execute(query.order_by(_J.id.desc()).limit(limit)))
-        keys = ("id", "image", "status", "worker", "attempts", "digest", "error", "updated")
+        keys = ("id", "image", "status", "worker", "attempts", "digest", "error", "updated",
+                "tenant")
         return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
 
     @locked
@@ -151,11 +170,13 @@ class ScanJobs(ScanStoreBase):
         queued = 0
         for image in stale:
             with self._conn() as c:
-                last = c.execute(select(_J.policy, _J.insecure, _J.credentials)
+                last = c.execute(select(_J.policy, _J.insecure, _J.credentials, _J.tenant)
                                  .where(_J.image == image).order_by(_J.id.desc())
                                  .limit(1)).first()
-            policy, insecure, creds = (last[0], bool(last[1]), last[2]) if last else ("", False,
-                                                                                      "")
-            self.enqueue_scan(image, policy, insecure=insecure, credentials=creds)
+            policy, insecure, creds, tenant = (
+                (last[0], bool(last[1]), last[2], last[3]) if last
+                else ("", False, "", DEFAULT_TENANT))
+            self.enqueue_scan(image, policy, insecure=insecure, credentials=creds,
+                              tenant=tenant)
             queued += 1
         return queued

@@ -2,7 +2,8 @@
 ``scan_image``): registered by ``add_registry`` / ``add_image``, removed by
 ``remove_*``; ``next_run`` is moved by the scheduler each time it lists or queues one
 (``claim_due``), so two server replicas never list the same registry twice; a listing's
-outcome is kept by ``registry_listed``.
+outcome is kept by ``registry_listed``. Each belongs to a tenant (revision 0009): the
+scan jobs it queues are that tenant's, and so are the images they find.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, insert, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, insert, select, update
 
+from moray.api.tenants import DEFAULT_TENANT
 from moray.controlplane.store.scan.base import ScanStoreBase, locked
 from moray.controlplane.store.scanmodels import scan_image, scan_registry
 
@@ -29,9 +31,11 @@ class RegisteredRegistry:
     last_run: float | None = None
     last_images: int = 0
     last_error: str = ""
+    tenant: str = DEFAULT_TENANT   # its images' scan jobs are this tenant's
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "registry": self.registry, "repositories": self.repositories,
+        return {"id": self.id, "tenant": self.tenant, "registry": self.registry,
+                "repositories": self.repositories,
                 "credentials": self.credentials, "insecure": self.insecure,
                 "interval_seconds": self.interval_seconds, "has_policy": bool(self.policy),
                 "next_run": self.next_run, "last_run": self.last_run,
@@ -48,9 +52,11 @@ class RegisteredImage:
     policy: str
     next_run: float
     last_run: float | None = None
+    tenant: str = DEFAULT_TENANT
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "image": self.image, "credentials": self.credentials,
+        return {"id": self.id, "tenant": self.tenant, "image": self.image,
+                "credentials": self.credentials,
                 "insecure": self.insecure, "interval_seconds": self.interval_seconds,
                 "has_policy": bool(self.policy), "next_run": self.next_run,
                 "last_run": self.last_run}
@@ -64,33 +70,39 @@ _TABLES = {"scan_registry": scan_registry, "scan_image": scan_image}
 def _registries() -> Select[Any]:
     return select(_R.id, _R.registry, _R.repositories, _R.credentials, _R.insecure,
                   _R.interval_seconds, _R.policy, _R.next_run, _R.last_run, _R.last_images,
-                  _R.last_error)
+                  _R.last_error, _R.tenant)
 
 
 def _registry(r: Any) -> RegisteredRegistry:
     return RegisteredRegistry(int(r[0]), r[1], list(r[2]), r[3], bool(r[4]), float(r[5]),
-                              r[6], float(r[7]), r[8], int(r[9]), r[10])
+                              r[6], float(r[7]), r[8], int(r[9]), r[10], r[11])
+
+
+def _owned(where: ColumnElement[bool], column: ColumnElement[str],
+           tenant: str | None) -> ColumnElement[bool]:
+    return where if tenant is None else and_(where, column == tenant)
 
 
 def _images() -> Select[Any]:
     return select(_I.id, _I.image, _I.credentials, _I.insecure, _I.interval_seconds,
-                  _I.policy, _I.next_run, _I.last_run)
+                  _I.policy, _I.next_run, _I.last_run, _I.tenant)
 
 
 def _image(r: Any) -> RegisteredImage:
     return RegisteredImage(int(r[0]), r[1], r[2], bool(r[3]), float(r[4]), r[5],
-                           float(r[6]), r[7])
+                           float(r[6]), r[7], r[8])
 
 
 class ScanTargets(ScanStoreBase):
     @locked
     def add_registry(self, registry: str, *, repositories: list[str] | None = None,
                      credentials: str = "", insecure: bool = False,
-                     interval_seconds: float = 3600.0, policy: str = "") -> RegisteredRegistry:
+                     interval_seconds: float = 3600.0, policy: str = "",
+                     tenant: str = DEFAULT_TENANT) -> RegisteredRegistry:
         now = self._clock()
         with self._conn() as c:
             row_id = c.scalar(insert(scan_registry).values(
-                registry=registry, repositories=sorted(set(repositories or [])),
+                tenant=tenant, registry=registry, repositories=sorted(set(repositories or [])),
                 credentials=credentials, insecure=insecure, interval_seconds=interval_seconds,
                 policy=policy, next_run=now, last_images=0, last_error="", created=now)
                 .returning(_R.id))
@@ -106,22 +118,27 @@ class ScanTargets(ScanStoreBase):
         return _registry(r) if r else None
 
     @locked
-    def registries(self) -> list[RegisteredRegistry]:
+    def registries(self, tenant: str | None = None) -> list[RegisteredRegistry]:
+        """The registered registries (``tenant``: that tenant's only)."""
+        query = _registries() if tenant is None else _registries().where(_R.tenant == tenant)
         with self._conn() as c:
-            return [_registry(r) for r in c.execute(_registries().order_by(_R.id))]
+            return [_registry(r) for r in c.execute(query.order_by(_R.id))]
 
     @locked
-    def remove_registry(self, registry_id: int) -> bool:
+    def remove_registry(self, registry_id: int, tenant: str | None = None) -> bool:
+        """False when there is no such registry (of ``tenant``, when given)."""
+        where = _owned(_R.id == registry_id, _R.tenant, tenant)
         with self._conn() as c:
-            return c.execute(delete(scan_registry).where(_R.id == registry_id)).rowcount == 1
+            return c.execute(delete(scan_registry).where(where)).rowcount == 1
 
     @locked
     def add_image(self, image: str, *, credentials: str = "", insecure: bool = False,
-                  interval_seconds: float = 86400.0, policy: str = "") -> RegisteredImage:
+                  interval_seconds: float = 86400.0, policy: str = "",
+                  tenant: str = DEFAULT_TENANT) -> RegisteredImage:
         now = self._clock()
         with self._conn() as c:
             row_id = c.scalar(insert(scan_image).values(
-                image=image, credentials=credentials, insecure=insecure,
+                tenant=tenant, image=image, credentials=credentials, insecure=insecure,
                 interval_seconds=interval_seconds, policy=policy, next_run=now, created=now)
                 .returning(_I.id))
         assert row_id is not None
@@ -136,14 +153,18 @@ class ScanTargets(ScanStoreBase):
         return _image(r) if r else None
 
     @locked
-    def images(self) -> list[RegisteredImage]:
+    def images(self, tenant: str | None = None) -> list[RegisteredImage]:
+        """The registered images (``tenant``: that tenant's only)."""
+        query = _images() if tenant is None else _images().where(_I.tenant == tenant)
         with self._conn() as c:
-            return [_image(r) for r in c.execute(_images().order_by(_I.id))]
+            return [_image(r) for r in c.execute(query.order_by(_I.id))]
 
     @locked
-    def remove_image(self, image_id: int) -> bool:
+    def remove_image(self, image_id: int, tenant: str | None = None) -> bool:
+        """False when there is no such image (of ``tenant``, when given)."""
+        where = _owned(_I.id == image_id, _I.tenant, tenant)
         with self._conn() as c:
-            return c.execute(delete(scan_image).where(_I.id == image_id)).rowcount == 1
+            return c.execute(delete(scan_image).where(where)).rowcount == 1
 
     @locked
     def due_registries(self) -> list[RegisteredRegistry]:
@@ -178,7 +199,8 @@ class ScanTargets(ScanStoreBase):
                       .values(last_images=images, last_error=error[:2000]))
 
     @locked
-    def run_registry_now(self, registry_id: int) -> bool:
+    def run_registry_now(self, registry_id: int, tenant: str | None = None) -> bool:
+        where = _owned(_R.id == registry_id, _R.tenant, tenant)
         with self._conn() as c:
-            return c.execute(update(scan_registry).where(_R.id == registry_id)
+            return c.execute(update(scan_registry).where(where)
                              .values(next_run=0)).rowcount == 1

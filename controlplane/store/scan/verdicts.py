@@ -4,7 +4,9 @@ matched against (older than the current generation = stale, see ``jobs.enqueue_s
 
 The vulnerabilities the verdict was made on (``image_vuln``) are replaced in the same
 transaction when the caller passes them: one row per id and alias of each finding, so the
-workload inventory can answer "which workloads run an image with CVE-X".
+workload inventory can answer "which workloads run an image with CVE-X". So is the image's
+report (``image_report``: secret and malware findings, CycloneDX SBOM) the console shows;
+a secret finding keeps its rule, file and line, never the text it matched.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, case, delete, distinct, func, insert, select
 
+from moray.api.tenants import DEFAULT_TENANT
 from moray.controlplane.store.scan.base import ScanStoreBase, locked
+from moray.controlplane.store.scanmodels import image_report as image_report_table
 from moray.controlplane.store.scanmodels import (
     image_verdict,
     image_vuln,
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 
 
 VERDICTS_SERIAL = "verdicts_serial"   # scanstore_meta: bumped by each verdict written
+MAX_SBOM = 4 << 20     # a larger SBOM is not kept (the verdict's request must stay < 8 MiB)
+MAX_FINDINGS = 10000   # secret or malware findings kept per image
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,55 @@ class ImageVuln:
         return {"id": self.id, "severity": self.severity, "package": self.package,
                 "version": self.version, "fixed_version": self.fixed_version,
                 "aliases": list(self.aliases)}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReport:
+    """What a scan found besides vulnerabilities: secret findings (rule, title, severity,
+    path, line, layer, deleted_later: never the matched text) and malware findings (rule,
+    path, layer, sha256, severity, deleted_later); ``sbom``: CycloneDX JSON, '' if none."""
+
+    secrets: list[dict[str, Any]]
+    malware: list[dict[str, Any]]
+    sbom: str = ""
+
+    def findings(self) -> dict[str, Any]:
+        return {"secrets": self.secrets, "malware": self.malware}
+
+
+SECRET_FIELDS = ("rule", "title", "severity", "path", "line", "layer", "deleted_later")
+MALWARE_FIELDS = ("rule", "path", "layer", "sha256", "severity", "deleted_later")
+
+
+def clean_findings(items: Iterable[dict[str, Any]], fields: tuple[str, ...]
+                   ) -> list[dict[str, Any]]:
+    """Only the named fields of each finding (a secret's ``masked`` text is dropped here,
+    whoever sent it), strings cut to 4096 characters, at most MAX_FINDINGS."""
+    out = []
+    for item in list(items)[:MAX_FINDINGS]:
+        row = {}
+        for f in fields:
+            v = item.get(f)
+            row[f] = v[:4096] if isinstance(v, str) else v
+        out.append(row)
+    return out
+
+
+def image_report(result: ScanResult) -> ImageReport:
+    """The report of a scan result, as stored beside its verdict (the SBOM is left out
+    when it is larger than MAX_SBOM)."""
+    from moray.controlplane.scanner.engine.report import to_cyclonedx
+
+    secrets = [{"rule": s.rule, "title": s.title, "severity": str(s.severity),
+                "path": s.path, "line": s.line, "layer": s.layer,
+                "deleted_later": s.deleted_later} for s in result.secrets]
+    malware = [{"rule": m.rule, "path": m.path, "layer": m.layer, "sha256": m.sha256,
+                "severity": str(m.severity), "deleted_later": m.deleted_later}
+               for m in result.malware]
+    sbom = to_cyclonedx(result)
+    return ImageReport(clean_findings(secrets, SECRET_FIELDS),
+                       clean_findings(malware, MALWARE_FIELDS),
+                       sbom if len(sbom) <= MAX_SBOM else "")
 
 
 def image_vulns(result: ScanResult) -> list[ImageVuln]:
@@ -107,15 +162,23 @@ class Verdicts(ScanStoreBase):
     def record_verdict(self, image_digest: str, image: str, policy: str, passed: bool,
                        reasons: list[str], generation: int | None = None, *,
                        vulnerabilities: Sequence[ImageVuln] | None = None,
-                       config_digest: str = "") -> Verdict:
+                       config_digest: str = "", job_id: int | None = None,
+                       report: ImageReport | None = None) -> Verdict:
         """Store a verdict stamped with the vulndb generation it was matched against
         (``generation``, e.g. read before the scan began; default: the current one);
         with ``vulnerabilities``, the image's findings replace those stored before.
-        ``config_digest``: the image's config digest (kept if '' and one is stored).
+        ``config_digest``: the image's config digest (kept if '' and one is stored);
+        ``report`` (secrets, malware, SBOM) replaces the one stored before.
         Then ``on_verdict`` is called (the server's change watcher: the image-verdict
         list agents hold), after the commit; on PostgreSQL a ``verdicts`` notification
-        goes out in the transaction for the other server processes."""
+        goes out in the transaction for the other server processes.
+
+        The image becomes an image of the tenant of the scan job ``job_id`` (without
+        one: of the tenants with a job of ``image`` queued or leased) in the same
+        transaction, before any tenant's image-verdict list can carry it: until then it
+        would count as nobody's, the default tenant's."""
         with self.transaction():
+            self._link_scanned(image, image_digest, job_id)
             current = self.generation()
             gen = current if generation is None else min(generation, current)
             if not config_digest:
@@ -127,6 +190,8 @@ class Verdicts(ScanStoreBase):
                 self._bump(c, VERDICTS_SERIAL)
             if vulnerabilities is not None:
                 self.put_vulnerabilities(image_digest, vulnerabilities)
+            if report is not None:
+                self.put_report(image_digest, report)
             self._notify_verdicts()
         if self.on_verdict is not None:
             self.on_verdict()
@@ -194,6 +259,65 @@ class Verdicts(ScanStoreBase):
             return [_verdict(r) for r in c.execute(_select().order_by(_V.image, _V.policy))]
 
     @locked
+    def put_report(self, image_digest: str, report: ImageReport) -> None:
+        row = {"findings": json.dumps(report.findings()), "secrets": len(report.secrets),
+               "malware": len(report.malware), "sbom": report.sbom, "created": self._clock()}
+        with self._conn() as c:
+            c.execute(self._insert(image_report_table).values(image_digest=image_digest, **row)
+                      .on_conflict_do_update(index_elements=["image_digest"], set_=row))
+
+    @locked
+    def report(self, image_digest: str) -> ImageReport | None:
+        with self._conn() as c:
+            row = c.execute(select(image_report_table.c.findings, image_report_table.c.sbom)
+                            .where(image_report_table.c.image_digest == image_digest)).first()
+        if row is None:
+            return None
+        found = json.loads(row[0])
+        return ImageReport(found.get("secrets", []), found.get("malware", []), row[1])
+
+    @locked
+    def image_summaries(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every image with a verdict (``tenant``: of that tenant only, as ``has_image``
+        decides): digest, image, config digest, its verdicts, how many vulnerabilities of
+        each severity, secret and malware findings (counts)."""
+        images: dict[str, dict[str, Any]] = {}
+        current = self.generation()
+        owners = self.image_tenants() if tenant is not None else {}
+        mine: set[str] = owners.get(tenant or "", set())
+        owned: set[str] = set().union(*owners.values())
+
+        def seen(digest: str) -> bool:
+            return tenant is None or digest in mine or (
+                digest not in owned and tenant == DEFAULT_TENANT)
+
+        for v in self.all_verdicts():
+            if not seen(v.image_digest):
+                continue
+            img = images.setdefault(v.image_digest, {
+                "digest": v.image_digest, "image": v.image, "config_digest": v.config_digest,
+                "scanned": v.created, "passed": True, "verdicts": [],
+                "severities": {}, "secrets": 0, "malware": 0})
+            img["verdicts"].append({"policy": v.policy, "passed": v.passed,
+                                    "reasons": v.reasons, "created": v.created,
+                                    "stale": v.vulndb_generation < current})
+            img["passed"] = img["passed"] and v.passed
+            img["scanned"] = max(img["scanned"], v.created)
+        with self._conn() as c:
+            for digest, severity, n in c.execute(
+                    select(_U.image_digest, _U.severity,
+                           func.count(func.distinct(_U.advisory + " " + _U.package)))
+                    .group_by(_U.image_digest, _U.severity)):
+                if digest in images:
+                    images[digest]["severities"][severity] = int(n)
+            r = image_report_table.c
+            for digest, secrets, malware in c.execute(select(r.image_digest, r.secrets,
+                                                             r.malware)):
+                if digest in images:
+                    images[digest]["secrets"] = int(secrets)
+                    images[digest]["malware"] = int(malware)
+        return sorted(images.values(), key=lambda i: (i["image"], i["digest"]))
+
     def verdict_counts(self) -> dict[str, int]:
         """Images by verdict, for the console's overview: ``compliant`` (every policy's
         verdict passed), ``non-compliant`` (one failed), ``unscanned`` (a digest the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -49,6 +50,35 @@ def _verifier(key: PolicyKey) -> PolicyVerifier:
     return PolicyVerifier(key.public_raw, "agent-1")
 
 
+def test_each_tenant_lists_its_own_images(engine: Engine, key: PolicyKey) -> None:
+    """Verdicts are shared by digest, lists are not: a tenant's agents get the images its
+    scans and admission reviews brought in; images nobody brought in (verdicts recorded
+    by hand) are the default tenant's."""
+    store, scans = ControlPlaneStore(engine), ScanStore(engine)
+    m3 = "sha256:" + "3" * 64
+    for digest in (M1, M2, m3):
+        scans.record_verdict(digest, f"r/{digest[7]}:1", "strict", True, [])
+    scans.link_images("t1", [M1, M2])
+    scans.link_images("t3", [M2])
+    for tenant in ("t1", "t3", "t4", "default"):
+        store.apply_policy(tenant, "gate", IMAGES, author="a", signer=FakeSigner())
+    policies: dict[str, dict[str, Any]] = {}
+    for r in store.current_policies():
+        policies.setdefault(r.tenant, {})[r.name] = r
+    ImageListSource(scans, key).add(policies)
+
+    def images_of(tenant: str) -> set[str]:
+        doc = _verifier(key).verify(policies[tenant][VERDICTS_NAME].signed()
+                                    .SerializeToString()).document
+        return {i.digest for i in ImageVerdictList.from_document(doc).images}
+
+    assert images_of("t1") == {M1, M2} and images_of("t3") == {M2}
+    assert images_of("t4") == set() and images_of("default") == {m3}
+    assert scans.has_image("t3", M2) and not scans.has_image("t3", M1)
+    assert scans.has_image("default", m3) and not scans.has_image("default", M1)
+    assert not scans.has_image("t4", m3) and scans.has_image(None, M1)
+
+
 def test_list_per_tenant_signed_and_verified_by_the_agent(engine: Engine, key: PolicyKey,
                                                           tmp_path: Path) -> None:
     store, scans = ControlPlaneStore(engine), ScanStore(engine)
@@ -56,6 +86,7 @@ def test_list_per_tenant_signed_and_verified_by_the_agent(engine: Engine, key: P
                          config_digest=C1)
     scans.record_verdict(M1, "r/app:1", "base", True, [])    # the config digest is kept
     scans.record_verdict(M2, "r/other:1", "strict", True, [])
+    scans.link_images("t1", [M1, M2])       # t1's scans and reviews brought both in
     store.apply_policy("t1", "gate", IMAGES, author="a", signer=FakeSigner())
     store.apply_policy("t2", "p", PLAIN, author="a", signer=FakeSigner())
     source = ImageListSource(scans, key)
@@ -132,16 +163,16 @@ def test_bad_documents_are_refused() -> None:
 
 def test_a_stored_verdict_wakes_the_watcher(engine: Engine, key: PolicyKey) -> None:
     store, scans = ControlPlaneStore(engine), ScanStore(engine)
-    store.apply_policy("t1", "gate", IMAGES, author="a", signer=FakeSigner())
+    store.apply_policy("default", "gate", IMAGES, author="a", signer=FakeSigner())
 
     async def main() -> None:
         watcher = PolicyWatcher(store, poll_seconds=3600, extra=ImageListSource(scans, key))
         scans.on_verdict = watcher.poke
         await watcher.start()
-        assert watcher.snapshot.tenant("t1")[VERDICTS_NAME].version == 1   # empty list
+        assert watcher.snapshot.tenant("default")[VERDICTS_NAME].version == 1   # empty list
         await asyncio.to_thread(scans.record_verdict, M1, "r/app:1", "strict", True, [])
         deadline = asyncio.get_running_loop().time() + 10   # within min_interval (2 s)
-        while watcher.snapshot.tenant("t1")[VERDICTS_NAME].version != 2:
+        while watcher.snapshot.tenant("default")[VERDICTS_NAME].version != 2:
             assert asyncio.get_running_loop().time() < deadline, "not re-read"
             await asyncio.sleep(0.01)
         await watcher.stop()
@@ -153,14 +184,14 @@ def test_lists_rebuilt_at_most_once_per_interval(engine: Engine, key: PolicyKey)
     """A burst of verdicts: the list in place stays until min_interval has passed since
     it was built (retry_in says when to read again), then the newest is built."""
     store, scans = ControlPlaneStore(engine), ScanStore(engine)
-    store.apply_policy("t1", "gate", IMAGES, author="a", signer=FakeSigner())
+    store.apply_policy("default", "gate", IMAGES, author="a", signer=FakeSigner())
     now = [100.0]
     source = ImageListSource(scans, key, min_interval=10, clock=lambda: now[0])
 
     def version() -> int:
-        policies = {"t1": {r.name: r for r in store.current_policies()}}
+        policies = {"default": {r.name: r for r in store.current_policies()}}
         source.add(policies)
-        return policies["t1"][VERDICTS_NAME].version
+        return policies["default"][VERDICTS_NAME].version
 
     assert version() == 1 and source.retry_in == 0
     scans.record_verdict(M1, "r/app:1", "strict", True, [])
@@ -176,7 +207,7 @@ def test_safety_net_poll_finds_a_verdict_written_elsewhere(engine: Engine,
     """A verdict written by another process (no poke): the poll compares the verdicts'
     version too."""
     store = ControlPlaneStore(engine)
-    store.apply_policy("t1", "gate", IMAGES, author="a", signer=FakeSigner())
+    store.apply_policy("default", "gate", IMAGES, author="a", signer=FakeSigner())
 
     async def main() -> None:
         watcher = PolicyWatcher(store, poll_seconds=0.05,
@@ -184,14 +215,29 @@ def test_safety_net_poll_finds_a_verdict_written_elsewhere(engine: Engine,
         await watcher.start()
         ScanStore(engine).record_verdict(M1, "r/app:1", "strict", True, [])
         deadline = asyncio.get_running_loop().time() + 5
-        while watcher.snapshot.tenant("t1")[VERDICTS_NAME].version != 2:
+        while watcher.snapshot.tenant("default")[VERDICTS_NAME].version != 2:
             assert asyncio.get_running_loop().time() < deadline, "not found by the poll"
             await asyncio.sleep(0.01)
         listed = ImageVerdictList.from_document(
             json.loads(moray_pb2.PolicyPayload.FromString(
-                watcher.snapshot.tenant("t1")[VERDICTS_NAME].payload).document_json))
+                watcher.snapshot.tenant("default")[VERDICTS_NAME].payload).document_json))
         assert listed.lookup(M1) is not None
         await watcher.stop()
 
     asyncio.run(main())
 
+
+
+def test_a_scans_verdict_links_the_image_to_its_jobs_tenant(engine: Engine) -> None:
+    """The verdict a worker reports for a job makes the image that job's tenant's, in the
+    verdict's own transaction (never nobody's, the default tenant's, in between); another
+    tenant's job of the same reference does not get it (it may lack the credentials)."""
+    scans = ScanStore(engine)
+    job_a = scans.enqueue_scan("reg/private:1", tenant="a")
+    scans.enqueue_scan("reg/private:1", tenant="b")
+    scans.record_verdict(M1, "reg/private:1", "p", True, [], job_id=job_a)
+    assert scans.has_image("a", M1) and not scans.has_image("b", M1)
+    assert not scans.has_image("default", M1)
+    # a verdict without its job (an older worker): every tenant with a job of the image
+    scans.record_verdict(M2, "reg/private:1", "p", True, [])
+    assert scans.has_image("a", M2) and scans.has_image("b", M2)

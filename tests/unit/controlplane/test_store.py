@@ -32,7 +32,7 @@ def test_default_url_is_sqlite_under_data_dir(tmp_path: Path,
 
 
 def test_migrations_match_models(engine: Engine) -> None:
-    assert db.current_revision(engine) == db.HEAD == "0010"
+    assert db.current_revision(engine) == db.HEAD == "0011"
     assert db.at_head(engine)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"include_object": include_object})
@@ -163,3 +163,22 @@ def test_event_rows_fit_the_columns() -> None:
     assert len(row[0]) == 64 and row[0] == _event_row(long_id)[0] and len(row[2]) == 32
     no_id = _event_row(moray_pb2.Event(payload_json=b'{"b":2}'))
     assert len(no_id[0]) == 64 and no_id[2] == "unknown"
+
+
+def test_audit_log_pages_newest_first_and_filters(store: ControlPlaneStore) -> None:
+    for i in range(5):
+        store.record_audit("admin:alice" if i % 2 else "operator:bob", f"policy.x{i}", "t", {})
+    store.record_audit("admin:x_y", "token.create", "t", {})
+    ids = [r["id"] for r in store.audit_log(limit=100)]
+    assert ids == sorted(ids)
+    newest = store.audit_log(before_id=2**63 - 1, limit=2)
+    assert [r["id"] for r in newest] == ids[::-1][:2]
+    assert [r["id"] for r in store.audit_log(before_id=newest[-1]["id"], limit=100)] == \
+        ids[::-1][2:]
+    assert {r["actor"] for r in store.audit_log(actor="alice")} == {"admin:alice"}
+    assert {r["actor"] for r in store.audit_log(actor="operator:bob")} == {"operator:bob"}
+    assert store.audit_log(actor="x%y") == []               # LIKE wildcards are literal
+    assert len(store.audit_log(actor="x_y")) == 1
+    assert len(store.audit_log(action="policy.")) == 5
+    assert [r["action"] for r in store.audit_log(action="policy.x3")] == ["policy.x3"]
+    assert store.audit_log(action="policy") == []

@@ -193,6 +193,8 @@ def test_cookie_parsing() -> None:
 def app(engine: Engine, tmp_path: Any, clock: Clock) -> Iterator[tuple[TestClient, UserStore]]:
     store = ControlPlaneStore(engine, clock=clock)
     users = UserStore(store, passwords=Passwords(FAST))
+    for tenant in ("t1", "t2"):      # the tenant registry (i-tenancy): tokens need one
+        store.create_tenant(tenant, author="t")
     users.create_user("root", PW, "admin", None, author="t")
     users.create_user("t1-admin", PW, "admin", "t1", author="t")
     users.create_user("t2-view", PW, "viewer", "t2", author="t")

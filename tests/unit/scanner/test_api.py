@@ -16,6 +16,7 @@ from moray.controlplane.scanner.engine.source import open_source  # noqa: E402
 from moray.controlplane.scanner.service.api import SCAN_ACCESS, scan_router  # noqa: E402
 from moray.controlplane.scanner.service.remote import HttpJobQueue, RemoteError, RemoteMatcher  # noqa: E402
 from moray.controlplane.scanner.service.worker import run_worker  # noqa: E402
+from moray.controlplane.server.rest import Principal  # noqa: E402
 from moray.controlplane.store.scanstore import ScanStore  # noqa: E402
 from moray.controlplane.vulndb.importer import import_path  # noqa: E402
 from moray.controlplane.vulndb.matcher import Matcher  # noqa: E402
@@ -29,10 +30,10 @@ POLICY = "kind: ImageAssurancePolicy\nmetadata: {name: p}\nspec: {notRoot: true}
 def _authorize(method: str, path: str) -> Any:
     assert (method, path) in SCAN_ACCESS
 
-    def check(authorization: str = Header("")) -> str:
+    def check(authorization: str = Header("")) -> Principal:
         if authorization != "Bearer good":
             raise HTTPException(401, "invalid token")
-        return "ok"
+        return Principal("test", "admin")
 
     return check
 
@@ -157,3 +158,53 @@ def test_registration_import_and_lease_endpoints(tmp_path: Path) -> None:
     assert queue.generation() == 1
     assert queue.release_scan(job.id, "w")
     assert store.jobs()[0]["status"] == "queued"
+
+
+def test_image_report_endpoints(tmp_path: Path) -> None:
+    """A remote worker's scan stores the image's vulnerabilities, secrets (rule, file, line:
+    never the matched text), malware and CycloneDX SBOM; the console's endpoints serve
+    them."""
+    from tests.fixtures.images import rootfs
+
+    store = ScanStore(tmp_path / "moray.db")
+    import_path(advisories_dir(), store)
+    app = fastapi.FastAPI()
+    app.include_router(scan_router(store, _authorize))
+    client = TestClient(app)
+    auth = {"Authorization": "Bearer good"}
+    image = tmp_path / "img.tar"
+    scenarios.debian_app().write_docker_archive(image)
+    client.post("/api/v1/scan-jobs", json={"image": str(image), "policy": POLICY}, headers=auth)
+    queue = HttpJobQueue("http://testserver", "good", client=client)
+    from moray.controlplane.scanner.engine.malware import MalwareScanner
+    from moray.controlplane.scanner.engine.secrets import SecretScanner
+
+    options = ScanOptions(matcher=Matcher(store), secrets=SecretScanner(),
+                          malware=MalwareScanner())
+    stats = run_worker(queue, lambda job: scan_image(open_source(Path(job.image)), options),
+                       name="w", verdicts=queue, once=True)
+    assert stats.done == 1
+    (img,) = client.get("/api/v1/images", headers=auth).json()
+    digest = img["digest"]
+    assert img["passed"] is False and img["verdicts"][0]["policy"] == "p"
+    assert img["secrets"] >= 1 and img["malware"] >= 1 and sum(img["severities"].values())
+    # (GET /api/v1/images/{digest}/vulnerabilities is the admission router's)
+    assert len(store.vulnerabilities(digest)) == sum(img["severities"].values())
+    found = client.get(f"/api/v1/images/{digest}/findings", headers=auth)
+    body = found.text
+    assert rootfs.AWS_SECRET not in body and rootfs.AWS_SECRET[:6] not in body
+    assert rootfs.AWS_KEY_ID not in body and "masked" not in body
+    secret = found.json()["secrets"][0]
+    assert secret["path"] == "root/.aws/credentials" and secret["line"] >= 1
+    assert found.json()["sbom"] is True and found.json()["malware"][0]["path"]
+    sbom = client.get(f"/api/v1/images/{digest}/sbom", headers=auth)
+    assert sbom.status_code == 200 and "attachment" in sbom.headers["content-disposition"]
+    assert sbom.headers["x-content-type-options"] == "nosniff"
+    assert sbom.json()["bomFormat"] == "CycloneDX"
+    assert client.get("/api/v1/images/sha256:none/findings", headers=auth).status_code == 404
+    assert client.get("/api/v1/images/sha256:none/sbom", headers=auth).status_code == 404
+    # a client sending a secret's text: the server keeps only the named fields
+    client.post(f"/api/v1/images/{digest}/verdicts", headers=auth, json={
+        "image": "x", "policy": "p", "passed": True, "report": {"secrets": [
+            {"rule": "r", "path": "f", "line": 3, "masked": "hunter2", "match": "hunter2"}]}})
+    assert "hunter2" not in client.get(f"/api/v1/images/{digest}/findings", headers=auth).text

@@ -7,4 +7,10 @@ export const PAGES = [
   'policies',
   'events',
   'alerts',
+  'images',
+  'registries',
+  'audit',
+  'users',
+  'tokens',
+  'tenants',
 ];

@@ -1,7 +1,7 @@
 """the console's event filters: columns taken from the payload, and their indexes
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-07
 
 ``cp_event`` gets the columns the console filters on (rule, priority, container name and
@@ -25,7 +25,7 @@ from alembic import op
 from moray.controlplane.store.eventcols import event_columns
 
 revision = '0010'
-down_revision = '0008'  # re-chained after i-auth's 0008 (merge into i-ui)
+down_revision = '0009'  # re-chained: 0008 (i-auth), 0009 (i-tenancy), 0010
 branch_labels = None
 depends_on = None
 
