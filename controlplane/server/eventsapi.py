@@ -36,7 +36,8 @@ EVENTS_ACCESS: dict[tuple[str, str], str] = {
 INT64_MAX = 2**63 - 1
 MAX_HOURS = 24 * 31
 
-Value = Annotated[str | None, Query(max_length=512)]
+# a filter value: no NUL (PostgreSQL text cannot hold one: refused here on every database)
+Value = Annotated[str | None, Query(max_length=512, pattern=r"^[^\x00]*$")]
 Seq = Annotated[int | None, Query(ge=1, le=INT64_MAX)]
 Millis = Annotated[int | None, Query(ge=-INT64_MAX, le=INT64_MAX)]
 

@@ -861,7 +861,7 @@ class ControlPlaneStore:
             row = session.get(Event, seq)
             if row is None or (tenant is not None and row.tenant != tenant):
                 return None
-            return {"event": cpevents.event_item(row), **_payload(row),
+            return {"event": cpevents.event_item(row), "payload": _payload(row)["event"],
                     "ancestry": cpevents.ancestry(session, row)}
 
     def overview(self, *, tenant: str | None = None, hours: int = 24,

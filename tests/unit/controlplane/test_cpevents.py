@@ -164,7 +164,8 @@ def test_ancestry_walks_the_agents_exec_and_fork_events(store: ControlPlaneStore
         (30, ["cat", "/etc/shadow"]), (20, ["bash"]), (10, ["sshd", "-D"]),
         (1, ["/sbin/init"])]
     assert all(s["time_ms"] == int(NOW * 1000) for s in chain)
-    assert detail["event"]["rule"] == "Read sensitive file"
+    assert detail["event"]["rule"] == "Read sensitive file" and detail["event"]["seq"] == seq
+    assert detail["payload"]["event"]["process"]["pid"] == 30     # as the agent sent it
     assert store.event_detail(seq, tenant="other") is None
     assert store.event_detail(10**12) is None
 

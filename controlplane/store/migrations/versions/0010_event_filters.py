@@ -7,11 +7,12 @@ Create Date: 2026-12-07
 ``cp_event`` gets the columns the console filters on (rule, priority, container name and
 id, image, node), an enforcement decision's ``action`` and, for exec and fork events,
 the process's ``exec_id`` (the ancestry's lookup key), all set when a row is stored
-(controlplane/store/eventcols.py). Indexes: (tenant, value, seq) per filter (partial, on
-the rows that have the value, for the columns most events leave NULL), (tenant, seq),
-(agent_id, seq), (agent_id, exec_id) of exec/fork events, and the overview's partial
-(time_ms, tenant, ...) indexes of alerts and of enforcement decisions. The index on
-``type`` alone goes: (tenant, type, seq) serves what it did.
+(controlplane/store/eventcols.py). Indexes: (tenant, value, seq, time_ms) per filter
+(time_ms: a time window is checked in the index; partial, on the rows that have the
+value, for the columns most events leave NULL), (tenant, seq, time_ms), (agent_id, seq,
+time_ms), (agent_id, exec_id) of exec/fork events, and the overview's partial (time_ms,
+tenant, ...) indexes of alerts and of enforcement decisions. The index on ``type`` alone
+goes: (tenant, type, seq, time_ms) serves what it did.
 
 Rows already stored are filled in here, 5,000 at a time in seq order, before the indexes
 are built (about a minute for a million events on SQLite).
@@ -68,12 +69,12 @@ def upgrade() -> None:
             batch.add_column(sa.Column(name, sa.String(size), nullable=True))
         batch.drop_index('ix_cp_event_type')
     _backfill()
-    op.create_index('ix_cp_event_tenant_seq', 'cp_event', ['tenant', 'seq'])
-    op.create_index('ix_cp_event_agent_seq', 'cp_event', ['agent_id', 'seq'])
-    op.create_index('ix_cp_event_tenant_type', 'cp_event', ['tenant', 'type', 'seq'])
-    op.create_index('ix_cp_event_tenant_node', 'cp_event', ['tenant', 'node', 'seq'])
+    op.create_index('ix_cp_event_tenant_seq', 'cp_event', ['tenant', 'seq', 'time_ms'])
+    op.create_index('ix_cp_event_agent_seq', 'cp_event', ['agent_id', 'seq', 'time_ms'])
+    op.create_index('ix_cp_event_tenant_type', 'cp_event', ['tenant', 'type', 'seq', 'time_ms'])
+    op.create_index('ix_cp_event_tenant_node', 'cp_event', ['tenant', 'node', 'seq', 'time_ms'])
     for column in PARTIAL:
-        _partial(f'ix_cp_event_tenant_{column}', ['tenant', column, 'seq'],
+        _partial(f'ix_cp_event_tenant_{column}', ['tenant', column, 'seq', 'time_ms'],
                  f'{column} IS NOT NULL')
     _partial('ix_cp_event_exec', ['agent_id', 'exec_id'], 'exec_id IS NOT NULL')
     _partial('ix_cp_event_alert_time', ['time_ms', 'tenant', 'rule'], "type = 'alert'")
