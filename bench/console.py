@@ -183,7 +183,7 @@ def filters(engine: Engine, agents: list[str]) -> list[tuple[str, EventFilter]]:
     with engine.connect() as c:
         common_rule = c.execute(text("SELECT rule FROM cp_event WHERE type = 'alert' "
                                      "GROUP BY rule ORDER BY count(*) DESC LIMIT 1")).scalar()
-        ctr = c.execute(text("SELECT container, container_id, image FROM cp_event "
+        ctr = c.execute(text("SELECT container, image FROM cp_event "
                              "WHERE container IS NOT NULL ORDER BY seq DESC LIMIT 1")).one()
     last_hour = int(time.time() * 1000) - 3_600_000
     out = [("all", EventFilter()), ("type=alert", EventFilter(type="alert")),
@@ -192,9 +192,8 @@ def filters(engine: Engine, agents: list[str]) -> list[tuple[str, EventFilter]]:
            ("rule=<rare, ~0.05% of alerts>", EventFilter(rule=RARE_RULE)),
            ("priority=CRITICAL", EventFilter(priority="CRITICAL")),
            ("container=<name>", EventFilter(container=ctr[0])),
-           ("container_id=<id>", EventFilter(container_id=ctr[1])),
-           ("image=<image>", EventFilter(image=ctr[2])),
-           ("node=node-050", EventFilter(node="node-050")),
+           ("image=<image>", EventFilter(image=ctr[1])),
+           ("node=node-050 (its agent's host name)", EventFilter(node="node-050")),
            ("agent=<id>", EventFilter(agent_id=agents[50])),
            ("since_ms=<1 h ago>", EventFilter(since_ms=last_hour)),
            ("type=alert&since_ms=<1 h ago>", EventFilter(type="alert", since_ms=last_hour)),

@@ -62,8 +62,8 @@ def events_router(store: ControlPlaneStore, hub: AgentHub | None, scans: ScanSto
     @router.get(P + "/events", response_model=None)
     def events(who: Annotated[Any, dep("GET", P + "/events")],
                agent: Value = None, type: Value = None, rule: Value = None,
-               priority: Value = None, container: Value = None, container_id: Value = None,
-               image: Value = None, node: Value = None, tenant: Value = None,
+               priority: Value = None, container: Value = None, image: Value = None,
+               node: Value = None, tenant: Value = None,
                since_ms: Millis = None, until_ms: Millis = None,
                before: Seq = None,
                after: Annotated[int, Query(ge=0, le=INT64_MAX,
@@ -73,8 +73,7 @@ def events_router(store: ControlPlaneStore, hub: AgentHub | None, scans: ScanSto
                limit: Annotated[int, Query(ge=1, le=10000)] = 100,
                ) -> dict[str, Any] | list[dict[str, Any]]:
         where = EventFilter(tenant=_scope(who, tenant), agent_id=agent, type=type, rule=rule,
-                            priority=priority, container=container,
-                            container_id=container_id, image=image, node=node,
+                            priority=priority, container=container, image=image, node=node,
                             since_ms=since_ms, until_ms=until_ms)
         if not page and before is None:
             return store.query_events(where=where, after_seq=after, limit=limit)

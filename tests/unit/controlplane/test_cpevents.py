@@ -52,27 +52,34 @@ def ids(store: ControlPlaneStore, **where: Any) -> list[int]:
     return [e["seq"] for e in found]
 
 
+def enrolled_on(store: ControlPlaneStore, hostname: str, tenant: str = "t") -> str:
+    token = store.create_enrollment_token(tenant=tenant, labels={}, author="admin")
+    return store.enroll_agent(token, hostname=hostname, labels={},
+                              issue=lambda agent_id: (f"serial-{agent_id}", "sha")).id
+
+
 def test_filters_come_from_the_payload(store: ControlPlaneStore) -> None:
-    agent = enrolled(store)
+    agent, other = enrolled_on(store, "n1"), enrolled_on(store, "n2")
     web = container("web", "nginx:1")
     put(store, agent, "t", [
         proc_event("exec", 10, 1, ctr=web),                                  # 1
         alert("Shell in container", "WARNING", proc_event("exec", 11, 10, ctr=web)),
         enforce("blocked", "deny-shells"),                                   # 3, host
-        proc_event("open", 12, 1, ctr=container("db", "postgres:16"), node="n2"),
-        {"type": "exit"},                                                    # no fields
     ])
+    put(store, other, "t", [proc_event("open", 12, 1, ctr=container("db", "postgres:16"),
+                                       node="n2")])
+    put(store, agent, "t", [{"type": "exit"}])                                # no fields
     assert ids(store) == [5, 4, 3, 2, 1]
     assert ids(store, type="alert") == [2]
     assert ids(store, rule="Shell in container") == [2]
     assert ids(store, rule="deny-shells") == [3]
     assert ids(store, priority="WARNING") == [2]
     assert ids(store, container="web") == [2, 1]
-    assert ids(store, container_id="db-id") == [4]
     assert ids(store, image="postgres:16") == [4]
-    assert ids(store, node="n2") == [4]
+    assert ids(store, node="n2") == [4]                 # the agent's host name
     assert ids(store, node="n1", container="web", type="exec") == [1]
-    assert ids(store, agent_id=agent) == [5, 4, 3, 2, 1]
+    assert ids(store, node="n1", tenant="other") == ids(store, node="nowhere") == []
+    assert ids(store, agent_id=agent) == [5, 3, 2, 1]
     assert ids(store, tenant="other") == []
     found, _ = store.event_page(EventFilter(type="alert"))
     item = found[0]
