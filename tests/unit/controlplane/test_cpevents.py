@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from moray.controlplane.store import db
 from moray.controlplane.store.cpevents import HOUR_MS, MAX_ANCESTRY, EventFilter
 from moray.controlplane.store.cpstore import ControlPlaneStore
+from moray.controlplane.store.eventcols import event_columns
 from moray.controlplane.store.scanstore import ScanStore, Verdict, WorkloadImage, WorkloadReview
 from tests.unit.controlplane.test_store import enrolled
 
@@ -255,3 +256,15 @@ def test_revision_0010_fills_the_columns_of_stored_events(tmp_path: Path) -> Non
                                 ).scalars().all() == [None, "11:1", None]
     finally:
         engine.dispose()
+
+
+def test_ingest_takes_the_columns_when_it_checks_the_payload() -> None:
+    """The server parses a payload once: the row it stores carries the columns."""
+    from moray.api.proto import moray_pb2
+    from moray.controlplane.server.agentapi import _event_row
+
+    payload = json.dumps(alert("R", "ERROR", proc_event("open", 1, None, ctr=container("c"))))
+    row = _event_row(moray_pb2.Event(id="a", type="alert", payload_json=payload.encode()))
+    assert not isinstance(row, str) and len(row) == 5
+    assert row[4] == event_columns("alert", payload)
+    assert (row[4].rule, row[4].container, row[4].image) == ("R", "c", "nginx:1")
