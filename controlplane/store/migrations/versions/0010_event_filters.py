@@ -16,7 +16,7 @@ tenant, ...) indexes of alerts and of enforcement decisions. The indexes on ``ty
 on (agent_id, time_ms) go: no query needs them any more, and each index costs ingest.
 
 Rows already stored are filled in here, 5,000 at a time in seq order, before the indexes
-are built: a large store's upgrade takes a while (each payload is parsed once).
+are built: 6 s for 200,000 events on SQLite (~30 s a million) on the development machine.
 """
 
 from __future__ import annotations
