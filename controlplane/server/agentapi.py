@@ -48,10 +48,12 @@ from moray.controlplane.server.policydoc import selects_host
 from moray.controlplane.store.cpstore import (
     AgentRecord,
     ControlPlaneStore,
+    EventRow,
     PolicyAckRow,
     PolicyRecord,
     StoreError,
 )
+from moray.controlplane.store.eventcols import columns_of
 
 log = logging.getLogger(__name__)
 
@@ -339,10 +341,10 @@ class _PolicySession:
 
 
 def event_rows(events: Iterable[moray_pb2.Event], metrics: ServerMetrics
-               ) -> tuple[list[tuple[str, int, str, str]], int]:
+               ) -> tuple[list[EventRow], int]:
     """The rows of a batch that can be stored, and how many were refused (counted by
     reason in ``events_rejected``): the agent's stream and a gateway's share this."""
-    rows: list[tuple[str, int, str, str]] = []
+    rows: list[EventRow] = []
     rejected = 0
     for event in events:
         row = _event_row(event)
@@ -354,27 +356,29 @@ def event_rows(events: Iterable[moray_pb2.Event], metrics: ServerMetrics
     return rows, rejected
 
 
-def _event_row(event: moray_pb2.Event) -> tuple[str, int, str, str] | str:
-    """(id, time_ms, type, payload) fitted to the columns, so no event can make a batch
-    fail forever (the agent would resend it for ever): an id longer than the column is
-    replaced by its SHA-256 (still the same for every delivery), an empty one by the
-    payload's, the type is cut to 32 characters. An event that cannot be stored as it is
-    (the reason, a metric label, is returned instead): a payload larger than
-    MAX_EVENT_BYTES, or one that is not a JSON object in UTF-8."""
+def _event_row(event: moray_pb2.Event) -> EventRow | str:
+    """(id, time_ms, type, payload, filter columns) fitted to the columns, so no event can
+    make a batch fail forever (the agent would resend it for ever): an id longer than the
+    column is replaced by its SHA-256 (still the same for every delivery), an empty one by
+    the payload's, the type is cut to 32 characters. The payload is parsed once, here: to
+    check it and to take the console's filter columns (store/eventcols.py). An event that
+    cannot be stored as it is (the reason, a metric label, is returned instead): a payload
+    larger than MAX_EVENT_BYTES, or one that is not a JSON object in UTF-8."""
     raw = event.payload_json or b"{}"
     if len(raw) > MAX_EVENT_BYTES:
         return "payload_too_large"
     try:
-        if not isinstance(orjson.loads(raw), dict):
-            return "payload_not_json"
+        parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:     # also invalid UTF-8
+        return "payload_not_json"
+    if not isinstance(parsed, dict):
         return "payload_not_json"
     payload = raw.decode()
     event_id = event.id
     if not event_id or len(event_id) > 64 or "\x00" in event_id:   # PostgreSQL text: no NUL
         event_id = hashlib.sha256((event_id or payload).encode()).hexdigest()
-    kind = event.type.replace("\x00", "") or "unknown"
-    return event_id, event.time_ms, kind[:32], payload
+    kind = (event.type.replace("\x00", "") or "unknown")[:32]
+    return event_id, event.time_ms, kind, payload, columns_of(kind, parsed)
 
 
 def ack_status(value: int) -> str | None:

@@ -36,6 +36,7 @@ from moray.controlplane.server.hub import StreamHandle
 from moray.controlplane.server.policydoc import selects_host
 from moray.controlplane.store.cpstore import (
     AgentRecord,
+    EventRow,
     PolicyAckRow,
     PolicyRecord,
 )
@@ -145,7 +146,7 @@ class GatewayServiceImpl(moray_pb2_grpc.GatewayServiceServicer):  # type: ignore
                                      duplicates=duplicates, rejected=rejected)
 
     async def _store_events(self, gateway: str,
-                            groups: list[tuple[str, str, list[tuple[str, int, str, str]]]],
+                            groups: list[tuple[str, str, list[EventRow]]],
                             known: dict[str, AgentRecord]) -> tuple[int, int]:
         """Store a gateway batch's groups of events, each under its agent's id and tenant,
         with the other batches waiting (agentapi's IngestWriter). A group whose agent
@@ -155,7 +156,7 @@ class GatewayServiceImpl(moray_pb2_grpc.GatewayServiceServicer):  # type: ignore
                    or rec.cert_sha256 != sha]
         if unknown:
             known = {**known, **await asyncio.to_thread(self._agents, unknown)}
-        accepted: list[tuple[str, str, list[tuple[str, int, str, str]]]] = []
+        accepted: list[tuple[str, str, list[EventRow]]] = []
         for agent_id, sha, rows in groups:
             agent = known.get(agent_id)
             why = refusal(agent, sha)

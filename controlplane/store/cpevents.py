@@ -6,9 +6,11 @@ in cpstore.py only.
 Every page is a backward range scan of one (tenant, filter, seq) index
 (controlplane/store/models.py), never an OFFSET: the client passes the last ``seq`` it
 got as ``before``. A reader of every tenant gets the union of each tenant's scan (at most
-``limit`` rows each), merged by ``seq``; with more than ``MAX_UNION_TENANTS`` tenants the
-query is left to the planner. The overview counts rows of the partial indexes of alerts
-and enforcement decisions over the window without reading a payload.
+``limit`` rows each), merged by ``seq``; a node's page is the union of its agents'
+(agent_id, seq) scans (a node is an agent's host name); with more than
+``MAX_UNION_TENANTS`` arms the query is left to the planner. The overview counts rows of
+the partial indexes of alerts and enforcement decisions over the window without reading
+a payload.
 """
 
 from __future__ import annotations
@@ -46,19 +48,18 @@ class EventFilter:
     rule: str | None = None
     priority: str | None = None
     container: str | None = None         # the container's name
-    container_id: str | None = None
     image: str | None = None
-    node: str | None = None
+    node: str | None = None              # the agents with this host name
     since_ms: int | None = None          # time_ms >= since_ms
     until_ms: int | None = None          # time_ms < until_ms
 
     def conditions(self) -> list[ColumnElement[bool]]:
+        """The conditions on the rows (the node's: ``scan_arms``)."""
         out: list[ColumnElement[bool]] = []
-        for column, value in ((Event.agent_id, self.agent_id), (Event.type, self.type),
-                              (Event.rule, self.rule), (Event.priority, self.priority),
-                              (Event.container, self.container),
-                              (Event.container_id, self.container_id),
-                              (Event.image, self.image), (Event.node, self.node)):
+        for column, value in ((Event.tenant, self.tenant), (Event.agent_id, self.agent_id),
+                              (Event.type, self.type), (Event.rule, self.rule),
+                              (Event.priority, self.priority),
+                              (Event.container, self.container), (Event.image, self.image)):
             if value is not None:
                 out.append(column == value)
         if self.since_ms is not None:
@@ -96,45 +97,61 @@ def _tenants(session: Session) -> list[str]:
     return sorted(t for (t,) in session.execute(select(Agent.tenant).distinct()))
 
 
-def page_statement(where: EventFilter, tenants: Sequence[str | None], *,
-                   before: int | None, after: int, limit: int,
-                   newest_first: bool) -> Select[Any]:
-    """The query of a page's ``seq`` values: one index scan, or with several ``tenants``
-    the union of one scan per tenant, merged."""
+# one index scan of a page: a tenant's, an agent's, or (None) the planner's choice
+Arm = ColumnElement[bool] | None
+
+
+def page_statement(where: EventFilter, arms: Sequence[Arm], *, before: int | None,
+                   after: int, limit: int, newest_first: bool) -> Select[Any]:
+    """The query of a page's ``seq`` values: one index scan, or with several ``arms`` the
+    union of one scan per arm, merged."""
     order = Event.seq.desc() if newest_first else Event.seq.asc()
     bounds = [*where.conditions(), Event.seq > after]
     if before is not None:
         bounds.append(Event.seq < before)
 
-    def scan(tenant: str | None) -> Select[Any]:
+    def scan(arm: Arm) -> Select[Any]:
         query = select(Event.seq).where(*bounds)
-        if tenant is not None:
-            query = query.where(Event.tenant == tenant)
+        if arm is not None:
+            query = query.where(arm)
         return query.order_by(order).limit(limit)
 
-    if len(tenants) == 1:
-        return scan(tenants[0])
-    arms = union_all(*(select(scan(t).subquery().c.seq) for t in tenants)).subquery()
-    return select(arms.c.seq).order_by(
-        arms.c.seq.desc() if newest_first else arms.c.seq.asc()).limit(limit)
+    if len(arms) == 1:
+        return scan(arms[0])
+    union = union_all(*(select(scan(a).subquery().c.seq) for a in arms)).subquery()
+    return select(union.c.seq).order_by(
+        union.c.seq.desc() if newest_first else union.c.seq.asc()).limit(limit)
 
 
-def scan_tenants(session: Session, where: EventFilter) -> list[str | None]:
-    """The tenants a page scans one by one: the filter's; for a reader of every tenant
-    each tenant that has agents (None: one scan without a tenant, when there are more
-    than MAX_UNION_TENANTS or the filter names an agent, whose events are one tenant's)."""
+def scan_arms(session: Session, where: EventFilter) -> list[Arm]:
+    """The index scans a page is made of: a node's agents one by one (an empty list: the
+    node has no agent); the filter's tenant or agent; for a reader of every tenant each
+    tenant that has agents. More than MAX_UNION_TENANTS: one scan the planner picks."""
+    if where.node is not None:
+        query = select(Agent.id).where(Agent.hostname == where.node)
+        if where.tenant is not None:
+            query = query.where(Agent.tenant == where.tenant)
+        if where.agent_id is not None:
+            query = query.where(Agent.id == where.agent_id)
+        agents = sorted(session.scalars(query))
+        if len(agents) > MAX_UNION_TENANTS:
+            return [Event.agent_id.in_(agents)]
+        return [Event.agent_id == a for a in agents]
     if where.tenant is not None or where.agent_id is not None:
-        return [where.tenant]
+        return [None]
     found = _tenants(session)
-    return list(found) if 1 <= len(found) <= MAX_UNION_TENANTS else [None]
+    return [Event.tenant == t for t in found] if 1 <= len(found) <= MAX_UNION_TENANTS \
+        else [None]
 
 
 def page_seqs(session: Session, where: EventFilter, *, before: int | None, after: int,
               limit: int, newest_first: bool) -> list[int]:
     """The ``seq`` of the page's rows, in page order."""
+    arms = scan_arms(session, where)
+    if not arms:
+        return []
     return list(session.scalars(page_statement(
-        where, scan_tenants(session, where), before=before, after=after, limit=limit,
-        newest_first=newest_first)))
+        where, arms, before=before, after=after, limit=limit, newest_first=newest_first)))
 
 
 def page(session: Session, where: EventFilter, *, before: int | None = None,

@@ -31,7 +31,7 @@ from moray.api.proto import moray_pb2
 from moray.api.tenants import TenantNameError, check_tenant
 from moray.controlplane.store import cpevents
 from moray.controlplane.store.cpevents import EventFilter
-from moray.controlplane.store.eventcols import event_columns
+from moray.controlplane.store.eventcols import EventColumns, event_columns
 from moray.controlplane.store.models import (
     Agent,
     AgentPolicy,
@@ -210,8 +210,17 @@ class InsertResult:
     duplicates: int
 
 
-# one agent's events to store: (agent id, tenant, rows of (id, time_ms, type, payload))
-EventGroup = tuple[str, str, Sequence[tuple[str, int, str, str]]]
+# one event to store: (id, time_ms, type, payload), and its filter columns when the
+# caller has them (eventcols.columns_of; else the store takes them from the payload)
+EventRow = tuple[str, int, str, str] | tuple[str, int, str, str, EventColumns]
+# one agent's events to store: (agent id, tenant, rows)
+EventGroup = tuple[str, str, Sequence[EventRow]]
+
+
+def _columns(row: EventRow) -> EventColumns:
+    if len(row) == 5:
+        return row[4]
+    return event_columns(row[2], row[3])
 
 
 def sha256_hex(data: bytes | str) -> str:
@@ -768,7 +777,7 @@ class ControlPlaneStore:
     # -- events --------------------------------------------------------------------------
 
     def insert_events(self, agent_id: str, tenant: str,
-                      events: Sequence[tuple[str, int, str, str]]) -> InsertResult:
+                      events: Sequence[EventRow]) -> InsertResult:
         """Store one agent's (id, time_ms, type, payload_json) rows (``insert_groups``);
         raises AgentRevoked when the agent is revoked or unknown."""
         result = self.insert_groups([(agent_id, tenant, events)])[0]
@@ -832,8 +841,8 @@ class ControlPlaneStore:
                     results.append(None)
                 else:
                     cursor.executemany(self._SQLITE_INSERT, [
-                        (i, agent_id, tenant, t, ms, now, p, *event_columns(t, p))
-                        for i, ms, t, p in rows])
+                        (r[0], agent_id, tenant, r[2], r[1], now, r[3], *_columns(r))
+                        for r in rows])
                     results.append(InsertResult(cursor.rowcount, len(rows) - cursor.rowcount))
         finally:
             cursor.close()
@@ -844,15 +853,16 @@ class ControlPlaneStore:
         """One statement for every group; RETURNING names only the rows this transaction
         inserted, so the counts stay right when two deliveries of one batch race (a
         reconnect during a commit, possibly to another server process)."""
-        unique: dict[tuple[str, str], tuple[str, int, str, str, str]] = {}
+        unique: dict[tuple[str, str], tuple[str, EventRow]] = {}
         for agent_id, tenant, rows in groups:
             if agent_id in alive:
-                for i, ms, t, p in rows:
-                    unique.setdefault((agent_id, i), (tenant, ms, t, p, i))
+                for row in rows:
+                    unique.setdefault((agent_id, row[0]), (tenant, row))
         inserted: set[tuple[str, str]] = set()
         if unique:
-            keys, values = list(unique), list(unique.values())
-            columns = list(zip(*(event_columns(v[2], v[3]) for v in values), strict=True))
+            keys = list(unique)
+            values = [(tenant, r[1], r[2], r[3]) for tenant, r in unique.values()]
+            columns = list(zip(*(_columns(r) for _, r in unique.values()), strict=True))
             connection = session.connection().connection.driver_connection
             assert connection is not None
             with connection.cursor() as cursor:
@@ -906,7 +916,7 @@ class ControlPlaneStore:
             row = session.get(Event, seq)
             if row is None or (tenant is not None and row.tenant != tenant):
                 return None
-            return {"event": cpevents.event_item(row), **_payload(row),
+            return {"event": cpevents.event_item(row), "payload": _payload(row)["event"],
                     "ancestry": cpevents.ancestry(session, row)}
 
     def overview(self, *, tenant: str | None = None, hours: int = 24,

@@ -60,8 +60,12 @@ def event_columns(kind: str, payload: str | bytes) -> EventColumns:
         event = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return NONE
-    if not isinstance(event, dict):
-        return NONE
+    return columns_of(kind, event) if isinstance(event, dict) else NONE
+
+
+def columns_of(kind: str, event: dict[str, Any]) -> EventColumns:
+    """``event_columns`` of a payload already parsed (the server's ingest parses each
+    payload once, to check it, and takes the columns then)."""
     inner = _obj(event.get("event")) if kind == "alert" else event
     container = _obj(inner.get("container"))
     enforcement = _obj(event.get("enforcement"))

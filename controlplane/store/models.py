@@ -132,24 +132,25 @@ def _partial(name: str, *columns: str, where: str) -> Index:
 
 
 # The console's filters (revision 0010): each serves "the newest events of a tenant with
-# this value, page by page" as one backward range scan of (tenant, value, seq); columns
-# most events leave NULL are indexed where set only. A global reader's page is a union of
-# the tenants' scans (controlplane/store/cpevents.py). The overview's counts scan the two
-# partial (time_ms, ...) indexes of alerts and enforcement decisions without reading rows.
-EVENT_FILTERS = ("type", "rule", "priority", "container", "container_id", "image", "node")
+# this value, page by page" as one backward range scan of (tenant, value, seq), with
+# time_ms in the index so that a time window is checked without reading rows; columns
+# most events leave NULL are indexed where set only. A node is its agents' (agent_id,
+# seq) scans; a global reader's page is a union of the tenants' scans
+# (controlplane/store/cpevents.py). The overview's counts scan the two partial (time_ms,
+# ...) indexes of alerts and enforcement decisions. Every index costs ingest time: the
+# container's id and the payload's node are stored, not indexed.
 
 
 class Event(Base):
     __tablename__ = "cp_event"
     __table_args__ = (
-        Index("ix_cp_event_agent_time", "agent_id", "time_ms"),
         UniqueConstraint("agent_id", "id", name="uq_cp_event_agent_id"),
-        Index("ix_cp_event_tenant_seq", "tenant", "seq"),
-        Index("ix_cp_event_agent_seq", "agent_id", "seq"),
-        Index("ix_cp_event_tenant_type", "tenant", "type", "seq"),
-        Index("ix_cp_event_tenant_node", "tenant", "node", "seq"),
-        *(_partial(f"ix_cp_event_tenant_{c}", "tenant", c, "seq", where=f"{c} IS NOT NULL")
-          for c in ("rule", "priority", "container", "container_id", "image")),
+        Index("ix_cp_event_tenant_seq", "tenant", "seq", "time_ms"),
+        Index("ix_cp_event_agent_seq", "agent_id", "seq", "time_ms"),
+        Index("ix_cp_event_tenant_type", "tenant", "type", "seq", "time_ms"),
+        *(_partial(f"ix_cp_event_tenant_{c}", "tenant", c, "seq", "time_ms",
+                   where=f"{c} IS NOT NULL")
+          for c in ("rule", "priority", "container", "image")),
         _partial("ix_cp_event_exec", "agent_id", "exec_id", where="exec_id IS NOT NULL"),
         _partial("ix_cp_event_alert_time", "time_ms", "tenant", "rule",
                  where="type = 'alert'"),

@@ -79,7 +79,8 @@ def test_filtered_pages_detail_and_old_shape(server: tuple[ServerProcess, Contro
     old = api("GET", "/api/v1/events", expect=200, params={"after": 0, "limit": 3})
     assert isinstance(old, list) and [e["seq"] for e in old] == sorted(seqs)[:3]
     assert old[0]["event"]["type"] == "exec"
-    for bad in ({"before": 0}, {"limit": 0}, {"page": 2}, {"rule": "x" * 600}):
+    for bad in ({"before": 0}, {"limit": 0}, {"page": 2}, {"rule": "x" * 600},
+                {"container": "a\x00b"}):
         assert api.status("GET", "/api/v1/events", params=bad) == 422
 
 

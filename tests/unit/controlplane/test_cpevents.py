@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from moray.controlplane.store import db
 from moray.controlplane.store.cpevents import HOUR_MS, MAX_ANCESTRY, EventFilter
 from moray.controlplane.store.cpstore import ControlPlaneStore
+from moray.controlplane.store.eventcols import event_columns
 from moray.controlplane.store.scanstore import ScanStore, Verdict, WorkloadImage, WorkloadReview
 from tests.unit.controlplane.test_store import enrolled
 
@@ -52,27 +53,34 @@ def ids(store: ControlPlaneStore, **where: Any) -> list[int]:
     return [e["seq"] for e in found]
 
 
+def enrolled_on(store: ControlPlaneStore, hostname: str, tenant: str = "t") -> str:
+    token = store.create_enrollment_token(tenant=tenant, labels={}, author="admin")
+    return store.enroll_agent(token, hostname=hostname, labels={},
+                              issue=lambda agent_id: (f"serial-{agent_id}", "sha")).id
+
+
 def test_filters_come_from_the_payload(store: ControlPlaneStore) -> None:
-    agent = enrolled(store)
+    agent, other = enrolled_on(store, "n1"), enrolled_on(store, "n2")
     web = container("web", "nginx:1")
     put(store, agent, "t", [
         proc_event("exec", 10, 1, ctr=web),                                  # 1
         alert("Shell in container", "WARNING", proc_event("exec", 11, 10, ctr=web)),
         enforce("blocked", "deny-shells"),                                   # 3, host
-        proc_event("open", 12, 1, ctr=container("db", "postgres:16"), node="n2"),
-        {"type": "exit"},                                                    # no fields
     ])
+    put(store, other, "t", [proc_event("open", 12, 1, ctr=container("db", "postgres:16"),
+                                       node="n2")])
+    put(store, agent, "t", [{"type": "exit"}])                                # no fields
     assert ids(store) == [5, 4, 3, 2, 1]
     assert ids(store, type="alert") == [2]
     assert ids(store, rule="Shell in container") == [2]
     assert ids(store, rule="deny-shells") == [3]
     assert ids(store, priority="WARNING") == [2]
     assert ids(store, container="web") == [2, 1]
-    assert ids(store, container_id="db-id") == [4]
     assert ids(store, image="postgres:16") == [4]
-    assert ids(store, node="n2") == [4]
+    assert ids(store, node="n2") == [4]                 # the agent's host name
     assert ids(store, node="n1", container="web", type="exec") == [1]
-    assert ids(store, agent_id=agent) == [5, 4, 3, 2, 1]
+    assert ids(store, node="n1", tenant="other") == ids(store, node="nowhere") == []
+    assert ids(store, agent_id=agent) == [5, 3, 2, 1]
     assert ids(store, tenant="other") == []
     found, _ = store.event_page(EventFilter(type="alert"))
     item = found[0]
@@ -164,7 +172,8 @@ def test_ancestry_walks_the_agents_exec_and_fork_events(store: ControlPlaneStore
         (30, ["cat", "/etc/shadow"]), (20, ["bash"]), (10, ["sshd", "-D"]),
         (1, ["/sbin/init"])]
     assert all(s["time_ms"] == int(NOW * 1000) for s in chain)
-    assert detail["event"]["rule"] == "Read sensitive file"
+    assert detail["event"]["rule"] == "Read sensitive file" and detail["event"]["seq"] == seq
+    assert detail["payload"]["event"]["process"]["pid"] == 30     # as the agent sent it
     assert store.event_detail(seq, tenant="other") is None
     assert store.event_detail(10**12) is None
 
@@ -247,3 +256,15 @@ def test_revision_0010_fills_the_columns_of_stored_events(tmp_path: Path) -> Non
                                 ).scalars().all() == [None, "11:1", None]
     finally:
         engine.dispose()
+
+
+def test_ingest_takes_the_columns_when_it_checks_the_payload() -> None:
+    """The server parses a payload once: the row it stores carries the columns."""
+    from moray.api.proto import moray_pb2
+    from moray.controlplane.server.agentapi import _event_row
+
+    payload = json.dumps(alert("R", "ERROR", proc_event("open", 1, None, ctr=container("c"))))
+    row = _event_row(moray_pb2.Event(id="a", type="alert", payload_json=payload.encode()))
+    assert not isinstance(row, str) and len(row) == 5
+    assert row[4] == event_columns("alert", payload)
+    assert (row[4].rule, row[4].container, row[4].image) == ("R", "c", "nginx:1")
