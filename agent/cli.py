@@ -106,7 +106,8 @@ def _cmd_rules_import(args: argparse.Namespace) -> int:
             fh.write(text)
         print(f"wrote {args.output} (load it with `moray agent run --rules {args.output}`)",
               file=sys.stderr)
-    return 0
+    left_out = any(s.kind == "rule" for s in res.report.skipped) or res.report.narrowed
+    return 1 if args.strict and left_out else 0
 
 
 def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -119,6 +120,9 @@ def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="Falco rule files, applied in order (append/override as in Falco)")
     imp.add_argument("--output", "-o", default=None, metavar="OUT",
                      help="moray rule file to write (default: stdout)")
+    imp.add_argument("--strict", action="store_true",
+                     help="exit 1 when any rule was skipped or narrowed (the file is still "
+                          "written)")
     imp.set_defaults(handler=_cmd_rules_import)
 
 

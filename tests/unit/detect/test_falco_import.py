@@ -433,3 +433,11 @@ def test_cli_import_writes_a_loadable_file_and_reports(tmp_path: Path) -> None:
     assert "# skipped rule 'Read sensitive file untrusted'" in text
     rs = load([out])  # with the default rules, as `moray agent run --rules` loads it
     assert "Search Private Keys or Passwords" in {r.name for r in rs.rules}
+    strict = subprocess.run([sys.executable, "-m", "moray.cli", "agent", "rules", "import",
+                             "--strict", str(FIXTURES / "falco_rules.yaml")],
+                            capture_output=True, text=True, cwd=REPO, check=False, timeout=120)
+    assert strict.returncode == 1 and strict.stdout.startswith("# moray detection rules")
+    missing = subprocess.run([sys.executable, "-m", "moray.cli", "agent", "rules", "import",
+                              str(tmp_path / "nope.yaml")],
+                             capture_output=True, text=True, cwd=REPO, check=False, timeout=120)
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
