@@ -274,14 +274,31 @@ class FMacro:
 FNode = FCmp | FBool | FNot | FMacro
 
 
+# A hostile or broken file cannot make one rule expand without bound: macros that use
+# each other twice per level, lists that name each other (each use costs its size).
+MAX_EXPANSION = 20_000
+MAX_DEPTH = 64
+
+
 class _Parser:
     """Falco's condition grammar, macros expanded (cycle-checked), lists inlined."""
 
-    def __init__(self, falco: _Falco, stack: tuple[str, ...] = ()) -> None:
+    def __init__(self, falco: _Falco, stack: tuple[str, ...] = (),
+                 budget: list[int] | None = None) -> None:
         self.f = falco
         self.stack = stack
+        self.budget = budget if budget is not None else [MAX_EXPANSION]
+        self.depth = 0
+
+    def _spend(self, n: int, pos: int) -> None:
+        self.budget[0] -= n
+        if self.budget[0] < 0:
+            raise ConditionError(f"expands to more than {MAX_EXPANSION} comparisons and list "
+                                 "items (macros or lists that multiply)", pos)
 
     def parse(self, text: str) -> FNode:
+        if len(self.stack) > MAX_DEPTH:
+            raise ConditionError(f"macros nested more than {MAX_DEPTH} deep")
         self.toks = tokenize(text)
         self.i = 0
         node = self._or()
@@ -312,10 +329,15 @@ class _Parser:
 
     def _unary(self) -> FNode:
         t = self._next()
+        self._spend(1, t.pos)
         if t.kind == "word" and t.text == "not":
-            return FNot(self._unary())
+            return FNot(self._nested())
         if t.kind == "punct" and t.text == "(":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise ConditionError(f"parentheses nested more than {MAX_DEPTH} deep", t.pos)
             node = self._or()
+            self.depth -= 1
             if self._next().text != ")":
                 raise ConditionError("missing ')'", t.pos)
             return node
@@ -333,7 +355,16 @@ class _Parser:
         if op == "exists":
             return FCmp(t.text, "exists", (), False)
         values, is_list = self._value()
+        self._spend(len(values), t.pos)
         return FCmp(t.text, op, values, is_list)
+
+    def _nested(self) -> FNode:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ConditionError(f"'not' nested more than {MAX_DEPTH} deep")
+        node = self._unary()
+        self.depth -= 1
+        return node
 
     def _macro(self, t: Tok) -> FNode:
         name = t.text
@@ -342,17 +373,19 @@ class _Parser:
         if name not in self.f.macros:
             raise ConditionError(f"undefined macro {name!r}", t.pos)
         try:
-            return FMacro(name, _Parser(self.f, (*self.stack, name)).parse(self.f.macros[name]))
+            sub = _Parser(self.f, (*self.stack, name), self.budget)
+            return FMacro(name, sub.parse(self.f.macros[name]))
         except ConditionError as err:
             raise ConditionError(f"in macro {name!r}: {err}") from err
 
     def _expand(self, name: str, seen: tuple[str, ...] = ()) -> list[str]:
         out: list[str] = []
         for x in self.f.lists[name]:
-            if x in self.f.lists and x not in seen:
+            if x in self.f.lists and x not in seen and x != name:
                 out.extend(self._expand(x, (*seen, name)))
             else:
                 out.append(x)
+            self._spend(1, 0)
         return out
 
     def _value(self) -> tuple[tuple[str, ...], bool]:
@@ -640,11 +673,18 @@ def _check_macros(falco: _Falco, report: Report) -> None:
     for name, text in falco.macros.items():
         try:
             node = _Parser(falco, (name,)).parse(text)
+        except RecursionError:
+            report.skipped.append(Skipped("macro", name, ["nested too deeply"]))
+            continue
         except ConditionError as err:
             report.skipped.append(Skipped("macro", name, [f"does not parse: {err}"]))
             continue
         tr = _Translator()
-        tr.run(node)
+        try:
+            tr.run(node)
+        except RecursionError:
+            report.skipped.append(Skipped("macro", name, ["nested too deeply"]))
+            continue
         if tr.dropped:
             report.skipped.append(Skipped("macro", name, sorted(set(tr.dropped))))
 
@@ -669,11 +709,18 @@ def _rule(falco: _Falco, name: str, r: dict[str, Any],
             if t is not None:
                 parts.append(f"not ({t})")
         node = _Parser(falco).parse(" and ".join(parts))
+    except RecursionError:
+        report.skipped.append(Skipped("rule", name, ["nested too deeply"]))
+        return None
     except ConditionError as err:
         report.skipped.append(Skipped("rule", name, [f"does not parse: {err}"]))
         return None
     tr = _Translator()
-    text = tr.run(node)
+    try:
+        text = tr.run(node)
+    except RecursionError:
+        report.skipped.append(Skipped("rule", name, ["nested too deeply"]))
+        return None
     dropped = sorted(set(tr.dropped))
     if text is False:
         report.skipped.append(Skipped("rule", name, dropped or ["condition is never true"]))

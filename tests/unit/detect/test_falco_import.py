@@ -36,7 +36,7 @@ def cond(text: str, **kw: Any) -> str | None:
 
 
 def skipped(res: Result, name: str = "r") -> str:
-    (s,) = [s for s in res.report.skipped if s.name == name]
+    (s,) = [s for s in res.report.skipped if s.name == name and s.kind == "rule"]
     return "; ".join(s.reasons)
 
 
@@ -441,3 +441,43 @@ def test_cli_import_writes_a_loadable_file_and_reports(tmp_path: Path) -> None:
                               str(tmp_path / "nope.yaml")],
                              capture_output=True, text=True, cwd=REPO, check=False, timeout=120)
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+def test_hostile_files_are_bounded_and_reported() -> None:
+    """Macros or lists that multiply, deep nesting, self-reference: reported, not run away."""
+    macros = "".join(f"- macro: m{i}\n  condition: m{i + 1} and m{i + 1}\n" for i in range(15))
+    macros += "- macro: m15\n  condition: proc.name = x\n"
+    lists = "".join(f"- list: l{i}\n  items: [l{i + 1}, l{i + 1}, l{i + 1}]\n"
+                    for i in range(10))
+    lists += "- list: l10\n  items: [a]\n- list: self\n  items: [self, b]\n"
+    deep = "(" * 1000 + "proc.name = x" + ")" * 1000
+    res = tr(macros + lists + f"""
+- rule: macros
+  condition: evt.type = execve and m0
+  output: o
+  priority: INFO
+- rule: lists
+  condition: evt.type = execve and proc.name in (l0)
+  output: o
+  priority: INFO
+- rule: deep
+  condition: evt.type = execve and {deep}
+  output: o
+  priority: INFO
+- rule: self
+  condition: evt.type = execve and proc.name in (self)
+  output: o
+  priority: INFO
+- macro: loop
+  condition: evt.type = execve and loop
+- rule: loop
+  condition: loop
+  output: o
+  priority: INFO
+""")
+    assert "expands to more than" in skipped(res, "macros")
+    assert "expands to more than" in skipped(res, "lists")
+    assert "nested more than" in skipped(res, "deep")
+    assert "refers to itself" in skipped(res, "loop")
+    (r,) = res.rules
+    assert r["rule"] == "self" and r["condition"] == "(evt.type = exec and proc.name in (self, b))"
