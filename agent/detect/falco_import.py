@@ -50,13 +50,13 @@ FIELD_MAP: dict[str, str] = {
     "proc.exepath": "proc.binary", "proc.pexepath": "parent.binary",
     "proc.args": "proc.args_line", "proc.cmdline": "proc.name_cmdline",
     "proc.pcmdline": "parent.name_cmdline", "proc.pid": "proc.pid",
+    "proc.exe": "proc.first_arg", "proc.pexe": "parent.first_arg",
     "fd.name": "file.path", "fd.directory": "file.directory", "fd.filename": "file.name",
     "container.name": "container.name", "container.image": "container.image",
 }
 # in output templates only (a display value, not compared)
 OUTPUT_MAP: dict[str, str] = {**FIELD_MAP, "evt.type": "evt.type", "container.id": "container.id",
                               "container.image.repository": "container.image",
-                              "proc.exe": "proc.binary", "proc.pexe": "parent.binary",
                               "proc.cwd": "proc.cwd", "user.uid": "proc.uid",
                               "evt.res": "syscall.error",
                               "evt.arg.request": "syscall.request"}
@@ -483,6 +483,19 @@ def _bool_field(c: FCmp, true_text: str, false_text: str) -> str:
     raise Unsupported(f"unsupported comparison {c.field} {c.op} {' '.join(c.values)}")
 
 
+def _cwd(c: FCmp) -> str:
+    """Falco's proc.cwd ends with '/' (moray's does not, except for '/' itself)."""
+    op, vals = c.op, c.values
+    if op == "startswith" and vals[0].endswith("/"):
+        v = vals[0]
+        exact = v.rstrip("/") or "/"
+        return f"(proc.cwd startswith {_q(v)} or proc.cwd = {_q(exact)})"
+    if op in ("=", "==", "in") and all(v.endswith("/") for v in vals) and vals:
+        return f"proc.cwd in {_vals([v.rstrip('/') or '/' for v in vals])}"
+    raise Unsupported(f"unsupported comparison proc.cwd {op} {' '.join(vals)} (Falco's "
+                      "proc.cwd ends with '/'; only = / in / startswith of such values map)")
+
+
 def map_cmp(c: FCmp) -> str | bool:
     """One Falco comparison -> moray condition text (or a constant); Unsupported if none."""
     f, op, vals = c.field, c.op, c.values
@@ -530,6 +543,8 @@ def map_cmp(c: FCmp) -> str | bool:
         if op in ("=", "==", "in") and vals and all(re.match(r"^E[A-Z0-9]+$", v) for v in vals):
             return f"(file.error in {_vals(vals)} or syscall.error in {_vals(vals)})"
         raise Unsupported(f"unsupported comparison evt.res {op} {' '.join(vals)}")
+    if f == "proc.cwd":
+        return _cwd(c)
     if f == "evt.arg.flags" and op == "contains" and re.match(r"^O_[A-Z]+$", vals[0]):
         return f"file.flags = {vals[0]}"
     if f == "evt.arg.request" and op == "contains" and re.match(r"^PTRACE_[A-Z]+$", vals[0]):

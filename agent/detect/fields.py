@@ -94,6 +94,16 @@ def _args_line(c: Ctx) -> str:
     return " ".join((c.e["process"].get("args") or [])[1:])
 
 
+def _argv0(c: Ctx) -> str | None:
+    args = c.e["process"].get("args")
+    return args[0] if args else None
+
+
+def _parent_argv0(c: Ctx) -> str | None:
+    p = c.parent
+    return p.args[0] if p is not None and p.args else None
+
+
 def _name_cmdline(c: Ctx) -> str:
     p = c.e["process"]
     return " ".join([p.get("comm") or "", *(p.get("args") or [])[1:]])
@@ -183,6 +193,7 @@ def _build() -> dict[str, Field]:  # noqa: PLR0915 - the field table, one line p
     add("proc.cmdline", STR, _cmdline, None, "argv joined with spaces")
     add("proc.args_line", STR, _args_line, None,
         "argv after argv[0], joined with spaces (Falco's proc.args)")
+    add("proc.first_arg", STR, _argv0, None, "argv[0] as the caller passed it (Falco's proc.exe)")
     add("proc.name_cmdline", STR, _name_cmdline, None,
         "proc.name then argv after argv[0] (Falco's proc.cmdline)")
     add("proc.cwd", STR, _proc("cwd"), None, "working directory at exec")
@@ -196,6 +207,7 @@ def _build() -> dict[str, Field]:  # noqa: PLR0915 - the field table, one line p
     add("parent.name", STR, _parent_attr("comm"), None, "the parent's task name")
     add("parent.binary", STR, _parent_attr("binary"), None, "the parent's binary")
     add("parent.cmdline", STR, _parent_cmdline, None, "the parent's argv joined")
+    add("parent.first_arg", STR, _parent_argv0, None, "the parent's argv[0] (Falco's proc.pexe)")
     add("parent.name_cmdline", STR, _parent_name_cmdline, None,
         "the parent's name then its argv after argv[0] (Falco's proc.pcmdline)")
     add("parent.is_entrypoint", BOOL, _parent_is_entrypoint, None,

@@ -41,10 +41,11 @@ def skipped(res: Result, name: str = "r") -> str:
 
 
 def exec_ev(comm: str = "grep", args: tuple[str, ...] = ("grep", "x"),
-            container: dict[str, Any] | None = None, **extra: Any) -> Ctx:
+            container: dict[str, Any] | None = None, cwd: str = "/") -> Ctx:
     e: dict[str, Any] = {"type": "exec", "process": {"comm": comm, "exec_id": "1:1",
-                                                      "args": list(args), "binary": "/bin/x"},
-                         "container": container, **extra}
+                                                      "args": list(args), "binary": "/bin/x",
+                                                      "cwd": cwd},
+                         "container": container}
     return Ctx(e, State(None))
 
 
@@ -106,6 +107,12 @@ def rule_of(res: Result, name: str = "r") -> Any:
     ("evt.type = execve and container.id = host",
      "(evt.type = exec and not container.id exists)"),
     ("evt.type = execve and proc.name != \"<NA>\"", "(evt.type = exec and proc.name exists)"),
+    ("evt.type = execve and proc.exe endswith ssh and proc.pexe = java",
+     "(evt.type = exec and proc.first_arg endswith ssh and parent.first_arg = java)"),
+    ("evt.type = execve and proc.cwd startswith /tmp/",
+     "(evt.type = exec and (proc.cwd startswith /tmp/ or proc.cwd = /tmp))"),
+    ("evt.type = execve and proc.cwd in (/, /root/)",
+     "(evt.type = exec and proc.cwd in (/, /root))"),
 ])
 def test_operators_and_fields(falco: str, moray: str) -> None:
     assert cond(falco) == moray
@@ -313,6 +320,7 @@ def test_never_true_and_dir_are_constants() -> None:
     ("evt.type = sendto and proc.name = x", "event type sendto not observed by moray"),
     ("evt.type = open and fd.typechar = 'f'", "unsupported field fd.typechar"),
     ("evt.type = execve and container.id = abc", "unsupported field container.id"),
+    ("evt.type = execve and proc.cwd contains tmp", "unsupported comparison proc.cwd"),
     ("evt.type = execve and evt.res = SUCCESS and evt.res > 3", "unsupported comparison evt.res"),
     ("evt.type = execve and proc.name = (", "does not parse"),
     ("evt.type = execve and no_such_macro", "undefined macro 'no_such_macro'"),
@@ -404,7 +412,7 @@ def test_public_falco_rules_file() -> None:
     for name, why in expect.items():
         assert why in skipped_rules[name], (name, skipped_rules[name])
     assert len(skipped_rules) == 17
-    assert set(rep.narrowed) == {"Run shell untrusted", "Execution from /dev/shm"}
+    assert set(rep.narrowed) == {"Run shell untrusted"}
     summary = rep.lines()[-1]
     assert summary.startswith("8 rules translated, 17 skipped"), summary
     # loads in moray's engine with nothing refused
@@ -412,6 +420,9 @@ def test_public_falco_rules_file() -> None:
     assert sorted(r.name for r in rs.rules) == sorted(rep.translated)
     shm = next(r for r in rs.rules if r.name == "Execution from /dev/shm")
     assert shm.match(exec_ev("sh", ("sh", "-c", "/dev/shm/x")))
+    assert shm.match(exec_ev("x", ("/dev/shm/x",)))                       # proc.exe
+    assert shm.match(exec_ev("x", ("./x",), cwd="/dev/shm"))             # proc.cwd
+    assert not shm.match(exec_ev("x", ("./x",), cwd="/dev/shmx"))
     assert not shm.match(exec_ev("sh", ("sh", "-c", "/dev/shm/x"),
                                  container={"id": "c", "image": "docker.io/sysdig/sysdig:1"}))
     run_shell = next(r for r in rs.rules if r.name == "Run shell untrusted")
