@@ -39,7 +39,10 @@ def test_translated_falco_rules_fire_on_real_events(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "notes.txt").write_text("nothing here\n")
-    with AgentProcess(["--no-default-rules", "--rules", str(out)], workdir=tmp_path) as agent:
+    # a loaded 2-core host can take more than the helper's default 30 s to start an agent
+    agent = AgentProcess(["--no-default-rules", "--rules", str(out)], workdir=tmp_path)
+    try:
+        agent.start(timeout=120)
         quiet = subprocess.Popen(["grep", "-r", "just words", str(data)])
         quiet.wait(30)
         grep = subprocess.Popen(["grep", "-r", "BEGIN PRIVATE", str(data)])
@@ -59,6 +62,8 @@ def test_translated_falco_rules_fire_on_real_events(tmp_path: Path) -> None:
                                 and e["process"]["pid"] == quiet.pid)
         assert not agent.events.all(lambda e: e.get("type") == "alert"
                                     and e["event"]["process"]["pid"] == quiet.pid)
+    finally:
+        agent.stop()
     assert a["priority"] == "WARNING" and "T1552.001" in a["tags"]
     assert "command=grep -r BEGIN PRIVATE" in a["output"], a["output"]
     assert t["event"]["syscall"]["request"] == "PTRACE_TRACEME"
