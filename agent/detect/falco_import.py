@@ -25,8 +25,9 @@ from typing import Any
 import yaml
 
 from moray.agent.detect.lang import ConditionError, Tok, tokenize
-from moray.agent.detect.load import load_texts
+from moray.agent.detect.load import DEFAULT_RULES, load_texts
 from moray.agent.detect.model import RuleError
+from moray.errors import ConfigError
 
 # Falco evt.type -> a moray condition for it (open family, exec, ... and the syscalls
 # moray's kernel side observes: bpf/progs/syscalls_obs.bpf.c).
@@ -71,7 +72,7 @@ PRIORITIES = {"EMERGENCY": "EMERGENCY", "ALERT": "ALERT", "CRITICAL": "CRITICAL"
 _WORD = re.compile(r"^[A-Za-z0-9_./:+@\-\[\]*]+$")
 
 
-class Unsupported(Exception):
+class Unsupported(ConfigError):
     """One comparison moray cannot express (the message is the reason shown to the user)."""
 
 
@@ -466,7 +467,7 @@ def _evt_type(c: FCmp) -> str | bool:
     raise Unsupported(f"unsupported operator {c.op} on evt.type")
 
 
-class _Partial(Exception):
+class _Partial(Unsupported):
     """An `or` of translated parts and unsupported ones (evt.type in (open, dup, ...))."""
 
     def __init__(self, parts: list[str], reasons: list[str]) -> None:
@@ -679,7 +680,17 @@ def translate_texts(texts: Sequence[tuple[str, str]]) -> Result:
             rules.append(out)
     rules = _validate(rules, report)
     report.translated = [str(r["rule"]) for r in rules]
+    defaults = _default_rule_names()
+    for name in report.translated:
+        if name in defaults:
+            report.notes.append(f"rule {name!r} has the name of a moray default rule: "
+                                "loaded after the defaults, it replaces that rule")
     return Result(rules, report)
+
+
+def _default_rule_names() -> frozenset[str]:
+    doc = yaml.safe_load(DEFAULT_RULES.read_text()) or []
+    return frozenset(str(it["rule"]) for it in doc if isinstance(it, dict) and "rule" in it)
 
 
 def _check_macros(falco: _Falco, report: Report) -> None:

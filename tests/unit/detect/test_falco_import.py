@@ -342,6 +342,12 @@ def test_partly_observed_event_types_keep_the_observed_ones() -> None:
     assert res.report.narrowed["r"] == ["event type dup not observed by moray"]
 
 
+def test_a_rule_named_like_a_default_rule_is_noted() -> None:
+    res = tr("- rule: Reverse shell\n  condition: evt.type = execve\n  output: o\n"
+             "  priority: INFO\n")
+    assert res.rules and any("name of a moray default rule" in n for n in res.report.notes)
+
+
 def test_other_sources_and_items_are_reported() -> None:
     res = tr("- required_engine_version: 0.31.0\n"
              "- required_plugin_versions: [{name: k8saudit, version: 0.1.0}]\n"
