@@ -203,6 +203,9 @@ class _Falco:
         name = str(it["rule"])
         ov = it.get("override")
         appending = it.get("append") is True or isinstance(ov, dict)
+        if set(it) <= {"rule", "enabled"} and name in self.rules:
+            self.rules[name]["enabled"] = it.get("enabled", True)  # Falco's enable/disable
+            return
         if not appending:
             self.rules[name] = dict(it)
             self.src[("rule", name)] = where

@@ -200,6 +200,14 @@ def test_macros_expand_append_and_override_in_file_order() -> None:
     assert res.rules[0]["condition"] == "evt.type = open" and res.rules[0]["priority"] == "DEBUG"
 
 
+def test_a_later_item_with_only_enabled_turns_a_rule_off_and_on() -> None:
+    base = "- rule: r\n  condition: evt.type = execve\n  output: o\n  priority: INFO\n"
+    (r,) = tr(base, "- rule: r\n  enabled: false\n").rules
+    assert r["enabled"] is False and r["condition"] == "evt.type = exec"
+    (r,) = tr(base, "- rule: r\n  enabled: false\n", "- rule: r\n  enabled: true\n").rules
+    assert "enabled" not in r
+
+
 def test_append_to_something_undefined_is_reported() -> None:
     res = tr("- rule: r\n  condition: and x\n  append: true\n"
              "- macro: m\n  condition: or y\n  append: true\n"
