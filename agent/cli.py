@@ -118,6 +118,46 @@ def _export_options(run: argparse.ArgumentParser) -> None:
                          "export CPU)")
 
 
+def _cmd_rules_import(args: argparse.Namespace) -> int:
+    """`moray agent rules import`: Falco rule files -> one moray rule file, and the report
+    of everything not translated (stderr)."""
+    from moray.agent.detect.falco_import import translate_files
+
+    try:
+        res = translate_files(args.files)
+    except OSError as err:
+        print(f"moray agent rules import: {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
+    for line in res.report.lines():
+        print(line, file=sys.stderr)
+    text = res.yaml(args.files)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {args.output} (load it with `moray agent run --rules {args.output}`)",
+              file=sys.stderr)
+    left_out = any(s.kind == "rule" for s in res.report.skipped) or res.report.narrowed
+    return 1 if args.strict and left_out else 0
+
+
+def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`moray agent rules import FILE... [-o OUT]`."""
+    rl = sub.add_parser("rules", help="detection rule files")
+    rsub = rl.add_subparsers(dest="rules_cmd", required=True)
+    imp = rsub.add_parser("import", help="translate Falco rule files into moray's rule "
+                          "language; every rule, macro or list left out is reported")
+    imp.add_argument("files", nargs="+", metavar="FILE",
+                     help="Falco rule files, applied in order (append/override as in Falco)")
+    imp.add_argument("--output", "-o", default=None, metavar="OUT",
+                     help="moray rule file to write (default: stdout)")
+    imp.add_argument("--strict", action="store_true",
+                     help="exit 1 when any rule was skipped or narrowed (the file is still "
+                          "written)")
+    imp.set_defaults(handler=_cmd_rules_import)
+
+
 def add_group(name: str, ap: argparse.ArgumentParser) -> None:
     """Fill ``moray``'s ``agent`` parser."""
     ap.add_argument("--log-level", default=argparse.SUPPRESS, help="default info")
@@ -195,6 +235,8 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
     gd.add_argument("--pin-root", default="/sys/fs/bpf/moray")
     gd.add_argument("--proc", default="/proc")
     gd.set_defaults(handler=_cmd_guard)
+
+    _add_rules(sub)
 
     from moray.agent.policy.cli import add_commands
 

@@ -40,8 +40,8 @@ class Field:
 # Fields that are a function of Ctx.file_key alone: a condition reading only these has the
 # same value for every open of the same path with the same flags and result, so its value
 # is memoized (agent/detect/plan.py FilePlan). Keep in step with file_key.
-FILE_PURE = frozenset({"evt.type", "file.path", "file.name", "file.access", "file.flags",
-                       "file.write", "file.failed", "file.error", "file.root"})
+FILE_PURE = frozenset({"evt.type", "file.path", "file.name", "file.directory", "file.access",
+                       "file.flags", "file.write", "file.failed", "file.error", "file.root"})
 
 
 def _sub(section: str, key: str) -> Getter:
@@ -88,6 +88,36 @@ def _parent_attr(attr: str) -> Getter:
 def _parent_cmdline(c: Ctx) -> str | None:
     p = c.parent
     return " ".join(p.args) if p is not None else None
+
+
+def _args_line(c: Ctx) -> str:
+    return " ".join((c.e["process"].get("args") or [])[1:])
+
+
+def _argv0(c: Ctx) -> str | None:
+    args = c.e["process"].get("args")
+    return args[0] if args else None
+
+
+def _parent_argv0(c: Ctx) -> str | None:
+    p = c.parent
+    return p.args[0] if p is not None and p.args else None
+
+
+def _name_cmdline(c: Ctx) -> str:
+    p = c.e["process"]
+    return " ".join([p.get("comm") or "", *(p.get("args") or [])[1:]])
+
+
+def _parent_name_cmdline(c: Ctx) -> str | None:
+    p = c.parent
+    return " ".join([p.comm, *p.args[1:]]) if p is not None else None
+
+
+def _dirname(c: Ctx) -> str | None:
+    f = c.e.get("file")
+    path = f.get("path") if f else None
+    return os.path.dirname(path) or "/" if path else None
 
 
 def _anames(c: Ctx) -> list[str]:
@@ -161,6 +191,11 @@ def _build() -> dict[str, Field]:  # noqa: PLR0915 - the field table, one line p
         "exec: the path as passed to execve")
     add("proc.args", LIST, _proc("args"), None, "argv, one item per argument")
     add("proc.cmdline", STR, _cmdline, None, "argv joined with spaces")
+    add("proc.args_line", STR, _args_line, None,
+        "argv after argv[0], joined with spaces (Falco's proc.args)")
+    add("proc.first_arg", STR, _argv0, None, "argv[0] as the caller passed it (Falco's proc.exe)")
+    add("proc.name_cmdline", STR, _name_cmdline, None,
+        "proc.name then argv after argv[0] (Falco's proc.cmdline)")
     add("proc.cwd", STR, _proc("cwd"), None, "working directory at exec")
     add("proc.pid", INT, _proc("pid"), None, "pid (host namespace)")
     add("proc.uid", INT, _proc("uid"), None, "real uid")
@@ -172,6 +207,9 @@ def _build() -> dict[str, Field]:  # noqa: PLR0915 - the field table, one line p
     add("parent.name", STR, _parent_attr("comm"), None, "the parent's task name")
     add("parent.binary", STR, _parent_attr("binary"), None, "the parent's binary")
     add("parent.cmdline", STR, _parent_cmdline, None, "the parent's argv joined")
+    add("parent.first_arg", STR, _parent_argv0, None, "the parent's argv[0] (Falco's proc.pexe)")
+    add("parent.name_cmdline", STR, _parent_name_cmdline, None,
+        "the parent's name then its argv after argv[0] (Falco's proc.pcmdline)")
     add("parent.is_entrypoint", BOOL, _parent_is_entrypoint, None,
         "in a container: the parent is the container's entrypoint")
     add("proc.anames", LIST, _anames, None, "task names of all known ancestors, parent first")
@@ -185,6 +223,7 @@ def _build() -> dict[str, Field]:  # noqa: PLR0915 - the field table, one line p
         "open: file.path; syscall: syscall.path")
     add("file.path", STR, _sub("file", "path"), files, "path opened")
     add("file.name", STR, _basename(_sub("file", "path")), files, "basename of file.path")
+    add("file.directory", STR, _dirname, files, "directory of file.path")
     add("file.access", STR, _sub("file", "access"), files, "read, write, read-write, path")
     add("file.flags", LIST, _sub("file", "flags"), files, "open flags (O_CREAT, O_TRUNC, ...)")
     add("file.write", BOOL, _file_write, files, "opened for writing, creation or truncation")
