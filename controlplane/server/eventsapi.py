@@ -9,7 +9,8 @@ event with its process ancestry, and the overview.
 - ``GET /api/v1/overview?hours=24``: agents online/offline/revoked, alerts per hour, top
   rules, blocks, images by verdict.
 
-A principal scoped to a tenant reads that tenant only (``_scope``); ``EVENTS_ACCESS``
+A principal scoped to a tenant reads that tenant only (``tenancy.scope``, the one rule);
+``EVENTS_ACCESS``
 gives each endpoint a role class, as ``SCAN_ACCESS`` does.
 """
 
@@ -25,6 +26,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from moray.controlplane.server.hub import AgentHub
+from moray.controlplane.server.tenancy import scope
 from moray.controlplane.store.cpevents import EventFilter
 from moray.controlplane.store.cpstore import ControlPlaneStore
 from moray.controlplane.store.scanstore import ScanStore
@@ -42,16 +44,6 @@ MAX_HOURS = 24 * 31
 Value = Annotated[str | None, Query(max_length=512, pattern=r"^[^\x00]*$")]
 Seq = Annotated[int | None, Query(ge=1, le=INT64_MAX)]
 Millis = Annotated[int | None, Query(ge=-INT64_MAX, le=INT64_MAX)]
-
-
-def _scope(who: Any, tenant: str | None) -> str | None:
-    """The tenant a request reads: a scoped principal's own (asking for another's: 403),
-    else the one asked for (None: every tenant)."""
-    if who.tenant is None:
-        return tenant
-    if tenant is not None and tenant != who.tenant:
-        raise HTTPException(403, f"this principal may read tenant {who.tenant!r} only")
-    return str(who.tenant)
 
 
 def _json(body: Any) -> Response:
@@ -84,7 +76,7 @@ def events_router(store: ControlPlaneStore, hub: AgentHub | None, scans: ScanSto
                                           "newest first")] = 0,
                limit: Annotated[int, Query(ge=1, le=10000)] = 100,
                ) -> Response:
-        where = EventFilter(tenant=_scope(who, tenant), agent_id=agent, type=type, rule=rule,
+        where = EventFilter(tenant=scope(who, tenant), agent_id=agent, type=type, rule=rule,
                             priority=priority, container=container, image=image, node=node,
                             since_ms=since_ms, until_ms=until_ms)
         if not page and before is None:
@@ -96,7 +88,7 @@ def events_router(store: ControlPlaneStore, hub: AgentHub | None, scans: ScanSto
     @router.get(P + "/events/{seq}")
     def event(seq: Annotated[int, Path(ge=1, le=INT64_MAX)],
               who: Annotated[Any, dep("GET", P + "/events/{seq}")]) -> Response:
-        found = store.event_detail(seq, tenant=_scope(who, None))
+        found = store.event_detail(seq, tenant=scope(who, None))
         if found is None:
             raise HTTPException(404, f"no event {seq}")
         return _json(found)
@@ -105,12 +97,11 @@ def events_router(store: ControlPlaneStore, hub: AgentHub | None, scans: ScanSto
     async def overview(who: Annotated[Any, dep("GET", P + "/overview")],
                        hours: Annotated[int, Query(ge=1, le=MAX_HOURS)] = 24,
                        tenant: Value = None) -> dict[str, Any]:
-        scope = _scope(who, tenant)
+        seen = scope(who, tenant)
         connected = set(hub.connected()) if hub is not None else set()
-        out = await run_in_threadpool(store.overview, tenant=scope, hours=hours,
+        out = await run_in_threadpool(store.overview, tenant=seen, hours=hours,
                                       connected=connected)
-        # images are not yet a tenant's (the scanner's tables have no tenant column)
-        out["images_by_verdict"] = (await run_in_threadpool(scans.verdict_counts)
+        out["images_by_verdict"] = (await run_in_threadpool(scans.verdict_counts, seen)
                                     if scans is not None else
                                     {"compliant": 0, "non-compliant": 0, "unscanned": 0})
         return out

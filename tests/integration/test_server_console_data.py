@@ -100,6 +100,7 @@ def test_overview(server: tuple[ServerProcess, ControlPlaneStore]) -> None:
 def test_a_tenant_token_reads_its_own_tenant_only(
         server: tuple[ServerProcess, ControlPlaneStore]) -> None:
     srv, _ = server
+    srv.api()("POST", "/api/v1/tenants", expect=201, json={"name": "t2"})  # the registry
     token = srv.api()("POST", "/api/v1/tokens", expect=201,
                       json={"name": "t2-viewer", "role": "viewer", "tenant": "t2"})["token"]
     api = srv.api(token)

@@ -24,6 +24,7 @@ from moray.controlplane.store.scanmodels import image_report as image_report_tab
 from moray.controlplane.store.scanmodels import (
     image_verdict,
     image_vuln,
+    kube_workload,
     kube_workload_image,
     scan_image,
 )
@@ -318,12 +319,14 @@ class Verdicts(ScanStoreBase):
                     images[digest]["malware"] = int(malware)
         return sorted(images.values(), key=lambda i: (i["image"], i["digest"]))
 
-    def verdict_counts(self) -> dict[str, int]:
+    def verdict_counts(self, tenant: str | None = None) -> dict[str, int]:
         """Images by verdict, for the console's overview: ``compliant`` (every policy's
         verdict passed), ``non-compliant`` (one failed), ``unscanned`` (a digest the
         admission webhook saw running with no verdict, or a scheduled image not scanned
-        yet). One grouped scan of ``image_verdict`` (its primary key), whatever the number
-        of events."""
+        yet). Every tenant's: one grouped scan of ``image_verdict`` (its primary key),
+        whatever the number of events; one tenant's: its own images (image_summaries)."""
+        if tenant is not None:
+            return self._tenant_verdict_counts(tenant)
         per_image = (select(func.min(case((_V.passed, 1), else_=0)).label("ok"))
                      .group_by(_V.image_digest).subquery())
         with self._conn() as c:
@@ -335,4 +338,18 @@ class Verdicts(ScanStoreBase):
             waiting = c.scalar(select(func.count()).select_from(scan_image).where(
                 scan_image.c.last_run.is_(None))) or 0
         return {"compliant": int(counts.get(1, 0)), "non-compliant": int(counts.get(0, 0)),
+                "unscanned": int(seen) + int(waiting)}
+
+    def _tenant_verdict_counts(self, tenant: str) -> dict[str, int]:
+        images = self.image_summaries(tenant)
+        passed = sum(1 for i in images if i["passed"])
+        w, wi = kube_workload.c, kube_workload_image.c
+        with self._conn() as c:
+            seen = c.scalar(select(func.count(distinct(wi.digest))).select_from(
+                kube_workload_image.join(kube_workload, w.id == wi.workload_id)).where(
+                w.tenant == tenant, wi.digest != "",
+                wi.digest.not_in(select(_V.image_digest)))) or 0
+            waiting = c.scalar(select(func.count()).select_from(scan_image).where(
+                scan_image.c.last_run.is_(None), scan_image.c.tenant == tenant)) or 0
+        return {"compliant": passed, "non-compliant": len(images) - passed,
                 "unscanned": int(seen) + int(waiting)}
