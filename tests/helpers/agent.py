@@ -98,7 +98,10 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.events = EventLog(self.events_path)
 
-    def start(self, timeout: float = 30) -> AgentProcess:
+    def start(self, timeout: float = 90) -> AgentProcess:
+        """Start the agent and wait for "moray-agent running" (a loaded 2-core machine
+        has taken over 30 s); an agent that exits or does not get there is stopped and
+        its pins removed before the error, never left running behind the test."""
         cmd = [*agent_cmd(), "run", "--output", str(self.events_path), "--metrics-port",
                str(self.metrics_port), "--pin-root", self.pin_root, "--policy-dir",
                str(self.policy_dir), "--policy-status", str(self.policy_status), *self.args]
@@ -109,8 +112,10 @@ class AgentProcess:
         deadline = time.monotonic() + timeout
         while "moray-agent running" not in self.log():
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"agent not running after {timeout}s:\n{self.log()}")
             time.sleep(0.05)
         return self
