@@ -53,8 +53,11 @@ bpf: deps
 
 install: deps bpf .stamps/pip
 
+# moray's main job on this host: the embedded control plane (moray-server, SQLite under
+# /var/lib/moray/local, loopback) and the agent enrolled in it, with the default rules and
+# the default runtime policy (packaging/etc/policies/default.yaml, monitor mode)
 run: install
-	$(BIN)/moray-agent run
+	BIN=$(BIN) packaging/run-local
 
 test: install
 	$(BIN)/python -m pytest -q tests
