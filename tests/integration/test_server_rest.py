@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,14 @@ import pytest
 from moray.agent.controlplane import ApplyResult, ControlPlaneClient, VerifiedPolicy
 from moray.controlplane.server.rest import ACCESS
 from tests.helpers.controlplane import ROOT, ServerProcess, policy_yaml, wait_for
-from tests.helpers.postgres import create_database
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[ServerProcess]:
-    url = None
-    if request.param == "postgresql":
-        url = create_database(request.getfixturevalue("pg_base"))
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), database_url=url).start()
-    yield srv
-    srv.stop()
+@pytest.fixture(scope="module")
+def server(module_server: ServerProcess) -> ServerProcess:
+    """One server per module and store (conftest.py): the tests share it."""
+    return module_server
 
 
 def moray(server: ServerProcess, *args: str, token: str | None = None

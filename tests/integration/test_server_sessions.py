@@ -9,7 +9,6 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,22 +21,16 @@ from tests.helpers.controlplane import (
     policy_yaml,
     wait_for,
 )
-from tests.helpers.postgres import create_database
 
 pytestmark = pytest.mark.integration
 
 PW = "a long enough password"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[ServerProcess]:
-    url = None
-    if request.param == "postgresql":
-        url = create_database(request.getfixturevalue("pg_base"))
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), database_url=url).start()
-    yield srv
-    srv.stop()
+@pytest.fixture(scope="module")
+def server(module_server: ServerProcess) -> ServerProcess:
+    """One server per module and store (conftest.py): the tests share it."""
+    return module_server
 
 
 def browser(server: ServerProcess) -> httpx.Client:
