@@ -354,10 +354,14 @@ async def serve(config: EnforcerConfig, stop: asyncio.Event | None = None,
                              ssl_certfile=str(config.tls_cert), ssl_keyfile=str(config.tls_key),
                              **client_auth)
     http = _HttpServer(uconfig)
+    loop = asyncio.get_running_loop()
+    # SIGHUP is ours before the first connection is accepted (its default would end the
+    # process); one received before the keeper runs is its first check
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, certs.wake)
     task = asyncio.create_task(http.serve())
     stopper = asyncio.create_task(stop.wait())
     keeper: asyncio.Task[None] | None = None
-    loop = asyncio.get_running_loop()
     try:
         while not http.started and not task.done() and not stop.is_set():
             await asyncio.wait({task, stopper}, timeout=0.02,
@@ -368,8 +372,6 @@ async def serve(config: EnforcerConfig, stop: asyncio.Event | None = None,
         assert uconfig.ssl is not None
         certs.attach(uconfig.ssl)
         keeper = asyncio.create_task(certs.run())
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGHUP, certs.wake)
         log.info("moray-kube-enforcer ready", extra={
             "port": config.port, "server": config.server, "mode": str(config.mode),
             "unregistered": str(config.unregistered), "failurePolicy": str(config.failure),

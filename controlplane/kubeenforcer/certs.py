@@ -29,7 +29,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -44,6 +44,15 @@ log = logging.getLogger(__name__)
 CERT_CHECK = 30.0
 RENEW_AT = 2 / 3            # of the lifetime: renew with a third left
 RETRY_FIRST = (0.5, 30.0)   # first certificate: back-off from, to (seconds)
+
+
+@contextlib.contextmanager
+def _memory_file(name: str, data: bytes) -> Iterator[str]:
+    """``data`` as a path OpenSSL can open, in memory only (no writable disk needed)."""
+    with os.fdopen(os.memfd_create(name, os.MFD_CLOEXEC), "w+b") as f:
+        f.write(data)
+        f.flush()
+        yield f"/proc/self/fd/{f.fileno()}"
 
 
 class CertKeeper:
@@ -79,12 +88,16 @@ class CertKeeper:
         """Read the files (``OSError``/``ValueError`` if they cannot be) and, once a TLS
         context is attached, serve them."""
         stamp = self.cert.stat().st_mtime_ns, self.key.stat().st_mtime_ns
-        cert = self._read()
-        # a pair that does not load (half-written, key of another certificate) must not
-        # touch the live context: tried on a throwaway one first
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(self.cert), str(self.key))
-        if self.context is not None:
-            self.context.load_cert_chain(str(self.cert), str(self.key))
+        cert_pem, key_pem = self.cert.read_bytes(), self.key.read_bytes()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        # the pair is read once and loaded from private in-memory copies: a rotation
+        # under way (key written, certificate not yet) cannot give the live context a
+        # certificate with another one's key. A pair that does not load must not touch
+        # the live context either: tried on a throwaway one first.
+        with _memory_file("tls.crt", cert_pem) as c, _memory_file("tls.key", key_pem) as k:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(c, k)
+            if self.context is not None:
+                self.context.load_cert_chain(c, k)
         self._note(cert)
         self._stamp = stamp
 
