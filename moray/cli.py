@@ -14,11 +14,12 @@
     moray workloads [--vulnerability CVE-X]     what the admission webhook has seen
     moray tenant list|create|delete             tenants (isolation domains)
     moray kube-enforcer --server URL ...        admission webhook  (= moray-kube-enforcer)
+    moray micro --policy FILE -- CMD ARGS       in-container enforcer (= moray-micro)
 
 ``moray-agent``, ``moray-server``, ``moray-gateway``, ``moray-scan``,
-``moray-scanner-worker`` and ``moray-kube-enforcer`` are aliases: the same parser and
-handlers with the subcommand put in front (``moray-scan ARGS`` is ``moray scan IMAGE-form
-ARGS``, so an image path named like a subcommand still scans).
+``moray-scanner-worker``, ``moray-kube-enforcer`` and ``moray-micro`` are aliases: the
+same parser and handlers with the subcommand put in front (``moray-scan ARGS`` is
+``moray scan IMAGE-form ARGS``, so an image path named like a subcommand still scans).
 
 ``moray scan X``: X is a subcommand when it is one of ``SCAN_COMMANDS``, else the image
 (``./jobs`` scans a local folder called ``jobs``).
@@ -72,6 +73,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "kube-enforcer": ("moray.controlplane.kubeenforcer.main", "Kubernetes validating "
                       "admission webhook: image assurance before pods start "
                       "(= moray-kube-enforcer)"),
+    "micro": ("moray.micro.cli", "the MicroEnforcer: a container's entrypoint wrapper "
+              "enforcing runtime policies with seccomp user notification (= moray-micro)"),
 }
 # ``moray scan``'s subcommands; anything else after ``scan`` is an image (SCAN_IMAGE form)
 SCAN_COMMANDS = ("enqueue", "enqueue-registry", "worker", "jobs", "rescan-stale", "registry",
@@ -85,6 +88,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "moray-scan": ("scan", SCAN_IMAGE),
     "moray-scanner-worker": ("scan", "worker"),
     "moray-kube-enforcer": ("kube-enforcer",),
+    "moray-micro": ("micro",),
 }
 
 Handler = Callable[[argparse.Namespace], int]
@@ -268,6 +272,10 @@ def worker_main() -> int:
 
 def kube_enforcer_main() -> int:
     return main(alias="moray-kube-enforcer")
+
+
+def micro_main() -> int:
+    return main(alias="moray-micro")
 
 
 if __name__ == "__main__":

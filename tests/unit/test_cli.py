@@ -19,6 +19,7 @@ from moray.controlplane.kubeenforcer import main as kube_main
 from moray.controlplane.scanner import cli as scan_cli
 from moray.controlplane.server import cli_api
 from moray.controlplane.server import main as server_main
+from moray.micro import cli as micro_cli
 
 # the commands docs/*.md and README.md show, and the handler that runs each
 DOCUMENTED: list[tuple[str, Callable[[argparse.Namespace], int]]] = [
@@ -79,6 +80,7 @@ DOCUMENTED: list[tuple[str, Callable[[argparse.Namespace], int]]] = [
     ("workloads --namespace shop --include-denied --json", cli_api.run),
     ("kube-enforcer --server https://moray:7080 --token T --ca ca.pem --tls-cert w.pem "
      "--tls-key w.key --port 8443 --config k.yaml", kube_main.run_command),
+    ("micro --policy p.yaml --events /tmp/e.jsonl -- sh -c 'exit 3'", micro_cli.run_command),
 ]
 
 
@@ -108,12 +110,19 @@ def _same(a: argparse.Namespace, b: argparse.Namespace) -> dict[str, Any]:
     ("moray-scan", "registry.example.com/team/app:1 --server http://s --token T"),
     ("moray-scanner-worker", "--server http://h:7080 --token T --once --db /tmp/m.db"),
     ("moray-kube-enforcer", "--server http://h:7080 --token T --tls-cert c --tls-key k"),
+    ("moray-micro", "--policy p.yaml -- app --policy x"),
 ])
 def test_aliases_are_the_same_command(alias: str, args: str) -> None:
     via_alias = _parse(args, alias)
     words = " ".join(w for w in cli.ALIASES[alias] if w != cli.SCAN_IMAGE)
     assert _same(via_alias, _parse(f"{words} {args}")) == {}
     assert via_alias.prog == alias
+
+
+def test_micro_passes_the_command_untouched() -> None:
+    args = _parse("micro --policy p.yaml -- app --policy x -v -- y")
+    assert args.command == ["--", "app", "--policy", "x", "-v", "--", "y"]
+    assert [str(p) for p in args.policy] == ["p.yaml"]
 
 
 def test_scan_image_or_subcommand() -> None:

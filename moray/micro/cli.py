@@ -1,0 +1,68 @@
+"""``moray micro`` (= ``moray-micro``): the MicroEnforcer, a container's entrypoint wrapper.
+
+    moray micro --policy /etc/moray/policy.yaml [--events FILE] -- CMD ARGS...
+
+Runs CMD as its child under a seccomp filter with user notification (no capabilities, no
+BPF, no host mounts; sets no_new_privs) and enforces the runtime policies of FILE (the
+agent's format, docs/policy.md) on CMD and everything it starts (docs/micro.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from moray.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_group(name: str, p: argparse.ArgumentParser) -> None:
+    """Fill ``moray``'s ``micro`` parser (moray.cli)."""
+    p.description = __doc__.split("\n\n")[0] if __doc__ else None
+    p.set_defaults(handler=run_command)
+    p.add_argument("--policy", type=Path, required=True, action="append", metavar="FILE",
+                   help="runtime policy file (YAML/JSON, the agent's format); repeatable")
+    p.add_argument("--events", default="stderr", metavar="DEST",
+                   help="where events go: stderr (default: the workload's stdout stays its "
+                        "own), stdout, or a file (appended)")
+    p.add_argument("--node", default=None, help="the events' node (default: host name)")
+    p.add_argument("--explain", action="store_true",
+                   help="print what would be enforced (notified and refused calls, rule "
+                        "kinds not enforced here) as JSON and exit")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+                   help="the workload")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from moray.api.policy.load import load_file
+    from moray.micro.events import Sink
+    from moray.micro.supervisor import Supervisor
+
+    cmd = list(args.command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    policies = [p for f in args.policy for p in load_file(f)]
+    if not cmd and not args.explain:
+        raise ConfigError("moray micro: no command (moray micro --policy FILE -- CMD ARGS)")
+    sink = None if args.explain else Sink(args.events)
+    sup = Supervisor(policies, sink, node=args.node)
+    report = sup.report_start(cmd)
+    if args.explain:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for what in report["unsupported"]:
+        log.warning("not enforced by moray micro: %s", what)
+    for note in report["notes"]:
+        log.info("%s", note)
+    log.info("moray micro: notified %s; refused %s", ",".join(report["notified"]),
+             ",".join(report["refused"]) or "-")
+    try:
+        return sup.run(cmd)
+    finally:
+        assert sink is not None
+        sink.close()

@@ -1,0 +1,520 @@
+"""The supervisor: starts the workload under the filter and answers its notified calls.
+
+Start-up (``Supervisor.run``), in order:
+
+1. fork; the child puts itself in its own process group (the terminal's foreground one
+   when stdin is a tty, as tini does: ``kill(0, ...)`` by the workload never reaches the
+   supervisor), restores the signal dispositions Python changed, sets no_new_privs,
+   installs the filter and writes the listener's fd *number* to a pipe;
+2. the supervisor copies that fd with ``pidfd_getfd`` (a ``sendmsg`` in the child could
+   itself be notified before anyone listens), makes itself non-dumpable (the workload,
+   same uid, can then neither ptrace it nor read its memory) and tells the child to go;
+3. the child closes its copy and execs the command: the first notified call.
+
+Then one thread, one loop: ``select`` on the listener and a signal wake-up pipe; every
+notification is answered before the next is taken; signals (TERM, INT, HUP, QUIT, USR1,
+USR2, WINCH, CONT) are forwarded to the workload; every child is reaped (the supervisor
+is a child subreaper, and PID 1 in a container); when the workload's first process
+exits, the supervisor exits with its code (128 + signal when it was killed).
+
+Each notified call: read its arguments (moray.micro.notify), resolve paths
+(moray.micro.resolve), check ``id_valid``, decide (moray.micro.rules), answer (EPERM, or
+continue), write an event for every match. A call the supervisor cannot judge (its
+memory unreadable, another root or mount namespace) is refused when an enforcing rule
+could apply: fail closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from moray.api.policy.model import Mode, Policy
+from moray.api.policy.syscalls import X86_64
+from moray.micro import events, notify, rules
+from moray.micro import filter as bpf
+from moray.micro.resolve import base_of, resolve
+
+log = logging.getLogger(__name__)
+
+FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+           signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+O_NOFOLLOW = 0o400000
+O_CREAT_TRUNC = 0o1100
+_NAMES = {v: k for k, v in X86_64.items()}
+_NR = X86_64
+_OPEN_FLAGS_ARG = {_NR["open"]: (None, 0, 1), _NR["openat"]: ("dirfd", 1, 2),
+                   _NR["openat2"]: ("dirfd", 1, -1), _NR["creat"]: (None, 0, -2)}
+NOTES = {
+    "exec": "the exec failed with EPERM: the new program never ran",
+    "drift": "the exec failed with EPERM: the file was written or changed after the "
+             "enforcer started",
+    "file": "the open failed with EPERM: nothing was opened, created or truncated",
+    "network": "the call failed with EPERM: nothing was sent",
+    "syscall": "the call failed with EPERM",
+    "supervisor": "the call targeted the MicroEnforcer's supervisor and failed with EPERM",
+}
+
+
+class Undecidable(Exception):
+    """What the call would do cannot be known from here (a reason for the event)."""
+
+
+@dataclass
+class Stats:
+    notified: int = 0
+    refused: int = 0
+    gone: int = 0            # callers that went away before the answer
+    errors: int = 0
+    by_call: dict[str, int] = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, policies: Sequence[Policy], sink: events.Sink | None,
+                 node: str | None = None, proc: str = "/proc",
+                 clock: Any = time.time) -> None:
+        self.policies = tuple(policies)
+        self.sink = sink
+        self.node = node or events.node_name()
+        self.proc = proc
+        self.pid = os.getpid()
+        self.plan = rules.plan(self.policies, self.pid)
+        self.prog = bpf.assemble(self.plan)
+        self.enforcing = any(p.mode is Mode.ENFORCE for p in self.policies)
+        # drift: a file whose status changed (ctime) at or after this instant was written,
+        # replaced, linked or chmod'ed after start (the kernel stamps every such change)
+        self.start_ns = int(clock() * 1e9) - 50_000_000  # the file clock is coarse
+        self.identity = self._identities()
+        self.stats = Stats()
+        self.child = 0
+        self.listener = -1
+        st_root, st_mnt = os.stat("/"), os.stat(f"{proc}/self/ns/mnt")
+        self._root = (st_root.st_dev, st_root.st_ino)
+        self._mntns = st_mnt.st_ino
+
+    # ------------------------------------------------------------------ start-up
+
+    def _identities(self) -> dict[tuple[int, int], str]:
+        """(dev, ino) -> path of every exact path a file rule names, as of start: the
+        same file reached by another name (a hard link, /proc/<pid>/fd/N) is covered."""
+        out: dict[tuple[int, int], str] = {}
+        for p in self.policies:
+            for r in (*p.files.deny, *p.files.monitor):
+                if r.pattern.exact:
+                    try:
+                        st = os.stat(r.pattern.path)
+                    except OSError:
+                        continue
+                    out[(st.st_dev, st.st_ino)] = r.pattern.path
+        return out
+
+    def spawn(self, argv: Sequence[str]) -> int:
+        r_fd, w_fd = os.pipe()
+        r_go, w_go = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child, until exec
+            try:
+                os.close(r_fd)
+                os.close(w_go)
+                self._child(argv, w_fd, r_go)
+            except BaseException as err:
+                os.write(2, f"moray micro: cannot start {argv[0]}: {err}\n".encode())
+            os._exit(127)
+        os.close(w_fd)
+        os.close(r_go)
+        self.child = pid
+        raw = b""
+        while True:
+            chunk = os.read(r_fd, 16)
+            if not chunk:
+                break
+            raw += chunk
+        os.close(r_fd)
+        if not raw:
+            os.close(w_go)
+            return pid  # the child failed before the filter: it exits 127, reaped below
+        pidfd = os.pidfd_open(pid)
+        try:
+            self.listener = bpf.pidfd_getfd(pidfd, int(raw))
+        finally:
+            os.close(pidfd)
+        bpf._libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        os.write(w_go, b"g")
+        os.close(w_go)
+        return pid
+
+    def _child(self, argv: Sequence[str], w_fd: int, r_go: int) -> None:  # pragma: no cover
+        os.setpgid(0, 0)
+        if os.isatty(0):
+            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            with contextlib.suppress(OSError):
+                os.tcsetpgrp(0, os.getpgrp())
+            signal.signal(signal.SIGTTOU, old)
+        for s in (*FORWARD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTTOU,
+                  signal.SIGTTIN, signal.SIGTSTP):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        fd = bpf.install(self.prog)
+        os.write(w_fd, str(fd).encode())
+        os.close(w_fd)
+        os.read(r_go, 1)  # the supervisor holds the listener now
+        os.close(r_go)
+        os.close(fd)
+        os.execvp(argv[0], list(argv))
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, argv: Sequence[str]) -> int:
+        bpf._libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        pending: list[int] = []
+        for s in FORWARD:
+            signal.signal(s, lambda n, _f: pending.append(n))
+        signal.signal(signal.SIGCHLD, lambda _n, _f: None)
+        self.spawn(argv)
+        status: int | None = None
+        try:
+            while status is None:
+                fds = [wake_r] + ([self.listener] if self.listener >= 0 else [])
+                try:
+                    ready, _, _ = select.select(fds, [], [], 1.0)
+                except InterruptedError:  # pragma: no cover - PEP 475 retries
+                    ready = []
+                if self.listener in ready:
+                    self.handle_one()
+                if wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 512)
+                while pending:
+                    sig = pending.pop(0)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.child, sig)
+                status = self._reap()
+        finally:
+            if self.listener >= 0:
+                os.close(self.listener)
+        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else \
+            128 + os.WTERMSIG(status)
+
+    def _reap(self) -> int | None:
+        """Reap every exited child; the workload's wait status once it exited."""
+        found = None
+        while True:
+            try:
+                pid, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return found
+            if pid == 0:
+                return found
+            if pid == self.child:
+                found = st
+
+    # ------------------------------------------------------------------ one call
+
+    def handle_one(self) -> None:
+        n = notify.recv(self.listener)
+        if n is None:
+            return
+        self.stats.notified += 1
+        name = _NAMES.get(n.nr, str(n.nr))
+        self.stats.by_call[name] = self.stats.by_call.get(name, 0) + 1
+        try:
+            verdict, detail = self.judge(n, name)
+        except Undecidable as why:
+            verdict, detail = self._undecidable(name, str(why))
+        except (OSError, ValueError) as err:
+            self.stats.errors += 1
+            verdict, detail = self._undecidable(name, f"unreadable: {err}")
+        # the caller's facts are read while it waits: after a refusal it may be gone
+        ev = self._event(n, name, verdict, detail) if verdict.matches else None
+        if not notify.id_valid(self.listener, n.id):
+            self.stats.gone += 1
+            return
+        if verdict.deny:
+            self.stats.refused += 1
+            sent = notify.refuse(self.listener, n.id)
+        else:
+            sent = notify.allow(self.listener, n.id)
+        if not sent:
+            self.stats.gone += 1
+        if ev is not None and self.sink is not None:
+            self.sink.write(ev)
+
+    def _undecidable(self, name: str, why: str) -> tuple[rules.Verdict, dict[str, Any]]:
+        """Fail closed where an enforcing policy has a rule of the call's kind."""
+        kind = {"execve": "exec", "execveat": "exec", "mmap": "drift"}.get(
+            name, "network" if name in rules.NET_CALLS else "file")
+        def used(p: Policy) -> bool:
+            return {"exec": p.exec.used, "drift": p.exec.drift, "file": p.files.used,
+                    "network": p.network.used}[kind]
+
+        m = tuple(rules.Match(p.name, p.mode.value, f"undecidable: {why}")
+                  for p in self.policies if used(p))
+        return rules.Verdict(kind, m), {"syscall": name}
+
+    def judge(self, n: notify.Notification, name: str) -> tuple[rules.Verdict, dict[str, Any]]:
+        """The verdict on one call, and what the event says about its object."""
+        if name in ("kill", "tkill", "tgkill", "pidfd_open", "ptrace", "process_vm_readv",
+                    "process_vm_writev") and self._guarded(n, name):
+            return rules.Verdict("supervisor", (rules.Match(
+                "moray-micro", Mode.ENFORCE.value, f"supervisor: {name}"),)), {
+                "syscall": name, "target": self.pid}
+        if name == "pidfd_send_signal":
+            target = self._pidfd_target(n.pid, n.int_arg(0))
+            if target == self.pid:
+                return rules.Verdict("supervisor", (rules.Match(
+                    "moray-micro", Mode.ENFORCE.value, "supervisor: pidfd_send_signal"),)), {
+                    "syscall": name, "target": self.pid}
+            return self._syscall_rule(name)
+        if name in ("execve", "execveat"):
+            return self._exec(n, name)
+        if name in ("open", "openat", "openat2", "creat"):
+            return self._open(n, name)
+        if name in rules.NET_CALLS:
+            return self._net(n, name)
+        if name == "mmap":
+            return self._mmap(n)
+        return self._syscall_rule(name)
+
+    def _syscall_rule(self, name: str) -> tuple[rules.Verdict, dict[str, Any]]:
+        v = rules.decide_syscall(self.policies, name)
+        # notified only for monitor-mode policies: never refused here
+        v = rules.Verdict(v.kind, tuple(m for m in v.matches
+                                        if m.mode == Mode.MONITOR.value))
+        return v, {"syscall": name, "nr": X86_64.get(name)}
+
+    def _guarded(self, n: notify.Notification, name: str) -> bool:
+        if name == "kill":
+            target, sig = n.int_arg(0), n.int_arg(1)
+            return target in (self.pid, -1) and sig != 0
+        if name == "tkill":
+            return n.int_arg(0) == self.pid and n.int_arg(1) != 0
+        if name == "tgkill":
+            return n.int_arg(0) == self.pid and n.int_arg(2) != 0
+        if name == "ptrace":
+            return n.int_arg(1) == self.pid
+        return n.int_arg(0) == self.pid  # pidfd_open, process_vm_readv/writev
+
+    def _pidfd_target(self, tid: int, fd: int) -> int | None:
+        try:
+            for line in open(f"{self.proc}/{tid}/fdinfo/{fd}"):  # noqa: SIM115
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+            link = os.readlink(f"{self.proc}/{tid}/fd/{fd}")
+        except OSError:
+            return None
+        if link.startswith("/proc/") and link[6:].isdigit():
+            return int(link[6:])
+        return None
+
+    def _same_view(self, tid: int) -> None:
+        """Paths are resolved in the supervisor's root and mount namespace: refuse to
+        judge a caller that has another one (a user+mount namespace of its own)."""
+        try:
+            r = os.stat(f"{self.proc}/{tid}/root")
+            m = os.stat(f"{self.proc}/{tid}/ns/mnt")
+        except OSError as err:
+            raise Undecidable(f"cannot read /proc/{tid}: {err.strerror}") from err
+        if (r.st_dev, r.st_ino) != self._root or m.st_ino != self._mntns:
+            raise Undecidable("the caller has another root or mount namespace")
+
+    def _tgid(self, tid: int) -> int:
+        try:
+            for line in open(f"{self.proc}/{tid}/status"):  # noqa: SIM115
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return tid
+
+    def _drifted(self, path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False   # nothing there: the exec fails on its own (ENOENT)
+        return not stat.S_ISREG(st.st_mode) or st.st_ctime_ns >= self.start_ns
+
+    def _exec(self, n: notify.Notification, name: str) -> tuple[rules.Verdict, dict[str, Any]]:
+        tid = n.pid
+        self._same_view(tid)
+        tgid = self._tgid(tid)
+        if name == "execve":
+            dirfd, ptr, flags = -100, n.args[0], 0
+        else:
+            dirfd, ptr, flags = n.int_arg(0), n.args[1], n.int_arg(4)
+        with notify.Memory(tid, self.proc) as mem:
+            raw = mem.string(ptr)
+        path = os.fsdecode(raw)
+        if not path and flags & AT_EMPTY_PATH:
+            base = base_of(tid, dirfd, self.proc)
+            res = resolve(f"/proc/{tgid}/fd/{dirfd}", "/", tgid, tid, proc=self.proc)
+            named = base
+        else:
+            base = base_of(tid, -100 if path.startswith("/") else dirfd, self.proc)
+            res = resolve(path, base, tgid, tid, proc=self.proc)
+            named = resolve(path, base, tgid, tid, follow_last=False, proc=self.proc).path
+        binary = res.path
+        drifted = res.special or (res.exists and self._drifted(binary)) or \
+            binary.startswith("/memfd:")
+        v = rules.decide_exec(self.policies, binary, named, drifted)
+        return v, {"binary": binary, "filename": path, "syscall": name}
+
+    def _mmap(self, n: notify.Notification) -> tuple[rules.Verdict, dict[str, Any]]:
+        tid, fd = n.pid, n.int_arg(4)
+        try:
+            st = os.stat(f"{self.proc}/{tid}/fd/{fd}")
+            link = os.readlink(f"{self.proc}/{tid}/fd/{fd}")
+        except OSError:
+            return rules.ALLOWED, {}  # a bad fd: mmap fails on its own (EBADF)
+        drifted = not stat.S_ISREG(st.st_mode) or st.st_ctime_ns >= self.start_ns
+        v = rules.decide_mapped(self.policies, link, drifted)
+        return v, {"binary": link, "via": "mmap", "syscall": "mmap"}
+
+    def _open(self, n: notify.Notification, name: str) -> tuple[rules.Verdict, dict[str, Any]]:
+        tid = n.pid
+        self._same_view(tid)
+        tgid = self._tgid(tid)
+        how, pidx, fidx = _OPEN_FLAGS_ARG[n.nr]
+        dirfd = n.int_arg(0) if how == "dirfd" else -100
+        with notify.Memory(tid, self.proc) as mem:
+            path = os.fsdecode(mem.string(n.args[pidx]))
+            if fidx == -1:   # openat2: struct open_how {u64 flags, mode, resolve}
+                flags = struct.unpack("=Q", mem.read(n.args[2], 8))[0]
+            elif fidx == -2:  # creat
+                flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+            else:
+                flags = n.args[fidx] & 0xFFFFFFFF
+        base = base_of(tid, -100 if path.startswith("/") else dirfd, self.proc)
+        res = resolve(path, base, tgid, tid, follow_last=not flags & O_NOFOLLOW,
+                      proc=self.proc)
+        names = [res.path]
+        try:
+            st = os.stat(res.path) if res.exists and not res.special else None
+        except OSError:
+            st = None
+        if st is not None:
+            covered = self.identity.get((st.st_dev, st.st_ino))
+            if covered:
+                names.append(covered)
+        acc = rules.access_of(flags)
+        v = rules.decide_open(self.policies, names, acc)
+        return v, {"path": res.path, "path_as_written": path, "syscall": name,
+                   "access": {1: "read", 2: "write", 3: "read-write"}.get(acc, "path"),
+                   **({"covered_path": names[1]} if len(names) > 1 else {})}
+
+    def _net(self, n: notify.Notification, name: str) -> tuple[rules.Verdict, dict[str, Any]]:
+        tid = n.pid
+        fd = n.int_arg(0)
+        with notify.Memory(tid, self.proc) as mem:
+            if name == "connect":
+                addrs = [mem.read(n.args[1], min(n.args[2] & 0xFFFFFFFF, 128))]
+            elif name == "sendto":
+                addrs = [mem.read(n.args[4], min(n.args[5] & 0xFFFFFFFF, 128))]
+            elif name == "sendmsg":
+                addrs = [_msg_name(mem, n.args[1])]
+            else:  # sendmmsg: struct mmsghdr {msghdr (56), unsigned msg_len} = 64 bytes
+                count = min(n.args[2] & 0xFFFFFFFF, 1024)
+                addrs = [_msg_name(mem, n.args[1] + 64 * i) for i in range(count)]
+        proto = self._sock_proto(n.pid, fd)
+        worst: tuple[rules.Verdict, dict[str, Any]] = (rules.ALLOWED, {})
+        for raw in addrs:
+            dest = _sockaddr(raw)
+            if dest is None:
+                continue
+            addr, port = dest
+            v = rules.decide_connect(self.policies, addr, port, proto)
+            if v.matches and (not worst[0].matches or v.deny):
+                worst = (v, {"daddr": str(rules.effective_address(addr)), "dport": port,
+                             "protocol": {6: "tcp", 17: "udp"}.get(proto), "syscall": name})
+            if v.deny:
+                break
+        return worst
+
+    def _sock_proto(self, tid: int, fd: int) -> int:
+        """SO_PROTOCOL of the caller's socket (a copy taken with pidfd_getfd); 0 when
+        unknown (then a rule of either protocol applies)."""
+        try:
+            pidfd = os.pidfd_open(self._tgid(tid))
+        except OSError:
+            return 0
+        try:
+            got = bpf.pidfd_getfd(pidfd, fd)
+        except OSError:
+            return 0
+        finally:
+            os.close(pidfd)
+        try:
+            s = socket.socket(fileno=got)
+            try:
+                return int(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+            finally:
+                s.detach()
+        except OSError:
+            return 0
+        finally:
+            os.close(got)
+
+    def _event(self, n: notify.Notification, name: str, v: rules.Verdict,
+               detail: dict[str, Any]) -> dict[str, Any]:
+        tgid = self._tgid(n.pid)
+        ev = events.envelope("enforce", self.node, events.process(tgid, n.pid, self.proc),
+                             events.parent(tgid, self.proc))
+        first = next((m for m in v.matches if m.mode == Mode.ENFORCE.value), v.matches[0])
+        enf: dict[str, Any] = {
+            "action": v.action, "kind": v.kind,
+            "tier": "seccomp-notify", "policy": first.policy, "rule": first.rule,
+            "policies": [{"name": m.policy, "mode": m.mode,
+                          "enforced": m.mode == Mode.ENFORCE.value, "rule": m.rule}
+                         for m in v.matches],
+            **detail}
+        if v.deny and v.kind in NOTES:
+            enf["note"] = NOTES[v.kind]
+        ev["enforcement"] = enf
+        return ev
+
+    def report_start(self, argv: Sequence[str]) -> dict[str, Any]:
+        """What is enforced and how: logged at start, and written as a ``micro-start``
+        line when events go to a file."""
+        return {"notified": sorted(self.plan.notified()),
+                "refused": sorted(r.name for r in self.plan.rules
+                                  if r.default is rules.Action.ERRNO_EPERM),
+                "unsupported": list(self.plan.unsupported), "notes": list(self.plan.notes),
+                "policies": [{"name": p.name, "mode": p.mode.value} for p in self.policies],
+                "command": list(argv), "supervisor": self.pid}
+
+
+def _msg_name(mem: notify.Memory, addr: int) -> bytes:
+    raw = mem.read(addr, 16)
+    ptr, length = struct.unpack("=QI", raw[:12])
+    if not ptr or not length:
+        return b""
+    return mem.read(ptr, min(length, 128))
+
+
+def _sockaddr(raw: bytes) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address,
+                                   int] | None:
+    if len(raw) < 2:
+        return None
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET and len(raw) >= 8:
+        return ipaddress.IPv4Address(raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        return ipaddress.IPv6Address(raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
+    return None
+
