@@ -3,7 +3,7 @@
 Why raw BPF through ctypes, and not a libseccomp binding: the MicroEnforcer is copied
 into other people's images, so it should need nothing but Python and the kernel. PyPI's
 pyseccomp is ctypes over ``libseccomp.so.2`` (a system library many slim and distroless
-images lack, and its 0.1.2 of 2021 has no user-notification API); Debian's
+images lack, and its 0.1.2 of 2021 wraps receive/respond but not the ID_VALID check); Debian's
 python3-seccomp is built for Debian's own interpreter, not the one in the image. The
 program we need is small (an architecture check, one comparison per syscall, a few
 argument tests), so we assemble it here (``assemble``, pure, unit-tested with a cBPF

@@ -146,6 +146,8 @@ def run_runc(
     timeout: float = 20,
     mounts: Sequence[dict[str, object]] = (),
     caps: Sequence[str] = (),
+    user: tuple[int, int] | None = None,
+    drop_caps: bool = False,
 ) -> Iterator[RuncContainer]:
     """Create a runc container running *argv*; always ``runc delete -f`` on exit.
 
@@ -154,7 +156,8 @@ def run_runc(
     means runc uses ``<caller's cgroup>/<id>``.  state_root: runc ``--root`` (default
     /run/runc).  A fresh busybox rootfs is built when *rootfs* is not given.  mounts:
     extra OCI mounts (e.g. a read-only bind of the host's /usr). caps: capabilities added
-    to runc's default set (e.g. ``CAP_SETFCAP``).
+    to runc's default set (e.g. ``CAP_SETFCAP``). user: (uid, gid) of the process (default
+    root). drop_caps: no capabilities at all (every set empty).
     """
     work = Path(tempfile.mkdtemp(prefix=f"moray-runc-{container_id}-"))
     bundle = work / "bundle"
@@ -166,7 +169,7 @@ def run_runc(
         hook = f"cat > {state_file}; while [ ! -e {gate} ]; do sleep 0.01; done"
         config = _runc_config(bundle, rootfs, argv, env=env, network=network,
                               cgroups_path=cgroups_path, annotations=annotations, hook=hook,
-                              mounts=mounts, caps=caps)
+                              mounts=mounts, caps=caps, user=user, drop_caps=drop_caps)
         (bundle / "config.json").write_text(json.dumps(config, indent=2))
         out, err = work / "stdout", work / "stderr"
         root = ["--root", str(state_root)] if state_root else []
@@ -212,12 +215,16 @@ def _runc_config(bundle: Path, rootfs: Path, argv: Sequence[str], *, env: Sequen
                  network: str, cgroups_path: str | None,
                  annotations: dict[str, str] | None, hook: str,
                  mounts: Sequence[dict[str, object]] = (),
-                 caps: Sequence[str] = ()) -> dict[str, object]:
+                 caps: Sequence[str] = (), user: tuple[int, int] | None = None,
+                 drop_caps: bool = False) -> dict[str, object]:
     subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True, capture_output=True)
     config = json.loads((bundle / "config.json").read_text())
     config["process"].update(terminal=False, args=list(argv), env=list(env))
     for kind, have in config["process"].get("capabilities", {}).items():
-        config["process"]["capabilities"][kind] = [*have, *(c for c in caps if c not in have)]
+        config["process"]["capabilities"][kind] = [] if drop_caps else [
+            *have, *(c for c in caps if c not in have)]
+    if user is not None:
+        config["process"]["user"] = {"uid": user[0], "gid": user[1]}
     config["root"] = {"path": str(rootfs), "readonly": False}
     linux = config["linux"]
     namespaces = [ns for ns in linux["namespaces"] if ns["type"] != "network"]

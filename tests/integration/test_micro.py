@@ -1,0 +1,377 @@
+"""The MicroEnforcer (`moray micro`) on REAL workloads, as an unprivileged user.
+
+Every workload runs as nobody (65534) with no capabilities at all (setpriv: empty
+bounding, inheritable and ambient sets), the way a container's entrypoint runs without
+added capabilities; the supervisor is the real CLI. No BPF is loaded (no lock needed).
+Files the rules name are the test's own (an agent of another test may enforce on the
+host's /etc/shadow). A runc container test runs the same supervisor as the container's
+PID 1 in a busybox rootfs with the host's /usr and the Python environment bound read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (setpriv to nobody)"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+          "--inh-caps=-all", "--bounding-set=-all"]
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+    events: list[dict]
+
+    def enforce(self, kind: str | None = None) -> list[dict]:
+        return [e for e in self.events if e.get("type") == "enforce"
+                and (kind is None or e["enforcement"]["kind"] == kind)]
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="moray-micro-", dir="/tmp"))
+    d.chmod(0o755)
+    rw = d / "rw"
+    rw.mkdir()
+    rw.chmod(0o777)
+    secret = d / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o666)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def policy(work: Path, body: str, name: str = "p") -> Path:
+    f = work / f"{name}.yaml"
+    spec = textwrap.indent(textwrap.dedent(body).strip() + "\n", "  ")
+    f.write_text(f"apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\n"
+                 f"spec:\n  scope: {{host: true}}\n{spec}")
+    f.chmod(0o644)
+    return f
+
+
+def micro(work: Path, pol: Path, argv: list[str], *, stdin: str | None = None,
+          timeout: float = 60, extra: tuple[str, ...] = ()) -> Run:
+    ev = work / "rw" / "events.jsonl"
+    ev.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": "/usr/bin"}
+    p = subprocess.run([*NOBODY, PYTHON, "-m", "moray.cli", "micro", "--policy", str(pol),
+                        "--events", str(ev), *extra, "--", *argv],
+                       input=stdin, capture_output=True, text=True, timeout=timeout,
+                       env=env, cwd=work / "rw")
+    events = [json.loads(line) for line in ev.read_text().splitlines()] if ev.exists() else []
+    return Run(p.returncode, p.stdout, p.stderr, events)
+
+
+def sh(script: str) -> list[str]:
+    return ["/bin/sh", "-c", script]
+
+
+def py(code: str) -> list[str]:
+    return ["/usr/bin/python3", "-c", textwrap.dedent(code)]
+
+
+def test_exec_denied_with_eperm_and_no_side_effect(work: Path) -> None:
+    pol = policy(work, "exec: {deny: [/usr/bin/touch]}")
+    marker = work / "rw" / "marker"
+    r = micro(work, pol, sh(f"touch {marker}; echo rc=$?; /usr/bin/echo allowed"))
+    assert "rc=126" in r.out and "Operation not permitted" in r.err, r
+    assert "allowed" in r.out and r.code == 0
+    assert not marker.exists()
+    (e,) = r.enforce("exec")
+    assert e["enforcer"] == "micro" and e["enforcement"]["action"] == "blocked"
+    assert e["enforcement"]["rule"] == "exec.deny: /usr/bin/touch"
+    assert e["enforcement"]["binary"] == "/usr/bin/touch"
+    assert e["process"]["uid"] == 65534 and e["process"]["exec_id"]
+    assert e["node"] and e["container"] is None
+
+
+def test_allow_list(work: Path) -> None:
+    pol = policy(work, "exec: {allow: [/bin/sh, /usr/bin/dash, /usr/bin/echo]}")
+    r = micro(work, pol, sh("echo builtin; /usr/bin/echo ok; /usr/bin/cat /dev/null; "
+                            "echo rc=$?"))
+    assert "ok" in r.out and "rc=126" in r.out, r
+    assert [e["enforcement"]["rule"] for e in r.enforce()] == ["exec.allow: not listed"]
+
+
+def test_file_deny_every_way_to_name_it(work: Path) -> None:
+    secret = work / "secret"
+    link = work / "rw" / "hard"
+    os.link(secret, link)   # a hard link made before start: covered by identity
+    (work / "rw" / "sym").symlink_to(secret)
+    pol = policy(work, f"files: {{deny: [{{path: {secret}, access: read}}]}}")
+    r = micro(work, pol, sh(
+        f"cat {secret}; echo rc1=$?; cd {work} && cat ./rw/../secret; echo rc2=$?; "
+        f"cat rw/sym; echo rc3=$?; cat {link}; echo rc4=$?; "
+        f"exec 3<{work}/rw; cat /dev/fd/3/../secret 2>&1; echo rc5=$?; "
+        f"echo appended >> {secret}; echo rc6=$?"))
+    assert "s3cret" not in r.out, r
+    for i in (1, 2, 3, 4, 5):
+        assert f"rc{i}=1" in r.out, (i, r)
+    # a write is not what the rule denies: the append went through
+    assert "rc6=0" in r.out and secret.read_text() == "s3cret\nappended\n"
+    hits = r.enforce("file")
+    assert len(hits) == 5, hits
+    assert {e["enforcement"]["path"] for e in hits} >= {str(secret), str(link)}
+    assert all(e["enforcement"]["action"] == "blocked" for e in hits)
+
+
+def test_file_write_deny_leaves_no_trace(work: Path) -> None:
+    target = work / "rw" / "config"
+    target.write_text("orig\n")
+    target.chmod(0o666)
+    pol = policy(work, f"files: {{deny: [{{prefix: {work}/rw/, access: write}}]}}")
+    r = micro(work, pol, sh(f"cat {target}; echo x > {target}; echo rc=$?; "
+                            f"touch {work}/rw/new; echo rc2=$?"))
+    assert "orig" in r.out and "rc=2" in r.out and "rc2=1" in r.out, r
+    assert target.read_text() == "orig\n"   # O_TRUNC never happened
+    assert not (work / "rw" / "new").exists()
+
+
+def test_connect_deny(work: Path) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.5)
+    port = srv.getsockname()[1]
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen(8)
+    oport = other.getsockname()[1]
+    pol = policy(work, f'network: {{egress: {{deny: ["127.0.0.1/32:{port}"]}}}}')
+    try:
+        r = micro(work, pol, py(f"""
+            import socket, errno
+            for p in ({port}, {oport}):
+                s = socket.socket()
+                print(p, s.connect_ex(("127.0.0.1", p)))
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                u.sendto(b"x", ("127.0.0.1", {port}))
+            except OSError as e:
+                print("sendto", e.errno)
+            s6 = socket.socket(socket.AF_INET6)
+            print("mapped", s6.connect_ex(("::ffff:127.0.0.1", {port})))
+        """))
+        assert f"{port} {1}" in r.out and f"{oport} 0" in r.out, r
+        assert "sendto 1" in r.out and "mapped 1" in r.out, r
+        with pytest.raises(TimeoutError):
+            srv.accept()   # nothing reached the denied listener
+        nets = r.enforce("network")
+        assert [e["enforcement"]["syscall"] for e in nets] == ["connect", "sendto", "connect"]
+        assert nets[0]["enforcement"]["dport"] == port
+        assert nets[0]["enforcement"]["protocol"] == "tcp"
+        assert nets[1]["enforcement"]["protocol"] == "udp"
+    finally:
+        srv.close()
+        other.close()
+
+
+def test_syscall_deny(work: Path) -> None:
+    pol = policy(work, "syscalls: {deny: [mkdir, mkdirat, unshare]}")
+    r = micro(work, pol, sh(f"mkdir {work}/rw/d; echo rc=$?; unshare -U true; echo u=$?"))
+    assert "rc=1" in r.out and "u=1" in r.out, r
+    assert not (work / "rw" / "d").exists()
+
+
+def test_dropped_binary_and_script_refused(work: Path) -> None:
+    pol = policy(work, "exec: {drift: block}")
+    rw = work / "rw"
+    r = micro(work, pol, sh(
+        f"cp /usr/bin/true {rw}/t; {rw}/t; echo bin=$?; "
+        f"printf '#!/bin/sh\\necho script-ran\\n' > {rw}/s.sh; chmod +x {rw}/s.sh; "
+        f"{rw}/s.sh; echo script=$?; /usr/bin/true; echo image=$?; "
+        f"/usr/bin/python3 -c 'import os; os.execv(\"{rw}/t\", [\"t\"])' 2>&1; echo py=$?"))
+    assert "bin=126" in r.out and "script=126" in r.out and "image=0" in r.out, r
+    assert "script-ran" not in r.out and "py=1" in r.out
+    drift = r.enforce("drift")
+    assert len(drift) == 3 and all(e["enforcement"]["rule"] == "exec.drift: block"
+                                   for e in drift)
+
+
+def test_forked_and_threaded_workload_covered(work: Path) -> None:
+    secret = work / "secret"
+    pol = policy(work, f"files: {{deny: [{secret}]}}\nexec: {{deny: [/usr/bin/id]}}")
+    r = micro(work, pol, py(f"""
+        import os, threading, subprocess
+        res = []
+        def t():
+            try:
+                open("{secret}").read(); res.append("thread-read")
+            except PermissionError:
+                res.append("thread-eperm")
+        th = threading.Thread(target=t); th.start(); th.join()
+        pid = os.fork()
+        if pid == 0:
+            if os.fork() == 0:   # a grandchild, its parent gone: reparented to the supervisor
+                os.setsid()
+                try:
+                    open("{secret}")
+                    os._exit(10)
+                except PermissionError:
+                    os._exit(20)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(res[0], subprocess.run(["/usr/bin/id"]).returncode if False else "",
+              flush=True)
+        try:
+            subprocess.run(["/usr/bin/id"])
+        except PermissionError:
+            print("spawn-eperm")
+    """))
+    assert "thread-eperm" in r.out and "spawn-eperm" in r.out, r
+    assert len(r.enforce("file")) == 2 and len(r.enforce("exec")) == 1, r.events
+
+
+def test_exit_code_stdin_and_signals(work: Path) -> None:
+    pol = policy(work, "exec: {deny: [/usr/bin/nc]}")
+    r = micro(work, pol, sh("cat; exit 42"), stdin="from stdin\n")
+    assert r.code == 42 and r.out == "from stdin\n", r
+    r = micro(work, pol, sh("kill -9 $$"))
+    assert r.code == 137, r
+    # SIGTERM to the supervisor reaches the workload (its trap decides the exit code)
+    ev = work / "rw" / "events.jsonl"
+    ready = work / "rw" / "ready"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([*NOBODY, PYTHON, "-m", "moray.cli", "micro", "--policy", str(pol),
+                          "--events", str(ev), "--", "/bin/sh", "-c",
+                          f"trap 'echo got-term; exit 9' TERM; touch {ready}; "
+                          "while :; do sleep 0.05; done"],
+                         stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.02)
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 9 and "got-term" in out
+
+
+def test_escape_attempts_fail_or_are_reported(work: Path) -> None:
+    pol = policy(work, "exec: {deny: [/usr/bin/nc]}")
+    r = micro(work, pol, py("""
+        import ctypes, os, signal, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        sup = os.getppid()
+        def errno_of(f):
+            try:
+                f(); return 0
+            except OSError as e:
+                return e.errno
+        print("kill", errno_of(lambda: os.kill(sup, signal.SIGKILL)))
+        print("killall", errno_of(lambda: os.kill(-1, signal.SIGKILL)))
+        print("pidfd", errno_of(lambda: os.pidfd_open(sup)))
+        r = libc.ptrace(16, sup, 0, 0)
+        print("ptrace", r, ctypes.get_errno())
+        print("mem", errno_of(lambda: open(f"/proc/{sup}/mem", "rb")))
+        links = []
+        for f in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{f}"))
+            except OSError:
+                pass   # the directory's own fd, closed by now
+        print("notify-fd", any("seccomp" in l for l in links))
+        # a second listener of our own would take the notifications: the kernel refuses it
+        prog = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("=HBBI", 6, 0, 0, 0x7fc00000))
+        class Fprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("f", ctypes.c_void_p)]
+        fp = Fprog(1, ctypes.addressof(prog))
+        libc.syscall.restype = ctypes.c_long
+        fd = libc.syscall(317, 1, 8, ctypes.byref(fp))
+        print("listener", fd, ctypes.get_errno())
+        print("alive", os.getppid() == sup)
+    """))
+    out = r.out
+    assert "kill 1" in out and "killall 1" in out and "pidfd 1" in out, r
+    assert "ptrace -1 1" in out, r                 # EPERM: the supervisor is not dumpable
+    assert "mem 13" in out or "mem 1" in out, r    # EACCES / EPERM
+    assert "notify-fd False" in out and "alive True" in out, r
+    assert "listener -1 16" in out, r             # EBUSY: one listener per filter tree
+    sup = r.enforce("supervisor")
+    assert {e["enforcement"]["syscall"] for e in sup} >= {"kill", "pidfd_open", "ptrace"}
+
+
+def test_monitor_mode_reports_and_lets_run(work: Path) -> None:
+    pol = policy(work, "mode: monitor\nexec: {deny: [/usr/bin/true]}\n"
+                       "syscalls: {deny: [mkdir, mkdirat]}")
+    r = micro(work, pol, sh(f"/usr/bin/true; echo rc=$?; mkdir {work}/rw/m; echo m=$?"))
+    assert "rc=0" in r.out and "m=0" in r.out, r
+    acts = {(e["enforcement"]["kind"], e["enforcement"]["action"]) for e in r.enforce()}
+    assert ("exec", "would-block") in acts and ("syscall", "would-block") in acts
+
+
+def test_unsupported_rule_kinds_are_named(work: Path) -> None:
+    pol = policy(work, "exec: {deny: [/usr/bin/nc]}\nsetid: {deny: [setuid]}")
+    r = micro(work, pol, ["/usr/bin/true"])
+    assert r.code == 0 and "not enforced by moray micro: p: spec.setid" in r.err, r
+
+
+# --------------------------------------------------------------------------- runc
+
+
+def test_in_a_runc_container_as_pid_1(work: Path) -> None:
+    from tests.helpers.containers import build_rootfs, run_runc
+
+    rootfs = build_rootfs(work / "rootfs")
+    for name in ("lib", "lib64"):
+        (rootfs / name).symlink_to(f"usr/{name}")
+    (rootfs / "usr").mkdir()
+    (rootfs / "tmp").chmod(0o1777)
+    py_home = Path(os.path.realpath(PYTHON)).parents[1]    # the interpreter's prefix
+    venv = Path(sys.prefix)
+    binds = [Path("/usr"), py_home, venv, REPO]
+    mounts = [{"destination": str(b), "type": "bind", "source": str(b),
+               "options": ["rbind", "ro"]} for b in dict.fromkeys(binds)]
+    (rootfs / "etc" / "policy.yaml").write_text(textwrap.dedent("""\
+        apiVersion: moray/v1
+        kind: RuntimePolicy
+        metadata: {name: ctr}
+        spec:
+          scope: {containers: {}}
+          exec: {deny: [/bin/wget], drift: block}
+          files: {deny: [{path: /etc/shadow, access: read}]}
+          syscalls: {deny: [mkdir, mkdirat]}
+        """))
+    script = ("id -u; cat /etc/shadow; echo shadow=$?; cp /bin/busybox /tmp/bb; "
+              "/tmp/bb true; echo drift=$?; mkdir /tmp/d; echo mkdir=$?; "
+              "kill -9 1; echo kill=$?; echo pid=$$; exit 5")
+    argv = [f"{venv}/bin/python", "-m", "moray.cli", "micro", "--policy", "/etc/policy.yaml",
+            "--events", "stdout", "--", "/bin/sh", "-c", script]
+    with run_runc("moray-micro-t", argv, rootfs=rootfs, mounts=mounts,
+                  env=("PATH=/bin", f"PYTHONPATH={REPO}"), user=(65534, 65534),
+                  drop_caps=True) as ctr:
+        res = ctr.wait(timeout=60)
+    out = res.stdout
+    assert res.exit_code == 5, res
+    assert out.splitlines()[0] == "65534", res
+    assert "moray-shadow-marker" not in out and "shadow=1" in out, res
+    assert "drift=126" in out and "mkdir=1" in out and "kill=1" in out, res
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    kinds = {e["enforcement"]["kind"] for e in events if e.get("type") == "enforce"}
+    assert {"file", "drift", "supervisor"} <= kinds, events
