@@ -30,6 +30,10 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                    help="where events go: stderr (default: the workload's stdout stays its "
                         "own), stdout, or a file (appended)")
     p.add_argument("--node", default=None, help="the events' node (default: host name)")
+    p.add_argument("--continue-opens", action="store_true",
+                   help="let allowed opens continue in the kernel instead of opening them "
+                        "here and handing the fd over: best effort against a caller that "
+                        "changes the path meanwhile (docs/micro.md); for comparison")
     p.add_argument("--explain", action="store_true",
                    help="print what would be enforced (notified and refused calls, rule "
                         "kinds not enforced here) as JSON and exit")
@@ -49,7 +53,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not cmd and not args.explain:
         raise ConfigError("moray micro: no command (moray micro --policy FILE -- CMD ARGS)")
     sink = None if args.explain else Sink(args.events)
-    sup = Supervisor(policies, sink, node=args.node)
+    sup = Supervisor(policies, sink, node=args.node, exact=not args.continue_opens)
     report = sup.report_start(cmd)
     if args.explain:
         json.dump(report, sys.stdout, indent=2)

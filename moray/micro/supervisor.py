@@ -27,14 +27,18 @@ could apply: fail closed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
+import posixpath
+import re
 import select
 import signal
 import socket
 import stat
 import struct
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,7 +59,11 @@ PR_SET_CHILD_SUBREAPER = 36
 AT_EMPTY_PATH = 0x1000
 AT_SYMLINK_NOFOLLOW = 0x100
 O_NOFOLLOW = 0o400000
-O_CREAT_TRUNC = 0o1100
+AT_FDCWD = -100
+# flags a reopen through /proc/self/fd/N keeps: not creation, not O_NOFOLLOW (the magic
+# link itself is a symbolic link), O_CLOEXEC given to the caller's copy by ADDFD
+_REOPEN = ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC) & 0xFFFFFFFF
+_ACC = {1: "read", 2: "write", 3: "read-write"}
 _NAMES = {v: k for k, v in X86_64.items()}
 _NR = X86_64
 _OPEN_FLAGS_ARG = {_NR["open"]: (None, 0, 1), _NR["openat"]: ("dirfd", 1, 2),
@@ -87,7 +95,7 @@ class Stats:
 class Supervisor:
     def __init__(self, policies: Sequence[Policy], sink: events.Sink | None,
                  node: str | None = None, proc: str = "/proc",
-                 clock: Any = time.time) -> None:
+                 clock: Any = time.time, exact: bool = True) -> None:
         self.policies = tuple(policies)
         self.sink = sink
         self.node = node or events.node_name()
@@ -103,6 +111,10 @@ class Supervisor:
         self.stats = Stats()
         self.child = 0
         self.listener = -1
+        # opens are made here and handed over (exact) when the kernel can (ADDFD with
+        # SEND: 5.14) and the caller's credentials are the supervisor's
+        self.exact = exact and _kernel_at_least(5, 14)
+        self.creds = self._facts(os.getpid()).creds
         st_root, st_mnt = os.stat("/"), os.stat(f"{proc}/self/ns/mnt")
         self._root = (st_root.st_dev, st_root.st_ino)
         self._mntns = st_mnt.st_ino
@@ -234,27 +246,68 @@ class Supervisor:
         self.stats.notified += 1
         name = _NAMES.get(n.nr, str(n.nr))
         self.stats.by_call[name] = self.stats.by_call.get(name, 0) + 1
+        ans: Answer | None = None
         try:
             verdict, detail = self.judge(n, name)
+            ans = detail.pop("_answer", None)
+        except Gone:
+            self.stats.gone += 1
+            return
         except Undecidable as why:
             verdict, detail = self._undecidable(name, str(why))
         except (OSError, ValueError) as err:
             self.stats.errors += 1
             verdict, detail = self._undecidable(name, f"unreadable: {err}")
-        # the caller's facts are read while it waits: after a refusal it may be gone
-        ev = self._event(n, name, verdict, detail) if verdict.matches else None
-        if not notify.id_valid(self.listener, n.id):
-            self.stats.gone += 1
-            return
-        if verdict.deny:
-            self.stats.refused += 1
-            sent = notify.refuse(self.listener, n.id)
-        else:
-            sent = notify.allow(self.listener, n.id)
-        if not sent:
-            self.stats.gone += 1
-        if ev is not None and self.sink is not None:
-            self.sink.write(ev)
+        try:
+            # the caller's facts are read while it waits: after a refusal it may be gone
+            ev = self._event(n, name, verdict, detail) if verdict.matches else None
+            # an exact open asked id_valid itself, before it opened anything
+            if (ans is None or verdict.deny) and not notify.id_valid(self.listener, n.id):
+                self.stats.gone += 1
+                return
+            if verdict.deny:
+                self.stats.refused += 1
+                sent = notify.refuse(self.listener, n.id)
+            elif ans is not None:
+                sent = self._answer(n.id, ans)
+            else:
+                sent = notify.allow(self.listener, n.id)
+            if not sent:
+                self.stats.gone += 1
+            if ev is not None and self.sink is not None:
+                self.sink.write(ev)
+        finally:
+            if ans is not None:
+                ans.close()
+
+    def _answer(self, nid: int, ans: Answer) -> bool:
+        if ans.err:
+            return notify.refuse(self.listener, nid, ans.err)
+        if ans.fifo:
+            # opening a FIFO blocks until its other end opens: not on the loop's thread
+            pfd, flags = ans.fifo
+            ans.fifo = None
+            ans.fds.remove(pfd)
+            threading.Thread(target=self._fifo_open, args=(nid, pfd, flags, ans.cloexec),
+                             daemon=True, name="micro-fifo").start()
+            return True
+        return notify.add_fd_and_return(self.listener, nid, ans.fd, ans.cloexec)
+
+    def _fifo_open(self, nid: int, pfd: int, flags: int, cloexec: bool) -> None:
+        try:
+            try:
+                fd = os.open(f"/proc/self/fd/{pfd}", flags | os.O_CLOEXEC)
+            except OSError as err:
+                notify.refuse(self.listener, nid, err.errno or errno.EIO)
+                return
+            try:
+                notify.add_fd_and_return(self.listener, nid, fd, cloexec)
+            finally:
+                os.close(fd)
+        except OSError as err:  # the listener closed at exit, the caller gone
+            log.debug("fifo open for notification %d: %s", nid, err)
+        finally:
+            os.close(pfd)
 
     def _undecidable(self, name: str, why: str) -> tuple[rules.Verdict, dict[str, Any]]:
         """Fail closed where an enforcing policy has a rule of the call's kind."""
@@ -334,6 +387,18 @@ class Supervisor:
         if (r.st_dev, r.st_ino) != self._root or m.st_ino != self._mntns:
             raise Undecidable("the caller has another root or mount namespace")
 
+    def _facts(self, tid: int) -> Facts:
+        """Thread group, credentials and umask of a caller (/proc/<tid>/status)."""
+        f: dict[str, list[str]] = {}
+        try:
+            for line in open(f"{self.proc}/{tid}/status"):  # noqa: SIM115
+                key, _, val = line.partition(":")
+                if key in ("Tgid", "Uid", "Gid", "Groups", "Umask", "CapEff"):
+                    f[key] = val.split()
+        except OSError as err:
+            raise Undecidable(f"cannot read /proc/{tid}/status: {err.strerror}") from err
+        return Facts(int(f["Tgid"][0]), _creds(f), int(f.get("Umask", ["022"])[0], 8))
+
     def _tgid(self, tid: int) -> int:
         try:
             for line in open(f"{self.proc}/{tid}/status"):  # noqa: SIM115
@@ -391,15 +456,20 @@ class Supervisor:
         self._same_view(tid)
         tgid = self._tgid(tid)
         how, pidx, fidx = _OPEN_FLAGS_ARG[n.nr]
-        dirfd = n.int_arg(0) if how == "dirfd" else -100
+        dirfd = n.int_arg(0) if how == "dirfd" else AT_FDCWD
+        resolve_flags = 0
         with notify.Memory(tid, self.proc) as mem:
             path = os.fsdecode(mem.string(n.args[pidx]))
             if fidx == -1:   # openat2: struct open_how {u64 flags, mode, resolve}
-                flags = struct.unpack("=Q", mem.read(n.args[2], 8))[0]
+                flags, mode, resolve_flags = struct.unpack("=QQQ", mem.read(n.args[2], 24))
             elif fidx == -2:  # creat
-                flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+                flags, mode = os.O_CREAT | os.O_WRONLY | os.O_TRUNC, n.args[1] & 0o7777
             else:
                 flags = n.args[fidx] & 0xFFFFFFFF
+                mode = n.args[fidx + 1] & 0o7777
+        facts = self._facts(tid)
+        if self.exact and not resolve_flags and facts.creds == self.creds:
+            return self._open_exact(n, name, facts, path, flags, mode, dirfd)
         base = base_of(tid, -100 if path.startswith("/") else dirfd, self.proc)
         res = resolve(path, base, tgid, tid, follow_last=not flags & O_NOFOLLOW,
                       proc=self.proc)
@@ -417,6 +487,121 @@ class Supervisor:
         return v, {"path": res.path, "path_as_written": path, "syscall": name,
                    "access": {1: "read", 2: "write", 3: "read-write"}.get(acc, "path"),
                    **({"covered_path": names[1]} if len(names) > 1 else {})}
+
+    def _open_exact(self, n: notify.Notification, name: str, facts: Facts, path: str,
+                    flags: int, mode: int, dirfd: int) -> tuple[rules.Verdict, dict[str, Any]]:
+        """Open the file here, judge the file really opened (its path from our fd, its
+        identity), and give the caller that very fd (``add_fd_and_return``): the kernel
+        never reads the caller's path again, so no thread and no symbolic link swapped
+        meanwhile changes what is opened. Creation goes through the resolved parent
+        directory with O_NOFOLLOW; O_TRUNC is applied after the check."""
+        tid, acc = n.pid, rules.access_of(flags)
+        ans = Answer(cloexec=bool(flags & os.O_CLOEXEC))
+        want = _caller_path(path, facts.tgid, tid)
+        detail: dict[str, Any] = {"path_as_written": path, "syscall": name,
+                                  "access": _ACC.get(acc, "path"), "_answer": ans}
+        try:
+            base = None
+            if not want.startswith("/"):
+                src = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
+                try:
+                    base = ans.keep(os.open(f"{self.proc}/{tid}/{src}",
+                                            os.O_PATH | os.O_CLOEXEC))
+                except OSError:
+                    ans.err = errno.EBADF
+                    return rules.ALLOWED, detail
+            if not notify.id_valid(self.listener, n.id):
+                raise Gone
+            old_umask = os.umask(facts.umask)
+            try:
+                for _ in range(3):
+                    done = self._open_step(want, base, flags, mode, acc, ans, detail)
+                    if done is not None:
+                        return done, detail
+            finally:
+                os.umask(old_umask)
+            raise Undecidable("the path kept changing while it was opened")
+        except BaseException:
+            ans.close()
+            raise
+
+    def _open_step(self, want: str, base: int | None, flags: int, mode: int, acc: int,
+                   ans: Answer, detail: dict[str, Any]) -> rules.Verdict | None:
+        """One try; None: retry (the name became a symbolic link meanwhile)."""
+        follow = flags & (os.O_NOFOLLOW | os.O_DIRECTORY)
+        try:
+            pfd = ans.keep(os.open(want, os.O_PATH | os.O_CLOEXEC | follow, dir_fd=base))
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                ans.err = errno.ENOENT
+                return rules.ALLOWED
+            return self._create(want, base, flags, mode, acc, ans, detail)
+        except OSError as err:
+            ans.err = err.errno or errno.EIO
+            return rules.ALLOWED
+        st = os.fstat(pfd)
+        real = os.readlink(f"/proc/self/fd/{pfd}")
+        v = self._judge_file(real, st, acc, detail)
+        if v.deny:
+            return v
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            ans.err = errno.EEXIST
+        elif flags & os.O_PATH:
+            ans.fd = pfd
+        elif stat.S_ISFIFO(st.st_mode):
+            ans.fifo = (pfd, flags & _REOPEN)
+        else:
+            try:
+                ans.fd = ans.keep(os.open(f"/proc/self/fd/{pfd}", (flags & _REOPEN)
+                                          | os.O_CLOEXEC, mode))
+            except OSError as err:
+                ans.err = err.errno or errno.EIO
+        return v
+
+    def _create(self, want: str, base: int | None, flags: int, mode: int, acc: int,
+                ans: Answer, detail: dict[str, Any]) -> rules.Verdict | None:
+        parent, _, leaf = want.rpartition("/")
+        if not leaf:
+            ans.err = errno.EISDIR
+            return rules.ALLOWED
+        parent = parent or ("/" if want.startswith("/") else ".")
+        try:
+            pdir = ans.keep(os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                    dir_fd=base))
+        except OSError as err:
+            ans.err = err.errno or errno.EIO
+            return rules.ALLOWED
+        cand = posixpath.join(os.readlink(f"/proc/self/fd/{pdir}"), leaf)
+        detail["path"] = cand
+        v = rules.decide_open(self.policies, [cand], acc)
+        if v.deny:
+            return v
+        try:
+            fd = ans.keep(os.open(leaf, (flags & ~os.O_TRUNC) | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  mode, dir_fd=pdir))
+        except OSError as err:
+            if err.errno == errno.ELOOP and not flags & os.O_NOFOLLOW:
+                return None   # made a symbolic link meanwhile: resolve it from the top
+            ans.err = err.errno or errno.EIO
+            return rules.ALLOWED
+        st = os.fstat(fd)
+        v = self._judge_file(cand, st, acc, detail)   # created meanwhile as a hard link?
+        if v.deny:
+            return v
+        if flags & os.O_TRUNC and acc & 2:
+            os.ftruncate(fd, 0)
+        ans.fd = fd
+        return v
+
+    def _judge_file(self, real: str, st: os.stat_result, acc: int,
+                    detail: dict[str, Any]) -> rules.Verdict:
+        names = [real.removesuffix(" (deleted)")]
+        covered = self.identity.get((st.st_dev, st.st_ino))
+        if covered:
+            names.append(covered)
+            detail["covered_path"] = covered
+        detail["path"] = names[0]
+        return rules.decide_open(self.policies, names, acc)
 
     def _net(self, n: notify.Notification, name: str) -> tuple[rules.Verdict, dict[str, Any]]:
         tid = n.pid
@@ -518,3 +703,71 @@ def _sockaddr(raw: bytes) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address
         return ipaddress.IPv6Address(raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
     return None
 
+
+class Gone(Exception):
+    """The caller went away (its notification is no longer valid)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    tgid: int
+    creds: tuple[str, ...]
+    umask: int
+
+
+@dataclass
+class Answer:
+    """How an exact open is answered: an fd of ours to hand over, or an errno. Owns the
+    fds opened for it (closed once the caller has its copy)."""
+
+    fd: int = -1
+    err: int = 0
+    cloexec: bool = False
+    fifo: tuple[int, int] | None = None
+    fds: list[int] = field(default_factory=list)
+
+    def keep(self, fd: int) -> int:
+        self.fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        while self.fds:
+            with contextlib.suppress(OSError):
+                os.close(self.fds.pop())
+
+
+def _creds(f: dict[str, list[str]]) -> tuple[str, ...]:
+    """What decides an open's permission: effective and filesystem uid / gid, the groups,
+    the effective capabilities."""
+    uid, gid = f.get("Uid", ["", "", "", ""]), f.get("Gid", ["", "", "", ""])
+    return (uid[1], uid[3], gid[1], gid[3], " ".join(sorted(f.get("Groups", []))),
+            "".join(f.get("CapEff", [])))
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        nums = os.uname().release.split("-")[0].split(".")
+        return (int(nums[0]), int(nums[1])) >= (major, minor)
+    except (ValueError, IndexError):
+        return False
+
+
+_SELF = re.compile(r"^/(proc/self|proc/thread-self|dev/fd|dev/stdin|dev/stdout|dev/stderr)"
+                   r"(?=/|$)")
+_STDIO = {"dev/stdin": "fd/0", "dev/stdout": "fd/1", "dev/stderr": "fd/2", "dev/fd": "fd"}
+
+
+def _caller_path(path: str, tgid: int, tid: int) -> str:
+    """*path* with the names that mean "the calling process" spelled with its pid, so the
+    supervisor opening it reaches the caller's entry and not its own."""
+    m = _SELF.match(path)
+    if m is None:
+        return path
+    what = m.group(1)
+    if what == "proc/self":
+        head = f"/proc/{tgid}"
+    elif what == "proc/thread-self":
+        head = f"/proc/{tgid}/task/{tid}"
+    else:
+        head = f"/proc/{tgid}/{_STDIO[what]}"
+    return head + path[m.end():]
