@@ -13,10 +13,14 @@ identity check of moray.micro.supervisor covers that case for exact paths).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import posixpath
 import re
 import stat
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_LINKS = 40
@@ -97,3 +101,110 @@ def _host(path: str, proc: str) -> str:
     if proc != "/proc" and (path == "/proc" or path.startswith("/proc/")):
         return proc + path[5:]
     return path
+
+
+# --------------------------------------------------------------------------- fd walk
+
+SYS_OPENAT2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class ForbiddenEntry(Exception):
+    """The path goes through a /proc entry of a process the caller must not reach
+    through the supervisor (the supervisor's own)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def openat2(path: str, flags: int, resolve: int, dir_fd: int | None = None) -> int:
+    how = struct.pack("=QQQ", flags, 0, resolve)
+    raw = os.fsencode(path)
+    fd = _libc.syscall(SYS_OPENAT2, -100 if dir_fd is None else dir_fd, raw, how, len(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
+
+
+def open_path(path: str, dir_fd: int | None, flags: int, pid: int, tid: int,
+              forbidden: Callable[[int], bool], proc_dev: int) -> int:
+    """An O_PATH fd of what *path* names for the caller *pid*/*tid* (O_NOFOLLOW and
+    O_DIRECTORY of *flags* honoured). Without magic links (``/proc/<pid>/fd/N``, cwd,
+    root, exe) the kernel resolves it (openat2 RESOLVE_NO_MAGICLINKS); with them, one
+    name at a time here, so that ``/proc/self`` is the caller and no entry of a process
+    that *forbidden* names is entered, whichever symbolic links lead there (raises
+    ForbiddenEntry). *proc_dev*: st_dev of procfs."""
+    base = flags & (os.O_NOFOLLOW | os.O_DIRECTORY) | os.O_PATH | os.O_CLOEXEC
+    try:
+        return openat2(path, base, RESOLVE_NO_MAGICLINKS, dir_fd)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+    return _walk(path, dir_fd, flags, pid, tid, forbidden, proc_dev)
+
+
+def _walk(path: str, dir_fd: int | None, flags: int, pid: int, tid: int,
+          forbidden: Callable[[int], bool], proc_dev: int) -> int:
+    fds: list[int] = []
+
+    def keep(fd: int) -> int:
+        fds.append(fd)
+        return fd
+
+    try:
+        root = keep(os.open("/", os.O_PATH | os.O_CLOEXEC))
+        if path.startswith("/"):
+            cur = root
+        elif dir_fd is None:
+            cur = keep(os.open(".", os.O_PATH | os.O_CLOEXEC))
+        else:
+            cur = keep(os.dup(dir_fd))
+        todo = path.split("/")
+        links = 0
+        while todo:
+            name = todo.pop(0)
+            if name in ("", "."):
+                continue
+            last = not any(n not in ("", ".") for n in todo)
+            st_cur = os.fstat(cur)
+            if st_cur.st_dev == proc_dev and name.isdigit() and _is_proc_root(cur) \
+                    and forbidden(int(name)):
+                raise ForbiddenEntry(f"/proc/{name}")
+            nxt = keep(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur))
+            st = os.fstat(nxt)
+            follow = not last or not flags & os.O_NOFOLLOW
+            if not stat.S_ISLNK(st.st_mode) or not follow:
+                cur = nxt
+                continue
+            links += 1
+            if links > MAX_LINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+            if st.st_dev == proc_dev:
+                if _is_proc_root(cur) and name in ("self", "thread-self"):
+                    target = str(pid) if name == "self" else f"{pid}/task/{tid}"
+                else:   # a magic link: the kernel follows it (from its directory, which
+                    # is held) to its object
+                    cur = keep(os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=cur))
+                    continue
+            else:
+                target = os.readlink("", dir_fd=nxt)
+            if target.startswith("/"):
+                cur = root
+            todo = target.split("/") + todo
+        if flags & os.O_DIRECTORY and not stat.S_ISDIR(os.fstat(cur).st_mode):
+            raise OSError(errno.ENOTDIR, "not a directory", path)
+        out = os.dup(cur)
+        os.set_inheritable(out, False)
+        return out
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _is_proc_root(fd: int) -> bool:
+    """*fd* is procfs's root directory (its inode is 1)."""
+    return os.fstat(fd).st_ino == 1

@@ -48,7 +48,7 @@ from moray.api.policy.model import Mode, Policy
 from moray.api.policy.syscalls import X86_64
 from moray.micro import events, notify, rules
 from moray.micro import filter as bpf
-from moray.micro.resolve import base_of, resolve
+from moray.micro.resolve import ForbiddenEntry, base_of, open_path, resolve
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ class Supervisor:
         # SEND: 5.14) and the caller's credentials are the supervisor's
         self.exact = exact and _kernel_at_least(5, 14)
         self.creds = self._facts(os.getpid()).creds
+        self._caller = (0, 0)
+        self._proc_dev = os.stat(proc).st_dev
         st_root, st_mnt = os.stat("/"), os.stat(f"{proc}/self/ns/mnt")
         self._root = (st_root.st_dev, st_root.st_ino)
         self._mntns = st_mnt.st_ino
@@ -496,6 +498,7 @@ class Supervisor:
         meanwhile changes what is opened. Creation goes through the resolved parent
         directory with O_NOFOLLOW; O_TRUNC is applied after the check."""
         tid, acc = n.pid, rules.access_of(flags)
+        self._caller = (facts.tgid, tid)
         ans = Answer(cloexec=bool(flags & os.O_CLOEXEC))
         want = _caller_path(path, facts.tgid, tid)
         detail: dict[str, Any] = {"path_as_written": path, "syscall": name,
@@ -530,7 +533,12 @@ class Supervisor:
         """One try; None: retry (the name became a symbolic link meanwhile)."""
         follow = flags & (os.O_NOFOLLOW | os.O_DIRECTORY)
         try:
-            pfd = ans.keep(os.open(want, os.O_PATH | os.O_CLOEXEC | follow, dir_fd=base))
+            pfd = ans.keep(open_path(want, base, follow, self._caller[0], self._caller[1],
+                                     self._supervisor_pid, self._proc_dev))
+        except ForbiddenEntry as err:
+            detail["path"] = err.path
+            return rules.Verdict("supervisor", (rules.Match(
+                "moray-micro", Mode.ENFORCE.value, "supervisor: /proc entry"),))
         except FileNotFoundError:
             if not flags & os.O_CREAT:
                 ans.err = errno.ENOENT
@@ -541,6 +549,13 @@ class Supervisor:
             return rules.ALLOWED
         st = os.fstat(pfd)
         real = os.readlink(f"/proc/self/fd/{pfd}")
+        if self._supervisor_entry(real):
+            # opened here it would be the supervisor opening its own entry (its fds, its
+            # maps): what the caller could never open itself (the supervisor is not
+            # dumpable)
+            detail["path"] = real
+            return rules.Verdict("supervisor", (rules.Match(
+                "moray-micro", Mode.ENFORCE.value, "supervisor: /proc entry"),))
         v = self._judge_file(real, st, acc, detail)
         if v.deny:
             return v
@@ -592,6 +607,19 @@ class Supervisor:
             os.ftruncate(fd, 0)
         ans.fd = fd
         return v
+
+    def _supervisor_entry(self, path: str) -> bool:
+        m = _PROC_ENTRY.match(path)
+        return m is not None and self._supervisor_pid(int(m.group(1)))
+
+    def _supervisor_pid(self, n: int) -> bool:
+        """*n* is the supervisor or one of its threads."""
+        if n == self.pid:
+            return True
+        try:
+            return n in {int(t) for t in os.listdir(f"{self.proc}/{self.pid}/task")}
+        except OSError:
+            return False
 
     def _judge_file(self, real: str, st: os.stat_result, acc: int,
                     detail: dict[str, Any]) -> rules.Verdict:
@@ -754,6 +782,7 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 
 _SELF = re.compile(r"^/(proc/self|proc/thread-self|dev/fd|dev/stdin|dev/stdout|dev/stderr)"
                    r"(?=/|$)")
+_PROC_ENTRY = re.compile(r"^/proc/(\d+)(?:/|$)")
 _STDIO = {"dev/stdin": "fd/0", "dev/stdout": "fd/1", "dev/stderr": "fd/2", "dev/fd": "fd"}
 
 

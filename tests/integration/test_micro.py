@@ -290,6 +290,11 @@ def test_escape_attempts_fail_or_are_reported(work: Path) -> None:
         r = libc.ptrace(16, sup, 0, 0)
         print("ptrace", r, ctypes.get_errno())
         print("mem", errno_of(lambda: open(f"/proc/{sup}/mem", "rb")))
+        # its other entries: its fds (the notification fd among them), its maps
+        for what in ("fd/0", "fd/3", "maps"):
+            print(what, errno_of(lambda: os.close(os.open(f"/proc/{sup}/{what}", 0))))
+        cwd_fd = os.open(f"/proc/{os.getpid()}", os.O_DIRECTORY)   # its own: fine
+        os.close(cwd_fd)
         links = []
         for f in os.listdir("/proc/self/fd"):
             try:
@@ -312,6 +317,8 @@ def test_escape_attempts_fail_or_are_reported(work: Path) -> None:
     assert "ptrace -1 1" in out, r                 # EPERM: the supervisor is not dumpable
     assert "mem 13" in out or "mem 1" in out, r    # EACCES / EPERM
     assert "notify-fd False" in out and "alive True" in out, r
+    for what in ("fd/0", "fd/3", "maps"):
+        assert f"{what} 1" in out or f"{what} 13" in out, (what, r)
     assert "listener -1 16" in out, r             # EBUSY: one listener per filter tree
     sup = r.enforce("supervisor")
     assert {e["enforcement"]["syscall"] for e in sup} >= {"kill", "pidfd_open", "ptrace"}
@@ -427,3 +434,31 @@ def test_open_race_cannot_reach_a_denied_file(work: Path) -> None:
         (work / "rw" / f).unlink(missing_ok=True)
     r2 = micro(work, pol, argv, extra=("--continue-opens",))
     print("with --continue-opens:", r2.out.strip())
+
+
+def test_supervisor_entries_not_reachable_through_opens(work: Path) -> None:
+    """With file rules the supervisor opens files for the workload; it must never open its
+    own /proc entries for it (its descriptors: the event file, its pipes; its maps),
+    whichever names lead there, while the workload's own /proc/self/fd/N still work."""
+    pol = policy(work, f"files: {{deny: [{work}/secret]}}")
+    r = micro(work, pol, py(f"""
+        import os
+        sup = os.getppid()
+        os.symlink(f"/proc/{{sup}}/fd", "{work}/rw/supfd")
+        os.symlink(f"/proc/{{sup}}", "{work}/rw/sup")
+        def errno_of(p, flags=os.O_RDONLY):
+            try:
+                os.close(os.open(p, flags)); return 0
+            except OSError as e:
+                return e.errno
+        fds = [n for n in range(12)]
+        print("fds", sorted({{errno_of(f"{work}/rw/supfd/{{n}}", os.O_WRONLY) for n in fds}}))
+        print("direct", errno_of(f"/proc/{{sup}}/fd/1", os.O_WRONLY))
+        print("maps", errno_of(f"{work}/rw/sup/maps"), errno_of(f"/proc/{{sup}}/maps"))
+        d = os.open("{work}", os.O_RDONLY)
+        print("own", errno_of(f"/proc/self/fd/{{d}}/ok"), errno_of(f"/dev/fd/{{d}}/secret"))
+    """))
+    assert "fds [1, 2]" in r.out or "fds [1]" in r.out, r   # 2: no such fd
+    assert "direct 1" in r.out and "maps 1 1" in r.out, r
+    assert "own 2 1" in r.out, r    # ok does not exist here; the secret is denied
+    assert any(e["enforcement"]["kind"] == "supervisor" for e in r.enforce()), r.events
