@@ -74,3 +74,45 @@ def test_base_of(tmp_path: Path) -> None:
         assert base_of(me, d) == str(tmp_path)
     finally:
         os.close(d)
+
+
+def test_open_path_follows_magic_links_as_the_caller(tmp_path: Path) -> None:
+    from moray.micro.resolve import open_path
+
+    me = os.getpid()
+    proc_dev = os.stat("/proc").st_dev
+    (tmp_path / "f").write_text("x")
+    d = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for path in (f"/proc/{me}/fd/{d}/f", f"/proc/{me}/fd/{d}/../{tmp_path.name}/f"):
+            fd = open_path(path, None, 0, me, me, lambda n: False, proc_dev)
+            try:
+                assert os.fstat(fd).st_ino == (tmp_path / "f").stat().st_ino, path
+            finally:
+                os.close(fd)
+        # no magic link: the kernel resolves it (RESOLVE_NO_MAGICLINKS)
+        fd = open_path(str(tmp_path / "f"), None, os.O_NOFOLLOW, me, me, lambda n: False,
+                       proc_dev)
+        os.close(fd)
+    finally:
+        os.close(d)
+
+
+def test_open_path_refuses_a_forbidden_entry_whatever_the_name(tmp_path: Path) -> None:
+    import pytest
+
+    from moray.micro.resolve import ForbiddenEntry, open_path
+
+    me = os.getpid()
+    proc_dev = os.stat("/proc").st_dev
+    (tmp_path / "l").symlink_to(f"/proc/{me}/fd")
+    (tmp_path / "p").symlink_to("/proc")
+    r, w = os.pipe()
+    try:
+        for path in (f"/proc/{me}/fd/{w}", f"{tmp_path}/l/{w}", f"{tmp_path}/p/{me}/fd/{w}",
+                     f"{tmp_path}/p/self/fd/{w}"):
+            with pytest.raises(ForbiddenEntry):
+                open_path(path, None, 0, me, me, lambda n: n == me, proc_dev)
+    finally:
+        os.close(r)
+        os.close(w)
