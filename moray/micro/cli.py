@@ -30,6 +30,10 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                    help="where events go: stderr (default: the workload's stdout stays its "
                         "own), stdout, or a file (appended)")
     p.add_argument("--node", default=None, help="the events' node (default: host name)")
+    p.add_argument("--drift-inventory", action="append", default=[], metavar="DIR",
+                   help="hash the executables and shared objects under DIR at start: one "
+                        "changed after start but with the same content under the same path "
+                        "is not drift (a chmod, a touch); repeatable (docs/micro.md)")
     p.add_argument("--continue-opens", action="store_true",
                    help="let allowed opens continue in the kernel instead of opening them "
                         "here and handing the fd over: best effort against a caller that "
@@ -53,7 +57,8 @@ def run_command(args: argparse.Namespace) -> int:
     if not cmd and not args.explain:
         raise ConfigError("moray micro: no command (moray micro --policy FILE -- CMD ARGS)")
     sink = None if args.explain else Sink(args.events)
-    sup = Supervisor(policies, sink, node=args.node, exact=not args.continue_opens)
+    sup = Supervisor(policies, sink, node=args.node, exact=not args.continue_opens,
+                     inventory=args.drift_inventory)
     report = sup.report_start(cmd)
     if args.explain:
         json.dump(report, sys.stdout, indent=2)

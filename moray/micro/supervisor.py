@@ -48,6 +48,7 @@ from moray.api.policy.model import Mode, Policy
 from moray.api.policy.syscalls import X86_64
 from moray.micro import events, notify, rules
 from moray.micro import filter as bpf
+from moray.micro.inventory import Inventory
 from moray.micro.resolve import ForbiddenEntry, base_of, open_path, resolve
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ class Stats:
 class Supervisor:
     def __init__(self, policies: Sequence[Policy], sink: events.Sink | None,
                  node: str | None = None, proc: str = "/proc",
-                 clock: Any = time.time, exact: bool = True) -> None:
+                 clock: Any = time.time, exact: bool = True,
+                 inventory: Sequence[str] = ()) -> None:
         self.policies = tuple(policies)
         self.sink = sink
         self.node = node or events.node_name()
@@ -104,9 +106,9 @@ class Supervisor:
         self.plan = rules.plan(self.policies, self.pid)
         self.prog = bpf.assemble(self.plan)
         self.enforcing = any(p.mode is Mode.ENFORCE for p in self.policies)
-        # drift: a file whose status changed (ctime) at or after this instant was written,
-        # replaced, linked or chmod'ed after start (the kernel stamps every such change)
-        self.start_ns = int(clock() * 1e9) - 50_000_000  # the file clock is coarse
+        # drift: changed (ctime) since this instant, unless the start-time inventory has
+        # the same content under that path (moray.micro.inventory)
+        self.inventory = Inventory(int(clock() * 1e9), inventory)
         self.identity = self._identities()
         self.stats = Stats()
         self.child = 0
@@ -415,7 +417,7 @@ class Supervisor:
             st = os.stat(path)
         except OSError:
             return False   # nothing there: the exec fails on its own (ENOENT)
-        return not stat.S_ISREG(st.st_mode) or st.st_ctime_ns >= self.start_ns
+        return self.inventory.drifted(path, st)
 
     def _exec(self, n: notify.Notification, name: str) -> tuple[rules.Verdict, dict[str, Any]]:
         tid = n.pid
@@ -449,7 +451,7 @@ class Supervisor:
             link = os.readlink(f"{self.proc}/{tid}/fd/{fd}")
         except OSError:
             return rules.ALLOWED, {}  # a bad fd: mmap fails on its own (EBADF)
-        drifted = not stat.S_ISREG(st.st_mode) or st.st_ctime_ns >= self.start_ns
+        drifted = self.inventory.drifted(link, st)
         v = rules.decide_mapped(self.policies, link, drifted)
         return v, {"binary": link, "via": "mmap", "syscall": "mmap"}
 

@@ -462,3 +462,35 @@ def test_supervisor_entries_not_reachable_through_opens(work: Path) -> None:
     assert "direct 1" in r.out and "maps 1 1" in r.out, r
     assert "own 2 1" in r.out, r    # ok does not exist here; the secret is denied
     assert any(e["enforcement"]["kind"] == "supervisor" for e in r.enforce()), r.events
+
+
+def test_drift_inventory_by_path_and_digest(work: Path) -> None:
+    """Changed after start (ctime) is drift, unless the start-time inventory holds the same
+    content under the same path: a chmod/touch of an image file is not drift, new bytes
+    or a new path are."""
+    bindir = work / "rw" / "bin"
+    bindir.mkdir()
+    bindir.chmod(0o777)
+    for name in ("touched", "rewritten", "same-bytes"):
+        f = bindir / name
+        f.write_text("#!/bin/sh\necho ran-" + name + "\n")
+        f.chmod(0o777)
+    # written before the enforcer starts: an interpreter's start-up (>0.1 s) is longer than
+    # the clock tick the inventory allows for (moray.micro.inventory.TICK_NS)
+    pol = policy(work, "exec: {drift: block}")
+    script = (f"cd {bindir}; touch touched; ./touched; echo t=$?; "
+              "echo 'echo evil' >> rewritten; ./rewritten; echo r=$?; "
+              "cp same-bytes /tmp/x-$$ && cat /tmp/x-$$ > same-bytes && rm /tmp/x-$$; "
+              "./same-bytes; echo s=$?; cp touched copy; ./copy; echo c=$?")
+    r = micro(work, pol, sh(script), extra=("--drift-inventory", str(bindir)))
+    assert "ran-touched" in r.out and "t=0" in r.out, r
+    assert "r=126" in r.out and "evil" not in r.out, r
+    assert "ran-same-bytes" in r.out and "s=0" in r.out, r
+    assert "c=126" in r.out, r
+    # without the inventory, any change after start is drift
+    for name in ("touched", "same-bytes", "copy"):
+        (bindir / name).unlink(missing_ok=True)
+    (bindir / "touched").write_text("#!/bin/sh\necho ran\n")
+    (bindir / "touched").chmod(0o777)
+    r = micro(work, pol, sh(f"touch {bindir}/touched; {bindir}/touched; echo t=$?"))
+    assert "t=126" in r.out, r
