@@ -494,3 +494,30 @@ def test_drift_inventory_by_path_and_digest(work: Path) -> None:
     (bindir / "touched").chmod(0o777)
     r = micro(work, pol, sh(f"touch {bindir}/touched; {bindir}/touched; echo t=$?"))
     assert "t=126" in r.out, r
+
+
+def test_orphans_are_reaped(work: Path) -> None:
+    """A grandchild whose parent exited is reparented to the supervisor (a child
+    subreaper, PID 1 in a container) and reaped when it exits: no zombie is left."""
+    pol = policy(work, "exec: {deny: [/usr/bin/nc]}")
+    r = micro(work, pol, py("""
+        import os, time
+        r, w = os.pipe()
+        if os.fork() == 0:
+            gc = os.fork()
+            if gc == 0:
+                os.read(r, 1)    # wait until told, then exit as an orphan
+                os._exit(0)
+            os.write(w, str(gc).encode().ljust(16))
+            os._exit(0)
+        os.wait()
+        gc = int(os.read(r, 16))
+        ppid = int(open(f"/proc/{gc}/stat").read().rsplit(")", 1)[1].split()[1])
+        print("reparented-to-supervisor", ppid == os.getppid())
+        os.write(w, b"x")
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{gc}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("reaped", not os.path.exists(f"/proc/{gc}"))
+    """))
+    assert "reparented-to-supervisor True" in r.out and "reaped True" in r.out, r
