@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from moray.errors import ConfigError
 
@@ -41,6 +42,25 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--explain", action="store_true",
                    help="print what would be enforced (notified and refused calls, rule "
                         "kinds not enforced here) as JSON and exit")
+    cp = p.add_argument_group(
+        "control plane (events to moray-server over the agent's enrolment and mTLS; the "
+        "enforcer shows in the agent list with the label enforcer=micro)")
+    cp.add_argument("--server", default=None, metavar="HOST:PORT",
+                    help="moray-server (or gateway) agent endpoint (gRPC, mTLS), e.g. "
+                         "server:7443")
+    cp.add_argument("--enroll-token", "--token", dest="enroll_token", default=None,
+                    help="enrolment token (better: $MORAY_ENROLL_TOKEN)")
+    cp.add_argument("--ca", default=None, help="server CA certificate (PEM) for enrolment")
+    cp.add_argument("--ca-sha256", default=None, help="or the CA's pinned SHA-256")
+    cp.add_argument("--enroll-server", default=None, metavar="HOST:PORT",
+                    help="enrolment endpoint (default: the server's host, port 7444)")
+    cp.add_argument("--data-dir", default="/tmp/moray-micro", metavar="DIR",
+                    help="identity and event spool (default /tmp/moray-micro)")
+    cp.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                    help="label of this enforcer (repeatable)")
+    cp.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="at exit, wait up to this long for spooled events to reach the "
+                         "server (default 10; what is left stays in the spool)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                    help="the workload")
 
@@ -70,8 +90,48 @@ def run_command(args: argparse.Namespace) -> int:
         log.info("%s", note)
     log.info("moray micro: notified %s; refused %s", ",".join(report["notified"]),
              ",".join(report["refused"]) or "-")
+    client = _control_plane(args, sup) if args.server else None
     try:
         return sup.run(cmd)
     finally:
         assert sink is not None
         sink.close()
+        if client is not None:
+            _drain(client, args.drain_timeout)
+
+
+def _control_plane(args: argparse.Namespace, sup: Any) -> Any:
+    """The agent's control-plane client, for events only: the policies stay the file's
+    (the filter is fixed once the workload runs); pushed policies are acknowledged as not
+    applied. Started after the fork (no thread may exist then)."""
+    import os
+
+    from moray.agent.controlplane import ApplyResult, ControlPlaneClient
+
+    def on_policy(policy: Any) -> Any:
+        return ApplyResult(ok=False, error="moray micro enforces its --policy file; "
+                                           "a pushed policy needs a restart with it")
+
+    labels = dict(kv.split("=", 1) for kv in args.label if "=" in kv)
+    labels["enforcer"] = "micro"
+    ca_pem = Path(args.ca).read_bytes() if args.ca else None
+    client = ControlPlaneClient(
+        args.server, args.data_dir, on_policy,
+        token=args.enroll_token or os.environ.get("MORAY_ENROLL_TOKEN"), ca_pem=ca_pem,
+        ca_sha256=args.ca_sha256, enroll_server=args.enroll_server, labels=labels,
+        hostname=args.node)
+    sup.forward = client.send
+    sup.after_spawn = client.start
+    return client
+
+
+def _drain(client: Any, timeout: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while client.spool.stats().records and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = client.spool.stats().records
+    if left:
+        log.warning("moray micro: %d events not yet sent (kept in the spool)", left)
+    client.stop()

@@ -40,7 +40,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +111,10 @@ class Supervisor:
         self.inventory = Inventory(int(clock() * 1e9), inventory)
         self.identity = self._identities()
         self.stats = Stats()
+        # another exit for every event (the control plane's spool), and what to start once
+        # the workload is forked (threads must not exist at the fork)
+        self.forward: Callable[[dict[str, Any]], object] | None = None
+        self.after_spawn: Callable[[], object] | None = None
         self.child = 0
         self.listener = -1
         # opens are made here and handed over (exact) when the kernel can (ADDFD with
@@ -204,6 +208,8 @@ class Supervisor:
             signal.signal(s, lambda n, _f: pending.append(n))
         signal.signal(signal.SIGCHLD, lambda _n, _f: None)
         self.spawn(argv)
+        if self.after_spawn is not None:
+            self.after_spawn()
         status: int | None = None
         try:
             while status is None:
@@ -278,8 +284,11 @@ class Supervisor:
                 sent = notify.allow(self.listener, n.id)
             if not sent:
                 self.stats.gone += 1
-            if ev is not None and self.sink is not None:
-                self.sink.write(ev)
+            if ev is not None:
+                if self.sink is not None:
+                    self.sink.write(ev)
+                if self.forward is not None:
+                    self.forward(ev)
         finally:
             if ans is not None:
                 ans.close()

@@ -223,17 +223,20 @@ def test_forked_and_threaded_workload_covered(work: Path) -> None:
             except PermissionError:
                 res.append("thread-eperm")
         th = threading.Thread(target=t); th.start(); th.join()
+        r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             if os.fork() == 0:   # a grandchild, its parent gone: reparented to the supervisor
                 os.setsid()
                 try:
                     open("{secret}")
-                    os._exit(10)
+                    os.write(w, b"gc-read")
                 except PermissionError:
-                    os._exit(20)
+                    os.write(w, b"gc-eperm")
+                os._exit(0)
             os._exit(0)
         os.waitpid(pid, 0)
+        print(os.read(r, 16).decode())   # the grandchild's answer, before the workload ends
         print(res[0], subprocess.run(["/usr/bin/id"]).returncode if False else "",
               flush=True)
         try:
@@ -241,7 +244,7 @@ def test_forked_and_threaded_workload_covered(work: Path) -> None:
         except PermissionError:
             print("spawn-eperm")
     """))
-    assert "thread-eperm" in r.out and "spawn-eperm" in r.out, r
+    assert "thread-eperm" in r.out and "spawn-eperm" in r.out and "gc-eperm" in r.out, r
     assert len(r.enforce("file")) == 2 and len(r.enforce("exec")) == 1, r.events
 
 
@@ -502,16 +505,18 @@ def test_orphans_are_reaped(work: Path) -> None:
     pol = policy(work, "exec: {deny: [/usr/bin/nc]}")
     r = micro(work, pol, py("""
         import os, time
-        r, w = os.pipe()
+        r, w = os.pipe()        # the grandchild's pid, up
+        go_r, go_w = os.pipe()  # "exit now", down
         if os.fork() == 0:
             gc = os.fork()
             if gc == 0:
-                os.read(r, 1)    # wait until told, then exit as an orphan
+                os.read(go_r, 1)    # wait until told, then exit as an orphan
                 os._exit(0)
             os.write(w, str(gc).encode().ljust(16))
             os._exit(0)
         os.wait()
         gc = int(os.read(r, 16))
+        w = go_w
         ppid = int(open(f"/proc/{gc}/stat").read().rsplit(")", 1)[1].split()[1])
         print("reparented-to-supervisor", ppid == os.getppid())
         os.write(w, b"x")
@@ -521,3 +526,35 @@ def test_orphans_are_reaped(work: Path) -> None:
         print("reaped", not os.path.exists(f"/proc/{gc}"))
     """))
     assert "reparented-to-supervisor True" in r.out and "reaped True" in r.out, r
+
+
+def test_events_reach_a_real_server(work: Path, tmp_path: Path) -> None:
+    """Enrolled over the agent's enrolment and mTLS protocol: the enforcer is in the
+    server's agent list (label enforcer=micro) and its events are stored there."""
+    from tests.helpers.controlplane import ServerProcess, wait_for
+
+    srv = ServerProcess(tmp_path / "server").start()
+    try:
+        api = srv.api()
+        token = api.token()
+        ca = work / "ca.pem"
+        ca.write_bytes(srv.ca_pem)
+        ca.chmod(0o644)
+        pol = policy(work, "exec: {deny: [/usr/bin/touch]}")
+        r = micro(work, pol, sh(f"touch {work}/rw/x; echo rc=$?"),
+                  extra=("--server", srv.grpc_target, "--enroll-server", srv.enroll_target,
+                         "--enroll-token", token, "--ca", str(ca),
+                         "--data-dir", str(work / "rw" / "cp"), "--node", "micro-test"))
+        assert "rc=126" in r.out and len(r.enforce("exec")) == 1, r
+        agents = api("GET", "/api/v1/agents")
+        mine = [a for a in agents if a.get("labels", {}).get("enforcer") == "micro"]
+        assert len(mine) == 1 and mine[0]["hostname"] == "micro-test", agents
+
+        def stored() -> list[dict]:
+            rows = api("GET", "/api/v1/events", params={"after": 0, "limit": 1000})
+            return [row for row in rows if row.get("agent_id") == mine[0]["id"]]
+        rows = wait_for(stored, timeout=30, what="the micro enforcer's event on the server")
+        assert rows[0]["event"]["enforcer"] == "micro", rows
+        assert rows[0]["event"]["enforcement"]["rule"] == "exec.deny: /usr/bin/touch"
+    finally:
+        srv.stop()
