@@ -180,9 +180,9 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install(prog: Sequence[Insn]) -> int:
+def install(prog: Sequence[Insn], listener: bool = True) -> int:
     """Set no_new_privs and install *prog* on the calling thread; returns the listener
-    (notification) fd, close-on-exec."""
+    (notification) fd, close-on-exec (0 with listener=False: a plain filter)."""
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise KernelError(f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
@@ -190,11 +190,27 @@ def install(prog: Sequence[Insn]) -> int:
     buf = ctypes.create_string_buffer(raw, len(raw))
     fprog = _SockFprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
     fd = _libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER,
-                       SECCOMP_FILTER_FLAG_NEW_LISTENER, ctypes.byref(fprog))
+                       SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0,
+                       ctypes.byref(fprog))
     if fd < 0:
         err = ctypes.get_errno()
         raise KernelError(f"seccomp(SET_MODE_FILTER, NEW_LISTENER): {os.strerror(err)}")
     return int(fd)
+
+
+SYS_CLONE = 56
+CLONE_FILES = 0x400
+SIGCHLD = 17
+
+
+def clone_files() -> int:
+    """fork(2), but the child shares the caller's fd table (clone CLONE_FILES): 0 in
+    the child, its pid in the parent. The caller must be single-threaded."""
+    pid = _libc.syscall(SYS_CLONE, CLONE_FILES | SIGCHLD, 0, 0, 0, 0)
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise KernelError(f"clone(CLONE_FILES): {os.strerror(err)}")
+    return int(pid)
 
 
 def pidfd_getfd(pidfd: int, fd: int) -> int:

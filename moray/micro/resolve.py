@@ -138,13 +138,22 @@ def open_path(path: str, dir_fd: int | None, flags: int, pid: int, tid: int,
     name at a time here, so that ``/proc/self`` is the caller and no entry of a process
     that *forbidden* names is entered, whichever symbolic links lead there (raises
     ForbiddenEntry). *proc_dev*: st_dev of procfs."""
+    global _have_openat2
     base = flags & (os.O_NOFOLLOW | os.O_DIRECTORY) | os.O_PATH | os.O_CLOEXEC
-    try:
-        return openat2(path, base, RESOLVE_NO_MAGICLINKS, dir_fd)
-    except OSError as err:
-        if err.errno != errno.ELOOP:
-            raise
+    if _have_openat2:
+        try:
+            return openat2(path, base, RESOLVE_NO_MAGICLINKS, dir_fd)
+        except OSError as err:
+            if err.errno in (errno.ENOSYS, errno.EPERM):
+                # before 5.6, or refused by the container runtime's seccomp profile:
+                # every path is walked here from now on
+                _have_openat2 = False
+            elif err.errno != errno.ELOOP:
+                raise
     return _walk(path, dir_fd, flags, pid, tid, forbidden, proc_dev)
+
+
+_have_openat2 = True
 
 
 def _walk(path: str, dir_fd: int | None, flags: int, pid: int, tid: int,

@@ -2,14 +2,17 @@
 
 Start-up (``Supervisor.run``), in order:
 
-1. fork; the child puts itself in its own process group (the terminal's foreground one
-   when stdin is a tty, as tini does: ``kill(0, ...)`` by the workload never reaches the
-   supervisor), restores the signal dispositions Python changed, sets no_new_privs,
-   installs the filter and writes the listener's fd *number* to a pipe;
-2. the supervisor copies that fd with ``pidfd_getfd`` (a ``sendmsg`` in the child could
-   itself be notified before anyone listens), makes itself non-dumpable (the workload,
-   same uid, can then neither ptrace it nor read its memory) and tells the child to go;
-3. the child closes its copy and execs the command: the first notified call.
+1. clone with a shared fd table (CLONE_FILES); the child puts itself in its own process
+   group (the terminal's foreground one when stdin is a tty, as tini does:
+   ``kill(0, ...)`` by the workload never reaches the supervisor), restores the signal
+   dispositions Python changed, sets no_new_privs, installs the filter and writes the
+   listener's fd *number* to a pipe;
+2. the supervisor has that fd already (shared table: no pidfd_getfd, which container
+   runtimes' seccomp profiles refuse, no sendmsg, which the filter may notify), makes
+   itself non-dumpable (the workload, same uid, can then neither ptrace it nor read its
+   memory) and tells the child to go;
+3. the child execs the command (the first notified call); exec unshares the fd table and
+   closes the close-on-exec fds, the listener among them.
 
 Then one thread, one loop: ``select`` on the listener and a signal wake-up pipe; every
 notification is answered before the next is taken; signals (TERM, INT, HUP, QUIT, USR1,
@@ -117,6 +120,7 @@ class Supervisor:
         self.after_spawn: Callable[[], object] | None = None
         self.child = 0
         self.listener = -1
+        self._pipes: tuple[int, ...] = ()
         # opens are made here and handed over (exact) when the kernel can (ADDFD with
         # SEND: 5.14) and the caller's credentials are the supervisor's
         self.exact = exact and _kernel_at_least(5, 14)
@@ -144,57 +148,53 @@ class Supervisor:
         return out
 
     def spawn(self, argv: Sequence[str]) -> int:
+        """Start the child with a fd table shared with the supervisor (clone
+        CLONE_FILES): the listener its seccomp(2) returns is then in the supervisor's
+        table at once. Not pidfd_getfd, which the default seccomp profiles of Docker,
+        containerd and CRI-O allow only with CAP_SYS_PTRACE; not SCM_RIGHTS, whose sendmsg
+        the filter may already notify. The child's execve unshares the table and drops
+        the close-on-exec fds (the listener, the pipes below, the event file): the
+        workload keeps only what the supervisor inherited as inheritable (stdio)."""
         r_fd, w_fd = os.pipe()
         r_go, w_go = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child, until exec
+        self._pipes = (r_fd, w_fd, r_go, w_go)   # shared with the child until its exec
+        pid = bpf.clone_files()
+        if pid == 0:  # pragma: no cover - the child, until exec; closes nothing (shared)
             try:
-                os.close(r_fd)
-                os.close(w_go)
                 self._child(argv, w_fd, r_go)
             except BaseException as err:
                 os.write(2, f"moray micro: cannot start {argv[0]}: {err}\n".encode())
             os._exit(127)
-        os.close(w_fd)
-        os.close(r_go)
         self.child = pid
         raw = b""
-        while True:
+        while not raw.endswith(b"\n"):
             chunk = os.read(r_fd, 16)
-            if not chunk:
-                break
+            if not chunk or chunk == b"!":
+                return pid  # the child failed before the filter: it exits 127, reaped below
             raw += chunk
-        os.close(r_fd)
-        if not raw:
-            os.close(w_go)
-            return pid  # the child failed before the filter: it exits 127, reaped below
-        pidfd = os.pidfd_open(pid)
-        try:
-            self.listener = bpf.pidfd_getfd(pidfd, int(raw))
-        finally:
-            os.close(pidfd)
+        self.listener = int(raw)
         bpf._libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         os.write(w_go, b"g")
-        os.close(w_go)
         return pid
 
     def _child(self, argv: Sequence[str], w_fd: int, r_go: int) -> None:  # pragma: no cover
-        os.setpgid(0, 0)
-        if os.isatty(0):
-            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            with contextlib.suppress(OSError):
-                os.tcsetpgrp(0, os.getpgrp())
-            signal.signal(signal.SIGTTOU, old)
-        for s in (*FORWARD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTTOU,
-                  signal.SIGTTIN, signal.SIGTSTP):
-            signal.signal(s, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        fd = bpf.install(self.prog)
-        os.write(w_fd, str(fd).encode())
-        os.close(w_fd)
-        os.read(r_go, 1)  # the supervisor holds the listener now
-        os.close(r_go)
-        os.close(fd)
+        try:
+            os.setpgid(0, 0)
+            if os.isatty(0):
+                old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+                with contextlib.suppress(OSError):
+                    os.tcsetpgrp(0, os.getpgrp())
+                signal.signal(signal.SIGTTOU, old)
+            for s in (*FORWARD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD,
+                      signal.SIGTTOU, signal.SIGTTIN, signal.SIGTSTP):
+                signal.signal(s, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            fd = bpf.install(self.prog)
+        except BaseException:
+            os.write(w_fd, b"!")
+            raise
+        os.write(w_fd, f"{fd}\n".encode())
+        os.read(r_go, 1)  # the supervisor holds the listener and is not dumpable now
         os.execvp(argv[0], list(argv))
 
     # ------------------------------------------------------------------ the loop
@@ -231,6 +231,8 @@ class Supervisor:
         finally:
             if self.listener >= 0:
                 os.close(self.listener)
+            for fd in self._pipes:
+                os.close(fd)
         return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else \
             128 + os.WTERMSIG(status)
 

@@ -558,3 +558,53 @@ def test_events_reach_a_real_server(work: Path, tmp_path: Path) -> None:
         assert rows[0]["event"]["enforcement"]["rule"] == "exec.deny: /usr/bin/touch"
     finally:
         srv.stop()
+
+
+RUNTIME_PROFILE = """
+import os, sys
+from moray.api.policy.syscalls import X86_64
+from moray.micro import filter as bpf, rules
+# what the default seccomp profiles of Docker / containerd / CRI-O refuse without
+# CAP_SYS_PTRACE, plus openat2 (refused by older profiles)
+names = sorted(["pidfd_getfd", "kcmp", "process_vm_readv", "process_vm_writev", "openat2"],
+               key=X86_64.get)
+plan = rules.Plan(tuple(rules.SyscallRule(X86_64[n], n, default=rules.Action.ERRNO_EPERM)
+                        for n in names), ())
+bpf.install(bpf.assemble(plan), listener=False)
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_under_a_container_runtimes_seccomp_profile(work: Path) -> None:
+    """Inside a container whose runtime already applies a seccomp profile that refuses
+    pidfd_getfd and openat2 (unprivileged containers: no CAP_SYS_PTRACE): the listener is
+    handed over through the shared fd table and paths are walked here; nothing depends
+    on either call."""
+    secret = work / "secret"
+    pol = policy(work, f"files: {{deny: [{secret}]}}\nexec: {{deny: [/usr/bin/touch]}}\n"
+                       'network: {egress: {deny: ["127.0.0.1/32:9"]}}')
+    ev = work / "rw" / "events.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": "/usr/bin"}
+    # the profile is applied first (as the runtime would), then the user is switched
+    p = subprocess.run([PYTHON, "-c", RUNTIME_PROFILE, *NOBODY, PYTHON, "-m", "moray.cli",
+                        "micro", "--policy", str(pol), "--events", str(ev), "--",
+                        "/usr/bin/python3", "-c", textwrap.dedent(f"""
+                            import socket, subprocess, os
+                            for p in ("{secret}", "/etc/hostname", "/proc/self/status"):
+                                try:
+                                    open(p).read(); print("read", p)
+                                except PermissionError:
+                                    print("eperm", p)
+                            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                            print("udp", s.connect_ex(("127.0.0.1", 9)))
+                            try:
+                                subprocess.run(["/usr/bin/touch", "{work}/rw/t"])
+                            except PermissionError:
+                                print("exec eperm")
+                        """)],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=work / "rw")
+    out = p.stdout
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert f"eperm {secret}" in out and "read /etc/hostname" in out, out
+    assert "read /proc/self/status" in out and "udp 1" in out and "exec eperm" in out, out
+    assert not (work / "rw" / "t").exists()
