@@ -442,18 +442,49 @@ class Supervisor:
             raw = mem.string(ptr)
         path = os.fsdecode(raw)
         if not path and flags & AT_EMPTY_PATH:
-            base = base_of(tid, dirfd, self.proc)
-            res = resolve(f"/proc/{tgid}/fd/{dirfd}", "/", tgid, tid, proc=self.proc)
-            named = base
+            named = base_of(tid, dirfd, self.proc)
+            src = f"{self.proc}/{tid}/fd/{dirfd}"
         else:
             base = base_of(tid, -100 if path.startswith("/") else dirfd, self.proc)
-            res = resolve(path, base, tgid, tid, proc=self.proc)
             named = resolve(path, base, tgid, tid, follow_last=False, proc=self.proc).path
-        binary = res.path
-        drifted = res.special or (res.exists and self._drifted(binary)) or \
-            binary.startswith("/memfd:")
+            src = ""
+        # the file itself, as the kernel would reach it now (a deleted file, a memfd, a
+        # name through /proc/<pid>/fd: its inode), for its path and its ctime
+        try:
+            fd = self._exec_file(tid, tgid, path, dirfd, src, flags)
+        except ForbiddenEntry as err:
+            return rules.Verdict("supervisor", (rules.Match(
+                "moray-micro", Mode.ENFORCE.value, "supervisor: /proc entry"),)), {
+                "binary": err.path, "filename": path, "syscall": name}
+        except OSError:
+            # nothing to run there (ENOENT, EACCES...): the exec fails on its own
+            v = rules.decide_exec(self.policies, named, named, False)
+            return v, {"binary": named, "filename": path, "syscall": name}
+        try:
+            st = os.fstat(fd)
+            binary = os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
+        finally:
+            os.close(fd)
+        drifted = self.inventory.drifted(binary, st) or binary.startswith("/memfd:") \
+            or st.st_nlink == 0
         v = rules.decide_exec(self.policies, binary, named, drifted)
         return v, {"binary": binary, "filename": path, "syscall": name}
+
+    def _exec_file(self, tid: int, tgid: int, path: str, dirfd: int, src: str,
+                   flags: int) -> int:
+        if src:
+            return os.open(src, os.O_PATH | os.O_CLOEXEC)
+        want = _caller_path(path, tgid, tid)
+        base = None
+        if not want.startswith("/"):
+            where = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
+            base = os.open(f"{self.proc}/{tid}/{where}", os.O_PATH | os.O_CLOEXEC)
+        try:
+            return open_path(want, base, os.O_NOFOLLOW if flags & AT_SYMLINK_NOFOLLOW else 0,
+                             tgid, tid, self._supervisor_pid, self._proc_dev)
+        finally:
+            if base is not None:
+                os.close(base)
 
     def _mmap(self, n: notify.Notification) -> tuple[rules.Verdict, dict[str, Any]]:
         tid, fd = n.pid, n.int_arg(4)

@@ -608,3 +608,38 @@ def test_under_a_container_runtimes_seccomp_profile(work: Path) -> None:
     assert f"eperm {secret}" in out and "read /etc/hostname" in out, out
     assert "read /proc/self/status" in out and "udp 1" in out and "exec eperm" in out, out
     assert not (work / "rw" / "t").exists()
+
+
+def test_drift_of_a_deleted_file_and_a_memfd(work: Path) -> None:
+    """Code written after start and run without a name: a file unlinked after it was
+    opened (execveat AT_EMPTY_PATH, /proc/self/fd/N) and a memfd."""
+    pol = policy(work, "exec: {drift: block}")
+    r = micro(work, pol, py(f"""
+        import os, shutil
+        shutil.copy("/usr/bin/true", "{work}/rw/gone")
+        fd = os.open("{work}/rw/gone", os.O_RDONLY)
+        os.unlink("{work}/rw/gone")
+        for how in ("fd", "proc"):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    if how == "fd":
+                        os.execve(fd, ["x"], {{}})          # execveat(fd, "", AT_EMPTY_PATH)
+                    os.execv(f"/proc/self/fd/{{fd}}", ["x"])
+                except PermissionError:
+                    os._exit(77)
+                os._exit(0)
+            print(how, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        m = os.memfd_create("x")
+        os.write(m, open("/usr/bin/true", "rb").read())
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.execve(m, ["x"], {{}})
+            except PermissionError:
+                os._exit(77)
+            os._exit(0)
+        print("memfd", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """))
+    assert "fd 77" in r.out and "proc 77" in r.out and "memfd 77" in r.out, r
+    assert len(r.enforce("drift")) == 3, r.events
