@@ -500,7 +500,8 @@ class Supervisor:
     def _open(self, n: notify.Notification, name: str) -> tuple[rules.Verdict, dict[str, Any]]:
         tid = n.pid
         self._same_view(tid)
-        tgid = self._tgid(tid)
+        facts = self._facts(tid)   # one read of /proc/<tid>/status per call
+        tgid = facts.tgid
         how, pidx, fidx = _OPEN_FLAGS_ARG[n.nr]
         dirfd = n.int_arg(0) if how == "dirfd" else AT_FDCWD
         resolve_flags = 0
@@ -513,7 +514,6 @@ class Supervisor:
             else:
                 flags = n.args[fidx] & 0xFFFFFFFF
                 mode = n.args[fidx + 1] & 0o7777
-        facts = self._facts(tid)
         if self.exact and not resolve_flags and facts.creds == self.creds:
             return self._open_exact(n, name, facts, path, flags, mode, dirfd)
         base = base_of(tid, -100 if path.startswith("/") else dirfd, self.proc)
