@@ -93,6 +93,7 @@ class Stats:
     refused: int = 0
     gone: int = 0            # callers that went away before the answer
     errors: int = 0
+    lost_events: int = 0     # events an output refused
     by_call: dict[str, int] = field(default_factory=dict)
 
 
@@ -270,6 +271,11 @@ class Supervisor:
         except (OSError, ValueError) as err:
             self.stats.errors += 1
             verdict, detail = self._undecidable(name, f"unreadable: {err}")
+        except Exception as err:  # a bug must not take the supervisor (and so every
+            # notified call of the workload, ENOSYS from then on) down: fail closed
+            self.stats.errors += 1
+            log.exception("judging %s of pid %d", name, n.pid)
+            verdict, detail = self._undecidable(name, f"internal error: {err!r}")
         try:
             # the caller's facts are read while it waits: after a refusal it may be gone
             ev = self._event(n, name, verdict, detail) if verdict.matches else None
@@ -277,23 +283,38 @@ class Supervisor:
             if (ans is None or verdict.deny) and not notify.id_valid(self.listener, n.id):
                 self.stats.gone += 1
                 return
-            if verdict.deny:
-                self.stats.refused += 1
-                sent = notify.refuse(self.listener, n.id)
-            elif ans is not None:
-                sent = self._answer(n.id, ans)
-            else:
-                sent = notify.allow(self.listener, n.id)
+            try:
+                if verdict.deny:
+                    self.stats.refused += 1
+                    sent = notify.refuse(self.listener, n.id)
+                elif ans is not None:
+                    sent = self._answer(n.id, ans)
+                else:
+                    sent = notify.allow(self.listener, n.id)
+            except OSError as err:   # e.g. ADDFD refused: the caller must still be answered
+                self.stats.errors += 1
+                log.warning("answering %s of pid %d: %s", name, n.pid, err)
+                sent = notify.refuse(self.listener, n.id, err.errno or errno.EIO)
             if not sent:
                 self.stats.gone += 1
             if ev is not None:
-                if self.sink is not None:
-                    self.sink.write(ev)
-                if self.forward is not None:
-                    self.forward(ev)
+                self._emit(ev)
         finally:
             if ans is not None:
                 ans.close()
+
+    def _emit(self, ev: dict[str, Any]) -> None:
+        """Every output; one that fails (a full disk) is counted and logged, never the
+        end of the supervisor."""
+        for out in (self.sink.write if self.sink is not None else None, self.forward):
+            if out is None:
+                continue
+            try:
+                out(ev)
+            except Exception as err:
+                self.stats.lost_events += 1
+                log.warning("event not written (%s): %s", getattr(out, "__qualname__", out),
+                            err)
 
     def _answer(self, nid: int, ans: Answer) -> bool:
         if ans.err:
