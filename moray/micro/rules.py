@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from moray.api.policy.model import Access, Mode, Policy
+from moray.api.policy.model import CLONE_FLAGS, NAMESPACES, Access, Mode, Policy
 from moray.api.policy.syscalls import X86_64
 
 
@@ -100,10 +100,8 @@ def plan(policies: Sequence[Policy], supervisor_pid: int) -> Plan:
     files_used = any(p.files.used for p in policies)
     net_used = any(p.network.used for p in policies)
     for p in policies:
-        for what, used in (("scope", True), ("namespaces", p.namespaces.used),
-                           ("setid", p.setid.used), ("images", p.images.used)):
-            if used and what != "scope":
-                unsupported.append(f"{p.name}: spec.{what}")
+        if p.images.used:
+            unsupported.append(f"{p.name}: spec.images")
         if p.agent_down.value != "open":
             unsupported.append(f"{p.name}: spec.agentDown")
     if policies:
@@ -148,9 +146,74 @@ def plan(policies: Sequence[Policy], supervisor_pid: int) -> Plan:
         if prev is not None and act is Action.NOTIFY:
             continue  # already notified for another rule kind: the supervisor reports it
         rules[name] = SyscallRule(X86_64[name], name, default=act, why="syscalls.deny")
+    _namespaces(rules, policies, notes)
+    _setid(rules, policies)
     _guard_supervisor(rules, supervisor_pid)
     return Plan(tuple(sorted(rules.values(), key=lambda r: r.nr)), tuple(unsupported),
                 tuple(notes), tuple(policies))
+
+
+def _add(rules: dict[str, SyscallRule], name: str, branches: tuple[Branch, ...] = (),
+         default: Action = Action.ALLOW, why: str = "") -> None:
+    """Notify *name* on *branches* (or always: *default*), unless a rule already refuses
+    or notifies every call of it."""
+    prev = rules.get(name)
+    if prev is not None and prev.default is not Action.ALLOW:
+        return
+    old = prev.branches if prev is not None else ()
+    rules[name] = SyscallRule(X86_64[name], name, old + branches, default,
+                              why=prev.why if prev is not None else why)
+
+
+def ns_mask(policies: Sequence[Policy]) -> int:
+    mask = 0
+    for p in policies:
+        for n in p.namespaces.deny:
+            mask |= CLONE_FLAGS[n]
+    return mask
+
+
+def _namespaces(rules: dict[str, SyscallRule], policies: Sequence[Policy],
+                notes: list[str]) -> None:
+    """Creating a denied namespace type (clone, unshare: the flags are in a register,
+    checked in the filter) or entering one (setns: always notified)."""
+    mask = ns_mask(policies)
+    if not mask:
+        return
+    for name in ("clone", "unshare"):
+        _add(rules, name, (Branch((Check(0, Op.SET, mask),), Action.NOTIFY),),
+             why="namespaces")
+    _add(rules, "setns", default=Action.NOTIFY, why="namespaces")
+    # clone3's flags are in memory the filter cannot read: ENOSYS, so that libc falls
+    # back to clone (as container runtimes' default profiles do)
+    _add(rules, "clone3", default=Action.ERRNO_ENOSYS, why="namespaces")
+    notes.append("clone3 answered ENOSYS (its flags are in memory): libc falls back to clone")
+
+
+SETID_MODE = {"setuid": 0o4000, "setgid": 0o2000}
+O_CREAT = 0o100
+# syscall -> (index of the mode argument, index of the flags argument needing O_CREAT)
+MODE_ARGS = {"chmod": (1, None), "fchmod": (1, None), "fchmodat": (2, None),
+             "fchmodat2": (2, None), "open": (2, 1), "openat": (3, 2), "creat": (1, None),
+             "mknod": (1, None), "mknodat": (2, None)}
+XATTR_CALLS = {"setxattr": 1, "lsetxattr": 1, "fsetxattr": 1, "setxattrat": 3}
+
+
+def _setid(rules: dict[str, SyscallRule], policies: Sequence[Policy]) -> None:
+    """A setuid/setgid bit set by any call that takes a mode (chmod family, creation
+    with a mode): in a register, checked in the filter; file capabilities: the xattr
+    calls, notified (the name is in memory)."""
+    kinds = {k for p in policies for k in p.setid.deny}
+    bits = sum(SETID_MODE[k] for k in SETID_MODE if k in kinds)
+    if bits:
+        for name, (mode_i, flags_i) in MODE_ARGS.items():
+            checks = (Check(mode_i, Op.SET, bits),) + (
+                (Check(flags_i, Op.SET, O_CREAT),) if flags_i is not None else ())
+            _add(rules, name, (Branch(checks, Action.NOTIFY),), why="setid")
+        _add(rules, "openat2", default=Action.NOTIFY, why="setid")
+    if "caps" in kinds:
+        for name in XATTR_CALLS:
+            _add(rules, name, default=Action.NOTIFY, why="setid")
 
 
 def _guard_supervisor(rules: dict[str, SyscallRule], sup: int) -> None:
@@ -317,3 +380,29 @@ def decide_syscall(policies: Sequence[Policy], name: str) -> Verdict:
     m = tuple(Match(p.name, p.mode.value, f"syscalls.deny: {name}") for p in policies
               if name in p.syscalls.deny)
     return Verdict("syscall", m) if m else ALLOWED
+
+
+def ns_names(flags: int) -> list[str]:
+    return [n for n in NAMESPACES if flags & CLONE_FLAGS[n]]
+
+
+def decide_namespaces(policies: Sequence[Policy], names: Sequence[str]) -> Verdict:
+    m = []
+    for p in policies:
+        hit = [n for n in names if n in p.namespaces.deny]
+        if hit:
+            m.append(Match(p.name, p.mode.value, f"namespaces.deny: {', '.join(hit)}"))
+    return Verdict("namespaces", tuple(m)) if m else ALLOWED
+
+
+def setid_kinds(mode: int) -> list[str]:
+    return [k for k, bit in SETID_MODE.items() if mode & bit]
+
+
+def decide_setid(policies: Sequence[Policy], kinds: Sequence[str]) -> Verdict:
+    m = []
+    for p in policies:
+        hit = [k for k in kinds if k in p.setid.deny]
+        if hit:
+            m.append(Match(p.name, p.mode.value, f"setid.deny: {', '.join(hit)}"))
+    return Verdict("setid", tuple(m)) if m else ALLOWED

@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from moray.api.policy.model import Mode, Policy
+from moray.api.policy.model import CLONE_FLAGS, Mode, Policy
 from moray.api.policy.syscalls import X86_64
 from moray.micro import events, notify, rules
 from moray.micro import filter as bpf
@@ -73,6 +73,8 @@ _NR = X86_64
 _OPEN_FLAGS_ARG = {_NR["open"]: (None, 0, 1), _NR["openat"]: ("dirfd", 1, 2),
                    _NR["openat2"]: ("dirfd", 1, -1), _NR["creat"]: (None, 0, -2)}
 NOTES = {
+    "namespaces": "the call failed with EPERM: no namespace was created or entered",
+    "setid": "the call failed with EPERM: no setuid/setgid bit or file capability was set",
     "exec": "the exec failed with EPERM: the new program never ran",
     "drift": "the exec failed with EPERM: the file was written or changed after the "
              "enforcer started",
@@ -110,6 +112,7 @@ class Supervisor:
         self.plan = rules.plan(self.policies, self.pid)
         self.prog = bpf.assemble(self.plan)
         self.enforcing = any(p.mode is Mode.ENFORCE for p in self.policies)
+        self.files_used = any(p.files.used for p in self.policies)
         # drift: changed (ctime) since this instant, unless the start-time inventory has
         # the same content under that path (moray.micro.inventory)
         self.inventory = Inventory(int(clock() * 1e9), inventory)
@@ -347,11 +350,15 @@ class Supervisor:
 
     def _undecidable(self, name: str, why: str) -> tuple[rules.Verdict, dict[str, Any]]:
         """Fail closed where an enforcing policy has a rule of the call's kind."""
-        kind = {"execve": "exec", "execveat": "exec", "mmap": "drift"}.get(
-            name, "network" if name in rules.NET_CALLS else "file")
+        kind = {"execve": "exec", "execveat": "exec", "mmap": "drift", "clone": "namespaces",
+                "unshare": "namespaces", "setns": "namespaces"}.get(
+            name, "network" if name in rules.NET_CALLS else
+            "setid" if name in rules.XATTR_CALLS or name in rules.MODE_ARGS else "file")
+
         def used(p: Policy) -> bool:
             return {"exec": p.exec.used, "drift": p.exec.drift, "file": p.files.used,
-                    "network": p.network.used}[kind]
+                    "network": p.network.used, "namespaces": p.namespaces.used,
+                    "setid": p.setid.used or p.files.used}[kind]
 
         m = tuple(rules.Match(p.name, p.mode.value, f"undecidable: {why}")
                   for p in self.policies if used(p))
@@ -373,6 +380,18 @@ class Supervisor:
             return self._syscall_rule(name)
         if name in ("execve", "execveat"):
             return self._exec(n, name)
+        if name in ("clone", "unshare", "setns"):
+            v, detail = self._namespaces(n, name)
+            return (v, detail) if v.matches else self._syscall_rule(name)
+        if name in rules.MODE_ARGS or name == "openat2":
+            v, detail = self._setid_mode(n, name)
+            if v.matches:
+                return v, detail
+            if name not in ("open", "openat", "openat2", "creat") or not self.files_used:
+                return self._syscall_rule(name)
+        if name in rules.XATTR_CALLS:
+            v, detail = self._setid_xattr(n, name)
+            return (v, detail) if v.matches else self._syscall_rule(name)
         if name in ("open", "openat", "openat2", "creat"):
             return self._open(n, name)
         if name in rules.NET_CALLS:
@@ -380,6 +399,52 @@ class Supervisor:
         if name == "mmap":
             return self._mmap(n)
         return self._syscall_rule(name)
+
+    def _namespaces(self, n: notify.Notification,
+                    name: str) -> tuple[rules.Verdict, dict[str, Any]]:
+        """clone/unshare flags (a register: exact); setns: the namespace types of its
+        nstype, or of the namespace file its fd refers to (nstype 0)."""
+        if name == "setns":
+            flags = n.args[1] & 0xFFFFFFFF
+            if not flags:
+                try:
+                    link = os.readlink(f"{self.proc}/{n.pid}/fd/{n.int_arg(0)}")
+                except OSError:
+                    return rules.ALLOWED, {}   # a bad fd: setns fails on its own (EBADF)
+                kind = {"mnt": "mount"}.get(link.split(":", 1)[0], link.split(":", 1)[0])
+                flags = CLONE_FLAGS.get(kind, 0)
+        else:
+            flags = n.args[0] & 0xFFFFFFFF
+        names = rules.ns_names(flags & rules.ns_mask(self.policies))
+        return rules.decide_namespaces(self.policies, names), {
+            "syscall": name, "nr": n.nr, "namespaces": names, "flags": f"{flags:#x}"}
+
+    def _setid_mode(self, n: notify.Notification,
+                    name: str) -> tuple[rules.Verdict, dict[str, Any]]:
+        """The mode a chmod or a creation asks for (a register; openat2: its open_how,
+        read from memory)."""
+        if name == "openat2":
+            with notify.Memory(n.pid, self.proc) as mem:
+                flags, mode = struct.unpack("=QQ", mem.read(n.args[2], 16))
+            if not flags & os.O_CREAT:
+                return rules.ALLOWED, {}
+        else:
+            mode_i, flags_i = rules.MODE_ARGS[name]
+            if flags_i is not None and not n.args[flags_i] & os.O_CREAT:
+                return rules.ALLOWED, {}
+            mode = n.args[mode_i]
+        kinds = rules.setid_kinds(mode)
+        return rules.decide_setid(self.policies, kinds), {
+            "syscall": name, "nr": n.nr, "setid": kinds, "mode": f"{mode & 0o7777:04o}"}
+
+    def _setid_xattr(self, n: notify.Notification,
+                     name: str) -> tuple[rules.Verdict, dict[str, Any]]:
+        with notify.Memory(n.pid, self.proc) as mem:
+            attr = os.fsdecode(mem.string(n.args[rules.XATTR_CALLS[name]], 256))
+        if attr != "security.capability":
+            return rules.ALLOWED, {}
+        return rules.decide_setid(self.policies, ["caps"]), {
+            "syscall": name, "nr": n.nr, "setid": ["caps"], "xattr": attr}
 
     def _syscall_rule(self, name: str) -> tuple[rules.Verdict, dict[str, Any]]:
         v = rules.decide_syscall(self.policies, name)

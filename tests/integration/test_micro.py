@@ -337,9 +337,30 @@ def test_monitor_mode_reports_and_lets_run(work: Path) -> None:
 
 
 def test_unsupported_rule_kinds_are_named(work: Path) -> None:
-    pol = policy(work, "exec: {deny: [/usr/bin/nc]}\nsetid: {deny: [setuid]}")
+    pol = work / "img.yaml"
+    pol.write_text("apiVersion: moray/v1\nkind: RuntimePolicy\nmetadata: {name: img}\n"
+                   "spec:\n  scope: {containers: {}}\n  images: {block: [unregistered]}\n"
+                   "  exec: {deny: [/usr/bin/nc]}\n")
+    pol.chmod(0o644)
     r = micro(work, pol, ["/usr/bin/true"])
-    assert r.code == 0 and "not enforced by moray micro: p: spec.setid" in r.err, r
+    assert r.code == 0 and "not enforced by moray micro: img: spec.images" in r.err, r
+
+
+def test_namespace_and_setid_rules(work: Path) -> None:
+    pol = policy(work, "namespaces: {deny: [user, net]}\nsetid: {deny: [setuid, setgid]}")
+    f = work / "rw" / "f"
+    r = micro(work, pol, sh(
+        f"unshare -U true; echo u=$?; touch {f}; chmod 4755 {f}; echo suid=$?; "
+        f"chmod 755 {f}; echo plain=$?; /usr/bin/python3 -c '"
+        "import os, threading; t = threading.Thread(target=print, args=(\"thread-ok\",)); "
+        "t.start(); t.join(); os.close(os.open(\"" + f"{work}/rw/g" + "\", "
+        "os.O_CREAT | os.O_WRONLY, 0o2755))' 2>&1"))
+    assert "u=1" in r.out and "suid=1" in r.out and "plain=0" in r.out, r
+    assert "thread-ok" in r.out, r     # threads (clone without namespace flags) run
+    assert "Operation not permitted" in r.out, r      # the O_CREAT with setgid
+    assert f.stat().st_mode & 0o7777 == 0o755 and not (work / "rw" / "g").exists()
+    kinds = [e["enforcement"]["kind"] for e in r.enforce()]
+    assert kinds.count("namespaces") == 1 and kinds.count("setid") == 2, r.events
 
 
 # --------------------------------------------------------------------------- runc

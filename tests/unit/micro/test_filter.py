@@ -94,3 +94,29 @@ def test_branches_in_order_and_jump_limits() -> None:
     code = bpf.assemble(big)
     assert len(code) < 4096   # BPF_MAXINSNS
     assert bpf.run(code, NR["read"]) == Action.NOTIFY
+
+
+def test_namespace_and_setid_arguments() -> None:
+    pol = load_text("""
+apiVersion: moray/v1
+kind: RuntimePolicy
+metadata: {name: n}
+spec:
+  scope: {host: true}
+  namespaces: {deny: [user]}
+  setid: {deny: [setuid, setgid]}
+""")
+    prog = bpf.assemble(rules.plan(pol, SUP))
+    run = bpf.run
+    fork_flags = 0x01200011   # CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD
+    assert run(prog, NR["clone"], [fork_flags]) == Action.ALLOW
+    assert run(prog, NR["clone"], [fork_flags | 0x10000000]) == Action.NOTIFY
+    assert run(prog, NR["unshare"], [0x00020000]) == Action.ALLOW        # mount: not denied
+    assert run(prog, NR["unshare"], [0x10000000]) == Action.NOTIFY
+    assert run(prog, NR["clone3"], [0, 88]) == Action.ERRNO_ENOSYS
+    assert run(prog, NR["chmod"], [0x1000, 0o755]) == Action.ALLOW
+    assert run(prog, NR["chmod"], [0x1000, 0o4755]) == Action.NOTIFY
+    assert run(prog, NR["fchmodat"], [3, 0x1000, 0o2755]) == Action.NOTIFY
+    assert run(prog, NR["openat"], [3, 0x1000, 0o101, 0o4755]) == Action.NOTIFY   # O_CREAT
+    assert run(prog, NR["openat"], [3, 0x1000, 0o1, 0o4755]) == Action.ALLOW      # no O_CREAT
+    assert run(prog, NR["openat"], [3, 0x1000, 0o101, 0o644]) == Action.ALLOW
