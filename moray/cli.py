@@ -14,6 +14,7 @@
     moray workloads [--vulnerability CVE-X]     what the admission webhook has seen
     moray tenant list|create|delete             tenants (isolation domains)
     moray kube-enforcer --server URL ...        admission webhook  (= moray-kube-enforcer)
+    moray nano check|compile|layer              Lambda function policies and layer
 
 ``moray-agent``, ``moray-server``, ``moray-gateway``, ``moray-scan``,
 ``moray-scanner-worker`` and ``moray-kube-enforcer`` are aliases: the same parser and
@@ -72,6 +73,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "kube-enforcer": ("moray.controlplane.kubeenforcer.main", "Kubernetes validating "
                       "admission webhook: image assurance before pods start "
                       "(= moray-kube-enforcer)"),
+    "nano": ("moray.nano.cli", "the NanoEnforcer for Python functions on AWS Lambda: "
+             "check and compile function policies, build the layer"),
 }
 # ``moray scan``'s subcommands; anything else after ``scan`` is an image (SCAN_IMAGE form)
 SCAN_COMMANDS = ("enqueue", "enqueue-registry", "worker", "jobs", "rescan-stale", "registry",
