@@ -24,11 +24,14 @@ import json
 import os
 import socket
 import sys
-from typing import Any
 
 from .events import Reporter
 from .hook import Hook
 from .rules import Rules
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start: rules.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 ENV_POLICY = "MORAY_NANO_POLICY"
 ENV_MODE = "MORAY_NANO_MODE"

@@ -22,8 +22,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start: rules.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 ENFORCER = "nano"
 TIER = "audit-hook"

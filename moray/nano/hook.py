@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import threading
-from collections.abc import Callable
-from typing import Any
 
 from .events import Reporter
 from .rules import PROTO, WRITE_FLAGS, Denial, Rules, normalize_host, parse_ip
 
+TYPE_CHECKING = False  # typing is not imported at run time (cold start: rules.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
+
+    Verdict: TypeAlias = tuple[Denial, dict[str, Any]] | None
+
 MAX_RESOLVED = 4096
 MAX_ARGS = 1024  # bytes of argv copied into an event, as the agent's --args-max
-
-Verdict = tuple[Denial, dict[str, Any]] | None
 
 
 def _text(value: Any) -> str:
@@ -215,6 +217,8 @@ class Hook:
                 path = env.get("PATH", env.get(b"PATH"))
             if path is None:
                 path = self.environ.get("PATH", os.defpath)
+            import shutil  # only when a program is started
+
             found = shutil.which(given, path=_text(path)) or given
         elif not os.path.isabs(given):
             found = os.path.join(os.getcwd(), given)

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
-from typing import Any
+
+# typing and dataclasses are not imported at run time: they cost ~8 ms of each cold start
+# (dataclasses pulls in inspect); mypy reads the names below
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = 1  # the compiled form's version; a layer refuses any other
 
@@ -27,60 +31,99 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True, slots=True)
-class Denial:
+class _Record:
+    """A small read-only record (the fields in ``__slots__``, set once by ``__init__``)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *values: object) -> None:
+        for name, value in zip(self.__slots__, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self.__slots__))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Denial(_Record):
     """A refused operation: ``kind`` exec | file | egress; ``rule`` the policy field (and
     entry) that refused it; ``target`` what was refused (a path, ``host:port``, a binary);
     ``reason`` one human sentence for the error and the event."""
 
+    __slots__ = ("kind", "rule", "target", "reason")  # noqa: RUF023 (the order of __init__)
     kind: str
     rule: str
     target: str
     reason: str
 
+    def __init__(self, kind: str, rule: str, target: str, reason: str) -> None:
+        super().__init__(kind, rule, target, reason)
 
-@dataclass(frozen=True, slots=True)
-class PathRule:
+
+class PathRule(_Record):
     """An exact path, or a prefix (written with a trailing ``*``)."""
 
+    __slots__ = ("text", "path", "exact")  # noqa: RUF023 (the order of __init__)
     text: str
     path: str
     exact: bool
+
+    def __init__(self, text: str, path: str, exact: bool) -> None:
+        super().__init__(text, path, exact)
 
     def matches(self, candidate: str) -> bool:
         return candidate == self.path if self.exact else candidate.startswith(self.path)
 
 
-@dataclass(frozen=True, slots=True)
-class FileDeny:
+class FileDeny(_Record):
+    __slots__ = ("rule", "read", "write")  # noqa: RUF023 (the order of __init__)
     rule: PathRule
     read: bool
     write: bool
 
+    def __init__(self, rule: PathRule, read: bool, write: bool) -> None:
+        super().__init__(rule, read, write)
 
-@dataclass(frozen=True, slots=True)
-class NetRule:
+
+class NetRule(_Record):
+    __slots__ = ("text", "network", "lo", "hi", "proto")  # noqa: RUF023 (the order of __init__)
     text: str
     network: Network
     lo: int
     hi: int
     proto: int  # 0 any, 6 tcp, 17 udp
 
+    def __init__(self, text: str, network: Network, lo: int, hi: int, proto: int) -> None:
+        super().__init__(text, network, lo, hi, proto)
+
     def matches(self, addr: Address, port: int, proto: int) -> bool:
         return (addr.version == self.network.version and addr in self.network
                 and self.lo <= port <= self.hi and self.proto in (0, proto))
 
 
-@dataclass(frozen=True, slots=True)
-class HostRule:
+class HostRule(_Record):
     """A DNS name (``api.example.com``) or a suffix (``*.example.com``: any name under it,
     not the name itself), with a port range."""
 
+    __slots__ = ("text", "name", "suffix", "lo", "hi")  # noqa: RUF023 (the order of __init__)
     text: str
     name: str   # lower case, no trailing dot; for a suffix: ".example.com"
     suffix: bool
     lo: int
     hi: int
+
+    def __init__(self, text: str, name: str, suffix: bool, lo: int, hi: int) -> None:
+        super().__init__(text, name, suffix, lo, hi)
 
     def matches_name(self, host: str) -> bool:
         return host.endswith(self.name) if self.suffix else host == self.name
