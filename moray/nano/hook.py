@@ -99,6 +99,9 @@ class Hook:
             "socket.getaddrinfo": self._getaddrinfo,
             "socket.gethostbyname": self._gethostbyname,
             "socket.gethostbyname_ex": self._gethostbyname,
+            "import": self._import, "ctypes.dlopen": self._dlopen,
+            "ctypes.dlsym": self._dlsym, "ctypes.call_function": self._ctypes_call,
+            "ctypes.cdata": self._ctypes_cdata,
         }
 
     # --- the hook ----------------------------------------------------------------------
@@ -288,6 +291,32 @@ class Hook:
 
     def _gethostbyname(self, args: tuple[Any, ...]) -> Verdict:  # (hostname,)
         return self._lookup(args[0], None)
+
+    # --- native code ---------------------------------------------------------------------
+
+    def _native(self, what: str) -> Verdict:
+        d = self.rules.native(what)
+        return None if d is None else (d, {"code": {"via": "ctypes", "what": what}})
+
+    def _import(self, args: tuple[Any, ...]) -> Verdict:  # (module, filename, path, ...)
+        # ctypes' foreign calls (memmove, a function found in a library) raise no audit
+        # event: with ctypes refused, the module itself is refused
+        if args[0] in ("ctypes", "_ctypes") and self.rules.ctypes == "deny":
+            return self._native(f"import {args[0]}")
+        return None
+
+    def _dlopen(self, args: tuple[Any, ...]) -> Verdict:  # (name,)
+        return self._native(f"dlopen {_text(args[0]) if args[0] is not None else 'self'}")
+
+    def _dlsym(self, args: tuple[Any, ...]) -> Verdict:  # (handle, name)
+        return self._native(f"dlsym {_text(args[1])}")
+
+    def _ctypes_call(self, args: tuple[Any, ...]) -> Verdict:  # (func_pointer, arguments)
+        return self._native(f"call {args[0]:#x}" if isinstance(args[0], int) else "call")
+
+    def _ctypes_cdata(self, args: tuple[Any, ...]) -> Verdict:  # (address,)
+        return self._native(f"object at {args[0]:#x}" if isinstance(args[0], int)
+                            else "object at an address")
 
     # --- the resolvers' results ---------------------------------------------------------
 

@@ -102,7 +102,7 @@ class _Function:
         if "spec" not in top:
             d.err(root, "spec", "is required")
             return None
-        spec = d.mapping(top["spec"][1], "spec", ("mode", "exec", "files", "network",
+        spec = d.mapping(top["spec"][1], "spec", ("mode", "exec", "files", "network", "code",
                                                  *_KERNEL_ONLY))
         if spec is None:
             return None
@@ -123,13 +123,24 @@ class _Function:
                           else (list(DEFAULT_WRITABLE), []))
         egress = self.network(spec["network"][1]) if "network" in spec else {
             "allow": None, "hosts": [], "deny": []}
+        ctypes = self.code(spec["code"][1]) if "code" in spec else "allow"
         if len(d.problems) != before:
             return None
         document = json.dumps(_canonical(root), sort_keys=True, default=str)
         return {"format": FORMAT, "kind": KIND, "name": name, "mode": str(mode),
                 "digest": hashlib.sha256(document.encode()).hexdigest(),
                 "exec_allow": exec_allow, "writable": writable, "file_deny": deny,
-                "egress": egress}
+                "egress": egress, "code": {"ctypes": ctypes}}
+
+    def code(self, node: yaml.Node) -> str:
+        m = self.d.mapping(node, "spec.code", ("ctypes",))
+        if m is None or "ctypes" not in m:
+            return "allow"
+        v = self.d.string(m["ctypes"][1], "spec.code.ctypes")
+        if v not in ("allow", "deny"):
+            self.d.err(m["ctypes"][1], "spec.code.ctypes", "must be allow or deny")
+            return "allow"
+        return v
 
     def exec_allow(self, node: yaml.Node) -> list[str]:
         m = self.d.mapping(node, "spec.exec", ("allow",))

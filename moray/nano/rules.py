@@ -177,7 +177,7 @@ class Rules:
     def __init__(self, name: str, mode: str, exec_allow: tuple[PathRule, ...],
                  writable: tuple[PathRule, ...], file_deny: tuple[FileDeny, ...],
                  egress_allow: tuple[NetRule, ...] | None, egress_hosts: tuple[HostRule, ...],
-                 egress_deny: tuple[NetRule, ...]) -> None:
+                 egress_deny: tuple[NetRule, ...], ctypes: str = "allow") -> None:
         if mode not in ("enforce", "monitor"):
             raise ValueError(f"mode {mode!r}: must be enforce or monitor")
         self.name = name
@@ -191,6 +191,9 @@ class Rules:
         self.egress_allow = egress_allow
         self.egress_hosts = egress_hosts
         self.egress_deny = egress_deny
+        if ctypes not in ("allow", "deny"):
+            raise ValueError(f"ctypes {ctypes!r}: must be allow or deny")
+        self.ctypes = ctypes
 
     @property
     def enforce(self) -> bool:
@@ -219,6 +222,7 @@ class Rules:
                 egress_allow=None if allow is None else tuple(_net_rule(d) for d in allow),
                 egress_hosts=tuple(_host_rule(d) for d in egress.get("hosts", ())),
                 egress_deny=tuple(_net_rule(d) for d in egress.get("deny", ())),
+                ctypes=str((doc.get("code") or {}).get("ctypes", "allow")),
             )
         except (KeyError, TypeError, IndexError) as err:
             raise ValueError(f"malformed compiled policy: {err!r}") from err
@@ -238,7 +242,7 @@ class Rules:
             hosts = (*hosts, HostRule(f"runtime API {host}:{port}", normalize_host(host),
                                       False, port, port))
         return Rules(self.name, self.mode, self.exec_allow, self.writable, self.file_deny,
-                     (*self.egress_allow, *extra), hosts, self.egress_deny)
+                     (*self.egress_allow, *extra), hosts, self.egress_deny, self.ctypes)
 
     # --- decisions: None = allowed --------------------------------------------------
 
@@ -251,6 +255,14 @@ class Rules:
         return Denial("exec", "exec.allow" if self.exec_allow else "exec",
                       binary, "running programs is not allowed" if not self.exec_allow
                       else "program not in exec.allow")
+
+    def native(self, what: str) -> Denial | None:
+        """ctypes imported, loading a library, finding a symbol, calling a foreign function
+        or making an object at a raw address (``code.ctypes: deny``): the ways Python code
+        reaches native code and memory that the hooks would not see."""
+        if self.ctypes == "allow":
+            return None
+        return Denial("code", "code.ctypes", what, "native code through ctypes is not allowed")
 
     def read(self, path: str) -> Denial | None:
         """A read of ``path`` (absolute, normalized, symbolic links resolved)."""

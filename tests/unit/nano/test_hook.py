@@ -288,3 +288,46 @@ def test_a_broken_policy_stops_the_function(tmp_path):
     assert "moray nano: function stopped" in p.stderr and "format 99" in p.stderr
     stopped = json.loads(p.stdout.splitlines()[0])
     assert stopped["enforcement"]["action"] == "stopped"
+
+
+CTYPES = r"""
+import json
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except PermissionError as e:
+        out[name] = "denied"
+attempt("import", lambda: __import__("ctypes"))
+attempt("import_private", lambda: __import__("_ctypes"))
+if out["import"] == "ok":
+    import ctypes
+    attempt("load", lambda: ctypes.CDLL("libc.so.6"))
+    attempt("call", lambda: ctypes.CDLL(None).getpid())
+    buf = ctypes.create_string_buffer(8)
+    attempt("memmove", lambda: ctypes.memmove(buf, b"abcdefgh", 8))
+    attempt("from_address", lambda: ctypes.c_char.from_address(ctypes.addressof(buf)))
+print("RESULTS " + json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.parametrize("setting", ["deny", "allow"])
+def test_code_ctypes(tmp_path, setting):
+    text = ("apiVersion: moray/v1\nkind: FunctionPolicy\nmetadata: {name: c}\n"
+            f"spec: {{code: {{ctypes: {setting}}}}}\n")
+    zp = tmp_path / "layer.zip"
+    layer.build(zp, compile_text(text))
+    layer.unpack(zp, tmp_path / "opt")
+    (tmp_path / "prog.py").write_text(CTYPES)
+    p = subprocess.run([str(tmp_path / "opt" / layer.WRAPPER), sys.executable,
+                        str(tmp_path / "prog.py")], capture_output=True, text=True, timeout=60,
+                       env={"PATH": os.environ["PATH"]})
+    results, events = parse(p.stdout)
+    assert p.returncode == 0, p.stderr
+    if setting == "deny":
+        assert results == {"import": "denied", "import_private": "denied"}
+        assert {e["enforcement"]["rule"] for e in events} == {"code.ctypes"}
+        assert events[0]["code"] == {"via": "ctypes", "what": "import ctypes"}
+    else:
+        assert set(results.values()) == {"ok"} and len(results) == 6 and events == []
