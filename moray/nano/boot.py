@@ -39,7 +39,9 @@ ENV_HOME = "MORAY_NANO_HOME"
 POLICY_FILE = "policy.json"
 EXIT_POLICY = 1
 
-_installed: Hook | None = None
+# whether this process has its hook; the hook itself is kept nowhere a module attribute
+# would hand it to the function's code
+_installed = False
 
 
 class BootError(Exception):
@@ -83,10 +85,10 @@ def load(path: str) -> dict[str, Any]:
 
 
 def install(environ: dict[str, str] | os._Environ[str] | None = None) -> Hook:
-    """Install the hook for this process (once; later calls return the same hook)."""
+    """Install the hook for this process (once; a second call is an error)."""
     global _installed
-    if _installed is not None:
-        return _installed
+    if _installed:
+        raise BootError("the function policy is already installed in this process")
     env = os.environ if environ is None else environ
     doc = load(policy_path(env))
     mode = env.get(ENV_MODE)
@@ -106,7 +108,7 @@ def install(environ: dict[str, str] | os._Environ[str] | None = None) -> Hook:
     # each attempt would be a denied write outside /tmp
     sys.dont_write_bytecode = True
     sys.addaudithook(hook)
-    _installed = hook
+    _installed = True
     return hook
 
 

@@ -11,18 +11,22 @@ the handler is imported (``sys.addaudithook`` cannot be undone from Python). It 
   resolvers (``socket.getaddrinfo``, ``gethostbyname(_ex)``) after an allowed name was
   looked up, read when a socket connects to an address; bounded (cleared at
   ``MAX_RESOLVED``). Removing the wrappers only loses allowances: an address nobody
-  resolved through them is judged by the CIDR rules alone;
-- a per-thread guard, so that nothing the hook does re-enters it.
+  resolved through them is judged by the CIDR rules alone.
+
+The hook never runs the caller's code while it judges (no ``__fspath__``, ``__str__``,
+``__iter__`` or property of the caller's classes): a path object that could answer the
+hook and the system call differently is refused (:class:`Untrusted`).
 
 Standard library only (runs inside the function).
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
-import threading
+import sys
 
 from .events import Reporter
 from .rules import PROTO, WRITE_FLAGS, Denial, Rules, normalize_host, parse_ip
@@ -34,30 +38,70 @@ if TYPE_CHECKING:
 
     Verdict: TypeAlias = tuple[Denial, dict[str, Any]] | None
 
+_EXEC_EVENTS = frozenset(("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn",
+                          "os.system", "pty.spawn"))
 MAX_RESOLVED = 4096
 MAX_ARGS = 1024  # bytes of argv copied into an event, as the agent's --args-max
 
 
+class Untrusted(Exception):
+    """A path or name given as an object whose text the hook cannot know without running
+    the caller's code (a custom ``__fspath__``: it may answer the hook and the system call
+    differently). Refused: ``type_name`` says which type."""
+
+    def __init__(self, type_name: str) -> None:
+        super().__init__(type_name)
+        self.type_name = type_name
+
+
 def _text(value: Any) -> str:
+    """The text the system call gets for ``value``, without running the caller's code:
+    ``str``/``bytes`` (subclasses: their characters, not an overridden ``__str__``), or a
+    ``pathlib`` path whose class keeps pathlib's own ``__fspath__`` and ``__str__``."""
+    t = type(value)
+    if t is str:
+        return value  # type: ignore[no-any-return]
+    if t is bytes:
+        return os.fsdecode(value)
+    if isinstance(value, str):
+        return str.__str__(value)
     if isinstance(value, bytes | bytearray):
-        return os.fsdecode(bytes(value))
-    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        return os.fsdecode(bytes(memoryview(value)))
+    pathlib = sys.modules.get("pathlib")
+    if (pathlib is not None and isinstance(value, pathlib.PurePath)
+            and t.__fspath__ is pathlib.PurePath.__fspath__
+            and t.__str__ is pathlib.PurePath.__str__):
+        return str(value)
+    if isinstance(value, int):
+        return str(int.__index__(value))
+    raise Untrusted(t.__name__)
+
+
+def _show(value: Any) -> str:
+    """For an event only: ``_text``, or the type's name."""
+    try:
+        return _text(value)
+    except Untrusted as u:
+        return f"<{u.type_name}>"
+
+
+def _items(args: Any) -> list[Any]:
+    """The items of an argv list or tuple, without the caller's ``__iter__``."""
+    if isinstance(args, list):
+        return list.copy(args)
+    if isinstance(args, tuple):
+        return list(tuple.__getitem__(args, slice(None)))
+    return [args]
 
 
 def _argv(args: Any) -> list[str]:
-    if isinstance(args, str | bytes | bytearray | os.PathLike):
-        items = [_text(args)]
-    else:
-        try:
-            items = [_text(a) for a in args]
-        except TypeError:
-            items = [_text(args)]
     out, size = [], 0
-    for a in items:
-        size += len(a) + 1
+    for a in _items(args):
+        text = _show(a)
+        size += len(text) + 1
         if size > MAX_ARGS:
             break
-        out.append(a)
+        out.append(text)
     return out
 
 
@@ -81,7 +125,6 @@ class Hook:
         self.resolved: dict[str, tuple[str, ...]] = {}
         self.blocked = 0
         self.would_block = 0
-        self._local = threading.local()
         self._handlers: dict[str, Callable[[tuple[Any, ...]], Verdict]] = {
             "open": self._open,
             "os.rename": self._two_paths, "os.link": self._link,
@@ -107,19 +150,22 @@ class Hook:
     # --- the hook ----------------------------------------------------------------------
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
+        # No re-entry guard: nothing the hook itself does raises an event it handles, and
+        # caller code that runs inside it (none should: _text) must be judged, not waved
+        # through.
         handler = self._handlers.get(event)
         if handler is None:
             return
-        local = self._local
-        if getattr(local, "busy", False):
-            return
-        local.busy = True
         try:
             verdict = handler(args)
-            if verdict is not None:
-                self._act(event, *verdict)
-        finally:
-            local.busy = False
+        except Untrusted as u:
+            kind = ("exec" if event in _EXEC_EVENTS else "egress" if event.startswith(
+                "socket.") else "code" if event.startswith("ctypes.") else "file")
+            verdict = (Denial(kind, "untrusted-object", f"<{u.type_name}>",
+                              f"a path or name given as a {u.type_name}, whose text the "
+                              f"system call gets cannot be checked; pass a str"), {})
+        if verdict is not None:
+            self._act(event, *verdict)
 
     def _act(self, event: str, denial: Denial, extra: dict[str, Any]) -> None:
         enforce = self.rules.enforce
@@ -217,7 +263,7 @@ class Hook:
         if "/" not in given:
             path = None
             if isinstance(env, dict):
-                path = env.get("PATH", env.get(b"PATH"))
+                path = dict.get(env, "PATH", dict.get(env, b"PATH"))
             if path is None:
                 path = self.environ.get("PATH", os.defpath)
             import shutil  # only when a program is started
@@ -235,7 +281,7 @@ class Hook:
     def _popen(self, args: tuple[Any, ...]) -> Verdict:  # (executable, args, cwd, env)
         executable, argv = args[0], args[1]
         if executable is None:
-            seq = _argv(argv)
+            seq = _items(argv)
             executable = seq[0] if seq else ""
         return self._program(executable, argv, args[3])
 
@@ -249,21 +295,24 @@ class Hook:
         return self._program("/bin/sh", ["/bin/sh", "-c", _text(args[0])])
 
     def _pty_spawn(self, args: tuple[Any, ...]) -> Verdict:  # pty.spawn(argv)
-        seq = _argv(args[0])
+        seq = _items(args[0])
         return self._program(seq[0] if seq else "", seq)
 
     # --- network ------------------------------------------------------------------------
 
     def _connect(self, args: tuple[Any, ...]) -> Verdict:  # (socket, address)
         sock, address = args[0], args[1]
-        family = getattr(sock, "family", None)
+        if not isinstance(sock, _socket.socket):
+            return None
+        family = _socket.socket.family.__get__(sock)  # not a subclass's property
         if family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
             return None  # unix sockets, netlink, a connected socket's sendmsg (None)
+        address = tuple.__getitem__(address, slice(None))
         host = _text(address[0]) or ("0.0.0.0" if family == socket.AF_INET else "::")
         if host == "<broadcast>":
             host = "255.255.255.255"
         port = address[1] if isinstance(address[1], int) else -1
-        kind = getattr(sock, "type", 0) & 0xF
+        kind = _socket.socket.type.__get__(sock) & 0xF
         proto = PROTO["tcp"] if kind == socket.SOCK_STREAM else (
             PROTO["udp"] if kind == socket.SOCK_DGRAM else 0)
         d = self.rules.connect(host, port, proto, self.resolved.get(host, ()))

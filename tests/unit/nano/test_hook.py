@@ -331,3 +331,46 @@ def test_code_ctypes(tmp_path, setting):
         assert events[0]["code"] == {"via": "ctypes", "what": "import ctypes"}
     else:
         assert set(results.values()) == {"ok"} and len(results) == 6 and events == []
+
+
+def test_objects_that_could_lie_about_their_path_are_refused(tmp_path):
+    hook, lines = make(tmp_path)
+
+    class Flip(os.PathLike):  # answers the system call one path and a checker another
+        calls = 0
+
+        def __fspath__(self):
+            Flip.calls += 1
+            return "/var/task/app.py" if Flip.calls % 2 else str(tmp_path / "ok")
+
+    with pytest.raises(PermissionError, match="cannot be checked"):
+        hook("open", (Flip(), "w", os.O_WRONLY))
+    assert Flip.calls == 0  # the hook never ran the caller's code
+    assert lines[0]["enforcement"]["rule"] == "untrusted-object"
+
+    class Liar(str):
+        def __str__(self):
+            return str(tmp_path / "ok")
+
+    with pytest.raises(PermissionError):  # judged on its characters, not its __str__
+        hook("open", (Liar("/var/task/app.py"), "w", os.O_WRONLY))
+    hook("open", (tmp_path / "ok", "w", os.O_WRONLY))  # pathlib's own paths are fine
+
+    class Argv(list):
+        def __iter__(self):
+            return iter(["/usr/bin/true"])
+
+    with pytest.raises(PermissionError, match="exec denied"):
+        hook("subprocess.Popen", (None, Argv(["/usr/bin/id"]), None, None))
+
+    class Sock(socket.socket):
+        @property
+        def family(self):
+            return socket.AF_UNIX  # "not egress"
+
+    s = Sock(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(PermissionError, match="egress denied"):
+            hook("socket.connect", (s, ("127.0.0.2", 9)))
+    finally:
+        s.close()
