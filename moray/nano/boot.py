@@ -104,6 +104,9 @@ def install(environ: dict[str, str] | os._Environ[str] | None = None) -> Hook:
         rules = rules.allowing(host.strip("[]"), int(port))
     hook = Hook(rules, Reporter(rules.name, environ=dict(env)), environ=dict(env))
     hook.wrap_resolvers(socket)
+    import _posixsubprocess  # loaded now, so that a later fresh copy is an import event
+
+    hook.wrap_fork_exec(_posixsubprocess)
     # bytecode caches are written beside the code (/var/task: read-only on Lambda):
     # each attempt would be a denied write outside /tmp
     sys.dont_write_bytecode = True

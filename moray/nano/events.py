@@ -8,7 +8,7 @@ descriptor 1 with one ``write`` each: that is the function's log stream on Lambd
 bypasses ``sys.stdout`` (which the runtime replaces, and a handler may too).
 
 Duplicates are folded: an operation refused again and again (a loop) is reported once per
-invocation, target, rule and audit event, and at most ``MAX_PER_INVOCATION`` distinct
+invocation, kind, rule and target, and at most ``MAX_PER_INVOCATION`` distinct
 events per invocation are written; the next event after the cap says how many were
 suppressed.
 
@@ -86,7 +86,7 @@ class Reporter:
                          "log_stream": env.get("AWS_LAMBDA_LOG_STREAM_NAME")}
         self._lock = threading.Lock()
         self._seen_rid: str | None = None
-        self._seen: set[tuple[str, str, str, str]] = set()
+        self._seen: set[tuple[str, str, str]] = set()
         self.suppressed = 0
         self.written = 0
         self.lost = 0  # lines the log stream did not take (fd 1 closed or full)
@@ -102,7 +102,7 @@ class Reporter:
         """Write one event unless it repeats one of this invocation (or the cap is
         reached); True if written."""
         rid = self.rid()
-        key = (kind, rule, target, audit_event)
+        key = (kind, rule, target)
         with self._lock:
             if rid != self._seen_rid:
                 self._seen_rid, self._seen = rid, set()

@@ -123,6 +123,7 @@ class Hook:
         self.environ = os.environ if environ is None else environ
         self.proc = proc
         self.resolved: dict[str, tuple[str, ...]] = {}
+        self.fork_exec_wrapped = False
         self.blocked = 0
         self.would_block = 0
         self._handlers: dict[str, Callable[[tuple[Any, ...]], Verdict]] = {
@@ -228,6 +229,11 @@ class Hook:
                 or self._write(self.path(args[1], args[3]), "rename"))
 
     def _link(self, args: tuple[Any, ...]) -> Verdict:  # os.link(src, dst, sfd, dfd)
+        # a hard link is a second name for the file: a file denied for reading gets none
+        src = self.path(args[0], args[2])
+        d = self.rules.read(src) if src is not None else None
+        if d is not None:
+            return d, {"file": {"path": src, "access": "read", "operation": "link"}}
         return self._write(self.path(args[1], args[3]), "link")
 
     def _symlink(self, args: tuple[Any, ...]) -> Verdict:  # os.symlink(src, dst, dir_fd)
@@ -352,6 +358,13 @@ class Hook:
         # event: with ctypes refused, the module itself is refused
         if args[0] in ("ctypes", "_ctypes") and self.rules.ctypes == "deny":
             return self._native(f"import {args[0]}")
+        if args[0] == "_posixsubprocess" and self.fork_exec_wrapped:
+            # a fresh copy of the module (after del sys.modules[...]) has the unwrapped
+            # fork_exec: programs started through it would raise no event at all
+            return (Denial("exec", "exec", "_posixsubprocess",
+                           "a second copy of _posixsubprocess would start programs "
+                           "unchecked"), {"exec": {"binary": None, "filename": None,
+                                                   "args": []}})
         return None
 
     def _dlopen(self, args: tuple[Any, ...]) -> Verdict:  # (name,)
@@ -383,6 +396,30 @@ class Hook:
             names = self.resolved.get(a, ())
             if host not in names:
                 self.resolved[a] = (*names, host)
+
+    def wrap_fork_exec(self, mod: Any) -> None:
+        """Wrap ``_posixsubprocess.fork_exec``, which ``subprocess`` and
+        ``multiprocessing`` call and which starts a program without any audit event: a
+        caller of it directly is judged as a ``subprocess.Popen`` would be (the first
+        candidate of ``executable_list`` that is executable: the one that will run)."""
+        real = mod.fork_exec
+        program, act = self._program, self._act
+
+        def fork_exec(*args: Any, **kwargs: Any) -> Any:
+            argv = args[0] if args else kwargs.get("args")
+            candidates = args[1] if len(args) > 1 else kwargs.get("executable_list")
+            for c in _items(candidates) if candidates is not None else ():
+                path = _text(c)
+                if os.access(path, os.X_OK):
+                    verdict = program(path, argv)
+                    if verdict is not None:
+                        act("_posixsubprocess.fork_exec", *verdict)
+                    break
+            return real(*args, **kwargs)
+
+        fork_exec.__doc__ = real.__doc__
+        mod.fork_exec = fork_exec
+        self.fork_exec_wrapped = True
 
     def wrap_resolvers(self, mod: Any = socket) -> None:
         """Wrap ``socket.getaddrinfo`` / ``gethostbyname`` / ``gethostbyname_ex`` (every

@@ -80,6 +80,13 @@ def test_reads_only_listed_files_and_paths_resolved(tmp_path):
     assert lines[-1]["file"]["path"] == "/var/tmp-x"
 
 
+def test_no_hard_link_to_a_file_denied_for_reading(tmp_path):
+    hook, lines = make(tmp_path)
+    with pytest.raises(PermissionError, match="reading this file"):
+        hook("os.link", (str(tmp_path / "secret"), str(tmp_path / "copy"), None, None))
+    assert lines[0]["file"]["operation"] == "link"
+
+
 def test_a_link_in_tmp_does_not_open_a_way_out(tmp_path):
     hook, _ = make(tmp_path)
     (tmp_path / "out").symlink_to("/var/task")
@@ -223,9 +230,16 @@ attempt("write_out", lambda: open("/var/tmp/moray-nano-never", "w"))
 attempt("os_open", lambda: os.open("/var/tmp/moray-nano-never2", os.O_CREAT | os.O_WRONLY))
 attempt("read_secret", lambda: open(tmp + "/secret").read())
 attempt("read_other", lambda: open("/etc/hostname").read())
-attempt("rename_out", lambda: os.rename(tmp + "/ok", "/var/tmp/moray-nano-never"))
+attempt("rename_out", lambda: os.rename(tmp + "/ok", "/var/tmp/moray-nano-never3"))
 attempt("connect", lambda: socket.create_connection(("127.0.0.2", 9), timeout=1))
 attempt("resolve", lambda: socket.getaddrinfo("evil.example.org", 443))
+import _posixsubprocess
+r, w = os.pipe()
+attempt("fork_exec", lambda: _posixsubprocess.fork_exec(
+    [b"/usr/bin/id"], [b"/nonexistent/id", b"/usr/bin/id"], True, (w,), None, None,
+    -1, -1, -1, -1, -1, -1, r, w, True, False, -1, None, None, None, -1, None, False))
+del sys.modules["_posixsubprocess"]
+attempt("reimport", lambda: __import__("_posixsubprocess"))
 print("RESULTS " + json.dumps(results), flush=True)
 """
 
@@ -262,14 +276,18 @@ def test_through_the_layer_enforce(tmp_path):
     assert p.returncode == 0, p.stderr
     denied = {k for k, v in results.items() if v.startswith("denied: ")}
     assert denied == {"popen", "system", "execv", "spawn", "write_out", "os_open",
-                      "read_secret", "rename_out", "connect", "resolve"}, results
+                      "read_secret", "rename_out", "connect", "resolve", "fork_exec",
+                      "reimport"}, results
     assert results["popen_true"] == results["write_tmp"] == results["read_other"] == "ok"
     assert not os.path.exists("/var/tmp/moray-nano-never")
     assert not os.path.exists("/var/tmp/moray-nano-never2")
-    kinds = sorted(e["enforcement"]["audit_event"] for e in events)
-    assert kinds == sorted(["subprocess.Popen", "os.system", "os.exec", "os.posix_spawn",
-                            "open", "open", "open", "os.rename", "socket.connect",
-                            "socket.getaddrinfo"])
+    # one event per target and rule (the same program refused through Popen, execv,
+    # posix_spawn and fork_exec is one line)
+    targets = sorted((e["enforcement"]["audit_event"], e["enforcement"]["kind"]) for e in events)
+    assert targets == sorted([
+        ("subprocess.Popen", "exec"), ("os.system", "exec"), ("open", "file"),
+        ("open", "file"), ("open", "file"), ("os.rename", "file"),
+        ("socket.connect", "egress"), ("socket.getaddrinfo", "egress"), ("import", "exec")])
     assert all(e["enforcer"] == "nano" and e["function"]["phase"] == "init" for e in events)
 
 
