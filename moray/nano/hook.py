@@ -140,7 +140,7 @@ class Hook:
             "os.system": self._system, "pty.spawn": self._pty_spawn,
             "socket.connect": self._connect, "socket.sendto": self._connect,
             "socket.sendmsg": self._connect,
-            "socket.getaddrinfo": self._getaddrinfo,
+            "socket.getaddrinfo": self._getaddrinfo, "socket.__new__": self._new_socket,
             "socket.gethostbyname": self._gethostbyname,
             "socket.gethostbyname_ex": self._gethostbyname,
             "import": self._import, "ctypes.dlopen": self._dlopen,
@@ -322,15 +322,42 @@ class Hook:
         proto = PROTO["tcp"] if kind == socket.SOCK_STREAM else (
             PROTO["udp"] if kind == socket.SOCK_DGRAM else 0)
         d = self.rules.connect(host, port, proto, self.resolved.get(host, ()))
+        ip = parse_ip(host)
+        if d is None and ip is None and self.rules.egress_deny:
+            # a name the socket resolves itself (no audit event for that lookup): its
+            # addresses are looked up here and judged against the deny list (best
+            # effort: DNS may answer the socket differently a moment later)
+            try:
+                infos = _socket.getaddrinfo(host, port, family, kind)
+            except OSError:
+                infos = []
+            for info in infos:
+                d = self.rules.connect(str(info[4][0]), port, proto, (host,))
+                if d is not None:
+                    break
         if d is None:
             return None
-        ip = parse_ip(host)
         return d, {"network": {
             "family": "ipv4" if family == socket.AF_INET else "ipv6",
             "protocol": {6: "tcp", 17: "udp"}.get(proto, str(kind)),
             "daddr": host if ip is not None else None, "dport": port,
             "host": None if ip is not None else host,
             "resolved_from": list(self.resolved.get(host, ())) or None}}
+
+    def _new_socket(self, args: tuple[Any, ...]) -> Verdict:  # (socket, family, type, proto)
+        family, kind = args[1], args[2]
+        if not (self.rules.egress_restricted or self.rules.egress_deny):
+            return None
+        raw = isinstance(kind, int) and kind >= 0 and (kind & 0xF) == socket.SOCK_RAW
+        if family == getattr(socket, "AF_PACKET", -2) or raw:
+            # packets built by the caller, sent to an interface or an address without
+            # connect: no destination the egress rules could judge
+            what = "AF_PACKET" if family == getattr(socket, "AF_PACKET", -2) else "SOCK_RAW"
+            return (Denial("egress", "network.egress", f"{what} socket",
+                           "raw sockets are not allowed when egress is restricted"),
+                    {"network": {"operation": "socket", "family": int(family),
+                                 "type": int(kind)}})
+        return None
 
     def _lookup(self, host: Any, port: Any) -> Verdict:
         if host is None:

@@ -165,10 +165,15 @@ def normalize_host(host: str) -> str:
 
 
 def parse_ip(host: str) -> Address | None:
+    """An address literal (an IPv4-mapped IPv6 address is its IPv4 address: the packet
+    goes to that one); None for a name."""
     try:
-        return ipaddress.ip_address(host.split("%", 1)[0])  # fe80::1%eth0
+        ip = ipaddress.ip_address(host.split("%", 1)[0])  # fe80::1%eth0
     except ValueError:
         return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 class Rules:

@@ -392,3 +392,22 @@ def test_objects_that_could_lie_about_their_path_are_refused(tmp_path):
             hook("socket.connect", (s, ("127.0.0.2", 9)))
     finally:
         s.close()
+
+
+def test_names_given_to_connect_are_judged_by_their_addresses_against_deny(tmp_path):
+    rules = Rules.from_json(compile_text(
+        "apiVersion: moray/v1\nkind: FunctionPolicy\nmetadata: {name: d}\n"
+        "spec: {network: {egress: {deny: [127.0.0.0/8]}}}\n"))
+    lines: list[dict] = []
+    hook = Hook(rules, Reporter("d", sink=lambda b: lines.append(json.loads(b))))
+    s = socket.socket()
+    try:
+        with pytest.raises(PermissionError):
+            hook("socket.connect", (s, ("localhost", 9)))  # /etc/hosts: no DNS query
+        with pytest.raises(PermissionError):
+            hook("socket.connect", (s, ("::ffff:127.0.0.1", 9)))
+    finally:
+        s.close()
+    with pytest.raises(PermissionError, match="raw sockets"):
+        hook("socket.__new__", (None, socket.AF_INET, socket.SOCK_RAW, 0))
+    hook("socket.__new__", (None, socket.AF_INET, socket.SOCK_STREAM, 0))

@@ -88,3 +88,10 @@ def test_runtime_api_is_always_allowed():
     assert r.connect("127.0.0.1", 9002, 6) is not None
     named = rules().allowing("runtime.local", 9001)
     assert named.resolve("runtime.local", 9001) is None
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_address():
+    r = rules("apiVersion: moray/v1\nkind: FunctionPolicy\nmetadata: {name: a}\n"
+              "spec: {network: {egress: {deny: [169.254.169.254/32]}}}\n")
+    assert r.connect("::ffff:169.254.169.254", 80, 6) is not None
+    assert rules().connect("::ffff:10.1.9.9", 443, 6) is None
