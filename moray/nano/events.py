@@ -33,8 +33,8 @@ TIER = "audit-hook"
 MAX_PER_INVOCATION = 256
 # the runtimes that keep the current request id in a module global: the Python runtime
 # interface client (awslambdaric, also inside AWS's managed Python images) and the older
-# managed runtime's own bootstrap module
-_RUNTIME_MODULES = ("awslambdaric.bootstrap", "bootstrap")
+# managed runtime's own bootstrap module (imported as ``bootstrap``, or run as __main__)
+_RUNTIME_MODULES = ("awslambdaric.bootstrap", "bootstrap", "__main__")
 
 
 def request_id() -> str | None:

@@ -411,3 +411,17 @@ def test_names_given_to_connect_are_judged_by_their_addresses_against_deny(tmp_p
     with pytest.raises(PermissionError, match="raw sockets"):
         hook("socket.__new__", (None, socket.AF_INET, socket.SOCK_RAW, 0))
     hook("socket.__new__", (None, socket.AF_INET, socket.SOCK_STREAM, 0))
+
+
+def test_request_id_is_read_from_the_runtime_at_each_event(monkeypatch):
+    import types
+
+    from moray.nano.events import request_id
+
+    fake = types.ModuleType("awslambdaric.bootstrap")
+    monkeypatch.setitem(sys.modules, "awslambdaric.bootstrap", fake)
+    monkeypatch.delenv("_X_AMZN_REQUEST_ID", raising=False)
+    fake._GLOBAL_AWS_REQUEST_ID = None  # type: ignore[attr-defined]
+    assert request_id() is None  # init phase
+    fake._GLOBAL_AWS_REQUEST_ID = "8f1c"  # type: ignore[attr-defined]
+    assert request_id() == "8f1c"
