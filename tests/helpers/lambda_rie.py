@@ -61,6 +61,7 @@ class Emulator:
         self.port = free_port()
         self.api_port = free_port()
         self.log = log
+        self.wrapper = list(wrapper)
         full_env = {"PATH": os.environ.get("PATH", os.defpath),
                     "PYTHONPATH": f"{ric}:{task}", "AWS_LAMBDA_FUNCTION_NAME": "nano-test",
                     "AWS_LAMBDA_FUNCTION_TIMEOUT": "60", "AWS_REGION": "local-1",

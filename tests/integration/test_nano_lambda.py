@@ -175,3 +175,19 @@ def test_an_uncaught_refusal_is_the_invocation_error(fn):
     assert err["errorType"] == "PermissionError"
     assert "moray nano: exec denied by function policy 'orders-fn'" in err["errorMessage"]
     assert e.invoke({"do": "exec", "arg": ["/usr/bin/true"]})["ok"]
+
+
+def test_monitor_mode_reports_and_lets_it_run(tmp_path, fn):
+    """The same layer with MORAY_NANO_MODE=monitor in the function's environment: the
+    program runs, the event says would-block with the request id."""
+    e, _ = fn
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "fn.py").write_text(HANDLER)
+    with emulator(task, "fn.handler", tmp_path / "rie.log", wrapper=e.wrapper,
+                  env={"MORAY_NANO_MODE": "monitor"}) as m:
+        out = m.invoke({"do": "exec", "arg": ["/usr/bin/id"]})
+        assert out["ok"] and out["rc"] == 0, out
+        (ev,) = m.wait_events(out["rid"])
+        assert ev["enforcement"]["action"] == "would-block"
+        assert ev["exec"]["binary"] == "/usr/bin/id"
