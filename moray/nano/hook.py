@@ -143,7 +143,7 @@ class Hook:
             "socket.getaddrinfo": self._getaddrinfo, "socket.__new__": self._new_socket,
             "socket.gethostbyname": self._gethostbyname,
             "socket.gethostbyname_ex": self._gethostbyname,
-            "import": self._import, "ctypes.dlopen": self._dlopen,
+            "import": self._import, "exec": self._exec_code, "ctypes.dlopen": self._dlopen,
             "ctypes.dlsym": self._dlsym, "ctypes.call_function": self._ctypes_call,
             "ctypes.cdata": self._ctypes_cdata,
         }
@@ -393,6 +393,16 @@ class Hook:
                            "unchecked"), {"exec": {"binary": None, "filename": None,
                                                    "args": []}})
         return None
+
+    def _exec_code(self, args: tuple[Any, ...]) -> Verdict:  # (code_object,)
+        if self.rules.drift == "allow":
+            return None
+        name = getattr(args[0], "co_filename", None)
+        if type(name) is not str or not name.startswith("/"):
+            return None  # "<string>", "<frozen ...>": not from a file
+        path = os.path.realpath(name)
+        d = self.rules.code_file(path)
+        return None if d is None else (d, {"code": {"via": "python", "what": path}})
 
     def _dlopen(self, args: tuple[Any, ...]) -> Verdict:  # (name,)
         return self._native(f"dlopen {_text(args[0]) if args[0] is not None else 'self'}")

@@ -123,24 +123,28 @@ class _Function:
                           else (list(DEFAULT_WRITABLE), []))
         egress = self.network(spec["network"][1]) if "network" in spec else {
             "allow": None, "hosts": [], "deny": []}
-        ctypes = self.code(spec["code"][1]) if "code" in spec else "allow"
+        ctypes, drift = self.code(spec["code"][1]) if "code" in spec else ("allow", "allow")
         if len(d.problems) != before:
             return None
         document = json.dumps(_canonical(root), sort_keys=True, default=str)
         return {"format": FORMAT, "kind": KIND, "name": name, "mode": str(mode),
                 "digest": hashlib.sha256(document.encode()).hexdigest(),
                 "exec_allow": exec_allow, "writable": writable, "file_deny": deny,
-                "egress": egress, "code": {"ctypes": ctypes}}
+                "egress": egress, "code": {"ctypes": ctypes, "drift": drift}}
 
-    def code(self, node: yaml.Node) -> str:
-        m = self.d.mapping(node, "spec.code", ("ctypes",))
-        if m is None or "ctypes" not in m:
-            return "allow"
-        v = self.d.string(m["ctypes"][1], "spec.code.ctypes")
-        if v not in ("allow", "deny"):
-            self.d.err(m["ctypes"][1], "spec.code.ctypes", "must be allow or deny")
-            return "allow"
-        return v
+    def code(self, node: yaml.Node) -> tuple[str, str]:
+        m = self.d.mapping(node, "spec.code", ("ctypes", "drift"))
+        out = ["allow", "allow"]
+        for i, (key, choices) in enumerate((("ctypes", ("allow", "deny")),
+                                            ("drift", ("allow", "block")))):
+            if m is None or key not in m:
+                continue
+            v = self.d.string(m[key][1], f"spec.code.{key}")
+            if v not in choices:
+                self.d.err(m[key][1], f"spec.code.{key}", f"must be {' or '.join(choices)}")
+            else:
+                out[i] = v
+        return out[0], out[1]
 
     def exec_allow(self, node: yaml.Node) -> list[str]:
         m = self.d.mapping(node, "spec.exec", ("allow",))

@@ -182,7 +182,8 @@ class Rules:
     def __init__(self, name: str, mode: str, exec_allow: tuple[PathRule, ...],
                  writable: tuple[PathRule, ...], file_deny: tuple[FileDeny, ...],
                  egress_allow: tuple[NetRule, ...] | None, egress_hosts: tuple[HostRule, ...],
-                 egress_deny: tuple[NetRule, ...], ctypes: str = "allow") -> None:
+                 egress_deny: tuple[NetRule, ...], ctypes: str = "allow",
+                 drift: str = "allow") -> None:
         if mode not in ("enforce", "monitor"):
             raise ValueError(f"mode {mode!r}: must be enforce or monitor")
         self.name = name
@@ -199,6 +200,9 @@ class Rules:
         if ctypes not in ("allow", "deny"):
             raise ValueError(f"ctypes {ctypes!r}: must be allow or deny")
         self.ctypes = ctypes
+        if drift not in ("allow", "block"):
+            raise ValueError(f"drift {drift!r}: must be allow or block")
+        self.drift = drift
 
     @property
     def enforce(self) -> bool:
@@ -228,6 +232,7 @@ class Rules:
                 egress_hosts=tuple(_host_rule(d) for d in egress.get("hosts", ())),
                 egress_deny=tuple(_net_rule(d) for d in egress.get("deny", ())),
                 ctypes=str((doc.get("code") or {}).get("ctypes", "allow")),
+                drift=str((doc.get("code") or {}).get("drift", "allow")),
             )
         except (KeyError, TypeError, IndexError) as err:
             raise ValueError(f"malformed compiled policy: {err!r}") from err
@@ -247,7 +252,8 @@ class Rules:
             hosts = (*hosts, HostRule(f"runtime API {host}:{port}", normalize_host(host),
                                       False, port, port))
         return Rules(self.name, self.mode, self.exec_allow, self.writable, self.file_deny,
-                     (*self.egress_allow, *extra), hosts, self.egress_deny, self.ctypes)
+                     (*self.egress_allow, *extra), hosts, self.egress_deny, self.ctypes,
+                     self.drift)
 
     # --- decisions: None = allowed --------------------------------------------------
 
@@ -268,6 +274,19 @@ class Rules:
         if self.ctypes == "allow":
             return None
         return Denial("code", "code.ctypes", what, "native code through ctypes is not allowed")
+
+    def code_file(self, path: str) -> Denial | None:
+        """Python code about to run from ``path`` (a module, ``runpy``, ``exec`` of code
+        compiled from a file): with ``code.drift: block``, not from the writable paths,
+        where the function (or a payload) wrote it at run time."""
+        if self.drift == "allow":
+            return None
+        for r in self.writable:
+            if r.matches(path):
+                return Denial("code", "code.drift", path,
+                              "Python code written at run time (under files.writable) "
+                              "is not run")
+        return None
 
     def read(self, path: str) -> Denial | None:
         """A read of ``path`` (absolute, normalized, symbolic links resolved)."""

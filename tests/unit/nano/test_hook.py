@@ -425,3 +425,46 @@ def test_request_id_is_read_from_the_runtime_at_each_event(monkeypatch):
     assert request_id() is None  # init phase
     fake._GLOBAL_AWS_REQUEST_ID = "8f1c"  # type: ignore[attr-defined]
     assert request_id() == "8f1c"
+
+
+DRIFT = r"""
+import json, sys
+out = {}
+tmp = sys.argv[1]
+open(tmp + "/dropped.py", "w").write("X = 1\n")
+sys.path.insert(0, tmp)
+try:
+    import dropped
+    out["import"] = "ok"
+except PermissionError:
+    out["import"] = "denied"
+try:
+    exec(compile(open(tmp + "/dropped.py").read(), tmp + "/dropped.py", "exec"))
+    out["exec"] = "ok"
+except PermissionError:
+    out["exec"] = "denied"
+import json as again  # code from the image still runs
+print("RESULTS " + json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.parametrize("setting", ["block", "allow"])
+def test_code_drift(tmp_path, setting):
+    text = ("apiVersion: moray/v1\nkind: FunctionPolicy\nmetadata: {name: c}\n"
+            f"spec: {{files: {{writable: ['{tmp_path}/w/*']}}, code: {{drift: {setting}}}}}\n")
+    zp = tmp_path / "layer.zip"
+    layer.build(zp, compile_text(text))
+    layer.unpack(zp, tmp_path / "opt")
+    (tmp_path / "prog.py").write_text(DRIFT)
+    work = tmp_path / "w"
+    work.mkdir()
+    p = subprocess.run([str(tmp_path / "opt" / layer.WRAPPER), sys.executable,
+                        str(tmp_path / "prog.py"), str(work)], capture_output=True, text=True,
+                       timeout=60, env={"PATH": os.environ["PATH"]})
+    results, events = parse(p.stdout)
+    assert p.returncode == 0, p.stderr
+    want = "denied" if setting == "block" else "ok"
+    assert results == {"import": want, "exec": want}
+    if setting == "block":
+        assert {e["enforcement"]["rule"] for e in events} == {"code.drift"}
+        assert events[0]["code"]["what"] == str(work / "dropped.py")

@@ -62,6 +62,7 @@ def test_defaults_no_exec_writes_only_tmp_egress_open():
     ("spec: {exec: {deny: [/bin/sh]}}", "spec.exec.deny", "unknown field"),
     ("spec: {mode: block}", "spec.mode", "enforce or monitor"),
     ("spec: {code: {ctypes: maybe}}", "spec.code.ctypes", "allow or deny"),
+    ("spec: {code: {drift: deny}}", "spec.code.drift", "allow or block"),
     ("spec: {files: {writable: [tmp]}}", "spec.files.writable[0]", "absolute path"),
     ("spec: {network: {egress: {allow: ['not a host!']}}}", "spec.network.egress.allow[0]",
      "neither a CIDR"),
