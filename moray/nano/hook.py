@@ -41,6 +41,17 @@ if TYPE_CHECKING:
 _EXEC_EVENTS = frozenset(("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn",
                           "os.system", "pty.spawn"))
 MAX_RESOLVED = 4096
+
+
+def _kind(event: str) -> str:
+    if event in _EXEC_EVENTS:
+        return "exec"
+    if event.startswith("socket."):
+        return "egress"
+    if event.startswith("ctypes.") or event in ("import", "exec"):
+        return "code"
+    return "file"
+
 MAX_ARGS = 1024  # bytes of argv copied into an event, as the agent's --args-max
 
 
@@ -126,6 +137,7 @@ class Hook:
         self.fork_exec_wrapped = False
         self.blocked = 0
         self.would_block = 0
+        self.unreadable = 0  # handled events whose arguments were not as documented
         self._handlers: dict[str, Callable[[tuple[Any, ...]], Verdict]] = {
             "open": self._open,
             "os.rename": self._two_paths, "os.link": self._link,
@@ -160,11 +172,16 @@ class Hook:
         try:
             verdict = handler(args)
         except Untrusted as u:
-            kind = ("exec" if event in _EXEC_EVENTS else "egress" if event.startswith(
-                "socket.") else "code" if event.startswith("ctypes.") else "file")
-            verdict = (Denial(kind, "untrusted-object", f"<{u.type_name}>",
+            verdict = (Denial(_kind(event), "untrusted-object", f"<{u.type_name}>",
                               f"a path or name given as a {u.type_name}, whose text the "
                               f"system call gets cannot be checked; pass a str"), {})
+        except (IndexError, TypeError, ValueError, AttributeError, OSError) as err:
+            # arguments not as documented (another Python version, a hand-made
+            # sys.audit call): refused, loudly, rather than waved through
+            self.unreadable += 1
+            verdict = (Denial(_kind(event), "unreadable-event", event,
+                              f"the {event} audit event's arguments could not be read "
+                              f"({type(err).__name__}: {err})"), {})
         if verdict is not None:
             self._act(event, *verdict)
 

@@ -468,3 +468,13 @@ def test_code_drift(tmp_path, setting):
     if setting == "block":
         assert {e["enforcement"]["rule"] for e in events} == {"code.drift"}
         assert events[0]["code"]["what"] == str(work / "dropped.py")
+
+
+def test_an_event_with_unreadable_arguments_is_refused(tmp_path):
+    hook, lines = make(tmp_path)
+    with pytest.raises(PermissionError, match="could not be read"):
+        hook("open", ())  # a hand-made sys.audit("open")
+    with pytest.raises(PermissionError):
+        hook("subprocess.Popen", (None,))
+    assert hook.unreadable == 2
+    assert [e["enforcement"]["rule"] for e in lines] == ["unreadable-event"] * 2
