@@ -51,7 +51,21 @@ bpf: deps
 	$(BIN)/pip install -q -e '.[test,scanner,otlp]'
 	@mkdir -p .stamps && touch $@
 
-install: deps bpf .stamps/pip
+# The AWS Lambda runtime interface emulator for the NanoEnforcer's tests and benchmark
+# (tests/integration/test_nano_lambda.py, bench/nano.py): its binary ships inside the
+# aws-sam-cli wheel (samcli/local/rapid/); only that file is taken, the wheel itself is not
+# installed (its dependencies would clash with ours)
+RIE_WHEEL := aws-sam-cli==1.170.0
+.stamps/rie: | $(BIN)/python
+	rm -rf .stamps/rie.d && mkdir -p .stamps/rie.d
+	$(BIN)/pip download -q --no-deps -d .stamps/rie.d '$(RIE_WHEEL)'
+	$(BIN)/python -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	  open(sys.argv[2], 'wb').write(z.read('samcli/local/rapid/aws-lambda-rie-x86_64'))" \
+	  .stamps/rie.d/*.whl $(BIN)/aws-lambda-rie
+	chmod 755 $(BIN)/aws-lambda-rie
+	rm -rf .stamps/rie.d && touch $@
+
+install: deps bpf .stamps/pip .stamps/rie
 
 # moray's main job on this host: the embedded control plane (moray-server, SQLite under
 # /var/lib/moray/local, loopback) and the agent enrolled in it, with the default rules and

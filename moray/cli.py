@@ -15,6 +15,7 @@
     moray tenant list|create|delete             tenants (isolation domains)
     moray kube-enforcer --server URL ...        admission webhook  (= moray-kube-enforcer)
     moray micro --policy FILE -- CMD ARGS       in-container enforcer (= moray-micro)
+    moray nano check|compile|layer              Lambda function policies and layer
 
 ``moray-agent``, ``moray-server``, ``moray-gateway``, ``moray-scan``,
 ``moray-scanner-worker``, ``moray-kube-enforcer`` and ``moray-micro`` are aliases: the
@@ -75,6 +76,8 @@ GROUPS: dict[str, tuple[str, str]] = {
                       "(= moray-kube-enforcer)"),
     "micro": ("moray.micro.cli", "the MicroEnforcer: a container's entrypoint wrapper "
               "enforcing runtime policies with seccomp user notification (= moray-micro)"),
+    "nano": ("moray.nano.cli", "the NanoEnforcer for Python functions on AWS Lambda: "
+             "check and compile function policies, build the layer"),
 }
 # ``moray scan``'s subcommands; anything else after ``scan`` is an image (SCAN_IMAGE form)
 SCAN_COMMANDS = ("enqueue", "enqueue-registry", "worker", "jobs", "rescan-stale", "registry",
