@@ -118,6 +118,9 @@ class Supervisor:
         self.inventory = Inventory(int(clock() * 1e9), inventory)
         self.identity = self._identities()
         self.stats = Stats()
+        # held while one call is judged and while update() swaps the rules (the control
+        # plane's policy thread): a call is judged by one policy set, old or new
+        self._rules_lock = threading.Lock()
         # another exit for every event (the control plane's spool), and what to start once
         # the workload is forked (threads must not exist at the fork)
         self.forward: Callable[[dict[str, Any]], object] | None = None
@@ -137,11 +140,12 @@ class Supervisor:
 
     # ------------------------------------------------------------------ start-up
 
-    def _identities(self) -> dict[tuple[int, int], str]:
+    def _identities(self, policies: Sequence[Policy] | None = None
+                    ) -> dict[tuple[int, int], str]:
         """(dev, ino) -> path of every exact path a file rule names, as of start: the
         same file reached by another name (a hard link, /proc/<pid>/fd/N) is covered."""
         out: dict[tuple[int, int], str] = {}
-        for p in self.policies:
+        for p in self.policies if policies is None else policies:
             for r in (*p.files.deny, *p.files.monitor):
                 if r.pattern.exact:
                     try:
@@ -253,12 +257,36 @@ class Supervisor:
             if pid == self.child:
                 found = st
 
+    # ------------------------------------------------------------------ live policies
+
+    def update(self, policies: Sequence[Policy]) -> str | None:
+        """Enforce ``policies`` from now on if the kernel's filter they need is the one
+        installed (only what the supervisor decides changed: exec, file and egress paths,
+        a mode): None. Else nothing changes and the reason is returned (the filter cannot
+        be replaced under a running workload: a restart applies them)."""
+        policies = tuple(policies)
+        plan = rules.plan(policies, self.pid)
+        if bpf.assemble(plan) != self.prog:
+            return ("needs restart: the change alters the kernel's seccomp filter (the "
+                    "calls notified or refused), fixed while the workload runs")
+        identity = self._identities(policies)
+        with self._rules_lock:
+            self.policies, self.plan = policies, plan
+            self.enforcing = any(p.mode is Mode.ENFORCE for p in policies)
+            self.files_used = any(p.files.used for p in policies)
+            self.identity = identity
+        return None
+
     # ------------------------------------------------------------------ one call
 
     def handle_one(self) -> None:
         n = notify.recv(self.listener)
         if n is None:
             return
+        with self._rules_lock:
+            self._handle(n)
+
+    def _handle(self, n: notify.Notification) -> None:
         self.stats.notified += 1
         name = _NAMES.get(n.nr, str(n.nr))
         self.stats.by_call[name] = self.stats.by_call.get(name, 0) + 1

@@ -570,6 +570,7 @@ def test_events_reach_a_real_server(work: Path, tmp_path: Path) -> None:
         agents = api("GET", "/api/v1/agents")
         mine = [a for a in agents if a.get("labels", {}).get("enforcer") == "micro"]
         assert len(mine) == 1 and mine[0]["hostname"] == "micro-test", agents
+        assert mine[0]["kind"] == "micro", mine
 
         def stored() -> list[dict]:
             rows = api("GET", "/api/v1/events", params={"after": 0, "limit": 1000})
@@ -579,6 +580,91 @@ def test_events_reach_a_real_server(work: Path, tmp_path: Path) -> None:
         assert rows[0]["event"]["enforcement"]["rule"] == "exec.deny: /usr/bin/touch"
     finally:
         srv.stop()
+
+
+def test_pushed_policies_enforced_before_start_and_live(work: Path, tmp_path: Path) -> None:
+    """With --server alone, the server's policy is fetched before the workload starts and
+    enforced from its first call; a later push that changes only exec paths is applied
+    live; one that would change the kernel filter (a syscall rule) is acknowledged
+    FAILED with "needs restart" and the rules stay those applied."""
+    from tests.helpers.controlplane import ServerProcess, policy_yaml, wait_for
+
+    srv = ServerProcess(tmp_path / "server").start()
+    proc = None
+    try:
+        api = srv.api()
+        api.apply(policy_yaml("pushed", deny="/usr/bin/touch"))
+        token = api.token()
+        ca = work / "ca.pem"
+        ca.write_bytes(srv.ca_pem)
+        ca.chmod(0o644)
+        go, ev = work / "rw" / "go", work / "rw" / "events.jsonl"
+        script = (f"touch {work}/rw/a; echo rc1=$?; "
+                  f"while [ ! -e {go} ]; do sleep 0.05; done; "
+                  f"touch {work}/rw/b; echo rc2=$?; id >/dev/null; echo rc3=$?")
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": "/usr/bin",
+               "MORAY_ENROLL_TOKEN": token}
+        cmd = [*NOBODY, PYTHON, "-m", "moray.cli", "micro", "--events", str(ev),
+               "--server", srv.grpc_target, "--enroll-server", srv.enroll_target,
+               "--ca", str(ca), "--data-dir", str(work / "rw" / "cp"), "--node", "pushed"]
+
+        def explained() -> bool:
+            # the server's in-memory policy set follows its store a moment later: what
+            # --explain fetched (and cached: the run below starts from it) names v1 once
+            # the server serves it
+            r = subprocess.run([*cmd, "--explain", "--", "true"], capture_output=True,
+                               text=True, timeout=60, env=env, cwd=work / "rw")
+            assert r.returncode == 0, r.stderr
+            return [p["name"] for p in json.loads(r.stdout)["policies"]] == ["pushed"]
+        wait_for(explained, timeout=30, interval=0.2, what="v1 served by the server")
+        proc = subprocess.Popen(
+            [*cmd, "--", *sh(script)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            cwd=work / "rw")
+
+        def acked(version: int, status: str) -> dict:
+            agents = [a for a in api("GET", "/api/v1/agents") if a["hostname"] == "pushed"]
+            held = agents[0]["policies"].get("pushed", {}) if agents else {}
+            return held if (held.get("version"), held.get("status")) == (version, status) \
+                else {}
+
+        wait_for(lambda: acked(1, "APPLIED"), timeout=30, what="v1 acknowledged")
+        assert proc.stdout is not None
+        first = proc.stdout.readline()     # the first touch ran (under v1) before v2
+        assert first == "rc1=126\n", first
+        api.apply(policy_yaml("pushed", deny="/usr/bin/id"))
+        wait_for(lambda: acked(2, "APPLIED"), timeout=30, what="v2 applied live")
+        api.apply(policy_yaml("pushed", deny="/usr/bin/id") + "  syscalls: {deny: [ptrace]}\n")
+        failed = wait_for(lambda: acked(3, "FAILED"), timeout=30, what="v3 refused")
+        assert failed["error"].startswith("needs restart"), failed
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "rc2=0" in out and "rc3=126" in out, (out, err, ev.read_text())
+        rules = [e["enforcement"]["rule"] for e in
+                 map(json.loads, ev.read_text().splitlines()) if e.get("type") == "enforce"]
+        assert rules == ["exec.deny: /usr/bin/touch", "exec.deny: /usr/bin/id"], rules
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        srv.stop()
+
+
+def test_server_without_policies_in_time_does_not_start(work: Path) -> None:
+    """No server answering: the policies cannot be fetched, the workload never runs."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": "/usr/bin",
+           "MORAY_ENROLL_TOKEN": "moray-enroll-x"}
+    ca = work / "ca.pem"
+    ca.write_text("not a certificate")
+    ca.chmod(0o644)
+    p = subprocess.run(
+        [*NOBODY, PYTHON, "-m", "moray.cli", "micro", "--server", "127.0.0.1:9",
+         "--enroll-server", "127.0.0.1:9", "--ca", str(ca), "--sync-timeout", "1",
+         "--data-dir", str(work / "rw" / "cp"), "--", *sh(f"touch {work}/rw/ran")],
+        capture_output=True, text=True, timeout=60, env=env, cwd=work / "rw")
+    assert p.returncode != 0 and not (work / "rw" / "ran").exists(), p
+    assert "not fetched" in p.stderr, p.stderr
 
 
 RUNTIME_PROFILE = """
