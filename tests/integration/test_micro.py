@@ -10,6 +10,7 @@ PID 1 in a busybox rootfs with the host's /usr and the Python environment bound 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -406,6 +407,67 @@ def test_in_a_runc_container_as_pid_1(work: Path) -> None:
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     kinds = {e["enforcement"]["kind"] for e in events if e.get("type") == "enforce"}
     assert {"file", "drift", "supervisor"} <= kinds, events
+
+
+@pytest.mark.docker
+def test_in_a_docker_container_as_its_entrypoint(work: Path) -> None:
+    """`moray micro` as the entrypoint of a docker container (a private dockerd, the
+    locally built busybox image): unprivileged (user 65534, no capability added),
+    docker's default seccomp profile; one deny per rule kind, allowed work runs, the exit
+    code is the workload's."""
+    from tests.helpers.containers import DOCKER_IMAGE, Dockerd
+
+    if shutil.which("dockerd") is None:
+        pytest.skip("dockerd is not installed (apt-get install docker.io)")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    srv.close()                       # inside the container's own loopback: refused
+    pol = work / "policy.yaml"
+    pol.write_text(textwrap.dedent(f"""\
+        apiVersion: moray/v1
+        kind: RuntimePolicy
+        metadata: {{name: ctr}}
+        spec:
+          scope: {{containers: {{}}}}
+          exec: {{deny: [/usr/bin/id], drift: block}}
+          files: {{deny: [{{path: /data/secret, access: read}}]}}
+          network: {{egress: {{deny: ["127.0.0.1/32:{port}"]}}}}
+          syscalls: {{deny: [mkdir, mkdirat]}}
+        """))
+    pol.chmod(0o644)
+    py_home = Path(os.path.realpath(PYTHON)).parents[1]
+    venv = Path(sys.prefix)
+    binds = [(Path("/usr"), "/usr"), (Path("/usr/lib"), "/lib"), (Path("/usr/lib64"), "/lib64"),
+             *((b, str(b)) for b in (py_home, venv, REPO)),
+             (pol, "/etc/moray/policy.yaml"), (work / "secret", "/data/secret")]
+    vols = [a for src, dst in dict((str(d), s) for s, d in binds).items()
+            for a in ("-v", f"{dst}:{src}:ro")]
+    connect = (f"import socket; print('egress', *(socket.socket().connect_ex(('127.0.0.1', p))"
+               f" for p in ({port}, {port + 1 if port < 65535 else port - 1})))")
+    script = ("echo uid=$(busybox id -u); /usr/bin/id; echo exec=$?; "
+              "/usr/bin/env echo allowed; cat /data/secret; echo file=$?; "
+              "cp /bin/busybox /tmp/bb; /tmp/bb true; echo drift=$?; "
+              "mkdir /tmp/d; echo mkdir=$?; "
+              f"{venv}/bin/python -c \"{connect}\"; exit 7")
+    with Dockerd(work / "dockerd") as d:
+        security = d.docker("info", "--format", "{{json .SecurityOptions}}").stdout
+        assert "name=seccomp,profile=default" in security, security   # docker's default
+        res = d.docker("run", "--rm", "--network", "none", "--user", "65534:65534",
+                       "--tmpfs", "/tmp:mode=1777", *vols,
+                       "-e", f"PYTHONPATH={REPO}", "-e", "PATH=/bin",
+                       DOCKER_IMAGE, f"{venv}/bin/python", "-m", "moray.cli", "micro",
+                       "--policy", "/etc/moray/policy.yaml", "--events", "stdout", "--",
+                       "/bin/sh", "-c", script, check=False, timeout=120)
+    out = res.stdout
+    assert res.returncode == 7, res
+    for want in ("uid=65534", "exec=126", "allowed", "file=1", "drift=126", "mkdir=1",
+                 f"egress {errno.EPERM} {errno.ECONNREFUSED}"):
+        assert want in out.splitlines() or f"\n{want}\n" in f"\n{out}", (want, res)
+    assert "s3cret" not in out, res
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    kinds = sorted(e["enforcement"]["kind"] for e in events if e.get("type") == "enforce")
+    assert {"exec", "file", "drift", "network"} <= set(kinds), events
 
 
 RACE = """
