@@ -18,6 +18,8 @@ Threads (all started by ``start``, all ended by ``stop``):
   sends a hello with the versions held, verifies each pushed policy (signature, then
   version floor), calls ``on_policy``, records it on disk, acknowledges it. Reconnects
   with capped backoff; a refusal (unknown or revoked certificate) is logged as an error.
+  With ``sync_marker`` the hello asks the server to say when the policies selecting the
+  client at the stream's opening were all sent; ``synced`` is set then.
 - ``cp-events``: sends spooled events in order, one batch in flight, and commits the
   spool only after the server's ack (so a cut connection resends, never skips).
 
@@ -95,7 +97,8 @@ class ControlPlaneClient:
                  hostname: str | None = None, server_name: str | None = None,
                  status: Callable[[], Mapping[str, Any]] | None = None,
                  spool_max_bytes: int = 256 << 20, batch_size: int = 500,
-                 heartbeat_interval: float = 10.0, max_backoff: float = 2.0) -> None:
+                 heartbeat_interval: float = 10.0, max_backoff: float = 2.0,
+                 kind: str = "agent", sync_marker: bool = False) -> None:
         # "gw1:7443,gw2:7443": endpoints tried in turn (a stream that fails moves every
         # call to the next one); the first one also names the enrolment and CA defaults
         self.servers = [s.strip() for s in server.split(",") if s.strip()] or [server]
@@ -110,6 +113,11 @@ class ControlPlaneClient:
         self.ca_url = ca_url or f"http://{ca_host}:7080/ca.pem"
         self.enroll_server = enroll_server or enroll_target(self.server)
         self.labels = dict(labels or {})
+        self.kind = kind                    # EnrollRequest.kind: agent, micro ...
+        # ask for the end-of-initial-sync marker: ``synced`` is set once every policy
+        # selecting this client when a stream opened was handled (moray micro waits on it)
+        self.sync_marker = sync_marker
+        self.synced = threading.Event()
         self.hostname, self.server_name = hostname, server_name
         self.status_provider = status
         self.batch_size = batch_size
@@ -274,7 +282,8 @@ class ControlPlaneClient:
             assert ca_pem is not None
             identity = enroll(self.enroll_server, self.token, ca_pem,
                               self.data_dir / "identity", labels=self.labels,
-                              hostname=self.hostname, server_name=self.server_name)
+                              hostname=self.hostname, server_name=self.server_name,
+                              kind=self.kind)
         except EnrollmentError as err:
             log.warning("enrolment failed; retrying", extra={"error": str(err)})
             self._stop.wait(self.max_backoff)
@@ -371,13 +380,17 @@ class ControlPlaneClient:
             stub = moray_pb2_grpc.AgentServiceStub(channel)
             requests: queue.Queue[moray_pb2.PolicyStreamRequest | None] = queue.Queue()
             requests.put(moray_pb2.PolicyStreamRequest(
-                hello=moray_pb2.PolicyHello(versions=self.cache.versions())))
+                hello=moray_pb2.PolicyHello(versions=self.cache.versions(),
+                                            sync_marker=self.sync_marker)))
             call = stub.PolicyStream(iter(requests.get, None))
             self._track(call)
             try:
                 for response in call:
                     attempt = 0
                     self.refused = None
+                    if response.synced and not response.HasField("policy"):
+                        self.synced.set()       # a marker, not acknowledged
+                        continue
                     requests.put(moray_pb2.PolicyStreamRequest(
                         ack=self.handle_policy(response.policy)))
                     self._ready.set()

@@ -95,9 +95,11 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def enroll(target: str, token: str, ca_pem: bytes, directory: Path, *,
            labels: dict[str, str] | None = None, hostname: str | None = None,
-           server_name: str | None = None, timeout: float = 10.0) -> Identity:
+           server_name: str | None = None, timeout: float = 10.0,
+           kind: str = "agent") -> Identity:
     """Enrol at ``target`` (host:port of the enrolment listener), trusting ``ca_pem`` for
-    the server's certificate, and store the identity in ``directory``."""
+    the server's certificate, as a ``kind`` (agent, micro ...: the server's agent list
+    shows it), and store the identity in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -112,6 +114,7 @@ def enroll(target: str, token: str, ca_pem: bytes, directory: Path, *,
         try:
             reply: moray_pb2.EnrollResponse = moray_pb2_grpc.EnrollmentStub(channel).Enroll(
                 moray_pb2.EnrollRequest(token=token, hostname=hostname, labels=labels or {},
+                                        kind=kind,
                                         csr_pem=csr.public_bytes(serialization.Encoding.PEM)),
                 timeout=timeout)
         except grpc.RpcError as err:

@@ -25,7 +25,7 @@ FAILED: ApplyStatus
 REMOVED: ApplyStatus
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("token", "csr_pem", "hostname", "labels")
+    __slots__ = ("token", "csr_pem", "hostname", "labels", "kind")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,11 +37,13 @@ class EnrollRequest(_message.Message):
     CSR_PEM_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     token: str
     csr_pem: bytes
     hostname: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    kind: str
+    def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("agent_id", "certificate_pem", "ca_pem", "policy_public_key", "policy_key_id", "labels", "tenant")
@@ -109,7 +111,7 @@ class PolicyStreamRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[PolicyHello, _Mapping]] = ..., ack: _Optional[_Union[PolicyAck, _Mapping]] = ...) -> None: ...
 
 class PolicyHello(_message.Message):
-    __slots__ = ("versions",)
+    __slots__ = ("versions", "sync_marker")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,8 +120,10 @@ class PolicyHello(_message.Message):
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    SYNC_MARKER_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.ScalarMap[str, int]
-    def __init__(self, versions: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    sync_marker: bool
+    def __init__(self, versions: _Optional[_Mapping[str, int]] = ..., sync_marker: _Optional[bool] = ...) -> None: ...
 
 class RuleTier(_message.Message):
     __slots__ = ("rule", "tier")
@@ -144,10 +148,12 @@ class PolicyAck(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[ApplyStatus, str]] = ..., error: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[RuleTier, _Mapping]]] = ...) -> None: ...
 
 class PolicyStreamResponse(_message.Message):
-    __slots__ = ("policy",)
+    __slots__ = ("policy", "synced")
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    SYNCED_FIELD_NUMBER: _ClassVar[int]
     policy: SignedPolicy
-    def __init__(self, policy: _Optional[_Union[SignedPolicy, _Mapping]] = ...) -> None: ...
+    synced: bool
+    def __init__(self, policy: _Optional[_Union[SignedPolicy, _Mapping]] = ..., synced: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("id", "time_ms", "type", "payload_json")

@@ -87,7 +87,7 @@ class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):  # type: ignore[misc
         try:
             agent = await asyncio.to_thread(
                 self.store.enroll_agent, request.token, hostname=request.hostname[:253],
-                labels=dict(request.labels), issue=issue)
+                labels=dict(request.labels), issue=issue, kind=request.kind)
         except (StoreError, PkiError) as err:
             self.metrics.enrollments.labels("refused").inc()
             log.warning("enrolment refused", extra={"hostname": request.hostname[:253],
@@ -97,6 +97,7 @@ class EnrollmentService(moray_pb2_grpc.EnrollmentServicer):  # type: ignore[misc
             raise AssertionError("unreachable") from err
         self.metrics.enrollments.labels("ok").inc()
         log.info("agent enrolled", extra={"agent_id": agent.id, "hostname": agent.hostname,
+                                          "kind": agent.kind,
                                           "peer": context.peer(),
                                           "token": agent.enrollment_token_id})
         return moray_pb2.EnrollResponse(
@@ -189,6 +190,7 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
         if first is grpc.aio.EOF or not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
         session = _PolicySession(self, agent, context, dict(first.hello.versions))
+        marker = first.hello.sync_marker     # old agents never ask, never receive one
         handle = self.hub.open(agent.id)
         # handle.refresh starts True: the agent is read again now that the handle is
         # registered, so a revocation or relabelling since _identify is not missed
@@ -210,6 +212,9 @@ class AgentServiceImpl(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
                 snapshot = self.hub.snapshot
                 if snapshot.serial:          # 0: the watcher has not read the store yet
                     await session.push(fresh, snapshot.tenant(fresh.tenant))
+                    if marker:               # asked for by the hello (moray micro)
+                        marker = False
+                        await context.write(moray_pb2.PolicyStreamResponse(synced=True))
                 await handle.wake.wait()
             await reader
         finally:

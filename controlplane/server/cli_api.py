@@ -319,14 +319,15 @@ def _agents(api: Api, args: argparse.Namespace) -> int:
         if args.json:
             _out(rows)
             return 0
-        sys.stdout.write(f"{'AGENT':32} {'HOST':20} {'STATE':9} {'LAST SEEN':19}  "
+        sys.stdout.write(f"{'AGENT':32} {'KIND':6} {'HOST':20} {'STATE':9} {'LAST SEEN':19}  "
                          f"LABELS / POLICIES\n")
         for r in rows:
             state = "revoked" if r["revoked"] else ("online" if r["connected"] else "offline")
             labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
             pols = ",".join(f"{n}@v{p['version']}:{p['status']}"
                             for n, p in sorted(r["policies"].items()))
-            sys.stdout.write(f"{r['id']:32} {r['hostname'][:20]:20} {state:9} "
+            sys.stdout.write(f"{r['id']:32} {r.get('kind', 'agent')[:6]:6} "
+                             f"{r['hostname'][:20]:20} {state:9} "
                              f"{_when(r['last_seen']):19}  {labels} {pols}\n")
         return 0
     if args.command == "revoke":

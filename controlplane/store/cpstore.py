@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -84,6 +85,8 @@ class AgentRevoked(StoreError):
 ACK_STATUSES = frozenset(moray_pb2.ApplyStatus.keys())
 MAX_ACK_ERROR = 4096        # characters of an ack's error kept
 MAX_VERDICTS_VERSION = 2**31 - 1   # acks of the image-verdict list (cp_agent_policy.version)
+# what an enrolling client may call itself (EnrollRequest.kind): agent, micro, nano ...
+AGENT_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
 MAX_ACK_TIERS = 1024        # rule -> tier entries of one ack kept
 
 
@@ -135,9 +138,11 @@ class AgentRecord:
     revoked_at: float | None
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     enrollment_token_id: int | None = None
+    kind: str = "agent"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "tenant": self.tenant, "hostname": self.hostname,
+        return {"id": self.id, "kind": self.kind, "tenant": self.tenant,
+                "hostname": self.hostname,
                 "labels": self.labels, "cert_serial": self.cert_serial,
                 "enrolled_at": self.enrolled_at, "last_seen": self.last_seen,
                 "status": self.status, "revoked": self.revoked_at is not None,
@@ -246,6 +251,7 @@ def _agent_record(agent: Agent, acks: Sequence[AgentPolicy] = ()) -> AgentRecord
                        last_seen=agent.last_seen, status=dict(agent.status or {}),
                        revoked_at=agent.revoked_at,
                        enrollment_token_id=agent.enrollment_token_id,
+                       kind=agent.kind or "agent",
                        policies={a.policy_name: {"version": a.version, "status": a.status,
                                                  "error": a.error, "tiers": a.tiers,
                                                  "acked_at": a.acked_at} for a in acks})
@@ -531,8 +537,10 @@ class ControlPlaneStore:
             return _token_record(row, 0, token)
 
     def enroll_agent(self, token: str, *, hostname: str, labels: dict[str, str],
-                     issue: Callable[[str], tuple[str, str]]) -> AgentRecord:
-        """Spend one use of ``token`` and register a new agent. ``issue(agent_id)`` signs
+                     issue: Callable[[str], tuple[str, str]],
+                     kind: str = "agent") -> AgentRecord:
+        """Spend one use of ``token`` and register a new agent of ``kind`` (agent, micro,
+        nano ...: ``AGENT_KIND``; "" is "agent"). ``issue(agent_id)`` signs
         its certificate and returns (serial hex, certificate SHA-256); it runs inside the
         transaction, so a use is spent only when a certificate was issued.
 
@@ -543,6 +551,9 @@ class ControlPlaneStore:
         last use cannot both win. A token that cannot enrol (unknown, revoked, expired,
         used up) is refused by a read first, without taking SQLite's write lock: bad
         tokens cost no writer its turn."""
+        kind = kind or "agent"
+        if not AGENT_KIND.fullmatch(kind):
+            raise StoreError(f"agent kind {kind[:40]!r} is not [a-z][a-z0-9-]{{0,31}}")
         now = self.clock()
         with self._read() as session:
             usable = session.scalar(select(EnrollmentToken.id).where(
@@ -571,12 +582,13 @@ class ControlPlaneStore:
             agent = Agent(id=agent_id, tenant=spent.tenant, hostname=hostname,
                           labels=merged, cert_serial=serial, cert_sha256=cert_sha,
                           enrolled_at=now, last_seen=now, status={}, revoked_at=None,
-                          enrollment_token_id=spent.id)
+                          enrollment_token_id=spent.id, kind=kind)
             session.add(agent)
             session.execute(update(EnrollmentToken).where(EnrollmentToken.id == spent.id)
                             .values(used_by=agent_id))
             self._audit(session, f"agent:{agent_id}", "agent.enroll", agent_id,
-                        {"hostname": hostname, "labels": merged, "tenant": spent.tenant,
+                        {"hostname": hostname, "kind": kind, "labels": merged,
+                         "tenant": spent.tenant,
                          "token": spent.id, "use": spent.uses,
                          "uses_left": None if spent.max_uses is None
                          else spent.max_uses - spent.uses}, tenant=spent.tenant)

@@ -112,6 +112,8 @@ class Agent(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     enrollment_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True,
                                                            index=True)
+    # what enrolled (EnrollRequest.kind): agent | micro | nano ...; "agent" before 0012
+    kind: Mapped[str] = mapped_column(String(32), default="agent", server_default="agent")
 
 
 class AgentPolicy(Base):

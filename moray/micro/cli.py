@@ -1,6 +1,7 @@
 """``moray micro`` (= ``moray-micro``): the MicroEnforcer, a container's entrypoint wrapper.
 
     moray micro --policy /etc/moray/policy.yaml [--events FILE] -- CMD ARGS...
+    moray micro --server HOST:7443 --ca-sha256 ... [--policy FILE] -- CMD ARGS...
 
 Runs CMD as its child under a seccomp filter with user notification (no capabilities, no
 BPF, no host mounts; sets no_new_privs) and enforces the runtime policies of FILE (the
@@ -25,8 +26,9 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
     """Fill ``moray``'s ``micro`` parser (moray.cli)."""
     p.description = __doc__.split("\n\n")[0] if __doc__ else None
     p.set_defaults(handler=run_command)
-    p.add_argument("--policy", type=Path, required=True, action="append", metavar="FILE",
-                   help="runtime policy file (YAML/JSON, the agent's format); repeatable")
+    p.add_argument("--policy", type=Path, action="append", default=[], metavar="FILE",
+                   help="runtime policy file (YAML/JSON, the agent's format); repeatable; "
+                        "needed unless --server")
     p.add_argument("--events", default="stderr", metavar="DEST",
                    help="where events go: stderr (default: the workload's stdout stays its "
                         "own), stdout, or a file (appended)")
@@ -43,8 +45,8 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                    help="print what would be enforced (notified and refused calls, rule "
                         "kinds not enforced here) as JSON and exit")
     cp = p.add_argument_group(
-        "control plane (events to moray-server over the agent's enrolment and mTLS; the "
-        "enforcer shows in the agent list with the label enforcer=micro)")
+        "control plane (the agent's enrolment and mTLS: policies fetched before the "
+        "workload starts, events sent; listed by the server with kind micro)")
     cp.add_argument("--server", default=None, metavar="HOST:PORT",
                     help="moray-server (or gateway) agent endpoint (gRPC, mTLS), e.g. "
                          "server:7443")
@@ -58,6 +60,10 @@ def add_group(name: str, p: argparse.ArgumentParser) -> None:
                     help="identity and event spool (default /tmp/moray-micro)")
     cp.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                     help="label of this enforcer (repeatable)")
+    cp.add_argument("--sync-timeout", type=float, default=30.0, metavar="SECONDS",
+                    help="wait up to this long for the server's policies before starting "
+                         "the workload (default 30; not fetched: the workload is not "
+                         "started)")
     cp.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS",
                     help="at exit, wait up to this long for spooled events to reach the "
                          "server (default 10; what is left stays in the spool)")
@@ -73,12 +79,23 @@ def run_command(args: argparse.Namespace) -> int:
     cmd = list(args.command)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    if not args.policy and not args.server:
+        raise ConfigError("moray micro: --policy FILE or --server HOST:PORT is needed")
     policies = [p for f in args.policy for p in load_file(f)]
     if not cmd and not args.explain:
         raise ConfigError("moray micro: no command (moray micro --policy FILE -- CMD ARGS)")
+    link = None
+    if args.server:
+        from moray.micro import server
+
+        server.fetch(vars(args), args.sync_timeout)
+        link = server.Link(policies, server.held(args.data_dir), lambda p: None)
+        policies = link.policies()
     sink = None if args.explain else Sink(args.events)
     sup = Supervisor(policies, sink, node=args.node, exact=not args.continue_opens,
                      inventory=args.drift_inventory)
+    if link is not None:
+        link.update = sup.update
     report = sup.report_start(cmd)
     if args.explain:
         json.dump(report, sys.stdout, indent=2)
@@ -90,7 +107,7 @@ def run_command(args: argparse.Namespace) -> int:
         log.info("%s", note)
     log.info("moray micro: notified %s; refused %s", ",".join(report["notified"]),
              ",".join(report["refused"]) or "-")
-    client = _control_plane(args, sup) if args.server else None
+    client = _control_plane(args, sup, link) if link is not None else None
     try:
         return sup.run(cmd)
     finally:
@@ -100,26 +117,12 @@ def run_command(args: argparse.Namespace) -> int:
             _drain(client, args.drain_timeout)
 
 
-def _control_plane(args: argparse.Namespace, sup: Any) -> Any:
-    """The agent's control-plane client, for events only: the policies stay the file's
-    (the filter is fixed once the workload runs); pushed policies are acknowledged as not
-    applied. Started after the fork (no thread may exist then)."""
-    import os
+def _control_plane(args: argparse.Namespace, sup: Any, link: Any) -> Any:
+    """The agent's client for events, heartbeats and later pushes (moray.micro.server),
+    started after the clone (no thread may exist then)."""
+    from moray.micro import server
 
-    from moray.agent.controlplane import ApplyResult, ControlPlaneClient
-
-    def on_policy(policy: Any) -> Any:
-        return ApplyResult(ok=False, error="moray micro enforces its --policy file; "
-                                           "a pushed policy needs a restart with it")
-
-    labels = dict(kv.split("=", 1) for kv in args.label if "=" in kv)
-    labels["enforcer"] = "micro"
-    ca_pem = Path(args.ca).read_bytes() if args.ca else None
-    client = ControlPlaneClient(
-        args.server, args.data_dir, on_policy,
-        token=args.enroll_token or os.environ.get("MORAY_ENROLL_TOKEN"), ca_pem=ca_pem,
-        ca_sha256=args.ca_sha256, enroll_server=args.enroll_server, labels=labels,
-        hostname=args.node)
+    client = server.make_client(vars(args), link)
     sup.forward = client.send
     sup.after_spawn = client.start
     return client

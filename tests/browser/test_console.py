@@ -60,6 +60,8 @@ def test_core_pages_show_the_real_data(console: Console, console_env: ConsoleEnv
     console.css(f'tr[data-agent="{console_env.agents[0].agent_id}"]').click()
     detail = console.wait_css("#agent-detail")
     console.wait_text("#agent-detail", "6.1.0-test")
+    kinds = detail.find_elements(By.XPATH, ".//tr[th='kind']/td")
+    assert [k.text for k in kinds] == ["agent"]          # enrolled without a kind
     console.wait_text("#agent-detail", "web")
     assert detail.find_element(By.CSS_SELECTOR, "#agent-revoke")    # an admin may revoke
     console.screenshot("agent-detail")

@@ -10,6 +10,7 @@ PID 1 in a busybox rootfs with the host's /usr and the Python environment bound 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -408,6 +409,67 @@ def test_in_a_runc_container_as_pid_1(work: Path) -> None:
     assert {"file", "drift", "supervisor"} <= kinds, events
 
 
+@pytest.mark.docker
+def test_in_a_docker_container_as_its_entrypoint(work: Path) -> None:
+    """`moray micro` as the entrypoint of a docker container (a private dockerd, the
+    locally built busybox image): unprivileged (user 65534, no capability added),
+    docker's default seccomp profile; one deny per rule kind, allowed work runs, the exit
+    code is the workload's."""
+    from tests.helpers.containers import DOCKER_IMAGE, Dockerd
+
+    if shutil.which("dockerd") is None:
+        pytest.skip("dockerd is not installed (apt-get install docker.io)")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    srv.close()                       # inside the container's own loopback: refused
+    pol = work / "policy.yaml"
+    pol.write_text(textwrap.dedent(f"""\
+        apiVersion: moray/v1
+        kind: RuntimePolicy
+        metadata: {{name: ctr}}
+        spec:
+          scope: {{containers: {{}}}}
+          exec: {{deny: [/usr/bin/id], drift: block}}
+          files: {{deny: [{{path: /data/secret, access: read}}]}}
+          network: {{egress: {{deny: ["127.0.0.1/32:{port}"]}}}}
+          syscalls: {{deny: [mkdir, mkdirat]}}
+        """))
+    pol.chmod(0o644)
+    py_home = Path(os.path.realpath(PYTHON)).parents[1]
+    venv = Path(sys.prefix)
+    binds = [(Path("/usr"), "/usr"), (Path("/usr/lib"), "/lib"), (Path("/usr/lib64"), "/lib64"),
+             *((b, str(b)) for b in (py_home, venv, REPO)),
+             (pol, "/etc/moray/policy.yaml"), (work / "secret", "/data/secret")]
+    vols = [a for src, dst in dict((str(d), s) for s, d in binds).items()
+            for a in ("-v", f"{dst}:{src}:ro")]
+    connect = (f"import socket; print('egress', *(socket.socket().connect_ex(('127.0.0.1', p))"
+               f" for p in ({port}, {port + 1 if port < 65535 else port - 1})))")
+    script = ("echo uid=$(busybox id -u); /usr/bin/id; echo exec=$?; "
+              "/usr/bin/env echo allowed; cat /data/secret; echo file=$?; "
+              "cp /bin/busybox /tmp/bb; /tmp/bb true; echo drift=$?; "
+              "mkdir /tmp/d; echo mkdir=$?; "
+              f"{venv}/bin/python -c \"{connect}\"; exit 7")
+    with Dockerd(work / "dockerd") as d:
+        security = d.docker("info", "--format", "{{json .SecurityOptions}}").stdout
+        assert "name=seccomp,profile=default" in security, security   # docker's default
+        res = d.docker("run", "--rm", "--network", "none", "--user", "65534:65534",
+                       "--tmpfs", "/tmp:mode=1777", *vols,
+                       "-e", f"PYTHONPATH={REPO}", "-e", "PATH=/bin",
+                       DOCKER_IMAGE, f"{venv}/bin/python", "-m", "moray.cli", "micro",
+                       "--policy", "/etc/moray/policy.yaml", "--events", "stdout", "--",
+                       "/bin/sh", "-c", script, check=False, timeout=120)
+    out = res.stdout
+    assert res.returncode == 7, res
+    for want in ("uid=65534", "exec=126", "allowed", "file=1", "drift=126", "mkdir=1",
+                 f"egress {errno.EPERM} {errno.ECONNREFUSED}"):
+        assert want in out.splitlines() or f"\n{want}\n" in f"\n{out}", (want, res)
+    assert "s3cret" not in out, res
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    kinds = sorted(e["enforcement"]["kind"] for e in events if e.get("type") == "enforce")
+    assert {"exec", "file", "drift", "network"} <= set(kinds), events
+
+
 RACE = """
 import ctypes, os, sys, threading
 libc = ctypes.CDLL(None, use_errno=True)
@@ -570,6 +632,7 @@ def test_events_reach_a_real_server(work: Path, tmp_path: Path) -> None:
         agents = api("GET", "/api/v1/agents")
         mine = [a for a in agents if a.get("labels", {}).get("enforcer") == "micro"]
         assert len(mine) == 1 and mine[0]["hostname"] == "micro-test", agents
+        assert mine[0]["kind"] == "micro", mine
 
         def stored() -> list[dict]:
             rows = api("GET", "/api/v1/events", params={"after": 0, "limit": 1000})
@@ -579,6 +642,91 @@ def test_events_reach_a_real_server(work: Path, tmp_path: Path) -> None:
         assert rows[0]["event"]["enforcement"]["rule"] == "exec.deny: /usr/bin/touch"
     finally:
         srv.stop()
+
+
+def test_pushed_policies_enforced_before_start_and_live(work: Path, tmp_path: Path) -> None:
+    """With --server alone, the server's policy is fetched before the workload starts and
+    enforced from its first call; a later push that changes only exec paths is applied
+    live; one that would change the kernel filter (a syscall rule) is acknowledged
+    FAILED with "needs restart" and the rules stay those applied."""
+    from tests.helpers.controlplane import ServerProcess, policy_yaml, wait_for
+
+    srv = ServerProcess(tmp_path / "server").start()
+    proc = None
+    try:
+        api = srv.api()
+        api.apply(policy_yaml("pushed", deny="/usr/bin/touch"))
+        token = api.token()
+        ca = work / "ca.pem"
+        ca.write_bytes(srv.ca_pem)
+        ca.chmod(0o644)
+        go, ev = work / "rw" / "go", work / "rw" / "events.jsonl"
+        script = (f"touch {work}/rw/a; echo rc1=$?; "
+                  f"while [ ! -e {go} ]; do sleep 0.05; done; "
+                  f"touch {work}/rw/b; echo rc2=$?; id >/dev/null; echo rc3=$?")
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": "/usr/bin",
+               "MORAY_ENROLL_TOKEN": token}
+        cmd = [*NOBODY, PYTHON, "-m", "moray.cli", "micro", "--events", str(ev),
+               "--server", srv.grpc_target, "--enroll-server", srv.enroll_target,
+               "--ca", str(ca), "--data-dir", str(work / "rw" / "cp"), "--node", "pushed"]
+
+        def explained() -> bool:
+            # the server's in-memory policy set follows its store a moment later: what
+            # --explain fetched (and cached: the run below starts from it) names v1 once
+            # the server serves it
+            r = subprocess.run([*cmd, "--explain", "--", "true"], capture_output=True,
+                               text=True, timeout=60, env=env, cwd=work / "rw")
+            assert r.returncode == 0, r.stderr
+            return [p["name"] for p in json.loads(r.stdout)["policies"]] == ["pushed"]
+        wait_for(explained, timeout=30, interval=0.2, what="v1 served by the server")
+        proc = subprocess.Popen(
+            [*cmd, "--", *sh(script)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            cwd=work / "rw")
+
+        def acked(version: int, status: str) -> dict:
+            agents = [a for a in api("GET", "/api/v1/agents") if a["hostname"] == "pushed"]
+            held = agents[0]["policies"].get("pushed", {}) if agents else {}
+            return held if (held.get("version"), held.get("status")) == (version, status) \
+                else {}
+
+        wait_for(lambda: acked(1, "APPLIED"), timeout=30, what="v1 acknowledged")
+        assert proc.stdout is not None
+        first = proc.stdout.readline()     # the first touch ran (under v1) before v2
+        assert first == "rc1=126\n", first
+        api.apply(policy_yaml("pushed", deny="/usr/bin/id"))
+        wait_for(lambda: acked(2, "APPLIED"), timeout=30, what="v2 applied live")
+        api.apply(policy_yaml("pushed", deny="/usr/bin/id") + "  syscalls: {deny: [ptrace]}\n")
+        failed = wait_for(lambda: acked(3, "FAILED"), timeout=30, what="v3 refused")
+        assert failed["error"].startswith("needs restart"), failed
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "rc2=0" in out and "rc3=126" in out, (out, err, ev.read_text())
+        rules = [e["enforcement"]["rule"] for e in
+                 map(json.loads, ev.read_text().splitlines()) if e.get("type") == "enforce"]
+        assert rules == ["exec.deny: /usr/bin/touch", "exec.deny: /usr/bin/id"], rules
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        srv.stop()
+
+
+def test_server_without_policies_in_time_does_not_start(work: Path) -> None:
+    """No server answering: the policies cannot be fetched, the workload never runs."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": "/usr/bin",
+           "MORAY_ENROLL_TOKEN": "moray-enroll-x"}
+    ca = work / "ca.pem"
+    ca.write_text("not a certificate")
+    ca.chmod(0o644)
+    p = subprocess.run(
+        [*NOBODY, PYTHON, "-m", "moray.cli", "micro", "--server", "127.0.0.1:9",
+         "--enroll-server", "127.0.0.1:9", "--ca", str(ca), "--sync-timeout", "1",
+         "--data-dir", str(work / "rw" / "cp"), "--", *sh(f"touch {work}/rw/ran")],
+        capture_output=True, text=True, timeout=60, env=env, cwd=work / "rw")
+    assert p.returncode != 0 and not (work / "rw" / "ran").exists(), p
+    assert "not fetched" in p.stderr, p.stderr
 
 
 RUNTIME_PROFILE = """

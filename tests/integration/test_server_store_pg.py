@@ -52,12 +52,14 @@ from tests.unit.controlplane.test_scanstore import (  # noqa: F401
     test_stale_rescans_are_tried_once_per_generation,
 )
 from tests.unit.controlplane.test_store import (  # noqa: F401
+    test_agent_kind_declared_at_enrolment,
     test_api_tokens_and_roles,
     test_concurrent_writers_store_each_event_once,
     test_enrollment_token_is_one_time,
     test_events_stored_once,
     test_expired_token_refused,
     test_migrations_match_models,
+    test_revision_0012_makes_enrolled_agents_agents,
     test_versions_rollback_delete_and_audit,
 )
 from tests.unit.controlplane.test_store_hostile import (  # noqa: F401

@@ -32,7 +32,7 @@ def test_default_url_is_sqlite_under_data_dir(tmp_path: Path,
 
 
 def test_migrations_match_models(engine: Engine) -> None:
-    assert db.current_revision(engine) == db.HEAD == "0011"
+    assert db.current_revision(engine) == db.HEAD == "0012"
     assert db.at_head(engine)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"include_object": include_object})
@@ -98,6 +98,46 @@ def test_enrollment_token_is_one_time(store: ControlPlaneStore) -> None:
         store.enroll_agent("moray-enroll-guess", hostname="h2", labels={}, issue=issue)
     assert len(issued) == 1
     assert store.revoke_agent(agent.id, author="admin").revoked_at is not None
+
+
+def test_agent_kind_declared_at_enrolment(engine: Engine) -> None:
+    """The kind the client declares is stored and listed; "" (an agent from before kinds)
+    is "agent"; a kind that is not a short lowercase name is refused and spends no use."""
+    store = ControlPlaneStore(engine)
+    token = store.create_enrollment_token(tenant="t", labels={}, author="a", uses=None)
+
+    def issue(agent_id: str) -> tuple[str, str]:
+        return f"serial-{agent_id}", "sha"
+
+    micro = store.enroll_agent(token, hostname="m", labels={}, issue=issue, kind="micro")
+    old = store.enroll_agent(token, hostname="o", labels={}, issue=issue, kind="")
+    host = store.enroll_agent(token, hostname="h", labels={}, issue=issue)
+    for bad in ("Micro", "<b>x</b>", "a" * 33, "-x"):
+        with pytest.raises(StoreError, match="kind"):
+            store.enroll_agent(token, hostname="x", labels={}, issue=issue, kind=bad)
+    kinds = {a.hostname: (a.kind, a.as_dict()["kind"]) for a in store.agents()}
+    assert kinds == {"m": ("micro", "micro"), "o": ("agent", "agent"),
+                     "h": ("agent", "agent")}
+    assert micro.kind == "micro" and old.kind == host.kind == "agent"
+    assert store.enrollment_tokens()[0].uses == 3
+
+
+def test_revision_0012_makes_enrolled_agents_agents(engine: Engine) -> None:
+    """An agent stored at 0011 is of kind "agent" after 0012 (down to 0011 first)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    cfg = db.alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0011")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO cp_agent (id, tenant, hostname, labels, cert_serial, cert_sha256, "
+            "enrolled_at, status) VALUES ('agent1', 't', 'h', '{}', 's1', 'x', 2, '{}')"))
+    db.migrate(engine)
+    assert db.current_revision(engine) == db.HEAD
+    assert [(a.id, a.kind) for a in ControlPlaneStore(engine).agents()] == [("agent1", "agent")]
 
 
 def test_expired_token_refused(engine: Engine) -> None:

@@ -1,4 +1,4 @@
-// Agents: every enrolled agent with its labels, connection state, version, health
+// Agents: every enrolled agent with its kind (agent, micro, nano: what enrolled), its labels, connection state, version, health
 // (drops, spool), last heartbeat, the enforcement tier it picked per hook (its status)
 // and per rule (its policy acknowledgements); admins can revoke one, admins and
 // operators can set its labels. Everything shown comes from the agent: rendered as text.
@@ -95,9 +95,9 @@ function detail(agent, ctx, reload) {
   }
   const policies = Object.entries(agent.policies || {}).sort(([a], [b]) => a.localeCompare(b));
   return el('section', {class: 'card', id: 'agent-detail'},
-    el('h2', {}, agent.hostname, ' ', badge(label, kind)),
+    el('h2', {}, agent.hostname, ' ', badge(agent.kind || 'agent'), ' ', badge(label, kind)),
     el('table', {class: 'grid kv'}, el('tbody', {},
-      [['id', agent.id], ['tenant', agent.tenant], ['version', status.agent_version || '—'],
+      [['id', agent.id], ['kind', agent.kind || 'agent'], ['tenant', agent.tenant], ['version', status.agent_version || '—'],
         ['kernel', status.kernel || '—'], ['enrolled', fmtUnix(agent.enrolled_at)],
         ['last seen', `${fmtUnix(agent.last_seen)} (${ago(agent.last_seen)})`],
         ['certificate serial', agent.cert_serial],
@@ -125,7 +125,7 @@ function detail(agent, ctx, reload) {
 
 export async function render(root, ctx) {
   const {api, params, navigate, signal} = ctx;
-  const filter = el('input', {id: 'agents-filter', placeholder: 'hostname, label, id',
+  const filter = el('input', {id: 'agents-filter', placeholder: 'hostname, kind, label, id',
     value: params.q || ''});
   const list = el('div', {id: 'agents-list'});
   const side = el('div');
@@ -134,13 +134,14 @@ export async function render(root, ctx) {
 
   function draw() {
     const q = filter.value.trim().toLowerCase();
-    const shown = agents.filter((a) => !q || [a.hostname, a.id, a.tenant,
+    const shown = agents.filter((a) => !q || [a.hostname, a.id, a.tenant, a.kind,
       ...Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`)]
       .some((s) => String(s).toLowerCase().includes(q)));
     clear(list).append(el('p', {class: 'muted'}, `${shown.length} of ${agents.length} agents`),
       table([
         {title: 'host', value: (a) => [a.hostname, ' ',
           el('span', {class: 'muted mono'}, String(a.id).slice(0, 8))]},
+        {title: 'kind', value: (a) => a.kind || 'agent'},
         {title: 'state', value: (a) => badge(...state(a))},
         {title: 'tenant', value: (a) => a.tenant},
         {title: 'labels', value: (a) => labelBadges(a.labels)},
