@@ -907,8 +907,8 @@ def print_floor_startup(out: Callable[[str], None], startup: StartupResult | Non
         out(f"  {'step (median)':<24} {'ms':>8} {'RSS after, MB':>14}")
         for k, v in startup.steps_ms.items():
             rss_after = startup.steps_rss.get(k)
-            out(f"  {k:<24} {med(v):>8.0f} "
-                f"{med(rss_after) if rss_after else float('nan'):>14.1f}")
+            after = f"{med(rss_after):.1f}" if rss_after else "-"
+            out(f"  {k:<24} {med(v):>8.0f} {after:>14}")
         out("")
 
 
