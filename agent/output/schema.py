@@ -97,6 +97,9 @@ class Formatter:
         self.clock = clock or Clock()
         self._boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         self._files: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # open flags -> (their names, the access): a host uses a few dozen flag values,
+        # and a flood of distinct paths would otherwise name the same flags again each time
+        self._flags: dict[int, tuple[list[str], str]] = {}
 
     def process(self, e: KernelEvent, p: Process) -> dict[str, Any]:
         """The `process` object: what changes only on exec is built once per exec and
@@ -127,8 +130,13 @@ class Formatter:
         if got is None:
             if len(self._files) >= 4096:
                 self._files.clear()
+            named = self._flags.get(e.flags)
+            if named is None:
+                if len(self._flags) >= 1024:
+                    self._flags.clear()
+                named = self._flags[e.flags] = (flag_names(e.flags), access_of(e.flags))
             got = self._files[key] = {
-                "path": e.path, "flags": flag_names(e.flags), "access": access_of(e.flags),
+                "path": e.path, "flags": named[0], "access": named[1],
                 "result": e.ret if e.ret < 0 else 0, "error": _err(e.ret),
                 "fd": e.ret if e.ret >= 0 else None,
                 "path_as_written": e.path_as_written, "truncated": e.truncated,
