@@ -79,7 +79,7 @@ class Config:
     metrics_port: int | None = 9464
     metrics_addr: str = "127.0.0.1"
     ring_size: int = 8 << 20       # ~50k records; mapped once, so it adds 8 MiB to RSS
-    queue_records: int = 65536     # user-space backlog bound (~15 MiB when full)
+    queue_records: int = 65536     # user-space backlog bound; at most 8 MiB too (reader.py)
     args_max: int = 1024
     watch: tuple[str, ...] = ()          # extra watched prefixes
     default_watch: bool = True
