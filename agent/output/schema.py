@@ -46,7 +46,10 @@ _FAMILY: dict[int, str] = {int(socket.AF_INET): "ipv4", int(socket.AF_INET6): "i
 
 class Clock:
     """Kernel boot-clock ns -> wall time. The offset is re-read every `resync` seconds so
-    NTP steps show up; CLOCK_BOOTTIME keeps counting across suspend, like the kernel's."""
+    NTP steps show up; CLOCK_BOOTTIME keeps counting across suspend, like the kernel's.
+    `iso` (once per event) looks at the monotonic clock every `CHECK_EVERY` calls only."""
+
+    CHECK_EVERY = 256
 
     def __init__(self, resync: float = 60.0) -> None:
         self.resync = resync
@@ -54,6 +57,7 @@ class Clock:
         self._offset = 0
         self._last_s = -1
         self._last_prefix = ""
+        self._calls = 0
         self._sync()
 
     def _sync(self) -> None:
@@ -66,8 +70,12 @@ class Clock:
         return boot_ns + self._offset
 
     def iso(self, boot_ns: int) -> str:
-        ns = self.wall_ns(boot_ns)
-        s, frac = divmod(ns, 1_000_000_000)
+        self._calls -= 1
+        if self._calls < 0:
+            self._calls = self.CHECK_EVERY
+            if time.monotonic() >= self._next:
+                self._sync()
+        s, frac = divmod(boot_ns + self._offset, 1_000_000_000)
         if s != self._last_s:  # events come in bursts within one second: format it once
             self._last_s = s
             self._last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(s))
