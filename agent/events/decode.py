@@ -143,8 +143,6 @@ _TS_AT = struct.calcsize(_HDR.format[:-1])  # hdr.ts, the header's last field
 if (_OPEN.format != _HDR.format + _PROC_RAW.format[1:] + _O_TAIL.format[1:] + "4x"
         or _HDR.format[-1] != "Q"):  # abi.py changed: update the two structs above
     raise ImportError(f"decode_open's layout is out of date: {_OPEN.format}")
-_O_TS, _O_LEN, _O_PFLAGS, _O_FLAGS, _O_RET = (
-    abi.OPEN.index[k] for k in ("hdr.ts", "path_len", "pflags", "flags", "ret"))
 
 
 def decode_open(rec: bytes) -> OpenEvent:
