@@ -42,6 +42,7 @@ from moray.agent.enrich.proctree import ProcessTree
 from moray.agent.events.reader import BatchQueue, Reader
 from moray.agent.output.health import Health, HealthServer
 from moray.agent.output.jsonl import EventSink, JsonLines
+from moray.agent.output.memory import memory_mb, trim
 from moray.agent.output.metrics import AgentCollector, Stats
 from moray.agent.output.schema import Formatter
 from moray.agent.pipeline import Pipeline
@@ -59,6 +60,11 @@ WAKEUP_BYTES = 256 << 10
 READ_INTERVAL = 0.02
 
 
+# start-up steps after which freed memory is given back to the kernel (malloc_trim): the
+# BTF and object parses of load_bpf, the /proc walk of scan_proc (agent/output/memory.py)
+TRIM_AFTER = frozenset({"load_bpf", "scan_proc"})
+
+
 class AgentError(KernelError):
     """A start-up step failed; the message says what to do about it."""
 
@@ -73,7 +79,7 @@ class Config:
     metrics_port: int | None = 9464
     metrics_addr: str = "127.0.0.1"
     ring_size: int = 8 << 20       # ~50k records; mapped once, so it adds 8 MiB to RSS
-    queue_records: int = 65536     # user-space backlog bound (~15 MiB when full)
+    queue_records: int = 65536     # user-space backlog bound; at most 8 MiB too (reader.py)
     args_max: int = 1024
     watch: tuple[str, ...] = ()          # extra watched prefixes
     default_watch: bool = True
@@ -548,8 +554,12 @@ class Agent:
                 raise
             except Exception as err:
                 raise AgentError(f"start-up step {name} failed: {err}") from err
-            log.info("start-up step %s: %d ms", name, round((time.monotonic() - t0) * 1000),
-                     extra={"step": name})
+            if name in TRIM_AFTER:
+                trim()
+            rss, hwm = memory_mb()
+            log.info("start-up step %s: %d ms, RSS %.1f MB, peak %.1f MB", name,
+                     round((time.monotonic() - t0) * 1000), rss, hwm,
+                     extra={"step": name, "rss_mb": rss, "peak_rss_mb": hwm})
         total = round((time.monotonic() - t_start) * 1000)
         self.health.ready()  # /readyz 200 and READY=1 together
         sdnotify.ready(f"running: BPF attached, policies applied (start-up {total} ms)")

@@ -32,11 +32,12 @@ def spawn(n: int, path: str) -> int:
     return 0
 
 
-def opens(path: str, n: int, rate: float = 0.0, limit: float = 0.0) -> int:
+def opens(path: str, n: int, rate: float = 0.0, limit: float = 0.0, files: int = 0) -> int:
+    paths = [f"{path}/f{i}" for i in range(files)] if files > 0 else [path]
     t0 = time.monotonic()
     done = 0
     for i in range(n):
-        os.close(os.open(path, os.O_RDONLY))
+        os.close(os.open(paths[i % len(paths)], os.O_RDONLY))
         done = i + 1
         if (rate > 0 or limit > 0) and i & 63 == 63:
             el = time.monotonic() - t0
@@ -82,12 +83,14 @@ def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "opens":
         rate = float(argv[3]) if len(argv) > 3 else 0.0
         limit = float(argv[4]) if len(argv) > 4 else 0.0
-        return opens(argv[1], int(argv[2]), rate, limit)
+        files = int(argv[5]) if len(argv) > 5 else 0
+        return opens(argv[1], int(argv[2]), rate, limit, files)
     if len(argv) == 3 and argv[0] == "changes":
         return changes(argv[1], int(argv[2]))
     if len(argv) == 2 and argv[0] == "connstorm":
         return connstorm(int(argv[1]))
-    print("usage: pyload.py spawn N PATH | opens PATH N [RATE [SECONDS]] | changes PATH N | "
+    print("usage: pyload.py spawn N PATH | opens PATH N [RATE [SECONDS [FILES]]] | "
+          "changes PATH N | "
           "connstorm N",
           file=sys.stderr)
     return 2

@@ -21,8 +21,6 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute  # no stubs, no py.typed: see [tool.mypy.overrides]
-
 from moray.errors import KernelError
 
 log = logging.getLogger(__name__)
@@ -53,6 +51,9 @@ def read_interfaces(ns_path: str, timeout: float = 2.0) -> Interfaces:
     """Interfaces and addresses inside the network namespace at *ns_path*."""
     result: list[Interfaces] = []
     errors: list[BaseException] = []
+    # imported on first use, here in the host's namespace: pyroute2 adds ~10 MB to the
+    # agent's RSS, and a host with no container network namespace to read never needs it
+    import pyroute2  # noqa: F401
 
     def work() -> None:
         try:
@@ -83,6 +84,8 @@ def read_interfaces(ns_path: str, timeout: float = 2.0) -> Interfaces:
 
 
 def _dump() -> Interfaces:
+    from pyroute2 import IPRoute  # no stubs, no py.typed: see [tool.mypy.overrides]
+
     with IPRoute() as ipr:
         names = {int(link["index"]): str(link.get("IFLA_IFNAME")) for link in ipr.get_links()}
         addrs: dict[int, list[str]] = {}

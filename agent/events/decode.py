@@ -116,23 +116,49 @@ def decode_exit(rec: bytes) -> ExitEvent:
     return ExitEvent(t[abi.EXIT.index["hdr.ts"]], _proc(t, _PROC_AT), t[abi.EXIT.index["status"]])
 
 
-_O_TS, _O_LEN, _O_PFLAGS, _O_FLAGS, _O_RET = (
-    abi.OPEN.index[k] for k in ("hdr.ts", "path_len", "pflags", "flags", "ret"))
+# The mr_proc part of a record, as bytes -> its Proc: events come in bursts from one task,
+# so the same bytes recur; a hit costs a slice and a dict lookup instead of unpacking
+# eleven fields. Bounded: cleared when full (pipeline thread only).
+_PROC_RAW = abi.PROC.compile()
+_PROC_OFF = _HDR.size                         # mr_proc follows the header in every record
+_PROC_END = _PROC_OFF + _PROC_RAW.size
+_PROCS: dict[bytes, Proc] = {}
+_PROCS_MAX = 4096
+
+
+def _proc_of(raw: bytes) -> Proc:
+    """Proc of a record's mr_proc bytes (`_PROCS`)."""
+    if len(_PROCS) >= _PROCS_MAX:
+        _PROCS.clear()
+    t = _PROC_RAW.unpack(raw)
+    p: Proc = _new_tuple(Proc, (*t[:10], _comm(t[10])))
+    _PROCS[raw] = p
+    return p
+
+
+# open's own fields after mr_proc (flags, ret, pflags, path_len), and the timestamp
+_O_TAIL = struct.Struct("<IiHH")
+_TS = struct.Struct("<Q")
+_TS_AT = struct.calcsize(_HDR.format[:-1])  # hdr.ts, the header's last field
+if (_OPEN.format != _HDR.format + _PROC_RAW.format[1:] + _O_TAIL.format[1:] + "4x"
+        or _HDR.format[-1] != "Q"):  # abi.py changed: update the two structs above
+    raise ImportError(f"decode_open's layout is out of date: {_OPEN.format}")
 
 
 def decode_open(rec: bytes) -> OpenEvent:
-    # the most frequent record: field indexes resolved once, at import
+    # the most frequent record: no per-call lookups, the Proc from `_PROCS`
     size = _OPEN.size
     if len(rec) < size:
         raise DecodeError(Op.OPEN, f"{len(rec)} bytes, need {size}")
-    t = _OPEN.unpack_from(rec)
-    n = t[_O_LEN]
+    flags, ret, pflags, n = _O_TAIL.unpack_from(rec, _PROC_END)
     if size + n > len(rec):
         raise DecodeError(Op.OPEN, f"path of {n} bytes past the record end")
-    pflags = t[_O_PFLAGS]
+    raw = rec[_PROC_OFF:_PROC_END]
+    proc = _PROCS.get(raw) or _proc_of(raw)
     ev: OpenEvent = _new_tuple(OpenEvent, (
-        t[_O_TS], _proc(t, _PROC_AT), rec[size:size + n].decode("utf-8", "backslashreplace"),
-        t[_O_FLAGS], t[_O_RET], bool(pflags & abi.F_PATH_RAW), bool(pflags & abi.F_PATH_TRUNC),
+        _TS.unpack_from(rec, _TS_AT)[0], proc,
+        rec[size:size + n].decode("utf-8", "backslashreplace"),
+        flags, ret, bool(pflags & abi.F_PATH_RAW), bool(pflags & abi.F_PATH_TRUNC),
         bool(pflags & abi.F_ROOT_PRIVATE), EventType.OPEN))
     return ev
 

@@ -7,6 +7,11 @@ consumer side. The queue also carries typed events from user space, each batch a
 queued in order with the kernel's records. When the queue is full the batch is dropped and counted
 (`dropped`): the kernel keeps running and the loss is visible in metrics, never silent.
 Kernel-side losses (ring buffer full) are counted separately in the mr_stats map.
+
+The queue is bounded twice: by records, and by the memory its kernel records hold (their
+bytes plus each `bytes` object's own overhead, `RECORD_OVERHEAD`), 8 MiB by default. The
+record bound alone let a backlog of long records (exec with 1 KiB of argv) hold ~70 MB;
+the byte bound keeps the agent's peak RSS within its budget whatever the records are.
 """
 
 from __future__ import annotations
@@ -23,25 +28,41 @@ log = logging.getLogger(__name__)
 # kernel records (a list of bytes, as read) or typed events from user space (a tuple)
 Batch = list[bytes] | tuple[Decision, ...]
 
+RECORD_OVERHEAD = 41   # a bytes object's header (33) and its slot in the batch list (8)
+MAX_BYTES = 8 << 20
+
+
+def batch_bytes(batch: Batch) -> int:
+    """The memory a batch of kernel records holds (0 for typed events: few and small)."""
+    if type(batch) is list:
+        return sum(map(len, batch)) + RECORD_OVERHEAD * len(batch)
+    return 0
+
 
 class BatchQueue:
-    """Bounded FIFO of record batches; the bound counts records, not batches."""
+    """Bounded FIFO of record batches; bounded by records and by bytes, not batches."""
 
-    def __init__(self, max_records: int) -> None:
+    def __init__(self, max_records: int, max_bytes: int = MAX_BYTES) -> None:
         self.max_records = max_records
-        self._q: deque[Batch] = deque()
+        self.max_bytes = max_bytes
+        self._q: deque[tuple[Batch, int]] = deque()
         self._n = 0
+        self._bytes = 0
         self._cv = threading.Condition()
         self.dropped = 0
         self.closed = False
 
-    def put(self, batch: Batch) -> bool:
+    def put(self, batch: Batch, nbytes: int | None = None) -> bool:
+        """Queue `batch` (its `batch_bytes`, if the caller has it), or drop and count it."""
+        size = batch_bytes(batch) if nbytes is None else nbytes
         with self._cv:
-            if self._n + len(batch) > self.max_records:
+            if (self._n + len(batch) > self.max_records
+                    or (self._bytes + size > self.max_bytes and self._q)):
                 self.dropped += len(batch)
                 return False
-            self._q.append(batch)
+            self._q.append((batch, size))
             self._n += len(batch)
+            self._bytes += size
             self._cv.notify()
             return True
 
@@ -51,9 +72,14 @@ class BatchQueue:
                 self._cv.wait(timeout)
             if not self._q:
                 return None
-            batch = self._q.popleft()
+            batch, size = self._q.popleft()
             self._n -= len(batch)
+            self._bytes -= size
             return batch
+
+    def bytes(self) -> int:
+        """The memory the queued records hold (`batch_bytes`)."""
+        return self._bytes
 
     def depth(self) -> int:
         return self._n

@@ -46,7 +46,10 @@ _FAMILY: dict[int, str] = {int(socket.AF_INET): "ipv4", int(socket.AF_INET6): "i
 
 class Clock:
     """Kernel boot-clock ns -> wall time. The offset is re-read every `resync` seconds so
-    NTP steps show up; CLOCK_BOOTTIME keeps counting across suspend, like the kernel's."""
+    NTP steps show up; CLOCK_BOOTTIME keeps counting across suspend, like the kernel's.
+    `iso` (once per event) looks at the monotonic clock every `CHECK_EVERY` calls only."""
+
+    CHECK_EVERY = 256
 
     def __init__(self, resync: float = 60.0) -> None:
         self.resync = resync
@@ -54,6 +57,7 @@ class Clock:
         self._offset = 0
         self._last_s = -1
         self._last_prefix = ""
+        self._calls = 0
         self._sync()
 
     def _sync(self) -> None:
@@ -66,8 +70,12 @@ class Clock:
         return boot_ns + self._offset
 
     def iso(self, boot_ns: int) -> str:
-        ns = self.wall_ns(boot_ns)
-        s, frac = divmod(ns, 1_000_000_000)
+        self._calls -= 1
+        if self._calls < 0:
+            self._calls = self.CHECK_EVERY
+            if time.monotonic() >= self._next:
+                self._sync()
+        s, frac = divmod(boot_ns + self._offset, 1_000_000_000)
         if s != self._last_s:  # events come in bursts within one second: format it once
             self._last_s = s
             self._last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(s))
@@ -97,6 +105,9 @@ class Formatter:
         self.clock = clock or Clock()
         self._boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         self._files: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # open flags -> (their names, the access): a host uses a few dozen flag values,
+        # and a flood of distinct paths would otherwise name the same flags again each time
+        self._flags: dict[int, tuple[list[str], str]] = {}
 
     def process(self, e: KernelEvent, p: Process) -> dict[str, Any]:
         """The `process` object: what changes only on exec is built once per exec and
@@ -127,8 +138,13 @@ class Formatter:
         if got is None:
             if len(self._files) >= 4096:
                 self._files.clear()
+            named = self._flags.get(e.flags)
+            if named is None:
+                if len(self._flags) >= 1024:
+                    self._flags.clear()
+                named = self._flags[e.flags] = (flag_names(e.flags), access_of(e.flags))
             got = self._files[key] = {
-                "path": e.path, "flags": flag_names(e.flags), "access": access_of(e.flags),
+                "path": e.path, "flags": named[0], "access": named[1],
                 "result": e.ret if e.ret < 0 else 0, "error": _err(e.ret),
                 "fd": e.ret if e.ret >= 0 else None,
                 "path_as_written": e.path_as_written, "truncated": e.truncated,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from moray.agent.bpf import abi
-from moray.agent.events.decode import DecodeError, decode
+from moray.agent.events.decode import DECODERS, DecodeError, decode
 from moray.agent.events.types import CgroupEvent, Decision, EnforceEvent, KernelEvent
 from moray.agent.output.metrics import Stats
 from moray.agent.pipeline.identity import Resolver
@@ -49,7 +49,10 @@ class Decode:
 
     def record(self, rec: bytes) -> KernelEvent | None:
         try:
-            ev = decode(rec)
+            # decode() without its call: the opcode is the header's first u16; a record
+            # too short for its decoder raises DecodeError (shorter than 2: IndexError)
+            fn = DECODERS.get(rec[0] | rec[1] << 8)
+            ev = decode(rec) if fn is None else fn(rec)
         except (DecodeError, ValueError, IndexError) as err:
             self.stats.decode_errors += 1
             if self.stats.decode_errors <= 10:

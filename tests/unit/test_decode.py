@@ -117,3 +117,59 @@ def test_non_utf8_path_is_escaped() -> None:
     raw[i + 5] = 0xFF
     e = decode(bytes(raw))
     assert isinstance(e, OpenEvent) and "\\xff" in e.path
+
+
+def _reference_open(r: bytes) -> OpenEvent:
+    """decode_open as it was before its Proc cache: every field from one unpack."""
+    from moray.agent.bpf import abi
+    from moray.agent.events.types import Proc
+
+    layout = abi.OPEN.compile()
+    t = layout.unpack_from(r)
+    ix = abi.OPEN.index
+    at = ix["proc.pid"]
+    comm = t[at + 10].split(b"\0", 1)[0].decode("utf-8", "replace")
+    n = t[ix["path_len"]]
+    pf = t[ix["pflags"]]
+    return OpenEvent(t[ix["hdr.ts"]], Proc(*t[at:at + 10], comm),
+                     r[layout.size:layout.size + n].decode("utf-8", "backslashreplace"),
+                     t[ix["flags"]], t[ix["ret"]], bool(pf & abi.F_PATH_RAW),
+                     bool(pf & abi.F_PATH_TRUNC), bool(pf & abi.F_ROOT_PRIVATE))
+
+
+def test_open_decoder_matches_a_full_unpack() -> None:
+    """The cached-Proc decoder gives field for field what a full unpack gives, for
+    many tasks (more than the cache holds), hostile comms and paths."""
+    import random
+
+    from moray.agent.bpf import abi
+    from moray.agent.events import decode as d
+
+    layout = abi.OPEN.compile()
+    rng = random.Random(18)
+    base = rec("open")
+    paths = [b"/etc/passwd", b"\xff\xfe/bad\x80utf8", b'a"b\\c\n\x00d', b"x" * 4000, b""]
+    for i in range(d._PROCS_MAX + 500):
+        t = list(layout.unpack_from(base))
+        ix = abi.OPEN.index
+        for k in ("pid", "tid", "ppid", "uid", "euid", "gid", "mntns"):
+            t[ix[f"proc.{k}"]] = rng.getrandbits(32)
+        for k in ("cgroup_id", "start_ns", "pstart_ns"):
+            t[ix[f"proc.{k}"]] = rng.getrandbits(64)
+        t[ix["proc.comm"]] = rng.choice([b"python", b"\xffbad\0x", b"a" * 16, b""])
+        t[ix["flags"]] = rng.getrandbits(32)
+        t[ix["ret"]] = rng.randint(-4095, 1 << 20)
+        t[ix["pflags"]] = rng.getrandbits(16)
+        path = paths[i % len(paths)]
+        t[ix["path_len"]] = len(path)
+        r = layout.pack(*t) + path
+        assert decode(r) == _reference_open(r)
+        again = decode(r)  # from the cache this time
+        assert again == _reference_open(r)
+        assert again.proc is decode(r).proc
+        assert len(d._PROCS) <= d._PROCS_MAX
+        with pytest.raises(DecodeError):
+            decode(r[:layout.size - 1])
+        if path:
+            with pytest.raises(DecodeError):
+                decode(r[:-1])

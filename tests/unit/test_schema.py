@@ -52,3 +52,19 @@ def test_flags() -> None:
     assert access_of(os.O_WRONLY | os.O_CREAT) == "write"
     assert access_of(os.O_RDWR) == "read-write"
     assert flag_names(os.O_WRONLY | os.O_CREAT | os.O_TRUNC) == ["O_WRONLY", "O_CREAT", "O_TRUNC"]
+
+
+def test_clock_iso_picks_up_a_new_offset_within_check_every_calls() -> None:
+    """A wall-clock step (NTP) shows in event times once the resync is due: iso() looks
+    at the monotonic clock every CHECK_EVERY calls, not on every event."""
+    import time
+
+    from moray.agent.output.schema import Clock
+
+    c = Clock(resync=0.0)
+    boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    first = c.iso(boot)
+    c._offset -= 3600 * 10**9          # as if the offset were an hour off
+    hours = {c.iso(boot)[:13] for _ in range(Clock.CHECK_EVERY + 2)}
+    assert len(hours) == 2              # an hour off, then re-read within CHECK_EVERY + 1
+    assert c.iso(boot)[:13] == first[:13]
