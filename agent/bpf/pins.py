@@ -5,17 +5,21 @@ Layout under ``/sys/fs/bpf/moray``::
     maps/<map name>          every map of moray.bpf.o (policy maps, the ring buffer the
                              enforcement programs write, counters, scratch)
     links-<build>/<program>  links of the enforcement programs of one object build
-                             (<build> = first 12 hex digits of the object's sha256);
-                             an on-demand program's link only while it is attached
-                             (:class:`OnDemandLink`)
+                             (<build> = first 12 hex digits of the object's sha256):
+                             the scope bookkeeping always, each hook kind's only while
+                             a policy needs it (:class:`Hooks`); at stop only kinds an
+                             enforcing policy needs stay
 
 What changes it, and when:
 
 1. first start (nothing pinned): after load and attach, :meth:`Pins.commit` pins every map
    and the enforcement links.
 2. restart, same build: :meth:`Pins.adopt` opens the pinned maps; :meth:`Pins.prepare`
-   makes the new object reuse them and *not load* the enforcement programs whose links are
-   pinned: the kernel keeps running the pinned ones against the same maps, no gap.
+   makes the new object reuse them and *not load* the pinned programs that are not
+   switched on demand (the scope bookkeeping): the kernel keeps running the pinned ones
+   against the same maps, no gap. The on-demand ones (every hook kind) are loaded again;
+   the first publication attaches this agent's for the kinds its policies need before it
+   drops the earlier pins (:class:`OnDemandLink`), and drops the pins of the others.
 3. restart, new build: compatible maps are reused, the new enforcement programs attach
    beside the old ones (both enforce the same maps), and :meth:`Pins.retire` removes the
    old build's links once policies are applied. If a map's definition changed, nothing is
