@@ -274,13 +274,15 @@ class Agent:
 
     def release_hooks(self) -> None:
         """At stop: hook kinds no enforcing policy needs are detached and unpinned
-        (agent/bpf/pins.py Hooks.release); what stays is logged."""
-        if self.hooks is None:
+        (agent/bpf/pins.py Hooks.release); what stays is logged. The live configuration
+        is read from the kernel's maps: an agent that fails before it published keeps
+        what an earlier agent pinned for its enforcing policies."""
+        if self.hooks is None or self.obj is None:
             return
-        from moray.agent.policy.compile import ConfRow
+        from moray.agent.policy.apply import MAP_NAMES, Applier
         from moray.agent.policy.programs import kinds_needed
 
-        conf = self.policy.applier.live()[0] if self.policy is not None else ConfRow()
+        conf = Applier({n: self.obj.map(n) for n in MAP_NAMES}).live()[0]
         kept = self.hooks.release(kinds_needed(conf, enforcing=True)
                                   if self.cfg.pin_root is not None else {})
         log.info("enforcement left pinned: %s", ", ".join(kept) or "none",
