@@ -1,7 +1,8 @@
 """Nothing attached that no rule needs (issue 18, must-have 2), against the real kernel:
 with no policy no enforcement program runs and the detection programs follow the loaded
 rules; a policy attaches its hook kinds at apply time and enforces, removing it detaches
-them; after a stop with nothing enforcing, nothing of the agent is on the syscall path.
+them; after a stop with nothing enforcing, nothing of the agent is on the syscall path,
+and with an enforcing policy only its kinds stay (and enforce).
 Links are read from the kernel (bpftool), as an operator would. Root only."""
 
 from __future__ import annotations
@@ -103,5 +104,15 @@ def test_hooks_follow_rules_and_policies(tmp_path: Path) -> None:
         left = agent_links(agent.pin_root)
         assert set(left) <= {p[:NAME] for p in SCOPE_PROGRAMS}, left
         assert agent.log_text().count("enforcement left pinned: none") == 1
+
+        agent.start()  # an enforcing policy: its kinds stay pinned and enforce after stop
+        agent.apply("hooks-file", file_policy(secret))
+        agent.stop()
+        left = set(agent_links(agent.pin_root))
+        assert {"mr_enf_openat", "mr_enf_exec"} <= left, left
+        assert "mr_exit_openat" not in left and "mr_enf_sys" not in left, left
+        assert "enforcement left pinned: exec, file, file-change" in agent.log_text()
+        res = subprocess.run(["cat", str(secret)], capture_output=True, check=False)
+        assert res.returncode == -9 and not res.stdout, res
     finally:
         agent.cleanup()
