@@ -64,6 +64,22 @@ READ_INTERVAL = 0.02
 # BTF and object parses of load_bpf, the /proc walk of scan_proc (agent/output/memory.py)
 TRIM_AFTER = frozenset({"load_bpf", "scan_proc"})
 
+# The file-open exits of bpf/progs/file.bpf.c: one body (on_exit(ctx->ret)) under four
+# tracepoints, ~0.9M instructions for the verifier each: loaded once (BpfObject.share)
+FILE_EXIT_PROGRAMS = ("mr_exit_openat", "mr_exit_open", "mr_exit_openat2", "mr_exit_creat")
+
+
+def log_profile(obj: BpfObject, attach_ms: float) -> None:
+    """--startup-profile: the verifier's figures per loaded program, costliest first."""
+    stats = sorted(obj.verified.values(), key=lambda v: -v.verify_us)
+    log.info("start-up profile: %d programs verified in %d ms (%d instructions processed), "
+             "attached in %d ms", len(stats), sum(v.verify_us for v in stats) // 1000,
+             sum(v.insns for v in stats), round(attach_ms))
+    for v in stats:
+        log.info("start-up profile: %-24s %8d insns %8.1f ms", v.program, v.insns,
+                 v.verify_us / 1000, extra={"program": v.program, "insns": v.insns,
+                                            "verify_us": v.verify_us})
+
 
 class AgentError(KernelError):
     """A start-up step failed; the message says what to do about it."""
@@ -114,6 +130,7 @@ class Config:
     otlp_insecure: bool = False
     otlp_metrics_interval: float = 60.0
     otlp_body: str = "json"              # json | map (agent/output/otlp.py)
+    startup_profile: bool = False        # log the verifier's figures per program at start
 
 
 Teardown = Callable[[], None]
@@ -134,9 +151,7 @@ class Agent:
         self.resolver: Any | None = None
         self.features: Any | None = None
         self.pins: Any | None = None     # agent.bpf.pins.Pins
-        self.syscall_link: Any | None = None  # agent.bpf.pins.OnDemandLink (mr_enf_sys)
-        self.exec_map_links: list[Any] = []  # OnDemandLinks of EXEC_MAP_PROGRAMS (kill tier)
-        self.args_link: Any | None = None  # the same for mr_enf_args (issue 13)
+        self.hooks: Any | None = None    # agent.bpf.pins.Hooks: enforcement by hook kind
         self.policy: Any | None = None   # agent.policy.engine.PolicyEngine
         self.detector: Any | None = None  # agent.detect.stage.DetectStage
         self.cp_client: Any | None = None  # agent.controlplane.ControlPlaneClient
@@ -227,37 +242,56 @@ class Agent:
         args_bits, args_skip = args_lsm(lsm, self.cfg.btf)
         obj.set_rodata({"cfg_args_lsm": args_bits})
         obj.disable(args_skip)
-        from moray.agent.detect.programs import programs_to_skip as detect_skip
+        from moray.agent.detect import programs as detect_programs
 
-        obj.disable(detect_skip((n, sec) for n, sec, _ in obj.programs()))
-        from moray.agent.policy.programs import ARGS_PROGRAM, ON_DEMAND, SYSCALL_PROGRAM
+        names = [n for n, _s, _p in obj.programs()]
+        obj.disable(detect_programs.programs_to_skip((n, sec) for n, sec, _ in obj.programs()))
+        obj.disable(detect_programs.unused(names, self._rule_syscalls()))
+        from moray.agent.policy.programs import KINDS, ON_DEMAND, SAME_CODE, is_enforcement
 
         if self.pins is not None:
             self.pins.prepare(obj, ON_DEMAND)
-        obj.load()
+        obj.share((*SAME_CODE, *detect_programs.same_code(names), FILE_EXIT_PROGRAMS))
+        obj.load(profile=self.cfg.startup_profile)
+        t0 = time.monotonic()
         obj.attach_all(cg, skip=ON_DEMAND)
+        attach_ms = (time.monotonic() - t0) * 1000
         if self.pins is not None:
-            from moray.agent.policy.programs import is_enforcement
+            self.pins.commit(obj, {n for n, _s, _p in obj.attachable() if is_enforcement(n)})
+        from moray.agent.bpf.pins import Hooks
 
-            self.pins.commit(obj, {n for n, _s, _p in obj.programs() if is_enforcement(n)})
-        from moray.agent.bpf.pins import OnDemandLink
-
-        self.syscall_link = OnDemandLink(
-            obj, SYSCALL_PROGRAM, self.pins.links_dir if self.pins is not None else None)
-        from moray.agent.policy.programs import EXEC_MAP_PROGRAMS
-
-        self.exec_map_links = [
-            OnDemandLink(obj, p, self.pins.links_dir if self.pins is not None else None)
-            for p in EXEC_MAP_PROGRAMS if p not in skipped]
-        self.args_link = OnDemandLink(
-            obj, ARGS_PROGRAM, self.pins.links_dir if self.pins is not None else None)
+        self.hooks = Hooks(obj, KINDS, self.pins.links_dir if self.pins is not None else None,
+                           cg)
+        self._teardowns.append(("release_hooks", self.release_hooks))
         self.obj = obj
-        log.info("attached %d BPF programs", len(obj.links))
+        log.info("attached %d BPF programs (%d loaded, %d sharing one's code)",
+                 len(obj.links), sum(1 for _ in obj.attachable()) - len(obj.shared),
+                 len(obj.shared))
+        if self.cfg.startup_profile:
+            log_profile(obj, attach_ms)
 
-    def _exec_map_hook(self, on: bool) -> None:
-        """Attach / detach the kill tier's mapping and script programs (enforce_mmap)."""
-        for link in self.exec_map_links:
-            link.set(on)
+    def _rule_syscalls(self) -> set[str] | None:
+        """The syscall names the loaded detection rules can match (None: every one)."""
+        rules = getattr(getattr(self.detector, "detector", None), "rules", None)
+        if rules is None:
+            return set()
+        return None if rules.any_syscall else set(rules.by_syscall)
+
+    def release_hooks(self) -> None:
+        """At stop: hook kinds no enforcing policy needs are detached and unpinned
+        (agent/bpf/pins.py Hooks.release); what stays is logged. The live configuration
+        is read from the kernel's maps: an agent that fails before it published keeps
+        what an earlier agent pinned for its enforcing policies."""
+        if self.hooks is None or self.obj is None:
+            return
+        from moray.agent.policy.apply import MAP_NAMES, Applier
+        from moray.agent.policy.programs import kinds_needed
+
+        conf = Applier({n: self.obj.map(n) for n in MAP_NAMES}).live()[0]
+        kept = self.hooks.release(kinds_needed(conf, enforcing=True)
+                                  if self.cfg.pin_root is not None else {})
+        log.info("enforcement left pinned: %s", ", ".join(kept) or "none",
+                 extra={"kinds": kept})
 
     def fill_watch(self) -> None:
         assert self.obj is not None
@@ -359,9 +393,7 @@ class Agent:
         from moray.agent.policy.engine import PolicyEngine
 
         applier = Applier({n: self.obj.map(n) for n in (*MAP_NAMES, "mr_pino", "mr_pagent")},
-                          syscall_hook=self.syscall_link.set if self.syscall_link else None,
-                          exec_hook=self._exec_map_hook if self.exec_map_links else None,
-                          args_hook=self.args_link.set if self.args_link else None)
+                          hooks=self.hooks.set if self.hooks is not None else None)
         cg = self.features.cgroup_v2 if self.features else None
         # the pipeline's resolver (it also sees the kernel's cgroup mkdir/rmdir records);
         # a private one only when container identity is off for events
@@ -374,7 +406,8 @@ class Agent:
         self.policy = PolicyEngine(applier, resolver, self.cfg.policy_dir,
                                    emit=lambda d: self.queue.put((d,)), tiers=tiers,
                                    proc=self.cfg.proc, status_file=self.cfg.policy_status,
-                                   slots=slots, guard_journal=self._guard_journal())
+                                   slots=slots, guard_journal=self._guard_journal(),
+                                   hooks=self.hooks.attached if self.hooks else None)
         self.policy.start()
         if self.cfg.pin_root is not None:
             # decides held tasks if this agent dies and none comes back (agent/policy/guard.py)

@@ -66,7 +66,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  ca_file=args.ca,
                  ca_sha256=args.ca_sha256, cp_data_dir=args.data_dir,
                  enroll_server=args.enroll_server,
-                 labels=tuple(_label(x) for x in args.label))
+                 labels=tuple(_label(x) for x in args.label),
+                 startup_profile=args.startup_profile)
     if args.node:
         cfg.node = args.node
     return Agent(cfg).run()
@@ -90,7 +91,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnostic_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--startup-profile", action="store_true",
+                     help="log the verifier's instructions and time per BPF program at "
+                          "start (docs/bench.md)")
+
+
 def _export_options(run: argparse.ArgumentParser) -> None:
+    _diagnostic_options(run)
     ex = run.add_argument_group("export filters and OpenTelemetry (docs/export.md)")
     ex.add_argument("--export-allow", action="append", default=[], metavar="FILTER",
                     help="export only events and alerts that match one of these (repeatable):"

@@ -5,17 +5,21 @@ Layout under ``/sys/fs/bpf/moray``::
     maps/<map name>          every map of moray.bpf.o (policy maps, the ring buffer the
                              enforcement programs write, counters, scratch)
     links-<build>/<program>  links of the enforcement programs of one object build
-                             (<build> = first 12 hex digits of the object's sha256);
-                             an on-demand program's link only while it is attached
-                             (:class:`OnDemandLink`)
+                             (<build> = first 12 hex digits of the object's sha256):
+                             the scope bookkeeping always, each hook kind's only while
+                             a policy needs it (:class:`Hooks`); at stop only kinds an
+                             enforcing policy needs stay
 
 What changes it, and when:
 
 1. first start (nothing pinned): after load and attach, :meth:`Pins.commit` pins every map
    and the enforcement links.
 2. restart, same build: :meth:`Pins.adopt` opens the pinned maps; :meth:`Pins.prepare`
-   makes the new object reuse them and *not load* the enforcement programs whose links are
-   pinned: the kernel keeps running the pinned ones against the same maps, no gap.
+   makes the new object reuse them and *not load* the pinned programs that are not
+   switched on demand (the scope bookkeeping): the kernel keeps running the pinned ones
+   against the same maps, no gap. The on-demand ones (every hook kind) are loaded again;
+   the first publication attaches this agent's for the kinds its policies need before it
+   drops the earlier pins (:class:`OnDemandLink`), and drops the pins of the others.
 3. restart, new build: compatible maps are reused, the new enforcement programs attach
    beside the old ones (both enforce the same maps), and :meth:`Pins.retire` removes the
    old build's links once policies are applied. If a map's definition changed, nothing is
@@ -36,7 +40,7 @@ import os
 import shutil
 import signal
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,10 +221,12 @@ class OnDemandLink:
     (agent/policy/apply.py): on before rules that need it go live, off after the last
     such rule went."""
 
-    def __init__(self, obj: BpfObject, program: str, pin_dir: str | None) -> None:
+    def __init__(self, obj: BpfObject, program: str, pin_dir: str | None,
+                 cgroup_path: str | None = None) -> None:
         self.obj = obj
         self.program = program
         self.pin_path = os.path.join(pin_dir, program) if pin_dir else None
+        self.cgroup_path = cgroup_path
         self.link: Link | None = None
 
     @property
@@ -229,7 +235,7 @@ class OnDemandLink:
 
     def set(self, on: bool) -> None:
         if on and self.link is None:
-            link = self.obj.attach(self.program)
+            link = self.obj.attach(self.program, self.cgroup_path)
             if self.pin_path:
                 os.makedirs(os.path.dirname(self.pin_path), exist_ok=True)
                 if os.path.exists(self.pin_path):
@@ -247,6 +253,48 @@ class OnDemandLink:
                 self.obj.detach(self.link)
                 self.link = None
             log.info("on-demand program detached", extra={"program": self.program})
+
+
+class Hooks:
+    """The enforcement programs by hook kind (agent/policy/programs.py KINDS), each kind
+    attached as a whole only while a live rule needs it (issue 18: with no policy, no
+    enforcement program runs).
+
+    What changes it: the policy applier's publishing flip (agent/policy/apply.py
+    `_switch`): :meth:`set` (kind, True) before the flip that makes a rule of that kind
+    live, (kind, False) after the flip that removed the last one; the first publication
+    after a start also removes links an earlier agent pinned for kinds nothing needs now.
+    At stop (:meth:`release`), kinds no enforcing policy needs are detached and unpinned,
+    so nothing of them stays on the syscall path; the others stay pinned and enforce while
+    the agent is down. Only programs this kernel loaded are switched (the other tier's are
+    not in the object)."""
+
+    def __init__(self, obj: BpfObject, kinds: Mapping[str, Iterable[str]],
+                 pin_dir: str | None, cgroup_path: str | None = None) -> None:
+        self.links = {k: [OnDemandLink(obj, p, pin_dir, cgroup_path)
+                          for p in progs if obj.can_attach(p)]
+                      for k, progs in kinds.items()}
+
+    def set(self, kind: str, on: bool) -> None:
+        for link in self.links.get(kind, ()):
+            link.set(on)
+
+    def attached(self) -> dict[str, list[str]]:
+        """Kind -> its programs attached now (by this agent or pinned by an earlier one)."""
+        out = {}
+        for kind, links in self.links.items():
+            on = [ln.program for ln in links if ln.attached]
+            if on:
+                out[kind] = on
+        return out
+
+    def release(self, keep: Mapping[str, bool]) -> list[str]:
+        """At stop: detach and unpin every kind *keep* does not name as needed; returns
+        the kinds left attached (pinned)."""
+        for kind in self.links:
+            if not keep.get(kind, False):
+                self.set(kind, False)
+        return sorted(self.attached())
 
 
 _HOLD = struct.Struct("<I")

@@ -6,7 +6,8 @@ State owned here (`Health`), changed by the agent's main thread only:
   answers 503 {"ready": false, "reason": "starting", "step": name}, /healthz 200 (a slow
   start is not a dead agent: 15 s idle, a minute on a loaded host).
 - `ready()` once every step has run (BPF programs attached, the policy directory applied,
-  the pipeline running): /readyz 200. This is also when systemd gets READY=1
+  the pipeline running): /readyz 200 {"ready": true, "ready_after_ms", "steps": {name: ms}}
+  (what each start-up step took, as the agent's log says). This is also when systemd gets READY=1
   (moray/sdnotify.py), so `systemctl start` and a Kubernetes readiness probe agree.
 - `beat()` from the main loop every 0.5 s; /healthz answers 503 when the last beat is older
   than `stale` seconds (the main loop stopped turning) or a watched thread (the ring-buffer
@@ -45,13 +46,22 @@ class Health:
         self._state = "starting"          # starting | ready | stopping
         self._step: str | None = None
         self._started = clock()
+        self._step_since = self._started
+        self._steps: dict[str, int] = {}    # start-up step -> ms it took
         self._ready_after: float | None = None
         self._last_beat: float | None = None
         self._threads: dict[str, threading.Thread] = {}
 
     def step(self, name: str) -> None:
         with self._lock:
+            self._end_step()
             self._step = name
+
+    def _end_step(self) -> None:
+        now = self.clock()
+        if self._step is not None:
+            self._steps[self._step] = round((now - self._step_since) * 1000)
+        self._step_since = now
 
     def watch_thread(self, name: str, thread: threading.Thread) -> None:
         with self._lock:
@@ -59,6 +69,7 @@ class Health:
 
     def ready(self) -> None:
         with self._lock:
+            self._end_step()
             self._state, self._step = "ready", None
             now = self.clock()
             self._ready_after, self._last_beat = now - self._started, now
@@ -79,7 +90,7 @@ class Health:
         with self._lock:
             if self._state == "ready":
                 return 200, {"ready": True, "ready_after_ms": round(
-                    (self._ready_after or 0.0) * 1000)}
+                    (self._ready_after or 0.0) * 1000), "steps": dict(self._steps)}
             body: dict[str, Any] = {"ready": False, "reason": self._state}
             if self._step is not None:
                 body["step"] = self._step

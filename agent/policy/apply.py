@@ -40,6 +40,7 @@ from moray.agent.policy.compile import (
     lpm_cover,
     merge_net,
 )
+from moray.agent.policy.programs import kinds_needed
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,8 @@ class Applier:
                  sleep: Callable[[float], None] = time.sleep,
                  syscall_hook: Callable[[bool], None] | None = None,
                  exec_hook: Callable[[bool], None] | None = None,
-                 args_hook: Callable[[bool], None] | None = None) -> None:
+                 args_hook: Callable[[bool], None] | None = None,
+                 hooks: Callable[[str, bool], None] | None = None) -> None:
         missing = [n for n in MAP_NAMES if n not in maps]
         if missing:
             raise KeyError(f"policy maps missing: {missing}")
@@ -189,6 +191,9 @@ class Applier:
         self.exec_hook = exec_hook
         # the same for the namespace / setid program (mr_enf_args, issue 13)
         self.args_hook = args_hook
+        # issue 18, every enforcement hook kind (agent/policy/programs.py KINDS; the agent's
+        # agent/bpf/pins.py Hooks.set): (kind, on); the three above are kinds of it
+        self.hooks = hooks
 
     # --- reading the kernel's state --------------------------------------------------
 
@@ -234,12 +239,17 @@ class Applier:
 
     def _switch(self, conf: ConfRow, *, attach: bool) -> None:
         """On-demand programs: attach (before the flip) those the new rules need, detach
-        (after the clean) those no live rule needs: syscall, mapped-exec, namespace/setid."""
+        (after the clean) those no live rule needs: every hook kind (`hooks`), or the
+        syscall, mapped-exec and namespace/setid ones alone."""
         for hook, needed in ((self.syscall_hook, conf.active & conf.syscalls),
                              (self.exec_hook, conf.active & conf.exec),
                              (self.args_hook, conf.active & conf.args)):
             if hook is not None and bool(needed) == attach:
                 hook(attach)
+        if self.hooks is not None:
+            for kind, need in kinds_needed(conf).items():
+                if need == attach:
+                    self.hooks(kind, attach)
 
     def publish(self, new: Compiled, scope: Mapping[int, int]) -> PublishStats:
         """Make *new* (rows) and *scope* (container cgroup id -> slots) live."""

@@ -69,8 +69,10 @@ class PolicyEngine:
                  proc: str = "/proc", status_file: str | None = DEFAULT_STATUS,
                  poll: float = 0.5, tick: float = 0.01,
                  slots: SlotHistory | None = None,
-                 guard_journal: str | None = None) -> None:
+                 guard_journal: str | None = None,
+                 hooks: Callable[[], dict[str, list[str]]] | None = None) -> None:
         self.applier = applier
+        self.hooks = hooks  # enforcement programs attached now, by hook kind (status file)
         self.resolver = resolver
         self.policy_dir = policy_dir
         self.tiers = tiers or {}
@@ -316,6 +318,7 @@ class PolicyEngine:
                              "digest": p.digest[:12]}
                             for s, p in sorted(self.active.values(), key=lambda t: t[0])],
                "containers": len(self.containers), "tiers": self.tiers,
+               "hooks": self.hooks() if self.hooks is not None else None,
                "image_verdicts": None if self.image_list is None else {
                    "version": self.image_list.version, "images": len(self.image_list),
                    "sha256": self.image_list_sha}}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,59 @@ EXEC_MAP_PROGRAMS = ("mr_enf_mmap", "mr_enf_mprotect", "mr_enf_pkeyprot", "mr_en
 
 # issue 13: the namespace / setid program is on raw sys_enter too
 ARGS_PROGRAM = "mr_enf_args"
-ON_DEMAND = (SYSCALL_PROGRAM, *EXEC_MAP_PROGRAMS, ARGS_PROGRAM)
+# mount calls' exit records (enforce_sys.bpf.c MOUNT_EXIT): written for mr_enf_sys's verdicts
+MOUNT_EXIT_PROGRAMS = ("mr_enf_mx_mount", "mr_enf_mx_umount", "mr_enf_mx_open_tree",
+                       "mr_enf_mx_move_mount", "mr_enf_mx_fsmount", "mr_enf_mx_mount_setattr")
+FILE_OPEN_PROGRAMS = ("mr_enf_openat", "mr_enf_open", "mr_enf_openat2", "mr_enf_creat")
+
+# issue 18: every enforcement program belongs to one hook kind, attached only while a live
+# policy has a rule of that kind (the policy applier switches a kind on before the
+# publishing flip that needs it and off after the one that removed its last rule,
+# agent/bpf/pins.py Hooks), and left pinned at stop only while an enforcing policy needs
+# it. With no policy no enforcement program runs. One kind per line: its programs on both
+# tiers (only those this kernel loads are attached) and, in KIND_NEEDS, the mr_pconf
+# masks of the slots that need it.
+KINDS: dict[str, tuple[str, ...]] = {
+    # exec rules, and the hold of a new container's first exec (any policy may be scoped to
+    # containers, agentDown): every policy needs it
+    "exec": ("mr_enf_exec", "mr_lsm_exec"),
+    "exec-mapped": (*EXEC_MAP_PROGRAMS, "mr_lsm_mmap", "mr_lsm_mprotect"),
+    "file": (*FILE_OPEN_PROGRAMS, "mr_lsm_file_open"),
+    "file-change": ("mr_enf_ctime", "mr_enf_ctime_mg", "mr_lsm_ident_perm",
+                    "mr_lsm_ident_link", "mr_lsm_ident_chmod", "mr_lsm_ident_chown",
+                    "mr_fmr_ident_perm", "mr_fmr_ident_link", "mr_fmr_ident_chmod",
+                    "mr_fmr_ident_chown"),
+    "network": ("mr_enf_connect4", "mr_enf_connect6", "mr_enf_sendmsg4", "mr_enf_sendmsg6"),
+    "syscall": (SYSCALL_PROGRAM, *MOUNT_EXIT_PROGRAMS, "mr_lsm_mount", "mr_lsm_move_mount",
+                "mr_lsm_umount"),
+    "args": (ARGS_PROGRAM, "mr_lsm_userns", "mr_lsm_chmod", "mr_lsm_mknod",
+             "mr_lsm_setxattr"),
+}
+# Scope bookkeeping (enforce_cgroup.bpf.c: a new cgroup is marked pending, so that a
+# container started with no policy is still classified when one arrives): on cgroup
+# mkdir/rmdir only, never on the syscall path; always attached and pinned.
+SCOPE_PROGRAMS = ("mr_enf_cgmkdir", "mr_enf_cgrmdir")
+ON_DEMAND = tuple(p for progs in KINDS.values() for p in progs)
+# The same C body under several tracepoints of one context: loaded once, attached at each
+# (agent/bpf/loader.py BpfObject.share; tests/unit/policy/test_programs_kinds.py checks
+# that the instructions are the same)
+SAME_CODE: tuple[tuple[str, ...], ...] = (
+    FILE_OPEN_PROGRAMS, MOUNT_EXIT_PROGRAMS, ("mr_enf_sx_open", "mr_enf_sx_oat", "mr_enf_sx_oat2"))
+
+
+def kind_needs(conf: Any) -> dict[str, int]:
+    """Per kind, the slots of *conf* (a ConfRow: mr_pconf's fields) whose rules need it."""
+    a = conf.active
+    return {"exec": a, "exec-mapped": a & conf.exec, "file": a & conf.files,
+            "file-change": a & conf.files, "network": a & (conf.net | conf.net_allow),
+            "syscall": a & conf.syscalls, "args": a & conf.args}
+
+
+def kinds_needed(conf: Any, enforcing: bool = False) -> dict[str, bool]:
+    """Per kind, whether a live rule needs it; *enforcing*: a rule of a slot in enforce
+    mode or with agentDown: closed (what must keep running while the agent is down)."""
+    keep = (conf.enforce | conf.down_closed) if enforcing else ~0
+    return {k: bool(m & keep) for k, m in kind_needs(conf).items()}
 
 
 def is_enforcement(program: str) -> bool:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ AGENT = [sys.executable, "-m", "moray.agent.cli"]
 class AgentProc(Child):
     stop_timeout = 30
 
-    def __init__(self, work: Path | None = None) -> None:
+    def __init__(self, work: Path | None = None, args: Sequence[str] = ()) -> None:
         self.work = work or Path(tempfile.mkdtemp(prefix="moray-enforce-"))
+        self.args = list(args)  # more `moray-agent run` options
         self.policy_dir = self.work / "policies"
         self.policy_dir.mkdir(parents=True, exist_ok=True)
         self.pin_root = f"/sys/fs/bpf/moray-test-{os.getpid()}-{id(self) & 0xffff:x}"
@@ -52,7 +53,7 @@ class AgentProc(Child):
         self.proc = subprocess.Popen(
             [*AGENT, "--log-level", "info", "run", "--metrics-port", "0",
              "--policy-dir", str(self.policy_dir), "--pin-root", self.pin_root,
-             "--policy-status", str(self.status), "-o", str(self.output)],
+             "--policy-status", str(self.status), "-o", str(self.output), *self.args],
             stdout=subprocess.DEVNULL, stderr=logf, stdin=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parents[2])
         logf.close()

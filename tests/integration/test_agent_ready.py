@@ -97,6 +97,7 @@ def test_ready_when_attached_and_applied(tmp_path: Path) -> None:
         status = [m.removeprefix("STATUS=starting: ") for m in notes.messages
                   if m.startswith("STATUS=starting: ")]
         assert status == steps
+        assert list(notes.readyz_at_ready[1]["steps"]) == steps  # ms per step, in order
         log = agent.log()
         took = dict(re.findall(r"start-up step (\w+): (\d+) ms", log))
         assert list(took) == steps

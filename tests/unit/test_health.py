@@ -57,7 +57,8 @@ def test_start_up_then_ready(served: tuple[Health, Clock, int]) -> None:
     clock.t += 60
     assert get(port, "/healthz") == (200, {"status": "starting", "step": "load_bpf"})
     health.ready()
-    assert get(port, "/readyz") == (200, {"ready": True, "ready_after_ms": 60000})
+    assert get(port, "/readyz") == (200, {"ready": True, "ready_after_ms": 60000,
+                                          "steps": {"load_bpf": 60000}})
     assert get(port, "/healthz")[0] == 200
     code, text = get(port, "/metrics")
     assert code == 200 and "moray_test_things_total 3.0" in text
