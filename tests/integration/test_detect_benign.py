@@ -12,7 +12,8 @@ the container's cgroup before the entrypoint runs) must not alert either.
 On the host, the same agent sees what the new technique rules could mistake for an attack:
 `ip netns add` (bind mounts of namespace files), strace (process_vm_readv), a package
 manager running a helper it put in /tmp and /run, systemd-detect-virt (/proc/1/environ),
-touch -d and cp -p outside watched paths, a symbolic link to /etc/hostname. No alert may
+touch -d and cp -p outside watched paths, a symbolic link to /etc/hostname, the test
+command `/usr/bin/[` (task name "["). No alert may
 come from that script or its children.
 """
 
@@ -167,6 +168,7 @@ EOS
 chmod +x "$W/bin/dpkg"; "$W/bin/dpkg"
 touch -d '2020-01-01 00:00:00' "$W/file"; cp -p /etc/hostname "$W/hostname.copy"
 ln -s /etc/hostname "$W/hostname-link"
+if [ -x /usr/bin/[ ]; then /usr/bin/[ -f /etc/hostname ] || true; fi   # comm "[", not a kthread
 /bin/true moray-host-benign-done
 """
 
