@@ -34,7 +34,8 @@ from moray.errors import ConfigError
 _SYSCALLS = ("ptrace", "mount", "umount2", "unshare", "setns", "memfd_create", "init_module",
              "finit_module", "chmod", "fchmod", "fchmodat", "fchmodat2", "setxattr",
              "lsetxattr", "fsetxattr", "link", "linkat", "symlink", "symlinkat", "unlink",
-             "unlinkat", "rename", "renameat", "renameat2", "socket", "dup2", "dup3")
+             "unlinkat", "rename", "renameat", "renameat2", "socket", "dup2", "dup3",
+             "process_vm_readv", "process_vm_writev", "utimensat")
 EVENT_TYPES: dict[str, str] = {
     "open": "evt.type = open", "openat": "evt.type = open", "openat2": "evt.type = open",
     "creat": "evt.type = open", "execve": "evt.type = exec", "execveat": "evt.type = exec",

@@ -252,7 +252,7 @@ def _build() -> dict[str, Field]:  # noqa: PLR0915 - the field table, one line p
             ("target", STR, "link/symlink: what the new name points to; rename: old path"),
             ("newpath", STR, "link/symlink/rename: the new name"),
             ("request", STR, "ptrace request (PTRACE_ATTACH, PTRACE_TRACEME, ...)"),
-            ("target_pid", INT, "ptrace: the target pid"),
+            ("target_pid", INT, "ptrace, process_vm_readv/writev: the target pid"),
             ("namespaces", LIST, "unshare/setns: namespace kinds (mnt, net, user, ...)"),
             ("mode", STR, "chmod family: mode in octal (4755)"),
             ("xattr", STR, "setxattr family: attribute name"),

@@ -69,6 +69,10 @@ def syscall_json(e: SyscallEvent) -> dict[str, Any]:
     elif name == "memfd_create":
         out["memfd_name"] = e.path
         out["flags"] = a1
+    elif name in ("process_vm_readv", "process_vm_writev"):
+        out["target_pid"] = a0 & 0xFFFFFFFF
+    elif name == "utimensat":
+        out["flags"] = a3
     elif name in ("dup2", "dup3"):
         out["fd"] = a1 & 0xFFFFFFFF
     if e.flags & (abi.SO_STDIN_SOCK | abi.SO_STDOUT_SOCK | abi.SO_STDERR_SOCK):

@@ -49,8 +49,11 @@
 #define NR_SYMLINKAT 266
 #define NR_FCHMODAT 268
 #define NR_UNSHARE 272
+#define NR_UTIMENSAT 280
 #define NR_DUP3 292
 #define NR_SETNS 308
+#define NR_PROCESS_VM_READV 310
+#define NR_PROCESS_VM_WRITEV 311
 #define NR_FINIT_MODULE 313
 #define NR_RENAMEAT2 316
 #define NR_MEMFD_CREATE 319
@@ -253,6 +256,7 @@ static __always_inline int sysobs_exit(long ret)
 	case NR_FCHMODAT:
 	case NR_FCHMODAT2:
 	case NR_UNLINKAT:
+	case NR_UTIMENSAT:
 		ev->path_len = put_ustr(ev, &pos, a[1]);
 		break;
 	case NR_FCHMOD:
@@ -284,7 +288,7 @@ static __always_inline int sysobs_exit(long ret)
 		ev->path_len = put_ustr(ev, &pos, a[1]);
 		ev->path2_len = put_ustr(ev, &pos, a[3]);
 		break;
-	default: /* ptrace, unshare, setns, init_module, socket: arguments only */
+	default: /* ptrace, unshare, setns, init_module, socket, process_vm_*: arguments only */
 		break;
 	}
 	obs_emit(ev, task, pos);

@@ -5,14 +5,16 @@
  * arguments (mr_sys_args) when the call is worth reporting, sys_exit writes one mr_sysobs.
  *
  * Always reported: ptrace, mount, umount2, unshare, setns, init_module, finit_module,
- * memfd_create. Filtered in the kernel: chmod family only with setuid/setgid bits;
- * setxattr family only for security.capability; link/symlink only to a watched target
- * (mr_watch, as written); unlink/rename only of a watched path; socket only AF_PACKET or
- * inet SOCK_RAW; dup2/dup3 only onto fd 0-2 of an inet socket; connect only to a unix
- * socket whose path is watched (runtime sockets); open/openat only for writing a file
- * named release_agent (checked by progs/file.bpf.c, which reads that path anyway). At exec (sched_process_exec):
- * a record only when fd 0, 1 or 2 is an inet socket or the binary is on an overlayfs
- * upper layer / tmpfs (not in the image). Observation only: nothing is denied here.
+ * memfd_create, process_vm_readv, process_vm_writev. Filtered in the kernel: chmod family
+ * only with setuid/setgid bits; setxattr family only for security.capability; link/symlink
+ * only to a watched target (mr_watch, as written), symlink also when its new name is
+ * watched; utimensat only with explicit times on a watched path; unlink/rename only of a
+ * watched path; socket only AF_PACKET or inet SOCK_RAW; dup2/dup3 only onto fd 0-2 of an
+ * inet socket; connect only to a unix socket whose path is watched (runtime sockets);
+ * open/openat only for writing a file named release_agent (checked by progs/file.bpf.c,
+ * which reads that path anyway). At exec (sched_process_exec): a record only when fd 0, 1
+ * or 2 is an inet socket or the binary is on an overlayfs upper layer / tmpfs (not in the
+ * image). Observation only: nothing is denied here.
  */
 #include "../lib/sysobs.h"
 
@@ -36,6 +38,8 @@ ENTER_ALWAYS(umount, NR_UMOUNT2)
 ENTER_ALWAYS(unshare, NR_UNSHARE)
 ENTER_ALWAYS(setns, NR_SETNS)
 ENTER_ALWAYS(memfd_create, NR_MEMFD_CREATE)
+ENTER_ALWAYS(process_vm_readv, NR_PROCESS_VM_READV)
+ENTER_ALWAYS(process_vm_writev, NR_PROCESS_VM_WRITEV)
 
 #define ENTER_IF(name, NR, cond)                                                      \
 	SEC("tracepoint/syscalls/sys_enter_" #name)                                  \
@@ -56,8 +60,10 @@ ENTER_IF(lsetxattr, NR_LSETXATTR, is_cap_xattr(A(1)))
 ENTER_IF(fsetxattr, NR_FSETXATTR, is_cap_xattr(A(1)))
 ENTER_IF(link, NR_LINK, watched((const char *)A(0)))
 ENTER_IF(linkat, NR_LINKAT, watched((const char *)A(1)))
-ENTER_IF(symlink, NR_SYMLINK, watched((const char *)A(0)))
-ENTER_IF(symlinkat, NR_SYMLINKAT, watched((const char *)A(0)))
+/* a symlink to a watched target, or a watched name replaced by a symlink (a shell history
+ * pointed at /dev/null) */
+ENTER_IF(symlink, NR_SYMLINK, watched((const char *)A(0)) || watched((const char *)A(1)))
+ENTER_IF(symlinkat, NR_SYMLINKAT, watched((const char *)A(0)) || watched((const char *)A(2)))
 ENTER_IF(unlink, NR_UNLINK, watched((const char *)A(0)))
 ENTER_IF(unlinkat, NR_UNLINKAT, watched((const char *)A(1)))
 ENTER_IF(rename, NR_RENAME, watched((const char *)A(0)))
@@ -68,6 +74,23 @@ ENTER_IF(socket, NR_SOCKET, A(0) == AF_PACKET ||
 ENTER_IF(dup2, NR_DUP2, A(1) <= 2)
 ENTER_IF(connect, NR_CONNECT, unix_watched(A(1), A(2)))
 ENTER_IF(dup3, NR_DUP3, A(1) <= 2)
+/* utimensat times: NULL, or both tv_nsec UTIME_NOW / UTIME_OMIT, is plain `touch`
+ * ("now"); anything else sets a chosen time (touch -d / -r, cp -p, tar) */
+#define UTIME_NOW ((1l << 30) - 1l)
+#define UTIME_OMIT ((1l << 30) - 2l)
+static __always_inline int explicit_times(__u64 utimes)
+{
+	__s64 t[4] = {};
+
+	if (!utimes || bpf_probe_read_user(t, sizeof(t), (void *)utimes))
+		return 0;
+	return (t[1] != UTIME_NOW && t[1] != UTIME_OMIT) ||
+	       (t[3] != UTIME_NOW && t[3] != UTIME_OMIT);
+}
+
+/* explicit times on a watched path as written; futimens (path NULL, an fd: GNU touch)
+ * is not seen */
+ENTER_IF(utimensat, NR_UTIMENSAT, explicit_times(A(2)) && watched((const char *)A(1)))
 
 
 #define EXIT(name)                                                                    \
@@ -80,6 +103,9 @@ EXIT(umount)
 EXIT(unshare)
 EXIT(setns)
 EXIT(memfd_create)
+EXIT(process_vm_readv)
+EXIT(process_vm_writev)
+EXIT(utimensat)
 EXIT(chmod)
 EXIT(fchmod)
 EXIT(fchmodat)

@@ -78,6 +78,21 @@ ln -s /etc/shadow /tmp/shadow-link
 ln /etc/shadow /tmp/shadow-hard
 nc -l -p 4444 > /dev/null & sleep 0.3; $A dup2-shell 127.0.0.1 4444
 nc -l -p 4445 > /dev/null & sleep 0.3; nc 127.0.0.1 4445 -e /bin/sh & sleep 0.5
+cat /proc/net/tcp > /dev/null                    # discovery: the socket table
+$A sweep 127.0.0 1 30 22                         # one port on 30 hosts
+cp /bin/busybox /dev/.x; /dev/.x true            # /dev is a tmpfs
+$A fexecve /bin/busybox
+cat /proc/1/environ > /dev/null
+$A process-vm; $A process-vm write
+ln -s /proc/1/root /tmp/hostroot
+ln -s /var/run/docker.sock /tmp/d.sock
+mount -o bind /etc /mnt
+mount -o bind /tmp /proc/1                       # hide pid 1's /proc entry
+ln -sf /dev/null /root/.ash_history
+touch -d '2020-01-01 00:00:00' /bin/evil
+$A rename kworker/0:7
+$A argv0 '[kworker/1:0]' /bin/busybox true
+cp /bin/busybox /work/sshd; /work/sshd true
 $A attacks-done   # busybox runs touch/echo/rm in-process: an exec marks the end
 exec sleep 600
 """
@@ -236,6 +251,33 @@ EXPECTED: list[tuple[str, Callable[[Event], bool]]] = [
     ("Process memory access via /proc", file_is("/proc/1/mem")),
     ("Link to sensitive file", syscall_is("symlink", target="/etc/shadow")),
     ("Link to sensitive file", syscall_is("link", target="/etc/shadow")),
+    ("Network connections enumerated via /proc",
+     lambda a: a["event"]["file"]["path"].endswith("/net/tcp")),
+    ("Network scanning", lambda a: a["event"]["network"]["dport"] == 22),
+    ("Execution from a memory-backed file system", syscall_is("execve", path="/dev/.x")),
+    ("Execution through a file descriptor",
+     lambda a: a["event"]["process"]["binary"] == "/bin/busybox"),
+    ("Execution through a file descriptor",
+     lambda a: a["event"]["process"]["binary"].startswith("/memfd:payload")),
+    ("Read environment of another process", file_is("/proc/1/environ")),
+    ("Process memory accessed with process_vm_readv or process_vm_writev",
+     syscall_is("process_vm_readv")),
+    ("Process memory accessed with process_vm_readv or process_vm_writev",
+     syscall_is("process_vm_writev")),
+    ("Link to host root or runtime socket", syscall_is("symlink", target="/proc/1/root")),
+    ("Link to host root or runtime socket",
+     syscall_is("symlink", target="/var/run/docker.sock")),
+    ("Bind mount of a sensitive path", syscall_is("mount", source="/etc", error="EPERM")),
+    ("Bind mount of a sensitive path", syscall_is("mount", path="/proc/1")),
+    ("Shell history replaced by a link",
+     syscall_is("symlink", target="/dev/null", newpath="/root/.ash_history")),
+    ("File timestamps changed", syscall_is("utimensat", path="/bin/evil")),
+    ("Process masquerading as a kernel thread",
+     lambda a: a["event"]["process"]["comm"] == "kworker/0:7"),
+    ("Process masquerading as a kernel thread",
+     lambda a: (a["event"]["process"]["args"] or [""])[0] == "[kworker/1:0]"),
+    ("System program name run from an unusual path",
+     lambda a: a["event"]["process"]["binary"] == "/work/sshd"),
     # a socket dup2'ed onto stdio, then a shell (the C/Python/perl one-liners)
     ("Reverse shell", lambda a: (a["event"].get("syscall") or {}).get("name") == "execve"
      and (a["event"]["syscall"].get("peer") or {}).get("dport") == 4444),

@@ -1,16 +1,26 @@
 """The default rules stay quiet on an ordinary workload in a REAL runc container (root).
 
 The container's entrypoint runs shell scripts (loops, subshells, nested `sh -c`,
-redirections), reads /etc/passwd, writes under /tmp and its workdir, and serves its
+redirections, one from /dev/shm), reads /etc/passwd, its own /proc/1/environ and
+/proc/net/dev, appends to its shell history, touches files (with and without -r), makes
+symbolic links, writes under /tmp and its workdir, and serves its
 workdir with Python's http.server, answering requests from busybox wget and from Python
 (the host's /usr is bind-mounted read-only for the interpreter). Its network namespace has
 only loopback. No alert may name this container; runc's own set-up (mounts, unshare in
 the container's cgroup before the entrypoint runs) must not alert either.
+
+On the host, the same agent sees what the new technique rules could mistake for an attack:
+`ip netns add` (bind mounts of namespace files), strace (process_vm_readv), a package
+manager running a helper it put in /tmp and /run, systemd-detect-virt (/proc/1/environ),
+touch -d and cp -p outside watched paths, a symbolic link to /etc/hostname, the test
+command `/usr/bin/[` (task name "["). No alert may
+come from that script or its children.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -49,6 +59,14 @@ cat /etc/passwd > /dev/null
 while read -r line; do :; done < /etc/passwd
 echo data > /tmp/file
 echo data > /work/file
+cat /proc/net/dev > /dev/null                     # interface counters, not the socket tables
+read -r env < /proc/1/environ || true             # the entrypoint reads its own environment
+cp /work/job.sh /dev/shm/job.sh; sh /dev/shm/job.sh   # a script from tmpfs, run by the shell
+echo 'ls -la' >> /root/.ash_history               # a shell appending to its history
+touch /root/.stamp /work/file                     # "now": no explicit times
+touch -r /etc/passwd /work/file; cp -p /etc/passwd /tmp/passwd.p
+ln -s /work/file /tmp/file-link; ln -s /etc/passwd /tmp/passwd-link
+ps > /tmp/ps.txt
 python3 -m http.server 8080 --bind 127.0.0.1 --directory /work > /tmp/http.log 2>&1 &
 i=0
 until wget -q -O /tmp/page http://127.0.0.1:8080/file; do
@@ -132,3 +150,65 @@ def test_no_alert_for_the_benign_container(benign: tuple[AgentProcess, str]) -> 
     agent, cid = benign
     alerts = _mine(agent, cid, "alert")
     assert not alerts, "\n".join(f"{a['rule']}: {a['output']}" for a in alerts)
+
+
+HOST = r"""#!/bin/sh
+W=$1
+ip netns add mrhb$$ && ip netns del mrhb$$
+if command -v strace > /dev/null; then strace -f -o /dev/null /bin/true; fi
+systemd-detect-virt > /dev/null 2>&1 || true
+mkdir -p "$W/bin"
+# a package manager that unpacks a helper into /tmp and /run (tmpfs) and runs it
+cat > "$W/bin/dpkg" <<EOS
+#!/bin/sh
+for d in /tmp /run; do
+  h=\$d/moray-dpkg-helper-\$\$; cp /bin/true \$h; \$h; rm -f \$h
+done
+EOS
+chmod +x "$W/bin/dpkg"; "$W/bin/dpkg"
+touch -d '2020-01-01 00:00:00' "$W/file"; cp -p /etc/hostname "$W/hostname.copy"
+ln -s /etc/hostname "$W/hostname-link"
+if [ -x /usr/bin/[ ]; then /usr/bin/[ -f /etc/hostname ] || true; fi   # comm "[", not a kthread
+/bin/true moray-host-benign-done
+"""
+
+
+def test_no_alert_for_benign_host_activity(benign: tuple[AgentProcess, str]) -> None:
+    agent, _ = benign
+    work = Path(tempfile.mkdtemp(prefix="moray-benign-host-"))
+    try:
+        script = work / "host-benign.sh"
+        script.write_text(HOST)
+        res = subprocess.run(["/bin/sh", str(script), str(work)], capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert res.returncode == 0, res.stderr
+        agent.events.wait_for(lambda e: e.get("type") == "exit"
+                              and "moray-host-benign-done" in e["process"]["args"],
+                              timeout=30, what="the host workload's marker to exit")
+        helper = agent.events.wait_for(
+            lambda e: e.get("type") == "exec"
+            and e["process"]["binary"].startswith("/run/moray-dpkg-helper-"),
+            timeout=10, what="the package manager's helper to run from /run")
+        assert helper["process"]["binary"]
+        # the look-alikes were seen (the rules had something to stay quiet about)
+        agent.events.wait_for(lambda e: (e.get("syscall") or {}).get("name") == "mount"
+                              and e["process"]["comm"] == "ip", timeout=10,
+                              what="ip netns add's bind mount")
+        if shutil.which("strace"):
+            agent.events.wait_for(
+                lambda e: (e.get("syscall") or {}).get("name") == "process_vm_readv"
+                and e["process"]["comm"] == "strace", timeout=10,
+                what="strace's process_vm_readv")
+        agent.events.poll()
+
+        def mine(a: Event) -> bool:
+            chain = [a["event"]["process"], *a["ancestry"]]
+            return any(str(script) in (p.get("args") or []) for p in chain)
+        # strace attaches with PTRACE_SEIZE: "Ptrace attach or traceme" reports that by
+        # design (on the host too); what strace does next (process_vm_readv) must not alert
+        alerts = [a for a in agent.events.events if a.get("type") == "alert" and mine(a)
+                  and not (a["rule"] == "Ptrace attach or traceme"
+                           and a["event"]["process"]["comm"] == "strace")]
+        assert not alerts, "\n".join(f"{a['rule']}: {a['output']}" for a in alerts)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

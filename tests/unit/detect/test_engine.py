@@ -249,3 +249,62 @@ def test_entrypoint_of_a_container_started_before_the_agent(tmp_path: Any) -> No
     assert st.is_entrypoint(t.get("12:1"), CTR)       # forked worker, no exec
     assert not st.is_entrypoint(t.get("11:1"), CTR)   # sh: exec'd something else
     assert not st.is_entrypoint(t.get("9:1"), CTR)    # runc, outside the container
+
+
+def test_technique_rules_and_their_exceptions(det: Detector) -> None:
+    """The issue-21 technique rules: what alerts and the look-alikes that must not."""
+    host = {"container": None}
+    # masquerading: a kernel thread's name or a bracketed argv[0]; the `[` command is not
+    assert rules_of(det.process(ev("connect", comm="kworker/0:7", binary="/tmp/x",
+                                   network={"daddr": "10.0.0.1", "dport": 80}))) == {
+        "Process masquerading as a kernel thread"}
+    masq = ev("exec", pid=21, comm="busybox", binary="/bin/busybox")  # throttle: per process
+    masq["process"]["args"] = ["[kworker/1:0]", "true"]
+    assert "Process masquerading as a kernel thread" in rules_of(det.process(masq))
+    for pid, name in ((22, "["), (23, "[[")):
+        test_cmd = ev("exec", pid=pid, comm=name, binary="/usr/bin/[", **host)
+        test_cmd["process"]["args"] = [name, "-f", "/etc/hostname", "]"]
+        assert det.process(test_cmd) == []
+    # a daemon's name outside the system directories; the real one is quiet
+    assert rules_of(det.process(ev("exec", comm="sshd", binary="/work/sshd"))) >= {
+        "System program name run from an unusual path"}
+    assert det.process(ev("exec", comm="sshd", binary="/usr/sbin/sshd", **host)) == []
+    # exec by descriptor; runc's own re-exec (parent: the runtime) is quiet
+    fd = ev("exec", comm="3", binary="/usr/bin/true", **host)
+    fd["process"]["filename"] = "/dev/fd/3"
+    assert rules_of(det.process(fd)) == {"Execution through a file descriptor"}
+    runc = ev("exec", pid=12, comm="runc:[2:INIT]", binary="/", parent="9:1", **host)
+    runc["process"]["filename"] = "/dev/fd/6"
+    assert det.process(runc) == []
+    # tmpfs exec: /dev in a container alerts; /tmp is the other rule's; a host package
+    # manager's helper in /run is quiet
+    assert rules_of(det.process(syscall("execve", tmpfs=True, path="/dev/.x"))) == {
+        "Execution from a memory-backed file system"}
+    assert "Execution from a memory-backed file system" not in rules_of(
+        det.process(syscall("execve", tmpfs=True, path="/tmp/x")))
+    helper = syscall("execve", tmpfs=True, path="/run/dpkg-helper")
+    helper.update(container=None)
+    helper["process"]["comm"] = "dpkg"
+    assert det.process(helper) == []
+    # bind mounts: /etc alerts, namespace pinning (ip netns add) does not
+    assert "Bind mount of a sensitive path" in rules_of(
+        det.process(syscall("mount", path="/mnt", source="/etc")))
+    pin = syscall("mount", path="/run/netns/x", source="/proc/self/ns/net")
+    pin.update(container=None)
+    assert det.process(pin) == []
+    # timestamps: a binary alerts, a package manager's does not
+    assert rules_of(det.process(syscall("utimensat", path="/usr/bin/ls"))) == {
+        "File timestamps changed"}
+    dpkg = syscall("utimensat", path="/usr/bin/ls")
+    dpkg["process"]["comm"] = "dpkg"
+    assert det.process(dpkg) == []
+    # history replaced by a symlink; environ of pid 1 read by a container tool
+    assert rules_of(det.process(syscall("symlink", target="/dev/null",
+                                        newpath="/root/.bash_history"))) == {
+        "Shell history replaced by a link"}
+    assert rules_of(det.process(syscall("process_vm_readv", target_pid=1))) == {
+        "Process memory accessed with process_vm_readv or process_vm_writev"}
+    strace = syscall("process_vm_readv", target_pid=1)
+    strace.update(container=None)
+    strace["process"].update(comm="strace", pid=24, exec_id="24:1")
+    assert det.process(strace) == []

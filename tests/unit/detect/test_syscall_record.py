@@ -84,3 +84,18 @@ def test_missing_tracepoints_skipped(tmp_path: Path) -> None:
     assert programs_to_skip(progs, str(tmp_path)) == ["mr_so_in_fchmodat2"]
     (tmp_path / "events/syscalls/sys_exit_finit_module").mkdir(parents=True)
     assert "mr_so_raw_module" in programs_to_skip(progs, str(tmp_path))
+
+
+def test_process_vm_readv_names_its_target() -> None:
+    e = decode(record(310, -1, (4242, 0, 1, 0)))
+    j = syscall_json(e)  # type: ignore[arg-type]
+    assert j["name"] == "process_vm_readv" and j["target_pid"] == 4242
+    assert j["error"] == "EPERM"
+    j = syscall_json(decode(record(311, 8, (7, 0, 1, 0))))  # type: ignore[arg-type]
+    assert j["name"] == "process_vm_writev" and j["target_pid"] == 7 and j["error"] is None
+
+
+def test_utimensat_path() -> None:
+    e = decode(record(280, 0, (0xFFFFFF9C, 0, 0x7F00, 0x100), strings=(b"/bin/ls", b"", b"")))
+    j = syscall_json(e)  # type: ignore[arg-type]
+    assert (j["name"], j["path"], j["flags"]) == ("utimensat", "/bin/ls", 0x100)
