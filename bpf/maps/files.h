@@ -21,7 +21,8 @@
  *                generation, bumped by the agent after it rewrote mr_watch
  *                (agent/bpf/watch.py; a separate entry, so that user space never
  *                rewrites the kernel's counters).
- *   mr_dcop      per-CPU scratch of one relative open's cache steps (progs/file.bpf.c).
+ *   mr_dcop      per-CPU scratch of one relative open's cache steps, tagged with its task
+ *                (progs/file.bpf.c).
  *   mr_pathops   hash (tid, or io_uring request) -> 1 while its path-changing call is in
  *                flight, so that only calls whose start was counted are uncounted. */
 #pragma once
@@ -104,6 +105,7 @@ struct {
 } mr_pathops SEC(".maps") __weak;
 
 struct mr_dircache_op {
+	__u64 owner;  /* pid_tgid of the task whose step wrote it */
 	__u64 f;      /* struct file * */
 	__u64 parent; /* struct dentry * */
 	struct mr_dirkey key;

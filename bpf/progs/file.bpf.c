@@ -150,13 +150,22 @@ static __always_inline void dircache_put(struct mr_dirkey *key, struct dentry *p
 	bpf_map_update_elem(&mr_dircache, key, &e, BPF_ANY);
 }
 
-/* The cache's steps run as bpf_loop callbacks on per-CPU state (mr_dcop): the verifier
- * checks each once, and since it does not track what a map value holds, the open's exit
- * (already large: the walk, the record, the release_agent detection) is not verified
- * again for every outcome of the cache. */
+/* The cache's steps run as bpf_loop callbacks: the verifier checks each once, and the
+ * open's exit (already large: the walk, the record, the release_agent detection) is not
+ * verified again for every outcome of the cache. What a step leaves for the next is kept
+ * in per-CPU state (mr_dcop, whose contents the verifier does not track) tagged with its
+ * task and file: where syscall tracepoints are preemptible, another task's open can run
+ * between two steps on the same CPU, and a step that finds another task's tag does
+ * nothing. The hit itself is bpf_loop's return value (1: hit), never read back from the
+ * shared state. */
 #define MR_DC_NONE 0 /* not cacheable */
 #define MR_DC_MISS 1 /* cacheable, not cached: put after the walk */
-#define MR_DC_HIT 2  /* an unwatched directory: nothing to report */
+
+struct mr_dc_arg {
+	__u64 f;
+	__u32 dlen;
+	__u32 pad;
+};
 
 static __always_inline struct mr_dircache_op *dcop(void)
 {
@@ -165,37 +174,59 @@ static __always_inline struct mr_dircache_op *dcop(void)
 	return bpf_map_lookup_elem(&mr_dcop, &zero);
 }
 
+/* i == 0: decide; stop (bpf_loop returns 1) on a hit, else go on to i == 1 (returns 2). */
 static long dircache_check_cb(__u32 i, void *ctx)
 {
-	struct mr_dircache_op *op = dcop();
+	struct mr_dc_arg *arg = ctx;
+	struct mr_dircache_op *op;
 	struct dentry *parent = NULL;
+	struct mr_dirkey key = {};
+	__u64 gen;
 
+	if (i)
+		return 1;
+	op = dcop();
 	if (!op)
-		return 1;
+		return 0;
+	op->owner = bpf_get_current_pid_tgid();
+	asm volatile("" ::: "memory");
 	op->state = MR_DC_NONE;
-	if (!dircache_key((struct file *)op->f, &op->key, &parent))
-		return 1;
-	op->parent = (__u64)parent;
-	if (dircache_hit(&op->key, parent)) {
-		op->state = MR_DC_HIT;
+	if (!dircache_key((struct file *)arg->f, &key, &parent))
+		return 0;
+	if (dircache_hit(&key, parent)) {
 		stat_inc(MR_STAT_DIRCACHE_HIT);
 		return 1;
 	}
 	stat_inc(MR_STAT_DIRCACHE_MISS);
-	op->gen = pathgen_now(); /* before the walk: a rename during it makes it stale */
+	gen = pathgen_now(); /* before the walk: a rename during it makes it stale */
+	op->f = arg->f;
+	op->key = key;
+	op->parent = (__u64)parent;
+	op->gen = gen;
+	asm volatile("" ::: "memory");
 	op->state = MR_DC_MISS;
-	return 1;
+	return 0;
 }
 
 static long dircache_put_cb(__u32 i, void *ctx)
 {
-	struct mr_dircache_op *op = dcop();
+	struct mr_dc_arg *arg = ctx;
+	struct mr_dircache_op *op = dcop(), c;
 	struct mr_watch_key *k;
+	__u64 me = bpf_get_current_pid_tgid();
 	__u32 zero = 0;
 
+	if (!op)
+		return 1;
+	__builtin_memcpy(&c, op, sizeof(c));
+	asm volatile("" ::: "memory");
+	/* copied, then checked again: another task's step in between changed the owner */
+	if (*(volatile __u64 *)&op->owner != me || c.owner != me || c.f != arg->f ||
+	    c.state != MR_DC_MISS)
+		return 1;
 	k = bpf_map_lookup_elem(&mr_wkey, &zero);
-	if (op && k && op->state == MR_DC_MISS)
-		dircache_put(&op->key, (struct dentry *)op->parent, op->gen, k, op->dlen);
+	if (k)
+		dircache_put(&c.key, (struct dentry *)c.parent, c.gen, k, arg->dlen);
 	return 1;
 }
 
@@ -257,7 +288,7 @@ static __always_inline int on_exit(long ret)
 	struct mr_watch_key *k;
 	struct task_struct *task;
 	struct file *f;
-	struct mr_dircache_op *dc;
+	struct mr_dc_arg dca = {};
 	char *pbuf;
 	long r;
 
@@ -281,16 +312,9 @@ static __always_inline int on_exit(long ret)
 		f = task_fd_file(task, ret);
 		if (!f)
 			goto out;
-		dc = dcop();
-		if (!dc)
-			goto out;
-		dc->state = MR_DC_NONE;
-		if (!(in->matched & MR_OI_MATCHED)) {
-			dc->f = (__u64)f;
-			bpf_loop(1, dircache_check_cb, NULL, 0);
-			if (dc->state == MR_DC_HIT)
-				goto out; /* relative, in a directory with nothing watched */
-		}
+		dca.f = (__u64)f;
+		if (!(in->matched & MR_OI_MATCHED) && bpf_loop(2, dircache_check_cb, &dca, 0) == 1)
+			goto out; /* relative, in a directory with nothing watched */
 		off = path_resolve_root(__builtin_preserve_access_index(&f->f_path), pbuf, &trunc,
 					&priv);
 		if (priv)
@@ -304,15 +328,15 @@ static __always_inline int on_exit(long ret)
 			len = (MR_HALF - 1 - off) & MR_HALF_MASK;
 			if (len >= MR_WATCH_LEN - 1) {
 				len = MR_WATCH_LEN - 1;
-				dc->state = MR_DC_NONE; /* the directory may not fit the key */
+				dca.f = 0; /* the directory may not fit the key: no put */
 			}
 			bpf_probe_read_kernel(k->path, len & (MR_WATCH_LEN - 1),
 					      &pbuf[off & MR_HALF_MASK]);
 			if (!watch_lookup(k, len)) {
-				if (dc->state == MR_DC_MISS && !trunc) {
-					dc->dlen = len - (BPF_CORE_READ(f, f_path.dentry,
+				if (dca.f && !trunc) {
+					dca.dlen = len - (BPF_CORE_READ(f, f_path.dentry,
 									d_name.len) & MR_NAME_MAX);
-					bpf_loop(1, dircache_put_cb, NULL, 0);
+					bpf_loop(1, dircache_put_cb, &dca, 0);
 				}
 				if (!file_is_proc_mem(f))
 					goto out;

@@ -24,7 +24,9 @@ static __always_inline void pathop_begin(__u64 who)
 
 	if (!g)
 		return;
-	if (!bpf_map_update_elem(&mr_pathops, &who, &one, BPF_NOEXIST))
+	/* counted unless this caller's start is counted already; with mr_pathops full the
+	 * count is never taken back: the cache stays off (time, not events, is lost) */
+	if (bpf_map_update_elem(&mr_pathops, &who, &one, BPF_NOEXIST) != -17 /* EEXIST */)
 		__sync_fetch_and_add(&g->inflight, 1);
 	__sync_fetch_and_add(&g->gen, 1);
 }
