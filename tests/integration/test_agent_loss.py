@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_a_storm_that_overflows_the_ring_is_counted_per_type(tmp_path: Path) -> 
         assert agent.proc is not None
         os.kill(agent.proc.pid, signal.SIGSTOP)
         try:
-            p = subprocess.run(["python3", "-c", f"import os\nfor _ in range({STORM}): "
+            p = subprocess.run([sys.executable, "-c", f"import os\nfor _ in range({STORM}): "
                                 f"os.close(os.open({str(f)!r}, os.O_RDONLY))\n"
                                 "print(os.getpid())"],
                                capture_output=True, text=True, timeout=60, check=True)

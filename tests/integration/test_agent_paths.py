@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,8 +47,8 @@ def agent(root: Path) -> Iterator[AgentProcess]:
 
 
 def run(code: str, cwd: Path) -> int:
-    """Run code in a fresh python3 in cwd; returns its pid."""
-    p = subprocess.run(["python3", "-c", "import os, sys\n" + textwrap.dedent(code) +
+    """Run code in a fresh python in cwd; returns its pid."""
+    p = subprocess.run([sys.executable, "-c", "import os, sys\n" + textwrap.dedent(code) +
                         "\nprint(os.getpid())"], cwd=cwd, capture_output=True, text=True,
                        timeout=30, check=True)
     return int(p.stdout.split()[-1])
@@ -172,7 +173,7 @@ def test_an_ancestor_renamed_through_io_uring(agent: AgentProcess, root: Path,
         os.rename({str(moved)!r}, {str(top)!r})
     print(rc)
     """
-    p = subprocess.run(["python3", "-c", "import os\n" + textwrap.dedent(code) +
+    p = subprocess.run([sys.executable, "-c", "import os\n" + textwrap.dedent(code) +
                         "\nprint(os.getpid())"], cwd=d, capture_output=True, text=True,
                        timeout=30, check=True)
     rc, pid = (int(x) for x in p.stdout.split()[-2:])
