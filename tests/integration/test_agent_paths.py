@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.agent import AgentProcess, Event
+from tests.helpers.agent import REPO, AgentProcess, Event
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
@@ -41,8 +41,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def agent(root: Path) -> Iterator[AgentProcess]:
+    # PYTHONPATH: the kernel matrix's guest has the venv's moray-agent script but not the
+    # editable install it points to
     with AgentProcess(["--no-containers", "--watch", f"{root}/w/",
-                       "--watch", f"{root}/solo.sock"]) as a:
+                       "--watch", f"{root}/solo.sock"], env={"PYTHONPATH": str(REPO)}) as a:
         yield a
 
 
