@@ -104,6 +104,23 @@ int mr_pg_uring_sub(struct trace_event_raw_io_uring_submit_req *ctx)
 	return 0;
 }
 
+/* Before 6.4 the submission tracepoint was io_uring_submit_sqe (the same fields); not in
+ * the vmlinux.h we build against, so its record is declared here for CO-RE. */
+struct trace_event_raw_io_uring_submit_sqe {
+	void *req;
+	u8 opcode;
+} __attribute__((preserve_access_index));
+
+SEC("tracepoint/io_uring/io_uring_submit_sqe")
+int mr_pg_uring_sqe(struct trace_event_raw_io_uring_submit_sqe *ctx)
+{
+	__u8 op = BPF_CORE_READ(ctx, opcode);
+
+	if (op == IORING_OP_RENAMEAT || op == IORING_OP_UNLINKAT)
+		pathop_begin((__u64)BPF_CORE_READ(ctx, req));
+	return 0;
+}
+
 SEC("tracepoint/io_uring/io_uring_complete")
 int mr_pg_uring_done(struct trace_event_raw_io_uring_complete *ctx)
 {
