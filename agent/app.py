@@ -39,9 +39,11 @@ from moray.agent.bpf.abi import Stat
 from moray.agent.bpf.loader import BpfObject, ensure_bpffs, ensure_tracefs, object_path
 from moray.agent.bpf.ringbuf import RingBuffer
 from moray.agent.enrich.proctree import ProcessTree
-from moray.agent.events.reader import BatchQueue, Reader
+from moray.agent.events.reader import TYPE_OF_OP, BatchQueue, Reader
+from moray.agent.events.types import LossReport
 from moray.agent.output.health import Health, HealthServer
 from moray.agent.output.jsonl import EventSink, JsonLines
+from moray.agent.output.loss import LossReporter
 from moray.agent.output.memory import memory_mb, trim
 from moray.agent.output.metrics import AgentCollector, Stats
 from moray.agent.output.schema import Formatter
@@ -96,6 +98,7 @@ class Config:
     metrics_addr: str = "127.0.0.1"
     ring_size: int = 8 << 20       # ~50k records; mapped once, so it adds 8 MiB to RSS
     queue_records: int = 65536     # user-space backlog bound; at most 8 MiB too (reader.py)
+    loss_report_interval: float = 10.0  # at most one `loss` event per this many seconds
     args_max: int = 1024
     watch: tuple[str, ...] = ()          # extra watched prefixes
     default_watch: bool = True
@@ -302,7 +305,8 @@ class Agent:
         if self.detector is not None:
             prefixes += list(self.detector.watch)  # what the detection rules need reported
         rows = watch.build(prefixes, watch.DEFAULT_IGNORE if self.cfg.default_watch else ())
-        watch.apply(self.obj.map("mr_watch"), rows)
+        watch.apply(self.obj.map("mr_watch"), rows, anc=self.obj.map("mr_watch_anc"),
+                    gen=self.obj.map("mr_pathgen"))
 
     def start_reader(self) -> None:
         assert self.obj is not None
@@ -495,14 +499,31 @@ class Agent:
         self._teardowns.append(("stop_runtime_watch", self.resolver.stop_watch))
 
     def kernel_counters(self) -> dict[str, list[int]]:
+        """mr_stats per CPU: rb_drop, events, path_trunc, dircache_hit, dircache_miss, and
+        lost:<type> (ring buffer full, per record type)."""
         if self.obj is None:  # a scrape before load_bpf
             return {}
         m = self.obj.map("mr_stats")
         out = {}
-        for name, idx in (("rb_drop", Stat.RB_DROP), ("events", Stat.EVENTS),
-                          ("path_trunc", Stat.PATH_TRUNC)):
+        names = [("rb_drop", int(Stat.RB_DROP)), ("events", int(Stat.EVENTS)),
+                 ("path_trunc", int(Stat.PATH_TRUNC)),
+                 ("dircache_hit", int(Stat.DIRCACHE_HIT)),
+                 ("dircache_miss", int(Stat.DIRCACHE_MISS))]
+        names += [(f"lost:{t}", int(Stat.DROP_BASE) + op) for op, t in TYPE_OF_OP.items()
+                  if int(Stat.DROP_BASE) + op < int(Stat.MAX)]
+        for name, idx in names:
             out[name] = [int.from_bytes(v, "little") for v in m.lookup_percpu(
-                int(idx).to_bytes(4, "little"))]
+                idx.to_bytes(4, "little"))]
+        return out
+
+    def lost_totals(self) -> dict[tuple[str, str], int]:
+        """(type, where) -> records lost since start: the kernel's ring, the queue."""
+        out: dict[tuple[str, str], int] = {
+            (t, "queue"): n for t, n in self.queue.dropped_by_type.items() if n}
+        for name, per_cpu in self.kernel_counters().items():
+            n = sum(per_cpu)
+            if name.startswith("lost:") and n > 0:
+                out[(name[5:], "ring")] = n
         return out
 
     def start_metrics(self) -> None:
@@ -520,7 +541,8 @@ class Agent:
             tiers=lambda: {k: str(v) for k, v in self.features.tiers().items()}
             if self.features else {},
             spool=lambda: self.cp_client.spool.stats() if self.cp_client else None,
-            queue_capacity=self.queue.max_records)
+            queue_capacity=self.queue.max_records,
+            queue_drops_by_type=lambda: dict(self.queue.dropped_by_type))
         if self.cfg.metrics_port is not None:
             try:
                 self.http = HealthServer(self.health, self.cfg.metrics_port,
@@ -562,8 +584,25 @@ class Agent:
         worker.start()
         self.health.watch_thread("pipeline", worker)
 
+        reporter = LossReporter(self.lost_totals, self.cfg.node,
+                                interval=self.cfg.loss_report_interval)
+
+        def report_losses() -> None:
+            while not self.stop_event.wait(1.0):
+                try:
+                    ev = reporter.check()
+                except OSError as err:
+                    log.warning("cannot read loss counters: %s", err)
+                    continue
+                if ev is not None:
+                    self.queue.put_control((LossReport(ev),))
+
+        losses = threading.Thread(target=report_losses, name="moray-losses", daemon=True)
+        losses.start()
+
         def stop_pipeline() -> None:
             self.stop_event.set()
+            losses.join(5)
             if self.reader is not None:
                 self.reader.stop()
                 self.reader.join(5)

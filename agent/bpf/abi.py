@@ -75,6 +75,10 @@ class Stat(IntEnum):
     RB_DROP = 0
     PATH_TRUNC = 1
     EVENTS = 2
+    DIRCACHE_HIT = 3
+    DIRCACHE_MISS = 4
+    DROP_BASE = 16   # + opcode: records of that type lost in the kernel (ring full)
+    MAX = 32
 
 
 # flags (MR_F_*)

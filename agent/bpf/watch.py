@@ -82,10 +82,46 @@ def build(watch: Iterable[str], ignore: Iterable[str]) -> dict[bytes, int]:
     return rows
 
 
-def apply(m: BpfMap, rows: dict[bytes, int]) -> None:
-    """Write rows, then remove keys not in rows (new entries first: no unwatched gap)."""
+def ancestors(rows: dict[bytes, int]) -> dict[bytes, int]:
+    """mr_watch_anc's rows: every directory ("/", "/var/", ...) that is a proper prefix of a
+    row of mr_watch, exceptions included, with its length in bytes as the value. The
+    kernel caches "nothing in this directory is watched" for relative opens
+    (bpf/progs/file.bpf.c) only where the directory is neither watched itself nor one of
+    these: /run/ holds no watched directory, but /run/docker.sock is watched."""
+    out: dict[bytes, int] = {}
+    for k in rows:
+        plen = int.from_bytes(k[:4], "little") // 8
+        path = k[4:4 + plen]
+        for i in range(plen - 1):
+            if path[i] == 0x2F:  # '/'
+                out[_KEY.pack((i + 1) * 8, path[:i + 1])] = i + 1
+    return out
+
+
+def _sync(m: BpfMap, rows: dict[bytes, int]) -> None:
     for k, v in rows.items():
         m.update(k, v.to_bytes(4, "little"))
     for k in list(m.keys()):
         if k not in rows:
             m.delete(k)
+
+
+def apply(m: BpfMap, rows: dict[bytes, int], anc: BpfMap | None = None,
+          gen: BpfMap | None = None) -> None:
+    """Write rows, then remove keys not in rows (new entries first: no unwatched gap).
+    With *anc* (mr_watch_anc) and *gen* (mr_pathgen): the watched rows' ancestor
+    directories first (more of them only means fewer cached directories), and the watch
+    set's generation bumped last, so that no directory the kernel cached as unwatched under
+    the previous set counts any more (bpf/maps/files.h)."""
+    want = ancestors(rows) if anc is not None else {}
+    if anc is not None:
+        for k, v in want.items():
+            anc.update(k, v.to_bytes(4, "little"))
+    _sync(m, rows)
+    if anc is not None:
+        _sync(anc, want)
+    if gen is not None:
+        key = (1).to_bytes(4, "little")
+        cur = gen.lookup(key) or bytes(16)
+        n = int.from_bytes(cur[:8], "little") + 1
+        gen.update(key, n.to_bytes(8, "little") + cur[8:])

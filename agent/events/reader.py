@@ -5,8 +5,11 @@ hands each batch to a bounded queue. Decoding, enrichment and output happen on t
 consumer side. The queue also carries typed events from user space, each batch a tuple
 (`Batch`): enforcement decisions made by the agent (`Decision`, agent/policy/hold.py),
 queued in order with the kernel's records. When the queue is full the batch is dropped and counted
-(`dropped`): the kernel keeps running and the loss is visible in metrics, never silent.
-Kernel-side losses (ring buffer full) are counted separately in the mr_stats map.
+(`dropped`, and per record type in `dropped_by_type`: the opcode of each dropped record's
+header): the kernel keeps running and the loss is visible in metrics, never silent.
+Kernel-side losses (ring buffer full) are counted separately in the mr_stats map, in all and
+per record type. A loss report (agent/output/loss.py) is queued past the bound
+(`put_control`): it is what says that the rest was dropped.
 
 The queue is bounded twice: by records, and by the memory its kernel records hold (their
 bytes plus each `bytes` object's own overhead, `RECORD_OVERHEAD`), 8 MiB by default. The
@@ -20,13 +23,17 @@ import logging
 import threading
 from collections import deque
 
+from moray.agent.bpf.abi import Op
 from moray.agent.bpf.ringbuf import RingBuffer
-from moray.agent.events.types import Decision
+from moray.agent.events.types import Decision, LossReport
 
 log = logging.getLogger(__name__)
 
 # kernel records (a list of bytes, as read) or typed events from user space (a tuple)
-Batch = list[bytes] | tuple[Decision, ...]
+Batch = list[bytes] | tuple[Decision, ...] | tuple[LossReport]
+
+# opcode -> the type label of moray_events_lost_total (closed: the opcodes of abi.h)
+TYPE_OF_OP: dict[int, str] = {int(o): o.name.lower() for o in Op}
 
 RECORD_OVERHEAD = 41   # a bytes object's header (33) and its slot in the batch list (8)
 MAX_BYTES = 8 << 20
@@ -50,6 +57,7 @@ class BatchQueue:
         self._bytes = 0
         self._cv = threading.Condition()
         self.dropped = 0
+        self.dropped_by_type: dict[str, int] = {}
         self.closed = False
 
     def put(self, batch: Batch, nbytes: int | None = None) -> bool:
@@ -59,12 +67,35 @@ class BatchQueue:
             if (self._n + len(batch) > self.max_records
                     or (self._bytes + size > self.max_bytes and self._q)):
                 self.dropped += len(batch)
+                self._count_dropped(batch)
                 return False
             self._q.append((batch, size))
             self._n += len(batch)
             self._bytes += size
             self._cv.notify()
             return True
+
+    def put_control(self, batch: Batch) -> None:
+        """Queue past the bound: for the rare user-space reports about the queue itself."""
+        with self._cv:
+            self._q.append((batch, 0))
+            self._n += len(batch)
+            self._cv.notify()
+
+    def _count_dropped(self, batch: Batch) -> None:
+        by = self.dropped_by_type
+        if type(batch) is list:
+            ops: dict[int, int] = {}
+            for rec in batch:
+                op = rec[0] | rec[1] << 8 if len(rec) >= 2 else 0
+                ops[op] = ops.get(op, 0) + 1
+            for op, n in ops.items():
+                t = TYPE_OF_OP.get(op, "unknown")
+                by[t] = by.get(t, 0) + n
+        else:
+            for item in batch:
+                t = "decision" if isinstance(item, Decision) else "loss"
+                by[t] = by.get(t, 0) + 1
 
     def get(self, timeout: float) -> Batch | None:
         with self._cv:

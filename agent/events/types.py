@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class EventType(StrEnum):
@@ -191,3 +191,11 @@ class Decision:
     them when the pipeline has seen it (agent/pipeline/decode.py `HeldExecs`)."""
 
     event: EnforceEvent
+
+
+@dataclass(frozen=True, slots=True)
+class LossReport:
+    """A `loss` event made in user space (agent/output/loss.py), already in its JSON shape:
+    queued typed past the queue's bound and routed as it is by the pipeline."""
+
+    event: dict[str, Any]

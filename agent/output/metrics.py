@@ -44,8 +44,10 @@ class AgentCollector(Collector):
                  kernel_counters: Callable[[], dict[str, list[int]]],
                  tiers: Callable[[], Mapping[str, str]] = dict,
                  spool: Callable[[], SpoolFigures | None] = lambda: None,
-                 queue_capacity: int = 0) -> None:
+                 queue_capacity: int = 0,
+                 queue_drops_by_type: Callable[[], Mapping[str, int]] = dict) -> None:
         self.stats = stats
+        self.queue_drops_by_type = queue_drops_by_type
         self.queue_capacity = queue_capacity
         self.tiers = tiers
         self.spool = spool
@@ -115,6 +117,23 @@ class AgentCollector(Collector):
         yield CounterMetricFamily("moray_path_truncations",
                                   "Paths deeper than the kernel-side walk resolves",
                                   value=sum(counters.get("path_trunc", [])))
+        lost = CounterMetricFamily("moray_events_lost",
+                                   "Records lost, by record type and where (ring: the kernel's "
+                                   "ring buffer full; queue: the user-space queue full)",
+                                   labels=["type", "where"])
+        for name, per_cpu in sorted(counters.items()):
+            if name.startswith("lost:"):
+                lost.add_metric([name[5:], "ring"], sum(per_cpu))
+        for typ, n in sorted(self.queue_drops_by_type().items()):
+            lost.add_metric([typ, "queue"], n)
+        yield lost
+        dc = CounterMetricFamily("moray_dircache_lookups",
+                                 "Relative opens in a cacheable directory: decided by the "
+                                 "kernel's directory cache (hit) or by a path walk (miss)",
+                                 labels=["result"])
+        dc.add_metric(["hit"], sum(counters.get("dircache_hit", [])))
+        dc.add_metric(["miss"], sum(counters.get("dircache_miss", [])))
+        yield dc
 
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from moray.agent.enrich.proctree import Process, ProcessTree
 from moray.agent.events.reader import BatchQueue
-from moray.agent.events.types import Decision, EnforceEvent, ExecEvent, KernelEvent
+from moray.agent.events.types import Decision, EnforceEvent, ExecEvent, KernelEvent, LossReport
 from moray.agent.output.jsonl import EventSink
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
@@ -74,8 +74,12 @@ class Pipeline:
                 if queue.closed:
                     break
                 continue
-            dec = decode if type(batch) is list else decision  # a tuple: typed decisions
-            for rec in batch:
+            if type(batch) is tuple and type(batch[0]) is LossReport:
+                route.event(batch[0].event)  # already in its JSON shape (output/loss.py)
+                continue
+            recs = cast("list[bytes] | tuple[Decision, ...]", batch)
+            dec = decode if type(recs) is list else decision  # a tuple: typed decisions
+            for rec in recs:
                 try:
                     ev = dec(rec)  # type: ignore[arg-type]
                     if ev is None:

@@ -43,6 +43,11 @@ LSM_FALLBACKS: dict[str, tuple[str, ...]] = {
 NEEDS_BTF: dict[str, str] = {
     "mr_enf_ctime": "btf_trace_inode_set_ctime_to_ts",
     "mr_enf_ctime_mg": "btf_trace_ctime_ns_xchg",
+    # io_uring's renames for the relative-open directory cache (bpf/progs/pathgen.bpf.c);
+    # missing with CONFIG_IO_URING=n, where there is nothing to watch either
+    "mr_pg_uring_sub": "btf_trace_io_uring_submit_req",     # 6.4+
+    "mr_pg_uring_sqe": "btf_trace_io_uring_submit_sqe",     # before 6.4
+    "mr_pg_uring_done": "btf_trace_io_uring_complete",
 }
 
 # fmod_ret programs on security_* functions (bpf/progs/enforce_ident.bpf.c): the

@@ -26,10 +26,13 @@ enum mr_op {
 
 /* Indexes into mr_stats (per-CPU counters read by the agent's metrics collector). */
 enum mr_stat {
-	MR_STAT_RB_DROP = 0,     /* ring buffer full: record lost in the kernel */
+	MR_STAT_RB_DROP = 0,     /* ring buffer full: record lost in the kernel (all types) */
 	MR_STAT_PATH_TRUNC = 1,  /* a path deeper or longer than we resolve */
 	MR_STAT_EVENTS = 2,      /* records written */
-	MR_STAT_MAX = 8,
+	MR_STAT_DIRCACHE_HIT = 3,  /* relative opens decided by the directory cache (no walk) */
+	MR_STAT_DIRCACHE_MISS = 4, /* relative opens in a cacheable directory that walked */
+	MR_STAT_DROP_BASE = 16,  /* + opcode (< 16): records of that type lost, ring full */
+	MR_STAT_MAX = 32,
 };
 
 /* Flags in mr_exec.flags / mr_open.pflags. */

@@ -48,13 +48,20 @@ static __always_inline void hdr_init(struct mr_hdr *h, __u16 op, __u16 size)
 	h->ts = bpf_ktime_get_boot_ns();
 }
 
-/* The only writer to the ring buffer; failures are counted per CPU. */
+/* The only writer to the ring buffer; failures are counted per CPU, in all and per record
+ * type (the opcode in rec's header). */
 static __always_inline void emit_flags(void *rec, __u64 size, __u64 flags)
 {
-	if (bpf_ringbuf_output(&mr_events, rec, size, flags))
+	__u16 op;
+
+	if (bpf_ringbuf_output(&mr_events, rec, size, flags)) {
 		stat_inc(MR_STAT_RB_DROP);
-	else
+		op = ((struct mr_hdr *)rec)->op;
+		if (op < MR_STAT_MAX - MR_STAT_DROP_BASE)
+			stat_inc(MR_STAT_DROP_BASE + op);
+	} else {
 		stat_inc(MR_STAT_EVENTS);
+	}
 }
 
 /* Wake-up flags for a record nobody waits for. With cfg_wakeup_bytes set, it wakes the

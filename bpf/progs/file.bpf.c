@@ -7,6 +7,15 @@
  * resolved from the new fd's dentry (symlinks and `..` resolved, as the task sees it) and,
  * for relative opens, looked up then; a failed open of a watched absolute path is reported
  * with the path as written and the errno. /proc/<pid>/mem is matched by its own rule.
+ *
+ * Relative opens cost what absolute ones cost when they cannot hit a watched path: the
+ * verdict "no file directly in this directory is watched" is cached per (mount, parent
+ * dentry) of the file actually opened (mr_dircache), so chdir, fchdir, a dirfd, symlinks
+ * and ".." change nothing: the key is where the file is, not how it was named. An entry
+ * counts only at the generation it was made in: renames, rmdir, mounts, pivot_root,
+ * unshare and setns (by syscall or io_uring) bump mr_pathgen when they start and end, and
+ * no entry counts while one is in flight. Only local filesystems are cached (others can
+ * rename behind our back); a miss walks and looks up as before.
  * Not seen: opens through io_uring (no syscall) and absolute paths whose watched target
  * is reached only through a symlink outside the watched set.
  */
@@ -38,6 +47,187 @@ static __always_inline int is_proc_mem(const char *p, __u32 len)
 	       p[5] == '/' && p[(len - 4) & (MR_WATCH_LEN - 1)] == '/' &&
 	       p[(len - 3) & (MR_WATCH_LEN - 1)] == 'm' && p[(len - 2) & (MR_WATCH_LEN - 1)] == 'e' &&
 	       p[(len - 1) & (MR_WATCH_LEN - 1)] == 'm';
+}
+
+/* Filesystems whose directories only move by syscalls we see: ext4, xfs, btrfs, tmpfs,
+ * overlayfs. A remote or kernel-managed one (nfs, proc, sysfs, cgroupfs) is walked. */
+static __always_inline int dircache_fs(struct dentry *d)
+{
+	unsigned long m = BPF_CORE_READ(d, d_sb, s_magic);
+
+	return m == 0xEF53 || m == 0x58465342 || m == 0x9123683E || m == 0x01021994 ||
+	       m == 0x794c7630;
+}
+
+/* The generation now (the kernel's path changes plus the agent's watch-set changes), or ~0
+ * while a path-changing call is in flight (nothing counts then). */
+static __always_inline __u64 pathgen_now(void)
+{
+	__u32 zero = 0, one = 1;
+	struct mr_pathgen *g = bpf_map_lookup_elem(&mr_pathgen, &zero);
+	struct mr_pathgen *w = bpf_map_lookup_elem(&mr_pathgen, &one);
+	__u64 gen;
+
+	if (!g || !w)
+		return ~0ULL;
+	gen = *(volatile __u64 *)&g->gen + (*(volatile __u64 *)&w->gen << 40);
+	if (*(volatile __s64 *)&g->inflight != 0)
+		return ~0ULL;
+	return gen;
+}
+
+static __always_inline void dirent_fill(struct mr_dirent *e, struct dentry *p,
+					struct vfsmount *vfsmnt)
+{
+	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
+
+	e->hash_len = BPF_CORE_READ(p, d_name.hash_len);
+	e->parent = (__u64)BPF_CORE_READ(p, d_parent);
+	e->ino = BPF_CORE_READ(p, d_inode, i_ino);
+	e->dev = BPF_CORE_READ(p, d_sb, s_dev);
+	if (bpf_core_field_exists(mnt->mnt_id_unique))
+		e->mnt_uid = BPF_CORE_READ(mnt, mnt_id_unique);
+	else
+		e->mnt_uid = BPF_CORE_READ(mnt, mnt_id);
+	e->mnt_ns = (__u64)BPF_CORE_READ(mnt, mnt_ns);
+	e->pad = 0;
+}
+
+/* Where the parent directory of a just opened file can be cached: (mount, parent), or 0
+ * when its path is not "parent's path + name" (a mount root, a pseudo file). */
+static __always_inline int dircache_key(struct file *f, struct mr_dirkey *key,
+					struct dentry **parent)
+{
+	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
+	struct vfsmount *m = BPF_CORE_READ(f, f_path.mnt);
+	struct dentry *p = BPF_CORE_READ(d, d_parent);
+
+	if (p == d || d == BPF_CORE_READ(m, mnt_root) || !dircache_fs(p))
+		return 0;
+	key->mnt = (__u64)m;
+	key->dentry = (__u64)p;
+	*parent = p;
+	return 1;
+}
+
+/* A hit: the directory was cached as unwatched at the current generation, and is still
+ * the same directory. */
+static __always_inline int dircache_hit(struct mr_dirkey *key, struct dentry *p)
+{
+	struct mr_dirent *v = bpf_map_lookup_elem(&mr_dircache, key);
+	struct mr_dirent now = {};
+	__u64 gen;
+
+	if (!v)
+		return 0;
+	gen = pathgen_now();
+	if (gen == ~0ULL || v->gen != gen)
+		return 0;
+	dirent_fill(&now, p, (struct vfsmount *)key->mnt);
+	return now.hash_len == v->hash_len && now.parent == v->parent && now.ino == v->ino &&
+	       now.dev == v->dev && now.mnt_uid == v->mnt_uid && now.mnt_ns == v->mnt_ns;
+}
+
+/* After a walk that began at generation gen: k->path holds the resolved path, dlen bytes
+ * of it the directory with its trailing '/'. Unwatched when neither it (or a prefix of
+ * it) is watched nor any watched entry lies below it. */
+static __always_inline void dircache_put(struct mr_dirkey *key, struct dentry *p, __u64 gen,
+					 struct mr_watch_key *k, __u32 dlen)
+{
+	struct mr_dirent e = {};
+	__u32 *anc;
+
+	if (gen == ~0ULL || dlen == 0 || dlen >= MR_WATCH_LEN - 1)
+		return;
+	k->prefixlen = dlen * 8;
+	if (watch_lookup(k, dlen))
+		return;
+	anc = bpf_map_lookup_elem(&mr_watch_anc, k);
+	if (anc && *anc == dlen)
+		return;
+	dirent_fill(&e, p, (struct vfsmount *)key->mnt);
+	e.gen = gen;
+	bpf_map_update_elem(&mr_dircache, key, &e, BPF_ANY);
+}
+
+/* The cache's steps run as bpf_loop callbacks: the verifier checks each once, and the
+ * open's exit (already large: the walk, the record, the release_agent detection) is not
+ * verified again for every outcome of the cache. What a step leaves for the next is kept
+ * in per-CPU state (mr_dcop, whose contents the verifier does not track) tagged with its
+ * task and file: where syscall tracepoints are preemptible, another task's open can run
+ * between two steps on the same CPU, and a step that finds another task's tag does
+ * nothing. The hit itself is bpf_loop's return value (1: hit), never read back from the
+ * shared state. */
+#define MR_DC_NONE 0 /* not cacheable */
+#define MR_DC_MISS 1 /* cacheable, not cached: put after the walk */
+
+struct mr_dc_arg {
+	__u64 f;
+	__u32 dlen;
+	__u32 pad;
+};
+
+static __always_inline struct mr_dircache_op *dcop(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&mr_dcop, &zero);
+}
+
+/* i == 0: decide; stop (bpf_loop returns 1) on a hit, else go on to i == 1 (returns 2). */
+static long dircache_check_cb(__u32 i, void *ctx)
+{
+	struct mr_dc_arg *arg = ctx;
+	struct mr_dircache_op *op;
+	struct dentry *parent = NULL;
+	struct mr_dirkey key = {};
+	__u64 gen;
+
+	if (i)
+		return 1;
+	op = dcop();
+	if (!op)
+		return 0;
+	op->owner = bpf_get_current_pid_tgid();
+	asm volatile("" ::: "memory");
+	op->state = MR_DC_NONE;
+	if (!dircache_key((struct file *)arg->f, &key, &parent))
+		return 0;
+	if (dircache_hit(&key, parent)) {
+		stat_inc(MR_STAT_DIRCACHE_HIT);
+		return 1;
+	}
+	stat_inc(MR_STAT_DIRCACHE_MISS);
+	gen = pathgen_now(); /* before the walk: a rename during it makes it stale */
+	op->f = arg->f;
+	op->key = key;
+	op->parent = (__u64)parent;
+	op->gen = gen;
+	asm volatile("" ::: "memory");
+	op->state = MR_DC_MISS;
+	return 0;
+}
+
+static long dircache_put_cb(__u32 i, void *ctx)
+{
+	struct mr_dc_arg *arg = ctx;
+	struct mr_dircache_op *op = dcop(), c;
+	struct mr_watch_key *k;
+	__u64 me = bpf_get_current_pid_tgid();
+	__u32 zero = 0;
+
+	if (!op)
+		return 1;
+	__builtin_memcpy(&c, op, sizeof(c));
+	asm volatile("" ::: "memory");
+	/* copied, then checked again: another task's step in between changed the owner */
+	if (*(volatile __u64 *)&op->owner != me || c.owner != me || c.f != arg->f ||
+	    c.state != MR_DC_MISS)
+		return 1;
+	k = bpf_map_lookup_elem(&mr_wkey, &zero);
+	if (k)
+		dircache_put(&c.key, (struct dentry *)c.parent, c.gen, k, arg->dlen);
+	return 1;
 }
 
 /* nr: NR_OPEN / NR_OPENAT when a write to release_agent is a detection record (sysobs.h),
@@ -98,6 +288,7 @@ static __always_inline int on_exit(long ret)
 	struct mr_watch_key *k;
 	struct task_struct *task;
 	struct file *f;
+	struct mr_dc_arg dca = {};
 	char *pbuf;
 	long r;
 
@@ -121,6 +312,9 @@ static __always_inline int on_exit(long ret)
 		f = task_fd_file(task, ret);
 		if (!f)
 			goto out;
+		dca.f = (__u64)f;
+		if (!(in->matched & MR_OI_MATCHED) && bpf_loop(2, dircache_check_cb, &dca, 0) == 1)
+			goto out; /* relative, in a directory with nothing watched */
 		off = path_resolve_root(__builtin_preserve_access_index(&f->f_path), pbuf, &trunc,
 					&priv);
 		if (priv)
@@ -132,12 +326,21 @@ static __always_inline int on_exit(long ret)
 		if (!(in->matched & MR_OI_MATCHED)) {
 			/* relative open: decide on the resolved path */
 			len = (MR_HALF - 1 - off) & MR_HALF_MASK;
-			if (len >= MR_WATCH_LEN)
+			if (len >= MR_WATCH_LEN - 1) {
 				len = MR_WATCH_LEN - 1;
+				dca.f = 0; /* the directory may not fit the key: no put */
+			}
 			bpf_probe_read_kernel(k->path, len & (MR_WATCH_LEN - 1),
 					      &pbuf[off & MR_HALF_MASK]);
-			if (!watch_lookup(k, len) && !file_is_proc_mem(f))
-				goto out;
+			if (!watch_lookup(k, len)) {
+				if (dca.f && !trunc) {
+					dca.dlen = len - (BPF_CORE_READ(f, f_path.dentry,
+									d_name.len) & MR_NAME_MAX);
+					bpf_loop(1, dircache_put_cb, &dca, 0);
+				}
+				if (!file_is_proc_mem(f))
+					goto out;
+			}
 		}
 		len = path_copy(ev->data, pbuf, off);
 	} else {

@@ -29,3 +29,13 @@ def test_ssh_dirs_from_passwd(tmp_path: Path) -> None:
     pw.write_text("root:x:0:0::/root:/bin/sh\nbin:x:2:2::/:/usr/sbin/nologin\n"
                   "ann:x:1000:1000::/home/ann/:/bin/sh\nbroken\n")
     assert watch.ssh_dirs(str(pw)) == ["/home/ann/.ssh/", "/root/.ssh/"]
+
+
+def test_ancestors_are_the_proper_directory_prefixes_of_every_row() -> None:
+    rows = watch.build(["/etc/", "/run/docker.sock", "/var/lib/kubelet/pods/"],
+                       ["/etc/ld.so.conf.d/"])
+    anc = watch.ancestors(rows)
+    want = ["/", "/etc/", "/run/", "/var/", "/var/lib/", "/var/lib/kubelet/"]
+    assert {k: v for k, v in anc.items()} == {watch.key(p): len(p) for p in want}
+    # a watched directory is not its own ancestor (it is watched: never cached)
+    assert watch.key("/var/lib/kubelet/pods/") not in anc
