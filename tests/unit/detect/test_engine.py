@@ -151,7 +151,7 @@ def piped(args: list[str], binary: str = "/usr/bin/dash", comm: str = "sh",
           **kw: Any) -> dict[str, Any]:
     e = ev("syscall", pid=14, comm=comm, binary=binary, parent=parent, container=container,
            syscall={"name": "execve", "result": 0, "stdin_pipe": True, "argc": len(args),
-                    "upper_layer": False, "tmpfs": False, **kw})
+                    "path": binary, "upper_layer": False, "tmpfs": False, **kw})
     e["process"]["args"] = args
     return e
 
