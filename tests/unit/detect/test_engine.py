@@ -164,6 +164,7 @@ def test_interpreter_fed_by_a_pipe(det: Detector) -> None:
     assert rules_of(det.process(piped(["bash", "-s"], "/usr/bin/bash", "bash"))) == rule
     assert rules_of(det.process(piped(["python3", "-"], "/usr/bin/python3.12"))) == rule
     assert rules_of(det.process(piped(["sh"], "/bin/busybox", "exe"))) == rule
+    assert rules_of(det.process(piped(["sh", "/dev/stdin"]))) == rule
     # a program on the command line, or a script: the pipe is its data
     assert det.process(piped(["sh", "-c", "cat"])) == []
     assert det.process(piped(["python3", "app.py"], "/usr/bin/python3")) == []
