@@ -204,6 +204,7 @@ SO_UPPER = 1 << 3
 SO_PATH_FD = 1 << 4
 SO_PATH_TRUNC = 1 << 5
 SO_TMPFS = 1 << 6
+SO_STDIN_PIPE = 1 << 7  # exec: fd 0 a pipe/FIFO, binary an interpreter; arg0 = argc
 
 SYSOBS = Layout("mr_sysobs", (
     ("hdr", HDR), ("proc", PROC), ("ret", "q"), ("arg0", "Q"), ("arg1", "Q"), ("arg2", "Q"),

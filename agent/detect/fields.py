@@ -262,6 +262,9 @@ def _build() -> dict[str, Field]:  # noqa: PLR0915 - the field table, one line p
             ("stdio_socket", LIST, "exec/dup2: which of fds 0-2 are inet sockets"),
             ("upper_layer", BOOL, "execve: binary on an overlayfs upper layer (drift)"),
             ("tmpfs", BOOL, "execve: binary on tmpfs / ramfs / memfd"),
+            ("stdin_pipe", BOOL, "execve: fd 0 is a pipe or FIFO (reported for shells and "
+             "script interpreters only)"),
+            ("argc", INT, "execve: the argument count (argv[0] included)"),
             ("memfd_name", STR, "memfd_create: the name")):
         add(f"syscall.{key}", kind, _sub("syscall", key), sc, doc)
     add("syscall.failed", BOOL, _sys_failed, sc, "the syscall failed (EPERM, ...)")

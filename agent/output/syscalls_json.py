@@ -83,4 +83,6 @@ def syscall_json(e: SyscallEvent) -> dict[str, Any]:
     if name == "execve":
         out["upper_layer"] = bool(e.flags & abi.SO_UPPER)
         out["tmpfs"] = bool(e.flags & abi.SO_TMPFS)
+        out["stdin_pipe"] = bool(e.flags & abi.SO_STDIN_PIPE)
+        out["argc"] = a0 & 0xFFFFFFFF
     return out

@@ -197,6 +197,8 @@ struct mr_enforce {
 #define MR_SO_PATH_FD     (1 << 4) /* path resolved from a file descriptor */
 #define MR_SO_PATH_TRUNC  (1 << 5)
 #define MR_SO_TMPFS       (1 << 6) /* exec: the binary is on tmpfs / ramfs (incl. memfd) */
+#define MR_SO_STDIN_PIPE  (1 << 7) /* exec: fd 0 is a pipe / FIFO and the binary's
+				    * file name a shell's or an interpreter's (arg0 = argc) */
 
 struct mr_sysobs {
 	struct mr_hdr hdr;

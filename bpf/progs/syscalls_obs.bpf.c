@@ -13,10 +13,15 @@
  * inet socket; connect only to a unix socket whose path is watched (runtime sockets);
  * open/openat only for writing a file named release_agent (checked by progs/file.bpf.c,
  * which reads that path anyway). At exec (sched_process_exec): a record only when fd 0, 1
- * or 2 is an inet socket or the binary is on an overlayfs upper layer / tmpfs (not in the
- * image). Observation only: nothing is denied here.
+ * or 2 is an inet socket, the binary is on an overlayfs upper layer / tmpfs (not in the
+ * image), or fd 0 is a pipe and the binary is a shell or a script interpreter (by file name)
+ * (`curl | sh`); arg0 is then bprm->argc. Observation only: nothing is denied here.
  */
 #include "../lib/sysobs.h"
+
+#ifndef S_IFIFO
+#define S_IFIFO 0010000
+#endif
 
 static __always_inline int is_cap_xattr(__u64 uname)
 {
@@ -129,6 +134,37 @@ EXIT(connect)
 
 /* ---- exec: stdio sockets (reverse shells) and binaries not in the image --------------- */
 
+/* The first 8 bytes of a file name, little-endian, compared under a mask of n bytes: an
+ * exact name includes its NUL ("sh\0" is 3 bytes), a prefix does not ("python" matches
+ * python3, python3.12). */
+#define NAME8(a, b, c, d, e, f, g)                                                    \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 |           \
+	 (__u64)(e) << 32 | (__u64)(f) << 40 | (__u64)(g) << 48)
+#define IS(w, n, a, b, c, d, e, f, g)                                                 \
+	(((w) & ((1ull << ((n) * 8)) - 1)) == NAME8(a, b, c, d, e, f, g))
+
+/* The binary (its file name, not the task name: busybox's shell re-executes itself as
+ * /proc/self/exe, task name "exe") is a shell or script interpreter that reads a program
+ * from stdin when given none: the rule (agent/detect/ruleset/default.yaml, "Interpreter
+ * fed by a pipe") tells a script argument or -c from none; this only keeps `a | grep` and
+ * the like out of the ring. */
+static __always_inline int stdin_interp(struct file *bin)
+{
+	const unsigned char *name = BPF_CORE_READ(bin, f_path.dentry, d_name.name);
+	__u64 w = 0;
+
+	bpf_probe_read_kernel(&w, sizeof(w), name);
+	return IS(w, 3, 's', 'h', 0, 0, 0, 0, 0) || IS(w, 4, 'a', 's', 'h', 0, 0, 0, 0) ||
+	       IS(w, 5, 'b', 'a', 's', 'h', 0, 0, 0) || IS(w, 5, 'd', 'a', 's', 'h', 0, 0, 0) ||
+	       IS(w, 4, 'z', 's', 'h', 0, 0, 0, 0) || IS(w, 4, 'k', 's', 'h', 0, 0, 0, 0) ||
+	       IS(w, 5, 'm', 'k', 's', 'h', 0, 0, 0) || IS(w, 4, 'c', 's', 'h', 0, 0, 0, 0) ||
+	       IS(w, 5, 't', 'c', 's', 'h', 0, 0, 0) || IS(w, 5, 'f', 'i', 's', 'h', 0, 0, 0) ||
+	       IS(w, 7, 'b', 'u', 's', 'y', 'b', 'o', 'x') ||
+	       IS(w, 6, 'p', 'y', 't', 'h', 'o', 'n', 0) || IS(w, 4, 'p', 'e', 'r', 'l', 0, 0, 0) ||
+	       IS(w, 4, 'r', 'u', 'b', 'y', 0, 0, 0) || IS(w, 4, 'n', 'o', 'd', 'e', 0, 0, 0) ||
+	       IS(w, 3, 'p', 'h', 'p', 0, 0, 0, 0);
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(mr_so_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -148,8 +184,12 @@ int BPF_PROG(mr_so_exec, struct task_struct *task, pid_t old_pid, struct linux_b
 	if (!ev || !pbuf)
 		return 0;
 	obs_init(ev, NR_EXECVE, 0);
-	if (inet_peer(task_fd_file(task, 0), ev))
+	file = task_fd_file(task, 0);
+	if (inet_peer(file, ev))
 		flags |= MR_SO_STDIN_SOCK;
+	else if (file && (BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) == S_IFIFO &&
+		 stdin_interp(BPF_CORE_READ(bprm, file)))
+		flags |= MR_SO_STDIN_PIPE;
 	if (inet_peer(task_fd_file(task, 1), ev))
 		flags |= MR_SO_STDOUT_SOCK;
 	if (inet_peer(task_fd_file(task, 2), ev))
@@ -167,6 +207,7 @@ int BPF_PROG(mr_so_exec, struct task_struct *task, pid_t old_pid, struct linux_b
 	}
 	if (!flags)
 		return 0;
+	ev->arg0 = BPF_CORE_READ(bprm, argc);
 	ev->path_len = put_file(ev, &pos, pbuf, file);
 	ev->flags |= flags;
 	obs_emit(ev, task, pos);

@@ -93,6 +93,8 @@ touch -d '2020-01-01 00:00:00' /bin/evil
 $A rename kworker/0:7
 $A argv0 '[kworker/1:0]' /bin/busybox true
 cp /bin/busybox /work/sshd; /work/sshd true
+echo 'echo piped-payload' | sh                    # curl ... | sh
+echo 'echo piped-payload' | sh -s                 # wget -O- ... | bash -s
 $A attacks-done   # busybox runs touch/echo/rm in-process: an exec marks the end
 exec sleep 600
 """
@@ -278,6 +280,11 @@ EXPECTED: list[tuple[str, Callable[[Event], bool]]] = [
      lambda a: (a["event"]["process"]["args"] or [""])[0] == "[kworker/1:0]"),
     ("System program name run from an unusual path",
      lambda a: a["event"]["process"]["binary"] == "/work/sshd"),
+    # `curl | sh`: a shell reading its program from a pipe
+    ("Interpreter fed by a pipe", lambda a: syscall_is("execve", stdin_pipe=True, argc=1)(a)
+     and a["event"]["process"]["args"] == ["sh"]),
+    ("Interpreter fed by a pipe", lambda a: syscall_is("execve", stdin_pipe=True)(a)
+     and a["event"]["process"]["args"] == ["sh", "-s"]),
     # a socket dup2'ed onto stdio, then a shell (the C/Python/perl one-liners)
     ("Reverse shell", lambda a: (a["event"].get("syscall") or {}).get("name") == "execve"
      and (a["event"]["syscall"].get("peer") or {}).get("dport") == 4444),

@@ -1,11 +1,12 @@
 """The default rules stay quiet on an ordinary workload in a REAL runc container (root).
 
 The container's entrypoint runs shell scripts (loops, subshells, nested `sh -c`,
-redirections, one from /dev/shm), reads /etc/passwd, its own /proc/1/environ and
-/proc/net/dev, appends to its shell history, touches files (with and without -r), makes
-symbolic links, writes under /tmp and its workdir, and serves its
-workdir with Python's http.server, answering requests from busybox wget and from Python
-(the host's /usr is bind-mounted read-only for the interpreter). Its network namespace has
+redirections, one from /dev/shm; pipelines into `sh -c`, a script and `python3 -c`),
+reads /etc/passwd, its own /proc/1/environ and /proc/net/dev, appends to its shell
+history, touches files (with and without -r), makes symbolic links, writes under /tmp and
+its workdir, and serves its workdir with Python's http.server, answering requests from
+busybox wget and from Python (the host's /usr is bind-mounted read-only for the
+interpreter). Its network namespace has
 only loopback. No alert may name this container; runc's own set-up (mounts, unshare in
 the container's cgroup before the entrypoint runs) must not alert either.
 
@@ -67,6 +68,9 @@ touch /root/.stamp /work/file                     # "now": no explicit times
 touch -r /etc/passwd /work/file; cp -p /etc/passwd /tmp/passwd.p
 ln -s /work/file /tmp/file-link; ln -s /etc/passwd /tmp/passwd-link
 ps > /tmp/ps.txt
+echo x | sh -c 'cat' > /dev/null                  # a pipeline into sh -c: a program given
+echo data | sh /work/job.sh                       # a script with data on its stdin
+echo data | python3 -c "import sys; sys.stdin.read()"
 python3 -m http.server 8080 --bind 127.0.0.1 --directory /work > /tmp/http.log 2>&1 &
 i=0
 until wget -q -O /tmp/page http://127.0.0.1:8080/file; do

@@ -145,6 +145,36 @@ def test_syscall_rules(det: Detector) -> None:
         "Reverse shell"}
 
 
+
+def piped(args: list[str], binary: str = "/usr/bin/dash", comm: str = "sh",
+          parent: str = "11:1", container: dict[str, Any] | None = CTR,
+          **kw: Any) -> dict[str, Any]:
+    e = ev("syscall", pid=14, comm=comm, binary=binary, parent=parent, container=container,
+           syscall={"name": "execve", "result": 0, "stdin_pipe": True, "argc": len(args),
+                    "path": binary, "upper_layer": False, "tmpfs": False, **kw})
+    e["process"]["args"] = args
+    return e
+
+
+def test_interpreter_fed_by_a_pipe(det: Detector) -> None:
+    """`curl | sh`, `bash -s`, `python3 -`: a piped stdin and no program argument; the
+    binary's name counts (busybox's shell re-executes itself as /proc/self/exe)."""
+    rule = {"Interpreter fed by a pipe"}
+    assert rules_of(det.process(piped(["sh"]))) == rule
+    assert rules_of(det.process(piped(["bash", "-s"], "/usr/bin/bash", "bash"))) == rule
+    assert rules_of(det.process(piped(["python3", "-"], "/usr/bin/python3.12"))) == rule
+    assert rules_of(det.process(piped(["sh"], "/bin/busybox", "exe"))) == rule
+    assert rules_of(det.process(piped(["sh", "/dev/stdin"]))) == rule
+    # a program on the command line, or a script: the pipe is its data
+    assert det.process(piped(["sh", "-c", "cat"])) == []
+    assert det.process(piped(["python3", "app.py"], "/usr/bin/python3")) == []
+    assert det.process(piped(["sh"], stdin_pipe=False)) == []
+    assert det.process(piped(["true"], "/bin/busybox", "busybox")) == []  # not a shell
+    # the entrypoint started with a piped stdin (docker run -i), runc exec (docker exec -i)
+    assert det.process(piped(["sh"], parent="9:1")) == []
+    assert det.process(piped(["sh"], container=None)) == []
+
+
 def test_network_scan_window_and_throttle() -> None:
     now = [0.0]
     d = Detector(load([]), tree(), proc="/nonexistent",

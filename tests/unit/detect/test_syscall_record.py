@@ -54,6 +54,14 @@ def test_exec_with_socket_stdio_and_upper_layer() -> None:
     assert j["path"] == "/tmp/x" and j["path_from_fd"]
 
 
+
+def test_exec_with_piped_stdin_carries_argc() -> None:
+    e = decode(record(59, 0, (1, 0, 0, 0), abi.SO_STDIN_PIPE, strings=(b"/bin/busybox", b"", b"")))
+    j = syscall_json(e)  # type: ignore[arg-type]
+    assert j["stdin_pipe"] is True and j["argc"] == 1 and "stdio_socket" not in j
+    j = syscall_json(decode(record(59, 0, (3, 0, 0, 0), abi.SO_UPPER)))  # type: ignore[arg-type]
+    assert j["stdin_pipe"] is False and j["argc"] == 3
+
 @pytest.mark.parametrize(("nr", "args", "key", "value"), [
     (272, (0x20000 | 0x40000000, 0, 0, 0), "namespaces", ["mnt", "net"]),
     (90, (0, 0o104755, 0, 0), "mode", "4755"),
