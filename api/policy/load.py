@@ -669,16 +669,21 @@ def load_text(text: str, file: str = "<text>") -> list[Policy]:
     return out
 
 
-def load_file(path: str | os.PathLike[str]) -> list[Policy]:
+def read_policy_text(path: str | os.PathLike[str]) -> str:
+    """A policy file's text, or ``PolicyError`` naming the file (too large, unreadable,
+    not UTF-8)."""
     p = Path(path)
     try:
         if p.stat().st_size > MAX_POLICY_BYTES:
             raise PolicyError([Problem(str(p), 1, "<file>",
                                        f"larger than {MAX_POLICY_BYTES} bytes")])
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise PolicyError([Problem(str(p), 0, "<file>", f"cannot read: {err}")]) from err
-    return load_text(text, str(p))
+
+
+def load_file(path: str | os.PathLike[str]) -> list[Policy]:
+    return load_text(read_policy_text(path), str(Path(path)))
 
 
 def policy_files(directory: str | os.PathLike[str]) -> Iterator[Path]:

@@ -30,13 +30,13 @@ import yaml
 
 from moray.api.policy.load import (
     _NAME,
-    MAX_POLICY_BYTES,
     PolicyError,
     _Builder,
     _canonical,
     _Doc,
     compose_all,
     parse_net,
+    read_policy_text,
 )
 from moray.api.policy.model import API_VERSION, Access, Mode, PathPattern
 from moray.errors import Problem
@@ -262,15 +262,7 @@ def compile_text(text: str, file: str = "<text>") -> dict[str, Any]:
 
 
 def compile_file(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        if p.stat().st_size > MAX_POLICY_BYTES:
-            raise PolicyError([Problem(str(p), 1, "<file>",
-                                       f"larger than {MAX_POLICY_BYTES} bytes")])
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PolicyError([Problem(str(p), 0, "<file>", f"cannot read: {err}")]) from err
-    return compile_text(text, str(p))
+    return compile_text(read_policy_text(path), str(Path(path)))
 
 
 __all__ = ["DEFAULT_WRITABLE", "KIND", "compile_file", "compile_text"]
