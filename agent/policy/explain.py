@@ -19,7 +19,13 @@ from typing import Any
 
 from moray.agent.bpf import abi
 from moray.agent.events.types import EnforceEvent
-from moray.api.policy.model import CLONE_FLAGS, NAMESPACES, Access, AgentDown, Policy
+from moray.api.policy.model import (
+    CLONE_FLAGS,
+    NAMESPACES,
+    AgentDown,
+    FileRule,
+    Policy,
+)
 from moray.api.policy.syscalls import X86_64
 
 _SYSCALL_NAMES = {v: k for k, v in X86_64.items()}
@@ -238,11 +244,8 @@ def rule_of(p: Policy, ev: EnforceEvent, covered: str | None = None) -> str | No
         names = [n for n in (ev.path if ev.kind == abi.EKind.FILE else None, covered) if n]
         names += [n.rstrip("/") + "/" for n in names]  # a covered directory itself
         for label, rules in (("files.deny", p.files.deny), ("files.monitor", p.files.monitor)):
-            hits = [r for r in rules if any(r.pattern.matches(n) for n in names) and (
-                r.access is Access.ANY or (r.access is Access.READ and acc & 1)
-                or (r.access is Access.WRITE and acc & 2))]
-            if hits:
-                r = max(hits, key=lambda x: len(x.pattern.path))
+            r = FileRule.strongest(rules, names, acc)
+            if r is not None:
                 return f"{label}: {r.pattern.text} ({r.access})"
         return None
     if ev.kind == abi.EKind.NET:

@@ -7,6 +7,7 @@ validation; compile.py turns a set of them into map rows. Nothing here touches t
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -91,6 +92,19 @@ class ExecRules:
 class FileRule:
     pattern: PathPattern
     access: Access
+
+    def covers(self, names: Sequence[str], acc: int) -> bool:
+        """Any of *names* under the pattern, for an access *acc* (bit 1 read, bit 2 write)."""
+        return any(self.pattern.matches(n) for n in names) and (
+            self.access is Access.ANY or (self.access is Access.READ and bool(acc & 1))
+            or (self.access is Access.WRITE and bool(acc & 2)))
+
+    @staticmethod
+    def strongest(rules: Sequence[FileRule], names: Sequence[str],
+                  acc: int) -> FileRule | None:
+        """Of *rules* covering *names* for *acc*, the most specific (longest path)."""
+        hits = [r for r in rules if r.covers(names, acc)]
+        return max(hits, key=lambda r: len(r.pattern.path)) if hits else None
 
 
 @dataclass(frozen=True, slots=True)

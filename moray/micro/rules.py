@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from moray.api.policy.model import CLONE_FLAGS, NAMESPACES, Access, Mode, Policy
+from moray.api.policy.model import CLONE_FLAGS, NAMESPACES, FileRule, Mode, Policy
 from moray.api.policy.syscalls import X86_64
 
 
@@ -331,11 +331,8 @@ def decide_open(policies: Sequence[Policy], names: Sequence[str], acc: int) -> V
     cands += [n.rstrip("/") + "/" for n in cands]  # a covered directory itself
     for p in policies:
         for label, rules in (("files.deny", p.files.deny), ("files.monitor", p.files.monitor)):
-            hits = [r for r in rules if any(r.pattern.matches(n) for n in cands) and (
-                r.access is Access.ANY or (r.access is Access.READ and acc & 1)
-                or (r.access is Access.WRITE and acc & 2))]
-            if hits:
-                r = max(hits, key=lambda x: len(x.pattern.path))
+            r = FileRule.strongest(rules, cands, acc)
+            if r is not None:
                 mode = p.mode.value if label == "files.deny" else Mode.MONITOR.value
                 matches.append(Match(p.name, mode, f"{label}: {r.pattern.text} ({r.access})"))
                 break
