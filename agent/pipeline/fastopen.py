@@ -1,0 +1,99 @@
+"""The hot path for open records: record bytes -> the event's JSON line, in one call.
+
+`open_line(rec, offset_ns, mid)` returns, byte for byte, the line the Python pipeline
+writes for an open record (agent/events/decode.py `decode_open` -> agent/output/schema.py
+`Formatter.event` -> orjson), given
+
+- `offset_ns`: the formatter clock's boot -> wall offset (`Clock._offset`);
+- `mid`: the event's middle, `","node":...,"process":{...},"parent":...,"container":...,
+  "file":` (`mid_of`), which depends only on the record's mr_proc bytes and the process
+  tree's and container resolver's state, so a caller caches it per process view.
+
+It is the C extension `moray.agent._fast` (agent/events/_fast.c) when it was built, else
+`open_line_py` below, the same bytes in Python (`FAST` says which). Both raise ValueError
+for a record too short for mr_open or whose path runs past its end (the pipeline counts
+those in `decode_errors`, as decode.py's DecodeError). tests/unit/agent/test_fast_open.py
+compares both with the formatter's own output over recorded, hostile and random records.
+
+The flags and error names come from Python in both paths (schema.py `flag_names`,
+`access_of`, errno), so the two cannot disagree on a name.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from moray.agent.events.decode import decode_open
+from moray.agent.output.schema import access_of, flag_names
+
+
+def flags_json(flags: int) -> bytes:
+    """`"flags":[...],"access":"..."` of an open's flags, as orjson writes them."""
+    return orjson.dumps({"flags": flag_names(flags), "access": access_of(flags)})[1:-1]
+
+
+def error_json(ret: int) -> bytes:
+    """`"result":R,"error":"E","fd":null` of a failed open (ret < 0)."""
+    return orjson.dumps({"result": ret, "error": errno.errorcode.get(-ret, str(-ret)),
+                         "fd": None})[1:-1]
+
+
+def mid_of(out: dict[str, Any]) -> bytes:
+    """The part of an event's line between its time and its `file` object."""
+    inner = orjson.dumps({"node": out["node"], "process": out["process"],
+                          "parent": out["parent"], "container": out["container"]})
+    return b'",' + inner[1:-1] + b',"file":'
+
+
+_FLAGS: dict[int, bytes] = {}
+_ERRORS: dict[int, bytes] = {}
+_iso_cache: list[Any] = [-1, ""]  # the last second and its formatted prefix
+
+
+def _cached(table: dict[int, bytes], fn: Callable[[int], bytes], key: int) -> bytes:
+    got = table.get(key)
+    if got is None:
+        if len(table) >= 1024:
+            table.clear()
+        got = table[key] = fn(key)
+    return got
+
+
+def open_line_py(rec: bytes, offset_ns: int, mid: bytes) -> bytes:
+    """The pure-Python `open_line` (the fallback when the extension is not built)."""
+    ev = decode_open(rec)
+    s, frac = divmod(ev.ts + offset_ns, 1_000_000_000)
+    if s != _iso_cache[0]:
+        _iso_cache[0] = s
+        _iso_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(s))
+    ret = ev.ret
+    result = (_cached(_ERRORS, error_json, ret) if ret < 0
+              else b'"result":0,"error":null,"fd":' + str(ret).encode())
+    root = (b"null" if ev.path_as_written else
+            b'"private"' if ev.private_root else b'"host"')
+    return b"".join((
+        b'{"type":"open","time":"', f"{_iso_cache[1]}{frac:09d}Z".encode(), mid,
+        b'{"path":', orjson.dumps(ev.path), b",", _cached(_FLAGS, flags_json, ev.flags),
+        b",", result,
+        b',"path_as_written":', b"true" if ev.path_as_written else b"false",
+        b',"truncated":', b"true" if ev.truncated else b"false",
+        b',"root":', root, b"}}\n"))
+
+
+open_line: Callable[[bytes, int, bytes], bytes]
+try:
+    from moray.agent import _fast
+except ImportError:  # built without a compiler (setup.py: the extension is optional)
+    FAST = False
+    open_line = open_line_py
+else:
+    FAST = True
+    _fast.set_tables(flags_json, error_json)
+    open_line = _fast.open_line
+
+__all__ = ["FAST", "error_json", "flags_json", "mid_of", "open_line", "open_line_py"]

@@ -1,0 +1,156 @@
+"""The open hot path (agent/pipeline/fastopen.py, agent/events/_fast.c) against the
+Python pipeline: the same bytes for recorded records, generated hostile paths (invalid
+UTF-8, control characters, quotes, backslashes, 4 KiB), every flag and result, and random
+or truncated records (no crash; the same records refused, as ValueError)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from moray.agent.bpf import abi
+from moray.agent.enrich.proctree import ProcessTree
+from moray.agent.events.decode import decode_open
+from moray.agent.output.metrics import Stats
+from moray.agent.output.schema import Formatter
+from moray.agent.pipeline import Pipeline, fastopen
+from moray.agent.pipeline.fastopen import mid_of, open_line_py
+
+REC = Path(__file__).resolve().parents[1] / "fixtures" / "records"
+SIZE = abi.OPEN.compile().size
+_AT = struct.calcsize(abi.OPEN.compile().format[:-3])  # path_len ("H4x" last)
+_FLAGS_AT = _AT - 10                                    # flags, ret, pflags, path_len
+
+try:
+    from moray.agent import _fast
+    C: Callable[[bytes, int, bytes], bytes] | None = _fast.open_line
+except ImportError:
+    C = None
+
+IMPLS = [pytest.param(open_line_py, id="python"),
+         pytest.param(C, id="c", marks=pytest.mark.skipif(
+             C is None, reason="moray.agent._fast not built (setup.py build_ext --inplace)"))]
+
+
+class _Null:
+    def write(self, event: dict[str, object]) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def make(path: bytes, flags: int = os.O_RDONLY, ret: int = 3, pflags: int = 0,
+         ts: int | None = None, base: str = "open") -> bytes:
+    rec = bytearray((REC / f"{base}.bin").read_bytes()[:SIZE])
+    struct.pack_into("<IiHH", rec, _FLAGS_AT, flags, ret, pflags, len(path))
+    struct.pack_into("<H", rec, 2, (SIZE + len(path)) & 0xFFFF)
+    if ts is not None:
+        struct.pack_into("<Q", rec, 8, ts)
+    return bytes(rec) + path
+
+
+HOSTILE = [
+    b"/etc/hostname", b"", b"rel/ative", b'/tmp/"quoted"\\back\\slash',
+    bytes(range(1, 0x80)), b"/tmp/\x00nul", b"/tmp/\x7fdel",
+    "/tmp/caf\u00e9/\u2028/\U0001f600".encode(),
+    b"/tmp/\xff\xfe", b"/tmp/\xc0\xaf", b"/tmp/\xe0\x80\xaf", b"/tmp/\xed\xa0\x80",  # overlong,
+    b"/tmp/\xf4\x90\x80\x80", b"/tmp/\xf5\x80", b"/tmp/\xe2\x82", b"/tmp/\xe2\x82x",  # surrogate
+    b"/tmp/\xf0\x9f\x98", b"/tmp/\x80\xbf", b"/tmp/\xc2", b"\xef\xbb\xbf/bom",
+    b"/" + b"a" * 4095, b"/" + b"\xff" * 4095, b"/" + b"\x01" * 4095,
+    bytes(random.Random(1).randrange(256) for _ in range(4096)),
+]
+CASES = [(p, os.O_RDONLY, 3, 0) for p in HOSTILE] + [
+    (b"/etc/x", f, r, pf)
+    for f in (os.O_RDONLY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.O_RDWR | os.O_APPEND,
+              3, 0o10000000 | os.O_CLOEXEC, 0o20200000 | os.O_RDWR, 0xFFFFFFFF)
+    for r in (0, 7, 2**31 - 1, -errno.ENOENT, -errno.EACCES, -4095, -(2**31), -11, -95)
+    for pf in (0, abi.F_PATH_RAW, abi.F_PATH_TRUNC, abi.F_ROOT_PRIVATE,
+               abi.F_PATH_RAW | abi.F_PATH_TRUNC | abi.F_ROOT_PRIVATE)
+]
+
+
+def reference(recs: list[bytes]) -> list[tuple[bytes, int, bytes]]:
+    """Each record through the Python pipeline: (its line, the clock offset, its mid)."""
+    fmt = Formatter("node-1")
+    p = Pipeline(ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None), _Null(),
+                 fmt, None, Stats())
+    out = []
+    for rec in recs:
+        ev = p.handle(rec)
+        assert ev is not None
+        out.append((orjson.dumps(ev, option=orjson.OPT_APPEND_NEWLINE),
+                    fmt.clock._offset, mid_of(ev)))
+    return out
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_recorded_records_give_the_pipelines_bytes(impl: Callable[..., bytes]) -> None:
+    recs = [(REC / "open.bin").read_bytes(), (REC / "open_failed.bin").read_bytes()]
+    for rec, (line, offset, mid) in zip(recs, reference(recs), strict=True):
+        assert impl(rec, offset, mid) == line
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_hostile_paths_flags_and_results_give_the_pipelines_bytes(
+        impl: Callable[..., bytes]) -> None:
+    recs = [make(*c) for c in CASES]
+    for rec, (line, offset, mid) in zip(recs, reference(recs), strict=True):
+        assert impl(rec, offset, mid) == line, rec[SIZE:]
+        orjson.loads(line)  # and it is JSON
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_times_across_seconds_and_extremes(impl: Callable[..., bytes]) -> None:
+    stamps = [0, 1, 999_999_999, 1_000_000_000, 86_399_999_999_999, 2**63, 2**64 - 1]
+    recs = [make(b"/etc/t", ts=t) for t in stamps]
+    for rec, (line, offset, mid) in zip(recs, reference(recs), strict=True):
+        assert impl(rec, offset, mid) == line
+
+
+def test_c_and_python_agree_on_random_and_truncated_records() -> None:
+    """Fuzz: random bytes and truncations of valid records. Both paths refuse the same
+    records (ValueError, counted as decode errors by the pipeline) and agree on the rest;
+    the C path never crashes."""
+    if C is None:
+        pytest.skip("moray.agent._fast not built")
+    rng = random.Random(18)
+    mid = b'","node":"n","process":null,"parent":null,"container":null,"file":'
+    valid = [make(*c) for c in CASES[:30]]
+    errors = {"c": 0, "python": 0}
+    for i in range(4000):
+        if i % 2:
+            rec = rng.choice(valid)
+            rec = rec[:rng.randrange(len(rec) + 1)]
+        else:
+            rec = bytes(rng.randrange(256) for _ in range(rng.randrange(SIZE + 64)))
+            if len(rec) >= SIZE and rng.random() < 0.5:  # a plausible path length
+                rec = rec[:_AT] + struct.pack("<H", rng.randrange(len(rec) - SIZE + 8)) + \
+                    rec[_AT + 2:]
+        got = {}
+        for name, impl in (("c", C), ("python", open_line_py)):
+            try:
+                got[name] = impl(rec, 1_700_000_000_000_000_000, mid)
+            except ValueError:
+                errors[name] += 1
+                got[name] = None
+        assert got["c"] == got["python"], rec
+        if got["c"] is not None:
+            orjson.loads(got["c"])
+    assert errors["c"] == errors["python"] > 0
+
+
+def test_fallback_is_the_c_path_when_built() -> None:
+    assert fastopen.FAST is (C is not None)
+    assert fastopen.open_line is (C if C is not None else open_line_py)
+
+
+def test_decode_open_is_what_the_fallback_reads() -> None:
+    rec = make(b"/etc/\xff", ret=-2, pflags=abi.F_PATH_RAW)
+    ev = decode_open(rec)
+    assert ev.path == "/etc/\\xff" and ev.ret == -2 and ev.path_as_written
