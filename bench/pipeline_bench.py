@@ -19,11 +19,14 @@ formatter's `file` objects, detection's file plans, at most 4,096 entries) then 
 they do under a flood of distinct files. `--stages` prints the cost split by stage
 (the reader's ring copy, decode, tree, identity + format, encode + write, detect), each
 measured by running the stages up to it over the same records (medians of `--runs`);
-`--profile` prints cProfile's top functions of one run.
+`--profile` prints cProfile's top functions of one run. `--fast` (open records) prints,
+side by side in one run, decode + tree + identity + format + encode + write of the Python
+pipeline and of the compiled hot path (agent/pipeline/fastopen.py `OpenLines` over
+moray.agent._fast, and over its pure-Python fallback), detection not included.
 
     python bench/pipeline_bench.py [--record open] [--events 200000] [--runs 5] [--spool DIR]
                                    [--export-deny FILTER ...] [--distinct N] [--stages]
-                                   [--profile]
+                                   [--profile] [--fast]
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from moray.agent.output.filters import ExportFilter
 from moray.agent.output.jsonl import JsonLines
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
-from moray.agent.pipeline import Pipeline
+from moray.agent.pipeline import Pipeline, fastopen
 from moray.agent.pipeline.route import Router
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +217,55 @@ def stage_split(recs: list[bytes], n: int) -> dict[str, float]:
             "encode + write": (cum[3] - cum[2]) * per, "detect": (cum[4] - cum[3]) * per}
 
 
+def fast_split(recs: list[bytes], n: int) -> dict[str, float]:
+    """Microseconds per open record: the Python pipeline's decode..write against
+    OpenLines (the C extension, then the fallback), batches of 2,048 as the reader's."""
+    import orjson
+    stream = itertools.cycle(recs)
+    batches = [[next(stream) for _ in range(2048)] for _ in range(max(1, n // 2048))]
+    total = sum(map(len, batches))
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+
+    def python() -> float:
+        p, sink, _ = pipeline()
+        dec, lineage, identity, fmt = (p.decode.record, p.lineage.lookup,
+                                       p.identity.container, p.format.event)
+        write = sink.write_encoded
+        t0 = time.perf_counter()
+        for batch in batches:
+            for rec in batch:
+                ev = dec(rec)
+                if ev is None:
+                    continue
+                pr, parent = lineage(ev)
+                k = ev.proc
+                write(dumps(fmt(ev, pr, parent, identity(k.cgroup_id, k.pid, False)),
+                            option=newline))
+        dt = time.perf_counter() - t0
+        sink.close()
+        return dt
+
+    def fast(line: Any) -> float:
+        p, sink, _ = pipeline()
+        lines = fastopen.OpenLines(p, line)
+        write = sink.write_encoded
+        t0 = time.perf_counter()
+        for batch in batches:
+            lines.new_batch()
+            for rec in batch:
+                write(lines(rec))
+        dt = time.perf_counter() - t0
+        sink.close()
+        return dt
+
+    per = 1e6 / total
+    out = {"python pipeline": python() * per}
+    if fastopen.FAST:
+        out["OpenLines, C"] = fast(fastopen.open_line) * per
+    out["OpenLines, py fallback"] = fast(fastopen.open_line_py) * per
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--record", default="open", help="tests/fixtures/records/<NAME>.bin")
@@ -226,6 +278,8 @@ def main() -> None:
                     help="cycle over N open records of distinct paths (--record open)")
     ap.add_argument("--stages", action="store_true", help="print the cost split by stage")
     ap.add_argument("--profile", action="store_true", help="cProfile one run, top functions")
+    ap.add_argument("--fast", action="store_true",
+                    help="open records: the Python path against the compiled hot path")
     a = ap.parse_args()
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {0})
@@ -245,6 +299,14 @@ def main() -> None:
             total += v
             print(f"  {k:<22} {v:6.2f}")
         print(f"  {'total':<22} {total:6.2f}  (= {1e6 / total:,.0f} events/s on one core)")
+    if a.fast:
+        fsplits = [fast_split(recs, a.events) for _ in range(a.runs)]
+        what = f"{a.distinct:,} distinct paths" if a.distinct else "one record repeated"
+        print(f"decode..write, {a.record} records ({what}), us/event, median of {a.runs} "
+              f"(extension built: {fastopen.FAST}):")
+        for k in fsplits[0]:
+            v = statistics.median(s[k] for s in fsplits)
+            print(f"  {k:<24} {v:6.2f}  ({', '.join(f'{s[k]:.2f}' for s in fsplits)})")
     res = [one_run(recs, a.events, a.spool, tuple(a.export_deny)) for _ in range(a.runs)]
     where = f", {a.distinct:,} distinct paths" if a.distinct else ""
     where += f", spool in {a.spool}" if a.spool else ""

@@ -24,12 +24,15 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from moray.agent.events.decode import decode_open
 from moray.agent.output.schema import access_of, flag_names
+
+if TYPE_CHECKING:
+    from moray.agent.pipeline.run import Pipeline
 
 
 def flags_json(flags: int) -> bytes:
@@ -96,4 +99,63 @@ else:
     _fast.set_tables(flags_json, error_json)
     open_line = _fast.open_line
 
-__all__ = ["FAST", "error_json", "flags_json", "mid_of", "open_line", "open_line_py"]
+
+_PROC_OFF, _PROC_END = 16, 88  # mr_proc in every record (decode.py _PROC_OFF/_PROC_END)
+
+
+class OpenLines:
+    """Open records -> their JSON lines, the way a pipeline would use `open_line`: the
+    first open of a process view (its mr_proc bytes) in a batch goes through the Python
+    pipeline (decode, tree, identity, format: `Pipeline.handle`) and leaves its `mid`;
+    the next ones cost one `open_line`. What could make a cached mid stale clears it: a
+    new batch (`new_batch`: a container resolved meanwhile, the clock's resync), any other
+    record (`other`: a fork, exec or exit changes the tree), the tree's generation.
+
+    Not wired into `Pipeline.run` yet: detection, export filters, exports and the spool
+    take event dicts (docs/plan-agent-cost.md §6 5c, what is left). bench/pipeline_bench.py
+    --fast measures it; tests/unit/test_fast_open.py checks its lines."""
+
+    def __init__(self, pipeline: Pipeline, line: Callable[[bytes, int, bytes], bytes] | None
+                 = None) -> None:
+        self.pipeline = pipeline
+        self.line = line or open_line
+        self._tree = pipeline.lineage.tree
+        self._clock = pipeline.format.fmt.clock
+        self._events = pipeline.stats.events
+        self._mids: dict[bytes, bytes] = {}
+        self._gen = -1
+        self._offset = 0
+        self.new_batch()
+
+    def new_batch(self) -> None:
+        self._mids.clear()
+        clock = self._clock
+        if time.monotonic() >= clock._next:
+            clock._sync()
+        self._offset = clock._offset
+
+    def other(self) -> None:
+        self._mids.clear()
+
+    def __call__(self, rec: bytes) -> bytes:
+        """The line of one open record; ValueError for an undecodable one."""
+        if self._tree.gen != self._gen:
+            self._mids.clear()
+            self._gen = self._tree.gen
+        raw = rec[_PROC_OFF:_PROC_END]
+        mid = self._mids.get(raw)
+        if mid is not None:
+            line = self.line(rec, self._offset, mid)
+            self._events["open"] += 1
+            return line
+        out = self.pipeline.handle(rec)
+        if out is None:
+            raise ValueError("undecodable open record")
+        self._gen = self._tree.gen        # handle() may have added the process to the tree
+        self._offset = self._clock._offset  # and the clock may have resynced
+        self._mids[raw] = mid_of(out)
+        return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+
+
+__all__ = ["FAST", "OpenLines", "error_json", "flags_json", "mid_of", "open_line",
+           "open_line_py"]

@@ -21,7 +21,7 @@ from moray.agent.events.decode import decode_open
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
 from moray.agent.pipeline import Pipeline, fastopen
-from moray.agent.pipeline.fastopen import mid_of, open_line_py
+from moray.agent.pipeline.fastopen import OpenLines, mid_of, open_line_py
 
 REC = Path(__file__).resolve().parents[1] / "fixtures" / "records"
 SIZE = abi.OPEN.compile().size
@@ -75,9 +75,18 @@ CASES = [(p, os.O_RDONLY, 3, 0) for p in HOSTILE] + [
 ]
 
 
+def formatter() -> Formatter:
+    """A formatter whose clock offset is fixed (two Clocks made a moment apart differ)."""
+    fmt = Formatter("node-1")
+    fmt.clock._offset = 1_765_000_000_123_456_789
+    fmt.clock.resync = 1e9
+    fmt.clock._next = float("inf")
+    return fmt
+
+
 def reference(recs: list[bytes]) -> list[tuple[bytes, int, bytes]]:
     """Each record through the Python pipeline: (its line, the clock offset, its mid)."""
-    fmt = Formatter("node-1")
+    fmt = formatter()
     p = Pipeline(ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None), _Null(),
                  fmt, None, Stats())
     out = []
@@ -154,3 +163,27 @@ def test_decode_open_is_what_the_fallback_reads() -> None:
     rec = make(b"/etc/\xff", ret=-2, pflags=abi.F_PATH_RAW)
     ev = decode_open(rec)
     assert ev.path == "/etc/\\xff" and ev.ret == -2 and ev.path_as_written
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_open_lines_cache_the_process_part_and_give_the_same_bytes(
+        impl: Callable[..., bytes]) -> None:
+    """A batch of opens from two processes, through OpenLines (the mid cached per
+    process view) and through the pipeline: the same lines, the same event count."""
+    a = [make(b"/etc/a%d" % i, ret=i % 3 - 1) for i in range(20)]
+    b = [make(b"/etc/b\xff%d" % i, base="open_failed") for i in range(20)]
+    recs = [r for pair in zip(a, b, strict=True) for r in pair]
+    want = [line for line, _, _ in reference(recs)]
+    stats = Stats()
+    p = Pipeline(ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None), _Null(),
+                 formatter(), None, stats)
+    lines = OpenLines(p, impl)
+    got = [lines(r) for r in recs[:10]]
+    lines.new_batch()
+    got += [lines(r) for r in recs[10:25]]
+    lines.other()
+    got += [lines(r) for r in recs[25:]]
+    assert got == want
+    assert stats.events["open"] == len(recs)
+    with pytest.raises(ValueError):
+        lines(recs[0][:SIZE - 1])
