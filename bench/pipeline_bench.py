@@ -88,10 +88,11 @@ def records(rec: bytes, distinct: int) -> list[bytes]:
     return distinct_opens(rec, distinct) if distinct else [rec]
 
 
-def pipeline(spool_dir: Path | None = None, deny: tuple[str, ...] = ()
+def pipeline(spool_dir: Path | None = None, deny: tuple[str, ...] = (),
+             rules: bool = True, fast_open: bool = False
              ) -> tuple[Pipeline, JsonLines, ControlPlaneClient | None]:
     tree = ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None)
-    det = Detector(load([]), tree, "/nonexistent")
+    det = Detector(load([], default=rules), tree, "/nonexistent")
     sink = JsonLines(os.devnull)
     client = None
     if spool_dir is not None:
@@ -100,13 +101,16 @@ def pipeline(spool_dir: Path | None = None, deny: tuple[str, ...] = ()
                                     spool_max_bytes=1 << 40)
     keep = ExportFilter(deny=deny).keep if deny else None
     out = sink if client is None and keep is None else Router(sink, (), client, keep=keep)
-    return Pipeline(tree, out, Formatter("n"), None, Stats(), detect=det.process), sink, client
+    return Pipeline(tree, out, Formatter("n"), None, Stats(), detect=det.process,
+                    fast_open=fast_open), sink, client
 
 
 def one_run(recs: list[bytes], n: int, spool_dir: Path | None = None,
-            deny: tuple[str, ...] = ()) -> float:
+            deny: tuple[str, ...] = (), rules: bool = True, fast_open: bool = False
+            ) -> float:
     """Microseconds per record for `n` records cycled from `recs`."""
-    p, sink, client = pipeline(spool_dir, deny)
+    p, sink, client = pipeline(spool_dir, deny, rules, fast_open)
+    assert (p.open_lines is not None) == fast_open
     q = BatchQueue(n + 256, max_bytes=1 << 40)  # every record queued: no drop
     batches = n // 256
     stream = itertools.cycle(recs)
@@ -263,6 +267,9 @@ def fast_split(recs: list[bytes], n: int) -> dict[str, float]:
     if fastopen.FAST:
         out["OpenLines, C"] = fast(fastopen.open_line) * per
     out["OpenLines, py fallback"] = fast(fastopen.open_line_py) * per
+    # the whole pipeline thread (Pipeline.run over the queue), no rule reading opens
+    out["Pipeline.run, python"] = one_run(recs, n, rules=False)
+    out["Pipeline.run, fast_open"] = one_run(recs, n, rules=False, fast_open=True)
     return out
 
 

@@ -22,6 +22,7 @@ The flags and error names come from Python in both paths (schema.py `flag_names`
 from __future__ import annotations
 
 import errno
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ from moray.agent.output.schema import access_of, flag_names
 
 if TYPE_CHECKING:
     from moray.agent.pipeline.run import Pipeline
+
+log = logging.getLogger(__name__)
 
 
 def flags_json(flags: int) -> bytes:
@@ -104,16 +107,16 @@ _PROC_OFF, _PROC_END = 16, 88  # mr_proc in every record (decode.py _PROC_OFF/_P
 
 
 class OpenLines:
-    """Open records -> their JSON lines, the way a pipeline would use `open_line`: the
-    first open of a process view (its mr_proc bytes) in a batch goes through the Python
+    """Open records -> their JSON lines, the way a pipeline uses `open_line`: the first
+    open of a process view (its mr_proc bytes) in a batch goes through the Python
     pipeline (decode, tree, identity, format: `Pipeline.handle`) and leaves its `mid`;
     the next ones cost one `open_line`. What could make a cached mid stale clears it: a
     new batch (`new_batch`: a container resolved meanwhile, the clock's resync), any other
     record (`other`: a fork, exec or exit changes the tree), the tree's generation.
 
-    Not wired into `Pipeline.run` yet: detection, export filters, exports and the spool
-    take event dicts (docs/plan-agent-cost.md §6 5c, what is left). bench/pipeline_bench.py
-    --fast measures it; tests/unit/test_fast_open.py checks its lines."""
+    `Pipeline(fast_open=True)` uses it when nothing needs an open event as a dict
+    (`Pipeline.fast_open_ok`); bench/pipeline_bench.py --fast measures it;
+    tests/unit/test_fast_open.py checks its lines."""
 
     def __init__(self, pipeline: Pipeline, line: Callable[[bytes, int, bytes], bytes] | None
                  = None) -> None:
@@ -121,6 +124,7 @@ class OpenLines:
         self.line = line or open_line
         self._tree = pipeline.lineage.tree
         self._clock = pipeline.format.fmt.clock
+        self._stats = pipeline.stats
         self._events = pipeline.stats.events
         self._mids: dict[bytes, bytes] = {}
         self._gen = -1
@@ -137,21 +141,28 @@ class OpenLines:
     def other(self) -> None:
         self._mids.clear()
 
-    def __call__(self, rec: bytes) -> bytes:
-        """The line of one open record; ValueError for an undecodable one."""
+    def __call__(self, rec: bytes) -> bytes | None:
+        """The line of one open record; None for an undecodable one (counted in
+        `Stats.decode_errors`, as the decode stage counts it)."""
         if self._tree.gen != self._gen:
             self._mids.clear()
             self._gen = self._tree.gen
         raw = rec[_PROC_OFF:_PROC_END]
         mid = self._mids.get(raw)
         if mid is not None:
-            line = self.line(rec, self._offset, mid)
+            try:
+                line = self.line(rec, self._offset, mid)
+            except ValueError as err:
+                self._stats.decode_errors += 1
+                if self._stats.decode_errors <= 10:
+                    log.warning("undecodable record: %s", err)
+                return None
             self._events["open"] += 1
             return line
-        out = self.pipeline.handle(rec)
+        out = self.pipeline.handle(rec)     # counts its decode error itself
         if out is None:
-            raise ValueError("undecodable open record")
-        self._gen = self._tree.gen        # handle() may have added the process to the tree
+            return None
+        self._gen = self._tree.gen          # handle() may have added the process to the tree
         self._offset = self._clock._offset  # and the clock may have resynced
         self._mids[raw] = mid_of(out)
         return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)

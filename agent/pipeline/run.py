@@ -5,6 +5,12 @@
 
 An exception on one record (an enrichment or detection bug) is counted in
 `Stats.enrich_errors` and logged (the first 10, then every 10,000th); the thread goes on.
+
+`fast_open=True`: open records take the compiled hot path (fastopen.py `OpenLines`: one
+C call per open after the first of its process in a batch, the same bytes) when nothing
+needs them as dicts (`fast_open_ok`): no detection rule reads open events, and the route
+is a sink that takes encoded lines with no spool, export filter or export. Off by default
+(agent/app.py does not set it yet).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from moray.agent.output.jsonl import EventSink
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
 from moray.agent.pipeline.decode import Decode, describe
+from moray.agent.pipeline.fastopen import OpenLines
 from moray.agent.pipeline.format import Format
 from moray.agent.pipeline.identity import Identity, Resolver
 from moray.agent.pipeline.route import Router
@@ -34,8 +41,8 @@ Detect = Callable[[dict[str, Any], Process, Process | None], list[dict[str, Any]
 
 class Pipeline:
     def __init__(self, tree: ProcessTree, out: Router | EventSink, formatter: Formatter,
-                 resolver: Resolver | None, stats: Stats, detect: Detect | None = None
-                 ) -> None:
+                 resolver: Resolver | None, stats: Stats, detect: Detect | None = None,
+                 fast_open: bool = False) -> None:
         self.stats = stats
         self.decode = Decode(resolver, stats)
         self.lineage = Lineage(tree)
@@ -44,6 +51,20 @@ class Pipeline:
         # detect stage (agent/detect/stage.py): enriched event -> alerts
         self.detect = detect
         self.route = out if isinstance(out, Router) else Router(out)
+        self.open_lines = OpenLines(self) if fast_open and self.fast_open_ok() else None
+
+    def fast_open_ok(self) -> bool:
+        """Whether open events can skip their dicts: no detection rule for them (a
+        detect that is not a Detector's: unknown, so no), and only a line-taking sink."""
+        r = self.route
+        if r.spool is not None or r.keep is not None or r.exports or \
+                r._write_encoded is None:
+            return False
+        if self.detect is None:
+            return True
+        rules = getattr(getattr(self.detect, "__self__", None), "rules", None)
+        by_type = getattr(rules, "by_type", None)
+        return isinstance(by_type, dict) and "open" not in by_type
 
     def handle(self, rec: bytes | Decision) -> dict[str, Any] | None:
         """One queued record -> its JSON event (None: nothing to output)."""
@@ -67,6 +88,7 @@ class Pipeline:
         identity, fmt, enforcement = self.identity.container, self.format.event, \
             self.format.enforcement
         detect = self.detect
+        open_lines, write_line = self.open_lines, self.route._write_encoded
         while not (stop.is_set() and queue.depth() == 0):
             batch = queue.get(0.2)
             if batch is None:
@@ -79,8 +101,18 @@ class Pipeline:
                 continue
             recs = cast("list[bytes] | tuple[Decision, ...]", batch)
             dec = decode if type(recs) is list else decision  # a tuple: typed decisions
+            fast = open_lines if type(recs) is list else None
+            if fast is not None:
+                fast.new_batch()
             for rec in recs:
                 try:
+                    if fast is not None:
+                        if rec[:2] == b"\x04\x00":  # type: ignore[index]  # Op.OPEN: compiled
+                            line = fast(rec)  # type: ignore[arg-type]
+                            if line is not None:
+                                write_line(line)  # type: ignore[misc]
+                            continue
+                        fast.other()
                     ev = dec(rec)  # type: ignore[arg-type]
                     if ev is None:
                         continue

@@ -9,6 +9,7 @@ import errno
 import os
 import random
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,12 +17,17 @@ import orjson
 import pytest
 
 from moray.agent.bpf import abi
+from moray.agent.detect.engine import Detector
+from moray.agent.detect.load import load
 from moray.agent.enrich.proctree import ProcessTree
 from moray.agent.events.decode import decode_open
+from moray.agent.events.reader import BatchQueue
+from moray.agent.output.jsonl import JsonLines
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
 from moray.agent.pipeline import Pipeline, fastopen
 from moray.agent.pipeline.fastopen import OpenLines, mid_of, open_line_py
+from moray.agent.pipeline.route import Router
 
 REC = Path(__file__).resolve().parents[1] / "fixtures" / "records"
 SIZE = abi.OPEN.compile().size
@@ -185,5 +191,63 @@ def test_open_lines_cache_the_process_part_and_give_the_same_bytes(
     got += [lines(r) for r in recs[25:]]
     assert got == want
     assert stats.events["open"] == len(recs)
-    with pytest.raises(ValueError):
-        lines(recs[0][:SIZE - 1])
+    assert lines(recs[0][:SIZE - 1]) is None           # a known process: the C path
+    assert lines(b"\x04\x00" + bytes(50)) is None       # a new one: the Python path
+    assert stats.decode_errors == 2
+
+
+def _run(tmp_path: Path, batches: list[list[bytes]], fast: bool, detect: object = None
+         ) -> tuple[bytes, Stats, Pipeline]:
+    out = tmp_path / f"events-{fast}.jsonl"
+    sink = JsonLines(str(out))
+    stats = Stats()
+    p = Pipeline(ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None), sink,
+                 formatter(), None, stats, detect=detect, fast_open=fast)  # type: ignore[arg-type]
+    q = BatchQueue(1 << 16, max_bytes=1 << 30)
+    for b in batches:
+        q.put(b)
+    q.close()
+    p.run(q, threading.Event())
+    sink.close()
+    return out.read_bytes(), stats, p
+
+
+def test_pipeline_run_with_fast_open_writes_the_same_file(tmp_path: Path) -> None:
+    """Pipeline.run over real batches (fork, exec, opens of two processes, hostile
+    paths, a corrupt open, exit) with and without the compiled path: the same bytes in
+    the JSON-lines file, the same counts."""
+    fx = {n: (REC / f"{n}.bin").read_bytes() for n in ("fork", "exec_echo", "exit")}
+    opens = [make(*c) for c in CASES[:40]]
+    other = [make(b"/x/%d" % i, base="open_failed") for i in range(30)]
+    batches = [
+        [fx["fork"], *opens[:10], fx["exec_echo"], *opens[10:20]],
+        [*[r for pair in zip(opens[20:40], other[:20], strict=True) for r in pair]],
+        [opens[0][:SIZE - 3], b"\x04", *other[20:], fx["exit"], opens[5]],
+    ]
+    slow, s_stats, sp = _run(tmp_path, batches, False)
+    fast, f_stats, fp = _run(tmp_path, batches, True)
+    assert sp.open_lines is None and fp.open_lines is not None
+    assert fast == slow
+    assert len(fast.splitlines()) == sum(map(len, batches)) - 2
+    assert f_stats.events == s_stats.events and f_stats.decode_errors == 2
+    assert f_stats.enrich_errors == s_stats.enrich_errors == 0
+
+
+def test_fast_open_only_when_nothing_needs_open_dicts(tmp_path: Path) -> None:
+    tree = ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None)
+
+    def pipe(detect: object = None, **route: object) -> Pipeline:
+        out = Router(JsonLines(os.devnull), **route)  # type: ignore[arg-type]
+        return Pipeline(tree, out, formatter(), None, Stats(), detect=detect,  # type: ignore[arg-type]
+                        fast_open=True)
+
+    assert pipe().open_lines is not None
+    assert pipe(Detector(load([], default=False), tree, "/nonexistent").process
+                ).open_lines is not None
+    default = Detector(load([]), tree, "/nonexistent")
+    assert "open" in default.rules.by_type
+    assert pipe(default.process).open_lines is None            # rules read opens
+    assert pipe(lambda e, p, q: []).open_lines is None         # unknown: no
+    assert pipe(keep=lambda e: True).open_lines is None        # export filters
+    assert Pipeline(tree, _Null(), formatter(), None, Stats(),   # no write_encoded
+                    fast_open=True).open_lines is None
