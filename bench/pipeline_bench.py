@@ -22,7 +22,8 @@ measured by running the stages up to it over the same records (medians of `--run
 `--profile` prints cProfile's top functions of one run. `--fast` (open records) prints,
 side by side in one run, decode + tree + identity + format + encode + write of the Python
 pipeline and of the compiled hot path (agent/pipeline/fastopen.py `OpenLines` over
-moray.agent._fast, and over its pure-Python fallback), detection not included.
+moray.agent._fast, and over its pure-Python fallback), detection not included; then the
+whole `Pipeline.run` with and without `fast_open`, with the default rules and with none.
 
     python bench/pipeline_bench.py [--record open] [--events 200000] [--runs 5] [--spool DIR]
                                    [--export-deny FILTER ...] [--distinct N] [--stages]
@@ -250,14 +251,24 @@ def fast_split(recs: list[bytes], n: int) -> dict[str, float]:
         return dt
 
     def fast(line: Any) -> float:
-        p, sink, _ = pipeline()
+        p, sink, _ = pipeline(rules=False)
         lines = fastopen.OpenLines(p, line)
+        dec, lineage, enrich = p.decode.record, p.lineage.lookup, p.enrich
         write = sink.write_encoded
         t0 = time.perf_counter()
         for batch in batches:
             lines.new_batch()
             for rec in batch:
-                write(lines(rec))
+                got = lines(rec)
+                if got is None:  # the first of its process in the batch: the Python path
+                    ev = dec(rec)
+                    if ev is None:
+                        continue
+                    pr, parent = lineage(ev)
+                    out = enrich(ev)
+                    lines.learn(rec, out, pr, parent)
+                    got = dumps(out, option=newline)
+                write(got)
         dt = time.perf_counter() - t0
         sink.close()
         return dt
@@ -267,9 +278,12 @@ def fast_split(recs: list[bytes], n: int) -> dict[str, float]:
     if fastopen.FAST:
         out["OpenLines, C"] = fast(fastopen.open_line) * per
     out["OpenLines, py fallback"] = fast(fastopen.open_line_py) * per
-    # the whole pipeline thread (Pipeline.run over the queue), no rule reading opens
-    out["Pipeline.run, python"] = one_run(recs, n, rules=False)
-    out["Pipeline.run, fast_open"] = one_run(recs, n, rules=False, fast_open=True)
+    # the whole pipeline thread (Pipeline.run over the queue), with the default rules
+    # (opens of files no rule matches skip detection once learnt) and with none
+    out["run, default rules, py"] = one_run(recs, n)
+    out["run, default rules, fast"] = one_run(recs, n, fast_open=True)
+    out["run, no rules, py"] = one_run(recs, n, rules=False)
+    out["run, no rules, fast"] = one_run(recs, n, rules=False, fast_open=True)
     return out
 
 

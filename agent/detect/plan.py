@@ -90,6 +90,14 @@ class FilePlan:
         return got
 
 
+    def known(self, c: Ctx) -> tuple[tuple[Rule, Pred | None], ...] | None:
+        """The remembered candidates of c's path and flags (None: not remembered, e.g. a
+        rule's file test raised). agent/pipeline/fastopen.py asks it after `candidates`
+        ran, to learn which opens no rule can match."""
+        k = c.file_key
+        return self._cache.get(k) if k is not None else None
+
+
 def _compile_all(items: list[Node]) -> Pred | None:
     if not items:
         return None

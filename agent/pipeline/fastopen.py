@@ -29,10 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from moray.agent.detect.ctx import Ctx
 from moray.agent.events.decode import decode_open
 from moray.agent.output.schema import access_of, flag_names
 
 if TYPE_CHECKING:
+    from moray.agent.detect.engine import Detector
+    from moray.agent.enrich.proctree import Process
     from moray.agent.pipeline.run import Pipeline
 
 log = logging.getLogger(__name__)
@@ -104,31 +107,53 @@ else:
 
 
 _PROC_OFF, _PROC_END = 16, 88  # mr_proc in every record (decode.py _PROC_OFF/_PROC_END)
+_OPEN_SIZE = 104               # mr_open (agent/bpf/abi.py; _fast.c OPEN_SIZE)
+
+
+def _file_key(rec: bytes) -> bytes:
+    """What an open's `file` object depends on, from the record: flags, the result when
+    it is an error (an fd's number changes no rule's view), pflags, the path bytes. Finer
+    than the detection's Ctx.file_key (several byte strings decode to one path), never
+    coarser."""
+    return rec[88:] if rec[95] & 0x80 else rec[88:92] + rec[96:]
 
 
 class OpenLines:
-    """Open records -> their JSON lines, the way a pipeline uses `open_line`: the first
-    open of a process view (its mr_proc bytes) in a batch goes through the Python
-    pipeline (decode, tree, identity, format: `Pipeline.handle`) and leaves its `mid`;
-    the next ones cost one `open_line`. What could make a cached mid stale clears it: a
-    new batch (`new_batch`: a container resolved meanwhile, the clock's resync), any other
-    record (`other`: a fork, exec or exit changes the tree), the tree's generation.
+    """Open records -> their JSON lines, the way `Pipeline.run` uses `open_line`.
 
-    `Pipeline(fast_open=True)` uses it when nothing needs an open event as a dict
-    (`Pipeline.fast_open_ok`); bench/pipeline_bench.py --fast measures it;
-    tests/unit/test_fast_open.py checks its lines."""
+    `lines(rec)` is the line, or None: take the Python path for this record (decode,
+    tree, identity, format, detect, route), then `lines.learn(rec, event, proc, parent)`.
+    The first open of a process view (its mr_proc bytes) in a batch takes the Python path
+    and leaves its `mid`; the next ones cost one `open_line`. What could make a cached mid
+    stale clears it: a new batch (`new_batch`: a container resolved meanwhile, the clock's
+    resync), any other record (`other`: a fork, exec or exit changes the tree), the tree's
+    generation.
+
+    With a `detector` whose rules read open events, an open takes the compiled path only
+    when its file (flags, error, pflags, path bytes) is known to match no rule's file
+    tests (`FilePlan.known`, learnt from the Python path): detection would do nothing
+    with it but count it (`Detector.evaluated`, counted here too). Any other open (a
+    watched file, a path not seen yet) takes the Python path and detection sees it.
+
+    tests/unit/test_fast_open.py checks its lines; bench/pipeline_bench.py --fast
+    measures it."""
+
+    MIDS_MAX = 4096
+    QUIET_MAX = 8192
 
     def __init__(self, pipeline: Pipeline, line: Callable[[bytes, int, bytes], bytes] | None
-                 = None) -> None:
+                 = None, detector: Detector | None = None) -> None:
         self.pipeline = pipeline
         self.line = line or open_line
         self._tree = pipeline.lineage.tree
         self._clock = pipeline.format.fmt.clock
-        self._stats = pipeline.stats
         self._events = pipeline.stats.events
         self._mids: dict[bytes, bytes] = {}
         self._gen = -1
         self._offset = 0
+        self._det = detector
+        self._plan = detector.rules.file_plans.get("open") if detector is not None else None
+        self._quiet: dict[bytes, bool] = {}  # _file_key -> no rule's file tests hold
         self.new_batch()
 
     def new_batch(self) -> None:
@@ -142,30 +167,45 @@ class OpenLines:
         self._mids.clear()
 
     def __call__(self, rec: bytes) -> bytes | None:
-        """The line of one open record; None for an undecodable one (counted in
-        `Stats.decode_errors`, as the decode stage counts it)."""
         if self._tree.gen != self._gen:
             self._mids.clear()
             self._gen = self._tree.gen
-        raw = rec[_PROC_OFF:_PROC_END]
-        mid = self._mids.get(raw)
-        if mid is not None:
-            try:
-                line = self.line(rec, self._offset, mid)
-            except ValueError as err:
-                self._stats.decode_errors += 1
-                if self._stats.decode_errors <= 10:
-                    log.warning("undecodable record: %s", err)
-                return None
-            self._events["open"] += 1
-            return line
-        out = self.pipeline.handle(rec)     # counts its decode error itself
-        if out is None:
             return None
-        self._gen = self._tree.gen          # handle() may have added the process to the tree
+        mid = self._mids.get(rec[_PROC_OFF:_PROC_END])
+        if mid is None:
+            return None
+        plan = self._plan
+        if plan is not None and (len(rec) < _OPEN_SIZE or not self._quiet.get(_file_key(rec))):
+            return None
+        try:
+            line = self.line(rec, self._offset, mid)
+        except ValueError:  # the Python path counts it in decode_errors
+            return None
+        self._events["open"] += 1
+        if plan is not None:
+            self._det.evaluated += 1  # type: ignore[union-attr]
+        return line
+
+    def learn(self, rec: bytes, out: dict[str, Any], proc: Process,
+              parent: Process | None) -> None:
+        """After the Python path of the open record `rec` (`out` its event, detection
+        run): remember its mid and whether its file can match a rule."""
+        self._gen = self._tree.gen          # the Python path may have changed the tree
         self._offset = self._clock._offset  # and the clock may have resynced
-        self._mids[raw] = mid_of(out)
-        return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+        raw = rec[_PROC_OFF:_PROC_END]
+        if raw not in self._mids:
+            if len(self._mids) >= self.MIDS_MAX:
+                self._mids.clear()
+            self._mids[raw] = mid_of(out)
+        plan = self._plan
+        if plan is not None:
+            key = _file_key(rec)
+            if key not in self._quiet:
+                known = plan.known(Ctx(out, self._det.state, proc, parent))  # type: ignore[union-attr]
+                if known is not None:
+                    if len(self._quiet) >= self.QUIET_MAX:
+                        self._quiet.clear()
+                    self._quiet[key] = not known
 
 
 __all__ = ["FAST", "OpenLines", "error_json", "flags_json", "mid_of", "open_line",

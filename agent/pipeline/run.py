@@ -7,10 +7,10 @@ An exception on one record (an enrichment or detection bug) is counted in
 `Stats.enrich_errors` and logged (the first 10, then every 10,000th); the thread goes on.
 
 `fast_open=True`: open records take the compiled hot path (fastopen.py `OpenLines`: one
-C call per open after the first of its process in a batch, the same bytes) when nothing
-needs them as dicts (`fast_open_ok`): no detection rule reads open events, and the route
-is a sink that takes encoded lines with no spool, export filter or export. Off by default
-(agent/app.py does not set it yet).
+C call per open after the first of its process in a batch, the same bytes) when the
+route is a sink that takes encoded lines with no spool, export filter or export, and
+detection (if any) is a Detector's: an open whose file no rule can match skips it; the
+others (and the first of each process view in a batch) take the Python path.
 """
 
 from __future__ import annotations
@@ -20,9 +20,17 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
+from moray.agent.detect.engine import Detector
 from moray.agent.enrich.proctree import Process, ProcessTree
 from moray.agent.events.reader import BatchQueue
-from moray.agent.events.types import Decision, EnforceEvent, ExecEvent, KernelEvent, LossReport
+from moray.agent.events.types import (
+    Decision,
+    EnforceEvent,
+    ExecEvent,
+    KernelEvent,
+    LossReport,
+    OpenEvent,
+)
 from moray.agent.output.jsonl import EventSink
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
@@ -51,20 +59,25 @@ class Pipeline:
         # detect stage (agent/detect/stage.py): enriched event -> alerts
         self.detect = detect
         self.route = out if isinstance(out, Router) else Router(out)
-        self.open_lines = OpenLines(self) if fast_open and self.fast_open_ok() else None
+        self.open_lines: OpenLines | None = None
+        if fast_open and self.fast_open_ok():
+            self.open_lines = OpenLines(self, detector=self._detector())
+
+    def _detector(self) -> Detector | None:
+        """The Detector behind `detect` (its method, or a DetectStage's), if it is one."""
+        owner = getattr(self.detect, "__self__", None)
+        det = getattr(owner, "detector", owner)
+        return det if isinstance(det, Detector) else None
 
     def fast_open_ok(self) -> bool:
-        """Whether open events can skip their dicts: no detection rule for them (a
-        detect that is not a Detector's: unknown, so no), and only a line-taking sink."""
+        """Whether open events can skip their dicts when nothing needs them: the route is
+        a line-taking sink alone, and detection is a Detector's (one we cannot ask which
+        opens its rules read: no)."""
         r = self.route
         if r.spool is not None or r.keep is not None or r.exports or \
                 r._write_encoded is None:
             return False
-        if self.detect is None:
-            return True
-        rules = getattr(getattr(self.detect, "__self__", None), "rules", None)
-        by_type = getattr(rules, "by_type", None)
-        return isinstance(by_type, dict) and "open" not in by_type
+        return self.detect is None or self._detector() is not None
 
     def handle(self, rec: bytes | Decision) -> dict[str, Any] | None:
         """One queued record -> its JSON event (None: nothing to output)."""
@@ -111,8 +124,9 @@ class Pipeline:
                             line = fast(rec)  # type: ignore[arg-type]
                             if line is not None:
                                 write_line(line)  # type: ignore[misc]
-                            continue
-                        fast.other()
+                                continue
+                        else:
+                            fast.other()
                     ev = dec(rec)  # type: ignore[arg-type]
                     if ev is None:
                         continue
@@ -128,6 +142,8 @@ class Pipeline:
                         alerts = detect(out, p, parent)
                         if alerts:
                             route.alerts(alerts)
+                    if fast is not None and type(ev) is OpenEvent:
+                        fast.learn(rec, out, p, parent)  # type: ignore[arg-type]
                 except Exception:  # a bug on one record must not stop the pipeline thread
                     stats.enrich_errors += 1
                     if stats.enrich_errors <= 10 or stats.enrich_errors % 10000 == 0:

@@ -171,6 +171,21 @@ def test_decode_open_is_what_the_fallback_reads() -> None:
     assert ev.path == "/etc/\\xff" and ev.ret == -2 and ev.path_as_written
 
 
+def _through(lines: OpenLines, p: Pipeline, rec: bytes) -> bytes | None:
+    """One open record as Pipeline.run takes it: the compiled path, else the Python one
+    and `learn`."""
+    line = lines(rec)
+    if line is not None:
+        return line
+    ev = p.decode.record(rec)
+    if ev is None:
+        return None
+    pr, parent = p.lineage.lookup(ev)
+    out = p.enrich(ev)
+    lines.learn(rec, out, pr, parent)
+    return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_open_lines_cache_the_process_part_and_give_the_same_bytes(
         impl: Callable[..., bytes]) -> None:
@@ -183,16 +198,25 @@ def test_open_lines_cache_the_process_part_and_give_the_same_bytes(
     stats = Stats()
     p = Pipeline(ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None), _Null(),
                  formatter(), None, stats)
-    lines = OpenLines(p, impl)
-    got = [lines(r) for r in recs[:10]]
-    lines.new_batch()
-    got += [lines(r) for r in recs[10:25]]
-    lines.other()
-    got += [lines(r) for r in recs[25:]]
+    calls = []
+
+    def counted(rec: bytes, offset: int, mid: bytes) -> bytes:
+        calls.append(rec)
+        return impl(rec, offset, mid)
+
+    lines = OpenLines(p, counted)
+    got = []
+    for i, r in enumerate(recs):
+        if i == 10:
+            lines.new_batch()
+        if i == 25:
+            lines.other()
+        got.append(_through(lines, p, r))
     assert got == want
+    assert len(calls) >= 40 - 6  # all but the first of each process per batch, other()
     assert stats.events["open"] == len(recs)
-    assert lines(recs[0][:SIZE - 1]) is None           # a known process: the C path
-    assert lines(b"\x04\x00" + bytes(50)) is None       # a new one: the Python path
+    assert _through(lines, p, recs[0][:SIZE - 1]) is None     # a known process: C refuses
+    assert _through(lines, p, b"\x04\x00" + bytes(50)) is None  # a new one: Python refuses
     assert stats.decode_errors == 2
 
 
@@ -233,6 +257,30 @@ def test_pipeline_run_with_fast_open_writes_the_same_file(tmp_path: Path) -> Non
     assert f_stats.enrich_errors == s_stats.enrich_errors == 0
 
 
+def test_pipeline_run_with_default_rules_same_events_and_alerts(tmp_path: Path) -> None:
+    """The default rules read opens: opens of files no rule can match take the compiled
+    path once learnt, the others (/etc/shadow read, a write below /etc) reach detection
+    every time: the same file (events and alerts), the same detection counters."""
+    quiet = [make(b"/usr/lib/x%d" % (i % 5)) for i in range(60)]
+    loud = [make(b"/etc/shadow"), make(b"/etc/moray-test", os.O_WRONLY | os.O_CREAT)]
+    batches = [[*quiet[:30], loud[0], *quiet[30:], loud[1]],
+               [r for q in quiet for r in (q, loud[0] if q is quiet[7] else q)]]
+
+    def run(fast: bool) -> tuple[bytes, Stats, Detector, Pipeline]:
+        det = Detector(load([]), ProcessTree("/nonexistent",
+                                             read_proc=lambda _p, _pid: None), "/nonexistent")
+        data, stats, p = _run(tmp_path, batches, fast, det.process)
+        return data, stats, det, p
+
+    slow, s_stats, s_det, _ = run(False)
+    fast, f_stats, f_det, fp = run(True)
+    assert fp.open_lines is not None and any(fp.open_lines._quiet.values())  # learnt
+    assert fast == slow
+    assert b'"type":"alert"' in fast and b"Read sensitive file" in fast
+    assert f_det.alerts == s_det.alerts and f_det.evaluated == s_det.evaluated
+    assert f_stats.events == s_stats.events
+
+
 def test_fast_open_only_when_nothing_needs_open_dicts(tmp_path: Path) -> None:
     tree = ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None)
 
@@ -246,7 +294,7 @@ def test_fast_open_only_when_nothing_needs_open_dicts(tmp_path: Path) -> None:
                 ).open_lines is not None
     default = Detector(load([]), tree, "/nonexistent")
     assert "open" in default.rules.by_type
-    assert pipe(default.process).open_lines is None            # rules read opens
+    assert pipe(default.process).open_lines is not None        # gated per file
     assert pipe(lambda e, p, q: []).open_lines is None         # unknown: no
     assert pipe(keep=lambda e: True).open_lines is None        # export filters
     assert Pipeline(tree, _Null(), formatter(), None, Stats(),   # no write_encoded
