@@ -43,7 +43,8 @@
 
 static PyObject *flags_fn, *error_fn;   /* Python callbacks: int -> bytes fragment */
 static PyObject *flags_cache, *error_cache;  /* int -> bytes, cleared when full */
-static long long last_s = -1;
+static long long last_s;
+static int have_last;  /* last_s and last_prefix hold a second */
 static char last_prefix[64];
 static size_t last_prefix_len;
 
@@ -169,18 +170,19 @@ static char *escape_path(char *out, const unsigned char *s, Py_ssize_t n)
 /* Schema's Clock.iso: "%Y-%m-%dT%H:%M:%S." of the second, then 9 digits and Z */
 static int iso_time(char *out, uint64_t ts, long long offset)
 {
-    __int128 t = (__int128)ts + offset;
-    __int128 s = t / 1000000000;
-    __int128 frac = t % 1000000000;
-    if (frac < 0) {  /* Python's divmod floors */
-        frac += 1000000000;
-        s -= 1;
+    /* floor division of ts + offset by 1e9, without overflow: ts < 2^64 ns is < 2^35 s */
+    long long off_s = offset / 1000000000, off_f = offset % 1000000000;
+    if (off_f < 0) {
+        off_f += 1000000000;
+        off_s -= 1;
     }
-    if (s > (__int128)INT64_MAX / 2 || s < -(__int128)INT64_MAX / 2) {
-        PyErr_SetString(PyExc_OverflowError, "timestamp out of range");
-        return -1;
+    long long s = (long long)(ts / 1000000000) + off_s;
+    long long frac = (long long)(ts % 1000000000) + off_f;
+    if (frac >= 1000000000) {
+        frac -= 1000000000;
+        s += 1;
     }
-    if ((long long)s != last_s) {
+    if (!have_last || s != last_s) {
         struct tm tm;
         time_t tt = (time_t)s;
         if (gmtime_r(&tt, &tm) == NULL) {
@@ -193,10 +195,11 @@ static int iso_time(char *out, uint64_t ts, long long offset)
             return -1;
         }
         last_prefix_len = n;
-        last_s = (long long)s;
+        last_s = s;
+        have_last = 1;
     }
     memcpy(out, last_prefix, last_prefix_len);
-    int m = snprintf(out + last_prefix_len, 16, "%09lldZ", (long long)frac);
+    int m = snprintf(out + last_prefix_len, 16, "%09lldZ", frac);
     return (int)last_prefix_len + m;
 }
 
@@ -224,24 +227,32 @@ static PyObject *open_line(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (OPEN_SIZE + n > size)
         return PyErr_Format(PyExc_ValueError, "record op=4: path of %zd bytes past the "
                             "record end", n);
+    /* strong references: the second callback may run any Python code */
     PyObject *fl = fragment(flags_cache, flags_fn, (long)flags);
     if (fl == NULL)
         return NULL;
+    Py_INCREF(fl);
     PyObject *er = NULL;
-    if (ret < 0 && (er = fragment(error_cache, error_fn, (long)ret)) == NULL)
-        return NULL;
+    if (ret < 0) {
+        er = fragment(error_cache, error_fn, (long)ret);
+        if (er == NULL) {
+            Py_DECREF(fl);
+            return NULL;
+        }
+        Py_INCREF(er);
+    }
     Py_ssize_t mid_n = PyBytes_GET_SIZE(args[2]);
     Py_ssize_t cap = 64 + 48 + mid_n + PyBytes_GET_SIZE(fl) + (er ? PyBytes_GET_SIZE(er) : 48)
                      + 6 * n + 160;
     PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
     if (out == NULL)
-        return NULL;
+        goto fail;
     char *start = PyBytes_AS_STRING(out), *w = start;
     PUT("{\"type\":\"open\",\"time\":\"");
     int tn = iso_time(w, rd64(rec + HDR_TS), offset);
     if (tn < 0) {
         Py_DECREF(out);
-        return NULL;
+        goto fail;
     }
     w += tn;
     memcpy(w, PyBytes_AS_STRING(args[2]), (size_t)mid_n);
@@ -273,9 +284,15 @@ static PyObject *open_line(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PUT(",\"root\":\"private\"}}\n");
     else
         PUT(",\"root\":\"host\"}}\n");
+    Py_DECREF(fl);
+    Py_XDECREF(er);
     if (_PyBytes_Resize(&out, w - start) < 0)
         return NULL;
     return out;
+fail:
+    Py_DECREF(fl);
+    Py_XDECREF(er);
+    return NULL;
 }
 
 static PyObject *set_tables(PyObject *self, PyObject *args)

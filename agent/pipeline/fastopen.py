@@ -138,8 +138,10 @@ class OpenLines:
     tests/unit/test_fast_open.py checks its lines; bench/pipeline_bench.py --fast
     measures it."""
 
-    MIDS_MAX = 4096
-    QUIET_MAX = 8192
+    # bounds, in entries and in bytes: a path is up to 4 KiB and a process's JSON (its
+    # args) a few, and both are attacker-chosen (docs/plan-agent-cost.md §7, RSS)
+    MIDS_MAX, MIDS_BYTES = 4096, 2 << 20
+    QUIET_MAX, QUIET_BYTES = 8192, 2 << 20
 
     def __init__(self, pipeline: Pipeline, line: Callable[[bytes, int, bytes], bytes] | None
                  = None, detector: Detector | None = None) -> None:
@@ -149,6 +151,8 @@ class OpenLines:
         self._clock = pipeline.format.fmt.clock
         self._events = pipeline.stats.events
         self._mids: dict[bytes, bytes] = {}
+        self._mids_bytes = 0
+        self._quiet_bytes = 0
         self._gen = -1
         self._offset = 0
         self._det = detector
@@ -158,6 +162,7 @@ class OpenLines:
 
     def new_batch(self) -> None:
         self._mids.clear()
+        self._mids_bytes = 0
         clock = self._clock
         if time.monotonic() >= clock._next:
             clock._sync()
@@ -165,10 +170,12 @@ class OpenLines:
 
     def other(self) -> None:
         self._mids.clear()
+        self._mids_bytes = 0
 
     def __call__(self, rec: bytes) -> bytes | None:
         if self._tree.gen != self._gen:
             self._mids.clear()
+            self._mids_bytes = 0
             self._gen = self._tree.gen
             return None
         mid = self._mids.get(rec[_PROC_OFF:_PROC_END])
@@ -194,17 +201,23 @@ class OpenLines:
         self._offset = self._clock._offset  # and the clock may have resynced
         raw = rec[_PROC_OFF:_PROC_END]
         if raw not in self._mids:
-            if len(self._mids) >= self.MIDS_MAX:
+            mid = mid_of(out)
+            self._mids_bytes += len(mid)
+            if len(self._mids) >= self.MIDS_MAX or self._mids_bytes > self.MIDS_BYTES:
                 self._mids.clear()
-            self._mids[raw] = mid_of(out)
+                self._mids_bytes = len(mid)
+            self._mids[raw] = mid
         plan = self._plan
         if plan is not None:
             key = _file_key(rec)
             if key not in self._quiet:
                 known = plan.known(Ctx(out, self._det.state, proc, parent))  # type: ignore[union-attr]
                 if known is not None:
-                    if len(self._quiet) >= self.QUIET_MAX:
+                    self._quiet_bytes += len(key)
+                    if len(self._quiet) >= self.QUIET_MAX or \
+                            self._quiet_bytes > self.QUIET_BYTES:
                         self._quiet.clear()
+                        self._quiet_bytes = len(key)
                     self._quiet[key] = not known
 
 
