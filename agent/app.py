@@ -580,8 +580,8 @@ class Agent:
         if self.cfg.fast_open:
             from moray.agent.pipeline import fastopen
 
-            log.info("open events: %s", "the Python path (an export, an export filter or the "
-                     "control plane needs them as objects)" if pipeline.open_lines is None
+            log.info("open events: %s", "the Python path (an export or an export filter "
+                     "needs them as objects)" if pipeline.open_lines is None
                      else "the compiled path" if fastopen.FAST
                      else "the fast path in Python (moray.agent._fast not built)")
         if self.policy is not None:  # enforcement events are explained by the format stage

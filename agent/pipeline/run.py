@@ -8,9 +8,10 @@ An exception on one record (an enrichment or detection bug) is counted in
 
 `fast_open=True`: open records take the compiled hot path (fastopen.py `OpenLines`: one
 C call per open after the first of its process in a batch, the same bytes) when the
-route is a sink that takes encoded lines with no spool, export filter or export, and
-detection (if any) is a Detector's: an open whose file no rule can match skips it; the
-others (and the first of each process view in a batch) take the Python path.
+route takes encoded lines (`Router.line_writer`: the sink, and the spool when enrolled;
+no export filter or export) and detection (if any) is a Detector's: an open whose file
+no rule can match skips it; the others (and the first of each process view in a batch)
+take the Python path.
 """
 
 from __future__ import annotations
@@ -70,12 +71,10 @@ class Pipeline:
         return det if isinstance(det, Detector) else None
 
     def fast_open_ok(self) -> bool:
-        """Whether open events can skip their dicts when nothing needs them: the route is
-        a line-taking sink alone, and detection is a Detector's (one we cannot ask which
-        opens its rules read: no)."""
-        r = self.route
-        if r.spool is not None or r.keep is not None or r.exports or \
-                r._write_encoded is None:
+        """Whether open events can skip their dicts when nothing needs them: the route
+        takes lines (Router.line_writer), and detection is a Detector's (one we cannot
+        ask which opens its rules read: no)."""
+        if self.route.line_writer("open") is None:
             return False
         return self.detect is None or self._detector() is not None
 
@@ -92,7 +91,7 @@ class Pipeline:
         self.stats.events[out["type"]] += 1
         return out
 
-    def run(self, queue: BatchQueue, stop: threading.Event) -> None:
+    def run(self, queue: BatchQueue, stop: threading.Event) -> None:  # noqa: PLR0915 (hot loop)
         # the stages of handle() and enrich(), called here directly: one record costs a
         # few microseconds, and two calls per record are a few percent of that
         route, stats, events = self.route, self.stats, self.stats.events
@@ -101,7 +100,8 @@ class Pipeline:
         identity, fmt, enforcement = self.identity.container, self.format.event, \
             self.format.enforcement
         detect = self.detect
-        open_lines, write_line = self.open_lines, self.route._write_encoded
+        open_lines = self.open_lines
+        write_line = route.line_writer("open") if open_lines is not None else None
         while not (stop.is_set() and queue.depth() == 0):
             batch = queue.get(0.2)
             if batch is None:

@@ -297,5 +297,52 @@ def test_fast_open_only_when_nothing_needs_open_dicts(tmp_path: Path) -> None:
     assert pipe(default.process).open_lines is not None        # gated per file
     assert pipe(lambda e, p, q: []).open_lines is None         # unknown: no
     assert pipe(keep=lambda e: True).open_lines is None        # export filters
+    assert pipe(spool=_Spool()).open_lines is not None          # enrolled: lines spooled
     assert Pipeline(tree, _Null(), formatter(), None, Stats(),   # no write_encoded
                     fast_open=True).open_lines is None
+
+
+class _Spool:
+    """The router's Spooler, as the control-plane client takes batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[dict[str, object]], bytes]] = []
+
+    def submit(self, events: list[dict[str, object]], lines: bytearray) -> None:
+        self.batches.append((list(events), bytes(lines)))
+
+
+def test_enrolled_route_spools_the_same_records(tmp_path: Path) -> None:
+    """Enrolled (a spool): the compiled path hands the spool the same lines, and for each
+    a stand-in the client reads only the type and id from; the spool's records (what
+    the server gets) match but for the ids made per record."""
+    from moray.agent.controlplane.client import ControlPlaneClient
+
+    opens = [make(*c) for c in CASES[:50]]
+    batches = [[(REC / "fork.bin").read_bytes(), *opens[:25]], opens[25:]]
+
+    def run(fast: bool) -> tuple[bytes, list[dict[str, object]]]:
+        out = tmp_path / f"enrolled-{fast}.jsonl"
+        sink, spool = JsonLines(str(out)), _Spool()
+        p = Pipeline(ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None),
+                     Router(sink, (), spool, batch=7), formatter(), None, Stats(),
+                     fast_open=fast)
+        assert (p.open_lines is not None) is fast
+        q = BatchQueue(1 << 16, max_bytes=1 << 30)
+        for b in batches:
+            q.put(b)
+        q.close()
+        p.run(q, threading.Event())
+        sink.close()
+        records = [r for events, lines in spool.batches
+                   for r in ControlPlaneClient._records(events, lines)]
+        for r in records:  # ids are made per record: compare the rest
+            r["json"] = r["json"].replace(r["id"].encode(), b"ID")  # type: ignore[union-attr]
+            r["id"] = r["t"] = None
+        return out.read_bytes(), records
+
+    slow_file, slow = run(False)
+    fast_file, fast = run(True)
+    assert fast_file == slow_file
+    assert fast == slow and len(fast) == 51
+    assert all(b'"id":"ID"}' in r["json"] for r in fast)  # type: ignore[operator]
