@@ -222,7 +222,7 @@ def stage_split(recs: list[bytes], n: int) -> dict[str, float]:
             "encode + write": (cum[3] - cum[2]) * per, "detect": (cum[4] - cum[3]) * per}
 
 
-def fast_split(recs: list[bytes], n: int) -> dict[str, float]:
+def fast_split(recs: list[bytes], n: int, spool_dir: Path | None = None) -> dict[str, float]:
     """Microseconds per open record: the Python pipeline's decode..write against
     OpenLines (the C extension, then the fallback), batches of 2,048 as the reader's."""
     import orjson
@@ -284,6 +284,9 @@ def fast_split(recs: list[bytes], n: int) -> dict[str, float]:
     out["run, default rules, fast"] = one_run(recs, n, fast_open=True)
     out["run, no rules, py"] = one_run(recs, n, rules=False)
     out["run, no rules, fast"] = one_run(recs, n, rules=False, fast_open=True)
+    if spool_dir is not None:  # enrolled: the spool's writer thread shares the core
+        out["run, default, spool, py"] = one_run(recs, n, spool_dir)
+        out["run, default, spool, fast"] = one_run(recs, n, spool_dir, fast_open=True)
     return out
 
 
@@ -321,7 +324,7 @@ def main() -> None:
             print(f"  {k:<22} {v:6.2f}")
         print(f"  {'total':<22} {total:6.2f}  (= {1e6 / total:,.0f} events/s on one core)")
     if a.fast:
-        fsplits = [fast_split(recs, a.events) for _ in range(a.runs)]
+        fsplits = [fast_split(recs, a.events, a.spool) for _ in range(a.runs)]
         what = f"{a.distinct:,} distinct paths" if a.distinct else "one record repeated"
         print(f"decode..write, {a.record} records ({what}), us/event, median of {a.runs} "
               f"(extension built: {fastopen.FAST}):")

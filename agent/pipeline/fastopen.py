@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from moray.agent.detect.ctx import Ctx
 from moray.agent.events.decode import decode_open
 from moray.agent.output.schema import access_of, flag_names
 
@@ -131,9 +130,10 @@ class OpenLines:
 
     With a `detector` whose rules read open events, an open takes the compiled path only
     when its file (flags, error, pflags, path bytes) is known to match no rule's file
-    tests (`FilePlan.known`, learnt from the Python path): detection would do nothing
-    with it but count it (`Detector.evaluated`, counted here too). Any other open (a
-    watched file, a path not seen yet) takes the Python path and detection sees it.
+    tests (`FilePlan.last`, read right after detection ran on the Python path): detection
+    would do nothing with it but count it (`Detector.evaluated`, counted here too). Any
+    other open (a watched file, a path not seen yet) takes the Python path and detection
+    sees it. A flood of new files backs the compiled path off (`_window`).
 
     tests/unit/test_fast_open.py checks its lines; bench/pipeline_bench.py --fast
     measures it."""
@@ -142,6 +142,7 @@ class OpenLines:
     # args) a few, and both are attacker-chosen (docs/plan-agent-cost.md §7, RSS)
     MIDS_MAX, MIDS_BYTES = 4096, 2 << 20
     QUIET_MAX, QUIET_BYTES = 8192, 2 << 20
+    GATE_WINDOW, GATE_BACKOFF = 4096, 16384
 
     def __init__(self, pipeline: Pipeline, line: Callable[[bytes, int, bytes], bytes] | None
                  = None, detector: Detector | None = None) -> None:
@@ -158,6 +159,9 @@ class OpenLines:
         self._det = detector
         self._plan = detector.rules.file_plans.get("open") if detector is not None else None
         self._quiet: dict[bytes, bool] = {}  # _file_key -> no rule's file tests hold
+        self._keyed: tuple[bytes, bytes] | None = None  # the last gated open, its key
+        self._tries = self._hits = self._off = 0
+        self.backoffs = 0  # windows that ended in a back-off
         self.new_batch()
 
     def new_batch(self) -> None:
@@ -173,6 +177,9 @@ class OpenLines:
         self._mids_bytes = 0
 
     def __call__(self, rec: bytes) -> bytes | None:
+        if self._off:  # backing off (see `_window`)
+            self._off -= 1
+            return None
         if self._tree.gen != self._gen:
             self._mids.clear()
             self._mids_bytes = 0
@@ -182,8 +189,19 @@ class OpenLines:
         if mid is None:
             return None
         plan = self._plan
-        if plan is not None and (len(rec) < _OPEN_SIZE or not self._quiet.get(_file_key(rec))):
-            return None
+        if plan is not None:
+            if len(rec) < _OPEN_SIZE:
+                return None
+            key = _file_key(rec)
+            self._tries += 1
+            quiet = self._quiet.get(key)
+            if quiet:
+                self._hits += 1
+            if self._tries >= self.GATE_WINDOW:
+                self._window()
+            if not quiet:
+                self._keyed = (rec, key)  # for learn() of this record, next
+                return None
         try:
             line = self.line(rec, self._offset, mid)
         except ValueError:  # the Python path counts it in decode_errors
@@ -193,12 +211,24 @@ class OpenLines:
             self._det.evaluated += 1  # type: ignore[union-attr]
         return line
 
+    def _window(self) -> None:
+        """End of a window of GATE_WINDOW gated opens: when fewer than a quarter were of
+        files known to match no rule (a flood of new files: each needs detection, and
+        trying the compiled path first only adds to its cost), the next GATE_BACKOFF opens
+        go straight to the Python path, learning nothing; then it tries again."""
+        if self._hits * 4 < self._tries:
+            self._off = self.GATE_BACKOFF
+            self.backoffs += 1
+        self._tries = self._hits = 0
+
     def learn(self, rec: bytes, out: dict[str, Any], proc: Process,
               parent: Process | None) -> None:
         """After the Python path of the open record `rec` (`out` its event, detection
         run): remember its mid and whether its file can match a rule."""
         self._gen = self._tree.gen          # the Python path may have changed the tree
         self._offset = self._clock._offset  # and the clock may have resynced
+        if self._off:
+            return
         raw = rec[_PROC_OFF:_PROC_END]
         if raw not in self._mids:
             mid = mid_of(out)
@@ -209,16 +239,20 @@ class OpenLines:
             self._mids[raw] = mid
         plan = self._plan
         if plan is not None:
-            key = _file_key(rec)
-            if key not in self._quiet:
-                known = plan.known(Ctx(out, self._det.state, proc, parent))  # type: ignore[union-attr]
-                if known is not None:
-                    self._quiet_bytes += len(key)
-                    if len(self._quiet) >= self.QUIET_MAX or \
-                            self._quiet_bytes > self.QUIET_BYTES:
-                        self._quiet.clear()
-                        self._quiet_bytes = len(key)
-                    self._quiet[key] = not known
+            keyed, self._keyed = self._keyed, None
+            if keyed is not None and keyed[0] is rec:  # the same object: the same bytes
+                key = keyed[1]
+            elif len(rec) < _OPEN_SIZE:
+                return
+            else:
+                key = _file_key(rec)
+            last = plan.last  # detection's verdict on this very event, if it had one
+            if last is not None and last[0] is out and key not in self._quiet:
+                self._quiet_bytes += len(key)
+                if len(self._quiet) >= self.QUIET_MAX or self._quiet_bytes > self.QUIET_BYTES:
+                    self._quiet.clear()
+                    self._quiet_bytes = len(key)
+                self._quiet[key] = not last[1]
 
 
 __all__ = ["FAST", "OpenLines", "error_json", "flags_json", "mid_of", "open_line",

@@ -346,3 +346,65 @@ def test_enrolled_route_spools_the_same_records(tmp_path: Path) -> None:
     assert fast_file == slow_file
     assert fast == slow and len(fast) == 51
     assert all(b'"id":"ID"}' in r["json"] for r in fast)  # type: ignore[operator]
+
+
+def _default_pipeline() -> tuple[Pipeline, Detector]:
+    tree = ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None)
+    det = Detector(load([]), tree, "/nonexistent")
+    p = Pipeline(tree, Router(JsonLines(os.devnull)), formatter(), None, Stats(),
+                 detect=det.process, fast_open=True)
+    assert p.open_lines is not None
+    return p, det
+
+
+def _through_detect(p: Pipeline, rec: bytes) -> None:
+    lines = p.open_lines
+    assert lines is not None
+    if lines(rec) is not None:
+        return
+    ev = p.decode.record(rec)
+    if ev is None:
+        return
+    pr, parent = p.lineage.lookup(ev)
+    out = p.enrich(ev)
+    assert p.detect is not None
+    p.detect(out, pr, parent)
+    lines.learn(rec, out, pr, parent)
+
+
+def test_a_refused_record_never_lends_its_file_to_the_next(tmp_path: Path) -> None:
+    """An open whose gate missed and whose Python path then refused it (a path past the
+    record's end) must not have its file judged by the next record's detection."""
+    from moray.agent.pipeline.fastopen import _file_key
+
+    p, _ = _default_pipeline()
+    lines = p.open_lines
+    assert lines is not None
+    for _ in range(3):
+        _through_detect(p, make(b"/usr/lib/q"))          # learnt: quiet
+    bad = make(b"/etc/shadow")[:-3]                        # path past the end
+    _through_detect(p, bad)
+    other = bytearray(make(b"/usr/lib/r"))
+    struct.pack_into("<I", other, 16, 4242)                # another process: mid misses
+    _through_detect(p, bytes(other))
+    assert _file_key(bad) not in lines._quiet
+    assert lines._quiet[_file_key(bytes(other))] is True
+    assert p.stats.decode_errors == 1
+
+
+def test_a_flood_of_new_files_backs_off_and_keeps_the_bytes(tmp_path: Path) -> None:
+    """Every open a new file (each needs detection): after a window of gate misses the
+    compiled path is not tried for a while; the output is the Python path's throughout."""
+    flood = [make(b"/var/tmp/f%d" % i) for i in range(300)]
+    batches = [flood[i:i + 50] for i in range(0, 300, 50)]
+    old = OpenLines.GATE_WINDOW, OpenLines.GATE_BACKOFF
+    OpenLines.GATE_WINDOW, OpenLines.GATE_BACKOFF = 32, 64
+    try:
+        slow, _, _ = _run(tmp_path, batches, False,
+                          Detector(load([]), ProcessTree("/nonexistent"), "/nonexistent").process)
+        fast, _, fp = _run(tmp_path, batches, True,
+                           Detector(load([]), ProcessTree("/nonexistent"), "/nonexistent").process)
+    finally:
+        OpenLines.GATE_WINDOW, OpenLines.GATE_BACKOFF = old
+    assert fast == slow
+    assert fp.open_lines is not None and fp.open_lines.backoffs >= 1
