@@ -47,7 +47,7 @@ venv: $(BIN)/python
 bpf: deps
 	$(MAKE) -C bpf
 
-.stamps/pip: pyproject.toml | $(BIN)/python
+.stamps/pip: pyproject.toml setup.py agent/events/_fast.c | $(BIN)/python  # the editable install builds moray.agent._fast
 	$(BIN)/pip install -q -e '.[test,scanner,otlp]'
 	@mkdir -p .stamps && touch $@
 
