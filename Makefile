@@ -47,7 +47,7 @@ venv: $(BIN)/python
 bpf: deps
 	$(MAKE) -C bpf
 
-.stamps/pip: pyproject.toml | $(BIN)/python
+.stamps/pip: pyproject.toml setup.py agent/events/_fast.c | $(BIN)/python  # the editable install builds moray.agent._fast
 	$(BIN)/pip install -q -e '.[test,scanner,otlp]'
 	@mkdir -p .stamps && touch $@
 
@@ -95,7 +95,7 @@ dist: deps bpf | $(BIN)/python
 
 # dh-virtualenv builds /opt/venvs/moray from a clean copy of the tree (tracked and new
 # files, not the developer's .venv or build output), packaging/debian as debian/
-DEB_PKGS := debhelper dh-virtualenv python3-venv
+DEB_PKGS := debhelper dh-virtualenv python3-venv python3-dev
 DEB_STAGE := build/deb/moray-0.1.0
 deb: deps
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \

@@ -5,13 +5,18 @@ docs/install.md).
 
 The objects are built for one architecture (-D__TARGET_ARCH_x86 on x86_64), so the wheel is
 tagged with the build machine's platform (py3-none-linux_x86_64), not as pure Python: pip
-refuses it on an arm64 host instead of installing programs that cannot load there."""
+refuses it on an arm64 host instead of installing programs that cannot load there.
+
+The one C extension, moray.agent._fast (agent/events/_fast.c: open records -> JSON lines,
+agent/pipeline/fastopen.py), is optional: a build without a C compiler or Python headers
+warns and goes on (setuptools' `optional=True`), and the agent then uses the same code path
+in pure Python (fastopen.FAST is False)."""
 
 import os
 import subprocess
 import sysconfig
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 try:
@@ -38,4 +43,7 @@ class PlatformWheel(bdist_wheel):
         return "py3", "none", plat
 
 
-setup(cmdclass={"build_py": BuildWithBpf, "bdist_wheel": PlatformWheel})
+FAST = Extension("moray.agent._fast", sources=["agent/events/_fast.c"], optional=True,
+                 extra_compile_args=["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"])
+
+setup(cmdclass={"build_py": BuildWithBpf, "bdist_wheel": PlatformWheel}, ext_modules=[FAST])

@@ -120,6 +120,9 @@ class Config:
     labels: tuple[tuple[str, str], ...] = ()  # host labels policy scopes select on
     rules: tuple[str, ...] = ()          # detection rule files (agent/detect), after defaults
     default_rules: bool = True
+    # open records through the compiled hot path when nothing needs them as dicts
+    # (agent/pipeline/fastopen.py; the same bytes): --no-fast-open turns it off
+    fast_open: bool = True
     syslog: tuple[str, ...] = ()         # alert outputs (agent/output/siem.py)
     cef: tuple[str, ...] = ()
     webhook: tuple[str, ...] = ()
@@ -572,7 +575,15 @@ class Agent:
                         exports=(self.otlp,) if self.otlp is not None else ())
         pipeline = Pipeline(self.tree, router, Formatter(self.cfg.node), self.resolver,
                             self.stats,
-                            detect=self.detector.process if self.detector is not None else None)
+                            detect=self.detector.process if self.detector is not None else None,
+                            fast_open=self.cfg.fast_open)
+        if self.cfg.fast_open:
+            from moray.agent.pipeline import fastopen
+
+            log.info("open events: %s", "the Python path (an export or an export filter "
+                     "needs them as objects)" if pipeline.open_lines is None
+                     else "the compiled path" if fastopen.FAST
+                     else "the fast path in Python (moray.agent._fast not built)")
         if self.policy is not None:  # enforcement events are explained by the format stage
             pipeline.format.explain_with(self.policy, self.policy.tiers)
             from moray.agent.policy.residue import Residue

@@ -56,6 +56,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  pin_root=None if args.no_pin else args.pin_root,
                  policy_status=args.policy_status or None, rules=tuple(args.rules),
                  default_rules=not args.no_default_rules, syslog=tuple(args.syslog),
+                 fast_open=not args.no_fast_open,
                  cef=tuple(args.cef), webhook=tuple(args.webhook),
                  alert_format=args.alert_format,
                  export_allow=tuple(args.export_allow), export_deny=tuple(args.export_deny),
@@ -166,7 +167,7 @@ def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     imp.set_defaults(handler=_cmd_rules_import)
 
 
-def add_group(name: str, ap: argparse.ArgumentParser) -> None:
+def add_group(name: str, ap: argparse.ArgumentParser) -> None:  # noqa: PLR0915 (one per option)
     """Fill ``moray``'s ``agent`` parser."""
     ap.add_argument("--log-level", default=argparse.SUPPRESS, help="default info")
     ap.set_defaults(daemon=True, log_errors=True)
@@ -219,6 +220,9 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:
                      help="detection rule file, applied after the defaults (repeatable)")
     run.add_argument("--no-default-rules", action="store_true",
                      help="do not load the default detection ruleset")
+    run.add_argument("--no-fast-open", action="store_true",
+                     help="open events through the Python pipeline only, not the compiled "
+                          "hot path (the same output; for comparison or a suspected bug)")
     run.add_argument("--syslog", action="append", default=[], metavar="URL",
                      help="send alerts as RFC 5424 syslog: udp|tcp|tls://HOST:PORT")
     run.add_argument("--cef", action="append", default=[], metavar="URL",

@@ -19,11 +19,15 @@ formatter's `file` objects, detection's file plans, at most 4,096 entries) then 
 they do under a flood of distinct files. `--stages` prints the cost split by stage
 (the reader's ring copy, decode, tree, identity + format, encode + write, detect), each
 measured by running the stages up to it over the same records (medians of `--runs`);
-`--profile` prints cProfile's top functions of one run.
+`--profile` prints cProfile's top functions of one run. `--fast` (open records) prints,
+side by side in one run, decode + tree + identity + format + encode + write of the Python
+pipeline and of the compiled hot path (agent/pipeline/fastopen.py `OpenLines` over
+moray.agent._fast, and over its pure-Python fallback), detection not included; then the
+whole `Pipeline.run` with and without `fast_open`, with the default rules and with none.
 
     python bench/pipeline_bench.py [--record open] [--events 200000] [--runs 5] [--spool DIR]
                                    [--export-deny FILTER ...] [--distinct N] [--stages]
-                                   [--profile]
+                                   [--profile] [--fast]
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from moray.agent.output.filters import ExportFilter
 from moray.agent.output.jsonl import JsonLines
 from moray.agent.output.metrics import Stats
 from moray.agent.output.schema import Formatter
-from moray.agent.pipeline import Pipeline
+from moray.agent.pipeline import Pipeline, fastopen
 from moray.agent.pipeline.route import Router
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,10 +89,11 @@ def records(rec: bytes, distinct: int) -> list[bytes]:
     return distinct_opens(rec, distinct) if distinct else [rec]
 
 
-def pipeline(spool_dir: Path | None = None, deny: tuple[str, ...] = ()
+def pipeline(spool_dir: Path | None = None, deny: tuple[str, ...] = (),
+             rules: bool = True, fast_open: bool = False
              ) -> tuple[Pipeline, JsonLines, ControlPlaneClient | None]:
     tree = ProcessTree("/nonexistent", read_proc=lambda _proc, _pid: None)
-    det = Detector(load([]), tree, "/nonexistent")
+    det = Detector(load([], default=rules), tree, "/nonexistent")
     sink = JsonLines(os.devnull)
     client = None
     if spool_dir is not None:
@@ -97,13 +102,16 @@ def pipeline(spool_dir: Path | None = None, deny: tuple[str, ...] = ()
                                     spool_max_bytes=1 << 40)
     keep = ExportFilter(deny=deny).keep if deny else None
     out = sink if client is None and keep is None else Router(sink, (), client, keep=keep)
-    return Pipeline(tree, out, Formatter("n"), None, Stats(), detect=det.process), sink, client
+    return Pipeline(tree, out, Formatter("n"), None, Stats(), detect=det.process,
+                    fast_open=fast_open), sink, client
 
 
 def one_run(recs: list[bytes], n: int, spool_dir: Path | None = None,
-            deny: tuple[str, ...] = ()) -> float:
+            deny: tuple[str, ...] = (), rules: bool = True, fast_open: bool = False
+            ) -> float:
     """Microseconds per record for `n` records cycled from `recs`."""
-    p, sink, client = pipeline(spool_dir, deny)
+    p, sink, client = pipeline(spool_dir, deny, rules, fast_open)
+    assert (p.open_lines is not None) == fast_open
     q = BatchQueue(n + 256, max_bytes=1 << 40)  # every record queued: no drop
     batches = n // 256
     stream = itertools.cycle(recs)
@@ -214,6 +222,74 @@ def stage_split(recs: list[bytes], n: int) -> dict[str, float]:
             "encode + write": (cum[3] - cum[2]) * per, "detect": (cum[4] - cum[3]) * per}
 
 
+def fast_split(recs: list[bytes], n: int, spool_dir: Path | None = None) -> dict[str, float]:
+    """Microseconds per open record: the Python pipeline's decode..write against
+    OpenLines (the C extension, then the fallback), batches of 2,048 as the reader's."""
+    import orjson
+    stream = itertools.cycle(recs)
+    batches = [[next(stream) for _ in range(2048)] for _ in range(max(1, n // 2048))]
+    total = sum(map(len, batches))
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+
+    def python() -> float:
+        p, sink, _ = pipeline()
+        dec, lineage, identity, fmt = (p.decode.record, p.lineage.lookup,
+                                       p.identity.container, p.format.event)
+        write = sink.write_encoded
+        t0 = time.perf_counter()
+        for batch in batches:
+            for rec in batch:
+                ev = dec(rec)
+                if ev is None:
+                    continue
+                pr, parent = lineage(ev)
+                k = ev.proc
+                write(dumps(fmt(ev, pr, parent, identity(k.cgroup_id, k.pid, False)),
+                            option=newline))
+        dt = time.perf_counter() - t0
+        sink.close()
+        return dt
+
+    def fast(line: Any) -> float:
+        p, sink, _ = pipeline(rules=False)
+        lines = fastopen.OpenLines(p, line)
+        dec, lineage, enrich = p.decode.record, p.lineage.lookup, p.enrich
+        write = sink.write_encoded
+        t0 = time.perf_counter()
+        for batch in batches:
+            lines.new_batch()
+            for rec in batch:
+                got = lines(rec)
+                if got is None:  # the first of its process in the batch: the Python path
+                    ev = dec(rec)
+                    if ev is None:
+                        continue
+                    pr, parent = lineage(ev)
+                    out = enrich(ev)
+                    lines.learn(rec, out, pr, parent)
+                    got = dumps(out, option=newline)
+                write(got)
+        dt = time.perf_counter() - t0
+        sink.close()
+        return dt
+
+    per = 1e6 / total
+    out = {"python pipeline": python() * per}
+    if fastopen.FAST:
+        out["OpenLines, C"] = fast(fastopen.open_line) * per
+    out["OpenLines, py fallback"] = fast(fastopen.open_line_py) * per
+    # the whole pipeline thread (Pipeline.run over the queue), with the default rules
+    # (opens of files no rule matches skip detection once learnt) and with none
+    out["run, default rules, py"] = one_run(recs, n)
+    out["run, default rules, fast"] = one_run(recs, n, fast_open=True)
+    out["run, no rules, py"] = one_run(recs, n, rules=False)
+    out["run, no rules, fast"] = one_run(recs, n, rules=False, fast_open=True)
+    if spool_dir is not None:  # enrolled: the spool's writer thread shares the core
+        out["run, default, spool, py"] = one_run(recs, n, spool_dir)
+        out["run, default, spool, fast"] = one_run(recs, n, spool_dir, fast_open=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--record", default="open", help="tests/fixtures/records/<NAME>.bin")
@@ -226,6 +302,8 @@ def main() -> None:
                     help="cycle over N open records of distinct paths (--record open)")
     ap.add_argument("--stages", action="store_true", help="print the cost split by stage")
     ap.add_argument("--profile", action="store_true", help="cProfile one run, top functions")
+    ap.add_argument("--fast", action="store_true",
+                    help="open records: the Python path against the compiled hot path")
     a = ap.parse_args()
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {0})
@@ -245,6 +323,14 @@ def main() -> None:
             total += v
             print(f"  {k:<22} {v:6.2f}")
         print(f"  {'total':<22} {total:6.2f}  (= {1e6 / total:,.0f} events/s on one core)")
+    if a.fast:
+        fsplits = [fast_split(recs, a.events, a.spool) for _ in range(a.runs)]
+        what = f"{a.distinct:,} distinct paths" if a.distinct else "one record repeated"
+        print(f"decode..write, {a.record} records ({what}), us/event, median of {a.runs} "
+              f"(extension built: {fastopen.FAST}):")
+        for k in fsplits[0]:
+            v = statistics.median(s[k] for s in fsplits)
+            print(f"  {k:<24} {v:6.2f}  ({', '.join(f'{s[k]:.2f}' for s in fsplits)})")
     res = [one_run(recs, a.events, a.spool, tuple(a.export_deny)) for _ in range(a.runs)]
     where = f", {a.distinct:,} distinct paths" if a.distinct else ""
     where += f", spool in {a.spool}" if a.spool else ""

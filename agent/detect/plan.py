@@ -48,13 +48,17 @@ class FilePlan:
 
     `candidates(c)` -> ((rule, rest or None) ...) in rule order; `failed(rule, etype)` is
     called for a rule whose file tests raised (such a key is not remembered, so it is
-    counted again)."""
+    counted again); `last` holds the last event's remembered candidates."""
 
     def __init__(self, etype: str, rules: Iterable[Rule], size: int = 8192) -> None:
         self.etype = etype
         self.size = size
         self._cache: dict[tuple[Any, ...], tuple[tuple[Rule, Pred | None], ...]] = {}
         self.rules: list[tuple[Rule, Pred | None, Pred | None]] = []
+        # the last event's candidates when they hold for every event of its file (no rule's
+        # file test raised): (the event, its candidates); agent/pipeline/fastopen.py reads
+        # it right after detection to learn which files no rule can match
+        self.last: tuple[dict[str, Any], tuple[tuple[Rule, Pred | None], ...]] | None = None
         for r in rules:
             spec = specialize(r.cond, etype) if r.cond is not None else True
             if spec is False:
@@ -72,6 +76,7 @@ class FilePlan:
         except Exception:  # a malformed event (no flags, an unhashable path): no memo
             k = got = None
         if got is not None:
+            self.last = (c.e, got)
             return got
         out = []
         ok = k is not None
@@ -87,6 +92,7 @@ class FilePlan:
             if len(self._cache) >= self.size:
                 self._cache.clear()
             self._cache[k] = got  # type: ignore[index]
+        self.last = (c.e, got) if ok else None
         return got
 
 

@@ -121,6 +121,29 @@ class Router:
                 hand_over()
         return event
 
+    def line_writer(self, etype: str) -> Callable[[bytes], None] | None:
+        """Where an event already encoded as its JSON line goes (the compiled open path,
+        fastopen.py), or None when an export filter or export needs the event object (or
+        the sink takes no lines). Enrolled, the spool gets the line and, for the event, a
+        shared read-only {"type": etype}: with the line it reads only the type and the
+        id (ControlPlaneClient._records), and the id is then made there as for a dict."""
+        write_line = self._write_encoded
+        if self.keep is not None or self.exports or write_line is None:
+            return None
+        if self.spool is None:
+            return write_line
+        stand_in = {"type": etype}
+        pending, add, batch = self._pending, self._pending.append, self.batch
+        hand_over = self._hand_over
+
+        def line_event(line: bytes) -> None:
+            write_line(line)
+            add(stand_in)
+            self._lines += line
+            if len(pending) >= batch:
+                hand_over()
+        return line_event
+
     def alerts(self, alerts: list[dict[str, Any]]) -> None:
         for alert in alerts:
             if self.keep is not None and not self.keep(alert):

@@ -153,6 +153,37 @@ def test_unwatched_opens_do_not_reach_user_space(agent: AgentProcess, tmp_path: 
     assert agent.events.all(lambda e: e["type"] == "open" and e["file"]["path"] == str(f)) == []
 
 
+def test_a_burst_of_opens_comes_out_whole(agent: AgentProcess) -> None:
+    """200 opens of a watched file by one process (after the first of a batch, the
+    compiled path: agent/pipeline/fastopen.py), then a failed open of a path with hostile
+    bytes: every event arrives, each whole, the path escaped as the Python path does."""
+    code = ("import os\n"
+            "for _ in range(200):\n"
+            "    os.close(os.open('/etc/hostname', os.O_RDONLY))\n"
+            "try:\n"
+            "    os.open(b'/etc/moray-' + bytes([0xff, 0x22, 0x71, 0x5c, 0x0a]) + b'-x', 0)\n"
+            "except OSError:\n"
+            "    pass\n")
+    p = subprocess.Popen(["python3", "-c", code])
+    assert p.wait(20) == 0
+    ev = agent.events
+    hostile = ev.wait_for(lambda e: e["type"] == "open" and e["process"]["pid"] == p.pid
+                          and e["file"]["path"].startswith("/etc/moray-"),
+                          what="the failed open of the hostile path")
+    assert hostile["file"]["path"] == '/etc/moray-\\xff"q\\\n-x'
+    assert hostile["file"]["error"] == "ENOENT" and hostile["file"]["fd"] is None
+    opens = ev.all(lambda e: e["type"] == "open" and e["process"]["pid"] == p.pid
+                   and e["file"]["path"] == "/etc/hostname")
+    assert len(opens) == 200
+    assert {o["process"]["exec_id"] for o in opens} == {hostile["process"]["exec_id"]}
+    assert all(o["file"]["result"] == 0 and o["file"]["fd"] >= 0 and o["file"]["error"] is None
+               and o["file"]["access"] == "read" and o["parent"]["pid"] == os.getpid()
+               for o in opens)
+    times = [o["time"] for o in opens]
+    assert times == sorted(times)
+    assert "open events: " in agent.log()
+
+
 def _in_container(cid: str) -> object:
     return lambda e: (e.get("container") or {}).get("id") == cid
 

@@ -1,0 +1,6 @@
+# moray.agent._fast: the C extension of agent/events/_fast.c (optional; see setup.py)
+from collections.abc import Callable
+
+def open_line(rec: bytes, offset_ns: int, mid: bytes, /) -> bytes: ...
+def set_tables(flags_json: Callable[[int], bytes], error_json: Callable[[int], bytes],
+               /) -> None: ...
