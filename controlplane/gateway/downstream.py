@@ -69,7 +69,8 @@ class GatewayAgentService(moray_pb2_grpc.AgentServiceServicer):  # type: ignore[
         if first is grpc.aio.EOF or not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
         state = self.fanout.open(agent_id, sha)
-        session = PolicySession(self.fanout, state, context, dict(first.hello.versions))
+        session = PolicySession(self.fanout, state, context, dict(first.hello.versions),
+                                marker=first.hello.sync_marker)
         state.wakes.add(session.wake)
         reader = asyncio.ensure_future(session.read_acks())
         # one event wakes the stream: a policy change or a refusal (state.wake) and the

@@ -149,10 +149,14 @@ class PolicySession:
     hello, then what was sent), acks passed upstream as they come."""
 
     def __init__(self, fanout: Fanout, state: AgentState, context: grpc.aio.ServicerContext,
-                 known: dict[str, int]) -> None:
+                 known: dict[str, int], marker: bool = False) -> None:
         self.fanout, self.state, self.context = fanout, state, context
         self.known = known
         self.wake = asyncio.Event()
+        # the hello asked for the end-of-initial-sync marker (moray micro): sent after the
+        # first push made from the server's answer to the attach and the tenant's set,
+        # as the server sends it after its first push (server/agentapi.py)
+        self.marker = marker
 
     async def push(self) -> None:
         info = self.state.info
@@ -171,6 +175,9 @@ class PolicySession:
                 await self._remove(name, max(entry.version, self.known[name]))
         for name in [n for n in self.known if n not in policies]:
             await self._remove(name, self.known[name])
+        if self.marker:
+            self.marker = False
+            await self.context.write(moray_pb2.PolicyStreamResponse(synced=True))
 
     async def _remove(self, name: str, version: int) -> None:
         signed = await self.fanout.removal(self.state.agent_id, name, version)

@@ -713,6 +713,48 @@ def test_pushed_policies_enforced_before_start_and_live(work: Path, tmp_path: Pa
         srv.stop()
 
 
+def test_behind_a_gateway_policies_fetched_before_start(work: Path, tmp_path: Path) -> None:
+    """Connected to a gateway (enrolled at the server): the gateway relays the
+    end-of-initial-sync marker after its first push to the enforcer, so the server's policy
+    is enforced from the workload's first call, as when connected to the server."""
+    from tests.helpers.controlplane import GatewayProcess, ServerProcess, policy_yaml, wait_for
+
+    srv = ServerProcess(tmp_path / "server").start()
+    gw = None
+    try:
+        api = srv.api()
+        api.apply(policy_yaml("via-gw", deny="/usr/bin/touch"))
+        gw = GatewayProcess(tmp_path / "gw", srv, "gw1").start()
+        ca = work / "ca.pem"
+        ca.write_bytes(srv.ca_pem)
+        ca.chmod(0o644)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": "/usr/bin",
+               "MORAY_ENROLL_TOKEN": api.token()}
+        cmd = [*NOBODY, PYTHON, "-m", "moray.cli", "micro", "--server", gw.target,
+               "--enroll-server", srv.enroll_target, "--ca", str(ca), "--sync-timeout", "20",
+               "--data-dir", str(work / "rw" / "cp"), "--node", "via-gw"]
+
+        def served() -> bool:
+            # the server's in-memory set follows its store a moment later (see
+            # test_pushed_policies_enforced_before_start_and_live); --explain asks the
+            # gateway, so this also waits for the gateway's copy of the tenant's set;
+            # each call waits for the marker (without it: exit 2, "not fetched")
+            r = subprocess.run([*cmd, "--explain", "--", "true"], capture_output=True,
+                               text=True, timeout=60, env=env, cwd=work / "rw")
+            assert r.returncode == 0, r.stderr
+            return [p["name"] for p in json.loads(r.stdout)["policies"]] == ["via-gw"]
+        wait_for(served, timeout=30, interval=0.2, what="the policy served through the gateway")
+        r = subprocess.run([*cmd, "--", *sh(f"touch {work}/rw/x; echo rc=$?")],
+                           capture_output=True, text=True, timeout=60, env=env,
+                           cwd=work / "rw")
+        assert r.returncode == 0 and "rc=126" in r.stdout, r
+        assert not (work / "rw" / "x").exists()
+    finally:
+        if gw is not None:
+            gw.stop()
+        srv.stop()
+
+
 def test_server_without_policies_in_time_does_not_start(work: Path) -> None:
     """No server answering: the policies cannot be fetched, the workload never runs."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": "/usr/bin",
