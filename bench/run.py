@@ -290,6 +290,21 @@ def isolation_args(exe: str) -> list[str]:
     return ["--no-pin"] if "--no-pin" in r.stdout else []
 
 
+def moray_programs_loaded() -> int:
+    """How many BPF programs named like moray's (mr_*) are loaded now (0 if bpftool is
+    missing): a stale pinned agent skews every condition of the run."""
+    bpftool = shutil.which("bpftool")
+    if bpftool is None:
+        return 0
+    r = subprocess.run([bpftool, "prog", "show", "-j"], capture_output=True, text=True,
+                       check=False)
+    try:
+        progs = json.loads(r.stdout or "[]")
+    except json.JSONDecodeError:
+        return 0
+    return sum(1 for p in progs if str(p.get("name", "")).startswith("mr_"))
+
+
 class Agent:
     """One moray-agent process: started, scraped, sampled for RSS, stopped."""
 
@@ -581,6 +596,12 @@ class Bench:
             (self.many_dir / f"f{i}").write_bytes(b"")
         self.empty_policies = self.workdir / "no-policies"
         self.empty_policies.mkdir()
+        loaded = moray_programs_loaded()
+        if loaded:
+            self.warnings.append(
+                f"{loaded} moray BPF programs were already loaded before the run (another "
+                "agent, or pins left under /sys/fs/bpf/moray: `moray-agent unload`); they run "
+                "in every condition, the off baseline included")
 
     def ab_commands(self) -> dict[str, tuple[str, int, list[str], str | None, dict[str, int]]]:
         s, c = self.sizes, self.loads.cmd
