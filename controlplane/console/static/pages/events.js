@@ -64,6 +64,12 @@ function summary(e) {
   if (e.output) return String(e.output);
   const o = origin(e);
   const parts = [];
+  const enf = o.enforcement;
+  if (enf && typeof enf === 'object') {    // an enforcement decision: what, by which policy
+    parts.push([enf.action, enf.binary || enf.path || enf.target, enf.policy
+      ? `(policy ${enf.policy})` : ''].filter(Boolean).map(String).join(' '));
+    return parts.join(' ');
+  }
   if (o.process && o.process.args) parts.push(args(o.process.args));
   else if (o.args) parts.push(args(o.args));
   if (o.path || o.filename) parts.push(String(o.path || o.filename));
