@@ -113,6 +113,7 @@ def test_the_real_agent_is_online_with_its_version_labels_health_and_tiers(
     assert {b.text for b in cells["tiers"].find_elements(By.CSS_SELECTOR, ".badge")} == {
         f"{kind}: {tier}" for kind, tier in tiers.items()}
     assert _health(real_agent.record()) in cells["health"].text
+    assert cells["last seen"].text.endswith("s ago")          # heartbeats every few s
     row.click()
     detail = console.wait_css("#agent-detail")
     console.wait_text("#agent-detail", os.uname().release)      # the kernel it runs on
@@ -161,6 +162,18 @@ def test_a_real_exec_with_markup_in_its_argv_is_text_with_its_ancestry(
         pass
     assert console.driver.execute_script("return window.__moray_alert === undefined")
     assert not console.all("#page img") and not console.all("#page script")
+    # the node and time filters: this agent's host, the millisecond of the exec; the
+    # page lists what the API lists for the same filters
+    window = {"node": event["node"], "type": "exec", "since_ms": event["time_ms"],
+              "until_ms": event["time_ms"] + 1}
+    console.visit("events?" + "&".join(f"{k}={v}" for k, v in window.items()),
+                  f'#events-list tr[data-seq="{seq}"]')
+    shown = {int(r.get_attribute("data-seq"))
+             for r in console.all("#events-list tbody tr[data-seq]")}
+    listed = {e["seq"] for e in real_agent.env.admin("GET", "/api/v1/events", params={
+        "page": 1, "limit": 50, **window})["events"]}
+    assert seq in shown and shown <= listed
+    console.screenshot("node-and-time-filter")
 
 
 POLICY_YAML = """apiVersion: moray/v1
@@ -230,3 +243,10 @@ def test_a_policy_from_the_editor_is_acked_then_enforced_and_shown(
     detail = console.css("#event-detail").text
     assert POLICY in detail and str(binary) in detail and stopped in detail
     console.screenshot("enforce-event")
+    # the overview counts it among the blocks
+    blocks = real_agent.env.admin("GET", "/api/v1/overview")["blocks"]
+    assert blocks >= 1
+    console.visit("overview", "#stat-blocks")
+    console.until(lambda: console.css("#stat-blocks .stat-value").text == str(blocks),
+                  f"{blocks} blocks on the overview")
+    console.screenshot("overview-blocks")

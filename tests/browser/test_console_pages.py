@@ -308,3 +308,40 @@ def test_a_second_tenants_user_sees_none_of_the_first_tenants_images(
     console.visit("registries", "#registries table")
     assert REPO not in console.css("#registries").text
     assert REPO not in console.css("#scan-jobs").text
+
+
+@in_browser
+def test_overview_images_by_verdict_and_a_registry_added_from_the_page(
+        console: Console, scanned: Scanned) -> None:
+    """The overview counts the scanned image by verdict as the API does; a registry added
+    with the page's form (repositories, schedule, plain HTTP) is listed with its schedule,
+    stored, then removed from the page."""
+    signed_in(console, scanned)
+    counts = scanned.api("GET", "/api/v1/overview").json()["images_by_verdict"]
+    assert counts["non-compliant"] >= 1
+    console.visit("overview", "#overview-images .verdicts")
+    assert [b.text for b in console.all("#overview-images .badge")] == [
+        f"{k} {counts[k]}" for k in ("compliant", "non-compliant", "unscanned")]
+
+    def added() -> list[dict[str, Any]]:
+        return [r for r in scanned.api("GET", "/api/v1/scan-registries").json()
+                if r["repositories"] == ["ui/added"]]
+
+    console.visit("registries", "#registry-form")
+    console.css("#reg-host").send_keys("127.0.0.1:9")
+    console.css("#reg-repos").send_keys("ui/added")
+    console.css("#reg-interval").clear()
+    console.css("#reg-interval").send_keys("7200")
+    console.css("#reg-insecure").click()
+    console.css("#reg-add").click()
+    row = console.wait_text("#registries tbody tr", "ui/added")
+    assert "every 2h" in row.text
+    [stored] = added()
+    assert (stored["registry"], stored["interval_seconds"], stored["insecure"]) == (
+        "127.0.0.1:9", 7200, True)
+    console.screenshot("registry-added")
+    console.driver.execute_script("window.confirm = () => true")
+    row.find_element("css selector", f"button.danger[data-id='{stored['id']}']").click()
+    console.until(lambda: "ui/added" not in console.css("#registries").text,
+                  "the registry gone from the page")
+    assert added() == []
