@@ -321,3 +321,59 @@ def test_operator_rolls_back_a_policy(console: Console, console_env: ConsoleEnv)
     for agent in console_env.agents:
         wait_for(lambda a=agent: a.versions().get("rb") == 3, timeout=30,
                  what=f"agent {agent.agent_id} to hold rb v3")
+
+
+# Roles in the console = roles in the API: for every role, the pages in the navigation
+# and the controls that change something are exactly those whose endpoints `ACCESS`
+# (controlplane/server/rest.py, what the server enforces) grants that role.
+# page -> (its data endpoint, or None: every role; the ready element; {control: endpoint})
+ROLE_PAGES: dict[str, tuple[tuple[str, str] | None, str, dict[str, tuple[str, str]]]] = {
+    "overview": (("GET", "/api/v1/overview"), "#overview-agents", {}),
+    "agents?id={agent}": (("GET", "/api/v1/agents"), "#agent-detail", {
+        "#agent-labels-save": ("PUT", "/api/v1/agents/{agent_id}/labels"),
+        "#agent-revoke": ("POST", "/api/v1/agents/{agent_id}/revoke")}),
+    "policies": (("GET", "/api/v1/policies"), 'tr[data-policy="web"]', {
+        "#policy-new": ("POST", "/api/v1/policies")}),
+    "policies?name=web&tenant=default": (("GET", "/api/v1/policies/{name}/history"),
+                                         "#policy-history table", {
+        "#policy-editor": ("POST", "/api/v1/policies"),
+        "#policy-delete": ("DELETE", "/api/v1/policies/{name}")}),
+    "events": (("GET", "/api/v1/events"), "#events-list table", {}),
+    "alerts": (("GET", "/api/v1/events"), "#events-list table", {}),
+    "images": (("GET", "/api/v1/images"), "#image-list", {}),
+    "registries": (("GET", "/api/v1/scan-registries"), "#registries table", {
+        "#registry-form": ("POST", "/api/v1/scan-registries"),
+        "#img-add": ("POST", "/api/v1/scan-images")}),
+    "audit": (("GET", "/api/v1/audit"), "#audit-entries table", {}),
+    "users": (None, "#password-form", {"#user-form": ("POST", "/api/v1/users")}),
+    "tokens": (("GET", "/api/v1/tokens"), "#tokens table", {
+        "#token-form": ("POST", "/api/v1/tokens")}),
+    "tenants": (("GET", "/api/v1/tenants"), "#tenants table", {
+        "#tenant-form": ("POST", "/api/v1/tenants"),
+        "#distribute-form": ("POST", "/api/v1/policies/distribute")}),
+}
+
+
+@pytest.mark.parametrize("role", ["admin", "operator", "auditor", "viewer"])
+def test_each_role_sees_the_pages_and_controls_its_api_access_allows(
+        console: Console, console_env: ConsoleEnv, role: str) -> None:
+    from moray.controlplane.server.rest import ACCESS
+
+    def allowed(endpoint: tuple[str, str] | None) -> bool:
+        return endpoint is None or role in ACCESS[endpoint]
+
+    user = {"admin": "admin", "operator": "oper", "viewer": "view"}.get(role, "audi")
+    if user == "audi" and "audi" not in console_env.passwords:
+        console_env.admin("POST", "/api/v1/users", expect=201, json={
+            "name": "audi", "password": PASSWORD, "role": "auditor", "tenant": None})
+        console_env.passwords["audi"] = PASSWORD
+    console.login(user, console_env.passwords[user])
+    nav = {a.get_attribute("id").removeprefix("nav-") for a in console.all("nav a[id]")}
+    pages = {p.split("?")[0] for p, (read, _, _) in ROLE_PAGES.items() if allowed(read)}
+    assert nav == pages
+    for page, (read, ready, controls) in ROLE_PAGES.items():
+        if not allowed(read):
+            continue
+        console.visit(page.format(agent=console_env.agents[0].agent_id), ready)
+        shown = {css for css in controls if console.all(css)}
+        assert shown == {css for css, endpoint in controls.items() if allowed(endpoint)}, page
