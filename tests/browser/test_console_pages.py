@@ -111,6 +111,11 @@ def test_images_page_shows_the_scan_without_secret_values(console: Console,
     assert len(rows) == len(api_vulns) > 0
     assert {r.find_elements("tag name", "td")[0].text for r in rows} == \
         {v["id"] for v in api_vulns}
+    # each row's installed and fixed version and severity, as the API gives them
+    shown_rows = {tuple(td.text for td in r.find_elements("tag name", "td")) for r in rows}
+    assert shown_rows == {(v["id"], v["package"], v["version"], v["fixed_version"] or "no fix",
+                           str(v["severity"]).lower()) for v in api_vulns}
+    assert any(v["fixed_version"] for v in api_vulns)
     # sorted by severity, most severe first; a click on "Package" sorts by package
     rank = ["critical", "high", "medium", "low", "unknown"]
     shown = [r.find_elements("tag name", "td")[4].text for r in rows]
