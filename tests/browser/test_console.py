@@ -377,3 +377,32 @@ def test_each_role_sees_the_pages_and_controls_its_api_access_allows(
         console.visit(page.format(agent=console_env.agents[0].agent_id), ready)
         shown = {css for css in controls if console.all(css)}
         assert shown == {css for css, endpoint in controls.items() if allowed(endpoint)}, page
+
+
+def test_hostile_agent_hostname_and_labels_render_as_text(
+        console: Console, console_env: ConsoleEnv, tmp_path: Path) -> None:
+    """An enrolling agent names its host and adds labels: markup there is shown as text on
+    the agents page and in a policy's acknowledgements, and nothing of it runs."""
+    from moray.agent.controlplane.identity import enroll
+
+    server = console_env.server
+    hostile = '<img src=x onerror="window.__moray_xss=3">'
+    identity = enroll(server.enroll_target, console_env.admin.token({"env": "prod"}),
+                      server.ca_pem, tmp_path / "hostile", hostname=hostile,
+                      labels={"note": "<script>window.__moray_xss=4</script>"})
+    agent = console_env.fleet.add(server.grpc_target, identity)
+    try:
+        wait_for(lambda: agent.connected, timeout=20, what="the hostile agent's stream")
+        console.login("view", PASSWORD)
+        console.visit(f"agents?id={agent.agent_id}", "#agent-detail")
+        row = console.css(f'#agents-list tr[data-agent="{agent.agent_id}"]')
+        assert hostile in row.text and "note=<script>window.__moray_xss=4</script>" in row.text
+        assert hostile in console.css("#agent-detail h2").text
+        console.visit("policies?name=web&tenant=default",
+                      f'#policy-acks tr[data-agent="{agent.agent_id}"]')
+        assert hostile in console.css(f'#policy-acks tr[data-agent="{agent.agent_id}"]').text
+        console.screenshot("hostile-agent")
+        assert console.driver.execute_script("return window.__moray_xss === undefined")
+        assert not console.all("#page img") and not console.all("#page script")
+    finally:
+        console_env.fleet.call(agent.close())
