@@ -400,7 +400,8 @@ def test_hostile_agent_hostname_and_labels_render_as_text(
         assert hostile in console.css("#agent-detail h2").text
         console.visit("policies?name=web&tenant=default",
                       f'#policy-acks tr[data-agent="{agent.agent_id}"]')
-        assert hostile in console.css(f'#policy-acks tr[data-agent="{agent.agent_id}"]').text
+        acked = console.css(f'#policy-acks tr[data-agent="{agent.agent_id}"]')
+        assert hostile in acked.text and acked.get_attribute("data-selected") == "1"
         console.screenshot("hostile-agent")
         assert console.driver.execute_script("return window.__moray_xss === undefined")
         assert not console.all("#page img") and not console.all("#page script")

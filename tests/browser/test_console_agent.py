@@ -223,6 +223,11 @@ def test_a_policy_from_the_editor_is_acked_then_enforced_and_shown(
     ack = (f'#policy-acks tr[data-agent="{real_agent.agent_id}"][data-version="1"]')
     console.wait_text(ack, "APPLIED", timeout=30)
     console.driver.execute_script("arguments[0].scrollIntoView()", console.css(ack))
+    # the simulated agents (env=prod) are outside the policy's selector: "not selected"
+    for sim in real_agent.env.agents:
+        row = console.css(f'#policy-acks tr[data-agent="{sim.agent_id}"]')
+        assert row.get_attribute("data-selected") == "0" and "not selected" in row.text
+    assert console.css(ack).get_attribute("data-selected") == "1"
     console.screenshot("policy-acked-by-the-bpf-agent")
     stopped = wait_for(lambda: (r := _run(binary)) != "ran" and r, timeout=15,
                        what="the policy enforced")
