@@ -229,6 +229,14 @@ def test_a_policy_from_the_editor_is_acked_then_enforced_and_shown(
         assert row.get_attribute("data-selected") == "0" and "not selected" in row.text
     assert console.css(ack).get_attribute("data-selected") == "1"
     console.screenshot("policy-acked-by-the-bpf-agent")
+    # the agent's detail: the policy held, with the tier its kernel gave each rule
+    held = real_agent.record()["policies"][POLICY]
+    assert held["version"] == 1 and held["tiers"]
+    console.visit(f"agents?id={real_agent.agent_id}", "#agent-detail")
+    for rule, tier in held["tiers"].items():
+        console.wait_text("#agent-detail", f"{rule}: {tier}")
+    assert str(binary) in " ".join(held["tiers"])
+    console.screenshot("agent-holds-the-policy")
     stopped = wait_for(lambda: (r := _run(binary)) != "ran" and r, timeout=15,
                        what="the policy enforced")
     assert stopped in ("blocked", "killed")
