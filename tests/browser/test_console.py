@@ -407,3 +407,35 @@ def test_hostile_agent_hostname_and_labels_render_as_text(
         assert not console.all("#page img") and not console.all("#page script")
     finally:
         console_env.fleet.call(agent.close())
+
+
+def test_a_second_tenants_user_sees_none_of_the_first_tenants_agents_policies_events(
+        console: Console, console_env: ConsoleEnv) -> None:
+    """A viewer of tenant blue: the overview, agents, policies, events and alerts pages
+    show none of the default tenant's agents, policies or events; an event's detail asked
+    for by its seq is not found (its data never reaches the page)."""
+    admin = console_env.admin
+    assert admin.status("POST", "/api/v1/tenants", json={"name": "blue"}) in (201, 409)
+    if "blue-eve" not in console_env.passwords:
+        admin("POST", "/api/v1/users", expect=201, json={
+            "name": "blue-eve", "password": PASSWORD, "role": "viewer", "tenant": "blue"})
+        console_env.passwords["blue-eve"] = PASSWORD
+    console.login("blue-eve", PASSWORD)
+    console.visit("overview", "#overview-agents")
+    for stat in ("#stat-online", "#stat-offline", "#stat-alerts", "#stat-blocks"):
+        assert console.css(f"{stat} .stat-value").text == "0", stat
+    console.visit("agents", "#agents-list table")
+    assert not console.all("#agents-list tr[data-agent]")
+    assert "0 of 0 agents" in console.css("#agents-list").text
+    console.visit("policies", "#page-policies table")
+    assert not console.all('tr[data-policy="web"], tr[data-policy="rb"]')
+    for page in ("events", "alerts"):
+        console.visit(page, "#events-list table")
+        console.wait_text("#events-list", "no events match")
+    seq = console_env.seqs["xss"]
+    console.visit(f"alerts?seq={seq}", "#event-detail #event-missing")
+    console.screenshot("blue-sees-nothing")
+    shown, source = console.css("body").text, console.driver.page_source
+    for value in (XSS_CONTAINER, "web-1", "Shell in container", "node-a"):
+        assert value not in shown and value not in source
+    assert console_env.admin("GET", f"/api/v1/events/{seq}")["event"]["seq"] == seq

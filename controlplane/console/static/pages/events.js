@@ -100,6 +100,14 @@ async function showDetail(box, api, seq, fallback) {
     ancestry = found.ancestry || [];
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 404) throw err;
+    // not in the list either: no such event for this user (pruned, or another tenant's);
+    // in the list: a server without the detail endpoint, so the row's fields are shown
+    if (!fallback || fallback.type === undefined) {
+      clear(box).append(el('section', {class: 'card', id: 'event-detail'},
+        el('h2', {}, `Event ${seq}`),
+        el('p', {class: 'muted', id: 'event-missing'}, 'not found (removed, or not yours to see)')));
+      return;
+    }
   }
   clear(box).append(el('section', {class: 'card', id: 'event-detail'},
     el('h2', {}, `Event ${event.seq}: ${event.type}`, event.rule ? ` · ${event.rule}` : ''),
