@@ -177,6 +177,10 @@ def test_token_shown_once_then_listed_without_it_and_audited(console: Console,
     console.screenshot("token-created")
     who = scanned.api("GET", "/api/v1/whoami", token=secret)
     assert who.status_code == 200 and who.json()["role"] == "viewer"
+    # scoped and expiring as the form said: role viewer, every tenant, the default 30 days
+    [made] = [t for t in scanned.api("GET", "/api/v1/tokens").json() if t["name"] == "ci-browser"]
+    assert (made["role"], made["tenant"]) == ("viewer", None)
+    assert made["expires_at"] - made["created_at"] == pytest.approx(30 * 86400, abs=5)
     console.css("#token-done").click()
     console.until(lambda: not console.all("#token-created"), "the secret to go")
     console.driver.refresh()
