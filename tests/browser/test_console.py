@@ -411,16 +411,17 @@ def test_hostile_agent_hostname_and_labels_render_as_text(
 
 def test_a_second_tenants_user_sees_none_of_the_first_tenants_agents_policies_events(
         console: Console, console_env: ConsoleEnv) -> None:
-    """A viewer of tenant blue: the overview, agents, policies, events and alerts pages
+    """A viewer of tenant violet (its own name: test_console_pages creates blue and green
+    from the tenants page): the overview, agents, policies, events and alerts pages
     show none of the default tenant's agents, policies or events; an event's detail asked
     for by its seq is not found (its data never reaches the page)."""
     admin = console_env.admin
-    assert admin.status("POST", "/api/v1/tenants", json={"name": "blue"}) in (201, 409)
-    if "blue-eve" not in console_env.passwords:
+    assert admin.status("POST", "/api/v1/tenants", json={"name": "violet"}) in (201, 409)
+    if "violet-eve" not in console_env.passwords:
         admin("POST", "/api/v1/users", expect=201, json={
-            "name": "blue-eve", "password": PASSWORD, "role": "viewer", "tenant": "blue"})
-        console_env.passwords["blue-eve"] = PASSWORD
-    console.login("blue-eve", PASSWORD)
+            "name": "violet-eve", "password": PASSWORD, "role": "viewer", "tenant": "violet"})
+        console_env.passwords["violet-eve"] = PASSWORD
+    console.login("violet-eve", PASSWORD)
     console.visit("overview", "#overview-agents")
     for stat in ("#stat-online", "#stat-offline", "#stat-alerts", "#stat-blocks"):
         assert console.css(f"{stat} .stat-value").text == "0", stat
@@ -434,7 +435,7 @@ def test_a_second_tenants_user_sees_none_of_the_first_tenants_agents_policies_ev
         console.wait_text("#events-list", "no events match")
     seq = console_env.seqs["xss"]
     console.visit(f"alerts?seq={seq}", "#event-detail #event-missing")
-    console.screenshot("blue-sees-nothing")
+    console.screenshot("violet-sees-nothing")
     shown, source = console.css("body").text, console.driver.page_source
     for value in (XSS_CONTAINER, "web-1", "Shell in container", "node-a"):
         assert value not in shown and value not in source
