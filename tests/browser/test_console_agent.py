@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from selenium.webdriver.common.by import By
 
 from moray import __version__
 from tests.browser.conftest import PASSWORD, Console, ConsoleEnv
-from tests.helpers.agent import AgentProcess
+from tests.helpers.agent import AgentProcess, free_port
 from tests.helpers.containers import BUSYBOX
 from tests.helpers.controlplane import wait_for
 
@@ -46,6 +47,7 @@ class RealAgent:
     proc: AgentProcess
     agent_id: str
     binary: Path           # a private copy of busybox: the policy denies only it
+    watched: Path          # a directory whose opens the agent reports (--watch)
 
     def record(self) -> dict[str, Any]:
         found = self.env.admin("GET", f"/api/v1/agents/{self.agent_id}")
@@ -68,8 +70,11 @@ def real_agent(console_env: ConsoleEnv, tmp_path_factory: pytest.TempPathFactory
     binary = work / "bin" / "busybox"      # busybox runs applets only under its own name
     binary.parent.mkdir()
     shutil.copy2(BUSYBOX, binary)
+    watched = work / "watched"
+    watched.mkdir()
     known = {a["id"] for a in admin("GET", "/api/v1/agents")}
-    args = ["--no-default-rules", "--no-containers", "--server", server.grpc_target,
+    args = ["--no-default-rules", "--no-containers", "--watch", f"{watched}/",
+            "--server", server.grpc_target,
             "--enroll-server", server.enroll_target, "--ca", str(ca),
             "--data-dir", str(work / "agent-data"), "--label", "=".join(LABEL)]
     token = admin.token(dict([LABEL]))
@@ -79,7 +84,7 @@ def real_agent(console_env: ConsoleEnv, tmp_path_factory: pytest.TempPathFactory
                          if a["id"] not in known and a["connected"]
                          and (a.get("status") or {}).get("tiers")), None)
         agent = wait_for(enrolled, timeout=30, what="the BPF agent connected with its status")
-        yield RealAgent(console_env, proc, agent["id"], binary)
+        yield RealAgent(console_env, proc, agent["id"], binary, watched)
         admin.status("DELETE", f"/api/v1/policies/{POLICY}")   # nothing left for later tests
 
 
@@ -180,6 +185,41 @@ def test_a_real_exec_with_markup_in_its_argv_is_text_with_its_ancestry(
         "page": 1, "limit": 50, **window})["events"]}
     assert seq in shown and shown <= listed
     console.screenshot("node-and-time-filter")
+
+
+def test_real_open_and_connect_events_show_their_path_and_destination(
+        console: Console, real_agent: RealAgent) -> None:
+    """The events list names what a real event is about: an open's path (a file name
+    with markup, as text) and a connect's destination."""
+    hostile = real_agent.watched / f"{IMG_ARG}.conf"
+    hostile.write_text("x")
+    port = free_port()
+    with socket.socket() as s:          # refused: nothing listens there
+        s.settimeout(5)
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    pid = os.getpid()
+
+    def opened() -> dict[str, Any] | None:
+        return next((e for e in real_agent.events(type="open")
+                     if (e.get("file") or {}).get("path") == str(hostile)), None)
+
+    def connected() -> dict[str, Any] | None:
+        return next((e for e in real_agent.events(type="connect")
+                     if (e.get("network") or {}).get("dport") == port
+                     and (e.get("process") or {}).get("pid") == pid), None)
+    found = {"open": wait_for(opened, timeout=30, what="the open on the server"),
+             "connect": wait_for(connected, timeout=30, what="the connect on the server")}
+    console.login("view", PASSWORD)
+    console.driver.execute_script("window.alert = () => { window.__moray_alert = 1; }")
+    for kind, text in (("open", str(hostile)), ("connect", f"→ 127.0.0.1:{port}")):
+        seq = found[kind]["seq"]
+        console.visit(f"events?agent={real_agent.agent_id}&type={kind}&before={seq + 1}",
+                      f'#events-list tr[data-seq="{seq}"]')
+        what = console.css(f'#events-list tr[data-seq="{seq}"] td:last-child').text
+        assert text in what, what
+        console.screenshot(f"{kind}-event")
+    assert console.driver.execute_script("return window.__moray_alert === undefined")
+    assert not console.all("#page img") and not console.all("#page script")
 
 
 POLICY_YAML = """apiVersion: moray/v1

@@ -60,20 +60,31 @@ function args(value) {
   return Array.isArray(value) ? value.join(' ') : String(value ?? '');
 }
 
+// what an event is about: a path (the agent's `file.path`, or a flat `path`/`filename`)
+// or a destination (`network.daddr:dport`, or flat `daddr`/`dst`); docs/events.md
+function target(o) {
+  const file = o.file && typeof o.file === 'object' ? o.file : {};
+  const net = o.network && typeof o.network === 'object' ? o.network : {};
+  const path = o.path || o.filename || file.path;
+  if (path) return String(path);
+  const daddr = o.daddr || o.dst || net.daddr;
+  const dport = o.dport || net.dport;
+  return daddr ? `→ ${daddr}${dport ? `:${dport}` : ''}` : '';
+}
+
 function summary(e) {
   if (e.output) return String(e.output);
   const o = origin(e);
-  const parts = [];
   const enf = o.enforcement;
   if (enf && typeof enf === 'object') {    // an enforcement decision: what, by which policy
-    parts.push([enf.action, enf.binary || enf.path || enf.target, enf.policy
-      ? `(policy ${enf.policy})` : ''].filter(Boolean).map(String).join(' '));
-    return parts.join(' ');
+    return [enf.action, enf.binary || enf.path || target(o), enf.policy
+      ? `(policy ${enf.policy})` : ''].filter(Boolean).map(String).join(' ');
   }
+  const parts = [];
   if (o.process && o.process.args) parts.push(args(o.process.args));
   else if (o.args) parts.push(args(o.args));
-  if (o.path || o.filename) parts.push(String(o.path || o.filename));
-  if (o.daddr || o.dst) parts.push(`→ ${o.daddr || o.dst}${o.dport ? `:${o.dport}` : ''}`);
+  const what = target(o);
+  if (what) parts.push(what);
   return parts.join(' ');
 }
 
