@@ -53,6 +53,7 @@ from typing import Any
 import grpc
 import orjson
 
+from moray import __version__
 from moray.agent.controlplane.identity import (
     EnrollmentError,
     Identity,
@@ -466,7 +467,7 @@ class ControlPlaneClient:
                  **{k: int(v) for k, v in dict(extra.get("drops", {})).items()}}
         return moray_pb2.AgentStatus(
             kernel=str(extra.get("kernel") or os.uname().release),
-            agent_version=str(extra.get("agent_version", "")),
+            agent_version=str(extra.get("agent_version") or __version__),
             features={k: bool(v) for k, v in dict(extra.get("features", {})).items()},
             tiers={k: str(v) for k, v in dict(extra.get("tiers", {})).items()},
             policy_versions=self.cache.versions(), drops=drops,

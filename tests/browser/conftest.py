@@ -1,7 +1,8 @@
 """The browser-test harness of the web console: one headless Debian chromium (selenium +
 chromium-driver) and one real ``moray server`` for the whole session, with real data:
 simulated mTLS agents (tests/helpers/simagents.py) enrolled with real tokens, holding
-the policies the server pushes, reporting a status and sending events over gRPC.
+the policies the server pushes, reporting a status and sending events over gRPC
+(test_console_agent.py adds a real BPF agent, enrolled in the same server).
 
 Every page visit and every failure leaves a screenshot in ``$MORAY_ARTIFACTS`` (default
 tests/.artifacts/, gitignored). ``Console.log()`` returns the browser's console; every

@@ -321,3 +321,122 @@ def test_operator_rolls_back_a_policy(console: Console, console_env: ConsoleEnv)
     for agent in console_env.agents:
         wait_for(lambda a=agent: a.versions().get("rb") == 3, timeout=30,
                  what=f"agent {agent.agent_id} to hold rb v3")
+
+
+# Roles in the console = roles in the API: for every role, the pages in the navigation
+# and the controls that change something are exactly those whose endpoints `ACCESS`
+# (controlplane/server/rest.py, what the server enforces) grants that role.
+# page -> (its data endpoint, or None: every role; the ready element; {control: endpoint})
+ROLE_PAGES: dict[str, tuple[tuple[str, str] | None, str, dict[str, tuple[str, str]]]] = {
+    "overview": (("GET", "/api/v1/overview"), "#overview-agents", {}),
+    "agents?id={agent}": (("GET", "/api/v1/agents"), "#agent-detail", {
+        "#agent-labels-save": ("PUT", "/api/v1/agents/{agent_id}/labels"),
+        "#agent-revoke": ("POST", "/api/v1/agents/{agent_id}/revoke")}),
+    "policies": (("GET", "/api/v1/policies"), 'tr[data-policy="web"]', {
+        "#policy-new": ("POST", "/api/v1/policies")}),
+    "policies?name=web&tenant=default": (("GET", "/api/v1/policies/{name}/history"),
+                                         "#policy-history table", {
+        "#policy-editor": ("POST", "/api/v1/policies"),
+        "#policy-delete": ("DELETE", "/api/v1/policies/{name}")}),
+    "events": (("GET", "/api/v1/events"), "#events-list table", {}),
+    "alerts": (("GET", "/api/v1/events"), "#events-list table", {}),
+    "images": (("GET", "/api/v1/images"), "#image-list", {}),
+    "registries": (("GET", "/api/v1/scan-registries"), "#registries table", {
+        "#registry-form": ("POST", "/api/v1/scan-registries"),
+        "#img-add": ("POST", "/api/v1/scan-images")}),
+    "audit": (("GET", "/api/v1/audit"), "#audit-entries table", {}),
+    "users": (None, "#password-form", {"#user-form": ("POST", "/api/v1/users")}),
+    "tokens": (("GET", "/api/v1/tokens"), "#tokens table", {
+        "#token-form": ("POST", "/api/v1/tokens")}),
+    "tenants": (("GET", "/api/v1/tenants"), "#tenants table", {
+        "#tenant-form": ("POST", "/api/v1/tenants"),
+        "#distribute-form": ("POST", "/api/v1/policies/distribute")}),
+}
+
+
+@pytest.mark.parametrize("role", ["admin", "operator", "auditor", "viewer"])
+def test_each_role_sees_the_pages_and_controls_its_api_access_allows(
+        console: Console, console_env: ConsoleEnv, role: str) -> None:
+    from moray.controlplane.server.rest import ACCESS
+
+    def allowed(endpoint: tuple[str, str] | None) -> bool:
+        return endpoint is None or role in ACCESS[endpoint]
+
+    user = {"admin": "admin", "operator": "oper", "viewer": "view"}.get(role, "audi")
+    if user == "audi" and "audi" not in console_env.passwords:
+        console_env.admin("POST", "/api/v1/users", expect=201, json={
+            "name": "audi", "password": PASSWORD, "role": "auditor", "tenant": None})
+        console_env.passwords["audi"] = PASSWORD
+    console.login(user, console_env.passwords[user])
+    nav = {a.get_attribute("id").removeprefix("nav-") for a in console.all("nav a[id]")}
+    pages = {p.split("?")[0] for p, (read, _, _) in ROLE_PAGES.items() if allowed(read)}
+    assert nav == pages
+    for page, (read, ready, controls) in ROLE_PAGES.items():
+        if not allowed(read):
+            continue
+        console.visit(page.format(agent=console_env.agents[0].agent_id), ready)
+        shown = {css for css in controls if console.all(css)}
+        assert shown == {css for css, endpoint in controls.items() if allowed(endpoint)}, page
+
+
+def test_hostile_agent_hostname_and_labels_render_as_text(
+        console: Console, console_env: ConsoleEnv, tmp_path: Path) -> None:
+    """An enrolling agent names its host and adds labels: markup there is shown as text on
+    the agents page and in a policy's acknowledgements, and nothing of it runs."""
+    from moray.agent.controlplane.identity import enroll
+
+    server = console_env.server
+    hostile = '<img src=x onerror="window.__moray_xss=3">'
+    identity = enroll(server.enroll_target, console_env.admin.token({"env": "prod"}),
+                      server.ca_pem, tmp_path / "hostile", hostname=hostile,
+                      labels={"note": "<script>window.__moray_xss=4</script>"})
+    agent = console_env.fleet.add(server.grpc_target, identity)
+    try:
+        wait_for(lambda: agent.connected, timeout=20, what="the hostile agent's stream")
+        console.login("view", PASSWORD)
+        console.visit(f"agents?id={agent.agent_id}", "#agent-detail")
+        row = console.css(f'#agents-list tr[data-agent="{agent.agent_id}"]')
+        assert hostile in row.text and "note=<script>window.__moray_xss=4</script>" in row.text
+        assert hostile in console.css("#agent-detail h2").text
+        console.visit("policies?name=web&tenant=default",
+                      f'#policy-acks tr[data-agent="{agent.agent_id}"]')
+        acked = console.css(f'#policy-acks tr[data-agent="{agent.agent_id}"]')
+        assert hostile in acked.text and acked.get_attribute("data-selected") == "1"
+        console.screenshot("hostile-agent")
+        assert console.driver.execute_script("return window.__moray_xss === undefined")
+        assert not console.all("#page img") and not console.all("#page script")
+    finally:
+        console_env.fleet.call(agent.close())
+
+
+def test_a_second_tenants_user_sees_none_of_the_first_tenants_agents_policies_events(
+        console: Console, console_env: ConsoleEnv) -> None:
+    """A viewer of tenant violet (its own name: test_console_pages creates blue and green
+    from the tenants page): the overview, agents, policies, events and alerts pages
+    show none of the default tenant's agents, policies or events; an event's detail asked
+    for by its seq is not found (its data never reaches the page)."""
+    admin = console_env.admin
+    assert admin.status("POST", "/api/v1/tenants", json={"name": "violet"}) in (201, 409)
+    if "violet-eve" not in console_env.passwords:
+        admin("POST", "/api/v1/users", expect=201, json={
+            "name": "violet-eve", "password": PASSWORD, "role": "viewer", "tenant": "violet"})
+        console_env.passwords["violet-eve"] = PASSWORD
+    console.login("violet-eve", PASSWORD)
+    console.visit("overview", "#overview-agents")
+    for stat in ("#stat-online", "#stat-offline", "#stat-alerts", "#stat-blocks"):
+        assert console.css(f"{stat} .stat-value").text == "0", stat
+    console.visit("agents", "#agents-list table")
+    assert not console.all("#agents-list tr[data-agent]")
+    assert "0 of 0 agents" in console.css("#agents-list").text
+    console.visit("policies", "#page-policies table")
+    assert not console.all('tr[data-policy="web"], tr[data-policy="rb"]')
+    for page in ("events", "alerts"):
+        console.visit(page, "#events-list table")
+        console.wait_text("#events-list", "no events match")
+    seq = console_env.seqs["xss"]
+    console.visit(f"alerts?seq={seq}", "#event-detail #event-missing")
+    console.screenshot("violet-sees-nothing")
+    shown, source = console.css("body").text, console.driver.page_source
+    for value in (XSS_CONTAINER, "web-1", "Shell in container", "node-a"):
+        assert value not in shown and value not in source
+    assert console_env.admin("GET", f"/api/v1/events/{seq}")["event"]["seq"] == seq

@@ -111,6 +111,11 @@ def test_images_page_shows_the_scan_without_secret_values(console: Console,
     assert len(rows) == len(api_vulns) > 0
     assert {r.find_elements("tag name", "td")[0].text for r in rows} == \
         {v["id"] for v in api_vulns}
+    # each row's installed and fixed version and severity, as the API gives them
+    shown_rows = {tuple(td.text for td in r.find_elements("tag name", "td")) for r in rows}
+    assert shown_rows == {(v["id"], v["package"], v["version"], v["fixed_version"] or "no fix",
+                           str(v["severity"]).lower()) for v in api_vulns}
+    assert any(v["fixed_version"] for v in api_vulns)
     # sorted by severity, most severe first; a click on "Package" sorts by package
     rank = ["critical", "high", "medium", "low", "unknown"]
     shown = [r.find_elements("tag name", "td")[4].text for r in rows]
@@ -172,6 +177,10 @@ def test_token_shown_once_then_listed_without_it_and_audited(console: Console,
     console.screenshot("token-created")
     who = scanned.api("GET", "/api/v1/whoami", token=secret)
     assert who.status_code == 200 and who.json()["role"] == "viewer"
+    # scoped and expiring as the form said: role viewer, every tenant, the default 30 days
+    [made] = [t for t in scanned.api("GET", "/api/v1/tokens").json() if t["name"] == "ci-browser"]
+    assert (made["role"], made["tenant"]) == ("viewer", None)
+    assert made["expires_at"] - made["created_at"] == pytest.approx(30 * 86400, abs=5)
     console.css("#token-done").click()
     console.until(lambda: not console.all("#token-created"), "the secret to go")
     console.driver.refresh()
@@ -308,3 +317,40 @@ def test_a_second_tenants_user_sees_none_of_the_first_tenants_images(
     console.visit("registries", "#registries table")
     assert REPO not in console.css("#registries").text
     assert REPO not in console.css("#scan-jobs").text
+
+
+@in_browser
+def test_overview_images_by_verdict_and_a_registry_added_from_the_page(
+        console: Console, scanned: Scanned) -> None:
+    """The overview counts the scanned image by verdict as the API does; a registry added
+    with the page's form (repositories, schedule, plain HTTP) is listed with its schedule,
+    stored, then removed from the page."""
+    signed_in(console, scanned)
+    counts = scanned.api("GET", "/api/v1/overview").json()["images_by_verdict"]
+    assert counts["non-compliant"] >= 1
+    console.visit("overview", "#overview-images .verdicts")
+    assert [b.text for b in console.all("#overview-images .badge")] == [
+        f"{k} {counts[k]}" for k in ("compliant", "non-compliant", "unscanned")]
+
+    def added() -> list[dict[str, Any]]:
+        return [r for r in scanned.api("GET", "/api/v1/scan-registries").json()
+                if r["repositories"] == ["ui/added"]]
+
+    console.visit("registries", "#registry-form")
+    console.css("#reg-host").send_keys("127.0.0.1:9")
+    console.css("#reg-repos").send_keys("ui/added")
+    console.css("#reg-interval").clear()
+    console.css("#reg-interval").send_keys("7200")
+    console.css("#reg-insecure").click()
+    console.css("#reg-add").click()
+    row = console.wait_text("#registries tbody tr", "ui/added")
+    assert "every 2h" in row.text
+    [stored] = added()
+    assert (stored["registry"], stored["interval_seconds"], stored["insecure"]) == (
+        "127.0.0.1:9", 7200, True)
+    console.screenshot("registry-added")
+    console.driver.execute_script("window.confirm = () => true")
+    row.find_element("css selector", f"button.danger[data-id='{stored['id']}']").click()
+    console.until(lambda: "ui/added" not in console.css("#registries").text,
+                  "the registry gone from the page")
+    assert added() == []

@@ -82,3 +82,17 @@ def test_every_static_file_is_package_data() -> None:
         if path.is_file():
             rel = path.relative_to(STATIC.parent).as_posix()
             assert any(fnmatch(rel, p) for p in patterns), f"{rel} not in package-data"
+
+
+def test_no_asset_loads_from_another_origin() -> None:
+    """Offline, no CDN: no URL of another origin in the page, scripts or styles (the SVG
+    namespace is a name, not a load), no CSS import or url() to fetch."""
+    allowed = {"http://www.w3.org/2000/svg"}
+    for path in STATIC.rglob("*"):
+        if path.suffix not in (".html", ".js", ".css"):
+            continue
+        source = path.read_text()
+        urls = set(re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}[^\s'\"`)]*", source))
+        assert urls <= allowed, f"{path.name}: {sorted(urls - allowed)}"
+        if path.suffix == ".css":
+            assert "@import" not in source and "url(" not in source, path.name

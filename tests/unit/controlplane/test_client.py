@@ -107,3 +107,22 @@ def test_a_list_of_endpoints_enrols_and_fetches_the_ca_at_the_server(tmp_path: P
     for client in (listed, behind):
         client.writer.close()
         client.spool.close()
+
+
+def test_the_heartbeat_status_names_the_agent_version(tmp_path: Path) -> None:
+    """The console's agents page shows each agent's version: the client reports moray's
+    own unless its status provider names one."""
+    from moray import __version__
+
+    plain = ControlPlaneClient("127.0.0.1:9", tmp_path / "a", _ok,
+                               status=lambda: {"tiers": {"exec": "lsm-deny"}})
+    named = ControlPlaneClient("127.0.0.1:9", tmp_path / "b", _ok,
+                               status=lambda: {"agent_version": "9.9.9"})
+    try:
+        assert plain.status().agent_version == __version__
+        assert dict(plain.status().tiers) == {"exec": "lsm-deny"}
+        assert named.status().agent_version == "9.9.9"
+    finally:
+        for client in (plain, named):
+            client.writer.close()
+            client.spool.close()

@@ -60,14 +60,31 @@ function args(value) {
   return Array.isArray(value) ? value.join(' ') : String(value ?? '');
 }
 
+// what an event is about: a path (the agent's `file.path`, or a flat `path`/`filename`)
+// or a destination (`network.daddr:dport`, or flat `daddr`/`dst`); docs/events.md
+function target(o) {
+  const file = o.file && typeof o.file === 'object' ? o.file : {};
+  const net = o.network && typeof o.network === 'object' ? o.network : {};
+  const path = o.path || o.filename || file.path;
+  if (path) return String(path);
+  const daddr = o.daddr || o.dst || net.daddr;
+  const dport = o.dport || net.dport;
+  return daddr ? `→ ${daddr}${dport ? `:${dport}` : ''}` : '';
+}
+
 function summary(e) {
   if (e.output) return String(e.output);
   const o = origin(e);
+  const enf = o.enforcement;
+  if (enf && typeof enf === 'object') {    // an enforcement decision: what, by which policy
+    return [enf.action, enf.binary || enf.path || target(o), enf.policy
+      ? `(policy ${enf.policy})` : ''].filter(Boolean).map(String).join(' ');
+  }
   const parts = [];
   if (o.process && o.process.args) parts.push(args(o.process.args));
   else if (o.args) parts.push(args(o.args));
-  if (o.path || o.filename) parts.push(String(o.path || o.filename));
-  if (o.daddr || o.dst) parts.push(`→ ${o.daddr || o.dst}${o.dport ? `:${o.dport}` : ''}`);
+  const what = target(o);
+  if (what) parts.push(what);
   return parts.join(' ');
 }
 
@@ -94,6 +111,14 @@ async function showDetail(box, api, seq, fallback) {
     ancestry = found.ancestry || [];
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 404) throw err;
+    // not in the list either: no such event for this user (pruned, or another tenant's);
+    // in the list: a server without the detail endpoint, so the row's fields are shown
+    if (!fallback || fallback.type === undefined) {
+      clear(box).append(el('section', {class: 'card', id: 'event-detail'},
+        el('h2', {}, `Event ${seq}`),
+        el('p', {class: 'muted', id: 'event-missing'}, 'not found (removed, or not yours to see)')));
+      return;
+    }
   }
   clear(box).append(el('section', {class: 'card', id: 'event-detail'},
     el('h2', {}, `Event ${event.seq}: ${event.type}`, event.rule ? ` · ${event.rule}` : ''),

@@ -120,9 +120,18 @@ function diffView(older, newer) {
     ops.map((o) => el('div', {class: cls[o.op]}, `${o.op} ${o.line}`)));
 }
 
-function acksTable(agents, name, tenant, current) {
+// the server's rule (controlplane/server/policydoc.py selects_host): an agent receives
+// the policy when it has every label of spec.scope.agents.labels with the same value
+export function selects(document, labels) {
+  const scope = ((document || {}).spec || {}).scope || {};
+  const wanted = (scope.agents || {}).labels || {};
+  return Object.entries(wanted).every(([k, v]) => (labels || {})[k] === v);
+}
+
+function acksTable(agents, name, tenant, current, document) {
   const rows = agents.filter((a) => a.tenant === tenant && !a.revoked)
-    .map((a) => ({agent: a, ack: (a.policies || {})[name] || null}));
+    .map((a) => ({agent: a, ack: (a.policies || {})[name] || null,
+      selected: selects(document, a.labels)}));
   return table([
     {title: 'agent', value: (r) => [r.agent.hostname, ' ',
       el('span', {class: 'muted mono'}, String(r.agent.id).slice(0, 8))]},
@@ -130,7 +139,7 @@ function acksTable(agents, name, tenant, current) {
       : badge('offline', 'warn'))},
     {title: 'acknowledged version', value: (r) => (r.ack ? `v${r.ack.version}` : '—')},
     {title: 'status', value: (r) => {
-      if (!r.ack) return badge('not received');
+      if (!r.ack) return r.selected ? badge('not received', 'warn') : badge('not selected');
       const ok = /APPLIED/i.test(r.ack.status);
       const latest = r.ack.version === current;
       return badge(`${r.ack.status}${latest ? '' : ' (older version)'}`,
@@ -139,7 +148,8 @@ function acksTable(agents, name, tenant, current) {
     {title: 'error', value: (r) => (r.ack && r.ack.error) || ''},
     {title: 'when', value: (r) => (r.ack ? fmtUnix(r.ack.acked_at) : '')},
   ], rows, {empty: 'no agent in this tenant',
-    rowAttrs: (r) => ({dataset: {agent: r.agent.id, version: r.ack ? r.ack.version : ''}})});
+    rowAttrs: (r) => ({dataset: {agent: r.agent.id, version: r.ack ? r.ack.version : '',
+      selected: r.selected ? '1' : '0'}})});
 }
 
 async function renderDetail(root, ctx) {
@@ -173,12 +183,14 @@ async function renderDetail(root, ctx) {
       el('pre', {class: 'json', id: 'policy-yaml'}, yaml || '(removed)')));
   }
 
-  const acks = el('div', {id: 'policy-acks'}, acksTable(agents, name, tenant, current.version));
+  const acks = el('div', {id: 'policy-acks'}, acksTable(agents, name, tenant, current.version,
+    current.document));
   root.append(el('section', {class: 'card'}, el('h2', {}, 'Agents'), acks));
   const timer = setInterval(async () => {
     try {
       const fresh = await api.get('/api/v1/agents', {tenant});
-      if (!signal.aborted) clear(acks).append(acksTable(fresh, name, tenant, current.version));
+      if (!signal.aborted) clear(acks).append(acksTable(fresh, name, tenant,
+        current.version, current.document));
     } catch { /* shown again on the next tick */ }
   }, ACK_REFRESH_MS);
   signal.addEventListener('abort', () => clearInterval(timer));
