@@ -108,6 +108,21 @@ class Entry:
             left -= len(data)
             yield data
 
+    def windows(self, n: int, overlap: int) -> Iterator[tuple[bytes, int]]:
+        """The file as ``(window, start)``: consecutive pieces of at most ``n`` bytes,
+        ``window[start:]``, each window beginning up to ``overlap`` bytes before its piece.
+        By positioned reads when the layer allows them (one read per window, nothing
+        copied to join a piece to what came before), else from the stream, as ``chunks``."""
+        if self._pread is not None:
+            for offset in range(0, self.size, n):
+                back = min(offset, overlap)
+                yield self.read_at(offset - back, n + back), back
+            return
+        tail = b""
+        for piece in self.chunks(n):
+            yield tail + piece, len(tail)
+            tail = piece[-overlap:]
+
     def peek(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer for a shorter file); ``read`` still returns all."""
         if self._fileobj is not None and len(self._head) < min(n, self.size):
