@@ -480,6 +480,11 @@ class SecretScanner:
         self._allow_needs = [(re.compile("|".join(re.escape(n) for n in a.needs)), a.path)
                              for a in self.allow_rules
                              if a.path is not None and not a.directory and a.needs]
+        # every rule's substrings in one search: most paths hold none, and are then done
+        self._any_needs = re.compile("|".join(
+            re.escape(n) for a in self.allow_rules
+            if a.path is not None and not a.directory for n in a.needs)) \
+            if len(self._allow_needs) > 1 else None
         self._allow_paths = self._one_pattern(
             [a.path for a in self.allow_rules
              if a.path is not None and not a.directory and not a.needs])
@@ -511,9 +516,10 @@ class SecretScanner:
                 self._dir_allowed[directory] = allowed
             if allowed:
                 return False
-        for needs, pattern in self._allow_needs:
-            if needs.search(path) and pattern.search(path):
-                return False
+        if self._any_needs is None or self._any_needs.search(path):
+            for needs, pattern in self._allow_needs:
+                if needs.search(path) and pattern.search(path):
+                    return False
         return not any(p.search(path) for p in self._allow_paths)
 
     @staticmethod
