@@ -154,6 +154,26 @@ def test_hashed_only_when_it_can_be_listed_or_a_rule_matched(tmp_path: Path,
                    ("tmp/eicar.com", "sha256:EICAR-Test-File", rootfs.EICAR_SHA256)}
 
 
+def test_builtin_rules_prefilter_changes_nothing() -> None:
+    """With the built-in rules only, YARA runs where one of BUILTIN_NEEDS is: the same
+    findings as YARA everywhere, on each rule's matches and near misses."""
+    filtered, everywhere = MalwareScanner(), MalwareScanner()
+    everywhere._needs = None
+    assert filtered._needs is not None
+    pad = b"X" * 36
+    samples = [rootfs.EICAR, rootfs.EICAR + b"\n", pad + rootfs.EICAR[:-1],
+               b"#!/bin/sh\n" + rootfs.EICAR, bytes(300) + rootfs.EICAR,
+               b'{"url": "stratum+tcp://p:1", "randomx": 1}', b'{"url": "stratum+ssl://p"}',
+               b'{"donate-level": 1, "url": "stratum+ssl://p"}', b'{"RandomX": "stratum+tcp"}',
+               b"randomx only", b"", b"\x7fELF" + bytes(100)]
+    hits = 0
+    for data in samples:
+        got = filtered.scan_file("x", data, "l")
+        assert got == everywhere.scan_file("x", data, "l"), data
+        hits += bool(got)
+    assert hits == 5
+
+
 def test_first_bytes_read_only_when_path_and_mode_do_not_decide() -> None:
     from moray.controlplane.scanner.engine.malware import can_carry_malware
 
