@@ -176,7 +176,7 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         for analyzer in wanted:
             _analyze(result, warn, analyzer, entry.path, layer.digest,
                      functools.partial(analyzer.analyze, entry.path, data, layer.digest))
-        if secret and b"\x00" not in data[:BINARY_PROBE]:
+        if secret and data.find(b"\x00", 0, BINARY_PROBE) < 0:
             texts.add(entry.path, data)
         if malware and mscan is not None:
             result.malware.extend(mscan.scan_file(entry.path, data, layer.digest))

@@ -166,6 +166,10 @@ def test_builtin_rules_prefilter_changes_nothing() -> None:
                b'{"url": "stratum+tcp://p:1", "randomx": 1}', b'{"url": "stratum+ssl://p"}',
                b'{"donate-level": 1, "url": "stratum+ssl://p"}', b'{"RandomX": "stratum+tcp"}',
                b"randomx only", b"", b"\x7fELF" + bytes(100)]
+    lazy = MalwareScanner()
+    assert lazy.scan_file("x", b"\x7fELF" + bytes(100), "l") == []
+    assert lazy._rules is None  # nothing needed YARA: not compiled in this scanner
+    assert lazy.scan_file("x", rootfs.EICAR, "l") and lazy._rules is not None
     hits = 0
     for data in samples:
         got = filtered.scan_file("x", data, "l")
