@@ -108,6 +108,21 @@ class Entry:
             left -= len(data)
             yield data
 
+    def windows(self, n: int, overlap: int) -> Iterator[tuple[bytes, int]]:
+        """The file as ``(window, start)``: consecutive pieces of at most ``n`` bytes,
+        ``window[start:]``, each window beginning up to ``overlap`` bytes before its piece.
+        By positioned reads when the layer allows them (one read per window, nothing
+        copied to join a piece to what came before), else from the stream, as ``chunks``."""
+        if self._pread is not None:
+            for offset in range(0, self.size, n):
+                back = min(offset, overlap)
+                yield self.read_at(offset - back, n + back), back
+            return
+        tail = b""
+        for piece in self.chunks(n):
+            yield tail + piece, len(tail)
+            tail = piece[-overlap:]
+
     def peek(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer for a shorter file); ``read`` still returns all."""
         if self._fileobj is not None and len(self._head) < min(n, self.size):
@@ -185,6 +200,16 @@ class _ForwardReader:
             self._base += len(data)
         return b"".join(parts)
 
+    def read_at(self, pos: int, n: int) -> bytes:
+        """``seek(pos)`` then ``read(n)``; a slice of the buffer when it holds them (most
+        small files: one call instead of two)."""
+        at = pos - self._base
+        if self._at <= at and at + n <= len(self._buf):
+            self._at = at + n
+            return self._buf[at:at + n]
+        self.seek(pos)
+        return self.read(n)
+
     def readinto(self, buf: bytearray | memoryview) -> int:
         data = self.read(len(buf))
         buf[:len(data)] = data
@@ -235,8 +260,7 @@ class _MemberData:
         n = self._end - self._pos if n < 0 else min(n, self._end - self._pos)
         if n <= 0:
             return b""
-        self._reader.seek(self._pos)
-        data = self._reader.read(n)
+        data = self._reader.read_at(self._pos, n)
         self._pos += len(data)
         return data
 

@@ -7,7 +7,7 @@ fakes. Depends on the records (``model``) only, so any engine module can name th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from moray.controlplane.scanner.engine.model import (
@@ -33,12 +33,14 @@ class SecretScanner(Protocol):
 
 class MalwareScanner(Protocol):
     max_bytes: int
-    window: int  # files larger than this go to scan_chunks
+    window: int  # files larger than this go to scan_windows
+    overlap: int  # bytes each window starts before its new piece
 
-    def scan_chunks(self, path: str, chunks: Iterable[bytes], layer: str
-                    ) -> list[MalwareFinding]: ...
+    def scan_windows(self, path: str, size: int, windows: Iterable[tuple[bytes, int]],
+                     layer: str, again: Callable[[], Iterable[bytes]] | None = None
+                     ) -> list[MalwareFinding]: ...
 
-    def wants(self, path: str, mode: int, head: bytes) -> bool: ...
+    def wants(self, path: str, mode: int, peek: Callable[[int], bytes]) -> bool: ...
 
     def scan_file(self, path: str, data: bytes, layer: str) -> list[MalwareFinding]: ...
 

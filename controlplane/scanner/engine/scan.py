@@ -51,7 +51,6 @@ OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release", "etc/alpine-release"
                     "etc/debian_version")
 OS_ECOSYSTEMS = (Ecosystem.DEB, Ecosystem.APK, Ecosystem.RPM)
 BINARY_PROBE = 8192  # a file with a NUL in this many leading bytes is binary
-MAGIC_BYTES = 4  # what the malware scanner looks at to tell an executable
 SECRET_BATCH = 1 << 20  # bytes of text files handed to the secret scanner at once
 
 
@@ -156,7 +155,7 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         is_metadata = entry.path in OS_RELEASE_PATHS or _is_copyright(entry.path)
         secret = secrets is not None and _secret_candidate(secrets, entry, warn)
         malware = mscan is not None and entry.size <= malware_max and \
-            mscan.wants(entry.path, entry.mode, entry.peek(MAGIC_BYTES)) and \
+            mscan.wants(entry.path, entry.mode, entry.peek) and \
             not _malware_in_pieces(result, mscan, entry, bool(wanted))
         if not wanted and not is_metadata and not malware and not secret:
             continue  # nothing reads it
@@ -177,7 +176,7 @@ def analyze_layer(blob: object, layer: LayerRef, options: ScanOptions) -> LayerR
         for analyzer in wanted:
             _analyze(result, warn, analyzer, entry.path, layer.digest,
                      functools.partial(analyzer.analyze, entry.path, data, layer.digest))
-        if secret and b"\x00" not in data[:BINARY_PROBE]:
+        if secret and data.find(b"\x00", 0, BINARY_PROBE) < 0:
             texts.add(entry.path, data)
         if malware and mscan is not None:
             result.malware.extend(mscan.scan_file(entry.path, data, layer.digest))
@@ -226,13 +225,16 @@ def _secret_candidate(secrets: SecretScanner, entry: Entry,
 
 def _malware_in_pieces(result: LayerResult, mscan: MalwareScanner | None, entry: Entry,
                        wanted: bool) -> bool:
-    """A file over the malware window is hashed and matched piece by piece (never held
+    """A file over the malware window is hashed and matched window by window (never held
     whole) when nothing else needs it whole: always in an uncompressed layer (positioned
-    reads), in a compressed one when no analyzer wants it. True when that was done."""
+    reads, which can also read it again to hash it only when a rule matched), in a
+    compressed one when no analyzer wants it. True when that was done."""
     if mscan is None or entry.size <= mscan.window or (wanted and not entry.random_access):
         return False
-    result.malware.extend(mscan.scan_chunks(entry.path, entry.chunks(mscan.window),
-                                            result.digest))
+    again = functools.partial(entry.chunks, mscan.window) if entry.random_access else None
+    result.malware.extend(mscan.scan_windows(entry.path, entry.size,
+                                             entry.windows(mscan.window, mscan.overlap),
+                                             result.digest, again))
     return True
 
 

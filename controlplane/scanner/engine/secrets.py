@@ -241,6 +241,24 @@ def hidden_by(pattern: bytes, keywords: Sequence[bytes]) -> list[tuple[int, int]
             for n in range(1, min(len(pattern), len(kw))) if pattern[-n:] == kw[:n]]
 
 
+def occurrences_near(pattern: bytes, keywords: Sequence[bytes],
+                     wanted: Sequence[int]) -> list[tuple[int, int, bool]]:
+    """Where a reported ``pattern`` tells the ``wanted`` keywords occur: (index of the
+    keyword, offset from the pattern's start, certain) for each offset where it lies
+    inside the pattern (certain) and for each proper suffix of the pattern that is a
+    proper prefix of it (to be checked: it may start there and go on past the pattern)."""
+    out = []
+    for k in wanted:
+        kw = keywords[k]
+        at = pattern.find(kw)
+        while at >= 0:
+            out.append((k, at, True))
+            at = pattern.find(kw, at + 1)
+        out.extend((k, len(pattern) - n, False)
+                   for n in range(1, min(len(pattern), len(kw))) if pattern[-n:] == kw[:n])
+    return out
+
+
 class KeywordIndex:
     """Which rules can match some content: every rule's keywords looked up at once.
 
@@ -255,8 +273,9 @@ class KeywordIndex:
     (~40x slower). Files are looked up many at a time (``present``): joined by NULs,
     which no keyword holds, so one call covers them all.
 
-    Where the keywords of ``anchored`` rules start is found afterwards, with
-    ``bytes.find`` in the files that hold them.
+    Where the keywords of ``anchored`` rules start comes from the same search
+    (``search``): each occurrence is either reported or overlaps a reported match
+    (``occurrences_near``); without ahocorasick-rs, with ``bytes.find`` afterwards.
     """
 
     def __init__(self, rules: Sequence[SecretRule], use_automaton: bool = True) -> None:
@@ -277,9 +296,11 @@ class KeywordIndex:
         self.line_rules = {i for i, r in enumerate(rules) if r.from_line and r.keywords}
         self.anchored_keywords = {k for k, of in enumerate(self.rules_of)
                                   if self.anchored_rules.intersection(of)}
-        # (automaton, keywords each pattern implies, (keyword, offset) each can hide)
+        # (automaton, keywords each pattern implies, (keyword, offset) each can hide,
+        # (anchored keyword, offset, certain) each tells where they occur)
         self._searchers: list[tuple[BytesAhoCorasick, list[tuple[int, ...]],
-                                    list[tuple[tuple[int, int], ...]]]] = []
+                                    list[tuple[tuple[int, int], ...]],
+                                    list[tuple[tuple[int, int, bool], ...]]]] = []
         self._ac: Any = None  # the ahocorasick_rs module, when used
         self._literal_searchers: dict[tuple[bytes, ...], BytesAhoCorasick] = {}
         if self.keywords and use_automaton:
@@ -302,18 +323,30 @@ class KeywordIndex:
                        for pat in words]
             hides = [tuple((group[j], at) for j, at in hidden_by(pat, words))
                      for pat in words]
+            wanted = [j for j, k in enumerate(group) if k in self.anchored_keywords]
+            near = [tuple((group[j], at, sure) for j, at, sure in
+                          occurrences_near(pat, words, wanted)) for pat in words]
             automaton = ac.BytesAhoCorasick(words, matchkind=ac.MATCHKIND_LEFTMOST_LONGEST)
-            self._searchers.append((automaton, implied, hides))
+            self._searchers.append((automaton, implied, hides, near))
 
     def present(self, lowered: bytes, bounds: Sequence[int]) -> list[set[int]]:
         """The keywords found in each file of ``lowered`` (lowercased files joined by
-        NULs; file ``n`` spans ``bounds[n]`` to ``bounds[n + 1] - 1``).
+        NULs; file ``n`` spans ``bounds[n]`` to ``bounds[n + 1] - 1``)."""
+        return self.search(lowered, bounds)[0]
+
+    def search(self, lowered: bytes, bounds: Sequence[int]
+               ) -> tuple[list[set[int]], list[dict[int, list[int]]] | None]:
+        """``present``, and where the anchored keywords start in each file (positions
+        in ``lowered``; None without the automatons: ``rules_for`` then finds them).
 
         Each automaton's search is leftmost-longest and non-overlapping, so it reports
         some occurrences only: a keyword inside a reported one is implied by it
         (``secret`` by ``aws_secret``), and one that starts inside a reported one and
         ends past it (``t3blbkfj`` after ``secret``) is checked for where it would start
-        (``hidden_by``). No keyword holds a NUL, so no match spans two files.
+        (``hidden_by``). An occurrence that is not reported overlaps a reported one (the
+        search would have reported it otherwise), so the positions of the anchored
+        keywords follow from the reported matches too (``occurrences_near``). No keyword
+        holds a NUL, so no match spans two files.
         """
         found: list[set[int]] = [set() for _ in range(len(bounds) - 1)]
         if not self._searchers:
@@ -321,9 +354,10 @@ class KeywordIndex:
                 lo, hi = bounds[n], bounds[n + 1] - 1
                 found[n].update(k for k, kw in enumerate(self.keywords)
                                 if lowered.find(kw, lo, hi) >= 0)
-            return found
+            return found, None
         keywords = self.keywords
-        for automaton, implied, hides in self._searchers:
+        spots: list[dict[int, list[int]]] = [{} for _ in found]
+        for automaton, implied, hides, near in self._searchers:
             reported: set[tuple[int, int]] = set()  # (file, pattern)
             n, hi = 0, bounds[1]
             for pat, start, _ in automaton.find_matches_as_indexes(lowered):
@@ -334,9 +368,12 @@ class KeywordIndex:
                 for k, at in hides[pat]:
                     if lowered.startswith(keywords[k], start + at):
                         found[n].add(k)
+                for k, at, sure in near[pat]:
+                    if sure or lowered.startswith(keywords[k], start + at):
+                        spots[n].setdefault(k, []).append(start + at)
             for n, pat in reported:
                 found[n].update(implied[pat])
-        return found
+        return found, spots
 
     def files_holding(self, literals: tuple[bytes, ...], joined: bytes,
                       bounds: Sequence[int]) -> set[int]:
@@ -361,21 +398,26 @@ class KeywordIndex:
                 hi = bounds[n + 1]
         return files
 
-    def rules_for(self, keywords: set[int], lowered: bytes, lo: int, hi: int
+    def rules_for(self, keywords: set[int], lowered: bytes, lo: int, hi: int,
+                  spots: dict[int, list[int]] | None = None
                   ) -> tuple[list[int], dict[int, list[int]]]:
         """The rules the ``keywords`` present in ``lowered[lo:hi]`` call for (in rule
-        order), and for the ``anchored`` ones, where their keywords start (from ``lo``)."""
+        order), and for the ``anchored`` ones, where their keywords start (from ``lo``;
+        given by ``spots`` from ``search``, else looked for here)."""
         hit = set(self.always)
         anchored: dict[int, set[int]] = {}
         for k in keywords:
             hit.update(self.rules_of[k])
             if k not in self.anchored_keywords:
                 continue
-            kw, positions = self.keywords[k], set()
-            at = lowered.find(kw, lo, hi)
-            while at >= 0:
-                positions.add(at - lo)
-                at = lowered.find(kw, at + 1, hi)
+            if spots is not None:
+                positions = {at - lo for at in spots.get(k, ())}
+            else:
+                kw, positions = self.keywords[k], set()
+                at = lowered.find(kw, lo, hi)
+                while at >= 0:
+                    positions.add(at - lo)
+                    at = lowered.find(kw, at + 1, hi)
             for i in self.rules_of[k]:
                 if i in self.anchored_rules:
                     anchored.setdefault(i, set()).update(positions)
@@ -387,8 +429,9 @@ class KeywordIndex:
         """Positions of the rules that can match ``data`` (in rule order), and for those
         that are ``anchored``, where their keywords start."""
         lowered = data.lower()
-        keywords = self.present(lowered, (0, len(lowered) + 1))[0]
-        return self.rules_for(keywords, lowered, 0, len(lowered))
+        found, spots = self.search(lowered, (0, len(lowered) + 1))
+        return self.rules_for(found[0], lowered, 0, len(lowered),
+                              None if spots is None else spots[0])
 
 
 _SPACE = frozenset(b" \t\n\r\f\v")  # what \s means in a bytes pattern
@@ -437,6 +480,11 @@ class SecretScanner:
         self._allow_needs = [(re.compile("|".join(re.escape(n) for n in a.needs)), a.path)
                              for a in self.allow_rules
                              if a.path is not None and not a.directory and a.needs]
+        # every rule's substrings in one search: most paths hold none, and are then done
+        self._any_needs = re.compile("|".join(
+            re.escape(n) for a in self.allow_rules
+            if a.path is not None and not a.directory for n in a.needs)) \
+            if len(self._allow_needs) > 1 else None
         self._allow_paths = self._one_pattern(
             [a.path for a in self.allow_rules
              if a.path is not None and not a.directory and not a.needs])
@@ -468,9 +516,10 @@ class SecretScanner:
                 self._dir_allowed[directory] = allowed
             if allowed:
                 return False
-        for needs, pattern in self._allow_needs:
-            if needs.search(path) and pattern.search(path):
-                return False
+        if self._any_needs is None or self._any_needs.search(path):
+            for needs, pattern in self._allow_needs:
+                if needs.search(path) and pattern.search(path):
+                    return False
         return not any(p.search(path) for p in self._allow_paths)
 
     @staticmethod
@@ -505,14 +554,15 @@ class SecretScanner:
         bounds = [0]
         for _, data in files:
             bounds.append(bounds[-1] + len(data) + 1)
-        present = self._index.present(lowered, bounds)
+        present, spots = self._index.search(lowered, bounds)
         always = bool(self._index.always)
         findings: list[SecretFinding] = []
         literal_files: dict[int, set[int]] = {}  # rule -> files holding one of its literals
         for n, (path, data) in enumerate(files):
             if present[n] or always:
-                candidates, starts = self._index.rules_for(present[n], lowered, bounds[n],
-                                                           bounds[n + 1] - 1)
+                candidates, starts = self._index.rules_for(
+                    present[n], lowered, bounds[n], bounds[n + 1] - 1,
+                    None if spots is None else spots[n])
                 candidates = [i for i in candidates if not self.rules[i].literals
                               or n in self._with_literals(i, joined, bounds, literal_files)]
                 findings.extend(self._match(path, data, layer, candidates, starts))

@@ -124,6 +124,74 @@ def test_large_executable_in_windows(tmp_path: Path, compress: bool) -> None:
     assert seen == []  # never read whole
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_hashed_only_when_it_can_be_listed_or_a_rule_matched(tmp_path: Path,
+                                                              compress: bool) -> None:
+    """With the built-in hash list (EICAR's 68 bytes) a file of another size cannot be on
+    it, so it is hashed only when a rule matches; the finding then has its SHA-256,
+    windows and stream alike."""
+    from moray.controlplane.scanner.engine import malware
+
+    marker = b"MORAY-HASH-LATE-MARKER"
+    hit = bytearray(b"\x7fELF" + bytes(malware.WINDOW * 2))
+    hit[-100:-100 + len(marker)] = marker
+    (tmp_path / "r.yar").write_text(f'rule Late {{ strings: $m = "{marker.decode()}" '
+                                    "condition: $m }")
+    Image([{"usr/local/bin/hit": File(bytes(hit), 0o755),
+            "usr/local/bin/clean": File(b"\x7fELF" + bytes(malware.WINDOW + 5), 0o755),
+            "usr/local/bin/small": File(b"#!/bin/sh\n" + marker + b"\n", 0o755),
+            "tmp/eicar.com": rootfs.EICAR}],
+          compress=compress).write_docker_archive(tmp_path / "img.tar")
+    scanner = MalwareScanner([tmp_path / "r.yar"])
+    assert scanner.hash_sizes == {len(rootfs.EICAR)}
+    assert MalwareScanner(hash_files=[]).hash_sizes is not None
+    result = scan_image(ArchiveSource(tmp_path / "img.tar"), ScanOptions(malware=scanner))
+    got = {(m.path, m.rule, m.sha256) for m in result.malware}
+    small = b"#!/bin/sh\n" + marker + b"\n"
+    assert got == {("usr/local/bin/hit", "yara:Late", hashlib.sha256(hit).hexdigest()),
+                   ("usr/local/bin/small", "yara:Late", hashlib.sha256(small).hexdigest()),
+                   ("tmp/eicar.com", "yara:EICAR_Test_File", rootfs.EICAR_SHA256),
+                   ("tmp/eicar.com", "sha256:EICAR-Test-File", rootfs.EICAR_SHA256)}
+
+
+def test_builtin_rules_prefilter_changes_nothing() -> None:
+    """With the built-in rules only, YARA runs where one of BUILTIN_NEEDS is: the same
+    findings as YARA everywhere, on each rule's matches and near misses."""
+    filtered, everywhere = MalwareScanner(), MalwareScanner()
+    everywhere._needs = None
+    assert filtered._needs is not None
+    pad = b"X" * 36
+    samples = [rootfs.EICAR, rootfs.EICAR + b"\n", pad + rootfs.EICAR[:-1],
+               b"#!/bin/sh\n" + rootfs.EICAR, bytes(300) + rootfs.EICAR,
+               b'{"url": "stratum+tcp://p:1", "randomx": 1}', b'{"url": "stratum+ssl://p"}',
+               b'{"donate-level": 1, "url": "stratum+ssl://p"}', b'{"RandomX": "stratum+tcp"}',
+               b"randomx only", b"", b"\x7fELF" + bytes(100)]
+    lazy = MalwareScanner()
+    assert lazy.scan_file("x", b"\x7fELF" + bytes(100), "l") == []
+    assert lazy._rules is None  # nothing needed YARA: not compiled in this scanner
+    assert lazy.scan_file("x", rootfs.EICAR, "l") and lazy._rules is not None
+    hits = 0
+    for data in samples:
+        got = filtered.scan_file("x", data, "l")
+        assert got == everywhere.scan_file("x", data, "l"), data
+        hits += bool(got)
+    assert hits == 5
+
+
+def test_first_bytes_read_only_when_path_and_mode_do_not_decide() -> None:
+    from moray.controlplane.scanner.engine.malware import can_carry_malware
+
+    def unread(n: int) -> bytes:
+        raise AssertionError("peeked")
+
+    assert not can_carry_malware("usr/lib/python3/site-packages/x/run", 0o755, unread)
+    assert can_carry_malware("opt/x/run", 0o755, unread)
+    assert can_carry_malware("opt/x/start.sh", 0o644, unread)
+    assert can_carry_malware("etc/cron.d/job", 0o644, unread)
+    assert can_carry_malware("srv/lib/libx", 0o644, lambda n: b"\x7fELF"[:n])
+    assert not can_carry_malware("srv/data/x.txt", 0o644, lambda n: b"hello"[:n])
+
+
 def test_config_findings() -> None:
     cfg = image_config({"config": {"User": "", "Env": [
         "PATH=/usr/bin", "DB_PASSWORD=hunter2hunter2", "API_TOKEN=", "HOME=/root",

@@ -3,6 +3,8 @@ loses a hit, allow rules, user rules files (and their errors), large files."""
 
 from __future__ import annotations
 
+import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from moray.controlplane.scanner.engine.secretconfig import SecretConfigError, lo
 from moray.controlplane.scanner.engine.secrets import (
     RULES,
     KeywordIndex,
+    SecretRule,
     SecretScanner,
     hidden_by,
 )
@@ -343,6 +346,41 @@ def test_anchored_rule_is_tried_at_its_keywords(use_automaton: bool) -> None:
     assert starts[generic] == [6, data.find(b"secret"), data.find(b"secret: 1")]
     found = SecretScanner().scan_file("app/x.py", data, "")
     assert [(f.rule, f.line) for f in found] == [("generic-secret", 2)]
+
+
+def test_anchored_positions_from_the_search_equal_every_occurrence() -> None:
+    """The automaton reports non-overlapping matches; where the anchored keywords start
+    is taken from them (``occurrences_near``) and must be every occurrence, as a
+    ``bytes.find`` loop gives: keywords inside, overlapping, straddling and repeating
+    each other (``abab`` in ``ababab``), the built-in ones and the files of a batch."""
+    own = (SecretRule("a", "a", RULES[0].severity, re.compile(rb"x"),
+                      keywords=("abab", "bab", "ab", "babx", "xab"), anchored=True),
+           SecretRule("b", "b", RULES[0].severity, re.compile(rb"y"),
+                      keywords=("abx", "aaaa", "aa"), from_line=True),
+           SecretRule("c", "c", RULES[0].severity, re.compile(rb"z"),
+                      keywords=("bxa", "aab")))
+    rng = random.Random(7)
+    for rules, parts in ((RULES, ["secret", "passw", "_auth", "_password", "api_key",
+                                  "auth_token", "aws_secret", "t3blbkfj", "apikey", "x",
+                                  " ", "\n", "s", "_", "token", "access"]),
+                         (own, ["a", "b", "x", "ab", "ba", "abab", "aaa", "\n", " "])):
+        fast, slow = KeywordIndex(rules), KeywordIndex(rules, use_automaton=False)
+        assert fast._searchers  # ahocorasick-rs is a dependency
+        for _ in range(400):
+            files = [("".join(rng.choice(parts) for _ in range(rng.randrange(0, 30)))
+                      .encode()) for _ in range(rng.randrange(1, 4))]
+            for data in files:
+                assert fast.lookup(data) == slow.lookup(data), data
+            lowered = b"\x00".join(files).lower()
+            bounds = [0]
+            for data in files:
+                bounds.append(bounds[-1] + len(data) + 1)
+            found, spots = fast.search(lowered, bounds)
+            assert spots is not None
+            for n in range(len(files)):
+                lo, hi = bounds[n], bounds[n + 1] - 1
+                assert fast.rules_for(found[n], lowered, lo, hi, spots[n]) == \
+                    slow.rules_for(found[n], lowered, lo, hi), files
 
 
 def test_rfc6749_example_tokens_are_not_secrets() -> None:
