@@ -7,7 +7,8 @@ the CA for the names the server is reached by; re-issued when the names change) 
 ``policy.key`` (Ed25519). Agents get ``ca.pem`` and the policy public key at enrolment.
 ``gateways/<name>.pem``: the certificates issued to gateways (``moray gateway cert``);
 the server trusts a gateway certificate only while its file is there (delete it to
-revoke the gateway: its next link is refused).
+revoke the gateway: its next link is refused). Files written here by root (the CLI on a
+packaged server, whose data dir belongs to user moray) get the directory's owner.
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ def _write_private(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _owned_like(directory: Path, *paths: Path) -> None:
+    """Give ``paths`` the owner of ``directory`` when root wrote them: `moray gateway cert`
+    run as root on a packaged server's data dir (the server runs as user moray and must
+    read ``gateways/``), or a server certificate re-issued by a CLI run as root."""
+    if os.geteuid() != 0:
+        return
+    owner = directory.stat()
+    for path in paths:
+        st = path.stat()
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
@@ -204,6 +218,7 @@ class Pki:
         self.server_cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         _write_private(key_path, self.server_key_pem)
         cert_path.write_bytes(self.server_cert_pem)
+        _owned_like(self.directory, key_path, cert_path)
 
     def issue_agent_cert(self, csr_pem: bytes, agent_id: str,
                          days: int = 365) -> IssuedCert:
@@ -311,6 +326,7 @@ class Pki:
         gateways = self.directory / "gateways"
         gateways.mkdir(mode=0o700, exist_ok=True)
         (gateways / f"{name}.pem").write_bytes(pem)
+        _owned_like(self.directory, gateways, gateways / f"{name}.pem")
         return _pem_key(key), pem
 
     def gateway_name(self, cert_pem: bytes) -> str | None:

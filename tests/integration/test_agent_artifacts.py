@@ -169,6 +169,14 @@ def test_debian_packages(tmp_path: Path) -> None:
     assert "agent unload --pin-root /sys/fs/bpf/moray" in (ctl / "prerm").read_text()
     assert "rm -rf /sys/fs/bpf/moray /var/lib/moray-agent" in (ctl / "postrm").read_text()
     assert "deb-systemd-helper enable 'moray-agent.service'" in (ctl / "postinst").read_text()
+    # the gateway's unit is --no-start, which drops debhelper's stop-on-remove: the
+    # package's own prerm stops it
+    server_ctl = tmp_path / "server-ctl"
+    subprocess.run(["dpkg-deb", "-e", str(debs["moray-server"]), str(server_ctl)], check=True)
+    assert "deb-systemd-invoke stop moray-gateway.service" in (
+        server_ctl / "prerm").read_text()
+    assert "deb-systemd-invoke stop 'moray-server.service'" in (
+        server_ctl / "prerm").read_text()
     for script in ("preinst", "postinst", "prerm", "postrm"):
         if (ctl / script).exists():
             subprocess.run(["sh", "-n", str(ctl / script)], check=True)

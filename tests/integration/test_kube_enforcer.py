@@ -8,7 +8,8 @@ No kube-apiserver runs here: these requests are what it would send. Covered: com
 non-compliant images in every kind, init and ephemeral containers, tags, digests and a
 multi-platform index, unregistered images under deny / allow / scan-on-admission, monitor
 mode, an unreachable server under fail-closed and fail-open, malformed requests (400/413,
-the webhook keeps serving), the audit entry of each decision, the workload inventory and
+the webhook keeps serving), the audit entry of each decision (an unregistered image
+allowed under `unregistered: allow` included), the workload inventory and
 "which workloads run an image with CVE-X" (REST and CLI), a verdict that changes taking
 effect without a restart.
 """
@@ -199,10 +200,17 @@ def test_unregistered_images_under_each_setting(env: Env) -> None:
     assert "has no assurance verdict" in message
     assert f"moray scan image add {env.pinned('unscanned')}" in message
 
-    allowed = env.hooks["allow"].validate(review(pod))
+    body = review(pod)
+    allowed = env.hooks["allow"].validate(body)
     assert allowed["allowed"] is True
     assert any(w.startswith(f"allowed (unregistered: allow): image {env.ref('unscanned')}")
                for w in allowed["warnings"]), allowed
+    # ... with an audit event naming the unregistered image
+    row = wait_for(lambda: _audit_entry(env, body["request"]["uid"]), timeout=30,
+                   interval=0.1, what="the audit entry of the allowed unregistered image")
+    assert row["action"] == "admission.allow" and row["target"] == f"test/{NS}/Pod/new-app"
+    (image,) = row["detail"]["images"]
+    assert (image["digest"], image["verdict"]) == (env.images["unscanned"], "unregistered")
 
     # scan on admission: the server scans the exact digest while the request waits
     fresh = workload("Deployment", "fresh", NS, [env.ref("fresh")])
@@ -268,16 +276,21 @@ def test_monitor_mode_warns_and_the_inventory_answers_which_workloads_have_a_cve
     wait_for(lambda: not listed(), timeout=30, what="the deleted workload gone")
 
 
+def _audit_entry(env: Env, uid: str) -> dict[str, Any] | None:
+    """The server's audit entry of the admission request ``uid``, if stored yet."""
+    for row in env.admin("GET", "/api/v1/audit", expect=200, params={"limit": 10000}):
+        if row["detail"].get("uid") == uid:
+            return dict(row)
+    return None
+
+
 def test_every_decision_is_audited(env: Env) -> None:
     body = review(workload("CronJob", "nightly", NS, [env.ref("bad")]))
     _denied(env.hooks["enforce"].validate(body))
     uid = body["request"]["uid"]
 
     def entry() -> dict[str, Any] | None:
-        for row in env.admin("GET", "/api/v1/audit", expect=200, params={"limit": 10000}):
-            if row["detail"].get("uid") == uid:
-                return dict(row)
-        return None
+        return _audit_entry(env, uid)
 
     row = wait_for(entry, timeout=30, interval=0.1, what="the audit entry")
     assert row["action"] == "admission.deny" and row["actor"] == "admission:kube-enforcer"

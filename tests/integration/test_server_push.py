@@ -1,12 +1,14 @@
 """Policy push without polling, and the server's operability, on real servers: two
 moray-server processes on one real PostgreSQL with simulated mTLS agents on each (a
 change applied on either reaches every agent of both, by LISTEN/NOTIFY), idle streams
-that cost no database query, readiness only after every port is bound, a database that
+that cost no database query, a revocation made on one server ending the agent's policy
+and event streams on the other, readiness only after every port is bound, a database that
 is down at start, private data files, plain HTTP refused off loopback, and event
 retention (oldest first, counted)."""
 
 from __future__ import annotations
 
+import queue
 import re
 import shutil
 import socket
@@ -21,6 +23,7 @@ import grpc
 import httpx
 import pytest
 
+from moray.api.proto import moray_pb2, moray_pb2_grpc
 from moray.controlplane.server.watch import LISTENER_NAME
 from tests.helpers.controlplane import ROOT, ServerProcess, free_port, policy_yaml, wait_for
 from tests.helpers.simagents import SimAgent, SimFleet
@@ -109,9 +112,7 @@ def test_two_servers_on_one_postgresql_push_to_every_agent(
         wait_for(lambda: target.versions().get("zone-a") == 1, timeout=60,
                  what="relabelled agent on the other server got its policy")
         assert all("zone-a" not in a.versions() for a in everyone if a is not target)
-        one.api()("POST", f"/api/v1/agents/{target.agent_id}/revoke", expect=200)
-        wait_for(lambda: target.ended == grpc.StatusCode.PERMISSION_DENIED, timeout=60,
-                 what="revocation on server one ended the stream on server two")
+        _revocation_ends_both_streams(one, two, target)
         wait_for(lambda: metric(two, "moray_agents_connected") == len(a2) - 1)
         # the request-duration histograms carry route templates and gRPC methods
         text = one.api()("GET", "/metrics")
@@ -122,6 +123,30 @@ def test_two_servers_on_one_postgresql_push_to_every_agent(
     finally:
         two.stop()
         one.stop()
+
+
+def _revocation_ends_both_streams(one: ServerProcess, two: ServerProcess,
+                                  target: SimAgent) -> None:
+    """``target`` streams policies from server two and has an event stream open there, idle
+    after one batch: revoked through server one, both end with PERMISSION_DENIED (by the
+    notification, not at the event stream's next batch)."""
+    batches: queue.Queue[moray_pb2.EventBatch | None] = queue.Queue()
+    batches.put(moray_pb2.EventBatch(batch_id=1, events=[moray_pb2.Event(
+        id="before-revoke", time_ms=1, type="exec", payload_json=b"{}")]))
+    channel = grpc.secure_channel(two.grpc_target, target.identity.channel_credentials())
+    try:
+        acks = moray_pb2_grpc.AgentServiceStub(channel).Events(iter(batches.get, None),
+                                                               timeout=60)
+        assert next(acks).stored == 1
+        one.api()("POST", f"/api/v1/agents/{target.agent_id}/revoke", expect=200)
+        wait_for(lambda: target.ended == grpc.StatusCode.PERMISSION_DENIED, timeout=60,
+                 what="revocation on server one ended the policy stream on server two")
+        with pytest.raises(grpc.RpcError) as ended:        # waits for the stream's end
+            next(acks)
+        assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED, ended.value
+    finally:
+        batches.put(None)
+        channel.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -3,8 +3,10 @@ pki/gateways/, and never confused with agent certificates."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,3 +42,19 @@ def test_agent_certificate_is_no_gateway(tmp_path: Path) -> None:
     issued = pki.issue_agent_cert(csr.public_bytes(serialization.Encoding.PEM), "gw1")
     pki.issue_gateway_cert("gw1", [])
     assert pki.gateway_name(issued.pem) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+def test_files_root_writes_belong_to_the_servers_user(tmp_path: Path) -> None:
+    """`moray gateway cert` run as root on a packaged server (data dir of user moray): the
+    server must still read gateways/ and its certificate, or the gateway's link is refused."""
+    nobody = 65534
+    Pki.load_or_create(tmp_path / "pki")
+    for path in (tmp_path / "pki", *(tmp_path / "pki").iterdir()):
+        os.chown(path, nobody, nobody)
+    (tmp_path / "pki" / "server.pem").unlink()        # re-issued by the root CLI below
+    pki = Pki.load_or_create(tmp_path / "pki")
+    pki.issue_gateway_cert("gw1", [])
+    for name in ("gateways", "gateways/gw1.pem", "server.pem", "server.key"):
+        st = (tmp_path / "pki" / name).stat()
+        assert (st.st_uid, st.st_gid) == (nobody, nobody), name
