@@ -345,6 +345,8 @@ class Verdicts(ScanStoreBase):
             query = query.where(func.lower(_V.image).contains(name.lower(), autoescape=True))
         if passed is not None:
             query = query.having(ok == (1 if passed else 0))
+        if after is not None and not self.has_image(tenant, after):
+            return [], None     # another tenant's image tells nothing, not even its place
         with self._conn() as c:
             if after is not None:
                 mark = c.execute(select(_V.image).where(_V.image_digest == after)

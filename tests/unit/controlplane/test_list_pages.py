@@ -86,6 +86,9 @@ def test_image_pages_by_reference_with_the_page_counts(engine: Engine) -> None:
     named = _follow(lambda after: scans.image_page(after=after, limit=1, name="APP3"))
     assert [i["image"] for i in named] == sorted(f"reg/app3:{i}" for i in (3, 7, 11))
     assert scans.image_page(after="sha256:none", limit=2) == ([], None)
+    # another tenant's image as the cursor starts nowhere (no oracle of its place)
+    assert scans.image_page("t1", after=digests[7], limit=2) == ([], None)
+    assert scans.image_page("default", after=digests[0], limit=2) == ([], None)
 
 
 def _plan(engine: Engine, sql: str, **params: Any) -> str:
