@@ -13,7 +13,6 @@ export const roles = ['admin', 'operator', 'auditor', 'viewer'];
 const REFRESH_MS = 10000;
 const PAGE = 100;       // agents a page (keyset pages of the server, "More" adds one)
 
-
 export function state(agent) {
   if (agent.revoked) return ['revoked', 'bad'];
   return agent.connected ? ['online', 'ok'] : ['offline', 'warn'];
