@@ -1,7 +1,7 @@
 """Console data endpoints with a big store: 1,000,000 events, server-side time per page.
 
     python bench/console.py [--events 1000000] [--reps 15] [--no-postgres] [--no-http]
-                            [--explain] [--keep DIR] [--no-sqlite]
+                            [--explain] [--keep DIR] [--no-sqlite] [--lists-only]
 
 Fills a real SQLite file (and a PostgreSQL database when Debian's postgresql package is
 there, as bench/controlplane.py finds it) through the store's own insert path
@@ -15,11 +15,15 @@ them on the host, the rest in 1,000 containers of 40 images.
 Then times, server side, ``--reps`` calls of each: the first page (100 events, newest
 first) and a deep page (``before`` = 5% of the newest seq: as far back as paging gets) of
 every list filter, a global reader's (every tenant, merged) and a scoped one's; an
-event's detail with its ancestry; the overview (24 h and 7 days). Through a real
-moray-server over HTTP once more (the first pages, detail, overview). Prints p50 / p95
-ms against the target, 300 ms; figures are printed, never asserted. ``--explain``
-prints the query plan of each first page (SQLite EXPLAIN QUERY PLAN, PostgreSQL
-EXPLAIN).
+event's detail with its ancestry; the overview (24 h and 7 days); and the other list
+pages beside the 1M events (``fill_lists``: 5,000 more agents, 10,000 images with their
+findings, 200,000 audit entries): agents, images (with filters) and the audit log (with
+actor and action filters), first and deep pages, and each old whole list for contrast.
+Through a real moray-server over HTTP once more (the first pages, detail, overview, the
+list pages). Prints p50 / p95 ms against the target, 300 ms; figures are printed, never
+asserted. ``--explain`` prints the query plan of each first page (SQLite EXPLAIN QUERY
+PLAN, PostgreSQL EXPLAIN). ``--lists-only``: the list pages only (events filled all the
+same).
 """
 
 from __future__ import annotations
@@ -274,6 +278,143 @@ def over_http(server: ServerProcess, cases: list[tuple[str, EventFilter]], seq: 
     row("GET /api/v1/overview", p50, p95)
 
 
+LIST_AGENTS, LIST_IMAGES, AUDIT_ENTRIES = 5000, 10_000, 200_000
+ACTIONS = ("policy.apply", "policy.delete", "policy.rollback", "agent.labels", "agent.revoke",
+           "enrollment_token.issue", "token.create", "user.create", "user.login",
+           "registry.create", "scan.request", "admission.decision")
+SEVERITIES = ("critical", "high", "medium", "low", "unknown")
+
+
+def fill_lists(engine: Engine, now: float) -> None:
+    """The lists at scale, written in bulk to the store's own tables: 5,000 more agents
+    (10% in ``small``, each with 2 policy acknowledgements), 10,000 images with two
+    verdicts each (a third failed), ~20 vulnerabilities (id + alias rows), a report with
+    secret and malware counts (1,000 of them ``small``'s), and 200,000 audit entries of
+    60 actors and 12 actions (10% ``small``'s)."""
+    from moray.controlplane.store.models import Agent, AgentPolicy, Audit
+    from moray.controlplane.store.scanmodels import (
+        image_report,
+        image_tenant,
+        image_verdict,
+        image_vuln,
+    )
+
+    rng = random.Random(11)
+    agents = [{"id": f"list-{i:05d}", "tenant": "small" if i % 10 == 0 else "default",
+               "hostname": f"host-{i:05d}", "labels": {"env": "prod", "rack": str(i % 40)},
+               "cert_serial": f"ls-{i}", "cert_sha256": "x", "enrolled_at": now - 1e6 + i,
+               "last_seen": now, "status": {"agent_version": "0.1.0",
+                                            "tiers": {"exec": "lsm", "file": "lsm"}},
+               "kind": "agent"} for i in range(LIST_AGENTS)]
+    acks = [{"agent_id": a["id"], "policy_name": name, "version": 3, "status": "applied",
+             "error": "", "tiers": {"exec.deny": "lsm"}, "acked_at": now}
+            for a in agents for name in ("web", "base")]
+    verdicts, vulns, reports, owners = [], [], [], []
+    for i in range(LIST_IMAGES):
+        digest = f"sha256:{i:064x}"
+        image = f"registry.example/team{i % 50}/app{i}:{i % 7}"
+        for policy in ("base", "strict"):
+            verdicts.append({"image_digest": digest, "policy": policy,
+                             "passed": not (policy == "strict" and i % 3 == 0),
+                             "reasons": "[]", "vulndb_generation": 1, "image": image,
+                             "created": now - i, "config_digest": ""})
+        for k in range(rng.randint(0, 40)):
+            advisory = f"CVE-2026-{k:05d}"
+            for vid in (advisory, f"DSA-{k}"):
+                vulns.append({"image_digest": digest, "vuln_id": vid, "advisory": advisory,
+                              "severity": SEVERITIES[k % 5], "package": f"pkg{k}",
+                              "version": "1.0", "fixed_version": "1.1"})
+        reports.append({"image_digest": digest, "findings": "{}", "secrets": i % 4,
+                        "malware": int(i % 97 == 0), "sbom": "", "created": now})
+        if i % 10 == 0:
+            owners.append({"tenant": "small", "image_digest": digest, "first_seen": now})
+    names = [f"user{i}" for i in range(20)]
+    audit = []
+    for i in range(AUDIT_ENTRIES):
+        name = rng.choice(names)
+        actor = rng.choice((f"admin:{name}", f"operator:user:{name}", "moray-server"))
+        audit.append({"at": now - AUDIT_ENTRIES + i, "actor": actor,
+                      "action": ACTIONS[min(int(rng.expovariate(0.4)), len(ACTIONS) - 1)],
+                      "target": f"t{i % 500}", "detail": {},
+                      "tenant": "small" if i % 10 == 0 else None})
+    with engine.begin() as c:
+        c.execute(Agent.__table__.insert(), agents)       # type: ignore[attr-defined]
+        c.execute(AgentPolicy.__table__.insert(), acks)   # type: ignore[attr-defined]
+        c.execute(image_verdict.insert(), verdicts)
+        for k in range(0, len(vulns), 50_000):
+            c.execute(image_vuln.insert(), vulns[k:k + 50_000])
+        c.execute(image_report.insert(), reports)
+        c.execute(image_tenant.insert(), owners)
+        for k in range(0, len(audit), 50_000):
+            c.execute(Audit.__table__.insert(), audit[k:k + 50_000])  # type: ignore[attr-defined]
+    print(f"  lists: {LIST_AGENTS:,} agents, {LIST_IMAGES:,} images ({len(vulns):,} "
+          f"vulnerability rows), {AUDIT_ENTRIES:,} audit entries", flush=True)
+
+
+def list_cases(store: ControlPlaneStore) -> list[tuple[str, str, dict[str, Any],
+                                                      Callable[[], Any]]]:
+    """(name, REST path, its query, the store call) of each list page measured."""
+    from moray.controlplane.store.scanstore import ScanStore
+
+    scans = ScanStore(store.engine)
+    deep_agent = f"list-{LIST_AGENTS - 200:05d}"
+    deep_image = f"sha256:{LIST_IMAGES - 100:064x}"
+    big = 2**63 - 1
+    return [
+        ("agents first page (100)", "/api/v1/agents", {"page": 1, "limit": 100},
+         lambda: store.agent_page(None, limit=100)),
+        ("agents deep page (after the 4,800th)", "/api/v1/agents",
+         {"after": deep_agent, "limit": 100},
+         lambda: store.agent_page(None, after=deep_agent, limit=100)),
+        ("agents tenant=small", "/api/v1/agents", {"page": 1, "limit": 100, "tenant": "small"},
+         lambda: store.agent_page("small", limit=100)),
+        ("agents whole list (old shape, 5,100)", "/api/v1/agents", {},
+         store.agents),
+        ("images first page (50)", "/api/v1/images", {"page": 1, "limit": 50},
+         lambda: scans.image_page(None, limit=50)),
+        ("images deep page", "/api/v1/images", {"after": deep_image, "limit": 50},
+         lambda: scans.image_page(None, after=deep_image, limit=50)),
+        ("images verdict=fail", "/api/v1/images", {"page": 1, "limit": 50, "verdict": "fail"},
+         lambda: scans.image_page(None, limit=50, passed=False)),
+        ("images name=app999 (4 of 10,000)", "/api/v1/images",
+         {"page": 1, "limit": 50, "name": "app999"},
+         lambda: scans.image_page(None, limit=50, name="app999")),
+        ("images tenant=small", "/api/v1/images", {"page": 1, "limit": 50, "tenant": "small"},
+         lambda: scans.image_page("small", limit=50)),
+        ("images whole list (old shape, 10,000)", "/api/v1/images", {},
+         scans.image_summaries),
+        ("audit first page (50)", "/api/v1/audit", {"page": 1, "limit": 50},
+         lambda: store.audit_log(before_id=big, limit=51)),
+        ("audit actor=user7", "/api/v1/audit", {"page": 1, "limit": 50, "actor": "user7"},
+         lambda: store.audit_log(before_id=big, limit=51, actor="user7")),
+        ("audit action=registry.create (rare)", "/api/v1/audit",
+         {"page": 1, "limit": 50, "action": "registry.create"},
+         lambda: store.audit_log(before_id=big, limit=51, action="registry.create")),
+        ("audit action=user. (a prefix)", "/api/v1/audit",
+         {"page": 1, "limit": 50, "action": "user."},
+         lambda: store.audit_log(before_id=big, limit=51, action="user.")),
+        ("audit tenant=small actor=user7", "/api/v1/audit",
+         {"page": 1, "limit": 50, "actor": "user7", "tenant": "small"},
+         lambda: store.audit_log(before_id=big, limit=51, actor="user7", tenant="small")),
+    ]
+
+
+def measure_lists(store: ControlPlaneStore, reps: int) -> None:
+    print(f"  {'lists, server side (store)':58} {'p50 ms':>9} {'p95 ms':>9}")
+    for name, _, _, call in list_cases(store):
+        p50, p95 = timed(call, reps)
+        row(name, p50, p95)
+
+
+def lists_over_http(server: ServerProcess, store: ControlPlaneStore, reps: int) -> None:
+    api = server.api()
+    print(f"  {'lists through moray-server over HTTP':58} {'p50 ms':>9} {'p95 ms':>9}")
+    for name, path, query, _ in list_cases(store):
+        p50, p95 = timed(lambda p=path, q=query: api.http.get(p, params=q)
+                         .raise_for_status(), reps)
+        row(f"GET {name}", p50, p95)
+
+
 @contextlib.contextmanager
 def backend(name: str, work: Path, pg_base: str | None) -> Iterator[tuple[Engine, str | None]]:
     url = create_database(pg_base) if pg_base else None
@@ -290,27 +431,36 @@ def run(name: str, work: Path, pg_base: str | None, args: argparse.Namespace) ->
     with backend(name, work, pg_base) as (engine, url):
         store = ControlPlaneStore(engine)
         if args.keep and pg_base is None and store.count_events():
-            agents = [a.id for a in store.agents()]
+            agents = [a.id for a in store.agents() if not a.id.startswith("list-")]
             print(f"  reused {store.count_events():,} events in {args.keep}")
         else:
             agents, rate = fill(store, args.events, int(time.time() * 1000))
             print(f"  filled at {rate:,.0f} events/s through insert_groups", flush=True)
+            fill_lists(engine, time.time())
+            agents = agents[:AGENTS]
             if pg_base is not None:
                 # what autovacuum does to a table that has been there a while: index-only
                 # scans need the visibility map (before it, an old window's page read
                 # 500,000 heap tuples: ~0.5 s)
                 with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-                    c.execute(text("VACUUM (ANALYZE) cp_event"))
+                    for table in ("cp_event", "cp_agent", "cp_agent_policy", "cp_audit",
+                                  "image_verdict", "image_vuln", "image_report",
+                                  "image_tenant"):
+                        c.execute(text(f"VACUUM (ANALYZE) {table}"))
         if name == "sqlite":
             size = (work / "moray.db").stat().st_size / 2**20
             print(f"  database file {size:,.0f} MiB")
-        measure(store, engine, agents, args.reps, args.explain)
+        if not args.lists_only:
+            measure(store, engine, agents, args.reps, args.explain)
+        measure_lists(store, args.reps)
         if args.no_http:
             return
         server = ServerProcess(work, database_url=url).start()
         try:
-            newest = store.event_page(EventFilter(type="alert"), limit=1)[0][0]["seq"]
-            over_http(server, filters(engine, agents)[:15], newest, args.reps)
+            if not args.lists_only:
+                newest = store.event_page(EventFilter(type="alert"), limit=1)[0][0]["seq"]
+                over_http(server, filters(engine, agents)[:15], newest, args.reps)
+            lists_over_http(server, store, args.reps)
         finally:
             server.stop()
 
@@ -323,6 +473,9 @@ def main() -> int:
     p.add_argument("--no-sqlite", action="store_true")
     p.add_argument("--no-http", action="store_true")
     p.add_argument("--explain", action="store_true")
+    p.add_argument("--lists-only", action="store_true",
+                   help="measure the agents, images and audit lists only (the events are "
+                   "filled all the same)")
     p.add_argument("--keep", default=None, help="directory for the SQLite file (kept; "
                    "measured again without filling when it has events)")
     args = p.parse_args()

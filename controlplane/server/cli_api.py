@@ -315,7 +315,15 @@ def _agents(api: Api, args: argparse.Namespace) -> int:
     if args.command == "list":
         params = {k: getattr(args, k) for k in ("tenant", "enrollment_token")
                   if getattr(args, k) is not None}
-        rows = api.call("GET", "/agents", params=params)
+        rows = []       # pages of 1000, following next (a listing of any size)
+        after: str | None = None
+        while True:
+            got = api.call("GET", "/agents", params={**params, "page": 1, "limit": 1000,
+                                                     **({"after": after} if after else {})})
+            rows.extend(got["agents"])
+            after = got["next"]
+            if not after:
+                break
         if args.json:
             _out(rows)
             return 0

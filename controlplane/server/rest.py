@@ -397,10 +397,22 @@ def create_app(  # noqa: PLR0915 - the route table: one short function per endpo
     def list_agents(who: Annotated[Principal, Depends(require("GET", P + "/agents"))],
                     tenant: str | None = None,
                     enrollment_token: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
-                    ) -> list[dict[str, Any]]:
+                    page: Annotated[int, Query(ge=0, le=1)] = 0,
+                    after: Annotated[str | None, Query(max_length=64)] = None,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """Every agent in enrolment order (a list); with ``page=1`` or ``after`` (an agent
+        id), a keyset page: ``{"agents": [...at most limit...], "next": <id to pass as
+        after> | null}``."""
         online = set(hub.connected()) if hub is not None else set()
-        return [{**a.as_dict(), "connected": a.id in online}
-                for a in store.agents(scope(who, tenant), enrollment_token=enrollment_token)]
+        scoped = scope(who, tenant)
+        if not page and after is None:
+            return [{**a.as_dict(), "connected": a.id in online}
+                    for a in store.agents(scoped, enrollment_token=enrollment_token)]
+        rows, more = store.agent_page(scoped, after=after, limit=limit,
+                                      enrollment_token=enrollment_token)
+        return {"agents": [{**a.as_dict(), "connected": a.id in online} for a in rows],
+                "next": more}
 
     @app.get(P + "/agents/{agent_id}")
     def get_agent(agent_id: str,

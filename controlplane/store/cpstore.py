@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Engine, Table, bindparam, delete, func, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,6 +50,16 @@ log = logging.getLogger(__name__)
 
 # "admission": the admission webhook's token, nothing else (controlplane/server/rest.py)
 ROLES = ("admin", "operator", "auditor", "viewer", "admission")
+
+
+def actor_names(actor: str) -> list[str]:
+    """The audit actors an actor filter matches: itself, and a principal's actor of any
+    role whose name (token) or ``user:`` name (user) it is: ``alice`` matches
+    ``admin:alice`` and ``viewer:user:alice``, ``user:alice`` matches
+    ``admin:user:alice``. An equality list, so the (actor, id) index answers it."""
+    names = {actor, *(f"{role}:{actor}" for role in ROLES),
+             *(f"{role}:user:{actor}" for role in ROLES)}
+    return sorted(n for n in names if len(n) <= 253)
 
 # PostgreSQL NOTIFY channel of the changes that policy streams must see (payloads:
 # "policy", "agent:<id>", "revoke:<id>"); controlplane/server/watch.py listens on it.
@@ -648,17 +658,41 @@ class ControlPlaneStore:
 
     def agents(self, tenant: str | None = None, *,
                enrollment_token: int | None = None) -> list[AgentRecord]:
+        """Every agent (``tenant``: of that tenant), in enrolment order."""
+        return self.agent_page(tenant, enrollment_token=enrollment_token, limit=None)[0]
+
+    def agent_page(self, tenant: str | None = None, *, after: str | None = None,
+                   limit: int | None = 100, enrollment_token: int | None = None
+                   ) -> tuple[list[AgentRecord], str | None]:
+        """Agents in enrolment order (enrolled_at, id) after the agent ``after`` (a keyset
+        page of the (tenant,) enrolled_at, id index), at most ``limit`` (None: all), and
+        the id to pass as ``after`` for the next page (None: this was the last). An
+        ``after`` that is not an agent (of the tenant) starts nowhere: an empty page."""
         with self._read() as session:
-            query = select(Agent).order_by(Agent.enrolled_at)
+            query = select(Agent).order_by(Agent.enrolled_at, Agent.id)
             if tenant is not None:
                 query = query.where(Agent.tenant == tenant)
             if enrollment_token is not None:
                 query = query.where(Agent.enrollment_token_id == enrollment_token)
-            agents = session.scalars(query).all()
+            if after is not None:
+                mark = session.get(Agent, after)
+                if mark is None or (tenant is not None and mark.tenant != tenant):
+                    return [], None
+                query = query.where(tuple_(Agent.enrolled_at, Agent.id)
+                                    > tuple_(mark.enrolled_at, mark.id))
+            if limit is not None:
+                query = query.limit(limit + 1)
+            agents = list(session.scalars(query).all())
+            more = limit is not None and len(agents) > limit
+            agents = agents[:limit] if limit is not None else agents
             acks: dict[str, list[AgentPolicy]] = {}
-            for ack in session.scalars(select(AgentPolicy)).all():
+            ack_query = select(AgentPolicy)
+            if limit is not None:       # a page: its agents' acks only
+                ack_query = ack_query.where(AgentPolicy.agent_id.in_([a.id for a in agents]))
+            for ack in session.scalars(ack_query).all():
                 acks.setdefault(ack.agent_id, []).append(ack)
-            return [_agent_record(a, acks.get(a.id, ())) for a in agents]
+            return ([_agent_record(a, acks.get(a.id, ())) for a in agents],
+                    agents[-1].id if more else None)
 
     def revoke_agent(self, agent_id: str, *, author: str,
                      tenant: str | None = None) -> AgentRecord:
@@ -999,19 +1033,24 @@ class ControlPlaneStore:
                   tenant: str | None = None) -> list[dict[str, Any]]:
         """Entries oldest first after ``after_id``; with ``before_id``, newest first below
         it (the console's pages). ``actor`` matches exactly or as the name after the role
-        (``admin:alice`` and ``alice``); ``action`` exactly or as a prefix ending in '.'
-        (``policy.`` for every policy change); ``tenant``: only that tenant's."""
+        (``alice``: ``admin:alice`` and ``admin:user:alice``; see ``actor_names``);
+        ``action`` exactly or as a prefix ending in '.' (``policy.`` for every policy
+        change); ``tenant``: only that tenant's. Each filter is an index range
+        (revision 0013)."""
         q = select(Audit).where(Audit.id > after_id)
         if before_id is not None:
             q = q.where(Audit.id < before_id)
         if tenant is not None:
             q = q.where(Audit.tenant == tenant)
         if actor:
-            q = q.where((Audit.actor == actor) | Audit.actor.endswith(":" + actor,
-                                                                      autoescape=True))
-        if action:
-            q = q.where(Audit.action.startswith(action, autoescape=True) if action.endswith(".")
-                        else Audit.action == action)
+            q = q.where(Audit.actor.in_(actor_names(actor)))
+        if action and action.endswith("."):
+            if self.engine.dialect.name == "sqlite":     # BINARY collation: a byte range
+                q = q.where(Audit.action >= action, Audit.action < action[:-1] + "/")
+            else:       # text_pattern_ops index: LIKE 'prefix%' is a range of it
+                q = q.where(Audit.action.startswith(action, autoescape=True))
+        elif action:
+            q = q.where(Audit.action == action)
         q = q.order_by(Audit.id.desc() if before_id is not None else Audit.id)
         with self._read() as session:
             rows = session.scalars(q.limit(limit)).all()

@@ -99,6 +99,9 @@ class PolicyVersion(Base):
 
 class Agent(Base):
     __tablename__ = "cp_agent"
+    # revision 0013: the agents list's keyset pages, every tenant's and one tenant's
+    __table_args__ = (Index("ix_cp_agent_enrolled", "enrolled_at", "id"),
+                      Index("ix_cp_agent_tenant_enrolled", "tenant", "enrolled_at", "id"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(128), index=True)
@@ -182,7 +185,12 @@ class Event(Base):
 
 class Audit(Base):
     __tablename__ = "cp_audit"
-    __table_args__ = (Index("ix_cp_audit_tenant", "tenant", "id"),)
+    # revision 0013: the audit log's actor and action filters (action: prefixes too,
+    # text_pattern_ops on PostgreSQL so that LIKE 'policy.%' ranges over the index)
+    __table_args__ = (Index("ix_cp_audit_tenant", "tenant", "id"),
+                      Index("ix_cp_audit_actor", "actor", "id"),
+                      Index("ix_cp_audit_action", "action", "id",
+                            postgresql_ops={"action": "text_pattern_ops"}))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float, index=True)

@@ -128,6 +128,9 @@ image_verdict = Table(
     # revision 0006: the image's config digest (docker's image ID), '' when not known
     Column("config_digest", String(128), nullable=False, server_default=""),
     PrimaryKeyConstraint("image_digest", "policy"),
+    # revision 0013: the images list's keyset pages by reference (passed: its verdict
+    # filter read from the index)
+    Index("image_verdict_image", "image", "image_digest", "passed"),
 )
 
 scan_registry = Table(

@@ -241,6 +241,51 @@ def test_events_pages_follow_next(console: Console, console_env: ConsoleEnv) -> 
     assert second == sorted(second, reverse=True)
 
 
+def test_agents_and_images_pages_follow_next(console: Console,
+                                             console_env: ConsoleEnv) -> None:
+    """The agents list ("More") and the images list (Next, Previous) come a page at a
+    time from the server (?per= rows a page), each row once, as the API lists them."""
+    admin = console_env.admin
+    for i in range(3):
+        admin("POST", f"/api/v1/images/sha256:{i:064x}/verdicts", expect=200, json={
+            "image": f"r.example/paged/app:{i}", "policy": "strict", "passed": i != 1})
+    images = [i["digest"] for i in admin("GET", "/api/v1/images")]
+    agents = [a["id"] for a in admin("GET", "/api/v1/agents")]
+    assert len(images) >= 3 and len(agents) >= 2
+    console.login("view", PASSWORD)
+
+    def read(selector: str, attribute: str) -> list[str]:    # at once (no stale node)
+        return list(console.driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])]"
+            ".map((e) => e.getAttribute(arguments[1]))", selector, attribute))
+
+    def digests() -> list[str]:
+        return read("#image-list tbody td code", "title")
+
+    console.visit("images?per=2", "#image-list a.image-link")
+    pages = [digests()]
+    while console.css("#images-next").is_enabled():
+        console.css("#images-next").click()
+        console.until(lambda f=pages[-1]: digests() and digests() != f, "the next page")
+        pages.append(digests())
+    assert [d for page in pages for d in page] == images and len(pages) >= 2
+    console.screenshot("images-last-page")
+    console.css("#images-prev").click()
+    console.until(lambda: digests() == pages[-2], "the page before")
+    console.visit("agents?per=1", "#agents-list tbody tr[data-agent]")
+
+    def rows() -> list[str]:
+        return read("#agents-list tbody tr[data-agent]", "data-agent")
+
+    assert rows() == agents[:1]
+    while console.all("#agents-more"):
+        count = len(rows())
+        console.css("#agents-more").click()
+        console.until(lambda c=count: len(rows()) > c, "one more agents page")
+    assert rows() == agents
+    console.screenshot("agents-all-pages")
+
+
 TRICKY = {
     "apiVersion": "moray/v1", "kind": "RuntimePolicy",
     "metadata": {"name": "t", "labels": {"a.b/c": "yes", "n": "1.0", "e": ""}},

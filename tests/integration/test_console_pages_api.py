@@ -1,7 +1,8 @@
 """The REST endpoints behind the console pages images and audit, on a real moray server
 with SQLite and with PostgreSQL: an image's report (secrets without their text, malware,
 CycloneDX SBOM) stored with its verdict and served back, the images list with finding
-counts, and the audit log's newest-first pages with actor/action filters."""
+counts (whole, and as keyset pages with filters), and the audit log's newest-first pages
+with actor/action filters."""
 
 from __future__ import annotations
 
@@ -46,6 +47,20 @@ def test_image_report_and_list(server: ServerProcess) -> None:
         "image": "r.example/team/app:1", "policy": "base", "passed": True})
     assert api("GET", f"/api/v1/images/{DIGEST}/findings", expect=200)["malware"]
     assert api.status("GET", "/api/v1/images/sha256:00/findings") == 404
+    # pages (by reference, after + next) and the page's filters
+    other = "sha256:" + "cd" * 32
+    api("POST", f"/api/v1/images/{other}/verdicts", expect=200, json={
+        "image": "r.example/team/base:2", "policy": "strict", "passed": True})
+    whole = api("GET", "/api/v1/images", expect=200)
+    first = api("GET", "/api/v1/images", expect=200, params={"page": 1, "limit": 1})
+    assert first["images"] == whole[:1] and first["next"] == DIGEST
+    second = api("GET", "/api/v1/images", expect=200, params={"after": first["next"]})
+    assert second == {"images": whole[1:], "next": None}
+    failed = api("GET", "/api/v1/images", expect=200, params={"page": 1, "verdict": "fail"})
+    assert [i["digest"] for i in failed["images"]] == [DIGEST]
+    named = api("GET", "/api/v1/images", expect=200, params={"page": 1, "name": "BASE"})
+    assert [i["digest"] for i in named["images"]] == [other]
+    assert api.status("GET", "/api/v1/images", params={"page": 1, "limit": 1001}) == 422
 
 
 def test_audit_pages_newest_first_with_filters(server: ServerProcess) -> None:

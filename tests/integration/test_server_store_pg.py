@@ -44,6 +44,12 @@ from tests.unit.controlplane.test_imagelist import (  # noqa: F401
     test_list_per_tenant_signed_and_verified_by_the_agent,
     test_safety_net_poll_finds_a_verdict_written_elsewhere,
 )
+from tests.unit.controlplane.test_list_pages import (  # noqa: F401
+    test_agent_pages_follow_next_per_tenant,
+    test_audit_filters_by_actor_and_action_from_their_indexes,
+    test_image_pages_by_reference_with_the_page_counts,
+    test_revision_0013_indexes_rows_stored_at_0012,
+)
 from tests.unit.controlplane.test_scanstore import (  # noqa: F401
     test_exhausted_lease_fails_the_job,
     test_one_active_job_per_key_and_leases,

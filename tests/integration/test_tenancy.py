@@ -182,6 +182,13 @@ def _lists(path: str, **kw: Any) -> Case:
                                                            "tenant": A}})]
 
 
+def _paged(path: str, after: str) -> Case:
+    """A list that pages too: plain, naming A (403), a page, and a page after one of A's
+    objects (empty: no oracle of where A's object would stand)."""
+    return lambda w: [*_lists(path)(w), (path, {"params": {"page": 1, "limit": 1}}),
+                      (path, {"params": {"after": after.format(w=w), "limit": 5}})]
+
+
 def _named(path: str, **kw: Any) -> Case:
     """An object of A by name: in the caller's tenant (404) and naming A (403)."""
     return lambda w: [(path.format(w=w), kw),
@@ -206,7 +213,7 @@ CASES: dict[tuple[str, str], Case] = {
                                                       json={"version": 1}),
     ("POST", P + "/policies/distribute"): _one(P + "/policies/distribute", json={
         "tenants": [A], "content": policy("secret-a")}),
-    ("GET", P + "/agents"): _lists(P + "/agents"),
+    ("GET", P + "/agents"): _paged(P + "/agents", "{w.agent_a.agent_id}"),
     ("GET", P + "/agents/{agent_id}"): _one(P + "/agents/{w.agent_a.agent_id}"),
     ("PUT", P + "/agents/{agent_id}/labels"): _one(P + "/agents/{w.agent_a.agent_id}/labels",
                                                    json={"labels": {"zone": "b"}}),
@@ -261,7 +268,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", P + "/events/{seq}"): lambda w: [(P + f"/events/{seq}", {}) for seq in (1, 2, 3)],
     ("GET", P + "/overview"): _lists(P + "/overview"),
     # the console's images page (i-uipages)
-    ("GET", P + "/images"): _lists(P + "/images"),
+    ("GET", P + "/images"): _paged(P + "/images", DIGEST_A),
     ("GET", P + "/images/{digest}/findings"): _one(P + f"/images/{DIGEST_A}/findings"),
     ("GET", P + "/images/{digest}/sbom"): _one(P + f"/images/{DIGEST_A}/sbom"),
     # users and API tokens (i-auth): A's are not B's to see or change (id 1: the
@@ -319,6 +326,12 @@ def test_scoped_principal_answers(world: World) -> None:
     assert admin_b.status("POST", f"{P}/enrollment-tokens/{world.token_a_id}/revoke") == 404
     assert admin_b.status("DELETE", f"{P}/scan-registries/{world.registry_a}") == 404
     assert [a["id"] for a in admin_b("GET", P + "/agents")] == [world.agent_b.agent_id]
+    page = admin_b("GET", P + "/agents", params={"page": 1, "limit": 1})
+    assert [a["id"] for a in page["agents"]] == [world.agent_b.agent_id]
+    # a page after A's agent or image: empty, as after one that does not exist
+    for path, after in (("/agents", world.agent_a.agent_id), ("/images", DIGEST_A)):
+        got = admin_b("GET", P + path, params={"after": after})
+        assert got == {path[1:]: [], "next": None}, (path, got)
     assert [t["name"] for t in admin_b("GET", P + "/tenants")] == [B]
     # a document without metadata.tenant goes to the caller's tenant
     made = admin_b("POST", P + "/policies", json={"content": policy("b-new")})

@@ -18,7 +18,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi import Path as PathParam
@@ -307,10 +307,24 @@ def scan_router(  # noqa: PLR0915 - the route table: one short function per endp
 
     @router.get(P + "/images")
     def image_list(who: Annotated[Any, dep("GET", P + "/images")],
-                   tenant: str | None = None) -> list[dict[str, Any]]:
+                   tenant: str | None = None,
+                   page: Annotated[int, Query(ge=0, le=1)] = 0,
+                   after: Annotated[str | None, Query(max_length=128)] = None,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                   name: Annotated[str, Query(max_length=256)] = "",
+                   verdict: Annotated[Literal["", "pass", "fail"], Query()] = "",
+                   ) -> list[dict[str, Any]] | dict[str, Any]:
         """Every image with a verdict that the principal's tenant (or ``tenant``) brought
-        in, with its verdicts and finding counts (the console's images page)."""
-        return store.image_summaries(scope(who, tenant))
+        in, with its verdicts and finding counts (a list, by reference); with ``page=1``
+        or ``after`` (a digest), a keyset page of the console's images page:
+        ``{"images": [...at most limit...], "next": <digest to pass as after> | null}``,
+        filtered by ``name`` (the reference contains it) and ``verdict``."""
+        scoped = scope(who, tenant)
+        if not page and after is None:
+            return store.image_summaries(scoped)
+        rows, more = store.image_page(scoped, after=after, limit=limit, name=name,
+                                      passed=None if not verdict else verdict == "pass")
+        return {"images": rows, "next": more}
 
     @router.get(P + "/images/{digest}/findings")
     def image_findings(digest: str, who: Annotated[Any, dep(

@@ -16,12 +16,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, case, delete, distinct, func, insert, select
+from sqlalchemy import Select, case, delete, distinct, func, insert, select, tuple_
 
 from moray.api.tenants import DEFAULT_TENANT
 from moray.controlplane.store.scan.base import ScanStoreBase, locked
 from moray.controlplane.store.scanmodels import image_report as image_report_table
 from moray.controlplane.store.scanmodels import (
+    image_tenant,
     image_verdict,
     image_vuln,
     kube_workload,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 VERDICTS_SERIAL = "verdicts_serial"   # scanstore_meta: bumped by each verdict written
 MAX_SBOM = 4 << 20     # a larger SBOM is not kept (the verdict's request must stay < 8 MiB)
 MAX_FINDINGS = 10000   # secret or malware findings kept per image
+MAX_IMAGE = 512        # characters of an image reference kept (it is in an index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,7 @@ class Verdicts(ScanStoreBase):
     @locked
     def put_verdict(self, v: Verdict) -> None:
         row = {"passed": v.passed, "reasons": json.dumps(v.reasons),
-               "vulndb_generation": v.vulndb_generation, "image": v.image,
+               "vulndb_generation": v.vulndb_generation, "image": v.image[:MAX_IMAGE],
                "created": v.created, "config_digest": v.config_digest}
         with self._conn() as c:
             c.execute(self._insert(image_verdict)
@@ -318,6 +320,75 @@ class Verdicts(ScanStoreBase):
                     images[digest]["secrets"] = int(secrets)
                     images[digest]["malware"] = int(malware)
         return sorted(images.values(), key=lambda i: (i["image"], i["digest"]))
+
+    @locked
+    def image_page(self, tenant: str | None = None, *, after: str | None = None,
+                   limit: int = 50, name: str = "", passed: bool | None = None
+                   ) -> tuple[list[dict[str, Any]], str | None]:
+        """A keyset page of ``image_summaries``: images by reference (image, digest)
+        after the image ``after`` (a digest), at most ``limit``, and the digest to pass as
+        ``after`` for the next page (None: the last). ``name``: the reference contains it
+        (case-insensitive); ``passed``: every policy's verdict passed (True) or one failed
+        (False). One grouped scan of the (image, image_digest, passed) index that stops
+        after ``limit`` images, then the page's verdicts, vulnerability counts and report
+        counts by the page's digests (nothing is counted over the other images)."""
+        t = image_tenant.c
+        ok = func.min(case((_V.passed, 1), else_=0))
+        query = (select(_V.image, _V.image_digest).group_by(_V.image, _V.image_digest)
+                 .order_by(_V.image, _V.image_digest).limit(limit + 1))
+        if tenant is not None:
+            owned = select(t.image_digest).where(t.image_digest == _V.image_digest)
+            mine = owned.where(t.tenant == tenant)
+            query = query.where(mine.exists() | (~owned.exists())
+                                if tenant == DEFAULT_TENANT else mine.exists())
+        if name:
+            query = query.where(func.lower(_V.image).contains(name.lower(), autoescape=True))
+        if passed is not None:
+            query = query.having(ok == (1 if passed else 0))
+        if after is not None and not self.has_image(tenant, after):
+            return [], None     # another tenant's image tells nothing, not even its place
+        with self._conn() as c:
+            if after is not None:
+                mark = c.execute(select(_V.image).where(_V.image_digest == after)
+                                 .order_by(_V.image).limit(1)).first()
+                if mark is None:
+                    return [], None
+                query = query.where(tuple_(_V.image, _V.image_digest) > tuple_(mark[0], after))
+            keys = [(str(r[0]), str(r[1])) for r in c.execute(query)]
+            more = len(keys) > limit
+            keys = keys[:limit]
+            digests = [d for _, d in keys]
+            verdicts: dict[str, list[Verdict]] = {}
+            for r in c.execute(_select().where(_V.image_digest.in_(digests))
+                               .order_by(_V.image_digest, _V.policy)):
+                verdicts.setdefault(r[0], []).append(_verdict(r))
+            severities: dict[str, dict[str, int]] = {}
+            for digest, severity, n in c.execute(
+                    select(_U.image_digest, _U.severity,
+                           func.count(func.distinct(_U.advisory + " " + _U.package)))
+                    .where(_U.image_digest.in_(digests))
+                    .group_by(_U.image_digest, _U.severity)):
+                severities.setdefault(digest, {})[severity] = int(n)
+            rc = image_report_table.c
+            reports = {d: (int(s), int(m)) for d, s, m in c.execute(
+                select(rc.image_digest, rc.secrets, rc.malware)
+                .where(rc.image_digest.in_(digests)))}
+        current = self.generation()
+        out = []
+        for image, digest in keys:
+            vs = verdicts.get(digest, [])
+            secrets, malware = reports.get(digest, (0, 0))
+            out.append({
+                "digest": digest, "image": image,
+                "config_digest": next((v.config_digest for v in vs if v.config_digest), ""),
+                "scanned": max((v.created for v in vs), default=0.0),
+                "passed": all(v.passed for v in vs),
+                "verdicts": [{"policy": v.policy, "passed": v.passed, "reasons": v.reasons,
+                              "created": v.created,
+                              "stale": v.vulndb_generation < current} for v in vs],
+                "severities": severities.get(digest, {}), "secrets": secrets,
+                "malware": malware})
+        return out, (keys[-1][1] if more and keys else None)
 
     def verdict_counts(self, tenant: str | None = None) -> dict[str, int]:
         """Images by verdict, for the console's overview: ``compliant`` (every policy's

@@ -32,7 +32,7 @@ def test_default_url_is_sqlite_under_data_dir(tmp_path: Path,
 
 
 def test_migrations_match_models(engine: Engine) -> None:
-    assert db.current_revision(engine) == db.HEAD == "0012"
+    assert db.current_revision(engine) == db.HEAD == "0013"
     assert db.at_head(engine)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"include_object": include_object})

@@ -2,12 +2,16 @@
 // (drops, spool), last heartbeat, the enforcement tier it picked per hook (its status)
 // and per rule (its policy acknowledgements); admins can revoke one, admins and
 // operators can set its labels. Everything shown comes from the agent: rendered as text.
+// The list comes a page at a time (GET /api/v1/agents?page=1: {"agents", "next"});
+// "More" adds the next page; the filter searches the agents loaded.
 import {el, table, badge, ago, fmtUnix, clear} from '../dom.js';
+import {perPage} from './uikit.js';
 
 export const title = 'Agents';
 export const roles = ['admin', 'operator', 'auditor', 'viewer'];
 
 const REFRESH_MS = 10000;
+const PAGE = 100;       // agents a page (keyset pages of the server, "More" adds one)
 
 export function state(agent) {
   if (agent.revoked) return ['revoked', 'bad'];
@@ -130,14 +134,19 @@ export async function render(root, ctx) {
   const list = el('div', {id: 'agents-list'});
   const side = el('div');
   root.append(el('div', {class: 'toolbar'}, el('label', {}, 'filter', filter)), list, side);
+  const per = perPage(params, PAGE);
   let agents = [];
+  let next = null;        // more agents after the pages shown
+  let want = per;         // how many agents the pages shown hold
+  let chosen = null;      // the agent of the detail (params.id)
 
   function draw() {
     const q = filter.value.trim().toLowerCase();
     const shown = agents.filter((a) => !q || [a.hostname, a.id, a.tenant, a.kind,
       ...Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`)]
       .some((s) => String(s).toLowerCase().includes(q)));
-    clear(list).append(el('p', {class: 'muted'}, `${shown.length} of ${agents.length} agents`),
+    clear(list).append(el('p', {class: 'muted'}, `${shown.length} of ${agents.length} agents`
+      + (next ? ' loaded' : '')),
       table([
         {title: 'host', value: (a) => [a.hostname, ' ',
           el('span', {class: 'muted mono'}, String(a.id).slice(0, 8))]},
@@ -156,14 +165,44 @@ export async function render(root, ctx) {
         rowAttrs: (a) => ({class: a.id === params.id ? 'clickable selected' : 'clickable',
           dataset: {agent: a.id},
           onclick: () => navigate('agents', {...params, id: a.id})})}));
+    if (next) {
+      list.append(el('div', {class: 'pager'}, el('button', {type: 'button', id: 'agents-more',
+        onclick: () => more().catch(() => {})}, `More (${per} a page) →`)));
+    }
     clear(side);
-    const chosen = agents.find((a) => a.id === params.id);
     if (chosen) side.append(detail(chosen, ctx, load));
   }
 
+  // keyset pages in enrolment order (GET /api/v1/agents?page=1&after=): `want` agents are
+  // shown (a page more on "More"); a refresh reads the pages shown again
+  async function pages(count) {
+    const out = [];
+    let after = null;
+    let last = null;
+    do {
+      const res = await api.get('/api/v1/agents', {page: 1, limit: per, after});
+      out.push(...res.agents);
+      last = res.next;
+      after = last;
+    } while (last && out.length < count);
+    return [out, last];
+  }
+
   async function load() {
-    agents = await api.get('/api/v1/agents');
-    if (!signal.aborted) draw();
+    const [got, more] = await pages(want);
+    // an agent named in the URL but not on the pages shown (a link to it): read alone
+    let one = got.find((a) => a.id === params.id) || null;
+    if (!one && params.id) one = await api.get(`/api/v1/agents/${encodeURIComponent(params.id)}`).catch(() => null);
+    if (signal.aborted) return;
+    agents = got;
+    next = more;
+    chosen = one;
+    draw();
+  }
+
+  async function more() {
+    want = agents.length + per;
+    await load();
   }
 
   filter.addEventListener('input', draw);

@@ -1,15 +1,17 @@
-// Images: every scanned image with its verdicts (GET /api/v1/images); an image's detail
+// Images: the scanned images with their verdicts, by reference, a page at a time
+// (GET /api/v1/images?page=1: {"images", "next"}; name and verdict filtered by the
+// server); an image's detail
 // (#/images?digest=sha256:...): the verdict with its failed controls, vulnerabilities
 // (sortable, filterable by severity), secrets (rule, file, line: the API never returns
 // the matched text and this page renders none), malware, and the CycloneDX SBOM download.
 import {el, clear, table, fmtUnix, errorBox} from '../dom.js';
-import {SEVERITIES, severityBadge, verdictBadge, select, field, useStyles} from './uikit.js';
+import {SEVERITIES, severityBadge, verdictBadge, select, field, useStyles, perPage} from './uikit.js';
 
 export const title = 'Images';
 export const roles = ['admin', 'operator', 'auditor', 'viewer'];
 
 const RANK = Object.fromEntries(SEVERITIES.map((s, i) => [s, i]));
-const PAGE = 50;      // images a page (the list comes whole; the page draws 50 rows)
+const PAGE = 50;      // images a page (keyset pages: GET /api/v1/images?page=1&after=)
 
 function short(digest) {
   return String(digest || '').replace(/^sha256:/, '').slice(0, 12);
@@ -22,25 +24,30 @@ function counts(severities) {
 }
 
 async function renderList(root, ctx) {
-  const images = await ctx.api.get('/api/v1/images');
   const filter = el('input', {type: 'search', id: 'image-filter', placeholder: 'image name'});
   const verdict = select('verdict-filter', [['', 'any verdict'], ['pass', 'compliant'],
     ['fail', 'non-compliant']]);
   const holder = el('div', {id: 'image-list'});
-  let page = 0;
-  function draw() {
-    const q = filter.value.trim().toLowerCase();
-    const all = images.filter((i) => (!q || i.image.toLowerCase().includes(q))
-      && (!verdict.value || (verdict.value === 'pass') === Boolean(i.passed)));
-    const pages = Math.max(1, Math.ceil(all.length / PAGE));
-    page = Math.min(page, pages - 1);
-    const rows = all.slice(page * PAGE, (page + 1) * PAGE);
+  // keyset pages from the server (by reference): `after` is the last digest of the page
+  // before; `back` holds the cursors of the pages before this one (for "Previous")
+  const per = perPage(ctx.params, PAGE);
+  let after = null;
+  let back = [];
+  let seq = 0;
+  async function draw() {
+    const mine = ++seq;
+    const res = await ctx.api.get('/api/v1/images', {page: 1, limit: per, after,
+      name: filter.value.trim(), verdict: verdict.value});
+    if (mine !== seq || ctx.signal.aborted) return;     // a newer request was made
+    const rows = res.images || [];
     const pager = el('div', {class: 'pager'},
-      el('button', {type: 'button', id: 'images-prev', disabled: page === 0,
-        onclick: () => { page -= 1; draw(); }}, '← Previous'),
-      el('span', {class: 'muted'}, `${all.length} images · page ${page + 1} of ${pages}`),
-      el('button', {type: 'button', id: 'images-next', disabled: page >= pages - 1,
-        onclick: () => { page += 1; draw(); }}, 'Next →'));
+      el('button', {type: 'button', id: 'images-prev', disabled: back.length === 0,
+        onclick: () => { after = back.pop() ?? null; draw().catch(shown); }}, '← Previous'),
+      el('span', {class: 'muted'}, `page ${back.length + 1} · ${rows.length} images`
+        + (res.next ? ` (${per} a page)` : '')),
+      el('button', {type: 'button', id: 'images-next', disabled: !res.next,
+        onclick: () => { back.push(after); after = res.next; draw().catch(shown); }},
+      'Next →'));
     clear(holder).append(pager, table([
       {title: 'Image', value: (i) => el('a', {href: `#/images?digest=${encodeURIComponent(i.digest)}`,
         class: 'image-link'}, i.image)},
@@ -52,11 +59,17 @@ async function renderList(root, ctx) {
       {title: 'Scanned', value: (i) => fmtUnix(i.scanned)},
     ], rows, {empty: 'no scanned image yet (register a registry or image to scan)'}));
   }
-  filter.addEventListener('input', () => { page = 0; draw(); });
-  verdict.addEventListener('change', () => { page = 0; draw(); });
+  function shown(err) {
+    if (err.status === 401) throw err;
+    clear(holder).append(errorBox(err));
+  }
+  function restart() { after = null; back = []; draw().catch(shown); }
+  let typing = null;
+  filter.addEventListener('input', () => { clearTimeout(typing); typing = setTimeout(restart, 250); });
+  verdict.addEventListener('change', restart);
   root.append(el('div', {class: 'toolbar'}, field('Filter', filter), field('Verdict', verdict)),
     holder);
-  draw();
+  await draw();
 }
 
 function vulnTable(vulns) {
@@ -104,8 +117,7 @@ function vulnTable(vulns) {
 
 async function renderDetail(root, ctx, digest) {
   const enc = encodeURIComponent(digest);
-  const [images, vulns, verdicts, findings] = await Promise.all([
-    ctx.api.get('/api/v1/images'),
+  const [vulns, verdicts, findings] = await Promise.all([
     ctx.api.get(`/api/v1/images/${enc}/vulnerabilities`),
     ctx.api.get(`/api/v1/images/${enc}/verdicts`),
     ctx.api.get(`/api/v1/images/${enc}/findings`).catch((err) => {
@@ -113,7 +125,7 @@ async function renderDetail(root, ctx, digest) {
       throw err;
     }),
   ]);
-  const image = images.find((i) => i.digest === digest);
+  const image = verdicts.length ? {image: verdicts[0].image} : null;
   root.append(el('p', {}, el('a', {href: '#/images', id: 'back'}, '← all images')));
   if (!image && verdicts.length === 0) {
     // never scanned, or another tenant's image: the server answers alike

@@ -91,3 +91,9 @@ export function fmtSeconds(s) {
   if (n % 60 === 0) return `${n / 60}m`;
   return `${n}s`;
 }
+
+// rows a list page shows: `fallback`, or the URL's ?per= (1 to 1000, as the server's limit)
+export function perPage(params, fallback) {
+  const n = Number.parseInt(params.per, 10);
+  return Number.isInteger(n) && n >= 1 ? Math.min(n, 1000) : fallback;
+}
