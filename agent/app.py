@@ -227,7 +227,8 @@ class Agent:
         obj.set_rodata({"cfg_self_tgid": os.getpid(), "cfg_args_max": self.cfg.args_max,
                         "cfg_exec_lsm": int(lsm), **host_root_settings(self.cfg.proc),
                         **path_root(self.cfg.proc, self.cfg.host_root),
-                        "cfg_wakeup_bytes": min(self.cfg.ring_size // 16, WAKEUP_BYTES)})
+                        "cfg_wakeup_bytes": min(self.cfg.ring_size // 16, WAKEUP_BYTES),
+                        "cfg_open_ts": int(bool(self.features and self.features.task_storage))})
         obj.set_max_entries("mr_events", self.cfg.ring_size)
         cg = self.features.cgroup_v2 if self.features else None
         if not cg:

@@ -230,12 +230,80 @@ static long dircache_put_cb(__u32 i, void *ctx)
 	return 1;
 }
 
+/* The open in flight, kept from sys_enter to sys_exit (maps/files.h): in the task's own
+ * storage where syscall tracepoints may use it (cfg_open_ts), else, or when the storage
+ * cannot be made, in mr_open_args by thread id. Only opens that may be reported are kept:
+ * an absolute path nobody watches leaves nothing, and its exit finds nothing. */
+static __always_inline void inflight_put(const struct mr_open_inflight *in)
+{
+	struct mr_open_inflight *s;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), zero = 0;
+	__s64 *n;
+
+	if (!cfg_open_ts) {
+		bpf_map_update_elem(&mr_open_args, &tid, in, BPF_ANY);
+		return;
+	}
+	s = bpf_task_storage_get(&mr_open_ts, bpf_get_current_task_btf(), 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (s) {
+		s->fname = in->fname;
+		s->flags = in->flags;
+		s->matched = in->matched;
+		return;
+	}
+	/* counted only when new: mr_open_fb[0] is how many entries the hash holds */
+	if (!bpf_map_update_elem(&mr_open_args, &tid, in, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&mr_open_fb, &zero);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	} else {
+		bpf_map_update_elem(&mr_open_args, &tid, in, BPF_ANY);
+	}
+}
+
+/* A copy whose fields the verifier does not track (as if read from the map at each use):
+ * copied field by field, the exit's later tests of them became known branches and
+ * mr_exit_openat went over the verifier's 1M instructions. */
+static __always_inline void inflight_copy(struct mr_open_inflight *out,
+					  const struct mr_open_inflight *s)
+{
+	bpf_probe_read_kernel(out, sizeof(*out), s);
+}
+
+/* Takes this task's open in flight into *out (and forgets it); 0 when there is none. */
+static __always_inline int inflight_take(struct mr_open_inflight *out)
+{
+	struct mr_open_inflight *s;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), zero = 0;
+	__s64 *n = NULL;
+
+	if (cfg_open_ts) {
+		s = bpf_task_storage_get(&mr_open_ts, bpf_get_current_task_btf(), 0, 0);
+		if (s && s->matched) {
+			inflight_copy(out, s);
+			s->matched = 0;
+			return 1;
+		}
+		n = bpf_map_lookup_elem(&mr_open_fb, &zero);
+		if (!n || *(volatile __s64 *)n <= 0)
+			return 0;
+	}
+	s = bpf_map_lookup_elem(&mr_open_args, &tid);
+	if (!s)
+		return 0;
+	inflight_copy(out, s);
+	if (!bpf_map_delete_elem(&mr_open_args, &tid) && n)
+		__sync_fetch_and_sub(n, 1);
+	return 1;
+}
+
 /* nr: NR_OPEN / NR_OPENAT when a write to release_agent is a detection record (sysobs.h),
  * 0 for the other open calls. */
 static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, const char *fname,
 				    __u32 flags, __u32 nr)
 {
-	__u32 zero = 0, tid;
+	__u32 zero = 0;
 	struct mr_watch_key *k;
 	struct mr_open_inflight in = {};
 	long r;
@@ -262,8 +330,7 @@ static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, const
 	}
 	in.fname = (__u64)fname;
 	in.flags = flags;
-	tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&mr_open_args, &tid, &in, BPF_ANY);
+	inflight_put(&in);
 	return 0;
 }
 
@@ -282,8 +349,8 @@ static __always_inline int file_is_proc_mem(struct file *f)
 
 static __always_inline int on_exit(long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid(), trunc = 0, priv = 0, off, len, zero = 0;
-	struct mr_open_inflight *in = bpf_map_lookup_elem(&mr_open_args, &tid);
+	__u32 trunc = 0, priv = 0, off, len, zero = 0;
+	struct mr_open_inflight inf, *in = &inf;
 	struct mr_open *ev;
 	struct mr_watch_key *k;
 	struct task_struct *task;
@@ -292,7 +359,7 @@ static __always_inline int on_exit(long ret)
 	char *pbuf;
 	long r;
 
-	if (!in)
+	if (!inflight_take(in))
 		return 0;
 	if (in->matched & MR_OI_SYSOBS)
 		sysobs_exit(ret);
@@ -357,7 +424,6 @@ static __always_inline int on_exit(long ret)
 	hdr_init(&ev->hdr, MR_OP_OPEN, len);
 	emit(ev, len);
 out:
-	bpf_map_delete_elem(&mr_open_args, &tid);
 	return 0;
 }
 
