@@ -51,9 +51,9 @@ static __always_inline int is_proc_mem(const char *p, __u32 len)
 
 /* Filesystems whose directories only move by syscalls we see: ext4, xfs, btrfs, tmpfs,
  * overlayfs. A remote or kernel-managed one (nfs, proc, sysfs, cgroupfs) is walked. */
-static __always_inline int dircache_fs(struct dentry *d)
+static __always_inline int dircache_fs(struct super_block *sb)
 {
-	unsigned long m = BPF_CORE_READ(d, d_sb, s_magic);
+	unsigned long m = BPF_CORE_READ(sb, s_magic);
 
 	return m == 0xEF53 || m == 0x58465342 || m == 0x9123683E || m == 0x01021994 ||
 	       m == 0x794c7630;
@@ -76,15 +76,18 @@ static __always_inline __u64 pathgen_now(void)
 	return gen;
 }
 
+/* sb: p's super block when the caller has it (one read less), else NULL */
 static __always_inline void dirent_fill(struct mr_dirent *e, struct dentry *p,
-					struct vfsmount *vfsmnt)
+					struct vfsmount *vfsmnt, struct super_block *sb)
 {
 	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
 
+	if (!sb)
+		sb = BPF_CORE_READ(p, d_sb);
 	e->hash_len = BPF_CORE_READ(p, d_name.hash_len);
 	e->parent = (__u64)BPF_CORE_READ(p, d_parent);
 	e->ino = BPF_CORE_READ(p, d_inode, i_ino);
-	e->dev = BPF_CORE_READ(p, d_sb, s_dev);
+	e->dev = BPF_CORE_READ(sb, s_dev);
 	if (bpf_core_field_exists(mnt->mnt_id_unique))
 		e->mnt_uid = BPF_CORE_READ(mnt, mnt_id_unique);
 	else
@@ -96,13 +99,20 @@ static __always_inline void dirent_fill(struct mr_dirent *e, struct dentry *p,
 /* Where the parent directory of a just opened file can be cached: (mount, parent), or 0
  * when its path is not "parent's path + name" (a mount root, a pseudo file). */
 static __always_inline int dircache_key(struct file *f, struct mr_dirkey *key,
-					struct dentry **parent)
+					struct dentry **parent, struct super_block **sb)
 {
-	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
-	struct vfsmount *m = BPF_CORE_READ(f, f_path.mnt);
-	struct dentry *p = BPF_CORE_READ(d, d_parent);
+	struct path fp;
+	struct dentry *d, *p;
+	struct vfsmount *m;
 
-	if (p == d || d == BPF_CORE_READ(m, mnt_root) || !dircache_fs(p))
+	BPF_CORE_READ_INTO(&fp, f, f_path); /* mount and dentry in one read */
+	d = fp.dentry;
+	m = fp.mnt;
+	p = BPF_CORE_READ(d, d_parent);
+	if (p == d || d == BPF_CORE_READ(m, mnt_root))
+		return 0;
+	*sb = BPF_CORE_READ(p, d_sb);
+	if (!dircache_fs(*sb))
 		return 0;
 	key->mnt = (__u64)m;
 	key->dentry = (__u64)p;
@@ -112,7 +122,8 @@ static __always_inline int dircache_key(struct file *f, struct mr_dirkey *key,
 
 /* A hit: the directory was cached as unwatched at the current generation, and is still
  * the same directory. */
-static __always_inline int dircache_hit(struct mr_dirkey *key, struct dentry *p)
+static __always_inline int dircache_hit(struct mr_dirkey *key, struct dentry *p,
+					struct super_block *sb)
 {
 	struct mr_dirent *v = bpf_map_lookup_elem(&mr_dircache, key);
 	struct mr_dirent now = {};
@@ -123,7 +134,7 @@ static __always_inline int dircache_hit(struct mr_dirkey *key, struct dentry *p)
 	gen = pathgen_now();
 	if (gen == ~0ULL || v->gen != gen)
 		return 0;
-	dirent_fill(&now, p, (struct vfsmount *)key->mnt);
+	dirent_fill(&now, p, (struct vfsmount *)key->mnt, sb);
 	return now.hash_len == v->hash_len && now.parent == v->parent && now.ino == v->ino &&
 	       now.dev == v->dev && now.mnt_uid == v->mnt_uid && now.mnt_ns == v->mnt_ns;
 }
@@ -145,7 +156,7 @@ static __always_inline void dircache_put(struct mr_dirkey *key, struct dentry *p
 	anc = bpf_map_lookup_elem(&mr_watch_anc, k);
 	if (anc && *anc == dlen)
 		return;
-	dirent_fill(&e, p, (struct vfsmount *)key->mnt);
+	dirent_fill(&e, p, (struct vfsmount *)key->mnt, NULL);
 	e.gen = gen;
 	bpf_map_update_elem(&mr_dircache, key, &e, BPF_ANY);
 }
@@ -180,6 +191,7 @@ static long dircache_check_cb(__u32 i, void *ctx)
 	struct mr_dc_arg *arg = ctx;
 	struct mr_dircache_op *op;
 	struct dentry *parent = NULL;
+	struct super_block *sb = NULL;
 	struct mr_dirkey key = {};
 	__u64 gen;
 
@@ -191,9 +203,9 @@ static long dircache_check_cb(__u32 i, void *ctx)
 	op->owner = bpf_get_current_pid_tgid();
 	asm volatile("" ::: "memory");
 	op->state = MR_DC_NONE;
-	if (!dircache_key((struct file *)arg->f, &key, &parent))
+	if (!dircache_key((struct file *)arg->f, &key, &parent, &sb))
 		return 0;
-	if (dircache_hit(&key, parent)) {
+	if (dircache_hit(&key, parent, sb)) {
 		stat_inc(MR_STAT_DIRCACHE_HIT);
 		return 1;
 	}
