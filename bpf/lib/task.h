@@ -34,11 +34,8 @@ static __always_inline void proc_fill_current(struct mr_proc *p)
 /* The struct file behind fd in task's table, or NULL. */
 static __always_inline struct file *task_fd_file(struct task_struct *task, __u32 fd)
 {
-	/* files and fdt read once (a BPF_CORE_READ chain per field read both twice): each
-	 * read is a helper call, and this runs on every relative open */
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
 	struct file *f = NULL;
 
 	if (fd >= max)
