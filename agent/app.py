@@ -137,7 +137,7 @@ class Config:
     otlp_metrics_interval: float = 60.0
     otlp_body: str = "json"              # json | map (agent/output/otlp.py)
     startup_profile: bool = False        # log the verifier's figures per program at start
-    # file opens in flight in task storage where the kernel allows it (6.2+), else in a
+    # file opens in flight in task storage where the kernel allows it (probed), else in a
     # hash by thread id (bpf/maps/files.h); False: the hash everywhere (--no-task-storage)
     task_storage: bool = True
 

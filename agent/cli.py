@@ -98,8 +98,9 @@ def _diagnostic_options(run: argparse.ArgumentParser) -> None:
                      help="log the verifier's instructions and time per BPF program at "
                           "start (docs/bench.md)")
     run.add_argument("--no-task-storage", action="store_true",
-                     help="keep file opens in flight in a hash by thread id, as on kernels "
-                          "before 6.2, even where task storage works (tests the fallback)")
+                     help="keep file opens in flight in a hash by thread id, as where the "
+                          "kernel refuses task storage, even where it works (tests the "
+                          "fallback)")
 
 
 def _export_options(run: argparse.ArgumentParser) -> None:

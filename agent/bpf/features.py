@@ -71,7 +71,7 @@ class Features:
 
     @property
     def task_storage(self) -> bool:
-        """Syscall tracepoint programs may use task-local storage (6.2+): the file
+        """Syscall tracepoint programs may use task-local storage (6.1 and 6.18 do): the file
         programs keep an open in flight there, else in a hash keyed by thread id."""
         return self.hooks.get("task_storage", HookProbe(False)).ok
 
@@ -125,7 +125,7 @@ _PROBES: dict[str, tuple[str, bool]] = {
     "fentry": ("probe_fentry", True),
     "fmod_ret": ("probe_fmod_ret", True),
     "kprobe": ("probe_kprobe", True),
-    # task-local storage from a syscall tracepoint: file.bpf.c's opens in flight (6.2+)
+    # task-local storage from a syscall tracepoint: file.bpf.c's opens in flight
     "task_storage": ("probe_task_storage", False),
 }
 

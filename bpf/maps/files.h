@@ -6,10 +6,10 @@
  *                prefixes are stored with their trailing '/'.
  *   mr_open_ts   task storage: the open in flight of this task (between sys_enter and
  *                sys_exit; `matched` 0 when none), where syscall tracepoints may use task
- *                storage (cfg_open_ts, 6.2+): a pointer into the task, no hash insert or
+ *                storage (cfg_open_ts, probed; 6.1 and 6.18 do): a pointer into the task, no hash insert or
  *                delete per open. Written at enter, read and cleared at exit
  *                (progs/file.bpf.c).
- *   mr_open_args hash tid -> the open in flight, where they may not (6.1), and when the
+ *   mr_open_args hash tid -> the open in flight, where they may not, and when the
  *                task's storage could not be made (no memory, or another task storage
  *                call in progress on this CPU); mr_open_fb[0] counts its entries, so an
  *                exit looks in it only while it holds any.

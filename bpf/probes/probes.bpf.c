@@ -31,7 +31,7 @@ int probe_raw_tp(void *ctx) { return 0; }
 SEC("tracepoint/syscalls/sys_enter_getpid")
 int probe_tracepoint(void *ctx) { return 0; }
 
-/* Task-local storage from a syscall tracepoint (6.2+; 6.1 has it for tp_btf and LSM only):
+/* Task-local storage from a syscall tracepoint (loads on Debian 6.1 and on 6.18):
  * progs/file.bpf.c keeps an open in flight there instead of a hash keyed by tid. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);

@@ -17,8 +17,9 @@
  * no entry counts while one is in flight. Only local filesystems are cached (others can
  * rename behind our back); a miss walks and looks up as before.
  * What an open keeps from enter to exit (the path pointer, flags, why it may be reported)
- * lives in the task's own storage (mr_open_ts, 6.2+), else in a hash by thread id; an
- * absolute path nobody watches keeps nothing, and its exit only finds that out.
+ * lives in the task's own storage (mr_open_ts) where the kernel allows it, else in a hash
+ * by thread id; an absolute path nobody watches keeps nothing, and its exit only finds
+ * that out.
  * Not seen: opens through io_uring (no syscall) and absolute paths whose watched target
  * is reached only through a symlink outside the watched set.
  */

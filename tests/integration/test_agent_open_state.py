@@ -1,9 +1,10 @@
 """The state a file open keeps between its sys_enter and its sys_exit (bpf/progs/file.bpf.c
 `inflight_put` / `inflight_take`): in the task's own storage where the kernel allows it
-(6.2+), else in a hash by thread id (6.1, and `--no-task-storage`). Each test runs under
-both. What could go wrong with per-task state: a thread opening while another thread of
-the process changes the shared cwd, a thread that execs (it becomes the process's leader
-and keeps its task), an open whose enter kept nothing followed by one that kept something.
+(probed; 6.1 and 6.18 do), else in a hash by thread id (and with `--no-task-storage`).
+Each test runs under both. What could go wrong with per-task state: a thread opening while
+another thread of the process changes the shared cwd, a thread that execs (it becomes the
+process's leader and keeps its task), an open whose enter kept nothing followed by one that
+kept something.
 Real agent, real processes. Root only; run under the integration lock."""
 
 from __future__ import annotations
