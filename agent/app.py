@@ -137,6 +137,9 @@ class Config:
     otlp_metrics_interval: float = 60.0
     otlp_body: str = "json"              # json | map (agent/output/otlp.py)
     startup_profile: bool = False        # log the verifier's figures per program at start
+    # file opens in flight in task storage where the kernel allows it (probed), else in a
+    # hash by thread id (bpf/maps/files.h); False: the hash everywhere (--no-task-storage)
+    task_storage: bool = True
 
 
 Teardown = Callable[[], None]
@@ -224,10 +227,15 @@ class Agent:
         from moray.agent.policy.programs import host_root as host_root_settings
         from moray.agent.policy.programs import path_root
 
+        open_ts = self.cfg.task_storage and bool(self.features and self.features.task_storage)
+        log.info("file opens in flight kept in %s",
+                 "task storage" if open_ts else "a hash by thread id",
+                 extra={"open_state": "task" if open_ts else "hash"})
         obj.set_rodata({"cfg_self_tgid": os.getpid(), "cfg_args_max": self.cfg.args_max,
                         "cfg_exec_lsm": int(lsm), **host_root_settings(self.cfg.proc),
                         **path_root(self.cfg.proc, self.cfg.host_root),
-                        "cfg_wakeup_bytes": min(self.cfg.ring_size // 16, WAKEUP_BYTES)})
+                        "cfg_wakeup_bytes": min(self.cfg.ring_size // 16, WAKEUP_BYTES),
+                        "cfg_open_ts": int(open_ts)})
         obj.set_max_entries("mr_events", self.cfg.ring_size)
         cg = self.features.cgroup_v2 if self.features else None
         if not cg:

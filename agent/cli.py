@@ -68,7 +68,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  ca_sha256=args.ca_sha256, cp_data_dir=args.data_dir,
                  enroll_server=args.enroll_server,
                  labels=tuple(_label(x) for x in args.label),
-                 startup_profile=args.startup_profile)
+                 startup_profile=args.startup_profile,
+                 task_storage=not args.no_task_storage)
     if args.node:
         cfg.node = args.node
     return Agent(cfg).run()
@@ -96,6 +97,10 @@ def _diagnostic_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--startup-profile", action="store_true",
                      help="log the verifier's instructions and time per BPF program at "
                           "start (docs/bench.md)")
+    run.add_argument("--no-task-storage", action="store_true",
+                     help="keep file opens in flight in a hash by thread id, as where the "
+                          "kernel refuses task storage, even where it works (tests the "
+                          "fallback)")
 
 
 def _export_options(run: argparse.ArgumentParser) -> None:

@@ -70,6 +70,12 @@ class Features:
         return self.hooks.get("fmod_ret", HookProbe(False)).ok
 
     @property
+    def task_storage(self) -> bool:
+        """Syscall tracepoint programs may use task-local storage (6.1 and 6.18 do): the file
+        programs keep an open in flight there, else in a hash keyed by thread id."""
+        return self.hooks.get("task_storage", HookProbe(False)).ok
+
+    @property
     def bpf_lsm(self) -> bool:
         """BPF LSM usable: programs load and `bpf` is an active LSM."""
         return self.hooks.get("lsm", HookProbe(False)).ok and "bpf" in (self.lsm_active or [])
@@ -119,6 +125,8 @@ _PROBES: dict[str, tuple[str, bool]] = {
     "fentry": ("probe_fentry", True),
     "fmod_ret": ("probe_fmod_ret", True),
     "kprobe": ("probe_kprobe", True),
+    # task-local storage from a syscall tracepoint: file.bpf.c's opens in flight
+    "task_storage": ("probe_task_storage", False),
 }
 
 

@@ -22,6 +22,9 @@ __weak const volatile __u32 cfg_args_max = 1024;  /* bytes of argv copied per ex
 __weak const volatile __u32 cfg_watch_proc_mem = 1; /* report opens of /proc/<pid>/mem */
 __weak const volatile __u32 cfg_wakeup_bytes = 0;  /* 0: wake the reader on every record */
 __weak const volatile __u32 cfg_exec_lsm = 0;      /* exec denials by BPF LSM (holds stay at exec) */
+/* Syscall tracepoints may use task-local storage (agent/bpf/features.py probes it; 6.1 and 6.18 do):
+ * progs/file.bpf.c keeps an open in flight there (mr_open_ts), else in mr_open_args. */
+__weak const volatile __u32 cfg_open_ts = 0;
 /* The host's root directory (stat of /proc/1/root); 0: unknown. */
 __weak const volatile __u64 cfg_host_root_ino = 0;
 __weak const volatile __u32 cfg_host_root_dev = 0; /* kernel dev_t: major << 20 | minor */

@@ -4,7 +4,15 @@
  *                (agent/bpf/watch.py, defaults + --watch); reader: progs/file.bpf.c. A path
  *                is reported when the longest stored prefix of it is present. Directory
  *                prefixes are stored with their trailing '/'.
- *   mr_open_args hash tid -> the open in flight (between sys_enter and sys_exit).
+ *   mr_open_ts   task storage: the open in flight of this task (between sys_enter and
+ *                sys_exit; `matched` 0 when none), where syscall tracepoints may use task
+ *                storage (cfg_open_ts, probed; 6.1 and 6.18 do): a pointer into the task, no hash insert or
+ *                delete per open. Written at enter, read and cleared at exit
+ *                (progs/file.bpf.c).
+ *   mr_open_args hash tid -> the open in flight, where they may not, and when the
+ *                task's storage could not be made (no memory, or another task storage
+ *                call in progress on this CPU); mr_open_fb[0] counts its entries, so an
+ *                exit looks in it only while it holds any.
  *   mr_watch_anc LPM trie: every directory ("/", "/var/", ...) that is a proper prefix of an
  *                mr_watch entry, value = its length in bytes (a lookup hits a directory
  *                exactly when the value equals the looked-up length). Writer: the agent,
@@ -51,6 +59,20 @@ struct {
 	__type(key, __u32);
 	__type(value, struct mr_open_inflight);
 } mr_open_args SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct mr_open_inflight);
+} mr_open_ts SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} mr_open_fb SEC(".maps") __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

@@ -31,6 +31,26 @@ int probe_raw_tp(void *ctx) { return 0; }
 SEC("tracepoint/syscalls/sys_enter_getpid")
 int probe_tracepoint(void *ctx) { return 0; }
 
+/* Task-local storage from a syscall tracepoint (loads on Debian 6.1 and on 6.18):
+ * progs/file.bpf.c keeps an open in flight there instead of a hash keyed by tid. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} probe_ts SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_getpid")
+int probe_task_storage(void *ctx)
+{
+	__u64 *v = bpf_task_storage_get(&probe_ts, bpf_get_current_task_btf(), 0,
+					BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (v)
+		*v = 1;
+	return 0;
+}
+
 SEC("cgroup/connect4")
 int probe_cgroup_connect4(struct bpf_sock_addr *ctx) { return 1; }
 

@@ -16,6 +16,10 @@
  * unshare and setns (by syscall or io_uring) bump mr_pathgen when they start and end, and
  * no entry counts while one is in flight. Only local filesystems are cached (others can
  * rename behind our back); a miss walks and looks up as before.
+ * What an open keeps from enter to exit (the path pointer, flags, why it may be reported)
+ * lives in the task's own storage (mr_open_ts) where the kernel allows it, else in a hash
+ * by thread id; an absolute path nobody watches keeps nothing, and its exit only finds
+ * that out.
  * Not seen: opens through io_uring (no syscall) and absolute paths whose watched target
  * is reached only through a symlink outside the watched set.
  */
@@ -51,9 +55,9 @@ static __always_inline int is_proc_mem(const char *p, __u32 len)
 
 /* Filesystems whose directories only move by syscalls we see: ext4, xfs, btrfs, tmpfs,
  * overlayfs. A remote or kernel-managed one (nfs, proc, sysfs, cgroupfs) is walked. */
-static __always_inline int dircache_fs(struct dentry *d)
+static __always_inline int dircache_fs(struct super_block *sb)
 {
-	unsigned long m = BPF_CORE_READ(d, d_sb, s_magic);
+	unsigned long m = BPF_CORE_READ(sb, s_magic);
 
 	return m == 0xEF53 || m == 0x58465342 || m == 0x9123683E || m == 0x01021994 ||
 	       m == 0x794c7630;
@@ -76,15 +80,18 @@ static __always_inline __u64 pathgen_now(void)
 	return gen;
 }
 
+/* sb: p's super block when the caller has it (one read less), else NULL */
 static __always_inline void dirent_fill(struct mr_dirent *e, struct dentry *p,
-					struct vfsmount *vfsmnt)
+					struct vfsmount *vfsmnt, struct super_block *sb)
 {
 	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
 
+	if (!sb)
+		sb = BPF_CORE_READ(p, d_sb);
 	e->hash_len = BPF_CORE_READ(p, d_name.hash_len);
 	e->parent = (__u64)BPF_CORE_READ(p, d_parent);
 	e->ino = BPF_CORE_READ(p, d_inode, i_ino);
-	e->dev = BPF_CORE_READ(p, d_sb, s_dev);
+	e->dev = BPF_CORE_READ(sb, s_dev);
 	if (bpf_core_field_exists(mnt->mnt_id_unique))
 		e->mnt_uid = BPF_CORE_READ(mnt, mnt_id_unique);
 	else
@@ -96,13 +103,20 @@ static __always_inline void dirent_fill(struct mr_dirent *e, struct dentry *p,
 /* Where the parent directory of a just opened file can be cached: (mount, parent), or 0
  * when its path is not "parent's path + name" (a mount root, a pseudo file). */
 static __always_inline int dircache_key(struct file *f, struct mr_dirkey *key,
-					struct dentry **parent)
+					struct dentry **parent, struct super_block **sb)
 {
-	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
-	struct vfsmount *m = BPF_CORE_READ(f, f_path.mnt);
-	struct dentry *p = BPF_CORE_READ(d, d_parent);
+	struct path fp;
+	struct dentry *d, *p;
+	struct vfsmount *m;
 
-	if (p == d || d == BPF_CORE_READ(m, mnt_root) || !dircache_fs(p))
+	BPF_CORE_READ_INTO(&fp, f, f_path); /* mount and dentry in one read */
+	d = fp.dentry;
+	m = fp.mnt;
+	p = BPF_CORE_READ(d, d_parent);
+	if (p == d || d == BPF_CORE_READ(m, mnt_root))
+		return 0;
+	*sb = BPF_CORE_READ(p, d_sb);
+	if (!dircache_fs(*sb))
 		return 0;
 	key->mnt = (__u64)m;
 	key->dentry = (__u64)p;
@@ -112,7 +126,8 @@ static __always_inline int dircache_key(struct file *f, struct mr_dirkey *key,
 
 /* A hit: the directory was cached as unwatched at the current generation, and is still
  * the same directory. */
-static __always_inline int dircache_hit(struct mr_dirkey *key, struct dentry *p)
+static __always_inline int dircache_hit(struct mr_dirkey *key, struct dentry *p,
+					struct super_block *sb)
 {
 	struct mr_dirent *v = bpf_map_lookup_elem(&mr_dircache, key);
 	struct mr_dirent now = {};
@@ -123,7 +138,7 @@ static __always_inline int dircache_hit(struct mr_dirkey *key, struct dentry *p)
 	gen = pathgen_now();
 	if (gen == ~0ULL || v->gen != gen)
 		return 0;
-	dirent_fill(&now, p, (struct vfsmount *)key->mnt);
+	dirent_fill(&now, p, (struct vfsmount *)key->mnt, sb);
 	return now.hash_len == v->hash_len && now.parent == v->parent && now.ino == v->ino &&
 	       now.dev == v->dev && now.mnt_uid == v->mnt_uid && now.mnt_ns == v->mnt_ns;
 }
@@ -145,7 +160,7 @@ static __always_inline void dircache_put(struct mr_dirkey *key, struct dentry *p
 	anc = bpf_map_lookup_elem(&mr_watch_anc, k);
 	if (anc && *anc == dlen)
 		return;
-	dirent_fill(&e, p, (struct vfsmount *)key->mnt);
+	dirent_fill(&e, p, (struct vfsmount *)key->mnt, NULL);
 	e.gen = gen;
 	bpf_map_update_elem(&mr_dircache, key, &e, BPF_ANY);
 }
@@ -180,6 +195,7 @@ static long dircache_check_cb(__u32 i, void *ctx)
 	struct mr_dc_arg *arg = ctx;
 	struct mr_dircache_op *op;
 	struct dentry *parent = NULL;
+	struct super_block *sb = NULL;
 	struct mr_dirkey key = {};
 	__u64 gen;
 
@@ -191,9 +207,9 @@ static long dircache_check_cb(__u32 i, void *ctx)
 	op->owner = bpf_get_current_pid_tgid();
 	asm volatile("" ::: "memory");
 	op->state = MR_DC_NONE;
-	if (!dircache_key((struct file *)arg->f, &key, &parent))
+	if (!dircache_key((struct file *)arg->f, &key, &parent, &sb))
 		return 0;
-	if (dircache_hit(&key, parent)) {
+	if (dircache_hit(&key, parent, sb)) {
 		stat_inc(MR_STAT_DIRCACHE_HIT);
 		return 1;
 	}
@@ -230,12 +246,80 @@ static long dircache_put_cb(__u32 i, void *ctx)
 	return 1;
 }
 
+/* The open in flight, kept from sys_enter to sys_exit (maps/files.h): in the task's own
+ * storage where syscall tracepoints may use it (cfg_open_ts), else, or when the storage
+ * cannot be made, in mr_open_args by thread id. Only opens that may be reported are kept:
+ * an absolute path nobody watches leaves nothing, and its exit finds nothing. */
+static __always_inline void inflight_put(const struct mr_open_inflight *in)
+{
+	struct mr_open_inflight *s;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), zero = 0;
+	__s64 *n;
+
+	if (!cfg_open_ts) {
+		bpf_map_update_elem(&mr_open_args, &tid, in, BPF_ANY);
+		return;
+	}
+	s = bpf_task_storage_get(&mr_open_ts, bpf_get_current_task_btf(), 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (s) {
+		s->fname = in->fname;
+		s->flags = in->flags;
+		s->matched = in->matched;
+		return;
+	}
+	/* counted only when new: mr_open_fb[0] is how many entries the hash holds */
+	if (!bpf_map_update_elem(&mr_open_args, &tid, in, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&mr_open_fb, &zero);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	} else {
+		bpf_map_update_elem(&mr_open_args, &tid, in, BPF_ANY);
+	}
+}
+
+/* A copy whose fields the verifier does not track (as if read from the map at each use):
+ * copied field by field, the exit's later tests of them became known branches and
+ * mr_exit_openat went over the verifier's 1M instructions. */
+static __always_inline void inflight_copy(struct mr_open_inflight *out,
+					  const struct mr_open_inflight *s)
+{
+	bpf_probe_read_kernel(out, sizeof(*out), s);
+}
+
+/* Takes this task's open in flight into *out (and forgets it); 0 when there is none. */
+static __always_inline int inflight_take(struct mr_open_inflight *out)
+{
+	struct mr_open_inflight *s;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), zero = 0;
+	__s64 *n = NULL;
+
+	if (cfg_open_ts) {
+		s = bpf_task_storage_get(&mr_open_ts, bpf_get_current_task_btf(), 0, 0);
+		if (s && s->matched) {
+			inflight_copy(out, s);
+			s->matched = 0;
+			return 1;
+		}
+		n = bpf_map_lookup_elem(&mr_open_fb, &zero);
+		if (!n || *(volatile __s64 *)n <= 0)
+			return 0;
+	}
+	s = bpf_map_lookup_elem(&mr_open_args, &tid);
+	if (!s)
+		return 0;
+	inflight_copy(out, s);
+	if (!bpf_map_delete_elem(&mr_open_args, &tid) && n)
+		__sync_fetch_and_sub(n, 1);
+	return 1;
+}
+
 /* nr: NR_OPEN / NR_OPENAT when a write to release_agent is a detection record (sysobs.h),
  * 0 for the other open calls. */
 static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, const char *fname,
 				    __u32 flags, __u32 nr)
 {
-	__u32 zero = 0, tid;
+	__u32 zero = 0;
 	struct mr_watch_key *k;
 	struct mr_open_inflight in = {};
 	long r;
@@ -262,8 +346,7 @@ static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, const
 	}
 	in.fname = (__u64)fname;
 	in.flags = flags;
-	tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&mr_open_args, &tid, &in, BPF_ANY);
+	inflight_put(&in);
 	return 0;
 }
 
@@ -282,8 +365,8 @@ static __always_inline int file_is_proc_mem(struct file *f)
 
 static __always_inline int on_exit(long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid(), trunc = 0, priv = 0, off, len, zero = 0;
-	struct mr_open_inflight *in = bpf_map_lookup_elem(&mr_open_args, &tid);
+	__u32 trunc = 0, priv = 0, off, len, zero = 0;
+	struct mr_open_inflight inf, *in = &inf;
 	struct mr_open *ev;
 	struct mr_watch_key *k;
 	struct task_struct *task;
@@ -292,7 +375,7 @@ static __always_inline int on_exit(long ret)
 	char *pbuf;
 	long r;
 
-	if (!in)
+	if (!inflight_take(in))
 		return 0;
 	if (in->matched & MR_OI_SYSOBS)
 		sysobs_exit(ret);
@@ -357,7 +440,6 @@ static __always_inline int on_exit(long ret)
 	hdr_init(&ev->hdr, MR_OP_OPEN, len);
 	emit(ev, len);
 out:
-	bpf_map_delete_elem(&mr_open_args, &tid);
 	return 0;
 }
 
