@@ -89,12 +89,15 @@ class Pipeline:
         container = self.identity.container(k.cgroup_id, k.pid, isinstance(ev, ExecEvent))
         out = self.format(ev, p, parent, container)
         self.stats.events[out["type"]] += 1
+        if type(ev) is OpenEvent and ev.repeat is not None:
+            self.stats.aggregated["open"] += ev.repeat[0]
         return out
 
     def run(self, queue: BatchQueue, stop: threading.Event) -> None:  # noqa: PLR0915 (hot loop)
         # the stages of handle() and enrich(), called here directly: one record costs a
         # few microseconds, and two calls per record are a few percent of that
         route, stats, events = self.route, self.stats, self.stats.events
+        aggregated = stats.aggregated
         decode, decision, lineage = self.decode.record, self.decode.decision, \
             self.lineage.lookup
         identity, fmt, enforcement = self.identity.container, self.format.event, \
@@ -138,6 +141,10 @@ class Pipeline:
                         enforcement(out, ev)
                     events[out["type"]] += 1
                     route.event(out)
+                    if type(ev) is OpenEvent and ev.repeat is not None:
+                        # a summary: detection saw the first of these opens in full
+                        aggregated["open"] += ev.repeat[0]
+                        continue
                     if detect is not None:
                         alerts = detect(out, p, parent)
                         if alerts:
