@@ -520,7 +520,7 @@ class Agent:
                  ("dircache_hit", int(Stat.DIRCACHE_HIT)),
                  ("dircache_miss", int(Stat.DIRCACHE_MISS)),
                  ("agg_counted", int(Stat.AGG)), ("agg_full", int(Stat.AGG_FULL)),
-                 ("agg_retry", int(Stat.AGG_RETRY))]
+                 ("agg_retry", int(Stat.AGG_RETRY)), ("agg_race", int(Stat.AGG_RACE))]
         names += [(f"lost:{t}", int(Stat.DROP_BASE) + op) for op, t in TYPE_OF_OP.items()
                   if int(Stat.DROP_BASE) + op < int(Stat.MAX)]
         for name, idx in names:

@@ -81,6 +81,7 @@ class Stat(IntEnum):
     AGG = 5          # repeats counted in mr_agg instead of written
     AGG_FULL = 6     # mr_agg full: a first event not aggregated
     AGG_RETRY = 7    # a summary the ring refused: its count put back, sent later
+    AGG_RACE = 8     # another task's open exit interleaved on the CPU: written in full
     DROP_BASE = 16   # + opcode: records of that type lost in the kernel (ring full)
     MAX = 32
 

@@ -1,13 +1,13 @@
 """The agent's side of the kernel's aggregation of repeated events (bpf/progs/agg.bpf.c).
 
-The kernel writes a key's first event in full and counts its repeats in mr_agg; a summary
-(an open event with `repeat`) goes out at the key's first event after its window. What
-this module owns, in its own thread (`Sweeper.run`):
+The kernel writes a key's first event in full and counts its repeats in mr_agg (a key's
+first event after its window is written in full again). What this module owns, in its own
+thread (`Sweeper.run`):
 
 - every `interval` (0.25 s): run mr_agg_sweep, the kernel's sweeper, which writes the
-  summaries of keys whose window is over and that went quiet. The kernel takes each count
-  by atomic exchange there and in the task's own open, so a repeat is in exactly one
-  summary; user space never reads or writes a count.
+  summaries (open events with `repeat`) of keys whose first pending repeat is a window
+  old. The task adds to a count atomically and the sweeper takes it by atomic exchange, so
+  a repeat is in exactly one summary; user space never writes a count.
 - every `reclaim_every` (5 s): delete the entries of tasks that have exited, once their
   count is 0 (their summary written). Only a key's own task adds to it, and a task that has
   exited runs no open again, so the delete races nothing; an entry of a live task is never

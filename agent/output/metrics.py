@@ -147,8 +147,10 @@ class AgentCollector(Collector):
                                  "The kernel's aggregation of repeated events: repeats "
                                  "counted instead of written (counted), first events written "
                                  "unaggregated because its map was full (full), summaries the "
-                                 "ring refused and sent later (retry)", labels=["what"])
-        for what in ("counted", "full", "retry"):
+                                 "ring refused and sent later (retry), events written in full "
+                                 "because another task's open interleaved on the CPU (race)",
+                                 labels=["what"])
+        for what in ("counted", "full", "retry", "race"):
             ag.add_metric([what], sum(counters.get(f"agg_{what}", [])))
         yield ag
 

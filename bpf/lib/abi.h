@@ -35,6 +35,7 @@ enum mr_stat {
 	MR_STAT_AGG = 5,         /* repeats counted in mr_agg instead of written (progs/agg.bpf.c) */
 	MR_STAT_AGG_FULL = 6,    /* mr_agg full: a first event not aggregated (written in full) */
 	MR_STAT_AGG_RETRY = 7,   /* a summary the ring refused: its count put back, sent later */
+	MR_STAT_AGG_RACE = 8,    /* another task's exit interleaved on the CPU: written in full */
 	MR_STAT_DROP_BASE = 16,  /* + opcode (< 16): records of that type lost, ring full */
 	MR_STAT_MAX = 32,
 };
