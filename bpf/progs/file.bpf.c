@@ -291,7 +291,6 @@ static __always_inline int on_exit(long ret)
 	struct file *f;
 	struct mr_dc_arg dca = {};
 	__u64 seq = 0;
-	__u16 pf = 0;
 	char *pbuf;
 	long r;
 
@@ -309,6 +308,12 @@ static __always_inline int on_exit(long ret)
 	if (!ev || !pbuf || !k)
 		goto out;
 
+	/* from here on this exit writes ev (mr_heap[0]): in flight for the aggregation's
+	 * check (maps/agg.h) until out: */
+	seq = mr_agg_begin();
+	ev->flags = in->flags;
+	ev->ret = ret;
+	ev->pflags = 0;
 	task = (struct task_struct *)bpf_get_current_task();
 	if (ret >= 0) {
 		f = task_fd_file(task, ret);
@@ -320,9 +325,9 @@ static __always_inline int on_exit(long ret)
 		off = path_resolve_root(__builtin_preserve_access_index(&f->f_path), pbuf, &trunc,
 					&priv);
 		if (priv)
-			pf |= MR_F_ROOT_PRIVATE;
+			ev->pflags |= MR_F_ROOT_PRIVATE;
 		if (trunc) {
-			pf |= MR_F_PATH_TRUNC;
+			ev->pflags |= MR_F_PATH_TRUNC;
 			stat_inc(MR_STAT_PATH_TRUNC);
 		}
 		if (!(in->matched & MR_OI_MATCHED)) {
@@ -344,19 +349,14 @@ static __always_inline int on_exit(long ret)
 					goto out;
 			}
 		}
-		seq = mr_agg_begin(); /* before writing ev: see maps/agg.h */
 		len = path_copy(ev->data, pbuf, off);
 	} else {
 		if (!(in->matched & MR_OI_MATCHED))
 			goto out; /* a failed relative open cannot be placed */
-		seq = mr_agg_begin();
 		r = bpf_probe_read_user_str(ev->data, MR_HALF, (void *)in->fname);
 		len = r > 0 ? (r - 1) & MR_HALF_MASK : 0;
-		pf |= MR_F_PATH_RAW;
+		ev->pflags |= MR_F_PATH_RAW;
 	}
-	ev->flags = in->flags;
-	ev->ret = ret;
-	ev->pflags = pf;
 	ev->path_len = len;
 	ev->pad = 0;
 	__builtin_memset(ev->proc.comm, 0, sizeof(ev->proc.comm)); /* all of it is the key */
@@ -366,8 +366,9 @@ static __always_inline int on_exit(long ret)
 	hdr_init(&ev->hdr, MR_OP_OPEN, len);
 	if (!mr_agg_open(r, seq)) /* 1: a repeat, counted (progs/agg.bpf.c) */
 		emit(ev, len);
-	mr_agg_end();
 out:
+	if (seq)
+		mr_agg_end();
 	bpf_map_delete_elem(&mr_open_args, &tid);
 	return 0;
 }
