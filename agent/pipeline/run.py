@@ -6,6 +6,10 @@
 An exception on one record (an enrichment or detection bug) is counted in
 `Stats.enrich_errors` and logged (the first 10, then every 10,000th); the thread goes on.
 
+A summary of repeated opens (an OpenEvent with `repeat`, bpf/progs/agg.bpf.c) is formatted
+and routed like an open, counted in `Stats.aggregated`, and not given to detection (which
+saw the first of those opens in full).
+
 `fast_open=True`: open records take the compiled hot path (fastopen.py `OpenLines`: one
 C call per open after the first of its process in a batch, the same bytes) when the
 route takes encoded lines (`Router.line_writer`: the sink, and the spool when enrolled;

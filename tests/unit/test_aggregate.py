@@ -9,6 +9,7 @@ import os
 import threading
 from pathlib import Path
 
+import orjson
 import pytest
 
 from moray.agent.bpf import abi
@@ -155,3 +156,28 @@ def test_agg_key_is_the_open_record_without_its_header() -> None:
     # the kernel copies mr_open's body (after the header) into the key: same layout
     assert abi.AGG_KEY.offsets["path"] == abi.OPEN.size - abi.HDR.size
     assert os.path.exists(REC / "open.bin")
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_pipeline_routes_a_summary_counts_it_and_does_not_detect_on_it(
+        tmp_path: Path, fast: bool) -> None:
+    from tests.unit.test_fast_open import _run, make
+
+    seen: list[dict[str, object]] = []
+
+    def detect(out: dict[str, object], _p: object, _parent: object) -> list[object]:
+        seen.append(out)
+        return []
+
+    first = make(b"/etc/shadow")
+    batches = [[first, summary(first, 99, 10, 20), make(b"/etc/passwd")]]
+    # with detection a plain function the compiled path is off (fast_open_ok): run it
+    # without detection to have the summary among compiled opens
+    data, stats, p = _run(tmp_path, batches, fast, detect=None if fast else detect)
+    assert (p.open_lines is not None) == fast
+    lines = [orjson.loads(x) for x in data.splitlines()]
+    assert [x.get("repeat", {}).get("count") for x in lines] == [None, 99, None]
+    assert lines[1]["file"] == lines[0]["file"] and lines[1]["process"] == lines[0]["process"]
+    assert stats.events["open"] == 3 and stats.aggregated["open"] == 99
+    if not fast:
+        assert [s["file"]["path"] for s in seen] == ["/etc/shadow", "/etc/passwd"]  # type: ignore[index]
