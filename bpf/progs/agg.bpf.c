@@ -5,10 +5,11 @@
  *
  * The key is the record itself but its header: the task (tgid, tid, start time, ids,
  * comm...), the open's flags, result, pflags and resolved path (or the path as written for
- * a failed open), byte for byte (maps/agg.h). A key's first event is written in full at
- * once (detection and enforcement never wait) and opens a window of cfg_agg_ns; identical
- * events inside the window are only counted; the key's first event after the window is
- * written in full again and opens the next one. The counts go out as summaries (struct
+ * a failed open), byte for byte (maps/agg.h). A key's first two events are written in
+ * full at once (detection and enforcement never wait; the first only makes the entry, so
+ * that an entry made from a key another task overwrote can hide nothing), the second opens
+ * a window of cfg_agg_ns; identical events inside the window are only counted; the key's
+ * first event after the window is written in full again and opens the next one. The counts go out as summaries (struct
  * mr_repeat followed by the repeated record) written by the sweeper (mr_agg_sweep, a
  * syscall program the agent runs every 250 ms) once a key's first pending repeat is a
  * window old: a summary is at most a window and a sweep late, and is built from the map's
@@ -96,7 +97,10 @@ __noinline int mr_agg_open(__u32 len, __u64 seq)
 		return 0;
 	}
 	if (!v) {
-		nv.win_ns = nv.last_ns = now;
+		/* no window yet: the key's next event is written in full too and opens it.
+		 * Another task may have rewritten the scratch key since the check above; the
+		 * entry it would then make for someone else's key hides nothing either. */
+		nv.last_ns = now;
 		if (bpf_map_update_elem(&mr_agg, k, &nv, BPF_NOEXIST))
 			stat_inc(MR_STAT_AGG_FULL);
 		return 0;
