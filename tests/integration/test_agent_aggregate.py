@@ -145,3 +145,34 @@ def test_no_aggregate_writes_every_open(tmp_path: Path) -> None:
         pid = run(f"for _ in range({n}): os.close(os.open({str(d / 'a')!r}, os.O_RDONLY))")
         evs = wait_total(agent, pid, d / "a", n)
         assert len(evs) == n and not any("repeat" in e for e in evs)
+
+
+def test_an_open_inside_another_process_storm_comes_out_in_full(
+        watched: tuple[AgentProcess, Path]) -> None:
+    """A distinct open hidden in a storm of identical ones is its own key: out at once,
+    in full (not only as a count)."""
+    agent, d = watched
+    a = str(d / "a")
+    storm = opener(f"import time\nend = time.monotonic() + 1.5\nn = 0\n"
+                   f"while time.monotonic() < end:\n"
+                   f"    os.close(os.open({a!r}, os.O_RDONLY)); n += 1\nprint(n)")
+    assert storm.stdout is not None
+    spid = int(storm.stdout.readline())
+    pid = run(f"os.close(os.open({a!r}, os.O_RDONLY))")
+    n = int(storm.communicate(timeout=30)[0].split()[0])
+    evs = wait_total(agent, pid, d / "a", 1)
+    assert [("repeat" in e) for e in evs] == [False]
+    assert total(wait_total(agent, spid, d / "a", n)) == n
+
+
+def test_a_rename_between_opens_is_a_new_key(watched: tuple[AgentProcess, Path]) -> None:
+    agent, d = watched
+    src, dst = d / "r1", d / "r2"
+    src.write_text("r")
+    n = 100
+    pid = run(f"for _ in range({n}): os.close(os.open({str(src)!r}, os.O_RDONLY))\n"
+              f"os.rename({str(src)!r}, {str(dst)!r})\n"
+              f"for _ in range({n}): os.close(os.open({str(dst)!r}, os.O_RDONLY))")
+    for path in (src, dst):
+        evs = wait_total(agent, pid, path, n)
+        assert total(evs) == n and "repeat" not in evs[0], path
