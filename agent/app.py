@@ -123,6 +123,10 @@ class Config:
     # open records through the compiled hot path when nothing needs them as dicts
     # (agent/pipeline/fastopen.py; the same bytes): --no-fast-open turns it off
     fast_open: bool = True
+    # repeated identical opens counted in the kernel within a window, then summarised
+    # (bpf/progs/agg.bpf.c, agent/events/aggregate.py): --no-aggregate turns it off
+    aggregate: bool = True
+    aggregate_window: float = 1.0   # seconds
     syslog: tuple[str, ...] = ()         # alert outputs (agent/output/siem.py)
     cef: tuple[str, ...] = ()
     webhook: tuple[str, ...] = ()
@@ -161,6 +165,7 @@ class Agent:
         self.features: Any | None = None
         self.pins: Any | None = None     # agent.bpf.pins.Pins
         self.hooks: Any | None = None    # agent.bpf.pins.Hooks: enforcement by hook kind
+        self.sweeper: Any | None = None  # agent.events.aggregate.Sweeper
         self.policy: Any | None = None   # agent.policy.engine.PolicyEngine
         self.detector: Any | None = None  # agent.detect.stage.DetectStage
         self.cp_client: Any | None = None  # agent.controlplane.ControlPlaneClient
@@ -235,7 +240,9 @@ class Agent:
                         "cfg_exec_lsm": int(lsm), **host_root_settings(self.cfg.proc),
                         **path_root(self.cfg.proc, self.cfg.host_root),
                         "cfg_wakeup_bytes": min(self.cfg.ring_size // 16, WAKEUP_BYTES),
-                        "cfg_open_ts": int(open_ts)})
+                        "cfg_open_ts": int(open_ts),
+                        "cfg_agg_ns": int(self.cfg.aggregate_window * 1e9)
+                        if self.cfg.aggregate else 0})
         obj.set_max_entries("mr_events", self.cfg.ring_size)
         cg = self.features.cgroup_v2 if self.features else None
         if not cg:
@@ -519,7 +526,9 @@ class Agent:
         names = [("rb_drop", int(Stat.RB_DROP)), ("events", int(Stat.EVENTS)),
                  ("path_trunc", int(Stat.PATH_TRUNC)),
                  ("dircache_hit", int(Stat.DIRCACHE_HIT)),
-                 ("dircache_miss", int(Stat.DIRCACHE_MISS))]
+                 ("dircache_miss", int(Stat.DIRCACHE_MISS)),
+                 ("agg_counted", int(Stat.AGG)), ("agg_full", int(Stat.AGG_FULL)),
+                 ("agg_retry", int(Stat.AGG_RETRY)), ("agg_race", int(Stat.AGG_RACE))]
         names += [(f"lost:{t}", int(Stat.DROP_BASE) + op) for op, t in TYPE_OF_OP.items()
                   if int(Stat.DROP_BASE) + op < int(Stat.MAX)]
         for name, idx in names:
@@ -618,10 +627,21 @@ class Agent:
 
         losses = threading.Thread(target=report_losses, name="moray-losses", daemon=True)
         losses.start()
+        sweeper = sweeping = None
+        if self.cfg.aggregate and self.obj is not None:
+            from moray.agent.events.aggregate import Sweeper
+
+            sweeper = self.sweeper = Sweeper(self.obj, self.cfg.proc)
+            sweeping = threading.Thread(target=sweeper.run, args=(self.stop_event,),
+                                        name="moray-aggregate", daemon=True)
+            sweeping.start()
 
         def stop_pipeline() -> None:
             self.stop_event.set()
             losses.join(5)
+            if sweeper is not None and sweeping is not None:
+                sweeping.join(5)
+                sweeper.stop()  # every pending count, before the reader's last read
             if self.reader is not None:
                 self.reader.stop()
                 self.reader.join(5)

@@ -56,7 +56,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  pin_root=None if args.no_pin else args.pin_root,
                  policy_status=args.policy_status or None, rules=tuple(args.rules),
                  default_rules=not args.no_default_rules, syslog=tuple(args.syslog),
-                 fast_open=not args.no_fast_open,
+                 fast_open=not args.no_fast_open, aggregate=not args.no_aggregate,
                  cef=tuple(args.cef), webhook=tuple(args.webhook),
                  alert_format=args.alert_format,
                  export_allow=tuple(args.export_allow), export_deny=tuple(args.export_deny),
@@ -228,6 +228,10 @@ def add_group(name: str, ap: argparse.ArgumentParser) -> None:  # noqa: PLR0915 
     run.add_argument("--no-fast-open", action="store_true",
                      help="open events through the Python pipeline only, not the compiled "
                           "hot path (the same output; for comparison or a suspected bug)")
+    run.add_argument("--no-aggregate", action="store_true",
+                     help="write every repeated open as its own event instead of counting "
+                          "repeats in the kernel (docs/events.md \"Repeated events\"); for "
+                          "measuring user space alone")
     run.add_argument("--syslog", action="append", default=[], metavar="URL",
                      help="send alerts as RFC 5424 syslog: udp|tcp|tls://HOST:PORT")
     run.add_argument("--cef", action="append", default=[], metavar="URL",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import DEFAULT_AGENT, Agent, BenchError, Workloads, run_workload  # noqa: E402
+from run import DEFAULT_AGENT, Agent, BenchError, Workloads, run_workload
 
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 WORKLOADS = ("spawn", "open-unwatched", "open-relative", "open-watched", "connect")

@@ -106,6 +106,8 @@ class Sizes:
     floor_rounds: int       # floor: interleaved rounds
 
 
+AGG_SETTLE = 1.5  # s: the kernel's aggregation window and one sweep (agent/events/aggregate.py)
+
 FULL = Sizes(rounds=3, spawn=20_000, opens=1_000_000, opens_watched=1_000_000, connect=20_000,
              sat_seconds=10, trial_seconds=8, trials=6, startups=5, floor_opens=500_000,
              floor_rounds=5)
@@ -175,6 +177,8 @@ class Metrics:
     """One scrape of the agent's /metrics, summed over labels where a total is wanted."""
 
     events: dict[str, float] = field(default_factory=dict)    # moray_events_total{type}
+    # moray_events_aggregated_total{type}: events counted into summaries by the kernel
+    aggregated: dict[str, float] = field(default_factory=dict)
     kernel_records: float = 0.0                               # sum over CPUs
     ringbuf_drops: float = 0.0                                # sum over CPUs
     queue_drops: float = 0.0
@@ -201,6 +205,8 @@ class Metrics:
             v = float(value)
             if name == "moray_events_total":
                 m.events[label] = v
+            elif name == "moray_events_aggregated_total":
+                m.aggregated[label] = v
             elif name == "moray_kernel_records_total":
                 m.kernel_records += v
             elif name == "moray_ringbuf_drops_total":
@@ -220,6 +226,9 @@ class Metrics:
             "events": {t: int(n - before.events.get(t, 0)) for t, n in self.events.items()
                        if n - before.events.get(t, 0)},
             "emitted": int(self.emitted - before.emitted),
+            "aggregated": {t: int(n - before.aggregated.get(t, 0))
+                           for t, n in self.aggregated.items()
+                           if n - before.aggregated.get(t, 0)},
             "kernel_records": int(self.kernel_records - before.kernel_records),
             "ringbuf_drops": int(self.ringbuf_drops - before.ringbuf_drops),
             "queue_drops": int(self.queue_drops - before.queue_drops),
@@ -624,6 +633,10 @@ class Bench:
     def agent_run(self, phase: str, before: Metrics, cpu0: float, drain: float) -> AgentRun:
         a = self.agent
         drained = a.drain(drain)
+        # the summaries of the last window: written by the kernel's sweeper within the
+        # window (1 s) and a sweep (0.25 s) after the workload's last open
+        time.sleep(AGG_SETTLE)
+        drained = a.drain(drain) and drained
         after = a.metrics()
         cpu = a.cpu_seconds() - cpu0
         a.stop()
@@ -962,7 +975,9 @@ def print_ab(out: Callable[[str], None], ab: list[ABResult], floor: FloorResult 
             drops = sum(a.delta["ringbuf_drops"] + a.delta["queue_drops"] for a in r.agent)
             seen = ", ".join(
                 f"{t} {sum(a.delta['events'].get(t, 0) for a in r.agent):,}"
-                f" (workload {n * len(r.agent):,})" for t, n in r.expect.items())
+                f" + {sum(a.delta.get('aggregated', {}).get(t, 0) for a in r.agent):,}"
+                f" in summaries (workload {n * len(r.agent):,})"
+                for t, n in r.expect.items())
             cpu = sum(a.cpu_seconds for a in r.agent)
             per_ev = f"{cpu / emitted * 1e6:.1f} us agent CPU/event" if emitted else ""
             paired = " ".join(f"{x:.3f}" for x in s["paired_ratios"])

@@ -67,6 +67,7 @@ class Op(IntEnum):
     CGROUP_RMDIR = 10
     ENFORCE = 11
     SYSCALL = 12
+    REPEAT = 13  # a summary of repeats (progs/agg.bpf.c): struct mr_repeat + the record
 
 
 class Stat(IntEnum):
@@ -77,6 +78,10 @@ class Stat(IntEnum):
     EVENTS = 2
     DIRCACHE_HIT = 3
     DIRCACHE_MISS = 4
+    AGG = 5          # repeats counted in mr_agg instead of written
+    AGG_FULL = 6     # mr_agg full: a first event not aggregated
+    AGG_RETRY = 7    # a summary the ring refused: its count put back, sent later
+    AGG_RACE = 8     # another task's open exit interleaved on the CPU: written in full
     DROP_BASE = 16   # + opcode: records of that type lost in the kernel (ring full)
     MAX = 32
 
@@ -117,6 +122,20 @@ OPEN = Layout("mr_open", (
 NET = Layout("mr_net", (
     ("hdr", HDR), ("proc", PROC), ("family", "H"), ("protocol", "H"), ("sport", "H"),
     ("dport", "H"), ("saddr", "16s"), ("daddr", "16s"),
+))
+
+# a summary of repeats: `count` events identical (but for their time) to the mr_open record
+# that follows it, between first_ns and last_ns (bpf/lib/abi.h struct mr_repeat)
+REPEAT = Layout("mr_repeat", (
+    ("hdr", HDR), ("count", "Q"), ("first_ns", "Q"), ("last_ns", "Q"),
+))
+AGG_PATH = 256  # bpf/maps/agg.h MR_AGG_PATH: longer paths are not aggregated
+AGG_KEY = Layout("mr_agg_key", (
+    ("proc", PROC), ("flags", "I"), ("ret", "i"), ("pflags", "H"), ("path_len", "H"),
+    ("pad", "4x"), ("path", f"{AGG_PATH}s"),
+))
+AGG_VAL = Layout("mr_agg_val", (
+    ("count", "Q"), ("first_ns", "Q"), ("last_ns", "Q"), ("win_ns", "Q"),
 ))
 
 CGROUP = Layout("mr_cgroup", (
@@ -214,7 +233,7 @@ SYSOBS = Layout("mr_sysobs", (
 
 ALL: tuple[Layout, ...] = (HDR, PROC, EXEC, FORK, EXIT, OPEN, NET, CGROUP, WATCH_KEY, ENFORCE,
                            PCONF, PPATH_KEY, PEXEC_VAL, PFILE_VAL, PNET_KEY, PNET_RULE, PPEND,
-                           PHOLD, SYSOBS, PINO_KEY, PINO_VAL)
+                           PHOLD, SYSOBS, PINO_KEY, PINO_VAL, REPEAT, AGG_KEY, AGG_VAL)
 
 
 class ExecVia(IntEnum):

@@ -32,6 +32,19 @@ BTF_KIND_FUNC, BTF_KIND_VAR, BTF_KIND_DATASEC = 12, 14, 15
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
 
+class TestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (libbpf bpf.h): running a syscall program."""
+
+    _fields_ = (("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p),
+                ("data_out", ctypes.c_void_p), ("data_size_in", ctypes.c_uint32),
+                ("data_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_void_p),
+                ("ctx_out", ctypes.c_void_p), ("ctx_size_in", ctypes.c_uint32),
+                ("ctx_size_out", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
+                ("batch_size", ctypes.c_uint32))
+
+
 class BtfType(ctypes.Structure):
     """struct btf_type; for STRUCT/UNION/DATASEC the members follow it in memory."""
 
@@ -109,6 +122,7 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "bpf_map_lookup_elem": (_I, (_I, _P, _P)),
     "bpf_map_delete_elem": (_I, (_I, _P)),
     "bpf_map_get_next_key": (_I, (_I, _P, _P)),
+    "bpf_prog_test_run_opts": (_I, (_I, _P)),
     "bpf_obj_get": (_I, (_S,)),
     "bpf_obj_pin": (_I, (_I, _S)),
     "bpf_obj_get_info_by_fd": (_I, (_I, _P, ctypes.POINTER(_U32))),

@@ -344,10 +344,28 @@ class BpfObject:
         lib = libbpf.lib()
         progs = {n: p for n, _sec, p in self.programs()}
         for name, sec, prog in self.programs():
+            if sec == "syscall":  # run by the agent (run()), never attached
+                continue
             if name in self.shared:
                 yield name, sec, progs[self.shared[name]]
             elif lib.bpf_program__autoload(prog):
                 yield name, sec, prog
+
+    def run(self, name: str, ctx: bytes = b"") -> int:
+        """Run the loaded syscall program `name` once (BPF_PROG_TEST_RUN) with `ctx` as
+        its context; its return value."""
+        lib = libbpf.lib()
+        prog = lib.bpf_object__find_program_by_name(self._ptr, name.encode())
+        if not prog:
+            raise KeyError(f"no program {name!r} in {self.path}")
+        buf = ctypes.create_string_buffer(ctx, max(len(ctx), 1))
+        opts = libbpf.TestRunOpts(sz=ctypes.sizeof(libbpf.TestRunOpts))
+        if ctx:
+            opts.ctx_in = ctypes.cast(buf, ctypes.c_void_p)
+            opts.ctx_size_in = len(ctx)
+        libbpf.check_int(lib.bpf_prog_test_run_opts(lib.bpf_program__fd(prog),
+                                                     ctypes.byref(opts)), f"run {name}")
+        return int(opts.retval)
 
     def _attach(self, name: str, sec: str, prog: int, cg_fd: int) -> Link:
         lib = libbpf.lib()

@@ -64,6 +64,7 @@ def _proc(t: tuple[object, ...], i: int) -> Proc:
     return p
 
 
+_OP = struct.Struct("<H")
 _PROC_AT = abi.EXEC.index["proc.pid"]  # same in every event with a proc
 _EXEC = abi.EXEC.compile()
 _FORK = abi.FORK.compile()
@@ -159,8 +160,25 @@ def decode_open(rec: bytes) -> OpenEvent:
         _TS.unpack_from(rec, _TS_AT)[0], proc,
         rec[size:size + n].decode("utf-8", "backslashreplace"),
         flags, ret, bool(pflags & abi.F_PATH_RAW), bool(pflags & abi.F_PATH_TRUNC),
-        bool(pflags & abi.F_ROOT_PRIVATE), EventType.OPEN))
+        bool(pflags & abi.F_ROOT_PRIVATE), EventType.OPEN, None))
     return ev
+
+
+_REPEAT = abi.REPEAT.compile()
+
+
+def decode_repeat(rec: bytes) -> OpenEvent:
+    """A summary of repeats -> the repeated open with `repeat` = (count, first, last)."""
+    size = _REPEAT.size
+    if len(rec) < size + _HDR.size:
+        raise DecodeError(Op.REPEAT, f"{len(rec)} bytes, need {size + _HDR.size}")
+    _op, _size, _cpu, _ts, count, first, last = _REPEAT.unpack_from(rec)
+    inner = rec[size:]
+    op = _OP.unpack_from(inner)[0]
+    if op != Op.OPEN:
+        raise DecodeError(Op.REPEAT, f"a summary of op {op}")
+    ev = decode_open(inner)
+    return ev._replace(ts=last, repeat=(count, first, last))
 
 
 def _addr(family: int, raw: bytes) -> str | None:
@@ -265,9 +283,8 @@ DECODERS: dict[int, Callable[[bytes], AnyEvent]] = {
     Op.CGROUP_RMDIR: decode_cgroup,
     Op.ENFORCE: decode_enforce,
     Op.SYSCALL: decode_syscall,
+    Op.REPEAT: decode_repeat,
 }
-
-_OP = struct.Struct("<H")
 
 
 def decode(rec: bytes) -> AnyEvent:

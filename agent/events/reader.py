@@ -23,7 +23,7 @@ import logging
 import threading
 from collections import deque
 
-from moray.agent.bpf.abi import Op
+from moray.agent.bpf.abi import REPEAT, Op
 from moray.agent.bpf.ringbuf import RingBuffer
 from moray.agent.events.types import Decision, LossReport
 
@@ -35,6 +35,7 @@ Batch = list[bytes] | tuple[Decision, ...] | tuple[LossReport]
 # opcode -> the type label of moray_events_lost_total (closed: the opcodes of abi.h)
 TYPE_OF_OP: dict[int, str] = {int(o): o.name.lower() for o in Op}
 
+REPEAT_OPEN = REPEAT.size  # a summary's repeated record starts here
 RECORD_OVERHEAD = 41   # a bytes object's header (33) and its slot in the batch list (8)
 MAX_BYTES = 8 << 20
 
@@ -88,6 +89,11 @@ class BatchQueue:
             ops: dict[int, int] = {}
             for rec in batch:
                 op = rec[0] | rec[1] << 8 if len(rec) >= 2 else 0
+                if op == Op.REPEAT and len(rec) >= REPEAT_OPEN:
+                    # a summary of N opens: N events lost (its nested record's type)
+                    op = rec[REPEAT_OPEN] | rec[REPEAT_OPEN + 1] << 8
+                    ops[op] = ops.get(op, 0) + int.from_bytes(rec[16:24], "little")
+                    continue
                 ops[op] = ops.get(op, 0) + 1
             for op, n in ops.items():
                 t = TYPE_OF_OP.get(op, "unknown")

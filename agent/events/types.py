@@ -91,6 +91,9 @@ class OpenEvent(NamedTuple):
     truncated: bool
     private_root: bool = False  # resolved from a root other than the host's (bpf/lib/path.h)
     type: EventType = EventType.OPEN
+    # a summary (bpf/progs/agg.bpf.c): (count, first_ns, last_ns) of the opens identical
+    # to this one but for their time, counted in the kernel; ts is last_ns. None: one open.
+    repeat: tuple[int, int, int] | None = None
 
 
 class NetEvent(NamedTuple):

@@ -33,6 +33,8 @@ class SpoolFigures(Protocol):
 @dataclass
 class Stats:
     events: dict[str, int] = field(default_factory=lambda: {str(t): 0 for t in EventType})
+    # events summarised by the kernel (repeat.count of the summaries read), by type
+    aggregated: dict[str, int] = field(default_factory=lambda: {"open": 0})
     decode_errors: int = 0
     enrich_errors: int = 0
     output_errors: int = 0
@@ -61,6 +63,13 @@ class AgentCollector(Collector):
         for t, n in self.stats.events.items():
             ev.add_metric([t], n)
         yield ev
+        agg = CounterMetricFamily("moray_events_aggregated",
+                                  "Events the kernel counted into a summary (an event's "
+                                  "repeat.count) instead of writing each, by type",
+                                  labels=["type"])
+        for t, n in self.stats.aggregated.items():
+            agg.add_metric([t], n)
+        yield agg
         yield CounterMetricFamily("moray_decode_errors", "Kernel records that failed to decode",
                                   value=self.stats.decode_errors)
         yield CounterMetricFamily("moray_enrich_errors", "Errors while enriching events",
@@ -134,6 +143,16 @@ class AgentCollector(Collector):
         dc.add_metric(["hit"], sum(counters.get("dircache_hit", [])))
         dc.add_metric(["miss"], sum(counters.get("dircache_miss", [])))
         yield dc
+        ag = CounterMetricFamily("moray_aggregate",
+                                 "The kernel's aggregation of repeated events: repeats "
+                                 "counted instead of written (counted), first events written "
+                                 "unaggregated because its map was full (full), summaries the "
+                                 "ring refused and sent later (retry), events written in full "
+                                 "because another task's open interleaved on the CPU (race)",
+                                 labels=["what"])
+        for what in ("counted", "full", "retry", "race"):
+            ag.add_metric([what], sum(counters.get(f"agg_{what}", [])))
+        yield ag
 
 
 

@@ -4,6 +4,9 @@ docs/events.md. This module is the only place that shape is built.
     {"type", "time", "node", "process": {...}, "parent": {...} | null,
      "container": {...} | null, <the type's own object: exec | exit | file | network>}
 
+An open event with `repeat` ({"count", "first", "last"}) stands for `count` more opens
+identical to it but for their time, counted in the kernel (bpf/progs/agg.bpf.c).
+
 Nested objects are shared between events (a process's `process` object across its burst
 of events, a tree entry's `parent` object, one path's `file` object): sinks, detection
 and outputs read them and never change them in place; code that must change one copies
@@ -165,6 +168,10 @@ class Formatter:
         }
         if isinstance(e, OpenEvent):  # the most frequent: tested first
             out["file"] = self._file(e)
+            if e.repeat is not None:  # a summary of identical opens (bpf/progs/agg.bpf.c)
+                n, first, last = e.repeat
+                out["repeat"] = {"count": n, "first": self.clock.iso(first),
+                                 "last": self.clock.iso(last)}
         elif isinstance(e, ExecEvent):
             out["process"] = {**out["process"], "filename": e.filename}  # the cached one: copy
             out["exec"] = {"argc": e.argc, "args_truncated": e.args_truncated,

@@ -6,6 +6,10 @@
 An exception on one record (an enrichment or detection bug) is counted in
 `Stats.enrich_errors` and logged (the first 10, then every 10,000th); the thread goes on.
 
+A summary of repeated opens (an OpenEvent with `repeat`, bpf/progs/agg.bpf.c) is formatted
+and routed like an open, counted in `Stats.aggregated`, and not given to detection (which
+saw the first of those opens in full).
+
 `fast_open=True`: open records take the compiled hot path (fastopen.py `OpenLines`: one
 C call per open after the first of its process in a batch, the same bytes) when the
 route takes encoded lines (`Router.line_writer`: the sink, and the spool when enrolled;
@@ -89,12 +93,15 @@ class Pipeline:
         container = self.identity.container(k.cgroup_id, k.pid, isinstance(ev, ExecEvent))
         out = self.format(ev, p, parent, container)
         self.stats.events[out["type"]] += 1
+        if type(ev) is OpenEvent and ev.repeat is not None:
+            self.stats.aggregated["open"] += ev.repeat[0]
         return out
 
     def run(self, queue: BatchQueue, stop: threading.Event) -> None:  # noqa: PLR0915 (hot loop)
         # the stages of handle() and enrich(), called here directly: one record costs a
         # few microseconds, and two calls per record are a few percent of that
         route, stats, events = self.route, self.stats, self.stats.events
+        aggregated = stats.aggregated
         decode, decision, lineage = self.decode.record, self.decode.decision, \
             self.lineage.lookup
         identity, fmt, enforcement = self.identity.container, self.format.event, \
@@ -138,6 +145,10 @@ class Pipeline:
                         enforcement(out, ev)
                     events[out["type"]] += 1
                     route.event(out)
+                    if type(ev) is OpenEvent and ev.repeat is not None:
+                        # a summary: detection saw the first of these opens in full
+                        aggregated["open"] += ev.repeat[0]
+                        continue
                     if detect is not None:
                         alerts = detect(out, p, parent)
                         if alerts:

@@ -22,6 +22,7 @@ enum mr_op {
 	MR_OP_CGROUP_RMDIR = 10,
 	MR_OP_ENFORCE = 11,
 	MR_OP_SYSCALL = 12,  /* progs/syscalls_obs.bpf.c: struct mr_sysobs */
+	MR_OP_REPEAT = 13,   /* progs/agg.bpf.c: struct mr_repeat, then the repeated record */
 };
 
 /* Indexes into mr_stats (per-CPU counters read by the agent's metrics collector). */
@@ -31,6 +32,10 @@ enum mr_stat {
 	MR_STAT_EVENTS = 2,      /* records written */
 	MR_STAT_DIRCACHE_HIT = 3,  /* relative opens decided by the directory cache (no walk) */
 	MR_STAT_DIRCACHE_MISS = 4, /* relative opens in a cacheable directory that walked */
+	MR_STAT_AGG = 5,         /* repeats counted in mr_agg instead of written (progs/agg.bpf.c) */
+	MR_STAT_AGG_FULL = 6,    /* mr_agg full: a first event not aggregated (written in full) */
+	MR_STAT_AGG_RETRY = 7,   /* a summary the ring refused: its count put back, sent later */
+	MR_STAT_AGG_RACE = 8,    /* another task's exit interleaved on the CPU: written in full */
 	MR_STAT_DROP_BASE = 16,  /* + opcode (< 16): records of that type lost, ring full */
 	MR_STAT_MAX = 32,
 };
@@ -126,6 +131,18 @@ struct mr_cgroup {
 	__u16 path_len;
 	__u16 pad;
 	char data[];
+};
+
+/* A summary of repeats (progs/agg.bpf.c): `count` events identical to the record that
+ * follows (a whole struct mr_open, header and path included; its header's ts is first_ns)
+ * in everything but their time, between first_ns and last_ns, that were counted instead of
+ * written. The first event of each window was written in full before them. */
+struct mr_repeat {
+	struct mr_hdr hdr;
+	__u64 count;
+	__u64 first_ns;
+	__u64 last_ns;
+	/* then the repeated record (struct mr_open + its path) */
 };
 
 /* Key of mr_watch (LPM trie of watched path prefixes). */

@@ -16,6 +16,7 @@ __weak struct mr_cgroup mr_abi_cgroup __attribute__((unused));
 __weak struct mr_watch_key mr_abi_watch_key __attribute__((unused));
 __weak struct mr_enforce mr_abi_enforce __attribute__((unused));
 __weak struct mr_sysobs mr_abi_sysobs __attribute__((unused));
+__weak struct mr_repeat mr_abi_repeat __attribute__((unused));
 __weak enum mr_ekind mr_abi_ekind __attribute__((unused));
 __weak enum mr_eaction mr_abi_eaction __attribute__((unused));
 __weak enum mr_op mr_abi_op __attribute__((unused));

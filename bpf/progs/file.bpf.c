@@ -26,6 +26,7 @@
 #include "../lib/common.h"
 #include "../maps/scratch.h"
 #include "../maps/files.h"
+#include "../maps/agg.h"
 #include "../lib/task.h"
 #include "../lib/path.h"
 #include "../lib/sysobs.h"
@@ -372,6 +373,7 @@ static __always_inline int on_exit(long ret)
 	struct task_struct *task;
 	struct file *f;
 	struct mr_dc_arg dca = {};
+	__u64 seq = 0;
 	char *pbuf;
 	long r;
 
@@ -383,10 +385,15 @@ static __always_inline int on_exit(long ret)
 		goto out;
 	ev = heap_slot(0);
 	pbuf = heap_slot(1);
+	if (ev) /* room for a summary's header before it (progs/agg.bpf.c) */
+		ev = (struct mr_open *)((char *)ev + sizeof(struct mr_repeat));
 	k = bpf_map_lookup_elem(&mr_wkey, &zero);
 	if (!ev || !pbuf || !k)
 		goto out;
 
+	/* from here on this exit writes ev (mr_heap[0]): in flight for the aggregation's
+	 * check (maps/agg.h) until out: */
+	seq = mr_agg_begin();
 	ev->flags = in->flags;
 	ev->ret = ret;
 	ev->pflags = 0;
@@ -435,11 +442,16 @@ static __always_inline int on_exit(long ret)
 	}
 	ev->path_len = len;
 	ev->pad = 0;
+	__builtin_memset(ev->proc.comm, 0, sizeof(ev->proc.comm)); /* all of it is the key */
 	proc_fill(&ev->proc, task);
-	len = sizeof(*ev) + (len & MR_HALF_MASK);
+	r = len & MR_HALF_MASK;
+	len = sizeof(*ev) + r;
 	hdr_init(&ev->hdr, MR_OP_OPEN, len);
-	emit(ev, len);
+	if (!mr_agg_open(r, seq)) /* 1: a repeat, counted (progs/agg.bpf.c) */
+		emit(ev, len);
 out:
+	if (seq)
+		mr_agg_end();
 	return 0;
 }
 
